@@ -1,0 +1,292 @@
+"""Weight layouts as descriptors, one converter between any two, and kernel packing.
+
+Dimensions: I input features of a layer, H hidden units, G = 4H, L layers,
+D directions (1 or 2).
+
+A layout is described by four facts (Layout below), not by a hand-written pair
+of converters:
+
+    gate_order   the order of the four gate blocks, in torch's letters
+                 (i input, f forget, g cell candidate, o output)
+    orientation  "out_in": W [G,in] as torch and ONNX; "in_out": W [in,G] as Keras
+    bias         "two": b_ih and b_hh; "one": their sum (Keras);
+                 "concat": [b_ih, b_hh] as one 2G vector (ONNX's B)
+    container    how the arrays of all layers and directions are held
+
+| layout | gate order | W_ih       | W_hh       | bias                 | container                  |
+|--------|------------|------------|------------|----------------------|----------------------------|
+| torch  | i,f,g,o    | [G,I]      | [G,H]      | b_ih [G], b_hh [G]   | dict, state_dict names     |
+| keras  | i,f,c,o    | [I,G]      | [H,G]      | bias [G]             | per layer: the list of a   |
+|        |            |            |            |                      | layer's get_weights()      |
+| onnx   | i,o,f,c    | W [D,G,I]  | R [D,G,H]  | B [D,2G] = [Wb, Rb]  | per layer: {"W","R","B"}   |
+
+torch's layout is the canonical one: the layer stores its parameters that way,
+and every conversion goes through it, so `convert` between any two layouts is
+from_canonical(to_canonical(...)). A layout whose bias is "one" carries only the
+sum b_ih + b_hh: importing it sets b_ih to the sum and b_hh to zero, which
+computes the same function.
+
+Containers: for Keras, export gives one list per layer ([kernel, recurrent_kernel,
+bias], then the same three for the backward direction when bidirectional, as a
+`Bidirectional` wrapper's get_weights() returns them); import also takes a bare
+list when there is one layer. For ONNX, export gives one {"W","R","B"} dict per
+layer (one ONNX LSTM node each); import also takes a bare dict for one layer.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels.reference import LSTM_GATE_ORDER
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    gate_order: str
+    orientation: str  # "out_in" | "in_out"
+    bias: str         # "two" | "one" | "concat"
+    container: str    # "named" | "keras" | "onnx" | "cells"
+
+
+LAYOUTS = {
+    "torch": Layout("torch", "ifgo", "out_in", "two", "named"),
+    "keras": Layout("keras", "ifgo", "in_out", "one", "keras"),
+    "onnx": Layout("onnx", "iofg", "out_in", "concat", "onnx"),
+}
+
+
+@dataclass(frozen=True)
+class LSTMSpec:
+    """The shapes that fix a stack of LSTM layers."""
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+
+    @property
+    def directions(self):
+        return 2 if self.bidirectional else 1
+
+    def layer_input_size(self, layer):
+        return self.input_size if layer == 0 else self.directions * self.hidden_size
+
+    def cells(self):
+        """(layer, direction) pairs in torch's order."""
+        return [(l, d) for l in range(self.num_layers) for d in range(self.directions)]
+
+    def torch_shapes(self):
+        """{name: shape} of every parameter in the torch layout, in state_dict order."""
+        H, G = self.hidden_size, 4 * self.hidden_size
+        shapes = {}
+        for l, d in self.cells():
+            sfx = torch_suffix(l, d)
+            shapes["weight_ih" + sfx] = (G, self.layer_input_size(l))
+            shapes["weight_hh" + sfx] = (G, H)
+            shapes["bias_ih" + sfx] = (G,)
+            shapes["bias_hh" + sfx] = (G,)
+        return shapes
+
+
+def torch_suffix(layer, direction):
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
+def get_layout(layout):
+    if isinstance(layout, Layout):
+        return layout
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)}")
+    return LAYOUTS[layout]
+
+
+def as_array(value, what, dtype=None):
+    """A NumPy copy of value (NumPy array, torch tensor, list), refusing non-numbers."""
+    if hasattr(value, "detach"):  # torch tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    arr = np.array(value, copy=True)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
+    return arr.astype(dtype) if dtype is not None else arr
+
+
+def permute_gates(w, src_order, dst_order, axis=0):
+    """Reorder the four gate blocks of w along axis from src_order to dst_order."""
+    if src_order == dst_order:
+        return w
+    blocks = np.split(w, 4, axis=axis)
+    by_gate = dict(zip(src_order, blocks))
+    return np.concatenate([by_gate[g] for g in dst_order], axis=axis)
+
+
+def _cell_from_canonical(w_ih, w_hh, b_ih, b_hh, layout):
+    """One direction of one layer: torch arrays -> (W_ih, W_hh, *biases) of layout."""
+    order = layout.gate_order
+    w_ih = permute_gates(w_ih, LSTM_GATE_ORDER, order)
+    w_hh = permute_gates(w_hh, LSTM_GATE_ORDER, order)
+    b_ih = permute_gates(b_ih, LSTM_GATE_ORDER, order)
+    b_hh = permute_gates(b_hh, LSTM_GATE_ORDER, order)
+    if layout.orientation == "in_out":
+        w_ih, w_hh = w_ih.T, w_hh.T
+    if layout.bias == "two":
+        biases = (b_ih, b_hh)
+    elif layout.bias == "one":
+        biases = (b_ih + b_hh,)
+    else:
+        biases = (np.concatenate([b_ih, b_hh]),)
+    return (np.ascontiguousarray(w_ih), np.ascontiguousarray(w_hh)) + tuple(
+        np.ascontiguousarray(b) for b in biases)
+
+
+def _cell_to_canonical(w_ih, w_hh, biases, layout):
+    """Inverse of _cell_from_canonical."""
+    if layout.orientation == "in_out":
+        w_ih, w_hh = w_ih.T, w_hh.T
+    if layout.bias == "two":
+        b_ih, b_hh = biases
+    elif layout.bias == "one":
+        b_ih, b_hh = biases[0], np.zeros_like(biases[0])
+    else:
+        b_ih, b_hh = np.split(biases[0], 2)
+    order = layout.gate_order
+    return tuple(np.ascontiguousarray(permute_gates(a, order, LSTM_GATE_ORDER))
+                 for a in (w_ih, w_hh, b_ih, b_hh))
+
+
+def _expect_shape(arr, shape, what):
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{what}: expected shape {tuple(shape)}, got {arr.shape}")
+
+
+def _cell_shapes(spec, layer, layout):
+    """Expected shapes of (W_ih, W_hh, *biases) of one cell in layout."""
+    I, H, G = spec.layer_input_size(layer), spec.hidden_size, 4 * spec.hidden_size
+    w_ih, w_hh = ((G, I), (G, H)) if layout.orientation == "out_in" else ((I, G), (H, G))
+    biases = {"two": [(G,), (G,)], "one": [(G,)], "concat": [(2 * G,)]}[layout.bias]
+    return [w_ih, w_hh] + biases
+
+
+def from_canonical(params, layout, spec):
+    """torch-layout parameters {name: array} -> the structure of `layout`."""
+    layout = get_layout(layout)
+    cells = {(l, d): _cell_from_canonical(*(params[p + torch_suffix(l, d)] for p in (
+        "weight_ih", "weight_hh", "bias_ih", "bias_hh")), layout) for l, d in spec.cells()}
+    if layout.container == "named":
+        out = {}
+        for (l, d), (w_ih, w_hh, b_ih, b_hh) in cells.items():
+            sfx = torch_suffix(l, d)
+            out.update({"weight_ih" + sfx: w_ih, "weight_hh" + sfx: w_hh,
+                        "bias_ih" + sfx: b_ih, "bias_hh" + sfx: b_hh})
+        return out
+    if layout.container == "keras":
+        return [[a for d in range(spec.directions) for a in cells[l, d]]
+                for l in range(spec.num_layers)]
+    if layout.container == "onnx":
+        return [{k: np.stack([cells[l, d][n] for d in range(spec.directions)])
+                 for n, k in enumerate("WRB")} for l in range(spec.num_layers)]
+    if layout.container == "cells":
+        return [cells[c] for c in spec.cells()]
+    raise ValueError(f"layout {layout.name!r} has an unknown container {layout.container!r}")
+
+
+def _per_layer(weights, spec, kind, single):
+    """Accept a list with one entry per layer, or a bare entry for a one-layer stack."""
+    if isinstance(weights, single) and spec.num_layers == 1:
+        return [weights]
+    if not isinstance(weights, (list, tuple)) or (
+            spec.num_layers == 1 and len(weights) and not isinstance(weights[0], single)):
+        raise TypeError(f"{kind} weights: expected a list with one entry per layer "
+                        f"({spec.num_layers}), got {type(weights).__name__}")
+    if len(weights) != spec.num_layers:
+        raise ValueError(f"{kind} weights: expected {spec.num_layers} layer entries, "
+                         f"got {len(weights)}")
+    return list(weights)
+
+
+def to_canonical(weights, layout, spec, dtype):
+    """The structure of `layout` -> torch-layout parameters {name: array of dtype}.
+
+    Checks every name and shape before converting anything, and raises
+    ValueError/TypeError saying what was expected and what came.
+    """
+    layout = get_layout(layout)
+    cells = {}
+    if layout.container == "named":
+        if not hasattr(weights, "keys"):
+            raise TypeError(f"torch weights: expected a dict of arrays (a state_dict), "
+                            f"got {type(weights).__name__}")
+        shapes = spec.torch_shapes()
+        missing = [k for k in shapes if k not in weights]
+        extra = [k for k in weights if k not in shapes]
+        if missing or extra:
+            raise ValueError(f"torch weights: missing {missing}, unexpected {extra}")
+        arrays = {k: as_array(weights[k], k, dtype) for k in shapes}
+        for k, shape in shapes.items():
+            _expect_shape(arrays[k], shape, k)
+        return arrays
+    if layout.container == "keras":
+        layers = _per_layer(weights, spec, "keras", (list, tuple))
+        per_dir = len(_cell_shapes(spec, 0, layout))
+        for l, entry in enumerate(layers):
+            want = per_dir * spec.directions
+            if len(entry) != want:
+                raise ValueError(f"keras weights of layer {l}: expected {want} arrays "
+                                 f"(kernel, recurrent_kernel, bias per direction), "
+                                 f"got {len(entry)}")
+            for d in range(spec.directions):
+                arrs = [as_array(a, f"keras layer {l} array {d * per_dir + n}", dtype)
+                        for n, a in enumerate(entry[d * per_dir:(d + 1) * per_dir])]
+                cells[l, d] = arrs
+    elif layout.container == "onnx":
+        layers = _per_layer(weights, spec, "onnx", dict)
+        for l, entry in enumerate(layers):
+            if not isinstance(entry, dict) or set(entry) != set("WRB"):
+                got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+                raise ValueError(f"onnx weights of layer {l}: expected a dict with keys "
+                                 f"'W', 'R', 'B', got {got}")
+            stacked = {k: as_array(entry[k], f"onnx layer {l} {k}", dtype) for k in "WRB"}
+            for k, a in stacked.items():
+                if a.ndim < 1 or a.shape[0] != spec.directions:
+                    raise ValueError(f"onnx layer {l} {k}: expected num_directions="
+                                     f"{spec.directions} on axis 0, got shape {a.shape}")
+            for d in range(spec.directions):
+                cells[l, d] = [stacked[k][d] for k in "WRB"]
+    else:
+        raise ValueError(f"layout {layout.name!r} cannot be imported")
+    for (l, d), arrs in cells.items():
+        for n, (a, shape) in enumerate(zip(arrs, _cell_shapes(spec, l, layout))):
+            _expect_shape(a, shape, f"{layout.name} layer {l} direction {d} array {n}")
+    params = {}
+    for (l, d), arrs in cells.items():
+        w_ih, w_hh, b_ih, b_hh = _cell_to_canonical(arrs[0], arrs[1], arrs[2:], layout)
+        sfx = torch_suffix(l, d)
+        params.update({"weight_ih" + sfx: w_ih, "weight_hh" + sfx: w_hh,
+                       "bias_ih" + sfx: b_ih, "bias_hh" + sfx: b_hh})
+    return {k: params[k] for k in spec.torch_shapes()}
+
+
+def convert(weights, src, dst, spec, dtype=np.float64):
+    """Convert weights from layout src to layout dst (any two of LAYOUTS)."""
+    return from_canonical(to_canonical(weights, src, spec, dtype), dst, spec)
+
+
+class PackCache:
+    """The kernel layout of each backend, rebuilt only when the parameters change.
+
+    Owners call `invalidate()` whenever they replace or modify parameters.
+    """
+
+    def __init__(self):
+        self._version = 0
+        self._packed = {}
+
+    def invalidate(self):
+        self._version += 1
+        self._packed.clear()
+
+    def get(self, backend, params, spec):
+        key = backend.name
+        hit = self._packed.get(key)
+        if hit is None or hit[0] != self._version:
+            hit = (self._version, backend.pack(params, spec))
+            self._packed[key] = hit
+        return hit[1]
