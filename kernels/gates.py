@@ -82,6 +82,11 @@ def exp_f32(x):
     return p * scale
 
 
+def exp(a):
+    """e^a."""
+    return math.exp(a)
+
+
 def sigmoid(a):
     """1 / (1 + e^-a)."""
     return 1.0 / (1.0 + math.exp(-a))
@@ -90,6 +95,14 @@ def sigmoid(a):
 def tanh(a):
     """tanh(a)."""
     return math.tanh(a)
+
+
+@overload(exp)
+def _exp_impl(a):
+    if a == types.float32:
+        return lambda a: exp_f32(a)
+    if isinstance(a, types.Float):
+        return lambda a: math.exp(a)
 
 
 @overload(sigmoid)

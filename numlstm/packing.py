@@ -188,18 +188,22 @@ def from_canonical(params, layout, spec):
     raise ValueError(f"layout {layout.name!r} has an unknown container {layout.container!r}")
 
 
-def _per_layer(weights, spec, kind, single):
+def _per_layer(weights, spec, kind, is_entry):
     """Accept a list with one entry per layer, or a bare entry for a one-layer stack."""
-    if isinstance(weights, single) and spec.num_layers == 1:
+    if spec.num_layers == 1 and is_entry(weights):
         return [weights]
-    if not isinstance(weights, (list, tuple)) or (
-            spec.num_layers == 1 and len(weights) and not isinstance(weights[0], single)):
+    if not isinstance(weights, (list, tuple)):
         raise TypeError(f"{kind} weights: expected a list with one entry per layer "
                         f"({spec.num_layers}), got {type(weights).__name__}")
     if len(weights) != spec.num_layers:
         raise ValueError(f"{kind} weights: expected {spec.num_layers} layer entries, "
                          f"got {len(weights)}")
     return list(weights)
+
+
+def _is_keras_entry(w):
+    """A layer's get_weights() list: arrays, not lists of arrays."""
+    return isinstance(w, (list, tuple)) and len(w) > 0 and not isinstance(w[0], (list, tuple))
 
 
 def to_canonical(weights, layout, spec, dtype):
@@ -224,7 +228,7 @@ def to_canonical(weights, layout, spec, dtype):
             _expect_shape(arrays[k], shape, k)
         return arrays
     if layout.container == "keras":
-        layers = _per_layer(weights, spec, "keras", (list, tuple))
+        layers = _per_layer(weights, spec, "keras", _is_keras_entry)
         per_dir = len(_cell_shapes(spec, 0, layout))
         for l, entry in enumerate(layers):
             want = per_dir * spec.directions
@@ -237,7 +241,7 @@ def to_canonical(weights, layout, spec, dtype):
                         for n, a in enumerate(entry[d * per_dir:(d + 1) * per_dir])]
                 cells[l, d] = arrs
     elif layout.container == "onnx":
-        layers = _per_layer(weights, spec, "onnx", dict)
+        layers = _per_layer(weights, spec, "onnx", lambda w: isinstance(w, dict))
         for l, entry in enumerate(layers):
             if not isinstance(entry, dict) or set(entry) != set("WRB"):
                 got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__

@@ -1,0 +1,66 @@
+"""The CPU LSTM kernels against the NumPy reference."""
+import numpy as np
+import pytest
+
+from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu
+from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
+from helpers import assert_close, lstm_weights
+
+# float32 kernels use the vectorised exp; float64 ones are libm-exact.
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+def _compare(rng, T, B, I, H, dtype, reverse, lengths):
+    w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, dtype)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((B, H)).astype(dtype)
+    c0 = rng.standard_normal((B, H)).astype(dtype)
+    y, h, c, cache = lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse)
+    yk, hk, ck, cache_k = lstm_forward_cpu(
+        x, np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih + b_hh,
+        h0, c0, lengths, reverse, training=True)
+    yi, hi, ci, none = lstm_forward_cpu(
+        x, np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih + b_hh,
+        h0, c0, lengths, reverse, training=False)
+    assert none is None
+    rtol = RTOL[dtype]
+    for name, got, want in [("y", yk, y), ("h_n", hk, h), ("c_n", ck, c),
+                            ("y (inference)", yi, y), ("h_n (inference)", hi, h)]:
+        assert got.dtype == dtype
+        assert_close(got, want, rtol, name)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dh_n = rng.standard_normal(h.shape).astype(dtype)
+    dc_n = rng.standard_normal(c.shape).astype(dtype)
+    dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
+    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(dy, dh_n, dc_n, cache_k, w_ih, w_hh)
+    for name, got, want in [("dx", dxk, dx), ("dh0", dh0k, dh0), ("dc0", dc0k, dc0)] + [
+            (k, grads_k[k], grads[k]) for k in ("w_ih", "w_hh", "b_ih", "b_hh")]:
+        assert got.dtype == dtype, name
+        assert_close(got, want, 5 * rtol, name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_cpu_kernels_match_reference_at_random_shapes(rng, dtype, reverse):
+    for _ in range(4):
+        T, B, I, H = rng.integers(1, 9), rng.integers(1, 6), rng.integers(1, 12), \
+            rng.integers(1, 20)
+        _compare(rng, T, B, I, H, dtype, reverse, None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (6, 1, 5, 7), (1, 1, 1, 1), (7, 3, 2, 33)],
+                         ids=["T1", "B1", "all1", "uneven"])
+def test_cpu_kernels_match_reference_at_edge_shapes(rng, dtype, shape):
+    for reverse in (False, True):
+        _compare(rng, *shape, dtype, reverse, None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_cpu_kernels_match_reference_with_lengths(rng, dtype, reverse):
+    T, B, I, H = 7, 5, 3, 6
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    _compare(rng, T, B, I, H, dtype, reverse, lengths)
+    _compare(rng, T, B, I, H, dtype, reverse, np.array([0, 7, 1, 3, 0]))
