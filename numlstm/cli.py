@@ -3,6 +3,8 @@
     numlstm demo     build a stacked bidirectional LSTM, run a training forward and
                      backward on random data, check the CPU kernels against the NumPy
                      reference, and print what happened and how long it took
+    numlstm bench    numlstm's CPU LSTM against torch.nn.LSTM, side by side
+                     (--quick: a CI-sized grid; --full: the asv grid)
 """
 import argparse
 import sys
@@ -49,6 +51,23 @@ def _demo(args):
     return 0 if err < 1e-5 else 1
 
 
+def _bench(args):
+    import json
+
+    from . import bench
+
+    if args.shapes:
+        grid = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+    else:
+        grid = bench.QUICK_GRID if args.quick else (
+            bench.FULL_GRID if args.full else bench.DEFAULT_GRID)
+    rows = bench.compare(grid, repeats=args.repeats, with_torch=not args.no_torch)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="numlstm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,6 +80,16 @@ def main(argv=None):
     demo.add_argument("--repeat", type=int, default=20)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+    bench = sub.add_parser("bench", help="compare the CPU LSTM with torch.nn.LSTM")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a small grid, for CI")
+    size.add_argument("--full", action="store_true",
+                      help="T in 16,128,1024 x H in 64,256,1024 x B in 1,16,128 (slow)")
+    size.add_argument("--shapes", nargs="+", metavar="T,B,H", help="shapes to run")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--no-torch", action="store_true")
+    bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -12,7 +12,7 @@ Backend methods, for one cell (layer l, direction d) in the backend's layout:
                                                    {"w_ih","w_hh","b_ih","b_hh"}
 """
 from .kernels import reference
-from .kernels.cpu import lstm_backward_cpu, lstm_forward_cpu
+from .kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
 from .packing import Layout, from_canonical
 
 
@@ -38,17 +38,23 @@ class NumpyBackend(Backend):
 
 
 class CpuBackend(Backend):
-    """Numba kernels on the CPU. Cell: (w_ih_t [I,G], w_hh_t [H,G], bias [G])."""
+    """Numba kernels on the CPU. Cell: the dict kernels.cpu.pack_lstm_cpu builds.
+
+    The framework layouts are descriptors (packing.Layout); this kernel's blocked,
+    padded layout is declared by a function beside the code that reads it, so the
+    two cannot drift apart.
+    """
     name = "cpu"
-    layout = Layout("cpu-kernel", "ifgo", "in_out", "one", "cells")
+    layout = NumpyBackend.layout
+
+    def pack(self, params, spec):
+        return [pack_lstm_cpu(*cell) for cell in from_canonical(params, self.layout, spec)]
 
     def lstm_forward(self, cell, x, h0, c0, lengths, reverse, training):
-        w_ih_t, w_hh_t, bias = cell
-        return lstm_forward_cpu(x, w_ih_t, w_hh_t, bias, h0, c0, lengths, reverse, training)
+        return lstm_forward_cpu(x, cell, h0, c0, lengths, reverse, training)
 
     def lstm_backward(self, cell, cache, dy, dh_n, dc_n):
-        w_ih_t, w_hh_t, _ = cell
-        return lstm_backward_cpu(dy, dh_n, dc_n, cache, w_ih_t.T, w_hh_t.T)
+        return lstm_backward_cpu(dy, dh_n, dc_n, cache, cell)
 
 
 BACKENDS = {b.name: b for b in (NumpyBackend(), CpuBackend())}

@@ -1,39 +1,245 @@
 """CPU kernels of one LSTM layer in one direction, checked against reference.py.
 
-Dimensions: T steps, B batch, I input features, H hidden units, G = 4H, gate
-blocks i, f, g, o (reference.LSTM_GATE_ORDER).
+Dimensions: T steps, B batch, I input features, H hidden units, G = 4H; Hp is H
+padded to a multiple of HB, Gp = 4 Hp.
 
-Layout the CPU backend wants (built by numlstm.packing, cached on the layer):
-    w_ih_t [I,G]  w_hh_t [H,G]  w_hh [G,H]  bias [G] = b_ih + b_hh
+Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
 
-The path of a call:
-    forward:  xw = x @ w_ih_t + bias for all steps (one product), then the time
-              loop in one compiled function: rec = h @ w_hh_t, one fused pass
-              over the gates. The training forward writes the activated gates
-              over xw (no new buffer) and keeps c of every step; h of every
-              step is y.
-    backward: the time loop writes dgates (pre-activation gradients) over the
-              stored gates, one product dgates[t] @ w_hh per step for dh; then
+  float32, "tiled": the fast path. Weights are laid out in blocks of U hidden
+      units, each block's CB = 4U columns holding its [i f g o] gates, so one
+      thread's slice of the recurrent product is also the input of its own gate
+      math. The recurrent product is a register-tiled kernel (R rows x CB
+      columns of accumulators, kept in 16 zmm registers), fused with the gate
+      pass: one parallel region per step, each of P threads owning a range of
+      blocks, and the next step waits only at the region's end. Numba owns the
+      cores inside the time loop; BLAS (NumPy's) owns them for the products
+      before it (input projection) and after it (dx and the weight gradients),
+      so the two thread pools never run at once.
+  float64, "blas": the exact path the gradient checks use: per step a BLAS
+      product (SciPy's, through np.dot) and a serial gate pass, with libm's
+      exp and tanh.
+
+Hidden units are padded to a multiple of HB with zero weights and zero state:
+a padded unit stays exactly zero and feeds nothing, so padding changes no value.
+
+The path of a call (both paths):
+    forward:  xw = x @ W_ih^T + b for all steps (one product); then the time loop
+              in one compiled function. The training forward writes the
+              activated gates over xw and keeps c of every step; h of every step
+              is y.
+    backward: the time loop writes the pre-activation gradients dG over the
+              stored gates (one recurrent product dG[t] @ W_hh per step); then
               dx, dW_ih, dW_hh and db are each one product over all T*B rows.
 """
+import numba
 import numpy as np
-from numba import njit
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
 
+U = 16          # hidden units per gate block
+CB = 4 * U      # columns per block: [i(U) f(U) g(U) o(U)]
+R = 4           # rows of one register tile: R x CB float32 accumulators = 16 zmm
+HB = 64         # H is padded to a multiple of this (the backward's output block)
+# Below this many flops per step, one thread beats a parallel region per step.
+PARALLEL_MIN_FLOPS = 1_000_000
 
-def _lengths_or_full(lengths, T, B):
-    if lengths is None:
-        return np.full(B, T, np.int64)
-    return np.ascontiguousarray(lengths, dtype=np.int64)
+# No "nnan"/"ninf": a NaN in must come out as a NaN, not as whatever a clamp makes.
+_FAST = dict(cache=True, error_model="numpy", fastmath={"contract", "arcp", "nsz"})
 
 
+def _stack_f32(n):
+    """An intrinsic returning a pointer to n float32 on the stack: a fixed-size
+    scratch that LLVM can keep in registers (a heap array it cannot)."""
+    @intrinsic
+    def stack(typingctx):
+        def codegen(context, builder, signature, args):
+            return cgutils.alloca_once(builder, context.get_value_type(types.float32), size=n)
+        return types.CPointer(types.float32)(), codegen
+    return stack
+
+
+_tile_scratch = _stack_f32(R * CB)
+_fwd_scratch = _stack_f32(6 * U)
+_bwd_scratch = _stack_f32(5 * U)
+
+
+# -- the register-tiled product --------------------------------------------------------
+@njit(inline="always", **_FAST)
+def _tile(A, W, out, blk, r0, rows):
+    """out[r0:r0+rows, blk*CB:(blk+1)*CB] = A[r0:r0+rows] @ W[blk]; rows <= R, a
+    constant at each call site so the accumulators unroll into registers."""
+    acc = carray(_tile_scratch(), (R, CB))
+    for r in range(rows):
+        for j in range(CB):
+            acc[r, j] = 0
+    for k in range(A.shape[1]):
+        for r in range(rows):
+            a = A[r0 + r, k]
+            for j in range(CB):
+                acc[r, j] += a * W[blk, k, j]
+    for r in range(rows):
+        for j in range(CB):
+            out[r0 + r, blk * CB + j] = acc[r, j]
+
+
+@njit(**_FAST)
+def _matmul_blocks(A, W, out, b0, b1):
+    """out[:, blk*CB:(blk+1)*CB] = A @ W[blk] for blk in [b0, b1).
+    A: [B,K]; W: [nblk,K,CB] (each block's columns contiguous); out: [B, nblk*CB]."""
+    B = A.shape[0]
+    full = B - B % R
+    for blk in range(b0, b1):  # one block of W stays in cache across the row tiles
+        for r0 in range(0, full, R):
+            _tile(A, W, out, blk, r0, R)
+        for r0 in range(full, B):
+            _tile(A, W, out, blk, r0, 1)
+
+
+# -- forward, float32 tiled ------------------------------------------------------------
+@njit(**_FAST)
+def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1):
+    """Gate math of blocks [b0, b1) for step t. Values go through a stack scratch
+    before the stores so LLVM sees no aliasing and vectorises the unit loop."""
+    s = carray(_fwd_scratch(), (6, U))
+    for r in range(rec.shape[0]):
+        valid = t < lengths[r]
+        for blk in range(b0, b1):
+            q = blk * CB
+            v = blk * U
+            if not valid:  # past this sequence's length: hold the state, output zero
+                for u in range(U):
+                    h_new[r, v + u] = h_old[r, v + u]
+                    y_t[r, v + u] = 0
+                if training:
+                    for u in range(U):
+                        cs_t[r, v + u] = c[r, v + u]
+                continue
+            for u in range(U):
+                i = sigmoid(rec[r, q + u] + xw_t[r, q + u])
+                f = sigmoid(rec[r, q + U + u] + xw_t[r, q + U + u])
+                g = tanh(rec[r, q + 2 * U + u] + xw_t[r, q + 2 * U + u])
+                o = sigmoid(rec[r, q + 3 * U + u] + xw_t[r, q + 3 * U + u])
+                cc = f * c[r, v + u] + i * g
+                s[0, u] = cc
+                s[1, u] = o * tanh(cc)
+                s[2, u] = i
+                s[3, u] = f
+                s[4, u] = g
+                s[5, u] = o
+            for u in range(U):
+                c[r, v + u] = s[0, u]
+                h_new[r, v + u] = s[1, u]
+                y_t[r, v + u] = s[1, u]
+            if training:
+                for u in range(U):
+                    cs_t[r, v + u] = s[0, u]
+                for j in range(CB):
+                    xw_t[r, q + j] = s[2 + j // U, j % U]
+
+
+@njit(**_FAST)
+def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P):
+    nblk = W.shape[0]
+    b0, b1 = p * nblk // P, (p + 1) * nblk // P
+    h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
+    _matmul_blocks(h_old, W, rec, b0, b1)
+    _fwd_pointwise(rec, xw[t], h_old, h_new, c, y[t], cs[t if training else 0], lengths, t,
+                   training, b0, b1)
+
+
+@njit(parallel=True, **_FAST)
+def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P):
+    """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
+    W [Gp/CB, Hp, CB]: W_hh^T in blocks; hbuf [2,B,Hp]: h0 in hbuf[0], h
+    alternates between the two (threads read all of h_old while writing their
+    part of h_new), final h in hbuf[T % 2]; c [B,Hp] in/out; y [T,B,Hp] out;
+    cs [T,B,Hp] out when training; rec [B,Gp] scratch; P threads per step."""
+    T = xw.shape[0]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        if P == 1:  # even prange(1) would pay a fork and join per step
+            _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, 0, 1)
+        else:
+            for p in prange(P):
+                _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P)
+
+
+# -- backward, float32 tiled -----------------------------------------------------------
+@njit(**_FAST)
+def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1):
+    """Gate gradients of step t for the hidden units of output blocks [b0, b1)
+    (HB units each). dg_t [B,Gp] holds the activated gates and receives dG."""
+    s = carray(_bwd_scratch(), (5, U))
+    for r in range(dg_t.shape[0]):
+        n = lengths[r]
+        if t >= n:  # padding: no gradient flows, the carried dh and dc stay
+            for j in range(b0 * HB * 4, b1 * HB * 4):
+                dg_t[r, j] = 0
+            continue
+        # The forward's last step of this row starts the backward from dh_n;
+        # the forward's first step of this row read c0.
+        last = t == 0 if reverse else t == n - 1
+        first = t == n - 1 if reverse else t == 0
+        dh_in = dh_n[r] if last else rec[r]
+        c_prev = c0[r] if first else cs[t + 1 if reverse else t - 1, r]
+        for blk in range(b0 * (HB // U), b1 * (HB // U)):
+            q = blk * CB
+            v = blk * U
+            for u in range(U):
+                i = dg_t[r, q + u]
+                f = dg_t[r, q + U + u]
+                g = dg_t[r, q + 2 * U + u]
+                o = dg_t[r, q + 3 * U + u]
+                tc = tanh(cs[t, r, v + u])
+                dh = dy_t[r, v + u] + dh_in[v + u]
+                d = dc[r, v + u] + dh * o * dtanh(tc)
+                s[0, u] = d * g * dsigmoid(i)
+                s[1, u] = d * c_prev[v + u] * dsigmoid(f)
+                s[2, u] = d * i * dtanh(g)
+                s[3, u] = dh * tc * dsigmoid(o)
+                s[4, u] = d * f
+            for u in range(U):
+                dg_t[r, q + u] = s[0, u]
+                dg_t[r, q + U + u] = s[1, u]
+                dg_t[r, q + 2 * U + u] = s[2, u]
+                dg_t[r, q + 3 * U + u] = s[3, u]
+                dc[r, v + u] = s[4, u]
+
+
+@njit(**_FAST)
+def _bwd_step(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, s, t, t_prev, p, P):
+    nblk = W.shape[0]
+    b0, b1 = p * nblk // P, (p + 1) * nblk // P
+    if s > 0:
+        _matmul_blocks(dg[t_prev], W, rec, b0, b1)
+    _bwd_pointwise(dg[t], cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1)
+
+
+@njit(parallel=True, **_FAST)
+def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P):
+    """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0, dh_n [B,Hp];
+    dy [T,B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of output units; rec [B,Hp]
+    scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out."""
+    T = dg.shape[0]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        t_prev = t - 1 if reverse else t + 1
+        if P == 1:
+            _bwd_step(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, s, t, t_prev, 0, 1)
+        else:
+            for p in prange(P):
+                _bwd_step(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, s, t, t_prev,
+                          p, P)
+
+
+# -- float64: BLAS per step --------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def _forward_loop(xw, w_hh_t, h, c, lengths, reverse, training, y, cs):
-    """The recurrence. xw [T,B,G] holds x @ w_ih_t + bias and, when training,
-    receives the activated gates; h, c [B,H] enter as the initial state and
-    leave as the final one; y [T,B,H] receives h (zero past a length);
-    cs [T,B,H] receives c when training (it may be empty otherwise)."""
+def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs):
+    """xw [T,B,G] (receives the activated gates when training); w_hh_t [H,G];
+    h, c [B,H] in/out; y [T,B,H] out; cs [T,B,H] out when training."""
     T, B, G = xw.shape
     H = G // 4
     rec = np.empty((B, G), xw.dtype)
@@ -42,59 +248,45 @@ def _forward_loop(xw, w_hh_t, h, c, lengths, reverse, training, y, cs):
         np.dot(h, w_hh_t, rec)
         for b in range(B):
             if t >= lengths[b]:
-                for j in range(H):
-                    y[t, b, j] = 0
+                y[t, b] = 0
+                if training:
+                    cs[t, b] = c[b]
                 continue
-            a = xw[t, b]
-            r = rec[b]
+            a, r = xw[t, b], rec[b]
             for j in range(H):
                 i = sigmoid(a[j] + r[j])
                 f = sigmoid(a[H + j] + r[H + j])
                 g = tanh(a[2 * H + j] + r[2 * H + j])
                 o = sigmoid(a[3 * H + j] + r[3 * H + j])
                 cj = f * c[b, j] + i * g
-                hj = o * tanh(cj)
                 c[b, j] = cj
-                h[b, j] = hj
-                y[t, b, j] = hj
+                h[b, j] = o * tanh(cj)
                 if training:
-                    a[j] = i
-                    a[H + j] = f
-                    a[2 * H + j] = g
-                    a[3 * H + j] = o
-                    cs[t, b, j] = cj
+                    a[j], a[H + j], a[2 * H + j], a[3 * H + j] = i, f, g, o
+            y[t, b] = h[b]
+            if training:
+                cs[t, b] = c[b]
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_loop(dy, gates, cs, c0, w_hh, lengths, reverse, dh, dc, dg_first):
-    """The reversed recurrence. gates [T,B,G] holds the activated gates and
-    receives the pre-activation gradients; dh, dc [B,H] enter as the gradient
-    of the final state and leave as that of the initial state; dg_first [B,G]
-    receives the gradient at each sequence's first step, whose h_prev is h0."""
-    T, B, G = gates.shape
+def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc):
+    """dg [T,B,G]: activated gates in, dG out; w_hh [G,H]; dh, dc [B,H]: the
+    final state's gradient in, the initial state's out."""
+    T, B, G = dg.shape
     H = G // 4
-    rec = np.empty((B, H), gates.dtype)
+    rec = np.empty((B, H), dg.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         for b in range(B):
             n = lengths[b]
-            a = gates[t, b]
+            a = dg[t, b]
             if t >= n:
-                for k in range(G):
-                    a[k] = 0
+                a[:] = 0
                 continue
-            # c entering step t: the previous valid step's, or c0 at the first step.
-            if reverse:
-                first = t == n - 1
-                c_prev = c0[b] if first else cs[t + 1, b]
-            else:
-                first = t == 0
-                c_prev = c0[b] if first else cs[t - 1, b]
+            first = t == n - 1 if reverse else t == 0
+            c_prev = c0[b] if first else cs[t + 1 if reverse else t - 1, b]
             for j in range(H):
-                i = a[j]
-                f = a[H + j]
-                g = a[2 * H + j]
-                o = a[3 * H + j]
+                i, f, g, o = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
                 tc = tanh(cs[t, b, j])
                 dhj = dh[b, j] + dy[t, b, j]
                 dcj = dc[b, j] + dhj * o * dtanh(tc)
@@ -103,63 +295,157 @@ def _backward_loop(dy, gates, cs, c0, w_hh, lengths, reverse, dh, dc, dg_first):
                 a[2 * H + j] = dcj * i * dtanh(g)
                 a[3 * H + j] = dhj * tc * dsigmoid(o)
                 dc[b, j] = dcj * f
-            if first:
-                dg_first[b] = a
-        np.dot(gates[t], w_hh, rec)
+        np.dot(dg[t], w_hh, rec)
         for b in range(B):
             if t < lengths[b]:
                 dh[b] = rec[b]
 
 
-def lstm_forward_cpu(x, w_ih_t, w_hh_t, bias, h0, c0, lengths=None, reverse=False,
-                     training=False):
+# -- packing and the Python-level wrappers ---------------------------------------------
+def _gate_columns(H):
+    """cols[j]: the tiled column of torch's gate column j (gate k = j // H, unit j % H)."""
+    k, u = np.divmod(np.arange(4 * H), H)
+    return (u // U) * CB + k * U + u % U
+
+
+def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh):
+    """One cell's torch-layout weights (w_ih [G,I], w_hh [G,H], b_ih, b_hh [G])
+    -> the layout these kernels read: a dict, "tiled" for float32, "blas" else."""
+    G, I = w_ih.shape
+    H = G // 4
+    bias = b_ih + b_hh
+    if w_ih.dtype != np.float32:
+        return dict(kind="blas", H=H, w_ih=w_ih, w_hh=w_hh, bias=bias,
+                    w_hh_t=np.ascontiguousarray(w_hh.T))
+    Hp = -(-H // HB) * HB
+    Gp = 4 * Hp
+    cols = _gate_columns(H)
+    w_ih_p = np.zeros((Gp, I), np.float32)
+    w_ih_p[cols] = w_ih
+    bias_p = np.zeros(Gp, np.float32)
+    bias_p[cols] = bias
+    w_hh_p = np.zeros((Gp, Hp), np.float32)
+    w_hh_p[cols, :H] = w_hh
+    return dict(
+        kind="tiled", H=H, Hp=Hp, cols=cols, w_ih=w_ih_p, bias=bias_p, w_hh=w_hh_p,
+        # [Gp/CB, Hp, CB]: W_hh^T, each block of CB gate columns contiguous
+        w_fwd=np.ascontiguousarray(w_hh_p.T.reshape(Hp, Gp // CB, CB).transpose(1, 0, 2)),
+        # [Hp/CB, Gp, CB]: W_hh, each block of CB hidden units contiguous
+        w_bwd=np.ascontiguousarray(w_hh_p.reshape(Gp, Hp // CB, CB).transpose(1, 0, 2)))
+
+
+def _threads(B, Hp, nblk):
+    """Threads per step: all of Numba's, unless the step is too small to share."""
+    if 2 * B * Hp * 4 * Hp < PARALLEL_MIN_FLOPS:
+        return 1
+    return max(1, min(numba.get_num_threads(), nblk))
+
+
+def _pad(a, Hp):
+    """[..., H] -> [..., Hp] with zeros (the array itself when H == Hp)."""
+    H = a.shape[-1]
+    if H == Hp:
+        return np.ascontiguousarray(a)
+    out = np.zeros(a.shape[:-1] + (Hp,), a.dtype)
+    out[..., :H] = a
+    return out
+
+
+def _lengths_or_full(lengths, T, B):
+    if lengths is None:
+        return np.full(B, T, np.int64)
+    return np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=False):
     """One LSTM layer and direction on the CPU.
 
-    x: [T,B,I]; w_ih_t [I,G], w_hh_t [H,G], bias [G]; h0, c0: [B,H];
-    lengths: [B] ints in [0, T] or None. All arrays C-contiguous, one dtype.
+    x: [T,B,I] C-contiguous; packed: pack_lstm_cpu(...) of the same dtype;
+    h0, c0: [B,H]; lengths: [B] ints in [0, T], or None for all T.
     Returns y [T,B,H], h_n [B,H], c_n [B,H] and, when training, the cache that
     lstm_backward_cpu consumes (else None).
     """
     T, B, I = x.shape
-    H = w_hh_t.shape[0]
-    xw = (x.reshape(T * B, I) @ w_ih_t).reshape(T, B, 4 * H)
-    xw += bias
-    h, c = h0.copy(), c0.copy()
-    y = np.empty((T, B, H), x.dtype)
-    cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
+    H = packed["H"]
     lens = _lengths_or_full(lengths, T, B)
-    _forward_loop(xw, w_hh_t, h, c, lens, reverse, training, y, cs)
+    xw = (x.reshape(T * B, I) @ packed["w_ih"].T).reshape(T, B, -1)
+    xw += packed["bias"]
+    if packed["kind"] == "blas":
+        h, c = h0.copy(), c0.copy()
+        y = np.empty((T, B, H), x.dtype)
+        cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
+        _forward_blas(xw, packed["w_hh_t"], h, c, lens, reverse, training, y, cs)
+        y_out, c0_kept = y, c0
+    else:
+        Hp = packed["Hp"]
+        hbuf = np.zeros((2, B, Hp), np.float32)
+        hbuf[0, :, :H] = h0
+        c0_kept = _pad(c0, Hp)
+        c = c0_kept.copy()
+        y = np.empty((T, B, Hp), np.float32)
+        cs = np.empty((T, B, Hp) if training else (1, 1, 1), np.float32)
+        rec = np.empty((B, 4 * Hp), np.float32)
+        P = _threads(B, Hp, packed["w_fwd"].shape[0])
+        _forward_tiled(xw, packed["w_fwd"], hbuf, c, y, cs, rec, lens, reverse, training, P)
+        h = hbuf[T & 1, :, :H].copy()
+        c = c[:, :H].copy()
+        y_out = y if Hp == H else np.ascontiguousarray(y[:, :, :H])
     if not training:
-        return y, h, c, None
-    cache = dict(x=x, h0=h0, c0=c0, lengths=lens, reverse=reverse, gates=xw, cs=cs, y=y)
-    return y, h, c, cache
+        return y_out, h, c, None
+    cache = dict(x=x, h0=h0, c0=c0_kept, lengths=lens, reverse=reverse, gates=xw, cs=cs, y=y)
+    return y_out, h, c, cache
 
 
-def lstm_backward_cpu(dy, dh_n, dc_n, cache, w_ih, w_hh):
+def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     """Backward of lstm_forward_cpu; consumes (overwrites) the cache's gates.
 
-    dy: [T,B,H]; dh_n, dc_n: [B,H]; w_ih [G,I], w_hh [G,H] (torch orientation).
-    Returns dx [T,B,I], dh0 [B,H], dc0 [B,H] and {"w_ih", "w_hh", "b_ih", "b_hh"}.
+    dy: [T,B,H]; dh_n, dc_n: [B,H]; packed: the weights the forward used.
+    Returns dx [T,B,I], dh0 [B,H], dc0 [B,H] and {"w_ih", "w_hh", "b_ih", "b_hh"}
+    in torch's layout.
     """
     x, y, lens, reverse = cache["x"], cache["y"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
-    H = w_hh.shape[1]
-    G = 4 * H
-    dgates = cache["gates"]
-    dh, dc = dh_n.copy(), dc_n.copy()
-    dg_first = np.zeros((B, G), x.dtype)
-    _backward_loop(dy, dgates, cache["cs"], cache["c0"], w_hh, lens, reverse, dh, dc,
-                   dg_first)
-    dg = dgates.reshape(T * B, G)
-    dx = (dg @ w_ih).reshape(T, B, I)
-    dw_ih = dg.T @ x.reshape(T * B, I)
-    # h_prev of step t is y at the step before it in processing order (zero rows
+    H = packed["H"]
+    dg = cache["gates"]
+    Gp, Hp = dg.shape[2], y.shape[2]
+    if packed["kind"] == "blas":
+        dh, dc = dh_n.copy(), dc_n.copy()
+        _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], lens, reverse, dh, dc)
+        w_hh = packed["w_hh"]
+    else:
+        dh_np = _pad(dh_n, Hp)
+        dc = _pad(dc_n, Hp).copy()
+        rec = np.empty((B, Hp), np.float32)
+        P = _threads(B, Hp, packed["w_bwd"].shape[0])
+        _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec,
+                        dh_np, dc, lens, reverse, P)
+        w_hh = packed["w_hh"]
+    # The gradient reaching h0 is that of each row's first forward step; a row of
+    # length 0 passes dh_n straight through.
+    t_first = np.clip(lens - 1, 0, None) if reverse else np.zeros(B, np.int64)
+    dg_first = dg[t_first, np.arange(B)]
+    empty = lens == 0
+    dg_first[empty] = 0
+    if packed["kind"] == "blas":
+        dh[empty] = dh_n[empty]  # the BLAS loop leaves dh = dh0 already
+    else:
+        dh = dg_first @ w_hh
+        dh[empty] = dh_np[empty]
+        dh = np.ascontiguousarray(dh[:, :H])
+        dc = np.ascontiguousarray(dc[:, :H])
+    dg2 = dg.reshape(T * B, Gp)
+    dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)
+    dw_ih = dg2.T @ x.reshape(T * B, I)
+    # h_prev of step t is y at the step before it in the forward's order (zero rows
     # past a length meet zero gradients there); the first step's is h0.
     if reverse:
-        dw_hh = dgates[:-1].reshape(-1, G).T @ y[1:].reshape(-1, H)
+        dw_hh = dg[:-1].reshape(-1, Gp).T @ y[1:].reshape(-1, Hp)
     else:
-        dw_hh = dgates[1:].reshape(-1, G).T @ y[:-1].reshape(-1, H)
-    dw_hh += dg_first.T @ cache["h0"]
-    db = dg.sum(axis=0)
+        dw_hh = dg[1:].reshape(-1, Gp).T @ y[:-1].reshape(-1, Hp)
+    dw_hh[:, :H] += dg_first.T @ cache["h0"]
+    db = dg2.sum(axis=0)
+    if packed["kind"] == "tiled":
+        cols = packed["cols"]
+        dw_ih, dw_hh, db = dw_ih[cols], dw_hh[cols, :H], db[cols]
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
     return dx, dh, dc, grads

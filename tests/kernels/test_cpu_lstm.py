@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu
+from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
 from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
 from helpers import assert_close, lstm_weights
 
@@ -16,12 +16,9 @@ def _compare(rng, T, B, I, H, dtype, reverse, lengths):
     h0 = rng.standard_normal((B, H)).astype(dtype)
     c0 = rng.standard_normal((B, H)).astype(dtype)
     y, h, c, cache = lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse)
-    yk, hk, ck, cache_k = lstm_forward_cpu(
-        x, np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih + b_hh,
-        h0, c0, lengths, reverse, training=True)
-    yi, hi, ci, none = lstm_forward_cpu(
-        x, np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih + b_hh,
-        h0, c0, lengths, reverse, training=False)
+    packed = pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh)
+    yk, hk, ck, cache_k = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=True)
+    yi, hi, ci, none = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=False)
     assert none is None
     rtol = RTOL[dtype]
     for name, got, want in [("y", yk, y), ("h_n", hk, h), ("c_n", ck, c),
@@ -32,7 +29,7 @@ def _compare(rng, T, B, I, H, dtype, reverse, lengths):
     dh_n = rng.standard_normal(h.shape).astype(dtype)
     dc_n = rng.standard_normal(c.shape).astype(dtype)
     dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
-    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(dy, dh_n, dc_n, cache_k, w_ih, w_hh)
+    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(dy, dh_n, dc_n, cache_k, packed)
     for name, got, want in [("dx", dxk, dx), ("dh0", dh0k, dh0), ("dc0", dc0k, dc0)] + [
             (k, grads_k[k], grads[k]) for k in ("w_ih", "w_hh", "b_ih", "b_hh")]:
         assert got.dtype == dtype, name
@@ -64,3 +61,17 @@ def test_cpu_kernels_match_reference_with_lengths(rng, dtype, reverse):
     lengths[0] = T
     _compare(rng, T, B, I, H, dtype, reverse, lengths)
     _compare(rng, T, B, I, H, dtype, reverse, np.array([0, 7, 1, 3, 0]))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_parallel_step_matches_reference(rng, monkeypatch, reverse):
+    """Force a parallel region per step at small shapes: several blocks per thread,
+    padded units (H=70 -> 128), a remainder of rows outside the 4-row tiles."""
+    import numba
+    from numlstm.kernels.cpu import lstm as cpu_lstm
+    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)
+    assert cpu_lstm._threads(5, 128, 2) == min(2, numba.get_num_threads())
+    for T, B, I, H in [(6, 5, 3, 70), (3, 9, 4, 128), (4, 2, 5, 20)]:
+        lengths = rng.integers(1, T + 1, B)
+        _compare(rng, T, B, I, H, np.float32, reverse, lengths)
+        _compare(rng, T, B, I, H, np.float32, reverse, None)

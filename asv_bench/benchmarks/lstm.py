@@ -1,0 +1,77 @@
+"""Throughput of one LSTM layer over sequence length T, hidden size H and batch B.
+
+I = H. `inference` is a forward that keeps nothing; `training` is a forward with
+training=True plus the backward with dx and every weight gradient. Each backend
+of numlstm that can run here is a parameter; backends that cannot (no GPU for
+"cuda") skip themselves.
+"""
+import numpy as np
+
+import numlstm
+
+T_VALUES = [16, 128, 1024]
+H_VALUES = [64, 256, 1024]
+B_VALUES = [1, 16, 128]
+BACKENDS = [b for b in numlstm.available_backends() if b not in ("auto", "numpy")]
+
+
+class _LSTMBench:
+    params = [BACKENDS, T_VALUES, H_VALUES, B_VALUES]
+    param_names = ["backend", "T", "H", "B"]
+    number = 1
+    repeat = (1, 5, 120.0)
+    timeout = 1200
+    training = False
+
+    def setup(self, backend, T, H, B):
+        if backend not in numlstm.available_backends():
+            raise NotImplementedError(f"backend {backend} is not available here")
+        rng = np.random.default_rng(0)
+        self.lstm = numlstm.LSTM(H, H, backend=backend, seed=0)
+        self.x = rng.standard_normal((T, B, H)).astype(np.float32)
+        self.dy = rng.standard_normal((T, B, H)).astype(np.float32)
+        self.step()  # compile or load the kernels outside the timing
+
+    def step(self):
+        if self.training:
+            self.lstm(self.x, training=True)
+            self.lstm.backward(self.dy)
+        else:
+            self.lstm(self.x)
+
+    def _tokens_per_s(self, T, B):
+        import time
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            self.step()
+            times.append(time.perf_counter() - t0)
+        return T * B / float(np.median(times))
+
+
+class Inference(_LSTMBench):
+    training = False
+
+    def time_forward(self, backend, T, H, B):
+        self.step()
+
+    def track_tokens_per_s(self, backend, T, H, B):
+        return self._tokens_per_s(T, B)
+    track_tokens_per_s.unit = "tokens/s"
+
+    def peakmem_forward(self, backend, T, H, B):
+        self.step()
+
+
+class Training(_LSTMBench):
+    training = True
+
+    def time_step(self, backend, T, H, B):
+        self.step()
+
+    def track_tokens_per_s(self, backend, T, H, B):
+        return self._tokens_per_s(T, B)
+    track_tokens_per_s.unit = "tokens/s"
+
+    def peakmem_step(self, backend, T, H, B):
+        self.step()

@@ -1,0 +1,131 @@
+"""Side-by-side speed of numlstm's CPU LSTM and torch.nn.LSTM, in one process.
+
+Dimensions: T steps, B batch, I input features (= H here), H hidden units.
+
+For each shape the two libraries' calls alternate (numlstm, torch, numlstm, ...)
+so that both see the same machine state, and each figure is the median of
+several repetitions. FLOPs of one layer and direction: forward
+2*T*B*4H*(I+H); a training step (forward keeping activations, then backward
+with dx and every weight gradient) counts three times that. The matmul rate is
+NumPy's float32 matrix product at a large size, the practical roof of the
+machine; each GFLOP/s figure is also given as a share of it.
+"""
+import time
+
+import numpy as np
+
+QUICK_GRID = [(16, 1, 64), (16, 16, 64), (16, 16, 256)]
+DEFAULT_GRID = [(128, B, H) for H in (64, 256, 1024) for B in (1, 16, 128)]
+FULL_GRID = [(T, B, H) for T in (16, 128, 1024) for H in (64, 256, 1024)
+             for B in (1, 16, 128)]
+
+
+def lstm_flops(T, B, I, H, training):
+    return 2 * T * B * 4 * H * (I + H) * (3 if training else 1)
+
+
+def matmul_rate(n=2048, repeats=5):
+    """NumPy's float32 matrix-product rate in GFLOP/s (median of repeats)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.T.copy()
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / np.median(times) / 1e9
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _numlstm_calls(T, B, H, seed):
+    import numlstm
+    rng = np.random.default_rng(seed)
+    lstm = numlstm.LSTM(H, H, backend="cpu", seed=seed)
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+
+    def infer():
+        lstm(x)
+
+    def train():
+        lstm(x, training=True)
+        lstm.backward(dy)
+    return lstm, infer, train
+
+
+def _torch_calls(T, B, H, lstm, seed):
+    import torch
+    module = torch.nn.LSTM(H, H)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal((T, B, H)).astype(np.float32))
+    dy = torch.from_numpy(rng.standard_normal((T, B, H)).astype(np.float32))
+
+    def infer():
+        with torch.no_grad():
+            module(x)
+
+    def train():
+        xg = x.detach().requires_grad_()  # numlstm computes dx too
+        y, _ = module(xg)
+        y.backward(dy)
+    return infer, train
+
+
+def compare(grid, repeats=5, with_torch=True, budget_s=None, out=print):
+    """Run the grid; return a list of row dicts and print a table as it goes."""
+    try:
+        import torch
+        torch_ok = with_torch
+    except ImportError:
+        torch_ok = False
+    roof = matmul_rate()
+    out(f"float32 matmul rate (NumPy, 2048^3): {roof:.0f} GFLOP/s")
+    if torch_ok:
+        out(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    head = (f"{'mode':<9} {'T':>5} {'B':>4} {'H':>5} | {'numlstm ms':>10} {'GFLOP/s':>8} "
+            f"{'%roof':>6} {'tok/s':>10} | {'torch ms':>9} {'GFLOP/s':>8} {'%roof':>6} | "
+            f"{'ratio':>6}")
+    out(head)
+    out("-" * len(head))
+    rows = []
+    for T, B, H in grid:
+        lstm, n_infer, n_train = _numlstm_calls(T, B, H, seed=T * 7 + B * 3 + H)
+        calls = {"numlstm": (n_infer, n_train)}
+        if torch_ok:
+            calls["torch"] = _torch_calls(T, B, H, lstm, seed=T + B + H)
+        for mode, k in (("inference", 0), ("training", 1)):
+            for fns in calls.values():  # warm up: compile, allocate
+                fns[k]()
+            times = {name: [] for name in calls}
+            for _ in range(repeats):
+                for name, fns in calls.items():
+                    times[name].append(_timed(fns[k]))
+            flops = lstm_flops(T, B, H, H, mode == "training")
+            row = dict(mode=mode, T=T, B=B, H=H, roof_gflops=roof)
+            for name, ts in times.items():
+                med = float(np.median(ts))
+                row[name + "_ms"] = 1e3 * med
+                row[name + "_gflops"] = flops / med / 1e9
+                row[name + "_tokens_per_s"] = T * B / med
+            line = (f"{mode:<9} {T:>5} {B:>4} {H:>5} | {row['numlstm_ms']:>10.3f} "
+                    f"{row['numlstm_gflops']:>8.1f} {100 * row['numlstm_gflops'] / roof:>5.0f}% "
+                    f"{row['numlstm_tokens_per_s']:>10,.0f} | ")
+            if "torch" in times:
+                row["ratio"] = row["torch_ms"] / row["numlstm_ms"]
+                line += (f"{row['torch_ms']:>9.3f} {row['torch_gflops']:>8.1f} "
+                         f"{100 * row['torch_gflops'] / roof:>5.0f}% | {row['ratio']:>5.2f}x")
+            else:
+                line += f"{'-':>9} {'-':>8} {'-':>6} | {'-':>6}"
+            out(line)
+            rows.append(row)
+    if torch_ok:
+        out("ratio = torch time / numlstm time (> 1: numlstm is faster), medians of "
+            f"{repeats} alternating runs")
+    return rows
