@@ -45,6 +45,7 @@ R = 4           # rows of one register tile: R x CB float32 accumulators = 16 zm
 HB = 64         # H is padded to a multiple of this (the backward's output block)
 # Below this many flops per step, one thread beats a parallel region per step.
 PARALLEL_MIN_FLOPS = 1_000_000
+ROWS_PER_TASK = 64  # rows of one task of the large products (a multiple of R)
 
 # No "nnan"/"ninf": a NaN in must come out as a NaN, not as whatever a clamp makes.
 _FAST = dict(cache=True, error_model="numpy", fastmath={"contract", "arcp", "nsz"})
@@ -68,13 +69,16 @@ _bwd_scratch = _stack_f32(5 * U)
 
 # -- the register-tiled product --------------------------------------------------------
 @njit(inline="always", **_FAST)
-def _tile(A, W, out, blk, r0, rows):
-    """out[r0:r0+rows, blk*CB:(blk+1)*CB] = A[r0:r0+rows] @ W[blk]; rows <= R, a
-    constant at each call site so the accumulators unroll into registers."""
+def _tile(A, W, out, blk, r0, rows, init, per_row):
+    """out[r0:r0+rows, blk*CB:(blk+1)*CB] = init + A[r0:r0+rows] @ W[blk], where
+    init is row r0+r of `init` (per_row) or its row 0 (a bias). rows <= R is a
+    constant at each call site, so the accumulators unroll into registers."""
     acc = carray(_tile_scratch(), (R, CB))
+    c0 = blk * CB
     for r in range(rows):
+        ir = r0 + r if per_row else 0
         for j in range(CB):
-            acc[r, j] = 0
+            acc[r, j] = init[ir, c0 + j]
     for k in range(A.shape[1]):
         for r in range(rows):
             a = A[r0 + r, k]
@@ -82,27 +86,55 @@ def _tile(A, W, out, blk, r0, rows):
                 acc[r, j] += a * W[blk, k, j]
     for r in range(rows):
         for j in range(CB):
-            out[r0 + r, blk * CB + j] = acc[r, j]
+            out[r0 + r, c0 + j] = acc[r, j]
 
 
 @njit(**_FAST)
-def _matmul_blocks(A, W, out, b0, b1):
-    """out[:, blk*CB:(blk+1)*CB] = A @ W[blk] for blk in [b0, b1).
-    A: [B,K]; W: [nblk,K,CB] (each block's columns contiguous); out: [B, nblk*CB]."""
-    B = A.shape[0]
-    full = B - B % R
+def _matmul_rows(A, W, out, init, per_row, r_begin, r_end, b0, b1):
+    """out[r_begin:r_end, blk*CB:(blk+1)*CB] = init + A[r_begin:r_end] @ W[blk] for
+    blk in [b0, b1). A: [M,K] (C or F order); W: [nblk,K,CB], each block's
+    columns contiguous; out: [M, nblk*CB]; init: [M or 1, nblk*CB]."""
+    full = r_begin + (r_end - r_begin) // R * R
     for blk in range(b0, b1):  # one block of W stays in cache across the row tiles
-        for r0 in range(0, full, R):
-            _tile(A, W, out, blk, r0, R)
-        for r0 in range(full, B):
-            _tile(A, W, out, blk, r0, 1)
+        for r0 in range(r_begin, full, R):
+            _tile(A, W, out, blk, r0, R, init, per_row)
+        for r0 in range(full, r_end):
+            _tile(A, W, out, blk, r0, 1, init, per_row)
+
+
+@njit(parallel=True, **_FAST)
+def _matmul(A, W, out, init, per_row):
+    """out = init + A @ W over all rows, the (row chunk, block) pairs shared among
+    Numba's threads: the large products before and after the time loop."""
+    M, nblk = A.shape[0], W.shape[0]
+    chunks = (M + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(chunks * nblk):
+        blk, chunk = divmod(task, chunks)  # neighbouring tasks share a block of W
+        r0 = chunk * ROWS_PER_TASK
+        _matmul_rows(A, W, out, init, per_row, r0, min(r0 + ROWS_PER_TASK, M), blk, blk + 1)
+
+
+@njit(parallel=True, **_FAST)
+def _column_sums(a, out):
+    """out[j] = sum_i a[i, j] for a [M,N], N a multiple of CB."""
+    M, N = a.shape
+    for blk in prange(N // CB):
+        acc = carray(_tile_scratch(), (R, CB))
+        for j in range(CB):
+            acc[0, j] = 0
+        for i in range(M):
+            for j in range(CB):
+                acc[0, j] += a[i, blk * CB + j]
+        for j in range(CB):
+            out[blk * CB + j] = acc[0, j]
 
 
 # -- forward, float32 tiled ------------------------------------------------------------
 @njit(**_FAST)
 def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1):
-    """Gate math of blocks [b0, b1) for step t. Values go through a stack scratch
-    before the stores so LLVM sees no aliasing and vectorises the unit loop."""
+    """Gate math of blocks [b0, b1) for step t; rec holds the pre-activations.
+    Values go through a stack scratch before the stores so LLVM sees no aliasing
+    and vectorises the unit loop."""
     s = carray(_fwd_scratch(), (6, U))
     for r in range(rec.shape[0]):
         valid = t < lengths[r]
@@ -118,10 +150,10 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
                         cs_t[r, v + u] = c[r, v + u]
                 continue
             for u in range(U):
-                i = sigmoid(rec[r, q + u] + xw_t[r, q + u])
-                f = sigmoid(rec[r, q + U + u] + xw_t[r, q + U + u])
-                g = tanh(rec[r, q + 2 * U + u] + xw_t[r, q + 2 * U + u])
-                o = sigmoid(rec[r, q + 3 * U + u] + xw_t[r, q + 3 * U + u])
+                i = sigmoid(rec[r, q + u])
+                f = sigmoid(rec[r, q + U + u])
+                g = tanh(rec[r, q + 2 * U + u])
+                o = sigmoid(rec[r, q + 3 * U + u])
                 cc = f * c[r, v + u] + i * g
                 s[0, u] = cc
                 s[1, u] = o * tanh(cc)
@@ -145,7 +177,7 @@ def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P):
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
-    _matmul_blocks(h_old, W, rec, b0, b1)
+    _matmul_rows(h_old, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
     _fwd_pointwise(rec, xw[t], h_old, h_new, c, y[t], cs[t if training else 0], lengths, t,
                    training, b0, b1)
 
@@ -210,11 +242,11 @@ def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b
 
 
 @njit(**_FAST)
-def _bwd_step(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, s, t, t_prev, p, P):
+def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P):
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
-        _matmul_blocks(dg[t_prev], W, rec, b0, b1)
+        _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
     _bwd_pointwise(dg[t], cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1)
 
 
@@ -224,15 +256,17 @@ def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P):
     dy [T,B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of output units; rec [B,Hp]
     scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out."""
     T = dg.shape[0]
+    zero = np.zeros((1, rec.shape[1]), rec.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         t_prev = t - 1 if reverse else t + 1
         if P == 1:
-            _bwd_step(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, s, t, t_prev, 0, 1)
+            _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, 0,
+                      1)
         else:
             for p in prange(P):
-                _bwd_step(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, s, t, t_prev,
-                          p, P)
+                _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
+                          t_prev, p, P)
 
 
 # -- float64: BLAS per step --------------------------------------------------------------
@@ -308,6 +342,14 @@ def _gate_columns(H):
     return (u // U) * CB + k * U + u % U
 
 
+def _blocks(a):
+    """[K,N] -> [N/CB, K, CB]: the columns of each block of CB contiguous, as
+    _tile reads them. N is padded with zeros to a multiple of CB."""
+    a = _pad(a, -(-a.shape[1] // CB) * CB)
+    K, N = a.shape
+    return np.ascontiguousarray(a.reshape(K, N // CB, CB).transpose(1, 0, 2))
+
+
 def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh):
     """One cell's torch-layout weights (w_ih [G,I], w_hh [G,H], b_ih, b_hh [G])
     -> the layout these kernels read: a dict, "tiled" for float32, "blas" else."""
@@ -322,16 +364,16 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh):
     cols = _gate_columns(H)
     w_ih_p = np.zeros((Gp, I), np.float32)
     w_ih_p[cols] = w_ih
-    bias_p = np.zeros(Gp, np.float32)
-    bias_p[cols] = bias
+    bias_p = np.zeros((1, Gp), np.float32)
+    bias_p[0, cols] = bias
     w_hh_p = np.zeros((Gp, Hp), np.float32)
     w_hh_p[cols, :H] = w_hh
     return dict(
-        kind="tiled", H=H, Hp=Hp, cols=cols, w_ih=w_ih_p, bias=bias_p, w_hh=w_hh_p,
-        # [Gp/CB, Hp, CB]: W_hh^T, each block of CB gate columns contiguous
-        w_fwd=np.ascontiguousarray(w_hh_p.T.reshape(Hp, Gp // CB, CB).transpose(1, 0, 2)),
-        # [Hp/CB, Gp, CB]: W_hh, each block of CB hidden units contiguous
-        w_bwd=np.ascontiguousarray(w_hh_p.reshape(Gp, Hp // CB, CB).transpose(1, 0, 2)))
+        kind="tiled", H=H, Hp=Hp, I=I, cols=cols, bias=bias_p,
+        w_in=_blocks(w_ih_p.T),   # [Gp/CB, I, CB]: x @ W_ih^T
+        w_fwd=_blocks(w_hh_p.T),  # [Gp/CB, Hp, CB]: h @ W_hh^T
+        w_bwd=_blocks(w_hh_p),    # [Hp/CB, Gp, CB]: dG @ W_hh
+        w_dx=_blocks(w_ih_p))     # [Ip/CB, Gp, CB]: dG @ W_ih, I padded to Ip
 
 
 def _threads(B, Hp, nblk):
@@ -368,9 +410,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     T, B, I = x.shape
     H = packed["H"]
     lens = _lengths_or_full(lengths, T, B)
-    xw = (x.reshape(T * B, I) @ packed["w_ih"].T).reshape(T, B, -1)
-    xw += packed["bias"]
     if packed["kind"] == "blas":
+        xw = (x.reshape(T * B, I) @ packed["w_ih"].T).reshape(T, B, -1)
+        xw += packed["bias"]
         h, c = h0.copy(), c0.copy()
         y = np.empty((T, B, H), x.dtype)
         cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
@@ -378,6 +420,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         y_out, c0_kept = y, c0
     else:
         Hp = packed["Hp"]
+        xw = np.empty((T, B, 4 * Hp), np.float32)
+        _matmul(x.reshape(T * B, I), packed["w_in"], xw.reshape(T * B, 4 * Hp),
+                packed["bias"], False)
         hbuf = np.zeros((2, B, Hp), np.float32)
         hbuf[0, :, :H] = h0
         c0_kept = _pad(c0, Hp)
@@ -409,43 +454,65 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     dg = cache["gates"]
     Gp, Hp = dg.shape[2], y.shape[2]
     if packed["kind"] == "blas":
-        dh, dc = dh_n.copy(), dc_n.copy()
-        _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], lens, reverse, dh, dc)
-        w_hh = packed["w_hh"]
-    else:
-        dh_np = _pad(dh_n, Hp)
-        dc = _pad(dc_n, Hp).copy()
-        rec = np.empty((B, Hp), np.float32)
-        P = _threads(B, Hp, packed["w_bwd"].shape[0])
-        _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec,
-                        dh_np, dc, lens, reverse, P)
-        w_hh = packed["w_hh"]
-    # The gradient reaching h0 is that of each row's first forward step; a row of
-    # length 0 passes dh_n straight through.
+        return _backward_blas_wrap(dy, dh_n, dc_n, cache, packed)
+    dh_np = _pad(dh_n, Hp)
+    dc = _pad(dc_n, Hp).copy()
+    rec = np.empty((B, Hp), np.float32)
+    P = _threads(B, Hp, packed["w_bwd"].shape[0])
+    _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec,
+                    dh_np, dc, lens, reverse, P)
+    dg_first, empty = _first_step_gradients(dg, lens, reverse)
+    dh = np.empty((B, Hp), np.float32)
+    _matmul(dg_first, packed["w_bwd"], dh, np.zeros((1, Hp), np.float32), False)
+    dh[empty] = dh_np[empty]
+    dg2 = dg.reshape(T * B, Gp)
+    Ip = packed["w_dx"].shape[0] * CB
+    zeros = np.zeros((1, max(Ip, Hp)), np.float32)
+    dx = np.empty((T * B, Ip), np.float32)
+    _matmul(dg2, packed["w_dx"], dx, zeros, False)
+    dw_ih = np.empty((Gp, Ip), np.float32)
+    _matmul(dg2.T, _blocks(x.reshape(T * B, I)), dw_ih, zeros, False)
+    # h_prev of step t is y at the step before it in the forward's order (zero rows
+    # past a length meet zero gradients there); each row's first step's is h0.
+    dg_prev, y_prev = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
+    dw_hh = np.empty((Gp, Hp), np.float32)
+    _matmul(dg_prev.reshape(-1, Gp).T, _blocks(y_prev.reshape(-1, Hp)), dw_hh, zeros, False)
+    _matmul(dg_first.T, _blocks(_pad(cache["h0"], Hp)), dw_hh, dw_hh, True)
+    db = np.empty(Gp, np.float32)
+    _column_sums(dg2, db)
+    cols = packed["cols"]
+    grads = dict(w_ih=dw_ih[cols, :I], w_hh=dw_hh[cols, :H], b_ih=db[cols], b_hh=db[cols])
+    dx = dx.reshape(T, B, Ip)[:, :, :I]
+    return (np.ascontiguousarray(dx), np.ascontiguousarray(dh[:, :H]),
+            np.ascontiguousarray(dc[:, :H]), grads)
+
+
+def _first_step_gradients(dg, lens, reverse):
+    """dG at each row's first forward step (the one that read h0), zero for rows
+    of length 0, and the mask of those rows."""
+    B = dg.shape[1]
     t_first = np.clip(lens - 1, 0, None) if reverse else np.zeros(B, np.int64)
     dg_first = dg[t_first, np.arange(B)]
     empty = lens == 0
     dg_first[empty] = 0
-    if packed["kind"] == "blas":
-        dh[empty] = dh_n[empty]  # the BLAS loop leaves dh = dh0 already
-    else:
-        dh = dg_first @ w_hh
-        dh[empty] = dh_np[empty]
-        dh = np.ascontiguousarray(dh[:, :H])
-        dc = np.ascontiguousarray(dc[:, :H])
-    dg2 = dg.reshape(T * B, Gp)
+    return dg_first, empty
+
+
+def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
+    x, y, lens, reverse = cache["x"], cache["y"], cache["lengths"], cache["reverse"]
+    T, B, I = x.shape
+    dg = cache["gates"]
+    G = dg.shape[2]
+    dh, dc = dh_n.copy(), dc_n.copy()
+    # The loop leaves dh = dG at each row's first step @ W_hh (rows of length 0
+    # keep dh_n).
+    _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], lens, reverse, dh, dc)
+    dg_first, _ = _first_step_gradients(dg, lens, reverse)
+    dg2 = dg.reshape(T * B, G)
     dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)
     dw_ih = dg2.T @ x.reshape(T * B, I)
-    # h_prev of step t is y at the step before it in the forward's order (zero rows
-    # past a length meet zero gradients there); the first step's is h0.
-    if reverse:
-        dw_hh = dg[:-1].reshape(-1, Gp).T @ y[1:].reshape(-1, Hp)
-    else:
-        dw_hh = dg[1:].reshape(-1, Gp).T @ y[:-1].reshape(-1, Hp)
-    dw_hh[:, :H] += dg_first.T @ cache["h0"]
+    dg_prev, y_prev = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
+    dw_hh = dg_prev.reshape(-1, G).T @ y_prev.reshape(-1, y.shape[2])
+    dw_hh += dg_first.T @ cache["h0"]
     db = dg2.sum(axis=0)
-    if packed["kind"] == "tiled":
-        cols = packed["cols"]
-        dw_ih, dw_hh, db = dw_ih[cols], dw_hh[cols, :H], db[cols]
-    grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
-    return dx, dh, dc, grads
+    return dx, dh, dc, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
