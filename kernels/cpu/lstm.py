@@ -43,9 +43,13 @@ U = 16          # hidden units per gate block
 CB = 4 * U      # columns per block: [i(U) f(U) g(U) o(U)]
 R = 4           # rows of one register tile: R x CB float32 accumulators = 16 zmm
 HB = 64         # H is padded to a multiple of this (the backward's output block)
-# Below this many flops per step, one thread beats a parallel region per step.
-PARALLEL_MIN_FLOPS = 1_000_000
+# A step runs on one thread when it is small on both counts: two threads win from
+# 256 hidden units (W_hh is then too large for one core's caches, even at B=1) or
+# from 2 MFLOP a step (measured on 2 cores; below, the barrier costs more).
+PARALLEL_MIN_UNITS = 256
+PARALLEL_MIN_FLOPS = 2_000_000
 ROWS_PER_TASK = 64  # rows of one task of the large products (a multiple of R)
+KC = 256            # K chunk of the products: KC x CB of W is 64 KiB
 
 # No "nnan"/"ninf": a NaN in must come out as a NaN, not as whatever a clamp makes.
 _FAST = dict(cache=True, error_model="numpy", fastmath={"contract", "arcp", "nsz"})
@@ -69,17 +73,17 @@ _bwd_scratch = _stack_f32(5 * U)
 
 # -- the register-tiled product --------------------------------------------------------
 @njit(inline="always", **_FAST)
-def _tile(A, W, out, blk, r0, rows, init, per_row):
-    """out[r0:r0+rows, blk*CB:(blk+1)*CB] = init + A[r0:r0+rows] @ W[blk], where
-    init is row r0+r of `init` (per_row) or its row 0 (a bias). rows <= R is a
-    constant at each call site, so the accumulators unroll into registers."""
+def _tile(A, W, out, blk, r0, rows, init, per_row, k0, k1):
+    """out[r0:r0+rows, blk*CB:(blk+1)*CB] = init + A[r0:r0+rows, k0:k1] @ W[blk, k0:k1],
+    where init is row r0+r of `init` (per_row) or its row 0 (a bias). rows <= R
+    is a constant at each call site, so the accumulators unroll into registers."""
     acc = carray(_tile_scratch(), (R, CB))
     c0 = blk * CB
     for r in range(rows):
         ir = r0 + r if per_row else 0
         for j in range(CB):
             acc[r, j] = init[ir, c0 + j]
-    for k in range(A.shape[1]):
+    for k in range(k0, k1):
         for r in range(rows):
             a = A[r0 + r, k]
             for j in range(CB):
@@ -93,13 +97,24 @@ def _tile(A, W, out, blk, r0, rows, init, per_row):
 def _matmul_rows(A, W, out, init, per_row, r_begin, r_end, b0, b1):
     """out[r_begin:r_end, blk*CB:(blk+1)*CB] = init + A[r_begin:r_end] @ W[blk] for
     blk in [b0, b1). A: [M,K] (C or F order); W: [nblk,K,CB], each block's
-    columns contiguous; out: [M, nblk*CB]; init: [M or 1, nblk*CB]."""
+    columns contiguous; out: [M, nblk*CB]; init: [M or 1, nblk*CB].
+    K is walked in chunks of KC so that a chunk of W stays in cache across the
+    row tiles (the weight gradients have K = T*B)."""
+    K = A.shape[1]
     full = r_begin + (r_end - r_begin) // R * R
-    for blk in range(b0, b1):  # one block of W stays in cache across the row tiles
-        for r0 in range(r_begin, full, R):
-            _tile(A, W, out, blk, r0, R, init, per_row)
-        for r0 in range(full, r_end):
-            _tile(A, W, out, blk, r0, 1, init, per_row)
+    for k0 in range(0, max(K, 1), KC):
+        k1 = min(k0 + KC, K)
+        for blk in range(b0, b1):
+            if k0 == 0:
+                for r0 in range(r_begin, full, R):
+                    _tile(A, W, out, blk, r0, R, init, per_row, k0, k1)
+                for r0 in range(full, r_end):
+                    _tile(A, W, out, blk, r0, 1, init, per_row, k0, k1)
+            else:  # later chunks add to what the earlier ones left in out
+                for r0 in range(r_begin, full, R):
+                    _tile(A, W, out, blk, r0, R, out, True, k0, k1)
+                for r0 in range(full, r_end):
+                    _tile(A, W, out, blk, r0, 1, out, True, k0, k1)
 
 
 @njit(parallel=True, **_FAST)
@@ -112,6 +127,20 @@ def _matmul(A, W, out, init, per_row):
         blk, chunk = divmod(task, chunks)  # neighbouring tasks share a block of W
         r0 = chunk * ROWS_PER_TASK
         _matmul_rows(A, W, out, init, per_row, r0, min(r0 + ROWS_PER_TASK, M), blk, blk + 1)
+
+
+@njit(parallel=True, **_FAST)
+def _transpose(a, out):
+    """out = a.T for a [M,N], in 32x32 tiles shared among the threads: the weight
+    gradients then read dG^T row by row (reading a transposed view strides a
+    page per element and ran at a third of the speed)."""
+    M, N = a.shape
+    tm, tn = (M + 31) // 32, (N + 31) // 32
+    for task in prange(tm * tn):
+        i0, j0 = (task // tn) * 32, (task % tn) * 32
+        for i in range(i0, min(i0 + 32, M)):
+            for j in range(j0, min(j0 + 32, N)):
+                out[j, i] = a[i, j]
 
 
 @njit(parallel=True, **_FAST)
@@ -378,7 +407,7 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh):
 
 def _threads(B, Hp, nblk):
     """Threads per step: all of Numba's, unless the step is too small to share."""
-    if 2 * B * Hp * 4 * Hp < PARALLEL_MIN_FLOPS:
+    if Hp < PARALLEL_MIN_UNITS and 2 * B * Hp * 4 * Hp < PARALLEL_MIN_FLOPS:
         return 1
     return max(1, min(numba.get_num_threads(), nblk))
 
@@ -470,13 +499,15 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     zeros = np.zeros((1, max(Ip, Hp)), np.float32)
     dx = np.empty((T * B, Ip), np.float32)
     _matmul(dg2, packed["w_dx"], dx, zeros, False)
+    dg_t = np.empty((Gp, T * B), np.float32)
+    _transpose(dg2, dg_t)
     dw_ih = np.empty((Gp, Ip), np.float32)
-    _matmul(dg2.T, _blocks(x.reshape(T * B, I)), dw_ih, zeros, False)
+    _matmul(dg_t, _blocks(x.reshape(T * B, I)), dw_ih, zeros, False)
     # h_prev of step t is y at the step before it in the forward's order (zero rows
     # past a length meet zero gradients there); each row's first step's is h0.
-    dg_prev, y_prev = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
+    dg_prev, y_prev = (dg_t[:, :-B], y[1:]) if reverse else (dg_t[:, B:], y[:-1])
     dw_hh = np.empty((Gp, Hp), np.float32)
-    _matmul(dg_prev.reshape(-1, Gp).T, _blocks(y_prev.reshape(-1, Hp)), dw_hh, zeros, False)
+    _matmul(dg_prev, _blocks(y_prev.reshape(-1, Hp)), dw_hh, zeros, False)
     _matmul(dg_first.T, _blocks(_pad(cache["h0"], Hp)), dw_hh, dw_hh, True)
     db = np.empty(Gp, np.float32)
     _column_sums(dg2, db)
