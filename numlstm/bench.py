@@ -129,3 +129,34 @@ def compare(grid, repeats=5, with_torch=True, budget_s=None, out=print):
         out("ratio = torch time / numlstm time (> 1: numlstm is faster), medians of "
             f"{repeats} alternating runs")
     return rows
+
+
+def training_memory(T=1024, B=64, H=256, backend="cpu"):
+    """Memory of a training forward of one LSTM layer (I = H), measured with
+    tracemalloc (NumPy reports its buffers there).
+
+    Returns a dict: `expected`, the bytes the cache must hold (activated gates
+    [T,B,4H], c [T,B,H] and h [T,B,H] of each step); `retained`, what the layer
+    still holds once the forward returned and its outputs were dropped; `peak`,
+    the most allocated at once during the forward, outputs included.
+    """
+    import gc
+    import tracemalloc
+
+    import numlstm
+    lstm = numlstm.LSTM(H, H, backend=backend, seed=0)
+    x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+    lstm(x[:2], training=True)  # compile and pack outside the measurement
+    lstm._cache = None
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    out = lstm(x, training=True)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    del out
+    gc.collect()
+    retained = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    itemsize = np.dtype(np.float32).itemsize
+    return dict(T=T, B=B, H=H, expected=T * B * 6 * H * itemsize, retained=retained,
+                peak=peak)

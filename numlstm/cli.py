@@ -61,6 +61,14 @@ def _bench(args):
     else:
         grid = bench.QUICK_GRID if args.quick else (
             bench.FULL_GRID if args.full else bench.DEFAULT_GRID)
+    if args.memory:
+        m = bench.training_memory(*args.memory)
+        mib = 1 / 2 ** 20
+        print(f"training forward T={m['T']} B={m['B']} H={m['H']}: the cache must hold "
+              f"gates, c and h of each step = {m['expected'] * mib:.1f} MiB; held after "
+              f"the call: {m['retained'] * mib:.1f} MiB; peak during the call (output "
+              f"included): {m['peak'] * mib:.1f} MiB")
+        return 0
     rows = bench.compare(grid, repeats=args.repeats, with_torch=not args.no_torch)
     if args.json:
         with open(args.json, "w") as f:
@@ -86,6 +94,9 @@ def main(argv=None):
     size.add_argument("--full", action="store_true",
                       help="T in 16,128,1024 x H in 64,256,1024 x B in 1,16,128 (slow)")
     size.add_argument("--shapes", nargs="+", metavar="T,B,H", help="shapes to run")
+    size.add_argument("--memory", nargs=3, type=int, metavar=("T", "B", "H"),
+                      help="report the training cache's memory at one shape "
+                           "(the issue's: 1024 64 256)")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--no-torch", action="store_true")
     bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")

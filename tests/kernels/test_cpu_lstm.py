@@ -71,7 +71,19 @@ def test_parallel_step_matches_reference(rng, monkeypatch, reverse):
     from numlstm.kernels.cpu import lstm as cpu_lstm
     monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)
     assert cpu_lstm._threads(5, 128, 2) == min(2, numba.get_num_threads())
-    for T, B, I, H in [(6, 5, 3, 70), (3, 9, 4, 128), (4, 2, 5, 20)]:
+    for T, B, I, H in [(6, 5, 3, 70), (3, 11, 4, 128), (4, 2, 5, 20), (2, 15, 3, 64)]:
         lengths = rng.integers(1, T + 1, B)
         _compare(rng, T, B, I, H, np.float32, reverse, lengths)
         _compare(rng, T, B, I, H, np.float32, reverse, None)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_inference_in_chunks_of_steps_matches_reference(rng, monkeypatch, reverse):
+    """Inference projects a few steps at a time; chunks of 1, 2 and 3 steps (odd
+    and even, a short last chunk) carry the state across their boundaries."""
+    from numlstm.kernels.cpu import lstm as cpu_lstm
+    T, B, I, H = 7, 3, 4, 20
+    row_bytes = B * 4 * 64 * 4  # one step of projected inputs (H pads to 64)
+    for steps in (1, 2, 3):
+        monkeypatch.setattr(cpu_lstm, "INFERENCE_CHUNK_BYTES", steps * row_bytes)
+        _compare(rng, T, B, I, H, np.float32, reverse, np.array([7, 2, 5]))

@@ -57,3 +57,10 @@ def test_float64_gates_are_libm_accurate():
     np.testing.assert_allclose(out[2], np.tanh(x), rtol=1e-15)
     np.testing.assert_allclose(out[3], out[1] * (1 - out[1]), rtol=0, atol=1e-16)
     np.testing.assert_allclose(out[4], 1 - out[2] ** 2, rtol=0, atol=1e-15)
+
+
+def test_float32_gates_propagate_nan_and_saturate_at_infinity():
+    out = _evaluate(np.array([np.nan, np.inf, -np.inf], np.float32))
+    assert np.isnan(out[:, 0]).all()  # a NaN is never clamped into a number
+    np.testing.assert_array_equal(out[1:3, 1], [1, 1])
+    np.testing.assert_array_equal(out[2, 1:], [1, -1])
