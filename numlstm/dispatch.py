@@ -1,7 +1,8 @@
 """The backend table: names -> Backend objects, and the choice behind "auto".
 
 A Backend declares the kernel layout it wants (a packing.Layout with the
-"cells" container) and runs one layer in one direction. Layers know nothing of
+"cells" container, or a pack function that lives beside its kernels) and runs
+one layer in one direction. Layers know nothing of
 Numba; they ask `select` for a backend and call its methods.
 
 Backend methods, for one cell (layer l, direction d) in the backend's layout:
