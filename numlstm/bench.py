@@ -78,7 +78,7 @@ def _torch_calls(T, B, H, lstm, seed):
     return infer, train
 
 
-def compare(grid, repeats=5, with_torch=True, budget_s=None, out=print):
+def compare(grid, repeats=5, with_torch=True, out=print):
     """Run the grid; return a list of row dicts and print a table as it goes."""
     try:
         import torch

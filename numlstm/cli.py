@@ -56,11 +56,6 @@ def _bench(args):
 
     from . import bench
 
-    if args.shapes:
-        grid = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
-    else:
-        grid = bench.QUICK_GRID if args.quick else (
-            bench.FULL_GRID if args.full else bench.DEFAULT_GRID)
     if args.memory:
         m = bench.training_memory(*args.memory)
         mib = 1 / 2 ** 20
@@ -69,6 +64,11 @@ def _bench(args):
               f"the call: {m['retained'] * mib:.1f} MiB; peak during the call (output "
               f"included): {m['peak'] * mib:.1f} MiB")
         return 0
+    if args.shapes:
+        grid = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+    else:
+        grid = bench.QUICK_GRID if args.quick else (
+            bench.FULL_GRID if args.full else bench.DEFAULT_GRID)
     rows = bench.compare(grid, repeats=args.repeats, with_torch=not args.no_torch)
     if args.json:
         with open(args.json, "w") as f:

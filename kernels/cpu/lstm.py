@@ -421,7 +421,7 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh):
     w_hh_p = np.zeros((Gp, Hp), np.float32)
     w_hh_p[cols, :H] = w_hh
     return dict(
-        kind="tiled", H=H, Hp=Hp, I=I, cols=cols, bias=bias_p,
+        kind="tiled", H=H, Hp=Hp, cols=cols, bias=bias_p,
         w_in=_blocks(w_ih_p.T),   # [Gp/CB, I, CB]: x @ W_ih^T
         w_fwd=_blocks(w_hh_p.T),  # [Gp/CB, Hp, CB]: h @ W_hh^T
         w_bwd=_blocks(w_hh_p),    # [Hp/CB, Gp, CB]: dG @ W_hh
@@ -509,13 +509,15 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     Returns dx [T,B,I], dh0 [B,H], dc0 [B,H] and {"w_ih", "w_hh", "b_ih", "b_hh"}
     in torch's layout.
     """
+    if packed["kind"] == "blas":
+        return _backward_blas_wrap(dy, dh_n, dc_n, cache, packed)
     x, y, lens, reverse = cache["x"], cache["y"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
     H = packed["H"]
     dg = cache["gates"]
     Gp, Hp = dg.shape[2], y.shape[2]
-    if packed["kind"] == "blas":
-        return _backward_blas_wrap(dy, dh_n, dc_n, cache, packed)
+    Ip = packed["w_dx"].shape[0] * CB
+    zeros = np.zeros((1, max(Ip, Hp)), np.float32)  # the init of every product below
     dh_np = _pad(dh_n, Hp)
     dc = _pad(dc_n, Hp).copy()
     rec = np.empty((B, Hp), np.float32)
@@ -524,11 +526,9 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
                     dh_np, dc, lens, reverse, P)
     dg_first, empty = _first_step_gradients(dg, lens, reverse)
     dh = np.empty((B, Hp), np.float32)
-    _matmul(dg_first, packed["w_bwd"], dh, np.zeros((1, Hp), np.float32), False)
+    _matmul(dg_first, packed["w_bwd"], dh, zeros, False)
     dh[empty] = dh_np[empty]
     dg2 = dg.reshape(T * B, Gp)
-    Ip = packed["w_dx"].shape[0] * CB
-    zeros = np.zeros((1, max(Ip, Hp)), np.float32)
     dx = np.empty((T * B, Ip), np.float32)
     _matmul(dg2, packed["w_dx"], dx, zeros, False)
     dg_t = np.empty((Gp, T * B), np.float32)
