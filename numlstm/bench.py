@@ -160,3 +160,97 @@ def training_memory(T=1024, B=64, H=256, backend="cpu"):
     itemsize = np.dtype(np.float32).itemsize
     return dict(T=T, B=B, H=H, expected=T * B * 6 * H * itemsize, retained=retained,
                 peak=peak)
+
+
+def compare_char(text, steps=200, embed=32, hidden=128, layers=1, batch=32, seq_len=64,
+                 lr=2e-3, clip_norm=1.0, seed=0, out=print):
+    """Train numlstm's character model and the same model in torch (nn.Embedding,
+    nn.LSTM, nn.Linear; Adam; cross-entropy; gradient clipping) side by side: same
+    initial weights, same batches, steps alternating between the two. Returns
+    {"numlstm": {...}, "torch": {...}} with tokens/s (median over blocks of 10 steps),
+    train_seconds and val_bpc on the text's last 10%."""
+    import math
+
+    import torch
+
+    from .train import bits_per_char, char_model, sample_batch
+
+    vocab = "".join(sorted(set(text)))
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = np.fromiter((index[c] for c in text), np.int64, len(text))
+    n_val = max(len(ids) // 10, seq_len + 1)
+    train_ids, val_ids = ids[:-n_val], ids[-n_val:]
+
+    model = char_model(len(vocab), embed, hidden, layers, 0.0, seed)
+    model.compile("adam", "cross_entropy", lr=lr, clip_norm=clip_norm)
+    w = model.get_weights()
+
+    class TorchChar(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(len(vocab), embed)
+            self.lstm = torch.nn.LSTM(embed, hidden, layers, batch_first=True)
+            self.dense = torch.nn.Linear(hidden, len(vocab))
+
+        def forward(self, x):
+            return self.dense(self.lstm(self.embedding(x))[0])
+
+    tmodel = TorchChar()
+    with torch.no_grad():  # start from numlstm's initial weights
+        tmodel.embedding.weight.copy_(torch.from_numpy(w["embedding/weight"]))
+        for name, p in tmodel.lstm.named_parameters():
+            p.copy_(torch.from_numpy(w[f"lstm/{name}"]))
+        tmodel.dense.weight.copy_(torch.from_numpy(w["dense/weight"]))
+        tmodel.dense.bias.copy_(torch.from_numpy(w["dense/bias"]))
+    topt = torch.optim.Adam(tmodel.parameters(), lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def torch_step(x, y):
+        topt.zero_grad()
+        logits = tmodel(torch.from_numpy(x))
+        loss = loss_fn(logits.reshape(-1, len(vocab)), torch.from_numpy(y).reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tmodel.parameters(), clip_norm)
+        topt.step()
+        return loss.item()
+
+    rng = np.random.default_rng(seed)
+    x, y = sample_batch(train_ids, rng, batch, seq_len)
+    model.train_step(x, y)  # warm-up (compilation) outside the timing; not counted
+    model.compile("adam", "cross_entropy", lr=lr, clip_norm=clip_norm)
+    model.set_weights(w)
+    times = {"numlstm": [], "torch": []}
+    block = {"numlstm": 0.0, "torch": 0.0}
+    for step in range(1, steps + 1):
+        x, y = sample_batch(train_ids, rng, batch, seq_len)
+        for name, fn in (("numlstm", model.train_step), ("torch", torch_step)):
+            t0 = time.perf_counter()
+            fn(x, y)
+            block[name] += time.perf_counter() - t0
+        if step % 10 == 0:
+            for name in block:
+                times[name].append(block[name])
+                block[name] = 0.0
+    with torch.no_grad():
+        n = (len(val_ids) - 1) // seq_len
+        xv = torch.from_numpy(val_ids[:n * seq_len].reshape(n, seq_len))
+        yv = torch.from_numpy(val_ids[1:n * seq_len + 1].reshape(n, seq_len))
+        torch_bpc = loss_fn(tmodel(xv).reshape(-1, len(vocab)),
+                            yv.reshape(-1)).item() / math.log(2)
+    result = {}
+    for name, bpc in (("numlstm", bits_per_char(model, val_ids, seq_len)),
+                      ("torch", torch_bpc)):
+        ts = times[name]
+        result[name] = {"tokens_per_second": 10 * batch * seq_len / float(np.median(ts)),
+                        "train_seconds": float(np.sum(ts)), "val_bpc": bpc}
+    ratio = result["numlstm"]["tokens_per_second"] / result["torch"]["tokens_per_second"]
+    out(f"character model: vocab {len(vocab)}, embed {embed}, hidden {hidden}, layers "
+        f"{layers}, batch {batch}, {seq_len} characters, Adam lr {lr}, clip {clip_norm}; "
+        f"{steps} steps each on the same batches, alternating")
+    for name, r in result.items():
+        out(f"  {name:<8} {r['tokens_per_second']:>10,.0f} tokens/s  "
+            f"({r['train_seconds']:.1f} s)  val_bpc {r['val_bpc']:.4f}")
+    out(f"  ratio (numlstm tokens/s / torch tokens/s): {ratio:.2f}x  [torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads]")
+    result["ratio"] = ratio
+    return result

@@ -1,5 +1,10 @@
 """The `numlstm` command.
 
+    numlstm train    train a model on a CPU (with no arguments: a forecaster of the
+                     embedded Mauna Loa CO2 record); --text FILE: a character model;
+                     --csv FILE --column NAME: your own series; --task adding: the
+                     adding problem
+    numlstm generate continue a prompt with a trained character model
     numlstm demo     build a stacked bidirectional LSTM, run a training forward and
                      backward on random data, check the CPU kernels against the NumPy
                      reference, and print what happened and how long it took
@@ -76,10 +81,144 @@ def _bench(args):
     return 0
 
 
+def _train(args):
+    from . import train
+
+    if args.text and args.csv:
+        raise train.UsageError("give --text or --csv, not both")
+    if args.csv and not args.column:
+        raise train.UsageError("--csv needs --column NAME (the column to forecast)")
+    task = args.task or ("text" if args.text else "forecast")
+    if task == "text" and not args.text:
+        raise train.UsageError("--task text needs --text FILE")
+    if task != "text" and args.text:
+        raise train.UsageError(f"--text goes with the text task, not --task {task}")
+    if task == "adding" and args.csv:
+        raise train.UsageError("--csv goes with the forecast task, not --task adding")
+    run = {"forecast": train.run_forecast, "text": train.run_text,
+           "adding": train.run_adding}[task]
+    run(args)
+    return 0
+
+
+def _generate(args):
+    from . import train
+    print(train.generate(args))
+    return 0
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+        return value
+    return parse
+
+
+def _fraction(text):
+    value = _positive(float)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text}")
+    return value
+
+
+def _add_train_parser(sub):
+    p = sub.add_parser(
+        "train", help="train a model (default: forecast the embedded CO2 record)",
+        description="Train on a CPU. With no arguments: an LSTM forecaster of NOAA's Mauna "
+                    "Loa weekly CO2 record (embedded, public domain), compared with a "
+                    "seasonal-naive forecast. Writes metrics.json, checkpoint.npz and PNG "
+                    "plots into --out.")
+    what = p.add_argument_group("what to train")
+    what.add_argument("--task", choices=["forecast", "text", "adding"],
+                      help="forecast (default; CO2 or --csv), text (needs --text), or "
+                           "adding (the adding problem: a dependency over --seq-len steps)")
+    what.add_argument("--text", metavar="FILE", help="train a character-level language "
+                      "model on this UTF-8 text; validation on its last 10%%")
+    what.add_argument("--csv", metavar="FILE", help="forecast a column of this CSV file "
+                      "(header row required)")
+    what.add_argument("--column", metavar="NAME", help="the --csv column to forecast")
+    what.add_argument("--cell", choices=["lstm"], default="lstm",
+                      help="the recurrent cell (default: lstm)")
+    m = p.add_argument_group("model")
+    m.add_argument("--embed", type=_positive(int), default=32,
+                   help="text: embedding size (default: 32)")
+    m.add_argument("--hidden", type=_positive(int),
+                   help="hidden units per layer (default: 128 for text, 64 otherwise)")
+    m.add_argument("--layers", type=_positive(int), help="stacked LSTM layers (default: 1)")
+    m.add_argument("--dropout", type=float, default=0.0,
+                   help="text: dropout between layers and before the output (default: 0)")
+    o = p.add_argument_group("training")
+    o.add_argument("--seq-len", type=_positive(int), default=None,
+                   help="text: characters per training window (default: 64); adding: "
+                        "sequence length T (default: 100)")
+    o.add_argument("--batch-size", type=_positive(int), default=32,
+                   help="sequences per step (default: 32)")
+    o.add_argument("--lr", type=_positive(float), default=None,
+                   help="Adam's learning rate (default: 2e-3 text, 5e-3 forecast, "
+                        "1e-3 adding)")
+    o.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                   help="learning-rate schedule: linear warm-up then cosine decay, or "
+                        "constant (default: cosine)")
+    o.add_argument("--steps", type=_positive(int),
+                   help="text and adding: optimizer steps (default: 2000 text, 1500 adding)")
+    o.add_argument("--epochs", type=_positive(int),
+                   help="forecast: passes over the training windows (default: 60)")
+    o.add_argument("--clip-norm", type=float, default=1.0,
+                   help="clip the global gradient norm to this (0: no clipping; default 1)")
+    o.add_argument("--seed", type=int, default=0, help="seeds everything (default: 0)")
+    f = p.add_argument_group("forecast")
+    f.add_argument("--window", type=_positive(int),
+                   help="past values the model reads (default: two seasons, at least 24)")
+    f.add_argument("--horizon", type=_positive(int),
+                   help="values forecast at once (default: one season, or 1)")
+    f.add_argument("--season", type=_positive(int),
+                   help="season length in steps for the seasonal-naive baseline "
+                        "(default: 52 for CO2, 1 for --csv: the last value)")
+    f.add_argument("--val-fraction", type=_fraction, default=0.2,
+                   help="the last fraction of the series held out (default: 0.2)")
+    r = p.add_argument_group("output")
+    r.add_argument("--out", metavar="DIR",
+                   help="run folder (default: a new runs/<task>-<date>-<time>)")
+    r.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
+                   help="text: also write the checkpoint every N steps (default: 500)")
+    r.add_argument("--resume", metavar="CHECKPOINT",
+                   help="text: continue from a checkpoint file or run folder (model, "
+                        "optimizer, step, random state) up to --steps")
+    r.add_argument("--quiet", dest="verbose", action="store_false",
+                   help="no progress bar")
+    p.set_defaults(run=_train)
+
+
+def _add_generate_parser(sub):
+    p = sub.add_parser("generate", help="continue a prompt with a trained character model")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a run folder of `numlstm train --text`, or its checkpoint.npz")
+    p.add_argument("--prompt", default="", help="text to start from (default: the "
+                   "vocabulary's first character)")
+    p.add_argument("--length", type=_positive(int), default=200,
+                   help="characters to generate (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="sampling temperature; 0 picks the likeliest character "
+                        "(default: 0.8)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampling (default: 0)")
+    p.set_defaults(run=_generate)
+
+
+_TASK_DEFAULTS = {"text": dict(lr=2e-3, seq_len=64), "forecast": dict(lr=5e-3, seq_len=None),
+                  "adding": dict(lr=1e-3, seq_len=100)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="numlstm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_generate_parser(sub)
     demo = sub.add_parser("demo", help="run a layer forward and backward and print it")
     demo.add_argument("--steps", type=int, default=50)
     demo.add_argument("--batch", type=int, default=16)
@@ -102,7 +241,19 @@ def main(argv=None):
     bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
-    return args.run(args)
+    if args.command == "train":
+        task = args.task or ("text" if args.text else "forecast")
+        for key, value in _TASK_DEFAULTS[task].items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        if args.clip_norm < 0 or args.dropout < 0 or args.dropout >= 1:
+            parser.error("--clip-norm must be >= 0 and --dropout in [0, 1)")
+    from .train import UsageError
+    try:
+        return args.run(args)
+    except UsageError as err:
+        print(f"numlstm {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

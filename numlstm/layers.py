@@ -3,11 +3,13 @@
 Dimensions: T steps, B batch, I input features, H hidden units, G = 4H,
 L layers, D directions (2 when bidirectional, else 1).
 """
+import contextlib
 import numbers
 
 import numpy as np
 
 from . import dispatch
+from .kernels.cpu import dense_backward_cpu, dense_forward_cpu
 from .packing import LSTMSpec, PackCache, as_array, from_canonical, get_layout, to_canonical
 
 _DTYPES = (np.float32, np.float64)
@@ -33,7 +35,105 @@ def _numeric(value, what):
     return arr
 
 
-class LSTM:
+class Layer:
+    """What a layer offers a Sequential model (and an optimizer).
+
+    Arrays in a model are batch-first: a sequence is [B,T,F], a vector [B,F].
+
+        forward(x, training=False, lengths=None) -> out
+        backward_output(dout) -> dx (None for an Embedding: integer inputs have no
+            gradient); parameter gradients are added to `grads`
+        params / grads        {name: array}, torch's names and shapes
+        output_shape(shape)   the output's shape for an input shape (None for an
+                              unknown size), ValueError when the input does not fit
+        updating()            a context in which `params` may be changed in place
+        get_config()          the constructor's arguments, JSON-serialisable
+    """
+    name = None
+
+    @property
+    def params(self):
+        return dict(self._params)
+
+    def zero_grad(self):
+        """Set every gradient in `grads` to zero."""
+        for g in self.grads.values():
+            g.fill(0)
+
+    @contextlib.contextmanager
+    def updating(self):
+        """Yield the parameters as writable arrays; changes take effect on exit."""
+        for arr in self._params.values():
+            arr.flags.writeable = True
+        try:
+            yield self._params
+        finally:
+            for arr in self._params.values():
+                arr.flags.writeable = False
+            self._params_changed()
+
+    def _params_changed(self):
+        pass
+
+    def _init_params(self, params):
+        self._replace_params(params)
+        self.grads = {name: np.zeros_like(p) for name, p in params.items()}
+
+    def _replace_params(self, params):
+        for arr in params.values():
+            arr.flags.writeable = False
+        self._params = params
+        self._params_changed()
+
+    def load_params(self, params):
+        """Replace the parameters with arrays of the same names and shapes (copied)."""
+        want = {k: v.shape for k, v in self._params.items()}
+        got = {k: tuple(np.shape(v)) for k, v in params.items()}
+        if got != want:
+            raise ValueError(f"{self.name or type(self).__name__}: expected parameters "
+                             f"{want}, got {got}")
+        self._replace_params({k: as_array(params[k], k, self.dtype) for k in want})
+
+    def rng_state(self):
+        """The state of the generator behind dropout masks (None if the layer has none)."""
+        rng = getattr(self, "_drop_rng", None)
+        return None if rng is None else rng.bit_generator.state
+
+    def set_rng_state(self, state):
+        if state is not None:
+            self._drop_rng.bit_generator.state = state
+
+    def __call__(self, x, training=False):
+        return self.forward(x, training)
+
+    def backward(self, dout):
+        return self.backward_output(dout)
+
+
+def _check_dtype(dtype):
+    if np.dtype(dtype) not in [np.dtype(d) for d in _DTYPES]:
+        raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
+    return np.dtype(dtype)
+
+
+def _check_probability(p, what):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{what}: expected a number in [0, 1), got {type(p).__name__}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{what}: expected a probability in [0, 1), got {p}")
+    return float(p)
+
+
+def _floats(x, what, dtype, features=None):
+    """x as a C-contiguous array of dtype whose last axis has `features` entries."""
+    arr = _numeric(x, what)
+    if features is not None and (arr.ndim < 2 or arr.shape[-1] != features):
+        raise ValueError(f"{what}: expected [..., {features}] ({features} features on the "
+                         f"last axis, a batch axis first), got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype)
+
+
+class LSTM(Layer):
     r"""A stack of LSTM layers, optionally bidirectional, with torch.nn.LSTM's semantics.
 
     Each step of each layer and direction computes (s = sigmoid, * elementwise)::
@@ -92,29 +192,22 @@ class LSTM:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
                  batch_first=False, dropout=0.0, backend="auto", dtype=np.float32,
-                 seed=None):
+                 seed=None, return_sequences=True):
         self.spec = LSTMSpec(_check_int(input_size, "input_size", 1),
                              _check_int(hidden_size, "hidden_size", 1),
                              _check_int(num_layers, "num_layers", 1), bool(bidirectional))
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
-            raise TypeError(f"dropout: expected a number in [0, 1), got "
-                            f"{type(dropout).__name__}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
-        if np.dtype(dtype) not in [np.dtype(d) for d in _DTYPES]:
-            raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
+        self.dropout = _check_probability(dropout, "dropout")
+        self.dtype = _check_dtype(dtype)
         self.batch_first = bool(batch_first)
-        self.dropout = float(dropout)
+        self.return_sequences = bool(return_sequences)
         self.backend = dispatch.check_name(backend)
-        self.dtype = np.dtype(dtype)
         init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
         self._drop_rng = np.random.default_rng(drop_seq)
         init_rng = np.random.default_rng(init_seq)
         k = 1.0 / np.sqrt(self.spec.hidden_size)
-        self._params = {}
-        self._set_params({name: init_rng.uniform(-k, k, shape).astype(self.dtype)
-                          for name, shape in self.spec.torch_shapes().items()})
-        self.grads = {name: np.zeros_like(p) for name, p in self._params.items()}
+        self._packs = PackCache()
+        self._init_params({name: init_rng.uniform(-k, k, shape).astype(self.dtype)
+                           for name, shape in self.spec.torch_shapes().items()})
         self._cache = None
         self._cache_state = "none"
 
@@ -131,24 +224,23 @@ class LSTM:
                 f"batch_first={self.batch_first}, dropout={self.dropout}, "
                 f"backend={self.backend!r}, dtype={self.dtype.name})")
 
+    def get_config(self):
+        s = self.spec
+        return dict(input_size=s.input_size, hidden_size=s.hidden_size,
+                    num_layers=s.num_layers, bidirectional=s.bidirectional,
+                    batch_first=self.batch_first, dropout=self.dropout,
+                    backend=self.backend, dtype=self.dtype.name,
+                    return_sequences=self.return_sequences)
+
     # -- parameters ----------------------------------------------------------------------
     @property
     def params(self):
-        """{name: array} in the torch layout; the arrays are read-only (use load_weights)."""
+        """{name: array} in the torch layout; the arrays are read-only (use load_weights,
+        or `updating()` to change them in place)."""
         return dict(self._params)
 
-    def _set_params(self, params):
-        for arr in params.values():
-            arr.flags.writeable = False
-        self._params = params
-        if not hasattr(self, "_packs"):
-            self._packs = PackCache()
+    def _params_changed(self):
         self._packs.invalidate()
-
-    def zero_grad(self):
-        """Set every gradient in `grads` to zero."""
-        for g in self.grads.values():
-            g.fill(0)
 
     def load_weights(self, weights, layout="torch"):
         """Replace all parameters with `weights` in `layout` ("torch", "keras", "onnx").
@@ -156,7 +248,7 @@ class LSTM:
         Every name and shape is checked before anything changes: a failed load
         leaves the layer as it was. See numlstm.packing for each layout's form.
         """
-        self._set_params(to_canonical(weights, get_layout(layout), self.spec, self.dtype))
+        self._replace_params(to_canonical(weights, get_layout(layout), self.spec, self.dtype))
 
     def export_weights(self, layout="torch"):
         """All parameters as copies in `layout` ("torch", "keras", "onnx")."""
@@ -225,6 +317,14 @@ class LSTM:
             c0 = self._as_state(c0, "c0", bdim)
         lens = self._check_lengths(lengths, T, B, batched)
 
+        y, h_n, c_n = self._run(backend, x_tm, h0, c0, lens, training, batched)
+        return self._to_user(y, batched), (self._state_out(h_n, batched),
+                                           self._state_out(c_n, batched))
+
+    def _run(self, backend, x_tm, h0, c0, lens, training, batched=True):
+        """All layers and directions on time-major x_tm [T,B,I] -> y [T,B,D*H], h_n, c_n."""
+        s = self.spec
+        T, B = x_tm.shape[:2]
         cells = self._packs.get(backend, self._params, s)
         H, D = s.hidden_size, s.directions
         h_n = np.empty((s.num_layers * D, B, H), self.dtype)
@@ -258,8 +358,7 @@ class LSTM:
         else:
             self._cache = None
             self._cache_state = "inference"
-        return self._to_user(y, batched), (self._state_out(h_n, batched),
-                                           self._state_out(c_n, batched))
+        return y, h_n, c_n
 
     def _check_lengths(self, lengths, T, B, batched):
         if lengths is None:
@@ -292,16 +391,7 @@ class LSTM:
         (h_n, c_n), either may be None. Returns dx, (dh0, dc0) shaped like x and
         the state. Adds parameter gradients into `grads`.
         """
-        if self._cache_state != "ready":
-            raise RuntimeError({
-                "none": "backward: no forward has run; call the layer with "
-                        "training=True first",
-                "inference": "backward: the last forward ran with training=False, which "
-                             "keeps nothing for backward; call the layer with "
-                             "training=True",
-                "used": "backward: this forward's activations were already consumed by a "
-                        "backward call; run a training forward again",
-            }[self._cache_state])
+        self._check_ready()
         s, cache = self.spec, self._cache
         T, B, batched = cache["T"], cache["B"], cache["batched"]
         H, D = s.hidden_size, s.directions
@@ -322,9 +412,29 @@ class LSTM:
             dy = dy.transpose(1, 0, 2)
         grad = np.ascontiguousarray(dy, self.dtype)
 
+        dx, dh0, dc0 = self._run_backward(grad, dh_n, dc_n)
+        return self._to_user(dx, batched), (self._state_out(dh0, batched),
+                                            self._state_out(dc0, batched))
+
+    def _check_ready(self):
+        if self._cache_state != "ready":
+            raise RuntimeError({
+                "none": "backward: no forward has run; call the layer with "
+                        "training=True first",
+                "inference": "backward: the last forward ran with training=False, which "
+                             "keeps nothing for backward; call the layer with "
+                             "training=True",
+                "used": "backward: this forward's activations were already consumed by a "
+                        "backward call; run a training forward again",
+            }[self._cache_state])
+
+    def _run_backward(self, grad, dh_n, dc_n):
+        """Time-major dy [T,B,D*H], dh_n, dc_n [L*D,B,H] -> dx [T,B,I], dh0, dc0."""
+        s, cache = self.spec, self._cache
+        H, D = s.hidden_size, s.directions
         backend, cells = cache["backend"], cache["cells"]
         self._cache, self._cache_state = None, "used"
-        dh0, dc0 = np.empty_like(zeros), np.empty_like(zeros)
+        dh0, dc0 = np.empty_like(dh_n), np.empty_like(dc_n)
         new_grads = {}
         for l in range(s.num_layers - 1, -1, -1):
             caches, _ = cache["layers"][l]
@@ -346,5 +456,245 @@ class LSTM:
             grad = dx
         for name, g in new_grads.items():
             self.grads[name] += g
-        dx = self._to_user(grad, batched)
-        return dx, (self._state_out(dh0, batched), self._state_out(dc0, batched))
+        return grad, dh0, dc0
+
+    # -- the Sequential protocol (batch-first) -------------------------------------------
+    def output_shape(self, shape):
+        s = self.spec
+        if len(shape) != 3 or shape[-1] not in (None, s.input_size):
+            raise ValueError(f"expected input [B,T,{s.input_size}], got {_shape_str(shape)}")
+        width = s.directions * s.hidden_size
+        return (shape[0], shape[1], width) if self.return_sequences else (shape[0], width)
+
+    def forward(self, x, training=False, lengths=None):
+        """x [B,T,I] (batch-first, whatever `batch_first` says) -> y [B,T,D*H], or with
+        return_sequences=False the output at each sequence's last valid step [B,D*H]
+        (for the reverse direction, its state after reading the whole sequence: step
+        0, as Keras returns it)."""
+        x = _floats(x, "x", self.dtype, self.spec.input_size)
+        if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"x: expected [B,T,{self.spec.input_size}] with B, T >= 1, "
+                             f"got shape {x.shape}")
+        B, T = x.shape[:2]
+        backend = dispatch.select(self.backend, x)
+        lens = self._check_lengths(lengths, T, B, True)
+        zeros = np.zeros(self._state_shape(B), self.dtype)
+        y, h_n, _ = self._run(backend, np.ascontiguousarray(x.transpose(1, 0, 2)), zeros,
+                              zeros, lens, training)
+        if self.return_sequences:
+            return np.ascontiguousarray(y.transpose(1, 0, 2))
+        D = self.spec.directions
+        return np.concatenate(list(h_n[-D:]), axis=1)
+
+    def backward_output(self, dout):
+        """The gradient of forward's output -> that of its input x [B,T,I]."""
+        self._check_ready()
+        s, T, B = self.spec, self._cache["T"], self._cache["B"]
+        H, D = s.hidden_size, s.directions
+        want = (B, T, D * H) if self.return_sequences else (B, D * H)
+        dout = _numeric(dout, "dout")
+        if tuple(dout.shape) != want:
+            raise ValueError(f"dout: expected the shape of the output, {want}, got "
+                             f"{tuple(dout.shape)}")
+        dstate = np.zeros(self._state_shape(B), self.dtype)
+        if self.return_sequences:
+            dy = np.ascontiguousarray(dout.transpose(1, 0, 2), self.dtype)
+        else:
+            dy = np.zeros((T, B, D * H), self.dtype)
+            dstate[-D:] = np.asarray(dout, self.dtype).reshape(B, D, H).transpose(1, 0, 2)
+        dx, _, _ = self._run_backward(dy, dstate, np.zeros_like(dstate))
+        return np.ascontiguousarray(dx.transpose(1, 0, 2))
+
+
+def _shape_str(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+_ACTIVATIONS = (None, "relu", "tanh", "sigmoid")
+
+
+class Dense(Layer):
+    """A fully connected layer, torch.nn.Linear's parameters: y = act(x W^T + b).
+
+    Applied to the last axis, so it maps [B,F] -> [B,out] and, at every step of a
+    sequence, [B,T,F] -> [B,T,out].
+
+    Args:
+        in_features, out_features: sizes, each >= 1.
+        activation: None (identity: logits stay logits), "relu", "tanh" or "sigmoid".
+        dtype: np.float32 (default) or np.float64.
+        seed: seeds the initial weights, uniform in [-1/sqrt(in), 1/sqrt(in)] as torch's.
+
+    Parameters: weight [out,in], bias [out].
+    """
+
+    def __init__(self, in_features, out_features, activation=None, dtype=np.float32,
+                 seed=None):
+        self.in_features = _check_int(in_features, "in_features", 1)
+        self.out_features = _check_int(out_features, "out_features", 1)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {_ACTIVATIONS}, got "
+                             f"{activation!r}")
+        self.activation = activation
+        self.dtype = _check_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        k = 1.0 / np.sqrt(self.in_features)
+        self._init_params({
+            "weight": rng.uniform(-k, k, (self.out_features, self.in_features)).astype(dtype),
+            "bias": rng.uniform(-k, k, self.out_features).astype(dtype)})
+        self._saved = None
+
+    def __repr__(self):
+        return (f"Dense({self.in_features}, {self.out_features}, "
+                f"activation={self.activation!r}, dtype={self.dtype.name})")
+
+    def get_config(self):
+        return dict(in_features=self.in_features, out_features=self.out_features,
+                    activation=self.activation, dtype=self.dtype.name)
+
+    def output_shape(self, shape):
+        if len(shape) < 2 or shape[-1] not in (None, self.in_features):
+            raise ValueError(f"expected input [..., {self.in_features}], got "
+                             f"{_shape_str(shape)}")
+        return tuple(shape[:-1]) + (self.out_features,)
+
+    def forward(self, x, training=False, lengths=None):
+        """x [..., in] -> y [..., out]."""
+        x = _floats(x, "x", self.dtype, self.in_features)
+        y = dense_forward_cpu(x.reshape(-1, self.in_features), self._params["weight"],
+                              self._params["bias"]).reshape(x.shape[:-1] + (-1,))
+        if self.activation == "relu":
+            np.maximum(y, 0, out=y)
+        elif self.activation == "tanh":
+            np.tanh(y, out=y)
+        elif self.activation == "sigmoid":
+            y = 0.5 * (1 + np.tanh(0.5 * y))  # no overflow warning for large |y|
+        self._saved = (x, y if self.activation else None) if training else None
+        return y
+
+    def backward_output(self, dout):
+        """dout [..., out] -> dx [..., in]; adds to grads["weight"] and grads["bias"]."""
+        if self._saved is None:
+            raise RuntimeError("backward: run forward with training=True first (each "
+                               "training forward supports one backward)")
+        x, y = self._saved
+        dout = _floats(dout, "dout", self.dtype)
+        if dout.shape != x.shape[:-1] + (self.out_features,):
+            raise ValueError(f"dout: expected the output's shape "
+                             f"{x.shape[:-1] + (self.out_features,)}, got {dout.shape}")
+        self._saved = None
+        if self.activation == "relu":
+            dout = dout * (y > 0)
+        elif self.activation == "tanh":
+            dout = dout * (1 - y * y)
+        elif self.activation == "sigmoid":
+            dout = dout * y * (1 - y)
+        dx, dw, db = dense_backward_cpu(dout.reshape(-1, self.out_features),
+                                        x.reshape(-1, self.in_features),
+                                        self._params["weight"])
+        self.grads["weight"] += dw
+        self.grads["bias"] += db
+        return dx.reshape(x.shape)
+
+
+class Embedding(Layer):
+    """A lookup table from integer ids to vectors, torch.nn.Embedding's parameters.
+
+    Args:
+        num_embeddings (V): the number of ids, 0..V-1.
+        embedding_dim (E): the size of each vector.
+        dtype: np.float32 (default) or np.float64.
+        seed: seeds the initial weights, standard normal as torch's.
+
+    Parameters: weight [V,E]. Maps ids [B,T] (any integer shape) -> [B,T,E]. The ids
+    have no gradient; backward_output returns None.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, seed=None):
+        self.num_embeddings = _check_int(num_embeddings, "num_embeddings", 1)
+        self.embedding_dim = _check_int(embedding_dim, "embedding_dim", 1)
+        self.dtype = _check_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self._init_params({"weight": rng.standard_normal(
+            (self.num_embeddings, self.embedding_dim)).astype(dtype)})
+        self._ids = None
+
+    def __repr__(self):
+        return (f"Embedding({self.num_embeddings}, {self.embedding_dim}, "
+                f"dtype={self.dtype.name})")
+
+    def get_config(self):
+        return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
+                    dtype=self.dtype.name)
+
+    def output_shape(self, shape):
+        return tuple(shape) + (self.embedding_dim,)
+
+    def forward(self, ids, training=False, lengths=None):
+        ids = _numeric(ids, "ids")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"ids: expected integers, got dtype {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.num_embeddings):
+            raise ValueError(f"ids: expected values in [0, {self.num_embeddings}), got min "
+                             f"{ids.min()} max {ids.max()}")
+        self._ids = ids if training else None
+        return self._params["weight"][ids]
+
+    def backward_output(self, dout):
+        """Adds dout's rows into grads["weight"] at their ids; returns None."""
+        if self._ids is None:
+            raise RuntimeError("backward: run forward with training=True first (each "
+                               "training forward supports one backward)")
+        ids, self._ids = self._ids, None
+        dout = _floats(dout, "dout", self.dtype)
+        if dout.shape != ids.shape + (self.embedding_dim,):
+            raise ValueError(f"dout: expected {ids.shape + (self.embedding_dim,)}, got "
+                             f"{dout.shape}")
+        np.add.at(self.grads["weight"], ids.ravel(), dout.reshape(-1, self.embedding_dim))
+        return None
+
+
+class Dropout(Layer):
+    """Zeroes each input element with probability p when training, and scales the
+    survivors by 1/(1-p) (inverted dropout, as torch.nn.Dropout); the identity at
+    inference. No parameters.
+
+    Args:
+        p: the probability of zeroing, in [0, 1).
+        seed: seeds the masks.
+    """
+
+    def __init__(self, p=0.5, seed=None):
+        self.p = _check_probability(p, "p")
+        self._drop_rng = np.random.default_rng(seed)
+        self._init_params({})
+        self._mask = None
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+    def get_config(self):
+        return dict(p=self.p)
+
+    def output_shape(self, shape):
+        return tuple(shape)
+
+    def forward(self, x, training=False, lengths=None):
+        x = _numeric(x, "x")
+        if x.dtype.kind != "f":
+            raise TypeError(f"x: expected floats, got dtype {x.dtype}")
+        if not training or self.p == 0:
+            self._mask = 1 if training else None
+            return x
+        keep = self._drop_rng.random(x.shape) >= self.p
+        self._mask = keep.astype(x.dtype) / x.dtype.type(1 - self.p)
+        return x * self._mask
+
+    def backward_output(self, dout):
+        if self._mask is None:
+            raise RuntimeError("backward: run forward with training=True first")
+        mask, self._mask = self._mask, None
+        return dout * mask
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (LSTM, Dense, Embedding, Dropout)}

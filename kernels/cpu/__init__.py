@@ -1,4 +1,4 @@
-"""CPU kernels (Numba @njit), one file per cell.
+"""CPU kernels (Numba @njit), one file per cell (lstm.py) or layer (dense.py).
 
 Importing this package configures Numba for the kernels, unless the user's
 environment already decided (NUMBA_THREADING_LAYER, NUMBA_CPU_FEATURES):
@@ -25,6 +25,8 @@ if "NUMBA_CPU_FEATURES" not in os.environ and numba.config.CPU_FEATURES is None:
     if "+avx512f" in _features.split(","):
         numba.config.CPU_FEATURES = _features + ",-prefer-256-bit"
 
+from .dense import dense_backward_cpu, dense_forward_cpu  # noqa: E402
 from .lstm import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu  # noqa: E402
 
-__all__ = ["lstm_forward_cpu", "lstm_backward_cpu", "pack_lstm_cpu"]
+__all__ = ["lstm_forward_cpu", "lstm_backward_cpu", "pack_lstm_cpu", "dense_forward_cpu",
+           "dense_backward_cpu"]

@@ -1,0 +1,140 @@
+"""Losses: a scalar value and its gradient with respect to the prediction.
+
+    MSELoss            mean squared error over all elements
+    CrossEntropyLoss   softmax cross-entropy over the last axis, integer targets
+    get_loss(name)     "mse" | "cross_entropy" (and aliases) -> an instance
+    loss_from_config   rebuild a loss from its get_config()
+
+Each loss offers value_and_grad(pred, target) -> (float, grad), with grad of
+pred's shape and float dtype, and __call__(pred, target) -> float. Both reduce
+with a mean, as torch's losses do with reduction="mean".
+"""
+import numbers
+
+import numpy as np
+
+
+class Loss:
+    """Base class: value_and_grad, __call__ (the value alone) and get_config."""
+
+    def value_and_grad(self, pred, target):
+        raise NotImplementedError
+
+    def __call__(self, pred, target):
+        return self.value_and_grad(pred, target)[0]
+
+    def get_config(self):
+        """The constructor's arguments and the class name, JSON-serialisable."""
+        return {"type": type(self).__name__}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+def _array(name, value, kinds, expected):
+    arr = np.asarray(value)
+    if arr.dtype.kind not in kinds:
+        raise TypeError(f"{name}: expected {expected}, got dtype {arr.dtype}")
+    return arr
+
+
+class MSELoss(Loss):
+    """Mean squared error, mean((pred - target)**2) over all elements, as torch's
+    MSELoss(reduction="mean"). pred and target: real arrays of one shape, any
+    shape with at least one element. The value is computed in float64; the grad,
+    2 * (pred - target) / size, has pred's dtype (float64 for an integer pred)."""
+
+    def value_and_grad(self, pred, target):
+        pred = _array("pred", pred, "fiu", "a real numeric array")
+        target = _array("target", target, "fiu", "a real numeric array")
+        if target.shape != pred.shape:
+            raise ValueError(f"target: expected pred's shape {pred.shape}, got {target.shape}")
+        if pred.size == 0:
+            raise ValueError("pred: expected at least one element (the mean of none is undefined)")
+        diff = pred.astype(np.float64) - target
+        value = float(np.mean(np.square(diff)))
+        diff *= 2.0 / diff.size
+        dtype = pred.dtype if pred.dtype.kind == "f" else np.float64
+        return value, diff.astype(dtype, copy=False)
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax cross-entropy from logits, as torch.nn.functional.cross_entropy with
+    class indices and reduction="mean".
+
+    pred [..., C] float logits; target [...] integers in [0, C) or ignore_index.
+    The value is the mean over positions whose target is not ignore_index of
+    logsumexp(pred[pos]) - pred[pos, target[pos]], computed in float64 after
+    subtracting each row's max (so logits of any size stay finite). The grad is
+    (softmax(pred) - onehot(target)) / n_valid on those positions and 0 on ignored
+    ones, in pred's dtype.
+
+    When every position is ignored (or there are none) the value is 0.0 and the
+    grad zero, where torch returns nan: nothing to learn from is not an error.
+    """
+
+    def __init__(self, ignore_index=-100):
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+            raise TypeError(f"ignore_index: expected an integer, got {ignore_index!r}")
+        self.ignore_index = int(ignore_index)
+
+    def get_config(self):
+        return {"type": "CrossEntropyLoss", "ignore_index": self.ignore_index}
+
+    def value_and_grad(self, pred, target):
+        pred = _array("pred", pred, "f", "float logits [..., C]")
+        target = _array("target", target, "iu", "integer class indices")
+        if pred.ndim == 0 or pred.shape[-1] == 0:
+            raise ValueError(f"pred: expected logits [..., C] with C >= 1, got shape {pred.shape}")
+        if target.shape != pred.shape[:-1]:
+            raise ValueError(f"target: expected shape {pred.shape[:-1]} (pred's {pred.shape} "
+                             f"without the class axis), got {target.shape}")
+        C = pred.shape[-1]
+        t = target.reshape(-1)
+        valid = t != self.ignore_index
+        bad = valid & ((t < 0) | (t >= C))
+        if bad.any():
+            raise ValueError(f"target: expected class indices in [0, {C}) or ignore_index="
+                             f"{self.ignore_index}, got {t[bad][0]}")
+        rows = np.flatnonzero(valid)
+        n = rows.size
+        if n == 0:
+            return 0.0, np.zeros_like(pred)
+        cls = t[rows].astype(np.intp)
+        z = pred.reshape(-1, C).astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        picked = z[rows, cls]
+        np.exp(z, out=z)
+        total = z.sum(axis=1)
+        value = float(np.sum(np.log(total[rows]) - picked) / n)
+        z /= total[:, None]  # softmax
+        z[rows, cls] -= 1.0
+        z *= 1.0 / n
+        z[~valid] = 0.0
+        return value, z.astype(pred.dtype, copy=False).reshape(pred.shape)
+
+
+_LOSSES = {"mse": MSELoss, "cross_entropy": CrossEntropyLoss, "crossentropy": CrossEntropyLoss,
+           "ce": CrossEntropyLoss, "sparse_categorical_crossentropy": CrossEntropyLoss}
+
+
+def get_loss(name_or_obj):
+    """A loss by name (any case): "mse", or "cross_entropy" (also "crossentropy",
+    "ce", "sparse_categorical_crossentropy"); a Loss instance is returned as is."""
+    if isinstance(name_or_obj, Loss):
+        return name_or_obj
+    cls = _LOSSES.get(name_or_obj.lower()) if isinstance(name_or_obj, str) else None
+    if cls is None:
+        raise ValueError(f"get_loss: expected one of {sorted(_LOSSES)} or a Loss, "
+                         f"got {name_or_obj!r}")
+    return cls()
+
+
+def loss_from_config(cfg):
+    """The loss that get_config() described: {"type": class name, **arguments}."""
+    classes = {cls.__name__: cls for cls in (MSELoss, CrossEntropyLoss)}
+    if not isinstance(cfg, dict) or cfg.get("type") not in classes:
+        raise ValueError(f"loss_from_config: expected a dict with 'type' in "
+                         f"{sorted(classes)}, got {cfg!r}")
+    return classes[cfg["type"]](**{k: v for k, v in cfg.items() if k != "type"})

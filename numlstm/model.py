@@ -1,0 +1,312 @@
+"""Sequential: a chain of layers with Keras's summary/compile/fit/evaluate/predict.
+
+Arrays in a model are batch-first, as in Keras: B batch, T steps, F features.
+A sequence is [B,T,F] (token ids [B,T]); a recurrent layer with
+return_sequences=False turns it into a vector [B,F].
+"""
+import contextlib
+import time
+
+import numpy as np
+
+from .layers import LAYER_TYPES, Layer, _numeric, _shape_str
+from .losses import get_loss
+from .optim import Optimizer, get_optimizer
+
+
+class Sequential:
+    """Layers applied one after another; the backward runs through the chain in reverse.
+
+    Args:
+        layers: Layer objects (numlstm.Embedding, LSTM, Dense, Dropout). Each is given a
+            unique name, Keras style ("lstm", "lstm_1", ...), unless it has one.
+        name: the model's name, shown by summary().
+        seed: seeds the shuffling of fit(); layers keep their own seeds for their
+            initial weights and dropout masks.
+
+    Typical use::
+
+        model = numlstm.Sequential([numlstm.Embedding(V, 32), numlstm.LSTM(32, 128),
+                                    numlstm.Dense(128, V)])
+        model.compile(optimizer="adam", loss="cross_entropy", lr=2e-3, clip_norm=1.0)
+        history = model.fit(x, y, epochs=3, batch_size=32, validation_data=(xv, yv))
+        logits = model.predict(x)
+
+    Parameters are gathered as "<layer name>/<parameter name>"; `parameters()` yields
+    (key, param, grad) for an optimizer.
+    """
+
+    def __init__(self, layers, name="sequential", seed=None):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers: expected at least one layer, got none")
+        used = set()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{i}]: expected a numlstm layer, got "
+                                f"{type(layer).__name__}")
+            if any(layer is other for other in layers[:i]):
+                raise ValueError(f"layers[{i}]: the same layer object appears twice")
+            base = layer.name or type(layer).__name__.lower()
+            name_i, n = base, 0
+            while name_i in used:
+                n += 1
+                name_i = f"{base}_{n}"
+            layer.name = name_i
+            used.add(name_i)
+        self.layers = layers
+        self.name = name
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self.loss = self.optimizer = None
+        self._shapes = self._infer_shapes()
+
+    # -- structure -----------------------------------------------------------------------
+    def _input_shape(self):
+        first = self.layers[0]
+        if type(first).__name__ == "Embedding":
+            return (None, None)
+        if type(first).__name__ == "LSTM":
+            return (None, None, first.input_size)
+        if type(first).__name__ == "Dense":
+            return (None, first.in_features)
+        return None
+
+    def _infer_shapes(self):
+        """Each layer's output shape (None = any size); checks that neighbours fit."""
+        shape = self._input_shape()
+        shapes = []
+        for i, layer in enumerate(self.layers):
+            if shape is None:  # a leading Dropout: take the next layer's input
+                shapes.append(None)
+                continue
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as err:
+                raise ValueError(f"layer {i} ({layer.name}): {err}; the layer before "
+                                 f"gives {_shape_str(shapes[-1])}") from None
+            shapes.append(shape)
+        return shapes
+
+    def summary(self, print_fn=print):
+        """Print (and return) a table of layers, output shapes and parameter counts."""
+        rows = [(f"{layer.name} ({type(layer).__name__})",
+                 _shape_str(shape) if shape else "?",
+                 f"{sum(p.size for p in layer.params.values()):,}")
+                for layer, shape in zip(self.layers, self._shapes)]
+        head = ("Layer (type)", "Output Shape", "Param #")
+        w = [max(len(r[k]) for r in rows + [head]) + 2 for k in range(3)]
+        line = "=" * (sum(w) + 2)
+        fmt = lambda r: f"{r[0]:<{w[0]}} {r[1]:<{w[1]}} {r[2]:>{w[2]}}"  # noqa: E731
+        total = self.count_params()
+        size = sum(p.nbytes for layer in self.layers for p in layer.params.values())
+        text = "\n".join(
+            [f'Model: "{self.name}"', line, fmt(head), line]
+            + [fmt(r) for r in rows]
+            + [line, f"Total params: {total:,} ({size / 2 ** 10:,.1f} KiB)",
+               f"Trainable params: {total:,}", "Non-trainable params: 0", line])
+        print_fn(text)
+        return text
+
+    def count_params(self):
+        return sum(p.size for layer in self.layers for p in layer.params.values())
+
+    def get_config(self):
+        return {"name": self.name, "seed": self.seed,
+                "layers": [{"type": type(l).__name__, "name": l.name,
+                            "config": l.get_config()} for l in self.layers]}
+
+    @classmethod
+    def from_config(cls, config):
+        layers = []
+        for entry in config["layers"]:
+            if entry["type"] not in LAYER_TYPES:
+                raise ValueError(f"unknown layer type {entry['type']!r}; expected one of "
+                                 f"{sorted(LAYER_TYPES)}")
+            layer = LAYER_TYPES[entry["type"]](**entry["config"])
+            layer.name = entry["name"]
+            layers.append(layer)
+        return cls(layers, name=config["name"], seed=config.get("seed"))
+
+    # -- parameters ----------------------------------------------------------------------
+    def parameters(self):
+        """[(key, param, grad)] over every layer, key = "<layer>/<name>"."""
+        return [(f"{layer.name}/{name}", p, layer.grads[name])
+                for layer in self.layers for name, p in layer.params.items()]
+
+    def zero_grad(self):
+        for layer in self.layers:
+            layer.zero_grad()
+
+    def get_weights(self):
+        """{key: copy of the parameter} over every layer."""
+        return {key: np.array(p) for key, p, _ in self.parameters()}
+
+    def set_weights(self, weights):
+        """Load {key: array} as get_weights() returns it; all names and shapes are
+        checked before any layer changes."""
+        want = {key: p.shape for key, p, _ in self.parameters()}
+        got = {key: tuple(np.shape(v)) for key, v in weights.items()}
+        if want != got:
+            missing = sorted(set(want) - set(got))
+            extra = sorted(set(got) - set(want))
+            wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+            raise ValueError(f"weights: missing {missing}, unexpected {extra}, wrong "
+                             f"shape {wrong}")
+        for layer in self.layers:
+            layer.load_params({name: weights[f"{layer.name}/{name}"]
+                               for name in layer.params})
+
+    # -- compute -------------------------------------------------------------------------
+    def forward(self, x, training=False, lengths=None):
+        """x -> the last layer's output (logits stay logits)."""
+        for layer in self.layers:
+            x = layer.forward(x, training=training, lengths=lengths)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dout):
+        """The gradient of the output -> every layer's `grads` (added)."""
+        for layer in reversed(self.layers):
+            dout = layer.backward_output(dout)
+            if dout is None:
+                break
+        return dout
+
+    def compile(self, optimizer="adam", loss="mse", **optimizer_args):
+        """Choose the loss ("mse", "cross_entropy" or a loss object) and the optimizer
+        ("sgd", "adam", "adamw" with `optimizer_args` such as lr=, clip_norm=,
+        lr_schedule=; or an Optimizer object)."""
+        if isinstance(optimizer, Optimizer) and optimizer_args:
+            raise ValueError("optimizer arguments go to the optimizer's constructor when "
+                             "an Optimizer object is given")
+        self.loss = get_loss(loss)
+        self.optimizer = get_optimizer(optimizer, **optimizer_args)
+        return self
+
+    def _need_compiled(self, what):
+        if self.loss is None:
+            raise RuntimeError(f"{what}: call model.compile(optimizer=..., loss=...) first")
+
+    def train_step(self, x, y, lengths=None):
+        """One update on one batch: forward, loss, backward, optimizer step -> loss."""
+        self._need_compiled("train_step")
+        self.zero_grad()
+        out = self.forward(x, training=True, lengths=lengths)
+        value, grad = self.loss.value_and_grad(out, y)
+        self.backward(grad)
+        self.step_optimizer()
+        return value
+
+    def step_optimizer(self):
+        """One optimizer update from the gradients in each layer's `grads`."""
+        with contextlib.ExitStack() as stack:
+            triples = []
+            for layer in self.layers:
+                params = stack.enter_context(layer.updating())
+                triples += [(f"{layer.name}/{name}", p, layer.grads[name])
+                            for name, p in params.items()]
+            return self.optimizer.step(triples)
+
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
+            verbose=1, lengths=None):
+        """Train for `epochs` passes over (x, y) in batches; returns the history,
+        {"loss": [per epoch], "val_loss": [...] (with validation_data), "tokens_per_s":
+        [...]}. verbose=1 shows a progress bar per epoch (loss, tokens/s)."""
+        self._need_compiled("fit")
+        x, y = _numeric(x, "x"), _numeric(y, "y")
+        n = _check_batch(x, y, batch_size)
+        history = {"loss": [], "tokens_per_s": []}
+        if validation_data is not None:
+            history["val_loss"] = []
+        for epoch in range(epochs):
+            order = self._rng.permutation(n) if shuffle else np.arange(n)
+            batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+            bar = _progress(len(batches), f"epoch {epoch + 1}/{epochs}", verbose)
+            total = seen = tokens = 0
+            t0 = time.perf_counter()
+            for idx in batches:
+                lens = None if lengths is None else np.asarray(lengths)[idx]
+                total += self.train_step(x[idx], y[idx], lens) * len(idx)
+                seen += len(idx)
+                tokens += _tokens(x[idx])
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total / seen:.4f}",
+                                    tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}",
+                                    refresh=False)
+            history["loss"].append(total / n)
+            history["tokens_per_s"].append(tokens / (time.perf_counter() - t0))
+            if validation_data is not None:
+                history["val_loss"].append(self.evaluate(*validation_data,
+                                                         batch_size=batch_size))
+                if bar is not None:
+                    bar.set_postfix(loss=f"{total / n:.4f}",
+                                    val_loss=f"{history['val_loss'][-1]:.4f}")
+            if bar is not None:
+                bar.close()
+        return history
+
+    def evaluate(self, x, y, batch_size=256, lengths=None):
+        """The loss over (x, y), averaged over samples (no training)."""
+        self._need_compiled("evaluate")
+        x, y = _numeric(x, "x"), _numeric(y, "y")
+        n = _check_batch(x, y, batch_size)
+        total = 0.0
+        for i in range(0, n, batch_size):
+            lens = None if lengths is None else np.asarray(lengths)[i:i + batch_size]
+            out = self.forward(x[i:i + batch_size], lengths=lens)
+            total += self.loss(out, y[i:i + batch_size]) * len(out)
+        return total / n
+
+    def predict(self, x, batch_size=None, lengths=None):
+        """The last layer's output for x (in batches of batch_size, default all at once)."""
+        x = _numeric(x, "x")
+        if batch_size is None:
+            return self.forward(x, lengths=lengths)
+        outs = [self.forward(x[i:i + batch_size],
+                             lengths=None if lengths is None else lengths[i:i + batch_size])
+                for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save(self, path, optimizer=None, step=0, extra=None):
+        """Write a checkpoint (see numlstm.checkpoint); the compiled optimizer by default."""
+        from .checkpoint import save_checkpoint
+        save_checkpoint(path, self, optimizer or self.optimizer, step=step, extra=extra)
+
+    def rng_states(self):
+        return {"model": self._rng.bit_generator.state,
+                **{layer.name: layer.rng_state() for layer in self.layers
+                   if layer.rng_state() is not None}}
+
+    def set_rng_states(self, states):
+        self._rng.bit_generator.state = states["model"]
+        for layer in self.layers:
+            if layer.name in states:
+                layer.set_rng_state(states[layer.name])
+
+
+def _check_batch(x, y, batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    if x.ndim < 1 or len(x) < 1:
+        raise ValueError(f"x: expected at least one sample, got shape {x.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y: expected the same number of samples (first axis), got "
+                         f"{len(x)} and {len(y)}")
+    return len(x)
+
+
+def _tokens(x):
+    """Steps processed: B*T for a sequence batch ([B,T] ids or [B,T,F]), else B."""
+    is_sequence = x.ndim >= 3 or (x.ndim == 2 and x.dtype.kind in "iu")
+    return x.shape[0] * x.shape[1] if is_sequence else x.shape[0]
+
+
+def _progress(total, desc, verbose):
+    if not verbose:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="batch", leave=True, dynamic_ncols=True)

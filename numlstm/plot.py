@@ -1,0 +1,55 @@
+"""PNG plots of a training run (matplotlib, drawn off-screen)."""
+import os
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # no screen needed; must precede the pyplot import
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def loss_curve(path, curves, xlabel, title):
+    """curves: {label: (x, y)}; y on a log scale when it is all positive."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    positive = True
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label, marker="o" if len(x) < 40 else None, ms=3)
+        positive &= all(v > 0 for v in y)
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def forecast(path, t, truth, paths, title, ylabel, context=None):
+    """truth over t; paths: [(label, style, [(t_k, values_k), ...])] drawn over it,
+    style a dict of matplotlib line options (color, ls);
+    context: (t, values) drawn faintly before the evaluated span."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    if context is not None:
+        ax.plot(*context, color="0.7", lw=1, label="history (training span)")
+    ax.plot(t, truth, color="black", lw=1.2, label="truth")
+    for label, style, segments in paths:
+        for k, (tk, vk) in enumerate(segments):
+            ax.plot(tk, vk, lw=1.3, label=label if k == 0 else None, **style)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig, path):
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.tight_layout()
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+    import matplotlib.pyplot as plt
+    plt.close(fig)

@@ -1,0 +1,464 @@
+"""The training tasks behind `numlstm train` and `numlstm generate`.
+
+    forecast  a series (the embedded Mauna Loa CO2 record, or a CSV column): from a
+              window of past values predict the next `horizon` values at once
+    text      a character-level language model on a text file
+    adding    Hochreiter & Schmidhuber's adding problem: a long-range dependency
+
+Each task writes into its run folder metrics.json, checkpoint.npz and PNG plots,
+and returns the metrics. Errors a user can fix (a missing file, a bad column)
+are raised as UsageError, which the command prints as one line.
+"""
+import csv
+import json
+import math
+import os
+import time
+from importlib import resources
+
+import numpy as np
+
+from . import plot
+from .checkpoint import load_checkpoint, resolve, save_checkpoint
+from .layers import LSTM, Dense, Dropout, Embedding
+from .model import Sequential
+
+
+class UsageError(Exception):
+    """A problem with the user's arguments or files, told in one line."""
+
+
+CO2_NOTE = ("NOAA/Scripps Mauna Loa weekly CO2 (ppm), 1958-03-29 to 2001-12-29, "
+            "public domain; from statsmodels' co2 dataset (Keeling & Whorf 2004)")
+
+
+# -- run folders and outputs -------------------------------------------------------------
+def make_run_dir(out, task):
+    """`out` if given (created if needed), else a new runs/<task>-<time> folder."""
+    if out is None:
+        base = os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out, n = base, 1
+        while os.path.exists(out):
+            n += 1
+            out = f"{base}-{n}"
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot create the folder ({err.strerror})") from None
+    return out
+
+
+def write_json(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _optimizer_args(args, steps):
+    from .optim import cosine
+    schedule = cosine(steps, warmup_steps=min(100, steps // 10)) if args.schedule == "cosine" \
+        else None
+    return dict(lr=args.lr, clip_norm=args.clip_norm or None, lr_schedule=schedule)
+
+
+# -- forecasting ---------------------------------------------------------------------------
+def load_co2():
+    """The embedded weekly CO2 series: (dates as numpy datetime64[D], ppm with the 59
+    missing weeks filled by linear interpolation)."""
+    text = resources.files("numlstm").joinpath("data/co2_weekly.csv").read_text()
+    rows = [line.split(",") for line in text.splitlines()
+            if line and not line.startswith("#")][1:]
+    dates = np.array([r[0] for r in rows], dtype="datetime64[D]")
+    values = np.array([float(r[1]) if r[1] else np.nan for r in rows])
+    return dates, _fill_gaps(values)
+
+
+def _fill_gaps(values):
+    bad = np.isnan(values)
+    if bad.all():
+        raise UsageError("the series has no numbers")
+    idx = np.arange(len(values))
+    values = values.copy()
+    values[bad] = np.interp(idx[bad], idx[~bad], values[~bad])
+    return values
+
+
+def load_csv_column(path, column):
+    """One numeric column of a CSV file with a header row; blanks are interpolated."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if column not in (reader.fieldnames or []):
+                raise UsageError(f"--column {column!r}: not in {path}'s header "
+                                 f"{reader.fieldnames}")
+            raw = [row[column] for row in reader]
+    except OSError as err:
+        raise UsageError(f"--csv {path}: cannot read it ({err.strerror})") from None
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise UsageError(f"--csv {path}: not a readable CSV file ({err})") from None
+    values = []
+    for n, v in enumerate(raw):
+        try:
+            values.append(float(v) if v.strip() else np.nan)
+        except ValueError:
+            raise UsageError(f"--csv {path}: row {n + 2} of column {column!r} is not a "
+                             f"number: {v!r}") from None
+    return np.arange(len(values)), _fill_gaps(np.array(values))
+
+
+def seasonal_naive(series, origin, horizon, season):
+    """Forecast of series[origin+1 .. origin+horizon] repeating the last season seen
+    (season=1: the last value)."""
+    k = np.arange(1, horizon + 1)
+    return series[origin + k - season * np.ceil(k / season).astype(int)]
+
+
+def forecast_windows(series, origins, window, horizon, scale):
+    """Inputs [N,window,1] and targets [N,horizon], both relative to the value at each
+    origin and divided by scale, so one model serves every level of the series."""
+    origins = np.asarray(origins)
+    last = series[origins]
+    x = series[origins[:, None] + np.arange(-window + 1, 1)] - last[:, None]
+    y = series[origins[:, None] + np.arange(1, horizon + 1)] - last[:, None]
+    return (x / scale)[:, :, None].astype(np.float32), (y / scale).astype(np.float32)
+
+
+def run_forecast(args):
+    if args.csv:
+        t, series = load_csv_column(args.csv, args.column)
+        name, unit = f"{os.path.basename(args.csv)}:{args.column}", args.column
+        season = args.season or 1
+    else:
+        t, series = load_co2()
+        name, unit, season = "co2", "CO2 (ppm)", args.season or 52
+    window = args.window or max(2 * season, 24)
+    horizon = args.horizon or (season if season > 1 else 1)
+    n = len(series)
+    n_val = int(round(n * args.val_fraction))
+    split = n - n_val  # targets at index >= split are validation
+    train_origins = np.arange(window - 1, split - horizon)
+    val_origins = np.arange(max(split - 1, window - 1, season - 1), n - horizon)
+    if len(train_origins) < 1 or len(val_origins) < 1:
+        raise UsageError(f"the series has {n} values: too few for a window of {window}, "
+                         f"a horizon of {horizon} and a validation fraction of "
+                         f"{args.val_fraction}")
+    rel = series[train_origins[:, None] + np.arange(-window + 1, horizon + 1)] - \
+        series[train_origins][:, None]
+    scale = float(rel.std()) or 1.0
+    x_tr, y_tr = forecast_windows(series, train_origins, window, horizon, scale)
+    x_va, y_va = forecast_windows(series, val_origins, window, horizon, scale)
+
+    seeds = np.random.SeedSequence(args.seed).generate_state(4)
+    hidden, layers = args.hidden or 64, args.layers or 1
+    model = Sequential([
+        LSTM(1, hidden, num_layers=layers, return_sequences=False, seed=int(seeds[0])),
+        Dense(hidden, horizon, seed=int(seeds[1]))], name="forecaster", seed=int(seeds[2]))
+    epochs = args.epochs or 60
+    steps = epochs * math.ceil(len(x_tr) / args.batch_size)
+    model.compile("adam", "mse", **_optimizer_args(args, steps))
+    out = make_run_dir(args.out, "forecast")
+    print(f"forecasting {name}: {n} values, window {window}, horizon {horizon}, "
+          f"{len(x_tr)} training windows, {len(x_va)} validation origins -> {out}")
+    model.summary()
+
+    t0 = time.perf_counter()
+    history = model.fit(x_tr, y_tr, epochs=epochs, batch_size=args.batch_size,
+                        validation_data=(x_va, y_va), verbose=args.verbose)
+    train_seconds = time.perf_counter() - t0
+
+    pred = model.predict(x_va, batch_size=512) * scale + series[val_origins][:, None]
+    truth = series[val_origins[:, None] + np.arange(1, horizon + 1)]
+    naive = np.stack([seasonal_naive(series, o, horizon, season) for o in val_origins])
+    rmse = float(np.sqrt(np.mean((pred - truth) ** 2)))
+    base_rmse = float(np.sqrt(np.mean((naive - truth) ** 2)))
+    baseline = f"seasonal naive (the value {season} steps earlier)" if season > 1 else \
+        "naive (the last value)"
+    metrics = {
+        "task": "forecast", "dataset": CO2_NOTE if not args.csv else name,
+        "values": n, "window": window, "horizon": horizon, "season": season,
+        "validation_origins": len(val_origins), "val_rmse": rmse,
+        "baseline": baseline, "baseline_rmse": base_rmse,
+        "rmse_ratio_to_baseline": rmse / base_rmse if base_rmse else None,
+        "epochs": epochs, "parameters": model.count_params(),
+        "train_seconds": train_seconds,
+        "tokens_per_second": float(np.median(history["tokens_per_s"])),
+        "final_loss": history["loss"][-1], "final_val_loss": history["val_loss"][-1],
+        "seed": args.seed}
+    save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
+                    step=model.optimizer.steps,
+                    extra={"task": "forecast", "scale": scale, "window": window,
+                           "horizon": horizon})
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    ep = list(range(1, epochs + 1))
+    plot.loss_curve(os.path.join(out, "loss.png"),
+                    {"training": (ep, history["loss"]),
+                     "validation": (ep, history["val_loss"])},
+                    "epoch", f"{name}: mean squared error (scaled units)")
+    starts = np.arange(0, len(val_origins), horizon)
+    paths = [("numlstm LSTM", dict(color="tab:blue"), [(t[o + 1:o + horizon + 1], pred[k])
+                                    for k, o in zip(starts, val_origins[starts])]),
+             (baseline.split(" (")[0], dict(color="tab:orange", ls="--"), [(t[o + 1:o + horizon + 1], naive[k])
+                                              for k, o in zip(starts, val_origins[starts])])]
+    lo = max(split - 4 * horizon, 0)
+    plot.forecast(os.path.join(out, "forecast.png"), t[split:], series[split:], paths,
+                  f"{name}: {horizon}-step forecasts, RMSE {rmse:.3f} vs "
+                  f"{baseline.split(' (')[0]} {base_rmse:.3f}", unit,
+                  context=(t[lo:split + 1], series[lo:split + 1]))
+    print(f"validation RMSE {rmse:.4f} ({unit}), {baseline}: {base_rmse:.4f}; "
+          f"trained in {train_seconds:.1f} s; wrote {out}/metrics.json, checkpoint.npz, "
+          f"forecast.png, loss.png")
+    return metrics
+
+
+# -- character language model ------------------------------------------------------------
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise UsageError(f"--text {path}: cannot read it ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"--text {path}: not UTF-8 text ({err.reason} at byte "
+                         f"{err.start})") from None
+    return text
+
+
+def char_model(vocab, embed, hidden, layers, dropout, seed):
+    seeds = np.random.SeedSequence(seed).generate_state(5)
+    stack = [Embedding(vocab, embed, seed=int(seeds[0])),
+             LSTM(embed, hidden, num_layers=layers, dropout=dropout, seed=int(seeds[1]))]
+    if dropout:
+        stack.append(Dropout(dropout, seed=int(seeds[2])))
+    stack.append(Dense(hidden, vocab, seed=int(seeds[3])))
+    return Sequential(stack, name="char_lstm", seed=int(seeds[4]))
+
+
+def sample_batch(ids, rng, batch, seq_len):
+    """B random windows of the text: inputs [B,T] and the next characters [B,T]."""
+    starts = rng.integers(0, len(ids) - seq_len - 1, batch)
+    idx = starts[:, None] + np.arange(seq_len)
+    return ids[idx], ids[idx + 1]
+
+
+def bits_per_char(model, ids, seq_len, batch=64):
+    """Mean cross-entropy over the text in consecutive windows of seq_len, in bits."""
+    n = (len(ids) - 1) // seq_len
+    if n < 1:
+        raise UsageError(f"the validation text has {len(ids)} characters, fewer than "
+                         f"--seq-len {seq_len} + 1")
+    x = ids[:n * seq_len].reshape(n, seq_len)
+    y = ids[1:n * seq_len + 1].reshape(n, seq_len)
+    return model.evaluate(x, y, batch_size=batch) / math.log(2)
+
+
+def run_text(args):
+    text = read_text(args.text)
+    seq_len, steps = args.seq_len, args.steps or 2000
+    resume = None
+    if args.resume:
+        try:
+            resume = load_checkpoint(args.resume)
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(f"--resume: {err}") from None
+        if resume.extra.get("task") != "text":
+            raise UsageError(f"--resume {args.resume}: a {resume.extra.get('task')!r} "
+                             f"checkpoint, not a text model's")
+        vocab = resume.extra["vocab"]
+        unknown = sorted(set(text) - set(vocab))
+        if unknown:
+            raise UsageError(f"--resume: the text has characters the checkpoint's "
+                             f"vocabulary lacks: {''.join(unknown)[:20]!r}")
+    else:
+        vocab = "".join(sorted(set(text)))
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = np.fromiter((index[c] for c in text), np.int64, len(text))
+    n_val = max(len(ids) // 10, seq_len + 1)
+    train_ids, val_ids = ids[:-n_val], ids[-n_val:]
+    if len(train_ids) < seq_len + 2:
+        raise UsageError(f"--text {args.text}: {len(text)} characters is too short for "
+                         f"--seq-len {seq_len} (training takes the first 90%)")
+
+    if resume:
+        model, step = resume.model, resume.step
+        model.compile(resume.optimizer or "adam", "cross_entropy")
+        model.optimizer.lr_schedule = _optimizer_args(args, steps)["lr_schedule"]
+        data_rng = np.random.default_rng()
+        data_rng.bit_generator.state = resume.extra["data_rng"]
+        losses = resume.extra.get("losses", [])
+    else:
+        model = char_model(len(vocab), args.embed, args.hidden or 128, args.layers or 1,
+                           args.dropout, args.seed)
+        model.compile("adam", "cross_entropy", **_optimizer_args(args, steps))
+        step, losses = 0, []
+        data_rng = np.random.default_rng(np.random.SeedSequence(args.seed).spawn(1)[0])
+    out = make_run_dir(args.out, "text")
+    print(f"character model on {args.text}: {len(text):,} characters, vocabulary "
+          f"{len(vocab)}, training on {len(train_ids):,}, validating on the last "
+          f"{len(val_ids):,} -> {out}")
+    model.summary()
+
+    def checkpoint():
+        save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
+                        step=step, extra={"task": "text", "vocab": vocab,
+                                          "data_rng": data_rng.bit_generator.state,
+                                          "losses": losses})
+
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, initial=step, desc="training", unit="step",
+               disable=not args.verbose, dynamic_ncols=True)
+    tokens, t0, running = 0, time.perf_counter(), None
+    while step < steps:
+        x, y = sample_batch(train_ids, data_rng, args.batch_size, seq_len)
+        loss = model.train_step(x, y)
+        step += 1
+        tokens += x.size
+        running = loss if running is None else 0.98 * running + 0.02 * loss
+        losses.append([step, loss])
+        bar.update(1)
+        if step % 10 == 0 or step == steps:
+            bar.set_postfix(loss=f"{running:.3f}",
+                            tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}",
+                            refresh=False)
+        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
+            checkpoint()
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+    checkpoint()
+    val_bpc = bits_per_char(model, val_ids, seq_len)
+    counts = np.bincount(train_ids, minlength=len(vocab)) + 1
+    p = counts / counts.sum()
+    metrics = {"task": "text", "text": os.path.abspath(args.text), "characters": len(text),
+               "vocab": len(vocab), "val_bpc": val_bpc,
+               "unigram_bpc": float(-(p * np.log2(p)).sum()),
+               "steps": step, "train_seconds": train_seconds,
+               "tokens_per_second": tokens / train_seconds if train_seconds else None,
+               "parameters": model.count_params(), "seed": args.seed,
+               "config": {"embed": args.embed, "hidden": args.hidden or 128,
+                          "layers": args.layers or 1, "seq_len": seq_len,
+                          "batch_size": args.batch_size, "lr": args.lr,
+                          "clip_norm": args.clip_norm}}
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    if losses:
+        s, v = np.array(losses).T
+        k = max(1, len(v) // 200)
+        smooth = np.convolve(v, np.ones(k) / k, mode="valid")
+        plot.loss_curve(os.path.join(out, "loss.png"),
+                        {f"training (mean of {k} steps)": (s[k - 1:], smooth / math.log(2))},
+                        "step", f"character model: bits per character "
+                                f"(validation {val_bpc:.3f})")
+    print(f"val_bpc {val_bpc:.4f} (unigram {metrics['unigram_bpc']:.3f}); "
+          f"{tokens / train_seconds:,.0f} tokens/s over {train_seconds:.1f} s; wrote "
+          f"{out}/metrics.json, checkpoint.npz, loss.png")
+    return metrics
+
+
+def generate(args):
+    """Continue a prompt with a trained character model, one sampled character a step."""
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"--checkpoint: {err}") from None
+    if ckpt.extra.get("task") != "text":
+        raise UsageError(f"--checkpoint {args.checkpoint}: a "
+                         f"{ckpt.extra.get('task')!r} model, not a character model")
+    vocab = ckpt.extra["vocab"]
+    index = {c: i for i, c in enumerate(vocab)}
+    prompt = args.prompt or vocab[0]
+    unknown = sorted(set(prompt) - set(index))
+    if unknown:
+        raise UsageError(f"--prompt: characters not in the model's vocabulary: "
+                         f"{''.join(unknown)!r}")
+    rng = np.random.default_rng(args.seed)
+    layers = ckpt.model.layers
+    states = [None] * len(layers)
+
+    def advance(ids):
+        """Feed ids [T] through the model, carrying each LSTM's state -> last logits."""
+        h = np.asarray(ids)
+        for k, layer in enumerate(layers):
+            if isinstance(layer, LSTM):
+                h, states[k] = layer(h, states[k])  # unbatched [T,I]
+            else:
+                h = layer.forward(h)
+        return h[-1].astype(np.float64)
+
+    logits = advance([index[c] for c in prompt])
+    out = []
+    for _ in range(args.length):
+        if args.temperature <= 0:
+            nxt = int(np.argmax(logits))
+        else:
+            z = logits / args.temperature
+            p = np.exp(z - z.max())
+            nxt = int(rng.choice(len(p), p=p / p.sum()))
+        out.append(vocab[nxt])
+        logits = advance([nxt])
+    return prompt + "".join(out)
+
+
+# -- the adding problem --------------------------------------------------------------------
+def adding_batch(rng, batch, T):
+    """x [B,T,2]: random values in [0,1) and a marker channel with two ones, one in
+    each half; y [B,1]: the sum of the two marked values."""
+    values = rng.random((batch, T))
+    first = rng.integers(0, T // 2, batch)
+    second = rng.integers(T // 2, T, batch)
+    marks = np.zeros((batch, T))
+    marks[np.arange(batch), first] = 1
+    marks[np.arange(batch), second] = 1
+    x = np.stack([values, marks], axis=2).astype(np.float32)
+    y = (values[np.arange(batch), first] + values[np.arange(batch), second])[:, None]
+    return x, y.astype(np.float32)
+
+
+def run_adding(args):
+    T, steps = args.seq_len, args.steps or 1500
+    if T < 2:
+        raise UsageError(f"--seq-len: the adding problem needs at least 2 steps, got {T}")
+    seeds = np.random.SeedSequence(args.seed).generate_state(4)
+    hidden = args.hidden or 64
+    model = Sequential([
+        LSTM(2, hidden, num_layers=args.layers or 1, return_sequences=False,
+             seed=int(seeds[0])),
+        Dense(hidden, 1, seed=int(seeds[1]))], name="adding_lstm", seed=int(seeds[2]))
+    model.compile("adam", "mse", **_optimizer_args(args, steps))
+    data_rng = np.random.default_rng(seeds[3])
+    x_te, y_te = adding_batch(np.random.default_rng(seeds[3] + 1), 1000, T)
+    out = make_run_dir(args.out, "adding")
+    print(f"adding problem: T={T}, {steps} steps of batch {args.batch_size}; always "
+          f"answering 1.0 scores MSE {np.mean((y_te - 1) ** 2):.4f} on the test set -> {out}")
+    model.summary()
+    from tqdm.auto import tqdm
+    curve, t0 = [], time.perf_counter()
+    bar = tqdm(range(1, steps + 1), desc="training", unit="step", disable=not args.verbose,
+               dynamic_ncols=True)
+    for step in bar:
+        loss = model.train_step(*adding_batch(data_rng, args.batch_size, T))
+        if step % 50 == 0 or step == steps:
+            test = model.evaluate(x_te, y_te, batch_size=500)
+            curve.append((step, loss, test))
+            bar.set_postfix(loss=f"{loss:.4f}", test_mse=f"{test:.4f}", refresh=False)
+    train_seconds = time.perf_counter() - t0
+    test_mse = curve[-1][2]
+    metrics = {"task": "adding", "T": T, "steps": steps, "batch_size": args.batch_size,
+               "test_mse": test_mse, "baseline_mse": float(np.mean((y_te - 1) ** 2)),
+               "baseline": "always answering 1.0", "train_seconds": train_seconds,
+               "tokens_per_second": steps * args.batch_size * T / train_seconds,
+               "seed": args.seed}
+    save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
+                    step=steps, extra={"task": "adding", "T": T})
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    s, tr, te = np.array(curve).T
+    plot.loss_curve(os.path.join(out, "loss.png"),
+                    {"training batch": (s, tr), "test set": (s, te),
+                     "always 1.0": (s, np.full_like(s, metrics["baseline_mse"]))},
+                    "step", f"adding problem, T={T}: mean squared error")
+    print(f"test MSE {test_mse:.4f} against {metrics['baseline_mse']:.4f} for always "
+          f"answering 1.0; trained in {train_seconds:.1f} s; wrote {out}/metrics.json, "
+          f"checkpoint.npz, loss.png")
+    return metrics
+
+
+__all__ = ["run_forecast", "run_text", "run_adding", "generate", "UsageError", "resolve"]
