@@ -69,6 +69,17 @@ def _bench(args):
               f"the call: {m['retained'] * mib:.1f} MiB; peak during the call (output "
               f"included): {m['peak'] * mib:.1f} MiB")
         return 0
+    if args.char is not None:
+        from .train import read_text, UsageError
+        text = read_text(args.char) if args.char else _default_char_text()
+        if len(text) < 1000:
+            raise UsageError(f"--char: the text has {len(text)} characters; give at least "
+                             f"1000")
+        result = bench.compare_char(text, steps=args.steps)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        return 0
     if args.shapes:
         grid = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     else:
@@ -213,6 +224,21 @@ _TASK_DEFAULTS = {"text": dict(lr=2e-3, seq_len=64), "forecast": dict(lr=5e-3, s
                   "adding": dict(lr=1e-3, seq_len=100)}
 
 
+def _default_char_text():
+    """English prose for the character benchmark when no text is given, from what
+    every Python install has: docstrings of standard-library modules (the
+    benchmark measures speed, and compares two libraries on the same text)."""
+    import collections
+    import json
+    import logging
+    import os
+    import re
+    import textwrap
+    parts = [m.__doc__ or "" for m in (argparse, collections, json, logging, os, re,
+                                       textwrap)]
+    return "\n".join(parts)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="numlstm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,10 +259,17 @@ def main(argv=None):
     size.add_argument("--full", action="store_true",
                       help="T in 16,128,1024 x H in 64,256,1024 x B in 1,16,128 (slow)")
     size.add_argument("--shapes", nargs="+", metavar="T,B,H", help="shapes to run")
+    size.add_argument("--char", nargs="?", const="", metavar="TEXT",
+                      help="train the character model (embed 32, hidden 128, batch 32, 64 "
+                           "characters, Adam) in numlstm and in torch side by side, on TEXT "
+                           "(default: a built-in English text), and compare tokens/s and "
+                           "val_bpc")
     size.add_argument("--memory", nargs=3, type=int, metavar=("T", "B", "H"),
                       help="report the training cache's memory at one shape "
                            "(the issue's: 1024 64 256)")
     bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--steps", type=int, default=300,
+                       help="--char: training steps each (default: 300)")
     bench.add_argument("--no-torch", action="store_true")
     bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     bench.set_defaults(run=_bench)
