@@ -61,7 +61,8 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
                 z.writestr("meta.json", text)
                 for name, arr in arrays.items():
                     buf = io.BytesIO()
-                    np.lib.format.write_array(buf, np.ascontiguousarray(arr),
+                    # (np.ascontiguousarray would make a 0-d slot, Adam's step, 1-d)
+                    np.lib.format.write_array(buf, np.asarray(arr, order="C"),
                                               allow_pickle=False)
                     z.writestr(name + ".npy", buf.getvalue())
             f.flush()
@@ -92,7 +93,10 @@ def load_checkpoint(path):
 
     path = resolve(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an archive")
+        with z:
             meta = json.loads(z.zip.read("meta.json"))
             arrays = {name: z[name] for name in z.files}
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as err:

@@ -171,12 +171,12 @@ def _add_train_parser(sub):
                    help="sequences per step (default: 32)")
     o.add_argument("--lr", type=_positive(float), default=None,
                    help="Adam's learning rate (default: 2e-3 text, 5e-3 forecast, "
-                        "1e-3 adding)")
+                        "1e-2 adding)")
     o.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
                    help="learning-rate schedule: linear warm-up then cosine decay, or "
                         "constant (default: cosine)")
     o.add_argument("--steps", type=_positive(int),
-                   help="text and adding: optimizer steps (default: 2000 text, 1500 adding)")
+                   help="text and adding: optimizer steps (default: 2000 each)")
     o.add_argument("--epochs", type=_positive(int),
                    help="forecast: passes over the training windows (default: 60)")
     o.add_argument("--clip-norm", type=float, default=1.0,
@@ -221,7 +221,7 @@ def _add_generate_parser(sub):
 
 
 _TASK_DEFAULTS = {"text": dict(lr=2e-3, seq_len=64), "forecast": dict(lr=5e-3, seq_len=None),
-                  "adding": dict(lr=1e-3, seq_len=100)}
+                  "adding": dict(lr=1e-2, seq_len=100)}
 
 
 def _default_char_text():

@@ -321,8 +321,9 @@ class LSTM(Layer):
         return self._to_user(y, batched), (self._state_out(h_n, batched),
                                            self._state_out(c_n, batched))
 
-    def _run(self, backend, x_tm, h0, c0, lens, training, batched=True):
-        """All layers and directions on time-major x_tm [T,B,I] -> y [T,B,D*H], h_n, c_n."""
+    def _run(self, backend, x_tm, h0, c0, lens, training, batched=True, private_y=True):
+        """All layers and directions on time-major x_tm [T,B,I] -> y [T,B,D*H], h_n, c_n.
+        private_y=False: the caller only reads y, so it may be the cache's own array."""
         s = self.spec
         T, B = x_tm.shape[:2]
         cells = self._packs.get(backend, self._params, s)
@@ -350,7 +351,7 @@ class LSTM(Layer):
         y = inp
         if training:
             # The cache holds y; hand the caller a copy it may modify freely.
-            if D == 1:
+            if D == 1 and private_y:
                 y = y.copy()
             self._cache = dict(layers=layers, backend=backend, cells=cells, T=T, B=B,
                                batched=batched)
@@ -480,7 +481,7 @@ class LSTM(Layer):
         lens = self._check_lengths(lengths, T, B, True)
         zeros = np.zeros(self._state_shape(B), self.dtype)
         y, h_n, _ = self._run(backend, np.ascontiguousarray(x.transpose(1, 0, 2)), zeros,
-                              zeros, lens, training)
+                              zeros, lens, training, private_y=False)
         if self.return_sequences:
             return np.ascontiguousarray(y.transpose(1, 0, 2))
         D = self.spec.directions

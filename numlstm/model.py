@@ -5,6 +5,7 @@ A sequence is [B,T,F] (token ids [B,T]); a recurrent layer with
 return_sequences=False turns it into a vector [B,F].
 """
 import contextlib
+import numbers
 import time
 
 import numpy as np
@@ -63,7 +64,8 @@ class Sequential:
 
     # -- structure -----------------------------------------------------------------------
     def _input_shape(self):
-        first = self.layers[0]
+        """The model's input shape, from its first layer that is not a Dropout."""
+        first = next((l for l in self.layers if type(l).__name__ != "Dropout"), None)
         if type(first).__name__ == "Embedding":
             return (None, None)
         if type(first).__name__ == "LSTM":
@@ -77,7 +79,7 @@ class Sequential:
         shape = self._input_shape()
         shapes = []
         for i, layer in enumerate(self.layers):
-            if shape is None:  # a leading Dropout: take the next layer's input
+            if shape is None:  # only Dropout layers: any shape passes
                 shapes.append(None)
                 continue
             try:
@@ -215,8 +217,10 @@ class Sequential:
         {"loss": [per epoch], "val_loss": [...] (with validation_data), "tokens_per_s":
         [...]}. verbose=1 shows a progress bar per epoch (loss, tokens/s)."""
         self._need_compiled("fit")
+        epochs = _check_count(epochs, "epochs")
         x, y = _numeric(x, "x"), _numeric(y, "y")
         n = _check_batch(x, y, batch_size)
+        batch_size = int(batch_size)
         history = {"loss": [], "tokens_per_s": []}
         if validation_data is not None:
             history["val_loss"] = []
@@ -253,6 +257,7 @@ class Sequential:
         self._need_compiled("evaluate")
         x, y = _numeric(x, "x"), _numeric(y, "y")
         n = _check_batch(x, y, batch_size)
+        batch_size = int(batch_size)
         total = 0.0
         for i in range(0, n, batch_size):
             lens = None if lengths is None else np.asarray(lengths)[i:i + batch_size]
@@ -265,6 +270,7 @@ class Sequential:
         x = _numeric(x, "x")
         if batch_size is None:
             return self.forward(x, lengths=lengths)
+        batch_size = _check_count(batch_size, "batch_size")
         outs = [self.forward(x[i:i + batch_size],
                              lengths=None if lengths is None else lengths[i:i + batch_size])
                 for i in range(0, len(x), batch_size)]
@@ -288,9 +294,14 @@ class Sequential:
                 layer.set_rng_state(states[layer.name])
 
 
+def _check_count(value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what}: expected an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def _check_batch(x, y, batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    _check_count(batch_size, "batch_size")
     if x.ndim < 1 or len(x) < 1:
         raise ValueError(f"x: expected at least one sample, got shape {x.shape}")
     if len(x) != len(y):

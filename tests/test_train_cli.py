@@ -1,0 +1,389 @@
+"""`numlstm train` and `numlstm generate`, in-process: what each task writes, checked
+against numbers recomputed here from the data and the saved checkpoint."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import numlstm
+from numlstm import train
+from numlstm.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TEXT_ARGS = ["--seq-len", "16", "--batch-size", "8", "--hidden", "16", "--embed", "8",
+             "--quiet"]
+
+
+def _metrics(folder):
+    with open(os.path.join(folder, "metrics.json")) as f:
+        return json.load(f)
+
+
+def _is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == PNG
+
+
+def _one_error_line(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+# -- forecasting ---------------------------------------------------------------------------
+def _check_forecast(folder, series, metrics):
+    """Recompute val_rmse from the checkpoint and baseline_rmse from the series."""
+    n, window, horizon, season = (metrics[k] for k in ("values", "window", "horizon",
+                                                       "season"))
+    assert n == len(series)
+    count = metrics["validation_origins"]
+    origins = np.arange(n - horizon - count, n - horizon)  # the last full horizons
+    split = n - round(0.2 * n)  # targets from index `split` on are held out
+    assert origins[0] == split - 1
+    ck = numlstm.load_checkpoint(os.path.join(folder, "checkpoint.npz"))
+    assert ck.extra["task"] == "forecast"
+    assert (ck.extra["window"], ck.extra["horizon"]) == (window, horizon)
+    scale = ck.extra["scale"]
+    x = np.stack([series[o - window + 1:o + 1] - series[o] for o in origins]) / scale
+    pred = ck.model.predict(x[:, :, None].astype(np.float32)) * scale + series[origins, None]
+    truth = np.stack([series[o + 1:o + horizon + 1] for o in origins])
+    rmse = math.sqrt(np.mean((pred - truth) ** 2))
+    assert abs(metrics["val_rmse"] - rmse) <= 1e-5 * rmse, (metrics["val_rmse"], rmse)
+    naive = np.array([[series[o + k - season * math.ceil(k / season)]
+                       for k in range(1, horizon + 1)] for o in origins])
+    base = math.sqrt(np.mean((naive - truth) ** 2))
+    assert abs(metrics["baseline_rmse"] - base) <= 1e-12 * base
+    return ck
+
+
+def test_train_default_forecasts_co2(tmp_path):
+    out = str(tmp_path / "co2")
+    assert main(["train", "--out", out, "--epochs", "2", "--quiet"]) == 0
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "forecast.png", "loss.png",
+                                       "metrics.json"]
+    m = _metrics(out)
+    assert m["task"] == "forecast" and m["epochs"] == 2
+    assert (m["window"], m["horizon"], m["season"]) == (104, 52, 52)
+    for key in ("val_rmse", "baseline_rmse", "train_seconds"):
+        assert math.isfinite(m[key]) and m[key] > 0, key
+    assert m["baseline"].startswith("seasonal naive")
+    _, series = train.load_co2()
+    ck = _check_forecast(out, series, m)
+    train_windows = (len(series) - round(0.2 * len(series))) - 52 - 103
+    assert ck.step == ck.optimizer.steps == 2 * math.ceil(train_windows / 32)
+    assert m["parameters"] == ck.model.count_params()
+    assert _is_png(os.path.join(out, "forecast.png")) and _is_png(os.path.join(out, "loss.png"))
+
+
+def test_load_co2():
+    dates, values = train.load_co2()
+    assert len(values) == len(dates) == 2284
+    assert not np.isnan(values).any()
+    assert dates[0] == np.datetime64("1958-03-29") and (np.diff(dates) > 0).all()
+    assert 300 < values.min() < values.max() < 400  # ppm over 1958-2001
+
+
+@pytest.mark.parametrize("season,horizon", [(1, 1), (1, 3), (4, 4), (5, 3), (3, 7)])
+def test_seasonal_naive_repeats_the_last_season(rng, season, horizon):
+    series = rng.standard_normal(40)
+    origin = int(rng.integers(season + 1, 40 - horizon))
+    got = train.seasonal_naive(series, origin, horizon, season)
+    assert got.shape == (horizon,)
+    for k in range(1, horizon + 1):
+        if k <= season:
+            assert got[k - 1] == series[origin + k - season]
+        else:  # past one season the forecast repeats itself
+            assert got[k - 1] == got[k - 1 - season]
+
+
+def _csv_series(rng, n=300, period=20):
+    t = np.arange(n)
+    return 10 + 0.02 * t + np.sin(2 * np.pi * t / period) + 0.1 * rng.standard_normal(n)
+
+
+def test_train_forecast_on_a_csv_column(rng, tmp_path, capsys):
+    values = _csv_series(rng)
+    blank = 137
+    path = tmp_path / "series.csv"
+    rows = [f"{t},{'' if t == blank else repr(float(v))},{-v}" for t, v in enumerate(values)]
+    path.write_text("t,value,other\n" + "\n".join(rows) + "\n")
+    out = str(tmp_path / "run")
+    assert main(["train", "--csv", str(path), "--column", "value", "--season", "20",
+                 "--epochs", "2", "--out", out, "--quiet"]) == 0
+    m = _metrics(out)
+    assert m["dataset"] == "series.csv:value" and m["values"] == 300
+    assert (m["window"], m["horizon"], m["season"]) == (40, 20, 20)
+    assert m["baseline"] == "seasonal naive (the value 20 steps earlier)"
+    for key in ("val_rmse", "baseline_rmse"):
+        assert math.isfinite(m[key]) and m[key] > 0, key
+    filled = values.copy()
+    filled[blank] = (values[blank - 1] + values[blank + 1]) / 2  # linear interpolation
+    _check_forecast(out, filled, m)
+    assert _is_png(os.path.join(out, "forecast.png"))
+
+    capsys.readouterr()
+    assert main(["train", "--csv", str(path), "--column", "price", "--out", out,
+                 "--quiet"]) == 2
+    _one_error_line(capsys, "--column 'price'", "['t', 'value', 'other']")
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("t,v\n0,1.5\n1,abc\n2,3\n", "row 3 of column 'v' is not a number: 'abc'"),
+    ("t,v\n0,\n1,\n", "the series has no numbers"),
+])
+def test_csv_bad_values(tmp_path, capsys, body, needle):
+    path = tmp_path / "bad.csv"
+    path.write_text(body)
+    assert main(["train", "--csv", str(path), "--column", "v", "--out",
+                 str(tmp_path / "run"), "--quiet"]) == 2
+    _one_error_line(capsys, needle)
+
+
+def test_csv_row_missing_the_cell(tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("t,v\n0,1.0\n1\n2,3.0\n3,4.0\n")
+    try:
+        _, values = train.load_csv_column(str(path), "v")
+    except train.UsageError as err:
+        assert "row 3" in str(err)
+    else:
+        np.testing.assert_array_equal(values, [1.0, 2.0, 3.0, 4.0])
+
+
+# -- the character model -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A 30-step character model, checkpointed every 10 steps (constant learning rate,
+    so that a resumed run can match an uninterrupted one)."""
+    base = tmp_path_factory.mktemp("text")
+    rng = np.random.default_rng(2024)
+    words = ["lstm", "gate", "cell", "state", "hidden", "forget", "input", "output",
+             "sequence", "of", "the", "a", "and", "Numba", "kernel"]
+    text = " ".join(rng.choice(words, 700)) + ".\n"
+    path = base / "text.txt"
+    path.write_text(text)
+    out = str(base / "run30")
+    saved = []
+    real = train.save_checkpoint
+
+    def recording(path, model, optimizer=None, step=0, extra=None):
+        saved.append(step)
+        return real(path, model, optimizer, step=step, extra=extra)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "save_checkpoint", recording)
+        rc = main(["train", "--text", str(path), "--out", out, "--steps", "30",
+                   "--checkpoint-every", "10", "--schedule", "constant"] + TEXT_ARGS)
+    assert rc == 0
+    return dict(base=base, text=text, path=str(path), out=out, saved=saved)
+
+
+def test_text_training_writes_metrics_and_checkpoints(text_run):
+    out, text = text_run["out"], text_run["text"]
+    assert text_run["saved"] == [10, 20, 30]
+    m = _metrics(out)
+    assert m["task"] == "text" and m["steps"] == 30 and m["characters"] == len(text)
+    for key in ("val_bpc", "train_seconds", "tokens_per_second"):
+        assert math.isfinite(m[key]) and m[key] > 0, key
+    ck = numlstm.load_checkpoint(out)
+    assert ck.step == ck.optimizer.steps == 30
+    assert ck.extra["task"] == "text" and ck.extra["vocab"] == "".join(sorted(set(text)))
+    assert [s for s, _ in ck.extra["losses"]] == list(range(1, 31))
+    # val_bpc by hand: the mean cross-entropy of consecutive 16-character windows of
+    # the last 10% of the text, in bits
+    index = {c: i for i, c in enumerate(ck.extra["vocab"])}
+    ids = np.array([index[c] for c in text])
+    val = ids[-max(len(ids) // 10, 17):]
+    n = (len(val) - 1) // 16
+    x, y = val[:n * 16].reshape(n, 16), val[1:n * 16 + 1].reshape(n, 16)
+    z = ck.model.predict(x).astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    bpc = -np.take_along_axis(logp, y[..., None], -1).mean() / math.log(2)
+    assert abs(m["val_bpc"] - bpc) <= 1e-5 * bpc, (m["val_bpc"], bpc)
+    assert _is_png(os.path.join(out, "loss.png"))
+
+
+def test_text_resume_continues_from_step_30(text_run, tmp_path):
+    other = str(tmp_path / "other")
+    assert main(["train", "--text", text_run["path"], "--resume", text_run["out"],
+                 "--steps", "40", "--out", other, "--schedule", "constant"] + TEXT_ARGS) == 0
+    ck = numlstm.load_checkpoint(other)
+    assert ck.step == ck.optimizer.steps == 40
+    assert [s for s, _ in ck.extra["losses"]] == list(range(1, 41))
+    assert _metrics(other)["steps"] == 40
+
+
+def test_text_resume_matches_an_uninterrupted_run(text_run, tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    common = ["--text", text_run["path"], "--steps", "40", "--schedule", "constant",
+              "--checkpoint-every", "0"] + TEXT_ARGS
+    assert main(["train", "--out", straight] + common) == 0
+    assert main(["train", "--out", resumed, "--resume", text_run["out"]] + common) == 0
+    a, b = numlstm.load_checkpoint(straight), numlstm.load_checkpoint(resumed)
+    assert a.step == b.step == 40
+    wa, wb = a.model.get_weights(), b.model.get_weights()
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    assert a.extra["data_rng"] == b.extra["data_rng"]
+
+
+def _greedy_by_hand(checkpoint, prompt, length):
+    """Greedy decoding through model.predict: the whole sequence each time, argmax at
+    its last step (generate instead carries each LSTM's state one character at a time)."""
+    ck = numlstm.load_checkpoint(checkpoint)
+    vocab = ck.extra["vocab"]
+    ids = [vocab.index(c) for c in prompt]
+    for _ in range(length):
+        ids.append(int(np.argmax(ck.model.predict(np.array([ids]))[0, -1])))
+    return "".join(vocab[i] for i in ids)
+
+
+def test_generate_greedy_continues_the_prompt(text_run, tmp_path, capsys):
+    prompt = text_run["text"][:7]
+    args = ["generate", "--checkpoint", text_run["out"], "--prompt", prompt, "--length",
+            "20", "--temperature", "0"]
+    capsys.readouterr()
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first
+    generated = first.rstrip("\n")
+    assert len(generated) == len(prompt) + 20 and generated.startswith(prompt)
+    assert generated == _greedy_by_hand(text_run["out"], prompt, 20)
+
+    # a 30-step model may repeat one character; an untrained one with large LSTM
+    # weights varies, so that the order of what generate prints is checked too
+    vocab = "".join(sorted(set(text_run["text"])))
+    model = train.char_model(len(vocab), 8, 16, 1, 0.0, seed=3)
+    model.set_weights({k: (10 * v if k.startswith("lstm/") else v)
+                       for k, v in model.get_weights().items()})
+    numlstm.save_checkpoint(tmp_path, model, extra={"task": "text", "vocab": vocab})
+    assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", prompt, "--length",
+                 "20", "--temperature", "0"]) == 0
+    generated = capsys.readouterr().out.rstrip("\n")
+    assert len(set(generated[len(prompt):])) >= 4, generated
+    assert generated == _greedy_by_hand(tmp_path, prompt, 20)
+
+
+def test_generate_sampling_is_seeded(text_run, capsys):
+    def sample(seed):
+        capsys.readouterr()
+        assert main(["generate", "--checkpoint", os.path.join(text_run["out"],
+                                                              "checkpoint.npz"),
+                     "--length", "30", "--temperature", "1.5", "--seed", str(seed)]) == 0
+        return capsys.readouterr().out.rstrip("\n")
+
+    a, b, c = sample(1), sample(1), sample(2)
+    vocab = numlstm.load_checkpoint(text_run["out"]).extra["vocab"]
+    assert a == b and len(a) == 31 and a[0] == vocab[0] and set(a) <= set(vocab)
+    assert a != c
+
+
+def test_generate_refuses_unknown_characters_and_other_checkpoints(text_run, tmp_path,
+                                                                   capsys):
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", text_run["out"], "--prompt", "lstm\u00e9#"]) == 2
+    _one_error_line(capsys, "--prompt: characters not in the model's vocabulary", "#",
+                    "\u00e9")
+    other = numlstm.Sequential([numlstm.Dense(2, 2)])
+    numlstm.save_checkpoint(tmp_path, other, extra={"task": "forecast"})
+    assert main(["generate", "--checkpoint", str(tmp_path)]) == 2
+    _one_error_line(capsys, "a 'forecast' model, not a character model")
+    assert main(["generate", "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    _one_error_line(capsys, "--checkpoint: no checkpoint at")
+    assert main(["train", "--text", text_run["path"], "--resume", str(tmp_path), "--out",
+                 str(tmp_path / "r")] + TEXT_ARGS) == 2
+    _one_error_line(capsys, "--resume", "not a text model's")
+
+
+# -- the adding problem ----------------------------------------------------------------------
+def test_adding_batch_marks_two_values(rng):
+    x, y = train.adding_batch(rng, 50, 9)
+    assert x.shape == (50, 9, 2) and y.shape == (50, 1)
+    marks = x[:, :, 1]
+    assert ((marks == 0) | (marks == 1)).all()
+    assert (marks[:, :4].sum(axis=1) == 1).all() and (marks[:, 4:].sum(axis=1) == 1).all()
+    np.testing.assert_allclose(y[:, 0], (x[:, :, 0] * marks).sum(axis=1), rtol=1e-6)
+
+
+def test_train_adding(tmp_path):
+    out = str(tmp_path / "adding")
+    assert main(["train", "--task", "adding", "--steps", "20", "--seq-len", "12",
+                 "--batch-size", "8", "--hidden", "8", "--out", out, "--quiet"]) == 0
+    m = _metrics(out)
+    assert m["task"] == "adding" and m["T"] == 12 and m["steps"] == 20
+    # the sum of two uniform values has variance 1/6: always answering 1.0 scores that
+    assert abs(m["baseline_mse"] - 1 / 6) < 0.03
+    assert math.isfinite(m["test_mse"]) and m["test_mse"] > 0
+    ck = numlstm.load_checkpoint(out)
+    assert ck.step == ck.optimizer.steps == 20 and ck.extra == {"task": "adding", "T": 12}
+    assert _is_png(os.path.join(out, "loss.png"))
+
+
+# -- bad arguments -------------------------------------------------------------------------
+@pytest.mark.parametrize("argv,needles", [
+    (["train", "--text", "{tmp}/missing.txt"], ["--text", "missing.txt: cannot read it"]),
+    (["train", "--csv", "{tmp}/a.csv"], ["--csv needs --column NAME"]),
+    (["train", "--text", "{tmp}/a.txt", "--csv", "{tmp}/a.csv", "--column", "v"],
+     ["give --text or --csv, not both"]),
+    (["train", "--task", "adding", "--csv", "{tmp}/a.csv", "--column", "v"],
+     ["--csv goes with the forecast task"]),
+    (["train", "--task", "text"], ["--task text needs --text FILE"]),
+    (["train", "--task", "adding", "--seq-len", "1"], ["needs at least 2 steps, got 1"]),
+    (["train", "--text", "{tmp}/short.txt", "--seq-len", "64"], ["too short for --seq-len 64"]),
+    (["train", "--out", "{tmp}/a.txt/sub"], ["--out", "cannot create the folder"]),
+    (["train", "--text", "{tmp}/a.txt", "--resume", "{tmp}/none"],
+     ["--resume: no checkpoint at"]),
+])
+def test_bad_arguments_print_one_line(tmp_path, capsys, argv, needles):
+    (tmp_path / "a.txt").write_text("hello world " * 20)
+    (tmp_path / "short.txt").write_text("tiny")
+    (tmp_path / "a.csv").write_text("t,v\n0,1\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--quiet"]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    _one_error_line(capsys, *needles)
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--lr", "-1"], "argument --lr: expected a number > 0, got -1"),
+    (["train", "--lr", "fast"], "argument --lr: expected a float, got 'fast'"),
+    (["train", "--val-fraction", "1.5"],
+     "argument --val-fraction: expected a fraction in (0, 1), got 1.5"),
+    (["train", "--steps", "0"], "argument --steps: expected a number > 0, got 0"),
+    (["train", "--dropout", "1"], "--dropout in [0, 1)"),
+    (["train", "--clip-norm", "-1"], "--clip-norm must be >= 0"),
+    (["train", "--task", "poetry"], "argument --task: invalid choice: 'poetry'"),
+    (["generate"], "the following arguments are required: --checkpoint"),
+])
+def test_bad_options_are_argparse_errors(capsys, argv, needle):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert needle in err.strip().splitlines()[-1], err
+
+
+def test_command_line_error_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "numlstm", "train", "--text",
+                           str(tmp_path / "missing.txt"), "--quiet"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("numlstm train: --text "), proc.stderr
+    assert "cannot read it" in lines[0]
+    assert not (tmp_path / "runs").exists()
