@@ -9,18 +9,11 @@ import numbers
 import numpy as np
 
 from . import dispatch
+from ._checks import check_int
 from .kernels.cpu import dense_backward_cpu, dense_forward_cpu
 from .packing import LSTMSpec, PackCache, as_array, from_canonical, get_layout, to_canonical
 
 _DTYPES = (np.float32, np.float64)
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
-    return int(value)
 
 
 def _numeric(value, what):
@@ -193,9 +186,9 @@ class LSTM(Layer):
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
                  batch_first=False, dropout=0.0, backend="auto", dtype=np.float32,
                  seed=None, return_sequences=True):
-        self.spec = LSTMSpec(_check_int(input_size, "input_size", 1),
-                             _check_int(hidden_size, "hidden_size", 1),
-                             _check_int(num_layers, "num_layers", 1), bool(bidirectional))
+        self.spec = LSTMSpec(check_int(input_size, "input_size", 1),
+                             check_int(hidden_size, "hidden_size", 1),
+                             check_int(num_layers, "num_layers", 1), bool(bidirectional))
         self.dropout = _check_probability(dropout, "dropout")
         self.dtype = _check_dtype(dtype)
         self.batch_first = bool(batch_first)
@@ -531,8 +524,8 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, activation=None, dtype=np.float32,
                  seed=None):
-        self.in_features = _check_int(in_features, "in_features", 1)
-        self.out_features = _check_int(out_features, "out_features", 1)
+        self.in_features = check_int(in_features, "in_features", 1)
+        self.out_features = check_int(out_features, "out_features", 1)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation: expected one of {_ACTIVATIONS}, got "
                              f"{activation!r}")
@@ -612,8 +605,8 @@ class Embedding(Layer):
     """
 
     def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, seed=None):
-        self.num_embeddings = _check_int(num_embeddings, "num_embeddings", 1)
-        self.embedding_dim = _check_int(embedding_dim, "embedding_dim", 1)
+        self.num_embeddings = check_int(num_embeddings, "num_embeddings", 1)
+        self.embedding_dim = check_int(embedding_dim, "embedding_dim", 1)
         self.dtype = _check_dtype(dtype)
         rng = np.random.default_rng(seed)
         self._init_params({"weight": rng.standard_normal(

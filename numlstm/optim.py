@@ -21,6 +21,8 @@ import numbers
 
 import numpy as np
 
+from ._checks import check_int
+
 _PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -31,14 +33,6 @@ def _real(name, value, expected, ok):
     if not (math.isfinite(value) and ok(value)):
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return float(value)
-
-
-def _int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _float_array(name, value):
@@ -179,7 +173,7 @@ class Optimizer:
         if sd.get("type") != name:
             raise ValueError(f"load_state_dict: expected the state of a {name}, "
                              f"got type {sd.get('type')!r}")
-        steps = _int("load_state_dict steps", sd.get("steps"), 0)
+        steps = check_int(sd.get("steps"), "load_state_dict steps", 0)
         if not isinstance(sd.get("state"), dict):
             raise TypeError("load_state_dict: expected 'state' to be a dict of arrays")
         state = {}
@@ -334,7 +328,7 @@ def get_optimizer(name_or_obj, **kwargs):
 # number of updates already done.
 
 def _step(step):
-    return _int("step", step, 0)
+    return check_int(step, "step", 0)
 
 
 class constant:
@@ -358,8 +352,8 @@ class cosine:
     """
 
     def __init__(self, total_steps, warmup_steps=0, min_factor=0.0):
-        self.total_steps = _int("total_steps", total_steps, 1)
-        self.warmup_steps = _int("warmup_steps", warmup_steps, 0)
+        self.total_steps = check_int(total_steps, "total_steps", 1)
+        self.warmup_steps = check_int(warmup_steps, "warmup_steps", 0)
         if self.warmup_steps >= self.total_steps:
             raise ValueError(f"warmup_steps: expected fewer than total_steps="
                              f"{total_steps}, got {warmup_steps!r}")
@@ -384,7 +378,7 @@ class step_decay:
     """Factor gamma ** (step // every), as torch.optim.lr_scheduler.StepLR."""
 
     def __init__(self, every, gamma=0.1):
-        self.every = _int("every", every, 1)
+        self.every = check_int(every, "every", 1)
         self.gamma = _real("gamma", gamma, "a number > 0", lambda v: v > 0)
 
     def __call__(self, step):
