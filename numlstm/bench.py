@@ -173,13 +173,10 @@ def compare_char(text, steps=200, embed=32, hidden=128, layers=1, batch=32, seq_
 
     import torch
 
-    from .train import bits_per_char, char_model, sample_batch
+    from .train import bits_per_char, char_model, encode_text, sample_batch
 
     vocab = "".join(sorted(set(text)))
-    index = {c: i for i, c in enumerate(vocab)}
-    ids = np.fromiter((index[c] for c in text), np.int64, len(text))
-    n_val = max(len(ids) // 10, seq_len + 1)
-    train_ids, val_ids = ids[:-n_val], ids[-n_val:]
+    train_ids, val_ids = encode_text(text, vocab, seq_len)
 
     model = char_model(len(vocab), embed, hidden, layers, 0.0, seed)
     model.compile("adam", "cross_entropy", lr=lr, clip_norm=clip_norm)

@@ -39,9 +39,7 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
     dict) to path atomically. A folder path gets checkpoint.npz inside it."""
     from . import __version__
 
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, DEFAULT_NAME)
+    path = _file(path)
     arrays = {f"model/{key}": p for key, p, _ in model.parameters()}
     opt_meta = None
     if optimizer is not None:
@@ -75,11 +73,15 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
     return path
 
 
+def _file(path):
+    """The checkpoint file a path names: itself, or a folder's checkpoint.npz."""
+    path = os.fspath(path)
+    return os.path.join(path, DEFAULT_NAME) if os.path.isdir(path) else path
+
+
 def resolve(path):
     """A checkpoint file from a file or run-folder path, or FileNotFoundError."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, DEFAULT_NAME)
+    path = _file(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     return path

@@ -99,7 +99,7 @@ def _train(args):
         raise train.UsageError("give --text or --csv, not both")
     if args.csv and not args.column:
         raise train.UsageError("--csv needs --column NAME (the column to forecast)")
-    task = args.task or ("text" if args.text else "forecast")
+    task = args.task  # main() resolved the default
     if task == "text" and not args.text:
         raise train.UsageError("--task text needs --text FILE")
     if task != "text" and args.text:
@@ -275,8 +275,8 @@ def main(argv=None):
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     if args.command == "train":
-        task = args.task or ("text" if args.text else "forecast")
-        for key, value in _TASK_DEFAULTS[task].items():
+        args.task = args.task or ("text" if args.text else "forecast")
+        for key, value in _TASK_DEFAULTS[args.task].items():
             if getattr(args, key) is None:
                 setattr(args, key, value)
         if args.clip_norm < 0 or args.dropout < 0 or args.dropout >= 1:

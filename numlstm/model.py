@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .layers import LAYER_TYPES, Layer, _numeric, _shape_str
+from .layers import LAYER_TYPES, LSTM, Dense, Dropout, Embedding, Layer, _numeric, _shape_str
 from .losses import get_loss
 from .optim import Optimizer, get_optimizer
 
@@ -65,12 +65,12 @@ class Sequential:
     # -- structure -----------------------------------------------------------------------
     def _input_shape(self):
         """The model's input shape, from its first layer that is not a Dropout."""
-        first = next((l for l in self.layers if type(l).__name__ != "Dropout"), None)
-        if type(first).__name__ == "Embedding":
+        first = next((l for l in self.layers if not isinstance(l, Dropout)), None)
+        if isinstance(first, Embedding):
             return (None, None)
-        if type(first).__name__ == "LSTM":
+        if isinstance(first, LSTM):
             return (None, None, first.input_size)
-        if type(first).__name__ == "Dense":
+        if isinstance(first, Dense):
             return (None, first.in_features)
         return None
 
@@ -221,6 +221,7 @@ class Sequential:
         x, y = _numeric(x, "x"), _numeric(y, "y")
         n = _check_batch(x, y, batch_size)
         batch_size = int(batch_size)
+        lengths = None if lengths is None else np.asarray(lengths)
         history = {"loss": [], "tokens_per_s": []}
         if validation_data is not None:
             history["val_loss"] = []
@@ -231,7 +232,7 @@ class Sequential:
             total = seen = tokens = 0
             t0 = time.perf_counter()
             for idx in batches:
-                lens = None if lengths is None else np.asarray(lengths)[idx]
+                lens = None if lengths is None else lengths[idx]
                 total += self.train_step(x[idx], y[idx], lens) * len(idx)
                 seen += len(idx)
                 tokens += _tokens(x[idx])
@@ -258,9 +259,10 @@ class Sequential:
         x, y = _numeric(x, "x"), _numeric(y, "y")
         n = _check_batch(x, y, batch_size)
         batch_size = int(batch_size)
+        lengths = None if lengths is None else np.asarray(lengths)
         total = 0.0
         for i in range(0, n, batch_size):
-            lens = None if lengths is None else np.asarray(lengths)[i:i + batch_size]
+            lens = None if lengths is None else lengths[i:i + batch_size]
             out = self.forward(x[i:i + batch_size], lengths=lens)
             total += self.loss(out, y[i:i + batch_size]) * len(out)
         return total / n

@@ -198,11 +198,11 @@ def run_forecast(args):
                     {"training": (ep, history["loss"]),
                      "validation": (ep, history["val_loss"])},
                     "epoch", f"{name}: mean squared error (scaled units)")
-    starts = np.arange(0, len(val_origins), horizon)
-    paths = [("numlstm LSTM", dict(color="tab:blue"), [(t[o + 1:o + horizon + 1], pred[k])
-                                    for k, o in zip(starts, val_origins[starts])]),
-             (baseline.split(" (")[0], dict(color="tab:orange", ls="--"), [(t[o + 1:o + horizon + 1], naive[k])
-                                              for k, o in zip(starts, val_origins[starts])])]
+    starts = np.arange(0, len(val_origins), horizon)  # forecasts that do not overlap
+    spans = [t[o + 1:o + horizon + 1] for o in val_origins[starts]]
+    paths = [("numlstm LSTM", dict(color="tab:blue"), list(zip(spans, pred[starts]))),
+             (baseline.split(" (")[0], dict(color="tab:orange", ls="--"),
+              list(zip(spans, naive[starts])))]
     lo = max(split - 4 * horizon, 0)
     plot.forecast(os.path.join(out, "forecast.png"), t[split:], series[split:], paths,
                   f"{name}: {horizon}-step forecasts, RMSE {rmse:.3f} vs "
@@ -225,6 +225,15 @@ def read_text(path):
         raise UsageError(f"--text {path}: not UTF-8 text ({err.reason} at byte "
                          f"{err.start})") from None
     return text
+
+
+def encode_text(text, vocab, seq_len):
+    """text -> (train ids, validation ids): each character's index in vocab, the last
+    10% (at least seq_len + 1 characters) held out for validation."""
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = np.fromiter((index[c] for c in text), np.int64, len(text))
+    n_val = max(len(ids) // 10, seq_len + 1)
+    return ids[:-n_val], ids[-n_val:]
 
 
 def char_model(vocab, embed, hidden, layers, dropout, seed):
@@ -274,10 +283,7 @@ def run_text(args):
                              f"vocabulary lacks: {''.join(unknown)[:20]!r}")
     else:
         vocab = "".join(sorted(set(text)))
-    index = {c: i for i, c in enumerate(vocab)}
-    ids = np.fromiter((index[c] for c in text), np.int64, len(text))
-    n_val = max(len(ids) // 10, seq_len + 1)
-    train_ids, val_ids = ids[:-n_val], ids[-n_val:]
+    train_ids, val_ids = encode_text(text, vocab, seq_len)
     if len(train_ids) < seq_len + 2:
         raise UsageError(f"--text {args.text}: {len(text)} characters is too short for "
                          f"--seq-len {seq_len} (training takes the first 90%)")
