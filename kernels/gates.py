@@ -1,4 +1,4 @@
-"""Scalar gate math shared by every kernel: sigmoid, tanh and their derivatives.
+"""Scalar gate math shared by every kernel: sigmoid, tanh, relu and their derivatives.
 
 Each function is an @overload, so compiled code calling it gets the version
 for its dtype (LLVM inlines them into the gate loops):
@@ -20,7 +20,7 @@ model every division carries a zero check whose branch stops vectorisation
 (measured: sigmoid + tanh 10.4 ns per element scalar, 1.5 ns vectorised).
 
 Derivatives take the activation's output, as the backward has it stored:
-sigmoid'(a) = s (1 - s) and tanh'(a) = 1 - t^2.
+sigmoid'(a) = s (1 - s), tanh'(a) = 1 - t^2 and relu'(a) = [relu(a) > 0].
 """
 import math
 
@@ -156,4 +156,36 @@ def _dtanh_impl(t):
 
         def impl(t):
             return one - t * t
+        return impl
+
+
+def relu(a):
+    """max(a, 0); a NaN stays a NaN."""
+    return 0.0 if a <= 0 else a
+
+
+def drelu(h):
+    """Derivative of relu, from its output h: 1 where h > 0, else 0."""
+    return 1.0 if h > 0 else 0.0
+
+
+# Overloads, so that the result keeps the argument's float type and the unit
+# loops see a select (vectorisable) rather than a branch.
+@overload(relu)
+def _relu_impl(a):
+    if isinstance(a, types.Float):
+        zero = np.float32(0.0) if a == types.float32 else 0.0
+
+        def impl(a):
+            return zero if a <= zero else a
+        return impl
+
+
+@overload(drelu)
+def _drelu_impl(h):
+    if isinstance(h, types.Float):
+        zero, one = (np.float32(0.0), np.float32(1.0)) if h == types.float32 else (0.0, 1.0)
+
+        def impl(h):
+            return one if h > zero else zero
         return impl

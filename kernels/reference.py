@@ -1,17 +1,33 @@
-"""NumPy forward and backward of one LSTM layer in one direction: the oracle.
+"""NumPy forward and backward of one recurrent layer in one direction: the oracle.
 
-Every kernel in this package is tested against these functions, and these
-functions are tested against central finite differences in float64. They are
-written for clarity, one step at a time, and work in the dtype of their inputs.
+Cells: LSTM, GRU and the plain (Elman) RNN. Every kernel in this package is
+tested against these functions, and these functions are tested against central
+finite differences in float64. They are written for clarity, one step at a time,
+and work in the dtype of their inputs.
 
-Dimensions: T steps, B batch, I input features, H hidden units, G = 4H.
-Weights use PyTorch's orientation and gate order (LSTM_GATE_ORDER):
-    w_ih [G,I], w_hh [G,H], b_ih [G], b_hh [G], gate blocks i, f, g, o.
+Dimensions: T steps, B batch, I input features, H hidden units, G gate rows:
+4H (LSTM), 3H (GRU), H (RNN). Weights use PyTorch's orientation and gate order:
+    w_ih [G,I], w_hh [G,H], b_ih [G], b_hh [G]
+    LSTM gate blocks i, f, g, o (LSTM_GATE_ORDER); GRU r, z, n (GRU_GATE_ORDER).
 
-Equations of one step (s = sigmoid):
+Equations of one step (s = sigmoid, x the input, h the state entering the step):
+  LSTM
     i = s(W_ii x + b_ii + W_hi h + b_hi)      f = s(W_if x + b_if + W_hf h + b_hf)
     g = tanh(W_ig x + b_ig + W_hg h + b_hg)   o = s(W_io x + b_io + W_ho h + b_ho)
     c' = f * c + i * g                        h' = o * tanh(c')
+  GRU
+    r = s(W_ir x + b_ir + W_hr h + b_hr)      z = s(W_iz x + b_iz + W_hz h + b_hz)
+    reset_after=True (torch, Keras's default):
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    reset_after=False (Keras's reset_after=False, Cho et al. 2014):
+        n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
+    h' = (1 - z) * n + z * h
+  RNN
+    h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu
+
+The LSTM's two biases always add, so their gradients are equal; the GRU's b_hn
+sits inside r's product (reset_after) or after W_hn (r * h), so b_ih and b_hh
+have different gradients there.
 
 Variable lengths (lengths [B], 0 <= lengths[b] <= T): sequence b is valid at
 steps t < lengths[b]. Past its length its state is held and its output is zero;
@@ -20,6 +36,8 @@ the reverse direction starts at its last valid step, t = lengths[b] - 1.
 import numpy as np
 
 LSTM_GATE_ORDER = "ifgo"
+GRU_GATE_ORDER = "rzn"
+RNN_NONLINEARITIES = ("tanh", "relu")
 
 
 def _sigmoid(a):
@@ -106,3 +124,170 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
         dc = np.where(valid, dc_t * f, dc)
     grads["b_hh"] = grads["b_ih"].copy()
     return dx, dh, dc, grads
+
+
+def _lengths(lengths, T, B):
+    return np.full(B, T) if lengths is None else np.asarray(lengths)
+
+
+def _state_before(order, n, lengths, h, h0):
+    """The state entering the forward's n-th step (order[n]) of every row: h at
+    the step before when that step was valid, else the initial state h0."""
+    if n == 0:
+        return h0
+    prev = order[n - 1]
+    return np.where((prev < lengths)[:, None], h[prev], h0)
+
+
+def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
+                    reset_after=True):
+    """One GRU layer and direction.
+
+    x: [T,B,I]; w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H] (gate blocks r, z, n);
+    h0: [B,H]; lengths: [B] ints or None (all T); reset_after: where r applies
+    (see the module docstring).
+    Returns y [T,B,H], h_n [B,H] and a cache for gru_backward_ref holding the
+    inputs, the activated gates [T,B,3H] and the n gate's recurrent term hn
+    [T,B,H] (W_hn h + b_hn, or W_hn (r * h) + b_hn).
+    """
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    lengths = _lengths(lengths, T, B)
+    h = h0.copy()
+    y = np.zeros((T, B, H), x.dtype)
+    gates = np.zeros((T, B, 3 * H), x.dtype)
+    hns = np.zeros((T, B, H), x.dtype)
+    for t in _steps(T, reverse):
+        valid = (t < lengths)[:, None]
+        a_x = x[t] @ w_ih.T + b_ih
+        a_h = h @ w_hh[:2 * H].T + b_hh[:2 * H]
+        r = _sigmoid(a_x[:, :H] + a_h[:, :H])
+        z = _sigmoid(a_x[:, H:2 * H] + a_h[:, H:])
+        if reset_after:
+            hn = h @ w_hh[2 * H:].T + b_hh[2 * H:]
+            n = np.tanh(a_x[:, 2 * H:] + r * hn)
+        else:
+            hn = (r * h) @ w_hh[2 * H:].T + b_hh[2 * H:]
+            n = np.tanh(a_x[:, 2 * H:] + hn)
+        h_new = (1 - z) * n + z * h
+        h = np.where(valid, h_new, h)
+        y[t] = np.where(valid, h_new, 0)
+        gates[t] = np.concatenate([r, z, n], axis=1)
+        hns[t] = hn
+    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, lengths=lengths, reverse=reverse,
+                 reset_after=reset_after, gates=gates, hn=hns, y=y)
+    return y, h, cache
+
+
+def gru_backward_ref(dy, dh_n, cache):
+    """Backward of gru_forward_ref.
+
+    dy: [T,B,H]; dh_n: [B,H] (gradient of the final state).
+    Returns dx [T,B,I], dh0 [B,H] and a dict of parameter gradients
+    {"w_ih", "w_hh", "b_ih", "b_hh"} in the shapes of the weights.
+    """
+    x, w_ih, w_hh, h0 = cache["x"], cache["w_ih"], cache["w_hh"], cache["h0"]
+    lengths, reverse, reset_after = cache["lengths"], cache["reverse"], cache["reset_after"]
+    gates, hns, y = cache["gates"], cache["hn"], cache["y"]
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    w_rz, w_hn = w_hh[:2 * H], w_hh[2 * H:]
+    dx = np.zeros_like(x)
+    grads = {k: np.zeros_like(cache[k]) for k in ("w_ih", "w_hh")}
+    grads["b_ih"] = np.zeros(3 * H, x.dtype)
+    grads["b_hh"] = np.zeros(3 * H, x.dtype)
+    dh = dh_n.copy()
+    order = list(_steps(T, reverse))
+    for k in range(T - 1, -1, -1):  # walk the forward's steps backwards
+        t = order[k]
+        valid = (t < lengths)[:, None]
+        h_prev = _state_before(order, k, lengths, y, h0)
+        r, z, n = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
+        dh_t = dh + dy[t]
+        dn = np.where(valid, dh_t * (1 - z) * (1 - n * n), 0)
+        dz = np.where(valid, dh_t * (h_prev - n) * z * (1 - z), 0)
+        if reset_after:
+            d_hn = dn * r  # gradient of W_hn h + b_hn
+            dr = dn * hns[t] * r * (1 - r)
+            dh_prev = dh_t * z + d_hn @ w_hn
+            grads["w_hh"][2 * H:] += d_hn.T @ h_prev
+        else:
+            d_hn = dn      # gradient of W_hn (r * h) + b_hn
+            d_rh = dn @ w_hn
+            dr = d_rh * h_prev * r * (1 - r)
+            dh_prev = dh_t * z + d_rh * r
+            grads["w_hh"][2 * H:] += d_hn.T @ (r * h_prev)
+        d_rz = np.concatenate([dr, dz], axis=1)
+        dh_prev = dh_prev + d_rz @ w_rz
+        da = np.concatenate([d_rz, dn], axis=1)
+        dx[t] = da @ w_ih
+        grads["w_ih"] += da.T @ x[t]
+        grads["w_hh"][:2 * H] += d_rz.T @ h_prev
+        grads["b_ih"] += da.sum(0)
+        grads["b_hh"][:2 * H] += d_rz.sum(0)
+        grads["b_hh"][2 * H:] += d_hn.sum(0)
+        dh = np.where(valid, dh_prev, dh)
+    return dx, dh, grads
+
+
+def _rnn_activation(nonlinearity):
+    """The activation and its derivative from its output."""
+    if nonlinearity == "tanh":
+        return np.tanh, lambda h: 1 - h * h
+    if nonlinearity == "relu":
+        return lambda a: np.maximum(a, 0), lambda h: (h > 0).astype(h.dtype)
+    raise ValueError(f"nonlinearity must be one of {RNN_NONLINEARITIES}, got {nonlinearity!r}")
+
+
+def rnn_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
+                    nonlinearity="tanh"):
+    """One plain (Elman) RNN layer and direction.
+
+    x: [T,B,I]; w_ih [H,I], w_hh [H,H], b_ih, b_hh [H]; h0: [B,H]; lengths: [B]
+    ints or None (all T); nonlinearity: "tanh" or "relu".
+    Returns y [T,B,H], h_n [B,H] and a cache for rnn_backward_ref (the
+    activation's derivative is taken from y).
+    """
+    act, _ = _rnn_activation(nonlinearity)
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    lengths = _lengths(lengths, T, B)
+    h = h0.copy()
+    y = np.zeros((T, B, H), x.dtype)
+    for t in _steps(T, reverse):
+        valid = (t < lengths)[:, None]
+        h_new = act(x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
+        h = np.where(valid, h_new, h)
+        y[t] = np.where(valid, h_new, 0)
+    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, lengths=lengths, reverse=reverse,
+                 nonlinearity=nonlinearity, y=y)
+    return y, h, cache
+
+
+def rnn_backward_ref(dy, dh_n, cache):
+    """Backward of rnn_forward_ref.
+
+    dy: [T,B,H]; dh_n: [B,H]. Returns dx [T,B,I], dh0 [B,H] and
+    {"w_ih", "w_hh", "b_ih", "b_hh"} in the shapes of the weights.
+    """
+    x, w_ih, w_hh, h0 = cache["x"], cache["w_ih"], cache["w_hh"], cache["h0"]
+    lengths, reverse, y = cache["lengths"], cache["reverse"], cache["y"]
+    _, dact = _rnn_activation(cache["nonlinearity"])
+    T = x.shape[0]
+    dx = np.zeros_like(x)
+    grads = {k: np.zeros_like(cache[k]) for k in ("w_ih", "w_hh")}
+    grads["b_ih"] = np.zeros(w_hh.shape[0], x.dtype)
+    dh = dh_n.copy()
+    order = list(_steps(T, reverse))
+    for k in range(T - 1, -1, -1):
+        t = order[k]
+        valid = (t < lengths)[:, None]
+        h_prev = _state_before(order, k, lengths, y, h0)
+        da = np.where(valid, (dh + dy[t]) * dact(y[t]), 0)
+        dx[t] = da @ w_ih
+        grads["w_ih"] += da.T @ x[t]
+        grads["w_hh"] += da.T @ h_prev
+        grads["b_ih"] += da.sum(0)
+        dh = np.where(valid, da @ w_hh, dh)
+    grads["b_hh"] = grads["b_ih"].copy()
+    return dx, dh, grads

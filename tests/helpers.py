@@ -30,6 +30,27 @@ def assert_close(actual, expected, rtol, what="array"):
 
 def lstm_weights(rng, I, H, dtype, scale=0.5):
     """Random torch-layout weights of one LSTM cell: w_ih, w_hh, b_ih, b_hh."""
-    G = 4 * H
+    return cell_weights(rng, I, H, 4, dtype, scale)
+
+
+def cell_weights(rng, I, H, gates, dtype, scale=0.5):
+    """Random torch-layout weights of a cell with `gates` gate blocks (GRU 3, RNN 1):
+    w_ih [gates*H, I], w_hh [gates*H, H], b_ih, b_hh [gates*H]."""
+    G = gates * H
     return tuple((rng.standard_normal(shape) * scale).astype(dtype)
                  for shape in ((G, I), (G, H), (G,), (G,)))
+
+
+def numeric_gradient(loss, arr, eps=1e-6):
+    """Central finite differences of the scalar loss() with respect to every
+    element of arr, which it reads (arr is perturbed in place and restored)."""
+    grad = np.zeros_like(arr)
+    for idx in np.ndindex(arr.shape):
+        saved = arr[idx]
+        arr[idx] = saved + eps
+        up = loss()
+        arr[idx] = saved - eps
+        down = loss()
+        arr[idx] = saved
+        grad[idx] = (up - down) / (2 * eps)
+    return grad

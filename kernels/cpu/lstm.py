@@ -260,6 +260,16 @@ def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P):
                 _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P)
 
 
+@njit(**_FAST)
+def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, rec, lengths):
+    """One inference step on one thread, for streaming: rec = bias + x @ W_ih^T +
+    h @ W_hh^T, then the gate math; c is updated in place, h' goes to h_new."""
+    B, nblk = x.shape[0], w_fwd.shape[0]
+    _matmul_rows(x, w_in, rec, bias, False, 0, B, 0, nblk)
+    _matmul_rows(h, w_fwd, rec, rec, True, 0, B, 0, nblk)
+    _fwd_pointwise(rec, rec, h, h_new, c, h_new, c, lengths, 0, False, 0, nblk)
+
+
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**_FAST)
 def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1):
@@ -509,6 +519,24 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         return y_out, h, c, None
     cache = dict(x=x, h0=h0, c0=c0_kept, lengths=lens, reverse=reverse, gates=xw, cs=cs, y=y)
     return y_out, h, c, cache
+
+
+def lstm_step_cpu(x, packed, h, c):
+    """One inference step, for streaming: x [B,I], h, c [B,H] -> h', c' [B,H]
+    (new arrays; the inputs are not modified). Equal to lstm_forward_cpu on one
+    step, without its parallel regions and training buffers: a few microseconds
+    at B=1, H=64."""
+    if packed["kind"] == "blas":
+        _, h, c, _ = lstm_forward_cpu(x[None], packed, h, c)
+        return h, c
+    H, Hp = packed["H"], packed["Hp"]
+    B = x.shape[0]
+    c_new = np.zeros((B, Hp), np.float32)
+    c_new[:, :H] = c
+    h_new = np.empty((B, Hp), np.float32)
+    _step_tiled(x, packed["w_in"], packed["bias"], packed["w_fwd"], _pad(h, Hp), c_new, h_new,
+                np.empty((B, 4 * Hp), np.float32), np.ones(B, np.int64))
+    return h_new[:, :H], c_new[:, :H]
 
 
 def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):

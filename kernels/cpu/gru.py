@@ -1,0 +1,421 @@
+"""CPU kernels of one GRU layer in one direction, checked against reference.py.
+
+Dimensions: T steps, B batch, I input features, H hidden units, G = 3H; Hp is H
+padded to a multiple of U = 64 units, Gp = 3 Hp.
+
+Two paths, chosen when the weights are packed (pack_gru_cpu):
+
+  float32 with reset_after=True, "tiled": lstm.py's design (read its docstring)
+      for three gates, with no BLAS. A block of U hidden units owns three
+      consecutive tile blocks of CB = U columns, [r | z | n], so a thread's
+      slice of the recurrent product h @ W_hh^T is the input of its own gate
+      math; the step is one parallel region, each thread owning a range of
+      unit blocks, when it is large enough (else one thread). r multiplies only
+      the recurrent part of n, so the product starts from b_hh instead of the
+      projected inputs (as the LSTM's does) and the gate pass adds those.
+  float64, and reset_after=False in either dtype, "blas": per step np.dot
+      products and serial gate passes, NumPy's products around the loop.
+      reset_after=False needs r before W_hn (r * h) can start, a second
+      barrier in every step both ways; it is Keras's older form, so it takes
+      this simple path.
+
+Hidden units are padded with zero weights and zero state: a padded unit has
+r = z = 1/2 and n = 0, so its state stays exactly zero and feeds nothing.
+
+The path of a call:
+    forward:  xw = x @ W_ih^T + b_ih for all steps (one product), then the time
+              loop in one compiled function. The training forward writes the
+              activated gates r, z, n over xw and keeps the n gate's recurrent
+              term hn = W_hn h + b_hn of every step (its product with r's
+              derivative is dr); h of every step is y.
+    backward: the time loop writes dG_hh = [dr dz dn*r], the gradients of the
+              recurrent pre-activations, over the gates (one product dG_hh[t] @
+              W_hh per step) and dn over hn; after it, dW_hh comes from dG_hh
+              and dx and dW_ih from dG_ih = [dr dz dn], each one product over
+              all T*B rows.
+"""
+import numpy as np
+from numba import carray, njit, prange
+
+from ..gates import dsigmoid, dtanh, sigmoid, tanh
+from .lstm import CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _stack_f32, _transpose
+from .rnn import (_blas_recurrent_gradient, _column_sum, _empty, _input_gradients, _project,
+                  _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
+                  _tiled_weights, _torch_layout, _unpadded)
+
+U = CB  # hidden units per block: each of its three gates fills one tile block
+
+_fwd_scratch = _stack_f32(5 * U)
+_bwd_scratch = _stack_f32(5 * U)
+
+
+@njit(inline="always", cache=True)
+def _state_before(y, h0, lengths, reverse, t, b):
+    """The state row b entered step t with: h0 at its first step, else y of the
+    step before in the forward's order."""
+    first = t == lengths[b] - 1 if reverse else t == 0
+    return h0[b] if first else y[t + 1 if reverse else t - 1, b]
+
+
+# -- forward, float32 tiled ------------------------------------------------------------
+@njit(**_FAST)
+def _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0, k1):
+    """Gate math of unit blocks [k0, k1) at step t. rec [B,Gp]: h @ W_hh^T + b_hh;
+    xw_t [B,Gp]: x @ W_ih^T + b_ih, receives the activated gates when training;
+    hn_t [B,Hp] receives W_hn h + b_hn when training. Values go through a stack
+    scratch before the stores so LLVM sees no aliasing and vectorises."""
+    s = carray(_fwd_scratch(), (5, U))
+    for r in range(rec.shape[0]):
+        valid = t < lengths[r]
+        for k in range(k0, k1):
+            q = 3 * U * k
+            v = U * k
+            if not valid:  # past this sequence's length: hold the state, output zero
+                for u in range(U):
+                    h_new[r, v + u] = h_old[r, v + u]
+                    y_t[r, v + u] = 0
+                continue
+            for u in range(U):
+                rg = sigmoid(xw_t[r, q + u] + rec[r, q + u])
+                z = sigmoid(xw_t[r, q + U + u] + rec[r, q + U + u])
+                hn = rec[r, q + 2 * U + u]
+                n = tanh(xw_t[r, q + 2 * U + u] + rg * hn)
+                s[0, u] = n + z * (h_old[r, v + u] - n)  # (1 - z) n + z h
+                s[1, u] = rg
+                s[2, u] = z
+                s[3, u] = n
+                s[4, u] = hn
+            for u in range(U):
+                h_new[r, v + u] = s[0, u]
+                y_t[r, v + u] = s[0, u]
+            if training:
+                for u in range(U):
+                    xw_t[r, q + u] = s[1, u]
+                    xw_t[r, q + U + u] = s[2, u]
+                    xw_t[r, q + 2 * U + u] = s[3, u]
+                    hn_t[r, v + u] = s[4, u]
+
+
+@njit(**_FAST)
+def _fwd_step(xw_t, W, bias, h_old, h_new, y_t, hn_t, rec, lengths, training, t, k0, k1):
+    """Step t for unit blocks [k0, k1): their slice of the recurrent product, then
+    their gate math. (Taking the step's slices as arguments, rather than the whole
+    buffers and s, measured 25% faster on one thread at B=32, H=128.)"""
+    _matmul_rows(h_old, W, rec, bias, False, 0, rec.shape[0], 3 * k0, 3 * k1)
+    _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0, k1)
+
+
+@njit(parallel=True, **_FAST)
+def _forward_tiled(xw, W, bias, hbuf, y, hn, rec, lengths, reverse, training, P):
+    """xw [T,B,Gp]: x @ W_ih^T + b_ih, receives the activated gates when training;
+    W [Gp/CB, Hp, CB]: W_hh^T in blocks; bias [1,Gp]: b_hh; hbuf [2,B,Hp]: h0 in
+    hbuf[0], then alternating (threads read all of h_old while writing their part
+    of h_new), final h in hbuf[T % 2]; y [T,B,Hp] out; hn [T,B,Hp] out when
+    training; rec [B,Gp] scratch; P threads per step."""
+    T = xw.shape[0]
+    nk = W.shape[0] // 3
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        h_old, h_new, hn_t = hbuf[s & 1], hbuf[(s + 1) & 1], hn[t if training else 0]
+        if P == 1:  # even prange(1) would pay a fork and join per step
+            _fwd_step(xw[t], W, bias, h_old, h_new, y[t], hn_t, rec, lengths, training, t, 0,
+                      nk)
+        else:
+            for p in prange(P):
+                _fwd_step(xw[t], W, bias, h_old, h_new, y[t], hn_t, rec, lengths, training, t,
+                          p * nk // P, (p + 1) * nk // P)
+
+
+# -- backward, float32 tiled -----------------------------------------------------------
+@njit(**_FAST)
+def _bwd_pointwise(dg_t, hn_t, y, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1):
+    """Gate gradients of unit blocks [k0, k1) at step t. dg_t [B,Gp]: activated
+    gates in, dG_hh = [dr dz dn*r] out; hn_t [B,Hp]: W_hn h + b_hn in, dn out;
+    rec [B,Hp]: dG_hh of the step after @ W_hh; carry [B,Hp]: dh * z of the step
+    after (h' = ... + z h), replaced by this step's."""
+    s = carray(_bwd_scratch(), (5, U))
+    for r in range(dg_t.shape[0]):
+        if t >= lengths[r]:  # padding: no gradient flows, the carried dh stays
+            for j in range(3 * U * k0, 3 * U * k1):
+                dg_t[r, j] = 0
+            for j in range(U * k0, U * k1):
+                hn_t[r, j] = 0
+            continue
+        # The forward's last step of this row starts the backward from dh_n (its
+        # carry is still zero there).
+        last = t == 0 if reverse else t == lengths[r] - 1
+        dh_in = dh_n[r] if last else rec[r]
+        h_prev = _state_before(y, h0, lengths, reverse, t, r)
+        for k in range(k0, k1):
+            q = 3 * U * k
+            v = U * k
+            for u in range(U):
+                rg = dg_t[r, q + u]
+                z = dg_t[r, q + U + u]
+                n = dg_t[r, q + 2 * U + u]
+                d = dy_t[r, v + u] + dh_in[v + u] + carry[r, v + u]
+                dn = (d - d * z) * dtanh(n)
+                s[0, u] = dn * hn_t[r, v + u] * dsigmoid(rg)
+                s[1, u] = d * (h_prev[v + u] - n) * dsigmoid(z)
+                s[2, u] = dn * rg
+                s[3, u] = dn
+                s[4, u] = d * z
+            for u in range(U):
+                dg_t[r, q + u] = s[0, u]
+                dg_t[r, q + U + u] = s[1, u]
+                dg_t[r, q + 2 * U + u] = s[2, u]
+                hn_t[r, v + u] = s[3, u]
+                carry[r, v + u] = s[4, u]
+
+
+@njit(**_FAST)
+def _bwd_step(dg_next, dg_t, hn_t, y, h0, dy_t, W, rec, zero, carry, dh_n, lengths, reverse, s,
+              t, k0, k1):
+    """Step t for unit blocks [k0, k1): dh from the step after (dg_next, the
+    forward's next step), then the gate gradients."""
+    if s > 0:
+        _matmul_rows(dg_next, W, rec, zero, False, 0, rec.shape[0], k0, k1)
+    _bwd_pointwise(dg_t, hn_t, y, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1)
+
+
+@njit(parallel=True, **_FAST)
+def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P):
+    """dg [T,B,Gp]: activated gates in, dG_hh out; hn [T,B,Hp]: W_hn h + b_hn in,
+    dn out; y, dy [T,B,Hp]; h0, dh_n [B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
+    output units; rec [B,Hp] scratch; carry [B,Hp]: zero in, dh0's direct part
+    (dh * z of each row's first step) out."""
+    T, nk = dg.shape[0], W.shape[0]
+    zero = np.zeros((1, rec.shape[1]), rec.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        t_next = max(0, min(T - 1, t - 1 if reverse else t + 1))  # unread at s = 0
+        if P == 1:
+            _bwd_step(dg[t_next], dg[t], hn[t], y, h0, dy[t], W, rec, zero, carry, dh_n,
+                      lengths, reverse, s, t, 0, nk)
+        else:
+            for p in prange(P):
+                _bwd_step(dg[t_next], dg[t], hn[t], y, h0, dy[t], W, rec, zero, carry, dh_n,
+                          lengths, reverse, s, t, p * nk // P, (p + 1) * nk // P)
+
+
+# -- float64 and reset_after=False: BLAS per step ----------------------------------------
+@njit(cache=True, error_model="numpy")
+def _forward_blas(xw, w_rz_t, w_n_t, b_hh, h, lengths, reverse, training, reset_after, y,
+                  hn):
+    """xw [T,B,3H]: x @ W_ih^T + b_ih, receives the activated gates when training;
+    w_rz_t [H,2H], w_n_t [H,H]: W_hh^T split at the n gate; b_hh [3H]; h [B,H]
+    in/out; y [T,B,H] out; hn [T,B,H] out when training: W_hn h + b_hn
+    (reset_after), else r * h."""
+    T, B, G = xw.shape
+    H = G // 3
+    rz = np.empty((B, 2 * H), xw.dtype)
+    rh = np.empty((B, H), xw.dtype)
+    a_n = np.empty((B, H), xw.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        np.dot(h, w_rz_t, rz)
+        for b in range(B):
+            for j in range(H):
+                r = sigmoid(xw[t, b, j] + rz[b, j] + b_hh[j])
+                rz[b, j] = r
+                rz[b, H + j] = sigmoid(xw[t, b, H + j] + rz[b, H + j] + b_hh[H + j])
+                rh[b, j] = r * h[b, j]
+        np.dot(h if reset_after else rh, w_n_t, a_n)
+        for b in range(B):
+            if t >= lengths[b]:
+                y[t, b] = 0
+                if training:
+                    hn[t, b] = 0
+                continue
+            for j in range(H):
+                r, z = rz[b, j], rz[b, H + j]
+                a = a_n[b, j] + b_hh[2 * H + j]
+                n = tanh(xw[t, b, 2 * H + j] + (r * a if reset_after else a))
+                if training:
+                    xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j] = r, z, n
+                    hn[t, b, j] = a if reset_after else rh[b, j]
+                h[b, j] = n + z * (h[b, j] - n)
+            y[t, b] = h[b]
+
+
+@njit(cache=True, error_model="numpy")
+def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, lengths, reverse, reset_after, dh, dnh):
+    """dg [T,B,3H]: activated gates in, dG_ih = [dr dz dn] out; hn [T,B,H]: as the
+    forward left it; w_rz [2H,H], w_n [H,H]: W_hh's rows split at the n gate;
+    dh [B,H]: dh_n in, dh0 out; dnh [T,B,H] out: the gradient of the n gate's
+    recurrent pre-activation (dn * r when reset_after, else dn)."""
+    T, B, G = dg.shape
+    H = G // 3
+    carry = np.empty((B, H), dg.dtype)  # dh * z: the direct path h' = ... + z h
+    d_rh = np.empty((B, H), dg.dtype)
+    g_rz = np.empty((B, 2 * H), dg.dtype)
+    rec = np.empty((B, H), dg.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        for b in range(B):
+            if t >= lengths[b]:
+                dg[t, b] = 0
+                dnh[t, b] = 0
+                continue
+            h_prev = _state_before(y, h0, lengths, reverse, t, b)
+            for j in range(H):
+                r, z, n = dg[t, b, j], dg[t, b, H + j], dg[t, b, 2 * H + j]
+                d = dh[b, j] + dy[t, b, j]
+                dn = (d - d * z) * dtanh(n)
+                dg[t, b, H + j] = d * (h_prev[j] - n) * dsigmoid(z)
+                dg[t, b, 2 * H + j] = dn
+                carry[b, j] = d * z
+                if reset_after:
+                    dg[t, b, j] = dn * hn[t, b, j] * dsigmoid(r)
+                    dnh[t, b, j] = dn * r
+                else:  # r stays in dg until the gradient of r * h is known
+                    dnh[t, b, j] = dn
+        if not reset_after:
+            np.dot(dnh[t], w_n, d_rh)  # the gradient of r * h
+            for b in range(B):
+                if t >= lengths[b]:
+                    continue
+                h_prev = _state_before(y, h0, lengths, reverse, t, b)
+                for j in range(H):
+                    r = dg[t, b, j]
+                    dg[t, b, j] = d_rh[b, j] * h_prev[j] * dsigmoid(r)
+                    carry[b, j] += d_rh[b, j] * r
+        g_rz[:] = dg[t, :, :2 * H]
+        np.dot(g_rz, w_rz, rec)
+        if reset_after:
+            np.dot(dnh[t], w_n, d_rh)
+            rec += d_rh
+        for b in range(B):
+            if t < lengths[b]:
+                for j in range(H):
+                    dh[b, j] = rec[b, j] + carry[b, j]
+
+
+# -- packing and the Python-level wrappers ---------------------------------------------
+def _gate_columns(H):
+    """cols[j]: the tiled column of torch's gate column j (gate k = j // H, unit j % H)."""
+    k, u = np.divmod(np.arange(3 * H), H)
+    return (u // U) * 3 * U + k * U + u % U
+
+
+def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True):
+    """One cell's torch-layout weights (w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H],
+    gates r, z, n) -> the layout these kernels read: a dict, "tiled" for float32
+    with reset_after, "blas" else."""
+    H = w_ih.shape[0] // 3
+    if w_ih.dtype != np.float32 or not reset_after:
+        return dict(kind="blas", H=H, reset_after=bool(reset_after), w_ih=w_ih, b_ih=b_ih,
+                    b_hh=b_hh, w_rz=np.ascontiguousarray(w_hh[:2 * H]),
+                    w_n=np.ascontiguousarray(w_hh[2 * H:]),
+                    w_rz_t=np.ascontiguousarray(w_hh[:2 * H].T),
+                    w_n_t=np.ascontiguousarray(w_hh[2 * H:].T))
+    Hp = -(-H // U) * U
+    cols = _gate_columns(H)
+    return dict(kind="tiled", H=H, Hp=Hp, reset_after=True, cols=cols,
+                b_in=_tiled_bias(b_ih, cols, 3 * Hp), b_rec=_tiled_bias(b_hh, cols, 3 * Hp),
+                **_tiled_weights(w_ih, w_hh, cols, 3 * Hp, Hp))
+
+
+def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False):
+    """One GRU layer and direction on the CPU.
+
+    x: [T,B,I] C-contiguous; packed: pack_gru_cpu(...) of the same dtype;
+    h0: [B,H]; lengths: [B] ints in [0, T], or None for all T.
+    Returns y [T,B,H], h_n [B,H] and, when training, the cache that
+    gru_backward_cpu consumes (else None).
+    """
+    T, B, _ = x.shape
+    H = packed["H"]
+    lens = _lengths_or_full(lengths, T, B)
+    if packed["kind"] == "blas":
+        xw = _project(x, packed["w_ih"], packed["b_ih"])
+        h = h0.copy()
+        y = np.empty((T, B, H), x.dtype)
+        hn = np.empty((T, B, H) if training else (1, 1, 1), x.dtype)
+        _forward_blas(xw, packed["w_rz_t"], packed["w_n_t"], packed["b_hh"], h, lens, reverse,
+                      training, packed["reset_after"], y, hn)
+        y_out, h0_kept = y, h0
+    else:
+        Hp = packed["Hp"]
+        hbuf, y = _state_buffers(h0, T, Hp)
+        hn = _empty((T, B, Hp) if training else (1, 1, 1))
+        rec = _empty((B, 3 * Hp))
+        P = _threads(B, Hp, 3 * Hp, Hp // U)
+
+        def run(xw, t0, t1):  # training runs all steps in one chunk, so hn needs no slice
+            _forward_tiled(xw, packed["w_fwd"], packed["b_rec"], hbuf, y[t0:t1], hn, rec,
+                           lens - t0, reverse, training, P)
+
+        xw = _run_in_chunks(x, packed["w_in"], packed["b_in"], 3 * Hp, hbuf, reverse,
+                            training, run)
+        y_out, h = _unpadded(y, hbuf, H)
+        h0_kept = _pad(h0, Hp) if training else None
+    if not training:
+        return y_out, h, None
+    cache = dict(x=x, h0=h0_kept, lengths=lens, reverse=reverse, gates=xw, hn=hn, y=y)
+    return y_out, h, cache
+
+
+def gru_backward_cpu(dy, dh_n, cache, packed):
+    """Backward of gru_forward_cpu; consumes (overwrites) the cache's gates and hn.
+
+    dy: [T,B,H]; dh_n: [B,H]; packed: the weights the forward used.
+    Returns dx [T,B,I], dh0 [B,H] and {"w_ih", "w_hh", "b_ih", "b_hh"} in
+    torch's layout.
+    """
+    if packed["kind"] == "blas":
+        return _backward_blas_wrap(dy, dh_n, cache, packed)
+    x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
+    dg, hn, reverse = cache["gates"], cache["hn"], cache["reverse"]
+    T, B, _ = x.shape
+    Gp, Hp = dg.shape[2], y.shape[2]
+    dh_np = _pad(dh_n, Hp)
+    carry = _empty((B, Hp))
+    carry[:] = 0
+    rec = _empty((B, Hp))
+    P = _threads(B, Hp, Gp, Hp // U)
+    _backward_tiled(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens,
+                    reverse, P)
+    dh0, dg_t, dw_hh = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])
+    dh0 += carry
+    empty = lens == 0
+    dh0[empty] = dh_np[empty]
+    # dG_ih differs from dG_hh in the n gate only: dn instead of dn * r.
+    nk = Hp // U
+    dg2 = dg.reshape(T * B, Gp)
+    dn = hn.reshape(T * B, Hp)
+    db_hh = _column_sum(dg2)
+    db_ih = db_hh.copy()
+    db_ih.reshape(nk, 3, U)[:, 2] = _column_sum(dn).reshape(nk, U)
+    dg2.reshape(T * B, nk, 3, U)[:, :, 2] = dn.reshape(T * B, nk, U)
+    dn_t = np.empty((Hp, T * B), np.float32)
+    _transpose(dn, dn_t)
+    dg_t.reshape(nk, 3, U, T * B)[:, 2] = dn_t.reshape(nk, U, T * B)
+    dx, dw_ih = _input_gradients(dg2, dg_t, x, packed["w_dx"])
+    return _torch_layout(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, packed["cols"], x.shape,
+                         packed["H"])
+
+
+def _backward_blas_wrap(dy, dh_n, cache, packed):
+    x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
+    dg, hn, reverse = cache["gates"], cache["hn"], cache["reverse"]
+    reset_after = packed["reset_after"]
+    T, B, I = x.shape
+    H = packed["H"]
+    dh = dh_n.copy()
+    dnh = np.empty((T, B, H), x.dtype)
+    _backward_blas(dy, dg, hn, y, h0, packed["w_rz"], packed["w_n"], lens, reverse,
+                   reset_after, dh, dnh)
+    dg2 = dg.reshape(T * B, 3 * H)
+    dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)
+    dw_ih = dg2.T @ x.reshape(T * B, I)
+    db_ih = dg2.sum(axis=0)
+    dw_hh = np.empty((3 * H, H), x.dtype)
+    dw_hh[:2 * H] = _blas_recurrent_gradient(dg[:, :, :2 * H], y, h0, lens, reverse)
+    if reset_after:  # W_hn multiplies h
+        dw_hh[2 * H:] = _blas_recurrent_gradient(dnh, y, h0, lens, reverse)
+    else:            # W_hn multiplies r * h, which the forward kept in hn
+        dw_hh[2 * H:] = dnh.reshape(-1, H).T @ hn.reshape(-1, H)
+    db_hh = db_ih.copy()
+    db_hh[2 * H:] = dnh.reshape(-1, H).sum(axis=0)
+    return dx, dh, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db_ih, b_hh=db_hh)

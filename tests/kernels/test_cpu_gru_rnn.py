@@ -1,0 +1,127 @@
+"""The CPU GRU and plain-RNN kernels against the NumPy reference."""
+import numpy as np
+import pytest
+
+from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, pack_gru_cpu,
+                                 pack_rnn_cpu, rnn_backward_cpu, rnn_forward_cpu)
+from numlstm.kernels.cpu import rnn as cpu_rnn
+from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, rnn_backward_ref,
+                                       rnn_forward_ref)
+from helpers import assert_close, cell_weights
+
+# float32 kernels use the vectorised exp; float64 ones are libm-exact.
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+# name: (gate blocks, reference, kernels, the cell's option). float32 GRUs with
+# reset_after run the tiled kernels, reset_after=False the per-step BLAS path.
+GRU = (3, (gru_forward_ref, gru_backward_ref), (pack_gru_cpu, gru_forward_cpu, gru_backward_cpu))
+RNN = (1, (rnn_forward_ref, rnn_backward_ref), (pack_rnn_cpu, rnn_forward_cpu, rnn_backward_cpu))
+CELLS = {
+    "gru": (*GRU, dict(reset_after=True)),
+    "gru_reset_before": (*GRU, dict(reset_after=False)),
+    "rnn_tanh": (*RNN, dict(nonlinearity="tanh")),
+    "rnn_relu": (*RNN, dict(nonlinearity="relu")),
+}
+
+
+def _compare(rng, cell, T, B, I, H, dtype, reverse, lengths):
+    gates, (forward_ref, backward_ref), (pack, forward, backward), option = CELLS[cell]
+    # About torch's initial scale: larger recurrent weights make a plain RNN
+    # chaotic, and float32 rounding then grows with every step in any kernel.
+    w_ih, w_hh, b_ih, b_hh = cell_weights(rng, I, H, gates, dtype, min(0.5, 1 / np.sqrt(H)))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((B, H)).astype(dtype)
+    x_in, h0_in = x.copy(), h0.copy()
+    y, h, cache = forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, **option)
+    packed = pack(w_ih, w_hh, b_ih, b_hh, **option)
+    yk, hk, cache_k = forward(x, packed, h0, lengths, reverse, training=True)
+    yi, hi, none = forward(x, packed, h0, lengths, reverse, training=False)
+    assert none is None
+    rtol = RTOL[dtype]
+    for name, got, want in [("y", yk, y), ("h_n", hk, h), ("y (inference)", yi, y),
+                            ("h_n (inference)", hi, h)]:
+        assert got.dtype == dtype, name
+        assert_close(got, want, rtol, name)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dh_n = rng.standard_normal(h.shape).astype(dtype)
+    dx, dh0, grads = backward_ref(dy, dh_n, cache)
+    dxk, dh0k, grads_k = backward(dy, dh_n, cache_k, packed)
+    assert set(grads_k) == {"w_ih", "w_hh", "b_ih", "b_hh"}
+    for name, got, want in [("dx", dxk, dx), ("dh0", dh0k, dh0)] + [
+            (k, grads_k[k], grads[k]) for k in ("w_ih", "w_hh", "b_ih", "b_hh")]:
+        assert got.dtype == dtype, name
+        assert_close(got, want, 5 * rtol, name)
+    np.testing.assert_array_equal(x, x_in)
+    np.testing.assert_array_equal(h0, h0_in)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_cpu_kernels_match_reference_at_random_shapes(rng, cell, dtype, reverse):
+    for _ in range(3):
+        T, B, I, H = rng.integers(1, 9), rng.integers(1, 6), rng.integers(1, 12), \
+            rng.integers(1, 20)
+        _compare(rng, cell, T, B, I, H, dtype, reverse, None)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (6, 1, 5, 7), (1, 1, 1, 1), (7, 3, 2, 70)],
+                         ids=["T1", "B1", "all1", "uneven"])
+def test_cpu_kernels_match_reference_at_edge_shapes(rng, cell, dtype, shape):
+    """"uneven": H = 70 pads to two blocks of 64 units."""
+    for reverse in (False, True):
+        _compare(rng, cell, *shape, dtype, reverse, None)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_cpu_kernels_match_reference_with_lengths(rng, cell, dtype, reverse):
+    T, B, I, H = 7, 5, 3, 6
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    _compare(rng, cell, T, B, I, H, dtype, reverse, lengths)
+    _compare(rng, cell, T, B, I, H, dtype, reverse, np.array([0, 7, 1, 3, 0]))
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_parallel_step_matches_reference(rng, monkeypatch, cell, reverse):
+    """Force a parallel region per step at small shapes: several unit blocks per
+    thread, padded units (H=130 -> 192), row remainders outside the 6-row tiles."""
+    import numba
+    monkeypatch.setattr(cpu_rnn, "PARALLEL_MIN_FLOPS", 0)
+    assert cpu_rnn._threads(5, 192, 576, 3) == min(3, numba.get_num_threads())
+    for T, B, I, H in [(5, 5, 3, 130), (3, 11, 4, 128), (2, 15, 3, 64)]:
+        lengths = rng.integers(0, T + 1, B)
+        _compare(rng, cell, T, B, I, H, np.float32, reverse, lengths)
+        _compare(rng, cell, T, B, I, H, np.float32, reverse, None)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn_relu"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_inference_in_chunks_of_steps_matches_reference(rng, monkeypatch, cell, reverse):
+    """Inference projects a few steps at a time; chunks of 1, 2 and 3 steps (odd
+    and even, a short last chunk) carry the state across their boundaries."""
+    gates = CELLS[cell][0]
+    T, B, I, H = 7, 3, 4, 20
+    row_bytes = B * gates * 64 * 4  # one step of projected inputs (H pads to 64)
+    for steps in (1, 2, 3):
+        monkeypatch.setattr(cpu_rnn, "INFERENCE_CHUNK_BYTES", steps * row_bytes)
+        _compare(rng, cell, T, B, I, H, np.float32, reverse, np.array([7, 2, 5]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gru_packs_to_the_documented_paths(rng, dtype):
+    weights = cell_weights(rng, 3, 5, 3, dtype)
+    assert pack_gru_cpu(*weights)["kind"] == ("tiled" if dtype == np.float32 else "blas")
+    assert pack_gru_cpu(*weights, reset_after=False)["kind"] == "blas"
+    assert pack_rnn_cpu(*cell_weights(rng, 3, 5, 1, dtype))["kind"] == \
+        ("tiled" if dtype == np.float32 else "blas")
+
+
+def test_rnn_rejects_an_unknown_nonlinearity(rng):
+    with pytest.raises(ValueError, match="'gelu'"):
+        pack_rnn_cpu(*cell_weights(rng, 3, 5, 1, np.float32), nonlinearity="gelu")
