@@ -21,13 +21,13 @@ __version__ = "0.1.0"
 
 from .checkpoint import load, load_checkpoint, save_checkpoint  # noqa: E402
 from .dispatch import available as available_backends  # noqa: E402
-from .layers import LSTM, Dense, Dropout, Embedding  # noqa: E402
+from .layers import GRU, LSTM, RNN, Dense, Dropout, Embedding  # noqa: E402
 from .losses import CrossEntropyLoss, MSELoss  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .optim import SGD, Adam, AdamW, clip_grad_norm  # noqa: E402
 from .packing import LAYOUTS, convert  # noqa: E402
 
-__all__ = ["LSTM", "Dense", "Dropout", "Embedding", "Sequential", "MSELoss",
+__all__ = ["LSTM", "GRU", "RNN", "Dense", "Dropout", "Embedding", "Sequential", "MSELoss",
            "CrossEntropyLoss", "SGD", "Adam", "AdamW", "clip_grad_norm", "load",
            "load_checkpoint", "save_checkpoint", "LAYOUTS", "convert",
            "available_backends", "__version__"]

@@ -1,61 +1,102 @@
 """The backend table: names -> Backend objects, and the choice behind "auto".
 
-A Backend declares the kernel layout it wants (a packing.Layout with the
-"cells" container, or a pack function that lives beside its kernels) and runs
-one layer in one direction. Layers know nothing of
-Numba; they ask `select` for a backend and call its methods.
+A Backend declares the kernel layout it wants and runs one layer in one
+direction of any cell (spec.cell: "lstm", "gru" or "rnn"). Layers know nothing
+of Numba; they ask `select` for a backend and call its methods. States are
+tuples: (h, c) for the LSTM, (h,) for the GRU and the RNN.
 
 Backend methods, for one cell (layer l, direction d) in the backend's layout:
-    pack(params, spec)                          -> [cell, ...] in spec.cells() order
-    lstm_forward(cell, x, h0, c0, lengths, reverse, training)
-                                                -> y [T,B,H], h_n, c_n [B,H], cache
-    lstm_backward(cell, cache, dy, dh_n, dc_n)  -> dx [T,B,I], dh0, dc0 [B,H],
-                                                   {"w_ih","w_hh","b_ih","b_hh"}
+    pack(params, spec)                      -> [cell, ...] in spec.cells() order
+    forward(spec, cell, x, state0, lengths, reverse, training)
+                                            -> y [T,B,H], state_n, cache (None
+                                               unless training)
+    backward(spec, cell, cache, dy, dstate_n)
+                                            -> dx [T,B,I], dstate0,
+                                               {"w_ih","w_hh","b_ih","b_hh"}
+    step(spec, cell, x, state)              -> state after one inference step of
+                                               x [B,I] (its h is the output)
 """
-from .kernels import reference
-from .kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
-from .packing import Layout, from_canonical
+from .kernels import cpu, reference
+from .packing import CANONICAL_ORDER, Layout, from_canonical
 
 
 class Backend:
     name = None
-    layout = None
+    # Every kernel reads torch's gate order and orientation, one cell at a time.
+    layout = Layout("kernel", dict(CANONICAL_ORDER), "out_in",
+                    {c: "two" for c in CANONICAL_ORDER}, "cells")
 
     def pack(self, params, spec):
         return from_canonical(params, self.layout, spec)
+
+    def step(self, spec, cell, x, state):
+        return self.forward(spec, cell, x[None], state, None, False, False)[1]
 
 
 class NumpyBackend(Backend):
     """The NumPy reference: slow, simple, the oracle. Cell: (w_ih, w_hh, b_ih, b_hh)."""
     name = "numpy"
-    layout = Layout("numpy-kernel", "ifgo", "out_in", "two", "cells")
 
-    def lstm_forward(self, cell, x, h0, c0, lengths, reverse, training):
-        y, h, c, cache = reference.lstm_forward_ref(x, *cell, h0, c0, lengths, reverse)
-        return y, h, c, (cache if training else None)
+    def forward(self, spec, cell, x, state, lengths, reverse, training):
+        if spec.cell == "lstm":
+            y, h, c, cache = reference.lstm_forward_ref(x, *cell, *state, lengths, reverse)
+            state = (h, c)
+        elif spec.cell == "gru":
+            y, h, cache = reference.gru_forward_ref(x, *cell, state[0], lengths, reverse,
+                                                    spec.reset_after)
+            state = (h,)
+        else:
+            y, h, cache = reference.rnn_forward_ref(x, *cell, state[0], lengths, reverse,
+                                                    spec.nonlinearity)
+            state = (h,)
+        return y, state, (cache if training else None)
 
-    def lstm_backward(self, cell, cache, dy, dh_n, dc_n):
-        return reference.lstm_backward_ref(dy, dh_n, dc_n, cache)
+    def backward(self, spec, cell, cache, dy, dstate):
+        if spec.cell == "lstm":
+            dx, dh, dc, grads = reference.lstm_backward_ref(dy, *dstate, cache)
+            return dx, (dh, dc), grads
+        fn = reference.gru_backward_ref if spec.cell == "gru" else reference.rnn_backward_ref
+        dx, dh, grads = fn(dy, dstate[0], cache)
+        return dx, (dh,), grads
 
 
 class CpuBackend(Backend):
-    """Numba kernels on the CPU. Cell: the dict kernels.cpu.pack_lstm_cpu builds.
+    """Numba kernels on the CPU. Cell: the dict kernels.cpu.pack_<cell>_cpu builds.
 
     The framework layouts are descriptors (packing.Layout); this kernel's blocked,
-    padded layout is declared by a function beside the code that reads it, so the
+    padded layout is declared by functions beside the code that reads it, so the
     two cannot drift apart.
     """
     name = "cpu"
-    layout = NumpyBackend.layout
 
     def pack(self, params, spec):
-        return [pack_lstm_cpu(*cell) for cell in from_canonical(params, self.layout, spec)]
+        cells = from_canonical(params, self.layout, spec)
+        if spec.cell == "lstm":
+            return [cpu.pack_lstm_cpu(*c) for c in cells]
+        if spec.cell == "gru":
+            return [cpu.pack_gru_cpu(*c, reset_after=spec.reset_after) for c in cells]
+        return [cpu.pack_rnn_cpu(*c, nonlinearity=spec.nonlinearity) for c in cells]
 
-    def lstm_forward(self, cell, x, h0, c0, lengths, reverse, training):
-        return lstm_forward_cpu(x, cell, h0, c0, lengths, reverse, training)
+    def forward(self, spec, cell, x, state, lengths, reverse, training):
+        if spec.cell == "lstm":
+            y, h, c, cache = cpu.lstm_forward_cpu(x, cell, *state, lengths, reverse, training)
+            return y, (h, c), cache
+        fn = cpu.gru_forward_cpu if spec.cell == "gru" else cpu.rnn_forward_cpu
+        y, h, cache = fn(x, cell, state[0], lengths, reverse, training)
+        return y, (h,), cache
 
-    def lstm_backward(self, cell, cache, dy, dh_n, dc_n):
-        return lstm_backward_cpu(dy, dh_n, dc_n, cache, cell)
+    def step(self, spec, cell, x, state):
+        if spec.cell == "lstm":
+            return cpu.lstm_step_cpu(x, cell, *state)
+        return super().step(spec, cell, x, state)
+
+    def backward(self, spec, cell, cache, dy, dstate):
+        if spec.cell == "lstm":
+            dx, dh, dc, grads = cpu.lstm_backward_cpu(dy, *dstate, cache, cell)
+            return dx, (dh, dc), grads
+        fn = cpu.gru_backward_cpu if spec.cell == "gru" else cpu.rnn_backward_cpu
+        dx, dh, grads = fn(dy, dstate[0], cache, cell)
+        return dx, (dh,), grads
 
 
 BACKENDS = {b.name: b for b in (NumpyBackend(), CpuBackend())}

@@ -1,7 +1,7 @@
 """Recurrent layers: the public API over the kernels.
 
-Dimensions: T steps, B batch, I input features, H hidden units, G = 4H,
-L layers, D directions (2 when bidirectional, else 1).
+Dimensions: T steps, B batch, I input features, H hidden units, G = 4H (LSTM),
+3H (GRU) or H (RNN), L layers, D directions (2 when bidirectional, else 1).
 """
 import contextlib
 import numbers
@@ -11,7 +11,8 @@ import numpy as np
 from . import dispatch
 from ._checks import check_int
 from .kernels.cpu import dense_backward_cpu, dense_forward_cpu
-from .packing import LSTMSpec, PackCache, as_array, from_canonical, get_layout, to_canonical
+from .packing import (PackCache, RecurrentSpec, as_array, from_canonical, get_layout,
+                      to_canonical, torch_suffix)
 
 _DTYPES = (np.float32, np.float64)
 
@@ -126,73 +127,41 @@ def _floats(x, what, dtype, features=None):
     return np.ascontiguousarray(arr, dtype)
 
 
-class LSTM(Layer):
-    r"""A stack of LSTM layers, optionally bidirectional, with torch.nn.LSTM's semantics.
+MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
-    Each step of each layer and direction computes (s = sigmoid, * elementwise)::
 
-        i = s(W_ii x + b_ii + W_hi h + b_hi)      f = s(W_if x + b_if + W_hf h + b_hf)
-        g = tanh(W_ig x + b_ig + W_hg h + b_hg)   o = s(W_io x + b_io + W_ho h + b_ho)
-        c' = f * c + i * g                        h' = o * tanh(c')
+class _Recurrent(Layer):
+    """What LSTM, GRU and RNN share: a stack of layers of one cell, optionally
+    bidirectional, over the backend's kernels. Subclasses set `cell` and the
+    state's parts (`_state_parts`: ("h", "c") for the LSTM, ("h",) otherwise).
 
-    Layer l > 0 reads the output of layer l-1 (both directions concatenated),
-    with dropout applied to it when training.
-
-    Args:
-        input_size (I), hidden_size (H), num_layers (L): sizes, each >= 1.
-        bidirectional: add a reverse direction per layer (D = 2).
-        batch_first: x and y are [B,T,*] instead of [T,B,*] (states stay [L*D,B,H]).
-        dropout: probability in [0, 1) of zeroing an inter-layer activation when
-            training=True (inverted dropout: survivors scaled by 1/(1-p)).
-        backend: "auto" (the CPU kernels for NumPy input), "cpu", or "numpy" (the
-            slow reference).
-        dtype: np.float32 (default) or np.float64. Inputs of any real dtype are
-            cast to it.
-        seed: seeds the initial weights and the dropout masks.
-
-    Parameters (`params`, read-only arrays; gradients in `grads`, same names),
-    named and shaped as in torch.nn.LSTM, gate blocks in the order i, f, g, o,
-    k = layer index, `_reverse` for the reverse direction:
-        weight_ih_l{k} [G, I or D*H], weight_hh_l{k} [G,H], bias_ih_l{k} [G],
-        bias_hh_l{k} [G] (two biases, as cuDNN has them, so torch weights load as
-        they are). Initialised uniform in [-1/sqrt(H), 1/sqrt(H)] like torch.
-
-    Call: ``y, (h_n, c_n) = lstm(x, state=None, training=False, lengths=None)``
-        x: [T,B,I] ([B,T,I] with batch_first; [T,I] unbatched)
-        state: (h0, c0), each [L*D,B,H] ([L*D,H] unbatched); zeros if omitted
-        lengths: [B] ints in [1, T]: sequence b is valid at steps t < lengths[b];
-            its outputs past that are zero, h_n and c_n are its state at its last
-            valid step, and the reverse direction starts there.
-        y: [T,B,D*H]; h_n, c_n: [L*D,B,H]
-        training=True keeps what backward needs and turns dropout on.
-
-    Backward: ``dx, (dh0, dc0) = lstm.backward(dy, (dh_n, dc_n))``, after a
-    training forward; the state gradient, or either half of it, may be None.
-    Parameter gradients are added to `grads` (they accumulate across backward
-    calls, as in torch, until `zero_grad()`). Each training forward supports one
-    backward (its saved activations are consumed).
-
-    Example:
-        >>> import numpy as np, numlstm
-        >>> lstm = numlstm.LSTM(input_size=3, hidden_size=4, num_layers=2, seed=0)
-        >>> y, (h_n, c_n) = lstm(np.ones((5, 2, 3), np.float32), training=True)
-        >>> y.shape, h_n.shape
-        ((5, 2, 4), (2, 2, 4))
-        >>> dx, (dh0, dc0) = lstm.backward(np.ones_like(y))
-        >>> dx.shape, lstm.grads["weight_hh_l1"].shape
-        ((5, 2, 3), (16, 4))
+    States are held as tuples of [L*D,B,H] arrays; `_state_in`/`_state_out` turn
+    them into what the user passes and gets: a pair (h, c) for the LSTM, one
+    array h for the GRU and the RNN (as torch does).
     """
+    cell = None
+    _state_parts = ("h",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
                  batch_first=False, dropout=0.0, backend="auto", dtype=np.float32,
-                 seed=None, return_sequences=True):
-        self.spec = LSTMSpec(check_int(input_size, "input_size", 1),
-                             check_int(hidden_size, "hidden_size", 1),
-                             check_int(num_layers, "num_layers", 1), bool(bidirectional))
+                 seed=None, return_sequences=True, merge_mode="concat", stateful=False,
+                 **cell_options):
+        if merge_mode not in MERGE_MODES:
+            raise ValueError(f"merge_mode: expected one of {list(MERGE_MODES)}, got "
+                             f"{merge_mode!r}")
+        if merge_mode != "concat" and not bidirectional:
+            raise ValueError(f"merge_mode={merge_mode!r} merges the two directions of a "
+                             "bidirectional layer; pass bidirectional=True")
+        self.spec = RecurrentSpec(check_int(input_size, "input_size", 1),
+                                  check_int(hidden_size, "hidden_size", 1),
+                                  check_int(num_layers, "num_layers", 1), bool(bidirectional),
+                                  self.cell, **cell_options)
         self.dropout = _check_probability(dropout, "dropout")
         self.dtype = _check_dtype(dtype)
         self.batch_first = bool(batch_first)
         self.return_sequences = bool(return_sequences)
+        self.merge_mode = merge_mode
+        self.stateful = bool(stateful)
         self.backend = dispatch.check_name(backend)
         init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
         self._drop_rng = np.random.default_rng(drop_seq)
@@ -203,6 +172,7 @@ class LSTM(Layer):
                            for name, shape in self.spec.torch_shapes().items()})
         self._cache = None
         self._cache_state = "none"
+        self._carried = None
 
     # -- sizes -------------------------------------------------------------------------
     input_size = property(lambda self: self.spec.input_size)
@@ -210,12 +180,8 @@ class LSTM(Layer):
     num_layers = property(lambda self: self.spec.num_layers)
     bidirectional = property(lambda self: self.spec.bidirectional)
 
-    def __repr__(self):
-        s = self.spec
-        return (f"LSTM(input_size={s.input_size}, hidden_size={s.hidden_size}, "
-                f"num_layers={s.num_layers}, bidirectional={s.bidirectional}, "
-                f"batch_first={self.batch_first}, dropout={self.dropout}, "
-                f"backend={self.backend!r}, dtype={self.dtype.name})")
+    def _cell_config(self):
+        return {}
 
     def get_config(self):
         s = self.spec
@@ -223,7 +189,23 @@ class LSTM(Layer):
                     num_layers=s.num_layers, bidirectional=s.bidirectional,
                     batch_first=self.batch_first, dropout=self.dropout,
                     backend=self.backend, dtype=self.dtype.name,
-                    return_sequences=self.return_sequences)
+                    return_sequences=self.return_sequences, merge_mode=self.merge_mode,
+                    stateful=self.stateful, **self._cell_config())
+
+    def __repr__(self):
+        config = self.get_config()
+        for key, default in (("return_sequences", True), ("merge_mode", "concat"),
+                             ("stateful", False)):
+            if config[key] == default:
+                del config[key]
+        return f"{type(self).__name__}(" + ", ".join(
+            f"{k}={v!r}" for k, v in config.items()) + ")"
+
+    @property
+    def output_size(self):
+        """Features of y at each step: D*H for merge_mode="concat", else H."""
+        s = self.spec
+        return s.directions * s.hidden_size if self.merge_mode == "concat" else s.hidden_size
 
     # -- parameters ----------------------------------------------------------------------
     @property
@@ -251,10 +233,10 @@ class LSTM(Layer):
         return out
 
     def state_dict(self):
-        """The parameters in the torch layout, as torch.nn.LSTM.state_dict() names them."""
+        """The parameters in the torch layout, as torch's module.state_dict() names them."""
         return self.export_weights("torch")
 
-    # -- forward -------------------------------------------------------------------------
+    # -- states --------------------------------------------------------------------------
     def _state_shape(self, batch):
         s = self.spec
         return (s.num_layers * s.directions,) + ((batch,) if batch else ()) + (
@@ -269,16 +251,57 @@ class LSTM(Layer):
         arr = np.ascontiguousarray(arr, self.dtype)
         return arr if batch else arr[:, None, :]
 
-    def _check_pair(self, state, what):
+    def _state_parts_in(self, state, what):
+        """The user's state (a pair for the LSTM, an array otherwise) -> a tuple of
+        its parts, or None; parts given as None stay None."""
         if state is None:
-            return None, None
+            return None
+        if len(self._state_parts) == 1:
+            return (state,)
+        names = ", ".join(self._state_parts)
         if not isinstance(state, (tuple, list)) or len(state) != 2:
-            raise ValueError(f"{what}: expected a pair (h, c), got "
+            raise ValueError(f"{what}: expected a pair ({names}), got "
                              f"{type(state).__name__}" +
                              (f" of length {len(state)}" if hasattr(state, "__len__") else ""))
-        return state
+        return tuple(state)
 
-    def __call__(self, x, state=None, training=False, lengths=None):
+    def _state_in(self, state, B, batched):
+        """Checked tuple of [L*D,B,H] arrays; zeros when no state was given."""
+        parts = self._state_parts_in(state, "state")
+        if parts is None:
+            parts = (None,) * len(self._state_parts)
+        elif any(p is None for p in parts):
+            raise ValueError("state: expected both " + " and ".join(
+                f"{n}0" for n in self._state_parts) + ", got one of them as None")
+        bdim = B if batched else 0
+        return tuple(np.zeros(self._state_shape(B), self.dtype) if p is None else
+                     self._as_state(p, f"{n}0", bdim) for n, p in zip(self._state_parts, parts))
+
+    def _state_out(self, parts, batched):
+        parts = tuple(p if batched else p[:, 0, :] for p in parts)
+        return parts if len(parts) > 1 else parts[0]
+
+    def reset_state(self):
+        """Forget the state a stateful layer carries; the next call starts from zeros."""
+        self._carried = None
+
+    def _initial_state(self, state, B, batched):
+        """The state a call starts from: the given one, else the carried one of a
+        stateful layer, else zeros."""
+        if state is None and self.stateful and self._carried is not None:
+            if self._carried[0].shape[1] != B:
+                raise ValueError(f"stateful {type(self).__name__}: the carried state is for "
+                                 f"a batch of {self._carried[0].shape[1]}, got a batch of "
+                                 f"{B}; call reset_state() to start a new batch")
+            return self._carried
+        return self._state_in(state, B, batched)
+
+    def _carry(self, state_n):
+        if self.stateful:
+            self._carried = tuple(p.copy() for p in state_n)
+
+    # -- forward -------------------------------------------------------------------------
+    def __call__(self, x, state=None, training=False, lengths=None, mask=None):
         s = self.spec
         x = _numeric(x, "x")
         backend = dispatch.select(self.backend, x)
@@ -298,63 +321,92 @@ class LSTM(Layer):
             raise ValueError(f"x: expected at least one step and one sequence, got shape "
                              f"{x.shape}")
         x_tm = np.ascontiguousarray(x_tm, self.dtype)
-        h0, c0 = self._check_pair(state, "state")
-        if (h0 is None) != (c0 is None):
-            raise ValueError("state: expected both h0 and c0, got one of them as None")
-        bdim = B if batched else 0
-        if h0 is None:
-            h0 = np.zeros(self._state_shape(B), self.dtype)
-            c0 = np.zeros_like(h0)
-        else:
-            h0 = self._as_state(h0, "h0", bdim)
-            c0 = self._as_state(c0, "c0", bdim)
-        lens = self._check_lengths(lengths, T, B, batched)
+        state0 = self._initial_state(state, B, batched)
+        lens = self._check_lengths(lengths, mask, T, B, batched)
 
-        y, h_n, c_n = self._run(backend, x_tm, h0, c0, lens, training, batched)
-        return self._to_user(y, batched), (self._state_out(h_n, batched),
-                                           self._state_out(c_n, batched))
+        y, state_n = self._run(backend, x_tm, state0, lens, training, batched)
+        self._carry(state_n)
+        return self._to_user(y, batched), self._state_out(state_n, batched)
 
-    def _run(self, backend, x_tm, h0, c0, lens, training, batched=True, private_y=True):
-        """All layers and directions on time-major x_tm [T,B,I] -> y [T,B,D*H], h_n, c_n.
+    def _run(self, backend, x_tm, state0, lens, training, batched=True, private_y=True):
+        """All layers and directions on time-major x_tm [T,B,I] -> y (merged as
+        merge_mode says) and the final state, a tuple of [L*D,B,H] arrays.
         private_y=False: the caller only reads y, so it may be the cache's own array."""
         s = self.spec
         T, B = x_tm.shape[:2]
         cells = self._packs.get(backend, self._params, s)
-        H, D = s.hidden_size, s.directions
-        h_n = np.empty((s.num_layers * D, B, H), self.dtype)
-        c_n = np.empty_like(h_n)
+        D = s.directions
+        state_n = tuple(np.empty((s.num_layers * D, B, s.hidden_size), self.dtype)
+                        for _ in self._state_parts)
         layers = []
         inp = x_tm
         for l in range(s.num_layers):
             outs, caches = [], []
             for d in range(D):
                 k = l * D + d
-                y, h_n[k], c_n[k], cache = backend.lstm_forward(
-                    cells[k], inp, h0[k], c0[k], lens, d == 1, training)
+                y, st, cache = backend.forward(s, cells[k], inp, tuple(p[k] for p in state0),
+                                               lens, d == 1, training)
+                for part, value in zip(state_n, st):
+                    part[k] = value
                 outs.append(y)
                 caches.append(cache)
-            out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            last = l == s.num_layers - 1
             mask = None
-            if training and self.dropout > 0 and l < s.num_layers - 1:
-                keep = self._drop_rng.random(out.shape) >= self.dropout
-                mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
-                out = out * mask
+            if not last:
+                out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+                if training and self.dropout > 0:
+                    keep = self._drop_rng.random(out.shape) >= self.dropout
+                    mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                    out = out * mask
+            else:
+                out = outs[0] if D == 1 else self._merge(outs)
+                if training and private_y and (D == 1 or self.merge_mode is None):
+                    # The cache holds these arrays; hand the caller copies.
+                    out = out.copy() if D == 1 else tuple(o.copy() for o in out)
             layers.append((caches, mask))
             inp = out
-        y = inp
         if training:
-            # The cache holds y; hand the caller a copy it may modify freely.
-            if D == 1 and private_y:
-                y = y.copy()
             self._cache = dict(layers=layers, backend=backend, cells=cells, T=T, B=B,
-                               batched=batched)
+                               batched=batched, outs=outs)
             self._cache_state = "ready"
         else:
             self._cache = None
             self._cache_state = "inference"
-        return y, h_n, c_n
+        return inp, state_n
 
-    def _check_lengths(self, lengths, T, B, batched):
+    def _merge(self, pair):
+        """The two directions' outputs (same shape) merged as merge_mode says."""
+        fwd, bwd = pair
+        mode = self.merge_mode
+        if mode == "concat":
+            return np.concatenate(pair, axis=-1)
+        if mode == "sum":
+            return fwd + bwd
+        if mode == "mul":
+            return fwd * bwd
+        if mode == "ave":
+            return (fwd + bwd) * self.dtype.type(0.5)
+        return pair
+
+    def _unmerge(self, grad, pair):
+        """The gradient of a merged output -> the gradient of each direction's."""
+        mode, H = self.merge_mode, self.spec.hidden_size
+        if mode == "concat":
+            return [np.ascontiguousarray(grad[..., :H]), np.ascontiguousarray(grad[..., H:])]
+        if mode == "sum":
+            return [grad, grad]
+        if mode == "mul":
+            return [grad * pair[1], grad * pair[0]]
+        if mode == "ave":
+            half = grad * self.dtype.type(0.5)
+            return [half, half]
+        return list(grad)
+
+    def _check_lengths(self, lengths, mask, T, B, batched):
+        if mask is not None:
+            if lengths is not None:
+                raise ValueError("pass lengths or mask, not both")
+            lengths = self._mask_lengths(mask, T, B)
         if lengths is None:
             return None
         if not batched:
@@ -369,46 +421,104 @@ class LSTM(Layer):
                              f"max {arr.max()}")
         return np.ascontiguousarray(arr, np.int64)
 
+    @staticmethod
+    def _mask_lengths(mask, T, B):
+        """A Keras-style boolean mask [B,T] -> lengths [B], if it is right-padded."""
+        m = _numeric(mask, "mask")
+        if m.dtype != np.bool_:
+            raise TypeError(f"mask: expected a boolean array [B,T], got dtype {m.dtype}")
+        if m.shape != (B, T):
+            raise ValueError(f"mask: expected shape ({B}, {T}) ([B,T], batch first), got "
+                             f"{m.shape}")
+        lengths = m.sum(axis=1)
+        bad = np.flatnonzero((m != (np.arange(T) < lengths[:, None])).any(axis=1))
+        if len(bad):
+            raise ValueError(f"mask: expected each row to be True for its first steps and "
+                             f"False after (right padding); rows {bad[:5].tolist()} are not "
+                             f"(e.g. row {bad[0]}: {m[bad[0]].astype(int).tolist()[:20]}); "
+                             f"move the padding to the end, or pass lengths=")
+        return lengths
+
     def _to_user(self, y, batched):
+        if isinstance(y, tuple):
+            return tuple(self._to_user(part, batched) for part in y)
         if not batched:
             return y[:, 0, :]
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
 
-    def _state_out(self, state, batched):
-        return state if batched else state[:, 0, :]
+    # -- streaming ------------------------------------------------------------------------
+    def step(self, x_t, state=None):
+        """One step for online inference: x_t [B,I] (or [I]) -> (y_t, state_n).
+
+        y_t is the top layer's h, [B,H] (or [H]); the state is what __call__ takes
+        and returns. With state=None a stateful layer continues from the state it
+        carries (and carries the new one), any other layer starts from zeros.
+        Equal to calling the layer on a sequence of one step.
+        """
+        if self.spec.bidirectional:
+            raise ValueError("step: a bidirectional layer needs the whole sequence (its "
+                             "reverse direction starts at the last step); call the layer")
+        x_t = _numeric(x_t, "x_t")
+        if x_t.ndim not in (1, 2) or x_t.shape[-1] != self.spec.input_size:
+            raise ValueError(f"x_t: expected [B,{self.spec.input_size}] (or "
+                             f"[{self.spec.input_size}] unbatched), got shape {x_t.shape}")
+        batched = x_t.ndim == 2
+        B = x_t.shape[0] if batched else 1
+        backend = dispatch.select(self.backend, x_t)
+        inp = np.ascontiguousarray(x_t, self.dtype).reshape(B, -1)
+        state0 = self._initial_state(state, B, batched)
+        cells = self._packs.get(backend, self._params, self.spec)
+        state_n = tuple(np.empty_like(p) for p in state0)
+        for l in range(self.spec.num_layers):
+            st = backend.step(self.spec, cells[l], inp, tuple(p[l] for p in state0))
+            for part, value in zip(state_n, st):
+                part[l] = value
+            inp = st[0]
+        self._cache, self._cache_state = None, "inference"
+        self._carry(state_n)
+        return (inp if batched else inp[0]), self._state_out(state_n, batched)
 
     # -- backward ------------------------------------------------------------------------
     def backward(self, dy, dstate=None):
         """Gradients of a loss with respect to x and to the initial state.
 
-        dy: gradient of y, shaped like y; dstate: (dh_n, dc_n) shaped like
-        (h_n, c_n), either may be None. Returns dx, (dh0, dc0) shaped like x and
-        the state. Adds parameter gradients into `grads`.
+        dy: gradient of y, shaped like y (a pair when merge_mode=None); dstate:
+        the gradient of the final state, shaped like it, or None (either half of
+        the LSTM's pair may be None). Returns dx and the initial state's
+        gradient, shaped like x and the state. Adds parameter gradients into
+        `grads`.
         """
         self._check_ready()
-        s, cache = self.spec, self._cache
+        cache = self._cache
         T, B, batched = cache["T"], cache["B"], cache["batched"]
-        H, D = s.hidden_size, s.directions
-        want = (T, B, D * H) if batched else (T, D * H)
+        want = (T, B, self.output_size) if batched else (T, self.output_size)
         if batched and self.batch_first:
-            want = (B, T, D * H)
-        dy = _numeric(dy, "dy")
-        if tuple(dy.shape) != want:
-            raise ValueError(f"dy: expected the shape of y, {want}, got {tuple(dy.shape)}")
-        dh_n, dc_n = self._check_pair(dstate, "dstate")
+            want = (B, T, self.output_size)
+        if self.merge_mode is None and self.spec.bidirectional:
+            if not isinstance(dy, (tuple, list)) or len(dy) != 2:
+                raise ValueError("dy: merge_mode=None gives y as a pair (forward, backward); "
+                                 f"expected a pair of gradients, got {type(dy).__name__}")
+            grad = tuple(self._grad_in(g, want, batched, "dy") for g in dy)
+        else:
+            grad = self._grad_in(dy, want, batched, "dy")
+        parts = self._state_parts_in(dstate, "dstate") or (None,) * len(self._state_parts)
         bdim = B if batched else 0
-        zeros = np.zeros(self._state_shape(B), self.dtype)
-        dh_n = zeros if dh_n is None else self._as_state(dh_n, "dh_n", bdim)
-        dc_n = zeros if dc_n is None else self._as_state(dc_n, "dc_n", bdim)
+        dstate_n = tuple(np.zeros(self._state_shape(B), self.dtype) if p is None else
+                         self._as_state(p, f"d{n}_n", bdim)
+                         for n, p in zip(self._state_parts, parts))
+        dx, dstate0 = self._run_backward(grad, dstate_n)
+        return self._to_user(dx, batched), self._state_out(dstate0, batched)
+
+    def _grad_in(self, dy, want, batched, what):
+        dy = _numeric(dy, what)
+        if tuple(dy.shape) != want:
+            raise ValueError(f"{what}: expected the shape of y, {want}, got "
+                             f"{tuple(dy.shape)}")
         if not batched:
             dy = dy[:, None, :]
         elif self.batch_first:
             dy = dy.transpose(1, 0, 2)
-        grad = np.ascontiguousarray(dy, self.dtype)
-
-        dx, dh0, dc0 = self._run_backward(grad, dh_n, dc_n)
-        return self._to_user(dx, batched), (self._state_out(dh0, batched),
-                                            self._state_out(dc0, batched))
+        return np.ascontiguousarray(dy, self.dtype)
 
     def _check_ready(self):
         if self._cache_state != "ready":
@@ -422,23 +532,33 @@ class LSTM(Layer):
                         "backward call; run a training forward again",
             }[self._cache_state])
 
-    def _run_backward(self, grad, dh_n, dc_n):
-        """Time-major dy [T,B,D*H], dh_n, dc_n [L*D,B,H] -> dx [T,B,I], dh0, dc0."""
+    def _run_backward(self, grad, dstate_n, merged=True):
+        """Time-major dy (merged as y, or with merged=False the directions
+        concatenated) and the final state's gradient (a tuple of [L*D,B,H]) ->
+        dx [T,B,I] and the initial state's gradient."""
         s, cache = self.spec, self._cache
         H, D = s.hidden_size, s.directions
         backend, cells = cache["backend"], cache["cells"]
         self._cache, self._cache_state = None, "used"
-        dh0, dc0 = np.empty_like(dh_n), np.empty_like(dc_n)
+        dstate0 = tuple(np.empty_like(p) for p in dstate_n)
         new_grads = {}
         for l in range(s.num_layers - 1, -1, -1):
             caches, _ = cache["layers"][l]
+            if D == 1:
+                per_dir = [grad]
+            elif merged and l == s.num_layers - 1:
+                per_dir = self._unmerge(grad, cache["outs"])
+            else:
+                per_dir = [np.ascontiguousarray(grad[:, :, d * H:(d + 1) * H])
+                           for d in range(D)]
             dx = None
             for d in range(D):
                 k = l * D + d
-                dy_d = grad if D == 1 else np.ascontiguousarray(grad[:, :, d * H:(d + 1) * H])
-                dx_d, dh0[k], dc0[k], g = backend.lstm_backward(
-                    cells[k], caches[d], dy_d, dh_n[k], dc_n[k])
-                sfx = f"_l{l}" + ("_reverse" if d else "")
+                dx_d, ds0, g = backend.backward(s, cells[k], caches[d], per_dir[d],
+                                                tuple(p[k] for p in dstate_n))
+                for part, value in zip(dstate0, ds0):
+                    part[k] = value
+                sfx = torch_suffix(l, d)
                 for name, key in (("weight_ih", "w_ih"), ("weight_hh", "w_hh"),
                                   ("bias_ih", "b_ih"), ("bias_hh", "b_hh")):
                     new_grads[name + sfx] = g[key]
@@ -450,54 +570,207 @@ class LSTM(Layer):
             grad = dx
         for name, g in new_grads.items():
             self.grads[name] += g
-        return grad, dh0, dc0
+        return grad, dstate0
 
     # -- the Sequential protocol (batch-first) -------------------------------------------
     def output_shape(self, shape):
         s = self.spec
+        if self.merge_mode is None and s.bidirectional:
+            raise ValueError("merge_mode=None gives a pair of outputs, which a Sequential "
+                             "model cannot pass on; choose concat, sum, mul or ave")
         if len(shape) != 3 or shape[-1] not in (None, s.input_size):
             raise ValueError(f"expected input [B,T,{s.input_size}], got {_shape_str(shape)}")
-        width = s.directions * s.hidden_size
+        width = self.output_size
         return (shape[0], shape[1], width) if self.return_sequences else (shape[0], width)
 
     def forward(self, x, training=False, lengths=None):
-        """x [B,T,I] (batch-first, whatever `batch_first` says) -> y [B,T,D*H], or with
-        return_sequences=False the output at each sequence's last valid step [B,D*H]
+        """x [B,T,I] (batch-first, whatever `batch_first` says) -> y [B,T,W], or with
+        return_sequences=False the output at each sequence's last valid step [B,W]
         (for the reverse direction, its state after reading the whole sequence: step
-        0, as Keras returns it)."""
+        0, as Keras returns it); W = output_size."""
         x = _floats(x, "x", self.dtype, self.spec.input_size)
         if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(f"x: expected [B,T,{self.spec.input_size}] with B, T >= 1, "
                              f"got shape {x.shape}")
         B, T = x.shape[:2]
         backend = dispatch.select(self.backend, x)
-        lens = self._check_lengths(lengths, T, B, True)
-        zeros = np.zeros(self._state_shape(B), self.dtype)
-        y, h_n, _ = self._run(backend, np.ascontiguousarray(x.transpose(1, 0, 2)), zeros,
-                              zeros, lens, training, private_y=False)
+        lens = self._check_lengths(lengths, None, T, B, True)
+        state0 = self._initial_state(None, B, True)
+        y, state_n = self._run(backend, np.ascontiguousarray(x.transpose(1, 0, 2)), state0,
+                               lens, training, private_y=False)
+        self._carry(state_n)
         if self.return_sequences:
-            return np.ascontiguousarray(y.transpose(1, 0, 2))
+            return self._to_batch_first(y)
         D = self.spec.directions
-        return np.concatenate(list(h_n[-D:]), axis=1)
+        last = tuple(state_n[0][-D:])
+        if training:
+            self._cache["last"] = last
+        return last[0] if D == 1 else self._merge(last)
+
+    @staticmethod
+    def _to_batch_first(y):
+        if isinstance(y, tuple):
+            return tuple(np.ascontiguousarray(p.transpose(1, 0, 2)) for p in y)
+        return np.ascontiguousarray(y.transpose(1, 0, 2))
 
     def backward_output(self, dout):
         """The gradient of forward's output -> that of its input x [B,T,I]."""
         self._check_ready()
         s, T, B = self.spec, self._cache["T"], self._cache["B"]
         H, D = s.hidden_size, s.directions
-        want = (B, T, D * H) if self.return_sequences else (B, D * H)
+        width = self.output_size
+        want = (B, T, width) if self.return_sequences else (B, width)
         dout = _numeric(dout, "dout")
         if tuple(dout.shape) != want:
             raise ValueError(f"dout: expected the shape of the output, {want}, got "
                              f"{tuple(dout.shape)}")
-        dstate = np.zeros(self._state_shape(B), self.dtype)
+        dstate = tuple(np.zeros(self._state_shape(B), self.dtype) for _ in self._state_parts)
         if self.return_sequences:
             dy = np.ascontiguousarray(dout.transpose(1, 0, 2), self.dtype)
+            dx, _ = self._run_backward(dy, dstate)
         else:
+            # The output is the top layer's final h: its gradient enters as dh_n.
+            dout = np.asarray(dout, self.dtype)
+            per_dir = [dout] if D == 1 else self._unmerge(dout, self._cache["last"])
+            for d in range(D):
+                dstate[0][(s.num_layers - 1) * D + d] = per_dir[d]
             dy = np.zeros((T, B, D * H), self.dtype)
-            dstate[-D:] = np.asarray(dout, self.dtype).reshape(B, D, H).transpose(1, 0, 2)
-        dx, _, _ = self._run_backward(dy, dstate, np.zeros_like(dstate))
+            dx, _ = self._run_backward(dy, dstate, merged=False)
         return np.ascontiguousarray(dx.transpose(1, 0, 2))
+
+
+class LSTM(_Recurrent):
+    r"""A stack of LSTM layers, optionally bidirectional, with torch.nn.LSTM's semantics.
+
+    Each step of each layer and direction computes (s = sigmoid, * elementwise)::
+
+        i = s(W_ii x + b_ii + W_hi h + b_hi)      f = s(W_if x + b_if + W_hf h + b_hf)
+        g = tanh(W_ig x + b_ig + W_hg h + b_hg)   o = s(W_io x + b_io + W_ho h + b_ho)
+        c' = f * c + i * g                        h' = o * tanh(c')
+
+    Layer l > 0 reads the output of layer l-1 (both directions concatenated),
+    with dropout applied to it when training.
+
+    Args:
+        input_size (I), hidden_size (H), num_layers (L): sizes, each >= 1.
+        bidirectional: add a reverse direction per layer (D = 2).
+        batch_first: x and y are [B,T,*] instead of [T,B,*] (states stay [L*D,B,H]).
+        dropout: probability in [0, 1) of zeroing an inter-layer activation when
+            training=True (inverted dropout: survivors scaled by 1/(1-p)).
+        backend: "auto" (the CPU kernels for NumPy input), "cpu", or "numpy" (the
+            slow reference).
+        dtype: np.float32 (default) or np.float64. Inputs of any real dtype are
+            cast to it.
+        seed: seeds the initial weights and the dropout masks.
+        return_sequences: in a Sequential model, pass on the whole output sequence
+            (True) or only each sequence's last valid output (False).
+        merge_mode: how a bidirectional layer's top two directions are combined in
+            y, as Keras's Bidirectional does: "concat" (default, [.., 2H]), "sum",
+            "mul", "ave" ([.., H]), or None (y is a pair (forward, backward)).
+            Between stacked layers the directions are always concatenated, as in
+            torch.
+        stateful: carry the final state into the next call that passes no state
+            (Keras's stateful=True), until reset_state(); the batch size must stay
+            the same. Gradients do not flow across calls.
+
+    Parameters (`params`, read-only arrays; gradients in `grads`, same names),
+    named and shaped as in torch.nn.LSTM, gate blocks in the order i, f, g, o,
+    k = layer index, `_reverse` for the reverse direction:
+        weight_ih_l{k} [G, I or D*H], weight_hh_l{k} [G,H], bias_ih_l{k} [G],
+        bias_hh_l{k} [G] (two biases, as cuDNN has them, so torch weights load as
+        they are). Initialised uniform in [-1/sqrt(H), 1/sqrt(H)] like torch.
+
+    Call: ``y, (h_n, c_n) = lstm(x, state=None, training=False, lengths=None, mask=None)``
+        x: [T,B,I] ([B,T,I] with batch_first; [T,I] unbatched)
+        state: (h0, c0), each [L*D,B,H] ([L*D,H] unbatched); zeros if omitted
+        lengths: [B] ints in [1, T], any order: sequence b is valid at steps
+            t < lengths[b]; its outputs past that are zero, h_n and c_n are its
+            state at its last valid step, and the reverse direction starts there
+            (torch's packed sequences).
+        mask: instead of lengths, a boolean [B,T] (Keras style; batch first even
+            without batch_first), True at valid steps; it must be right-padded.
+        y: [T,B,W] (W = output_size); h_n, c_n: [L*D,B,H]
+        training=True keeps what backward needs and turns dropout on.
+
+    Backward: ``dx, (dh0, dc0) = lstm.backward(dy, (dh_n, dc_n))``, after a
+    training forward; the state gradient, or either half of it, may be None.
+    Parameter gradients are added to `grads` (they accumulate across backward
+    calls, as in torch, until `zero_grad()`). Each training forward supports one
+    backward (its saved activations are consumed).
+
+    Streaming: ``y_t, (h, c) = lstm.step(x_t, (h, c))`` for one step [B,I].
+
+    Example:
+        >>> import numpy as np, numlstm
+        >>> lstm = numlstm.LSTM(input_size=3, hidden_size=4, num_layers=2, seed=0)
+        >>> y, (h_n, c_n) = lstm(np.ones((5, 2, 3), np.float32), training=True)
+        >>> y.shape, h_n.shape
+        ((5, 2, 4), (2, 2, 4))
+        >>> dx, (dh0, dc0) = lstm.backward(np.ones_like(y))
+        >>> dx.shape, lstm.grads["weight_hh_l1"].shape
+        ((5, 2, 3), (16, 4))
+    """
+    cell = "lstm"
+    _state_parts = ("h", "c")
+
+
+class GRU(_Recurrent):
+    r"""A stack of GRU layers with torch.nn.GRU's semantics; the LSTM's API.
+
+    Each step computes (s = sigmoid, * elementwise), gate blocks r, z, n::
+
+        r = s(W_ir x + b_ir + W_hr h + b_hr)      z = s(W_iz x + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        h' = (1 - z) * n + z * h
+
+    With reset_after=False (Keras's GRU(reset_after=False), the original form of
+    Cho et al.), r multiplies h before the product:
+    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
+
+    Args: those of numlstm.LSTM, and reset_after (default True, torch's form).
+    Parameters: torch's names, weight_ih_l{k} [3H, I or D*H], weight_hh_l{k}
+    [3H,H], bias_ih_l{k} [3H], bias_hh_l{k} [3H].
+
+    Call: ``y, h_n = gru(x, h0=None, training=False, lengths=None, mask=None)``,
+    h0 and h_n [L*D,B,H]. Backward: ``dx, dh0 = gru.backward(dy, dh_n)``.
+    Streaming: ``y_t, h = gru.step(x_t, h)``.
+    """
+    cell = "gru"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 reset_after=True, **options):
+        super().__init__(input_size, hidden_size, num_layers, bidirectional,
+                         reset_after=bool(reset_after), **options)
+
+    def _cell_config(self):
+        return dict(reset_after=self.spec.reset_after)
+
+
+class RNN(_Recurrent):
+    r"""A stack of Elman RNN layers with torch.nn.RNN's semantics; the LSTM's API.
+
+    Each step computes h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or
+    relu (`nonlinearity`). Parameters: torch's names, weight_ih_l{k} [H, I or
+    D*H], weight_hh_l{k} [H,H], bias_ih_l{k} [H], bias_hh_l{k} [H].
+
+    Call: ``y, h_n = rnn(x, h0=None, training=False, lengths=None, mask=None)``.
+    Backward: ``dx, dh0 = rnn.backward(dy, dh_n)``.
+
+    It forgets: gradients through many steps of tanh(W h) shrink or grow
+    geometrically, which is why LSTMs exist (`numlstm train --task adding
+    --cell rnn` shows it).
+    """
+    cell = "rnn"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 nonlinearity="tanh", **options):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, num_layers, bidirectional,
+                         nonlinearity=nonlinearity, **options)
+
+    def _cell_config(self):
+        return dict(nonlinearity=self.spec.nonlinearity)
 
 
 def _shape_str(shape):
@@ -691,4 +964,4 @@ class Dropout(Layer):
         return dout * mask
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (LSTM, Dense, Embedding, Dropout)}
+LAYER_TYPES = {cls.__name__: cls for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout)}

@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from .layers import LAYER_TYPES, LSTM, Dense, Dropout, Embedding, Layer, _numeric, _shape_str
+from .layers import (LAYER_TYPES, Dense, Dropout, Embedding, Layer, _numeric, _Recurrent,
+                     _shape_str)
 from .losses import get_loss
 from .optim import Optimizer, get_optimizer
 
@@ -19,8 +20,9 @@ class Sequential:
     """Layers applied one after another; the backward runs through the chain in reverse.
 
     Args:
-        layers: Layer objects (numlstm.Embedding, LSTM, Dense, Dropout). Each is given a
-            unique name, Keras style ("lstm", "lstm_1", ...), unless it has one.
+        layers: Layer objects (numlstm.Embedding, LSTM, GRU, RNN, Dense, Dropout). Each
+            is given a unique name, Keras style ("lstm", "lstm_1", ...), unless it has
+            one.
         name: the model's name, shown by summary().
         seed: seeds the shuffling of fit(); layers keep their own seeds for their
             initial weights and dropout masks.
@@ -68,7 +70,7 @@ class Sequential:
         first = next((l for l in self.layers if not isinstance(l, Dropout)), None)
         if isinstance(first, Embedding):
             return (None, None)
-        if isinstance(first, LSTM):
+        if isinstance(first, _Recurrent):
             return (None, None, first.input_size)
         if isinstance(first, Dense):
             return (None, first.in_features)

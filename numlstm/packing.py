@@ -1,71 +1,110 @@
 """Weight layouts as descriptors, one converter between any two, and kernel packing.
 
-Dimensions: I input features of a layer, H hidden units, G = 4H, L layers,
-D directions (1 or 2).
+Dimensions: I input features of a layer, H hidden units, G = 4H (LSTM), 3H (GRU)
+or H (RNN), L layers, D directions (1 or 2).
 
 A layout is described by four facts (Layout below), not by a hand-written pair
 of converters:
 
-    gate_order   the order of the four gate blocks, in torch's letters
-                 (i input, f forget, g cell candidate, o output)
+    gate_order   per cell, the order of the gate blocks in torch's letters
+                 (LSTM: i input, f forget, g cell candidate, o output;
+                 GRU: r reset, z update, n new; RNN: one block, h)
     orientation  "out_in": W [G,in] as torch and ONNX; "in_out": W [in,G] as Keras
-    bias         "two": b_ih and b_hh; "one": their sum (Keras);
-                 "concat": [b_ih, b_hh] as one 2G vector (ONNX's B)
+    bias         per cell, "two": b_ih and b_hh; "one": their sum;
+                 "rows": b_ih and b_hh stacked as one [2,G] array (Keras's GRU with
+                 reset_after=True); "concat": [b_ih, b_hh] as one 2G vector (ONNX's B)
     container    how the arrays of all layers and directions are held
 
-| layout | gate order | W_ih       | W_hh       | bias                 | container                  |
-|--------|------------|------------|------------|----------------------|----------------------------|
-| torch  | i,f,g,o    | [G,I]      | [G,H]      | b_ih [G], b_hh [G]   | dict, state_dict names     |
-| keras  | i,f,c,o    | [I,G]      | [H,G]      | bias [G]             | per layer: the list of a   |
-|        |            |            |            |                      | layer's get_weights()      |
-| onnx   | i,o,f,c    | W [D,G,I]  | R [D,G,H]  | B [D,2G] = [Wb, Rb]  | per layer: {"W","R","B"}   |
+| layout | cell | gate order | W_ih      | W_hh      | bias                     | container        |
+|--------|------|------------|-----------|-----------|--------------------------|------------------|
+| torch  | LSTM | i,f,g,o    | [G,I]     | [G,H]     | b_ih [G], b_hh [G]       | dict, state_dict |
+|        | GRU  | r,z,n      |           |           |                          | names            |
+| keras  | LSTM | i,f,c,o    | [I,G]     | [H,G]     | bias [G]                 | per layer: the   |
+|        | GRU  | z,r,h      |           |           | [2,G] (reset_after=True) | list a layer's   |
+|        |      |            |           |           | or [G] (reset_after=False)| get_weights()   |
+|        | RNN  | -          |           |           | bias [H]                 | returns          |
+| onnx   | LSTM | i,o,f,c    | W [D,G,I] | R [D,G,H] | B [D,2G] = [Wb, Rb]      | per layer:       |
+|        | GRU  | z,r,h      |           |           |                          | {"W","R","B"}    |
 
 torch's layout is the canonical one: the layer stores its parameters that way,
 and every conversion goes through it, so `convert` between any two layouts is
-from_canonical(to_canonical(...)). A layout whose bias is "one" carries only the
-sum b_ih + b_hh: importing it sets b_ih to the sum and b_hh to zero, which
-computes the same function.
+from_canonical(to_canonical(...)). A one-bias layout carries only the sum
+b_ih + b_hh: importing it sets b_ih to the sum and b_hh to zero, which computes
+the same function for the LSTM, the RNN and the GRU with reset_after=False (all
+biases outside any product). A GRU with reset_after=True multiplies b_hn by r,
+so its two biases cannot be summed: Keras keeps them as two rows, and exporting
+it to a one-bias layout is refused.
 
 Containers: for Keras, export gives one list per layer ([kernel, recurrent_kernel,
 bias], then the same three for the backward direction when bidirectional, as a
 `Bidirectional` wrapper's get_weights() returns them); import also takes a bare
 list when there is one layer. For ONNX, export gives one {"W","R","B"} dict per
-layer (one ONNX LSTM node each); import also takes a bare dict for one layer.
+layer (one ONNX LSTM/GRU/RNN node each; a GRU node with linear_before_reset=1 for
+reset_after=True); import also takes a bare dict for one layer.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels.reference import LSTM_GATE_ORDER
+from .kernels.reference import GRU_GATE_ORDER, LSTM_GATE_ORDER
+
+# The canonical (torch) gate order of each cell.
+CANONICAL_ORDER = {"lstm": LSTM_GATE_ORDER, "gru": GRU_GATE_ORDER, "rnn": "h"}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Layout:
     name: str
-    gate_order: str
+    gate_order: dict  # cell -> order in torch's letters
     orientation: str  # "out_in" | "in_out"
-    bias: str         # "two" | "one" | "concat"
+    bias: dict        # cell (or "gru:reset_before") -> "two" | "one" | "rows" | "concat"
     container: str    # "named" | "keras" | "onnx" | "cells"
+
+    def bias_for(self, spec):
+        """The bias convention of this layout for the cells of spec."""
+        if spec.cell == "gru" and not spec.reset_after and "gru:reset_before" in self.bias:
+            return self.bias["gru:reset_before"]
+        return self.bias[spec.cell]
+
+
+def _same(value):
+    return {cell: value for cell in CANONICAL_ORDER}
 
 
 LAYOUTS = {
-    "torch": Layout("torch", "ifgo", "out_in", "two", "named"),
-    "keras": Layout("keras", "ifgo", "in_out", "one", "keras"),
-    "onnx": Layout("onnx", "iofg", "out_in", "concat", "onnx"),
+    "torch": Layout("torch", dict(CANONICAL_ORDER), "out_in", _same("two"), "named"),
+    "keras": Layout("keras", {"lstm": "ifgo", "gru": "zrn", "rnn": "h"}, "in_out",
+                    {"lstm": "one", "gru": "rows", "gru:reset_before": "one", "rnn": "one"},
+                    "keras"),
+    "onnx": Layout("onnx", {"lstm": "iofg", "gru": "zrn", "rnn": "h"}, "out_in",
+                   _same("concat"), "onnx"),
 }
 
 
 @dataclass(frozen=True)
-class LSTMSpec:
-    """The shapes that fix a stack of LSTM layers."""
+class RecurrentSpec:
+    """The shapes and cell that fix a stack of recurrent layers.
+
+    cell: "lstm", "gru" or "rnn"; reset_after: the GRU's form (see layers.GRU);
+    nonlinearity: the RNN's activation, "tanh" or "relu".
+    """
     input_size: int
     hidden_size: int
     num_layers: int
     bidirectional: bool
+    cell: str = "lstm"
+    reset_after: bool = True
+    nonlinearity: str = "tanh"
 
     @property
     def directions(self):
         return 2 if self.bidirectional else 1
+
+    @property
+    def gates(self):
+        """G / H: the number of gate blocks."""
+        return GATES[self.cell]
 
     def layer_input_size(self, layer):
         return self.input_size if layer == 0 else self.directions * self.hidden_size
@@ -76,7 +115,7 @@ class LSTMSpec:
 
     def torch_shapes(self):
         """{name: shape} of every parameter in the torch layout, in state_dict order."""
-        H, G = self.hidden_size, 4 * self.hidden_size
+        H, G = self.hidden_size, self.gates * self.hidden_size
         shapes = {}
         for l, d in self.cells():
             sfx = torch_suffix(l, d)
@@ -85,6 +124,9 @@ class LSTMSpec:
             shapes["bias_ih" + sfx] = (G,)
             shapes["bias_hh" + sfx] = (G,)
         return shapes
+
+
+LSTMSpec = RecurrentSpec  # the name the LSTM-only versions used
 
 
 def torch_suffix(layer, direction):
@@ -110,26 +152,29 @@ def as_array(value, what, dtype=None):
 
 
 def permute_gates(w, src_order, dst_order, axis=0):
-    """Reorder the four gate blocks of w along axis from src_order to dst_order."""
+    """Reorder the gate blocks of w along axis from src_order to dst_order."""
     if src_order == dst_order:
         return w
-    blocks = np.split(w, 4, axis=axis)
+    blocks = np.split(w, len(src_order), axis=axis)
     by_gate = dict(zip(src_order, blocks))
     return np.concatenate([by_gate[g] for g in dst_order], axis=axis)
 
 
-def _cell_from_canonical(w_ih, w_hh, b_ih, b_hh, layout):
+def _cell_from_canonical(w_ih, w_hh, b_ih, b_hh, layout, spec):
     """One direction of one layer: torch arrays -> (W_ih, W_hh, *biases) of layout."""
-    order = layout.gate_order
-    w_ih = permute_gates(w_ih, LSTM_GATE_ORDER, order)
-    w_hh = permute_gates(w_hh, LSTM_GATE_ORDER, order)
-    b_ih = permute_gates(b_ih, LSTM_GATE_ORDER, order)
-    b_hh = permute_gates(b_hh, LSTM_GATE_ORDER, order)
+    src, order = CANONICAL_ORDER[spec.cell], layout.gate_order[spec.cell]
+    w_ih, w_hh, b_ih, b_hh = (permute_gates(a, src, order) for a in (w_ih, w_hh, b_ih, b_hh))
     if layout.orientation == "in_out":
         w_ih, w_hh = w_ih.T, w_hh.T
-    if layout.bias == "two":
+    bias = layout.bias_for(spec)
+    if bias == "two":
         biases = (b_ih, b_hh)
-    elif layout.bias == "one":
+    elif bias == "rows":
+        biases = (np.stack([b_ih, b_hh]),)
+    elif bias == "one":
+        if spec.cell == "gru" and spec.reset_after:
+            raise ValueError(f"layout {layout.name!r} keeps one bias vector, which cannot "
+                             "hold a GRU with reset_after=True (b_hn is multiplied by r)")
         biases = (b_ih + b_hh,)
     else:
         biases = (np.concatenate([b_ih, b_hh]),)
@@ -137,18 +182,19 @@ def _cell_from_canonical(w_ih, w_hh, b_ih, b_hh, layout):
         np.ascontiguousarray(b) for b in biases)
 
 
-def _cell_to_canonical(w_ih, w_hh, biases, layout):
+def _cell_to_canonical(w_ih, w_hh, biases, layout, spec):
     """Inverse of _cell_from_canonical."""
     if layout.orientation == "in_out":
         w_ih, w_hh = w_ih.T, w_hh.T
-    if layout.bias == "two":
-        b_ih, b_hh = biases
-    elif layout.bias == "one":
+    bias = layout.bias_for(spec)
+    if bias in ("two", "rows"):
+        b_ih, b_hh = biases if bias == "two" else biases[0]
+    elif bias == "one":
         b_ih, b_hh = biases[0], np.zeros_like(biases[0])
     else:
         b_ih, b_hh = np.split(biases[0], 2)
-    order = layout.gate_order
-    return tuple(np.ascontiguousarray(permute_gates(a, order, LSTM_GATE_ORDER))
+    order, dst = layout.gate_order[spec.cell], CANONICAL_ORDER[spec.cell]
+    return tuple(np.ascontiguousarray(permute_gates(a, order, dst))
                  for a in (w_ih, w_hh, b_ih, b_hh))
 
 
@@ -159,9 +205,10 @@ def _expect_shape(arr, shape, what):
 
 def _cell_shapes(spec, layer, layout):
     """Expected shapes of (W_ih, W_hh, *biases) of one cell in layout."""
-    I, H, G = spec.layer_input_size(layer), spec.hidden_size, 4 * spec.hidden_size
+    I, H, G = spec.layer_input_size(layer), spec.hidden_size, spec.gates * spec.hidden_size
     w_ih, w_hh = ((G, I), (G, H)) if layout.orientation == "out_in" else ((I, G), (H, G))
-    biases = {"two": [(G,), (G,)], "one": [(G,)], "concat": [(2 * G,)]}[layout.bias]
+    biases = {"two": [(G,), (G,)], "one": [(G,)], "rows": [(2, G)],
+              "concat": [(2 * G,)]}[layout.bias_for(spec)]
     return [w_ih, w_hh] + biases
 
 
@@ -169,7 +216,8 @@ def from_canonical(params, layout, spec):
     """torch-layout parameters {name: array} -> the structure of `layout`."""
     layout = get_layout(layout)
     cells = {(l, d): _cell_from_canonical(*(params[p + torch_suffix(l, d)] for p in (
-        "weight_ih", "weight_hh", "bias_ih", "bias_hh")), layout) for l, d in spec.cells()}
+        "weight_ih", "weight_hh", "bias_ih", "bias_hh")), layout, spec)
+        for l, d in spec.cells()}
     if layout.container == "named":
         out = {}
         for (l, d), (w_ih, w_hh, b_ih, b_hh) in cells.items():
@@ -261,7 +309,7 @@ def to_canonical(weights, layout, spec, dtype):
             _expect_shape(a, shape, f"{layout.name} layer {l} direction {d} array {n}")
     params = {}
     for (l, d), arrs in cells.items():
-        w_ih, w_hh, b_ih, b_hh = _cell_to_canonical(arrs[0], arrs[1], arrs[2:], layout)
+        w_ih, w_hh, b_ih, b_hh = _cell_to_canonical(arrs[0], arrs[1], arrs[2:], layout, spec)
         sfx = torch_suffix(l, d)
         params.update({"weight_ih" + sfx: w_ih, "weight_hh" + sfx: w_hh,
                        "bias_ih" + sfx: b_ih, "bias_hh" + sfx: b_hh})

@@ -5,22 +5,33 @@ import numpy as np
 import pytest
 
 import numlstm
-from numlstm.packing import LAYOUTS, LSTMSpec, convert, permute_gates
+from numlstm.packing import LAYOUTS, RecurrentSpec, convert, permute_gates
 from helpers import assert_close
 
-SPECS = [LSTMSpec(3, 4, 1, False), LSTMSpec(3, 4, 2, True), LSTMSpec(5, 2, 3, False)]
+SPECS = [RecurrentSpec(3, 4, 1, False), RecurrentSpec(3, 4, 2, True),
+         RecurrentSpec(5, 2, 3, False), RecurrentSpec(3, 4, 2, True, "gru"),
+         RecurrentSpec(3, 4, 1, False, "gru", reset_after=False),
+         RecurrentSpec(3, 4, 2, True, "rnn", nonlinearity="relu")]
 
 
 def _random_torch(rng, spec):
     return {k: rng.standard_normal(s) for k, s in spec.torch_shapes().items()}
 
 
+def _layer(spec, **kw):
+    """The numlstm layer of spec."""
+    options = {"lstm": {}, "gru": {"reset_after": spec.reset_after},
+               "rnn": {"nonlinearity": spec.nonlinearity}}[spec.cell]
+    cls = {"lstm": numlstm.LSTM, "gru": numlstm.GRU, "rnn": numlstm.RNN}[spec.cell]
+    return cls(spec.input_size, spec.hidden_size, spec.num_layers, spec.bidirectional,
+               **options, **kw)
+
+
 def _function(spec, params, x):
-    lstm = numlstm.LSTM(spec.input_size, spec.hidden_size, spec.num_layers,
-                        spec.bidirectional, backend="numpy", dtype=np.float64)
-    lstm.load_weights(params, "torch")
-    y, (h, c) = lstm(x)
-    return y, h, c
+    layer = _layer(spec, backend="numpy", dtype=np.float64)
+    layer.load_weights(params, "torch")
+    y, state = layer(x)
+    return (y,) + (state if isinstance(state, tuple) else (state,))
 
 
 def test_permute_gates_is_a_block_permutation():
@@ -38,7 +49,7 @@ def test_round_trip_through_every_layout(rng, spec, layout):
     back = convert(there, layout, "torch", spec)
     # A one-bias layout keeps the sum b_ih + b_hh, which is all the function sees.
     for k in params:
-        if LAYOUTS[layout].bias == "one" and k.startswith("bias"):
+        if LAYOUTS[layout].bias_for(spec) == "one" and k.startswith("bias"):
             continue
         np.testing.assert_array_equal(back[k], params[k], err_msg=k)
     again = convert(back, "torch", layout, spec)
@@ -107,3 +118,29 @@ def test_torch_tensors_load(rng):
     lstm.load_weights(ref.state_dict())
     for k, v in ref.state_dict().items():
         np.testing.assert_array_equal(lstm.params[k], v.double().numpy())
+
+
+def test_gru_keras_and_onnx_layouts():
+    gru = numlstm.GRU(3, 4, bidirectional=True, seed=0)
+    keras = gru.export_weights("keras")
+    # Keras's GRU(reset_after=True) keeps its two biases as rows of one [2, 3H] array.
+    assert [a.shape for a in keras[0]] == [(3, 12), (4, 12), (2, 12)] * 2
+    p = gru.params
+    # Keras's gate order is z, r, h: its first block is torch's second (z).
+    np.testing.assert_array_equal(keras[0][0][:, :4], p["weight_ih_l0"][4:8].T)
+    np.testing.assert_array_equal(keras[0][2][1, 8:], p["bias_hh_l0"][8:])
+    onnx = gru.export_weights("onnx")[0]
+    assert {k: v.shape for k, v in onnx.items()} == {"W": (2, 12, 3), "R": (2, 12, 4),
+                                                     "B": (2, 24)}
+    np.testing.assert_array_equal(onnx["R"][1, 4:8], p["weight_hh_l0_reverse"][:4])
+    old = numlstm.GRU(3, 4, reset_after=False, seed=0)
+    assert [a.shape for a in old.export_weights("keras")[0]] == [(3, 12), (4, 12), (12,)]
+    rnn = numlstm.RNN(3, 4, seed=0)
+    assert [a.shape for a in rnn.export_weights("keras")[0]] == [(3, 4), (4, 4), (4,)]
+
+
+def test_one_bias_layout_refuses_a_reset_after_gru():
+    from numlstm.packing import Layout
+    one_bias = Layout("one-bias", {"gru": "rzn"}, "in_out", {"gru": "one"}, "keras")
+    with pytest.raises(ValueError, match="cannot hold a GRU with reset_after=True"):
+        numlstm.GRU(3, 4).export_weights(one_bias)

@@ -87,3 +87,21 @@ def test_inference_in_chunks_of_steps_matches_reference(rng, monkeypatch, revers
     for steps in (1, 2, 3):
         monkeypatch.setattr(cpu_lstm, "INFERENCE_CHUNK_BYTES", steps * row_bytes)
         _compare(rng, T, B, I, H, np.float32, reverse, np.array([7, 2, 5]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_step_kernel_matches_reference(rng, dtype):
+    from numlstm.kernels.cpu import lstm_step_cpu
+    for B, I, H in [(1, 1, 1), (1, 64, 64), (3, 5, 70), (7, 2, 128)]:
+        cell = lstm_weights(rng, I, H, dtype)
+        x = rng.standard_normal((1, B, I)).astype(dtype)
+        h0 = rng.standard_normal((B, H)).astype(dtype)
+        c0 = rng.standard_normal((B, H)).astype(dtype)
+        kept = h0.copy(), c0.copy()
+        _, h, c, _ = lstm_forward_ref(x, *cell, h0, c0)
+        hk, ck = lstm_step_cpu(x[0], pack_lstm_cpu(*cell), h0, c0)
+        assert hk.dtype == ck.dtype == dtype
+        assert_close(hk, h, RTOL[dtype], "h")
+        assert_close(ck, c, RTOL[dtype], "c")
+        np.testing.assert_array_equal(h0, kept[0])  # the inputs are not modified
+        np.testing.assert_array_equal(c0, kept[1])

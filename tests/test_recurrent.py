@@ -1,0 +1,179 @@
+"""LSTM, GRU and RNN layers against torch (with and without lengths), and the
+features every recurrent layer shares: masks, streaming steps, stateful layers,
+bidirectional merge modes."""
+import itertools
+
+import numpy as np
+import pytest
+
+import numlstm
+from numlstm.bench import parity
+from helpers import assert_close
+
+pytest.importorskip("torch")
+
+CELLS = {"lstm": ("lstm", {}), "gru": ("gru", {}), "rnn_tanh": ("rnn", {}),
+         "rnn_relu": ("rnn", {"nonlinearity": "relu"})}
+CLASSES = {"lstm": numlstm.LSTM, "gru": numlstm.GRU, "rnn": numlstm.RNN}
+# float32 relative to the largest value, values then gradients; float64 tight.
+TOL = {np.float32: (2e-5, 2e-4), np.float64: (1e-10, 1e-10)}
+SHAPES = list(itertools.product([1, 2], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("layers,bidirectional,lengths", SHAPES,
+                         ids=[f"L{l}-{'bi' if b else 'uni'}-{'lengths' if n else 'full'}"
+                              for l, b, n in SHAPES])
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_layer_matches_torch(backend, name, dtype, layers, bidirectional, lengths):
+    cell, options = CELLS[name]
+    seed = sum(map(ord, name)) + 10 * layers + 2 * bidirectional + lengths
+    errors = parity(cell, dtype, layers, bidirectional, lengths, seed=seed, backend=backend,
+                    **options)
+    vtol, gtol = TOL[dtype]
+    for what, e in errors.items():
+        tol = vtol if what in ("y", "h_n", "c_n") else gtol
+        assert e <= tol, f"{name} {what}: relative error {e:.2e} against torch > {tol:g}"
+
+
+def _layer(cell, **kw):
+    kw.setdefault("seed", 3)
+    return CLASSES[cell](4, 5, **kw)
+
+
+def _state(cell, h, c=None):
+    return (h, c) if cell == "lstm" else h
+
+
+@pytest.mark.parametrize("cell", sorted(CLASSES))
+def test_mask_equals_lengths_and_refuses_left_padding(rng, cell):
+    layer = _layer(cell, bidirectional=True, batch_first=True)
+    x = rng.standard_normal((3, 6, 4)).astype(np.float32)
+    lengths = np.array([6, 2, 4])
+    mask = np.arange(6) < lengths[:, None]
+    y_l, s_l = layer(x, lengths=lengths)
+    y_m, s_m = layer(x, mask=mask)
+    np.testing.assert_array_equal(y_l, y_m)
+    for a, b in zip(np.atleast_1d(s_l), np.atleast_1d(s_m)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"right padding\); rows \[1\]"):
+        layer(x, mask=mask[:, ::-1].copy() | np.array([[1, 1, 1, 1, 1, 1], [0] * 6, [1] * 6],
+                                                      bool))
+    with pytest.raises(ValueError, match="lengths or mask, not both"):
+        layer(x, lengths=lengths, mask=mask)
+    with pytest.raises(ValueError, match=r"mask: expected shape \(3, 6\)"):
+        layer(x, mask=mask.T)
+    with pytest.raises(TypeError, match="boolean"):
+        layer(x, mask=mask.astype(np.float32))
+    with pytest.raises(ValueError, match=r"lengths: expected values in \[1, 6\]"):
+        layer(x, mask=np.zeros((3, 6), bool))
+
+
+@pytest.mark.parametrize("cell", sorted(CLASSES))
+def test_steps_equal_the_whole_sequence(rng, cell):
+    layer = _layer(cell, num_layers=2)
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    h0 = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    state = _state(cell, h0, h0 * 0.5)
+    y, want = layer(x, state)
+    ys = []
+    for t in range(5):
+        y_t, state = layer.step(x[t], state)
+        ys.append(y_t)
+    assert_close(np.stack(ys), y, 1e-6, "y")
+    for a, b in zip(np.atleast_1d(state) if cell != "lstm" else state,
+                    np.atleast_1d(want) if cell != "lstm" else want):
+        assert_close(a, b, 1e-6, "state")
+    y1, _ = layer.step(x[0, 0])  # unbatched, from zeros
+    assert_close(y1, layer(x[:1, :1])[0][0, 0], 1e-6, "unbatched step")
+
+
+@pytest.mark.parametrize("cell", sorted(CLASSES))
+def test_stateful_layer_carries_state_until_reset(rng, cell):
+    x = rng.standard_normal((2, 8, 4)).astype(np.float32)  # batch first
+    whole = _layer(cell, batch_first=True)
+    y, _ = whole(x)
+    layer = _layer(cell, batch_first=True, stateful=True)
+    parts = [layer(x[:, :3])[0], layer(x[:, 3:4])[0], layer(x[:, 4:])[0]]
+    assert_close(np.concatenate(parts, axis=1), y, 1e-6, "chunked stateful run")
+    state_before = layer._carried
+    with pytest.raises(ValueError, match="batch of 2, got a batch of 1.*reset_state"):
+        layer(x[:1, :3])
+    assert layer._carried is state_before  # a refused call changes nothing
+    layer.reset_state()
+    assert_close(layer(x[:, :3])[0], y[:, :3], 1e-6, "after reset_state")
+    # step() continues the same carried state.
+    layer.reset_state()
+    steps = [layer.step(x[:, t])[0] for t in range(8)]
+    assert_close(np.stack(steps, axis=1), y, 1e-6, "stateful steps")
+
+
+def test_step_refuses_bidirectional_and_bad_input(rng):
+    with pytest.raises(ValueError, match="bidirectional layer needs the whole sequence"):
+        numlstm.GRU(4, 5, bidirectional=True).step(np.zeros((1, 4)))
+    with pytest.raises(ValueError, match=r"x_t: expected \[B,4\]"):
+        numlstm.LSTM(4, 5).step(np.zeros((1, 3)))
+
+
+MODES = ["sum", "mul", "ave", None]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=str)
+@pytest.mark.parametrize("cell", sorted(CLASSES))
+def test_merge_modes_forward_and_backward(rng, cell, mode):
+    """Each merge mode against the concatenated output of the same weights: y, and
+    dx for the gradient the merge sends to each direction."""
+    concat = _layer(cell, num_layers=2, bidirectional=True, dtype=np.float64)
+    merged = _layer(cell, num_layers=2, bidirectional=True, dtype=np.float64,
+                    merge_mode=mode)
+    merged.load_weights(concat.state_dict())
+    x = rng.standard_normal((6, 3, 4))
+    lengths = np.array([6, 3, 5])
+    y, _ = concat(x, training=True, lengths=lengths)
+    yf, yb = y[..., :5], y[..., 5:]
+    dy = rng.standard_normal(yf.shape)
+    want_y, dcat = {
+        "sum": (yf + yb, [dy, dy]), "mul": (yf * yb, [dy * yb, dy * yf]),
+        "ave": ((yf + yb) / 2, [dy / 2, dy / 2]), None: ((yf, yb), [dy, 2 * dy])}[mode]
+    dx_want, _ = concat.backward(np.concatenate(dcat, axis=-1))
+    got, _ = merged(x, training=True, lengths=lengths)
+    if mode is None:
+        assert isinstance(got, tuple) and len(got) == 2
+        for a, b in zip(got, want_y):
+            assert_close(a, b, 1e-14, "y pair")
+        dx, _ = merged.backward((dy, 2 * dy))
+    else:
+        assert got.shape == (6, 3, 5)
+        assert_close(got, want_y, 1e-14, f"y ({mode})")
+        dx, _ = merged.backward(dy)
+    assert_close(dx, dx_want, 1e-12, f"dx ({mode})")
+    for k in concat.grads:
+        assert_close(merged.grads[k], concat.grads[k], 1e-12, k)
+
+
+@pytest.mark.parametrize("mode", ["concat", "sum", "mul", "ave"])
+def test_merge_modes_in_a_model_match_finite_differences(rng, mode):
+    """return_sequences=False with a merge mode: the Sequential path's gradient."""
+    layer = numlstm.GRU(3, 4, bidirectional=True, merge_mode=mode, return_sequences=False,
+                        dtype=np.float64, seed=1)
+    x = rng.standard_normal((2, 5, 3))
+    w = rng.standard_normal(layer.output_shape((2, 5, 3)))
+    layer.forward(x, training=True)
+    dx = layer.backward_output(w)
+    eps, num = 1e-6, np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        num[idx] = ((layer.forward(xp) * w).sum() - (layer.forward(xm) * w).sum()) / (2 * eps)
+    assert_close(dx, num, 1e-7, f"dx ({mode})")
+
+
+def test_merge_mode_errors():
+    with pytest.raises(ValueError, match="merge_mode: expected one of"):
+        numlstm.LSTM(3, 4, bidirectional=True, merge_mode="max")
+    with pytest.raises(ValueError, match="pass bidirectional=True"):
+        numlstm.LSTM(3, 4, merge_mode="sum")
+    with pytest.raises(ValueError, match="Sequential model cannot pass on"):
+        numlstm.LSTM(3, 4, bidirectional=True, merge_mode=None).output_shape((1, 2, 3))
