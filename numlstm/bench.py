@@ -1,11 +1,12 @@
-"""Side-by-side speed of numlstm's CPU LSTM and torch.nn.LSTM, in one process.
+"""Side-by-side speed (and agreement) of numlstm's CPU layers and torch's, in one process.
 
-Dimensions: T steps, B batch, I input features (= H here), H hidden units.
+Dimensions: T steps, B batch, I input features (= H here), H hidden units,
+G = 4H (LSTM), 3H (GRU) or H (RNN).
 
 For each shape the two libraries' calls alternate (numlstm, torch, numlstm, ...)
 so that both see the same machine state, and each figure is the median of
 several repetitions. FLOPs of one layer and direction: forward
-2*T*B*4H*(I+H); a training step (forward keeping activations, then backward
+2*T*B*G*(I+H); a training step (forward keeping activations, then backward
 with dx and every weight gradient) counts three times that. The matmul rate is
 NumPy's float32 matrix product at a large size, the practical roof of the
 machine; each GFLOP/s figure is also given as a share of it.
@@ -20,8 +21,18 @@ FULL_GRID = [(T, B, H) for T in (16, 128, 1024) for H in (64, 256, 1024)
              for B in (1, 16, 128)]
 
 
-def lstm_flops(T, B, I, H, training):
-    return 2 * T * B * 4 * H * (I + H) * (3 if training else 1)
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def lstm_flops(T, B, I, H, training, cell="lstm"):
+    return 2 * T * B * GATES[cell] * H * (I + H) * (3 if training else 1)
+
+
+def _classes(cell):
+    """(numlstm class, torch class name) of a cell."""
+    import numlstm
+    return {"lstm": (numlstm.LSTM, "LSTM"), "gru": (numlstm.GRU, "GRU"),
+            "rnn": (numlstm.RNN, "RNN")}[cell]
 
 
 def matmul_rate(n=2048, repeats=5):
@@ -43,10 +54,9 @@ def _timed(fn):
     return time.perf_counter() - t0
 
 
-def _numlstm_calls(T, B, H, seed):
-    import numlstm
+def _numlstm_calls(T, B, H, seed, cell="lstm"):
     rng = np.random.default_rng(seed)
-    lstm = numlstm.LSTM(H, H, backend="cpu", seed=seed)
+    lstm = _classes(cell)[0](H, H, backend="cpu", seed=seed)
     x = rng.standard_normal((T, B, H)).astype(np.float32)
     dy = rng.standard_normal((T, B, H)).astype(np.float32)
 
@@ -59,9 +69,9 @@ def _numlstm_calls(T, B, H, seed):
     return lstm, infer, train
 
 
-def _torch_calls(T, B, H, lstm, seed):
+def _torch_calls(T, B, H, lstm, seed, cell="lstm"):
     import torch
-    module = torch.nn.LSTM(H, H)
+    module = getattr(torch.nn, _classes(cell)[1])(H, H)
     module.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.standard_normal((T, B, H)).astype(np.float32))
@@ -78,8 +88,9 @@ def _torch_calls(T, B, H, lstm, seed):
     return infer, train
 
 
-def compare(grid, repeats=5, with_torch=True, out=print):
-    """Run the grid; return a list of row dicts and print a table as it goes."""
+def compare(grid, repeats=5, with_torch=True, out=print, cell="lstm"):
+    """Run the grid for one cell ("lstm", "gru", "rnn"); return a list of row dicts
+    and print a table as it goes."""
     try:
         import torch
         torch_ok = with_torch
@@ -89,6 +100,7 @@ def compare(grid, repeats=5, with_torch=True, out=print):
     out(f"float32 matmul rate (NumPy, 2048^3): {roof:.0f} GFLOP/s")
     if torch_ok:
         out(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    out(f"cell: {cell}, one layer, one direction, I = H, float32")
     head = (f"{'mode':<9} {'T':>5} {'B':>4} {'H':>5} | {'numlstm ms':>10} {'GFLOP/s':>8} "
             f"{'%roof':>6} {'tok/s':>10} | {'torch ms':>9} {'GFLOP/s':>8} {'%roof':>6} | "
             f"{'ratio':>6}")
@@ -96,10 +108,10 @@ def compare(grid, repeats=5, with_torch=True, out=print):
     out("-" * len(head))
     rows = []
     for T, B, H in grid:
-        lstm, n_infer, n_train = _numlstm_calls(T, B, H, seed=T * 7 + B * 3 + H)
+        lstm, n_infer, n_train = _numlstm_calls(T, B, H, seed=T * 7 + B * 3 + H, cell=cell)
         calls = {"numlstm": (n_infer, n_train)}
         if torch_ok:
-            calls["torch"] = _torch_calls(T, B, H, lstm, seed=T + B + H)
+            calls["torch"] = _torch_calls(T, B, H, lstm, seed=T + B + H, cell=cell)
         for mode, k in (("inference", 0), ("training", 1)):
             for fns in calls.values():  # warm up: compile, allocate
                 fns[k]()
@@ -107,8 +119,8 @@ def compare(grid, repeats=5, with_torch=True, out=print):
             for _ in range(repeats):
                 for name, fns in calls.items():
                     times[name].append(_timed(fns[k]))
-            flops = lstm_flops(T, B, H, H, mode == "training")
-            row = dict(mode=mode, T=T, B=B, H=H, roof_gflops=roof)
+            flops = lstm_flops(T, B, H, H, mode == "training", cell)
+            row = dict(cell=cell, mode=mode, T=T, B=B, H=H, roof_gflops=roof)
             for name, ts in times.items():
                 med = float(np.median(ts))
                 row[name + "_ms"] = 1e3 * med
@@ -251,3 +263,102 @@ def compare_char(text, steps=200, embed=32, hidden=128, layers=1, batch=32, seq_
         f"{torch.__version__}, {torch.get_num_threads()} threads]")
     result["ratio"] = ratio
     return result
+
+
+def step_cost(cell="lstm", B=1, H=64, steps=1000, blocks=7, with_torch=True):
+    """Microseconds per `layer.step(x_t, state)` from Python (I = H), median of
+    blocks of `steps` calls; also torch's per-step call, module(x_t[None], state),
+    alternating blocks, when torch is installed."""
+    layer = _classes(cell)[0](H, H, backend="cpu", seed=0)
+    x = np.random.default_rng(0).standard_normal((steps, B, H)).astype(np.float32)
+    calls = {}
+
+    def ours():
+        state = None
+        for t in range(steps):
+            _, state = layer.step(x[t], state)
+    calls["numlstm"] = ours
+    if with_torch:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None:
+            module = getattr(torch.nn, _classes(cell)[1])(H, H)
+            xt = torch.from_numpy(x)
+
+            def theirs():
+                state = None
+                with torch.no_grad():
+                    for t in range(steps):
+                        _, state = module(xt[t:t + 1], state)
+            calls["torch"] = theirs
+    for fn in calls.values():
+        fn()
+    times = {name: [] for name in calls}
+    for _ in range(blocks):
+        for name, fn in calls.items():
+            times[name].append(_timed(fn) / steps * 1e6)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def parity(cell="lstm", dtype=np.float32, layers=2, bidirectional=True, lengths=True,
+           T=7, B=4, I=5, H=6, seed=0, backend="auto", **options):
+    """Worst relative errors (max |ours - torch| / max |torch|) of a stacked layer
+    against torch.nn.LSTM/GRU/RNN (options, e.g. nonlinearity="relu", go to both)
+    with the same weights: outputs, final states,
+    dx, the initial state's gradients and every weight gradient, with random
+    lengths fed to torch through pack_padded_sequence (enforce_sorted=False).
+    The loss is sum(y * dy) + sum(state_n * dstate_n) for random dy, dstate_n."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    rng = np.random.default_rng(seed)
+    cls, tname = _classes(cell)
+    tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[
+        np.dtype(dtype)]
+    torch.manual_seed(seed)
+    module = getattr(torch.nn, tname)(I, H, num_layers=layers, bidirectional=bidirectional,
+                                      dtype=tdtype, **options)
+    layer = cls(I, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype,
+                backend=backend, **options)
+    layer.load_weights(module.state_dict())
+    D = 2 if bidirectional else 1
+    n_parts = 2 if cell == "lstm" else 1
+    lens = rng.integers(1, T + 1, B) if lengths else None
+    if lengths:
+        lens[rng.integers(B)] = T  # pad_packed_sequence pads to the longest
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    state0 = [rng.standard_normal((layers * D, B, H)).astype(dtype) for _ in range(n_parts)]
+    dy = rng.standard_normal((T, B, D * H)).astype(dtype)
+    dstate = [rng.standard_normal((layers * D, B, H)).astype(dtype) for _ in range(n_parts)]
+
+    xt = torch.tensor(x, requires_grad=True)
+    st = [torch.tensor(s, requires_grad=True) for s in state0]
+    inp = pack_padded_sequence(xt, torch.tensor(lens), enforce_sorted=False) if lengths else xt
+    yt, st_n = module(inp, tuple(st) if cell == "lstm" else st[0])
+    if lengths:
+        yt, _ = pad_packed_sequence(yt, total_length=T)
+    st_n = list(st_n) if cell == "lstm" else [st_n]
+    loss = (yt * torch.tensor(dy)).sum() + sum(
+        (a * torch.tensor(b)).sum() for a, b in zip(st_n, dstate))
+    loss.backward()
+
+    y, s_n = layer(x, tuple(state0) if cell == "lstm" else state0[0], training=True,
+                   lengths=lens)
+    dx, ds0 = layer.backward(dy, tuple(dstate) if cell == "lstm" else dstate[0])
+    s_n = list(s_n) if cell == "lstm" else [s_n]
+    ds0 = list(ds0) if cell == "lstm" else [ds0]
+    names = ["h", "c"][:n_parts]
+
+    def err(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b.detach().numpy(), np.float64)
+        return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+    out = {"y": err(y, yt), "dx": err(dx, xt.grad)}
+    for n, a, b, da, db in zip(names, s_n, st_n, ds0, st):
+        out[n + "_n"] = err(a, b)
+        out["d" + n + "0"] = err(da, db.grad)
+    out["weight grads"] = max(err(layer.grads[k], p.grad)
+                              for k, p in module.named_parameters())
+    return out

@@ -8,8 +8,9 @@
     numlstm demo     build a stacked bidirectional LSTM, run a training forward and
                      backward on random data, check the CPU kernels against the NumPy
                      reference, and print what happened and how long it took
-    numlstm bench    numlstm's CPU LSTM against torch.nn.LSTM, side by side
-                     (--quick: a CI-sized grid; --full: the asv grid)
+    numlstm bench    numlstm's CPU LSTM (--cell gru, rnn: GRU, RNN) against torch's,
+                     side by side (--quick: a CI-sized grid; --full: the asv grid;
+                     --step: one streaming step; --parity: errors against torch)
 """
 import argparse
 import sys
@@ -57,8 +58,6 @@ def _demo(args):
 
 
 def _bench(args):
-    import json
-
     from . import bench
 
     if args.memory:
@@ -69,6 +68,35 @@ def _bench(args):
               f"the call: {m['retained'] * mib:.1f} MiB; peak during the call (output "
               f"included): {m['peak'] * mib:.1f} MiB")
         return 0
+    if args.step:
+        print(f"one streaming step, layer.step(x_t, state), B=1, I=H=64, from Python "
+              f"(median of blocks of 1000 steps); torch: module(x_t[None], state)")
+        rows = {}
+        for cell in ("lstm", "gru", "rnn"):
+            rows[cell] = bench.step_cost(cell, with_torch=not args.no_torch)
+            print(f"  {cell:<5} numlstm {rows[cell]['numlstm']:6.1f} us" + (
+                f"   torch {rows[cell]['torch']:6.1f} us" if "torch" in rows[cell] else ""))
+        _write_json(args.json, rows)
+        return 0
+    if args.parity:
+        print("worst relative error against torch (max |numlstm - torch| / max |torch|), "
+              "2 layers, bidirectional, T=7 B=4 I=5 H=6; lengths via pack_padded_sequence")
+        rows = []
+        for cell, options in (("lstm", {}), ("gru", {}), ("rnn", {}),
+                              ("rnn", {"nonlinearity": "relu"})):
+            name = cell + "".join(f" {v}" for v in options.values())
+            for dtype in (np.float32, np.float64):
+                for lengths in (False, True):
+                    e = bench.parity(cell, dtype, lengths=lengths, **options)
+                    rows.append(dict(cell=name, dtype=np.dtype(dtype).name,
+                                     lengths=lengths, **e))
+                    values = max(e[k] for k in ("y", "h_n", "c_n") if k in e)
+                    grads = max(v for k, v in e.items() if k not in ("y", "h_n", "c_n"))
+                    print(f"  {name:<9} {np.dtype(dtype).name:<8} "
+                          f"{'lengths' if lengths else 'full':<8} outputs {values:.1e}  "
+                          f"gradients {grads:.1e}")
+        _write_json(args.json, rows)
+        return 0
     if args.char is not None:
         from .train import read_text, UsageError
         text = read_text(args.char) if args.char else _default_char_text()
@@ -76,20 +104,24 @@ def _bench(args):
             raise UsageError(f"--char: the text has {len(text)} characters; give at least "
                              f"1000")
         result = bench.compare_char(text, steps=args.steps)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
+        _write_json(args.json, result)
         return 0
     if args.shapes:
         grid = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
     else:
         grid = bench.QUICK_GRID if args.quick else (
             bench.FULL_GRID if args.full else bench.DEFAULT_GRID)
-    rows = bench.compare(grid, repeats=args.repeats, with_torch=not args.no_torch)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    rows = bench.compare(grid, repeats=args.repeats, with_torch=not args.no_torch,
+                         cell=args.cell)
+    _write_json(args.json, rows)
     return 0
+
+
+def _write_json(path, rows):
+    if path:
+        import json
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)
 
 
 def _train(args):
@@ -153,8 +185,9 @@ def _add_train_parser(sub):
     what.add_argument("--csv", metavar="FILE", help="forecast a column of this CSV file "
                       "(header row required)")
     what.add_argument("--column", metavar="NAME", help="the --csv column to forecast")
-    what.add_argument("--cell", choices=["lstm"], default="lstm",
-                      help="the recurrent cell (default: lstm)")
+    what.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm",
+                      help="the recurrent cell (default: lstm; with --task adding, rnn "
+                           "shows a plain RNN failing where the LSTM succeeds)")
     m = p.add_argument_group("model")
     m.add_argument("--embed", type=_positive(int), default=32,
                    help="text: embedding size (default: 32)")
@@ -253,7 +286,7 @@ def main(argv=None):
     demo.add_argument("--repeat", type=int, default=20)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
-    bench = sub.add_parser("bench", help="compare the CPU LSTM with torch.nn.LSTM")
+    bench = sub.add_parser("bench", help="compare the CPU LSTM (or GRU, RNN) with torch's")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a small grid, for CI")
     size.add_argument("--full", action="store_true",
@@ -267,6 +300,14 @@ def main(argv=None):
     size.add_argument("--memory", nargs=3, type=int, metavar=("T", "B", "H"),
                       help="report the training cache's memory at one shape "
                            "(the issue's: 1024 64 256)")
+    size.add_argument("--step", action="store_true",
+                      help="the cost of one streaming step (layer.step) at B=1, H=64, "
+                           "for each cell")
+    size.add_argument("--parity", action="store_true",
+                      help="worst errors of LSTM, GRU and RNN against torch, with and "
+                           "without lengths, float32 and float64")
+    bench.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm",
+                       help="the cell of the speed grid (default: lstm)")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--steps", type=int, default=300,
                        help="--char: training steps each (default: 300)")

@@ -20,7 +20,9 @@ import numpy as np
 
 from . import plot
 from .checkpoint import load_checkpoint, resolve, save_checkpoint
-from .layers import LSTM, Dense, Dropout, Embedding
+from .layers import GRU, LSTM, RNN, Dense, Dropout, Embedding, _Recurrent
+
+CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 from .model import Sequential
 
 
@@ -155,7 +157,8 @@ def run_forecast(args):
     seeds = np.random.SeedSequence(args.seed).generate_state(4)
     hidden, layers = args.hidden or 64, args.layers or 1
     model = Sequential([
-        LSTM(1, hidden, num_layers=layers, return_sequences=False, seed=int(seeds[0])),
+        CELLS[args.cell](1, hidden, num_layers=layers, return_sequences=False,
+                         seed=int(seeds[0])),
         Dense(hidden, horizon, seed=int(seeds[1]))], name="forecaster", seed=int(seeds[2]))
     epochs = args.epochs or 60
     steps = epochs * math.ceil(len(x_tr) / args.batch_size)
@@ -236,14 +239,15 @@ def encode_text(text, vocab, seq_len):
     return ids[:-n_val], ids[-n_val:]
 
 
-def char_model(vocab, embed, hidden, layers, dropout, seed):
+def char_model(vocab, embed, hidden, layers, dropout, seed, cell="lstm"):
     seeds = np.random.SeedSequence(seed).generate_state(5)
     stack = [Embedding(vocab, embed, seed=int(seeds[0])),
-             LSTM(embed, hidden, num_layers=layers, dropout=dropout, seed=int(seeds[1]))]
+             CELLS[cell](embed, hidden, num_layers=layers, dropout=dropout,
+                         seed=int(seeds[1]))]
     if dropout:
         stack.append(Dropout(dropout, seed=int(seeds[2])))
     stack.append(Dense(hidden, vocab, seed=int(seeds[3])))
-    return Sequential(stack, name="char_lstm", seed=int(seeds[4]))
+    return Sequential(stack, name=f"char_{cell}", seed=int(seeds[4]))
 
 
 def sample_batch(ids, rng, batch, seq_len):
@@ -297,7 +301,7 @@ def run_text(args):
         losses = resume.extra.get("losses", [])
     else:
         model = char_model(len(vocab), args.embed, args.hidden or 128, args.layers or 1,
-                           args.dropout, args.seed)
+                           args.dropout, args.seed, args.cell)
         model.compile("adam", "cross_entropy", **_optimizer_args(args, steps))
         step, losses = 0, []
         data_rng = np.random.default_rng(np.random.SeedSequence(args.seed).spawn(1)[0])
@@ -383,10 +387,11 @@ def generate(args):
     states = [None] * len(layers)
 
     def advance(ids):
-        """Feed ids [T] through the model, carrying each LSTM's state -> last logits."""
+        """Feed ids [T] through the model, carrying each recurrent layer's state -> the
+        last logits."""
         h = np.asarray(ids)
         for k, layer in enumerate(layers):
-            if isinstance(layer, LSTM):
+            if isinstance(layer, _Recurrent):
                 h, states[k] = layer(h, states[k])  # unbatched [T,I]
             else:
                 h = layer.forward(h)
@@ -430,9 +435,9 @@ def run_adding(args):
     seeds = np.random.SeedSequence(args.seed).generate_state(4)
     hidden = args.hidden or 64
     model = Sequential([
-        LSTM(2, hidden, num_layers=args.layers or 1, return_sequences=False,
-             seed=int(seeds[0])),
-        Dense(hidden, 1, seed=int(seeds[1]))], name="adding_lstm", seed=int(seeds[2]))
+        CELLS[args.cell](2, hidden, num_layers=args.layers or 1, return_sequences=False,
+                         seed=int(seeds[0])),
+        Dense(hidden, 1, seed=int(seeds[1]))], name=f"adding_{args.cell}", seed=int(seeds[2]))
     model.compile("adam", "mse", **_optimizer_args(args, steps))
     data_rng = np.random.default_rng(seeds[3])
     x_te, y_te = adding_batch(np.random.default_rng(seeds[3] + 1), 1000, T)

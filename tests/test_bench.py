@@ -38,3 +38,35 @@ def test_bench_command_writes_json(tmp_path, capsys):
 def test_memory_command(capsys):
     assert cli.main(["bench", "--memory", "16", "2", "8"]) == 0
     assert "the cache must hold gates, c and h" in capsys.readouterr().out
+
+
+def test_compare_runs_the_gru_against_torch_gru():
+    rows = bench.compare([(3, 2, 8)], repeats=1, cell="gru", out=lambda line: None)
+    assert {r["cell"] for r in rows} == {"gru"}
+    r = rows[1]
+    flops = bench.lstm_flops(3, 2, 8, 8, True, "gru")
+    assert flops == 3 * 2 * 3 * 2 * 8 * 16 * 3
+    assert np.isclose(r["numlstm_gflops"], flops / r["numlstm_ms"] / 1e6)
+
+
+def test_step_cost_counts_microseconds_per_step():
+    costs = bench.step_cost("gru", steps=20, blocks=1)
+    assert set(costs) == {"numlstm", "torch"}
+    assert all(0 < v < 1e5 for v in costs.values())
+
+
+def test_parity_reports_small_errors_and_sees_a_wrong_weight(monkeypatch):
+    good = bench.parity("gru", np.float64, seed=1)
+    assert set(good) == {"y", "h_n", "dh0", "dx", "weight grads"}
+    assert max(good.values()) < 1e-10
+    # The same comparison notices a layer that is off: the check can fail.
+    import numlstm
+    original = numlstm.GRU.load_weights
+
+    def perturbed(self, weights, layout="torch"):
+        original(self, weights, layout)
+        with self.updating() as p:
+            p["bias_hh_l0"][0] += 0.1
+    monkeypatch.setattr(numlstm.GRU, "load_weights", perturbed)
+    bad = bench.parity("gru", np.float64, seed=1)
+    assert bad["y"] > 1e-4

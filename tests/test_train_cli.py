@@ -330,6 +330,16 @@ def test_train_adding(tmp_path):
     assert _is_png(os.path.join(out, "loss.png"))
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_train_adding_with_another_cell(tmp_path, cell):
+    out = str(tmp_path / cell)
+    assert main(["train", "--task", "adding", "--cell", cell, "--steps", "5", "--seq-len",
+                 "6", "--batch-size", "4", "--hidden", "8", "--out", out, "--quiet"]) == 0
+    model = numlstm.load_checkpoint(out).model
+    assert type(model.layers[0]).__name__ == cell.upper()
+    assert model.name == f"adding_{cell}"
+
+
 # -- bad arguments -------------------------------------------------------------------------
 @pytest.mark.parametrize("argv,needles", [
     (["train", "--text", "{tmp}/missing.txt"], ["--text", "missing.txt: cannot read it"]),
