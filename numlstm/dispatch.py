@@ -88,7 +88,8 @@ class CpuBackend(Backend):
     def step(self, spec, cell, x, state):
         if spec.cell == "lstm":
             return cpu.lstm_step_cpu(x, cell, *state)
-        return super().step(spec, cell, x, state)
+        fn = cpu.gru_step_cpu if spec.cell == "gru" else cpu.rnn_step_cpu
+        return (fn(x, cell, state[0]),)
 
     def backward(self, spec, cell, cache, dy, dstate):
         if spec.cell == "lstm":

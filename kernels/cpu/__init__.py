@@ -27,10 +27,11 @@ if "NUMBA_CPU_FEATURES" not in os.environ and numba.config.CPU_FEATURES is None:
         numba.config.CPU_FEATURES = _features + ",-prefer-256-bit"
 
 from .dense import dense_backward_cpu, dense_forward_cpu  # noqa: E402
-from .gru import gru_backward_cpu, gru_forward_cpu, pack_gru_cpu  # noqa: E402
+from .gru import gru_backward_cpu, gru_forward_cpu, gru_step_cpu, pack_gru_cpu  # noqa: E402
 from .lstm import lstm_backward_cpu, lstm_forward_cpu, lstm_step_cpu, pack_lstm_cpu  # noqa: E402
-from .rnn import pack_rnn_cpu, rnn_backward_cpu, rnn_forward_cpu  # noqa: E402
+from .rnn import pack_rnn_cpu, rnn_backward_cpu, rnn_forward_cpu, rnn_step_cpu  # noqa: E402
 
 __all__ = ["lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", "pack_lstm_cpu",
-           "gru_forward_cpu", "gru_backward_cpu", "pack_gru_cpu", "rnn_forward_cpu",
-           "rnn_backward_cpu", "pack_rnn_cpu", "dense_forward_cpu", "dense_backward_cpu"]
+           "gru_forward_cpu", "gru_backward_cpu", "gru_step_cpu", "pack_gru_cpu",
+           "rnn_forward_cpu", "rnn_backward_cpu", "rnn_step_cpu", "pack_rnn_cpu",
+           "dense_forward_cpu", "dense_backward_cpu"]

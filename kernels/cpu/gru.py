@@ -126,6 +126,15 @@ def _forward_tiled(xw, W, bias, hbuf, y, hn, rec, lengths, reverse, training, P)
                           p * nk // P, (p + 1) * nk // P)
 
 
+@njit(**_FAST)
+def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, xw, rec, lengths):
+    """One inference step on one thread, for streaming: xw = x @ W_ih^T + b_ih,
+    then the step's product and gate math; h' goes to h_new."""
+    B, nblk = x.shape[0], w_fwd.shape[0]
+    _matmul_rows(x, w_in, xw, b_in, False, 0, B, 0, nblk)
+    _fwd_step(xw, w_fwd, b_rec, h, h_new, h_new, h_new, rec, lengths, False, 0, 0, nblk // 3)
+
+
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**_FAST)
 def _bwd_pointwise(dg_t, hn_t, y, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1):
@@ -354,6 +363,20 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False):
         return y_out, h, None
     cache = dict(x=x, h0=h0_kept, lengths=lens, reverse=reverse, gates=xw, hn=hn, y=y)
     return y_out, h, cache
+
+
+def gru_step_cpu(x, packed, h):
+    """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
+    array). Equal to gru_forward_cpu on one step, without its parallel regions."""
+    if packed["kind"] == "blas":
+        return gru_forward_cpu(x[None], packed, h)[1]
+    H, Hp = packed["H"], packed["Hp"]
+    B = x.shape[0]
+    h_new = np.empty((B, Hp), np.float32)
+    _step_tiled(x, packed["w_in"], packed["b_in"], packed["w_fwd"], packed["b_rec"],
+                _pad(h, Hp), h_new, np.empty((B, 3 * Hp), np.float32),
+                np.empty((B, 3 * Hp), np.float32), np.ones(B, np.int64))
+    return h_new[:, :H]
 
 
 def gru_backward_cpu(dy, dh_n, cache, packed):

@@ -256,6 +256,15 @@ def _forward_tiled(xw, W, hbuf, y, lengths, reverse, use_relu, P):
                           (p + 1) * nblk // P)
 
 
+@njit(**_FAST)
+def _step_tiled(x, w_in, bias, w_fwd, h, h_new, xw, lengths, use_relu):
+    """One inference step on one thread, for streaming: xw = x @ W_ih^T + b, then
+    the step's product and activation; h' goes to h_new."""
+    B, nblk = x.shape[0], w_fwd.shape[0]
+    _matmul_rows(x, w_in, xw, bias, False, 0, B, 0, nblk)
+    _fwd_step(xw, w_fwd, h, h_new, h_new, lengths, use_relu, 0, 0, nblk)
+
+
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**_FAST)
 def _bwd_pointwise(dg_t, y_t, dy_t, rec, dh_n, lengths, reverse, use_relu, t, j0, j1):
@@ -400,6 +409,19 @@ def rnn_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False):
     # xw has served its purpose: the backward writes dG over it.
     cache = dict(x=x, h0=h0_kept, lengths=lens, reverse=reverse, dg=xw, y=y)
     return y_out, h, cache
+
+
+def rnn_step_cpu(x, packed, h):
+    """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
+    array). Equal to rnn_forward_cpu on one step, without its parallel regions."""
+    if packed["kind"] == "blas":
+        return rnn_forward_cpu(x[None], packed, h)[1]
+    H, Hp = packed["H"], packed["Hp"]
+    B = x.shape[0]
+    h_new = np.empty((B, Hp), np.float32)
+    _step_tiled(x, packed["w_in"], packed["bias"], packed["w_fwd"], _pad(h, Hp), h_new,
+                np.empty((B, Hp), np.float32), np.ones(B, np.int64), packed["relu"])
+    return h_new[:, :H]
 
 
 def rnn_backward_cpu(dy, dh_n, cache, packed):

@@ -125,3 +125,21 @@ def test_gru_packs_to_the_documented_paths(rng, dtype):
 def test_rnn_rejects_an_unknown_nonlinearity(rng):
     with pytest.raises(ValueError, match="'gelu'"):
         pack_rnn_cpu(*cell_weights(rng, 3, 5, 1, np.float32), nonlinearity="gelu")
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_step_kernel_matches_reference(rng, cell, dtype):
+    from numlstm.kernels.cpu import gru_step_cpu, rnn_step_cpu
+    gates, (forward_ref, _), (pack, _, _), option = CELLS[cell]
+    step = gru_step_cpu if gates == 3 else rnn_step_cpu
+    for B, I, H in [(1, 1, 1), (1, 64, 64), (3, 5, 70), (7, 2, 128)]:
+        cell_w = cell_weights(rng, I, H, gates, dtype, min(0.5, 1 / np.sqrt(H)))
+        x = rng.standard_normal((1, B, I)).astype(dtype)
+        h0 = rng.standard_normal((B, H)).astype(dtype)
+        kept = h0.copy()
+        _, h, _ = forward_ref(x, *cell_w, h0, **option)
+        got = step(x[0], pack(*cell_w, **option), h0)
+        assert got.dtype == dtype
+        assert_close(got, h, RTOL[dtype], f"h (B={B}, I={I}, H={H})")
+        np.testing.assert_array_equal(h0, kept)
