@@ -21,10 +21,8 @@ FULL_GRID = [(T, B, H) for T in (16, 128, 1024) for H in (64, 256, 1024)
              for B in (1, 16, 128)]
 
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-
-
 def lstm_flops(T, B, I, H, training, cell="lstm"):
+    from .packing import GATES
     return 2 * T * B * GATES[cell] * H * (I + H) * (3 if training else 1)
 
 

@@ -15,16 +15,18 @@ of converters:
                  reset_after=True); "concat": [b_ih, b_hh] as one 2G vector (ONNX's B)
     container    how the arrays of all layers and directions are held
 
-| layout | cell | gate order | W_ih      | W_hh      | bias                     | container        |
-|--------|------|------------|-----------|-----------|--------------------------|------------------|
-| torch  | LSTM | i,f,g,o    | [G,I]     | [G,H]     | b_ih [G], b_hh [G]       | dict, state_dict |
-|        | GRU  | r,z,n      |           |           |                          | names            |
-| keras  | LSTM | i,f,c,o    | [I,G]     | [H,G]     | bias [G]                 | per layer: the   |
-|        | GRU  | z,r,h      |           |           | [2,G] (reset_after=True) | list a layer's   |
-|        |      |            |           |           | or [G] (reset_after=False)| get_weights()   |
-|        | RNN  | -          |           |           | bias [H]                 | returns          |
-| onnx   | LSTM | i,o,f,c    | W [D,G,I] | R [D,G,H] | B [D,2G] = [Wb, Rb]      | per layer:       |
-|        | GRU  | z,r,h      |           |           |                          | {"W","R","B"}    |
+| layout | cell | gate order | W_ih      | W_hh      | bias                      | container        |
+|--------|------|------------|-----------|-----------|---------------------------|------------------|
+| torch  | LSTM | i,f,g,o    | [G,I]     | [G,H]     | b_ih [G], b_hh [G]        | dict, state_dict |
+|        | GRU  | r,z,n      |           |           |                           | names            |
+|        | RNN  | -          |           |           |                           |                  |
+| keras  | LSTM | i,f,c,o    | [I,G]     | [H,G]     | bias [G]                  | per layer: the   |
+|        | GRU  | z,r,h      |           |           | [2,G] (reset_after=True)  | list a layer's   |
+|        |      |            |           |           | [G] (reset_after=False)   | get_weights()    |
+|        | RNN  | -          |           |           | [G]                       | returns          |
+| onnx   | LSTM | i,o,f,c    | W [D,G,I] | R [D,G,H] | B [D,2G] = [Wb, Rb]       | per layer:       |
+|        | GRU  | z,r,h      |           |           |                           | {"W","R","B"}    |
+|        | RNN  | -          |           |           |                           |                  |
 
 torch's layout is the canonical one: the layer stores its parameters that way,
 and every conversion goes through it, so `convert` between any two layouts is
