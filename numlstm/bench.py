@@ -15,6 +15,9 @@ import time
 
 import numpy as np
 
+from .layers import CELLS
+from .packing import GATES
+
 QUICK_GRID = [(16, 1, 64), (16, 16, 64), (16, 16, 256)]
 DEFAULT_GRID = [(128, B, H) for H in (64, 256, 1024) for B in (1, 16, 128)]
 FULL_GRID = [(T, B, H) for T in (16, 128, 1024) for H in (64, 256, 1024)
@@ -22,15 +25,12 @@ FULL_GRID = [(T, B, H) for T in (16, 128, 1024) for H in (64, 256, 1024)
 
 
 def lstm_flops(T, B, I, H, training, cell="lstm"):
-    from .packing import GATES
     return 2 * T * B * GATES[cell] * H * (I + H) * (3 if training else 1)
 
 
 def _classes(cell):
-    """(numlstm class, torch class name) of a cell."""
-    import numlstm
-    return {"lstm": (numlstm.LSTM, "LSTM"), "gru": (numlstm.GRU, "GRU"),
-            "rnn": (numlstm.RNN, "RNN")}[cell]
+    """(numlstm class, torch.nn class name) of a cell: LSTM, GRU or RNN in both."""
+    return CELLS[cell], CELLS[cell].__name__
 
 
 def matmul_rate(n=2048, repeats=5):

@@ -273,9 +273,15 @@ class _Recurrent(Layer):
         elif any(p is None for p in parts):
             raise ValueError("state: expected both " + " and ".join(
                 f"{n}0" for n in self._state_parts) + ", got one of them as None")
+        return self._state_arrays(parts, B, batched, "{}0")
+
+    def _state_arrays(self, parts, B, batched, name):
+        """Each part checked as a [L*D,B,H] array (name.format("h") in errors), or
+        zeros where it is None."""
         bdim = B if batched else 0
         return tuple(np.zeros(self._state_shape(B), self.dtype) if p is None else
-                     self._as_state(p, f"{n}0", bdim) for n, p in zip(self._state_parts, parts))
+                     self._as_state(p, name.format(n), bdim)
+                     for n, p in zip(self._state_parts, parts))
 
     def _state_out(self, parts, batched):
         parts = tuple(p if batched else p[:, 0, :] for p in parts)
@@ -502,10 +508,7 @@ class _Recurrent(Layer):
         else:
             grad = self._grad_in(dy, want, batched, "dy")
         parts = self._state_parts_in(dstate, "dstate") or (None,) * len(self._state_parts)
-        bdim = B if batched else 0
-        dstate_n = tuple(np.zeros(self._state_shape(B), self.dtype) if p is None else
-                         self._as_state(p, f"d{n}_n", bdim)
-                         for n, p in zip(self._state_parts, parts))
+        dstate_n = self._state_arrays(parts, B, batched, "d{}_n")
         dx, dstate0 = self._run_backward(grad, dstate_n)
         return self._to_user(dx, batched), self._state_out(dstate0, batched)
 
@@ -964,4 +967,5 @@ class Dropout(Layer):
         return dout * mask
 
 
+CELLS = {cls.cell: cls for cls in (LSTM, GRU, RNN)}  # "lstm" -> LSTM, ...
 LAYER_TYPES = {cls.__name__: cls for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout)}
