@@ -20,9 +20,7 @@ import numpy as np
 
 from . import plot
 from .checkpoint import load_checkpoint, resolve, save_checkpoint
-from .layers import GRU, LSTM, RNN, Dense, Dropout, Embedding, _Recurrent
-
-CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+from .layers import CELLS, Dense, Dropout, Embedding, _Recurrent
 from .model import Sequential
 
 
@@ -268,18 +266,24 @@ def bits_per_char(model, ids, seq_len, batch=64):
     return model.evaluate(x, y, batch_size=batch) / math.log(2)
 
 
+def _text_checkpoint(path, flag, not_text):
+    """A character model's checkpoint for --resume or --checkpoint; an unreadable
+    file, or another task's, is a UsageError that names the flag."""
+    try:
+        ckpt = load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"{flag}: {err}") from None
+    if ckpt.extra.get("task") != "text":
+        raise UsageError(f"{flag} {path}: a {ckpt.extra.get('task')!r} {not_text}")
+    return ckpt
+
+
 def run_text(args):
     text = read_text(args.text)
     seq_len, steps = args.seq_len, args.steps or 2000
     resume = None
     if args.resume:
-        try:
-            resume = load_checkpoint(args.resume)
-        except (FileNotFoundError, ValueError) as err:
-            raise UsageError(f"--resume: {err}") from None
-        if resume.extra.get("task") != "text":
-            raise UsageError(f"--resume {args.resume}: a {resume.extra.get('task')!r} "
-                             f"checkpoint, not a text model's")
+        resume = _text_checkpoint(args.resume, "--resume", "checkpoint, not a text model's")
         vocab = resume.extra["vocab"]
         unknown = sorted(set(text) - set(vocab))
         if unknown:
@@ -368,13 +372,7 @@ def run_text(args):
 
 def generate(args):
     """Continue a prompt with a trained character model, one sampled character a step."""
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-    except (FileNotFoundError, ValueError) as err:
-        raise UsageError(f"--checkpoint: {err}") from None
-    if ckpt.extra.get("task") != "text":
-        raise UsageError(f"--checkpoint {args.checkpoint}: a "
-                         f"{ckpt.extra.get('task')!r} model, not a character model")
+    ckpt = _text_checkpoint(args.checkpoint, "--checkpoint", "model, not a character model")
     vocab = ckpt.extra["vocab"]
     index = {c: i for i, c in enumerate(vocab)}
     prompt = args.prompt or vocab[0]
