@@ -201,7 +201,8 @@ def run_forecast(args):
                     "epoch", f"{name}: mean squared error (scaled units)")
     starts = np.arange(0, len(val_origins), horizon)  # forecasts that do not overlap
     spans = [t[o + 1:o + horizon + 1] for o in val_origins[starts]]
-    paths = [("numlstm LSTM", dict(color="tab:blue"), list(zip(spans, pred[starts]))),
+    paths = [(f"numlstm {args.cell.upper()}", dict(color="tab:blue"),
+              list(zip(spans, pred[starts]))),
              (baseline.split(" (")[0], dict(color="tab:orange", ls="--"),
               list(zip(spans, naive[starts])))]
     lo = max(split - 4 * horizon, 0)
