@@ -1,0 +1,12 @@
+"""CUDA kernels (Numba @cuda.jit), one file per cell; common.py holds the tiled
+matrix product, the launch plan of the persistent recurrence and the small
+elementwise kernels the layers use on device arrays.
+
+Importing this package imports numba.cuda. Under NUMBA_ENABLE_CUDASIM=1 the
+kernels run in Numba's simulator (the CI has no GPU), one block per cooperative
+grid, at tiny shapes.
+"""
+from .common import SIMULATED, as_device, is_device  # noqa: F401
+from .lstm import lstm_backward_cuda, lstm_forward_cuda, pack_lstm_cuda  # noqa: F401
+
+__all__ = ["lstm_forward_cuda", "lstm_backward_cuda", "pack_lstm_cuda"]

@@ -1,0 +1,359 @@
+"""What the CUDA cell kernels share: the tiled matrix product, the launch plan of
+the persistent recurrence, and small elementwise kernels on device arrays.
+
+Dimensions: M, N, K of a product; T steps, B batch, H hidden units, R weight rows
+per hidden unit that a recurrence keeps on chip (4 for the LSTM, 3 for the GRU,
+1 for the RNN).
+
+The recurrence of every cell runs in one of two ways (see `plan`):
+
+  persistent: one cooperative launch for all T steps. The hidden units are cut
+      into slices of `units`; each block owns whole slices, copies its slices'
+      rows of W_hh into shared memory once, and the grid meets at
+      cuda.cg.this_grid().sync() after each step. h is double-buffered
+      ([2,B,H]: step s reads h[s % 2] and writes h[(s + 1) % 2]), so one
+      barrier a step is enough. Any grid size works, one block included (a block
+      loops over the slices it owns).
+  per step: where the slices do not fit on chip in a co-resident grid, one
+      launch per step (or phase) reading W_hh from global memory.
+
+Inside a block, thread p of the block's (b, unit) pairs computes a unit's gates
+for one batch row: its dot products over H and its gate math, so one step of a
+unit needs no other thread.
+"""
+import math
+
+import numpy as np
+from numba import config, cuda
+
+SIMULATED = bool(config.ENABLE_CUDASIM)
+# Tile of the matrix product: TILE x TILE threads, one output each. The simulator
+# runs every thread as a Python thread, so it gets a smaller tile.
+TILE = 8 if SIMULATED else 16
+# Dynamic shared memory a block may take without an opt-in attribute.
+SHARED_BYTES = 48 * 1024
+MAX_THREADS = 256
+
+
+def device_array(shape, dtype):
+    return cuda.device_array(shape, dtype=np.dtype(dtype))
+
+
+def is_device(a):
+    """Whether a lives on the GPU: a Numba device array, or anything with
+    __cuda_array_interface__ (CuPy arrays, torch CUDA tensors)."""
+    return (hasattr(a, "__cuda_array_interface__") or
+            bool(getattr(a, "__cuda_ndarray__", False)))
+
+
+def as_device(a):
+    """A Numba device array for a (no copy when a already lives on the GPU)."""
+    if getattr(a, "__cuda_ndarray__", False):
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(a)
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+# -- the matrix product ---------------------------------------------------------------
+@cuda.jit
+def _matmul_kernel(a, b, c, bias, zero, trans_a, trans_b, accumulate, has_bias):
+    """c [M,N] (+)= op(a) [M,K] @ op(b) [K,N] (+ bias [N]); op(a) = a.T when
+    trans_a (a is then [K,M]), likewise for b. One TILE x TILE block of c per
+    thread block, K walked in TILE-wide tiles through shared memory."""
+    sa = cuda.shared.array((TILE, TILE), a.dtype)
+    sb = cuda.shared.array((TILE, TILE), b.dtype)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    row = cuda.blockIdx.y * TILE + ty
+    col = cuda.blockIdx.x * TILE + tx
+    M = c.shape[0]
+    N = c.shape[1]
+    K = a.shape[0] if trans_a else a.shape[1]
+    acc = zero
+    for k0 in range(0, K, TILE):
+        ka = k0 + tx
+        if row < M and ka < K:
+            sa[ty, tx] = a[ka, row] if trans_a else a[row, ka]
+        else:
+            sa[ty, tx] = zero
+        kb = k0 + ty
+        if kb < K and col < N:
+            sb[ty, tx] = b[col, kb] if trans_b else b[kb, col]
+        else:
+            sb[ty, tx] = zero
+        cuda.syncthreads()
+        for kk in range(TILE):
+            acc += sa[ty, kk] * sb[kk, tx]
+        cuda.syncthreads()
+    if row < M and col < N:
+        if has_bias:
+            acc += bias[col]
+        if accumulate:
+            acc += c[row, col]
+        c[row, col] = acc
+
+
+def matmul(a, b, c, bias=None, trans_a=False, trans_b=False, accumulate=False):
+    """c (+)= op(a) @ op(b) (+ bias), on device arrays of one float dtype.
+
+    a: [M,K] ([K,M] with trans_a); b: [K,N] ([N,K] with trans_b); c: [M,N];
+    bias: [N] or None. Returns c.
+    """
+    M, N = c.shape
+    if M == 0 or N == 0:
+        return c
+    zero = c.dtype.type(0)
+    has_bias = bias is not None
+    if bias is None:
+        bias = c[0]  # never read
+    grid = (math.ceil(N / TILE), math.ceil(M / TILE))
+    _matmul_kernel[grid, (TILE, TILE)](a, b, c, bias, zero, trans_a, trans_b, accumulate,
+                                       has_bias)
+    return c
+
+
+def column_sums(a, out, ones):
+    """out [N] = the sum of a [M,N] over its rows (ones: a device [1,M] of ones)."""
+    matmul(ones, a, out.reshape(1, out.shape[0]))
+    return out
+
+
+def ones(M, dtype):
+    return cuda.to_device(np.ones((1, M), dtype))
+
+
+# -- the plan of a recurrence ----------------------------------------------------------
+class Plan:
+    """How a recurrence is launched.
+
+    units: hidden units per slice; slices: ceil(H / units); blocks, threads: the
+    launch; shared: dynamic shared memory per block in bytes (0 when the
+    weights stay in global memory); persistent: one cooperative launch for all
+    steps (else one launch per step).
+    """
+
+    def __init__(self, units, slices, blocks, threads, shared, persistent):
+        self.units, self.slices, self.blocks = units, slices, blocks
+        self.threads, self.shared, self.persistent = threads, shared, persistent
+
+    def __repr__(self):
+        return (f"Plan(units={self.units}, slices={self.slices}, blocks={self.blocks}, "
+                f"threads={self.threads}, shared={self.shared}, "
+                f"persistent={self.persistent})")
+
+
+def _threads_for(B, units):
+    return min(MAX_THREADS, 32 * math.ceil(B * units / 32))
+
+
+def _max_cooperative_blocks(kernel, args, threads, shared):
+    if SIMULATED:  # the simulator runs cooperative grids of one block
+        return 1
+    argtypes = tuple(kernel.typeof_pyval(a) for a in args)
+    return kernel.compile(argtypes).max_cooperative_grid_blocks(threads, shared)
+
+
+_PLANS = {}
+
+
+def plan(kernel, args, H, B, rows, width, itemsize, units=None, blocks=None,
+         persistent=None):
+    """The launch of a recurrence kernel whose block keeps, per hidden unit of
+    its slices, `rows` rows of `width` weights in shared memory.
+
+    None picks: the fewest units per slice for which each block's slice fits
+    in shared memory and one block per slice fits in a co-resident cooperative
+    grid; else the per-step path. units, blocks, persistent force a choice
+    (tests use them to run the multi-slice and per-step paths at tiny shapes).
+    """
+    key = (kernel, H, B, rows, width, itemsize, units, blocks, persistent)
+    if key not in _PLANS:
+        _PLANS[key] = _plan(kernel, args, H, B, rows, width, itemsize, units, blocks,
+                            persistent)
+    return _PLANS[key]
+
+
+def _plan(kernel, args, H, B, rows, width, itemsize, units, blocks, persistent):
+    per_unit = rows * width * itemsize
+    if persistent is not False:
+        for u in ([units] if units else range(1, H + 1)):
+            slices = math.ceil(H / u)
+            n = blocks or slices
+            shared = math.ceil(slices / n) * u * per_unit
+            if shared > SHARED_BYTES and not SIMULATED:
+                continue
+            threads = _threads_for(B, u)
+            if n <= _max_cooperative_blocks(kernel, args, threads, shared):
+                return Plan(u, slices, n, threads, shared, True)
+        if persistent:
+            raise RuntimeError(f"a persistent recurrence of H={H}, B={B} with "
+                               f"units={units}, blocks={blocks} does not fit on this GPU")
+    u = units or max(1, min(H, MAX_THREADS // max(B, 1)))
+    slices = math.ceil(H / u)
+    return Plan(u, slices, blocks or slices, _threads_for(B, u), 0, False)
+
+
+def lengths_or_full(lengths, T, B):
+    """Device int64 [B]: the lengths, or T for every row when lengths is None."""
+    if lengths is None:
+        return cuda.to_device(np.full(B, T, np.int64))
+    if is_device(lengths):
+        return as_device(lengths)
+    return cuda.to_device(np.ascontiguousarray(lengths, np.int64))
+
+
+# -- elementwise kernels on device arrays ----------------------------------------------
+@cuda.jit
+def _copy_kernel(src, dst):
+    """dst[i] = src[i] over flat 1-D views."""
+    i = cuda.grid(1)
+    if i < dst.shape[0]:
+        dst[i] = src[i]
+
+
+@cuda.jit
+def _combine_kernel(a, b, out, op, scale):
+    """out = a + b (op 0), a * b (op 1), (a + b) * scale (op 2), a * scale (op 3)."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        if op == 0:
+            out[i] = a[i] + b[i]
+        elif op == 1:
+            out[i] = a[i] * b[i]
+        elif op == 2:
+            out[i] = (a[i] + b[i]) * scale
+        else:
+            out[i] = a[i] * scale
+
+
+@cuda.jit
+def _copy3_kernel(src, dst, swap):
+    """dst = src for 3-D arrays of any strides, or src's first two axes swapped."""
+    i, j, k = cuda.grid(3)
+    if i < dst.shape[0] and j < dst.shape[1] and k < dst.shape[2]:
+        if swap:
+            dst[i, j, k] = src[j, i, k]
+        else:
+            dst[i, j, k] = src[i, j, k]
+
+
+def _flat_launch(n):
+    threads = 32 if SIMULATED else 256
+    return max(1, math.ceil(n / threads)), threads
+
+
+def copy(src, dst):
+    """dst[...] = src[...] for contiguous device arrays of one size."""
+    if dst.size:
+        _copy_kernel[_flat_launch(dst.size)](src.reshape(src.size), dst.reshape(dst.size))
+    return dst
+
+
+def copy3(src, dst, swap=False):
+    """dst[...] = src (or src with its first two axes swapped), any strides."""
+    if dst.size:
+        # z walks the features: grid dims are limited to 65535 in y and z.
+        n0, n1, n2 = dst.shape
+        tb = (4, 4, 2) if SIMULATED else (4, 4, 16)
+        grid = tuple(math.ceil(n / t) for n, t in zip((n0, n1, n2), tb))
+        _copy3_kernel[grid, tb](src, dst, swap)
+    return dst
+
+
+def combine(a, b, op, scale=0.0):
+    """A new contiguous array: a + b, a * b, (a + b) * scale or a * scale (op "add",
+    "mul", "ave", "scale")."""
+    out = device_array(a.shape, a.dtype)
+    code = {"add": 0, "mul": 1, "ave": 2, "scale": 3}[op]
+    if out.size:
+        flat = a.size
+        _combine_kernel[_flat_launch(flat)](a.reshape(flat), (b if b is not None else a)
+                                            .reshape(flat), out.reshape(flat), code,
+                                            a.dtype.type(scale))
+    return out
+
+
+# -- on-chip weights of a recurrence ---------------------------------------------------
+@cuda.jit(device=True)
+def load_rows(w_hh, w_sh, rows, units):
+    """Copy the block's slices of W_hh [rows*H, H] into shared memory, as the
+    forward reads them: slice j (the j-th this block owns), gate g, unit ul of
+    the slice at w_sh[(j*rows + g)*units*(H+1) + ul*(H+1) + k] = W_hh[g*H + u, k]
+    (rows padded to H+1, so threads on consecutive units hit distinct banks)."""
+    H = w_hh.shape[1]
+    HP = H + 1
+    slices = (H + units - 1) // units
+    n = rows * units * H
+    j = 0
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        base = j * rows * units * HP
+        for e in range(cuda.threadIdx.x, n, cuda.blockDim.x):
+            g = e // (units * H)
+            rem = e - g * units * H
+            ul = rem // H
+            k = rem - ul * H
+            u = sl * units + ul
+            if u < H:
+                w_sh[base + (g * units + ul) * HP + k] = w_hh[g * H + u, k]
+        j += 1
+
+
+@cuda.jit(device=True)
+def load_columns(w_hh, w_sh, units):
+    """Copy the block's slices of the columns of W_hh [G,H] into shared memory, as
+    the backward's dh product reads them: slice j, unit ul at
+    w_sh[(j*units + ul)*(G+1) + r] = W_hh[r, u]."""
+    G = w_hh.shape[0]
+    H = w_hh.shape[1]
+    GP = G + 1
+    slices = (H + units - 1) // units
+    n = units * G
+    j = 0
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        base = j * units * GP
+        for e in range(cuda.threadIdx.x, n, cuda.blockDim.x):
+            ul = e // G
+            r = e - ul * G
+            u = sl * units + ul
+            if u < H:
+                w_sh[base + ul * GP + r] = w_hh[r, u]
+        j += 1
+
+
+@cuda.jit(device=True)
+def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1):
+    """The backward's recurrent product for the block's units j:
+    dh[nxt, b, j] += sum_r da[t*B + b, r] * W_hh[r, j] over rows r0 <= r < r1, of
+    valid rows b (nxt = (k + 1) % 2; an invalid row keeps dh[cur, b, j]).
+    Callers have already written their own part of dh[nxt] (zero, or a
+    pointwise term) for valid rows."""
+    H = w_hh.shape[1]
+    G = w_hh.shape[0]
+    GP = G + 1
+    B = dh.shape[1]
+    cur = k % 2
+    nxt = 1 - cur
+    slices = (H + units - 1) // units
+    j = 0
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        base = j * units * GP
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            ul = p - b * units
+            u = sl * units + ul
+            if u < H:
+                if t < lengths[b]:
+                    row = t * B + b
+                    acc = dh[nxt, b, u]
+                    if cached:
+                        wi = base + ul * GP
+                        for r in range(r0, r1):
+                            acc += da[row, r] * w_sh[wi + r]
+                    else:
+                        for r in range(r0, r1):
+                            acc += da[row, r] * w_hh[r, u]
+                    dh[nxt, b, u] = acc
+                else:
+                    dh[nxt, b, u] = dh[cur, b, u]
+        j += 1

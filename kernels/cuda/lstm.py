@@ -1,0 +1,293 @@
+"""CUDA kernels of one LSTM layer in one direction, checked against reference.py.
+
+Dimensions: T steps, B batch, I input features, H hidden units, G = 4H (gate
+blocks i, f, g, o, torch's order).
+
+The path of a call (common.py describes the persistent and per-step launches):
+    forward:  xp = x @ W_ih^T + b for all steps (one tiled product, [T*B,G]);
+              then the recurrence. The training forward keeps the activated
+              gates [T,B,G], c after each step (cs), and the c and h entering
+              each step (cin, hin) [T,B,H]: the backward recomputes nothing.
+    backward: per reversed step, the gate gradients of every unit (pointwise,
+              into dgates [T*B,G]), a grid barrier, then dh = dgates[t] @ W_hh
+              with the block's columns of W_hh on chip; after the loop, dx,
+              dW_ih, dW_hh and the bias gradient are each one product over all
+              T*B rows.
+
+Arrays are Numba device arrays; x, h0, c0, dy, dh_n and dc_n are read only.
+"""
+from numba import cuda
+
+from ..gates import dsigmoid, dtanh, sigmoid, tanh
+from .common import (as_device, column_sums, copy, device_array, dh_product,
+                     lengths_or_full, load_columns, load_rows, matmul, ones, plan)
+
+ROWS = 4  # weight rows per hidden unit
+
+
+def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh):
+    """Torch-layout weights (host or device) -> the device arrays the kernels read:
+    w_ih [G,I], w_hh [G,H], bias = b_ih + b_hh [G]."""
+    return dict(H=w_hh.shape[1], w_ih=as_device(w_ih), w_hh=as_device(w_hh),
+                bias=as_device(b_ih + b_hh))
+
+
+# -- forward ---------------------------------------------------------------------------
+@cuda.jit(device=True)
+def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, hin,
+                  reverse, units, training, zero):
+    """Step s of the block's units: reads h[s % 2], writes h[(s+1) % 2], c, y[t]."""
+    T = y.shape[0]
+    B = y.shape[1]
+    H = y.shape[2]
+    HP = H + 1
+    t = T - 1 - s if reverse else s
+    cur = s % 2
+    nxt = 1 - cur
+    slices = (H + units - 1) // units
+    stride = units * HP  # from one gate's rows to the next in w_sh
+    j = 0
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        base = j * ROWS * stride
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            ul = p - b * units
+            u = sl * units + ul
+            if u >= H:
+                continue
+            h_in = h[cur, b, u]
+            c_in = c[b, u]
+            if t < lengths[b]:
+                row = t * B + b
+                ai = xp[row, u]
+                af = xp[row, H + u]
+                ag = xp[row, 2 * H + u]
+                ao = xp[row, 3 * H + u]
+                if cached:
+                    w = base + ul * HP
+                    for k in range(H):
+                        hk = h[cur, b, k]
+                        ai += hk * w_sh[w + k]
+                        af += hk * w_sh[w + stride + k]
+                        ag += hk * w_sh[w + 2 * stride + k]
+                        ao += hk * w_sh[w + 3 * stride + k]
+                else:
+                    for k in range(H):
+                        hk = h[cur, b, k]
+                        ai += hk * w_hh[u, k]
+                        af += hk * w_hh[H + u, k]
+                        ag += hk * w_hh[2 * H + u, k]
+                        ao += hk * w_hh[3 * H + u, k]
+                i = sigmoid(ai)
+                f = sigmoid(af)
+                g = tanh(ag)
+                o = sigmoid(ao)
+                c_new = f * c_in + i * g
+                h_new = o * tanh(c_new)
+                c[b, u] = c_new
+                h[nxt, b, u] = h_new
+                y[t, b, u] = h_new
+                if training:
+                    gates[t, b, u] = i
+                    gates[t, b, H + u] = f
+                    gates[t, b, 2 * H + u] = g
+                    gates[t, b, 3 * H + u] = o
+            else:  # past this row's length: hold the state, output zero
+                h[nxt, b, u] = h_in
+                y[t, b, u] = zero
+                if training:
+                    gates[t, b, u] = zero
+                    gates[t, b, H + u] = zero
+                    gates[t, b, 2 * H + u] = zero
+                    gates[t, b, 3 * H + u] = zero
+            if training:
+                cs[t, b, u] = c[b, u]
+                cin[t, b, u] = c_in
+                hin[t, b, u] = h_in
+        j += 1
+
+
+@cuda.jit
+def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
+                        training, zero):
+    """All T steps in one cooperative launch, the block's rows of W_hh on chip."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    load_rows(w_hh, w_sh, ROWS, units)
+    cuda.syncthreads()
+    grid = cuda.cg.this_grid()
+    for s in range(y.shape[0]):
+        _forward_step(s, xp, w_hh, w_sh, True, lengths, h, c, y, gates, cs, cin, hin,
+                      reverse, units, training, zero)
+        grid.sync()
+
+
+@cuda.jit
+def _forward_one(s, xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
+                 training, zero):
+    """Step s alone, W_hh read from global memory (the per-step path)."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    _forward_step(s, xp, w_hh, w_sh, False, lengths, h, c, y, gates, cs, cin, hin,
+                  reverse, units, training, zero)
+
+
+def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
+                      units=None, blocks=None, persistent=None):
+    """One layer and direction on device arrays.
+
+    x: [T,B,I]; cell: pack_lstm_cuda's dict; h0, c0: [B,H]; lengths: [B] ints
+    (host or device) or None. units, blocks, persistent: force the launch (see
+    common.plan); None chooses.
+    Returns y [T,B,H], h_n [B,H], c_n [B,H] and, when training, a cache for
+    lstm_backward_cuda (else None).
+    """
+    T, B, I = x.shape
+    H = cell["H"]
+    dtype = x.dtype
+    zero = dtype.type(0)
+    xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, 4 * H), dtype),
+                bias=cell["bias"], trans_b=True)
+    h = device_array((2, B, H), dtype)
+    copy(h0, h[0])
+    c = device_array((B, H), dtype)
+    copy(c0, c)
+    y = device_array((T, B, H), dtype)
+    if training:
+        gates = device_array((T, B, 4 * H), dtype)
+        cs, cin, hin = (device_array((T, B, H), dtype) for _ in range(3))
+    else:
+        gates = cs = cin = hin = device_array((1, 1, 1), dtype)
+    lens = lengths_or_full(lengths, T, B)
+    args = [xp, cell["w_hh"], lens, h, c, y, gates, cs, cin, hin, bool(reverse), 1,
+            bool(training), zero]
+    p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
+             persistent)
+    args[11] = p.units
+    if p.persistent:
+        _forward_persistent[p.blocks, p.threads, 0, p.shared](*args)
+    else:
+        for s in range(T):
+            _forward_one[p.blocks, p.threads](s, *args)
+    cache = None
+    if training:
+        cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, cs=cs,
+                     cin=cin, hin=hin)
+    return y, h[T % 2], c, cache
+
+
+# -- backward --------------------------------------------------------------------------
+@cuda.jit(device=True)
+def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero):
+    """The k-th step of the backward walk (forward step T-1-k), pointwise for the
+    block's units: dgates[t] from dh[k % 2] + dy[t] and dc; dc -> the gradient
+    of c entering the step; dh[(k+1) % 2] starts at zero for valid rows."""
+    T = dy.shape[0]
+    B = dy.shape[1]
+    H = dy.shape[2]
+    n = T - 1 - k
+    t = T - 1 - n if reverse else n
+    cur = k % 2
+    nxt = 1 - cur
+    slices = (H + units - 1) // units
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            ul = p - b * units
+            u = sl * units + ul
+            if u >= H:
+                continue
+            row = t * B + b
+            if t < lengths[b]:
+                i = gates[t, b, u]
+                f = gates[t, b, H + u]
+                g = gates[t, b, 2 * H + u]
+                o = gates[t, b, 3 * H + u]
+                tc = tanh(cs[t, b, u])
+                dh_t = dh[cur, b, u] + dy[t, b, u]
+                dc_t = dc[b, u] + dh_t * o * dtanh(tc)
+                dgates[row, u] = dc_t * g * dsigmoid(i)
+                dgates[row, H + u] = dc_t * cin[t, b, u] * dsigmoid(f)
+                dgates[row, 2 * H + u] = dc_t * i * dtanh(g)
+                dgates[row, 3 * H + u] = dh_t * tc * dsigmoid(o)
+                dc[b, u] = dc_t * f
+                dh[nxt, b, u] = zero
+            else:
+                dgates[row, u] = zero
+                dgates[row, H + u] = zero
+                dgates[row, 2 * H + u] = zero
+                dgates[row, 3 * H + u] = zero
+
+
+@cuda.jit
+def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse, units,
+                         zero):
+    """All T steps backwards in one cooperative launch, the block's columns of
+    W_hh on chip. One barrier a step, between the gate gradients (which the
+    dh product reads across units) and dh: everything else a block touches
+    (its units' dh, dc and the next step's rows of dgates) is its own."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    load_columns(w_hh, w_sh, units)
+    cuda.syncthreads()
+    grid = cuda.cg.this_grid()
+    T = dy.shape[0]
+    for k in range(T):
+        n = T - 1 - k
+        t = T - 1 - n if reverse else n
+        _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero)
+        grid.sync()
+        dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0])
+
+
+@cuda.jit
+def _backward_gates_one(k, dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse,
+                        units, zero):
+    """Step k's gate gradients alone (the per-step path; w_hh unused)."""
+    _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero)
+
+
+@cuda.jit
+def _dh_one(k, t, dgates, w_hh, lengths, dh, units):
+    """Step k's dh product alone, W_hh read from global memory."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    dh_product(k, t, dgates, w_hh, w_sh, False, lengths, dh, units, 0, w_hh.shape[0])
+
+
+def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
+                       persistent=None):
+    """Backward of lstm_forward_cuda.
+
+    dy: [T,B,H]; dh_n, dc_n: [B,H]. Returns dx [T,B,I], dh0 [B,H], dc0 [B,H] and
+    {"w_ih", "w_hh", "b_ih", "b_hh"} (device arrays in the weights' shapes).
+    """
+    x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
+    T, B, I = x.shape
+    H = cell["H"]
+    dtype = x.dtype
+    zero = dtype.type(0)
+    w_hh = cell["w_hh"]
+    dgates = device_array((T * B, 4 * H), dtype)
+    dh = device_array((2, B, H), dtype)
+    copy(dh_n, dh[0])
+    dc = device_array((B, H), dtype)
+    copy(dc_n, dc)
+    args = [dy, w_hh, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh, dc,
+            reverse, 1, zero]
+    p = plan(_backward_persistent, args, H, B, 1, 4 * H + 1, dtype.itemsize, units, blocks,
+             persistent)
+    args[10] = p.units
+    if p.persistent:
+        _backward_persistent[p.blocks, p.threads, 0, p.shared](*args)
+    else:
+        for k in range(T):
+            n = T - 1 - k
+            t = T - 1 - n if reverse else n
+            _backward_gates_one[p.blocks, p.threads](k, *args)
+            _dh_one[p.blocks, p.threads](k, t, dgates, w_hh, lens, dh, p.units)
+    x2 = x.reshape(T * B, I)
+    dx = matmul(dgates, cell["w_ih"], device_array((T * B, I), dtype)).reshape(T, B, I)
+    grads = dict(
+        w_ih=matmul(dgates, x2, device_array((4 * H, I), dtype), trans_a=True),
+        w_hh=matmul(dgates, cache["hin"].reshape(T * B, H), device_array((4 * H, H), dtype),
+                    trans_a=True),
+        b_ih=column_sums(dgates, device_array(4 * H, dtype), ones(T * B, dtype)))
+    grads["b_hh"] = copy(grads["b_ih"], device_array(4 * H, dtype))
+    return dx, dh[T % 2], dc, grads

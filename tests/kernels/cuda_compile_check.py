@@ -1,0 +1,93 @@
+"""Compile every CUDA kernel to PTX for a Hopper GPU (sm_90), with no GPU present.
+
+The CI has no GPU, so the simulator tests run the kernels as Python: they check
+the arithmetic but not that Numba's CUDA target can type and compile the code
+(a float64 literal in float32 math, a shared array of unknown size, an
+unsupported call all pass the simulator). This script compiles each kernel for
+both dtypes with NVVM from the `nvidia-cuda-nvcc-cu12` wheel and checks that
+the float32 kernels do no float64 arithmetic and that exactly the persistent
+kernels use the grid barrier (which makes Numba launch them cooperatively).
+
+Run by tests/kernels/test_cuda_compile.py in a subprocess (the simulator tests
+in the same session have replaced numba.cuda). Prints one line per kernel and
+exits nonzero on the first failure.
+"""
+import os
+import sys
+import types as pytypes
+
+import numba.cuda.dispatcher as _dispatcher
+from numba import cuda, types
+
+# Device functions and overloads are compiled for "the current device"; there is
+# none, so tell Numba it is an sm_90 one (the compute capability is all it asks).
+_dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(9, 0))
+
+from numlstm.kernels.cuda import common, lstm  # noqa: E402
+
+
+def arr(dt, nd):
+    return types.Array(dt, nd, "C")
+
+
+def common_signatures(dt):
+    A1, A2 = arr(dt, 1), arr(dt, 2)
+    A3 = arr(dt, 3)
+    b = types.boolean
+    return {
+        common._matmul_kernel: (A2, A2, A2, A1, dt, b, b, b, b),
+        common._copy_kernel: (A1, A1),
+        common._combine_kernel: (A1, A1, A1, types.int64, dt),
+        common._copy3_kernel: (types.Array(dt, 3, "A"), types.Array(dt, 3, "A"), b),
+    }
+
+
+def lstm_signatures(dt):
+    A2, A3 = arr(dt, 2), arr(dt, 3)
+    L, i64, b = arr(types.int64, 1), types.int64, types.boolean
+    return {
+        lstm._forward_persistent: (A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt),
+        lstm._forward_one: (i64, A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt),
+        lstm._backward_persistent: (A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt),
+        lstm._backward_gates_one: (i64, A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt),
+        lstm._dh_one: (i64, i64, A2, A2, L, A3, i64),
+    }
+
+
+def gru_rnn_signatures(dt):
+    """The GRU's and the RNN's kernels (kernels/cuda/gru.py, rnn.py)."""
+    return {}
+
+
+def main():
+    failures = 0
+    for dt in (types.float32, types.float64):
+        sigs = {**common_signatures(dt), **lstm_signatures(dt), **gru_rnn_signatures(dt)}
+        for kernel, sig in sigs.items():
+            name = f"{kernel.py_func.__module__.rsplit('.', 1)[-1]}.{kernel.py_func.__name__}"
+            try:
+                ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+            except Exception as exc:  # report every kernel, then fail
+                print(f"FAIL {dt} {name}: {type(exc).__name__}: {str(exc)[:400]}")
+                failures += 1
+                continue
+            f64 = [line for line in ptx.splitlines()
+                   if ".f64" in line and any(op in line for op in ("add.", "mul.", "fma."))]
+            grid_sync = "cudaCGGetIntrinsicHandle" in ptx
+            wants_sync = "persistent" in kernel.py_func.__name__
+            problems = []
+            if dt == types.float32 and f64:
+                problems.append(f"{len(f64)} float64 operations, e.g. {f64[0].strip()}")
+            if grid_sync != wants_sync:
+                problems.append(f"grid barrier {'used' if grid_sync else 'missing'}")
+            status = "FAIL" if problems else "ok"
+            failures += bool(problems)
+            print(f"{status} {dt} {name}: {len(ptx)} bytes of PTX"
+                  + (f"; {'; '.join(problems)}" if problems else ""))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        sys.exit("run without NUMBA_ENABLE_CUDASIM: this compiles for a real GPU")
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The LSTM's CUDA kernels against the NumPy reference (forward and backward).
+
+Without a GPU they run in Numba's simulator (tests/conftest.py), so shapes stay
+tiny; each launch path is forced once: the persistent kernel with one slice per
+block, with several slices in one block, and the per-step launches.
+"""
+import numpy as np
+import pytest
+from helpers import assert_close, lstm_weights
+
+from numlstm.kernels import reference as ref
+
+cuda = pytest.importorskip("numba.cuda")
+from numlstm.kernels.cuda import (lstm_backward_cuda, lstm_forward_cuda,  # noqa: E402
+                                  pack_lstm_cuda)
+
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+PATHS = {"auto": {}, "slices": dict(units=2, blocks=1),
+         "per_step": dict(units=2, persistent=False)}
+
+
+def run_both(rng, T, B, I, H, dtype, lengths, reverse, launch):
+    w = lstm_weights(rng, I, H, dtype)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    cell = pack_lstm_cuda(*w)
+    dev = cuda.to_device
+    y, h, c, cache = lstm_forward_cuda(dev(x), cell, dev(h0), dev(c0), lengths, reverse,
+                                       True, **launch)
+    y_r, h_r, c_r, cache_r = ref.lstm_forward_ref(x, *w, h0, c0, lengths, reverse)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    dh_n, dc_n = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    got = lstm_backward_cuda(dev(dy), dev(dh_n), dev(dc_n), cache, cell, **launch)
+    want = ref.lstm_backward_ref(dy, dh_n, dc_n, cache_r)
+    return (y, h, c) + got, (y_r, h_r, c_r) + want
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T,B,I,H,lengths,reverse,path", [
+    (3, 2, 3, 5, None, False, "auto"),
+    (4, 3, 2, 5, [4, 1, 3], True, "auto"),
+    (1, 1, 4, 3, None, False, "auto"),
+    (3, 2, 3, 5, [2, 3], False, "slices"),
+    (3, 1, 2, 5, None, True, "slices"),
+    (3, 2, 3, 5, [3, 1], True, "per_step"),
+])
+def test_lstm_cuda_matches_reference(rng, dtype, T, B, I, H, lengths, reverse, path):
+    lens = None if lengths is None else np.array(lengths)
+    got, want = run_both(rng, T, B, I, H, dtype, lens, reverse, PATHS[path])
+    names = ["y", "h_n", "c_n", "dx", "dh0", "dc0"]
+    for name, g, w in zip(names, got[:6], want[:6]):
+        assert_close(g.copy_to_host(), w, RTOL[dtype], name)
+    for k in ("w_ih", "w_hh", "b_ih", "b_hh"):
+        assert_close(got[6][k].copy_to_host(), want[6][k], RTOL[dtype], k)
+
+
+def test_lstm_cuda_inference_keeps_nothing(rng):
+    w = lstm_weights(rng, 3, 4, np.float32)
+    x = rng.standard_normal((2, 2, 3)).astype(np.float32)
+    z = np.zeros((2, 4), np.float32)
+    y, h, c, cache = lstm_forward_cuda(cuda.to_device(x), pack_lstm_cuda(*w),
+                                       cuda.to_device(z), cuda.to_device(z))
+    assert cache is None
+    assert_close(y.copy_to_host(), ref.lstm_forward_ref(x, *w, z, z)[0], 2e-5, "y")
