@@ -15,13 +15,147 @@ Backend methods, for one cell (layer l, direction d) in the backend's layout:
                                                {"w_ih","w_hh","b_ih","b_hh"}
     step(spec, cell, x, state)              -> state after one inference step of
                                                x [B,I] (its h is the output)
+    ops                                     the array operations the layers run
+                                               on this backend's arrays (HostOps
+                                               for NumPy arrays, CudaOps for
+                                               device arrays)
 """
+import numpy as np
+
 from .kernels import cpu, reference
 from .packing import CANONICAL_ORDER, Layout, from_canonical
 
 
+def is_device_array(x):
+    """Whether x lives on a GPU: anything with __cuda_array_interface__ (Numba
+    device arrays, CuPy arrays, torch CUDA tensors) or a simulated device array."""
+    if getattr(x, "is_cuda", False):  # torch: the interface raises when grad is on
+        return True
+    try:
+        return hasattr(x, "__cuda_array_interface__") or bool(
+            getattr(x, "__cuda_ndarray__", False))
+    except RuntimeError:
+        return True
+
+
+class HostOps:
+    """The array operations layers need, on NumPy arrays."""
+    on_device = False
+
+    empty = staticmethod(np.empty)
+    zeros = staticmethod(np.zeros)
+
+    @staticmethod
+    def contiguous(a, dtype):
+        return np.ascontiguousarray(a, dtype)
+
+    @staticmethod
+    def swap01(a):
+        """a [X,Y,F] -> a contiguous [Y,X,F]."""
+        return np.ascontiguousarray(a.transpose(1, 0, 2))
+
+    @staticmethod
+    def concat(parts):
+        return np.concatenate(parts, axis=-1)
+
+    @staticmethod
+    def features(a, start, stop):
+        """A contiguous copy of a[..., start:stop]."""
+        return np.ascontiguousarray(a[..., start:stop])
+
+    @staticmethod
+    def add(a, b):
+        return a + b
+
+    @staticmethod
+    def mul(a, b):
+        return a * b
+
+    @staticmethod
+    def scale(a, s):
+        return a * a.dtype.type(s)
+
+    @staticmethod
+    def assign(dst, value):
+        dst[...] = value
+
+    @staticmethod
+    def copy(a):
+        return a.copy()
+
+    @staticmethod
+    def to_host(a):
+        return a
+
+    @staticmethod
+    def from_host(a):
+        return a
+
+
+class CudaOps:
+    """The same operations on Numba device arrays (kernels/cuda/common.py)."""
+    on_device = True
+
+    def __init__(self, common):
+        self._c = common
+
+    def empty(self, shape, dtype):
+        return self._c.device_array(shape, dtype)
+
+    def zeros(self, shape, dtype):
+        return self._c.zeros(shape, dtype)
+
+    def contiguous(self, a, dtype):
+        a = self._c.as_device(a)
+        if a.is_c_contiguous() and a.dtype == np.dtype(dtype):
+            return a
+        return self._c.copy_any(a, self._c.device_array(a.shape, dtype))
+
+    def swap01(self, a):
+        out = self._c.device_array((a.shape[1], a.shape[0], a.shape[2]), a.dtype)
+        return self._c.copy3(a, out, swap=True)
+
+    def concat(self, parts):
+        shape = tuple(parts[0].shape)
+        width = sum(tuple(p.shape)[-1] for p in parts)
+        out = self._c.device_array(shape[:-1] + (width,), parts[0].dtype)
+        start = 0
+        for p in parts:
+            stop = start + tuple(p.shape)[-1]
+            self._c.copy_any(p, out[..., start:stop])
+            start = stop
+        return out
+
+    def features(self, a, start, stop):
+        out = self._c.device_array(tuple(a.shape)[:-1] + (stop - start,), a.dtype)
+        return self._c.copy_any(a[..., start:stop], out)
+
+    def add(self, a, b):
+        return self._c.combine(a, b, "add")
+
+    def mul(self, a, b):
+        return self._c.combine(a, self._c.as_device(b), "mul")
+
+    def scale(self, a, s):
+        return self._c.combine(a, None, "scale", s)
+
+    def assign(self, dst, value):
+        self._c.copy_any(value, dst)
+
+    def copy(self, a):
+        return self._c.copy_any(a, self._c.device_array(a.shape, a.dtype))
+
+    @staticmethod
+    def to_host(a):
+        return a.copy_to_host()
+
+    def from_host(self, a):
+        return self._c.as_device(a)
+
+
 class Backend:
     name = None
+    ops = HostOps()
     # Every kernel reads torch's gate order and orientation, one cell at a time.
     layout = Layout("kernel", dict(CANONICAL_ORDER), "out_in",
                     {c: "two" for c in CANONICAL_ORDER}, "cells")
@@ -100,8 +234,79 @@ class CpuBackend(Backend):
         return dx, (dh,), grads
 
 
-BACKENDS = {b.name: b for b in (NumpyBackend(), CpuBackend())}
-PLANNED = {"cuda": "the CUDA backend is not part of this version yet"}
+class CudaBackend(Backend):
+    """Numba @cuda.jit kernels on an NVIDIA GPU. Cell: the dict of device arrays
+    kernels.cuda.pack_<cell>_cuda builds (the packer's canonical weights, copied to
+    the device once and cached on the layer until the weights change).
+
+    numba.cuda is imported on first use, so CPU users never pay for it.
+    """
+    name = "cuda"
+
+    def __init__(self):
+        self._kernels = None
+        self._ops = None
+
+    @property
+    def kernels(self):
+        if self._kernels is None:
+            self.require()
+            from .kernels import cuda as kernels
+            self._kernels = kernels
+        return self._kernels
+
+    @property
+    def ops(self):
+        if self._ops is None:
+            self._ops = CudaOps(self.kernels.common)
+        return self._ops
+
+    @staticmethod
+    def require():
+        """Raise RuntimeError, saying what was looked for, unless a GPU is usable."""
+        from numba import cuda
+        if not cuda.is_available():
+            reason = cuda.cuda_error() if hasattr(cuda, "cuda_error") else None
+            raise RuntimeError(
+                "backend='cuda' needs an NVIDIA GPU and its driver: Numba looked for the "
+                "CUDA driver library (libcuda) and a device, and numba.cuda.is_available() "
+                f"is False{f' ({reason})' if reason else ''}. Use backend='cpu' (or "
+                "'auto' with NumPy arrays); to run the CUDA kernels in Numba's simulator "
+                "(slow, for tests) set NUMBA_ENABLE_CUDASIM=1 before importing numlstm.")
+
+    def pack(self, params, spec):
+        k = self.kernels
+        cells = from_canonical(params, self.layout, spec)
+        if spec.cell == "lstm":
+            return [k.pack_lstm_cuda(*c) for c in cells]
+        if spec.cell == "gru":
+            return [k.pack_gru_cuda(*c, reset_after=spec.reset_after) for c in cells]
+        return [k.pack_rnn_cuda(*c, nonlinearity=spec.nonlinearity) for c in cells]
+
+    def forward(self, spec, cell, x, state, lengths, reverse, training):
+        k = self.kernels
+        if spec.cell == "lstm":
+            y, h, c, cache = k.lstm_forward_cuda(x, cell, *state, lengths, reverse, training)
+            return y, (h, c), cache
+        fn = k.gru_forward_cuda if spec.cell == "gru" else k.rnn_forward_cuda
+        y, h, cache = fn(x, cell, state[0], lengths, reverse, training)
+        return y, (h,), cache
+
+    def step(self, spec, cell, x, state):
+        return self.forward(spec, cell, x.reshape((1,) + x.shape), state, None, False,
+                            False)[1]
+
+    def backward(self, spec, cell, cache, dy, dstate):
+        k = self.kernels
+        if spec.cell == "lstm":
+            dx, dh, dc, grads = k.lstm_backward_cuda(dy, *dstate, cache, cell)
+            return dx, (dh, dc), grads
+        fn = k.gru_backward_cuda if spec.cell == "gru" else k.rnn_backward_cuda
+        dx, dh, grads = fn(dy, dstate[0], cache, cell)
+        return dx, (dh,), grads
+
+
+BACKENDS = {b.name: b for b in (NumpyBackend(), CpuBackend(), CudaBackend())}
 
 
 def check_name(name):
@@ -110,20 +315,35 @@ def check_name(name):
         raise TypeError(f"backend: expected a string, got {type(name).__name__}")
     if name == "auto" or name in BACKENDS:
         return name
-    if name in PLANNED:
-        raise ValueError(f"backend {name!r} is not available: {PLANNED[name]}; "
-                         f"available: {available()}")
     raise ValueError(f"unknown backend {name!r}; expected one of {available()}")
 
 
 def available():
+    """The backend names a layer accepts ("cuda" needs a GPU when it runs)."""
     return ["auto"] + sorted(BACKENDS)
 
 
+def gpu_available():
+    """Whether a real NVIDIA GPU can run backend="cuda" (Numba's simulator does not
+    count: benchmarks ask this)."""
+    import numba
+    if numba.config.ENABLE_CUDASIM:
+        return False
+    from numba import cuda
+    return cuda.is_available()
+
+
 def select(name, x):
-    """The Backend for a call with input x; "auto" picks by where x lives."""
-    if hasattr(x, "__cuda_array_interface__"):
-        raise RuntimeError("got a CUDA device array, but this version of numlstm has no "
-                           "CUDA backend; pass a NumPy array (for a torch tensor: "
-                           "x.cpu().numpy())")
-    return BACKENDS["cpu" if name == "auto" else name]
+    """The Backend for a call with input x: "auto" picks cuda for device arrays and
+    cpu for host arrays. Raises RuntimeError for a device array on a CPU backend,
+    and for backend="cuda" where no GPU can be used."""
+    on_device = is_device_array(x)
+    if name == "auto":
+        name = "cuda" if on_device else "cpu"
+    backend = BACKENDS[name]
+    if name == "cuda":
+        backend.require()
+    elif on_device:
+        raise RuntimeError(f"backend={name!r} runs on the CPU, but x is a CUDA device "
+                           "array; pass backend='cuda' (or 'auto'), or copy x to the host")
+    return backend

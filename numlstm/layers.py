@@ -18,15 +18,26 @@ _DTYPES = (np.float32, np.float64)
 
 
 def _numeric(value, what):
-    """value as a NumPy array (no copy when it already is one), refusing non-numbers."""
+    """value as a NumPy array (no copy when it already is one), refusing non-numbers;
+    device arrays (and torch CUDA tensors) are returned as they are."""
     if hasattr(value, "detach"):  # torch tensor, without importing torch
-        value = value.detach().cpu().numpy()
-    if hasattr(value, "__cuda_array_interface__"):
+        value = value.detach()
+        if not getattr(value, "is_cuda", False):
+            value = value.cpu().numpy()
+    if dispatch.is_device_array(value):
         return value
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
     return arr
+
+
+def _host(value):
+    """A small array (lengths, a mask) on the host, wherever it was given."""
+    if dispatch.is_device_array(value):
+        return dispatch.BACKENDS["cuda"].ops.to_host(dispatch.BACKENDS["cuda"].ops
+                                                     .from_host(value))
+    return value
 
 
 class Layer:
@@ -173,6 +184,7 @@ class _Recurrent(Layer):
         self._cache = None
         self._cache_state = "none"
         self._carried = None
+        self._ops, self._device_io = dispatch.HostOps(), False
 
     # -- sizes -------------------------------------------------------------------------
     input_size = property(lambda self: self.spec.input_size)
@@ -243,13 +255,36 @@ class _Recurrent(Layer):
             s.hidden_size,)
 
     def _as_state(self, value, what, batch):
-        """value ([L*D,B,H], or [L*D,H] unbatched) as a C-contiguous [L*D,B,H] array."""
-        arr = _numeric(value, what)
+        """value ([L*D,B,H], or [L*D,H] unbatched) as a C-contiguous [L*D,B,H] array
+        of the call's backend."""
+        arr = self._same_side(_numeric(value, what), what)
         want = self._state_shape(batch)
-        if arr.shape != want:
+        if tuple(arr.shape) != want:
             raise ValueError(f"{what}: expected shape {want}, got {tuple(arr.shape)}")
-        arr = np.ascontiguousarray(arr, self.dtype)
-        return arr if batch else arr[:, None, :]
+        arr = self._ops.contiguous(self._ops.from_host(arr), self.dtype)
+        return arr if batch else arr.reshape(want[0], 1, want[1])
+
+    def _begin(self, backend, x):
+        """Note the backend of a call and which side (host or GPU) its arrays are on."""
+        self._ops = backend.ops
+        self._device_io = dispatch.is_device_array(x)
+
+    def _same_side(self, arr, what):
+        """arr, unless it is on the other side (host or GPU) from the call's x."""
+        if dispatch.is_device_array(arr) != self._device_io:
+            sides = ("a CUDA device array", "a host (NumPy) array")
+            x_side, a_side = (sides if self._device_io else sides[::-1])
+            raise RuntimeError(f"{what} is {a_side} but x is {x_side}: pass every array "
+                               "of one call on the same side (host or GPU)")
+        return arr
+
+    def _emit(self, value):
+        """An output for the user: on the host when the call's x was on the host."""
+        if isinstance(value, tuple):
+            return tuple(self._emit(v) for v in value)
+        if self._ops.on_device and not self._device_io:
+            return self._ops.to_host(value)
+        return value
 
     def _state_parts_in(self, state, what):
         """The user's state (a pair for the LSTM, an array otherwise) -> a tuple of
@@ -279,7 +314,7 @@ class _Recurrent(Layer):
         """Each part checked as a [L*D,B,H] array (name.format("h") in errors), or
         zeros where it is None."""
         bdim = B if batched else 0
-        return tuple(np.zeros(self._state_shape(B), self.dtype) if p is None else
+        return tuple(self._ops.zeros(self._state_shape(B), self.dtype) if p is None else
                      self._as_state(p, name.format(n), bdim)
                      for n, p in zip(self._state_parts, parts))
 
@@ -295,6 +330,10 @@ class _Recurrent(Layer):
         """The state a call starts from: the given one, else the carried one of a
         stateful layer, else zeros."""
         if state is None and self.stateful and self._carried is not None:
+            if dispatch.is_device_array(self._carried[0]) != self._ops.on_device:
+                raise RuntimeError(f"stateful {type(self).__name__}: the carried state "
+                                   "lives on another backend than this call's; call "
+                                   "reset_state() first")
             if self._carried[0].shape[1] != B:
                 raise ValueError(f"stateful {type(self).__name__}: the carried state is for "
                                  f"a batch of {self._carried[0].shape[1]}, got a batch of "
@@ -304,13 +343,14 @@ class _Recurrent(Layer):
 
     def _carry(self, state_n):
         if self.stateful:
-            self._carried = tuple(p.copy() for p in state_n)
+            self._carried = tuple(self._ops.copy(p) for p in state_n)
 
     # -- forward -------------------------------------------------------------------------
     def __call__(self, x, state=None, training=False, lengths=None, mask=None):
         s = self.spec
         x = _numeric(x, "x")
         backend = dispatch.select(self.backend, x)
+        self._begin(backend, x)
         if x.ndim not in (2, 3):
             raise ValueError(f"x: expected rank 3 ([T,B,I], or [B,T,I] with batch_first) "
                              f"or rank 2 ([T,I], unbatched), got shape {x.shape}")
@@ -319,20 +359,24 @@ class _Recurrent(Layer):
                              f"got {x.shape[-1]} (shape {x.shape})")
         batched = x.ndim == 3
         if batched:
-            x_tm = x.transpose(1, 0, 2) if self.batch_first else x
+            T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
         else:
-            x_tm = x[:, None, :]
-        T, B = x_tm.shape[:2]
+            T, B = x.shape[0], 1
         if T < 1 or B < 1:
             raise ValueError(f"x: expected at least one step and one sequence, got shape "
-                             f"{x.shape}")
-        x_tm = np.ascontiguousarray(x_tm, self.dtype)
+                             f"{tuple(x.shape)}")
         state0 = self._initial_state(state, B, batched)
         lens = self._check_lengths(lengths, mask, T, B, batched)
+        ops = self._ops
+        x_tm = ops.from_host(x)
+        if batched and self.batch_first:
+            x_tm = ops.swap01(x_tm)
+        x_tm = ops.contiguous(x_tm, self.dtype).reshape(T, B, self.spec.input_size)
 
         y, state_n = self._run(backend, x_tm, state0, lens, training, batched)
         self._carry(state_n)
-        return self._to_user(y, batched), self._state_out(state_n, batched)
+        return (self._emit(self._to_user(y, batched)),
+                self._emit(self._state_out(state_n, batched)))
 
     def _run(self, backend, x_tm, state0, lens, training, batched=True, private_y=True):
         """All layers and directions on time-major x_tm [T,B,I] -> y (merged as
@@ -342,7 +386,8 @@ class _Recurrent(Layer):
         T, B = x_tm.shape[:2]
         cells = self._packs.get(backend, self._params, s)
         D = s.directions
-        state_n = tuple(np.empty((s.num_layers * D, B, s.hidden_size), self.dtype)
+        ops = backend.ops
+        state_n = tuple(ops.empty((s.num_layers * D, B, s.hidden_size), self.dtype)
                         for _ in self._state_parts)
         layers = []
         inp = x_tm
@@ -353,27 +398,28 @@ class _Recurrent(Layer):
                 y, st, cache = backend.forward(s, cells[k], inp, tuple(p[k] for p in state0),
                                                lens, d == 1, training)
                 for part, value in zip(state_n, st):
-                    part[k] = value
+                    ops.assign(part[k], value)
                 outs.append(y)
                 caches.append(cache)
             last = l == s.num_layers - 1
             mask = None
             if not last:
-                out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+                out = outs[0] if D == 1 else ops.concat(outs)
                 if training and self.dropout > 0:
                     keep = self._drop_rng.random(out.shape) >= self.dropout
-                    mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
-                    out = out * mask
+                    mask = ops.from_host(keep.astype(self.dtype) /
+                                         self.dtype.type(1.0 - self.dropout))
+                    out = ops.mul(out, mask)
             else:
                 out = outs[0] if D == 1 else self._merge(outs)
                 if training and private_y and (D == 1 or self.merge_mode is None):
                     # The cache holds these arrays; hand the caller copies.
-                    out = out.copy() if D == 1 else tuple(o.copy() for o in out)
+                    out = ops.copy(out) if D == 1 else tuple(ops.copy(o) for o in out)
             layers.append((caches, mask))
             inp = out
         if training:
             self._cache = dict(layers=layers, backend=backend, cells=cells, T=T, B=B,
-                               batched=batched, outs=outs)
+                               batched=batched, outs=outs, device_io=self._device_io)
             self._cache_state = "ready"
         else:
             self._cache = None
@@ -383,28 +429,28 @@ class _Recurrent(Layer):
     def _merge(self, pair):
         """The two directions' outputs (same shape) merged as merge_mode says."""
         fwd, bwd = pair
-        mode = self.merge_mode
+        mode, ops = self.merge_mode, self._ops
         if mode == "concat":
-            return np.concatenate(pair, axis=-1)
+            return ops.concat(pair)
         if mode == "sum":
-            return fwd + bwd
+            return ops.add(fwd, bwd)
         if mode == "mul":
-            return fwd * bwd
+            return ops.mul(fwd, bwd)
         if mode == "ave":
-            return (fwd + bwd) * self.dtype.type(0.5)
+            return ops.scale(ops.add(fwd, bwd), 0.5)
         return pair
 
     def _unmerge(self, grad, pair):
         """The gradient of a merged output -> the gradient of each direction's."""
-        mode, H = self.merge_mode, self.spec.hidden_size
+        mode, H, ops = self.merge_mode, self.spec.hidden_size, self._ops
         if mode == "concat":
-            return [np.ascontiguousarray(grad[..., :H]), np.ascontiguousarray(grad[..., H:])]
+            return [ops.features(grad, 0, H), ops.features(grad, H, 2 * H)]
         if mode == "sum":
             return [grad, grad]
         if mode == "mul":
-            return [grad * pair[1], grad * pair[0]]
+            return [ops.mul(grad, pair[1]), ops.mul(grad, pair[0])]
         if mode == "ave":
-            half = grad * self.dtype.type(0.5)
+            half = ops.scale(grad, 0.5)
             return [half, half]
         return list(grad)
 
@@ -417,7 +463,7 @@ class _Recurrent(Layer):
             return None
         if not batched:
             raise ValueError("lengths: only batched input ([T,B,I]) takes lengths")
-        arr = _numeric(lengths, "lengths")
+        arr = _host(_numeric(lengths, "lengths"))
         if arr.dtype.kind not in "iu":
             raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
         if arr.shape != (B,):
@@ -430,7 +476,7 @@ class _Recurrent(Layer):
     @staticmethod
     def _mask_lengths(mask, T, B):
         """A Keras-style boolean mask [B,T] -> lengths [B], if it is right-padded."""
-        m = _numeric(mask, "mask")
+        m = _host(_numeric(mask, "mask"))
         if m.dtype != np.bool_:
             raise TypeError(f"mask: expected a boolean array [B,T], got dtype {m.dtype}")
         if m.shape != (B, T):
@@ -450,7 +496,7 @@ class _Recurrent(Layer):
             return tuple(self._to_user(part, batched) for part in y)
         if not batched:
             return y[:, 0, :]
-        return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
+        return self._ops.swap01(y) if self.batch_first else y
 
     # -- streaming ------------------------------------------------------------------------
     def step(self, x_t, state=None):
@@ -465,24 +511,28 @@ class _Recurrent(Layer):
             raise ValueError("step: a bidirectional layer needs the whole sequence (its "
                              "reverse direction starts at the last step); call the layer")
         x_t = _numeric(x_t, "x_t")
-        if x_t.ndim not in (1, 2) or x_t.shape[-1] != self.spec.input_size:
-            raise ValueError(f"x_t: expected [B,{self.spec.input_size}] (or "
-                             f"[{self.spec.input_size}] unbatched), got shape {x_t.shape}")
+        I = self.spec.input_size
+        if x_t.ndim not in (1, 2) or x_t.shape[-1] != I:
+            raise ValueError(f"x_t: expected [B,{I}] (or [{I}] unbatched), got shape "
+                             f"{tuple(x_t.shape)}")
         batched = x_t.ndim == 2
         B = x_t.shape[0] if batched else 1
         backend = dispatch.select(self.backend, x_t)
-        inp = np.ascontiguousarray(x_t, self.dtype).reshape(B, -1)
+        self._begin(backend, x_t)
+        ops = self._ops
         state0 = self._initial_state(state, B, batched)
+        inp = ops.contiguous(ops.from_host(x_t), self.dtype).reshape(B, I)
         cells = self._packs.get(backend, self._params, self.spec)
-        state_n = tuple(np.empty_like(p) for p in state0)
+        state_n = tuple(ops.empty(p.shape, p.dtype) for p in state0)
         for l in range(self.spec.num_layers):
             st = backend.step(self.spec, cells[l], inp, tuple(p[l] for p in state0))
             for part, value in zip(state_n, st):
-                part[l] = value
+                ops.assign(part[l], value)
             inp = st[0]
         self._cache, self._cache_state = None, "inference"
         self._carry(state_n)
-        return (inp if batched else inp[0]), self._state_out(state_n, batched)
+        return (self._emit(inp if batched else inp[0]),
+                self._emit(self._state_out(state_n, batched)))
 
     # -- backward ------------------------------------------------------------------------
     def backward(self, dy, dstate=None):
@@ -496,6 +546,7 @@ class _Recurrent(Layer):
         """
         self._check_ready()
         cache = self._cache
+        self._ops, self._device_io = cache["backend"].ops, cache["device_io"]
         T, B, batched = cache["T"], cache["B"], cache["batched"]
         want = (T, B, self.output_size) if batched else (T, self.output_size)
         if batched and self.batch_first:
@@ -510,18 +561,20 @@ class _Recurrent(Layer):
         parts = self._state_parts_in(dstate, "dstate") or (None,) * len(self._state_parts)
         dstate_n = self._state_arrays(parts, B, batched, "d{}_n")
         dx, dstate0 = self._run_backward(grad, dstate_n)
-        return self._to_user(dx, batched), self._state_out(dstate0, batched)
+        return (self._emit(self._to_user(dx, batched)),
+                self._emit(self._state_out(dstate0, batched)))
 
     def _grad_in(self, dy, want, batched, what):
-        dy = _numeric(dy, what)
+        dy = self._same_side(_numeric(dy, what), what)
         if tuple(dy.shape) != want:
             raise ValueError(f"{what}: expected the shape of y, {want}, got "
                              f"{tuple(dy.shape)}")
-        if not batched:
-            dy = dy[:, None, :]
-        elif self.batch_first:
-            dy = dy.transpose(1, 0, 2)
-        return np.ascontiguousarray(dy, self.dtype)
+        ops = self._ops
+        dy = ops.from_host(dy)
+        if batched and self.batch_first:
+            dy = ops.swap01(dy)
+        dy = ops.contiguous(dy, self.dtype)
+        return dy if batched else dy.reshape(want[0], 1, want[1])
 
     def _check_ready(self):
         if self._cache_state != "ready":
@@ -542,8 +595,9 @@ class _Recurrent(Layer):
         s, cache = self.spec, self._cache
         H, D = s.hidden_size, s.directions
         backend, cells = cache["backend"], cache["cells"]
+        ops = backend.ops
         self._cache, self._cache_state = None, "used"
-        dstate0 = tuple(np.empty_like(p) for p in dstate_n)
+        dstate0 = tuple(ops.empty(p.shape, p.dtype) for p in dstate_n)
         new_grads = {}
         for l in range(s.num_layers - 1, -1, -1):
             caches, _ = cache["layers"][l]
@@ -552,24 +606,23 @@ class _Recurrent(Layer):
             elif merged and l == s.num_layers - 1:
                 per_dir = self._unmerge(grad, cache["outs"])
             else:
-                per_dir = [np.ascontiguousarray(grad[:, :, d * H:(d + 1) * H])
-                           for d in range(D)]
+                per_dir = [ops.features(grad, d * H, (d + 1) * H) for d in range(D)]
             dx = None
             for d in range(D):
                 k = l * D + d
                 dx_d, ds0, g = backend.backward(s, cells[k], caches[d], per_dir[d],
                                                 tuple(p[k] for p in dstate_n))
                 for part, value in zip(dstate0, ds0):
-                    part[k] = value
+                    ops.assign(part[k], value)
                 sfx = torch_suffix(l, d)
                 for name, key in (("weight_ih", "w_ih"), ("weight_hh", "w_hh"),
                                   ("bias_ih", "b_ih"), ("bias_hh", "b_hh")):
-                    new_grads[name + sfx] = g[key]
-                dx = dx_d if dx is None else dx + dx_d
+                    new_grads[name + sfx] = ops.to_host(g[key])
+                dx = dx_d if dx is None else ops.add(dx, dx_d)
             if l > 0:
                 mask = cache["layers"][l - 1][1]
                 if mask is not None:
-                    dx *= mask
+                    dx = ops.mul(dx, mask)
             grad = dx
         for name, g in new_grads.items():
             self.grads[name] += g
@@ -597,49 +650,51 @@ class _Recurrent(Layer):
                              f"got shape {x.shape}")
         B, T = x.shape[:2]
         backend = dispatch.select(self.backend, x)
+        self._begin(backend, x)
+        ops = self._ops
         lens = self._check_lengths(lengths, None, T, B, True)
         state0 = self._initial_state(None, B, True)
-        y, state_n = self._run(backend, np.ascontiguousarray(x.transpose(1, 0, 2)), state0,
-                               lens, training, private_y=False)
+        y, state_n = self._run(backend, ops.swap01(ops.from_host(x)), state0, lens, training,
+                               private_y=False)
         self._carry(state_n)
         if self.return_sequences:
-            return self._to_batch_first(y)
+            return self._emit(self._to_batch_first(y))
         D = self.spec.directions
-        last = tuple(state_n[0][-D:])
+        last = tuple(state_n[0][k] for k in range(len(state_n[0]) - D, len(state_n[0])))
         if training:
             self._cache["last"] = last
-        return last[0] if D == 1 else self._merge(last)
+        return self._emit(last[0] if D == 1 else self._merge(last))
 
-    @staticmethod
-    def _to_batch_first(y):
+    def _to_batch_first(self, y):
         if isinstance(y, tuple):
-            return tuple(np.ascontiguousarray(p.transpose(1, 0, 2)) for p in y)
-        return np.ascontiguousarray(y.transpose(1, 0, 2))
+            return tuple(self._ops.swap01(p) for p in y)
+        return self._ops.swap01(y)
 
     def backward_output(self, dout):
         """The gradient of forward's output -> that of its input x [B,T,I]."""
         self._check_ready()
         s, T, B = self.spec, self._cache["T"], self._cache["B"]
         H, D = s.hidden_size, s.directions
+        ops = self._ops = self._cache["backend"].ops
+        self._device_io = self._cache["device_io"]
         width = self.output_size
         want = (B, T, width) if self.return_sequences else (B, width)
         dout = _numeric(dout, "dout")
         if tuple(dout.shape) != want:
             raise ValueError(f"dout: expected the shape of the output, {want}, got "
                              f"{tuple(dout.shape)}")
-        dstate = tuple(np.zeros(self._state_shape(B), self.dtype) for _ in self._state_parts)
+        dstate = tuple(ops.zeros(self._state_shape(B), self.dtype) for _ in self._state_parts)
+        dout = ops.contiguous(ops.from_host(dout), self.dtype)
         if self.return_sequences:
-            dy = np.ascontiguousarray(dout.transpose(1, 0, 2), self.dtype)
-            dx, _ = self._run_backward(dy, dstate)
+            dx, _ = self._run_backward(ops.swap01(dout), dstate)
         else:
             # The output is the top layer's final h: its gradient enters as dh_n.
-            dout = np.asarray(dout, self.dtype)
             per_dir = [dout] if D == 1 else self._unmerge(dout, self._cache["last"])
             for d in range(D):
-                dstate[0][(s.num_layers - 1) * D + d] = per_dir[d]
-            dy = np.zeros((T, B, D * H), self.dtype)
+                ops.assign(dstate[0][(s.num_layers - 1) * D + d], per_dir[d])
+            dy = ops.zeros((T, B, D * H), self.dtype)
             dx, _ = self._run_backward(dy, dstate, merged=False)
-        return np.ascontiguousarray(dx.transpose(1, 0, 2))
+        return self._emit(ops.swap01(dx))
 
 
 class LSTM(_Recurrent):

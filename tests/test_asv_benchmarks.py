@@ -14,7 +14,7 @@ def _suite():
 
 def test_asv_grid_and_benchmarks_run():
     suite = _suite()
-    assert suite.Inference.params == [["cpu"], [16, 128, 1024], [64, 256, 1024], [1, 16, 128]]
+    assert suite.Inference.params == [["cpu", "cuda"], [16, 128, 1024], [64, 256, 1024], [1, 16, 128]]
     assert suite.Training.param_names == ["backend", "T", "H", "B"]
     for cls in (suite.Inference, suite.Training):
         bench = cls()
@@ -25,7 +25,8 @@ def test_asv_grid_and_benchmarks_run():
         assert bench.track_tokens_per_s("cpu", 4, 8, 2) > 0
 
 
-def test_unavailable_backend_skips():
+def test_cuda_skips_without_a_gpu():
+    """The tests run the CUDA kernels in the simulator, which the suite must not time."""
     import pytest
     with pytest.raises(NotImplementedError):
         _suite().Inference().setup("cuda", 4, 8, 2)

@@ -22,7 +22,6 @@ X = np.zeros((5, 2, 3), np.float32)
     (dict(dropout=-0.1), ValueError, "dropout"),
     (dict(dropout="0.5"), TypeError, "dropout"),
     (dict(backend="tpu"), ValueError, "unknown backend 'tpu'; expected one of"),
-    (dict(backend="cuda"), ValueError, "backend 'cuda' is not available"),
     (dict(dtype=np.int32), TypeError, "dtype: expected float32 or float64, got int32"),
 ])
 def test_bad_construction(kwargs, error, match):

@@ -238,6 +238,21 @@ def _copy3_kernel(src, dst, swap):
             dst[i, j, k] = src[i, j, k]
 
 
+@cuda.jit
+def _copy2_kernel(src, dst):
+    """dst = src for 2-D arrays of any strides."""
+    i, j = cuda.grid(2)
+    if i < dst.shape[0] and j < dst.shape[1]:
+        dst[i, j] = src[i, j]
+
+
+@cuda.jit
+def _fill_kernel(a, value):
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        a[i] = value
+
+
 def _flat_launch(n):
     threads = 32 if SIMULATED else 256
     return max(1, math.ceil(n / threads)), threads
@@ -259,6 +274,29 @@ def copy3(src, dst, swap=False):
         grid = tuple(math.ceil(n / t) for n, t in zip((n0, n1, n2), tb))
         _copy3_kernel[grid, tb](src, dst, swap)
     return dst
+
+
+def copy_any(src, dst):
+    """dst[...] = src for arrays of 1 to 3 dimensions, any strides, casting to
+    dst's dtype. Returns dst."""
+    if not dst.size:
+        return dst
+    if src.ndim == 3:
+        return copy3(src, dst)
+    if src.ndim == 2:
+        tb = (8, 4) if SIMULATED else (8, 32)
+        grid = tuple(math.ceil(n / t) for n, t in zip(dst.shape, tb))
+        _copy2_kernel[grid, tb](src, dst)
+        return dst
+    _copy_kernel[_flat_launch(dst.size)](src, dst)
+    return dst
+
+
+def zeros(shape, dtype):
+    out = device_array(shape, dtype)
+    if out.size:
+        _fill_kernel[_flat_launch(out.size)](out.reshape(out.size), out.dtype.type(0))
+    return out
 
 
 def combine(a, b, op, scale=0.0):
