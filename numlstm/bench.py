@@ -1,4 +1,7 @@
-"""Side-by-side speed (and agreement) of numlstm's CPU layers and torch's, in one process.
+"""Side-by-side speed (and agreement) of numlstm's layers and torch's, in one process:
+on the CPU (torch's oneDNN path) or, with backend="cuda", on the GPU (torch's
+cuDNN path; numlstm's CUDA kernels on device arrays, both synchronised after
+every call, so no host copies are timed).
 
 Dimensions: T steps, B batch, I input features (= H here), H hidden units,
 G = 4H (LSTM), 3H (GRU) or H (RNN).
@@ -9,7 +12,8 @@ several repetitions. FLOPs of one layer and direction: forward
 2*T*B*G*(I+H); a training step (forward keeping activations, then backward
 with dx and every weight gradient) counts three times that. The matmul rate is
 NumPy's float32 matrix product at a large size, the practical roof of the
-machine; each GFLOP/s figure is also given as a share of it.
+machine; each GFLOP/s figure is also given as a share of it. On the GPU the
+roof is torch's float32 matrix product (cuBLAS, TF32 off) at a large size.
 """
 import time
 
@@ -33,8 +37,22 @@ def _classes(cell):
     return CELLS[cell], CELLS[cell].__name__
 
 
-def matmul_rate(n=2048, repeats=5):
-    """NumPy's float32 matrix-product rate in GFLOP/s (median of repeats)."""
+def matmul_rate(n=2048, repeats=5, backend="cpu"):
+    """The float32 matrix-product rate in GFLOP/s (median of repeats): NumPy's, or
+    on the GPU torch's (TF32 off)."""
+    if backend == "cuda":
+        import torch
+        torch.backends.cuda.matmul.allow_tf32 = False
+        n = 8192
+        a = torch.randn(n, n, device="cuda")
+        times = []
+        for _ in range(repeats + 1):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            a @ a
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return 2 * n ** 3 / np.median(times[1:]) / 1e9
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = a.T.copy()
     a @ b
@@ -52,53 +70,75 @@ def _timed(fn):
     return time.perf_counter() - t0
 
 
-def _numlstm_calls(T, B, H, seed, cell="lstm"):
+def _numlstm_calls(T, B, H, seed, cell="lstm", backend="cpu"):
     rng = np.random.default_rng(seed)
-    lstm = _classes(cell)[0](H, H, backend="cpu", seed=seed)
+    lstm = _classes(cell)[0](H, H, backend=backend, seed=seed)
     x = rng.standard_normal((T, B, H)).astype(np.float32)
     dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    sync = _no_sync
+    if backend == "cuda":
+        from numba import cuda
+        x, dy, sync = cuda.to_device(x), cuda.to_device(dy), cuda.synchronize
 
     def infer():
         lstm(x)
+        sync()
 
     def train():
         lstm(x, training=True)
         lstm.backward(dy)
+        sync()
     return lstm, infer, train
 
 
-def _torch_calls(T, B, H, lstm, seed, cell="lstm"):
+def _no_sync():
+    pass
+
+
+def _torch_calls(T, B, H, lstm, seed, cell="lstm", backend="cpu"):
     import torch
-    module = getattr(torch.nn, _classes(cell)[1])(H, H)
+    device = "cuda" if backend == "cuda" else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else _no_sync
+    module = getattr(torch.nn, _classes(cell)[1])(H, H).to(device)
     module.load_state_dict({k: torch.from_numpy(v) for k, v in lstm.state_dict().items()})
     rng = np.random.default_rng(seed)
-    x = torch.from_numpy(rng.standard_normal((T, B, H)).astype(np.float32))
-    dy = torch.from_numpy(rng.standard_normal((T, B, H)).astype(np.float32))
+    x = torch.from_numpy(rng.standard_normal((T, B, H)).astype(np.float32)).to(device)
+    dy = torch.from_numpy(rng.standard_normal((T, B, H)).astype(np.float32)).to(device)
 
     def infer():
         with torch.no_grad():
             module(x)
+        sync()
 
     def train():
         xg = x.detach().requires_grad_()  # numlstm computes dx too
         y, _ = module(xg)
         y.backward(dy)
+        sync()
     return infer, train
 
 
-def compare(grid, repeats=5, with_torch=True, out=print, cell="lstm"):
-    """Run the grid for one cell ("lstm", "gru", "rnn"); return a list of row dicts
-    and print a table as it goes."""
+def compare(grid, repeats=5, with_torch=True, out=print, cell="lstm", backend="cpu"):
+    """Run the grid for one cell ("lstm", "gru", "rnn") on backend "cpu" or
+    "cuda"; return a list of row dicts and print a table as it goes."""
     try:
         import torch
         torch_ok = with_torch
     except ImportError:
         torch_ok = False
-    roof = matmul_rate()
-    out(f"float32 matmul rate (NumPy, 2048^3): {roof:.0f} GFLOP/s")
-    if torch_ok:
-        out(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    out(f"cell: {cell}, one layer, one direction, I = H, float32")
+    if backend == "cuda":
+        import torch  # the GPU's roof and peer both come from torch
+        roof = matmul_rate(backend="cuda")
+        out(f"GPU: {torch.cuda.get_device_name()}; float32 matmul rate (torch, "
+            f"8192^3, TF32 off): {roof:.0f} GFLOP/s")
+        if torch_ok:
+            out(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
+    else:
+        roof = matmul_rate()
+        out(f"float32 matmul rate (NumPy, 2048^3): {roof:.0f} GFLOP/s")
+        if torch_ok:
+            out(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    out(f"cell: {cell}, backend: {backend}, one layer, one direction, I = H, float32")
     head = (f"{'mode':<9} {'T':>5} {'B':>4} {'H':>5} | {'numlstm ms':>10} {'GFLOP/s':>8} "
             f"{'%roof':>6} {'tok/s':>10} | {'torch ms':>9} {'GFLOP/s':>8} {'%roof':>6} | "
             f"{'ratio':>6}")
@@ -106,10 +146,12 @@ def compare(grid, repeats=5, with_torch=True, out=print, cell="lstm"):
     out("-" * len(head))
     rows = []
     for T, B, H in grid:
-        lstm, n_infer, n_train = _numlstm_calls(T, B, H, seed=T * 7 + B * 3 + H, cell=cell)
+        lstm, n_infer, n_train = _numlstm_calls(T, B, H, seed=T * 7 + B * 3 + H, cell=cell,
+                                                backend=backend)
         calls = {"numlstm": (n_infer, n_train)}
         if torch_ok:
-            calls["torch"] = _torch_calls(T, B, H, lstm, seed=T + B + H, cell=cell)
+            calls["torch"] = _torch_calls(T, B, H, lstm, seed=T + B + H, cell=cell,
+                                          backend=backend)
         for mode, k in (("inference", 0), ("training", 1)):
             for fns in calls.values():  # warm up: compile, allocate
                 fns[k]()
@@ -118,7 +160,8 @@ def compare(grid, repeats=5, with_torch=True, out=print, cell="lstm"):
                 for name, fns in calls.items():
                     times[name].append(_timed(fns[k]))
             flops = lstm_flops(T, B, H, H, mode == "training", cell)
-            row = dict(cell=cell, mode=mode, T=T, B=B, H=H, roof_gflops=roof)
+            row = dict(cell=cell, backend=backend, mode=mode, T=T, B=B, H=H,
+                       roof_gflops=roof)
             for name, ts in times.items():
                 med = float(np.median(ts))
                 row[name + "_ms"] = 1e3 * med

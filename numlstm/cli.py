@@ -8,8 +8,9 @@
     numlstm demo     build a stacked bidirectional LSTM, run a training forward and
                      backward on random data, check the CPU kernels against the NumPy
                      reference, and print what happened and how long it took
-    numlstm bench    numlstm's CPU LSTM (--cell gru, rnn: GRU, RNN) against torch's,
-                     side by side (--quick: a CI-sized grid; --full: the asv grid;
+    numlstm bench    numlstm's LSTM (--cell gru, rnn: GRU, RNN) against torch's,
+                     side by side on the CPU (--backend cuda: on the GPU, against
+                     cuDNN) (--quick: a CI-sized grid; --full: the asv grid;
                      --step: one streaming step; --parity: errors against torch)
 """
 import argparse
@@ -111,8 +112,14 @@ def _bench(args):
     else:
         grid = bench.QUICK_GRID if args.quick else (
             bench.FULL_GRID if args.full else bench.DEFAULT_GRID)
+    if args.backend == "cuda":
+        from .dispatch import gpu_available
+        if not gpu_available():
+            from .train import UsageError
+            raise UsageError("--backend cuda times the CUDA kernels against cuDNN and "
+                             "needs an NVIDIA GPU; none is usable here")
     rows = bench.compare(grid, repeats=args.repeats, with_torch=not args.no_torch,
-                         cell=args.cell)
+                         cell=args.cell, backend=args.backend)
     _write_json(args.json, rows)
     return 0
 
@@ -286,7 +293,8 @@ def main(argv=None):
     demo.add_argument("--repeat", type=int, default=20)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
-    bench = sub.add_parser("bench", help="compare the CPU LSTM (or GRU, RNN) with torch's")
+    bench = sub.add_parser("bench", help="compare the LSTM (or GRU, RNN) with torch's, on the CPU "
+                                "or the GPU")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a small grid, for CI")
     size.add_argument("--full", action="store_true",
@@ -308,6 +316,9 @@ def main(argv=None):
                            "without lengths, float32 and float64")
     bench.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm",
                        help="the cell of the speed grid (default: lstm)")
+    bench.add_argument("--backend", choices=["cpu", "cuda"], default="cpu",
+                       help="the speed grid's backend: cpu against torch on the CPU, or "
+                            "cuda against torch's cuDNN on the GPU (default: cpu)")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--steps", type=int, default=300,
                        help="--char: training steps each (default: 300)")

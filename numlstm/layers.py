@@ -354,9 +354,9 @@ class _Recurrent(Layer):
         if x.ndim not in (2, 3):
             raise ValueError(f"x: expected rank 3 ([T,B,I], or [B,T,I] with batch_first) "
                              f"or rank 2 ([T,I], unbatched), got shape {x.shape}")
-        if x.shape[-1] != s.input_size:
+        if tuple(x.shape)[-1] != s.input_size:
             raise ValueError(f"x: expected {s.input_size} input features (last axis), "
-                             f"got {x.shape[-1]} (shape {x.shape})")
+                             f"got {tuple(x.shape)[-1]} (shape {tuple(x.shape)})")
         batched = x.ndim == 3
         if batched:
             T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
@@ -512,7 +512,7 @@ class _Recurrent(Layer):
                              "reverse direction starts at the last step); call the layer")
         x_t = _numeric(x_t, "x_t")
         I = self.spec.input_size
-        if x_t.ndim not in (1, 2) or x_t.shape[-1] != I:
+        if x_t.ndim not in (1, 2) or tuple(x_t.shape)[-1] != I:
             raise ValueError(f"x_t: expected [B,{I}] (or [{I}] unbatched), got shape "
                              f"{tuple(x_t.shape)}")
         batched = x_t.ndim == 2
