@@ -7,6 +7,10 @@ kernels run in Numba's simulator (the CI has no GPU), one block per cooperative
 grid, at tiny shapes.
 """
 from .common import SIMULATED, as_device, is_device  # noqa: F401
+from .gru import gru_backward_cuda, gru_forward_cuda, pack_gru_cuda  # noqa: F401
 from .lstm import lstm_backward_cuda, lstm_forward_cuda, pack_lstm_cuda  # noqa: F401
+from .rnn import pack_rnn_cuda, rnn_backward_cuda, rnn_forward_cuda  # noqa: F401
 
-__all__ = ["lstm_forward_cuda", "lstm_backward_cuda", "pack_lstm_cuda"]
+__all__ = ["lstm_forward_cuda", "lstm_backward_cuda", "pack_lstm_cuda",
+           "gru_forward_cuda", "gru_backward_cuda", "pack_gru_cuda",
+           "rnn_forward_cuda", "rnn_backward_cuda", "pack_rnn_cuda"]

@@ -98,7 +98,9 @@ def matmul(a, b, c, bias=None, trans_a=False, trans_b=False, accumulate=False):
     """c (+)= op(a) @ op(b) (+ bias), on device arrays of one float dtype.
 
     a: [M,K] ([K,M] with trans_a); b: [K,N] ([N,K] with trans_b); c: [M,N];
-    bias: [N] or None. Returns c.
+    bias: [N] or None. Returns c. op(a) may have more than M rows and op(b) more
+    than N columns: only the first M and N are read, so c can be the leading
+    rows of a larger product (the GRU's r and z rows of dW_hh use this).
     """
     M, N = c.shape
     if M == 0 or N == 0:

@@ -23,7 +23,7 @@ from numba import cuda, types
 # none, so tell Numba it is an sm_90 one (the compute capability is all it asks).
 _dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(9, 0))
 
-from numlstm.kernels.cuda import common, lstm  # noqa: E402
+from numlstm.kernels.cuda import common, gru, lstm, rnn  # noqa: E402
 
 
 def arr(dt, nd):
@@ -39,6 +39,8 @@ def common_signatures(dt):
         common._copy_kernel: (A1, A1),
         common._combine_kernel: (A1, A1, A1, types.int64, dt),
         common._copy3_kernel: (types.Array(dt, 3, "A"), types.Array(dt, 3, "A"), b),
+        common._copy2_kernel: (types.Array(dt, 2, "A"), types.Array(dt, 2, "A")),
+        common._fill_kernel: (A1, dt),
     }
 
 
@@ -56,7 +58,25 @@ def lstm_signatures(dt):
 
 def gru_rnn_signatures(dt):
     """The GRU's and the RNN's kernels (kernels/cuda/gru.py, rnn.py)."""
-    return {}
+    A1, A2, A3 = arr(dt, 1), arr(dt, 2), arr(dt, 3)
+    L, i64, b = arr(types.int64, 1), types.int64, types.boolean
+    gru_fwd = (A2, A2, A1, L, A3, A3, A3, A3, A3, A3, b, b, i64, b, dt)
+    gru_bwd = (A3, A2, L, A3, A3, A3, A2, A2, A3, b, b, i64, dt)
+    rnn_fwd = (A2, A2, L, A3, A3, A3, b, b, i64, b, dt)
+    rnn_bwd = (A3, A2, L, A3, A2, A3, b, b, i64, dt)
+    return {
+        gru._forward_persistent: gru_fwd,
+        gru._forward_one: (i64, i64) + gru_fwd,
+        gru._backward_persistent: gru_bwd,
+        gru._backward_gates_one: (i64,) + gru_bwd,
+        gru._backward_n_one: (i64, i64, A2, L, A3, A3, A2, A2, A3, b, i64, dt),
+        gru._dh_one: (i64, i64, A2, A2, L, A3, i64),
+        rnn._forward_persistent: rnn_fwd,
+        rnn._forward_one: (i64,) + rnn_fwd,
+        rnn._backward_persistent: rnn_bwd,
+        rnn._backward_act_one: (i64,) + rnn_bwd,
+        rnn._dh_one: (i64, i64, A2, A2, L, A3, i64),
+    }
 
 
 def main():

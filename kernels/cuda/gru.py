@@ -1,0 +1,495 @@
+"""CUDA kernels of one GRU layer in one direction, checked against reference.py.
+
+Dimensions: T steps, B batch, I input features, H hidden units, G = 3H (gate
+blocks r, z, n, torch's order).
+
+The path of a call (common.py describes the persistent and per-step launches):
+    forward:  xp = x @ W_ih^T + b for all steps (one tiled product, [T*B,G]; b
+              = b_ih + b_hh, less b_hn when reset_after: r multiplies it); then
+              the recurrence.
+              reset_after: one phase a step, n = tanh(xp_n + r * (W_hn h + b_hn)).
+              Otherwise two phases a step with a grid barrier between: r, z and
+              r * h of every unit, then n = tanh(xp_n + W_hn (r * h)), whose
+              product reads r * h of all units.
+              The training forward keeps the activated gates [T,B,G], the h
+              entering each step (hin [T,B,H]) and, for the n gate's
+              gradients, hn = W_hn h + b_hn (reset_after) or r * h (rh,
+              otherwise), [T,B,H]: the backward recomputes nothing.
+    backward: per reversed step, pointwise: dz, dn, drec (the gradient of the n
+              gate's recurrent term: dn * r with reset_after, else dn) and, with
+              reset_after, dr; a grid barrier; then the n gate's part of dh,
+              drec[t] @ W_hn (without reset_after that is d(r * h), which dr
+              needs: dr, then a second barrier); then dh += [dr dz][t] @ W_rz.
+              The block's columns of W_hh stay on chip. After the loop, dx,
+              dW_ih, dW_hh and the two bias gradients are products over all
+              T*B rows (W_hh's and b_hh's n rows from drec).
+
+Arrays are Numba device arrays; x, h0, dy and dh_n are read only.
+"""
+from numba import cuda
+
+from ..gates import dsigmoid, dtanh, sigmoid, tanh
+from .common import (as_device, column_sums, combine, copy, device_array, dh_product,
+                     lengths_or_full, load_columns, load_rows, matmul, ones, plan)
+
+ROWS = 3  # weight rows per hidden unit
+
+
+def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True):
+    """Torch-layout weights (host or device) -> the device arrays the kernels read:
+    w_ih [G,I], w_hh [G,H], b_ih, b_hh [G], and bias [G], the input product's
+    bias: b_ih + b_hh, with b_ih alone in the n block when reset_after (b_hn is
+    added inside the recurrence there)."""
+    H = w_hh.shape[1]
+    w_ih, w_hh, b_ih, b_hh = (as_device(a) for a in (w_ih, w_hh, b_ih, b_hh))
+    bias = combine(b_ih, b_hh, "add")
+    if reset_after:
+        copy(b_ih[2 * H:], bias[2 * H:])
+    return dict(H=H, reset_after=bool(reset_after), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                b_hh=b_hh, bias=bias)
+
+
+# -- forward ---------------------------------------------------------------------------
+@cuda.jit(device=True)
+def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
+                reverse, units, training, zero):
+    """Step s of the block's units with reset_after: reads h[s % 2], writes
+    h[(s+1) % 2] and y[t] (rh unused)."""
+    T = y.shape[0]
+    B = y.shape[1]
+    H = y.shape[2]
+    HP = H + 1
+    t = T - 1 - s if reverse else s
+    cur = s % 2
+    nxt = 1 - cur
+    slices = (H + units - 1) // units
+    stride = units * HP  # from one gate's rows to the next in w_sh
+    j = 0
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        base = j * ROWS * stride
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            ul = p - b * units
+            u = sl * units + ul
+            if u >= H:
+                continue
+            h_in = h[cur, b, u]
+            if t < lengths[b]:
+                row = t * B + b
+                ar = xp[row, u]
+                az = xp[row, H + u]
+                an = b_hh[2 * H + u]
+                if cached:
+                    w = base + ul * HP
+                    for k in range(H):
+                        hk = h[cur, b, k]
+                        ar += hk * w_sh[w + k]
+                        az += hk * w_sh[w + stride + k]
+                        an += hk * w_sh[w + 2 * stride + k]
+                else:
+                    for k in range(H):
+                        hk = h[cur, b, k]
+                        ar += hk * w_hh[u, k]
+                        az += hk * w_hh[H + u, k]
+                        an += hk * w_hh[2 * H + u, k]
+                r = sigmoid(ar)
+                z = sigmoid(az)
+                n = tanh(xp[row, 2 * H + u] + r * an)
+                h_new = n + z * (h_in - n)
+                h[nxt, b, u] = h_new
+                y[t, b, u] = h_new
+                if training:
+                    gates[t, b, u] = r
+                    gates[t, b, H + u] = z
+                    gates[t, b, 2 * H + u] = n
+                    hn[t, b, u] = an
+            else:  # past this row's length: hold the state, output zero
+                h[nxt, b, u] = h_in
+                y[t, b, u] = zero
+                if training:
+                    gates[t, b, u] = zero
+                    gates[t, b, H + u] = zero
+                    gates[t, b, 2 * H + u] = zero
+                    hn[t, b, u] = zero
+            if training:
+                hin[t, b, u] = h_in
+        j += 1
+
+
+
+
+@cuda.jit(device=True)
+def _step_reset(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
+                reverse, units, training, zero):
+    """Phase 1 of step s without reset_after, for the block's units: r and z into
+    gates[i], r * h into rh[i] (i = t when training, else 0: the buffers then
+    hold one step). b_hh, y and hn unused."""
+    T = y.shape[0]
+    B = y.shape[1]
+    H = y.shape[2]
+    HP = H + 1
+    t = T - 1 - s if reverse else s
+    i = t if training else 0
+    cur = s % 2
+    slices = (H + units - 1) // units
+    stride = units * HP
+    j = 0
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        base = j * ROWS * stride
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            ul = p - b * units
+            u = sl * units + ul
+            if u >= H:
+                continue
+            h_in = h[cur, b, u]
+            if t < lengths[b]:
+                row = t * B + b
+                ar = xp[row, u]
+                az = xp[row, H + u]
+                if cached:
+                    w = base + ul * HP
+                    for k in range(H):
+                        hk = h[cur, b, k]
+                        ar += hk * w_sh[w + k]
+                        az += hk * w_sh[w + stride + k]
+                else:
+                    for k in range(H):
+                        hk = h[cur, b, k]
+                        ar += hk * w_hh[u, k]
+                        az += hk * w_hh[H + u, k]
+                r = sigmoid(ar)
+                gates[i, b, u] = r
+                gates[i, b, H + u] = sigmoid(az)
+                rh[i, b, u] = r * h_in
+            else:  # zeros, so that the backward's products over rh stay finite
+                gates[i, b, u] = zero
+                gates[i, b, H + u] = zero
+                rh[i, b, u] = zero
+            if training:
+                hin[t, b, u] = h_in
+        j += 1
+
+
+@cuda.jit(device=True)
+def _step_candidate(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
+                    reverse, units, training, zero):
+    """Phase 2 of step s without reset_after, for the block's units:
+    n = tanh(xp_n + W_hn rh[i]) (b_hn is in xp), then h[(s+1) % 2] and y[t].
+    b_hh, hn and hin unused."""
+    T = y.shape[0]
+    B = y.shape[1]
+    H = y.shape[2]
+    HP = H + 1
+    t = T - 1 - s if reverse else s
+    i = t if training else 0
+    cur = s % 2
+    nxt = 1 - cur
+    slices = (H + units - 1) // units
+    stride = units * HP
+    j = 0
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        base = j * ROWS * stride
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            ul = p - b * units
+            u = sl * units + ul
+            if u >= H:
+                continue
+            h_in = h[cur, b, u]
+            if t < lengths[b]:
+                row = t * B + b
+                an = xp[row, 2 * H + u]
+                if cached:
+                    w = base + ul * HP + 2 * stride
+                    for k in range(H):
+                        an += rh[i, b, k] * w_sh[w + k]
+                else:
+                    for k in range(H):
+                        an += rh[i, b, k] * w_hh[2 * H + u, k]
+                n = tanh(an)
+                h_new = n + gates[i, b, H + u] * (h_in - n)
+                h[nxt, b, u] = h_new
+                y[t, b, u] = h_new
+                if training:
+                    gates[t, b, 2 * H + u] = n
+            else:  # past this row's length: hold the state, output zero
+                h[nxt, b, u] = h_in
+                y[t, b, u] = zero
+                if training:
+                    gates[t, b, 2 * H + u] = zero
+        j += 1
+
+
+@cuda.jit
+def _forward_persistent(xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, reverse,
+                        reset_after, units, training, zero):
+    """All T steps in one cooperative launch, the block's rows of W_hh on chip:
+    one grid barrier a step with reset_after, else two (rh is read across units)."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    load_rows(w_hh, w_sh, ROWS, units)
+    cuda.syncthreads()
+    grid = cuda.cg.this_grid()
+    for s in range(y.shape[0]):
+        if reset_after:
+            _step_after(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin, rh,
+                        reverse, units, training, zero)
+        else:
+            _step_reset(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin, rh,
+                        reverse, units, training, zero)
+            grid.sync()
+            _step_candidate(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin,
+                            rh, reverse, units, training, zero)
+        grid.sync()
+
+
+@cuda.jit
+def _forward_one(s, phase, xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, reverse,
+                 reset_after, units, training, zero):
+    """Step s alone (phase 0: reset_after) or one of its two phases (1, 2: without),
+    W_hh read from global memory (the per-step path)."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    if phase == 0:
+        _step_after(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
+                    reverse, units, training, zero)
+    elif phase == 1:
+        _step_reset(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
+                    reverse, units, training, zero)
+    else:
+        _step_candidate(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
+                        reverse, units, training, zero)
+
+
+def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, units=None,
+                     blocks=None, persistent=None):
+    """One layer and direction on device arrays.
+
+    x: [T,B,I]; cell: pack_gru_cuda's dict; h0: [B,H]; lengths: [B] ints (host
+    or device) or None. units, blocks, persistent: force the launch (see
+    common.plan); None chooses.
+    Returns y [T,B,H], h_n [B,H] and, when training, a cache for
+    gru_backward_cuda (else None).
+    """
+    T, B, I = x.shape
+    H = cell["H"]
+    reset_after = cell["reset_after"]
+    dtype = x.dtype
+    zero = dtype.type(0)
+    xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, 3 * H), dtype),
+                bias=cell["bias"], trans_b=True)
+    h = device_array((2, B, H), dtype)
+    copy(h0, h[0])
+    y = device_array((T, B, H), dtype)
+    unused = device_array((1, 1, 1), dtype)
+    # Without reset_after, phase 1 hands r, z and r * h to phase 2 through gates
+    # and rh: all steps' when training, else one step's.
+    steps = T if training else 1
+    gates = (device_array((steps, B, 3 * H), dtype) if training or not reset_after
+             else unused)
+    hin = device_array((T, B, H), dtype) if training else unused
+    hn = device_array((T, B, H), dtype) if training and reset_after else unused
+    rh = device_array((steps, B, H), dtype) if not reset_after else unused
+    lens = lengths_or_full(lengths, T, B)
+    args = [xp, cell["w_hh"], cell["b_hh"], lens, h, y, gates, hn, hin, rh, bool(reverse),
+            reset_after, 1, bool(training), zero]
+    p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
+             persistent)
+    args[12] = p.units
+    if p.persistent:
+        _forward_persistent[p.blocks, p.threads, 0, p.shared](*args)
+    else:
+        for s in range(T):
+            for phase in ((0,) if reset_after else (1, 2)):
+                _forward_one[p.blocks, p.threads](s, phase, *args)
+    cache = None
+    if training:
+        cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, hin=hin,
+                     hn=hn, rh=rh)
+    return y, h[T % 2], cache
+
+
+# -- backward --------------------------------------------------------------------------
+@cuda.jit(device=True)
+def _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
+                    units, zero):
+    """The k-th step of the backward walk (forward step T-1-k), pointwise for the
+    block's units, from dh_t = dh[k % 2] + dy[t]: dgi[t] = [dr dz dn] (dr only
+    with reset_after; without, it needs d(r * h) and comes later), drec[t] =
+    dn * r (reset_after) or dn, and dh[(k+1) % 2] = dh_t * z for valid rows."""
+    T = dy.shape[0]
+    B = dy.shape[1]
+    H = dy.shape[2]
+    n = T - 1 - k
+    t = T - 1 - n if reverse else n
+    cur = k % 2
+    nxt = 1 - cur
+    slices = (H + units - 1) // units
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            ul = p - b * units
+            u = sl * units + ul
+            if u >= H:
+                continue
+            row = t * B + b
+            if t < lengths[b]:
+                z = gates[t, b, H + u]
+                c = gates[t, b, 2 * H + u]  # the n gate
+                dh_t = dh[cur, b, u] + dy[t, b, u]
+                dhz = dh_t * z
+                dn = (dh_t - dhz) * dtanh(c)
+                dgi[row, H + u] = dh_t * (hin[t, b, u] - c) * dsigmoid(z)
+                dgi[row, 2 * H + u] = dn
+                if reset_after:
+                    r = gates[t, b, u]
+                    dgi[row, u] = dn * hn[t, b, u] * dsigmoid(r)
+                    drec[row, u] = dn * r
+                else:
+                    drec[row, u] = dn
+                dh[nxt, b, u] = dhz
+            else:
+                dgi[row, u] = zero
+                dgi[row, H + u] = zero
+                dgi[row, 2 * H + u] = zero
+                drec[row, u] = zero
+
+
+@cuda.jit(device=True)
+def _backward_n(k, t, w_hh, w_sh, cached, lengths, gates, hin, dgi, drec, dh, reset_after,
+                units, zero):
+    """The n gate's part of the recurrent product for the block's units j of valid
+    rows: d = sum_i drec[t*B + b, i] * W_hn[i, j]. reset_after: dh[(k+1) % 2] +=
+    d. Otherwise d is d(r * h): dr = d * h * r'(.) into dgi, dh[(k+1) % 2] +=
+    d * r."""
+    H = w_hh.shape[1]
+    GP = w_hh.shape[0] + 1
+    B = dh.shape[1]
+    nxt = 1 - k % 2
+    slices = (H + units - 1) // units
+    j = 0
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        base = j * units * GP
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            ul = p - b * units
+            u = sl * units + ul
+            if u >= H or t >= lengths[b]:
+                continue
+            row = t * B + b
+            d = zero
+            if cached:
+                wi = base + ul * GP + 2 * H
+                for i in range(H):
+                    d += drec[row, i] * w_sh[wi + i]
+            else:
+                for i in range(H):
+                    d += drec[row, i] * w_hh[2 * H + i, u]
+            if reset_after:
+                dh[nxt, b, u] += d
+            else:
+                r = gates[t, b, u]
+                dgi[row, u] = d * hin[t, b, u] * dsigmoid(r)
+                dh[nxt, b, u] += d * r
+        j += 1
+
+
+@cuda.jit
+def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, reverse,
+                         reset_after, units, zero):
+    """All T steps backwards in one cooperative launch, the block's columns of
+    W_hh on chip. A barrier after the pointwise pass (the products read dgi and
+    drec across units); without reset_after a second one after _backward_n,
+    whose dr the [dr dz] product reads. Everything else a block touches (its
+    units' dh and the next step's rows of dgi and drec) is its own."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    load_columns(w_hh, w_sh, units)
+    cuda.syncthreads()
+    grid = cuda.cg.this_grid()
+    T = dy.shape[0]
+    H = dy.shape[2]
+    for k in range(T):
+        n = T - 1 - k
+        t = T - 1 - n if reverse else n
+        _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
+                        units, zero)
+        grid.sync()
+        _backward_n(k, t, w_hh, w_sh, True, lengths, gates, hin, dgi, drec, dh, reset_after,
+                    units, zero)
+        if not reset_after:
+            grid.sync()
+        dh_product(k, t, dgi, w_hh, w_sh, True, lengths, dh, units, 0, 2 * H)
+
+
+@cuda.jit
+def _backward_gates_one(k, dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, reverse,
+                        reset_after, units, zero):
+    """Step k's pointwise pass alone (the per-step path; w_hh unused)."""
+    _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
+                    units, zero)
+
+
+@cuda.jit
+def _backward_n_one(k, t, w_hh, lengths, gates, hin, dgi, drec, dh, reset_after, units,
+                    zero):
+    """Step k's n gate product alone, W_hh read from global memory."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    _backward_n(k, t, w_hh, w_sh, False, lengths, gates, hin, dgi, drec, dh, reset_after,
+                units, zero)
+
+
+@cuda.jit
+def _dh_one(k, t, dgi, w_hh, lengths, dh, units):
+    """Step k's [dr dz] @ W_rz product alone, W_hh read from global memory."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    dh_product(k, t, dgi, w_hh, w_sh, False, lengths, dh, units, 0, 2 * w_hh.shape[1])
+
+
+def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent=None):
+    """Backward of gru_forward_cuda.
+
+    dy: [T,B,H]; dh_n: [B,H]. Returns dx [T,B,I], dh0 [B,H] and
+    {"w_ih", "w_hh", "b_ih", "b_hh"} (device arrays in the weights' shapes).
+    """
+    x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
+    T, B, I = x.shape
+    H = cell["H"]
+    reset_after = cell["reset_after"]
+    dtype = x.dtype
+    zero = dtype.type(0)
+    w_hh = cell["w_hh"]
+    dgi = device_array((T * B, 3 * H), dtype)  # [dr dz dn]: the input product's gradient
+    drec = device_array((T * B, H), dtype)     # the n gate's recurrent term's gradient
+    dh = device_array((2, B, H), dtype)
+    copy(dh_n, dh[0])
+    args = [dy, w_hh, lens, cache["gates"], cache["hn"], cache["hin"], dgi, drec, dh,
+            reverse, reset_after, 1, zero]
+    p = plan(_backward_persistent, args, H, B, 1, 3 * H + 1, dtype.itemsize, units, blocks,
+             persistent)
+    args[11] = p.units
+    if p.persistent:
+        _backward_persistent[p.blocks, p.threads, 0, p.shared](*args)
+    else:
+        for k in range(T):
+            n = T - 1 - k
+            t = T - 1 - n if reverse else n
+            _backward_gates_one[p.blocks, p.threads](k, *args)
+            _backward_n_one[p.blocks, p.threads](k, t, w_hh, lens, cache["gates"],
+                                                 cache["hin"], dgi, drec, dh, reset_after,
+                                                 p.units, zero)
+            _dh_one[p.blocks, p.threads](k, t, dgi, w_hh, lens, dh, p.units)
+    hin = cache["hin"].reshape(T * B, H)
+    dx = matmul(dgi, cell["w_ih"], device_array((T * B, I), dtype)).reshape(T, B, I)
+    # Products into the first 2H rows (or entries) of an output read only the
+    # first 2H columns of dgi: the r and z blocks.
+    dw_hh = device_array((3 * H, H), dtype)
+    matmul(dgi, hin, dw_hh[:2 * H], trans_a=True)
+    matmul(drec, hin if reset_after else cache["rh"].reshape(T * B, H), dw_hh[2 * H:],
+           trans_a=True)
+    one = ones(T * B, dtype)
+    db_hh = device_array(3 * H, dtype)
+    column_sums(dgi, db_hh[:2 * H], one)
+    column_sums(drec, db_hh[2 * H:], one)
+    grads = dict(
+        w_ih=matmul(dgi, x.reshape(T * B, I), device_array((3 * H, I), dtype), trans_a=True),
+        w_hh=dw_hh, b_ih=column_sums(dgi, device_array(3 * H, dtype), one), b_hh=db_hh)
+    return dx, dh[T % 2], grads
