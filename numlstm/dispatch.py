@@ -29,6 +29,8 @@ from .packing import CANONICAL_ORDER, Layout, from_canonical
 def is_device_array(x):
     """Whether x lives on a GPU: anything with __cuda_array_interface__ (Numba
     device arrays, CuPy arrays, torch CUDA tensors) or a simulated device array."""
+    if isinstance(x, np.ndarray):  # the common case first: step() calls this per array
+        return False
     if getattr(x, "is_cuda", False):  # torch: the interface raises when grad is on
         return True
     try:
