@@ -397,3 +397,22 @@ def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1):
                 else:
                     dh[nxt, b, u] = dh[cur, b, u]
         j += 1
+
+
+@cuda.jit
+def dh_one(k, t, da, w_hh, lengths, dh, units, r0, r1):
+    """Step k's dh_product alone, W_hh read from global memory (the per-step
+    path of every cell's backward)."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    dh_product(k, t, da, w_hh, w_sh, False, lengths, dh, units, r0, r1)
+
+
+def input_gradients(da, x, w_ih, one):
+    """What the pre-activation gradients da [T*B,G] of every step give, after the
+    time loop: dx [T,B,I] = da @ W_ih, dW_ih [G,I] = da^T x and the column sums
+    of da [G] (the input bias's gradient); one: ones(T*B)."""
+    T, B, I = x.shape
+    G = da.shape[1]
+    dx = matmul(da, w_ih, device_array((T * B, I), da.dtype)).reshape(T, B, I)
+    dw_ih = matmul(da, x.reshape(T * B, I), device_array((G, I), da.dtype), trans_a=True)
+    return dx, dw_ih, column_sums(da, device_array(G, da.dtype), one)

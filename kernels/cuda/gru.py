@@ -29,8 +29,9 @@ Arrays are Numba device arrays; x, h0, dy and dh_n are read only.
 from numba import cuda
 
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
-from .common import (as_device, column_sums, combine, copy, device_array, dh_product,
-                     lengths_or_full, load_columns, load_rows, matmul, ones, plan)
+from .common import (as_device, column_sums, combine, copy, device_array, dh_one,
+                     dh_product, input_gradients, lengths_or_full, load_columns,
+                     load_rows, matmul, ones, plan)
 
 ROWS = 3  # weight rows per hidden unit
 
@@ -319,8 +320,7 @@ def _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, rese
     T = dy.shape[0]
     B = dy.shape[1]
     H = dy.shape[2]
-    n = T - 1 - k
-    t = T - 1 - n if reverse else n
+    t = k if reverse else T - 1 - k  # forward step T-1-k's time
     cur = k % 2
     nxt = 1 - cur
     slices = (H + units - 1) // units
@@ -408,8 +408,7 @@ def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, rever
     T = dy.shape[0]
     H = dy.shape[2]
     for k in range(T):
-        n = T - 1 - k
-        t = T - 1 - n if reverse else n
+        t = k if reverse else T - 1 - k  # forward step T-1-k's time
         _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
                         units, zero)
         grid.sync()
@@ -435,13 +434,6 @@ def _backward_n_one(k, t, w_hh, lengths, gates, hin, dgi, drec, dh, reset_after,
     w_sh = cuda.shared.array(0, w_hh.dtype)
     _backward_n(k, t, w_hh, w_sh, False, lengths, gates, hin, dgi, drec, dh, reset_after,
                 units, zero)
-
-
-@cuda.jit
-def _dh_one(k, t, dgi, w_hh, lengths, dh, units):
-    """Step k's [dr dz] @ W_rz product alone, W_hh read from global memory."""
-    w_sh = cuda.shared.array(0, w_hh.dtype)
-    dh_product(k, t, dgi, w_hh, w_sh, False, lengths, dh, units, 0, 2 * w_hh.shape[1])
 
 
 def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent=None):
@@ -470,26 +462,23 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
         _backward_persistent[p.blocks, p.threads, 0, p.shared](*args)
     else:
         for k in range(T):
-            n = T - 1 - k
-            t = T - 1 - n if reverse else n
+            t = k if reverse else T - 1 - k  # forward step T-1-k's time
             _backward_gates_one[p.blocks, p.threads](k, *args)
             _backward_n_one[p.blocks, p.threads](k, t, w_hh, lens, cache["gates"],
                                                  cache["hin"], dgi, drec, dh, reset_after,
                                                  p.units, zero)
-            _dh_one[p.blocks, p.threads](k, t, dgi, w_hh, lens, dh, p.units)
+            dh_one[p.blocks, p.threads](k, t, dgi, w_hh, lens, dh, p.units, 0, 2 * H)
     hin = cache["hin"].reshape(T * B, H)
-    dx = matmul(dgi, cell["w_ih"], device_array((T * B, I), dtype)).reshape(T, B, I)
+    one = ones(T * B, dtype)
+    dx, dw_ih, db_ih = input_gradients(dgi, x, cell["w_ih"], one)
     # Products into the first 2H rows (or entries) of an output read only the
     # first 2H columns of dgi: the r and z blocks.
     dw_hh = device_array((3 * H, H), dtype)
     matmul(dgi, hin, dw_hh[:2 * H], trans_a=True)
     matmul(drec, hin if reset_after else cache["rh"].reshape(T * B, H), dw_hh[2 * H:],
            trans_a=True)
-    one = ones(T * B, dtype)
     db_hh = device_array(3 * H, dtype)
     column_sums(dgi, db_hh[:2 * H], one)
     column_sums(drec, db_hh[2 * H:], one)
-    grads = dict(
-        w_ih=matmul(dgi, x.reshape(T * B, I), device_array((3 * H, I), dtype), trans_a=True),
-        w_hh=dw_hh, b_ih=column_sums(dgi, device_array(3 * H, dtype), one), b_hh=db_hh)
+    grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db_ih, b_hh=db_hh)
     return dx, dh[T % 2], grads

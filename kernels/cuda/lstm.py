@@ -19,7 +19,7 @@ Arrays are Numba device arrays; x, h0, c0, dy, dh_n and dc_n are read only.
 from numba import cuda
 
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
-from .common import (as_device, column_sums, copy, device_array, dh_product,
+from .common import (as_device, combine, copy, device_array, dh_one, dh_product, input_gradients,
                      lengths_or_full, load_columns, load_rows, matmul, ones, plan)
 
 ROWS = 4  # weight rows per hidden unit
@@ -29,7 +29,7 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh):
     """Torch-layout weights (host or device) -> the device arrays the kernels read:
     w_ih [G,I], w_hh [G,H], bias = b_ih + b_hh [G]."""
     return dict(H=w_hh.shape[1], w_ih=as_device(w_ih), w_hh=as_device(w_hh),
-                bias=as_device(b_ih + b_hh))
+                bias=combine(as_device(b_ih), as_device(b_hh), "add"))
 
 
 # -- forward ---------------------------------------------------------------------------
@@ -183,8 +183,7 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
     T = dy.shape[0]
     B = dy.shape[1]
     H = dy.shape[2]
-    n = T - 1 - k
-    t = T - 1 - n if reverse else n
+    t = k if reverse else T - 1 - k  # forward step T-1-k's time
     cur = k % 2
     nxt = 1 - cur
     slices = (H + units - 1) // units
@@ -230,8 +229,7 @@ def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reve
     grid = cuda.cg.this_grid()
     T = dy.shape[0]
     for k in range(T):
-        n = T - 1 - k
-        t = T - 1 - n if reverse else n
+        t = k if reverse else T - 1 - k  # forward step T-1-k's time
         _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero)
         grid.sync()
         dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0])
@@ -242,13 +240,6 @@ def _backward_gates_one(k, dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, re
                         units, zero):
     """Step k's gate gradients alone (the per-step path; w_hh unused)."""
     _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero)
-
-
-@cuda.jit
-def _dh_one(k, t, dgates, w_hh, lengths, dh, units):
-    """Step k's dh product alone, W_hh read from global memory."""
-    w_sh = cuda.shared.array(0, w_hh.dtype)
-    dh_product(k, t, dgates, w_hh, w_sh, False, lengths, dh, units, 0, w_hh.shape[0])
 
 
 def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
@@ -278,16 +269,11 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
         _backward_persistent[p.blocks, p.threads, 0, p.shared](*args)
     else:
         for k in range(T):
-            n = T - 1 - k
-            t = T - 1 - n if reverse else n
+            t = k if reverse else T - 1 - k  # forward step T-1-k's time
             _backward_gates_one[p.blocks, p.threads](k, *args)
-            _dh_one[p.blocks, p.threads](k, t, dgates, w_hh, lens, dh, p.units)
-    x2 = x.reshape(T * B, I)
-    dx = matmul(dgates, cell["w_ih"], device_array((T * B, I), dtype)).reshape(T, B, I)
-    grads = dict(
-        w_ih=matmul(dgates, x2, device_array((4 * H, I), dtype), trans_a=True),
-        w_hh=matmul(dgates, cache["hin"].reshape(T * B, H), device_array((4 * H, H), dtype),
-                    trans_a=True),
-        b_ih=column_sums(dgates, device_array(4 * H, dtype), ones(T * B, dtype)))
-    grads["b_hh"] = copy(grads["b_ih"], device_array(4 * H, dtype))
+            dh_one[p.blocks, p.threads](k, t, dgates, w_hh, lens, dh, p.units, 0, 4 * H)
+    dx, dw_ih, db = input_gradients(dgates, x, cell["w_ih"], ones(T * B, dtype))
+    dw_hh = matmul(dgates, cache["hin"].reshape(T * B, H), device_array((4 * H, H), dtype),
+                   trans_a=True)
+    grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=copy(db, device_array(4 * H, dtype)))
     return dx, dh[T % 2], dc, grads

@@ -21,8 +21,9 @@ from numba import cuda
 
 from ..gates import drelu, dtanh, relu, tanh
 from ..reference import RNN_NONLINEARITIES
-from .common import (as_device, column_sums, combine, copy, device_array, dh_product,
-                     lengths_or_full, load_columns, load_rows, matmul, ones, plan)
+from .common import (as_device, combine, copy, device_array, dh_one,
+                     dh_product, input_gradients, lengths_or_full, load_columns,
+                     load_rows, matmul, ones, plan)
 
 ROWS = 1  # weight rows per hidden unit
 
@@ -149,8 +150,7 @@ def _backward_act(k, dy, lengths, y, da, dh, reverse, use_relu, units, zero):
     T = dy.shape[0]
     B = dy.shape[1]
     H = dy.shape[2]
-    n = T - 1 - k
-    t = T - 1 - n if reverse else n
+    t = k if reverse else T - 1 - k  # forward step T-1-k's time
     cur = k % 2
     nxt = 1 - cur
     slices = (H + units - 1) // units
@@ -182,8 +182,7 @@ def _backward_persistent(dy, w_hh, lengths, y, da, dh, reverse, use_relu, units,
     grid = cuda.cg.this_grid()
     T = dy.shape[0]
     for k in range(T):
-        n = T - 1 - k
-        t = T - 1 - n if reverse else n
+        t = k if reverse else T - 1 - k  # forward step T-1-k's time
         _backward_act(k, dy, lengths, y, da, dh, reverse, use_relu, units, zero)
         grid.sync()
         dh_product(k, t, da, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0])
@@ -193,13 +192,6 @@ def _backward_persistent(dy, w_hh, lengths, y, da, dh, reverse, use_relu, units,
 def _backward_act_one(k, dy, w_hh, lengths, y, da, dh, reverse, use_relu, units, zero):
     """Step k's pointwise pass alone (the per-step path; w_hh unused)."""
     _backward_act(k, dy, lengths, y, da, dh, reverse, use_relu, units, zero)
-
-
-@cuda.jit
-def _dh_one(k, t, da, w_hh, lengths, dh, units):
-    """Step k's dh product alone, W_hh read from global memory."""
-    w_sh = cuda.shared.array(0, w_hh.dtype)
-    dh_product(k, t, da, w_hh, w_sh, False, lengths, dh, units, 0, w_hh.shape[0])
 
 
 def rnn_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent=None):
@@ -225,15 +217,11 @@ def rnn_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
         _backward_persistent[p.blocks, p.threads, 0, p.shared](*args)
     else:
         for k in range(T):
-            n = T - 1 - k
-            t = T - 1 - n if reverse else n
+            t = k if reverse else T - 1 - k  # forward step T-1-k's time
             _backward_act_one[p.blocks, p.threads](k, *args)
-            _dh_one[p.blocks, p.threads](k, t, da, w_hh, lens, dh, p.units)
-    dx = matmul(da, cell["w_ih"], device_array((T * B, I), dtype)).reshape(T, B, I)
-    grads = dict(
-        w_ih=matmul(da, x.reshape(T * B, I), device_array((H, I), dtype), trans_a=True),
-        w_hh=matmul(da, cache["hin"].reshape(T * B, H), device_array((H, H), dtype),
-                    trans_a=True),
-        b_ih=column_sums(da, device_array(H, dtype), ones(T * B, dtype)))
-    grads["b_hh"] = copy(grads["b_ih"], device_array(H, dtype))
+            dh_one[p.blocks, p.threads](k, t, da, w_hh, lens, dh, p.units, 0, H)
+    dx, dw_ih, db = input_gradients(da, x, cell["w_ih"], ones(T * B, dtype))
+    dw_hh = matmul(da, cache["hin"].reshape(T * B, H), device_array((H, H), dtype),
+                   trans_a=True)
+    grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=copy(db, device_array(H, dtype)))
     return dx, dh[T % 2], grads

@@ -41,6 +41,8 @@ def common_signatures(dt):
         common._copy3_kernel: (types.Array(dt, 3, "A"), types.Array(dt, 3, "A"), b),
         common._copy2_kernel: (types.Array(dt, 2, "A"), types.Array(dt, 2, "A")),
         common._fill_kernel: (A1, dt),
+        common.dh_one: (types.int64, types.int64, A2, A2, arr(types.int64, 1), A3,
+                        types.int64, types.int64, types.int64),
     }
 
 
@@ -52,7 +54,6 @@ def lstm_signatures(dt):
         lstm._forward_one: (i64, A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt),
         lstm._backward_persistent: (A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt),
         lstm._backward_gates_one: (i64, A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt),
-        lstm._dh_one: (i64, i64, A2, A2, L, A3, i64),
     }
 
 
@@ -70,12 +71,10 @@ def gru_rnn_signatures(dt):
         gru._backward_persistent: gru_bwd,
         gru._backward_gates_one: (i64,) + gru_bwd,
         gru._backward_n_one: (i64, i64, A2, L, A3, A3, A2, A2, A3, b, i64, dt),
-        gru._dh_one: (i64, i64, A2, A2, L, A3, i64),
         rnn._forward_persistent: rnn_fwd,
         rnn._forward_one: (i64,) + rnn_fwd,
         rnn._backward_persistent: rnn_bwd,
         rnn._backward_act_one: (i64,) + rnn_bwd,
-        rnn._dh_one: (i64, i64, A2, A2, L, A3, i64),
     }
 
 
