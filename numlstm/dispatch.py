@@ -196,7 +196,35 @@ class NumpyBackend(Backend):
         return dx, (dh,), grads
 
 
-class CpuBackend(Backend):
+class _KernelBackend(Backend):
+    """A backend over a kernels package that names its functions by cell and
+    backend: pack_<cell>_<name>(w_ih, w_hh, b_ih, b_hh, **cell options),
+    <cell>_forward_<name>(x, cell, *state, lengths, reverse, training) -> y,
+    *state_n, cache and <cell>_backward_<name>(dy, *dstate_n, cache, cell) -> dx,
+    *dstate0, grads (kernels/cpu and kernels/cuda both do)."""
+    kernels = None
+
+    def _kernel(self, spec, what):
+        return getattr(self.kernels, what.format(cell=spec.cell, name=self.name))
+
+    def pack(self, params, spec):
+        options = {"gru": dict(reset_after=spec.reset_after),
+                   "rnn": dict(nonlinearity=spec.nonlinearity)}.get(spec.cell, {})
+        pack = self._kernel(spec, "pack_{cell}_{name}")
+        return [pack(*c, **options) for c in from_canonical(params, self.layout, spec)]
+
+    def forward(self, spec, cell, x, state, lengths, reverse, training):
+        y, *state_n, cache = self._kernel(spec, "{cell}_forward_{name}")(
+            x, cell, *state, lengths, reverse, training)
+        return y, tuple(state_n), cache
+
+    def backward(self, spec, cell, cache, dy, dstate):
+        dx, *dstate0, grads = self._kernel(spec, "{cell}_backward_{name}")(
+            dy, *dstate, cache, cell)
+        return dx, tuple(dstate0), grads
+
+
+class CpuBackend(_KernelBackend):
     """Numba kernels on the CPU. Cell: the dict kernels.cpu.pack_<cell>_cpu builds.
 
     The framework layouts are descriptors (packing.Layout); this kernel's blocked,
@@ -204,22 +232,7 @@ class CpuBackend(Backend):
     two cannot drift apart.
     """
     name = "cpu"
-
-    def pack(self, params, spec):
-        cells = from_canonical(params, self.layout, spec)
-        if spec.cell == "lstm":
-            return [cpu.pack_lstm_cpu(*c) for c in cells]
-        if spec.cell == "gru":
-            return [cpu.pack_gru_cpu(*c, reset_after=spec.reset_after) for c in cells]
-        return [cpu.pack_rnn_cpu(*c, nonlinearity=spec.nonlinearity) for c in cells]
-
-    def forward(self, spec, cell, x, state, lengths, reverse, training):
-        if spec.cell == "lstm":
-            y, h, c, cache = cpu.lstm_forward_cpu(x, cell, *state, lengths, reverse, training)
-            return y, (h, c), cache
-        fn = cpu.gru_forward_cpu if spec.cell == "gru" else cpu.rnn_forward_cpu
-        y, h, cache = fn(x, cell, state[0], lengths, reverse, training)
-        return y, (h,), cache
+    kernels = cpu
 
     def step(self, spec, cell, x, state):
         if spec.cell == "lstm":
@@ -227,16 +240,8 @@ class CpuBackend(Backend):
         fn = cpu.gru_step_cpu if spec.cell == "gru" else cpu.rnn_step_cpu
         return (fn(x, cell, state[0]),)
 
-    def backward(self, spec, cell, cache, dy, dstate):
-        if spec.cell == "lstm":
-            dx, dh, dc, grads = cpu.lstm_backward_cpu(dy, *dstate, cache, cell)
-            return dx, (dh, dc), grads
-        fn = cpu.gru_backward_cpu if spec.cell == "gru" else cpu.rnn_backward_cpu
-        dx, dh, grads = fn(dy, dstate[0], cache, cell)
-        return dx, (dh,), grads
 
-
-class CudaBackend(Backend):
+class CudaBackend(_KernelBackend):
     """Numba @cuda.jit kernels on an NVIDIA GPU. Cell: the dict of device arrays
     kernels.cuda.pack_<cell>_cuda builds (the packer's canonical weights, copied to
     the device once and cached on the layer until the weights change).
@@ -276,36 +281,9 @@ class CudaBackend(Backend):
                 "'auto' with NumPy arrays); to run the CUDA kernels in Numba's simulator "
                 "(slow, for tests) set NUMBA_ENABLE_CUDASIM=1 before importing numlstm.")
 
-    def pack(self, params, spec):
-        k = self.kernels
-        cells = from_canonical(params, self.layout, spec)
-        if spec.cell == "lstm":
-            return [k.pack_lstm_cuda(*c) for c in cells]
-        if spec.cell == "gru":
-            return [k.pack_gru_cuda(*c, reset_after=spec.reset_after) for c in cells]
-        return [k.pack_rnn_cuda(*c, nonlinearity=spec.nonlinearity) for c in cells]
-
-    def forward(self, spec, cell, x, state, lengths, reverse, training):
-        k = self.kernels
-        if spec.cell == "lstm":
-            y, h, c, cache = k.lstm_forward_cuda(x, cell, *state, lengths, reverse, training)
-            return y, (h, c), cache
-        fn = k.gru_forward_cuda if spec.cell == "gru" else k.rnn_forward_cuda
-        y, h, cache = fn(x, cell, state[0], lengths, reverse, training)
-        return y, (h,), cache
-
     def step(self, spec, cell, x, state):
         return self.forward(spec, cell, x.reshape((1,) + x.shape), state, None, False,
                             False)[1]
-
-    def backward(self, spec, cell, cache, dy, dstate):
-        k = self.kernels
-        if spec.cell == "lstm":
-            dx, dh, dc, grads = k.lstm_backward_cuda(dy, *dstate, cache, cell)
-            return dx, (dh, dc), grads
-        fn = k.gru_backward_cuda if spec.cell == "gru" else k.rnn_backward_cuda
-        dx, dh, grads = fn(dy, dstate[0], cache, cell)
-        return dx, (dh,), grads
 
 
 BACKENDS = {b.name: b for b in (NumpyBackend(), CpuBackend(), CudaBackend())}
