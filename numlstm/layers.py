@@ -230,7 +230,8 @@ class _Recurrent(Layer):
         self._packs.invalidate()
 
     def load_weights(self, weights, layout="torch"):
-        """Replace all parameters with `weights` in `layout` ("torch", "keras", "onnx").
+        """Replace all parameters with `weights` in `layout` ("torch", "keras", "onnx",
+        "haste").
 
         Every name and shape is checked before anything changes: a failed load
         leaves the layer as it was. See numlstm.packing for each layout's form.
@@ -238,7 +239,7 @@ class _Recurrent(Layer):
         self._replace_params(to_canonical(weights, get_layout(layout), self.spec, self.dtype))
 
     def export_weights(self, layout="torch"):
-        """All parameters as copies in `layout` ("torch", "keras", "onnx")."""
+        """All parameters as copies in `layout` ("torch", "keras", "onnx", "haste")."""
         out = from_canonical(self._params, get_layout(layout), self.spec)
         if isinstance(out, dict):  # the torch layout shares no memory with the layer
             out = {k: np.array(v) for k, v in out.items()}

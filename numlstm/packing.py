@@ -4,7 +4,7 @@ Dimensions: I input features of a layer, H hidden units, G = 4H (LSTM), 3H (GRU)
 or H (RNN), L layers, D directions (1 or 2).
 
 A layout is described by four facts (Layout below), not by a hand-written pair
-of converters:
+of converters; a new framework is one more descriptor:
 
     gate_order   per cell, the order of the gate blocks in torch's letters
                  (LSTM: i input, f forget, g cell candidate, o output;
@@ -27,6 +27,9 @@ of converters:
 | onnx   | LSTM | i,o,f,c    | W [D,G,I] | R [D,G,H] | B [D,2G] = [Wb, Rb]       | per layer:       |
 |        | GRU  | z,r,h      |           |           |                           | {"W","R","B"}    |
 |        | RNN  | -          |           |           |                           |                  |
+| haste  | LSTM | i,g,f,o    | [I,G]     | [H,G]     | bias [G]                  | as keras, in     |
+|        | GRU  | z,r,h      |           |           | bias [G], recurrent_bias  | haste's order of |
+|        |      |            |           |           | [G] (reset after only)    | parameters       |
 
 torch's layout is the canonical one: the layer stores its parameters that way,
 and every conversion goes through it, so `convert` between any two layouts is
@@ -42,7 +45,11 @@ bias], then the same three for the backward direction when bidirectional, as a
 `Bidirectional` wrapper's get_weights() returns them); import also takes a bare
 list when there is one layer. For ONNX, export gives one {"W","R","B"} dict per
 layer (one ONNX LSTM/GRU/RNN node each; a GRU node with linear_before_reset=1 for
-reset_after=True); import also takes a bare dict for one layer.
+reset_after=True); import also takes a bare dict for one layer. haste (LMNT's CUDA
+LSTM and GRU) keeps one layer and direction per module, with parameters kernel,
+recurrent_kernel, bias (and recurrent_bias for its GRU, which applies the reset
+gate after the product, torch's form); its lists follow the Keras container. It
+has no Elman RNN and no GRU with reset_after=False, and refuses both.
 """
 from dataclasses import dataclass
 
@@ -69,6 +76,15 @@ class Layout:
             return self.bias["gru:reset_before"]
         return self.bias[spec.cell]
 
+    def check(self, spec):
+        """Refuse a cell (or GRU form) this layout cannot hold, saying which."""
+        if spec.cell not in self.gate_order:
+            raise ValueError(f"layout {self.name!r} has no {spec.cell.upper()} cell; it "
+                             f"holds {', '.join(c.upper() for c in self.gate_order)}")
+        if self.bias_for(spec) is None:
+            raise ValueError(f"layout {self.name!r} has no GRU with reset_after=False")
+        return self
+
 
 def _same(value):
     return {cell: value for cell in CANONICAL_ORDER}
@@ -81,6 +97,8 @@ LAYOUTS = {
                     "keras"),
     "onnx": Layout("onnx", {"lstm": "iofg", "gru": "zrn", "rnn": "h"}, "out_in",
                    _same("concat"), "onnx"),
+    "haste": Layout("haste", {"lstm": "igfo", "gru": "zrn"}, "in_out",
+                    {"lstm": "one", "gru": "two", "gru:reset_before": None}, "keras"),
 }
 
 
@@ -216,7 +234,7 @@ def _cell_shapes(spec, layer, layout):
 
 def from_canonical(params, layout, spec):
     """torch-layout parameters {name: array} -> the structure of `layout`."""
-    layout = get_layout(layout)
+    layout = get_layout(layout).check(spec)
     cells = {(l, d): _cell_from_canonical(*(params[p + torch_suffix(l, d)] for p in (
         "weight_ih", "weight_hh", "bias_ih", "bias_hh")), layout, spec)
         for l, d in spec.cells()}
@@ -262,7 +280,7 @@ def to_canonical(weights, layout, spec, dtype):
     Checks every name and shape before converting anything, and raises
     ValueError/TypeError saying what was expected and what came.
     """
-    layout = get_layout(layout)
+    layout = get_layout(layout).check(spec)
     cells = {}
     if layout.container == "named":
         if not hasattr(weights, "keys"):
@@ -278,16 +296,18 @@ def to_canonical(weights, layout, spec, dtype):
             _expect_shape(arrays[k], shape, k)
         return arrays
     if layout.container == "keras":
-        layers = _per_layer(weights, spec, "keras", _is_keras_entry)
+        layers = _per_layer(weights, spec, layout.name, _is_keras_entry)
         per_dir = len(_cell_shapes(spec, 0, layout))
+        names = "kernel, recurrent_kernel, bias" + (", recurrent_bias" if per_dir == 4
+                                                    else "")
         for l, entry in enumerate(layers):
             want = per_dir * spec.directions
             if len(entry) != want:
-                raise ValueError(f"keras weights of layer {l}: expected {want} arrays "
-                                 f"(kernel, recurrent_kernel, bias per direction), "
-                                 f"got {len(entry)}")
+                raise ValueError(f"{layout.name} weights of layer {l}: expected {want} "
+                                 f"arrays ({names} per direction), got {len(entry)}")
             for d in range(spec.directions):
-                arrs = [as_array(a, f"keras layer {l} array {d * per_dir + n}", dtype)
+                arrs = [as_array(a, f"{layout.name} layer {l} array {d * per_dir + n}",
+                                 dtype)
                         for n, a in enumerate(entry[d * per_dir:(d + 1) * per_dir])]
                 cells[l, d] = arrs
     elif layout.container == "onnx":
