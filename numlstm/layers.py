@@ -249,6 +249,20 @@ class _Recurrent(Layer):
         """The parameters in the torch layout, as torch's module.state_dict() names them."""
         return self.export_weights("torch")
 
+    @classmethod
+    def from_torch(cls, module, **options):
+        """A layer with the configuration and weights of a torch.nn.LSTM (GRU, RNN for
+        those classes); options (backend=, seed=, return_sequences=, ...) go to the
+        constructor. A module with bias=False gets zero biases. Needs torch."""
+        from .torch_io import recurrent_from_torch
+        return recurrent_from_torch(cls, module, **options)
+
+    def to_torch(self):
+        """The torch.nn.LSTM (GRU, RNN) computing what this layer computes, in eval
+        mode, with copies of the weights. Needs torch."""
+        from .torch_io import recurrent_to_torch
+        return recurrent_to_torch(self)
+
     # -- states --------------------------------------------------------------------------
     def _state_shape(self, batch):
         s = self.spec

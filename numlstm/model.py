@@ -132,6 +132,21 @@ class Sequential:
             layers.append(layer)
         return cls(layers, name=config["name"], seed=config.get("seed"))
 
+    @classmethod
+    def from_torch(cls, module, **options):
+        """A model from torch modules: the TorchSequential that to_torch() returns, or a
+        torch.nn.Sequential (or list) of Embedding, LSTM/GRU/RNN, Linear (with ReLU,
+        Tanh or Sigmoid after it) and Dropout. Needs torch."""
+        from .torch_io import sequential_from_torch
+        return sequential_from_torch(module, **options)
+
+    def to_torch(self):
+        """A torch module (numlstm.torch_io.TorchSequential, eval mode) computing what
+        this model computes: forward(x, lengths=None) -> predict(x, lengths=...)'s
+        output. Needs torch."""
+        from .torch_io import sequential_to_torch
+        return sequential_to_torch(self)
+
     # -- parameters ----------------------------------------------------------------------
     def parameters(self):
         """[(key, param, grad)] over every layer, key = "<layer>/<name>"."""
