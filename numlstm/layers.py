@@ -453,7 +453,7 @@ class _Recurrent(Layer):
             return ops.mul(fwd, bwd)
         if mode == "ave":
             return ops.scale(ops.add(fwd, bwd), 0.5)
-        return pair
+        return (fwd, bwd)  # a tuple: _to_user and callers tell a pair by its type
 
     def _unmerge(self, grad, pair):
         """The gradient of a merged output -> the gradient of each direction's."""

@@ -152,6 +152,26 @@ def test_merge_modes_forward_and_backward(rng, cell, mode):
         assert_close(merged.grads[k], concat.grads[k], 1e-12, k)
 
 
+@pytest.mark.parametrize("cell", sorted(CLASSES))
+def test_merge_mode_none_batch_first(rng, cell):
+    """The pair of outputs comes back batch-first too, and its gradients go back."""
+    time_major = _layer(cell, bidirectional=True, dtype=np.float64, merge_mode=None)
+    batch_first = _layer(cell, bidirectional=True, dtype=np.float64, merge_mode=None,
+                         batch_first=True)
+    batch_first.load_weights(time_major.state_dict())
+    x = rng.standard_normal((6, 3, 4))
+    for training in (False, True):
+        want, _ = time_major(x, training=training)
+        got, _ = batch_first(x.transpose(1, 0, 2), training=training)
+        assert isinstance(got, tuple) and len(got) == 2
+        for a, b in zip(got, want):
+            assert_close(a.transpose(1, 0, 2), b, 1e-14, "y pair")
+    dy = [rng.standard_normal(want[0].shape) for _ in range(2)]
+    dx_want, _ = time_major.backward(tuple(dy))
+    dx, _ = batch_first.backward(tuple(d.transpose(1, 0, 2) for d in dy))
+    assert_close(dx.transpose(1, 0, 2), dx_want, 1e-13, "dx")
+
+
 @pytest.mark.parametrize("mode", ["concat", "sum", "mul", "ave"])
 def test_merge_modes_in_a_model_match_finite_differences(rng, mode):
     """return_sequences=False with a merge mode: the Sequential path's gradient."""
