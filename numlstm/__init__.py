@@ -27,7 +27,22 @@ from .model import Sequential  # noqa: E402
 from .optim import SGD, Adam, AdamW, clip_grad_norm  # noqa: E402
 from .packing import LAYOUTS, convert  # noqa: E402
 
+
+
+def __getattr__(name):
+    # export_onnx and import_onnx need the onnx package (the interop extra), which a
+    # plain install lacks: import it on first use, not with numlstm.
+    if name in ("export_onnx", "import_onnx"):
+        try:
+            from . import onnx_io
+        except ImportError as err:
+            raise ImportError(f"numlstm.{name} needs the onnx package ({err}); install it "
+                              "with: pip install 'numlstm[interop]'") from err
+        return getattr(onnx_io, name)
+    raise AttributeError(f"module 'numlstm' has no attribute {name!r}")
+
+
 __all__ = ["LSTM", "GRU", "RNN", "Dense", "Dropout", "Embedding", "Sequential", "MSELoss",
            "CrossEntropyLoss", "SGD", "Adam", "AdamW", "clip_grad_norm", "load",
            "load_checkpoint", "save_checkpoint", "LAYOUTS", "convert",
-           "available_backends", "__version__"]
+           "available_backends", "export_onnx", "import_onnx", "__version__"]
