@@ -13,9 +13,6 @@ import numlstm  # noqa: E402
 from helpers import assert_close  # noqa: E402
 
 TOL = 2e-6  # float32, relative to the largest output
-# Keras's variables call np.array(self) in a way NumPy 2 warns about; not ours to fix.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 
 CELLS = {
     "lstm": (numlstm.LSTM, keras.layers.LSTM, {}, {}),
