@@ -24,7 +24,7 @@ from .dispatch import available as available_backends  # noqa: E402
 from .layers import GRU, LSTM, RNN, Dense, Dropout, Embedding  # noqa: E402
 from .losses import CrossEntropyLoss, MSELoss  # noqa: E402
 from .model import Sequential  # noqa: E402
-from .optim import SGD, Adam, AdamW, clip_grad_norm  # noqa: E402
+from .optim import SGD, Adam, AdamW, NonFiniteError, clip_grad_norm  # noqa: E402
 from .packing import LAYOUTS, convert  # noqa: E402
 
 
@@ -43,6 +43,6 @@ def __getattr__(name):
 
 
 __all__ = ["LSTM", "GRU", "RNN", "Dense", "Dropout", "Embedding", "Sequential", "MSELoss",
-           "CrossEntropyLoss", "SGD", "Adam", "AdamW", "clip_grad_norm", "load",
+           "CrossEntropyLoss", "SGD", "Adam", "AdamW", "NonFiniteError", "clip_grad_norm", "load",
            "load_checkpoint", "save_checkpoint", "LAYOUTS", "convert",
            "available_backends", "export_onnx", "import_onnx", "__version__"]

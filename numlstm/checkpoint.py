@@ -6,14 +6,22 @@ numpy.load opens:
     meta.json                 {"format": "numlstm-checkpoint", "version": 1,
                                "numlstm": version, "model": Sequential.get_config(),
                                "optimizer": {"type", "config", "steps"} or null,
-                               "step": int, "rng": {generator states}, "extra": {...}}
+                               "step": int, "rng": {generator states}, "extra": {...},
+                               "sha256": checksum of every array file, see _digest}
     model/<layer>/<name>.npy  each parameter, torch's names and shapes
     optimizer/<key>/<slot>.npy  each optimizer slot (momentum, exp_avg, ...), where
                               key is the parameter's "<layer>/<name>"
 
-It is written to a temporary file in the same folder, flushed to disk, then renamed
-over the target, so a crash mid-write leaves the previous checkpoint whole.
+Writing never destroys the last good checkpoint: the new one goes to a temporary
+file in the same folder, which is flushed and fsync'ed; the current file then
+becomes <name>.prev.npz (checkpoint.prev.npz) and the temporary file takes its
+name, and the folder is fsync'ed. A process killed at any moment (SIGKILL, power
+loss) leaves the previous checkpoint, the new one, or both. Reading checks the
+checksum, so a truncated or corrupted file is an error that says so, and
+load_checkpoint(..., fallback=True) then reads the previous checkpoint instead.
+A model with NaN or infinite weights is refused before anything is written.
 """
+import hashlib
 import io
 import json
 import os
@@ -32,14 +40,49 @@ class Checkpoint:
     optimizer: object
     step: int
     extra: dict
+    path: str = None      # the file read
+    note: str = None      # why another file than the one asked for was read
+
+
+def previous_path(path):
+    """The file that keeps the checkpoint before `path`'s: x.npz -> x.prev.npz."""
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.prev{ext or '.npz'}"
+
+
+def _digest(files):
+    """SHA-256 over the archive's array files, in name order, names included."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(name.encode() + b"\0")
+        h.update(files[name])
+    return h.hexdigest()
+
+
+def _fsync_folder(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every platform opens folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
     """Write model (a Sequential), optimizer (or None), step and extra (a JSON-able
-    dict) to path atomically. A folder path gets checkpoint.npz inside it."""
+    dict) to path atomically, keeping the file it replaces as <name>.prev.npz. A
+    folder path gets checkpoint.npz inside it. Returns the file's path."""
     from . import __version__
 
     path = _file(path)
+    bad = [key for key, p, _ in model.parameters() if not np.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"not writing a checkpoint of non-finite weights (NaN or inf in "
+                         f"{', '.join(bad[:3])}); {path} is left as it was")
     arrays = {f"model/{key}": p for key, p, _ in model.parameters()}
     opt_meta = None
     if optimizer is not None:
@@ -49,23 +92,29 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
     meta = {"format": FORMAT, "version": VERSION, "numlstm": __version__,
             "model": model.get_config(), "optimizer": opt_meta, "step": int(step),
             "rng": model.rng_states(), "extra": extra or {}}
-    text = json.dumps(meta, indent=1)  # fails here, before any file is touched
+    json.dumps(meta)  # fails here, before any file is touched
 
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
+        files = {}
+        for name, arr in arrays.items():
+            buf = io.BytesIO()
+            # (np.ascontiguousarray would make a 0-d slot, Adam's step, 1-d)
+            np.lib.format.write_array(buf, np.asarray(arr, order="C"), allow_pickle=False)
+            files[name + ".npy"] = buf.getvalue()
+        meta["sha256"] = _digest(files)
         with open(tmp, "wb") as f:
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                z.writestr("meta.json", text)
-                for name, arr in arrays.items():
-                    buf = io.BytesIO()
-                    # (np.ascontiguousarray would make a 0-d slot, Adam's step, 1-d)
-                    np.lib.format.write_array(buf, np.asarray(arr, order="C"),
-                                              allow_pickle=False)
-                    z.writestr(name + ".npy", buf.getvalue())
+                z.writestr("meta.json", json.dumps(meta, indent=1))
+                for name, data in files.items():
+                    z.writestr(name, data)
             f.flush()
             os.fsync(f.fileno())
+        if os.path.exists(path):
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
+        _fsync_folder(folder)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -87,27 +136,61 @@ def resolve(path):
     return path
 
 
-def load_checkpoint(path):
-    """Read a checkpoint -> Checkpoint(model, optimizer or None, step, extra); the model
-    predicts exactly as the saved one did, and its random state is restored."""
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that is truncated, damaged, or not a checkpoint at all."""
+
+
+def load_checkpoint(path, fallback=False):
+    """Read a checkpoint -> Checkpoint(model, optimizer or None, step, extra, path,
+    note); the model predicts exactly as the saved one did, and its random state is
+    restored.
+
+    A file that is missing, truncated or corrupted (its checksum does not match)
+    raises FileNotFoundError or ValueError saying so; with fallback=True the
+    previous checkpoint (<name>.prev.npz, kept by save_checkpoint) is read instead
+    when it is sound, and `note` says why.
+    """
+    file = _file(path)
+    try:
+        return _read(resolve(path))
+    except (FileNotFoundError, CorruptCheckpoint) as err:
+        prev = previous_path(file)
+        if not fallback or not os.path.isfile(prev):
+            raise
+        ckpt = _read(prev)
+        ckpt.note = f"{err}; read the previous checkpoint, {prev} (step {ckpt.step})"
+        return ckpt
+
+
+def _read(path):
     from .model import Sequential
     from .optim import get_optimizer
 
-    path = resolve(path)
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise ValueError("a single array, not an archive")
         with z:
             meta = json.loads(z.zip.read("meta.json"))
-            arrays = {name: z[name] for name in z.files}
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a numlstm checkpoint ({err})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a numlstm checkpoint (format {meta.get('format')!r})")
+            files = {n: z.zip.read(n) for n in z.zip.namelist() if n != "meta.json"}
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
+        raise CorruptCheckpoint(f"{path}: not a numlstm checkpoint, or a damaged one "
+                                f"({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CorruptCheckpoint(f"{path}: not a numlstm checkpoint (format {got!r})")
     if meta.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint version {meta.get('version')}, this numlstm "
                          f"reads version {VERSION}")
+    if "sha256" in meta and _digest(files) != meta["sha256"]:
+        raise CorruptCheckpoint(f"{path}: corrupted (its arrays do not match the checksum "
+                                "written with them)")
+    try:
+        arrays = {n[:-len(".npy")]: np.lib.format.read_array(io.BytesIO(data),
+                                                             allow_pickle=False)
+                  for n, data in files.items()}
+    except (ValueError, OSError, EOFError) as err:
+        raise CorruptCheckpoint(f"{path}: a damaged array ({err})") from None
     model = Sequential.from_config(meta["model"])
     model.set_weights({k[len("model/"):]: v for k, v in arrays.items()
                        if k.startswith("model/")})
@@ -120,7 +203,7 @@ def load_checkpoint(path):
             "type": o["type"], "config": o["config"], "steps": o["steps"],
             "state": {k[len("optimizer/"):]: v for k, v in arrays.items()
                       if k.startswith("optimizer/")}})
-    return Checkpoint(model, optimizer, meta["step"], meta["extra"])
+    return Checkpoint(model, optimizer, meta["step"], meta["extra"], path)
 
 
 def load(path):

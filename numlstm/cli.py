@@ -236,10 +236,17 @@ def _add_train_parser(sub):
     r.add_argument("--out", metavar="DIR",
                    help="run folder (default: a new runs/<task>-<date>-<time>)")
     r.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
-                   help="text: also write the checkpoint every N steps (default: 500)")
+                   help="text and adding: also write the checkpoint every N steps "
+                        "(default: 500; forecast writes one after every epoch)")
     r.add_argument("--resume", metavar="CHECKPOINT",
-                   help="text: continue from a checkpoint file or run folder (model, "
-                        "optimizer, step, random state) up to --steps")
+                   help="continue from a checkpoint file or run folder (model, optimizer, "
+                        "step, random state) up to --steps or --epochs, ending as an "
+                        "uninterrupted run would; a damaged checkpoint falls back to the "
+                        "previous one. Without --out, the run goes on in that folder")
+    r.add_argument("--on-nan", choices=["stop", "skip"], default="stop",
+                   help="a NaN or infinite loss or gradient: stop with a message naming "
+                        "the step, leaving the last checkpoint as it was (default), or "
+                        "skip that step's update")
     r.add_argument("--quiet", dest="verbose", action="store_false",
                    help="no progress bar")
     p.set_defaults(run=_train)
@@ -333,12 +340,17 @@ def main(argv=None):
                 setattr(args, key, value)
         if args.clip_norm < 0 or args.dropout < 0 or args.dropout >= 1:
             parser.error("--clip-norm must be >= 0 and --dropout in [0, 1)")
+    from .optim import NonFiniteError
     from .train import UsageError
     try:
         return args.run(args)
     except UsageError as err:
         print(f"numlstm {args.command}: {err}", file=sys.stderr)
         return 2
+    except NonFiniteError as err:
+        print(f"numlstm {args.command}: stopped: {err}; the last checkpoint is as it was "
+              f"(--resume from it, or pass --on-nan skip)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import numpy as np
 from .layers import (LAYER_TYPES, Dense, Dropout, Embedding, Layer, _numeric, _Recurrent,
                      _shape_str)
 from .losses import get_loss
-from .optim import Optimizer, get_optimizer
+from .optim import NonFiniteError, Optimizer, get_optimizer
 
 
 class Sequential:
@@ -62,6 +62,7 @@ class Sequential:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.loss = self.optimizer = None
+        self.on_nonfinite, self.skipped_steps = "raise", 0
         self._shapes = self._infer_shapes()
 
     # -- structure -----------------------------------------------------------------------
@@ -193,15 +194,26 @@ class Sequential:
                 break
         return dout
 
-    def compile(self, optimizer="adam", loss="mse", **optimizer_args):
+    def compile(self, optimizer="adam", loss="mse", on_nonfinite="raise",
+                **optimizer_args):
         """Choose the loss ("mse", "cross_entropy" or a loss object) and the optimizer
         ("sgd", "adam", "adamw" with `optimizer_args` such as lr=, clip_norm=,
-        lr_schedule=; or an Optimizer object)."""
+        lr_schedule=; or an Optimizer object).
+
+        on_nonfinite: what a training step does with a NaN or infinite loss or
+        gradient: "raise" (default) raises numlstm.NonFiniteError naming the step,
+        before any weight changes; "skip" leaves the weights and the optimizer as
+        they were and counts the step in `skipped_steps`."""
         if isinstance(optimizer, Optimizer) and optimizer_args:
             raise ValueError("optimizer arguments go to the optimizer's constructor when "
                              "an Optimizer object is given")
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got "
+                             f"{on_nonfinite!r}")
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer, **optimizer_args)
+        self.on_nonfinite = on_nonfinite
+        self.skipped_steps = 0
         return self
 
     def _need_compiled(self, what):
@@ -209,13 +221,24 @@ class Sequential:
             raise RuntimeError(f"{what}: call model.compile(optimizer=..., loss=...) first")
 
     def train_step(self, x, y, lengths=None):
-        """One update on one batch: forward, loss, backward, optimizer step -> loss."""
+        """One update on one batch: forward, loss, backward, optimizer step -> loss.
+
+        A NaN or infinite loss or gradient changes nothing; it raises NonFiniteError
+        or is skipped, as compile(on_nonfinite=) says."""
         self._need_compiled("train_step")
         self.zero_grad()
         out = self.forward(x, training=True, lengths=lengths)
         value, grad = self.loss.value_and_grad(out, y)
-        self.backward(grad)
-        self.step_optimizer()
+        try:
+            if not np.isfinite(value):
+                raise NonFiniteError(f"update {self.optimizer.steps + 1}: the loss is "
+                                     f"{value}; no parameter was changed")
+            self.backward(grad)
+            self.step_optimizer()
+        except NonFiniteError:
+            if self.on_nonfinite == "raise":
+                raise
+            self.skipped_steps += 1
         return value
 
     def step_optimizer(self):
@@ -229,12 +252,24 @@ class Sequential:
             return self.optimizer.step(triples)
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
-            verbose=1, lengths=None):
+            verbose=1, lengths=None, initial_epoch=0, on_epoch_end=None):
         """Train for `epochs` passes over (x, y) in batches; returns the history,
         {"loss": [per epoch], "val_loss": [...] (with validation_data), "tokens_per_s":
-        [...]}. verbose=1 shows a progress bar per epoch (loss, tokens/s)."""
+        [...]}. verbose=1 shows a progress bar per epoch (loss, tokens/s).
+
+        initial_epoch: as Keras's, the epoch to start at (epochs counts from 0, so a
+        run resumed after k epochs passes initial_epoch=k and the same `epochs`).
+        on_epoch_end: called as on_epoch_end(epoch, history) after each epoch, e.g.
+        to write a checkpoint. Batches skipped for a non-finite loss (compile's
+        on_nonfinite="skip") are left out of the epoch's mean loss."""
         self._need_compiled("fit")
         epochs = _check_count(epochs, "epochs")
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
+                or not 0 <= initial_epoch <= epochs:
+            raise ValueError(f"initial_epoch: expected an integer in [0, epochs={epochs}], "
+                             f"got {initial_epoch!r}")
+        if on_epoch_end is not None and not callable(on_epoch_end):
+            raise TypeError(f"on_epoch_end: expected a callable, got {on_epoch_end!r}")
         x, y = _numeric(x, "x"), _numeric(y, "y")
         n = _check_batch(x, y, batch_size)
         batch_size = int(batch_size)
@@ -242,7 +277,7 @@ class Sequential:
         history = {"loss": [], "tokens_per_s": []}
         if validation_data is not None:
             history["val_loss"] = []
-        for epoch in range(epochs):
+        for epoch in range(int(initial_epoch), epochs):
             order = self._rng.permutation(n) if shuffle else np.arange(n)
             batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
             bar = _progress(len(batches), f"epoch {epoch + 1}/{epochs}", verbose)
@@ -250,24 +285,28 @@ class Sequential:
             t0 = time.perf_counter()
             for idx in batches:
                 lens = None if lengths is None else lengths[idx]
-                total += self.train_step(x[idx], y[idx], lens) * len(idx)
-                seen += len(idx)
+                loss = self.train_step(x[idx], y[idx], lens)
+                if np.isfinite(loss):
+                    total += loss * len(idx)
+                    seen += len(idx)
                 tokens += _tokens(x[idx])
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{total / seen:.4f}",
+                    bar.set_postfix(loss=f"{total / max(seen, 1):.4f}",
                                     tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}",
                                     refresh=False)
-            history["loss"].append(total / n)
+            history["loss"].append(total / seen if seen else float("nan"))
             history["tokens_per_s"].append(tokens / (time.perf_counter() - t0))
             if validation_data is not None:
                 history["val_loss"].append(self.evaluate(*validation_data,
                                                          batch_size=batch_size))
                 if bar is not None:
-                    bar.set_postfix(loss=f"{total / n:.4f}",
+                    bar.set_postfix(loss=f"{history['loss'][-1]:.4f}",
                                     val_loss=f"{history['val_loss'][-1]:.4f}")
             if bar is not None:
                 bar.close()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, history)
         return history
 
     def evaluate(self, x, y, batch_size=256, lengths=None):

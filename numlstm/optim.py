@@ -42,6 +42,10 @@ def _float_array(name, value):
     return value
 
 
+class NonFiniteError(RuntimeError):
+    """A NaN or infinite loss or gradient: the update was not made."""
+
+
 def _global_norm(grads):
     # float64 accumulation: a float32 sum of squares loses digits on big arrays.
     return math.sqrt(sum(float(np.square(g, dtype=np.float64).sum()) for g in grads))
@@ -57,11 +61,15 @@ def clip_grad_norm(grads, max_norm):
     max_norm = _real("max_norm", max_norm, "a number > 0", lambda v: v > 0)
     grads = [_float_array("grads", g) for g in grads]
     total = _global_norm(grads)
+    _scale_to(grads, max_norm, total)
+    return total
+
+
+def _scale_to(grads, max_norm, total):
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for g in grads:
             np.multiply(g, coef, out=g)
-    return total
 
 
 class Optimizer:
@@ -140,12 +148,20 @@ class Optimizer:
 
     def step(self, triples):
         """One update of every param in `triples`; returns {"lr": the learning rate
-        used, "grad_norm": the global L2 norm of the grads before clipping}."""
+        used, "grad_norm": the global L2 norm of the grads before clipping}.
+
+        A NaN or infinite gradient raises NonFiniteError before anything changes
+        (params, state, grads and `steps` stay as they were)."""
         items = self._check(triples)
         lr = self.current_lr()
         grads = [g for _, _, g in items]
-        norm = _global_norm(grads) if self.clip_norm is None \
-            else clip_grad_norm(grads, self.clip_norm)
+        norm = _global_norm(grads)
+        if not math.isfinite(norm):
+            bad = next(k for k, _, g in items if not np.isfinite(g).all())
+            raise NonFiniteError(f"update {self.steps + 1}: the gradient of {bad} is not "
+                                 "finite (NaN or inf); no parameter was changed")
+        if self.clip_norm is not None:
+            _scale_to(grads, self.clip_norm, norm)
         for key, param, grad in items:
             state = self.state.setdefault(key, {})
             for slot, buf in state.items():

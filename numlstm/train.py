@@ -63,6 +63,51 @@ def _optimizer_args(args, steps):
     return dict(lr=args.lr, clip_norm=args.clip_norm or None, lr_schedule=schedule)
 
 
+def resume_from(args, task):
+    """The checkpoint `--resume` names (falling back to the previous one when the
+    latest is damaged), or None for a fresh run. A run folder that has no checkpoint
+    yet (a run killed before its first) starts from the beginning."""
+    if not args.resume:
+        return None
+    try:
+        ckpt = load_checkpoint(args.resume, fallback=True)
+    except FileNotFoundError as err:
+        if os.path.isdir(args.resume):
+            print(f"--resume {args.resume}: no checkpoint there yet; starting from the "
+                  f"beginning")
+            return None
+        raise UsageError(f"--resume: {err}") from None
+    except ValueError as err:
+        raise UsageError(f"--resume: {err}") from None
+    if ckpt.note:
+        print(f"--resume: {ckpt.note}")
+    if ckpt.extra.get("task") != task:
+        raise UsageError(f"--resume {args.resume}: a {ckpt.extra.get('task')!r} "
+                         f"checkpoint, not a {task} model's")
+    return ckpt
+
+
+def run_dir(args, task):
+    """--out, else the folder being resumed (a resumed run goes on where it was), else
+    a new runs/<task>-<time> folder."""
+    if args.out is None and args.resume and os.path.isdir(args.resume):
+        return make_run_dir(args.resume, task)
+    return make_run_dir(args.out, task)
+
+
+def _compile(model, loss, args, steps, resumed=None):
+    """Compile model for training, continuing resumed's optimizer when given."""
+    opt = _optimizer_args(args, steps)
+    if resumed is not None:
+        model.compile(resumed.optimizer or "adam", loss, on_nonfinite=_NAN[args.on_nan])
+        model.optimizer.lr_schedule = opt["lr_schedule"]
+    else:
+        model.compile("adam", loss, on_nonfinite=_NAN[args.on_nan], **opt)
+
+
+_NAN = {"stop": "raise", "skip": "skip"}
+
+
 # -- forecasting ---------------------------------------------------------------------------
 def load_co2():
     """The embedded weekly CO2 series: (dates as numpy datetime64[D], ppm with the 59
@@ -152,23 +197,41 @@ def run_forecast(args):
     x_tr, y_tr = forecast_windows(series, train_origins, window, horizon, scale)
     x_va, y_va = forecast_windows(series, val_origins, window, horizon, scale)
 
-    seeds = np.random.SeedSequence(args.seed).generate_state(4)
-    hidden, layers = args.hidden or 64, args.layers or 1
-    model = Sequential([
-        CELLS[args.cell](1, hidden, num_layers=layers, return_sequences=False,
-                         seed=int(seeds[0])),
-        Dense(hidden, horizon, seed=int(seeds[1]))], name="forecaster", seed=int(seeds[2]))
     epochs = args.epochs or 60
     steps = epochs * math.ceil(len(x_tr) / args.batch_size)
-    model.compile("adam", "mse", **_optimizer_args(args, steps))
-    out = make_run_dir(args.out, "forecast")
+    resumed = resume_from(args, "forecast")
+    if resumed:
+        model = resumed.model
+        history = resumed.extra["history"]
+    else:
+        seeds = np.random.SeedSequence(args.seed).generate_state(4)
+        hidden, layers = args.hidden or 64, args.layers or 1
+        model = Sequential([
+            CELLS[args.cell](1, hidden, num_layers=layers, return_sequences=False,
+                             seed=int(seeds[0])),
+            Dense(hidden, horizon, seed=int(seeds[1]))], name="forecaster",
+            seed=int(seeds[2]))
+        history = {"loss": [], "tokens_per_s": [], "val_loss": []}
+    _compile(model, "mse", args, steps, resumed)
+    out = run_dir(args, "forecast")
+    done = len(history["loss"])
     print(f"forecasting {name}: {n} values, window {window}, horizon {horizon}, "
-          f"{len(x_tr)} training windows, {len(x_va)} validation origins -> {out}")
+          f"{len(x_tr)} training windows, {len(x_va)} validation origins -> {out}"
+          + (f" (resuming after epoch {done})" if resumed else ""))
     model.summary()
+    extra = {"task": "forecast", "scale": scale, "window": window, "horizon": horizon}
+
+    def checkpoint(epoch, new):
+        for key in history:
+            history[key].append(new[key][-1])
+        save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
+                        step=model.optimizer.steps, extra={**extra, "history": history})
 
     t0 = time.perf_counter()
-    history = model.fit(x_tr, y_tr, epochs=epochs, batch_size=args.batch_size,
-                        validation_data=(x_va, y_va), verbose=args.verbose)
+    if done < epochs:
+        model.fit(x_tr, y_tr, epochs=epochs, initial_epoch=done, batch_size=args.batch_size,
+                  validation_data=(x_va, y_va), verbose=args.verbose,
+                  on_epoch_end=checkpoint)
     train_seconds = time.perf_counter() - t0
 
     pred = model.predict(x_va, batch_size=512) * scale + series[val_origins][:, None]
@@ -188,11 +251,7 @@ def run_forecast(args):
         "train_seconds": train_seconds,
         "tokens_per_second": float(np.median(history["tokens_per_s"])),
         "final_loss": history["loss"][-1], "final_val_loss": history["val_loss"][-1],
-        "seed": args.seed}
-    save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
-                    step=model.optimizer.steps,
-                    extra={"task": "forecast", "scale": scale, "window": window,
-                           "horizon": horizon})
+        "skipped_steps": model.skipped_steps, "seed": args.seed}
     write_json(os.path.join(out, "metrics.json"), metrics)
     ep = list(range(1, epochs + 1))
     plot.loss_curve(os.path.join(out, "loss.png"),
@@ -282,9 +341,8 @@ def _text_checkpoint(path, flag, not_text):
 def run_text(args):
     text = read_text(args.text)
     seq_len, steps = args.seq_len, args.steps or 2000
-    resume = None
-    if args.resume:
-        resume = _text_checkpoint(args.resume, "--resume", "checkpoint, not a text model's")
+    resume = resume_from(args, "text")
+    if resume:
         vocab = resume.extra["vocab"]
         unknown = sorted(set(text) - set(vocab))
         if unknown:
@@ -299,18 +357,16 @@ def run_text(args):
 
     if resume:
         model, step = resume.model, resume.step
-        model.compile(resume.optimizer or "adam", "cross_entropy")
-        model.optimizer.lr_schedule = _optimizer_args(args, steps)["lr_schedule"]
         data_rng = np.random.default_rng()
         data_rng.bit_generator.state = resume.extra["data_rng"]
         losses = resume.extra.get("losses", [])
     else:
         model = char_model(len(vocab), args.embed, args.hidden or 128, args.layers or 1,
                            args.dropout, args.seed, args.cell)
-        model.compile("adam", "cross_entropy", **_optimizer_args(args, steps))
         step, losses = 0, []
         data_rng = np.random.default_rng(np.random.SeedSequence(args.seed).spawn(1)[0])
-    out = make_run_dir(args.out, "text")
+    _compile(model, "cross_entropy", args, steps, resume)
+    out = run_dir(args, "text")
     print(f"character model on {args.text}: {len(text):,} characters, vocabulary "
           f"{len(vocab)}, training on {len(train_ids):,}, validating on the last "
           f"{len(val_ids):,} -> {out}")
@@ -349,7 +405,8 @@ def run_text(args):
     metrics = {"task": "text", "text": os.path.abspath(args.text), "characters": len(text),
                "vocab": len(vocab), "val_bpc": val_bpc,
                "unigram_bpc": float(-(p * np.log2(p)).sum()),
-               "steps": step, "train_seconds": train_seconds,
+               "steps": step, "skipped_steps": model.skipped_steps,
+               "train_seconds": train_seconds,
                "tokens_per_second": tokens / train_seconds if train_seconds else None,
                "parameters": model.count_params(), "seed": args.seed,
                "config": {"embed": args.embed, "hidden": args.hidden or 128,
@@ -432,37 +489,56 @@ def run_adding(args):
     if T < 2:
         raise UsageError(f"--seq-len: the adding problem needs at least 2 steps, got {T}")
     seeds = np.random.SeedSequence(args.seed).generate_state(4)
-    hidden = args.hidden or 64
-    model = Sequential([
-        CELLS[args.cell](2, hidden, num_layers=args.layers or 1, return_sequences=False,
-                         seed=int(seeds[0])),
-        Dense(hidden, 1, seed=int(seeds[1]))], name=f"adding_{args.cell}", seed=int(seeds[2]))
-    model.compile("adam", "mse", **_optimizer_args(args, steps))
-    data_rng = np.random.default_rng(seeds[3])
     x_te, y_te = adding_batch(np.random.default_rng(seeds[3] + 1), 1000, T)
-    out = make_run_dir(args.out, "adding")
+    resumed = resume_from(args, "adding")
+    if resumed:
+        model, step, curve = resumed.model, resumed.step, resumed.extra["curve"]
+        data_rng = np.random.default_rng()
+        data_rng.bit_generator.state = resumed.extra["data_rng"]
+    else:
+        hidden = args.hidden or 64
+        model = Sequential([
+            CELLS[args.cell](2, hidden, num_layers=args.layers or 1, return_sequences=False,
+                             seed=int(seeds[0])),
+            Dense(hidden, 1, seed=int(seeds[1]))], name=f"adding_{args.cell}",
+            seed=int(seeds[2]))
+        step, curve = 0, []
+        data_rng = np.random.default_rng(seeds[3])
+    _compile(model, "mse", args, steps, resumed)
+    out = run_dir(args, "adding")
     print(f"adding problem: T={T}, {steps} steps of batch {args.batch_size}; always "
-          f"answering 1.0 scores MSE {np.mean((y_te - 1) ** 2):.4f} on the test set -> {out}")
+          f"answering 1.0 scores MSE {np.mean((y_te - 1) ** 2):.4f} on the test set -> {out}"
+          + (f" (resuming at step {step})" if resumed else ""))
     model.summary()
+
+    def checkpoint():
+        save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
+                        step=step, extra={"task": "adding", "T": T, "curve": curve,
+                                          "data_rng": data_rng.bit_generator.state})
+
     from tqdm.auto import tqdm
-    curve, t0 = [], time.perf_counter()
-    bar = tqdm(range(1, steps + 1), desc="training", unit="step", disable=not args.verbose,
-               dynamic_ncols=True)
-    for step in bar:
+    t0, start = time.perf_counter(), step
+    bar = tqdm(total=steps, initial=step, desc="training", unit="step",
+               disable=not args.verbose, dynamic_ncols=True)
+    while step < steps:
         loss = model.train_step(*adding_batch(data_rng, args.batch_size, T))
+        step += 1
+        bar.update(1)
         if step % 50 == 0 or step == steps:
             test = model.evaluate(x_te, y_te, batch_size=500)
             curve.append((step, loss, test))
             bar.set_postfix(loss=f"{loss:.4f}", test_mse=f"{test:.4f}", refresh=False)
+        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
+            checkpoint()
+    bar.close()
     train_seconds = time.perf_counter() - t0
+    checkpoint()
     test_mse = curve[-1][2]
     metrics = {"task": "adding", "T": T, "steps": steps, "batch_size": args.batch_size,
                "test_mse": test_mse, "baseline_mse": float(np.mean((y_te - 1) ** 2)),
                "baseline": "always answering 1.0", "train_seconds": train_seconds,
-               "tokens_per_second": steps * args.batch_size * T / train_seconds,
-               "seed": args.seed}
-    save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
-                    step=steps, extra={"task": "adding", "T": T})
+               "tokens_per_second": (step - start) * args.batch_size * T / train_seconds,
+               "skipped_steps": model.skipped_steps, "seed": args.seed}
     write_json(os.path.join(out, "metrics.json"), metrics)
     s, tr, te = np.array(curve).T
     plot.loss_curve(os.path.join(out, "loss.png"),

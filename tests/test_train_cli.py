@@ -67,8 +67,9 @@ def _check_forecast(folder, series, metrics):
 def test_train_default_forecasts_co2(tmp_path):
     out = str(tmp_path / "co2")
     assert main(["train", "--out", out, "--epochs", "2", "--quiet"]) == 0
-    assert sorted(os.listdir(out)) == ["checkpoint.npz", "forecast.png", "loss.png",
-                                       "metrics.json"]
+    # (a checkpoint after each epoch; the one before the last is kept as .prev)
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "checkpoint.prev.npz",
+                                       "forecast.png", "loss.png", "metrics.json"]
     m = _metrics(out)
     assert m["task"] == "forecast" and m["epochs"] == 2
     assert (m["window"], m["horizon"], m["season"]) == (104, 52, 52)
@@ -326,7 +327,9 @@ def test_train_adding(tmp_path):
     assert abs(m["baseline_mse"] - 1 / 6) < 0.03
     assert math.isfinite(m["test_mse"]) and m["test_mse"] > 0
     ck = numlstm.load_checkpoint(out)
-    assert ck.step == ck.optimizer.steps == 20 and ck.extra == {"task": "adding", "T": 12}
+    assert ck.step == ck.optimizer.steps == 20
+    assert (ck.extra["task"], ck.extra["T"]) == ("adding", 12)
+    assert [s for s, _, _ in ck.extra["curve"]] == [20]
     assert _is_png(os.path.join(out, "loss.png"))
 
 
