@@ -29,17 +29,28 @@ from .packing import LAYOUTS, convert  # noqa: E402
 
 
 
-def __getattr__(name):
-    # export_onnx and import_onnx need the onnx package (the interop extra), which a
-    # plain install lacks: import it on first use, not with numlstm.
-    if name in ("export_onnx", "import_onnx"):
-        try:
-            from . import onnx_io
-        except ImportError as err:
-            raise ImportError(f"numlstm.{name} needs the onnx package ({err}); install it "
-                              "with: pip install 'numlstm[interop]'") from err
-        return getattr(onnx_io, name)
-    raise AttributeError(f"module 'numlstm' has no attribute {name!r}")
+def _onnx_io():
+    # ONNX needs the onnx package (the interop extra), which a plain install lacks:
+    # it is imported on first use, not with numlstm.
+    try:
+        from . import onnx_io
+    except ImportError as err:
+        raise ImportError(f"ONNX export and import need the onnx package ({err}); "
+                          "install it with: pip install 'numlstm[interop]'") from err
+    return onnx_io
+
+
+def export_onnx(obj, path, lengths=False, initial_state=False, dtype=None):
+    """Write an LSTM, GRU or RNN layer, or a Sequential model, to `path` as ONNX that
+    onnxruntime runs; see numlstm.onnx_io.export_onnx. Needs the onnx package."""
+    return _onnx_io().export_onnx(obj, path, lengths=lengths, initial_state=initial_state,
+                                  dtype=dtype)
+
+
+def import_onnx(path):
+    """Read a file that export_onnx wrote back into a layer or Sequential model; see
+    numlstm.onnx_io.import_onnx. Needs the onnx package."""
+    return _onnx_io().import_onnx(path)
 
 
 __all__ = ["LSTM", "GRU", "RNN", "Dense", "Dropout", "Embedding", "Sequential", "MSELoss",

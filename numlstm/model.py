@@ -59,7 +59,8 @@ class Sequential:
             used.add(name_i)
         self.layers = layers
         self.name = name
-        self.seed = seed
+        # (a NumPy integer seed would not survive the JSON of a checkpoint)
+        self.seed = int(seed) if isinstance(seed, numbers.Integral) else seed
         self._rng = np.random.default_rng(seed)
         self.loss = self.optimizer = None
         self.on_nonfinite, self.skipped_steps = "raise", 0

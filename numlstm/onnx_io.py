@@ -239,7 +239,7 @@ def _sequential_graph(g, model, lengths):
     return inputs, [_value("y", elem, _dims(model._shapes[-1]))]
 
 
-def export_onnx(obj, path, lengths=False, initial_state=False, dtype=np.float32):
+def export_onnx(obj, path, lengths=False, initial_state=False, dtype=None):
     """Write a layer (LSTM, GRU, RNN) or a Sequential model to `path` as ONNX.
 
     lengths: add an int64 input "lengths" [batch] (each sequence's valid steps),
@@ -247,15 +247,23 @@ def export_onnx(obj, path, lengths=False, initial_state=False, dtype=np.float32)
         sequence runs for the whole time axis.
     initial_state: (layers only) add inputs "h0" (and "c0") [L*D,batch,H]; without
         them the state starts at zero.
-    dtype: the file's floating type, np.float32 (default; what onnxruntime runs) or
-        np.float64.
+    dtype: the file's floating type, np.float32 (None, the default: what onnxruntime
+        runs) or np.float64.
 
     The model is checked with onnx.checker (full check, with shape inference)
     before it is written; the file is written atomically. Returns the ModelProto.
     See this module's docstring for the inputs, outputs and operators.
     """
-    if np.dtype(dtype) not in _ELEM:
-        raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
+    dtype = np.float32 if dtype is None else dtype
+    try:
+        ok = np.dtype(dtype) in _ELEM
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(f"dtype: expected np.float32 or np.float64, got {dtype!r}")
+    for name, flag in (("lengths", lengths), ("initial_state", initial_state)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected True or False, got {type(flag).__name__}")
     g = _Graph(dtype)
     if isinstance(obj, _Recurrent):
         kind, config = "layer", {"type": type(obj).__name__, "name": obj.name,
@@ -321,24 +329,45 @@ def _load_layer(layer, prefix, inits):
 
 def import_onnx(path):
     """Read a file written by export_onnx back: the layer or Sequential model, with the
-    file's weights (read from its initializers) in the file's dtype."""
-    model = onnx.load(os.fspath(path))
+    file's weights (read from its initializers) in the file's dtype. A file that is
+    not one (unreadable, damaged, another program's) raises ValueError saying so."""
+    path = os.fspath(path)
+    try:
+        model = onnx.load(path)
+    except OSError:
+        raise
+    except Exception as err:  # protobuf's DecodeError and kin
+        raise ValueError(f"import_onnx: {path} is not a readable ONNX file "
+                         f"({type(err).__name__}: {err})") from None
     props = {p.key: p.value for p in model.metadata_props}
     if "numlstm" not in props:
         raise ValueError(f"import_onnx: {path} was not written by numlstm.export_onnx (it "
                          "has no 'numlstm' metadata entry)")
-    meta = json.loads(props["numlstm"])
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(f"import_onnx: expected format {FORMAT!r} version {VERSION}, got "
-                         f"{meta.get('format')!r} version {meta.get('version')!r}")
+    try:
+        meta = json.loads(props["numlstm"])
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or \
+            meta.get("version") != VERSION:
+        got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else meta
+        raise ValueError(f"import_onnx: expected {path}'s 'numlstm' metadata to be format "
+                         f"{FORMAT!r} version {VERSION}, got {got!r}")
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    if meta["kind"] == "layer":
-        entry = meta["config"]
-        layer = LAYER_TYPES[entry["type"]](**entry["config"])
-        layer.name = entry["name"]
-        _load_layer(layer, layer.name or layer.cell, inits)
-        return layer
-    seq = Sequential.from_config(meta["config"])
-    for layer in seq.layers:
-        _load_layer(layer, layer.name, inits)
-    return seq
+    try:
+        if meta.get("kind") == "layer":
+            entry = meta["config"]
+            if entry["type"] not in ("LSTM", "GRU", "RNN"):
+                raise ValueError(f"unknown layer type {entry['type']!r}")
+            obj = LAYER_TYPES[entry["type"]](**entry["config"])
+            obj.name = entry["name"]
+            _load_layer(obj, obj.name or obj.cell, inits)
+            return obj
+        if meta.get("kind") != "sequential":
+            raise ValueError(f"unknown kind {meta.get('kind')!r}")
+        obj = Sequential.from_config(meta["config"])
+        for layer in obj.layers:
+            _load_layer(layer, layer.name, inits)
+        return obj
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(f"import_onnx: {path}'s numlstm metadata does not describe a "
+                         f"model it can rebuild ({type(err).__name__}: {err})") from None

@@ -13,6 +13,10 @@ when `from_torch` or `to_torch` is called.
 
 Modules come back in eval mode, the mode in which they compute what numlstm's
 layers compute by default (training=False); call `.train()` to train them.
+
+What does not move: a stateful layer's carried state (torch modules keep none);
+an nn.Embedding's padding_idx, scale_grad_by_freq and sparse (its weights move,
+and the forward pass is the same, but numlstm's Embedding trains every row).
 """
 import numpy as np
 import torch
@@ -62,11 +66,17 @@ def recurrent_from_torch(cls, module, **options):
                          "(projected LSTMs) is not supported")
     config = dict(input_size=module.input_size, hidden_size=module.hidden_size,
                   num_layers=module.num_layers, bidirectional=module.bidirectional,
-                  batch_first=module.batch_first, dropout=module.dropout,
-                  dtype=_dtype(module))
+                  batch_first=module.batch_first, dropout=module.dropout)
     if cls.cell == "rnn":
         config["nonlinearity"] = module.nonlinearity
-    layer = cls(**{**config, **options})
+    if cls.cell == "gru":
+        config["reset_after"] = True  # torch's GRU form
+    clash = {k: (v, config[k]) for k, v in options.items() if k in config and v != config[k]}
+    if clash:
+        raise ValueError(f"{cls.__name__}.from_torch: options that contradict the module: "
+                         + ", ".join(f"{k}={v!r} (the module has {m!r})"
+                                     for k, (v, m) in clash.items()))
+    layer = cls(**{**config, "dtype": _dtype(module), **options})
     weights = _state(module)
     if not module.bias:  # bias=False: zero biases compute the same function
         for name, shape in layer.spec.torch_shapes().items():
@@ -113,7 +123,8 @@ def _embedding_from_torch(module):
 
 
 def _layer_to_torch(layer):
-    """[modules] computing layer in a TorchSequential, and the layer's options."""
+    """The module computing layer in a TorchSequential, and the options its forward
+    needs."""
     if isinstance(layer, _Recurrent):
         s = layer.spec
         if s.cell == "gru" and not s.reset_after:
@@ -146,13 +157,19 @@ class TorchSequential(nn.Module):
     the last layer's output, as Sequential.predict returns it.
     """
 
-    def __init__(self, modules, options):
+    def __init__(self, modules, options, configs=None, name="sequential"):
         super().__init__()
         self.layers = nn.ModuleList(modules)
         self.options = list(options)
+        # what Sequential.from_torch needs to rebuild the numlstm model exactly
+        self.numlstm_configs = configs
+        self.numlstm_name = name
 
     def forward(self, x, lengths=None):
         for module, opts in zip(self.layers, self.options):
+            weights = next(module.parameters(), None)
+            if weights is not None and x.is_floating_point() and x.dtype != weights.dtype:
+                x = x.to(weights.dtype)  # layers of different dtypes, as numlstm allows
             if isinstance(module, nn.RNNBase):
                 x = self._recurrent(module, x, lengths, **opts)
             else:
@@ -187,7 +204,7 @@ class TorchSequential(nn.Module):
 
 def sequential_to_torch(model):
     modules, options = zip(*(_layer_to_torch(layer) for layer in model.layers))
-    return TorchSequential(modules, options).eval()
+    return TorchSequential(modules, options, model.get_config(), model.name).eval()
 
 
 def sequential_from_torch(module, **options):
@@ -195,6 +212,14 @@ def sequential_from_torch(module, **options):
     a list) of Embedding, LSTM/GRU/RNN, Linear (optionally followed by ReLU, Tanh or
     Sigmoid) and Dropout modules. Recurrent modules in a plain nn.Sequential pass
     on their whole output sequence. options go to Sequential (name=, seed=)."""
+    if isinstance(module, TorchSequential) and module.numlstm_configs is not None:
+        model = Sequential.from_config({**module.numlstm_configs, **options})
+        for layer, m in zip(model.layers, module.layers):
+            if isinstance(layer, _Recurrent):
+                layer.load_weights(_state(m), "torch")
+            elif layer.params:
+                layer.load_params(_state(m))
+        return model
     if isinstance(module, TorchSequential):
         modules, extra = list(module.layers), list(module.options)
     elif isinstance(module, (nn.Sequential, nn.ModuleList, list, tuple)):

@@ -149,8 +149,10 @@ def test_export_errors_leave_files_as_they_were(tmp_path):
     with pytest.raises(ValueError, match="initial_state=True is for a single recurrent"):
         numlstm.export_onnx(numlstm.Sequential([numlstm.LSTM(2, 3)]), path,
                             initial_state=True)
-    with pytest.raises(TypeError, match="dtype: expected float32 or float64, got int32"):
+    with pytest.raises(TypeError, match="dtype: expected np.float32 or np.float64, got"):
         numlstm.export_onnx(numlstm.LSTM(2, 3), path, dtype=np.int32)
+    with pytest.raises(TypeError, match="lengths: expected True or False, got ndarray"):
+        numlstm.export_onnx(numlstm.LSTM(2, 3), path, lengths=np.array([3, 4]))
     assert path.read_bytes() == b"previous"
 
 
@@ -167,5 +169,31 @@ def test_import_refuses_files_it_did_not_write(tmp_path):
     helper.set_model_props(model, {"numlstm": json.dumps({"format": "numlstm-onnx",
                                                           "version": 99})})
     onnx.save(model, path)
-    with pytest.raises(ValueError, match="expected format 'numlstm-onnx' version 1"):
+    with pytest.raises(ValueError, match="to be format 'numlstm-onnx' version 1, got "
+                                         r"\('numlstm-onnx', 99\)"):
         numlstm.import_onnx(path)
+    helper.set_model_props(model, {"numlstm": json.dumps({"format": "numlstm-onnx",
+                                                          "version": 1, "kind": "other"})})
+    onnx.save(model, path)
+    with pytest.raises(ValueError, match="does not describe a model it can rebuild"):
+        numlstm.import_onnx(path)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\xff\xff not protobuf")
+    with pytest.raises(ValueError, match="garbage.onnx is not a readable ONNX file"):
+        numlstm.import_onnx(garbage)
+
+
+def test_numlstm_works_without_onnx_and_says_what_to_install():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['onnx'] = None\n"
+            "from numlstm import *\n"
+            "import numlstm\n"
+            "try:\n"
+            "    numlstm.export_onnx(numlstm.LSTM(2, 3), 'x.onnx')\n"
+            "except ImportError as err:\n"
+            "    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'numlstm[interop]'" in out.stdout
