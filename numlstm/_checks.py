@@ -1,5 +1,7 @@
-"""Argument checks shared by the layers and the optimizers."""
+"""Argument checks shared by the layers and the optimizers, and the memory a
+process may still take."""
 import numbers
+import os
 
 
 def check_int(value, name, minimum):
@@ -10,3 +12,37 @@ def check_int(value, name, minimum):
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_memory():
+    """Bytes this process can still allocate, as far as Linux says: MemAvailable of
+    /proc/meminfo, lowered by a cgroup (container) limit where there is one; None
+    where neither can be read (other systems: no check is made)."""
+    known = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    known.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        cap, used = _read_int(limit), _read_int(usage)
+        if cap is not None and used is not None and cap < 1 << 60:  # "max": no limit
+            known.append(max(cap - used, 0))
+    return min(known) if known else None
+
+
+def gib(n):
+    return f"{n / 2 ** 30:,.1f} GiB" if n >= 2 ** 28 else f"{n / 2 ** 20:,.1f} MiB"

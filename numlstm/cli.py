@@ -347,6 +347,9 @@ def main(argv=None):
     except UsageError as err:
         print(f"numlstm {args.command}: {err}", file=sys.stderr)
         return 2
+    except MemoryError as err:  # a training cache that cannot fit, refused up front
+        print(f"numlstm {args.command}: {err}", file=sys.stderr)
+        return 2
     except NonFiniteError as err:
         print(f"numlstm {args.command}: stopped: {err}; the last checkpoint is as it was "
               f"(--resume from it, or pass --on-nan skip)", file=sys.stderr)

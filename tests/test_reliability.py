@@ -184,6 +184,52 @@ def test_the_command_stops_on_nan_and_keeps_the_checkpoint(tmp_path, capsys, mon
     assert np.isfinite(list(m.model.get_weights().values())[0]).all()
 
 
+# -- memory limits -------------------------------------------------------------------------
+def test_a_training_cache_that_cannot_fit_is_refused_with_its_size(rng):
+    lstm = LSTM(8, 256, num_layers=2, bidirectional=True, seed=0)
+    before = lstm.params
+    x = np.broadcast_to(np.float32(0), (100_000, 4096, 8))  # 13 GB as an array; no memory
+    with pytest.raises(MemoryError, match=r"LSTM: training on T=100000 steps x B=4096 "
+                                          r"sequences keeps about 12,500.0 GiB .* but about "
+                                          r"[\d,.]+ [GM]iB of memory is available"):
+        lstm(x, training=True)
+    assert lstm._cache is None
+    for k, v in before.items():
+        assert lstm.params[k] is v
+    model = Sequential([LSTM(8, 256, seed=0), Dense(256, 1)]).compile("adam", "mse")
+    with pytest.raises(MemoryError, match="GiB for the backward pass"):
+        model.train_step(np.broadcast_to(np.float32(0), (4096, 100_000, 8)),
+                         np.broadcast_to(np.float32(0), (4096, 100_000, 1)))
+    lstm(x[:5, :2])  # inference keeps no cache and is not refused
+
+
+def test_the_estimate_is_close_to_what_a_training_step_takes(rng):
+    import gc
+    import tracemalloc
+    for layer in (LSTM(16, 64, num_layers=2, bidirectional=True, dropout=0.1, seed=0),
+                  numlstm.GRU(16, 64, seed=0)):
+        x = rng.standard_normal((100, 16, 16)).astype(np.float32)
+        y, _ = layer(x[:2], training=True)  # compile and pack first
+        layer.backward(np.ones_like(y))
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        y, _ = layer(x, training=True)
+        layer.backward(np.ones_like(y))
+        del y
+        peak = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+        assert 0.6 < peak / layer.training_bytes(100, 16) < 1.3, type(layer).__name__
+
+
+def test_the_command_refuses_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(numlstm.layers, "available_memory", lambda: 1 << 20)
+    assert main(["train", "--task", "adding", "--steps", "3", "--out", str(tmp_path),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "but about 1.0 MiB of memory is available" in err[0]
+
+
 # -- resuming ------------------------------------------------------------------------------
 FORECAST = ["train", "--epochs", "3", "--hidden", "8", "--window", "60", "--horizon", "4",
             "--quiet"]
