@@ -690,14 +690,15 @@ class _Recurrent(Layer):
         return_sequences=False the output at each sequence's last valid step [B,W]
         (for the reverse direction, its state after reading the whole sequence: step
         0, as Keras returns it); W = output_size."""
+        shape = tuple(getattr(x, "shape", None) or np.shape(x))
+        if training and len(shape) == 3:  # before x is copied
+            self._check_memory(dispatch.select(self.backend, x), shape[1], shape[0])
         x = _floats(x, "x", self.dtype, self.spec.input_size)
         if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(f"x: expected [B,T,{self.spec.input_size}] with B, T >= 1, "
                              f"got shape {x.shape}")
         B, T = x.shape[:2]
         backend = dispatch.select(self.backend, x)
-        if training:
-            self._check_memory(backend, T, B)
         self._begin(backend, x)
         ops = self._ops
         lens = self._check_lengths(lengths, None, T, B, True)
