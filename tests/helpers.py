@@ -11,15 +11,15 @@ def rel_err(actual, expected):
     return np.abs(actual - expected).max() / (scale if scale > 0 else 1.0)
 
 
-def assert_close(actual, expected, rtol, what="array"):
-    """Require |actual - expected| <= rtol * max|expected| everywhere, with equal
-    shapes and no NaN; on failure print the first few mismatches."""
+def assert_close(actual, expected, rtol, what="array", atol=0.0):
+    """Require |actual - expected| <= atol + rtol * max|expected| everywhere, with
+    equal shapes and no NaN; on failure print the first few mismatches."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     assert np.isfinite(actual).all(), f"{what}: non-finite values"
     a, e = actual.astype(np.float64), expected.astype(np.float64)
     scale = np.abs(e).max() if e.size else 0.0
-    tol = rtol * (scale if scale > 0 else 1.0)
+    tol = atol + rtol * (scale if scale > 0 else 1.0)
     bad = np.argwhere(np.abs(a - e) > tol)
     if len(bad):
         rows = "\n".join(f"  at {tuple(i)}: got {a[tuple(i)]!r}, expected {e[tuple(i)]!r}"
