@@ -1,7 +1,8 @@
 """Argument checks shared by the layers and the optimizers, and the memory a
 process may still take."""
 import numbers
-import os
+
+import numpy as np
 
 
 def check_int(value, name, minimum):
@@ -12,6 +13,33 @@ def check_int(value, name, minimum):
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_bool(value, name):
+    """value as a bool when it is one (Python's or NumPy's); TypeError else (a string
+    such as "False" is true to Python, which is never what was meant)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_seed(seed, name="seed"):
+    """None, or an integer >= 0 (what NumPy's generators take); TypeError/ValueError
+    naming the argument else. A SeedSequence passes as it is."""
+    if seed is None or isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name}: expected None or an integer >= 0, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name}: expected None or an integer >= 0, got {seed}")
+    return int(seed)
+
+
+def check_finite_params(params, who):
+    """Refuse parameters with NaN or inf (they would poison every output)."""
+    bad = [k for k, v in params.items() if not np.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{who}: parameters with NaN or inf values: {', '.join(bad[:4])}")
 
 
 def _read_int(path):

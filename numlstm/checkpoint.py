@@ -6,11 +6,12 @@ numpy.load opens:
     meta.json                 {"format": "numlstm-checkpoint", "version": 1,
                                "numlstm": version, "model": Sequential.get_config(),
                                "optimizer": {"type", "config", "steps"} or null,
-                               "step": int, "rng": {generator states}, "extra": {...},
-                               "sha256": checksum of every array file, see _digest}
+                               "step": int, "rng": {generator states}, "extra": {...}}
     model/<layer>/<name>.npy  each parameter, torch's names and shapes
     optimizer/<key>/<slot>.npy  each optimizer slot (momentum, exp_avg, ...), where
                               key is the parameter's "<layer>/<name>"
+    sha256                    the SHA-256 of every other member, names included
+                              (see _digest), in hex
 
 Writing never destroys the last good checkpoint: the new one goes to a temporary
 file in the same folder, which is flushed and fsync'ed; the current file then
@@ -51,7 +52,8 @@ def previous_path(path):
 
 
 def _digest(files):
-    """SHA-256 over the archive's array files, in name order, names included."""
+    """SHA-256 over the archive's members (meta.json and the arrays), in name order,
+    names included."""
     h = hashlib.sha256()
     for name in sorted(files):
         h.update(name.encode() + b"\0")
@@ -77,8 +79,22 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
     dict) to path atomically, keeping the file it replaces as <name>.prev.npz. A
     folder path gets checkpoint.npz inside it. Returns the file's path."""
     from . import __version__
+    from .model import Sequential
+    from .optim import Optimizer
 
+    if not isinstance(model, Sequential):
+        raise TypeError(f"model: expected a numlstm.Sequential, got {type(model).__name__}")
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer: expected None or a numlstm optimizer, got "
+                        f"{type(optimizer).__name__}")
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step: expected an integer >= 0, got {step!r}")
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"extra: expected None or a dict, got {type(extra).__name__}")
     path = _file(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{path}: the folder {folder} does not exist")
     bad = [key for key, p, _ in model.parameters() if not np.isfinite(p).all()]
     if bad:
         raise ValueError(f"not writing a checkpoint of non-finite weights (NaN or inf in "
@@ -92,23 +108,20 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
     meta = {"format": FORMAT, "version": VERSION, "numlstm": __version__,
             "model": model.get_config(), "optimizer": opt_meta, "step": int(step),
             "rng": model.rng_states(), "extra": extra or {}}
-    json.dumps(meta)  # fails here, before any file is touched
+    files = {"meta.json": json.dumps(meta, indent=1).encode()}  # fails before any write
 
-    folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
-        files = {}
         for name, arr in arrays.items():
             buf = io.BytesIO()
             # (np.ascontiguousarray would make a 0-d slot, Adam's step, 1-d)
             np.lib.format.write_array(buf, np.asarray(arr, order="C"), allow_pickle=False)
             files[name + ".npy"] = buf.getvalue()
-        meta["sha256"] = _digest(files)
         with open(tmp, "wb") as f:
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                z.writestr("meta.json", json.dumps(meta, indent=1))
                 for name, data in files.items():
                     z.writestr(name, data)
+                z.writestr("sha256", _digest(files))
             f.flush()
             os.fsync(f.fileno())
         if os.path.exists(path):
@@ -167,43 +180,52 @@ def _read(path):
     from .optim import get_optimizer
 
     try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise ValueError("a single array, not an archive")
-        with z:
-            meta = json.loads(z.zip.read("meta.json"))
-            files = {n: z.zip.read(n) for n in z.zip.namelist() if n != "meta.json"}
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
+        with zipfile.ZipFile(path) as z:
+            files = {n: z.read(n) for n in z.namelist()}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         raise CorruptCheckpoint(f"{path}: not a numlstm checkpoint, or a damaged one "
                                 f"({err})") from None
+    stored = files.pop("sha256", None)
+    if stored is not None and stored.decode(errors="replace") != _digest(files):
+        raise CorruptCheckpoint(f"{path}: corrupted (its contents do not match the checksum "
+                                "written with them)")
+    try:
+        meta = json.loads(files.pop("meta.json"))
+    except (KeyError, ValueError) as err:
+        raise CorruptCheckpoint(f"{path}: not a numlstm checkpoint, or a damaged one (no "
+                                f"readable meta.json: {err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CorruptCheckpoint(f"{path}: not a numlstm checkpoint (format {got!r})")
     if meta.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint version {meta.get('version')}, this numlstm "
                          f"reads version {VERSION}")
-    if "sha256" in meta and _digest(files) != meta["sha256"]:
-        raise CorruptCheckpoint(f"{path}: corrupted (its arrays do not match the checksum "
-                                "written with them)")
     try:
         arrays = {n[:-len(".npy")]: np.lib.format.read_array(io.BytesIO(data),
                                                              allow_pickle=False)
-                  for n, data in files.items()}
+                  for n, data in files.items() if n.endswith(".npy")}
     except (ValueError, OSError, EOFError) as err:
         raise CorruptCheckpoint(f"{path}: a damaged array ({err})") from None
-    model = Sequential.from_config(meta["model"])
-    model.set_weights({k[len("model/"):]: v for k, v in arrays.items()
-                       if k.startswith("model/")})
-    model.set_rng_states(meta["rng"])
-    optimizer = None
-    if meta["optimizer"] is not None:
-        o = meta["optimizer"]
-        optimizer = get_optimizer(o["type"].lower(), **o["config"])
-        optimizer.load_state_dict({
-            "type": o["type"], "config": o["config"], "steps": o["steps"],
-            "state": {k[len("optimizer/"):]: v for k, v in arrays.items()
-                      if k.startswith("optimizer/")}})
-    return Checkpoint(model, optimizer, meta["step"], meta["extra"], path)
+    try:
+        model = Sequential.from_config(meta["model"])
+        model.set_weights({k[len("model/"):]: v for k, v in arrays.items()
+                           if k.startswith("model/")})
+        model.set_rng_states(meta["rng"])
+        optimizer = None
+        if meta["optimizer"] is not None:
+            o = meta["optimizer"]
+            optimizer = get_optimizer(str(o["type"]).lower(), **o["config"])
+            optimizer.load_state_dict({
+                "type": o["type"], "config": o["config"], "steps": o["steps"],
+                "state": {k[len("optimizer/"):]: v for k, v in arrays.items()
+                          if k.startswith("optimizer/")}})
+        step, extra = meta["step"], meta["extra"]
+        if isinstance(step, bool) or not isinstance(step, int) or not isinstance(extra, dict):
+            raise ValueError(f"step {step!r} and extra of type {type(extra).__name__}")
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise CorruptCheckpoint(f"{path}: its contents do not fit together as a numlstm "
+                                f"checkpoint ({type(err).__name__}: {err})") from None
+    return Checkpoint(model, optimizer, step, extra, path)
 
 
 def load(path):

@@ -14,6 +14,7 @@
                      --step: one streaming step; --parity: errors against torch)
 """
 import argparse
+import os
 import sys
 import time
 
@@ -60,7 +61,10 @@ def _demo(args):
 
 def _bench(args):
     from . import bench
+    from .train import UsageError
 
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise UsageError(f"--json {args.json}: the folder does not exist")
     if args.memory:
         m = bench.training_memory(*args.memory)
         mib = 1 / 2 ** 20
@@ -108,7 +112,7 @@ def _bench(args):
         _write_json(args.json, result)
         return 0
     if args.shapes:
-        grid = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+        grid = args.shapes
     else:
         grid = bench.QUICK_GRID if args.quick else (
             bench.FULL_GRID if args.full else bench.DEFAULT_GRID)
@@ -157,16 +161,42 @@ def _generate(args):
     return 0
 
 
-def _positive(kind):
+def _number(kind, minimum=0, strict=True):
+    """An argparse type: a finite `kind` above (strict) or at least `minimum`."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+        if not np.isfinite(value) or (value <= minimum if strict else value < minimum):
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {'>' if strict else '>='} {minimum}, got {text}")
         return value
     return parse
+
+
+def _positive(kind):
+    return _number(kind, 0, strict=True)
+
+
+def _shape(text):
+    """--shapes: T,B,H with each an integer >= 1."""
+    parts = text.split(",")
+    try:
+        values = tuple(int(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected T,B,H (three integers >= 1), got "
+                                         f"{text!r}")
+    return values
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (what was wrong and where to look), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _fraction(text):
@@ -201,7 +231,7 @@ def _add_train_parser(sub):
     m.add_argument("--hidden", type=_positive(int),
                    help="hidden units per layer (default: 128 for text, 64 otherwise)")
     m.add_argument("--layers", type=_positive(int), help="stacked LSTM layers (default: 1)")
-    m.add_argument("--dropout", type=float, default=0.0,
+    m.add_argument("--dropout", type=_number(float, 0, strict=False), default=0.0,
                    help="text: dropout between layers and before the output (default: 0)")
     o = p.add_argument_group("training")
     o.add_argument("--seq-len", type=_positive(int), default=None,
@@ -219,9 +249,10 @@ def _add_train_parser(sub):
                    help="text and adding: optimizer steps (default: 2000 each)")
     o.add_argument("--epochs", type=_positive(int),
                    help="forecast: passes over the training windows (default: 60)")
-    o.add_argument("--clip-norm", type=float, default=1.0,
+    o.add_argument("--clip-norm", type=_number(float, 0, strict=False), default=1.0,
                    help="clip the global gradient norm to this (0: no clipping; default 1)")
-    o.add_argument("--seed", type=int, default=0, help="seeds everything (default: 0)")
+    o.add_argument("--seed", type=_number(int, 0, strict=False), default=0,
+                   help="seeds everything (default: 0)")
     f = p.add_argument_group("forecast")
     f.add_argument("--window", type=_positive(int),
                    help="past values the model reads (default: two seasons, at least 24)")
@@ -235,7 +266,8 @@ def _add_train_parser(sub):
     r = p.add_argument_group("output")
     r.add_argument("--out", metavar="DIR",
                    help="run folder (default: a new runs/<task>-<date>-<time>)")
-    r.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
+    r.add_argument("--checkpoint-every", type=_number(int, 0, strict=False), default=500,
+                   metavar="N",
                    help="text and adding: also write the checkpoint every N steps "
                         "(default: 500; forecast writes one after every epoch)")
     r.add_argument("--resume", metavar="CHECKPOINT",
@@ -260,10 +292,11 @@ def _add_generate_parser(sub):
                    "vocabulary's first character)")
     p.add_argument("--length", type=_positive(int), default=200,
                    help="characters to generate (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8,
+    p.add_argument("--temperature", type=_number(float, 0, strict=False), default=0.8,
                    help="sampling temperature; 0 picks the likeliest character "
                         "(default: 0.8)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the sampling (default: 0)")
+    p.add_argument("--seed", type=_number(int, 0, strict=False), default=0,
+                   help="seeds the sampling (default: 0)")
     p.set_defaults(run=_generate)
 
 
@@ -287,18 +320,18 @@ def _default_char_text():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="numlstm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="numlstm", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_parser(sub)
     _add_generate_parser(sub)
     demo = sub.add_parser("demo", help="run a layer forward and backward and print it")
-    demo.add_argument("--steps", type=int, default=50)
-    demo.add_argument("--batch", type=int, default=16)
-    demo.add_argument("--input-size", type=int, default=32)
-    demo.add_argument("--hidden-size", type=int, default=64)
-    demo.add_argument("--repeat", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=_positive(int), default=50)
+    demo.add_argument("--batch", type=_positive(int), default=16)
+    demo.add_argument("--input-size", type=_positive(int), default=32)
+    demo.add_argument("--hidden-size", type=_positive(int), default=64)
+    demo.add_argument("--repeat", type=_positive(int), default=20)
+    demo.add_argument("--seed", type=_number(int, 0, strict=False), default=0)
     demo.set_defaults(run=_demo)
     bench = sub.add_parser("bench", help="compare the LSTM (or GRU, RNN) with torch's, on the CPU "
                                 "or the GPU")
@@ -306,13 +339,14 @@ def main(argv=None):
     size.add_argument("--quick", action="store_true", help="a small grid, for CI")
     size.add_argument("--full", action="store_true",
                       help="T in 16,128,1024 x H in 64,256,1024 x B in 1,16,128 (slow)")
-    size.add_argument("--shapes", nargs="+", metavar="T,B,H", help="shapes to run")
+    size.add_argument("--shapes", nargs="+", metavar="T,B,H", type=_shape,
+                      help="shapes to run")
     size.add_argument("--char", nargs="?", const="", metavar="TEXT",
                       help="train the character model (embed 32, hidden 128, batch 32, 64 "
                            "characters, Adam) in numlstm and in torch side by side, on TEXT "
                            "(default: a built-in English text), and compare tokens/s and "
                            "val_bpc")
-    size.add_argument("--memory", nargs=3, type=int, metavar=("T", "B", "H"),
+    size.add_argument("--memory", nargs=3, type=_positive(int), metavar=("T", "B", "H"),
                       help="report the training cache's memory at one shape "
                            "(the issue's: 1024 64 256)")
     size.add_argument("--step", action="store_true",
@@ -326,8 +360,8 @@ def main(argv=None):
     bench.add_argument("--backend", choices=["cpu", "cuda"], default="cpu",
                        help="the speed grid's backend: cpu against torch on the CPU, or "
                             "cuda against torch's cuDNN on the GPU (default: cpu)")
-    bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--steps", type=int, default=300,
+    bench.add_argument("--repeats", type=_positive(int), default=5)
+    bench.add_argument("--steps", type=_positive(int), default=300,
                        help="--char: training steps each (default: 300)")
     bench.add_argument("--no-torch", action="store_true")
     bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")

@@ -9,7 +9,8 @@ import numbers
 import numpy as np
 
 from . import dispatch
-from ._checks import available_memory, check_int, gib
+from ._checks import (available_memory, check_bool, check_finite_params, check_int,
+                      check_seed, gib)
 from .kernels.cpu import dense_backward_cpu, dense_forward_cpu
 from .packing import (PackCache, RecurrentSpec, as_array, from_canonical, get_layout,
                       to_canonical, torch_suffix)
@@ -90,14 +91,24 @@ class Layer:
         self._params = params
         self._params_changed()
 
-    def load_params(self, params):
-        """Replace the parameters with arrays of the same names and shapes (copied)."""
+    def checked_params(self, params):
+        """params ({name: array}, the names and shapes of `params`) as copies of this
+        layer's dtype, refusing anything else, and NaN or inf, before any change."""
+        who = self.name or type(self).__name__
+        if not hasattr(params, "keys"):
+            raise TypeError(f"{who}: expected a dict of parameters, got "
+                            f"{type(params).__name__}")
         want = {k: v.shape for k, v in self._params.items()}
         got = {k: tuple(np.shape(v)) for k, v in params.items()}
         if got != want:
-            raise ValueError(f"{self.name or type(self).__name__}: expected parameters "
-                             f"{want}, got {got}")
-        self._replace_params({k: as_array(params[k], k, self.dtype) for k in want})
+            raise ValueError(f"{who}: expected parameters {want}, got {got}")
+        arrays = {k: as_array(params[k], f"{who} {k}", self.dtype) for k in want}
+        check_finite_params(arrays, who)
+        return arrays
+
+    def load_params(self, params):
+        """Replace the parameters with arrays of the same names and shapes (copied)."""
+        self._replace_params(self.checked_params(params))
 
     def rng_state(self):
         """The state of the generator behind dropout masks (None if the layer has none)."""
@@ -116,9 +127,14 @@ class Layer:
 
 
 def _check_dtype(dtype):
-    if np.dtype(dtype) not in [np.dtype(d) for d in _DTYPES]:
-        raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
-    return np.dtype(dtype)
+    try:
+        got = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        got = None
+    if got is None or got not in [np.dtype(d) for d in _DTYPES]:
+        raise TypeError(f"dtype: expected float32 or float64, got "
+                        f"{got.name if got is not None else repr(dtype)}")
+    return got
 
 
 def _check_probability(p, what):
@@ -163,18 +179,24 @@ class _Recurrent(Layer):
         if merge_mode != "concat" and not bidirectional:
             raise ValueError(f"merge_mode={merge_mode!r} merges the two directions of a "
                              "bidirectional layer; pass bidirectional=True")
+        allowed = {"lstm": set(), "gru": {"reset_after"}, "rnn": {"nonlinearity"}}[self.cell]
+        unknown = sorted(set(cell_options) - allowed)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unexpected argument(s) "
+                            f"{', '.join(unknown)}")
         self.spec = RecurrentSpec(check_int(input_size, "input_size", 1),
                                   check_int(hidden_size, "hidden_size", 1),
-                                  check_int(num_layers, "num_layers", 1), bool(bidirectional),
+                                  check_int(num_layers, "num_layers", 1),
+                                  check_bool(bidirectional, "bidirectional"),
                                   self.cell, **cell_options)
         self.dropout = _check_probability(dropout, "dropout")
         self.dtype = _check_dtype(dtype)
-        self.batch_first = bool(batch_first)
-        self.return_sequences = bool(return_sequences)
+        self.batch_first = check_bool(batch_first, "batch_first")
+        self.return_sequences = check_bool(return_sequences, "return_sequences")
         self.merge_mode = merge_mode
-        self.stateful = bool(stateful)
+        self.stateful = check_bool(stateful, "stateful")
         self.backend = dispatch.check_name(backend)
-        init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
+        init_seq, drop_seq = np.random.SeedSequence(check_seed(seed)).spawn(2)
         self._drop_rng = np.random.default_rng(drop_seq)
         init_rng = np.random.default_rng(init_seq)
         k = 1.0 / np.sqrt(self.spec.hidden_size)
@@ -265,7 +287,9 @@ class _Recurrent(Layer):
         Every name and shape is checked before anything changes: a failed load
         leaves the layer as it was. See numlstm.packing for each layout's form.
         """
-        self._replace_params(to_canonical(weights, get_layout(layout), self.spec, self.dtype))
+        params = to_canonical(weights, get_layout(layout), self.spec, self.dtype)
+        check_finite_params(params, f"{type(self).__name__}.load_weights")
+        self._replace_params(params)
 
     def export_weights(self, layout="torch"):
         """All parameters as copies in `layout` ("torch", "keras", "onnx", "haste")."""
@@ -563,6 +587,9 @@ class _Recurrent(Layer):
                              f"{tuple(x_t.shape)}")
         batched = x_t.ndim == 2
         B = x_t.shape[0] if batched else 1
+        if B < 1:
+            raise ValueError(f"x_t: expected at least one sequence, got shape "
+                             f"{tuple(x_t.shape)}")
         backend = dispatch.select(self.backend, x_t)
         self._begin(backend, x_t)
         ops = self._ops
@@ -847,7 +874,7 @@ class GRU(_Recurrent):
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
                  reset_after=True, **options):
         super().__init__(input_size, hidden_size, num_layers, bidirectional,
-                         reset_after=bool(reset_after), **options)
+                         reset_after=check_bool(reset_after, "reset_after"), **options)
 
     def _cell_config(self):
         return dict(reset_after=self.spec.reset_after)
@@ -911,7 +938,7 @@ class Dense(Layer):
                              f"{activation!r}")
         self.activation = activation
         self.dtype = _check_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed))
         k = 1.0 / np.sqrt(self.in_features)
         self._init_params({
             "weight": rng.uniform(-k, k, (self.out_features, self.in_features)).astype(dtype),
@@ -935,6 +962,9 @@ class Dense(Layer):
     def forward(self, x, training=False, lengths=None):
         """x [..., in] -> y [..., out]."""
         x = _floats(x, "x", self.dtype, self.in_features)
+        if x.size == 0:  # no rows: nothing for a kernel to do
+            self._saved = (x, None) if training else None
+            return np.zeros(x.shape[:-1] + (self.out_features,), self.dtype)
         y = dense_forward_cpu(x.reshape(-1, self.in_features), self._params["weight"],
                               self._params["bias"]).reshape(x.shape[:-1] + (-1,))
         if self.activation == "relu":
@@ -957,6 +987,8 @@ class Dense(Layer):
             raise ValueError(f"dout: expected the output's shape "
                              f"{x.shape[:-1] + (self.out_features,)}, got {dout.shape}")
         self._saved = None
+        if x.size == 0:
+            return np.zeros_like(x)
         if self.activation == "relu":
             dout = dout * (y > 0)
         elif self.activation == "tanh":
@@ -988,7 +1020,7 @@ class Embedding(Layer):
         self.num_embeddings = check_int(num_embeddings, "num_embeddings", 1)
         self.embedding_dim = check_int(embedding_dim, "embedding_dim", 1)
         self.dtype = _check_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed(seed))
         self._init_params({"weight": rng.standard_normal(
             (self.num_embeddings, self.embedding_dim)).astype(dtype)})
         self._ids = None
@@ -1004,14 +1036,20 @@ class Embedding(Layer):
     def output_shape(self, shape):
         return tuple(shape) + (self.embedding_dim,)
 
-    def forward(self, ids, training=False, lengths=None):
+    def check_ids(self, ids):
+        """ids as an integer array with values in [0, V); TypeError/ValueError else."""
         ids = _numeric(ids, "ids")
-        if ids.dtype.kind not in "iu":
+        if ids.dtype.kind not in "iu" and not (ids.size == 0 and ids.dtype.kind == "f"):
             raise TypeError(f"ids: expected integers, got dtype {ids.dtype}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_embeddings):
             raise ValueError(f"ids: expected values in [0, {self.num_embeddings}), got min "
                              f"{ids.min()} max {ids.max()}")
-        self._ids = ids if training else None
+        return ids.astype(np.intp, copy=False)
+
+    def forward(self, ids, training=False, lengths=None):
+        ids = self.check_ids(ids)
+        # (a copy: the caller may reuse its array before backward sends the gradients)
+        self._ids = ids.copy() if training else None
         return self._params["weight"][ids]
 
     def backward_output(self, dout):
@@ -1040,7 +1078,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, seed=None):
         self.p = _check_probability(p, "p")
-        self._drop_rng = np.random.default_rng(seed)
+        self._drop_rng = np.random.default_rng(check_seed(seed))
         self._init_params({})
         self._mask = None
 
@@ -1058,15 +1096,21 @@ class Dropout(Layer):
         if x.dtype.kind != "f":
             raise TypeError(f"x: expected floats, got dtype {x.dtype}")
         if not training or self.p == 0:
-            self._mask = 1 if training else None
+            self._mask = np.ones((), x.dtype) if training else None
+            self._shape = x.shape
             return x
         keep = self._drop_rng.random(x.shape) >= self.p
         self._mask = keep.astype(x.dtype) / x.dtype.type(1 - self.p)
+        self._shape = x.shape
         return x * self._mask
 
     def backward_output(self, dout):
         if self._mask is None:
             raise RuntimeError("backward: run forward with training=True first")
+        dout = _numeric(dout, "dout")
+        if dout.dtype.kind != "f" or dout.shape != self._shape:
+            raise ValueError(f"dout: expected floats of the output's shape {self._shape}, "
+                             f"got {dout.dtype} of shape {dout.shape}")
         mask, self._mask = self._mask, None
         return dout * mask
 

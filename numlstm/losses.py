@@ -20,6 +20,10 @@ class Loss:
     def value_and_grad(self, pred, target):
         raise NotImplementedError
 
+    def check_target(self, target, pred_shape):
+        """Raise TypeError/ValueError unless target suits predictions of pred_shape
+        (a model checks its data with this before any kernel runs)."""
+
     def __call__(self, pred, target):
         return self.value_and_grad(pred, target)[0]
 
@@ -45,11 +49,16 @@ class MSELoss(Loss):
     shape with at least one element. The value is computed in float64; the grad,
     2 * (pred - target) / size, has pred's dtype (float64 for an integer pred)."""
 
+    def check_target(self, target, pred_shape):
+        target = _array("target", target, "fiu", "a real numeric array")
+        if target.shape != tuple(pred_shape):
+            raise ValueError(f"target: expected pred's shape {tuple(pred_shape)}, got "
+                             f"{target.shape}")
+        return target
+
     def value_and_grad(self, pred, target):
         pred = _array("pred", pred, "fiu", "a real numeric array")
-        target = _array("target", target, "fiu", "a real numeric array")
-        if target.shape != pred.shape:
-            raise ValueError(f"target: expected pred's shape {pred.shape}, got {target.shape}")
+        target = self.check_target(target, pred.shape)
         if pred.size == 0:
             raise ValueError("pred: expected at least one element (the mean of none is undefined)")
         diff = pred.astype(np.float64) - target
@@ -82,21 +91,29 @@ class CrossEntropyLoss(Loss):
     def get_config(self):
         return {"type": "CrossEntropyLoss", "ignore_index": self.ignore_index}
 
-    def value_and_grad(self, pred, target):
-        pred = _array("pred", pred, "f", "float logits [..., C]")
+    def check_target(self, target, pred_shape):
+        pred_shape = tuple(pred_shape)
         target = _array("target", target, "iu", "integer class indices")
-        if pred.ndim == 0 or pred.shape[-1] == 0:
-            raise ValueError(f"pred: expected logits [..., C] with C >= 1, got shape {pred.shape}")
-        if target.shape != pred.shape[:-1]:
-            raise ValueError(f"target: expected shape {pred.shape[:-1]} (pred's {pred.shape} "
+        if len(pred_shape) == 0 or pred_shape[-1] == 0:
+            raise ValueError(f"pred: expected logits [..., C] with C >= 1, got shape "
+                             f"{pred_shape}")
+        if target.shape != pred_shape[:-1]:
+            raise ValueError(f"target: expected shape {pred_shape[:-1]} (pred's {pred_shape} "
                              f"without the class axis), got {target.shape}")
-        C = pred.shape[-1]
+        C = pred_shape[-1]
         t = target.reshape(-1)
-        valid = t != self.ignore_index
-        bad = valid & ((t < 0) | (t >= C))
+        bad = (t != self.ignore_index) & ((t < 0) | (t >= C))
         if bad.any():
             raise ValueError(f"target: expected class indices in [0, {C}) or ignore_index="
                              f"{self.ignore_index}, got {t[bad][0]}")
+        return target
+
+    def value_and_grad(self, pred, target):
+        pred = _array("pred", pred, "f", "float logits [..., C]")
+        target = self.check_target(target, pred.shape)
+        C = pred.shape[-1]
+        t = target.reshape(-1)
+        valid = t != self.ignore_index
         rows = np.flatnonzero(valid)
         n = rows.size
         if n == 0:

@@ -57,6 +57,10 @@ class Sequential:
                 name_i = f"{base}_{n}"
             layer.name = name_i
             used.add(name_i)
+            if isinstance(layer, Embedding) and i > 0:
+                raise ValueError(f"layers[{i}]: an Embedding reads token ids, so it must be "
+                                 f"the first layer; layers[{i - 1}] is a "
+                                 f"{type(layers[i - 1]).__name__}")
         self.layers = layers
         self.name = name
         # (a NumPy integer seed would not survive the JSON of a checkpoint)
@@ -89,8 +93,9 @@ class Sequential:
             try:
                 shape = layer.output_shape(shape)
             except ValueError as err:
-                raise ValueError(f"layer {i} ({layer.name}): {err}; the layer before "
-                                 f"gives {_shape_str(shapes[-1])}") from None
+                before = f"the layer before gives {_shape_str(shapes[-1])}" if shapes \
+                    else "it is the first layer"
+                raise ValueError(f"layer {i} ({layer.name}): {err}; {before}") from None
             shapes.append(shape)
         return shapes
 
@@ -166,6 +171,9 @@ class Sequential:
     def set_weights(self, weights):
         """Load {key: array} as get_weights() returns it; all names and shapes are
         checked before any layer changes."""
+        if not hasattr(weights, "keys"):
+            raise TypeError(f"weights: expected a dict {{'<layer>/<name>': array}} as "
+                            f"get_weights() returns, got {type(weights).__name__}")
         want = {key: p.shape for key, p, _ in self.parameters()}
         got = {key: tuple(np.shape(v)) for key, v in weights.items()}
         if want != got:
@@ -174,9 +182,54 @@ class Sequential:
             wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
             raise ValueError(f"weights: missing {missing}, unexpected {extra}, wrong "
                              f"shape {wrong}")
-        for layer in self.layers:
-            layer.load_params({name: weights[f"{layer.name}/{name}"]
-                               for name in layer.params})
+        checked = [layer.checked_params({name: weights[f"{layer.name}/{name}"]
+                                         for name in layer.params})
+                   for layer in self.layers]  # every layer's, before any changes
+        for layer, params in zip(self.layers, checked):
+            layer._replace_params(params)
+
+    # -- checking data before any kernel runs -------------------------------------------
+    def _output_shape(self, x):
+        """The output's shape for input x (ValueError when x does not fit), with the
+        first layer's own check of token ids."""
+        first = next((l for l in self.layers if not isinstance(l, Dropout)), None)
+        if isinstance(first, Embedding):
+            first.check_ids(x)
+        elif x.dtype.kind not in "fiu":
+            raise TypeError(f"x: expected real numbers, got dtype {x.dtype}")
+        shape = tuple(x.shape)
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as err:
+                raise ValueError(f"x of shape {tuple(x.shape)}: layer {i} ({layer.name}): "
+                                 f"{err}") from None
+        return shape
+
+    def _check_data(self, x, y=None, lengths=None, what=""):
+        """x (and y, lengths) as arrays, checked against the model and the loss."""
+        x = _numeric(x, what + "x")
+        if x.ndim < 1 or len(x) < 1:
+            raise ValueError(f"{what}x: expected at least one sample, got shape {x.shape}")
+        out = self._output_shape(x)
+        if y is not None:
+            y = _numeric(y, what + "y")
+            if y.ndim < 1 or len(y) != len(x):
+                raise ValueError(f"{what}x and {what}y: expected the same number of samples "
+                                 f"(first axis), got {len(x)} and "
+                                 f"{len(y) if y.ndim else 'a scalar'}")
+            if self.loss is not None:
+                self.loss.check_target(y, out)
+        if lengths is not None:
+            lengths = _numeric(lengths, what + "lengths")
+            T = x.shape[1] if x.ndim >= 2 else 1
+            if lengths.dtype.kind not in "iu" or lengths.shape != (len(x),):
+                raise ValueError(f"{what}lengths: expected {len(x)} integers (one per "
+                                 f"sample), got {lengths.dtype} of shape {lengths.shape}")
+            if lengths.min() < 1 or lengths.max() > T:
+                raise ValueError(f"{what}lengths: expected values in [1, {T}], got min "
+                                 f"{lengths.min()} max {lengths.max()}")
+        return x, y, lengths
 
     # -- compute -------------------------------------------------------------------------
     def forward(self, x, training=False, lengths=None):
@@ -227,6 +280,7 @@ class Sequential:
         A NaN or infinite loss or gradient changes nothing; it raises NonFiniteError
         or is skipped, as compile(on_nonfinite=) says."""
         self._need_compiled("train_step")
+        x, y, lengths = self._check_data(x, y, lengths)
         self.zero_grad()
         out = self.forward(x, training=True, lengths=lengths)
         value, grad = self.loss.value_and_grad(out, y)
@@ -271,10 +325,16 @@ class Sequential:
                              f"got {initial_epoch!r}")
         if on_epoch_end is not None and not callable(on_epoch_end):
             raise TypeError(f"on_epoch_end: expected a callable, got {on_epoch_end!r}")
-        x, y = _numeric(x, "x"), _numeric(y, "y")
-        n = _check_batch(x, y, batch_size)
-        batch_size = int(batch_size)
-        lengths = None if lengths is None else np.asarray(lengths)
+        _check_count(batch_size, "batch_size")
+        x, y, lengths = self._check_data(x, y, lengths)
+        n, batch_size = len(x), int(batch_size)
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data: expected a pair (x_val, y_val), got "
+                                 f"{type(validation_data).__name__}"
+                                 + (f" of {len(validation_data)}"
+                                    if isinstance(validation_data, (tuple, list)) else ""))
+            validation_data = self._check_data(*validation_data, what="validation ")[:2]
         history = {"loss": [], "tokens_per_s": []}
         if validation_data is not None:
             history["val_loss"] = []
@@ -313,10 +373,9 @@ class Sequential:
     def evaluate(self, x, y, batch_size=256, lengths=None):
         """The loss over (x, y), averaged over samples (no training)."""
         self._need_compiled("evaluate")
-        x, y = _numeric(x, "x"), _numeric(y, "y")
-        n = _check_batch(x, y, batch_size)
-        batch_size = int(batch_size)
-        lengths = None if lengths is None else np.asarray(lengths)
+        _check_count(batch_size, "batch_size")
+        x, y, lengths = self._check_data(x, y, lengths)
+        n, batch_size = len(x), int(batch_size)
         total = 0.0
         for i in range(0, n, batch_size):
             lens = None if lengths is None else lengths[i:i + batch_size]
@@ -326,7 +385,7 @@ class Sequential:
 
     def predict(self, x, batch_size=None, lengths=None):
         """The last layer's output for x (in batches of batch_size, default all at once)."""
-        x = _numeric(x, "x")
+        x, _, lengths = self._check_data(x, None, lengths)
         if batch_size is None:
             return self.forward(x, lengths=lengths)
         batch_size = _check_count(batch_size, "batch_size")
@@ -357,16 +416,6 @@ def _check_count(value, what):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{what}: expected an integer >= 1, got {value!r}")
     return int(value)
-
-
-def _check_batch(x, y, batch_size):
-    _check_count(batch_size, "batch_size")
-    if x.ndim < 1 or len(x) < 1:
-        raise ValueError(f"x: expected at least one sample, got shape {x.shape}")
-    if len(x) != len(y):
-        raise ValueError(f"x and y: expected the same number of samples (first axis), got "
-                         f"{len(x)} and {len(y)}")
-    return len(x)
 
 
 def _tokens(x):

@@ -198,7 +198,15 @@ class Optimizer:
             if not key or slot not in self._slots:
                 raise ValueError(f"load_state_dict: expected names 'key/slot' with slot in "
                                  f"{list(self._slots)}, got {full!r}")
-            state.setdefault(key, {})[slot] = np.array(buf, copy=True)
+            arr = np.array(buf, copy=True)
+            counter = slot == "step"  # Adam's per-parameter update count, a 0-d integer
+            if (counter and (arr.ndim or arr.dtype.kind not in "iu")) or \
+                    (not counter and (arr.ndim == 0 or arr.dtype not in _PARAM_DTYPES)):
+                raise ValueError(f"load_state_dict: {full!r}: expected "
+                                 + ("a 0-d integer" if counter else
+                                    "a float32 or float64 array of the parameter's shape")
+                                 + f", got {arr.dtype} of shape {arr.shape}")
+            state.setdefault(key, {})[slot] = arr
         for key, slots in state.items():
             if len(slots) != len(self._slots):
                 raise ValueError(f"load_state_dict: {key!r} has slots {sorted(slots)}, "
@@ -280,7 +288,8 @@ class Adam(Optimizer):
             raise TypeError(f"betas: expected a pair of numbers in [0, 1), got {betas!r}")
         self.betas = tuple(_real(f"betas[{i}]", b, "a number in [0, 1)", lambda v: 0 <= v < 1)
                            for i, b in enumerate(betas))
-        self.eps = _real("eps", eps, "a number >= 0", lambda v: v >= 0)
+        # (eps = 0 divides 0 by 0 for a parameter whose gradients were all zero)
+        self.eps = _real("eps", eps, "a number > 0", lambda v: v > 0)
         self.weight_decay = _real("weight_decay", weight_decay, "a number >= 0",
                                   lambda v: v >= 0)
 

@@ -156,7 +156,7 @@ def torch_suffix(layer, direction):
 def get_layout(layout):
     if isinstance(layout, Layout):
         return layout
-    if layout not in LAYOUTS:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)}")
     return LAYOUTS[layout]
 
@@ -339,7 +339,11 @@ def to_canonical(weights, layout, spec, dtype):
 
 
 def convert(weights, src, dst, spec, dtype=np.float64):
-    """Convert weights from layout src to layout dst (any two of LAYOUTS)."""
+    """Convert weights from layout src to layout dst (any two of LAYOUTS); spec, a
+    RecurrentSpec, gives the shapes (a layer's is `layer.spec`)."""
+    if not isinstance(spec, RecurrentSpec):
+        raise TypeError(f"spec: expected a numlstm.packing.RecurrentSpec (a layer's "
+                        f"`spec`), got {type(spec).__name__}")
     return from_canonical(to_canonical(weights, src, spec, dtype), dst, spec)
 
 

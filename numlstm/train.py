@@ -148,10 +148,13 @@ def load_csv_column(path, column):
         if v is None:
             raise UsageError(f"--csv {path}: row {n + 2} has no {column!r} cell")
         try:
-            values.append(float(v) if v.strip() else np.nan)
+            value = float(v) if v.strip() else np.nan
         except ValueError:
+            value = None
+        if value is None or np.isinf(value):
             raise UsageError(f"--csv {path}: row {n + 2} of column {column!r} is not a "
-                             f"number: {v!r}") from None
+                             f"finite number: {v!r}")
+        values.append(value)
     return np.arange(len(values)), _fill_gaps(np.array(values))
 
 
@@ -459,8 +462,8 @@ def generate(args):
         if args.temperature <= 0:
             nxt = int(np.argmax(logits))
         else:
-            z = logits / args.temperature
-            p = np.exp(z - z.max())
+            z = (logits - logits.max()) / args.temperature  # (in this order: no inf - inf)
+            p = np.exp(z)
             nxt = int(rng.choice(len(p), p=p / p.sum()))
         out.append(vocab[nxt])
         logits = advance([nxt])

@@ -133,3 +133,137 @@ def test_load_weights_invalidates_the_packed_kernel_layout(rng, lstm):
     lstm.load_weights(w)
     y1, _ = lstm(X + 1)
     assert np.abs(y1 - y0).max() > 1e-4
+
+
+# -- found by an adversarial audit: each was a crash, a late error or a silent change -----
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(bidirectional="False"), TypeError, "bidirectional: expected True or False"),
+    (dict(batch_first="no"), TypeError, "batch_first: expected True or False"),
+    (dict(dtype=None), TypeError, "dtype: expected float32 or float64, got None"),
+    (dict(dtype="foo"), TypeError, "dtype: expected float32 or float64, got 'foo'"),
+    (dict(seed=-1), ValueError, "seed: expected None or an integer >= 0, got -1"),
+    (dict(seed=1.5), TypeError, "seed: expected None or an integer >= 0, got 1.5"),
+    (dict(reset_after=True), TypeError, "LSTM: unexpected argument"),
+])
+def test_bad_construction_found_by_the_audit(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        numlstm.LSTM(**(dict(input_size=3, hidden_size=4) | kwargs))
+
+
+def test_other_cells_refuse_options_of_another():
+    with pytest.raises(TypeError, match="GRU: unexpected argument.*nonlinearity"):
+        numlstm.GRU(3, 4, nonlinearity="relu")
+    with pytest.raises(TypeError, match="reset_after: expected True or False"):
+        numlstm.GRU(3, 4, reset_after="x")
+
+
+def test_step_with_an_empty_batch(lstm):
+    with pytest.raises(ValueError, match="x_t: expected at least one sequence"):
+        numlstm.LSTM(3, 4).step(np.zeros((0, 3), np.float32))
+
+
+def test_dense_and_dropout_edges():
+    dense = numlstm.Dense(3, 2)
+    assert dense.forward(np.zeros((0, 3), np.float32)).shape == (0, 2)
+    assert dense.forward(np.zeros((2, 0, 3)), training=True).shape == (2, 0, 2)
+    assert dense.backward_output(np.zeros((2, 0, 2), np.float32)).shape == (2, 0, 3)
+    drop = numlstm.Dropout(0.5, seed=0)
+    drop.forward(np.ones((4, 3), np.float32), training=True)
+    with pytest.raises(ValueError, match=r"dout: expected floats of the output's shape "
+                                         r"\(4, 3\), got float32 of shape \(3,\)"):
+        drop.backward_output(np.ones(3, np.float32))
+
+
+def _tiny_model():
+    model = numlstm.Sequential([numlstm.Embedding(5, 3, seed=0), numlstm.LSTM(3, 4, seed=1),
+                                numlstm.Dense(4, 5, seed=2)])
+    return model.compile("adam", "cross_entropy", lr=0.1)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda m, x, y: m.fit(x, y, validation_data=(x, y[:, :2]), verbose=0), ValueError,
+     r"target: expected shape \(4, 3\)"),
+    (lambda m, x, y: m.fit(x, y, validation_data=(x,), verbose=0), ValueError,
+     r"validation_data: expected a pair \(x_val, y_val\), got tuple of 1"),
+    (lambda m, x, y: m.fit(x, np.where(np.arange(4)[:, None] == 3, 9, y), batch_size=2,
+                           shuffle=False, verbose=0), ValueError,
+     r"target: expected class indices in \[0, 5\)"),
+    (lambda m, x, y: m.fit(np.where(np.arange(4)[:, None] == 3, 7, x), y, batch_size=2,
+                           shuffle=False, verbose=0), ValueError,
+     r"ids: expected values in \[0, 5\)"),
+    (lambda m, x, y: m.fit(x, y, lengths=[3, 2], verbose=0), ValueError,
+     r"lengths: expected 4 integers \(one per sample\)"),
+    (lambda m, x, y: m.fit(x, y, lengths=[3, 2, 4, 1], verbose=0), ValueError,
+     r"lengths: expected values in \[1, 3\]"),
+    (lambda m, x, y: m.predict(x, lengths=5), ValueError, "lengths: expected 4 integers"),
+    (lambda m, x, y: m.train_step(x, y.astype(float)), TypeError,
+     "target: expected integer class indices"),
+    (lambda m, x, y: m.set_weights({k: (v.astype(complex) if k == "dense/bias" else v)
+                                    for k, v in m.get_weights().items()}), TypeError,
+     "dense/bias|dense bias"),
+    (lambda m, x, y: m.set_weights([1, 2]), TypeError, "weights: expected a dict"),
+])
+def test_models_check_everything_before_the_first_update(rng, call, error, match):
+    model = _tiny_model()
+    x, y = rng.integers(0, 5, (4, 3)), rng.integers(0, 5, (4, 3))
+    before = model.get_weights()
+    with pytest.raises(error, match=match):
+        call(model, x, y)
+    assert model.optimizer.steps == 0
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.get_weights()[k], v, err_msg=k)
+
+
+def test_sequential_construction_errors():
+    with pytest.raises(ValueError, match=r"layers\[1\]: an Embedding reads token ids, so it "
+                                         r"must be the first layer"):
+        numlstm.Sequential([numlstm.Dense(3, 4), numlstm.Embedding(10, 4)])
+    with pytest.raises(ValueError, match="merge_mode=None gives a pair.*it is the first layer"):
+        numlstm.Sequential([numlstm.LSTM(3, 4, bidirectional=True, merge_mode=None)])
+
+
+def test_non_finite_weights_are_refused_by_every_loader(lstm):
+    weights = lstm.export_weights("torch")
+    weights["weight_hh_l1"][0, 0] = np.nan
+    before = lstm.params
+    with pytest.raises(ValueError, match="NaN or inf values: weight_hh_l1"):
+        lstm.load_weights(weights)
+    assert all(lstm.params[k] is v for k, v in before.items())
+    with pytest.raises(ValueError, match="NaN or inf values: bias"):
+        numlstm.Dense(2, 1).load_params({"weight": np.ones((1, 2)), "bias": [np.inf]})
+
+
+def test_optimizer_state_and_hyper_parameters():
+    with pytest.raises(ValueError, match="eps: expected a number > 0, got 0"):
+        numlstm.Adam(eps=0)
+    adam = numlstm.Adam()
+    with pytest.raises(ValueError, match="'q/exp_avg_sq': expected a float32 or float64 "
+                                         "array"):
+        adam.load_state_dict({"type": "Adam", "steps": 1, "state": {
+            "q/step": np.array(1), "q/exp_avg": np.zeros(3), "q/exp_avg_sq": np.array("x")}})
+    with pytest.raises(ValueError, match="'q/step': expected a 0-d integer"):
+        adam.load_state_dict({"type": "Adam", "steps": 1, "state": {
+            "q/step": np.zeros(3), "q/exp_avg": np.zeros(3), "q/exp_avg_sq": np.zeros(3)}})
+    assert adam.state == {} and adam.steps == 0
+
+
+def test_save_checkpoint_arguments(tmp_path, lstm):
+    model = numlstm.Sequential([numlstm.LSTM(3, 4)])
+    with pytest.raises(TypeError, match="model: expected a numlstm.Sequential, got LSTM"):
+        numlstm.save_checkpoint(tmp_path, lstm)
+    with pytest.raises(TypeError, match="optimizer: expected None or a numlstm optimizer"):
+        numlstm.save_checkpoint(tmp_path, model, "adam")
+    with pytest.raises(ValueError, match="step: expected an integer >= 0, got 'abc'"):
+        numlstm.save_checkpoint(tmp_path, model, step="abc")
+    with pytest.raises(TypeError, match="extra: expected None or a dict, got list"):
+        numlstm.save_checkpoint(tmp_path, model, extra=[1, 2])
+    with pytest.raises(FileNotFoundError, match="the folder .*nowhere does not exist"):
+        numlstm.save_checkpoint(tmp_path / "nowhere" / "c.npz", model)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_packer_arguments(lstm):
+    with pytest.raises(TypeError, match="spec: expected a numlstm.packing.RecurrentSpec"):
+        numlstm.convert(lstm.state_dict(), "torch", "keras", None)
+    with pytest.raises(ValueError, match="unknown layout"):
+        lstm.export_weights(["torch"])

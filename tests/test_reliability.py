@@ -97,6 +97,42 @@ def test_the_checksum_catches_what_zip_does_not_check(rng, tmp_path):
         numlstm.load_checkpoint(path)
 
 
+def _rewrite(path, edit, keep_checksum=True):
+    import json
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    meta = json.loads(files["meta.json"])
+    edit(meta)
+    files["meta.json"] = json.dumps(meta).encode()
+    if not keep_checksum:
+        del files["sha256"]
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["model"]["layers"][1]["config"].update(hidden_size=7),
+    lambda m: m.pop("rng"), lambda m: m["optimizer"].update(type=5),
+    lambda m: m.update(extra=[1]), lambda m: m["model"].pop("layers"),
+    lambda m: m["optimizer"].pop("config"), lambda m: m.update(step="abc")],
+    ids=["shapes", "no rng", "optimizer type", "extra list", "no layers", "no config",
+         "step"])
+def test_an_edited_meta_json_is_caught(rng, tmp_path, edit):
+    model = _model()
+    model.train_step(*_data(rng))
+    for keep, match in ((True, "corrupted"),  # the checksum covers meta.json
+                        (False, "do not fit together as a numlstm checkpoint")):
+        path = tmp_path / f"keep-{keep}" / "checkpoint.npz"
+        path.parent.mkdir()
+        numlstm.save_checkpoint(path, model, model.optimizer, step=1)
+        numlstm.save_checkpoint(path, model, model.optimizer, step=2)
+        _rewrite(path, edit, keep_checksum=keep)
+        with pytest.raises(ValueError, match=match):
+            numlstm.load_checkpoint(path)
+        assert numlstm.load_checkpoint(path, fallback=True).step == 1  # the .prev file
+
+
 def test_non_finite_weights_are_never_written(rng, tmp_path):
     model = _model()
     path = tmp_path / "checkpoint.npz"

@@ -137,7 +137,8 @@ def test_train_forecast_on_a_csv_column(rng, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("body,needle", [
-    ("t,v\n0,1.5\n1,abc\n2,3\n", "row 3 of column 'v' is not a number: 'abc'"),
+    ("t,v\n0,1.5\n1,abc\n2,3\n", "row 3 of column 'v' is not a finite number: 'abc'"),
+    ("t,v\n0,1.5\n1,inf\n2,3\n", "row 3 of column 'v' is not a finite number: 'inf'"),
     ("t,v\n0,\n1,\n", "the series has no numbers"),
 ])
 def test_csv_bad_values(tmp_path, capsys, body, needle):
@@ -371,23 +372,40 @@ def test_bad_arguments_print_one_line(tmp_path, capsys, argv, needles):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["train", "--lr", "-1"], "argument --lr: expected a number > 0, got -1"),
+    (["train", "--lr", "-1"], "argument --lr: expected a finite number > 0, got -1"),
+    (["train", "--lr", "nan"], "argument --lr: expected a finite number > 0, got nan"),
+    (["train", "--lr", "inf"], "argument --lr: expected a finite number > 0, got inf"),
     (["train", "--lr", "fast"], "argument --lr: expected a float, got 'fast'"),
     (["train", "--val-fraction", "1.5"],
      "argument --val-fraction: expected a fraction in (0, 1), got 1.5"),
-    (["train", "--steps", "0"], "argument --steps: expected a number > 0, got 0"),
+    (["train", "--val-fraction", "nan"], "argument --val-fraction: expected a finite"),
+    (["train", "--steps", "0"], "argument --steps: expected a finite number > 0, got 0"),
     (["train", "--dropout", "1"], "--dropout in [0, 1)"),
-    (["train", "--clip-norm", "-1"], "--clip-norm must be >= 0"),
+    (["train", "--dropout", "nan"], "argument --dropout: expected a finite number >= 0"),
+    (["train", "--clip-norm", "-1"], "argument --clip-norm: expected a finite number >= 0"),
+    (["train", "--clip-norm", "inf"], "argument --clip-norm: expected a finite number"),
+    (["train", "--seed", "-1"], "argument --seed: expected a finite number >= 0, got -1"),
+    (["train", "--checkpoint-every", "-1"], "argument --checkpoint-every: expected a"),
     (["train", "--task", "poetry"], "argument --task: invalid choice: 'poetry'"),
     (["generate"], "the following arguments are required: --checkpoint"),
+    (["generate", "--checkpoint", "x", "--temperature", "-1"],
+     "argument --temperature: expected a finite number >= 0, got -1"),
+    (["bench", "--shapes", "0,1,8"], "argument --shapes: expected T,B,H (three integers"),
+    (["bench", "--shapes", "4,1"], "argument --shapes: expected T,B,H"),
+    (["bench", "--memory", "0", "0", "0"], "argument --memory: expected a finite number > 0"),
+    (["bench", "--repeats", "0"], "argument --repeats: expected a finite number > 0"),
+    (["demo", "--steps", "0"], "argument --steps: expected a finite number > 0"),
+    (["demo", "--hidden-size", "-4"], "argument --hidden-size: expected a finite number"),
 ])
-def test_bad_options_are_argparse_errors(capsys, argv, needle):
+def test_bad_options_are_one_line_argparse_errors(capsys, argv, needle):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert needle in err.strip().splitlines()[-1], err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert lines[0].endswith("--help)")
 
 
 def test_command_line_error_is_one_line_without_traceback(tmp_path):
