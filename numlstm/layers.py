@@ -172,7 +172,7 @@ class _Recurrent(Layer):
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
                  batch_first=False, dropout=0.0, backend="auto", dtype=np.float32,
                  seed=None, return_sequences=True, merge_mode="concat", stateful=False,
-                 **cell_options):
+                 recurrent_init="uniform", unit_forget_bias=False, **cell_options):
         if merge_mode not in MERGE_MODES:
             raise ValueError(f"merge_mode: expected one of {list(MERGE_MODES)}, got "
                              f"{merge_mode!r}")
@@ -198,15 +198,39 @@ class _Recurrent(Layer):
         self.backend = dispatch.check_name(backend)
         init_seq, drop_seq = np.random.SeedSequence(check_seed(seed)).spawn(2)
         self._drop_rng = np.random.default_rng(drop_seq)
+        if recurrent_init not in ("uniform", "orthogonal"):
+            raise ValueError(f"recurrent_init: expected 'uniform' or 'orthogonal', got "
+                             f"{recurrent_init!r}")
+        self.recurrent_init = recurrent_init
+        self.unit_forget_bias = check_bool(unit_forget_bias, "unit_forget_bias")
+        if self.unit_forget_bias and self.cell != "lstm":
+            raise ValueError("unit_forget_bias: only an LSTM has a forget gate")
         init_rng = np.random.default_rng(init_seq)
-        k = 1.0 / np.sqrt(self.spec.hidden_size)
         self._packs = PackCache()
-        self._init_params({name: init_rng.uniform(-k, k, shape).astype(self.dtype)
-                           for name, shape in self.spec.torch_shapes().items()})
+        self._init_params(self._initial_params(init_rng))
         self._cache = None
         self._cache_state = "none"
         self._carried = None
         self._ops, self._device_io = dispatch.HostOps(), False
+
+    def _initial_params(self, rng):
+        """Every parameter uniform in [-1/sqrt(H), 1/sqrt(H)], as torch initialises
+        them; then, as asked, each gate block of weight_hh an orthogonal [H,H] matrix
+        (a random rotation: the recurrence neither grows nor shrinks the state at
+        first), and the LSTM's forget-gate bias 1.0 (bias_ih's forget block 1,
+        bias_hh's 0: the cell remembers by default, Keras's unit_forget_bias)."""
+        H = self.spec.hidden_size
+        k = 1.0 / np.sqrt(H)
+        params = {name: rng.uniform(-k, k, shape)
+                  for name, shape in self.spec.torch_shapes().items()}
+        for name, w in params.items():
+            if name.startswith("weight_hh") and self.recurrent_init == "orthogonal":
+                for g in range(self.spec.gates):
+                    q, r = np.linalg.qr(rng.standard_normal((H, H)))
+                    w[g * H:(g + 1) * H] = q * np.sign(np.diag(r))  # uniform over rotations
+            if name.startswith("bias") and self.unit_forget_bias:
+                w[H:2 * H] = 1.0 if name.startswith("bias_ih") else 0.0  # i, f, g, o
+        return {name: w.astype(self.dtype) for name, w in params.items()}
 
     # -- sizes -------------------------------------------------------------------------
     input_size = property(lambda self: self.spec.input_size)
@@ -224,12 +248,14 @@ class _Recurrent(Layer):
                     batch_first=self.batch_first, dropout=self.dropout,
                     backend=self.backend, dtype=self.dtype.name,
                     return_sequences=self.return_sequences, merge_mode=self.merge_mode,
-                    stateful=self.stateful, **self._cell_config())
+                    stateful=self.stateful, recurrent_init=self.recurrent_init,
+                    unit_forget_bias=self.unit_forget_bias, **self._cell_config())
 
     def __repr__(self):
         config = self.get_config()
         for key, default in (("return_sequences", True), ("merge_mode", "concat"),
-                             ("stateful", False)):
+                             ("stateful", False), ("recurrent_init", "uniform"),
+                             ("unit_forget_bias", False)):
             if config[key] == default:
                 del config[key]
         return f"{type(self).__name__}(" + ", ".join(
@@ -806,6 +832,10 @@ class LSTM(_Recurrent):
         stateful: carry the final state into the next call that passes no state
             (Keras's stateful=True), until reset_state(); the batch size must stay
             the same. Gradients do not flow across calls.
+        recurrent_init: "uniform" (default, torch's) or "orthogonal": each gate
+            block of weight_hh starts as a random orthogonal [H,H] matrix.
+        unit_forget_bias: start the forget gate's bias at 1.0 (bias_ih's forget
+            block 1, bias_hh's 0), as Keras does by default (LSTM only).
 
     Parameters (`params`, read-only arrays; gradients in `grads`, same names),
     named and shaped as in torch.nn.LSTM, gate blocks in the order i, f, g, o,
