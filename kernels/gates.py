@@ -216,3 +216,79 @@ def _drelu_impl(h):
         def impl(h):
             return one if h > zero else zero
         return impl
+
+
+# -- the LSTM's cell update, with ONNX's options --------------------------------------
+def lstm_cell(i, f, g, c, clip, coupled):
+    """The LSTM's new cell state from the activated gates and the old state c:
+    returns (the forget gate as used, c' = f c + i g).
+
+    coupled (ONNX's input_forget): f = 1 - i, the forget gate's own value unused.
+    clip (TensorFlow's cell_clip; inf for none): c' is held to [-clip, clip]. Written with
+    comparisons, so a NaN stays a NaN and, with clip = inf, c' is bit for bit the
+    plain update.
+    """
+    if coupled:
+        f = 1 - i
+    cc = f * c + i * g
+    return f, (clip if cc > clip else (-clip if cc < -clip else cc))
+
+
+def lstm_cell_grads(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled):
+    """Backward of lstm_cell and h' = o tanh(c'): from dc (the gradient reaching c'
+    from the step after), dh (h's), the activated gates (f as used), tc = tanh(c'),
+    the old state c_prev and c' itself, returns the gradients of the four gate
+    pre-activations and of c_prev. A clipped unit (|c'| at clip) passes none."""
+    d = dc + dh * o * dtanh(tc)
+    if c >= clip or c <= -clip:
+        d = d * 0
+    do = dh * tc * dsigmoid(o)
+    dg = d * i * dtanh(g)
+    if coupled:
+        di = d * (g - c_prev) * dsigmoid(i)
+        df = d * 0
+    else:
+        di = d * g * dsigmoid(i)
+        df = d * c_prev * dsigmoid(f)
+    return di, df, dg, do, d * f
+
+
+@overload(lstm_cell)
+def _lstm_cell_impl(i, f, g, c, clip, coupled):
+    if isinstance(i, types.Float):
+        cast = np.float32 if i == types.float32 else np.float64
+
+        def impl(i, f, g, c, clip, coupled):
+            lim = cast(clip)  # (a float64 clip would promote float32 arithmetic)
+            if coupled:
+                f = cast(1) - i
+            cc = f * c + i * g
+            if cc > lim:
+                cc = lim
+            elif cc < -lim:
+                cc = -lim
+            return f, cc
+        return impl
+
+
+@overload(lstm_cell_grads)
+def _lstm_cell_grads_impl(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled):
+    if isinstance(i, types.Float):
+        cast = np.float32 if i == types.float32 else np.float64
+
+        def impl(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled):
+            lim = cast(clip)
+            zero = cast(0)
+            d = dc + dh * o * dtanh(tc)
+            if c >= lim or c <= -lim:
+                d = zero
+            do = dh * tc * dsigmoid(o)
+            dg = d * i * dtanh(g)
+            if coupled:
+                di = d * (g - c_prev) * dsigmoid(i)
+                df = zero
+            else:
+                di = d * g * dsigmoid(i)
+                df = d * c_prev * dsigmoid(f)
+            return di, df, dg, do, d * f
+        return impl

@@ -15,6 +15,11 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     i = s(W_ii x + b_ii + W_hi h + b_hi)      f = s(W_if x + b_if + W_hf h + b_hf)
     g = tanh(W_ig x + b_ig + W_hg h + b_hg)   o = s(W_io x + b_io + W_ho h + b_ho)
     c' = f * c + i * g                        h' = o * tanh(c')
+    options: input_forget couples the two gates, f = 1 - i (ONNX's input_forget;
+    the forget gate's own weights are then unused); cell_clip clips c' to
+    [-cell_clip, cell_clip] (TensorFlow's cell_clip; no gradient flows through a
+    clipped unit). ONNX's clip is another thing: it bounds the gate
+    pre-activations.
   GRU
     r = s(W_ir x + b_ir + W_hr h + b_hr)      z = s(W_iz x + b_iz + W_hz h + b_hz)
     reset_after=True (torch, Keras's default):
@@ -48,12 +53,15 @@ def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False):
+def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False,
+                     cell_clip=None, input_forget=False):
     """One LSTM layer and direction.
 
-    x: [T,B,I]; h0, c0: [B,H]; lengths: [B] ints or None (all T).
+    x: [T,B,I]; h0, c0: [B,H]; lengths: [B] ints or None (all T); cell_clip: None
+    or a number > 0; input_forget: couple f = 1 - i.
     Returns y [T,B,H], h_n [B,H], c_n [B,H], and a cache for lstm_backward_ref
-    holding the inputs, the activated gates [T,B,G] and the cell states [T,B,H].
+    holding the inputs, the activated gates [T,B,G] (f as used) and the cell
+    states [T,B,H] (after clipping).
     """
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -67,7 +75,11 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
         a = x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
         i, f = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H])
         g, o = np.tanh(a[:, 2 * H:3 * H]), _sigmoid(a[:, 3 * H:])
+        if input_forget:
+            f = 1 - i
         c_new = f * c + i * g
+        if cell_clip is not None:
+            c_new = np.clip(c_new, -cell_clip, cell_clip)
         h_new = o * np.tanh(c_new)
         c = np.where(valid, c_new, c)
         h = np.where(valid, h_new, h)
@@ -75,7 +87,8 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
         gates[t] = np.concatenate([i, f, g, o], axis=1)
         cs[t] = c
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, lengths=lengths,
-                 reverse=reverse, gates=gates, cs=cs, y=y)
+                 reverse=reverse, gates=gates, cs=cs, y=y, cell_clip=cell_clip,
+                 input_forget=input_forget)
     return y, h, c, cache
 
 
@@ -113,8 +126,14 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
         tc = np.tanh(cs[t])
         dh_t = dh + dy[t]
         dc_t = dc + dh_t * o * (1 - tc * tc)
-        da = np.concatenate([dc_t * g * i * (1 - i), dc_t * c_prev * f * (1 - f),
-                             dc_t * i * (1 - g * g), dh_t * tc * o * (1 - o)], axis=1)
+        if cache.get("cell_clip") is not None:  # a clipped unit passes no gradient
+            dc_t = np.where(np.abs(cs[t]) < cache["cell_clip"], dc_t, 0)
+        if cache.get("input_forget"):  # f = 1 - i: i also reaches c through f
+            da = np.concatenate([dc_t * (g - c_prev) * i * (1 - i), np.zeros_like(f),
+                                 dc_t * i * (1 - g * g), dh_t * tc * o * (1 - o)], axis=1)
+        else:
+            da = np.concatenate([dc_t * g * i * (1 - i), dc_t * c_prev * f * (1 - f),
+                                 dc_t * i * (1 - g * g), dh_t * tc * o * (1 - o)], axis=1)
         da = np.where(valid, da, 0)
         dx[t] = da @ w_ih
         grads["w_ih"] += da.T @ x[t]

@@ -403,3 +403,47 @@ def parity(cell="lstm", dtype=np.float32, layers=2, bidirectional=True, lengths=
     out["weight grads"] = max(err(layer.grads[k], p.grad)
                               for k, p in module.named_parameters())
     return out
+
+
+OPTION_VARIANTS = {"plain": {}, "cell_clip=1.0": {"cell_clip": 1.0},
+                   "input_forget": {"input_forget": True},
+                   "both": {"cell_clip": 1.0, "input_forget": True}}
+
+
+def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print):
+    """The time of the LSTM with each cell option against the plain LSTM, float32 on
+    the CPU, inference and training step (forward plus backward), calls of the
+    variants alternating; the median of `repeats` rounds. Returns rows of
+    {"T","B","H","option","mode","ms","ratio"} (ratio: time / the plain layer's).
+    Initialisation options (recurrent_init, unit_forget_bias) change only the
+    starting weights and cost nothing per step."""
+    rows = []
+    out(f"{'T,B,H':>12} {'option':>14} {'inference ms':>13} {'x plain':>8} "
+        f"{'training ms':>12} {'x plain':>8}")
+    for T, B, H in shapes:
+        x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
+        layers = {name: _classes("lstm")[0](H, H, seed=0, **opts)
+                  for name, opts in OPTION_VARIANTS.items()}
+
+        def train(layer):
+            y, _ = layer(x, training=True)
+            layer.backward(y)
+
+        times = {(name, mode): [] for name in layers for mode in ("inference", "training")}
+        for layer in layers.values():  # compile and warm up
+            layer(x)
+            train(layer)
+        for _ in range(repeats):
+            for name, layer in layers.items():
+                times[name, "inference"].append(_timed(lambda: layer(x)))
+                times[name, "training"].append(_timed(lambda: train(layer)))
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        for name in layers:
+            r = {mode: med[name, mode] / med["plain", mode] for mode in ("inference",
+                                                                         "training")}
+            out(f"{f'{T},{B},{H}':>12} {name:>14} {med[name, 'inference'] * 1e3:13.2f} "
+                f"{r['inference']:8.2f} {med[name, 'training'] * 1e3:12.2f} "
+                f"{r['training']:8.2f}")
+            rows += [dict(T=T, B=B, H=H, option=name, mode=mode, ms=med[name, mode] * 1e3,
+                          ratio=r[mode]) for mode in ("inference", "training")]
+    return rows

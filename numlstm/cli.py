@@ -83,6 +83,9 @@ def _bench(args):
                 f"   torch {rows[cell]['torch']:6.1f} us" if "torch" in rows[cell] else ""))
         _write_json(args.json, rows)
         return 0
+    if args.options:
+        _write_json(args.json, bench.option_costs(repeats=args.repeats))
+        return 0
     if args.parity:
         print("worst relative error against torch (max |numlstm - torch| / max |torch|), "
               "2 layers, bidirectional, T=7 B=4 I=5 H=6; lengths via pack_padded_sequence")
@@ -352,6 +355,9 @@ def main(argv=None):
     size.add_argument("--step", action="store_true",
                       help="the cost of one streaming step (layer.step) at B=1, H=64, "
                            "for each cell")
+    size.add_argument("--options", action="store_true",
+                      help="the cost of each LSTM cell option (cell_clip, input_forget) "
+                           "against the plain LSTM, on the CPU")
     size.add_argument("--parity", action="store_true",
                       help="worst errors of LSTM, GRU and RNN against torch, with and "
                            "without lengths, float32 and float64")

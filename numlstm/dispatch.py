@@ -175,7 +175,8 @@ class NumpyBackend(Backend):
 
     def forward(self, spec, cell, x, state, lengths, reverse, training):
         if spec.cell == "lstm":
-            y, h, c, cache = reference.lstm_forward_ref(x, *cell, *state, lengths, reverse)
+            y, h, c, cache = reference.lstm_forward_ref(x, *cell, *state, lengths, reverse,
+                                                        spec.cell_clip, spec.input_forget)
             state = (h, c)
         elif spec.cell == "gru":
             y, h, cache = reference.gru_forward_ref(x, *cell, state[0], lengths, reverse,
@@ -208,10 +209,9 @@ class _KernelBackend(Backend):
         return getattr(self.kernels, what.format(cell=spec.cell, name=self.name))
 
     def pack(self, params, spec):
-        options = {"gru": dict(reset_after=spec.reset_after),
-                   "rnn": dict(nonlinearity=spec.nonlinearity)}.get(spec.cell, {})
         pack = self._kernel(spec, "pack_{cell}_{name}")
-        return [pack(*c, **options) for c in from_canonical(params, self.layout, spec)]
+        return [pack(*c, **spec.kernel_options())
+                for c in from_canonical(params, self.layout, spec)]
 
     def forward(self, spec, cell, x, state, lengths, reverse, training):
         y, *state_n, cache = self._kernel(spec, "{cell}_forward_{name}")(

@@ -179,7 +179,8 @@ class _Recurrent(Layer):
         if merge_mode != "concat" and not bidirectional:
             raise ValueError(f"merge_mode={merge_mode!r} merges the two directions of a "
                              "bidirectional layer; pass bidirectional=True")
-        allowed = {"lstm": set(), "gru": {"reset_after"}, "rnn": {"nonlinearity"}}[self.cell]
+        allowed = {"lstm": {"cell_clip", "input_forget"}, "gru": {"reset_after"},
+                   "rnn": {"nonlinearity"}}[self.cell]
         unknown = sorted(set(cell_options) - allowed)
         if unknown:
             raise TypeError(f"{type(self).__name__}: unexpected argument(s) "
@@ -255,8 +256,9 @@ class _Recurrent(Layer):
         config = self.get_config()
         for key, default in (("return_sequences", True), ("merge_mode", "concat"),
                              ("stateful", False), ("recurrent_init", "uniform"),
-                             ("unit_forget_bias", False)):
-            if config[key] == default:
+                             ("unit_forget_bias", False), ("cell_clip", None),
+                             ("input_forget", False)):
+            if key in config and config[key] == default:
                 del config[key]
         return f"{type(self).__name__}(" + ", ".join(
             f"{k}={v!r}" for k, v in config.items()) + ")"
@@ -834,6 +836,12 @@ class LSTM(_Recurrent):
             the same. Gradients do not flow across calls.
         recurrent_init: "uniform" (default, torch's) or "orthogonal": each gate
             block of weight_hh starts as a random orthogonal [H,H] matrix.
+        cell_clip: None (default) or a number > 0: c' is clipped to [-cell_clip,
+            cell_clip] at every step (TensorFlow's LSTMCell cell_clip); no gradient
+            flows through a clipped unit. (ONNX's LSTM clip differs: it bounds the
+            gate pre-activations, so export_onnx refuses a layer with cell_clip.)
+        input_forget: couple the forget gate to the input gate, f = 1 - i (ONNX's
+            input_forget; the forget gate's weights are kept but unused).
         unit_forget_bias: start the forget gate's bias at 1.0 (bias_ih's forget
             block 1, bias_hh's 0), as Keras does by default (LSTM only).
 
@@ -876,6 +884,21 @@ class LSTM(_Recurrent):
     """
     cell = "lstm"
     _state_parts = ("h", "c")
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 cell_clip=None, input_forget=False, **options):
+        if cell_clip is not None:
+            if isinstance(cell_clip, bool) or not isinstance(cell_clip, numbers.Real) or \
+                    not 0 < cell_clip < np.inf:
+                raise ValueError(f"cell_clip: expected None or a finite number > 0, got "
+                                 f"{cell_clip!r}")
+            cell_clip = float(cell_clip)
+        super().__init__(input_size, hidden_size, num_layers, bidirectional,
+                         cell_clip=cell_clip,
+                         input_forget=check_bool(input_forget, "input_forget"), **options)
+
+    def _cell_config(self):
+        return dict(cell_clip=self.spec.cell_clip, input_forget=self.spec.input_forget)
 
 
 class GRU(_Recurrent):

@@ -6,7 +6,10 @@ module only when export_onnx or import_onnx is called.
 What a file holds (opset 17, dynamic `batch` and `time` axes):
 
     LSTM, GRU, RNN   one ONNX LSTM / GRU / RNN operator per layer (not unrolled), with
-                     the num_directions axis; W, R, B are the packer's "onnx" layout.
+                     the num_directions axis; W, R, B are the packer's "onnx" layout;
+                     an LSTM's input_forget is the node's input_forget attribute.
+                     An LSTM with cell_clip is refused: ONNX's clip bounds the gate
+                     pre-activations, not the cell state (onnxruntime computes so).
                      A GRU with reset_after=True is a GRU node with
                      linear_before_reset=1. Between stacked layers, Transpose and
                      Reshape turn Y [T,D,B,H] into the next layer's [T,B,D*H].
@@ -87,6 +90,8 @@ def _recurrent(g, layer, x, prefix, lens=None, h0=None, c0=None):
         attrs["linear_before_reset"] = int(s.reset_after)
     if s.cell == "rnn":
         attrs["activations"] = ["Relu" if s.nonlinearity == "relu" else "Tanh"] * D
+    if s.cell == "lstm" and s.input_forget:
+        attrs["input_forget"] = 1
     hs, cs, y = [], [], None
     for l, weights in enumerate(layer.export_weights("onnx")):
         if l:  # Y [T,D,B,H] -> [T,B,D*H]
@@ -160,6 +165,13 @@ def _dims(shape, names=("batch", "time")):
 
 
 # -- export -----------------------------------------------------------------------------
+def _check_exportable(layer):
+    if layer.spec.cell == "lstm" and layer.spec.cell_clip is not None:
+        raise ValueError("export_onnx: this LSTM clips its cell state (cell_clip), which "
+                         "ONNX cannot say: the LSTM operator's clip bounds the gate "
+                         "pre-activations instead (onnxruntime computes it so)")
+
+
 def _layer_graph(g, layer, lengths, initial_state):
     s = layer.spec
     L, D, H, I = s.num_layers, s.directions, s.hidden_size, s.input_size
@@ -265,6 +277,9 @@ def export_onnx(obj, path, lengths=False, initial_state=False, dtype=None):
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{name}: expected True or False, got {type(flag).__name__}")
     g = _Graph(dtype)
+    for layer in (obj.layers if isinstance(obj, Sequential) else [obj]):
+        if isinstance(layer, _Recurrent):
+            _check_exportable(layer)
     if isinstance(obj, _Recurrent):
         kind, config = "layer", {"type": type(obj).__name__, "name": obj.name,
                                  "config": {**obj.get_config(),

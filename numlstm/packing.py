@@ -107,7 +107,8 @@ class RecurrentSpec:
     """The shapes and cell that fix a stack of recurrent layers.
 
     cell: "lstm", "gru" or "rnn"; reset_after: the GRU's form (see layers.GRU);
-    nonlinearity: the RNN's activation, "tanh" or "relu".
+    nonlinearity: the RNN's activation, "tanh" or "relu"; cell_clip (None or a
+    number > 0) and input_forget: the LSTM's options (see layers.LSTM).
     """
     input_size: int
     hidden_size: int
@@ -116,6 +117,14 @@ class RecurrentSpec:
     cell: str = "lstm"
     reset_after: bool = True
     nonlinearity: str = "tanh"
+    cell_clip: float = None
+    input_forget: bool = False
+
+    def kernel_options(self):
+        """The options a cell's kernels take, as keyword arguments of pack_<cell>_*."""
+        return {"lstm": dict(cell_clip=self.cell_clip, input_forget=self.input_forget),
+                "gru": dict(reset_after=self.reset_after),
+                "rnn": dict(nonlinearity=self.nonlinearity)}[self.cell]
 
     @property
     def directions(self):

@@ -70,3 +70,12 @@ def test_parity_reports_small_errors_and_sees_a_wrong_weight(monkeypatch):
     monkeypatch.setattr(numlstm.GRU, "load_weights", perturbed)
     bad = bench.parity("gru", np.float64, seed=1)
     assert bad["y"] > 1e-4
+
+
+def test_option_costs_rows():
+    from numlstm import bench
+    lines = []
+    rows = bench.option_costs(shapes=((4, 2, 8),), repeats=1, out=lines.append)
+    assert {r["option"] for r in rows} == set(bench.OPTION_VARIANTS)
+    assert all(r["ratio"] == 1.0 for r in rows if r["option"] == "plain")
+    assert all(r["ms"] > 0 for r in rows) and len(lines) == 1 + len(bench.OPTION_VARIANTS)

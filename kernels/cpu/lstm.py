@@ -41,7 +41,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..gates import dsigmoid, dtanh, sigmoid, tanh
+from ..gates import lstm_cell, lstm_cell_grads, sigmoid, tanh
 
 U = 16          # hidden units per gate block
 CB = 4 * U      # columns per block: [i(U) f(U) g(U) o(U)]
@@ -192,7 +192,8 @@ def _column_sums(a, out):
 
 # -- forward, float32 tiled ------------------------------------------------------------
 @njit(**_FAST)
-def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1):
+def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1,
+                   clip, coupled):
     """Gate math of blocks [b0, b1) for step t; rec holds the pre-activations.
     Values go through a stack scratch before the stores so LLVM sees no aliasing
     and vectorises the unit loop."""
@@ -212,10 +213,9 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
                 continue
             for u in range(U):
                 i = sigmoid(rec[r, q + u])
-                f = sigmoid(rec[r, q + U + u])
                 g = tanh(rec[r, q + 2 * U + u])
                 o = sigmoid(rec[r, q + 3 * U + u])
-                cc = f * c[r, v + u] + i * g
+                f, cc = lstm_cell(i, sigmoid(rec[r, q + U + u]), g, c[r, v + u], clip, coupled)
                 s[0, u] = cc
                 s[1, u] = o * tanh(cc)
                 s[2, u] = i
@@ -234,45 +234,48 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
 
 
 @njit(**_FAST)
-def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P):
+def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, coupled):
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
     _matmul_rows(h_old, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
     _fwd_pointwise(rec, xw[t], h_old, h_new, c, y[t], cs[t if training else 0], lengths, t,
-                   training, b0, b1)
+                   training, b0, b1, clip, coupled)
 
 
 @njit(parallel=True, **_FAST)
-def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P):
+def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled):
     """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
     W [Gp/CB, Hp, CB]: W_hh^T in blocks; hbuf [2,B,Hp]: h0 in hbuf[0], h
     alternates between the two (threads read all of h_old while writing their
     part of h_new), final h in hbuf[T % 2]; c [B,Hp] in/out; y [T,B,Hp] out;
-    cs [T,B,Hp] out when training; rec [B,Gp] scratch; P threads per step."""
+    cs [T,B,Hp] out when training; rec [B,Gp] scratch; P threads per step;
+    clip, coupled: the cell options of gates.lstm_cell."""
     T = xw.shape[0]
     for s in range(T):
         t = T - 1 - s if reverse else s
         if P == 1:  # even prange(1) would pay a fork and join per step
-            _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, 0, 1)
+            _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, 0, 1, clip, coupled)
         else:
             for p in prange(P):
-                _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P)
+                _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip,
+                          coupled)
 
 
 @njit(**_FAST)
-def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, rec, lengths):
+def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, rec, lengths, clip, coupled):
     """One inference step on one thread, for streaming: rec = bias + x @ W_ih^T +
     h @ W_hh^T, then the gate math; c is updated in place, h' goes to h_new."""
     B, nblk = x.shape[0], w_fwd.shape[0]
     _matmul_rows(x, w_in, rec, bias, False, 0, B, 0, nblk)
     _matmul_rows(h, w_fwd, rec, rec, True, 0, B, 0, nblk)
-    _fwd_pointwise(rec, rec, h, h_new, c, h_new, c, lengths, 0, False, 0, nblk)
+    _fwd_pointwise(rec, rec, h, h_new, c, h_new, c, lengths, 0, False, 0, nblk, clip, coupled)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**_FAST)
-def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1):
+def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
+                   coupled):
     """Gate gradients of step t for the hidden units of output blocks [b0, b1)
     (HB units each). dg_t [B,Gp] holds the activated gates and receives dG."""
     s = carray(_bwd_scratch(), (5, U))
@@ -296,14 +299,11 @@ def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b
                 f = dg_t[r, q + U + u]
                 g = dg_t[r, q + 2 * U + u]
                 o = dg_t[r, q + 3 * U + u]
-                tc = tanh(cs[t, r, v + u])
+                cc = cs[t, r, v + u]
+                tc = tanh(cc)
                 dh = dy_t[r, v + u] + dh_in[v + u]
-                d = dc[r, v + u] + dh * o * dtanh(tc)
-                s[0, u] = d * g * dsigmoid(i)
-                s[1, u] = d * c_prev[v + u] * dsigmoid(f)
-                s[2, u] = d * i * dtanh(g)
-                s[3, u] = dh * tc * dsigmoid(o)
-                s[4, u] = d * f
+                s[0, u], s[1, u], s[2, u], s[3, u], s[4, u] = lstm_cell_grads(
+                    dc[r, v + u], dh, i, f, g, o, tc, c_prev[v + u], cc, clip, coupled)
             for u in range(U):
                 dg_t[r, q + u] = s[0, u]
                 dg_t[r, q + U + u] = s[1, u]
@@ -313,16 +313,18 @@ def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b
 
 
 @njit(**_FAST)
-def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P):
+def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P,
+              clip, coupled):
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
         _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
-    _bwd_pointwise(dg[t], cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1)
+    _bwd_pointwise(dg[t], cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
+                   coupled)
 
 
 @njit(parallel=True, **_FAST)
-def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P):
+def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled):
     """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0, dh_n [B,Hp];
     dy [T,B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of output units; rec [B,Hp]
     scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out."""
@@ -333,16 +335,16 @@ def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P):
         t_prev = t - 1 if reverse else t + 1
         if P == 1:
             _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, 0,
-                      1)
+                      1, clip, coupled)
         else:
             for p in prange(P):
                 _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
-                          t_prev, p, P)
+                          t_prev, p, P, clip, coupled)
 
 
 # -- float64: BLAS per step --------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs):
+def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs, clip, coupled):
     """xw [T,B,G] (receives the activated gates when training); w_hh_t [H,G];
     h, c [B,H] in/out; y [T,B,H] out; cs [T,B,H] out when training."""
     T, B, G = xw.shape
@@ -360,10 +362,9 @@ def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs):
             a, r = xw[t, b], rec[b]
             for j in range(H):
                 i = sigmoid(a[j] + r[j])
-                f = sigmoid(a[H + j] + r[H + j])
                 g = tanh(a[2 * H + j] + r[2 * H + j])
                 o = sigmoid(a[3 * H + j] + r[3 * H + j])
-                cj = f * c[b, j] + i * g
+                f, cj = lstm_cell(i, sigmoid(a[H + j] + r[H + j]), g, c[b, j], clip, coupled)
                 c[b, j] = cj
                 h[b, j] = o * tanh(cj)
                 if training:
@@ -374,7 +375,7 @@ def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs):
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc):
+def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc, clip, coupled):
     """dg [T,B,G]: activated gates in, dG out; w_hh [G,H]; dh, dc [B,H]: the
     final state's gradient in, the initial state's out."""
     T, B, G = dg.shape
@@ -394,12 +395,8 @@ def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc):
                 i, f, g, o = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
                 tc = tanh(cs[t, b, j])
                 dhj = dh[b, j] + dy[t, b, j]
-                dcj = dc[b, j] + dhj * o * dtanh(tc)
-                a[j] = dcj * g * dsigmoid(i)
-                a[H + j] = dcj * c_prev[j] * dsigmoid(f)
-                a[2 * H + j] = dcj * i * dtanh(g)
-                a[3 * H + j] = dhj * tc * dsigmoid(o)
-                dc[b, j] = dcj * f
+                a[j], a[H + j], a[2 * H + j], a[3 * H + j], dc[b, j] = lstm_cell_grads(
+                    dc[b, j], dhj, i, f, g, o, tc, c_prev[j], cs[t, b, j], clip, coupled)
         np.dot(dg[t], w_hh, rec)
         for b in range(B):
             if t < lengths[b]:
@@ -421,15 +418,18 @@ def _blocks(a):
     return np.ascontiguousarray(a.reshape(K, N // CB, CB).transpose(1, 0, 2))
 
 
-def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh):
-    """One cell's torch-layout weights (w_ih [G,I], w_hh [G,H], b_ih, b_hh [G])
-    -> the layout these kernels read: a dict, "tiled" for float32, "blas" else."""
+def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, cell_clip=None, input_forget=False):
+    """One cell's torch-layout weights (w_ih [G,I], w_hh [G,H], b_ih, b_hh [G]) and
+    options (gates.lstm_cell) -> the layout these kernels read: a dict, "tiled"
+    for float32, "blas" else."""
     G, I = w_ih.shape
     H = G // 4
     bias = b_ih + b_hh
+    options = dict(clip=float(np.inf if cell_clip is None else cell_clip),
+                   coupled=bool(input_forget))
     if w_ih.dtype != np.float32:
         return dict(kind="blas", H=H, w_ih=w_ih, w_hh=w_hh, bias=bias,
-                    w_hh_t=np.ascontiguousarray(w_hh.T))
+                    w_hh_t=np.ascontiguousarray(w_hh.T), **options)
     Hp = -(-H // HB) * HB
     Gp = 4 * Hp
     cols = _gate_columns(H)
@@ -440,7 +440,7 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh):
     w_hh_p = np.zeros((Gp, Hp), np.float32)
     w_hh_p[cols, :H] = w_hh
     return dict(
-        kind="tiled", H=H, Hp=Hp, cols=cols, bias=bias_p,
+        kind="tiled", H=H, Hp=Hp, cols=cols, bias=bias_p, **options,
         w_in=_blocks(w_ih_p.T),   # [Gp/CB, I, CB]: x @ W_ih^T
         w_fwd=_blocks(w_hh_p.T),  # [Gp/CB, Hp, CB]: h @ W_hh^T
         w_bwd=_blocks(w_hh_p),    # [Hp/CB, Gp, CB]: dG @ W_hh
@@ -487,7 +487,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         h, c = h0.copy(), c0.copy()
         y = np.empty((T, B, H), x.dtype)
         cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
-        _forward_blas(xw, packed["w_hh_t"], h, c, lens, reverse, training, y, cs)
+        _forward_blas(xw, packed["w_hh_t"], h, c, lens, reverse, training, y, cs,
+                      packed["clip"], packed["coupled"])
         y_out, c0_kept = y, c0
     else:
         Hp = packed["Hp"]
@@ -509,7 +510,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             _matmul(x[t0:t1].reshape(-1, I), packed["w_in"], chunk.reshape(-1, 4 * Hp),
                     packed["bias"], False)
             _forward_tiled(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
-                           cs[t0:t1] if training else cs, rec, lens - t0, reverse, training, P)
+                           cs[t0:t1] if training else cs, rec, lens - t0, reverse, training, P,
+                           packed["clip"], packed["coupled"])
             if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
                 hbuf[0] = hbuf[1]
         h = hbuf[0, :, :H].copy()
@@ -535,7 +537,8 @@ def lstm_step_cpu(x, packed, h, c):
     c_new[:, :H] = c
     h_new = np.empty((B, Hp), np.float32)
     _step_tiled(x, packed["w_in"], packed["bias"], packed["w_fwd"], _pad(h, Hp), c_new, h_new,
-                np.empty((B, 4 * Hp), np.float32), np.ones(B, np.int64))
+                np.empty((B, 4 * Hp), np.float32), np.ones(B, np.int64), packed["clip"],
+                packed["coupled"])
     return h_new[:, :H], c_new[:, :H]
 
 
@@ -560,7 +563,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     rec = np.empty((B, Hp), np.float32)
     P = _threads(B, Hp, packed["w_bwd"].shape[0])
     _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec,
-                    dh_np, dc, lens, reverse, P)
+                    dh_np, dc, lens, reverse, P, packed["clip"], packed["coupled"])
     dg_first, empty = _first_step_gradients(dg, lens, reverse)
     dh = np.empty((B, Hp), np.float32)
     _matmul(dg_first, packed["w_bwd"], dh, zeros, False)
@@ -606,7 +609,8 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     dh, dc = dh_n.copy(), dc_n.copy()
     # The loop leaves dh = dG at each row's first step @ W_hh (rows of length 0
     # keep dh_n).
-    _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], lens, reverse, dh, dc)
+    _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], lens, reverse, dh, dc,
+                   packed["clip"], packed["coupled"])
     dg_first, _ = _first_step_gradients(dg, lens, reverse)
     dg2 = dg.reshape(T * B, G)
     dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)

@@ -18,24 +18,27 @@ Arrays are Numba device arrays; x, h0, c0, dy, dh_n and dc_n are read only.
 """
 from numba import cuda
 
-from ..gates import dsigmoid, dtanh, sigmoid, tanh
+from ..gates import lstm_cell, lstm_cell_grads, sigmoid, tanh
 from .common import (as_device, combine, copy, device_array, dh_one, dh_product, input_gradients,
                      lengths_or_full, load_columns, load_rows, matmul, ones, plan)
 
 ROWS = 4  # weight rows per hidden unit
 
 
-def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh):
-    """Torch-layout weights (host or device) -> the device arrays the kernels read:
-    w_ih [G,I], w_hh [G,H], bias = b_ih + b_hh [G]."""
+def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, cell_clip=None, input_forget=False):
+    """Torch-layout weights (host or device) and the cell's options (gates.lstm_cell)
+    -> the device arrays the kernels read: w_ih [G,I], w_hh [G,H], bias = b_ih +
+    b_hh [G]; clip (inf for none) and coupled."""
     return dict(H=w_hh.shape[1], w_ih=as_device(w_ih), w_hh=as_device(w_hh),
-                bias=combine(as_device(b_ih), as_device(b_hh), "add"))
+                bias=combine(as_device(b_ih), as_device(b_hh), "add"),
+                clip=float("inf") if cell_clip is None else float(cell_clip),
+                coupled=bool(input_forget))
 
 
 # -- forward ---------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero):
+                  reverse, units, training, zero, clip, coupled):
     """Step s of the block's units: reads h[s % 2], writes h[(s+1) % 2], c, y[t]."""
     T = y.shape[0]
     B = y.shape[1]
@@ -79,10 +82,9 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
                         ag += hk * w_hh[2 * H + u, k]
                         ao += hk * w_hh[3 * H + u, k]
                 i = sigmoid(ai)
-                f = sigmoid(af)
                 g = tanh(ag)
                 o = sigmoid(ao)
-                c_new = f * c_in + i * g
+                f, c_new = lstm_cell(i, sigmoid(af), g, c_in, clip, coupled)
                 h_new = o * tanh(c_new)
                 c[b, u] = c_new
                 h[nxt, b, u] = h_new
@@ -109,7 +111,7 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
 
 @cuda.jit
 def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                        training, zero):
+                        training, zero, clip, coupled):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     load_rows(w_hh, w_sh, ROWS, units)
@@ -117,17 +119,17 @@ def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse
     grid = cuda.cg.this_grid()
     for s in range(y.shape[0]):
         _forward_step(s, xp, w_hh, w_sh, True, lengths, h, c, y, gates, cs, cin, hin,
-                      reverse, units, training, zero)
+                      reverse, units, training, zero, clip, coupled)
         grid.sync()
 
 
 @cuda.jit
 def _forward_one(s, xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                 training, zero):
+                 training, zero, clip, coupled):
     """Step s alone, W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     _forward_step(s, xp, w_hh, w_sh, False, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero)
+                  reverse, units, training, zero, clip, coupled)
 
 
 def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
@@ -158,7 +160,7 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
         gates = cs = cin = hin = device_array((1, 1, 1), dtype)
     lens = lengths_or_full(lengths, T, B)
     args = [xp, cell["w_hh"], lens, h, c, y, gates, cs, cin, hin, bool(reverse), 1,
-            bool(training), zero]
+            bool(training), zero, dtype.type(cell["clip"]), cell["coupled"]]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[11] = p.units
@@ -176,7 +178,8 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
 
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
-def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero):
+def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
+                    clip, coupled):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
     block's units: dgates[t] from dh[k % 2] + dy[t] and dc; dc -> the gradient
     of c entering the step; dh[(k+1) % 2] starts at zero for valid rows."""
@@ -200,14 +203,16 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
                 f = gates[t, b, H + u]
                 g = gates[t, b, 2 * H + u]
                 o = gates[t, b, 3 * H + u]
-                tc = tanh(cs[t, b, u])
+                cc = cs[t, b, u]
+                tc = tanh(cc)
                 dh_t = dh[cur, b, u] + dy[t, b, u]
-                dc_t = dc[b, u] + dh_t * o * dtanh(tc)
-                dgates[row, u] = dc_t * g * dsigmoid(i)
-                dgates[row, H + u] = dc_t * cin[t, b, u] * dsigmoid(f)
-                dgates[row, 2 * H + u] = dc_t * i * dtanh(g)
-                dgates[row, 3 * H + u] = dh_t * tc * dsigmoid(o)
-                dc[b, u] = dc_t * f
+                di, df, dg, do, dc_prev = lstm_cell_grads(
+                    dc[b, u], dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled)
+                dgates[row, u] = di
+                dgates[row, H + u] = df
+                dgates[row, 2 * H + u] = dg
+                dgates[row, 3 * H + u] = do
+                dc[b, u] = dc_prev
                 dh[nxt, b, u] = zero
             else:
                 dgates[row, u] = zero
@@ -218,7 +223,7 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
 
 @cuda.jit
 def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse, units,
-                         zero):
+                         zero, clip, coupled):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. One barrier a step, between the gate gradients (which the
     dh product reads across units) and dh: everything else a block touches
@@ -230,16 +235,18 @@ def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reve
     T = dy.shape[0]
     for k in range(T):
         t = k if reverse else T - 1 - k  # forward step T-1-k's time
-        _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero)
+        _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
+                        clip, coupled)
         grid.sync()
         dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0])
 
 
 @cuda.jit
 def _backward_gates_one(k, dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse,
-                        units, zero):
+                        units, zero, clip, coupled):
     """Step k's gate gradients alone (the per-step path; w_hh unused)."""
-    _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero)
+    _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
+                    clip, coupled)
 
 
 def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
@@ -261,7 +268,7 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     dc = device_array((B, H), dtype)
     copy(dc_n, dc)
     args = [dy, w_hh, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh, dc,
-            reverse, 1, zero]
+            reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"]]
     p = plan(_backward_persistent, args, H, B, 1, 4 * H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[10] = p.units

@@ -10,13 +10,14 @@ from helpers import assert_close, lstm_weights
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
-def _compare(rng, T, B, I, H, dtype, reverse, lengths):
+def _compare(rng, T, B, I, H, dtype, reverse, lengths, **options):
     w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((B, H)).astype(dtype)
     c0 = rng.standard_normal((B, H)).astype(dtype)
-    y, h, c, cache = lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse)
-    packed = pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh)
+    y, h, c, cache = lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse,
+                                      **options)
+    packed = pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, **options)
     yk, hk, ck, cache_k = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=True)
     yi, hi, ci, none = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=False)
     assert none is None
@@ -61,6 +62,16 @@ def test_cpu_kernels_match_reference_with_lengths(rng, dtype, reverse):
     lengths[0] = T
     _compare(rng, T, B, I, H, dtype, reverse, lengths)
     _compare(rng, T, B, I, H, dtype, reverse, np.array([0, 7, 1, 3, 0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", [{"cell_clip": 0.4}, {"input_forget": True},
+                                     {"cell_clip": 0.4, "input_forget": True}],
+                         ids=["clip", "coupled", "both"])
+def test_cpu_kernels_match_reference_with_cell_options(rng, dtype, options):
+    for reverse in (False, True):
+        _compare(rng, 6, 3, 4, 37, dtype, reverse, np.array([6, 2, 5]), **options)
+        _compare(rng, 1, 1, 2, 3, dtype, reverse, None, **options)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])

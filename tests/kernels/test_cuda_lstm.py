@@ -19,15 +19,15 @@ PATHS = {"auto": {}, "slices": dict(units=2, blocks=1),
          "per_step": dict(units=2, persistent=False)}
 
 
-def run_both(rng, T, B, I, H, dtype, lengths, reverse, launch):
+def run_both(rng, T, B, I, H, dtype, lengths, reverse, launch, **options):
     w = lstm_weights(rng, I, H, dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
-    cell = pack_lstm_cuda(*w)
+    cell = pack_lstm_cuda(*w, **options)
     dev = cuda.to_device
     y, h, c, cache = lstm_forward_cuda(dev(x), cell, dev(h0), dev(c0), lengths, reverse,
                                        True, **launch)
-    y_r, h_r, c_r, cache_r = ref.lstm_forward_ref(x, *w, h0, c0, lengths, reverse)
+    y_r, h_r, c_r, cache_r = ref.lstm_forward_ref(x, *w, h0, c0, lengths, reverse, **options)
     dy = rng.standard_normal((T, B, H)).astype(dtype)
     dh_n, dc_n = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
     got = lstm_backward_cuda(dev(dy), dev(dh_n), dev(dc_n), cache, cell, **launch)
@@ -49,6 +49,20 @@ def test_lstm_cuda_matches_reference(rng, dtype, T, B, I, H, lengths, reverse, p
     got, want = run_both(rng, T, B, I, H, dtype, lens, reverse, PATHS[path])
     names = ["y", "h_n", "c_n", "dx", "dh0", "dc0"]
     for name, g, w in zip(names, got[:6], want[:6]):
+        assert_close(g.copy_to_host(), w, RTOL[dtype], name)
+    for k in ("w_ih", "w_hh", "b_ih", "b_hh"):
+        assert_close(got[6][k].copy_to_host(), want[6][k], RTOL[dtype], k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options,path", [({"cell_clip": 0.4}, "auto"),
+                                          ({"input_forget": True}, "per_step"),
+                                          ({"cell_clip": 0.4, "input_forget": True}, "slices")],
+                         ids=["clip", "coupled", "both"])
+def test_lstm_cuda_cell_options_match_reference(rng, dtype, options, path):
+    got, want = run_both(rng, 3, 2, 3, 5, dtype, np.array([3, 2]), True, PATHS[path],
+                         **options)
+    for name, g, w in zip(["y", "h_n", "c_n", "dx", "dh0", "dc0"], got[:6], want[:6]):
         assert_close(g.copy_to_host(), w, RTOL[dtype], name)
     for k in ("w_ih", "w_hh", "b_ih", "b_hh"):
         assert_close(got[6][k].copy_to_host(), want[6][k], RTOL[dtype], k)

@@ -6,17 +6,22 @@ from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
 from helpers import lstm_weights, rel_err
 
 
-def _loss(inputs, weights, lengths, reverse):
+def _loss(inputs, weights, lengths, reverse, **options):
     """A scalar that depends on every output: sum(y*wy) + sum(h_n*wh) + sum(c_n*wc)."""
     y, h, c, _ = lstm_forward_ref(inputs["x"], inputs["w_ih"], inputs["w_hh"],
                                   inputs["b_ih"], inputs["b_hh"], inputs["h0"],
-                                  inputs["c0"], lengths, reverse)
+                                  inputs["c0"], lengths, reverse, **options)
     return (y * weights["y"]).sum() + (h * weights["h"]).sum() + (c * weights["c"]).sum()
 
 
+OPTIONS = [{}, {"cell_clip": 0.7}, {"input_forget": True},
+           {"cell_clip": 0.7, "input_forget": True}]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=["plain", "clip", "coupled", "both"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
-def test_reference_backward_matches_finite_differences(rng, reverse, with_lengths):
+def test_reference_backward_matches_finite_differences(rng, reverse, with_lengths, options):
     T, B, I, H = 4, 3, 3, 2
     w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, np.float64, scale=0.8)
     inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
@@ -25,7 +30,10 @@ def test_reference_backward_matches_finite_differences(rng, reverse, with_length
     weights = dict(y=rng.standard_normal((T, B, H)), h=rng.standard_normal((B, H)),
                    c=rng.standard_normal((B, H)))
     y, h, c, cache = lstm_forward_ref(inputs["x"], w_ih, w_hh, b_ih, b_hh, inputs["h0"],
-                                      inputs["c0"], lengths, reverse)
+                                      inputs["c0"], lengths, reverse, **options)
+    if "cell_clip" in options:  # the clip must bite somewhere, and not everywhere
+        clipped = np.abs(cache["cs"]) == options["cell_clip"]
+        assert clipped.any() and not clipped.all()
     dx, dh0, dc0, grads = lstm_backward_ref(weights["y"], weights["h"], weights["c"], cache)
     analytic = dict(x=dx, h0=dh0, c0=dc0, **grads)
     eps = 1e-6
@@ -34,9 +42,9 @@ def test_reference_backward_matches_finite_differences(rng, reverse, with_length
         for idx in np.ndindex(arr.shape):
             saved = arr[idx]
             arr[idx] = saved + eps
-            up = _loss(inputs, weights, lengths, reverse)
+            up = _loss(inputs, weights, lengths, reverse, **options)
             arr[idx] = saved - eps
-            down = _loss(inputs, weights, lengths, reverse)
+            down = _loss(inputs, weights, lengths, reverse, **options)
             arr[idx] = saved
             numeric[idx] = (up - down) / (2 * eps)
         err = rel_err(analytic[name], numeric)

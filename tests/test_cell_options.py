@@ -1,0 +1,113 @@
+"""The LSTM's cell options, cell_clip and input_forget, through the layer on every
+backend (the kernels themselves are tested in tests/kernels), and where they meet
+ONNX, torch and checkpoints."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import numlstm
+from helpers import assert_close
+
+OPTIONS = [{"cell_clip": 0.3}, {"input_forget": True}, {"cell_clip": 0.3, "input_forget": True}]
+IDS = ["clip", "coupled", "both"]
+
+
+def _run(layer, x, lengths, dy):
+    y, (h, c) = layer(x, training=True, lengths=lengths)
+    dx, (dh0, dc0) = layer.backward(dy)
+    return dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0,
+                **{k: v.copy() for k, v in layer.grads.items()})
+
+
+CASES = [(o, "cpu", d, tol) for o in OPTIONS for d, tol in ((np.float64, 1e-12),
+                                                              (np.float32, 2e-5))]
+# (the simulator is slow: one CUDA case, both options; each alone is a kernel test)
+CASES.append((OPTIONS[2], "cuda", np.float32, 2e-5))
+
+
+@pytest.mark.parametrize("options,backend,dtype,tol", CASES,
+                         ids=[f"{b}-{np.dtype(d).name}-{'-'.join(o)}" for o, b, d, _ in CASES])
+def test_backends_against_the_reference(rng, options, backend, dtype, tol):
+    T, B, H = (3, 2, 4) if backend == "cuda" else (9, 4, 21)
+    x = rng.standard_normal((T, B, 3)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    ref = numlstm.LSTM(3, H, num_layers=2, bidirectional=True, backend="numpy",
+                       dtype=np.float64, seed=4, **options)
+    ours = numlstm.LSTM(3, H, num_layers=2, bidirectional=True, backend=backend, dtype=dtype,
+                        seed=4, **options)
+    want = _run(ref, x.astype(np.float64), lengths, dy.astype(np.float64))
+    got = _run(ours, x, lengths, dy)
+    if "cell_clip" in options:
+        assert np.isclose(np.abs(want["c"]), 0.3).any()  # the clip bites
+    for k in want:
+        assert_close(got[k], want[k], tol if k in ("y", "h", "c") else 5 * tol, k)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=IDS)
+def test_step_equals_the_sequence(rng, options):
+    lstm = numlstm.LSTM(3, 6, num_layers=2, seed=0, **options)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    y, _ = lstm(x)
+    state = None
+    for t in range(5):
+        y_t, state = lstm.step(x[t], state)
+        assert_close(y_t, y[t], 2e-6, f"step {t}")
+
+
+def test_options_change_the_function_as_defined(rng):
+    x = rng.standard_normal((6, 2, 3))
+    coupled = numlstm.LSTM(3, 4, input_forget=True, dtype=np.float64, seed=1)
+    plain = numlstm.LSTM(3, 4, dtype=np.float64, seed=1)
+    # With f = 1 - i the forget gate's weights are unused: changing them changes nothing.
+    y, _ = coupled(x)
+    with coupled.updating() as p:
+        p["weight_hh_l0"][4:8] += 1.0
+        p["bias_ih_l0"][4:8] -= 3.0
+    np.testing.assert_array_equal(coupled(x)[0], y)
+    assert not np.allclose(plain(x)[0], y)
+    clipped = numlstm.LSTM(3, 4, cell_clip=0.05, dtype=np.float64, seed=1)
+    _, (_, c) = clipped(x)
+    assert np.abs(c).max() <= 0.05 and np.isclose(np.abs(c), 0.05).any()
+
+
+def test_onnx_export_of_input_forget_runs_in_onnxruntime(tmp_path, rng):
+    lstm = numlstm.LSTM(3, 5, num_layers=2, bidirectional=True, input_forget=True, seed=1)
+    path = tmp_path / "coupled.onnx"
+    model = numlstm.export_onnx(lstm, path, lengths=True)
+    assert all(a.i == 1 for n in model.graph.node if n.op_type == "LSTM"
+               for a in n.attribute if a.name == "input_forget")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((6, 4, 3)).astype(np.float32)
+    lengths = np.array([6, 2, 5, 1])
+    y, (h, c) = lstm(x, lengths=lengths)
+    for name, got, want in zip("yhc", session.run(None, {"x": x, "lengths": lengths}),
+                               (y, h, c)):
+        assert_close(got, want, 2e-6, name)
+    assert numlstm.import_onnx(path).spec.input_forget
+
+
+def test_what_cannot_carry_the_options_says_so(tmp_path):
+    clipped = numlstm.LSTM(3, 4, cell_clip=1.0)
+    with pytest.raises(ValueError, match="ONNX cannot say: the LSTM operator's clip bounds "
+                                         "the gate pre-activations"):
+        numlstm.export_onnx(numlstm.Sequential([clipped]), tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    for layer in (clipped, numlstm.LSTM(3, 4, input_forget=True)):
+        with pytest.raises(ValueError, match="torch.nn.LSTM has no cell_clip or input_forget"):
+            layer.to_torch()
+    for bad in (0, -1.0, float("inf"), "1", True):
+        with pytest.raises(ValueError, match="cell_clip: expected None or a finite number"):
+            numlstm.LSTM(3, 4, cell_clip=bad)
+    with pytest.raises(TypeError, match="input_forget: expected True or False"):
+        numlstm.LSTM(3, 4, input_forget=1)
+
+
+def test_checkpoints_keep_the_options(tmp_path, rng):
+    model = numlstm.Sequential([numlstm.LSTM(3, 4, cell_clip=0.5, input_forget=True,
+                                             seed=0)])
+    numlstm.save_checkpoint(tmp_path, model)
+    back = numlstm.load(tmp_path).layers[0]
+    assert (back.spec.cell_clip, back.spec.input_forget) == (0.5, True)
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(numlstm.load(tmp_path).predict(x), model.predict(x))
