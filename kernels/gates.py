@@ -292,3 +292,43 @@ def _lstm_cell_grads_impl(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled):
                 df = d * c_prev * dsigmoid(f)
             return di, df, dg, do, d * f
         return impl
+
+
+# -- ONNX's gate clip -------------------------------------------------------------------
+def clip_gate(a, clip):
+    """A gate pre-activation held to [-clip, clip] (ONNX's LSTM clip; inf for none);
+    a NaN stays a NaN."""
+    return clip if a > clip else (-clip if a < -clip else a)
+
+
+def gate_passes(s, lo, hi):
+    """1 where an activated gate s came from an unclipped pre-activation, else 0:
+    lo and hi are the activation of -clip and clip, computed by the same function,
+    so a clipped value equals them exactly. (Where the activation saturates its
+    derivative is zero anyway; with clip = inf every gate passes.)"""
+    return 1.0 if lo < s < hi else 0.0
+
+
+@overload(clip_gate)
+def _clip_gate_impl(a, clip):
+    if isinstance(a, types.Float):
+        cast = np.float32 if a == types.float32 else np.float64
+
+        def impl(a, clip):
+            lim = cast(clip)
+            if a > lim:
+                return lim
+            if a < -lim:
+                return -lim
+            return a
+        return impl
+
+
+@overload(gate_passes)
+def _gate_passes_impl(s, lo, hi):
+    if isinstance(s, types.Float):
+        zero, one = (np.float32(0.0), np.float32(1.0)) if s == types.float32 else (0.0, 1.0)
+
+        def impl(s, lo, hi):
+            return one if lo < s < hi else zero
+        return impl

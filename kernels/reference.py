@@ -17,9 +17,9 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     c' = f * c + i * g                        h' = o * tanh(c')
     options: input_forget couples the two gates, f = 1 - i (ONNX's input_forget;
     the forget gate's own weights are then unused); cell_clip clips c' to
-    [-cell_clip, cell_clip] (TensorFlow's cell_clip; no gradient flows through a
-    clipped unit). ONNX's clip is another thing: it bounds the gate
-    pre-activations.
+    [-cell_clip, cell_clip] (TensorFlow's cell_clip); gate_clip clips every gate
+    pre-activation to [-gate_clip, gate_clip] before its activation (ONNX's clip,
+    as onnxruntime computes it). No gradient flows through a clipped value.
   GRU
     r = s(W_ir x + b_ir + W_hr h + b_hr)      z = s(W_iz x + b_iz + W_hz h + b_hz)
     reset_after=True (torch, Keras's default):
@@ -54,11 +54,11 @@ def _steps(T, reverse):
 
 
 def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False,
-                     cell_clip=None, input_forget=False):
+                     cell_clip=None, input_forget=False, gate_clip=None):
     """One LSTM layer and direction.
 
     x: [T,B,I]; h0, c0: [B,H]; lengths: [B] ints or None (all T); cell_clip: None
-    or a number > 0; input_forget: couple f = 1 - i.
+    or a number > 0; input_forget: couple f = 1 - i; gate_clip: None or a number > 0.
     Returns y [T,B,H], h_n [B,H], c_n [B,H], and a cache for lstm_backward_ref
     holding the inputs, the activated gates [T,B,G] (f as used) and the cell
     states [T,B,H] (after clipping).
@@ -70,9 +70,13 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
     y = np.zeros((T, B, H), x.dtype)
     gates = np.zeros((T, B, 4 * H), x.dtype)
     cs = np.zeros((T, B, H), x.dtype)
+    passed = np.ones((T, B, 4 * H), bool)  # pre-activations inside the gate clip
     for t in _steps(T, reverse):
         valid = (t < lengths)[:, None]
         a = x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+        if gate_clip is not None:
+            passed[t] = np.abs(a) < gate_clip
+            a = np.clip(a, -gate_clip, gate_clip)
         i, f = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H])
         g, o = np.tanh(a[:, 2 * H:3 * H]), _sigmoid(a[:, 3 * H:])
         if input_forget:
@@ -88,7 +92,7 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
         cs[t] = c
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, lengths=lengths,
                  reverse=reverse, gates=gates, cs=cs, y=y, cell_clip=cell_clip,
-                 input_forget=input_forget)
+                 input_forget=input_forget, passed=passed)
     return y, h, c, cache
 
 
@@ -134,6 +138,8 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
         else:
             da = np.concatenate([dc_t * g * i * (1 - i), dc_t * c_prev * f * (1 - f),
                                  dc_t * i * (1 - g * g), dh_t * tc * o * (1 - o)], axis=1)
+        if "passed" in cache:
+            da = da * cache["passed"][t]
         da = np.where(valid, da, 0)
         dx[t] = da @ w_ih
         grads["w_ih"] += da.T @ x[t]

@@ -406,8 +406,9 @@ def parity(cell="lstm", dtype=np.float32, layers=2, bidirectional=True, lengths=
 
 
 OPTION_VARIANTS = {"plain": {}, "cell_clip=1.0": {"cell_clip": 1.0},
+                   "gate_clip=3.0": {"gate_clip": 3.0},
                    "input_forget": {"input_forget": True},
-                   "both": {"cell_clip": 1.0, "input_forget": True}}
+                   "all three": {"cell_clip": 1.0, "input_forget": True, "gate_clip": 3.0}}
 
 
 def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print):

@@ -356,8 +356,8 @@ def main(argv=None):
                       help="the cost of one streaming step (layer.step) at B=1, H=64, "
                            "for each cell")
     size.add_argument("--options", action="store_true",
-                      help="the cost of each LSTM cell option (cell_clip, input_forget) "
-                           "against the plain LSTM, on the CPU")
+                      help="the cost of each LSTM cell option (cell_clip, gate_clip, "
+                           "input_forget) against the plain LSTM, on the CPU")
     size.add_argument("--parity", action="store_true",
                       help="worst errors of LSTM, GRU and RNN against torch, with and "
                            "without lengths, float32 and float64")

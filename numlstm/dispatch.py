@@ -176,7 +176,7 @@ class NumpyBackend(Backend):
     def forward(self, spec, cell, x, state, lengths, reverse, training):
         if spec.cell == "lstm":
             y, h, c, cache = reference.lstm_forward_ref(x, *cell, *state, lengths, reverse,
-                                                        spec.cell_clip, spec.input_forget)
+                                                        **spec.kernel_options())
             state = (h, c)
         elif spec.cell == "gru":
             y, h, cache = reference.gru_forward_ref(x, *cell, state[0], lengths, reverse,

@@ -179,7 +179,7 @@ class _Recurrent(Layer):
         if merge_mode != "concat" and not bidirectional:
             raise ValueError(f"merge_mode={merge_mode!r} merges the two directions of a "
                              "bidirectional layer; pass bidirectional=True")
-        allowed = {"lstm": {"cell_clip", "input_forget"}, "gru": {"reset_after"},
+        allowed = {"lstm": {"cell_clip", "input_forget", "gate_clip"}, "gru": {"reset_after"},
                    "rnn": {"nonlinearity"}}[self.cell]
         unknown = sorted(set(cell_options) - allowed)
         if unknown:
@@ -257,7 +257,7 @@ class _Recurrent(Layer):
         for key, default in (("return_sequences", True), ("merge_mode", "concat"),
                              ("stateful", False), ("recurrent_init", "uniform"),
                              ("unit_forget_bias", False), ("cell_clip", None),
-                             ("input_forget", False)):
+                             ("input_forget", False), ("gate_clip", None)):
             if key in config and config[key] == default:
                 del config[key]
         return f"{type(self).__name__}(" + ", ".join(
@@ -842,6 +842,10 @@ class LSTM(_Recurrent):
             gate pre-activations, so export_onnx refuses a layer with cell_clip.)
         input_forget: couple the forget gate to the input gate, f = 1 - i (ONNX's
             input_forget; the forget gate's weights are kept but unused).
+        gate_clip: None (default) or a number > 0: every gate pre-activation is
+            clipped to [-gate_clip, gate_clip] before its activation, as the ONNX
+            LSTM's clip is computed by onnxruntime; no gradient flows through a
+            clipped value.
         unit_forget_bias: start the forget gate's bias at 1.0 (bias_ih's forget
             block 1, bias_hh's 0), as Keras does by default (LSTM only).
 
@@ -886,19 +890,24 @@ class LSTM(_Recurrent):
     _state_parts = ("h", "c")
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 cell_clip=None, input_forget=False, **options):
-        if cell_clip is not None:
-            if isinstance(cell_clip, bool) or not isinstance(cell_clip, numbers.Real) or \
-                    not 0 < cell_clip < np.inf:
-                raise ValueError(f"cell_clip: expected None or a finite number > 0, got "
-                                 f"{cell_clip!r}")
-            cell_clip = float(cell_clip)
+                 cell_clip=None, input_forget=False, gate_clip=None, **options):
         super().__init__(input_size, hidden_size, num_layers, bidirectional,
-                         cell_clip=cell_clip,
-                         input_forget=check_bool(input_forget, "input_forget"), **options)
+                         cell_clip=_check_clip(cell_clip, "cell_clip"),
+                         input_forget=check_bool(input_forget, "input_forget"),
+                         gate_clip=_check_clip(gate_clip, "gate_clip"), **options)
 
     def _cell_config(self):
-        return dict(cell_clip=self.spec.cell_clip, input_forget=self.spec.input_forget)
+        s = self.spec
+        return dict(cell_clip=s.cell_clip, input_forget=s.input_forget, gate_clip=s.gate_clip)
+
+
+def _check_clip(value, name):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not 0 < value < np.inf:
+        raise ValueError(f"{name}: expected None or a finite number > 0, got {value!r}")
+    return float(value)
 
 
 class GRU(_Recurrent):

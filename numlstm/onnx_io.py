@@ -7,9 +7,10 @@ What a file holds (opset 17, dynamic `batch` and `time` axes):
 
     LSTM, GRU, RNN   one ONNX LSTM / GRU / RNN operator per layer (not unrolled), with
                      the num_directions axis; W, R, B are the packer's "onnx" layout;
-                     an LSTM's input_forget is the node's input_forget attribute.
-                     An LSTM with cell_clip is refused: ONNX's clip bounds the gate
-                     pre-activations, not the cell state (onnxruntime computes so).
+                     an LSTM's input_forget and gate_clip are the node's input_forget
+                     and clip. An LSTM with cell_clip is refused: ONNX's clip bounds
+                     the gate pre-activations, not the cell state (onnxruntime computes
+                     so), which is numlstm's gate_clip.
                      A GRU with reset_after=True is a GRU node with
                      linear_before_reset=1. Between stacked layers, Transpose and
                      Reshape turn Y [T,D,B,H] into the next layer's [T,B,D*H].
@@ -92,6 +93,8 @@ def _recurrent(g, layer, x, prefix, lens=None, h0=None, c0=None):
         attrs["activations"] = ["Relu" if s.nonlinearity == "relu" else "Tanh"] * D
     if s.cell == "lstm" and s.input_forget:
         attrs["input_forget"] = 1
+    if s.cell == "lstm" and s.gate_clip is not None:
+        attrs["clip"] = float(s.gate_clip)
     hs, cs, y = [], [], None
     for l, weights in enumerate(layer.export_weights("onnx")):
         if l:  # Y [T,D,B,H] -> [T,B,D*H]
@@ -169,7 +172,8 @@ def _check_exportable(layer):
     if layer.spec.cell == "lstm" and layer.spec.cell_clip is not None:
         raise ValueError("export_onnx: this LSTM clips its cell state (cell_clip), which "
                          "ONNX cannot say: the LSTM operator's clip bounds the gate "
-                         "pre-activations instead (onnxruntime computes it so)")
+                         "pre-activations instead (onnxruntime computes it so), which is "
+                         "numlstm's gate_clip")
 
 
 def _layer_graph(g, layer, lengths, initial_state):

@@ -107,8 +107,8 @@ class RecurrentSpec:
     """The shapes and cell that fix a stack of recurrent layers.
 
     cell: "lstm", "gru" or "rnn"; reset_after: the GRU's form (see layers.GRU);
-    nonlinearity: the RNN's activation, "tanh" or "relu"; cell_clip (None or a
-    number > 0) and input_forget: the LSTM's options (see layers.LSTM).
+    nonlinearity: the RNN's activation, "tanh" or "relu"; cell_clip, gate_clip (None
+    or a number > 0) and input_forget: the LSTM's options (see layers.LSTM).
     """
     input_size: int
     hidden_size: int
@@ -119,10 +119,12 @@ class RecurrentSpec:
     nonlinearity: str = "tanh"
     cell_clip: float = None
     input_forget: bool = False
+    gate_clip: float = None
 
     def kernel_options(self):
         """The options a cell's kernels take, as keyword arguments of pack_<cell>_*."""
-        return {"lstm": dict(cell_clip=self.cell_clip, input_forget=self.input_forget),
+        return {"lstm": dict(cell_clip=self.cell_clip, input_forget=self.input_forget,
+                             gate_clip=self.gate_clip),
                 "gru": dict(reset_after=self.reset_after),
                 "rnn": dict(nonlinearity=self.nonlinearity)}[self.cell]
 

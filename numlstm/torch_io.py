@@ -91,9 +91,11 @@ def recurrent_to_torch(layer):
     if s.cell == "gru" and not s.reset_after:
         raise ValueError("to_torch: torch.nn.GRU applies the reset gate after the product "
                          "(reset_after=True); this GRU has reset_after=False")
-    if s.cell == "lstm" and (s.cell_clip is not None or s.input_forget):
-        raise ValueError("to_torch: torch.nn.LSTM has no cell_clip or input_forget; this "
-                         "LSTM uses them (ONNX has both: numlstm.export_onnx)")
+    if s.cell == "lstm" and (s.cell_clip is not None or s.input_forget or
+                             s.gate_clip is not None):
+        raise ValueError("to_torch: torch.nn.LSTM has no cell_clip, gate_clip or "
+                         "input_forget; this LSTM uses them (numlstm.export_onnx carries "
+                         "gate_clip and input_forget)")
     if layer.merge_mode != "concat":
         raise ValueError(f"to_torch: torch.nn.{type(layer).__name__} concatenates the two "
                          f"directions; merge_mode={layer.merge_mode!r} has no torch form "
@@ -131,7 +133,7 @@ def _layer_to_torch(layer):
     if isinstance(layer, _Recurrent):
         s = layer.spec
         if (s.cell == "gru" and not s.reset_after) or s.cell_clip is not None or \
-                s.input_forget:
+                s.input_forget or s.gate_clip is not None:
             recurrent_to_torch(layer)  # raises the reason
         options = {"nonlinearity": s.nonlinearity} if s.cell == "rnn" else {}
         module = _TORCH_RNNS[s.cell](s.input_size, s.hidden_size, num_layers=s.num_layers,

@@ -1,4 +1,4 @@
-"""The LSTM's cell options, cell_clip and input_forget, through the layer on every
+"""The LSTM's cell options, cell_clip, gate_clip and input_forget, through the layer on every
 backend (the kernels themselves are tested in tests/kernels), and where they meet
 ONNX, torch and checkpoints."""
 import numpy as np
@@ -8,8 +8,9 @@ import pytest
 import numlstm
 from helpers import assert_close
 
-OPTIONS = [{"cell_clip": 0.3}, {"input_forget": True}, {"cell_clip": 0.3, "input_forget": True}]
-IDS = ["clip", "coupled", "both"]
+OPTIONS = [{"cell_clip": 0.3}, {"input_forget": True}, {"gate_clip": 0.5},
+           {"cell_clip": 0.3, "input_forget": True, "gate_clip": 0.5}]
+IDS = ["clip", "coupled", "gate-clip", "all"]
 
 
 def _run(layer, x, lengths, dy):
@@ -21,8 +22,8 @@ def _run(layer, x, lengths, dy):
 
 CASES = [(o, "cpu", d, tol) for o in OPTIONS for d, tol in ((np.float64, 1e-12),
                                                               (np.float32, 2e-5))]
-# (the simulator is slow: one CUDA case, both options; each alone is a kernel test)
-CASES.append((OPTIONS[2], "cuda", np.float32, 2e-5))
+# (the simulator is slow: one CUDA case, all options; each alone is a kernel test)
+CASES.append((OPTIONS[3], "cuda", np.float32, 2e-5))
 
 
 @pytest.mark.parametrize("options,backend,dtype,tol", CASES,
@@ -71,12 +72,20 @@ def test_options_change_the_function_as_defined(rng):
     assert np.abs(c).max() <= 0.05 and np.isclose(np.abs(c), 0.05).any()
 
 
-def test_onnx_export_of_input_forget_runs_in_onnxruntime(tmp_path, rng):
-    lstm = numlstm.LSTM(3, 5, num_layers=2, bidirectional=True, input_forget=True, seed=1)
-    path = tmp_path / "coupled.onnx"
+@pytest.mark.parametrize("options", [{"input_forget": True}, {"gate_clip": 0.4},
+                                     {"input_forget": True, "gate_clip": 0.4}],
+                         ids=["coupled", "gate-clip", "both"])
+def test_onnx_export_of_the_options_runs_in_onnxruntime(tmp_path, rng, options):
+    """ONNX's input_forget and clip, computed by onnxruntime, are numlstm's
+    input_forget and gate_clip."""
+    lstm = numlstm.LSTM(3, 5, num_layers=2, bidirectional=True, seed=1, **options)
+    path = tmp_path / "options.onnx"
     model = numlstm.export_onnx(lstm, path, lengths=True)
-    assert all(a.i == 1 for n in model.graph.node if n.op_type == "LSTM"
-               for a in n.attribute if a.name == "input_forget")
+    attrs = [{a.name: a for a in n.attribute} for n in model.graph.node if n.op_type == "LSTM"]
+    assert len(attrs) == 2
+    for a in attrs:
+        assert ("input_forget" in a) == ("input_forget" in options)
+        assert ("clip" in a) == ("gate_clip" in options)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((6, 4, 3)).astype(np.float32)
     lengths = np.array([6, 2, 5, 1])
@@ -84,7 +93,9 @@ def test_onnx_export_of_input_forget_runs_in_onnxruntime(tmp_path, rng):
     for name, got, want in zip("yhc", session.run(None, {"x": x, "lengths": lengths}),
                                (y, h, c)):
         assert_close(got, want, 2e-6, name)
-    assert numlstm.import_onnx(path).spec.input_forget
+    back = numlstm.import_onnx(path).spec
+    assert (back.input_forget, back.gate_clip) == (options.get("input_forget", False),
+                                                   options.get("gate_clip"))
 
 
 def test_what_cannot_carry_the_options_says_so(tmp_path):
@@ -94,20 +105,24 @@ def test_what_cannot_carry_the_options_says_so(tmp_path):
         numlstm.export_onnx(numlstm.Sequential([clipped]), tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
     for layer in (clipped, numlstm.LSTM(3, 4, input_forget=True)):
-        with pytest.raises(ValueError, match="torch.nn.LSTM has no cell_clip or input_forget"):
+        with pytest.raises(ValueError, match="torch.nn.LSTM has no cell_clip, gate_clip or "
+                                             "input_forget"):
             layer.to_torch()
     for bad in (0, -1.0, float("inf"), "1", True):
         with pytest.raises(ValueError, match="cell_clip: expected None or a finite number"):
             numlstm.LSTM(3, 4, cell_clip=bad)
+        with pytest.raises(ValueError, match="gate_clip: expected None or a finite number"):
+            numlstm.LSTM(3, 4, gate_clip=bad)
     with pytest.raises(TypeError, match="input_forget: expected True or False"):
         numlstm.LSTM(3, 4, input_forget=1)
 
 
 def test_checkpoints_keep_the_options(tmp_path, rng):
     model = numlstm.Sequential([numlstm.LSTM(3, 4, cell_clip=0.5, input_forget=True,
-                                             seed=0)])
+                                             gate_clip=2.0, seed=0)])
     numlstm.save_checkpoint(tmp_path, model)
     back = numlstm.load(tmp_path).layers[0]
-    assert (back.spec.cell_clip, back.spec.input_forget) == (0.5, True)
+    assert (back.spec.cell_clip, back.spec.input_forget, back.spec.gate_clip) == \
+        (0.5, True, 2.0)
     x = rng.standard_normal((2, 5, 3)).astype(np.float32)
     np.testing.assert_array_equal(numlstm.load(tmp_path).predict(x), model.predict(x))

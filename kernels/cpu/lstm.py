@@ -41,7 +41,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..gates import lstm_cell, lstm_cell_grads, sigmoid, tanh
+from ..gates import clip_gate, gate_passes, lstm_cell, lstm_cell_grads, sigmoid, tanh
 
 U = 16          # hidden units per gate block
 CB = 4 * U      # columns per block: [i(U) f(U) g(U) o(U)]
@@ -193,7 +193,7 @@ def _column_sums(a, out):
 # -- forward, float32 tiled ------------------------------------------------------------
 @njit(**_FAST)
 def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1,
-                   clip, coupled):
+                   clip, coupled, gclip):
     """Gate math of blocks [b0, b1) for step t; rec holds the pre-activations.
     Values go through a stack scratch before the stores so LLVM sees no aliasing
     and vectorises the unit loop."""
@@ -212,10 +212,11 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
                         cs_t[r, v + u] = c[r, v + u]
                 continue
             for u in range(U):
-                i = sigmoid(rec[r, q + u])
-                g = tanh(rec[r, q + 2 * U + u])
-                o = sigmoid(rec[r, q + 3 * U + u])
-                f, cc = lstm_cell(i, sigmoid(rec[r, q + U + u]), g, c[r, v + u], clip, coupled)
+                i = sigmoid(clip_gate(rec[r, q + u], gclip))
+                g = tanh(clip_gate(rec[r, q + 2 * U + u], gclip))
+                o = sigmoid(clip_gate(rec[r, q + 3 * U + u], gclip))
+                f, cc = lstm_cell(i, sigmoid(clip_gate(rec[r, q + U + u], gclip)), g,
+                                  c[r, v + u], clip, coupled)
                 s[0, u] = cc
                 s[1, u] = o * tanh(cc)
                 s[2, u] = i
@@ -234,51 +235,58 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
 
 
 @njit(**_FAST)
-def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, coupled):
+def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, coupled,
+              gclip):
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
     _matmul_rows(h_old, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
     _fwd_pointwise(rec, xw[t], h_old, h_new, c, y[t], cs[t if training else 0], lengths, t,
-                   training, b0, b1, clip, coupled)
+                   training, b0, b1, clip, coupled, gclip)
 
 
 @njit(parallel=True, **_FAST)
-def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled):
+def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
+                   gclip):
     """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
     W [Gp/CB, Hp, CB]: W_hh^T in blocks; hbuf [2,B,Hp]: h0 in hbuf[0], h
     alternates between the two (threads read all of h_old while writing their
     part of h_new), final h in hbuf[T % 2]; c [B,Hp] in/out; y [T,B,Hp] out;
     cs [T,B,Hp] out when training; rec [B,Gp] scratch; P threads per step;
-    clip, coupled: the cell options of gates.lstm_cell."""
+    clip, coupled: the cell options of gates.lstm_cell; gclip: gates.clip_gate's."""
     T = xw.shape[0]
     for s in range(T):
         t = T - 1 - s if reverse else s
         if P == 1:  # even prange(1) would pay a fork and join per step
-            _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, 0, 1, clip, coupled)
+            _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, 0, 1, clip, coupled,
+                      gclip)
         else:
             for p in prange(P):
                 _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip,
-                          coupled)
+                          coupled, gclip)
 
 
 @njit(**_FAST)
-def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, rec, lengths, clip, coupled):
+def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, rec, lengths, clip, coupled, gclip):
     """One inference step on one thread, for streaming: rec = bias + x @ W_ih^T +
     h @ W_hh^T, then the gate math; c is updated in place, h' goes to h_new."""
     B, nblk = x.shape[0], w_fwd.shape[0]
     _matmul_rows(x, w_in, rec, bias, False, 0, B, 0, nblk)
     _matmul_rows(h, w_fwd, rec, rec, True, 0, B, 0, nblk)
-    _fwd_pointwise(rec, rec, h, h_new, c, h_new, c, lengths, 0, False, 0, nblk, clip, coupled)
+    _fwd_pointwise(rec, rec, h, h_new, c, h_new, c, lengths, 0, False, 0, nblk, clip, coupled,
+                   gclip)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**_FAST)
 def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
-                   coupled):
+                   coupled, gclip):
     """Gate gradients of step t for the hidden units of output blocks [b0, b1)
     (HB units each). dg_t [B,Gp] holds the activated gates and receives dG."""
     s = carray(_bwd_scratch(), (5, U))
+    gated = gclip < np.inf
+    lim = np.float32(gclip)  # (the tiled kernels are float32)
+    s_lo, s_hi, t_lo, t_hi = sigmoid(-lim), sigmoid(lim), tanh(-lim), tanh(lim)
     for r in range(dg_t.shape[0]):
         n = lengths[r]
         if t >= n:  # padding: no gradient flows, the carried dh and dc stay
@@ -304,6 +312,11 @@ def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b
                 dh = dy_t[r, v + u] + dh_in[v + u]
                 s[0, u], s[1, u], s[2, u], s[3, u], s[4, u] = lstm_cell_grads(
                     dc[r, v + u], dh, i, f, g, o, tc, c_prev[v + u], cc, clip, coupled)
+                if gated:  # no gradient through a clipped pre-activation
+                    s[0, u] *= gate_passes(i, s_lo, s_hi)
+                    s[1, u] *= gate_passes(f, s_lo, s_hi)
+                    s[2, u] *= gate_passes(g, t_lo, t_hi)
+                    s[3, u] *= gate_passes(o, s_lo, s_hi)
             for u in range(U):
                 dg_t[r, q + u] = s[0, u]
                 dg_t[r, q + U + u] = s[1, u]
@@ -314,17 +327,18 @@ def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b
 
 @njit(**_FAST)
 def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P,
-              clip, coupled):
+              clip, coupled, gclip):
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
         _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
     _bwd_pointwise(dg[t], cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
-                   coupled)
+                   coupled, gclip)
 
 
 @njit(parallel=True, **_FAST)
-def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled):
+def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
+                    gclip):
     """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0, dh_n [B,Hp];
     dy [T,B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of output units; rec [B,Hp]
     scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out."""
@@ -335,16 +349,16 @@ def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip,
         t_prev = t - 1 if reverse else t + 1
         if P == 1:
             _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, 0,
-                      1, clip, coupled)
+                      1, clip, coupled, gclip)
         else:
             for p in prange(P):
                 _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
-                          t_prev, p, P, clip, coupled)
+                          t_prev, p, P, clip, coupled, gclip)
 
 
 # -- float64: BLAS per step --------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs, clip, coupled):
+def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs, clip, coupled, gclip):
     """xw [T,B,G] (receives the activated gates when training); w_hh_t [H,G];
     h, c [B,H] in/out; y [T,B,H] out; cs [T,B,H] out when training."""
     T, B, G = xw.shape
@@ -361,10 +375,11 @@ def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs, clip, cou
                 continue
             a, r = xw[t, b], rec[b]
             for j in range(H):
-                i = sigmoid(a[j] + r[j])
-                g = tanh(a[2 * H + j] + r[2 * H + j])
-                o = sigmoid(a[3 * H + j] + r[3 * H + j])
-                f, cj = lstm_cell(i, sigmoid(a[H + j] + r[H + j]), g, c[b, j], clip, coupled)
+                i = sigmoid(clip_gate(a[j] + r[j], gclip))
+                g = tanh(clip_gate(a[2 * H + j] + r[2 * H + j], gclip))
+                o = sigmoid(clip_gate(a[3 * H + j] + r[3 * H + j], gclip))
+                f, cj = lstm_cell(i, sigmoid(clip_gate(a[H + j] + r[H + j], gclip)), g, c[b, j],
+                                  clip, coupled)
                 c[b, j] = cj
                 h[b, j] = o * tanh(cj)
                 if training:
@@ -375,12 +390,14 @@ def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs, clip, cou
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc, clip, coupled):
+def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc, clip, coupled, gclip):
     """dg [T,B,G]: activated gates in, dG out; w_hh [G,H]; dh, dc [B,H]: the
     final state's gradient in, the initial state's out."""
     T, B, G = dg.shape
     H = G // 4
     rec = np.empty((B, H), dg.dtype)
+    gated = gclip < np.inf
+    s_lo, s_hi, t_lo, t_hi = sigmoid(-gclip), sigmoid(gclip), tanh(-gclip), tanh(gclip)
     for s in range(T):
         t = s if reverse else T - 1 - s
         for b in range(B):
@@ -397,6 +414,11 @@ def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc, clip, coupled
                 dhj = dh[b, j] + dy[t, b, j]
                 a[j], a[H + j], a[2 * H + j], a[3 * H + j], dc[b, j] = lstm_cell_grads(
                     dc[b, j], dhj, i, f, g, o, tc, c_prev[j], cs[t, b, j], clip, coupled)
+                if gated:  # no gradient through a clipped pre-activation
+                    a[j] *= gate_passes(i, s_lo, s_hi)
+                    a[H + j] *= gate_passes(f, s_lo, s_hi)
+                    a[2 * H + j] *= gate_passes(g, t_lo, t_hi)
+                    a[3 * H + j] *= gate_passes(o, s_lo, s_hi)
         np.dot(dg[t], w_hh, rec)
         for b in range(B):
             if t < lengths[b]:
@@ -418,7 +440,8 @@ def _blocks(a):
     return np.ascontiguousarray(a.reshape(K, N // CB, CB).transpose(1, 0, 2))
 
 
-def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, cell_clip=None, input_forget=False):
+def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, cell_clip=None, input_forget=False,
+                  gate_clip=None):
     """One cell's torch-layout weights (w_ih [G,I], w_hh [G,H], b_ih, b_hh [G]) and
     options (gates.lstm_cell) -> the layout these kernels read: a dict, "tiled"
     for float32, "blas" else."""
@@ -426,7 +449,8 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, cell_clip=None, input_forget=False):
     H = G // 4
     bias = b_ih + b_hh
     options = dict(clip=float(np.inf if cell_clip is None else cell_clip),
-                   coupled=bool(input_forget))
+                   coupled=bool(input_forget),
+                   gclip=float(np.inf if gate_clip is None else gate_clip))
     if w_ih.dtype != np.float32:
         return dict(kind="blas", H=H, w_ih=w_ih, w_hh=w_hh, bias=bias,
                     w_hh_t=np.ascontiguousarray(w_hh.T), **options)
@@ -488,7 +512,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         y = np.empty((T, B, H), x.dtype)
         cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
         _forward_blas(xw, packed["w_hh_t"], h, c, lens, reverse, training, y, cs,
-                      packed["clip"], packed["coupled"])
+                      packed["clip"], packed["coupled"], packed["gclip"])
         y_out, c0_kept = y, c0
     else:
         Hp = packed["Hp"]
@@ -511,7 +535,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
                     packed["bias"], False)
             _forward_tiled(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
                            cs[t0:t1] if training else cs, rec, lens - t0, reverse, training, P,
-                           packed["clip"], packed["coupled"])
+                           packed["clip"], packed["coupled"], packed["gclip"])
             if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
                 hbuf[0] = hbuf[1]
         h = hbuf[0, :, :H].copy()
@@ -538,7 +562,7 @@ def lstm_step_cpu(x, packed, h, c):
     h_new = np.empty((B, Hp), np.float32)
     _step_tiled(x, packed["w_in"], packed["bias"], packed["w_fwd"], _pad(h, Hp), c_new, h_new,
                 np.empty((B, 4 * Hp), np.float32), np.ones(B, np.int64), packed["clip"],
-                packed["coupled"])
+                packed["coupled"], packed["gclip"])
     return h_new[:, :H], c_new[:, :H]
 
 
@@ -563,7 +587,8 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     rec = np.empty((B, Hp), np.float32)
     P = _threads(B, Hp, packed["w_bwd"].shape[0])
     _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec,
-                    dh_np, dc, lens, reverse, P, packed["clip"], packed["coupled"])
+                    dh_np, dc, lens, reverse, P, packed["clip"], packed["coupled"],
+                    packed["gclip"])
     dg_first, empty = _first_step_gradients(dg, lens, reverse)
     dh = np.empty((B, Hp), np.float32)
     _matmul(dg_first, packed["w_bwd"], dh, zeros, False)
@@ -610,7 +635,7 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     # The loop leaves dh = dG at each row's first step @ W_hh (rows of length 0
     # keep dh_n).
     _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], lens, reverse, dh, dc,
-                   packed["clip"], packed["coupled"])
+                   packed["clip"], packed["coupled"], packed["gclip"])
     dg_first, _ = _first_step_gradients(dg, lens, reverse)
     dg2 = dg.reshape(T * B, G)
     dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)

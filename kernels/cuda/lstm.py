@@ -16,29 +16,33 @@ The path of a call (common.py describes the persistent and per-step launches):
 
 Arrays are Numba device arrays; x, h0, c0, dy, dh_n and dc_n are read only.
 """
+import math
+
 from numba import cuda
 
-from ..gates import lstm_cell, lstm_cell_grads, sigmoid, tanh
+from ..gates import clip_gate, gate_passes, lstm_cell, lstm_cell_grads, sigmoid, tanh
 from .common import (as_device, combine, copy, device_array, dh_one, dh_product, input_gradients,
                      lengths_or_full, load_columns, load_rows, matmul, ones, plan)
 
 ROWS = 4  # weight rows per hidden unit
 
 
-def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, cell_clip=None, input_forget=False):
+def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, cell_clip=None, input_forget=False,
+                   gate_clip=None):
     """Torch-layout weights (host or device) and the cell's options (gates.lstm_cell)
     -> the device arrays the kernels read: w_ih [G,I], w_hh [G,H], bias = b_ih +
-    b_hh [G]; clip (inf for none) and coupled."""
+    b_hh [G]; clip and gclip (inf for none) and coupled."""
     return dict(H=w_hh.shape[1], w_ih=as_device(w_ih), w_hh=as_device(w_hh),
                 bias=combine(as_device(b_ih), as_device(b_hh), "add"),
                 clip=float("inf") if cell_clip is None else float(cell_clip),
-                coupled=bool(input_forget))
+                coupled=bool(input_forget),
+                gclip=float("inf") if gate_clip is None else float(gate_clip))
 
 
 # -- forward ---------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled):
+                  reverse, units, training, zero, clip, coupled, gclip):
     """Step s of the block's units: reads h[s % 2], writes h[(s+1) % 2], c, y[t]."""
     T = y.shape[0]
     B = y.shape[1]
@@ -81,10 +85,10 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
                         af += hk * w_hh[H + u, k]
                         ag += hk * w_hh[2 * H + u, k]
                         ao += hk * w_hh[3 * H + u, k]
-                i = sigmoid(ai)
-                g = tanh(ag)
-                o = sigmoid(ao)
-                f, c_new = lstm_cell(i, sigmoid(af), g, c_in, clip, coupled)
+                i = sigmoid(clip_gate(ai, gclip))
+                g = tanh(clip_gate(ag, gclip))
+                o = sigmoid(clip_gate(ao, gclip))
+                f, c_new = lstm_cell(i, sigmoid(clip_gate(af, gclip)), g, c_in, clip, coupled)
                 h_new = o * tanh(c_new)
                 c[b, u] = c_new
                 h[nxt, b, u] = h_new
@@ -111,7 +115,7 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
 
 @cuda.jit
 def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                        training, zero, clip, coupled):
+                        training, zero, clip, coupled, gclip):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     load_rows(w_hh, w_sh, ROWS, units)
@@ -119,17 +123,17 @@ def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse
     grid = cuda.cg.this_grid()
     for s in range(y.shape[0]):
         _forward_step(s, xp, w_hh, w_sh, True, lengths, h, c, y, gates, cs, cin, hin,
-                      reverse, units, training, zero, clip, coupled)
+                      reverse, units, training, zero, clip, coupled, gclip)
         grid.sync()
 
 
 @cuda.jit
 def _forward_one(s, xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                 training, zero, clip, coupled):
+                 training, zero, clip, coupled, gclip):
     """Step s alone, W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     _forward_step(s, xp, w_hh, w_sh, False, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled)
+                  reverse, units, training, zero, clip, coupled, gclip)
 
 
 def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
@@ -160,7 +164,8 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
         gates = cs = cin = hin = device_array((1, 1, 1), dtype)
     lens = lengths_or_full(lengths, T, B)
     args = [xp, cell["w_hh"], lens, h, c, y, gates, cs, cin, hin, bool(reverse), 1,
-            bool(training), zero, dtype.type(cell["clip"]), cell["coupled"]]
+            bool(training), zero, dtype.type(cell["clip"]), cell["coupled"],
+            dtype.type(cell["gclip"])]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[11] = p.units
@@ -179,7 +184,7 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                    clip, coupled):
+                    clip, coupled, gclip):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
     block's units: dgates[t] from dh[k % 2] + dy[t] and dc; dc -> the gradient
     of c entering the step; dh[(k+1) % 2] starts at zero for valid rows."""
@@ -190,6 +195,7 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
     cur = k % 2
     nxt = 1 - cur
     slices = (H + units - 1) // units
+    s_lo, s_hi, t_lo, t_hi = sigmoid(-gclip), sigmoid(gclip), tanh(-gclip), tanh(gclip)
     for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
         for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
             b = p // units
@@ -208,6 +214,11 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
                 dh_t = dh[cur, b, u] + dy[t, b, u]
                 di, df, dg, do, dc_prev = lstm_cell_grads(
                     dc[b, u], dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled)
+                if gclip < math.inf:  # no gradient through a clipped pre-activation
+                    di *= gate_passes(i, s_lo, s_hi)
+                    df *= gate_passes(f, s_lo, s_hi)
+                    dg *= gate_passes(g, t_lo, t_hi)
+                    do *= gate_passes(o, s_lo, s_hi)
                 dgates[row, u] = di
                 dgates[row, H + u] = df
                 dgates[row, 2 * H + u] = dg
@@ -223,7 +234,7 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
 
 @cuda.jit
 def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse, units,
-                         zero, clip, coupled):
+                         zero, clip, coupled, gclip):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. One barrier a step, between the gate gradients (which the
     dh product reads across units) and dh: everything else a block touches
@@ -236,17 +247,17 @@ def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reve
     for k in range(T):
         t = k if reverse else T - 1 - k  # forward step T-1-k's time
         _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                        clip, coupled)
+                        clip, coupled, gclip)
         grid.sync()
         dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0])
 
 
 @cuda.jit
 def _backward_gates_one(k, dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse,
-                        units, zero, clip, coupled):
+                        units, zero, clip, coupled, gclip):
     """Step k's gate gradients alone (the per-step path; w_hh unused)."""
     _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                    clip, coupled)
+                    clip, coupled, gclip)
 
 
 def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
@@ -268,7 +279,8 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     dc = device_array((B, H), dtype)
     copy(dc_n, dc)
     args = [dy, w_hh, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh, dc,
-            reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"]]
+            reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"],
+            dtype.type(cell["gclip"])]
     p = plan(_backward_persistent, args, H, B, 1, 4 * H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[10] = p.units

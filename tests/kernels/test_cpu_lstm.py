@@ -66,8 +66,9 @@ def test_cpu_kernels_match_reference_with_lengths(rng, dtype, reverse):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("options", [{"cell_clip": 0.4}, {"input_forget": True},
-                                     {"cell_clip": 0.4, "input_forget": True}],
-                         ids=["clip", "coupled", "both"])
+                                     {"gate_clip": 0.6},
+                                     {"cell_clip": 0.4, "input_forget": True, "gate_clip": 0.6}],
+                         ids=["clip", "coupled", "gate-clip", "all"])
 def test_cpu_kernels_match_reference_with_cell_options(rng, dtype, options):
     for reverse in (False, True):
         _compare(rng, 6, 3, 4, 37, dtype, reverse, np.array([6, 2, 5]), **options)

@@ -55,10 +55,11 @@ def test_lstm_cuda_matches_reference(rng, dtype, T, B, I, H, lengths, reverse, p
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("options,path", [({"cell_clip": 0.4}, "auto"),
-                                          ({"input_forget": True}, "per_step"),
-                                          ({"cell_clip": 0.4, "input_forget": True}, "slices")],
-                         ids=["clip", "coupled", "both"])
+@pytest.mark.parametrize("options,path", [
+    ({"cell_clip": 0.4}, "auto"), ({"input_forget": True}, "per_step"),
+    ({"gate_clip": 0.6}, "auto"),
+    ({"cell_clip": 0.4, "input_forget": True, "gate_clip": 0.6}, "slices")],
+    ids=["clip", "coupled", "gate-clip", "all"])
 def test_lstm_cuda_cell_options_match_reference(rng, dtype, options, path):
     got, want = run_both(rng, 3, 2, 3, 5, dtype, np.array([3, 2]), True, PATHS[path],
                          **options)

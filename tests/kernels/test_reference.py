@@ -15,10 +15,12 @@ def _loss(inputs, weights, lengths, reverse, **options):
 
 
 OPTIONS = [{}, {"cell_clip": 0.7}, {"input_forget": True},
-           {"cell_clip": 0.7, "input_forget": True}]
+           {"cell_clip": 0.7, "input_forget": True}, {"gate_clip": 0.9},
+           {"gate_clip": 0.9, "input_forget": True, "cell_clip": 0.7}]
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=["plain", "clip", "coupled", "both"])
+@pytest.mark.parametrize("options", OPTIONS, ids=["plain", "clip", "coupled", "both",
+                                                  "gate-clip", "all"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 def test_reference_backward_matches_finite_differences(rng, reverse, with_lengths, options):
@@ -34,6 +36,8 @@ def test_reference_backward_matches_finite_differences(rng, reverse, with_length
     if "cell_clip" in options:  # the clip must bite somewhere, and not everywhere
         clipped = np.abs(cache["cs"]) == options["cell_clip"]
         assert clipped.any() and not clipped.all()
+    if "gate_clip" in options:
+        assert not cache["passed"].all() and cache["passed"].any()
     dx, dh0, dc0, grads = lstm_backward_ref(weights["y"], weights["h"], weights["c"], cache)
     analytic = dict(x=dx, h0=dh0, c0=dc0, **grads)
     eps = 1e-6
