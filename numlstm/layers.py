@@ -27,7 +27,11 @@ def _numeric(value, what):
             value = value.cpu().numpy()
     if dispatch.is_device_array(value):
         return value
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"{what}: expected a rectangular array, got nested sequences of "
+                         f"different lengths ({err})") from None
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
     return arr
@@ -556,6 +560,8 @@ class _Recurrent(Layer):
         if mask is not None:
             if lengths is not None:
                 raise ValueError("pass lengths or mask, not both")
+            if not batched:
+                raise ValueError("mask: only batched input ([T,B,I]) takes a mask")
             lengths = self._mask_lengths(mask, T, B)
         if lengths is None:
             return None
@@ -587,6 +593,10 @@ class _Recurrent(Layer):
                              f"False after (right padding); rows {bad[:5].tolist()} are not "
                              f"(e.g. row {bad[0]}: {m[bad[0]].astype(int).tolist()[:20]}); "
                              f"move the padding to the end, or pass lengths=")
+        empty = np.flatnonzero(lengths == 0)
+        if len(empty):
+            raise ValueError(f"mask: expected at least one True (valid step) in every row; "
+                             f"rows {empty[:5].tolist()} have none")
         return lengths
 
     def _to_user(self, y, batched):

@@ -267,3 +267,15 @@ def test_packer_arguments(lstm):
         numlstm.convert(lstm.state_dict(), "torch", "keras", None)
     with pytest.raises(ValueError, match="unknown layout"):
         lstm.export_weights(["torch"])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(x=[[[1, 2, 3]], [[1, 2]]]), "x: expected a rectangular array, got nested"),
+    (dict(x=np.zeros((5, 2, 3)), mask=np.array([[1, 1, 0, 0, 0], [0] * 5], bool)),
+     r"mask: expected at least one True \(valid step\) in every row; rows \[1\]"),
+    (dict(x=np.zeros((5, 3)), mask=np.ones((1, 5), bool)),
+     r"mask: only batched input \(\[T,B,I\]\) takes a mask"),
+])
+def test_ragged_input_and_masks_say_what_is_wrong(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        numlstm.LSTM(3, 4)(**kwargs)
