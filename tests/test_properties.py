@@ -95,6 +95,26 @@ def test_cpu_backend_equals_the_reference(c):
     _compare(_run(c, "cpu"), _run(c, "numpy"), c["dtype"], "cpu")
 
 
+@SETTINGS
+@given(configs(), st.sampled_from([None, 0.2, 0.8]), st.booleans(),
+       st.sampled_from([None, 0.5, 2.0]))
+def test_lstm_cell_options_equal_the_reference(c, cell_clip, input_forget, gate_clip):
+    """The LSTM's options on the cpu backend, in float64, where the kernels and the
+    reference round alike (a float32 value a hair from a clip bound may fall on
+    either side of it)."""
+    c = dict(c, cell="lstm", options=dict(cell_clip=cell_clip, input_forget=input_forget,
+                                          gate_clip=gate_clip), dtype=np.float64)
+    for k in ("x", "dy"):
+        c[k] = c[k].astype(np.float64)
+    parts = 2
+    if c["state"] is not None:
+        c["state"] = tuple(np.resize(c["state"][0], c["state"][0].shape).astype(np.float64)
+                           for _ in range(parts))
+    c["dstate"] = tuple(np.resize(c["dstate"][0], c["dstate"][0].shape).astype(np.float64)
+                        for _ in range(parts))
+    _compare(_run(c, "cpu"), _run(c, "numpy"), np.float64, "cpu options")
+
+
 @settings(SETTINGS, max_examples=max(1, PROPERTY_EXAMPLES // 10))
 @given(configs(max_size=4))
 def test_cuda_backend_equals_the_reference(c):
