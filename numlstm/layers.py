@@ -324,7 +324,11 @@ class _Recurrent(Layer):
         self._replace_params(params)
 
     def export_weights(self, layout="torch"):
-        """All parameters as copies in `layout` ("torch", "keras", "onnx", "haste")."""
+        """All parameters as copies in `layout` ("torch", "keras", "onnx", "haste").
+
+        The LSTM's cell options (cell_clip, gate_clip, input_forget) are not weights:
+        a framework that lacks them computes something else with these arrays (to_torch
+        refuses such a layer; export_onnx carries gate_clip and input_forget)."""
         out = from_canonical(self._params, get_layout(layout), self.spec)
         if isinstance(out, dict):  # the torch layout shares no memory with the layer
             out = {k: np.array(v) for k, v in out.items()}
