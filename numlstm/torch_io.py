@@ -85,8 +85,9 @@ def recurrent_from_torch(cls, module, **options):
     return layer
 
 
-def recurrent_to_torch(layer):
-    """The torch.nn.LSTM/GRU/RNN computing what `layer` computes (eval mode)."""
+def _check_torch_form(layer):
+    """Raise ValueError unless torch's recurrent module of this cell computes what
+    `layer` computes (merge modes aside: a TorchSequential carries those)."""
     s = layer.spec
     if s.cell == "gru" and not s.reset_after:
         raise ValueError("to_torch: torch.nn.GRU applies the reset gate after the product "
@@ -96,16 +97,26 @@ def recurrent_to_torch(layer):
         raise ValueError("to_torch: torch.nn.LSTM has no cell_clip, gate_clip or "
                          "input_forget; this LSTM uses them (numlstm.export_onnx carries "
                          "gate_clip and input_forget)")
+
+
+def _torch_module(layer, batch_first):
+    """torch's recurrent module with layer's configuration and weights (eval mode)."""
+    s = layer.spec
+    options = {"nonlinearity": s.nonlinearity} if s.cell == "rnn" else {}
+    module = _TORCH_RNNS[s.cell](s.input_size, s.hidden_size, num_layers=s.num_layers,
+                                 bidirectional=s.bidirectional, batch_first=batch_first,
+                                 dropout=layer.dropout, dtype=_torch_dtype(layer), **options)
+    return _load(module, layer.export_weights("torch"))
+
+
+def recurrent_to_torch(layer):
+    """The torch.nn.LSTM/GRU/RNN computing what `layer` computes (eval mode)."""
+    _check_torch_form(layer)
     if layer.merge_mode != "concat":
         raise ValueError(f"to_torch: torch.nn.{type(layer).__name__} concatenates the two "
                          f"directions; merge_mode={layer.merge_mode!r} has no torch form "
                          "(a Sequential model's to_torch() carries it)")
-    options = {"nonlinearity": s.nonlinearity} if s.cell == "rnn" else {}
-    module = _TORCH_RNNS[s.cell](s.input_size, s.hidden_size, num_layers=s.num_layers,
-                                 bidirectional=s.bidirectional,
-                                 batch_first=layer.batch_first, dropout=layer.dropout,
-                                 dtype=_torch_dtype(layer), **options)
-    return _load(module, layer.export_weights("torch"))
+    return _torch_module(layer, layer.batch_first)
 
 
 # -- other layers -----------------------------------------------------------------------
@@ -131,16 +142,8 @@ def _layer_to_torch(layer):
     """The module computing layer in a TorchSequential, and the options its forward
     needs."""
     if isinstance(layer, _Recurrent):
-        s = layer.spec
-        if (s.cell == "gru" and not s.reset_after) or s.cell_clip is not None or \
-                s.input_forget or s.gate_clip is not None:
-            recurrent_to_torch(layer)  # raises the reason
-        options = {"nonlinearity": s.nonlinearity} if s.cell == "rnn" else {}
-        module = _TORCH_RNNS[s.cell](s.input_size, s.hidden_size, num_layers=s.num_layers,
-                                     bidirectional=s.bidirectional, batch_first=True,
-                                     dropout=layer.dropout, dtype=_torch_dtype(layer),
-                                     **options)
-        return _load(module, layer.export_weights("torch")), {
+        _check_torch_form(layer)
+        return _torch_module(layer, batch_first=True), {
             "return_sequences": layer.return_sequences, "merge_mode": layer.merge_mode}
     if isinstance(layer, Dense):
         linear = _load(nn.Linear(layer.in_features, layer.out_features,
