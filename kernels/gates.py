@@ -301,12 +301,22 @@ def clip_gate(a, clip):
     return clip if a > clip else (-clip if a < -clip else a)
 
 
-def gate_passes(s, lo, hi):
-    """1 where an activated gate s came from an unclipped pre-activation, else 0:
-    lo and hi are the activation of -clip and clip, computed by the same function,
-    so a clipped value equals them exactly. (Where the activation saturates its
-    derivative is zero anyway; with clip = inf every gate passes.)"""
-    return 1.0 if lo < s < hi else 0.0
+def gate_clip_bounds(clip, like):
+    """The activated values of clipped pre-activations, in like's float type:
+    (sigmoid(-clip), sigmoid(clip), tanh(-clip), tanh(clip)). A kernel computes
+    them once, with the same functions as its gates, so that a clipped gate equals
+    its bound exactly (see unclipped_grads)."""
+    return sigmoid(-clip), sigmoid(clip), tanh(-clip), tanh(clip)
+
+
+def unclipped_grads(di, df, dg, do, i, f, g, o, bounds):
+    """The four gate gradients, zero where the gate's pre-activation was clipped:
+    where its activated value (i, f and o sigmoid, g tanh) is not strictly inside
+    gate_clip_bounds. (Where an activation saturates its derivative is zero
+    anyway; with clip = inf callers skip this.)"""
+    s_lo, s_hi, t_lo, t_hi = bounds
+    return (di * (s_lo < i < s_hi), df * (s_lo < f < s_hi), dg * (t_lo < g < t_hi),
+            do * (s_lo < o < s_hi))
 
 
 @overload(clip_gate)
@@ -324,11 +334,24 @@ def _clip_gate_impl(a, clip):
         return impl
 
 
-@overload(gate_passes)
-def _gate_passes_impl(s, lo, hi):
-    if isinstance(s, types.Float):
-        zero, one = (np.float32(0.0), np.float32(1.0)) if s == types.float32 else (0.0, 1.0)
+@overload(gate_clip_bounds)
+def _gate_clip_bounds_impl(clip, like):
+    if isinstance(like, types.Float):
+        cast = np.float32 if like == types.float32 else np.float64
 
-        def impl(s, lo, hi):
-            return one if lo < s < hi else zero
+        def impl(clip, like):
+            lim = cast(clip)
+            return sigmoid(-lim), sigmoid(lim), tanh(-lim), tanh(lim)
+        return impl
+
+
+@overload(unclipped_grads)
+def _unclipped_grads_impl(di, df, dg, do, i, f, g, o, bounds):
+    if isinstance(i, types.Float):
+        zero = np.float32(0.0) if i == types.float32 else 0.0
+
+        def impl(di, df, dg, do, i, f, g, o, bounds):
+            s_lo, s_hi, t_lo, t_hi = bounds
+            return (di if s_lo < i < s_hi else zero, df if s_lo < f < s_hi else zero,
+                    dg if t_lo < g < t_hi else zero, do if s_lo < o < s_hi else zero)
         return impl

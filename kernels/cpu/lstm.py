@@ -41,7 +41,8 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..gates import clip_gate, gate_passes, lstm_cell, lstm_cell_grads, sigmoid, tanh
+from ..gates import (clip_gate, gate_clip_bounds, lstm_cell, lstm_cell_grads, sigmoid, tanh,
+                     unclipped_grads)
 
 U = 16          # hidden units per gate block
 CB = 4 * U      # columns per block: [i(U) f(U) g(U) o(U)]
@@ -285,8 +286,7 @@ def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b
     (HB units each). dg_t [B,Gp] holds the activated gates and receives dG."""
     s = carray(_bwd_scratch(), (5, U))
     gated = gclip < np.inf
-    lim = np.float32(gclip)  # (the tiled kernels are float32)
-    s_lo, s_hi, t_lo, t_hi = sigmoid(-lim), sigmoid(lim), tanh(-lim), tanh(lim)
+    bounds = gate_clip_bounds(gclip, np.float32(0))  # (the tiled kernels are float32)
     for r in range(dg_t.shape[0]):
         n = lengths[r]
         if t >= n:  # padding: no gradient flows, the carried dh and dc stay
@@ -313,10 +313,8 @@ def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b
                 s[0, u], s[1, u], s[2, u], s[3, u], s[4, u] = lstm_cell_grads(
                     dc[r, v + u], dh, i, f, g, o, tc, c_prev[v + u], cc, clip, coupled)
                 if gated:  # no gradient through a clipped pre-activation
-                    s[0, u] *= gate_passes(i, s_lo, s_hi)
-                    s[1, u] *= gate_passes(f, s_lo, s_hi)
-                    s[2, u] *= gate_passes(g, t_lo, t_hi)
-                    s[3, u] *= gate_passes(o, s_lo, s_hi)
+                    s[0, u], s[1, u], s[2, u], s[3, u] = unclipped_grads(
+                        s[0, u], s[1, u], s[2, u], s[3, u], i, f, g, o, bounds)
             for u in range(U):
                 dg_t[r, q + u] = s[0, u]
                 dg_t[r, q + U + u] = s[1, u]
@@ -397,7 +395,7 @@ def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc, clip, coupled
     H = G // 4
     rec = np.empty((B, H), dg.dtype)
     gated = gclip < np.inf
-    s_lo, s_hi, t_lo, t_hi = sigmoid(-gclip), sigmoid(gclip), tanh(-gclip), tanh(gclip)
+    bounds = gate_clip_bounds(gclip, 0.0)  # (this path runs float64)
     for s in range(T):
         t = s if reverse else T - 1 - s
         for b in range(B):
@@ -415,10 +413,8 @@ def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc, clip, coupled
                 a[j], a[H + j], a[2 * H + j], a[3 * H + j], dc[b, j] = lstm_cell_grads(
                     dc[b, j], dhj, i, f, g, o, tc, c_prev[j], cs[t, b, j], clip, coupled)
                 if gated:  # no gradient through a clipped pre-activation
-                    a[j] *= gate_passes(i, s_lo, s_hi)
-                    a[H + j] *= gate_passes(f, s_lo, s_hi)
-                    a[2 * H + j] *= gate_passes(g, t_lo, t_hi)
-                    a[3 * H + j] *= gate_passes(o, s_lo, s_hi)
+                    a[j], a[H + j], a[2 * H + j], a[3 * H + j] = unclipped_grads(
+                        a[j], a[H + j], a[2 * H + j], a[3 * H + j], i, f, g, o, bounds)
         np.dot(dg[t], w_hh, rec)
         for b in range(B):
             if t < lengths[b]:

@@ -20,7 +20,8 @@ import math
 
 from numba import cuda
 
-from ..gates import clip_gate, gate_passes, lstm_cell, lstm_cell_grads, sigmoid, tanh
+from ..gates import (clip_gate, gate_clip_bounds, lstm_cell, lstm_cell_grads, sigmoid, tanh,
+                     unclipped_grads)
 from .common import (as_device, combine, copy, device_array, dh_one, dh_product, input_gradients,
                      lengths_or_full, load_columns, load_rows, matmul, ones, plan)
 
@@ -195,7 +196,7 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
     cur = k % 2
     nxt = 1 - cur
     slices = (H + units - 1) // units
-    s_lo, s_hi, t_lo, t_hi = sigmoid(-gclip), sigmoid(gclip), tanh(-gclip), tanh(gclip)
+    bounds = gate_clip_bounds(gclip, zero)
     for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
         for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
             b = p // units
@@ -215,10 +216,7 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
                 di, df, dg, do, dc_prev = lstm_cell_grads(
                     dc[b, u], dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled)
                 if gclip < math.inf:  # no gradient through a clipped pre-activation
-                    di *= gate_passes(i, s_lo, s_hi)
-                    df *= gate_passes(f, s_lo, s_hi)
-                    dg *= gate_passes(g, t_lo, t_hi)
-                    do *= gate_passes(o, s_lo, s_hi)
+                    di, df, dg, do = unclipped_grads(di, df, dg, do, i, f, g, o, bounds)
                 dgates[row, u] = di
                 dgates[row, H + u] = df
                 dgates[row, 2 * H + u] = dg
