@@ -110,29 +110,42 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
             "rng": model.rng_states(), "extra": extra or {}}
     files = {"meta.json": json.dumps(meta, indent=1).encode()}  # fails before any write
 
+    for name, arr in arrays.items():
+        buf = io.BytesIO()
+        # (np.ascontiguousarray would make a 0-d slot, Adam's step, 1-d)
+        np.lib.format.write_array(buf, np.asarray(arr, order="C"), allow_pickle=False)
+        files[name + ".npy"] = buf.getvalue()
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+            for name, data in files.items():
+                z.writestr(name, data)
+            z.writestr("sha256", _digest(files))
+
+    write_atomically(path, write, previous=previous_path(path))
+    return path
+
+
+def write_atomically(path, write, previous=None):
+    """Call write(f) on a temporary file beside path, flush and fsync it; then move
+    an existing path to `previous` (when given), rename the temporary file to path
+    and fsync the folder. On any error the temporary file is removed, and path (and
+    previous) are as they were unless the renames had begun."""
+    folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
-        for name, arr in arrays.items():
-            buf = io.BytesIO()
-            # (np.ascontiguousarray would make a 0-d slot, Adam's step, 1-d)
-            np.lib.format.write_array(buf, np.asarray(arr, order="C"), allow_pickle=False)
-            files[name + ".npy"] = buf.getvalue()
         with open(tmp, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
-                for name, data in files.items():
-                    z.writestr(name, data)
-                z.writestr("sha256", _digest(files))
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(path):
-            os.replace(path, previous_path(path))
+        if previous is not None and os.path.exists(path):
+            os.replace(path, previous)
         os.replace(tmp, path)
         _fsync_folder(folder)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return path
 
 
 def _file(path):

@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .checkpoint import write_atomically
 from .layers import LAYER_TYPES, Dense, Dropout, Embedding, _Recurrent
 from .model import Sequential
 
@@ -309,23 +310,9 @@ def export_onnx(obj, path, lengths=False, initial_state=False, dtype=None):
             "lengths": bool(lengths), "initial_state": bool(initial_state)}
     helper.set_model_props(model, {"numlstm": json.dumps(meta)})
     onnx.checker.check_model(model, full_check=True)
-    _write(path, model.SerializeToString())
+    data = model.SerializeToString()
+    write_atomically(os.fspath(path), lambda f: f.write(data))
     return model
-
-
-def _write(path, data):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # -- import -----------------------------------------------------------------------------
