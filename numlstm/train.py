@@ -69,21 +69,29 @@ def resume_from(args, task):
     yet (a run killed before its first) starts from the beginning."""
     if not args.resume:
         return None
-    try:
-        ckpt = load_checkpoint(args.resume, fallback=True)
-    except FileNotFoundError as err:
-        if os.path.isdir(args.resume):
-            print(f"--resume {args.resume}: no checkpoint there yet; starting from the "
-                  f"beginning")
-            return None
-        raise UsageError(f"--resume: {err}") from None
-    except ValueError as err:
-        raise UsageError(f"--resume: {err}") from None
-    if ckpt.note:
+    ckpt = task_checkpoint(args.resume, "--resume", task, f"checkpoint, not a {task} model's",
+                           fallback=True, missing_ok=os.path.isdir(args.resume))
+    if ckpt is None:
+        print(f"--resume {args.resume}: no checkpoint there yet; starting from the beginning")
+    elif ckpt.note:
         print(f"--resume: {ckpt.note}")
+    return ckpt
+
+
+def task_checkpoint(path, flag, task, other, fallback=False, missing_ok=False):
+    """The checkpoint of `task` that the option `flag` names. An unreadable file, or
+    another task's (`other` says what it is not), is a UsageError naming the flag;
+    a missing one too, unless missing_ok (then None)."""
+    try:
+        ckpt = load_checkpoint(path, fallback=fallback)
+    except FileNotFoundError as err:
+        if missing_ok:
+            return None
+        raise UsageError(f"{flag}: {err}") from None
+    except ValueError as err:
+        raise UsageError(f"{flag}: {err}") from None
     if ckpt.extra.get("task") != task:
-        raise UsageError(f"--resume {args.resume}: a {ckpt.extra.get('task')!r} "
-                         f"checkpoint, not a {task} model's")
+        raise UsageError(f"{flag} {path}: a {ckpt.extra.get('task')!r} {other}")
     return ckpt
 
 
@@ -329,18 +337,6 @@ def bits_per_char(model, ids, seq_len, batch=64):
     return model.evaluate(x, y, batch_size=batch) / math.log(2)
 
 
-def _text_checkpoint(path, flag, not_text):
-    """A character model's checkpoint for --resume or --checkpoint; an unreadable
-    file, or another task's, is a UsageError that names the flag."""
-    try:
-        ckpt = load_checkpoint(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise UsageError(f"{flag}: {err}") from None
-    if ckpt.extra.get("task") != "text":
-        raise UsageError(f"{flag} {path}: a {ckpt.extra.get('task')!r} {not_text}")
-    return ckpt
-
-
 def run_text(args):
     text = read_text(args.text)
     seq_len, steps = args.seq_len, args.steps or 2000
@@ -433,7 +429,8 @@ def run_text(args):
 
 def generate(args):
     """Continue a prompt with a trained character model, one sampled character a step."""
-    ckpt = _text_checkpoint(args.checkpoint, "--checkpoint", "model, not a character model")
+    ckpt = task_checkpoint(args.checkpoint, "--checkpoint", "text",
+                           "model, not a character model")
     vocab = ckpt.extra["vocab"]
     index = {c: i for i, c in enumerate(vocab)}
     prompt = args.prompt or vocab[0]
