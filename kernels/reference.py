@@ -15,7 +15,8 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     i = s(W_ii x + b_ii + W_hi h + b_hi)      f = s(W_if x + b_if + W_hf h + b_hf)
     g = tanh(W_ig x + b_ig + W_hg h + b_hg)   o = s(W_io x + b_io + W_ho h + b_ho)
     c' = f * c + i * g                        h' = o * tanh(c')
-    options: input_forget couples the two gates, f = 1 - i (ONNX's input_forget;
+    options: proj_size (w_hr [P,H] given) projects the output, h' = W_hr (o * tanh(c'))
+    (torch's proj_size: h, y and W_hh's columns have P units, c keeps H); input_forget couples the two gates, f = 1 - i (ONNX's input_forget;
     the forget gate's own weights are then unused); cell_clip clips c' to
     [-cell_clip, cell_clip] (TensorFlow's cell_clip); gate_clip clips every gate
     pre-activation to [-gate_clip, gate_clip] before its activation (ONNX's clip,
@@ -54,20 +55,21 @@ def _steps(T, reverse):
 
 
 def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False,
-                     cell_clip=None, input_forget=False, gate_clip=None):
+                     cell_clip=None, input_forget=False, gate_clip=None, w_hr=None):
     """One LSTM layer and direction.
 
-    x: [T,B,I]; h0, c0: [B,H]; lengths: [B] ints or None (all T); cell_clip: None
-    or a number > 0; input_forget: couple f = 1 - i; gate_clip: None or a number > 0.
-    Returns y [T,B,H], h_n [B,H], c_n [B,H], and a cache for lstm_backward_ref
+    x: [T,B,I]; h0: [B,P], c0: [B,H]; lengths: [B] ints or None (all T); cell_clip:
+    None or a number > 0; input_forget: couple f = 1 - i; gate_clip: None or a
+    number > 0; w_hr: None, or the projection [P,H] (P = H without it).
+    Returns y [T,B,P], h_n [B,P], c_n [B,H], and a cache for lstm_backward_ref
     holding the inputs, the activated gates [T,B,G] (f as used) and the cell
     states [T,B,H] (after clipping).
     """
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    H = c0.shape[1]
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
     h, c = h0.copy(), c0.copy()
-    y = np.zeros((T, B, H), x.dtype)
+    y = np.zeros((T, B, h0.shape[1]), x.dtype)
     gates = np.zeros((T, B, 4 * H), x.dtype)
     cs = np.zeros((T, B, H), x.dtype)
     passed = np.ones((T, B, 4 * H), bool)  # pre-activations inside the gate clip
@@ -85,6 +87,8 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
         if cell_clip is not None:
             c_new = np.clip(c_new, -cell_clip, cell_clip)
         h_new = o * np.tanh(c_new)
+        if w_hr is not None:
+            h_new = h_new @ w_hr.T
         c = np.where(valid, c_new, c)
         h = np.where(valid, h_new, h)
         y[t] = np.where(valid, h_new, 0)
@@ -92,25 +96,28 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
         cs[t] = c
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, lengths=lengths,
                  reverse=reverse, gates=gates, cs=cs, y=y, cell_clip=cell_clip,
-                 input_forget=input_forget, passed=passed)
+                 input_forget=input_forget, passed=passed, w_hr=w_hr)
     return y, h, c, cache
 
 
 def lstm_backward_ref(dy, dh_n, dc_n, cache):
     """Backward of lstm_forward_ref.
 
-    dy: [T,B,H]; dh_n, dc_n: [B,H] (gradients of the final state).
-    Returns dx [T,B,I], dh0 [B,H], dc0 [B,H] and a dict of parameter gradients
-    {"w_ih", "w_hh", "b_ih", "b_hh"} in the shapes of the weights.
+    dy: [T,B,P]; dh_n [B,P], dc_n [B,H] (gradients of the final state).
+    Returns dx [T,B,I], dh0 [B,P], dc0 [B,H] and a dict of parameter gradients
+    {"w_ih", "w_hh", "b_ih", "b_hh"} (and "w_hr" with a projection) in the
+    shapes of the weights.
     """
-    x, w_ih, w_hh = cache["x"], cache["w_ih"], cache["w_hh"]
+    x, w_ih, w_hh, w_hr = cache["x"], cache["w_ih"], cache["w_hh"], cache.get("w_hr")
     h0, c0, lengths = cache["h0"], cache["c0"], cache["lengths"]
     gates, cs, y, reverse = cache["gates"], cache["cs"], cache["y"], cache["reverse"]
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    H = c0.shape[1]
     dx = np.zeros_like(x)
     grads = {k: np.zeros_like(cache[k]) for k in ("w_ih", "w_hh")}
     grads["b_ih"] = np.zeros(4 * H, x.dtype)
+    if w_hr is not None:
+        grads["w_hr"] = np.zeros_like(w_hr)
     dh, dc = dh_n.copy(), dc_n.copy()
     order = list(_steps(T, reverse))
     for n in range(T - 1, -1, -1):  # walk the forward's steps backwards
@@ -129,6 +136,9 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
         g, o = gates[t, :, 2 * H:3 * H], gates[t, :, 3 * H:]
         tc = np.tanh(cs[t])
         dh_t = dh + dy[t]
+        if w_hr is not None:  # h = W_hr m with m = o * tanh(c)
+            grads["w_hr"] += np.where(valid, dh_t, 0).T @ (o * tc)
+            dh_t = dh_t @ w_hr
         dc_t = dc + dh_t * o * (1 - tc * tc)
         if cache.get("cell_clip") is not None:  # a clipped unit passes no gradient
             dc_t = np.where(np.abs(cs[t]) < cache["cell_clip"], dc_t, 0)

@@ -170,13 +170,15 @@ class Backend:
 
 
 class NumpyBackend(Backend):
-    """The NumPy reference: slow, simple, the oracle. Cell: (w_ih, w_hh, b_ih, b_hh)."""
+    """The NumPy reference: slow, simple, the oracle. Cell: (w_ih, w_hh, b_ih, b_hh), and
+    w_hr with a projection (proj_size)."""
     name = "numpy"
 
     def forward(self, spec, cell, x, state, lengths, reverse, training):
         if spec.cell == "lstm":
-            y, h, c, cache = reference.lstm_forward_ref(x, *cell, *state, lengths, reverse,
-                                                        **spec.kernel_options())
+            y, h, c, cache = reference.lstm_forward_ref(
+                x, *cell[:4], *state, lengths, reverse, **spec.kernel_options(),
+                w_hr=cell[4] if spec.proj_size else None)
             state = (h, c)
         elif spec.cell == "gru":
             y, h, cache = reference.gru_forward_ref(x, *cell, state[0], lengths, reverse,
@@ -199,7 +201,7 @@ class NumpyBackend(Backend):
 
 class _KernelBackend(Backend):
     """A backend over a kernels package that names its functions by cell and
-    backend: pack_<cell>_<name>(w_ih, w_hh, b_ih, b_hh, **cell options),
+    backend: pack_<cell>_<name>(w_ih, w_hh, b_ih, b_hh[, w_hr], **cell options),
     <cell>_forward_<name>(x, cell, *state, lengths, reverse, training) -> y,
     *state_n, cache and <cell>_backward_<name>(dy, *dstate_n, cache, cell) -> dx,
     *dstate0, grads (kernels/cpu and kernels/cuda both do)."""

@@ -183,7 +183,8 @@ class _Recurrent(Layer):
         if merge_mode != "concat" and not bidirectional:
             raise ValueError(f"merge_mode={merge_mode!r} merges the two directions of a "
                              "bidirectional layer; pass bidirectional=True")
-        allowed = {"lstm": {"cell_clip", "input_forget", "gate_clip"}, "gru": {"reset_after"},
+        allowed = {"lstm": {"cell_clip", "input_forget", "gate_clip", "proj_size"},
+                   "gru": {"reset_after"},
                    "rnn": {"nonlinearity"}}[self.cell]
         unknown = sorted(set(cell_options) - allowed)
         if unknown:
@@ -222,7 +223,7 @@ class _Recurrent(Layer):
         """Every parameter uniform in [-1/sqrt(H), 1/sqrt(H)], as torch initialises
         them; then, as asked, each gate block of weight_hh an orthogonal [H,H] matrix
         (a random rotation: the recurrence neither grows nor shrinks the state at
-        first), and the LSTM's forget-gate bias 1.0 (bias_ih's forget block 1,
+        first; [H,P] orthonormal columns with a projection), and the LSTM's forget-gate bias 1.0 (bias_ih's forget block 1,
         bias_hh's 0: the cell remembers by default, Keras's unit_forget_bias)."""
         H = self.spec.hidden_size
         k = 1.0 / np.sqrt(H)
@@ -231,7 +232,7 @@ class _Recurrent(Layer):
         for name, w in params.items():
             if name.startswith("weight_hh") and self.recurrent_init == "orthogonal":
                 for g in range(self.spec.gates):
-                    q, r = np.linalg.qr(rng.standard_normal((H, H)))
+                    q, r = np.linalg.qr(rng.standard_normal((H, w.shape[1])))
                     w[g * H:(g + 1) * H] = q * np.sign(np.diag(r))  # uniform over rotations
             if name.startswith("bias") and self.unit_forget_bias:
                 w[H:2 * H] = 1.0 if name.startswith("bias_ih") else 0.0  # i, f, g, o
@@ -261,7 +262,8 @@ class _Recurrent(Layer):
         for key, default in (("return_sequences", True), ("merge_mode", "concat"),
                              ("stateful", False), ("recurrent_init", "uniform"),
                              ("unit_forget_bias", False), ("cell_clip", None),
-                             ("input_forget", False), ("gate_clip", None)):
+                             ("input_forget", False), ("gate_clip", None),
+                             ("proj_size", 0)):
             if key in config and config[key] == default:
                 del config[key]
         return f"{type(self).__name__}(" + ", ".join(
@@ -269,9 +271,10 @@ class _Recurrent(Layer):
 
     @property
     def output_size(self):
-        """Features of y at each step: D*H for merge_mode="concat", else H."""
+        """Features of y at each step: D*H for merge_mode="concat", else H (P for H
+        with a projection)."""
         s = self.spec
-        return s.directions * s.hidden_size if self.merge_mode == "concat" else s.hidden_size
+        return s.directions * s.out_size if self.merge_mode == "concat" else s.out_size
 
     def training_bytes(self, T, B):
         """An estimate of the memory a training step on [T,B] inputs takes at its
@@ -353,16 +356,18 @@ class _Recurrent(Layer):
         return recurrent_to_torch(self)
 
     # -- states --------------------------------------------------------------------------
-    def _state_shape(self, batch):
+    def _state_shape(self, batch, part="h"):
+        """[L*D,B,units] ([L*D,units] for batch 0) of a state part: h has the output's
+        units (P with a projection), c the hidden size."""
         s = self.spec
         return (s.num_layers * s.directions,) + ((batch,) if batch else ()) + (
-            s.hidden_size,)
+            s.hidden_size if part == "c" else s.out_size,)
 
-    def _as_state(self, value, what, batch):
+    def _as_state(self, value, what, batch, part="h"):
         """value ([L*D,B,H], or [L*D,H] unbatched) as a C-contiguous [L*D,B,H] array
         of the call's backend."""
         arr = self._same_side(_numeric(value, what), what)
-        want = self._state_shape(batch)
+        want = self._state_shape(batch, part)
         if tuple(arr.shape) != want:
             raise ValueError(f"{what}: expected shape {want}, got {tuple(arr.shape)}")
         arr = self._ops.contiguous(self._ops.from_host(arr), self.dtype)
@@ -418,8 +423,8 @@ class _Recurrent(Layer):
         """Each part checked as a [L*D,B,H] array (name.format("h") in errors), or
         zeros where it is None."""
         bdim = B if batched else 0
-        return tuple(self._ops.zeros(self._state_shape(B), self.dtype) if p is None else
-                     self._as_state(p, name.format(n), bdim)
+        return tuple(self._ops.zeros(self._state_shape(B, n), self.dtype) if p is None else
+                     self._as_state(p, name.format(n), bdim, n)
                      for n, p in zip(self._state_parts, parts))
 
     def _state_out(self, parts, batched):
@@ -493,8 +498,8 @@ class _Recurrent(Layer):
         cells = self._packs.get(backend, self._params, s)
         D = s.directions
         ops = backend.ops
-        state_n = tuple(ops.empty((s.num_layers * D, B, s.hidden_size), self.dtype)
-                        for _ in self._state_parts)
+        state_n = tuple(ops.empty(self._state_shape(B, n), self.dtype)
+                        for n in self._state_parts)
         layers = []
         inp = x_tm
         for l in range(s.num_layers):
@@ -548,7 +553,7 @@ class _Recurrent(Layer):
 
     def _unmerge(self, grad, pair):
         """The gradient of a merged output -> the gradient of each direction's."""
-        mode, H, ops = self.merge_mode, self.spec.hidden_size, self._ops
+        mode, H, ops = self.merge_mode, self.spec.out_size, self._ops
         if mode == "concat":
             return [ops.features(grad, 0, H), ops.features(grad, H, 2 * H)]
         if mode == "sum":
@@ -708,7 +713,7 @@ class _Recurrent(Layer):
         concatenated) and the final state's gradient (a tuple of [L*D,B,H]) ->
         dx [T,B,I] and the initial state's gradient."""
         s, cache = self.spec, self._cache
-        H, D = s.hidden_size, s.directions
+        H, D = s.out_size, s.directions
         backend, cells = cache["backend"], cache["cells"]
         ops = backend.ops
         self._cache, self._cache_state = None, "used"
@@ -731,7 +736,8 @@ class _Recurrent(Layer):
                     ops.assign(part[k], value)
                 sfx = torch_suffix(l, d)
                 for name, key in (("weight_ih", "w_ih"), ("weight_hh", "w_hh"),
-                                  ("bias_ih", "b_ih"), ("bias_hh", "b_hh")):
+                                  ("bias_ih", "b_ih"), ("bias_hh", "b_hh"),
+                                  ("weight_hr", "w_hr"))[:5 if s.proj_size else 4]:
                     new_grads[name + sfx] = ops.to_host(g[key])
                 dx = dx_d if dx is None else ops.add(dx, dx_d)
             if l > 0:
@@ -792,7 +798,7 @@ class _Recurrent(Layer):
         """The gradient of forward's output -> that of its input x [B,T,I]."""
         self._check_ready()
         s, T, B = self.spec, self._cache["T"], self._cache["B"]
-        H, D = s.hidden_size, s.directions
+        H, D = s.out_size, s.directions
         ops = self._ops = self._cache["backend"].ops
         self._device_io = self._cache["device_io"]
         width = self.output_size
@@ -801,7 +807,8 @@ class _Recurrent(Layer):
         if tuple(dout.shape) != want:
             raise ValueError(f"dout: expected the shape of the output, {want}, got "
                              f"{tuple(dout.shape)}")
-        dstate = tuple(ops.zeros(self._state_shape(B), self.dtype) for _ in self._state_parts)
+        dstate = tuple(ops.zeros(self._state_shape(B, n), self.dtype)
+                       for n in self._state_parts)
         dout = ops.contiguous(ops.from_host(dout), self.dtype)
         if self.return_sequences:
             dx, _ = self._run_backward(ops.swap01(dout), dstate)
@@ -862,13 +869,21 @@ class LSTM(_Recurrent):
             clipped value.
         unit_forget_bias: start the forget gate's bias at 1.0 (bias_ih's forget
             block 1, bias_hh's 0), as Keras does by default (LSTM only).
+        proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
+            proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units
+            (c keeps H), W_hh is [G,P] and each cell gains weight_hr_l{k} [P,H] (no
+            bias). On the numpy and cpu backends; the cuda backend refuses it
+            (NotImplementedError), and the Keras, ONNX and haste layouts have no
+            projection to hold it.
 
     Parameters (`params`, read-only arrays; gradients in `grads`, same names),
     named and shaped as in torch.nn.LSTM, gate blocks in the order i, f, g, o,
     k = layer index, `_reverse` for the reverse direction:
         weight_ih_l{k} [G, I or D*H], weight_hh_l{k} [G,H], bias_ih_l{k} [G],
         bias_hh_l{k} [G] (two biases, as cuDNN has them, so torch weights load as
-        they are). Initialised uniform in [-1/sqrt(H), 1/sqrt(H)] like torch.
+        they are), and weight_hr_l{k} [P,H] with a projection (W_hh then [G,P],
+        layer k > 0 reading D*P features). Initialised uniform in [-1/sqrt(H),
+        1/sqrt(H)] like torch.
 
     Call: ``y, (h_n, c_n) = lstm(x, state=None, training=False, lengths=None, mask=None)``
         x: [T,B,I] ([B,T,I] with batch_first; [T,I] unbatched)
@@ -904,15 +919,21 @@ class LSTM(_Recurrent):
     _state_parts = ("h", "c")
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 cell_clip=None, input_forget=False, gate_clip=None, **options):
+                 cell_clip=None, input_forget=False, gate_clip=None, proj_size=0, **options):
+        proj_size = check_int(proj_size, "proj_size", 0)
+        if proj_size >= check_int(hidden_size, "hidden_size", 1):
+            raise ValueError(f"proj_size: expected 0 (none) or fewer units than hidden_size "
+                             f"({hidden_size}), got {proj_size}")
         super().__init__(input_size, hidden_size, num_layers, bidirectional,
                          cell_clip=_check_clip(cell_clip, "cell_clip"),
                          input_forget=check_bool(input_forget, "input_forget"),
-                         gate_clip=_check_clip(gate_clip, "gate_clip"), **options)
+                         gate_clip=_check_clip(gate_clip, "gate_clip"), proj_size=proj_size,
+                         **options)
 
     def _cell_config(self):
         s = self.spec
-        return dict(cell_clip=s.cell_clip, input_forget=s.input_forget, gate_clip=s.gate_clip)
+        return dict(cell_clip=s.cell_clip, input_forget=s.input_forget, gate_clip=s.gate_clip,
+                    proj_size=s.proj_size)
 
 
 def _check_clip(value, name):

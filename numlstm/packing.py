@@ -31,6 +31,9 @@ of converters; a new framework is one more descriptor:
 |        | GRU  | z,r,h      |           |           | bias [G], recurrent_bias  | haste's order of |
 |        |      |            |           |           | [G] (reset after only)    | parameters       |
 
+A projected LSTM (proj_size) has one more array per cell, torch's weight_hr [P,H]
+(and W_hh [G,P]); torch's layout alone holds it, and the others refuse such a layer.
+
 torch's layout is the canonical one: the layer stores its parameters that way,
 and every conversion goes through it, so `convert` between any two layouts is
 from_canonical(to_canonical(...)). A one-bias layout carries only the sum
@@ -83,6 +86,10 @@ class Layout:
                              f"holds {', '.join(c.upper() for c in self.gate_order)}")
         if self.bias_for(spec) is None:
             raise ValueError(f"layout {self.name!r} has no GRU with reset_after=False")
+        if spec.proj_size and self.container not in ("named", "cells"):
+            raise ValueError(f"layout {self.name!r} has no recurrent projection "
+                             f"(proj_size={spec.proj_size}); only the torch layout holds "
+                             "weight_hr")
         return self
 
 
@@ -108,7 +115,8 @@ class RecurrentSpec:
 
     cell: "lstm", "gru" or "rnn"; reset_after: the GRU's form (see layers.GRU);
     nonlinearity: the RNN's activation, "tanh" or "relu"; cell_clip, gate_clip (None
-    or a number > 0) and input_forget: the LSTM's options (see layers.LSTM).
+    or a number > 0), input_forget and proj_size (0 for none): the LSTM's options (see
+    layers.LSTM).
     """
     input_size: int
     hidden_size: int
@@ -120,6 +128,13 @@ class RecurrentSpec:
     cell_clip: float = None
     input_forget: bool = False
     gate_clip: float = None
+    proj_size: int = 0
+
+    @property
+    def out_size(self):
+        """Units of h and of each direction's output: proj_size, else hidden_size (torch's
+        real hidden size); the cell state c keeps hidden_size."""
+        return self.proj_size or self.hidden_size
 
     def kernel_options(self):
         """The options a cell's kernels take, as keyword arguments of pack_<cell>_*."""
@@ -138,7 +153,7 @@ class RecurrentSpec:
         return GATES[self.cell]
 
     def layer_input_size(self, layer):
-        return self.input_size if layer == 0 else self.directions * self.hidden_size
+        return self.input_size if layer == 0 else self.directions * self.out_size
 
     def cells(self):
         """(layer, direction) pairs in torch's order."""
@@ -151,9 +166,11 @@ class RecurrentSpec:
         for l, d in self.cells():
             sfx = torch_suffix(l, d)
             shapes["weight_ih" + sfx] = (G, self.layer_input_size(l))
-            shapes["weight_hh" + sfx] = (G, H)
+            shapes["weight_hh" + sfx] = (G, self.out_size)
             shapes["bias_ih" + sfx] = (G,)
             shapes["bias_hh" + sfx] = (G,)
+            if self.proj_size:
+                shapes["weight_hr" + sfx] = (self.proj_size, H)
         return shapes
 
 
@@ -236,7 +253,7 @@ def _expect_shape(arr, shape, what):
 
 def _cell_shapes(spec, layer, layout):
     """Expected shapes of (W_ih, W_hh, *biases) of one cell in layout."""
-    I, H, G = spec.layer_input_size(layer), spec.hidden_size, spec.gates * spec.hidden_size
+    I, H, G = spec.layer_input_size(layer), spec.out_size, spec.gates * spec.hidden_size
     w_ih, w_hh = ((G, I), (G, H)) if layout.orientation == "out_in" else ((I, G), (H, G))
     biases = {"two": [(G,), (G,)], "one": [(G,)], "rows": [(2, G)],
               "concat": [(2 * G,)]}[layout.bias_for(spec)]
@@ -249,12 +266,15 @@ def from_canonical(params, layout, spec):
     cells = {(l, d): _cell_from_canonical(*(params[p + torch_suffix(l, d)] for p in (
         "weight_ih", "weight_hh", "bias_ih", "bias_hh")), layout, spec)
         for l, d in spec.cells()}
+    if spec.proj_size:  # torch's layout alone holds it (Layout.check): W_hr [P,H] as it is
+        cells = {c: arrays + (np.ascontiguousarray(params["weight_hr" + torch_suffix(*c)]),)
+                 for c, arrays in cells.items()}
     if layout.container == "named":
         out = {}
-        for (l, d), (w_ih, w_hh, b_ih, b_hh) in cells.items():
+        for (l, d), arrays in cells.items():
             sfx = torch_suffix(l, d)
-            out.update({"weight_ih" + sfx: w_ih, "weight_hh" + sfx: w_hh,
-                        "bias_ih" + sfx: b_ih, "bias_hh" + sfx: b_hh})
+            out.update({p + sfx: a for p, a in zip(
+                ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"), arrays)})
         return out
     if layout.container == "keras":
         return [[a for d in range(spec.directions) for a in cells[l, d]]

@@ -61,12 +61,11 @@ def recurrent_from_torch(cls, module, **options):
     if type(module) is not want:
         raise TypeError(f"{cls.__name__}.from_torch: expected a torch.nn.{want.__name__}, "
                         f"got {type(module).__name__}")
-    if getattr(module, "proj_size", 0):
-        raise ValueError(f"{cls.__name__}.from_torch: proj_size={module.proj_size} "
-                         "(projected LSTMs) is not supported")
     config = dict(input_size=module.input_size, hidden_size=module.hidden_size,
                   num_layers=module.num_layers, bidirectional=module.bidirectional,
                   batch_first=module.batch_first, dropout=module.dropout)
+    if module.proj_size:
+        config["proj_size"] = module.proj_size
     if cls.cell == "rnn":
         config["nonlinearity"] = module.nonlinearity
     if cls.cell == "gru":
@@ -103,6 +102,8 @@ def _torch_module(layer, batch_first):
     """torch's recurrent module with layer's configuration and weights (eval mode)."""
     s = layer.spec
     options = {"nonlinearity": s.nonlinearity} if s.cell == "rnn" else {}
+    if s.proj_size:
+        options["proj_size"] = s.proj_size
     module = _TORCH_RNNS[s.cell](s.input_size, s.hidden_size, num_layers=s.num_layers,
                                  bidirectional=s.bidirectional, batch_first=batch_first,
                                  dropout=layer.dropout, dtype=_torch_dtype(layer), **options)

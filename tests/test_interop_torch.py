@@ -81,8 +81,8 @@ def test_from_torch_takes_constructor_options_but_not_contradictions():
 def test_unsupported_torch_forms_are_refused():
     with pytest.raises(TypeError, match=r"LSTM.from_torch: expected a torch.nn.LSTM, got GRU"):
         numlstm.LSTM.from_torch(nn.GRU(3, 4))
-    with pytest.raises(ValueError, match="proj_size=2"):
-        numlstm.LSTM.from_torch(nn.LSTM(3, 4, proj_size=2))
+    with pytest.raises(ValueError, match=r"proj_size=3 \(the module has 2\)"):
+        numlstm.LSTM.from_torch(nn.LSTM(5, 4, proj_size=2), proj_size=3)
     with pytest.raises(TypeError, match="float32 or float64"):
         numlstm.LSTM.from_torch(nn.LSTM(3, 4).half())
     with pytest.raises(ValueError, match="reset_after=False"):

@@ -26,6 +26,13 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
 Hidden units are padded to a multiple of HB with zero weights and zero state:
 a padded unit stays exactly zero and feeds nothing, so padding changes no value.
 
+A recurrent projection (torch's proj_size P: h = W_hr (o * tanh(c)), h and y of
+P units, padded to Pp) adds a second parallel region to each step: the gate math
+writes m = o * tanh(c), then each thread projects its blocks of h. The backward
+mirrors it (the gradient of h into dhs, then dm = dhs[t] @ W_hr feeds the gate
+gradients), and dW_hr is one product over all T*B rows after the loop, with m
+recomputed from the stored gates and c before the loop overwrites them.
+
 The path of a call (both paths):
     forward:  xw = x @ W_ih^T + b for all steps (one product); then the time loop
               in one compiled function. The training forward writes the
@@ -236,35 +243,62 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
 
 
 @njit(**_FAST)
-def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, coupled,
-              gclip):
+def _fwd_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
+              coupled, gclip):
+    """Thread p's blocks of step t: rec = xw[t] + h_in @ W_hh^T, then the gate math
+    (_fwd_pointwise, which writes o * tanh(c) to h_new and y_t)."""
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
-    h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
-    _matmul_rows(h_old, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
-    _fwd_pointwise(rec, xw[t], h_old, h_new, c, y[t], cs[t if training else 0], lengths, t,
+    _matmul_rows(h_in, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
+    _fwd_pointwise(rec, xw[t], h_old, h_new, c, y_t, cs[t if training else 0], lengths, t,
                    training, b0, b1, clip, coupled, gclip)
 
 
+@njit(**_FAST)
+def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P):
+    """Thread p's blocks of the projection, h' = m @ W_hr^T; rows past their length
+    hold h and output zero."""
+    nblk = Wp.shape[0]
+    b0, b1 = p * nblk // P, (p + 1) * nblk // P
+    _matmul_rows(m, Wp, h_new, zero, False, 0, m.shape[0], b0, b1)
+    for r in range(m.shape[0]):
+        valid = t < lengths[r]
+        for j in range(b0 * CB, b1 * CB):
+            if not valid:
+                h_new[r, j] = h_old[r, j]
+            y_t[r, j] = h_new[r, j] if valid else 0
+
+
 @njit(parallel=True, **_FAST)
-def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
-                   gclip):
+def _forward_tiled(xw, W, Wp, hbuf, m, c, y, cs, rec, zero, lengths, reverse, training, P,
+                   clip, coupled, gclip):
     """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
-    W [Gp/CB, Hp, CB]: W_hh^T in blocks; hbuf [2,B,Hp]: h0 in hbuf[0], h
+    W [Gp/CB, Pp, CB]: W_hh^T in blocks; hbuf [2,B,Pp]: h0 in hbuf[0], h
     alternates between the two (threads read all of h_old while writing their
-    part of h_new), final h in hbuf[T % 2]; c [B,Hp] in/out; y [T,B,Hp] out;
+    part of h_new), final h in hbuf[T % 2]; c [B,Hp] in/out; y [T,B,Pp] out;
     cs [T,B,Hp] out when training; rec [B,Gp] scratch; P threads per step;
-    clip, coupled: the cell options of gates.lstm_cell; gclip: gates.clip_gate's."""
+    clip, coupled: the cell options of gates.lstm_cell; gclip: gates.clip_gate's.
+    Wp [Pp/CB, Hp, CB]: W_hr^T in blocks, or no blocks for no projection (Pp = Hp);
+    with one, the gate math writes m = o * tanh(c) [B,Hp] and a second parallel
+    region projects it (zero: a [1, Pp] row of zeros)."""
     T = xw.shape[0]
+    proj = Wp.shape[0] > 0
     for s in range(T):
         t = T - 1 - s if reverse else s
+        h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
+        m_old, m_new, y_t = (m, m, m) if proj else (h_old, h_new, y[t])
         if P == 1:  # even prange(1) would pay a fork and join per step
-            _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, 0, 1, clip, coupled,
-                      gclip)
+            _fwd_step(xw, W, h_old, m_old, m_new, y_t, c, cs, rec, lengths, training, t, 0, 1,
+                      clip, coupled, gclip)
+            if proj:
+                _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, 0, 1)
         else:
             for p in prange(P):
-                _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip,
-                          coupled, gclip)
+                _fwd_step(xw, W, h_old, m_old, m_new, y_t, c, cs, rec, lengths, training, t,
+                          p, P, clip, coupled, gclip)
+            if proj:
+                for p in prange(P):
+                    _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, p, P)
 
 
 @njit(**_FAST)
@@ -334,18 +368,62 @@ def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_
                    coupled, gclip)
 
 
+@njit(**_FAST)
+def _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, p, P):
+    """With a projection, thread p's blocks of dhs[t], the gradient of step t's h:
+    dy[t] plus dG of the step after @ W_hh (dh_n at a row's last step); zero past
+    a row's length."""
+    nblk = W.shape[0]
+    b0, b1 = p * nblk // P, (p + 1) * nblk // P
+    if s > 0:
+        _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
+    for r in range(rec.shape[0]):
+        n = lengths[r]
+        dh_in = dh_n[r] if (t == 0 if reverse else t == n - 1) else rec[r]
+        for j in range(b0 * CB, b1 * CB):
+            dhs[t, r, j] = dy[t, r, j] + dh_in[j] if t < n else 0
+
+
+@njit(**_FAST)
+def _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t, p, P, clip,
+                   coupled, gclip):
+    """With a projection, thread p's blocks of hidden units: dm = dhs[t] @ W_hr, the
+    gradient of o * tanh(c), then the gate gradients from it."""
+    nblk = Wpb.shape[0]
+    b0, b1 = p * nblk // P, (p + 1) * nblk // P
+    _matmul_rows(dhs[t], Wpb, dm, zero, False, 0, dm.shape[0], b0, b1)
+    _bwd_pointwise(dg[t], cs, c0, dm, zero_b, zero_b, dc, lengths, reverse, t, b0, b1, clip,
+                   coupled, gclip)
+
+
 @njit(parallel=True, **_FAST)
-def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
-                    gclip):
-    """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0, dh_n [B,Hp];
-    dy [T,B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of output units; rec [B,Hp]
-    scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out."""
+def _backward_tiled(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, reverse, P, clip,
+                    coupled, gclip):
+    """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0 [B,Hp]; dh_n
+    [B,Pp]; dy [T,B,Pp]; W [Pp/CB, Gp, CB]: W_hh in blocks of output units; rec
+    [B,Pp] scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out.
+    Wpb [Hp/CB, Pp, CB]: W_hr in blocks, or no blocks for no projection; with one,
+    a first parallel region writes the gradient of h to dhs [T,B,Pp], a second
+    projects it back, dm = dhs[t] @ W_hr [B,Hp], and runs the gate gradients."""
     T = dg.shape[0]
-    zero = np.zeros((1, rec.shape[1]), rec.dtype)
+    zero = np.zeros((1, max(rec.shape[1], dm.shape[1])), rec.dtype)
+    proj = Wpb.shape[0] > 0
+    zero_b = np.zeros(dm.shape if proj else (1, 1), rec.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         t_prev = t - 1 if reverse else t + 1
-        if P == 1:
+        if proj and P == 1:
+            _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, 0, 1)
+            _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t, 0, 1,
+                           clip, coupled, gclip)
+        elif proj:
+            for p in prange(P):
+                _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev,
+                               p, P)
+            for p in prange(P):
+                _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t,
+                               p, P, clip, coupled, gclip)
+        elif P == 1:
             _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, 0,
                       1, clip, coupled, gclip)
         else:
@@ -354,14 +432,34 @@ def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip,
                           t_prev, p, P, clip, coupled, gclip)
 
 
+@njit(parallel=True, **_FAST)
+def _cell_outputs(gates, cs, lengths, out):
+    """out[t] = o * tanh(c) of every valid row (zero past its length), from the
+    activated gates and cell states a training forward kept: the input of the
+    projection, for its weight gradient."""
+    T, B, Hp = cs.shape
+    for t in prange(T):
+        for r in range(B):
+            valid = t < lengths[r]
+            for v in range(0, Hp, U):
+                q = (v // U) * CB + 3 * U
+                for u in range(U):
+                    out[t, r, v + u] = gates[t, r, q + u] * tanh(cs[t, r, v + u]) if valid else 0
+
+
 # -- float64: BLAS per step --------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs, clip, coupled, gclip):
-    """xw [T,B,G] (receives the activated gates when training); w_hh_t [H,G];
-    h, c [B,H] in/out; y [T,B,H] out; cs [T,B,H] out when training."""
+def _forward_blas(xw, w_hh_t, w_hr_t, h, c, lengths, reverse, training, y, cs, clip, coupled,
+                  gclip):
+    """xw [T,B,G] (receives the activated gates when training); w_hh_t [P,G];
+    w_hr_t [H,P], the projection (ignored when its size is 0: P = H); h [B,P],
+    c [B,H] in/out; y [T,B,P] out; cs [T,B,H] out when training."""
     T, B, G = xw.shape
     H = G // 4
+    proj = w_hr_t.size > 0
     rec = np.empty((B, G), xw.dtype)
+    m = np.empty((B, H), xw.dtype) if proj else h  # o * tanh(c), before the projection
+    hp = np.empty(h.shape, xw.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
         np.dot(h, w_hh_t, rec)
@@ -379,25 +477,45 @@ def _forward_blas(xw, w_hh_t, h, c, lengths, reverse, training, y, cs, clip, cou
                 f, cj = lstm_cell(i, sigmoid(clip_gate(a[H + j] + r[H + j], gclip)), g, c[b, j],
                                   clip, coupled)
                 c[b, j] = cj
-                h[b, j] = o * tanh(cj)
+                m[b, j] = o * tanh(cj)
                 if training:
                     a[j], a[H + j], a[2 * H + j], a[3 * H + j] = i, f, g, o
-            y[t, b] = h[b]
             if training:
                 cs[t, b] = c[b]
+        if proj:
+            np.dot(m, w_hr_t, hp)
+        for b in range(B):
+            if t < lengths[b]:
+                if proj:
+                    h[b] = hp[b]
+                y[t, b] = h[b]
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc, clip, coupled, gclip):
-    """dg [T,B,G]: activated gates in, dG out; w_hh [G,H]; dh, dc [B,H]: the
-    final state's gradient in, the initial state's out."""
+def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, dhs, lengths, reverse, dh, dc, clip, coupled,
+                   gclip):
+    """dg [T,B,G]: activated gates in, dG out; w_hh [G,P]; dh [B,P], dc [B,H]: the
+    final state's gradient in, the initial state's out. With a projection (w_hr
+    [P,H] of size > 0), dhs [T,B,P] receives the gradient of each step's h."""
     T, B, G = dg.shape
     H = G // 4
-    rec = np.empty((B, H), dg.dtype)
+    proj = w_hr.size > 0
+    rec = np.empty(dh.shape, dg.dtype)
+    dm = np.empty((B, H), dg.dtype)  # the gradient of o * tanh(c)
     gated = gclip < np.inf
     bounds = gate_clip_bounds(gclip, 0.0)  # (this path runs float64)
     for s in range(T):
         t = s if reverse else T - 1 - s
+        if proj:
+            for b in range(B):
+                if t < lengths[b]:
+                    dhs[t, b] = dh[b] + dy[t, b]
+                else:
+                    dhs[t, b] = 0
+            np.dot(dhs[t], w_hr, dm)
+        else:
+            for b in range(B):
+                dm[b] = dh[b] + dy[t, b]
         for b in range(B):
             n = lengths[b]
             a = dg[t, b]
@@ -409,9 +527,8 @@ def _backward_blas(dy, dg, cs, c0, w_hh, lengths, reverse, dh, dc, clip, coupled
             for j in range(H):
                 i, f, g, o = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
                 tc = tanh(cs[t, b, j])
-                dhj = dh[b, j] + dy[t, b, j]
                 a[j], a[H + j], a[2 * H + j], a[3 * H + j], dc[b, j] = lstm_cell_grads(
-                    dc[b, j], dhj, i, f, g, o, tc, c_prev[j], cs[t, b, j], clip, coupled)
+                    dc[b, j], dm[b, j], i, f, g, o, tc, c_prev[j], cs[t, b, j], clip, coupled)
                 if gated:  # no gradient through a clipped pre-activation
                     a[j], a[H + j], a[2 * H + j], a[3 * H + j] = unclipped_grads(
                         a[j], a[H + j], a[2 * H + j], a[3 * H + j], i, f, g, o, bounds)
@@ -436,35 +553,49 @@ def _blocks(a):
     return np.ascontiguousarray(a.reshape(K, N // CB, CB).transpose(1, 0, 2))
 
 
-def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, cell_clip=None, input_forget=False,
+def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, cell_clip=None, input_forget=False,
                   gate_clip=None):
-    """One cell's torch-layout weights (w_ih [G,I], w_hh [G,H], b_ih, b_hh [G]) and
-    options (gates.lstm_cell) -> the layout these kernels read: a dict, "tiled"
-    for float32, "blas" else."""
+    """One cell's torch-layout weights (w_ih [G,I], w_hh [G,P], b_ih, b_hh [G], and
+    the projection w_hr [P,H] or None, P = H) and options (gates.lstm_cell) -> the
+    layout these kernels read: a dict, "tiled" for float32, "blas" else."""
     G, I = w_ih.shape
     H = G // 4
+    P = H if w_hr is None else w_hr.shape[0]
     bias = b_ih + b_hh
     options = dict(clip=float(np.inf if cell_clip is None else cell_clip),
                    coupled=bool(input_forget),
-                   gclip=float(np.inf if gate_clip is None else gate_clip))
+                   gclip=float(np.inf if gate_clip is None else gate_clip),
+                   proj=w_hr is not None)
     if w_ih.dtype != np.float32:
-        return dict(kind="blas", H=H, w_ih=w_ih, w_hh=w_hh, bias=bias,
-                    w_hh_t=np.ascontiguousarray(w_hh.T), **options)
+        no_proj = np.zeros((0, 0), w_ih.dtype)
+        return dict(kind="blas", H=H, P=P, w_ih=w_ih, w_hh=w_hh, bias=bias,
+                    w_hh_t=np.ascontiguousarray(w_hh.T),
+                    w_hr=no_proj if w_hr is None else np.ascontiguousarray(w_hr),
+                    w_hr_t=no_proj if w_hr is None else np.ascontiguousarray(w_hr.T),
+                    **options)
     Hp = -(-H // HB) * HB
+    Pp = -(-P // HB) * HB
     Gp = 4 * Hp
     cols = _gate_columns(H)
     w_ih_p = np.zeros((Gp, I), np.float32)
     w_ih_p[cols] = w_ih
     bias_p = np.zeros((1, Gp), np.float32)
     bias_p[0, cols] = bias
-    w_hh_p = np.zeros((Gp, Hp), np.float32)
-    w_hh_p[cols, :H] = w_hh
+    w_hh_p = np.zeros((Gp, Pp), np.float32)
+    w_hh_p[cols, :P] = w_hh
+    w_hr_p = np.zeros((Pp, Hp), np.float32)
+    if w_hr is not None:
+        w_hr_p[:P, :H] = w_hr
+    no_blocks = np.zeros((0, 1, CB), np.float32)
     return dict(
-        kind="tiled", H=H, Hp=Hp, cols=cols, bias=bias_p, **options,
+        kind="tiled", H=H, Hp=Hp, P=P, Pp=Pp, cols=cols, bias=bias_p, **options,
         w_in=_blocks(w_ih_p.T),   # [Gp/CB, I, CB]: x @ W_ih^T
-        w_fwd=_blocks(w_hh_p.T),  # [Gp/CB, Hp, CB]: h @ W_hh^T
-        w_bwd=_blocks(w_hh_p),    # [Hp/CB, Gp, CB]: dG @ W_hh
-        w_dx=_blocks(w_ih_p))     # [Ip/CB, Gp, CB]: dG @ W_ih, I padded to Ip
+        w_fwd=_blocks(w_hh_p.T),  # [Gp/CB, Pp, CB]: h @ W_hh^T
+        w_bwd=_blocks(w_hh_p),    # [Pp/CB, Gp, CB]: dG @ W_hh
+        w_dx=_blocks(w_ih_p),     # [Ip/CB, Gp, CB]: dG @ W_ih, I padded to Ip
+        # [Pp/CB, Hp, CB]: m @ W_hr^T and [Hp/CB, Pp, CB]: dh @ W_hr (no blocks: none)
+        w_proj=no_blocks if w_hr is None else _blocks(w_hr_p.T),
+        w_proj_bwd=no_blocks if w_hr is None else _blocks(w_hr_p))
 
 
 def _threads(B, Hp, nblk):
@@ -494,29 +625,32 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     """One LSTM layer and direction on the CPU.
 
     x: [T,B,I] C-contiguous; packed: pack_lstm_cpu(...) of the same dtype;
-    h0, c0: [B,H]; lengths: [B] ints in [0, T], or None for all T.
-    Returns y [T,B,H], h_n [B,H], c_n [B,H] and, when training, the cache that
+    h0 [B,P], c0 [B,H] (P = H without a projection); lengths: [B] ints in [0, T],
+    or None for all T.
+    Returns y [T,B,P], h_n [B,P], c_n [B,H] and, when training, the cache that
     lstm_backward_cpu consumes (else None).
     """
     T, B, I = x.shape
-    H = packed["H"]
+    H, Pu = packed["H"], packed["P"]
     lens = _lengths_or_full(lengths, T, B)
     if packed["kind"] == "blas":
         xw = (x.reshape(T * B, I) @ packed["w_ih"].T).reshape(T, B, -1)
         xw += packed["bias"]
         h, c = h0.copy(), c0.copy()
-        y = np.empty((T, B, H), x.dtype)
+        y = np.empty((T, B, Pu), x.dtype)
         cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
-        _forward_blas(xw, packed["w_hh_t"], h, c, lens, reverse, training, y, cs,
-                      packed["clip"], packed["coupled"], packed["gclip"])
+        _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], h, c, lens, reverse, training,
+                      y, cs, packed["clip"], packed["coupled"], packed["gclip"])
         y_out, c0_kept = y, c0
     else:
-        Hp = packed["Hp"]
-        hbuf = np.zeros((2, B, Hp), np.float32)
-        hbuf[0, :, :H] = h0
+        Hp, Pp = packed["Hp"], packed["Pp"]
+        hbuf = np.zeros((2, B, Pp), np.float32)
+        hbuf[0, :, :Pu] = h0
         c0_kept = _pad(c0, Hp)
         c = c0_kept.copy()
-        y = np.empty((T, B, Hp), np.float32)
+        m = np.empty((B, Hp) if packed["proj"] else (1, 1), np.float32)
+        zero = np.zeros((1, Pp), np.float32)
+        y = np.empty((T, B, Pp), np.float32)
         cs = np.empty((T, B, Hp) if training else (1, 1, 1), np.float32)
         rec = np.empty((B, 4 * Hp), np.float32)
         P = _threads(B, Hp, packed["w_fwd"].shape[0])
@@ -529,14 +663,14 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             chunk = xw[:t1 - t0]
             _matmul(x[t0:t1].reshape(-1, I), packed["w_in"], chunk.reshape(-1, 4 * Hp),
                     packed["bias"], False)
-            _forward_tiled(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
-                           cs[t0:t1] if training else cs, rec, lens - t0, reverse, training, P,
-                           packed["clip"], packed["coupled"], packed["gclip"])
+            _forward_tiled(chunk, packed["w_fwd"], packed["w_proj"], hbuf, m, c, y[t0:t1],
+                           cs[t0:t1] if training else cs, rec, zero, lens - t0, reverse,
+                           training, P, packed["clip"], packed["coupled"], packed["gclip"])
             if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
                 hbuf[0] = hbuf[1]
-        h = hbuf[0, :, :H].copy()
+        h = hbuf[0, :, :Pu].copy()
         c = c[:, :H].copy()
-        y_out = y if Hp == H else np.ascontiguousarray(y[:, :, :H])
+        y_out = y if Pp == Pu else np.ascontiguousarray(y[:, :, :Pu])
     if not training:
         return y_out, h, c, None
     cache = dict(x=x, h0=h0, c0=c0_kept, lengths=lens, reverse=reverse, gates=xw, cs=cs, y=y)
@@ -548,7 +682,7 @@ def lstm_step_cpu(x, packed, h, c):
     (new arrays; the inputs are not modified). Equal to lstm_forward_cpu on one
     step, without its parallel regions and training buffers: a few microseconds
     at B=1, H=64."""
-    if packed["kind"] == "blas":
+    if packed["kind"] == "blas" or packed["proj"]:
         _, h, c, _ = lstm_forward_cpu(x[None], packed, h, c)
         return h, c
     H, Hp = packed["H"], packed["Hp"]
@@ -565,26 +699,31 @@ def lstm_step_cpu(x, packed, h, c):
 def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     """Backward of lstm_forward_cpu; consumes (overwrites) the cache's gates.
 
-    dy: [T,B,H]; dh_n, dc_n: [B,H]; packed: the weights the forward used.
-    Returns dx [T,B,I], dh0 [B,H], dc0 [B,H] and {"w_ih", "w_hh", "b_ih", "b_hh"}
-    in torch's layout.
+    dy: [T,B,P]; dh_n [B,P], dc_n [B,H]; packed: the weights the forward used.
+    Returns dx [T,B,I], dh0 [B,P], dc0 [B,H] and {"w_ih", "w_hh", "b_ih", "b_hh"}
+    (and "w_hr" with a projection) in torch's layout.
     """
     if packed["kind"] == "blas":
         return _backward_blas_wrap(dy, dh_n, dc_n, cache, packed)
     x, y, lens, reverse = cache["x"], cache["y"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
-    H = packed["H"]
+    H, Hc, Pu, proj = packed["H"], packed["Hp"], packed["P"], packed["proj"]
     dg = cache["gates"]
-    Gp, Hp = dg.shape[2], y.shape[2]
+    Gp, Hp = dg.shape[2], y.shape[2]  # Hp: the units of h (Pp with a projection)
     Ip = packed["w_dx"].shape[0] * CB
-    zeros = np.zeros((1, max(Ip, Hp)), np.float32)  # the init of every product below
+    zeros = np.zeros((1, max(Ip, Hp, Hc)), np.float32)  # the init of every product below
     dh_np = _pad(dh_n, Hp)
-    dc = _pad(dc_n, Hp).copy()
+    dc = _pad(dc_n, Hc).copy()
     rec = np.empty((B, Hp), np.float32)
-    P = _threads(B, Hp, packed["w_bwd"].shape[0])
-    _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec,
-                    dh_np, dc, lens, reverse, P, packed["clip"], packed["coupled"],
-                    packed["gclip"])
+    P = _threads(B, Hc, packed["w_bwd"].shape[0])
+    if proj:  # the projection's input, before the loop overwrites the gates
+        m_all = np.empty((T, B, Hc), np.float32)
+        _cell_outputs(dg, cache["cs"], lens, m_all)
+    dhs = np.empty((T, B, Hp) if proj else (1, 1, 1), np.float32)
+    dm = np.empty((B, Hc) if proj else (1, 1), np.float32)
+    _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"],
+                    packed["w_proj_bwd"], rec, dhs, dm, dh_np, dc, lens, reverse, P,
+                    packed["clip"], packed["coupled"], packed["gclip"])
     dg_first, empty = _first_step_gradients(dg, lens, reverse)
     dh = np.empty((B, Hp), np.float32)
     _matmul(dg_first, packed["w_bwd"], dh, zeros, False)
@@ -605,9 +744,15 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     db = np.empty(Gp, np.float32)
     _column_sums(dg2, db)
     cols = packed["cols"]
-    grads = dict(w_ih=dw_ih[cols, :I], w_hh=dw_hh[cols, :H], b_ih=db[cols], b_hh=db[cols])
+    grads = dict(w_ih=dw_ih[cols, :I], w_hh=dw_hh[cols, :Pu], b_ih=db[cols], b_hh=db[cols])
+    if proj:  # dW_hr = sum over steps and rows of dh^T m
+        dhs_t = np.empty((Hp, T * B), np.float32)
+        _transpose(dhs.reshape(T * B, Hp), dhs_t)
+        dw_hr = np.empty((Hp, Hc), np.float32)
+        _matmul(dhs_t, _blocks(m_all.reshape(T * B, Hc)), dw_hr, zeros, False)
+        grads["w_hr"] = dw_hr[:Pu, :H]
     dx = dx.reshape(T, B, Ip)[:, :, :I]
-    return (np.ascontiguousarray(dx), np.ascontiguousarray(dh[:, :H]),
+    return (np.ascontiguousarray(dx), np.ascontiguousarray(dh[:, :Pu]),
             np.ascontiguousarray(dc[:, :H]), grads)
 
 
@@ -628,10 +773,14 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     dg = cache["gates"]
     G = dg.shape[2]
     dh, dc = dh_n.copy(), dc_n.copy()
+    H, proj = packed["H"], packed["proj"]
+    if proj:  # the projection's input, before the loop overwrites the gates
+        m_all = dg[:, :, 3 * H:] * np.tanh(cache["cs"])
+    dhs = np.empty(y.shape if proj else (1, 1, 1), dg.dtype)
     # The loop leaves dh = dG at each row's first step @ W_hh (rows of length 0
     # keep dh_n).
-    _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], lens, reverse, dh, dc,
-                   packed["clip"], packed["coupled"], packed["gclip"])
+    _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], packed["w_hr"], dhs, lens,
+                   reverse, dh, dc, packed["clip"], packed["coupled"], packed["gclip"])
     dg_first, _ = _first_step_gradients(dg, lens, reverse)
     dg2 = dg.reshape(T * B, G)
     dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)
@@ -640,4 +789,7 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     dw_hh = dg_prev.reshape(-1, G).T @ y_prev.reshape(-1, y.shape[2])
     dw_hh += dg_first.T @ cache["h0"]
     db = dg2.sum(axis=0)
-    return dx, dh, dc, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
+    grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
+    if proj:  # (dhs is zero past each row's length)
+        grads["w_hr"] = dhs.reshape(T * B, -1).T @ m_all.reshape(T * B, H)
+    return dx, dh, dc, grads

@@ -28,11 +28,16 @@ from .common import (as_device, combine, copy, device_array, dh_one, dh_product,
 ROWS = 4  # weight rows per hidden unit
 
 
-def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, cell_clip=None, input_forget=False,
+def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, cell_clip=None, input_forget=False,
                    gate_clip=None):
     """Torch-layout weights (host or device) and the cell's options (gates.lstm_cell)
     -> the device arrays the kernels read: w_ih [G,I], w_hh [G,H], bias = b_ih +
-    b_hh [G]; clip and gclip (inf for none) and coupled."""
+    b_hh [G]; clip and gclip (inf for none) and coupled. A projection (w_hr) is
+    refused: these kernels keep h and c the same width."""
+    if w_hr is not None:
+        raise NotImplementedError(
+            f"proj_size={w_hr.shape[0]}: the CUDA LSTM kernels have no recurrent projection "
+            "yet; use backend='cpu' (or 'numpy') for a projected LSTM")
     return dict(H=w_hh.shape[1], w_ih=as_device(w_ih), w_hh=as_device(w_hh),
                 bias=combine(as_device(b_ih), as_device(b_hh), "add"),
                 clip=float("inf") if cell_clip is None else float(cell_clip),

@@ -1,0 +1,205 @@
+"""LSTM with a recurrent projection (proj_size): the reference against finite
+differences, the CPU kernels against the reference, the layer against torch.nn.LSTM
+(values and every gradient, with lengths, both directions and stacked), and where it
+meets streaming, layouts, ONNX, checkpoints and the CUDA backend."""
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import numlstm
+from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
+from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
+from helpers import assert_close, lstm_weights, numeric_gradient, rel_err
+
+
+def _proj_cell(rng, I, H, P, dtype, scale=0.5):
+    w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, dtype, scale)
+    w_hh = (rng.standard_normal((4 * H, P)) * scale).astype(dtype)
+    w_hr = (rng.standard_normal((P, H)) * scale).astype(dtype)
+    return w_ih, w_hh, b_ih, b_hh, w_hr
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("options", [{}, {"cell_clip": 0.6, "gate_clip": 0.9}],
+                         ids=["plain", "clips"])
+def test_reference_backward_matches_finite_differences(rng, reverse, options):
+    T, B, I, H, P = 4, 3, 3, 4, 2
+    w_ih, w_hh, b_ih, b_hh, w_hr = _proj_cell(rng, I, H, P, np.float64, scale=0.8)
+    inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                  b_hh=b_hh, h0=rng.standard_normal((B, P)), c0=rng.standard_normal((B, H)),
+                  w_hr=w_hr)
+    lengths = np.array([4, 1, 3])
+    wy, wh, wc = (rng.standard_normal(s) for s in ((T, B, P), (B, P), (B, H)))
+
+    def forward():
+        a = inputs
+        return lstm_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
+                                a["c0"], lengths, reverse, w_hr=a["w_hr"], **options)
+
+    def loss():
+        y, h, c, _ = forward()
+        return (y * wy).sum() + (h * wh).sum() + (c * wc).sum()
+
+    y, h, c, cache = forward()
+    assert y.shape == (T, B, P) and h.shape == (B, P) and c.shape == (B, H)
+    dx, dh0, dc0, grads = lstm_backward_ref(wy, wh, wc, cache)
+    analytic = dict(x=dx, h0=dh0, c0=dc0, **grads)
+    assert set(analytic) == set(inputs)
+    for name, arr in inputs.items():
+        err = rel_err(analytic[name], numeric_gradient(loss, arr))
+        assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
+
+
+# (T, B, I, H, P): uneven sizes, T=1 and B=1, and H >= 256, where a step runs on
+# every thread (two parallel regions a step: gates, then the projection)
+KERNEL_SHAPES = [(5, 3, 4, 7, 3), (1, 1, 2, 5, 4), (6, 2, 9, 70, 65), (3, 4, 5, 260, 129)]
+
+
+# (the float64 path has one loop shape whatever the size: the small shapes cover it)
+KERNEL_CASES = [(s, np.float32) for s in KERNEL_SHAPES] + [
+    (s, np.float64) for s in KERNEL_SHAPES if s[3] < 100]
+
+
+@pytest.mark.parametrize("shape,dtype", KERNEL_CASES, ids=[
+    "T{}B{}I{}H{}P{}-".format(*s) + np.dtype(d).name for s, d in KERNEL_CASES])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_cpu_kernels_against_the_reference(rng, shape, dtype, reverse):
+    T, B, I, H, P = shape
+    # Weights of a trainable size (torch draws them within 1/sqrt(H)): at 0.5 for
+    # every H, two products of 65+ terms saturate the gates, and float32's rounding
+    # grows with the gain whatever the summation order (5e-6 against 3e-7 at H=70).
+    cell = _proj_cell(rng, I, H, P, dtype, scale=min(0.5, 2 / np.sqrt(H)))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((B, P)).astype(dtype)
+    c0 = rng.standard_normal((B, H)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    options = dict(cell_clip=0.8) if T > 4 else {}
+    # (the reference runs in float64 on the same numbers: the oracle, not a peer)
+    x64, h64, c64, *cell64 = (a.astype(np.float64) for a in (x, h0, c0) + cell)
+    y, h, c, cache = lstm_forward_ref(x64, *cell64[:4], h64, c64, lengths, reverse,
+                                      w_hr=cell64[4], **options)
+    packed = pack_lstm_cpu(*cell, **options)
+    yk, hk, ck, cache_k = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=True)
+    yi, hi, ci, _ = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=False)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    for name, got, want in [("y", yk, y), ("h_n", hk, h), ("c_n", ck, c),
+                            ("y (inference)", yi, y), ("c_n (inference)", ci, c)]:
+        assert got.dtype == dtype, name
+        assert_close(got, want, rtol, name)
+    dy, dh_n, dc_n = (rng.standard_normal(a.shape) for a in (y, h, c))
+    want = dict(zip(("dx", "dh0", "dc0"), lstm_backward_ref(dy, dh_n, dc_n, cache)[:3]))
+    want.update(lstm_backward_ref(dy, dh_n, dc_n, cache)[3])
+    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*(a.astype(dtype) for a in (dy, dh_n, dc_n)),
+                                                 cache_k, packed)
+    got = dict(dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
+    assert set(got) == set(want)
+    for name in want:
+        assert_close(got[name], want[name], 5 * rtol, name)
+
+
+def _torch_run(module, x, h0, c0, lengths, dy, dh, dc):
+    xt, h0t, c0t = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
+    packed = pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False)
+    y, (h, c) = module(packed, (h0t, c0t))
+    y, _ = pad_packed_sequence(y, total_length=x.shape[0])
+    loss = (y * torch.tensor(dy)).sum() + (h * torch.tensor(dh)).sum() + (
+        c * torch.tensor(dc)).sum()
+    loss.backward()
+    out = dict(y=y, h=h, c=c, dx=xt.grad, dh0=h0t.grad, dc0=c0t.grad)
+    out.update({name: p.grad for name, p in module.named_parameters()})
+    return {k: v.detach().numpy() for k, v in out.items()}
+
+
+TORCH_CASES = [  # (I, H, P, layers, bidirectional, T, B)
+    (5, 7, 3, 2, True, 6, 4), (3, 9, 4, 1, False, 1, 1), (4, 70, 33, 2, True, 11, 5)]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)],
+                         ids=["float64", "float32"])
+@pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: "I{}H{}P{}L{}bi{}T{}B{}".format(*c))
+def test_layer_against_torch(rng, backend, dtype, tol, case):
+    I, H, P, L, bi, T, B = case
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    module = torch.nn.LSTM(I, H, num_layers=L, bidirectional=bi, proj_size=P).double()
+    layer = numlstm.LSTM.from_torch(module, backend=backend, dtype=dtype)
+    assert layer.spec.proj_size == P and layer.output_size == (2 if bi else 1) * P
+    D = 2 if bi else 1
+    x = rng.standard_normal((T, B, I))
+    h0, c0 = rng.standard_normal((L * D, B, P)), rng.standard_normal((L * D, B, H))
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    dy = rng.standard_normal((T, B, D * P))
+    dh, dc = rng.standard_normal(h0.shape), rng.standard_normal(c0.shape)
+    want = _torch_run(module, x, h0, c0, lengths, dy, dh, dc)
+    y, (h, c) = layer(x, (h0, c0), training=True, lengths=lengths)
+    dx, (dh0, dc0) = layer.backward(dy, (dh, dc))
+    got = dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, **layer.grads)
+    assert set(got) == set(want)
+    for k in want:
+        assert_close(got[k], want[k], tol if k in ("y", "h", "c") else 5 * tol, k)
+
+
+def test_step_stateful_and_sequential(rng):
+    lstm = numlstm.LSTM(5, 12, num_layers=2, proj_size=4, seed=0)
+    x = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    y, (h, c) = lstm(x)
+    assert y.shape == (6, 3, 4) and h.shape == (2, 3, 4) and c.shape == (2, 3, 12)
+    state = None
+    for t in range(6):
+        y_t, state = lstm.step(x[t], state)
+    assert_close(y_t, y[-1], 1e-6, "y_t")
+    assert_close(state[1], c, 1e-6, "c")
+    stateful = numlstm.LSTM(5, 12, num_layers=2, proj_size=4, seed=0, stateful=True)
+    stateful(x[:2])
+    y2, _ = stateful(x[2:])
+    assert_close(y2, y[2:], 1e-6, "stateful y")
+    with pytest.raises(ValueError, match=r"h0: expected shape \(2, 3, 4\)"):
+        lstm(x, (np.zeros((2, 3, 12)), np.zeros((2, 3, 12))))
+    model = numlstm.Sequential([numlstm.LSTM(5, 12, proj_size=4, batch_first=True, seed=1,
+                                             return_sequences=False), numlstm.Dense(4, 2)])
+    assert model.count_params() == 4 * 12 * (5 + 4) + 2 * 4 * 12 + 4 * 12 + 4 * 2 + 2
+    model.compile(optimizer="adam", loss="mse", lr=1e-2)
+    xb = np.swapaxes(x, 0, 1)
+    yb = rng.standard_normal((3, 2)).astype(np.float32)
+    losses = model.fit(xb, yb, epochs=20, batch_size=3, verbose=0)["loss"]
+    assert losses[-1] < losses[0]
+
+
+def test_layouts_torch_checkpoint_and_refusals(rng, tmp_path):
+    lstm = numlstm.LSTM(3, 6, proj_size=2, bidirectional=True, seed=2)
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    y, _ = lstm(x)
+    weights = lstm.state_dict()
+    assert weights["weight_hr_l0_reverse"].shape == (2, 6)
+    assert weights["weight_hh_l0"].shape == (24, 2)
+    other = numlstm.LSTM(3, 6, proj_size=2, bidirectional=True, seed=3)
+    other.load_weights(weights)
+    assert_close(other(x)[0], y, 0, "reloaded")
+    assert_close(lstm.to_torch()(torch.tensor(x))[0].detach().numpy(), y, 1e-6, "to_torch")
+    model = numlstm.Sequential([lstm])
+    model.save(tmp_path / "ck")
+    back = numlstm.load_checkpoint(tmp_path / "ck").model
+    assert_close(back.predict(np.swapaxes(x, 0, 1)), np.swapaxes(y, 0, 1), 0, "checkpoint")
+    for layout in ("keras", "onnx", "haste"):
+        with pytest.raises(ValueError, match="no recurrent projection"):
+            lstm.export_weights(layout)
+    with pytest.raises(ValueError, match="no recurrent projection"):
+        numlstm.export_onnx(lstm, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    for bad, err in ((6, ValueError), (-1, ValueError), (True, TypeError), (1.5, TypeError)):
+        with pytest.raises(err, match="proj_size"):
+            numlstm.LSTM(3, 6, proj_size=bad)
+    with pytest.raises(TypeError, match="proj_size"):
+        numlstm.GRU(3, 6, proj_size=2)
+
+
+def test_cuda_backend_refuses_before_any_kernel(rng):
+    lstm = numlstm.LSTM(3, 6, proj_size=2, backend="cuda", seed=0)
+    before = {k: v.copy() for k, v in lstm.params.items()}
+    with pytest.raises(NotImplementedError, match="proj_size=2.*backend='cpu'"):
+        lstm(rng.standard_normal((4, 2, 3)).astype(np.float32))
+    for k, v in lstm.params.items():
+        assert np.array_equal(v, before[k]), k
