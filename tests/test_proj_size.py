@@ -99,28 +99,10 @@ def test_cpu_kernels_against_the_reference(rng, shape, dtype, reverse):
         assert_close(got[name], want[name], 5 * rtol, name)
 
 
-def _torch_run(module, x, h0, c0, lengths, dy, dh, dc):
-    xt, h0t, c0t = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
-    packed = pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False)
-    y, (h, c) = module(packed, (h0t, c0t))
-    y, _ = pad_packed_sequence(y, total_length=x.shape[0])
-    loss = (y * torch.tensor(dy)).sum() + (h * torch.tensor(dh)).sum() + (
-        c * torch.tensor(dc)).sum()
-    loss.backward()
-    out = dict(y=y, h=h, c=c, dx=xt.grad, dh0=h0t.grad, dc0=c0t.grad)
-    out.update({name: p.grad for name, p in module.named_parameters()})
-    return {k: v.detach().numpy() for k, v in out.items()}
-
-
-TORCH_CASES = [  # (I, H, P, layers, bidirectional, T, B)
-    (5, 7, 3, 2, True, 6, 4), (3, 9, 4, 1, False, 1, 1), (4, 70, 33, 2, True, 11, 5)]
-
-
-@pytest.mark.parametrize("backend", ["numpy", "cpu"])
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)],
-                         ids=["float64", "float32"])
-@pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: "I{}H{}P{}L{}bi{}T{}B{}".format(*c))
-def test_layer_against_torch(rng, backend, dtype, tol, case):
+def against_torch(rng, case, backend, dtype):
+    """One TORCH_CASES case with random weights, inputs, lengths and state: (numlstm's
+    outputs and gradients, torch's in float64), as dicts keyed alike (torch's
+    parameter names for the weights)."""
     I, H, P, L, bi, T, B = case
     torch.manual_seed(int(rng.integers(1 << 30)))
     module = torch.nn.LSTM(I, H, num_layers=L, bidirectional=bi, proj_size=P).double()
@@ -133,10 +115,33 @@ def test_layer_against_torch(rng, backend, dtype, tol, case):
     lengths[0] = T
     dy = rng.standard_normal((T, B, D * P))
     dh, dc = rng.standard_normal(h0.shape), rng.standard_normal(c0.shape)
-    want = _torch_run(module, x, h0, c0, lengths, dy, dh, dc)
+
+    xt, h0t, c0t = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
+    packed = pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False)
+    yt, (ht, ct) = module(packed, (h0t, c0t))
+    yt, _ = pad_packed_sequence(yt, total_length=T)
+    loss = (yt * torch.tensor(dy)).sum() + (ht * torch.tensor(dh)).sum() + (
+        ct * torch.tensor(dc)).sum()
+    loss.backward()
+    want = dict(y=yt, h=ht, c=ct, dx=xt.grad, dh0=h0t.grad, dc0=c0t.grad)
+    want.update({name: p.grad for name, p in module.named_parameters()})
+
     y, (h, c) = layer(x, (h0, c0), training=True, lengths=lengths)
     dx, (dh0, dc0) = layer.backward(dy, (dh, dc))
     got = dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, **layer.grads)
+    return got, {k: v.detach().numpy() for k, v in want.items()}
+
+
+TORCH_CASES = [  # (I, H, P, layers, bidirectional, T, B)
+    (5, 7, 3, 2, True, 6, 4), (3, 9, 4, 1, False, 1, 1), (4, 70, 33, 2, True, 11, 5)]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)],
+                         ids=["float64", "float32"])
+@pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: "I{}H{}P{}L{}bi{}T{}B{}".format(*c))
+def test_layer_against_torch(rng, backend, dtype, tol, case):
+    got, want = against_torch(rng, case, backend, dtype)
     assert set(got) == set(want)
     for k in want:
         assert_close(got[k], want[k], tol if k in ("y", "h", "c") else 5 * tol, k)
