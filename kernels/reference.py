@@ -16,7 +16,9 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     g = tanh(W_ig x + b_ig + W_hg h + b_hg)   o = s(W_io x + b_io + W_ho h + b_ho)
     c' = f * c + i * g                        h' = o * tanh(c')
     options: proj_size (w_hr [P,H] given) projects the output, h' = W_hr (o * tanh(c'))
-    (torch's proj_size: h, y and W_hh's columns have P units, c keeps H); input_forget couples the two gates, f = 1 - i (ONNX's input_forget;
+    (torch's proj_size: h, y and W_hh's columns have P units, c keeps H); h_mask [B,P]
+    multiplies h where it enters the recurrent product, W_hh (h * h_mask), the same
+    mask at every step (recurrent dropout: the layer passes 0 or 1/(1-p)); input_forget couples the two gates, f = 1 - i (ONNX's input_forget;
     the forget gate's own weights are then unused); cell_clip clips c' to
     [-cell_clip, cell_clip] (TensorFlow's cell_clip); gate_clip clips every gate
     pre-activation to [-gate_clip, gate_clip] before its activation (ONNX's clip,
@@ -55,12 +57,14 @@ def _steps(T, reverse):
 
 
 def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False,
-                     cell_clip=None, input_forget=False, gate_clip=None, w_hr=None):
+                     cell_clip=None, input_forget=False, gate_clip=None, w_hr=None,
+                     h_mask=None):
     """One LSTM layer and direction.
 
     x: [T,B,I]; h0: [B,P], c0: [B,H]; lengths: [B] ints or None (all T); cell_clip:
     None or a number > 0; input_forget: couple f = 1 - i; gate_clip: None or a
-    number > 0; w_hr: None, or the projection [P,H] (P = H without it).
+    number > 0; w_hr: None, or the projection [P,H] (P = H without it); h_mask: None
+    or [B,P], the recurrent dropout mask.
     Returns y [T,B,P], h_n [B,P], c_n [B,H], and a cache for lstm_backward_ref
     holding the inputs, the activated gates [T,B,G] (f as used) and the cell
     states [T,B,H] (after clipping).
@@ -75,7 +79,8 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
     passed = np.ones((T, B, 4 * H), bool)  # pre-activations inside the gate clip
     for t in _steps(T, reverse):
         valid = (t < lengths)[:, None]
-        a = x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+        h_in = h if h_mask is None else h * h_mask
+        a = x[t] @ w_ih.T + b_ih + h_in @ w_hh.T + b_hh
         if gate_clip is not None:
             passed[t] = np.abs(a) < gate_clip
             a = np.clip(a, -gate_clip, gate_clip)
@@ -96,7 +101,7 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
         cs[t] = c
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, lengths=lengths,
                  reverse=reverse, gates=gates, cs=cs, y=y, cell_clip=cell_clip,
-                 input_forget=input_forget, passed=passed, w_hr=w_hr)
+                 input_forget=input_forget, passed=passed, w_hr=w_hr, h_mask=h_mask)
     return y, h, c, cache
 
 
@@ -153,9 +158,10 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
         da = np.where(valid, da, 0)
         dx[t] = da @ w_ih
         grads["w_ih"] += da.T @ x[t]
-        grads["w_hh"] += da.T @ h_prev
+        mask = cache.get("h_mask")
+        grads["w_hh"] += da.T @ (h_prev if mask is None else h_prev * mask)
         grads["b_ih"] += da.sum(0)
-        dh = np.where(valid, da @ w_hh, dh)
+        dh = np.where(valid, da @ w_hh if mask is None else (da @ w_hh) * mask, dh)
         dc = np.where(valid, dc_t * f, dc)
     grads["b_hh"] = grads["b_ih"].copy()
     return dx, dh, dc, grads

@@ -174,11 +174,11 @@ class NumpyBackend(Backend):
     w_hr with a projection (proj_size)."""
     name = "numpy"
 
-    def forward(self, spec, cell, x, state, lengths, reverse, training):
+    def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None):
         if spec.cell == "lstm":
             y, h, c, cache = reference.lstm_forward_ref(
                 x, *cell[:4], *state, lengths, reverse, **spec.kernel_options(),
-                w_hr=cell[4] if spec.proj_size else None)
+                w_hr=cell[4] if spec.proj_size else None, h_mask=h_mask)
             state = (h, c)
         elif spec.cell == "gru":
             y, h, cache = reference.gru_forward_ref(x, *cell, state[0], lengths, reverse,
@@ -215,9 +215,11 @@ class _KernelBackend(Backend):
         return [pack(*c, **spec.kernel_options())
                 for c in from_canonical(params, self.layout, spec)]
 
-    def forward(self, spec, cell, x, state, lengths, reverse, training):
+    def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None):
+        # (only the LSTM's kernels take h_mask, the recurrent dropout mask)
+        mask = {} if h_mask is None else dict(h_mask=h_mask)
         y, *state_n, cache = self._kernel(spec, "{cell}_forward_{name}")(
-            x, cell, *state, lengths, reverse, training)
+            x, cell, *state, lengths, reverse, training, **mask)
         return y, tuple(state_n), cache
 
     def backward(self, spec, cell, cache, dy, dstate):

@@ -176,7 +176,8 @@ class _Recurrent(Layer):
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
                  batch_first=False, dropout=0.0, backend="auto", dtype=np.float32,
                  seed=None, return_sequences=True, merge_mode="concat", stateful=False,
-                 recurrent_init="uniform", unit_forget_bias=False, **cell_options):
+                 recurrent_init="uniform", unit_forget_bias=False, recurrent_dropout=0.0,
+                 **cell_options):
         if merge_mode not in MERGE_MODES:
             raise ValueError(f"merge_mode: expected one of {list(MERGE_MODES)}, got "
                              f"{merge_mode!r}")
@@ -196,6 +197,10 @@ class _Recurrent(Layer):
                                   check_bool(bidirectional, "bidirectional"),
                                   self.cell, **cell_options)
         self.dropout = _check_probability(dropout, "dropout")
+        self.recurrent_dropout = _check_probability(recurrent_dropout, "recurrent_dropout")
+        if self.recurrent_dropout and self.cell != "lstm":
+            raise ValueError(f"recurrent_dropout: only the LSTM has it so far, not the "
+                             f"{self.cell.upper()}")
         self.dtype = _check_dtype(dtype)
         self.batch_first = check_bool(batch_first, "batch_first")
         self.return_sequences = check_bool(return_sequences, "return_sequences")
@@ -255,7 +260,8 @@ class _Recurrent(Layer):
                     backend=self.backend, dtype=self.dtype.name,
                     return_sequences=self.return_sequences, merge_mode=self.merge_mode,
                     stateful=self.stateful, recurrent_init=self.recurrent_init,
-                    unit_forget_bias=self.unit_forget_bias, **self._cell_config())
+                    unit_forget_bias=self.unit_forget_bias,
+                    recurrent_dropout=self.recurrent_dropout, **self._cell_config())
 
     def __repr__(self):
         config = self.get_config()
@@ -263,7 +269,7 @@ class _Recurrent(Layer):
                              ("stateful", False), ("recurrent_init", "uniform"),
                              ("unit_forget_bias", False), ("cell_clip", None),
                              ("input_forget", False), ("gate_clip", None),
-                             ("proj_size", 0)):
+                             ("proj_size", 0), ("recurrent_dropout", 0.0)):
             if key in config and config[key] == default:
                 del config[key]
         return f"{type(self).__name__}(" + ", ".join(
@@ -495,6 +501,9 @@ class _Recurrent(Layer):
         private_y=False: the caller only reads y, so it may be the cache's own array."""
         s = self.spec
         T, B = x_tm.shape[:2]
+        if training and self.recurrent_dropout and backend.name == "cuda":
+            raise NotImplementedError("recurrent_dropout: the CUDA LSTM kernels have no "
+                                      "recurrent dropout yet; train with backend='cpu'")
         cells = self._packs.get(backend, self._params, s)
         D = s.directions
         ops = backend.ops
@@ -506,8 +515,13 @@ class _Recurrent(Layer):
             outs, caches = [], []
             for d in range(D):
                 k = l * D + d
+                h_mask = None
+                if training and self.recurrent_dropout:  # one mask a sequence, held over time
+                    keep = self._drop_rng.random((B, s.out_size)) >= self.recurrent_dropout
+                    h_mask = keep.astype(self.dtype) / self.dtype.type(
+                        1.0 - self.recurrent_dropout)
                 y, st, cache = backend.forward(s, cells[k], inp, tuple(p[k] for p in state0),
-                                               lens, d == 1, training)
+                                               lens, d == 1, training, h_mask=h_mask)
                 for part, value in zip(state_n, st):
                     ops.assign(part[k], value)
                 outs.append(y)
@@ -869,6 +883,13 @@ class LSTM(_Recurrent):
             clipped value.
         unit_forget_bias: start the forget gate's bias at 1.0 (bias_ih's forget
             block 1, bias_hh's 0), as Keras does by default (LSTM only).
+        recurrent_dropout: probability in [0, 1) of dropping each unit of h where it
+            enters the recurrent product, W_hh (h * mask), when training=True: one
+            mask per sequence and layer direction, held over all its steps (Keras's
+            recurrent_dropout and Gal and Ghahramani's variational form; survivors
+            scaled by 1/(1-p)); inference runs the plain layer. LSTM only, cpu and
+            numpy backends (cuda refuses to train with it). torch has no such
+            option; to_torch still gives the module that computes the inference.
         proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
             proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units
             (c keeps H), W_hh is [G,P] and each cell gains weight_hr_l{k} [P,H] (no

@@ -33,6 +33,11 @@ mirrors it (the gradient of h into dhs, then dm = dhs[t] @ W_hr feeds the gate
 gradients), and dW_hr is one product over all T*B rows after the loop, with m
 recomputed from the stored gates and c before the loop overwrites them.
 
+Recurrent dropout (a [B,P] mask on h where it enters the recurrent product, the
+same at every step) keeps a second double buffer, h * mask, which each thread
+writes for its own units at the end of a step: no extra barrier. The backward
+multiplies dh by the mask after each product, and dW_hh reads h * mask.
+
 The path of a call (both paths):
     forward:  xw = x @ W_ih^T + b for all steps (one product); then the time loop
               in one compiled function. The training forward writes the
@@ -243,21 +248,32 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
 
 
 @njit(**_FAST)
+def _times_mask(a, mask, out, j0, j1):
+    """out[:, j0:j1] = a[:, j0:j1] * mask[:, j0:j1] (the recurrent dropout mask)."""
+    for r in range(a.shape[0]):
+        for j in range(j0, j1):
+            out[r, j] = a[r, j] * mask[r, j]
+
+
+@njit(**_FAST)
 def _fwd_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
-              coupled, gclip):
+              coupled, gclip, hm_new, mask, mask_here):
     """Thread p's blocks of step t: rec = xw[t] + h_in @ W_hh^T, then the gate math
-    (_fwd_pointwise, which writes o * tanh(c) to h_new and y_t)."""
+    (_fwd_pointwise, which writes o * tanh(c) to h_new and y_t); with mask_here,
+    also hm_new = h_new * mask for its units, the next step's h_in."""
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     _matmul_rows(h_in, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
     _fwd_pointwise(rec, xw[t], h_old, h_new, c, y_t, cs[t if training else 0], lengths, t,
                    training, b0, b1, clip, coupled, gclip)
+    if mask_here:
+        _times_mask(h_new, mask, hm_new, b0 * U, b1 * U)
 
 
 @njit(**_FAST)
-def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P):
+def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P, hm_new, mask, masked):
     """Thread p's blocks of the projection, h' = m @ W_hr^T; rows past their length
-    hold h and output zero."""
+    hold h and output zero; when masked, hm_new = h' * mask for these blocks."""
     nblk = Wp.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     _matmul_rows(m, Wp, h_new, zero, False, 0, m.shape[0], b0, b1)
@@ -267,11 +283,13 @@ def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P):
             if not valid:
                 h_new[r, j] = h_old[r, j]
             y_t[r, j] = h_new[r, j] if valid else 0
+    if masked:
+        _times_mask(h_new, mask, hm_new, b0 * CB, b1 * CB)
 
 
 @njit(parallel=True, **_FAST)
-def _forward_tiled(xw, W, Wp, hbuf, m, c, y, cs, rec, zero, lengths, reverse, training, P,
-                   clip, coupled, gclip):
+def _forward_tiled(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths, reverse,
+                   training, P, clip, coupled, gclip):
     """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
     W [Gp/CB, Pp, CB]: W_hh^T in blocks; hbuf [2,B,Pp]: h0 in hbuf[0], h
     alternates between the two (threads read all of h_old while writing their
@@ -280,25 +298,32 @@ def _forward_tiled(xw, W, Wp, hbuf, m, c, y, cs, rec, zero, lengths, reverse, tr
     clip, coupled: the cell options of gates.lstm_cell; gclip: gates.clip_gate's.
     Wp [Pp/CB, Hp, CB]: W_hr^T in blocks, or no blocks for no projection (Pp = Hp);
     with one, the gate math writes m = o * tanh(c) [B,Hp] and a second parallel
-    region projects it (zero: a [1, Pp] row of zeros)."""
+    region projects it (zero: a [1, Pp] row of zeros).
+    mask [B,Pp]: the recurrent dropout mask, or [0,0] for none; with one, the
+    product reads hmbuf[s % 2] = h * mask, which each thread writes for its units
+    of the next step (hmbuf [2,B,Pp], hmbuf[0] = h0 * mask)."""
     T = xw.shape[0]
     proj = Wp.shape[0] > 0
+    masked = mask.shape[0] > 0
     for s in range(T):
         t = T - 1 - s if reverse else s
         h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
+        h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
         m_old, m_new, y_t = (m, m, m) if proj else (h_old, h_new, y[t])
         if P == 1:  # even prange(1) would pay a fork and join per step
-            _fwd_step(xw, W, h_old, m_old, m_new, y_t, c, cs, rec, lengths, training, t, 0, 1,
-                      clip, coupled, gclip)
+            _fwd_step(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t, 0, 1,
+                      clip, coupled, gclip, hm_new, mask, masked and not proj)
             if proj:
-                _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, 0, 1)
+                _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, 0, 1, hm_new, mask,
+                           masked)
         else:
             for p in prange(P):
-                _fwd_step(xw, W, h_old, m_old, m_new, y_t, c, cs, rec, lengths, training, t,
-                          p, P, clip, coupled, gclip)
+                _fwd_step(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t,
+                          p, P, clip, coupled, gclip, hm_new, mask, masked and not proj)
             if proj:
                 for p in prange(P):
-                    _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, p, P)
+                    _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, p, P, hm_new, mask,
+                               masked)
 
 
 @njit(**_FAST)
@@ -359,24 +384,29 @@ def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b
 
 @njit(**_FAST)
 def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P,
-              clip, coupled, gclip):
+              clip, coupled, gclip, mask):
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
         _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
+        if mask.shape[0] > 0:  # h entered the product times the mask
+            _times_mask(rec, mask, rec, b0 * CB, b1 * CB)
     _bwd_pointwise(dg[t], cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
                    coupled, gclip)
 
 
 @njit(**_FAST)
-def _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, p, P):
+def _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, p, P,
+                   mask):
     """With a projection, thread p's blocks of dhs[t], the gradient of step t's h:
-    dy[t] plus dG of the step after @ W_hh (dh_n at a row's last step); zero past
-    a row's length."""
+    dy[t] plus dG of the step after @ W_hh (times the mask, if any; dh_n at a row's
+    last step); zero past a row's length."""
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
         _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
+        if mask.shape[0] > 0:
+            _times_mask(rec, mask, rec, b0 * CB, b1 * CB)
     for r in range(rec.shape[0]):
         n = lengths[r]
         dh_in = dh_n[r] if (t == 0 if reverse else t == n - 1) else rec[r]
@@ -398,13 +428,14 @@ def _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse,
 
 @njit(parallel=True, **_FAST)
 def _backward_tiled(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, reverse, P, clip,
-                    coupled, gclip):
+                    coupled, gclip, mask):
     """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0 [B,Hp]; dh_n
     [B,Pp]; dy [T,B,Pp]; W [Pp/CB, Gp, CB]: W_hh in blocks of output units; rec
     [B,Pp] scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out.
     Wpb [Hp/CB, Pp, CB]: W_hr in blocks, or no blocks for no projection; with one,
     a first parallel region writes the gradient of h to dhs [T,B,Pp], a second
-    projects it back, dm = dhs[t] @ W_hr [B,Hp], and runs the gate gradients."""
+    projects it back, dm = dhs[t] @ W_hr [B,Hp], and runs the gate gradients.
+    mask: the forward's recurrent dropout mask [B,Pp], or [0,0] for none."""
     T = dg.shape[0]
     zero = np.zeros((1, max(rec.shape[1], dm.shape[1])), rec.dtype)
     proj = Wpb.shape[0] > 0
@@ -413,23 +444,24 @@ def _backward_tiled(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, rev
         t = s if reverse else T - 1 - s
         t_prev = t - 1 if reverse else t + 1
         if proj and P == 1:
-            _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, 0, 1)
+            _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, 0, 1,
+                           mask)
             _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t, 0, 1,
                            clip, coupled, gclip)
         elif proj:
             for p in prange(P):
                 _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev,
-                               p, P)
+                               p, P, mask)
             for p in prange(P):
                 _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t,
                                p, P, clip, coupled, gclip)
         elif P == 1:
             _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, 0,
-                      1, clip, coupled, gclip)
+                      1, clip, coupled, gclip, mask)
         else:
             for p in prange(P):
                 _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
-                          t_prev, p, P, clip, coupled, gclip)
+                          t_prev, p, P, clip, coupled, gclip, mask)
 
 
 @njit(parallel=True, **_FAST)
@@ -449,11 +481,12 @@ def _cell_outputs(gates, cs, lengths, out):
 
 # -- float64: BLAS per step --------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def _forward_blas(xw, w_hh_t, w_hr_t, h, c, lengths, reverse, training, y, cs, clip, coupled,
-                  gclip):
+def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y, cs, clip,
+                  coupled, gclip):
     """xw [T,B,G] (receives the activated gates when training); w_hh_t [P,G];
-    w_hr_t [H,P], the projection (ignored when its size is 0: P = H); h [B,P],
-    c [B,H] in/out; y [T,B,P] out; cs [T,B,H] out when training."""
+    w_hr_t [H,P], the projection (ignored when its size is 0: P = H); mask [B,P],
+    the recurrent dropout mask (none when its size is 0); h [B,P], c [B,H] in/out;
+    y [T,B,P] out; cs [T,B,H] out when training."""
     T, B, G = xw.shape
     H = G // 4
     proj = w_hr_t.size > 0
@@ -462,7 +495,7 @@ def _forward_blas(xw, w_hh_t, w_hr_t, h, c, lengths, reverse, training, y, cs, c
     hp = np.empty(h.shape, xw.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        np.dot(h, w_hh_t, rec)
+        np.dot(h * mask if mask.size > 0 else h, w_hh_t, rec)
         for b in range(B):
             if t >= lengths[b]:
                 y[t, b] = 0
@@ -492,11 +525,12 @@ def _forward_blas(xw, w_hh_t, w_hr_t, h, c, lengths, reverse, training, y, cs, c
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, dhs, lengths, reverse, dh, dc, clip, coupled,
-                   gclip):
+def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, dc, clip,
+                   coupled, gclip):
     """dg [T,B,G]: activated gates in, dG out; w_hh [G,P]; dh [B,P], dc [B,H]: the
     final state's gradient in, the initial state's out. With a projection (w_hr
-    [P,H] of size > 0), dhs [T,B,P] receives the gradient of each step's h."""
+    [P,H] of size > 0), dhs [T,B,P] receives the gradient of each step's h; mask
+    [B,P]: the forward's recurrent dropout mask (none when its size is 0)."""
     T, B, G = dg.shape
     H = G // 4
     proj = w_hr.size > 0
@@ -535,7 +569,7 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, dhs, lengths, reverse, dh, dc, cl
         np.dot(dg[t], w_hh, rec)
         for b in range(B):
             if t < lengths[b]:
-                dh[b] = rec[b]
+                dh[b] = rec[b] * mask[b] if mask.size > 0 else rec[b]
 
 
 # -- packing and the Python-level wrappers ---------------------------------------------
@@ -621,12 +655,14 @@ def _lengths_or_full(lengths, T, B):
     return np.ascontiguousarray(lengths, dtype=np.int64)
 
 
-def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=False):
+def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=False,
+                     h_mask=None):
     """One LSTM layer and direction on the CPU.
 
     x: [T,B,I] C-contiguous; packed: pack_lstm_cpu(...) of the same dtype;
     h0 [B,P], c0 [B,H] (P = H without a projection); lengths: [B] ints in [0, T],
-    or None for all T.
+    or None for all T; h_mask: None, or [B,P] multiplying h where it enters the
+    recurrent product at every step (recurrent dropout, reference.lstm_forward_ref).
     Returns y [T,B,P], h_n [B,P], c_n [B,H] and, when training, the cache that
     lstm_backward_cpu consumes (else None).
     """
@@ -639,8 +675,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         h, c = h0.copy(), c0.copy()
         y = np.empty((T, B, Pu), x.dtype)
         cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
-        _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], h, c, lens, reverse, training,
-                      y, cs, packed["clip"], packed["coupled"], packed["gclip"])
+        mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
+        _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], mask, h, c, lens, reverse,
+                      training, y, cs, packed["clip"], packed["coupled"], packed["gclip"])
         y_out, c0_kept = y, c0
     else:
         Hp, Pp = packed["Hp"], packed["Pp"]
@@ -654,6 +691,12 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         cs = np.empty((T, B, Hp) if training else (1, 1, 1), np.float32)
         rec = np.empty((B, 4 * Hp), np.float32)
         P = _threads(B, Hp, packed["w_fwd"].shape[0])
+        if h_mask is None:
+            mask, hmbuf = np.zeros((0, 0), np.float32), hbuf
+        else:
+            mask = _pad(h_mask.astype(np.float32), Pp)
+            hmbuf = np.empty_like(hbuf)
+            hmbuf[0] = hbuf[0] * mask
         steps = T if training else max(1, INFERENCE_CHUNK_BYTES // (B * 4 * Hp * 4))
         xw = np.empty((min(steps, T), B, 4 * Hp), np.float32)
         # Chunks in the order the direction walks the steps; the state carries over.
@@ -663,17 +706,20 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             chunk = xw[:t1 - t0]
             _matmul(x[t0:t1].reshape(-1, I), packed["w_in"], chunk.reshape(-1, 4 * Hp),
                     packed["bias"], False)
-            _forward_tiled(chunk, packed["w_fwd"], packed["w_proj"], hbuf, m, c, y[t0:t1],
-                           cs[t0:t1] if training else cs, rec, zero, lens - t0, reverse,
-                           training, P, packed["clip"], packed["coupled"], packed["gclip"])
+            _forward_tiled(chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
+                           y[t0:t1], cs[t0:t1] if training else cs, rec, zero, lens - t0,
+                           reverse, training, P, packed["clip"], packed["coupled"],
+                           packed["gclip"])
             if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
                 hbuf[0] = hbuf[1]
+                hmbuf[0] = hmbuf[1]
         h = hbuf[0, :, :Pu].copy()
         c = c[:, :H].copy()
         y_out = y if Pp == Pu else np.ascontiguousarray(y[:, :, :Pu])
     if not training:
         return y_out, h, c, None
-    cache = dict(x=x, h0=h0, c0=c0_kept, lengths=lens, reverse=reverse, gates=xw, cs=cs, y=y)
+    cache = dict(x=x, h0=h0, c0=c0_kept, lengths=lens, reverse=reverse, gates=xw, cs=cs, y=y,
+                 mask=mask)
     return y_out, h, c, cache
 
 
@@ -721,12 +767,16 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
         _cell_outputs(dg, cache["cs"], lens, m_all)
     dhs = np.empty((T, B, Hp) if proj else (1, 1, 1), np.float32)
     dm = np.empty((B, Hc) if proj else (1, 1), np.float32)
+    mask = cache["mask"]
+    masked = mask.shape[0] > 0
     _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"],
                     packed["w_proj_bwd"], rec, dhs, dm, dh_np, dc, lens, reverse, P,
-                    packed["clip"], packed["coupled"], packed["gclip"])
+                    packed["clip"], packed["coupled"], packed["gclip"], mask)
     dg_first, empty = _first_step_gradients(dg, lens, reverse)
     dh = np.empty((B, Hp), np.float32)
     _matmul(dg_first, packed["w_bwd"], dh, zeros, False)
+    if masked:
+        dh *= mask
     dh[empty] = dh_np[empty]
     dg2 = dg.reshape(T * B, Gp)
     dx = np.empty((T * B, Ip), np.float32)
@@ -737,10 +787,14 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     _matmul(dg_t, _blocks(x.reshape(T * B, I)), dw_ih, zeros, False)
     # h_prev of step t is y at the step before it in the forward's order (zero rows
     # past a length meet zero gradients there); each row's first step's is h0.
+    # With recurrent dropout, the product read h times the mask.
     dg_prev, y_prev = (dg_t[:, :-B], y[1:]) if reverse else (dg_t[:, B:], y[:-1])
+    h0 = _pad(cache["h0"], Hp)
+    if masked:
+        y_prev, h0 = y_prev * mask, h0 * mask
     dw_hh = np.empty((Gp, Hp), np.float32)
     _matmul(dg_prev, _blocks(y_prev.reshape(-1, Hp)), dw_hh, zeros, False)
-    _matmul(dg_first.T, _blocks(_pad(cache["h0"], Hp)), dw_hh, dw_hh, True)
+    _matmul(dg_first.T, _blocks(h0), dw_hh, dw_hh, True)
     db = np.empty(Gp, np.float32)
     _column_sums(dg2, db)
     cols = packed["cols"]
@@ -779,15 +833,19 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     dhs = np.empty(y.shape if proj else (1, 1, 1), dg.dtype)
     # The loop leaves dh = dG at each row's first step @ W_hh (rows of length 0
     # keep dh_n).
-    _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], packed["w_hr"], dhs, lens,
-                   reverse, dh, dc, packed["clip"], packed["coupled"], packed["gclip"])
+    mask = cache["mask"]
+    _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], packed["w_hr"], mask, dhs,
+                   lens, reverse, dh, dc, packed["clip"], packed["coupled"], packed["gclip"])
     dg_first, _ = _first_step_gradients(dg, lens, reverse)
     dg2 = dg.reshape(T * B, G)
     dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)
     dw_ih = dg2.T @ x.reshape(T * B, I)
     dg_prev, y_prev = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
+    h0 = cache["h0"]
+    if mask.size:  # the product read h times the recurrent dropout mask
+        y_prev, h0 = y_prev * mask, h0 * mask
     dw_hh = dg_prev.reshape(-1, G).T @ y_prev.reshape(-1, y.shape[2])
-    dw_hh += dg_first.T @ cache["h0"]
+    dw_hh += dg_first.T @ h0
     db = dg2.sum(axis=0)
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
     if proj:  # (dhs is zero past each row's length)

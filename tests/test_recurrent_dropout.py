@@ -1,0 +1,136 @@
+"""LSTM recurrent_dropout: the mask on h where it enters the recurrent product, held
+over time. The reference against finite differences, the CPU kernels against the
+reference (with and without a projection), and the layer: masks drawn per sequence
+only when training, equal to running the reference with the same masks."""
+import numpy as np
+import pytest
+
+import numlstm
+from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
+from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
+from helpers import assert_close, numeric_gradient, rel_err
+
+
+def _cell(rng, I, H, P, scale):
+    shapes = [(4 * H, I), (4 * H, P or H), (4 * H,), (4 * H,)] + ([(P, H)] if P else [])
+    arrays = [rng.standard_normal(s) * scale for s in shapes]
+    return arrays + [None] * (5 - len(arrays))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_reference_backward_matches_finite_differences(rng, reverse):
+    T, B, I, H = 4, 3, 3, 4
+    w_ih, w_hh, b_ih, b_hh, _ = _cell(rng, I, H, None, 0.8)
+    inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                  b_hh=b_hh, h0=rng.standard_normal((B, H)), c0=rng.standard_normal((B, H)))
+    mask = (rng.random((B, H)) >= 0.4) / 0.6
+    assert (mask == 0).any() and (mask > 0).any()
+    lengths = np.array([4, 1, 3])
+    wy, wh, wc = (rng.standard_normal(s) for s in ((T, B, H), (B, H), (B, H)))
+
+    def forward():
+        a = inputs
+        return lstm_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
+                                a["c0"], lengths, reverse, h_mask=mask)
+
+    def loss():
+        y, h, c, _ = forward()
+        return (y * wy).sum() + (h * wh).sum() + (c * wc).sum()
+
+    dx, dh0, dc0, grads = lstm_backward_ref(wy, wh, wc, forward()[3])
+    analytic = dict(x=dx, h0=dh0, c0=dc0, **grads)
+    for name, arr in inputs.items():
+        err = rel_err(analytic[name], numeric_gradient(loss, arr))
+        assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
+
+
+# (T, B, I, H, P, reverse): uneven, T=1 and B=1, a projection, and H >= 256 (every
+# thread shares a step)
+SHAPES = [(5, 3, 4, 7, None, False), (1, 1, 2, 5, None, True), (6, 4, 9, 70, 33, True),
+          (4, 5, 6, 260, None, False), (3, 4, 5, 260, 129, True)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}P{}-{}".format(*s))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_kernels_against_the_reference(rng, shape, dtype):
+    T, B, I, H, P, reverse = shape
+    cell = _cell(rng, I, H, P, min(0.5, 2 / np.sqrt(H)))
+    Pu = P or H
+    x, h0, c0 = (rng.standard_normal(s) for s in ((T, B, I), (B, Pu), (B, H)))
+    mask = (rng.random((B, Pu)) >= 0.3) / 0.7
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    y, h, c, cache = lstm_forward_ref(x, *cell[:4], h0, c0, lengths, reverse, w_hr=cell[4],
+                                      h_mask=mask)
+    dy, dh_n, dc_n = (rng.standard_normal(a.shape) for a in (y, h, c))
+    want = dict(zip(("y", "h", "c"), (y, h, c)))
+    dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
+    want.update(dx=dx, dh0=dh0, dc0=dc0, **grads)
+
+    def cast(a):
+        return None if a is None else a.astype(dtype)
+
+    packed = pack_lstm_cpu(*map(cast, cell))
+    yk, hk, ck, cache_k = lstm_forward_cpu(cast(x), packed, cast(h0), cast(c0), lengths,
+                                           reverse, training=True, h_mask=cast(mask))
+    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(cast(dy), cast(dh_n), cast(dc_n), cache_k,
+                                                 packed)
+    got = dict(y=yk, h=hk, c=ck, dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
+    assert set(got) == set(want)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    for k in want:
+        assert got[k].dtype == dtype, k
+        assert_close(got[k], want[k], rtol if k in "yhc" else 5 * rtol, k)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_layer_draws_one_mask_per_sequence_when_training(rng, backend):
+    p = 0.4
+    lstm = numlstm.LSTM(3, 5, num_layers=2, bidirectional=True, recurrent_dropout=p,
+                        backend=backend, dtype=np.float64, seed=7)
+    plain = numlstm.LSTM(3, 5, num_layers=2, bidirectional=True, backend="numpy",
+                         dtype=np.float64, seed=7)
+    x = rng.standard_normal((6, 4, 3))
+    assert_close(lstm(x)[0], plain(x)[0], 1e-12, "inference is the plain layer")
+    # The masks the layer draws: one [B,H] per layer and direction, from its dropout
+    # generator, in the order it runs them.
+    gen = np.random.default_rng()
+    gen.bit_generator.state = lstm._drop_rng.bit_generator.state
+    masks = [(gen.random((4, 5)) >= p) / (1 - p) for _ in range(4)]
+    y, (h, c) = lstm(x, training=True)
+    # The same forward by hand, layer by layer, with those masks
+    inp, k = x, 0
+    for l in range(2):
+        outs = []
+        for d in range(2):
+            suffix = f"_l{l}" + ("_reverse" if d else "")
+            cell = [lstm.params[n + suffix] for n in ("weight_ih", "weight_hh", "bias_ih",
+                                                      "bias_hh")]
+            out, *_ = lstm_forward_ref(inp, *cell, np.zeros((4, 5)), np.zeros((4, 5)),
+                                       reverse=d == 1, h_mask=masks[k])
+            outs.append(out)
+            k += 1
+        inp = np.concatenate(outs, axis=2)
+    assert_close(y, inp, 1e-12, "y with the layer's masks")
+    assert rel_err(y, plain(x)[0]) > 1e-3  # the dropout bites
+    dx, _ = lstm.backward(np.ones_like(y))
+    assert np.isfinite(dx).all()
+
+
+def test_options_and_refusals(rng, tmp_path):
+    for bad, err in ((1.0, ValueError), (-0.1, ValueError), ("0.2", TypeError)):
+        with pytest.raises(err, match="recurrent_dropout"):
+            numlstm.LSTM(3, 4, recurrent_dropout=bad)
+    with pytest.raises(ValueError, match="recurrent_dropout: only the LSTM"):
+        numlstm.GRU(3, 4, recurrent_dropout=0.2)
+    lstm = numlstm.LSTM(3, 4, recurrent_dropout=0.25, seed=0)
+    assert "recurrent_dropout=0.25" in repr(lstm)
+    model = numlstm.Sequential([lstm])
+    model.save(tmp_path / "ck")
+    assert numlstm.load_checkpoint(tmp_path / "ck").model.layers[0].recurrent_dropout == 0.25
+    cuda = numlstm.LSTM(3, 4, recurrent_dropout=0.25, backend="cuda", seed=0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    with pytest.raises(NotImplementedError, match="recurrent_dropout.*backend='cpu'"):
+        cuda(x, training=True)
+    y, _ = cuda(x)  # inference runs the plain kernels
+    assert y.shape == (5, 2, 4)
