@@ -257,6 +257,10 @@ class Group:
 
 
 _WORLD = None
+# How many processes MPICH's launcher (PMI) and Open MPI's say they started: a process
+# that MPI calls the only rank while its launcher started more was launched by
+# another MPI's mpiexec, and would train alone and write over the others' files.
+_LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
 
 def mpi():
@@ -267,6 +271,14 @@ def mpi():
     global _WORLD
     if _WORLD is None:
         group = Group()
+        launched = {v: os.environ[v] for v in _LAUNCHER_SIZES if v in os.environ}
+        if group.size == 1 and any(n != "1" for n in launched.values()):
+            var, n = next(iter(launched.items()))
+            raise MPIUnavailable(f"the launcher started {n} processes ({var}={n}) but the "
+                                 f"MPI library that mpi4py loaded sees this one alone: "
+                                 f"that mpiexec belongs to another MPI; launch with the one "
+                                 f"installed beside this Python "
+                                 f"({os.path.join(os.path.dirname(sys.executable), 'mpiexec')})")
         if "NUMBA_NUM_THREADS" not in os.environ:
             import numba
             numba.set_num_threads(min(group.threads(), numba.config.NUMBA_NUM_THREADS))
