@@ -11,6 +11,8 @@ they must run.
 import importlib.util
 import json
 import os
+import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -417,3 +419,35 @@ def test_user_code_that_fails_on_one_rank_stops_the_job(tmp_path):
     assert "ValueError: user code failed on rank 1" in proc.stderr  # the traceback
     assert "numlstm: rank 1 of 2 failed: ValueError: user code failed on rank 1; stopping " \
            "all 2 ranks" in proc.stderr
+
+
+@needs_mpi
+def test_the_readme_script_runs_on_two_ranks(tmp_path):
+    """The README's MPI example (a ```py block, which tests/test_readme.py leaves to
+    this file), as its comment says to run it."""
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```py\n(.*?)```", readme, flags=re.S)
+    assert len(blocks) == 1 and "distributed=" in blocks[0]
+    (tmp_path / "train_mpi.py").write_text(blocks[0])
+    proc, _ = _mpiexec(["-n", "2", sys.executable, "train_mpi.py"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("2 ranks: loss ") == 1, proc.stdout  # rank 0 alone prints
+    assert numlstm.load_checkpoint(tmp_path / "model.npz").model.count_params() > 0
+
+
+@needs_mpi
+def test_another_mpis_launcher_is_refused(tmp_path):
+    """A process that its launcher counts as one of 2 (MPICH's PMI_SIZE) while MPI sees
+    it alone: started by another MPI's mpiexec, it would train alone and overwrite the
+    others' files."""
+    (tmp_path / "a.txt").write_text("hello world " * 20)
+    if not HAVE_MPI:
+        pytest.fail("NUMLSTM_REQUIRE_MPI=1 but mpi4py or mpiexec is missing")
+    proc = subprocess.run([sys.executable, "-m", "numlstm", "train", "--text", "a.txt",
+                           "--distributed", "mpi", "--quiet"], cwd=tmp_path, timeout=TIMEOUT,
+                          capture_output=True, text=True, env={**os.environ, "PMI_SIZE": "2"})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("numlstm train: --distributed mpi: the launcher started 2 "
+                                "processes (PMI_SIZE=2) but the MPI library"), proc.stderr
+    assert not (tmp_path / "runs").exists()
