@@ -170,14 +170,14 @@ class Group:
         """The sum of a float over the ranks, on every rank."""
         return float(self.comm.allreduce(float(value), op=self._MPI.SUM))
 
-    def check_same(self, what, value):
+    def check_same(self, what, value, hint="every rank must be started alike"):
         """RanksDiffer (a ValueError) on every rank unless every rank passed an equal
-        `value`; `what` names it in the message."""
+        `value`; `what` names it in the message, `hint` says what to do."""
         values = self.allgather(value)
         odd = [r for r, v in enumerate(values) if v != values[0]]
         if odd:
             raise RanksDiffer(f"{what} differs between ranks: rank {odd[0]}'s is not rank "
-                             f"0's; every rank must be started alike")
+                              f"0's; {hint}")
 
     def shard(self, n):
         """(start, stop): this rank's rows of a batch of n."""
@@ -190,9 +190,12 @@ class Group:
     # -- a model -------------------------------------------------------------------------
     def start(self, model, x=None, y=None, lengths=None):
         """Make every rank's model rank 0's (weights, optimizer state, random
-        generators) and check that every rank holds the same data (x, y, lengths).
-        The first distributed train_step or fit of a model does this, and again after
-        compile gives it a new optimizer."""
+        generators) and check that every rank holds the same data (x, y, lengths),
+        once per model and optimizer: the first distributed fit, train_step or
+        evaluate of a model does this (with its data: fit's whole training set,
+        train_step's first batch), and again after compile gives it a new optimizer."""
+        if model in self._started and self._started[model] is model.optimizer:
+            return
         with self.alone():
             stateful = [l.name for l in model.layers if getattr(l, "stateful", False)]
             if stateful:
@@ -200,7 +203,8 @@ class Group:
                                  f"carry each batch row's state into the next batch, and "
                                  f"the ranks split the rows; use stateful=False")
             digest = _digest(x, y, lengths)
-        self.check_same("the data (x, y, lengths)", digest)
+        self.check_same("the data (x, y, lengths)", digest,
+                        "every rank passes the same data and takes its own rows of it")
         state = None
         if self.root:
             opt = model.optimizer.state_dict() if model.optimizer is not None else None
@@ -220,9 +224,7 @@ class Group:
         into each layer's `grads` -> the whole batch's loss."""
         with self.alone():
             x, y, lengths = model._check_data(x, y, lengths)
-            new = self._started.get(model) is not model.optimizer
-        if new:
-            self.start(model, x, y, lengths)
+        self.start(model, x, y, lengths)
         with self.alone():
             model.zero_grad()
             value = model._loss_and_grads(x, y, lengths, rows=self.shard(len(x)))

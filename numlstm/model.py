@@ -436,16 +436,19 @@ class Sequential:
 
         distributed: None, "mpi" or a numlstm.distributed.Group: every rank passes
         the same data and evaluates every N-th batch; the sum over the ranks gives
-        every rank the one-process number (up to float summation order)."""
+        every rank the one-process number (up to float summation order). A model
+        that no distributed call has used yet takes rank 0's weights first."""
         self._need_compiled("evaluate")
         group = _group(distributed)
         with _alone(group):
             _check_count(batch_size, "batch_size")
             x, y, lengths = self._check_data(x, y, lengths)
             n, batch_size = len(x), int(batch_size)
-            starts = range(0, n, batch_size)
-            if group is not None:
-                starts = starts[group.rank::group.size]
+        starts = range(0, n, batch_size)
+        if group is not None:
+            group.start(self, x, y, lengths)
+            starts = starts[group.rank::group.size]
+        with _alone(group):
             total = 0.0
             for i in starts:
                 lens = None if lengths is None else lengths[i:i + batch_size]
