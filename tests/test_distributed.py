@@ -309,7 +309,9 @@ def test_train_help_describes_distributed(capsys):
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The character model trained by one process, plain (no MPI): 10 steps, and 5
-    steps to resume from."""
+    steps to resume from. Every test under mpiexec asks for it, so that the kernels
+    are compiled and cached here first and the ranks load them rather than compile
+    them both at once."""
     base = tmp_path_factory.mktemp("one")
     rng = np.random.default_rng(2024)
     words = ["lstm", "gate", "cell", "state", "hidden", "forget", "of", "the", "Numba"]
@@ -390,7 +392,7 @@ def test_ranks_started_with_different_options_are_refused(one_process, tmp_path)
 
 
 @needs_mpi
-def test_fit_on_two_ranks_matches_one_process(tmp_path):
+def test_fit_on_two_ranks_matches_one_process(one_process, tmp_path):
     script = tmp_path / "fit.py"
     script.write_text(FIT_SCRIPT)
     proc, _ = _mpiexec(["-n", "2", sys.executable, str(script), str(tmp_path)], tmp_path)
@@ -410,7 +412,7 @@ def test_fit_on_two_ranks_matches_one_process(tmp_path):
 
 
 @needs_mpi
-def test_user_code_that_fails_on_one_rank_stops_the_job(tmp_path):
+def test_user_code_that_fails_on_one_rank_stops_the_job(one_process, tmp_path):
     script = tmp_path / "fit.py"
     script.write_text(FIT_SCRIPT)
     proc, _ = _mpiexec(["-n", "2", sys.executable, str(script), str(tmp_path), "fail"],
@@ -422,7 +424,7 @@ def test_user_code_that_fails_on_one_rank_stops_the_job(tmp_path):
 
 
 @needs_mpi
-def test_the_readme_script_runs_on_two_ranks(tmp_path):
+def test_the_readme_script_runs_on_two_ranks(one_process, tmp_path):
     """The README's MPI example (a ```py block, which tests/test_readme.py leaves to
     this file), as its comment says to run it."""
     readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
