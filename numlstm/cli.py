@@ -3,7 +3,8 @@
     numlstm train    train a model on a CPU (with no arguments: a forecaster of the
                      embedded Mauna Loa CO2 record); --text FILE: a character model;
                      --csv FILE --column NAME: your own series; --task adding: the
-                     adding problem
+                     adding problem; under `mpiexec -n N` with --distributed mpi:
+                     on N processes or machines
     numlstm generate continue a prompt with a trained character model
     numlstm demo     build a stacked bidirectional LSTM, run a training forward and
                      backward on random data, check the CPU kernels against the NumPy
@@ -14,6 +15,7 @@
                      --step: one streaming step; --parity: errors against torch)
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -154,7 +156,18 @@ def _train(args):
         raise train.UsageError("--csv goes with the forecast task, not --task adding")
     run = {"forecast": train.run_forecast, "text": train.run_text,
            "adding": train.run_adding}[task]
-    run(args)
+    group = args.group
+    if group is None:
+        run(args)
+        return 0
+    options = {k: v for k, v in vars(args).items() if k not in ("run", "group")}
+    train._agree(args, "the command line", sorted(options.items()))
+    if group.root:
+        run(args)
+        return 0
+    args.verbose = False  # rank 0 alone shows progress and prints
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+        run(args)
     return 0
 
 
@@ -284,6 +297,14 @@ def _add_train_parser(sub):
                         "skip that step's update")
     r.add_argument("--quiet", dest="verbose", action="store_false",
                    help="no progress bar")
+    d = p.add_argument_group("several processes or machines")
+    d.add_argument("--distributed", choices=["mpi"],
+                   help="mpi: data-parallel training over MPI, launched as `mpiexec -n N "
+                        "numlstm train ... --distributed mpi`: each of the N ranks trains "
+                        "on 1/N of every batch and the gradients are averaged, so N ranks "
+                        "end where one process would; rank 0 alone writes the run folder; "
+                        "a rank that fails stops them all. Needs pip install "
+                        "\"numlstm[mpi]\" (mpi4py and MPICH)")
     p.set_defaults(run=_train)
 
 
@@ -380,20 +401,38 @@ def main(argv=None):
                 setattr(args, key, value)
         if args.clip_norm < 0 or args.dropout < 0 or args.dropout >= 1:
             parser.error("--clip-norm must be >= 0 and --dropout in [0, 1)")
+    from .distributed import RanksDiffer
     from .optim import NonFiniteError
     from .train import UsageError
+    group = None
     try:
+        if args.command == "train":
+            args.group = group = _group(args.distributed)
         return args.run(args)
-    except UsageError as err:
-        print(f"numlstm {args.command}: {err}", file=sys.stderr)
-        return 2
+    except (UsageError, RanksDiffer) as err:  # (RanksDiffer: every rank's, alike)
+        message, code = str(err), 2
     except MemoryError as err:  # a training cache that cannot fit, refused up front
-        print(f"numlstm {args.command}: {err}", file=sys.stderr)
-        return 2
+        message, code = str(err), 2
     except NonFiniteError as err:
-        print(f"numlstm {args.command}: stopped: {err}; the last checkpoint is as it was "
-              f"(--resume from it, or pass --on-nan skip)", file=sys.stderr)
-        return 3
+        message, code = (f"stopped: {err}; the last checkpoint is as it was (--resume from "
+                         f"it, or pass --on-nan skip)"), 3
+    if group is not None and group.size > 1:
+        group.fail(message, code)  # the other ranks may be waiting: stop them all
+    print(f"numlstm {args.command}: {message}", file=sys.stderr)
+    return code
+
+
+def _group(distributed):
+    """The numlstm.distributed.Group that --distributed names, or None; a UsageError
+    when mpi4py or MPI cannot be loaded."""
+    if distributed is None:
+        return None
+    from .distributed import MPIUnavailable, mpi
+    from .train import UsageError
+    try:
+        return mpi()
+    except MPIUnavailable as err:
+        raise UsageError(f"--distributed {distributed}: {err}") from None
 
 
 if __name__ == "__main__":

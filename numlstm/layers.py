@@ -45,6 +45,19 @@ def _host(value):
     return value
 
 
+def _keep_mask(rng, shape, p, batch_rows=None, axis=0):
+    """Dropout's keep mask (True: kept) for an array of `shape` whose batch is `axis`;
+    with batch_rows = (B_total, start), the mask of the B_total-row batch that this
+    array is rows start.. of (the generator advances as for the whole batch)."""
+    if batch_rows is None:
+        return rng.random(shape) >= p
+    total, start = batch_rows
+    full = list(shape)
+    full[axis] = total
+    rows = np.arange(start, start + shape[axis])
+    return np.take(rng.random(full), rows, axis=axis) >= p
+
+
 class Layer:
     """What a layer offers a Sequential model (and an optimizer).
 
@@ -58,8 +71,14 @@ class Layer:
                               unknown size), ValueError when the input does not fit
         updating()            a context in which `params` may be changed in place
         get_config()          the constructor's arguments, JSON-serialisable
+
+    batch_rows: None, or (B_total, start) while the layer runs on rows start.. of a
+    larger batch of B_total rows (set by Sequential for data-parallel training):
+    dropout then draws the whole batch's mask and keeps these rows, so that each
+    part is masked exactly as one process masks the whole batch.
     """
     name = None
+    batch_rows = None
 
     @property
     def params(self):
@@ -531,7 +550,8 @@ class _Recurrent(Layer):
             if not last:
                 out = outs[0] if D == 1 else ops.concat(outs)
                 if training and self.dropout > 0:
-                    keep = self._drop_rng.random(out.shape) >= self.dropout
+                    keep = _keep_mask(self._drop_rng, out.shape, self.dropout,
+                                      self.batch_rows, axis=1)  # out is [T,B,D*H]
                     mask = ops.from_host(keep.astype(self.dtype) /
                                          self.dtype.type(1.0 - self.dropout))
                     out = ops.mul(out, mask)
@@ -1217,7 +1237,7 @@ class Dropout(Layer):
             self._mask = np.ones((), x.dtype) if training else None
             self._shape = x.shape
             return x
-        keep = self._drop_rng.random(x.shape) >= self.p
+        keep = _keep_mask(self._drop_rng, x.shape, self.p, self.batch_rows)
         self._mask = keep.astype(x.dtype) / x.dtype.type(1 - self.p)
         self._shape = x.shape
         return x * self._mask

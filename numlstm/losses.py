@@ -8,6 +8,11 @@
 Each loss offers value_and_grad(pred, target) -> (float, grad), with grad of
 pred's shape and float dtype, and __call__(pred, target) -> float. Both reduce
 with a mean, as torch's losses do with reduction="mean".
+
+A mean splits over parts of a batch: terms(target) counts what the mean divides
+by, and value_and_grad(part_pred, part_target, count=loss.terms(target)) gives a
+part's share, so the parts' values and gradients sum to the whole batch's (how
+data-parallel training, numlstm.distributed, gets one process's gradient from N).
 """
 import numbers
 
@@ -17,7 +22,11 @@ import numpy as np
 class Loss:
     """Base class: value_and_grad, __call__ (the value alone) and get_config."""
 
-    def value_and_grad(self, pred, target):
+    def value_and_grad(self, pred, target, count=None):
+        raise NotImplementedError
+
+    def terms(self, target):
+        """How many terms the mean over target divides by."""
         raise NotImplementedError
 
     def check_target(self, target, pred_shape):
@@ -36,6 +45,17 @@ class Loss:
         return f"{type(self).__name__}({args})"
 
 
+def _count(count, default):
+    """The divisor of a mean: default (this batch's own count) or the given count of
+    the whole batch that this one is a part of."""
+    if count is None:
+        return default
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < default:
+        raise ValueError(f"count: expected an integer >= {default} (the whole batch's "
+                         f"count of terms, this part's included), got {count!r}")
+    return int(count)
+
+
 def _array(name, value, kinds, expected):
     arr = np.asarray(value)
     if arr.dtype.kind not in kinds:
@@ -47,7 +67,11 @@ class MSELoss(Loss):
     """Mean squared error, mean((pred - target)**2) over all elements, as torch's
     MSELoss(reduction="mean"). pred and target: real arrays of one shape, any
     shape with at least one element. The value is computed in float64; the grad,
-    2 * (pred - target) / size, has pred's dtype (float64 for an integer pred)."""
+    2 * (pred - target) / size, has pred's dtype (float64 for an integer pred).
+    count: divide by this instead of size (see the module's note on parts)."""
+
+    def terms(self, target):
+        return int(np.size(target))
 
     def check_target(self, target, pred_shape):
         target = _array("target", target, "fiu", "a real numeric array")
@@ -56,14 +80,15 @@ class MSELoss(Loss):
                              f"{target.shape}")
         return target
 
-    def value_and_grad(self, pred, target):
+    def value_and_grad(self, pred, target, count=None):
         pred = _array("pred", pred, "fiu", "a real numeric array")
         target = self.check_target(target, pred.shape)
         if pred.size == 0:
             raise ValueError("pred: expected at least one element (the mean of none is undefined)")
+        n = _count(count, pred.size)
         diff = pred.astype(np.float64) - target
-        value = float(np.mean(np.square(diff)))
-        diff *= 2.0 / diff.size
+        value = float(np.sum(np.square(diff)) / n)
+        diff *= 2.0 / n
         dtype = pred.dtype if pred.dtype.kind == "f" else np.float64
         return value, diff.astype(dtype, copy=False)
 
@@ -81,6 +106,7 @@ class CrossEntropyLoss(Loss):
 
     When every position is ignored (or there are none) the value is 0.0 and the
     grad zero, where torch returns nan: nothing to learn from is not an error.
+    count: divide by this instead of n_valid (see the module's note on parts).
     """
 
     def __init__(self, ignore_index=-100):
@@ -108,15 +134,18 @@ class CrossEntropyLoss(Loss):
                              f"{self.ignore_index}, got {t[bad][0]}")
         return target
 
-    def value_and_grad(self, pred, target):
+    def terms(self, target):
+        return int(np.count_nonzero(np.asarray(target) != self.ignore_index))
+
+    def value_and_grad(self, pred, target, count=None):
         pred = _array("pred", pred, "f", "float logits [..., C]")
         target = self.check_target(target, pred.shape)
         C = pred.shape[-1]
         t = target.reshape(-1)
         valid = t != self.ignore_index
         rows = np.flatnonzero(valid)
-        n = rows.size
-        if n == 0:
+        n = _count(count, rows.size)
+        if rows.size == 0:
             return 0.0, np.zeros_like(pred)
         cls = t[rows].astype(np.intp)
         z = pred.reshape(-1, C).astype(np.float64)

@@ -274,26 +274,62 @@ class Sequential:
         if self.loss is None:
             raise RuntimeError(f"{what}: call model.compile(optimizer=..., loss=...) first")
 
-    def train_step(self, x, y, lengths=None):
+    def train_step(self, x, y, lengths=None, distributed=None):
         """One update on one batch: forward, loss, backward, optimizer step -> loss.
 
         A NaN or infinite loss or gradient changes nothing; it raises NonFiniteError
-        or is skipped, as compile(on_nonfinite=) says."""
+        or is skipped, as compile(on_nonfinite=) says.
+
+        distributed: None, "mpi" or a numlstm.distributed.Group. Every rank passes
+        the same batch, trains on its own rows of it, and the gradients are summed
+        over the ranks, so that every rank makes the update one process makes on the
+        whole batch (up to float summation order) and gets the whole batch's loss.
+        The first such step makes every rank's model rank 0's (numlstm.distributed)."""
         self._need_compiled("train_step")
-        x, y, lengths = self._check_data(x, y, lengths)
-        self.zero_grad()
-        out = self.forward(x, training=True, lengths=lengths)
-        value, grad = self.loss.value_and_grad(out, y)
+        group = _group(distributed)
+        if group is None:
+            x, y, lengths = self._check_data(x, y, lengths)
+            self.zero_grad()
+            value = self._loss_and_grads(x, y, lengths)
+        else:
+            value = group.gradients(self, x, y, lengths)
         try:
             if not np.isfinite(value):
                 raise NonFiniteError(f"update {self.optimizer.steps + 1}: the loss is "
                                      f"{value}; no parameter was changed")
-            self.backward(grad)
             self.step_optimizer()
         except NonFiniteError:
             if self.on_nonfinite == "raise":
                 raise
             self.skipped_steps += 1
+        return value
+
+    def _loss_and_grads(self, x, y, lengths=None, rows=None):
+        """Forward and backward of a checked batch -> the loss; the gradients are added
+        to each layer's `grads` (not when the loss is NaN or infinite).
+
+        rows=(start, stop): only those rows, as one part of data-parallel training:
+        the loss is divided by the whole batch's count of terms and dropout masks are
+        the whole batch's rows, so the parts' losses and gradients sum to the whole's."""
+        if rows is None:
+            out = self.forward(x, training=True, lengths=lengths)
+            value, grad = self.loss.value_and_grad(out, y)
+        else:
+            start, stop = rows
+            if start == stop:
+                return 0.0
+            part = slice(start, stop)
+            for layer in self.layers:
+                layer.batch_rows = (len(x), start)
+            try:
+                out = self.forward(x[part], training=True,
+                                   lengths=None if lengths is None else lengths[part])
+            finally:
+                for layer in self.layers:
+                    layer.batch_rows = None
+            value, grad = self.loss.value_and_grad(out, y[part], count=self.loss.terms(y))
+        if np.isfinite(value):
+            self.backward(grad)
         return value
 
     def step_optimizer(self):
@@ -307,7 +343,7 @@ class Sequential:
             return self.optimizer.step(triples)
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
-            verbose=1, lengths=None, initial_epoch=0, on_epoch_end=None):
+            verbose=1, lengths=None, initial_epoch=0, on_epoch_end=None, distributed=None):
         """Train for `epochs` passes over (x, y) in batches; returns the history,
         {"loss": [per epoch], "val_loss": [...] (with validation_data), "tokens_per_s":
         [...]}. verbose=1 shows a progress bar per epoch (loss, tokens/s).
@@ -316,25 +352,25 @@ class Sequential:
         run resumed after k epochs passes initial_epoch=k and the same `epochs`).
         on_epoch_end: called as on_epoch_end(epoch, history) after each epoch, e.g.
         to write a checkpoint. Batches skipped for a non-finite loss (compile's
-        on_nonfinite="skip") are left out of the epoch's mean loss."""
+        on_nonfinite="skip") are left out of the epoch's mean loss.
+
+        distributed: None, "mpi" or a numlstm.distributed.Group: data-parallel
+        training under an MPI launcher (`mpiexec -n N python script.py`). Every rank
+        calls fit with the same data; the model starts as rank 0's, the ranks shuffle
+        alike, each trains on its rows of every batch (see train_step), validation
+        batches are shared out, and every rank returns the same history and ends
+        with the same weights (checked). on_epoch_end runs on every rank: write files
+        from rank 0 only (group.root). verbose shows rank 0's bar alone."""
         self._need_compiled("fit")
-        epochs = _check_count(epochs, "epochs")
-        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
-                or not 0 <= initial_epoch <= epochs:
-            raise ValueError(f"initial_epoch: expected an integer in [0, epochs={epochs}], "
-                             f"got {initial_epoch!r}")
-        if on_epoch_end is not None and not callable(on_epoch_end):
-            raise TypeError(f"on_epoch_end: expected a callable, got {on_epoch_end!r}")
-        _check_count(batch_size, "batch_size")
-        x, y, lengths = self._check_data(x, y, lengths)
+        group = _group(distributed)
+        with _alone(group):
+            epochs, x, y, lengths, validation_data = self._check_fit(
+                x, y, epochs, batch_size, validation_data, lengths, initial_epoch,
+                on_epoch_end)
         n, batch_size = len(x), int(batch_size)
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data: expected a pair (x_val, y_val), got "
-                                 f"{type(validation_data).__name__}"
-                                 + (f" of {len(validation_data)}"
-                                    if isinstance(validation_data, (tuple, list)) else ""))
-            validation_data = self._check_data(*validation_data, what="validation ")[:2]
+        if group is not None:
+            group.start(self, x, y, lengths)
+            verbose = verbose and group.root
         history = {"loss": [], "tokens_per_s": []}
         if validation_data is not None:
             history["val_loss"] = []
@@ -346,7 +382,7 @@ class Sequential:
             t0 = time.perf_counter()
             for idx in batches:
                 lens = None if lengths is None else lengths[idx]
-                loss = self.train_step(x[idx], y[idx], lens)
+                loss = self.train_step(x[idx], y[idx], lens, distributed=group)
                 if np.isfinite(loss):
                     total += loss * len(idx)
                     seen += len(idx)
@@ -360,27 +396,66 @@ class Sequential:
             history["tokens_per_s"].append(tokens / (time.perf_counter() - t0))
             if validation_data is not None:
                 history["val_loss"].append(self.evaluate(*validation_data,
-                                                         batch_size=batch_size))
+                                                         batch_size=batch_size,
+                                                         distributed=group))
                 if bar is not None:
                     bar.set_postfix(loss=f"{history['loss'][-1]:.4f}",
                                     val_loss=f"{history['val_loss'][-1]:.4f}")
             if bar is not None:
                 bar.close()
             if on_epoch_end is not None:
-                on_epoch_end(epoch, history)
+                with _alone(group):
+                    on_epoch_end(epoch, history)
+        if group is not None:
+            group.check_weights(self)
         return history
 
-    def evaluate(self, x, y, batch_size=256, lengths=None):
-        """The loss over (x, y), averaged over samples (no training)."""
-        self._need_compiled("evaluate")
+    def _check_fit(self, x, y, epochs, batch_size, validation_data, lengths, initial_epoch,
+                   on_epoch_end):
+        """fit's arguments, checked -> epochs, x, y, lengths, validation_data."""
+        epochs = _check_count(epochs, "epochs")
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
+                or not 0 <= initial_epoch <= epochs:
+            raise ValueError(f"initial_epoch: expected an integer in [0, epochs={epochs}], "
+                             f"got {initial_epoch!r}")
+        if on_epoch_end is not None and not callable(on_epoch_end):
+            raise TypeError(f"on_epoch_end: expected a callable, got {on_epoch_end!r}")
         _check_count(batch_size, "batch_size")
         x, y, lengths = self._check_data(x, y, lengths)
-        n, batch_size = len(x), int(batch_size)
-        total = 0.0
-        for i in range(0, n, batch_size):
-            lens = None if lengths is None else lengths[i:i + batch_size]
-            out = self.forward(x[i:i + batch_size], lengths=lens)
-            total += self.loss(out, y[i:i + batch_size]) * len(out)
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data: expected a pair (x_val, y_val), got "
+                                 f"{type(validation_data).__name__}"
+                                 + (f" of {len(validation_data)}"
+                                    if isinstance(validation_data, (tuple, list)) else ""))
+            validation_data = self._check_data(*validation_data, what="validation ")[:2]
+        return epochs, x, y, lengths, validation_data
+
+    def evaluate(self, x, y, batch_size=256, lengths=None, distributed=None):
+        """The loss over (x, y), averaged over samples (no training).
+
+        distributed: None, "mpi" or a numlstm.distributed.Group: every rank passes
+        the same data and evaluates every N-th batch; the sum over the ranks gives
+        every rank the one-process number (up to float summation order). A model
+        that no distributed call has used yet takes rank 0's weights first."""
+        self._need_compiled("evaluate")
+        group = _group(distributed)
+        with _alone(group):
+            _check_count(batch_size, "batch_size")
+            x, y, lengths = self._check_data(x, y, lengths)
+            n, batch_size = len(x), int(batch_size)
+        starts = range(0, n, batch_size)
+        if group is not None:
+            group.start(self, x, y, lengths)
+            starts = starts[group.rank::group.size]
+        with _alone(group):
+            total = 0.0
+            for i in starts:
+                lens = None if lengths is None else lengths[i:i + batch_size]
+                out = self.forward(x[i:i + batch_size], lengths=lens)
+                total += self.loss(out, y[i:i + batch_size]) * len(out)
+        if group is not None:
+            total = group.sum(total)
         return total / n
 
     def predict(self, x, batch_size=None, lengths=None):
@@ -410,6 +485,19 @@ class Sequential:
         for layer in self.layers:
             if layer.name in states:
                 layer.set_rng_state(states[layer.name])
+
+
+def _group(distributed):
+    """None, or the numlstm.distributed.Group that `distributed` names."""
+    if distributed is None:
+        return None
+    from .distributed import resolve
+    return resolve(distributed)
+
+
+def _alone(group):
+    """Work of one rank between collective calls (see Group.alone)."""
+    return contextlib.nullcontext() if group is None else group.alone()
 
 
 def _check_count(value, what):

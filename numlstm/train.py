@@ -8,8 +8,13 @@
 Each task writes into its run folder metrics.json, checkpoint.npz and PNG plots,
 and returns the metrics. Errors a user can fix (a missing file, a bad column)
 are raised as UsageError, which the command prints as one line.
+
+With --distributed mpi (args.group, a numlstm.distributed.Group) every rank runs
+the same task on the same data, draws the same batches and trains on its rows of
+each (numlstm.distributed); rank 0 alone chooses and writes the run folder.
 """
 import csv
+import hashlib
 import json
 import math
 import os
@@ -97,10 +102,40 @@ def task_checkpoint(path, flag, task, other, fallback=False, missing_ok=False):
 
 def run_dir(args, task):
     """--out, else the folder being resumed (a resumed run goes on where it was), else
-    a new runs/<task>-<time> folder."""
+    a new runs/<task>-<time> folder. Over MPI rank 0 alone makes it and tells the
+    others its name."""
+    group = args.group
+    if group is not None and not group.root:
+        return group.bcast(None)
     if args.out is None and args.resume and os.path.isdir(args.resume):
-        return make_run_dir(args.resume, task)
-    return make_run_dir(args.out, task)
+        out = make_run_dir(args.resume, task)
+    else:
+        out = make_run_dir(args.out, task)
+    return out if group is None else group.bcast(out)
+
+
+def _writes(args):
+    """Whether this process writes the run's files: rank 0 over MPI, else always."""
+    return args.group is None or args.group.root
+
+
+def _agree(args, what, *values):
+    """Over MPI, numlstm.distributed.RanksDiffer on every rank unless every rank holds
+    the same values (the data, the step a resumed run starts at, ...): ranks that drew
+    different batches would train different models, and ranks that stop at different
+    steps would wait for each other for ever."""
+    if args.group is not None:
+        h = hashlib.sha256()
+        for v in values:
+            h.update((v if isinstance(v, bytes) else str(v).encode()) + b"\0")
+        args.group.check_same(what, h.hexdigest())
+
+
+def _ranks(args):
+    """metrics.json's record of how the run was spread: ranks and threads per rank."""
+    import numba
+    return {"ranks": 1 if args.group is None else args.group.size,
+            "threads_per_rank": numba.get_num_threads()}
 
 
 def _compile(model, loss, args, steps, resumed=None):
@@ -224,8 +259,9 @@ def run_forecast(args):
             seed=int(seeds[2]))
         history = {"loss": [], "tokens_per_s": [], "val_loss": []}
     _compile(model, "mse", args, steps, resumed)
-    out = run_dir(args, "forecast")
     done = len(history["loss"])
+    _agree(args, "the series and the epoch to start at", series.tobytes(), done)
+    out = run_dir(args, "forecast")
     print(f"forecasting {name}: {n} values, window {window}, horizon {horizon}, "
           f"{len(x_tr)} training windows, {len(x_va)} validation origins -> {out}"
           + (f" (resuming after epoch {done})" if resumed else ""))
@@ -235,14 +271,15 @@ def run_forecast(args):
     def checkpoint(epoch, new):
         for key in history:
             history[key].append(new[key][-1])
-        save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
-                        step=model.optimizer.steps, extra={**extra, "history": history})
+        if _writes(args):
+            save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
+                            step=model.optimizer.steps, extra={**extra, "history": history})
 
     t0 = time.perf_counter()
     if done < epochs:
         model.fit(x_tr, y_tr, epochs=epochs, initial_epoch=done, batch_size=args.batch_size,
                   validation_data=(x_va, y_va), verbose=args.verbose,
-                  on_epoch_end=checkpoint)
+                  on_epoch_end=checkpoint, distributed=args.group)
     train_seconds = time.perf_counter() - t0
 
     pred = model.predict(x_va, batch_size=512) * scale + series[val_origins][:, None]
@@ -262,7 +299,9 @@ def run_forecast(args):
         "train_seconds": train_seconds,
         "tokens_per_second": float(np.median(history["tokens_per_s"])),
         "final_loss": history["loss"][-1], "final_val_loss": history["val_loss"][-1],
-        "skipped_steps": model.skipped_steps, "seed": args.seed}
+        "skipped_steps": model.skipped_steps, "seed": args.seed, **_ranks(args)}
+    if not _writes(args):
+        return metrics
     write_json(os.path.join(out, "metrics.json"), metrics)
     ep = list(range(1, epochs + 1))
     plot.loss_curve(os.path.join(out, "loss.png"),
@@ -326,15 +365,16 @@ def sample_batch(ids, rng, batch, seq_len):
     return ids[idx], ids[idx + 1]
 
 
-def bits_per_char(model, ids, seq_len, batch=64):
-    """Mean cross-entropy over the text in consecutive windows of seq_len, in bits."""
+def bits_per_char(model, ids, seq_len, batch=64, distributed=None):
+    """Mean cross-entropy over the text in consecutive windows of seq_len, in bits
+    (distributed: the ranks share the windows out, see Sequential.evaluate)."""
     n = (len(ids) - 1) // seq_len
     if n < 1:
         raise UsageError(f"the validation text has {len(ids)} characters, fewer than "
                          f"--seq-len {seq_len} + 1")
     x = ids[:n * seq_len].reshape(n, seq_len)
     y = ids[1:n * seq_len + 1].reshape(n, seq_len)
-    return model.evaluate(x, y, batch_size=batch) / math.log(2)
+    return model.evaluate(x, y, batch_size=batch, distributed=distributed) / math.log(2)
 
 
 def run_text(args):
@@ -365,6 +405,8 @@ def run_text(args):
         step, losses = 0, []
         data_rng = np.random.default_rng(np.random.SeedSequence(args.seed).spawn(1)[0])
     _compile(model, "cross_entropy", args, steps, resume)
+    _agree(args, "the text and the step to start at", text, step,
+           data_rng.bit_generator.state)
     out = run_dir(args, "text")
     print(f"character model on {args.text}: {len(text):,} characters, vocabulary "
           f"{len(vocab)}, training on {len(train_ids):,}, validating on the last "
@@ -372,10 +414,11 @@ def run_text(args):
     model.summary()
 
     def checkpoint():
-        save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
-                        step=step, extra={"task": "text", "vocab": vocab,
-                                          "data_rng": data_rng.bit_generator.state,
-                                          "losses": losses})
+        if _writes(args):
+            save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
+                            step=step, extra={"task": "text", "vocab": vocab,
+                                              "data_rng": data_rng.bit_generator.state,
+                                              "losses": losses})
 
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, initial=step, desc="training", unit="step",
@@ -383,7 +426,7 @@ def run_text(args):
     tokens, t0, running = 0, time.perf_counter(), None
     while step < steps:
         x, y = sample_batch(train_ids, data_rng, args.batch_size, seq_len)
-        loss = model.train_step(x, y)
+        loss = model.train_step(x, y, distributed=args.group)
         step += 1
         tokens += x.size
         running = loss if running is None else 0.98 * running + 0.02 * loss
@@ -397,8 +440,10 @@ def run_text(args):
             checkpoint()
     bar.close()
     train_seconds = time.perf_counter() - t0
+    if args.group is not None:
+        args.group.check_weights(model)
     checkpoint()
-    val_bpc = bits_per_char(model, val_ids, seq_len)
+    val_bpc = bits_per_char(model, val_ids, seq_len, distributed=args.group)
     counts = np.bincount(train_ids, minlength=len(vocab)) + 1
     p = counts / counts.sum()
     metrics = {"task": "text", "text": os.path.abspath(args.text), "characters": len(text),
@@ -411,7 +456,9 @@ def run_text(args):
                "config": {"embed": args.embed, "hidden": args.hidden or 128,
                           "layers": args.layers or 1, "seq_len": seq_len,
                           "batch_size": args.batch_size, "lr": args.lr,
-                          "clip_norm": args.clip_norm}}
+                          "clip_norm": args.clip_norm}, **_ranks(args)}
+    if not _writes(args):
+        return metrics
     write_json(os.path.join(out, "metrics.json"), metrics)
     if losses:
         s, v = np.array(losses).T
@@ -505,6 +552,7 @@ def run_adding(args):
         step, curve = 0, []
         data_rng = np.random.default_rng(seeds[3])
     _compile(model, "mse", args, steps, resumed)
+    _agree(args, "the step to start at", step, data_rng.bit_generator.state)
     out = run_dir(args, "adding")
     print(f"adding problem: T={T}, {steps} steps of batch {args.batch_size}; always "
           f"answering 1.0 scores MSE {np.mean((y_te - 1) ** 2):.4f} on the test set -> {out}"
@@ -512,33 +560,39 @@ def run_adding(args):
     model.summary()
 
     def checkpoint():
-        save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
-                        step=step, extra={"task": "adding", "T": T, "curve": curve,
-                                          "data_rng": data_rng.bit_generator.state})
+        if _writes(args):
+            save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
+                            step=step, extra={"task": "adding", "T": T, "curve": curve,
+                                              "data_rng": data_rng.bit_generator.state})
 
     from tqdm.auto import tqdm
     t0, start = time.perf_counter(), step
     bar = tqdm(total=steps, initial=step, desc="training", unit="step",
                disable=not args.verbose, dynamic_ncols=True)
     while step < steps:
-        loss = model.train_step(*adding_batch(data_rng, args.batch_size, T))
+        loss = model.train_step(*adding_batch(data_rng, args.batch_size, T),
+                                distributed=args.group)
         step += 1
         bar.update(1)
         if step % 50 == 0 or step == steps:
-            test = model.evaluate(x_te, y_te, batch_size=500)
+            test = model.evaluate(x_te, y_te, batch_size=500, distributed=args.group)
             curve.append((step, loss, test))
             bar.set_postfix(loss=f"{loss:.4f}", test_mse=f"{test:.4f}", refresh=False)
         if args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
             checkpoint()
     bar.close()
     train_seconds = time.perf_counter() - t0
+    if args.group is not None:
+        args.group.check_weights(model)
     checkpoint()
     test_mse = curve[-1][2]
     metrics = {"task": "adding", "T": T, "steps": steps, "batch_size": args.batch_size,
                "test_mse": test_mse, "baseline_mse": float(np.mean((y_te - 1) ** 2)),
                "baseline": "always answering 1.0", "train_seconds": train_seconds,
                "tokens_per_second": (step - start) * args.batch_size * T / train_seconds,
-               "skipped_steps": model.skipped_steps, "seed": args.seed}
+               "skipped_steps": model.skipped_steps, "seed": args.seed, **_ranks(args)}
+    if not _writes(args):
+        return metrics
     write_json(os.path.join(out, "metrics.json"), metrics)
     s, tr, te = np.array(curve).T
     plot.loss_curve(os.path.join(out, "loss.png"),

@@ -201,12 +201,12 @@ def test_the_command_stops_on_nan_and_keeps_the_checkpoint(tmp_path, capsys, mon
     real = Sequential.train_step
     calls = []
 
-    def poisoned(self, x, y, lengths=None):
+    def poisoned(self, x, y, lengths=None, **options):
         calls.append(1)
         if len(calls) == 15:
             x = x.copy()
             x[0, 0, 0] = np.nan
-        return real(self, x, y, lengths)
+        return real(self, x, y, lengths, **options)
 
     monkeypatch.setattr(Sequential, "train_step", poisoned)
     assert main(args) == 3
