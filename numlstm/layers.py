@@ -536,7 +536,8 @@ class _Recurrent(Layer):
                 k = l * D + d
                 h_mask = None
                 if training and self.recurrent_dropout:  # one mask a sequence, held over time
-                    keep = self._drop_rng.random((B, s.out_size)) >= self.recurrent_dropout
+                    keep = _keep_mask(self._drop_rng, (B, s.out_size), self.recurrent_dropout,
+                                      self.batch_rows)
                     h_mask = keep.astype(self.dtype) / self.dtype.type(
                         1.0 - self.recurrent_dropout)
                 y, st, cache = backend.forward(s, cells[k], inp, tuple(p[k] for p in state0),

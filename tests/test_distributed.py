@@ -107,7 +107,8 @@ def fit_case():
     y = rng.integers(0, 11, (46, 12))
     y[rng.random(y.shape) < 0.2] = -100
     model = numlstm.Sequential([numlstm.Embedding(11, 6, seed=0),
-                                numlstm.LSTM(6, 8, num_layers=2, dropout=0.3, seed=1),
+                                numlstm.LSTM(6, 8, num_layers=2, dropout=0.3,
+                                             recurrent_dropout=0.25, seed=1),
                                 numlstm.Dropout(0.2, seed=2), numlstm.Dense(8, 11, seed=3)],
                                seed=4)
     model.compile("adam", "cross_entropy", lr=1e-2, clip_norm=1.0)
