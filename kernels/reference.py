@@ -18,7 +18,8 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     options: proj_size (w_hr [P,H] given) projects the output, h' = W_hr (o * tanh(c'))
     (torch's proj_size: h, y and W_hh's columns have P units, c keeps H); h_mask [B,P]
     multiplies h where it enters the recurrent product, W_hh (h * h_mask), the same
-    mask at every step (recurrent dropout: the layer passes 0 or 1/(1-p)); input_forget couples the two gates, f = 1 - i (ONNX's input_forget;
+    mask at every step (recurrent dropout: the layer passes 0 or 1/(1-p));
+    input_forget couples the two gates, f = 1 - i (ONNX's input_forget;
     the forget gate's own weights are then unused); cell_clip clips c' to
     [-cell_clip, cell_clip] (TensorFlow's cell_clip); gate_clip clips every gate
     pre-activation to [-gate_clip, gate_clip] before its activation (ONNX's clip,

@@ -247,8 +247,9 @@ class _Recurrent(Layer):
         """Every parameter uniform in [-1/sqrt(H), 1/sqrt(H)], as torch initialises
         them; then, as asked, each gate block of weight_hh an orthogonal [H,H] matrix
         (a random rotation: the recurrence neither grows nor shrinks the state at
-        first; [H,P] orthonormal columns with a projection), and the LSTM's forget-gate bias 1.0 (bias_ih's forget block 1,
-        bias_hh's 0: the cell remembers by default, Keras's unit_forget_bias)."""
+        first; [H,P] orthonormal columns with a projection), and the LSTM's forget-gate
+        bias 1.0 (bias_ih's forget block 1, bias_hh's 0: the cell remembers by default,
+        Keras's unit_forget_bias)."""
         H = self.spec.hidden_size
         k = 1.0 / np.sqrt(H)
         params = {name: rng.uniform(-k, k, shape)
