@@ -182,12 +182,13 @@ def _state_before(order, n, lengths, h, h0):
 
 
 def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
-                    reset_after=True):
+                    reset_after=True, h_mask=None):
     """One GRU layer and direction.
 
     x: [T,B,I]; w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H] (gate blocks r, z, n);
     h0: [B,H]; lengths: [B] ints or None (all T); reset_after: where r applies
-    (see the module docstring).
+    (see the module docstring); h_mask: None or [B,H], multiplying h wherever W_hh
+    reads it (recurrent dropout, as Keras applies it: not in h' = ... + z h).
     Returns y [T,B,H], h_n [B,H] and a cache for gru_backward_ref holding the
     inputs, the activated gates [T,B,3H] and the n gate's recurrent term hn
     [T,B,H] (W_hn h + b_hn, or W_hn (r * h) + b_hn).
@@ -202,14 +203,15 @@ def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
     for t in _steps(T, reverse):
         valid = (t < lengths)[:, None]
         a_x = x[t] @ w_ih.T + b_ih
-        a_h = h @ w_hh[:2 * H].T + b_hh[:2 * H]
+        h_in = h if h_mask is None else h * h_mask
+        a_h = h_in @ w_hh[:2 * H].T + b_hh[:2 * H]
         r = _sigmoid(a_x[:, :H] + a_h[:, :H])
         z = _sigmoid(a_x[:, H:2 * H] + a_h[:, H:])
         if reset_after:
-            hn = h @ w_hh[2 * H:].T + b_hh[2 * H:]
+            hn = h_in @ w_hh[2 * H:].T + b_hh[2 * H:]
             n = np.tanh(a_x[:, 2 * H:] + r * hn)
         else:
-            hn = (r * h) @ w_hh[2 * H:].T + b_hh[2 * H:]
+            hn = (r * h_in) @ w_hh[2 * H:].T + b_hh[2 * H:]
             n = np.tanh(a_x[:, 2 * H:] + hn)
         h_new = (1 - z) * n + z * h
         h = np.where(valid, h_new, h)
@@ -217,7 +219,7 @@ def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
         gates[t] = np.concatenate([r, z, n], axis=1)
         hns[t] = hn
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, lengths=lengths, reverse=reverse,
-                 reset_after=reset_after, gates=gates, hn=hns, y=y)
+                 reset_after=reset_after, gates=gates, hn=hns, y=y, h_mask=h_mask)
     return y, h, cache
 
 
@@ -234,6 +236,8 @@ def gru_backward_ref(dy, dh_n, cache):
     T, B, _ = x.shape
     H = w_hh.shape[1]
     w_rz, w_hn = w_hh[:2 * H], w_hh[2 * H:]
+    mask = cache.get("h_mask")
+    mask = np.ones_like(h0) if mask is None else mask
     dx = np.zeros_like(x)
     grads = {k: np.zeros_like(cache[k]) for k in ("w_ih", "w_hh")}
     grads["b_ih"] = np.zeros(3 * H, x.dtype)
@@ -244,6 +248,7 @@ def gru_backward_ref(dy, dh_n, cache):
         t = order[k]
         valid = (t < lengths)[:, None]
         h_prev = _state_before(order, k, lengths, y, h0)
+        h_in = h_prev * mask  # what W_hh read
         r, z, n = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
         dh_t = dh + dy[t]
         dn = np.where(valid, dh_t * (1 - z) * (1 - n * n), 0)
@@ -251,20 +256,20 @@ def gru_backward_ref(dy, dh_n, cache):
         if reset_after:
             d_hn = dn * r  # gradient of W_hn h + b_hn
             dr = dn * hns[t] * r * (1 - r)
-            dh_prev = dh_t * z + d_hn @ w_hn
-            grads["w_hh"][2 * H:] += d_hn.T @ h_prev
+            dh_prev = dh_t * z + (d_hn @ w_hn) * mask
+            grads["w_hh"][2 * H:] += d_hn.T @ h_in
         else:
             d_hn = dn      # gradient of W_hn (r * h) + b_hn
             d_rh = dn @ w_hn
-            dr = d_rh * h_prev * r * (1 - r)
-            dh_prev = dh_t * z + d_rh * r
-            grads["w_hh"][2 * H:] += d_hn.T @ (r * h_prev)
+            dr = d_rh * h_in * r * (1 - r)
+            dh_prev = dh_t * z + d_rh * r * mask
+            grads["w_hh"][2 * H:] += d_hn.T @ (r * h_in)
         d_rz = np.concatenate([dr, dz], axis=1)
-        dh_prev = dh_prev + d_rz @ w_rz
+        dh_prev = dh_prev + (d_rz @ w_rz) * mask
         da = np.concatenate([d_rz, dn], axis=1)
         dx[t] = da @ w_ih
         grads["w_ih"] += da.T @ x[t]
-        grads["w_hh"][:2 * H] += d_rz.T @ h_prev
+        grads["w_hh"][:2 * H] += d_rz.T @ h_in
         grads["b_ih"] += da.sum(0)
         grads["b_hh"][:2 * H] += d_rz.sum(0)
         grads["b_hh"][2 * H:] += d_hn.sum(0)

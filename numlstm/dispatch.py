@@ -182,7 +182,7 @@ class NumpyBackend(Backend):
             state = (h, c)
         elif spec.cell == "gru":
             y, h, cache = reference.gru_forward_ref(x, *cell, state[0], lengths, reverse,
-                                                    spec.reset_after)
+                                                    spec.reset_after, h_mask=h_mask)
             state = (h,)
         else:
             y, h, cache = reference.rnn_forward_ref(x, *cell, state[0], lengths, reverse,
@@ -216,7 +216,7 @@ class _KernelBackend(Backend):
                 for c in from_canonical(params, self.layout, spec)]
 
     def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None):
-        # (only the LSTM's kernels take h_mask, the recurrent dropout mask)
+        # (the LSTM's and GRU's kernels take h_mask, the recurrent dropout mask)
         mask = {} if h_mask is None else dict(h_mask=h_mask)
         y, *state_n, cache = self._kernel(spec, "{cell}_forward_{name}")(
             x, cell, *state, lengths, reverse, training, **mask)

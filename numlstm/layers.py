@@ -217,9 +217,8 @@ class _Recurrent(Layer):
                                   self.cell, **cell_options)
         self.dropout = _check_probability(dropout, "dropout")
         self.recurrent_dropout = _check_probability(recurrent_dropout, "recurrent_dropout")
-        if self.recurrent_dropout and self.cell != "lstm":
-            raise ValueError(f"recurrent_dropout: only the LSTM has it so far, not the "
-                             f"{self.cell.upper()}")
+        if self.recurrent_dropout and self.cell == "rnn":
+            raise ValueError("recurrent_dropout: the LSTM and the GRU have it, not the RNN")
         self.dtype = _check_dtype(dtype)
         self.batch_first = check_bool(batch_first, "batch_first")
         self.return_sequences = check_bool(return_sequences, "return_sequences")
@@ -522,8 +521,8 @@ class _Recurrent(Layer):
         s = self.spec
         T, B = x_tm.shape[:2]
         if training and self.recurrent_dropout and backend.name == "cuda":
-            raise NotImplementedError("recurrent_dropout: the CUDA LSTM kernels have no "
-                                      "recurrent dropout yet; train with backend='cpu'")
+            raise NotImplementedError("recurrent_dropout: the CUDA kernels have no recurrent "
+                                      "dropout yet; train with backend='cpu'")
         cells = self._packs.get(backend, self._params, s)
         D = s.directions
         ops = backend.ops
@@ -909,8 +908,8 @@ class LSTM(_Recurrent):
             enters the recurrent product, W_hh (h * mask), when training=True: one
             mask per sequence and layer direction, held over all its steps (Keras's
             recurrent_dropout and Gal and Ghahramani's variational form; survivors
-            scaled by 1/(1-p)); inference runs the plain layer. LSTM only, cpu and
-            numpy backends (cuda refuses to train with it). torch has no such
+            scaled by 1/(1-p)); inference runs the plain layer. LSTM and GRU, cpu
+            and numpy backends (cuda refuses to train with it). torch has no such
             option; to_torch still gives the module that computes the inference.
         proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
             proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units
@@ -1001,7 +1000,10 @@ class GRU(_Recurrent):
     Cho et al.), r multiplies h before the product:
     n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
 
-    Args: those of numlstm.LSTM, and reset_after (default True, torch's form).
+    Args: those of numlstm.LSTM but its cell options (recurrent_dropout included:
+    the mask multiplies h wherever W_hh reads it, in all three gates, not in the
+    z * h term, as Keras's GRU applies it), and reset_after (default True, torch's
+    form).
     Parameters: torch's names, weight_ih_l{k} [3H, I or D*H], weight_hh_l{k}
     [3H,H], bias_ih_l{k} [3H], bias_hh_l{k} [3H].
 

@@ -1,13 +1,15 @@
-"""LSTM recurrent_dropout: the mask on h where it enters the recurrent product, held
-over time. The reference against finite differences, the CPU kernels against the
-reference (with and without a projection), and the layer: masks drawn per sequence
-only when training, equal to running the reference with the same masks."""
+"""recurrent_dropout (LSTM and GRU): the mask on h where W_hh reads it, held over time.
+The reference against finite differences, the CPU kernels against the reference (the
+LSTM with and without a projection, the GRU in both forms), and the layer: masks drawn
+per sequence only when training, equal to running the reference with the same masks."""
 import numpy as np
 import pytest
 
 import numlstm
-from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
-from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
+from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, lstm_backward_cpu,
+                                 lstm_forward_cpu, pack_gru_cpu, pack_lstm_cpu)
+from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, lstm_backward_ref,
+                                       lstm_forward_ref)
 from helpers import assert_close, numeric_gradient, rel_err
 
 
@@ -121,8 +123,8 @@ def test_options_and_refusals(rng, tmp_path):
     for bad, err in ((1.0, ValueError), (-0.1, ValueError), ("0.2", TypeError)):
         with pytest.raises(err, match="recurrent_dropout"):
             numlstm.LSTM(3, 4, recurrent_dropout=bad)
-    with pytest.raises(ValueError, match="recurrent_dropout: only the LSTM"):
-        numlstm.GRU(3, 4, recurrent_dropout=0.2)
+    with pytest.raises(ValueError, match="recurrent_dropout: the LSTM and the GRU have it"):
+        numlstm.RNN(3, 4, recurrent_dropout=0.2)
     lstm = numlstm.LSTM(3, 4, recurrent_dropout=0.25, seed=0)
     assert "recurrent_dropout=0.25" in repr(lstm)
     model = numlstm.Sequential([lstm])
@@ -134,3 +136,82 @@ def test_options_and_refusals(rng, tmp_path):
         cuda(x, training=True)
     y, _ = cuda(x)  # inference runs the plain kernels
     assert y.shape == (5, 2, 4)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gru_reference_backward_matches_finite_differences(rng, reset_after, reverse):
+    T, B, I, H = 4, 3, 3, 4
+    w = [rng.standard_normal(s) * 0.8 for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w[0], w_hh=w[1], b_ih=w[2],
+                  b_hh=w[3], h0=rng.standard_normal((B, H)))
+    mask = (rng.random((B, H)) >= 0.4) / 0.6
+    lengths = np.array([4, 1, 3])
+    wy, wh = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+
+    def forward():
+        a = inputs
+        return gru_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
+                               lengths, reverse, reset_after, h_mask=mask)
+
+    def loss():
+        y, h, _ = forward()
+        return (y * wy).sum() + (h * wh).sum()
+
+    dx, dh0, grads = gru_backward_ref(wy, wh, forward()[2])
+    analytic = dict(x=dx, h0=dh0, **grads)
+    for name, arr in inputs.items():
+        err = rel_err(analytic[name], numeric_gradient(loss, arr))
+        assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
+
+
+GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (6, 4, 9, 70, True),
+              (4, 5, 6, 260, False)]
+
+
+@pytest.mark.parametrize("shape", GRU_SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gru_cpu_kernels_against_the_reference(rng, shape, reset_after, dtype):
+    T, B, I, H, reverse = shape
+    scale = min(0.5, 2 / np.sqrt(H))
+    w = [rng.standard_normal(s) * scale for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
+    mask = (rng.random((B, H)) >= 0.3) / 0.7
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    y, h, cache = gru_forward_ref(x, *w, h0, lengths, reverse, reset_after, h_mask=mask)
+    dy, dh_n = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
+    dx, dh0, grads = gru_backward_ref(dy, dh_n, cache)
+    want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
+    packed = pack_gru_cpu(*(a.astype(dtype) for a in w), reset_after=reset_after)
+    yk, hk, cache_k = gru_forward_cpu(x.astype(dtype), packed, h0.astype(dtype), lengths,
+                                      reverse, training=True, h_mask=mask.astype(dtype))
+    dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,
+                                          packed)
+    got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)
+    assert set(got) == set(want)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    for k in want:
+        assert got[k].dtype == dtype, k
+        assert_close(got[k], want[k], rtol if k in "yh" else 5 * rtol, k)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+def test_gru_layer_cpu_matches_numpy_with_the_same_masks(rng, reset_after):
+    """Same seed, same masks: the cpu backend's GRU layer against the reference's,
+    values and every gradient, stacked and bidirectional with lengths."""
+    def make(backend):
+        return numlstm.GRU(3, 6, num_layers=2, bidirectional=True, recurrent_dropout=0.3,
+                           reset_after=reset_after, backend=backend, dtype=np.float64, seed=5)
+    x = rng.standard_normal((7, 4, 3))
+    lengths = np.array([7, 2, 5, 1])
+    dy = rng.standard_normal((7, 4, 12))
+    runs = []
+    for layer in (make("numpy"), make("cpu")):
+        y, h = layer(x, training=True, lengths=lengths)
+        dx, dh0 = layer.backward(dy)
+        runs.append(dict(y=y, h=h, dx=dx, dh0=dh0, **layer.grads))
+    assert rel_err(runs[0]["y"], make("numpy")(x, lengths=lengths)[0]) > 1e-3  # it bites
+    for k in runs[0]:
+        assert_close(runs[1][k], runs[0][k], 1e-12, k)

@@ -38,7 +38,8 @@ import numpy as np
 from numba import carray, njit, prange
 
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
-from .lstm import CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _stack_f32, _transpose
+from .lstm import (CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _stack_f32, _times_mask,
+                   _transpose)
 from .rnn import (_blas_recurrent_gradient, _column_sum, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
                   _tiled_weights, _torch_layout, _unpadded)
@@ -97,33 +98,42 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0,
 
 
 @njit(**_FAST)
-def _fwd_step(xw_t, W, bias, h_old, h_new, y_t, hn_t, rec, lengths, training, t, k0, k1):
-    """Step t for unit blocks [k0, k1): their slice of the recurrent product, then
-    their gate math. (Taking the step's slices as arguments, rather than the whole
-    buffers and s, measured 25% faster on one thread at B=32, H=128.)"""
-    _matmul_rows(h_old, W, rec, bias, False, 0, rec.shape[0], 3 * k0, 3 * k1)
+def _fwd_step(xw_t, W, bias, h_in, h_old, h_new, y_t, hn_t, rec, lengths, training, t, k0, k1,
+              hm_new, mask):
+    """Step t for unit blocks [k0, k1): their slice of the recurrent product h_in @
+    W_hh^T, then their gate math (and, with a recurrent dropout mask, hm_new = h' *
+    mask for these units: the next step's h_in). (Taking the step's slices as
+    arguments, rather than the whole buffers and s, measured 25% faster on one
+    thread at B=32, H=128.)"""
+    _matmul_rows(h_in, W, rec, bias, False, 0, rec.shape[0], 3 * k0, 3 * k1)
     _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0, k1)
+    if mask.shape[0] > 0:
+        _times_mask(h_new, mask, hm_new, U * k0, U * k1)
 
 
 @njit(parallel=True, **_FAST)
-def _forward_tiled(xw, W, bias, hbuf, y, hn, rec, lengths, reverse, training, P):
+def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P):
     """xw [T,B,Gp]: x @ W_ih^T + b_ih, receives the activated gates when training;
     W [Gp/CB, Hp, CB]: W_hh^T in blocks; bias [1,Gp]: b_hh; hbuf [2,B,Hp]: h0 in
     hbuf[0], then alternating (threads read all of h_old while writing their part
     of h_new), final h in hbuf[T % 2]; y [T,B,Hp] out; hn [T,B,Hp] out when
-    training; rec [B,Gp] scratch; P threads per step."""
+    training; rec [B,Gp] scratch; P threads per step. mask [B,Hp]: the recurrent
+    dropout mask, or [0,0] for none; with one, the product reads hmbuf, h * mask,
+    alternating as hbuf does."""
     T = xw.shape[0]
     nk = W.shape[0] // 3
+    masked = mask.shape[0] > 0
     for s in range(T):
         t = T - 1 - s if reverse else s
         h_old, h_new, hn_t = hbuf[s & 1], hbuf[(s + 1) & 1], hn[t if training else 0]
+        h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
         if P == 1:  # even prange(1) would pay a fork and join per step
-            _fwd_step(xw[t], W, bias, h_old, h_new, y[t], hn_t, rec, lengths, training, t, 0,
-                      nk)
+            _fwd_step(xw[t], W, bias, h_in, h_old, h_new, y[t], hn_t, rec, lengths, training, t,
+                      0, nk, hm_new, mask)
         else:
             for p in prange(P):
-                _fwd_step(xw[t], W, bias, h_old, h_new, y[t], hn_t, rec, lengths, training, t,
-                          p * nk // P, (p + 1) * nk // P)
+                _fwd_step(xw[t], W, bias, h_in, h_old, h_new, y[t], hn_t, rec, lengths,
+                          training, t, p * nk // P, (p + 1) * nk // P, hm_new, mask)
 
 
 @njit(**_FAST)
@@ -132,7 +142,8 @@ def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, xw, rec, lengths):
     then the step's product and gate math; h' goes to h_new."""
     B, nblk = x.shape[0], w_fwd.shape[0]
     _matmul_rows(x, w_in, xw, b_in, False, 0, B, 0, nblk)
-    _fwd_step(xw, w_fwd, b_rec, h, h_new, h_new, h_new, rec, lengths, False, 0, 0, nblk // 3)
+    _fwd_step(xw, w_fwd, b_rec, h, h, h_new, h_new, h_new, rec, lengths, False, 0, 0,
+              nblk // 3, h, np.zeros((0, 0), np.float32))
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
@@ -179,20 +190,23 @@ def _bwd_pointwise(dg_t, hn_t, y, h0, dy_t, rec, carry, dh_n, lengths, reverse, 
 
 @njit(**_FAST)
 def _bwd_step(dg_next, dg_t, hn_t, y, h0, dy_t, W, rec, zero, carry, dh_n, lengths, reverse, s,
-              t, k0, k1):
+              t, k0, k1, mask):
     """Step t for unit blocks [k0, k1): dh from the step after (dg_next, the
-    forward's next step), then the gate gradients."""
+    forward's next step; times the recurrent dropout mask, if any), then the gate
+    gradients."""
     if s > 0:
         _matmul_rows(dg_next, W, rec, zero, False, 0, rec.shape[0], k0, k1)
+        if mask.shape[0] > 0:
+            _times_mask(rec, mask, rec, U * k0, U * k1)
     _bwd_pointwise(dg_t, hn_t, y, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1)
 
 
 @njit(parallel=True, **_FAST)
-def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P):
+def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask):
     """dg [T,B,Gp]: activated gates in, dG_hh out; hn [T,B,Hp]: W_hn h + b_hn in,
     dn out; y, dy [T,B,Hp]; h0, dh_n [B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
     output units; rec [B,Hp] scratch; carry [B,Hp]: zero in, dh0's direct part
-    (dh * z of each row's first step) out."""
+    (dh * z of each row's first step) out; mask: the forward's [B,Hp], or [0,0]."""
     T, nk = dg.shape[0], W.shape[0]
     zero = np.zeros((1, rec.shape[1]), rec.dtype)
     for s in range(T):
@@ -200,21 +214,22 @@ def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P)
         t_next = max(0, min(T - 1, t - 1 if reverse else t + 1))  # unread at s = 0
         if P == 1:
             _bwd_step(dg[t_next], dg[t], hn[t], y, h0, dy[t], W, rec, zero, carry, dh_n,
-                      lengths, reverse, s, t, 0, nk)
+                      lengths, reverse, s, t, 0, nk, mask)
         else:
             for p in prange(P):
                 _bwd_step(dg[t_next], dg[t], hn[t], y, h0, dy[t], W, rec, zero, carry, dh_n,
-                          lengths, reverse, s, t, p * nk // P, (p + 1) * nk // P)
+                          lengths, reverse, s, t, p * nk // P, (p + 1) * nk // P, mask)
 
 
 # -- float64 and reset_after=False: BLAS per step ----------------------------------------
 @njit(cache=True, error_model="numpy")
-def _forward_blas(xw, w_rz_t, w_n_t, b_hh, h, lengths, reverse, training, reset_after, y,
-                  hn):
+def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, reset_after,
+                  y, hn):
     """xw [T,B,3H]: x @ W_ih^T + b_ih, receives the activated gates when training;
-    w_rz_t [H,2H], w_n_t [H,H]: W_hh^T split at the n gate; b_hh [3H]; h [B,H]
-    in/out; y [T,B,H] out; hn [T,B,H] out when training: W_hn h + b_hn
-    (reset_after), else r * h."""
+    w_rz_t [H,2H], w_n_t [H,H]: W_hh^T split at the n gate; b_hh [3H]; mask [B,H]:
+    the recurrent dropout mask on h where W_hh reads it (none when its size is 0);
+    h [B,H] in/out; y [T,B,H] out; hn [T,B,H] out when training: W_hn h + b_hn
+    (reset_after), else r * h (h times the mask, if any)."""
     T, B, G = xw.shape
     H = G // 3
     rz = np.empty((B, 2 * H), xw.dtype)
@@ -222,14 +237,15 @@ def _forward_blas(xw, w_rz_t, w_n_t, b_hh, h, lengths, reverse, training, reset_
     a_n = np.empty((B, H), xw.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        np.dot(h, w_rz_t, rz)
+        h_in = h * mask if mask.size > 0 else h
+        np.dot(h_in, w_rz_t, rz)
         for b in range(B):
             for j in range(H):
                 r = sigmoid(xw[t, b, j] + rz[b, j] + b_hh[j])
                 rz[b, j] = r
                 rz[b, H + j] = sigmoid(xw[t, b, H + j] + rz[b, H + j] + b_hh[H + j])
-                rh[b, j] = r * h[b, j]
-        np.dot(h if reset_after else rh, w_n_t, a_n)
+                rh[b, j] = r * h_in[b, j]
+        np.dot(h_in if reset_after else rh, w_n_t, a_n)
         for b in range(B):
             if t >= lengths[b]:
                 y[t, b] = 0
@@ -248,13 +264,16 @@ def _forward_blas(xw, w_rz_t, w_n_t, b_hh, h, lengths, reverse, training, reset_
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, lengths, reverse, reset_after, dh, dnh):
+def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_after, dh,
+                   dnh):
     """dg [T,B,3H]: activated gates in, dG_ih = [dr dz dn] out; hn [T,B,H]: as the
     forward left it; w_rz [2H,H], w_n [H,H]: W_hh's rows split at the n gate;
+    mask [B,H]: the forward's recurrent dropout mask (none when its size is 0);
     dh [B,H]: dh_n in, dh0 out; dnh [T,B,H] out: the gradient of the n gate's
     recurrent pre-activation (dn * r when reset_after, else dn)."""
     T, B, G = dg.shape
     H = G // 3
+    masked = mask.size > 0
     carry = np.empty((B, H), dg.dtype)  # dh * z: the direct path h' = ... + z h
     d_rh = np.empty((B, H), dg.dtype)
     g_rz = np.empty((B, 2 * H), dg.dtype)
@@ -287,8 +306,9 @@ def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, lengths, reverse, reset_after, 
                 h_prev = _state_before(y, h0, lengths, reverse, t, b)
                 for j in range(H):
                     r = dg[t, b, j]
-                    dg[t, b, j] = d_rh[b, j] * h_prev[j] * dsigmoid(r)
-                    carry[b, j] += d_rh[b, j] * r
+                    m = mask[b, j] if masked else 1.0
+                    dg[t, b, j] = d_rh[b, j] * h_prev[j] * m * dsigmoid(r)
+                    carry[b, j] += d_rh[b, j] * r * m
         g_rz[:] = dg[t, :, :2 * H]
         np.dot(g_rz, w_rz, rec)
         if reset_after:
@@ -297,7 +317,7 @@ def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, lengths, reverse, reset_after, 
         for b in range(B):
             if t < lengths[b]:
                 for j in range(H):
-                    dh[b, j] = rec[b, j] + carry[b, j]
+                    dh[b, j] = (rec[b, j] * mask[b, j] if masked else rec[b, j]) + carry[b, j]
 
 
 # -- packing and the Python-level wrappers ---------------------------------------------
@@ -325,11 +345,13 @@ def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True):
                 **_tiled_weights(w_ih, w_hh, cols, 3 * Hp, Hp))
 
 
-def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False):
+def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, h_mask=None):
     """One GRU layer and direction on the CPU.
 
     x: [T,B,I] C-contiguous; packed: pack_gru_cpu(...) of the same dtype;
-    h0: [B,H]; lengths: [B] ints in [0, T], or None for all T.
+    h0: [B,H]; lengths: [B] ints in [0, T], or None for all T; h_mask: None, or
+    [B,H] multiplying h wherever W_hh reads it (recurrent dropout,
+    reference.gru_forward_ref).
     Returns y [T,B,H], h_n [B,H] and, when training, the cache that
     gru_backward_cpu consumes (else None).
     """
@@ -341,8 +363,9 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False):
         h = h0.copy()
         y = np.empty((T, B, H), x.dtype)
         hn = np.empty((T, B, H) if training else (1, 1, 1), x.dtype)
-        _forward_blas(xw, packed["w_rz_t"], packed["w_n_t"], packed["b_hh"], h, lens, reverse,
-                      training, packed["reset_after"], y, hn)
+        mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
+        _forward_blas(xw, packed["w_rz_t"], packed["w_n_t"], packed["b_hh"], mask, h, lens,
+                      reverse, training, packed["reset_after"], y, hn)
         y_out, h0_kept = y, h0
     else:
         Hp = packed["Hp"]
@@ -350,10 +373,18 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False):
         hn = _empty((T, B, Hp) if training else (1, 1, 1))
         rec = _empty((B, 3 * Hp))
         P = _threads(B, Hp, 3 * Hp, Hp // U)
+        if h_mask is None:
+            mask, hmbuf = np.zeros((0, 0), np.float32), hbuf
+        else:
+            mask = _pad(h_mask.astype(np.float32), Hp)
+            hmbuf = np.empty_like(hbuf)
+            hmbuf[0] = hbuf[0] * mask
 
         def run(xw, t0, t1):  # training runs all steps in one chunk, so hn needs no slice
-            _forward_tiled(xw, packed["w_fwd"], packed["b_rec"], hbuf, y[t0:t1], hn, rec,
-                           lens - t0, reverse, training, P)
+            _forward_tiled(xw, packed["w_fwd"], packed["b_rec"], hbuf, hmbuf, mask, y[t0:t1],
+                           hn, rec, lens - t0, reverse, training, P)
+            if (t1 - t0) & 1 and h_mask is not None:  # as _run_in_chunks moves hbuf
+                hmbuf[0] = hmbuf[1]
 
         xw = _run_in_chunks(x, packed["w_in"], packed["b_in"], 3 * Hp, hbuf, reverse,
                             training, run)
@@ -361,7 +392,8 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False):
         h0_kept = _pad(h0, Hp) if training else None
     if not training:
         return y_out, h, None
-    cache = dict(x=x, h0=h0_kept, lengths=lens, reverse=reverse, gates=xw, hn=hn, y=y)
+    cache = dict(x=x, h0=h0_kept, lengths=lens, reverse=reverse, gates=xw, hn=hn, y=y,
+                 mask=mask)
     return y_out, h, cache
 
 
@@ -397,9 +429,14 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     carry[:] = 0
     rec = _empty((B, Hp))
     P = _threads(B, Hp, Gp, Hp // U)
+    mask = cache["mask"]
     _backward_tiled(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens,
-                    reverse, P)
+                    reverse, P, mask)
+    if mask.shape[0] > 0:  # W_hh read h times the recurrent dropout mask
+        y, h0 = y * mask, h0 * mask
     dh0, dg_t, dw_hh = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])
+    if mask.shape[0] > 0:
+        dh0 *= mask
     dh0 += carry
     empty = lens == 0
     dh0[empty] = dh_np[empty]
@@ -427,8 +464,11 @@ def _backward_blas_wrap(dy, dh_n, cache, packed):
     H = packed["H"]
     dh = dh_n.copy()
     dnh = np.empty((T, B, H), x.dtype)
-    _backward_blas(dy, dg, hn, y, h0, packed["w_rz"], packed["w_n"], lens, reverse,
+    mask = cache["mask"]
+    _backward_blas(dy, dg, hn, y, h0, packed["w_rz"], packed["w_n"], mask, lens, reverse,
                    reset_after, dh, dnh)
+    if mask.size:  # W_hh read h times the recurrent dropout mask (hn holds r * that)
+        y, h0 = y * mask, h0 * mask
     dg2 = dg.reshape(T * B, 3 * H)
     dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)
     dw_ih = dg2.T @ x.reshape(T * B, I)
