@@ -39,7 +39,7 @@ from numba import carray, njit, prange
 
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
 from .lstm import (CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _stack_f32, _times_mask,
-                   _transpose)
+                   _transpose, mask_buffers)
 from .rnn import (_blas_recurrent_gradient, _column_sum, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
                   _tiled_weights, _torch_layout, _unpadded)
@@ -373,12 +373,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         hn = _empty((T, B, Hp) if training else (1, 1, 1))
         rec = _empty((B, 3 * Hp))
         P = _threads(B, Hp, 3 * Hp, Hp // U)
-        if h_mask is None:
-            mask, hmbuf = np.zeros((0, 0), np.float32), hbuf
-        else:
-            mask = _pad(h_mask.astype(np.float32), Hp)
-            hmbuf = np.empty_like(hbuf)
-            hmbuf[0] = hbuf[0] * mask
+        mask, hmbuf = mask_buffers(h_mask, hbuf)
 
         def run(xw, t0, t1):  # training runs all steps in one chunk, so hn needs no slice
             _forward_tiled(xw, packed["w_fwd"], packed["b_rec"], hbuf, hmbuf, mask, y[t0:t1],

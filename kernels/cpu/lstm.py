@@ -649,6 +649,18 @@ def _pad(a, Hp):
     return out
 
 
+def mask_buffers(h_mask, hbuf):
+    """The tiled loops' recurrent dropout arguments: the mask padded to hbuf's units
+    and the double buffer of h * mask the products read (h0's in its first half);
+    for h_mask None, an empty mask and hbuf itself (unread)."""
+    if h_mask is None:
+        return np.zeros((0, 0), np.float32), hbuf
+    mask = _pad(h_mask.astype(np.float32), hbuf.shape[2])
+    hmbuf = np.empty_like(hbuf)
+    hmbuf[0] = hbuf[0] * mask
+    return mask, hmbuf
+
+
 def _lengths_or_full(lengths, T, B):
     if lengths is None:
         return np.full(B, T, np.int64)
@@ -691,12 +703,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         cs = np.empty((T, B, Hp) if training else (1, 1, 1), np.float32)
         rec = np.empty((B, 4 * Hp), np.float32)
         P = _threads(B, Hp, packed["w_fwd"].shape[0])
-        if h_mask is None:
-            mask, hmbuf = np.zeros((0, 0), np.float32), hbuf
-        else:
-            mask = _pad(h_mask.astype(np.float32), Pp)
-            hmbuf = np.empty_like(hbuf)
-            hmbuf[0] = hbuf[0] * mask
+        mask, hmbuf = mask_buffers(h_mask, hbuf)
         steps = T if training else max(1, INFERENCE_CHUNK_BYTES // (B * 4 * Hp * 4))
         xw = np.empty((min(steps, T), B, 4 * Hp), np.float32)
         # Chunks in the order the direction walks the steps; the state carries over.
