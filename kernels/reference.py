@@ -18,8 +18,11 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     options: proj_size (w_hr [P,H] given) projects the output, h' = W_hr (o * tanh(c'))
     (torch's proj_size: h, y and W_hh's columns have P units, c keeps H); h_mask [B,P]
     multiplies h where it enters the recurrent product, W_hh (h * h_mask), the same
-    mask at every step (recurrent dropout: the layer passes 0 or 1/(1-p));
-    input_forget couples the two gates, f = 1 - i (ONNX's input_forget;
+    mask at every step (recurrent dropout: the layer passes 0 or 1/(1-p)); zone_c,
+    zone_h [T,B,H] (zoneout, Krueger et al. 2016) keep part of the old state,
+    c' <- c' + zone_c[t] (c - c') and h' <- h' + zone_h[t] (h - h') (the layer passes
+    0/1 draws when training, the rate itself at inference); input_forget couples the
+    two gates, f = 1 - i (ONNX's input_forget;
     the forget gate's own weights are then unused); cell_clip clips c' to
     [-cell_clip, cell_clip] (TensorFlow's cell_clip); gate_clip clips every gate
     pre-activation to [-gate_clip, gate_clip] before its activation (ONNX's clip,
@@ -59,16 +62,19 @@ def _steps(T, reverse):
 
 def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False,
                      cell_clip=None, input_forget=False, gate_clip=None, w_hr=None,
-                     h_mask=None):
+                     h_mask=None, zone_c=None, zone_h=None):
     """One LSTM layer and direction.
 
     x: [T,B,I]; h0: [B,P], c0: [B,H]; lengths: [B] ints or None (all T); cell_clip:
     None or a number > 0; input_forget: couple f = 1 - i; gate_clip: None or a
     number > 0; w_hr: None, or the projection [P,H] (P = H without it); h_mask: None
-    or [B,P], the recurrent dropout mask.
+    or [B,P], the recurrent dropout mask; zone_c, zone_h: None or [T,B,H], or
+    [1,B,H] for the same at every step (zoneout, without a projection; both or
+    neither).
     Returns y [T,B,P], h_n [B,P], c_n [B,H], and a cache for lstm_backward_ref
     holding the inputs, the activated gates [T,B,G] (f as used) and the cell
-    states [T,B,H] (after clipping).
+    states [T,B,H] (after clipping; with zoneout, cs holds the new cell values
+    before zoneout, czs the states after it).
     """
     T, B, _ = x.shape
     H = c0.shape[1]
@@ -77,6 +83,7 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
     y = np.zeros((T, B, h0.shape[1]), x.dtype)
     gates = np.zeros((T, B, 4 * H), x.dtype)
     cs = np.zeros((T, B, H), x.dtype)
+    czs = np.zeros((T, B, H), x.dtype)
     passed = np.ones((T, B, 4 * H), bool)  # pre-activations inside the gate clip
     for t in _steps(T, reverse):
         valid = (t < lengths)[:, None]
@@ -95,14 +102,20 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
         h_new = o * np.tanh(c_new)
         if w_hr is not None:
             h_new = h_new @ w_hr.T
+        cs[t] = np.where(valid, c_new, c)
+        if zone_c is not None:
+            z = t if len(zone_c) > 1 else 0  # ([1,B,H]: the same at every step)
+            c_new = c_new + zone_c[z] * (c - c_new)
+            h_new = h_new + zone_h[z] * (h - h_new)
         c = np.where(valid, c_new, c)
         h = np.where(valid, h_new, h)
         y[t] = np.where(valid, h_new, 0)
         gates[t] = np.concatenate([i, f, g, o], axis=1)
-        cs[t] = c
+        czs[t] = c
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, lengths=lengths,
                  reverse=reverse, gates=gates, cs=cs, y=y, cell_clip=cell_clip,
-                 input_forget=input_forget, passed=passed, w_hr=w_hr, h_mask=h_mask)
+                 input_forget=input_forget, passed=passed, w_hr=w_hr, h_mask=h_mask,
+                 czs=czs, zone_c=zone_c, zone_h=zone_h)
     return y, h, c, cache
 
 
@@ -117,6 +130,8 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
     x, w_ih, w_hh, w_hr = cache["x"], cache["w_ih"], cache["w_hh"], cache.get("w_hr")
     h0, c0, lengths = cache["h0"], cache["c0"], cache["lengths"]
     gates, cs, y, reverse = cache["gates"], cache["cs"], cache["y"], cache["reverse"]
+    czs = cache.get("czs", cs)  # the cell states (after zoneout, if any)
+    zone_c, zone_h = cache.get("zone_c"), cache.get("zone_h")
     T, B, _ = x.shape
     H = c0.shape[1]
     dx = np.zeros_like(x)
@@ -137,15 +152,21 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
         else:
             prev_valid = (prev < lengths)[:, None]
             h_prev = np.where(prev_valid, y[prev], h0)
-            c_prev = np.where(prev_valid, cs[prev], c0)
+            c_prev = np.where(prev_valid, czs[prev], c0)
         i, f = gates[t, :, :H], gates[t, :, H:2 * H]
         g, o = gates[t, :, 2 * H:3 * H], gates[t, :, 3 * H:]
         tc = np.tanh(cs[t])
         dh_t = dh + dy[t]
+        dh_kept = dc_kept = 0  # zoneout: the parts of h and c passed on unchanged
+        dc_new = dc
+        if zone_c is not None:
+            z = t if len(zone_c) > 1 else 0
+            dh_kept, dh_t = zone_h[z] * dh_t, (1 - zone_h[z]) * dh_t
+            dc_kept, dc_new = zone_c[z] * dc, (1 - zone_c[z]) * dc
         if w_hr is not None:  # h = W_hr m with m = o * tanh(c)
             grads["w_hr"] += np.where(valid, dh_t, 0).T @ (o * tc)
             dh_t = dh_t @ w_hr
-        dc_t = dc + dh_t * o * (1 - tc * tc)
+        dc_t = dc_new + dh_t * o * (1 - tc * tc)
         if cache.get("cell_clip") is not None:  # a clipped unit passes no gradient
             dc_t = np.where(np.abs(cs[t]) < cache["cell_clip"], dc_t, 0)
         if cache.get("input_forget"):  # f = 1 - i: i also reaches c through f
@@ -162,8 +183,8 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
         mask = cache.get("h_mask")
         grads["w_hh"] += da.T @ (h_prev if mask is None else h_prev * mask)
         grads["b_ih"] += da.sum(0)
-        dh = np.where(valid, da @ w_hh if mask is None else (da @ w_hh) * mask, dh)
-        dc = np.where(valid, dc_t * f, dc)
+        dh = np.where(valid, (da @ w_hh if mask is None else (da @ w_hh) * mask) + dh_kept, dh)
+        dc = np.where(valid, dc_t * f + dc_kept, dc)
     grads["b_hh"] = grads["b_ih"].copy()
     return dx, dh, dc, grads
 

@@ -413,7 +413,8 @@ OPTION_VARIANTS = {"plain": {}, "cell_clip=1.0": {"cell_clip": 1.0},
                    # projection adds a quarter, so it does less arithmetic than plain
                    "proj_size=H/2": {"proj_size": "H/2"},
                    # (training only: inference runs the plain layer)
-                   "recurrent_dropout=0.25": {"recurrent_dropout": 0.25}}
+                   "recurrent_dropout=0.25": {"recurrent_dropout": 0.25},
+                   "zoneout=0.1": {"zoneout": 0.1}}
 
 
 def _variant(options, H):

@@ -174,11 +174,13 @@ class NumpyBackend(Backend):
     w_hr with a projection (proj_size)."""
     name = "numpy"
 
-    def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None):
+    def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None,
+                zone=None):
         if spec.cell == "lstm":
             y, h, c, cache = reference.lstm_forward_ref(
                 x, *cell[:4], *state, lengths, reverse, **spec.kernel_options(),
-                w_hr=cell[4] if spec.proj_size else None, h_mask=h_mask)
+                w_hr=cell[4] if spec.proj_size else None, h_mask=h_mask,
+                **(dict(zip(("zone_c", "zone_h"), zone)) if zone else {}))
             state = (h, c)
         elif spec.cell == "gru":
             y, h, cache = reference.gru_forward_ref(x, *cell, state[0], lengths, reverse,
@@ -215,9 +217,13 @@ class _KernelBackend(Backend):
         return [pack(*c, **spec.kernel_options())
                 for c in from_canonical(params, self.layout, spec)]
 
-    def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None):
-        # (the LSTM's and GRU's kernels take h_mask, the recurrent dropout mask)
+    def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None,
+                zone=None):
+        # (the LSTM's and GRU's kernels take h_mask, the recurrent dropout mask; the
+        # LSTM's zone_c and zone_h, zoneout's weights)
         mask = {} if h_mask is None else dict(h_mask=h_mask)
+        if zone:
+            mask.update(zone_c=zone[0], zone_h=zone[1])
         y, *state_n, cache = self._kernel(spec, "{cell}_forward_{name}")(
             x, cell, *state, lengths, reverse, training, **mask)
         return y, tuple(state_n), cache

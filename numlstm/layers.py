@@ -196,7 +196,7 @@ class _Recurrent(Layer):
                  batch_first=False, dropout=0.0, backend="auto", dtype=np.float32,
                  seed=None, return_sequences=True, merge_mode="concat", stateful=False,
                  recurrent_init="uniform", unit_forget_bias=False, recurrent_dropout=0.0,
-                 **cell_options):
+                 zoneout=0.0, **cell_options):
         if merge_mode not in MERGE_MODES:
             raise ValueError(f"merge_mode: expected one of {list(MERGE_MODES)}, got "
                              f"{merge_mode!r}")
@@ -219,6 +219,11 @@ class _Recurrent(Layer):
         self.recurrent_dropout = _check_probability(recurrent_dropout, "recurrent_dropout")
         if self.recurrent_dropout and self.cell == "rnn":
             raise ValueError("recurrent_dropout: the LSTM and the GRU have it, not the RNN")
+        self.zoneout = _check_zoneout(zoneout)
+        if self.zoneout and (self.cell != "lstm" or self.spec.proj_size):
+            raise ValueError("zoneout: the LSTM without a projection has it, not " +
+                             ("a projected LSTM" if self.cell == "lstm" else
+                              f"the {self.cell.upper()}"))
         self.dtype = _check_dtype(dtype)
         self.batch_first = check_bool(batch_first, "batch_first")
         self.return_sequences = check_bool(return_sequences, "return_sequences")
@@ -280,7 +285,8 @@ class _Recurrent(Layer):
                     return_sequences=self.return_sequences, merge_mode=self.merge_mode,
                     stateful=self.stateful, recurrent_init=self.recurrent_init,
                     unit_forget_bias=self.unit_forget_bias,
-                    recurrent_dropout=self.recurrent_dropout, **self._cell_config())
+                    recurrent_dropout=self.recurrent_dropout, zoneout=self.zoneout,
+                    **self._cell_config())
 
     def __repr__(self):
         config = self.get_config()
@@ -288,7 +294,7 @@ class _Recurrent(Layer):
                              ("stateful", False), ("recurrent_init", "uniform"),
                              ("unit_forget_bias", False), ("cell_clip", None),
                              ("input_forget", False), ("gate_clip", None),
-                             ("proj_size", 0), ("recurrent_dropout", 0.0)):
+                             ("proj_size", 0), ("recurrent_dropout", 0.0), ("zoneout", 0.0)):
             if key in config and config[key] == default:
                 del config[key]
         return f"{type(self).__name__}(" + ", ".join(
@@ -520,9 +526,7 @@ class _Recurrent(Layer):
         private_y=False: the caller only reads y, so it may be the cache's own array."""
         s = self.spec
         T, B = x_tm.shape[:2]
-        if training and self.recurrent_dropout and backend.name == "cuda":
-            raise NotImplementedError("recurrent_dropout: the CUDA kernels have no recurrent "
-                                      "dropout yet; train with backend='cpu'")
+        self._check_cuda_options(backend, training)
         cells = self._packs.get(backend, self._params, s)
         D = s.directions
         ops = backend.ops
@@ -541,7 +545,8 @@ class _Recurrent(Layer):
                     h_mask = keep.astype(self.dtype) / self.dtype.type(
                         1.0 - self.recurrent_dropout)
                 y, st, cache = backend.forward(s, cells[k], inp, tuple(p[k] for p in state0),
-                                               lens, d == 1, training, h_mask=h_mask)
+                                               lens, d == 1, training, h_mask=h_mask,
+                                               zone=self._zone(training, T, B))
                 for part, value in zip(state_n, st):
                     ops.assign(part[k], value)
                 outs.append(y)
@@ -571,6 +576,31 @@ class _Recurrent(Layer):
             self._cache = None
             self._cache_state = "inference"
         return inp, state_n
+
+    def _check_cuda_options(self, backend, training):
+        """Refuse, before any kernel runs, the options the CUDA kernels lack."""
+        if backend.name != "cuda":
+            return
+        if training and self.recurrent_dropout:
+            raise NotImplementedError("recurrent_dropout: the CUDA kernels have no recurrent "
+                                      "dropout yet; train with backend='cpu'")
+        if self.zoneout:
+            raise NotImplementedError("zoneout: the CUDA kernels have no zoneout yet; use "
+                                      "backend='cpu'")
+
+    def _zone(self, training, T, B):
+        """Zoneout's weights (zone_c, zone_h) for one layer and direction: when training,
+        0/1 draws [T,B,H], 1 (keep the old value) with the rate's probability, per
+        unit and step; at inference the rates themselves, [1,B,H] (the expectation).
+        None without zoneout."""
+        if not self.zoneout:
+            return None
+        H = self.spec.hidden_size
+        rates = self.zoneout if isinstance(self.zoneout, tuple) else (self.zoneout,) * 2
+        if not training:
+            return tuple(np.full((1, B, H), p, self.dtype) for p in rates)
+        return tuple((~_keep_mask(self._drop_rng, (T, B, H), p, self.batch_rows, axis=1))
+                     .astype(self.dtype) for p in rates)
 
     def _merge(self, pair):
         """The two directions' outputs (same shape) merged as merge_mode says."""
@@ -679,8 +709,14 @@ class _Recurrent(Layer):
         inp = ops.contiguous(ops.from_host(x_t), self.dtype).reshape(B, I)
         cells = self._packs.get(backend, self._params, self.spec)
         state_n = tuple(ops.empty(p.shape, p.dtype) for p in state0)
+        self._check_cuda_options(backend, False)
         for l in range(self.spec.num_layers):
-            st = backend.step(self.spec, cells[l], inp, tuple(p[l] for p in state0))
+            state_l = tuple(p[l] for p in state0)
+            if self.zoneout:  # its expectation, as a sequence of one step computes it
+                st = backend.forward(self.spec, cells[l], inp[None], state_l, None, False,
+                                     False, zone=self._zone(False, 1, B))[1]
+            else:
+                st = backend.step(self.spec, cells[l], inp, state_l)
             for part, value in zip(state_n, st):
                 ops.assign(part[l], value)
             inp = st[0]
@@ -911,6 +947,12 @@ class LSTM(_Recurrent):
             scaled by 1/(1-p)); inference runs the plain layer. LSTM and GRU, cpu
             and numpy backends (cuda refuses to train with it). torch has no such
             option; to_torch still gives the module that computes the inference.
+        zoneout: a rate in [0, 1), or a pair (for c, for h): zoneout (Krueger et al.,
+            2016). When training, each unit of c and of h keeps its previous value
+            with that probability at each step, c' <- c' + z (c - c') with z drawn 0
+            or 1 per sequence, unit and step (h likewise); at inference z is the rate
+            itself, the expectation. LSTM without a projection, cpu and numpy
+            backends. Keras and torch have no such option.
         proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
             proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units
             (c keeps H), W_hh is [G,P] and each cell gains weight_hr_l{k} [P,H] (no
@@ -976,6 +1018,17 @@ class LSTM(_Recurrent):
         s = self.spec
         return dict(cell_clip=s.cell_clip, input_forget=s.input_forget, gate_clip=s.gate_clip,
                     proj_size=s.proj_size)
+
+
+def _check_zoneout(value):
+    """zoneout: a rate in [0, 1) for both c and h, or a pair (c's, h's)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"zoneout: expected a rate or a pair (cell, hidden), got "
+                             f"{len(value)} values")
+        pair = tuple(_check_probability(v, "zoneout") for v in value)
+        return (pair if pair[0] != pair[1] else pair[0]) if any(pair) else 0.0
+    return _check_probability(value, "zoneout")
 
 
 def _check_clip(value, name):

@@ -54,3 +54,29 @@ def numeric_gradient(loss, arr, eps=1e-6):
         arr[idx] = saved
         grad[idx] = (up - down) / (2 * eps)
     return grad
+
+
+def check_lstm_reference_gradients(inputs, lengths, reverse, **options):
+    """lstm_backward_ref against central finite differences of a scalar that depends
+    on every output, for inputs {x, w_ih, w_hh, b_ih, b_hh, h0, c0} (float64, perturbed
+    in place and restored) and lstm_forward_ref's options; fails above 1e-6."""
+    from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
+    rng = np.random.default_rng(0)
+    T, B = inputs["x"].shape[:2]
+    wy = rng.standard_normal((T, B, inputs["h0"].shape[1]))
+    wh, wc = rng.standard_normal(inputs["h0"].shape), rng.standard_normal(inputs["c0"].shape)
+
+    def forward():
+        a = inputs
+        return lstm_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
+                                a["c0"], lengths, reverse, **options)
+
+    def loss():
+        y, h, c, _ = forward()
+        return (y * wy).sum() + (h * wh).sum() + (c * wc).sum()
+
+    dx, dh0, dc0, grads = lstm_backward_ref(wy, wh, wc, forward()[3])
+    analytic = dict(x=dx, h0=dh0, c0=dc0, **grads)
+    for name, arr in inputs.items():
+        err = rel_err(analytic[name], numeric_gradient(loss, arr))
+        assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"

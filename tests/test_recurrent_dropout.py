@@ -10,7 +10,7 @@ from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, lstm_backwar
                                  lstm_forward_cpu, pack_gru_cpu, pack_lstm_cpu)
 from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, lstm_backward_ref,
                                        lstm_forward_ref)
-from helpers import assert_close, numeric_gradient, rel_err
+from helpers import assert_close, check_lstm_reference_gradients, numeric_gradient, rel_err
 
 
 def _cell(rng, I, H, P, scale):
@@ -27,23 +27,7 @@ def test_reference_backward_matches_finite_differences(rng, reverse):
                   b_hh=b_hh, h0=rng.standard_normal((B, H)), c0=rng.standard_normal((B, H)))
     mask = (rng.random((B, H)) >= 0.4) / 0.6
     assert (mask == 0).any() and (mask > 0).any()
-    lengths = np.array([4, 1, 3])
-    wy, wh, wc = (rng.standard_normal(s) for s in ((T, B, H), (B, H), (B, H)))
-
-    def forward():
-        a = inputs
-        return lstm_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
-                                a["c0"], lengths, reverse, h_mask=mask)
-
-    def loss():
-        y, h, c, _ = forward()
-        return (y * wy).sum() + (h * wh).sum() + (c * wc).sum()
-
-    dx, dh0, dc0, grads = lstm_backward_ref(wy, wh, wc, forward()[3])
-    analytic = dict(x=dx, h0=dh0, c0=dc0, **grads)
-    for name, arr in inputs.items():
-        err = rel_err(analytic[name], numeric_gradient(loss, arr))
-        assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
+    check_lstm_reference_gradients(inputs, np.array([4, 1, 3]), reverse, h_mask=mask)
 
 
 # (T, B, I, H, P, reverse): uneven, T=1 and B=1, a projection, and H >= 256 (every

@@ -256,6 +256,41 @@ def _times_mask(a, mask, out, j0, j1):
 
 
 @njit(**_FAST)
+def _zoned_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
+                coupled, gclip, hm_new, mask, c_old, czs, zc, zh):
+    """_fwd_step with zoneout: thread p's units of c are kept in c_old, the step runs,
+    then _zoneout mixes the old values back in (and the mask, if any, follows)."""
+    nblk = W.shape[0]
+    j0, j1 = p * nblk // P * U, (p + 1) * nblk // P * U
+    for r in range(c.shape[0]):
+        for j in range(j0, j1):
+            c_old[r, j] = c[r, j]
+    _fwd_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
+              coupled, gclip, hm_new, mask, False)
+    zt = t if zc.shape[0] > 1 else 0
+    _zoneout(c, c_old, h_new, h_old, y_t, czs[t if training else 0], zc[zt], zh[zt], lengths,
+             t, training, j0, j1)
+    if mask.shape[0] > 0:
+        _times_mask(h_new, mask, hm_new, j0, j1)
+
+
+@njit(**_FAST)
+def _zoneout(c, c_old, h_new, h_old, y_t, czs_t, zc_t, zh_t, lengths, t, training, j0, j1):
+    """Zoneout of units [j0, j1) of the rows valid at step t, after the gate math
+    left the new values in c and h_new: c <- c + zc (c_old - c), h <- h + zh (h_old -
+    h), y = h. Training keeps the states after it in czs_t (held rows too)."""
+    for r in range(c.shape[0]):
+        if t < lengths[r]:
+            for j in range(j0, j1):
+                c[r, j] += zc_t[r, j] * (c_old[r, j] - c[r, j])
+                h_new[r, j] += zh_t[r, j] * (h_old[r, j] - h_new[r, j])
+                y_t[r, j] = h_new[r, j]
+        if training:
+            for j in range(j0, j1):
+                czs_t[r, j] = c[r, j]
+
+
+@njit(**_FAST)
 def _fwd_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
               coupled, gclip, hm_new, mask, mask_here):
     """Thread p's blocks of step t: rec = xw[t] + h_in @ W_hh^T, then the gate math
@@ -289,7 +324,7 @@ def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P, hm_new, mask, m
 
 @njit(parallel=True, **_FAST)
 def _forward_tiled(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths, reverse,
-                   training, P, clip, coupled, gclip):
+                   training, P, clip, coupled, gclip, czs, zc, zh, c_old):
     """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
     W [Gp/CB, Pp, CB]: W_hh^T in blocks; hbuf [2,B,Pp]: h0 in hbuf[0], h
     alternates between the two (threads read all of h_old while writing their
@@ -301,16 +336,27 @@ def _forward_tiled(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths
     region projects it (zero: a [1, Pp] row of zeros).
     mask [B,Pp]: the recurrent dropout mask, or [0,0] for none; with one, the
     product reads hmbuf[s % 2] = h * mask, which each thread writes for its units
-    of the next step (hmbuf [2,B,Pp], hmbuf[0] = h0 * mask)."""
+    of the next step (hmbuf [2,B,Pp], hmbuf[0] = h0 * mask).
+    Zoneout (no projection): zc, zh [T or 1,B,Hp], its weights for c and h ([1,1,1]:
+    none); czs [T,B,Hp] receives the states after it when training; c_old [B,Hp]
+    scratch."""
     T = xw.shape[0]
     proj = Wp.shape[0] > 0
     masked = mask.shape[0] > 0
+    zoned = zc.shape[2] > 1
     for s in range(T):
         t = T - 1 - s if reverse else s
         h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
         h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
         m_old, m_new, y_t = (m, m, m) if proj else (h_old, h_new, y[t])
-        if P == 1:  # even prange(1) would pay a fork and join per step
+        if zoned and P == 1:  # (no projection)
+            _zoned_step(xw, W, h_in, h_old, h_new, y[t], c, cs, rec, lengths, training, t, 0,
+                        1, clip, coupled, gclip, hm_new, mask, c_old, czs, zc, zh)
+        elif zoned:
+            for p in prange(P):
+                _zoned_step(xw, W, h_in, h_old, h_new, y[t], c, cs, rec, lengths, training, t,
+                            p, P, clip, coupled, gclip, hm_new, mask, c_old, czs, zc, zh)
+        elif P == 1:  # even prange(1) would pay a fork and join per step
             _fwd_step(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t, 0, 1,
                       clip, coupled, gclip, hm_new, mask, masked and not proj)
             if proj:
@@ -339,10 +385,12 @@ def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, rec, lengths, clip, coupled, 
 
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**_FAST)
-def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
+def _bwd_pointwise(dg_t, cs, czs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
                    coupled, gclip):
     """Gate gradients of step t for the hidden units of output blocks [b0, b1)
-    (HB units each). dg_t [B,Gp] holds the activated gates and receives dG."""
+    (HB units each). dg_t [B,Gp] holds the activated gates and receives dG; cs
+    [T,B,Hp]: the new cell values of each step; czs: the states the steps passed
+    on (cs itself, unless zoneout kept part of the old ones)."""
     s = carray(_bwd_scratch(), (5, U))
     gated = gclip < np.inf
     bounds = gate_clip_bounds(gclip, np.float32(0))  # (the tiled kernels are float32)
@@ -357,7 +405,7 @@ def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b
         last = t == 0 if reverse else t == n - 1
         first = t == n - 1 if reverse else t == 0
         dh_in = dh_n[r] if last else rec[r]
-        c_prev = c0[r] if first else cs[t + 1 if reverse else t - 1, r]
+        c_prev = c0[r] if first else czs[t + 1 if reverse else t - 1, r]
         for blk in range(b0 * (HB // U), b1 * (HB // U)):
             q = blk * CB
             v = blk * U
@@ -383,16 +431,38 @@ def _bwd_pointwise(dg_t, cs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b
 
 
 @njit(**_FAST)
-def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P,
-              clip, coupled, gclip, mask):
+def _bwd_step(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P,
+              clip, coupled, gclip, mask, zc, zh, kh, kc, dhz, zb):
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
         _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
         if mask.shape[0] > 0:  # h entered the product times the mask
             _times_mask(rec, mask, rec, b0 * CB, b1 * CB)
-    _bwd_pointwise(dg[t], cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
+    if zc.shape[2] == 1:  # no zoneout
+        _bwd_pointwise(dg[t], cs, cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1,
+                       clip, coupled, gclip)
+        return
+    # Zoneout: h' = h~ + zh (h - h~), c' = c~ + zc (c - c~). The kept parts of dh
+    # and dc pass to the step before (kh, kc); the rest enters the gate gradients.
+    zt = t if zc.shape[0] > 1 else 0
+    for r in range(rec.shape[0]):
+        n = lengths[r]
+        if t >= n:
+            continue
+        dh_in = dh_n[r] if (t == 0 if reverse else t == n - 1) else rec[r]
+        for j in range(b0 * CB, b1 * CB):
+            d = dy[t, r, j] + dh_in[j] + kh[r, j]
+            kh[r, j] = zh[zt, r, j] * d
+            dhz[r, j] = d - kh[r, j]
+            kc[r, j] = zc[zt, r, j] * dc[r, j]
+            dc[r, j] -= kc[r, j]
+    _bwd_pointwise(dg[t], cs, czs, c0, dhz, zb, zb, dc, lengths, reverse, t, b0, b1, clip,
                    coupled, gclip)
+    for r in range(rec.shape[0]):
+        if t < lengths[r]:
+            for j in range(b0 * CB, b1 * CB):
+                dc[r, j] += kc[r, j]
 
 
 @njit(**_FAST)
@@ -422,20 +492,23 @@ def _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse,
     nblk = Wpb.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     _matmul_rows(dhs[t], Wpb, dm, zero, False, 0, dm.shape[0], b0, b1)
-    _bwd_pointwise(dg[t], cs, c0, dm, zero_b, zero_b, dc, lengths, reverse, t, b0, b1, clip,
-                   coupled, gclip)
+    _bwd_pointwise(dg[t], cs, cs, c0, dm, zero_b, zero_b, dc, lengths, reverse, t, b0, b1,
+                   clip, coupled, gclip)
 
 
 @njit(parallel=True, **_FAST)
 def _backward_tiled(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, reverse, P, clip,
-                    coupled, gclip, mask):
+                    coupled, gclip, mask, czs, zc, zh, kh, kc, dhz, zb):
     """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0 [B,Hp]; dh_n
     [B,Pp]; dy [T,B,Pp]; W [Pp/CB, Gp, CB]: W_hh in blocks of output units; rec
     [B,Pp] scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out.
     Wpb [Hp/CB, Pp, CB]: W_hr in blocks, or no blocks for no projection; with one,
     a first parallel region writes the gradient of h to dhs [T,B,Pp], a second
     projects it back, dm = dhs[t] @ W_hr [B,Hp], and runs the gate gradients.
-    mask: the forward's recurrent dropout mask [B,Pp], or [0,0] for none."""
+    mask: the forward's recurrent dropout mask [B,Pp], or [0,0] for none.
+    Zoneout (no projection): czs [T,B,Hp], the states after it; zc, zh [T or 1,
+    B,Hp], its weights ([1,1,1]: none); kh [B,Hp], zero in, out the part of dh0
+    that the first steps kept; kc, dhz [B,Hp] scratch, zb [B,Hp] zeros."""
     T = dg.shape[0]
     zero = np.zeros((1, max(rec.shape[1], dm.shape[1])), rec.dtype)
     proj = Wpb.shape[0] > 0
@@ -456,12 +529,12 @@ def _backward_tiled(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, rev
                 _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t,
                                p, P, clip, coupled, gclip)
         elif P == 1:
-            _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, 0,
-                      1, clip, coupled, gclip, mask)
+            _bwd_step(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
+                      t_prev, 0, 1, clip, coupled, gclip, mask, zc, zh, kh, kc, dhz, zb)
         else:
             for p in prange(P):
-                _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
-                          t_prev, p, P, clip, coupled, gclip, mask)
+                _bwd_step(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
+                          t_prev, p, P, clip, coupled, gclip, mask, zc, zh, kh, kc, dhz, zb)
 
 
 @njit(parallel=True, **_FAST)
@@ -482,14 +555,17 @@ def _cell_outputs(gates, cs, lengths, out):
 # -- float64: BLAS per step --------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
 def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y, cs, clip,
-                  coupled, gclip):
+                  coupled, gclip, czs, zc, zh):
     """xw [T,B,G] (receives the activated gates when training); w_hh_t [P,G];
     w_hr_t [H,P], the projection (ignored when its size is 0: P = H); mask [B,P],
     the recurrent dropout mask (none when its size is 0); h [B,P], c [B,H] in/out;
-    y [T,B,P] out; cs [T,B,H] out when training."""
+    y [T,B,P] out; cs [T,B,H] out when training: the new cell values. Zoneout (no
+    projection): zc, zh [T or 1,B,H] ([1,1,1]: none), and czs [T,B,H] receives the
+    states after it when training (cs itself without zoneout)."""
     T, B, G = xw.shape
     H = G // 4
     proj = w_hr_t.size > 0
+    zoned = zc.shape[2] > 1
     rec = np.empty((B, G), xw.dtype)
     m = np.empty((B, H), xw.dtype) if proj else h  # o * tanh(c), before the projection
     hp = np.empty(h.shape, xw.dtype)
@@ -503,18 +579,24 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
                     cs[t, b] = c[b]
                 continue
             a, r = xw[t, b], rec[b]
+            zt = t if zc.shape[0] > 1 else 0
             for j in range(H):
                 i = sigmoid(clip_gate(a[j] + r[j], gclip))
                 g = tanh(clip_gate(a[2 * H + j] + r[2 * H + j], gclip))
                 o = sigmoid(clip_gate(a[3 * H + j] + r[3 * H + j], gclip))
                 f, cj = lstm_cell(i, sigmoid(clip_gate(a[H + j] + r[H + j], gclip)), g, c[b, j],
                                   clip, coupled)
-                c[b, j] = cj
-                m[b, j] = o * tanh(cj)
+                mj = o * tanh(cj)
                 if training:
                     a[j], a[H + j], a[2 * H + j], a[3 * H + j] = i, f, g, o
+                    cs[t, b, j] = cj
+                if zoned:  # keep part of the old state
+                    cj += zc[zt, b, j] * (c[b, j] - cj)
+                    mj += zh[zt, b, j] * (m[b, j] - mj)
+                c[b, j] = cj
+                m[b, j] = mj
             if training:
-                cs[t, b] = c[b]
+                czs[t, b] = c[b]
         if proj:
             np.dot(m, w_hr_t, hp)
         for b in range(B):
@@ -526,16 +608,20 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
 
 @njit(cache=True, error_model="numpy")
 def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, dc, clip,
-                   coupled, gclip):
+                   coupled, gclip, czs, zc, zh):
     """dg [T,B,G]: activated gates in, dG out; w_hh [G,P]; dh [B,P], dc [B,H]: the
     final state's gradient in, the initial state's out. With a projection (w_hr
     [P,H] of size > 0), dhs [T,B,P] receives the gradient of each step's h; mask
-    [B,P]: the forward's recurrent dropout mask (none when its size is 0)."""
+    [B,P]: the forward's recurrent dropout mask (none when its size is 0); czs,
+    zc, zh: the forward's zoneout arrays (_forward_blas)."""
     T, B, G = dg.shape
     H = G // 4
     proj = w_hr.size > 0
+    zoned = zc.shape[2] > 1
     rec = np.empty(dh.shape, dg.dtype)
     dm = np.empty((B, H), dg.dtype)  # the gradient of o * tanh(c)
+    kh = np.zeros(dh.shape, dg.dtype)  # zoneout: the parts of dh and dc kept
+    kc = np.zeros((B, H), dg.dtype)
     gated = gclip < np.inf
     bounds = gate_clip_bounds(gclip, 0.0)  # (this path runs float64)
     for s in range(T):
@@ -550,14 +636,20 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
         else:
             for b in range(B):
                 dm[b] = dh[b] + dy[t, b]
+        zt = t if zc.shape[0] > 1 else 0
         for b in range(B):
             n = lengths[b]
             a = dg[t, b]
             if t >= n:
                 a[:] = 0
                 continue
+            if zoned:  # h' = h~ + zh (h - h~), c' = c~ + zc (c - c~)
+                kh[b] = zh[zt, b] * dm[b]
+                dm[b] -= kh[b]
+                kc[b] = zc[zt, b] * dc[b]
+                dc[b] -= kc[b]
             first = t == n - 1 if reverse else t == 0
-            c_prev = c0[b] if first else cs[t + 1 if reverse else t - 1, b]
+            c_prev = c0[b] if first else czs[t + 1 if reverse else t - 1, b]
             for j in range(H):
                 i, f, g, o = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
                 tc = tanh(cs[t, b, j])
@@ -566,10 +658,14 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
                 if gated:  # no gradient through a clipped pre-activation
                     a[j], a[H + j], a[2 * H + j], a[3 * H + j] = unclipped_grads(
                         a[j], a[H + j], a[2 * H + j], a[3 * H + j], i, f, g, o, bounds)
+            if zoned:
+                dc[b] += kc[b]
         np.dot(dg[t], w_hh, rec)
         for b in range(B):
             if t < lengths[b]:
                 dh[b] = rec[b] * mask[b] if mask.size > 0 else rec[b]
+                if zoned:
+                    dh[b] += kh[b]
 
 
 # -- packing and the Python-level wrappers ---------------------------------------------
@@ -668,13 +764,15 @@ def _lengths_or_full(lengths, T, B):
 
 
 def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=False,
-                     h_mask=None):
+                     h_mask=None, zone_c=None, zone_h=None):
     """One LSTM layer and direction on the CPU.
 
     x: [T,B,I] C-contiguous; packed: pack_lstm_cpu(...) of the same dtype;
     h0 [B,P], c0 [B,H] (P = H without a projection); lengths: [B] ints in [0, T],
     or None for all T; h_mask: None, or [B,P] multiplying h where it enters the
-    recurrent product at every step (recurrent dropout, reference.lstm_forward_ref).
+    recurrent product at every step (recurrent dropout, reference.lstm_forward_ref);
+    zone_c, zone_h: None, or zoneout's weights [T,B,H] (or [1,B,H], the same at
+    every step), without a projection.
     Returns y [T,B,P], h_n [B,P], c_n [B,H] and, when training, the cache that
     lstm_backward_cpu consumes (else None).
     """
@@ -688,8 +786,11 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         y = np.empty((T, B, Pu), x.dtype)
         cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
+        zc, zh = _zone_weights(zone_c, zone_h, H, x.dtype)
+        czs = np.empty_like(cs) if training and zone_c is not None else cs
         _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], mask, h, c, lens, reverse,
-                      training, y, cs, packed["clip"], packed["coupled"], packed["gclip"])
+                      training, y, cs, packed["clip"], packed["coupled"], packed["gclip"], czs,
+                      zc, zh)
         y_out, c0_kept = y, c0
     else:
         Hp, Pp = packed["Hp"], packed["Pp"]
@@ -704,6 +805,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         rec = np.empty((B, 4 * Hp), np.float32)
         P = _threads(B, Hp, packed["w_fwd"].shape[0])
         mask, hmbuf = mask_buffers(h_mask, hbuf)
+        zc, zh = _zone_weights(zone_c, zone_h, Hp, np.float32)
+        czs = np.empty_like(cs) if training and zone_c is not None else cs
+        c_old = np.empty((B, Hp), np.float32) if zone_c is not None else _NO_ARRAY
         steps = T if training else max(1, INFERENCE_CHUNK_BYTES // (B * 4 * Hp * 4))
         xw = np.empty((min(steps, T), B, 4 * Hp), np.float32)
         # Chunks in the order the direction walks the steps; the state carries over.
@@ -716,7 +820,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             _forward_tiled(chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
                            y[t0:t1], cs[t0:t1] if training else cs, rec, zero, lens - t0,
                            reverse, training, P, packed["clip"], packed["coupled"],
-                           packed["gclip"])
+                           packed["gclip"], czs, zc if zc.shape[0] == 1 else zc[t0:t1],
+                           zh if zh.shape[0] == 1 else zh[t0:t1], c_old)
             if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
                 hbuf[0] = hbuf[1]
                 hmbuf[0] = hmbuf[1]
@@ -726,8 +831,22 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     if not training:
         return y_out, h, c, None
     cache = dict(x=x, h0=h0, c0=c0_kept, lengths=lens, reverse=reverse, gates=xw, cs=cs, y=y,
-                 mask=mask)
+                 mask=mask, czs=czs, zc=zc, zh=zh)
     return y_out, h, c, cache
+
+
+# Stand-ins for the arrays of an option not in use (read by no kernel): made once,
+# since at B=1 a call's few microseconds of allocations show.
+_NO_ARRAY = np.zeros((1, 1), np.float32)
+_NO_ZONE = {np.dtype(d): np.ones((1, 1, 1), d) for d in (np.float32, np.float64)}
+
+
+def _zone_weights(zone_c, zone_h, width, dtype):
+    """Zoneout's weights for the kernels, padded to `width` units, or [1,1,1] ones
+    meaning none."""
+    if zone_c is None:
+        return _NO_ZONE[np.dtype(dtype)], _NO_ZONE[np.dtype(dtype)]
+    return _pad(zone_c.astype(dtype), width), _pad(zone_h.astype(dtype), width)
 
 
 def lstm_step_cpu(x, packed, h, c):
@@ -776,14 +895,20 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     dm = np.empty((B, Hc) if proj else (1, 1), np.float32)
     mask = cache["mask"]
     masked = mask.shape[0] > 0
+    zoned = cache["zc"].shape[2] > 1
+    kh, kc, dhz, zb = ((np.zeros((B, Hp), np.float32) for _ in range(4)) if zoned else
+                       (_NO_ARRAY,) * 4)
     _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"],
                     packed["w_proj_bwd"], rec, dhs, dm, dh_np, dc, lens, reverse, P,
-                    packed["clip"], packed["coupled"], packed["gclip"], mask)
+                    packed["clip"], packed["coupled"], packed["gclip"], mask, cache["czs"],
+                    cache["zc"], cache["zh"], kh, kc, dhz, zb)
     dg_first, empty = _first_step_gradients(dg, lens, reverse)
     dh = np.empty((B, Hp), np.float32)
     _matmul(dg_first, packed["w_bwd"], dh, zeros, False)
     if masked:
         dh *= mask
+    if zoned:
+        dh += kh  # zoneout's kept part of the first steps' dh
     dh[empty] = dh_np[empty]
     dg2 = dg.reshape(T * B, Gp)
     dx = np.empty((T * B, Ip), np.float32)
@@ -842,7 +967,8 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     # keep dh_n).
     mask = cache["mask"]
     _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], packed["w_hr"], mask, dhs,
-                   lens, reverse, dh, dc, packed["clip"], packed["coupled"], packed["gclip"])
+                   lens, reverse, dh, dc, packed["clip"], packed["coupled"], packed["gclip"],
+                   cache["czs"], cache["zc"], cache["zh"])
     dg_first, _ = _first_step_gradients(dg, lens, reverse)
     dg2 = dg.reshape(T * B, G)
     dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)
