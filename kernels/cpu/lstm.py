@@ -256,17 +256,54 @@ def _times_mask(a, mask, out, j0, j1):
 
 
 @njit(**_FAST)
+def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, coupled,
+              gclip):
+    """Thread p's blocks of step t of the plain layer (no projection, recurrent dropout
+    or zoneout): the product, then the gate math. Kept apart from _fwd_step_in, which
+    serves the options: at B=1, H=64 each array argument of a per-step call showed."""
+    nblk = W.shape[0]
+    b0, b1 = p * nblk // P, (p + 1) * nblk // P
+    h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
+    _matmul_rows(h_old, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
+    _fwd_pointwise(rec, xw[t], h_old, h_new, c, y[t], cs[t if training else 0], lengths, t,
+                   training, b0, b1, clip, coupled, gclip)
+
+
+@njit(parallel=True, **_FAST)
+def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
+                   gclip):
+    """The plain layer's time loop. xw [T,B,Gp]: x @ W_ih^T + b, receives the
+    activated gates when training; W [Gp/CB, Hp, CB]: W_hh^T in blocks; hbuf
+    [2,B,Hp]: h0 in hbuf[0], h alternates between the two (threads read all of
+    h_old while writing their part of h_new), final h in hbuf[T % 2]; c [B,Hp]
+    in/out; y [T,B,Hp] out; cs [T,B,Hp] out when training; rec [B,Gp] scratch; P
+    threads per step; clip, coupled: the cell options of gates.lstm_cell; gclip:
+    gates.clip_gate's. _forward_tiled_options adds the projection, recurrent
+    dropout and zoneout."""
+    T = xw.shape[0]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        if P == 1:  # even prange(1) would pay a fork and join per step
+            _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, 0, 1, clip, coupled,
+                      gclip)
+        else:
+            for p in prange(P):
+                _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip,
+                          coupled, gclip)
+
+
+@njit(**_FAST)
 def _zoned_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
                 coupled, gclip, hm_new, mask, c_old, czs, zc, zh):
-    """_fwd_step with zoneout: thread p's units of c are kept in c_old, the step runs,
+    """_fwd_step_in with zoneout: thread p's units of c are kept in c_old, the step runs,
     then _zoneout mixes the old values back in (and the mask, if any, follows)."""
     nblk = W.shape[0]
     j0, j1 = p * nblk // P * U, (p + 1) * nblk // P * U
     for r in range(c.shape[0]):
         for j in range(j0, j1):
             c_old[r, j] = c[r, j]
-    _fwd_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
-              coupled, gclip, hm_new, mask, False)
+    _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
+                 coupled, gclip, hm_new, mask, False)
     zt = t if zc.shape[0] > 1 else 0
     _zoneout(c, c_old, h_new, h_old, y_t, czs[t if training else 0], zc[zt], zh[zt], lengths,
              t, training, j0, j1)
@@ -291,8 +328,8 @@ def _zoneout(c, c_old, h_new, h_old, y_t, czs_t, zc_t, zh_t, lengths, t, trainin
 
 
 @njit(**_FAST)
-def _fwd_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
-              coupled, gclip, hm_new, mask, mask_here):
+def _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P,
+                 clip, coupled, gclip, hm_new, mask, mask_here):
     """Thread p's blocks of step t: rec = xw[t] + h_in @ W_hh^T, then the gate math
     (_fwd_pointwise, which writes o * tanh(c) to h_new and y_t); with mask_here,
     also hm_new = h_new * mask for its units, the next step's h_in."""
@@ -323,8 +360,8 @@ def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P, hm_new, mask, m
 
 
 @njit(parallel=True, **_FAST)
-def _forward_tiled(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths, reverse,
-                   training, P, clip, coupled, gclip, czs, zc, zh, c_old):
+def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths,
+                           reverse, training, P, clip, coupled, gclip, czs, zc, zh, c_old):
     """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
     W [Gp/CB, Pp, CB]: W_hh^T in blocks; hbuf [2,B,Pp]: h0 in hbuf[0], h
     alternates between the two (threads read all of h_old while writing their
@@ -357,15 +394,15 @@ def _forward_tiled(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths
                 _zoned_step(xw, W, h_in, h_old, h_new, y[t], c, cs, rec, lengths, training, t,
                             p, P, clip, coupled, gclip, hm_new, mask, c_old, czs, zc, zh)
         elif P == 1:  # even prange(1) would pay a fork and join per step
-            _fwd_step(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t, 0, 1,
-                      clip, coupled, gclip, hm_new, mask, masked and not proj)
+            _fwd_step_in(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t, 0,
+                         1, clip, coupled, gclip, hm_new, mask, masked and not proj)
             if proj:
                 _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, 0, 1, hm_new, mask,
                            masked)
         else:
             for p in prange(P):
-                _fwd_step(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t,
-                          p, P, clip, coupled, gclip, hm_new, mask, masked and not proj)
+                _fwd_step_in(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t,
+                             p, P, clip, coupled, gclip, hm_new, mask, masked and not proj)
             if proj:
                 for p in prange(P):
                     _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, p, P, hm_new, mask,
@@ -431,8 +468,41 @@ def _bwd_pointwise(dg_t, cs, czs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, 
 
 
 @njit(**_FAST)
-def _bwd_step(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P,
-              clip, coupled, gclip, mask, zc, zh, kh, kc, dhz, zb):
+def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P,
+              clip, coupled, gclip):
+    nblk = W.shape[0]
+    b0, b1 = p * nblk // P, (p + 1) * nblk // P
+    if s > 0:
+        _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
+    _bwd_pointwise(dg[t], cs, cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
+                   coupled, gclip)
+
+
+@njit(parallel=True, **_FAST)
+def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
+                    gclip):
+    """The plain layer's backward loop. dg [T,B,Gp]: activated gates in, dG out;
+    cs [T,B,Hp]; c0, dh_n [B,Hp]; dy [T,B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
+    output units; rec [B,Hp] scratch (dh from the step after); dc [B,Hp]: dc_n in,
+    dc0 out. _backward_tiled_options adds the options."""
+    T = dg.shape[0]
+    zero = np.zeros((1, rec.shape[1]), rec.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        t_prev = t - 1 if reverse else t + 1
+        if P == 1:
+            _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, 0,
+                      1, clip, coupled, gclip)
+        else:
+            for p in prange(P):
+                _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
+                          t_prev, p, P, clip, coupled, gclip)
+
+
+@njit(**_FAST)
+def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
+                      t_prev, p, P, clip, coupled, gclip, mask, zc, zh, kh, kc, dhz, zb):
+    """_bwd_step with a recurrent dropout mask and zoneout (either may be absent)."""
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
@@ -497,8 +567,8 @@ def _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse,
 
 
 @njit(parallel=True, **_FAST)
-def _backward_tiled(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, reverse, P, clip,
-                    coupled, gclip, mask, czs, zc, zh, kh, kc, dhz, zb):
+def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, reverse,
+                            P, clip, coupled, gclip, mask, czs, zc, zh, kh, kc, dhz, zb):
     """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0 [B,Hp]; dh_n
     [B,Pp]; dy [T,B,Pp]; W [Pp/CB, Gp, CB]: W_hh in blocks of output units; rec
     [B,Pp] scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out.
@@ -529,12 +599,14 @@ def _backward_tiled(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, rev
                 _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t,
                                p, P, clip, coupled, gclip)
         elif P == 1:
-            _bwd_step(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
-                      t_prev, 0, 1, clip, coupled, gclip, mask, zc, zh, kh, kc, dhz, zb)
+            _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s,
+                              t, t_prev, 0, 1, clip, coupled, gclip, mask, zc, zh, kh, kc, dhz,
+                              zb)
         else:
             for p in prange(P):
-                _bwd_step(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
-                          t_prev, p, P, clip, coupled, gclip, mask, zc, zh, kh, kc, dhz, zb)
+                _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse,
+                                  s, t, t_prev, p, P, clip, coupled, gclip, mask, zc, zh, kh,
+                                  kc, dhz, zb)
 
 
 @njit(parallel=True, **_FAST)
@@ -750,7 +822,7 @@ def mask_buffers(h_mask, hbuf):
     and the double buffer of h * mask the products read (h0's in its first half);
     for h_mask None, an empty mask and hbuf itself (unread)."""
     if h_mask is None:
-        return np.zeros((0, 0), np.float32), hbuf
+        return _NO_MASK, hbuf
     mask = _pad(h_mask.astype(np.float32), hbuf.shape[2])
     hmbuf = np.empty_like(hbuf)
     hmbuf[0] = hbuf[0] * mask
@@ -798,16 +870,19 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         hbuf[0, :, :Pu] = h0
         c0_kept = _pad(c0, Hp)
         c = c0_kept.copy()
-        m = np.empty((B, Hp) if packed["proj"] else (1, 1), np.float32)
-        zero = np.zeros((1, Pp), np.float32)
         y = np.empty((T, B, Pp), np.float32)
         cs = np.empty((T, B, Hp) if training else (1, 1, 1), np.float32)
         rec = np.empty((B, 4 * Hp), np.float32)
         P = _threads(B, Hp, packed["w_fwd"].shape[0])
-        mask, hmbuf = mask_buffers(h_mask, hbuf)
-        zc, zh = _zone_weights(zone_c, zone_h, Hp, np.float32)
-        czs = np.empty_like(cs) if training and zone_c is not None else cs
-        c_old = np.empty((B, Hp), np.float32) if zone_c is not None else _NO_ARRAY
+        plain = h_mask is None and zone_c is None and not packed["proj"]
+        mask, zc, zh, czs = _NO_MASK, _NO_ZONE[np.dtype(np.float32)], None, cs
+        if not plain:  # (at B=1 a plain call's microseconds show: it makes none of these)
+            m = np.empty((B, Hp) if packed["proj"] else (1, 1), np.float32)
+            zero = np.zeros((1, Pp), np.float32)
+            mask, hmbuf = mask_buffers(h_mask, hbuf)
+            zc, zh = _zone_weights(zone_c, zone_h, Hp, np.float32)
+            czs = np.empty_like(cs) if training and zone_c is not None else cs
+            c_old = np.empty((B, Hp), np.float32) if zone_c is not None else _NO_ARRAY
         steps = T if training else max(1, INFERENCE_CHUNK_BYTES // (B * 4 * Hp * 4))
         xw = np.empty((min(steps, T), B, 4 * Hp), np.float32)
         # Chunks in the order the direction walks the steps; the state carries over.
@@ -817,14 +892,21 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             chunk = xw[:t1 - t0]
             _matmul(x[t0:t1].reshape(-1, I), packed["w_in"], chunk.reshape(-1, 4 * Hp),
                     packed["bias"], False)
-            _forward_tiled(chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
-                           y[t0:t1], cs[t0:t1] if training else cs, rec, zero, lens - t0,
-                           reverse, training, P, packed["clip"], packed["coupled"],
-                           packed["gclip"], czs, zc if zc.shape[0] == 1 else zc[t0:t1],
-                           zh if zh.shape[0] == 1 else zh[t0:t1], c_old)
+            if plain:
+                _forward_tiled(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
+                               cs[t0:t1] if training else cs, rec, lens - t0, reverse, training,
+                               P, packed["clip"], packed["coupled"], packed["gclip"])
+            else:
+                _forward_tiled_options(
+                    chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
+                    y[t0:t1], cs[t0:t1] if training else cs, rec, zero, lens - t0, reverse,
+                    training, P, packed["clip"], packed["coupled"], packed["gclip"], czs,
+                    zc if zc.shape[0] == 1 else zc[t0:t1], zh if zh.shape[0] == 1 else zh[t0:t1],
+                    c_old)
             if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
                 hbuf[0] = hbuf[1]
-                hmbuf[0] = hmbuf[1]
+                if not plain:
+                    hmbuf[0] = hmbuf[1]
         h = hbuf[0, :, :Pu].copy()
         c = c[:, :H].copy()
         y_out = y if Pp == Pu else np.ascontiguousarray(y[:, :, :Pu])
@@ -838,6 +920,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
 # Stand-ins for the arrays of an option not in use (read by no kernel): made once,
 # since at B=1 a call's few microseconds of allocations show.
 _NO_ARRAY = np.zeros((1, 1), np.float32)
+_NO_MASK = np.zeros((0, 0), np.float32)  # (a recurrent dropout mask of size 0: none)
 _NO_ZONE = {np.dtype(d): np.ones((1, 1, 1), d) for d in (np.float32, np.float64)}
 
 
@@ -898,10 +981,15 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     zoned = cache["zc"].shape[2] > 1
     kh, kc, dhz, zb = ((np.zeros((B, Hp), np.float32) for _ in range(4)) if zoned else
                        (_NO_ARRAY,) * 4)
-    _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"],
-                    packed["w_proj_bwd"], rec, dhs, dm, dh_np, dc, lens, reverse, P,
-                    packed["clip"], packed["coupled"], packed["gclip"], mask, cache["czs"],
-                    cache["zc"], cache["zh"], kh, kc, dhz, zb)
+    if proj or masked or zoned:
+        _backward_tiled_options(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"],
+                                packed["w_proj_bwd"], rec, dhs, dm, dh_np, dc, lens, reverse, P,
+                                packed["clip"], packed["coupled"], packed["gclip"], mask,
+                                cache["czs"], cache["zc"], cache["zh"], kh, kc, dhz, zb)
+    else:
+        _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec,
+                        dh_np, dc, lens, reverse, P, packed["clip"], packed["coupled"],
+                        packed["gclip"])
     dg_first, empty = _first_step_gradients(dg, lens, reverse)
     dh = np.empty((B, Hp), np.float32)
     _matmul(dg_first, packed["w_bwd"], dh, zeros, False)
