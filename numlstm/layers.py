@@ -952,7 +952,8 @@ class LSTM(_Recurrent):
             with that probability at each step, c' <- c' + z (c - c') with z drawn 0
             or 1 per sequence, unit and step (h likewise); at inference z is the rate
             itself, the expectation. LSTM without a projection, cpu and numpy
-            backends. Keras and torch have no such option.
+            backends. Keras, torch and ONNX have no such option (to_torch and
+            export_onnx refuse such a layer).
         proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
             proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units
             (c keeps H), W_hh is [G,P] and each cell gains weight_hr_l{k} [P,H] (no

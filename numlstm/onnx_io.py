@@ -175,6 +175,10 @@ def _check_exportable(layer):
                          "ONNX cannot say: the LSTM operator's clip bounds the gate "
                          "pre-activations instead (onnxruntime computes it so), which is "
                          "numlstm's gate_clip")
+    if getattr(layer, "zoneout", 0):
+        raise ValueError("export_onnx: this LSTM uses zoneout, which mixes the old state "
+                         "into the new one at inference too; ONNX's LSTM operator cannot "
+                         "say that")
 
 
 def _layer_graph(g, layer, lengths, initial_state):

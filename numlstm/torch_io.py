@@ -96,6 +96,9 @@ def _check_torch_form(layer):
         raise ValueError("to_torch: torch.nn.LSTM has no cell_clip, gate_clip or "
                          "input_forget; this LSTM uses them (numlstm.export_onnx carries "
                          "gate_clip and input_forget)")
+    if getattr(layer, "zoneout", 0):
+        raise ValueError("to_torch: this LSTM uses zoneout, which mixes the old state into "
+                         "the new one at inference too; torch.nn.LSTM has no such option")
 
 
 def _torch_module(layer, batch_first):

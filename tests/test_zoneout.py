@@ -128,6 +128,11 @@ def test_step_config_and_refusals(rng, tmp_path):
         numlstm.GRU(4, 6, zoneout=0.1)
     with pytest.raises(ValueError, match="not a projected LSTM"):
         numlstm.LSTM(4, 6, proj_size=2, zoneout=0.1)
+    with pytest.raises(ValueError, match="to_torch: this LSTM uses zoneout"):
+        lstm.to_torch()
+    with pytest.raises(ValueError, match="export_onnx: this LSTM uses zoneout"):
+        numlstm.export_onnx(lstm, tmp_path / "z.onnx")
+    assert not (tmp_path / "z.onnx").exists()
     cuda = numlstm.LSTM(4, 6, zoneout=0.1, backend="cuda", seed=0)
     with pytest.raises(NotImplementedError, match="zoneout.*backend='cpu'"):
         cuda(x)
