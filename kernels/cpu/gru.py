@@ -38,8 +38,8 @@ import numpy as np
 from numba import carray, njit, prange
 
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
-from .lstm import (CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _stack_f32, _times_mask,
-                   _transpose, mask_buffers)
+from .lstm import (_NO_MASK, CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _stack_f32,
+                   _times_mask, _transpose, mask_buffers, masked_product)
 from .rnn import (_blas_recurrent_gradient, _column_sum, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
                   _tiled_weights, _torch_layout, _unpadded)
@@ -137,13 +137,14 @@ def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse,
 
 
 @njit(**_FAST)
-def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, xw, rec, lengths):
+def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, xw, rec, lengths, no_mask):
     """One inference step on one thread, for streaming: xw = x @ W_ih^T + b_ih,
-    then the step's product and gate math; h' goes to h_new."""
+    then the step's product and gate math; h' goes to h_new. no_mask: an empty
+    mask, made once by the caller (this runs once a streamed step)."""
     B, nblk = x.shape[0], w_fwd.shape[0]
     _matmul_rows(x, w_in, xw, b_in, False, 0, B, 0, nblk)
     _fwd_step(xw, w_fwd, b_rec, h, h, h_new, h_new, h_new, rec, lengths, False, 0, 0,
-              nblk // 3, h, np.zeros((0, 0), np.float32))
+              nblk // 3, h, no_mask)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
@@ -195,9 +196,7 @@ def _bwd_step(dg_next, dg_t, hn_t, y, h0, dy_t, W, rec, zero, carry, dh_n, lengt
     forward's next step; times the recurrent dropout mask, if any), then the gate
     gradients."""
     if s > 0:
-        _matmul_rows(dg_next, W, rec, zero, False, 0, rec.shape[0], k0, k1)
-        if mask.shape[0] > 0:
-            _times_mask(rec, mask, rec, U * k0, U * k1)
+        masked_product(dg_next, W, rec, zero, mask, k0, k1)  # (U = CB: blocks are units)
     _bwd_pointwise(dg_t, hn_t, y, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1)
 
 
@@ -402,7 +401,7 @@ def gru_step_cpu(x, packed, h):
     h_new = np.empty((B, Hp), np.float32)
     _step_tiled(x, packed["w_in"], packed["b_in"], packed["w_fwd"], packed["b_rec"],
                 _pad(h, Hp), h_new, np.empty((B, 3 * Hp), np.float32),
-                np.empty((B, 3 * Hp), np.float32), np.ones(B, np.int64))
+                np.empty((B, 3 * Hp), np.float32), np.ones(B, np.int64), _NO_MASK)
     return h_new[:, :H]
 
 

@@ -264,6 +264,16 @@ def _times_mask(a, mask, out, j0, j1):
 
 
 @njit(**_FAST)
+def masked_product(dg_next, W, rec, zero, mask, b0, b1):
+    """rec's output blocks [b0, b1) = dG of the step after @ W_hh, times the recurrent
+    dropout mask when there is one (h entered the product times it): the gradient
+    that reaches a step's h through the recurrent product (LSTM and GRU backward)."""
+    _matmul_rows(dg_next, W, rec, zero, False, 0, rec.shape[0], b0, b1)
+    if mask.shape[0] > 0:
+        _times_mask(rec, mask, rec, b0 * CB, b1 * CB)
+
+
+@njit(**_FAST)
 def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, coupled,
               gclip):
     """Thread p's blocks of step t of the plain layer (no projection, recurrent dropout
@@ -514,9 +524,7 @@ def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reve
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
-        _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
-        if mask.shape[0] > 0:  # h entered the product times the mask
-            _times_mask(rec, mask, rec, b0 * CB, b1 * CB)
+        masked_product(dg[t_prev], W, rec, zero, mask, b0, b1)
     if zc.shape[2] == 1:  # no zoneout
         _bwd_pointwise(dg[t], cs, cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1,
                        clip, coupled, gclip)
@@ -552,9 +560,7 @@ def _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_pr
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
-        _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
-        if mask.shape[0] > 0:
-            _times_mask(rec, mask, rec, b0 * CB, b1 * CB)
+        masked_product(dg[t_prev], W, rec, zero, mask, b0, b1)
     for r in range(rec.shape[0]):
         n = lengths[r]
         dh_in = dh_n[r] if (t == 0 if reverse else t == n - 1) else rec[r]
