@@ -215,44 +215,47 @@ def _column_sums(a, out):
 def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1,
                    clip, coupled, gclip):
     """Gate math of blocks [b0, b1) for step t; rec holds the pre-activations.
-    Each (row, block) works on views of its U units (and CB gate columns), so
-    every index in the unit loop is a constant range: indexing the whole rows
-    with offsets from b0 measured 20-30% slower (and as fast as the views when
-    b0 was a compile-time 0), so the offsets' index arithmetic cost the time."""
+    Each row works on views of the thread's units (and their gate columns),
+    indexed from 0: indexing the whole rows at offsets from b0 measured 20-30%
+    slower at B=32, H=128 (and as fast as this when b0 was a compile-time 0).
+    A view per row, not per block: at B=1, H=64 views per block made the time
+    loop 10% slower."""
+    j0, j1, n = b0 * U, b1 * U, b1 - b0
     for r in range(rec.shape[0]):
-        valid = t < lengths[r]
-        for blk in range(b0, b1):
-            q, v = blk * CB, blk * U
-            c_r, hn, out = c[r, v:v + U], h_new[r, v:v + U], y_t[r, v:v + U]
-            if not valid:  # past this sequence's length: hold the state, output zero
-                ho = h_old[r, v:v + U]
-                for u in range(U):
-                    hn[u] = ho[u]
-                    out[u] = 0
-                if training:
-                    cs_t[r, v:v + U] = c_r
-                continue
-            a = rec[r, q:q + CB]
+        c_r, hn, out = c[r, j0:j1], h_new[r, j0:j1], y_t[r, j0:j1]
+        if t >= lengths[r]:  # past this sequence's length: hold the state, output zero
+            ho = h_old[r, j0:j1]
+            for u in range(j1 - j0):
+                hn[u] = ho[u]
+                out[u] = 0
             if training:
-                gates, cs_r = xw_t[r, q:q + CB], cs_t[r, v:v + U]
+                cs_t[r, j0:j1] = c_r
+            continue
+        a = rec[r, b0 * CB:b1 * CB]
+        if training:
+            gates, cs_r = xw_t[r, b0 * CB:b1 * CB], cs_t[r, j0:j1]
+            for k in range(n):
                 for u in range(U):
-                    i = sigmoid(clip_gate(a[u], gclip))
-                    g = tanh(clip_gate(a[2 * U + u], gclip))
-                    o = sigmoid(clip_gate(a[3 * U + u], gclip))
-                    f, cc = lstm_cell(i, sigmoid(clip_gate(a[U + u], gclip)), g, c_r[u], clip,
+                    q, v = k * CB + u, k * U + u
+                    i = sigmoid(clip_gate(a[q], gclip))
+                    g = tanh(clip_gate(a[q + 2 * U], gclip))
+                    o = sigmoid(clip_gate(a[q + 3 * U], gclip))
+                    f, cc = lstm_cell(i, sigmoid(clip_gate(a[q + U], gclip)), g, c_r[v], clip,
                                       coupled)
                     h = o * tanh(cc)
-                    c_r[u], hn[u], out[u], cs_r[u] = cc, h, h, cc
-                    gates[u], gates[U + u], gates[2 * U + u], gates[3 * U + u] = i, f, g, o
-            else:
+                    c_r[v], hn[v], out[v], cs_r[v] = cc, h, h, cc
+                    gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U] = i, f, g, o
+        else:
+            for k in range(n):
                 for u in range(U):
-                    i = sigmoid(clip_gate(a[u], gclip))
-                    g = tanh(clip_gate(a[2 * U + u], gclip))
-                    o = sigmoid(clip_gate(a[3 * U + u], gclip))
-                    _, cc = lstm_cell(i, sigmoid(clip_gate(a[U + u], gclip)), g, c_r[u], clip,
+                    q, v = k * CB + u, k * U + u
+                    i = sigmoid(clip_gate(a[q], gclip))
+                    g = tanh(clip_gate(a[q + 2 * U], gclip))
+                    o = sigmoid(clip_gate(a[q + 3 * U], gclip))
+                    _, cc = lstm_cell(i, sigmoid(clip_gate(a[q + U], gclip)), g, c_r[v], clip,
                                       coupled)
                     h = o * tanh(cc)
-                    c_r[u], hn[u], out[u] = cc, h, h
+                    c_r[v], hn[v], out[v] = cc, h, h
 
 
 @njit(**_FAST)
@@ -460,21 +463,21 @@ def _bwd_pointwise(dg_t, cs, czs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, 
         first = t == n - 1 if reverse else t == 0
         dh_in = dh_n[r] if last else rec[r]
         c_prev = c0[r] if first else czs[t + 1 if reverse else t - 1, r]
-        for blk in range(b0 * (HB // U), b1 * (HB // U)):
-            # views of the block's U units and CB gate columns (see _fwd_pointwise)
-            q, v = blk * CB, blk * U
-            gates, dc_r = dg_t[r, q:q + CB], dc[r, v:v + U]
-            c_r, cp, dy_r, dh_r = cs[t, r, v:v + U], c_prev[v:v + U], dy_t[r, v:v + U], \
-                dh_in[v:v + U]
+        # views of the row's units [j0, j1) and their gate columns (see _fwd_pointwise)
+        j0, j1 = b0 * HB, b1 * HB
+        gates, dc_r = dg_t[r, 4 * j0:4 * j1], dc[r, j0:j1]
+        c_r, cp, dy_r, dh_r = cs[t, r, j0:j1], c_prev[j0:j1], dy_t[r, j0:j1], dh_in[j0:j1]
+        for k in range(b1 * HB // U - b0 * HB // U):
             for u in range(U):
-                i, f, g, o = gates[u], gates[U + u], gates[2 * U + u], gates[3 * U + u]
-                cc = c_r[u]
-                di, df, dg, do, dcc = lstm_cell_grads(dc_r[u], dy_r[u] + dh_r[u], i, f, g, o,
-                                                      tanh(cc), cp[u], cc, clip, coupled)
+                q, v = k * CB + u, k * U + u
+                i, f, g, o = gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U]
+                cc = c_r[v]
+                di, df, dg, do, dcc = lstm_cell_grads(dc_r[v], dy_r[v] + dh_r[v], i, f, g, o,
+                                                      tanh(cc), cp[v], cc, clip, coupled)
                 if gated:  # no gradient through a clipped pre-activation
                     di, df, dg, do = unclipped_grads(di, df, dg, do, i, f, g, o, bounds)
-                gates[u], gates[U + u], gates[2 * U + u], gates[3 * U + u] = di, df, dg, do
-                dc_r[u] = dcc
+                gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U] = di, df, dg, do
+                dc_r[v] = dcc
 
 
 @njit(**_FAST)
