@@ -12,7 +12,9 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
       kernel (_tile: R rows x CB columns of accumulators, 24 zmm registers):
       - the time loop runs one parallel region per step, each of P threads
         owning a range of blocks (product, then gate math), so a step waits only
-        at the region's end;
+        at the region's end; or, from 8 rows a thread while W_hh fits in a
+        core's L2, one region for all the steps, each thread running its rows
+        of the batch with all of W_hh (_forward_rows, _backward_rows);
       - the products before the loop (input projection) and after it (dx, the
         weight gradients) are parallel loops over (row chunk, block) tasks.
       All of it runs in Numba's OpenMP pool. BLAS kept out on purpose: NumPy's
@@ -76,6 +78,8 @@ PARALLEL_MIN_UNITS = 256
 PARALLEL_MIN_FLOPS = 2_000_000
 ROWS_PER_TASK = 120  # rows of one task of the large products (a multiple of R;
                      # 120 beat 60 by 20-35% at T*B >= 2048, level below)
+ROW_SPLIT = None  # tests force one split of the plain time loops: True (rows), False (units)
+ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
 KC = 1024           # K chunk of the products: KC x CB of W is 256 KiB, held in L2 across a
                     # task's row tiles (measured against 256: 15-30% faster at K >= 512)
 # Inference projects and runs this many bytes of steps at a time, so the
@@ -313,6 +317,26 @@ def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, cl
                           coupled, gclip)
 
 
+@njit(parallel=True, **_FAST)
+def _forward_rows(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
+                  gclip):
+    """_forward_tiled with the batch shared out instead of the units: thread p runs
+    its rows through all T steps with all of W_hh (the rows of a batch never meet),
+    so the steps need no barrier and no thread touches another's cache lines.
+    Arguments as _forward_tiled's."""
+    T, B = xw.shape[0], rec.shape[0]
+    nblk = W.shape[0]
+    for p in prange(P):
+        r0, r1 = p * B // P, (p + 1) * B // P
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
+            _matmul_rows(h_old, W, rec, xw[t], True, r0, r1, 0, nblk)
+            _fwd_pointwise(rec[r0:r1], xw[t][r0:r1], h_old[r0:r1], h_new[r0:r1], c[r0:r1],
+                           y[t][r0:r1], cs[t if training else 0][r0:r1], lengths[r0:r1], t,
+                           training, 0, nblk, clip, coupled, gclip)
+
+
 @njit(**_FAST)
 def _zoned_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
                 coupled, gclip, hm_new, mask, c_old, czs, zc, zh):
@@ -442,13 +466,24 @@ def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, rec, lengths, clip, coupled, 
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
+@njit(inline="always", **_FAST)
+def _state_before(cs, c0, reverse, t):
+    """The cell states [B,Hp] that the step before t (in the forward's order) passed
+    on, from cs [T,B,Hp]; c0 where t is the first step (_bwd_pointwise reads c0 at
+    each row's first step in any case)."""
+    if reverse:
+        return cs[t + 1] if t + 1 < cs.shape[0] else c0
+    return cs[t - 1] if t > 0 else c0
+
+
 @njit(**_FAST)
-def _bwd_pointwise(dg_t, cs, czs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
-                   coupled, gclip):
+def _bwd_pointwise(dg_t, cs_t, cz_prev, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1,
+                   clip, coupled, gclip):
     """Gate gradients of step t for the hidden units of output blocks [b0, b1)
-    (HB units each). dg_t [B,Gp] holds the activated gates and receives dG; cs
-    [T,B,Hp]: the new cell values of each step; czs: the states the steps passed
-    on (cs itself, unless zoneout kept part of the old ones)."""
+    (HB units each). dg_t [B,Gp] holds the activated gates and receives dG; cs_t
+    [B,Hp]: step t's new cell values; cz_prev [B,Hp]: the state the step before
+    (in the forward's order) passed on (cs there, unless zoneout kept part of
+    the old one; c0 when there is none), c0 where it is a row's first step."""
     gated = gclip < np.inf
     bounds = gate_clip_bounds(gclip, np.float32(0))  # (the tiled kernels are float32)
     for r in range(dg_t.shape[0]):
@@ -462,11 +497,11 @@ def _bwd_pointwise(dg_t, cs, czs, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, 
         last = t == 0 if reverse else t == n - 1
         first = t == n - 1 if reverse else t == 0
         dh_in = dh_n[r] if last else rec[r]
-        c_prev = c0[r] if first else czs[t + 1 if reverse else t - 1, r]
+        c_prev = c0[r] if first else cz_prev[r]
         # views of the row's units [j0, j1) and their gate columns (see _fwd_pointwise)
         j0, j1 = b0 * HB, b1 * HB
         gates, dc_r = dg_t[r, 4 * j0:4 * j1], dc[r, j0:j1]
-        c_r, cp, dy_r, dh_r = cs[t, r, j0:j1], c_prev[j0:j1], dy_t[r, j0:j1], dh_in[j0:j1]
+        c_r, cp, dy_r, dh_r = cs_t[r, j0:j1], c_prev[j0:j1], dy_t[r, j0:j1], dh_in[j0:j1]
         for k in range(b1 * HB // U - b0 * HB // U):
             for u in range(U):
                 q, v = k * CB + u, k * U + u
@@ -487,8 +522,8 @@ def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
         _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
-    _bwd_pointwise(dg[t], cs, cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1, clip,
-                   coupled, gclip)
+    _bwd_pointwise(dg[t], cs[t], _state_before(cs, c0, reverse, t), c0, dy[t], rec, dh_n, dc,
+                   lengths, reverse, t, b0, b1, clip, coupled, gclip)
 
 
 @njit(parallel=True, **_FAST)
@@ -512,6 +547,26 @@ def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip,
                           t_prev, p, P, clip, coupled, gclip)
 
 
+@njit(parallel=True, **_FAST)
+def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
+                   gclip):
+    """_backward_tiled with the batch shared out instead of the units (see
+    _forward_rows). Arguments as _backward_tiled's."""
+    T, B = dg.shape[0], rec.shape[0]
+    nblk = W.shape[0]
+    zero = np.zeros((1, rec.shape[1]), rec.dtype)
+    for p in prange(P):
+        r0, r1 = p * B // P, (p + 1) * B // P
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            if s > 0:
+                _matmul_rows(dg[t - 1 if reverse else t + 1], W, rec, zero, False, r0, r1, 0,
+                             nblk)
+            _bwd_pointwise(dg[t][r0:r1], cs[t][r0:r1], _state_before(cs, c0, reverse, t)[r0:r1],
+                           c0[r0:r1], dy[t][r0:r1], rec[r0:r1], dh_n[r0:r1], dc[r0:r1],
+                           lengths[r0:r1], reverse, t, 0, nblk, clip, coupled, gclip)
+
+
 @njit(**_FAST)
 def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
                       t_prev, p, P, clip, coupled, gclip, mask, zc, zh, kh, kc, dhz, zb):
@@ -521,8 +576,8 @@ def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reve
     if s > 0:
         masked_product(dg[t_prev], W, rec, zero, mask, b0, b1)
     if zc.shape[2] == 1:  # no zoneout
-        _bwd_pointwise(dg[t], cs, cs, c0, dy[t], rec, dh_n, dc, lengths, reverse, t, b0, b1,
-                       clip, coupled, gclip)
+        _bwd_pointwise(dg[t], cs[t], _state_before(cs, c0, reverse, t), c0, dy[t], rec, dh_n,
+                       dc, lengths, reverse, t, b0, b1, clip, coupled, gclip)
         return
     # Zoneout: h' = h~ + zh (h - h~), c' = c~ + zc (c - c~). The kept parts of dh
     # and dc pass to the step before (kh, kc); the rest enters the gate gradients.
@@ -538,8 +593,8 @@ def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reve
             dhz[r, j] = d - kh[r, j]
             kc[r, j] = zc[zt, r, j] * dc[r, j]
             dc[r, j] -= kc[r, j]
-    _bwd_pointwise(dg[t], cs, czs, c0, dhz, zb, zb, dc, lengths, reverse, t, b0, b1, clip,
-                   coupled, gclip)
+    _bwd_pointwise(dg[t], cs[t], _state_before(czs, c0, reverse, t), c0, dhz, zb, zb, dc, lengths,
+                   reverse, t, b0, b1, clip, coupled, gclip)
     for r in range(rec.shape[0]):
         if t < lengths[r]:
             for j in range(b0 * CB, b1 * CB):
@@ -571,8 +626,8 @@ def _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse,
     nblk = Wpb.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     _matmul_rows(dhs[t], Wpb, dm, zero, False, 0, dm.shape[0], b0, b1)
-    _bwd_pointwise(dg[t], cs, cs, c0, dm, zero_b, zero_b, dc, lengths, reverse, t, b0, b1,
-                   clip, coupled, gclip)
+    _bwd_pointwise(dg[t], cs[t], _state_before(cs, c0, reverse, t), c0, dm, zero_b, zero_b, dc,
+                   lengths, reverse, t, b0, b1, clip, coupled, gclip)
 
 
 @njit(parallel=True, **_FAST)
@@ -816,6 +871,17 @@ def _threads(B, Hp, nblk):
     return max(1, min(numba.get_num_threads(), nblk))
 
 
+def _split_rows(B, Hp, P):
+    """Whether the plain layer's time loops share the batch among the P threads
+    (_forward_rows) rather than the units (_forward_tiled): from 8 rows a thread,
+    while W_hh fits in a core's L2 (ROW_SPLIT_MAX_BYTES). Measured on 2 cores,
+    training step: B=32, H=128 20% and B=128, H=256 9% faster; B=8 and H >= 512
+    no faster, B=16, H=1024 19% slower (each thread streams all of W_hh)."""
+    if ROW_SPLIT is not None:
+        return P > 1 and ROW_SPLIT
+    return P > 1 and B >= 8 * P and Hp * 4 * Hp * 4 <= ROW_SPLIT_MAX_BYTES
+
+
 def _pad(a, Hp):
     """[..., H] -> [..., Hp] with zeros (the array itself when H == Hp)."""
     H = a.shape[-1]
@@ -902,7 +968,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             _matmul(x[t0:t1].reshape(-1, I), packed["w_in"], chunk.reshape(-1, 4 * Hp),
                     packed["bias"], False)
             if plain:
-                _forward_tiled(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
+                loop = _forward_rows if _split_rows(B, Hp, P) else _forward_tiled
+                loop(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
                                cs[t0:t1] if training else cs, rec, lens - t0, reverse, training,
                                P, packed["clip"], packed["coupled"], packed["gclip"])
             else:
@@ -996,9 +1063,9 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
                                 packed["clip"], packed["coupled"], packed["gclip"], mask,
                                 cache["czs"], cache["zc"], cache["zh"], kh, kc, dhz, zb)
     else:
-        _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec,
-                        dh_np, dc, lens, reverse, P, packed["clip"], packed["coupled"],
-                        packed["gclip"])
+        loop = _backward_rows if _split_rows(B, Hc, P) else _backward_tiled
+        loop(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec, dh_np, dc, lens,
+             reverse, P, packed["clip"], packed["coupled"], packed["gclip"])
     dg_first, empty = _first_step_gradients(dg, lens, reverse)
     dh = np.empty((B, Hp), np.float32)
     _matmul(dg_first, packed["w_bwd"], dh, zeros, False)

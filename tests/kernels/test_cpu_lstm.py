@@ -75,15 +75,20 @@ def test_cpu_kernels_match_reference_with_cell_options(rng, dtype, options):
         _compare(rng, 1, 1, 2, 3, dtype, reverse, None, **options)
 
 
+@pytest.mark.parametrize("rows", [False, True], ids=["units-split", "rows-split"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_parallel_step_matches_reference(rng, monkeypatch, reverse):
-    """Force a parallel region per step at small shapes: several blocks per thread,
-    padded units (H=70 -> 128), a remainder of rows outside the 4-row tiles."""
+def test_parallel_step_matches_reference(rng, monkeypatch, reverse, rows):
+    """Force the parallel time loops at small shapes, sharing out the units (a
+    region per step: several blocks per thread, padded units (H=70 -> 128), a
+    remainder of rows outside the 6-row tiles) or the batch (uneven parts, a
+    thread with one row)."""
     import numba
     from numlstm.kernels.cpu import lstm as cpu_lstm
     monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
     assert cpu_lstm._threads(5, 128, 2) == min(2, numba.get_num_threads())
-    for T, B, I, H in [(6, 5, 3, 70), (3, 11, 4, 128), (4, 2, 5, 20), (2, 15, 3, 64)]:
+    for T, B, I, H in [(6, 5, 3, 70), (3, 11, 4, 128), (4, 2, 5, 20), (2, 15, 3, 64),
+                       (5, 3, 2, 33)]:
         lengths = rng.integers(1, T + 1, B)
         _compare(rng, T, B, I, H, np.float32, reverse, lengths)
         _compare(rng, T, B, I, H, np.float32, reverse, None)
