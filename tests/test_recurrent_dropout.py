@@ -157,6 +157,22 @@ GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (6, 4, 9, 70, True),
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gru_cpu_kernels_against_the_reference(rng, shape, reset_after, dtype):
+    _check_gru_kernels(rng, shape, reset_after, dtype)
+
+
+@pytest.mark.parametrize("rows", [False, True], ids=["units-split", "rows-split"])
+def test_gru_parallel_loops_with_a_mask(rng, monkeypatch, rows):
+    """Both ways of sharing the float32 time loops among threads (the units of a
+    step, or the rows of the batch), forced at small shapes."""
+    from numlstm.kernels.cpu import lstm as cpu_lstm
+    from numlstm.kernels.cpu import rnn as cpu_rnn
+    monkeypatch.setattr(cpu_rnn, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
+    for shape in [(5, 3, 4, 130, False), (4, 11, 3, 64, True), (3, 2, 5, 20, False)]:
+        _check_gru_kernels(rng, shape, True, np.float32)
+
+
+def _check_gru_kernels(rng, shape, reset_after, dtype):
     T, B, I, H, reverse = shape
     scale = min(0.5, 2 / np.sqrt(H))
     w = [rng.standard_normal(s) * scale for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]

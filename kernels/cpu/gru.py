@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
-from .lstm import (_NO_MASK, CB, _FAST, _lengths_or_full, _matmul_rows, _pad,
+from .lstm import (_NO_MASK, CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _split_rows,
                    _times_mask, _transpose, mask_buffers, masked_product)
 from .rnn import (_blas_recurrent_gradient, _column_sum, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
@@ -134,6 +134,25 @@ def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse,
                           training, t, p * nk // P, (p + 1) * nk // P, hm_new, mask)
 
 
+@njit(parallel=True, **_FAST)
+def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P):
+    """_forward_tiled with the batch shared out instead of the units: thread p runs
+    its rows through all T steps with all of W_hh, in one parallel region with no
+    barrier between steps (lstm._forward_rows). Arguments as _forward_tiled's."""
+    T, B = xw.shape[0], rec.shape[0]
+    nk = W.shape[0] // 3
+    masked = mask.shape[0] > 0
+    for p in prange(P):
+        r0, r1 = p * B // P, (p + 1) * B // P
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            h_old, h_new, hn_t = hbuf[s & 1], hbuf[(s + 1) & 1], hn[t if training else 0]
+            h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
+            _fwd_step(xw[t][r0:r1], W, bias, h_in[r0:r1], h_old[r0:r1], h_new[r0:r1],
+                      y[t][r0:r1], hn_t[r0:r1], rec[r0:r1], lengths[r0:r1], training, t, 0, nk,
+                      hm_new[r0:r1], mask[r0:r1])
+
+
 @njit(**_FAST)
 def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, xw, rec, lengths, no_mask):
     """One inference step on one thread, for streaming: xw = x @ W_ih^T + b_ih,
@@ -147,11 +166,13 @@ def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, xw, rec, lengths, no_mask
 
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**_FAST)
-def _bwd_pointwise(dg_t, hn_t, y, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1):
+def _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1):
     """Gate gradients of unit blocks [k0, k1) at step t. dg_t [B,Gp]: activated
     gates in, dG_hh = [dr dz dn*r] out; hn_t [B,Hp]: W_hn h + b_hn in, dn out;
     rec [B,Hp]: dG_hh of the step after @ W_hh; carry [B,Hp]: dh * z of the step
-    after (h' = ... + z h), replaced by this step's."""
+    after (h' = ... + z h), replaced by this step's. y_prev [B,Hp]: the outputs of
+    the step before in the forward's order (h0 where there is none; each row's
+    first step reads h0 in any case)."""
     for r in range(dg_t.shape[0]):
         if t >= lengths[r]:  # padding: no gradient flows, the carried dh stays
             for j in range(3 * U * k0, 3 * U * k1):
@@ -163,7 +184,7 @@ def _bwd_pointwise(dg_t, hn_t, y, h0, dy_t, rec, carry, dh_n, lengths, reverse, 
         # carry is still zero there).
         last = t == 0 if reverse else t == lengths[r] - 1
         dh_in = dh_n[r] if last else rec[r]
-        h_prev = _state_before(y, h0, lengths, reverse, t, r)
+        h_prev = h0[r] if (t == lengths[r] - 1 if reverse else t == 0) else y_prev[r]
         j0, j1 = U * k0, U * k1  # views of the row's units, as in _fwd_pointwise
         g3, hn_r, carry_r = dg_t[r, 3 * j0:3 * j1], hn_t[r, j0:j1], carry[r, j0:j1]
         dy_r, dh_r, hp = dy_t[r, j0:j1], dh_in[j0:j1], h_prev[j0:j1]
@@ -181,14 +202,22 @@ def _bwd_pointwise(dg_t, hn_t, y, h0, dy_t, rec, carry, dh_n, lengths, reverse, 
 
 
 @njit(**_FAST)
-def _bwd_step(dg_next, dg_t, hn_t, y, h0, dy_t, W, rec, zero, carry, dh_n, lengths, reverse, s,
-              t, k0, k1, mask):
+def _bwd_step(dg_next, dg_t, hn_t, y_prev, h0, dy_t, W, rec, zero, carry, dh_n, lengths, reverse,
+              s, t, k0, k1, mask):
     """Step t for unit blocks [k0, k1): dh from the step after (dg_next, the
     forward's next step; times the recurrent dropout mask, if any), then the gate
     gradients."""
     if s > 0:
         masked_product(dg_next, W, rec, zero, mask, k0, k1)  # (U = CB: blocks are units)
-    _bwd_pointwise(dg_t, hn_t, y, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1)
+    _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1)
+
+
+@njit(inline="always", **_FAST)
+def _outputs_before(y, h0, reverse, t):
+    """y [T,B,Hp] of the step before t in the forward's order, or h0 at the first."""
+    if reverse:
+        return y[t + 1] if t + 1 < y.shape[0] else h0
+    return y[t - 1] if t > 0 else h0
 
 
 @njit(parallel=True, **_FAST)
@@ -202,13 +231,31 @@ def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P,
     for s in range(T):
         t = s if reverse else T - 1 - s
         t_next = max(0, min(T - 1, t - 1 if reverse else t + 1))  # unread at s = 0
+        y_prev = _outputs_before(y, h0, reverse, t)
         if P == 1:
-            _bwd_step(dg[t_next], dg[t], hn[t], y, h0, dy[t], W, rec, zero, carry, dh_n,
+            _bwd_step(dg[t_next], dg[t], hn[t], y_prev, h0, dy[t], W, rec, zero, carry, dh_n,
                       lengths, reverse, s, t, 0, nk, mask)
         else:
             for p in prange(P):
-                _bwd_step(dg[t_next], dg[t], hn[t], y, h0, dy[t], W, rec, zero, carry, dh_n,
+                _bwd_step(dg[t_next], dg[t], hn[t], y_prev, h0, dy[t], W, rec, zero, carry, dh_n,
                           lengths, reverse, s, t, p * nk // P, (p + 1) * nk // P, mask)
+
+
+@njit(parallel=True, **_FAST)
+def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask):
+    """_backward_tiled with the batch shared out instead of the units (see
+    _forward_rows). Arguments as _backward_tiled's."""
+    T, B, nk = dg.shape[0], rec.shape[0], W.shape[0]
+    zero = np.zeros((1, rec.shape[1]), rec.dtype)
+    for p in prange(P):
+        r0, r1 = p * B // P, (p + 1) * B // P
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            t_next = max(0, min(T - 1, t - 1 if reverse else t + 1))  # unread at s = 0
+            _bwd_step(dg[t_next][r0:r1], dg[t][r0:r1], hn[t][r0:r1],
+                      _outputs_before(y, h0, reverse, t)[r0:r1], h0[r0:r1], dy[t][r0:r1], W,
+                      rec[r0:r1], zero, carry[r0:r1], dh_n[r0:r1], lengths[r0:r1], reverse, s,
+                      t, 0, nk, mask[r0:r1])
 
 
 # -- float64 and reset_after=False: BLAS per step ----------------------------------------
@@ -366,8 +413,9 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         mask, hmbuf = mask_buffers(h_mask, hbuf)
 
         def run(xw, t0, t1):  # training runs all steps in one chunk, so hn needs no slice
-            _forward_tiled(xw, packed["w_fwd"], packed["b_rec"], hbuf, hmbuf, mask, y[t0:t1],
-                           hn, rec, lens - t0, reverse, training, P)
+            loop = _forward_rows if _split_rows(B, Hp, P, 3) else _forward_tiled
+            loop(xw, packed["w_fwd"], packed["b_rec"], hbuf, hmbuf, mask, y[t0:t1], hn, rec,
+                 lens - t0, reverse, training, P)
             if (t1 - t0) & 1 and h_mask is not None:  # as _run_in_chunks moves hbuf
                 hmbuf[0] = hmbuf[1]
 
@@ -415,8 +463,8 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     rec = _empty((B, Hp))
     P = _threads(B, Hp, Gp, Hp // U)
     mask = cache["mask"]
-    _backward_tiled(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens,
-                    reverse, P, mask)
+    loop = _backward_rows if _split_rows(B, Hp, P, 3) else _backward_tiled
+    loop(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens, reverse, P, mask)
     if mask.shape[0] > 0:  # W_hh read h times the recurrent dropout mask
         y, h0 = y * mask, h0 * mask
     dh0, dg_t, dw_hh = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])

@@ -871,15 +871,16 @@ def _threads(B, Hp, nblk):
     return max(1, min(numba.get_num_threads(), nblk))
 
 
-def _split_rows(B, Hp, P):
+def _split_rows(B, Hp, P, gates=4):
     """Whether the plain layer's time loops share the batch among the P threads
     (_forward_rows) rather than the units (_forward_tiled): from 8 rows a thread,
     while W_hh fits in a core's L2 (ROW_SPLIT_MAX_BYTES). Measured on 2 cores,
     training step: B=32, H=128 20% and B=128, H=256 9% faster; B=8 and H >= 512
-    no faster, B=16, H=1024 19% slower (each thread streams all of W_hh)."""
+    no faster, B=16, H=1024 19% slower (each thread streams all of W_hh). gates:
+    W_hh's rows per hidden unit (4: LSTM, 3: GRU)."""
     if ROW_SPLIT is not None:
         return P > 1 and ROW_SPLIT
-    return P > 1 and B >= 8 * P and Hp * 4 * Hp * 4 <= ROW_SPLIT_MAX_BYTES
+    return P > 1 and B >= 8 * P and Hp * gates * Hp * 4 <= ROW_SPLIT_MAX_BYTES
 
 
 def _pad(a, Hp):

@@ -86,13 +86,18 @@ def test_cpu_kernels_match_reference_with_lengths(rng, cell, dtype, reverse):
     _compare(rng, cell, T, B, I, H, dtype, reverse, np.array([0, 7, 1, 3, 0]))
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("cell, rows", [("gru", False), ("gru", True), ("rnn_tanh", False),
+                                        ("rnn_relu", False)],
+                         ids=["gru", "gru-rows-split", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_parallel_step_matches_reference(rng, monkeypatch, cell, reverse):
-    """Force a parallel region per step at small shapes: several unit blocks per
-    thread, padded units (H=130 -> 192), row remainders outside the 6-row tiles."""
+def test_parallel_step_matches_reference(rng, monkeypatch, cell, reverse, rows):
+    """Force the parallel time loops at small shapes: a region per step sharing
+    out the units (several unit blocks per thread, padded units (H=130 -> 192),
+    row remainders outside the 6-row tiles), or (GRU) the rows of the batch."""
     import numba
+    from numlstm.kernels.cpu import lstm as cpu_lstm
     monkeypatch.setattr(cpu_rnn, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
     assert cpu_rnn._threads(5, 192, 576, 3) == min(3, numba.get_num_threads())
     for T, B, I, H in [(5, 5, 3, 130), (3, 11, 4, 128), (2, 15, 3, 64)]:
         lengths = rng.integers(0, T + 1, B)
