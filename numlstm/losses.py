@@ -99,10 +99,12 @@ class CrossEntropyLoss(Loss):
 
     pred [..., C] float logits; target [...] integers in [0, C) or ignore_index.
     The value is the mean over positions whose target is not ignore_index of
-    logsumexp(pred[pos]) - pred[pos, target[pos]], computed in float64 after
-    subtracting each row's max (so logits of any size stay finite). The grad is
-    (softmax(pred) - onehot(target)) / n_valid on those positions and 0 on ignored
-    ones, in pred's dtype.
+    logsumexp(pred[pos]) - pred[pos, target[pos]], after subtracting each row's
+    max (so logits of any size stay finite): the exponentials in pred's dtype (as
+    torch computes them; in float64 they took half of a character model's loss
+    time), their sums and the mean in float64. The grad is (softmax(pred) -
+    onehot(target)) / n_valid on those positions and 0 on ignored ones, in pred's
+    dtype.
 
     When every position is ignored (or there are none) the value is 0.0 and the
     grad zero, where torch returns nan: nothing to learn from is not an error.
@@ -148,16 +150,18 @@ class CrossEntropyLoss(Loss):
         if rows.size == 0:
             return 0.0, np.zeros_like(pred)
         cls = t[rows].astype(np.intp)
-        z = pred.reshape(-1, C).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        picked = z[rows, cls]
+        p2 = pred.reshape(-1, C)
+        if p2.dtype not in (np.float32, np.float64):  # (float16: exp in float64)
+            p2 = p2.astype(np.float64)
+        z = p2 - p2.max(axis=1, keepdims=True)  # a new array: pred is not modified
+        picked = z[rows, cls].astype(np.float64)
         np.exp(z, out=z)
-        total = z.sum(axis=1)
+        total = z.sum(axis=1, dtype=np.float64)
         value = float(np.sum(np.log(total[rows]) - picked) / n)
-        z /= total[:, None]  # softmax
-        z[rows, cls] -= 1.0
-        z *= 1.0 / n
-        z[~valid] = 0.0
+        z *= (1.0 / total)[:, None].astype(z.dtype)  # softmax
+        z[rows, cls] -= 1
+        z *= z.dtype.type(1.0 / n)
+        z[~valid] = 0
         return value, z.astype(pred.dtype, copy=False).reshape(pred.shape)
 
 
