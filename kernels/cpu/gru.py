@@ -39,8 +39,8 @@ from numba import njit, prange
 
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
 from .lstm import (_NO_MASK, CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _split_rows,
-                   _times_mask, _transpose, mask_buffers, masked_product)
-from .rnn import (_blas_recurrent_gradient, _column_sum, _empty, _input_gradients, _project,
+                   _times_mask, mask_buffers, masked_product, transposed_with_sums)
+from .rnn import (_blas_recurrent_gradient, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
                   _tiled_weights, _torch_layout, _unpadded)
 
@@ -467,7 +467,7 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     loop(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens, reverse, P, mask)
     if mask.shape[0] > 0:  # W_hh read h times the recurrent dropout mask
         y, h0 = y * mask, h0 * mask
-    dh0, dg_t, dw_hh = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])
+    dh0, dg_t, dw_hh, db_hh = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])
     if mask.shape[0] > 0:
         dh0 *= mask
     dh0 += carry
@@ -477,12 +477,10 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     nk = Hp // U
     dg2 = dg.reshape(T * B, Gp)
     dn = hn.reshape(T * B, Hp)
-    db_hh = _column_sum(dg2)
+    dn_t, db_n = transposed_with_sums(dn)
     db_ih = db_hh.copy()
-    db_ih.reshape(nk, 3, U)[:, 2] = _column_sum(dn).reshape(nk, U)
+    db_ih.reshape(nk, 3, U)[:, 2] = db_n.reshape(nk, U)
     dg2.reshape(T * B, nk, 3, U)[:, :, 2] = dn.reshape(T * B, nk, U)
-    dn_t = np.empty((Hp, T * B), np.float32)
-    _transpose(dn, dn_t)
     dg_t.reshape(nk, 3, U, T * B)[:, 2] = dn_t.reshape(nk, U, T * B)
     dx, dw_ih = _input_gradients(dg2, dg_t, x, packed["w_dx"])
     return _torch_layout(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, packed["cols"], x.shape,

@@ -36,8 +36,8 @@ from numba import carray, njit, prange
 from ..gates import drelu, dtanh, relu, tanh
 from ..reference import RNN_NONLINEARITIES
 from .lstm import (CB, INFERENCE_CHUNK_BYTES, PARALLEL_MIN_FLOPS, PARALLEL_MIN_UNITS, _FAST,
-                   _blocks, _column_sums, _first_step_gradients, _lengths_or_full, _matmul,
-                   _matmul_rows, _pad, _stack_f32, _transpose)
+                   _blocks, _first_step_gradients, _lengths_or_full, _matmul, _matmul_rows, _pad,
+                   _stack_f32, transposed_with_sums)
 
 # lstm.py's measured limits, rebound here: gru.py reads them from this module
 # too, and tests lower them to force the parallel step or small inference chunks.
@@ -145,20 +145,13 @@ def _tiled_bias(b, cols, Gp):
     return out
 
 
-def _column_sum(a):
-    """[M,N] -> [N], N a multiple of CB."""
-    out = np.empty(a.shape[1], np.float32)
-    _column_sums(a, out)
-    return out
-
-
 def _recurrent_gradients(dg, y, h0, lens, reverse, w_bwd):
     """The reductions through W_hh after the time loop.
 
     dg [T,B,Gp]: gradients of the recurrent pre-activations, zero past each
     length; y [T,B,Hp]: the forward's outputs (zero past each length); h0 [B,Hp].
     Returns W_hh's part of dh0 [B,Hp] (zero for rows of length 0), dG^T
-    [Gp,T*B] and dW_hh [Gp,Hp].
+    [Gp,T*B], dW_hh [Gp,Hp] and dG's column sums [Gp] (the bias gradient).
     """
     T, B, Gp = dg.shape
     Hp = y.shape[2]
@@ -166,15 +159,14 @@ def _recurrent_gradients(dg, y, h0, lens, reverse, w_bwd):
     dg_first, _ = _first_step_gradients(dg, lens, reverse)
     dh0 = np.empty((B, Hp), np.float32)
     _matmul(dg_first, w_bwd, dh0, zeros, False)
-    dg_t = np.empty((Gp, T * B), np.float32)
-    _transpose(dg.reshape(T * B, Gp), dg_t)
+    dg_t, db = transposed_with_sums(dg.reshape(T * B, Gp))
     # h entering step t is y of the step before in the forward's order (the zero
     # y past a length meets a zero gradient there); each row's first step's is h0.
     dg_prev, y_prev = (dg_t[:, :-B], y[1:]) if reverse else (dg_t[:, B:], y[:-1])
     dw_hh = np.empty((Gp, Hp), np.float32)
     _matmul(dg_prev, _blocks(y_prev.reshape(-1, Hp)), dw_hh, zeros, False)
     _matmul(dg_first.T, _blocks(h0), dw_hh, dw_hh, True)
-    return dh0, dg_t, dw_hh
+    return dh0, dg_t, dw_hh, db
 
 
 def _input_gradients(dg2, dg_t, x, w_dx):
@@ -451,10 +443,9 @@ def rnn_backward_cpu(dy, dh_n, cache, packed):
     P = _threads(B, Hp, Hp, packed["w_bwd"].shape[0])
     _backward_tiled(dg, y, _pad(dy, Hp), packed["w_bwd"], rec, dh_np, lens, reverse,
                     packed["relu"], P)
-    dh0, dg_t, dw_hh = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])
+    dh0, dg_t, dw_hh, db = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])
     empty = lens == 0
     dh0[empty] = dh_np[empty]
     dg2 = dg.reshape(T * B, Hp)
     dx, dw_ih = _input_gradients(dg2, dg_t, x, packed["w_dx"])
-    db = _column_sum(dg2)
     return _torch_layout(dx, dh0, dw_ih, dw_hh, db, db, packed["rows"], x.shape, H)
