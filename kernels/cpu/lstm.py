@@ -238,6 +238,8 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
                 cs_t[r, j0:j1] = c_r
             continue
         a = rec[r, b0 * CB:b1 * CB]
+        # (the two branches repeat the gate math: one inline helper for both measured
+        # 8-10% slower at B=1, H=64)
         if training:
             gates, cs_r = xw_t[r, b0 * CB:b1 * CB], cs_t[r, j0:j1]
             for k in range(n):
@@ -972,9 +974,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
                     packed["bias"], False)
             if plain:
                 loop = _forward_rows if _split_rows(B, Hp, P) else _forward_tiled
-                loop(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
-                               cs[t0:t1] if training else cs, rec, lens - t0, reverse, training,
-                               P, packed["clip"], packed["coupled"], packed["gclip"])
+                loop(chunk, packed["w_fwd"], hbuf, c, y[t0:t1], cs[t0:t1] if training else cs,
+                     rec, lens - t0, reverse, training, P, packed["clip"], packed["coupled"],
+                     packed["gclip"])
             else:
                 _forward_tiled_options(
                     chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
