@@ -154,14 +154,15 @@ def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, 
 
 
 @njit(**_FAST)
-def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, xw, rec, lengths, no_mask):
+def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_mask):
     """One inference step on one thread, for streaming: xw = x @ W_ih^T + b_ih,
-    then the step's product and gate math; h' goes to h_new. no_mask: an empty
-    mask, made once by the caller (this runs once a streamed step)."""
+    then the step's product and gate math; h' goes to h_new and y (a scratch, as
+    in lstm._step_tiled). no_mask: an empty mask, made once by the caller (this
+    runs once a streamed step)."""
     B, nblk = x.shape[0], w_fwd.shape[0]
     _matmul_rows(x, w_in, xw, b_in, False, 0, B, 0, nblk)
-    _fwd_step(xw, w_fwd, b_rec, h, h, h_new, h_new, h_new, rec, lengths, False, 0, 0,
-              nblk // 3, h, no_mask)
+    _fwd_step(xw, w_fwd, b_rec, h, h, h_new, y, y, rec, lengths, False, 0, 0, nblk // 3, h,
+              no_mask)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
@@ -438,9 +439,11 @@ def gru_step_cpu(x, packed, h):
     H, Hp = packed["H"], packed["Hp"]
     B = x.shape[0]
     h_new = np.empty((B, Hp), np.float32)
+    y = np.empty((B, Hp), np.float32)
+    xw = np.empty((B, 3 * Hp), np.float32)
+    rec = np.empty((B, 3 * Hp), np.float32)
     _step_tiled(x, packed["w_in"], packed["b_in"], packed["w_fwd"], packed["b_rec"],
-                _pad(h, Hp), h_new, np.empty((B, 3 * Hp), np.float32),
-                np.empty((B, 3 * Hp), np.float32), np.ones(B, np.int64), _NO_MASK)
+                _pad(h, Hp), h_new, y, xw, rec, np.ones(B, np.int64), _NO_MASK)
     return h_new[:, :H]
 
 
