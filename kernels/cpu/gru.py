@@ -39,7 +39,8 @@ from numba import njit, prange
 
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
 from .lstm import (_NO_MASK, CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _split_rows,
-                   _times_mask, mask_buffers, masked_product, transposed_with_sums)
+                   _times_mask, mask_buffers, masked_product, step_before,
+                   transposed_with_sums)
 from .rnn import (_blas_recurrent_gradient, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
                   _tiled_weights, _torch_layout, _unpadded)
@@ -213,14 +214,6 @@ def _bwd_step(dg_next, dg_t, hn_t, y_prev, h0, dy_t, W, rec, zero, carry, dh_n, 
     _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1)
 
 
-@njit(inline="always", **_FAST)
-def _outputs_before(y, h0, reverse, t):
-    """y [T,B,Hp] of the step before t in the forward's order, or h0 at the first."""
-    if reverse:
-        return y[t + 1] if t + 1 < y.shape[0] else h0
-    return y[t - 1] if t > 0 else h0
-
-
 @njit(parallel=True, **_FAST)
 def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask):
     """dg [T,B,Gp]: activated gates in, dG_hh out; hn [T,B,Hp]: W_hn h + b_hn in,
@@ -232,7 +225,7 @@ def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P,
     for s in range(T):
         t = s if reverse else T - 1 - s
         t_next = max(0, min(T - 1, t - 1 if reverse else t + 1))  # unread at s = 0
-        y_prev = _outputs_before(y, h0, reverse, t)
+        y_prev = step_before(y, h0, reverse, t)
         if P == 1:
             _bwd_step(dg[t_next], dg[t], hn[t], y_prev, h0, dy[t], W, rec, zero, carry, dh_n,
                       lengths, reverse, s, t, 0, nk, mask)
@@ -254,7 +247,7 @@ def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, 
             t = s if reverse else T - 1 - s
             t_next = max(0, min(T - 1, t - 1 if reverse else t + 1))  # unread at s = 0
             _bwd_step(dg[t_next][r0:r1], dg[t][r0:r1], hn[t][r0:r1],
-                      _outputs_before(y, h0, reverse, t)[r0:r1], h0[r0:r1], dy[t][r0:r1], W,
+                      step_before(y, h0, reverse, t)[r0:r1], h0[r0:r1], dy[t][r0:r1], W,
                       rec[r0:r1], zero, carry[r0:r1], dh_n[r0:r1], lengths[r0:r1], reverse, s,
                       t, 0, nk, mask[r0:r1])
 

@@ -472,13 +472,14 @@ def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, y, rec, lengths, clip, couple
 
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(inline="always", **_FAST)
-def _state_before(cs, c0, reverse, t):
-    """The cell states [B,Hp] that the step before t (in the forward's order) passed
-    on, from cs [T,B,Hp]; c0 where t is the first step (_bwd_pointwise reads c0 at
-    each row's first step in any case)."""
+def step_before(seq, first, reverse, t):
+    """seq [T,B,N] at the step before t in the forward's order, or first [B,N] where t
+    is the first step (the backward's gate gradients read a row's initial state at
+    its first step in any case): the cell states for the LSTM, the outputs for the
+    GRU."""
     if reverse:
-        return cs[t + 1] if t + 1 < cs.shape[0] else c0
-    return cs[t - 1] if t > 0 else c0
+        return seq[t + 1] if t + 1 < seq.shape[0] else first
+    return seq[t - 1] if t > 0 else first
 
 
 @njit(**_FAST)
@@ -527,7 +528,7 @@ def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
         _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
-    _bwd_pointwise(dg[t], cs[t], _state_before(cs, c0, reverse, t), c0, dy[t], rec, dh_n, dc,
+    _bwd_pointwise(dg[t], cs[t], step_before(cs, c0, reverse, t), c0, dy[t], rec, dh_n, dc,
                    lengths, reverse, t, b0, b1, clip, coupled, gclip)
 
 
@@ -567,7 +568,7 @@ def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, 
             if s > 0:
                 _matmul_rows(dg[t - 1 if reverse else t + 1], W, rec, zero, False, r0, r1, 0,
                              nblk)
-            _bwd_pointwise(dg[t][r0:r1], cs[t][r0:r1], _state_before(cs, c0, reverse, t)[r0:r1],
+            _bwd_pointwise(dg[t][r0:r1], cs[t][r0:r1], step_before(cs, c0, reverse, t)[r0:r1],
                            c0[r0:r1], dy[t][r0:r1], rec[r0:r1], dh_n[r0:r1], dc[r0:r1],
                            lengths[r0:r1], reverse, t, 0, nblk, clip, coupled, gclip)
 
@@ -581,7 +582,7 @@ def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reve
     if s > 0:
         masked_product(dg[t_prev], W, rec, zero, mask, b0, b1)
     if zc.shape[2] == 1:  # no zoneout
-        _bwd_pointwise(dg[t], cs[t], _state_before(cs, c0, reverse, t), c0, dy[t], rec, dh_n,
+        _bwd_pointwise(dg[t], cs[t], step_before(cs, c0, reverse, t), c0, dy[t], rec, dh_n,
                        dc, lengths, reverse, t, b0, b1, clip, coupled, gclip)
         return
     # Zoneout: h' = h~ + zh (h - h~), c' = c~ + zc (c - c~). The kept parts of dh
@@ -598,7 +599,7 @@ def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reve
             dhz[r, j] = d - kh[r, j]
             kc[r, j] = zc[zt, r, j] * dc[r, j]
             dc[r, j] -= kc[r, j]
-    _bwd_pointwise(dg[t], cs[t], _state_before(czs, c0, reverse, t), c0, dhz, zb, zb, dc, lengths,
+    _bwd_pointwise(dg[t], cs[t], step_before(czs, c0, reverse, t), c0, dhz, zb, zb, dc, lengths,
                    reverse, t, b0, b1, clip, coupled, gclip)
     for r in range(rec.shape[0]):
         if t < lengths[r]:
@@ -631,7 +632,7 @@ def _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse,
     nblk = Wpb.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     _matmul_rows(dhs[t], Wpb, dm, zero, False, 0, dm.shape[0], b0, b1)
-    _bwd_pointwise(dg[t], cs[t], _state_before(cs, c0, reverse, t), c0, dm, zero_b, zero_b, dc,
+    _bwd_pointwise(dg[t], cs[t], step_before(cs, c0, reverse, t), c0, dm, zero_b, zero_b, dc,
                    lengths, reverse, t, b0, b1, clip, coupled, gclip)
 
 
