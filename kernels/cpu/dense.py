@@ -11,7 +11,7 @@ instead of 23). float64 uses NumPy's products, as the LSTM's float64 path does.
 """
 import numpy as np
 
-from .lstm import _NO_MASK, CB, _blocks, _matmul, _pad, _transpose
+from .lstm import CB, _blocks, _matmul, _pad, transposed_with_sums
 
 
 def _product(a, b, bias=None):
@@ -38,7 +38,5 @@ def dense_backward_cpu(dy, x, w):
     if dy.dtype != np.float32:
         return dy @ w, dy.T @ x, dy.sum(axis=0)
     dy = np.ascontiguousarray(dy)
-    dy_t = np.empty((dy.shape[1], dy.shape[0]), np.float32)
-    _transpose(dy, dy_t, _NO_MASK)
-    return (_product(dy, np.ascontiguousarray(w)), _product(dy_t, np.ascontiguousarray(x)),
-            dy.sum(axis=0))
+    dy_t, db = transposed_with_sums(dy)
+    return _product(dy, np.ascontiguousarray(w)), _product(dy_t, np.ascontiguousarray(x)), db
