@@ -58,6 +58,14 @@ def _keep_mask(rng, shape, p, batch_rows=None, axis=0):
     return np.take(rng.random(full), rows, axis=axis) >= p
 
 
+def _dropout_mask(rng, shape, p, dtype, batch_rows=None, axis=0):
+    """Inverted dropout's multiplier: 1/(1-p) where _keep_mask keeps, 0 elsewhere, in
+    dtype (Dropout, the recurrent layers' dropout between layers and their
+    recurrent_dropout)."""
+    dtype = np.dtype(dtype)
+    return _keep_mask(rng, shape, p, batch_rows, axis).astype(dtype) / dtype.type(1.0 - p)
+
+
 class Layer:
     """What a layer offers a Sequential model (and an optimizer).
 
@@ -540,10 +548,8 @@ class _Recurrent(Layer):
                 k = l * D + d
                 h_mask = None
                 if training and self.recurrent_dropout:  # one mask a sequence, held over time
-                    keep = _keep_mask(self._drop_rng, (B, s.out_size), self.recurrent_dropout,
-                                      self.batch_rows)
-                    h_mask = keep.astype(self.dtype) / self.dtype.type(
-                        1.0 - self.recurrent_dropout)
+                    h_mask = _dropout_mask(self._drop_rng, (B, s.out_size),
+                                           self.recurrent_dropout, self.dtype, self.batch_rows)
                 y, st, cache = backend.forward(s, cells[k], inp, tuple(p[k] for p in state0),
                                                lens, d == 1, training, h_mask=h_mask,
                                                zone=self._zone(training, T, B))
@@ -556,10 +562,9 @@ class _Recurrent(Layer):
             if not last:
                 out = outs[0] if D == 1 else ops.concat(outs)
                 if training and self.dropout > 0:
-                    keep = _keep_mask(self._drop_rng, out.shape, self.dropout,
-                                      self.batch_rows, axis=1)  # out is [T,B,D*H]
-                    mask = ops.from_host(keep.astype(self.dtype) /
-                                         self.dtype.type(1.0 - self.dropout))
+                    mask = ops.from_host(_dropout_mask(  # out is [T,B,D*H]
+                        self._drop_rng, out.shape, self.dropout, self.dtype, self.batch_rows,
+                        axis=1))
                     out = ops.mul(out, mask)
             else:
                 out = outs[0] if D == 1 else self._merge(outs)
@@ -1295,8 +1300,7 @@ class Dropout(Layer):
             self._mask = np.ones((), x.dtype) if training else None
             self._shape = x.shape
             return x
-        keep = _keep_mask(self._drop_rng, x.shape, self.p, self.batch_rows)
-        self._mask = keep.astype(x.dtype) / x.dtype.type(1 - self.p)
+        self._mask = _dropout_mask(self._drop_rng, x.shape, self.p, x.dtype, self.batch_rows)
         self._shape = x.shape
         return x * self._mask
 
