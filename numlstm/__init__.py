@@ -19,6 +19,10 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "kernels")) and 
 
 __version__ = "0.1.0"
 
+from . import _malloc  # noqa: E402
+
+_malloc.tune()  # glibc: each training step reuses the last one's memory (see _malloc)
+
 from .checkpoint import load, load_checkpoint, save_checkpoint  # noqa: E402
 from .dispatch import available as available_backends  # noqa: E402
 from .layers import GRU, LSTM, RNN, Dense, Dropout, Embedding  # noqa: E402
