@@ -22,6 +22,7 @@ import numbers
 import numpy as np
 
 from ._checks import check_int
+from .kernels.cpu import optim as _kernels
 
 _PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -48,7 +49,8 @@ class NonFiniteError(RuntimeError):
 
 def _global_norm(grads):
     # float64 accumulation: a float32 sum of squares loses digits on big arrays.
-    return math.sqrt(sum(float(np.square(g, dtype=np.float64).sum()) for g in grads))
+    return math.sqrt(sum(_kernels.sum_of_squares(g) if g.flags.c_contiguous else
+                         float(np.square(g, dtype=np.float64).sum()) for g in grads))
 
 
 def clip_grad_norm(grads, max_norm):
@@ -298,18 +300,22 @@ class Adam(Optimizer):
 
     def _update(self, param, grad, state, lr):
         beta1, beta2 = self.betas
-        g = grad
-        if self.weight_decay and self._decoupled:
-            param *= 1 - lr * self.weight_decay
-        elif self.weight_decay:
-            g = param * self.weight_decay
-            g += grad
         if "step" not in state:
             state["step"] = np.zeros((), np.int64)
             state["exp_avg"] = np.zeros_like(param)
             state["exp_avg_sq"] = np.zeros_like(param)
         state["step"] += 1
         t, m, v = int(state["step"]), state["exp_avg"], state["exp_avg_sq"]
+        if all(a.flags.c_contiguous for a in (param, grad, m, v)):  # one compiled pass
+            _kernels.adam_update(param, grad, m, v, beta1, beta2, self.eps, lr, t,
+                                 self.weight_decay, self._decoupled)
+            return
+        g = grad  # (NumPy, the same operations, for arrays with strides)
+        if self.weight_decay and self._decoupled:
+            param *= 1 - lr * self.weight_decay
+        elif self.weight_decay:
+            g = param * self.weight_decay
+            g += grad
         m += (g - m) * (1 - beta1)  # torch's lerp_(g, 1 - beta1)
         v *= beta2
         v += (g * g) * (1 - beta2)
