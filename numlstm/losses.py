@@ -18,6 +18,8 @@ import numbers
 
 import numpy as np
 
+from .kernels.cpu.losses import cross_entropy_cpu
+
 
 class Loss:
     """Base class: value_and_grad, __call__ (the value alone) and get_config."""
@@ -149,20 +151,11 @@ class CrossEntropyLoss(Loss):
         n = _count(count, rows.size)
         if rows.size == 0:
             return 0.0, np.zeros_like(pred)
-        cls = t[rows].astype(np.intp)
         p2 = pred.reshape(-1, C)
         if p2.dtype not in (np.float32, np.float64):  # (float16: exp in float64)
             p2 = p2.astype(np.float64)
-        z = p2 - p2.max(axis=1, keepdims=True)  # a new array: pred is not modified
-        picked = z[rows, cls].astype(np.float64)
-        np.exp(z, out=z)
-        total = z.sum(axis=1, dtype=np.float64)
-        value = float(np.sum(np.log(total[rows]) - picked) / n)
-        z *= (1.0 / total)[:, None].astype(z.dtype)  # softmax
-        z[rows, cls] -= 1
-        z *= z.dtype.type(1.0 / n)
-        z[~valid] = 0
-        return value, z.astype(pred.dtype, copy=False).reshape(pred.shape)
+        value, grad = cross_entropy_cpu(p2, t, self.ignore_index, n)
+        return value, grad.astype(pred.dtype, copy=False).reshape(pred.shape)
 
 
 _LOSSES = {"mse": MSELoss, "cross_entropy": CrossEntropyLoss, "crossentropy": CrossEntropyLoss,

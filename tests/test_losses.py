@@ -47,8 +47,9 @@ def _torch_ce(logits, target, ignore_index=-100):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ignore_index", [-100, -1, 2])
-def test_cross_entropy_matches_torch(rng, dtype, ignore_index):
-    logits, target = _ce_case(rng, dtype, ignore_index=ignore_index)
+@pytest.mark.parametrize("shape", [(3, 5, 7), (1, 1), (2, 67, 83)])
+def test_cross_entropy_matches_torch(rng, dtype, ignore_index, shape):
+    logits, target = _ce_case(rng, dtype, shape, ignore_index=ignore_index)
     loss = CrossEntropyLoss(ignore_index=ignore_index)
     value, grad = loss.value_and_grad(logits, target)
     expected, expected_grad = _torch_ce(logits, target, ignore_index)
@@ -68,6 +69,14 @@ def test_cross_entropy_large_logits_stay_finite(rng, dtype):
     expected, expected_grad = _torch_ce(logits.astype(np.float64), target)
     assert value == pytest.approx(expected, rel=1e-6)
     assert_close(grad, expected_grad, 1e-6, "large-logit grad")
+
+
+def test_cross_entropy_of_a_nan_logit_is_nan(rng):
+    logits, target = _ce_case(rng, np.float32, shape=(4, 6))
+    for j in (0, 5):  # (also where the row's maximum is looked for first)
+        bad = logits.copy()
+        bad[0, j] = np.nan
+        assert np.isnan(CrossEntropyLoss().value_and_grad(bad, target)[0])
 
 
 def test_cross_entropy_all_ignored(rng):
