@@ -21,8 +21,8 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
       OpenBLAS workers spin after each call and took the cores from the time
       loop (projection + loop cost 28 ms where the two alone cost 12). (torch
       ships its own copy of libgomp, so in one process with torch there are two
-      OpenMP pools; each spins a while after its work, which costs both sides
-      of the benchmark's alternating calls 15-20% at the character model.)
+      OpenMP pools: alternating their calls, as the benchmark does, made both
+      15-20% slower at the character model than either alone.)
   float64, "blas": the exact path the gradient checks use: per step a BLAS
       product (SciPy's, through np.dot) and a serial gate pass, with libm's
       exp and tanh; NumPy's BLAS for the products around the loop.
