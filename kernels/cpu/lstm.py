@@ -54,7 +54,9 @@ The path of a call (both paths):
     forward:  xw = x @ W_ih^T + b for all steps (one product); then the time loop
               in one compiled function. The training forward writes the
               activated gates over xw and keeps c of every step; h of every step
-              is y.
+              is y. In the batch split, where _fuse_input says so, each step's
+              product reads x[t] and h together instead (_forward_rows_xh), and
+              nothing is projected before the loop.
     backward: the time loop writes the pre-activation gradients dG over the
               stored gates (one recurrent product dG[t] @ W_hh per step); then
               dx, dW_ih, dW_hh and db are each one product over all T*B rows.
@@ -82,6 +84,8 @@ ROWS_PER_TASK = 120  # rows of one task of the large products (a multiple of R;
                      # 120 beat 60 by 20-35% at T*B >= 2048, level below)
 ROW_SPLIT = None  # tests force one split of the plain time loops: True (rows), False (units)
 ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
+FUSE_INPUT = None  # tests force the input projection inside the rows loop: True or False
+FUSED_MIN_ROWS = 32  # (_fuse_input)
 KC = 1024           # K chunk of the products: KC x CB of W is 256 KiB, held in L2 across a
                     # task's row tiles (measured against 256: 15-30% faster at K >= 512)
 # Inference projects and runs this many bytes of steps at a time, so the
@@ -362,6 +366,71 @@ def _forward_rows(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, cli
             _fwd_pointwise(rec[r0:r1], xw[t][r0:r1], h_old[r0:r1], h_new[r0:r1], c[r0:r1],
                            y[t][r0:r1], cs[t if training else 0][r0:r1], lengths[r0:r1], t,
                            training, 0, nblk, clip, coupled, gclip)
+
+
+@njit(inline="always", **_FAST)
+def _tile_xh(X, Wx, Hm, W, out, blk, r0, rows, bias):
+    """out[r0:r0+rows, blk's CB columns] = bias + X[rows] @ Wx[blk] + Hm[rows] @ W[blk]:
+    _tile over two sources in one set of accumulators (the input projection fused
+    into the recurrent product; both K short enough for one chunk)."""
+    acc = carray(_tile_scratch(), (R, CB))
+    c0 = blk * CB
+    for r in range(rows):
+        for j in range(CB):
+            acc[r, j] = bias[0, c0 + j]
+    for k in range(X.shape[1]):
+        for r in range(rows):
+            a = X[r0 + r, k]
+            for j in range(CB):
+                acc[r, j] += a * Wx[blk, k, j]
+    for k in range(Hm.shape[1]):
+        for r in range(rows):
+            a = Hm[r0 + r, k]
+            for j in range(CB):
+                acc[r, j] += a * W[blk, k, j]
+    for r in range(rows):
+        for j in range(CB):
+            out[r0 + r, c0 + j] = acc[r, j]
+
+
+@njit(**_FAST)
+def _matmul_xh(X, Wx, Hm, W, out, bias, r_begin, r_end):
+    """Rows [r_begin, r_end) of out = bias + X @ Wx + Hm @ W, every block; tiles as
+    _tile_rows's."""
+    for blk in range(W.shape[0]):
+        r0 = r_begin
+        while r0 + R <= r_end:
+            _tile_xh(X, Wx, Hm, W, out, blk, r0, R, bias)
+            r0 += R
+        if r0 + 4 <= r_end:
+            _tile_xh(X, Wx, Hm, W, out, blk, r0, 4, bias)
+            r0 += 4
+        if r0 + 2 <= r_end:
+            _tile_xh(X, Wx, Hm, W, out, blk, r0, 2, bias)
+            r0 += 2
+        if r0 < r_end:
+            _tile_xh(X, Wx, Hm, W, out, blk, r0, 1, bias)
+
+
+@njit(parallel=True, **_FAST)
+def _forward_rows_xh(x, Wx, bias, W, hbuf, gates, c, y, cs, rec, lengths, reverse, training,
+                     P, clip, coupled, gclip):
+    """_forward_rows with the input projection inside the loop: each step's product
+    reads x[t] and h together (x [T,B,I], Wx [Gp/CB, I, CB]: W_ih^T in blocks, bias
+    [1,Gp]), so no [T,B,Gp] projection is written and read back; when training,
+    the activated gates go to gates [T,B,Gp]. Where _fuse_input says."""
+    T, B = x.shape[0], rec.shape[0]
+    nblk = W.shape[0]
+    for p in prange(P):
+        r0, r1 = p * B // P, (p + 1) * B // P
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
+            _matmul_xh(x[t], Wx, h_old, W, rec, bias, r0, r1)
+            _fwd_pointwise(rec[r0:r1], gates[t if training else 0][r0:r1], h_old[r0:r1],
+                           h_new[r0:r1], c[r0:r1], y[t][r0:r1],
+                           cs[t if training else 0][r0:r1], lengths[r0:r1], t, training, 0,
+                           nblk, clip, coupled, gclip)
 
 
 @njit(**_FAST)
@@ -912,6 +981,20 @@ def _split_rows(B, Hp, P, gates=4):
     return P > 1 and B >= 8 * P and Hp * gates * Hp * 4 <= ROW_SPLIT_MAX_BYTES
 
 
+def _fuse_input(B, I, Hp, P):
+    """Whether the rows split projects the inputs inside its loop (_forward_rows_xh)
+    rather than in one product before it: while W_ih and W_hh together fit in L2
+    (ROW_SPLIT_MAX_BYTES), or from FUSED_MIN_ROWS rows a thread. Measured on 2
+    cores, T=128, median ms, before -> fused: B=32, I=32, H=128 (T=64) training
+    9.4 -> 8.2, inference 2.7 -> 1.8; B=128, I=H=64 inference 10.1 -> 5.8;
+    B=128, I=H=256 training 330 -> 293; B=16, I=H=128 inference 3.7 -> 3.3. With
+    I=H=256 at B=16 and 32 (a 2 MiB W streamed for 8 or 16 rows) inference was
+    10-30% slower fused, and at B=64 10% faster."""
+    if FUSE_INPUT is not None:
+        return FUSE_INPUT
+    return (I + Hp) * 4 * Hp * 4 <= ROW_SPLIT_MAX_BYTES or B >= FUSED_MIN_ROWS * P
+
+
 def _pad(a, Hp):
     """[..., H] -> [..., Hp] with zeros (the array itself when H == Hp)."""
     H = a.shape[-1]
@@ -988,31 +1071,40 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             zc, zh = _zone_weights(zone_c, zone_h, Hp, np.float32)
             czs = np.empty_like(cs) if training and zone_c is not None else cs
             c_old = np.empty((B, Hp), np.float32) if zone_c is not None else _NO_ARRAY
-        steps = T if training else max(1, INFERENCE_CHUNK_BYTES // (B * 4 * Hp * 4))
-        xw = np.empty((min(steps, T), B, 4 * Hp), np.float32)
-        # Chunks in the order the direction walks the steps; the state carries over.
-        starts = range(0, T, steps)
-        for t0 in (reversed(starts) if reverse else starts):
-            t1 = min(t0 + steps, T)
-            chunk = xw[:t1 - t0]
-            _matmul(x[t0:t1].reshape(-1, I), packed["w_in"], chunk.reshape(-1, 4 * Hp),
-                    packed["bias"], False)
-            if plain:
-                loop = _forward_rows if _split_rows(B, Hp, P) else _forward_tiled
-                loop(chunk, packed["w_fwd"], hbuf, c, y[t0:t1], cs[t0:t1] if training else cs,
-                     rec, lens - t0, reverse, training, P, packed["clip"], packed["coupled"],
-                     packed["gclip"])
-            else:
-                _forward_tiled_options(
-                    chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
-                    y[t0:t1], cs[t0:t1] if training else cs, rec, zero, lens - t0, reverse,
-                    training, P, packed["clip"], packed["coupled"], packed["gclip"], czs,
-                    zc if zc.shape[0] == 1 else zc[t0:t1], zh if zh.shape[0] == 1 else zh[t0:t1],
-                    c_old)
-            if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
+        if plain and _split_rows(B, Hp, P) and _fuse_input(B, I, Hp, P):
+            # one loop with the input projection inside it; xw receives the gates
+            xw = np.empty((T if training else 1, B, 4 * Hp), np.float32)
+            _forward_rows_xh(x, packed["w_in"], packed["bias"], packed["w_fwd"], hbuf, xw, c,
+                             y, cs, rec, lens, reverse, training, P, packed["clip"],
+                             packed["coupled"], packed["gclip"])
+            if T & 1:  # the state ended in hbuf[1]
                 hbuf[0] = hbuf[1]
-                if not plain:
-                    hmbuf[0] = hmbuf[1]
+        else:
+            steps = T if training else max(1, INFERENCE_CHUNK_BYTES // (B * 4 * Hp * 4))
+            xw = np.empty((min(steps, T), B, 4 * Hp), np.float32)
+            # Chunks in the order the direction walks the steps; the state carries over.
+            starts = range(0, T, steps)
+            for t0 in (reversed(starts) if reverse else starts):
+                t1 = min(t0 + steps, T)
+                chunk = xw[:t1 - t0]
+                _matmul(x[t0:t1].reshape(-1, I), packed["w_in"], chunk.reshape(-1, 4 * Hp),
+                        packed["bias"], False)
+                if plain:
+                    loop = _forward_rows if _split_rows(B, Hp, P) else _forward_tiled
+                    loop(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
+                         cs[t0:t1] if training else cs, rec, lens - t0, reverse, training, P,
+                         packed["clip"], packed["coupled"], packed["gclip"])
+                else:
+                    _forward_tiled_options(
+                        chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
+                        y[t0:t1], cs[t0:t1] if training else cs, rec, zero, lens - t0, reverse,
+                        training, P, packed["clip"], packed["coupled"], packed["gclip"], czs,
+                        zc if zc.shape[0] == 1 else zc[t0:t1],
+                        zh if zh.shape[0] == 1 else zh[t0:t1], c_old)
+                if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
+                    hbuf[0] = hbuf[1]
+                    if not plain:
+                        hmbuf[0] = hmbuf[1]
         h = hbuf[0, :, :Pu].copy()
         c = c[:, :H].copy()
         y_out = y if Pp == Pu else np.ascontiguousarray(y[:, :, :Pu])

@@ -75,23 +75,28 @@ def test_cpu_kernels_match_reference_with_cell_options(rng, dtype, options):
         _compare(rng, 1, 1, 2, 3, dtype, reverse, None, **options)
 
 
-@pytest.mark.parametrize("rows", [False, True], ids=["units-split", "rows-split"])
+@pytest.mark.parametrize("rows,fused", [(False, None), (True, False), (True, True)],
+                         ids=["units-split", "rows-split", "rows-split-fused"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_parallel_step_matches_reference(rng, monkeypatch, reverse, rows):
+def test_parallel_step_matches_reference(rng, monkeypatch, reverse, rows, fused):
     """Force the parallel time loops at small shapes, sharing out the units (a
     region per step: several blocks per thread, padded units (H=70 -> 128), a
     remainder of rows outside the 6-row tiles) or the batch (uneven parts, a
-    thread with one row)."""
+    thread with one row; the input projection before the loop or inside it; one
+    step; the cell options)."""
     import numba
     from numlstm.kernels.cpu import lstm as cpu_lstm
     monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)
     monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
+    monkeypatch.setattr(cpu_lstm, "FUSE_INPUT", fused)
     assert cpu_lstm._threads(5, 128, 2) == min(2, numba.get_num_threads())
     for T, B, I, H in [(6, 5, 3, 70), (3, 11, 4, 128), (4, 2, 5, 20), (2, 15, 3, 64),
-                       (5, 3, 2, 33)]:
+                       (5, 3, 2, 33), (1, 9, 3, 64), (3, 11, 70, 64)]:
         lengths = rng.integers(1, T + 1, B)
         _compare(rng, T, B, I, H, np.float32, reverse, lengths)
         _compare(rng, T, B, I, H, np.float32, reverse, None)
+    _compare(rng, 4, 10, 3, 20, np.float32, reverse, rng.integers(1, 5, 10), cell_clip=0.4,
+             input_forget=True, gate_clip=0.6)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
