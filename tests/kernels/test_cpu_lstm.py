@@ -139,3 +139,16 @@ def test_product_tasks_cover_the_rows_in_equal_chunks(P):
             assert (chunks - 1) * rows < M <= chunks * rows or M == chunks == 0
             # each thread gets as many tasks, unless the tasks are down to one tile
             assert (chunks * nblk) % P == 0 or rows == R, (M, nblk, P, rows, chunks)
+
+
+@pytest.mark.parametrize("small", [0, 1 << 40], ids=["kernel-copies", "numpy-copies"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_weight_gradients_through_both_copy_paths(rng, monkeypatch, reverse, small):
+    """The weight gradients re-lay dG and transpose x and y with NumPy for small
+    arrays and with the parallel kernels (_to_blocks, _transpose into an offset)
+    above _SMALL elements; both, with lengths in any order (the reverse
+    direction's first steps inside the sequence)."""
+    from numlstm.kernels.cpu import lstm as cpu_lstm
+    monkeypatch.setattr(cpu_lstm, "_SMALL", small)
+    _compare(rng, 5, 7, 3, 37, np.float32, reverse, np.array([5, 2, 1, 4, 5, 3, 2]))
+    _compare(rng, 1, 2, 4, 20, np.float32, reverse, None)
