@@ -680,9 +680,13 @@ def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip,
 
 @njit(parallel=True, **_FAST)
 def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
-                   gclip):
+                   gclip, dgb):
     """_backward_tiled with the batch shared out instead of the units (see
-    _forward_rows). Arguments as _backward_tiled's."""
+    _forward_rows). Arguments as _backward_tiled's, and dgb [Gp/CB, T*B, CB],
+    which receives dG in the products' blocked layout (_to_blocks's), each row
+    copied while it is in cache (the weight gradients read it; a pass of its
+    own after the loop took 0.37 ms at T=64, B=32, H=128 and 17 ms at T=128,
+    B=128, H=256)."""
     T, B = dg.shape[0], rec.shape[0]
     nblk = W.shape[0]
     zero = np.zeros((1, rec.shape[1]), rec.dtype)
@@ -696,6 +700,12 @@ def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, 
             _bwd_pointwise(dg[t][r0:r1], cs[t][r0:r1], step_before(cs, c0, reverse, t)[r0:r1],
                            c0[r0:r1], dy[t][r0:r1], rec[r0:r1], dh_n[r0:r1], dc[r0:r1],
                            lengths[r0:r1], reverse, t, 0, nblk, clip, coupled, gclip)
+            for r in range(r0, r1):
+                src = dg[t, r]
+                for blk in range(dgb.shape[0]):
+                    dst = dgb[blk, t * B + r]
+                    for j in range(CB):
+                        dst[j] = src[blk * CB + j]
 
 
 @njit(**_FAST)
@@ -1212,15 +1222,21 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     zoned = cache["zc"].shape[2] > 1
     kh, kc, dhz, zb = ((np.zeros((B, Hp), np.float32) for _ in range(4)) if zoned else
                        (_NO_ARRAY,) * 4)
+    dgb = np.empty((Gp // CB, T * B, CB), np.float32)  # dG as the products' operand
+    dgb_filled = False
     if proj or masked or zoned:
         _backward_tiled_options(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"],
                                 packed["w_proj_bwd"], rec, dhs, dm, dh_np, dc, lens, reverse, P,
                                 packed["clip"], packed["coupled"], packed["gclip"], mask,
                                 cache["czs"], cache["zc"], cache["zh"], kh, kc, dhz, zb)
+    elif _split_rows(B, Hc, P):
+        _backward_rows(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec, dh_np,
+                       dc, lens, reverse, P, packed["clip"], packed["coupled"], packed["gclip"],
+                       dgb)
+        dgb_filled = True
     else:
-        loop = _backward_rows if _split_rows(B, Hc, P) else _backward_tiled
-        loop(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec, dh_np, dc, lens,
-             reverse, P, packed["clip"], packed["coupled"], packed["gclip"])
+        _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec, dh_np,
+                        dc, lens, reverse, P, packed["clip"], packed["coupled"], packed["gclip"])
     dg_first, empty = _first_step_gradients(dg, lens, reverse)
     dh = np.empty((B, Hp), np.float32)
     _matmul(dg_first, packed["w_bwd"], dh, zeros, False)
@@ -1232,7 +1248,9 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     dg2 = dg.reshape(T * B, Gp)
     dx = np.empty((T * B, Ip), np.float32)
     _matmul(dg2, packed["w_dx"], dx, zeros, False)
-    grads = _weight_gradients(dg2, x, y, cache["h0"], _first_steps(lens, reverse), mask,
+    if not dgb_filled:
+        _blocks_of(dg2, dgb)
+    grads = _weight_gradients(dgb, x, y, cache["h0"], _first_steps(lens, reverse), mask,
                               reverse, packed)
     if proj:  # dW_hr = sum over steps and rows of dh^T m
         dhs_t = np.empty((Hp, T * B), np.float32)
@@ -1256,9 +1274,19 @@ def _transpose_into(a, out, col0, small):
         _transpose(a, out, _NO_MASK, col0)
 
 
-def _weight_gradients(dg2, x, y, h0, first_steps, mask, reverse, packed):
+def _blocks_of(a, out):
+    """out[blk, m, :] = a[m, blk*CB:(blk+1)*CB] (_to_blocks; NumPy's copy for small a:
+    no parallel region's few microseconds)."""
+    if a.size <= _SMALL:
+        out[...] = a.reshape(a.shape[0], out.shape[0], CB).transpose(1, 0, 2)
+    else:
+        _to_blocks(a, out)
+
+
+def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, packed):
     """{"w_ih", "w_hh", "b_ih", "b_hh"} in torch's layout from the gate gradients
-    dg2 [T*B, Gp], the inputs x [T,B,I] and outputs y [T,B,Hp] of the forward,
+    dgb [Gp/CB, T*B, CB] (_to_blocks's layout), the inputs x [T,B,I] and outputs
+    y [T,B,Hp] of the forward,
     h0 [B,P], each row's first step in the forward (the one that read h0) and
     the recurrent dropout mask.
 
@@ -1269,14 +1297,9 @@ def _weight_gradients(dg2, x, y, h0, first_steps, mask, reverse, packed):
     transposed: 3.8 -> 2.6 ms at T=64, B=32, I=32, H=128; 137 -> 120 ms at T=128,
     B=128, I=H=256."""
     T, B, I = x.shape
-    M, Gp = dg2.shape
+    M, Gp = dgb.shape[1], dgb.shape[0] * CB
     Hp = y.shape[2]
     small = M * Gp <= _SMALL  # (NumPy's copies: no parallel region's few microseconds)
-    dgb = np.empty((Gp // CB, M, CB), np.float32)
-    if small:
-        dgb[...] = dg2.reshape(M, Gp // CB, CB).transpose(1, 0, 2)
-    else:
-        _to_blocks(dg2, dgb)
     zeros = np.zeros((1, Gp), np.float32)
     x_t = np.empty((I + 1, M), np.float32)
     _transpose_into(x.reshape(M, I), x_t, 0, small)
