@@ -59,7 +59,9 @@ The path of a call (both paths):
               nothing is projected before the loop.
     backward: the time loop writes the pre-activation gradients dG over the
               stored gates (one recurrent product dG[t] @ W_hh per step); then
-              dx, dW_ih, dW_hh and db are each one product over all T*B rows.
+              dx is one product over all T*B rows, and the weight gradients two
+              more, computed transposed with dG in blocks (_weight_gradients;
+              the batch split's loop writes those blocks as it goes).
 """
 import numba
 import numpy as np
