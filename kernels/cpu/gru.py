@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
-from .lstm import (_NO_MASK, CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _split_rows,
+from .lstm import (_NO_MASK, CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _rows_plan,
                    _times_mask, mask_buffers, masked_product, step_before,
                    transposed_with_sums)
 from .rnn import (_blas_recurrent_gradient, _empty, _input_gradients, _project,
@@ -403,11 +403,11 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         hbuf, y = _state_buffers(h0, T, Hp)
         hn = _empty((T, B, Hp) if training else (1, 1, 1))
         rec = _empty((B, 3 * Hp))
-        P = _threads(B, Hp, 3 * Hp, Hp // U)
+        P, rows = _rows_plan(B, Hp, _threads(B, Hp, 3 * Hp, Hp // U), 3)
         mask, hmbuf = mask_buffers(h_mask, hbuf)
 
         def run(xw, t0, t1):  # training runs all steps in one chunk, so hn needs no slice
-            loop = _forward_rows if _split_rows(B, Hp, P, 3) else _forward_tiled
+            loop = _forward_rows if rows else _forward_tiled
             loop(xw, packed["w_fwd"], packed["b_rec"], hbuf, hmbuf, mask, y[t0:t1], hn, rec,
                  lens - t0, reverse, training, P)
             if (t1 - t0) & 1 and h_mask is not None:  # as _run_in_chunks moves hbuf
@@ -457,9 +457,9 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     carry = _empty((B, Hp))
     carry[:] = 0
     rec = _empty((B, Hp))
-    P = _threads(B, Hp, Gp, Hp // U)
+    P, rows = _rows_plan(B, Hp, _threads(B, Hp, Gp, Hp // U), 3)
     mask = cache["mask"]
-    loop = _backward_rows if _split_rows(B, Hp, P, 3) else _backward_tiled
+    loop = _backward_rows if rows else _backward_tiled
     loop(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens, reverse, P, mask)
     if mask.shape[0] > 0:  # W_hh read h times the recurrent dropout mask
         y, h0 = y * mask, h0 * mask
