@@ -17,13 +17,12 @@ mallopt(3): blocks up to MMAP_THRESHOLD come from the heap, and free memory at
 its top is handed back only past trim_threshold(): a quarter of the machine's
 memory, between 512 MiB and 2 GiB (mallopt takes an int). The large steps need
 the high limits: at T=1024, B=128, H=256 a training step allocates about 2 GiB,
-in blocks up to 512 MiB. Alternating with torch's (as the benchmark does), it took 3.4-3.7 s with
-limits of 256 and 512 MiB, whose blocks were faulted in again at every call, and
-2.0 s with 1 and 2 GiB (torch's own step 2.3 -> 2.1 s).
+in blocks up to 512 MiB. Alternating with torch's (as the benchmark does), it
+took 3.4-3.7 s with limits of 256 and 512 MiB, whose blocks were faulted in
+again at every call, and 2.0 s with 1 and 2 GiB (torch's own step 2.3 -> 2.1 s).
 
 The cost: a process keeps the memory of its largest step after the step, up to
-trim_threshold() of it, as torch's and TensorFlow's caching
-allocators do. The settings are the process's, so torch running in the same
+trim_threshold() of it, as torch's and TensorFlow's caching allocators do. The settings are the process's, so torch running in the same
 process gets them too (the benchmark's comparisons stay fair). Set
 NUMLSTM_MALLOC_TUNING=0 before importing numlstm to leave malloc as it is.
 """
