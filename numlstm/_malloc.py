@@ -22,9 +22,10 @@ took 3.4-3.7 s with limits of 256 and 512 MiB, whose blocks were faulted in
 again at every call, and 2.0 s with 1 and 2 GiB (torch's own step 2.3 -> 2.1 s).
 
 The cost: a process keeps the memory of its largest step after the step, up to
-trim_threshold() of it, as torch's and TensorFlow's caching allocators do. The settings are the process's, so torch running in the same
-process gets them too (the benchmark's comparisons stay fair). Set
-NUMLSTM_MALLOC_TUNING=0 before importing numlstm to leave malloc as it is.
+trim_threshold() of it, as torch's and TensorFlow's caching allocators do. The
+settings are the process's, so torch running in the same process gets them too
+(the benchmark's comparisons stay fair). Set NUMLSTM_MALLOC_TUNING=0 before
+importing numlstm to leave malloc as it is.
 """
 import ctypes
 import ctypes.util
