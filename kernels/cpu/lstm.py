@@ -126,14 +126,20 @@ def _tile(A, W, out, blk, r0, rows, init, per_row, k0, k1):
         ir = r0 + r if per_row else 0
         for j in range(CB):
             acc[r, j] = init[ir, c0 + j]
+    _accumulate(acc, A, W, blk, r0, rows, k0, k1)
+    for r in range(rows):
+        for j in range(CB):
+            out[r0 + r, c0 + j] = acc[r, j]
+
+
+@njit(inline="always", **_FAST)
+def _accumulate(acc, A, W, blk, r0, rows, k0, k1):
+    """acc[:rows] += A[r0:r0+rows, k0:k1] @ W[blk, k0:k1] (the register tile's loop)."""
     for k in range(k0, k1):
         for r in range(rows):
             a = A[r0 + r, k]
             for j in range(CB):
                 acc[r, j] += a * W[blk, k, j]
-    for r in range(rows):
-        for j in range(CB):
-            out[r0 + r, c0 + j] = acc[r, j]
 
 
 @njit(**_FAST)
@@ -413,16 +419,8 @@ def _tile_xh(X, Wx, Hm, W, out, blk, r0, rows, bias):
     for r in range(rows):
         for j in range(CB):
             acc[r, j] = bias[0, c0 + j]
-    for k in range(X.shape[1]):
-        for r in range(rows):
-            a = X[r0 + r, k]
-            for j in range(CB):
-                acc[r, j] += a * Wx[blk, k, j]
-    for k in range(Hm.shape[1]):
-        for r in range(rows):
-            a = Hm[r0 + r, k]
-            for j in range(CB):
-                acc[r, j] += a * W[blk, k, j]
+    _accumulate(acc, X, Wx, blk, r0, rows, 0, X.shape[1])
+    _accumulate(acc, Hm, W, blk, r0, rows, 0, Hm.shape[1])
     for r in range(rows):
         for j in range(CB):
             out[r0 + r, c0 + j] = acc[r, j]
