@@ -451,7 +451,9 @@ def _forward_rows_xh(x, Wx, bias, W, hbuf, gates, c, y, cs, rec, lengths, revers
     """_forward_rows with the input projection inside the loop: each step's product
     reads x[t] and h together (x [T,B,I], Wx [Gp/CB, I, CB]: W_ih^T in blocks, bias
     [1,Gp]), so no [T,B,Gp] projection is written and read back; when training,
-    the activated gates go to gates [T,B,Gp]. Where _fuse_input says."""
+    the activated gates go to gates [T,B,Gp]. Where _fuse_input says. (Its loop
+    repeats _forward_rows's, which reads a projection made before the loop: one
+    loop for both would pass each the other's arguments as stand-ins.)"""
     T, B = x.shape[0], rec.shape[0]
     nblk = W.shape[0]
     for p in prange(P):
