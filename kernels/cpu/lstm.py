@@ -1302,9 +1302,8 @@ def _blocks_of(a, out):
 def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, packed):
     """{"w_ih", "w_hh", "b_ih", "b_hh"} in torch's layout from the gate gradients
     dgb [Gp/CB, T*B, CB] (_to_blocks's layout), the inputs x [T,B,I] and outputs
-    y [T,B,Hp] of the forward,
-    h0 [B,P], each row's first step in the forward (the one that read h0) and
-    the recurrent dropout mask.
+    y [T,B,Hp] of the forward, h0 [B,P], each row's first step in the forward
+    (the one that read h0) and the recurrent dropout mask ([B,Hp], or [0,0]).
 
     Computed transposed, dW^T = X^T @ dG, with dG as the products' blocked second
     operand: the rows are I + 1 (the bias: a row of ones) and Hp rather than Gp,
