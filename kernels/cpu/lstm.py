@@ -55,8 +55,8 @@ The path of a call (both paths):
               in one compiled function. The training forward writes the
               activated gates over xw and keeps c of every step; h of every step
               is y. In the batch split, where _fuse_input says so, each step's
-              product reads x[t] and h together instead (_forward_rows_xh), and
-              nothing is projected before the loop.
+              product reads x[t] and h together instead (_forward_rows, fused),
+              and nothing is projected before the loop.
     backward: the time loop writes the pre-activation gradients dG over the
               stored gates (one recurrent product dG[t] @ W_hh per step); then
               dx is one product over all T*B rows, and the weight gradients two
@@ -389,26 +389,6 @@ def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, cl
                           coupled, gclip)
 
 
-@njit(parallel=True, **_FAST)
-def _forward_rows(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
-                  gclip):
-    """_forward_tiled with the batch shared out instead of the units: thread p runs
-    its rows through all T steps with all of W_hh (the rows of a batch never meet),
-    so the steps need no barrier and no thread touches another's cache lines.
-    Arguments as _forward_tiled's."""
-    T, B = xw.shape[0], rec.shape[0]
-    nblk = W.shape[0]
-    for p in prange(P):
-        r0, r1 = p * B // P, (p + 1) * B // P
-        for s in range(T):
-            t = T - 1 - s if reverse else s
-            h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
-            _matmul_rows(h_old, W, rec, xw[t], True, r0, r1, 0, nblk)
-            _fwd_pointwise(rec[r0:r1], xw[t][r0:r1], h_old[r0:r1], h_new[r0:r1], c[r0:r1],
-                           y[t][r0:r1], cs[t if training else 0][r0:r1], lengths[r0:r1], t,
-                           training, 0, nblk, clip, coupled, gclip)
-
-
 @njit(inline="always", **_FAST)
 def _tile_xh(X, Wx, Hm, W, out, blk, r0, rows, bias):
     """out[r0:r0+rows, blk's CB columns] = bias + X[rows] @ Wx[blk] + Hm[rows] @ W[blk]:
@@ -446,14 +426,16 @@ def _matmul_xh(X, Wx, Hm, W, out, bias, r_begin, r_end):
 
 
 @njit(parallel=True, **_FAST)
-def _forward_rows_xh(x, Wx, bias, W, hbuf, gates, c, y, cs, rec, lengths, reverse, training,
-                     P, clip, coupled, gclip):
-    """_forward_rows with the input projection inside the loop: each step's product
-    reads x[t] and h together (x [T,B,I], Wx [Gp/CB, I, CB]: W_ih^T in blocks, bias
-    [1,Gp]), so no [T,B,Gp] projection is written and read back; when training,
-    the activated gates go to gates [T,B,Gp]. Where _fuse_input says. (Its loop
-    repeats _forward_rows's, which reads a projection made before the loop: one
-    loop for both would pass each the other's arguments as stand-ins.)"""
+def _forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, training, P,
+                  clip, coupled, gclip, fused):
+    """_forward_tiled with the batch shared out instead of the units: thread p runs
+    its rows through all T steps with all of W_hh (the rows of a batch never meet),
+    so the steps need no barrier and no thread touches another's cache lines.
+    Arguments as _forward_tiled's, and x [T,B,I], W_in [Gp/CB, I, CB] (W_ih^T in
+    blocks) and bias [1,Gp]. fused: each step's product reads x[t] and h together
+    (_matmul_xh), so no [T,B,Gp] projection is written and read back, and xw
+    only receives the activated gates when training (where _fuse_input says);
+    else xw holds the projection made before the loop, as for _forward_tiled."""
     T, B = x.shape[0], rec.shape[0]
     nblk = W.shape[0]
     for p in prange(P):
@@ -461,11 +443,14 @@ def _forward_rows_xh(x, Wx, bias, W, hbuf, gates, c, y, cs, rec, lengths, revers
         for s in range(T):
             t = T - 1 - s if reverse else s
             h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
-            _matmul_xh(x[t], Wx, h_old, W, rec, bias, r0, r1)
-            _fwd_pointwise(rec[r0:r1], gates[t if training else 0][r0:r1], h_old[r0:r1],
-                           h_new[r0:r1], c[r0:r1], y[t][r0:r1],
-                           cs[t if training else 0][r0:r1], lengths[r0:r1], t, training, 0,
-                           nblk, clip, coupled, gclip)
+            if fused:
+                _matmul_xh(x[t], W_in, h_old, W, rec, bias, r0, r1)
+            else:
+                _matmul_rows(h_old, W, rec, xw[t], True, r0, r1, 0, nblk)
+            gates = xw[t if training or not fused else 0]
+            _fwd_pointwise(rec[r0:r1], gates[r0:r1], h_old[r0:r1], h_new[r0:r1], c[r0:r1],
+                           y[t][r0:r1], cs[t if training else 0][r0:r1], lengths[r0:r1], t,
+                           training, 0, nblk, clip, coupled, gclip)
 
 
 @njit(**_FAST)
@@ -1048,7 +1033,7 @@ def _rows_plan(B, Hp, P, gates=4):
 
 
 def _fuse_input(B, I, Hp, P):
-    """Whether the rows split projects the inputs inside its loop (_forward_rows_xh)
+    """Whether the rows split projects the inputs inside its loop (_forward_rows)
     rather than in one product before it: while W_ih and W_hh together fit in L2
     (ROW_SPLIT_MAX_BYTES), or from FUSED_MIN_ROWS rows a thread. Measured on 2
     cores, T=128, median ms, before -> fused: B=32, I=32, H=128 (T=64) training
@@ -1142,9 +1127,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         if rows and _fuse_input(B, I, Hp, P):
             # one loop with the input projection inside it; xw receives the gates
             xw = np.empty((T if training else 1, B, 4 * Hp), np.float32)
-            _forward_rows_xh(x, packed["w_in"], packed["bias"], packed["w_fwd"], hbuf, xw, c,
-                             y, cs, rec, lens, reverse, training, P, packed["clip"],
-                             packed["coupled"], packed["gclip"])
+            _forward_rows(xw, x, packed["w_in"], packed["bias"], packed["w_fwd"], hbuf, c, y,
+                          cs, rec, lens, reverse, training, P, packed["clip"],
+                          packed["coupled"], packed["gclip"], True)
             if T & 1:  # the state ended in hbuf[1]
                 hbuf[0] = hbuf[1]
         else:
@@ -1157,11 +1142,17 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
                 chunk = xw[:t1 - t0]
                 _matmul(x[t0:t1].reshape(-1, I), packed["w_in"], chunk.reshape(-1, 4 * Hp),
                         packed["bias"], False)
-                if plain:
-                    loop = _forward_rows if rows else _forward_tiled
-                    loop(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
-                         cs[t0:t1] if training else cs, rec, lens - t0, reverse, training, P,
-                         packed["clip"], packed["coupled"], packed["gclip"])
+                if rows:
+                    _forward_rows(chunk, x[t0:t1], packed["w_in"], packed["bias"],
+                                  packed["w_fwd"], hbuf, c, y[t0:t1],
+                                  cs[t0:t1] if training else cs, rec, lens - t0, reverse,
+                                  training, P, packed["clip"], packed["coupled"],
+                                  packed["gclip"], False)
+                elif plain:
+                    _forward_tiled(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
+                                   cs[t0:t1] if training else cs, rec, lens - t0, reverse,
+                                   training, P, packed["clip"], packed["coupled"],
+                                   packed["gclip"])
                 else:
                     _forward_tiled_options(
                         chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
