@@ -945,11 +945,12 @@ _SMALL = 1 << 15  # elements: below, layout copies use NumPy (no parallel region
 def _blocks(a):
     """[K,N] -> [N/CB, K, CB]: the columns of each block of CB contiguous, as
     _tile reads them. N is padded with zeros to a multiple of CB. Past _SMALL
-    elements the copy is _to_blocks's parallel one (dG at T=64, B=32, H=128,
-    [2048 x 512]: 0.28 ms, NumPy's strided copy 0.52 ms)."""
+    elements and one block the copy is _to_blocks's parallel one (dG at T=64,
+    B=32, H=128, [2048 x 512]: 0.28 ms, NumPy's strided copy 0.52 ms); one block
+    is a itself (padded), no copy."""
     a = _pad(a, -(-a.shape[1] // CB) * CB)
     K, N = a.shape
-    if a.size <= _SMALL:
+    if a.size <= _SMALL or N == CB:
         return np.ascontiguousarray(a.reshape(K, N // CB, CB).transpose(1, 0, 2))
     out = np.empty((N // CB, K, CB), a.dtype)
     _to_blocks(a, out)
