@@ -27,6 +27,10 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     [-cell_clip, cell_clip] (TensorFlow's cell_clip); gate_clip clips every gate
     pre-activation to [-gate_clip, gate_clip] before its activation (ONNX's clip,
     as onnxruntime computes it). No gradient flows through a clipped value.
+    peephole [3H] (p_i, p_f, p_o), ONNX's P: i and f add p_i * c and p_f * c of the
+    old state to their pre-activations, o adds p_o * c' of the new one. acts
+    (gates.make_acts) replaces s by another activation for i, f and o, and tanh by
+    another for g and for c' in h'.
   GRU
     r = s(W_ir x + b_ir + W_hr h + b_hr)      z = s(W_iz x + b_iz + W_hz h + b_hz)
     reset_after=True (torch, Keras's default):
@@ -47,6 +51,8 @@ the reverse direction starts at its last valid step, t = lengths[b] - 1.
 """
 import numpy as np
 
+from .gates import DEFAULT_ACTS, activation_name
+
 LSTM_GATE_ORDER = "ifgo"
 GRU_GATE_ORDER = "rzn"
 RNN_NONLINEARITIES = ("tanh", "relu")
@@ -56,13 +62,44 @@ def _sigmoid(a):
     return 1.0 / (1.0 + np.exp(-a))
 
 
+def apply_activation(kind, a):
+    """An activation kind of gates.py (gates.ACTIVATIONS's, or a user's function) of the
+    array a, in NumPy."""
+    name = activation_name(kind)
+    if name == "sigmoid":
+        return _sigmoid(a)
+    if name == "tanh":
+        return np.tanh(a)
+    if name == "relu":
+        return np.where(a > 0, a, a * 0)  # (a NaN stays a NaN)
+    if name == "hard_sigmoid":
+        return np.clip(a / 6 + 0.5, 0, 1)
+    return np.vectorize(kind, otypes=[a.dtype])(a)
+
+
+def activation_grad(kind, y):
+    """The derivative of an activation from its output y = apply_activation(f, a); kind:
+    the derivative's slot of gates.make_acts's tuple."""
+    name = activation_name(kind)
+    if name == "sigmoid":
+        return y * (1 - y)
+    if name == "tanh":
+        return 1 - y * y
+    if name == "relu":
+        return (y > 0).astype(y.dtype)
+    if name == "hard_sigmoid":
+        return np.where((y > 0) & (y < 1), 1 / 6, 0).astype(y.dtype)
+    return np.vectorize(kind, otypes=[y.dtype])(y)
+
+
 def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
 def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False,
                      cell_clip=None, input_forget=False, gate_clip=None, w_hr=None,
-                     h_mask=None, zone_c=None, zone_h=None):
+                     h_mask=None, zone_c=None, zone_h=None, peephole=None,
+                     acts=DEFAULT_ACTS):
     """One LSTM layer and direction.
 
     x: [T,B,I]; h0: [B,P], c0: [B,H]; lengths: [B] ints or None (all T); cell_clip:
@@ -70,7 +107,8 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
     number > 0; w_hr: None, or the projection [P,H] (P = H without it); h_mask: None
     or [B,P], the recurrent dropout mask; zone_c, zone_h: None or [T,B,H], or
     [1,B,H] for the same at every step (zoneout, without a projection; both or
-    neither).
+    neither); peephole: None or [3H], the peephole weights (p_i, p_f, p_o);
+    acts: gates.make_acts's tuple, the gates' and the cell's activations.
     Returns y [T,B,P], h_n [B,P], c_n [B,H], and a cache for lstm_backward_ref
     holding the inputs, the activated gates [T,B,G] (f as used) and the cell
     states [T,B,H] (after clipping; with zoneout, cs holds the new cell values
@@ -85,21 +123,30 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
     cs = np.zeros((T, B, H), x.dtype)
     czs = np.zeros((T, B, H), x.dtype)
     passed = np.ones((T, B, 4 * H), bool)  # pre-activations inside the gate clip
+    gate, cell = (lambda a: apply_activation(acts[0], a)), (
+        lambda a: apply_activation(acts[2], a))
+    p_i, p_f, p_o = (None,) * 3 if peephole is None else np.reshape(peephole, (3, H))
     for t in _steps(T, reverse):
         valid = (t < lengths)[:, None]
         h_in = h if h_mask is None else h * h_mask
         a = x[t] @ w_ih.T + b_ih + h_in @ w_hh.T + b_hh
+        if peephole is not None:  # the old state into i and f (o reads the new one below)
+            a[:, :2 * H] += np.concatenate([p_i * c, p_f * c], axis=1)
         if gate_clip is not None:
-            passed[t] = np.abs(a) < gate_clip
-            a = np.clip(a, -gate_clip, gate_clip)
-        i, f = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H])
-        g, o = np.tanh(a[:, 2 * H:3 * H]), _sigmoid(a[:, 3 * H:])
+            passed[t, :, :3 * H] = np.abs(a[:, :3 * H]) < gate_clip
+            a[:, :3 * H] = np.clip(a[:, :3 * H], -gate_clip, gate_clip)
+        i, f, g = gate(a[:, :H]), gate(a[:, H:2 * H]), cell(a[:, 2 * H:3 * H])
         if input_forget:
             f = 1 - i
         c_new = f * c + i * g
         if cell_clip is not None:
             c_new = np.clip(c_new, -cell_clip, cell_clip)
-        h_new = o * np.tanh(c_new)
+        a_o = a[:, 3 * H:] if peephole is None else a[:, 3 * H:] + p_o * c_new
+        if gate_clip is not None:
+            passed[t, :, 3 * H:] = np.abs(a_o) < gate_clip
+            a_o = np.clip(a_o, -gate_clip, gate_clip)
+        o = gate(a_o)
+        h_new = o * cell(c_new)
         if w_hr is not None:
             h_new = h_new @ w_hr.T
         cs[t] = np.where(valid, c_new, c)
@@ -115,7 +162,7 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, lengths=lengths,
                  reverse=reverse, gates=gates, cs=cs, y=y, cell_clip=cell_clip,
                  input_forget=input_forget, passed=passed, w_hr=w_hr, h_mask=h_mask,
-                 czs=czs, zone_c=zone_c, zone_h=zone_h)
+                 czs=czs, zone_c=zone_c, zone_h=zone_h, peephole=peephole, acts=acts)
     return y, h, c, cache
 
 
@@ -125,9 +172,12 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
     dy: [T,B,P]; dh_n [B,P], dc_n [B,H] (gradients of the final state).
     Returns dx [T,B,I], dh0 [B,P], dc0 [B,H] and a dict of parameter gradients
     {"w_ih", "w_hh", "b_ih", "b_hh"} (and "w_hr" with a projection) in the
-    shapes of the weights.
+    shapes of the weights (and "peephole" [3H] with peepholes).
     """
     x, w_ih, w_hh, w_hr = cache["x"], cache["w_ih"], cache["w_hh"], cache.get("w_hr")
+    acts, peephole = cache.get("acts", DEFAULT_ACTS), cache.get("peephole")
+    dgate = lambda y: activation_grad(acts[1], y)  # noqa: E731
+    dcell = lambda y: activation_grad(acts[3], y)  # noqa: E731
     h0, c0, lengths = cache["h0"], cache["c0"], cache["lengths"]
     gates, cs, y, reverse = cache["gates"], cache["cs"], cache["y"], cache["reverse"]
     czs = cache.get("czs", cs)  # the cell states (after zoneout, if any)
@@ -139,6 +189,9 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
     grads["b_ih"] = np.zeros(4 * H, x.dtype)
     if w_hr is not None:
         grads["w_hr"] = np.zeros_like(w_hr)
+    if peephole is not None:
+        p_i, p_f, p_o = np.reshape(peephole, (3, H))
+        grads["peephole"] = np.zeros((3, H), x.dtype)
     dh, dc = dh_n.copy(), dc_n.copy()
     order = list(_steps(T, reverse))
     for n in range(T - 1, -1, -1):  # walk the forward's steps backwards
@@ -155,7 +208,7 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
             c_prev = np.where(prev_valid, czs[prev], c0)
         i, f = gates[t, :, :H], gates[t, :, H:2 * H]
         g, o = gates[t, :, 2 * H:3 * H], gates[t, :, 3 * H:]
-        tc = np.tanh(cs[t])
+        tc = apply_activation(acts[2], cs[t])
         dh_t = dh + dy[t]
         dh_kept = dc_kept = 0  # zoneout: the parts of h and c passed on unchanged
         dc_new = dc
@@ -163,29 +216,39 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
             z = t if len(zone_c) > 1 else 0
             dh_kept, dh_t = zone_h[z] * dh_t, (1 - zone_h[z]) * dh_t
             dc_kept, dc_new = zone_c[z] * dc, (1 - zone_c[z]) * dc
-        if w_hr is not None:  # h = W_hr m with m = o * tanh(c)
+        if w_hr is not None:  # h = W_hr m with m = o * cell(c)
             grads["w_hr"] += np.where(valid, dh_t, 0).T @ (o * tc)
             dh_t = dh_t @ w_hr
-        dc_t = dc_new + dh_t * o * (1 - tc * tc)
+        passed = cache["passed"][t] if "passed" in cache else np.ones(cache["gates"].shape[1:])
+        da_o = dh_t * tc * dgate(o) * passed[:, 3 * H:]
+        dc_t = dc_new + dh_t * o * dcell(tc)
+        if peephole is not None:  # o read the new state
+            dc_t = dc_t + da_o * p_o
         if cache.get("cell_clip") is not None:  # a clipped unit passes no gradient
             dc_t = np.where(np.abs(cs[t]) < cache["cell_clip"], dc_t, 0)
         if cache.get("input_forget"):  # f = 1 - i: i also reaches c through f
-            da = np.concatenate([dc_t * (g - c_prev) * i * (1 - i), np.zeros_like(f),
-                                 dc_t * i * (1 - g * g), dh_t * tc * o * (1 - o)], axis=1)
+            da = np.concatenate([dc_t * (g - c_prev) * dgate(i), np.zeros_like(f),
+                                 dc_t * i * dcell(g), da_o], axis=1)
         else:
-            da = np.concatenate([dc_t * g * i * (1 - i), dc_t * c_prev * f * (1 - f),
-                                 dc_t * i * (1 - g * g), dh_t * tc * o * (1 - o)], axis=1)
-        if "passed" in cache:
-            da = da * cache["passed"][t]
-        da = np.where(valid, da, 0)
+            da = np.concatenate([dc_t * g * dgate(i), dc_t * c_prev * dgate(f),
+                                 dc_t * i * dcell(g), da_o], axis=1)
+        da = np.where(valid, da * passed, 0)
         dx[t] = da @ w_ih
         grads["w_ih"] += da.T @ x[t]
         mask = cache.get("h_mask")
         grads["w_hh"] += da.T @ (h_prev if mask is None else h_prev * mask)
         grads["b_ih"] += da.sum(0)
         dh = np.where(valid, (da @ w_hh if mask is None else (da @ w_hh) * mask) + dh_kept, dh)
-        dc = np.where(valid, dc_t * f + dc_kept, dc)
+        dc_prev = dc_t * f
+        if peephole is not None:  # i and f read the old state
+            dc_prev = dc_prev + da[:, :H] * p_i + da[:, H:2 * H] * p_f
+            grads["peephole"] += np.stack([(da[:, :H] * c_prev).sum(0),
+                                           (da[:, H:2 * H] * c_prev).sum(0),
+                                           (da[:, 3 * H:] * cs[t]).sum(0)])
+        dc = np.where(valid, dc_prev + dc_kept, dc)
     grads["b_hh"] = grads["b_ih"].copy()
+    if peephole is not None:
+        grads["peephole"] = grads["peephole"].reshape(-1)
     return dx, dh, dc, grads
 
 

@@ -46,6 +46,12 @@ Zoneout keeps each thread's units of c before the step and mixes the old values
 of c and h back in after it; the backward splits dh and dc into the parts kept
 (passed to the step before) and the parts that reach the gates.
 
+Peepholes add the state to the gate math (gates.lstm_gates); they too take the
+options' loops, and their gradient is a sum over steps and rows after the loop
+(_peephole_gradients). The activations (gates.make_acts) are part of every
+kernel's argument types: each pair compiles to its own loops, the default ones
+exactly the plain layer's.
+
 The options run in _forward_tiled_options and _backward_tiled_options; the plain
 layer keeps _forward_tiled and _backward_tiled, whose per-step calls take only
 what it needs (at B=1, H=64 the options' arguments cost it 10-20%).
@@ -69,8 +75,9 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..gates import (clip_gate, gate_clip_bounds, lstm_cell, lstm_cell_grads, sigmoid, tanh,
-                     unclipped_grads)
+from ..gates import (DEFAULT_ACTS, activate, gate_clip_bounds, lstm_cell_grads, lstm_gates,
+                     peephole_at)
+from ..reference import apply_activation
 
 U = 16          # hidden units per gate block
 CB = 4 * U      # columns per block: [i(U) f(U) g(U) o(U)]
@@ -287,8 +294,9 @@ def _untile(a_t, cols, out):
 # -- forward, float32 tiled ------------------------------------------------------------
 @njit(**_FAST)
 def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1,
-                   clip, coupled, gclip):
+                   clip, coupled, gclip, acts, peep):
     """Gate math of blocks [b0, b1) for step t; rec holds the pre-activations.
+    acts: gates.make_acts's tuple; peep: None, or the peephole weights [3,Hp] (i, f, o rows).
     Each row works on views of the thread's units (and their gate columns),
     indexed from 0: indexing the whole rows at offsets from b0 measured 20-30%
     slower at B=32, H=128 (and as fast as this when b0 was a compile-time 0).
@@ -306,31 +314,25 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
                 cs_t[r, j0:j1] = c_r
             continue
         a = rec[r, b0 * CB:b1 * CB]
-        # (the two branches repeat the gate math: one inline helper for both measured
+        # (the two branches repeat the loop: one inline helper for both measured
         # 8-10% slower at B=1, H=64)
         if training:
             gates, cs_r = xw_t[r, b0 * CB:b1 * CB], cs_t[r, j0:j1]
             for k in range(n):
                 for u in range(U):
                     q, v = k * CB + u, k * U + u
-                    i = sigmoid(clip_gate(a[q], gclip))
-                    g = tanh(clip_gate(a[q + 2 * U], gclip))
-                    o = sigmoid(clip_gate(a[q + 3 * U], gclip))
-                    f, cc = lstm_cell(i, sigmoid(clip_gate(a[q + U], gclip)), g, c_r[v], clip,
-                                      coupled)
-                    h = o * tanh(cc)
+                    i, f, g, o, cc, h = lstm_gates(a[q], a[q + U], a[q + 2 * U], a[q + 3 * U],
+                                                   c_r[v], clip, coupled, gclip, acts,
+                                                   peephole_at(peep, j0 + v))
                     c_r[v], hn[v], out[v], cs_r[v] = cc, h, h, cc
                     gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U] = i, f, g, o
         else:
             for k in range(n):
                 for u in range(U):
                     q, v = k * CB + u, k * U + u
-                    i = sigmoid(clip_gate(a[q], gclip))
-                    g = tanh(clip_gate(a[q + 2 * U], gclip))
-                    o = sigmoid(clip_gate(a[q + 3 * U], gclip))
-                    _, cc = lstm_cell(i, sigmoid(clip_gate(a[q + U], gclip)), g, c_r[v], clip,
-                                      coupled)
-                    h = o * tanh(cc)
+                    _, _, _, _, cc, h = lstm_gates(a[q], a[q + U], a[q + 2 * U], a[q + 3 * U],
+                                                   c_r[v], clip, coupled, gclip, acts,
+                                                   peephole_at(peep, j0 + v))
                     c_r[v], hn[v], out[v] = cc, h, h
 
 
@@ -354,7 +356,7 @@ def masked_product(dg_next, W, rec, zero, mask, b0, b1):
 
 @njit(**_FAST)
 def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, coupled,
-              gclip):
+              gclip, acts):
     """Thread p's blocks of step t of the plain layer (no projection, recurrent dropout
     or zoneout): the product, then the gate math. Kept apart from _fwd_step_in, which
     serves the options: at B=1, H=64 each array argument of a per-step call showed."""
@@ -363,12 +365,12 @@ def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, c
     h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
     _matmul_rows(h_old, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
     _fwd_pointwise(rec, xw[t], h_old, h_new, c, y[t], cs[t if training else 0], lengths, t,
-                   training, b0, b1, clip, coupled, gclip)
+                   training, b0, b1, clip, coupled, gclip, acts, None)
 
 
 @njit(parallel=True, **_FAST)
 def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
-                   gclip):
+                   gclip, acts):
     """The plain layer's time loop. xw [T,B,Gp]: x @ W_ih^T + b, receives the
     activated gates when training; W [Gp/CB, Hp, CB]: W_hh^T in blocks; hbuf
     [2,B,Hp]: h0 in hbuf[0], h alternates between the two (threads read all of
@@ -382,11 +384,11 @@ def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, cl
         t = T - 1 - s if reverse else s
         if P == 1:  # even prange(1) would pay a fork and join per step
             _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, 0, 1, clip, coupled,
-                      gclip)
+                      gclip, acts)
         else:
             for p in prange(P):
                 _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip,
-                          coupled, gclip)
+                          coupled, gclip, acts)
 
 
 @njit(inline="always", **_FAST)
@@ -427,7 +429,7 @@ def _matmul_xh(X, Wx, Hm, W, out, bias, r_begin, r_end):
 
 @njit(parallel=True, **_FAST)
 def _forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, training, P,
-                  clip, coupled, gclip, fused):
+                  clip, coupled, gclip, acts, fused):
     """_forward_tiled with the batch shared out instead of the units: thread p runs
     its rows through all T steps with all of W_hh (the rows of a batch never meet),
     so the steps need no barrier and no thread touches another's cache lines.
@@ -450,12 +452,12 @@ def _forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, t
             gates = xw[t if training or not fused else 0]
             _fwd_pointwise(rec[r0:r1], gates[r0:r1], h_old[r0:r1], h_new[r0:r1], c[r0:r1],
                            y[t][r0:r1], cs[t if training else 0][r0:r1], lengths[r0:r1], t,
-                           training, 0, nblk, clip, coupled, gclip)
+                           training, 0, nblk, clip, coupled, gclip, acts, None)
 
 
 @njit(**_FAST)
 def _zoned_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
-                coupled, gclip, hm_new, mask, c_old, czs, zc, zh):
+                coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh):
     """_fwd_step_in with zoneout: thread p's units of c are kept in c_old, the step runs,
     then _zoneout mixes the old values back in (and the mask, if any, follows)."""
     nblk = W.shape[0]
@@ -464,7 +466,7 @@ def _zoned_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t
         for j in range(j0, j1):
             c_old[r, j] = c[r, j]
     _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
-                 coupled, gclip, hm_new, mask, False)
+                 coupled, gclip, acts, peep, hm_new, mask, False)
     zt = t if zc.shape[0] > 1 else 0
     _zoneout(c, c_old, h_new, h_old, y_t, czs[t if training else 0], zc[zt], zh[zt], lengths,
              t, training, j0, j1)
@@ -490,7 +492,7 @@ def _zoneout(c, c_old, h_new, h_old, y_t, czs_t, zc_t, zh_t, lengths, t, trainin
 
 @njit(**_FAST)
 def _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P,
-                 clip, coupled, gclip, hm_new, mask, mask_here):
+                 clip, coupled, gclip, acts, peep, hm_new, mask, mask_here):
     """Thread p's blocks of step t: rec = xw[t] + h_in @ W_hh^T, then the gate math
     (_fwd_pointwise, which writes o * tanh(c) to h_new and y_t); with mask_here,
     also hm_new = h_new * mask for its units, the next step's h_in."""
@@ -498,7 +500,7 @@ def _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, 
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     _matmul_rows(h_in, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
     _fwd_pointwise(rec, xw[t], h_old, h_new, c, y_t, cs[t if training else 0], lengths, t,
-                   training, b0, b1, clip, coupled, gclip)
+                   training, b0, b1, clip, coupled, gclip, acts, peep)
     if mask_here:
         _times_mask(h_new, mask, hm_new, b0 * U, b1 * U)
 
@@ -522,7 +524,8 @@ def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P, hm_new, mask, m
 
 @njit(parallel=True, **_FAST)
 def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths,
-                           reverse, training, P, clip, coupled, gclip, czs, zc, zh, c_old):
+                           reverse, training, P, clip, coupled, gclip, acts, peep, czs, zc, zh,
+                           c_old):
     """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
     W [Gp/CB, Pp, CB]: W_hh^T in blocks; hbuf [2,B,Pp]: h0 in hbuf[0], h
     alternates between the two (threads read all of h_old while writing their
@@ -549,21 +552,23 @@ def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero,
         m_old, m_new, y_t = (m, m, m) if proj else (h_old, h_new, y[t])
         if zoned and P == 1:  # (no projection)
             _zoned_step(xw, W, h_in, h_old, h_new, y[t], c, cs, rec, lengths, training, t, 0,
-                        1, clip, coupled, gclip, hm_new, mask, c_old, czs, zc, zh)
+                        1, clip, coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh)
         elif zoned:
             for p in prange(P):
                 _zoned_step(xw, W, h_in, h_old, h_new, y[t], c, cs, rec, lengths, training, t,
-                            p, P, clip, coupled, gclip, hm_new, mask, c_old, czs, zc, zh)
+                            p, P, clip, coupled, gclip, acts, peep, hm_new, mask, c_old, czs,
+                            zc, zh)
         elif P == 1:  # even prange(1) would pay a fork and join per step
             _fwd_step_in(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t, 0,
-                         1, clip, coupled, gclip, hm_new, mask, masked and not proj)
+                         1, clip, coupled, gclip, acts, peep, hm_new, mask, masked and not proj)
             if proj:
                 _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, 0, 1, hm_new, mask,
                            masked)
         else:
             for p in prange(P):
                 _fwd_step_in(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t,
-                             p, P, clip, coupled, gclip, hm_new, mask, masked and not proj)
+                             p, P, clip, coupled, gclip, acts, peep, hm_new, mask,
+                             masked and not proj)
             if proj:
                 for p in prange(P):
                     _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, p, P, hm_new, mask,
@@ -571,7 +576,7 @@ def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero,
 
 
 @njit(**_FAST)
-def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, y, rec, lengths, clip, coupled, gclip):
+def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, y, rec, lengths, clip, coupled, gclip, acts):
     """One inference step on one thread, for streaming: rec = bias + x @ W_ih^T +
     h @ W_hh^T, then the gate math; c is updated in place, h' goes to h_new and y
     (a scratch: with y = h_new the unit loop's stores overlap, and a step at B=1,
@@ -579,7 +584,8 @@ def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, y, rec, lengths, clip, couple
     B, nblk = x.shape[0], w_fwd.shape[0]
     _matmul_rows(x, w_in, rec, bias, False, 0, B, 0, nblk)
     _matmul_rows(h, w_fwd, rec, rec, True, 0, B, 0, nblk)
-    _fwd_pointwise(rec, rec, h, h_new, c, y, c, lengths, 0, False, 0, nblk, clip, coupled, gclip)
+    _fwd_pointwise(rec, rec, h, h_new, c, y, c, lengths, 0, False, 0, nblk, clip, coupled, gclip,
+                   acts, None)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
@@ -596,14 +602,15 @@ def step_before(seq, first, reverse, t):
 
 @njit(**_FAST)
 def _bwd_pointwise(dg_t, cs_t, cz_prev, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1,
-                   clip, coupled, gclip):
+                   clip, coupled, gclip, acts, peep):
     """Gate gradients of step t for the hidden units of output blocks [b0, b1)
     (HB units each). dg_t [B,Gp] holds the activated gates and receives dG; cs_t
     [B,Hp]: step t's new cell values; cz_prev [B,Hp]: the state the step before
     (in the forward's order) passed on (cs there, unless zoneout kept part of
-    the old one; c0 when there is none), c0 where it is a row's first step."""
+    the old one; c0 when there is none), c0 where it is a row's first step.
+    acts, peep: as _fwd_pointwise's."""
     gated = gclip < np.inf
-    bounds = gate_clip_bounds(gclip, np.float32(0))  # (the tiled kernels are float32)
+    bounds = gate_clip_bounds(gclip, np.float32(0), acts)  # (the tiled kernels are float32)
     for r in range(dg_t.shape[0]):
         n = lengths[r]
         if t >= n:  # padding: no gradient flows, the carried dh and dc stay
@@ -625,28 +632,27 @@ def _bwd_pointwise(dg_t, cs_t, cz_prev, c0, dy_t, rec, dh_n, dc, lengths, revers
                 q, v = k * CB + u, k * U + u
                 i, f, g, o = gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U]
                 cc = c_r[v]
-                di, df, dg, do, dcc = lstm_cell_grads(dc_r[v], dy_r[v] + dh_r[v], i, f, g, o,
-                                                      tanh(cc), cp[v], cc, clip, coupled)
-                if gated:  # no gradient through a clipped pre-activation
-                    di, df, dg, do = unclipped_grads(di, df, dg, do, i, f, g, o, bounds)
+                di, df, dg, do, dcc = lstm_cell_grads(
+                    dc_r[v], dy_r[v] + dh_r[v], i, f, g, o, activate(acts[2], cc), cp[v], cc,
+                    clip, coupled, acts, peephole_at(peep, j0 + v), bounds, gated)
                 gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U] = di, df, dg, do
                 dc_r[v] = dcc
 
 
 @njit(**_FAST)
 def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P,
-              clip, coupled, gclip):
+              clip, coupled, gclip, acts):
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
         _matmul_rows(dg[t_prev], W, rec, zero, False, 0, rec.shape[0], b0, b1)
     _bwd_pointwise(dg[t], cs[t], step_before(cs, c0, reverse, t), c0, dy[t], rec, dh_n, dc,
-                   lengths, reverse, t, b0, b1, clip, coupled, gclip)
+                   lengths, reverse, t, b0, b1, clip, coupled, gclip, acts, None)
 
 
 @njit(parallel=True, **_FAST)
 def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
-                    gclip):
+                    gclip, acts):
     """The plain layer's backward loop. dg [T,B,Gp]: activated gates in, dG out;
     cs [T,B,Hp]; c0, dh_n [B,Hp]; dy [T,B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
     output units; rec [B,Hp] scratch (dh from the step after); dc [B,Hp]: dc_n in,
@@ -658,16 +664,16 @@ def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip,
         t_prev = t - 1 if reverse else t + 1
         if P == 1:
             _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, 0,
-                      1, clip, coupled, gclip)
+                      1, clip, coupled, gclip, acts)
         else:
             for p in prange(P):
                 _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
-                          t_prev, p, P, clip, coupled, gclip)
+                          t_prev, p, P, clip, coupled, gclip, acts)
 
 
 @njit(parallel=True, **_FAST)
 def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
-                   gclip, dgb):
+                   gclip, acts, dgb):
     """_backward_tiled with the batch shared out instead of the units (see
     _forward_rows). Arguments as _backward_tiled's, and dgb [Gp/CB, T*B, CB],
     which receives dG in the products' blocked layout (_to_blocks's), each row
@@ -686,7 +692,7 @@ def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, 
                              nblk)
             _bwd_pointwise(dg[t][r0:r1], cs[t][r0:r1], step_before(cs, c0, reverse, t)[r0:r1],
                            c0[r0:r1], dy[t][r0:r1], rec[r0:r1], dh_n[r0:r1], dc[r0:r1],
-                           lengths[r0:r1], reverse, t, 0, nblk, clip, coupled, gclip)
+                           lengths[r0:r1], reverse, t, 0, nblk, clip, coupled, gclip, acts, None)
             for r in range(r0, r1):
                 src = dg[t, r]
                 for blk in range(dgb.shape[0]):
@@ -697,7 +703,8 @@ def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, 
 
 @njit(**_FAST)
 def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
-                      t_prev, p, P, clip, coupled, gclip, mask, zc, zh, kh, kc, dhz, zb):
+                      t_prev, p, P, clip, coupled, gclip, acts, peep, mask, zc, zh, kh, kc, dhz,
+                      zb):
     """_bwd_step with a recurrent dropout mask and zoneout (either may be absent)."""
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
@@ -705,7 +712,7 @@ def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reve
         masked_product(dg[t_prev], W, rec, zero, mask, b0, b1)
     if zc.shape[2] == 1:  # no zoneout
         _bwd_pointwise(dg[t], cs[t], step_before(cs, c0, reverse, t), c0, dy[t], rec, dh_n,
-                       dc, lengths, reverse, t, b0, b1, clip, coupled, gclip)
+                       dc, lengths, reverse, t, b0, b1, clip, coupled, gclip, acts, peep)
         return
     # Zoneout: h' = h~ + zh (h - h~), c' = c~ + zc (c - c~). The kept parts of dh
     # and dc pass to the step before (kh, kc); the rest enters the gate gradients.
@@ -722,7 +729,7 @@ def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reve
             kc[r, j] = zc[zt, r, j] * dc[r, j]
             dc[r, j] -= kc[r, j]
     _bwd_pointwise(dg[t], cs[t], step_before(czs, c0, reverse, t), c0, dhz, zb, zb, dc, lengths,
-                   reverse, t, b0, b1, clip, coupled, gclip)
+                   reverse, t, b0, b1, clip, coupled, gclip, acts, peep)
     for r in range(rec.shape[0]):
         if t < lengths[r]:
             for j in range(b0 * CB, b1 * CB):
@@ -748,19 +755,20 @@ def _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_pr
 
 @njit(**_FAST)
 def _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t, p, P, clip,
-                   coupled, gclip):
+                   coupled, gclip, acts, peep):
     """With a projection, thread p's blocks of hidden units: dm = dhs[t] @ W_hr, the
     gradient of o * tanh(c), then the gate gradients from it."""
     nblk = Wpb.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     _matmul_rows(dhs[t], Wpb, dm, zero, False, 0, dm.shape[0], b0, b1)
     _bwd_pointwise(dg[t], cs[t], step_before(cs, c0, reverse, t), c0, dm, zero_b, zero_b, dc,
-                   lengths, reverse, t, b0, b1, clip, coupled, gclip)
+                   lengths, reverse, t, b0, b1, clip, coupled, gclip, acts, peep)
 
 
 @njit(parallel=True, **_FAST)
 def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, reverse,
-                            P, clip, coupled, gclip, mask, czs, zc, zh, kh, kc, dhz, zb):
+                            P, clip, coupled, gclip, acts, peep, mask, czs, zc, zh, kh, kc, dhz,
+                            zb):
     """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0 [B,Hp]; dh_n
     [B,Pp]; dy [T,B,Pp]; W [Pp/CB, Gp, CB]: W_hh in blocks of output units; rec
     [B,Pp] scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out.
@@ -782,28 +790,28 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
             _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, 0, 1,
                            mask)
             _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t, 0, 1,
-                           clip, coupled, gclip)
+                           clip, coupled, gclip, acts, peep)
         elif proj:
             for p in prange(P):
                 _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev,
                                p, P, mask)
             for p in prange(P):
                 _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t,
-                               p, P, clip, coupled, gclip)
+                               p, P, clip, coupled, gclip, acts, peep)
         elif P == 1:
             _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s,
-                              t, t_prev, 0, 1, clip, coupled, gclip, mask, zc, zh, kh, kc, dhz,
-                              zb)
+                              t, t_prev, 0, 1, clip, coupled, gclip, acts, peep, mask, zc, zh, kh,
+                              kc, dhz, zb)
         else:
             for p in prange(P):
                 _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse,
-                                  s, t, t_prev, p, P, clip, coupled, gclip, mask, zc, zh, kh,
-                                  kc, dhz, zb)
+                                  s, t, t_prev, p, P, clip, coupled, gclip, acts, peep, mask, zc,
+                                  zh, kh, kc, dhz, zb)
 
 
 @njit(parallel=True, **_FAST)
-def _cell_outputs(gates, cs, lengths, out):
-    """out[t] = o * tanh(c) of every valid row (zero past its length), from the
+def _cell_outputs(gates, cs, lengths, acts, out):
+    """out[t] = o * cell(c) of every valid row (zero past its length), from the
     activated gates and cell states a training forward kept: the input of the
     projection, for its weight gradient."""
     T, B, Hp = cs.shape
@@ -813,13 +821,14 @@ def _cell_outputs(gates, cs, lengths, out):
             for v in range(0, Hp, U):
                 q = (v // U) * CB + 3 * U
                 for u in range(U):
-                    out[t, r, v + u] = gates[t, r, q + u] * tanh(cs[t, r, v + u]) if valid else 0
+                    out[t, r, v + u] = (gates[t, r, q + u] * activate(acts[2], cs[t, r, v + u])
+                                        if valid else 0)
 
 
 # -- float64: BLAS per step --------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
 def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y, cs, clip,
-                  coupled, gclip, czs, zc, zh):
+                  coupled, gclip, acts, peep, czs, zc, zh):
     """xw [T,B,G] (receives the activated gates when training); w_hh_t [P,G];
     w_hr_t [H,P], the projection (ignored when its size is 0: P = H); mask [B,P],
     the recurrent dropout mask (none when its size is 0); h [B,P], c [B,H] in/out;
@@ -845,12 +854,10 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
             a, r = xw[t, b], rec[b]
             zt = t if zc.shape[0] > 1 else 0
             for j in range(H):
-                i = sigmoid(clip_gate(a[j] + r[j], gclip))
-                g = tanh(clip_gate(a[2 * H + j] + r[2 * H + j], gclip))
-                o = sigmoid(clip_gate(a[3 * H + j] + r[3 * H + j], gclip))
-                f, cj = lstm_cell(i, sigmoid(clip_gate(a[H + j] + r[H + j], gclip)), g, c[b, j],
-                                  clip, coupled)
-                mj = o * tanh(cj)
+                i, f, g, o, cj, mj = lstm_gates(
+                    a[j] + r[j], a[H + j] + r[H + j], a[2 * H + j] + r[2 * H + j],
+                    a[3 * H + j] + r[3 * H + j], c[b, j], clip, coupled, gclip, acts,
+                    peephole_at(peep, j))
                 if training:
                     a[j], a[H + j], a[2 * H + j], a[3 * H + j] = i, f, g, o
                     cs[t, b, j] = cj
@@ -872,7 +879,7 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
 
 @njit(cache=True, error_model="numpy")
 def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, dc, clip,
-                   coupled, gclip, czs, zc, zh):
+                   coupled, gclip, acts, peep, czs, zc, zh):
     """dg [T,B,G]: activated gates in, dG out; w_hh [G,P]; dh [B,P], dc [B,H]: the
     final state's gradient in, the initial state's out. With a projection (w_hr
     [P,H] of size > 0), dhs [T,B,P] receives the gradient of each step's h; mask
@@ -887,7 +894,7 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
     kh = np.zeros(dh.shape, dg.dtype)  # zoneout: the parts of dh and dc kept
     kc = np.zeros((B, H), dg.dtype)
     gated = gclip < np.inf
-    bounds = gate_clip_bounds(gclip, 0.0)  # (this path runs float64)
+    bounds = gate_clip_bounds(gclip, 0.0, acts)  # (this path runs float64)
     for s in range(T):
         t = s if reverse else T - 1 - s
         if proj:
@@ -916,12 +923,10 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
             c_prev = c0[b] if first else czs[t + 1 if reverse else t - 1, b]
             for j in range(H):
                 i, f, g, o = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
-                tc = tanh(cs[t, b, j])
+                tc = activate(acts[2], cs[t, b, j])
                 a[j], a[H + j], a[2 * H + j], a[3 * H + j], dc[b, j] = lstm_cell_grads(
-                    dc[b, j], dm[b, j], i, f, g, o, tc, c_prev[j], cs[t, b, j], clip, coupled)
-                if gated:  # no gradient through a clipped pre-activation
-                    a[j], a[H + j], a[2 * H + j], a[3 * H + j] = unclipped_grads(
-                        a[j], a[H + j], a[2 * H + j], a[3 * H + j], i, f, g, o, bounds)
+                    dc[b, j], dm[b, j], i, f, g, o, tc, c_prev[j], cs[t, b, j], clip, coupled,
+                    acts, peephole_at(peep, j), bounds, gated)
             if zoned:
                 dc[b] += kc[b]
         np.dot(dg[t], w_hh, rec)
@@ -957,11 +962,12 @@ def _blocks(a):
     return out
 
 
-def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, cell_clip=None, input_forget=False,
-                  gate_clip=None):
-    """One cell's torch-layout weights (w_ih [G,I], w_hh [G,P], b_ih, b_hh [G], and
-    the projection w_hr [P,H] or None, P = H) and options (gates.lstm_cell) -> the
-    layout these kernels read: a dict, "tiled" for float32, "blas" else."""
+def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, cell_clip=None,
+                  input_forget=False, gate_clip=None, acts=DEFAULT_ACTS):
+    """One cell's torch-layout weights (w_ih [G,I], w_hh [G,P], b_ih, b_hh [G], the
+    projection w_hr [P,H] or None (P = H), the peepholes [3H] (i, f, o) or None)
+    and options (gates.lstm_gates's; acts gates.make_acts's tuple) -> the layout these kernels
+    read: a dict, "tiled" for float32, "blas" else."""
     G, I = w_ih.shape
     H = G // 4
     P = H if w_hr is None else w_hr.shape[0]
@@ -969,13 +975,14 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, cell_clip=None, input_forge
     options = dict(clip=float(np.inf if cell_clip is None else cell_clip),
                    coupled=bool(input_forget),
                    gclip=float(np.inf if gate_clip is None else gate_clip),
-                   proj=w_hr is not None)
+                   proj=w_hr is not None, acts=acts)
     if w_ih.dtype != np.float32:
         no_proj = np.zeros((0, 0), w_ih.dtype)
         return dict(kind="blas", H=H, P=P, w_ih=w_ih, w_hh=w_hh, bias=bias,
                     w_hh_t=np.ascontiguousarray(w_hh.T),
                     w_hr=no_proj if w_hr is None else np.ascontiguousarray(w_hr),
                     w_hr_t=no_proj if w_hr is None else np.ascontiguousarray(w_hr.T),
+                    peep=None if peephole is None else np.array(peephole.reshape(3, H)),
                     **options)
     Hp = -(-H // HB) * HB
     Pp = -(-P // HB) * HB
@@ -993,6 +1000,7 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, cell_clip=None, input_forge
     no_blocks = np.zeros((0, 1, CB), np.float32)
     return dict(
         kind="tiled", H=H, Hp=Hp, P=P, Pp=Pp, cols=cols, bias=bias_p, **options,
+        peep=None if peephole is None else _pad(peephole.reshape(3, H).astype(np.float32), Hp),
         w_in=_blocks(w_ih_p.T),   # [Gp/CB, I, CB]: x @ W_ih^T
         w_fwd=_blocks(w_hh_p.T),  # [Gp/CB, Pp, CB]: h @ W_hh^T
         w_bwd=_blocks(w_hh_p),    # [Pp/CB, Gp, CB]: dG @ W_hh
@@ -1101,8 +1109,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         zc, zh = _zone_weights(zone_c, zone_h, H, x.dtype)
         czs = np.empty_like(cs) if training and zone_c is not None else cs
         _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], mask, h, c, lens, reverse,
-                      training, y, cs, packed["clip"], packed["coupled"], packed["gclip"], czs,
-                      zc, zh)
+                      training, y, cs, packed["clip"], packed["coupled"], packed["gclip"],
+                      packed["acts"], packed["peep"], czs, zc, zh)
         y_out, c0_kept = y, c0
     else:
         Hp, Pp = packed["Hp"], packed["Pp"]
@@ -1113,7 +1121,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         y = np.empty((T, B, Pp), np.float32)
         cs = np.empty((T, B, Hp) if training else (1, 1, 1), np.float32)
         rec = np.empty((B, 4 * Hp), np.float32)
-        plain = h_mask is None and zone_c is None and not packed["proj"]
+        plain = (h_mask is None and zone_c is None and not packed["proj"]
+                 and packed["peep"] is None)
         P, rows = _threads(B, Hp, packed["w_fwd"].shape[0]), False
         if plain:
             P, rows = _rows_plan(B, Hp, P)
@@ -1130,7 +1139,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             xw = np.empty((T if training else 1, B, 4 * Hp), np.float32)
             _forward_rows(xw, x, packed["w_in"], packed["bias"], packed["w_fwd"], hbuf, c, y,
                           cs, rec, lens, reverse, training, P, packed["clip"],
-                          packed["coupled"], packed["gclip"], True)
+                          packed["coupled"], packed["gclip"], packed["acts"], True)
             if T & 1:  # the state ended in hbuf[1]
                 hbuf[0] = hbuf[1]
         else:
@@ -1148,17 +1157,18 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
                                   packed["w_fwd"], hbuf, c, y[t0:t1],
                                   cs[t0:t1] if training else cs, rec, lens - t0, reverse,
                                   training, P, packed["clip"], packed["coupled"],
-                                  packed["gclip"], False)
+                                  packed["gclip"], packed["acts"], False)
                 elif plain:
                     _forward_tiled(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
                                    cs[t0:t1] if training else cs, rec, lens - t0, reverse,
                                    training, P, packed["clip"], packed["coupled"],
-                                   packed["gclip"])
+                                   packed["gclip"], packed["acts"])
                 else:
                     _forward_tiled_options(
                         chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
                         y[t0:t1], cs[t0:t1] if training else cs, rec, zero, lens - t0, reverse,
-                        training, P, packed["clip"], packed["coupled"], packed["gclip"], czs,
+                        training, P, packed["clip"], packed["coupled"], packed["gclip"],
+                        packed["acts"], packed["peep"], czs,
                         zc if zc.shape[0] == 1 else zc[t0:t1],
                         zh if zh.shape[0] == 1 else zh[t0:t1], c_old)
                 if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
@@ -1195,7 +1205,7 @@ def lstm_step_cpu(x, packed, h, c):
     (new arrays; the inputs are not modified). Equal to lstm_forward_cpu on one
     step, without its parallel regions and training buffers: a few microseconds
     at B=1, H=64."""
-    if packed["kind"] == "blas" or packed["proj"]:
+    if packed["kind"] == "blas" or packed["proj"] or packed["peep"] is not None:
         _, h, c, _ = lstm_forward_cpu(x[None], packed, h, c)
         return h, c
     H, Hp = packed["H"], packed["Hp"]
@@ -1205,7 +1215,8 @@ def lstm_step_cpu(x, packed, h, c):
     h_new = np.empty((B, Hp), np.float32)
     _step_tiled(x, packed["w_in"], packed["bias"], packed["w_fwd"], _pad(h, Hp), c_new, h_new,
                 np.empty((B, Hp), np.float32), np.empty((B, 4 * Hp), np.float32),
-                np.ones(B, np.int64), packed["clip"], packed["coupled"], packed["gclip"])
+                np.ones(B, np.int64), packed["clip"], packed["coupled"], packed["gclip"],
+                packed["acts"])
     return h_new[:, :H], c_new[:, :H]
 
 
@@ -1231,7 +1242,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     P = _threads(B, Hc, packed["w_bwd"].shape[0])
     if proj:  # the projection's input, before the loop overwrites the gates
         m_all = np.empty((T, B, Hc), np.float32)
-        _cell_outputs(dg, cache["cs"], lens, m_all)
+        _cell_outputs(dg, cache["cs"], lens, packed["acts"], m_all)
     dhs = np.empty((T, B, Hp) if proj else (1, 1, 1), np.float32)
     dm = np.empty((B, Hc) if proj else (1, 1), np.float32)
     mask = cache["mask"]
@@ -1241,19 +1252,22 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
                        (_NO_ARRAY,) * 4)
     dgb = None  # dG in blocks, the weight gradients' operand (_blocks's layout)
     P_rows, rows = _rows_plan(B, Hc, P)
-    if proj or masked or zoned:
+    peep = packed["peep"]
+    if proj or masked or zoned or peep is not None:
         _backward_tiled_options(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"],
                                 packed["w_proj_bwd"], rec, dhs, dm, dh_np, dc, lens, reverse, P,
-                                packed["clip"], packed["coupled"], packed["gclip"], mask,
+                                packed["clip"], packed["coupled"], packed["gclip"],
+                                packed["acts"], peep, mask,
                                 cache["czs"], cache["zc"], cache["zh"], kh, kc, dhz, zb)
     elif rows:  # (the loop writes dgb as it goes)
         dgb = np.empty((Gp // CB, T * B, CB), np.float32)
         _backward_rows(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec, dh_np,
                        dc, lens, reverse, P_rows, packed["clip"], packed["coupled"],
-                       packed["gclip"], dgb)
+                       packed["gclip"], packed["acts"], dgb)
     else:
         _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec, dh_np,
-                        dc, lens, reverse, P, packed["clip"], packed["coupled"], packed["gclip"])
+                        dc, lens, reverse, P, packed["clip"], packed["coupled"], packed["gclip"],
+                        packed["acts"])
     dg_first, empty = _first_step_gradients(dg, lens, reverse)
     dh = np.empty((B, Hp), np.float32)
     _matmul(dg_first, packed["w_bwd"], dh, zeros, False)
@@ -1269,6 +1283,11 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
         dgb = _blocks(dg2)
     grads = _weight_gradients(dgb, x, y, cache["h0"], _first_steps(lens, reverse), mask,
                               reverse, packed)
+    if peep is not None:
+        gate = dg.reshape(T, B, Gp // CB, 4, U)  # [..., gate, unit of the block]
+        grads["peephole"] = _peephole_gradients(
+            gate[:, :, :, 0], gate[:, :, :, 1], gate[:, :, :, 3], cache["cs"], cache["czs"],
+            cache["c0"], lens, reverse, (T, B, Hc // U, U))[:, :H].reshape(-1)
     if proj:  # dW_hr = sum over steps and rows of dh^T m
         dhs_t = np.empty((Hp, T * B), np.float32)
         _transpose(dhs.reshape(T * B, Hp), dhs_t, _NO_MASK)
@@ -1357,13 +1376,14 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     dh, dc = dh_n.copy(), dc_n.copy()
     H, proj = packed["H"], packed["proj"]
     if proj:  # the projection's input, before the loop overwrites the gates
-        m_all = dg[:, :, 3 * H:] * np.tanh(cache["cs"])
+        m_all = dg[:, :, 3 * H:] * apply_activation(packed["acts"][2], cache["cs"])
     dhs = np.empty(y.shape if proj else (1, 1, 1), dg.dtype)
     # The loop leaves dh = dG at each row's first step @ W_hh (rows of length 0
     # keep dh_n).
     mask = cache["mask"]
     _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], packed["w_hr"], mask, dhs,
                    lens, reverse, dh, dc, packed["clip"], packed["coupled"], packed["gclip"],
+                   packed["acts"], packed["peep"],
                    cache["czs"], cache["zc"], cache["zh"])
     dg_first, _ = _first_step_gradients(dg, lens, reverse)
     dg2 = dg.reshape(T * B, G)
@@ -1379,4 +1399,30 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
     if proj:  # (dhs is zero past each row's length)
         grads["w_hr"] = dhs.reshape(T * B, -1).T @ m_all.reshape(T * B, H)
+    if packed["peep"] is not None:
+        grads["peephole"] = _peephole_gradients(
+            dg[:, :, :H], dg[:, :, H:2 * H], dg[:, :, 3 * H:], cache["cs"], cache["czs"],
+            cache["c0"], lens, reverse, (T, B, H)).reshape(-1)
     return dx, dh, dc, grads
+
+
+def _peephole_gradients(dg_i, dg_f, dg_o, cs, czs, c0, lens, reverse, shape):
+    """The peephole weights' gradients [3, units] (i, f, o): each gate's dG [T,B,...]
+    times the state it read, summed over steps and rows: the state entering the
+    step (c0 at a row's first step; czs, the states passed on, elsewhere) for i
+    and f, the step's new state cs for o. shape: the gates' views' shape, to
+    which the states [T,B,units] are reshaped; a step past a row's length has
+    dG zero."""
+    T, B = cs.shape[:2]
+    c_prev = np.empty_like(czs)
+    if reverse:
+        c_prev[:-1], c_prev[-1] = czs[1:], c0
+    else:
+        c_prev[1:], c_prev[0] = czs[:-1], c0
+    c_prev[_first_steps(lens, reverse), np.arange(B)] = c0
+    # (every slot is set: a held step's dG is zero, but zero times stale memory can be NaN)
+    c_prev, c_new = c_prev.reshape(shape), cs.reshape(shape)
+    dims = "tbkj,tbkj->kj" if len(shape) == 4 else "tbj,tbj->j"
+    return np.stack([np.einsum(dims, dg_i, c_prev).reshape(-1),
+                     np.einsum(dims, dg_f, c_prev).reshape(-1),
+                     np.einsum(dims, dg_o, c_new).reshape(-1)])

@@ -20,35 +20,43 @@ import math
 
 from numba import cuda
 
-from ..gates import (clip_gate, gate_clip_bounds, lstm_cell, lstm_cell_grads, sigmoid, tanh,
-                     unclipped_grads)
+from ..gates import (DEFAULT_ACTS, activate, activation_name, gate_clip_bounds, lstm_cell_grads,
+                     lstm_gates)
 from .common import (as_device, combine, copy, device_array, dh_one, dh_product, input_gradients,
                      lengths_or_full, load_columns, load_rows, matmul, ones, plan)
 
 ROWS = 4  # weight rows per hidden unit
 
 
-def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, cell_clip=None, input_forget=False,
-                   gate_clip=None):
-    """Torch-layout weights (host or device) and the cell's options (gates.lstm_cell)
+def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, cell_clip=None,
+                   input_forget=False, gate_clip=None, acts=DEFAULT_ACTS):
+    """Torch-layout weights (host or device) and the cell's options (gates.lstm_gates)
     -> the device arrays the kernels read: w_ih [G,I], w_hh [G,H], bias = b_ih +
-    b_hh [G]; clip and gclip (inf for none) and coupled. A projection (w_hr) is
-    refused: these kernels keep h and c the same width."""
+    b_hh [G]; clip and gclip (inf for none), coupled and acts (built-in kinds only).
+    A projection (w_hr), peepholes and a user's activation are refused: these
+    kernels do not have them yet."""
     if w_hr is not None:
         raise NotImplementedError(
             f"proj_size={w_hr.shape[0]}: the CUDA LSTM kernels have no recurrent projection "
             "yet; use backend='cpu' (or 'numpy') for a projected LSTM")
+    if peephole is not None:
+        raise NotImplementedError("peephole: the CUDA LSTM kernels have no peepholes yet; "
+                                  "use backend='cpu' (or 'numpy')")
+    if any(activation_name(k) is None for k in acts):
+        raise NotImplementedError("activation: the CUDA kernels take the built-in "
+                                  "activations only, not a user's function; use "
+                                  "backend='cpu' (or 'numpy')")
     return dict(H=w_hh.shape[1], w_ih=as_device(w_ih), w_hh=as_device(w_hh),
                 bias=combine(as_device(b_ih), as_device(b_hh), "add"),
                 clip=float("inf") if cell_clip is None else float(cell_clip),
-                coupled=bool(input_forget),
+                coupled=bool(input_forget), acts=acts,
                 gclip=float("inf") if gate_clip is None else float(gate_clip))
 
 
 # -- forward ---------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled, gclip):
+                  reverse, units, training, zero, clip, coupled, gclip, acts):
     """Step s of the block's units: reads h[s % 2], writes h[(s+1) % 2], c, y[t]."""
     T = y.shape[0]
     B = y.shape[1]
@@ -91,11 +99,8 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
                         af += hk * w_hh[H + u, k]
                         ag += hk * w_hh[2 * H + u, k]
                         ao += hk * w_hh[3 * H + u, k]
-                i = sigmoid(clip_gate(ai, gclip))
-                g = tanh(clip_gate(ag, gclip))
-                o = sigmoid(clip_gate(ao, gclip))
-                f, c_new = lstm_cell(i, sigmoid(clip_gate(af, gclip)), g, c_in, clip, coupled)
-                h_new = o * tanh(c_new)
+                i, f, g, o, c_new, h_new = lstm_gates(ai, af, ag, ao, c_in, clip, coupled,
+                                                      gclip, acts, None)
                 c[b, u] = c_new
                 h[nxt, b, u] = h_new
                 y[t, b, u] = h_new
@@ -121,7 +126,7 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
 
 @cuda.jit
 def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                        training, zero, clip, coupled, gclip):
+                        training, zero, clip, coupled, gclip, acts):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     load_rows(w_hh, w_sh, ROWS, units)
@@ -129,17 +134,17 @@ def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse
     grid = cuda.cg.this_grid()
     for s in range(y.shape[0]):
         _forward_step(s, xp, w_hh, w_sh, True, lengths, h, c, y, gates, cs, cin, hin,
-                      reverse, units, training, zero, clip, coupled, gclip)
+                      reverse, units, training, zero, clip, coupled, gclip, acts)
         grid.sync()
 
 
 @cuda.jit
 def _forward_one(s, xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                 training, zero, clip, coupled, gclip):
+                 training, zero, clip, coupled, gclip, acts):
     """Step s alone, W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     _forward_step(s, xp, w_hh, w_sh, False, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled, gclip)
+                  reverse, units, training, zero, clip, coupled, gclip, acts)
 
 
 def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
@@ -171,7 +176,7 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     lens = lengths_or_full(lengths, T, B)
     args = [xp, cell["w_hh"], lens, h, c, y, gates, cs, cin, hin, bool(reverse), 1,
             bool(training), zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"])]
+            dtype.type(cell["gclip"]), cell["acts"]]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[11] = p.units
@@ -190,7 +195,7 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                    clip, coupled, gclip):
+                    clip, coupled, gclip, acts):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
     block's units: dgates[t] from dh[k % 2] + dy[t] and dc; dc -> the gradient
     of c entering the step; dh[(k+1) % 2] starts at zero for valid rows."""
@@ -201,7 +206,8 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
     cur = k % 2
     nxt = 1 - cur
     slices = (H + units - 1) // units
-    bounds = gate_clip_bounds(gclip, zero)
+    bounds = gate_clip_bounds(gclip, zero, acts)
+    gated = gclip < math.inf
     for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
         for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
             b = p // units
@@ -216,12 +222,11 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
                 g = gates[t, b, 2 * H + u]
                 o = gates[t, b, 3 * H + u]
                 cc = cs[t, b, u]
-                tc = tanh(cc)
+                tc = activate(acts[2], cc)
                 dh_t = dh[cur, b, u] + dy[t, b, u]
                 di, df, dg, do, dc_prev = lstm_cell_grads(
-                    dc[b, u], dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled)
-                if gclip < math.inf:  # no gradient through a clipped pre-activation
-                    di, df, dg, do = unclipped_grads(di, df, dg, do, i, f, g, o, bounds)
+                    dc[b, u], dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts, None,
+                    bounds, gated)
                 dgates[row, u] = di
                 dgates[row, H + u] = df
                 dgates[row, 2 * H + u] = dg
@@ -237,7 +242,7 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
 
 @cuda.jit
 def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse, units,
-                         zero, clip, coupled, gclip):
+                         zero, clip, coupled, gclip, acts):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. One barrier a step, between the gate gradients (which the
     dh product reads across units) and dh: everything else a block touches
@@ -250,17 +255,17 @@ def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reve
     for k in range(T):
         t = k if reverse else T - 1 - k  # forward step T-1-k's time
         _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                        clip, coupled, gclip)
+                        clip, coupled, gclip, acts)
         grid.sync()
         dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0])
 
 
 @cuda.jit
 def _backward_gates_one(k, dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse,
-                        units, zero, clip, coupled, gclip):
+                        units, zero, clip, coupled, gclip, acts):
     """Step k's gate gradients alone (the per-step path; w_hh unused)."""
     _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                    clip, coupled, gclip)
+                    clip, coupled, gclip, acts)
 
 
 def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
@@ -283,7 +288,7 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     copy(dc_n, dc)
     args = [dy, w_hh, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh, dc,
             reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"])]
+            dtype.type(cell["gclip"]), cell["acts"]]
     p = plan(_backward_persistent, args, H, B, 1, 4 * H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[10] = p.units

@@ -1,8 +1,10 @@
 """The CPU LSTM kernels against the NumPy reference."""
 import numpy as np
 import pytest
+from numba import njit
 
 from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
+from numlstm.kernels.gates import make_acts
 from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
 from helpers import assert_close, lstm_weights
 
@@ -10,16 +12,31 @@ from helpers import assert_close, lstm_weights
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
-def _compare(rng, T, B, I, H, dtype, reverse, lengths, **options):
+def _compare(rng, T, B, I, H, dtype, reverse, lengths, zoneout=None, proj=0, **options):
+    """The kernels' forward (training and inference) and backward against the
+    reference's, with the cell's options (pack_lstm_cpu's keywords; peephole=True
+    draws the weights), a projection of proj units, and, when zoneout is a pair of
+    rates, zoneout's 0/1 draws."""
     w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = rng.standard_normal((B, H)).astype(dtype)
+    h0 = rng.standard_normal((B, proj or H)).astype(dtype)
     c0 = rng.standard_normal((B, H)).astype(dtype)
+    if proj:
+        w_hh = np.ascontiguousarray(w_hh[:, :proj])
+        options["w_hr"] = (rng.standard_normal((proj, H)) * 0.5).astype(dtype)
+    if options.get("peephole") is True:
+        options["peephole"] = (rng.standard_normal(3 * H) * 0.5).astype(dtype)
+    zone = {}
+    if zoneout is not None:
+        zone = {k: (rng.random((T, B, H)) < p).astype(dtype)
+                for k, p in zip(("zone_c", "zone_h"), zoneout)}
     y, h, c, cache = lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse,
-                                      **options)
+                                      **options, **zone)
     packed = pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, **options)
-    yk, hk, ck, cache_k = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=True)
-    yi, hi, ci, none = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=False)
+    yk, hk, ck, cache_k = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=True,
+                                           **zone)
+    yi, hi, ci, none = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=False,
+                                        **zone)
     assert none is None
     rtol = RTOL[dtype]
     for name, got, want in [("y", yk, y), ("h_n", hk, h), ("c_n", ck, c),
@@ -31,8 +48,9 @@ def _compare(rng, T, B, I, H, dtype, reverse, lengths, **options):
     dc_n = rng.standard_normal(c.shape).astype(dtype)
     dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
     dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(dy, dh_n, dc_n, cache_k, packed)
+    assert sorted(grads_k) == sorted(grads)
     for name, got, want in [("dx", dxk, dx), ("dh0", dh0k, dh0), ("dc0", dc0k, dc0)] + [
-            (k, grads_k[k], grads[k]) for k in ("w_ih", "w_hh", "b_ih", "b_hh")]:
+            (k, grads_k[k], grads[k]) for k in grads]:
         assert got.dtype == dtype, name
         assert_close(got, want, 5 * rtol, name)
 
@@ -152,3 +170,57 @@ def test_weight_gradients_through_both_copy_paths(rng, monkeypatch, reverse, sma
     monkeypatch.setattr(cpu_lstm, "_SMALL", small)
     _compare(rng, 5, 7, 3, 37, np.float32, reverse, np.array([5, 2, 1, 4, 5, 3, 2]))
     _compare(rng, 1, 2, 4, 20, np.float32, reverse, None)
+
+
+USER_SOFTSIGN = (njit(lambda a: a / (1 + abs(a))), njit(lambda y: (1 - abs(y)) ** 2))
+# (each pair compiles every kernel again, about a minute: two pairs cover the kinds'
+# code in both places; test_gates.py checks every kind's scalar function)
+ACTIVATION_PAIRS = [("hard_sigmoid", "relu"), ("sigmoid", USER_SOFTSIGN)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("acts", ACTIVATION_PAIRS, ids=["hard-sigmoid-relu", "user-softsign"])
+def test_cpu_kernels_match_reference_with_activations(rng, dtype, acts):
+    """recurrent_activation and activation on every path: the units split, the
+    batch split (with and without the input projection fused), peepholes and
+    the other options, lengths in any order, T=1 and B=1."""
+    for reverse in (False, True):
+        lengths = np.array([6, 2, 5])
+        _compare(rng, 6, 3, 4, 37, dtype, reverse, lengths, acts=make_acts(*acts))
+        _compare(rng, 1, 1, 2, 3, dtype, reverse, None, acts=make_acts(*acts))
+        _compare(rng, 5, 3, 3, 20, dtype, reverse, np.array([5, 2, 4]), acts=make_acts(*acts),
+                 peephole=True, cell_clip=0.8, gate_clip=2.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", [{}, {"input_forget": True}, {"cell_clip": 0.4},
+                                     {"gate_clip": 0.6}, {"zoneout": (0.3, 0.4)},
+                                     {"w_hr": True}],
+                         ids=["plain", "coupled", "clip", "gate-clip", "zoneout", "proj"])
+def test_cpu_kernels_match_reference_with_peepholes(rng, dtype, options):
+    """ONNX's peepholes (the old state into i and f, the new one into o), their
+    gradient, and each option beside them."""
+    for reverse in (False, True):
+        for T, B, I, H, lengths in [(6, 3, 4, 37, np.array([6, 2, 5])), (1, 1, 2, 3, None),
+                                    (4, 2, 3, 70, np.array([1, 4]))]:
+            extra = dict(options)
+            if extra.pop("w_hr", False):
+                extra["proj"] = max(1, H // 3)
+            _compare(rng, T, B, I, H, dtype, reverse, lengths, peephole=True, **extra)
+
+
+@pytest.mark.parametrize("rows,fused", [(False, None), (True, False), (True, True)],
+                         ids=["units-split", "rows-split", "rows-split-fused"])
+def test_parallel_steps_with_activations_and_peepholes(rng, monkeypatch, rows, fused):
+    """The parallel time loops (forced at small shapes) with non-default activations,
+    and with peepholes (which take the options' loop)."""
+    from numlstm.kernels.cpu import lstm as cpu_lstm
+    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
+    monkeypatch.setattr(cpu_lstm, "FUSE_INPUT", fused)
+    for reverse in (False, True):
+        lengths = rng.integers(1, 5, 11)
+        _compare(rng, 4, 11, 3, 70, np.float32, reverse, lengths,
+                 acts=make_acts(*ACTIVATION_PAIRS[0]))
+        _compare(rng, 4, 11, 3, 70, np.float32, reverse, lengths, peephole=True,
+                 acts=make_acts("sigmoid", "tanh"))

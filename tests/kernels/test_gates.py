@@ -64,3 +64,36 @@ def test_float32_gates_propagate_nan_and_saturate_at_infinity():
     assert np.isnan(out[:, 0]).all()  # a NaN is never clamped into a number
     np.testing.assert_array_equal(out[1:3, 1], [1, 1])
     np.testing.assert_array_equal(out[2, 1:], [1, -1])
+
+
+def test_activation_kinds_match_numpy_and_their_derivatives():
+    """Each built-in kind, compiled in float32 and float64, against the reference's
+    NumPy version; the derivative from the output against a central difference;
+    a NaN stays a NaN."""
+    from numlstm.kernels.gates import ACTIVATIONS, activate, dactivate
+    from numlstm.kernels.reference import activation_grad, apply_activation
+
+    @njit(error_model="numpy")
+    def run(kind, x, out, grad):
+        for k in range(x.size):
+            out[k] = activate(kind, x[k])
+            grad[k] = dactivate(kind, out[k])
+
+    for name, kind in ACTIVATIONS.items():
+        for dtype, tol in ((np.float32, 3e-7), (np.float64, 1e-15)):
+            x = np.concatenate([np.linspace(-8, 8, 1601), [np.nan]]).astype(dtype)
+            out, grad = np.empty_like(x), np.empty_like(x)
+            run(kind, x, out, grad)
+            assert out.dtype == dtype
+            want = apply_activation(kind, x.astype(np.float64))
+            np.testing.assert_allclose(out[:-1], want[:-1], rtol=0, atol=tol, err_msg=name)
+            assert np.isnan(out[-1]), name
+            np.testing.assert_allclose(grad[:-1], activation_grad(kind, want[:-1]), atol=2 * tol)
+            x64, h = x[:-1].astype(np.float64), 1e-6
+            slope = (apply_activation(kind, x64 + h) - apply_activation(kind, x64 - h)) / (2 * h)
+            smooth = np.abs(slope - np.roll(slope, 1)) < 1e-3  # away from relu's kinks
+            np.testing.assert_allclose(grad[:-1][smooth], slope[smooth], atol=1e-4,
+                                       err_msg=name)
+            # the plain-Python versions (the CUDA simulator runs them) agree
+            py = [gates.activate(kind, float(v)) for v in x64[::50]]
+            np.testing.assert_allclose(py, want[:-1][::50], atol=1e-15, err_msg=name)

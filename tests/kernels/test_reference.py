@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
-from helpers import lstm_weights, rel_err
+from helpers import check_lstm_reference_gradients, lstm_weights, rel_err
 
 
 def _loss(inputs, weights, lengths, reverse, **options):
@@ -68,3 +68,26 @@ def test_reference_lengths_hold_state_and_zero_outputs(rng):
         np.testing.assert_allclose(h[1], h1[0], rtol=1e-14)
         np.testing.assert_allclose(c[1], c1[0], rtol=1e-14)
         np.testing.assert_allclose(y[:2, 1], y1[:, 0], rtol=1e-14)
+
+
+SOFTSIGN = (lambda a: a / (1 + abs(a)), lambda y: (1 - abs(y)) ** 2)
+
+
+@pytest.mark.parametrize("acts", [("sigmoid", "tanh"), ("hard_sigmoid", "relu"),
+                                  ("tanh", "hard_sigmoid"), ("relu", SOFTSIGN)],
+                         ids=["default", "hard-sigmoid-relu", "tanh-hard-sigmoid", "user"])
+@pytest.mark.parametrize("peephole", [False, True], ids=["no-peepholes", "peepholes"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_reference_activations_and_peepholes_match_finite_differences(rng, reverse, peephole,
+                                                                      acts):
+    """Every gradient, the peepholes' too, with lengths and the cell options beside."""
+    from numlstm.kernels.gates import make_acts
+    T, B, I, H = 4, 3, 3, 2
+    w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, np.float64, scale=0.8)
+    inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                  b_hh=b_hh, h0=rng.standard_normal((B, H)), c0=rng.standard_normal((B, H)))
+    if peephole:
+        inputs["peephole"] = rng.standard_normal(3 * H) * 0.8
+    check_lstm_reference_gradients(inputs, np.array([4, 1, 3]), reverse, acts=make_acts(*acts))
+    check_lstm_reference_gradients(inputs, None, reverse, acts=make_acts(*acts),
+                                   cell_clip=1.5, gate_clip=2.5)
