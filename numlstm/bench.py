@@ -414,11 +414,26 @@ OPTION_VARIANTS = {"plain": {}, "cell_clip=1.0": {"cell_clip": 1.0},
                    "proj_size=H/2": {"proj_size": "H/2"},
                    # (training only: inference runs the plain layer)
                    "recurrent_dropout=0.25": {"recurrent_dropout": 0.25},
-                   "zoneout=0.1": {"zoneout": 0.1}}
+                   "zoneout=0.1": {"zoneout": 0.1},
+                   "peephole": {"peephole": True},
+                   "recurrent_activation=hard_sigmoid": {
+                       "recurrent_activation": "hard_sigmoid"},
+                   "activation=relu": {"activation": "relu"},
+                   # a user's function, called through a pointer (not inlined)
+                   "activation=softsign (user)": {"activation": "softsign"}}
+
+
+def _softsign(a):
+    return a / (1 + abs(a))
+
+
+def _softsign_grad(y):  # from the output: 1 / (1 + |a|)^2 = (1 - |y|)^2
+    return (1 - abs(y)) ** 2
 
 
 def _variant(options, H):
-    return {k: H // 2 if v == "H/2" else v for k, v in options.items()}
+    special = {"H/2": H // 2, "softsign": (_softsign, _softsign_grad)}
+    return {k: special.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
 
 
 def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print):
@@ -429,7 +444,7 @@ def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print):
     Initialisation options (recurrent_init, unit_forget_bias) change only the
     starting weights and cost nothing per step."""
     rows = []
-    out(f"{'T,B,H':>12} {'option':>22} {'inference ms':>13} {'x plain':>8} "
+    out(f"{'T,B,H':>12} {'option':>34} {'inference ms':>13} {'x plain':>8} "
         f"{'training ms':>12} {'x plain':>8}")
     for T, B, H in shapes:
         x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
@@ -452,7 +467,7 @@ def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print):
         for name in layers:
             r = {mode: med[name, mode] / med["plain", mode] for mode in ("inference",
                                                                          "training")}
-            out(f"{f'{T},{B},{H}':>12} {name:>22} {med[name, 'inference'] * 1e3:13.2f} "
+            out(f"{f'{T},{B},{H}':>12} {name:>34} {med[name, 'inference'] * 1e3:13.2f} "
                 f"{r['inference']:8.2f} {med[name, 'training'] * 1e3:12.2f} "
                 f"{r['training']:8.2f}")
             rows += [dict(T=T, B=B, H=H, option=name, mode=mode, ms=med[name, mode] * 1e3,

@@ -169,9 +169,18 @@ class Backend:
         return self.forward(spec, cell, x[None], state, None, False, False)[1]
 
 
+_EXTRA_KEYWORDS = {"weight_hr": "w_hr", "weight_peephole": "peephole"}
+
+
+def cell_extras(spec, cell):
+    """A cell's arrays past its four (the "cells" container's tuple) as the keywords of
+    the packers and of the reference: w_hr with a projection, peephole."""
+    return {_EXTRA_KEYWORDS[n]: a for n, a in zip(spec.extras(), cell[4:])}
+
+
 class NumpyBackend(Backend):
     """The NumPy reference: slow, simple, the oracle. Cell: (w_ih, w_hh, b_ih, b_hh), and
-    w_hr with a projection (proj_size)."""
+    w_hr with a projection (proj_size), then the peepholes."""
     name = "numpy"
 
     def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None,
@@ -179,7 +188,7 @@ class NumpyBackend(Backend):
         if spec.cell == "lstm":
             y, h, c, cache = reference.lstm_forward_ref(
                 x, *cell[:4], *state, lengths, reverse, **spec.kernel_options(),
-                w_hr=cell[4] if spec.proj_size else None, h_mask=h_mask,
+                **cell_extras(spec, cell), h_mask=h_mask,
                 **(dict(zip(("zone_c", "zone_h"), zone)) if zone else {}))
             state = (h, c)
         elif spec.cell == "gru":
@@ -214,7 +223,7 @@ class _KernelBackend(Backend):
 
     def pack(self, params, spec):
         pack = self._kernel(spec, "pack_{cell}_{name}")
-        return [pack(*c, **spec.kernel_options())
+        return [pack(*c[:4], **cell_extras(spec, c), **spec.kernel_options())
                 for c in from_canonical(params, self.layout, spec)]
 
     def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None,

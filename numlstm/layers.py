@@ -12,6 +12,7 @@ from . import dispatch
 from ._checks import (available_memory, check_bool, check_finite_params, check_int,
                       check_seed, gib)
 from .kernels.cpu import dense_backward_cpu, dense_forward_cpu, embedding_backward_cpu
+from .kernels.gates import ACTIVATIONS, user_activation
 from .packing import (PackCache, RecurrentSpec, as_array, from_canonical, get_layout,
                       to_canonical, torch_suffix)
 
@@ -211,7 +212,8 @@ class _Recurrent(Layer):
         if merge_mode != "concat" and not bidirectional:
             raise ValueError(f"merge_mode={merge_mode!r} merges the two directions of a "
                              "bidirectional layer; pass bidirectional=True")
-        allowed = {"lstm": {"cell_clip", "input_forget", "gate_clip", "proj_size"},
+        allowed = {"lstm": {"cell_clip", "input_forget", "gate_clip", "proj_size", "peephole",
+                            "activation", "recurrent_activation"},
                    "gru": {"reset_after"},
                    "rnn": {"nonlinearity"}}[self.cell]
         unknown = sorted(set(cell_options) - allowed)
@@ -259,14 +261,16 @@ class _Recurrent(Layer):
         """Every parameter uniform in [-1/sqrt(H), 1/sqrt(H)], as torch initialises
         them; then, as asked, each gate block of weight_hh an orthogonal [H,H] matrix
         (a random rotation: the recurrence neither grows nor shrinks the state at
-        first; [H,P] orthonormal columns with a projection), and the LSTM's forget-gate
-        bias 1.0 (bias_ih's forget block 1, bias_hh's 0: the cell remembers by default,
-        Keras's unit_forget_bias)."""
+        first; [H,P] orthonormal columns with a projection), peepholes zero, and the
+        LSTM's forget-gate bias 1.0 (bias_ih's forget block 1, bias_hh's 0: the cell
+        remembers by default, Keras's unit_forget_bias)."""
         H = self.spec.hidden_size
         k = 1.0 / np.sqrt(H)
         params = {name: rng.uniform(-k, k, shape)
                   for name, shape in self.spec.torch_shapes().items()}
         for name, w in params.items():
+            if name.startswith("weight_peephole"):
+                w[:] = 0  # the layer starts as the plain LSTM
             if name.startswith("weight_hh") and self.recurrent_init == "orthogonal":
                 for g in range(self.spec.gates):
                     q, r = np.linalg.qr(rng.standard_normal((H, w.shape[1])))
@@ -302,7 +306,9 @@ class _Recurrent(Layer):
                              ("stateful", False), ("recurrent_init", "uniform"),
                              ("unit_forget_bias", False), ("cell_clip", None),
                              ("input_forget", False), ("gate_clip", None),
-                             ("proj_size", 0), ("recurrent_dropout", 0.0), ("zoneout", 0.0)):
+                             ("proj_size", 0), ("recurrent_dropout", 0.0), ("zoneout", 0.0),
+                             ("peephole", False), ("activation", "tanh"),
+                             ("recurrent_activation", "sigmoid")):
             if key in config and config[key] == default:
                 del config[key]
         return f"{type(self).__name__}(" + ", ".join(
@@ -813,8 +819,9 @@ class _Recurrent(Layer):
                 sfx = torch_suffix(l, d)
                 for name, key in (("weight_ih", "w_ih"), ("weight_hh", "w_hh"),
                                   ("bias_ih", "b_ih"), ("bias_hh", "b_hh"),
-                                  ("weight_hr", "w_hr"))[:5 if s.proj_size else 4]:
-                    new_grads[name + sfx] = ops.to_host(g[key])
+                                  ("weight_hr", "w_hr"), ("weight_peephole", "peephole")):
+                    if key in g:
+                        new_grads[name + sfx] = ops.to_host(g[key])
                 dx = dx_d if dx is None else ops.add(dx, dx_d)
             if l > 0:
                 mask = cache["layers"][l - 1][1]
@@ -965,6 +972,25 @@ class LSTM(_Recurrent):
             bias). On the numpy and cpu backends; the cuda backend refuses it
             (NotImplementedError), and the Keras, ONNX and haste layouts have no
             projection to hold it.
+        peephole: connect the cell state to the gates as ONNX's LSTM does (Gers and
+            Schmidhuber): i and f read p_i * c and p_f * c of the old state, o reads
+            p_o * c' of the new one; each cell gains weight_peephole_l{k} [3H] (p_i,
+            p_f, p_o; zeros at first, so the layer starts as the plain one).
+            export_onnx writes it as the LSTM operator's P input. numpy and cpu
+            backends (cuda refuses it); torch and Keras have no peepholes.
+        activation: the cell's activation, for the candidate g and for c in
+            h = o * activation(c) (Keras's `activation`; ONNX's g and h):
+            "tanh" (default), "sigmoid", "hard_sigmoid" (min(max(a/6 + 1/2, 0), 1),
+            Keras 3's and torch's) or "relu"; or a pair (f, df) of functions Numba can
+            compile, df(y) being f's derivative written from its output y = f(a)
+            (for example softsign: (lambda a: a / (1 + abs(a)), lambda y: (1 -
+            abs(y)) ** 2)). A user's pair runs on the numpy and cpu backends, and
+            its kernels are compiled in each process (a function does not cache).
+        recurrent_activation: the gates' activation, for i, f and o (Keras's
+            `recurrent_activation`; ONNX's f): "sigmoid" (default) or any of the
+            above. Either choice is compiled into the kernels (the default pair
+            costs nothing); torch has neither option, so to_torch refuses other
+            choices.
 
     Parameters (`params`, read-only arrays; gradients in `grads`, same names),
     named and shaped as in torch.nn.LSTM, gate blocks in the order i, f, g, o,
@@ -1009,7 +1035,9 @@ class LSTM(_Recurrent):
     _state_parts = ("h", "c")
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 cell_clip=None, input_forget=False, gate_clip=None, proj_size=0, **options):
+                 cell_clip=None, input_forget=False, gate_clip=None, proj_size=0,
+                 peephole=False, activation="tanh", recurrent_activation="sigmoid",
+                 **options):
         proj_size = check_int(proj_size, "proj_size", 0)
         if proj_size >= check_int(hidden_size, "hidden_size", 1):
             raise ValueError(f"proj_size: expected 0 (none) or fewer units than hidden_size "
@@ -1018,12 +1046,17 @@ class LSTM(_Recurrent):
                          cell_clip=_check_clip(cell_clip, "cell_clip"),
                          input_forget=check_bool(input_forget, "input_forget"),
                          gate_clip=_check_clip(gate_clip, "gate_clip"), proj_size=proj_size,
+                         peephole=check_bool(peephole, "peephole"),
+                         activation=_check_activation(activation, "activation"),
+                         recurrent_activation=_check_activation(recurrent_activation,
+                                                                "recurrent_activation"),
                          **options)
 
     def _cell_config(self):
         s = self.spec
         return dict(cell_clip=s.cell_clip, input_forget=s.input_forget, gate_clip=s.gate_clip,
-                    proj_size=s.proj_size)
+                    proj_size=s.proj_size, peephole=s.peephole, activation=s.activation,
+                    recurrent_activation=s.recurrent_activation)
 
 
 def _check_zoneout(value):
@@ -1035,6 +1068,24 @@ def _check_zoneout(value):
         pair = tuple(_check_probability(v, "zoneout") for v in value)
         return (pair if pair[0] != pair[1] else pair[0]) if any(pair) else 0.0
     return _check_probability(value, "zoneout")
+
+
+def _check_activation(value, name):
+    """A name of ACTIVATIONS, or a user's pair (f, df) as compiled functions."""
+    if isinstance(value, str):
+        if value not in ACTIVATIONS:
+            raise ValueError(f"{name}: expected one of {sorted(ACTIVATIONS)} or a pair of "
+                             f"functions (f, df), got {value!r}")
+        return value
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(callable(f) for f in value)):
+        raise TypeError(f"{name}: expected one of {sorted(ACTIVATIONS)} or a pair of "
+                        f"functions (f, df_from_output), got {value!r}")
+    try:  # compiled now, so that a function Numba cannot compile fails here
+        return user_activation(*value)
+    except Exception as err:
+        raise TypeError(f"{name}: Numba could not compile the pair of functions for "
+                        f"float32 and float64 ({type(err).__name__}: {err})") from None
 
 
 def _check_clip(value, name):

@@ -8,7 +8,10 @@ What a file holds (opset 17, dynamic `batch` and `time` axes):
     LSTM, GRU, RNN   one ONNX LSTM / GRU / RNN operator per layer (not unrolled), with
                      the num_directions axis; W, R, B are the packer's "onnx" layout;
                      an LSTM's input_forget and gate_clip are the node's input_forget
-                     and clip. An LSTM with cell_clip is refused: ONNX's clip bounds
+                     and clip, its peepholes the P input and its activation and
+                     recurrent_activation the activations [f, g, h] = [recurrent,
+                     activation, activation] (HardSigmoid with alpha 1/6, beta 1/2;
+                     a user's function is refused). An LSTM with cell_clip is refused: ONNX's clip bounds
                      the gate pre-activations, not the cell state (onnxruntime computes
                      so), which is numlstm's gate_clip.
                      A GRU with reset_after=True is a GRU node with
@@ -49,6 +52,10 @@ FORMAT, VERSION = "numlstm-onnx", 1
 _ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
 _OPS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 _ACTIVATIONS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+# The LSTM's activations as ONNX names them, with (alpha, beta) where ONNX's default
+# differs from numlstm's: HardSigmoid defaults to alpha 0.2, numlstm's slope is 1/6.
+_LSTM_ACTIVATIONS = {"sigmoid": ("Sigmoid", None), "tanh": ("Tanh", None),
+                     "relu": ("Relu", None), "hard_sigmoid": ("HardSigmoid", (1 / 6, 0.5))}
 
 
 class _Graph:
@@ -96,6 +103,14 @@ def _recurrent(g, layer, x, prefix, lens=None, h0=None, c0=None):
         attrs["input_forget"] = 1
     if s.cell == "lstm" and s.gate_clip is not None:
         attrs["clip"] = float(s.gate_clip)
+    if s.cell == "lstm" and (s.activation, s.recurrent_activation) != ("tanh", "sigmoid"):
+        fgh = [_LSTM_ACTIVATIONS[n] for n in (s.recurrent_activation, s.activation,
+                                              s.activation)] * D
+        attrs["activations"] = [name for name, _ in fgh]
+        params = [p for _, p in fgh if p is not None]  # consumed in order by those
+        if params:                                     # that take them (HardSigmoid)
+            attrs["activation_alpha"] = [p[0] for p in params]
+            attrs["activation_beta"] = [p[1] for p in params]
     hs, cs, y = [], [], None
     for l, weights in enumerate(layer.export_weights("onnx")):
         if l:  # Y [T,D,B,H] -> [T,B,D*H]
@@ -106,6 +121,8 @@ def _recurrent(g, layer, x, prefix, lens=None, h0=None, c0=None):
         for state in (h0, c0)[:2 if s.cell == "lstm" else 1]:
             inputs.append("" if state is None else g.op(
                 "Slice", [state, g.ints([l * D]), g.ints([(l + 1) * D]), g.ints([0])]))
+        if s.cell == "lstm" and s.peephole:
+            inputs += [""] * (7 - len(inputs)) + [g.const(f"{prefix}.P_l{l}", weights["P"])]
         outs = g.op(_OPS[s.cell], inputs, 3 if s.cell == "lstm" else 2,
                     name=f"{prefix}/{_OPS[s.cell]}_l{l}", **attrs)
         y, hs = outs[0], hs + [outs[1]]
@@ -170,6 +187,11 @@ def _dims(shape, names=("batch", "time")):
 
 # -- export -----------------------------------------------------------------------------
 def _check_exportable(layer):
+    s = layer.spec
+    if s.cell == "lstm" and not all(isinstance(a, str) for a in (s.activation,
+                                                               s.recurrent_activation)):
+        raise ValueError("export_onnx: this LSTM uses a user's activation function, which "
+                         "ONNX's LSTM operator cannot name")
     if layer.spec.cell == "lstm" and layer.spec.cell_clip is not None:
         raise ValueError("export_onnx: this LSTM clips its cell state (cell_clip), which "
                          "ONNX cannot say: the LSTM operator's clip bounds the gate "
@@ -328,7 +350,8 @@ def _load_layer(layer, prefix, inits):
         return inits[name]
 
     if isinstance(layer, _Recurrent):
-        layer.load_weights([{k: take(f"{prefix}.{k}_l{l}") for k in "WRB"}
+        keys = "WRBP" if getattr(layer.spec, "peephole", False) else "WRB"
+        layer.load_weights([{k: take(f"{prefix}.{k}_l{l}") for k in keys}
                             for l in range(layer.num_layers)], "onnx")
     elif isinstance(layer, Dense):
         layer.load_params({"weight": take(f"{prefix}.weight_T").T,

@@ -33,6 +33,9 @@ of converters; a new framework is one more descriptor:
 
 A projected LSTM (proj_size) has one more array per cell, torch's weight_hr [P,H]
 (and W_hh [G,P]); torch's layout alone holds it, and the others refuse such a layer.
+An LSTM with peepholes has weight_peephole [3H] per cell (torch has no name for it:
+numlstm's, in the order i, f, o); ONNX holds it as the LSTM operator's P input
+[D,3H] (order i, o, f), and the Keras and haste layouts refuse such a layer.
 
 torch's layout is the canonical one: the layer stores its parameters that way,
 and every conversion goes through it, so `convert` between any two layouts is
@@ -58,6 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels.gates import make_acts
 from .kernels.reference import GRU_GATE_ORDER, LSTM_GATE_ORDER
 
 # The canonical (torch) gate order of each cell.
@@ -90,6 +94,9 @@ class Layout:
             raise ValueError(f"layout {self.name!r} has no recurrent projection "
                              f"(proj_size={spec.proj_size}); only the torch layout holds "
                              "weight_hr")
+        if spec.peephole and self.container not in ("named", "cells", "onnx"):
+            raise ValueError(f"layout {self.name!r} has no peepholes; the torch layout "
+                             "(weight_peephole) and ONNX's (P) hold them")
         return self
 
 
@@ -115,8 +122,9 @@ class RecurrentSpec:
 
     cell: "lstm", "gru" or "rnn"; reset_after: the GRU's form (see layers.GRU);
     nonlinearity: the RNN's activation, "tanh" or "relu"; cell_clip, gate_clip (None
-    or a number > 0), input_forget and proj_size (0 for none): the LSTM's options (see
-    layers.LSTM).
+    or a number > 0), input_forget, proj_size (0 for none), peephole, activation and
+    recurrent_activation (names of gates.ACTIVATIONS, or a user's pair of functions):
+    the LSTM's options (see layers.LSTM).
     """
     input_size: int
     hidden_size: int
@@ -129,6 +137,9 @@ class RecurrentSpec:
     input_forget: bool = False
     gate_clip: float = None
     proj_size: int = 0
+    peephole: bool = False
+    activation: object = "tanh"
+    recurrent_activation: object = "sigmoid"
 
     @property
     def out_size(self):
@@ -139,7 +150,8 @@ class RecurrentSpec:
     def kernel_options(self):
         """The options a cell's kernels take, as keyword arguments of pack_<cell>_*."""
         return {"lstm": dict(cell_clip=self.cell_clip, input_forget=self.input_forget,
-                             gate_clip=self.gate_clip),
+                             gate_clip=self.gate_clip,
+                             acts=make_acts(self.recurrent_activation, self.activation)),
                 "gru": dict(reset_after=self.reset_after),
                 "rnn": dict(nonlinearity=self.nonlinearity)}[self.cell]
 
@@ -171,7 +183,15 @@ class RecurrentSpec:
             shapes["bias_hh" + sfx] = (G,)
             if self.proj_size:
                 shapes["weight_hr" + sfx] = (self.proj_size, H)
+            if self.peephole:
+                shapes["weight_peephole" + sfx] = (3 * H,)
         return shapes
+
+    def extras(self):
+        """The names of a cell's parameters past the four of every cell, in the order
+        the "cells" container appends them (the packers' keywords w_hr, peephole)."""
+        return [name for name, on in (("weight_hr", self.proj_size),
+                                      ("weight_peephole", self.peephole)) if on]
 
 
 LSTMSpec = RecurrentSpec  # the name the LSTM-only versions used
@@ -266,22 +286,30 @@ def from_canonical(params, layout, spec):
     cells = {(l, d): _cell_from_canonical(*(params[p + torch_suffix(l, d)] for p in (
         "weight_ih", "weight_hh", "bias_ih", "bias_hh")), layout, spec)
         for l, d in spec.cells()}
-    if spec.proj_size:  # torch's layout alone holds it (Layout.check): W_hr [P,H] as it is
-        cells = {c: arrays + (np.ascontiguousarray(params["weight_hr" + torch_suffix(*c)]),)
-                 for c, arrays in cells.items()}
+    # W_hr [P,H] and the peepholes [3H] as they are (Layout.check: the layouts without
+    # them refuse such a layer)
+    extras = spec.extras()
+    cells = {c: arrays + tuple(np.ascontiguousarray(params[n + torch_suffix(*c)])
+                               for n in extras)
+             for c, arrays in cells.items()}
     if layout.container == "named":
         out = {}
         for (l, d), arrays in cells.items():
             sfx = torch_suffix(l, d)
             out.update({p + sfx: a for p, a in zip(
-                ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"), arrays)})
+                ["weight_ih", "weight_hh", "bias_ih", "bias_hh"] + extras, arrays)})
         return out
     if layout.container == "keras":
         return [[a for d in range(spec.directions) for a in cells[l, d]]
                 for l in range(spec.num_layers)]
     if layout.container == "onnx":
-        return [{k: np.stack([cells[l, d][n] for d in range(spec.directions)])
-                 for n, k in enumerate("WRB")} for l in range(spec.num_layers)]
+        out = [{k: np.stack([cells[l, d][n] for d in range(spec.directions)])
+                for n, k in enumerate("WRB")} for l in range(spec.num_layers)]
+        if spec.peephole:  # ONNX's P: [D,3H], i, o, f
+            for l, entry in enumerate(out):
+                entry["P"] = np.stack([permute_gates(cells[l, d][-1], "ifo", "iof")
+                                       for d in range(spec.directions)])
+        return out
     if layout.container == "cells":
         return [cells[c] for c in spec.cells()]
     raise ValueError(f"layout {layout.name!r} has an unknown container {layout.container!r}")
@@ -312,7 +340,7 @@ def to_canonical(weights, layout, spec, dtype):
     ValueError/TypeError saying what was expected and what came.
     """
     layout = get_layout(layout).check(spec)
-    cells = {}
+    cells, peepholes = {}, {}
     if layout.container == "named":
         if not hasattr(weights, "keys"):
             raise TypeError(f"torch weights: expected a dict of arrays (a state_dict), "
@@ -343,18 +371,24 @@ def to_canonical(weights, layout, spec, dtype):
                 cells[l, d] = arrs
     elif layout.container == "onnx":
         layers = _per_layer(weights, spec, "onnx", lambda w: isinstance(w, dict))
+        keys = "WRBP" if spec.peephole else "WRB"
         for l, entry in enumerate(layers):
-            if not isinstance(entry, dict) or set(entry) != set("WRB"):
+            if not isinstance(entry, dict) or set(entry) != set(keys):
                 got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
                 raise ValueError(f"onnx weights of layer {l}: expected a dict with keys "
-                                 f"'W', 'R', 'B', got {got}")
-            stacked = {k: as_array(entry[k], f"onnx layer {l} {k}", dtype) for k in "WRB"}
+                                 f"{', '.join(map(repr, keys))}, got {got}")
+            stacked = {k: as_array(entry[k], f"onnx layer {l} {k}", dtype) for k in keys}
             for k, a in stacked.items():
                 if a.ndim < 1 or a.shape[0] != spec.directions:
                     raise ValueError(f"onnx layer {l} {k}: expected num_directions="
                                      f"{spec.directions} on axis 0, got shape {a.shape}")
+            if spec.peephole:
+                _expect_shape(stacked["P"], (spec.directions, 3 * spec.hidden_size),
+                              f"onnx layer {l} P")
             for d in range(spec.directions):
                 cells[l, d] = [stacked[k][d] for k in "WRB"]
+                if spec.peephole:
+                    peepholes[l, d] = permute_gates(stacked["P"][d], "iof", "ifo")
     else:
         raise ValueError(f"layout {layout.name!r} cannot be imported")
     for (l, d), arrs in cells.items():
@@ -366,6 +400,8 @@ def to_canonical(weights, layout, spec, dtype):
         sfx = torch_suffix(l, d)
         params.update({"weight_ih" + sfx: w_ih, "weight_hh" + sfx: w_hh,
                        "bias_ih" + sfx: b_ih, "bias_hh" + sfx: b_hh})
+        if (l, d) in peepholes:
+            params["weight_peephole" + sfx] = peepholes[l, d]
     return {k: params[k] for k in spec.torch_shapes()}
 
 

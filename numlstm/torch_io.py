@@ -96,6 +96,12 @@ def _check_torch_form(layer):
         raise ValueError("to_torch: torch.nn.LSTM has no cell_clip, gate_clip or "
                          "input_forget; this LSTM uses them (numlstm.export_onnx carries "
                          "gate_clip and input_forget)")
+    if s.cell == "lstm" and (s.peephole or s.activation != "tanh" or
+                             s.recurrent_activation != "sigmoid"):
+        raise ValueError("to_torch: torch.nn.LSTM has no peepholes and only sigmoid gates "
+                         "and tanh cells; this LSTM has peephole="
+                         f"{s.peephole}, activation={s.activation!r}, recurrent_activation="
+                         f"{s.recurrent_activation!r} (numlstm.export_onnx carries them)")
     if getattr(layer, "zoneout", 0):
         raise ValueError("to_torch: this LSTM uses zoneout, which mixes the old state into "
                          "the new one at inference too; torch.nn.LSTM has no such option")

@@ -23,8 +23,11 @@ def _ops(model):
 
 
 LAYERS = [("lstm", {}), ("gru", {}), ("gru", {"reset_after": False}),
-          ("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"})]
-LAYER_IDS = ["lstm", "gru", "gru-reset-before", "rnn-tanh", "rnn-relu"]
+          ("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"}),
+          ("lstm", {"peephole": True}),
+          ("lstm", {"recurrent_activation": "hard_sigmoid", "activation": "relu"})]
+LAYER_IDS = ["lstm", "gru", "gru-reset-before", "rnn-tanh", "rnn-relu", "lstm-peephole",
+             "lstm-hard-sigmoid-relu"]
 
 
 @pytest.mark.parametrize("cell,options", LAYERS, ids=LAYER_IDS)
@@ -32,6 +35,12 @@ LAYER_IDS = ["lstm", "gru", "gru-reset-before", "rnn-tanh", "rnn-relu"]
 def test_layer_runs_in_onnxruntime(tmp_path, rng, cell, options, num_layers, bidirectional):
     layer = numlstm.layers.CELLS[cell](3, 5, num_layers=num_layers,
                                        bidirectional=bidirectional, seed=1, **options)
+    if options.get("peephole"):  # (they start at zero)
+        weights = layer.export_weights("torch")
+        for name in weights:
+            if name.startswith("weight_peephole"):
+                weights[name] = rng.standard_normal(weights[name].shape)
+        layer.load_weights(weights, "torch")
     path = tmp_path / "layer.onnx"
     model = numlstm.export_onnx(layer, path, lengths=True, initial_state=True)
     onnx.checker.check_model(onnx.load(path), full_check=True)
@@ -53,6 +62,10 @@ def test_layer_runs_in_onnxruntime(tmp_path, rng, cell, options, num_layers, bid
         assert len(got) == len(want)
         for name, a, b in zip(["y", "h_n", "c_n"], got, want):
             assert_close(a, b, TOL, f"{name} at T={T} B={B}")
+    back = numlstm.import_onnx(path)  # the same layer, options and weights
+    assert back.get_config() == layer.get_config()
+    for name, w in layer.export_weights("torch").items():
+        np.testing.assert_array_equal(back.export_weights("torch")[name], w, err_msg=name)
 
 
 @pytest.mark.parametrize("merge_mode", ["sum", "mul", "ave", None])

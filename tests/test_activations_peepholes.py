@@ -1,0 +1,140 @@
+"""The LSTM's peepholes and its activation choices through the layer: every backend
+against the reference, streaming, checkpoints, and what cannot carry them (the
+kernels themselves are tested in tests/kernels, ONNX in test_interop_onnx.py)."""
+import numpy as np
+import pytest
+
+import numlstm
+from helpers import assert_close
+
+SOFTSIGN = (lambda a: a / (1 + abs(a)), lambda y: (1 - abs(y)) ** 2)
+
+
+def _with_peepholes(layer, rng):
+    """Random peephole weights (they start at zero)."""
+    weights = layer.export_weights("torch")
+    for name in weights:
+        if name.startswith("weight_peephole"):
+            weights[name] = rng.standard_normal(weights[name].shape) * 0.5
+    layer.load_weights(weights, "torch")
+    return layer
+
+
+def _run(layer, x, lengths, dy):
+    y, (h, c) = layer(x, training=True, lengths=lengths)
+    dx, (dh0, dc0) = layer.backward(dy)
+    return dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0,
+                **{k: v.copy() for k, v in layer.grads.items()})
+
+
+OPTIONS = [{"peephole": True}, {"activation": "relu", "recurrent_activation": "hard_sigmoid"},
+           {"activation": SOFTSIGN, "peephole": True}]
+PRECISIONS = [(np.float64, 1e-12), (np.float32, 2e-5)]
+CASES = [(o, "cpu", d, tol) for o in OPTIONS for d, tol in PRECISIONS]
+# (the simulator is slow: one CUDA case; the CUDA kernels have no peepholes yet)
+CASES.append((OPTIONS[1], "cuda", np.float32, 2e-5))
+IDS = [f"{b}-{np.dtype(d).name}-{i}" for (o, b, d, _), i in zip(
+    CASES, ["peephole"] * 2 + ["hard-sigmoid-relu"] * 2 + ["user-peephole"] * 2 +
+    ["hard-sigmoid-relu"])]
+
+
+@pytest.mark.parametrize("options,backend,dtype,tol", CASES, ids=IDS)
+def test_backends_against_the_reference(rng, options, backend, dtype, tol):
+    T, B, H = (3, 2, 4) if backend == "cuda" else (7, 4, 21)
+    x = rng.standard_normal((T, B, 3)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    ref = numlstm.LSTM(3, H, num_layers=2, bidirectional=True, backend="numpy",
+                       dtype=np.float64, seed=4, **options)
+    ours = numlstm.LSTM(3, H, num_layers=2, bidirectional=True, backend=backend, dtype=dtype,
+                        seed=4, **options)
+    if options.get("peephole"):
+        _with_peepholes(ref, np.random.default_rng(1))
+        _with_peepholes(ours, np.random.default_rng(1))
+    want = _run(ref, x.astype(np.float64), lengths, dy.astype(np.float64))
+    got = _run(ours, x, lengths, dy)
+    assert sorted(got) == sorted(want)
+    if options.get("peephole"):
+        assert "weight_peephole_l1_reverse" in got
+    for k in want:
+        assert_close(got[k], want[k], tol if k in ("y", "h", "c") else 5 * tol, k)
+
+
+def test_options_change_the_function_as_defined(rng):
+    x = rng.standard_normal((6, 2, 3))
+    plain = numlstm.LSTM(3, 4, dtype=np.float64, seed=1)
+    peep = numlstm.LSTM(3, 4, peephole=True, dtype=np.float64, seed=1)
+    assert peep.params["weight_peephole_l0"].shape == (12,)
+    # Zero peepholes are the plain layer (the other weights drawn alike).
+    weights = plain.export_weights("torch")
+    peep.load_weights(dict(weights, weight_peephole_l0=np.zeros(12)), "torch")
+    np.testing.assert_array_equal(peep(x)[0], plain(x)[0])
+    _with_peepholes(peep, rng)
+    assert not np.allclose(peep(x)[0], plain(x)[0])
+    # relu as the cell's activation, one step from zeros by hand: g = relu(a_g),
+    # c = i * g, h = o * relu(c).
+    relu = numlstm.LSTM(3, 4, activation="relu", dtype=np.float64, seed=1)
+    relu.load_weights(weights, "torch")
+    _, (h, c) = relu(x[:1])
+    a = x[0] @ weights["weight_ih_l0"].T + weights["bias_ih_l0"] + weights["bias_hh_l0"]
+    sig = 1 / (1 + np.exp(-a))
+    c_want = sig[:, :4] * np.maximum(a[:, 8:12], 0)
+    np.testing.assert_allclose(c[0], c_want, rtol=1e-13)
+    np.testing.assert_allclose(h[0], sig[:, 12:] * np.maximum(c_want, 0), rtol=1e-13)
+    assert (a[:, 8:12] < 0).any()  # (relu clips something)
+    # hard_sigmoid gates saturate exactly: an input far out opens them fully.
+    hard = numlstm.LSTM(3, 4, recurrent_activation="hard_sigmoid", dtype=np.float64, seed=1)
+    hard.load_weights(dict(weights, bias_ih_l0=np.full(16, 50.0)), "torch")
+    _, (h, c) = hard(np.zeros((1, 1, 3)))  # i = f = o = 1 exactly, g = tanh(50 + b_hh)
+    np.testing.assert_allclose(c, np.tanh(50 + weights["bias_hh_l0"][8:12])[None, None])
+
+
+def test_step_and_stateful_equal_the_sequence(rng):
+    lstm = _with_peepholes(numlstm.LSTM(3, 6, num_layers=2, peephole=True, seed=0,
+                                        recurrent_activation="hard_sigmoid"), rng)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    y, _ = lstm(x)
+    state = None
+    for t in range(5):
+        y_t, state = lstm.step(x[t], state)
+        assert_close(y_t, y[t], 2e-6, f"step {t}")
+
+
+def test_checkpoints_keep_the_options(tmp_path, rng):
+    lstm = numlstm.LSTM(3, 4, peephole=True, activation="hard_sigmoid",
+                        recurrent_activation="relu", seed=0)
+    model = numlstm.Sequential([_with_peepholes(lstm, rng)])
+    numlstm.save_checkpoint(tmp_path, model)
+    back = numlstm.load(tmp_path).layers[0]
+    assert (back.spec.peephole, back.spec.activation, back.spec.recurrent_activation) == \
+        (True, "hard_sigmoid", "relu")
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_array_equal(numlstm.load(tmp_path).predict(x), model.predict(x))
+
+
+def test_what_cannot_carry_the_options_says_so(tmp_path):
+    for options in ({"peephole": True}, {"activation": "relu"},
+                    {"recurrent_activation": "hard_sigmoid"}):
+        with pytest.raises(ValueError, match="torch.nn.LSTM has no peepholes"):
+            numlstm.LSTM(3, 4, **options).to_torch()
+    with pytest.raises(ValueError, match="layout 'keras' has no peepholes"):
+        numlstm.LSTM(3, 4, peephole=True).export_weights("keras")
+    user = numlstm.LSTM(3, 4, activation=SOFTSIGN)
+    with pytest.raises(ValueError, match="user's activation function"):
+        numlstm.export_onnx(user, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    x = np.ones((2, 1, 3), np.float32)
+    for options, what in (({"peephole": True}, "peepholes"),
+                          ({"activation": SOFTSIGN}, "built-in activations only")):
+        with pytest.raises(NotImplementedError, match=what):
+            numlstm.LSTM(3, 4, backend="cuda", **options)(x)
+    with pytest.raises(ValueError, match="activation: expected one of"):
+        numlstm.LSTM(3, 4, activation="gelu")
+    with pytest.raises(TypeError, match="recurrent_activation: expected one of"):
+        numlstm.LSTM(3, 4, recurrent_activation=np.tanh)
+    with pytest.raises(TypeError, match="Numba could not compile"):
+        numlstm.LSTM(3, 4, activation=(lambda a: open(a), lambda y: y))
+    with pytest.raises(TypeError, match="unexpected argument"):
+        numlstm.GRU(3, 4, peephole=True)
+    with pytest.raises(TypeError, match="peephole: expected True or False"):
+        numlstm.LSTM(3, 4, peephole=1)
