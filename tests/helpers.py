@@ -1,6 +1,7 @@
 """Shared test helpers: one comparison that fails loudly, and random weights."""
 import numpy as np
 import pytest
+from numba import njit
 
 
 def rel_err(actual, expected):
@@ -81,3 +82,16 @@ def check_lstm_reference_gradients(inputs, lengths, reverse, **options):
     for name, arr in inputs.items():
         err = rel_err(analytic[name], numeric_gradient(loss, arr))
         assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
+
+
+def _softsign(a):
+    return a / (1 + abs(a))
+
+
+def _softsign_grad(y):  # from the output: 1 / (1 + |a|)^2 = (1 - |y|)^2
+    return (1 - abs(y)) ** 2
+
+
+# A user's activation pair, shared by the tests so that one pytest process compiles the
+# kernels for it once (a function's kernels do not cache across processes).
+SOFTSIGN = (njit(_softsign), njit(_softsign_grad))

@@ -5,10 +5,7 @@ import numpy as np
 import pytest
 
 import numlstm
-from helpers import assert_close
-
-SOFTSIGN = (lambda a: a / (1 + abs(a)), lambda y: (1 - abs(y)) ** 2)
-
+from helpers import SOFTSIGN, assert_close
 
 def _with_peepholes(layer, rng):
     """Random peephole weights (they start at zero)."""

@@ -1,12 +1,11 @@
 """The CPU LSTM kernels against the NumPy reference."""
 import numpy as np
 import pytest
-from numba import njit
 
 from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
 from numlstm.kernels.gates import make_acts
 from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
-from helpers import assert_close, lstm_weights
+from helpers import SOFTSIGN, assert_close, lstm_weights
 
 # float32 kernels use the vectorised exp; float64 ones are libm-exact.
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -172,10 +171,9 @@ def test_weight_gradients_through_both_copy_paths(rng, monkeypatch, reverse, sma
     _compare(rng, 1, 2, 4, 20, np.float32, reverse, None)
 
 
-USER_SOFTSIGN = (njit(lambda a: a / (1 + abs(a))), njit(lambda y: (1 - abs(y)) ** 2))
 # (each pair compiles every kernel again, about a minute: two pairs cover the kinds'
 # code in both places; test_gates.py checks every kind's scalar function)
-ACTIVATION_PAIRS = [("hard_sigmoid", "relu"), ("sigmoid", USER_SOFTSIGN)]
+ACTIVATION_PAIRS = [("hard_sigmoid", "relu"), ("sigmoid", SOFTSIGN)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
