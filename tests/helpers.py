@@ -95,3 +95,26 @@ def _softsign_grad(y):  # from the output: 1 / (1 + |a|)^2 = (1 - |y|)^2
 # A user's activation pair, shared by the tests so that one pytest process compiles the
 # kernels for it once (a function's kernels do not cache across processes).
 SOFTSIGN = (njit(_softsign), njit(_softsign_grad))
+
+
+def _train_step(layer, x, lengths, dy):
+    y, (h, c) = layer(x, training=True, lengths=lengths)
+    dx, (dh0, dc0) = layer.backward(dy)
+    return dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0,
+                **{k: v.copy() for k, v in layer.grads.items()})
+
+
+def lstm_layer_and_reference(rng, options, backend, dtype, prepare=lambda layer: layer):
+    """A two-layer bidirectional LSTM with `options` on `backend` in dtype, and the same
+    on the numpy backend in float64 (both from seed 4, then prepare(layer)), through a
+    training step with lengths: (got, want), dicts of outputs and gradients."""
+    import numlstm
+    T, B, H = (3, 2, 4) if backend == "cuda" else (9, 4, 21)
+    x = rng.standard_normal((T, B, 3)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    ref, ours = (prepare(numlstm.LSTM(3, H, num_layers=2, bidirectional=True, backend=b,
+                                      dtype=d, seed=4, **options))
+                 for b, d in (("numpy", np.float64), (backend, dtype)))
+    want = _train_step(ref, x.astype(np.float64), lengths, dy.astype(np.float64))
+    return _train_step(ours, x, lengths, dy), want

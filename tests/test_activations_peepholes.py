@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import numlstm
-from helpers import SOFTSIGN, assert_close
+from helpers import SOFTSIGN, assert_close, lstm_layer_and_reference
 
 def _with_peepholes(layer, rng):
     """Random peephole weights (they start at zero)."""
@@ -15,13 +15,6 @@ def _with_peepholes(layer, rng):
             weights[name] = rng.standard_normal(weights[name].shape) * 0.5
     layer.load_weights(weights, "torch")
     return layer
-
-
-def _run(layer, x, lengths, dy):
-    y, (h, c) = layer(x, training=True, lengths=lengths)
-    dx, (dh0, dc0) = layer.backward(dy)
-    return dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0,
-                **{k: v.copy() for k, v in layer.grads.items()})
 
 
 OPTIONS = [{"peephole": True}, {"activation": "relu", "recurrent_activation": "hard_sigmoid"},
@@ -37,19 +30,9 @@ IDS = [f"{b}-{np.dtype(d).name}-{i}" for (o, b, d, _), i in zip(
 
 @pytest.mark.parametrize("options,backend,dtype,tol", CASES, ids=IDS)
 def test_backends_against_the_reference(rng, options, backend, dtype, tol):
-    T, B, H = (3, 2, 4) if backend == "cuda" else (7, 4, 21)
-    x = rng.standard_normal((T, B, 3)).astype(dtype)
-    lengths = rng.integers(1, T + 1, B)
-    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
-    ref = numlstm.LSTM(3, H, num_layers=2, bidirectional=True, backend="numpy",
-                       dtype=np.float64, seed=4, **options)
-    ours = numlstm.LSTM(3, H, num_layers=2, bidirectional=True, backend=backend, dtype=dtype,
-                        seed=4, **options)
-    if options.get("peephole"):
-        _with_peepholes(ref, np.random.default_rng(1))
-        _with_peepholes(ours, np.random.default_rng(1))
-    want = _run(ref, x.astype(np.float64), lengths, dy.astype(np.float64))
-    got = _run(ours, x, lengths, dy)
+    prepare = ((lambda layer: _with_peepholes(layer, np.random.default_rng(1)))
+               if options.get("peephole") else (lambda layer: layer))
+    got, want = lstm_layer_and_reference(rng, options, backend, dtype, prepare)
     assert sorted(got) == sorted(want)
     if options.get("peephole"):
         assert "weight_peephole_l1_reverse" in got

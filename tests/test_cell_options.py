@@ -6,18 +6,11 @@ import onnxruntime as ort
 import pytest
 
 import numlstm
-from helpers import assert_close
+from helpers import assert_close, lstm_layer_and_reference
 
 OPTIONS = [{"cell_clip": 0.3}, {"input_forget": True}, {"gate_clip": 0.5},
            {"cell_clip": 0.3, "input_forget": True, "gate_clip": 0.5}]
 IDS = ["clip", "coupled", "gate-clip", "all"]
-
-
-def _run(layer, x, lengths, dy):
-    y, (h, c) = layer(x, training=True, lengths=lengths)
-    dx, (dh0, dc0) = layer.backward(dy)
-    return dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0,
-                **{k: v.copy() for k, v in layer.grads.items()})
 
 
 CASES = [(o, "cpu", d, tol) for o in OPTIONS for d, tol in ((np.float64, 1e-12),
@@ -29,16 +22,7 @@ CASES.append((OPTIONS[3], "cuda", np.float32, 2e-5))
 @pytest.mark.parametrize("options,backend,dtype,tol", CASES,
                          ids=[f"{b}-{np.dtype(d).name}-{'-'.join(o)}" for o, b, d, _ in CASES])
 def test_backends_against_the_reference(rng, options, backend, dtype, tol):
-    T, B, H = (3, 2, 4) if backend == "cuda" else (9, 4, 21)
-    x = rng.standard_normal((T, B, 3)).astype(dtype)
-    lengths = rng.integers(1, T + 1, B)
-    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
-    ref = numlstm.LSTM(3, H, num_layers=2, bidirectional=True, backend="numpy",
-                       dtype=np.float64, seed=4, **options)
-    ours = numlstm.LSTM(3, H, num_layers=2, bidirectional=True, backend=backend, dtype=dtype,
-                        seed=4, **options)
-    want = _run(ref, x.astype(np.float64), lengths, dy.astype(np.float64))
-    got = _run(ours, x, lengths, dy)
+    got, want = lstm_layer_and_reference(rng, options, backend, dtype)
     if "cell_clip" in options:
         assert np.isclose(np.abs(want["c"]), 0.3).any()  # the clip bites
     for k in want:
