@@ -37,8 +37,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
-from numba.core.registry import CPUDispatcher as Dispatcher
+from numba import cfunc, njit, types
 from numba.extending import intrinsic, overload
 
 EXP_F32_MAX_REL_ERR = 3e-7
@@ -232,10 +231,13 @@ def _drelu_impl(h):
 # sigmoid/tanh code above) and the choice still caches across processes. A
 # built-in kind is a zero of its own integer type (a scalar: Numba's parallel
 # loops take scalars and flat tuples as arguments, not namedtuples). A user's
-# activation is a pair of compiled functions (f, df), df(y) the derivative of f
-# written from f's output y = f(a) (what the backward has stored); Numba compiles
-# the kernels for it in each process (a function's type does not cache) and calls
-# it through a pointer.
+# activation is a pair of UserFunctions (f, df), df(y) the derivative of f written
+# from f's output y = f(a) (what the backward has stored); the kernels receive
+# them as C callbacks of the array's dtype (for_dtype) and call them through a
+# pointer, so one compilation serves every user's function and caches like the
+# built-ins. (Passed as Numba dispatchers instead, each function was a type of its
+# own: compiled again in every process, and its cache entries named the user's
+# module, which another process could not import: its kernels then failed to load.)
 SIGMOID, TANH, RELU, HARD_SIGMOID = np.int8(0), np.int16(0), np.uint8(0), np.uint16(0)
 ACTIVATIONS = {"sigmoid": SIGMOID, "tanh": TANH, "relu": RELU, "hard_sigmoid": HARD_SIGMOID}
 # hard_sigmoid: min(max(a / 6 + 1/2, 0), 1), Keras 3's and torch's Hardsigmoid
@@ -257,14 +259,38 @@ def make_acts(gate, cell):
 DEFAULT_ACTS = make_acts("sigmoid", "tanh")
 
 
+class UserFunction:
+    """One scalar function of a user's activation: callable in Python (the NumPy
+    reference, the CUDA simulator), and compiled by Numba as a C callback for
+    float32 and for float64 (`compiled[dtype]`), which the kernels call. Compiling
+    happens here, so a function Numba cannot compile fails at once."""
+
+    def __init__(self, fn):
+        self.fn = getattr(fn, "py_func", fn)  # (a Numba dispatcher's Python function)
+        self.compiled = {np.dtype(t): cfunc(nb(nb), error_model="numpy")(self.fn)
+                         for t, nb in ((np.float32, types.float32),
+                                       (np.float64, types.float64))}
+
+    def __call__(self, x):
+        return self.fn(x)
+
+    def __repr__(self):
+        return f"UserFunction({getattr(self.fn, '__name__', self.fn)!r})"
+
+
 def user_activation(f, df):
-    """A user's activation as make_acts takes it: f and df (df(y), the derivative from
-    the output) compiled by Numba (as they are, if they already are), and run once
-    in float32 and float64 so that a function Numba cannot compile fails here."""
-    pair = tuple(g if isinstance(g, Dispatcher) else njit(g) for g in (f, df))
-    for g in pair:
-        g(np.float32(0.5)), g(0.5)
-    return pair
+    """A user's activation as make_acts takes it, from f and df (df(y), the derivative
+    from the output): a pair of UserFunctions (each as it is, if it is one)."""
+    return tuple(g if isinstance(g, UserFunction) else UserFunction(g) for g in (f, df))
+
+
+def for_dtype(acts, dtype):
+    """make_acts's tuple as the kernels of dtype take it: a user's functions as their
+    compiled callbacks for dtype, the built-in kinds as they are."""
+    return tuple(k.compiled[np.dtype(dtype)] if isinstance(k, UserFunction) else k
+                 for k in acts)
+
+
 _SIXTH = 1.0 / 6.0
 
 
@@ -276,83 +302,79 @@ def activation_name(kind):
     return None
 
 
-def activate(kind, a):
-    """kind's activation of a (the plain-Python version runs under the CUDA simulator)."""
+def hard_sigmoid(a):
+    """min(max(a / 6 + 1/2, 0), 1); a NaN stays a NaN."""
+    v = a * _SIXTH + 0.5
+    return 0.0 if v < 0 else (1.0 if v > 1 else v)
+
+
+def dhard_sigmoid(y):
+    """Derivative of hard_sigmoid, from its output y: 1/6 where 0 < y < 1, else 0."""
+    return _SIXTH if 0 < y < 1 else 0.0
+
+
+@overload(hard_sigmoid)
+def _hard_sigmoid_impl(a):
+    if isinstance(a, types.Float):
+        cast = np.float32 if a == types.float32 else np.float64
+        zero, one, sixth, half = cast(0), cast(1), cast(_SIXTH), cast(0.5)
+
+        def impl(a):
+            v = a * sixth + half
+            return zero if v < zero else (one if v > one else v)
+        return impl
+
+
+@overload(dhard_sigmoid)
+def _dhard_sigmoid_impl(y):
+    if isinstance(y, types.Float):
+        cast = np.float32 if y == types.float32 else np.float64
+        zero, one, sixth = cast(0), cast(1), cast(_SIXTH)
+        return lambda y: sixth if zero < y < one else zero
+
+
+# Each built-in kind's (function, derivative from the output), by name.
+_FUNCTIONS = {"sigmoid": (sigmoid, dsigmoid), "tanh": (tanh, dtanh), "relu": (relu, drelu),
+              "hard_sigmoid": (hard_sigmoid, dhard_sigmoid)}
+
+
+def activate(kind, x):
+    """kind's activation of x (the plain-Python version runs under the CUDA simulator)."""
     name = activation_name(kind)
-    if name == "sigmoid":
-        return sigmoid(a)
-    if name == "tanh":
-        return tanh(a)
-    if name == "relu":
-        return relu(a)
-    if name == "hard_sigmoid":
-        v = a * _SIXTH + 0.5
-        return 0.0 if v < 0 else (1.0 if v > 1 else v)
-    return kind(a)
+    return kind(x) if name is None else _FUNCTIONS[name][0](x)
 
 
-def dactivate(kind, y):
-    """The derivative of kind's activation, from its output y (kind: the derivative's
+def dactivate(kind, x):
+    """The derivative of kind's activation, from its output x (kind: the derivative's
     slot of the tuple, the same code for a built-in)."""
     name = activation_name(kind)
-    if name == "sigmoid":
-        return dsigmoid(y)
-    if name == "tanh":
-        return dtanh(y)
-    if name == "relu":
-        return drelu(y)
-    if name == "hard_sigmoid":
-        return _SIXTH if 0 < y < 1 else 0.0
-    return kind(y)
+    return kind(x) if name is None else _FUNCTIONS[name][1](x)
 
 
 _KIND_TYPES = {types.int8: "sigmoid", types.int16: "tanh", types.uint8: "relu",
                types.uint16: "hard_sigmoid"}
 
 
-def _is_function(kind):
-    return isinstance(kind, (types.Dispatcher, types.FunctionType))
+def _kind_impl(kind, x, which):
+    """activate's (which=0) or dactivate's (which=1) implementation for kind's type."""
+    if not isinstance(x, types.Float):
+        return None
+    name = _KIND_TYPES.get(kind)
+    if name is not None:
+        fn = _FUNCTIONS[name][which]
+        return lambda kind, x: fn(x)
+    if isinstance(kind, types.FunctionType):  # a user's function (for_dtype's callback)
+        return lambda kind, x: kind(x)
 
 
 @overload(activate)
-def _activate_impl(kind, a):
-    if not isinstance(a, types.Float):
-        return None
-    cast = np.float32 if a == types.float32 else np.float64
-    zero, one, sixth, half = cast(0), cast(1), cast(_SIXTH), cast(0.5)
-    name = _KIND_TYPES.get(kind)
-    if name == "sigmoid":
-        return lambda kind, a: sigmoid(a)
-    if name == "tanh":
-        return lambda kind, a: tanh(a)
-    if name == "relu":
-        return lambda kind, a: relu(a)
-    if name == "hard_sigmoid":
-        def impl(kind, a):
-            v = a * sixth + half
-            return zero if v < zero else (one if v > one else v)  # (a NaN stays a NaN)
-        return impl
-    if _is_function(kind):
-        return lambda kind, a: cast(kind(a))
+def _activate_impl(kind, x):
+    return _kind_impl(kind, x, 0)
 
 
 @overload(dactivate)
-def _dactivate_impl(kind, y):
-    if not isinstance(y, types.Float):
-        return None
-    cast = np.float32 if y == types.float32 else np.float64
-    zero, one, sixth = cast(0), cast(1), cast(_SIXTH)
-    name = _KIND_TYPES.get(kind)
-    if name == "sigmoid":
-        return lambda kind, y: dsigmoid(y)
-    if name == "tanh":
-        return lambda kind, y: dtanh(y)
-    if name == "relu":
-        return lambda kind, y: drelu(y)
-    if name == "hard_sigmoid":
-        return lambda kind, y: sixth if zero < y < one else zero
-    if _is_function(kind):
-        return lambda kind, y: cast(kind(y))
+def _dactivate_impl(kind, x):
+    return _kind_impl(kind, x, 1)
 
 
 # -- the LSTM's cell update, with ONNX's options --------------------------------------
@@ -453,24 +475,20 @@ def _lstm_cell_impl(i, f, g, c, clip, coupled):
 def _lstm_gates_impl(ai, af, ag, ao, c, clip, coupled, gclip, acts, pp):
     if not isinstance(ai, types.Float):
         return None
-    if pp is types.none:
-        def impl(ai, af, ag, ao, c, clip, coupled, gclip, acts, pp):
-            i = activate(acts[0], clip_gate(ai, gclip))
-            g = activate(acts[2], clip_gate(ag, gclip))
-            o = activate(acts[0], clip_gate(ao, gclip))
-            f, cc = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c, clip,
-                              coupled)
-            return i, f, g, o, cc, o * activate(acts[2], cc)
-        return impl
+    peep = pp is not types.none
 
-    def impl_peep(ai, af, ag, ao, c, clip, coupled, gclip, acts, pp):
-        i = activate(acts[0], clip_gate(ai + pp[0] * c, gclip))
+    def impl(ai, af, ag, ao, c, clip, coupled, gclip, acts, pp):
+        if peep:
+            ai += pp[0] * c
+            af += pp[1] * c
+        i = activate(acts[0], clip_gate(ai, gclip))
         g = activate(acts[2], clip_gate(ag, gclip))
-        f, cc = lstm_cell(i, activate(acts[0], clip_gate(af + pp[1] * c, gclip)), g, c,
-                          clip, coupled)
-        o = activate(acts[0], clip_gate(ao + pp[2] * cc, gclip))
+        f, cc = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c, clip, coupled)
+        if peep:
+            ao += pp[2] * cc
+        o = activate(acts[0], clip_gate(ao, gclip))
         return i, f, g, o, cc, o * activate(acts[2], cc)
-    return impl_peep
+    return impl
 
 
 @overload(lstm_cell_grads, inline="always")

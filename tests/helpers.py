@@ -1,7 +1,8 @@
 """Shared test helpers: one comparison that fails loudly, and random weights."""
 import numpy as np
 import pytest
-from numba import njit
+
+from numlstm.kernels.gates import user_activation
 
 
 def rel_err(actual, expected):
@@ -92,9 +93,8 @@ def _softsign_grad(y):  # from the output: 1 / (1 + |a|)^2 = (1 - |y|)^2
     return (1 - abs(y)) ** 2
 
 
-# A user's activation pair, shared by the tests so that one pytest process compiles the
-# kernels for it once (a function's kernels do not cache across processes).
-SOFTSIGN = (njit(_softsign), njit(_softsign_grad))
+# A user's activation, as gates.make_acts takes it (the layers take the plain pair).
+SOFTSIGN = user_activation(_softsign, _softsign_grad)
 
 
 def _train_step(layer, x, lengths, dy):
@@ -118,3 +118,4 @@ def lstm_layer_and_reference(rng, options, backend, dtype, prepare=lambda layer:
                  for b, d in (("numpy", np.float64), (backend, dtype)))
     want = _train_step(ref, x.astype(np.float64), lengths, dy.astype(np.float64))
     return _train_step(ours, x, lengths, dy), want
+

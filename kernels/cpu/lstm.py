@@ -75,8 +75,8 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..gates import (DEFAULT_ACTS, activate, gate_clip_bounds, lstm_cell_grads, lstm_gates,
-                     peephole_at)
+from ..gates import (DEFAULT_ACTS, activate, for_dtype, gate_clip_bounds, lstm_cell_grads,
+                     lstm_gates, peephole_at)
 from ..reference import apply_activation
 
 U = 16          # hidden units per gate block
@@ -975,7 +975,7 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, cell_clip=No
     options = dict(clip=float(np.inf if cell_clip is None else cell_clip),
                    coupled=bool(input_forget),
                    gclip=float(np.inf if gate_clip is None else gate_clip),
-                   proj=w_hr is not None, acts=acts)
+                   proj=w_hr is not None, acts=for_dtype(acts, w_ih.dtype))
     if w_ih.dtype != np.float32:
         no_proj = np.zeros((0, 0), w_ih.dtype)
         return dict(kind="blas", H=H, P=P, w_ih=w_ih, w_hh=w_hh, bias=bias,
