@@ -219,7 +219,7 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
         if w_hr is not None:  # h = W_hr m with m = o * cell(c)
             grads["w_hr"] += np.where(valid, dh_t, 0).T @ (o * tc)
             dh_t = dh_t @ w_hr
-        passed = cache["passed"][t] if "passed" in cache else np.ones(cache["gates"].shape[1:])
+        passed = cache["passed"][t]  # the pre-activations inside the gate clip
         da_o = dh_t * tc * dgate(o) * passed[:, 3 * H:]
         dc_t = dc_new + dh_t * o * dcell(tc)
         if peephole is not None:  # o read the new state

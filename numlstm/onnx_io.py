@@ -11,9 +11,10 @@ What a file holds (opset 17, dynamic `batch` and `time` axes):
                      and clip, its peepholes the P input and its activation and
                      recurrent_activation the activations [f, g, h] = [recurrent,
                      activation, activation] (HardSigmoid with alpha 1/6, beta 1/2;
-                     a user's function is refused). An LSTM with cell_clip is refused: ONNX's clip bounds
-                     the gate pre-activations, not the cell state (onnxruntime computes
-                     so), which is numlstm's gate_clip.
+                     a user's function is refused). An LSTM with cell_clip is
+                     refused: ONNX's clip bounds the gate pre-activations, not the
+                     cell state (onnxruntime computes so), which is numlstm's
+                     gate_clip.
                      A GRU with reset_after=True is a GRU node with
                      linear_before_reset=1. Between stacked layers, Transpose and
                      Reshape turn Y [T,D,B,H] into the next layer's [T,B,D*H].
