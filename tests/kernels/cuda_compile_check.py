@@ -17,13 +17,14 @@ import sys
 import types as pytypes
 
 import numba.cuda.dispatcher as _dispatcher
-from numba import cuda, types
+from numba import cuda, typeof, types
 
 # Device functions and overloads are compiled for "the current device"; there is
 # none, so tell Numba it is an sm_90 one (the compute capability is all it asks).
 _dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(9, 0))
 
 from numlstm.kernels.cuda import common, gru, lstm, rnn  # noqa: E402
+from numlstm.kernels.gates import make_acts  # noqa: E402
 
 
 def arr(dt, nd):
@@ -46,19 +47,24 @@ def common_signatures(dt):
     }
 
 
-def lstm_signatures(dt):
+def lstm_signatures(dt, acts):
     A2, A3 = arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
     return {
-        # (the last three: the cell options clip, coupled, gclip)
+        # (the last four: the cell options clip, coupled, gclip and the activations)
         lstm._forward_persistent: (A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt, dt, b,
-                                   dt),
+                                   dt, acts),
         lstm._forward_one: (i64, A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt, dt, b,
-                            dt),
-        lstm._backward_persistent: (A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b, dt),
+                            dt, acts),
+        lstm._backward_persistent: (A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b, dt,
+                                    acts),
         lstm._backward_gates_one: (i64, A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b,
-                                   dt),
+                                   dt, acts),
     }
+
+
+# The default activations, and the other built-in kinds (hard_sigmoid gates, relu cells).
+ACTS = [typeof(make_acts("sigmoid", "tanh")), typeof(make_acts("hard_sigmoid", "relu"))]
 
 
 def gru_rnn_signatures(dt):
@@ -85,8 +91,9 @@ def gru_rnn_signatures(dt):
 def main():
     failures = 0
     for dt in (types.float32, types.float64):
-        sigs = {**common_signatures(dt), **lstm_signatures(dt), **gru_rnn_signatures(dt)}
-        for kernel, sig in sigs.items():
+        sigs = [*common_signatures(dt).items(), *gru_rnn_signatures(dt).items()]
+        sigs += [item for acts in ACTS for item in lstm_signatures(dt, acts).items()]
+        for kernel, sig in sigs:
             name = f"{kernel.py_func.__module__.rsplit('.', 1)[-1]}.{kernel.py_func.__name__}"
             try:
                 ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
