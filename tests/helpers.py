@@ -119,3 +119,12 @@ def lstm_layer_and_reference(rng, options, backend, dtype, prepare=lambda layer:
     want = _train_step(ref, x.astype(np.float64), lengths, dy.astype(np.float64))
     return _train_step(ours, x, lengths, dy), want
 
+
+def run_steps(layer, x, state=None):
+    """layer.step over each step of x [T,B,I] from state: (the outputs stacked [T,B,W],
+    the final state)."""
+    ys = []
+    for x_t in x:
+        y_t, state = layer.step(x_t, state)
+        ys.append(y_t)
+    return np.stack(ys), state

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import numlstm
 from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
 from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
-from helpers import assert_close, lstm_weights, numeric_gradient, rel_err
+from helpers import assert_close, lstm_weights, numeric_gradient, rel_err, run_steps
 
 # torch says it leaves oneDNN for a projected LSTM: true, and not ours to act on
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
@@ -155,10 +155,8 @@ def test_step_stateful_and_sequential(rng):
     x = rng.standard_normal((6, 3, 5)).astype(np.float32)
     y, (h, c) = lstm(x)
     assert y.shape == (6, 3, 4) and h.shape == (2, 3, 4) and c.shape == (2, 3, 12)
-    state = None
-    for t in range(6):
-        y_t, state = lstm.step(x[t], state)
-    assert_close(y_t, y[-1], 1e-6, "y_t")
+    ys, state = run_steps(lstm, x)
+    assert_close(ys[-1], y[-1], 1e-6, "y_t")
     assert_close(state[1], c, 1e-6, "c")
     stateful = numlstm.LSTM(5, 12, num_layers=2, proj_size=4, seed=0, stateful=True)
     stateful(x[:2])

@@ -8,7 +8,7 @@ import pytest
 
 import numlstm
 from numlstm.bench import parity
-from helpers import assert_close
+from helpers import assert_close, run_steps
 
 pytest.importorskip("torch")
 
@@ -78,11 +78,8 @@ def test_steps_equal_the_whole_sequence(rng, cell):
     h0 = rng.standard_normal((2, 3, 5)).astype(np.float32)
     state = _state(cell, h0, h0 * 0.5)
     y, want = layer(x, state)
-    ys = []
-    for t in range(5):
-        y_t, state = layer.step(x[t], state)
-        ys.append(y_t)
-    assert_close(np.stack(ys), y, 1e-6, "y")
+    ys, state = run_steps(layer, x, state)
+    assert_close(ys, y, 1e-6, "y")
     for a, b in zip(np.atleast_1d(state) if cell != "lstm" else state,
                     np.atleast_1d(want) if cell != "lstm" else want):
         assert_close(a, b, 1e-6, "state")
