@@ -351,7 +351,7 @@ def _load_layer(layer, prefix, inits):
         return inits[name]
 
     if isinstance(layer, _Recurrent):
-        keys = "WRBP" if getattr(layer.spec, "peephole", False) else "WRB"
+        keys = "WRBP" if layer.spec.peephole else "WRB"
         layer.load_weights([{k: take(f"{prefix}.{k}_l{l}") for k in keys}
                             for l in range(layer.num_layers)], "onnx")
     elif isinstance(layer, Dense):
