@@ -23,12 +23,15 @@ Callers compile with error_model="numpy": under Numba's default (Python) error
 model every division carries a zero check whose branch stops vectorisation
 (measured: sigmoid + tanh 10.4 ns per element scalar, 1.5 ns vectorised).
 
-The LSTM's gate math (lstm_gates, lstm_cell_grads) is written once here for
-every kernel, with its options: ONNX's gate clip, input_forget and peepholes,
-TensorFlow's cell clip, and the activations chosen by type (make_acts). Those two
-overloads are inlined into the callers' IR (inline="always"): left to LLVM, the
-gate loops calling them stopped vectorising (8 times fewer zmm instructions, the
-inference loop 2.4 times slower).
+The LSTM's backward gate math (lstm_cell_grads) is written once here for every
+kernel, with its options: ONNX's gate clip, input_forget and peepholes,
+TensorFlow's cell clip, and the activations chosen by type (make_acts). Each
+kernel spells out the forward's few lines itself (activate, clip_gate,
+lstm_cell): a shared forward function that LLVM was left to inline stopped the
+gate loops vectorising (8 times fewer zmm instructions, inference 2.4 times
+slower), and one inlined into the callers' IR (inline="always", as an overload
+or an njit function) made a process that compiled the kernels compute results a
+rounding apart (1e-7) from a process that loaded them from the cache.
 
 Derivatives take the activation's output, as the backward has it stored:
 sigmoid'(a) = s (1 - s), tanh'(a) = 1 - t^2 and relu'(a) = [relu(a) > 0].
@@ -393,33 +396,17 @@ def lstm_cell(i, f, g, c, clip, coupled):
     return f, (clip if cc > clip else (-clip if cc < -clip else cc))
 
 
-def lstm_gates(ai, af, ag, ao, c, clip, coupled, gclip, acts, pp):
-    """One unit's step from its four gate pre-activations and old cell state c:
-    returns (i, f as used, g, o, c', h' = o * cell(c')).
-
-    gclip: clip_gate's bound (inf for none); acts: make_acts's tuple; pp: None, or the unit's
-    peephole weights (p_i, p_f, p_o) as ONNX defines them: p_i c and p_f c join
-    the i and f pre-activations, p_o c' the o one."""
-    if pp is not None:
-        ai = ai + pp[0] * c
-        af = af + pp[1] * c
-    i = activate(acts[0], clip_gate(ai, gclip))
-    g = activate(acts[2], clip_gate(ag, gclip))
-    f, cc = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c, clip, coupled)
-    if pp is not None:
-        ao = ao + pp[2] * cc
-    o = activate(acts[0], clip_gate(ao, gclip))
-    return i, f, g, o, cc, o * activate(acts[2], cc)
-
-
 def lstm_cell_grads(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled, acts, pp, bounds,
                     gated):
-    """Backward of lstm_gates: from dc (the gradient reaching c' from the step after),
-    dh (h's), the activated gates (f as used), tc = cell(c'), the old state c_prev
-    and c' itself, returns the gradients of the four gate pre-activations and of
-    c_prev. A clipped unit (|c'| at clip) passes none to c_prev or the gates
-    through c'; with gated (a gate clip), nor does a clipped pre-activation (one
-    whose activated value is not strictly inside bounds, gate_clip_bounds's)."""
+    """Backward of an LSTM unit's step (the kernels' gate math: lstm_cell and
+    h' = o * cell(c'), with gate clips and peepholes): from dc (the gradient
+    reaching c' from the step after), dh (h's), the activated gates (f as used),
+    tc = cell(c'), the old state c_prev and c' itself, returns the gradients of
+    the four gate pre-activations and of c_prev. A clipped unit (|c'| at clip)
+    passes none to c_prev or the gates through c'; with gated (a gate clip), nor
+    does a clipped pre-activation (one whose activated value is not strictly
+    inside bounds, gate_clip_bounds's). pp: None, or the unit's peephole weights
+    (p_i, p_f, p_o)."""
     s_lo, s_hi, t_lo, t_hi = bounds
     do = dh * tc * dactivate(acts[1], o)
     if gated and not s_lo < o < s_hi:
@@ -471,27 +458,7 @@ def _lstm_cell_impl(i, f, g, c, clip, coupled):
         return impl
 
 
-@overload(lstm_gates, inline="always")
-def _lstm_gates_impl(ai, af, ag, ao, c, clip, coupled, gclip, acts, pp):
-    if not isinstance(ai, types.Float):
-        return None
-    peep = pp is not types.none
-
-    def impl(ai, af, ag, ao, c, clip, coupled, gclip, acts, pp):
-        if peep:
-            ai += pp[0] * c
-            af += pp[1] * c
-        i = activate(acts[0], clip_gate(ai, gclip))
-        g = activate(acts[2], clip_gate(ag, gclip))
-        f, cc = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c, clip, coupled)
-        if peep:
-            ao += pp[2] * cc
-        o = activate(acts[0], clip_gate(ao, gclip))
-        return i, f, g, o, cc, o * activate(acts[2], cc)
-    return impl
-
-
-@overload(lstm_cell_grads, inline="always")
+@overload(lstm_cell_grads)
 def _lstm_cell_grads_impl(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled, acts, pp, bounds,
                           gated):
     if not isinstance(i, types.Float):

@@ -46,7 +46,7 @@ Zoneout keeps each thread's units of c before the step and mixes the old values
 of c and h back in after it; the backward splits dh and dc into the parts kept
 (passed to the step before) and the parts that reach the gates.
 
-Peepholes add the state to the gate math (gates.lstm_gates); they too take the
+Peepholes add the state to the gate pre-activations; they too take the
 options' loops, and their gradient is a sum over steps and rows after the loop
 (_peephole_gradients). The activations (gates.make_acts) are part of every
 kernel's argument types: each pair compiles to its own loops, the default ones
@@ -75,8 +75,8 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..gates import (DEFAULT_ACTS, activate, for_dtype, gate_clip_bounds, lstm_cell_grads,
-                     lstm_gates, peephole_at)
+from ..gates import (DEFAULT_ACTS, activate, clip_gate, for_dtype, gate_clip_bounds, lstm_cell,
+                     lstm_cell_grads, peephole_at)
 from ..reference import apply_activation
 
 U = 16          # hidden units per gate block
@@ -314,26 +314,47 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
                 cs_t[r, j0:j1] = c_r
             continue
         a = rec[r, b0 * CB:b1 * CB]
-        # (the two branches repeat the loop: one inline helper for both measured
-        # 8-10% slower at B=1, H=64)
+        if peep is not None:  # ONNX's peepholes: i and f read the old state
+            for k in range(n):
+                for u in range(U):
+                    q, v = k * CB + u, k * U + u
+                    a[q] += peep[0, j0 + v] * c_r[v]
+                    a[q + U] += peep[1, j0 + v] * c_r[v]
+        # (the two branches repeat the gate math: one inline helper for both measured
+        # 8-10% slower at B=1, H=64, and see gates.py on a shared one)
         if training:
             gates, cs_r = xw_t[r, b0 * CB:b1 * CB], cs_t[r, j0:j1]
             for k in range(n):
                 for u in range(U):
                     q, v = k * CB + u, k * U + u
-                    i, f, g, o, cc, h = lstm_gates(a[q], a[q + U], a[q + 2 * U], a[q + 3 * U],
-                                                   c_r[v], clip, coupled, gclip, acts,
-                                                   peephole_at(peep, j0 + v))
+                    i = activate(acts[0], clip_gate(a[q], gclip))
+                    g = activate(acts[2], clip_gate(a[q + 2 * U], gclip))
+                    o = activate(acts[0], clip_gate(a[q + 3 * U], gclip))
+                    f, cc = lstm_cell(i, activate(acts[0], clip_gate(a[q + U], gclip)), g,
+                                      c_r[v], clip, coupled)
+                    h = o * activate(acts[2], cc)
                     c_r[v], hn[v], out[v], cs_r[v] = cc, h, h, cc
                     gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U] = i, f, g, o
         else:
             for k in range(n):
                 for u in range(U):
                     q, v = k * CB + u, k * U + u
-                    _, _, _, _, cc, h = lstm_gates(a[q], a[q + U], a[q + 2 * U], a[q + 3 * U],
-                                                   c_r[v], clip, coupled, gclip, acts,
-                                                   peephole_at(peep, j0 + v))
+                    i = activate(acts[0], clip_gate(a[q], gclip))
+                    g = activate(acts[2], clip_gate(a[q + 2 * U], gclip))
+                    o = activate(acts[0], clip_gate(a[q + 3 * U], gclip))
+                    _, cc = lstm_cell(i, activate(acts[0], clip_gate(a[q + U], gclip)), g,
+                                      c_r[v], clip, coupled)
+                    h = o * activate(acts[2], cc)
                     c_r[v], hn[v], out[v] = cc, h, h
+        if peep is not None:  # o reads the new state: o and h again, with it
+            for k in range(n):
+                for u in range(U):
+                    q, v = k * CB + u, k * U + u
+                    o = activate(acts[0], clip_gate(a[q + 3 * U] + peep[2, j0 + v] * c_r[v],
+                                                    gclip))
+                    hn[v] = out[v] = o * activate(acts[2], c_r[v])
+                    if training:
+                        xw_t[r, b0 * CB + q + 3 * U] = o
 
 
 @njit(**_FAST)
@@ -854,10 +875,18 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
             a, r = xw[t, b], rec[b]
             zt = t if zc.shape[0] > 1 else 0
             for j in range(H):
-                i, f, g, o, cj, mj = lstm_gates(
-                    a[j] + r[j], a[H + j] + r[H + j], a[2 * H + j] + r[2 * H + j],
-                    a[3 * H + j] + r[3 * H + j], c[b, j], clip, coupled, gclip, acts,
-                    peephole_at(peep, j))
+                if peep is not None:  # ONNX's peepholes: i, f the old state, o the new
+                    a[j] += peep[0, j] * c[b, j]
+                    a[H + j] += peep[1, j] * c[b, j]
+                i = activate(acts[0], clip_gate(a[j] + r[j], gclip))
+                g = activate(acts[2], clip_gate(a[2 * H + j] + r[2 * H + j], gclip))
+                f, cj = lstm_cell(i, activate(acts[0], clip_gate(a[H + j] + r[H + j], gclip)), g,
+                                  c[b, j], clip, coupled)
+                ao = a[3 * H + j] + r[3 * H + j]
+                if peep is not None:
+                    ao += peep[2, j] * cj
+                o = activate(acts[0], clip_gate(ao, gclip))
+                mj = o * activate(acts[2], cj)
                 if training:
                     a[j], a[H + j], a[2 * H + j], a[3 * H + j] = i, f, g, o
                     cs[t, b, j] = cj
@@ -966,8 +995,8 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, cell_clip=No
                   input_forget=False, gate_clip=None, acts=DEFAULT_ACTS):
     """One cell's torch-layout weights (w_ih [G,I], w_hh [G,P], b_ih, b_hh [G], the
     projection w_hr [P,H] or None (P = H), the peepholes [3H] (i, f, o) or None)
-    and options (gates.lstm_gates's; acts gates.make_acts's tuple) -> the layout these kernels
-    read: a dict, "tiled" for float32, "blas" else."""
+    and options (gates.lstm_cell's and lstm_cell_grads's; acts gates.make_acts's
+    tuple) -> the layout these kernels read: a dict, "tiled" for float32, "blas" else."""
     G, I = w_ih.shape
     H = G // 4
     P = H if w_hr is None else w_hr.shape[0]

@@ -20,8 +20,8 @@ import math
 
 from numba import cuda
 
-from ..gates import (DEFAULT_ACTS, activate, activation_name, gate_clip_bounds, lstm_cell_grads,
-                     lstm_gates)
+from ..gates import (DEFAULT_ACTS, activate, activation_name, clip_gate, gate_clip_bounds,
+                     lstm_cell, lstm_cell_grads)
 from .common import (as_device, combine, copy, device_array, dh_one, dh_product, input_gradients,
                      lengths_or_full, load_columns, load_rows, matmul, ones, plan)
 
@@ -30,7 +30,7 @@ ROWS = 4  # weight rows per hidden unit
 
 def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, cell_clip=None,
                    input_forget=False, gate_clip=None, acts=DEFAULT_ACTS):
-    """Torch-layout weights (host or device) and the cell's options (gates.lstm_gates)
+    """Torch-layout weights (host or device) and the cell's options (gates.lstm_cell_grads)
     -> the device arrays the kernels read: w_ih [G,I], w_hh [G,H], bias = b_ih +
     b_hh [G]; clip and gclip (inf for none), coupled and acts (built-in kinds only).
     A projection (w_hr), peepholes and a user's activation are refused: these
@@ -99,8 +99,12 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
                         af += hk * w_hh[H + u, k]
                         ag += hk * w_hh[2 * H + u, k]
                         ao += hk * w_hh[3 * H + u, k]
-                i, f, g, o, c_new, h_new = lstm_gates(ai, af, ag, ao, c_in, clip, coupled,
-                                                      gclip, acts, None)
+                i = activate(acts[0], clip_gate(ai, gclip))
+                g = activate(acts[2], clip_gate(ag, gclip))
+                o = activate(acts[0], clip_gate(ao, gclip))
+                f, c_new = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c_in, clip,
+                                     coupled)
+                h_new = o * activate(acts[2], c_new)
                 c[b, u] = c_new
                 h[nxt, b, u] = h_new
                 y[t, b, u] = h_new
