@@ -31,6 +31,14 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     old state to their pre-activations, o adds p_o * c' of the new one. acts
     (gates.make_acts) replaces s by another activation for i, f and o, and tanh by
     another for g and for c' in h'.
+    layer_norm (Ba, Kiros and Hinton 2016, their LSTM's equations): each of the two
+    products is normalised over its 4H entries with its own gain, and the new cell
+    state over its H units with a gain and a bias before it reaches h':
+        a = LN(W_ih x; ln_ih) + b_ih + LN(W_hh h; ln_hh) + b_hh
+        h' = o * tanh(LN(c'; ln_c) + ln_c_bias)
+    with LN(v; w) = w * (v - mean(v)) / sqrt(var(v) + LAYER_NORM_EPS) (the biased
+    variance, as torch.nn.LayerNorm). The state passed on is c' itself, as in the
+    paper (TensorFlow 1's LayerNormBasicLSTMCell passed on the normalised one).
   GRU
     r = s(W_ir x + b_ir + W_hr h + b_hr)      z = s(W_iz x + b_iz + W_hz h + b_hz)
     reset_after=True (torch, Keras's default):
@@ -54,6 +62,7 @@ import numpy as np
 from .gates import DEFAULT_ACTS, activation_name
 
 LSTM_GATE_ORDER = "ifgo"
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default (Keras's LayerNormalization: 1e-3)
 GRU_GATE_ORDER = "rzn"
 RNN_NONLINEARITIES = ("tanh", "relu")
 
@@ -92,6 +101,22 @@ def activation_grad(kind, y):
     return np.vectorize(kind, otypes=[y.dtype])(y)
 
 
+def layer_norm(v, gain, bias=0):
+    """LN over the last axis: (gain * v_hat + bias, v_hat, 1 / sigma), v_hat the
+    normalised v and sigma = sqrt(var(v) + LAYER_NORM_EPS)."""
+    d = v - v.mean(axis=-1, keepdims=True)
+    rstd = 1 / np.sqrt((d * d).mean(axis=-1, keepdims=True) + LAYER_NORM_EPS)
+    v_hat = d * rstd
+    return gain * v_hat + bias, v_hat, rstd
+
+
+def layer_norm_grad(d_out, gain, v_hat, rstd):
+    """The gradient of v from that of layer_norm's output (gain * v_hat + bias)."""
+    dv = d_out * gain
+    return rstd * (dv - dv.mean(axis=-1, keepdims=True)
+                   - v_hat * (dv * v_hat).mean(axis=-1, keepdims=True))
+
+
 def _steps(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
@@ -99,7 +124,7 @@ def _steps(T, reverse):
 def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=False,
                      cell_clip=None, input_forget=False, gate_clip=None, w_hr=None,
                      h_mask=None, zone_c=None, zone_h=None, peephole=None,
-                     acts=DEFAULT_ACTS):
+                     acts=DEFAULT_ACTS, ln_ih=None, ln_hh=None, ln_c=None, ln_c_bias=None):
     """One LSTM layer and direction.
 
     x: [T,B,I]; h0: [B,P], c0: [B,H]; lengths: [B] ints or None (all T); cell_clip:
@@ -108,7 +133,9 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
     or [B,P], the recurrent dropout mask; zone_c, zone_h: None or [T,B,H], or
     [1,B,H] for the same at every step (zoneout, without a projection; both or
     neither); peephole: None or [3H], the peephole weights (p_i, p_f, p_o);
-    acts: gates.make_acts's tuple, the gates' and the cell's activations.
+    acts: gates.make_acts's tuple, the gates' and the cell's activations; ln_ih,
+    ln_hh [4H], ln_c, ln_c_bias [H]: layer normalisation's gains and bias (all four
+    or none; see the module docstring).
     Returns y [T,B,P], h_n [B,P], c_n [B,H], and a cache for lstm_backward_ref
     holding the inputs, the activated gates [T,B,G] (f as used) and the cell
     states [T,B,H] (after clipping; with zoneout, cs holds the new cell values
@@ -126,10 +153,15 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
     gate, cell = (lambda a: apply_activation(acts[0], a)), (
         lambda a: apply_activation(acts[2], a))
     p_i, p_f, p_o = (None,) * 3 if peephole is None else np.reshape(peephole, (3, H))
+    normed = ln_ih is not None
     for t in _steps(T, reverse):
         valid = (t < lengths)[:, None]
         h_in = h if h_mask is None else h * h_mask
-        a = x[t] @ w_ih.T + b_ih + h_in @ w_hh.T + b_hh
+        if normed:
+            a = (layer_norm(x[t] @ w_ih.T, ln_ih)[0] + b_ih
+                 + layer_norm(h_in @ w_hh.T, ln_hh)[0] + b_hh)
+        else:
+            a = x[t] @ w_ih.T + b_ih + h_in @ w_hh.T + b_hh
         if peephole is not None:  # the old state into i and f (o reads the new one below)
             a[:, :2 * H] += np.concatenate([p_i * c, p_f * c], axis=1)
         if gate_clip is not None:
@@ -146,7 +178,7 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
             passed[t, :, 3 * H:] = np.abs(a_o) < gate_clip
             a_o = np.clip(a_o, -gate_clip, gate_clip)
         o = gate(a_o)
-        h_new = o * cell(c_new)
+        h_new = o * cell(layer_norm(c_new, ln_c, ln_c_bias)[0] if normed else c_new)
         if w_hr is not None:
             h_new = h_new @ w_hr.T
         cs[t] = np.where(valid, c_new, c)
@@ -162,7 +194,8 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, lengths=lengths,
                  reverse=reverse, gates=gates, cs=cs, y=y, cell_clip=cell_clip,
                  input_forget=input_forget, passed=passed, w_hr=w_hr, h_mask=h_mask,
-                 czs=czs, zone_c=zone_c, zone_h=zone_h, peephole=peephole, acts=acts)
+                 czs=czs, zone_c=zone_c, zone_h=zone_h, peephole=peephole, acts=acts,
+                 layer_norm=(ln_ih, ln_hh, ln_c, ln_c_bias) if normed else None)
     return y, h, c, cache
 
 
@@ -172,7 +205,8 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
     dy: [T,B,P]; dh_n [B,P], dc_n [B,H] (gradients of the final state).
     Returns dx [T,B,I], dh0 [B,P], dc0 [B,H] and a dict of parameter gradients
     {"w_ih", "w_hh", "b_ih", "b_hh"} (and "w_hr" with a projection) in the
-    shapes of the weights (and "peephole" [3H] with peepholes).
+    shapes of the weights (and "peephole" [3H] with peepholes, "ln_ih", "ln_hh",
+    "ln_c", "ln_c_bias" with layer normalisation).
     """
     x, w_ih, w_hh, w_hr = cache["x"], cache["w_ih"], cache["w_hh"], cache.get("w_hr")
     acts, peephole = cache.get("acts", DEFAULT_ACTS), cache.get("peephole")
@@ -192,6 +226,11 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
     if peephole is not None:
         p_i, p_f, p_o = np.reshape(peephole, (3, H))
         grads["peephole"] = np.zeros((3, H), x.dtype)
+    norms = cache.get("layer_norm")
+    if norms is not None:
+        ln_ih, ln_hh, ln_c, ln_c_bias = norms
+        for k, w in zip(("ln_ih", "ln_hh", "ln_c", "ln_c_bias"), norms):
+            grads[k] = np.zeros_like(w)
     dh, dc = dh_n.copy(), dc_n.copy()
     order = list(_steps(T, reverse))
     for n in range(T - 1, -1, -1):  # walk the forward's steps backwards
@@ -208,7 +247,11 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
             c_prev = np.where(prev_valid, czs[prev], c0)
         i, f = gates[t, :, :H], gates[t, :, H:2 * H]
         g, o = gates[t, :, 2 * H:3 * H], gates[t, :, 3 * H:]
-        tc = apply_activation(acts[2], cs[t])
+        if norms is not None:  # h' reads the normalised state
+            n_c, c_hat, rstd_c = layer_norm(cs[t], ln_c, ln_c_bias)
+            tc = apply_activation(acts[2], n_c)
+        else:
+            tc = apply_activation(acts[2], cs[t])
         dh_t = dh + dy[t]
         dh_kept = dc_kept = 0  # zoneout: the parts of h and c passed on unchanged
         dc_new = dc
@@ -221,7 +264,13 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
             dh_t = dh_t @ w_hr
         passed = cache["passed"][t]  # the pre-activations inside the gate clip
         da_o = dh_t * tc * dgate(o) * passed[:, 3 * H:]
-        dc_t = dc_new + dh_t * o * dcell(tc)
+        if norms is not None:
+            dn = np.where(valid, dh_t * o * dcell(tc), 0)
+            grads["ln_c"] += (dn * c_hat).sum(0)
+            grads["ln_c_bias"] += dn.sum(0)
+            dc_t = dc_new + layer_norm_grad(dn, ln_c, c_hat, rstd_c)
+        else:
+            dc_t = dc_new + dh_t * o * dcell(tc)
         if peephole is not None:  # o read the new state
             dc_t = dc_t + da_o * p_o
         if cache.get("cell_clip") is not None:  # a clipped unit passes no gradient
@@ -233,12 +282,22 @@ def lstm_backward_ref(dy, dh_n, dc_n, cache):
             da = np.concatenate([dc_t * g * dgate(i), dc_t * c_prev * dgate(f),
                                  dc_t * i * dcell(g), da_o], axis=1)
         da = np.where(valid, da * passed, 0)
-        dx[t] = da @ w_ih
-        grads["w_ih"] += da.T @ x[t]
         mask = cache.get("h_mask")
-        grads["w_hh"] += da.T @ (h_prev if mask is None else h_prev * mask)
+        h_in = h_prev if mask is None else h_prev * mask
+        da_x = da_h = da  # the gradients of the two products
+        if norms is not None:
+            _, x_hat, rstd_x = layer_norm(x[t] @ w_ih.T, ln_ih)
+            _, h_hat, rstd_h = layer_norm(h_in @ w_hh.T, ln_hh)
+            grads["ln_ih"] += (da * x_hat).sum(0)
+            grads["ln_hh"] += (da * h_hat).sum(0)
+            da_x = layer_norm_grad(da, ln_ih, x_hat, rstd_x)
+            da_h = layer_norm_grad(da, ln_hh, h_hat, rstd_h)
+        dx[t] = da_x @ w_ih
+        grads["w_ih"] += da_x.T @ x[t]
+        grads["w_hh"] += da_h.T @ h_in
         grads["b_ih"] += da.sum(0)
-        dh = np.where(valid, (da @ w_hh if mask is None else (da @ w_hh) * mask) + dh_kept, dh)
+        dh = np.where(valid, (da_h @ w_hh if mask is None else (da_h @ w_hh) * mask) + dh_kept,
+                      dh)
         dc_prev = dc_t * f
         if peephole is not None:  # i and f read the old state
             dc_prev = dc_prev + da[:, :H] * p_i + da[:, H:2 * H] * p_f

@@ -60,8 +60,10 @@ def numeric_gradient(loss, arr, eps=1e-6):
 
 def check_lstm_reference_gradients(inputs, lengths, reverse, **options):
     """lstm_backward_ref against central finite differences of a scalar that depends
-    on every output, for inputs {x, w_ih, w_hh, b_ih, b_hh, h0, c0[, peephole]} (float64, perturbed
-    in place and restored) and lstm_forward_ref's options; fails above 1e-6."""
+    on every output, for inputs {x, w_ih, w_hh, b_ih, b_hh, h0, c0} (float64, perturbed
+    in place and restored; also the projection, the peepholes and layer
+    normalisation's arrays, under lstm_forward_ref's names) and its options; fails
+    above 1e-6."""
     from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
     rng = np.random.default_rng(0)
     T, B = inputs["x"].shape[:2]
@@ -70,7 +72,8 @@ def check_lstm_reference_gradients(inputs, lengths, reverse, **options):
 
     def forward():
         a = inputs
-        extra = {"peephole": a["peephole"]} if "peephole" in a else {}
+        extra = {k: a[k] for k in ("w_hr", "peephole", "ln_ih", "ln_hh", "ln_c", "ln_c_bias")
+                 if k in a}
         return lstm_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
                                 a["c0"], lengths, reverse, **options, **extra)
 

@@ -88,3 +88,68 @@ def test_reference_activations_and_peepholes_match_finite_differences(rng, rever
     check_lstm_reference_gradients(inputs, np.array([4, 1, 3]), reverse, acts=make_acts(*acts))
     check_lstm_reference_gradients(inputs, None, reverse, acts=make_acts(*acts),
                                    cell_clip=1.5, gate_clip=2.5)
+
+
+@pytest.mark.parametrize("options", [{}, {"acts": ("hard_sigmoid", "relu")},
+                                     {"cell_clip": 1.5, "gate_clip": 2.5},
+                                     {"input_forget": True, "peephole": True}, {"h_mask": True},
+                                     {"zoneout": True}, {"w_hr": True}],
+                         ids=["plain", "activations", "clips", "coupled-peephole",
+                              "recurrent-dropout", "zoneout", "proj"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_reference_layer_norm_matches_finite_differences(rng, reverse, options):
+    """Layer normalisation's equations (reference.py's docstring): every gradient, the
+    three gains' and the bias's too, with lengths (one of them 0) and each option."""
+    from numlstm.kernels.gates import make_acts
+    T, B, I, H = 4, 3, 3, 3
+    options = dict(options)
+    w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, np.float64, scale=0.8)
+    P = 2 if options.pop("w_hr", False) else H
+    inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w_ih, w_hh=w_hh[:, :P], b_ih=b_ih,
+                  b_hh=b_hh, h0=rng.standard_normal((B, P)), c0=rng.standard_normal((B, H)),
+                  ln_ih=1 + 0.3 * rng.standard_normal(4 * H),
+                  ln_hh=1 + 0.3 * rng.standard_normal(4 * H),
+                  ln_c=1 + 0.3 * rng.standard_normal(H), ln_c_bias=0.3 * rng.standard_normal(H))
+    if P < H:
+        inputs["w_hr"] = rng.standard_normal((P, H)) * 0.8
+    if options.pop("peephole", False):
+        inputs["peephole"] = rng.standard_normal(3 * H) * 0.8
+    if "acts" in options:
+        options["acts"] = make_acts(*options["acts"])
+    if options.pop("h_mask", False):
+        options["h_mask"] = rng.uniform(0, 2, (B, P))
+    if options.pop("zoneout", False):
+        options.update(zone_c=rng.uniform(0, 1, (T, B, H)), zone_h=rng.uniform(0, 1, (T, B, H)))
+    check_lstm_reference_gradients(inputs, np.array([4, 0, 3]), reverse, **options)
+    check_lstm_reference_gradients(inputs, None, reverse, **options)
+
+
+def test_reference_layer_norm_is_the_defined_function(rng):
+    """One step by hand from the equations, and LN's defining property: scaling either
+    product by a constant leaves the output as it was (up to LAYER_NORM_EPS)."""
+    from numlstm.kernels.reference import LAYER_NORM_EPS
+    T, B, I, H = 1, 2, 3, 4
+    w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, np.float64)
+    x, h0, c0 = (rng.standard_normal(s) for s in ((T, B, I), (B, H), (B, H)))
+    gains = [1 + 0.3 * rng.standard_normal(n) for n in (4 * H, 4 * H, H)]
+    bias_c = 0.3 * rng.standard_normal(H)
+    y, h, c, _ = lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, ln_ih=gains[0],
+                                  ln_hh=gains[1], ln_c=gains[2], ln_c_bias=bias_c)
+
+    def ln(v, w):
+        return w * (v - v.mean(1)[:, None]) / np.sqrt(v.var(1)[:, None] + LAYER_NORM_EPS)
+
+    a = ln(x[0] @ w_ih.T, gains[0]) + b_ih + ln(h0 @ w_hh.T, gains[1]) + b_hh
+    sig = 1 / (1 + np.exp(-a))
+    c_want = sig[:, H:2 * H] * c0 + sig[:, :H] * np.tanh(a[:, 2 * H:3 * H])
+    np.testing.assert_allclose(c, c_want, rtol=1e-13)
+    np.testing.assert_allclose(h, sig[:, 3 * H:] * np.tanh(ln(c_want, gains[2]) + bias_c),
+                               rtol=1e-13)
+    x = rng.standard_normal((6, B, I))
+    y, *_ = lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, ln_ih=gains[0], ln_hh=gains[1],
+                             ln_c=gains[2], ln_c_bias=bias_c)
+    y_scaled, *_ = lstm_forward_ref(x, 7 * w_ih, 0.2 * w_hh, b_ih, b_hh, h0, c0, ln_ih=gains[0],
+                                    ln_hh=gains[1], ln_c=gains[2], ln_c_bias=bias_c)
+    np.testing.assert_allclose(y_scaled, y, atol=1e-3)
+    plain, *_ = lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    assert np.abs(plain - y).max() > 0.05  # (and it is not the plain layer)
