@@ -26,6 +26,13 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
   float64, "blas": the exact path the gradient checks use: per step a BLAS
       product (SciPy's, through np.dot) and a serial gate pass, with libm's
       exp and tanh; NumPy's BLAS for the products around the loop.
+      Layer normalisation (ln_* weights) takes this path in float32 too: its
+      per-row statistics over all 4H gate columns sit between the product and
+      the gate math, which the tiled loops split among threads by units. The
+      input product is normalised for all steps before the loop and its
+      gradient after it; the loop normalises the recurrent product per step
+      (keeping it normalised, h_hat, for the backward, which writes its
+      gradient there) and the cell state before h' reads it.
 
 Hidden units are padded to a multiple of HB with zero weights and zero state:
 a padded unit stays exactly zero and feeds nothing, so padding changes no value.
@@ -75,9 +82,9 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ..gates import (DEFAULT_ACTS, activate, clip_gate, for_dtype, gate_clip_bounds, lstm_cell,
-                     lstm_cell_grads, peephole_at)
-from ..reference import apply_activation
+from ..gates import (DEFAULT_ACTS, activate, clip_gate, dactivate, for_dtype, gate_clip_bounds,
+                     lstm_cell, lstm_cell_grads, peephole_at)
+from ..reference import LAYER_NORM_EPS, apply_activation, layer_norm
 
 U = 16          # hidden units per gate block
 CB = 4 * U      # columns per block: [i(U) f(U) g(U) o(U)]
@@ -846,16 +853,34 @@ def _cell_outputs(gates, cs, lengths, acts, out):
                                         if valid else 0)
 
 
-# -- float64: BLAS per step --------------------------------------------------------------
+# -- float64 (and layer_norm): BLAS per step ---------------------------------------------
+@njit(cache=True, error_model="numpy")
+def _norm_stats(v):
+    """(mean, 1 / sqrt(var + LAYER_NORM_EPS)) of the vector v (the biased variance),
+    summed in float64, returned in v's type."""
+    mu = 0.0
+    for j in range(v.size):
+        mu += v[j]
+    mu /= v.size
+    var = 0.0
+    for j in range(v.size):
+        var += (v[j] - mu) * (v[j] - mu)
+    return v.dtype.type(mu), v.dtype.type(1 / np.sqrt(var / v.size + LAYER_NORM_EPS))
+
+
 @njit(cache=True, error_model="numpy")
 def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y, cs, clip,
-                  coupled, gclip, acts, peep, czs, zc, zh):
+                  coupled, gclip, acts, peep, czs, zc, zh, ln):
     """xw [T,B,G] (receives the activated gates when training); w_hh_t [P,G];
     w_hr_t [H,P], the projection (ignored when its size is 0: P = H); mask [B,P],
     the recurrent dropout mask (none when its size is 0); h [B,P], c [B,H] in/out;
     y [T,B,P] out; cs [T,B,H] out when training: the new cell values. Zoneout (no
     projection): zc, zh [T or 1,B,H] ([1,1,1]: none), and czs [T,B,H] receives the
-    states after it when training (cs itself without zoneout)."""
+    states after it when training (cs itself without zoneout). ln: None, or layer
+    normalisation's (gain of the recurrent product [G], the cell's gain and bias
+    [H], h_hat [T,B,G] and rstd_h [T,B]: the normalised product and its
+    1 / sigma, written when training); xw then holds the normalised input
+    product with its gain, plus the biases."""
     T, B, G = xw.shape
     H = G // 4
     proj = w_hr_t.size > 0
@@ -863,6 +888,9 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
     rec = np.empty((B, G), xw.dtype)
     m = np.empty((B, H), xw.dtype) if proj else h  # o * tanh(c), before the projection
     hp = np.empty(h.shape, xw.dtype)
+    c_new = np.empty(H, xw.dtype)  # a row's new cell values and o
+    o_new = np.empty(H, xw.dtype)
+    n_c = np.empty(H, xw.dtype)  # what h' reads: c' or, with layer_norm, its normalised value
     for s in range(T):
         t = T - 1 - s if reverse else s
         np.dot(h * mask if mask.size > 0 else h, w_hh_t, rec)
@@ -874,6 +902,15 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
                 continue
             a, r = xw[t, b], rec[b]
             zt = t if zc.shape[0] > 1 else 0
+            if ln is not None:  # r <- gain * LN(r)
+                mu, rstd = _norm_stats(r)
+                for j in range(G):
+                    r_hat = (r[j] - mu) * rstd
+                    if training:
+                        ln[3][t, b, j] = r_hat
+                    r[j] = ln[0][j] * r_hat
+                if training:
+                    ln[4][t, b] = rstd
             for j in range(H):
                 if peep is not None:  # ONNX's peepholes: i, f the old state, o the new
                     a[j] += peep[0, j] * c[b, j]
@@ -886,10 +923,18 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
                 if peep is not None:
                     ao += peep[2, j] * cj
                 o = activate(acts[0], clip_gate(ao, gclip))
-                mj = o * activate(acts[2], cj)
                 if training:
                     a[j], a[H + j], a[2 * H + j], a[3 * H + j] = i, f, g, o
                     cs[t, b, j] = cj
+                c_new[j], o_new[j] = cj, o
+            if ln is not None:
+                mu, rstd = _norm_stats(c_new)
+                for j in range(H):
+                    n_c[j] = ln[1][j] * ((c_new[j] - mu) * rstd) + ln[2][j]
+            else:
+                n_c[:] = c_new
+            for j in range(H):
+                cj, mj = c_new[j], o_new[j] * activate(acts[2], n_c[j])
                 if zoned:  # keep part of the old state
                     cj += zc[zt, b, j] * (c[b, j] - cj)
                     mj += zh[zt, b, j] * (m[b, j] - mj)
@@ -907,13 +952,27 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
 
 
 @njit(cache=True, error_model="numpy")
+def _norm_grad(dv, v_hat, rstd):
+    """LN's backward, in place: dv (the gradient of v_hat) becomes that of v."""
+    n = dv.size
+    mean_dv = dv.sum() / n
+    mean_dvv = (dv * v_hat).sum() / n
+    for j in range(n):
+        dv[j] = rstd * (dv[j] - mean_dv - v_hat[j] * mean_dvv)
+
+
+@njit(cache=True, error_model="numpy")
 def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, dc, clip,
-                   coupled, gclip, acts, peep, czs, zc, zh):
+                   coupled, gclip, acts, peep, czs, zc, zh, ln):
     """dg [T,B,G]: activated gates in, dG out; w_hh [G,P]; dh [B,P], dc [B,H]: the
     final state's gradient in, the initial state's out. With a projection (w_hr
     [P,H] of size > 0), dhs [T,B,P] receives the gradient of each step's h; mask
     [B,P]: the forward's recurrent dropout mask (none when its size is 0); czs,
-    zc, zh: the forward's zoneout arrays (_forward_blas)."""
+    zc, zh: the forward's zoneout arrays (_forward_blas). ln: None, or (the
+    recurrent product's gain [G], the cell's gain and bias [H], h_hat [T,B,G] and
+    rstd_h [T,B] as the forward wrote them, and the gradients of the three
+    gains and the bias, [G], [H], [H], accumulated); h_hat receives the
+    gradient of the (raw) recurrent product, which the step's dh is made from."""
     T, B, G = dg.shape
     H = G // 4
     proj = w_hr.size > 0
@@ -922,8 +981,12 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
     dm = np.empty((B, H), dg.dtype)  # the gradient of o * tanh(c)
     kh = np.zeros(dh.shape, dg.dtype)  # zoneout: the parts of dh and dc kept
     kc = np.zeros((B, H), dg.dtype)
+    dcn = np.zeros(H, dg.dtype)  # layer_norm: the gradient reaching c' through h'
+    c_hat = np.zeros(H, dg.dtype)  # layer_norm: a row's normalised c'
+    r_hat = np.zeros(G, dg.dtype)  # and its normalised recurrent product
+    zero = dg.dtype.type(0)
     gated = gclip < np.inf
-    bounds = gate_clip_bounds(gclip, 0.0, acts)  # (this path runs float64)
+    bounds = gate_clip_bounds(gclip, zero, acts)
     for s in range(T):
         t = s if reverse else T - 1 - s
         if proj:
@@ -942,6 +1005,8 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
             a = dg[t, b]
             if t >= n:
                 a[:] = 0
+                if ln is not None:
+                    ln[3][t, b] = 0
                 continue
             if zoned:  # h' = h~ + zh (h - h~), c' = c~ + zc (c - c~)
                 kh[b] = zh[zt, b] * dm[b]
@@ -950,15 +1015,43 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
                 dc[b] -= kc[b]
             first = t == n - 1 if reverse else t == 0
             c_prev = c0[b] if first else czs[t + 1 if reverse else t - 1, b]
-            for j in range(H):
-                i, f, g, o = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
-                tc = activate(acts[2], cs[t, b, j])
-                a[j], a[H + j], a[2 * H + j], a[3 * H + j], dc[b, j] = lstm_cell_grads(
-                    dc[b, j], dm[b, j], i, f, g, o, tc, c_prev[j], cs[t, b, j], clip, coupled,
-                    acts, peephole_at(peep, j), bounds, gated)
+            if ln is None:
+                for j in range(H):
+                    i, f, g, o = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
+                    tc = activate(acts[2], cs[t, b, j])
+                    a[j], a[H + j], a[2 * H + j], a[3 * H + j], dc[b, j] = lstm_cell_grads(
+                        dc[b, j], dm[b, j], i, f, g, o, tc, c_prev[j], cs[t, b, j], clip,
+                        coupled, acts, peephole_at(peep, j), bounds, gated)
+            else:  # h' = o * cell(gain * c_hat + bias): the state's part goes through LN
+                mu, rstd = _norm_stats(cs[t, b])
+                for j in range(H):
+                    c_hat[j] = (cs[t, b, j] - mu) * rstd
+                for j in range(H):
+                    o = a[3 * H + j]
+                    tc = activate(acts[2], ln[1][j] * c_hat[j] + ln[2][j])
+                    dn = dm[b, j] * o * dactivate(acts[3], tc)
+                    ln[6][j] += dn * c_hat[j]
+                    ln[7][j] += dn
+                    dcn[j] = dn * ln[1][j]
+                    do = dm[b, j] * tc * dactivate(acts[1], o)  # (zero dh below: do by hand)
+                    a[3 * H + j] = do if not gated or bounds[0] < o < bounds[1] else do * 0
+                _norm_grad(dcn, c_hat, rstd)
+                for j in range(H):  # (do is in; a zero dh leaves it out of d's sum)
+                    do, d = a[3 * H + j], dc[b, j] + dcn[j]
+                    if peep is not None:  # o read the new state
+                        d += do * peep[2, j]
+                    a[j], a[H + j], a[2 * H + j], _, dc[b, j] = lstm_cell_grads(
+                        d, zero, a[j], a[H + j], a[2 * H + j], do, do, c_prev[j],
+                        cs[t, b, j], clip, coupled, acts, peephole_at(peep, j), bounds, gated)
+                dr = ln[3][t, b]  # r_hat in, the raw product's gradient out
+                for j in range(G):
+                    r_hat[j] = dr[j]
+                    ln[5][j] += a[j] * dr[j]
+                    dr[j] = a[j] * ln[0][j]
+                _norm_grad(dr, r_hat, ln[4][t, b])
             if zoned:
                 dc[b] += kc[b]
-        np.dot(dg[t], w_hh, rec)
+        np.dot(dg[t] if ln is None else ln[3][t], w_hh, rec)
         for b in range(B):
             if t < lengths[b]:
                 dh[b] = rec[b] * mask[b] if mask.size > 0 else rec[b]
@@ -991,12 +1084,15 @@ def _blocks(a):
     return out
 
 
-def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, cell_clip=None,
-                  input_forget=False, gate_clip=None, acts=DEFAULT_ACTS):
+def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None, ln_hh=None,
+                  ln_c=None, ln_c_bias=None, cell_clip=None, input_forget=False,
+                  gate_clip=None, acts=DEFAULT_ACTS):
     """One cell's torch-layout weights (w_ih [G,I], w_hh [G,P], b_ih, b_hh [G], the
-    projection w_hr [P,H] or None (P = H), the peepholes [3H] (i, f, o) or None)
-    and options (gates.lstm_cell's and lstm_cell_grads's; acts gates.make_acts's
-    tuple) -> the layout these kernels read: a dict, "tiled" for float32, "blas" else."""
+    projection w_hr [P,H] or None (P = H), the peepholes [3H] (i, f, o) or None,
+    layer normalisation's gains ln_ih, ln_hh [G], ln_c [H] and bias ln_c_bias [H],
+    or None) and options (gates.lstm_cell's and lstm_cell_grads's; acts
+    gates.make_acts's tuple) -> the layout these kernels read: a dict, "tiled" for
+    float32, "blas" for float64 and for layer normalisation in either dtype."""
     G, I = w_ih.shape
     H = G // 4
     P = H if w_hr is None else w_hr.shape[0]
@@ -1005,9 +1101,11 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, cell_clip=No
                    coupled=bool(input_forget),
                    gclip=float(np.inf if gate_clip is None else gate_clip),
                    proj=w_hr is not None, acts=for_dtype(acts, w_ih.dtype))
-    if w_ih.dtype != np.float32:
+    if w_ih.dtype != np.float32 or ln_ih is not None:
         no_proj = np.zeros((0, 0), w_ih.dtype)
-        return dict(kind="blas", H=H, P=P, w_ih=w_ih, w_hh=w_hh, bias=bias,
+        norms = None if ln_ih is None else tuple(
+            np.ascontiguousarray(a) for a in (ln_ih, ln_hh, ln_c, ln_c_bias))
+        return dict(kind="blas", H=H, P=P, w_ih=w_ih, w_hh=w_hh, bias=bias, ln=norms,
                     w_hh_t=np.ascontiguousarray(w_hh.T),
                     w_hr=no_proj if w_hr is None else np.ascontiguousarray(w_hr),
                     w_hr_t=no_proj if w_hr is None else np.ascontiguousarray(w_hr.T),
@@ -1128,8 +1226,18 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     T, B, I = x.shape
     H, Pu = packed["H"], packed["P"]
     lens = _lengths_or_full(lengths, T, B)
+    ln_cache = None  # layer_norm's arrays for the backward
     if packed["kind"] == "blas":
         xw = (x.reshape(T * B, I) @ packed["w_ih"].T).reshape(T, B, -1)
+        norms, ln = packed["ln"], None
+        if norms is not None:  # the input product normalised before the loop
+            x_hat, rstd_x = xw, _normalise(xw)
+            xw = x_hat * norms[0]
+            G = xw.shape[2]
+            h_hat, rstd_h = (np.empty((T, B, G), x.dtype), np.empty((T, B), x.dtype)) if (
+                training) else (np.empty((0, 0, 0), x.dtype), np.empty((0, 0), x.dtype))
+            ln = norms[1:] + (h_hat, rstd_h)
+            ln_cache = dict(x_hat=x_hat, rstd_x=rstd_x, h_hat=h_hat, rstd_h=rstd_h)
         xw += packed["bias"]
         h, c = h0.copy(), c0.copy()
         y = np.empty((T, B, Pu), x.dtype)
@@ -1139,7 +1247,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         czs = np.empty_like(cs) if training and zone_c is not None else cs
         _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], mask, h, c, lens, reverse,
                       training, y, cs, packed["clip"], packed["coupled"], packed["gclip"],
-                      packed["acts"], packed["peep"], czs, zc, zh)
+                      packed["acts"], packed["peep"], czs, zc, zh, ln)
         y_out, c0_kept = y, c0
     else:
         Hp, Pp = packed["Hp"], packed["Pp"]
@@ -1210,7 +1318,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     if not training:
         return y_out, h, c, None
     cache = dict(x=x, h0=h0, c0=c0_kept, lengths=lens, reverse=reverse, gates=xw, cs=cs, y=y,
-                 mask=mask, czs=czs, zc=zc, zh=zh)
+                 mask=mask, czs=czs, zc=zc, zh=zh, ln=ln_cache)
     return y_out, h, c, cache
 
 
@@ -1404,28 +1512,41 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     G = dg.shape[2]
     dh, dc = dh_n.copy(), dc_n.copy()
     H, proj = packed["H"], packed["proj"]
+    norms, ln_cache = packed["ln"], cache["ln"]
     if proj:  # the projection's input, before the loop overwrites the gates
-        m_all = dg[:, :, 3 * H:] * apply_activation(packed["acts"][2], cache["cs"])
+        cs = cache["cs"] if norms is None else layer_norm(cache["cs"], *norms[2:])[0]
+        m_all = dg[:, :, 3 * H:] * apply_activation(packed["acts"][2], cs)
     dhs = np.empty(y.shape if proj else (1, 1, 1), dg.dtype)
     # The loop leaves dh = dG at each row's first step @ W_hh (rows of length 0
-    # keep dh_n).
+    # keep dh_n). With layer_norm, the products' gradients differ from dG: the
+    # loop writes the recurrent one over h_hat, and the input one is made after it.
+    ln, dg_h, dg_x = None, dg, dg
+    if norms is not None:
+        dg_h = ln_cache["h_hat"]
+        ln = (norms[1], norms[2], norms[3], dg_h, ln_cache["rstd_h"]) + tuple(
+            np.zeros_like(a) for a in norms[1:])
     mask = cache["mask"]
     _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], packed["w_hr"], mask, dhs,
                    lens, reverse, dh, dc, packed["clip"], packed["coupled"], packed["gclip"],
                    packed["acts"], packed["peep"],
-                   cache["czs"], cache["zc"], cache["zh"])
-    dg_first, _ = _first_step_gradients(dg, lens, reverse)
-    dg2 = dg.reshape(T * B, G)
-    dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)
-    dw_ih = dg2.T @ x.reshape(T * B, I)
-    dg_prev, y_prev = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
+                   cache["czs"], cache["zc"], cache["zh"], ln)
+    if norms is not None:  # (after this, x_hat is gone)
+        ln_ih = np.einsum("tbg,tbg->g", dg, ln_cache["x_hat"])
+        dg_x = _normalise_grad(dg * norms[0], ln_cache["x_hat"], ln_cache["rstd_x"])
+    dg_first, _ = _first_step_gradients(dg_h, lens, reverse)
+    dgx2 = dg_x.reshape(T * B, G)
+    dx = (dgx2 @ packed["w_ih"]).reshape(T, B, I)
+    dw_ih = dgx2.T @ x.reshape(T * B, I)
+    dg_prev, y_prev = (dg_h[:-1], y[1:]) if reverse else (dg_h[1:], y[:-1])
     h0 = cache["h0"]
     if mask.size:  # the product read h times the recurrent dropout mask
         y_prev, h0 = y_prev * mask, h0 * mask
     dw_hh = dg_prev.reshape(-1, G).T @ y_prev.reshape(-1, y.shape[2])
     dw_hh += dg_first.T @ h0
-    db = dg2.sum(axis=0)
+    db = dg.reshape(T * B, G).sum(axis=0)
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
+    if norms is not None:
+        grads.update(ln_ih=ln_ih, ln_hh=ln[5], ln_c=ln[6], ln_c_bias=ln[7])
     if proj:  # (dhs is zero past each row's length)
         grads["w_hr"] = dhs.reshape(T * B, -1).T @ m_all.reshape(T * B, H)
     if packed["peep"] is not None:
@@ -1433,6 +1554,28 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
             dg[:, :, :H], dg[:, :, H:2 * H], dg[:, :, 3 * H:], cache["cs"], cache["czs"],
             cache["c0"], lens, reverse, (T, B, H)).reshape(-1)
     return dx, dh, dc, grads
+
+
+def _normalise(v):
+    """Layer normalisation without gain, in place over v's last axis (the input
+    product of all the steps: no temporary of its size). Returns 1 / sigma [..., 1]."""
+    v -= v.mean(axis=-1, keepdims=True)
+    rstd = 1 / np.sqrt(np.einsum("...g,...g->...", v, v)[..., None] / v.shape[-1]
+                       + LAYER_NORM_EPS)
+    v *= rstd
+    return rstd.astype(v.dtype)
+
+
+def _normalise_grad(dv, v_hat, rstd):
+    """reference.layer_norm_grad in place, from dv = the gradient of v_hat: dv becomes
+    the gradient of v, and v_hat is overwritten."""
+    n = dv.shape[-1]
+    mean_dvv = np.einsum("...g,...g->...", dv, v_hat)[..., None] / n
+    dv -= dv.mean(axis=-1, keepdims=True)
+    v_hat *= mean_dvv
+    dv -= v_hat
+    dv *= rstd
+    return dv
 
 
 def _peephole_gradients(dg_i, dg_f, dg_o, cs, czs, c0, lens, reverse, shape):

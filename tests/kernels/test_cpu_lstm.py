@@ -11,11 +11,13 @@ from helpers import SOFTSIGN, assert_close, lstm_weights
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
-def _compare(rng, T, B, I, H, dtype, reverse, lengths, zoneout=None, proj=0, **options):
+def _compare(rng, T, B, I, H, dtype, reverse, lengths, zoneout=None, proj=0, h_mask=False,
+             layer_norm=False, **options):
     """The kernels' forward (training and inference) and backward against the
     reference's, with the cell's options (pack_lstm_cpu's keywords; peephole=True
     draws the weights), a projection of proj units, and, when zoneout is a pair of
-    rates, zoneout's 0/1 draws."""
+    rates, zoneout's 0/1 draws; h_mask: a random recurrent dropout mask; layer_norm:
+    random gains and bias for layer normalisation."""
     w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((B, proj or H)).astype(dtype)
@@ -25,7 +27,13 @@ def _compare(rng, T, B, I, H, dtype, reverse, lengths, zoneout=None, proj=0, **o
         options["w_hr"] = (rng.standard_normal((proj, H)) * 0.5).astype(dtype)
     if options.get("peephole") is True:
         options["peephole"] = (rng.standard_normal(3 * H) * 0.5).astype(dtype)
+    if layer_norm:
+        for k, n in (("ln_ih", 4 * H), ("ln_hh", 4 * H), ("ln_c", H), ("ln_c_bias", H)):
+            base = 0 if k == "ln_c_bias" else 1
+            options[k] = (base + 0.3 * rng.standard_normal(n)).astype(dtype)
     zone = {}
+    if h_mask:
+        zone["h_mask"] = rng.uniform(0, 2, (B, proj or H)).astype(dtype)
     if zoneout is not None:
         zone = {k: (rng.random((T, B, H)) < p).astype(dtype)
                 for k, p in zip(("zone_c", "zone_h"), zoneout)}
@@ -222,3 +230,19 @@ def test_parallel_steps_with_activations_and_peepholes(rng, monkeypatch, rows, f
                  acts=make_acts(*ACTIVATION_PAIRS[0]))
         _compare(rng, 4, 11, 3, 70, np.float32, reverse, lengths, peephole=True,
                  acts=make_acts("sigmoid", "tanh"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", [{}, {"acts": make_acts("hard_sigmoid", "relu")},
+                                     {"h_mask": True}, {"cell_clip": 0.8, "gate_clip": 2.0},
+                                     {"input_forget": True, "peephole": True},
+                                     {"zoneout": (0.3, 0.4)}, {"proj": 3}],
+                         ids=["plain", "activations", "recurrent-dropout", "clips",
+                              "coupled-peephole", "zoneout", "proj"])
+def test_cpu_kernels_match_reference_with_layer_norm(rng, dtype, options):
+    """layer_norm (the BLAS path in both precisions) with each option beside it,
+    lengths in any order (one of them 0), T=1 and B=1."""
+    for reverse in (False, True):
+        for T, B, I, H, lengths in [(6, 4, 3, 9, np.array([6, 0, 2, 5])), (1, 1, 2, 5, None),
+                                    (5, 3, 7, 20, None)]:
+            _compare(rng, T, B, I, H, dtype, reverse, lengths, layer_norm=True, **options)
