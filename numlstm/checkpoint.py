@@ -74,6 +74,24 @@ def _fsync_folder(folder):
         os.close(fd)
 
 
+def _unstorable(value, where):
+    """(the place, the value) of the first value under `value` that JSON cannot hold
+    (a user's activation function, in a layer's config), or None."""
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    elif value is None or isinstance(value, (str, bool, int, float)):
+        return None
+    else:
+        return where, value
+    for place, v in items:
+        found = _unstorable(v, place)
+        if found is not None:
+            return found
+    return None
+
+
 def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
     """Write model (a Sequential), optimizer (or None), step and extra (a JSON-able
     dict) to path atomically, keeping the file it replaces as <name>.prev.npz. A
@@ -108,7 +126,15 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
     meta = {"format": FORMAT, "version": VERSION, "numlstm": __version__,
             "model": model.get_config(), "optimizer": opt_meta, "step": int(step),
             "rng": model.rng_states(), "extra": extra or {}}
-    files = {"meta.json": json.dumps(meta, indent=1).encode()}  # fails before any write
+    where = _unstorable(meta, "")
+    if where is not None:  # (before any write)
+        raise TypeError(
+            f"save_checkpoint: {where[0]} is {where[1]!r}, which a checkpoint cannot store: "
+            "it keeps a model's settings as JSON, not code. A layer with a user's "
+            "activation functions cannot be saved whole; save its weights "
+            "(layer.state_dict()) and build the layer again with the same functions. "
+            f"{path} is left as it was")
+    files = {"meta.json": json.dumps(meta, indent=1).encode()}
 
     for name, arr in arrays.items():
         buf = io.BytesIO()

@@ -102,6 +102,11 @@ def test_what_cannot_carry_the_options_says_so(tmp_path):
     with pytest.raises(ValueError, match="user's activation function"):
         numlstm.export_onnx(user, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(TypeError, match=r"layers\[0\]\.config\.activation\[0\] is "
+                                        r"UserFunction\('_softsign'\), which a checkpoint "
+                                        "cannot store"):
+        numlstm.save_checkpoint(tmp_path, numlstm.Sequential([user]))
+    assert list(tmp_path.iterdir()) == []
     x = np.ones((2, 1, 3), np.float32)
     for options, what in (({"peephole": True}, "peepholes"),
                           ({"activation": SOFTSIGN}, "built-in activations only")):
