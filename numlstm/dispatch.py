@@ -169,18 +169,21 @@ class Backend:
         return self.forward(spec, cell, x[None], state, None, False, False)[1]
 
 
-_EXTRA_KEYWORDS = {"weight_hr": "w_hr", "weight_peephole": "peephole"}
+# The packers' and the reference's keywords for a cell's parameters past its four, and
+# the gradients' keys the backends return for them.
+EXTRA_KEYWORDS = {"weight_hr": "w_hr", "weight_peephole": "peephole", "weight_ln_ih": "ln_ih",
+                  "weight_ln_hh": "ln_hh", "weight_ln_c": "ln_c", "bias_ln_c": "ln_c_bias"}
 
 
 def cell_extras(spec, cell):
     """A cell's arrays past its four (the "cells" container's tuple) as the keywords of
-    the packers and of the reference: w_hr with a projection, peephole."""
-    return {_EXTRA_KEYWORDS[n]: a for n, a in zip(spec.extras(), cell[4:])}
+    the packers and of the reference: w_hr with a projection, peephole, layer_norm's."""
+    return {EXTRA_KEYWORDS[n]: a for n, a in zip(spec.extras(), cell[4:])}
 
 
 class NumpyBackend(Backend):
     """The NumPy reference: slow, simple, the oracle. Cell: (w_ih, w_hh, b_ih, b_hh), and
-    w_hr with a projection (proj_size), then the peepholes."""
+    w_hr with a projection (proj_size), then the peepholes, then layer_norm's arrays."""
     name = "numpy"
 
     def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None,

@@ -35,7 +35,10 @@ A projected LSTM (proj_size) has one more array per cell, torch's weight_hr [P,H
 (and W_hh [G,P]); torch's layout alone holds it, and the others refuse such a layer.
 An LSTM with peepholes has weight_peephole [3H] per cell (torch has no name for it:
 numlstm's, in the order i, f, o); ONNX holds it as the LSTM operator's P input
-[D,3H] (order i, o, f), and the Keras and haste layouts refuse such a layer.
+[D,3H] (order i, o, f), and the Keras and haste layouts refuse such a layer. A
+layer-normalised LSTM (layer_norm) has four more per cell, in numlstm's names:
+weight_ln_ih, weight_ln_hh [G] and weight_ln_c, bias_ln_c [H]; torch's layout alone
+holds them.
 
 torch's layout is the canonical one: the layer stores its parameters that way,
 and every conversion goes through it, so `convert` between any two layouts is
@@ -97,6 +100,9 @@ class Layout:
         if spec.peephole and self.container not in ("named", "cells", "onnx"):
             raise ValueError(f"layout {self.name!r} has no peepholes; the torch layout "
                              "(weight_peephole) and ONNX's (P) hold them")
+        if spec.layer_norm and self.container not in ("named", "cells"):
+            raise ValueError(f"layout {self.name!r} has no layer-normalised LSTM; only the "
+                             "torch layout holds its gains (weight_ln_ih, ...)")
         return self
 
 
@@ -116,6 +122,11 @@ LAYOUTS = {
 }
 
 
+# A layer-normalised LSTM's parameters per cell (layers.LSTM's layer_norm): the gains
+# of the input and recurrent products [G], and the cell state's gain and bias [H].
+LAYER_NORM_PARAMS = ("weight_ln_ih", "weight_ln_hh", "weight_ln_c", "bias_ln_c")
+
+
 @dataclass(frozen=True)
 class RecurrentSpec:
     """The shapes and cell that fix a stack of recurrent layers.
@@ -123,8 +134,8 @@ class RecurrentSpec:
     cell: "lstm", "gru" or "rnn"; reset_after: the GRU's form (see layers.GRU);
     nonlinearity: the RNN's activation, "tanh" or "relu"; cell_clip, gate_clip (None
     or a number > 0), input_forget, proj_size (0 for none), peephole, activation and
-    recurrent_activation (names of gates.ACTIVATIONS, or a user's pair of functions):
-    the LSTM's options (see layers.LSTM).
+    recurrent_activation (names of gates.ACTIVATIONS, or a user's pair of functions),
+    layer_norm: the LSTM's options (see layers.LSTM).
     """
     input_size: int
     hidden_size: int
@@ -140,6 +151,7 @@ class RecurrentSpec:
     peephole: bool = False
     activation: object = "tanh"
     recurrent_activation: object = "sigmoid"
+    layer_norm: bool = False
 
     @property
     def out_size(self):
@@ -185,13 +197,18 @@ class RecurrentSpec:
                 shapes["weight_hr" + sfx] = (self.proj_size, H)
             if self.peephole:
                 shapes["weight_peephole" + sfx] = (3 * H,)
+            if self.layer_norm:
+                shapes.update({name + sfx: (G,) if name.endswith(("ih", "hh")) else (H,)
+                               for name in LAYER_NORM_PARAMS})
         return shapes
 
     def extras(self):
         """The names of a cell's parameters past the four of every cell, in the order
-        the "cells" container appends them (the packers' keywords w_hr, peephole)."""
+        the "cells" container appends them (the packers' keywords w_hr, peephole, ln_ih,
+        ln_hh, ln_c, ln_c_bias)."""
         return [name for name, on in (("weight_hr", self.proj_size),
-                                      ("weight_peephole", self.peephole)) if on]
+                                      ("weight_peephole", self.peephole)) if on] + (
+            list(LAYER_NORM_PARAMS) if self.layer_norm else [])
 
 
 LSTMSpec = RecurrentSpec  # the name the LSTM-only versions used

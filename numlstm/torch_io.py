@@ -102,6 +102,9 @@ def _check_torch_form(layer):
                          "and tanh cells; this LSTM has peephole="
                          f"{s.peephole}, activation={s.activation!r}, recurrent_activation="
                          f"{s.recurrent_activation!r} (numlstm.export_onnx carries them)")
+    if s.cell == "lstm" and s.layer_norm:
+        raise ValueError("to_torch: torch.nn.LSTM has no layer normalisation; this LSTM has "
+                         "layer_norm=True")
     if getattr(layer, "zoneout", 0):
         raise ValueError("to_torch: this LSTM uses zoneout, which mixes the old state into "
                          "the new one at inference too; torch.nn.LSTM has no such option")

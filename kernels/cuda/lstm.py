@@ -28,13 +28,14 @@ from .common import (as_device, combine, copy, device_array, dh_one, dh_product,
 ROWS = 4  # weight rows per hidden unit
 
 
-def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, cell_clip=None,
-                   input_forget=False, gate_clip=None, acts=DEFAULT_ACTS):
+def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None, ln_hh=None,
+                   ln_c=None, ln_c_bias=None, cell_clip=None, input_forget=False,
+                   gate_clip=None, acts=DEFAULT_ACTS):
     """Torch-layout weights (host or device) and the cell's options (gates.lstm_cell_grads)
     -> the device arrays the kernels read: w_ih [G,I], w_hh [G,H], bias = b_ih +
     b_hh [G]; clip and gclip (inf for none), coupled and acts (built-in kinds only).
-    A projection (w_hr), peepholes and a user's activation are refused: these
-    kernels do not have them yet."""
+    A projection (w_hr), peepholes, layer normalisation (ln_*) and a user's
+    activation are refused: these kernels do not have them yet."""
     if w_hr is not None:
         raise NotImplementedError(
             f"proj_size={w_hr.shape[0]}: the CUDA LSTM kernels have no recurrent projection "
@@ -42,6 +43,9 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, cell_clip=N
     if peephole is not None:
         raise NotImplementedError("peephole: the CUDA LSTM kernels have no peepholes yet; "
                                   "use backend='cpu' (or 'numpy')")
+    if ln_ih is not None:
+        raise NotImplementedError("layer_norm: the CUDA LSTM kernels have no layer "
+                                  "normalisation yet; use backend='cpu' (or 'numpy')")
     if any(activation_name(k) is None for k in acts):
         raise NotImplementedError("activation: the CUDA kernels take the built-in "
                                   "activations only, not a user's function; use "
