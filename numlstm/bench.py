@@ -416,6 +416,8 @@ OPTION_VARIANTS = {"plain": {}, "cell_clip=1.0": {"cell_clip": 1.0},
                    "recurrent_dropout=0.25": {"recurrent_dropout": 0.25},
                    "zoneout=0.1": {"zoneout": 0.1},
                    "peephole": {"peephole": True},
+                   # (the per-step BLAS path: see kernels/cpu/lstm.py)
+                   "layer_norm": {"layer_norm": True},
                    "recurrent_activation=hard_sigmoid": {
                        "recurrent_activation": "hard_sigmoid"},
                    "activation=relu": {"activation": "relu"},

@@ -854,6 +854,27 @@ def _cell_outputs(gates, cs, lengths, acts, out):
 
 
 # -- float64 (and layer_norm): BLAS per step ---------------------------------------------
+def _dot(a, b):
+    """a @ b with the BLAS the time loop's np.dot calls (SciPy's, through Numba), not
+    NumPy's: two OpenBLAS thread pools, one spinning after its call while the other
+    starts, made the layer-normalised forward at T=128, B=16, H=256 2.6x slower
+    (57 ms in the loop against 22 alone). Either operand may be a transpose."""
+    a = a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+    b = b if b.flags.c_contiguous or b.flags.f_contiguous else np.ascontiguousarray(b)
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    if out.size:
+        _dot_into(a, b, out)
+    return out
+
+
+@njit(cache=True)
+def _dot_into(a, b, out):
+    if a.shape[1] == 0:  # (BLAS leaves out alone for an empty sum)
+        out[:] = 0
+    else:
+        np.dot(a, b, out)
+
+
 @njit(cache=True, error_model="numpy")
 def _norm_stats(v):
     """(mean, 1 / sqrt(var + LAYER_NORM_EPS)) of the vector v (the biased variance),
@@ -866,6 +887,44 @@ def _norm_stats(v):
     for j in range(v.size):
         var += (v[j] - mu) * (v[j] - mu)
     return v.dtype.type(mu), v.dtype.type(1 / np.sqrt(var / v.size + LAYER_NORM_EPS))
+
+
+@njit(**_FAST)
+def _gates_row(a, r, c_old, c_new, o_new, keep, clip, coupled, gclip, acts, peep):
+    """One row's gate math on the BLAS path: a, r [G] the input and recurrent parts of
+    the pre-activations, c_old [H] the state; writes c' to c_new and o to o_new, and
+    with keep the activated gates over a. A function of its own, on its rows alone,
+    so that LLVM vectorises it (written inline in the time loop, among its many
+    arrays, it did not: 35x slower in float32 at H=256)."""
+    H = c_old.size
+    for j in range(H):
+        ai, af, ao = a[j] + r[j], a[H + j] + r[H + j], a[3 * H + j] + r[3 * H + j]
+        if peep is not None:  # ONNX's peepholes: i, f the old state, o the new
+            ai += peep[0, j] * c_old[j]
+            af += peep[1, j] * c_old[j]
+        i = activate(acts[0], clip_gate(ai, gclip))
+        g = activate(acts[2], clip_gate(a[2 * H + j] + r[2 * H + j], gclip))
+        f, cj = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c_old[j], clip,
+                          coupled)
+        if peep is not None:
+            ao += peep[2, j] * cj
+        o = activate(acts[0], clip_gate(ao, gclip))
+        c_new[j], o_new[j] = cj, o
+        if keep:
+            a[j], a[H + j], a[2 * H + j], a[3 * H + j] = i, f, g, o
+
+
+@njit(**_FAST)
+def _outputs_row(c_new, o_new, n_c, c, m, zc, zh, zoned, acts):
+    """One row's new state c and output m = o * cell(n_c) (n_c: c' or its layer
+    normalised value), zoneout keeping part of the old ones (zc, zh [H])."""
+    for j in range(c_new.size):
+        cj, mj = c_new[j], o_new[j] * activate(acts[2], n_c[j])
+        if zoned:
+            cj += zc[j] * (c[j] - cj)
+            mj += zh[j] * (m[j] - mj)
+        c[j] = cj
+        m[j] = mj
 
 
 @njit(cache=True, error_model="numpy")
@@ -911,35 +970,16 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
                     r[j] = ln[0][j] * r_hat
                 if training:
                     ln[4][t, b] = rstd
-            for j in range(H):
-                if peep is not None:  # ONNX's peepholes: i, f the old state, o the new
-                    a[j] += peep[0, j] * c[b, j]
-                    a[H + j] += peep[1, j] * c[b, j]
-                i = activate(acts[0], clip_gate(a[j] + r[j], gclip))
-                g = activate(acts[2], clip_gate(a[2 * H + j] + r[2 * H + j], gclip))
-                f, cj = lstm_cell(i, activate(acts[0], clip_gate(a[H + j] + r[H + j], gclip)), g,
-                                  c[b, j], clip, coupled)
-                ao = a[3 * H + j] + r[3 * H + j]
-                if peep is not None:
-                    ao += peep[2, j] * cj
-                o = activate(acts[0], clip_gate(ao, gclip))
-                if training:
-                    a[j], a[H + j], a[2 * H + j], a[3 * H + j] = i, f, g, o
-                    cs[t, b, j] = cj
-                c_new[j], o_new[j] = cj, o
+            _gates_row(a, r, c[b], c_new, o_new, training, clip, coupled, gclip, acts, peep)
+            if training:
+                cs[t, b] = c_new
             if ln is not None:
                 mu, rstd = _norm_stats(c_new)
                 for j in range(H):
                     n_c[j] = ln[1][j] * ((c_new[j] - mu) * rstd) + ln[2][j]
-            else:
-                n_c[:] = c_new
-            for j in range(H):
-                cj, mj = c_new[j], o_new[j] * activate(acts[2], n_c[j])
-                if zoned:  # keep part of the old state
-                    cj += zc[zt, b, j] * (c[b, j] - cj)
-                    mj += zh[zt, b, j] * (m[b, j] - mj)
-                c[b, j] = cj
-                m[b, j] = mj
+            zb = b if zoned else 0
+            _outputs_row(c_new, o_new, n_c if ln is not None else c_new, c[b], m[b], zc[zt, zb],
+                         zh[zt, zb], zoned, acts)
             if training:
                 czs[t, b] = c[b]
         if proj:
@@ -959,6 +999,53 @@ def _norm_grad(dv, v_hat, rstd):
     mean_dvv = (dv * v_hat).sum() / n
     for j in range(n):
         dv[j] = rstd * (dv[j] - mean_dv - v_hat[j] * mean_dvv)
+
+
+@njit(**_FAST)
+def _grads_row(a, cs, c_prev, dc, dm, clip, coupled, acts, peep, bounds, gated):
+    """One row's gate gradients on the BLAS path (lstm_cell_grads over its units):
+    a [G] the activated gates in, dG out; cs [H] c', c_prev the state before; dc [H]
+    in/out; dm [H] the gradient of h'. A function of its own so that it vectorises
+    (see _gates_row)."""
+    H = cs.size
+    for j in range(H):
+        tc = activate(acts[2], cs[j])
+        a[j], a[H + j], a[2 * H + j], a[3 * H + j], dc[j] = lstm_cell_grads(
+            dc[j], dm[j], a[j], a[H + j], a[2 * H + j], a[3 * H + j], tc, c_prev[j], cs[j],
+            clip, coupled, acts, peephole_at(peep, j), bounds, gated)
+
+
+@njit(**_FAST)
+def _norm_output_grads_row(a, c_hat, gain, bias, dm, dgain, dbias, dcn, acts, bounds, gated):
+    """layer_norm's h' = o * cell(gain * c_hat + bias) backward for one row: adds to the
+    gradients of gain and bias, writes that of c_hat (times gain) to dcn and the
+    gradient of o's pre-activation over o in a."""
+    H = c_hat.size
+    for j in range(H):
+        o = a[3 * H + j]
+        tc = activate(acts[2], gain[j] * c_hat[j] + bias[j])
+        dn = dm[j] * o * dactivate(acts[3], tc)
+        dgain[j] += dn * c_hat[j]
+        dbias[j] += dn
+        dcn[j] = dn * gain[j]
+        do = dm[j] * tc * dactivate(acts[1], o)
+        a[3 * H + j] = do if not gated or bounds[0] < o < bounds[1] else do * 0
+
+
+@njit(**_FAST)
+def _norm_grads_row(a, cs, c_prev, dc, dcn, zero, clip, coupled, acts, peep, bounds, gated):
+    """The rest of a layer-normalised row's gate gradients: d = dc + dcn (the part
+    through h', already normalised back) goes to i, f, g and c_prev. a holds the
+    activated i, f, g and o's gradient (_norm_output_grads_row's), which a zero dh
+    keeps out of lstm_cell_grads's sum."""
+    H = cs.size
+    for j in range(H):
+        do, d = a[3 * H + j], dc[j] + dcn[j]
+        if peep is not None:  # o read the new state
+            d += do * peep[2, j]
+        a[j], a[H + j], a[2 * H + j], _, dc[j] = lstm_cell_grads(
+            d, zero, a[j], a[H + j], a[2 * H + j], do, do, c_prev[j], cs[j], clip, coupled,
+            acts, peephole_at(peep, j), bounds, gated)
 
 
 @njit(cache=True, error_model="numpy")
@@ -1016,33 +1103,17 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
             first = t == n - 1 if reverse else t == 0
             c_prev = c0[b] if first else czs[t + 1 if reverse else t - 1, b]
             if ln is None:
-                for j in range(H):
-                    i, f, g, o = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
-                    tc = activate(acts[2], cs[t, b, j])
-                    a[j], a[H + j], a[2 * H + j], a[3 * H + j], dc[b, j] = lstm_cell_grads(
-                        dc[b, j], dm[b, j], i, f, g, o, tc, c_prev[j], cs[t, b, j], clip,
-                        coupled, acts, peephole_at(peep, j), bounds, gated)
+                _grads_row(a, cs[t, b], c_prev, dc[b], dm[b], clip, coupled, acts, peep,
+                           bounds, gated)
             else:  # h' = o * cell(gain * c_hat + bias): the state's part goes through LN
                 mu, rstd = _norm_stats(cs[t, b])
                 for j in range(H):
                     c_hat[j] = (cs[t, b, j] - mu) * rstd
-                for j in range(H):
-                    o = a[3 * H + j]
-                    tc = activate(acts[2], ln[1][j] * c_hat[j] + ln[2][j])
-                    dn = dm[b, j] * o * dactivate(acts[3], tc)
-                    ln[6][j] += dn * c_hat[j]
-                    ln[7][j] += dn
-                    dcn[j] = dn * ln[1][j]
-                    do = dm[b, j] * tc * dactivate(acts[1], o)  # (zero dh below: do by hand)
-                    a[3 * H + j] = do if not gated or bounds[0] < o < bounds[1] else do * 0
+                _norm_output_grads_row(a, c_hat, ln[1], ln[2], dm[b], ln[6], ln[7], dcn, acts,
+                                       bounds, gated)
                 _norm_grad(dcn, c_hat, rstd)
-                for j in range(H):  # (do is in; a zero dh leaves it out of d's sum)
-                    do, d = a[3 * H + j], dc[b, j] + dcn[j]
-                    if peep is not None:  # o read the new state
-                        d += do * peep[2, j]
-                    a[j], a[H + j], a[2 * H + j], _, dc[b, j] = lstm_cell_grads(
-                        d, zero, a[j], a[H + j], a[2 * H + j], do, do, c_prev[j],
-                        cs[t, b, j], clip, coupled, acts, peephole_at(peep, j), bounds, gated)
+                _norm_grads_row(a, cs[t, b], c_prev, dc[b], dcn, zero, clip, coupled, acts, peep,
+                                bounds, gated)
                 dr = ln[3][t, b]  # r_hat in, the raw product's gradient out
                 for j in range(G):
                     r_hat[j] = dr[j]
@@ -1228,7 +1299,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     lens = _lengths_or_full(lengths, T, B)
     ln_cache = None  # layer_norm's arrays for the backward
     if packed["kind"] == "blas":
-        xw = (x.reshape(T * B, I) @ packed["w_ih"].T).reshape(T, B, -1)
+        xw = _dot(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, -1)
         norms, ln = packed["ln"], None
         if norms is not None:  # the input product normalised before the loop
             x_hat, rstd_x = xw, _normalise(xw)
@@ -1535,20 +1606,20 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
         dg_x = _normalise_grad(dg * norms[0], ln_cache["x_hat"], ln_cache["rstd_x"])
     dg_first, _ = _first_step_gradients(dg_h, lens, reverse)
     dgx2 = dg_x.reshape(T * B, G)
-    dx = (dgx2 @ packed["w_ih"]).reshape(T, B, I)
-    dw_ih = dgx2.T @ x.reshape(T * B, I)
+    dx = _dot(dgx2, packed["w_ih"]).reshape(T, B, I)
+    dw_ih = _dot(dgx2.T, x.reshape(T * B, I))
     dg_prev, y_prev = (dg_h[:-1], y[1:]) if reverse else (dg_h[1:], y[:-1])
     h0 = cache["h0"]
     if mask.size:  # the product read h times the recurrent dropout mask
         y_prev, h0 = y_prev * mask, h0 * mask
-    dw_hh = dg_prev.reshape(-1, G).T @ y_prev.reshape(-1, y.shape[2])
-    dw_hh += dg_first.T @ h0
+    dw_hh = _dot(dg_prev.reshape(-1, G).T, y_prev.reshape(-1, y.shape[2]))
+    dw_hh += _dot(dg_first.T, h0)
     db = dg.reshape(T * B, G).sum(axis=0)
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
     if norms is not None:
         grads.update(ln_ih=ln_ih, ln_hh=ln[5], ln_c=ln[6], ln_c_bias=ln[7])
     if proj:  # (dhs is zero past each row's length)
-        grads["w_hr"] = dhs.reshape(T * B, -1).T @ m_all.reshape(T * B, H)
+        grads["w_hr"] = _dot(dhs.reshape(T * B, -1).T, m_all.reshape(T * B, H))
     if packed["peep"] is not None:
         grads["peephole"] = _peephole_gradients(
             dg[:, :, :H], dg[:, :, H:2 * H], dg[:, :, 3 * H:], cache["cs"], cache["czs"],
