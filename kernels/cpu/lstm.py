@@ -867,12 +867,51 @@ def _dot(a, b):
     return out
 
 
+def _tiled_dot(a, b):
+    """a @ b (float32) on Numba's threads, in the tiled product (_matmul), b copied to
+    _blocks's layout first; for the products around the layer-normalised float32
+    loop, which keeps off BLAS (see _dot)."""
+    a = a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+    w = _blocks(b)
+    out = np.empty((a.shape[0], w.shape[0] * CB), np.float32)
+    _matmul(a, w, out, np.zeros((1, out.shape[1]), np.float32), False)
+    return out[:, :b.shape[1]]
+
+
+def _step_tiles(packed, B, recurrent, projection):
+    """_forward_blas's and _backward_blas's tiles argument: None on the BLAS path, else
+    (the recurrent and projection weights in blocks, a zero row as wide as their
+    outputs, and each product's _step_product plan for B rows)."""
+    tiles = packed["tiles"]
+    if tiles is None:
+        return None
+    w, wp = tiles[recurrent], tiles[projection]
+    plans = []
+    for blocks in (w, wp):
+        P = _threads(B, packed["H"], blocks.shape[0])
+        rows, chunks = _row_chunks(B, max(1, blocks.shape[0]), P)
+        plans.append((rows, chunks, P == 1))
+    zero = np.zeros((1, max(w.shape[0], wp.shape[0], 1) * CB), np.float32)
+    return w, wp, zero, plans[0], plans[1]
+
+
 @njit(cache=True)
 def _dot_into(a, b, out):
     if a.shape[1] == 0:  # (BLAS leaves out alone for an empty sum)
         out[:] = 0
     else:
         np.dot(a, b, out)
+
+
+@njit(**_FAST)
+def _step_product(A, W, out, zero, plan):
+    """out = A @ W (W in _blocks's layout) on Numba's threads, for a step of the
+    layer-normalised float32 loop: plan (rows a task, tasks a block, serial), with
+    serial one thread (a step too small to share, _threads)."""
+    if plan[2]:
+        _matmul_rows(A, W, out, zero, False, 0, A.shape[0], 0, W.shape[0])
+    else:
+        _matmul_tasks(A, W, out, zero, False, plan[0], plan[1])
 
 
 @njit(cache=True, error_model="numpy")
@@ -929,7 +968,7 @@ def _outputs_row(c_new, o_new, n_c, c, m, zc, zh, zoned, acts):
 
 @njit(cache=True, error_model="numpy")
 def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y, cs, clip,
-                  coupled, gclip, acts, peep, czs, zc, zh, ln):
+                  coupled, gclip, acts, peep, czs, zc, zh, ln, tiles):
     """xw [T,B,G] (receives the activated gates when training); w_hh_t [P,G];
     w_hr_t [H,P], the projection (ignored when its size is 0: P = H); mask [B,P],
     the recurrent dropout mask (none when its size is 0); h [B,P], c [B,H] in/out;
@@ -939,20 +978,31 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
     normalisation's (gain of the recurrent product [G], the cell's gain and bias
     [H], h_hat [T,B,G] and rstd_h [T,B]: the normalised product and its
     1 / sigma, written when training); xw then holds the normalised input
-    product with its gain, plus the biases."""
+    product with its gain, plus the biases. tiles: None (the products are
+    np.dot's), or float32's products on Numba's threads: (W_hh^T and W_hr^T in
+    _blocks's layout, a zero row as wide as their outputs, and the two
+    products' _step_product plans)."""
     T, B, G = xw.shape
     H = G // 4
     proj = w_hr_t.size > 0
     zoned = zc.shape[2] > 1
-    rec = np.empty((B, G), xw.dtype)
+    if tiles is None:
+        rec = np.empty((B, G), xw.dtype)
+        hp = np.empty(h.shape, xw.dtype)
+    else:  # (the blocks' outputs are padded to whole blocks)
+        rec = np.empty((B, tiles[0].shape[0] * CB), xw.dtype)
+        hp = np.empty((B, max(1, tiles[1].shape[0]) * CB), xw.dtype)
     m = np.empty((B, H), xw.dtype) if proj else h  # o * tanh(c), before the projection
-    hp = np.empty(h.shape, xw.dtype)
     c_new = np.empty(H, xw.dtype)  # a row's new cell values and o
     o_new = np.empty(H, xw.dtype)
     n_c = np.empty(H, xw.dtype)  # what h' reads: c' or, with layer_norm, its normalised value
     for s in range(T):
         t = T - 1 - s if reverse else s
-        np.dot(h * mask if mask.size > 0 else h, w_hh_t, rec)
+        h_in = h * mask if mask.size > 0 else h
+        if tiles is None:
+            np.dot(h_in, w_hh_t, rec)
+        else:
+            _step_product(h_in, tiles[0], rec, tiles[2], tiles[3])
         for b in range(B):
             if t >= lengths[b]:
                 y[t, b] = 0
@@ -962,7 +1012,7 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
             a, r = xw[t, b], rec[b]
             zt = t if zc.shape[0] > 1 else 0
             if ln is not None:  # r <- gain * LN(r)
-                mu, rstd = _norm_stats(r)
+                mu, rstd = _norm_stats(r[:G])
                 for j in range(G):
                     r_hat = (r[j] - mu) * rstd
                     if training:
@@ -983,11 +1033,14 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
             if training:
                 czs[t, b] = c[b]
         if proj:
-            np.dot(m, w_hr_t, hp)
+            if tiles is None:
+                np.dot(m, w_hr_t, hp)
+            else:
+                _step_product(m, tiles[1], hp, tiles[2], tiles[4])
         for b in range(B):
             if t < lengths[b]:
                 if proj:
-                    h[b] = hp[b]
+                    h[b] = hp[b, :h.shape[1]]
                 y[t, b] = h[b]
 
 
@@ -1050,7 +1103,7 @@ def _norm_grads_row(a, cs, c_prev, dc, dcn, zero, clip, coupled, acts, peep, bou
 
 @njit(cache=True, error_model="numpy")
 def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, dc, clip,
-                   coupled, gclip, acts, peep, czs, zc, zh, ln):
+                   coupled, gclip, acts, peep, czs, zc, zh, ln, tiles):
     """dg [T,B,G]: activated gates in, dG out; w_hh [G,P]; dh [B,P], dc [B,H]: the
     final state's gradient in, the initial state's out. With a projection (w_hr
     [P,H] of size > 0), dhs [T,B,P] receives the gradient of each step's h; mask
@@ -1059,12 +1112,19 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
     recurrent product's gain [G], the cell's gain and bias [H], h_hat [T,B,G] and
     rstd_h [T,B] as the forward wrote them, and the gradients of the three
     gains and the bias, [G], [H], [H], accumulated); h_hat receives the
-    gradient of the (raw) recurrent product, which the step's dh is made from."""
+    gradient of the (raw) recurrent product, which the step's dh is made from.
+    tiles: None, or as _forward_blas's, for W_hh and W_hr (dG @ W_hh, dh @ W_hr)."""
     T, B, G = dg.shape
     H = G // 4
+    P = dh.shape[1]
     proj = w_hr.size > 0
     zoned = zc.shape[2] > 1
-    rec = np.empty(dh.shape, dg.dtype)
+    if tiles is None:
+        rec = np.empty(dh.shape, dg.dtype)
+        dm_wide = np.empty((B, H), dg.dtype)
+    else:  # (the blocks' outputs are padded to whole blocks)
+        rec = np.empty((B, tiles[0].shape[0] * CB), dg.dtype)
+        dm_wide = np.empty((B, max(1, tiles[1].shape[0]) * CB), dg.dtype)
     dm = np.empty((B, H), dg.dtype)  # the gradient of o * tanh(c)
     kh = np.zeros(dh.shape, dg.dtype)  # zoneout: the parts of dh and dc kept
     kc = np.zeros((B, H), dg.dtype)
@@ -1082,7 +1142,11 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
                     dhs[t, b] = dh[b] + dy[t, b]
                 else:
                     dhs[t, b] = 0
-            np.dot(dhs[t], w_hr, dm)
+            if tiles is None:
+                np.dot(dhs[t], w_hr, dm)
+            else:
+                _step_product(dhs[t], tiles[1], dm_wide, tiles[2], tiles[4])
+                dm[:] = dm_wide[:, :H]
         else:
             for b in range(B):
                 dm[b] = dh[b] + dy[t, b]
@@ -1122,10 +1186,14 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
                 _norm_grad(dr, r_hat, ln[4][t, b])
             if zoned:
                 dc[b] += kc[b]
-        np.dot(dg[t] if ln is None else ln[3][t], w_hh, rec)
+        d_rec = dg[t] if ln is None else ln[3][t]
+        if tiles is None:
+            np.dot(d_rec, w_hh, rec)
+        else:
+            _step_product(d_rec, tiles[0], rec, tiles[2], tiles[3])
         for b in range(B):
             if t < lengths[b]:
-                dh[b] = rec[b] * mask[b] if mask.size > 0 else rec[b]
+                dh[b] = rec[b, :P] * mask[b] if mask.size > 0 else rec[b, :P]
                 if zoned:
                     dh[b] += kh[b]
 
@@ -1176,7 +1244,15 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None, 
         no_proj = np.zeros((0, 0), w_ih.dtype)
         norms = None if ln_ih is None else tuple(
             np.ascontiguousarray(a) for a in (ln_ih, ln_hh, ln_c, ln_c_bias))
+        # float32's layer_norm keeps off BLAS: its products run on Numba's threads, as
+        # every other float32 loop's do (see _dot).
+        tiles = None if w_ih.dtype != np.float32 else dict(
+            w_fwd=_blocks(w_hh.T), w_bwd=_blocks(w_hh),
+            w_proj=_blocks(w_hr.T) if w_hr is not None else np.zeros((0, 1, CB), np.float32),
+            w_proj_bwd=(_blocks(w_hr) if w_hr is not None else
+                        np.zeros((0, 1, CB), np.float32)))
         return dict(kind="blas", H=H, P=P, w_ih=w_ih, w_hh=w_hh, bias=bias, ln=norms,
+                    tiles=tiles,
                     w_hh_t=np.ascontiguousarray(w_hh.T),
                     w_hr=no_proj if w_hr is None else np.ascontiguousarray(w_hr),
                     w_hr_t=no_proj if w_hr is None else np.ascontiguousarray(w_hr.T),
@@ -1299,7 +1375,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     lens = _lengths_or_full(lengths, T, B)
     ln_cache = None  # layer_norm's arrays for the backward
     if packed["kind"] == "blas":
-        xw = _dot(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, -1)
+        mm = _dot if packed["tiles"] is None else _tiled_dot
+        xw = mm(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, -1)
         norms, ln = packed["ln"], None
         if norms is not None:  # the input product normalised before the loop
             x_hat, rstd_x = xw, _normalise(xw)
@@ -1318,7 +1395,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         czs = np.empty_like(cs) if training and zone_c is not None else cs
         _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], mask, h, c, lens, reverse,
                       training, y, cs, packed["clip"], packed["coupled"], packed["gclip"],
-                      packed["acts"], packed["peep"], czs, zc, zh, ln)
+                      packed["acts"], packed["peep"], czs, zc, zh, ln,
+                      _step_tiles(packed, B, "w_fwd", "w_proj"))
         y_out, c0_kept = y, c0
     else:
         Hp, Pp = packed["Hp"], packed["Pp"]
@@ -1600,26 +1678,28 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], packed["w_hr"], mask, dhs,
                    lens, reverse, dh, dc, packed["clip"], packed["coupled"], packed["gclip"],
                    packed["acts"], packed["peep"],
-                   cache["czs"], cache["zc"], cache["zh"], ln)
+                   cache["czs"], cache["zc"], cache["zh"], ln,
+                   _step_tiles(packed, B, "w_bwd", "w_proj_bwd"))
     if norms is not None:  # (after this, x_hat is gone)
         ln_ih = np.einsum("tbg,tbg->g", dg, ln_cache["x_hat"])
         dg_x = _normalise_grad(dg * norms[0], ln_cache["x_hat"], ln_cache["rstd_x"])
     dg_first, _ = _first_step_gradients(dg_h, lens, reverse)
     dgx2 = dg_x.reshape(T * B, G)
-    dx = _dot(dgx2, packed["w_ih"]).reshape(T, B, I)
-    dw_ih = _dot(dgx2.T, x.reshape(T * B, I))
+    mm = _dot if packed["tiles"] is None else _tiled_dot
+    dx = mm(dgx2, packed["w_ih"]).reshape(T, B, I)
+    dw_ih = mm(dgx2.T, x.reshape(T * B, I))
     dg_prev, y_prev = (dg_h[:-1], y[1:]) if reverse else (dg_h[1:], y[:-1])
     h0 = cache["h0"]
     if mask.size:  # the product read h times the recurrent dropout mask
         y_prev, h0 = y_prev * mask, h0 * mask
-    dw_hh = _dot(dg_prev.reshape(-1, G).T, y_prev.reshape(-1, y.shape[2]))
-    dw_hh += _dot(dg_first.T, h0)
+    dw_hh = mm(dg_prev.reshape(-1, G).T, y_prev.reshape(-1, y.shape[2]))
+    dw_hh += mm(dg_first.T, h0)
     db = dg.reshape(T * B, G).sum(axis=0)
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
     if norms is not None:
         grads.update(ln_ih=ln_ih, ln_hh=ln[5], ln_c=ln[6], ln_c_bias=ln[7])
     if proj:  # (dhs is zero past each row's length)
-        grads["w_hr"] = _dot(dhs.reshape(T * B, -1).T, m_all.reshape(T * B, H))
+        grads["w_hr"] = mm(dhs.reshape(T * B, -1).T, m_all.reshape(T * B, H))
     if packed["peep"] is not None:
         grads["peephole"] = _peephole_gradients(
             dg[:, :, :H], dg[:, :, H:2 * H], dg[:, :, 3 * H:], cache["cs"], cache["czs"],
