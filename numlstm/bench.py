@@ -15,7 +15,6 @@ NumPy's float32 matrix product at a large size, the practical roof of the
 machine; each GFLOP/s figure is also given as a share of it. On the GPU the
 roof is torch's float32 matrix product (cuBLAS, TF32 off) at a large size.
 """
-import itertools
 import time
 
 import numpy as np
@@ -417,19 +416,13 @@ OPTION_VARIANTS = {"plain": {}, "cell_clip=1.0": {"cell_clip": 1.0},
                    "recurrent_dropout=0.25": {"recurrent_dropout": 0.25},
                    "zoneout=0.1": {"zoneout": 0.1},
                    "peephole": {"peephole": True},
+                   # (its own loop, with a serial pass over each row: kernels/cpu/lstm.py)
+                   "layer_norm": {"layer_norm": True},
                    "recurrent_activation=hard_sigmoid": {
                        "recurrent_activation": "hard_sigmoid"},
                    "activation=relu": {"activation": "relu"},
                    # a user's function, called through a pointer (not inlined)
                    "activation=softsign (user)": {"activation": "softsign"}}
-
-
-# Options on the per-step BLAS path (kernels/cpu/lstm.py), timed in a round of their own
-# against the plain layer: SciPy's OpenBLAS threads, spinning after each of its calls,
-# take the cores from the next layer's Numba threads and the other way round, so
-# beside the others they would slow the variant after them (hard_sigmoid measured 2x
-# to 8x its own cost there, the plain layer 2.2x, layer_norm at B=1 8x).
-BLAS_VARIANTS = {"plain": {}, "layer_norm": {"layer_norm": True}}
 
 
 def _softsign(a):
@@ -448,18 +441,17 @@ def _variant(options, H):
 def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print):
     """The time of the LSTM with each cell option against the plain LSTM, float32 on
     the CPU, inference and training step (forward plus backward), calls of the
-    variants alternating (those on the BLAS path in a round of their own with the
-    plain layer, in blocks: BLAS_VARIANTS); the median of `repeats` rounds. Returns rows of
+    variants alternating; the median of `repeats` rounds. Returns rows of
     {"T","B","H","option","mode","ms","ratio"} (ratio: time / the plain layer's).
     Initialisation options (recurrent_init, unit_forget_bias) change only the
     starting weights and cost nothing per step."""
     rows = []
     out(f"{'T,B,H':>12} {'option':>34} {'inference ms':>13} {'x plain':>8} "
         f"{'training ms':>12} {'x plain':>8}")
-    for (T, B, H), variants in itertools.product(shapes, (OPTION_VARIANTS, BLAS_VARIANTS)):
+    for T, B, H in shapes:
         x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
         layers = {name: _classes("lstm")[0](H, H, seed=0, **_variant(opts, H))
-                  for name, opts in variants.items()}
+                  for name, opts in OPTION_VARIANTS.items()}
 
         def train(layer):
             y, _ = layer(x, training=True)
@@ -469,13 +461,8 @@ def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print):
         for layer in layers.values():  # compile and warm up
             layer(x)
             train(layer)
-        # Beside a BLAS-path layer the variants run in blocks, all the rounds of one and
-        # then of the next, so that each median is the layer's own time (the note at
-        # BLAS_VARIANTS says what mixing them call by call costs).
-        order = ([list(layers.items())] * repeats if variants is not BLAS_VARIANTS else
-                 [[item] for item in layers.items() for _ in range(repeats)])
-        for calls in order:
-            for name, layer in calls:
+        for _ in range(repeats):
+            for name, layer in layers.items():
                 times[name, "inference"].append(_timed(lambda: layer(x)))
                 times[name, "training"].append(_timed(lambda: train(layer)))
         med = {k: float(np.median(v)) for k, v in times.items()}
