@@ -128,12 +128,14 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
             "rng": model.rng_states(), "extra": extra or {}}
     where = _unstorable(meta, "")
     if where is not None:  # (before any write)
+        from .kernels.gates import UserFunction
+        hint = (" A layer with a user's activation functions cannot be saved whole: save "
+                "its weights (layer.state_dict()) and build the layer again with the same "
+                "functions." if isinstance(where[1], UserFunction) else "")
         raise TypeError(
-            f"save_checkpoint: {where[0]} is {where[1]!r}, which a checkpoint cannot store: "
-            "it keeps a model's settings as JSON, not code. A layer with a user's "
-            "activation functions cannot be saved whole; save its weights "
-            "(layer.state_dict()) and build the layer again with the same functions. "
-            f"{path} is left as it was")
+            f"save_checkpoint: {where[0]} is {where[1]!r}, which is not JSON serializable "
+            f"(a checkpoint keeps the model's settings and `extra` as JSON).{hint} {path} "
+            "is left as it was")
     files = {"meta.json": json.dumps(meta, indent=1).encode()}
 
     for name, arr in arrays.items():

@@ -745,7 +745,8 @@ def test_checkpoint_write_is_atomic(rng, tmp_path, monkeypatch):
     assert numlstm.load_checkpoint(path).step == 1
 
     # an extra that JSON cannot hold fails before any file is touched
-    with pytest.raises(TypeError, match="JSON serializable"):
+    with pytest.raises(TypeError, match=r"extra\.bad is <object object at .*>, which is not "
+                                        "JSON serializable"):
         numlstm.save_checkpoint(path, model, step=3, extra={"bad": object()})
     assert path.read_bytes() == old and os.listdir(tmp_path) == ["checkpoint.npz"]
 
