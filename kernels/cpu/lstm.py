@@ -26,13 +26,18 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
   float64, "blas": the exact path the gradient checks use: per step a BLAS
       product (SciPy's, through np.dot) and a serial gate pass, with libm's
       exp and tanh; NumPy's BLAS for the products around the loop.
-      Layer normalisation (ln_* weights) takes this path in float32 too: its
+      Layer normalisation (ln_* weights) takes this loop in float32 too: its
       per-row statistics over all 4H gate columns sit between the product and
       the gate math, which the tiled loops split among threads by units. The
       input product is normalised for all steps before the loop and its
       gradient after it; the loop normalises the recurrent product per step
       (keeping it normalised, h_hat, for the backward, which writes its
-      gradient there) and the cell state before h' reads it.
+      gradient there) and the cell state before h' reads it. In float32 its
+      products are the tiled ones on Numba's threads (_step_product,
+      _tiled_dot), in torch's column order, not BLAS: SciPy's OpenBLAS threads
+      in the loop and Numba's in the layers around it, called in turn, slowed
+      each other 2x to 8x. The gate math is in functions of one row's arrays
+      (_gates_row, ...), which LLVM vectorises, as it did not in the loop.
 
 Hidden units are padded to a multiple of HB with zero weights and zero state:
 a padded unit stays exactly zero and feeds nothing, so padding changes no value.
