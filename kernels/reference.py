@@ -39,7 +39,7 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     with LN(v; w) = w * (v - mean(v)) / sqrt(var(v) + LAYER_NORM_EPS) (the biased
     variance, as torch.nn.LayerNorm). The state passed on is c' itself, as in the
     paper (TensorFlow 1's LayerNormBasicLSTMCell passed on the normalised one).
-  GRU
+  GRU (acts, as the LSTM's, replaces s for r and z and tanh for n)
     r = s(W_ir x + b_ir + W_hr h + b_hr)      z = s(W_iz x + b_iz + W_hz h + b_hz)
     reset_after=True (torch, Keras's default):
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
@@ -325,13 +325,15 @@ def _state_before(order, n, lengths, h, h0):
 
 
 def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
-                    reset_after=True, h_mask=None):
+                    reset_after=True, h_mask=None, acts=DEFAULT_ACTS):
     """One GRU layer and direction.
 
     x: [T,B,I]; w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H] (gate blocks r, z, n);
     h0: [B,H]; lengths: [B] ints or None (all T); reset_after: where r applies
     (see the module docstring); h_mask: None or [B,H], multiplying h wherever W_hh
-    reads it (recurrent dropout, as Keras applies it: not in h' = ... + z h).
+    reads it (recurrent dropout, as Keras applies it: not in h' = ... + z h); acts:
+    gates.make_acts's tuple, the activation of r and z (sigmoid by default) and of
+    n (tanh), as Keras's recurrent_activation and activation.
     Returns y [T,B,H], h_n [B,H] and a cache for gru_backward_ref holding the
     inputs, the activated gates [T,B,3H] and the n gate's recurrent term hn
     [T,B,H] (W_hn h + b_hn, or W_hn (r * h) + b_hn).
@@ -343,26 +345,28 @@ def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
     y = np.zeros((T, B, H), x.dtype)
     gates = np.zeros((T, B, 3 * H), x.dtype)
     hns = np.zeros((T, B, H), x.dtype)
+    gate, cell = (lambda a: apply_activation(acts[0], a)), (
+        lambda a: apply_activation(acts[2], a))
     for t in _steps(T, reverse):
         valid = (t < lengths)[:, None]
         a_x = x[t] @ w_ih.T + b_ih
         h_in = h if h_mask is None else h * h_mask
         a_h = h_in @ w_hh[:2 * H].T + b_hh[:2 * H]
-        r = _sigmoid(a_x[:, :H] + a_h[:, :H])
-        z = _sigmoid(a_x[:, H:2 * H] + a_h[:, H:])
+        r = gate(a_x[:, :H] + a_h[:, :H])
+        z = gate(a_x[:, H:2 * H] + a_h[:, H:])
         if reset_after:
             hn = h_in @ w_hh[2 * H:].T + b_hh[2 * H:]
-            n = np.tanh(a_x[:, 2 * H:] + r * hn)
+            n = cell(a_x[:, 2 * H:] + r * hn)
         else:
             hn = (r * h_in) @ w_hh[2 * H:].T + b_hh[2 * H:]
-            n = np.tanh(a_x[:, 2 * H:] + hn)
+            n = cell(a_x[:, 2 * H:] + hn)
         h_new = (1 - z) * n + z * h
         h = np.where(valid, h_new, h)
         y[t] = np.where(valid, h_new, 0)
         gates[t] = np.concatenate([r, z, n], axis=1)
         hns[t] = hn
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, lengths=lengths, reverse=reverse,
-                 reset_after=reset_after, gates=gates, hn=hns, y=y, h_mask=h_mask)
+                 reset_after=reset_after, gates=gates, hn=hns, y=y, h_mask=h_mask, acts=acts)
     return y, h, cache
 
 
@@ -376,6 +380,9 @@ def gru_backward_ref(dy, dh_n, cache):
     x, w_ih, w_hh, h0 = cache["x"], cache["w_ih"], cache["w_hh"], cache["h0"]
     lengths, reverse, reset_after = cache["lengths"], cache["reverse"], cache["reset_after"]
     gates, hns, y = cache["gates"], cache["hn"], cache["y"]
+    acts = cache.get("acts", DEFAULT_ACTS)
+    dgate = lambda y: activation_grad(acts[1], y)  # noqa: E731
+    dcell = lambda y: activation_grad(acts[3], y)  # noqa: E731
     T, B, _ = x.shape
     H = w_hh.shape[1]
     w_rz, w_hn = w_hh[:2 * H], w_hh[2 * H:]
@@ -394,17 +401,17 @@ def gru_backward_ref(dy, dh_n, cache):
         h_in = h_prev * mask  # what W_hh read
         r, z, n = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
         dh_t = dh + dy[t]
-        dn = np.where(valid, dh_t * (1 - z) * (1 - n * n), 0)
-        dz = np.where(valid, dh_t * (h_prev - n) * z * (1 - z), 0)
+        dn = np.where(valid, dh_t * (1 - z) * dcell(n), 0)
+        dz = np.where(valid, dh_t * (h_prev - n) * dgate(z), 0)
         if reset_after:
             d_hn = dn * r  # gradient of W_hn h + b_hn
-            dr = dn * hns[t] * r * (1 - r)
+            dr = dn * hns[t] * dgate(r)
             dh_prev = dh_t * z + (d_hn @ w_hn) * mask
             grads["w_hh"][2 * H:] += d_hn.T @ h_in
         else:
             d_hn = dn      # gradient of W_hn (r * h) + b_hn
             d_rh = dn @ w_hn
-            dr = d_rh * h_in * r * (1 - r)
+            dr = d_rh * h_in * dgate(r)
             dh_prev = dh_t * z + d_rh * r * mask
             grads["w_hh"][2 * H:] += d_hn.T @ (r * h_in)
         d_rz = np.concatenate([dr, dz], axis=1)

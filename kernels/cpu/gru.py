@@ -19,8 +19,11 @@ Two paths, chosen when the weights are packed (pack_gru_cpu):
       barrier in every step both ways; it is Keras's older form, so it takes
       this simple path.
 
-Hidden units are padded with zero weights and zero state: a padded unit has
-r = z = 1/2 and n = 0, so its state stays exactly zero and feeds nothing.
+Hidden units are padded with zero weights and zero state: with the default
+activations a padded unit has r = z = 1/2 and n = 0, so its state stays exactly
+zero; with others (n = activation(0) may not be 0) it can move, but W_hh's
+padded columns are zero, so it feeds nothing, and it is cut from every output
+and gradient.
 
 The path of a call:
     forward:  xw = x @ W_ih^T + b_ih for all steps (one product), then the time
@@ -37,7 +40,7 @@ The path of a call:
 import numpy as np
 from numba import njit, prange
 
-from ..gates import dsigmoid, dtanh, sigmoid, tanh
+from ..gates import DEFAULT_ACTS, activate, dactivate, for_dtype
 from .lstm import (_NO_MASK, CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _rows_plan,
                    _times_mask, mask_buffers, masked_product, step_before,
                    transposed_with_sums)
@@ -58,10 +61,11 @@ def _state_before(y, h0, lengths, reverse, t, b):
 
 # -- forward, float32 tiled ------------------------------------------------------------
 @njit(**_FAST)
-def _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0, k1):
+def _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0, k1, acts):
     """Gate math of unit blocks [k0, k1) at step t. rec [B,Gp]: h @ W_hh^T + b_hh;
     xw_t [B,Gp]: x @ W_ih^T + b_ih, receives the activated gates when training;
-    hn_t [B,Hp] receives W_hn h + b_hn when training. Each row works on views of
+    hn_t [B,Hp] receives W_hn h + b_hn when training; acts: gates.make_acts's tuple
+    (r and z's activation, n's). Each row works on views of
     the thread's units, indexed from 0 (see lstm._fwd_pointwise: at B=32, H=128
     this was 20-30% faster than offsets from k0; at B=1, H=64 about 10% slower)."""
     j0, j1, n = U * k0, U * k1, k1 - k0
@@ -78,10 +82,10 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0,
             for k in range(n):
                 for u in range(U):
                     q, v = 3 * U * k + u, U * k + u
-                    rg = sigmoid(x3[q] + a[q])
-                    z = sigmoid(x3[q + U] + a[q + U])
+                    rg = activate(acts[0], x3[q] + a[q])
+                    z = activate(acts[0], x3[q + U] + a[q + U])
                     hn = a[q + 2 * U]
-                    nn = tanh(x3[q + 2 * U] + rg * hn)
+                    nn = activate(acts[2], x3[q + 2 * U] + rg * hn)
                     h = nn + z * (ho[v] - nn)  # (1 - z) n + z h
                     hnew[v], out[v] = h, h
                     x3[q], x3[q + U], x3[q + 2 * U], hn_r[v] = rg, z, nn, hn
@@ -89,36 +93,37 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0,
             for k in range(n):
                 for u in range(U):
                     q, v = 3 * U * k + u, U * k + u
-                    rg = sigmoid(x3[q] + a[q])
-                    z = sigmoid(x3[q + U] + a[q + U])
-                    nn = tanh(x3[q + 2 * U] + rg * a[q + 2 * U])
+                    rg = activate(acts[0], x3[q] + a[q])
+                    z = activate(acts[0], x3[q + U] + a[q + U])
+                    nn = activate(acts[2], x3[q + 2 * U] + rg * a[q + 2 * U])
                     h = nn + z * (ho[v] - nn)
                     hnew[v], out[v] = h, h
 
 
 @njit(**_FAST)
 def _fwd_step(xw_t, W, bias, h_in, h_old, h_new, y_t, hn_t, rec, lengths, training, t, k0, k1,
-              hm_new, mask):
+              hm_new, mask, acts):
     """Step t for unit blocks [k0, k1): their slice of the recurrent product h_in @
     W_hh^T, then their gate math (and, with a recurrent dropout mask, hm_new = h' *
     mask for these units: the next step's h_in). (Taking the step's slices as
     arguments, rather than the whole buffers and s, measured 25% faster on one
     thread at B=32, H=128.)"""
     _matmul_rows(h_in, W, rec, bias, False, 0, rec.shape[0], 3 * k0, 3 * k1)
-    _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0, k1)
+    _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0, k1, acts)
     if mask.shape[0] > 0:
         _times_mask(h_new, mask, hm_new, U * k0, U * k1)
 
 
 @njit(parallel=True, **_FAST)
-def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P):
+def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
+                   acts):
     """xw [T,B,Gp]: x @ W_ih^T + b_ih, receives the activated gates when training;
     W [Gp/CB, Hp, CB]: W_hh^T in blocks; bias [1,Gp]: b_hh; hbuf [2,B,Hp]: h0 in
     hbuf[0], then alternating (threads read all of h_old while writing their part
     of h_new), final h in hbuf[T % 2]; y [T,B,Hp] out; hn [T,B,Hp] out when
     training; rec [B,Gp] scratch; P threads per step. mask [B,Hp]: the recurrent
     dropout mask, or [0,0] for none; with one, the product reads hmbuf, h * mask,
-    alternating as hbuf does."""
+    alternating as hbuf does. acts: gates.make_acts's tuple."""
     T = xw.shape[0]
     nk = W.shape[0] // 3
     masked = mask.shape[0] > 0
@@ -128,15 +133,16 @@ def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse,
         h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
         if P == 1:  # even prange(1) would pay a fork and join per step
             _fwd_step(xw[t], W, bias, h_in, h_old, h_new, y[t], hn_t, rec, lengths, training, t,
-                      0, nk, hm_new, mask)
+                      0, nk, hm_new, mask, acts)
         else:
             for p in prange(P):
                 _fwd_step(xw[t], W, bias, h_in, h_old, h_new, y[t], hn_t, rec, lengths,
-                          training, t, p * nk // P, (p + 1) * nk // P, hm_new, mask)
+                          training, t, p * nk // P, (p + 1) * nk // P, hm_new, mask, acts)
 
 
 @njit(parallel=True, **_FAST)
-def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P):
+def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
+                  acts):
     """_forward_tiled with the batch shared out instead of the units: thread p runs
     its rows through all T steps with all of W_hh, in one parallel region with no
     barrier between steps (lstm._forward_rows). Arguments as _forward_tiled's."""
@@ -151,11 +157,11 @@ def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, 
             h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
             _fwd_step(xw[t][r0:r1], W, bias, h_in[r0:r1], h_old[r0:r1], h_new[r0:r1],
                       y[t][r0:r1], hn_t[r0:r1], rec[r0:r1], lengths[r0:r1], training, t, 0, nk,
-                      hm_new[r0:r1], mask[r0:r1])
+                      hm_new[r0:r1], mask[r0:r1], acts)
 
 
 @njit(**_FAST)
-def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_mask):
+def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_mask, acts):
     """One inference step on one thread, for streaming: xw = x @ W_ih^T + b_ih,
     then the step's product and gate math; h' goes to h_new and y (a scratch, as
     in lstm._step_tiled). no_mask: an empty mask, made once by the caller (this
@@ -163,12 +169,13 @@ def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_m
     B, nblk = x.shape[0], w_fwd.shape[0]
     _matmul_rows(x, w_in, xw, b_in, False, 0, B, 0, nblk)
     _fwd_step(xw, w_fwd, b_rec, h, h, h_new, y, y, rec, lengths, False, 0, 0, nblk // 3, h,
-              no_mask)
+              no_mask, acts)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**_FAST)
-def _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1):
+def _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1,
+                   acts):
     """Gate gradients of unit blocks [k0, k1) at step t. dg_t [B,Gp]: activated
     gates in, dG_hh = [dr dz dn*r] out; hn_t [B,Hp]: W_hn h + b_hn in, dn out;
     rec [B,Hp]: dG_hh of the step after @ W_hh; carry [B,Hp]: dh * z of the step
@@ -195,9 +202,9 @@ def _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reve
                 q, v = 3 * U * k + u, U * k + u
                 rg, z, n = g3[q], g3[q + U], g3[q + 2 * U]
                 d = dy_r[v] + dh_r[v] + carry_r[v]
-                dn = (d - d * z) * dtanh(n)
-                g3[q] = dn * hn_r[v] * dsigmoid(rg)
-                g3[q + U] = d * (hp[v] - n) * dsigmoid(z)
+                dn = (d - d * z) * dactivate(acts[3], n)
+                g3[q] = dn * hn_r[v] * dactivate(acts[1], rg)
+                g3[q + U] = d * (hp[v] - n) * dactivate(acts[1], z)
                 g3[q + 2 * U] = dn * rg
                 hn_r[v] = dn
                 carry_r[v] = d * z
@@ -205,17 +212,18 @@ def _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reve
 
 @njit(**_FAST)
 def _bwd_step(dg_next, dg_t, hn_t, y_prev, h0, dy_t, W, rec, zero, carry, dh_n, lengths, reverse,
-              s, t, k0, k1, mask):
+              s, t, k0, k1, mask, acts):
     """Step t for unit blocks [k0, k1): dh from the step after (dg_next, the
     forward's next step; times the recurrent dropout mask, if any), then the gate
     gradients."""
     if s > 0:
         masked_product(dg_next, W, rec, zero, mask, k0, k1)  # (U = CB: blocks are units)
-    _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1)
+    _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1,
+                   acts)
 
 
 @njit(parallel=True, **_FAST)
-def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask):
+def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts):
     """dg [T,B,Gp]: activated gates in, dG_hh out; hn [T,B,Hp]: W_hn h + b_hn in,
     dn out; y, dy [T,B,Hp]; h0, dh_n [B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
     output units; rec [B,Hp] scratch; carry [B,Hp]: zero in, dh0's direct part
@@ -228,15 +236,15 @@ def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P,
         y_prev = step_before(y, h0, reverse, t)
         if P == 1:
             _bwd_step(dg[t_next], dg[t], hn[t], y_prev, h0, dy[t], W, rec, zero, carry, dh_n,
-                      lengths, reverse, s, t, 0, nk, mask)
+                      lengths, reverse, s, t, 0, nk, mask, acts)
         else:
             for p in prange(P):
                 _bwd_step(dg[t_next], dg[t], hn[t], y_prev, h0, dy[t], W, rec, zero, carry, dh_n,
-                          lengths, reverse, s, t, p * nk // P, (p + 1) * nk // P, mask)
+                          lengths, reverse, s, t, p * nk // P, (p + 1) * nk // P, mask, acts)
 
 
 @njit(parallel=True, **_FAST)
-def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask):
+def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts):
     """_backward_tiled with the batch shared out instead of the units (see
     _forward_rows). Arguments as _backward_tiled's."""
     T, B, nk = dg.shape[0], rec.shape[0], W.shape[0]
@@ -249,18 +257,19 @@ def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, 
             _bwd_step(dg[t_next][r0:r1], dg[t][r0:r1], hn[t][r0:r1],
                       step_before(y, h0, reverse, t)[r0:r1], h0[r0:r1], dy[t][r0:r1], W,
                       rec[r0:r1], zero, carry[r0:r1], dh_n[r0:r1], lengths[r0:r1], reverse, s,
-                      t, 0, nk, mask[r0:r1])
+                      t, 0, nk, mask[r0:r1], acts)
 
 
 # -- float64 and reset_after=False: BLAS per step ----------------------------------------
 @njit(cache=True, error_model="numpy")
 def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, reset_after,
-                  y, hn):
+                  y, hn, acts):
     """xw [T,B,3H]: x @ W_ih^T + b_ih, receives the activated gates when training;
     w_rz_t [H,2H], w_n_t [H,H]: W_hh^T split at the n gate; b_hh [3H]; mask [B,H]:
     the recurrent dropout mask on h where W_hh reads it (none when its size is 0);
     h [B,H] in/out; y [T,B,H] out; hn [T,B,H] out when training: W_hn h + b_hn
-    (reset_after), else r * h (h times the mask, if any)."""
+    (reset_after), else r * h (h times the mask, if any); acts: gates.make_acts's
+    tuple."""
     T, B, G = xw.shape
     H = G // 3
     rz = np.empty((B, 2 * H), xw.dtype)
@@ -272,9 +281,9 @@ def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, 
         np.dot(h_in, w_rz_t, rz)
         for b in range(B):
             for j in range(H):
-                r = sigmoid(xw[t, b, j] + rz[b, j] + b_hh[j])
+                r = activate(acts[0], xw[t, b, j] + rz[b, j] + b_hh[j])
                 rz[b, j] = r
-                rz[b, H + j] = sigmoid(xw[t, b, H + j] + rz[b, H + j] + b_hh[H + j])
+                rz[b, H + j] = activate(acts[0], xw[t, b, H + j] + rz[b, H + j] + b_hh[H + j])
                 rh[b, j] = r * h_in[b, j]
         np.dot(h_in if reset_after else rh, w_n_t, a_n)
         for b in range(B):
@@ -286,7 +295,7 @@ def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, 
             for j in range(H):
                 r, z = rz[b, j], rz[b, H + j]
                 a = a_n[b, j] + b_hh[2 * H + j]
-                n = tanh(xw[t, b, 2 * H + j] + (r * a if reset_after else a))
+                n = activate(acts[2], xw[t, b, 2 * H + j] + (r * a if reset_after else a))
                 if training:
                     xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j] = r, z, n
                     hn[t, b, j] = a if reset_after else rh[b, j]
@@ -296,7 +305,7 @@ def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, 
 
 @njit(cache=True, error_model="numpy")
 def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_after, dh,
-                   dnh):
+                   dnh, acts):
     """dg [T,B,3H]: activated gates in, dG_ih = [dr dz dn] out; hn [T,B,H]: as the
     forward left it; w_rz [2H,H], w_n [H,H]: W_hh's rows split at the n gate;
     mask [B,H]: the forward's recurrent dropout mask (none when its size is 0);
@@ -320,12 +329,12 @@ def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_a
             for j in range(H):
                 r, z, n = dg[t, b, j], dg[t, b, H + j], dg[t, b, 2 * H + j]
                 d = dh[b, j] + dy[t, b, j]
-                dn = (d - d * z) * dtanh(n)
-                dg[t, b, H + j] = d * (h_prev[j] - n) * dsigmoid(z)
+                dn = (d - d * z) * dactivate(acts[3], n)
+                dg[t, b, H + j] = d * (h_prev[j] - n) * dactivate(acts[1], z)
                 dg[t, b, 2 * H + j] = dn
                 carry[b, j] = d * z
                 if reset_after:
-                    dg[t, b, j] = dn * hn[t, b, j] * dsigmoid(r)
+                    dg[t, b, j] = dn * hn[t, b, j] * dactivate(acts[1], r)
                     dnh[t, b, j] = dn * r
                 else:  # r stays in dg until the gradient of r * h is known
                     dnh[t, b, j] = dn
@@ -338,7 +347,7 @@ def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_a
                 for j in range(H):
                     r = dg[t, b, j]
                     m = mask[b, j] if masked else 1.0
-                    dg[t, b, j] = d_rh[b, j] * h_prev[j] * m * dsigmoid(r)
+                    dg[t, b, j] = d_rh[b, j] * h_prev[j] * m * dactivate(acts[1], r)
                     carry[b, j] += d_rh[b, j] * r * m
         g_rz[:] = dg[t, :, :2 * H]
         np.dot(g_rz, w_rz, rec)
@@ -358,20 +367,22 @@ def _gate_columns(H):
     return (u // U) * 3 * U + k * U + u % U
 
 
-def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True):
+def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS):
     """One cell's torch-layout weights (w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H],
-    gates r, z, n) -> the layout these kernels read: a dict, "tiled" for float32
-    with reset_after, "blas" else."""
+    gates r, z, n) and options (acts: gates.make_acts's tuple) -> the layout these
+    kernels read: a dict, "tiled" for float32 with reset_after, "blas" else."""
     H = w_ih.shape[0] // 3
+    acts = for_dtype(acts, w_ih.dtype)
     if w_ih.dtype != np.float32 or not reset_after:
-        return dict(kind="blas", H=H, reset_after=bool(reset_after), w_ih=w_ih, b_ih=b_ih,
+        return dict(kind="blas", H=H, reset_after=bool(reset_after), acts=acts, w_ih=w_ih,
+                    b_ih=b_ih,
                     b_hh=b_hh, w_rz=np.ascontiguousarray(w_hh[:2 * H]),
                     w_n=np.ascontiguousarray(w_hh[2 * H:]),
                     w_rz_t=np.ascontiguousarray(w_hh[:2 * H].T),
                     w_n_t=np.ascontiguousarray(w_hh[2 * H:].T))
     Hp = -(-H // U) * U
     cols = _gate_columns(H)
-    return dict(kind="tiled", H=H, Hp=Hp, reset_after=True, cols=cols,
+    return dict(kind="tiled", H=H, Hp=Hp, reset_after=True, cols=cols, acts=acts,
                 b_in=_tiled_bias(b_ih, cols, 3 * Hp), b_rec=_tiled_bias(b_hh, cols, 3 * Hp),
                 **_tiled_weights(w_ih, w_hh, cols, 3 * Hp, Hp))
 
@@ -396,7 +407,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         hn = np.empty((T, B, H) if training else (1, 1, 1), x.dtype)
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
         _forward_blas(xw, packed["w_rz_t"], packed["w_n_t"], packed["b_hh"], mask, h, lens,
-                      reverse, training, packed["reset_after"], y, hn)
+                      reverse, training, packed["reset_after"], y, hn, packed["acts"])
         y_out, h0_kept = y, h0
     else:
         Hp = packed["Hp"]
@@ -409,7 +420,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         def run(xw, t0, t1):  # training runs all steps in one chunk, so hn needs no slice
             loop = _forward_rows if rows else _forward_tiled
             loop(xw, packed["w_fwd"], packed["b_rec"], hbuf, hmbuf, mask, y[t0:t1], hn, rec,
-                 lens - t0, reverse, training, P)
+                 lens - t0, reverse, training, P, packed["acts"])
             if (t1 - t0) & 1 and h_mask is not None:  # as _run_in_chunks moves hbuf
                 hmbuf[0] = hmbuf[1]
 
@@ -436,7 +447,7 @@ def gru_step_cpu(x, packed, h):
     xw = np.empty((B, 3 * Hp), np.float32)
     rec = np.empty((B, 3 * Hp), np.float32)
     _step_tiled(x, packed["w_in"], packed["b_in"], packed["w_fwd"], packed["b_rec"],
-                _pad(h, Hp), h_new, y, xw, rec, np.ones(B, np.int64), _NO_MASK)
+                _pad(h, Hp), h_new, y, xw, rec, np.ones(B, np.int64), _NO_MASK, packed["acts"])
     return h_new[:, :H]
 
 
@@ -460,7 +471,8 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     P, rows = _rows_plan(B, Hp, _threads(B, Hp, Gp, Hp // U), 3)
     mask = cache["mask"]
     loop = _backward_rows if rows else _backward_tiled
-    loop(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens, reverse, P, mask)
+    loop(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens, reverse, P, mask,
+         packed["acts"])
     if mask.shape[0] > 0:  # W_hh read h times the recurrent dropout mask
         y, h0 = y * mask, h0 * mask
     dh0, dg_t, dw_hh, db_hh = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])
@@ -493,7 +505,7 @@ def _backward_blas_wrap(dy, dh_n, cache, packed):
     dnh = np.empty((T, B, H), x.dtype)
     mask = cache["mask"]
     _backward_blas(dy, dg, hn, y, h0, packed["w_rz"], packed["w_n"], mask, lens, reverse,
-                   reset_after, dh, dnh)
+                   reset_after, dh, dnh, packed["acts"])
     if mask.size:  # W_hh read h times the recurrent dropout mask (hn holds r * that)
         y, h0 = y * mask, h0 * mask
     dg2 = dg.reshape(T * B, 3 * H)

@@ -7,7 +7,8 @@ from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, pack_gru_cpu
 from numlstm.kernels.cpu import rnn as cpu_rnn
 from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, rnn_backward_ref,
                                        rnn_forward_ref)
-from helpers import assert_close, cell_weights
+from numlstm.kernels.gates import make_acts
+from helpers import SOFTSIGN, assert_close, cell_weights
 
 # float32 kernels use the vectorised exp; float64 ones are libm-exact.
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -19,6 +20,9 @@ RNN = (1, (rnn_forward_ref, rnn_backward_ref), (pack_rnn_cpu, rnn_forward_cpu, r
 CELLS = {
     "gru": (*GRU, dict(reset_after=True)),
     "gru_reset_before": (*GRU, dict(reset_after=False)),
+    # activation and recurrent_activation: the tiled path, and a user's on the BLAS one
+    "gru_activations": (*GRU, dict(reset_after=True, acts=make_acts("hard_sigmoid", "relu"))),
+    "gru_reset_before_user": (*GRU, dict(reset_after=False, acts=make_acts("tanh", SOFTSIGN))),
     "rnn_tanh": (*RNN, dict(nonlinearity="tanh")),
     "rnn_relu": (*RNN, dict(nonlinearity="relu")),
 }
@@ -86,9 +90,10 @@ def test_cpu_kernels_match_reference_with_lengths(rng, cell, dtype, reverse):
     _compare(rng, cell, T, B, I, H, dtype, reverse, np.array([0, 7, 1, 3, 0]))
 
 
-@pytest.mark.parametrize("cell, rows", [("gru", False), ("gru", True), ("rnn_tanh", False),
-                                        ("rnn_relu", False)],
-                         ids=["gru", "gru-rows-split", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("cell, rows", [("gru", False), ("gru", True), ("gru_activations", True),
+                                        ("rnn_tanh", False), ("rnn_relu", False)],
+                         ids=["gru", "gru-rows-split", "gru-activations-rows-split",
+                              "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_parallel_step_matches_reference(rng, monkeypatch, cell, reverse, rows):
     """Force the parallel time loops at small shapes: a region per step sharing

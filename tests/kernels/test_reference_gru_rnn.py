@@ -5,12 +5,17 @@ import pytest
 
 from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, rnn_backward_ref,
                                        rnn_forward_ref)
-from helpers import cell_weights, numeric_gradient, rel_err
+from numlstm.kernels.gates import make_acts
+from helpers import SOFTSIGN, cell_weights, numeric_gradient, rel_err
 
 # name: (gate blocks, forward, backward, the cell's option)
 CELLS = {
     "gru": (3, gru_forward_ref, gru_backward_ref, dict(reset_after=True)),
     "gru_reset_before": (3, gru_forward_ref, gru_backward_ref, dict(reset_after=False)),
+    "gru_activations": (3, gru_forward_ref, gru_backward_ref,
+                        dict(reset_after=True, acts=make_acts("hard_sigmoid", "relu"))),
+    "gru_reset_before_user": (3, gru_forward_ref, gru_backward_ref,
+                              dict(reset_after=False, acts=make_acts("tanh", SOFTSIGN))),
     "rnn_tanh": (1, rnn_forward_ref, rnn_backward_ref, dict(nonlinearity="tanh")),
     "rnn_relu": (1, rnn_forward_ref, rnn_backward_ref, dict(nonlinearity="relu")),
 }
