@@ -196,7 +196,8 @@ class NumpyBackend(Backend):
             state = (h, c)
         elif spec.cell == "gru":
             y, h, cache = reference.gru_forward_ref(x, *cell, state[0], lengths, reverse,
-                                                    spec.reset_after, h_mask=h_mask)
+                                                    spec.reset_after, h_mask=h_mask,
+                                                    acts=spec.kernel_options()["acts"])
             state = (h,)
         else:
             y, h, cache = reference.rnn_forward_ref(x, *cell, state[0], lengths, reverse,

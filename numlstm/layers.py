@@ -214,7 +214,7 @@ class _Recurrent(Layer):
                              "bidirectional layer; pass bidirectional=True")
         allowed = {"lstm": {"cell_clip", "input_forget", "gate_clip", "proj_size", "peephole",
                             "activation", "recurrent_activation", "layer_norm"},
-                   "gru": {"reset_after"},
+                   "gru": {"reset_after", "activation", "recurrent_activation"},
                    "rnn": {"nonlinearity"}}[self.cell]
         unknown = sorted(set(cell_options) - allowed)
         if unknown:
@@ -1128,8 +1128,10 @@ class GRU(_Recurrent):
 
     Args: those of numlstm.LSTM but its cell options (recurrent_dropout included:
     the mask multiplies h wherever W_hh reads it, in all three gates, not in the
-    z * h term, as Keras's GRU applies it), and reset_after (default True, torch's
-    form).
+    z * h term, as Keras's GRU applies it), reset_after (default True, torch's
+    form), and activation (n's, default "tanh") and recurrent_activation (r's and
+    z's, default "sigmoid"), chosen as the LSTM's are (Keras's GRU has both; the
+    default pair is what torch computes, and to_torch refuses others).
     Parameters: torch's names, weight_ih_l{k} [3H, I or D*H], weight_hh_l{k}
     [3H,H], bias_ih_l{k} [3H], bias_hh_l{k} [3H].
 
@@ -1140,12 +1142,19 @@ class GRU(_Recurrent):
     cell = "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 reset_after=True, **options):
+                 reset_after=True, activation="tanh", recurrent_activation="sigmoid",
+                 **options):
         super().__init__(input_size, hidden_size, num_layers, bidirectional,
-                         reset_after=check_bool(reset_after, "reset_after"), **options)
+                         reset_after=check_bool(reset_after, "reset_after"),
+                         activation=_check_activation(activation, "activation"),
+                         recurrent_activation=_check_activation(recurrent_activation,
+                                                                "recurrent_activation"),
+                         **options)
 
     def _cell_config(self):
-        return dict(reset_after=self.spec.reset_after)
+        s = self.spec
+        return dict(reset_after=s.reset_after, activation=s.activation,
+                    recurrent_activation=s.recurrent_activation)
 
 
 class RNN(_Recurrent):

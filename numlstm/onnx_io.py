@@ -16,7 +16,8 @@ What a file holds (opset 17, dynamic `batch` and `time` axes):
                      cell state (onnxruntime computes so), which is numlstm's
                      gate_clip.
                      A GRU with reset_after=True is a GRU node with
-                     linear_before_reset=1. Between stacked layers, Transpose and
+                     linear_before_reset=1, its activations [f, g] = [recurrent,
+                     activation] as the LSTM's. Between stacked layers, Transpose and
                      Reshape turn Y [T,D,B,H] into the next layer's [T,B,D*H].
     lengths          an int64 input "lengths" [batch] (with lengths=True), cast to
                      int32 and passed to every recurrent node as sequence_lens
@@ -53,10 +54,10 @@ FORMAT, VERSION = "numlstm-onnx", 1
 _ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
 _OPS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 _ACTIVATIONS = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
-# The LSTM's activations as ONNX names them, with (alpha, beta) where ONNX's default
-# differs from numlstm's: HardSigmoid defaults to alpha 0.2, numlstm's slope is 1/6.
-_LSTM_ACTIVATIONS = {"sigmoid": ("Sigmoid", None), "tanh": ("Tanh", None),
-                     "relu": ("Relu", None), "hard_sigmoid": ("HardSigmoid", (1 / 6, 0.5))}
+# The LSTM's and GRU's activations as ONNX names them, with (alpha, beta) where ONNX's
+# default differs from numlstm's: HardSigmoid defaults to alpha 0.2, numlstm's slope is 1/6.
+_GATE_ACTIVATIONS = {"sigmoid": ("Sigmoid", None), "tanh": ("Tanh", None),
+                    "relu": ("Relu", None), "hard_sigmoid": ("HardSigmoid", (1 / 6, 0.5))}
 
 
 class _Graph:
@@ -104,9 +105,11 @@ def _recurrent(g, layer, x, prefix, lens=None, h0=None, c0=None):
         attrs["input_forget"] = 1
     if s.cell == "lstm" and s.gate_clip is not None:
         attrs["clip"] = float(s.gate_clip)
-    if s.cell == "lstm" and (s.activation, s.recurrent_activation) != ("tanh", "sigmoid"):
-        fgh = [_LSTM_ACTIVATIONS[n] for n in (s.recurrent_activation, s.activation,
-                                              s.activation)] * D
+    if s.cell != "rnn" and (s.activation, s.recurrent_activation) != ("tanh", "sigmoid"):
+        # LSTM [f, g, h] = [gates, candidate, cell output]; GRU [f, g] = [r and z, n]
+        names = (s.recurrent_activation, s.activation) + (
+            (s.activation,) if s.cell == "lstm" else ())
+        fgh = [_GATE_ACTIVATIONS[n] for n in names] * D
         attrs["activations"] = [name for name, _ in fgh]
         params = [p for _, p in fgh if p is not None]  # consumed in order by those
         if params:                                     # that take them (HardSigmoid)
@@ -189,10 +192,10 @@ def _dims(shape, names=("batch", "time")):
 # -- export -----------------------------------------------------------------------------
 def _check_exportable(layer):
     s = layer.spec
-    if s.cell == "lstm" and not all(isinstance(a, str) for a in (s.activation,
+    if s.cell != "rnn" and not all(isinstance(a, str) for a in (s.activation,
                                                                s.recurrent_activation)):
-        raise ValueError("export_onnx: this LSTM uses a user's activation function, which "
-                         "ONNX's LSTM operator cannot name")
+        raise ValueError(f"export_onnx: this {s.cell.upper()} uses a user's activation "
+                         f"function, which ONNX's {s.cell.upper()} operator cannot name")
     if layer.spec.cell == "lstm" and layer.spec.cell_clip is not None:
         raise ValueError("export_onnx: this LSTM clips its cell state (cell_clip), which "
                          "ONNX cannot say: the LSTM operator's clip bounds the gate "

@@ -164,7 +164,8 @@ class RecurrentSpec:
         return {"lstm": dict(cell_clip=self.cell_clip, input_forget=self.input_forget,
                              gate_clip=self.gate_clip,
                              acts=make_acts(self.recurrent_activation, self.activation)),
-                "gru": dict(reset_after=self.reset_after),
+                "gru": dict(reset_after=self.reset_after,
+                            acts=make_acts(self.recurrent_activation, self.activation)),
                 "rnn": dict(nonlinearity=self.nonlinearity)}[self.cell]
 
     @property

@@ -88,6 +88,11 @@ def _check_torch_form(layer):
     """Raise ValueError unless torch's recurrent module of this cell computes what
     `layer` computes (merge modes aside: a TorchSequential carries those)."""
     s = layer.spec
+    if s.cell == "gru" and (s.activation, s.recurrent_activation) != ("tanh", "sigmoid"):
+        raise ValueError("to_torch: torch.nn.GRU has only sigmoid gates and a tanh "
+                         f"candidate; this GRU has activation={s.activation!r}, "
+                         f"recurrent_activation={s.recurrent_activation!r} "
+                         "(numlstm.export_onnx carries them)")
     if s.cell == "gru" and not s.reset_after:
         raise ValueError("to_torch: torch.nn.GRU applies the reset gate after the product "
                          "(reset_after=True); this GRU has reset_after=False")

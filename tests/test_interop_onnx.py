@@ -25,9 +25,10 @@ def _ops(model):
 LAYERS = [("lstm", {}), ("gru", {}), ("gru", {"reset_after": False}),
           ("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"}),
           ("lstm", {"peephole": True}),
-          ("lstm", {"recurrent_activation": "hard_sigmoid", "activation": "relu"})]
+          ("lstm", {"recurrent_activation": "hard_sigmoid", "activation": "relu"}),
+          ("gru", {"recurrent_activation": "hard_sigmoid", "activation": "relu"})]
 LAYER_IDS = ["lstm", "gru", "gru-reset-before", "rnn-tanh", "rnn-relu", "lstm-peephole",
-             "lstm-hard-sigmoid-relu"]
+             "lstm-hard-sigmoid-relu", "gru-hard-sigmoid-relu"]
 
 
 @pytest.mark.parametrize("cell,options", LAYERS, ids=LAYER_IDS)

@@ -7,7 +7,8 @@ The path of a call (common.py describes the persistent and per-step launches):
     forward:  xp = x @ W_ih^T + b for all steps (one tiled product, [T*B,G]; b
               = b_ih + b_hh, less b_hn when reset_after: r multiplies it); then
               the recurrence.
-              reset_after: one phase a step, n = tanh(xp_n + r * (W_hn h + b_hn)).
+              reset_after: one phase a step, n = tanh(xp_n + r * (W_hn h + b_hn))
+              (tanh and the gates' sigmoid: acts's, gates.make_acts).
               Otherwise two phases a step with a grid barrier between: r, z and
               r * h of every unit, then n = tanh(xp_n + W_hn (r * h)), whose
               product reads r * h of all units.
@@ -28,7 +29,7 @@ Arrays are Numba device arrays; x, h0, dy and dh_n are read only.
 """
 from numba import cuda
 
-from ..gates import dsigmoid, dtanh, sigmoid, tanh
+from ..gates import DEFAULT_ACTS, activate, activation_name, dactivate
 from .common import (as_device, column_sums, combine, copy, device_array, dh_one,
                      dh_product, input_gradients, lengths_or_full, load_columns,
                      load_rows, matmul, ones, plan)
@@ -36,24 +37,29 @@ from .common import (as_device, column_sums, combine, copy, device_array, dh_one
 ROWS = 3  # weight rows per hidden unit
 
 
-def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True):
+def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS):
     """Torch-layout weights (host or device) -> the device arrays the kernels read:
     w_ih [G,I], w_hh [G,H], b_ih, b_hh [G], and bias [G], the input product's
     bias: b_ih + b_hh, with b_ih alone in the n block when reset_after (b_hn is
-    added inside the recurrence there)."""
+    added inside the recurrence there). acts: gates.make_acts's tuple, the built-in
+    kinds only (a user's function is refused: these kernels cannot call it)."""
+    if any(activation_name(k) is None for k in acts):
+        raise NotImplementedError("activation: the CUDA kernels take the built-in "
+                                  "activations only, not a user's function; use "
+                                  "backend='cpu' (or 'numpy')")
     H = w_hh.shape[1]
     w_ih, w_hh, b_ih, b_hh = (as_device(a) for a in (w_ih, w_hh, b_ih, b_hh))
     bias = combine(b_ih, b_hh, "add")
     if reset_after:
         copy(b_ih[2 * H:], bias[2 * H:])
     return dict(H=H, reset_after=bool(reset_after), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                b_hh=b_hh, bias=bias)
+                b_hh=b_hh, bias=bias, acts=acts)
 
 
 # -- forward ---------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                reverse, units, training, zero):
+                reverse, units, training, zero, acts):
     """Step s of the block's units with reset_after: reads h[s % 2], writes
     h[(s+1) % 2] and y[t] (rh unused)."""
     T = y.shape[0]
@@ -93,9 +99,9 @@ def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
                         ar += hk * w_hh[u, k]
                         az += hk * w_hh[H + u, k]
                         an += hk * w_hh[2 * H + u, k]
-                r = sigmoid(ar)
-                z = sigmoid(az)
-                n = tanh(xp[row, 2 * H + u] + r * an)
+                r = activate(acts[0], ar)
+                z = activate(acts[0], az)
+                n = activate(acts[2], xp[row, 2 * H + u] + r * an)
                 h_new = n + z * (h_in - n)
                 h[nxt, b, u] = h_new
                 y[t, b, u] = h_new
@@ -121,7 +127,7 @@ def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
 
 @cuda.jit(device=True)
 def _step_reset(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                reverse, units, training, zero):
+                reverse, units, training, zero, acts):
     """Phase 1 of step s without reset_after, for the block's units: r and z into
     gates[i], r * h into rh[i] (i = t when training, else 0: the buffers then
     hold one step). b_hh, y and hn unused."""
@@ -159,9 +165,9 @@ def _step_reset(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
                         hk = h[cur, b, k]
                         ar += hk * w_hh[u, k]
                         az += hk * w_hh[H + u, k]
-                r = sigmoid(ar)
+                r = activate(acts[0], ar)
                 gates[i, b, u] = r
-                gates[i, b, H + u] = sigmoid(az)
+                gates[i, b, H + u] = activate(acts[0], az)
                 rh[i, b, u] = r * h_in
             else:  # zeros, so that the backward's products over rh stay finite
                 gates[i, b, u] = zero
@@ -174,7 +180,7 @@ def _step_reset(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
 
 @cuda.jit(device=True)
 def _step_candidate(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero):
+                    reverse, units, training, zero, acts):
     """Phase 2 of step s without reset_after, for the block's units:
     n = tanh(xp_n + W_hn rh[i]) (b_hn is in xp), then h[(s+1) % 2] and y[t].
     b_hh, hn and hin unused."""
@@ -208,7 +214,7 @@ def _step_candidate(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, h
                 else:
                     for k in range(H):
                         an += rh[i, b, k] * w_hh[2 * H + u, k]
-                n = tanh(an)
+                n = activate(acts[2], an)
                 h_new = n + gates[i, b, H + u] * (h_in - n)
                 h[nxt, b, u] = h_new
                 y[t, b, u] = h_new
@@ -224,7 +230,7 @@ def _step_candidate(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, h
 
 @cuda.jit
 def _forward_persistent(xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, reverse,
-                        reset_after, units, training, zero):
+                        reset_after, units, training, zero, acts):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip:
     one grid barrier a step with reset_after, else two (rh is read across units)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
@@ -234,31 +240,31 @@ def _forward_persistent(xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, rever
     for s in range(y.shape[0]):
         if reset_after:
             _step_after(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero)
+                        reverse, units, training, zero, acts)
         else:
             _step_reset(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero)
+                        reverse, units, training, zero, acts)
             grid.sync()
             _step_candidate(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin,
-                            rh, reverse, units, training, zero)
+                            rh, reverse, units, training, zero, acts)
         grid.sync()
 
 
 @cuda.jit
 def _forward_one(s, phase, xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, reverse,
-                 reset_after, units, training, zero):
+                 reset_after, units, training, zero, acts):
     """Step s alone (phase 0: reset_after) or one of its two phases (1, 2: without),
     W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     if phase == 0:
         _step_after(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero)
+                    reverse, units, training, zero, acts)
     elif phase == 1:
         _step_reset(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero)
+                    reverse, units, training, zero, acts)
     else:
         _step_candidate(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero)
+                        reverse, units, training, zero, acts)
 
 
 def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, units=None,
@@ -292,7 +298,7 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     rh = device_array((steps, B, H), dtype) if not reset_after else unused
     lens = lengths_or_full(lengths, T, B)
     args = [xp, cell["w_hh"], cell["b_hh"], lens, h, y, gates, hn, hin, rh, bool(reverse),
-            reset_after, 1, bool(training), zero]
+            reset_after, 1, bool(training), zero, cell["acts"]]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[12] = p.units
@@ -312,7 +318,7 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
-                    units, zero):
+                    units, zero, acts):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
     block's units, from dh_t = dh[k % 2] + dy[t]: dgi[t] = [dr dz dn] (dr only
     with reset_after; without, it needs d(r * h) and comes later), drec[t] =
@@ -337,12 +343,12 @@ def _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, rese
                 c = gates[t, b, 2 * H + u]  # the n gate
                 dh_t = dh[cur, b, u] + dy[t, b, u]
                 dhz = dh_t * z
-                dn = (dh_t - dhz) * dtanh(c)
-                dgi[row, H + u] = dh_t * (hin[t, b, u] - c) * dsigmoid(z)
+                dn = (dh_t - dhz) * dactivate(acts[3], c)
+                dgi[row, H + u] = dh_t * (hin[t, b, u] - c) * dactivate(acts[1], z)
                 dgi[row, 2 * H + u] = dn
                 if reset_after:
                     r = gates[t, b, u]
-                    dgi[row, u] = dn * hn[t, b, u] * dsigmoid(r)
+                    dgi[row, u] = dn * hn[t, b, u] * dactivate(acts[1], r)
                     drec[row, u] = dn * r
                 else:
                     drec[row, u] = dn
@@ -356,7 +362,7 @@ def _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, rese
 
 @cuda.jit(device=True)
 def _backward_n(k, t, w_hh, w_sh, cached, lengths, gates, hin, dgi, drec, dh, reset_after,
-                units, zero):
+                units, zero, acts):
     """The n gate's part of the recurrent product for the block's units j of valid
     rows: d = sum_i drec[t*B + b, i] * W_hn[i, j]. reset_after: dh[(k+1) % 2] +=
     d. Otherwise d is d(r * h): dr = d * h * r'(.) into dgi, dh[(k+1) % 2] +=
@@ -388,14 +394,14 @@ def _backward_n(k, t, w_hh, w_sh, cached, lengths, gates, hin, dgi, drec, dh, re
                 dh[nxt, b, u] += d
             else:
                 r = gates[t, b, u]
-                dgi[row, u] = d * hin[t, b, u] * dsigmoid(r)
+                dgi[row, u] = d * hin[t, b, u] * dactivate(acts[1], r)
                 dh[nxt, b, u] += d * r
         j += 1
 
 
 @cuda.jit
 def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, reverse,
-                         reset_after, units, zero):
+                         reset_after, units, zero, acts):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. A barrier after the pointwise pass (the products read dgi and
     drec across units); without reset_after a second one after _backward_n,
@@ -410,10 +416,10 @@ def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, rever
     for k in range(T):
         t = k if reverse else T - 1 - k  # forward step T-1-k's time
         _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
-                        units, zero)
+                        units, zero, acts)
         grid.sync()
         _backward_n(k, t, w_hh, w_sh, True, lengths, gates, hin, dgi, drec, dh, reset_after,
-                    units, zero)
+                    units, zero, acts)
         if not reset_after:
             grid.sync()
         dh_product(k, t, dgi, w_hh, w_sh, True, lengths, dh, units, 0, 2 * H)
@@ -421,19 +427,19 @@ def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, rever
 
 @cuda.jit
 def _backward_gates_one(k, dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, reverse,
-                        reset_after, units, zero):
+                        reset_after, units, zero, acts):
     """Step k's pointwise pass alone (the per-step path; w_hh unused)."""
     _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
-                    units, zero)
+                    units, zero, acts)
 
 
 @cuda.jit
 def _backward_n_one(k, t, w_hh, lengths, gates, hin, dgi, drec, dh, reset_after, units,
-                    zero):
+                    zero, acts):
     """Step k's n gate product alone, W_hh read from global memory."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     _backward_n(k, t, w_hh, w_sh, False, lengths, gates, hin, dgi, drec, dh, reset_after,
-                units, zero)
+                units, zero, acts)
 
 
 def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent=None):
@@ -454,7 +460,7 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
     dh = device_array((2, B, H), dtype)
     copy(dh_n, dh[0])
     args = [dy, w_hh, lens, cache["gates"], cache["hn"], cache["hin"], dgi, drec, dh,
-            reverse, reset_after, 1, zero]
+            reverse, reset_after, 1, zero, cell["acts"]]
     p = plan(_backward_persistent, args, H, B, 1, 3 * H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[11] = p.units
@@ -466,7 +472,7 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
             _backward_gates_one[p.blocks, p.threads](k, *args)
             _backward_n_one[p.blocks, p.threads](k, t, w_hh, lens, cache["gates"],
                                                  cache["hin"], dgi, drec, dh, reset_after,
-                                                 p.units, zero)
+                                                 p.units, zero, cell["acts"])
             dh_one[p.blocks, p.threads](k, t, dgi, w_hh, lens, dh, p.units, 0, 2 * H)
     hin = cache["hin"].reshape(T * B, H)
     one = ones(T * B, dtype)

@@ -67,20 +67,28 @@ def lstm_signatures(dt, acts):
 ACTS = [typeof(make_acts("sigmoid", "tanh")), typeof(make_acts("hard_sigmoid", "relu"))]
 
 
-def gru_rnn_signatures(dt):
-    """The GRU's and the RNN's kernels (kernels/cuda/gru.py, rnn.py)."""
+def gru_signatures(dt, acts):
+    """The GRU's kernels (kernels/cuda/gru.py) with the activations acts."""
     A1, A2, A3 = arr(dt, 1), arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
-    gru_fwd = (A2, A2, A1, L, A3, A3, A3, A3, A3, A3, b, b, i64, b, dt)
-    gru_bwd = (A3, A2, L, A3, A3, A3, A2, A2, A3, b, b, i64, dt)
-    rnn_fwd = (A2, A2, L, A3, A3, A3, b, b, i64, b, dt)
-    rnn_bwd = (A3, A2, L, A3, A2, A3, b, b, i64, dt)
+    gru_fwd = (A2, A2, A1, L, A3, A3, A3, A3, A3, A3, b, b, i64, b, dt, acts)
+    gru_bwd = (A3, A2, L, A3, A3, A3, A2, A2, A3, b, b, i64, dt, acts)
     return {
         gru._forward_persistent: gru_fwd,
         gru._forward_one: (i64, i64) + gru_fwd,
         gru._backward_persistent: gru_bwd,
         gru._backward_gates_one: (i64,) + gru_bwd,
-        gru._backward_n_one: (i64, i64, A2, L, A3, A3, A2, A2, A3, b, i64, dt),
+        gru._backward_n_one: (i64, i64, A2, L, A3, A3, A2, A2, A3, b, i64, dt, acts),
+    }
+
+
+def rnn_signatures(dt):
+    """The RNN's kernels (kernels/cuda/rnn.py)."""
+    A2, A3 = arr(dt, 2), arr(dt, 3)
+    L, i64, b = arr(types.int64, 1), types.int64, types.boolean
+    rnn_fwd = (A2, A2, L, A3, A3, A3, b, b, i64, b, dt)
+    rnn_bwd = (A3, A2, L, A3, A2, A3, b, b, i64, dt)
+    return {
         rnn._forward_persistent: rnn_fwd,
         rnn._forward_one: (i64,) + rnn_fwd,
         rnn._backward_persistent: rnn_bwd,
@@ -91,8 +99,9 @@ def gru_rnn_signatures(dt):
 def main():
     failures = 0
     for dt in (types.float32, types.float64):
-        sigs = [*common_signatures(dt).items(), *gru_rnn_signatures(dt).items()]
-        sigs += [item for acts in ACTS for item in lstm_signatures(dt, acts).items()]
+        sigs = [*common_signatures(dt).items(), *rnn_signatures(dt).items()]
+        sigs += [item for acts in ACTS for item in (*lstm_signatures(dt, acts).items(),
+                                                    *gru_signatures(dt, acts).items())]
         for kernel, sig in sigs:
             name = f"{kernel.py_func.__module__.rsplit('.', 1)[-1]}.{kernel.py_func.__name__}"
             try:
