@@ -979,8 +979,8 @@ class LSTM(_Recurrent):
             Schmidhuber): i and f read p_i * c and p_f * c of the old state, o reads
             p_o * c' of the new one; each cell gains weight_peephole_l{k} [3H] (p_i,
             p_f, p_o; zeros at first, so the layer starts as the plain one).
-            export_onnx writes it as the LSTM operator's P input. numpy and cpu
-            backends (cuda refuses it); torch and Keras have no peepholes.
+            export_onnx writes it as the LSTM operator's P input. Every backend;
+            torch and Keras have no peepholes.
         activation: the cell's activation, for the candidate g and for c in
             h = o * activation(c) (Keras's `activation`; ONNX's g and h):
             "tanh" (default), "sigmoid", "hard_sigmoid" (min(max(a/6 + 1/2, 0), 1),

@@ -33,16 +33,14 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
                    gate_clip=None, acts=DEFAULT_ACTS):
     """Torch-layout weights (host or device) and the cell's options (gates.lstm_cell_grads)
     -> the device arrays the kernels read: w_ih [G,I], w_hh [G,H], bias = b_ih +
-    b_hh [G]; clip and gclip (inf for none), coupled and acts (built-in kinds only).
-    A projection (w_hr), peepholes, layer normalisation (ln_*) and a user's
-    activation are refused: these kernels do not have them yet."""
+    b_hh [G]; clip and gclip (inf for none), coupled and acts (built-in kinds only);
+    peep [3,H], the peepholes (i, f, o), or [0,1] for none. A projection (w_hr),
+    layer normalisation (ln_*) and a user's activation are refused: these kernels
+    do not have them yet."""
     if w_hr is not None:
         raise NotImplementedError(
             f"proj_size={w_hr.shape[0]}: the CUDA LSTM kernels have no recurrent projection "
             "yet; use backend='cpu' (or 'numpy') for a projected LSTM")
-    if peephole is not None:
-        raise NotImplementedError("peephole: the CUDA LSTM kernels have no peepholes yet; "
-                                  "use backend='cpu' (or 'numpy')")
     if ln_ih is not None:
         raise NotImplementedError("layer_norm: the CUDA LSTM kernels have no layer "
                                   "normalisation yet; use backend='cpu' (or 'numpy')")
@@ -50,7 +48,10 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
         raise NotImplementedError("activation: the CUDA kernels take the built-in "
                                   "activations only, not a user's function; use "
                                   "backend='cpu' (or 'numpy')")
-    return dict(H=w_hh.shape[1], w_ih=as_device(w_ih), w_hh=as_device(w_hh),
+    H = w_hh.shape[1]
+    peep = (device_array((0, 1), w_ih.dtype) if peephole is None else
+            as_device(peephole).reshape(3, H))
+    return dict(H=H, peep=peep, w_ih=as_device(w_ih), w_hh=as_device(w_hh),
                 bias=combine(as_device(b_ih), as_device(b_hh), "add"),
                 clip=float("inf") if cell_clip is None else float(cell_clip),
                 coupled=bool(input_forget), acts=acts,
@@ -60,8 +61,10 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
 # -- forward ---------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled, gclip, acts):
-    """Step s of the block's units: reads h[s % 2], writes h[(s+1) % 2], c, y[t]."""
+                  reverse, units, training, zero, clip, coupled, gclip, acts, peep):
+    """Step s of the block's units: reads h[s % 2], writes h[(s+1) % 2], c, y[t].
+    peep: the peepholes [3,H] (i, f, o), or [0,1] for none."""
+    peeped = peep.shape[0] > 0
     T = y.shape[0]
     B = y.shape[1]
     H = y.shape[2]
@@ -103,11 +106,16 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
                         af += hk * w_hh[H + u, k]
                         ag += hk * w_hh[2 * H + u, k]
                         ao += hk * w_hh[3 * H + u, k]
+                if peeped:  # ONNX's peepholes: i, f read the old state, o the new
+                    ai += peep[0, u] * c_in
+                    af += peep[1, u] * c_in
                 i = activate(acts[0], clip_gate(ai, gclip))
                 g = activate(acts[2], clip_gate(ag, gclip))
-                o = activate(acts[0], clip_gate(ao, gclip))
                 f, c_new = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c_in, clip,
                                      coupled)
+                if peeped:
+                    ao += peep[2, u] * c_new
+                o = activate(acts[0], clip_gate(ao, gclip))
                 h_new = o * activate(acts[2], c_new)
                 c[b, u] = c_new
                 h[nxt, b, u] = h_new
@@ -134,7 +142,7 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
 
 @cuda.jit
 def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                        training, zero, clip, coupled, gclip, acts):
+                        training, zero, clip, coupled, gclip, acts, peep):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     load_rows(w_hh, w_sh, ROWS, units)
@@ -142,17 +150,17 @@ def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse
     grid = cuda.cg.this_grid()
     for s in range(y.shape[0]):
         _forward_step(s, xp, w_hh, w_sh, True, lengths, h, c, y, gates, cs, cin, hin,
-                      reverse, units, training, zero, clip, coupled, gclip, acts)
+                      reverse, units, training, zero, clip, coupled, gclip, acts, peep)
         grid.sync()
 
 
 @cuda.jit
 def _forward_one(s, xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                 training, zero, clip, coupled, gclip, acts):
+                 training, zero, clip, coupled, gclip, acts, peep):
     """Step s alone, W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     _forward_step(s, xp, w_hh, w_sh, False, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled, gclip, acts)
+                  reverse, units, training, zero, clip, coupled, gclip, acts, peep)
 
 
 def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
@@ -184,7 +192,7 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     lens = lengths_or_full(lengths, T, B)
     args = [xp, cell["w_hh"], lens, h, c, y, gates, cs, cin, hin, bool(reverse), 1,
             bool(training), zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"]), cell["acts"]]
+            dtype.type(cell["gclip"]), cell["acts"], cell["peep"]]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[11] = p.units
@@ -203,7 +211,7 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                    clip, coupled, gclip, acts):
+                    clip, coupled, gclip, acts, peep):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
     block's units: dgates[t] from dh[k % 2] + dy[t] and dc; dc -> the gradient
     of c entering the step; dh[(k+1) % 2] starts at zero for valid rows."""
@@ -232,9 +240,14 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
                 cc = cs[t, b, u]
                 tc = activate(acts[2], cc)
                 dh_t = dh[cur, b, u] + dy[t, b, u]
-                di, df, dg, do, dc_prev = lstm_cell_grads(
-                    dc[b, u], dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts, None,
-                    bounds, gated)
+                if peep.shape[0] > 0:  # (a branch each: the peepholes' is its own code)
+                    di, df, dg, do, dc_prev = lstm_cell_grads(
+                        dc[b, u], dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts,
+                        (peep[0, u], peep[1, u], peep[2, u]), bounds, gated)
+                else:
+                    di, df, dg, do, dc_prev = lstm_cell_grads(
+                        dc[b, u], dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts,
+                        None, bounds, gated)
                 dgates[row, u] = di
                 dgates[row, H + u] = df
                 dgates[row, 2 * H + u] = dg
@@ -250,7 +263,7 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
 
 @cuda.jit
 def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse, units,
-                         zero, clip, coupled, gclip, acts):
+                         zero, clip, coupled, gclip, acts, peep):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. One barrier a step, between the gate gradients (which the
     dh product reads across units) and dh: everything else a block touches
@@ -263,17 +276,17 @@ def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reve
     for k in range(T):
         t = k if reverse else T - 1 - k  # forward step T-1-k's time
         _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                        clip, coupled, gclip, acts)
+                        clip, coupled, gclip, acts, peep)
         grid.sync()
         dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0])
 
 
 @cuda.jit
 def _backward_gates_one(k, dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse,
-                        units, zero, clip, coupled, gclip, acts):
+                        units, zero, clip, coupled, gclip, acts, peep):
     """Step k's gate gradients alone (the per-step path; w_hh unused)."""
     _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                    clip, coupled, gclip, acts)
+                    clip, coupled, gclip, acts, peep)
 
 
 def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
@@ -281,7 +294,8 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     """Backward of lstm_forward_cuda.
 
     dy: [T,B,H]; dh_n, dc_n: [B,H]. Returns dx [T,B,I], dh0 [B,H], dc0 [B,H] and
-    {"w_ih", "w_hh", "b_ih", "b_hh"} (device arrays in the weights' shapes).
+    {"w_ih", "w_hh", "b_ih", "b_hh"} (and "peephole" [3H] with peepholes; device
+    arrays in the weights' shapes).
     """
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
@@ -296,7 +310,7 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     copy(dc_n, dc)
     args = [dy, w_hh, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh, dc,
             reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"]), cell["acts"]]
+            dtype.type(cell["gclip"]), cell["acts"], cell["peep"]]
     p = plan(_backward_persistent, args, H, B, 1, 4 * H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[10] = p.units
@@ -311,4 +325,27 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     dw_hh = matmul(dgates, cache["hin"].reshape(T * B, H), device_array((4 * H, H), dtype),
                    trans_a=True)
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=copy(db, device_array(4 * H, dtype)))
+    if cell["peep"].shape[0] > 0:
+        dpeep = device_array((3, H), dtype)
+        threads = 128
+        _peephole_gradients[(3 * H + threads - 1) // threads, threads](
+            dgates, cache["cin"].reshape(T * B, H), cache["cs"].reshape(T * B, H), dpeep, zero)
+        grads["peephole"] = dpeep.reshape(3 * H)
     return dx, dh[T % 2], dc, grads
+
+
+@cuda.jit
+def _peephole_gradients(dgates, cin, cs, out, zero):
+    """out[k, u] for k = i, f, o: the sum over all T*B rows of that gate's dG times the
+    state it read, c entering the step (cin [T*B,H]) for i and f, the new one (cs) for
+    o; one thread a weight. Rows past their length have dG zero."""
+    H = out.shape[1]
+    n = cuda.grid(1)
+    if n < 3 * H:
+        k = n // H
+        u = n - k * H
+        col = (3 if k == 2 else k) * H + u  # i, f, o: gate blocks 0, 1, 3
+        acc = zero
+        for r in range(dgates.shape[0]):
+            acc += dgates[r, col] * (cs[r, u] if k == 2 else cin[r, u])
+        out[k, u] = acc

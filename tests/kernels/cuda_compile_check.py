@@ -51,15 +51,17 @@ def lstm_signatures(dt, acts):
     A2, A3 = arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
     return {
-        # (the last four: the cell options clip, coupled, gclip and the activations)
+        # (the last five: the cell options clip, coupled, gclip, the activations and the
+        # peepholes, [3,H] or [0,1] for none)
         lstm._forward_persistent: (A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt, dt, b,
-                                   dt, acts),
+                                   dt, acts, A2),
         lstm._forward_one: (i64, A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt, dt, b,
-                            dt, acts),
+                            dt, acts, A2),
         lstm._backward_persistent: (A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b, dt,
-                                    acts),
+                                    acts, A2),
         lstm._backward_gates_one: (i64, A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b,
-                                   dt, acts),
+                                   dt, acts, A2),
+        lstm._peephole_gradients: (A2, A2, A2, A2, dt),
     }
 
 

@@ -58,14 +58,21 @@ def test_lstm_cuda_matches_reference(rng, dtype, T, B, I, H, lengths, reverse, p
 @pytest.mark.parametrize("options,path", [
     ({"cell_clip": 0.4}, "auto"), ({"input_forget": True}, "per_step"),
     ({"gate_clip": 0.6}, "auto"),
-    ({"cell_clip": 0.4, "input_forget": True, "gate_clip": 0.6}, "slices")],
-    ids=["clip", "coupled", "gate-clip", "all"])
+    ({"cell_clip": 0.4, "input_forget": True, "gate_clip": 0.6}, "slices"),
+    ({"peephole": True}, "auto"), ({"peephole": True, "gate_clip": 0.6}, "per_step"),
+    ({"peephole": True, "cell_clip": 0.4, "input_forget": True}, "slices")],
+    ids=["clip", "coupled", "gate-clip", "all", "peephole", "peephole-gate-clip",
+         "peephole-clip-coupled"])
 def test_lstm_cuda_cell_options_match_reference(rng, dtype, options, path):
+    """The cell options, ONNX's peepholes (random weights) among them, with lengths."""
+    if options.get("peephole"):
+        options = dict(options, peephole=(rng.standard_normal(15) * 0.5).astype(dtype))
     got, want = run_both(rng, 3, 2, 3, 5, dtype, np.array([3, 2]), True, PATHS[path],
                          **options)
     for name, g, w in zip(["y", "h_n", "c_n", "dx", "dh0", "dc0"], got[:6], want[:6]):
         assert_close(g.copy_to_host(), w, RTOL[dtype], name)
-    for k in ("w_ih", "w_hh", "b_ih", "b_hh"):
+    assert sorted(got[6]) == sorted(want[6])
+    for k in want[6]:
         assert_close(got[6][k].copy_to_host(), want[6][k], RTOL[dtype], k)
 
 
