@@ -595,9 +595,10 @@ class _Recurrent(Layer):
         """Refuse, before any kernel runs, the options the CUDA kernels lack."""
         if backend.name != "cuda":
             return
-        if training and self.recurrent_dropout:
-            raise NotImplementedError("recurrent_dropout: the CUDA kernels have no recurrent "
-                                      "dropout yet; train with backend='cpu'")
+        if training and self.recurrent_dropout and self.cell != "lstm":
+            raise NotImplementedError("recurrent_dropout: the CUDA GRU kernels have no "
+                                      "recurrent dropout yet (the LSTM's have); train with "
+                                      "backend='cpu'")
         if self.zoneout:
             raise NotImplementedError("zoneout: the CUDA kernels have no zoneout yet; use "
                                       "backend='cpu'")
@@ -960,7 +961,8 @@ class LSTM(_Recurrent):
             mask per sequence and layer direction, held over all its steps (Keras's
             recurrent_dropout and Gal and Ghahramani's variational form; survivors
             scaled by 1/(1-p)); inference runs the plain layer. LSTM and GRU, cpu
-            and numpy backends (cuda refuses to train with it). torch has no such
+            and numpy backends, and cuda for the LSTM (its GRU refuses to train
+            with it). torch has no such
             option; to_torch still gives the module that computes the inference.
         zoneout: a rate in [0, 1), or a pair (for c, for h): zoneout (Krueger et al.,
             2016). When training, each unit of c and of h keeps its previous value

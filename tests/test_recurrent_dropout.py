@@ -10,7 +10,8 @@ from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, lstm_backwar
                                  lstm_forward_cpu, pack_gru_cpu, pack_lstm_cpu)
 from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, lstm_backward_ref,
                                        lstm_forward_ref)
-from helpers import assert_close, check_lstm_reference_gradients, numeric_gradient, rel_err
+from helpers import (assert_close, check_lstm_reference_gradients, lstm_layer_and_reference,
+                     numeric_gradient, rel_err)
 
 
 def _cell(rng, I, H, P, scale):
@@ -114,12 +115,21 @@ def test_options_and_refusals(rng, tmp_path):
     model = numlstm.Sequential([lstm])
     model.save(tmp_path / "ck")
     assert numlstm.load_checkpoint(tmp_path / "ck").model.layers[0].recurrent_dropout == 0.25
-    cuda = numlstm.LSTM(3, 4, recurrent_dropout=0.25, backend="cuda", seed=0)
+    cuda = numlstm.GRU(3, 4, recurrent_dropout=0.25, backend="cuda", seed=0)
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
     with pytest.raises(NotImplementedError, match="recurrent_dropout.*backend='cpu'"):
         cuda(x, training=True)
     y, _ = cuda(x)  # inference runs the plain kernels
     assert y.shape == (5, 2, 4)
+
+
+def test_cuda_lstm_trains_with_it_as_the_reference_does(rng):
+    """The CUDA LSTM (simulator) draws the same masks as the numpy backend and
+    computes the same training step: outputs, states and every gradient."""
+    got, want = lstm_layer_and_reference(rng, {"recurrent_dropout": 0.4}, "cuda", np.float32)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert_close(got[k], want[k], 2e-5 if k in ("y", "h", "c") else 1e-4, k)
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])

@@ -362,12 +362,14 @@ def load_columns(w_hh, w_sh, units):
 
 
 @cuda.jit(device=True)
-def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1):
+def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1, mask):
     """The backward's recurrent product for the block's units j:
     dh[nxt, b, j] += sum_r da[t*B + b, r] * W_hh[r, j] over rows r0 <= r < r1, of
     valid rows b (nxt = (k + 1) % 2; an invalid row keeps dh[cur, b, j]).
     Callers have already written their own part of dh[nxt] (zero, or a
-    pointwise term) for valid rows."""
+    pointwise term) for valid rows. mask: the recurrent dropout mask [B,H], which
+    then multiplies the whole sum (its callers, the LSTM's, write zero first), or
+    [0,0] for none."""
     H = w_hh.shape[1]
     G = w_hh.shape[0]
     GP = G + 1
@@ -393,6 +395,8 @@ def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1):
                     else:
                         for r in range(r0, r1):
                             acc += da[row, r] * w_hh[r, u]
+                    if mask.shape[0] > 0:
+                        acc *= mask[b, u]
                     dh[nxt, b, u] = acc
                 else:
                     dh[nxt, b, u] = dh[cur, b, u]
@@ -400,11 +404,11 @@ def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1):
 
 
 @cuda.jit
-def dh_one(k, t, da, w_hh, lengths, dh, units, r0, r1):
+def dh_one(k, t, da, w_hh, lengths, dh, units, r0, r1, mask):
     """Step k's dh_product alone, W_hh read from global memory (the per-step
     path of every cell's backward)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    dh_product(k, t, da, w_hh, w_sh, False, lengths, dh, units, r0, r1)
+    dh_product(k, t, da, w_hh, w_sh, False, lengths, dh, units, r0, r1, mask)
 
 
 def input_gradients(da, x, w_ih, one):

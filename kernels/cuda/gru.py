@@ -422,7 +422,7 @@ def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, rever
                     units, zero, acts)
         if not reset_after:
             grid.sync()
-        dh_product(k, t, dgi, w_hh, w_sh, True, lengths, dh, units, 0, 2 * H)
+        dh_product(k, t, dgi, w_hh, w_sh, True, lengths, dh, units, 0, 2 * H, dh[0, :0])
 
 
 @cuda.jit
@@ -473,7 +473,8 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
             _backward_n_one[p.blocks, p.threads](k, t, w_hh, lens, cache["gates"],
                                                  cache["hin"], dgi, drec, dh, reset_after,
                                                  p.units, zero, cell["acts"])
-            dh_one[p.blocks, p.threads](k, t, dgi, w_hh, lens, dh, p.units, 0, 2 * H)
+            dh_one[p.blocks, p.threads](k, t, dgi, w_hh, lens, dh, p.units, 0, 2 * H,
+                                            dh[0, :0])
     hin = cache["hin"].reshape(T * B, H)
     one = ones(T * B, dtype)
     dx, dw_ih, db_ih = input_gradients(dgi, x, cell["w_ih"], one)

@@ -61,10 +61,12 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
 # -- forward ---------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled, gclip, acts, peep):
+                  reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask):
     """Step s of the block's units: reads h[s % 2], writes h[(s+1) % 2], c, y[t].
-    peep: the peepholes [3,H] (i, f, o), or [0,1] for none."""
+    peep: the peepholes [3,H] (i, f, o), or [0,1] for none; mask: the recurrent
+    dropout mask [B,H] on h where W_hh reads it (hin keeps h times it), or [0,0]."""
     peeped = peep.shape[0] > 0
+    masked = mask.shape[0] > 0
     T = y.shape[0]
     B = y.shape[1]
     H = y.shape[2]
@@ -94,14 +96,14 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
                 if cached:
                     w = base + ul * HP
                     for k in range(H):
-                        hk = h[cur, b, k]
+                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
                         ai += hk * w_sh[w + k]
                         af += hk * w_sh[w + stride + k]
                         ag += hk * w_sh[w + 2 * stride + k]
                         ao += hk * w_sh[w + 3 * stride + k]
                 else:
                     for k in range(H):
-                        hk = h[cur, b, k]
+                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
                         ai += hk * w_hh[u, k]
                         af += hk * w_hh[H + u, k]
                         ag += hk * w_hh[2 * H + u, k]
@@ -136,13 +138,13 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
             if training:
                 cs[t, b, u] = c[b, u]
                 cin[t, b, u] = c_in
-                hin[t, b, u] = h_in
+                hin[t, b, u] = h_in * mask[b, u] if masked else h_in  # (what W_hh read)
         j += 1
 
 
 @cuda.jit
 def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                        training, zero, clip, coupled, gclip, acts, peep):
+                        training, zero, clip, coupled, gclip, acts, peep, mask):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     load_rows(w_hh, w_sh, ROWS, units)
@@ -150,26 +152,28 @@ def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse
     grid = cuda.cg.this_grid()
     for s in range(y.shape[0]):
         _forward_step(s, xp, w_hh, w_sh, True, lengths, h, c, y, gates, cs, cin, hin,
-                      reverse, units, training, zero, clip, coupled, gclip, acts, peep)
+                      reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask)
         grid.sync()
 
 
 @cuda.jit
 def _forward_one(s, xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                 training, zero, clip, coupled, gclip, acts, peep):
+                 training, zero, clip, coupled, gclip, acts, peep, mask):
     """Step s alone, W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     _forward_step(s, xp, w_hh, w_sh, False, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled, gclip, acts, peep)
+                  reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask)
 
 
 def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
-                      units=None, blocks=None, persistent=None):
+                      units=None, blocks=None, persistent=None, h_mask=None):
     """One layer and direction on device arrays.
 
     x: [T,B,I]; cell: pack_lstm_cuda's dict; h0, c0: [B,H]; lengths: [B] ints
     (host or device) or None. units, blocks, persistent: force the launch (see
-    common.plan); None chooses.
+    common.plan); None chooses. h_mask: None, or [B,H] (host or device)
+    multiplying h where it enters the recurrent product at every step
+    (recurrent dropout, reference.lstm_forward_ref).
     Returns y [T,B,H], h_n [B,H], c_n [B,H] and, when training, a cache for
     lstm_backward_cuda (else None).
     """
@@ -190,9 +194,10 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     else:
         gates = cs = cin = hin = device_array((1, 1, 1), dtype)
     lens = lengths_or_full(lengths, T, B)
+    mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
     args = [xp, cell["w_hh"], lens, h, c, y, gates, cs, cin, hin, bool(reverse), 1,
             bool(training), zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"]), cell["acts"], cell["peep"]]
+            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[11] = p.units
@@ -204,7 +209,7 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     cache = None
     if training:
         cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, cs=cs,
-                     cin=cin, hin=hin)
+                     cin=cin, hin=hin, mask=mask)
     return y, h[T % 2], c, cache
 
 
@@ -263,7 +268,7 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
 
 @cuda.jit
 def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse, units,
-                         zero, clip, coupled, gclip, acts, peep):
+                         zero, clip, coupled, gclip, acts, peep, mask):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. One barrier a step, between the gate gradients (which the
     dh product reads across units) and dh: everything else a block touches
@@ -278,13 +283,15 @@ def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reve
         _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
                         clip, coupled, gclip, acts, peep)
         grid.sync()
-        dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0])
+        dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0],
+                   mask)
 
 
 @cuda.jit
 def _backward_gates_one(k, dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse,
-                        units, zero, clip, coupled, gclip, acts, peep):
-    """Step k's gate gradients alone (the per-step path; w_hh unused)."""
+                        units, zero, clip, coupled, gclip, acts, peep, mask):
+    """Step k's gate gradients alone (the per-step path; w_hh and mask unused: dh_one
+    reads them)."""
     _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
                     clip, coupled, gclip, acts, peep)
 
@@ -308,9 +315,10 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     copy(dh_n, dh[0])
     dc = device_array((B, H), dtype)
     copy(dc_n, dc)
+    mask = cache["mask"]
     args = [dy, w_hh, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh, dc,
             reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"]), cell["acts"], cell["peep"]]
+            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask]
     p = plan(_backward_persistent, args, H, B, 1, 4 * H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[10] = p.units
@@ -320,7 +328,8 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
         for k in range(T):
             t = k if reverse else T - 1 - k  # forward step T-1-k's time
             _backward_gates_one[p.blocks, p.threads](k, *args)
-            dh_one[p.blocks, p.threads](k, t, dgates, w_hh, lens, dh, p.units, 0, 4 * H)
+            dh_one[p.blocks, p.threads](k, t, dgates, w_hh, lens, dh, p.units, 0, 4 * H,
+                                        mask)
     dx, dw_ih, db = input_gradients(dgates, x, cell["w_ih"], ones(T * B, dtype))
     dw_hh = matmul(dgates, cache["hin"].reshape(T * B, H), device_array((4 * H, H), dtype),
                    trans_a=True)

@@ -43,7 +43,7 @@ def common_signatures(dt):
         common._copy2_kernel: (types.Array(dt, 2, "A"), types.Array(dt, 2, "A")),
         common._fill_kernel: (A1, dt),
         common.dh_one: (types.int64, types.int64, A2, A2, arr(types.int64, 1), A3,
-                        types.int64, types.int64, types.int64),
+                        types.int64, types.int64, types.int64, A2),  # (A2: the mask)
     }
 
 
@@ -51,16 +51,16 @@ def lstm_signatures(dt, acts):
     A2, A3 = arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
     return {
-        # (the last five: the cell options clip, coupled, gclip, the activations and the
-        # peepholes, [3,H] or [0,1] for none)
+        # (the last six: the cell options clip, coupled, gclip, the activations, the
+        # peepholes, [3,H] or [0,1] for none, and the recurrent dropout mask, [B,H] or [0,0])
         lstm._forward_persistent: (A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt, dt, b,
-                                   dt, acts, A2),
+                                   dt, acts, A2, A2),
         lstm._forward_one: (i64, A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt, dt, b,
-                            dt, acts, A2),
+                            dt, acts, A2, A2),
         lstm._backward_persistent: (A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b, dt,
-                                    acts, A2),
+                                    acts, A2, A2),
         lstm._backward_gates_one: (i64, A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b,
-                                   dt, acts, A2),
+                                   dt, acts, A2, A2),
         lstm._peephole_gradients: (A2, A2, A2, A2, dt),
     }
 

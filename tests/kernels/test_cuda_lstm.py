@@ -19,15 +19,16 @@ PATHS = {"auto": {}, "slices": dict(units=2, blocks=1),
          "per_step": dict(units=2, persistent=False)}
 
 
-def run_both(rng, T, B, I, H, dtype, lengths, reverse, launch, **options):
+def run_both(rng, T, B, I, H, dtype, lengths, reverse, launch, h_mask=None, **options):
     w = lstm_weights(rng, I, H, dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
     cell = pack_lstm_cuda(*w, **options)
     dev = cuda.to_device
     y, h, c, cache = lstm_forward_cuda(dev(x), cell, dev(h0), dev(c0), lengths, reverse,
-                                       True, **launch)
-    y_r, h_r, c_r, cache_r = ref.lstm_forward_ref(x, *w, h0, c0, lengths, reverse, **options)
+                                       True, **launch, h_mask=h_mask)
+    y_r, h_r, c_r, cache_r = ref.lstm_forward_ref(x, *w, h0, c0, lengths, reverse,
+                                                  h_mask=h_mask, **options)
     dy = rng.standard_normal((T, B, H)).astype(dtype)
     dh_n, dc_n = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
     got = lstm_backward_cuda(dev(dy), dev(dh_n), dev(dc_n), cache, cell, **launch)
@@ -60,13 +61,19 @@ def test_lstm_cuda_matches_reference(rng, dtype, T, B, I, H, lengths, reverse, p
     ({"gate_clip": 0.6}, "auto"),
     ({"cell_clip": 0.4, "input_forget": True, "gate_clip": 0.6}, "slices"),
     ({"peephole": True}, "auto"), ({"peephole": True, "gate_clip": 0.6}, "per_step"),
-    ({"peephole": True, "cell_clip": 0.4, "input_forget": True}, "slices")],
+    ({"peephole": True, "cell_clip": 0.4, "input_forget": True}, "slices"),
+    ({"h_mask": True}, "auto"), ({"h_mask": True, "peephole": True}, "per_step"),
+    ({"h_mask": True}, "slices")],
     ids=["clip", "coupled", "gate-clip", "all", "peephole", "peephole-gate-clip",
-         "peephole-clip-coupled"])
+         "peephole-clip-coupled", "dropout", "dropout-peephole-per-step",
+         "dropout-slices"])
 def test_lstm_cuda_cell_options_match_reference(rng, dtype, options, path):
-    """The cell options, ONNX's peepholes (random weights) among them, with lengths."""
+    """The cell options, ONNX's peepholes (random weights) and a recurrent dropout
+    mask among them, with lengths."""
     if options.get("peephole"):
         options = dict(options, peephole=(rng.standard_normal(15) * 0.5).astype(dtype))
+    if options.get("h_mask"):
+        options = dict(options, h_mask=((rng.random((2, 5)) > 0.3) / 0.7).astype(dtype))
     got, want = run_both(rng, 3, 2, 3, 5, dtype, np.array([3, 2]), True, PATHS[path],
                          **options)
     for name, g, w in zip(["y", "h_n", "c_n", "dx", "dh0", "dc0"], got[:6], want[:6]):
