@@ -13,11 +13,17 @@ Two paths, chosen when the weights are packed (pack_gru_cpu):
       unit blocks, when it is large enough (else one thread). r multiplies only
       the recurrent part of n, so the product starts from b_hh instead of the
       projected inputs (as the LSTM's does) and the gate pass adds those.
-  float64, and reset_after=False in either dtype, "blas": per step np.dot
-      products and serial gate passes, NumPy's products around the loop.
-      reset_after=False needs r before W_hn (r * h) can start, a second
-      barrier in every step both ways; it is Keras's older form, so it takes
-      this simple path.
+  float64, and reset_after=False in either dtype, "blas": per step two
+      products and serial gate passes. reset_after=False needs r before W_hn
+      (r * h) can start, a second barrier in every step both ways; it is
+      Keras's older form, so it takes this simple path. In float64 every
+      product is SciPy's BLAS (np.dot in the loop, lstm._dot around it); in
+      float32 none is: the tiled products on Numba's threads
+      (lstm._step_product, lstm._tiled_dot), as everywhere else in float32.
+      Two thread pools in one call, or BLAS's beside the other layers'
+      Numba threads, slowed each other: T=128, B=16, H=256 inference took
+      48 ms alone and 124 ms alternating with a tiled GRU, which it slowed
+      from 8.5 to 33 ms; now 18 ms either way.
 
 Hidden units are padded with zero weights and zero state: with the default
 activations a padded unit has r = z = 1/2 and n = 0, so its state stays exactly
@@ -41,9 +47,9 @@ import numpy as np
 from numba import njit, prange
 
 from ..gates import DEFAULT_ACTS, activate, dactivate, for_dtype
-from .lstm import (_NO_MASK, CB, _FAST, _lengths_or_full, _matmul_rows, _pad, _rows_plan,
-                   _times_mask, mask_buffers, masked_product, step_before,
-                   transposed_with_sums)
+from .lstm import (_NO_MASK, CB, _FAST, _blocks, _lengths_or_full, _matmul_rows, _pad,
+                   _rows_plan, _step_product, _times_mask, mask_buffers, masked_product,
+                   product_for, step_before, step_plan, transposed_with_sums)
 from .rnn import (_blas_recurrent_gradient, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
                   _tiled_weights, _torch_layout, _unpadded)
@@ -263,29 +269,41 @@ def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, 
 # -- float64 and reset_after=False: BLAS per step ----------------------------------------
 @njit(cache=True, error_model="numpy")
 def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, reset_after,
-                  y, hn, acts):
+                  y, hn, acts, tiles):
     """xw [T,B,3H]: x @ W_ih^T + b_ih, receives the activated gates when training;
     w_rz_t [H,2H], w_n_t [H,H]: W_hh^T split at the n gate; b_hh [3H]; mask [B,H]:
     the recurrent dropout mask on h where W_hh reads it (none when its size is 0);
     h [B,H] in/out; y [T,B,H] out; hn [T,B,H] out when training: W_hn h + b_hn
     (reset_after), else r * h (h times the mask, if any); acts: gates.make_acts's
-    tuple."""
+    tuple; tiles: None (np.dot's products), or float32's on Numba's threads: (W_hh^T's
+    r-z and n parts in lstm._blocks's layout, a zero row as wide as their outputs,
+    and each product's lstm._step_product plan)."""
     T, B, G = xw.shape
     H = G // 3
-    rz = np.empty((B, 2 * H), xw.dtype)
+    if tiles is None:
+        rz = np.empty((B, 2 * H), xw.dtype)
+        a_n = np.empty((B, H), xw.dtype)
+    else:  # (the blocks' outputs are padded to whole blocks)
+        rz = np.empty((B, tiles[0].shape[0] * CB), xw.dtype)
+        a_n = np.empty((B, tiles[1].shape[0] * CB), xw.dtype)
     rh = np.empty((B, H), xw.dtype)
-    a_n = np.empty((B, H), xw.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
         h_in = h * mask if mask.size > 0 else h
-        np.dot(h_in, w_rz_t, rz)
+        if tiles is None:
+            np.dot(h_in, w_rz_t, rz)
+        else:
+            _step_product(h_in, tiles[0], rz, tiles[2], tiles[3])
         for b in range(B):
             for j in range(H):
                 r = activate(acts[0], xw[t, b, j] + rz[b, j] + b_hh[j])
                 rz[b, j] = r
                 rz[b, H + j] = activate(acts[0], xw[t, b, H + j] + rz[b, H + j] + b_hh[H + j])
                 rh[b, j] = r * h_in[b, j]
-        np.dot(h_in if reset_after else rh, w_n_t, a_n)
+        if tiles is None:
+            np.dot(h_in if reset_after else rh, w_n_t, a_n)
+        else:
+            _step_product(h_in if reset_after else rh, tiles[1], a_n, tiles[2], tiles[4])
         for b in range(B):
             if t >= lengths[b]:
                 y[t, b] = 0
@@ -305,19 +323,24 @@ def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, 
 
 @njit(cache=True, error_model="numpy")
 def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_after, dh,
-                   dnh, acts):
+                   dnh, acts, tiles):
     """dg [T,B,3H]: activated gates in, dG_ih = [dr dz dn] out; hn [T,B,H]: as the
     forward left it; w_rz [2H,H], w_n [H,H]: W_hh's rows split at the n gate;
     mask [B,H]: the forward's recurrent dropout mask (none when its size is 0);
     dh [B,H]: dh_n in, dh0 out; dnh [T,B,H] out: the gradient of the n gate's
-    recurrent pre-activation (dn * r when reset_after, else dn)."""
+    recurrent pre-activation (dn * r when reset_after, else dn); tiles: None, or as
+    _forward_blas's, for W_hh's r-z and n rows (dG_rz @ W_rz, dnh @ W_n)."""
     T, B, G = dg.shape
     H = G // 3
     masked = mask.size > 0
     carry = np.empty((B, H), dg.dtype)  # dh * z: the direct path h' = ... + z h
-    d_rh = np.empty((B, H), dg.dtype)
     g_rz = np.empty((B, 2 * H), dg.dtype)
-    rec = np.empty((B, H), dg.dtype)
+    if tiles is None:
+        d_rh = np.empty((B, H), dg.dtype)
+        rec = np.empty((B, H), dg.dtype)
+    else:  # (the blocks' outputs are padded to whole blocks)
+        d_rh = np.empty((B, tiles[1].shape[0] * CB), dg.dtype)
+        rec = np.empty((B, tiles[0].shape[0] * CB), dg.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         for b in range(B):
@@ -339,7 +362,10 @@ def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_a
                 else:  # r stays in dg until the gradient of r * h is known
                     dnh[t, b, j] = dn
         if not reset_after:
-            np.dot(dnh[t], w_n, d_rh)  # the gradient of r * h
+            if tiles is None:  # the gradient of r * h
+                np.dot(dnh[t], w_n, d_rh)
+            else:
+                _step_product(dnh[t], tiles[1], d_rh, tiles[2], tiles[4])
             for b in range(B):
                 if t >= lengths[b]:
                     continue
@@ -350,9 +376,15 @@ def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_a
                     dg[t, b, j] = d_rh[b, j] * h_prev[j] * m * dactivate(acts[1], r)
                     carry[b, j] += d_rh[b, j] * r * m
         g_rz[:] = dg[t, :, :2 * H]
-        np.dot(g_rz, w_rz, rec)
+        if tiles is None:
+            np.dot(g_rz, w_rz, rec)
+        else:
+            _step_product(g_rz, tiles[0], rec, tiles[2], tiles[3])
         if reset_after:
-            np.dot(dnh[t], w_n, d_rh)
+            if tiles is None:
+                np.dot(dnh[t], w_n, d_rh)
+            else:
+                _step_product(dnh[t], tiles[1], d_rh, tiles[2], tiles[4])
             rec += d_rh
         for b in range(B):
             if t < lengths[b]:
@@ -374,8 +406,13 @@ def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS):
     H = w_ih.shape[0] // 3
     acts = for_dtype(acts, w_ih.dtype)
     if w_ih.dtype != np.float32 or not reset_after:
+        # float32 keeps off BLAS, as the tiled loops do: its products run on Numba's
+        # threads (lstm.product_for's reasons)
+        w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]
+        tiles = None if w_ih.dtype != np.float32 else dict(
+            fwd=(_blocks(w_rz.T), _blocks(w_n.T)), bwd=(_blocks(w_rz), _blocks(w_n)))
         return dict(kind="blas", H=H, reset_after=bool(reset_after), acts=acts, w_ih=w_ih,
-                    b_ih=b_ih,
+                    tiles=tiles, b_ih=b_ih,
                     b_hh=b_hh, w_rz=np.ascontiguousarray(w_hh[:2 * H]),
                     w_n=np.ascontiguousarray(w_hh[2 * H:]),
                     w_rz_t=np.ascontiguousarray(w_hh[:2 * H].T),
@@ -407,7 +444,8 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         hn = np.empty((T, B, H) if training else (1, 1, 1), x.dtype)
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
         _forward_blas(xw, packed["w_rz_t"], packed["w_n_t"], packed["b_hh"], mask, h, lens,
-                      reverse, training, packed["reset_after"], y, hn, packed["acts"])
+                      reverse, training, packed["reset_after"], y, hn, packed["acts"],
+                      _gru_tiles(packed, B, "fwd"))
         y_out, h0_kept = y, h0
     else:
         Hp = packed["Hp"]
@@ -495,6 +533,17 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
                          packed["H"])
 
 
+def _gru_tiles(packed, B, which):
+    """_forward_blas's and _backward_blas's tiles argument for B rows ("fwd" or "bwd"),
+    or None on float64's BLAS path."""
+    if packed["tiles"] is None:
+        return None
+    w_rz, w_n = packed["tiles"][which]
+    zero = np.zeros((1, max(w_rz.shape[0], w_n.shape[0]) * CB), np.float32)
+    H = packed["H"]
+    return w_rz, w_n, zero, step_plan(B, H, w_rz.shape[0]), step_plan(B, H, w_n.shape[0])
+
+
 def _backward_blas_wrap(dy, dh_n, cache, packed):
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
     dg, hn, reverse = cache["gates"], cache["hn"], cache["reverse"]
@@ -505,19 +554,20 @@ def _backward_blas_wrap(dy, dh_n, cache, packed):
     dnh = np.empty((T, B, H), x.dtype)
     mask = cache["mask"]
     _backward_blas(dy, dg, hn, y, h0, packed["w_rz"], packed["w_n"], mask, lens, reverse,
-                   reset_after, dh, dnh, packed["acts"])
+                   reset_after, dh, dnh, packed["acts"], _gru_tiles(packed, B, "bwd"))
     if mask.size:  # W_hh read h times the recurrent dropout mask (hn holds r * that)
         y, h0 = y * mask, h0 * mask
     dg2 = dg.reshape(T * B, 3 * H)
-    dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)
-    dw_ih = dg2.T @ x.reshape(T * B, I)
+    mm = product_for(dg.dtype)
+    dx = mm(dg2, packed["w_ih"]).reshape(T, B, I)
+    dw_ih = mm(dg2.T, x.reshape(T * B, I))
     db_ih = dg2.sum(axis=0)
     dw_hh = np.empty((3 * H, H), x.dtype)
     dw_hh[:2 * H] = _blas_recurrent_gradient(dg[:, :, :2 * H], y, h0, lens, reverse)
     if reset_after:  # W_hn multiplies h
         dw_hh[2 * H:] = _blas_recurrent_gradient(dnh, y, h0, lens, reverse)
     else:            # W_hn multiplies r * h, which the forward kept in hn
-        dw_hh[2 * H:] = dnh.reshape(-1, H).T @ hn.reshape(-1, H)
+        dw_hh[2 * H:] = mm(dnh.reshape(-1, H).T, hn.reshape(-1, H))
     db_hh = db_ih.copy()
     db_hh[2 * H:] = dnh.reshape(-1, H).sum(axis=0)
     return dx, dh, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db_ih, b_hh=db_hh)

@@ -883,6 +883,21 @@ def _tiled_dot(a, b):
     return out[:, :b.shape[1]]
 
 
+def product_for(dtype):
+    """The matrix product the BLAS paths use around their loops: _tiled_dot (Numba's
+    threads) for float32, whose loops keep off BLAS, _dot (SciPy's BLAS, the one
+    their np.dot calls) for float64."""
+    return _tiled_dot if np.dtype(dtype) == np.float32 else _dot
+
+
+def step_plan(B, units, blocks):
+    """_step_product's plan for B rows and a W of `blocks` blocks: (rows a task,
+    tasks a block, serial), serial where _threads says one thread."""
+    P = _threads(B, units, max(1, blocks))
+    rows, chunks = _row_chunks(B, max(1, blocks), P)
+    return rows, chunks, P == 1
+
+
 def _step_tiles(packed, B, recurrent, projection):
     """_forward_blas's and _backward_blas's tiles argument: None on the BLAS path, else
     (the recurrent and projection weights in blocks, a zero row as wide as their
@@ -891,13 +906,9 @@ def _step_tiles(packed, B, recurrent, projection):
     if tiles is None:
         return None
     w, wp = tiles[recurrent], tiles[projection]
-    plans = []
-    for blocks in (w, wp):
-        P = _threads(B, packed["H"], blocks.shape[0])
-        rows, chunks = _row_chunks(B, max(1, blocks.shape[0]), P)
-        plans.append((rows, chunks, P == 1))
     zero = np.zeros((1, max(w.shape[0], wp.shape[0], 1) * CB), np.float32)
-    return w, wp, zero, plans[0], plans[1]
+    return (w, wp, zero, step_plan(B, packed["H"], w.shape[0]),
+            step_plan(B, packed["H"], wp.shape[0]))
 
 
 @njit(cache=True)

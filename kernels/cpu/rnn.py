@@ -14,8 +14,9 @@ follow lstm.py, whose docstring says why:
       parallel region, each thread owning a range of blocks, when it is large
       enough (else one thread). The products before and after the loop are
       lstm._matmul.
-  float64, "blas": per step an np.dot and a serial activation pass; NumPy's
-      products around the loop.
+  float64, "blas": per step an np.dot and a serial activation pass; SciPy's
+      BLAS (the one np.dot calls) for the products around the loop too
+      (lstm.product_for), one thread pool in the call.
 
 Hidden units are padded with zero weights and zero state: a padded unit stays
 zero (tanh(0) = relu(0) = 0) and feeds nothing.
@@ -37,7 +38,7 @@ from ..gates import drelu, dtanh, relu, tanh
 from ..reference import RNN_NONLINEARITIES
 from .lstm import (CB, INFERENCE_CHUNK_BYTES, PARALLEL_MIN_FLOPS, PARALLEL_MIN_UNITS, _FAST,
                    _blocks, _first_step_gradients, _lengths_or_full, _matmul, _matmul_rows, _pad,
-                   _stack_f32, transposed_with_sums)
+                   _stack_f32, product_for, transposed_with_sums)
 
 # lstm.py's measured limits, rebound here: gru.py reads them from this module
 # too, and tests lower them to force the parallel step or small inference chunks.
@@ -101,9 +102,11 @@ def _run_in_chunks(x, w_in, bias, Gp, hbuf, reverse, training, run):
 
 
 def _project(x, w_ih, b):
-    """The blas paths' input projection: x [T,B,I] @ w_ih^T + b -> [T,B,G]."""
+    """The blas paths' input projection: x [T,B,I] @ w_ih^T + b -> [T,B,G], on the
+    threads their loop's products use (lstm.product_for)."""
     T, B, I = x.shape
-    xw = (x.reshape(T * B, I) @ w_ih.T).reshape(T, B, -1)
+    xw = np.ascontiguousarray(product_for(x.dtype)(x.reshape(T * B, I), w_ih.T)).reshape(
+        T, B, -1)
     xw += b
     return xw
 
@@ -193,12 +196,13 @@ def _torch_layout(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, rows, shape, H):
 
 
 def _blas_recurrent_gradient(dg, y, h0, lens, reverse):
-    """sum over steps of dG[t]^T @ (h entering step t), NumPy's products.
+    """sum over steps of dG[t]^T @ (h entering step t) (lstm.product_for's products).
     dg [T,B,G] zero past each length; y [T,B,H]; h0 [B,H] -> [G,H]."""
+    mm = product_for(dg.dtype)
     dg_first, _ = _first_step_gradients(dg, lens, reverse)
     dg_prev, y_prev = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
     G, H = dg.shape[2], y.shape[2]
-    return dg_prev.reshape(-1, G).T @ y_prev.reshape(-1, H) + dg_first.T @ h0
+    return mm(dg_prev.reshape(-1, G).T, y_prev.reshape(-1, H)) + mm(dg_first.T, h0)
 
 
 # -- forward, float32 tiled ------------------------------------------------------------
@@ -431,9 +435,10 @@ def rnn_backward_cpu(dy, dh_n, cache, packed):
         dh = dh_n.copy()
         _backward_blas(dy, dg, y, packed["w_hh"], lens, reverse, packed["relu"], dh)
         dg2 = dg.reshape(T * B, H)
-        dx = (dg2 @ packed["w_ih"]).reshape(T, B, I)
+        mm = product_for(dg2.dtype)
+        dx = mm(dg2, packed["w_ih"]).reshape(T, B, I)
         db = dg2.sum(axis=0)
-        grads = dict(w_ih=dg2.T @ x.reshape(T * B, I),
+        grads = dict(w_ih=mm(dg2.T, x.reshape(T * B, I)),
                      w_hh=_blas_recurrent_gradient(dg, y, h0, lens, reverse),
                      b_ih=db, b_hh=db.copy())
         return dx, dh, grads
