@@ -123,6 +123,22 @@ def lstm_layer_and_reference(rng, options, backend, dtype, prepare=lambda layer:
     return _train_step(ours, x, lengths, dy), want
 
 
+def check_streaming_and_checkpoint(layer, x, folder):
+    """layer.step through x [T,B,I] equals the sequence call (2e-6), and a checkpoint of
+    a model of it in `folder` predicts exactly what it does; returns the loaded layer."""
+    import numlstm
+    y, _ = layer(x)
+    ys, _ = run_steps(layer, x)
+    for t in range(len(x)):
+        assert_close(ys[t], y[t], 2e-6, f"step {t}")
+    model = numlstm.Sequential([layer])
+    numlstm.save_checkpoint(folder, model)
+    back = numlstm.load(folder)
+    xb = x.transpose(1, 0, 2)  # (Sequential models are batch-first)
+    np.testing.assert_array_equal(back.predict(xb), model.predict(xb))
+    return back.layers[0]
+
+
 def run_steps(layer, x, state=None):
     """layer.step over each step of x [T,B,I] from state: (the outputs stacked [T,B,W],
     the final state)."""
