@@ -25,7 +25,8 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
       15-20% slower at the character model than either alone.)
   float64, "blas": the exact path the gradient checks use: per step a BLAS
       product (SciPy's, through np.dot) and a serial gate pass, with libm's
-      exp and tanh; NumPy's BLAS for the products around the loop.
+      exp and tanh; the same BLAS for the products around the loop (_dot: with
+      NumPy's there, its pool and SciPy's took the cores from each other).
       Layer normalisation (ln_* weights) takes this loop in float32 too: its
       per-row statistics over all 4H gate columns sit between the product and
       the gate math, which the tiled loops split among threads by units. The
@@ -1391,8 +1392,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     lens = _lengths_or_full(lengths, T, B)
     ln_cache = None  # layer_norm's arrays for the backward
     if packed["kind"] == "blas":
-        mm = _dot if packed["tiles"] is None else _tiled_dot
-        xw = mm(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, -1)
+        xw = product_for(x.dtype)(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, -1)
         norms, ln = packed["ln"], None
         if norms is not None:  # the input product normalised before the loop
             x_hat, rstd_x = xw, _normalise(xw)
@@ -1701,7 +1701,7 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
         dg_x = _normalise_grad(dg * norms[0], ln_cache["x_hat"], ln_cache["rstd_x"])
     dg_first, _ = _first_step_gradients(dg_h, lens, reverse)
     dgx2 = dg_x.reshape(T * B, G)
-    mm = _dot if packed["tiles"] is None else _tiled_dot
+    mm = product_for(dg.dtype)
     dx = mm(dgx2, packed["w_ih"]).reshape(T, B, I)
     dw_ih = mm(dgx2.T, x.reshape(T * B, I))
     dg_prev, y_prev = (dg_h[:-1], y[1:]) if reverse else (dg_h[1:], y[:-1])
