@@ -49,7 +49,7 @@ from numba import njit, prange
 from ..gates import DEFAULT_ACTS, activate, dactivate, for_dtype
 from .lstm import (_NO_MASK, CB, _FAST, _blocks, _lengths_or_full, _matmul_rows, _pad,
                    _rows_plan, _step_product, _times_mask, mask_buffers, masked_product,
-                   product_for, step_before, step_plan, transposed_with_sums)
+                   product_for, step_before, step_tiles, transposed_with_sums)
 from .rnn import (_blas_recurrent_gradient, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
                   _tiled_weights, _torch_layout, _unpadded)
@@ -410,7 +410,8 @@ def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS):
         # threads (lstm.product_for's reasons)
         w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]
         tiles = None if w_ih.dtype != np.float32 else dict(
-            fwd=(_blocks(w_rz.T), _blocks(w_n.T)), bwd=(_blocks(w_rz), _blocks(w_n)))
+            w_rz=_blocks(w_rz.T), w_n=_blocks(w_n.T), w_rz_bwd=_blocks(w_rz),
+            w_n_bwd=_blocks(w_n))
         return dict(kind="blas", H=H, reset_after=bool(reset_after), acts=acts, w_ih=w_ih,
                     tiles=tiles, b_ih=b_ih,
                     b_hh=b_hh, w_rz=np.ascontiguousarray(w_hh[:2 * H]),
@@ -445,7 +446,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
         _forward_blas(xw, packed["w_rz_t"], packed["w_n_t"], packed["b_hh"], mask, h, lens,
                       reverse, training, packed["reset_after"], y, hn, packed["acts"],
-                      _gru_tiles(packed, B, "fwd"))
+                      step_tiles(packed, B, "w_rz", "w_n"))
         y_out, h0_kept = y, h0
     else:
         Hp = packed["Hp"]
@@ -533,17 +534,6 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
                          packed["H"])
 
 
-def _gru_tiles(packed, B, which):
-    """_forward_blas's and _backward_blas's tiles argument for B rows ("fwd" or "bwd"),
-    or None on float64's BLAS path."""
-    if packed["tiles"] is None:
-        return None
-    w_rz, w_n = packed["tiles"][which]
-    zero = np.zeros((1, max(w_rz.shape[0], w_n.shape[0]) * CB), np.float32)
-    H = packed["H"]
-    return w_rz, w_n, zero, step_plan(B, H, w_rz.shape[0]), step_plan(B, H, w_n.shape[0])
-
-
 def _backward_blas_wrap(dy, dh_n, cache, packed):
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
     dg, hn, reverse = cache["gates"], cache["hn"], cache["reverse"]
@@ -554,7 +544,8 @@ def _backward_blas_wrap(dy, dh_n, cache, packed):
     dnh = np.empty((T, B, H), x.dtype)
     mask = cache["mask"]
     _backward_blas(dy, dg, hn, y, h0, packed["w_rz"], packed["w_n"], mask, lens, reverse,
-                   reset_after, dh, dnh, packed["acts"], _gru_tiles(packed, B, "bwd"))
+                   reset_after, dh, dnh, packed["acts"],
+                   step_tiles(packed, B, "w_rz_bwd", "w_n_bwd"))
     if mask.size:  # W_hh read h times the recurrent dropout mask (hn holds r * that)
         y, h0 = y * mask, h0 * mask
     dg2 = dg.reshape(T * B, 3 * H)

@@ -891,7 +891,7 @@ def product_for(dtype):
     return _tiled_dot if np.dtype(dtype) == np.float32 else _dot
 
 
-def step_plan(B, units, blocks):
+def _step_plan(B, units, blocks):
     """_step_product's plan for B rows and a W of `blocks` blocks: (rows a task,
     tasks a block, serial), serial where _threads says one thread."""
     P = _threads(B, units, max(1, blocks))
@@ -899,17 +899,18 @@ def step_plan(B, units, blocks):
     return rows, chunks, P == 1
 
 
-def _step_tiles(packed, B, recurrent, projection):
-    """_forward_blas's and _backward_blas's tiles argument: None on the BLAS path, else
-    (the recurrent and projection weights in blocks, a zero row as wide as their
-    outputs, and each product's _step_product plan for B rows)."""
+def step_tiles(packed, B, recurrent, projection):
+    """The BLAS loops' tiles argument (this module's _forward_blas and _backward_blas,
+    gru.py's): None where packed["tiles"] is (float64), else (the two weights
+    packed["tiles"][recurrent] and [projection] in blocks, a zero row as wide as
+    their outputs, and each product's _step_product plan for B rows)."""
     tiles = packed["tiles"]
     if tiles is None:
         return None
     w, wp = tiles[recurrent], tiles[projection]
     zero = np.zeros((1, max(w.shape[0], wp.shape[0], 1) * CB), np.float32)
-    return (w, wp, zero, step_plan(B, packed["H"], w.shape[0]),
-            step_plan(B, packed["H"], wp.shape[0]))
+    return (w, wp, zero, _step_plan(B, packed["H"], w.shape[0]),
+            _step_plan(B, packed["H"], wp.shape[0]))
 
 
 @njit(cache=True)
@@ -1412,7 +1413,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], mask, h, c, lens, reverse,
                       training, y, cs, packed["clip"], packed["coupled"], packed["gclip"],
                       packed["acts"], packed["peep"], czs, zc, zh, ln,
-                      _step_tiles(packed, B, "w_fwd", "w_proj"))
+                      step_tiles(packed, B, "w_fwd", "w_proj"))
         y_out, c0_kept = y, c0
     else:
         Hp, Pp = packed["Hp"], packed["Pp"]
@@ -1695,7 +1696,7 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
                    lens, reverse, dh, dc, packed["clip"], packed["coupled"], packed["gclip"],
                    packed["acts"], packed["peep"],
                    cache["czs"], cache["zc"], cache["zh"], ln,
-                   _step_tiles(packed, B, "w_bwd", "w_proj_bwd"))
+                   step_tiles(packed, B, "w_bwd", "w_proj_bwd"))
     if norms is not None:  # (after this, x_hat is gone)
         ln_ih = np.einsum("tbg,tbg->g", dg, ln_cache["x_hat"])
         dg_x = _normalise_grad(dg * norms[0], ln_cache["x_hat"], ln_cache["rstd_x"])
