@@ -946,6 +946,34 @@ def _norm_stats(v):
     return v.dtype.type(mu), v.dtype.type(1 / np.sqrt(var / v.size + LAYER_NORM_EPS))
 
 
+@njit(cache=True, error_model="numpy")
+def _normalise_row(v):
+    """Layer normalisation without gain, in place: v <- (v - mean) / sigma; returns
+    1 / sigma (_norm_stats)."""
+    mu, rstd = _norm_stats(v)
+    for j in range(v.size):
+        v[j] = (v[j] - mu) * rstd
+    return rstd
+
+
+@njit(cache=True, error_model="numpy")
+def _normalise_rows(v):
+    """_normalise_row of each row of v [N,G], in place (the input product of all the
+    steps: no temporary of its size); returns 1 / sigma [N]."""
+    rstd = np.empty(v.shape[0], v.dtype)
+    for n in range(v.shape[0]):
+        rstd[n] = _normalise_row(v[n])
+    return rstd
+
+
+@njit(cache=True, error_model="numpy")
+def _norm_grad_rows(dv, v_hat, rstd):
+    """_norm_grad of each row of dv [N,G] (v_hat [N,G], rstd [N] as _normalise_rows
+    left them), in place."""
+    for n in range(dv.shape[0]):
+        _norm_grad(dv[n], v_hat[n], rstd[n])
+
+
 @njit(**_FAST)
 def _gates_row(a, r, c_old, c_new, o_new, keep, clip, coupled, gclip, acts, peep):
     """One row's gate math on the BLAS path: a, r [G] the input and recurrent parts of
@@ -1030,21 +1058,20 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
             a, r = xw[t, b], rec[b]
             zt = t if zc.shape[0] > 1 else 0
             if ln is not None:  # r <- gain * LN(r)
-                mu, rstd = _norm_stats(r[:G])
-                for j in range(G):
-                    r_hat = (r[j] - mu) * rstd
-                    if training:
-                        ln[3][t, b, j] = r_hat
-                    r[j] = ln[0][j] * r_hat
+                rstd = _normalise_row(r[:G])
                 if training:
+                    ln[3][t, b] = r[:G]
                     ln[4][t, b] = rstd
+                for j in range(G):
+                    r[j] *= ln[0][j]
             _gates_row(a, r, c[b], c_new, o_new, training, clip, coupled, gclip, acts, peep)
             if training:
                 cs[t, b] = c_new
             if ln is not None:
-                mu, rstd = _norm_stats(c_new)
+                n_c[:] = c_new
+                _normalise_row(n_c)
                 for j in range(H):
-                    n_c[j] = ln[1][j] * ((c_new[j] - mu) * rstd) + ln[2][j]
+                    n_c[j] = ln[1][j] * n_c[j] + ln[2][j]
             zb = b if zoned else 0
             _outputs_row(c_new, o_new, n_c if ln is not None else c_new, c[b], m[b], zc[zt, zb],
                          zh[zt, zb], zoned, acts)
@@ -1064,10 +1091,15 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
 
 @njit(cache=True, error_model="numpy")
 def _norm_grad(dv, v_hat, rstd):
-    """LN's backward, in place: dv (the gradient of v_hat) becomes that of v."""
+    """LN's backward, in place: dv (the gradient of v_hat) becomes that of v
+    (reference.layer_norm_grad); the means summed in float64, as _norm_stats's."""
     n = dv.size
-    mean_dv = dv.sum() / n
-    mean_dvv = (dv * v_hat).sum() / n
+    mean_dv = 0.0
+    mean_dvv = 0.0
+    for j in range(n):
+        mean_dv += dv[j]
+        mean_dvv += dv[j] * v_hat[j]
+    mean_dv, mean_dvv = dv.dtype.type(mean_dv / n), dv.dtype.type(mean_dvv / n)
     for j in range(n):
         dv[j] = rstd * (dv[j] - mean_dv - v_hat[j] * mean_dvv)
 
@@ -1188,9 +1220,8 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
                 _grads_row(a, cs[t, b], c_prev, dc[b], dm[b], clip, coupled, acts, peep,
                            bounds, gated)
             else:  # h' = o * cell(gain * c_hat + bias): the state's part goes through LN
-                mu, rstd = _norm_stats(cs[t, b])
-                for j in range(H):
-                    c_hat[j] = (cs[t, b, j] - mu) * rstd
+                c_hat[:] = cs[t, b]
+                rstd = _normalise_row(c_hat)
                 _norm_output_grads_row(a, c_hat, ln[1], ln[2], dm[b], ln[6], ln[7], dcn, acts,
                                        bounds, gated)
                 _norm_grad(dcn, c_hat, rstd)
@@ -1396,9 +1427,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         xw = product_for(x.dtype)(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, -1)
         norms, ln = packed["ln"], None
         if norms is not None:  # the input product normalised before the loop
-            x_hat, rstd_x = xw, _normalise(xw)
-            xw = x_hat * norms[0]
             G = xw.shape[2]
+            x_hat, rstd_x = xw, _normalise_rows(xw.reshape(T * B, G))
+            xw = x_hat * norms[0]
             h_hat, rstd_h = (np.empty((T, B, G), x.dtype), np.empty((T, B), x.dtype)) if (
                 training) else (np.empty((0, 0, 0), x.dtype), np.empty((0, 0), x.dtype))
             ln = norms[1:] + (h_hat, rstd_h)
@@ -1697,9 +1728,11 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
                    packed["acts"], packed["peep"],
                    cache["czs"], cache["zc"], cache["zh"], ln,
                    step_tiles(packed, B, "w_bwd", "w_proj_bwd"))
-    if norms is not None:  # (after this, x_hat is gone)
+    if norms is not None:
         ln_ih = np.einsum("tbg,tbg->g", dg, ln_cache["x_hat"])
-        dg_x = _normalise_grad(dg * norms[0], ln_cache["x_hat"], ln_cache["rstd_x"])
+        dg_x = dg * norms[0]
+        _norm_grad_rows(dg_x.reshape(T * B, G), ln_cache["x_hat"].reshape(T * B, G),
+                        ln_cache["rstd_x"])
     dg_first, _ = _first_step_gradients(dg_h, lens, reverse)
     dgx2 = dg_x.reshape(T * B, G)
     mm = product_for(dg.dtype)
@@ -1722,28 +1755,6 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
             dg[:, :, :H], dg[:, :, H:2 * H], dg[:, :, 3 * H:], cache["cs"], cache["czs"],
             cache["c0"], lens, reverse, (T, B, H)).reshape(-1)
     return dx, dh, dc, grads
-
-
-def _normalise(v):
-    """Layer normalisation without gain, in place over v's last axis (the input
-    product of all the steps: no temporary of its size). Returns 1 / sigma [..., 1]."""
-    v -= v.mean(axis=-1, keepdims=True)
-    rstd = 1 / np.sqrt(np.einsum("...g,...g->...", v, v)[..., None] / v.shape[-1]
-                       + LAYER_NORM_EPS)
-    v *= rstd
-    return rstd.astype(v.dtype)
-
-
-def _normalise_grad(dv, v_hat, rstd):
-    """reference.layer_norm_grad in place, from dv = the gradient of v_hat: dv becomes
-    the gradient of v, and v_hat is overwritten."""
-    n = dv.shape[-1]
-    mean_dvv = np.einsum("...g,...g->...", dv, v_hat)[..., None] / n
-    dv -= dv.mean(axis=-1, keepdims=True)
-    v_hat *= mean_dvv
-    dv -= v_hat
-    dv *= rstd
-    return dv
 
 
 def _peephole_gradients(dg_i, dg_f, dg_o, cs, czs, c0, lens, reverse, shape):
