@@ -543,7 +543,6 @@ class _Recurrent(Layer):
         private_y=False: the caller only reads y, so it may be the cache's own array."""
         s = self.spec
         T, B = x_tm.shape[:2]
-        self._check_cuda_options(backend, training)
         cells = self._packs.get(backend, self._params, s)
         D = s.directions
         ops = backend.ops
@@ -590,18 +589,6 @@ class _Recurrent(Layer):
             self._cache = None
             self._cache_state = "inference"
         return inp, state_n
-
-    def _check_cuda_options(self, backend, training):
-        """Refuse, before any kernel runs, the options the CUDA kernels lack."""
-        if backend.name != "cuda":
-            return
-        if training and self.recurrent_dropout and self.cell != "lstm":
-            raise NotImplementedError("recurrent_dropout: the CUDA GRU kernels have no "
-                                      "recurrent dropout yet (the LSTM's have); train with "
-                                      "backend='cpu'")
-        if self.zoneout:
-            raise NotImplementedError("zoneout: the CUDA kernels have no zoneout yet; use "
-                                      "backend='cpu'")
 
     def _zone(self, training, T, B):
         """Zoneout's weights (zone_c, zone_h) for one layer and direction: when training,
@@ -724,7 +711,6 @@ class _Recurrent(Layer):
         inp = ops.contiguous(ops.from_host(x_t), self.dtype).reshape(B, I)
         cells = self._packs.get(backend, self._params, self.spec)
         state_n = tuple(ops.empty(p.shape, p.dtype) for p in state0)
-        self._check_cuda_options(backend, False)
         for l in range(self.spec.num_layers):
             state_l = tuple(p[l] for p in state0)
             if self.zoneout:  # its expectation, as a sequence of one step computes it
@@ -960,17 +946,16 @@ class LSTM(_Recurrent):
             enters the recurrent product, W_hh (h * mask), when training=True: one
             mask per sequence and layer direction, held over all its steps (Keras's
             recurrent_dropout and Gal and Ghahramani's variational form; survivors
-            scaled by 1/(1-p)); inference runs the plain layer. LSTM and GRU, cpu
-            and numpy backends, and cuda for the LSTM (its GRU refuses to train
-            with it). torch has no such
-            option; to_torch still gives the module that computes the inference.
+            scaled by 1/(1-p)); inference runs the plain layer. LSTM and GRU, on
+            every backend. torch has no such option; to_torch still gives the
+            module that computes the inference.
         zoneout: a rate in [0, 1), or a pair (for c, for h): zoneout (Krueger et al.,
             2016). When training, each unit of c and of h keeps its previous value
             with that probability at each step, c' <- c' + z (c - c') with z drawn 0
             or 1 per sequence, unit and step (h likewise); at inference z is the rate
-            itself, the expectation. LSTM without a projection, cpu and numpy
-            backends. Keras, torch and ONNX have no such option (to_torch and
-            export_onnx refuse such a layer).
+            itself, the expectation. LSTM without a projection, on every backend.
+            Keras, torch and ONNX have no such option (to_torch and export_onnx
+            refuse such a layer).
         proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
             proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units
             (c keeps H), W_hh is [G,P] and each cell gains weight_hr_l{k} [P,H] (no

@@ -115,12 +115,6 @@ def test_options_and_refusals(rng, tmp_path):
     model = numlstm.Sequential([lstm])
     model.save(tmp_path / "ck")
     assert numlstm.load_checkpoint(tmp_path / "ck").model.layers[0].recurrent_dropout == 0.25
-    cuda = numlstm.GRU(3, 4, recurrent_dropout=0.25, backend="cuda", seed=0)
-    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
-    with pytest.raises(NotImplementedError, match="recurrent_dropout.*backend='cpu'"):
-        cuda(x, training=True)
-    y, _ = cuda(x)  # inference runs the plain kernels
-    assert y.shape == (5, 2, 4)
 
 
 def test_cuda_lstm_trains_with_it_as_the_reference_does(rng):
@@ -207,21 +201,29 @@ def _check_gru_kernels(rng, shape, reset_after, dtype):
         assert_close(got[k], want[k], rtol if k in "yh" else 5 * rtol, k)
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
-def test_gru_layer_cpu_matches_numpy_with_the_same_masks(rng, reset_after):
-    """Same seed, same masks: the cpu backend's GRU layer against the reference's,
-    values and every gradient, stacked and bidirectional with lengths."""
+@pytest.mark.parametrize("backend,reset_after", [("cpu", True), ("cpu", False),
+                                                 ("cuda", True), ("cuda", False)],
+                         ids=["cpu-reset-after", "cpu-reset-before", "cuda-reset-after",
+                              "cuda-reset-before"])
+def test_gru_layer_matches_numpy_with_the_same_masks(rng, backend, reset_after):
+    """Same seed, same masks: the cpu and cuda (simulator) backends' GRU layer against
+    the reference's, values and every gradient, stacked and bidirectional with
+    lengths."""
+    T, B, H = (7, 4, 6) if backend == "cpu" else (3, 3, 4)
+
     def make(backend):
-        return numlstm.GRU(3, 6, num_layers=2, bidirectional=True, recurrent_dropout=0.3,
+        return numlstm.GRU(3, H, num_layers=2, bidirectional=True, recurrent_dropout=0.3,
                            reset_after=reset_after, backend=backend, dtype=np.float64, seed=5)
-    x = rng.standard_normal((7, 4, 3))
-    lengths = np.array([7, 2, 5, 1])
-    dy = rng.standard_normal((7, 4, 12))
+    x = rng.standard_normal((T, B, 3))
+    lengths = np.array([T, 2, 1, T - 1][:B])
+    dy = rng.standard_normal((T, B, 2 * H))
     runs = []
-    for layer in (make("numpy"), make("cpu")):
+    for layer in (make("numpy"), make(backend)):
         y, h = layer(x, training=True, lengths=lengths)
         dx, dh0 = layer.backward(dy)
         runs.append(dict(y=y, h=h, dx=dx, dh0=dh0, **layer.grads))
     assert rel_err(runs[0]["y"], make("numpy")(x, lengths=lengths)[0]) > 1e-3  # it bites
     for k in runs[0]:
         assert_close(runs[1][k], runs[0][k], 1e-12, k)
+    if backend == "cuda":  # inference runs the plain kernels
+        assert_close(make("cuda")(x)[0], make("numpy")(x)[0], 1e-12, "inference")

@@ -1,14 +1,15 @@
 """LSTM zoneout: each unit of c and h keeps its previous value with the rate's
 probability while training (0/1 draws per sequence, unit and step), the rate itself at
 inference. The reference against finite differences, the CPU kernels against the
-reference, and the layer on both backends."""
+reference, and the layer on the numpy, cpu and cuda (simulator) backends."""
 import numpy as np
 import pytest
 
 import numlstm
 from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
 from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
-from helpers import assert_close, check_lstm_reference_gradients, rel_err, run_steps
+from helpers import (assert_close, check_lstm_reference_gradients, lstm_layer_and_reference,
+                     rel_err, run_steps)
 
 
 def _weights(rng, T, B, H, training, rates=(0.3, 0.2)):
@@ -131,6 +132,22 @@ def test_step_config_and_refusals(rng, tmp_path):
     with pytest.raises(ValueError, match="export_onnx: this LSTM uses zoneout"):
         numlstm.export_onnx(lstm, tmp_path / "z.onnx")
     assert not (tmp_path / "z.onnx").exists()
-    cuda = numlstm.LSTM(4, 6, zoneout=0.1, backend="cuda", seed=0)
-    with pytest.raises(NotImplementedError, match="zoneout.*backend='cpu'"):
-        cuda(x)
+
+
+def test_cuda_layer_computes_what_the_reference_does(rng):
+    """The CUDA LSTM (simulator) with zoneout and recurrent dropout: a training step
+    draws what the numpy backend draws and gives every gradient it gives; inference
+    (the expectation) and streaming steps match it too."""
+    options = {"zoneout": (0.2, 0.3), "recurrent_dropout": 0.25}
+    got, want = lstm_layer_and_reference(rng, options, "cuda", np.float32)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert_close(got[k], want[k], 2e-5 if k in ("y", "h", "c") else 1e-4, k)
+    cuda, ref = (numlstm.LSTM(3, 4, zoneout=(0.1, 0.4), backend=b, dtype=np.float32, seed=2)
+                 for b in ("cuda", "numpy"))
+    x = rng.standard_normal((3, 2, 3)).astype(np.float32)
+    y = cuda(x, lengths=np.array([3, 1]))[0]
+    assert_close(y, ref(x, lengths=np.array([3, 1]))[0], 2e-6, "inference")
+    plain = numlstm.LSTM(3, 4, dtype=np.float32, seed=2)
+    assert rel_err(y, plain(x, lengths=np.array([3, 1]))[0]) > 1e-3  # the rates bite
+    assert_close(run_steps(cuda, x)[0], ref(x)[0], 2e-6, "streaming steps")

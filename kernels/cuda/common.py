@@ -241,6 +241,14 @@ def _copy3_kernel(src, dst, swap):
 
 
 @cuda.jit
+def _scale_rows_kernel(a, m, out):
+    """out[t, b, u] = a[t, b, u] * m[b, u]."""
+    i, j, k = cuda.grid(3)
+    if i < out.shape[0] and j < out.shape[1] and k < out.shape[2]:
+        out[i, j, k] = a[i, j, k] * m[j, k]
+
+
+@cuda.jit
 def _copy2_kernel(src, dst):
     """dst = src for 2-D arrays of any strides."""
     i, j = cuda.grid(2)
@@ -270,12 +278,23 @@ def copy(src, dst):
 def copy3(src, dst, swap=False):
     """dst[...] = src (or src with its first two axes swapped), any strides."""
     if dst.size:
-        # z walks the features: grid dims are limited to 65535 in y and z.
-        n0, n1, n2 = dst.shape
-        tb = (4, 4, 2) if SIMULATED else (4, 4, 16)
-        grid = tuple(math.ceil(n / t) for n, t in zip((n0, n1, n2), tb))
-        _copy3_kernel[grid, tb](src, dst, swap)
+        _copy3_kernel[_grid3(dst.shape)](src, dst, swap)
     return dst
+
+
+def _grid3(shape):
+    """The launch of a kernel with a thread per entry of a 3-D array (z walks the
+    last axis: grid dims are limited to 65535 in y and z)."""
+    tb = (4, 4, 2) if SIMULATED else (4, 4, 16)
+    return tuple(math.ceil(n / t) for n, t in zip(shape, tb)), tb
+
+
+def scale_rows(a, m):
+    """A new array [T,B,H]: a [T,B,H] times m [B,H] at every step."""
+    out = device_array(a.shape, a.dtype)
+    if out.size:
+        _scale_rows_kernel[_grid3(out.shape)](a, m, out)
+    return out
 
 
 def copy_any(src, dst):
@@ -362,14 +381,13 @@ def load_columns(w_hh, w_sh, units):
 
 
 @cuda.jit(device=True)
-def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1, mask):
+def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1, mask, zero):
     """The backward's recurrent product for the block's units j:
-    dh[nxt, b, j] += sum_r da[t*B + b, r] * W_hh[r, j] over rows r0 <= r < r1, of
-    valid rows b (nxt = (k + 1) % 2; an invalid row keeps dh[cur, b, j]).
-    Callers have already written their own part of dh[nxt] (zero, or a
-    pointwise term) for valid rows. mask: the recurrent dropout mask [B,H], which
-    then multiplies the whole sum (its callers, the LSTM's, write zero first), or
-    [0,0] for none."""
+    dh[nxt, b, j] += m[b, j] * sum_r da[t*B + b, r] * W_hh[r, j] over rows r0 <= r < r1,
+    of valid rows b (nxt = (k + 1) % 2; an invalid row keeps dh[cur, b, j]).
+    Callers have already written their own part of dh[nxt] (zero, or a pointwise
+    term such as the GRU's z * dh or zoneout's kept part) for valid rows. mask: m, the
+    recurrent dropout mask [B,H] (W_hh read h * m), or [0,0] for none (m = 1)."""
     H = w_hh.shape[1]
     G = w_hh.shape[0]
     GP = G + 1
@@ -387,7 +405,10 @@ def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1, mask):
             if u < H:
                 if t < lengths[b]:
                     row = t * B + b
-                    acc = dh[nxt, b, u]
+                    if mask.shape[0] > 0:
+                        acc = zero
+                    else:
+                        acc = dh[nxt, b, u]
                     if cached:
                         wi = base + ul * GP
                         for r in range(r0, r1):
@@ -396,7 +417,7 @@ def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1, mask):
                         for r in range(r0, r1):
                             acc += da[row, r] * w_hh[r, u]
                     if mask.shape[0] > 0:
-                        acc *= mask[b, u]
+                        acc = dh[nxt, b, u] + acc * mask[b, u]
                     dh[nxt, b, u] = acc
                 else:
                     dh[nxt, b, u] = dh[cur, b, u]
@@ -404,11 +425,11 @@ def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1, mask):
 
 
 @cuda.jit
-def dh_one(k, t, da, w_hh, lengths, dh, units, r0, r1, mask):
+def dh_one(k, t, da, w_hh, lengths, dh, units, r0, r1, mask, zero):
     """Step k's dh_product alone, W_hh read from global memory (the per-step
     path of every cell's backward)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    dh_product(k, t, da, w_hh, w_sh, False, lengths, dh, units, r0, r1, mask)
+    dh_product(k, t, da, w_hh, w_sh, False, lengths, dh, units, r0, r1, mask, zero)
 
 
 def input_gradients(da, x, w_ih, one):

@@ -32,7 +32,7 @@ from numba import cuda
 from ..gates import DEFAULT_ACTS, activate, activation_name, dactivate
 from .common import (as_device, column_sums, combine, copy, device_array, dh_one,
                      dh_product, input_gradients, lengths_or_full, load_columns,
-                     load_rows, matmul, ones, plan)
+                     load_rows, matmul, ones, plan, scale_rows)
 
 ROWS = 3  # weight rows per hidden unit
 
@@ -59,9 +59,12 @@ def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS):
 # -- forward ---------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                reverse, units, training, zero, acts):
+                reverse, units, training, zero, acts, mask):
     """Step s of the block's units with reset_after: reads h[s % 2], writes
-    h[(s+1) % 2] and y[t] (rh unused)."""
+    h[(s+1) % 2] and y[t] (rh unused). mask: the recurrent dropout mask [B,H]
+    on h where W_hh reads it, or [0,0] for none (hin keeps h itself, which
+    h' = n + z (h - n) reads)."""
+    masked = mask.shape[0] > 0
     T = y.shape[0]
     B = y.shape[1]
     H = y.shape[2]
@@ -89,13 +92,13 @@ def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
                 if cached:
                     w = base + ul * HP
                     for k in range(H):
-                        hk = h[cur, b, k]
+                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
                         ar += hk * w_sh[w + k]
                         az += hk * w_sh[w + stride + k]
                         an += hk * w_sh[w + 2 * stride + k]
                 else:
                     for k in range(H):
-                        hk = h[cur, b, k]
+                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
                         ar += hk * w_hh[u, k]
                         az += hk * w_hh[H + u, k]
                         an += hk * w_hh[2 * H + u, k]
@@ -127,10 +130,12 @@ def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
 
 @cuda.jit(device=True)
 def _step_reset(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                reverse, units, training, zero, acts):
+                reverse, units, training, zero, acts, mask):
     """Phase 1 of step s without reset_after, for the block's units: r and z into
     gates[i], r * h into rh[i] (i = t when training, else 0: the buffers then
-    hold one step). b_hh, y and hn unused."""
+    hold one step). b_hh, y and hn unused. mask: as _step_after's (rh holds
+    r * h * mask)."""
+    masked = mask.shape[0] > 0
     T = y.shape[0]
     B = y.shape[1]
     H = y.shape[2]
@@ -157,18 +162,18 @@ def _step_reset(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
                 if cached:
                     w = base + ul * HP
                     for k in range(H):
-                        hk = h[cur, b, k]
+                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
                         ar += hk * w_sh[w + k]
                         az += hk * w_sh[w + stride + k]
                 else:
                     for k in range(H):
-                        hk = h[cur, b, k]
+                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
                         ar += hk * w_hh[u, k]
                         az += hk * w_hh[H + u, k]
                 r = activate(acts[0], ar)
                 gates[i, b, u] = r
                 gates[i, b, H + u] = activate(acts[0], az)
-                rh[i, b, u] = r * h_in
+                rh[i, b, u] = r * (h_in * mask[b, u] if masked else h_in)
             else:  # zeros, so that the backward's products over rh stay finite
                 gates[i, b, u] = zero
                 gates[i, b, H + u] = zero
@@ -180,10 +185,10 @@ def _step_reset(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
 
 @cuda.jit(device=True)
 def _step_candidate(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero, acts):
+                    reverse, units, training, zero, acts, mask):
     """Phase 2 of step s without reset_after, for the block's units:
     n = tanh(xp_n + W_hn rh[i]) (b_hn is in xp), then h[(s+1) % 2] and y[t].
-    b_hh, hn and hin unused."""
+    b_hh, hn, hin and mask unused."""
     T = y.shape[0]
     B = y.shape[1]
     H = y.shape[2]
@@ -230,7 +235,7 @@ def _step_candidate(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, h
 
 @cuda.jit
 def _forward_persistent(xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, reverse,
-                        reset_after, units, training, zero, acts):
+                        reset_after, units, training, zero, acts, mask):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip:
     one grid barrier a step with reset_after, else two (rh is read across units)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
@@ -240,40 +245,42 @@ def _forward_persistent(xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, rever
     for s in range(y.shape[0]):
         if reset_after:
             _step_after(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero, acts)
+                        reverse, units, training, zero, acts, mask)
         else:
             _step_reset(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero, acts)
+                        reverse, units, training, zero, acts, mask)
             grid.sync()
             _step_candidate(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin,
-                            rh, reverse, units, training, zero, acts)
+                            rh, reverse, units, training, zero, acts, mask)
         grid.sync()
 
 
 @cuda.jit
 def _forward_one(s, phase, xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, reverse,
-                 reset_after, units, training, zero, acts):
+                 reset_after, units, training, zero, acts, mask):
     """Step s alone (phase 0: reset_after) or one of its two phases (1, 2: without),
     W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     if phase == 0:
         _step_after(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero, acts)
+                    reverse, units, training, zero, acts, mask)
     elif phase == 1:
         _step_reset(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero, acts)
+                    reverse, units, training, zero, acts, mask)
     else:
         _step_candidate(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero, acts)
+                        reverse, units, training, zero, acts, mask)
 
 
 def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, units=None,
-                     blocks=None, persistent=None):
+                     blocks=None, persistent=None, h_mask=None):
     """One layer and direction on device arrays.
 
     x: [T,B,I]; cell: pack_gru_cuda's dict; h0: [B,H]; lengths: [B] ints (host
     or device) or None. units, blocks, persistent: force the launch (see
-    common.plan); None chooses.
+    common.plan); None chooses. h_mask: None, or [B,H] (host or device)
+    multiplying h wherever W_hh reads it, at every step (recurrent dropout,
+    reference.gru_forward_ref).
     Returns y [T,B,H], h_n [B,H] and, when training, a cache for
     gru_backward_cuda (else None).
     """
@@ -297,8 +304,9 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     hn = device_array((T, B, H), dtype) if training and reset_after else unused
     rh = device_array((steps, B, H), dtype) if not reset_after else unused
     lens = lengths_or_full(lengths, T, B)
+    mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
     args = [xp, cell["w_hh"], cell["b_hh"], lens, h, y, gates, hn, hin, rh, bool(reverse),
-            reset_after, 1, bool(training), zero, cell["acts"]]
+            reset_after, 1, bool(training), zero, cell["acts"], mask]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[12] = p.units
@@ -311,7 +319,7 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     cache = None
     if training:
         cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, hin=hin,
-                     hn=hn, rh=rh)
+                     hn=hn, rh=rh, mask=mask)
     return y, h[T % 2], cache
 
 
@@ -362,11 +370,13 @@ def _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, rese
 
 @cuda.jit(device=True)
 def _backward_n(k, t, w_hh, w_sh, cached, lengths, gates, hin, dgi, drec, dh, reset_after,
-                units, zero, acts):
+                units, zero, acts, mask):
     """The n gate's part of the recurrent product for the block's units j of valid
     rows: d = sum_i drec[t*B + b, i] * W_hn[i, j]. reset_after: dh[(k+1) % 2] +=
-    d. Otherwise d is d(r * h): dr = d * h * r'(.) into dgi, dh[(k+1) % 2] +=
-    d * r."""
+    d * m. Otherwise d is d(r * h * m): dr = d * h * m * r'(.) into dgi,
+    dh[(k+1) % 2] += d * r * m. m: the recurrent dropout mask [B,H], or 1
+    (mask [0,0])."""
+    masked = mask.shape[0] > 0
     H = w_hh.shape[1]
     GP = w_hh.shape[0] + 1
     B = dh.shape[1]
@@ -390,6 +400,8 @@ def _backward_n(k, t, w_hh, w_sh, cached, lengths, gates, hin, dgi, drec, dh, re
             else:
                 for i in range(H):
                     d += drec[row, i] * w_hh[2 * H + i, u]
+            if masked:
+                d *= mask[b, u]
             if reset_after:
                 dh[nxt, b, u] += d
             else:
@@ -401,7 +413,7 @@ def _backward_n(k, t, w_hh, w_sh, cached, lengths, gates, hin, dgi, drec, dh, re
 
 @cuda.jit
 def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, reverse,
-                         reset_after, units, zero, acts):
+                         reset_after, units, zero, acts, mask):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. A barrier after the pointwise pass (the products read dgi and
     drec across units); without reset_after a second one after _backward_n,
@@ -419,27 +431,27 @@ def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, rever
                         units, zero, acts)
         grid.sync()
         _backward_n(k, t, w_hh, w_sh, True, lengths, gates, hin, dgi, drec, dh, reset_after,
-                    units, zero, acts)
+                    units, zero, acts, mask)
         if not reset_after:
             grid.sync()
-        dh_product(k, t, dgi, w_hh, w_sh, True, lengths, dh, units, 0, 2 * H, dh[0, :0])
+        dh_product(k, t, dgi, w_hh, w_sh, True, lengths, dh, units, 0, 2 * H, mask, zero)
 
 
 @cuda.jit
 def _backward_gates_one(k, dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, reverse,
-                        reset_after, units, zero, acts):
-    """Step k's pointwise pass alone (the per-step path; w_hh unused)."""
+                        reset_after, units, zero, acts, mask):
+    """Step k's pointwise pass alone (the per-step path; w_hh and mask unused)."""
     _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
                     units, zero, acts)
 
 
 @cuda.jit
 def _backward_n_one(k, t, w_hh, lengths, gates, hin, dgi, drec, dh, reset_after, units,
-                    zero, acts):
+                    zero, acts, mask):
     """Step k's n gate product alone, W_hh read from global memory."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     _backward_n(k, t, w_hh, w_sh, False, lengths, gates, hin, dgi, drec, dh, reset_after,
-                units, zero, acts)
+                units, zero, acts, mask)
 
 
 def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent=None):
@@ -459,8 +471,9 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
     drec = device_array((T * B, H), dtype)     # the n gate's recurrent term's gradient
     dh = device_array((2, B, H), dtype)
     copy(dh_n, dh[0])
+    mask = cache["mask"]
     args = [dy, w_hh, lens, cache["gates"], cache["hn"], cache["hin"], dgi, drec, dh,
-            reverse, reset_after, 1, zero, cell["acts"]]
+            reverse, reset_after, 1, zero, cell["acts"], mask]
     p = plan(_backward_persistent, args, H, B, 1, 3 * H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[11] = p.units
@@ -472,10 +485,12 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
             _backward_gates_one[p.blocks, p.threads](k, *args)
             _backward_n_one[p.blocks, p.threads](k, t, w_hh, lens, cache["gates"],
                                                  cache["hin"], dgi, drec, dh, reset_after,
-                                                 p.units, zero, cell["acts"])
-            dh_one[p.blocks, p.threads](k, t, dgi, w_hh, lens, dh, p.units, 0, 2 * H,
-                                            dh[0, :0])
-    hin = cache["hin"].reshape(T * B, H)
+                                                 p.units, zero, cell["acts"], mask)
+            dh_one[p.blocks, p.threads](k, t, dgi, w_hh, lens, dh, p.units, 0, 2 * H, mask,
+                                        zero)
+    # What W_hh read: h, or h * mask with recurrent dropout (hin keeps h itself).
+    hin = (cache["hin"] if mask.shape[0] == 0 else scale_rows(cache["hin"], mask)
+           ).reshape(T * B, H)
     one = ones(T * B, dtype)
     dx, dw_ih, db_ih = input_gradients(dgi, x, cell["w_ih"], one)
     # Products into the first 2H rows (or entries) of an output read only the

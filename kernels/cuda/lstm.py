@@ -61,12 +61,17 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
 # -- forward ---------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask):
+                  reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask,
+                  zc, zh):
     """Step s of the block's units: reads h[s % 2], writes h[(s+1) % 2], c, y[t].
     peep: the peepholes [3,H] (i, f, o), or [0,1] for none; mask: the recurrent
-    dropout mask [B,H] on h where W_hh reads it (hin keeps h times it), or [0,0]."""
+    dropout mask [B,H] on h where W_hh reads it (hin keeps h times it), or [0,0];
+    zc, zh: zoneout's weights of c and h, [T,B,H] or [1,B,H] (the same at every
+    step), or [0,0,0] for none: c' <- c' + zc (c - c'), likewise h' (cs keeps c'
+    before zoneout)."""
     peeped = peep.shape[0] > 0
     masked = mask.shape[0] > 0
+    zoned = zc.shape[0] > 0
     T = y.shape[0]
     B = y.shape[1]
     H = y.shape[2]
@@ -119,24 +124,29 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
                     ao += peep[2, u] * c_new
                 o = activate(acts[0], clip_gate(ao, gclip))
                 h_new = o * activate(acts[2], c_new)
-                c[b, u] = c_new
-                h[nxt, b, u] = h_new
-                y[t, b, u] = h_new
                 if training:
+                    cs[t, b, u] = c_new
                     gates[t, b, u] = i
                     gates[t, b, H + u] = f
                     gates[t, b, 2 * H + u] = g
                     gates[t, b, 3 * H + u] = o
+                if zoned:  # keep part of the old state (zc, zh: 0/1 draws or the rates)
+                    z = t if zc.shape[0] > 1 else 0
+                    c_new += zc[z, b, u] * (c_in - c_new)
+                    h_new += zh[z, b, u] * (h_in - h_new)
+                c[b, u] = c_new
+                h[nxt, b, u] = h_new
+                y[t, b, u] = h_new
             else:  # past this row's length: hold the state, output zero
                 h[nxt, b, u] = h_in
                 y[t, b, u] = zero
                 if training:
+                    cs[t, b, u] = c_in
                     gates[t, b, u] = zero
                     gates[t, b, H + u] = zero
                     gates[t, b, 2 * H + u] = zero
                     gates[t, b, 3 * H + u] = zero
             if training:
-                cs[t, b, u] = c[b, u]
                 cin[t, b, u] = c_in
                 hin[t, b, u] = h_in * mask[b, u] if masked else h_in  # (what W_hh read)
         j += 1
@@ -144,7 +154,7 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
 
 @cuda.jit
 def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                        training, zero, clip, coupled, gclip, acts, peep, mask):
+                        training, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     load_rows(w_hh, w_sh, ROWS, units)
@@ -152,28 +162,33 @@ def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse
     grid = cuda.cg.this_grid()
     for s in range(y.shape[0]):
         _forward_step(s, xp, w_hh, w_sh, True, lengths, h, c, y, gates, cs, cin, hin,
-                      reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask)
+                      reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask,
+                      zc, zh)
         grid.sync()
 
 
 @cuda.jit
 def _forward_one(s, xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                 training, zero, clip, coupled, gclip, acts, peep, mask):
+                 training, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
     """Step s alone, W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     _forward_step(s, xp, w_hh, w_sh, False, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask)
+                  reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask,
+                  zc, zh)
 
 
 def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
-                      units=None, blocks=None, persistent=None, h_mask=None):
+                      units=None, blocks=None, persistent=None, h_mask=None, zone_c=None,
+                      zone_h=None):
     """One layer and direction on device arrays.
 
     x: [T,B,I]; cell: pack_lstm_cuda's dict; h0, c0: [B,H]; lengths: [B] ints
     (host or device) or None. units, blocks, persistent: force the launch (see
     common.plan); None chooses. h_mask: None, or [B,H] (host or device)
     multiplying h where it enters the recurrent product at every step
-    (recurrent dropout, reference.lstm_forward_ref).
+    (recurrent dropout, reference.lstm_forward_ref). zone_c, zone_h: None, or
+    zoneout's weights [T,B,H], or [1,B,H] for the same at every step (both or
+    neither; reference.lstm_forward_ref), host or device.
     Returns y [T,B,H], h_n [B,H], c_n [B,H] and, when training, a cache for
     lstm_backward_cuda (else None).
     """
@@ -195,9 +210,13 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
         gates = cs = cin = hin = device_array((1, 1, 1), dtype)
     lens = lengths_or_full(lengths, T, B)
     mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
+    if (zone_c is None) != (zone_h is None):
+        raise ValueError("zone_c and zone_h: pass both (zoneout) or neither")
+    none = device_array((0, 0, 0), dtype)
+    zc, zh = (none, none) if zone_c is None else (as_device(zone_c), as_device(zone_h))
     args = [xp, cell["w_hh"], lens, h, c, y, gates, cs, cin, hin, bool(reverse), 1,
             bool(training), zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask]
+            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask, zc, zh]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[11] = p.units
@@ -209,17 +228,19 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     cache = None
     if training:
         cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, cs=cs,
-                     cin=cin, hin=hin, mask=mask)
+                     cin=cin, hin=hin, mask=mask, zc=zc, zh=zh)
     return y, h[T % 2], c, cache
 
 
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                    clip, coupled, gclip, acts, peep):
+                    clip, coupled, gclip, acts, peep, zc, zh):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
     block's units: dgates[t] from dh[k % 2] + dy[t] and dc; dc -> the gradient
-    of c entering the step; dh[(k+1) % 2] starts at zero for valid rows."""
+    of c entering the step; dh[(k+1) % 2] starts, for valid rows, at zero (at the
+    part zoneout passed on unchanged, zh * dh, with zoneout: zc, zh as the
+    forward's)."""
     T = dy.shape[0]
     B = dy.shape[1]
     H = dy.shape[2]
@@ -245,20 +266,29 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
                 cc = cs[t, b, u]
                 tc = activate(acts[2], cc)
                 dh_t = dh[cur, b, u] + dy[t, b, u]
+                dc_t = dc[b, u]
+                kept_h = zero  # zoneout: the parts of h and c passed on unchanged
+                kept_c = zero
+                if zc.shape[0] > 0:
+                    z = t if zc.shape[0] > 1 else 0
+                    kept_h = zh[z, b, u] * dh_t
+                    kept_c = zc[z, b, u] * dc_t
+                    dh_t -= kept_h
+                    dc_t -= kept_c
                 if peep.shape[0] > 0:  # (a branch each: the peepholes' is its own code)
                     di, df, dg, do, dc_prev = lstm_cell_grads(
-                        dc[b, u], dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts,
+                        dc_t, dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts,
                         (peep[0, u], peep[1, u], peep[2, u]), bounds, gated)
                 else:
                     di, df, dg, do, dc_prev = lstm_cell_grads(
-                        dc[b, u], dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts,
+                        dc_t, dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts,
                         None, bounds, gated)
                 dgates[row, u] = di
                 dgates[row, H + u] = df
                 dgates[row, 2 * H + u] = dg
                 dgates[row, 3 * H + u] = do
-                dc[b, u] = dc_prev
-                dh[nxt, b, u] = zero
+                dc[b, u] = dc_prev + kept_c
+                dh[nxt, b, u] = kept_h
             else:
                 dgates[row, u] = zero
                 dgates[row, H + u] = zero
@@ -268,7 +298,7 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
 
 @cuda.jit
 def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse, units,
-                         zero, clip, coupled, gclip, acts, peep, mask):
+                         zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. One barrier a step, between the gate gradients (which the
     dh product reads across units) and dh: everything else a block touches
@@ -281,19 +311,19 @@ def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reve
     for k in range(T):
         t = k if reverse else T - 1 - k  # forward step T-1-k's time
         _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                        clip, coupled, gclip, acts, peep)
+                        clip, coupled, gclip, acts, peep, zc, zh)
         grid.sync()
         dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0],
-                   mask)
+                   mask, zero)
 
 
 @cuda.jit
 def _backward_gates_one(k, dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse,
-                        units, zero, clip, coupled, gclip, acts, peep, mask):
+                        units, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
     """Step k's gate gradients alone (the per-step path; w_hh and mask unused: dh_one
     reads them)."""
     _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                    clip, coupled, gclip, acts, peep)
+                    clip, coupled, gclip, acts, peep, zc, zh)
 
 
 def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
@@ -318,7 +348,7 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     mask = cache["mask"]
     args = [dy, w_hh, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh, dc,
             reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask]
+            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask, cache["zc"], cache["zh"]]
     p = plan(_backward_persistent, args, H, B, 1, 4 * H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[10] = p.units
@@ -329,7 +359,7 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
             t = k if reverse else T - 1 - k  # forward step T-1-k's time
             _backward_gates_one[p.blocks, p.threads](k, *args)
             dh_one[p.blocks, p.threads](k, t, dgates, w_hh, lens, dh, p.units, 0, 4 * H,
-                                        mask)
+                                        mask, zero)
     dx, dw_ih, db = input_gradients(dgates, x, cell["w_ih"], ones(T * B, dtype))
     dw_hh = matmul(dgates, cache["hin"].reshape(T * B, H), device_array((4 * H, H), dtype),
                    trans_a=True)

@@ -185,7 +185,8 @@ def _backward_persistent(dy, w_hh, lengths, y, da, dh, reverse, use_relu, units,
         t = k if reverse else T - 1 - k  # forward step T-1-k's time
         _backward_act(k, dy, lengths, y, da, dh, reverse, use_relu, units, zero)
         grid.sync()
-        dh_product(k, t, da, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0], dh[0, :0])
+        dh_product(k, t, da, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0], dh[0, :0],
+                   zero)
 
 
 @cuda.jit
@@ -219,7 +220,8 @@ def rnn_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
         for k in range(T):
             t = k if reverse else T - 1 - k  # forward step T-1-k's time
             _backward_act_one[p.blocks, p.threads](k, *args)
-            dh_one[p.blocks, p.threads](k, t, da, w_hh, lens, dh, p.units, 0, H, dh[0, :0])
+            dh_one[p.blocks, p.threads](k, t, da, w_hh, lens, dh, p.units, 0, H, dh[0, :0],
+                                        zero)
     dx, dw_ih, db = input_gradients(da, x, cell["w_ih"], ones(T * B, dtype))
     dw_hh = matmul(da, cache["hin"].reshape(T * B, H), device_array((H, H), dtype),
                    trans_a=True)

@@ -42,8 +42,9 @@ def common_signatures(dt):
         common._copy3_kernel: (types.Array(dt, 3, "A"), types.Array(dt, 3, "A"), b),
         common._copy2_kernel: (types.Array(dt, 2, "A"), types.Array(dt, 2, "A")),
         common._fill_kernel: (A1, dt),
+        common._scale_rows_kernel: (A3, A2, A3),
         common.dh_one: (types.int64, types.int64, A2, A2, arr(types.int64, 1), A3,
-                        types.int64, types.int64, types.int64, A2),  # (A2: the mask)
+                        types.int64, types.int64, types.int64, A2, dt),  # (A2: the mask)
     }
 
 
@@ -51,16 +52,17 @@ def lstm_signatures(dt, acts):
     A2, A3 = arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
     return {
-        # (the last six: the cell options clip, coupled, gclip, the activations, the
-        # peepholes, [3,H] or [0,1] for none, and the recurrent dropout mask, [B,H] or [0,0])
+        # (the last eight: the cell options clip, coupled, gclip, the activations, the
+        # peepholes, [3,H] or [0,1] for none, the recurrent dropout mask, [B,H] or [0,0],
+        # and zoneout's weights of c and h, [T,B,H] or [0,0,0])
         lstm._forward_persistent: (A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt, dt, b,
-                                   dt, acts, A2, A2),
+                                   dt, acts, A2, A2, A3, A3),
         lstm._forward_one: (i64, A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt, dt, b,
-                            dt, acts, A2, A2),
+                            dt, acts, A2, A2, A3, A3),
         lstm._backward_persistent: (A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b, dt,
-                                    acts, A2, A2),
+                                    acts, A2, A2, A3, A3),
         lstm._backward_gates_one: (i64, A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b,
-                                   dt, acts, A2, A2),
+                                   dt, acts, A2, A2, A3, A3),
         lstm._peephole_gradients: (A2, A2, A2, A2, dt),
     }
 
@@ -73,14 +75,15 @@ def gru_signatures(dt, acts):
     """The GRU's kernels (kernels/cuda/gru.py) with the activations acts."""
     A1, A2, A3 = arr(dt, 1), arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
-    gru_fwd = (A2, A2, A1, L, A3, A3, A3, A3, A3, A3, b, b, i64, b, dt, acts)
-    gru_bwd = (A3, A2, L, A3, A3, A3, A2, A2, A3, b, b, i64, dt, acts)
+    # (the last argument: the recurrent dropout mask, [B,H] or [0,0])
+    gru_fwd = (A2, A2, A1, L, A3, A3, A3, A3, A3, A3, b, b, i64, b, dt, acts, A2)
+    gru_bwd = (A3, A2, L, A3, A3, A3, A2, A2, A3, b, b, i64, dt, acts, A2)
     return {
         gru._forward_persistent: gru_fwd,
         gru._forward_one: (i64, i64) + gru_fwd,
         gru._backward_persistent: gru_bwd,
         gru._backward_gates_one: (i64,) + gru_bwd,
-        gru._backward_n_one: (i64, i64, A2, L, A3, A3, A2, A2, A3, b, i64, dt, acts),
+        gru._backward_n_one: (i64, i64, A2, L, A3, A3, A2, A2, A3, b, i64, dt, acts, A2),
     }
 
 

@@ -63,6 +63,25 @@ def test_gru_cuda_matches_reference(rng, dtype, reset_after, T, B, I, H, lengths
     check((y, h) + got, (y_r, h_r) + ref.gru_backward_ref(dy, dh_n, cache_r), dtype)
 
 
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+@pytest.mark.parametrize("dtype,path", [(np.float32, "auto"), (np.float64, "slices"),
+                                        (np.float64, "per_step")])
+def test_gru_cuda_recurrent_dropout_matches_reference(rng, reset_after, dtype, path):
+    """A recurrent dropout mask on h where W_hh reads it (not in z * h), with lengths."""
+    T, B, I, H = 3, 3, 2, 5
+    lens = np.array([3, 1, 2])
+    w, x, h0, dy, dh_n = inputs(rng, T, B, I, H, 3, dtype)
+    mask = ((rng.random((B, H)) >= 0.3) / 0.7).astype(dtype)
+    assert (mask == 0).any() and (mask > 0).any()
+    cell = pack_gru_cuda(*w, reset_after=reset_after)
+    dev = cuda.to_device
+    y, h, cache = gru_forward_cuda(dev(x), cell, dev(h0), lens, True, True, **PATHS[path],
+                                   h_mask=mask)
+    got = gru_backward_cuda(dev(dy), dev(dh_n), cache, cell, **PATHS[path])
+    y_r, h_r, cache_r = ref.gru_forward_ref(x, *w, h0, lens, True, reset_after, h_mask=mask)
+    check((y, h) + got, (y_r, h_r) + ref.gru_backward_ref(dy, dh_n, cache_r), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("T,B,I,H,lengths,reverse,path", CASES)

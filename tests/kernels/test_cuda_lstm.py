@@ -19,16 +19,22 @@ PATHS = {"auto": {}, "slices": dict(units=2, blocks=1),
          "per_step": dict(units=2, persistent=False)}
 
 
-def run_both(rng, T, B, I, H, dtype, lengths, reverse, launch, h_mask=None, **options):
+# The forward's arguments that are not the cell's: recurrent dropout's mask, zoneout's
+# weights.
+STEP_OPTIONS = ("h_mask", "zone_c", "zone_h")
+
+
+def run_both(rng, T, B, I, H, dtype, lengths, reverse, launch, **options):
     w = lstm_weights(rng, I, H, dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    step = {k: options.pop(k) for k in STEP_OPTIONS if k in options}
     cell = pack_lstm_cuda(*w, **options)
     dev = cuda.to_device
     y, h, c, cache = lstm_forward_cuda(dev(x), cell, dev(h0), dev(c0), lengths, reverse,
-                                       True, **launch, h_mask=h_mask)
-    y_r, h_r, c_r, cache_r = ref.lstm_forward_ref(x, *w, h0, c0, lengths, reverse,
-                                                  h_mask=h_mask, **options)
+                                       True, **launch, **step)
+    y_r, h_r, c_r, cache_r = ref.lstm_forward_ref(x, *w, h0, c0, lengths, reverse, **step,
+                                                  **options)
     dy = rng.standard_normal((T, B, H)).astype(dtype)
     dh_n, dc_n = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
     got = lstm_backward_cuda(dev(dy), dev(dh_n), dev(dc_n), cache, cell, **launch)
@@ -63,17 +69,28 @@ def test_lstm_cuda_matches_reference(rng, dtype, T, B, I, H, lengths, reverse, p
     ({"peephole": True}, "auto"), ({"peephole": True, "gate_clip": 0.6}, "per_step"),
     ({"peephole": True, "cell_clip": 0.4, "input_forget": True}, "slices"),
     ({"h_mask": True}, "auto"), ({"h_mask": True, "peephole": True}, "per_step"),
-    ({"h_mask": True}, "slices")],
+    ({"h_mask": True}, "slices"), ({"zone": 3}, "auto"), ({"zone": 1}, "per_step"),
+    ({"zone": 3, "h_mask": True, "cell_clip": 0.4}, "slices")],
     ids=["clip", "coupled", "gate-clip", "all", "peephole", "peephole-gate-clip",
          "peephole-clip-coupled", "dropout", "dropout-peephole-per-step",
-         "dropout-slices"])
+         "dropout-slices", "zoneout", "zoneout-inference-per-step",
+         "zoneout-dropout-clip-slices"])
 def test_lstm_cuda_cell_options_match_reference(rng, dtype, options, path):
-    """The cell options, ONNX's peepholes (random weights) and a recurrent dropout
-    mask among them, with lengths."""
+    """The cell options, ONNX's peepholes (random weights), a recurrent dropout
+    mask and zoneout among them, with lengths. zoneout: 0/1 draws [3,B,H] (while
+    training), or the rates [1,B,H] at every step (inference)."""
+    options = dict(options)
     if options.get("peephole"):
-        options = dict(options, peephole=(rng.standard_normal(15) * 0.5).astype(dtype))
+        options["peephole"] = (rng.standard_normal(15) * 0.5).astype(dtype)
     if options.get("h_mask"):
-        options = dict(options, h_mask=((rng.random((2, 5)) > 0.3) / 0.7).astype(dtype))
+        options["h_mask"] = ((rng.random((2, 5)) > 0.3) / 0.7).astype(dtype)
+    zone = options.pop("zone", 0)
+    if zone == 3:
+        options.update(zone_c=(rng.random((3, 2, 5)) < 0.4).astype(dtype),
+                       zone_h=(rng.random((3, 2, 5)) < 0.3).astype(dtype))
+    elif zone == 1:
+        options.update(zone_c=np.full((1, 2, 5), 0.2, dtype),
+                       zone_h=np.full((1, 2, 5), 0.35, dtype))
     got, want = run_both(rng, 3, 2, 3, 5, dtype, np.array([3, 2]), True, PATHS[path],
                          **options)
     for name, g, w in zip(["y", "h_n", "c_n", "dx", "dh0", "dc0"], got[:6], want[:6]):
