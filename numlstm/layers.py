@@ -959,8 +959,7 @@ class LSTM(_Recurrent):
         proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
             proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units
             (c keeps H), W_hh is [G,P] and each cell gains weight_hr_l{k} [P,H] (no
-            bias). On the numpy and cpu backends; the cuda backend refuses it
-            (NotImplementedError), and the Keras, ONNX and haste layouts have no
+            bias). On every backend; the Keras, ONNX and haste layouts have no
             projection to hold it.
         peephole: connect the cell state to the gates as ONNX's LSTM does (Gers and
             Schmidhuber): i and f read p_i * c and p_f * c of the old state, o reads

@@ -202,10 +202,12 @@ def test_layouts_torch_checkpoint_and_refusals(rng, tmp_path):
         numlstm.GRU(3, 6, proj_size=2)
 
 
-def test_cuda_backend_refuses_before_any_kernel(rng):
-    lstm = numlstm.LSTM(3, 6, proj_size=2, backend="cuda", seed=0)
-    before = {k: v.copy() for k, v in lstm.params.items()}
-    with pytest.raises(NotImplementedError, match="proj_size=2.*backend='cpu'"):
-        lstm(rng.standard_normal((4, 2, 3)).astype(np.float32))
-    for k, v in lstm.params.items():
-        assert np.array_equal(v, before[k]), k
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)],
+                         ids=["float64", "float32"])
+def test_cuda_layer_against_torch(rng, dtype, tol):
+    """The cuda backend (Numba's simulator, so a tiny case) against torch: stacked,
+    bidirectional, lengths and initial states, every gradient."""
+    got, want = against_torch(rng, (3, 5, 2, 2, True, 3, 2), "cuda", dtype)
+    assert set(got) == set(want)
+    for k in want:
+        assert_close(got[k], want[k], tol if k in ("y", "h", "c") else 5 * tol, k)

@@ -336,25 +336,27 @@ def combine(a, b, op, scale=0.0):
 # -- on-chip weights of a recurrence ---------------------------------------------------
 @cuda.jit(device=True)
 def load_rows(w_hh, w_sh, rows, units):
-    """Copy the block's slices of W_hh [rows*H, H] into shared memory, as the
+    """Copy the block's slices of W_hh [rows*H, K] into shared memory, as the
     forward reads them: slice j (the j-th this block owns), gate g, unit ul of
-    the slice at w_sh[(j*rows + g)*units*(H+1) + ul*(H+1) + k] = W_hh[g*H + u, k]
-    (rows padded to H+1, so threads on consecutive units hit distinct banks)."""
-    H = w_hh.shape[1]
-    HP = H + 1
+    the slice at w_sh[(j*rows + g)*units*(K+1) + ul*(K+1) + k] = W_hh[g*H + u, k]
+    (rows padded to K+1, so threads on consecutive units hit distinct banks). K,
+    the units of h, is H but for the LSTM's projection."""
+    H = w_hh.shape[0] // rows
+    K = w_hh.shape[1]
+    KP = K + 1
     slices = (H + units - 1) // units
-    n = rows * units * H
+    n = rows * units * K
     j = 0
     for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        base = j * rows * units * HP
+        base = j * rows * units * KP
         for e in range(cuda.threadIdx.x, n, cuda.blockDim.x):
-            g = e // (units * H)
-            rem = e - g * units * H
-            ul = rem // H
-            k = rem - ul * H
+            g = e // (units * K)
+            rem = e - g * units * K
+            ul = rem // K
+            k = rem - ul * K
             u = sl * units + ul
             if u < H:
-                w_sh[base + (g * units + ul) * HP + k] = w_hh[g * H + u, k]
+                w_sh[base + (g * units + ul) * KP + k] = w_hh[g * H + u, k]
         j += 1
 
 

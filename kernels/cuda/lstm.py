@@ -32,15 +32,12 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
                    ln_c=None, ln_c_bias=None, cell_clip=None, input_forget=False,
                    gate_clip=None, acts=DEFAULT_ACTS):
     """Torch-layout weights (host or device) and the cell's options (gates.lstm_cell_grads)
-    -> the device arrays the kernels read: w_ih [G,I], w_hh [G,H], bias = b_ih +
-    b_hh [G]; clip and gclip (inf for none), coupled and acts (built-in kinds only);
-    peep [3,H], the peepholes (i, f, o), or [0,1] for none. A projection (w_hr),
-    layer normalisation (ln_*) and a user's activation are refused: these kernels
-    do not have them yet."""
-    if w_hr is not None:
-        raise NotImplementedError(
-            f"proj_size={w_hr.shape[0]}: the CUDA LSTM kernels have no recurrent projection "
-            "yet; use backend='cpu' (or 'numpy') for a projected LSTM")
+    -> the device arrays the kernels read: w_ih [G,I], w_hh [G,P], bias = b_ih +
+    b_hh [G]; w_hr [P,H], the projection (torch's proj_size), or [0,0] for none
+    (P = H); clip and gclip (inf for none), coupled and acts (built-in kinds only);
+    peep [3,H], the peepholes (i, f, o), or [0,1] for none. Layer normalisation
+    (ln_*) and a user's activation are refused: these kernels do not have them
+    yet."""
     if ln_ih is not None:
         raise NotImplementedError("layer_norm: the CUDA LSTM kernels have no layer "
                                   "normalisation yet; use backend='cpu' (or 'numpy')")
@@ -48,10 +45,12 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
         raise NotImplementedError("activation: the CUDA kernels take the built-in "
                                   "activations only, not a user's function; use "
                                   "backend='cpu' (or 'numpy')")
-    H = w_hh.shape[1]
+    H = w_hh.shape[0] // ROWS
     peep = (device_array((0, 1), w_ih.dtype) if peephole is None else
             as_device(peephole).reshape(3, H))
-    return dict(H=H, peep=peep, w_ih=as_device(w_ih), w_hh=as_device(w_hh),
+    w_hr = device_array((0, 0), w_ih.dtype) if w_hr is None else as_device(w_hr)
+    return dict(H=H, P=w_hh.shape[1], w_hr=w_hr, peep=peep, w_ih=as_device(w_ih),
+                w_hh=as_device(w_hh),
                 bias=combine(as_device(b_ih), as_device(b_hh), "add"),
                 clip=float("inf") if cell_clip is None else float(cell_clip),
                 coupled=bool(input_forget), acts=acts,
@@ -60,27 +59,32 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
 
 # -- forward ---------------------------------------------------------------------------
 @cuda.jit(device=True)
-def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, hin,
+def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, h, c, y, gates, cs, cin, hin,
                   reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask,
                   zc, zh):
-    """Step s of the block's units: reads h[s % 2], writes h[(s+1) % 2], c, y[t].
+    """Step s of the block's units: reads h[s % 2], writes c and h[(s+1) % 2] and
+    y[t] or, with a projection (w_hr [P,H]; [0,0] for none), m[i] = o * cell(c')
+    (i = t when training, else 0), which _project_step turns into h and y.
     peep: the peepholes [3,H] (i, f, o), or [0,1] for none; mask: the recurrent
-    dropout mask [B,H] on h where W_hh reads it (hin keeps h times it), or [0,0];
+    dropout mask [B,P] on h where W_hh reads it (hin keeps h times it), or [0,0];
     zc, zh: zoneout's weights of c and h, [T,B,H] or [1,B,H] (the same at every
     step), or [0,0,0] for none: c' <- c' + zc (c - c'), likewise h' (cs keeps c'
-    before zoneout)."""
+    before zoneout; not with a projection)."""
     peeped = peep.shape[0] > 0
     masked = mask.shape[0] > 0
     zoned = zc.shape[0] > 0
+    projected = w_hr.shape[0] > 0
     T = y.shape[0]
     B = y.shape[1]
-    H = y.shape[2]
-    HP = H + 1
+    H = c.shape[1]
+    K = w_hh.shape[1]  # the units of h: P with a projection, else H
+    KP = K + 1
     t = T - 1 - s if reverse else s
+    i_m = t if training else 0
     cur = s % 2
     nxt = 1 - cur
     slices = (H + units - 1) // units
-    stride = units * HP  # from one gate's rows to the next in w_sh
+    stride = units * KP  # from one gate's rows to the next in w_sh
     j = 0
     for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
         base = j * ROWS * stride
@@ -90,7 +94,7 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
             u = sl * units + ul
             if u >= H:
                 continue
-            h_in = h[cur, b, u]
+            h_in = zero if projected else h[cur, b, u]
             c_in = c[b, u]
             if t < lengths[b]:
                 row = t * B + b
@@ -99,15 +103,15 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
                 ag = xp[row, 2 * H + u]
                 ao = xp[row, 3 * H + u]
                 if cached:
-                    w = base + ul * HP
-                    for k in range(H):
+                    w = base + ul * KP
+                    for k in range(K):
                         hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
                         ai += hk * w_sh[w + k]
                         af += hk * w_sh[w + stride + k]
                         ag += hk * w_sh[w + 2 * stride + k]
                         ao += hk * w_sh[w + 3 * stride + k]
                 else:
-                    for k in range(H):
+                    for k in range(K):
                         hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
                         ai += hk * w_hh[u, k]
                         af += hk * w_hh[H + u, k]
@@ -135,11 +139,17 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
                     c_new += zc[z, b, u] * (c_in - c_new)
                     h_new += zh[z, b, u] * (h_in - h_new)
                 c[b, u] = c_new
-                h[nxt, b, u] = h_new
-                y[t, b, u] = h_new
+                if projected:
+                    m[i_m, b, u] = h_new
+                else:
+                    h[nxt, b, u] = h_new
+                    y[t, b, u] = h_new
             else:  # past this row's length: hold the state, output zero
-                h[nxt, b, u] = h_in
-                y[t, b, u] = zero
+                if projected:
+                    m[i_m, b, u] = zero
+                else:
+                    h[nxt, b, u] = h_in
+                    y[t, b, u] = zero
                 if training:
                     cs[t, b, u] = c_in
                     gates[t, b, u] = zero
@@ -148,33 +158,79 @@ def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, c, y, gates, cs, cin, h
                     gates[t, b, 3 * H + u] = zero
             if training:
                 cin[t, b, u] = c_in
-                hin[t, b, u] = h_in * mask[b, u] if masked else h_in  # (what W_hh read)
+                if not projected:
+                    hin[t, b, u] = h_in * mask[b, u] if masked else h_in  # (what W_hh read)
         j += 1
 
 
+@cuda.jit(device=True)
+def _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask):
+    """The projection of step s for the block's units q of h (P of them): h[(s+1) % 2]
+    and y[t] = W_hr m[i] of valid rows (m: _forward_step's, all H units of it), the
+    held state and zero past a row's length; hin[t] (training): h entering the step,
+    times the recurrent dropout mask (as _forward_step's)."""
+    masked = mask.shape[0] > 0
+    T = y.shape[0]
+    B = y.shape[1]
+    P = y.shape[2]
+    H = w_hr.shape[1]
+    t = T - 1 - s if reverse else s
+    i_m = t if training else 0
+    cur = s % 2
+    nxt = 1 - cur
+    slices = (P + units - 1) // units
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        for e in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = e // units
+            q = sl * units + e - b * units
+            if q >= P:
+                continue
+            h_in = h[cur, b, q]
+            if t < lengths[b]:
+                acc = zero
+                for u in range(H):
+                    acc += w_hr[q, u] * m[i_m, b, u]
+                h[nxt, b, q] = acc
+                y[t, b, q] = acc
+            else:
+                h[nxt, b, q] = h_in
+                y[t, b, q] = zero
+            if training:
+                hin[t, b, q] = h_in * mask[b, q] if masked else h_in  # (what W_hh read)
+
+
 @cuda.jit
-def _forward_persistent(xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                        training, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
-    """All T steps in one cooperative launch, the block's rows of W_hh on chip."""
+def _forward_persistent(xp, w_hh, w_hr, m, lengths, h, c, y, gates, cs, cin, hin, reverse,
+                        units, training, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
+    """All T steps in one cooperative launch, the block's rows of W_hh on chip; a
+    second barrier a step with a projection (which reads m of all units)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     load_rows(w_hh, w_sh, ROWS, units)
     cuda.syncthreads()
     grid = cuda.cg.this_grid()
     for s in range(y.shape[0]):
-        _forward_step(s, xp, w_hh, w_sh, True, lengths, h, c, y, gates, cs, cin, hin,
-                      reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask,
-                      zc, zh)
+        _forward_step(s, xp, w_hh, w_sh, True, w_hr, m, lengths, h, c, y, gates, cs, cin,
+                      hin, reverse, units, training, zero, clip, coupled, gclip, acts, peep,
+                      mask, zc, zh)
         grid.sync()
+        if w_hr.shape[0] > 0:
+            _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero,
+                          mask)
+            grid.sync()
 
 
 @cuda.jit
-def _forward_one(s, xp, w_hh, lengths, h, c, y, gates, cs, cin, hin, reverse, units,
-                 training, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
-    """Step s alone, W_hh read from global memory (the per-step path)."""
+def _forward_one(s, phase, xp, w_hh, w_hr, m, lengths, h, c, y, gates, cs, cin, hin, reverse,
+                 units, training, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
+    """Step s alone (phase 0), or its projection (phase 1), W_hh read from global
+    memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    _forward_step(s, xp, w_hh, w_sh, False, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask,
-                  zc, zh)
+    if phase == 0:
+        _forward_step(s, xp, w_hh, w_sh, False, w_hr, m, lengths, h, c, y, gates, cs, cin,
+                      hin, reverse, units, training, zero, clip, coupled, gclip, acts, peep,
+                      mask, zc, zh)
+    else:
+        _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask)
 
 
 def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
@@ -182,68 +238,82 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
                       zone_h=None):
     """One layer and direction on device arrays.
 
-    x: [T,B,I]; cell: pack_lstm_cuda's dict; h0, c0: [B,H]; lengths: [B] ints
-    (host or device) or None. units, blocks, persistent: force the launch (see
-    common.plan); None chooses. h_mask: None, or [B,H] (host or device)
-    multiplying h where it enters the recurrent product at every step
-    (recurrent dropout, reference.lstm_forward_ref). zone_c, zone_h: None, or
-    zoneout's weights [T,B,H], or [1,B,H] for the same at every step (both or
-    neither; reference.lstm_forward_ref), host or device.
-    Returns y [T,B,H], h_n [B,H], c_n [B,H] and, when training, a cache for
+    x: [T,B,I]; cell: pack_lstm_cuda's dict; h0: [B,P], c0: [B,H] (P = H without
+    a projection); lengths: [B] ints (host or device) or None. units, blocks,
+    persistent: force the launch (see common.plan); None chooses. h_mask: None,
+    or [B,P] (host or device) multiplying h where it enters the recurrent product
+    at every step (recurrent dropout, reference.lstm_forward_ref). zone_c, zone_h:
+    None, or zoneout's weights [T,B,H], or [1,B,H] for the same at every step
+    (both or neither, and not with a projection; reference.lstm_forward_ref), host
+    or device.
+    Returns y [T,B,P], h_n [B,P], c_n [B,H] and, when training, a cache for
     lstm_backward_cuda (else None).
     """
     T, B, I = x.shape
-    H = cell["H"]
+    H, P = cell["H"], cell["P"]
+    projected = cell["w_hr"].shape[0] > 0
     dtype = x.dtype
     zero = dtype.type(0)
     xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, 4 * H), dtype),
                 bias=cell["bias"], trans_b=True)
-    h = device_array((2, B, H), dtype)
+    h = device_array((2, B, P), dtype)
     copy(h0, h[0])
     c = device_array((B, H), dtype)
     copy(c0, c)
-    y = device_array((T, B, H), dtype)
+    y = device_array((T, B, P), dtype)
     if training:
         gates = device_array((T, B, 4 * H), dtype)
-        cs, cin, hin = (device_array((T, B, H), dtype) for _ in range(3))
+        cs, cin = (device_array((T, B, H), dtype) for _ in range(2))
+        hin = device_array((T, B, P), dtype)
     else:
         gates = cs = cin = hin = device_array((1, 1, 1), dtype)
+    # o * cell(c') of every unit, which the projection reads: all steps' when training
+    # (dW_hr needs them), else one step's.
+    m = device_array((T if training else 1, B, H) if projected else (1, 1, 1), dtype)
     lens = lengths_or_full(lengths, T, B)
     mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
     if (zone_c is None) != (zone_h is None):
         raise ValueError("zone_c and zone_h: pass both (zoneout) or neither")
+    if zone_c is not None and projected:
+        raise ValueError("zone_c, zone_h: zoneout is not defined with a projection")
     none = device_array((0, 0, 0), dtype)
     zc, zh = (none, none) if zone_c is None else (as_device(zone_c), as_device(zone_h))
-    args = [xp, cell["w_hh"], lens, h, c, y, gates, cs, cin, hin, bool(reverse), 1,
-            bool(training), zero, dtype.type(cell["clip"]), cell["coupled"],
+    args = [xp, cell["w_hh"], cell["w_hr"], m, lens, h, c, y, gates, cs, cin, hin,
+            bool(reverse), 1, bool(training), zero, dtype.type(cell["clip"]), cell["coupled"],
             dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask, zc, zh]
-    p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
+    p = plan(_forward_persistent, args, H, B, ROWS, P + 1, dtype.itemsize, units, blocks,
              persistent)
-    args[11] = p.units
+    args[13] = p.units
     if p.persistent:
         _forward_persistent[p.blocks, p.threads, 0, p.shared](*args)
     else:
         for s in range(T):
-            _forward_one[p.blocks, p.threads](s, *args)
+            for phase in ((0, 1) if projected else (0,)):
+                _forward_one[p.blocks, p.threads](s, phase, *args)
     cache = None
     if training:
         cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, cs=cs,
-                     cin=cin, hin=hin, mask=mask, zc=zc, zh=zh)
+                     cin=cin, hin=hin, mask=mask, zc=zc, zh=zh, m=m)
     return y, h[T % 2], c, cache
 
 
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
-def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                    clip, coupled, gclip, acts, peep, zc, zh):
+def _backward_gates(k, dy, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc, reverse,
+                    units, zero, clip, coupled, gclip, acts, peep, zc, zh):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
     block's units: dgates[t] from dh[k % 2] + dy[t] and dc; dc -> the gradient
     of c entering the step; dh[(k+1) % 2] starts, for valid rows, at zero (at the
     part zoneout passed on unchanged, zh * dh, with zoneout: zc, zh as the
-    forward's)."""
+    forward's). With a projection (w_hr [P,H]; [0,0] for none), h's gradient
+    dh_t = dh[k % 2] + dy[t] has P units: the unit's o * cell(c') gets
+    dh_t @ W_hr, and dhs[t*B + b] keeps dh_t for W_hr's gradient (zero past a
+    row's length)."""
     T = dy.shape[0]
     B = dy.shape[1]
-    H = dy.shape[2]
+    H = cs.shape[2]
+    P = dy.shape[2]
+    projected = w_hr.shape[0] > 0
     t = k if reverse else T - 1 - k  # forward step T-1-k's time
     cur = k % 2
     nxt = 1 - cur
@@ -265,7 +335,12 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
                 o = gates[t, b, 3 * H + u]
                 cc = cs[t, b, u]
                 tc = activate(acts[2], cc)
-                dh_t = dh[cur, b, u] + dy[t, b, u]
+                if projected:
+                    dh_t = zero
+                    for q in range(P):
+                        dh_t += (dh[cur, b, q] + dy[t, b, q]) * w_hr[q, u]
+                else:
+                    dh_t = dh[cur, b, u] + dy[t, b, u]
                 dc_t = dc[b, u]
                 kept_h = zero  # zoneout: the parts of h and c passed on unchanged
                 kept_c = zero
@@ -288,21 +363,28 @@ def _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, uni
                 dgates[row, 2 * H + u] = dg
                 dgates[row, 3 * H + u] = do
                 dc[b, u] = dc_prev + kept_c
-                dh[nxt, b, u] = kept_h
+                if not projected:
+                    dh[nxt, b, u] = kept_h
+                elif u < P:
+                    dhs[row, u] = dh[cur, b, u] + dy[t, b, u]
+                    dh[nxt, b, u] = zero
             else:
                 dgates[row, u] = zero
                 dgates[row, H + u] = zero
                 dgates[row, 2 * H + u] = zero
                 dgates[row, 3 * H + u] = zero
+                if projected and u < P:
+                    dhs[row, u] = zero
 
 
 @cuda.jit
-def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse, units,
-                         zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
+def _backward_persistent(dy, w_hh, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc,
+                         reverse, units, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. One barrier a step, between the gate gradients (which the
     dh product reads across units) and dh: everything else a block touches
-    (its units' dh, dc and the next step's rows of dgates) is its own."""
+    (its units' dh, dc and the next step's rows of dgates) is its own. With a
+    projection a second one after dh, which every unit's gradients read whole."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     load_columns(w_hh, w_sh, units)
     cuda.syncthreads()
@@ -310,48 +392,54 @@ def _backward_persistent(dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reve
     T = dy.shape[0]
     for k in range(T):
         t = k if reverse else T - 1 - k  # forward step T-1-k's time
-        _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                        clip, coupled, gclip, acts, peep, zc, zh)
+        _backward_gates(k, dy, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc, reverse,
+                        units, zero, clip, coupled, gclip, acts, peep, zc, zh)
         grid.sync()
         dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0],
                    mask, zero)
+        if w_hr.shape[0] > 0:
+            grid.sync()
 
 
 @cuda.jit
-def _backward_gates_one(k, dy, w_hh, lengths, gates, cs, cin, dgates, dh, dc, reverse,
-                        units, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
+def _backward_gates_one(k, dy, w_hh, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc,
+                        reverse, units, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
     """Step k's gate gradients alone (the per-step path; w_hh and mask unused: dh_one
     reads them)."""
-    _backward_gates(k, dy, lengths, gates, cs, cin, dgates, dh, dc, reverse, units, zero,
-                    clip, coupled, gclip, acts, peep, zc, zh)
+    _backward_gates(k, dy, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc, reverse,
+                    units, zero, clip, coupled, gclip, acts, peep, zc, zh)
 
 
 def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
                        persistent=None):
     """Backward of lstm_forward_cuda.
 
-    dy: [T,B,H]; dh_n, dc_n: [B,H]. Returns dx [T,B,I], dh0 [B,H], dc0 [B,H] and
-    {"w_ih", "w_hh", "b_ih", "b_hh"} (and "peephole" [3H] with peepholes; device
-    arrays in the weights' shapes).
+    dy: [T,B,P]; dh_n [B,P], dc_n: [B,H]. Returns dx [T,B,I], dh0 [B,P], dc0 [B,H]
+    and {"w_ih", "w_hh", "b_ih", "b_hh"} (and "w_hr" [P,H] with a projection,
+    "peephole" [3H] with peepholes; device arrays in the weights' shapes).
     """
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
-    H = cell["H"]
+    H, P = cell["H"], cell["P"]
+    w_hr = cell["w_hr"]
+    projected = w_hr.shape[0] > 0
     dtype = x.dtype
     zero = dtype.type(0)
     w_hh = cell["w_hh"]
     dgates = device_array((T * B, 4 * H), dtype)
-    dh = device_array((2, B, H), dtype)
+    dhs = device_array((T * B, P) if projected else (1, 1), dtype)  # h's gradient, per step
+    dh = device_array((2, B, P), dtype)
     copy(dh_n, dh[0])
     dc = device_array((B, H), dtype)
     copy(dc_n, dc)
     mask = cache["mask"]
-    args = [dy, w_hh, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh, dc,
-            reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask, cache["zc"], cache["zh"]]
+    args = [dy, w_hh, w_hr, dhs, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh,
+            dc, reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"],
+            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask, cache["zc"],
+            cache["zh"]]
     p = plan(_backward_persistent, args, H, B, 1, 4 * H + 1, dtype.itemsize, units, blocks,
              persistent)
-    args[10] = p.units
+    args[12] = p.units
     if p.persistent:
         _backward_persistent[p.blocks, p.threads, 0, p.shared](*args)
     else:
@@ -361,9 +449,12 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
             dh_one[p.blocks, p.threads](k, t, dgates, w_hh, lens, dh, p.units, 0, 4 * H,
                                         mask, zero)
     dx, dw_ih, db = input_gradients(dgates, x, cell["w_ih"], ones(T * B, dtype))
-    dw_hh = matmul(dgates, cache["hin"].reshape(T * B, H), device_array((4 * H, H), dtype),
+    dw_hh = matmul(dgates, cache["hin"].reshape(T * B, P), device_array((4 * H, P), dtype),
                    trans_a=True)
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=copy(db, device_array(4 * H, dtype)))
+    if projected:
+        grads["w_hr"] = matmul(dhs, cache["m"].reshape(T * B, H),
+                               device_array((P, H), dtype), trans_a=True)
     if cell["peep"].shape[0] > 0:
         dpeep = device_array((3, H), dtype)
         threads = 128

@@ -52,17 +52,19 @@ def lstm_signatures(dt, acts):
     A2, A3 = arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
     return {
-        # (the last eight: the cell options clip, coupled, gclip, the activations, the
-        # peepholes, [3,H] or [0,1] for none, the recurrent dropout mask, [B,H] or [0,0],
-        # and zoneout's weights of c and h, [T,B,H] or [0,0,0])
-        lstm._forward_persistent: (A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt, dt, b,
-                                   dt, acts, A2, A2, A3, A3),
-        lstm._forward_one: (i64, A2, A2, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b, dt, dt, b,
-                            dt, acts, A2, A2, A3, A3),
-        lstm._backward_persistent: (A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b, dt,
-                                    acts, A2, A2, A3, A3),
-        lstm._backward_gates_one: (i64, A3, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt, b,
-                                   dt, acts, A2, A2, A3, A3),
+        # (after xp and w_hh: the projection w_hr [P,H] or [0,0], and its input m; the
+        # last eight: the cell options clip, coupled, gclip, the activations, the
+        # peepholes, [3,H] or [0,1] for none, the recurrent dropout mask, [B,P] or
+        # [0,0], and zoneout's weights of c and h, [T,B,H] or [0,0,0])
+        lstm._forward_persistent: (A2, A2, A2, A3, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b,
+                                   dt, dt, b, dt, acts, A2, A2, A3, A3),
+        lstm._forward_one: (i64, i64, A2, A2, A2, A3, L, A3, A2, A3, A3, A3, A3, A3, b, i64,
+                            b, dt, dt, b, dt, acts, A2, A2, A3, A3),
+        # (after dy and w_hh: w_hr and dhs, h's gradient per step with a projection)
+        lstm._backward_persistent: (A3, A2, A2, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt,
+                                    b, dt, acts, A2, A2, A3, A3),
+        lstm._backward_gates_one: (i64, A3, A2, A2, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt,
+                                   dt, b, dt, acts, A2, A2, A3, A3),
         lstm._peephole_gradients: (A2, A2, A2, A2, dt),
     }
 

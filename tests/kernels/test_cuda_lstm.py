@@ -100,6 +100,54 @@ def test_lstm_cuda_cell_options_match_reference(rng, dtype, options, path):
         assert_close(got[6][k].copy_to_host(), want[6][k], RTOL[dtype], k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T,B,lengths,path,options", [
+    (3, 2, [3, 1], "auto", {}),
+    (1, 1, None, "slices", {}),
+    (3, 3, [2, 3, 0], "per_step", {"h_mask": True}),
+    (3, 2, [1, 3], "slices", {"h_mask": True, "peephole": True, "cell_clip": 0.4})],
+    ids=["auto", "T1-B1-slices", "dropout-per-step", "dropout-peephole-clip-slices"])
+def test_lstm_cuda_projection_matches_reference(rng, dtype, T, B, lengths, path, options):
+    """torch's proj_size: h' = W_hr (o * tanh(c')), h with P = 3 units, c with H = 5;
+    outputs, states and every gradient, W_hr's included, both directions."""
+    I, H, P = 3, 5, 3
+    w_ih, _, b_ih, b_hh = lstm_weights(rng, I, H, dtype)
+    w_hh, w_hr = ((rng.standard_normal(s) * 0.5).astype(dtype) for s in ((4 * H, P), (P, H)))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0, c0 = (rng.standard_normal((B, n)).astype(dtype) for n in (P, H))
+    dy = rng.standard_normal((T, B, P)).astype(dtype)
+    dh_n, dc_n = (rng.standard_normal((B, n)).astype(dtype) for n in (P, H))
+    options = dict(options)
+    if options.get("h_mask"):
+        options["h_mask"] = ((rng.random((B, P)) > 0.3) / 0.7).astype(dtype)
+    if options.get("peephole"):
+        options["peephole"] = (rng.standard_normal(3 * H) * 0.5).astype(dtype)
+    h_mask = options.pop("h_mask", None)
+    lens = None if lengths is None else np.array(lengths)
+    dev = cuda.to_device
+    cell = pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=w_hr, **options)
+    for reverse in (False, True):
+        y, h, c, cache = lstm_forward_cuda(dev(x), cell, dev(h0), dev(c0), lens, reverse,
+                                           True, **PATHS[path], h_mask=h_mask)
+        *back, grads = lstm_backward_cuda(dev(dy), dev(dh_n), dev(dc_n), cache, cell,
+                                          **PATHS[path])
+        y_r, h_r, c_r, cache_r = ref.lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lens,
+                                                      reverse, w_hr=w_hr, h_mask=h_mask,
+                                                      **options)
+        *back_r, grads_r = ref.lstm_backward_ref(dy, dh_n, dc_n, cache_r)
+        for name, g, w in zip(["y", "h_n", "c_n", "dx", "dh0", "dc0"], (y, h, c, *back),
+                              (y_r, h_r, c_r, *back_r)):
+            assert_close(g.copy_to_host(), w, RTOL[dtype], name)
+        assert sorted(grads) == sorted(grads_r) and "w_hr" in grads
+        for k in grads_r:
+            assert_close(grads[k].copy_to_host(), grads_r[k], RTOL[dtype], k)
+        y_i, h_i, c_i, none = lstm_forward_cuda(dev(x), cell, dev(h0), dev(c0), lens, reverse,
+                                                False, **PATHS[path])
+        assert none is None
+        if h_mask is None:  # inference: the same forward, one step's buffers
+            assert_close(y_i.copy_to_host(), y_r, RTOL[dtype], "y (inference)")
+
+
 def test_lstm_cuda_inference_keeps_nothing(rng):
     w = lstm_weights(rng, 3, 4, np.float32)
     x = rng.standard_normal((2, 2, 3)).astype(np.float32)
