@@ -63,9 +63,11 @@ def test_gru_cuda_matches_reference(rng, dtype, reset_after, T, B, I, H, lengths
     check((y, h) + got, (y_r, h_r) + ref.gru_backward_ref(dy, dh_n, cache_r), dtype)
 
 
-@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
-@pytest.mark.parametrize("dtype,path", [(np.float32, "auto"), (np.float64, "slices"),
-                                        (np.float64, "per_step")])
+@pytest.mark.parametrize("reset_after,dtype,path", [
+    (True, np.float32, "auto"), (False, np.float32, "auto"), (True, np.float64, "slices"),
+    (False, np.float64, "per_step")],
+    ids=["reset-after-float32", "reset-before-float32", "reset-after-float64-slices",
+         "reset-before-float64-per-step"])
 def test_gru_cuda_recurrent_dropout_matches_reference(rng, reset_after, dtype, path):
     """A recurrent dropout mask on h where W_hh reads it (not in z * h), with lengths."""
     T, B, I, H = 3, 3, 2, 5
