@@ -402,18 +402,30 @@ def lstm_cell_grads(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled, acts, pp, 
     h' = o * cell(c'), with gate clips and peepholes): from dc (the gradient
     reaching c' from the step after), dh (h's), the activated gates (f as used),
     tc = cell(c'), the old state c_prev and c' itself, returns the gradients of
-    the four gate pre-activations and of c_prev. A clipped unit (|c'| at clip)
-    passes none to c_prev or the gates through c'; with gated (a gate clip), nor
-    does a clipped pre-activation (one whose activated value is not strictly
-    inside bounds, gate_clip_bounds's). pp: None, or the unit's peephole weights
-    (p_i, p_f, p_o)."""
-    s_lo, s_hi, t_lo, t_hi = bounds
+    the four gate pre-activations and of c_prev. With gated (a gate clip), a
+    clipped pre-activation (one whose activated value is not strictly inside
+    bounds, gate_clip_bounds's) passes no gradient; lstm_gate_grads takes the
+    rest. pp: None, or the unit's peephole weights (p_i, p_f, p_o)."""
+    s_lo, s_hi = bounds[0], bounds[1]
     do = dh * tc * dactivate(acts[1], o)
     if gated and not s_lo < o < s_hi:
         do = do * 0
     d = dc + dh * o * dactivate(acts[3], tc)
     if pp is not None:
         d = d + do * pp[2]
+    di, df, dg, dcp = lstm_gate_grads(d, i, f, g, c_prev, c, clip, coupled, acts, pp, bounds,
+                                      gated)
+    return di, df, dg, do, dcp
+
+
+def lstm_gate_grads(d, i, f, g, c_prev, c, clip, coupled, acts, pp, bounds, gated):
+    """The part of lstm_cell_grads after c': from d, the whole gradient reaching c'
+    (through h', through o's peephole, and from the step after), the gradients of
+    the i, f and g pre-activations and of c_prev. A clipped unit (|c'| at clip)
+    passes none; with gated, nor does a clipped pre-activation. (The
+    layer-normalised LSTM calls it directly: its h' reads c' through a
+    normalisation that spans the row.)"""
+    s_lo, s_hi, t_lo, t_hi = bounds
     if c >= clip or c <= -clip:
         d = d * 0
     dg = d * i * dactivate(acts[3], g)
@@ -430,7 +442,7 @@ def lstm_cell_grads(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled, acts, pp, 
     dcp = d * f
     if pp is not None:
         dcp = dcp + di * pp[0] + df * pp[1]
-    return di, df, dg, do, dcp
+    return di, df, dg, dcp
 
 
 def peephole_at(peep, v):
@@ -467,15 +479,30 @@ def _lstm_cell_grads_impl(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled, acts
     peep = pp is not types.none
 
     def impl(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled, acts, pp, bounds, gated):
-        lim = cast(clip)
-        zero = cast(0)
-        s_lo, s_hi, t_lo, t_hi = bounds
+        s_lo, s_hi = bounds[0], bounds[1]
         do = dh * tc * dactivate(acts[1], o)
         if gated and not s_lo < o < s_hi:
-            do = zero
+            do = cast(0)
         d = dc + dh * o * dactivate(acts[3], tc)
         if peep:
             d += do * pp[2]
+        di, df, dg, dcp = lstm_gate_grads(d, i, f, g, c_prev, c, clip, coupled, acts, pp,
+                                          bounds, gated)
+        return di, df, dg, do, dcp
+    return impl
+
+
+@overload(lstm_gate_grads)
+def _lstm_gate_grads_impl(d, i, f, g, c_prev, c, clip, coupled, acts, pp, bounds, gated):
+    if not isinstance(i, types.Float):
+        return None
+    cast = np.float32 if i == types.float32 else np.float64
+    peep = pp is not types.none
+
+    def impl(d, i, f, g, c_prev, c, clip, coupled, acts, pp, bounds, gated):
+        lim = cast(clip)
+        zero = cast(0)
+        s_lo, s_hi, t_lo, t_hi = bounds
         if c >= lim or c <= -lim:
             d = zero
         dg = d * i * dactivate(acts[3], g)
@@ -495,7 +522,7 @@ def _lstm_cell_grads_impl(dc, dh, i, f, g, o, tc, c_prev, c, clip, coupled, acts
         dcp = d * f
         if peep:
             dcp += di * pp[0] + df * pp[1]
-        return di, df, dg, do, dcp
+        return di, df, dg, dcp
     return impl
 
 

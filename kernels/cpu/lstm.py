@@ -89,7 +89,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..gates import (DEFAULT_ACTS, activate, clip_gate, dactivate, for_dtype, gate_clip_bounds,
-                     lstm_cell, lstm_cell_grads, peephole_at)
+                     lstm_cell, lstm_cell_grads, lstm_gate_grads, peephole_at)
 from ..reference import LAYER_NORM_EPS, apply_activation, layer_norm
 
 U = 16          # hidden units per gate block
@@ -1136,19 +1136,18 @@ def _norm_output_grads_row(a, c_hat, gain, bias, dm, dgain, dbias, dcn, acts, bo
 
 
 @njit(**_FAST)
-def _norm_grads_row(a, cs, c_prev, dc, dcn, zero, clip, coupled, acts, peep, bounds, gated):
+def _norm_grads_row(a, cs, c_prev, dc, dcn, clip, coupled, acts, peep, bounds, gated):
     """The rest of a layer-normalised row's gate gradients: d = dc + dcn (the part
     through h', already normalised back) goes to i, f, g and c_prev. a holds the
-    activated i, f, g and o's gradient (_norm_output_grads_row's), which a zero dh
-    keeps out of lstm_cell_grads's sum."""
+    activated i, f, g and o's gradient (_norm_output_grads_row's)."""
     H = cs.size
     for j in range(H):
         do, d = a[3 * H + j], dc[j] + dcn[j]
         if peep is not None:  # o read the new state
             d += do * peep[2, j]
-        a[j], a[H + j], a[2 * H + j], _, dc[j] = lstm_cell_grads(
-            d, zero, a[j], a[H + j], a[2 * H + j], do, do, c_prev[j], cs[j], clip, coupled,
-            acts, peephole_at(peep, j), bounds, gated)
+        a[j], a[H + j], a[2 * H + j], dc[j] = lstm_gate_grads(
+            d, a[j], a[H + j], a[2 * H + j], c_prev[j], cs[j], clip, coupled, acts,
+            peephole_at(peep, j), bounds, gated)
 
 
 @njit(cache=True, error_model="numpy")
@@ -1225,7 +1224,7 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
                 _norm_output_grads_row(a, c_hat, ln[1], ln[2], dm[b], ln[6], ln[7], dcn, acts,
                                        bounds, gated)
                 _norm_grad(dcn, c_hat, rstd)
-                _norm_grads_row(a, cs[t, b], c_prev, dc[b], dcn, zero, clip, coupled, acts, peep,
+                _norm_grads_row(a, cs[t, b], c_prev, dc[b], dcn, clip, coupled, acts, peep,
                                 bounds, gated)
                 dr = ln[3][t, b]  # r_hat in, the raw product's gradient out
                 for j in range(G):
