@@ -988,9 +988,10 @@ class LSTM(_Recurrent):
             add, and h' = o * tanh(LN(c') * gain + bias); the state passed on is c'
             itself, as in the paper. Each cell gains weight_ln_ih_l{k} and
             weight_ln_hh_l{k} [G] (ones at first), weight_ln_c_l{k} [H] (ones) and
-            bias_ln_c_l{k} [H] (zeros). Works with every other option. numpy and
-            cpu backends: on the cpu it runs the per-step BLAS path (the
-            statistics of a row span all gate columns); cuda refuses it. torch,
+            bias_ln_c_l{k} [H] (zeros). Works with every other option, on every
+            backend: on the cpu it runs the per-step BLAS path (the statistics of a
+            row span all gate columns), on cuda three phases a step with a grid
+            barrier after each (kernels/cuda/lstm_norm.py). torch,
             Keras and ONNX have no such layer, so to_torch, export_onnx and their
             layouts refuse it.
 

@@ -1,5 +1,5 @@
-"""The layer-normalised LSTM (LSTM(layer_norm=True)) through the layer: the cpu backend
-against the numpy one, its parameters, streaming, checkpoints, memory, and what cannot
+"""The layer-normalised LSTM (LSTM(layer_norm=True)) through the layer: the cpu and cuda
+(simulator) backends against the numpy one, its parameters, streaming, checkpoints, memory, and what cannot
 carry it (the kernels are tested in tests/kernels against the reference, and the
 reference against finite differences)."""
 import tracemalloc
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import numlstm
-from helpers import assert_close, check_streaming_and_checkpoint, lstm_layer_and_reference
+from helpers import (assert_close, check_streaming_and_checkpoint, lstm_layer_and_reference,
+                     run_steps)
 
 
 def _with_norms(layer, rng):
@@ -40,6 +41,22 @@ def test_cpu_against_the_reference(rng, options, dtype, tol):
         assert name in got
     for k in want:
         assert_close(got[k], want[k], tol if k in ("y", "h", "c") else 5 * tol, k)
+
+
+def test_cuda_against_the_reference(rng):
+    """The cuda backend (Numba's simulator, a tiny case; the kernels' options are
+    checked in tests/kernels): two layers, bidirectional, lengths, recurrent
+    dropout, a training step, every gradient; then streaming steps."""
+    prepare = lambda layer: _with_norms(layer, np.random.default_rng(1))  # noqa: E731
+    options = {"layer_norm": True, "recurrent_dropout": 0.3}
+    got, want = lstm_layer_and_reference(rng, options, "cuda", np.float32, prepare)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert_close(got[k], want[k], 2e-5 if k in ("y", "h", "c") else 1e-4, k)
+    layer = prepare(numlstm.LSTM(3, 4, layer_norm=True, backend="cuda", seed=2))
+    x = rng.standard_normal((3, 2, 3)).astype(np.float32)
+    ys, _ = run_steps(layer, x)
+    assert_close(ys, prepare(numlstm.LSTM(3, 4, layer_norm=True, seed=2))(x)[0], 2e-6, "step")
 
 
 def test_parameters_start_as_the_identity_norm(rng):
@@ -96,8 +113,6 @@ def test_what_cannot_carry_layer_norm_says_so(tmp_path):
     with pytest.raises(ValueError, match="no layer-normalised"):
         numlstm.export_onnx(lstm, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
-    with pytest.raises(NotImplementedError, match="no layer normalisation"):
-        numlstm.LSTM(3, 4, backend="cuda", layer_norm=True)(np.ones((2, 1, 3), np.float32))
     with pytest.raises(TypeError, match="layer_norm: expected True or False"):
         numlstm.LSTM(3, 4, layer_norm=1)
     with pytest.raises(TypeError, match="unexpected argument"):

@@ -1,4 +1,5 @@
-"""CUDA kernels (Numba @cuda.jit), one file per cell; common.py holds the tiled
+"""CUDA kernels (Numba @cuda.jit), one file per cell (and lstm_norm.py for the
+layer-normalised LSTM, which lstm.py hands such a cell to); common.py holds the tiled
 matrix product, the launch plan of the persistent recurrence and the small
 elementwise kernels the layers use on device arrays.
 

@@ -13,6 +13,10 @@ The path of a call (common.py describes the persistent and per-step launches):
               with the block's columns of W_hh on chip; after the loop, dx,
               dW_ih, dW_hh and the bias gradient are each one product over all
               T*B rows.
+    With a projection (proj_size, P units of h), a step's cell pass writes
+    m = o * cell(c') and a second phase after a grid barrier makes h = W_hr m
+    (_project_step); the backward folds dh @ W_hr into its gate pass. A
+    layer-normalised cell goes to lstm_norm.py.
 
 Arrays are Numba device arrays; x, h0, c0, dy, dh_n and dc_n are read only.
 """
@@ -35,12 +39,10 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
     -> the device arrays the kernels read: w_ih [G,I], w_hh [G,P], bias = b_ih +
     b_hh [G]; w_hr [P,H], the projection (torch's proj_size), or [0,0] for none
     (P = H); clip and gclip (inf for none), coupled and acts (built-in kinds only);
-    peep [3,H], the peepholes (i, f, o), or [0,1] for none. Layer normalisation
-    (ln_*) and a user's activation are refused: these kernels do not have them
-    yet."""
-    if ln_ih is not None:
-        raise NotImplementedError("layer_norm: the CUDA LSTM kernels have no layer "
-                                  "normalisation yet; use backend='cpu' (or 'numpy')")
+    peep [3,H], the peepholes (i, f, o), or [0,1] for none; ln: None, or layer
+    normalisation's gains ln_ih, ln_hh [G], ln_c and bias ln_c_bias [H] (all four
+    or none; lstm_norm.py runs such a cell). A user's activation is refused:
+    these kernels cannot call it."""
     if any(activation_name(k) is None for k in acts):
         raise NotImplementedError("activation: the CUDA kernels take the built-in "
                                   "activations only, not a user's function; use "
@@ -49,7 +51,8 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
     peep = (device_array((0, 1), w_ih.dtype) if peephole is None else
             as_device(peephole).reshape(3, H))
     w_hr = device_array((0, 0), w_ih.dtype) if w_hr is None else as_device(w_hr)
-    return dict(H=H, P=w_hh.shape[1], w_hr=w_hr, peep=peep, w_ih=as_device(w_ih),
+    ln = None if ln_ih is None else tuple(as_device(a) for a in (ln_ih, ln_hh, ln_c, ln_c_bias))
+    return dict(H=H, P=w_hh.shape[1], w_hr=w_hr, peep=peep, ln=ln, w_ih=as_device(w_ih),
                 w_hh=as_device(w_hh),
                 bias=combine(as_device(b_ih), as_device(b_hh), "add"),
                 clip=float("inf") if cell_clip is None else float(cell_clip),
@@ -58,6 +61,31 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
 
 
 # -- forward ---------------------------------------------------------------------------
+@cuda.jit(device=True)
+def gate_products(ai, af, ag, ao, w_hh, w_sh, cached, w, stride, h, cur, b, u, mask):
+    """(ai, af, ag, ao) plus unit u's four rows of W_hh times h[cur, b] (times the
+    recurrent dropout mask [B,K], or [0,0] for none): from w_sh, where the unit's
+    i row starts at w and each gate's at stride from the last (load_rows), or
+    from w_hh [G,K] itself."""
+    H = w_hh.shape[0] // ROWS
+    masked = mask.shape[0] > 0
+    if cached:
+        for k in range(w_hh.shape[1]):
+            hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
+            ai += hk * w_sh[w + k]
+            af += hk * w_sh[w + stride + k]
+            ag += hk * w_sh[w + 2 * stride + k]
+            ao += hk * w_sh[w + 3 * stride + k]
+    else:
+        for k in range(w_hh.shape[1]):
+            hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
+            ai += hk * w_hh[u, k]
+            af += hk * w_hh[H + u, k]
+            ag += hk * w_hh[2 * H + u, k]
+            ao += hk * w_hh[3 * H + u, k]
+    return ai, af, ag, ao
+
+
 @cuda.jit(device=True)
 def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, h, c, y, gates, cs, cin, hin,
                   reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask,
@@ -98,25 +126,9 @@ def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, h, c, y, gates, c
             c_in = c[b, u]
             if t < lengths[b]:
                 row = t * B + b
-                ai = xp[row, u]
-                af = xp[row, H + u]
-                ag = xp[row, 2 * H + u]
-                ao = xp[row, 3 * H + u]
-                if cached:
-                    w = base + ul * KP
-                    for k in range(K):
-                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
-                        ai += hk * w_sh[w + k]
-                        af += hk * w_sh[w + stride + k]
-                        ag += hk * w_sh[w + 2 * stride + k]
-                        ao += hk * w_sh[w + 3 * stride + k]
-                else:
-                    for k in range(K):
-                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
-                        ai += hk * w_hh[u, k]
-                        af += hk * w_hh[H + u, k]
-                        ag += hk * w_hh[2 * H + u, k]
-                        ao += hk * w_hh[3 * H + u, k]
+                ai, af, ag, ao = gate_products(
+                    xp[row, u], xp[row, H + u], xp[row, 2 * H + u], xp[row, 3 * H + u], w_hh,
+                    w_sh, cached, base + ul * KP, stride, h, cur, b, u, mask)
                 if peeped:  # ONNX's peepholes: i, f read the old state, o the new
                     ai += peep[0, u] * c_in
                     af += peep[1, u] * c_in
@@ -254,6 +266,18 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     projected = cell["w_hr"].shape[0] > 0
     dtype = x.dtype
     zero = dtype.type(0)
+    lens = lengths_or_full(lengths, T, B)
+    mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
+    if (zone_c is None) != (zone_h is None):
+        raise ValueError("zone_c and zone_h: pass both (zoneout) or neither")
+    if zone_c is not None and projected:
+        raise ValueError("zone_c, zone_h: zoneout is not defined with a projection")
+    none = device_array((0, 0, 0), dtype)
+    zc, zh = (none, none) if zone_c is None else (as_device(zone_c), as_device(zone_h))
+    if cell["ln"] is not None:
+        from .lstm_norm import norm_forward
+        return norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units,
+                            blocks, persistent)
     xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, 4 * H), dtype),
                 bias=cell["bias"], trans_b=True)
     h = device_array((2, B, P), dtype)
@@ -270,14 +294,6 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     # o * cell(c') of every unit, which the projection reads: all steps' when training
     # (dW_hr needs them), else one step's.
     m = device_array((T if training else 1, B, H) if projected else (1, 1, 1), dtype)
-    lens = lengths_or_full(lengths, T, B)
-    mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
-    if (zone_c is None) != (zone_h is None):
-        raise ValueError("zone_c and zone_h: pass both (zoneout) or neither")
-    if zone_c is not None and projected:
-        raise ValueError("zone_c, zone_h: zoneout is not defined with a projection")
-    none = device_array((0, 0, 0), dtype)
-    zc, zh = (none, none) if zone_c is None else (as_device(zone_c), as_device(zone_h))
     args = [xp, cell["w_hh"], cell["w_hr"], m, lens, h, c, y, gates, cs, cin, hin,
             bool(reverse), 1, bool(training), zero, dtype.type(cell["clip"]), cell["coupled"],
             dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask, zc, zh]
@@ -416,8 +432,12 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
 
     dy: [T,B,P]; dh_n [B,P], dc_n: [B,H]. Returns dx [T,B,I], dh0 [B,P], dc0 [B,H]
     and {"w_ih", "w_hh", "b_ih", "b_hh"} (and "w_hr" [P,H] with a projection,
-    "peephole" [3H] with peepholes; device arrays in the weights' shapes).
+    "peephole" [3H] with peepholes, "ln_ih", "ln_hh", "ln_c", "ln_c_bias" with
+    layer normalisation; device arrays in the weights' shapes).
     """
+    if cell["ln"] is not None:
+        from .lstm_norm import norm_backward
+        return norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent)
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
     H, P = cell["H"], cell["P"]

@@ -23,7 +23,7 @@ from numba import cuda, typeof, types
 # none, so tell Numba it is an sm_90 one (the compute capability is all it asks).
 _dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(9, 0))
 
-from numlstm.kernels.cuda import common, gru, lstm, rnn  # noqa: E402
+from numlstm.kernels.cuda import common, gru, lstm, lstm_norm, rnn  # noqa: E402
 from numlstm.kernels.gates import make_acts  # noqa: E402
 
 
@@ -69,6 +69,27 @@ def lstm_signatures(dt, acts):
     }
 
 
+def lstm_norm_signatures(dt, acts):
+    """The layer-normalised LSTM's kernels (kernels/cuda/lstm_norm.py)."""
+    A1, A2, A3 = arr(dt, 1), arr(dt, 2), arr(dt, 3)
+    L, i64, b = arr(types.int64, 1), types.int64, types.boolean
+    # (the options as lstm_signatures's, then 1/G, 1/H and LN's epsilon)
+    options = (dt, dt, b, dt, acts, A2, A2, A3, A3, dt, dt, dt)
+    fwd = (A2, A2, A2, A3, A2, L, A3, A2, A3, A3, A3, A3, A3, A2, A1, A1, A1, A1, b, i64,
+           b) + options
+    bwd = (A3, A2, A2, A2, L, A3, A3, A3, A2, A2, A2, A1, A2, A1, A2, A3, A2, A1, A1, A1, b,
+           i64) + options
+    return {
+        lstm_norm._normalise_rows: (A2, A1, A1, A2, A2, A1, dt, dt, dt, b),
+        lstm_norm._norm_grad_rows: (A2, A1, A2, A1, A2, dt, dt),
+        lstm_norm._column_dots: (A2, A2, A1, dt),
+        lstm_norm._forward_norm_persistent: fwd,
+        lstm_norm._forward_norm_one: (i64, i64) + fwd,
+        lstm_norm._backward_norm_persistent: bwd,
+        lstm_norm._backward_norm_one: (i64, i64) + bwd,
+    }
+
+
 # The default activations, and the other built-in kinds (hard_sigmoid gates, relu cells).
 ACTS = [typeof(make_acts("sigmoid", "tanh")), typeof(make_acts("hard_sigmoid", "relu"))]
 
@@ -108,6 +129,7 @@ def main():
     for dt in (types.float32, types.float64):
         sigs = [*common_signatures(dt).items(), *rnn_signatures(dt).items()]
         sigs += [item for acts in ACTS for item in (*lstm_signatures(dt, acts).items(),
+                                                    *lstm_norm_signatures(dt, acts).items(),
                                                     *gru_signatures(dt, acts).items())]
         for kernel, sig in sigs:
             name = f"{kernel.py_func.__module__.rsplit('.', 1)[-1]}.{kernel.py_func.__name__}"

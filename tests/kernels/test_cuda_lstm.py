@@ -149,6 +149,66 @@ def test_lstm_cuda_projection_matches_reference(rng, T, B, lengths, path, option
             assert_close(y_i.copy_to_host(), y_r, RTOL[dtype], "y (inference)")
 
 
+@pytest.mark.parametrize("T,B,lengths,path,options,dtype", [
+    (3, 2, [3, 1], "auto", {}, np.float32),
+    (1, 1, None, "slices", {}, np.float64),
+    (3, 3, [2, 3, 0], "per_step", {"h_mask": True, "peephole": True, "gate_clip": 0.9},
+     np.float64),
+    (3, 2, [1, 3], "slices", {"zone": True, "cell_clip": 0.5, "input_forget": True},
+     np.float32),
+    (3, 2, [3, 2], "per_step", {"proj": 3, "h_mask": True}, np.float64),
+    (2, 2, [2, 1], "auto", {"proj": 2}, np.float32)],
+    ids=["auto-float32", "T1-B1-slices-float64", "dropout-peephole-gate-clip-per-step",
+         "zoneout-clip-coupled-slices", "projection-dropout-per-step", "projection-auto"])
+def test_lstm_cuda_layer_norm_matches_reference(rng, T, B, lengths, path, options, dtype):
+    """layer_norm=True (lstm_norm.py) with random gains and bias, the other options
+    beside it: outputs, states and every gradient, the norms' included, both
+    directions; inference equals the training forward."""
+    I, H = 3, 5
+    options = dict(options)
+    P = options.pop("proj", H)
+    w_ih, _, b_ih, b_hh = lstm_weights(rng, I, H, dtype)
+    w_hh = (rng.standard_normal((4 * H, P)) * 0.5).astype(dtype)
+    extra = dict(ln_ih=1 + 0.3 * rng.standard_normal(4 * H), ln_hh=1 + 0.3 * rng.standard_normal(
+        4 * H), ln_c=1 + 0.3 * rng.standard_normal(H), ln_c_bias=0.3 * rng.standard_normal(H))
+    if P < H:
+        extra["w_hr"] = rng.standard_normal((P, H)) * 0.5
+    if options.pop("peephole", False):
+        extra["peephole"] = rng.standard_normal(3 * H) * 0.5
+    extra = {k: v.astype(dtype) for k, v in extra.items()}
+    step = {}
+    if options.pop("h_mask", False):
+        step["h_mask"] = ((rng.random((B, P)) > 0.3) / 0.7).astype(dtype)
+    if options.pop("zone", False):
+        step.update(zone_c=(rng.random((T, B, H)) < 0.4).astype(dtype),
+                    zone_h=(rng.random((T, B, H)) < 0.3).astype(dtype))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0, dh_n = (rng.standard_normal((B, P)).astype(dtype) for _ in range(2))
+    c0, dc_n = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    dy = rng.standard_normal((T, B, P)).astype(dtype)
+    lens = None if lengths is None else np.array(lengths)
+    dev = cuda.to_device
+    cell = pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, **extra, **options)
+    for reverse in (False, True):
+        y, h, c, cache = lstm_forward_cuda(dev(x), cell, dev(h0), dev(c0), lens, reverse,
+                                           True, **PATHS[path], **step)
+        *back, grads = lstm_backward_cuda(dev(dy), dev(dh_n), dev(dc_n), cache, cell,
+                                          **PATHS[path])
+        y_r, h_r, c_r, cache_r = ref.lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lens,
+                                                      reverse, **extra, **step, **options)
+        *back_r, grads_r = ref.lstm_backward_ref(dy, dh_n, dc_n, cache_r)
+        for name, g, w in zip(["y", "h_n", "c_n", "dx", "dh0", "dc0"], (y, h, c, *back),
+                              (y_r, h_r, c_r, *back_r)):
+            assert_close(g.copy_to_host(), w, RTOL[dtype], name)
+        assert sorted(grads) == sorted(grads_r) and "ln_c_bias" in grads
+        for k in grads_r:
+            assert_close(grads[k].copy_to_host(), grads_r[k], 5 * RTOL[dtype], k)
+        if "h_mask" not in step and "zone_c" not in step:
+            y_i = lstm_forward_cuda(dev(x), cell, dev(h0), dev(c0), lens, reverse, False,
+                                    **PATHS[path])[0]
+            assert_close(y_i.copy_to_host(), y_r, RTOL[dtype], "y (inference)")
+
+
 def test_lstm_cuda_inference_keeps_nothing(rng):
     w = lstm_weights(rng, 3, 4, np.float32)
     x = rng.standard_normal((2, 2, 3)).astype(np.float32)

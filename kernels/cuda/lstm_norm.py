@@ -1,0 +1,625 @@
+"""CUDA kernels of the layer-normalised LSTM (LSTM(layer_norm=True)), one layer in
+one direction, checked against reference.py.
+
+Dimensions: T steps, B batch, I input features, H hidden units, G = 4H (gate
+blocks i, f, g, o), P the units of h (H without a projection).
+
+Equations (reference.lstm_forward_ref), each LN over one row's entries, G of
+them for the products and H for c':
+    a = LN(W_ih x; g_ih) + b_ih + LN(W_hh h; g_hh) + b_hh
+    h' = o * cell(LN(c'; g_c) + b_c)
+
+A row's statistics span every unit of the row, so a step cannot be the plain
+kernels' one pass over the units (lstm.py). The persistent kernel runs a step
+in three phases with a grid barrier after each (a fourth, lstm._project_step,
+with a projection):
+    1. _norm_product: the raw recurrent product of the block's units, all four
+       gates, into r [B,G];
+    2. _norm_gates: each unit's gates from its row of r, normalised, then c';
+    3. _norm_output: h' from the row's c', normalised.
+In phases 2 and 3 each thread computes its row's mean and deviation itself: G
+or H reads, the order of its share of the product, where a phase of its own
+would cost a barrier. The input product's normalisation is one kernel over
+all T*B rows before the loop (_normalise_rows).
+
+The backward, per reversed step, three phases with a barrier after each:
+    1. _norm_back_output: h's gradient, o's, and dn, the gradient of LN(c')'s
+       output [T*B,H];
+    2. _norm_back_cell: c's gradient through the normalisation (row sums of dn),
+       then i, f, g and c_prev (gates.lstm_gate_grads);
+    3. _norm_back_product: the raw recurrent product's gradient dr [T*B,G],
+       LN's backward of the gates' (row sums over G);
+then dh = dr[t] @ W_hh (common.dh_product). After the loop: the input
+product's gradient through its normalisation (_norm_grad_rows), dx, dW_ih,
+dW_hh, the biases, and the gains' gradients as column sums of products.
+
+The training forward keeps, besides the plain kernels' gates, cs, cin and hin,
+the normalised products and their deviations (x_hat, h_hat [T*B,G], sd_x,
+sd_h [T*B]); the backward recomputes only each row's statistics of c'.
+"""
+import math
+
+from numba import cuda
+
+from ..gates import activate, clip_gate, dactivate, gate_clip_bounds, lstm_cell, lstm_gate_grads
+from ..reference import LAYER_NORM_EPS
+from .common import (column_sums, copy, device_array, dh_one, dh_product, lengths_or_full,
+                     load_columns, load_rows, matmul, ones, plan)
+from .lstm import ROWS, _peephole_gradients, _project_step, gate_products
+
+
+@cuda.jit(device=True)
+def _row_stats(v, n, inv_n, zero, eps):
+    """(mean, sd) of v[:n], sd = sqrt(var + eps) with the biased variance, as
+    reference.layer_norm (inv_n = 1/n in v's type: no float64 in float32 math)."""
+    s = zero
+    for k in range(n):
+        s += v[k]
+    mean = s * inv_n
+    q = zero
+    for k in range(n):
+        d = v[k] - mean
+        q += d * d
+    return mean, math.sqrt(q * inv_n + eps)
+
+
+@cuda.jit
+def _normalise_rows(a, gain, bias, out, hat, sd, inv_n, zero, eps, keep):
+    """out[r] = gain * hat[r] + bias for each row r of a [R,N] (one thread a row),
+    hat[r] = (a[r] - mean) / sd; keep: also write hat [R,N] and sd [R]. out may
+    be a itself."""
+    r = cuda.grid(1)
+    N = a.shape[1]
+    if r < a.shape[0]:
+        mean, s = _row_stats(a[r], N, inv_n, zero, eps)
+        if keep:
+            sd[r] = s
+        for j in range(N):
+            v = (a[r, j] - mean) / s
+            if keep:
+                hat[r, j] = v
+            out[r, j] = gain[j] * v + bias[j]
+
+
+@cuda.jit
+def _norm_grad_rows(d, gain, hat, sd, out, inv_n, zero):
+    """out[r] = the gradient of row r's LN input from d[r], that of its output
+    (gain * hat + bias): (d g - mean(d g) - hat mean(d g hat)) / sd, one thread
+    a row of d [R,N]."""
+    r = cuda.grid(1)
+    N = d.shape[1]
+    if r < d.shape[0]:
+        s1 = zero
+        s2 = zero
+        for j in range(N):
+            dv = d[r, j] * gain[j]
+            s1 += dv
+            s2 += dv * hat[r, j]
+        s1 *= inv_n
+        s2 *= inv_n
+        for j in range(N):
+            out[r, j] = (d[r, j] * gain[j] - s1 - hat[r, j] * s2) / sd[r]
+
+
+@cuda.jit
+def _column_dots(a, b, out, zero):
+    """out[j] = sum over rows r of a[r, j] * b[r, j] (one thread a column)."""
+    j = cuda.grid(1)
+    if j < out.shape[0]:
+        acc = zero
+        for r in range(a.shape[0]):
+            acc += a[r, j] * b[r, j]
+        out[j] = acc
+
+
+# -- forward ---------------------------------------------------------------------------
+@cuda.jit(device=True)
+def _norm_product(s, w_hh, w_sh, cached, lengths, h, r, T, reverse, units, zero, mask):
+    """Phase 1 of step s: r[b, g*H + u] = W_hh's row of gate g and unit u times
+    h[s % 2, b] (times the mask), for the block's units of valid rows."""
+    B = r.shape[0]
+    H = r.shape[1] // ROWS
+    KP = w_hh.shape[1] + 1
+    t = T - 1 - s if reverse else s
+    cur = s % 2
+    slices = (H + units - 1) // units
+    stride = units * KP
+    j = 0
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        base = j * ROWS * stride
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            ul = p - b * units
+            u = sl * units + ul
+            if u < H and t < lengths[b]:
+                r[b, u], r[b, H + u], r[b, 2 * H + u], r[b, 3 * H + u] = gate_products(
+                    zero, zero, zero, zero, w_hh, w_sh, cached, base + ul * KP, stride, h,
+                    cur, b, u, mask)
+        j += 1
+
+
+@cuda.jit(device=True)
+def _norm_gates(s, xp, r, lengths, c, cn, gates, cin, hhat, sdh, ln_hh, T, reverse, units,
+                training, zero, clip, coupled, gclip, acts, peep, zc, inv_g, eps):
+    """Phase 2 of step s for the block's units: the gates from xp (the input
+    product, normalised, with both biases) and r's row normalised; c' into
+    cn[i] (i = t when training, else 0: the c' of all units phase 3 reads) and
+    into c (after zoneout), o into gates[i]. Training: hhat[t*B + b] and sdh,
+    the row's normalised product and deviation; cin. Past a row's length the
+    state is held."""
+    B = r.shape[0]
+    G = r.shape[1]
+    H = G // ROWS
+    t = T - 1 - s if reverse else s
+    i_s = t if training else 0
+    slices = (H + units - 1) // units
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            u = sl * units + p - b * units
+            if u >= H:
+                continue
+            c_in = c[b, u]
+            row = t * B + b
+            if t < lengths[b]:
+                mean, sd = _row_stats(r[b], G, inv_g, zero, eps)
+                hi = (r[b, u] - mean) / sd
+                hf = (r[b, H + u] - mean) / sd
+                hg = (r[b, 2 * H + u] - mean) / sd
+                ho = (r[b, 3 * H + u] - mean) / sd
+                if training:
+                    hhat[row, u] = hi
+                    hhat[row, H + u] = hf
+                    hhat[row, 2 * H + u] = hg
+                    hhat[row, 3 * H + u] = ho
+                    if u == 0:
+                        sdh[row] = sd
+                ai = xp[row, u] + ln_hh[u] * hi
+                af = xp[row, H + u] + ln_hh[H + u] * hf
+                ag = xp[row, 2 * H + u] + ln_hh[2 * H + u] * hg
+                ao = xp[row, 3 * H + u] + ln_hh[3 * H + u] * ho
+                if peep.shape[0] > 0:  # ONNX's peepholes: i, f read the old state, o the new
+                    ai += peep[0, u] * c_in
+                    af += peep[1, u] * c_in
+                i = activate(acts[0], clip_gate(ai, gclip))
+                g = activate(acts[2], clip_gate(ag, gclip))
+                f, c_new = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c_in, clip,
+                                     coupled)
+                if peep.shape[0] > 0:
+                    ao += peep[2, u] * c_new
+                gates[i_s, b, u] = i
+                gates[i_s, b, H + u] = f
+                gates[i_s, b, 2 * H + u] = g
+                gates[i_s, b, 3 * H + u] = activate(acts[0], clip_gate(ao, gclip))
+                cn[i_s, b, u] = c_new
+                if zc.shape[0] > 0:  # zoneout keeps part of the old state
+                    c_new += zc[t if zc.shape[0] > 1 else 0, b, u] * (c_in - c_new)
+                c[b, u] = c_new
+            else:
+                cn[i_s, b, u] = c_in
+                gates[i_s, b, u] = zero
+                gates[i_s, b, H + u] = zero
+                gates[i_s, b, 2 * H + u] = zero
+                gates[i_s, b, 3 * H + u] = zero
+                if training:  # (sdh is not read past a row's length)
+                    for g4 in range(ROWS):
+                        hhat[row, g4 * H + u] = zero
+            if training:
+                cin[t, b, u] = c_in
+
+
+@cuda.jit(device=True)
+def _norm_output(s, cn, gates, lengths, h, y, w_hr, m, hin, ln_c, ln_c_bias, reverse, units,
+                 training, zero, acts, mask, zh, inv_h, eps):
+    """Phase 3 of step s for the block's units: h' = o * cell(LN(c') + b_c) of
+    valid rows (zoneout on it), into h[(s+1) % 2] and y[t] or, with a
+    projection (w_hr [P,H]; [0,0] for none), into m[i]; hin[t] (training, without a
+    projection: _project_step writes it with one) the h entering the step times
+    the mask."""
+    T = y.shape[0]
+    B = y.shape[1]
+    H = cn.shape[2]
+    projected = w_hr.shape[0] > 0
+    t = T - 1 - s if reverse else s
+    i_s = t if training else 0
+    cur = s % 2
+    nxt = 1 - cur
+    slices = (H + units - 1) // units
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            u = sl * units + p - b * units
+            if u >= H:
+                continue
+            h_in = zero if projected else h[cur, b, u]
+            if t < lengths[b]:
+                mean, sd = _row_stats(cn[i_s, b], H, inv_h, zero, eps)
+                n = ln_c[u] * ((cn[i_s, b, u] - mean) / sd) + ln_c_bias[u]
+                h_new = gates[i_s, b, 3 * H + u] * activate(acts[2], n)
+                if zh.shape[0] > 0:
+                    h_new += zh[t if zh.shape[0] > 1 else 0, b, u] * (h_in - h_new)
+                if projected:
+                    m[i_s, b, u] = h_new
+                else:
+                    h[nxt, b, u] = h_new
+                    y[t, b, u] = h_new
+            elif projected:
+                m[i_s, b, u] = zero
+            else:
+                h[nxt, b, u] = h_in
+                y[t, b, u] = zero
+            if training and not projected:
+                hin[t, b, u] = h_in * mask[b, u] if mask.shape[0] > 0 else h_in
+
+
+@cuda.jit
+def _forward_norm_persistent(xp, w_hh, w_hr, m, r, lengths, h, c, cn, y, gates, cin, hin,
+                             hhat, sdh, ln_hh, ln_c, ln_c_bias, reverse, units, training, zero,
+                             clip, coupled, gclip, acts, peep, mask, zc, zh, inv_g, inv_h, eps):
+    """All T steps in one cooperative launch, the block's rows of W_hh on chip."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    load_rows(w_hh, w_sh, ROWS, units)
+    cuda.syncthreads()
+    grid = cuda.cg.this_grid()
+    T = y.shape[0]
+    for s in range(T):
+        _norm_product(s, w_hh, w_sh, True, lengths, h, r, T, reverse, units, zero, mask)
+        grid.sync()
+        _norm_gates(s, xp, r, lengths, c, cn, gates, cin, hhat, sdh, ln_hh, T, reverse, units,
+                    training, zero, clip, coupled, gclip, acts, peep, zc, inv_g, eps)
+        grid.sync()
+        _norm_output(s, cn, gates, lengths, h, y, w_hr, m, hin, ln_c, ln_c_bias, reverse, units,
+                     training, zero, acts, mask, zh, inv_h, eps)
+        grid.sync()
+        if w_hr.shape[0] > 0:
+            _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero,
+                          mask)
+            grid.sync()
+
+
+@cuda.jit
+def _forward_norm_one(s, phase, xp, w_hh, w_hr, m, r, lengths, h, c, cn, y, gates, cin, hin,
+                      hhat, sdh, ln_hh, ln_c, ln_c_bias, reverse, units, training, zero, clip,
+                      coupled, gclip, acts, peep, mask, zc, zh, inv_g, inv_h, eps):
+    """Phase `phase` (1 to 4, as the persistent kernel's) of step s alone, W_hh read
+    from global memory (the per-step path)."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    T = y.shape[0]
+    if phase == 1:
+        _norm_product(s, w_hh, w_sh, False, lengths, h, r, T, reverse, units, zero, mask)
+    elif phase == 2:
+        _norm_gates(s, xp, r, lengths, c, cn, gates, cin, hhat, sdh, ln_hh, T, reverse, units,
+                    training, zero, clip, coupled, gclip, acts, peep, zc, inv_g, eps)
+    elif phase == 3:
+        _norm_output(s, cn, gates, lengths, h, y, w_hr, m, hin, ln_c, ln_c_bias, reverse, units,
+                     training, zero, acts, mask, zh, inv_h, eps)
+    else:
+        _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask)
+
+
+def _rows_launch(n):
+    threads = 32
+    return max(1, (n + threads - 1) // threads), threads
+
+
+def norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units, blocks,
+                 persistent):
+    """lstm.lstm_forward_cuda for a cell with layer normalisation (cell["ln"]: the
+    device gains g_ih, g_hh [G], g_c and bias b_c [H]); lens, mask, zc, zh as that
+    function prepares them. Returns y, h_n, c_n and the training cache."""
+    T, B, I = x.shape
+    H, P = cell["H"], cell["P"]
+    G = 4 * H
+    projected = cell["w_hr"].shape[0] > 0
+    dtype = x.dtype
+    zero = dtype.type(0)
+    eps = dtype.type(LAYER_NORM_EPS)
+    inv_g, inv_h = dtype.type(1 / G), dtype.type(1 / H)
+    ln_ih, ln_hh, ln_c, ln_c_bias = cell["ln"]
+    xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, G), dtype),
+                trans_b=True)
+    steps = T if training else 1
+    xhat = device_array((T * B, G) if training else (1, 1), dtype)
+    sdx = device_array(T * B if training else 1, dtype)
+    _normalise_rows[_rows_launch(T * B)](xp, ln_ih, cell["bias"], xp, xhat, sdx, inv_g, zero,
+                                         eps, training)
+    h = device_array((2, B, P), dtype)
+    copy(h0, h[0])
+    c = device_array((B, H), dtype)
+    copy(c0, c)
+    y = device_array((T, B, P), dtype)
+    r = device_array((B, G), dtype)
+    cn = device_array((steps, B, H), dtype)  # c' before zoneout: the cache's cs
+    gates = device_array((steps, B, G), dtype)
+    cin = device_array((T, B, H) if training else (1, 1, 1), dtype)
+    hin = device_array((T, B, P) if training else (1, 1, 1), dtype)
+    hhat = device_array((T * B, G) if training else (1, 1), dtype)
+    sdh = device_array(T * B if training else 1, dtype)
+    m = device_array((steps, B, H) if projected else (1, 1, 1), dtype)
+    args = [xp, cell["w_hh"], cell["w_hr"], m, r, lens, h, c, cn, y, gates, cin, hin, hhat,
+            sdh, ln_hh, ln_c, ln_c_bias, bool(reverse), 1, bool(training), zero,
+            dtype.type(cell["clip"]), cell["coupled"], dtype.type(cell["gclip"]), cell["acts"],
+            cell["peep"], mask, zc, zh, inv_g, inv_h, eps]
+    p = plan(_forward_norm_persistent, args, H, B, ROWS, P + 1, dtype.itemsize, units,
+             blocks, persistent)
+    args[19] = p.units
+    if p.persistent:
+        _forward_norm_persistent[p.blocks, p.threads, 0, p.shared](*args)
+    else:
+        for s in range(T):
+            for phase in ((1, 2, 3, 4) if projected else (1, 2, 3)):
+                _forward_norm_one[p.blocks, p.threads](s, phase, *args)
+    cache = None
+    if training:
+        cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, cs=cn, cin=cin,
+                     hin=hin, mask=mask, zc=zc, zh=zh, m=m, xhat=xhat, sdx=sdx, hhat=hhat,
+                     sdh=sdh)
+    return y, h[T % 2], c, cache
+
+
+# -- backward --------------------------------------------------------------------------
+@cuda.jit(device=True)
+def _norm_back_output(k, dy, w_hr, dhs, lengths, gates, cs, dgates, dn, chat, sdc, dh, ln_c,
+                      ln_c_bias, reverse, units, zero, gclip, acts, zh, inv_h, eps):
+    """Phase 1 of the k-th step of the backward walk (forward step T-1-k) for the
+    block's units: dh_t = dh[k % 2] + dy[t] (times W_hr with a projection; dhs
+    keeps it then), less zoneout's kept part, which starts dh[(k+1) % 2]; o's
+    gradient into dgates[t*B + b]; dn, that of LN(c')'s output; chat and sdc,
+    c' normalised and the row's deviation."""
+    T = dy.shape[0]
+    B = dy.shape[1]
+    P = dy.shape[2]
+    H = cs.shape[2]
+    projected = w_hr.shape[0] > 0
+    t = k if reverse else T - 1 - k  # forward step T-1-k's time
+    cur = k % 2
+    nxt = 1 - cur
+    bounds = gate_clip_bounds(gclip, zero, acts)
+    slices = (H + units - 1) // units
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            u = sl * units + p - b * units
+            if u >= H:
+                continue
+            row = t * B + b
+            if t < lengths[b]:
+                if projected:
+                    dh_t = zero
+                    for q in range(P):
+                        dh_t += (dh[cur, b, q] + dy[t, b, q]) * w_hr[q, u]
+                    if u < P:
+                        dhs[row, u] = dh[cur, b, u] + dy[t, b, u]
+                        dh[nxt, b, u] = zero
+                else:
+                    dh_t = dh[cur, b, u] + dy[t, b, u]
+                    kept = zero
+                    if zh.shape[0] > 0:
+                        kept = zh[t if zh.shape[0] > 1 else 0, b, u] * dh_t
+                        dh_t -= kept
+                    dh[nxt, b, u] = kept
+                mean, sd = _row_stats(cs[t, b], H, inv_h, zero, eps)
+                c_hat = (cs[t, b, u] - mean) / sd
+                tc = activate(acts[2], ln_c[u] * c_hat + ln_c_bias[u])
+                o = gates[t, b, 3 * H + u]
+                do = dh_t * tc * dactivate(acts[1], o)
+                if gclip < math.inf and not bounds[0] < o < bounds[1]:
+                    do = zero
+                dgates[row, 3 * H + u] = do
+                dn[row, u] = dh_t * o * dactivate(acts[3], tc)
+                chat[row, u] = c_hat
+                if u == 0:
+                    sdc[row] = sd
+            else:
+                dgates[row, 3 * H + u] = zero
+                dn[row, u] = zero
+                chat[row, u] = zero
+                if projected and u < P:
+                    dhs[row, u] = zero
+
+
+@cuda.jit(device=True)
+def _norm_back_cell(k, dy, lengths, gates, cs, cin, dgates, dn, chat, sdc, dc, ln_c, reverse,
+                    units, zero, clip, coupled, gclip, acts, peep, zc, inv_h):
+    """Phase 2 for the block's units: d, the gradient reaching c' (dc from the step
+    after, less zoneout's kept part; dn through LN(c'), whose backward reads the
+    row's dn and chat; o's peephole), then the gradients of i, f, g into dgates
+    and of c_prev into dc."""
+    T = dy.shape[0]
+    B = dy.shape[1]
+    H = cs.shape[2]
+    t = k if reverse else T - 1 - k  # forward step T-1-k's time
+    bounds = gate_clip_bounds(gclip, zero, acts)
+    gated = gclip < math.inf
+    slices = (H + units - 1) // units
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            u = sl * units + p - b * units
+            if u >= H:
+                continue
+            row = t * B + b
+            if t < lengths[b]:
+                s1 = zero
+                s2 = zero
+                for j in range(H):
+                    dv = dn[row, j] * ln_c[j]
+                    s1 += dv
+                    s2 += dv * chat[row, j]
+                d = (dn[row, u] * ln_c[u] - s1 * inv_h - chat[row, u] * s2 * inv_h) / sdc[row]
+                kept = zero
+                if zc.shape[0] > 0:
+                    kept = zc[t if zc.shape[0] > 1 else 0, b, u] * dc[b, u]
+                d += dc[b, u] - kept
+                if peep.shape[0] > 0:
+                    d += dgates[row, 3 * H + u] * peep[2, u]
+                    pp = (peep[0, u], peep[1, u], peep[2, u])
+                    di, df, dg, dcp = lstm_gate_grads(
+                        d, gates[t, b, u], gates[t, b, H + u], gates[t, b, 2 * H + u],
+                        cin[t, b, u], cs[t, b, u], clip, coupled, acts, pp, bounds, gated)
+                else:
+                    di, df, dg, dcp = lstm_gate_grads(
+                        d, gates[t, b, u], gates[t, b, H + u], gates[t, b, 2 * H + u],
+                        cin[t, b, u], cs[t, b, u], clip, coupled, acts, None, bounds, gated)
+                dgates[row, u] = di
+                dgates[row, H + u] = df
+                dgates[row, 2 * H + u] = dg
+                dc[b, u] = dcp + kept
+            else:
+                dgates[row, u] = zero
+                dgates[row, H + u] = zero
+                dgates[row, 2 * H + u] = zero
+
+
+@cuda.jit(device=True)
+def _norm_back_product(k, lengths, dgates, hhat, sdh, dr, ln_hh, T, reverse, units, zero,
+                       inv_g):
+    """Phase 3 for the block's units: dr[t*B + b], the gradient of the raw
+    recurrent product, from the row's gate gradients through LN's backward (row
+    sums over G); zero past a row's length."""
+    G = dgates.shape[1]
+    H = G // ROWS
+    B = lengths.shape[0]
+    t = k if reverse else T - 1 - k  # forward step T-1-k's time
+    slices = (H + units - 1) // units
+    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
+        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+            b = p // units
+            u = sl * units + p - b * units
+            if u >= H:
+                continue
+            row = t * B + b
+            if t < lengths[b]:
+                s1 = zero
+                s2 = zero
+                for j in range(G):
+                    dv = dgates[row, j] * ln_hh[j]
+                    s1 += dv
+                    s2 += dv * hhat[row, j]
+                s1 *= inv_g
+                s2 *= inv_g
+                for g4 in range(ROWS):
+                    j = g4 * H + u
+                    dr[row, j] = (dgates[row, j] * ln_hh[j] - s1 - hhat[row, j] * s2) / sdh[row]
+            else:
+                for g4 in range(ROWS):
+                    dr[row, g4 * H + u] = zero
+
+
+@cuda.jit
+def _backward_norm_persistent(dy, w_hh, w_hr, dhs, lengths, gates, cs, cin, dgates, dn, chat,
+                              sdc, hhat, sdh, dr, dh, dc, ln_hh, ln_c, ln_c_bias, reverse,
+                              units, zero, clip, coupled, gclip, acts, peep, mask, zc, zh,
+                              inv_g, inv_h, eps):
+    """All T steps backwards in one cooperative launch, the block's columns of W_hh
+    on chip: the three phases, then dh, each after a grid barrier (and one more
+    with a projection, whose phase 1 reads dh whole)."""
+    w_sh = cuda.shared.array(0, w_hh.dtype)
+    load_columns(w_hh, w_sh, units)
+    cuda.syncthreads()
+    grid = cuda.cg.this_grid()
+    T = dy.shape[0]
+    for k in range(T):
+        t = k if reverse else T - 1 - k  # forward step T-1-k's time
+        _norm_back_output(k, dy, w_hr, dhs, lengths, gates, cs, dgates, dn, chat, sdc, dh,
+                          ln_c, ln_c_bias, reverse, units, zero, gclip, acts, zh, inv_h, eps)
+        grid.sync()
+        _norm_back_cell(k, dy, lengths, gates, cs, cin, dgates, dn, chat, sdc, dc, ln_c,
+                        reverse, units, zero, clip, coupled, gclip, acts, peep, zc, inv_h)
+        grid.sync()
+        _norm_back_product(k, lengths, dgates, hhat, sdh, dr, ln_hh, T, reverse, units, zero,
+                           inv_g)
+        grid.sync()
+        dh_product(k, t, dr, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0], mask,
+                   zero)
+        if w_hr.shape[0] > 0:
+            grid.sync()
+
+
+@cuda.jit
+def _backward_norm_one(k, phase, dy, w_hh, w_hr, dhs, lengths, gates, cs, cin, dgates, dn,
+                       chat, sdc, hhat, sdh, dr, dh, dc, ln_hh, ln_c, ln_c_bias, reverse,
+                       units, zero, clip, coupled, gclip, acts, peep, mask, zc, zh, inv_g,
+                       inv_h, eps):
+    """Phase `phase` (1 to 3) of backward step k alone (the per-step path; dh_one
+    then makes dh)."""
+    if phase == 1:
+        _norm_back_output(k, dy, w_hr, dhs, lengths, gates, cs, dgates, dn, chat, sdc, dh,
+                          ln_c, ln_c_bias, reverse, units, zero, gclip, acts, zh, inv_h, eps)
+    elif phase == 2:
+        _norm_back_cell(k, dy, lengths, gates, cs, cin, dgates, dn, chat, sdc, dc, ln_c,
+                        reverse, units, zero, clip, coupled, gclip, acts, peep, zc, inv_h)
+    else:
+        _norm_back_product(k, lengths, dgates, hhat, sdh, dr, ln_hh, dy.shape[0], reverse,
+                           units, zero, inv_g)
+
+
+def norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent):
+    """lstm.lstm_backward_cuda for a cell with layer normalisation: dx, dh0, dc0 and
+    the gradients, those of the gains and bias included ("ln_ih", "ln_hh",
+    "ln_c", "ln_c_bias")."""
+    x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
+    T, B, I = x.shape
+    H, P = cell["H"], cell["P"]
+    G = 4 * H
+    w_hh, w_hr = cell["w_hh"], cell["w_hr"]
+    projected = w_hr.shape[0] > 0
+    dtype = x.dtype
+    zero = dtype.type(0)
+    eps = dtype.type(LAYER_NORM_EPS)
+    inv_g, inv_h = dtype.type(1 / G), dtype.type(1 / H)
+    ln_ih, ln_hh, ln_c, ln_c_bias = cell["ln"]
+    dgates = device_array((T * B, G), dtype)  # the gate pre-activations' gradients
+    dr = device_array((T * B, G), dtype)      # the raw recurrent product's
+    dn = device_array((T * B, H), dtype)      # LN(c')'s output's
+    chat = device_array((T * B, H), dtype)
+    sdc = device_array(T * B, dtype)
+    dhs = device_array((T * B, P) if projected else (1, 1), dtype)
+    dh = device_array((2, B, P), dtype)
+    copy(dh_n, dh[0])
+    dc = device_array((B, H), dtype)
+    copy(dc_n, dc)
+    mask = cache["mask"]
+    args = [dy, w_hh, w_hr, dhs, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dn,
+            chat, sdc, cache["hhat"], cache["sdh"], dr, dh, dc, ln_hh, ln_c, ln_c_bias,
+            reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"],
+            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask, cache["zc"],
+            cache["zh"], inv_g, inv_h, eps]
+    p = plan(_backward_norm_persistent, args, H, B, 1, G + 1, dtype.itemsize, units, blocks,
+             persistent)
+    args[21] = p.units
+    if p.persistent:
+        _backward_norm_persistent[p.blocks, p.threads, 0, p.shared](*args)
+    else:
+        for k in range(T):
+            t = k if reverse else T - 1 - k  # forward step T-1-k's time
+            for phase in (1, 2, 3):
+                _backward_norm_one[p.blocks, p.threads](k, phase, *args)
+            dh_one[p.blocks, p.threads](k, t, dr, w_hh, lens, dh, p.units, 0, G, mask, zero)
+    # The input product's gradient through its normalisation, then the products.
+    dax = device_array((T * B, G), dtype)
+    _norm_grad_rows[_rows_launch(T * B)](dgates, ln_ih, cache["xhat"], cache["sdx"], dax,
+                                         inv_g, zero)
+    x2 = x.reshape(T * B, I)
+    one = ones(T * B, dtype)
+    db = column_sums(dgates, device_array(G, dtype), one)
+    grads = dict(w_ih=matmul(dax, x2, device_array((G, I), dtype), trans_a=True),
+                 w_hh=matmul(dr, cache["hin"].reshape(T * B, P), device_array((G, P), dtype),
+                             trans_a=True),
+                 b_ih=db, b_hh=copy(db, device_array(G, dtype)))
+    dx = matmul(dax, cell["w_ih"], device_array((T * B, I), dtype)).reshape(T, B, I)
+    for name, (a, b_) in dict(ln_ih=(dgates, cache["xhat"]), ln_hh=(dgates, cache["hhat"]),
+                              ln_c=(dn, chat)).items():
+        out = device_array(a.shape[1], dtype)
+        _column_dots[_rows_launch(a.shape[1])](a, b_, out, zero)
+        grads[name] = out
+    grads["ln_c_bias"] = column_sums(dn, device_array(H, dtype), one)
+    if projected:
+        grads["w_hr"] = matmul(dhs, cache["m"].reshape(T * B, H), device_array((P, H), dtype),
+                               trans_a=True)
+    if cell["peep"].shape[0] > 0:
+        dpeep = device_array((3, H), dtype)
+        _peephole_gradients[_rows_launch(3 * H)](
+            dgates, cache["cin"].reshape(T * B, H), cache["cs"].reshape(T * B, H), dpeep, zero)
+        grads["peephole"] = dpeep.reshape(3 * H)
+    return dx, dh[T % 2], dc, grads
