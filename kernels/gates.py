@@ -270,9 +270,20 @@ class UserFunction:
 
     def __init__(self, fn):
         self.fn = getattr(fn, "py_func", fn)  # (a Numba dispatcher's Python function)
+        self._device = None
         self.compiled = {np.dtype(t): cfunc(nb(nb), error_model="numpy")(self.fn)
                          for t, nb in ((np.float32, types.float32),
                                        (np.float64, types.float64))}
+
+    @property
+    def device(self):
+        """The function as a CUDA device function (compiled into each kernel that
+        calls it, so the kernels specialise to it; numba.cuda is imported only
+        here, on first use)."""
+        if self._device is None:
+            from numba import cuda
+            self._device = cuda.jit(device=True)(self.fn)
+        return self._device
 
     def __call__(self, x):
         return self.fn(x)
@@ -292,6 +303,12 @@ def for_dtype(acts, dtype):
     compiled callbacks for dtype, the built-in kinds as they are."""
     return tuple(k.compiled[np.dtype(dtype)] if isinstance(k, UserFunction) else k
                  for k in acts)
+
+
+def for_cuda(acts):
+    """make_acts's tuple as the CUDA kernels take it: a user's functions as CUDA
+    device functions (UserFunction.device), the built-in kinds as they are."""
+    return tuple(k.device if isinstance(k, UserFunction) else k for k in acts)
 
 
 _SIXTH = 1.0 / 6.0
@@ -366,7 +383,8 @@ def _kind_impl(kind, x, which):
     if name is not None:
         fn = _FUNCTIONS[name][which]
         return lambda kind, x: fn(x)
-    if isinstance(kind, types.FunctionType):  # a user's function (for_dtype's callback)
+    if isinstance(kind, (types.FunctionType, types.Dispatcher)):
+        # a user's function: for_dtype's C callback, or for_cuda's device function
         return lambda kind, x: kind(x)
 
 

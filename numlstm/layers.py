@@ -973,9 +973,11 @@ class LSTM(_Recurrent):
             Keras 3's and torch's) or "relu"; or a pair (f, df) of functions Numba can
             compile, df(y) being f's derivative written from its output y = f(a)
             (for example softsign: (lambda a: a / (1 + abs(a)), lambda y: (1 -
-            abs(y)) ** 2)). A user's pair runs on the numpy and cpu backends, as
-            C callbacks the kernels call through a pointer (compiled once and
-            cached for any user's functions; not inlined into the gate loops).
+            abs(y)) ** 2)). A user's pair runs on every backend: on the cpu as C
+            callbacks the kernels call through a pointer (compiled once and cached
+            for any user's functions; not inlined into the gate loops), on cuda as
+            device functions compiled into the kernels (once per function and
+            process: CUDA kernels are not cached on disk).
         recurrent_activation: the gates' activation, for i, f and o (Keras's
             `recurrent_activation`; ONNX's f): "sigmoid" (default) or any of the
             above. Either choice is compiled into the kernels (the default pair

@@ -29,7 +29,7 @@ Arrays are Numba device arrays; x, h0, dy and dh_n are read only.
 """
 from numba import cuda
 
-from ..gates import DEFAULT_ACTS, activate, activation_name, dactivate
+from ..gates import DEFAULT_ACTS, activate, dactivate, for_cuda
 from .common import (as_device, column_sums, combine, copy, device_array, dh_one,
                      dh_product, input_gradients, lengths_or_full, load_columns,
                      load_rows, matmul, ones, plan, scale_rows)
@@ -41,19 +41,16 @@ def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS):
     """Torch-layout weights (host or device) -> the device arrays the kernels read:
     w_ih [G,I], w_hh [G,H], b_ih, b_hh [G], and bias [G], the input product's
     bias: b_ih + b_hh, with b_ih alone in the n block when reset_after (b_hn is
-    added inside the recurrence there). acts: gates.make_acts's tuple, the built-in
-    kinds only (a user's function is refused: these kernels cannot call it)."""
-    if any(activation_name(k) is None for k in acts):
-        raise NotImplementedError("activation: the CUDA kernels take the built-in "
-                                  "activations only, not a user's function; use "
-                                  "backend='cpu' (or 'numpy')")
+    added inside the recurrence there). acts: gates.make_acts's tuple (a user's
+    functions become device functions, gates.for_cuda: the kernels compile for
+    each)."""
     H = w_hh.shape[1]
     w_ih, w_hh, b_ih, b_hh = (as_device(a) for a in (w_ih, w_hh, b_ih, b_hh))
     bias = combine(b_ih, b_hh, "add")
     if reset_after:
         copy(b_ih[2 * H:], bias[2 * H:])
     return dict(H=H, reset_after=bool(reset_after), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                b_hh=b_hh, bias=bias, acts=acts)
+                b_hh=b_hh, bias=bias, acts=for_cuda(acts))
 
 
 # -- forward ---------------------------------------------------------------------------

@@ -24,8 +24,8 @@ import math
 
 from numba import cuda
 
-from ..gates import (DEFAULT_ACTS, activate, activation_name, clip_gate, gate_clip_bounds,
-                     lstm_cell, lstm_cell_grads)
+from ..gates import (DEFAULT_ACTS, activate, clip_gate, for_cuda, gate_clip_bounds, lstm_cell,
+                     lstm_cell_grads)
 from .common import (as_device, combine, copy, device_array, dh_one, dh_product, input_gradients,
                      lengths_or_full, load_columns, load_rows, matmul, ones, plan)
 
@@ -38,15 +38,11 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
     """Torch-layout weights (host or device) and the cell's options (gates.lstm_cell_grads)
     -> the device arrays the kernels read: w_ih [G,I], w_hh [G,P], bias = b_ih +
     b_hh [G]; w_hr [P,H], the projection (torch's proj_size), or [0,0] for none
-    (P = H); clip and gclip (inf for none), coupled and acts (built-in kinds only);
-    peep [3,H], the peepholes (i, f, o), or [0,1] for none; ln: None, or layer
-    normalisation's gains ln_ih, ln_hh [G], ln_c and bias ln_c_bias [H] (all four
-    or none; lstm_norm.py runs such a cell). A user's activation is refused:
-    these kernels cannot call it."""
-    if any(activation_name(k) is None for k in acts):
-        raise NotImplementedError("activation: the CUDA kernels take the built-in "
-                                  "activations only, not a user's function; use "
-                                  "backend='cpu' (or 'numpy')")
+    (P = H); clip and gclip (inf for none), coupled; acts: gates.make_acts's tuple
+    (a user's functions become device functions, gates.for_cuda: the kernels
+    compile for each); peep [3,H], the peepholes (i, f, o), or [0,1] for none;
+    ln: None, or layer normalisation's gains ln_ih, ln_hh [G], ln_c and bias
+    ln_c_bias [H] (all four or none; lstm_norm.py runs such a cell)."""
     H = w_hh.shape[0] // ROWS
     peep = (device_array((0, 1), w_ih.dtype) if peephole is None else
             as_device(peephole).reshape(3, H))
@@ -56,7 +52,7 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
                 w_hh=as_device(w_hh),
                 bias=combine(as_device(b_ih), as_device(b_hh), "add"),
                 clip=float("inf") if cell_clip is None else float(cell_clip),
-                coupled=bool(input_forget), acts=acts,
+                coupled=bool(input_forget), acts=for_cuda(acts),
                 gclip=float("inf") if gate_clip is None else float(gate_clip))
 
 
