@@ -63,6 +63,20 @@ def _row_stats(v, n, inv_n, zero, eps):
     return mean, math.sqrt(q * inv_n + eps)
 
 
+@cuda.jit(device=True)
+def _grad_means(d, gain, hat, n, inv_n, zero):
+    """(mean(d g), mean(d g hat)) over a row's n entries, which LN's backward
+    subtracts: the input's gradient is (d g - mean(d g) - hat mean(d g hat)) / sd
+    (d: the gradient of the row's output gain * hat + bias)."""
+    s1 = zero
+    s2 = zero
+    for j in range(n):
+        dv = d[j] * gain[j]
+        s1 += dv
+        s2 += dv * hat[j]
+    return s1 * inv_n, s2 * inv_n
+
+
 @cuda.jit
 def _normalise_rows(a, gain, bias, out, hat, sd, inv_n, zero, eps, keep):
     """out[r] = gain * hat[r] + bias for each row r of a [R,N] (one thread a row),
@@ -84,19 +98,11 @@ def _normalise_rows(a, gain, bias, out, hat, sd, inv_n, zero, eps, keep):
 @cuda.jit
 def _norm_grad_rows(d, gain, hat, sd, out, inv_n, zero):
     """out[r] = the gradient of row r's LN input from d[r], that of its output
-    (gain * hat + bias): (d g - mean(d g) - hat mean(d g hat)) / sd, one thread
-    a row of d [R,N]."""
+    (gain * hat + bias; _grad_means), one thread a row of d [R,N]."""
     r = cuda.grid(1)
     N = d.shape[1]
     if r < d.shape[0]:
-        s1 = zero
-        s2 = zero
-        for j in range(N):
-            dv = d[r, j] * gain[j]
-            s1 += dv
-            s2 += dv * hat[r, j]
-        s1 *= inv_n
-        s2 *= inv_n
+        s1, s2 = _grad_means(d[r], gain, hat[r], N, inv_n, zero)
         for j in range(N):
             out[r, j] = (d[r, j] * gain[j] - s1 - hat[r, j] * s2) / sd[r]
 
@@ -440,13 +446,8 @@ def _norm_back_cell(k, dy, lengths, gates, cs, cin, dgates, dn, chat, sdc, dc, l
                 continue
             row = t * B + b
             if t < lengths[b]:
-                s1 = zero
-                s2 = zero
-                for j in range(H):
-                    dv = dn[row, j] * ln_c[j]
-                    s1 += dv
-                    s2 += dv * chat[row, j]
-                d = (dn[row, u] * ln_c[u] - s1 * inv_h - chat[row, u] * s2 * inv_h) / sdc[row]
+                s1, s2 = _grad_means(dn[row], ln_c, chat[row], H, inv_h, zero)
+                d = (dn[row, u] * ln_c[u] - s1 - chat[row, u] * s2) / sdc[row]
                 kept = zero
                 if zc.shape[0] > 0:
                     kept = zc[t if zc.shape[0] > 1 else 0, b, u] * dc[b, u]
@@ -490,14 +491,7 @@ def _norm_back_product(k, lengths, dgates, hhat, sdh, dr, ln_hh, T, reverse, uni
                 continue
             row = t * B + b
             if t < lengths[b]:
-                s1 = zero
-                s2 = zero
-                for j in range(G):
-                    dv = dgates[row, j] * ln_hh[j]
-                    s1 += dv
-                    s2 += dv * hhat[row, j]
-                s1 *= inv_g
-                s2 *= inv_g
+                s1, s2 = _grad_means(dgates[row], ln_hh, hhat[row], G, inv_g, zero)
                 for g4 in range(ROWS):
                     j = g4 * H + u
                     dr[row, j] = (dgates[row, j] * ln_hh[j] - s1 - hhat[row, j] * s2) / sdh[row]
