@@ -24,6 +24,9 @@ The path of a call (common.py describes the persistent and per-step launches):
               The block's columns of W_hh stay on chip. After the loop, dx,
               dW_ih, dW_hh and the two bias gradients are products over all
               T*B rows (W_hh's and b_hh's n rows from drec).
+    Recurrent dropout: a mask [B,H] multiplies h wherever W_hh reads it (not in
+    h' = n + z (h - n)); hin keeps h itself, and the backward masks a copy of it
+    for dW_hh (common.scale_rows).
 
 Arrays are Numba device arrays; x, h0, dy and dh_n are read only.
 """
