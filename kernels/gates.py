@@ -23,8 +23,9 @@ Callers compile with error_model="numpy": under Numba's default (Python) error
 model every division carries a zero check whose branch stops vectorisation
 (measured: sigmoid + tanh 10.4 ns per element scalar, 1.5 ns vectorised).
 
-The LSTM's backward gate math (lstm_cell_grads) is written once here for every
-kernel, with its options: ONNX's gate clip, input_forget and peepholes,
+The LSTM's backward gate math (lstm_cell_grads, and lstm_gate_grads, its part
+after c', which the layer-normalised kernels call alone) is written once here for
+every kernel, with its options: ONNX's gate clip, input_forget and peepholes,
 TensorFlow's cell clip, and the activations chosen by type (make_acts). Each
 kernel spells out the forward's few lines itself (activate, clip_gate,
 lstm_cell): a shared forward function that LLVM was left to inline stopped the
@@ -265,8 +266,9 @@ DEFAULT_ACTS = make_acts("sigmoid", "tanh")
 class UserFunction:
     """One scalar function of a user's activation: callable in Python (the NumPy
     reference, the CUDA simulator), and compiled by Numba as a C callback for
-    float32 and for float64 (`compiled[dtype]`), which the kernels call. Compiling
-    happens here, so a function Numba cannot compile fails at once."""
+    float32 and for float64 (`compiled[dtype]`), which the CPU kernels call.
+    Compiling happens here, so a function Numba cannot compile fails at once. The
+    CUDA kernels take it as a device function (`device`, made on first use)."""
 
     def __init__(self, fn):
         self.fn = getattr(fn, "py_func", fn)  # (a Numba dispatcher's Python function)
