@@ -330,8 +330,9 @@ def _backward_gates(k, dy, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc, r
     cur = k % 2
     nxt = 1 - cur
     slices = (H + units - 1) // units
-    bounds = gate_clip_bounds(gclip, zero, acts)
     gated = gclip < math.inf
+    # (only a gate clip reads them; a user's activation of inf may be NaN)
+    bounds = gate_clip_bounds(gclip, zero, acts) if gated else (zero, zero, zero, zero)
     for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
         for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
             b = p // units

@@ -380,7 +380,9 @@ def _norm_back_output(k, dy, w_hr, dhs, lengths, gates, cs, dgates, dn, chat, sd
     t = k if reverse else T - 1 - k  # forward step T-1-k's time
     cur = k % 2
     nxt = 1 - cur
-    bounds = gate_clip_bounds(gclip, zero, acts)
+    gated = gclip < math.inf
+    # (only a gate clip reads them; a user's activation of inf may be NaN)
+    bounds = gate_clip_bounds(gclip, zero, acts) if gated else (zero, zero, zero, zero)
     slices = (H + units - 1) // units
     for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
         for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
@@ -409,7 +411,7 @@ def _norm_back_output(k, dy, w_hr, dhs, lengths, gates, cs, dgates, dn, chat, sd
                 tc = activate(acts[2], ln_c[u] * c_hat + ln_c_bias[u])
                 o = gates[t, b, 3 * H + u]
                 do = dh_t * tc * dactivate(acts[1], o)
-                if gclip < math.inf and not bounds[0] < o < bounds[1]:
+                if gated and not bounds[0] < o < bounds[1]:
                     do = zero
                 dgates[row, 3 * H + u] = do
                 dn[row, u] = dh_t * o * dactivate(acts[3], tc)
@@ -435,8 +437,8 @@ def _norm_back_cell(k, dy, lengths, gates, cs, cin, dgates, dn, chat, sdc, dc, l
     B = dy.shape[1]
     H = cs.shape[2]
     t = k if reverse else T - 1 - k  # forward step T-1-k's time
-    bounds = gate_clip_bounds(gclip, zero, acts)
     gated = gclip < math.inf
+    bounds = gate_clip_bounds(gclip, zero, acts) if gated else (zero, zero, zero, zero)
     slices = (H + units - 1) // units
     for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
         for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
