@@ -263,7 +263,8 @@ def _fill_kernel(a, value):
         a[i] = value
 
 
-def _flat_launch(n):
+def flat_launch(n):
+    """(blocks, threads) of a launch with a thread for each of n items."""
     threads = 32 if SIMULATED else 256
     return max(1, math.ceil(n / threads)), threads
 
@@ -271,7 +272,7 @@ def _flat_launch(n):
 def copy(src, dst):
     """dst[...] = src[...] for contiguous device arrays of one size."""
     if dst.size:
-        _copy_kernel[_flat_launch(dst.size)](src.reshape(src.size), dst.reshape(dst.size))
+        _copy_kernel[flat_launch(dst.size)](src.reshape(src.size), dst.reshape(dst.size))
     return dst
 
 
@@ -309,14 +310,14 @@ def copy_any(src, dst):
         grid = tuple(math.ceil(n / t) for n, t in zip(dst.shape, tb))
         _copy2_kernel[grid, tb](src, dst)
         return dst
-    _copy_kernel[_flat_launch(dst.size)](src, dst)
+    _copy_kernel[flat_launch(dst.size)](src, dst)
     return dst
 
 
 def zeros(shape, dtype):
     out = device_array(shape, dtype)
     if out.size:
-        _fill_kernel[_flat_launch(out.size)](out.reshape(out.size), out.dtype.type(0))
+        _fill_kernel[flat_launch(out.size)](out.reshape(out.size), out.dtype.type(0))
     return out
 
 
@@ -327,7 +328,7 @@ def combine(a, b, op, scale=0.0):
     code = {"add": 0, "mul": 1, "ave": 2, "scale": 3}[op]
     if out.size:
         flat = a.size
-        _combine_kernel[_flat_launch(flat)](a.reshape(flat), (b if b is not None else a)
+        _combine_kernel[flat_launch(flat)](a.reshape(flat), (b if b is not None else a)
                                             .reshape(flat), out.reshape(flat), code,
                                             a.dtype.type(scale))
     return out

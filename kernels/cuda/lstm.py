@@ -26,8 +26,9 @@ from numba import cuda
 
 from ..gates import (DEFAULT_ACTS, activate, clip_gate, for_cuda, gate_clip_bounds, lstm_cell,
                      lstm_cell_grads)
-from .common import (as_device, combine, copy, device_array, dh_one, dh_product, input_gradients,
-                     lengths_or_full, load_columns, load_rows, matmul, ones, plan)
+from .common import (as_device, combine, copy, device_array, dh_one, dh_product, flat_launch,
+                     input_gradients, lengths_or_full, load_columns, load_rows, matmul, ones,
+                     plan)
 
 ROWS = 4  # weight rows per hidden unit
 
@@ -311,24 +312,66 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
 
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
+def h_gradient(dy, w_hr, dhs, dh, zh, t, b, u, cur, zero):
+    """The gradient reaching unit u's o * cell(c') at step t of a valid row b, from
+    h's, dh[cur, b] + dy[t, b]: that of unit u itself, or, with a projection
+    (w_hr [P,H]; [0,0] for none), times W_hr's column u; less zoneout's kept part
+    (zh as the forward's, [0,0,0] for none), with which it starts dh[(cur+1) % 2,
+    b, u] (zero with a projection, for u < P, which then keeps h's gradient in
+    dhs[t*B + b] for dW_hr). The backward's products add the rest of dh."""
+    P = dy.shape[2]
+    row = t * dy.shape[1] + b
+    nxt = 1 - cur
+    if w_hr.shape[0] > 0:
+        d = zero
+        for q in range(P):
+            d += (dh[cur, b, q] + dy[t, b, q]) * w_hr[q, u]
+        if u < P:
+            dhs[row, u] = dh[cur, b, u] + dy[t, b, u]
+            dh[nxt, b, u] = zero
+        return d
+    d = dh[cur, b, u] + dy[t, b, u]
+    kept = zero
+    if zh.shape[0] > 0:
+        kept = zh[t if zh.shape[0] > 1 else 0, b, u] * d
+        d -= kept
+    dh[nxt, b, u] = kept
+    return d
+
+
+def extra_gradients(grads, cell, cache, dgates, dhs):
+    """Add the projection's ("w_hr" [P,H], from h's gradient per step dhs and the
+    cache's m) and the peepholes' ("peephole" [3H]) gradients to grads, where the
+    cell has them; dgates [T*B,G] the gate pre-activations' gradients."""
+    H, P = cell["H"], cell["P"]
+    x = cache["x"]
+    TB = x.shape[0] * x.shape[1]
+    if cell["w_hr"].shape[0] > 0:
+        grads["w_hr"] = matmul(dhs, cache["m"].reshape(TB, H),
+                               device_array((P, H), x.dtype), trans_a=True)
+    if cell["peep"].shape[0] > 0:
+        dpeep = device_array((3, H), x.dtype)
+        _peephole_gradients[flat_launch(3 * H)](
+            dgates, cache["cin"].reshape(TB, H), cache["cs"].reshape(TB, H), dpeep,
+            x.dtype.type(0))
+        grads["peephole"] = dpeep.reshape(3 * H)
+    return grads
+
+
+@cuda.jit(device=True)
 def _backward_gates(k, dy, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc, reverse,
                     units, zero, clip, coupled, gclip, acts, peep, zc, zh):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
-    block's units: dgates[t] from dh[k % 2] + dy[t] and dc; dc -> the gradient
-    of c entering the step; dh[(k+1) % 2] starts, for valid rows, at zero (at the
-    part zoneout passed on unchanged, zh * dh, with zoneout: zc, zh as the
-    forward's). With a projection (w_hr [P,H]; [0,0] for none), h's gradient
-    dh_t = dh[k % 2] + dy[t] has P units: the unit's o * cell(c') gets
-    dh_t @ W_hr, and dhs[t*B + b] keeps dh_t for W_hr's gradient (zero past a
-    row's length)."""
+    block's units: dgates[t] from dh[k % 2] + dy[t] (h_gradient: with a
+    projection, w_hr [P,H], or zoneout, zc and zh as the forward's; dhs [T*B,P]
+    keeps h's gradient with a projection, zero past a row's length) and dc;
+    dc -> the gradient of c entering the step; dh[(k+1) % 2] starts, for valid
+    rows, as h_gradient leaves it."""
     T = dy.shape[0]
     B = dy.shape[1]
     H = cs.shape[2]
-    P = dy.shape[2]
-    projected = w_hr.shape[0] > 0
     t = k if reverse else T - 1 - k  # forward step T-1-k's time
     cur = k % 2
-    nxt = 1 - cur
     slices = (H + units - 1) // units
     gated = gclip < math.inf
     # (only a gate clip reads them; a user's activation of inf may be NaN)
@@ -348,20 +391,11 @@ def _backward_gates(k, dy, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc, r
                 o = gates[t, b, 3 * H + u]
                 cc = cs[t, b, u]
                 tc = activate(acts[2], cc)
-                if projected:
-                    dh_t = zero
-                    for q in range(P):
-                        dh_t += (dh[cur, b, q] + dy[t, b, q]) * w_hr[q, u]
-                else:
-                    dh_t = dh[cur, b, u] + dy[t, b, u]
+                dh_t = h_gradient(dy, w_hr, dhs, dh, zh, t, b, u, cur, zero)
                 dc_t = dc[b, u]
-                kept_h = zero  # zoneout: the parts of h and c passed on unchanged
-                kept_c = zero
+                kept_c = zero  # zoneout: the part of c passed on unchanged
                 if zc.shape[0] > 0:
-                    z = t if zc.shape[0] > 1 else 0
-                    kept_h = zh[z, b, u] * dh_t
-                    kept_c = zc[z, b, u] * dc_t
-                    dh_t -= kept_h
+                    kept_c = zc[t if zc.shape[0] > 1 else 0, b, u] * dc_t
                     dc_t -= kept_c
                 if peep.shape[0] > 0:  # (a branch each: the peepholes' is its own code)
                     di, df, dg, do, dc_prev = lstm_cell_grads(
@@ -376,17 +410,12 @@ def _backward_gates(k, dy, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc, r
                 dgates[row, 2 * H + u] = dg
                 dgates[row, 3 * H + u] = do
                 dc[b, u] = dc_prev + kept_c
-                if not projected:
-                    dh[nxt, b, u] = kept_h
-                elif u < P:
-                    dhs[row, u] = dh[cur, b, u] + dy[t, b, u]
-                    dh[nxt, b, u] = zero
             else:
                 dgates[row, u] = zero
                 dgates[row, H + u] = zero
                 dgates[row, 2 * H + u] = zero
                 dgates[row, 3 * H + u] = zero
-                if projected and u < P:
+                if w_hr.shape[0] > 0 and u < dy.shape[2]:
                     dhs[row, u] = zero
 
 
@@ -469,16 +498,7 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     dw_hh = matmul(dgates, cache["hin"].reshape(T * B, P), device_array((4 * H, P), dtype),
                    trans_a=True)
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=copy(db, device_array(4 * H, dtype)))
-    if projected:
-        grads["w_hr"] = matmul(dhs, cache["m"].reshape(T * B, H),
-                               device_array((P, H), dtype), trans_a=True)
-    if cell["peep"].shape[0] > 0:
-        dpeep = device_array((3, H), dtype)
-        threads = 128
-        _peephole_gradients[(3 * H + threads - 1) // threads, threads](
-            dgates, cache["cin"].reshape(T * B, H), cache["cs"].reshape(T * B, H), dpeep, zero)
-        grads["peephole"] = dpeep.reshape(3 * H)
-    return dx, dh[T % 2], dc, grads
+    return dx, dh[T % 2], dc, extra_gradients(grads, cell, cache, dgates, dhs)
 
 
 @cuda.jit

@@ -43,9 +43,9 @@ from numba import cuda
 
 from ..gates import activate, clip_gate, dactivate, gate_clip_bounds, lstm_cell, lstm_gate_grads
 from ..reference import LAYER_NORM_EPS
-from .common import (column_sums, copy, device_array, dh_one, dh_product, lengths_or_full,
+from .common import (column_sums, copy, device_array, dh_one, dh_product, flat_launch,
                      load_columns, load_rows, matmul, ones, plan)
-from .lstm import ROWS, _peephole_gradients, _project_step, gate_products
+from .lstm import ROWS, _project_step, extra_gradients, gate_products, h_gradient
 
 
 @cuda.jit(device=True)
@@ -303,11 +303,6 @@ def _forward_norm_one(s, phase, xp, w_hh, w_hr, m, r, lengths, h, c, cn, y, gate
         _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask)
 
 
-def _rows_launch(n):
-    threads = 32
-    return max(1, (n + threads - 1) // threads), threads
-
-
 def norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units, blocks,
                  persistent):
     """lstm.lstm_forward_cuda for a cell with layer normalisation (cell["ln"]: the
@@ -327,7 +322,7 @@ def norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units, 
     steps = T if training else 1
     xhat = device_array((T * B, G) if training else (1, 1), dtype)
     sdx = device_array(T * B if training else 1, dtype)
-    _normalise_rows[_rows_launch(T * B)](xp, ln_ih, cell["bias"], xp, xhat, sdx, inv_g, zero,
+    _normalise_rows[flat_launch(T * B)](xp, ln_ih, cell["bias"], xp, xhat, sdx, inv_g, zero,
                                          eps, training)
     h = device_array((2, B, P), dtype)
     copy(h0, h[0])
@@ -368,18 +363,15 @@ def norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units, 
 def _norm_back_output(k, dy, w_hr, dhs, lengths, gates, cs, dgates, dn, chat, sdc, dh, ln_c,
                       ln_c_bias, reverse, units, zero, gclip, acts, zh, inv_h, eps):
     """Phase 1 of the k-th step of the backward walk (forward step T-1-k) for the
-    block's units: dh_t = dh[k % 2] + dy[t] (times W_hr with a projection; dhs
-    keeps it then), less zoneout's kept part, which starts dh[(k+1) % 2]; o's
-    gradient into dgates[t*B + b]; dn, that of LN(c')'s output; chat and sdc,
-    c' normalised and the row's deviation."""
+    block's units: h's gradient (lstm.h_gradient: with a projection, whose dhs
+    keeps it, or zoneout, which starts dh[(k+1) % 2]); o's gradient into
+    dgates[t*B + b]; dn, that of LN(c')'s output; chat and sdc, c' normalised
+    and the row's deviation."""
     T = dy.shape[0]
     B = dy.shape[1]
-    P = dy.shape[2]
     H = cs.shape[2]
-    projected = w_hr.shape[0] > 0
     t = k if reverse else T - 1 - k  # forward step T-1-k's time
     cur = k % 2
-    nxt = 1 - cur
     gated = gclip < math.inf
     # (only a gate clip reads them; a user's activation of inf may be NaN)
     bounds = gate_clip_bounds(gclip, zero, acts) if gated else (zero, zero, zero, zero)
@@ -392,20 +384,7 @@ def _norm_back_output(k, dy, w_hr, dhs, lengths, gates, cs, dgates, dn, chat, sd
                 continue
             row = t * B + b
             if t < lengths[b]:
-                if projected:
-                    dh_t = zero
-                    for q in range(P):
-                        dh_t += (dh[cur, b, q] + dy[t, b, q]) * w_hr[q, u]
-                    if u < P:
-                        dhs[row, u] = dh[cur, b, u] + dy[t, b, u]
-                        dh[nxt, b, u] = zero
-                else:
-                    dh_t = dh[cur, b, u] + dy[t, b, u]
-                    kept = zero
-                    if zh.shape[0] > 0:
-                        kept = zh[t if zh.shape[0] > 1 else 0, b, u] * dh_t
-                        dh_t -= kept
-                    dh[nxt, b, u] = kept
+                dh_t = h_gradient(dy, w_hr, dhs, dh, zh, t, b, u, cur, zero)
                 mean, sd = _row_stats(cs[t, b], H, inv_h, zero, eps)
                 c_hat = (cs[t, b, u] - mean) / sd
                 tc = activate(acts[2], ln_c[u] * c_hat + ln_c_bias[u])
@@ -422,7 +401,7 @@ def _norm_back_output(k, dy, w_hr, dhs, lengths, gates, cs, dgates, dn, chat, sd
                 dgates[row, 3 * H + u] = zero
                 dn[row, u] = zero
                 chat[row, u] = zero
-                if projected and u < P:
+                if w_hr.shape[0] > 0 and u < dy.shape[2]:
                     dhs[row, u] = zero
 
 
@@ -594,7 +573,7 @@ def norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent):
             dh_one[p.blocks, p.threads](k, t, dr, w_hh, lens, dh, p.units, 0, G, mask, zero)
     # The input product's gradient through its normalisation, then the products.
     dax = device_array((T * B, G), dtype)
-    _norm_grad_rows[_rows_launch(T * B)](dgates, ln_ih, cache["xhat"], cache["sdx"], dax,
+    _norm_grad_rows[flat_launch(T * B)](dgates, ln_ih, cache["xhat"], cache["sdx"], dax,
                                          inv_g, zero)
     x2 = x.reshape(T * B, I)
     one = ones(T * B, dtype)
@@ -607,15 +586,7 @@ def norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent):
     for name, (a, b_) in dict(ln_ih=(dgates, cache["xhat"]), ln_hh=(dgates, cache["hhat"]),
                               ln_c=(dn, chat)).items():
         out = device_array(a.shape[1], dtype)
-        _column_dots[_rows_launch(a.shape[1])](a, b_, out, zero)
+        _column_dots[flat_launch(a.shape[1])](a, b_, out, zero)
         grads[name] = out
     grads["ln_c_bias"] = column_sums(dn, device_array(H, dtype), one)
-    if projected:
-        grads["w_hr"] = matmul(dhs, cache["m"].reshape(T * B, H), device_array((P, H), dtype),
-                               trans_a=True)
-    if cell["peep"].shape[0] > 0:
-        dpeep = device_array((3, H), dtype)
-        _peephole_gradients[_rows_launch(3 * H)](
-            dgates, cache["cin"].reshape(T * B, H), cache["cs"].reshape(T * B, H), dpeep, zero)
-        grads["peephole"] = dpeep.reshape(3 * H)
-    return dx, dh[T % 2], dc, grads
+    return dx, dh[T % 2], dc, extra_gradients(grads, cell, cache, dgates, dhs)
