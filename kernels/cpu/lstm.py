@@ -9,7 +9,8 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
       blocks of U hidden units, each block's CB = 4U columns holding its
       [i f g o] gates, so one thread's slice of the recurrent product is also
       the input of its own gate math. Every product is one register-tiled
-      kernel (_tile: R rows x CB columns of accumulators, 24 zmm registers):
+      kernel (microkernel.tile_block: tiles of R rows x CB columns of
+      accumulators, 24 zmm registers on AVX-512, written in LLVM IR):
       - the time loop runs one parallel region per step, each of P threads
         owning a range of blocks (product, then gate math), so a step waits only
         at the region's end; or, from 8 rows a thread while W_hh fits in a
@@ -91,11 +92,10 @@ from numba.extending import intrinsic
 from ..gates import (DEFAULT_ACTS, activate, clip_gate, dactivate, for_dtype, gate_clip_bounds,
                      lstm_cell, lstm_cell_grads, lstm_gate_grads, peephole_at)
 from ..reference import LAYER_NORM_EPS, apply_activation, layer_norm
+from .microkernel import CB, ROWS, tile_block
 
-U = 16          # hidden units per gate block
-CB = 4 * U      # columns per block: [i(U) f(U) g(U) o(U)]
-R = 6           # rows of one register tile: R x CB float32 accumulators = 24 zmm
-                # (measured: 142 GFLOP/s a core, against 108 for 4 rows)
+U = CB // 4     # hidden units per gate block; CB = 4U columns per block: [i(U) f(U) g(U) o(U)]
+R = ROWS        # rows of one register tile (microkernel.py)
 HB = 64         # H is padded to a multiple of this (the backward's output block)
 # A step runs on one thread when it is small on both counts: two threads win from
 # 256 hidden units (W_hh is then too large for one core's caches, even at B=1) or
@@ -130,38 +130,10 @@ def _stack_f32(n):
     return stack
 
 
-_tile_scratch = _stack_f32(R * CB)
 _transpose_scratch = _stack_f32(32 * 32)
 
 
 # -- the register-tiled product --------------------------------------------------------
-@njit(inline="always", **_FAST)
-def _tile(A, W, out, blk, r0, rows, init, per_row, k0, k1):
-    """out[r0:r0+rows, blk*CB:(blk+1)*CB] = init + A[r0:r0+rows, k0:k1] @ W[blk, k0:k1],
-    where init is row r0+r of `init` (per_row) or its row 0 (a bias). rows <= R
-    is a constant at each call site, so the accumulators unroll into registers."""
-    acc = carray(_tile_scratch(), (R, CB))
-    c0 = blk * CB
-    for r in range(rows):
-        ir = r0 + r if per_row else 0
-        for j in range(CB):
-            acc[r, j] = init[ir, c0 + j]
-    _accumulate(acc, A, W, blk, r0, rows, k0, k1)
-    for r in range(rows):
-        for j in range(CB):
-            out[r0 + r, c0 + j] = acc[r, j]
-
-
-@njit(inline="always", **_FAST)
-def _accumulate(acc, A, W, blk, r0, rows, k0, k1):
-    """acc[:rows] += A[r0:r0+rows, k0:k1] @ W[blk, k0:k1] (the register tile's loop)."""
-    for k in range(k0, k1):
-        for r in range(rows):
-            a = A[r0 + r, k]
-            for j in range(CB):
-                acc[r, j] += a * W[blk, k, j]
-
-
 @njit(**_FAST)
 def _matmul_rows(A, W, out, init, per_row, r_begin, r_end, b0, b1):
     """out[r_begin:r_end, blk*CB:(blk+1)*CB] = init + A[r_begin:r_end] @ W[blk] for
@@ -174,27 +146,9 @@ def _matmul_rows(A, W, out, init, per_row, r_begin, r_end, b0, b1):
         k1 = min(k0 + KC, K)
         for blk in range(b0, b1):
             if k0 == 0:
-                _tile_rows(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1)
+                tile_block(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1)
             else:  # later chunks add to what the earlier ones left in out
-                _tile_rows(A, W, out, blk, r_begin, r_end, out, True, k0, k1)
-
-
-@njit(**_FAST)
-def _tile_rows(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1):
-    """Rows [r_begin, r_end) of one block: tiles of R rows, then the remainder
-    in tiles of 4, 2 and 1 (one row alone uses a sixth of the registers)."""
-    r0 = r_begin
-    while r0 + R <= r_end:
-        _tile(A, W, out, blk, r0, R, init, per_row, k0, k1)
-        r0 += R
-    if r0 + 4 <= r_end:
-        _tile(A, W, out, blk, r0, 4, init, per_row, k0, k1)
-        r0 += 4
-    if r0 + 2 <= r_end:
-        _tile(A, W, out, blk, r0, 2, init, per_row, k0, k1)
-        r0 += 2
-    if r0 < r_end:
-        _tile(A, W, out, blk, r0, 1, init, per_row, k0, k1)
+                tile_block(A, W, out, blk, r_begin, r_end, out, True, k0, k1)
 
 
 def _matmul(A, W, out, init, per_row):
@@ -425,40 +379,14 @@ def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, cl
                           coupled, gclip, acts)
 
 
-@njit(inline="always", **_FAST)
-def _tile_xh(X, Wx, Hm, W, out, blk, r0, rows, bias):
-    """out[r0:r0+rows, blk's CB columns] = bias + X[rows] @ Wx[blk] + Hm[rows] @ W[blk]:
-    _tile over two sources in one set of accumulators (the input projection fused
-    into the recurrent product; both K short enough for one chunk)."""
-    acc = carray(_tile_scratch(), (R, CB))
-    c0 = blk * CB
-    for r in range(rows):
-        for j in range(CB):
-            acc[r, j] = bias[0, c0 + j]
-    _accumulate(acc, X, Wx, blk, r0, rows, 0, X.shape[1])
-    _accumulate(acc, Hm, W, blk, r0, rows, 0, Hm.shape[1])
-    for r in range(rows):
-        for j in range(CB):
-            out[r0 + r, c0 + j] = acc[r, j]
-
-
 @njit(**_FAST)
 def _matmul_xh(X, Wx, Hm, W, out, bias, r_begin, r_end):
-    """Rows [r_begin, r_end) of out = bias + X @ Wx + Hm @ W, every block; tiles as
-    _tile_rows's."""
+    """Rows [r_begin, r_end) of out = bias + X @ Wx + Hm @ W, every block: the input
+    projection fused into the recurrent product (both K short enough for one chunk);
+    the second product adds to what the first left in out, still in L1."""
     for blk in range(W.shape[0]):
-        r0 = r_begin
-        while r0 + R <= r_end:
-            _tile_xh(X, Wx, Hm, W, out, blk, r0, R, bias)
-            r0 += R
-        if r0 + 4 <= r_end:
-            _tile_xh(X, Wx, Hm, W, out, blk, r0, 4, bias)
-            r0 += 4
-        if r0 + 2 <= r_end:
-            _tile_xh(X, Wx, Hm, W, out, blk, r0, 2, bias)
-            r0 += 2
-        if r0 < r_end:
-            _tile_xh(X, Wx, Hm, W, out, blk, r0, 1, bias)
+        tile_block(X, Wx, out, blk, r_begin, r_end, bias, False, 0, X.shape[1])
+        tile_block(Hm, W, out, blk, r_begin, r_end, out, True, 0, Hm.shape[1])
 
 
 @njit(parallel=True, **_FAST)

@@ -1,0 +1,182 @@
+"""The register tile of the float32 products of the CPU kernels, written in LLVM IR.
+
+tile_block(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1) computes rows
+[r_begin, r_end) of one block of CB = 64 output columns:
+
+    out[r, blk*CB:(blk+1)*CB] = init[r or 0, same columns] + A[r, k0:k1] @ W[blk, k0:k1]
+
+A: [M,K] float32, any strides; W: [nblk,K,CB] float32, each block's columns
+contiguous; out, init: [M or 1, nblk*CB] float32, unit column stride; init may
+be out itself (the K chunks after the first add to what is there).
+
+A tile is ROWS rows (fewer for the last) by NV vector registers of columns: its
+accumulators stay in registers through the whole k loop, and per k it loads NV
+vectors of W and broadcasts one value of A per row. The vector width and the
+tile follow the target Numba compiles for (_target): on AVX-512, 16 lanes and 6
+rows x 4 vectors (24 of the 32 zmm registers, the whole block); on AVX2 8 lanes
+and 6 x 2 of its 16 ymm registers (four column groups a block); on NEON 4 lanes
+and 6 x 4 of its 32. A tile of more accumulators than registers spills at every k.
+
+Why IR and not a Numba loop: the loop this replaces (the same tile, written as
+loops over rows and columns for LLVM to vectorise) ran the tiles of 1 to 5 rows,
+and more than one tile in a row, well below the 6-row tile's rate. Measured on
+one core of the 2-core AVX-512 machine, [n, K] @ [K, 4K] with W in cache, the
+time of the Numba loop -> this one: n=8, K=256 (a thread's share of a step at
+B=16, H=256) 43.8 -> 27.8 us; n=16, K=128 19.3 -> 14.7 us; n=64, K=256 281 ->
+212 us. (The time loop's fused product of x[t] and h, _matmul_xh in lstm.py,
+stays a Numba loop: there this tile measured 5-10% slower.)
+
+The sum is the one the Numba loop made: init, then one fused multiply-add per k,
+in order; results are the same to the bit.
+"""
+import platform
+
+import llvmlite.binding as llvm
+import numba
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+CB = 64    # columns of a block: [i(16) f(16) g(16) o(16)] of 16 hidden units
+ROWS = 6   # rows of a full tile
+
+_FAST = dict(cache=True, error_model="numpy")
+
+
+def _target():
+    """(float32 lanes of a vector register, vector registers) of the CPU Numba
+    compiles for: the features it was told (NUMBA_CPU_FEATURES, or the AVX-512
+    setting kernels/cpu/__init__.py makes), else the host's, else none for a
+    named CPU (NUMBA_CPU_NAME=generic: portable code)."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = "" if numba.config.CPU_NAME else llvm.get_host_cpu_features().flatten()
+    features = features.split(",")
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        if "+avx512f" in features:
+            return 16, 32
+        return (8 if "+avx" in features else 4), 16
+    return 4, 32  # AArch64 (NEON), and others with 128-bit vectors
+
+
+LANES, _REGISTERS = _target()
+NV = 4 if _REGISTERS >= 32 else 2  # vectors per tile row (ROWS * NV + NV + 1 <= registers)
+GROUPS = CB // (NV * LANES)         # column groups of a block
+
+
+def _tile_intrinsic(rows):
+    """An intrinsic computing a rows x (NV * LANES) tile:
+    out[r, :] = init[r, :] + sum_k A[r, k] W[k, :], with addresses in bytes and
+    strides in elements: (a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row).
+    init_row 0 reads one row for all (a bias)."""
+    @intrinsic
+    def tile(typingctx, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
+        def codegen(context, builder, signature, args):
+            a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row = args
+            i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+            vec = ir.VectorType(f32, LANES)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32")
+            undef = ir.Constant(vec, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
+            a, w, init, out = (builder.inttoptr(p, f32.as_pointer()) for p in (a, w, init, out))
+
+            def const(n):
+                return ir.Constant(i64, n)
+
+            def vector_at(base, offset):
+                return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+
+            start = [builder.load(vector_at(init, builder.add(builder.mul(init_row, const(r)),
+                                                               const(LANES * v))), align=4)
+                     for r in range(rows) for v in range(NV)]
+            entry = builder.block
+            head = builder.append_basic_block("tile_k")
+            body = builder.append_basic_block("tile_body")
+            done = builder.append_basic_block("tile_done")
+            builder.branch(head)
+            builder.position_at_end(head)
+            k = builder.phi(i64)
+            k.add_incoming(const(0), entry)
+            acc = []
+            for value in start:
+                phi = builder.phi(vec)
+                phi.add_incoming(value, entry)
+                acc.append(phi)
+            builder.cbranch(builder.icmp_signed("<", k, n_k), body, done)
+
+            builder.position_at_end(body)
+            w_at = builder.mul(k, w_k)
+            ws = [builder.load(vector_at(w, builder.add(w_at, const(LANES * v))), align=4)
+                  for v in range(NV)]
+            a_at = builder.mul(k, a_k)
+            new = []
+            for r in range(rows):
+                s = builder.load(builder.gep(a, [builder.add(a_at, builder.mul(a_row, const(r)))]),
+                                 align=4)
+                s = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
+                                           undef, splat)
+                new.extend(builder.call(fma, [s, ws[v], acc[r * NV + v]]) for v in range(NV))
+            k.add_incoming(builder.add(k, const(1)), builder.block)
+            for phi, value in zip(acc, new):
+                phi.add_incoming(value, builder.block)
+            builder.branch(head)
+
+            builder.position_at_end(done)
+            for r in range(rows):
+                for v in range(NV):
+                    at = builder.add(builder.mul(out_row, const(r)), const(LANES * v))
+                    builder.store(acc[r * NV + v], vector_at(out, at), align=4)
+            return context.get_dummy_value()
+        return types.void(*([types.int64] * 10)), codegen
+    return tile
+
+
+_T1, _T2, _T3, _T4, _T5, _T6 = (_tile_intrinsic(r) for r in range(1, ROWS + 1))
+
+
+@intrinsic
+def _address(typingctx, arr):
+    """The address of an array's first element, as an integer."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(ary.data, ir.IntType(64))
+    return types.int64(arr), codegen
+
+
+@njit(**_FAST)
+def _tile(rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
+    """One tile of 1 to ROWS rows (arguments as _tile_intrinsic's)."""
+    if rows == 6:
+        _T6(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
+    elif rows == 5:
+        _T5(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
+    elif rows == 4:
+        _T4(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
+    elif rows == 3:
+        _T3(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
+    elif rows == 2:
+        _T2(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
+    elif rows == 1:
+        _T1(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
+
+
+@njit(**_FAST)
+def tile_block(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1):
+    """Rows [r_begin, r_end) of block blk (see the module docstring): tiles of ROWS
+    rows, then one of the rest, for each column group in turn (the group's columns
+    of W stay in cache across the row tiles)."""
+    a_row, a_k, w_k = A.strides[0] // 4, A.strides[1] // 4, W.strides[1] // 4
+    i_row = init.strides[0] // 4 if per_row else 0
+    o_row = out.strides[0] // 4
+    a = _address(A) + 4 * (r_begin * a_row + k0 * a_k)
+    w = _address(W) + W.strides[0] * blk + 4 * k0 * w_k
+    i = _address(init) + 4 * (r_begin * i_row + blk * CB)
+    o = _address(out) + 4 * (r_begin * o_row + blk * CB)
+    n = r_end - r_begin
+    for g in range(GROUPS):
+        col = 4 * g * NV * LANES  # (bytes)
+        for r0 in range(0, n, ROWS):
+            _tile(min(ROWS, n - r0), a + 4 * r0 * a_row, a_row, a_k, w + col, w_k, k1 - k0,
+                  i + 4 * r0 * i_row + col, i_row, o + 4 * r0 * o_row + col, o_row)

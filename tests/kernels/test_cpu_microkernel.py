@@ -1,0 +1,111 @@
+"""The register tile every float32 CPU product runs on (kernels/cpu/microkernel.py),
+against NumPy: each tile height, a remainder after full tiles, K chunks added to
+what is there, transposed and strided operands, a bias row."""
+import numpy as np
+import pytest
+
+from numlstm.kernels.cpu import microkernel
+from numlstm.kernels.cpu.microkernel import CB, ROWS, tile_block
+
+
+def _sequential_fma(init, A, W):
+    """init + A @ W as the tile sums it: one rounding per multiply-add, k in order."""
+    acc = init.astype(np.float64)
+    for k in range(A.shape[1]):
+        acc = (acc + A[:, k:k + 1].astype(np.float64) * W[k].astype(np.float64))
+        acc = acc.astype(np.float32).astype(np.float64)
+    return acc.astype(np.float32)
+
+
+@pytest.mark.parametrize("rows", list(range(1, 2 * ROWS + 2)) + [4 * ROWS + 5])
+def test_each_row_count_matches_numpy(rng, rows):
+    K, nblk, blk = 37, 3, 1
+    A = rng.standard_normal((rows + 5, K)).astype(np.float32)
+    W = rng.standard_normal((nblk, K, CB)).astype(np.float32)
+    init = rng.standard_normal((rows + 5, nblk * CB)).astype(np.float32)
+    out = np.full_like(init, np.nan)
+    tile_block(A, W, out, blk, 2, 2 + rows, init, True, 0, K)
+    cols = slice(blk * CB, (blk + 1) * CB)
+    want = _sequential_fma(init[2:2 + rows, cols], A[2:2 + rows], W[blk])
+    # the same rounding as one multiply-add per k: equal to the bit
+    np.testing.assert_array_equal(out[2:2 + rows, cols], want)
+    np.testing.assert_allclose(out[2:2 + rows, cols],
+                               init[2:2 + rows, cols] + A[2:2 + rows] @ W[blk], rtol=1e-4,
+                               atol=1e-4)
+    # nothing outside the rows and the block is written
+    assert np.isnan(out[:2]).all() and np.isnan(out[2 + rows:]).all()
+    assert np.isnan(out[:, :blk * CB]).all() and np.isnan(out[:, (blk + 1) * CB:]).all()
+
+
+def test_k_chunks_add_to_what_is_there_and_a_bias_row(rng):
+    """A first chunk from a bias row (per_row False), later chunks with out as init,
+    as _matmul_rows walks a long K; A transposed (column-major, as X^T in the weight
+    gradients) and W a strided view."""
+    M, K = 11, 50
+    A = np.asfortranarray(rng.standard_normal((M, K)).astype(np.float32))
+    W = rng.standard_normal((2, K, 2 * CB)).astype(np.float32)[:, :, CB:]  # strided blocks
+    bias = rng.standard_normal((1, 2 * CB)).astype(np.float32)
+    out = np.empty((M, 2 * CB), np.float32)
+    for blk in range(2):
+        tile_block(A, W, out, blk, 0, M, bias, False, 0, 20)
+        tile_block(A, W, out, blk, 0, M, out, True, 20, K)
+    want = bias + A @ np.concatenate([W[0], W[1]], axis=1)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+
+
+def test_the_tile_fits_the_registers():
+    """A tile's accumulators, W's vectors and the broadcast fit the vector registers
+    of the target (more would spill at every k), and the groups cover a block."""
+    lanes, registers = microkernel._target()
+    assert (lanes, registers) == (microkernel.LANES, microkernel._REGISTERS)
+    assert ROWS * microkernel.NV + microkernel.NV + 1 <= registers
+    assert microkernel.GROUPS * microkernel.NV * lanes == CB
+
+
+def test_the_target_follows_numba_settings(monkeypatch):
+    import numba
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx,+avx2,+fma")
+    monkeypatch.setattr(microkernel.platform, "machine", lambda: "x86_64")
+    assert microkernel._target() == (8, 16)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx512f,+avx2,-prefer-256-bit")
+    assert microkernel._target() == (16, 32)
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
+    assert microkernel._target() == (4, 16)
+    monkeypatch.setattr(microkernel.platform, "machine", lambda: "aarch64")
+    assert microkernel._target() == (4, 32)
+
+
+_AVX2_CHECK = """
+import numpy as np
+from numlstm.kernels.cpu import microkernel
+from numlstm.kernels.cpu.microkernel import CB, tile_block
+assert (microkernel.LANES, microkernel.NV, microkernel.GROUPS) == (8, 2, 4)
+rng = np.random.default_rng(0)
+for rows in (1, 5, 6, 7, 13):
+    A = rng.standard_normal((rows, 19)).astype(np.float32)
+    W = rng.standard_normal((2, 19, CB)).astype(np.float32)
+    init = rng.standard_normal((rows, 2 * CB)).astype(np.float32)
+    out = np.zeros_like(init)
+    tile_block(A, W, out, 1, 0, rows, init, True, 0, 19)
+    want = init[:, CB:].astype(np.float64)
+    for k in range(19):
+        want = (want + A[:, k:k + 1].astype(np.float64) * W[1, k]).astype(np.float32)
+        want = want.astype(np.float64)
+    np.testing.assert_array_equal(out[:, CB:], want.astype(np.float32))
+print("ok")
+"""
+
+
+def test_the_avx2_tile_matches_in_a_process_compiled_for_avx2(tmp_path):
+    """Laptops without AVX-512 get 8-lane vectors and 6 x 2 tiles (four column
+    groups a block): compiled for Haswell in a process of its own, which this
+    machine can run, the tile sums to the bit as on AVX-512."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path),
+               NUMBA_CPU_FEATURES="+avx,+avx2,+fma,+sse4.2,+sse4.1,+ssse3,+sse3,+sse2,+popcnt")
+    run = subprocess.run([sys.executable, "-c", _AVX2_CHECK], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
