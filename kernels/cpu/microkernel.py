@@ -21,10 +21,14 @@ Why IR and not a Numba loop: the loop this replaces (the same tile, written as
 loops over rows and columns for LLVM to vectorise) ran the tiles of 1 to 5 rows,
 and more than one tile in a row, well below the 6-row tile's rate. Measured on
 one core of the 2-core AVX-512 machine, [n, K] @ [K, 4K] with W in cache, the
-time of the Numba loop -> this one: n=8, K=256 (a thread's share of a step at
-B=16, H=256) 43.8 -> 27.8 us; n=16, K=128 19.3 -> 14.7 us; n=64, K=256 281 ->
-212 us. (The time loop's fused product of x[t] and h, _matmul_xh in lstm.py,
-stays a Numba loop: there this tile measured 5-10% slower.)
+time of the Numba loop -> this one (three runs): n=8, K=256 (a thread's share of
+a step at B=16, H=256) 43.8 -> 27.8-37.2 us; n=16, K=128 19.3 -> 12.5-14.7 us;
+n=64, K=256 281 -> 212-236 us.
+
+The time loop's fused product of x[t] and h (_matmul_xh in lstm.py) is two
+calls, the second adding to what the first left in out: as fast as the Numba
+loop's single tile on AVX-512 (26.5 against 27.4 us at 16 rows, K = 128 + 128),
+twice as fast on AVX2.
 
 The sum is the one the Numba loop made: init, then one fused multiply-add per k,
 in order; results are the same to the bit.
