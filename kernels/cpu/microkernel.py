@@ -55,7 +55,8 @@ def _target():
     named CPU (NUMBA_CPU_NAME=generic: portable code)."""
     features = numba.config.CPU_FEATURES
     if features is None:
-        features = "" if numba.config.CPU_NAME else llvm.get_host_cpu_features().flatten()
+        named = numba.config.CPU_NAME not in (None, "host")
+        features = "" if named else llvm.get_host_cpu_features().flatten()
     features = features.split(",")
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         if "+avx512f" in features:

@@ -72,6 +72,17 @@ def test_the_target_follows_numba_settings(monkeypatch):
     monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
     monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
     assert microkernel._target() == (4, 16)
+
+    class Host:  # what llvmlite reports of an AVX2 host
+        def flatten(self):
+            return "+avx,+avx2,+fma,-avx512f"
+
+    monkeypatch.setattr(microkernel.llvm, "get_host_cpu_features", Host)
+    monkeypatch.setattr(numba.config, "CPU_NAME", "host")  # NUMBA_CPU_NAME=host: the host's
+    assert microkernel._target() == (8, 16)
+    monkeypatch.setattr(numba.config, "CPU_NAME", None)
+    assert microkernel._target() == (8, 16)
+    monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
     monkeypatch.setattr(microkernel.platform, "machine", lambda: "aarch64")
     assert microkernel._target() == (4, 32)
 
