@@ -9,7 +9,7 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
       blocks of U hidden units, each block's CB = 4U columns holding its
       [i f g o] gates, so one thread's slice of the recurrent product is also
       the input of its own gate math. Every product is one register-tiled
-      kernel (microkernel.tile_block: tiles of R rows x CB columns of
+      kernel (microkernel.tile_block: tiles of ROWS rows x CB columns of
       accumulators, 24 zmm registers on AVX-512, written in LLVM IR):
       - the time loop runs one parallel region per step, each of P threads
         owning a range of blocks (product, then gate math), so a step waits only
@@ -95,14 +95,13 @@ from ..reference import LAYER_NORM_EPS, apply_activation, layer_norm
 from .microkernel import CB, ROWS, tile_block
 
 U = CB // 4     # hidden units per gate block; CB = 4U columns per block: [i(U) f(U) g(U) o(U)]
-R = ROWS        # rows of one register tile (microkernel.py)
 HB = 64         # H is padded to a multiple of this (the backward's output block)
 # A step runs on one thread when it is small on both counts: two threads win from
 # 256 hidden units (W_hh is then too large for one core's caches, even at B=1) or
 # from 2 MFLOP a step (measured on 2 cores; below, the barrier costs more).
 PARALLEL_MIN_UNITS = 256
 PARALLEL_MIN_FLOPS = 2_000_000
-ROWS_PER_TASK = 120  # rows of one task of the large products (a multiple of R;
+ROWS_PER_TASK = 120  # rows of one task of the large products (a multiple of ROWS;
                      # 120 beat 60 by 20-35% at T*B >= 2048, level below)
 ROW_SPLIT = None  # tests force one split of the plain time loops: True (rows), False (units)
 ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
@@ -178,9 +177,9 @@ def _row_chunks(M, nblk, P):
     (0.73 ms; 0.61 ms in 6 chunks of 90)."""
     chunks = max(1, -(-M // ROWS_PER_TASK))
     while True:
-        rows = max(R, -(-(-(-M // chunks)) // R) * R)  # (whole register tiles)
+        rows = max(ROWS, -(-(-(-M // chunks)) // ROWS) * ROWS)  # (whole register tiles)
         tasks = -(-M // rows)
-        if (tasks * nblk) % P == 0 or rows == R:
+        if (tasks * nblk) % P == 0 or rows == ROWS:
             return rows, tasks
         chunks += 1
 

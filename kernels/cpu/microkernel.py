@@ -70,75 +70,86 @@ NV = 4 if _REGISTERS >= 32 else 2  # vectors per tile row (ROWS * NV + NV + 1 <=
 GROUPS = CB // (NV * LANES)         # column groups of a block
 
 
-def _tile_intrinsic(rows):
-    """An intrinsic computing a rows x (NV * LANES) tile:
-    out[r, :] = init[r, :] + sum_k A[r, k] W[k, :], with addresses in bytes and
-    strides in elements: (a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row).
-    init_row 0 reads one row for all (a bias)."""
-    @intrinsic
-    def tile(typingctx, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
-        def codegen(context, builder, signature, args):
-            a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row = args
-            i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
-            vec = ir.VectorType(f32, LANES)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32")
-            undef = ir.Constant(vec, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
-            a, w, init, out = (builder.inttoptr(p, f32.as_pointer()) for p in (a, w, init, out))
+def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
+    """Emit, at the builder's position, a rows x (NV * LANES) tile:
+    out[r, :] = init[r, :] + sum_k A[r, k] W[k, :] (pointers to float32, strides in
+    elements; init_row 0 reads one row for all, a bias). The accumulators are the
+    k loop's phi nodes, so they live in registers throughout."""
+    i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+    vec = ir.VectorType(f32, LANES)
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32")
+    undef = ir.Constant(vec, ir.Undefined)
+    splat = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
 
-            def const(n):
-                return ir.Constant(i64, n)
+    def const(n):
+        return ir.Constant(i64, n)
 
-            def vector_at(base, offset):
-                return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+    def vector_at(base, offset):
+        return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
 
-            start = [builder.load(vector_at(init, builder.add(builder.mul(init_row, const(r)),
-                                                               const(LANES * v))), align=4)
-                     for r in range(rows) for v in range(NV)]
-            entry = builder.block
-            head = builder.append_basic_block("tile_k")
-            body = builder.append_basic_block("tile_body")
-            done = builder.append_basic_block("tile_done")
-            builder.branch(head)
-            builder.position_at_end(head)
-            k = builder.phi(i64)
-            k.add_incoming(const(0), entry)
-            acc = []
-            for value in start:
-                phi = builder.phi(vec)
-                phi.add_incoming(value, entry)
-                acc.append(phi)
-            builder.cbranch(builder.icmp_signed("<", k, n_k), body, done)
+    start = [builder.load(vector_at(init, builder.add(builder.mul(init_row, const(r)),
+                                                       const(LANES * v))), align=4)
+             for r in range(rows) for v in range(NV)]
+    entry = builder.block
+    head = builder.append_basic_block("tile_k")
+    body = builder.append_basic_block("tile_body")
+    done = builder.append_basic_block("tile_done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    k = builder.phi(i64)
+    k.add_incoming(const(0), entry)
+    acc = []
+    for value in start:
+        phi = builder.phi(vec)
+        phi.add_incoming(value, entry)
+        acc.append(phi)
+    builder.cbranch(builder.icmp_signed("<", k, n_k), body, done)
 
-            builder.position_at_end(body)
-            w_at = builder.mul(k, w_k)
-            ws = [builder.load(vector_at(w, builder.add(w_at, const(LANES * v))), align=4)
-                  for v in range(NV)]
-            a_at = builder.mul(k, a_k)
-            new = []
-            for r in range(rows):
-                s = builder.load(builder.gep(a, [builder.add(a_at, builder.mul(a_row, const(r)))]),
-                                 align=4)
-                s = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
-                                           undef, splat)
-                new.extend(builder.call(fma, [s, ws[v], acc[r * NV + v]]) for v in range(NV))
-            k.add_incoming(builder.add(k, const(1)), builder.block)
-            for phi, value in zip(acc, new):
-                phi.add_incoming(value, builder.block)
-            builder.branch(head)
+    builder.position_at_end(body)
+    w_at = builder.mul(k, w_k)
+    ws = [builder.load(vector_at(w, builder.add(w_at, const(LANES * v))), align=4)
+          for v in range(NV)]
+    a_at = builder.mul(k, a_k)
+    new = []
+    for r in range(rows):
+        s = builder.load(builder.gep(a, [builder.add(a_at, builder.mul(a_row, const(r)))]),
+                         align=4)
+        s = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
+                                   undef, splat)
+        new.extend(builder.call(fma, [s, ws[v], acc[r * NV + v]]) for v in range(NV))
+    k.add_incoming(builder.add(k, const(1)), builder.block)
+    for phi, value in zip(acc, new):
+        phi.add_incoming(value, builder.block)
+    builder.branch(head)
 
-            builder.position_at_end(done)
-            for r in range(rows):
-                for v in range(NV):
-                    at = builder.add(builder.mul(out_row, const(r)), const(LANES * v))
-                    builder.store(acc[r * NV + v], vector_at(out, at), align=4)
-            return context.get_dummy_value()
-        return types.void(*([types.int64] * 10)), codegen
-    return tile
+    builder.position_at_end(done)
+    for r in range(rows):
+        for v in range(NV):
+            at = builder.add(builder.mul(out_row, const(r)), const(LANES * v))
+            builder.store(acc[r * NV + v], vector_at(out, at), align=4)
 
 
-_T1, _T2, _T3, _T4, _T5, _T6 = (_tile_intrinsic(r) for r in range(1, ROWS + 1))
+@intrinsic
+def _tile(typingctx, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
+    """One tile of 1 to ROWS rows, with addresses in bytes and strides in elements
+    (_emit_tile's arguments): a switch on rows to a tile compiled for each count,
+    as the registers must be named at compile time."""
+    def codegen(context, builder, signature, args):
+        rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row = args
+        f32p = ir.FloatType().as_pointer()
+        a, w, init, out = (builder.inttoptr(p, f32p) for p in (a, w, init, out))
+        end = builder.append_basic_block("tile_end")
+        switch = builder.switch(rows, end)
+        for n in range(1, ROWS + 1):
+            case = builder.append_basic_block(f"tile_{n}_rows")
+            switch.add_case(ir.Constant(ir.IntType(64), n), case)
+            builder.position_at_end(case)
+            _emit_tile(builder, n, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
+            builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+    return types.void(*([types.int64] * 11)), codegen
 
 
 @intrinsic
@@ -148,23 +159,6 @@ def _address(typingctx, arr):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         return builder.ptrtoint(ary.data, ir.IntType(64))
     return types.int64(arr), codegen
-
-
-@njit(**_FAST)
-def _tile(rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
-    """One tile of 1 to ROWS rows (arguments as _tile_intrinsic's)."""
-    if rows == 6:
-        _T6(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
-    elif rows == 5:
-        _T5(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
-    elif rows == 4:
-        _T4(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
-    elif rows == 3:
-        _T3(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
-    elif rows == 2:
-        _T2(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
-    elif rows == 1:
-        _T1(a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
 
 
 @njit(**_FAST)

@@ -156,14 +156,14 @@ def test_one_step_kernel_matches_reference(rng, dtype):
 
 @pytest.mark.parametrize("P", [1, 2, 3, 8])
 def test_product_tasks_cover_the_rows_in_equal_chunks(P):
-    from numlstm.kernels.cpu.lstm import R, _row_chunks
+    from numlstm.kernels.cpu.lstm import ROWS, _row_chunks
     for M in (0, 1, 5, 7, 13, 82, 512, 2048, 16384, 100_003):
         for nblk in (1, 2, 3, 16):
             rows, chunks = _row_chunks(M, nblk, P)
-            assert rows % R == 0 and rows > 0
+            assert rows % ROWS == 0 and rows > 0
             assert (chunks - 1) * rows < M <= chunks * rows or M == chunks == 0
             # each thread gets as many tasks, unless the tasks are down to one tile
-            assert (chunks * nblk) % P == 0 or rows == R, (M, nblk, P, rows, chunks)
+            assert (chunks * nblk) % P == 0 or rows == ROWS, (M, nblk, P, rows, chunks)
 
 
 @pytest.mark.parametrize("small", [0, 1 << 40], ids=["kernel-copies", "numpy-copies"])
