@@ -329,8 +329,8 @@ def combine(a, b, op, scale=0.0):
     if out.size:
         flat = a.size
         _combine_kernel[flat_launch(flat)](a.reshape(flat), (b if b is not None else a)
-                                            .reshape(flat), out.reshape(flat), code,
-                                            a.dtype.type(scale))
+                                           .reshape(flat), out.reshape(flat), code,
+                                           a.dtype.type(scale))
     return out
 
 

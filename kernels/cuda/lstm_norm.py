@@ -323,7 +323,7 @@ def norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units, 
     xhat = device_array((T * B, G) if training else (1, 1), dtype)
     sdx = device_array(T * B if training else 1, dtype)
     _normalise_rows[flat_launch(T * B)](xp, ln_ih, cell["bias"], xp, xhat, sdx, inv_g, zero,
-                                         eps, training)
+                                        eps, training)
     h = device_array((2, B, P), dtype)
     copy(h0, h[0])
     c = device_array((B, H), dtype)
@@ -574,7 +574,7 @@ def norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent):
     # The input product's gradient through its normalisation, then the products.
     dax = device_array((T * B, G), dtype)
     _norm_grad_rows[flat_launch(T * B)](dgates, ln_ih, cache["xhat"], cache["sdx"], dax,
-                                         inv_g, zero)
+                                        inv_g, zero)
     x2 = x.reshape(T * B, I)
     one = ones(T * B, dtype)
     db = column_sums(dgates, device_array(G, dtype), one)
