@@ -109,6 +109,24 @@ def test_layer_backends_agree_and_inference_is_the_expectation(rng, zoneout):
         assert_close(runs[1][k], runs[0][k], 1e-12, k)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_unit_is_zoned_too(rng, dtype):
+    """H = 1 on the CPU's unpadded path (float64): its zoneout weights are [T,B,1], which
+    the kernels once took for their 'none' sentinel and skipped zoneout."""
+    x = rng.standard_normal((5, 3, 2)).astype(dtype)
+    cpu, ref = (numlstm.LSTM(2, 1, zoneout=0.5, backend=b, dtype=dtype, seed=1)
+                for b in ("cpu", "numpy"))
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    assert_close(cpu(x)[0], ref(x)[0], tol, "inference")
+    assert rel_err(ref(x)[0], numlstm.LSTM(2, 1, dtype=dtype, seed=1)(x)[0]) > 1e-3
+    dy = rng.standard_normal((5, 3, 1)).astype(dtype)
+    for layer in (cpu, ref):
+        layer(x, training=True)
+        layer.backward(dy)
+    for k in ref.grads:
+        assert_close(cpu.grads[k], ref.grads[k], 10 * tol, k)
+
+
 def test_step_config_and_refusals(rng, tmp_path):
     lstm = numlstm.LSTM(4, 6, num_layers=2, zoneout=(0.1, 0.3), seed=0)
     x = rng.standard_normal((5, 2, 4)).astype(np.float32)

@@ -499,13 +499,13 @@ def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero,
     mask [B,Pp]: the recurrent dropout mask, or [0,0] for none; with one, the
     product reads hmbuf[s % 2] = h * mask, which each thread writes for its units
     of the next step (hmbuf [2,B,Pp], hmbuf[0] = h0 * mask).
-    Zoneout (no projection): zc, zh [T or 1,B,Hp], its weights for c and h ([1,1,1]:
+    Zoneout (no projection): zc, zh [T or 1,B,Hp], its weights for c and h ([1,1,0]:
     none); czs [T,B,Hp] receives the states after it when training; c_old [B,Hp]
     scratch."""
     T = xw.shape[0]
     proj = Wp.shape[0] > 0
     masked = mask.shape[0] > 0
-    zoned = zc.shape[2] > 1
+    zoned = zc.shape[2] > 0
     for s in range(T):
         t = T - 1 - s if reverse else s
         h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
@@ -671,7 +671,7 @@ def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reve
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
         masked_product(dg[t_prev], W, rec, zero, mask, b0, b1)
-    if zc.shape[2] == 1:  # no zoneout
+    if zc.shape[2] == 0:  # no zoneout
         _bwd_pointwise(dg[t], cs[t], step_before(cs, c0, reverse, t), c0, dy[t], rec, dh_n,
                        dc, lengths, reverse, t, b0, b1, clip, coupled, gclip, acts, peep)
         return
@@ -738,7 +738,7 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
     projects it back, dm = dhs[t] @ W_hr [B,Hp], and runs the gate gradients.
     mask: the forward's recurrent dropout mask [B,Pp], or [0,0] for none.
     Zoneout (no projection): czs [T,B,Hp], the states after it; zc, zh [T or 1,
-    B,Hp], its weights ([1,1,1]: none); kh [B,Hp], zero in, out the part of dh0
+    B,Hp], its weights ([1,1,0]: none); kh [B,Hp], zero in, out the part of dh0
     that the first steps kept; kc, dhz [B,Hp] scratch, zb [B,Hp] zeros."""
     T = dg.shape[0]
     zero = np.zeros((1, max(rec.shape[1], dm.shape[1])), rec.dtype)
@@ -946,7 +946,7 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
     w_hr_t [H,P], the projection (ignored when its size is 0: P = H); mask [B,P],
     the recurrent dropout mask (none when its size is 0); h [B,P], c [B,H] in/out;
     y [T,B,P] out; cs [T,B,H] out when training: the new cell values. Zoneout (no
-    projection): zc, zh [T or 1,B,H] ([1,1,1]: none), and czs [T,B,H] receives the
+    projection): zc, zh [T or 1,B,H] ([1,1,0]: none), and czs [T,B,H] receives the
     states after it when training (cs itself without zoneout). ln: None, or layer
     normalisation's (gain of the recurrent product [G], the cell's gain and bias
     [H], h_hat [T,B,G] and rstd_h [T,B]: the normalised product and its
@@ -958,7 +958,7 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
     T, B, G = xw.shape
     H = G // 4
     proj = w_hr_t.size > 0
-    zoned = zc.shape[2] > 1
+    zoned = zc.shape[2] > 0
     if tiles is None:
         rec = np.empty((B, G), xw.dtype)
         hp = np.empty(h.shape, xw.dtype)
@@ -1094,7 +1094,7 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
     H = G // 4
     P = dh.shape[1]
     proj = w_hr.size > 0
-    zoned = zc.shape[2] > 1
+    zoned = zc.shape[2] > 0
     if tiles is None:
         rec = np.empty(dh.shape, dg.dtype)
         dm_wide = np.empty((B, H), dg.dtype)
@@ -1449,12 +1449,12 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
 # since at B=1 a call's few microseconds of allocations show.
 _NO_ARRAY = np.zeros((1, 1), np.float32)
 _NO_MASK = np.zeros((0, 0), np.float32)  # (a recurrent dropout mask of size 0: none)
-_NO_ZONE = {np.dtype(d): np.ones((1, 1, 1), d) for d in (np.float32, np.float64)}
+_NO_ZONE = {np.dtype(d): np.ones((1, 1, 0), d) for d in (np.float32, np.float64)}
 
 
 def _zone_weights(zone_c, zone_h, width, dtype):
-    """Zoneout's weights for the kernels, padded to `width` units, or [1,1,1] ones
-    meaning none."""
+    """Zoneout's weights for the kernels, padded to `width` units, or [1,1,0] meaning
+    none (no unit: H = 1 is a real width, on the unpadded paths)."""
     if zone_c is None:
         return _NO_ZONE[np.dtype(dtype)], _NO_ZONE[np.dtype(dtype)]
     return _pad(zone_c.astype(dtype), width), _pad(zone_h.astype(dtype), width)
@@ -1507,7 +1507,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     dm = np.empty((B, Hc) if proj else (1, 1), np.float32)
     mask = cache["mask"]
     masked = mask.shape[0] > 0
-    zoned = cache["zc"].shape[2] > 1
+    zoned = cache["zc"].shape[2] > 0
     kh, kc, dhz, zb = ((np.zeros((B, Hp), np.float32) for _ in range(4)) if zoned else
                        (_NO_ARRAY,) * 4)
     dgb = None  # dG in blocks, the weight gradients' operand (_blocks's layout)
