@@ -46,6 +46,8 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     reset_after=False (Keras's reset_after=False, Cho et al. 2014):
         n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
     h' = (1 - z) * n + z * h
+    options: h_mask [B,H], recurrent dropout as the LSTM's (but not in z * h); zone_h
+    [T,B,H] or [1,B,H], zoneout of the one state, h' <- h' + zone_h[t] (h - h').
   RNN
     h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu
 
@@ -325,7 +327,7 @@ def _state_before(order, n, lengths, h, h0):
 
 
 def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
-                    reset_after=True, h_mask=None, acts=DEFAULT_ACTS):
+                    reset_after=True, h_mask=None, acts=DEFAULT_ACTS, zone_h=None):
     """One GRU layer and direction.
 
     x: [T,B,I]; w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H] (gate blocks r, z, n);
@@ -333,7 +335,8 @@ def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
     (see the module docstring); h_mask: None or [B,H], multiplying h wherever W_hh
     reads it (recurrent dropout, as Keras applies it: not in h' = ... + z h); acts:
     gates.make_acts's tuple, the activation of r and z (sigmoid by default) and of
-    n (tanh), as Keras's recurrent_activation and activation.
+    n (tanh), as Keras's recurrent_activation and activation; zone_h: None, or
+    zoneout's weights [T,B,H] ([1,B,H]: the same at every step), as the LSTM's.
     Returns y [T,B,H], h_n [B,H] and a cache for gru_backward_ref holding the
     inputs, the activated gates [T,B,3H] and the n gate's recurrent term hn
     [T,B,H] (W_hn h + b_hn, or W_hn (r * h) + b_hn).
@@ -361,12 +364,15 @@ def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
             hn = (r * h_in) @ w_hh[2 * H:].T + b_hh[2 * H:]
             n = cell(a_x[:, 2 * H:] + hn)
         h_new = (1 - z) * n + z * h
+        if zone_h is not None:
+            h_new = h_new + zone_h[t if len(zone_h) > 1 else 0] * (h - h_new)
         h = np.where(valid, h_new, h)
         y[t] = np.where(valid, h_new, 0)
         gates[t] = np.concatenate([r, z, n], axis=1)
         hns[t] = hn
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, lengths=lengths, reverse=reverse,
-                 reset_after=reset_after, gates=gates, hn=hns, y=y, h_mask=h_mask, acts=acts)
+                 reset_after=reset_after, gates=gates, hn=hns, y=y, h_mask=h_mask, acts=acts,
+                 zone_h=zone_h)
     return y, h, cache
 
 
@@ -380,7 +386,7 @@ def gru_backward_ref(dy, dh_n, cache):
     x, w_ih, w_hh, h0 = cache["x"], cache["w_ih"], cache["w_hh"], cache["h0"]
     lengths, reverse, reset_after = cache["lengths"], cache["reverse"], cache["reset_after"]
     gates, hns, y = cache["gates"], cache["hn"], cache["y"]
-    acts = cache.get("acts", DEFAULT_ACTS)
+    acts, zone_h = cache.get("acts", DEFAULT_ACTS), cache.get("zone_h")
     dgate = lambda y: activation_grad(acts[1], y)  # noqa: E731
     dcell = lambda y: activation_grad(acts[3], y)  # noqa: E731
     T, B, _ = x.shape
@@ -401,6 +407,10 @@ def gru_backward_ref(dy, dh_n, cache):
         h_in = h_prev * mask  # what W_hh read
         r, z, n = gates[t, :, :H], gates[t, :, H:2 * H], gates[t, :, 2 * H:]
         dh_t = dh + dy[t]
+        dh_kept = 0  # zoneout: the part of dh passed on unchanged
+        if zone_h is not None:
+            zh = zone_h[t if len(zone_h) > 1 else 0]
+            dh_kept, dh_t = zh * dh_t, (1 - zh) * dh_t
         dn = np.where(valid, dh_t * (1 - z) * dcell(n), 0)
         dz = np.where(valid, dh_t * (h_prev - n) * dgate(z), 0)
         if reset_after:
@@ -415,7 +425,7 @@ def gru_backward_ref(dy, dh_n, cache):
             dh_prev = dh_t * z + d_rh * r * mask
             grads["w_hh"][2 * H:] += d_hn.T @ (r * h_in)
         d_rz = np.concatenate([dr, dz], axis=1)
-        dh_prev = dh_prev + (d_rz @ w_rz) * mask
+        dh_prev = dh_prev + (d_rz @ w_rz) * mask + dh_kept
         da = np.concatenate([d_rz, dn], axis=1)
         dx[t] = da @ w_ih
         grads["w_ih"] += da.T @ x[t]

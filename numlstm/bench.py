@@ -405,6 +405,7 @@ def parity(cell="lstm", dtype=np.float32, layers=2, bidirectional=True, lengths=
     return out
 
 
+_USER_ACTIVATION = {"activation=softsign (user)": {"activation": "softsign"}}
 OPTION_VARIANTS = {"plain": {}, "cell_clip=1.0": {"cell_clip": 1.0},
                    "gate_clip=3.0": {"gate_clip": 3.0},
                    "input_forget": {"input_forget": True},
@@ -422,7 +423,17 @@ OPTION_VARIANTS = {"plain": {}, "cell_clip=1.0": {"cell_clip": 1.0},
                        "recurrent_activation": "hard_sigmoid"},
                    "activation=relu": {"activation": "relu"},
                    # a user's function, called through a pointer (not inlined)
-                   "activation=softsign (user)": {"activation": "softsign"}}
+                   **_USER_ACTIVATION}
+GRU_OPTION_VARIANTS = {"plain": {},
+                       # (Keras's older form: the per-step path with two products a step)
+                       "reset_after=False": {"reset_after": False},
+                       "recurrent_dropout=0.25": {"recurrent_dropout": 0.25},
+                       "zoneout=0.1": {"zoneout": 0.1},
+                       "recurrent_activation=hard_sigmoid": {
+                           "recurrent_activation": "hard_sigmoid"},
+                       "activation=relu": {"activation": "relu"},
+                       **_USER_ACTIVATION}
+VARIANTS = {"lstm": OPTION_VARIANTS, "gru": GRU_OPTION_VARIANTS}
 
 
 def _softsign(a):
@@ -438,20 +449,20 @@ def _variant(options, H):
     return {k: special.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
 
 
-def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print):
-    """The time of the LSTM with each cell option against the plain LSTM, float32 on
-    the CPU, inference and training step (forward plus backward), calls of the
-    variants alternating; the median of `repeats` rounds. Returns rows of
-    {"T","B","H","option","mode","ms","ratio"} (ratio: time / the plain layer's).
-    Initialisation options (recurrent_init, unit_forget_bias) change only the
-    starting weights and cost nothing per step."""
+def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print, cell="lstm"):
+    """The time of the LSTM (or GRU: cell="gru") with each cell option against the
+    plain layer, float32 on the CPU, inference and training step (forward plus
+    backward), calls of the variants alternating; the median of `repeats` rounds.
+    Returns rows of {"T","B","H","option","mode","ms","ratio"} (ratio: time / the
+    plain layer's). Initialisation options (recurrent_init, unit_forget_bias)
+    change only the starting weights and cost nothing per step."""
     rows = []
     out(f"{'T,B,H':>12} {'option':>34} {'inference ms':>13} {'x plain':>8} "
         f"{'training ms':>12} {'x plain':>8}")
     for T, B, H in shapes:
         x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
-        layers = {name: _classes("lstm")[0](H, H, seed=0, **_variant(opts, H))
-                  for name, opts in OPTION_VARIANTS.items()}
+        layers = {name: _classes(cell)[0](H, H, seed=0, **_variant(opts, H))
+                  for name, opts in VARIANTS[cell].items()}
 
         def train(layer):
             y, _ = layer(x, training=True)

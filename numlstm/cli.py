@@ -86,7 +86,10 @@ def _bench(args):
         _write_json(args.json, rows)
         return 0
     if args.options:
-        _write_json(args.json, bench.option_costs(repeats=args.repeats))
+        if args.cell not in bench.VARIANTS:
+            raise SystemExit(f"numlstm bench --options: cells with options are "
+                             f"{sorted(bench.VARIANTS)}, not {args.cell}")
+        _write_json(args.json, bench.option_costs(repeats=args.repeats, cell=args.cell))
         return 0
     if args.parity:
         print("worst relative error against torch (max |numlstm - torch| / max |torch|), "
@@ -377,8 +380,9 @@ def main(argv=None):
                       help="the cost of one streaming step (layer.step) at B=1, H=64, "
                            "for each cell")
     size.add_argument("--options", action="store_true",
-                      help="the cost of each LSTM cell option (cell_clip, gate_clip, "
-                           "input_forget) against the plain LSTM, on the CPU")
+                      help="the cost of each cell option (cell_clip, zoneout, "
+                           "layer_norm, ...) against the plain layer, on the CPU; the LSTM's, "
+                           "or with --cell gru the GRU's")
     size.add_argument("--parity", action="store_true",
                       help="worst errors of LSTM, GRU and RNN against torch, with and "
                            "without lengths, float32 and float64")

@@ -191,13 +191,13 @@ class NumpyBackend(Backend):
         if spec.cell == "lstm":
             y, h, c, cache = reference.lstm_forward_ref(
                 x, *cell[:4], *state, lengths, reverse, **spec.kernel_options(),
-                **cell_extras(spec, cell), h_mask=h_mask,
-                **(dict(zip(("zone_c", "zone_h"), zone)) if zone else {}))
+                **cell_extras(spec, cell), h_mask=h_mask, **(zone or {}))
             state = (h, c)
         elif spec.cell == "gru":
             y, h, cache = reference.gru_forward_ref(x, *cell, state[0], lengths, reverse,
                                                     spec.reset_after, h_mask=h_mask,
-                                                    acts=spec.kernel_options()["acts"])
+                                                    acts=spec.kernel_options()["acts"],
+                                                    **(zone or {}))
             state = (h,)
         else:
             y, h, cache = reference.rnn_forward_ref(x, *cell, state[0], lengths, reverse,
@@ -232,11 +232,10 @@ class _KernelBackend(Backend):
 
     def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None,
                 zone=None):
-        # (the LSTM's and GRU's kernels take h_mask, the recurrent dropout mask; the
-        # LSTM's zone_c and zone_h, zoneout's weights)
+        # (the LSTM's and GRU's kernels take h_mask, the recurrent dropout mask, and
+        # zoneout's weights: the LSTM's zone_c and zone_h, the GRU's zone_h)
         mask = {} if h_mask is None else dict(h_mask=h_mask)
-        if zone:
-            mask.update(zone_c=zone[0], zone_h=zone[1])
+        mask.update(zone or {})
         y, *state_n, cache = self._kernel(spec, "{cell}_forward_{name}")(
             x, cell, *state, lengths, reverse, training, **mask)
         return y, tuple(state_n), cache

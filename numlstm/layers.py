@@ -230,10 +230,13 @@ class _Recurrent(Layer):
         if self.recurrent_dropout and self.cell == "rnn":
             raise ValueError("recurrent_dropout: the LSTM and the GRU have it, not the RNN")
         self.zoneout = _check_zoneout(zoneout)
-        if self.zoneout and (self.cell != "lstm" or self.spec.proj_size):
-            raise ValueError("zoneout: the LSTM without a projection has it, not " +
-                             ("a projected LSTM" if self.cell == "lstm" else
-                              f"the {self.cell.upper()}"))
+        if self.zoneout and (self.cell == "rnn" or self.spec.proj_size):
+            raise ValueError("zoneout: the LSTM without a projection and the GRU have it, "
+                             "not " + ("a projected LSTM" if self.cell == "lstm" else
+                                       "the RNN"))
+        if isinstance(self.zoneout, tuple) and self.cell == "gru":
+            raise ValueError(f"zoneout: the GRU has one state, h, so one rate; got the pair "
+                             f"{self.zoneout}")
         self.dtype = _check_dtype(dtype)
         self.batch_first = check_bool(batch_first, "batch_first")
         self.return_sequences = check_bool(return_sequences, "return_sequences")
@@ -591,18 +594,21 @@ class _Recurrent(Layer):
         return inp, state_n
 
     def _zone(self, training, T, B):
-        """Zoneout's weights (zone_c, zone_h) for one layer and direction: when training,
-        0/1 draws [T,B,H], 1 (keep the old value) with the rate's probability, per
-        unit and step; at inference the rates themselves, [1,B,H] (the expectation).
-        None without zoneout."""
+        """Zoneout's weights for one layer and direction, as the kernels' keywords:
+        zone_c and zone_h for the LSTM, zone_h for the GRU. When training, 0/1 draws
+        [T,B,H], 1 (keep the old value) with the rate's probability, per unit and
+        step; at inference the rates themselves, [1,B,H] (the expectation). {}
+        without zoneout."""
         if not self.zoneout:
-            return None
+            return {}
         H = self.spec.hidden_size
         rates = self.zoneout if isinstance(self.zoneout, tuple) else (self.zoneout,) * 2
+        names = ("zone_c", "zone_h") if self.cell == "lstm" else ("zone_h",)
+        rates = rates[-len(names):]
         if not training:
-            return tuple(np.full((1, B, H), p, self.dtype) for p in rates)
-        return tuple((~_keep_mask(self._drop_rng, (T, B, H), p, self.batch_rows, axis=1))
-                     .astype(self.dtype) for p in rates)
+            return {k: np.full((1, B, H), p, self.dtype) for k, p in zip(names, rates)}
+        return {k: (~_keep_mask(self._drop_rng, (T, B, H), p, self.batch_rows, axis=1))
+                .astype(self.dtype) for k, p in zip(names, rates)}
 
     def _merge(self, pair):
         """The two directions' outputs (same shape) merged as merge_mode says."""
@@ -953,9 +959,9 @@ class LSTM(_Recurrent):
             2016). When training, each unit of c and of h keeps its previous value
             with that probability at each step, c' <- c' + z (c - c') with z drawn 0
             or 1 per sequence, unit and step (h likewise); at inference z is the rate
-            itself, the expectation. LSTM without a projection, on every backend.
-            Keras, torch and ONNX have no such option (to_torch and export_onnx
-            refuse such a layer).
+            itself, the expectation. LSTM without a projection, and GRU (one rate:
+            it has one state, h), on every backend. Keras, torch and ONNX have no
+            such option (to_torch and export_onnx refuse such a layer).
         proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
             proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units
             (c keeps H), W_hh is [G,P] and each cell gains weight_hr_l{k} [P,H] (no
@@ -1120,7 +1126,10 @@ class GRU(_Recurrent):
     z * h term, as Keras's GRU applies it), reset_after (default True, torch's
     form), and activation (n's, default "tanh") and recurrent_activation (r's and
     z's, default "sigmoid"), chosen as the LSTM's are (Keras's GRU has both; the
-    default pair is what torch computes, and to_torch refuses others).
+    default pair is what torch computes, and to_torch refuses others), and
+    zoneout, one rate (the GRU has one state): h' <- h' + z (h - h') after the
+    cell, z drawn 0 or 1 per sequence, unit and step while training, the rate
+    itself at inference.
     Parameters: torch's names, weight_ih_l{k} [3H, I or D*H], weight_hh_l{k}
     [3H,H], bias_ih_l{k} [3H], bias_hh_l{k} [3H].
 

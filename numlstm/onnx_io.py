@@ -202,8 +202,9 @@ def _check_exportable(layer):
                          "pre-activations instead (onnxruntime computes it so), which is "
                          "numlstm's gate_clip")
     if getattr(layer, "zoneout", 0):
-        raise ValueError("export_onnx: this LSTM uses zoneout, which mixes the old state "
-                         "into the new one at inference too; ONNX's LSTM operator cannot "
+        cell = layer.spec.cell.upper()
+        raise ValueError(f"export_onnx: this {cell} uses zoneout, which mixes the old state "
+                         f"into the new one at inference too; ONNX's {cell} operator cannot "
                          "say that")
 
 

@@ -111,8 +111,9 @@ def _check_torch_form(layer):
         raise ValueError("to_torch: torch.nn.LSTM has no layer normalisation; this LSTM has "
                          "layer_norm=True")
     if getattr(layer, "zoneout", 0):
-        raise ValueError("to_torch: this LSTM uses zoneout, which mixes the old state into "
-                         "the new one at inference too; torch.nn.LSTM has no such option")
+        cell = layer.spec.cell.upper()
+        raise ValueError(f"to_torch: this {cell} uses zoneout, which mixes the old state into "
+                         f"the new one at inference too; torch.nn.{cell} has no such option")
 
 
 def _torch_module(layer, batch_first):

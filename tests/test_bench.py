@@ -1,5 +1,6 @@
 """The comparison command and the memory count of the training cache."""
 import numpy as np
+import pytest
 
 from numlstm import bench, cli
 
@@ -72,10 +73,12 @@ def test_parity_reports_small_errors_and_sees_a_wrong_weight(monkeypatch):
     assert bad["y"] > 1e-4
 
 
-def test_option_costs_rows():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_option_costs_rows(cell):
     from numlstm import bench
     lines = []
-    rows = bench.option_costs(shapes=((4, 2, 8),), repeats=1, out=lines.append)
-    assert {r["option"] for r in rows} == set(bench.OPTION_VARIANTS)
+    rows = bench.option_costs(shapes=((4, 2, 8),), repeats=1, out=lines.append, cell=cell)
+    variants = bench.VARIANTS[cell]
+    assert {r["option"] for r in rows} == set(variants)
     assert all(r["ratio"] == 1.0 for r in rows if r["option"] == "plain")
-    assert all(r["ms"] > 0 for r in rows) and len(lines) == 1 + len(bench.OPTION_VARIANTS)
+    assert all(r["ms"] > 0 for r in rows) and len(lines) == 1 + len(variants)

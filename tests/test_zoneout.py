@@ -1,15 +1,18 @@
-"""LSTM zoneout: each unit of c and h keeps its previous value with the rate's
-probability while training (0/1 draws per sequence, unit and step), the rate itself at
-inference. The reference against finite differences, the CPU kernels against the
-reference, and the layer on the numpy, cpu and cuda (simulator) backends."""
+"""Zoneout, LSTM and GRU: each unit of the state (c and h; the GRU's h) keeps its
+previous value with the rate's probability while training (0/1 draws per sequence, unit
+and step), the rate itself at inference. The references against finite differences, the
+CPU and CUDA (simulator) kernels against them, and the layers on the numpy, cpu and cuda
+backends."""
 import numpy as np
 import pytest
 
 import numlstm
-from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
-from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
+from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, lstm_backward_cpu,
+                                 lstm_forward_cpu, pack_gru_cpu, pack_lstm_cpu)
+from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, lstm_backward_ref,
+                                       lstm_forward_ref)
 from helpers import (assert_close, check_lstm_reference_gradients, lstm_layer_and_reference,
-                     rel_err, run_steps)
+                     numeric_gradient, rel_err, run_steps)
 
 
 def _weights(rng, T, B, H, training, rates=(0.3, 0.2)):
@@ -141,8 +144,8 @@ def test_step_config_and_refusals(rng, tmp_path):
     for bad, err in ((1.0, ValueError), ((0.1, 0.2, 0.3), ValueError), ("0.1", TypeError)):
         with pytest.raises(err, match="zoneout"):
             numlstm.LSTM(4, 6, zoneout=bad)
-    with pytest.raises(ValueError, match="zoneout: the LSTM without a projection"):
-        numlstm.GRU(4, 6, zoneout=0.1)
+    with pytest.raises(ValueError, match="zoneout: the LSTM without a projection and the GRU"):
+        numlstm.RNN(4, 6, zoneout=0.1)
     with pytest.raises(ValueError, match="not a projected LSTM"):
         numlstm.LSTM(4, 6, proj_size=2, zoneout=0.1)
     with pytest.raises(ValueError, match="to_torch: this LSTM uses zoneout"):
@@ -169,3 +172,202 @@ def test_cuda_layer_computes_what_the_reference_does(rng):
     plain = numlstm.LSTM(3, 4, dtype=np.float32, seed=2)
     assert rel_err(y, plain(x, lengths=np.array([3, 1]))[0]) > 1e-3  # the rates bite
     assert_close(run_steps(cuda, x)[0], ref(x)[0], 2e-6, "streaming steps")
+
+
+# -- the GRU: one state, h' <- h' + zh (h - h') ----------------------------------------
+def _gru_cell(rng, I, H, scale):
+    return [rng.standard_normal(s) * scale for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gru_reference_backward_matches_finite_differences(rng, training, reset_after,
+                                                           reverse):
+    T, B, I, H = 4, 3, 3, 4
+    w = _gru_cell(rng, I, H, 0.8)
+    inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w[0], w_hh=w[1], b_ih=w[2],
+                  b_hh=w[3], h0=rng.standard_normal((B, H)))
+    zone_h = _weights(rng, T, B, H, training, (0.4,))[0]
+    mask = (rng.random((B, H)) >= 0.3) / 0.7  # with recurrent dropout too
+    lengths = np.array([4, 1, 3])
+    wy, wh = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+
+    def forward():
+        a = inputs
+        return gru_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
+                               lengths, reverse, reset_after, h_mask=mask, zone_h=zone_h)
+
+    def loss():
+        y, h, _ = forward()
+        return (y * wy).sum() + (h * wh).sum()
+
+    dx, dh0, grads = gru_backward_ref(wy, wh, forward()[2])
+    analytic = dict(x=dx, h0=dh0, **grads)
+    for name, arr in inputs.items():
+        err = rel_err(analytic[name], numeric_gradient(loss, arr))
+        assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
+    plain = gru_forward_ref(*(inputs[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0")),
+                            lengths, reverse, reset_after, h_mask=mask)[0]
+    assert rel_err(forward()[0], plain) > 1e-3  # zoneout changed the outputs
+
+
+# (T, B, I, H, reverse): uneven, T=1 and B=1, H=1 (unpadded on the blas path), H past one
+# tile block (64 units)
+GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (4, 2, 3, 1, True), (6, 4, 9, 70, True)]
+
+
+def _check_gru_kernels(rng, shape, reset_after, training, dtype):
+    T, B, I, H, reverse = shape
+    cell = _gru_cell(rng, I, H, min(0.5, 2 / np.sqrt(H)))
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
+    zone_h = _weights(rng, T, B, H, training, (0.35,))[0]
+    mask = (rng.random((B, H)) >= 0.3) / 0.7
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    y, h, cache = gru_forward_ref(x, *cell, h0, lengths, reverse, reset_after, h_mask=mask,
+                                  zone_h=zone_h)
+    dy, dh_n = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
+    dx, dh0, grads = gru_backward_ref(dy, dh_n, cache)
+    want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
+    packed = pack_gru_cpu(*(a.astype(dtype) for a in cell), reset_after=reset_after)
+    args = (x.astype(dtype), packed, h0.astype(dtype), lengths, reverse)
+    options = dict(h_mask=mask.astype(dtype), zone_h=zone_h.astype(dtype))
+    yk, hk, cache_k = gru_forward_cpu(*args, training=True, **options)
+    yi, hi, _ = gru_forward_cpu(*args, training=False, **options)
+    dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,
+                                          packed)
+    got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    assert_close(yi, y, rtol, "y (inference forward)")
+    assert_close(hi, h, rtol, "h_n (inference forward)")
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].dtype == dtype, k
+        assert_close(got[k], want[k], rtol if k in "yh" else 5 * rtol, k)
+
+
+@pytest.mark.parametrize("shape", GRU_SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gru_cpu_kernels_against_the_reference(rng, shape, reset_after, training, dtype):
+    _check_gru_kernels(rng, shape, reset_after, training, dtype)
+
+
+@pytest.mark.parametrize("rows", [False, True], ids=["units-split", "rows-split"])
+def test_gru_parallel_loops(rng, monkeypatch, rows):
+    """Both ways of sharing the float32 time loops among threads (the units of a
+    step, or the rows of the batch), forced at small shapes."""
+    from numlstm.kernels.cpu import lstm as cpu_lstm
+    from numlstm.kernels.cpu import rnn as cpu_rnn
+    monkeypatch.setattr(cpu_rnn, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
+    for shape in [(5, 3, 4, 130, False), (4, 11, 3, 64, True)]:
+        _check_gru_kernels(rng, shape, True, True, np.float32)
+
+
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+def test_gru_layer_backends_agree_and_inference_is_the_expectation(rng, reset_after):
+    def make(backend, **options):
+        return numlstm.GRU(4, 5, num_layers=2, bidirectional=True, backend=backend,
+                           reset_after=reset_after, dtype=np.float64, seed=1, **options)
+    x = rng.standard_normal((6, 3, 4))
+    lengths = np.array([6, 2, 4])
+    ref, cpu = make("numpy", zoneout=0.3), make("cpu", zoneout=0.3)
+    inp = x  # inference: the reference with the rate at every step, layer by layer
+    for l in range(2):
+        outs = []
+        for d in range(2):
+            sfx = f"_l{l}" + ("_reverse" if d else "")
+            w = [ref.params[n + sfx] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            outs.append(gru_forward_ref(inp, *w, np.zeros((3, 5)), lengths, d == 1, reset_after,
+                                        zone_h=np.full((1, 3, 5), 0.3))[0])
+        inp = np.concatenate(outs, axis=2)
+    for layer in (ref, cpu):
+        assert_close(layer(x, lengths=lengths)[0], inp, 1e-12, "inference")
+    assert rel_err(inp, make("numpy")(x, lengths=lengths)[0]) > 1e-3
+    dy = rng.standard_normal((6, 3, 10))
+    runs = []
+    for layer in (ref, cpu):  # training: the same draws (same seed), every gradient equal
+        y, h = layer(x, training=True, lengths=lengths)
+        dx, dh0 = layer.backward(dy)
+        runs.append(dict(y=y, h=h, dx=dx, dh0=dh0, **layer.grads))
+    assert rel_err(runs[0]["y"], inp) > 1e-3  # the draws differ from the expectation
+    for k in runs[0]:
+        assert_close(runs[1][k], runs[0][k], 1e-12, k)
+
+
+def test_gru_step_config_and_refusals(rng, tmp_path):
+    gru = numlstm.GRU(4, 6, num_layers=2, zoneout=0.2, seed=0)
+    x = rng.standard_normal((5, 2, 4)).astype(np.float32)
+    y, _ = gru(x)
+    assert_close(run_steps(gru, x)[0][-1], y[-1], 1e-6, "step")
+    assert "zoneout=0.2" in repr(gru)
+    numlstm.Sequential([gru]).save(tmp_path / "ck")
+    back = numlstm.load_checkpoint(tmp_path / "ck").model
+    assert_close(back.predict(np.swapaxes(x, 0, 1)), np.swapaxes(y, 0, 1), 0, "checkpoint")
+    with pytest.raises(ValueError, match="the GRU has one state, h, so one rate"):
+        numlstm.GRU(4, 6, zoneout=(0.1, 0.2))
+    with pytest.raises(ValueError, match="to_torch: this GRU uses zoneout"):
+        gru.to_torch()
+    with pytest.raises(ValueError, match="export_onnx: this GRU uses zoneout"):
+        numlstm.export_onnx(gru, tmp_path / "z.onnx")
+    assert not (tmp_path / "z.onnx").exists()
+
+
+@pytest.mark.parametrize("reset_after,dtype,path", [
+    (True, np.float32, "auto"), (False, np.float64, "auto"), (True, np.float64, "per_step"),
+    (False, np.float32, "per_step")],
+    ids=["reset-after-float32", "reset-before-float64", "reset-after-float64-per-step",
+         "reset-before-float32-per-step"])
+def test_gru_cuda_kernels_match_the_reference(rng, reset_after, dtype, path):
+    """The CUDA GRU kernels (simulator) with zoneout draws, a recurrent dropout mask and
+    lengths, persistent and per-step launches; inference with the rate at every step."""
+    cuda = pytest.importorskip("numba.cuda")
+    from numlstm.kernels.cuda import gru_backward_cuda, gru_forward_cuda, pack_gru_cuda
+    T, B, I, H = 3, 3, 2, 5
+    launch = {"auto": {}, "per_step": dict(units=2, persistent=False)}[path]
+    lens = np.array([3, 1, 2])
+    cell = [a.astype(dtype) for a in _gru_cell(rng, I, H, 0.5)]
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0, dh_n = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    mask = ((rng.random((B, H)) >= 0.3) / 0.7).astype(dtype)
+    packed, dev = pack_gru_cuda(*cell, reset_after=reset_after), cuda.to_device
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    for zone_h, training in (((rng.random((T, B, H)) < 0.4).astype(dtype), True),
+                             (np.full((1, B, H), 0.3, dtype), False)):
+        y, h, cache = gru_forward_cuda(dev(x), packed, dev(h0), lens, True, training,
+                                       **launch, h_mask=mask, zone_h=zone_h)
+        y_r, h_r, cache_r = gru_forward_ref(x, *cell, h0, lens, True, reset_after,
+                                            h_mask=mask, zone_h=zone_h)
+        assert_close(y.copy_to_host(), y_r, rtol, "y")
+        assert_close(h.copy_to_host(), h_r, rtol, "h_n")
+        if not training:
+            continue
+        dx, dh0, grads = gru_backward_cuda(dev(dy), dev(dh_n), cache, packed, **launch)
+        dx_r, dh0_r, grads_r = gru_backward_ref(dy, dh_n, cache_r)
+        assert_close(dx.copy_to_host(), dx_r, rtol, "dx")
+        assert_close(dh0.copy_to_host(), dh0_r, rtol, "dh0")
+        for k in grads_r:
+            assert_close(grads[k].copy_to_host(), grads_r[k], rtol, k)
+
+
+def test_gru_cuda_layer_trains_as_the_reference_does(rng):
+    """The GRU layer on cuda (simulator) with zoneout and recurrent dropout: a training
+    step draws what the numpy backend draws and gives every gradient it gives."""
+    def make(backend):
+        return numlstm.GRU(3, 4, num_layers=2, bidirectional=True, zoneout=0.25,
+                           recurrent_dropout=0.2, backend=backend, dtype=np.float64, seed=3)
+    x = rng.standard_normal((3, 2, 3))
+    lengths = np.array([3, 1])
+    dy = rng.standard_normal((3, 2, 8))
+    runs = []
+    for layer in (make("numpy"), make("cuda")):
+        y, h = layer(x, training=True, lengths=lengths)
+        dx, dh0 = layer.backward(dy)
+        runs.append(dict(y=y, h=h, dx=dx, dh0=dh0, **layer.grads))
+        runs[-1]["inference"] = layer(x, lengths=lengths)[0]
+    for k in runs[0]:
+        assert_close(runs[1][k], runs[0][k], 1e-12, k)

@@ -47,9 +47,10 @@ import numpy as np
 from numba import njit, prange
 
 from ..gates import DEFAULT_ACTS, activate, dactivate, for_dtype
-from .lstm import (_NO_MASK, CB, _FAST, _blocks, _lengths_or_full, _matmul_rows, _pad,
-                   _rows_plan, _step_product, _times_mask, mask_buffers, masked_product,
-                   product_for, step_before, step_tiles, transposed_with_sums)
+from .lstm import (_NO_ARRAY, _NO_MASK, _NO_ZONE, CB, _FAST, _blocks, _lengths_or_full,
+                   _matmul_rows, _pad, _rows_plan, _step_product, _times_mask, _zone_weights,
+                   mask_buffers, masked_product, product_for, step_before, step_tiles,
+                   transposed_with_sums)
 from .rnn import (_blas_recurrent_gradient, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
                   _tiled_weights, _torch_layout, _unpadded)
@@ -107,29 +108,45 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0,
 
 
 @njit(**_FAST)
+def _zoneout(h_new, h_old, y_t, zh_t, lengths, t, j0, j1):
+    """Zoneout of units [j0, j1) of the rows valid at step t, after the gate math
+    left h~ in h_new: h' = h~ + zh (h - h~), into h_new and y_t."""
+    for r in range(h_new.shape[0]):
+        if t < lengths[r]:
+            for j in range(j0, j1):
+                h = h_new[r, j] + zh_t[r, j] * (h_old[r, j] - h_new[r, j])
+                h_new[r, j] = h
+                y_t[r, j] = h
+
+
+@njit(**_FAST)
 def _fwd_step(xw_t, W, bias, h_in, h_old, h_new, y_t, hn_t, rec, lengths, training, t, k0, k1,
-              hm_new, mask, acts):
+              hm_new, mask, acts, zh_t):
     """Step t for unit blocks [k0, k1): their slice of the recurrent product h_in @
-    W_hh^T, then their gate math (and, with a recurrent dropout mask, hm_new = h' *
-    mask for these units: the next step's h_in). (Taking the step's slices as
-    arguments, rather than the whole buffers and s, measured 25% faster on one
-    thread at B=32, H=128.)"""
+    W_hh^T, then their gate math, then zoneout (zh_t [B,Hp]: its weights at step t;
+    [*,0]: none) (and, with a recurrent dropout mask, hm_new = h' * mask for these
+    units: the next step's h_in). (Taking the step's slices as arguments, rather
+    than the whole buffers and s, measured 25% faster on one thread at B=32,
+    H=128.)"""
     _matmul_rows(h_in, W, rec, bias, False, 0, rec.shape[0], 3 * k0, 3 * k1)
     _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0, k1, acts)
+    if zh_t.shape[1] > 0:
+        _zoneout(h_new, h_old, y_t, zh_t, lengths, t, U * k0, U * k1)
     if mask.shape[0] > 0:
         _times_mask(h_new, mask, hm_new, U * k0, U * k1)
 
 
 @njit(parallel=True, **_FAST)
 def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
-                   acts):
+                   acts, zh):
     """xw [T,B,Gp]: x @ W_ih^T + b_ih, receives the activated gates when training;
     W [Gp/CB, Hp, CB]: W_hh^T in blocks; bias [1,Gp]: b_hh; hbuf [2,B,Hp]: h0 in
     hbuf[0], then alternating (threads read all of h_old while writing their part
     of h_new), final h in hbuf[T % 2]; y [T,B,Hp] out; hn [T,B,Hp] out when
     training; rec [B,Gp] scratch; P threads per step. mask [B,Hp]: the recurrent
     dropout mask, or [0,0] for none; with one, the product reads hmbuf, h * mask,
-    alternating as hbuf does. acts: gates.make_acts's tuple."""
+    alternating as hbuf does. acts: gates.make_acts's tuple. zh [T or 1,B,Hp]:
+    zoneout's weights (of every step, or one for all), [1,1,0] for none."""
     T = xw.shape[0]
     nk = W.shape[0] // 3
     masked = mask.shape[0] > 0
@@ -137,18 +154,19 @@ def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse,
         t = T - 1 - s if reverse else s
         h_old, h_new, hn_t = hbuf[s & 1], hbuf[(s + 1) & 1], hn[t if training else 0]
         h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
+        zh_t = zh[t if zh.shape[0] > 1 else 0]
         if P == 1:  # even prange(1) would pay a fork and join per step
             _fwd_step(xw[t], W, bias, h_in, h_old, h_new, y[t], hn_t, rec, lengths, training, t,
-                      0, nk, hm_new, mask, acts)
+                      0, nk, hm_new, mask, acts, zh_t)
         else:
             for p in prange(P):
                 _fwd_step(xw[t], W, bias, h_in, h_old, h_new, y[t], hn_t, rec, lengths,
-                          training, t, p * nk // P, (p + 1) * nk // P, hm_new, mask, acts)
+                          training, t, p * nk // P, (p + 1) * nk // P, hm_new, mask, acts, zh_t)
 
 
 @njit(parallel=True, **_FAST)
 def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
-                  acts):
+                  acts, zh):
     """_forward_tiled with the batch shared out instead of the units: thread p runs
     its rows through all T steps with all of W_hh, in one parallel region with no
     barrier between steps (lstm._forward_rows). Arguments as _forward_tiled's."""
@@ -163,19 +181,20 @@ def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, 
             h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
             _fwd_step(xw[t][r0:r1], W, bias, h_in[r0:r1], h_old[r0:r1], h_new[r0:r1],
                       y[t][r0:r1], hn_t[r0:r1], rec[r0:r1], lengths[r0:r1], training, t, 0, nk,
-                      hm_new[r0:r1], mask[r0:r1], acts)
+                      hm_new[r0:r1], mask[r0:r1], acts, zh[t if zh.shape[0] > 1 else 0][r0:r1])
 
 
 @njit(**_FAST)
-def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_mask, acts):
+def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_mask, acts,
+                no_zone):
     """One inference step on one thread, for streaming: xw = x @ W_ih^T + b_ih,
     then the step's product and gate math; h' goes to h_new and y (a scratch, as
-    in lstm._step_tiled). no_mask: an empty mask, made once by the caller (this
-    runs once a streamed step)."""
+    in lstm._step_tiled). no_mask, no_zone: an empty mask and zoneout's [1,0], made
+    once by the caller (this runs once a streamed step)."""
     B, nblk = x.shape[0], w_fwd.shape[0]
     _matmul_rows(x, w_in, xw, b_in, False, 0, B, 0, nblk)
     _fwd_step(xw, w_fwd, b_rec, h, h, h_new, y, y, rec, lengths, False, 0, 0, nblk // 3, h,
-              no_mask, acts)
+              no_mask, acts, no_zone)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
@@ -218,39 +237,65 @@ def _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reve
 
 @njit(**_FAST)
 def _bwd_step(dg_next, dg_t, hn_t, y_prev, h0, dy_t, W, rec, zero, carry, dh_n, lengths, reverse,
-              s, t, k0, k1, mask, acts):
+              s, t, k0, k1, mask, acts, zh_t, dhz, kept, zb):
     """Step t for unit blocks [k0, k1): dh from the step after (dg_next, the
     forward's next step; times the recurrent dropout mask, if any), then the gate
-    gradients."""
+    gradients. Zoneout (zh_t [B,Hp], its weights at step t; [*,0]: none): h' = h~ +
+    zh (h - h~), so the part zh of dh' passes straight to the step before (kept),
+    the rest (dhz) enters the gate gradients; zb [B,Hp]: zeros, for the dh those
+    then read besides dhz."""
     if s > 0:
         masked_product(dg_next, W, rec, zero, mask, k0, k1)  # (U = CB: blocks are units)
-    _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1,
-                   acts)
+    if zh_t.shape[1] == 0:
+        _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0,
+                       k1, acts)
+        return
+    j0, j1 = U * k0, U * k1
+    for r in range(dg_t.shape[0]):
+        n = lengths[r]
+        if t < n:
+            dh_in = dh_n[r] if (t == 0 if reverse else t == n - 1) else rec[r]
+            for j in range(j0, j1):
+                d = dy_t[r, j] + dh_in[j] + carry[r, j]
+                kept[r, j] = zh_t[r, j] * d
+                dhz[r, j] = d - kept[r, j]
+                carry[r, j] = 0
+    _bwd_pointwise(dg_t, hn_t, y_prev, h0, dhz, zb, carry, zb, lengths, reverse, t, k0, k1, acts)
+    for r in range(dg_t.shape[0]):
+        if t < lengths[r]:
+            for j in range(j0, j1):
+                carry[r, j] += kept[r, j]
 
 
 @njit(parallel=True, **_FAST)
-def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts):
+def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts,
+                    zh, dhz, kept, zb):
     """dg [T,B,Gp]: activated gates in, dG_hh out; hn [T,B,Hp]: W_hn h + b_hn in,
     dn out; y, dy [T,B,Hp]; h0, dh_n [B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
     output units; rec [B,Hp] scratch; carry [B,Hp]: zero in, dh0's direct part
-    (dh * z of each row's first step) out; mask: the forward's [B,Hp], or [0,0]."""
+    (dh * z of each row's first step, and zoneout's kept part) out; mask: the
+    forward's [B,Hp], or [0,0]; zh: the forward's zoneout weights ([1,1,0]: none),
+    dhz, kept, zb [B,Hp]: _bwd_step's scratch (unread without zoneout)."""
     T, nk = dg.shape[0], W.shape[0]
     zero = np.zeros((1, rec.shape[1]), rec.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         t_next = max(0, min(T - 1, t - 1 if reverse else t + 1))  # unread at s = 0
         y_prev = step_before(y, h0, reverse, t)
+        zh_t = zh[t if zh.shape[0] > 1 else 0]
         if P == 1:
             _bwd_step(dg[t_next], dg[t], hn[t], y_prev, h0, dy[t], W, rec, zero, carry, dh_n,
-                      lengths, reverse, s, t, 0, nk, mask, acts)
+                      lengths, reverse, s, t, 0, nk, mask, acts, zh_t, dhz, kept, zb)
         else:
             for p in prange(P):
                 _bwd_step(dg[t_next], dg[t], hn[t], y_prev, h0, dy[t], W, rec, zero, carry, dh_n,
-                          lengths, reverse, s, t, p * nk // P, (p + 1) * nk // P, mask, acts)
+                          lengths, reverse, s, t, p * nk // P, (p + 1) * nk // P, mask, acts,
+                          zh_t, dhz, kept, zb)
 
 
 @njit(parallel=True, **_FAST)
-def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts):
+def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts,
+                   zh, dhz, kept, zb):
     """_backward_tiled with the batch shared out instead of the units (see
     _forward_rows). Arguments as _backward_tiled's."""
     T, B, nk = dg.shape[0], rec.shape[0], W.shape[0]
@@ -263,13 +308,14 @@ def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, 
             _bwd_step(dg[t_next][r0:r1], dg[t][r0:r1], hn[t][r0:r1],
                       step_before(y, h0, reverse, t)[r0:r1], h0[r0:r1], dy[t][r0:r1], W,
                       rec[r0:r1], zero, carry[r0:r1], dh_n[r0:r1], lengths[r0:r1], reverse, s,
-                      t, 0, nk, mask[r0:r1], acts)
+                      t, 0, nk, mask[r0:r1], acts, zh[t if zh.shape[0] > 1 else 0][r0:r1],
+                      dhz[r0:r1], kept[r0:r1], zb[r0:r1])
 
 
 # -- float64 and reset_after=False: BLAS per step ----------------------------------------
 @njit(cache=True, error_model="numpy")
 def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, reset_after,
-                  y, hn, acts, tiles):
+                  y, hn, acts, tiles, zh):
     """xw [T,B,3H]: x @ W_ih^T + b_ih, receives the activated gates when training;
     w_rz_t [H,2H], w_n_t [H,H]: W_hh^T split at the n gate; b_hh [3H]; mask [B,H]:
     the recurrent dropout mask on h where W_hh reads it (none when its size is 0);
@@ -277,9 +323,11 @@ def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, 
     (reset_after), else r * h (h times the mask, if any); acts: gates.make_acts's
     tuple; tiles: None (np.dot's products), or float32's on Numba's threads: (W_hh^T's
     r-z and n parts in lstm._blocks's layout, a zero row as wide as their outputs,
-    and each product's lstm._step_product plan)."""
+    and each product's lstm._step_product plan); zh [T or 1,B,H]: zoneout's
+    weights, [1,1,0] for none."""
     T, B, G = xw.shape
     H = G // 3
+    zoned = zh.shape[2] > 0
     if tiles is None:
         rz = np.empty((B, 2 * H), xw.dtype)
         a_n = np.empty((B, H), xw.dtype)
@@ -317,23 +365,29 @@ def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, 
                 if training:
                     xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j] = r, z, n
                     hn[t, b, j] = a if reset_after else rh[b, j]
-                h[b, j] = n + z * (h[b, j] - n)
+                h_new = n + z * (h[b, j] - n)
+                if zoned:  # h' = h~ + zh (h - h~)
+                    h_new += zh[t if zh.shape[0] > 1 else 0, b, j] * (h[b, j] - h_new)
+                h[b, j] = h_new
             y[t, b] = h[b]
 
 
 @njit(cache=True, error_model="numpy")
 def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_after, dh,
-                   dnh, acts, tiles):
+                   dnh, acts, tiles, zh):
     """dg [T,B,3H]: activated gates in, dG_ih = [dr dz dn] out; hn [T,B,H]: as the
     forward left it; w_rz [2H,H], w_n [H,H]: W_hh's rows split at the n gate;
     mask [B,H]: the forward's recurrent dropout mask (none when its size is 0);
     dh [B,H]: dh_n in, dh0 out; dnh [T,B,H] out: the gradient of the n gate's
     recurrent pre-activation (dn * r when reset_after, else dn); tiles: None, or as
-    _forward_blas's, for W_hh's r-z and n rows (dG_rz @ W_rz, dnh @ W_n)."""
+    _forward_blas's, for W_hh's r-z and n rows (dG_rz @ W_rz, dnh @ W_n); zh: the
+    forward's zoneout weights."""
     T, B, G = dg.shape
     H = G // 3
     masked = mask.size > 0
+    zoned = zh.shape[2] > 0
     carry = np.empty((B, H), dg.dtype)  # dh * z: the direct path h' = ... + z h
+    zero = dg.dtype.type(0)
     g_rz = np.empty((B, 2 * H), dg.dtype)
     if tiles is None:
         d_rh = np.empty((B, H), dg.dtype)
@@ -352,10 +406,14 @@ def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_a
             for j in range(H):
                 r, z, n = dg[t, b, j], dg[t, b, H + j], dg[t, b, 2 * H + j]
                 d = dh[b, j] + dy[t, b, j]
+                kept = zero
+                if zoned:  # the part zh of dh' passes straight to the step before
+                    kept = zh[t if zh.shape[0] > 1 else 0, b, j] * d
+                    d -= kept
                 dn = (d - d * z) * dactivate(acts[3], n)
                 dg[t, b, H + j] = d * (h_prev[j] - n) * dactivate(acts[1], z)
                 dg[t, b, 2 * H + j] = dn
-                carry[b, j] = d * z
+                carry[b, j] = d * z + kept
                 if reset_after:
                     dg[t, b, j] = dn * hn[t, b, j] * dactivate(acts[1], r)
                     dnh[t, b, j] = dn * r
@@ -425,13 +483,15 @@ def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS):
                 **_tiled_weights(w_ih, w_hh, cols, 3 * Hp, Hp))
 
 
-def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, h_mask=None):
+def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, h_mask=None,
+                    zone_h=None):
     """One GRU layer and direction on the CPU.
 
     x: [T,B,I] C-contiguous; packed: pack_gru_cpu(...) of the same dtype;
     h0: [B,H]; lengths: [B] ints in [0, T], or None for all T; h_mask: None, or
     [B,H] multiplying h wherever W_hh reads it (recurrent dropout,
-    reference.gru_forward_ref).
+    reference.gru_forward_ref); zone_h: None, or zoneout's weights [T,B,H] (or
+    [1,B,H], the same at every step; reference.gru_forward_ref).
     Returns y [T,B,H], h_n [B,H] and, when training, the cache that
     gru_backward_cpu consumes (else None).
     """
@@ -444,9 +504,10 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         y = np.empty((T, B, H), x.dtype)
         hn = np.empty((T, B, H) if training else (1, 1, 1), x.dtype)
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
+        zh = _zone_weights(zone_h, H, x.dtype)
         _forward_blas(xw, packed["w_rz_t"], packed["w_n_t"], packed["b_hh"], mask, h, lens,
                       reverse, training, packed["reset_after"], y, hn, packed["acts"],
-                      step_tiles(packed, B, "w_rz", "w_n"))
+                      step_tiles(packed, B, "w_rz", "w_n"), zh)
         y_out, h0_kept = y, h0
     else:
         Hp = packed["Hp"]
@@ -455,11 +516,13 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         rec = _empty((B, 3 * Hp))
         P, rows = _rows_plan(B, Hp, _threads(B, Hp, 3 * Hp, Hp // U), 3)
         mask, hmbuf = mask_buffers(h_mask, hbuf)
+        zh = _zone_weights(zone_h, Hp, np.float32)
 
         def run(xw, t0, t1):  # training runs all steps in one chunk, so hn needs no slice
             loop = _forward_rows if rows else _forward_tiled
             loop(xw, packed["w_fwd"], packed["b_rec"], hbuf, hmbuf, mask, y[t0:t1], hn, rec,
-                 lens - t0, reverse, training, P, packed["acts"])
+                 lens - t0, reverse, training, P, packed["acts"],
+                 zh if zh.shape[0] == 1 else zh[t0:t1])
             if (t1 - t0) & 1 and h_mask is not None:  # as _run_in_chunks moves hbuf
                 hmbuf[0] = hmbuf[1]
 
@@ -470,7 +533,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
     if not training:
         return y_out, h, None
     cache = dict(x=x, h0=h0_kept, lengths=lens, reverse=reverse, gates=xw, hn=hn, y=y,
-                 mask=mask)
+                 mask=mask, zh=zh)
     return y_out, h, cache
 
 
@@ -486,7 +549,8 @@ def gru_step_cpu(x, packed, h):
     xw = np.empty((B, 3 * Hp), np.float32)
     rec = np.empty((B, 3 * Hp), np.float32)
     _step_tiled(x, packed["w_in"], packed["b_in"], packed["w_fwd"], packed["b_rec"],
-                _pad(h, Hp), h_new, y, xw, rec, np.ones(B, np.int64), _NO_MASK, packed["acts"])
+                _pad(h, Hp), h_new, y, xw, rec, np.ones(B, np.int64), _NO_MASK, packed["acts"],
+                _NO_ZONE[np.dtype(np.float32)][0])
     return h_new[:, :H]
 
 
@@ -508,10 +572,13 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     carry[:] = 0
     rec = _empty((B, Hp))
     P, rows = _rows_plan(B, Hp, _threads(B, Hp, Gp, Hp // U), 3)
-    mask = cache["mask"]
+    mask, zh = cache["mask"], cache["zh"]
+    # zoneout's scratch: the parts of dh kept and passed to the gates, and zeros
+    dhz, kept, zb = ((np.zeros((B, Hp), np.float32) for _ in range(3)) if zh.shape[2] else
+                     (_NO_ARRAY,) * 3)
     loop = _backward_rows if rows else _backward_tiled
     loop(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens, reverse, P, mask,
-         packed["acts"])
+         packed["acts"], zh, dhz, kept, zb)
     if mask.shape[0] > 0:  # W_hh read h times the recurrent dropout mask
         y, h0 = y * mask, h0 * mask
     dh0, dg_t, dw_hh, db_hh = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])
@@ -545,7 +612,7 @@ def _backward_blas_wrap(dy, dh_n, cache, packed):
     mask = cache["mask"]
     _backward_blas(dy, dg, hn, y, h0, packed["w_rz"], packed["w_n"], mask, lens, reverse,
                    reset_after, dh, dnh, packed["acts"],
-                   step_tiles(packed, B, "w_rz_bwd", "w_n_bwd"))
+                   step_tiles(packed, B, "w_rz_bwd", "w_n_bwd"), cache["zh"])
     if mask.size:  # W_hh read h times the recurrent dropout mask (hn holds r * that)
         y, h0 = y * mask, h0 * mask
     dg2 = dg.reshape(T * B, 3 * H)

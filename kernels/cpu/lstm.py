@@ -1365,7 +1365,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         y = np.empty((T, B, Pu), x.dtype)
         cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
-        zc, zh = _zone_weights(zone_c, zone_h, H, x.dtype)
+        zc, zh = (_zone_weights(z, H, x.dtype) for z in (zone_c, zone_h))
         czs = np.empty_like(cs) if training and zone_c is not None else cs
         _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], mask, h, c, lens, reverse,
                       training, y, cs, packed["clip"], packed["coupled"], packed["gclip"],
@@ -1391,7 +1391,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             m = np.empty((B, Hp) if packed["proj"] else (1, 1), np.float32)
             zero = np.zeros((1, Pp), np.float32)
             mask, hmbuf = mask_buffers(h_mask, hbuf)
-            zc, zh = _zone_weights(zone_c, zone_h, Hp, np.float32)
+            zc, zh = (_zone_weights(z, Hp, np.float32) for z in (zone_c, zone_h))
             czs = np.empty_like(cs) if training and zone_c is not None else cs
             c_old = np.empty((B, Hp), np.float32) if zone_c is not None else _NO_ARRAY
         if rows and _fuse_input(B, I, Hp, P):
@@ -1452,12 +1452,12 @@ _NO_MASK = np.zeros((0, 0), np.float32)  # (a recurrent dropout mask of size 0: 
 _NO_ZONE = {np.dtype(d): np.ones((1, 1, 0), d) for d in (np.float32, np.float64)}
 
 
-def _zone_weights(zone_c, zone_h, width, dtype):
-    """Zoneout's weights for the kernels, padded to `width` units, or [1,1,0] meaning
-    none (no unit: H = 1 is a real width, on the unpadded paths)."""
-    if zone_c is None:
-        return _NO_ZONE[np.dtype(dtype)], _NO_ZONE[np.dtype(dtype)]
-    return _pad(zone_c.astype(dtype), width), _pad(zone_h.astype(dtype), width)
+def _zone_weights(zone, width, dtype):
+    """Zoneout's weights of one state for the kernels, padded to `width` units, or
+    [1,1,0] meaning none (no unit: H = 1 is a real width, on the unpadded paths)."""
+    if zone is None:
+        return _NO_ZONE[np.dtype(dtype)]
+    return _pad(np.asarray(zone).astype(dtype, copy=False), width)
 
 
 def lstm_step_cpu(x, packed, h, c):

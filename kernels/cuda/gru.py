@@ -27,6 +27,9 @@ The path of a call (common.py describes the persistent and per-step launches):
     Recurrent dropout: a mask [B,H] multiplies h wherever W_hh reads it (not in
     h' = n + z (h - n)); hin keeps h itself, and the backward masks a copy of it
     for dW_hh (common.scale_rows).
+    Zoneout: weights zh [T,B,H] (or [1,B,H]) mix the old state back in after the
+    cell, h' <- h' + zh (h - h'); the backward passes the part zh of dh' straight
+    to the step before and the rest through the cell.
 
 Arrays are Numba device arrays; x, h0, dy and dh_n are read only.
 """
@@ -59,11 +62,12 @@ def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS):
 # -- forward ---------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                reverse, units, training, zero, acts, mask):
+                reverse, units, training, zero, acts, mask, zh):
     """Step s of the block's units with reset_after: reads h[s % 2], writes
     h[(s+1) % 2] and y[t] (rh unused). mask: the recurrent dropout mask [B,H]
     on h where W_hh reads it, or [0,0] for none (hin keeps h itself, which
-    h' = n + z (h - n) reads)."""
+    h' = n + z (h - n) reads). zh: zoneout's weights [T or 1,B,H], or [0,0,0]
+    for none: h' <- h' + zh (h - h')."""
     masked = mask.shape[0] > 0
     T = y.shape[0]
     B = y.shape[1]
@@ -106,6 +110,8 @@ def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
                 z = activate(acts[0], az)
                 n = activate(acts[2], xp[row, 2 * H + u] + r * an)
                 h_new = n + z * (h_in - n)
+                if zh.shape[0] > 0:
+                    h_new += zh[t if zh.shape[0] > 1 else 0, b, u] * (h_in - h_new)
                 h[nxt, b, u] = h_new
                 y[t, b, u] = h_new
                 if training:
@@ -130,10 +136,10 @@ def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
 
 @cuda.jit(device=True)
 def _step_reset(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                reverse, units, training, zero, acts, mask):
+                reverse, units, training, zero, acts, mask, zh):
     """Phase 1 of step s without reset_after, for the block's units: r and z into
     gates[i], r * h into rh[i] (i = t when training, else 0: the buffers then
-    hold one step). b_hh, y and hn unused. mask: as _step_after's (rh holds
+    hold one step). b_hh, y, hn and zh unused. mask: as _step_after's (rh holds
     r * h * mask)."""
     masked = mask.shape[0] > 0
     T = y.shape[0]
@@ -185,10 +191,10 @@ def _step_reset(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
 
 @cuda.jit(device=True)
 def _step_candidate(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero, acts, mask):
+                    reverse, units, training, zero, acts, mask, zh):
     """Phase 2 of step s without reset_after, for the block's units:
-    n = tanh(xp_n + W_hn rh[i]) (b_hn is in xp), then h[(s+1) % 2] and y[t].
-    b_hh, hn, hin and mask unused."""
+    n = tanh(xp_n + W_hn rh[i]) (b_hn is in xp), then h[(s+1) % 2] and y[t]
+    (after zoneout, zh as _step_after's). b_hh, hn, hin and mask unused."""
     T = y.shape[0]
     B = y.shape[1]
     H = y.shape[2]
@@ -221,6 +227,8 @@ def _step_candidate(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, h
                         an += rh[i, b, k] * w_hh[2 * H + u, k]
                 n = activate(acts[2], an)
                 h_new = n + gates[i, b, H + u] * (h_in - n)
+                if zh.shape[0] > 0:
+                    h_new += zh[t if zh.shape[0] > 1 else 0, b, u] * (h_in - h_new)
                 h[nxt, b, u] = h_new
                 y[t, b, u] = h_new
                 if training:
@@ -235,7 +243,7 @@ def _step_candidate(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, h
 
 @cuda.jit
 def _forward_persistent(xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, reverse,
-                        reset_after, units, training, zero, acts, mask):
+                        reset_after, units, training, zero, acts, mask, zh):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip:
     one grid barrier a step with reset_after, else two (rh is read across units)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
@@ -245,42 +253,43 @@ def _forward_persistent(xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, rever
     for s in range(y.shape[0]):
         if reset_after:
             _step_after(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero, acts, mask)
+                        reverse, units, training, zero, acts, mask, zh)
         else:
             _step_reset(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero, acts, mask)
+                        reverse, units, training, zero, acts, mask, zh)
             grid.sync()
             _step_candidate(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin,
-                            rh, reverse, units, training, zero, acts, mask)
+                            rh, reverse, units, training, zero, acts, mask, zh)
         grid.sync()
 
 
 @cuda.jit
 def _forward_one(s, phase, xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, reverse,
-                 reset_after, units, training, zero, acts, mask):
+                 reset_after, units, training, zero, acts, mask, zh):
     """Step s alone (phase 0: reset_after) or one of its two phases (1, 2: without),
     W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     if phase == 0:
         _step_after(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero, acts, mask)
+                    reverse, units, training, zero, acts, mask, zh)
     elif phase == 1:
         _step_reset(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero, acts, mask)
+                    reverse, units, training, zero, acts, mask, zh)
     else:
         _step_candidate(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero, acts, mask)
+                        reverse, units, training, zero, acts, mask, zh)
 
 
 def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, units=None,
-                     blocks=None, persistent=None, h_mask=None):
+                     blocks=None, persistent=None, h_mask=None, zone_h=None):
     """One layer and direction on device arrays.
 
     x: [T,B,I]; cell: pack_gru_cuda's dict; h0: [B,H]; lengths: [B] ints (host
     or device) or None. units, blocks, persistent: force the launch (see
     common.plan); None chooses. h_mask: None, or [B,H] (host or device)
     multiplying h wherever W_hh reads it, at every step (recurrent dropout,
-    reference.gru_forward_ref).
+    reference.gru_forward_ref); zone_h: None, or zoneout's weights [T,B,H] ([1,B,H]:
+    the same at every step; host or device).
     Returns y [T,B,H], h_n [B,H] and, when training, a cache for
     gru_backward_cuda (else None).
     """
@@ -305,8 +314,9 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     rh = device_array((steps, B, H), dtype) if not reset_after else unused
     lens = lengths_or_full(lengths, T, B)
     mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
+    zh = device_array((0, 0, 0), dtype) if zone_h is None else as_device(zone_h)
     args = [xp, cell["w_hh"], cell["b_hh"], lens, h, y, gates, hn, hin, rh, bool(reverse),
-            reset_after, 1, bool(training), zero, cell["acts"], mask]
+            reset_after, 1, bool(training), zero, cell["acts"], mask, zh]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[12] = p.units
@@ -319,18 +329,20 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     cache = None
     if training:
         cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, hin=hin,
-                     hn=hn, rh=rh, mask=mask)
+                     hn=hn, rh=rh, mask=mask, zh=zh)
     return y, h[T % 2], cache
 
 
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
 def _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
-                    units, zero, acts):
+                    units, zero, acts, zh):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
     block's units, from dh_t = dh[k % 2] + dy[t]: dgi[t] = [dr dz dn] (dr only
     with reset_after; without, it needs d(r * h) and comes later), drec[t] =
-    dn * r (reset_after) or dn, and dh[(k+1) % 2] = dh_t * z for valid rows."""
+    dn * r (reset_after) or dn, and dh[(k+1) % 2] = dh_t * z for valid rows.
+    Zoneout (zh as the forward's): the part zh of dh_t passes straight to
+    dh[(k+1) % 2], the rest goes through the cell."""
     T = dy.shape[0]
     B = dy.shape[1]
     H = dy.shape[2]
@@ -350,6 +362,10 @@ def _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, rese
                 z = gates[t, b, H + u]
                 c = gates[t, b, 2 * H + u]  # the n gate
                 dh_t = dh[cur, b, u] + dy[t, b, u]
+                kept = zero
+                if zh.shape[0] > 0:
+                    kept = zh[t if zh.shape[0] > 1 else 0, b, u] * dh_t
+                    dh_t -= kept
                 dhz = dh_t * z
                 dn = (dh_t - dhz) * dactivate(acts[3], c)
                 dgi[row, H + u] = dh_t * (hin[t, b, u] - c) * dactivate(acts[1], z)
@@ -360,7 +376,7 @@ def _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, rese
                     drec[row, u] = dn * r
                 else:
                     drec[row, u] = dn
-                dh[nxt, b, u] = dhz
+                dh[nxt, b, u] = dhz + kept
             else:
                 dgi[row, u] = zero
                 dgi[row, H + u] = zero
@@ -413,7 +429,7 @@ def _backward_n(k, t, w_hh, w_sh, cached, lengths, gates, hin, dgi, drec, dh, re
 
 @cuda.jit
 def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, reverse,
-                         reset_after, units, zero, acts, mask):
+                         reset_after, units, zero, acts, mask, zh):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. A barrier after the pointwise pass (the products read dgi and
     drec across units); without reset_after a second one after _backward_n,
@@ -428,7 +444,7 @@ def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, rever
     for k in range(T):
         t = k if reverse else T - 1 - k  # forward step T-1-k's time
         _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
-                        units, zero, acts)
+                        units, zero, acts, zh)
         grid.sync()
         _backward_n(k, t, w_hh, w_sh, True, lengths, gates, hin, dgi, drec, dh, reset_after,
                     units, zero, acts, mask)
@@ -439,10 +455,10 @@ def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, rever
 
 @cuda.jit
 def _backward_gates_one(k, dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, reverse,
-                        reset_after, units, zero, acts, mask):
+                        reset_after, units, zero, acts, mask, zh):
     """Step k's pointwise pass alone (the per-step path; w_hh and mask unused)."""
     _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
-                    units, zero, acts)
+                    units, zero, acts, zh)
 
 
 @cuda.jit
@@ -473,7 +489,7 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
     copy(dh_n, dh[0])
     mask = cache["mask"]
     args = [dy, w_hh, lens, cache["gates"], cache["hn"], cache["hin"], dgi, drec, dh,
-            reverse, reset_after, 1, zero, cell["acts"], mask]
+            reverse, reset_after, 1, zero, cell["acts"], mask, cache["zh"]]
     p = plan(_backward_persistent, args, H, B, 1, 3 * H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[11] = p.units

@@ -110,9 +110,10 @@ def gru_signatures(dt, acts):
     """The GRU's kernels (kernels/cuda/gru.py) with the activations acts."""
     A1, A2, A3 = arr(dt, 1), arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
-    # (the last argument: the recurrent dropout mask, [B,H] or [0,0])
-    gru_fwd = (A2, A2, A1, L, A3, A3, A3, A3, A3, A3, b, b, i64, b, dt, acts, A2)
-    gru_bwd = (A3, A2, L, A3, A3, A3, A2, A2, A3, b, b, i64, dt, acts, A2)
+    # (the last two arguments: the recurrent dropout mask, [B,H] or [0,0], and zoneout's
+    # weights, [T,B,H] or [0,0,0])
+    gru_fwd = (A2, A2, A1, L, A3, A3, A3, A3, A3, A3, b, b, i64, b, dt, acts, A2, A3)
+    gru_bwd = (A3, A2, L, A3, A3, A3, A2, A2, A3, b, b, i64, dt, acts, A2, A3)
     return {
         gru._forward_persistent: gru_fwd,
         gru._forward_one: (i64, i64) + gru_fwd,
