@@ -47,7 +47,12 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
         n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
     h' = (1 - z) * n + z * h
     options: h_mask [B,H], recurrent dropout as the LSTM's (but not in z * h); zone_h
-    [T,B,H] or [1,B,H], zoneout of the one state, h' <- h' + zone_h[t] (h - h').
+    [T,B,H] or [1,B,H], zoneout of the one state, h' <- h' + zone_h[t] (h - h');
+    layer_norm (reset_after only): each product normalised over its 3H entries with
+    its own gain before the biases add, as the LSTM's (Marian's layer-normalised GRU
+    does the same):
+        [a_r a_z a_n] = LN(W_hh h; ln_hh) + b_hh,  [x_r x_z x_n] = LN(W_ih x; ln_ih) + b_ih
+        r = s(x_r + a_r), z = s(x_z + a_z), n = tanh(x_n + r * a_n)
   RNN
     h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu
 
@@ -327,7 +332,8 @@ def _state_before(order, n, lengths, h, h0):
 
 
 def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
-                    reset_after=True, h_mask=None, acts=DEFAULT_ACTS, zone_h=None):
+                    reset_after=True, h_mask=None, acts=DEFAULT_ACTS, zone_h=None, ln_ih=None,
+                    ln_hh=None):
     """One GRU layer and direction.
 
     x: [T,B,I]; w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H] (gate blocks r, z, n);
@@ -336,7 +342,8 @@ def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
     reads it (recurrent dropout, as Keras applies it: not in h' = ... + z h); acts:
     gates.make_acts's tuple, the activation of r and z (sigmoid by default) and of
     n (tanh), as Keras's recurrent_activation and activation; zone_h: None, or
-    zoneout's weights [T,B,H] ([1,B,H]: the same at every step), as the LSTM's.
+    zoneout's weights [T,B,H] ([1,B,H]: the same at every step), as the LSTM's;
+    ln_ih, ln_hh [3H]: layer normalisation's gains (both or neither; reset_after).
     Returns y [T,B,H], h_n [B,H] and a cache for gru_backward_ref holding the
     inputs, the activated gates [T,B,3H] and the n gate's recurrent term hn
     [T,B,H] (W_hn h + b_hn, or W_hn (r * h) + b_hn).
@@ -350,15 +357,22 @@ def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
     hns = np.zeros((T, B, H), x.dtype)
     gate, cell = (lambda a: apply_activation(acts[0], a)), (
         lambda a: apply_activation(acts[2], a))
+    normed = ln_ih is not None
+    if normed and not reset_after:
+        raise ValueError("layer_norm: the GRU with reset_after=True only")
     for t in _steps(T, reverse):
         valid = (t < lengths)[:, None]
-        a_x = x[t] @ w_ih.T + b_ih
+        a_x = (layer_norm(x[t] @ w_ih.T, ln_ih)[0] if normed else x[t] @ w_ih.T) + b_ih
         h_in = h if h_mask is None else h * h_mask
-        a_h = h_in @ w_hh[:2 * H].T + b_hh[:2 * H]
+        if normed:  # the whole recurrent product, normalised over its 3H entries
+            a_hh = layer_norm(h_in @ w_hh.T, ln_hh)[0] + b_hh
+            a_h = a_hh[:, :2 * H]
+        else:
+            a_h = h_in @ w_hh[:2 * H].T + b_hh[:2 * H]
         r = gate(a_x[:, :H] + a_h[:, :H])
         z = gate(a_x[:, H:2 * H] + a_h[:, H:])
         if reset_after:
-            hn = h_in @ w_hh[2 * H:].T + b_hh[2 * H:]
+            hn = a_hh[:, 2 * H:] if normed else h_in @ w_hh[2 * H:].T + b_hh[2 * H:]
             n = cell(a_x[:, 2 * H:] + r * hn)
         else:
             hn = (r * h_in) @ w_hh[2 * H:].T + b_hh[2 * H:]
@@ -372,7 +386,7 @@ def gru_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
         hns[t] = hn
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, lengths=lengths, reverse=reverse,
                  reset_after=reset_after, gates=gates, hn=hns, y=y, h_mask=h_mask, acts=acts,
-                 zone_h=zone_h)
+                 zone_h=zone_h, layer_norm=(ln_ih, ln_hh) if normed else None)
     return y, h, cache
 
 
@@ -381,7 +395,8 @@ def gru_backward_ref(dy, dh_n, cache):
 
     dy: [T,B,H]; dh_n: [B,H] (gradient of the final state).
     Returns dx [T,B,I], dh0 [B,H] and a dict of parameter gradients
-    {"w_ih", "w_hh", "b_ih", "b_hh"} in the shapes of the weights.
+    {"w_ih", "w_hh", "b_ih", "b_hh"} in the shapes of the weights (and "ln_ih",
+    "ln_hh" with layer normalisation).
     """
     x, w_ih, w_hh, h0 = cache["x"], cache["w_ih"], cache["w_hh"], cache["h0"]
     lengths, reverse, reset_after = cache["lengths"], cache["reverse"], cache["reset_after"]
@@ -398,6 +413,10 @@ def gru_backward_ref(dy, dh_n, cache):
     grads = {k: np.zeros_like(cache[k]) for k in ("w_ih", "w_hh")}
     grads["b_ih"] = np.zeros(3 * H, x.dtype)
     grads["b_hh"] = np.zeros(3 * H, x.dtype)
+    norms = cache.get("layer_norm")
+    if norms is not None:
+        ln_ih, ln_hh = norms
+        grads["ln_ih"], grads["ln_hh"] = np.zeros_like(ln_ih), np.zeros_like(ln_hh)
     dh = dh_n.copy()
     order = list(_steps(T, reverse))
     for k in range(T - 1, -1, -1):  # walk the forward's steps backwards
@@ -413,6 +432,24 @@ def gru_backward_ref(dy, dh_n, cache):
             dh_kept, dh_t = zh * dh_t, (1 - zh) * dh_t
         dn = np.where(valid, dh_t * (1 - z) * dcell(n), 0)
         dz = np.where(valid, dh_t * (h_prev - n) * dgate(z), 0)
+        if norms is not None:  # both products' gradients pass through their LN
+            d_hn = dn * r
+            dr = dn * hns[t] * dgate(r)
+            da_h = np.concatenate([dr, dz, d_hn], axis=1)  # of LN(W_hh h) + b_hh
+            da = np.concatenate([dr, dz, dn], axis=1)     # of LN(W_ih x) + b_ih
+            _, h_hat, rstd_h = layer_norm(h_in @ w_hh.T, ln_hh)
+            _, x_hat, rstd_x = layer_norm(x[t] @ w_ih.T, ln_ih)
+            grads["ln_hh"] += (da_h * h_hat).sum(0)
+            grads["ln_ih"] += (da * x_hat).sum(0)
+            dv_h = layer_norm_grad(da_h, ln_hh, h_hat, rstd_h)
+            dv_x = layer_norm_grad(da, ln_ih, x_hat, rstd_x)
+            dx[t] = dv_x @ w_ih
+            grads["w_ih"] += dv_x.T @ x[t]
+            grads["w_hh"] += dv_h.T @ h_in
+            grads["b_ih"] += da.sum(0)
+            grads["b_hh"] += da_h.sum(0)
+            dh = np.where(valid, dh_t * z + (dv_h @ w_hh) * mask + dh_kept, dh)
+            continue
         if reset_after:
             d_hn = dn * r  # gradient of W_hn h + b_hn
             dr = dn * hns[t] * dgate(r)

@@ -429,6 +429,8 @@ GRU_OPTION_VARIANTS = {"plain": {},
                        "reset_after=False": {"reset_after": False},
                        "recurrent_dropout=0.25": {"recurrent_dropout": 0.25},
                        "zoneout=0.1": {"zoneout": 0.1},
+                       # (one product a step on the BLAS path, rows normalised serially)
+                       "layer_norm": {"layer_norm": True},
                        "recurrent_activation=hard_sigmoid": {
                            "recurrent_activation": "hard_sigmoid"},
                        "activation=relu": {"activation": "relu"},

@@ -194,10 +194,10 @@ class NumpyBackend(Backend):
                 **cell_extras(spec, cell), h_mask=h_mask, **(zone or {}))
             state = (h, c)
         elif spec.cell == "gru":
-            y, h, cache = reference.gru_forward_ref(x, *cell, state[0], lengths, reverse,
+            y, h, cache = reference.gru_forward_ref(x, *cell[:4], state[0], lengths, reverse,
                                                     spec.reset_after, h_mask=h_mask,
                                                     acts=spec.kernel_options()["acts"],
-                                                    **(zone or {}))
+                                                    **cell_extras(spec, cell), **(zone or {}))
             state = (h,)
         else:
             y, h, cache = reference.rnn_forward_ref(x, *cell, state[0], lengths, reverse,

@@ -214,7 +214,7 @@ class _Recurrent(Layer):
                              "bidirectional layer; pass bidirectional=True")
         allowed = {"lstm": {"cell_clip", "input_forget", "gate_clip", "proj_size", "peephole",
                             "activation", "recurrent_activation", "layer_norm"},
-                   "gru": {"reset_after", "activation", "recurrent_activation"},
+                   "gru": {"reset_after", "activation", "recurrent_activation", "layer_norm"},
                    "rnn": {"nonlinearity"}}[self.cell]
         unknown = sorted(set(cell_options) - allowed)
         if unknown:
@@ -1129,7 +1129,13 @@ class GRU(_Recurrent):
     default pair is what torch computes, and to_torch refuses others), and
     zoneout, one rate (the GRU has one state): h' <- h' + z (h - h') after the
     cell, z drawn 0 or 1 per sequence, unit and step while training, the rate
-    itself at inference.
+    itself at inference. layer_norm (reset_after=True only): the input product
+    W_ih x and the whole recurrent product W_hh h are each normalised over their
+    3H entries (eps 1e-5) and scaled by their own gains before the biases add, as
+    the LSTM's (Marian's layer-normalised GRU does the same), so
+    n = tanh(x_n + r * (LN(W_hh h)_n + b_hn)); no state is normalised (the GRU has
+    no c). Each cell gains weight_ln_ih_l{k} and weight_ln_hh_l{k} [3H] (ones at
+    first). torch, Keras and ONNX have no such layer and refuse it.
     Parameters: torch's names, weight_ih_l{k} [3H, I or D*H], weight_hh_l{k}
     [3H,H], bias_ih_l{k} [3H], bias_hh_l{k} [3H].
 
@@ -1141,18 +1147,23 @@ class GRU(_Recurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
                  reset_after=True, activation="tanh", recurrent_activation="sigmoid",
-                 **options):
+                 layer_norm=False, **options):
+        reset_after = check_bool(reset_after, "reset_after")
+        if check_bool(layer_norm, "layer_norm") and not reset_after:
+            raise ValueError("layer_norm: the GRU normalises its whole recurrent product "
+                             "W_hh h, which reset_after=False splits (W_hn multiplies r * h, "
+                             "made from the rest); use reset_after=True with layer_norm")
         super().__init__(input_size, hidden_size, num_layers, bidirectional,
-                         reset_after=check_bool(reset_after, "reset_after"),
+                         reset_after=reset_after,
                          activation=_check_activation(activation, "activation"),
                          recurrent_activation=_check_activation(recurrent_activation,
                                                                 "recurrent_activation"),
-                         **options)
+                         layer_norm=layer_norm, **options)
 
     def _cell_config(self):
         s = self.spec
         return dict(reset_after=s.reset_after, activation=s.activation,
-                    recurrent_activation=s.recurrent_activation)
+                    recurrent_activation=s.recurrent_activation, layer_norm=s.layer_norm)
 
 
 class RNN(_Recurrent):

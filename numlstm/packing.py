@@ -37,8 +37,8 @@ An LSTM with peepholes has weight_peephole [3H] per cell (torch has no name for 
 numlstm's, in the order i, f, o); ONNX holds it as the LSTM operator's P input
 [D,3H] (order i, o, f), and the Keras and haste layouts refuse such a layer. A
 layer-normalised LSTM (layer_norm) has four more per cell, in numlstm's names:
-weight_ln_ih, weight_ln_hh [G] and weight_ln_c, bias_ln_c [H]; torch's layout alone
-holds them.
+weight_ln_ih, weight_ln_hh [G] and weight_ln_c, bias_ln_c [H] (a layer-normalised
+GRU the first two); torch's layout alone holds them.
 
 torch's layout is the canonical one: the layer stores its parameters that way,
 and every conversion goes through it, so `convert` between any two layouts is
@@ -101,8 +101,9 @@ class Layout:
             raise ValueError(f"layout {self.name!r} has no peepholes; the torch layout "
                              "(weight_peephole) and ONNX's (P) hold them")
         if spec.layer_norm and self.container not in ("named", "cells"):
-            raise ValueError(f"layout {self.name!r} has no layer-normalised LSTM; only the "
-                             "torch layout holds its gains (weight_ln_ih, ...)")
+            raise ValueError(f"layout {self.name!r} has no layer-normalised "
+                             f"{spec.cell.upper()}; only the torch layout holds its gains "
+                             "(weight_ln_ih, ...)")
         return self
 
 
@@ -123,7 +124,8 @@ LAYOUTS = {
 
 
 # A layer-normalised LSTM's parameters per cell (layers.LSTM's layer_norm): the gains
-# of the input and recurrent products [G], and the cell state's gain and bias [H].
+# of the input and recurrent products [G], and the cell state's gain and bias [H]; the
+# GRU's: the first two.
 LAYER_NORM_PARAMS = ("weight_ln_ih", "weight_ln_hh", "weight_ln_c", "bias_ln_c")
 
 
@@ -135,7 +137,8 @@ class RecurrentSpec:
     nonlinearity: the RNN's activation, "tanh" or "relu"; cell_clip, gate_clip (None
     or a number > 0), input_forget, proj_size (0 for none), peephole, activation and
     recurrent_activation (names of gates.ACTIVATIONS, or a user's pair of functions),
-    layer_norm: the LSTM's options (see layers.LSTM).
+    layer_norm: the LSTM's options (see layers.LSTM; the GRU has the activations and
+    layer_norm too).
     """
     input_size: int
     hidden_size: int
@@ -198,9 +201,8 @@ class RecurrentSpec:
                 shapes["weight_hr" + sfx] = (self.proj_size, H)
             if self.peephole:
                 shapes["weight_peephole" + sfx] = (3 * H,)
-            if self.layer_norm:
-                shapes.update({name + sfx: (G,) if name.endswith(("ih", "hh")) else (H,)
-                               for name in LAYER_NORM_PARAMS})
+            shapes.update({name + sfx: (G,) if name.endswith(("ih", "hh")) else (H,)
+                           for name in self.layer_norm_params()})
         return shapes
 
     def extras(self):
@@ -208,8 +210,15 @@ class RecurrentSpec:
         the "cells" container appends them (the packers' keywords w_hr, peephole, ln_ih,
         ln_hh, ln_c, ln_c_bias)."""
         return [name for name, on in (("weight_hr", self.proj_size),
-                                      ("weight_peephole", self.peephole)) if on] + (
-            list(LAYER_NORM_PARAMS) if self.layer_norm else [])
+                                      ("weight_peephole", self.peephole)) if on] + list(
+            self.layer_norm_params())
+
+    def layer_norm_params(self):
+        """layer_norm's parameter names of a cell (LAYER_NORM_PARAMS's: the LSTM's four,
+        the GRU's first two), or () without it."""
+        if not self.layer_norm:
+            return ()
+        return LAYER_NORM_PARAMS if self.cell == "lstm" else LAYER_NORM_PARAMS[:2]
 
 
 LSTMSpec = RecurrentSpec  # the name the LSTM-only versions used

@@ -107,9 +107,10 @@ def _check_torch_form(layer):
                          "and tanh cells; this LSTM has peephole="
                          f"{s.peephole}, activation={s.activation!r}, recurrent_activation="
                          f"{s.recurrent_activation!r} (numlstm.export_onnx carries them)")
-    if s.cell == "lstm" and s.layer_norm:
-        raise ValueError("to_torch: torch.nn.LSTM has no layer normalisation; this LSTM has "
-                         "layer_norm=True")
+    if s.layer_norm:
+        cell = s.cell.upper()
+        raise ValueError(f"to_torch: torch.nn.{cell} has no layer normalisation; this {cell} "
+                         "has layer_norm=True")
     if getattr(layer, "zoneout", 0):
         cell = layer.spec.cell.upper()
         raise ValueError(f"to_torch: this {cell} uses zoneout, which mixes the old state into "

@@ -1,7 +1,9 @@
 """The layer-normalised LSTM (LSTM(layer_norm=True)) through the layer: the cpu and cuda
-(simulator) backends against the numpy one, its parameters, streaming, checkpoints, memory, and what cannot
-carry it (the kernels are tested in tests/kernels against the reference, and the
-reference against finite differences)."""
+(simulator) backends against the numpy one, its parameters, streaming, checkpoints,
+memory, and what cannot carry it (the kernels are tested in tests/kernels against the
+reference, and the reference against finite differences). Then the layer-normalised GRU
+(GRU(layer_norm=True)): its reference against finite differences, its CPU and CUDA
+(simulator) kernels against the reference, and the layer."""
 import tracemalloc
 
 import numpy as np
@@ -9,7 +11,9 @@ import pytest
 
 import numlstm
 from helpers import (assert_close, check_streaming_and_checkpoint, lstm_layer_and_reference,
-                     run_steps)
+                     numeric_gradient, rel_err, run_steps)
+from numlstm.kernels.cpu import gru_backward_cpu, gru_forward_cpu, pack_gru_cpu
+from numlstm.kernels.reference import gru_backward_ref, gru_forward_ref
 
 
 def _with_norms(layer, rng):
@@ -117,4 +121,172 @@ def test_what_cannot_carry_layer_norm_says_so(tmp_path):
     with pytest.raises(TypeError, match="layer_norm: expected True or False"):
         numlstm.LSTM(3, 4, layer_norm=1)
     with pytest.raises(TypeError, match="unexpected argument"):
-        numlstm.GRU(3, 4, layer_norm=True)
+        numlstm.RNN(3, 4, layer_norm=True)
+
+
+# -- the GRU ---------------------------------------------------------------------------
+def _gru_case(rng, T, B, I, H, zoned, training=True):
+    """Weights (gains around 1), inputs, a recurrent dropout mask, zoneout's weights
+    (draws when training, else the rate) or None, and lengths of one GRU case."""
+    scale = min(0.8, 2 / np.sqrt(H))
+    cell = [rng.standard_normal(s) * scale for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    norms = dict(ln_ih=1 + 0.3 * rng.standard_normal(3 * H),
+                 ln_hh=1 + 0.3 * rng.standard_normal(3 * H))
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
+    mask = (rng.random((B, H)) >= 0.3) / 0.7
+    zone_h = None
+    if zoned:
+        zone_h = ((rng.random((T, B, H)) < 0.4).astype(float) if training
+                  else np.full((1, B, H), 0.3))
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    return cell, norms, x, h0, mask, zone_h, lengths
+
+
+@pytest.mark.parametrize("zoned", [False, True], ids=["plain", "zoneout"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gru_reference_backward_matches_finite_differences(rng, zoned, reverse):
+    cell, norms, x, h0, mask, zone_h, lengths = _gru_case(rng, 4, 3, 3, 4, zoned)
+    inputs = dict(x=x, w_ih=cell[0], w_hh=cell[1], b_ih=cell[2], b_hh=cell[3], h0=h0, **norms)
+    wy, wh = rng.standard_normal((4, 3, 4)), rng.standard_normal((3, 4))
+
+    def forward():
+        a = inputs
+        return gru_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
+                               lengths, reverse, h_mask=mask, zone_h=zone_h, ln_ih=a["ln_ih"],
+                               ln_hh=a["ln_hh"])
+
+    def loss():
+        y, h, _ = forward()
+        return (y * wy).sum() + (h * wh).sum()
+
+    dx, dh0, grads = gru_backward_ref(wy, wh, forward()[2])
+    analytic = dict(x=dx, h0=dh0, **grads)
+    assert sorted(analytic) == sorted(inputs)
+    for name, arr in inputs.items():
+        err = rel_err(analytic[name], numeric_gradient(loss, arr))
+        assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
+
+
+# (T, B, I, H, reverse): uneven, T=1 and B=1, H=1, H past a tile block (64 units)
+GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (4, 2, 3, 1, True), (6, 4, 9, 70, True)]
+
+
+@pytest.mark.parametrize("shape", GRU_SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
+@pytest.mark.parametrize("zoned", [False, True], ids=["plain", "zoneout-dropout"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gru_cpu_kernels_against_the_reference(rng, shape, zoned, dtype):
+    T, B, I, H, reverse = shape
+    cell, norms, x, h0, mask, zone_h, lengths = _gru_case(rng, T, B, I, H, zoned)
+    options = dict(h_mask=mask, zone_h=zone_h) if zoned else {}
+    y, h, cache = gru_forward_ref(x, *cell, h0, lengths, reverse, **options, **norms)
+    dy, dh_n = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
+    dx, dh0, grads = gru_backward_ref(dy, dh_n, cache)
+    want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
+
+    def cast(a):
+        return None if a is None else a.astype(dtype)
+    packed = pack_gru_cpu(*map(cast, cell), **{k: cast(v) for k, v in norms.items()})
+    args = (cast(x), packed, cast(h0), lengths, reverse)
+    options = {k: cast(v) for k, v in options.items()}
+    yk, hk, cache_k = gru_forward_cpu(*args, training=True, **options)
+    dxk, dh0k, grads_k = gru_backward_cpu(cast(dy), cast(dh_n), cache_k, packed)
+    got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)
+    assert sorted(got) == sorted(want)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    if not zoned:  # inference (zoneout's rate, when zoned, is the layer's test)
+        assert_close(gru_forward_cpu(*args)[0], y, rtol, "y (inference)")
+    for k in want:
+        assert got[k].dtype == dtype, k
+        assert_close(got[k], want[k], rtol if k in "yh" else 20 * rtol, k)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+def test_gru_cuda_kernels_against_the_reference(rng, dtype, rtol, training):
+    """The CUDA kernels (simulator) with zoneout, recurrent dropout and lengths."""
+    cuda = pytest.importorskip("numba.cuda")
+    from numlstm.kernels.cuda import gru_backward_cuda, gru_forward_cuda, pack_gru_cuda
+    T, B, I, H = 3, 3, 2, 5
+    cell, norms, x, h0, mask, zone_h, lengths = _gru_case(rng, T, B, I, H, True, training)
+    cell, norms = [a.astype(dtype) for a in cell], {k: v.astype(dtype) for k, v in norms.items()}
+    x, h0, mask, zone_h = (a.astype(dtype) for a in (x, h0, mask, zone_h))
+    dy, dh_n = rng.standard_normal((T, B, H)).astype(dtype), h0[::-1].copy()
+    dev = cuda.to_device
+    packed = pack_gru_cuda(*cell, **norms)
+    y, h, cache = gru_forward_cuda(dev(x), packed, dev(h0), lengths, True, training,
+                                   h_mask=mask, zone_h=zone_h)
+    y_r, h_r, cache_r = gru_forward_ref(x, *cell, h0, lengths, True, h_mask=mask,
+                                        zone_h=zone_h, **norms)
+    assert_close(y.copy_to_host(), y_r, rtol, "y")
+    assert_close(h.copy_to_host(), h_r, rtol, "h_n")
+    if training:
+        got = gru_backward_cuda(dev(dy), dev(dh_n), cache, packed)
+        want = gru_backward_ref(dy, dh_n, cache_r)
+        assert_close(got[0].copy_to_host(), want[0], 5 * rtol, "dx")
+        assert_close(got[1].copy_to_host(), want[1], 5 * rtol, "dh0")
+        assert sorted(got[2]) == sorted(want[2])
+        for k in want[2]:
+            assert_close(got[2][k].copy_to_host(), want[2][k], 5 * rtol, k)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_gru_layer_matches_numpy(rng, backend):
+    """Two layers, bidirectional, lengths, zoneout and recurrent dropout, random gains:
+    a training step on cpu (float32) or cuda (simulator, float64) against the numpy
+    backend, every gradient; then inference and streaming steps."""
+    T, B, H = (7, 4, 6) if backend == "cpu" else (3, 2, 4)
+    dtype = np.float32 if backend == "cpu" else np.float64
+
+    def make(backend, dtype):
+        layer = numlstm.GRU(3, H, num_layers=2, bidirectional=True, layer_norm=True,
+                            zoneout=0.2, recurrent_dropout=0.25, backend=backend, dtype=dtype,
+                            seed=5)
+        return _with_norms(layer, np.random.default_rng(1))
+    x = rng.standard_normal((T, B, 3))
+    lengths = np.array([T, 2, 1, T - 1][:B])
+    dy = rng.standard_normal((T, B, 2 * H))
+    runs = []
+    for layer, dt in ((make("numpy", np.float64), np.float64), (make(backend, dtype), dtype)):
+        y, h = layer(x.astype(dt), training=True, lengths=lengths)
+        dx, dh0 = layer.backward(dy.astype(dt))
+        runs.append(dict(y=y, h=h, dx=dx, dh0=dh0, inference=layer(x.astype(dt))[0],
+                         **layer.grads))
+    assert "weight_ln_hh_l1_reverse" in runs[0] and len(runs[0]) == 5 + 2 * 2 * 6
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for k in runs[0]:
+        assert_close(runs[1][k], runs[0][k], tol if k in ("y", "h", "inference") else 5 * tol,
+                     k)
+    uni = _with_norms(numlstm.GRU(3, H, layer_norm=True, backend=backend, seed=2), rng)
+    x32 = x.astype(np.float32)
+    assert_close(run_steps(uni, x32)[0], uni(x32)[0], 2e-6, "streaming steps")
+
+
+def test_gru_parameters_checkpoint_and_refusals(tmp_path, rng):
+    gru = numlstm.GRU(3, 5, num_layers=2, bidirectional=True, layer_norm=True, seed=0)
+    shapes = {k: v.shape for k, v in gru.params.items()}
+    assert shapes["weight_ln_ih_l1_reverse"] == shapes["weight_ln_hh_l0"] == (15,)
+    assert len(shapes) == 2 * 2 * 6
+    assert all((w == 1).all() for k, w in gru.params.items() if k.startswith("weight_ln"))
+    back = check_streaming_and_checkpoint(
+        _with_norms(numlstm.GRU(3, 6, layer_norm=True, seed=0), rng),
+        rng.standard_normal((5, 2, 3)).astype(np.float32), tmp_path / "ck")
+    assert back.spec.layer_norm and "layer_norm=True" in repr(back)
+    # LN undoes a scaling of the recurrent weights (up to its epsilon); the plain GRU does not.
+    x = rng.standard_normal((4, 2, 3))
+    for norm, changes in ((True, False), (False, True)):
+        layer = numlstm.GRU(3, 5, layer_norm=norm, dtype=np.float64, seed=0)
+        y = layer(x)[0]
+        w = layer.export_weights("torch")
+        layer.load_weights(dict(w, weight_hh_l0=3 * w["weight_hh_l0"]), "torch")
+        assert (np.abs(layer(x)[0] - y).max() > 1e-2) == changes
+    with pytest.raises(ValueError, match="use reset_after=True with layer_norm"):
+        numlstm.GRU(3, 4, layer_norm=True, reset_after=False)
+    with pytest.raises(ValueError, match="torch.nn.GRU has no layer normalisation"):
+        gru.to_torch()
+    for layout in ("keras", "onnx", "haste"):
+        with pytest.raises(ValueError, match=f"layout '{layout}' has no layer-normalised GRU"):
+            gru.export_weights(layout)
+    with pytest.raises(ValueError, match="no layer-normalised"):
+        numlstm.export_onnx(gru, tmp_path / "g.onnx")
+    assert not (tmp_path / "g.onnx").exists()

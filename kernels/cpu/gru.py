@@ -48,9 +48,9 @@ from numba import njit, prange
 
 from ..gates import DEFAULT_ACTS, activate, dactivate, for_dtype
 from .lstm import (_NO_ARRAY, _NO_MASK, _NO_ZONE, CB, _FAST, _blocks, _lengths_or_full,
-                   _matmul_rows, _pad, _rows_plan, _step_product, _times_mask, _zone_weights,
-                   mask_buffers, masked_product, product_for, step_before, step_tiles,
-                   transposed_with_sums)
+                   _matmul_rows, _norm_grad, _norm_grad_rows, _normalise_row, _normalise_rows,
+                   _pad, _rows_plan, _step_product, _times_mask, _zone_weights, mask_buffers,
+                   masked_product, product_for, step_before, step_tiles, transposed_with_sums)
 from .rnn import (_blas_recurrent_gradient, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
                   _tiled_weights, _torch_layout, _unpadded)
@@ -450,6 +450,111 @@ def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_a
                     dh[b, j] = (rec[b, j] * mask[b, j] if masked else rec[b, j]) + carry[b, j]
 
 
+# -- layer_norm: BLAS per step, each row normalised ---------------------------------------
+@njit(cache=True, error_model="numpy")
+def _forward_norm(xw, w_hh_t, b_hh, gain, mask, h, lengths, reverse, training, y, hn, h_hat,
+                  rstd_h, acts, tiles, zh):
+    """The layer-normalised GRU (reset_after): per step the whole recurrent product
+    h_in @ W_hh^T [B,3H], each valid row normalised over its 3H entries (kept in
+    h_hat [T,B,3H] and rstd_h [T,B] when training), times gain [3H], plus b_hh;
+    then _forward_blas's gate math. xw [T,B,3H]: LN(x @ W_ih^T) * gain + b_ih,
+    receives the activated gates when training; hn [T,B,H]: the n gate's
+    recurrent term when training; tiles: None (np.dot), or (W_hh^T in blocks,
+    unused, a zero row, the product's plan) for float32; other arguments as
+    _forward_blas's."""
+    T, B, G = xw.shape
+    H = G // 3
+    zoned = zh.shape[2] > 0
+    rec = np.empty((B, G if tiles is None else tiles[0].shape[0] * CB), xw.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        h_in = h * mask if mask.size > 0 else h
+        if tiles is None:
+            np.dot(h_in, w_hh_t, rec)
+        else:
+            _step_product(h_in, tiles[0], rec, tiles[2], tiles[3])
+        for b in range(B):
+            if t >= lengths[b]:
+                y[t, b] = 0
+                if training:
+                    hn[t, b] = 0
+                    h_hat[t, b] = 0
+                    rstd_h[t, b] = 0
+                continue
+            a = rec[b, :G]
+            rstd = _normalise_row(a)
+            if training:
+                h_hat[t, b] = a
+                rstd_h[t, b] = rstd
+            for j in range(H):
+                r = activate(acts[0], xw[t, b, j] + gain[j] * a[j] + b_hh[j])
+                z = activate(acts[0], xw[t, b, H + j] + gain[H + j] * a[H + j] + b_hh[H + j])
+                an = gain[2 * H + j] * a[2 * H + j] + b_hh[2 * H + j]
+                n = activate(acts[2], xw[t, b, 2 * H + j] + r * an)
+                if training:
+                    xw[t, b, j], xw[t, b, H + j], xw[t, b, 2 * H + j] = r, z, n
+                    hn[t, b, j] = an
+                h_new = n + z * (h[b, j] - n)
+                if zoned:
+                    h_new += zh[t if zh.shape[0] > 1 else 0, b, j] * (h[b, j] - h_new)
+                h[b, j] = h_new
+            y[t, b] = h[b]
+
+
+@njit(cache=True, error_model="numpy")
+def _backward_norm(dy, dg, hn, y, h0, w_hh, gain, h_hat, rstd_h, dgain, dbias, mask, lengths,
+                   reverse, dh, acts, tiles, zh):
+    """Backward of _forward_norm. dg [T,B,3H]: activated gates in, dG_ih = [dr dz dn]
+    out (the gradient of the input product's LN output); h_hat [T,B,3H]: the
+    normalised recurrent products in, their raw products' gradients out (dW_hh's
+    operand); dgain, dbias [3H]: ln_hh's and b_hh's gradients out (zero in); dh
+    [B,H]: dh_n in, dh0 out; tiles: None, or as _forward_norm's for W_hh [3H,H]."""
+    T, B, G = dg.shape
+    H = G // 3
+    masked = mask.size > 0
+    zoned = zh.shape[2] > 0
+    zero = dg.dtype.type(0)
+    carry = np.empty((B, H), dg.dtype)
+    dv = np.empty(G, dg.dtype)
+    rec = np.empty((B, H if tiles is None else tiles[0].shape[0] * CB), dg.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        for b in range(B):
+            if t >= lengths[b]:
+                dg[t, b] = 0
+                h_hat[t, b] = 0
+                continue
+            h_prev = _state_before(y, h0, lengths, reverse, t, b)
+            for j in range(H):
+                r, z, n = dg[t, b, j], dg[t, b, H + j], dg[t, b, 2 * H + j]
+                d = dh[b, j] + dy[t, b, j]
+                kept = zero
+                if zoned:
+                    kept = zh[t if zh.shape[0] > 1 else 0, b, j] * d
+                    d -= kept
+                dn = (d - d * z) * dactivate(acts[3], n)
+                dr = dn * hn[t, b, j] * dactivate(acts[1], r)
+                dz = d * (h_prev[j] - n) * dactivate(acts[1], z)
+                dg[t, b, j], dg[t, b, H + j], dg[t, b, 2 * H + j] = dr, dz, dn
+                dv[j], dv[H + j], dv[2 * H + j] = dr, dz, dn * r  # of LN(W_hh h) + b_hh
+                carry[b, j] = d * z + kept
+            v_hat = h_hat[t, b]
+            for k in range(G):
+                dgain[k] += dv[k] * v_hat[k]
+                dbias[k] += dv[k]
+                dv[k] *= gain[k]
+            _norm_grad(dv, v_hat, rstd_h[t, b])
+            v_hat[:] = dv
+        if tiles is None:
+            np.dot(h_hat[t], w_hh, rec)
+        else:
+            _step_product(h_hat[t], tiles[0], rec, tiles[2], tiles[3])
+        for b in range(B):
+            if t < lengths[b]:
+                for j in range(H):
+                    dh[b, j] = (rec[b, j] * mask[b, j] if masked else rec[b, j]) + carry[b, j]
+
+
 # -- packing and the Python-level wrappers ---------------------------------------------
 def _gate_columns(H):
     """cols[j]: the tiled column of torch's gate column j (gate k = j // H, unit j % H)."""
@@ -457,12 +562,22 @@ def _gate_columns(H):
     return (u // U) * 3 * U + k * U + u % U
 
 
-def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS):
+def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, ln_ih=None,
+                 ln_hh=None):
     """One cell's torch-layout weights (w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H],
-    gates r, z, n) and options (acts: gates.make_acts's tuple) -> the layout these
-    kernels read: a dict, "tiled" for float32 with reset_after, "blas" else."""
+    gates r, z, n) and options (acts: gates.make_acts's tuple; ln_ih, ln_hh [3H]:
+    layer_norm's gains, reset_after only) -> the layout these kernels read: a dict,
+    "norm" with layer_norm, "tiled" for float32 with reset_after, "blas" else."""
     H = w_ih.shape[0] // 3
     acts = for_dtype(acts, w_ih.dtype)
+    if ln_ih is not None:  # a row's statistics span all 3H columns: one product a step
+        if not reset_after:
+            raise ValueError("layer_norm: the GRU with reset_after=True only")
+        tiles = None if w_ih.dtype != np.float32 else dict(w_hh=_blocks(w_hh.T),
+                                                           w_hh_bwd=_blocks(w_hh))
+        return dict(kind="norm", H=H, reset_after=True, acts=acts, w_ih=w_ih, b_ih=b_ih,
+                    b_hh=b_hh, w_hh=np.ascontiguousarray(w_hh),
+                    w_hh_t=np.ascontiguousarray(w_hh.T), ln=(ln_ih, ln_hh), tiles=tiles)
     if w_ih.dtype != np.float32 or not reset_after:
         # float32 keeps off BLAS, as the tiled loops do: its products run on Numba's
         # threads (lstm.product_for's reasons)
@@ -498,6 +613,8 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
     T, B, _ = x.shape
     H = packed["H"]
     lens = _lengths_or_full(lengths, T, B)
+    if packed["kind"] == "norm":
+        return _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h)
     if packed["kind"] == "blas":
         xw = _project(x, packed["w_ih"], packed["b_ih"])
         h = h0.copy()
@@ -540,7 +657,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
 def gru_step_cpu(x, packed, h):
     """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
     array). Equal to gru_forward_cpu on one step, without its parallel regions."""
-    if packed["kind"] == "blas":
+    if packed["kind"] != "tiled":
         return gru_forward_cpu(x[None], packed, h)[1]
     H, Hp = packed["H"], packed["Hp"]
     B = x.shape[0]
@@ -561,6 +678,8 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     Returns dx [T,B,I], dh0 [B,H] and {"w_ih", "w_hh", "b_ih", "b_hh"} in
     torch's layout.
     """
+    if packed["kind"] == "norm":
+        return _backward_norm_wrap(dy, dh_n, cache, packed)
     if packed["kind"] == "blas":
         return _backward_blas_wrap(dy, dh_n, cache, packed)
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
@@ -629,3 +748,56 @@ def _backward_blas_wrap(dy, dh_n, cache, packed):
     db_hh = db_ih.copy()
     db_hh[2 * H:] = dnh.reshape(-1, H).sum(axis=0)
     return dx, dh, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db_ih, b_hh=db_hh)
+
+
+def _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h):
+    """gru_forward_cpu of the layer-normalised GRU (_forward_norm)."""
+    T, B, I = x.shape
+    H, G = packed["H"], 3 * packed["H"]
+    ln_ih, ln_hh = packed["ln"]
+    x_hat = product_for(x.dtype)(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, G)
+    x_hat = np.ascontiguousarray(x_hat)
+    rstd_x = _normalise_rows(x_hat.reshape(T * B, G))  # (in place: x_hat is normalised)
+    xw = x_hat * ln_ih + packed["b_ih"]
+    h = h0.copy()
+    y = np.empty((T, B, H), x.dtype)
+    hn = np.empty((T, B, H) if training else (1, 1, 1), x.dtype)
+    h_hat = np.empty((T, B, G) if training else (1, 1, 1), x.dtype)
+    rstd_h = np.empty((T, B) if training else (1, 1), x.dtype)
+    mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
+    zh = _zone_weights(zone_h, H, x.dtype)
+    _forward_norm(xw, packed["w_hh_t"], packed["b_hh"], ln_hh, mask, h, lens, reverse,
+                  training, y, hn, h_hat, rstd_h, packed["acts"],
+                  step_tiles(packed, B, "w_hh", "w_hh"), zh)
+    if not training:
+        return y, h, None
+    return y, h, dict(x=x, h0=h0, lengths=lens, reverse=reverse, gates=xw, hn=hn, y=y,
+                      mask=mask, zh=zh, x_hat=x_hat, rstd_x=rstd_x, h_hat=h_hat,
+                      rstd_h=rstd_h)
+
+
+def _backward_norm_wrap(dy, dh_n, cache, packed):
+    """gru_backward_cpu of the layer-normalised GRU (_backward_norm)."""
+    x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
+    T, B, I = x.shape
+    G = 3 * packed["H"]
+    ln_ih, ln_hh = packed["ln"]
+    dg, h_hat, mask = cache["gates"], cache["h_hat"], cache["mask"]
+    dh = dh_n.copy()
+    d_ln_hh, db_hh = np.zeros(G, x.dtype), np.zeros(G, x.dtype)
+    _backward_norm(dy, dg, cache["hn"], y, h0, packed["w_hh"], ln_hh, h_hat, cache["rstd_h"],
+                   d_ln_hh, db_hh, mask, lens, reverse := cache["reverse"], dh, packed["acts"],
+                   step_tiles(packed, B, "w_hh_bwd", "w_hh_bwd"), cache["zh"])
+    if mask.size:  # W_hh read h times the recurrent dropout mask
+        y, h0 = y * mask, h0 * mask
+    dw_hh = _blas_recurrent_gradient(h_hat, y, h0, lens, reverse)
+    dg2, x_hat = dg.reshape(T * B, G), cache["x_hat"].reshape(T * B, G)
+    d_ln_ih = np.einsum("ng,ng->g", dg2, x_hat)
+    db_ih = dg2.sum(axis=0)
+    dv = dg2 * ln_ih  # the input product's gradient, through its LN
+    _norm_grad_rows(dv, x_hat, cache["rstd_x"])
+    mm = product_for(dg.dtype)
+    dx = mm(dv, packed["w_ih"]).reshape(T, B, I)
+    dw_ih = mm(dv.T, x.reshape(T * B, I))
+    return dx, dh, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db_ih, b_hh=db_hh, ln_ih=d_ln_ih,
+                        ln_hh=d_ln_hh)

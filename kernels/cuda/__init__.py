@@ -1,7 +1,7 @@
-"""CUDA kernels (Numba @cuda.jit), one file per cell (and lstm_norm.py for the
-layer-normalised LSTM, which lstm.py hands such a cell to); common.py holds the tiled
-matrix product, the launch plan of the persistent recurrence and the small
-elementwise kernels the layers use on device arrays.
+"""CUDA kernels (Numba @cuda.jit), one file per cell (and lstm_norm.py and gru_norm.py
+for the layer-normalised LSTM and GRU, which lstm.py and gru.py hand such a cell to);
+common.py holds the tiled matrix product, the launch plan of the persistent recurrence
+and the small elementwise kernels the layers use on device arrays.
 
 Importing this package imports numba.cuda. Under NUMBA_ENABLE_CUDASIM=1 the
 kernels run in Numba's simulator (the CI has no GPU), one block per cooperative

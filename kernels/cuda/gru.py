@@ -39,24 +39,30 @@ from ..gates import DEFAULT_ACTS, activate, dactivate, for_cuda
 from .common import (as_device, column_sums, combine, copy, device_array, dh_one,
                      dh_product, input_gradients, lengths_or_full, load_columns,
                      load_rows, matmul, ones, plan, scale_rows)
+from .gru_norm import norm_backward, norm_forward
 
 ROWS = 3  # weight rows per hidden unit
 
 
-def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS):
+def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, ln_ih=None,
+                  ln_hh=None):
     """Torch-layout weights (host or device) -> the device arrays the kernels read:
     w_ih [G,I], w_hh [G,H], b_ih, b_hh [G], and bias [G], the input product's
     bias: b_ih + b_hh, with b_ih alone in the n block when reset_after (b_hn is
     added inside the recurrence there). acts: gates.make_acts's tuple (a user's
     functions become device functions, gates.for_cuda: the kernels compile for
-    each)."""
+    each). ln_ih, ln_hh [G]: layer normalisation's gains (gru_norm.py; reset_after
+    only), or None."""
     H = w_hh.shape[1]
+    if ln_ih is not None and not reset_after:
+        raise ValueError("layer_norm: the GRU with reset_after=True only")
     w_ih, w_hh, b_ih, b_hh = (as_device(a) for a in (w_ih, w_hh, b_ih, b_hh))
     bias = combine(b_ih, b_hh, "add")
     if reset_after:
         copy(b_ih[2 * H:], bias[2 * H:])
+    ln = None if ln_ih is None else (as_device(ln_ih), as_device(ln_hh))
     return dict(H=H, reset_after=bool(reset_after), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                b_hh=b_hh, bias=bias, acts=for_cuda(acts))
+                b_hh=b_hh, bias=bias, acts=for_cuda(acts), ln=ln)
 
 
 # -- forward ---------------------------------------------------------------------------
@@ -291,13 +297,19 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     reference.gru_forward_ref); zone_h: None, or zoneout's weights [T,B,H] ([1,B,H]:
     the same at every step; host or device).
     Returns y [T,B,H], h_n [B,H] and, when training, a cache for
-    gru_backward_cuda (else None).
+    gru_backward_cuda (else None). A layer-normalised cell runs gru_norm.py's
+    per-step launches (units, blocks and persistent do not apply).
     """
     T, B, I = x.shape
     H = cell["H"]
     reset_after = cell["reset_after"]
     dtype = x.dtype
     zero = dtype.type(0)
+    lens = lengths_or_full(lengths, T, B)
+    mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
+    zh = device_array((0, 0, 0), dtype) if zone_h is None else as_device(zone_h)
+    if cell["ln"] is not None:
+        return norm_forward(x, cell, h0, lens, reverse, training, mask, zh)
     xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, 3 * H), dtype),
                 bias=cell["bias"], trans_b=True)
     h = device_array((2, B, H), dtype)
@@ -312,9 +324,6 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     hin = device_array((T, B, H), dtype) if training else unused
     hn = device_array((T, B, H), dtype) if training and reset_after else unused
     rh = device_array((steps, B, H), dtype) if not reset_after else unused
-    lens = lengths_or_full(lengths, T, B)
-    mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
-    zh = device_array((0, 0, 0), dtype) if zone_h is None else as_device(zone_h)
     args = [xp, cell["w_hh"], cell["b_hh"], lens, h, y, gates, hn, hin, rh, bool(reverse),
             reset_after, 1, bool(training), zero, cell["acts"], mask, zh]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
@@ -474,8 +483,11 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
     """Backward of gru_forward_cuda.
 
     dy: [T,B,H]; dh_n: [B,H]. Returns dx [T,B,I], dh0 [B,H] and
-    {"w_ih", "w_hh", "b_ih", "b_hh"} (device arrays in the weights' shapes).
+    {"w_ih", "w_hh", "b_ih", "b_hh"} (device arrays in the weights' shapes; and
+    "ln_ih", "ln_hh" with layer normalisation).
     """
+    if cell["ln"] is not None:
+        return norm_backward(dy, dh_n, cache, cell)
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
     H = cell["H"]

@@ -23,7 +23,7 @@ from numba import cuda, typeof, types
 # none, so tell Numba it is an sm_90 one (the compute capability is all it asks).
 _dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(9, 0))
 
-from numlstm.kernels.cuda import common, gru, lstm, lstm_norm, rnn  # noqa: E402
+from numlstm.kernels.cuda import common, gru, gru_norm, lstm, lstm_norm, rnn  # noqa: E402
 from numlstm.kernels.gates import for_cuda, make_acts, user_activation  # noqa: E402
 
 
@@ -123,6 +123,18 @@ def gru_signatures(dt, acts):
     }
 
 
+def gru_norm_signatures(dt, acts):
+    """The layer-normalised GRU's kernels (kernels/cuda/gru_norm.py; it launches
+    lstm_norm's row kernels too)."""
+    A2, A3 = arr(dt, 2), arr(dt, 3)
+    L, i64, b = arr(types.int64, 1), types.int64, types.boolean
+    return {
+        gru_norm._gates: (i64, A2, A2, L, A2, A2, A2, A3, A3, A3, A3, b, dt, acts, A2, A3),
+        gru_norm._gate_grads: (i64, A3, L, A3, A3, A3, A2, A2, A2, A2, dt, acts, A3),
+        gru_norm._add_masked: (A2, A2, A2),
+    }
+
+
 def rnn_signatures(dt):
     """The RNN's kernels (kernels/cuda/rnn.py)."""
     A2, A3 = arr(dt, 2), arr(dt, 3)
@@ -145,9 +157,12 @@ def main():
             cells = [*lstm_signatures(dt, acts).items(),
                      *lstm_norm_signatures(dt, acts).items(), *gru_signatures(dt, acts).items()]
             # Every kernel with the default activations; with the others, the persistent
-            # ones, which call every device function the per-step ones call.
+            # ones, which call every device function the per-step ones call, and the
+            # layer-normalised GRU's (per-step launches only).
             sigs += [(k, sig) for k, sig in cells
                      if n == 0 or "persistent" in k.py_func.__name__]
+            sigs += [(k, sig) for k, sig in gru_norm_signatures(dt, acts).items()
+                     if n == 0 or k is not gru_norm._add_masked]
         for kernel, sig in sigs:
             # A user's function computes in the types it is written in (1 + |a| is
             # float64 for a float32 a, as on the CPU): the check is of our arithmetic.
