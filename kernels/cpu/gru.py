@@ -457,7 +457,8 @@ def _norm_gates_row(x3, a, gain, b_hh, h_old, h_new, hn, keep, acts):
     (LN(W_ih x) * gain + b_ih), a [3H] the normalised recurrent product; h' into
     h_new [H]; with keep, the activated gates over x3 and the n gate's recurrent
     term into hn [H]. A function of its own, on its rows alone, so that LLVM
-    vectorises it (lstm._gates_row: inline in the time loop it ran 4x slower)."""
+    vectorises it (as lstm._gates_row; written inline in the time loop, the
+    inference forward took 1.5x as long at B=16, H=256)."""
     H = h_old.size
     for j in range(H):
         r = activate(acts[0], x3[j] + gain[j] * a[j] + b_hh[j])
