@@ -88,6 +88,37 @@ def check_lstm_reference_gradients(inputs, lengths, reverse, **options):
         assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
 
 
+def check_gru_reference_gradients(inputs, lengths, reverse, **options):
+    """gru_backward_ref against central finite differences, as
+    check_lstm_reference_gradients: inputs {x, w_ih, w_hh, b_ih, b_hh, h0} (and
+    layer normalisation's ln_ih, ln_hh) in float64, the forward's options; fails
+    above 1e-6. Returns the forward's outputs y."""
+    from numlstm.kernels.reference import gru_backward_ref, gru_forward_ref
+    rng = np.random.default_rng(0)
+    T, B = inputs["x"].shape[:2]
+    wy = rng.standard_normal((T, B, inputs["h0"].shape[1]))
+    wh = rng.standard_normal(inputs["h0"].shape)
+
+    def forward():
+        a = inputs
+        extra = {k: a[k] for k in ("ln_ih", "ln_hh") if k in a}
+        return gru_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
+                               lengths, reverse, **options, **extra)
+
+    def loss():
+        y, h, _ = forward()
+        return (y * wy).sum() + (h * wh).sum()
+
+    y, _, cache = forward()
+    dx, dh0, grads = gru_backward_ref(wy, wh, cache)
+    analytic = dict(x=dx, h0=dh0, **grads)
+    assert sorted(analytic) == sorted(inputs)
+    for name, arr in inputs.items():
+        err = rel_err(analytic[name], numeric_gradient(loss, arr))
+        assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
+    return y
+
+
 def _softsign(a):
     return a / (1 + abs(a))
 

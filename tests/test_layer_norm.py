@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import numlstm
-from helpers import (assert_close, check_streaming_and_checkpoint, lstm_layer_and_reference,
-                     numeric_gradient, rel_err, run_steps)
+from helpers import (assert_close, check_gru_reference_gradients,
+                     check_streaming_and_checkpoint, lstm_layer_and_reference, run_steps)
 from numlstm.kernels.cpu import gru_backward_cpu, gru_forward_cpu, pack_gru_cpu
 from numlstm.kernels.reference import gru_backward_ref, gru_forward_ref
 
@@ -148,24 +148,7 @@ def _gru_case(rng, T, B, I, H, zoned, training=True):
 def test_gru_reference_backward_matches_finite_differences(rng, zoned, reverse):
     cell, norms, x, h0, mask, zone_h, lengths = _gru_case(rng, 4, 3, 3, 4, zoned)
     inputs = dict(x=x, w_ih=cell[0], w_hh=cell[1], b_ih=cell[2], b_hh=cell[3], h0=h0, **norms)
-    wy, wh = rng.standard_normal((4, 3, 4)), rng.standard_normal((3, 4))
-
-    def forward():
-        a = inputs
-        return gru_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
-                               lengths, reverse, h_mask=mask, zone_h=zone_h, ln_ih=a["ln_ih"],
-                               ln_hh=a["ln_hh"])
-
-    def loss():
-        y, h, _ = forward()
-        return (y * wy).sum() + (h * wh).sum()
-
-    dx, dh0, grads = gru_backward_ref(wy, wh, forward()[2])
-    analytic = dict(x=dx, h0=dh0, **grads)
-    assert sorted(analytic) == sorted(inputs)
-    for name, arr in inputs.items():
-        err = rel_err(analytic[name], numeric_gradient(loss, arr))
-        assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
+    check_gru_reference_gradients(inputs, lengths, reverse, h_mask=mask, zone_h=zone_h)
 
 
 # (T, B, I, H, reverse): uneven, T=1 and B=1, H=1, H past a tile block (64 units)

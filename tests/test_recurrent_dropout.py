@@ -10,8 +10,8 @@ from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, lstm_backwar
                                  lstm_forward_cpu, pack_gru_cpu, pack_lstm_cpu)
 from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, lstm_backward_ref,
                                        lstm_forward_ref)
-from helpers import (assert_close, check_lstm_reference_gradients, lstm_layer_and_reference,
-                     numeric_gradient, rel_err)
+from helpers import (assert_close, check_gru_reference_gradients,
+                     check_lstm_reference_gradients, lstm_layer_and_reference, rel_err)
 
 
 def _cell(rng, I, H, P, scale):
@@ -134,23 +134,8 @@ def test_gru_reference_backward_matches_finite_differences(rng, reset_after, rev
     inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w[0], w_hh=w[1], b_ih=w[2],
                   b_hh=w[3], h0=rng.standard_normal((B, H)))
     mask = (rng.random((B, H)) >= 0.4) / 0.6
-    lengths = np.array([4, 1, 3])
-    wy, wh = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
-
-    def forward():
-        a = inputs
-        return gru_forward_ref(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
-                               lengths, reverse, reset_after, h_mask=mask)
-
-    def loss():
-        y, h, _ = forward()
-        return (y * wy).sum() + (h * wh).sum()
-
-    dx, dh0, grads = gru_backward_ref(wy, wh, forward()[2])
-    analytic = dict(x=dx, h0=dh0, **grads)
-    for name, arr in inputs.items():
-        err = rel_err(analytic[name], numeric_gradient(loss, arr))
-        assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
+    check_gru_reference_gradients(inputs, np.array([4, 1, 3]), reverse, reset_after=reset_after,
+                                  h_mask=mask)
 
 
 GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (6, 4, 9, 70, True),
