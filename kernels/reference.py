@@ -432,45 +432,36 @@ def gru_backward_ref(dy, dh_n, cache):
             dh_kept, dh_t = zh * dh_t, (1 - zh) * dh_t
         dn = np.where(valid, dh_t * (1 - z) * dcell(n), 0)
         dz = np.where(valid, dh_t * (h_prev - n) * dgate(z), 0)
-        if norms is not None:  # both products' gradients pass through their LN
-            d_hn = dn * r
+        if reset_after:
+            d_hn = dn * r  # gradient of the n gate's recurrent term W_hn h + b_hn
             dr = dn * hns[t] * dgate(r)
-            da_h = np.concatenate([dr, dz, d_hn], axis=1)  # of LN(W_hh h) + b_hh
-            da = np.concatenate([dr, dz, dn], axis=1)     # of LN(W_ih x) + b_ih
+        else:
+            d_hn = dn      # gradient of W_hn (r * h) + b_hn
+            d_rh = dn @ w_hn
+            dr = d_rh * h_in * dgate(r)
+        da = np.concatenate([dr, dz, dn], axis=1)      # of the input product (+ b_ih)
+        da_h = np.concatenate([dr, dz, d_hn], axis=1)  # of the recurrent one (+ b_hh)
+        grads["b_ih"] += da.sum(0)
+        grads["b_hh"] += da_h.sum(0)
+        dv_x, dv_h = da, da_h  # the gradients of the raw products
+        if norms is not None:  # both pass through their LN (reset_after only)
             _, h_hat, rstd_h = layer_norm(h_in @ w_hh.T, ln_hh)
             _, x_hat, rstd_x = layer_norm(x[t] @ w_ih.T, ln_ih)
             grads["ln_hh"] += (da_h * h_hat).sum(0)
             grads["ln_ih"] += (da * x_hat).sum(0)
             dv_h = layer_norm_grad(da_h, ln_hh, h_hat, rstd_h)
             dv_x = layer_norm_grad(da, ln_ih, x_hat, rstd_x)
-            dx[t] = dv_x @ w_ih
-            grads["w_ih"] += dv_x.T @ x[t]
+        dx[t] = dv_x @ w_ih
+        grads["w_ih"] += dv_x.T @ x[t]
+        if reset_after:  # W_hh read h in all three gates
             grads["w_hh"] += dv_h.T @ h_in
-            grads["b_ih"] += da.sum(0)
-            grads["b_hh"] += da_h.sum(0)
-            dh = np.where(valid, dh_t * z + (dv_h @ w_hh) * mask + dh_kept, dh)
-            continue
-        if reset_after:
-            d_hn = dn * r  # gradient of W_hn h + b_hn
-            dr = dn * hns[t] * dgate(r)
-            dh_prev = dh_t * z + (d_hn @ w_hn) * mask
-            grads["w_hh"][2 * H:] += d_hn.T @ h_in
-        else:
-            d_hn = dn      # gradient of W_hn (r * h) + b_hn
-            d_rh = dn @ w_hn
-            dr = d_rh * h_in * dgate(r)
-            dh_prev = dh_t * z + d_rh * r * mask
+            dh_prev = dh_t * z + (dv_h @ w_hh) * mask
+        else:            # W_hn read r * h
+            d_rz = dv_h[:, :2 * H]
+            grads["w_hh"][:2 * H] += d_rz.T @ h_in
             grads["w_hh"][2 * H:] += d_hn.T @ (r * h_in)
-        d_rz = np.concatenate([dr, dz], axis=1)
-        dh_prev = dh_prev + (d_rz @ w_rz) * mask + dh_kept
-        da = np.concatenate([d_rz, dn], axis=1)
-        dx[t] = da @ w_ih
-        grads["w_ih"] += da.T @ x[t]
-        grads["w_hh"][:2 * H] += d_rz.T @ h_in
-        grads["b_ih"] += da.sum(0)
-        grads["b_hh"][:2 * H] += d_rz.sum(0)
-        grads["b_hh"][2 * H:] += d_hn.sum(0)
-        dh = np.where(valid, dh_prev, dh)
+            dh_prev = dh_t * z + (d_rh * r + d_rz @ w_rz) * mask
+        dh = np.where(valid, dh_prev + dh_kept, dh)
     return dx, dh, grads
 
 
