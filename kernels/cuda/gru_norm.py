@@ -29,7 +29,8 @@ from ..gates import activate, dactivate
 from ..reference import LAYER_NORM_EPS
 from .common import (column_sums, combine, copy, device_array, flat_launch, matmul, ones,
                      scale_rows)
-from .lstm_norm import _column_dots, _norm_grad_rows, _normalise_rows
+from .lstm_norm import (_norm_grad_rows, _normalise_rows, column_dots, normalised_input,
+                        normalised_input_gradients)
 
 
 def _grid(B, H):
@@ -82,7 +83,7 @@ def norm_forward(x, cell, h0, lens, reverse, training, mask, zh):
     """gru.gru_forward_cuda for a cell with layer normalisation (cell["ln"]: the
     device gains g_ih, g_hh [G]); lens, mask and zh as that function prepares them.
     Returns y, h_n and the training cache."""
-    T, B, I = x.shape
+    T, B, _ = x.shape
     H = cell["H"]
     G = 3 * H
     dtype = x.dtype
@@ -90,12 +91,7 @@ def norm_forward(x, cell, h0, lens, reverse, training, mask, zh):
     eps = dtype.type(LAYER_NORM_EPS)
     inv_g = dtype.type(1 / G)
     ln_ih, ln_hh = cell["ln"]
-    xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, G), dtype),
-                trans_b=True)
-    xhat = device_array((T * B, G) if training else (1, 1), dtype)
-    sdx = device_array(T * B if training else 1, dtype)
-    _normalise_rows[flat_launch(T * B)](xp, ln_ih, cell["b_ih"], xp, xhat, sdx, inv_g, zero,
-                                        eps, training)
+    xp, xhat, sdx = normalised_input(x, cell["w_ih"], ln_ih, cell["b_ih"], training)
     h = device_array((2, B, H), dtype)
     copy(h0, h[0])
     masked = mask.shape[0] > 0
@@ -182,7 +178,7 @@ def norm_backward(dy, dh_n, cache, cell):
     """gru.gru_backward_cuda for a cell with layer normalisation: dx, dh0 and the
     gradients, the gains' included ("ln_ih", "ln_hh")."""
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
-    T, B, I = x.shape
+    T, B, _ = x.shape
     H = cell["H"]
     G = 3 * H
     dtype = x.dtype
@@ -206,21 +202,14 @@ def norm_backward(dy, dh_n, cache, cell):
                                         cache["sdh"][rows], dr[rows], inv_g, zero)
         matmul(dr[rows], cell["w_hh"], rec)
         _add_masked[_grid(B, H)](rec, mask, nxt)
-    dax = device_array((T * B, G), dtype)
-    _norm_grad_rows[flat_launch(T * B)](dgi, ln_ih, cache["xhat"], cache["sdx"], dax, inv_g,
-                                        zero)
+    dx, dw_ih, d_ln_ih = normalised_input_gradients(dgi, x, cell["w_ih"], ln_ih, cache["xhat"],
+                                                    cache["sdx"])
     # What W_hh read: h, or h * mask with recurrent dropout (hin keeps h itself).
     hin = (cache["hin"] if mask.shape[0] == 0 else scale_rows(cache["hin"], mask)
            ).reshape(T * B, H)
     one = ones(T * B, dtype)
-    grads = dict(w_ih=matmul(dax, x.reshape(T * B, I), device_array((G, I), dtype),
-                             trans_a=True),
-                 w_hh=matmul(dr, hin, device_array((G, H), dtype), trans_a=True),
+    grads = dict(w_ih=dw_ih, w_hh=matmul(dr, hin, device_array((G, H), dtype), trans_a=True),
                  b_ih=column_sums(dgi, device_array(G, dtype), one),
-                 b_hh=column_sums(dah, device_array(G, dtype), one))
-    dx = matmul(dax, cell["w_ih"], device_array((T * B, I), dtype)).reshape(T, B, I)
-    for name, (a, hat) in dict(ln_ih=(dgi, cache["xhat"]), ln_hh=(dah, cache["hhat"])).items():
-        out = device_array(G, dtype)
-        _column_dots[flat_launch(G)](a, hat, out, zero)
-        grads[name] = out
+                 b_hh=column_sums(dah, device_array(G, dtype), one), ln_ih=d_ln_ih,
+                 ln_hh=column_dots(dah, cache["hhat"]))
     return dx, dh[T % 2], grads

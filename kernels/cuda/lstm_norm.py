@@ -303,12 +303,50 @@ def _forward_norm_one(s, phase, xp, w_hh, w_hr, m, r, lengths, h, c, cn, y, gate
         _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask)
 
 
+def column_dots(a, b):
+    """A new [N]: the sum over rows of a [R,N] * b [R,N] (_column_dots)."""
+    out = device_array(a.shape[1], a.dtype)
+    _column_dots[flat_launch(a.shape[1])](a, b, out, a.dtype.type(0))
+    return out
+
+
+def normalised_input(x, w_ih, gain, bias, training):
+    """The input product of every step, each row layer-normalised: xp [T*B,G] =
+    LN(x @ W_ih^T) * gain + bias; and for the backward, when training, the
+    normalised rows xhat [T*B,G] and their deviations sd [T*B] ([1,1] and [1]
+    else). Returns (xp, xhat, sd)."""
+    T, B, I = x.shape
+    G = w_ih.shape[0]
+    dtype = x.dtype
+    xp = matmul(x.reshape(T * B, I), w_ih, device_array((T * B, G), dtype), trans_b=True)
+    xhat = device_array((T * B, G) if training else (1, 1), dtype)
+    sd = device_array(T * B if training else 1, dtype)
+    _normalise_rows[flat_launch(T * B)](xp, gain, bias, xp, xhat, sd, dtype.type(1 / G),
+                                        dtype.type(0), dtype.type(LAYER_NORM_EPS), training)
+    return xp, xhat, sd
+
+
+def normalised_input_gradients(dout, x, w_ih, gain, xhat, sd):
+    """The backward of normalised_input from dout [T*B,G], its output's gradient:
+    dx [T,B,I], dW_ih [G,I] and the gain's gradient [G] (the bias's is dout's
+    column sums)."""
+    T, B, I = x.shape
+    G = dout.shape[1]
+    dtype = dout.dtype
+    da = device_array((T * B, G), dtype)  # the raw product's gradient
+    _norm_grad_rows[flat_launch(T * B)](dout, gain, xhat, sd, da, dtype.type(1 / G),
+                                        dtype.type(0))
+    dx = matmul(da, w_ih, device_array((T * B, I), dtype)).reshape(T, B, I)
+    dw_ih = matmul(da, x.reshape(T * B, I), device_array((G, I), dtype), trans_a=True)
+    return dx, dw_ih, column_dots(dout, xhat)
+
+
 def norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units, blocks,
                  persistent):
     """lstm.lstm_forward_cuda for a cell with layer normalisation (cell["ln"]: the
     device gains g_ih, g_hh [G], g_c and bias b_c [H]); lens, mask, zc, zh as that
     function prepares them. Returns y, h_n, c_n and the training cache."""
-    T, B, I = x.shape
+    T, B, _ = x.shape
     H, P = cell["H"], cell["P"]
     G = 4 * H
     projected = cell["w_hr"].shape[0] > 0
@@ -317,13 +355,8 @@ def norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units, 
     eps = dtype.type(LAYER_NORM_EPS)
     inv_g, inv_h = dtype.type(1 / G), dtype.type(1 / H)
     ln_ih, ln_hh, ln_c, ln_c_bias = cell["ln"]
-    xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, G), dtype),
-                trans_b=True)
+    xp, xhat, sdx = normalised_input(x, cell["w_ih"], ln_ih, cell["bias"], training)
     steps = T if training else 1
-    xhat = device_array((T * B, G) if training else (1, 1), dtype)
-    sdx = device_array(T * B if training else 1, dtype)
-    _normalise_rows[flat_launch(T * B)](xp, ln_ih, cell["bias"], xp, xhat, sdx, inv_g, zero,
-                                        eps, training)
     h = device_array((2, B, P), dtype)
     copy(h0, h[0])
     c = device_array((B, H), dtype)
@@ -534,7 +567,7 @@ def norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent):
     the gradients, those of the gains and bias included ("ln_ih", "ln_hh",
     "ln_c", "ln_c_bias")."""
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
-    T, B, I = x.shape
+    T, B, _ = x.shape
     H, P = cell["H"], cell["P"]
     G = 4 * H
     w_hh, w_hr = cell["w_hh"], cell["w_hr"]
@@ -572,21 +605,14 @@ def norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent):
                 _backward_norm_one[p.blocks, p.threads](k, phase, *args)
             dh_one[p.blocks, p.threads](k, t, dr, w_hh, lens, dh, p.units, 0, G, mask, zero)
     # The input product's gradient through its normalisation, then the products.
-    dax = device_array((T * B, G), dtype)
-    _norm_grad_rows[flat_launch(T * B)](dgates, ln_ih, cache["xhat"], cache["sdx"], dax,
-                                        inv_g, zero)
-    x2 = x.reshape(T * B, I)
+    dx, dw_ih, d_ln_ih = normalised_input_gradients(dgates, x, cell["w_ih"], ln_ih,
+                                                    cache["xhat"], cache["sdx"])
     one = ones(T * B, dtype)
     db = column_sums(dgates, device_array(G, dtype), one)
-    grads = dict(w_ih=matmul(dax, x2, device_array((G, I), dtype), trans_a=True),
+    grads = dict(w_ih=dw_ih,
                  w_hh=matmul(dr, cache["hin"].reshape(T * B, P), device_array((G, P), dtype),
                              trans_a=True),
-                 b_ih=db, b_hh=copy(db, device_array(G, dtype)))
-    dx = matmul(dax, cell["w_ih"], device_array((T * B, I), dtype)).reshape(T, B, I)
-    for name, (a, b_) in dict(ln_ih=(dgates, cache["xhat"]), ln_hh=(dgates, cache["hhat"]),
-                              ln_c=(dn, chat)).items():
-        out = device_array(a.shape[1], dtype)
-        _column_dots[flat_launch(a.shape[1])](a, b_, out, zero)
-        grads[name] = out
+                 b_ih=db, b_hh=copy(db, device_array(G, dtype)), ln_ih=d_ln_ih,
+                 ln_hh=column_dots(dgates, cache["hhat"]), ln_c=column_dots(dn, chat))
     grads["ln_c_bias"] = column_sums(dn, device_array(H, dtype), one)
     return dx, dh[T % 2], dc, extra_gradients(grads, cell, cache, dgates, dhs)
