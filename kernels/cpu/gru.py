@@ -48,9 +48,10 @@ from numba import njit, prange
 
 from ..gates import DEFAULT_ACTS, activate, dactivate, for_dtype
 from .lstm import (_NO_ARRAY, _NO_MASK, _NO_ZONE, CB, _FAST, _blocks, _lengths_or_full,
-                   _matmul_rows, _norm_grad, _norm_grad_rows, _normalise_row, _normalise_rows,
-                   _pad, _rows_plan, _step_product, _times_mask, _zone_weights, mask_buffers,
-                   masked_product, product_for, step_before, step_tiles, transposed_with_sums)
+                   _matmul_rows, _norm_grad, _normalise_row, _pad, _rows_plan, _step_product,
+                   _times_mask, _zone_weights, mask_buffers, masked_product, normalised_input,
+                   normalised_input_gradient, product_for, step_before, step_tiles,
+                   transposed_with_sums)
 from .rnn import (_blas_recurrent_gradient, _empty, _input_gradients, _project,
                   _recurrent_gradients, _run_in_chunks, _state_buffers, _threads, _tiled_bias,
                   _tiled_weights, _torch_layout, _unpadded)
@@ -783,12 +784,10 @@ def _backward_blas_wrap(dy, dh_n, cache, packed):
 
 def _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h):
     """gru_forward_cpu of the layer-normalised GRU (_forward_norm)."""
-    T, B, I = x.shape
+    T, B, _ = x.shape
     H, G = packed["H"], 3 * packed["H"]
     ln_ih, ln_hh = packed["ln"]
-    x_hat = product_for(x.dtype)(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, G)
-    x_hat = np.ascontiguousarray(x_hat)
-    rstd_x = _normalise_rows(x_hat.reshape(T * B, G))  # (in place: x_hat is normalised)
+    x_hat, rstd_x = normalised_input(x, packed["w_ih"])
     xw = x_hat * ln_ih + packed["b_ih"]
     h = h0.copy()
     y = np.empty((T, B, H), x.dtype)
@@ -810,6 +809,7 @@ def _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h):
 def _backward_norm_wrap(dy, dh_n, cache, packed):
     """gru_backward_cpu of the layer-normalised GRU (_backward_norm)."""
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
+    reverse = cache["reverse"]
     T, B, I = x.shape
     G = 3 * packed["H"]
     ln_ih, ln_hh = packed["ln"]
@@ -817,16 +817,13 @@ def _backward_norm_wrap(dy, dh_n, cache, packed):
     dh = dh_n.copy()
     d_ln_hh, db_hh = np.zeros(G, x.dtype), np.zeros(G, x.dtype)
     _backward_norm(dy, dg, cache["hn"], y, h0, packed["w_hh"], ln_hh, h_hat, cache["rstd_h"],
-                   d_ln_hh, db_hh, mask, lens, reverse := cache["reverse"], dh, packed["acts"],
+                   d_ln_hh, db_hh, mask, lens, reverse, dh, packed["acts"],
                    step_tiles(packed, B, "w_hh_bwd", "w_hh_bwd"), cache["zh"])
     if mask.size:  # W_hh read h times the recurrent dropout mask
         y, h0 = y * mask, h0 * mask
     dw_hh = _blas_recurrent_gradient(h_hat, y, h0, lens, reverse)
-    dg2, x_hat = dg.reshape(T * B, G), cache["x_hat"].reshape(T * B, G)
-    d_ln_ih = np.einsum("ng,ng->g", dg2, x_hat)
-    db_ih = dg2.sum(axis=0)
-    dv = dg2 * ln_ih  # the input product's gradient, through its LN
-    _norm_grad_rows(dv, x_hat, cache["rstd_x"])
+    db_ih = dg.reshape(T * B, G).sum(axis=0)
+    dv, d_ln_ih = normalised_input_gradient(dg, ln_ih, cache["x_hat"], cache["rstd_x"])
     mm = product_for(dg.dtype)
     dx = mm(dv, packed["w_ih"]).reshape(T, B, I)
     dw_ih = mm(dv.T, x.reshape(T * B, I))

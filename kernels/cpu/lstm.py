@@ -901,6 +901,26 @@ def _norm_grad_rows(dv, v_hat, rstd):
         _norm_grad(dv[n], v_hat[n], rstd[n])
 
 
+def normalised_input(x, w_ih):
+    """The input product of every step, each row layer-normalised without gain
+    (the caller's gain and bias follow): x_hat [T,B,G] and 1 / sigma [T*B]."""
+    T, B, I = x.shape
+    xw = np.ascontiguousarray(product_for(x.dtype)(x.reshape(T * B, I), w_ih.T))
+    rstd = _normalise_rows(xw)  # (in place)
+    return xw.reshape(T, B, -1), rstd
+
+
+def normalised_input_gradient(dout, gain, x_hat, rstd):
+    """The backward of x_hat * gain + bias (x_hat, rstd: normalised_input's) from dout
+    [T,B,G], its gradient: the raw input product's gradient [T*B,G] and the gain's
+    [G]."""
+    G = dout.shape[-1]
+    d2, hat2 = dout.reshape(-1, G), x_hat.reshape(-1, G)
+    dv = d2 * gain
+    _norm_grad_rows(dv, hat2, rstd)
+    return dv, np.einsum("ng,ng->g", d2, hat2)
+
+
 @njit(**_FAST)
 def _gates_row(a, r, c_old, c_new, o_new, keep, clip, coupled, gclip, acts, peep):
     """One row's gate math on the BLAS path: a, r [G] the input and recurrent parts of
@@ -1350,11 +1370,12 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     lens = _lengths_or_full(lengths, T, B)
     ln_cache = None  # layer_norm's arrays for the backward
     if packed["kind"] == "blas":
-        xw = product_for(x.dtype)(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, -1)
         norms, ln = packed["ln"], None
-        if norms is not None:  # the input product normalised before the loop
-            G = xw.shape[2]
-            x_hat, rstd_x = xw, _normalise_rows(xw.reshape(T * B, G))
+        if norms is None:
+            xw = product_for(x.dtype)(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, -1)
+        else:  # the input product normalised before the loop
+            x_hat, rstd_x = normalised_input(x, packed["w_ih"])
+            G = x_hat.shape[2]
             xw = x_hat * norms[0]
             h_hat, rstd_h = (np.empty((T, B, G), x.dtype), np.empty((T, B), x.dtype)) if (
                 training) else (np.empty((0, 0, 0), x.dtype), np.empty((0, 0), x.dtype))
@@ -1655,10 +1676,8 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
                    cache["czs"], cache["zc"], cache["zh"], ln,
                    step_tiles(packed, B, "w_bwd", "w_proj_bwd"))
     if norms is not None:
-        ln_ih = np.einsum("tbg,tbg->g", dg, ln_cache["x_hat"])
-        dg_x = dg * norms[0]
-        _norm_grad_rows(dg_x.reshape(T * B, G), ln_cache["x_hat"].reshape(T * B, G),
-                        ln_cache["rstd_x"])
+        dg_x, ln_ih = normalised_input_gradient(dg, norms[0], ln_cache["x_hat"],
+                                                ln_cache["rstd_x"])
     dg_first, _ = _first_step_gradients(dg_h, lens, reverse)
     dgx2 = dg_x.reshape(T * B, G)
     mm = product_for(dg.dtype)
