@@ -18,11 +18,11 @@ Equations of one step (s = sigmoid, x the input, h the state entering the step):
     options: proj_size (w_hr [P,H] given) projects the output, h' = W_hr (o * tanh(c'))
     (torch's proj_size: h, y and W_hh's columns have P units, c keeps H); h_mask [B,P]
     multiplies h where it enters the recurrent product, W_hh (h * h_mask), the same
-    mask at every step (recurrent dropout: the layer passes 0 or 1/(1-p)); zone_c,
-    zone_h [T,B,H] (zoneout, Krueger et al. 2016) keep part of the old state,
-    c' <- c' + zone_c[t] (c - c') and h' <- h' + zone_h[t] (h - h') (the layer passes
-    0/1 draws when training, the rate itself at inference); input_forget couples the
-    two gates, f = 1 - i (ONNX's input_forget;
+    mask at every step (recurrent dropout: the layer passes 0 or 1/(1-p)); zone_c
+    [T,B,H], zone_h [T,B,P] (zoneout, Krueger et al. 2016) keep part of the old state,
+    c' <- c' + zone_c[t] (c - c') and h' <- h' + zone_h[t] (h - h'), h' after the
+    projection (the layer passes 0/1 draws when training, the rate itself at
+    inference); input_forget couples the two gates, f = 1 - i (ONNX's input_forget;
     the forget gate's own weights are then unused); cell_clip clips c' to
     [-cell_clip, cell_clip] (TensorFlow's cell_clip); gate_clip clips every gate
     pre-activation to [-gate_clip, gate_clip] before its activation (ONNX's clip,
@@ -137,8 +137,8 @@ def lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None, reverse=Fa
     x: [T,B,I]; h0: [B,P], c0: [B,H]; lengths: [B] ints or None (all T); cell_clip:
     None or a number > 0; input_forget: couple f = 1 - i; gate_clip: None or a
     number > 0; w_hr: None, or the projection [P,H] (P = H without it); h_mask: None
-    or [B,P], the recurrent dropout mask; zone_c, zone_h: None or [T,B,H], or
-    [1,B,H] for the same at every step (zoneout, without a projection; both or
+    or [B,P], the recurrent dropout mask; zone_c, zone_h: None or [T,B,H] and
+    [T,B,P], or [1,B,H] and [1,B,P] for the same at every step (zoneout; both or
     neither); peephole: None or [3H], the peephole weights (p_i, p_f, p_o);
     acts: gates.make_acts's tuple, the gates' and the cell's activations; ln_ih,
     ln_hh [4H], ln_c, ln_c_bias [H]: layer normalisation's gains and bias (all four

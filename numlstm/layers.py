@@ -230,10 +230,8 @@ class _Recurrent(Layer):
         if self.recurrent_dropout and self.cell == "rnn":
             raise ValueError("recurrent_dropout: the LSTM and the GRU have it, not the RNN")
         self.zoneout = _check_zoneout(zoneout)
-        if self.zoneout and (self.cell == "rnn" or self.spec.proj_size):
-            raise ValueError("zoneout: the LSTM without a projection and the GRU have it, "
-                             "not " + ("a projected LSTM" if self.cell == "lstm" else
-                                       "the RNN"))
+        if self.zoneout and self.cell == "rnn":
+            raise ValueError("zoneout: the LSTM and the GRU have it, not the RNN")
         if isinstance(self.zoneout, tuple) and self.cell == "gru":
             raise ValueError(f"zoneout: the GRU has one state, h, so one rate; got the pair "
                              f"{self.zoneout}")
@@ -596,19 +594,20 @@ class _Recurrent(Layer):
     def _zone(self, training, T, B):
         """Zoneout's weights for one layer and direction, as the kernels' keywords:
         zone_c and zone_h for the LSTM, zone_h for the GRU. When training, 0/1 draws
-        [T,B,H], 1 (keep the old value) with the rate's probability, per unit and
-        step; at inference the rates themselves, [1,B,H] (the expectation). {}
-        without zoneout."""
+        [T,B,units], 1 (keep the old value) with the rate's probability, per unit and
+        step; at inference the rates themselves, [1,B,units] (the expectation). {}
+        without zoneout. units: H, or P for the h of a projected LSTM."""
         if not self.zoneout:
             return {}
         H = self.spec.hidden_size
         rates = self.zoneout if isinstance(self.zoneout, tuple) else (self.zoneout,) * 2
+        widths = (H, self.spec.proj_size or H)  # c's units and h's (P with a projection)
         names = ("zone_c", "zone_h") if self.cell == "lstm" else ("zone_h",)
-        rates = rates[-len(names):]
+        parts = list(zip(names, rates[-len(names):], widths[-len(names):]))
         if not training:
-            return {k: np.full((1, B, H), p, self.dtype) for k, p in zip(names, rates)}
-        return {k: (~_keep_mask(self._drop_rng, (T, B, H), p, self.batch_rows, axis=1))
-                .astype(self.dtype) for k, p in zip(names, rates)}
+            return {k: np.full((1, B, n), p, self.dtype) for k, p, n in parts}
+        return {k: (~_keep_mask(self._drop_rng, (T, B, n), p, self.batch_rows, axis=1))
+                .astype(self.dtype) for k, p, n in parts}
 
     def _merge(self, pair):
         """The two directions' outputs (same shape) merged as merge_mode says."""
@@ -959,8 +958,9 @@ class LSTM(_Recurrent):
             2016). When training, each unit of c and of h keeps its previous value
             with that probability at each step, c' <- c' + z (c - c') with z drawn 0
             or 1 per sequence, unit and step (h likewise); at inference z is the rate
-            itself, the expectation. LSTM without a projection, and GRU (one rate:
-            it has one state, h), on every backend. Keras, torch and ONNX have no
+            itself, the expectation. LSTM (with a projection, h's zoneout mixes the
+            projected h, P units) and GRU (one rate: it has one state, h), on every
+            backend. Keras, torch and ONNX have no
             such option (to_torch and export_onnx refuse such a layer).
         proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
             proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units

@@ -1,8 +1,8 @@
-"""Zoneout, LSTM and GRU: each unit of the state (c and h; the GRU's h) keeps its
-previous value with the rate's probability while training (0/1 draws per sequence, unit
-and step), the rate itself at inference. The references against finite differences, the
-CPU and CUDA (simulator) kernels against them, and the layers on the numpy, cpu and cuda
-backends."""
+"""Zoneout, LSTM (projected too) and GRU: each unit of the state (c and h; the GRU's
+h) keeps its previous value with the rate's probability while training (0/1 draws per
+sequence, unit and step), the rate itself at inference. The references against finite
+differences, the CPU and CUDA (simulator) kernels against them, and the layers on the
+numpy, cpu and cuda backends."""
 import numpy as np
 import pytest
 
@@ -145,10 +145,8 @@ def test_step_config_and_refusals(rng, tmp_path):
     for bad, err in ((1.0, ValueError), ((0.1, 0.2, 0.3), ValueError), ("0.1", TypeError)):
         with pytest.raises(err, match="zoneout"):
             numlstm.LSTM(4, 6, zoneout=bad)
-    with pytest.raises(ValueError, match="zoneout: the LSTM without a projection and the GRU"):
+    with pytest.raises(ValueError, match="zoneout: the LSTM and the GRU have it, not the RNN"):
         numlstm.RNN(4, 6, zoneout=0.1)
-    with pytest.raises(ValueError, match="not a projected LSTM"):
-        numlstm.LSTM(4, 6, proj_size=2, zoneout=0.1)
     with pytest.raises(ValueError, match="to_torch: this LSTM uses zoneout"):
         lstm.to_torch()
     with pytest.raises(ValueError, match="export_onnx: this LSTM uses zoneout"):
@@ -173,6 +171,186 @@ def test_cuda_layer_computes_what_the_reference_does(rng):
     plain = numlstm.LSTM(3, 4, dtype=np.float32, seed=2)
     assert rel_err(y, plain(x, lengths=np.array([3, 1]))[0]) > 1e-3  # the rates bite
     assert_close(run_steps(cuda, x)[0], ref(x)[0], 2e-6, "streaming steps")
+
+
+# -- a projected LSTM: h' <- h' + zh (h - h') of the projected h (P units) ----------------
+def _proj_inputs(rng, T, B, I, H, P, scale, layer_norm=False):
+    """A projected cell's arrays under lstm_forward_ref's names (float64), and with
+    layer_norm its gains and bias near 1 and 0."""
+    w = _cell(rng, I, H, scale)
+    out = dict(x=rng.standard_normal((T, B, I)), w_ih=w[0],
+               w_hh=rng.standard_normal((4 * H, P)) * scale, b_ih=w[2], b_hh=w[3],
+               h0=rng.standard_normal((B, P)), c0=rng.standard_normal((B, H)),
+               w_hr=rng.standard_normal((P, H)) * scale)
+    if layer_norm:
+        out.update(ln_ih=1 + 0.1 * rng.standard_normal(4 * H),
+                   ln_hh=1 + 0.1 * rng.standard_normal(4 * H),
+                   ln_c=1 + 0.1 * rng.standard_normal(H),
+                   ln_c_bias=0.1 * rng.standard_normal(H))
+    return out
+
+
+def _proj_zones(rng, T, B, H, P, training):
+    """zone_c [.,B,H] and zone_h [.,B,P] as the layer passes them."""
+    if training:
+        return ((rng.random((T, B, H)) < 0.3).astype(float),
+                (rng.random((T, B, P)) < 0.4).astype(float))
+    return np.full((1, B, H), 0.3), np.full((1, B, P), 0.2)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_projected_reference_backward_matches_finite_differences(rng, training, reverse):
+    T, B, I, H, P = 4, 3, 3, 5, 2
+    inputs = _proj_inputs(rng, T, B, I, H, P, 0.8)
+    zone_c, zone_h = _proj_zones(rng, T, B, H, P, training)
+    mask = (rng.random((B, P)) >= 0.3) / 0.7
+    lengths = np.array([4, 1, 3])
+    check_lstm_reference_gradients(inputs, lengths, reverse, h_mask=mask, zone_c=zone_c,
+                                   zone_h=zone_h)
+    args = [inputs[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")]
+    y = lstm_forward_ref(*args, lengths, reverse, w_hr=inputs["w_hr"], h_mask=mask,
+                         zone_c=zone_c, zone_h=zone_h)[0]
+    # zone_h mixes the projected h: y is the old h wherever a draw of 1 keeps it
+    plain = lstm_forward_ref(*args, lengths, reverse, w_hr=inputs["w_hr"], h_mask=mask)[0]
+    assert rel_err(y, plain) > 1e-3
+
+
+# (T, B, I, H, P, reverse): uneven, T=1 and B=1, H and P past one block, H >= 256
+PROJ_SHAPES = [(5, 3, 4, 7, 3, False), (1, 1, 2, 5, 2, True), (6, 4, 9, 70, 65, True),
+               (4, 5, 6, 260, 130, False)]
+
+
+def _check_projected_kernels(rng, shape, training, dtype, layer_norm=False):
+    T, B, I, H, P, reverse = shape
+    a = _proj_inputs(rng, T, B, I, H, P, min(0.5, 2 / np.sqrt(H)), layer_norm)
+    zone_c, zone_h = _proj_zones(rng, T, B, H, P, training)
+    mask = (rng.random((B, P)) >= 0.3) / 0.7
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    names = ("w_ih", "w_hh", "b_ih", "b_hh")
+    extra = {k: a[k] for k in a if k not in names + ("x", "h0", "c0")}
+    y, h, c, cache = lstm_forward_ref(a["x"], *(a[k] for k in names), a["h0"], a["c0"],
+                                      lengths, reverse, cell_clip=0.9, h_mask=mask,
+                                      zone_c=zone_c, zone_h=zone_h, **extra)
+    dy, dh_n, dc_n = (rng.standard_normal(v.shape) for v in (y, h, c))
+    dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
+    want = dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, **grads)
+
+    def cast(v):
+        return v.astype(dtype)
+
+    packed = pack_lstm_cpu(*(cast(a[k]) for k in names), cell_clip=0.9,
+                           **{k: cast(v) for k, v in extra.items()})
+    args = (cast(a["x"]), packed, cast(a["h0"]), cast(a["c0"]), lengths, reverse)
+    options = dict(h_mask=cast(mask), zone_c=cast(zone_c), zone_h=cast(zone_h))
+    yk, hk, ck, cache_k = lstm_forward_cpu(*args, training=True, **options)
+    yi, hi, ci, _ = lstm_forward_cpu(*args, training=False, **options)
+    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*map(cast, (dy, dh_n, dc_n)), cache_k, packed)
+    got = dict(y=yk, h=hk, c=ck, dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
+    rtol = (1e-4 if layer_norm else 2e-5) if dtype == np.float32 else 1e-12
+    assert_close(yi, y, rtol, "y (inference forward)")
+    assert_close(hi, h, rtol, "h_n (inference forward)")
+    assert_close(ci, c, rtol, "c_n (inference forward)")
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].dtype == dtype, k
+        assert_close(got[k], want[k], rtol if k in "yhc" else 5 * rtol, k)
+
+
+@pytest.mark.parametrize("shape", PROJ_SHAPES, ids=lambda s: "T{}B{}I{}H{}P{}-{}".format(*s))
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_projected_cpu_kernels_against_the_reference(rng, shape, training, dtype):
+    _check_projected_kernels(rng, shape, training, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_projected_layer_norm_cpu_kernels_against_the_reference(rng, dtype):
+    """layer_norm's loop (the BLAS path; float32's products on Numba's threads)."""
+    for shape in PROJ_SHAPES[:3]:
+        for training in (True, False):
+            _check_projected_kernels(rng, shape, training, dtype, layer_norm=True)
+
+
+def test_projected_parallel_loop(rng, monkeypatch):
+    """The float32 loop with every step shared among the threads (two parallel regions a
+    step: the gates, then the projection), forced at small shapes."""
+    from numlstm.kernels.cpu import lstm as cpu_lstm
+    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)
+    for shape in [(5, 3, 4, 130, 70, False), (4, 2, 3, 70, 65, True)]:
+        _check_projected_kernels(rng, shape, True, np.float32)
+
+
+def test_projected_layer_backends_agree(rng):
+    """Two layers, bidirectional, lengths: the numpy, cpu and cuda (simulator) layers
+    draw alike and give every output and gradient alike, training and inference;
+    zoneout changes the inference; streaming steps give the sequence's outputs."""
+    def make(backend, **options):
+        return numlstm.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3,
+                            backend=backend, dtype=np.float64, seed=1, **options)
+    x, dy = rng.standard_normal((5, 3, 4)), rng.standard_normal((5, 3, 6))
+    lengths = np.array([5, 2, 4])
+    runs = []
+    for backend in ("numpy", "cpu", "cuda"):
+        layer = make(backend, zoneout=(0.2, 0.35))
+        y, (h, c) = layer(x, training=True, lengths=lengths)
+        dx, (dh0, dc0) = layer.backward(dy)
+        runs.append(dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, **layer.grads))
+        runs[-1]["inference"] = layer(x, lengths=lengths)[0]
+    assert runs[0]["y"].shape == (5, 3, 6) and runs[0]["h"].shape == (4, 3, 3)
+    for run in runs[1:]:
+        assert sorted(run) == sorted(runs[0])
+        for k in runs[0]:
+            assert_close(run[k], runs[0][k], 1e-12, k)
+    assert rel_err(runs[0]["inference"], make("numpy")(x, lengths=lengths)[0]) > 1e-3
+    assert rel_err(runs[0]["y"], runs[0]["inference"]) > 1e-3  # draws, not the rates
+    layer = numlstm.LSTM(4, 6, proj_size=3, zoneout=0.3, seed=1)
+    x32 = x.astype(np.float32)
+    assert_close(run_steps(layer, x32)[0], layer(x32)[0], 2e-6, "streaming steps")
+
+
+@pytest.mark.parametrize("layer_norm,dtype,path", [
+    (False, np.float32, "auto"), (False, np.float64, "per_step"), (True, np.float32, "auto"),
+    (True, np.float64, "per_step")],
+    ids=["float32", "float64-per-step", "layer-norm-float32", "layer-norm-float64-per-step"])
+def test_projected_cuda_kernels_match_the_reference(rng, layer_norm, dtype, path):
+    """The CUDA kernels (simulator), persistent and per-step launches, with zoneout
+    draws, a recurrent dropout mask and lengths; inference with the rates."""
+    cuda = pytest.importorskip("numba.cuda")
+    from numlstm.kernels.cuda import lstm_backward_cuda, lstm_forward_cuda, pack_lstm_cuda
+    T, B, I, H, P = 3, 3, 2, 5, 2
+    launch = {"auto": {}, "per_step": dict(units=2, persistent=False)}[path]
+    a = {k: v.astype(dtype) for k, v in _proj_inputs(rng, T, B, I, H, P, 0.5,
+                                                      layer_norm).items()}
+    names = ("w_ih", "w_hh", "b_ih", "b_hh")
+    extra = {k: a[k] for k in a if k not in names + ("x", "h0", "c0")}
+    lens = np.array([3, 1, 2])
+    mask = ((rng.random((B, P)) >= 0.3) / 0.7).astype(dtype)
+    packed, dev = pack_lstm_cuda(*(a[k] for k in names), **extra), cuda.to_device
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    for training in (True, False):
+        zone_c, zone_h = (z.astype(dtype) for z in _proj_zones(rng, T, B, H, P, training))
+        y, h, c, cache = lstm_forward_cuda(dev(a["x"]), packed, dev(a["h0"]), dev(a["c0"]),
+                                           lens, True, training, **launch, h_mask=mask,
+                                           zone_c=zone_c, zone_h=zone_h)
+        y_r, h_r, c_r, cache_r = lstm_forward_ref(a["x"], *(a[k] for k in names), a["h0"],
+                                                  a["c0"], lens, True, h_mask=mask,
+                                                  zone_c=zone_c, zone_h=zone_h, **extra)
+        for k, got, want in (("y", y, y_r), ("h_n", h, h_r), ("c_n", c, c_r)):
+            assert_close(got.copy_to_host(), want, rtol, k)
+        if not training:
+            continue
+        dy = rng.standard_normal(y_r.shape).astype(dtype)
+        dh_n, dc_n = (rng.standard_normal(v.shape).astype(dtype) for v in (h_r, c_r))
+        dx, dh0, dc0, grads = lstm_backward_cuda(dev(dy), dev(dh_n), dev(dc_n), cache, packed,
+                                                 **launch)
+        dx_r, dh0_r, dc0_r, grads_r = lstm_backward_ref(dy, dh_n, dc_n, cache_r)
+        assert sorted(grads) == sorted(grads_r)
+        for k, got, want in (("dx", dx, dx_r), ("dh0", dh0, dh0_r), ("dc0", dc0, dc0_r)):
+            assert_close(got.copy_to_host(), want, rtol, k)
+        for k in grads_r:
+            assert_close(grads[k].copy_to_host(), grads_r[k], rtol, k)
 
 
 # -- the GRU: one state, h' <- h' + zh (h - h') ----------------------------------------

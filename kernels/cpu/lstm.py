@@ -417,10 +417,18 @@ def _forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, t
 
 
 @njit(**_FAST)
-def _zoned_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
-                coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh):
-    """_fwd_step_in with zoneout: thread p's units of c are kept in c_old, the step runs,
-    then _zoneout mixes the old values back in (and the mask, if any, follows)."""
+def _cell_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
+               coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh, proj):
+    """Thread p's blocks of step t (_fwd_step_in, which writes h_new and y_t: with a
+    projection, m = o * cell(c') in both), with zoneout (zc [T or 1,B,Hp]; [1,1,0]
+    none): thread p's units of c are kept in c_old, the step runs, then _zoneout
+    mixes the old values back in, into c and, without a projection (_proj_step
+    zones the projected h), into h_new and y_t; the mask, if any, follows."""
+    if zc.shape[2] == 0:
+        _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P,
+                     clip, coupled, gclip, acts, peep, hm_new, mask,
+                     mask.shape[0] > 0 and not proj)
+        return
     nblk = W.shape[0]
     j0, j1 = p * nblk // P * U, (p + 1) * nblk // P * U
     for r in range(c.shape[0]):
@@ -430,22 +438,26 @@ def _zoned_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t
                  coupled, gclip, acts, peep, hm_new, mask, False)
     zt = t if zc.shape[0] > 1 else 0
     _zoneout(c, c_old, h_new, h_old, y_t, czs[t if training else 0], zc[zt], zh[zt], lengths,
-             t, training, j0, j1)
-    if mask.shape[0] > 0:
+             t, training, j0, j1, not proj)
+    if mask.shape[0] > 0 and not proj:
         _times_mask(h_new, mask, hm_new, j0, j1)
 
 
 @njit(**_FAST)
-def _zoneout(c, c_old, h_new, h_old, y_t, czs_t, zc_t, zh_t, lengths, t, training, j0, j1):
+def _zoneout(c, c_old, h_new, h_old, y_t, czs_t, zc_t, zh_t, lengths, t, training, j0, j1,
+             zone_h):
     """Zoneout of units [j0, j1) of the rows valid at step t, after the gate math
-    left the new values in c and h_new: c <- c + zc (c_old - c), h <- h + zh (h_old -
-    h), y = h. Training keeps the states after it in czs_t (held rows too)."""
+    left the new values in c and h_new: c <- c + zc (c_old - c) and, with zone_h,
+    h <- h + zh (h_old - h), y = h. Training keeps the states after it in czs_t
+    (held rows too)."""
     for r in range(c.shape[0]):
         if t < lengths[r]:
             for j in range(j0, j1):
                 c[r, j] += zc_t[r, j] * (c_old[r, j] - c[r, j])
-                h_new[r, j] += zh_t[r, j] * (h_old[r, j] - h_new[r, j])
-                y_t[r, j] = h_new[r, j]
+            if zone_h:
+                for j in range(j0, j1):
+                    h_new[r, j] += zh_t[r, j] * (h_old[r, j] - h_new[r, j])
+                    y_t[r, j] = h_new[r, j]
         if training:
             for j in range(j0, j1):
                 czs_t[r, j] = c[r, j]
@@ -467,17 +479,21 @@ def _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, 
 
 
 @njit(**_FAST)
-def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P, hm_new, mask, masked):
-    """Thread p's blocks of the projection, h' = m @ W_hr^T; rows past their length
+def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P, hm_new, mask, masked, zh_t):
+    """Thread p's blocks of the projection, h' = m @ W_hr^T, then zoneout's
+    h' <- h' + zh (h - h') (zh_t [B,Pp], or [1,0]: none); rows past their length
     hold h and output zero; when masked, hm_new = h' * mask for these blocks."""
     nblk = Wp.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     _matmul_rows(m, Wp, h_new, zero, False, 0, m.shape[0], b0, b1)
+    zoned = zh_t.shape[1] > 0
     for r in range(m.shape[0]):
         valid = t < lengths[r]
         for j in range(b0 * CB, b1 * CB):
             if not valid:
                 h_new[r, j] = h_old[r, j]
+            elif zoned:
+                h_new[r, j] += zh_t[r, j] * (h_old[r, j] - h_new[r, j])
             y_t[r, j] = h_new[r, j] if valid else 0
     if masked:
         _times_mask(h_new, mask, hm_new, b0 * CB, b1 * CB)
@@ -499,41 +515,33 @@ def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero,
     mask [B,Pp]: the recurrent dropout mask, or [0,0] for none; with one, the
     product reads hmbuf[s % 2] = h * mask, which each thread writes for its units
     of the next step (hmbuf [2,B,Pp], hmbuf[0] = h0 * mask).
-    Zoneout (no projection): zc, zh [T or 1,B,Hp], its weights for c and h ([1,1,0]:
+    Zoneout: zc [T or 1,B,Hp], zh [T or 1,B,Pp], its weights for c and h ([1,1,0]:
     none); czs [T,B,Hp] receives the states after it when training; c_old [B,Hp]
     scratch."""
     T = xw.shape[0]
     proj = Wp.shape[0] > 0
     masked = mask.shape[0] > 0
-    zoned = zc.shape[2] > 0
     for s in range(T):
         t = T - 1 - s if reverse else s
         h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
         h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
         m_old, m_new, y_t = (m, m, m) if proj else (h_old, h_new, y[t])
-        if zoned and P == 1:  # (no projection)
-            _zoned_step(xw, W, h_in, h_old, h_new, y[t], c, cs, rec, lengths, training, t, 0,
-                        1, clip, coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh)
-        elif zoned:
-            for p in prange(P):
-                _zoned_step(xw, W, h_in, h_old, h_new, y[t], c, cs, rec, lengths, training, t,
-                            p, P, clip, coupled, gclip, acts, peep, hm_new, mask, c_old, czs,
-                            zc, zh)
-        elif P == 1:  # even prange(1) would pay a fork and join per step
-            _fwd_step_in(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t, 0,
-                         1, clip, coupled, gclip, acts, peep, hm_new, mask, masked and not proj)
+        zh_t = zh[t if zh.shape[0] > 1 else 0]
+        if P == 1:  # even prange(1) would pay a fork and join per step
+            _cell_step(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t, 0, 1,
+                       clip, coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh, proj)
             if proj:
                 _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, 0, 1, hm_new, mask,
-                           masked)
+                           masked, zh_t)
         else:
             for p in prange(P):
-                _fwd_step_in(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t,
-                             p, P, clip, coupled, gclip, acts, peep, hm_new, mask,
-                             masked and not proj)
+                _cell_step(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t, p,
+                           P, clip, coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh,
+                           proj)
             if proj:
                 for p in prange(P):
                     _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, p, P, hm_new, mask,
-                               masked)
+                               masked, zh_t)
 
 
 @njit(**_FAST)
@@ -699,31 +707,59 @@ def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reve
 
 @njit(**_FAST)
 def _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, p, P,
-                   mask):
-    """With a projection, thread p's blocks of dhs[t], the gradient of step t's h:
-    dy[t] plus dG of the step after @ W_hh (times the mask, if any; dh_n at a row's
-    last step); zero past a row's length."""
+                   mask, zh, kh):
+    """With a projection, thread p's blocks of dhs[t], the gradient of step t's h
+    (before zoneout): dy[t] plus dG of the step after @ W_hh (times the mask, if
+    any; dh_n at a row's last step) plus kh, the part the step after kept; zero past
+    a row's length. With zoneout (zh [T or 1,B,Pp]; [1,1,0] none), kh then
+    receives this step's kept part, zh times that sum, and dhs[t] the rest."""
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     if s > 0:
         masked_product(dg[t_prev], W, rec, zero, mask, b0, b1)
+    zoned = zh.shape[2] > 0
+    zt = t if zh.shape[0] > 1 else 0
     for r in range(rec.shape[0]):
         n = lengths[r]
+        if t >= n:
+            for j in range(b0 * CB, b1 * CB):
+                dhs[t, r, j] = 0
+            continue
         dh_in = dh_n[r] if (t == 0 if reverse else t == n - 1) else rec[r]
         for j in range(b0 * CB, b1 * CB):
-            dhs[t, r, j] = dy[t, r, j] + dh_in[j] if t < n else 0
+            d = dy[t, r, j] + dh_in[j]
+            if zoned:
+                d += kh[r, j]
+                kh[r, j] = zh[zt, r, j] * d
+                d -= kh[r, j]
+            dhs[t, r, j] = d
 
 
 @njit(**_FAST)
-def _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t, p, P, clip,
-                   coupled, gclip, acts, peep):
+def _bwd_proj_cell(dg, cs, czs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t, p, P,
+                   clip, coupled, gclip, acts, peep, zc, kc):
     """With a projection, thread p's blocks of hidden units: dm = dhs[t] @ W_hr, the
-    gradient of o * tanh(c), then the gate gradients from it."""
+    gradient of o * tanh(c), then the gate gradients from it. With zoneout (zc
+    [T or 1,B,Hp]; [1,1,0] none), the part zc of dc passes to the step before
+    unchanged (kc: scratch)."""
     nblk = Wpb.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     _matmul_rows(dhs[t], Wpb, dm, zero, False, 0, dm.shape[0], b0, b1)
-    _bwd_pointwise(dg[t], cs[t], step_before(cs, c0, reverse, t), c0, dm, zero_b, zero_b, dc,
+    zoned = zc.shape[2] > 0
+    zc_t = zc[t if zc.shape[0] > 1 else 0]
+    if zoned:
+        for r in range(dc.shape[0]):
+            if t < lengths[r]:
+                for j in range(b0 * CB, b1 * CB):
+                    kc[r, j] = zc_t[r, j] * dc[r, j]
+                    dc[r, j] -= kc[r, j]
+    _bwd_pointwise(dg[t], cs[t], step_before(czs, c0, reverse, t), c0, dm, zero_b, zero_b, dc,
                    lengths, reverse, t, b0, b1, clip, coupled, gclip, acts, peep)
+    if zoned:
+        for r in range(dc.shape[0]):
+            if t < lengths[r]:
+                for j in range(b0 * CB, b1 * CB):
+                    dc[r, j] += kc[r, j]
 
 
 @njit(parallel=True, **_FAST)
@@ -737,9 +773,9 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
     a first parallel region writes the gradient of h to dhs [T,B,Pp], a second
     projects it back, dm = dhs[t] @ W_hr [B,Hp], and runs the gate gradients.
     mask: the forward's recurrent dropout mask [B,Pp], or [0,0] for none.
-    Zoneout (no projection): czs [T,B,Hp], the states after it; zc, zh [T or 1,
-    B,Hp], its weights ([1,1,0]: none); kh [B,Hp], zero in, out the part of dh0
-    that the first steps kept; kc, dhz [B,Hp] scratch, zb [B,Hp] zeros."""
+    Zoneout: czs [T,B,Hp], the states after it; zc [T or 1,B,Hp], zh [T or 1,B,Pp],
+    its weights ([1,1,0]: none); kh [B,Pp], zero in, out the part of dh0 that the
+    first steps kept; kc [B,Hp], dhz [B,Pp] scratch, zb [B,Pp] zeros."""
     T = dg.shape[0]
     zero = np.zeros((1, max(rec.shape[1], dm.shape[1])), rec.dtype)
     proj = Wpb.shape[0] > 0
@@ -749,16 +785,16 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
         t_prev = t - 1 if reverse else t + 1
         if proj and P == 1:
             _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, 0, 1,
-                           mask)
-            _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t, 0, 1,
-                           clip, coupled, gclip, acts, peep)
+                           mask, zh, kh)
+            _bwd_proj_cell(dg, cs, czs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t,
+                           0, 1, clip, coupled, gclip, acts, peep, zc, kc)
         elif proj:
             for p in prange(P):
                 _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev,
-                               p, P, mask)
+                               p, P, mask, zh, kh)
             for p in prange(P):
-                _bwd_proj_cell(dg, cs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t,
-                               p, P, clip, coupled, gclip, acts, peep)
+                _bwd_proj_cell(dg, cs, czs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse,
+                               t, p, P, clip, coupled, gclip, acts, peep, zc, kc)
         elif P == 1:
             _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s,
                               t, t_prev, 0, 1, clip, coupled, gclip, acts, peep, mask, zc, zh, kh,
@@ -947,13 +983,15 @@ def _gates_row(a, r, c_old, c_new, o_new, keep, clip, coupled, gclip, acts, peep
 
 
 @njit(**_FAST)
-def _outputs_row(c_new, o_new, n_c, c, m, zc, zh, zoned, acts):
+def _outputs_row(c_new, o_new, n_c, c, m, zc, zh, zone_c, zone_m, acts):
     """One row's new state c and output m = o * cell(n_c) (n_c: c' or its layer
-    normalised value), zoneout keeping part of the old ones (zc, zh [H])."""
+    normalised value), zoneout keeping part of the old ones: of c (zc [H]) when
+    zone_c, of m (zh [H]) when zone_m (with a projection, h is zoned after it)."""
     for j in range(c_new.size):
         cj, mj = c_new[j], o_new[j] * activate(acts[2], n_c[j])
-        if zoned:
+        if zone_c:
             cj += zc[j] * (c[j] - cj)
+        if zone_m:
             mj += zh[j] * (m[j] - mj)
         c[j] = cj
         m[j] = mj
@@ -965,8 +1003,8 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
     """xw [T,B,G] (receives the activated gates when training); w_hh_t [P,G];
     w_hr_t [H,P], the projection (ignored when its size is 0: P = H); mask [B,P],
     the recurrent dropout mask (none when its size is 0); h [B,P], c [B,H] in/out;
-    y [T,B,P] out; cs [T,B,H] out when training: the new cell values. Zoneout (no
-    projection): zc, zh [T or 1,B,H] ([1,1,0]: none), and czs [T,B,H] receives the
+    y [T,B,P] out; cs [T,B,H] out when training: the new cell values. Zoneout: zc
+    [T or 1,B,H], zh [T or 1,B,P] ([1,1,0]: none), and czs [T,B,H] receives the
     states after it when training (cs itself without zoneout). ln: None, or layer
     normalisation's (gain of the recurrent product [G], the cell's gain and bias
     [H], h_hat [T,B,G] and rstd_h [T,B]: the normalised product and its
@@ -991,6 +1029,7 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
     n_c = np.empty(H, xw.dtype)  # what h' reads: c' or, with layer_norm, its normalised value
     for s in range(T):
         t = T - 1 - s if reverse else s
+        zt = t if zc.shape[0] > 1 else 0
         h_in = h * mask if mask.size > 0 else h
         if tiles is None:
             np.dot(h_in, w_hh_t, rec)
@@ -1003,7 +1042,6 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
                     cs[t, b] = c[b]
                 continue
             a, r = xw[t, b], rec[b]
-            zt = t if zc.shape[0] > 1 else 0
             if ln is not None:  # r <- gain * LN(r)
                 rstd = _normalise_row(r[:G])
                 if training:
@@ -1021,7 +1059,7 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
                     n_c[j] = ln[1][j] * n_c[j] + ln[2][j]
             zb = b if zoned else 0
             _outputs_row(c_new, o_new, n_c if ln is not None else c_new, c[b], m[b], zc[zt, zb],
-                         zh[zt, zb], zoned, acts)
+                         zh[zt, zb], zoned, zoned and not proj, acts)
             if training:
                 czs[t, b] = c[b]
         if proj:
@@ -1032,8 +1070,17 @@ def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y,
         for b in range(B):
             if t < lengths[b]:
                 if proj:
+                    if zoned:  # h' = h~ + zh (h - h~), of the projected h~
+                        _zone_row(hp[b], h[b], zh[zt, b])
                     h[b] = hp[b, :h.shape[1]]
                 y[t, b] = h[b]
+
+
+@njit(**_FAST)
+def _zone_row(new, old, z):
+    """new[j] += z[j] (old[j] - new[j]) for j < z.size (zoneout of one row)."""
+    for j in range(z.size):
+        new[j] += z[j] * (old[j] - new[j])
 
 
 @njit(cache=True, error_model="numpy")
@@ -1132,10 +1179,14 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
     bounds = gate_clip_bounds(gclip, zero, acts)
     for s in range(T):
         t = s if reverse else T - 1 - s
+        zt = t if zc.shape[0] > 1 else 0
         if proj:
             for b in range(B):
                 if t < lengths[b]:
                     dhs[t, b] = dh[b] + dy[t, b]
+                    if zoned:  # the kept part of h's gradient passes to the step before
+                        kh[b] = zh[zt, b] * dhs[t, b]
+                        dhs[t, b] -= kh[b]
                 else:
                     dhs[t, b] = 0
             if tiles is None:
@@ -1146,7 +1197,6 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
         else:
             for b in range(B):
                 dm[b] = dh[b] + dy[t, b]
-        zt = t if zc.shape[0] > 1 else 0
         for b in range(B):
             n = lengths[b]
             a = dg[t, b]
@@ -1156,8 +1206,9 @@ def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, 
                     ln[3][t, b] = 0
                 continue
             if zoned:  # h' = h~ + zh (h - h~), c' = c~ + zc (c - c~)
-                kh[b] = zh[zt, b] * dm[b]
-                dm[b] -= kh[b]
+                if not proj:
+                    kh[b] = zh[zt, b] * dm[b]
+                    dm[b] -= kh[b]
                 kc[b] = zc[zt, b] * dc[b]
                 dc[b] -= kc[b]
             first = t == n - 1 if reverse else t == 0
@@ -1360,8 +1411,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     h0 [B,P], c0 [B,H] (P = H without a projection); lengths: [B] ints in [0, T],
     or None for all T; h_mask: None, or [B,P] multiplying h where it enters the
     recurrent product at every step (recurrent dropout, reference.lstm_forward_ref);
-    zone_c, zone_h: None, or zoneout's weights [T,B,H] (or [1,B,H], the same at
-    every step), without a projection.
+    zone_c, zone_h: None, or zoneout's weights of c [T,B,H] and h [T,B,P] (or [1,B,H]
+    and [1,B,P], the same at every step).
     Returns y [T,B,P], h_n [B,P], c_n [B,H] and, when training, the cache that
     lstm_backward_cpu consumes (else None).
     """
@@ -1386,7 +1437,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         y = np.empty((T, B, Pu), x.dtype)
         cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
-        zc, zh = (_zone_weights(z, H, x.dtype) for z in (zone_c, zone_h))
+        zc, zh = _zone_weights(zone_c, H, x.dtype), _zone_weights(zone_h, Pu, x.dtype)
         czs = np.empty_like(cs) if training and zone_c is not None else cs
         _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], mask, h, c, lens, reverse,
                       training, y, cs, packed["clip"], packed["coupled"], packed["gclip"],
@@ -1412,7 +1463,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             m = np.empty((B, Hp) if packed["proj"] else (1, 1), np.float32)
             zero = np.zeros((1, Pp), np.float32)
             mask, hmbuf = mask_buffers(h_mask, hbuf)
-            zc, zh = (_zone_weights(z, Hp, np.float32) for z in (zone_c, zone_h))
+            zc, zh = _zone_weights(zone_c, Hp, np.float32), _zone_weights(zone_h, Pp,
+                                                                           np.float32)
             czs = np.empty_like(cs) if training and zone_c is not None else cs
             c_old = np.empty((B, Hp), np.float32) if zone_c is not None else _NO_ARRAY
         if rows and _fuse_input(B, I, Hp, P):
@@ -1529,8 +1581,9 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     mask = cache["mask"]
     masked = mask.shape[0] > 0
     zoned = cache["zc"].shape[2] > 0
-    kh, kc, dhz, zb = ((np.zeros((B, Hp), np.float32) for _ in range(4)) if zoned else
-                       (_NO_ARRAY,) * 4)
+    kh, dhz, zb = ((np.zeros((B, Hp), np.float32) for _ in range(3)) if zoned else
+                   (_NO_ARRAY,) * 3)
+    kc = np.zeros((B, Hc), np.float32) if zoned else _NO_ARRAY
     dgb = None  # dG in blocks, the weight gradients' operand (_blocks's layout)
     P_rows, rows = _rows_plan(B, Hc, P)
     peep = packed["peep"]

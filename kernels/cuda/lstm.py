@@ -92,9 +92,9 @@ def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, h, c, y, gates, c
     (i = t when training, else 0), which _project_step turns into h and y.
     peep: the peepholes [3,H] (i, f, o), or [0,1] for none; mask: the recurrent
     dropout mask [B,P] on h where W_hh reads it (hin keeps h times it), or [0,0];
-    zc, zh: zoneout's weights of c and h, [T,B,H] or [1,B,H] (the same at every
-    step), or [0,0,0] for none: c' <- c' + zc (c - c'), likewise h' (cs keeps c'
-    before zoneout; not with a projection)."""
+    zc, zh: zoneout's weights of c and h, [T,B,H] and [T,B,P] or [1,B,...] (the same
+    at every step), or [0,0,0] for none: c' <- c' + zc (c - c'), likewise h' (cs
+    keeps c' before zoneout; with a projection, _project_step zones h')."""
     peeped = peep.shape[0] > 0
     masked = mask.shape[0] > 0
     zoned = zc.shape[0] > 0
@@ -146,7 +146,8 @@ def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, h, c, y, gates, c
                 if zoned:  # keep part of the old state (zc, zh: 0/1 draws or the rates)
                     z = t if zc.shape[0] > 1 else 0
                     c_new += zc[z, b, u] * (c_in - c_new)
-                    h_new += zh[z, b, u] * (h_in - h_new)
+                    if not projected:
+                        h_new += zh[z, b, u] * (h_in - h_new)
                 c[b, u] = c_new
                 if projected:
                     m[i_m, b, u] = h_new
@@ -173,11 +174,12 @@ def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, h, c, y, gates, c
 
 
 @cuda.jit(device=True)
-def _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask):
+def _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask, zh):
     """The projection of step s for the block's units q of h (P of them): h[(s+1) % 2]
-    and y[t] = W_hr m[i] of valid rows (m: _forward_step's, all H units of it), the
-    held state and zero past a row's length; hin[t] (training): h entering the step,
-    times the recurrent dropout mask (as _forward_step's)."""
+    and y[t] = W_hr m[i] of valid rows (m: _forward_step's, all H units of it), with
+    zoneout's h' <- h' + zh (h - h') (zh as _forward_step's), the held state and zero
+    past a row's length; hin[t] (training): h entering the step, times the recurrent
+    dropout mask (as _forward_step's)."""
     masked = mask.shape[0] > 0
     T = y.shape[0]
     B = y.shape[1]
@@ -199,6 +201,8 @@ def _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero
                 acc = zero
                 for u in range(H):
                     acc += w_hr[q, u] * m[i_m, b, u]
+                if zh.shape[0] > 0:
+                    acc += zh[t if zh.shape[0] > 1 else 0, b, q] * (h_in - acc)
                 h[nxt, b, q] = acc
                 y[t, b, q] = acc
             else:
@@ -224,7 +228,7 @@ def _forward_persistent(xp, w_hh, w_hr, m, lengths, h, c, y, gates, cs, cin, hin
         grid.sync()
         if w_hr.shape[0] > 0:
             _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero,
-                          mask)
+                          mask, zh)
             grid.sync()
 
 
@@ -239,7 +243,8 @@ def _forward_one(s, phase, xp, w_hh, w_hr, m, lengths, h, c, y, gates, cs, cin, 
                       hin, reverse, units, training, zero, clip, coupled, gclip, acts, peep,
                       mask, zc, zh)
     else:
-        _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask)
+        _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask,
+                      zh)
 
 
 def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
@@ -252,9 +257,8 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     persistent: force the launch (see common.plan); None chooses. h_mask: None,
     or [B,P] (host or device) multiplying h where it enters the recurrent product
     at every step (recurrent dropout, reference.lstm_forward_ref). zone_c, zone_h:
-    None, or zoneout's weights [T,B,H], or [1,B,H] for the same at every step
-    (both or neither, and not with a projection; reference.lstm_forward_ref), host
-    or device.
+    None, or zoneout's weights of c [T,B,H] and h [T,B,P], or [1,B,...] for the same
+    at every step (both or neither; reference.lstm_forward_ref), host or device.
     Returns y [T,B,P], h_n [B,P], c_n [B,H] and, when training, a cache for
     lstm_backward_cuda (else None).
     """
@@ -267,8 +271,6 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
     if (zone_c is None) != (zone_h is None):
         raise ValueError("zone_c and zone_h: pass both (zoneout) or neither")
-    if zone_c is not None and projected:
-        raise ValueError("zone_c, zone_h: zoneout is not defined with a projection")
     none = device_array((0, 0, 0), dtype)
     zc, zh = (none, none) if zone_c is None else (as_device(zone_c), as_device(zone_h))
     if cell["ln"] is not None:
@@ -314,26 +316,33 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
 @cuda.jit(device=True)
 def h_gradient(dy, w_hr, dhs, dh, zh, t, b, u, cur, zero):
     """The gradient reaching unit u's o * cell(c') at step t of a valid row b, from
-    h's, dh[cur, b] + dy[t, b]: that of unit u itself, or, with a projection
-    (w_hr [P,H]; [0,0] for none), times W_hr's column u; less zoneout's kept part
-    (zh as the forward's, [0,0,0] for none), with which it starts dh[(cur+1) % 2,
-    b, u] (zero with a projection, for u < P, which then keeps h's gradient in
-    dhs[t*B + b] for dW_hr). The backward's products add the rest of dh."""
+    h's, dh[cur, b] + dy[t, b], less zoneout's kept part (zh as the forward's,
+    [0,0,0] for none), with which it starts dh[(cur+1) % 2, b]: that of unit u
+    itself or, with a projection (w_hr [P,H]; [0,0] for none), the rest of each
+    unit q of h times W_hr[q, u] (unit u < P then also starts dh[(cur+1) % 2, b, u]
+    and keeps h's gradient in dhs[t*B + b, u] for dW_hr). The backward's products
+    add the rest of dh."""
     P = dy.shape[2]
     row = t * dy.shape[1] + b
     nxt = 1 - cur
+    zt = t if zh.shape[0] > 1 else 0
     if w_hr.shape[0] > 0:
         d = zero
         for q in range(P):
-            d += (dh[cur, b, q] + dy[t, b, q]) * w_hr[q, u]
+            dq = dh[cur, b, q] + dy[t, b, q]
+            if zh.shape[0] > 0:
+                dq -= zh[zt, b, q] * dq
+            d += dq * w_hr[q, u]
         if u < P:
-            dhs[row, u] = dh[cur, b, u] + dy[t, b, u]
-            dh[nxt, b, u] = zero
+            dq = dh[cur, b, u] + dy[t, b, u]
+            kept = zh[zt, b, u] * dq if zh.shape[0] > 0 else zero
+            dhs[row, u] = dq - kept
+            dh[nxt, b, u] = kept
         return d
     d = dh[cur, b, u] + dy[t, b, u]
     kept = zero
     if zh.shape[0] > 0:
-        kept = zh[t if zh.shape[0] > 1 else 0, b, u] * d
+        kept = zh[zt, b, u] * d
         d -= kept
     dh[nxt, b, u] = kept
     return d

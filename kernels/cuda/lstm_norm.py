@@ -218,10 +218,10 @@ def _norm_gates(s, xp, r, lengths, c, cn, gates, cin, hhat, sdh, ln_hh, T, rever
 def _norm_output(s, cn, gates, lengths, h, y, w_hr, m, hin, ln_c, ln_c_bias, reverse, units,
                  training, zero, acts, mask, zh, inv_h, eps):
     """Phase 3 of step s for the block's units: h' = o * cell(LN(c') + b_c) of
-    valid rows (zoneout on it), into h[(s+1) % 2] and y[t] or, with a
-    projection (w_hr [P,H]; [0,0] for none), into m[i]; hin[t] (training, without a
-    projection: _project_step writes it with one) the h entering the step times
-    the mask."""
+    valid rows (zoneout on it), into h[(s+1) % 2] and y[t] or, with a projection
+    (w_hr [P,H]; [0,0] for none), into m[i] (_project_step then zones the
+    projected h); hin[t] (training, without a projection: _project_step writes it
+    with one) the h entering the step times the mask."""
     T = y.shape[0]
     B = y.shape[1]
     H = cn.shape[2]
@@ -242,7 +242,7 @@ def _norm_output(s, cn, gates, lengths, h, y, w_hr, m, hin, ln_c, ln_c_bias, rev
                 mean, sd = _row_stats(cn[i_s, b], H, inv_h, zero, eps)
                 n = ln_c[u] * ((cn[i_s, b, u] - mean) / sd) + ln_c_bias[u]
                 h_new = gates[i_s, b, 3 * H + u] * activate(acts[2], n)
-                if zh.shape[0] > 0:
+                if zh.shape[0] > 0 and not projected:  # (else _project_step zones h')
                     h_new += zh[t if zh.shape[0] > 1 else 0, b, u] * (h_in - h_new)
                 if projected:
                     m[i_s, b, u] = h_new
@@ -279,7 +279,7 @@ def _forward_norm_persistent(xp, w_hh, w_hr, m, r, lengths, h, c, cn, y, gates, 
         grid.sync()
         if w_hr.shape[0] > 0:
             _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero,
-                          mask)
+                          mask, zh)
             grid.sync()
 
 
@@ -300,7 +300,8 @@ def _forward_norm_one(s, phase, xp, w_hh, w_hr, m, r, lengths, h, c, cn, y, gate
         _norm_output(s, cn, gates, lengths, h, y, w_hr, m, hin, ln_c, ln_c_bias, reverse, units,
                      training, zero, acts, mask, zh, inv_h, eps)
     else:
-        _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask)
+        _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask,
+                      zh)
 
 
 def column_dots(a, b):
