@@ -416,6 +416,8 @@ OPTION_VARIANTS = {"plain": {}, "cell_clip=1.0": {"cell_clip": 1.0},
                    # (training only: inference runs the plain layer)
                    "recurrent_dropout=0.25": {"recurrent_dropout": 0.25},
                    "zoneout=0.1": {"zoneout": 0.1},
+                   # (against plain, not against proj_size=H/2 alone)
+                   "proj_size=H/2, zoneout=0.1": {"proj_size": "H/2", "zoneout": 0.1},
                    "peephole": {"peephole": True},
                    # (its own loop, with a serial pass over each row: kernels/cpu/lstm.py)
                    "layer_norm": {"layer_norm": True},
