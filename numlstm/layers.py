@@ -960,8 +960,8 @@ class LSTM(_Recurrent):
             or 1 per sequence, unit and step (h likewise); at inference z is the rate
             itself, the expectation. LSTM (with a projection, h's zoneout mixes the
             projected h, P units) and GRU (one rate: it has one state, h), on every
-            backend. Keras, torch and ONNX have no
-            such option (to_torch and export_onnx refuse such a layer).
+            backend. Keras, torch and ONNX have no such option (to_torch and
+            export_onnx refuse such a layer).
         proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
             proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units
             (c keeps H), W_hh is [G,P] and each cell gains weight_hr_l{k} [P,H] (no

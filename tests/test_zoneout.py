@@ -27,6 +27,18 @@ def _cell(rng, I, H, scale):
     return [rng.standard_normal(s) * scale for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
 
 
+def _assert_kernels_match(got, want, inference, rtol, dtype):
+    """A kernel's training outputs and gradients (got) against the reference's
+    (want), and its inference outputs (inference: {name: (got, want)}): in dtype,
+    outputs and states within rtol, gradients within 5 rtol."""
+    for k, (g, w) in inference.items():
+        assert_close(g, w, rtol, f"{k} (inference forward)")
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].dtype == dtype, k
+        assert_close(got[k], want[k], rtol if k in ("y", "h", "c") else 5 * rtol, k)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_reference_backward_matches_finite_differences(rng, training, reverse):
@@ -70,12 +82,8 @@ def test_cpu_kernels_against_the_reference(rng, shape, training, dtype):
     yi, hi, ci, _ = lstm_forward_cpu(*args, training=False, **options)
     dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*map(cast, (dy, dh_n, dc_n)), cache_k, packed)
     got = dict(y=yk, h=hk, c=ck, dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
-    rtol = 2e-5 if dtype == np.float32 else 1e-12
-    assert_close(yi, y, rtol, "y (inference forward)")
-    assert_close(ci, c, rtol, "c_n (inference forward)")
-    for k in want:
-        assert got[k].dtype == dtype, k
-        assert_close(got[k], want[k], rtol if k in "yhc" else 5 * rtol, k)
+    _assert_kernels_match(got, want, dict(y=(yi, y), c_n=(ci, c)),
+                          2e-5 if dtype == np.float32 else 1e-12, dtype)
 
 
 @pytest.mark.parametrize("zoneout", [0.3, (0.2, 0.45)], ids=["one-rate", "pair"])
@@ -249,13 +257,7 @@ def _check_projected_kernels(rng, shape, training, dtype, layer_norm=False):
     dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*map(cast, (dy, dh_n, dc_n)), cache_k, packed)
     got = dict(y=yk, h=hk, c=ck, dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
     rtol = (1e-4 if layer_norm else 2e-5) if dtype == np.float32 else 1e-12
-    assert_close(yi, y, rtol, "y (inference forward)")
-    assert_close(hi, h, rtol, "h_n (inference forward)")
-    assert_close(ci, c, rtol, "c_n (inference forward)")
-    assert set(got) == set(want)
-    for k in want:
-        assert got[k].dtype == dtype, k
-        assert_close(got[k], want[k], rtol if k in "yhc" else 5 * rtol, k)
+    _assert_kernels_match(got, want, dict(y=(yi, y), h_n=(hi, h), c_n=(ci, c)), rtol, dtype)
 
 
 @pytest.mark.parametrize("shape", PROJ_SHAPES, ids=lambda s: "T{}B{}I{}H{}P{}-{}".format(*s))
@@ -403,13 +405,8 @@ def _check_gru_kernels(rng, shape, reset_after, training, dtype):
     dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,
                                           packed)
     got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)
-    rtol = 2e-5 if dtype == np.float32 else 1e-12
-    assert_close(yi, y, rtol, "y (inference forward)")
-    assert_close(hi, h, rtol, "h_n (inference forward)")
-    assert set(got) == set(want)
-    for k in want:
-        assert got[k].dtype == dtype, k
-        assert_close(got[k], want[k], rtol if k in "yh" else 5 * rtol, k)
+    _assert_kernels_match(got, want, dict(y=(yi, y), h_n=(hi, h)),
+                          2e-5 if dtype == np.float32 else 1e-12, dtype)
 
 
 @pytest.mark.parametrize("shape", GRU_SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))

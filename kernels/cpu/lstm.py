@@ -746,8 +746,8 @@ def _bwd_proj_cell(dg, cs, czs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, rev
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     _matmul_rows(dhs[t], Wpb, dm, zero, False, 0, dm.shape[0], b0, b1)
     zoned = zc.shape[2] > 0
-    zc_t = zc[t if zc.shape[0] > 1 else 0]
     if zoned:
+        zc_t = zc[t if zc.shape[0] > 1 else 0]
         for r in range(dc.shape[0]):
             if t < lengths[r]:
                 for j in range(b0 * CB, b1 * CB):
