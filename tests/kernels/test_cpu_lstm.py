@@ -179,6 +179,24 @@ def test_weight_gradients_through_both_copy_paths(rng, monkeypatch, reverse, sma
     _compare(rng, 1, 2, 4, 20, np.float32, reverse, None)
 
 
+@pytest.mark.parametrize("M, N", [(1, 1), (7, 3), (600, 13), (256, 8), (2 * 256 + 1, 17)])
+def test_transpose_and_column_sums_at_uneven_tiles(rng, M, N):
+    """_transpose's tiles (TR_ROWS x TR_COLS) at shapes that end inside a tile, into
+    an offset of a wider out, and the bias gradients' column sums it makes on the
+    way, against NumPy (the sums to float32 rounding of a float64 sum)."""
+    from numlstm.kernels.cpu.lstm import _NO_MASK, _transpose, transposed_with_sums
+    a = rng.standard_normal((M, N)).astype(np.float32)
+    a_t, sums = transposed_with_sums(a)
+    assert a_t.shape == (N, M) and np.array_equal(a_t, a.T)
+    exact = a.astype(np.float64).sum(axis=0)
+    scale = np.abs(a).astype(np.float64).sum(axis=0)
+    assert np.all(np.abs(sums - exact) <= 4 * np.finfo(np.float32).eps * scale), (sums, exact)
+    out = np.full((N, M + 5), -1, np.float32)
+    _transpose(a, out, _NO_MASK, 3)
+    assert np.array_equal(out[:, 3:M + 3], a.T)
+    assert np.all(out[:, :3] == -1) and np.all(out[:, M + 3:] == -1)
+
+
 # (each pair compiles every kernel again, about a minute: two pairs cover the kinds'
 # code in both places; test_gates.py checks every kind's scalar function)
 ACTIVATION_PAIRS = [("hard_sigmoid", "relu"), ("sigmoid", SOFTSIGN)]
