@@ -1632,7 +1632,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     if dgb is None:
         dgb = _blocks(dg2)
     grads = _weight_gradients(dgb, x, y, cache["h0"], _first_steps(lens, reverse), mask,
-                              reverse, packed)
+                              reverse, packed["cols"], Pu)
     if peep is not None:
         gate = dg.reshape(T, B, Gp // CB, 4, U)  # [..., gate, unit of the block]
         grads["peephole"] = _peephole_gradients(
@@ -1657,11 +1657,13 @@ def _transpose_into(a, out, col0, small):
         _transpose(a, out, _NO_MASK, col0)
 
 
-def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, packed):
+def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, cols, n_h):
     """{"w_ih", "w_hh", "b_ih", "b_hh"} in torch's layout from the gate gradients
     dgb [Gp/CB, T*B, CB] (_to_blocks's layout), the inputs x [T,B,I] and outputs
-    y [T,B,Hp] of the forward, h0 [B,P], each row's first step in the forward
-    (the one that read h0) and the recurrent dropout mask ([B,Hp], or [0,0]).
+    y [T,B,Hp] of the forward, h0 [B,n_h], each row's first step in the forward
+    (the one that read h0) and the recurrent dropout mask ([B,Hp], or [0,0]);
+    cols[j]: the kernels' gate column of torch's row j; n_h: the units of h
+    that W_hh reads (P with a projection).
 
     Computed transposed, dW^T = X^T @ dG, with dG as the products' blocked second
     operand: the rows are I + 1 (the bias: a row of ones) and Hp rather than Gp,
@@ -1669,38 +1671,56 @@ def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, packed):
     I = H) are transposed. Measured on 2 cores against dW = dG^T @ X with dG
     transposed: 3.8 -> 2.6 ms at T=64, B=32, I=32, H=128; 137 -> 120 ms at T=128,
     B=128, I=H=256."""
-    T, B, I = x.shape
-    M, Gp = dgb.shape[1], dgb.shape[0] * CB
-    Hp = y.shape[2]
-    small = M * Gp <= _SMALL  # (NumPy's copies: no parallel region's few microseconds)
+    Gp = dgb.shape[0] * CB
     zeros = np.zeros((1, Gp), np.float32)
-    x_t = np.empty((I + 1, M), np.float32)
-    _transpose_into(x.reshape(M, I), x_t, 0, small)
-    x_t[I] = 1
-    dw_ih = np.empty((I + 1, Gp), np.float32)  # [dW_ih^T; db]
+    x_t = _transposed_inputs(x)
+    dw_ih = np.empty((x_t.shape[0], Gp), np.float32)  # [dW_ih^T; db]
     _matmul(x_t, dgb, dw_ih, zeros, False)
-    # h entering each step (h_t's column t*B + b): y at the step before it in the
-    # forward's order, and h0 at each row's first step. Where that first step is
-    # not the direction's first (the reverse direction, with lengths), the slot
-    # holds y past the row's length, which is zero. Rows past their length meet
-    # zero gradients. With recurrent dropout, the product read h times the mask.
-    h_t = np.empty((Hp, M), np.float32)
-    if reverse:
-        _transpose_into(y[1:].reshape(-1, Hp), h_t, 0, small)
-        h_t[:, M - B:] = 0
-    else:
-        _transpose_into(y[:-1].reshape(-1, Hp), h_t, B, small)
-    h_t[:, first_steps * B + np.arange(B)] = _pad(h0, Hp).T
-    if mask.shape[0] > 0:
-        h_t.reshape(Hp, T, B)[...] *= mask.T[:, None, :]
-    dw_hh = np.empty((Hp, Gp), np.float32)  # dW_hh^T
+    h_t = _transposed_states(y, h0, first_steps, mask, reverse, False)
+    dw_hh = np.empty((h_t.shape[0], Gp), np.float32)  # dW_hh^T
     _matmul(h_t, dgb, dw_hh, zeros, False)
-    cols, Pu = packed["cols"], packed["P"]
-    w_ih, w_hh = np.empty((len(cols), I), np.float32), np.empty((len(cols), Pu), np.float32)
+    I = x.shape[2]
+    w_ih, w_hh = np.empty((len(cols), I), np.float32), np.empty((len(cols), n_h), np.float32)
     _untile(dw_ih, cols, w_ih)
     _untile(dw_hh, cols, w_hh)
     db = dw_ih[I, cols]
     return dict(w_ih=w_ih, w_hh=w_hh, b_ih=db, b_hh=db.copy())
+
+
+def _transposed_inputs(x):
+    """x [T,B,I] -> [I + 1, T*B]: x^T and a row of ones (a product with it as its
+    first operand has the bias gradient in its last row)."""
+    T, B, I = x.shape
+    M = T * B
+    x_t = np.empty((I + 1, M), np.float32)
+    _transpose_into(x.reshape(M, I), x_t, 0, M * I <= _SMALL)
+    x_t[I] = 1
+    return x_t
+
+
+def _transposed_states(y, h0, first_steps, mask, reverse, ones):
+    """The h entering each step, transposed: [Hp (+ 1 with ones: a row of ones), T*B],
+    column t*B + b. That is y [T,B,Hp] at the step before it in the forward's
+    order, and h0 [B, <= Hp] at each row's first step (first_steps [B]). Where
+    that first step is not the direction's first (the reverse direction, with
+    lengths), the slot holds y past the row's length, which is zero. Rows past
+    their length meet zero gradients. With recurrent dropout (mask [B,Hp], or
+    [0,0] for none), the products read h times the mask."""
+    T, B, Hp = y.shape
+    M = T * B
+    small = M * Hp <= _SMALL  # (NumPy's copies: no parallel region's few microseconds)
+    h_t = np.empty((Hp + ones, M), np.float32)
+    if reverse:
+        _transpose_into(y[1:].reshape(-1, Hp), h_t, 0, small)
+        h_t[:Hp, M - B:] = 0
+    else:
+        _transpose_into(y[:-1].reshape(-1, Hp), h_t, B, small)
+    h_t[:Hp, first_steps * B + np.arange(B)] = _pad(h0, Hp).T
+    if mask.shape[0] > 0:
+        h_t[:Hp].reshape(Hp, T, B)[...] *= mask.T[:, None, :]
+    if ones:
+        h_t[Hp] = 1
+    return h_t
 
 
 def _first_steps(lens, reverse):
