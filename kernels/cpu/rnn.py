@@ -200,22 +200,6 @@ def _torch_layout(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, rows, shape, H):
     return np.ascontiguousarray(dx), np.ascontiguousarray(dh0[:, :H]), grads
 
 
-def _first_step_dh(dg, lens, reverse, w_bwd):
-    """W_hh's part of dh0 [B,Hp]: dG [T,B,Gp] at each row's first forward step
-    (the one that read h0) @ W_hh; zero for rows of length 0."""
-    dg_first, _ = _first_step_gradients(dg, lens, reverse)
-    dh0 = np.empty((dg.shape[1], w_bwd.shape[0] * CB), np.float32)
-    _matmul(dg_first, w_bwd, dh0, np.zeros((1, dh0.shape[1]), np.float32), False)
-    return dh0
-
-
-def _input_gradient(dg2, w_dx):
-    """dx [T*B,Ip] = dG [T*B,Gp] @ W_ih (I padded to Ip)."""
-    dx = np.empty((dg2.shape[0], w_dx.shape[0] * CB), np.float32)
-    _matmul(dg2, w_dx, dx, np.zeros((1, dx.shape[1]), np.float32), False)
-    return dx
-
-
 def _blas_recurrent_gradient(dg, y, h0, lens, reverse):
     """sum over steps of dG[t]^T @ (h entering step t) (lstm.product_for's products).
     dg [T,B,G] zero past each length; y [T,B,H]; h0 [B,H] -> [G,H]."""
