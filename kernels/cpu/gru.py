@@ -52,7 +52,7 @@ from ..gates import DEFAULT_ACTS, activate, dactivate, for_dtype
 from .lstm import (_NO_ARRAY, _NO_MASK, _NO_ZONE, CB, _FAST, _blocks, _first_step_gradients,
                    _first_steps, _lengths_or_full, _matmul, _matmul_rows, _norm_grad,
                    _normalise_row, _pad, _rows_plan, _step_product, _times_mask,
-                   _transposed_inputs, _transposed_states, _untile, _zone_weights, mask_buffers,
+                   _weight_gradients as _lstm_weight_gradients, _zone_weights, mask_buffers,
                    masked_product, normalised_input, normalised_input_gradient, product_for,
                    step_before, step_tiles)
 from .rnn import (_blas_recurrent_gradient, _empty, _project, _run_in_chunks, _state_buffers,
@@ -752,7 +752,7 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     dh0[empty] = dh_np[empty]
     dg2, dn = dg.reshape(T * B, Gp), hn.reshape(T * B, Hp)
     grads = _weight_gradients(store, x, y, h0, _first_steps(lens, reverse), mask, reverse,
-                              packed)
+                              packed["H"])
     # dx reads dG_ih, which differs from dG_hh in the n gate only: dn for dn * r.
     nk = Hp // U
     dg2.reshape(T * B, nk, 3, U)[:, :, 2] = dn.reshape(T * B, nk, U)
@@ -776,37 +776,25 @@ def _input_gradient(dg2, w_dx):
     return dx
 
 
-def _weight_gradients(store, x, y, h0, first_steps, mask, reverse, packed):
+def _weight_gradients(store, x, y, h0, first_steps, mask, reverse, H):
     """{"w_ih", "w_hh", "b_ih", "b_hh"} in torch's layout from the gate gradients
     in _gate_blocks's layout (store [4, Hp/U, T*B, U]: [dn*r | dr | dz | dn]), the
     forward's x, y and h0 [B,Hp], each row's first step in the forward's order
     and the recurrent dropout mask ([B,Hp] or [0,0]).
 
-    As lstm._weight_gradients: dW^T = X^T @ dG, with x and the states transposed
-    (each with a row of ones: the biases differ in the n gate) and the gate
-    gradients re-laid in the products' blocked layout, gate by gate: [dn*r | dr
-    | dz | dn] (_gate_blocks), of which W_hh's product reads the first three
-    and W_ih's the last three, without a copy. Measured on 2 Zen 4 cores at
-    T=128, B=128, I=H=256 against transposing dG and dn (both ways with
-    lstm._transpose's 256 x 8 tiles), median of 7: the training step 226 ->
-    212 ms (217 with _gate_blocks a pass of its own rather than in the loop)."""
+    lstm._weight_gradients's products, dW^T = X^T @ dG, with the gate gradients
+    re-laid in the products' blocked layout gate by gate, so that W_hh's product
+    reads the store's first three gates (columns n, r, z) and W_ih's its last
+    three (r, z, n), without a copy. Measured on 2 Zen 4 cores at T=128, B=128,
+    I=H=256 against transposing dG and dn (both ways with lstm._transpose's
+    256 x 8 tiles), median of 7: the training step 226 -> 212 ms (217 with
+    _gate_blocks a pass of its own rather than in the loop)."""
     _, nk, M, _ = store.shape
     Hp = nk * U
-    Gp = 3 * Hp
-    zeros = np.zeros((1, Gp), np.float32)
-    x_t = _transposed_inputs(x)
-    dw_ih = np.empty((x_t.shape[0], Gp), np.float32)  # [dW_ih^T; db_ih], gates r, z, n
-    _matmul(x_t, store[1:].reshape(3 * nk, M, U), dw_ih, zeros, False)
-    h_t = _transposed_states(y, h0, first_steps, mask, reverse, True)
-    dw_hh = np.empty((Hp + 1, Gp), np.float32)  # [dW_hh^T; db_hh], gates n, r, z
-    _matmul(h_t, store[:3].reshape(3 * nk, M, U), dw_hh, zeros, False)
-    H, I = packed["H"], x.shape[2]
     gate, unit = np.divmod(np.arange(3 * H), H)
-    cols_ih, cols_hh = gate * Hp + unit, (gate + 1) % 3 * Hp + unit
-    w_ih, w_hh = np.empty((3 * H, I), np.float32), np.empty((3 * H, H), np.float32)
-    _untile(dw_ih, cols_ih, w_ih)
-    _untile(dw_hh, cols_hh, w_hh)
-    return dict(w_ih=w_ih, w_hh=w_hh, b_ih=dw_ih[I, cols_ih], b_hh=dw_hh[Hp, cols_hh])
+    return _lstm_weight_gradients(
+        store[1:].reshape(3 * nk, M, U), x, y, h0, first_steps, mask, reverse,
+        gate * Hp + unit, H, hh=(store[:3].reshape(3 * nk, M, U), (gate + 1) % 3 * Hp + unit))
 
 
 @njit(parallel=True, **_FAST)

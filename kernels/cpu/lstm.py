@@ -1657,13 +1657,16 @@ def _transpose_into(a, out, col0, small):
         _transpose(a, out, _NO_MASK, col0)
 
 
-def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, cols, n_h):
+def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, cols, n_h, hh=None):
     """{"w_ih", "w_hh", "b_ih", "b_hh"} in torch's layout from the gate gradients
     dgb [Gp/CB, T*B, CB] (_to_blocks's layout), the inputs x [T,B,I] and outputs
     y [T,B,Hp] of the forward, h0 [B,n_h], each row's first step in the forward
     (the one that read h0) and the recurrent dropout mask ([B,Hp], or [0,0]);
-    cols[j]: the kernels' gate column of torch's row j; n_h: the units of h
-    that W_hh reads (P with a projection).
+    cols[j]: the column of dgb's product that holds torch's row j; n_h: the units
+    of h that W_hh reads (P with a projection). hh: None, or (dgb_hh, cols_hh)
+    where W_hh's gate gradients differ from W_ih's (the GRU's n gate): W_hh's
+    product then reads dgb_hh, and its bias gradient comes from a row of ones
+    under h.
 
     Computed transposed, dW^T = X^T @ dG, with dG as the products' blocked second
     operand: the rows are I + 1 (the bias: a row of ones) and Hp rather than Gp,
@@ -1671,31 +1674,24 @@ def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, cols, n_h):
     I = H) are transposed. Measured on 2 cores against dW = dG^T @ X with dG
     transposed: 3.8 -> 2.6 ms at T=64, B=32, I=32, H=128; 137 -> 120 ms at T=128,
     B=128, I=H=256."""
+    dgb_hh, cols_hh = (dgb, cols) if hh is None else hh
     Gp = dgb.shape[0] * CB
     zeros = np.zeros((1, Gp), np.float32)
-    x_t = _transposed_inputs(x)
-    dw_ih = np.empty((x_t.shape[0], Gp), np.float32)  # [dW_ih^T; db]
+    T, B, I = x.shape
+    x_t = np.empty((I + 1, T * B), np.float32)  # x^T and a row of ones
+    _transpose_into(x.reshape(T * B, I), x_t, 0, x.size <= _SMALL)
+    x_t[I] = 1
+    dw_ih = np.empty((I + 1, Gp), np.float32)  # [dW_ih^T; db_ih]
     _matmul(x_t, dgb, dw_ih, zeros, False)
-    h_t = _transposed_states(y, h0, first_steps, mask, reverse, False)
-    dw_hh = np.empty((h_t.shape[0], Gp), np.float32)  # dW_hh^T
-    _matmul(h_t, dgb, dw_hh, zeros, False)
-    I = x.shape[2]
+    h_t = _transposed_states(y, h0, first_steps, mask, reverse, hh is not None)
+    dw_hh = np.empty((h_t.shape[0], Gp), np.float32)  # dW_hh^T (and db_hh, with hh)
+    _matmul(h_t, dgb_hh, dw_hh, zeros, False)
     w_ih, w_hh = np.empty((len(cols), I), np.float32), np.empty((len(cols), n_h), np.float32)
     _untile(dw_ih, cols, w_ih)
-    _untile(dw_hh, cols, w_hh)
+    _untile(dw_hh, cols_hh, w_hh)
     db = dw_ih[I, cols]
-    return dict(w_ih=w_ih, w_hh=w_hh, b_ih=db, b_hh=db.copy())
-
-
-def _transposed_inputs(x):
-    """x [T,B,I] -> [I + 1, T*B]: x^T and a row of ones (a product with it as its
-    first operand has the bias gradient in its last row)."""
-    T, B, I = x.shape
-    M = T * B
-    x_t = np.empty((I + 1, M), np.float32)
-    _transpose_into(x.reshape(M, I), x_t, 0, M * I <= _SMALL)
-    x_t[I] = 1
-    return x_t
+    db_hh = db.copy() if hh is None else dw_hh[-1, cols_hh]
+    return dict(w_ih=w_ih, w_hh=w_hh, b_ih=db, b_hh=db_hh)
 
 
 def _transposed_states(y, h0, first_steps, mask, reverse, ones):
