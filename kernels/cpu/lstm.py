@@ -92,7 +92,7 @@ from numba.extending import intrinsic
 from ..gates import (DEFAULT_ACTS, activate, clip_gate, dactivate, for_dtype, gate_clip_bounds,
                      lstm_cell, lstm_cell_grads, lstm_gate_grads, peephole_at)
 from ..reference import LAYER_NORM_EPS, apply_activation, layer_norm
-from .microkernel import CB, ROWS, tile_block
+from .microkernel import CB, ROWS, TT, address, tile_block, transpose_tile
 
 U = CB // 4     # hidden units per gate block; CB = 4U columns per block: [i(U) f(U) g(U) o(U)]
 HB = 64         # H is padded to a multiple of this (the backward's output block)
@@ -129,9 +129,8 @@ def _stack_f32(n):
     return stack
 
 
-TR_ROWS, TR_COLS = 256, 8  # _transpose's tile
-_transpose_scratch = _stack_f32(TR_ROWS * TR_COLS)
-_column_sums = _stack_f32(TR_COLS)
+TR_ROWS = 256  # the rows of one of _transpose's bands
+_column_sums = _stack_f32(TT)
 
 
 # -- the register-tiled product --------------------------------------------------------
@@ -188,48 +187,52 @@ def _row_chunks(M, nblk, P):
 
 @njit(parallel=True, **_FAST)
 def _transpose(a, out, part, col0=0):
-    """out = a.T for a [M,N], in tiles of TR_ROWS rows by TR_COLS columns of a
-    shared among the threads: the weight gradients then read dG^T row by row
-    (reading a transposed view strides a page per element and ran at a third of
-    the speed). Each tile is read row by row into a stack buffer and written out
-    row by row, TR_ROWS contiguous floats to each of out's rows. Tall, narrow
-    tiles: with 32 x 32 ones, each of out's rows got 128 bytes a tile, and a
-    tall a ran at 3 ns an element (16384 x 768: 37-50 ms, now 14; 16384 x 256:
-    12 ms, now 4.3; median of 7 on 2 Zen 4 cores, where copying the 16384 x 768
-    takes 3.3). (32 x 32 tiles had replaced writing out[j, i] down a column,
-    which put all of a tile's lines in one L1 set.)
-    part: [ceil(M/TR_ROWS), N] receives each band of TR_ROWS rows' column sums
-    (the bias gradients, without a pass of their own over a), or [0,0] for none;
-    they are summed as the tile is read, one running sum per column (summing
-    each column of the buffer after was a chain of TR_ROWS dependent adds, and
-    doubled the time).
-    col0: a goes to out's columns [col0, col0 + M) (out may be wider)."""
+    """out = a.T for a [M,N], in bands of TR_ROWS rows by TT columns of a shared
+    among the threads, each band in transpose_tile's TT x TT register tiles (the
+    band's last rows, and a last band narrower than TT, one float at a time): the
+    weight gradients then read the transpose row by row (reading a transposed
+    view strides a page per element and ran at a third of the speed). Median of
+    15 on 2 Zen 4 cores, against the 256 x 8 tiles through a stack buffer that
+    moved one float at a time: 16384 x 768 with the sums 18 -> 7-9 ms (a copy of
+    it takes 4.6-5.7), 16384 x 256 7.0 -> 1.2-2.5, 2048 x 768 with the sums 2.8
+    -> 0.7.
+    part: [ceil(M/TR_ROWS), N] receives each band's column sums (the bias
+    gradients, without a pass of their own over a: each tile's rows are summed
+    right after the tile, from L1), or [0,0] for none.
+    col0: a goes to out's columns [col0, col0 + M) (out may be wider).
+    Where a's or out's columns are not adjacent, all one float at a time."""
     M, N = a.shape
-    tm, tn = (M + TR_ROWS - 1) // TR_ROWS, (N + TR_COLS - 1) // TR_COLS
+    tm, tn = (M + TR_ROWS - 1) // TR_ROWS, (N + TT - 1) // TT
+    a_row, o_row = a.strides[0] // 4, out.strides[0] // 4
+    a_at, o_at = address(a), address(out)
+    sum_up = part.shape[0] > 0
+    tiles = a.strides[1] == 4 and out.strides[1] == 4
     for task in prange(tm * tn):
         ti, tj = divmod(np.int64(task), tn)
-        i0, j0 = ti * TR_ROWS, tj * TR_COLS
-        mi, mj = min(TR_ROWS, M - i0), min(TR_COLS, N - j0)
-        buf = carray(_transpose_scratch(), (TR_COLS, TR_ROWS))
-        if part.shape[0] > 0:  # one sum per column, TR_COLS independent chains
-            sums = carray(_column_sums(), TR_COLS)
-            sums[:] = 0
-            for i in range(mi):
-                src = a[i0 + i]
-                for j in range(mj):
-                    buf[j, i] = src[j0 + j]
-                    sums[j] += src[j0 + j]
-            for j in range(mj):
-                part[ti, j0 + j] = sums[j]
-        else:
-            for i in range(mi):
-                src = a[i0 + i]
-                for j in range(mj):
-                    buf[j, i] = src[j0 + j]
+        i0, j0 = ti * TR_ROWS, tj * TT
+        mi, mj = min(TR_ROWS, M - i0), min(TT, N - j0)
+        full = mi // TT * TT if mj == TT and tiles else 0  # rows through the tiles
+        sums = carray(_column_sums(), TT)  # one running sum per column
+        sums[:] = 0
+        for i in range(i0, i0 + full, TT):
+            transpose_tile(a_at + 4 * (i * a_row + j0), a_row,
+                           o_at + 4 * (j0 * o_row + col0 + i), o_row)
+            if sum_up:
+                for r in range(i, i + TT):
+                    src = a[r, j0:j0 + TT]
+                    for j in range(TT):
+                        sums[j] += src[j]
         for j in range(mj):
             dst = out[j0 + j]
-            for i in range(mi):
-                dst[col0 + i0 + i] = buf[j, i]
+            for i in range(i0 + full, i0 + mi):
+                dst[col0 + i] = a[i, j0 + j]
+        if sum_up:
+            for r in range(i0 + full, i0 + mi):
+                src = a[r, j0:j0 + mj]
+                for j in range(mj):
+                    sums[j] += src[j]
+            for j in range(mj):
+                part[ti, j0 + j] = sums[j]
 
 
 def transposed_with_sums(a):
@@ -258,19 +261,38 @@ def _to_blocks(a, out):
 @njit(parallel=True, **_FAST)
 def _untile(a_t, cols, out):
     """out[j, i] = a_t[i, cols[j]]: a weight gradient computed transposed, in the
-    kernels' gate columns (a_t [n(+), Gp]), to torch's layout (out [len(cols), n]),
-    in bands of 16 columns of out shared among the threads, so that whole cache
-    lines are written while 16 rows of a_t are read (by U x U tiles it ran 10
-    times slower at H = 1024: rows of a power-of-two length alias in L1). 2 ms
-    at H = 1024 (7 serial; NumPy's a_t[:, cols].T took 36)."""
+    kernels' gate columns (a_t [n(+), Gp(+)]), to torch's layout (out [len(cols), n]),
+    in tiles of TT x TT, each a band of TT rows of out shared among the threads.
+    Where a band's columns of a_t are consecutive (TT units of one gate, always
+    when TT divides H) its tiles go through transpose_tile's registers, the rest
+    (edges, gates straddling a band) one float at a time. a_t's rows should not
+    be a multiple of 4 KiB apart (_padded_cols): TT rows of a_t at such a distance
+    share one L1 set. At H = 256 on 2 Zen 4 cores: 0.17-0.48 ms one float at a
+    time in bands of 16, 0.04 now; at H = 1024, 7-9 ms, now 2.1."""
     n, G = out.shape[1], out.shape[0]
-    for band in prange((n + 15) // 16):
-        i0 = band * 16
-        i1 = min(i0 + 16, n)
-        for j in range(G):
-            c = cols[j]
-            for i in range(i0, i1):
-                out[j, i] = a_t[i, c]
+    a_row, o_row = a_t.strides[0] // 4, out.strides[0] // 4
+    a_at, o_at = address(a_t), address(out)
+    for band in prange((G + TT - 1) // TT):
+        j0 = band * TT
+        mj = min(TT, G - j0)
+        c0 = cols[j0]
+        run = mj == TT
+        for j in range(j0, j0 + mj):
+            run = run and cols[j] == c0 + j - j0
+        full = n // TT * TT if run else 0
+        for i0 in range(0, full, TT):
+            transpose_tile(a_at + 4 * (i0 * a_row + c0), a_row, o_at + 4 * (j0 * o_row + i0),
+                           o_row)
+        for j in range(j0, j0 + mj):
+            c, dst = cols[j], out[j]
+            for i in range(full, n):
+                dst[i] = a_t[i, c]
+
+
+def _padded_cols(G):
+    """A row length of at least G float32 that is not a multiple of 1 KiB, so that
+    rows read down a column fall into different L1 sets (_untile)."""
+    return G + TT if G % 256 == 0 else G
 
 
 # -- forward, float32 tiled ------------------------------------------------------------
@@ -1681,10 +1703,11 @@ def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, cols, n_h, hh=N
     x_t = np.empty((I + 1, T * B), np.float32)  # x^T and a row of ones
     _transpose_into(x.reshape(T * B, I), x_t, 0, x.size <= _SMALL)
     x_t[I] = 1
-    dw_ih = np.empty((I + 1, Gp), np.float32)  # [dW_ih^T; db_ih]
+    # [dW_ih^T; db_ih], and dW_hh^T (and db_hh, with hh), in rows of _padded_cols
+    dw_ih = np.empty((I + 1, _padded_cols(Gp)), np.float32)
     _matmul(x_t, dgb, dw_ih, zeros, False)
     h_t = _transposed_states(y, h0, first_steps, mask, reverse, hh is not None)
-    dw_hh = np.empty((h_t.shape[0], Gp), np.float32)  # dW_hh^T (and db_hh, with hh)
+    dw_hh = np.empty((h_t.shape[0], _padded_cols(Gp)), np.float32)
     _matmul(h_t, dgb_hh, dw_hh, zeros, False)
     w_ih, w_hh = np.empty((len(cols), I), np.float32), np.empty((len(cols), n_h), np.float32)
     _untile(dw_ih, cols, w_ih)

@@ -32,6 +32,10 @@ twice as fast on AVX2.
 
 The sum is the one the Numba loop made: init, then one fused multiply-add per k,
 in order; results are the same to the bit.
+
+transpose_tile(src, src_row, dst, dst_row) writes the transpose of a 16 x 16
+float32 tile: 16 row loads, 64 two-register shuffles, 16 row stores (the copy
+loops it replaced moved one float at a time; see lstm._untile).
 """
 import platform
 
@@ -152,8 +156,51 @@ def _tile(typingctx, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_
     return types.void(*([types.int64] * 11)), codegen
 
 
+TT = 16  # transpose_tile's side
+
+
+def _swap_masks(b):
+    """Shuffle masks (into the concatenation of rows i and i + b) that swap the
+    off-diagonal b x b blocks of every 2b x 2b block: the new row i takes row
+    i + b's lanes where row i had its upper half of each 2b lanes, row i + b the
+    other way round."""
+    lo = [lane if not lane & b else TT + lane - b for lane in range(TT)]
+    hi = [lane + b if not lane & b else TT + lane for lane in range(TT)]
+    return lo, hi
+
+
 @intrinsic
-def _address(typingctx, arr):
+def transpose_tile(typingctx, src, src_row, dst, dst_row):
+    """dst[j, i] = src[i, j] for i, j < TT: addresses in bytes, row strides in
+    elements (no alignment needed). Swapping the off-diagonal blocks of sides 8,
+    4, 2 and 1 in turn transposes the tile, 16 shuffles a level, in registers;
+    LLVM lowers the 16-lane vectors to what the target has."""
+    def codegen(context, builder, signature, args):
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        vec = ir.VectorType(f32, TT)
+        src, src_row, dst, dst_row = args
+        src, dst = (builder.inttoptr(p, f32.as_pointer()) for p in (src, dst))
+
+        def row(base, stride, r):
+            at = builder.gep(base, [builder.mul(stride, ir.Constant(i64, r))])
+            return builder.bitcast(at, vec.as_pointer())
+
+        rows = [builder.load(row(src, src_row, r), align=4) for r in range(TT)]
+        b = TT // 2
+        while b:
+            lo, hi = (ir.Constant(ir.VectorType(i32, TT), m) for m in _swap_masks(b))
+            for i in (i for i in range(TT) if not i & b):
+                rows[i], rows[i + b] = (builder.shuffle_vector(rows[i], rows[i + b], lo),
+                                        builder.shuffle_vector(rows[i], rows[i + b], hi))
+            b //= 2
+        for r in range(TT):
+            builder.store(rows[r], row(dst, dst_row, r), align=4)
+        return context.get_dummy_value()
+    return types.void(types.int64, types.int64, types.int64, types.int64), codegen
+
+
+@intrinsic
+def address(typingctx, arr):
     """The address of an array's first element, as an integer."""
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
@@ -169,10 +216,10 @@ def tile_block(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1):
     a_row, a_k, w_k = A.strides[0] // 4, A.strides[1] // 4, W.strides[1] // 4
     i_row = init.strides[0] // 4 if per_row else 0
     o_row = out.strides[0] // 4
-    a = _address(A) + 4 * (r_begin * a_row + k0 * a_k)
-    w = _address(W) + W.strides[0] * blk + 4 * k0 * w_k
-    i = _address(init) + 4 * (r_begin * i_row + blk * CB)
-    o = _address(out) + 4 * (r_begin * o_row + blk * CB)
+    a = address(A) + 4 * (r_begin * a_row + k0 * a_k)
+    w = address(W) + W.strides[0] * blk + 4 * k0 * w_k
+    i = address(init) + 4 * (r_begin * i_row + blk * CB)
+    o = address(out) + 4 * (r_begin * o_row + blk * CB)
     n = r_end - r_begin
     for g in range(GROUPS):
         col = 4 * g * NV * LANES  # (bytes)

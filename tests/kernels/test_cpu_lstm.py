@@ -179,9 +179,10 @@ def test_weight_gradients_through_both_copy_paths(rng, monkeypatch, reverse, sma
     _compare(rng, 1, 2, 4, 20, np.float32, reverse, None)
 
 
-@pytest.mark.parametrize("M, N", [(1, 1), (7, 3), (600, 13), (256, 8), (2 * 256 + 1, 17)])
+@pytest.mark.parametrize("M, N", [(1, 1), (7, 3), (600, 13), (256, 8), (2 * 256 + 1, 17),
+                                  (16, 16), (300, 48)])
 def test_transpose_and_column_sums_at_uneven_tiles(rng, M, N):
-    """_transpose's tiles (TR_ROWS x TR_COLS) at shapes that end inside a tile, into
+    """_transpose's bands (TR_ROWS x TT) at shapes that end inside a tile, into
     an offset of a wider out, and the bias gradients' column sums it makes on the
     way, against NumPy (the sums to float32 rounding of a float64 sum)."""
     from numlstm.kernels.cpu.lstm import _NO_MASK, _transpose, transposed_with_sums
@@ -195,6 +196,26 @@ def test_transpose_and_column_sums_at_uneven_tiles(rng, M, N):
     _transpose(a, out, _NO_MASK, 3)
     assert np.array_equal(out[:, 3:M + 3], a.T)
     assert np.all(out[:, :3] == -1) and np.all(out[:, M + 3:] == -1)
+    strided = rng.standard_normal((M, 2 * N)).astype(np.float32)[:, ::2]  # column stride 2
+    _transpose(strided, out, _NO_MASK, 3)
+    assert np.array_equal(out[:, 3:M + 3], strided.T)
+
+
+@pytest.mark.parametrize("H, n", [(1, 1), (16, 16), (37, 33), (64, 5), (64, 100)])
+def test_untile_at_uneven_shapes(rng, H, n):
+    """_untile (a weight gradient computed transposed -> torch's layout) against NumPy:
+    gate columns in runs of 16 (the registers' tiles) and, where H is not a
+    multiple of 16, bands straddling two gates (one float at a time), edges of n,
+    rows padded as _weight_gradients pads them or not, and columns in any order."""
+    from numlstm.kernels.cpu.lstm import _gate_columns, _padded_cols, _untile
+    cols = _gate_columns(H)
+    Gp = -(-H // 16) * 64
+    for width in (Gp, _padded_cols(Gp)):
+        for order in (cols, rng.permutation(cols)):
+            a_t = rng.standard_normal((n + 1, width)).astype(np.float32)
+            out = np.full((len(order), n), np.nan, np.float32)
+            _untile(a_t, order, out)
+            np.testing.assert_array_equal(out, a_t[:n, order].T)
 
 
 # (each pair compiles every kernel again, about a minute: two pairs cover the kinds'

@@ -3,9 +3,10 @@ against NumPy: each tile height, a remainder after full tiles, K chunks added to
 what is there, transposed and strided operands, a bias row."""
 import numpy as np
 import pytest
+from numba import njit
 
 from numlstm.kernels.cpu import microkernel
-from numlstm.kernels.cpu.microkernel import CB, ROWS, tile_block
+from numlstm.kernels.cpu.microkernel import CB, ROWS, TT, address, tile_block, transpose_tile
 
 
 def _sequential_fma(init, A, W):
@@ -104,8 +105,35 @@ for rows in (1, 5, 6, 7, 13):
         want = (want + A[:, k:k + 1].astype(np.float64) * W[1, k]).astype(np.float32)
         want = want.astype(np.float64)
     np.testing.assert_array_equal(out[:, CB:], want.astype(np.float32))
+from numba import njit
+from numlstm.kernels.cpu.microkernel import TT, address, transpose_tile
+@njit
+def t(src, dst):
+    transpose_tile(address(src) + 4 * (src.shape[1] + 2), src.shape[1], address(dst), dst.shape[1])
+src = rng.standard_normal((TT + 1, TT + 3)).astype(np.float32)
+dst = np.zeros((TT, TT + 1), np.float32)
+t(src, dst)
+np.testing.assert_array_equal(dst[:, :TT], src[1:, 2:TT + 2].T)
 print("ok")
 """
+
+
+@njit
+def _transpose_at(src, i0, j0, dst, r0, c0):
+    """dst[r0:r0+TT, c0:c0+TT] = src[i0:i0+TT, j0:j0+TT].T (C-contiguous float32)."""
+    transpose_tile(address(src) + 4 * (i0 * src.shape[1] + j0), src.shape[1],
+                   address(dst) + 4 * (r0 * dst.shape[1] + c0), dst.shape[1])
+
+
+def test_transpose_tile_moves_each_element_and_nothing_else(rng):
+    """The 16 x 16 register transpose, at unaligned offsets of arrays of odd row
+    lengths, leaves the rest of dst as it was."""
+    src = rng.standard_normal((TT + 9, TT + 21)).astype(np.float32)
+    dst = np.full((TT + 19, TT + 25), np.nan, np.float32)
+    _transpose_at(src, 3, 5, dst, 7, 2)
+    want = np.full_like(dst, np.nan)
+    want[7:7 + TT, 2:2 + TT] = src[3:3 + TT, 5:5 + TT].T
+    np.testing.assert_array_equal(dst, want)
 
 
 def test_the_avx2_tile_matches_in_a_process_compiled_for_avx2(tmp_path):
