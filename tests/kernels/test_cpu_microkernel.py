@@ -1,6 +1,7 @@
 """The register tile every float32 CPU product runs on (kernels/cpu/microkernel.py),
 against NumPy: each tile height, a remainder after full tiles, K chunks added to
-what is there, transposed and strided operands, a bias row."""
+what is there, transposed and strided operands, a bias row; and the 16 x 16 register
+transpose (transpose_tile)."""
 import numpy as np
 import pytest
 from numba import njit
