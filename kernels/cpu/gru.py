@@ -49,8 +49,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..gates import DEFAULT_ACTS, activate, dactivate, for_dtype
-from .lstm import (_NO_ARRAY, _NO_MASK, _NO_ZONE, CB, _FAST, _blocks, _first_step_gradients,
-                   _first_steps, _lengths_or_full, _matmul, _matmul_rows, _norm_grad,
+from .lstm import (_NO_ARRAY, _NO_MASK, _NO_ZONE, CB, _FAST, _blocks, _first_step_dh,
+                   _first_steps, _input_gradient, _lengths_or_full, _matmul_rows, _norm_grad,
                    _normalise_row, _pad, _rows_plan, _step_product, _times_mask,
                    _weight_gradients as _lstm_weight_gradients, _zone_weights, mask_buffers,
                    masked_product, normalised_input, normalised_input_gradient, product_for,
@@ -758,22 +758,6 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     dg2.reshape(T * B, nk, 3, U)[:, :, 2] = dn.reshape(T * B, nk, U)
     dx = _input_gradient(dg2, packed["w_dx"]).reshape(T, B, -1)[:, :, :x.shape[2]]
     return np.ascontiguousarray(dx), np.ascontiguousarray(dh0[:, :packed["H"]]), grads
-
-
-def _first_step_dh(dg, lens, reverse, w_bwd):
-    """W_hh's part of dh0 [B,Hp]: dG [T,B,Gp] at each row's first forward step
-    (the one that read h0) @ W_hh; zero for rows of length 0."""
-    dg_first, _ = _first_step_gradients(dg, lens, reverse)
-    dh0 = np.empty((dg.shape[1], w_bwd.shape[0] * CB), np.float32)
-    _matmul(dg_first, w_bwd, dh0, np.zeros((1, dh0.shape[1]), np.float32), False)
-    return dh0
-
-
-def _input_gradient(dg2, w_dx):
-    """dx [T*B,Ip] = dG [T*B,Gp] @ W_ih (I padded to Ip)."""
-    dx = np.empty((dg2.shape[0], w_dx.shape[0] * CB), np.float32)
-    _matmul(dg2, w_dx, dx, np.zeros((1, dx.shape[1]), np.float32), False)
-    return dx
 
 
 def _weight_gradients(store, x, y, h0, first_steps, mask, reverse, H):

@@ -1606,7 +1606,6 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     dg = cache["gates"]
     Gp, Hp = dg.shape[2], y.shape[2]  # Hp: the units of h (Pp with a projection)
     Ip = packed["w_dx"].shape[0] * CB
-    zeros = np.zeros((1, max(Ip, Hp, Hc)), np.float32)  # the init of every product below
     dh_np = _pad(dh_n, Hp)
     dc = _pad(dc_n, Hc).copy()
     rec = np.empty((B, Hp), np.float32)
@@ -1640,17 +1639,15 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
         _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec, dh_np,
                         dc, lens, reverse, P, packed["clip"], packed["coupled"], packed["gclip"],
                         packed["acts"])
-    dg_first, empty = _first_step_gradients(dg, lens, reverse)
-    dh = np.empty((B, Hp), np.float32)
-    _matmul(dg_first, packed["w_bwd"], dh, zeros, False)
+    dh = _first_step_dh(dg, lens, reverse, packed["w_bwd"])
     if masked:
         dh *= mask
     if zoned:
         dh += kh  # zoneout's kept part of the first steps' dh
+    empty = lens == 0
     dh[empty] = dh_np[empty]
     dg2 = dg.reshape(T * B, Gp)
-    dx = np.empty((T * B, Ip), np.float32)
-    _matmul(dg2, packed["w_dx"], dx, zeros, False)
+    dx = _input_gradient(dg2, packed["w_dx"])
     if dgb is None:
         dgb = _blocks(dg2)
     grads = _weight_gradients(dgb, x, y, cache["h0"], _first_steps(lens, reverse), mask,
@@ -1664,7 +1661,8 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
         dhs_t = np.empty((Hp, T * B), np.float32)
         _transpose(dhs.reshape(T * B, Hp), dhs_t, _NO_MASK)
         dw_hr = np.empty((Hp, Hc), np.float32)
-        _matmul(dhs_t, _blocks(m_all.reshape(T * B, Hc)), dw_hr, zeros, False)
+        _matmul(dhs_t, _blocks(m_all.reshape(T * B, Hc)), dw_hr, np.zeros((1, Hc), np.float32),
+                False)
         grads["w_hr"] = dw_hr[:Pu, :H]
     dx = dx.reshape(T, B, Ip)[:, :, :I]
     return (np.ascontiguousarray(dx), np.ascontiguousarray(dh[:, :Pu]),
@@ -1755,6 +1753,24 @@ def _first_step_gradients(dg, lens, reverse):
     empty = lens == 0
     dg_first[empty] = 0
     return dg_first, empty
+
+
+def _first_step_dh(dg, lens, reverse, w_bwd):
+    """W_hh's part of dh0 [B,Hp]: dG [T,B,Gp] at each row's first forward step
+    (the one that read h0) @ W_hh (w_bwd, its blocks); zero for rows of length 0.
+    (The LSTM's, the GRU's.)"""
+    dg_first, _ = _first_step_gradients(dg, lens, reverse)
+    dh0 = np.empty((dg.shape[1], w_bwd.shape[0] * CB), np.float32)
+    _matmul(dg_first, w_bwd, dh0, np.zeros((1, dh0.shape[1]), np.float32), False)
+    return dh0
+
+
+def _input_gradient(dg2, w_dx):
+    """dx [T*B,Ip] = dG [T*B,Gp] @ W_ih (w_dx, its blocks; I padded to Ip): every
+    cell's input gradient."""
+    dx = np.empty((dg2.shape[0], w_dx.shape[0] * CB), np.float32)
+    _matmul(dg2, w_dx, dx, np.zeros((1, dx.shape[1]), np.float32), False)
+    return dx
 
 
 def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):

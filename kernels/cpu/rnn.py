@@ -37,8 +37,8 @@ from numba import carray, njit, prange
 from ..gates import drelu, dtanh, relu, tanh
 from ..reference import RNN_NONLINEARITIES
 from .lstm import (CB, INFERENCE_CHUNK_BYTES, PARALLEL_MIN_FLOPS, PARALLEL_MIN_UNITS, _FAST,
-                   _blocks, _first_step_gradients, _lengths_or_full, _matmul, _matmul_rows, _pad,
-                   _stack_f32, product_for, transposed_with_sums)
+                   _blocks, _first_step_gradients, _input_gradient, _lengths_or_full, _matmul,
+                   _matmul_rows, _pad, _stack_f32, product_for, transposed_with_sums)
 
 # lstm.py's measured limits, rebound here: gru.py reads them from this module
 # too, and tests lower them to force the parallel step or small inference chunks.
@@ -183,8 +183,7 @@ def _input_gradients(dg2, dg_t, x, w_dx):
     TB, Gp = dg2.shape
     Ip = w_dx.shape[0] * CB
     zeros = np.zeros((1, max(Gp, Ip)), np.float32)
-    dx = np.empty((TB, Ip), np.float32)
-    _matmul(dg2, w_dx, dx, zeros, False)
+    dx = _input_gradient(dg2, w_dx)
     dw_ih = np.empty((Gp, Ip), np.float32)
     _matmul(dg_t, _blocks(x.reshape(TB, x.shape[2])), dw_ih, zeros, False)
     return dx, dw_ih
