@@ -9,9 +9,12 @@ A: [M,K] float32, any strides; W: [nblk,K,CB] float32, each block's columns
 contiguous; out, init: [M or 1, nblk*CB] float32, unit column stride; init may
 be out itself (the K chunks after the first add to what is there).
 
-A tile is ROWS rows (fewer for the last) by NV vector registers of columns: its
-accumulators stay in registers through the whole k loop, and per k it loads NV
-vectors of W and broadcasts one value of A per row. The vector width and the
+A tile is ROWS rows by NV vector registers of columns: its accumulators stay in
+registers through the whole k loop, and per k it loads NV vectors of W and
+broadcasts one value of A per row. The rows left after the full tiles (all of
+them at B = 1) go through tiles that span WIDE_NV[rows] vectors instead, so that
+enough independent FMA chains run (see WIDE_NV; a [1,1024] x [1024,4096] product
+on one Zen 3 core, AVX2: 0.79-0.92 ms -> 0.32-0.42 ms). The vector width and the
 tile follow the target Numba compiles for (_target): on AVX-512, 16 lanes and 6
 rows x 4 vectors (24 of the 32 zmm registers, the whole block); on AVX2 8 lanes
 and 6 x 2 of its 16 ymm registers (four column groups a block); on NEON 4 lanes
@@ -74,8 +77,8 @@ NV = 4 if _REGISTERS >= 32 else 2  # vectors per tile row (ROWS * NV + NV + 1 <=
 GROUPS = CB // (NV * LANES)         # column groups of a block
 
 
-def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
-    """Emit, at the builder's position, a rows x (NV * LANES) tile:
+def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row, nv=NV):
+    """Emit, at the builder's position, a rows x (nv * LANES) tile:
     out[r, :] = init[r, :] + sum_k A[r, k] W[k, :] (pointers to float32, strides in
     elements; init_row 0 reads one row for all, a bias). The accumulators are the
     k loop's phi nodes, so they live in registers throughout."""
@@ -94,7 +97,7 @@ def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, o
 
     start = [builder.load(vector_at(init, builder.add(builder.mul(init_row, const(r)),
                                                        const(LANES * v))), align=4)
-             for r in range(rows) for v in range(NV)]
+             for r in range(rows) for v in range(nv)]
     entry = builder.block
     head = builder.append_basic_block("tile_k")
     body = builder.append_basic_block("tile_body")
@@ -113,7 +116,7 @@ def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, o
     builder.position_at_end(body)
     w_at = builder.mul(k, w_k)
     ws = [builder.load(vector_at(w, builder.add(w_at, const(LANES * v))), align=4)
-          for v in range(NV)]
+          for v in range(nv)]
     a_at = builder.mul(k, a_k)
     new = []
     for r in range(rows):
@@ -121,7 +124,7 @@ def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, o
                          align=4)
         s = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
                                    undef, splat)
-        new.extend(builder.call(fma, [s, ws[v], acc[r * NV + v]]) for v in range(NV))
+        new.extend(builder.call(fma, [s, ws[v], acc[r * nv + v]]) for v in range(nv))
     k.add_incoming(builder.add(k, const(1)), builder.block)
     for phi, value in zip(acc, new):
         phi.add_incoming(value, builder.block)
@@ -129,9 +132,9 @@ def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, o
 
     builder.position_at_end(done)
     for r in range(rows):
-        for v in range(NV):
+        for v in range(nv):
             at = builder.add(builder.mul(out_row, const(r)), const(LANES * v))
-            builder.store(acc[r * NV + v], vector_at(out, at), align=4)
+            builder.store(acc[r * nv + v], vector_at(out, at), align=4)
 
 
 @intrinsic
@@ -150,6 +153,45 @@ def _tile(typingctx, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_
             switch.add_case(ir.Constant(ir.IntType(64), n), case)
             builder.position_at_end(case)
             _emit_tile(builder, n, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
+            builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+    return types.void(*([types.int64] * 11)), codegen
+
+
+# The tiles of fewer rows than ROWS (a batch of 1 or 2, a remainder): each
+# accumulator is a chain of dependent FMAs, one per k, so a tile needs as many
+# chains as the FMA latency times the FMA pipes (8 on AVX2 and on Zen 4's
+# AVX-512) or the FMAs wait on each other: a 1-row tile of NV vectors has NV
+# chains. Such tiles span more of the block's columns instead, WIDE_NV[rows]
+# vectors (a divisor of the block's CB / LANES), within the registers; each
+# element's sum is the same k-ordered chain as in any other tile, so a row's
+# values do not depend on the tile it falls in.
+_BLOCK_NV = CB // LANES
+WIDE_NV = {}
+for _r in range(1, ROWS):
+    _nv = NV
+    while (_nv * 2 <= _BLOCK_NV and _BLOCK_NV % (_nv * 2) == 0
+           and _r * _nv * 2 + 2 <= _REGISTERS and _r * _nv * 2 <= 8):
+        _nv *= 2
+    WIDE_NV[_r] = _nv
+
+
+@intrinsic
+def _tile_wide(typingctx, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
+    """_tile for 1 to ROWS - 1 rows, each of WIDE_NV[rows] vectors of columns."""
+    def codegen(context, builder, signature, args):
+        rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row = args
+        f32p = ir.FloatType().as_pointer()
+        a, w, init, out = (builder.inttoptr(p, f32p) for p in (a, w, init, out))
+        end = builder.append_basic_block("wide_end")
+        switch = builder.switch(rows, end)
+        for n in range(1, ROWS):
+            case = builder.append_basic_block(f"wide_{n}_rows")
+            switch.add_case(ir.Constant(ir.IntType(64), n), case)
+            builder.position_at_end(case)
+            _emit_tile(builder, n, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row,
+                       WIDE_NV[n])
             builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
@@ -208,6 +250,14 @@ def address(typingctx, arr):
     return types.int64(arr), codegen
 
 
+_WIDE = tuple(WIDE_NV[r] if r in WIDE_NV else NV for r in range(ROWS + 1))
+
+
+@njit(inline="always", **_FAST)
+def _wide_nv(rows):
+    return _WIDE[rows]
+
+
 @njit(**_FAST)
 def tile_block(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1):
     """Rows [r_begin, r_end) of block blk (see the module docstring): tiles of ROWS
@@ -221,8 +271,15 @@ def tile_block(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1):
     i = address(init) + 4 * (r_begin * i_row + blk * CB)
     o = address(out) + 4 * (r_begin * o_row + blk * CB)
     n = r_end - r_begin
+    full = n // ROWS * ROWS
     for g in range(GROUPS):
         col = 4 * g * NV * LANES  # (bytes)
-        for r0 in range(0, n, ROWS):
-            _tile(min(ROWS, n - r0), a + 4 * r0 * a_row, a_row, a_k, w + col, w_k, k1 - k0,
+        for r0 in range(0, full, ROWS):
+            _tile(ROWS, a + 4 * r0 * a_row, a_row, a_k, w + col, w_k, k1 - k0,
                   i + 4 * r0 * i_row + col, i_row, o + 4 * r0 * o_row + col, o_row)
+    rest = n - full
+    if rest:
+        width = _wide_nv(rest) * LANES
+        for c in range(0, CB, width):
+            _tile_wide(rest, a + 4 * full * a_row, a_row, a_k, w + 4 * c, w_k, k1 - k0,
+                       i + 4 * full * i_row + 4 * c, i_row, o + 4 * full * o_row + 4 * c, o_row)

@@ -149,3 +149,15 @@ def test_the_avx2_tile_matches_in_a_process_compiled_for_avx2(tmp_path):
     run = subprocess.run([sys.executable, "-c", _AVX2_CHECK], env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_short_tiles_span_more_columns_within_the_registers():
+    """A tile of fewer rows than ROWS keeps about 8 FMA chains going by spanning
+    more of the block (each width divides the block, the accumulators and a
+    broadcast fit the registers); each_row_count above checks their sums."""
+    for rows, nv in microkernel.WIDE_NV.items():
+        assert CB % (nv * microkernel.LANES) == 0
+        assert rows * nv + 2 <= microkernel._REGISTERS
+        assert nv >= microkernel.NV
+    if CB // microkernel.LANES >= 8:  # AVX2: a 1-row tile spans the whole block
+        assert microkernel.WIDE_NV[1] == 8
