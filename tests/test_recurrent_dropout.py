@@ -156,6 +156,7 @@ def test_gru_parallel_loops_with_a_mask(rng, monkeypatch, rows):
     from numlstm.kernels.cpu import lstm as cpu_lstm
     from numlstm.kernels.cpu import rnn as cpu_rnn
     monkeypatch.setattr(cpu_rnn, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)  # (_rows_plan's)
     monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
     for shape in [(5, 3, 4, 130, False), (4, 11, 3, 64, True), (3, 2, 5, 20, False)]:
         _check_gru_kernels(rng, shape, True, np.float32)

@@ -49,6 +49,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..gates import DEFAULT_ACTS, activate, dactivate, for_dtype
+from .threads import (POLICY, SMALL_REGION, clock_ns, finished, parallel_ok, region_done,
+                      serial_if)
 from .lstm import (_NO_ARRAY, _NO_MASK, _NO_ZONE, CB, _FAST, _blocks, _first_step_dh,
                    _first_steps, _input_gradient, _lengths_or_full, _matmul_rows, _norm_grad,
                    _normalise_row, _pad, _rows_plan, _step_product, _times_mask,
@@ -141,7 +143,7 @@ def _fwd_step(xw_t, W, bias, h_in, h_old, h_new, y_t, hn_t, rec, lengths, traini
 
 @njit(parallel=True, **_FAST)
 def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
-                   acts, zh):
+                   acts, zh, gate):
     """xw [T,B,Gp]: x @ W_ih^T + b_ih, receives the activated gates when training;
     W [Gp/CB, Hp, CB]: W_hh^T in blocks; bias [1,Gp]: b_hh; hbuf [2,B,Hp]: h0 in
     hbuf[0], then alternating (threads read all of h_old while writing their part
@@ -149,7 +151,8 @@ def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse,
     training; rec [B,Gp] scratch; P threads per step. mask [B,Hp]: the recurrent
     dropout mask, or [0,0] for none; with one, the product reads hmbuf, h * mask,
     alternating as hbuf does. acts: gates.make_acts's tuple. zh [T or 1,B,Hp]:
-    zoneout's weights (of every step, or one for all), [1,1,0] for none."""
+    zoneout's weights (of every step, or one for all), [1,1,0] for none. gate: the
+    thread policy's (threads.py), checked every step."""
     T = xw.shape[0]
     nk = W.shape[0] // 3
     masked = mask.shape[0] > 0
@@ -158,24 +161,28 @@ def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse,
         h_old, h_new, hn_t = hbuf[s & 1], hbuf[(s + 1) & 1], hn[t if training else 0]
         h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
         zh_t = zh[t if zh.shape[0] > 1 else 0]
-        if P == 1:  # even prange(1) would pay a fork and join per step
+        if P == 1 or not parallel_ok(gate):  # (even prange(1) pays a fork and join)
             _fwd_step(xw[t], W, bias, h_in, h_old, h_new, y[t], hn_t, rec, lengths, training, t,
                       0, nk, hm_new, mask, acts, zh_t)
         else:
+            start = clock_ns()
             for p in prange(P):
                 _fwd_step(xw[t], W, bias, h_in, h_old, h_new, y[t], hn_t, rec, lengths,
                           training, t, p * nk // P, (p + 1) * nk // P, hm_new, mask, acts, zh_t)
+                finished(gate, p)
+            region_done(gate, start, P)
 
 
 @njit(parallel=True, **_FAST)
 def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
-                  acts, zh):
+                  acts, zh, gate):
     """_forward_tiled with the batch shared out instead of the units: thread p runs
     its rows through all T steps with all of W_hh, in one parallel region with no
     barrier between steps (lstm._forward_rows). Arguments as _forward_tiled's."""
     T, B = xw.shape[0], rec.shape[0]
     nk = W.shape[0] // 3
     masked = mask.shape[0] > 0
+    start = clock_ns()
     for p in prange(P):
         r0, r1 = p * B // P, (p + 1) * B // P
         for s in range(T):
@@ -185,6 +192,8 @@ def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, 
             _fwd_step(xw[t][r0:r1], W, bias, h_in[r0:r1], h_old[r0:r1], h_new[r0:r1],
                       y[t][r0:r1], hn_t[r0:r1], rec[r0:r1], lengths[r0:r1], training, t, 0, nk,
                       hm_new[r0:r1], mask[r0:r1], acts, zh[t if zh.shape[0] > 1 else 0][r0:r1])
+        finished(gate, p)
+    region_done(gate, start, P)
 
 
 @njit(**_FAST)
@@ -272,13 +281,14 @@ def _bwd_step(dg_next, dg_t, hn_t, y_prev, h0, dy_t, W, rec, zero, carry, dh_n, 
 
 @njit(parallel=True, **_FAST)
 def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts,
-                    zh, dhz, kept, zb):
+                    zh, dhz, kept, zb, gate):
     """dg [T,B,Gp]: activated gates in, dG_hh out; hn [T,B,Hp]: W_hn h + b_hn in,
     dn out; y, dy [T,B,Hp]; h0, dh_n [B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
     output units; rec [B,Hp] scratch; carry [B,Hp]: zero in, dh0's direct part
     (dh * z of each row's first step, and zoneout's kept part) out; mask: the
     forward's [B,Hp], or [0,0]; zh: the forward's zoneout weights ([1,1,0]: none),
-    dhz, kept, zb [B,Hp]: _bwd_step's scratch (unread without zoneout)."""
+    dhz, kept, zb [B,Hp]: _bwd_step's scratch (unread without zoneout); gate: the
+    thread policy's (threads.py), checked every step."""
     T, nk = dg.shape[0], W.shape[0]
     zero = np.zeros((1, rec.shape[1]), rec.dtype)
     for s in range(T):
@@ -286,19 +296,22 @@ def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P,
         t_next = max(0, min(T - 1, t - 1 if reverse else t + 1))  # unread at s = 0
         y_prev = step_before(y, h0, reverse, t)
         zh_t = zh[t if zh.shape[0] > 1 else 0]
-        if P == 1:
+        if P == 1 or not parallel_ok(gate):
             _bwd_step(dg[t_next], dg[t], hn[t], y_prev, h0, dy[t], W, rec, zero, carry, dh_n,
                       lengths, reverse, s, t, 0, nk, mask, acts, zh_t, dhz, kept, zb)
         else:
+            start = clock_ns()
             for p in prange(P):
                 _bwd_step(dg[t_next], dg[t], hn[t], y_prev, h0, dy[t], W, rec, zero, carry, dh_n,
                           lengths, reverse, s, t, p * nk // P, (p + 1) * nk // P, mask, acts,
                           zh_t, dhz, kept, zb)
+                finished(gate, p)
+            region_done(gate, start, P)
 
 
 @njit(parallel=True, **_FAST)
 def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts,
-                   zh, dhz, kept, zb, store):
+                   zh, dhz, kept, zb, store, gate):
     """_backward_tiled with the batch shared out instead of the units (see
     _forward_rows). Arguments as _backward_tiled's, and store [4, Hp/U, T*B, U],
     which receives the weight gradients' operands (_gate_blocks's), each row
@@ -306,6 +319,7 @@ def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, 
     T=128, B=128, H=256, of a 217 ms training step)."""
     T, B, nk = dg.shape[0], rec.shape[0], W.shape[0]
     zero = np.zeros((1, rec.shape[1]), rec.dtype)
+    start = clock_ns()
     for p in prange(P):
         r0, r1 = p * B // P, (p + 1) * B // P
         for s in range(T):
@@ -318,6 +332,8 @@ def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, 
                       dhz[r0:r1], kept[r0:r1], zb[r0:r1])
             for r in range(r0, r1):
                 _gate_row(dg[t, r], hn[t, r], store, t * B + r)
+        finished(gate, p)
+    region_done(gate, start, P)
 
 
 # -- float64 and reset_after=False: BLAS per step ----------------------------------------
@@ -670,7 +686,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         hbuf, y = _state_buffers(h0, T, Hp)
         hn = _empty((T, B, Hp) if training else (1, 1, 1))
         rec = _empty((B, 3 * Hp))
-        P, rows = _rows_plan(B, Hp, _threads(B, Hp, 3 * Hp, Hp // U), 3)
+        P, rows = _rows_plan(T, B, Hp, _threads(B, Hp, 3 * Hp, Hp // U), 3)
         mask, hmbuf = mask_buffers(h_mask, hbuf)
         zh = _zone_weights(zone_h, Hp, np.float32)
 
@@ -678,7 +694,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
             loop = _forward_rows if rows else _forward_tiled
             loop(xw, packed["w_fwd"], packed["b_rec"], hbuf, hmbuf, mask, y[t0:t1], hn, rec,
                  lens - t0, reverse, training, P, packed["acts"],
-                 zh if zh.shape[0] == 1 else zh[t0:t1])
+                 zh if zh.shape[0] == 1 else zh[t0:t1], POLICY.gate())
             if (t1 - t0) & 1 and h_mask is not None:  # as _run_in_chunks moves hbuf
                 hmbuf[0] = hmbuf[1]
 
@@ -729,7 +745,7 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     carry = _empty((B, Hp))
     carry[:] = 0
     rec = _empty((B, Hp))
-    P, rows = _rows_plan(B, Hp, _threads(B, Hp, Gp, Hp // U), 3)
+    P, rows = _rows_plan(T, B, Hp, _threads(B, Hp, Gp, Hp // U), 3)
     mask, zh = cache["mask"], cache["zh"]
     # zoneout's scratch: the parts of dh kept and passed to the gates, and zeros
     dhz, kept, zb = ((np.zeros((B, Hp), np.float32) for _ in range(3)) if zh.shape[2] else
@@ -739,11 +755,13 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     store = np.empty((4, Hp // U, T * B, U), np.float32)
     if rows:
         _backward_rows(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens,
-                       reverse, P, mask, packed["acts"], zh, dhz, kept, zb, store)
+                       reverse, P, mask, packed["acts"], zh, dhz, kept, zb, store,
+                       POLICY.gate())
     else:
         _backward_tiled(dg, hn, y, h0, _pad(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens,
-                        reverse, P, mask, packed["acts"], zh, dhz, kept, zb)
-        _gate_blocks(dg.reshape(T * B, Gp), hn.reshape(T * B, Hp), store)
+                        reverse, P, mask, packed["acts"], zh, dhz, kept, zb, POLICY.gate())
+        serial_if(dg.size <= SMALL_REGION, _gate_blocks, dg.reshape(T * B, Gp),
+                  hn.reshape(T * B, Hp), store)
     dh0 = _first_step_dh(dg, lens, reverse, packed["w_bwd"])
     if mask.shape[0] > 0:  # W_hh read h times the recurrent dropout mask
         dh0 *= mask

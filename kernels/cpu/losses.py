@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..gates import exp
+from .threads import SMALL_REGION, serial_if
 
 
 # (reassoc: the float64 sums vectorise; no "nnan"/"ninf": a NaN logit gives a NaN loss)
@@ -47,6 +48,6 @@ def cross_entropy_cpu(logits, target, ignore_index, n):
     onehot(target)) / n, zero on ignored rows)."""
     z = np.ascontiguousarray(logits)
     grad = np.empty_like(z)
-    total = _cross_entropy(z, np.ascontiguousarray(target, np.int64), ignore_index,
-                           1.0 / n, grad)
+    total = serial_if(z.size <= SMALL_REGION, _cross_entropy, z,
+                      np.ascontiguousarray(target, np.int64), ignore_index, 1.0 / n, grad)
     return total / n, grad

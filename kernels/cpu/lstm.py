@@ -93,6 +93,8 @@ from ..gates import (DEFAULT_ACTS, activate, clip_gate, dactivate, for_dtype, ga
                      lstm_cell, lstm_cell_grads, lstm_gate_grads, peephole_at)
 from ..reference import LAYER_NORM_EPS, apply_activation, layer_norm
 from .microkernel import CB, ROWS, TT, address, tile_block, transpose_tile
+from .threads import (POLICY, SMALL_REGION, clock_ns, finished, numba_threads, parallel_ok,
+                      region_done, serial_if)
 
 U = CB // 4     # hidden units per gate block; CB = 4U columns per block: [i(U) f(U) g(U) o(U)]
 HB = 64         # H is padded to a multiple of this (the backward's output block)
@@ -101,6 +103,10 @@ HB = 64         # H is padded to a multiple of this (the backward's output block
 # from 2 MFLOP a step (measured on 2 cores; below, the barrier costs more).
 PARALLEL_MIN_UNITS = 256
 PARALLEL_MIN_FLOPS = 2_000_000
+# A product before or after the time loop runs on one thread below this: it is then a
+# few tens of microseconds, and a parallel region waits for the slowest thread, which
+# on a busy machine may be one the OS has descheduled for a tick (threads.py).
+PRODUCT_PARALLEL_MIN_FLOPS = 4_000_000
 ROWS_PER_TASK = 120  # rows of one task of the large products (a multiple of ROWS;
                      # 120 beat 60 by 20-35% at T*B >= 2048, level below)
 ROW_SPLIT = None  # tests force one split of the plain time loops: True (rows), False (units)
@@ -153,21 +159,33 @@ def _matmul_rows(A, W, out, init, per_row, r_begin, r_end, b0, b1):
 
 def _matmul(A, W, out, init, per_row):
     """out = init + A @ W over all rows, the (row chunk, block) pairs shared among
-    Numba's threads: the large products before and after the time loop.
+    Numba's threads: the large products before and after the time loop; on one
+    thread, with no parallel region, when the product is small or the thread
+    policy's gate holds (threads.py). Every element is the same sum either way.
     (A Python function: asked from compiled code, numba.get_num_threads() keeps
     the function out of the cache.)"""
-    rows, chunks = _row_chunks(A.shape[0], W.shape[0], numba.get_num_threads())
-    _matmul_tasks(A, W, out, init, per_row, rows, chunks)
+    M, nblk = A.shape[0], W.shape[0]
+    P = numba_threads()
+    gate = POLICY.gate()
+    if P == 1 or 2 * M * A.shape[1] * nblk * CB < PRODUCT_PARALLEL_MIN_FLOPS or (
+            not parallel_ok(gate)):
+        _matmul_rows(A, W, out, init, per_row, 0, M, 0, nblk)
+        return
+    rows, chunks = _row_chunks(M, nblk, P)
+    start = clock_ns()
+    _matmul_tasks(A, W, out, init, per_row, rows, chunks, gate)
+    region_done(gate, start, P)
 
 
 @njit(parallel=True, **_FAST)
-def _matmul_tasks(A, W, out, init, per_row, rows, chunks):
+def _matmul_tasks(A, W, out, init, per_row, rows, chunks, gate):
     M, nblk = A.shape[0], W.shape[0]
     for task in prange(chunks * nblk):
         # (prange's index is unsigned: mixed with int64 it would become a float)
         blk, chunk = divmod(np.int64(task), chunks)  # neighbouring tasks share a W block
         r0 = chunk * rows
         _matmul_rows(A, W, out, init, per_row, r0, min(r0 + rows, M), blk, blk + 1)
+        finished(gate, numba.get_thread_id())
 
 
 def _row_chunks(M, nblk, P):
@@ -240,7 +258,7 @@ def transposed_with_sums(a):
     M, N = a.shape
     out = np.empty((N, M), np.float32)
     part = np.empty((-(-M // TR_ROWS), N), np.float32)
-    _transpose(a, out, part)
+    serial_if(a.size <= SMALL_REGION, _transpose, a, out, part)
     return out, part.sum(axis=0)
 
 
@@ -395,25 +413,28 @@ def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, c
 
 @njit(parallel=True, **_FAST)
 def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
-                   gclip, acts):
+                   gclip, acts, gate):
     """The plain layer's time loop. xw [T,B,Gp]: x @ W_ih^T + b, receives the
     activated gates when training; W [Gp/CB, Hp, CB]: W_hh^T in blocks; hbuf
     [2,B,Hp]: h0 in hbuf[0], h alternates between the two (threads read all of
     h_old while writing their part of h_new), final h in hbuf[T % 2]; c [B,Hp]
     in/out; y [T,B,Hp] out; cs [T,B,Hp] out when training; rec [B,Gp] scratch; P
     threads per step; clip, coupled: the cell options of gates.lstm_cell; gclip:
-    gates.clip_gate's. _forward_tiled_options adds the projection, recurrent
-    dropout and zoneout."""
+    gates.clip_gate's; gate: the thread policy's (threads.py), checked every step.
+    _forward_tiled_options adds the projection, recurrent dropout and zoneout."""
     T = xw.shape[0]
     for s in range(T):
         t = T - 1 - s if reverse else s
-        if P == 1:  # even prange(1) would pay a fork and join per step
+        if P == 1 or not parallel_ok(gate):  # (even prange(1) pays a fork and join)
             _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, 0, 1, clip, coupled,
                       gclip, acts)
         else:
+            start = clock_ns()
             for p in prange(P):
                 _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip,
                           coupled, gclip, acts)
+                finished(gate, p)
+            region_done(gate, start, P)
 
 
 @njit(**_FAST)
@@ -428,7 +449,7 @@ def _matmul_xh(X, Wx, Hm, W, out, bias, r_begin, r_end):
 
 @njit(parallel=True, **_FAST)
 def _forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, training, P,
-                  clip, coupled, gclip, acts, fused):
+                  clip, coupled, gclip, acts, fused, gate):
     """_forward_tiled with the batch shared out instead of the units: thread p runs
     its rows through all T steps with all of W_hh (the rows of a batch never meet),
     so the steps need no barrier and no thread touches another's cache lines.
@@ -436,9 +457,11 @@ def _forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, t
     blocks) and bias [1,Gp]. fused: each step's product reads x[t] and h together
     (_matmul_xh), so no [T,B,Gp] projection is written and read back, and xw
     only receives the activated gates when training (where _fuse_input says);
-    else xw holds the projection made before the loop, as for _forward_tiled."""
+    else xw holds the projection made before the loop, as for _forward_tiled.
+    gate: the thread policy's; a thread that lagged shows there for the next calls."""
     T, B = x.shape[0], rec.shape[0]
     nblk = W.shape[0]
+    start = clock_ns()
     for p in prange(P):
         r0, r1 = p * B // P, (p + 1) * B // P
         for s in range(T):
@@ -452,6 +475,8 @@ def _forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, t
             _fwd_pointwise(rec[r0:r1], gates[r0:r1], h_old[r0:r1], h_new[r0:r1], c[r0:r1],
                            y[t][r0:r1], cs[t if training else 0][r0:r1], lengths[r0:r1], t,
                            training, 0, nblk, clip, coupled, gclip, acts, None)
+        finished(gate, p)
+    region_done(gate, start, P)
 
 
 @njit(**_FAST)
@@ -540,7 +565,7 @@ def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P, hm_new, mask, m
 @njit(parallel=True, **_FAST)
 def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths,
                            reverse, training, P, clip, coupled, gclip, acts, peep, czs, zc, zh,
-                           c_old):
+                           c_old, gate):
     """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
     W [Gp/CB, Pp, CB]: W_hh^T in blocks; hbuf [2,B,Pp]: h0 in hbuf[0], h
     alternates between the two (threads read all of h_old while writing their
@@ -555,7 +580,7 @@ def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero,
     of the next step (hmbuf [2,B,Pp], hmbuf[0] = h0 * mask).
     Zoneout: zc [T or 1,B,Hp], zh [T or 1,B,Pp], its weights for c and h ([1,1,0]:
     none); czs [T,B,Hp] receives the states after it when training; c_old [B,Hp]
-    scratch."""
+    scratch. gate: the thread policy's (threads.py), checked every step."""
     T = xw.shape[0]
     proj = Wp.shape[0] > 0
     masked = mask.shape[0] > 0
@@ -565,21 +590,27 @@ def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero,
         h_in, hm_new = (hmbuf[s & 1], hmbuf[(s + 1) & 1]) if masked else (h_old, h_old)
         m_old, m_new, y_t = (m, m, m) if proj else (h_old, h_new, y[t])
         zh_t = zh[t if zh.shape[0] > 1 else 0]
-        if P == 1:  # even prange(1) would pay a fork and join per step
+        if P == 1 or not parallel_ok(gate):  # (even prange(1) pays a fork and join)
             _cell_step(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t, 0, 1,
                        clip, coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh, proj)
             if proj:
                 _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, 0, 1, hm_new, mask,
                            masked, zh_t)
         else:
+            start = clock_ns()
             for p in prange(P):
                 _cell_step(xw, W, h_in, m_old, m_new, y_t, c, cs, rec, lengths, training, t, p,
                            P, clip, coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh,
                            proj)
+                finished(gate, p)
+            region_done(gate, start, P)
             if proj:
+                start = clock_ns()
                 for p in prange(P):
                     _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, p, P, hm_new, mask,
                                masked, zh_t)
+                    finished(gate, p)
+                region_done(gate, start, P)
 
 
 @njit(**_FAST)
@@ -659,37 +690,41 @@ def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_
 
 @njit(parallel=True, **_FAST)
 def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
-                    gclip, acts):
+                    gclip, acts, gate):
     """The plain layer's backward loop. dg [T,B,Gp]: activated gates in, dG out;
     cs [T,B,Hp]; c0, dh_n [B,Hp]; dy [T,B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
     output units; rec [B,Hp] scratch (dh from the step after); dc [B,Hp]: dc_n in,
-    dc0 out. _backward_tiled_options adds the options."""
+    dc0 out; gate: the thread policy's. _backward_tiled_options adds the options."""
     T = dg.shape[0]
     zero = np.zeros((1, rec.shape[1]), rec.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         t_prev = t - 1 if reverse else t + 1
-        if P == 1:
+        if P == 1 or not parallel_ok(gate):
             _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, 0,
                       1, clip, coupled, gclip, acts)
         else:
+            start = clock_ns()
             for p in prange(P):
                 _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
                           t_prev, p, P, clip, coupled, gclip, acts)
+                finished(gate, p)
+            region_done(gate, start, P)
 
 
 @njit(parallel=True, **_FAST)
 def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
-                   gclip, acts, dgb):
+                   gclip, acts, dgb, gate):
     """_backward_tiled with the batch shared out instead of the units (see
     _forward_rows). Arguments as _backward_tiled's, and dgb [Gp/CB, T*B, CB],
     which receives dG in the products' blocked layout (_to_blocks's), each row
     copied while it is in cache (the weight gradients read it; a pass of its
     own after the loop took 0.37 ms at T=64, B=32, H=128 and 17 ms at T=128,
-    B=128, H=256)."""
+    B=128, H=256). gate: the thread policy's."""
     T, B = dg.shape[0], rec.shape[0]
     nblk = W.shape[0]
     zero = np.zeros((1, rec.shape[1]), rec.dtype)
+    start = clock_ns()
     for p in prange(P):
         r0, r1 = p * B // P, (p + 1) * B // P
         for s in range(T):
@@ -706,6 +741,8 @@ def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, 
                     dst = dgb[blk, t * B + r]
                     for j in range(CB):
                         dst[j] = src[blk * CB + j]
+        finished(gate, p)
+    region_done(gate, start, P)
 
 
 @njit(**_FAST)
@@ -803,7 +840,7 @@ def _bwd_proj_cell(dg, cs, czs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, rev
 @njit(parallel=True, **_FAST)
 def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, reverse,
                             P, clip, coupled, gclip, acts, peep, mask, czs, zc, zh, kh, kc, dhz,
-                            zb):
+                            zb, gate):
     """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0 [B,Hp]; dh_n
     [B,Pp]; dy [T,B,Pp]; W [Pp/CB, Gp, CB]: W_hh in blocks of output units; rec
     [B,Pp] scratch (dh from the step after); dc [B,Hp]: dc_n in, dc0 out.
@@ -813,7 +850,8 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
     mask: the forward's recurrent dropout mask [B,Pp], or [0,0] for none.
     Zoneout: czs [T,B,Hp], the states after it; zc [T or 1,B,Hp], zh [T or 1,B,Pp],
     its weights ([1,1,0]: none); kh [B,Pp], zero in, out the part of dh0 that the
-    first steps kept; kc [B,Hp], dhz [B,Pp] scratch, zb [B,Pp] zeros."""
+    first steps kept; kc [B,Hp], dhz [B,Pp] scratch, zb [B,Pp] zeros; gate: the
+    thread policy's (threads.py), checked every step."""
     T = dg.shape[0]
     zero = np.zeros((1, max(rec.shape[1], dm.shape[1])), rec.dtype)
     proj = Wpb.shape[0] > 0
@@ -821,7 +859,9 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
     for s in range(T):
         t = s if reverse else T - 1 - s
         t_prev = t - 1 if reverse else t + 1
-        if proj and P == 1:
+        one = P == 1 or not parallel_ok(gate)
+        start = clock_ns()
+        if proj and one:
             _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, 0, 1,
                            mask, zh, kh)
             _bwd_proj_cell(dg, cs, czs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t,
@@ -830,10 +870,15 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
             for p in prange(P):
                 _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev,
                                p, P, mask, zh, kh)
+                finished(gate, p)
+            region_done(gate, start, P)
+            start = clock_ns()
             for p in prange(P):
                 _bwd_proj_cell(dg, cs, czs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse,
                                t, p, P, clip, coupled, gclip, acts, peep, zc, kc)
-        elif P == 1:
+                finished(gate, p)
+            region_done(gate, start, P)
+        elif one:
             _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s,
                               t, t_prev, 0, 1, clip, coupled, gclip, acts, peep, mask, zc, zh, kh,
                               kc, dhz, zb)
@@ -842,6 +887,8 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
                 _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse,
                                   s, t, t_prev, p, P, clip, coupled, gclip, acts, peep, mask, zc,
                                   zh, kh, kc, dhz, zb)
+                finished(gate, p)
+            region_done(gate, start, P)
 
 
 @njit(parallel=True, **_FAST)
@@ -894,10 +941,10 @@ def product_for(dtype):
 
 def _step_plan(B, units, blocks):
     """_step_product's plan for B rows and a W of `blocks` blocks: (rows a task,
-    tasks a block, serial), serial where _threads says one thread."""
+    tasks a block, threads (_threads's), the thread policy's gate)."""
     P = _threads(B, units, max(1, blocks))
     rows, chunks = _row_chunks(B, max(1, blocks), P)
-    return rows, chunks, P == 1
+    return rows, chunks, P, POLICY.gate()
 
 
 def step_tiles(packed, B, recurrent, projection):
@@ -925,12 +972,15 @@ def _dot_into(a, b, out):
 @njit(**_FAST)
 def _step_product(A, W, out, zero, plan):
     """out = A @ W (W in _blocks's layout) on Numba's threads, for a step of the
-    layer-normalised float32 loop: plan (rows a task, tasks a block, serial), with
-    serial one thread (a step too small to share, _threads)."""
-    if plan[2]:
+    layer-normalised float32 loop: plan (rows a task, tasks a block, threads, the
+    thread policy's gate), on one thread where _threads says so or the gate holds."""
+    rows, chunks, P, gate = plan
+    if P == 1 or not parallel_ok(gate):
         _matmul_rows(A, W, out, zero, False, 0, A.shape[0], 0, W.shape[0])
     else:
-        _matmul_tasks(A, W, out, zero, False, plan[0], plan[1])
+        start = clock_ns()
+        _matmul_tasks(A, W, out, zero, False, rows, chunks, gate)
+        region_done(gate, start, P)
 
 
 @njit(cache=True, error_model="numpy")
@@ -1303,7 +1353,7 @@ def _blocks(a):
     if a.size <= _SMALL or N == CB:
         return np.ascontiguousarray(a.reshape(K, N // CB, CB).transpose(1, 0, 2))
     out = np.empty((N // CB, K, CB), a.dtype)
-    _to_blocks(a, out)
+    serial_if(a.size <= SMALL_REGION, _to_blocks, a, out)
     return out
 
 
@@ -1372,7 +1422,7 @@ def _threads(B, Hp, nblk):
     """Threads per step: all of Numba's, unless the step is too small to share."""
     if Hp < PARALLEL_MIN_UNITS and 2 * B * Hp * 4 * Hp < PARALLEL_MIN_FLOPS:
         return 1
-    return max(1, min(numba.get_num_threads(), nblk))
+    return max(1, min(numba_threads(), nblk))
 
 
 def _split_rows(B, Hp, P, gates=4):
@@ -1387,14 +1437,16 @@ def _split_rows(B, Hp, P, gates=4):
     return P > 1 and B >= 8 * P and Hp * gates * Hp * 4 <= ROW_SPLIT_MAX_BYTES
 
 
-def _rows_plan(B, Hp, P, gates=4):
-    """(threads, whether to share out the batch) for a plain time loop, given P,
-    the units split's threads (_threads): the batch split, where _split_rows
-    allows it, runs on all of Numba's threads whatever the size of a step, as
-    it pays one parallel region for all the steps rather than a barrier per
-    step (T=1024, B=16, H=64 inference: 15.7 ms on one thread, 6.1 on two)."""
-    pool = numba.get_num_threads()
-    if _split_rows(B, Hp, pool, gates):
+def _rows_plan(T, B, Hp, P, gates=4):
+    """(threads, whether to share out the batch) for a plain time loop of T steps,
+    given P, the units split's threads (_threads): the batch split, where
+    _split_rows allows it, runs on all of Numba's threads whatever the size of a
+    step, as it pays one parallel region for all the steps rather than a barrier
+    per step (T=1024, B=16, H=64 inference: 15.7 ms on one thread, 6.1 on two),
+    unless all the steps' recurrent products together are under
+    PARALLEL_MIN_FLOPS: work that fits one thread enters no parallel region."""
+    pool = numba_threads()
+    if _split_rows(B, Hp, pool, gates) and 2 * T * B * gates * Hp * Hp >= PARALLEL_MIN_FLOPS:
         return pool, True
     return P, False
 
@@ -1494,8 +1546,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         plain = (h_mask is None and zone_c is None and not packed["proj"]
                  and packed["peep"] is None)
         P, rows = _threads(B, Hp, packed["w_fwd"].shape[0]), False
+        gate = POLICY.gate()
         if plain:
-            P, rows = _rows_plan(B, Hp, P)
+            P, rows = _rows_plan(T, B, Hp, P)
         mask, zc, zh, czs = _NO_MASK, _NO_ZONE[np.dtype(np.float32)], None, cs
         if not plain:  # (at B=1 a plain call's microseconds show: it makes none of these)
             m = np.empty((B, Hp) if packed["proj"] else (1, 1), np.float32)
@@ -1510,7 +1563,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             xw = np.empty((T if training else 1, B, 4 * Hp), np.float32)
             _forward_rows(xw, x, packed["w_in"], packed["bias"], packed["w_fwd"], hbuf, c, y,
                           cs, rec, lens, reverse, training, P, packed["clip"],
-                          packed["coupled"], packed["gclip"], packed["acts"], True)
+                          packed["coupled"], packed["gclip"], packed["acts"], True, gate)
             if T & 1:  # the state ended in hbuf[1]
                 hbuf[0] = hbuf[1]
         else:
@@ -1528,12 +1581,12 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
                                   packed["w_fwd"], hbuf, c, y[t0:t1],
                                   cs[t0:t1] if training else cs, rec, lens - t0, reverse,
                                   training, P, packed["clip"], packed["coupled"],
-                                  packed["gclip"], packed["acts"], False)
+                                  packed["gclip"], packed["acts"], False, gate)
                 elif plain:
                     _forward_tiled(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
                                    cs[t0:t1] if training else cs, rec, lens - t0, reverse,
                                    training, P, packed["clip"], packed["coupled"],
-                                   packed["gclip"], packed["acts"])
+                                   packed["gclip"], packed["acts"], gate)
                 else:
                     _forward_tiled_options(
                         chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
@@ -1541,7 +1594,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
                         training, P, packed["clip"], packed["coupled"], packed["gclip"],
                         packed["acts"], packed["peep"], czs,
                         zc if zc.shape[0] == 1 else zc[t0:t1],
-                        zh if zh.shape[0] == 1 else zh[t0:t1], c_old)
+                        zh if zh.shape[0] == 1 else zh[t0:t1], c_old, gate)
                 if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
                     hbuf[0] = hbuf[1]
                     if not plain:
@@ -1612,7 +1665,8 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     P = _threads(B, Hc, packed["w_bwd"].shape[0])
     if proj:  # the projection's input, before the loop overwrites the gates
         m_all = np.empty((T, B, Hc), np.float32)
-        _cell_outputs(dg, cache["cs"], lens, packed["acts"], m_all)
+        serial_if(m_all.size <= SMALL_REGION, _cell_outputs, dg, cache["cs"], lens, packed["acts"],
+                  m_all)
     dhs = np.empty((T, B, Hp) if proj else (1, 1, 1), np.float32)
     dm = np.empty((B, Hc) if proj else (1, 1), np.float32)
     mask = cache["mask"]
@@ -1622,23 +1676,24 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
                    (_NO_ARRAY,) * 3)
     kc = np.zeros((B, Hc), np.float32) if zoned else _NO_ARRAY
     dgb = None  # dG in blocks, the weight gradients' operand (_blocks's layout)
-    P_rows, rows = _rows_plan(B, Hc, P)
+    P_rows, rows = _rows_plan(T, B, Hc, P)
     peep = packed["peep"]
     if proj or masked or zoned or peep is not None:
         _backward_tiled_options(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"],
                                 packed["w_proj_bwd"], rec, dhs, dm, dh_np, dc, lens, reverse, P,
                                 packed["clip"], packed["coupled"], packed["gclip"],
                                 packed["acts"], peep, mask,
-                                cache["czs"], cache["zc"], cache["zh"], kh, kc, dhz, zb)
+                                cache["czs"], cache["zc"], cache["zh"], kh, kc, dhz, zb,
+                                POLICY.gate())
     elif rows:  # (the loop writes dgb as it goes)
         dgb = np.empty((Gp // CB, T * B, CB), np.float32)
         _backward_rows(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec, dh_np,
                        dc, lens, reverse, P_rows, packed["clip"], packed["coupled"],
-                       packed["gclip"], packed["acts"], dgb)
+                       packed["gclip"], packed["acts"], dgb, POLICY.gate())
     else:
         _backward_tiled(dg, cache["cs"], cache["c0"], _pad(dy, Hp), packed["w_bwd"], rec, dh_np,
                         dc, lens, reverse, P, packed["clip"], packed["coupled"], packed["gclip"],
-                        packed["acts"])
+                        packed["acts"], POLICY.gate())
     dh = _first_step_dh(dg, lens, reverse, packed["w_bwd"])
     if masked:
         dh *= mask
@@ -1659,7 +1714,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
             cache["c0"], lens, reverse, (T, B, Hc // U, U))[:, :H].reshape(-1)
     if proj:  # dW_hr = sum over steps and rows of dh^T m
         dhs_t = np.empty((Hp, T * B), np.float32)
-        _transpose(dhs.reshape(T * B, Hp), dhs_t, _NO_MASK)
+        serial_if(dhs.size <= SMALL_REGION, _transpose, dhs.reshape(T * B, Hp), dhs_t, _NO_MASK)
         dw_hr = np.empty((Hp, Hc), np.float32)
         _matmul(dhs_t, _blocks(m_all.reshape(T * B, Hc)), dw_hr, np.zeros((1, Hc), np.float32),
                 False)
@@ -1674,7 +1729,7 @@ def _transpose_into(a, out, col0, small):
     if small:
         out[:a.shape[1], col0:col0 + a.shape[0]] = a.T
     else:
-        _transpose(a, out, _NO_MASK, col0)
+        serial_if(a.size <= SMALL_REGION, _transpose, a, out, _NO_MASK, col0)
 
 
 def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, cols, n_h, hh=None):
@@ -1708,8 +1763,8 @@ def _weight_gradients(dgb, x, y, h0, first_steps, mask, reverse, cols, n_h, hh=N
     dw_hh = np.empty((h_t.shape[0], _padded_cols(Gp)), np.float32)
     _matmul(h_t, dgb_hh, dw_hh, zeros, False)
     w_ih, w_hh = np.empty((len(cols), I), np.float32), np.empty((len(cols), n_h), np.float32)
-    _untile(dw_ih, cols, w_ih)
-    _untile(dw_hh, cols_hh, w_hh)
+    serial_if(w_ih.size <= SMALL_REGION, _untile, dw_ih, cols, w_ih)
+    serial_if(w_hh.size <= SMALL_REGION, _untile, dw_hh, cols_hh, w_hh)
     db = dw_ih[I, cols]
     db_hh = db.copy() if hh is None else dw_hh[-1, cols_hh]
     return dict(w_ih=w_ih, w_hh=w_hh, b_ih=db, b_hh=db_hh)

@@ -30,12 +30,12 @@ The path of a call:
               training forward's xw (one product dG[t] @ W_hh per step); then
               dx, dW_ih, dW_hh and db are each one product over all T*B rows.
 """
-import numba
 import numpy as np
 from numba import carray, njit, prange
 
 from ..gates import drelu, dtanh, relu, tanh
 from ..reference import RNN_NONLINEARITIES
+from .threads import POLICY, clock_ns, finished, numba_threads, parallel_ok, region_done
 from .lstm import (CB, INFERENCE_CHUNK_BYTES, PARALLEL_MIN_FLOPS, PARALLEL_MIN_UNITS, _FAST,
                    _blocks, _first_step_gradients, _input_gradient, _lengths_or_full, _matmul,
                    _matmul_rows, _pad, _stack_f32, product_for, transposed_with_sums)
@@ -67,7 +67,7 @@ def _threads(B, Hp, Gp, parts):
     step is small on both of lstm.py's counts (hidden units, FLOP a step)."""
     if Hp < PARALLEL_MIN_UNITS and 2 * B * Hp * Gp < PARALLEL_MIN_FLOPS:
         return 1
-    return max(1, min(numba.get_num_threads(), parts))
+    return max(1, min(numba_threads(), parts))
 
 
 def _empty(shape):
@@ -239,21 +239,24 @@ def _fwd_step(xw_t, W, h_old, h_new, y_t, lengths, use_relu, t, b0, b1):
 
 
 @njit(parallel=True, **_FAST)
-def _forward_tiled(xw, W, hbuf, y, lengths, reverse, use_relu, P):
+def _forward_tiled(xw, W, hbuf, y, lengths, reverse, use_relu, P, gate):
     """xw [T,B,Hp]: x @ W_ih^T + b; W [Hp/CB, Hp, CB]: W_hh^T in blocks; hbuf
     [2,B,Hp]: h0 in hbuf[0], then alternating (threads read all of h_old while
     writing their part of h_new), final h in hbuf[T % 2]; y [T,B,Hp] out;
-    P threads per step."""
+    P threads per step; gate: the thread policy's (threads.py), checked every step."""
     T, nblk = xw.shape[0], W.shape[0]
     for s in range(T):
         t = T - 1 - s if reverse else s
         h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
-        if P == 1:  # even prange(1) would pay a fork and join per step
+        if P == 1 or not parallel_ok(gate):  # (even prange(1) pays a fork and join)
             _fwd_step(xw[t], W, h_old, h_new, y[t], lengths, use_relu, t, 0, nblk)
         else:
+            start = clock_ns()
             for p in prange(P):
                 _fwd_step(xw[t], W, h_old, h_new, y[t], lengths, use_relu, t, p * nblk // P,
                           (p + 1) * nblk // P)
+                finished(gate, p)
+            region_done(gate, start, P)
 
 
 @njit(**_FAST)
@@ -299,22 +302,25 @@ def _bwd_step(dg_next, dg_t, y_t, dy_t, W, rec, zero, dh_n, lengths, reverse, us
 
 
 @njit(parallel=True, **_FAST)
-def _backward_tiled(dg, y, dy, W, rec, dh_n, lengths, reverse, use_relu, P):
+def _backward_tiled(dg, y, dy, W, rec, dh_n, lengths, reverse, use_relu, P, gate):
     """dg [T,B,Hp]: dG out (its contents in are not read); y, dy [T,B,Hp];
     W [Hp/CB, Hp, CB]: W_hh in blocks of output units; rec [B,Hp] scratch;
-    dh_n [B,Hp]."""
+    dh_n [B,Hp]; gate: the thread policy's (threads.py), checked every step."""
     T, nblk = dg.shape[0], W.shape[0]
     zero = np.zeros((1, rec.shape[1]), rec.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         t_next = max(0, min(T - 1, t - 1 if reverse else t + 1))  # unread at s = 0
-        if P == 1:
+        if P == 1 or not parallel_ok(gate):
             _bwd_step(dg[t_next], dg[t], y[t], dy[t], W, rec, zero, dh_n, lengths, reverse,
                       use_relu, s, t, 0, nblk)
         else:
+            start = clock_ns()
             for p in prange(P):
                 _bwd_step(dg[t_next], dg[t], y[t], dy[t], W, rec, zero, dh_n, lengths, reverse,
                           use_relu, s, t, p * nblk // P, (p + 1) * nblk // P)
+                finished(gate, p)
+            region_done(gate, start, P)
 
 
 # -- float64: BLAS per step --------------------------------------------------------------
@@ -398,7 +404,7 @@ def rnn_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False):
 
         def run(xw, t0, t1):
             _forward_tiled(xw, packed["w_fwd"], hbuf, y[t0:t1], lens - t0, reverse,
-                           packed["relu"], P)
+                           packed["relu"], P, POLICY.gate())
 
         xw = _run_in_chunks(x, packed["w_in"], packed["bias"], Hp, hbuf, reverse, training,
                             run)
@@ -451,7 +457,7 @@ def rnn_backward_cpu(dy, dh_n, cache, packed):
     rec = _empty((B, Hp))
     P = _threads(B, Hp, Hp, packed["w_bwd"].shape[0])
     _backward_tiled(dg, y, _pad(dy, Hp), packed["w_bwd"], rec, dh_np, lens, reverse,
-                    packed["relu"], P)
+                    packed["relu"], P, POLICY.gate())
     dh0, dg_t, dw_hh, db = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])
     empty = lens == 0
     dh0[empty] = dh_np[empty]

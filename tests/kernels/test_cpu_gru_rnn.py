@@ -102,6 +102,7 @@ def test_parallel_step_matches_reference(rng, monkeypatch, cell, reverse, rows):
     import numba
     from numlstm.kernels.cpu import lstm as cpu_lstm
     monkeypatch.setattr(cpu_rnn, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)  # (_rows_plan's)
     monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
     assert cpu_rnn._threads(5, 192, 576, 3) == min(3, numba.get_num_threads())
     for T, B, I, H in [(5, 5, 3, 130), (3, 11, 4, 128), (2, 15, 3, 64)]:

@@ -1,0 +1,289 @@
+"""How many threads a CPU kernel call uses, and how the parallel loops stop waiting
+for a thread that the operating system has descheduled.
+
+A laptop is never idle. When another process takes a core, a parallel region
+whose work is split evenly ends only when its slowest thread does, and a thread
+that lost its core waits for the scheduler's next tick (4 ms here) before it runs
+again: a time loop with one region per step then loses a tick per step (measured
+on 2 cores: 1.5 ms calls took 8 ms, and two copies of one call 65-320x as long).
+Three defences, from the cheapest:
+
+1. Work that fits one thread enters no parallel region at all (the kernels
+   decide per product and per step from their FLOPs; see lstm._threads).
+2. A call runs on at most `limit()` threads: Numba's own setting (the user's
+   NUMBA_NUM_THREADS or numba.set_num_threads stays the upper bound), the CPUs
+   this process may run on (its affinity mask) and its cgroup's CPU quota.
+3. Every parallel loop that matters reports lag into a gate, a small int64 array
+   passed to the kernels: each thread notes when it finished its share of a
+   region, and a region whose last thread finished well after its first (more
+   than LAG_MIN_NS and more than LAG_SHARE of the region) counts as lagged. A
+   lagged region sends the rest of the call's parallel work to one thread for a
+   hold time (HOLD_MIN_NS, doubling while lags follow, up to HOLD_MAX_NS), after
+   which the loops try two threads again; the time loops check the gate every
+   step, so a long call recovers its threads when the other process stops.
+   Between calls, `call_threads()` returns 1 while the gate's hold lasts, so a
+   busy machine costs a probe every hold time, not a tick every step.
+
+The one-thread and many-thread paths compute every value the same way (each
+hidden unit, row and block is computed by one thread, whatever their number), so
+results are bitwise the same whatever this module decides.
+
+The gate: int64[GATE_SIZE]; its slots are named below. The clock is
+CLOCK_MONOTONIC in nanoseconds, read from compiled code (clock_ns).
+"""
+import math
+import os
+import sys
+import threading
+import time
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+from numba.np.ufunc import parallel as _parallel
+
+# Slots of the gate array.
+SERIAL_UNTIL = 0   # clock_ns before which parallel work runs on one thread
+HOLD = 1           # the next hold's length, ns
+LAGGED = 2         # regions found lagged since the gate was made (a count)
+REGIONS = 3        # regions timed since the gate was made
+FINISH = 4         # FINISH + p: when thread p finished its share of the current region
+MAX_THREADS = 64
+GATE_SIZE = FINISH + MAX_THREADS
+
+LAG_MIN_NS = 250_000      # a quarter of a millisecond: far above a region's join on an
+LAG_SHARE = 0.3           # idle machine (microseconds), far below a scheduler tick
+HOLD_MIN_NS = 20_000_000  # 20 ms of one-thread work after a lag, doubling while lags follow
+HOLD_MAX_NS = 1_000_000_000
+
+_CLOCK = getattr(time, "CLOCK_MONOTONIC", 1)
+_HAS_CLOCK_GETTIME = sys.platform != "win32"
+
+
+@intrinsic
+def _clock_gettime_ns(typingctx, clock_id):
+    """clock_gettime(clock_id) in nanoseconds (libc's, through the vDSO on Linux:
+    some 20 ns); 0 where there is none (Windows: lag is then never seen)."""
+    def codegen(context, builder, signature, args):
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        if not _HAS_CLOCK_GETTIME:
+            return ir.Constant(i64, 0)
+        spec = ir.LiteralStructType([i64, i64])
+        fn = numba.core.cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(i32, [i32, spec.as_pointer()]), "clock_gettime")
+        ts = numba.core.cgutils.alloca_once(builder, spec)
+        builder.call(fn, [builder.trunc(args[0], i32), ts])
+        sec = builder.load(builder.gep(ts, [ir.Constant(i32, 0), ir.Constant(i32, 0)]))
+        nsec = builder.load(builder.gep(ts, [ir.Constant(i32, 0), ir.Constant(i32, 1)]))
+        return builder.add(builder.mul(sec, ir.Constant(i64, 1_000_000_000)), nsec)
+    return types.int64(types.int64), codegen
+
+
+@njit(cache=True)
+def clock_ns():
+    """The monotonic clock in nanoseconds, as time.monotonic_ns() reads it."""
+    return _clock_gettime_ns(_CLOCK)
+
+
+@njit(cache=True)
+def parallel_ok(gate):
+    """Whether parallel work may use more than one thread now (no hold running)."""
+    return gate[SERIAL_UNTIL] == 0 or clock_ns() >= gate[SERIAL_UNTIL]
+
+
+@njit(cache=True)
+def finished(gate, p):
+    """Called by thread p at the end of its share of a region."""
+    gate[FINISH + p] = clock_ns()
+
+
+@njit(cache=True)
+def region_done(gate, start, P):
+    """After a region of P threads begun at `start` (clock_ns) whose threads called
+    finished() (those without a share need not): count it, and when it lagged, start a hold. Returns whether
+    it lagged."""
+    first, last = np.int64(0), np.int64(0)
+    for p in range(P):
+        at = gate[FINISH + p]
+        if at == 0:  # a thread with no share of this region
+            continue
+        first = at if first == 0 else min(first, at)
+        last = max(last, at)
+        gate[FINISH + p] = 0
+    gate[REGIONS] += 1
+    spread = last - first
+    if spread > LAG_MIN_NS and spread > LAG_SHARE * (last - start):
+        now = clock_ns()
+        hold = gate[HOLD] if gate[HOLD] > 0 else HOLD_MIN_NS
+        gate[SERIAL_UNTIL] = now + hold
+        gate[HOLD] = min(2 * hold, HOLD_MAX_NS)
+        gate[LAGGED] += 1
+        return True
+    if gate[SERIAL_UNTIL] != 0 and start >= gate[SERIAL_UNTIL]:
+        gate[HOLD] = 0  # a clean region after the hold: the next hold starts short again
+        gate[SERIAL_UNTIL] = 0
+    return False
+
+
+def new_gate():
+    return np.zeros(GATE_SIZE, np.int64)
+
+
+def numba_threads():
+    """numba.get_num_threads(), this Python thread's setting, without the launch
+    check and locks it takes on every call (4 us of a 25 us call at B=1)."""
+    if not _parallel._is_initialized:
+        _parallel._launch_threads()
+    return _parallel._get_num_threads()
+
+
+def set_numba_threads(n):
+    """numba.set_num_threads(n) for an n known to be valid (1 to NUMBA_NUM_THREADS)."""
+    _parallel._set_num_threads(n)
+
+
+# -- the CPUs this process may use --------------------------------------------------------
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_quota(root, proc_cgroup):
+    """The CPUs a cgroup quota allows (quota / period, rounded up), the smallest along
+    this process's cgroup path and its parents; None when no quota is set. root: the
+    cgroup mount (/sys/fs/cgroup); proc_cgroup: /proc/self/cgroup's text."""
+    best = None
+    for line in (proc_cgroup or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # cgroup v2: cpu.max holds "quota period" or "max period"
+            files = [("cpu.max", None)]
+            base = root
+        elif "cpu" in controllers.split(","):  # cgroup v1
+            files = [("cpu.cfs_quota_us", "cpu.cfs_period_us")]
+            base = os.path.join(root, controllers)
+            if not os.path.isdir(base):
+                base = os.path.join(root, "cpu")
+        else:
+            continue
+        path = path.strip("/")
+        while True:
+            folder = os.path.join(base, path) if path else base
+            for quota_file, period_file in files:
+                if period_file is None:
+                    text = _read(os.path.join(folder, quota_file))
+                    fields = text.split() if text else []
+                    quota = fields[0] if fields else "max"
+                    period = fields[1] if len(fields) > 1 else "100000"
+                else:
+                    quota = _read(os.path.join(folder, quota_file)) or "-1"
+                    period = _read(os.path.join(folder, period_file)) or "100000"
+                try:
+                    q, per = int(quota), int(period)
+                except ValueError:
+                    q, per = -1, 1
+                if q > 0 and per > 0:
+                    cpus = max(1, math.ceil(q / per))
+                    best = cpus if best is None else min(best, cpus)
+            if not path:
+                break
+            path = os.path.dirname(path)
+    return best
+
+
+def cores_available(affinity=None, cgroup_root="/sys/fs/cgroup", proc_cgroup=None):
+    """The CPUs this process may use: its affinity mask (os.sched_getaffinity where
+    there is one, else os.cpu_count()), capped by its cgroup's CPU quota. The
+    arguments exist for tests: an affinity set, another cgroup mount, another
+    /proc/self/cgroup text."""
+    if affinity is None:
+        try:
+            affinity = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            affinity = range(os.cpu_count() or 1)
+    n = max(1, len(affinity))
+    if proc_cgroup is None:
+        proc_cgroup = _read("/proc/self/cgroup")
+    quota = _cgroup_quota(cgroup_root, proc_cgroup)
+    return n if quota is None else max(1, min(n, quota))
+
+
+class Policy:
+    """The threads of each kernel call in this process, and its gates (one per Python
+    thread, since a hold is about the threads a call runs on).
+
+    limit(): min(Numba's thread count, cores_available()), the latter read again at
+    most every `refresh` seconds (affinity and quotas can change while a process
+    runs). call_threads(): limit(), or 1 while this Python thread's gate holds."""
+
+    def __init__(self, refresh=1.0, cores=cores_available, clock=time.monotonic):
+        self._refresh, self._cores, self._clock = refresh, cores, clock
+        self._checked, self._cached = -math.inf, 1
+        self._local = threading.local()
+
+    def gate(self):
+        g = getattr(self._local, "gate", None)
+        if g is None:
+            g = self._local.gate = new_gate()
+        return g
+
+    def cores(self):
+        now = self._clock()
+        if now - self._checked > self._refresh:
+            self._cached, self._checked = self._cores(), now
+        return self._cached
+
+    def limit(self):
+        return max(1, min(numba_threads(), self.cores()))
+
+    def call_threads(self):
+        g = self.gate()
+        if g[SERIAL_UNTIL] and time.monotonic_ns() < g[SERIAL_UNTIL]:
+            return 1
+        return self.limit()
+
+
+POLICY = Policy()
+
+
+# Elements: layout passes (transposes, blocking) and reductions below this run on one
+# thread, some tens of microseconds (a weight of H=128, 4H x H, is 65,536).
+SMALL_REGION = 1 << 17
+
+
+def serial_if(small, fn, *args):
+    """fn(*args), on one thread (no parallel region to wake and join) when `small`:
+    for the layout passes and reductions around the time loops, a few
+    microseconds of work at small sizes."""
+    before = numba_threads()
+    if before == 1:
+        return fn(*args)
+    if not small:
+        POLICY.gate()[REGIONS] += 1  # (counted as the timed regions are)
+        return fn(*args)
+    set_numba_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        set_numba_threads(before)
+
+
+def run(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with Numba's thread count set to POLICY.call_threads()
+    for the call (and set back after it)."""
+    n = POLICY.call_threads()
+    before = numba_threads()
+    if n == before:
+        return fn(*args, **kwargs)
+    set_numba_threads(n)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        set_numba_threads(before)
