@@ -10,10 +10,12 @@ For each shape the two libraries' calls alternate (numlstm, torch, numlstm, ...)
 so that both see the same machine state, and each figure is the median of
 several repetitions. FLOPs of one layer and direction: forward
 2*T*B*G*(I+H); a training step (forward keeping activations, then backward
-with dx and every weight gradient) counts three times that. The matmul rate is
-NumPy's float32 matrix product at a large size, the practical roof of the
-machine; each GFLOP/s figure is also given as a share of it. On the GPU the
-roof is torch's float32 matrix product (cuBLAS, TF32 off) at a large size.
+with dx and every weight gradient) counts three times that. On the CPU the roof
+is the machine's float32 FMA peak (kernels/cpu/peak.py: a register-only loop on
+every thread), with the best matrix product beside it (NumPy's, whose OpenBLAS
+may be pinned to an older kernel, and numlstm's own); each GFLOP/s figure is
+also given as a share of the peak. On the GPU the roof is torch's float32
+matrix product (cuBLAS, TF32 off) at a large size.
 """
 import time
 
@@ -64,6 +66,37 @@ def matmul_rate(n=2048, repeats=5, backend="cpu"):
         a @ b
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / min(times) / 1e9
+
+
+def numlstm_matmul_rate(n=2048, repeats=5):
+    """numlstm's own float32 product (the register tile the kernels use, through
+    a Dense layer's kernel) at n x n x n, GFLOP/s, the fastest of repeats."""
+    from .kernels.cpu import dense
+    a = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
+    w = a.T.copy()
+    b = np.zeros(n, np.float32)
+    dense.dense_forward_cpu(a, w, b)
+    times = [_timed(lambda: dense.dense_forward_cpu(a, w, b)) for _ in range(repeats)]
+    return 2 * n ** 3 / min(times) / 1e9
+
+
+def roofs():
+    """The CPU's roof and what reaches toward it, GFLOP/s float32: fma_peak, the
+    register-only FMA loop on all of Numba's threads (the physical limit, the roof
+    of every %roof figure) and on one; numpy_matmul and numlstm_matmul, the two
+    products at 2048^3; best_matmul, the faster of them."""
+    from .kernels.cpu import peak
+    r = dict(fma_peak=peak.fma_peak(), fma_peak_1thread=peak.fma_peak(threads=1),
+             numpy_matmul=matmul_rate(), numlstm_matmul=numlstm_matmul_rate())
+    r["best_matmul"] = max(r["numpy_matmul"], r["numlstm_matmul"])
+    return r
+
+
+def roof_line(r):
+    return (f"roof: float32 FMA peak {r['fma_peak']:.0f} GFLOP/s on all threads "
+            f"({r['fma_peak_1thread']:.0f} on one); best matmul 2048^3 "
+            f"{r['best_matmul']:.0f} ({100 * r['best_matmul'] / r['fma_peak']:.0f}% of the "
+            f"peak; NumPy {r['numpy_matmul']:.0f}, numlstm {r['numlstm_matmul']:.0f})")
 
 
 def _timed(fn):
@@ -136,8 +169,9 @@ def compare(grid, repeats=5, with_torch=True, out=print, cell="lstm", backend="c
         if torch_ok:
             out(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
     else:
-        roof = matmul_rate()
-        out(f"float32 matmul rate (NumPy, 2048^3, best of 5): {roof:.0f} GFLOP/s")
+        r = roofs()
+        roof = r["fma_peak"]
+        out(roof_line(r))
         if torch_ok:
             out(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     out(f"cell: {cell}, backend: {backend}, one layer, one direction, I = H, float32")

@@ -119,8 +119,16 @@ def _bench(args):
         result = bench.compare_char(text, steps=args.steps)
         _write_json(args.json, result)
         return 0
+    if args.isolated:
+        return _bench_isolated(args)
+    if args.load or args.copies > 1 or args.peer or args.modes:
+        raise UsageError("--load, --copies, --peer and --modes time each library in a "
+                         "process of its own: add --isolated")
     if args.shapes:
-        grid = args.shapes
+        if any(len(s) == 4 and s[2] != s[3] for s in args.shapes):
+            raise UsageError("--shapes: the in-process comparison has I = H (T,B,H); "
+                             "give T,B,I,H with --isolated")
+        grid = [(s[0], s[1], s[-1]) for s in args.shapes]
     else:
         grid = bench.QUICK_GRID if args.quick else (
             bench.FULL_GRID if args.full else bench.DEFAULT_GRID)
@@ -132,6 +140,31 @@ def _bench(args):
                              "needs an NVIDIA GPU; none is usable here")
     rows = bench.compare(grid, repeats=args.repeats, with_torch=not args.no_torch,
                          cell=args.cell, backend=args.backend)
+    _write_json(args.json, rows)
+    return 0
+
+
+def _bench_isolated(args):
+    from . import bench, bench_isolated
+    if args.shapes:
+        shapes = [s if len(s) == 4 else (s[0], s[1], s[2], s[2]) for s in args.shapes]
+    else:
+        shapes = bench_isolated.QUICK_GRID if args.quick else bench_isolated.GRID
+    peers = args.peer if args.peer else ([] if args.no_torch else ["torch"])
+    libraries = ["numlstm"] + [p for p in dict.fromkeys(peers)]
+    modes = args.modes or ["inference", "training"]
+    roof = bench.roofs()
+    print(bench.roof_line(roof))
+    print(f"each library in a fresh process of its own, {args.rounds} rounds (the order "
+          f"rotating), the median of each worker's median call; busy processes: "
+          f"{args.load}; numlstm copies at once: {args.copies}")
+    rows = bench_isolated.run(shapes, libraries, modes, load=args.load, copies=args.copies,
+                              rounds=args.rounds, repeats=args.repeats)
+    bench_isolated.table(rows, libraries, roof["fma_peak"])
+    print("ratio = peer time / numlstm time (> 1: numlstm is faster); %roof: numlstm's "
+          "GFLOP/s as a share of the FMA peak")
+    for row in rows:
+        row.update(roof)
     _write_json(args.json, rows)
     return 0
 
@@ -199,14 +232,14 @@ def _positive(kind):
 
 
 def _shape(text):
-    """--shapes: T,B,H with each an integer >= 1."""
+    """--shapes: T,B,H, or T,B,I,H, with each an integer >= 1."""
     parts = text.split(",")
     try:
         values = tuple(int(v) for v in parts)
     except ValueError:
         values = ()
-    if len(values) != 3 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected T,B,H (three integers >= 1), got "
+    if len(values) not in (3, 4) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected T,B,H or T,B,I,H (integers >= 1), got "
                                          f"{text!r}")
     return values
 
@@ -391,6 +424,23 @@ def main(argv=None):
     bench.add_argument("--backend", choices=["cpu", "cuda"], default="cpu",
                        help="the speed grid's backend: cpu against torch on the CPU, or "
                             "cuda against torch's cuDNN on the GPU (default: cpu)")
+    bench.add_argument("--isolated", action="store_true",
+                       help="time each library in a fresh process of its own (rounds "
+                            "alternating, median of rounds); shapes are T,B,I,H (default: "
+                            "7 shapes from one step to T=1000)")
+    bench.add_argument("--peer", action="append", choices=["torch", "onnxruntime"],
+                       help="--isolated: a library to compare with (repeat for both; "
+                            "default: torch); onnxruntime runs the file export_onnx writes")
+    bench.add_argument("--load", type=_number(int, 0, strict=False), default=0,
+                       help="--isolated: keep N other processes busy while timing")
+    bench.add_argument("--copies", type=_positive(int), default=1,
+                       help="--isolated: run N numlstm workers at once, each timing the "
+                            "same call (the slowest copy's time is reported)")
+    bench.add_argument("--rounds", type=_positive(int), default=3,
+                       help="--isolated: rounds of fresh processes (default: 3)")
+    bench.add_argument("--modes", nargs="+", choices=["inference", "training", "step"],
+                       help="--isolated: what to time (default: inference training; step "
+                            "is one streaming step from Python, onnxruntime's T=1 run)")
     bench.add_argument("--repeats", type=_positive(int), default=5)
     bench.add_argument("--steps", type=_positive(int), default=300,
                        help="--char: training steps each (default: 300)")

@@ -23,7 +23,7 @@ def test_compare_alternates_with_torch_and_derives_figures():
             assert np.isclose(r[f"{lib}_gflops"], flops / r[f"{lib}_ms"] / 1e6)
             assert np.isclose(r[f"{lib}_tokens_per_s"], 8 / (r[f"{lib}_ms"] / 1e3))
         assert np.isclose(r["ratio"], r["torch_ms"] / r["numlstm_ms"])
-    assert lines[0].startswith("float32 matmul rate")
+    assert lines[0].startswith("roof: float32 FMA peak")
     assert any(line.startswith("training      4    2     8 |") for line in lines)
 
 
@@ -82,3 +82,61 @@ def test_option_costs_rows(cell):
     assert {r["option"] for r in rows} == set(variants)
     assert all(r["ratio"] == 1.0 for r in rows if r["option"] == "plain")
     assert all(r["ms"] > 0 for r in rows) and len(lines) == 1 + len(variants)
+
+
+def test_isolated_bench_times_each_library_in_its_own_process_under_load():
+    """One round at two tiny shapes: numlstm (two copies at once), torch and
+    onnxruntime each in fresh processes, one busy process meanwhile; the figures
+    derive from the times as the table says."""
+    from numlstm import bench_isolated as iso
+    shapes = [(2, 1, 3, 4), (3, 2, 5, 8)]
+    rows = iso.run(shapes, ["numlstm", "torch", "onnxruntime"], ["inference", "training",
+                                                                 "step"],
+                   load=1, copies=2, rounds=1, repeats=3, min_seconds=0.0)
+    assert [(r["T"], r["mode"]) for r in rows] == [(T, m) for T, *_ in shapes
+                                                    for m in ("inference", "training", "step")]
+    for r in rows:
+        assert r["load"] == 1 and r["copies"] == 2
+        flops = iso.flops(r["T"], r["B"], r["I"], r["H"], r["mode"])
+        for lib in ("numlstm", "torch") + (() if r["mode"] == "training" else ("onnxruntime",)):
+            assert 0 < r[lib + "_ms"] < 1e4
+            assert np.isclose(r[lib + "_gflops"], flops / r[lib + "_ms"] / 1e6)
+            if lib != "numlstm":
+                assert np.isclose(r[lib + "_ratio"], r[lib + "_ms"] / r["numlstm_ms"])
+        assert ("onnxruntime_ms" in r) == (r["mode"] != "training")
+    assert iso.flops(5, 2, 3, 4, "step") == 2 * 2 * 16 * 7
+    lines = []
+    iso.table(rows, ["numlstm", "torch", "onnxruntime"], 100.0, out=lines.append)
+    assert lines[0].split()[:4] == ["mode", "T,B,I,H", "|", "numlstm"]
+    assert any(line.startswith("training         3,2,5,8 |") for line in lines)
+
+
+def test_isolated_bench_refuses_what_it_cannot_time():
+    from numlstm import bench_isolated as iso
+    with pytest.raises(ValueError, match="libraries"):
+        iso.run([(1, 1, 1, 1)], ["numlstm", "tensorflow"])
+    with pytest.raises(ValueError, match="modes"):
+        iso.run([(1, 1, 1, 1)], ["numlstm"], ["backward"])
+    with pytest.raises(ValueError, match="copies"):
+        iso.run([(1, 1, 1, 1)], ["numlstm"], copies=0)
+
+
+def test_bench_command_isolated_writes_json(tmp_path, capsys):
+    path = tmp_path / "rows.json"
+    assert cli.main(["bench", "--isolated", "--shapes", "2,1,3,4", "--rounds", "1",
+                     "--repeats", "2", "--peer", "onnxruntime", "--modes", "inference",
+                     "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("roof: float32 FMA peak")
+    assert "onnxruntime ms" in out and "torch ms" not in out
+    import json
+    (row,) = json.loads(path.read_text())
+    assert row["I"] == 3 and row["H"] == 4 and row["fma_peak"] > 0
+    assert row["onnxruntime_ratio"] > 0
+
+
+def test_bench_options_of_isolation_need_isolated(capsys):
+    assert cli.main(["bench", "--load", "1", "--shapes", "2,1,4"]) == 2
+    assert "add --isolated" in capsys.readouterr().err
+    assert cli.main(["bench", "--shapes", "2,1,3,4"]) == 2
+    assert "give T,B,I,H with --isolated" in capsys.readouterr().err

@@ -1,0 +1,281 @@
+"""`numlstm bench --isolated`: each library timed in a fresh process of its own,
+on an idle machine or with other processes busy.
+
+Dimensions: T steps, B batch, I input features, H hidden units.
+
+Why a process each: libraries with their own thread pools slow each other when
+their calls alternate in one process (torch's OpenMP pool and onnxruntime's
+spinning workers keep cores that the next library's call needs), so a fair
+comparison runs each one alone. Why load: a laptop is never idle; --load N keeps
+N processes busy (a plain Python loop each) while every library is timed, and
+--copies N runs N copies of the same worker at once, each timing the same call.
+
+How a run goes: for each round, one worker process per library (the order of the
+libraries rotates from round to round), started with `python -m
+numlstm.bench_isolated`. A worker builds every (shape, mode) first (compiling
+numlstm's kernels, exporting the ONNX file), says it is ready, then times one
+(shape, mode) per "go" line from the parent and answers with a JSON line. With
+--copies the parent sends each "go" to all copies at once, and a copy that has
+answered keeps calling until the next "go", so that the copies overlap for the
+whole of each measurement. A figure is the median over rounds of each worker's
+median call time.
+
+The peers, float32, I and H as given:
+  torch        torch.nn.LSTM, the same weights; inference under no_grad, training
+               a forward and backward with dx, step module(x_t[None], state).
+  onnxruntime  the file numlstm.export_onnx writes, default session settings, the
+               CPU provider; a step is a T=1 run of the file with initial_state=True.
+  numlstm      numlstm.LSTM on the CPU: layer(x), layer(x, training=True) then
+               layer.backward(dy), and layer.step(x_t, state).
+"""
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+LIBRARIES = ("numlstm", "torch", "onnxruntime")
+MODES = ("inference", "training", "step")
+# The shapes of the robustness issue: from a single step to the sizes where the
+# products bind (T, B, I, H).
+GRID = [(1, 1, 64, 128), (100, 1, 64, 64), (200, 8, 40, 96), (100, 32, 128, 256),
+        (1000, 16, 32, 128), (50, 64, 256, 512), (30, 1, 256, 1024)]
+QUICK_GRID = [(1, 1, 64, 128), (100, 1, 64, 64), (200, 8, 40, 96)]
+
+
+def supports(lib, mode):
+    """Whether `lib` has `mode`: onnxruntime runs inference only (no training)."""
+    return not (lib == "onnxruntime" and mode == "training")
+
+
+def flops(T, B, I, H, mode):
+    """FLOPs of one call of one LSTM layer: 2*T*B*4H*(I+H), three times that for a
+    training step, T = 1 for a streaming step."""
+    steps = 1 if mode == "step" else T
+    return 2 * steps * B * 4 * H * (I + H) * (3 if mode == "training" else 1)
+
+
+# -- the worker ---------------------------------------------------------------------------
+def _build(lib, T, B, I, H, mode, tmpdir):
+    """A function making one call of `lib` at (T, B, I, H) in `mode`."""
+    import numlstm
+    layer = numlstm.LSTM(I, H, seed=T + B + I + H)
+    rng = np.random.default_rng(T * 7 + B)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    if lib == "numlstm":
+        if mode == "inference":
+            return lambda: layer(x)
+        if mode == "training":
+            def train():
+                layer(x, training=True)
+                layer.backward(dy)
+            return train
+        state = [None]
+
+        def step():
+            _, state[0] = layer.step(x[0], state[0])
+        return step
+    if lib == "torch":
+        import torch
+        module = torch.nn.LSTM(I, H)
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+        if mode == "inference":
+            def infer():
+                with torch.no_grad():
+                    module(xt)
+            return infer
+        if mode == "training":
+            def train():
+                y, _ = module(xt.detach().requires_grad_())
+                y.backward(dyt)
+            return train
+        tstate = [None]
+
+        def tstep():
+            with torch.no_grad():
+                _, tstate[0] = module(xt[:1], tstate[0])
+        return tstep
+    import onnxruntime
+    path = os.path.join(tmpdir, f"lstm_{T}_{B}_{I}_{H}_{mode}.onnx")
+    numlstm.export_onnx(layer, path, initial_state=mode == "step")
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    if mode == "inference":
+        return lambda: session.run(None, {"x": x})
+    feeds = {"x": x[:1], "h0": np.zeros((1, B, H), np.float32),
+             "c0": np.zeros((1, B, H), np.float32)}
+
+    def ostep():
+        _, h, c = session.run(None, feeds)
+        feeds["h0"], feeds["c0"] = h, c
+    return ostep
+
+
+def _time(call, repeats, min_seconds):
+    """Seconds per call: the median of at least `repeats` calls and of as many as
+    fit in min_seconds (at most 10,000)."""
+    times, start = [], time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start < min_seconds
+                                   and len(times) < 10_000):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), len(times)
+
+
+def _worker(spec):
+    """Run in the worker process: build every task, then time one per 'go'."""
+    lib = spec["lib"]
+    with tempfile.TemporaryDirectory() as tmpdir:
+        calls = []
+        for (T, B, I, H), mode in spec["tasks"]:
+            call = _build(lib, T, B, I, H, mode, tmpdir)
+            call()  # compile, allocate, warm the caches
+            call()
+            calls.append(call)
+        print("ready", flush=True)
+        current = None
+        while True:
+            if current is not None and spec["keep_busy"]:
+                # Keep the machine as busy as the other copies see it until the next "go".
+                while not select.select([sys.stdin], [], [], 0)[0]:
+                    current()
+            line = sys.stdin.readline()
+            if not line or line.strip() == "stop":
+                return
+            current = calls[int(line.split()[1])]
+            seconds, n = _time(current, spec["repeats"], spec["min_seconds"])
+            print(json.dumps({"seconds": seconds, "calls": n}), flush=True)
+
+
+# -- the parent ---------------------------------------------------------------------------
+def _busy_loop():
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            stdin=subprocess.DEVNULL)
+
+
+def _start(spec, env):
+    proc = subprocess.Popen([sys.executable, "-m", "numlstm.bench_isolated"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            bufsize=1, env=env)
+    proc.stdin.write(json.dumps(spec) + "\n")
+    proc.stdin.flush()
+    return proc
+
+
+def _expect(proc, what):
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"a benchmark worker ({what}) ended early with status "
+                           f"{proc.wait()}")
+    return line
+
+
+def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference",),
+        load=0, copies=1, rounds=3, repeats=20, min_seconds=0.3, env=None):
+    """Time every library at every (T, B, I, H) in `shapes` and mode, each in its own
+    process, `rounds` rounds; return one row dict per (shape, mode) with each
+    library's median ms (and, with copies > 1, numlstm's copies as one figure each:
+    the slowest copy's median). load: busy processes kept running meanwhile; env:
+    the workers' environment (None: this process's), e.g. a PYTHONPATH that puts
+    another build of numlstm first, for an A/B of two versions."""
+    for lib in libraries:
+        if lib not in LIBRARIES:
+            raise ValueError(f"libraries: expected some of {LIBRARIES}, got {lib!r}")
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"modes: expected some of {MODES}, got {mode!r}")
+    if not isinstance(copies, int) or copies < 1 or not isinstance(load, int) or load < 0:
+        raise ValueError(f"copies >= 1 and load >= 0 (integers), got {copies!r}, {load!r}")
+    busy = [_busy_loop() for _ in range(load)]
+    results = {}  # (lib, task index) -> [median seconds per round]
+    try:
+        time.sleep(0.2 if load else 0)
+        for r in range(rounds):
+            order = list(libraries[r % len(libraries):]) + list(libraries[:r % len(libraries)])
+            for lib in order:
+                tasks = [(list(shape), mode) for shape in shapes for mode in modes
+                         if supports(lib, mode)]
+                if not tasks:
+                    continue
+                n = copies if lib == "numlstm" else 1
+                spec = dict(lib=lib, tasks=tasks, repeats=repeats, min_seconds=min_seconds,
+                            keep_busy=n > 1)
+                procs = [_start(spec, env) for _ in range(n)]
+                try:
+                    for p in procs:
+                        line = _expect(p, lib)
+                        if line.strip() != "ready":
+                            raise RuntimeError(f"a benchmark worker ({lib}) said {line!r}")
+                    for i, (shape, mode) in enumerate(tasks):
+                        for p in procs:
+                            p.stdin.write(f"go {i}\n")
+                            p.stdin.flush()
+                        answers = [json.loads(_expect(p, lib)) for p in procs]
+                        key = (lib, tuple(shape), mode)
+                        results.setdefault(key, []).append(max(a["seconds"] for a in answers))
+                    for p in procs:
+                        p.stdin.write("stop\n")
+                        p.stdin.flush()
+                finally:
+                    for p in procs:
+                        try:
+                            p.wait(timeout=60)
+                        except subprocess.TimeoutExpired:
+                            p.kill()
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    rows = []
+    for shape in shapes:
+        for mode in modes:
+            row = dict(T=shape[0], B=shape[1], I=shape[2], H=shape[3], mode=mode, load=load,
+                       copies=copies, rounds=rounds)
+            for lib in libraries:
+                key = (lib, tuple(shape), mode)
+                if key in results:
+                    ms = 1e3 * statistics.median(results[key])
+                    row[lib + "_ms"] = ms
+                    row[lib + "_gflops"] = flops(*shape, mode) / ms / 1e6
+            for lib in libraries:
+                if lib != "numlstm" and lib + "_ms" in row and "numlstm_ms" in row:
+                    row[lib + "_ratio"] = row[lib + "_ms"] / row["numlstm_ms"]
+            rows.append(row)
+    return rows
+
+
+def table(rows, libraries, roof, out=print):
+    """Print the rows: ms and GFLOP/s (share of the roof) of numlstm, each peer's ms
+    and the ratio peer / numlstm (> 1: numlstm is faster)."""
+    peers = [lib for lib in libraries if lib != "numlstm"]
+    head = f"{'mode':<9} {'T,B,I,H':>16} | {'numlstm ms':>10} {'GFLOP/s':>8} {'%roof':>6}"
+    for lib in peers:
+        head += f" | {lib + ' ms':>14} {'ratio':>6}"
+    out(head)
+    out("-" * len(head))
+    for row in rows:
+        shape = ",".join(str(row[k]) for k in "TBIH")
+        line = f"{row['mode']:<9} {shape:>16} | "
+        if "numlstm_ms" in row:
+            line += (f"{row['numlstm_ms']:>10.3f} {row['numlstm_gflops']:>8.1f} "
+                     f"{100 * row['numlstm_gflops'] / roof:>5.0f}%")
+        else:
+            line += f"{'-':>10} {'-':>8} {'-':>6}"
+        for lib in peers:
+            if lib + "_ms" in row:
+                ratio = f"{row[lib + '_ratio']:>5.2f}x" if lib + "_ratio" in row else "-"
+                line += f" | {row[lib + '_ms']:>14.3f} {ratio:>6}"
+            else:
+                line += f" | {'-':>14} {'-':>6}"
+        out(line)
+
+
+if __name__ == "__main__":
+    _worker(json.loads(sys.stdin.readline()))
