@@ -80,16 +80,19 @@ _LOCK = threading.Lock()
 _threadsafe = False  # set once Numba's threading layer is known to be omp or tbb
 
 
-def _serialised(fn):
-    """fn through threads.run, under _LOCK unless Numba's threading layer takes
-    concurrent calls."""
+def _serialised(fn, policy=True):
+    """fn through threads.run (policy=False: as it is, for the streaming steps,
+    which enter no parallel region), under _LOCK unless Numba's threading layer
+    takes concurrent calls."""
+    run = threads.run if policy else _direct
+
     @functools.wraps(fn)
     def call(*args, **kwargs):
         global _threadsafe
         if _threadsafe:
-            return threads.run(fn, *args, **kwargs)
+            return run(fn, *args, **kwargs)
         with _LOCK:
-            out = threads.run(fn, *args, **kwargs)
+            out = run(fn, *args, **kwargs)
             try:
                 _threadsafe = numba.threading_layer() in ("omp", "tbb")
             except ValueError:  # no parallel region has run yet
@@ -98,18 +101,22 @@ def _serialised(fn):
     return call
 
 
+def _direct(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
 dense_forward_cpu = _serialised(dense.dense_forward_cpu)
 dense_backward_cpu = _serialised(dense.dense_backward_cpu)
 embedding_backward_cpu = dense.embedding_backward_cpu  # (serial: no parallel region)
 lstm_forward_cpu = _serialised(lstm.lstm_forward_cpu)
 lstm_backward_cpu = _serialised(lstm.lstm_backward_cpu)
-lstm_step_cpu = _serialised(lstm.lstm_step_cpu)
+lstm_step_cpu = _serialised(lstm.lstm_step_cpu, policy=False)
 gru_forward_cpu = _serialised(gru.gru_forward_cpu)
 gru_backward_cpu = _serialised(gru.gru_backward_cpu)
-gru_step_cpu = _serialised(gru.gru_step_cpu)
+gru_step_cpu = _serialised(gru.gru_step_cpu, policy=False)
 rnn_forward_cpu = _serialised(rnn.rnn_forward_cpu)
 rnn_backward_cpu = _serialised(rnn.rnn_backward_cpu)
-rnn_step_cpu = _serialised(rnn.rnn_step_cpu)
+rnn_step_cpu = _serialised(rnn.rnn_step_cpu, policy=False)
 
 __all__ = ["lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", "pack_lstm_cpu",
            "gru_forward_cpu", "gru_backward_cpu", "gru_step_cpu", "pack_gru_cpu",

@@ -51,7 +51,8 @@ from numba import njit, prange
 from ..gates import DEFAULT_ACTS, activate, dactivate, for_dtype
 from .threads import (POLICY, SMALL_REGION, clock_ns, finished, parallel_ok, region_done,
                       serial_if)
-from .lstm import (_NO_ARRAY, _NO_MASK, _NO_ZONE, CB, _FAST, _blocks, _first_step_dh,
+from .threads import run as thread_policy
+from .lstm import (_NO_ARRAY, _NO_MASK, _NO_ZONE, CB, _FAST, _blocks, _first_step_dh, _ones,
                    _first_steps, _input_gradient, _lengths_or_full, _matmul_rows, _norm_grad,
                    _normalise_row, _pad, _rows_plan, _step_product, _times_mask,
                    _weight_gradients as _lstm_weight_gradients, _zone_weights, mask_buffers,
@@ -712,8 +713,8 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
 def gru_step_cpu(x, packed, h):
     """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
     array). Equal to gru_forward_cpu on one step, without its parallel regions."""
-    if packed["kind"] != "tiled":
-        return gru_forward_cpu(x[None], packed, h)[1]
+    if packed["kind"] != "tiled":  # (a one-step forward: the thread policy's)
+        return thread_policy(gru_forward_cpu, x[None], packed, h)[1]
     H, Hp = packed["H"], packed["Hp"]
     B = x.shape[0]
     h_new = np.empty((B, Hp), np.float32)
@@ -721,7 +722,7 @@ def gru_step_cpu(x, packed, h):
     xw = np.empty((B, 3 * Hp), np.float32)
     rec = np.empty((B, 3 * Hp), np.float32)
     _step_tiled(x, packed["w_in"], packed["b_in"], packed["w_fwd"], packed["b_rec"],
-                _pad(h, Hp), h_new, y, xw, rec, np.ones(B, np.int64), _NO_MASK, packed["acts"],
+                _pad(h, Hp), h_new, y, xw, rec, _ones(B), _NO_MASK, packed["acts"],
                 _NO_ZONE[np.dtype(np.float32)][0])
     return h_new[:, :H]
 

@@ -95,6 +95,7 @@ from ..reference import LAYER_NORM_EPS, apply_activation, layer_norm
 from .microkernel import CB, ROWS, TT, address, tile_block, transpose_tile
 from .threads import (POLICY, SMALL_REGION, clock_ns, finished, numba_threads, parallel_ok,
                       region_done, serial_if)
+from .threads import run as thread_policy
 
 U = CB // 4     # hidden units per gate block; CB = 4U columns per block: [i(U) f(U) g(U) o(U)]
 HB = 64         # H is padded to a multiple of this (the backward's output block)
@@ -1508,6 +1509,11 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     """
     T, B, I = x.shape
     H, Pu = packed["H"], packed["P"]
+    if (T == 1 and not training and lengths is None and h_mask is None and zone_c is None
+            and packed["kind"] == "tiled" and not packed["proj"] and packed["peep"] is None):
+        # One inference step: the streaming step's single compiled call (the same sums).
+        h, c = lstm_step_cpu(x[0], packed, h0, c0)
+        return h[None], h.copy(), c, None
     lens = _lengths_or_full(lengths, T, B)
     ln_cache = None  # layer_norm's arrays for the backward
     if packed["kind"] == "blas":
@@ -1624,13 +1630,22 @@ def _zone_weights(zone, width, dtype):
     return _pad(np.asarray(zone).astype(dtype, copy=False), width)
 
 
+def _ones(B, _cache={}):
+    """np.ones(B, int64), the full lengths of a step, made once per B (read only)."""
+    ones = _cache.get(B)
+    if ones is None:
+        ones = _cache[B] = np.ones(B, np.int64)
+    return ones
+
+
 def lstm_step_cpu(x, packed, h, c):
     """One inference step, for streaming: x [B,I], h, c [B,H] -> h', c' [B,H]
     (new arrays; the inputs are not modified). Equal to lstm_forward_cpu on one
     step, without its parallel regions and training buffers: a few microseconds
     at B=1, H=64."""
     if packed["kind"] == "blas" or packed["proj"] or packed["peep"] is not None:
-        _, h, c, _ = lstm_forward_cpu(x[None], packed, h, c)
+        # (a one-step forward, which may enter parallel regions: the thread policy's)
+        _, h, c, _ = thread_policy(lstm_forward_cpu, x[None], packed, h, c)
         return h, c
     H, Hp = packed["H"], packed["Hp"]
     B = x.shape[0]
@@ -1639,8 +1654,7 @@ def lstm_step_cpu(x, packed, h, c):
     h_new = np.empty((B, Hp), np.float32)
     _step_tiled(x, packed["w_in"], packed["bias"], packed["w_fwd"], _pad(h, Hp), c_new, h_new,
                 np.empty((B, Hp), np.float32), np.empty((B, 4 * Hp), np.float32),
-                np.ones(B, np.int64), packed["clip"], packed["coupled"], packed["gclip"],
-                packed["acts"])
+                _ones(B), packed["clip"], packed["coupled"], packed["gclip"], packed["acts"])
     return h_new[:, :H], c_new[:, :H]
 
 

@@ -36,9 +36,10 @@ from numba import carray, njit, prange
 from ..gates import drelu, dtanh, relu, tanh
 from ..reference import RNN_NONLINEARITIES
 from .threads import POLICY, clock_ns, finished, numba_threads, parallel_ok, region_done
+from .threads import run as thread_policy
 from .lstm import (CB, INFERENCE_CHUNK_BYTES, PARALLEL_MIN_FLOPS, PARALLEL_MIN_UNITS, _FAST,
                    _blocks, _first_step_gradients, _input_gradient, _lengths_or_full, _matmul,
-                   _matmul_rows, _pad, _stack_f32, product_for, transposed_with_sums)
+                   _matmul_rows, _ones, _pad, _stack_f32, product_for, transposed_with_sums)
 
 # lstm.py's measured limits, rebound here: gru.py reads them from this module
 # too, and tests lower them to force the parallel step or small inference chunks.
@@ -420,13 +421,13 @@ def rnn_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False):
 def rnn_step_cpu(x, packed, h):
     """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
     array). Equal to rnn_forward_cpu on one step, without its parallel regions."""
-    if packed["kind"] == "blas":
-        return rnn_forward_cpu(x[None], packed, h)[1]
+    if packed["kind"] == "blas":  # (a one-step forward: the thread policy's)
+        return thread_policy(rnn_forward_cpu, x[None], packed, h)[1]
     H, Hp = packed["H"], packed["Hp"]
     B = x.shape[0]
     h_new = np.empty((B, Hp), np.float32)
     _step_tiled(x, packed["w_in"], packed["bias"], packed["w_fwd"], _pad(h, Hp), h_new,
-                np.empty((B, Hp), np.float32), np.ones(B, np.int64), packed["relu"])
+                np.empty((B, Hp), np.float32), _ones(B), packed["relu"])
     return h_new[:, :H]
 
 
