@@ -16,9 +16,9 @@ Three defences, from the cheapest:
 3. Every parallel loop that matters reports lag into a gate, a small int64 array
    passed to the kernels: each thread notes when it finished its share of a
    region, and a region whose last thread finished well after its first (more
-   than LAG_MIN_NS and more than LAG_SHARE of the region) counts as lagged. A
-   lagged region sends the rest of the call's parallel work to one thread for a
-   hold time (HOLD_MIN_NS, doubling while lags follow, up to HOLD_MAX_NS), after
+   than LAG_MIN_NS, and more than LAG_RATIO times the first thread's own time in
+   the region: a wait longer than the work) counts as lagged. A lagged region
+   sends the rest of the call's parallel work to one thread for a hold time (HOLD_MIN_NS, doubling while lags follow, up to HOLD_MAX_NS), after
    which the loops try two threads again; the time loops check the gate every
    step, so a long call recovers its threads when the other process stops.
    Between calls, `call_threads()` returns 1 while the gate's hold lasts, so a
@@ -54,7 +54,11 @@ MAX_THREADS = 64
 GATE_SIZE = FINISH + MAX_THREADS
 
 LAG_MIN_NS = 250_000      # a quarter of a millisecond: far above a region's join on an
-LAG_SHARE = 0.3           # idle machine (microseconds), far below a scheduler tick
+                          # idle machine (microseconds), far below a scheduler tick
+# Only a wait longer than the work itself is worth a hold: a long region (a rows loop
+# of 18 ms) that met one late tick loses less to it than one thread would lose to the
+# next calls (measured on 2 cores: a hold on such a tick doubled the next call's time).
+LAG_RATIO = 1.0
 HOLD_MIN_NS = 20_000_000  # 20 ms of one-thread work after a lag, doubling while lags follow
 HOLD_MAX_NS = 1_000_000_000
 
@@ -114,7 +118,7 @@ def region_done(gate, start, P):
         gate[FINISH + p] = 0
     gate[REGIONS] += 1
     spread = last - first
-    if spread > LAG_MIN_NS and spread > LAG_SHARE * (last - start):
+    if spread > LAG_MIN_NS and spread > LAG_RATIO * (first - start):
         now = clock_ns()
         hold = gate[HOLD] if gate[HOLD] > 0 else HOLD_MIN_NS
         gate[SERIAL_UNTIL] = now + hold

@@ -168,8 +168,9 @@ def test_a_lagged_region_starts_a_hold_that_doubles_and_resets():
 
 
 def test_an_uneven_region_under_the_lag_bounds_is_not_lag():
-    """A spread below LAG_MIN_NS (a thread with one block more), or below
-    LAG_SHARE of a long region, is the work's own imbalance."""
+    """A spread below LAG_MIN_NS (a thread with one block more), or shorter than
+    the first thread's time in a long region (a tick met once in a long loop), is
+    not worth a hold."""
     gate = threads.new_gate()
     start = threads.clock_ns()
     gate[threads.FINISH], gate[threads.FINISH + 1] = start + 100_000, start + 300_000
