@@ -112,6 +112,7 @@ ROWS_PER_TASK = 120  # rows of one task of the large products (a multiple of ROW
                      # 120 beat 60 by 20-35% at T*B >= 2048, level below)
 ROW_SPLIT = None  # tests force one split of the plain time loops: True (rows), False (units)
 ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
+ROW_SPLIT_SMALL_BYTES = 1 << 18  # a W_hh this small takes the rows split from 2 rows a thread
 FUSE_INPUT = None  # tests force the input projection inside the rows loop: True or False
 FUSED_MIN_ROWS = 32  # (_fuse_input)
 KC = 1024           # K chunk of the products: KC x CB of W is 256 KiB, held in L2 across a
@@ -1429,13 +1430,20 @@ def _threads(B, Hp, nblk):
 def _split_rows(B, Hp, P, gates=4):
     """Whether the plain layer's time loops share the batch among the P threads
     (_forward_rows) rather than the units (_forward_tiled): from 8 rows a thread,
-    while W_hh fits in a core's L2 (ROW_SPLIT_MAX_BYTES). Measured on 2 cores,
-    training step: B=32, H=128 20% and B=128, H=256 9% faster; B=8 and H >= 512
-    no faster, B=16, H=1024 19% slower (each thread streams all of W_hh). gates:
-    W_hh's rows per hidden unit (4: LSTM, 3: GRU)."""
+    while W_hh fits in a core's L2 (ROW_SPLIT_MAX_BYTES), and from 2 rows a thread
+    while it is small (ROW_SPLIT_SMALL_BYTES: H <= 128), where streaming all of it
+    per thread costs less than a barrier per step. Measured on 2 cores, training
+    step: B=32, H=128 20% and B=128, H=256 9% faster; B=8 and H >= 512 no
+    faster, B=16, H=1024 19% slower (each thread streams all of W_hh). On 2 Zen 3
+    cores (AVX2), medians of 3 rounds, units -> rows: T=200, B=8, I=40, H=96
+    inference 4.77 -> 3.48 ms, training 16.4 -> 12.7 ms; T=100, B=4, I=64, H=128
+    inference 1.41 -> 0.93, training 5.0 -> 3.7; B=8, H=256 training 18.2 ->
+    20.9 (so not there). gates: W_hh's rows per hidden unit (4: LSTM, 3: GRU)."""
     if ROW_SPLIT is not None:
         return P > 1 and ROW_SPLIT
-    return P > 1 and B >= 8 * P and Hp * gates * Hp * 4 <= ROW_SPLIT_MAX_BYTES
+    w_bytes = Hp * gates * Hp * 4
+    return P > 1 and ((B >= 8 * P and w_bytes <= ROW_SPLIT_MAX_BYTES)
+                      or (B >= 2 * P and w_bytes <= ROW_SPLIT_SMALL_BYTES))
 
 
 def _rows_plan(T, B, Hp, P, gates=4):
