@@ -396,8 +396,12 @@ def test_set_weights_checks_everything_first(rng):
 
 
 # -- Sequential: gradients of a whole model ---------------------------------------------------
-def _fd_grads(model, loss, x, y, lengths, eps=1e-6):
-    """Central differences of loss(model.forward(x)) for every parameter."""
+def _fd_grads(model, loss, x, y, lengths, eps=1e-5):
+    """Central differences of loss(model.forward(x)) for every parameter. eps near
+    the float64 optimum for central differences (cube root of the machine
+    epsilon, 6e-6): at 1e-6 the loss's last-bit rounding alone, divided by 2 eps,
+    came within a factor of 1 of the 1e-6 tolerance, so the order of a sum decided
+    whether the check passed."""
     out = {}
     for layer in model.layers:
         base = {k: np.array(v) for k, v in layer.params.items()}

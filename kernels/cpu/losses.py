@@ -16,12 +16,15 @@ from .threads import SMALL_REGION, serial_if
 
 # (reassoc: the float64 sums vectorise; no "nnan"/"ninf": a NaN logit gives a NaN loss)
 @njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz"})
-def _cross_entropy(z, target, ignore, scale, grad):
-    total = 0.0
+def _cross_entropy(z, target, ignore, scale, grad, losses):
+    """Each row's loss into losses[r] (0 where ignored), summed by the caller in one
+    order: a reduction inside prange would add the threads' partial sums, so the
+    value would change with the thread count."""
     for r in prange(z.shape[0]):
         row, g, cls = z[r], grad[r], target[r]
         if cls == ignore:
             g[:] = 0
+            losses[r] = 0
             continue
         top = row[0]
         for j in range(1, row.shape[0]):
@@ -32,12 +35,11 @@ def _cross_entropy(z, target, ignore, scale, grad):
         s = 0.0
         for j in range(row.shape[0]):
             s += g[j]
-        total += np.log(s) - np.float64(row[cls] - top)
+        losses[r] = np.log(s) - np.float64(row[cls] - top)
         inv = scale / s  # (float64)
         for j in range(row.shape[0]):
             g[j] = g[j] * inv
         g[cls] -= scale
-    return total
 
 
 def cross_entropy_cpu(logits, target, ignore_index, n):
@@ -48,6 +50,7 @@ def cross_entropy_cpu(logits, target, ignore_index, n):
     onehot(target)) / n, zero on ignored rows)."""
     z = np.ascontiguousarray(logits)
     grad = np.empty_like(z)
-    total = serial_if(z.size <= SMALL_REGION, _cross_entropy, z,
-                      np.ascontiguousarray(target, np.int64), ignore_index, 1.0 / n, grad)
-    return total / n, grad
+    losses = np.empty(z.shape[0], np.float64)
+    serial_if(z.size <= SMALL_REGION, _cross_entropy, z, np.ascontiguousarray(target, np.int64),
+              ignore_index, 1.0 / n, grad, losses)
+    return float(losses.sum()) / n, grad
