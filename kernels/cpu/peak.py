@@ -85,7 +85,7 @@ def _all_threads(n, a, b, out):
         out[p] = _fma_loop(n, a, b)
 
 
-def fma_peak(threads=None, seconds=0.2, repeats=5):
+def fma_peak(threads=None, seconds=0.2, repeats=8):
     """The float32 FMA rate in GFLOP/s with `threads` threads each running the
     register-only loop (None: Numba's thread count), the best of `repeats` runs of
     about `seconds` each (noise only slows a run down)."""

@@ -16,8 +16,9 @@ Three defences, from the cheapest:
 3. Every parallel loop that matters reports lag into a gate, a small int64 array
    passed to the kernels: each thread notes when it finished its share of a
    region, and a region whose last thread finished well after its first (more
-   than LAG_MIN_NS, and more than LAG_RATIO times the first thread's own time in
-   the region: a wait longer than the work) counts as lagged. A lagged region
+   than LAG_MIN_NS, a quarter of a 250 Hz tick, and more than LAG_RATIO times the
+   first thread's own time in the region: a wait longer than the work) counts
+   as lagged. A lagged region
    sends the rest of the call's parallel work to one thread for a hold time (HOLD_MIN_NS, doubling while lags follow, up to HOLD_MAX_NS), after
    which the loops try two threads again; the time loops check the gate every
    step, so a long call recovers its threads when the other process stops.
@@ -53,8 +54,11 @@ FINISH = 4         # FINISH + p: when thread p finished its share of the current
 MAX_THREADS = 64
 GATE_SIZE = FINISH + MAX_THREADS
 
-LAG_MIN_NS = 250_000      # a quarter of a millisecond: far above a region's join on an
-                          # idle machine (microseconds), far below a scheduler tick
+# A millisecond: far above a region's join on an idle machine (microseconds), and above
+# the wake-up of an idle virtual CPU (some hundreds of microseconds on the 2-core VMs
+# measured: at 250 us, idle calls of 100 ms met a hold now and then and ran on one
+# thread, twice as long), below a scheduler tick (4 ms at 250 Hz).
+LAG_MIN_NS = 1_000_000
 # Only a wait longer than the work itself is worth a hold: a long region (a rows loop
 # of 18 ms) that met one late tick loses less to it than one thread would lose to the
 # next calls (measured on 2 cores: a hold on such a tick doubled the next call's time).

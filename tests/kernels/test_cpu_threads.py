@@ -173,7 +173,7 @@ def test_an_uneven_region_under_the_lag_bounds_is_not_lag():
     not worth a hold."""
     gate = threads.new_gate()
     start = threads.clock_ns()
-    gate[threads.FINISH], gate[threads.FINISH + 1] = start + 100_000, start + 300_000
+    gate[threads.FINISH], gate[threads.FINISH + 1] = start + 100_000, start + 900_000
     assert not threads.region_done(gate, start, 2)
     gate[threads.FINISH], gate[threads.FINISH + 1] = start + 9_000_000, start + 10_000_000
     assert not threads.region_done(gate, start, 2)
