@@ -103,8 +103,10 @@ def parallel_ok(gate):
 
 @njit(cache=True)
 def finished(gate, p):
-    """Called by thread p at the end of its share of a region."""
-    gate[FINISH + p] = clock_ns()
+    """Called by thread p at the end of its share of a region (threads past
+    MAX_THREADS go unnoted)."""
+    if p < MAX_THREADS:
+        gate[FINISH + p] = clock_ns()
 
 
 @njit(cache=True)
@@ -113,7 +115,7 @@ def region_done(gate, start, P):
     finished() (those without a share need not): count it, and when it lagged, start a hold. Returns whether
     it lagged."""
     first, last = np.int64(0), np.int64(0)
-    for p in range(P):
+    for p in range(MAX_THREADS):  # (all: a thread's id may exceed P on other layers)
         at = gate[FINISH + p]
         if at == 0:  # a thread with no share of this region
             continue

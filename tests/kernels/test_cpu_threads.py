@@ -312,3 +312,13 @@ def test_fma_peak_is_a_rate_per_thread_count():
     one = peak.fma_peak(threads=1, seconds=0.01, repeats=2)
     assert np.isfinite(one) and one > 0
     assert peak.FLOPS_PER_ITERATION == 2 * peak.LANES * peak.ACC
+
+
+def test_thread_ids_past_the_gates_slots_are_ignored():
+    gate = threads.new_gate()
+    threads.finished(gate, threads.MAX_THREADS + 5)  # (a 100-core machine's thread)
+    assert not gate[threads.FINISH:].any()
+    start = threads.clock_ns()
+    gate[threads.FINISH + 3] = start + 5_000_000  # a thread id above P still counts
+    gate[threads.FINISH] = start + 10_000
+    assert threads.region_done(gate, start, 2)
