@@ -137,26 +137,33 @@ def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, o
             builder.store(acc[r * nv + v], vector_at(out, at), align=4)
 
 
-@intrinsic
-def _tile(typingctx, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
-    """One tile of 1 to ROWS rows, with addresses in bytes and strides in elements
-    (_emit_tile's arguments): a switch on rows to a tile compiled for each count,
-    as the registers must be named at compile time."""
-    def codegen(context, builder, signature, args):
-        rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row = args
-        f32p = ir.FloatType().as_pointer()
-        a, w, init, out = (builder.inttoptr(p, f32p) for p in (a, w, init, out))
-        end = builder.append_basic_block("tile_end")
-        switch = builder.switch(rows, end)
-        for n in range(1, ROWS + 1):
-            case = builder.append_basic_block(f"tile_{n}_rows")
-            switch.add_case(ir.Constant(ir.IntType(64), n), case)
-            builder.position_at_end(case)
-            _emit_tile(builder, n, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row)
-            builder.branch(end)
-        builder.position_at_end(end)
-        return context.get_dummy_value()
-    return types.void(*([types.int64] * 11)), codegen
+def _tile_switch(widths, label):
+    """An intrinsic tile(rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out,
+    out_row) with addresses in bytes and strides in elements (_emit_tile's
+    arguments): a switch on rows to a tile compiled for each count in `widths`
+    (rows -> vectors of columns), as the registers must be named at compile time."""
+    @intrinsic
+    def tile(typingctx, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
+        def codegen(context, builder, signature, args):
+            rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row = args
+            f32p = ir.FloatType().as_pointer()
+            a, w, init, out = (builder.inttoptr(p, f32p) for p in (a, w, init, out))
+            end = builder.append_basic_block(f"{label}_end")
+            switch = builder.switch(rows, end)
+            for n, nv in widths.items():
+                case = builder.append_basic_block(f"{label}_{n}_rows")
+                switch.add_case(ir.Constant(ir.IntType(64), n), case)
+                builder.position_at_end(case)
+                _emit_tile(builder, n, a, a_row, a_k, w, w_k, n_k, init, init_row, out,
+                           out_row, nv)
+                builder.branch(end)
+            builder.position_at_end(end)
+            return context.get_dummy_value()
+        return types.void(*([types.int64] * 11)), codegen
+    return tile
+
+
+_tile = _tile_switch({n: NV for n in range(1, ROWS + 1)}, "tile")  # 1 to ROWS rows of NV
 
 
 # The tiles of fewer rows than ROWS (a batch of 1 or 2, a remainder): each
@@ -177,25 +184,8 @@ for _r in range(1, ROWS):
     WIDE_NV[_r] = _nv
 
 
-@intrinsic
-def _tile_wide(typingctx, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row):
-    """_tile for 1 to ROWS - 1 rows, each of WIDE_NV[rows] vectors of columns."""
-    def codegen(context, builder, signature, args):
-        rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row = args
-        f32p = ir.FloatType().as_pointer()
-        a, w, init, out = (builder.inttoptr(p, f32p) for p in (a, w, init, out))
-        end = builder.append_basic_block("wide_end")
-        switch = builder.switch(rows, end)
-        for n in range(1, ROWS):
-            case = builder.append_basic_block(f"wide_{n}_rows")
-            switch.add_case(ir.Constant(ir.IntType(64), n), case)
-            builder.position_at_end(case)
-            _emit_tile(builder, n, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row,
-                       WIDE_NV[n])
-            builder.branch(end)
-        builder.position_at_end(end)
-        return context.get_dummy_value()
-    return types.void(*([types.int64] * 11)), codegen
+# 1 to ROWS - 1 rows, each of WIDE_NV[rows] vectors of columns
+_tile_wide = _tile_switch(WIDE_NV, "wide")
 
 
 TT = 16  # transpose_tile's side
