@@ -194,7 +194,7 @@ def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference
     if not isinstance(copies, int) or copies < 1 or not isinstance(load, int) or load < 0:
         raise ValueError(f"copies >= 1 and load >= 0 (integers), got {copies!r}, {load!r}")
     busy = [_busy_loop() for _ in range(load)]
-    results = {}  # (lib, task index) -> [median seconds per round]
+    results = {}  # (lib, shape, mode) -> [the slowest copy's median seconds, per round]
     try:
         time.sleep(0.2 if load else 0)
         for r in range(rounds):

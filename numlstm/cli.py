@@ -151,7 +151,7 @@ def _bench_isolated(args):
     else:
         shapes = bench_isolated.QUICK_GRID if args.quick else bench_isolated.GRID
     peers = args.peer if args.peer else ([] if args.no_torch else ["torch"])
-    libraries = ["numlstm"] + [p for p in dict.fromkeys(peers)]
+    libraries = ["numlstm"] + list(dict.fromkeys(peers))
     modes = args.modes or ["inference", "training"]
     roof = bench.roofs()
     print(bench.roof_line(roof))

@@ -171,7 +171,7 @@ def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse,
                 _fwd_step(xw[t], W, bias, h_in, h_old, h_new, y[t], hn_t, rec, lengths,
                           training, t, p * nk // P, (p + 1) * nk // P, hm_new, mask, acts, zh_t)
                 finished(gate, p)
-            region_done(gate, start, P)
+            region_done(gate, start)
 
 
 @njit(parallel=True, **_FAST)
@@ -194,7 +194,7 @@ def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, 
                       y[t][r0:r1], hn_t[r0:r1], rec[r0:r1], lengths[r0:r1], training, t, 0, nk,
                       hm_new[r0:r1], mask[r0:r1], acts, zh[t if zh.shape[0] > 1 else 0][r0:r1])
         finished(gate, p)
-    region_done(gate, start, P)
+    region_done(gate, start)
 
 
 @njit(**_FAST)
@@ -307,7 +307,7 @@ def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P,
                           lengths, reverse, s, t, p * nk // P, (p + 1) * nk // P, mask, acts,
                           zh_t, dhz, kept, zb)
                 finished(gate, p)
-            region_done(gate, start, P)
+            region_done(gate, start)
 
 
 @njit(parallel=True, **_FAST)
@@ -334,7 +334,7 @@ def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, 
             for r in range(r0, r1):
                 _gate_row(dg[t, r], hn[t, r], store, t * B + r)
         finished(gate, p)
-    region_done(gate, start, P)
+    region_done(gate, start)
 
 
 # -- float64 and reset_after=False: BLAS per step ----------------------------------------

@@ -176,7 +176,7 @@ def _matmul(A, W, out, init, per_row):
     rows, chunks = _row_chunks(M, nblk, P)
     start = clock_ns()
     _matmul_tasks(A, W, out, init, per_row, rows, chunks, gate)
-    region_done(gate, start, P)
+    region_done(gate, start)
 
 
 @njit(parallel=True, **_FAST)
@@ -436,7 +436,7 @@ def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, cl
                 _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip,
                           coupled, gclip, acts)
                 finished(gate, p)
-            region_done(gate, start, P)
+            region_done(gate, start)
 
 
 @njit(**_FAST)
@@ -478,7 +478,7 @@ def _forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, t
                            y[t][r0:r1], cs[t if training else 0][r0:r1], lengths[r0:r1], t,
                            training, 0, nblk, clip, coupled, gclip, acts, None)
         finished(gate, p)
-    region_done(gate, start, P)
+    region_done(gate, start)
 
 
 @njit(**_FAST)
@@ -605,14 +605,14 @@ def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero,
                            P, clip, coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh,
                            proj)
                 finished(gate, p)
-            region_done(gate, start, P)
+            region_done(gate, start)
             if proj:
                 start = clock_ns()
                 for p in prange(P):
                     _proj_step(m, Wp, h_old, h_new, y[t], zero, lengths, t, p, P, hm_new, mask,
                                masked, zh_t)
                     finished(gate, p)
-                region_done(gate, start, P)
+                region_done(gate, start)
 
 
 @njit(**_FAST)
@@ -711,7 +711,7 @@ def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip,
                 _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
                           t_prev, p, P, clip, coupled, gclip, acts)
                 finished(gate, p)
-            region_done(gate, start, P)
+            region_done(gate, start)
 
 
 @njit(parallel=True, **_FAST)
@@ -744,7 +744,7 @@ def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, 
                     for j in range(CB):
                         dst[j] = src[blk * CB + j]
         finished(gate, p)
-    region_done(gate, start, P)
+    region_done(gate, start)
 
 
 @njit(**_FAST)
@@ -873,13 +873,13 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
                 _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev,
                                p, P, mask, zh, kh)
                 finished(gate, p)
-            region_done(gate, start, P)
+            region_done(gate, start)
             start = clock_ns()
             for p in prange(P):
                 _bwd_proj_cell(dg, cs, czs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse,
                                t, p, P, clip, coupled, gclip, acts, peep, zc, kc)
                 finished(gate, p)
-            region_done(gate, start, P)
+            region_done(gate, start)
         elif one:
             _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s,
                               t, t_prev, 0, 1, clip, coupled, gclip, acts, peep, mask, zc, zh, kh,
@@ -890,7 +890,7 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
                                   s, t, t_prev, p, P, clip, coupled, gclip, acts, peep, mask, zc,
                                   zh, kh, kc, dhz, zb)
                 finished(gate, p)
-            region_done(gate, start, P)
+            region_done(gate, start)
 
 
 @njit(parallel=True, **_FAST)
@@ -982,7 +982,7 @@ def _step_product(A, W, out, zero, plan):
     else:
         start = clock_ns()
         _matmul_tasks(A, W, out, zero, False, rows, chunks, gate)
-        region_done(gate, start, P)
+        region_done(gate, start)
 
 
 @njit(cache=True, error_model="numpy")

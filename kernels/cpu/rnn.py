@@ -257,7 +257,7 @@ def _forward_tiled(xw, W, hbuf, y, lengths, reverse, use_relu, P, gate):
                 _fwd_step(xw[t], W, h_old, h_new, y[t], lengths, use_relu, t, p * nblk // P,
                           (p + 1) * nblk // P)
                 finished(gate, p)
-            region_done(gate, start, P)
+            region_done(gate, start)
 
 
 @njit(**_FAST)
@@ -321,7 +321,7 @@ def _backward_tiled(dg, y, dy, W, rec, dh_n, lengths, reverse, use_relu, P, gate
                 _bwd_step(dg[t_next], dg[t], y[t], dy[t], W, rec, zero, dh_n, lengths, reverse,
                           use_relu, s, t, p * nblk // P, (p + 1) * nblk // P)
                 finished(gate, p)
-            region_done(gate, start, P)
+            region_done(gate, start)
 
 
 # -- float64: BLAS per step --------------------------------------------------------------

@@ -18,9 +18,9 @@ Three defences, from the cheapest:
    region, and a region whose last thread finished well after its first (more
    than LAG_MIN_NS, a quarter of a 250 Hz tick, and more than LAG_RATIO times the
    first thread's own time in the region: a wait longer than the work) counts
-   as lagged. A lagged region
-   sends the rest of the call's parallel work to one thread for a hold time (HOLD_MIN_NS, doubling while lags follow, up to HOLD_MAX_NS), after
-   which the loops try two threads again; the time loops check the gate every
+   as lagged. A lagged region sends the rest of the call's parallel work to one
+   thread for a hold time (HOLD_MIN_NS, doubling while lags follow, up to
+   HOLD_MAX_NS), after which the loops try two threads again; the time loops check the gate every
    step, so a long call recovers its threads when the other process stops.
    Between calls, `call_threads()` returns 1 while the gate's hold lasts, so a
    busy machine costs a probe every hold time, not a tick every step.
@@ -110,12 +110,12 @@ def finished(gate, p):
 
 
 @njit(cache=True)
-def region_done(gate, start, P):
-    """After a region of P threads begun at `start` (clock_ns) whose threads called
-    finished() (those without a share need not): count it, and when it lagged, start a hold. Returns whether
-    it lagged."""
+def region_done(gate, start):
+    """After a parallel region begun at `start` (clock_ns) whose threads called
+    finished() (those without a share need not): count it, and when it lagged,
+    start a hold. Returns whether it lagged."""
     first, last = np.int64(0), np.int64(0)
-    for p in range(MAX_THREADS):  # (all: a thread's id may exceed P on other layers)
+    for p in range(MAX_THREADS):  # (all: on TBB a thread's id may exceed the team's size)
         at = gate[FINISH + p]
         if at == 0:  # a thread with no share of this region
             continue
@@ -268,27 +268,8 @@ POLICY = Policy()
 SMALL_REGION = 1 << 17
 
 
-def serial_if(small, fn, *args):
-    """fn(*args), on one thread (no parallel region to wake and join) when `small`:
-    for the layout passes and reductions around the time loops, a few
-    microseconds of work at small sizes."""
-    before = numba_threads()
-    if before == 1:
-        return fn(*args)
-    if not small:
-        POLICY.gate()[REGIONS] += 1  # (counted as the timed regions are)
-        return fn(*args)
-    set_numba_threads(1)
-    try:
-        return fn(*args)
-    finally:
-        set_numba_threads(before)
-
-
-def run(fn, *args, **kwargs):
-    """fn(*args, **kwargs) with Numba's thread count set to POLICY.call_threads()
-    for the call (and set back after it)."""
-    n = POLICY.call_threads()
+def _on_threads(n, fn, *args, **kwargs):
+    """fn(*args, **kwargs) with Numba's thread count n for the call, set back after."""
     before = numba_threads()
     if n == before:
         return fn(*args, **kwargs)
@@ -297,3 +278,20 @@ def run(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     finally:
         set_numba_threads(before)
+
+
+def serial_if(small, fn, *args):
+    """fn(*args), on one thread (no parallel region to wake and join) when `small`:
+    for the layout passes and reductions around the time loops, a few
+    microseconds of work at small sizes."""
+    if small:
+        return _on_threads(1, fn, *args)
+    if numba_threads() > 1:
+        POLICY.gate()[REGIONS] += 1  # (counted as the timed regions are)
+    return fn(*args)
+
+
+def run(fn, *args, **kwargs):
+    """fn(*args, **kwargs) with Numba's thread count set to POLICY.call_threads()
+    for the call (and set back after it)."""
+    return _on_threads(POLICY.call_threads(), fn, *args, **kwargs)

@@ -143,7 +143,7 @@ def test_a_lagged_region_starts_a_hold_that_doubles_and_resets():
     start = threads.clock_ns()
     gate[threads.FINISH] = start + 20_000
     gate[threads.FINISH + 1] = start + 20_000 + 4_000_000  # a thread a tick late
-    assert threads.region_done(gate, start, 2)
+    assert threads.region_done(gate, start)
     assert not threads.parallel_ok(gate)
     assert gate[threads.LAGGED] == 1 and gate[threads.REGIONS] == 1
     assert gate[threads.FINISH] == gate[threads.FINISH + 1] == 0  # ready for the next
@@ -152,18 +152,18 @@ def test_a_lagged_region_starts_a_hold_that_doubles_and_resets():
     assert gate[threads.HOLD] == 2 * threads.HOLD_MIN_NS
     # lag again: the hold doubles, up to its cap
     gate[threads.FINISH], gate[threads.FINISH + 1] = start, start + 4_000_000
-    assert threads.region_done(gate, start, 2)
+    assert threads.region_done(gate, start)
     assert gate[threads.HOLD] == 4 * threads.HOLD_MIN_NS
     gate[threads.HOLD] = threads.HOLD_MAX_NS
     gate[threads.FINISH], gate[threads.FINISH + 1] = start, start + 4_000_000
-    assert threads.region_done(gate, start, 2)
+    assert threads.region_done(gate, start)
     assert gate[threads.HOLD] == threads.HOLD_MAX_NS
     # once the hold is over, a balanced region ends it, and the next hold starts short
     gate[threads.SERIAL_UNTIL] = threads.clock_ns() - 1
     assert threads.parallel_ok(gate)
     now = threads.clock_ns()
     gate[threads.FINISH], gate[threads.FINISH + 1] = now + 10_000, now + 12_000
-    assert not threads.region_done(gate, now, 2)
+    assert not threads.region_done(gate, now)
     assert gate[threads.SERIAL_UNTIL] == 0 and gate[threads.HOLD] == 0
 
 
@@ -174,12 +174,12 @@ def test_an_uneven_region_under_the_lag_bounds_is_not_lag():
     gate = threads.new_gate()
     start = threads.clock_ns()
     gate[threads.FINISH], gate[threads.FINISH + 1] = start + 100_000, start + 900_000
-    assert not threads.region_done(gate, start, 2)
+    assert not threads.region_done(gate, start)
     gate[threads.FINISH], gate[threads.FINISH + 1] = start + 9_000_000, start + 10_000_000
-    assert not threads.region_done(gate, start, 2)
+    assert not threads.region_done(gate, start)
     # a thread with no share of the region (no mark) is not a late one
     gate[threads.FINISH + 1] = start + 50_000
-    assert not threads.region_done(gate, start, 3)
+    assert not threads.region_done(gate, start)
     assert threads.parallel_ok(gate)
 
 
@@ -321,4 +321,4 @@ def test_thread_ids_past_the_gates_slots_are_ignored():
     start = threads.clock_ns()
     gate[threads.FINISH + 3] = start + 5_000_000  # a thread id above P still counts
     gate[threads.FINISH] = start + 10_000
-    assert threads.region_done(gate, start, 2)
+    assert threads.region_done(gate, start)
