@@ -77,17 +77,59 @@ NV = 4 if _REGISTERS >= 32 else 2  # vectors per tile row (ROWS * NV + NV + 1 <=
 GROUPS = CB // (NV * LANES)         # column groups of a block
 
 
-def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row, nv=NV):
-    """Emit, at the builder's position, a rows x (nv * LANES) tile:
-    out[r, :] = init[r, :] + sum_k A[r, k] W[k, :] (pointers to float32, strides in
-    elements; init_row 0 reads one row for all, a bias). The accumulators are the
-    k loop's phi nodes, so they live in registers throughout."""
-    i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+def vector_fma(builder):
+    """(the vector type of LANES float32, LLVM's fma on it, broadcast(scalar) -> vector)
+    for code emitted at the builder's position."""
+    i32, f32 = ir.IntType(32), ir.FloatType()
     vec = ir.VectorType(f32, LANES)
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32")
     undef = ir.Constant(vec, ir.Undefined)
     splat = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
+
+    def broadcast(s):
+        return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
+                                      undef, splat)
+    return vec, fma, broadcast
+
+
+def accumulate(builder, n, start, step, label):
+    """Emit `for k in range(n): acc = step(k, acc)` (n an i64 value, start the
+    accumulators' first values, step(k, acc) emitting the body and returning the
+    new values); the accumulators are the loop's phi nodes, so they stay in
+    registers. Leaves the builder after the loop; returns the final values."""
+    i64 = ir.IntType(64)
+    entry = builder.block
+    head = builder.append_basic_block(f"{label}_k")
+    body = builder.append_basic_block(f"{label}_body")
+    done = builder.append_basic_block(f"{label}_done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    k = builder.phi(i64)
+    k.add_incoming(ir.Constant(i64, 0), entry)
+    acc = []
+    for value in start:
+        phi = builder.phi(value.type)
+        phi.add_incoming(value, entry)
+        acc.append(phi)
+    builder.cbranch(builder.icmp_signed("<", k, n), body, done)
+    builder.position_at_end(body)
+    new = step(k, acc)
+    k.add_incoming(builder.add(k, ir.Constant(i64, 1)), builder.block)
+    for phi, value in zip(acc, new):
+        phi.add_incoming(value, builder.block)
+    builder.branch(head)
+    builder.position_at_end(done)
+    return acc
+
+
+def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, out_row, nv=NV):
+    """Emit, at the builder's position, a rows x (nv * LANES) tile:
+    out[r, :] = init[r, :] + sum_k A[r, k] W[k, :] (pointers to float32, strides in
+    elements; init_row 0 reads one row for all, a bias). The accumulators are the
+    k loop's phi nodes, so they live in registers throughout."""
+    i64 = ir.IntType(64)
+    vec, fma, broadcast = vector_fma(builder)
 
     def const(n):
         return ir.Constant(i64, n)
@@ -98,39 +140,21 @@ def _emit_tile(builder, rows, a, a_row, a_k, w, w_k, n_k, init, init_row, out, o
     start = [builder.load(vector_at(init, builder.add(builder.mul(init_row, const(r)),
                                                        const(LANES * v))), align=4)
              for r in range(rows) for v in range(nv)]
-    entry = builder.block
-    head = builder.append_basic_block("tile_k")
-    body = builder.append_basic_block("tile_body")
-    done = builder.append_basic_block("tile_done")
-    builder.branch(head)
-    builder.position_at_end(head)
-    k = builder.phi(i64)
-    k.add_incoming(const(0), entry)
-    acc = []
-    for value in start:
-        phi = builder.phi(vec)
-        phi.add_incoming(value, entry)
-        acc.append(phi)
-    builder.cbranch(builder.icmp_signed("<", k, n_k), body, done)
 
-    builder.position_at_end(body)
-    w_at = builder.mul(k, w_k)
-    ws = [builder.load(vector_at(w, builder.add(w_at, const(LANES * v))), align=4)
-          for v in range(nv)]
-    a_at = builder.mul(k, a_k)
-    new = []
-    for r in range(rows):
-        s = builder.load(builder.gep(a, [builder.add(a_at, builder.mul(a_row, const(r)))]),
-                         align=4)
-        s = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
-                                   undef, splat)
-        new.extend(builder.call(fma, [s, ws[v], acc[r * nv + v]]) for v in range(nv))
-    k.add_incoming(builder.add(k, const(1)), builder.block)
-    for phi, value in zip(acc, new):
-        phi.add_incoming(value, builder.block)
-    builder.branch(head)
+    def step(k, acc):  # per k: nv vectors of W, one broadcast of A per row
+        w_at = builder.mul(k, w_k)
+        ws = [builder.load(vector_at(w, builder.add(w_at, const(LANES * v))), align=4)
+              for v in range(nv)]
+        a_at = builder.mul(k, a_k)
+        new = []
+        for r in range(rows):
+            s = builder.load(builder.gep(a, [builder.add(a_at, builder.mul(a_row, const(r)))]),
+                             align=4)
+            new.extend(builder.call(fma, [broadcast(s), ws[v], acc[r * nv + v]])
+                       for v in range(nv))
+        return new
 
-    builder.position_at_end(done)
+    acc = accumulate(builder, n_k, start, step, "tile")
     for r in range(rows):
         for v in range(nv):
             at = builder.add(builder.mul(out_row, const(r)), const(LANES * v))

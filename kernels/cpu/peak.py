@@ -21,7 +21,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .microkernel import LANES, _REGISTERS
+from .microkernel import LANES, _REGISTERS, accumulate, vector_fma
 
 ACC = _REGISTERS - 4   # accumulators: 12 on AVX2 (16 registers), 28 on AVX-512 and NEON
 FLOPS_PER_ITERATION = 2 * LANES * ACC
@@ -34,39 +34,12 @@ def _fma_loop(typingctx, n, a, b):
     b arrive at run time, so LLVM cannot fold the arithmetic."""
     def codegen(context, builder, signature, args):
         n, a, b = args
-        i64, f32, i32 = ir.IntType(64), ir.FloatType(), ir.IntType(32)
-        vec = ir.VectorType(f32, LANES)
-        fma = numba.core.cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32")
-        undef = ir.Constant(vec, ir.Undefined)
-        splat = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
-
-        def broadcast(s):
-            return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
-                                          undef, splat)
+        i32 = ir.IntType(32)
+        vec, fma, broadcast = vector_fma(builder)
         va, vb = broadcast(a), broadcast(b)
         start = [ir.Constant(vec, [float(j + 1) / ACC] * LANES) for j in range(ACC)]
-        entry = builder.block
-        head = builder.append_basic_block("peak_head")
-        body = builder.append_basic_block("peak_body")
-        done = builder.append_basic_block("peak_done")
-        builder.branch(head)
-        builder.position_at_end(head)
-        i = builder.phi(i64)
-        i.add_incoming(ir.Constant(i64, 0), entry)
-        acc = []
-        for value in start:
-            phi = builder.phi(vec)
-            phi.add_incoming(value, entry)
-            acc.append(phi)
-        builder.cbranch(builder.icmp_signed("<", i, n), body, done)
-        builder.position_at_end(body)
-        new = [builder.call(fma, [v, va, vb]) for v in acc]
-        i.add_incoming(builder.add(i, ir.Constant(i64, 1)), body)
-        for phi, value in zip(acc, new):
-            phi.add_incoming(value, body)
-        builder.branch(head)
-        builder.position_at_end(done)
+        acc = accumulate(builder, n, start,
+                         lambda k, acc: [builder.call(fma, [v, va, vb]) for v in acc], "peak")
         total = builder.extract_element(acc[0], ir.Constant(i32, 0))
         for v in acc[1:]:
             total = builder.fadd(total, builder.extract_element(v, ir.Constant(i32, 0)))
