@@ -313,6 +313,8 @@ def for_cuda(acts):
     return tuple(k.device if isinstance(k, UserFunction) else k for k in acts)
 
 
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default (Keras's LayerNormalization: 1e-3)
+RNN_NONLINEARITIES = ("tanh", "relu")  # the plain RNN's activations (torch's nonlinearity)
 _SIXTH = 1.0 / 6.0
 
 

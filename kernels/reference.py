@@ -66,12 +66,10 @@ the reverse direction starts at its last valid step, t = lengths[b] - 1.
 """
 import numpy as np
 
-from .gates import DEFAULT_ACTS, activation_name
+from .gates import DEFAULT_ACTS, LAYER_NORM_EPS, RNN_NONLINEARITIES, activation_name
 
 LSTM_GATE_ORDER = "ifgo"
-LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default (Keras's LayerNormalization: 1e-3)
 GRU_GATE_ORDER = "rzn"
-RNN_NONLINEARITIES = ("tanh", "relu")
 
 
 def _sigmoid(a):

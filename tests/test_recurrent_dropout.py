@@ -8,6 +8,7 @@ import pytest
 import numlstm
 from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, lstm_backward_cpu,
                                  lstm_forward_cpu, pack_gru_cpu, pack_lstm_cpu)
+from numlstm.kernels.cpu.plan import make_plan
 from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, lstm_backward_ref,
                                        lstm_forward_ref)
 from helpers import (assert_close, check_gru_reference_gradients,
@@ -150,19 +151,15 @@ def test_gru_cpu_kernels_against_the_reference(rng, shape, reset_after, dtype):
 
 
 @pytest.mark.parametrize("rows", [False, True], ids=["units-split", "rows-split"])
-def test_gru_parallel_loops_with_a_mask(rng, monkeypatch, rows):
+def test_gru_parallel_loops_with_a_mask(rng, rows):
     """Both ways of sharing the float32 time loops among threads (the units of a
     step, or the rows of the batch), forced at small shapes."""
-    from numlstm.kernels.cpu import lstm as cpu_lstm
-    from numlstm.kernels.cpu import rnn as cpu_rnn
-    monkeypatch.setattr(cpu_rnn, "PARALLEL_MIN_FLOPS", 0)
-    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)  # (_rows_plan's)
-    monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
     for shape in [(5, 3, 4, 130, False), (4, 11, 3, 64, True), (3, 2, 5, 20, False)]:
-        _check_gru_kernels(rng, shape, True, np.float32)
+        _check_gru_kernels(rng, shape, True, np.float32, dict(threads=2, rows=rows))
 
 
-def _check_gru_kernels(rng, shape, reset_after, dtype):
+def _check_gru_kernels(rng, shape, reset_after, dtype, plan=None):
+    """plan: None, or the fields of the float32 loops' plan to force."""
     T, B, I, H, reverse = shape
     scale = min(0.5, 2 / np.sqrt(H))
     w = [rng.standard_normal(s) * scale for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
@@ -175,8 +172,10 @@ def _check_gru_kernels(rng, shape, reset_after, dtype):
     dx, dh0, grads = gru_backward_ref(dy, dh_n, cache)
     want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
     packed = pack_gru_cpu(*(a.astype(dtype) for a in w), reset_after=reset_after)
+    kw = {} if plan is None else dict(
+        plan=make_plan(T, B, I, packed["Hp"], 3, True)._replace(**plan))
     yk, hk, cache_k = gru_forward_cpu(x.astype(dtype), packed, h0.astype(dtype), lengths,
-                                      reverse, training=True, h_mask=mask.astype(dtype))
+                                      reverse, training=True, h_mask=mask.astype(dtype), **kw)
     dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,
                                           packed)
     got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)

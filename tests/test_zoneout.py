@@ -9,6 +9,8 @@ import pytest
 import numlstm
 from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, lstm_backward_cpu,
                                  lstm_forward_cpu, pack_gru_cpu, pack_lstm_cpu)
+from numlstm.kernels.cpu.lstm import forward_plan
+from numlstm.kernels.cpu.plan import make_plan
 from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, lstm_backward_ref,
                                        lstm_forward_ref)
 from helpers import (assert_close, check_gru_reference_gradients,
@@ -229,7 +231,8 @@ PROJ_SHAPES = [(5, 3, 4, 7, 3, False), (1, 1, 2, 5, 2, True), (6, 4, 9, 70, 65, 
                (4, 5, 6, 260, 130, False)]
 
 
-def _check_projected_kernels(rng, shape, training, dtype, layer_norm=False):
+def _check_projected_kernels(rng, shape, training, dtype, layer_norm=False, plan=None):
+    """plan: None, or the fields of the float32 loops' plan to force."""
     T, B, I, H, P, reverse = shape
     a = _proj_inputs(rng, T, B, I, H, P, min(0.5, 2 / np.sqrt(H)), layer_norm)
     zone_c, zone_h = _proj_zones(rng, T, B, H, P, training)
@@ -252,6 +255,8 @@ def _check_projected_kernels(rng, shape, training, dtype, layer_norm=False):
                            **{k: cast(v) for k, v in extra.items()})
     args = (cast(a["x"]), packed, cast(a["h0"]), cast(a["c0"]), lengths, reverse)
     options = dict(h_mask=cast(mask), zone_c=cast(zone_c), zone_h=cast(zone_h))
+    if plan is not None:
+        options["plan"] = forward_plan(args[0].shape, packed, True, False)._replace(**plan)
     yk, hk, ck, cache_k = lstm_forward_cpu(*args, training=True, **options)
     yi, hi, ci, _ = lstm_forward_cpu(*args, training=False, **options)
     dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*map(cast, (dy, dh_n, dc_n)), cache_k, packed)
@@ -275,13 +280,11 @@ def test_projected_layer_norm_cpu_kernels_against_the_reference(rng, dtype):
             _check_projected_kernels(rng, shape, training, dtype, layer_norm=True)
 
 
-def test_projected_parallel_loop(rng, monkeypatch):
+def test_projected_parallel_loop(rng):
     """The float32 loop with every step shared among the threads (two parallel regions a
     step: the gates, then the projection), forced at small shapes."""
-    from numlstm.kernels.cpu import lstm as cpu_lstm
-    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)
     for shape in [(5, 3, 4, 130, 70, False), (4, 2, 3, 70, 65, True)]:
-        _check_projected_kernels(rng, shape, True, np.float32)
+        _check_projected_kernels(rng, shape, True, np.float32, plan=dict(threads=2))
 
 
 def test_projected_layer_backends_agree(rng):
@@ -384,7 +387,8 @@ def test_gru_reference_backward_matches_finite_differences(rng, training, reset_
 GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (4, 2, 3, 1, True), (6, 4, 9, 70, True)]
 
 
-def _check_gru_kernels(rng, shape, reset_after, training, dtype):
+def _check_gru_kernels(rng, shape, reset_after, training, dtype, plan=None):
+    """plan: None, or the fields of the float32 loops' plan to force."""
     T, B, I, H, reverse = shape
     cell = _gru_cell(rng, I, H, min(0.5, 2 / np.sqrt(H)))
     x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
@@ -400,6 +404,8 @@ def _check_gru_kernels(rng, shape, reset_after, training, dtype):
     packed = pack_gru_cpu(*(a.astype(dtype) for a in cell), reset_after=reset_after)
     args = (x.astype(dtype), packed, h0.astype(dtype), lengths, reverse)
     options = dict(h_mask=mask.astype(dtype), zone_h=zone_h.astype(dtype))
+    if plan is not None:
+        options["plan"] = make_plan(T, B, I, packed["Hp"], 3, True)._replace(**plan)
     yk, hk, cache_k = gru_forward_cpu(*args, training=True, **options)
     yi, hi, _ = gru_forward_cpu(*args, training=False, **options)
     dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,
@@ -418,16 +424,11 @@ def test_gru_cpu_kernels_against_the_reference(rng, shape, reset_after, training
 
 
 @pytest.mark.parametrize("rows", [False, True], ids=["units-split", "rows-split"])
-def test_gru_parallel_loops(rng, monkeypatch, rows):
+def test_gru_parallel_loops(rng, rows):
     """Both ways of sharing the float32 time loops among threads (the units of a
     step, or the rows of the batch), forced at small shapes."""
-    from numlstm.kernels.cpu import lstm as cpu_lstm
-    from numlstm.kernels.cpu import rnn as cpu_rnn
-    monkeypatch.setattr(cpu_rnn, "PARALLEL_MIN_FLOPS", 0)
-    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)  # (_rows_plan's)
-    monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
     for shape in [(5, 3, 4, 130, False), (4, 11, 3, 64, True)]:
-        _check_gru_kernels(rng, shape, True, True, np.float32)
+        _check_gru_kernels(rng, shape, True, True, np.float32, dict(threads=2, rows=rows))
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])

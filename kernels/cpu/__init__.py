@@ -1,5 +1,24 @@
-"""CPU kernels (Numba @njit), one file per cell (lstm.py, gru.py, rnn.py) or layer
-(dense.py).
+"""CPU kernels (Numba @njit). KERNELS below is the table dispatch reads: cell ->
+kernels.table.CellKernels(pack, forward, backward, step).
+
+Files, by responsibility (each cell's entry module calls the others; the shared
+modules import no cell's):
+    lstm.py, gru.py, rnn.py   each cell's packing and Python entries (forward,
+                              backward, step); rnn.py also holds its small loops
+    lstm_tiled.py, gru_tiled.py   the float32 time loops, forward and backward
+    lstm_blas.py, gru_blas.py     the per-step BLAS loops: float64, layer_norm
+                                  (and the GRU's reset_after=False)
+    plan.py        Plan: which variant of the loops runs (threads, split, fused
+                   input, chunk), made from the shapes and the machine
+    products.py    the products around the loops and the layout passes
+    gradients.py   the weight and input gradients after a backward loop
+    sequence.py    lengths, masks, zoneout weights, state buffers, padding
+    norm.py        layer normalisation of the BLAS loops
+    microkernel.py the register tile (LLVM IR) every float32 product runs
+    threads.py     the thread policy: a busy machine's descheduled threads
+    peak.py        the machine's float32 FMA peak (the benchmarks' roof)
+    jit.py         the compile options every kernel takes
+    dense.py, losses.py, optim.py   a dense layer, the losses, the optimizers
 
 Importing this package configures Numba for the kernels, unless the user's
 environment already decided (NUMBA_THREADING_LAYER, NUMBA_CPU_FEATURES):
@@ -42,6 +61,8 @@ import threading
 
 import numba
 
+from ..table import CellKernels
+
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 GOMP_SPINCOUNT = "1000"
@@ -71,7 +92,8 @@ if "NUMBA_CPU_FEATURES" not in os.environ and numba.config.CPU_FEATURES is None:
     if "+avx512f" in _features.split(","):
         numba.config.CPU_FEATURES = _features + ",-prefer-256-bit"
 
-from . import dense, gru, lstm, rnn, threads  # noqa: E402
+from . import (dense, gru, gru_tiled, lstm, lstm_tiled, microkernel, plan, rnn,  # noqa: E402
+               threads)
 from .gru import pack_gru_cpu  # noqa: E402
 from .lstm import pack_lstm_cpu  # noqa: E402
 from .rnn import pack_rnn_cpu  # noqa: E402
@@ -118,7 +140,26 @@ rnn_forward_cpu = _serialised(rnn.rnn_forward_cpu)
 rnn_backward_cpu = _serialised(rnn.rnn_backward_cpu)
 rnn_step_cpu = _serialised(rnn.rnn_step_cpu, policy=False)
 
-__all__ = ["lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", "pack_lstm_cpu",
+# Each cell's gate rows per hidden unit and the block its hidden units pad to.
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+PAD = {"lstm": lstm_tiled.HB, "gru": gru_tiled.U, "rnn": microkernel.CB}
+
+
+def plan_for(cell, T, B, I, H, training):
+    """The plan (plan.Plan) a float32 call of the plain layer of this cell and shape
+    runs on this machine now: what a benchmark row says ran."""
+    Hp = -(-H // PAD[cell]) * PAD[cell]
+    return plan.make_plan(T, B, I, Hp, GATES[cell], training, plain=cell != "rnn")
+
+
+# The table: dispatch looks the kernels up here (kernels/table.py).
+KERNELS = {
+    "lstm": CellKernels(pack_lstm_cpu, lstm_forward_cpu, lstm_backward_cpu, lstm_step_cpu),
+    "gru": CellKernels(pack_gru_cpu, gru_forward_cpu, gru_backward_cpu, gru_step_cpu),
+    "rnn": CellKernels(pack_rnn_cpu, rnn_forward_cpu, rnn_backward_cpu, rnn_step_cpu),
+}
+
+__all__ = ["KERNELS", "lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", "pack_lstm_cpu",
            "gru_forward_cpu", "gru_backward_cpu", "gru_step_cpu", "pack_gru_cpu",
            "rnn_forward_cpu", "rnn_backward_cpu", "rnn_step_cpu", "pack_rnn_cpu",
            "dense_forward_cpu", "dense_backward_cpu", "embedding_backward_cpu"]

@@ -4,7 +4,7 @@ tests/kernels/test_cpu_dense.py.
 
 Dimensions: M rows (B, or B*T for a sequence), K input features, N outputs.
 
-float32 runs the LSTM's register-tiled product (lstm._matmul) in Numba's OpenMP
+float32 runs the LSTM's register-tiled product (products.matmul) in Numba's OpenMP
 pool, so a model's float32 training step calls no BLAS at all: a NumPy matmul
 between two LSTM calls wakes OpenBLAS's workers, which then spin on the cores
 the LSTM's time loop needs (measured: a character model's step took 181 ms
@@ -13,7 +13,8 @@ instead of 23). float64 uses NumPy's products, as the LSTM's float64 path does.
 import numpy as np
 from numba import njit
 
-from .lstm import CB, _blocks, _matmul, _pad, transposed_with_sums
+from .microkernel import CB
+from .products import in_blocks, matmul, transposed_with_sums
 
 
 def _product(a, b, bias=None):
@@ -24,7 +25,7 @@ def _product(a, b, bias=None):
     if bias is not None:
         init[0, :N] = bias
     out = np.empty((a.shape[0], Np), np.float32)
-    _matmul(a, _blocks(b), out, init, False)
+    matmul(a, in_blocks(b), out, init, False)
     return out[:, :N] if Np != N else out
 
 

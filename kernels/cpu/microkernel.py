@@ -28,7 +28,7 @@ time of the Numba loop -> this one (three runs): n=8, K=256 (a thread's share of
 a step at B=16, H=256) 43.8 -> 27.8-37.2 us; n=16, K=128 19.3 -> 12.5-14.7 us;
 n=64, K=256 281 -> 212-236 us.
 
-The time loop's fused product of x[t] and h (_matmul_xh in lstm.py) is two
+The time loop's fused product of x[t] and h (_matmul_xh in lstm_tiled.py) is two
 calls, the second adding to what the first left in out: as fast as the Numba
 loop's single tile on AVX-512 (26.5 against 27.4 us at 16 rows, K = 128 + 128),
 twice as fast on AVX2.
@@ -38,7 +38,7 @@ in order; results are the same to the bit.
 
 transpose_tile(src, src_row, dst, dst_row) writes the transpose of a 16 x 16
 float32 tile: 16 row loads, 64 two-register shuffles, 16 row stores (the copy
-loops it replaced moved one float at a time; see lstm._untile).
+loops it replaced moved one float at a time; see products.untile).
 """
 import platform
 

@@ -9,7 +9,7 @@ on 2 cores: 1.5 ms calls took 8 ms, and two copies of one call 65-320x as long).
 Three defences, from the cheapest:
 
 1. Work that fits one thread enters no parallel region at all (the kernels
-   decide per product and per step from their FLOPs; see lstm._threads).
+   decide per product and per step from their FLOPs; see plan.py).
 2. A call runs on at most `limit()` threads: Numba's own setting (the user's
    NUMBA_NUM_THREADS or numba.set_num_threads stays the upper bound), the CPUs
    this process may run on (its affinity mask) and its cgroup's CPU quota.

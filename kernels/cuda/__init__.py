@@ -11,7 +11,16 @@ from .common import SIMULATED, as_device, is_device  # noqa: F401
 from .gru import gru_backward_cuda, gru_forward_cuda, pack_gru_cuda  # noqa: F401
 from .lstm import lstm_backward_cuda, lstm_forward_cuda, pack_lstm_cuda  # noqa: F401
 from .rnn import pack_rnn_cuda, rnn_backward_cuda, rnn_forward_cuda  # noqa: F401
+from ..table import CellKernels
 
-__all__ = ["lstm_forward_cuda", "lstm_backward_cuda", "pack_lstm_cuda",
+# The table: dispatch looks the kernels up here (kernels/table.py). No streaming step of
+# its own: a one-step forward is one.
+KERNELS = {
+    "lstm": CellKernels(pack_lstm_cuda, lstm_forward_cuda, lstm_backward_cuda, None),
+    "gru": CellKernels(pack_gru_cuda, gru_forward_cuda, gru_backward_cuda, None),
+    "rnn": CellKernels(pack_rnn_cuda, rnn_forward_cuda, rnn_backward_cuda, None),
+}
+
+__all__ = ["KERNELS", "lstm_forward_cuda", "lstm_backward_cuda", "pack_lstm_cuda",
            "gru_forward_cuda", "gru_backward_cuda", "pack_gru_cuda",
            "rnn_forward_cuda", "rnn_backward_cuda", "pack_rnn_cuda"]

@@ -26,7 +26,7 @@ and zoneout's weights are as gru.py takes them.
 from numba import cuda
 
 from ..gates import activate, dactivate
-from ..reference import LAYER_NORM_EPS
+from ..gates import LAYER_NORM_EPS
 from .common import (column_sums, combine, copy, device_array, flat_launch, matmul, ones,
                      scale_rows)
 from .lstm_norm import (_norm_grad_rows, _normalise_rows, column_dots, normalised_input,

@@ -42,7 +42,7 @@ import math
 from numba import cuda
 
 from ..gates import activate, clip_gate, dactivate, gate_clip_bounds, lstm_cell, lstm_gate_grads
-from ..reference import LAYER_NORM_EPS
+from ..gates import LAYER_NORM_EPS
 from .common import (column_sums, copy, device_array, dh_one, dh_product, flat_launch,
                      load_columns, load_rows, matmul, ones, plan)
 from .lstm import ROWS, _project_step, extra_gradients, gate_products, h_gradient

@@ -20,7 +20,7 @@ Arrays are Numba device arrays; x, h0, dy and dh_n are read only.
 from numba import cuda
 
 from ..gates import drelu, dtanh, relu, tanh
-from ..reference import RNN_NONLINEARITIES
+from ..gates import RNN_NONLINEARITIES
 from .common import (as_device, combine, copy, device_array, dh_one,
                      dh_product, input_gradients, lengths_or_full, load_columns,
                      load_rows, matmul, ones, plan)

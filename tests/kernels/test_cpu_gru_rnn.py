@@ -4,7 +4,7 @@ import pytest
 
 from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, pack_gru_cpu,
                                  pack_rnn_cpu, rnn_backward_cpu, rnn_forward_cpu)
-from numlstm.kernels.cpu import rnn as cpu_rnn
+from numlstm.kernels.cpu.plan import make_plan
 from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, rnn_backward_ref,
                                        rnn_forward_ref)
 from numlstm.kernels.gates import make_acts
@@ -28,7 +28,10 @@ CELLS = {
 }
 
 
-def _compare(rng, cell, T, B, I, H, dtype, reverse, lengths):
+def _compare(rng, cell, T, B, I, H, dtype, reverse, lengths, plan=None):
+    """The kernels' forward (training and inference) and backward against the
+    reference's; plan: None, or the fields of the float32 loops' plan to force
+    (plan.Plan's), the rest as make_plan makes it."""
     gates, (forward_ref, backward_ref), (pack, forward, backward), option = CELLS[cell]
     # About torch's initial scale: larger recurrent weights make a plain RNN
     # chaotic, and float32 rounding then grows with every step in any kernel.
@@ -38,8 +41,12 @@ def _compare(rng, cell, T, B, I, H, dtype, reverse, lengths):
     x_in, h0_in = x.copy(), h0.copy()
     y, h, cache = forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, **option)
     packed = pack(w_ih, w_hh, b_ih, b_hh, **option)
-    yk, hk, cache_k = forward(x, packed, h0, lengths, reverse, training=True)
-    yi, hi, none = forward(x, packed, h0, lengths, reverse, training=False)
+    kw = {}
+    if plan is not None:
+        assert packed["kind"] == "tiled"  # (the BLAS loops plan each step themselves)
+        kw["plan"] = make_plan(T, B, I, packed["Hp"], gates, True)._replace(**plan)
+    yk, hk, cache_k = forward(x, packed, h0, lengths, reverse, training=True, **kw)
+    yi, hi, none = forward(x, packed, h0, lengths, reverse, training=False, **kw)
     assert none is None
     rtol = RTOL[dtype]
     for name, got, want in [("y", yk, y), ("h_n", hk, h), ("y (inference)", yi, y),
@@ -95,33 +102,26 @@ def test_cpu_kernels_match_reference_with_lengths(rng, cell, dtype, reverse):
                          ids=["gru", "gru-rows-split", "gru-activations-rows-split",
                               "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_parallel_step_matches_reference(rng, monkeypatch, cell, reverse, rows):
+def test_parallel_step_matches_reference(rng, cell, reverse, rows):
     """Force the parallel time loops at small shapes: a region per step sharing
-    out the units (several unit blocks per thread, padded units (H=130 -> 192),
+    out the units (unit blocks shared unevenly, padded units (H=130 -> 192),
     row remainders outside the 6-row tiles), or (GRU) the rows of the batch."""
-    import numba
-    from numlstm.kernels.cpu import lstm as cpu_lstm
-    monkeypatch.setattr(cpu_rnn, "PARALLEL_MIN_FLOPS", 0)
-    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)  # (_rows_plan's)
-    monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
-    assert cpu_rnn._threads(5, 192, 576, 3) == min(3, numba.get_num_threads())
+    plan = dict(threads=2, rows=rows)
     for T, B, I, H in [(5, 5, 3, 130), (3, 11, 4, 128), (2, 15, 3, 64)]:
         lengths = rng.integers(0, T + 1, B)
-        _compare(rng, cell, T, B, I, H, np.float32, reverse, lengths)
-        _compare(rng, cell, T, B, I, H, np.float32, reverse, None)
+        _compare(rng, cell, T, B, I, H, np.float32, reverse, lengths, plan)
+        _compare(rng, cell, T, B, I, H, np.float32, reverse, None, plan)
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn_relu"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_inference_in_chunks_of_steps_matches_reference(rng, monkeypatch, cell, reverse):
+def test_inference_in_chunks_of_steps_matches_reference(rng, cell, reverse):
     """Inference projects a few steps at a time; chunks of 1, 2 and 3 steps (odd
     and even, a short last chunk) carry the state across their boundaries."""
-    gates = CELLS[cell][0]
     T, B, I, H = 7, 3, 4, 20
-    row_bytes = B * gates * 64 * 4  # one step of projected inputs (H pads to 64)
     for steps in (1, 2, 3):
-        monkeypatch.setattr(cpu_rnn, "INFERENCE_CHUNK_BYTES", steps * row_bytes)
-        _compare(rng, cell, T, B, I, H, np.float32, reverse, np.array([7, 2, 5]))
+        _compare(rng, cell, T, B, I, H, np.float32, reverse, np.array([7, 2, 5]),
+                 dict(chunk=steps))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
+from numlstm.kernels.cpu.lstm import forward_plan
 from numlstm.kernels.gates import make_acts
 from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
 from helpers import SOFTSIGN, assert_close, lstm_weights
@@ -12,12 +13,13 @@ RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
 def _compare(rng, T, B, I, H, dtype, reverse, lengths, zoneout=None, proj=0, h_mask=False,
-             layer_norm=False, **options):
+             layer_norm=False, plan=None, **options):
     """The kernels' forward (training and inference) and backward against the
     reference's, with the cell's options (pack_lstm_cpu's keywords; peephole=True
     draws the weights), a projection of proj units, and, when zoneout is a pair of
     rates, zoneout's 0/1 draws; h_mask: a random recurrent dropout mask; layer_norm:
-    random gains and bias for layer normalisation."""
+    random gains and bias for layer normalisation; plan: None, or the fields of the
+    float32 loops' plan to force (plan.Plan's), the rest as forward_plan makes it."""
     w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((B, proj or H)).astype(dtype)
@@ -40,6 +42,9 @@ def _compare(rng, T, B, I, H, dtype, reverse, lengths, zoneout=None, proj=0, h_m
     y, h, c, cache = lstm_forward_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse,
                                       **options, **zone)
     packed = pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, **options)
+    if plan is not None:
+        assert packed["kind"] == "tiled"  # (the BLAS loops plan each step themselves)
+        zone["plan"] = forward_plan(x.shape, packed, True)._replace(**plan)
     yk, hk, ck, cache_k = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=True,
                                            **zone)
     yi, hi, ci, none = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=False,
@@ -100,40 +105,33 @@ def test_cpu_kernels_match_reference_with_cell_options(rng, dtype, options):
         _compare(rng, 1, 1, 2, 3, dtype, reverse, None, **options)
 
 
-@pytest.mark.parametrize("rows,fused", [(False, None), (True, False), (True, True)],
+@pytest.mark.parametrize("rows,fused", [(False, False), (True, False), (True, True)],
                          ids=["units-split", "rows-split", "rows-split-fused"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_parallel_step_matches_reference(rng, monkeypatch, reverse, rows, fused):
+def test_parallel_step_matches_reference(rng, reverse, rows, fused):
     """Force the parallel time loops at small shapes, sharing out the units (a
     region per step: several blocks per thread, padded units (H=70 -> 128), a
     remainder of rows outside the 6-row tiles) or the batch (uneven parts, a
     thread with one row; the input projection before the loop or inside it; one
     step; the cell options)."""
-    import numba
-    from numlstm.kernels.cpu import lstm as cpu_lstm
-    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)
-    monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
-    monkeypatch.setattr(cpu_lstm, "FUSE_INPUT", fused)
-    assert cpu_lstm._threads(5, 128, 2) == min(2, numba.get_num_threads())
+    plan = dict(threads=2, rows=rows, fused=fused)
     for T, B, I, H in [(6, 5, 3, 70), (3, 11, 4, 128), (4, 2, 5, 20), (2, 15, 3, 64),
                        (5, 3, 2, 33), (1, 9, 3, 64), (3, 11, 70, 64)]:
         lengths = rng.integers(1, T + 1, B)
-        _compare(rng, T, B, I, H, np.float32, reverse, lengths)
-        _compare(rng, T, B, I, H, np.float32, reverse, None)
+        _compare(rng, T, B, I, H, np.float32, reverse, lengths, plan=plan)
+        _compare(rng, T, B, I, H, np.float32, reverse, None, plan=plan)
     _compare(rng, 4, 10, 3, 20, np.float32, reverse, rng.integers(1, 5, 10), cell_clip=0.4,
-             input_forget=True, gate_clip=0.6)
+             input_forget=True, gate_clip=0.6, plan=plan)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_inference_in_chunks_of_steps_matches_reference(rng, monkeypatch, reverse):
+def test_inference_in_chunks_of_steps_matches_reference(rng, reverse):
     """Inference projects a few steps at a time; chunks of 1, 2 and 3 steps (odd
     and even, a short last chunk) carry the state across their boundaries."""
-    from numlstm.kernels.cpu import lstm as cpu_lstm
     T, B, I, H = 7, 3, 4, 20
-    row_bytes = B * 4 * 64 * 4  # one step of projected inputs (H pads to 64)
     for steps in (1, 2, 3):
-        monkeypatch.setattr(cpu_lstm, "INFERENCE_CHUNK_BYTES", steps * row_bytes)
-        _compare(rng, T, B, I, H, np.float32, reverse, np.array([7, 2, 5]))
+        _compare(rng, T, B, I, H, np.float32, reverse, np.array([7, 2, 5]),
+                 plan=dict(chunk=steps))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -156,10 +154,11 @@ def test_one_step_kernel_matches_reference(rng, dtype):
 
 @pytest.mark.parametrize("P", [1, 2, 3, 8])
 def test_product_tasks_cover_the_rows_in_equal_chunks(P):
-    from numlstm.kernels.cpu.lstm import ROWS, _row_chunks
+    from numlstm.kernels.cpu.microkernel import ROWS
+    from numlstm.kernels.cpu.products import row_chunks
     for M in (0, 1, 5, 7, 13, 82, 512, 2048, 16384, 100_003):
         for nblk in (1, 2, 3, 16):
-            rows, chunks = _row_chunks(M, nblk, P)
+            rows, chunks = row_chunks(M, nblk, P)
             assert rows % ROWS == 0 and rows > 0
             assert (chunks - 1) * rows < M <= chunks * rows or M == chunks == 0
             # each thread gets as many tasks, unless the tasks are down to one tile
@@ -168,24 +167,24 @@ def test_product_tasks_cover_the_rows_in_equal_chunks(P):
 
 @pytest.mark.parametrize("small", [0, 1 << 40], ids=["kernel-copies", "numpy-copies"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_weight_gradients_through_both_copy_paths(rng, monkeypatch, reverse, small):
+def test_weight_gradients_through_both_copy_paths(rng, reverse, small):
     """The weight gradients re-lay dG and transpose x and y with NumPy for small
-    arrays and with the parallel kernels (_to_blocks, _transpose into an offset)
-    above _SMALL elements; both, with lengths in any order (the reverse
+    arrays and with the parallel kernels (copy_to_blocks, transpose into an offset)
+    above SMALL_COPY elements; both, with lengths in any order (the reverse
     direction's first steps inside the sequence)."""
-    from numlstm.kernels.cpu import lstm as cpu_lstm
-    monkeypatch.setattr(cpu_lstm, "_SMALL", small)
-    _compare(rng, 5, 7, 3, 37, np.float32, reverse, np.array([5, 2, 1, 4, 5, 3, 2]))
-    _compare(rng, 1, 2, 4, 20, np.float32, reverse, None)
+    plan = dict(small_copy=small)
+    _compare(rng, 5, 7, 3, 37, np.float32, reverse, np.array([5, 2, 1, 4, 5, 3, 2]), plan=plan)
+    _compare(rng, 1, 2, 4, 20, np.float32, reverse, None, plan=plan)
 
 
 @pytest.mark.parametrize("M, N", [(1, 1), (7, 3), (600, 13), (256, 8), (2 * 256 + 1, 17),
                                   (16, 16), (300, 48)])
 def test_transpose_and_column_sums_at_uneven_tiles(rng, M, N):
-    """_transpose's bands (TR_ROWS x TT) at shapes that end inside a tile, into
+    """transpose's bands (TR_ROWS x TT) at shapes that end inside a tile, into
     an offset of a wider out, and the bias gradients' column sums it makes on the
     way, against NumPy (the sums to float32 rounding of a float64 sum)."""
-    from numlstm.kernels.cpu.lstm import _NO_MASK, _transpose, transposed_with_sums
+    from numlstm.kernels.cpu.products import transpose, transposed_with_sums
+    from numlstm.kernels.cpu.sequence import NO_MASK
     a = rng.standard_normal((M, N)).astype(np.float32)
     a_t, sums = transposed_with_sums(a)
     assert a_t.shape == (N, M) and np.array_equal(a_t, a.T)
@@ -193,28 +192,29 @@ def test_transpose_and_column_sums_at_uneven_tiles(rng, M, N):
     scale = np.abs(a).astype(np.float64).sum(axis=0)
     assert np.all(np.abs(sums - exact) <= 4 * np.finfo(np.float32).eps * scale), (sums, exact)
     out = np.full((N, M + 5), -1, np.float32)
-    _transpose(a, out, _NO_MASK, 3)
+    transpose(a, out, NO_MASK, 3)
     assert np.array_equal(out[:, 3:M + 3], a.T)
     assert np.all(out[:, :3] == -1) and np.all(out[:, M + 3:] == -1)
     strided = rng.standard_normal((M, 2 * N)).astype(np.float32)[:, ::2]  # column stride 2
-    _transpose(strided, out, _NO_MASK, 3)
+    transpose(strided, out, NO_MASK, 3)
     assert np.array_equal(out[:, 3:M + 3], strided.T)
 
 
 @pytest.mark.parametrize("H, n", [(1, 1), (16, 16), (37, 33), (64, 5), (64, 100)])
 def test_untile_at_uneven_shapes(rng, H, n):
-    """_untile (a weight gradient computed transposed -> torch's layout) against NumPy:
+    """untile (a weight gradient computed transposed -> torch's layout) against NumPy:
     gate columns in runs of 16 (the registers' tiles) and, where H is not a
     multiple of 16, bands straddling two gates (one float at a time), edges of n,
     rows padded as _weight_gradients pads them or not, and columns in any order."""
-    from numlstm.kernels.cpu.lstm import _gate_columns, _padded_cols, _untile
+    from numlstm.kernels.cpu.lstm import _gate_columns
+    from numlstm.kernels.cpu.products import padded_cols, untile
     cols = _gate_columns(H)
     Gp = -(-H // 16) * 64
-    for width in (Gp, _padded_cols(Gp)):
+    for width in (Gp, padded_cols(Gp)):
         for order in (cols, rng.permutation(cols)):
             a_t = rng.standard_normal((n + 1, width)).astype(np.float32)
             out = np.full((len(order), n), np.nan, np.float32)
-            _untile(a_t, order, out)
+            untile(a_t, order, out)
             np.testing.assert_array_equal(out, a_t[:n, order].T)
 
 
@@ -254,21 +254,18 @@ def test_cpu_kernels_match_reference_with_peepholes(rng, dtype, options):
             _compare(rng, T, B, I, H, dtype, reverse, lengths, peephole=True, **extra)
 
 
-@pytest.mark.parametrize("rows,fused", [(False, None), (True, False), (True, True)],
+@pytest.mark.parametrize("rows,fused", [(False, False), (True, False), (True, True)],
                          ids=["units-split", "rows-split", "rows-split-fused"])
-def test_parallel_steps_with_activations_and_peepholes(rng, monkeypatch, rows, fused):
+def test_parallel_steps_with_activations_and_peepholes(rng, rows, fused):
     """The parallel time loops (forced at small shapes) with non-default activations,
-    and with peepholes (which take the options' loop)."""
-    from numlstm.kernels.cpu import lstm as cpu_lstm
-    monkeypatch.setattr(cpu_lstm, "PARALLEL_MIN_FLOPS", 0)
-    monkeypatch.setattr(cpu_lstm, "ROW_SPLIT", rows)
-    monkeypatch.setattr(cpu_lstm, "FUSE_INPUT", fused)
+    and with peepholes (which take the options' loop whatever the plan)."""
+    plan = dict(threads=2, rows=rows, fused=fused)
     for reverse in (False, True):
         lengths = rng.integers(1, 5, 11)
         _compare(rng, 4, 11, 3, 70, np.float32, reverse, lengths,
-                 acts=make_acts(*ACTIVATION_PAIRS[0]))
+                 acts=make_acts(*ACTIVATION_PAIRS[0]), plan=plan)
         _compare(rng, 4, 11, 3, 70, np.float32, reverse, lengths, peephole=True,
-                 acts=make_acts("sigmoid", "tanh"))
+                 acts=make_acts("sigmoid", "tanh"), plan=plan)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

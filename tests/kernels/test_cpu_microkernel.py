@@ -41,7 +41,7 @@ def test_each_row_count_matches_numpy(rng, rows):
 
 def test_k_chunks_add_to_what_is_there_and_a_bias_row(rng):
     """A first chunk from a bias row (per_row False), later chunks with out as init,
-    as _matmul_rows walks a long K; A transposed (column-major, as X^T in the weight
+    as matmul_rows walks a long K; A transposed (column-major, as X^T in the weight
     gradients) and W a strided view."""
     M, K = 11, 50
     A = np.asfortranarray(rng.standard_normal((M, K)).astype(np.float32))

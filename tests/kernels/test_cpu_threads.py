@@ -14,6 +14,7 @@ import pytest
 
 import numlstm
 from numlstm.kernels.cpu import lstm as cpu_lstm
+from numlstm.kernels.cpu import lstm_tiled, products
 from numlstm.layers import CELLS
 from numlstm.kernels.cpu import peak, threads
 
@@ -95,8 +96,8 @@ def test_the_time_loop_checks_the_gate_every_step(rng):
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     Hp = packed["Hp"]
     xw = np.empty((T, B, 4 * Hp), np.float32)
-    cpu_lstm._matmul_rows(x.reshape(T * B, I), packed["w_in"], xw.reshape(T * B, -1),
-                          packed["bias"], False, 0, T * B, 0, packed["w_in"].shape[0])
+    products.matmul_rows(x.reshape(T * B, I), packed["w_in"], xw.reshape(T * B, -1),
+                         packed["bias"], False, 0, T * B, 0, packed["w_in"].shape[0])
     outs = []
     for hold in (False, True):
         gate = threads.new_gate()
@@ -105,10 +106,11 @@ def test_the_time_loop_checks_the_gate_every_step(rng):
         hbuf = np.zeros((2, B, Hp), np.float32)
         c = np.zeros((B, Hp), np.float32)
         y = np.empty((T, B, Hp), np.float32)
-        cpu_lstm._forward_tiled(xw.copy(), packed["w_fwd"], hbuf, c, y,
-                                np.empty((1, 1, 1), np.float32), np.empty((B, 4 * Hp), np.float32),
-                                np.full(B, T, np.int64), False, False, 2, packed["clip"],
-                                packed["coupled"], packed["gclip"], packed["acts"], gate)
+        lstm_tiled._forward_tiled(xw.copy(), packed["w_fwd"], hbuf, c, y,
+                                  np.empty((1, 1, 1), np.float32),
+                                  np.empty((B, 4 * Hp), np.float32), np.full(B, T, np.int64),
+                                  False, False, 2, packed["clip"], packed["coupled"],
+                                  packed["gclip"], packed["acts"], gate)
         if hold:
             assert gate[threads.REGIONS] == 0
         else:  # every step, unless a busy machine made one lag (then a hold follows)
@@ -120,18 +122,18 @@ def test_the_time_loop_checks_the_gate_every_step(rng):
 
 
 def test_the_products_parallel_tasks_equal_one_thread(rng):
-    """_matmul_tasks (row chunks x blocks shared among the threads) against the
+    """matmul_tasks (row chunks x blocks shared among the threads) against the
     one-thread product, bitwise, at uneven shapes above and at the tile edges."""
     for M, K, nblk in [(1, 3, 1), (7, 65, 2), (131, 300, 3), (600, 1030, 2)]:
         A = rng.standard_normal((M, K)).astype(np.float32)
-        W = rng.standard_normal((nblk, K, cpu_lstm.CB)).astype(np.float32)
-        init = rng.standard_normal((1, nblk * cpu_lstm.CB)).astype(np.float32)
-        one = np.empty((M, nblk * cpu_lstm.CB), np.float32)
-        cpu_lstm._matmul_rows(A, W, one, init, False, 0, M, 0, nblk)
-        rows, chunks = cpu_lstm._row_chunks(M, nblk, 2)
+        W = rng.standard_normal((nblk, K, products.CB)).astype(np.float32)
+        init = rng.standard_normal((1, nblk * products.CB)).astype(np.float32)
+        one = np.empty((M, nblk * products.CB), np.float32)
+        products.matmul_rows(A, W, one, init, False, 0, M, 0, nblk)
+        rows, chunks = products.row_chunks(M, nblk, 2)
         many = np.empty_like(one)
         gate = threads.new_gate()
-        cpu_lstm._matmul_tasks(A, W, many, init, False, rows, chunks, gate)
+        products.matmul_tasks(A, W, many, init, False, rows, chunks, gate)
         np.testing.assert_array_equal(one, many)
         np.testing.assert_allclose(one, init + A @ np.concatenate(list(W), axis=1), rtol=1e-4,
                                    atol=1e-4 * np.sqrt(K))
@@ -264,14 +266,14 @@ def test_idle_openmp_threads_do_not_keep_a_core():
         import os, time
         import numpy as np
         import numlstm
-        from numlstm.kernels.cpu import lstm as K
+        from numlstm.kernels.cpu import products as K, sequence
         assert "GOMP_SPINCOUNT" not in os.environ
         a = np.random.rand(2000, 512).astype(np.float32)
         out = np.empty((512, 2000), np.float32)
-        K._transpose(a, out, K._NO_MASK)
+        K.transpose(a, out, sequence.NO_MASK)
         c0, w0 = time.process_time(), time.perf_counter()
         for _ in range(50):
-            K._transpose(a, out, K._NO_MASK)
+            K.transpose(a, out, sequence.NO_MASK)
             time.sleep(0.004)
         print(time.process_time() - c0, time.perf_counter() - w0)
     """)

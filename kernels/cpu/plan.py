@@ -1,0 +1,135 @@
+"""How one call of a recurrent layer runs on the CPU: the plan, and the measured
+limits it is made from.
+
+A Plan says which variant of the time loops runs: on how many threads, whether
+the threads share out the batch or the hidden units, whether the LSTM projects
+the inputs inside its loop, how many steps an inference call projects at a
+time, below what size layout copies stay in NumPy, and the thread policy's gate
+(threads.py) that the loops check. make_plan() makes one from the shapes, the cell,
+the options and the machine (Numba's thread count, which the thread policy has
+set for the call: at most the CPUs this process may use). The kernels take it
+as an argument, so a test or a benchmark picks a variant by passing a plan
+(make_plan(...)._replace(rows=True)), and str(plan) says which one ran.
+
+Dimensions: T steps, B batch, I input features, Hp hidden units (padded); gates:
+gate rows per hidden unit (LSTM 4, GRU 3, RNN 1).
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from .threads import POLICY, numba_threads
+
+# A step runs on one thread when it is small on both counts: two threads win from
+# 256 hidden units (W_hh is then too large for one core's caches, even at B=1) or
+# from 2 MFLOP a step (measured on 2 cores; below, the barrier costs more).
+PARALLEL_MIN_UNITS = 256
+PARALLEL_MIN_FLOPS = 2_000_000
+ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
+ROW_SPLIT_SMALL_BYTES = 1 << 18  # a W_hh this small takes the rows split from 2 rows a thread
+FUSED_MIN_ROWS = 32  # (fuse_input)
+# Inference projects and runs this many bytes of steps at a time, so the
+# projected inputs stay in cache instead of making a T*B*4H buffer (512 MiB at
+# T=1024, B=128, H=256).
+INFERENCE_CHUNK_BYTES = 4 << 20
+# Layout copies (transposes, blocks) of at most this many elements use NumPy: no
+# parallel region's few microseconds.
+SMALL_COPY = 1 << 15
+
+
+class Plan(NamedTuple):
+    """How one call runs: make_plan() makes it, the kernels read it.
+
+    threads: the time loop's threads. With rows, each runs its rows of the batch
+        through all the steps, in one parallel region; else each step's hidden
+        units are shared among units_threads(blocks) threads, one parallel
+        region a step (one thread: no parallel region at all).
+    rows: the batch split (_forward_rows, _backward_rows) rather than the units
+        split; the plain layer's only (no projection, recurrent dropout,
+        zoneout or peepholes).
+    fused: with rows, the LSTM projects x[t] inside the loop, with the recurrent
+        product (lstm_tiled._matmul_xh), instead of in one product before it.
+    chunk: the steps an inference call projects and runs at a time (training:
+        all T), so that the projected inputs stay in cache.
+    small_copy: layout copies of at most this many elements use NumPy.
+    gate: the thread policy's gate (threads.py), in which the parallel loops note
+        their threads' finishing times and which they check before each region.
+    """
+    threads: int
+    rows: bool
+    fused: bool
+    chunk: int
+    small_copy: int
+    gate: np.ndarray
+
+    def units_threads(self, blocks):
+        """The units split's threads for a loop over `blocks` blocks of units."""
+        return max(1, min(self.threads, blocks))
+
+    def __str__(self):
+        if self.rows:
+            split = f"rows x{self.threads}" + (" fused" if self.fused else "")
+        else:
+            split = f"units x{self.threads}" if self.threads > 1 else "one thread"
+        return f"{split}, {self.chunk} steps a chunk"
+
+
+def make_plan(T, B, I, Hp, gates, training, plain=True, threads=None):
+    """The plan of a call of T steps, B rows, I inputs and Hp hidden units of a cell
+    of `gates` gate rows a unit. plain: no option that the batch split lacks;
+    threads: the threads to plan for (default Numba's, as the thread policy set
+    them for the call).
+
+    A step runs on one thread when it is small on both counts (PARALLEL_MIN_UNITS,
+    PARALLEL_MIN_FLOPS). The batch split, where split_rows allows it, runs on all
+    the threads whatever the size of a step, as it pays one parallel region for
+    all the steps rather than a barrier per step (T=1024, B=16, H=64 inference:
+    15.7 ms on one thread, 6.1 on two), unless all the steps' recurrent products
+    together are under PARALLEL_MIN_FLOPS: work that fits one thread enters no
+    parallel region."""
+    pool = numba_threads() if threads is None else threads
+    small_step = Hp < PARALLEL_MIN_UNITS and 2 * B * Hp * gates * Hp < PARALLEL_MIN_FLOPS
+    rows = bool(plain and split_rows(B, Hp, pool, gates)
+                and 2 * T * B * gates * Hp * Hp >= PARALLEL_MIN_FLOPS)
+    n = pool if rows or not small_step else 1
+    chunk = T if training else max(1, min(T, INFERENCE_CHUNK_BYTES // (B * gates * Hp * 4)))
+    return Plan(n, rows, bool(rows and fuse_input(B, I, Hp, n)), chunk, SMALL_COPY,
+                POLICY.gate())
+
+
+def step_threads(B, Hp, nblk):
+    """Threads of one step's product in the layer-normalised float32 loops
+    (products.step_plan): all of Numba's, at most one per block, unless the
+    step is too small to share."""
+    if Hp < PARALLEL_MIN_UNITS and 2 * B * Hp * 4 * Hp < PARALLEL_MIN_FLOPS:
+        return 1
+    return max(1, min(numba_threads(), nblk))
+
+
+def split_rows(B, Hp, P, gates=4):
+    """Whether the plain layer's time loops share the batch among the P threads
+    (_forward_rows) rather than the units (_forward_tiled): from 8 rows a thread,
+    while W_hh fits in a core's L2 (ROW_SPLIT_MAX_BYTES), and from 2 rows a thread
+    while it is small (ROW_SPLIT_SMALL_BYTES: H <= 128), where streaming all of it
+    per thread costs less than a barrier per step. Measured on 2 cores, training
+    step: B=32, H=128 20% and B=128, H=256 9% faster; B=8 and H >= 512 no
+    faster, B=16, H=1024 19% slower (each thread streams all of W_hh). On 2 Zen 3
+    cores (AVX2), medians of 3 rounds, units -> rows: T=200, B=8, I=40, H=96
+    inference 4.77 -> 3.48 ms, training 16.4 -> 12.7 ms; T=100, B=4, I=64, H=128
+    inference 1.41 -> 0.93, training 5.0 -> 3.7; B=8, H=256 training 18.2 ->
+    20.9 (so not there). gates: W_hh's rows per hidden unit (4: LSTM, 3: GRU)."""
+    w_bytes = Hp * gates * Hp * 4
+    return P > 1 and ((B >= 8 * P and w_bytes <= ROW_SPLIT_MAX_BYTES)
+                      or (B >= 2 * P and w_bytes <= ROW_SPLIT_SMALL_BYTES))
+
+
+def fuse_input(B, I, Hp, P):
+    """Whether the rows split projects the inputs inside its loop (_forward_rows)
+    rather than in one product before it: while W_ih and W_hh together fit in L2
+    (ROW_SPLIT_MAX_BYTES), or from FUSED_MIN_ROWS rows a thread. Measured on 2
+    cores, T=128, median ms, before -> fused: B=32, I=32, H=128 (T=64) training
+    9.4 -> 8.2, inference 2.7 -> 1.8; B=128, I=H=64 inference 10.1 -> 5.8;
+    B=128, I=H=256 training 330 -> 293; B=16, I=H=128 inference 3.7 -> 3.3. With
+    I=H=256 at B=16 and 32 (a 2 MiB W streamed for 8 or 16 rows) inference was
+    10-30% slower fused, and at B=64 10% faster."""
+    return (I + Hp) * 4 * Hp * 4 <= ROW_SPLIT_MAX_BYTES or B >= FUSED_MIN_ROWS * P
