@@ -11,8 +11,11 @@ Backend methods, for one cell (layer l, direction d) in the backend's layout:
                                             -> y [T,B,H], state_n, cache (None
                                                unless training)
     backward(spec, cell, cache, dy, dstate_n)
-                                            -> dx [T,B,I], dstate0,
-                                               {"w_ih","w_hh","b_ih","b_hh"}
+                                            -> dx [T,B,I], dstate0, the gradients
+                                               under the layer's parameter names
+                                               ("weight_ih", "weight_hh", "bias_ih",
+                                               "bias_hh", and "weight_hr", ...
+                                               where the cell has them)
     step(spec, cell, x, state)              -> state after one inference step of
                                                x [B,I] (its h is the output)
     ops                                     the array operations the layers run
@@ -169,10 +172,24 @@ class Backend:
         return self.forward(spec, cell, x[None], state, None, False, False)[1]
 
 
+# The kernels' (and the reference's) keys of a cell's gradients -> the layer's names of
+# the parameters (without the _l0 suffix). backward converts, here and nowhere else.
+GRADIENT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih",
+                  "b_hh": "bias_hh"}
+
+
+def layer_gradients(grads):
+    """A kernel's gradient dict {"w_ih", ...} -> the layer's names {"weight_ih", ...}."""
+    return {GRADIENT_NAMES[k]: v for k, v in grads.items()}
+
+
 # The packers' and the reference's keywords for a cell's parameters past its four, and
 # the gradients' keys the backends return for them.
 EXTRA_KEYWORDS = {"weight_hr": "w_hr", "weight_peephole": "peephole", "weight_ln_ih": "ln_ih",
                   "weight_ln_hh": "ln_hh", "weight_ln_c": "ln_c", "bias_ln_c": "ln_c_bias"}
+
+
+GRADIENT_NAMES.update({k: n for n, k in EXTRA_KEYWORDS.items()})
 
 
 def cell_extras(spec, cell):
@@ -208,25 +225,24 @@ class NumpyBackend(Backend):
     def backward(self, spec, cell, cache, dy, dstate):
         if spec.cell == "lstm":
             dx, dh, dc, grads = reference.lstm_backward_ref(dy, *dstate, cache)
-            return dx, (dh, dc), grads
+            return dx, (dh, dc), layer_gradients(grads)
         fn = reference.gru_backward_ref if spec.cell == "gru" else reference.rnn_backward_ref
         dx, dh, grads = fn(dy, dstate[0], cache)
-        return dx, (dh,), grads
+        return dx, (dh,), layer_gradients(grads)
 
 
 class _KernelBackend(Backend):
-    """A backend over a kernels package that names its functions by cell and
-    backend: pack_<cell>_<name>(w_ih, w_hh, b_ih, b_hh[, w_hr], **cell options),
-    <cell>_forward_<name>(x, cell, *state, lengths, reverse, training) -> y,
-    *state_n, cache and <cell>_backward_<name>(dy, *dstate_n, cache, cell) -> dx,
-    *dstate0, grads (kernels/cpu and kernels/cuda both do)."""
+    """A backend over a kernels package's table: KERNELS[cell], a
+    kernels.table.CellKernels (pack, forward, backward, step) for each cell
+    (kernels/cpu and kernels/cuda both export one)."""
     kernels = None
 
-    def _kernel(self, spec, what):
-        return getattr(self.kernels, what.format(cell=spec.cell, name=self.name))
+    def table(self, spec):
+        """The CellKernels of spec's cell on this backend."""
+        return self.kernels.KERNELS[spec.cell]
 
     def pack(self, params, spec):
-        pack = self._kernel(spec, "pack_{cell}_{name}")
+        pack = self.table(spec).pack
         return [pack(*c[:4], **cell_extras(spec, c), **spec.kernel_options())
                 for c in from_canonical(params, self.layout, spec)]
 
@@ -236,14 +252,21 @@ class _KernelBackend(Backend):
         # zoneout's weights: the LSTM's zone_c and zone_h, the GRU's zone_h)
         mask = {} if h_mask is None else dict(h_mask=h_mask)
         mask.update(zone or {})
-        y, *state_n, cache = self._kernel(spec, "{cell}_forward_{name}")(
-            x, cell, *state, lengths, reverse, training, **mask)
+        y, *state_n, cache = self.table(spec).forward(x, cell, *state, lengths, reverse,
+                                                      training, **mask)
         return y, tuple(state_n), cache
 
     def backward(self, spec, cell, cache, dy, dstate):
-        dx, *dstate0, grads = self._kernel(spec, "{cell}_backward_{name}")(
-            dy, *dstate, cache, cell)
-        return dx, tuple(dstate0), grads
+        dx, *dstate0, grads = self.table(spec).backward(dy, *dstate, cache, cell)
+        return dx, tuple(dstate0), layer_gradients(grads)
+
+    def step(self, spec, cell, x, state):
+        step = self.table(spec).step
+        if step is None:  # a one-step forward
+            return self.forward(spec, cell, x.reshape((1,) + x.shape), state, None, False,
+                                False)[1]
+        out = step(x, cell, *state)
+        return out if isinstance(out, tuple) else (out,)
 
 
 class CpuBackend(_KernelBackend):
@@ -255,12 +278,6 @@ class CpuBackend(_KernelBackend):
     """
     name = "cpu"
     kernels = cpu
-
-    def step(self, spec, cell, x, state):
-        if spec.cell == "lstm":
-            return cpu.lstm_step_cpu(x, cell, *state)
-        fn = cpu.gru_step_cpu if spec.cell == "gru" else cpu.rnn_step_cpu
-        return (fn(x, cell, state[0]),)
 
 
 class CudaBackend(_KernelBackend):
@@ -302,10 +319,6 @@ class CudaBackend(_KernelBackend):
                 f"is False{f' ({reason})' if reason else ''}. Use backend='cpu' (or "
                 "'auto' with NumPy arrays); to run the CUDA kernels in Numba's simulator "
                 "(slow, for tests) set NUMBA_ENABLE_CUDASIM=1 before importing numlstm.")
-
-    def step(self, spec, cell, x, state):
-        return self.forward(spec, cell, x.reshape((1,) + x.shape), state, None, False,
-                            False)[1]
 
 
 BACKENDS = {b.name: b for b in (NumpyBackend(), CpuBackend(), CudaBackend())}

@@ -812,11 +812,8 @@ class _Recurrent(Layer):
                 for part, value in zip(dstate0, ds0):
                     ops.assign(part[k], value)
                 sfx = torch_suffix(l, d)
-                for name, key in (("weight_ih", "w_ih"), ("weight_hh", "w_hh"),
-                                  ("bias_ih", "b_ih"), ("bias_hh", "b_hh"),
-                                  *dispatch.EXTRA_KEYWORDS.items()):
-                    if key in g:
-                        new_grads[name + sfx] = ops.to_host(g[key])
+                for name, value in g.items():  # (the layer's names: dispatch's backward)
+                    new_grads[name + sfx] = ops.to_host(value)
                 dx = dx_d if dx is None else ops.add(dx, dx_d)
             if l > 0:
                 mask = cache["layers"][l - 1][1]
