@@ -1,0 +1,387 @@
+"""Check every kernel variant against the reference, then time it.
+
+    python -m numlstm.kernels.harness --backend cpu|cuda [--cell lstm|gru|rnn ...]
+        [--plan auto one units rows rows-fused] [--options plain lengths ...]
+        [--dtype float32 float64] [--shapes T,B,I,H ...] [--quick]
+
+A row is one variant: a cell, an option family, a plan (CPU: which split of the
+time loop, on how many threads; CUDA: the persistent kernel or one launch a
+step), a dtype and a pass: inference (forward without a cache), training (the
+training forward and the backward), step (one streaming step from the state).
+Each row runs the kernel on random inputs, compares every output and gradient
+with reference.py (max |error| <= rtol * max |reference|, the first mismatch
+printed), and only then times it: the median of several calls, and GFLOP/s from
+the products' multiply-adds (forward 2 T B G (I + H), the backward twice that;
+G = gates * H). It prints, per row, the variant, the plan that ran, the error
+against its tolerance, ms and GFLOP/s, and exits 1 on any mismatch.
+
+--quick: the smallest shapes, one timed call: it checks, and says the rest
+runs (CI runs it for both backends; the CUDA one under NUMBA_ENABLE_CUDASIM=1,
+where the simulator runs one block, slowly). Without a GPU and without the
+simulator, --backend cuda says so and exits 2.
+
+Dimensions: T steps, B batch, I input features, H hidden units.
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from . import reference
+from .gates import make_acts
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+RTOL = {np.float32: 2e-5, np.float64: 1e-10}  # (gradients: 5x; layer_norm in float32: 1e-4)
+SHAPES = [(16, 8, 32, 64), (64, 32, 64, 128), (32, 64, 128, 256)]
+QUICK_SHAPES = [(5, 3, 4, 37), (1, 1, 3, 5)]
+CUDA_QUICK_SHAPES = [(3, 2, 3, 5)]
+
+# Option families: per cell, name -> (the packers' and the reference's options,
+# the forward's per-call options as functions of (rng, T, B, H) or names).
+OPTIONS = {
+    "lstm": {
+        "plain": {},
+        "lengths": {"lengths": True},
+        "clips": {"cell_clip": 0.5, "gate_clip": 1.5, "input_forget": True},
+        "activations": {"acts": ("hard_sigmoid", "relu")},
+        "proj": {"proj": True},
+        "peephole": {"peephole": True},
+        "dropout": {"h_mask": True, "lengths": True},
+        "zoneout": {"zone": True, "lengths": True},
+        "layer_norm": {"layer_norm": True},
+    },
+    "gru": {
+        "plain": {},
+        "lengths": {"lengths": True},
+        "reset_before": {"reset_after": False},
+        "activations": {"acts": ("hard_sigmoid", "relu")},
+        "dropout": {"h_mask": True, "lengths": True},
+        "zoneout": {"zone": True, "lengths": True},
+        "layer_norm": {"layer_norm": True},
+    },
+    "rnn": {
+        "plain": {},
+        "lengths": {"lengths": True},
+        "relu": {"nonlinearity": "relu"},
+    },
+}
+PLANS = {"cpu": ["auto", "one", "units", "rows", "rows-fused"],
+         "cuda": ["auto", "persistent", "per-step"]}
+
+
+class Case:
+    """One cell, option family, dtype and shape: the random inputs, the packed
+    weights (backend) and the reference's outputs and gradients."""
+
+    def __init__(self, cell, family, dtype, shape, seed):
+        self.cell, self.family, self.dtype = cell, family, np.dtype(dtype)
+        self.shape = T, B, I, H = shape
+        rng = np.random.default_rng(seed)
+        spec = OPTIONS[cell][family]
+        G = GATES[cell] * H
+        scale = min(0.5, 1 / np.sqrt(H))
+
+        def draw(*s, base=0.0, s_=scale):
+            return (base + rng.standard_normal(s) * s_).astype(dtype)
+
+        P = max(1, H // 2) if spec.get("proj") else H
+        self.weights = [draw(G, I), draw(G, P), draw(G), draw(G)]
+        self.pack_options, self.call = {}, {}
+        if cell == "lstm":
+            for k in ("cell_clip", "gate_clip", "input_forget"):
+                if k in spec:
+                    self.pack_options[k] = spec[k]
+            if spec.get("proj"):
+                self.pack_options["w_hr"] = draw(P, H)
+            if spec.get("peephole"):
+                self.pack_options["peephole"] = draw(3 * H)
+            if spec.get("layer_norm"):
+                self.pack_options.update(
+                    ln_ih=draw(G, base=1, s_=0.3), ln_hh=draw(G, base=1, s_=0.3),
+                    ln_c=draw(H, base=1, s_=0.3), ln_c_bias=draw(H, s_=0.3))
+        if cell == "gru":
+            self.pack_options["reset_after"] = spec.get("reset_after", True)
+            if spec.get("layer_norm"):
+                self.pack_options.update(ln_ih=draw(G, base=1, s_=0.3),
+                                         ln_hh=draw(G, base=1, s_=0.3))
+        if cell == "rnn":
+            self.pack_options["nonlinearity"] = spec.get("nonlinearity", "tanh")
+        if "acts" in spec:
+            self.pack_options["acts"] = make_acts(*spec["acts"])
+        if spec.get("h_mask"):
+            self.call["h_mask"] = ((rng.random((B, P)) >= 0.3) / 0.7).astype(dtype)
+        if spec.get("zone"):
+            if cell == "lstm":
+                self.call["zone_c"] = (rng.random((T, B, H)) < 0.3).astype(dtype)
+            self.call["zone_h"] = (rng.random((T, B, P)) < 0.3).astype(dtype)
+        self.lengths = None
+        if spec.get("lengths") and B > 1:
+            self.lengths = rng.integers(1, T + 1, B)
+            self.lengths[0] = T
+        self.x = draw(T, B, I, s_=1.0)
+        self.state = [draw(B, P, s_=1.0)] + ([draw(B, H, s_=1.0)] if cell == "lstm" else [])
+        self.dy = draw(T, B, P, s_=1.0)
+        self.dstate = [draw(*s.shape, s_=1.0) for s in self.state]
+        self.flops = 2 * T * B * G * (I + P)
+        self.rtol = RTOL[self.dtype.type] * (5 if spec.get("layer_norm") and
+                                             self.dtype == np.float32 else 1)
+        self._reference()
+
+    def _reference(self):
+        T = self.shape[0]
+        ref_forward = getattr(reference, f"{self.cell}_forward_ref")
+        ref_backward = getattr(reference, f"{self.cell}_backward_ref")
+        options = {k: v for k, v in self.pack_options.items()}
+        if self.cell == "gru":
+            options.pop("reset_after")
+        out = ref_forward(self.x, *self.weights, *self.state, self.lengths, False,
+                          *([self.pack_options["reset_after"]] if self.cell == "gru" else []),
+                          **options, **self.call)
+        *outs, cache = out
+        self.want = dict(zip(["y", "h", "c"][:len(outs)], outs))
+        back = ref_backward(self.dy, *self.dstate, cache)
+        *douts, grads = back
+        self.want_grads = dict(zip(["dx", "dh0", "dc0"][:len(douts)], douts), **grads)
+        # one step from the initial state: the reference on the first step alone
+        if not self.call and self.lengths is None:
+            step = ref_forward(self.x[:1], *self.weights, *self.state, None, False,
+                               *([self.pack_options["reset_after"]] if self.cell == "gru"
+                                 else []), **options)
+            self.want_step = step[1:-1]
+        else:
+            self.want_step = None
+        del T
+
+
+def _error(got, want):
+    """max |got - want| / max |want| (1 where want is all zero), and whether any
+    value is not finite."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        return np.inf
+    if not np.isfinite(got).all():
+        return np.inf
+    scale = np.abs(want).max() if want.size else 1.0
+    return float(np.abs(got - want).max() / (scale or 1.0)) if want.size else 0.0
+
+
+class Runner:
+    """The backend's kernels for one Case: packs once, runs a pass under a plan."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        if backend == "cpu":
+            from .cpu import KERNELS
+            from .cpu.plan import make_plan
+            self.make_plan = make_plan
+        else:
+            from .cuda import KERNELS
+        self.kernels = KERNELS
+
+    def plan(self, case, packed, name, training):
+        """The forward's keyword arguments for the plan `name`, and the plan's text;
+        None where the variant does not apply to this case."""
+        if self.backend == "cuda":
+            return ({"auto": {}, "persistent": {"persistent": True},
+                     "per-step": {"persistent": False}}[name], name)
+        if not isinstance(packed, dict) or packed.get("kind") != "tiled":
+            return ({}, "BLAS loop") if name == "auto" else None
+        T, B, I, _ = case.shape
+        plan = self.make_plan(T, B, I, packed["Hp"], GATES[case.cell], training)
+        pool = max(2, plan.threads)
+        forced = {"auto": {}, "one": dict(threads=1, rows=False, fused=False),
+                  "units": dict(threads=pool, rows=False, fused=False),
+                  "rows": dict(threads=pool, rows=True, fused=False),
+                  "rows-fused": dict(threads=pool, rows=True, fused=True)}[name]
+        options = ("proj", "peephole", "dropout", "zoneout")  # (the LSTM's options' loop)
+        if name.startswith("rows") and (
+                case.cell == "rnn" or (case.cell == "lstm" and case.family in options)):
+            return None  # (no batch split for these)
+        if name == "rows-fused" and case.cell != "lstm":
+            return None
+        plan = plan._replace(**forced)
+        return {"plan": plan}, str(plan)
+
+    def forward(self, case, packed, training, extra):
+        k = self.kernels[case.cell]
+        return k.forward(case.x, packed, *case.state, case.lengths, False, training,
+                         **case.call, **extra)
+
+    def check(self, case, packed, pass_, extra):
+        """(max relative error, what it was measured on) of one pass."""
+        k = self.kernels[case.cell]
+        names = ["y", "h", "c"][:len(case.state) + 1]
+        if pass_ == "step":
+            got = k.step(case.x[0], packed, *case.state) if k.step else self.forward(
+                _one_step(case), packed, False, extra)[1:-1]
+            got = got if isinstance(got, tuple) else (got,)
+            return max(_error(_host(g), w) for g, w in zip(got, case.want_step))
+        out = self.forward(case, packed, pass_ == "training", extra)
+        errs = [_error(_host(g), case.want[n]) for g, n in zip(out[:-1], names)]
+        if pass_ == "training":
+            back = k.backward(case.dy, *case.dstate, out[-1], packed)
+            dnames = ["dx", "dh0", "dc0"][:len(case.state) + 1]
+            errs += [_error(_host(g), case.want_grads[n]) / 5 for g, n in zip(back[:-1], dnames)]
+            grads = back[-1]
+            errs += [_error(_host(grads[n]), case.want_grads[n]) / 5 if n in grads else np.inf
+                     for n in case.want_grads if n not in dnames]
+        return max(errs)
+
+    def call(self, case, packed, pass_, extra):
+        """A function of no arguments that runs the pass once (what time() times)."""
+        k = self.kernels[case.cell]
+        if pass_ == "step":
+            if k.step:
+                return lambda: k.step(case.x[0], packed, *case.state)
+            one = _one_step(case)
+            return lambda: self.forward(one, packed, False, extra)
+        if pass_ == "training":
+            def train():
+                out = self.forward(case, packed, True, extra)
+                k.backward(case.dy, *case.dstate, out[-1], packed)
+            return train
+        return lambda: self.forward(case, packed, False, extra)
+
+    def time(self, case, packed, pass_, extra, repeats):
+        """The median seconds of `repeats` calls of the pass, after one untimed."""
+        call = self.call(case, packed, pass_, extra)
+        call()  # (compilation, caches)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def flops(self, case, pass_):
+        """The pass's multiply-add FLOPs (the products'; the gate math not counted)."""
+        if pass_ == "step":
+            return case.flops // case.shape[0]
+        return case.flops * (3 if pass_ == "training" else 1)
+
+
+def _one_step(case):
+    """The case's first step alone, as a sequence of one (for a one-step forward)."""
+    one = Case.__new__(Case)
+    one.__dict__.update(case.__dict__)
+    one.x, one.lengths, one.call = case.x[:1], None, {}
+    return one
+
+
+def _host(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+
+
+def run(backend, cells, plans, families, dtypes, shapes, quick, out=sys.stdout):
+    """Check then time every variant; print a row each; return the mismatches."""
+    runner = Runner(backend)
+    repeats = 1 if quick else 7
+    failures = []
+    head = (f"{'cell':<5} {'options':<12} {'dtype':<8} {'T,B,I,H':<14} {'pass':<10} "
+            f"{'plan':<34} {'error (tol)':<20} {'ms':>9} {'GFLOP/s':>8}")
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    seed = 0
+    for cell in cells:
+        for family in families or OPTIONS[cell]:
+            if family not in OPTIONS[cell]:
+                continue
+            for dtype in dtypes:
+                for shape in shapes:
+                    seed += 1
+                    case = Case(cell, family, dtype, shape, seed)
+                    k = runner.kernels[cell]
+                    packed = k.pack(*case.weights, **case.pack_options)
+                    for pass_ in ("inference", "training", "step"):
+                        if pass_ == "step" and case.want_step is None:
+                            continue
+                        for name in plans:
+                            planned = runner.plan(case, packed, name, pass_ == "training")
+                            if planned is None or (pass_ == "step" and name != "auto"):
+                                continue
+                            extra, plan_text = planned
+                            if pass_ == "step":
+                                plan_text = "one thread, no parallel region" if (
+                                    backend == "cpu") else "a one-step forward"
+                            err = runner.check(case, packed, pass_, extra)
+                            ok = err <= case.rtol
+                            label = (f"{cell:<5} {family:<12} {np.dtype(dtype).name:<8} "
+                                     f"{','.join(map(str, shape)):<14} {pass_:<10} "
+                                     f"{plan_text:<34} {err:8.1e} ({case.rtol:.0e}) ")
+                            if not ok:
+                                failures.append(label)
+                                print(label + " MISMATCH", file=out, flush=True)
+                                continue
+                            seconds = runner.time(case, packed, pass_, extra, repeats)
+                            flops = runner.flops(case, pass_)
+                            print(f"{label}{seconds * 1e3:9.3f} {flops / seconds / 1e9:8.1f}",
+                                  file=out, flush=True)
+    return failures
+
+
+def _shape(text):
+    try:
+        T, B, I, H = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected T,B,I,H (four integers), got {text!r}")
+    if min(T, B, I, H) < 1:
+        raise argparse.ArgumentTypeError(f"T, B, I and H must be at least 1, got {text!r}")
+    return T, B, I, H
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m numlstm.kernels.harness",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--cell", nargs="+", choices=list(GATES), default=list(GATES))
+    p.add_argument("--plan", nargs="+", default=None,
+                   help="CPU: auto one units rows rows-fused; CUDA: auto persistent per-step "
+                        "(default: all of the backend's)")
+    p.add_argument("--options", nargs="+", default=None,
+                   help="option families (default: all): " + ", ".join(
+                       sorted({f for c in OPTIONS.values() for f in c})))
+    p.add_argument("--dtype", nargs="+", choices=["float32", "float64"],
+                   default=["float32", "float64"])
+    p.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="T,B,I,H")
+    p.add_argument("--quick", action="store_true", help="the smallest shapes, one timed call")
+    a = p.parse_args(argv)
+    plans = a.plan or PLANS[a.backend]
+    unknown = [n for n in plans if n not in PLANS[a.backend]]
+    if unknown:
+        p.error(f"--plan: {unknown} is not a plan of the {a.backend} backend; expected "
+                f"some of {PLANS[a.backend]}")
+    families = a.options
+    if families:
+        known = {f for c in OPTIONS.values() for f in c}
+        bad = [f for f in families if f not in known]
+        if bad:
+            p.error(f"--options: unknown {bad}; expected some of {sorted(known)}")
+    if a.backend == "cuda":
+        import numba
+        from numba import cuda
+        if not numba.config.ENABLE_CUDASIM and not cuda.is_available():
+            print("--backend cuda: no GPU here (numba.cuda.is_available() is False); set "
+                  "NUMBA_ENABLE_CUDASIM=1 to run the kernels in Numba's simulator at tiny "
+                  "shapes", file=sys.stderr)
+            return 2
+    shapes = a.shapes or (CUDA_QUICK_SHAPES if a.backend == "cuda" and (
+        a.quick or _simulated()) else QUICK_SHAPES if a.quick else SHAPES)
+    failures = run(a.backend, a.cell, plans, families, [np.dtype(d).type for d in a.dtype],
+                   shapes, a.quick)
+    if failures:
+        print(f"\n{len(failures)} variant(s) did not match the reference:", file=sys.stderr)
+        for f in failures:
+            print("  " + f, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _simulated():
+    import numba
+    return bool(numba.config.ENABLE_CUDASIM)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The kernel harness (python -m numlstm.kernels.harness): it checks every variant
+against the reference before it times it, and fails loudly on a mismatch."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from numlstm.kernels import harness
+from numlstm.kernels.cpu import KERNELS
+
+
+def test_quick_cpu_run_checks_every_variant(capsys):
+    """--quick over the LSTM's plain and dropout families: a row per (dtype, shape,
+    pass, plan), each with its error under the tolerance and a time; exit 0."""
+    assert harness.main(["--backend", "cpu", "--quick", "--cell", "lstm",
+                         "--options", "plain", "dropout"]) == 0
+    rows = [l for l in capsys.readouterr().out.splitlines()[2:] if l.strip()]
+    plans = {p for p in ("one thread", "units x2", "rows x2 fused", "rows x2,", "BLAS loop")
+             if any(p in r for r in rows)}
+    assert {"one thread", "units x2", "rows x2 fused", "rows x2,", "BLAS loop"} <= plans, rows
+    for r in rows:
+        assert "MISMATCH" not in r
+        ms, gflops = (float(v) for v in r.split()[-2:])
+        assert ms > 0 and gflops > 0, r
+    # plain: 2 dtypes x 2 shapes; float32: 5 plans (inference, training) + step (T=1
+    # shape, no lengths), float64: the BLAS loop
+    assert sum(" plain " in r and " step " in r for r in rows) == 4
+
+
+def test_a_wrong_kernel_is_reported_and_fails(monkeypatch, capsys):
+    """A forward that is off by a little in one value: the row says MISMATCH, no time
+    is printed for it, and the run exits 1."""
+    good = KERNELS["rnn"]
+
+    def off_by_a_little(*args, **kwargs):
+        y, h, cache = good.forward(*args, **kwargs)
+        y = y.copy()
+        y.flat[-1] += np.float32(1e-3) * max(1.0, float(np.abs(y).max()))
+        return y, h, cache
+
+    monkeypatch.setitem(KERNELS, "rnn", good._replace(forward=off_by_a_little))
+    code = harness.main(["--backend", "cpu", "--quick", "--cell", "rnn", "--options",
+                         "plain", "--dtype", "float32", "--plan", "auto"])
+    out = capsys.readouterr()
+    assert code == 1
+    assert "MISMATCH" in out.out and "did not match the reference" in out.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--plan", "diagonal"], "not a plan of the cpu backend"),
+    (["--options", "sparkle"], "unknown ['sparkle']"),
+    (["--shapes", "3,2,1"], "expected T,B,I,H"),
+    (["--shapes", "3,0,2,2"], "at least 1")])
+def test_bad_arguments_say_what_was_expected(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        harness.main(["--backend", "cpu"] + argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_quick_cuda_run_under_the_simulator():
+    """--backend cuda --quick in Numba's CUDA simulator (a fresh process: the variable
+    is read when numba.cuda is imported): every CUDA variant checked at a tiny
+    shape."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    out = subprocess.run([sys.executable, "-m", "numlstm.kernels.harness", "--backend", "cuda",
+                          "--quick", "--options", "plain", "lengths", "dropout"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = out.stdout.splitlines()[2:]
+    assert any("persistent" in r for r in rows) and any("per-step" in r for r in rows)
+    assert all("MISMATCH" not in r for r in rows)
