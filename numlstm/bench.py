@@ -183,7 +183,7 @@ def compare(grid, repeats=5, with_torch=True, out=print, cell="lstm", backend="c
     out(f"cell: {cell}, backend: {backend}, one layer, one direction, I = H, float32")
     head = (f"{'mode':<9} {'T':>5} {'B':>4} {'H':>5} | {'numlstm ms':>10} {'GFLOP/s':>8} "
             f"{'%roof':>6} {'tok/s':>10} | {'torch ms':>9} {'GFLOP/s':>8} {'%roof':>6} | "
-            f"{'ratio':>6}")
+            f"{'ratio':>6}" + ("  plan" if backend == "cpu" else ""))
     out(head)
     out("-" * len(head))
     rows = []
@@ -204,6 +204,9 @@ def compare(grid, repeats=5, with_torch=True, out=print, cell="lstm", backend="c
             flops = lstm_flops(T, B, H, H, mode == "training", cell)
             row = dict(cell=cell, backend=backend, mode=mode, T=T, B=B, H=H,
                        roof_gflops=roof)
+            if backend == "cpu":  # which variant of the time loop ran
+                from .kernels.cpu import plan_for
+                row["plan"] = str(plan_for(cell, T, B, H, H, mode == "training"))
             for name, ts in times.items():
                 med = float(np.median(ts))
                 row[name + "_ms"] = 1e3 * med
@@ -218,6 +221,8 @@ def compare(grid, repeats=5, with_torch=True, out=print, cell="lstm", backend="c
                          f"{100 * row['torch_gflops'] / roof:>5.0f}% | {row['ratio']:>5.2f}x")
             else:
                 line += f"{'-':>9} {'-':>8} {'-':>6} | {'-':>6}"
+            if "plan" in row:
+                line += f"  {row['plan']}"
             out(line)
             rows.append(row)
     if torch_ok:
