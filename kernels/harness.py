@@ -15,8 +15,8 @@ the products' multiply-adds (forward 2 T B G (I + H), the backward twice that;
 G = gates * H). It prints, per row, the variant, the plan that ran, the error
 against its tolerance, ms and GFLOP/s, and exits 1 on any mismatch.
 
---quick: the smallest shapes, one timed call: it checks, and says the rest
-runs (CI runs it for both backends; the CUDA one under NUMBA_ENABLE_CUDASIM=1,
+--quick: the smallest shapes, one timed call with no warm-up: it checks, and
+says the rest runs (CI runs it for both backends; the CUDA one under NUMBA_ENABLE_CUDASIM=1,
 where the simulator runs one block, slowly). Without a GPU and without the
 simulator, --backend cuda says so and exits 2.
 
@@ -187,7 +187,7 @@ class Runner:
             return ({"auto": {}, "persistent": {"persistent": True},
                      "per-step": {"persistent": False}}[name], name)
         if not isinstance(packed, dict) or packed.get("kind") != "tiled":
-            return ({}, "BLAS loop") if name == "auto" else None
+            return ({}, "auto: the BLAS loop") if name == "auto" else None
         T, B, I, _ = case.shape
         plan = self.make_plan(T, B, I, packed["Hp"], GATES[case.cell], training)
         pool = max(2, plan.threads)
@@ -202,7 +202,7 @@ class Runner:
         if name == "rows-fused" and case.cell != "lstm":
             return None
         plan = plan._replace(**forced)
-        return {"plan": plan}, str(plan)
+        return {"plan": plan}, (f"auto: {plan}" if name == "auto" else str(plan))
 
     def forward(self, case, packed, training, extra):
         k = self.kernels[case.cell]
@@ -244,10 +244,12 @@ class Runner:
             return train
         return lambda: self.forward(case, packed, False, extra)
 
-    def time(self, case, packed, pass_, extra, repeats):
-        """The median seconds of `repeats` calls of the pass, after one untimed."""
+    def time(self, case, packed, pass_, extra, repeats, warm=True):
+        """The median seconds of `repeats` calls of the pass, after one untimed (none
+        when not warm: the check's call compiled it)."""
         call = self.call(case, packed, pass_, extra)
-        call()  # (compilation, caches)
+        if warm:
+            call()  # (allocations, caches)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -274,8 +276,10 @@ def _host(a):
     return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
 
 
-def run(backend, cells, plans, families, dtypes, shapes, quick, out=sys.stdout):
-    """Check then time every variant; print a row each; return the mismatches."""
+def run(backend, cells, plans, families, dtypes, shapes, quick, out=None):
+    """Check then time every variant; print a row each (to out, default stdout);
+    return the mismatches."""
+    out = sys.stdout if out is None else out
     runner = Runner(backend)
     repeats = 1 if quick else 7
     failures = []
@@ -303,7 +307,7 @@ def run(backend, cells, plans, families, dtypes, shapes, quick, out=sys.stdout):
                                 continue
                             extra, plan_text = planned
                             if pass_ == "step":
-                                plan_text = "one thread, no parallel region" if (
+                                plan_text = "the streaming step" if (
                                     backend == "cpu") else "a one-step forward"
                             err = runner.check(case, packed, pass_, extra)
                             ok = err <= case.rtol
@@ -314,9 +318,10 @@ def run(backend, cells, plans, families, dtypes, shapes, quick, out=sys.stdout):
                                 failures.append(label)
                                 print(label + " MISMATCH", file=out, flush=True)
                                 continue
-                            seconds = runner.time(case, packed, pass_, extra, repeats)
+                            seconds = runner.time(case, packed, pass_, extra, repeats,
+                                                  warm=not quick)
                             flops = runner.flops(case, pass_)
-                            print(f"{label}{seconds * 1e3:9.3f} {flops / seconds / 1e9:8.1f}",
+                            print(f"{label}{seconds * 1e3:9.3f} {flops / seconds / 1e9:8.3g}",
                                   file=out, flush=True)
     return failures
 

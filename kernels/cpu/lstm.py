@@ -195,8 +195,10 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     T, B, I = x.shape
     H, Pu = packed["H"], packed["P"]
     if (T == 1 and not training and lengths is None and h_mask is None and zone_c is None
-            and packed["kind"] == "tiled" and not packed["proj"] and packed["peep"] is None):
-        # One inference step: the streaming step's single compiled call (the same sums).
+            and packed["kind"] == "tiled" and not packed["proj"] and packed["peep"] is None
+            and plan is None):
+        # One inference step: the streaming step's single compiled call (the same sums;
+        # a plan passed in runs its loop instead).
         h, c = lstm_step_cpu(x[0], packed, h0, c0)
         return h[None], h.copy(), c, None
     lens = lengths_or_full(lengths, T, B)
