@@ -1,7 +1,14 @@
-"""CUDA kernels (Numba @cuda.jit), one file per cell (and lstm_norm.py and gru_norm.py
-for the layer-normalised LSTM and GRU, which lstm.py and gru.py hand such a cell to);
-common.py holds the tiled matrix product, the launch plan of the persistent recurrence
-and the small elementwise kernels the layers use on device arrays.
+"""CUDA kernels (Numba @cuda.jit). KERNELS below is the table dispatch reads: cell ->
+kernels.table.CellKernels(pack, forward, backward, step).
+
+Files (no two import each other; the arrows point to common.py):
+    lstm.py, gru.py, rnn.py   each cell's packing, kernels and Python entries
+    lstm_norm.py, gru_norm.py the layer-normalised LSTM and GRU, which lstm.py and
+                              gru.py hand such a cell to
+    lstm_cell.py   the LSTM's device functions shared by lstm.py and lstm_norm.py
+    norm.py        layer normalisation shared by lstm_norm.py and gru_norm.py
+    common.py      the tiled matrix product, the persistent recurrence's launch
+                   plan, and the small elementwise kernels the layers use
 
 Importing this package imports numba.cuda. Under NUMBA_ENABLE_CUDASIM=1 the
 kernels run in Numba's simulator (the CI has no GPU), one block per cooperative

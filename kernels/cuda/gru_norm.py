@@ -10,10 +10,10 @@ Equations (reference.gru_forward_ref), each LN over one row's G entries:
 
 A row's statistics span all three gates of every unit, so a step is launched as
 three kernels, each finishing before the next starts: the recurrent product
-(common.matmul), its rows normalised (lstm_norm._normalise_rows, which keeps
+(common.matmul), its rows normalised (norm.normalise_rows, which keeps
 h_hat and the deviations when training), and the gate math (_gates). The
 backward, per reversed step: the gate gradients (_gate_grads), the recurrent
-product's gradient through its normalisation (lstm_norm._norm_grad_rows), then
+product's gradient through its normalisation (norm.norm_grad_rows), then
 dh = dr[t] @ W_hh (times the recurrent dropout mask) added to the direct part.
 After the loop, as the LSTM's (lstm_norm.py): the input product's gradient
 through its normalisation, dx, the weights', the biases' and the gains'
@@ -29,8 +29,8 @@ from ..gates import activate, dactivate
 from ..gates import LAYER_NORM_EPS
 from .common import (column_sums, combine, copy, device_array, flat_launch, matmul, ones,
                      scale_rows)
-from .lstm_norm import (_norm_grad_rows, _normalise_rows, column_dots, normalised_input,
-                        normalised_input_gradients)
+from .norm import (column_dots, norm_grad_rows, normalise_rows, normalised_input,
+                   normalised_input_gradients)
 
 
 def _grid(B, H):
@@ -108,8 +108,8 @@ def norm_forward(x, cell, h0, lens, reverse, training, mask, zh):
         cur = h[s % 2]
         matmul(hm if masked else cur, cell["w_hh"], a, trans_b=True)
         rows = slice(t * B, (t + 1) * B) if training else slice(0, 1)
-        _normalise_rows[flat_launch(B)](a, ln_hh, cell["b_hh"], a, hhat[rows], sdh[rows],
-                                        inv_g, zero, eps, training)
+        normalise_rows[flat_launch(B)](a, ln_hh, cell["b_hh"], a, hhat[rows], sdh[rows],
+                                       inv_g, zero, eps, training)
         _gates[_grid(B, H)](t, xp, a, lens, cur, h[1 - s % 2], hm, y, gates, hn, hin,
                             bool(training), zero, cell["acts"], mask, zh)
     cache = None
@@ -198,8 +198,8 @@ def norm_backward(dy, dh_n, cache, cell):
         _gate_grads[_grid(B, H)](t, dy, lens, cache["gates"], cache["hn"], cache["hin"],
                                  dh[k % 2], dgi, dah, nxt, zero, cell["acts"], cache["zh"])
         rows = slice(t * B, (t + 1) * B)
-        _norm_grad_rows[flat_launch(B)](dah[rows], ln_hh, cache["hhat"][rows],
-                                        cache["sdh"][rows], dr[rows], inv_g, zero)
+        norm_grad_rows[flat_launch(B)](dah[rows], ln_hh, cache["hhat"][rows],
+                                       cache["sdh"][rows], dr[rows], inv_g, zero)
         matmul(dr[rows], cell["w_hh"], rec)
         _add_masked[_grid(B, H)](rec, mask, nxt)
     dx, dw_ih, d_ln_ih = normalised_input_gradients(dgi, x, cell["w_ih"], ln_ih, cache["xhat"],

@@ -15,7 +15,7 @@ The path of a call (common.py describes the persistent and per-step launches):
               T*B rows.
     With a projection (proj_size, P units of h), a step's cell pass writes
     m = o * cell(c') and a second phase after a grid barrier makes h = W_hr m
-    (_project_step); the backward folds dh @ W_hr into its gate pass. A
+    (project_step); the backward folds dh @ W_hr into its gate pass. A
     layer-normalised cell goes to lstm_norm.py.
 
 Arrays are Numba device arrays; x, h0, c0, dy, dh_n and dc_n are read only.
@@ -26,11 +26,11 @@ from numba import cuda
 
 from ..gates import (DEFAULT_ACTS, activate, clip_gate, for_cuda, gate_clip_bounds, lstm_cell,
                      lstm_cell_grads)
-from .common import (as_device, combine, copy, device_array, dh_one, dh_product, flat_launch,
+from .common import (as_device, combine, copy, device_array, dh_one, dh_product,
                      input_gradients, lengths_or_full, load_columns, load_rows, matmul, ones,
                      plan)
-
-ROWS = 4  # weight rows per hidden unit
+from .lstm_cell import ROWS, extra_gradients, gate_products, h_gradient, project_step
+from .lstm_norm import norm_backward, norm_forward
 
 
 def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None, ln_hh=None,
@@ -57,44 +57,18 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
                 gclip=float("inf") if gate_clip is None else float(gate_clip))
 
 
-# -- forward ---------------------------------------------------------------------------
-@cuda.jit(device=True)
-def gate_products(ai, af, ag, ao, w_hh, w_sh, cached, w, stride, h, cur, b, u, mask):
-    """(ai, af, ag, ao) plus unit u's four rows of W_hh times h[cur, b] (times the
-    recurrent dropout mask [B,K], or [0,0] for none): from w_sh, where the unit's
-    i row starts at w and each gate's at stride from the last (load_rows), or
-    from w_hh [G,K] itself."""
-    H = w_hh.shape[0] // ROWS
-    masked = mask.shape[0] > 0
-    if cached:
-        for k in range(w_hh.shape[1]):
-            hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
-            ai += hk * w_sh[w + k]
-            af += hk * w_sh[w + stride + k]
-            ag += hk * w_sh[w + 2 * stride + k]
-            ao += hk * w_sh[w + 3 * stride + k]
-    else:
-        for k in range(w_hh.shape[1]):
-            hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
-            ai += hk * w_hh[u, k]
-            af += hk * w_hh[H + u, k]
-            ag += hk * w_hh[2 * H + u, k]
-            ao += hk * w_hh[3 * H + u, k]
-    return ai, af, ag, ao
-
-
 @cuda.jit(device=True)
 def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, h, c, y, gates, cs, cin, hin,
                   reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask,
                   zc, zh):
     """Step s of the block's units: reads h[s % 2], writes c and h[(s+1) % 2] and
     y[t] or, with a projection (w_hr [P,H]; [0,0] for none), m[i] = o * cell(c')
-    (i = t when training, else 0), which _project_step turns into h and y.
+    (i = t when training, else 0), which project_step turns into h and y.
     peep: the peepholes [3,H] (i, f, o), or [0,1] for none; mask: the recurrent
     dropout mask [B,P] on h where W_hh reads it (hin keeps h times it), or [0,0];
     zc, zh: zoneout's weights of c and h, [T,B,H] and [T,B,P] or [1,B,...] (the same
     at every step), or [0,0,0] for none: c' <- c' + zc (c - c'), likewise h' (cs
-    keeps c' before zoneout; with a projection, _project_step zones h')."""
+    keeps c' before zoneout; with a projection, project_step zones h')."""
     peeped = peep.shape[0] > 0
     masked = mask.shape[0] > 0
     zoned = zc.shape[0] > 0
@@ -173,45 +147,6 @@ def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, h, c, y, gates, c
         j += 1
 
 
-@cuda.jit(device=True)
-def _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask, zh):
-    """The projection of step s for the block's units q of h (P of them): h[(s+1) % 2]
-    and y[t] = W_hr m[i] of valid rows (m: _forward_step's, all H units of it), with
-    zoneout's h' <- h' + zh (h - h') (zh as _forward_step's), the held state and zero
-    past a row's length; hin[t] (training): h entering the step, times the recurrent
-    dropout mask (as _forward_step's)."""
-    masked = mask.shape[0] > 0
-    T = y.shape[0]
-    B = y.shape[1]
-    P = y.shape[2]
-    H = w_hr.shape[1]
-    t = T - 1 - s if reverse else s
-    i_m = t if training else 0
-    cur = s % 2
-    nxt = 1 - cur
-    slices = (P + units - 1) // units
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        for e in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = e // units
-            q = sl * units + e - b * units
-            if q >= P:
-                continue
-            h_in = h[cur, b, q]
-            if t < lengths[b]:
-                acc = zero
-                for u in range(H):
-                    acc += w_hr[q, u] * m[i_m, b, u]
-                if zh.shape[0] > 0:
-                    acc += zh[t if zh.shape[0] > 1 else 0, b, q] * (h_in - acc)
-                h[nxt, b, q] = acc
-                y[t, b, q] = acc
-            else:
-                h[nxt, b, q] = h_in
-                y[t, b, q] = zero
-            if training:
-                hin[t, b, q] = h_in * mask[b, q] if masked else h_in  # (what W_hh read)
-
-
 @cuda.jit
 def _forward_persistent(xp, w_hh, w_hr, m, lengths, h, c, y, gates, cs, cin, hin, reverse,
                         units, training, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
@@ -227,8 +162,8 @@ def _forward_persistent(xp, w_hh, w_hr, m, lengths, h, c, y, gates, cs, cin, hin
                       mask, zc, zh)
         grid.sync()
         if w_hr.shape[0] > 0:
-            _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero,
-                          mask, zh)
+            project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero,
+                         mask, zh)
             grid.sync()
 
 
@@ -243,8 +178,8 @@ def _forward_one(s, phase, xp, w_hh, w_hr, m, lengths, h, c, y, gates, cs, cin, 
                       hin, reverse, units, training, zero, clip, coupled, gclip, acts, peep,
                       mask, zc, zh)
     else:
-        _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask,
-                      zh)
+        project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask,
+                     zh)
 
 
 def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
@@ -274,7 +209,6 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     none = device_array((0, 0, 0), dtype)
     zc, zh = (none, none) if zone_c is None else (as_device(zone_c), as_device(zone_h))
     if cell["ln"] is not None:
-        from .lstm_norm import norm_forward
         return norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units,
                             blocks, persistent)
     xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, 4 * H), dtype),
@@ -310,61 +244,6 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
         cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, cs=cs,
                      cin=cin, hin=hin, mask=mask, zc=zc, zh=zh, m=m)
     return y, h[T % 2], c, cache
-
-
-# -- backward --------------------------------------------------------------------------
-@cuda.jit(device=True)
-def h_gradient(dy, w_hr, dhs, dh, zh, t, b, u, cur, zero):
-    """The gradient reaching unit u's o * cell(c') at step t of a valid row b, from
-    h's, dh[cur, b] + dy[t, b], less zoneout's kept part (zh as the forward's,
-    [0,0,0] for none), with which it starts dh[(cur+1) % 2, b]: that of unit u
-    itself or, with a projection (w_hr [P,H]; [0,0] for none), the rest of each
-    unit q of h times W_hr[q, u] (unit u < P then also starts dh[(cur+1) % 2, b, u]
-    and keeps h's gradient in dhs[t*B + b, u] for dW_hr). The backward's products
-    add the rest of dh."""
-    P = dy.shape[2]
-    row = t * dy.shape[1] + b
-    nxt = 1 - cur
-    zt = t if zh.shape[0] > 1 else 0
-    if w_hr.shape[0] > 0:
-        d = zero
-        for q in range(P):
-            dq = dh[cur, b, q] + dy[t, b, q]
-            if zh.shape[0] > 0:
-                dq -= zh[zt, b, q] * dq
-            d += dq * w_hr[q, u]
-        if u < P:
-            dq = dh[cur, b, u] + dy[t, b, u]
-            kept = zh[zt, b, u] * dq if zh.shape[0] > 0 else zero
-            dhs[row, u] = dq - kept
-            dh[nxt, b, u] = kept
-        return d
-    d = dh[cur, b, u] + dy[t, b, u]
-    kept = zero
-    if zh.shape[0] > 0:
-        kept = zh[zt, b, u] * d
-        d -= kept
-    dh[nxt, b, u] = kept
-    return d
-
-
-def extra_gradients(grads, cell, cache, dgates, dhs):
-    """Add the projection's ("w_hr" [P,H], from h's gradient per step dhs and the
-    cache's m) and the peepholes' ("peephole" [3H]) gradients to grads, where the
-    cell has them; dgates [T*B,G] the gate pre-activations' gradients."""
-    H, P = cell["H"], cell["P"]
-    x = cache["x"]
-    TB = x.shape[0] * x.shape[1]
-    if cell["w_hr"].shape[0] > 0:
-        grads["w_hr"] = matmul(dhs, cache["m"].reshape(TB, H),
-                               device_array((P, H), x.dtype), trans_a=True)
-    if cell["peep"].shape[0] > 0:
-        dpeep = device_array((3, H), x.dtype)
-        _peephole_gradients[flat_launch(3 * H)](
-            dgates, cache["cin"].reshape(TB, H), cache["cs"].reshape(TB, H), dpeep,
-            x.dtype.type(0))
-        grads["peephole"] = dpeep.reshape(3 * H)
-    return grads
 
 
 @cuda.jit(device=True)
@@ -471,7 +350,6 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     layer normalisation; device arrays in the weights' shapes).
     """
     if cell["ln"] is not None:
-        from .lstm_norm import norm_backward
         return norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent)
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
@@ -508,20 +386,3 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
                    trans_a=True)
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=copy(db, device_array(4 * H, dtype)))
     return dx, dh[T % 2], dc, extra_gradients(grads, cell, cache, dgates, dhs)
-
-
-@cuda.jit
-def _peephole_gradients(dgates, cin, cs, out, zero):
-    """out[k, u] for k = i, f, o: the sum over all T*B rows of that gate's dG times the
-    state it read, c entering the step (cin [T*B,H]) for i and f, the new one (cs) for
-    o; one thread a weight. Rows past their length have dG zero."""
-    H = out.shape[1]
-    n = cuda.grid(1)
-    if n < 3 * H:
-        k = n // H
-        u = n - k * H
-        col = (3 if k == 2 else k) * H + u  # i, f, o: gate blocks 0, 1, 3
-        acc = zero
-        for r in range(dgates.shape[0]):
-            acc += dgates[r, col] * (cs[r, u] if k == 2 else cin[r, u])
-        out[k, u] = acc

@@ -11,7 +11,7 @@ them for the products and H for c':
 
 A row's statistics span every unit of the row, so a step cannot be the plain
 kernels' one pass over the units (lstm.py). The persistent kernel runs a step
-in three phases with a grid barrier after each (a fourth, lstm._project_step,
+in three phases with a grid barrier after each (a fourth, lstm_cell.project_step,
 with a projection):
     1. _norm_product: the raw recurrent product of the block's units, all four
        gates, into r [B,G];
@@ -20,7 +20,7 @@ with a projection):
 In phases 2 and 3 each thread computes its row's mean and deviation itself: G
 or H reads, the order of its share of the product, where a phase of its own
 would cost a barrier. The input product's normalisation is one kernel over
-all T*B rows before the loop (_normalise_rows).
+all T*B rows before the loop (normalise_rows).
 
 The backward, per reversed step, three phases with a barrier after each:
     1. _norm_back_output: h's gradient, o's, and dn, the gradient of LN(c')'s
@@ -30,7 +30,7 @@ The backward, per reversed step, three phases with a barrier after each:
     3. _norm_back_product: the raw recurrent product's gradient dr [T*B,G],
        LN's backward of the gates' (row sums over G);
 then dh = dr[t] @ W_hh (common.dh_product). After the loop: the input
-product's gradient through its normalisation (_norm_grad_rows), dx, dW_ih,
+product's gradient through its normalisation (norm_grad_rows), dx, dW_ih,
 dW_hh, the biases, and the gains' gradients as column sums of products.
 
 The training forward keeps, besides the plain kernels' gates, cs, cin and hin,
@@ -43,79 +43,11 @@ from numba import cuda
 
 from ..gates import activate, clip_gate, dactivate, gate_clip_bounds, lstm_cell, lstm_gate_grads
 from ..gates import LAYER_NORM_EPS
-from .common import (column_sums, copy, device_array, dh_one, dh_product, flat_launch,
-                     load_columns, load_rows, matmul, ones, plan)
-from .lstm import ROWS, _project_step, extra_gradients, gate_products, h_gradient
-
-
-@cuda.jit(device=True)
-def _row_stats(v, n, inv_n, zero, eps):
-    """(mean, sd) of v[:n], sd = sqrt(var + eps) with the biased variance, as
-    reference.layer_norm (inv_n = 1/n in v's type: no float64 in float32 math)."""
-    s = zero
-    for k in range(n):
-        s += v[k]
-    mean = s * inv_n
-    q = zero
-    for k in range(n):
-        d = v[k] - mean
-        q += d * d
-    return mean, math.sqrt(q * inv_n + eps)
-
-
-@cuda.jit(device=True)
-def _grad_means(d, gain, hat, n, inv_n, zero):
-    """(mean(d g), mean(d g hat)) over a row's n entries, which LN's backward
-    subtracts: the input's gradient is (d g - mean(d g) - hat mean(d g hat)) / sd
-    (d: the gradient of the row's output gain * hat + bias)."""
-    s1 = zero
-    s2 = zero
-    for j in range(n):
-        dv = d[j] * gain[j]
-        s1 += dv
-        s2 += dv * hat[j]
-    return s1 * inv_n, s2 * inv_n
-
-
-@cuda.jit
-def _normalise_rows(a, gain, bias, out, hat, sd, inv_n, zero, eps, keep):
-    """out[r] = gain * hat[r] + bias for each row r of a [R,N] (one thread a row),
-    hat[r] = (a[r] - mean) / sd; keep: also write hat [R,N] and sd [R]. out may
-    be a itself."""
-    r = cuda.grid(1)
-    N = a.shape[1]
-    if r < a.shape[0]:
-        mean, s = _row_stats(a[r], N, inv_n, zero, eps)
-        if keep:
-            sd[r] = s
-        for j in range(N):
-            v = (a[r, j] - mean) / s
-            if keep:
-                hat[r, j] = v
-            out[r, j] = gain[j] * v + bias[j]
-
-
-@cuda.jit
-def _norm_grad_rows(d, gain, hat, sd, out, inv_n, zero):
-    """out[r] = the gradient of row r's LN input from d[r], that of its output
-    (gain * hat + bias; _grad_means), one thread a row of d [R,N]."""
-    r = cuda.grid(1)
-    N = d.shape[1]
-    if r < d.shape[0]:
-        s1, s2 = _grad_means(d[r], gain, hat[r], N, inv_n, zero)
-        for j in range(N):
-            out[r, j] = (d[r, j] * gain[j] - s1 - hat[r, j] * s2) / sd[r]
-
-
-@cuda.jit
-def _column_dots(a, b, out, zero):
-    """out[j] = sum over rows r of a[r, j] * b[r, j] (one thread a column)."""
-    j = cuda.grid(1)
-    if j < out.shape[0]:
-        acc = zero
-        for r in range(a.shape[0]):
-            acc += a[r, j] * b[r, j]
-        out[j] = acc
+from .common import (column_sums, copy, device_array, dh_one, dh_product, load_columns,
+                     load_rows, matmul, ones, plan)
+from .lstm_cell import ROWS, extra_gradients, gate_products, h_gradient, project_step
+from .norm import (column_dots, grad_means, normalised_input, normalised_input_gradients,
+                   row_stats)
 
 
 # -- forward ---------------------------------------------------------------------------
@@ -168,7 +100,7 @@ def _norm_gates(s, xp, r, lengths, c, cn, gates, cin, hhat, sdh, ln_hh, T, rever
             c_in = c[b, u]
             row = t * B + b
             if t < lengths[b]:
-                mean, sd = _row_stats(r[b], G, inv_g, zero, eps)
+                mean, sd = row_stats(r[b], G, inv_g, zero, eps)
                 hi = (r[b, u] - mean) / sd
                 hf = (r[b, H + u] - mean) / sd
                 hg = (r[b, 2 * H + u] - mean) / sd
@@ -219,8 +151,8 @@ def _norm_output(s, cn, gates, lengths, h, y, w_hr, m, hin, ln_c, ln_c_bias, rev
                  training, zero, acts, mask, zh, inv_h, eps):
     """Phase 3 of step s for the block's units: h' = o * cell(LN(c') + b_c) of
     valid rows (zoneout on it), into h[(s+1) % 2] and y[t] or, with a projection
-    (w_hr [P,H]; [0,0] for none), into m[i] (_project_step then zones the
-    projected h); hin[t] (training, without a projection: _project_step writes it
+    (w_hr [P,H]; [0,0] for none), into m[i] (project_step then zones the
+    projected h); hin[t] (training, without a projection: project_step writes it
     with one) the h entering the step times the mask."""
     T = y.shape[0]
     B = y.shape[1]
@@ -239,10 +171,10 @@ def _norm_output(s, cn, gates, lengths, h, y, w_hr, m, hin, ln_c, ln_c_bias, rev
                 continue
             h_in = zero if projected else h[cur, b, u]
             if t < lengths[b]:
-                mean, sd = _row_stats(cn[i_s, b], H, inv_h, zero, eps)
+                mean, sd = row_stats(cn[i_s, b], H, inv_h, zero, eps)
                 n = ln_c[u] * ((cn[i_s, b, u] - mean) / sd) + ln_c_bias[u]
                 h_new = gates[i_s, b, 3 * H + u] * activate(acts[2], n)
-                if zh.shape[0] > 0 and not projected:  # (else _project_step zones h')
+                if zh.shape[0] > 0 and not projected:  # (else project_step zones h')
                     h_new += zh[t if zh.shape[0] > 1 else 0, b, u] * (h_in - h_new)
                 if projected:
                     m[i_s, b, u] = h_new
@@ -278,8 +210,8 @@ def _forward_norm_persistent(xp, w_hh, w_hr, m, r, lengths, h, c, cn, y, gates, 
                      training, zero, acts, mask, zh, inv_h, eps)
         grid.sync()
         if w_hr.shape[0] > 0:
-            _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero,
-                          mask, zh)
+            project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero,
+                         mask, zh)
             grid.sync()
 
 
@@ -300,46 +232,8 @@ def _forward_norm_one(s, phase, xp, w_hh, w_hr, m, r, lengths, h, c, cn, y, gate
         _norm_output(s, cn, gates, lengths, h, y, w_hr, m, hin, ln_c, ln_c_bias, reverse, units,
                      training, zero, acts, mask, zh, inv_h, eps)
     else:
-        _project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask,
-                      zh)
-
-
-def column_dots(a, b):
-    """A new [N]: the sum over rows of a [R,N] * b [R,N] (_column_dots)."""
-    out = device_array(a.shape[1], a.dtype)
-    _column_dots[flat_launch(a.shape[1])](a, b, out, a.dtype.type(0))
-    return out
-
-
-def normalised_input(x, w_ih, gain, bias, training):
-    """The input product of every step, each row layer-normalised: xp [T*B,G] =
-    LN(x @ W_ih^T) * gain + bias; and for the backward, when training, the
-    normalised rows xhat [T*B,G] and their deviations sd [T*B] ([1,1] and [1]
-    else). Returns (xp, xhat, sd)."""
-    T, B, I = x.shape
-    G = w_ih.shape[0]
-    dtype = x.dtype
-    xp = matmul(x.reshape(T * B, I), w_ih, device_array((T * B, G), dtype), trans_b=True)
-    xhat = device_array((T * B, G) if training else (1, 1), dtype)
-    sd = device_array(T * B if training else 1, dtype)
-    _normalise_rows[flat_launch(T * B)](xp, gain, bias, xp, xhat, sd, dtype.type(1 / G),
-                                        dtype.type(0), dtype.type(LAYER_NORM_EPS), training)
-    return xp, xhat, sd
-
-
-def normalised_input_gradients(dout, x, w_ih, gain, xhat, sd):
-    """The backward of normalised_input from dout [T*B,G], its output's gradient:
-    dx [T,B,I], dW_ih [G,I] and the gain's gradient [G] (the bias's is dout's
-    column sums)."""
-    T, B, I = x.shape
-    G = dout.shape[1]
-    dtype = dout.dtype
-    da = device_array((T * B, G), dtype)  # the raw product's gradient
-    _norm_grad_rows[flat_launch(T * B)](dout, gain, xhat, sd, da, dtype.type(1 / G),
-                                        dtype.type(0))
-    dx = matmul(da, w_ih, device_array((T * B, I), dtype)).reshape(T, B, I)
-    dw_ih = matmul(da, x.reshape(T * B, I), device_array((G, I), dtype), trans_a=True)
-    return dx, dw_ih, column_dots(dout, xhat)
+        project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask,
+                     zh)
 
 
 def norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units, blocks,
@@ -419,7 +313,7 @@ def _norm_back_output(k, dy, w_hr, dhs, lengths, gates, cs, dgates, dn, chat, sd
             row = t * B + b
             if t < lengths[b]:
                 dh_t = h_gradient(dy, w_hr, dhs, dh, zh, t, b, u, cur, zero)
-                mean, sd = _row_stats(cs[t, b], H, inv_h, zero, eps)
+                mean, sd = row_stats(cs[t, b], H, inv_h, zero, eps)
                 c_hat = (cs[t, b, u] - mean) / sd
                 tc = activate(acts[2], ln_c[u] * c_hat + ln_c_bias[u])
                 o = gates[t, b, 3 * H + u]
@@ -461,7 +355,7 @@ def _norm_back_cell(k, dy, lengths, gates, cs, cin, dgates, dn, chat, sdc, dc, l
                 continue
             row = t * B + b
             if t < lengths[b]:
-                s1, s2 = _grad_means(dn[row], ln_c, chat[row], H, inv_h, zero)
+                s1, s2 = grad_means(dn[row], ln_c, chat[row], H, inv_h, zero)
                 d = (dn[row, u] * ln_c[u] - s1 - chat[row, u] * s2) / sdc[row]
                 kept = zero
                 if zc.shape[0] > 0:
@@ -506,7 +400,7 @@ def _norm_back_product(k, lengths, dgates, hhat, sdh, dr, ln_hh, T, reverse, uni
                 continue
             row = t * B + b
             if t < lengths[b]:
-                s1, s2 = _grad_means(dgates[row], ln_hh, hhat[row], G, inv_g, zero)
+                s1, s2 = grad_means(dgates[row], ln_hh, hhat[row], G, inv_g, zero)
                 for g4 in range(ROWS):
                     j = g4 * H + u
                     dr[row, j] = (dgates[row, j] * ln_hh[j] - s1 - hhat[row, j] * s2) / sdh[row]

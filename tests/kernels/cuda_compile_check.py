@@ -23,7 +23,8 @@ from numba import cuda, typeof, types
 # none, so tell Numba it is an sm_90 one (the compute capability is all it asks).
 _dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(9, 0))
 
-from numlstm.kernels.cuda import common, gru, gru_norm, lstm, lstm_norm, rnn  # noqa: E402
+from numlstm.kernels.cuda import (common, gru, gru_norm, lstm, lstm_cell, lstm_norm,  # noqa: E402
+                                   norm, rnn)
 from numlstm.kernels.gates import for_cuda, make_acts, user_activation  # noqa: E402
 
 
@@ -65,7 +66,7 @@ def lstm_signatures(dt, acts):
                                     b, dt, acts, A2, A2, A3, A3),
         lstm._backward_gates_one: (i64, A3, A2, A2, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt,
                                    dt, b, dt, acts, A2, A2, A3, A3),
-        lstm._peephole_gradients: (A2, A2, A2, A2, dt),
+        lstm_cell.peephole_gradients: (A2, A2, A2, A2, dt),
     }
 
 
@@ -80,9 +81,9 @@ def lstm_norm_signatures(dt, acts):
     bwd = (A3, A2, A2, A2, L, A3, A3, A3, A2, A2, A2, A1, A2, A1, A2, A3, A2, A1, A1, A1, b,
            i64) + options
     return {
-        lstm_norm._normalise_rows: (A2, A1, A1, A2, A2, A1, dt, dt, dt, b),
-        lstm_norm._norm_grad_rows: (A2, A1, A2, A1, A2, dt, dt),
-        lstm_norm._column_dots: (A2, A2, A1, dt),
+        norm.normalise_rows: (A2, A1, A1, A2, A2, A1, dt, dt, dt, b),
+        norm.norm_grad_rows: (A2, A1, A2, A1, A2, dt, dt),
+        norm.column_dots_kernel: (A2, A2, A1, dt),
         lstm_norm._forward_norm_persistent: fwd,
         lstm_norm._forward_norm_one: (i64, i64) + fwd,
         lstm_norm._backward_norm_persistent: bwd,
