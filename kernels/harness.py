@@ -186,10 +186,10 @@ class Runner:
         if self.backend == "cuda":
             return ({"auto": {}, "persistent": {"persistent": True},
                      "per-step": {"persistent": False}}[name], name)
-        if not isinstance(packed, dict) or packed.get("kind") != "tiled":
+        if getattr(packed, "kind", None) != "tiled":
             return ({}, "auto: the BLAS loop") if name == "auto" else None
         T, B, I, _ = case.shape
-        plan = self.make_plan(T, B, I, packed["Hp"], GATES[case.cell], training)
+        plan = self.make_plan(T, B, I, packed.Hp, GATES[case.cell], training)
         pool = max(2, plan.threads)
         forced = {"auto": {}, "one": dict(threads=1, rows=False, fused=False),
                   "units": dict(threads=pool, rows=False, fused=False),

@@ -270,7 +270,8 @@ class _KernelBackend(Backend):
 
 
 class CpuBackend(_KernelBackend):
-    """Numba kernels on the CPU. Cell: the dict kernels.cpu.pack_<cell>_cpu builds.
+    """Numba kernels on the CPU. Cell: the typed layout (kernels/cpu/cells.py) that
+    the table's pack builds.
 
     The framework layouts are descriptors (packing.Layout); this kernel's blocked,
     padded layout is declared by functions beside the code that reads it, so the
@@ -281,8 +282,8 @@ class CpuBackend(_KernelBackend):
 
 
 class CudaBackend(_KernelBackend):
-    """Numba @cuda.jit kernels on an NVIDIA GPU. Cell: the dict of device arrays
-    kernels.cuda.pack_<cell>_cuda builds (the packer's canonical weights, copied to
+    """Numba @cuda.jit kernels on an NVIDIA GPU. Cell: the device arrays the table's
+    pack builds (kernels/cuda/cells.py: the packer's canonical weights, copied to
     the device once and cached on the layer until the weights change).
 
     numba.cuda is imported on first use, so CPU users never pay for it.

@@ -173,7 +173,7 @@ def _check_gru_kernels(rng, shape, reset_after, dtype, plan=None):
     want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
     packed = pack_gru_cpu(*(a.astype(dtype) for a in w), reset_after=reset_after)
     kw = {} if plan is None else dict(
-        plan=make_plan(T, B, I, packed["Hp"], 3, True)._replace(**plan))
+        plan=make_plan(T, B, I, packed.Hp, 3, True)._replace(**plan))
     yk, hk, cache_k = gru_forward_cpu(x.astype(dtype), packed, h0.astype(dtype), lengths,
                                       reverse, training=True, h_mask=mask.astype(dtype), **kw)
     dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,

@@ -405,7 +405,7 @@ def _check_gru_kernels(rng, shape, reset_after, training, dtype, plan=None):
     args = (x.astype(dtype), packed, h0.astype(dtype), lengths, reverse)
     options = dict(h_mask=mask.astype(dtype), zone_h=zone_h.astype(dtype))
     if plan is not None:
-        options["plan"] = make_plan(T, B, I, packed["Hp"], 3, True)._replace(**plan)
+        options["plan"] = make_plan(T, B, I, packed.Hp, 3, True)._replace(**plan)
     yk, hk, cache_k = gru_forward_cpu(*args, training=True, **options)
     yi, hi, _ = gru_forward_cpu(*args, training=False, **options)
     dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,

@@ -48,6 +48,7 @@ The path of a call:
 import numpy as np
 
 from ..gates import DEFAULT_ACTS, for_dtype
+from .cells import BlasGRU, NormGRU, TiledGRU
 from .gradients import first_step_dh, input_gradient, weight_gradients
 from .gru_blas import _backward_blas_wrap, _backward_norm_wrap, _forward_blas, _forward_norm_wrap
 from .gru_tiled import (U, _backward_rows, _backward_tiled, _forward_rows, _forward_tiled,
@@ -73,8 +74,8 @@ def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, ln
                  ln_hh=None):
     """One cell's torch-layout weights (w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H],
     gates r, z, n) and options (acts: gates.make_acts's tuple; ln_ih, ln_hh [3H]:
-    layer_norm's gains, reset_after only) -> the layout these kernels read: a dict,
-    "norm" with layer_norm, "tiled" for float32 with reset_after, "blas" else."""
+    layer_norm's gains, reset_after only) -> the layout these kernels read (cells.py):
+    NormGRU with layer_norm, TiledGRU for float32 with reset_after, BlasGRU else."""
     H = w_ih.shape[0] // 3
     acts = for_dtype(acts, w_ih.dtype)
     if ln_ih is not None:  # a row's statistics span all 3H columns: one product a step
@@ -82,9 +83,9 @@ def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, ln
             raise ValueError("layer_norm: the GRU with reset_after=True only")
         tiles = None if w_ih.dtype != np.float32 else dict(w_hh=in_blocks(w_hh.T),
                                                            w_hh_bwd=in_blocks(w_hh))
-        return dict(kind="norm", H=H, reset_after=True, acts=acts, w_ih=w_ih, b_ih=b_ih,
-                    b_hh=b_hh, w_hh=np.ascontiguousarray(w_hh),
-                    w_hh_t=np.ascontiguousarray(w_hh.T), ln=(ln_ih, ln_hh), tiles=tiles)
+        return NormGRU(H=H, acts=acts, w_ih=w_ih, b_ih=b_ih, b_hh=b_hh,
+                       w_hh=np.ascontiguousarray(w_hh), w_hh_t=np.ascontiguousarray(w_hh.T),
+                       ln=(ln_ih, ln_hh), tiles=tiles)
     if w_ih.dtype != np.float32 or not reset_after:
         # float32 keeps off BLAS, as the tiled loops do: its products run on Numba's
         # threads (products.product_for's reasons)
@@ -92,17 +93,16 @@ def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, ln
         tiles = None if w_ih.dtype != np.float32 else dict(
             w_rz=in_blocks(w_rz.T), w_n=in_blocks(w_n.T), w_rz_bwd=in_blocks(w_rz),
             w_n_bwd=in_blocks(w_n))
-        return dict(kind="blas", H=H, reset_after=bool(reset_after), acts=acts, w_ih=w_ih,
-                    tiles=tiles, b_ih=b_ih,
-                    b_hh=b_hh, w_rz=np.ascontiguousarray(w_hh[:2 * H]),
-                    w_n=np.ascontiguousarray(w_hh[2 * H:]),
-                    w_rz_t=np.ascontiguousarray(w_hh[:2 * H].T),
-                    w_n_t=np.ascontiguousarray(w_hh[2 * H:].T))
+        return BlasGRU(H=H, reset_after=bool(reset_after), acts=acts, w_ih=w_ih,
+                       tiles=tiles, b_ih=b_ih, b_hh=b_hh, w_rz=np.ascontiguousarray(w_hh[:2 * H]),
+                       w_n=np.ascontiguousarray(w_hh[2 * H:]),
+                       w_rz_t=np.ascontiguousarray(w_hh[:2 * H].T),
+                       w_n_t=np.ascontiguousarray(w_hh[2 * H:].T))
     Hp = -(-H // U) * U
     cols = _gate_columns(H)
-    return dict(kind="tiled", H=H, Hp=Hp, reset_after=True, cols=cols, acts=acts,
-                b_in=tiled_bias(b_ih, cols, 3 * Hp), b_rec=tiled_bias(b_hh, cols, 3 * Hp),
-                **tiled_weights(w_ih, w_hh, cols, 3 * Hp, Hp))
+    return TiledGRU(H=H, Hp=Hp, cols=cols, acts=acts,
+                    b_in=tiled_bias(b_ih, cols, 3 * Hp), b_rec=tiled_bias(b_hh, cols, 3 * Hp),
+                    **tiled_weights(w_ih, w_hh, cols, 3 * Hp, Hp))
 
 
 def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, h_mask=None,
@@ -119,23 +119,23 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
     gru_backward_cpu consumes (else None); the backward runs the same plan.
     """
     T, B, I = x.shape
-    H = packed["H"]
+    H = packed.H
     lens = lengths_or_full(lengths, T, B)
-    if packed["kind"] == "norm":
+    if packed.kind == "norm":
         return _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h)
-    if packed["kind"] == "blas":
-        xw = blas_projection(x, packed["w_ih"], packed["b_ih"])
+    if packed.kind == "blas":
+        xw = blas_projection(x, packed.w_ih, packed.b_ih)
         h = h0.copy()
         y = np.empty((T, B, H), x.dtype)
         hn = np.empty((T, B, H) if training else (1, 1, 1), x.dtype)
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
         zh = zone_weights(zone_h, H, x.dtype)
-        _forward_blas(xw, packed["w_rz_t"], packed["w_n_t"], packed["b_hh"], mask, h, lens,
-                      reverse, training, packed["reset_after"], y, hn, packed["acts"],
+        _forward_blas(xw, packed.w_rz_t, packed.w_n_t, packed.b_hh, mask, h, lens,
+                      reverse, training, packed.reset_after, y, hn, packed.acts,
                       step_tiles(packed, B, "w_rz", "w_n"), zh)
         y_out, h0_kept = y, h0
     else:
-        Hp = packed["Hp"]
+        Hp = packed.Hp
         hbuf, y = state_buffers(h0, T, Hp)
         hn = aligned_empty((T, B, Hp) if training else (1, 1, 1))
         rec = aligned_empty((B, 3 * Hp))
@@ -148,13 +148,13 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
 
         def run(xw, t0, t1):  # training runs all steps in one chunk, so hn needs no slice
             loop = _forward_rows if rows else _forward_tiled
-            loop(xw, packed["w_fwd"], packed["b_rec"], hbuf, hmbuf, mask, y[t0:t1], hn, rec,
-                 lens - t0, reverse, training, P, packed["acts"],
+            loop(xw, packed.w_fwd, packed.b_rec, hbuf, hmbuf, mask, y[t0:t1], hn, rec,
+                 lens - t0, reverse, training, P, packed.acts,
                  zh if zh.shape[0] == 1 else zh[t0:t1], plan.gate)
             if (t1 - t0) & 1 and h_mask is not None:  # as run_in_chunks moves hbuf
                 hmbuf[0] = hmbuf[1]
 
-        xw = run_in_chunks(x, packed["w_in"], packed["b_in"], 3 * Hp, hbuf, reverse,
+        xw = run_in_chunks(x, packed.w_in, packed.b_in, 3 * Hp, hbuf, reverse,
                            T if training else plan.chunk, run)
         y_out, h = unpadded(y, hbuf, H)
         h0_kept = pad_units(h0, Hp) if training else None
@@ -168,16 +168,16 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
 def gru_step_cpu(x, packed, h):
     """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
     array). Equal to gru_forward_cpu on one step, without its parallel regions."""
-    if packed["kind"] != "tiled":  # (a one-step forward: the thread policy's)
+    if packed.kind != "tiled":  # (a one-step forward: the thread policy's)
         return thread_policy(gru_forward_cpu, x[None], packed, h)[1]
-    H, Hp = packed["H"], packed["Hp"]
+    H, Hp = packed.H, packed.Hp
     B = x.shape[0]
     h_new = np.empty((B, Hp), np.float32)
     y = np.empty((B, Hp), np.float32)
     xw = np.empty((B, 3 * Hp), np.float32)
     rec = np.empty((B, 3 * Hp), np.float32)
-    _step_tiled(x, packed["w_in"], packed["b_in"], packed["w_fwd"], packed["b_rec"],
-                pad_units(h, Hp), h_new, y, xw, rec, ones_of(B), NO_MASK, packed["acts"],
+    _step_tiled(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec,
+                pad_units(h, Hp), h_new, y, xw, rec, ones_of(B), NO_MASK, packed.acts,
                 NO_ZONE[np.dtype(np.float32)][0])
     return h_new[:, :H]
 
@@ -189,9 +189,9 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     Returns dx [T,B,I], dh0 [B,H] and {"w_ih", "w_hh", "b_ih", "b_hh"} in
     torch's layout.
     """
-    if packed["kind"] == "norm":
+    if packed.kind == "norm":
         return _backward_norm_wrap(dy, dh_n, cache, packed)
-    if packed["kind"] == "blas":
+    if packed.kind == "blas":
         return _backward_blas_wrap(dy, dh_n, cache, packed)
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
     dg, hn, reverse = cache["gates"], cache["hn"], cache["reverse"]
@@ -212,15 +212,15 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     # rows split writes as it goes
     store = np.empty((4, Hp // U, T * B, U), np.float32)
     if rows:
-        _backward_rows(dg, hn, y, h0, pad_units(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens,
-                       reverse, P, mask, packed["acts"], zh, dhz, kept, zb, store,
+        _backward_rows(dg, hn, y, h0, pad_units(dy, Hp), packed.w_bwd, rec, carry, dh_np, lens,
+                       reverse, P, mask, packed.acts, zh, dhz, kept, zb, store,
                        plan.gate)
     else:
-        _backward_tiled(dg, hn, y, h0, pad_units(dy, Hp), packed["w_bwd"], rec, carry, dh_np, lens,
-                        reverse, P, mask, packed["acts"], zh, dhz, kept, zb, plan.gate)
+        _backward_tiled(dg, hn, y, h0, pad_units(dy, Hp), packed.w_bwd, rec, carry, dh_np, lens,
+                        reverse, P, mask, packed.acts, zh, dhz, kept, zb, plan.gate)
         serial_if(dg.size <= SMALL_REGION, _gate_blocks, dg.reshape(T * B, Gp),
                   hn.reshape(T * B, Hp), store)
-    dh0 = first_step_dh(dg, lens, reverse, packed["w_bwd"])
+    dh0 = first_step_dh(dg, lens, reverse, packed.w_bwd)
     if mask.shape[0] > 0:  # W_hh read h times the recurrent dropout mask
         dh0 *= mask
     dh0 += carry
@@ -228,12 +228,12 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     dh0[empty] = dh_np[empty]
     dg2, dn = dg.reshape(T * B, Gp), hn.reshape(T * B, Hp)
     grads = _weight_gradients(store, x, y, h0, first_forward_steps(lens, reverse), mask, reverse,
-                              packed["H"])
+                              packed.H)
     # dx reads dG_ih, which differs from dG_hh in the n gate only: dn for dn * r.
     nk = Hp // U
     dg2.reshape(T * B, nk, 3, U)[:, :, 2] = dn.reshape(T * B, nk, U)
-    dx = input_gradient(dg2, packed["w_dx"]).reshape(T, B, -1)[:, :, :x.shape[2]]
-    return np.ascontiguousarray(dx), np.ascontiguousarray(dh0[:, :packed["H"]]), grads
+    dx = input_gradient(dg2, packed.w_dx).reshape(T, B, -1)[:, :, :x.shape[2]]
+    return np.ascontiguousarray(dx), np.ascontiguousarray(dh0[:, :packed.H]), grads
 
 
 def _weight_gradients(store, x, y, h0, first_steps, mask, reverse, H):

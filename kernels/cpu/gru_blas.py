@@ -292,20 +292,20 @@ def _backward_norm(dy, dg, hn, y, h0, w_hh, gain, h_hat, rstd_h, dgain, dbias, m
 def _backward_blas_wrap(dy, dh_n, cache, packed):
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
     dg, hn, reverse = cache["gates"], cache["hn"], cache["reverse"]
-    reset_after = packed["reset_after"]
+    reset_after = packed.reset_after
     T, B, I = x.shape
-    H = packed["H"]
+    H = packed.H
     dh = dh_n.copy()
     dnh = np.empty((T, B, H), x.dtype)
     mask = cache["mask"]
-    _backward_blas(dy, dg, hn, y, h0, packed["w_rz"], packed["w_n"], mask, lens, reverse,
-                   reset_after, dh, dnh, packed["acts"],
+    _backward_blas(dy, dg, hn, y, h0, packed.w_rz, packed.w_n, mask, lens, reverse,
+                   reset_after, dh, dnh, packed.acts,
                    step_tiles(packed, B, "w_rz_bwd", "w_n_bwd"), cache["zh"])
     if mask.size:  # W_hh read h times the recurrent dropout mask (hn holds r * that)
         y, h0 = y * mask, h0 * mask
     dg2 = dg.reshape(T * B, 3 * H)
     mm = product_for(dg.dtype)
-    dx = mm(dg2, packed["w_ih"]).reshape(T, B, I)
+    dx = mm(dg2, packed.w_ih).reshape(T, B, I)
     dw_ih = mm(dg2.T, x.reshape(T * B, I))
     db_ih = dg2.sum(axis=0)
     dw_hh = np.empty((3 * H, H), x.dtype)
@@ -322,10 +322,10 @@ def _backward_blas_wrap(dy, dh_n, cache, packed):
 def _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h):
     """gru_forward_cpu of the layer-normalised GRU (_forward_norm)."""
     T, B, _ = x.shape
-    H, G = packed["H"], 3 * packed["H"]
-    ln_ih, ln_hh = packed["ln"]
-    x_hat, rstd_x = normalised_input(x, packed["w_ih"])
-    xw = x_hat * ln_ih + packed["b_ih"]
+    H, G = packed.H, 3 * packed.H
+    ln_ih, ln_hh = packed.ln
+    x_hat, rstd_x = normalised_input(x, packed.w_ih)
+    xw = x_hat * ln_ih + packed.b_ih
     h = h0.copy()
     y = np.empty((T, B, H), x.dtype)
     hn = np.empty((T, B, H) if training else (1, 1, 1), x.dtype)
@@ -333,8 +333,8 @@ def _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h):
     rstd_h = np.empty((T, B) if training else (1, 1), x.dtype)
     mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
     zh = zone_weights(zone_h, H, x.dtype)
-    _forward_norm(xw, packed["w_hh_t"], packed["b_hh"], ln_hh, mask, h, lens, reverse,
-                  training, y, hn, h_hat, rstd_h, packed["acts"],
+    _forward_norm(xw, packed.w_hh_t, packed.b_hh, ln_hh, mask, h, lens, reverse,
+                  training, y, hn, h_hat, rstd_h, packed.acts,
                   step_tiles(packed, B, "w_hh", "w_hh"), zh)
     if not training:
         return y, h, None
@@ -348,13 +348,13 @@ def _backward_norm_wrap(dy, dh_n, cache, packed):
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
     reverse = cache["reverse"]
     T, B, I = x.shape
-    G = 3 * packed["H"]
-    ln_ih, ln_hh = packed["ln"]
+    G = 3 * packed.H
+    ln_ih, ln_hh = packed.ln
     dg, h_hat, mask = cache["gates"], cache["h_hat"], cache["mask"]
     dh = dh_n.copy()
     d_ln_hh, db_hh = np.zeros(G, x.dtype), np.zeros(G, x.dtype)
-    _backward_norm(dy, dg, cache["hn"], y, h0, packed["w_hh"], ln_hh, h_hat, cache["rstd_h"],
-                   d_ln_hh, db_hh, mask, lens, reverse, dh, packed["acts"],
+    _backward_norm(dy, dg, cache["hn"], y, h0, packed.w_hh, ln_hh, h_hat, cache["rstd_h"],
+                   d_ln_hh, db_hh, mask, lens, reverse, dh, packed.acts,
                    step_tiles(packed, B, "w_hh_bwd", "w_hh_bwd"), cache["zh"])
     if mask.size:  # W_hh read h times the recurrent dropout mask
         y, h0 = y * mask, h0 * mask
@@ -362,7 +362,7 @@ def _backward_norm_wrap(dy, dh_n, cache, packed):
     db_ih = dg.reshape(T * B, G).sum(axis=0)
     dv, d_ln_ih = normalised_input_gradient(dg, ln_ih, cache["x_hat"], cache["rstd_x"])
     mm = product_for(dg.dtype)
-    dx = mm(dv, packed["w_ih"]).reshape(T, B, I)
+    dx = mm(dv, packed.w_ih).reshape(T, B, I)
     dw_ih = mm(dv.T, x.reshape(T * B, I))
     return dx, dh, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db_ih, b_hh=db_hh, ln_ih=d_ln_ih,
                         ln_hh=d_ln_hh)

@@ -86,6 +86,7 @@ The path of a call (both paths):
 import numpy as np
 
 from ..gates import DEFAULT_ACTS, for_dtype
+from .cells import BlasLSTM, TiledLSTM
 from .gradients import first_step_dh, input_gradient, peephole_gradients, weight_gradients
 from .lstm_blas import _backward_blas_wrap, _forward_blas
 from .lstm_tiled import (HB, U, _backward_rows, _backward_tiled, _backward_tiled_options,
@@ -112,7 +113,7 @@ def forward_plan(shape, packed, training, plain=True):
     """plan.make_plan for a float32 call on x of this shape [T,B,I] with these weights;
     plain: no projection, recurrent dropout, zoneout or peepholes."""
     T, B, I = shape
-    return make_plan(T, B, I, packed["Hp"], 4, training, plain)
+    return make_plan(T, B, I, packed.Hp, 4, training, plain)
 
 
 def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None, ln_hh=None,
@@ -122,8 +123,8 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None, 
     projection w_hr [P,H] or None (P = H), the peepholes [3H] (i, f, o) or None,
     layer normalisation's gains ln_ih, ln_hh [G], ln_c [H] and bias ln_c_bias [H],
     or None) and options (gates.lstm_cell's and lstm_cell_grads's; acts
-    gates.make_acts's tuple) -> the layout these kernels read: a dict, "tiled" for
-    float32, "blas" for float64 and for layer normalisation in either dtype."""
+    gates.make_acts's tuple) -> the layout these kernels read (cells.py): TiledLSTM
+    for float32, BlasLSTM for float64 and for layer normalisation in either dtype."""
     G, I = w_ih.shape
     H = G // 4
     P = H if w_hr is None else w_hr.shape[0]
@@ -143,13 +144,12 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None, 
             w_proj=in_blocks(w_hr.T) if w_hr is not None else np.zeros((0, 1, CB), np.float32),
             w_proj_bwd=(in_blocks(w_hr) if w_hr is not None else
                         np.zeros((0, 1, CB), np.float32)))
-        return dict(kind="blas", H=H, P=P, w_ih=w_ih, w_hh=w_hh, bias=bias, ln=norms,
-                    tiles=tiles,
-                    w_hh_t=np.ascontiguousarray(w_hh.T),
-                    w_hr=no_proj if w_hr is None else np.ascontiguousarray(w_hr),
-                    w_hr_t=no_proj if w_hr is None else np.ascontiguousarray(w_hr.T),
-                    peep=None if peephole is None else np.array(peephole.reshape(3, H)),
-                    **options)
+        return BlasLSTM(H=H, P=P, w_ih=w_ih, w_hh=w_hh, bias=bias, ln=norms, tiles=tiles,
+                        w_hh_t=np.ascontiguousarray(w_hh.T),
+                        w_hr=no_proj if w_hr is None else np.ascontiguousarray(w_hr),
+                        w_hr_t=no_proj if w_hr is None else np.ascontiguousarray(w_hr.T),
+                        peep=None if peephole is None else np.array(peephole.reshape(3, H)),
+                        **options)
     Hp = -(-H // HB) * HB
     Pp = -(-P // HB) * HB
     Gp = 4 * Hp
@@ -164,8 +164,8 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None, 
     if w_hr is not None:
         w_hr_p[:P, :H] = w_hr
     no_blocks = np.zeros((0, 1, CB), np.float32)
-    return dict(
-        kind="tiled", H=H, Hp=Hp, P=P, Pp=Pp, cols=cols, bias=bias_p, **options,
+    return TiledLSTM(
+        H=H, Hp=Hp, P=P, Pp=Pp, cols=cols, bias=bias_p, **options,
         peep=(None if peephole is None else
               pad_units(peephole.reshape(3, H).astype(np.float32), Hp)),
         w_in=in_blocks(w_ih_p.T),   # [Gp/CB, I, CB]: x @ W_ih^T
@@ -193,9 +193,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     lstm_backward_cpu consumes (else None); the backward runs the same plan.
     """
     T, B, I = x.shape
-    H, Pu = packed["H"], packed["P"]
+    H, Pu = packed.H, packed.P
     if (T == 1 and not training and lengths is None and h_mask is None and zone_c is None
-            and packed["kind"] == "tiled" and not packed["proj"] and packed["peep"] is None
+            and packed.kind == "tiled" and not packed.proj and packed.peep is None
             and plan is None):
         # One inference step: the streaming step's single compiled call (the same sums;
         # a plan passed in runs its loop instead).
@@ -203,32 +203,32 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         return h[None], h.copy(), c, None
     lens = lengths_or_full(lengths, T, B)
     ln_cache = None  # layer_norm's arrays for the backward
-    if packed["kind"] == "blas":
-        norms, ln = packed["ln"], None
+    if packed.kind == "blas":
+        norms, ln = packed.ln, None
         if norms is None:
-            xw = product_for(x.dtype)(x.reshape(T * B, I), packed["w_ih"].T).reshape(T, B, -1)
+            xw = product_for(x.dtype)(x.reshape(T * B, I), packed.w_ih.T).reshape(T, B, -1)
         else:  # the input product normalised before the loop
-            x_hat, rstd_x = normalised_input(x, packed["w_ih"])
+            x_hat, rstd_x = normalised_input(x, packed.w_ih)
             G = x_hat.shape[2]
             xw = x_hat * norms[0]
             h_hat, rstd_h = (np.empty((T, B, G), x.dtype), np.empty((T, B), x.dtype)) if (
                 training) else (np.empty((0, 0, 0), x.dtype), np.empty((0, 0), x.dtype))
             ln = norms[1:] + (h_hat, rstd_h)
             ln_cache = dict(x_hat=x_hat, rstd_x=rstd_x, h_hat=h_hat, rstd_h=rstd_h)
-        xw += packed["bias"]
+        xw += packed.bias
         h, c = h0.copy(), c0.copy()
         y = np.empty((T, B, Pu), x.dtype)
         cs = np.empty((T, B, H) if training else (0, 0, 0), x.dtype)
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
         zc, zh = zone_weights(zone_c, H, x.dtype), zone_weights(zone_h, Pu, x.dtype)
         czs = np.empty_like(cs) if training and zone_c is not None else cs
-        _forward_blas(xw, packed["w_hh_t"], packed["w_hr_t"], mask, h, c, lens, reverse,
-                      training, y, cs, packed["clip"], packed["coupled"], packed["gclip"],
-                      packed["acts"], packed["peep"], czs, zc, zh, ln,
+        _forward_blas(xw, packed.w_hh_t, packed.w_hr_t, mask, h, c, lens, reverse,
+                      training, y, cs, packed.clip, packed.coupled, packed.gclip,
+                      packed.acts, packed.peep, czs, zc, zh, ln,
                       step_tiles(packed, B, "w_fwd", "w_proj"))
         y_out, c0_kept = y, c0
     else:
-        Hp, Pp = packed["Hp"], packed["Pp"]
+        Hp, Pp = packed.Hp, packed.Pp
         hbuf = np.zeros((2, B, Pp), np.float32)
         hbuf[0, :, :Pu] = h0
         c0_kept = pad_units(c0, Hp)
@@ -236,15 +236,15 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         y = np.empty((T, B, Pp), np.float32)
         cs = np.empty((T, B, Hp) if training else (1, 1, 1), np.float32)
         rec = np.empty((B, 4 * Hp), np.float32)
-        plain = (h_mask is None and zone_c is None and not packed["proj"]
-                 and packed["peep"] is None)
+        plain = (h_mask is None and zone_c is None and not packed.proj
+                 and packed.peep is None)
         if plan is None:
             plan = forward_plan(x.shape, packed, training, plain)
         rows, gate = plan.rows and plain, plan.gate  # (the batch split has no options)
-        P = plan.threads if rows else plan.units_threads(packed["w_fwd"].shape[0])
+        P = plan.threads if rows else plan.units_threads(packed.w_fwd.shape[0])
         mask, zc, zh, czs = NO_MASK, NO_ZONE[np.dtype(np.float32)], None, cs
         if not plain:  # (at B=1 a plain call's microseconds show: it makes none of these)
-            m = np.empty((B, Hp) if packed["proj"] else (1, 1), np.float32)
+            m = np.empty((B, Hp) if packed.proj else (1, 1), np.float32)
             zero = np.zeros((1, Pp), np.float32)
             mask, hmbuf = mask_buffers(h_mask, hbuf)
             zc, zh = zone_weights(zone_c, Hp, np.float32), zone_weights(zone_h, Pp, np.float32)
@@ -253,9 +253,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         if rows and plan.fused:
             # one loop with the input projection inside it; xw receives the gates
             xw = np.empty((T if training else 1, B, 4 * Hp), np.float32)
-            _forward_rows(xw, x, packed["w_in"], packed["bias"], packed["w_fwd"], hbuf, c, y,
-                          cs, rec, lens, reverse, training, P, packed["clip"],
-                          packed["coupled"], packed["gclip"], packed["acts"], True, gate)
+            _forward_rows(xw, x, packed.w_in, packed.bias, packed.w_fwd, hbuf, c, y,
+                          cs, rec, lens, reverse, training, P, packed.clip,
+                          packed.coupled, packed.gclip, packed.acts, True, gate)
             if T & 1:  # the state ended in hbuf[1]
                 hbuf[0] = hbuf[1]
         else:
@@ -266,25 +266,25 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             for t0 in (reversed(starts) if reverse else starts):
                 t1 = min(t0 + steps, T)
                 chunk = xw[:t1 - t0]
-                matmul(x[t0:t1].reshape(-1, I), packed["w_in"], chunk.reshape(-1, 4 * Hp),
-                       packed["bias"], False)
+                matmul(x[t0:t1].reshape(-1, I), packed.w_in, chunk.reshape(-1, 4 * Hp),
+                       packed.bias, False)
                 if rows:
-                    _forward_rows(chunk, x[t0:t1], packed["w_in"], packed["bias"],
-                                  packed["w_fwd"], hbuf, c, y[t0:t1],
+                    _forward_rows(chunk, x[t0:t1], packed.w_in, packed.bias,
+                                  packed.w_fwd, hbuf, c, y[t0:t1],
                                   cs[t0:t1] if training else cs, rec, lens - t0, reverse,
-                                  training, P, packed["clip"], packed["coupled"],
-                                  packed["gclip"], packed["acts"], False, gate)
+                                  training, P, packed.clip, packed.coupled,
+                                  packed.gclip, packed.acts, False, gate)
                 elif plain:
-                    _forward_tiled(chunk, packed["w_fwd"], hbuf, c, y[t0:t1],
+                    _forward_tiled(chunk, packed.w_fwd, hbuf, c, y[t0:t1],
                                    cs[t0:t1] if training else cs, rec, lens - t0, reverse,
-                                   training, P, packed["clip"], packed["coupled"],
-                                   packed["gclip"], packed["acts"], gate)
+                                   training, P, packed.clip, packed.coupled,
+                                   packed.gclip, packed.acts, gate)
                 else:
                     _forward_tiled_options(
-                        chunk, packed["w_fwd"], packed["w_proj"], hbuf, hmbuf, mask, m, c,
+                        chunk, packed.w_fwd, packed.w_proj, hbuf, hmbuf, mask, m, c,
                         y[t0:t1], cs[t0:t1] if training else cs, rec, zero, lens - t0, reverse,
-                        training, P, packed["clip"], packed["coupled"], packed["gclip"],
-                        packed["acts"], packed["peep"], czs,
+                        training, P, packed.clip, packed.coupled, packed.gclip,
+                        packed.acts, packed.peep, czs,
                         zc if zc.shape[0] == 1 else zc[t0:t1],
                         zh if zh.shape[0] == 1 else zh[t0:t1], c_old, gate)
                 if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
@@ -306,18 +306,18 @@ def lstm_step_cpu(x, packed, h, c):
     (new arrays; the inputs are not modified). Equal to lstm_forward_cpu on one
     step, without its parallel regions and training buffers: a few microseconds
     at B=1, H=64."""
-    if packed["kind"] == "blas" or packed["proj"] or packed["peep"] is not None:
+    if packed.kind == "blas" or packed.proj or packed.peep is not None:
         # (a one-step forward, which may enter parallel regions: the thread policy's)
         _, h, c, _ = thread_policy(lstm_forward_cpu, x[None], packed, h, c)
         return h, c
-    H, Hp = packed["H"], packed["Hp"]
+    H, Hp = packed.H, packed.Hp
     B = x.shape[0]
     c_new = np.zeros((B, Hp), np.float32)
     c_new[:, :H] = c
     h_new = np.empty((B, Hp), np.float32)
-    _step_tiled(x, packed["w_in"], packed["bias"], packed["w_fwd"], pad_units(h, Hp), c_new, h_new,
+    _step_tiled(x, packed.w_in, packed.bias, packed.w_fwd, pad_units(h, Hp), c_new, h_new,
                 np.empty((B, Hp), np.float32), np.empty((B, 4 * Hp), np.float32),
-                ones_of(B), packed["clip"], packed["coupled"], packed["gclip"], packed["acts"])
+                ones_of(B), packed.clip, packed.coupled, packed.gclip, packed.acts)
     return h_new[:, :H], c_new[:, :H]
 
 
@@ -328,22 +328,22 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     Returns dx [T,B,I], dh0 [B,P], dc0 [B,H] and {"w_ih", "w_hh", "b_ih", "b_hh"}
     (and "w_hr" with a projection) in torch's layout.
     """
-    if packed["kind"] == "blas":
+    if packed.kind == "blas":
         return _backward_blas_wrap(dy, dh_n, dc_n, cache, packed)
     x, y, lens, reverse = cache["x"], cache["y"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
-    H, Hc, Pu, proj = packed["H"], packed["Hp"], packed["P"], packed["proj"]
+    H, Hc, Pu, proj = packed.H, packed.Hp, packed.P, packed.proj
     dg = cache["gates"]
     Gp, Hp = dg.shape[2], y.shape[2]  # Hp: the units of h (Pp with a projection)
-    Ip = packed["w_dx"].shape[0] * CB
+    Ip = packed.w_dx.shape[0] * CB
     dh_np = pad_units(dh_n, Hp)
     dc = pad_units(dc_n, Hc).copy()
     rec = np.empty((B, Hp), np.float32)
     plan = cache["plan"]
-    P = plan.units_threads(packed["w_bwd"].shape[0])
+    P = plan.units_threads(packed.w_bwd.shape[0])
     if proj:  # the projection's input, before the loop overwrites the gates
         m_all = np.empty((T, B, Hc), np.float32)
-        serial_if(m_all.size <= SMALL_REGION, _cell_outputs, dg, cache["cs"], lens, packed["acts"],
+        serial_if(m_all.size <= SMALL_REGION, _cell_outputs, dg, cache["cs"], lens, packed.acts,
                   m_all)
     dhs = np.empty((T, B, Hp) if proj else (1, 1, 1), np.float32)
     dm = np.empty((B, Hc) if proj else (1, 1), np.float32)
@@ -355,24 +355,24 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     kc = np.zeros((B, Hc), np.float32) if zoned else NO_ARRAY
     dgb = None  # dG in blocks, the weight gradients' operand (in_blocks's layout)
     rows = plan.rows
-    peep = packed["peep"]
+    peep = packed.peep
     if proj or masked or zoned or peep is not None:
-        _backward_tiled_options(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed["w_bwd"],
-                                packed["w_proj_bwd"], rec, dhs, dm, dh_np, dc, lens, reverse, P,
-                                packed["clip"], packed["coupled"], packed["gclip"],
-                                packed["acts"], peep, mask,
+        _backward_tiled_options(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd,
+                                packed.w_proj_bwd, rec, dhs, dm, dh_np, dc, lens, reverse, P,
+                                packed.clip, packed.coupled, packed.gclip,
+                                packed.acts, peep, mask,
                                 cache["czs"], cache["zc"], cache["zh"], kh, kc, dhz, zb,
                                 plan.gate)
     elif rows:  # (the loop writes dgb as it goes)
         dgb = np.empty((Gp // CB, T * B, CB), np.float32)
-        _backward_rows(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed["w_bwd"], rec,
-                       dh_np, dc, lens, reverse, plan.threads, packed["clip"], packed["coupled"],
-                       packed["gclip"], packed["acts"], dgb, plan.gate)
+        _backward_rows(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd, rec,
+                       dh_np, dc, lens, reverse, plan.threads, packed.clip, packed.coupled,
+                       packed.gclip, packed.acts, dgb, plan.gate)
     else:
-        _backward_tiled(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed["w_bwd"], rec,
-                        dh_np, dc, lens, reverse, P, packed["clip"], packed["coupled"],
-                        packed["gclip"], packed["acts"], plan.gate)
-    dh = first_step_dh(dg, lens, reverse, packed["w_bwd"])
+        _backward_tiled(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd, rec,
+                        dh_np, dc, lens, reverse, P, packed.clip, packed.coupled,
+                        packed.gclip, packed.acts, plan.gate)
+    dh = first_step_dh(dg, lens, reverse, packed.w_bwd)
     if masked:
         dh *= mask
     if zoned:
@@ -380,11 +380,11 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     empty = lens == 0
     dh[empty] = dh_np[empty]
     dg2 = dg.reshape(T * B, Gp)
-    dx = input_gradient(dg2, packed["w_dx"])
+    dx = input_gradient(dg2, packed.w_dx)
     if dgb is None:
         dgb = in_blocks(dg2, plan.small_copy)
     grads = weight_gradients(dgb, x, y, cache["h0"], first_forward_steps(lens, reverse), mask,
-                             reverse, packed["cols"], Pu, small_copy=plan.small_copy)
+                             reverse, packed.cols, Pu, small_copy=plan.small_copy)
     if peep is not None:
         gate = dg.reshape(T, B, Gp // CB, 4, U)  # [..., gate, unit of the block]
         grads["peephole"] = peephole_gradients(

@@ -307,12 +307,12 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     dg = cache["gates"]
     G = dg.shape[2]
     dh, dc = dh_n.copy(), dc_n.copy()
-    H, proj = packed["H"], packed["proj"]
-    norms, ln_cache = packed["ln"], cache["ln"]
+    H, proj = packed.H, packed.proj
+    norms, ln_cache = packed.ln, cache["ln"]
     if proj:  # the projection's input, before the loop overwrites the gates
         cs = cache["cs"] if norms is None else layer_normalised(cache["cs"], *norms[2:])
         m_all = np.empty(cs.shape, dg.dtype)
-        _projection_inputs(dg, cs, packed["acts"], m_all)
+        _projection_inputs(dg, cs, packed.acts, m_all)
     dhs = np.empty(y.shape if proj else (1, 1, 1), dg.dtype)
     # The loop leaves dh = dG at each row's first step @ W_hh (rows of length 0
     # keep dh_n). With layer_norm, the products' gradients differ from dG: the
@@ -323,9 +323,9 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
         ln = (norms[1], norms[2], norms[3], dg_h, ln_cache["rstd_h"]) + tuple(
             np.zeros_like(a) for a in norms[1:])
     mask = cache["mask"]
-    _backward_blas(dy, dg, cache["cs"], cache["c0"], packed["w_hh"], packed["w_hr"], mask, dhs,
-                   lens, reverse, dh, dc, packed["clip"], packed["coupled"], packed["gclip"],
-                   packed["acts"], packed["peep"],
+    _backward_blas(dy, dg, cache["cs"], cache["c0"], packed.w_hh, packed.w_hr, mask, dhs,
+                   lens, reverse, dh, dc, packed.clip, packed.coupled, packed.gclip,
+                   packed.acts, packed.peep,
                    cache["czs"], cache["zc"], cache["zh"], ln,
                    step_tiles(packed, B, "w_bwd", "w_proj_bwd"))
     if norms is not None:
@@ -334,7 +334,7 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     dg_first, _ = first_step_gradients(dg_h, lens, reverse)
     dgx2 = dg_x.reshape(T * B, G)
     mm = product_for(dg.dtype)
-    dx = mm(dgx2, packed["w_ih"]).reshape(T, B, I)
+    dx = mm(dgx2, packed.w_ih).reshape(T, B, I)
     dw_ih = mm(dgx2.T, x.reshape(T * B, I))
     dg_prev, y_prev = (dg_h[:-1], y[1:]) if reverse else (dg_h[1:], y[:-1])
     h0 = cache["h0"]
@@ -348,7 +348,7 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
         grads.update(ln_ih=ln_ih, ln_hh=ln[5], ln_c=ln[6], ln_c_bias=ln[7])
     if proj:  # (dhs is zero past each row's length)
         grads["w_hr"] = mm(dhs.reshape(T * B, -1).T, m_all.reshape(T * B, H))
-    if packed["peep"] is not None:
+    if packed.peep is not None:
         grads["peephole"] = peephole_gradients(
             dg[:, :, :H], dg[:, :, H:2 * H], dg[:, :, 3 * H:], cache["cs"], cache["czs"],
             cache["c0"], lens, reverse, (T, B, H)).reshape(-1)

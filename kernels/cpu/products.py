@@ -30,6 +30,7 @@ from .sequence import NO_MASK, aligned_empty, pad_units
 from .threads import (POLICY, SMALL_REGION, clock_ns, finished, numba_threads, parallel_ok,
                       region_done, serial_if)
 
+
 # A product before or after the time loop runs on one thread below this: it is then a
 # few tens of microseconds, and a parallel region waits for the slowest thread, which
 # on a busy machine may be one the OS has descheduled for a tick (threads.py).
@@ -289,16 +290,16 @@ def step_plan(B, units, blocks):
 
 def step_tiles(packed, B, recurrent, projection):
     """The BLAS loops' tiles argument (lstm_blas's _forward_blas and _backward_blas,
-    gru_blas's): None where packed["tiles"] is (float64), else (the two weights
-    packed["tiles"][recurrent] and [projection] in blocks, a zero row as wide as
+    gru_blas's): None where packed.tiles is (float64), else (the two weights
+    packed.tiles[recurrent] and [projection] in blocks, a zero row as wide as
     their outputs, and each product's step_product plan for B rows)."""
-    tiles = packed["tiles"]
+    tiles = packed.tiles
     if tiles is None:
         return None
     w, wp = tiles[recurrent], tiles[projection]
     zero = np.zeros((1, max(w.shape[0], wp.shape[0], 1) * CB), np.float32)
-    return (w, wp, zero, step_plan(B, packed["H"], w.shape[0]),
-            step_plan(B, packed["H"], wp.shape[0]))
+    return (w, wp, zero, step_plan(B, packed.H, w.shape[0]),
+            step_plan(B, packed.H, wp.shape[0]))
 
 
 @njit(cache=True)

@@ -34,6 +34,7 @@ import numpy as np
 from numba import carray, njit, prange
 
 from ..gates import RNN_NONLINEARITIES, drelu, dtanh, relu, tanh
+from .cells import BlasRNN, TiledRNN
 from .gradients import blas_recurrent_gradient, input_gradient
 from .jit import FAST
 from .microkernel import CB
@@ -44,6 +45,7 @@ from .sequence import (aligned_empty, first_step_gradients, lengths_or_full, one
                        state_buffers, unpadded)
 from .threads import clock_ns, finished, parallel_ok, region_done
 from .threads import run as thread_policy
+
 
 _scratch = stack_f32(CB)
 
@@ -264,8 +266,8 @@ def _backward_blas(dy, dg, y, w_hh, lengths, reverse, use_relu, dh):
 # -- packing and the Python-level wrappers ---------------------------------------------
 def pack_rnn_cpu(w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
     """One cell's torch-layout weights (w_ih [H,I], w_hh [H,H], b_ih, b_hh [H]) and
-    its activation ("tanh" or "relu") -> the layout these kernels read: a dict,
-    "tiled" for float32, "blas" else."""
+    its activation ("tanh" or "relu") -> the layout these kernels read (cells.py):
+    TiledRNN for float32, BlasRNN else."""
     if nonlinearity not in RNN_NONLINEARITIES:
         raise ValueError(
             f"nonlinearity must be one of {RNN_NONLINEARITIES}, got {nonlinearity!r}")
@@ -273,12 +275,12 @@ def pack_rnn_cpu(w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
     bias = b_ih + b_hh
     use_relu = nonlinearity == "relu"
     if w_ih.dtype != np.float32:
-        return dict(kind="blas", H=H, relu=use_relu, w_ih=w_ih, w_hh=w_hh, bias=bias,
-                    w_hh_t=np.ascontiguousarray(w_hh.T))
+        return BlasRNN(H=H, relu=use_relu, w_ih=w_ih, w_hh=w_hh, bias=bias,
+                       w_hh_t=np.ascontiguousarray(w_hh.T))
     Hp = -(-H // CB) * CB
     rows = np.arange(H)
-    return dict(kind="tiled", H=H, Hp=Hp, relu=use_relu, rows=rows,
-                bias=tiled_bias(bias, rows, Hp), **tiled_weights(w_ih, w_hh, rows, Hp, Hp))
+    return TiledRNN(H=H, Hp=Hp, relu=use_relu, rows=rows, bias=tiled_bias(bias, rows, Hp),
+                    **tiled_weights(w_ih, w_hh, rows, Hp, Hp))
 
 
 def rnn_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, plan=None):
@@ -291,26 +293,26 @@ def rnn_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
     rnn_backward_cpu consumes (else None); the backward runs the same plan.
     """
     T, B, I = x.shape
-    H = packed["H"]
+    H = packed.H
     lens = lengths_or_full(lengths, T, B)
-    if packed["kind"] == "blas":
-        xw = blas_projection(x, packed["w_ih"], packed["bias"])
+    if packed.kind == "blas":
+        xw = blas_projection(x, packed.w_ih, packed.bias)
         h = h0.copy()
         y = np.empty((T, B, H), x.dtype)
-        _forward_blas(xw, packed["w_hh_t"], h, lens, reverse, packed["relu"], y)
+        _forward_blas(xw, packed.w_hh_t, h, lens, reverse, packed.relu, y)
         y_out, h0_kept = y, h0
     else:
-        Hp = packed["Hp"]
+        Hp = packed.Hp
         hbuf, y = state_buffers(h0, T, Hp)
         if plan is None:
             plan = make_plan(T, B, I, Hp, 1, training, plain=False)  # (no batch split)
-        P = plan.units_threads(packed["w_fwd"].shape[0])
+        P = plan.units_threads(packed.w_fwd.shape[0])
 
         def run(xw, t0, t1):
-            _forward_tiled(xw, packed["w_fwd"], hbuf, y[t0:t1], lens - t0, reverse,
-                           packed["relu"], P, plan.gate)
+            _forward_tiled(xw, packed.w_fwd, hbuf, y[t0:t1], lens - t0, reverse,
+                           packed.relu, P, plan.gate)
 
-        xw = run_in_chunks(x, packed["w_in"], packed["bias"], Hp, hbuf, reverse,
+        xw = run_in_chunks(x, packed.w_in, packed.bias, Hp, hbuf, reverse,
                            T if training else plan.chunk, run)
         y_out, h = unpadded(y, hbuf, H)
         h0_kept = pad_units(h0, Hp) if training else None
@@ -324,13 +326,13 @@ def rnn_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
 def rnn_step_cpu(x, packed, h):
     """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
     array). Equal to rnn_forward_cpu on one step, without its parallel regions."""
-    if packed["kind"] == "blas":  # (a one-step forward: the thread policy's)
+    if packed.kind == "blas":  # (a one-step forward: the thread policy's)
         return thread_policy(rnn_forward_cpu, x[None], packed, h)[1]
-    H, Hp = packed["H"], packed["Hp"]
+    H, Hp = packed.H, packed.Hp
     B = x.shape[0]
     h_new = np.empty((B, Hp), np.float32)
-    _step_tiled(x, packed["w_in"], packed["bias"], packed["w_fwd"], pad_units(h, Hp), h_new,
-                np.empty((B, Hp), np.float32), ones_of(B), packed["relu"])
+    _step_tiled(x, packed.w_in, packed.bias, packed.w_fwd, pad_units(h, Hp), h_new,
+                np.empty((B, Hp), np.float32), ones_of(B), packed.relu)
     return h_new[:, :H]
 
 
@@ -344,13 +346,13 @@ def rnn_backward_cpu(dy, dh_n, cache, packed):
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
     reverse, dg = cache["reverse"], cache["dg"]
     T, B, I = x.shape
-    H = packed["H"]
-    if packed["kind"] == "blas":
+    H = packed.H
+    if packed.kind == "blas":
         dh = dh_n.copy()
-        _backward_blas(dy, dg, y, packed["w_hh"], lens, reverse, packed["relu"], dh)
+        _backward_blas(dy, dg, y, packed.w_hh, lens, reverse, packed.relu, dh)
         dg2 = dg.reshape(T * B, H)
         mm = product_for(dg2.dtype)
-        dx = mm(dg2, packed["w_ih"]).reshape(T, B, I)
+        dx = mm(dg2, packed.w_ih).reshape(T, B, I)
         db = dg2.sum(axis=0)
         grads = dict(w_ih=mm(dg2.T, x.reshape(T * B, I)),
                      w_hh=blas_recurrent_gradient(dg, y, h0, lens, reverse),
@@ -360,11 +362,11 @@ def rnn_backward_cpu(dy, dh_n, cache, packed):
     dh_np = pad_units(dh_n, Hp)
     rec = aligned_empty((B, Hp))
     plan = cache["plan"]
-    _backward_tiled(dg, y, pad_units(dy, Hp), packed["w_bwd"], rec, dh_np, lens, reverse,
-                    packed["relu"], plan.units_threads(packed["w_bwd"].shape[0]), plan.gate)
-    dh0, dg_t, dw_hh, db = _recurrent_gradients(dg, y, h0, lens, reverse, packed["w_bwd"])
+    _backward_tiled(dg, y, pad_units(dy, Hp), packed.w_bwd, rec, dh_np, lens, reverse,
+                    packed.relu, plan.units_threads(packed.w_bwd.shape[0]), plan.gate)
+    dh0, dg_t, dw_hh, db = _recurrent_gradients(dg, y, h0, lens, reverse, packed.w_bwd)
     empty = lens == 0
     dh0[empty] = dh_np[empty]
     dg2 = dg.reshape(T * B, Hp)
-    dx, dw_ih = _input_gradients(dg2, dg_t, x, packed["w_dx"])
-    return _torch_layout(dx, dh0, dw_ih, dw_hh, db, db, packed["rows"], x.shape, H)
+    dx, dw_ih = _input_gradients(dg2, dg_t, x, packed.w_dx)
+    return _torch_layout(dx, dh0, dw_ih, dw_hh, db, db, packed.rows, x.shape, H)

@@ -36,6 +36,7 @@ Arrays are Numba device arrays; x, h0, dy and dh_n are read only.
 from numba import cuda
 
 from ..gates import DEFAULT_ACTS, activate, dactivate, for_cuda
+from .cells import CudaGRU
 from .common import (as_device, column_sums, combine, copy, device_array, dh_one,
                      dh_product, input_gradients, lengths_or_full, load_columns,
                      load_rows, matmul, ones, plan, scale_rows)
@@ -46,7 +47,8 @@ ROWS = 3  # weight rows per hidden unit
 
 def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, ln_ih=None,
                   ln_hh=None):
-    """Torch-layout weights (host or device) -> the device arrays the kernels read:
+    """Torch-layout weights (host or device) -> the device arrays the kernels read
+    (cells.CudaGRU):
     w_ih [G,I], w_hh [G,H], b_ih, b_hh [G], and bias [G], the input product's
     bias: b_ih + b_hh, with b_ih alone in the n block when reset_after (b_hn is
     added inside the recurrence there). acts: gates.make_acts's tuple (a user's
@@ -61,8 +63,8 @@ def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, l
     if reset_after:
         copy(b_ih[2 * H:], bias[2 * H:])
     ln = None if ln_ih is None else (as_device(ln_ih), as_device(ln_hh))
-    return dict(H=H, reset_after=bool(reset_after), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                b_hh=b_hh, bias=bias, acts=for_cuda(acts), ln=ln)
+    return CudaGRU(H=H, reset_after=bool(reset_after), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                   b_hh=b_hh, bias=bias, acts=for_cuda(acts), ln=ln)
 
 
 # -- forward ---------------------------------------------------------------------------
@@ -136,8 +138,6 @@ def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, 
             if training:
                 hin[t, b, u] = h_in
         j += 1
-
-
 
 
 @cuda.jit(device=True)
@@ -290,7 +290,7 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
                      blocks=None, persistent=None, h_mask=None, zone_h=None):
     """One layer and direction on device arrays.
 
-    x: [T,B,I]; cell: pack_gru_cuda's dict; h0: [B,H]; lengths: [B] ints (host
+    x: [T,B,I]; cell: pack_gru_cuda's CudaGRU; h0: [B,H]; lengths: [B] ints (host
     or device) or None. units, blocks, persistent: force the launch (see
     common.plan); None chooses. h_mask: None, or [B,H] (host or device)
     multiplying h wherever W_hh reads it, at every step (recurrent dropout,
@@ -301,17 +301,17 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     per-step launches (units, blocks and persistent do not apply).
     """
     T, B, I = x.shape
-    H = cell["H"]
-    reset_after = cell["reset_after"]
+    H = cell.H
+    reset_after = cell.reset_after
     dtype = x.dtype
     zero = dtype.type(0)
     lens = lengths_or_full(lengths, T, B)
     mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
     zh = device_array((0, 0, 0), dtype) if zone_h is None else as_device(zone_h)
-    if cell["ln"] is not None:
+    if cell.ln is not None:
         return norm_forward(x, cell, h0, lens, reverse, training, mask, zh)
-    xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, 3 * H), dtype),
-                bias=cell["bias"], trans_b=True)
+    xp = matmul(x.reshape(T * B, I), cell.w_ih, device_array((T * B, 3 * H), dtype),
+                bias=cell.bias, trans_b=True)
     h = device_array((2, B, H), dtype)
     copy(h0, h[0])
     y = device_array((T, B, H), dtype)
@@ -324,8 +324,8 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     hin = device_array((T, B, H), dtype) if training else unused
     hn = device_array((T, B, H), dtype) if training and reset_after else unused
     rh = device_array((steps, B, H), dtype) if not reset_after else unused
-    args = [xp, cell["w_hh"], cell["b_hh"], lens, h, y, gates, hn, hin, rh, bool(reverse),
-            reset_after, 1, bool(training), zero, cell["acts"], mask, zh]
+    args = [xp, cell.w_hh, cell.b_hh, lens, h, y, gates, hn, hin, rh, bool(reverse),
+            reset_after, 1, bool(training), zero, cell.acts, mask, zh]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[12] = p.units
@@ -486,22 +486,22 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
     {"w_ih", "w_hh", "b_ih", "b_hh"} (device arrays in the weights' shapes; and
     "ln_ih", "ln_hh" with layer normalisation).
     """
-    if cell["ln"] is not None:
+    if cell.ln is not None:
         return norm_backward(dy, dh_n, cache, cell)
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
-    H = cell["H"]
-    reset_after = cell["reset_after"]
+    H = cell.H
+    reset_after = cell.reset_after
     dtype = x.dtype
     zero = dtype.type(0)
-    w_hh = cell["w_hh"]
+    w_hh = cell.w_hh
     dgi = device_array((T * B, 3 * H), dtype)  # [dr dz dn]: the input product's gradient
     drec = device_array((T * B, H), dtype)     # the n gate's recurrent term's gradient
     dh = device_array((2, B, H), dtype)
     copy(dh_n, dh[0])
     mask = cache["mask"]
     args = [dy, w_hh, lens, cache["gates"], cache["hn"], cache["hin"], dgi, drec, dh,
-            reverse, reset_after, 1, zero, cell["acts"], mask, cache["zh"]]
+            reverse, reset_after, 1, zero, cell.acts, mask, cache["zh"]]
     p = plan(_backward_persistent, args, H, B, 1, 3 * H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[11] = p.units
@@ -513,14 +513,14 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
             _backward_gates_one[p.blocks, p.threads](k, *args)
             _backward_n_one[p.blocks, p.threads](k, t, w_hh, lens, cache["gates"],
                                                  cache["hin"], dgi, drec, dh, reset_after,
-                                                 p.units, zero, cell["acts"], mask)
+                                                 p.units, zero, cell.acts, mask)
             dh_one[p.blocks, p.threads](k, t, dgi, w_hh, lens, dh, p.units, 0, 2 * H, mask,
                                         zero)
     # What W_hh read: h, or h * mask with recurrent dropout (hin keeps h itself).
     hin = (cache["hin"] if mask.shape[0] == 0 else scale_rows(cache["hin"], mask)
            ).reshape(T * B, H)
     one = ones(T * B, dtype)
-    dx, dw_ih, db_ih = input_gradients(dgi, x, cell["w_ih"], one)
+    dx, dw_ih, db_ih = input_gradients(dgi, x, cell.w_ih, one)
     # Products into the first 2H rows (or entries) of an output read only the
     # first 2H columns of dgi: the r and z blocks.
     dw_hh = device_array((3 * H, H), dtype)

@@ -80,18 +80,18 @@ def _gates(t, xp, a, lengths, h_in, h_out, hm, y, gates, hn, hin, training, zero
 
 
 def norm_forward(x, cell, h0, lens, reverse, training, mask, zh):
-    """gru.gru_forward_cuda for a cell with layer normalisation (cell["ln"]: the
+    """gru.gru_forward_cuda for a cell with layer normalisation (cell.ln: the
     device gains g_ih, g_hh [G]); lens, mask and zh as that function prepares them.
     Returns y, h_n and the training cache."""
     T, B, _ = x.shape
-    H = cell["H"]
+    H = cell.H
     G = 3 * H
     dtype = x.dtype
     zero = dtype.type(0)
     eps = dtype.type(LAYER_NORM_EPS)
     inv_g = dtype.type(1 / G)
-    ln_ih, ln_hh = cell["ln"]
-    xp, xhat, sdx = normalised_input(x, cell["w_ih"], ln_ih, cell["b_ih"], training)
+    ln_ih, ln_hh = cell.ln
+    xp, xhat, sdx = normalised_input(x, cell.w_ih, ln_ih, cell.b_ih, training)
     h = device_array((2, B, H), dtype)
     copy(h0, h[0])
     masked = mask.shape[0] > 0
@@ -106,12 +106,12 @@ def norm_forward(x, cell, h0, lens, reverse, training, mask, zh):
     for s in range(T):
         t = T - 1 - s if reverse else s
         cur = h[s % 2]
-        matmul(hm if masked else cur, cell["w_hh"], a, trans_b=True)
+        matmul(hm if masked else cur, cell.w_hh, a, trans_b=True)
         rows = slice(t * B, (t + 1) * B) if training else slice(0, 1)
-        normalise_rows[flat_launch(B)](a, ln_hh, cell["b_hh"], a, hhat[rows], sdh[rows],
+        normalise_rows[flat_launch(B)](a, ln_hh, cell.b_hh, a, hhat[rows], sdh[rows],
                                        inv_g, zero, eps, training)
         _gates[_grid(B, H)](t, xp, a, lens, cur, h[1 - s % 2], hm, y, gates, hn, hin,
-                            bool(training), zero, cell["acts"], mask, zh)
+                            bool(training), zero, cell.acts, mask, zh)
     cache = None
     if training:
         cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, hn=hn, hin=hin,
@@ -179,12 +179,12 @@ def norm_backward(dy, dh_n, cache, cell):
     gradients, the gains' included ("ln_ih", "ln_hh")."""
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
     T, B, _ = x.shape
-    H = cell["H"]
+    H = cell.H
     G = 3 * H
     dtype = x.dtype
     zero = dtype.type(0)
     inv_g = dtype.type(1 / G)
-    ln_ih, ln_hh = cell["ln"]
+    ln_ih, ln_hh = cell.ln
     mask = cache["mask"]
     dgi = device_array((T * B, G), dtype)  # of the input product's LN output
     dah = device_array((T * B, G), dtype)  # of the recurrent product's LN output
@@ -196,13 +196,13 @@ def norm_backward(dy, dh_n, cache, cell):
         t = k if reverse else T - 1 - k  # forward step T-1-k's time
         nxt = dh[1 - k % 2]
         _gate_grads[_grid(B, H)](t, dy, lens, cache["gates"], cache["hn"], cache["hin"],
-                                 dh[k % 2], dgi, dah, nxt, zero, cell["acts"], cache["zh"])
+                                 dh[k % 2], dgi, dah, nxt, zero, cell.acts, cache["zh"])
         rows = slice(t * B, (t + 1) * B)
         norm_grad_rows[flat_launch(B)](dah[rows], ln_hh, cache["hhat"][rows],
                                        cache["sdh"][rows], dr[rows], inv_g, zero)
-        matmul(dr[rows], cell["w_hh"], rec)
+        matmul(dr[rows], cell.w_hh, rec)
         _add_masked[_grid(B, H)](rec, mask, nxt)
-    dx, dw_ih, d_ln_ih = normalised_input_gradients(dgi, x, cell["w_ih"], ln_ih, cache["xhat"],
+    dx, dw_ih, d_ln_ih = normalised_input_gradients(dgi, x, cell.w_ih, ln_ih, cache["xhat"],
                                                     cache["sdx"])
     # What W_hh read: h, or h * mask with recurrent dropout (hin keeps h itself).
     hin = (cache["hin"] if mask.shape[0] == 0 else scale_rows(cache["hin"], mask)

@@ -26,6 +26,7 @@ from numba import cuda
 
 from ..gates import (DEFAULT_ACTS, activate, clip_gate, for_cuda, gate_clip_bounds, lstm_cell,
                      lstm_cell_grads)
+from .cells import CudaLSTM
 from .common import (as_device, combine, copy, device_array, dh_one, dh_product,
                      input_gradients, lengths_or_full, load_columns, load_rows, matmul, ones,
                      plan)
@@ -37,7 +38,7 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
                    ln_c=None, ln_c_bias=None, cell_clip=None, input_forget=False,
                    gate_clip=None, acts=DEFAULT_ACTS):
     """Torch-layout weights (host or device) and the cell's options (gates.lstm_cell_grads)
-    -> the device arrays the kernels read: w_ih [G,I], w_hh [G,P], bias = b_ih +
+    -> the device arrays the kernels read (cells.CudaLSTM): w_ih [G,I], w_hh [G,P], bias = b_ih +
     b_hh [G]; w_hr [P,H], the projection (torch's proj_size), or [0,0] for none
     (P = H); clip and gclip (inf for none), coupled; acts: gates.make_acts's tuple
     (a user's functions become device functions, gates.for_cuda: the kernels
@@ -49,12 +50,12 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
             as_device(peephole).reshape(3, H))
     w_hr = device_array((0, 0), w_ih.dtype) if w_hr is None else as_device(w_hr)
     ln = None if ln_ih is None else tuple(as_device(a) for a in (ln_ih, ln_hh, ln_c, ln_c_bias))
-    return dict(H=H, P=w_hh.shape[1], w_hr=w_hr, peep=peep, ln=ln, w_ih=as_device(w_ih),
-                w_hh=as_device(w_hh),
-                bias=combine(as_device(b_ih), as_device(b_hh), "add"),
-                clip=float("inf") if cell_clip is None else float(cell_clip),
-                coupled=bool(input_forget), acts=for_cuda(acts),
-                gclip=float("inf") if gate_clip is None else float(gate_clip))
+    return CudaLSTM(H=H, P=w_hh.shape[1], w_hr=w_hr, peep=peep, ln=ln, w_ih=as_device(w_ih),
+                    w_hh=as_device(w_hh),
+                    bias=combine(as_device(b_ih), as_device(b_hh), "add"),
+                    clip=float("inf") if cell_clip is None else float(cell_clip),
+                    coupled=bool(input_forget), acts=for_cuda(acts),
+                    gclip=float("inf") if gate_clip is None else float(gate_clip))
 
 
 @cuda.jit(device=True)
@@ -187,7 +188,7 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
                       zone_h=None):
     """One layer and direction on device arrays.
 
-    x: [T,B,I]; cell: pack_lstm_cuda's dict; h0: [B,P], c0: [B,H] (P = H without
+    x: [T,B,I]; cell: pack_lstm_cuda's CudaLSTM; h0: [B,P], c0: [B,H] (P = H without
     a projection); lengths: [B] ints (host or device) or None. units, blocks,
     persistent: force the launch (see common.plan); None chooses. h_mask: None,
     or [B,P] (host or device) multiplying h where it enters the recurrent product
@@ -198,8 +199,8 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     lstm_backward_cuda (else None).
     """
     T, B, I = x.shape
-    H, P = cell["H"], cell["P"]
-    projected = cell["w_hr"].shape[0] > 0
+    H, P = cell.H, cell.P
+    projected = cell.w_hr.shape[0] > 0
     dtype = x.dtype
     zero = dtype.type(0)
     lens = lengths_or_full(lengths, T, B)
@@ -208,11 +209,11 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
         raise ValueError("zone_c and zone_h: pass both (zoneout) or neither")
     none = device_array((0, 0, 0), dtype)
     zc, zh = (none, none) if zone_c is None else (as_device(zone_c), as_device(zone_h))
-    if cell["ln"] is not None:
+    if cell.ln is not None:
         return norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units,
                             blocks, persistent)
-    xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, 4 * H), dtype),
-                bias=cell["bias"], trans_b=True)
+    xp = matmul(x.reshape(T * B, I), cell.w_ih, device_array((T * B, 4 * H), dtype),
+                bias=cell.bias, trans_b=True)
     h = device_array((2, B, P), dtype)
     copy(h0, h[0])
     c = device_array((B, H), dtype)
@@ -227,9 +228,9 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     # o * cell(c') of every unit, which the projection reads: all steps' when training
     # (dW_hr needs them), else one step's.
     m = device_array((T if training else 1, B, H) if projected else (1, 1, 1), dtype)
-    args = [xp, cell["w_hh"], cell["w_hr"], m, lens, h, c, y, gates, cs, cin, hin,
-            bool(reverse), 1, bool(training), zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask, zc, zh]
+    args = [xp, cell.w_hh, cell.w_hr, m, lens, h, c, y, gates, cs, cin, hin,
+            bool(reverse), 1, bool(training), zero, dtype.type(cell.clip), cell.coupled,
+            dtype.type(cell.gclip), cell.acts, cell.peep, mask, zc, zh]
     p = plan(_forward_persistent, args, H, B, ROWS, P + 1, dtype.itemsize, units, blocks,
              persistent)
     args[13] = p.units
@@ -349,16 +350,16 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     "peephole" [3H] with peepholes, "ln_ih", "ln_hh", "ln_c", "ln_c_bias" with
     layer normalisation; device arrays in the weights' shapes).
     """
-    if cell["ln"] is not None:
+    if cell.ln is not None:
         return norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent)
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
-    H, P = cell["H"], cell["P"]
-    w_hr = cell["w_hr"]
+    H, P = cell.H, cell.P
+    w_hr = cell.w_hr
     projected = w_hr.shape[0] > 0
     dtype = x.dtype
     zero = dtype.type(0)
-    w_hh = cell["w_hh"]
+    w_hh = cell.w_hh
     dgates = device_array((T * B, 4 * H), dtype)
     dhs = device_array((T * B, P) if projected else (1, 1), dtype)  # h's gradient, per step
     dh = device_array((2, B, P), dtype)
@@ -367,8 +368,8 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     copy(dc_n, dc)
     mask = cache["mask"]
     args = [dy, w_hh, w_hr, dhs, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh,
-            dc, reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask, cache["zc"],
+            dc, reverse, 1, zero, dtype.type(cell.clip), cell.coupled,
+            dtype.type(cell.gclip), cell.acts, cell.peep, mask, cache["zc"],
             cache["zh"]]
     p = plan(_backward_persistent, args, H, B, 1, 4 * H + 1, dtype.itemsize, units, blocks,
              persistent)
@@ -381,7 +382,7 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
             _backward_gates_one[p.blocks, p.threads](k, *args)
             dh_one[p.blocks, p.threads](k, t, dgates, w_hh, lens, dh, p.units, 0, 4 * H,
                                         mask, zero)
-    dx, dw_ih, db = input_gradients(dgates, x, cell["w_ih"], ones(T * B, dtype))
+    dx, dw_ih, db = input_gradients(dgates, x, cell.w_ih, ones(T * B, dtype))
     dw_hh = matmul(dgates, cache["hin"].reshape(T * B, P), device_array((4 * H, P), dtype),
                    trans_a=True)
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=copy(db, device_array(4 * H, dtype)))

@@ -116,13 +116,13 @@ def extra_gradients(grads, cell, cache, dgates, dhs):
     """Add the projection's ("w_hr" [P,H], from h's gradient per step dhs and the
     cache's m) and the peepholes' ("peephole" [3H]) gradients to grads, where the
     cell has them; dgates [T*B,G] the gate pre-activations' gradients."""
-    H, P = cell["H"], cell["P"]
+    H, P = cell.H, cell.P
     x = cache["x"]
     TB = x.shape[0] * x.shape[1]
-    if cell["w_hr"].shape[0] > 0:
+    if cell.w_hr.shape[0] > 0:
         grads["w_hr"] = matmul(dhs, cache["m"].reshape(TB, H),
                                device_array((P, H), x.dtype), trans_a=True)
-    if cell["peep"].shape[0] > 0:
+    if cell.peep.shape[0] > 0:
         dpeep = device_array((3, H), x.dtype)
         peephole_gradients[flat_launch(3 * H)](
             dgates, cache["cin"].reshape(TB, H), cache["cs"].reshape(TB, H), dpeep,

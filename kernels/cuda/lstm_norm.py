@@ -238,19 +238,19 @@ def _forward_norm_one(s, phase, xp, w_hh, w_hr, m, r, lengths, h, c, cn, y, gate
 
 def norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units, blocks,
                  persistent):
-    """lstm.lstm_forward_cuda for a cell with layer normalisation (cell["ln"]: the
+    """lstm.lstm_forward_cuda for a cell with layer normalisation (cell.ln: the
     device gains g_ih, g_hh [G], g_c and bias b_c [H]); lens, mask, zc, zh as that
     function prepares them. Returns y, h_n, c_n and the training cache."""
     T, B, _ = x.shape
-    H, P = cell["H"], cell["P"]
+    H, P = cell.H, cell.P
     G = 4 * H
-    projected = cell["w_hr"].shape[0] > 0
+    projected = cell.w_hr.shape[0] > 0
     dtype = x.dtype
     zero = dtype.type(0)
     eps = dtype.type(LAYER_NORM_EPS)
     inv_g, inv_h = dtype.type(1 / G), dtype.type(1 / H)
-    ln_ih, ln_hh, ln_c, ln_c_bias = cell["ln"]
-    xp, xhat, sdx = normalised_input(x, cell["w_ih"], ln_ih, cell["bias"], training)
+    ln_ih, ln_hh, ln_c, ln_c_bias = cell.ln
+    xp, xhat, sdx = normalised_input(x, cell.w_ih, ln_ih, cell.bias, training)
     steps = T if training else 1
     h = device_array((2, B, P), dtype)
     copy(h0, h[0])
@@ -265,10 +265,10 @@ def norm_forward(x, cell, h0, c0, lens, reverse, training, mask, zc, zh, units, 
     hhat = device_array((T * B, G) if training else (1, 1), dtype)
     sdh = device_array(T * B if training else 1, dtype)
     m = device_array((steps, B, H) if projected else (1, 1, 1), dtype)
-    args = [xp, cell["w_hh"], cell["w_hr"], m, r, lens, h, c, cn, y, gates, cin, hin, hhat,
+    args = [xp, cell.w_hh, cell.w_hr, m, r, lens, h, c, cn, y, gates, cin, hin, hhat,
             sdh, ln_hh, ln_c, ln_c_bias, bool(reverse), 1, bool(training), zero,
-            dtype.type(cell["clip"]), cell["coupled"], dtype.type(cell["gclip"]), cell["acts"],
-            cell["peep"], mask, zc, zh, inv_g, inv_h, eps]
+            dtype.type(cell.clip), cell.coupled, dtype.type(cell.gclip), cell.acts,
+            cell.peep, mask, zc, zh, inv_g, inv_h, eps]
     p = plan(_forward_norm_persistent, args, H, B, ROWS, P + 1, dtype.itemsize, units,
              blocks, persistent)
     args[19] = p.units
@@ -463,15 +463,15 @@ def norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent):
     "ln_c", "ln_c_bias")."""
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
     T, B, _ = x.shape
-    H, P = cell["H"], cell["P"]
+    H, P = cell.H, cell.P
     G = 4 * H
-    w_hh, w_hr = cell["w_hh"], cell["w_hr"]
+    w_hh, w_hr = cell.w_hh, cell.w_hr
     projected = w_hr.shape[0] > 0
     dtype = x.dtype
     zero = dtype.type(0)
     eps = dtype.type(LAYER_NORM_EPS)
     inv_g, inv_h = dtype.type(1 / G), dtype.type(1 / H)
-    ln_ih, ln_hh, ln_c, ln_c_bias = cell["ln"]
+    ln_ih, ln_hh, ln_c, ln_c_bias = cell.ln
     dgates = device_array((T * B, G), dtype)  # the gate pre-activations' gradients
     dr = device_array((T * B, G), dtype)      # the raw recurrent product's
     dn = device_array((T * B, H), dtype)      # LN(c')'s output's
@@ -485,8 +485,8 @@ def norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent):
     mask = cache["mask"]
     args = [dy, w_hh, w_hr, dhs, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dn,
             chat, sdc, cache["hhat"], cache["sdh"], dr, dh, dc, ln_hh, ln_c, ln_c_bias,
-            reverse, 1, zero, dtype.type(cell["clip"]), cell["coupled"],
-            dtype.type(cell["gclip"]), cell["acts"], cell["peep"], mask, cache["zc"],
+            reverse, 1, zero, dtype.type(cell.clip), cell.coupled,
+            dtype.type(cell.gclip), cell.acts, cell.peep, mask, cache["zc"],
             cache["zh"], inv_g, inv_h, eps]
     p = plan(_backward_norm_persistent, args, H, B, 1, G + 1, dtype.itemsize, units, blocks,
              persistent)
@@ -500,7 +500,7 @@ def norm_backward(dy, dh_n, dc_n, cache, cell, units, blocks, persistent):
                 _backward_norm_one[p.blocks, p.threads](k, phase, *args)
             dh_one[p.blocks, p.threads](k, t, dr, w_hh, lens, dh, p.units, 0, G, mask, zero)
     # The input product's gradient through its normalisation, then the products.
-    dx, dw_ih, d_ln_ih = normalised_input_gradients(dgates, x, cell["w_ih"], ln_ih,
+    dx, dw_ih, d_ln_ih = normalised_input_gradients(dgates, x, cell.w_ih, ln_ih,
                                                     cache["xhat"], cache["sdx"])
     one = ones(T * B, dtype)
     db = column_sums(dgates, device_array(G, dtype), one)

@@ -21,6 +21,7 @@ from numba import cuda
 
 from ..gates import drelu, dtanh, relu, tanh
 from ..gates import RNN_NONLINEARITIES
+from .cells import CudaRNN
 from .common import (as_device, combine, copy, device_array, dh_one,
                      dh_product, input_gradients, lengths_or_full, load_columns,
                      load_rows, matmul, ones, plan)
@@ -29,14 +30,15 @@ ROWS = 1  # weight rows per hidden unit
 
 
 def pack_rnn_cuda(w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
-    """Torch-layout weights (host or device) -> the device arrays the kernels read:
+    """Torch-layout weights (host or device) -> the device arrays the kernels read
+    (cells.CudaRNN):
     w_ih [H,I], w_hh [H,H], bias = b_ih + b_hh [H]; relu: the activation is relu
     (else tanh)."""
     if nonlinearity not in RNN_NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {RNN_NONLINEARITIES}, "
                          f"got {nonlinearity!r}")
-    return dict(H=w_hh.shape[1], relu=nonlinearity == "relu", w_ih=as_device(w_ih),
-                w_hh=as_device(w_hh), bias=combine(as_device(b_ih), as_device(b_hh), "add"))
+    return CudaRNN(H=w_hh.shape[1], relu=nonlinearity == "relu", w_ih=as_device(w_ih),
+                   w_hh=as_device(w_hh), bias=combine(as_device(b_ih), as_device(b_hh), "add"))
 
 
 # -- forward ---------------------------------------------------------------------------
@@ -108,24 +110,24 @@ def rnn_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
                      blocks=None, persistent=None):
     """One layer and direction on device arrays.
 
-    x: [T,B,I]; cell: pack_rnn_cuda's dict; h0: [B,H]; lengths: [B] ints (host
+    x: [T,B,I]; cell: pack_rnn_cuda's CudaRNN; h0: [B,H]; lengths: [B] ints (host
     or device) or None. units, blocks, persistent: force the launch (see
     common.plan); None chooses.
     Returns y [T,B,H], h_n [B,H] and, when training, a cache for
     rnn_backward_cuda (else None).
     """
     T, B, I = x.shape
-    H = cell["H"]
+    H = cell.H
     dtype = x.dtype
     zero = dtype.type(0)
-    xp = matmul(x.reshape(T * B, I), cell["w_ih"], device_array((T * B, H), dtype),
-                bias=cell["bias"], trans_b=True)
+    xp = matmul(x.reshape(T * B, I), cell.w_ih, device_array((T * B, H), dtype),
+                bias=cell.bias, trans_b=True)
     h = device_array((2, B, H), dtype)
     copy(h0, h[0])
     y = device_array((T, B, H), dtype)
     hin = device_array((T, B, H) if training else (1, 1, 1), dtype)
     lens = lengths_or_full(lengths, T, B)
-    args = [xp, cell["w_hh"], lens, h, y, hin, bool(reverse), cell["relu"], 1,
+    args = [xp, cell.w_hh, lens, h, y, hin, bool(reverse), cell.relu, 1,
             bool(training), zero]
     p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
@@ -203,14 +205,14 @@ def rnn_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
     """
     x, lens, reverse = cache["x"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
-    H = cell["H"]
+    H = cell.H
     dtype = x.dtype
     zero = dtype.type(0)
-    w_hh = cell["w_hh"]
+    w_hh = cell.w_hh
     da = device_array((T * B, H), dtype)
     dh = device_array((2, B, H), dtype)
     copy(dh_n, dh[0])
-    args = [dy, w_hh, lens, cache["y"], da, dh, reverse, cell["relu"], 1, zero]
+    args = [dy, w_hh, lens, cache["y"], da, dh, reverse, cell.relu, 1, zero]
     p = plan(_backward_persistent, args, H, B, 1, H + 1, dtype.itemsize, units, blocks,
              persistent)
     args[8] = p.units
@@ -222,7 +224,7 @@ def rnn_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
             _backward_act_one[p.blocks, p.threads](k, *args)
             dh_one[p.blocks, p.threads](k, t, da, w_hh, lens, dh, p.units, 0, H, dh[0, :0],
                                         zero)
-    dx, dw_ih, db = input_gradients(da, x, cell["w_ih"], ones(T * B, dtype))
+    dx, dw_ih, db = input_gradients(da, x, cell.w_ih, ones(T * B, dtype))
     dw_hh = matmul(da, cache["hin"].reshape(T * B, H), device_array((H, H), dtype),
                    trans_a=True)
     grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=copy(db, device_array(H, dtype)))

@@ -43,8 +43,8 @@ def _compare(rng, cell, T, B, I, H, dtype, reverse, lengths, plan=None):
     packed = pack(w_ih, w_hh, b_ih, b_hh, **option)
     kw = {}
     if plan is not None:
-        assert packed["kind"] == "tiled"  # (the BLAS loops plan each step themselves)
-        kw["plan"] = make_plan(T, B, I, packed["Hp"], gates, True)._replace(**plan)
+        assert packed.kind == "tiled"  # (the BLAS loops plan each step themselves)
+        kw["plan"] = make_plan(T, B, I, packed.Hp, gates, True)._replace(**plan)
     yk, hk, cache_k = forward(x, packed, h0, lengths, reverse, training=True, **kw)
     yi, hi, none = forward(x, packed, h0, lengths, reverse, training=False, **kw)
     assert none is None
@@ -127,9 +127,9 @@ def test_inference_in_chunks_of_steps_matches_reference(rng, cell, reverse):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gru_packs_to_the_documented_paths(rng, dtype):
     weights = cell_weights(rng, 3, 5, 3, dtype)
-    assert pack_gru_cpu(*weights)["kind"] == ("tiled" if dtype == np.float32 else "blas")
-    assert pack_gru_cpu(*weights, reset_after=False)["kind"] == "blas"
-    assert pack_rnn_cpu(*cell_weights(rng, 3, 5, 1, dtype))["kind"] == \
+    assert pack_gru_cpu(*weights).kind == ("tiled" if dtype == np.float32 else "blas")
+    assert pack_gru_cpu(*weights, reset_after=False).kind == "blas"
+    assert pack_rnn_cpu(*cell_weights(rng, 3, 5, 1, dtype)).kind == \
         ("tiled" if dtype == np.float32 else "blas")
 
 

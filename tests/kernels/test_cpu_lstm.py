@@ -43,7 +43,7 @@ def _compare(rng, T, B, I, H, dtype, reverse, lengths, zoneout=None, proj=0, h_m
                                       **options, **zone)
     packed = pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, **options)
     if plan is not None:
-        assert packed["kind"] == "tiled"  # (the BLAS loops plan each step themselves)
+        assert packed.kind == "tiled"  # (the BLAS loops plan each step themselves)
         zone["plan"] = forward_plan(x.shape, packed, True)._replace(**plan)
     yk, hk, ck, cache_k = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=True,
                                            **zone)

@@ -94,10 +94,10 @@ def test_the_time_loop_checks_the_gate_every_step(rng):
     w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, np.float32)
     packed = cpu_lstm.pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
-    Hp = packed["Hp"]
+    Hp = packed.Hp
     xw = np.empty((T, B, 4 * Hp), np.float32)
-    products.matmul_rows(x.reshape(T * B, I), packed["w_in"], xw.reshape(T * B, -1),
-                         packed["bias"], False, 0, T * B, 0, packed["w_in"].shape[0])
+    products.matmul_rows(x.reshape(T * B, I), packed.w_in, xw.reshape(T * B, -1),
+                         packed.bias, False, 0, T * B, 0, packed.w_in.shape[0])
     outs = []
     for hold in (False, True):
         gate = threads.new_gate()
@@ -106,11 +106,11 @@ def test_the_time_loop_checks_the_gate_every_step(rng):
         hbuf = np.zeros((2, B, Hp), np.float32)
         c = np.zeros((B, Hp), np.float32)
         y = np.empty((T, B, Hp), np.float32)
-        lstm_tiled._forward_tiled(xw.copy(), packed["w_fwd"], hbuf, c, y,
+        lstm_tiled._forward_tiled(xw.copy(), packed.w_fwd, hbuf, c, y,
                                   np.empty((1, 1, 1), np.float32),
                                   np.empty((B, 4 * Hp), np.float32), np.full(B, T, np.int64),
-                                  False, False, 2, packed["clip"], packed["coupled"],
-                                  packed["gclip"], packed["acts"], gate)
+                                  False, False, 2, packed.clip, packed.coupled,
+                                  packed.gclip, packed.acts, gate)
         if hold:
             assert gate[threads.REGIONS] == 0
         else:  # every step, unless a busy machine made one lag (then a hold follows)
