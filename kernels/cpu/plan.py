@@ -93,8 +93,8 @@ def make_plan(T, B, I, Hp, gates, training, plain=True, threads=None):
                 and 2 * T * B * gates * Hp * Hp >= PARALLEL_MIN_FLOPS)
     n = pool if rows or not small_step else 1
     chunk = T if training else max(1, min(T, INFERENCE_CHUNK_BYTES // (B * gates * Hp * 4)))
-    return Plan(n, rows, bool(rows and fuse_input(B, I, Hp, n)), chunk, SMALL_COPY,
-                POLICY.gate())
+    fused = rows and gates == 4 and fuse_input(B, I, Hp, n)  # (the LSTM's loop has it)
+    return Plan(n, rows, bool(fused), chunk, SMALL_COPY, POLICY.gate())
 
 
 def step_threads(B, Hp, nblk):

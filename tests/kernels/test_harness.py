@@ -12,11 +12,13 @@ from numlstm.kernels.cpu import KERNELS
 
 
 def test_quick_cpu_run_checks_every_variant(capsys):
-    """--quick over the LSTM's plain and dropout families: a row per (dtype, shape,
-    pass, plan), each with its error under the tolerance and a time; exit 0."""
-    assert harness.main(["--backend", "cpu", "--quick", "--cell", "lstm",
-                         "--options", "plain", "dropout"]) == 0
+    """--quick (what CI runs): every cell, option family, dtype, plan and pass at the
+    two smallest shapes, a row each with its error under the tolerance and a time;
+    exit 0."""
+    assert harness.main(["--backend", "cpu", "--quick"]) == 0
     rows = [l for l in capsys.readouterr().out.splitlines()[2:] if l.strip()]
+    families = {(r.split()[0], r.split()[1]) for r in rows}
+    assert families == {(c, f) for c in harness.OPTIONS for f in harness.OPTIONS[c]}
     want = {"auto: one thread", "  one thread", "units x2", "rows x2 fused", "rows x2,",
             "auto: the BLAS loop", "the streaming step"}
     assert want == {p for p in want if any(p in r for r in rows)}, rows
@@ -24,9 +26,8 @@ def test_quick_cpu_run_checks_every_variant(capsys):
         assert "MISMATCH" not in r
         ms, gflops = (float(v) for v in r.split()[-2:])
         assert ms > 0 and gflops > 0, r
-    # plain: 2 dtypes x 2 shapes; float32: 5 plans (inference, training) + step (T=1
-    # shape, no lengths), float64: the BLAS loop
-    assert sum(" plain " in r and " step " in r for r in rows) == 4
+    # the plain LSTM's streaming step: 2 dtypes x 2 shapes
+    assert sum(r.startswith("lstm  plain ") and " step " in r for r in rows) == 4
 
 
 def test_a_wrong_kernel_is_reported_and_fails(monkeypatch, capsys):

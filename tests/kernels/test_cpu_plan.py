@@ -1,0 +1,67 @@
+"""The CPU kernels' plan (kernels/cpu/plan.py): which variant of the time loops a
+call runs, made from the shapes and the threads, printable."""
+import pytest
+
+from numlstm.kernels.cpu import plan_for
+from numlstm.kernels.cpu.plan import (INFERENCE_CHUNK_BYTES, PARALLEL_MIN_FLOPS, Plan, make_plan,
+                                      split_rows)
+
+
+def test_work_that_fits_one_thread_plans_no_parallel_region():
+    """A step under 256 units and 2 MFLOP, all steps under 2 MFLOP: one thread."""
+    p = make_plan(100, 1, 64, 64, 4, False, threads=2)
+    assert p.threads == 1 and not p.rows and not p.fused
+    assert str(p) == "one thread, 100 steps a chunk"
+    # a step's product of 2 * B * Hp * 4 * Hp FLOP at or past the limit: two threads
+    B = -(-PARALLEL_MIN_FLOPS // (2 * 128 * 4 * 128))
+    assert make_plan(1, B, 8, 128, 4, False, plain=False, threads=2).threads == 2
+
+
+def test_the_batch_split_for_the_plain_layer_only_and_fused_for_the_lstm_only():
+    lstm = make_plan(64, 32, 64, 128, 4, True, threads=2)
+    assert lstm.rows and lstm.fused and lstm.threads == 2
+    assert str(lstm) == "rows x2 fused, 64 steps a chunk"
+    options = make_plan(64, 32, 64, 128, 4, True, plain=False, threads=2)
+    assert not options.rows and options.threads == 2 and str(options).startswith("units x2")
+    gru = make_plan(64, 32, 64, 128, 3, True, threads=2)
+    assert gru.rows and not gru.fused
+    assert not make_plan(64, 32, 64, 128, 4, True, threads=1).rows  # one thread: no split
+
+
+@pytest.mark.parametrize("B, Hp, gates, rows", [(16, 128, 4, True), (8, 128, 4, True),
+                                                (4, 128, 4, True), (3, 128, 4, False),
+                                                (16, 256, 4, True), (8, 256, 4, False),
+                                                (16, 512, 4, False), (4, 256, 3, False)])
+def test_split_rows_follows_the_cache_limits(B, Hp, gates, rows):
+    """From 8 rows a thread while W_hh fits in L2 (1 MiB), from 2 while it is under
+    256 KiB (H <= 128 for the LSTM)."""
+    assert split_rows(B, Hp, 2, gates) == rows
+
+
+def test_inference_chunks_and_training_runs_every_step():
+    T, B, Hp = 4096, 64, 256
+    steps = INFERENCE_CHUNK_BYTES // (B * 4 * Hp * 4)
+    assert make_plan(T, B, 8, Hp, 4, False, threads=2).chunk == steps < T
+    assert make_plan(T, B, 8, Hp, 4, True, threads=2).chunk == T
+    assert make_plan(3, B, 8, Hp, 4, False, threads=2).chunk == 3
+
+
+def test_units_threads_never_exceed_the_blocks():
+    p = make_plan(64, 64, 64, 512, 4, True, plain=False, threads=8)
+    assert p.threads == 8 and p.units_threads(3) == 3 and p.units_threads(0) == 1
+
+
+def test_plans_are_values_a_test_can_change():
+    p = make_plan(8, 4, 4, 64, 4, False, threads=2)
+    forced = p._replace(threads=2, rows=True, fused=True)
+    assert isinstance(forced, Plan) and forced.gate is p.gate and p.threads == 1
+    assert str(forced) == "rows x2 fused, 8 steps a chunk"
+
+
+def test_plan_for_pads_each_cell_as_its_kernels_do():
+    """plan_for (what numlstm bench prints) plans the padded units the cell's kernels
+    run: H=96 pads to 128, so B=8 takes the batch split as H=128 does."""
+    assert str(plan_for("lstm", 200, 8, 40, 96, False)) == str(
+        make_plan(200, 8, 40, 128, 4, False))
+    assert not plan_for("rnn", 64, 64, 64, 128, True).rows  # (no batch split for the RNN)
+    assert plan_for("gru", 64, 64, 64, 128, True).fused is False
