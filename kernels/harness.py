@@ -13,7 +13,9 @@ with reference.py (max |error| <= rtol * max |reference|, the first mismatch
 printed), and only then times it: the median of several calls, and GFLOP/s from
 the products' multiply-adds (forward 2 T B G (I + H), the backward twice that;
 G = gates * H). It prints, per row, the variant, the plan that ran, the error
-against its tolerance, ms and GFLOP/s, and exits 1 on any mismatch.
+against its tolerance, ms and GFLOP/s (and, where the thread policy found a
+thread lagging and held the loop on one thread, how often), and exits 1 on any
+mismatch.
 
 --quick: the smallest shapes, one timed call with no warm-up: it checks, and
 says the rest runs (CI runs it for both backends; the CUDA one under NUMBA_ENABLE_CUDASIM=1,
@@ -173,9 +175,9 @@ class Runner:
     def __init__(self, backend):
         self.backend = backend
         if backend == "cpu":
-            from .cpu import KERNELS
-            from .cpu.plan import make_plan
-            self.make_plan = make_plan
+            from .cpu import KERNELS, PLANS
+            from .cpu.threads import POLICY, new_gate
+            self.plans, self.policy, self.new_gate = PLANS, POLICY, new_gate
         else:
             from .cuda import KERNELS
         self.kernels = KERNELS
@@ -188,16 +190,18 @@ class Runner:
                      "per-step": {"persistent": False}}[name], name)
         if getattr(packed, "kind", None) != "tiled":
             return ({}, "auto: the BLAS loop") if name == "auto" else None
-        T, B, I, _ = case.shape
-        plan = self.make_plan(T, B, I, packed.Hp, GATES[case.cell], training)
+        options = ("proj", "peephole", "dropout", "zoneout")  # (the LSTM's options' loop)
+        plain = not (case.cell == "lstm" and case.family in options)
+        # the plan the forward makes itself, with a gate of its own: a lag timed in
+        # one variant holds no other (the lags are counted in the row)
+        plan = self.plans[case.cell](case.x.shape, packed, training, plain)._replace(
+            gate=self.new_gate())
         pool = max(2, plan.threads)
         forced = {"auto": {}, "one": dict(threads=1, rows=False, fused=False),
                   "units": dict(threads=pool, rows=False, fused=False),
                   "rows": dict(threads=pool, rows=True, fused=False),
                   "rows-fused": dict(threads=pool, rows=True, fused=True)}[name]
-        options = ("proj", "peephole", "dropout", "zoneout")  # (the LSTM's options' loop)
-        if name.startswith("rows") and (
-                case.cell == "rnn" or (case.cell == "lstm" and case.family in options)):
+        if name.startswith("rows") and (case.cell == "rnn" or not plain):
             return None  # (no batch split for these)
         if name == "rows-fused" and case.cell != "lstm":
             return None
@@ -246,7 +250,11 @@ class Runner:
 
     def time(self, case, packed, pass_, extra, repeats, warm=True):
         """The median seconds of `repeats` calls of the pass, after one untimed (none
-        when not warm: the check's call compiled it)."""
+        when not warm: the check's call compiled it). On the CPU the thread
+        policy's gate for calls starts clear, so that a hold an earlier variant
+        earned does not put this one on one thread."""
+        if self.backend == "cpu":
+            self.policy.gate()[:] = 0
         call = self.call(case, packed, pass_, extra)
         if warm:
             call()  # (allocations, caches)
@@ -262,6 +270,17 @@ class Runner:
         if pass_ == "step":
             return case.flops // case.shape[0]
         return case.flops * (3 if pass_ == "training" else 1)
+
+
+def lagged(extra):
+    """The regions the thread policy found lagged while a CPU plan ran (each starts a
+    hold on one thread: on a busy machine a variant's time is then partly the one
+    thread's); 0 for other backends."""
+    plan = extra.get("plan")
+    if plan is None:
+        return 0
+    from .cpu.threads import LAGGED
+    return int(plan.gate[LAGGED])
 
 
 def _one_step(case):
@@ -321,8 +340,10 @@ def run(backend, cells, plans, families, dtypes, shapes, quick, out=None):
                             seconds = runner.time(case, packed, pass_, extra, repeats,
                                                   warm=not quick)
                             flops = runner.flops(case, pass_)
-                            print(f"{label}{seconds * 1e3:9.3f} {flops / seconds / 1e9:8.3g}",
-                                  file=out, flush=True)
+                            lags = lagged(extra)
+                            print(f"{label}{seconds * 1e3:9.3f} {flops / seconds / 1e9:8.3g}"
+                                  + (f"  ({lags} lagged regions: held on one thread)"
+                                     if lags else ""), file=out, flush=True)
     return failures
 
 

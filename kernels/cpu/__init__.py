@@ -152,6 +152,11 @@ def plan_for(cell, T, B, I, H, training):
     return plan.make_plan(T, B, I, Hp, GATES[cell], training, plain=cell != "rnn")
 
 
+# Each cell's forward_plan(x.shape, packed, training, plain): the plan its forward
+# makes when it is given none (the harness labels and forces variants with these).
+PLANS = {"lstm": lstm.forward_plan, "gru": gru.forward_plan, "rnn": rnn.forward_plan}
+
+
 # The table: dispatch looks the kernels up here (kernels/table.py).
 KERNELS = {
     "lstm": CellKernels(pack_lstm_cpu, lstm_forward_cpu, lstm_backward_cpu, lstm_step_cpu),

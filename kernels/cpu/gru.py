@@ -70,6 +70,14 @@ def _gate_columns(H):
     return (u // U) * 3 * U + k * U + u % U
 
 
+def forward_plan(shape, packed, training, plain=True):
+    """plan.make_plan for a float32 call on x of this shape [T,B,I] with these weights
+    (a TiledGRU); the GRU's batch split runs with its options too, so plain is
+    unused (it is there so that every cell's forward_plan takes the same)."""
+    T, B, I = shape
+    return make_plan(T, B, I, packed.Hp, 3, training)
+
+
 def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, ln_ih=None,
                  ln_hh=None):
     """One cell's torch-layout weights (w_ih [3H,I], w_hh [3H,H], b_ih, b_hh [3H],
@@ -114,7 +122,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
     [B,H] multiplying h wherever W_hh reads it (recurrent dropout,
     reference.gru_forward_ref); zone_h: None, or zoneout's weights [T,B,H] (or
     [1,B,H], the same at every step; reference.gru_forward_ref); plan: how the
-    float32 loops run (a plan.Plan; by default make_plan's).
+    float32 loops run (a plan.Plan; by default forward_plan's).
     Returns y [T,B,H], h_n [B,H] and, when training, the cache that
     gru_backward_cpu consumes (else None); the backward runs the same plan.
     """
@@ -140,7 +148,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         hn = aligned_empty((T, B, Hp) if training else (1, 1, 1))
         rec = aligned_empty((B, 3 * Hp))
         if plan is None:
-            plan = make_plan(T, B, I, Hp, 3, training)
+            plan = forward_plan(x.shape, packed, training)
         rows = plan.rows
         P = plan.threads if rows else plan.units_threads(Hp // U)
         mask, hmbuf = mask_buffers(h_mask, hbuf)

@@ -264,6 +264,13 @@ def _backward_blas(dy, dg, y, w_hh, lengths, reverse, use_relu, dh):
 
 
 # -- packing and the Python-level wrappers ---------------------------------------------
+def forward_plan(shape, packed, training, plain=True):
+    """plan.make_plan for a float32 call on x of this shape [T,B,I] with these weights
+    (a TiledRNN): the RNN's loops have no batch split, so plain is unused."""
+    T, B, I = shape
+    return make_plan(T, B, I, packed.Hp, 1, training, plain=False)
+
+
 def pack_rnn_cpu(w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
     """One cell's torch-layout weights (w_ih [H,I], w_hh [H,H], b_ih, b_hh [H]) and
     its activation ("tanh" or "relu") -> the layout these kernels read (cells.py):
@@ -288,7 +295,7 @@ def rnn_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
 
     x: [T,B,I] C-contiguous; packed: pack_rnn_cpu(...) of the same dtype;
     h0: [B,H]; lengths: [B] ints in [0, T], or None for all T; plan: how the
-    float32 loops run (a plan.Plan; by default make_plan's, with no batch split).
+    float32 loops run (a plan.Plan; by default forward_plan's).
     Returns y [T,B,H], h_n [B,H] and, when training, the cache that
     rnn_backward_cpu consumes (else None); the backward runs the same plan.
     """
@@ -305,7 +312,7 @@ def rnn_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         Hp = packed.Hp
         hbuf, y = state_buffers(h0, T, Hp)
         if plan is None:
-            plan = make_plan(T, B, I, Hp, 1, training, plain=False)  # (no batch split)
+            plan = forward_plan(x.shape, packed, training)
         P = plan.units_threads(packed.w_fwd.shape[0])
 
         def run(xw, t0, t1):
