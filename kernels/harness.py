@@ -342,8 +342,9 @@ def run(backend, cells, plans, families, dtypes, shapes, quick, out=None):
                             flops = runner.flops(case, pass_)
                             lags = lagged(extra)
                             print(f"{label}{seconds * 1e3:9.3f} {flops / seconds / 1e9:8.3g}"
-                                  + (f"  ({lags} lagged regions: held on one thread)"
-                                     if lags else ""), file=out, flush=True)
+                                  + (f"  (held on one thread after {lags} lagged region"
+                                     f"{'s' if lags > 1 else ''})" if lags else ""),
+                                  file=out, flush=True)
     return failures
 
 
