@@ -172,24 +172,20 @@ class Backend:
         return self.forward(spec, cell, x[None], state, None, False, False)[1]
 
 
-# The kernels' (and the reference's) keys of a cell's gradients -> the layer's names of
-# the parameters (without the _l0 suffix). backward converts, here and nowhere else.
-GRADIENT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih",
-                  "b_hh": "bias_hh"}
-
-
-def layer_gradients(grads):
-    """A kernel's gradient dict {"w_ih", ...} -> the layer's names {"weight_ih", ...}."""
-    return {GRADIENT_NAMES[k]: v for k, v in grads.items()}
-
-
 # The packers' and the reference's keywords for a cell's parameters past its four, and
 # the gradients' keys the backends return for them.
 EXTRA_KEYWORDS = {"weight_hr": "w_hr", "weight_peephole": "peephole", "weight_ln_ih": "ln_ih",
                   "weight_ln_hh": "ln_hh", "weight_ln_c": "ln_c", "bias_ln_c": "ln_c_bias"}
 
+# The kernels' (and the reference's) keys of a cell's gradients -> the layer's names of
+# the parameters (without the _l0 suffix). backward converts, here and nowhere else.
+GRADIENT_NAMES = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih",
+                  "b_hh": "bias_hh", **{k: n for n, k in EXTRA_KEYWORDS.items()}}
 
-GRADIENT_NAMES.update({k: n for n, k in EXTRA_KEYWORDS.items()})
+
+def layer_gradients(grads):
+    """A kernel's gradient dict {"w_ih", ...} -> the layer's names {"weight_ih", ...}."""
+    return {GRADIENT_NAMES[k]: v for k, v in grads.items()}
 
 
 def cell_extras(spec, cell):
