@@ -318,6 +318,7 @@ def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, y, rec, lengths, clip, couple
                    acts, None)
 
 
+# -- backward, float32 tiled -----------------------------------------------------------
 @njit(**FAST)
 def _bwd_pointwise(dg_t, cs_t, cz_prev, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1,
                    clip, coupled, gclip, acts, peep):

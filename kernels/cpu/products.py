@@ -248,7 +248,7 @@ def masked_product(dg_next, W, rec, zero, mask, b0, b1):
         times_mask(rec, mask, rec, b0 * CB, b1 * CB)
 
 
-# -- float64 (and layer_norm): BLAS per step ---------------------------------------------
+# -- the BLAS paths' products ------------------------------------------------------------
 def blas_dot(a, b):
     """a @ b with the BLAS the time loop's np.dot calls (SciPy's, through Numba), not
     NumPy's: two OpenBLAS thread pools, one spinning after its call while the other

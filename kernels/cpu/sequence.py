@@ -11,7 +11,6 @@ from numba import njit
 from .jit import FAST
 
 
-# -- backward, float32 tiled -----------------------------------------------------------
 @njit(inline="always", **FAST)
 def step_before(seq, first, reverse, t):
     """seq [T,B,N] at the step before t in the forward's order, or first [B,N] where t
