@@ -33,8 +33,8 @@ import numpy as np
 
 from . import reference
 from .gates import make_acts
+from .table import GATES
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 RTOL = {np.float32: 2e-5, np.float64: 1e-10}  # (gradients: 5x; layer_norm in float32: 1e-4)
 SHAPES = [(16, 8, 32, 64), (64, 32, 64, 128), (32, 64, 128, 256)]
 QUICK_SHAPES = [(5, 3, 4, 37), (1, 1, 3, 5)]
@@ -132,14 +132,11 @@ class Case:
         self._reference()
 
     def _reference(self):
-        T = self.shape[0]
         ref_forward = getattr(reference, f"{self.cell}_forward_ref")
         ref_backward = getattr(reference, f"{self.cell}_backward_ref")
-        options = {k: v for k, v in self.pack_options.items()}
-        if self.cell == "gru":
-            options.pop("reset_after")
-        out = ref_forward(self.x, *self.weights, *self.state, self.lengths, False,
-                          *([self.pack_options["reset_after"]] if self.cell == "gru" else []),
+        options = dict(self.pack_options)
+        after = [options.pop("reset_after")] if self.cell == "gru" else []  # (positional)
+        out = ref_forward(self.x, *self.weights, *self.state, self.lengths, False, *after,
                           **options, **self.call)
         *outs, cache = out
         self.want = dict(zip(["y", "h", "c"][:len(outs)], outs))
@@ -148,13 +145,11 @@ class Case:
         self.want_grads = dict(zip(["dx", "dh0", "dc0"][:len(douts)], douts), **grads)
         # one step from the initial state: the reference on the first step alone
         if not self.call and self.lengths is None:
-            step = ref_forward(self.x[:1], *self.weights, *self.state, None, False,
-                               *([self.pack_options["reset_after"]] if self.cell == "gru"
-                                 else []), **options)
+            step = ref_forward(self.x[:1], *self.weights, *self.state, None, False, *after,
+                               **options)
             self.want_step = step[1:-1]
         else:
             self.want_step = None
-        del T
 
 
 def _error(got, want):
@@ -176,8 +171,9 @@ class Runner:
         self.backend = backend
         if backend == "cpu":
             from .cpu import KERNELS, PLANS
-            from .cpu.threads import POLICY, new_gate
+            from .cpu.threads import LAGGED, POLICY, new_gate
             self.plans, self.policy, self.new_gate = PLANS, POLICY, new_gate
+            self.lagged_slot = LAGGED
         else:
             from .cuda import KERNELS
         self.kernels = KERNELS
@@ -214,7 +210,8 @@ class Runner:
                          **case.call, **extra)
 
     def check(self, case, packed, pass_, extra):
-        """(max relative error, what it was measured on) of one pass."""
+        """The largest relative error of one pass's outputs (and, training, its
+        gradients, divided by their 5x looser tolerance) against the reference."""
         k = self.kernels[case.cell]
         names = ["y", "h", "c"][:len(case.state) + 1]
         if pass_ == "step":
@@ -265,22 +262,18 @@ class Runner:
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
+    def lagged(self, extra):
+        """The regions the thread policy found lagged while a CPU plan ran (each starts
+        a hold on one thread: on a busy machine a variant's time is then partly the
+        one thread's); 0 for other backends and the BLAS loops."""
+        plan = extra.get("plan")
+        return 0 if plan is None else int(plan.gate[self.lagged_slot])
+
     def flops(self, case, pass_):
         """The pass's multiply-add FLOPs (the products'; the gate math not counted)."""
         if pass_ == "step":
             return case.flops // case.shape[0]
         return case.flops * (3 if pass_ == "training" else 1)
-
-
-def lagged(extra):
-    """The regions the thread policy found lagged while a CPU plan ran (each starts a
-    hold on one thread: on a busy machine a variant's time is then partly the one
-    thread's); 0 for other backends."""
-    plan = extra.get("plan")
-    if plan is None:
-        return 0
-    from .cpu.threads import LAGGED
-    return int(plan.gate[LAGGED])
 
 
 def _one_step(case):
@@ -340,7 +333,7 @@ def run(backend, cells, plans, families, dtypes, shapes, quick, out=None):
                             seconds = runner.time(case, packed, pass_, extra, repeats,
                                                   warm=not quick)
                             flops = runner.flops(case, pass_)
-                            lags = lagged(extra)
+                            lags = runner.lagged(extra)
                             print(f"{label}{seconds * 1e3:9.3f} {flops / seconds / 1e9:8.3g}"
                                   + (f"  (held on one thread after {lags} lagged region"
                                      f"{'s' if lags > 1 else ''})" if lags else ""),

@@ -6,6 +6,9 @@ and nowhere else.
 """
 from typing import Callable, NamedTuple, Optional
 
+# Gate rows per hidden unit of each cell (G = GATES[cell] * H).
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
 
 class CellKernels(NamedTuple):
     """One cell's kernels on one backend (shapes: T steps, B batch, I inputs, H units).

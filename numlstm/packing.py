@@ -66,10 +66,10 @@ import numpy as np
 
 from .kernels.gates import make_acts
 from .kernels.reference import GRU_GATE_ORDER, LSTM_GATE_ORDER
+from .kernels.table import GATES
 
 # The canonical (torch) gate order of each cell.
 CANONICAL_ORDER = {"lstm": LSTM_GATE_ORDER, "gru": GRU_GATE_ORDER, "rnn": "h"}
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 @dataclass(frozen=True, eq=False)

@@ -61,7 +61,7 @@ import threading
 
 import numba
 
-from ..table import CellKernels
+from ..table import GATES, CellKernels
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
@@ -140,8 +140,7 @@ rnn_forward_cpu = _serialised(rnn.rnn_forward_cpu)
 rnn_backward_cpu = _serialised(rnn.rnn_backward_cpu)
 rnn_step_cpu = _serialised(rnn.rnn_step_cpu, policy=False)
 
-# Each cell's gate rows per hidden unit and the block its hidden units pad to.
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# The block each cell's hidden units pad to.
 PAD = {"lstm": lstm_tiled.HB, "gru": gru_tiled.U, "rnn": microkernel.CB}
 
 
