@@ -334,6 +334,65 @@ def combine(a, b, op, scale=0.0):
     return out
 
 
+# -- the step's preamble, written once -------------------------------------------------
+# Every recurrence kernel walks its step the same way: the step's time and the slots
+# of the double-buffered state it reads (cur) and writes (nxt), then this thread's
+# share of the block's (row, unit) pairs. A block owns the slices sl = blockIdx.x,
+# blockIdx.x + gridDim.x, ... of `units` units each; its j-th slice's weights sit at
+# the j-th place in shared memory (load_rows, load_columns).
+def step_time(s, T, reverse):
+    """The time of forward step s: T-1-s when reverse, else s (host loops;
+    step_slots is the kernels')."""
+    return T - 1 - s if reverse else s
+
+
+def back_time(k, T, reverse):
+    """The time of the backward walk's k-th step, that of forward step T-1-k: k when
+    reverse, else T-1-k (host loops; back_slots is the kernels')."""
+    return k if reverse else T - 1 - k
+
+
+@cuda.jit(device=True)
+def step_slots(s, T, reverse):
+    """Forward step s: (t, cur, nxt), its time (T-1-s when reverse, else s), the
+    slot of h it reads and the one it writes."""
+    cur = s % 2
+    return (T - 1 - s if reverse else s), cur, 1 - cur
+
+
+@cuda.jit(device=True)
+def back_slots(k, T, reverse):
+    """The backward walk's k-th step: (t, cur, nxt) as step_slots's, t = back_time's."""
+    cur = k % 2
+    return (k if reverse else T - 1 - k), cur, 1 - cur
+
+
+@cuda.jit(device=True)
+def block_items(N, B, units):
+    """range(*block_items(N, B, units)) walks this thread's share of the block's
+    work over N units (H, or P for the projection): item n of the block's
+    (slice, row, unit) triples, which item_at names."""
+    slices = (N + units - 1) // units
+    # (a block past the last slice owns none)
+    mine = (slices - cuda.blockIdx.x + cuda.gridDim.x - 1) // cuda.gridDim.x
+    if mine < 0:
+        mine = 0
+    return cuda.threadIdx.x, mine * B * units, cuda.blockDim.x
+
+
+@cuda.jit(device=True)
+def item_at(n, B, units):
+    """(j, b, ul, u) of block_items's item n: the block's j-th slice, the batch
+    row, the place in the slice and the unit (u may reach past the last unit:
+    callers skip it)."""
+    per = B * units
+    j = n // per
+    p = n - j * per
+    b = p // units
+    ul = p - b * units
+    return j, b, ul, (cuda.blockIdx.x + j * cuda.gridDim.x) * units + ul
+
+
 # -- on-chip weights of a recurrence ---------------------------------------------------
 @cuda.jit(device=True)
 def load_rows(w_hh, w_sh, rows, units):
@@ -384,55 +443,46 @@ def load_columns(w_hh, w_sh, units):
 
 
 @cuda.jit(device=True)
-def dh_product(k, t, da, w_hh, w_sh, cached, lengths, dh, units, r0, r1, mask, zero):
+def dh_product(k, da, w_hh, w_sh, cached, lengths, dh, walk, r0, r1, mask, zero):
     """The backward's recurrent product for the block's units j:
     dh[nxt, b, j] += m[b, j] * sum_r da[t*B + b, r] * W_hh[r, j] over rows r0 <= r < r1,
-    of valid rows b (nxt = (k + 1) % 2; an invalid row keeps dh[cur, b, j]).
-    Callers have already written their own part of dh[nxt] (zero, or a pointwise
-    term such as the GRU's z * dh or zoneout's kept part) for valid rows. mask: m, the
-    recurrent dropout mask [B,H] (W_hh read h * m), or [0,0] for none (m = 1)."""
+    of valid rows b (back_slots's t and nxt of step k; an invalid row keeps
+    dh[cur, b, j]). Callers have already written their own part of dh[nxt] (zero,
+    or a pointwise term such as the GRU's z * dh or zoneout's kept part) for valid
+    rows. walk: (reverse, units, training); mask: m, the recurrent dropout mask
+    [B,H] (W_hh read h * m), or [0,0] for none (m = 1)."""
+    reverse, units, _ = walk
     H = w_hh.shape[1]
-    G = w_hh.shape[0]
-    GP = G + 1
+    GP = w_hh.shape[0] + 1
     B = dh.shape[1]
-    cur = k % 2
-    nxt = 1 - cur
-    slices = (H + units - 1) // units
-    j = 0
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        base = j * units * GP
-        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = p // units
-            ul = p - b * units
-            u = sl * units + ul
-            if u < H:
-                if t < lengths[b]:
-                    row = t * B + b
-                    if mask.shape[0] > 0:
-                        acc = zero
-                    else:
-                        acc = dh[nxt, b, u]
-                    if cached:
-                        wi = base + ul * GP
-                        for r in range(r0, r1):
-                            acc += da[row, r] * w_sh[wi + r]
-                    else:
-                        for r in range(r0, r1):
-                            acc += da[row, r] * w_hh[r, u]
-                    if mask.shape[0] > 0:
-                        acc = dh[nxt, b, u] + acc * mask[b, u]
-                    dh[nxt, b, u] = acc
-                else:
-                    dh[nxt, b, u] = dh[cur, b, u]
-        j += 1
+    t, cur, nxt = back_slots(k, da.shape[0] // B, reverse)
+    for n in range(*block_items(H, B, units)):
+        j, b, ul, u = item_at(n, B, units)
+        if u >= H:
+            continue
+        if t < lengths[b]:
+            row = t * B + b
+            acc = zero if mask.shape[0] > 0 else dh[nxt, b, u]
+            if cached:
+                wi = j * units * GP + ul * GP
+                for r in range(r0, r1):
+                    acc += da[row, r] * w_sh[wi + r]
+            else:
+                for r in range(r0, r1):
+                    acc += da[row, r] * w_hh[r, u]
+            if mask.shape[0] > 0:
+                acc = dh[nxt, b, u] + acc * mask[b, u]
+            dh[nxt, b, u] = acc
+        else:
+            dh[nxt, b, u] = dh[cur, b, u]
 
 
 @cuda.jit
-def dh_one(k, t, da, w_hh, lengths, dh, units, r0, r1, mask, zero):
+def dh_one(k, da, w_hh, lengths, dh, walk, r0, r1, mask, zero):
     """Step k's dh_product alone, W_hh read from global memory (the per-step
     path of every cell's backward)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    dh_product(k, t, da, w_hh, w_sh, False, lengths, dh, units, r0, r1, mask, zero)
+    dh_product(k, da, w_hh, w_sh, False, lengths, dh, walk, r0, r1, mask, zero)
 
 
 def input_gradients(da, x, w_ih, one):

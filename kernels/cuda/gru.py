@@ -37,9 +37,10 @@ from numba import cuda
 
 from ..gates import DEFAULT_ACTS, activate, dactivate, for_cuda
 from .cells import CudaGRU
-from .common import (as_device, column_sums, combine, copy, device_array, dh_one,
-                     dh_product, input_gradients, lengths_or_full, load_columns,
-                     load_rows, matmul, ones, plan, scale_rows)
+from .common import (as_device, back_slots, block_items, column_sums, combine, copy,
+                     device_array, dh_one, dh_product, input_gradients, item_at,
+                     lengths_or_full, load_columns, load_rows, matmul, ones, plan, scale_rows,
+                     step_slots)
 from .gru_norm import norm_backward, norm_forward
 
 ROWS = 3  # weight rows per hidden unit
@@ -68,222 +69,213 @@ def pack_gru_cuda(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, l
 
 
 # -- forward ---------------------------------------------------------------------------
+# The kernels take their arguments in groups (tuples):
+#     state   (h [2,B,H], y [T,B,H]): h double-buffered
+#     saved   the forward's (gates [T or 1,B,G], hn [T,B,H], hin [T,B,H], rh [T or 1,B,H]):
+#             the activated gates, W_hn h + b_hn (reset_after), the h entering the step,
+#             r * h (without reset_after, read by phase 2); the backward's (gates, hn,
+#             hin)
+#     grads   the backward's (dgi [T*B,G], drec [T*B,H], dh [2,B,H])
+#     walk    (reverse, units, training)
+#     opts    (zero, acts): 0 in the dtype, the activations (gates.for_cuda's)
+#     extras  (mask, zh): the recurrent dropout mask on h where W_hh reads it [B,H]
+#             ([0,0] for none; hin keeps h itself, which h' = n + z (h - n) reads)
+#             and zoneout's weights [T or 1,B,H] ([0,0,0]): h' <- h' + zh (h - h')
 @cuda.jit(device=True)
-def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                reverse, units, training, zero, acts, mask, zh):
-    """Step s of the block's units with reset_after: reads h[s % 2], writes
-    h[(s+1) % 2] and y[t] (rh unused). mask: the recurrent dropout mask [B,H]
-    on h where W_hh reads it, or [0,0] for none (hin keeps h itself, which
-    h' = n + z (h - n) reads). zh: zoneout's weights [T or 1,B,H], or [0,0,0]
-    for none: h' <- h' + zh (h - h')."""
+def _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, state, saved, walk, opts, extras):
+    """Step s of the block's units with reset_after: reads h[cur], writes h[nxt]
+    and y[t] (rh unused)."""
+    h, y = state
+    gates, hn, hin, _ = saved
+    reverse, units, training = walk
+    zero, acts = opts
+    mask, zh = extras
     masked = mask.shape[0] > 0
-    T = y.shape[0]
     B = y.shape[1]
     H = y.shape[2]
     HP = H + 1
-    t = T - 1 - s if reverse else s
-    cur = s % 2
-    nxt = 1 - cur
-    slices = (H + units - 1) // units
+    t, cur, nxt = step_slots(s, y.shape[0], reverse)
     stride = units * HP  # from one gate's rows to the next in w_sh
-    j = 0
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        base = j * ROWS * stride
-        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = p // units
-            ul = p - b * units
-            u = sl * units + ul
-            if u >= H:
-                continue
-            h_in = h[cur, b, u]
-            if t < lengths[b]:
-                row = t * B + b
-                ar = xp[row, u]
-                az = xp[row, H + u]
-                an = b_hh[2 * H + u]
-                if cached:
-                    w = base + ul * HP
-                    for k in range(H):
-                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
-                        ar += hk * w_sh[w + k]
-                        az += hk * w_sh[w + stride + k]
-                        an += hk * w_sh[w + 2 * stride + k]
-                else:
-                    for k in range(H):
-                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
-                        ar += hk * w_hh[u, k]
-                        az += hk * w_hh[H + u, k]
-                        an += hk * w_hh[2 * H + u, k]
-                r = activate(acts[0], ar)
-                z = activate(acts[0], az)
-                n = activate(acts[2], xp[row, 2 * H + u] + r * an)
-                h_new = n + z * (h_in - n)
-                if zh.shape[0] > 0:
-                    h_new += zh[t if zh.shape[0] > 1 else 0, b, u] * (h_in - h_new)
-                h[nxt, b, u] = h_new
-                y[t, b, u] = h_new
-                if training:
-                    gates[t, b, u] = r
-                    gates[t, b, H + u] = z
-                    gates[t, b, 2 * H + u] = n
-                    hn[t, b, u] = an
-            else:  # past this row's length: hold the state, output zero
-                h[nxt, b, u] = h_in
-                y[t, b, u] = zero
-                if training:
-                    gates[t, b, u] = zero
-                    gates[t, b, H + u] = zero
-                    gates[t, b, 2 * H + u] = zero
-                    hn[t, b, u] = zero
+    for n_ in range(*block_items(H, B, units)):
+        j, b, ul, u = item_at(n_, B, units)
+        if u >= H:
+            continue
+        h_in = h[cur, b, u]
+        if t < lengths[b]:
+            row = t * B + b
+            ar = xp[row, u]
+            az = xp[row, H + u]
+            an = b_hh[2 * H + u]
+            if cached:
+                w = j * ROWS * stride + ul * HP
+                for k in range(H):
+                    hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
+                    ar += hk * w_sh[w + k]
+                    az += hk * w_sh[w + stride + k]
+                    an += hk * w_sh[w + 2 * stride + k]
+            else:
+                for k in range(H):
+                    hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
+                    ar += hk * w_hh[u, k]
+                    az += hk * w_hh[H + u, k]
+                    an += hk * w_hh[2 * H + u, k]
+            r = activate(acts[0], ar)
+            z = activate(acts[0], az)
+            n = activate(acts[2], xp[row, 2 * H + u] + r * an)
+            h_new = n + z * (h_in - n)
+            if zh.shape[0] > 0:
+                h_new += zh[t if zh.shape[0] > 1 else 0, b, u] * (h_in - h_new)
+            h[nxt, b, u] = h_new
+            y[t, b, u] = h_new
             if training:
-                hin[t, b, u] = h_in
-        j += 1
+                gates[t, b, u] = r
+                gates[t, b, H + u] = z
+                gates[t, b, 2 * H + u] = n
+                hn[t, b, u] = an
+        else:  # past this row's length: hold the state, output zero
+            h[nxt, b, u] = h_in
+            y[t, b, u] = zero
+            if training:
+                gates[t, b, u] = zero
+                gates[t, b, H + u] = zero
+                gates[t, b, 2 * H + u] = zero
+                hn[t, b, u] = zero
+        if training:
+            hin[t, b, u] = h_in
 
 
 @cuda.jit(device=True)
-def _step_reset(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                reverse, units, training, zero, acts, mask, zh):
+def _step_reset(s, xp, w_hh, w_sh, cached, lengths, state, saved, walk, opts, mask):
     """Phase 1 of step s without reset_after, for the block's units: r and z into
     gates[i], r * h into rh[i] (i = t when training, else 0: the buffers then
-    hold one step). b_hh, y, hn and zh unused. mask: as _step_after's (rh holds
-    r * h * mask)."""
+    hold one step; rh holds r * h * mask)."""
+    h, y = state
+    gates, _, hin, rh = saved
+    reverse, units, training = walk
+    zero, acts = opts
     masked = mask.shape[0] > 0
-    T = y.shape[0]
     B = y.shape[1]
     H = y.shape[2]
     HP = H + 1
-    t = T - 1 - s if reverse else s
+    t, cur, _ = step_slots(s, y.shape[0], reverse)
     i = t if training else 0
-    cur = s % 2
-    slices = (H + units - 1) // units
     stride = units * HP
-    j = 0
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        base = j * ROWS * stride
-        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = p // units
-            ul = p - b * units
-            u = sl * units + ul
-            if u >= H:
-                continue
-            h_in = h[cur, b, u]
-            if t < lengths[b]:
-                row = t * B + b
-                ar = xp[row, u]
-                az = xp[row, H + u]
-                if cached:
-                    w = base + ul * HP
-                    for k in range(H):
-                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
-                        ar += hk * w_sh[w + k]
-                        az += hk * w_sh[w + stride + k]
-                else:
-                    for k in range(H):
-                        hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
-                        ar += hk * w_hh[u, k]
-                        az += hk * w_hh[H + u, k]
-                r = activate(acts[0], ar)
-                gates[i, b, u] = r
-                gates[i, b, H + u] = activate(acts[0], az)
-                rh[i, b, u] = r * (h_in * mask[b, u] if masked else h_in)
-            else:  # zeros, so that the backward's products over rh stay finite
-                gates[i, b, u] = zero
-                gates[i, b, H + u] = zero
-                rh[i, b, u] = zero
-            if training:
-                hin[t, b, u] = h_in
-        j += 1
+    for n in range(*block_items(H, B, units)):
+        j, b, ul, u = item_at(n, B, units)
+        if u >= H:
+            continue
+        h_in = h[cur, b, u]
+        if t < lengths[b]:
+            row = t * B + b
+            ar = xp[row, u]
+            az = xp[row, H + u]
+            if cached:
+                w = j * ROWS * stride + ul * HP
+                for k in range(H):
+                    hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
+                    ar += hk * w_sh[w + k]
+                    az += hk * w_sh[w + stride + k]
+            else:
+                for k in range(H):
+                    hk = h[cur, b, k] * mask[b, k] if masked else h[cur, b, k]
+                    ar += hk * w_hh[u, k]
+                    az += hk * w_hh[H + u, k]
+            r = activate(acts[0], ar)
+            gates[i, b, u] = r
+            gates[i, b, H + u] = activate(acts[0], az)
+            rh[i, b, u] = r * (h_in * mask[b, u] if masked else h_in)
+        else:  # zeros, so that the backward's products over rh stay finite
+            gates[i, b, u] = zero
+            gates[i, b, H + u] = zero
+            rh[i, b, u] = zero
+        if training:
+            hin[t, b, u] = h_in
 
 
 @cuda.jit(device=True)
-def _step_candidate(s, xp, w_hh, w_sh, cached, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero, acts, mask, zh):
+def _step_candidate(s, xp, w_hh, w_sh, cached, lengths, state, saved, walk, opts, zh):
     """Phase 2 of step s without reset_after, for the block's units:
-    n = tanh(xp_n + W_hn rh[i]) (b_hn is in xp), then h[(s+1) % 2] and y[t]
-    (after zoneout, zh as _step_after's). b_hh, hn, hin and mask unused."""
-    T = y.shape[0]
+    n = tanh(xp_n + W_hn rh[i]) (b_hn is in xp), then h[nxt] and y[t] (after
+    zoneout)."""
+    h, y = state
+    gates, _, _, rh = saved
+    reverse, units, training = walk
+    zero, acts = opts
     B = y.shape[1]
     H = y.shape[2]
     HP = H + 1
-    t = T - 1 - s if reverse else s
+    t, cur, nxt = step_slots(s, y.shape[0], reverse)
     i = t if training else 0
-    cur = s % 2
-    nxt = 1 - cur
-    slices = (H + units - 1) // units
     stride = units * HP
-    j = 0
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        base = j * ROWS * stride
-        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = p // units
-            ul = p - b * units
-            u = sl * units + ul
-            if u >= H:
-                continue
-            h_in = h[cur, b, u]
-            if t < lengths[b]:
-                row = t * B + b
-                an = xp[row, 2 * H + u]
-                if cached:
-                    w = base + ul * HP + 2 * stride
-                    for k in range(H):
-                        an += rh[i, b, k] * w_sh[w + k]
-                else:
-                    for k in range(H):
-                        an += rh[i, b, k] * w_hh[2 * H + u, k]
-                n = activate(acts[2], an)
-                h_new = n + gates[i, b, H + u] * (h_in - n)
-                if zh.shape[0] > 0:
-                    h_new += zh[t if zh.shape[0] > 1 else 0, b, u] * (h_in - h_new)
-                h[nxt, b, u] = h_new
-                y[t, b, u] = h_new
-                if training:
-                    gates[t, b, 2 * H + u] = n
-            else:  # past this row's length: hold the state, output zero
-                h[nxt, b, u] = h_in
-                y[t, b, u] = zero
-                if training:
-                    gates[t, b, 2 * H + u] = zero
-        j += 1
+    for n_ in range(*block_items(H, B, units)):
+        j, b, ul, u = item_at(n_, B, units)
+        if u >= H:
+            continue
+        h_in = h[cur, b, u]
+        if t < lengths[b]:
+            row = t * B + b
+            an = xp[row, 2 * H + u]
+            if cached:
+                w = j * ROWS * stride + ul * HP + 2 * stride
+                for k in range(H):
+                    an += rh[i, b, k] * w_sh[w + k]
+            else:
+                for k in range(H):
+                    an += rh[i, b, k] * w_hh[2 * H + u, k]
+            n = activate(acts[2], an)
+            h_new = n + gates[i, b, H + u] * (h_in - n)
+            if zh.shape[0] > 0:
+                h_new += zh[t if zh.shape[0] > 1 else 0, b, u] * (h_in - h_new)
+            h[nxt, b, u] = h_new
+            y[t, b, u] = h_new
+            if training:
+                gates[t, b, 2 * H + u] = n
+        else:  # past this row's length: hold the state, output zero
+            h[nxt, b, u] = h_in
+            y[t, b, u] = zero
+            if training:
+                gates[t, b, 2 * H + u] = zero
+
+
+@cuda.jit(device=True)
+def _forward_phase(s, phase, xp, w_hh, w_sh, cached, b_hh, lengths, state, saved, walk,
+                   opts, extras):
+    """Step s (phase 0: reset_after) or one of its two phases (1, 2: without)."""
+    if phase == 0:
+        _step_after(s, xp, w_hh, w_sh, cached, b_hh, lengths, state, saved, walk, opts,
+                    extras)
+    elif phase == 1:
+        _step_reset(s, xp, w_hh, w_sh, cached, lengths, state, saved, walk, opts, extras[0])
+    else:
+        _step_candidate(s, xp, w_hh, w_sh, cached, lengths, state, saved, walk, opts,
+                        extras[1])
 
 
 @cuda.jit
-def _forward_persistent(xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, reverse,
-                        reset_after, units, training, zero, acts, mask, zh):
+def _forward_persistent(xp, w_hh, b_hh, lengths, state, saved, reset_after, walk, opts,
+                        extras):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip:
     one grid barrier a step with reset_after, else two (rh is read across units)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    load_rows(w_hh, w_sh, ROWS, units)
+    load_rows(w_hh, w_sh, ROWS, walk[1])
     cuda.syncthreads()
     grid = cuda.cg.this_grid()
-    for s in range(y.shape[0]):
-        if reset_after:
-            _step_after(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero, acts, mask, zh)
-        else:
-            _step_reset(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero, acts, mask, zh)
+    first, last = (0, 0) if reset_after else (1, 2)
+    for s in range(state[1].shape[0]):
+        for phase in range(first, last + 1):
+            _forward_phase(s, phase, xp, w_hh, w_sh, True, b_hh, lengths, state, saved, walk,
+                           opts, extras)
             grid.sync()
-            _step_candidate(s, xp, w_hh, w_sh, True, b_hh, lengths, h, y, gates, hn, hin,
-                            rh, reverse, units, training, zero, acts, mask, zh)
-        grid.sync()
 
 
 @cuda.jit
-def _forward_one(s, phase, xp, w_hh, b_hh, lengths, h, y, gates, hn, hin, rh, reverse,
-                 reset_after, units, training, zero, acts, mask, zh):
+def _forward_one(s, phase, xp, w_hh, b_hh, lengths, state, saved, reset_after, walk, opts,
+                 extras):
     """Step s alone (phase 0: reset_after) or one of its two phases (1, 2: without),
     W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    if phase == 0:
-        _step_after(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero, acts, mask, zh)
-    elif phase == 1:
-        _step_reset(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                    reverse, units, training, zero, acts, mask, zh)
-    else:
-        _step_candidate(s, xp, w_hh, w_sh, False, b_hh, lengths, h, y, gates, hn, hin, rh,
-                        reverse, units, training, zero, acts, mask, zh)
+    _forward_phase(s, phase, xp, w_hh, w_sh, False, b_hh, lengths, state, saved, walk, opts,
+                   extras)
 
 
 def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, units=None,
@@ -304,7 +296,6 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     H = cell.H
     reset_after = cell.reset_after
     dtype = x.dtype
-    zero = dtype.type(0)
     lens = lengths_or_full(lengths, T, B)
     mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
     zh = device_array((0, 0, 0), dtype) if zone_h is None else as_device(zone_h)
@@ -324,17 +315,21 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     hin = device_array((T, B, H), dtype) if training else unused
     hn = device_array((T, B, H), dtype) if training and reset_after else unused
     rh = device_array((steps, B, H), dtype) if not reset_after else unused
-    args = [xp, cell.w_hh, cell.b_hh, lens, h, y, gates, hn, hin, rh, bool(reverse),
-            reset_after, 1, bool(training), zero, cell.acts, mask, zh]
-    p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
+    state, saved = (h, y), (gates, hn, hin, rh)
+    opts, extras = (dtype.type(0), cell.acts), (mask, zh)
+
+    def args(units):
+        return (xp, cell.w_hh, cell.b_hh, lens, state, saved, reset_after,
+                (bool(reverse), units, bool(training)), opts, extras)
+
+    p = plan(_forward_persistent, args(1), H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
-    args[12] = p.units
     if p.persistent:
-        _forward_persistent[p.blocks, p.threads, 0, p.shared](*args)
+        _forward_persistent[p.blocks, p.threads, 0, p.shared](*args(p.units))
     else:
         for s in range(T):
             for phase in ((0,) if reset_after else (1, 2)):
-                _forward_one[p.blocks, p.threads](s, phase, *args)
+                _forward_one[p.blocks, p.threads](s, phase, *args(p.units))
     cache = None
     if training:
         cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, hin=hin,
@@ -344,139 +339,123 @@ def gru_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
 
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
-def _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
-                    units, zero, acts, zh):
+def _backward_gates(k, dy, lengths, saved, grads, reset_after, walk, opts, zh):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
-    block's units, from dh_t = dh[k % 2] + dy[t]: dgi[t] = [dr dz dn] (dr only
+    block's units, from dh_t = dh[cur] + dy[t]: dgi[t] = [dr dz dn] (dr only
     with reset_after; without, it needs d(r * h) and comes later), drec[t] =
-    dn * r (reset_after) or dn, and dh[(k+1) % 2] = dh_t * z for valid rows.
+    dn * r (reset_after) or dn, and dh[nxt] = dh_t * z for valid rows.
     Zoneout (zh as the forward's): the part zh of dh_t passes straight to
-    dh[(k+1) % 2], the rest goes through the cell."""
-    T = dy.shape[0]
+    dh[nxt], the rest goes through the cell."""
+    gates, hn, hin = saved
+    dgi, drec, dh = grads
+    reverse, units, _ = walk
+    zero, acts = opts
     B = dy.shape[1]
     H = dy.shape[2]
-    t = k if reverse else T - 1 - k  # forward step T-1-k's time
-    cur = k % 2
-    nxt = 1 - cur
-    slices = (H + units - 1) // units
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = p // units
-            ul = p - b * units
-            u = sl * units + ul
-            if u >= H:
-                continue
-            row = t * B + b
-            if t < lengths[b]:
-                z = gates[t, b, H + u]
-                c = gates[t, b, 2 * H + u]  # the n gate
-                dh_t = dh[cur, b, u] + dy[t, b, u]
-                kept = zero
-                if zh.shape[0] > 0:
-                    kept = zh[t if zh.shape[0] > 1 else 0, b, u] * dh_t
-                    dh_t -= kept
-                dhz = dh_t * z
-                dn = (dh_t - dhz) * dactivate(acts[3], c)
-                dgi[row, H + u] = dh_t * (hin[t, b, u] - c) * dactivate(acts[1], z)
-                dgi[row, 2 * H + u] = dn
-                if reset_after:
-                    r = gates[t, b, u]
-                    dgi[row, u] = dn * hn[t, b, u] * dactivate(acts[1], r)
-                    drec[row, u] = dn * r
-                else:
-                    drec[row, u] = dn
-                dh[nxt, b, u] = dhz + kept
+    t, cur, nxt = back_slots(k, dy.shape[0], reverse)
+    for n in range(*block_items(H, B, units)):
+        _, b, _, u = item_at(n, B, units)
+        if u >= H:
+            continue
+        row = t * B + b
+        if t < lengths[b]:
+            z = gates[t, b, H + u]
+            c = gates[t, b, 2 * H + u]  # the n gate
+            dh_t = dh[cur, b, u] + dy[t, b, u]
+            kept = zero
+            if zh.shape[0] > 0:
+                kept = zh[t if zh.shape[0] > 1 else 0, b, u] * dh_t
+                dh_t -= kept
+            dhz = dh_t * z
+            dn = (dh_t - dhz) * dactivate(acts[3], c)
+            dgi[row, H + u] = dh_t * (hin[t, b, u] - c) * dactivate(acts[1], z)
+            dgi[row, 2 * H + u] = dn
+            if reset_after:
+                r = gates[t, b, u]
+                dgi[row, u] = dn * hn[t, b, u] * dactivate(acts[1], r)
+                drec[row, u] = dn * r
             else:
-                dgi[row, u] = zero
-                dgi[row, H + u] = zero
-                dgi[row, 2 * H + u] = zero
-                drec[row, u] = zero
+                drec[row, u] = dn
+            dh[nxt, b, u] = dhz + kept
+        else:
+            dgi[row, u] = zero
+            dgi[row, H + u] = zero
+            dgi[row, 2 * H + u] = zero
+            drec[row, u] = zero
 
 
 @cuda.jit(device=True)
-def _backward_n(k, t, w_hh, w_sh, cached, lengths, gates, hin, dgi, drec, dh, reset_after,
-                units, zero, acts, mask):
+def _backward_n(k, w_hh, w_sh, cached, lengths, saved, grads, reset_after, walk, opts, mask):
     """The n gate's part of the recurrent product for the block's units j of valid
-    rows: d = sum_i drec[t*B + b, i] * W_hn[i, j]. reset_after: dh[(k+1) % 2] +=
-    d * m. Otherwise d is d(r * h * m): dr = d * h * m * r'(.) into dgi,
-    dh[(k+1) % 2] += d * r * m. m: the recurrent dropout mask [B,H], or 1
-    (mask [0,0])."""
+    rows: d = sum_i drec[t*B + b, i] * W_hn[i, j]. reset_after: dh[nxt] += d * m.
+    Otherwise d is d(r * h * m): dr = d * h * m * r'(.) into dgi, dh[nxt] +=
+    d * r * m. m: the recurrent dropout mask [B,H], or 1 (mask [0,0])."""
+    gates, _, hin = saved
+    dgi, drec, dh = grads
+    reverse, units, _ = walk
+    zero, acts = opts
     masked = mask.shape[0] > 0
     H = w_hh.shape[1]
     GP = w_hh.shape[0] + 1
     B = dh.shape[1]
-    nxt = 1 - k % 2
-    slices = (H + units - 1) // units
-    j = 0
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        base = j * units * GP
-        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = p // units
-            ul = p - b * units
-            u = sl * units + ul
-            if u >= H or t >= lengths[b]:
-                continue
-            row = t * B + b
-            d = zero
-            if cached:
-                wi = base + ul * GP + 2 * H
-                for i in range(H):
-                    d += drec[row, i] * w_sh[wi + i]
-            else:
-                for i in range(H):
-                    d += drec[row, i] * w_hh[2 * H + i, u]
-            if masked:
-                d *= mask[b, u]
-            if reset_after:
-                dh[nxt, b, u] += d
-            else:
-                r = gates[t, b, u]
-                dgi[row, u] = d * hin[t, b, u] * dactivate(acts[1], r)
-                dh[nxt, b, u] += d * r
-        j += 1
+    t, _, nxt = back_slots(k, drec.shape[0] // B, reverse)
+    for n in range(*block_items(H, B, units)):
+        j, b, ul, u = item_at(n, B, units)
+        if u >= H or t >= lengths[b]:
+            continue
+        row = t * B + b
+        d = zero
+        if cached:
+            wi = j * units * GP + ul * GP + 2 * H
+            for i in range(H):
+                d += drec[row, i] * w_sh[wi + i]
+        else:
+            for i in range(H):
+                d += drec[row, i] * w_hh[2 * H + i, u]
+        if masked:
+            d *= mask[b, u]
+        if reset_after:
+            dh[nxt, b, u] += d
+        else:
+            r = gates[t, b, u]
+            dgi[row, u] = d * hin[t, b, u] * dactivate(acts[1], r)
+            dh[nxt, b, u] += d * r
 
 
 @cuda.jit
-def _backward_persistent(dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, reverse,
-                         reset_after, units, zero, acts, mask, zh):
+def _backward_persistent(dy, w_hh, lengths, saved, grads, reset_after, walk, opts, extras):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. A barrier after the pointwise pass (the products read dgi and
     drec across units); without reset_after a second one after _backward_n,
     whose dr the [dr dz] product reads. Everything else a block touches (its
     units' dh and the next step's rows of dgi and drec) is its own."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    load_columns(w_hh, w_sh, units)
+    load_columns(w_hh, w_sh, walk[1])
     cuda.syncthreads()
     grid = cuda.cg.this_grid()
-    T = dy.shape[0]
-    H = dy.shape[2]
-    for k in range(T):
-        t = k if reverse else T - 1 - k  # forward step T-1-k's time
-        _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
-                        units, zero, acts, zh)
+    mask, zh = extras
+    for k in range(dy.shape[0]):
+        _backward_gates(k, dy, lengths, saved, grads, reset_after, walk, opts, zh)
         grid.sync()
-        _backward_n(k, t, w_hh, w_sh, True, lengths, gates, hin, dgi, drec, dh, reset_after,
-                    units, zero, acts, mask)
+        _backward_n(k, w_hh, w_sh, True, lengths, saved, grads, reset_after, walk, opts, mask)
         if not reset_after:
             grid.sync()
-        dh_product(k, t, dgi, w_hh, w_sh, True, lengths, dh, units, 0, 2 * H, mask, zero)
+        dh_product(k, grads[0], w_hh, w_sh, True, lengths, grads[2], walk, 0,
+                   2 * dy.shape[2], mask, opts[0])
 
 
 @cuda.jit
-def _backward_gates_one(k, dy, w_hh, lengths, gates, hn, hin, dgi, drec, dh, reverse,
-                        reset_after, units, zero, acts, mask, zh):
-    """Step k's pointwise pass alone (the per-step path; w_hh and mask unused)."""
-    _backward_gates(k, dy, lengths, gates, hn, hin, dgi, drec, dh, reverse, reset_after,
-                    units, zero, acts, zh)
+def _backward_gates_one(k, dy, w_hh, lengths, saved, grads, reset_after, walk, opts, extras):
+    """Step k's pointwise pass alone (the per-step path; w_hh and the mask unused)."""
+    _backward_gates(k, dy, lengths, saved, grads, reset_after, walk, opts, extras[1])
 
 
 @cuda.jit
-def _backward_n_one(k, t, w_hh, lengths, gates, hin, dgi, drec, dh, reset_after, units,
-                    zero, acts, mask):
-    """Step k's n gate product alone, W_hh read from global memory."""
+def _backward_n_one(k, dy, w_hh, lengths, saved, grads, reset_after, walk, opts, extras):
+    """Step k's n gate product alone, W_hh read from global memory (dy unused)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    _backward_n(k, t, w_hh, w_sh, False, lengths, gates, hin, dgi, drec, dh, reset_after,
-                units, zero, acts, mask)
+    _backward_n(k, w_hh, w_sh, False, lengths, saved, grads, reset_after, walk, opts,
+                extras[0])
 
 
 def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent=None):
@@ -493,29 +472,29 @@ def gru_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
     H = cell.H
     reset_after = cell.reset_after
     dtype = x.dtype
-    zero = dtype.type(0)
     w_hh = cell.w_hh
     dgi = device_array((T * B, 3 * H), dtype)  # [dr dz dn]: the input product's gradient
     drec = device_array((T * B, H), dtype)     # the n gate's recurrent term's gradient
     dh = device_array((2, B, H), dtype)
     copy(dh_n, dh[0])
     mask = cache["mask"]
-    args = [dy, w_hh, lens, cache["gates"], cache["hn"], cache["hin"], dgi, drec, dh,
-            reverse, reset_after, 1, zero, cell.acts, mask, cache["zh"]]
-    p = plan(_backward_persistent, args, H, B, 1, 3 * H + 1, dtype.itemsize, units, blocks,
-             persistent)
-    args[11] = p.units
+    opts = (dtype.type(0), cell.acts)
+
+    def args(units):
+        return (dy, w_hh, lens, (cache["gates"], cache["hn"], cache["hin"]),
+                (dgi, drec, dh), reset_after, (reverse, units, True), opts,
+                (mask, cache["zh"]))
+
+    p = plan(_backward_persistent, args(1), H, B, 1, 3 * H + 1, dtype.itemsize, units,
+             blocks, persistent)
     if p.persistent:
-        _backward_persistent[p.blocks, p.threads, 0, p.shared](*args)
+        _backward_persistent[p.blocks, p.threads, 0, p.shared](*args(p.units))
     else:
+        walk = (reverse, p.units, True)
         for k in range(T):
-            t = k if reverse else T - 1 - k  # forward step T-1-k's time
-            _backward_gates_one[p.blocks, p.threads](k, *args)
-            _backward_n_one[p.blocks, p.threads](k, t, w_hh, lens, cache["gates"],
-                                                 cache["hin"], dgi, drec, dh, reset_after,
-                                                 p.units, zero, cell.acts, mask)
-            dh_one[p.blocks, p.threads](k, t, dgi, w_hh, lens, dh, p.units, 0, 2 * H, mask,
-                                        zero)
+            _backward_gates_one[p.blocks, p.threads](k, *args(p.units))
+            _backward_n_one[p.blocks, p.threads](k, *args(p.units))
+            dh_one[p.blocks, p.threads](k, dgi, w_hh, lens, dh, walk, 0, 2 * H, mask, opts[0])
     # What W_hh read: h, or h * mask with recurrent dropout (hin keeps h itself).
     hin = (cache["hin"] if mask.shape[0] == 0 else scale_rows(cache["hin"], mask)
            ).reshape(T * B, H)

@@ -27,8 +27,8 @@ from numba import cuda
 
 from ..gates import activate, dactivate
 from ..gates import LAYER_NORM_EPS
-from .common import (column_sums, combine, copy, device_array, flat_launch, matmul, ones,
-                     scale_rows)
+from .common import (back_time, column_sums, combine, copy, device_array, flat_launch, matmul,
+                     ones, scale_rows, step_time)
 from .norm import (column_dots, norm_grad_rows, normalise_rows, normalised_input,
                    normalised_input_gradients)
 
@@ -104,7 +104,7 @@ def norm_forward(x, cell, h0, lens, reverse, training, mask, zh):
     hhat = device_array((T * B, G) if training else (1, 1), dtype)
     sdh = device_array(T * B if training else 1, dtype)
     for s in range(T):
-        t = T - 1 - s if reverse else s
+        t = step_time(s, T, reverse)
         cur = h[s % 2]
         matmul(hm if masked else cur, cell.w_hh, a, trans_b=True)
         rows = slice(t * B, (t + 1) * B) if training else slice(0, 1)
@@ -193,7 +193,7 @@ def norm_backward(dy, dh_n, cache, cell):
     copy(dh_n, dh[0])
     rec = device_array((B, H), dtype)
     for k in range(T):
-        t = k if reverse else T - 1 - k  # forward step T-1-k's time
+        t = back_time(k, T, reverse)
         nxt = dh[1 - k % 2]
         _gate_grads[_grid(B, H)](t, dy, lens, cache["gates"], cache["hn"], cache["hin"],
                                  dh[k % 2], dgi, dah, nxt, zero, cell.acts, cache["zh"])

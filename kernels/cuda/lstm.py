@@ -27,10 +27,11 @@ from numba import cuda
 from ..gates import (DEFAULT_ACTS, activate, clip_gate, for_cuda, gate_clip_bounds, lstm_cell,
                      lstm_cell_grads)
 from .cells import CudaLSTM
-from .common import (as_device, combine, copy, device_array, dh_one, dh_product,
-                     input_gradients, lengths_or_full, load_columns, load_rows, matmul, ones,
-                     plan)
-from .lstm_cell import ROWS, extra_gradients, gate_products, h_gradient, project_step
+from .common import (as_device, back_slots, block_items, combine, copy, device_array, dh_one,
+                     dh_product, input_gradients, item_at, lengths_or_full, load_columns,
+                     load_rows, matmul, ones, plan, step_slots)
+from .lstm_cell import (ROWS, extra_gradients, gate_products, h_gradient, options,
+                        project_step)
 from .lstm_norm import norm_backward, norm_forward
 
 
@@ -59,128 +60,117 @@ def pack_lstm_cuda(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None,
 
 
 @cuda.jit(device=True)
-def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, h, c, y, gates, cs, cin, hin,
-                  reverse, units, training, zero, clip, coupled, gclip, acts, peep, mask,
-                  zc, zh):
-    """Step s of the block's units: reads h[s % 2], writes c and h[(s+1) % 2] and
-    y[t] or, with a projection (w_hr [P,H]; [0,0] for none), m[i] = o * cell(c')
-    (i = t when training, else 0), which project_step turns into h and y.
-    peep: the peepholes [3,H] (i, f, o), or [0,1] for none; mask: the recurrent
-    dropout mask [B,P] on h where W_hh reads it (hin keeps h times it), or [0,0];
-    zc, zh: zoneout's weights of c and h, [T,B,H] and [T,B,P] or [1,B,...] (the same
-    at every step), or [0,0,0] for none: c' <- c' + zc (c - c'), likewise h' (cs
-    keeps c' before zoneout; with a projection, project_step zones h')."""
+def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, state, saved, walk, opts,
+                  extras):
+    """Step s of the block's units: reads h[cur], writes c and h[nxt] and y[t] or,
+    with a projection (w_hr [P,H]; [0,0] for none), m[i] = o * cell(c') (i = t when
+    training, else 0), which project_step turns into h and y. state, walk, opts,
+    extras: lstm_cell's groups; saved (training): (gates [T,B,G], cs, cin [T,B,H],
+    hin [T,B,P]), the activated gates, c' before zoneout, the c entering the step
+    and the h that W_hh read (times the recurrent dropout mask). Zoneout:
+    c' <- c' + zc (c - c'), likewise h' (with a projection, project_step zones h')."""
+    h, c, y = state
+    gates, cs, cin, hin = saved
+    reverse, units, training = walk
+    zero, clip, coupled, gclip, acts = opts
+    peep, mask, zc, zh = extras
     peeped = peep.shape[0] > 0
     masked = mask.shape[0] > 0
     zoned = zc.shape[0] > 0
     projected = w_hr.shape[0] > 0
-    T = y.shape[0]
     B = y.shape[1]
     H = c.shape[1]
-    K = w_hh.shape[1]  # the units of h: P with a projection, else H
-    KP = K + 1
-    t = T - 1 - s if reverse else s
+    KP = w_hh.shape[1] + 1  # the units of h (P with a projection, else H), padded
+    t, cur, nxt = step_slots(s, y.shape[0], reverse)
     i_m = t if training else 0
-    cur = s % 2
-    nxt = 1 - cur
-    slices = (H + units - 1) // units
     stride = units * KP  # from one gate's rows to the next in w_sh
-    j = 0
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        base = j * ROWS * stride
-        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = p // units
-            ul = p - b * units
-            u = sl * units + ul
-            if u >= H:
-                continue
-            h_in = zero if projected else h[cur, b, u]
-            c_in = c[b, u]
-            if t < lengths[b]:
-                row = t * B + b
-                ai, af, ag, ao = gate_products(
-                    xp[row, u], xp[row, H + u], xp[row, 2 * H + u], xp[row, 3 * H + u], w_hh,
-                    w_sh, cached, base + ul * KP, stride, h, cur, b, u, mask)
-                if peeped:  # ONNX's peepholes: i, f read the old state, o the new
-                    ai += peep[0, u] * c_in
-                    af += peep[1, u] * c_in
-                i = activate(acts[0], clip_gate(ai, gclip))
-                g = activate(acts[2], clip_gate(ag, gclip))
-                f, c_new = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c_in, clip,
-                                     coupled)
-                if peeped:
-                    ao += peep[2, u] * c_new
-                o = activate(acts[0], clip_gate(ao, gclip))
-                h_new = o * activate(acts[2], c_new)
-                if training:
-                    cs[t, b, u] = c_new
-                    gates[t, b, u] = i
-                    gates[t, b, H + u] = f
-                    gates[t, b, 2 * H + u] = g
-                    gates[t, b, 3 * H + u] = o
-                if zoned:  # keep part of the old state (zc, zh: 0/1 draws or the rates)
-                    z = t if zc.shape[0] > 1 else 0
-                    c_new += zc[z, b, u] * (c_in - c_new)
-                    if not projected:
-                        h_new += zh[z, b, u] * (h_in - h_new)
-                c[b, u] = c_new
-                if projected:
-                    m[i_m, b, u] = h_new
-                else:
-                    h[nxt, b, u] = h_new
-                    y[t, b, u] = h_new
-            else:  # past this row's length: hold the state, output zero
-                if projected:
-                    m[i_m, b, u] = zero
-                else:
-                    h[nxt, b, u] = h_in
-                    y[t, b, u] = zero
-                if training:
-                    cs[t, b, u] = c_in
-                    gates[t, b, u] = zero
-                    gates[t, b, H + u] = zero
-                    gates[t, b, 2 * H + u] = zero
-                    gates[t, b, 3 * H + u] = zero
+    for n in range(*block_items(H, B, units)):
+        j, b, ul, u = item_at(n, B, units)
+        if u >= H:
+            continue
+        h_in = zero if projected else h[cur, b, u]
+        c_in = c[b, u]
+        if t < lengths[b]:
+            row = t * B + b
+            ai, af, ag, ao = gate_products(
+                xp[row, u], xp[row, H + u], xp[row, 2 * H + u], xp[row, 3 * H + u], w_hh,
+                w_sh, cached, j * ROWS * stride + ul * KP, stride, h, cur, b, u, mask)
+            if peeped:  # ONNX's peepholes: i, f read the old state, o the new
+                ai += peep[0, u] * c_in
+                af += peep[1, u] * c_in
+            i = activate(acts[0], clip_gate(ai, gclip))
+            g = activate(acts[2], clip_gate(ag, gclip))
+            f, c_new = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c_in, clip,
+                                 coupled)
+            if peeped:
+                ao += peep[2, u] * c_new
+            o = activate(acts[0], clip_gate(ao, gclip))
+            h_new = o * activate(acts[2], c_new)
             if training:
-                cin[t, b, u] = c_in
+                cs[t, b, u] = c_new
+                gates[t, b, u] = i
+                gates[t, b, H + u] = f
+                gates[t, b, 2 * H + u] = g
+                gates[t, b, 3 * H + u] = o
+            if zoned:  # keep part of the old state (zc, zh: 0/1 draws or the rates)
+                z = t if zc.shape[0] > 1 else 0
+                c_new += zc[z, b, u] * (c_in - c_new)
                 if not projected:
-                    hin[t, b, u] = h_in * mask[b, u] if masked else h_in  # (what W_hh read)
-        j += 1
+                    h_new += zh[z, b, u] * (h_in - h_new)
+            c[b, u] = c_new
+            if projected:
+                m[i_m, b, u] = h_new
+            else:
+                h[nxt, b, u] = h_new
+                y[t, b, u] = h_new
+        else:  # past this row's length: hold the state, output zero
+            if projected:
+                m[i_m, b, u] = zero
+            else:
+                h[nxt, b, u] = h_in
+                y[t, b, u] = zero
+            if training:
+                cs[t, b, u] = c_in
+                gates[t, b, u] = zero
+                gates[t, b, H + u] = zero
+                gates[t, b, 2 * H + u] = zero
+                gates[t, b, 3 * H + u] = zero
+        if training:
+            cin[t, b, u] = c_in
+            if not projected:
+                hin[t, b, u] = h_in * mask[b, u] if masked else h_in  # (what W_hh read)
 
 
 @cuda.jit
-def _forward_persistent(xp, w_hh, w_hr, m, lengths, h, c, y, gates, cs, cin, hin, reverse,
-                        units, training, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
+def _forward_persistent(xp, w_hh, w_hr, m, lengths, state, saved, walk, opts, extras):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip; a
     second barrier a step with a projection (which reads m of all units)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    load_rows(w_hh, w_sh, ROWS, units)
+    load_rows(w_hh, w_sh, ROWS, walk[1])
     cuda.syncthreads()
     grid = cuda.cg.this_grid()
+    h, _, y = state
+    _, mask, _, zh = extras
     for s in range(y.shape[0]):
-        _forward_step(s, xp, w_hh, w_sh, True, w_hr, m, lengths, h, c, y, gates, cs, cin,
-                      hin, reverse, units, training, zero, clip, coupled, gclip, acts, peep,
-                      mask, zc, zh)
+        _forward_step(s, xp, w_hh, w_sh, True, w_hr, m, lengths, state, saved, walk, opts,
+                      extras)
         grid.sync()
         if w_hr.shape[0] > 0:
-            project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero,
-                         mask, zh)
+            project_step(s, w_hr, m, lengths, h, y, saved[3], walk, opts[0], mask, zh)
             grid.sync()
 
 
 @cuda.jit
-def _forward_one(s, phase, xp, w_hh, w_hr, m, lengths, h, c, y, gates, cs, cin, hin, reverse,
-                 units, training, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
+def _forward_one(s, phase, xp, w_hh, w_hr, m, lengths, state, saved, walk, opts, extras):
     """Step s alone (phase 0), or its projection (phase 1), W_hh read from global
     memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
     if phase == 0:
-        _forward_step(s, xp, w_hh, w_sh, False, w_hr, m, lengths, h, c, y, gates, cs, cin,
-                      hin, reverse, units, training, zero, clip, coupled, gclip, acts, peep,
-                      mask, zc, zh)
+        _forward_step(s, xp, w_hh, w_sh, False, w_hr, m, lengths, state, saved, walk, opts,
+                      extras)
     else:
-        project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask,
-                     zh)
+        project_step(s, w_hr, m, lengths, state[0], state[2], saved[3], walk, opts[0],
+                     extras[1], extras[3])
 
 
 def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=False,
@@ -202,7 +192,6 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     H, P = cell.H, cell.P
     projected = cell.w_hr.shape[0] > 0
     dtype = x.dtype
-    zero = dtype.type(0)
     lens = lengths_or_full(lengths, T, B)
     mask = device_array((0, 0), dtype) if h_mask is None else as_device(h_mask)
     if (zone_c is None) != (zone_h is None):
@@ -228,18 +217,21 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
     # o * cell(c') of every unit, which the projection reads: all steps' when training
     # (dW_hr needs them), else one step's.
     m = device_array((T if training else 1, B, H) if projected else (1, 1, 1), dtype)
-    args = [xp, cell.w_hh, cell.w_hr, m, lens, h, c, y, gates, cs, cin, hin,
-            bool(reverse), 1, bool(training), zero, dtype.type(cell.clip), cell.coupled,
-            dtype.type(cell.gclip), cell.acts, cell.peep, mask, zc, zh]
-    p = plan(_forward_persistent, args, H, B, ROWS, P + 1, dtype.itemsize, units, blocks,
+    state, saved = (h, c, y), (gates, cs, cin, hin)
+    opts, extras = options(cell, dtype), (cell.peep, mask, zc, zh)
+
+    def args(units):
+        return (xp, cell.w_hh, cell.w_hr, m, lens, state, saved,
+                (bool(reverse), units, bool(training)), opts, extras)
+
+    p = plan(_forward_persistent, args(1), H, B, ROWS, P + 1, dtype.itemsize, units, blocks,
              persistent)
-    args[13] = p.units
     if p.persistent:
-        _forward_persistent[p.blocks, p.threads, 0, p.shared](*args)
+        _forward_persistent[p.blocks, p.threads, 0, p.shared](*args(p.units))
     else:
         for s in range(T):
             for phase in ((0, 1) if projected else (0,)):
-                _forward_one[p.blocks, p.threads](s, phase, *args)
+                _forward_one[p.blocks, p.threads](s, phase, *args(p.units))
     cache = None
     if training:
         cache = dict(x=x, lengths=lens, reverse=bool(reverse), gates=gates, cs=cs,
@@ -248,97 +240,90 @@ def lstm_forward_cuda(x, cell, h0, c0, lengths=None, reverse=False, training=Fal
 
 
 @cuda.jit(device=True)
-def _backward_gates(k, dy, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc, reverse,
-                    units, zero, clip, coupled, gclip, acts, peep, zc, zh):
+def _backward_gates(k, dy, w_hr, dhs, lengths, saved, grads, walk, opts, extras):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
-    block's units: dgates[t] from dh[k % 2] + dy[t] (h_gradient: with a
-    projection, w_hr [P,H], or zoneout, zc and zh as the forward's; dhs [T*B,P]
-    keeps h's gradient with a projection, zero past a row's length) and dc;
-    dc -> the gradient of c entering the step; dh[(k+1) % 2] starts, for valid
-    rows, as h_gradient leaves it."""
-    T = dy.shape[0]
+    block's units: dgates[t] from dh[cur] + dy[t] (h_gradient: with a projection,
+    w_hr [P,H], or zoneout; dhs [T*B,P] keeps h's gradient with a projection, zero
+    past a row's length) and dc; dc -> the gradient of c entering the step;
+    dh[nxt] starts, for valid rows, as h_gradient leaves it. saved: the forward's
+    (gates, cs, cin); grads: (dgates [T*B,G], dh [2,B,P], dc [B,H]); walk, opts,
+    extras: lstm_cell's groups (the mask unused: dh_product reads it)."""
+    gates, cs, cin = saved
+    dgates, dh, dc = grads
+    reverse, units, _ = walk
+    zero, clip, coupled, gclip, acts = opts
+    peep, _, zc, zh = extras
     B = dy.shape[1]
     H = cs.shape[2]
-    t = k if reverse else T - 1 - k  # forward step T-1-k's time
-    cur = k % 2
-    slices = (H + units - 1) // units
+    t, cur, _ = back_slots(k, dy.shape[0], reverse)
     gated = gclip < math.inf
     # (only a gate clip reads them; a user's activation of inf may be NaN)
     bounds = gate_clip_bounds(gclip, zero, acts) if gated else (zero, zero, zero, zero)
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = p // units
-            ul = p - b * units
-            u = sl * units + ul
-            if u >= H:
-                continue
-            row = t * B + b
-            if t < lengths[b]:
-                i = gates[t, b, u]
-                f = gates[t, b, H + u]
-                g = gates[t, b, 2 * H + u]
-                o = gates[t, b, 3 * H + u]
-                cc = cs[t, b, u]
-                tc = activate(acts[2], cc)
-                dh_t = h_gradient(dy, w_hr, dhs, dh, zh, t, b, u, cur, zero)
-                dc_t = dc[b, u]
-                kept_c = zero  # zoneout: the part of c passed on unchanged
-                if zc.shape[0] > 0:
-                    kept_c = zc[t if zc.shape[0] > 1 else 0, b, u] * dc_t
-                    dc_t -= kept_c
-                if peep.shape[0] > 0:  # (a branch each: the peepholes' is its own code)
-                    di, df, dg, do, dc_prev = lstm_cell_grads(
-                        dc_t, dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts,
-                        (peep[0, u], peep[1, u], peep[2, u]), bounds, gated)
-                else:
-                    di, df, dg, do, dc_prev = lstm_cell_grads(
-                        dc_t, dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts,
-                        None, bounds, gated)
-                dgates[row, u] = di
-                dgates[row, H + u] = df
-                dgates[row, 2 * H + u] = dg
-                dgates[row, 3 * H + u] = do
-                dc[b, u] = dc_prev + kept_c
+    for n in range(*block_items(H, B, units)):
+        _, b, _, u = item_at(n, B, units)
+        if u >= H:
+            continue
+        row = t * B + b
+        if t < lengths[b]:
+            i = gates[t, b, u]
+            f = gates[t, b, H + u]
+            g = gates[t, b, 2 * H + u]
+            o = gates[t, b, 3 * H + u]
+            cc = cs[t, b, u]
+            tc = activate(acts[2], cc)
+            dh_t = h_gradient(dy, w_hr, dhs, dh, zh, t, b, u, cur, zero)
+            dc_t = dc[b, u]
+            kept_c = zero  # zoneout: the part of c passed on unchanged
+            if zc.shape[0] > 0:
+                kept_c = zc[t if zc.shape[0] > 1 else 0, b, u] * dc_t
+                dc_t -= kept_c
+            if peep.shape[0] > 0:  # (a branch each: the peepholes' is its own code)
+                di, df, dg, do, dc_prev = lstm_cell_grads(
+                    dc_t, dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts,
+                    (peep[0, u], peep[1, u], peep[2, u]), bounds, gated)
             else:
-                dgates[row, u] = zero
-                dgates[row, H + u] = zero
-                dgates[row, 2 * H + u] = zero
-                dgates[row, 3 * H + u] = zero
-                if w_hr.shape[0] > 0 and u < dy.shape[2]:
-                    dhs[row, u] = zero
+                di, df, dg, do, dc_prev = lstm_cell_grads(
+                    dc_t, dh_t, i, f, g, o, tc, cin[t, b, u], cc, clip, coupled, acts,
+                    None, bounds, gated)
+            dgates[row, u] = di
+            dgates[row, H + u] = df
+            dgates[row, 2 * H + u] = dg
+            dgates[row, 3 * H + u] = do
+            dc[b, u] = dc_prev + kept_c
+        else:
+            dgates[row, u] = zero
+            dgates[row, H + u] = zero
+            dgates[row, 2 * H + u] = zero
+            dgates[row, 3 * H + u] = zero
+            if w_hr.shape[0] > 0 and u < dy.shape[2]:
+                dhs[row, u] = zero
 
 
 @cuda.jit
-def _backward_persistent(dy, w_hh, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc,
-                         reverse, units, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
+def _backward_persistent(dy, w_hh, w_hr, dhs, lengths, saved, grads, walk, opts, extras):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. One barrier a step, between the gate gradients (which the
     dh product reads across units) and dh: everything else a block touches
     (its units' dh, dc and the next step's rows of dgates) is its own. With a
     projection a second one after dh, which every unit's gradients read whole."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    load_columns(w_hh, w_sh, units)
+    load_columns(w_hh, w_sh, walk[1])
     cuda.syncthreads()
     grid = cuda.cg.this_grid()
-    T = dy.shape[0]
-    for k in range(T):
-        t = k if reverse else T - 1 - k  # forward step T-1-k's time
-        _backward_gates(k, dy, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc, reverse,
-                        units, zero, clip, coupled, gclip, acts, peep, zc, zh)
+    for k in range(dy.shape[0]):
+        _backward_gates(k, dy, w_hr, dhs, lengths, saved, grads, walk, opts, extras)
         grid.sync()
-        dh_product(k, t, dgates, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0],
-                   mask, zero)
+        dh_product(k, grads[0], w_hh, w_sh, True, lengths, grads[1], walk, 0, w_hh.shape[0],
+                   extras[1], opts[0])
         if w_hr.shape[0] > 0:
             grid.sync()
 
 
 @cuda.jit
-def _backward_gates_one(k, dy, w_hh, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc,
-                        reverse, units, zero, clip, coupled, gclip, acts, peep, mask, zc, zh):
-    """Step k's gate gradients alone (the per-step path; w_hh and mask unused: dh_one
-    reads them)."""
-    _backward_gates(k, dy, w_hr, dhs, lengths, gates, cs, cin, dgates, dh, dc, reverse,
-                    units, zero, clip, coupled, gclip, acts, peep, zc, zh)
+def _backward_gates_one(k, dy, w_hh, w_hr, dhs, lengths, saved, grads, walk, opts, extras):
+    """Step k's gate gradients alone (the per-step path; w_hh unused: dh_one reads
+    it)."""
+    _backward_gates(k, dy, w_hr, dhs, lengths, saved, grads, walk, opts, extras)
 
 
 def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
@@ -358,7 +343,6 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     w_hr = cell.w_hr
     projected = w_hr.shape[0] > 0
     dtype = x.dtype
-    zero = dtype.type(0)
     w_hh = cell.w_hh
     dgates = device_array((T * B, 4 * H), dtype)
     dhs = device_array((T * B, P) if projected else (1, 1), dtype)  # h's gradient, per step
@@ -367,21 +351,24 @@ def lstm_backward_cuda(dy, dh_n, dc_n, cache, cell, units=None, blocks=None,
     dc = device_array((B, H), dtype)
     copy(dc_n, dc)
     mask = cache["mask"]
-    args = [dy, w_hh, w_hr, dhs, lens, cache["gates"], cache["cs"], cache["cin"], dgates, dh,
-            dc, reverse, 1, zero, dtype.type(cell.clip), cell.coupled,
-            dtype.type(cell.gclip), cell.acts, cell.peep, mask, cache["zc"],
-            cache["zh"]]
-    p = plan(_backward_persistent, args, H, B, 1, 4 * H + 1, dtype.itemsize, units, blocks,
-             persistent)
-    args[12] = p.units
+    opts = options(cell, dtype)
+    extras = (cell.peep, mask, cache["zc"], cache["zh"])
+    saved = (cache["gates"], cache["cs"], cache["cin"])
+
+    def args(units):
+        return (dy, w_hh, w_hr, dhs, lens, saved, (dgates, dh, dc), (reverse, units, True),
+                opts, extras)
+
+    p = plan(_backward_persistent, args(1), H, B, 1, 4 * H + 1, dtype.itemsize, units,
+             blocks, persistent)
     if p.persistent:
-        _backward_persistent[p.blocks, p.threads, 0, p.shared](*args)
+        _backward_persistent[p.blocks, p.threads, 0, p.shared](*args(p.units))
     else:
+        walk = (reverse, p.units, True)
         for k in range(T):
-            t = k if reverse else T - 1 - k  # forward step T-1-k's time
-            _backward_gates_one[p.blocks, p.threads](k, *args)
-            dh_one[p.blocks, p.threads](k, t, dgates, w_hh, lens, dh, p.units, 0, 4 * H,
-                                        mask, zero)
+            _backward_gates_one[p.blocks, p.threads](k, *args(p.units))
+            dh_one[p.blocks, p.threads](k, dgates, w_hh, lens, dh, walk, 0, 4 * H, mask,
+                                        opts[0])
     dx, dw_ih, db = input_gradients(dgates, x, cell.w_ih, ones(T * B, dtype))
     dw_hh = matmul(dgates, cache["hin"].reshape(T * B, P), device_array((4 * H, P), dtype),
                    trans_a=True)

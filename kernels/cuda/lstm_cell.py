@@ -2,13 +2,31 @@
 layer-normalised ones (lstm_norm.py): a unit's four gate products, the
 projection's step, the gradient reaching h, and the gradients of the options'
 weights (projection, peepholes) after the loop.
+
+The kernels take their arguments in groups (tuples), the same in lstm.py and
+lstm_norm.py:
+    walk    (reverse, units, training): the direction, the units per slice
+            (common.plan's) and whether the forward keeps a cache
+    opts    options(cell, dtype)'s (zero, clip, coupled, gclip, acts)
+    extras  (peep, mask, zc, zh): the peepholes [3,H] ([0,1] for none), the
+            recurrent dropout mask on h [B,P] ([0,0]), zoneout's weights of c and h
+            [T or 1,B,H] and [T or 1,B,P] ([0,0,0] for none)
+    state   the forward's (h [2,B,P], c [B,H], y [T,B,P]): h double-buffered
 """
 from numba import cuda
 
-from .common import device_array, flat_launch, matmul
+from .common import block_items, device_array, flat_launch, item_at, matmul, step_slots
 
 
 ROWS = 4  # weight rows per hidden unit
+
+
+def options(cell, dtype):
+    """The cell's options as every LSTM kernel takes them, one tuple: (zero, clip,
+    coupled, gclip, acts): 0 in the dtype, cell_clip and gate_clip in it (inf: none),
+    input_forget, and the activations (gates.for_cuda's)."""
+    return (dtype.type(0), dtype.type(cell.clip), cell.coupled, dtype.type(cell.gclip),
+            cell.acts)
 
 
 # -- forward ---------------------------------------------------------------------------
@@ -38,42 +56,37 @@ def gate_products(ai, af, ag, ao, w_hh, w_sh, cached, w, stride, h, cur, b, u, m
 
 
 @cuda.jit(device=True)
-def project_step(s, w_hr, m, lengths, h, y, hin, reverse, units, training, zero, mask, zh):
-    """The projection of step s for the block's units q of h (P of them): h[(s+1) % 2]
+def project_step(s, w_hr, m, lengths, h, y, hin, walk, zero, mask, zh):
+    """The projection of step s for the block's units q of h (P of them): h[nxt]
     and y[t] = W_hr m[i] of valid rows (m: _forward_step's, all H units of it), with
     zoneout's h' <- h' + zh (h - h') (zh as _forward_step's), the held state and zero
     past a row's length; hin[t] (training): h entering the step, times the recurrent
-    dropout mask (as _forward_step's)."""
+    dropout mask (as _forward_step's). walk: (reverse, units, training)."""
+    reverse, units, training = walk
     masked = mask.shape[0] > 0
-    T = y.shape[0]
     B = y.shape[1]
     P = y.shape[2]
     H = w_hr.shape[1]
-    t = T - 1 - s if reverse else s
+    t, cur, nxt = step_slots(s, y.shape[0], reverse)
     i_m = t if training else 0
-    cur = s % 2
-    nxt = 1 - cur
-    slices = (P + units - 1) // units
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        for e in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = e // units
-            q = sl * units + e - b * units
-            if q >= P:
-                continue
-            h_in = h[cur, b, q]
-            if t < lengths[b]:
-                acc = zero
-                for u in range(H):
-                    acc += w_hr[q, u] * m[i_m, b, u]
-                if zh.shape[0] > 0:
-                    acc += zh[t if zh.shape[0] > 1 else 0, b, q] * (h_in - acc)
-                h[nxt, b, q] = acc
-                y[t, b, q] = acc
-            else:
-                h[nxt, b, q] = h_in
-                y[t, b, q] = zero
-            if training:
-                hin[t, b, q] = h_in * mask[b, q] if masked else h_in  # (what W_hh read)
+    for n in range(*block_items(P, B, units)):
+        _, b, _, q = item_at(n, B, units)
+        if q >= P:
+            continue
+        h_in = h[cur, b, q]
+        if t < lengths[b]:
+            acc = zero
+            for u in range(H):
+                acc += w_hr[q, u] * m[i_m, b, u]
+            if zh.shape[0] > 0:
+                acc += zh[t if zh.shape[0] > 1 else 0, b, q] * (h_in - acc)
+            h[nxt, b, q] = acc
+            y[t, b, q] = acc
+        else:
+            h[nxt, b, q] = h_in
+            y[t, b, q] = zero
+        if training:
+            hin[t, b, q] = h_in * mask[b, q] if masked else h_in  # (what W_hh read)
 
 
 # -- backward --------------------------------------------------------------------------

@@ -22,9 +22,9 @@ from numba import cuda
 from ..gates import drelu, dtanh, relu, tanh
 from ..gates import RNN_NONLINEARITIES
 from .cells import CudaRNN
-from .common import (as_device, combine, copy, device_array, dh_one,
-                     dh_product, input_gradients, lengths_or_full, load_columns,
-                     load_rows, matmul, ones, plan)
+from .common import (as_device, back_slots, block_items, combine, copy, device_array,
+                     dh_one, dh_product, input_gradients, item_at, lengths_or_full,
+                     load_columns, load_rows, matmul, ones, plan, step_slots)
 
 ROWS = 1  # weight rows per hidden unit
 
@@ -42,68 +42,57 @@ def pack_rnn_cuda(w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
 
 
 # -- forward ---------------------------------------------------------------------------
+# walk: (reverse, units, training), as the other cells' kernels take it.
 @cuda.jit(device=True)
-def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, y, hin, reverse, use_relu, units,
-                  training, zero):
-    """Step s of the block's units: reads h[s % 2], writes h[(s+1) % 2] and y[t]."""
-    T = y.shape[0]
+def _forward_step(s, xp, w_hh, w_sh, cached, lengths, h, y, hin, walk, use_relu, zero):
+    """Step s of the block's units: reads h[cur], writes h[nxt] and y[t]; hin[t]
+    (training) the h entering the step."""
+    reverse, units, training = walk
     B = y.shape[1]
     H = y.shape[2]
     HP = H + 1
-    t = T - 1 - s if reverse else s
-    cur = s % 2
-    nxt = 1 - cur
-    slices = (H + units - 1) // units
-    j = 0
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        base = j * units * HP
-        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = p // units
-            ul = p - b * units
-            u = sl * units + ul
-            if u >= H:
-                continue
-            h_in = h[cur, b, u]
-            if t < lengths[b]:
-                a = xp[t * B + b, u]
-                if cached:
-                    w = base + ul * HP
-                    for k in range(H):
-                        a += h[cur, b, k] * w_sh[w + k]
-                else:
-                    for k in range(H):
-                        a += h[cur, b, k] * w_hh[u, k]
-                h_new = relu(a) if use_relu else tanh(a)
-                h[nxt, b, u] = h_new
-                y[t, b, u] = h_new
-            else:  # past this row's length: hold the state, output zero
-                h[nxt, b, u] = h_in
-                y[t, b, u] = zero
-            if training:
-                hin[t, b, u] = h_in
-        j += 1
+    t, cur, nxt = step_slots(s, y.shape[0], reverse)
+    for n in range(*block_items(H, B, units)):
+        j, b, ul, u = item_at(n, B, units)
+        if u >= H:
+            continue
+        h_in = h[cur, b, u]
+        if t < lengths[b]:
+            a = xp[t * B + b, u]
+            if cached:
+                w = j * units * HP + ul * HP
+                for k in range(H):
+                    a += h[cur, b, k] * w_sh[w + k]
+            else:
+                for k in range(H):
+                    a += h[cur, b, k] * w_hh[u, k]
+            h_new = relu(a) if use_relu else tanh(a)
+            h[nxt, b, u] = h_new
+            y[t, b, u] = h_new
+        else:  # past this row's length: hold the state, output zero
+            h[nxt, b, u] = h_in
+            y[t, b, u] = zero
+        if training:
+            hin[t, b, u] = h_in
 
 
 @cuda.jit
-def _forward_persistent(xp, w_hh, lengths, h, y, hin, reverse, use_relu, units, training,
-                        zero):
+def _forward_persistent(xp, w_hh, lengths, h, y, hin, walk, use_relu, zero):
     """All T steps in one cooperative launch, the block's rows of W_hh on chip."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    load_rows(w_hh, w_sh, ROWS, units)
+    load_rows(w_hh, w_sh, ROWS, walk[1])
     cuda.syncthreads()
     grid = cuda.cg.this_grid()
     for s in range(y.shape[0]):
-        _forward_step(s, xp, w_hh, w_sh, True, lengths, h, y, hin, reverse, use_relu, units,
-                      training, zero)
+        _forward_step(s, xp, w_hh, w_sh, True, lengths, h, y, hin, walk, use_relu, zero)
         grid.sync()
 
 
 @cuda.jit
-def _forward_one(s, xp, w_hh, lengths, h, y, hin, reverse, use_relu, units, training, zero):
+def _forward_one(s, xp, w_hh, lengths, h, y, hin, walk, use_relu, zero):
     """Step s alone, W_hh read from global memory (the per-step path)."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    _forward_step(s, xp, w_hh, w_sh, False, lengths, h, y, hin, reverse, use_relu, units,
-                  training, zero)
+    _forward_step(s, xp, w_hh, w_sh, False, lengths, h, y, hin, walk, use_relu, zero)
 
 
 def rnn_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, units=None,
@@ -119,7 +108,6 @@ def rnn_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     T, B, I = x.shape
     H = cell.H
     dtype = x.dtype
-    zero = dtype.type(0)
     xp = matmul(x.reshape(T * B, I), cell.w_ih, device_array((T * B, H), dtype),
                 bias=cell.bias, trans_b=True)
     h = device_array((2, B, H), dtype)
@@ -127,16 +115,18 @@ def rnn_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
     y = device_array((T, B, H), dtype)
     hin = device_array((T, B, H) if training else (1, 1, 1), dtype)
     lens = lengths_or_full(lengths, T, B)
-    args = [xp, cell.w_hh, lens, h, y, hin, bool(reverse), cell.relu, 1,
-            bool(training), zero]
-    p = plan(_forward_persistent, args, H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
+
+    def args(units):
+        return (xp, cell.w_hh, lens, h, y, hin, (bool(reverse), units, bool(training)),
+                cell.relu, dtype.type(0))
+
+    p = plan(_forward_persistent, args(1), H, B, ROWS, H + 1, dtype.itemsize, units, blocks,
              persistent)
-    args[8] = p.units
     if p.persistent:
-        _forward_persistent[p.blocks, p.threads, 0, p.shared](*args)
+        _forward_persistent[p.blocks, p.threads, 0, p.shared](*args(p.units))
     else:
         for s in range(T):
-            _forward_one[p.blocks, p.threads](s, *args)
+            _forward_one[p.blocks, p.threads](s, *args(p.units))
     cache = None
     if training:
         cache = dict(x=x, lengths=lens, reverse=bool(reverse), y=y, hin=hin)
@@ -145,56 +135,48 @@ def rnn_forward_cuda(x, cell, h0, lengths=None, reverse=False, training=False, u
 
 # -- backward --------------------------------------------------------------------------
 @cuda.jit(device=True)
-def _backward_act(k, dy, lengths, y, da, dh, reverse, use_relu, units, zero):
+def _backward_act(k, dy, lengths, y, da, dh, walk, use_relu, zero):
     """The k-th step of the backward walk (forward step T-1-k), pointwise for the
-    block's units: da[t] = (dh[k % 2] + dy[t]) * act'(y[t]); dh[(k+1) % 2]
-    starts at zero for valid rows."""
-    T = dy.shape[0]
+    block's units: da[t] = (dh[cur] + dy[t]) * act'(y[t]); dh[nxt] starts at zero
+    for valid rows."""
+    reverse, units, _ = walk
     B = dy.shape[1]
     H = dy.shape[2]
-    t = k if reverse else T - 1 - k  # forward step T-1-k's time
-    cur = k % 2
-    nxt = 1 - cur
-    slices = (H + units - 1) // units
-    for sl in range(cuda.blockIdx.x, slices, cuda.gridDim.x):
-        for p in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = p // units
-            ul = p - b * units
-            u = sl * units + ul
-            if u >= H:
-                continue
-            row = t * B + b
-            if t < lengths[b]:
-                h_out = y[t, b, u]
-                da[row, u] = (dh[cur, b, u] + dy[t, b, u]) * (drelu(h_out) if use_relu
-                                                              else dtanh(h_out))
-                dh[nxt, b, u] = zero
-            else:
-                da[row, u] = zero
+    t, cur, nxt = back_slots(k, dy.shape[0], reverse)
+    for n in range(*block_items(H, B, units)):
+        _, b, _, u = item_at(n, B, units)
+        if u >= H:
+            continue
+        row = t * B + b
+        if t < lengths[b]:
+            h_out = y[t, b, u]
+            da[row, u] = (dh[cur, b, u] + dy[t, b, u]) * (drelu(h_out) if use_relu
+                                                          else dtanh(h_out))
+            dh[nxt, b, u] = zero
+        else:
+            da[row, u] = zero
 
 
 @cuda.jit
-def _backward_persistent(dy, w_hh, lengths, y, da, dh, reverse, use_relu, units, zero):
+def _backward_persistent(dy, w_hh, lengths, y, da, dh, walk, use_relu, zero):
     """All T steps backwards in one cooperative launch, the block's columns of
     W_hh on chip. One barrier a step, between the pointwise pass (whose da the
     dh product reads across units) and dh."""
     w_sh = cuda.shared.array(0, w_hh.dtype)
-    load_columns(w_hh, w_sh, units)
+    load_columns(w_hh, w_sh, walk[1])
     cuda.syncthreads()
     grid = cuda.cg.this_grid()
-    T = dy.shape[0]
-    for k in range(T):
-        t = k if reverse else T - 1 - k  # forward step T-1-k's time
-        _backward_act(k, dy, lengths, y, da, dh, reverse, use_relu, units, zero)
+    for k in range(dy.shape[0]):
+        _backward_act(k, dy, lengths, y, da, dh, walk, use_relu, zero)
         grid.sync()
-        dh_product(k, t, da, w_hh, w_sh, True, lengths, dh, units, 0, w_hh.shape[0], dh[0, :0],
+        dh_product(k, da, w_hh, w_sh, True, lengths, dh, walk, 0, w_hh.shape[0], dh[0, :0],
                    zero)
 
 
 @cuda.jit
-def _backward_act_one(k, dy, w_hh, lengths, y, da, dh, reverse, use_relu, units, zero):
+def _backward_act_one(k, dy, w_hh, lengths, y, da, dh, walk, use_relu, zero):
     """Step k's pointwise pass alone (the per-step path; w_hh unused)."""
-    _backward_act(k, dy, lengths, y, da, dh, reverse, use_relu, units, zero)
+    _backward_act(k, dy, lengths, y, da, dh, walk, use_relu, zero)
 
 
 def rnn_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent=None):
@@ -212,18 +194,19 @@ def rnn_backward_cuda(dy, dh_n, cache, cell, units=None, blocks=None, persistent
     da = device_array((T * B, H), dtype)
     dh = device_array((2, B, H), dtype)
     copy(dh_n, dh[0])
-    args = [dy, w_hh, lens, cache["y"], da, dh, reverse, cell.relu, 1, zero]
-    p = plan(_backward_persistent, args, H, B, 1, H + 1, dtype.itemsize, units, blocks,
+
+    def args(units):
+        return (dy, w_hh, lens, cache["y"], da, dh, (reverse, units, True), cell.relu, zero)
+
+    p = plan(_backward_persistent, args(1), H, B, 1, H + 1, dtype.itemsize, units, blocks,
              persistent)
-    args[8] = p.units
     if p.persistent:
-        _backward_persistent[p.blocks, p.threads, 0, p.shared](*args)
+        _backward_persistent[p.blocks, p.threads, 0, p.shared](*args(p.units))
     else:
+        walk = (reverse, p.units, True)
         for k in range(T):
-            t = k if reverse else T - 1 - k  # forward step T-1-k's time
-            _backward_act_one[p.blocks, p.threads](k, *args)
-            dh_one[p.blocks, p.threads](k, t, da, w_hh, lens, dh, p.units, 0, H, dh[0, :0],
-                                        zero)
+            _backward_act_one[p.blocks, p.threads](k, *args(p.units))
+            dh_one[p.blocks, p.threads](k, da, w_hh, lens, dh, walk, 0, H, dh[0, :0], zero)
     dx, dw_ih, db = input_gradients(da, x, cell.w_ih, ones(T * B, dtype))
     dw_hh = matmul(da, cache["hin"].reshape(T * B, H), device_array((H, H), dtype),
                    trans_a=True)

@@ -44,28 +44,33 @@ def common_signatures(dt):
         common._copy2_kernel: (types.Array(dt, 2, "A"), types.Array(dt, 2, "A")),
         common._fill_kernel: (A1, dt),
         common._scale_rows_kernel: (A3, A2, A3),
-        common.dh_one: (types.int64, types.int64, A2, A2, arr(types.int64, 1), A3,
-                        types.int64, types.int64, types.int64, A2, dt),  # (A2: the mask)
+        common.dh_one: (types.int64, A2, A2, arr(types.int64, 1), A3, WALK, types.int64,
+                        types.int64, A2, dt),  # (A2: the mask)
     }
+
+
+# The argument groups of the recurrence kernels (kernels/cuda/lstm_cell.py): walk is
+# (reverse, units, training).
+WALK = types.Tuple((types.boolean, types.int64, types.boolean))
 
 
 def lstm_signatures(dt, acts):
     A2, A3 = arr(dt, 2), arr(dt, 3)
-    L, i64, b = arr(types.int64, 1), types.int64, types.boolean
+    L, i64 = arr(types.int64, 1), types.int64
+    T = types.Tuple
+    opts = T((dt, dt, types.boolean, dt, acts))   # (zero, clip, coupled, gclip, acts)
+    extras = T((A2, A2, A3, A3))                  # (peep, mask, zc, zh)
+    # (xp, w_hh, the projection w_hr [P,H] or [0,0] and its input m, lengths, then the
+    # groups: state (h, c, y), saved (gates, cs, cin, hin))
+    fwd = (A2, A2, A2, A3, L, T((A3, A2, A3)), T((A3, A3, A3, A3)), WALK, opts, extras)
+    # (dy, w_hh, w_hr, dhs (h's gradient per step with a projection), lengths, then
+    # saved (gates, cs, cin), grads (dgates, dh, dc))
+    bwd = (A3, A2, A2, A2, L, T((A3, A3, A3)), T((A2, A3, A2)), WALK, opts, extras)
     return {
-        # (after xp and w_hh: the projection w_hr [P,H] or [0,0], and its input m; the
-        # last eight: the cell options clip, coupled, gclip, the activations, the
-        # peepholes, [3,H] or [0,1] for none, the recurrent dropout mask, [B,P] or
-        # [0,0], and zoneout's weights of c and h, [T,B,H] or [0,0,0])
-        lstm._forward_persistent: (A2, A2, A2, A3, L, A3, A2, A3, A3, A3, A3, A3, b, i64, b,
-                                   dt, dt, b, dt, acts, A2, A2, A3, A3),
-        lstm._forward_one: (i64, i64, A2, A2, A2, A3, L, A3, A2, A3, A3, A3, A3, A3, b, i64,
-                            b, dt, dt, b, dt, acts, A2, A2, A3, A3),
-        # (after dy and w_hh: w_hr and dhs, h's gradient per step with a projection)
-        lstm._backward_persistent: (A3, A2, A2, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt, dt,
-                                    b, dt, acts, A2, A2, A3, A3),
-        lstm._backward_gates_one: (i64, A3, A2, A2, A2, L, A3, A3, A3, A2, A3, A2, b, i64, dt,
-                                   dt, b, dt, acts, A2, A2, A3, A3),
+        lstm._forward_persistent: fwd,
+        lstm._forward_one: (i64, i64) + fwd,
+        lstm._backward_persistent: bwd,
+        lstm._backward_gates_one: (i64,) + bwd,
         lstm_cell.peephole_gradients: (A2, A2, A2, A2, dt),
     }
 
@@ -74,12 +79,18 @@ def lstm_norm_signatures(dt, acts):
     """The layer-normalised LSTM's kernels (kernels/cuda/lstm_norm.py)."""
     A1, A2, A3 = arr(dt, 1), arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
-    # (the options as lstm_signatures's, then 1/G, 1/H and LN's epsilon)
-    options = (dt, dt, b, dt, acts, A2, A2, A3, A3, dt, dt, dt)
-    fwd = (A2, A2, A2, A3, A2, L, A3, A2, A3, A3, A3, A3, A3, A2, A1, A1, A1, A1, b, i64,
-           b) + options
-    bwd = (A3, A2, A2, A2, L, A3, A3, A3, A2, A2, A2, A1, A2, A1, A2, A3, A2, A1, A1, A1, b,
-           i64) + options
+    T = types.Tuple
+    opts = T((dt, dt, b, dt, acts))
+    extras = T((A2, A2, A3, A3))
+    ln = T((A1, A1, A1, dt, dt, dt))  # (ln_hh, ln_c, ln_c_bias, 1/G, 1/H, epsilon)
+    # (xp, w_hh, w_hr, m, r, lengths, state (h, c, y), saved (cn, gates, cin, hin),
+    # normed (hhat, sdh))
+    fwd = (A2, A2, A2, A3, A2, L, T((A3, A2, A3)), T((A3, A3, A3, A3)), T((A2, A1)), ln,
+           WALK, opts, extras)
+    # (dy, w_hh, w_hr, dhs, lengths, saved (gates, cs, cin), grads (dgates, dh, dc),
+    # normed (dn, chat, sdc, hhat, sdh, dr))
+    bwd = (A3, A2, A2, A2, L, T((A3, A3, A3)), T((A2, A3, A2)),
+           T((A2, A2, A1, A2, A1, A2)), ln, WALK, opts, extras)
     return {
         norm.normalise_rows: (A2, A1, A1, A2, A2, A1, dt, dt, dt, b),
         norm.norm_grad_rows: (A2, A1, A2, A1, A2, dt, dt),
@@ -111,16 +122,18 @@ def gru_signatures(dt, acts):
     """The GRU's kernels (kernels/cuda/gru.py) with the activations acts."""
     A1, A2, A3 = arr(dt, 1), arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
-    # (the last two arguments: the recurrent dropout mask, [B,H] or [0,0], and zoneout's
-    # weights, [T,B,H] or [0,0,0])
-    gru_fwd = (A2, A2, A1, L, A3, A3, A3, A3, A3, A3, b, b, i64, b, dt, acts, A2, A3)
-    gru_bwd = (A3, A2, L, A3, A3, A3, A2, A2, A3, b, b, i64, dt, acts, A2, A3)
+    T = types.Tuple
+    opts, extras = T((dt, acts)), T((A2, A3))  # (zero, acts), (mask, zh)
+    # (xp, w_hh, b_hh, lengths, state (h, y), saved (gates, hn, hin, rh), reset_after)
+    gru_fwd = (A2, A2, A1, L, T((A3, A3)), T((A3, A3, A3, A3)), b, WALK, opts, extras)
+    # (dy, w_hh, lengths, saved (gates, hn, hin), grads (dgi, drec, dh), reset_after)
+    gru_bwd = (A3, A2, L, T((A3, A3, A3)), T((A2, A2, A3)), b, WALK, opts, extras)
     return {
         gru._forward_persistent: gru_fwd,
         gru._forward_one: (i64, i64) + gru_fwd,
         gru._backward_persistent: gru_bwd,
         gru._backward_gates_one: (i64,) + gru_bwd,
-        gru._backward_n_one: (i64, i64, A2, L, A3, A3, A2, A2, A3, b, i64, dt, acts, A2),
+        gru._backward_n_one: (i64,) + gru_bwd,
     }
 
 
@@ -140,14 +153,22 @@ def rnn_signatures(dt):
     """The RNN's kernels (kernels/cuda/rnn.py)."""
     A2, A3 = arr(dt, 2), arr(dt, 3)
     L, i64, b = arr(types.int64, 1), types.int64, types.boolean
-    rnn_fwd = (A2, A2, L, A3, A3, A3, b, b, i64, b, dt)
-    rnn_bwd = (A3, A2, L, A3, A2, A3, b, b, i64, dt)
+    rnn_fwd = (A2, A2, L, A3, A3, A3, WALK, b, dt)
+    rnn_bwd = (A3, A2, L, A3, A2, A3, WALK, b, dt)
     return {
         rnn._forward_persistent: rnn_fwd,
         rnn._forward_one: (i64,) + rnn_fwd,
         rnn._backward_persistent: rnn_bwd,
         rnn._backward_act_one: (i64,) + rnn_bwd,
     }
+
+
+def flat(sig):
+    """The types of a signature, those inside its tuples (argument groups) included."""
+    out = []
+    for t in sig:
+        out += flat(t.types) if isinstance(t, types.BaseTuple) and t not in ACTS else [t]
+    return out
 
 
 def main():
@@ -167,7 +188,7 @@ def main():
         for kernel, sig in sigs:
             # A user's function computes in the types it is written in (1 + |a| is
             # float64 for a float32 a, as on the CPU): the check is of our arithmetic.
-            ours = typeof(USER) not in sig
+            ours = typeof(USER) not in flat(sig)
             name = f"{kernel.py_func.__module__.rsplit('.', 1)[-1]}.{kernel.py_func.__name__}"
             try:
                 ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
