@@ -98,6 +98,12 @@ def roofs():
     return r
 
 
+# What the table's columns mean, printed above it.
+COLUMNS = ("GFLOP/s: the call's multiply-adds (2*T*B*gates*H*(I+H); a training step 3x) "
+           "per second; %roof: that as a share of the roof above; tok/s: T*B per second; "
+           "ratio: the peer's time / numlstm's (> 1: numlstm is faster)")
+
+
 def roof_line(r):
     return (f"roof: float32 FMA peak {r['fma_peak']:.0f} GFLOP/s on all threads "
             f"({r['fma_peak_1thread']:.0f} on one); best matmul 2048^3 "
@@ -184,6 +190,7 @@ def compare(grid, repeats=5, with_torch=True, out=print, cell="lstm", backend="c
     head = (f"{'mode':<9} {'T':>5} {'B':>4} {'H':>5} | {'numlstm ms':>10} {'GFLOP/s':>8} "
             f"{'%roof':>6} {'tok/s':>10} | {'torch ms':>9} {'GFLOP/s':>8} {'%roof':>6} | "
             f"{'ratio':>6}" + ("  plan" if backend == "cpu" else ""))
+    out(COLUMNS)
     out(head)
     out("-" * len(head))
     rows = []

@@ -258,6 +258,8 @@ def table(rows, libraries, roof, out=print):
     head = f"{'mode':<9} {'T,B,I,H':>16} | {'numlstm ms':>10} {'GFLOP/s':>8} {'%roof':>6}"
     for lib in peers:
         head += f" | {lib + ' ms':>14} {'ratio':>6}"
+    from .bench import COLUMNS
+    out(COLUMNS)
     out(head)
     out("-" * len(head))
     for row in rows:

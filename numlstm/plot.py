@@ -9,9 +9,11 @@ def _pyplot():
     return plt
 
 
-def loss_curve(path, curves, xlabel, title):
-    """curves: {label: (x, y)}; y on a log scale when it is all positive."""
+def loss_curve(path, curves, xlabel, title, ylabel="loss"):
+    """curves: {label: (x, y)}; y on a log scale when it is all positive, its ticks
+    written as plain numbers (0.5, 2, 30), not as powers of ten."""
     plt = _pyplot()
+    from matplotlib import ticker
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     positive = True
     for label, (x, y) in curves.items():
@@ -19,15 +21,18 @@ def loss_curve(path, curves, xlabel, title):
         positive &= all(v > 0 for v in y)
     if positive:
         ax.set_yscale("log")
+        plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("loss")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
 
 
-def forecast(path, t, truth, paths, title, ylabel, context=None):
+def forecast(path, t, truth, paths, title, ylabel, context=None, xlabel=None):
     """truth over t; paths: [(label, style, [(t_k, values_k), ...])] drawn over it,
     style a dict of matplotlib line options (color, ls);
     context: (t, values) drawn faintly before the evaluated span."""
@@ -40,6 +45,8 @@ def forecast(path, t, truth, paths, title, ylabel, context=None):
         for k, (tk, vk) in enumerate(segments):
             ax.plot(tk, vk, lw=1.3, label=label if k == 0 else None, **style)
     ax.set_ylabel(ylabel)
+    if xlabel:
+        ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)

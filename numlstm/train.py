@@ -151,6 +151,24 @@ def _compile(model, loss, args, steps, resumed=None):
 _NAN = {"stop": "raise", "skip": "skip"}
 
 
+def throughput(tokens, seconds):
+    """metrics.json's tokens_per_second, the same in every task: the time steps of
+    every training sequence this run trained on (all epochs or steps, batch rows
+    times sequence length), over train_seconds, the wall time of the training loop
+    (its validation passes and checkpoints included)."""
+    return tokens / seconds if seconds > 0 else None
+
+
+def beat_baseline(score, baseline, what, hint):
+    """Say so when a run did not do clearly better than its baseline (lower is
+    better; clearly: below 90% of it), with what to change; return whether it did."""
+    beat = score < 0.9 * baseline
+    if not beat:
+        print(f"note: this run did not beat {what} ({score:.4f} against {baseline:.4f}). "
+              f"{hint}")
+    return beat
+
+
 # -- forecasting ---------------------------------------------------------------------------
 def load_co2():
     """The embedded weekly CO2 series: (dates as numpy datetime64[D], ppm with the 59
@@ -281,6 +299,7 @@ def run_forecast(args):
                   validation_data=(x_va, y_va), verbose=args.verbose,
                   on_epoch_end=checkpoint, distributed=args.group)
     train_seconds = time.perf_counter() - t0
+    tokens = (epochs - done) * x_tr.shape[0] * x_tr.shape[1]  # windows of `window` steps
 
     pred = model.predict(x_va, batch_size=512) * scale + series[val_origins][:, None]
     truth = series[val_origins[:, None] + np.arange(1, horizon + 1)]
@@ -296,8 +315,7 @@ def run_forecast(args):
         "baseline": baseline, "baseline_rmse": base_rmse,
         "rmse_ratio_to_baseline": rmse / base_rmse if base_rmse else None,
         "epochs": epochs, "parameters": model.count_params(),
-        "train_seconds": train_seconds,
-        "tokens_per_second": float(np.median(history["tokens_per_s"])),
+        "train_seconds": train_seconds, "tokens_per_second": throughput(tokens, train_seconds),
         "final_loss": history["loss"][-1], "final_val_loss": history["val_loss"][-1],
         "skipped_steps": model.skipped_steps, "seed": args.seed, **_ranks(args)}
     if not _writes(args):
@@ -307,7 +325,9 @@ def run_forecast(args):
     plot.loss_curve(os.path.join(out, "loss.png"),
                     {"training": (ep, history["loss"]),
                      "validation": (ep, history["val_loss"])},
-                    "epoch", f"{name}: mean squared error (scaled units)")
+                    "epoch", f"{name}: the model's loss, per epoch",
+                    ylabel="mean squared error of the scaled series\n(change from the "
+                           "last value seen, over its deviation)")
     starts = np.arange(0, len(val_origins), horizon)  # forecasts that do not overlap
     spans = [t[o + 1:o + horizon + 1] for o in val_origins[starts]]
     paths = [(f"numlstm {args.cell.upper()}", dict(color="tab:blue"),
@@ -316,12 +336,16 @@ def run_forecast(args):
               list(zip(spans, naive[starts])))]
     lo = max(split - 4 * horizon, 0)
     plot.forecast(os.path.join(out, "forecast.png"), t[split:], series[split:], paths,
-                  f"{name}: {horizon}-step forecasts, RMSE {rmse:.3f} vs "
+                  f"{name}: consecutive {horizon}-step forecasts, joined end to end\n"
+                  f"validation RMSE {rmse:.3f} against "
                   f"{baseline.split(' (')[0]} {base_rmse:.3f}", unit,
-                  context=(t[lo:split + 1], series[lo:split + 1]))
+                  context=(t[lo:split + 1], series[lo:split + 1]),
+                  xlabel="date" if not args.csv else "row")
     print(f"validation RMSE {rmse:.4f} ({unit}), {baseline}: {base_rmse:.4f}; "
           f"trained in {train_seconds:.1f} s; wrote {out}/metrics.json, checkpoint.npz, "
           f"forecast.png, loss.png")
+    beat_baseline(rmse, base_rmse, f"the {baseline}",
+                  "Try more --epochs, a longer --window or a larger --hidden.")
     return metrics
 
 
@@ -451,7 +475,7 @@ def run_text(args):
                "unigram_bpc": float(-(p * np.log2(p)).sum()),
                "steps": step, "skipped_steps": model.skipped_steps,
                "train_seconds": train_seconds,
-               "tokens_per_second": tokens / train_seconds if train_seconds else None,
+               "tokens_per_second": throughput(tokens, train_seconds),
                "parameters": model.count_params(), "seed": args.seed,
                "config": {"embed": args.embed, "hidden": args.hidden or 128,
                           "layers": args.layers or 1, "seq_len": seq_len,
@@ -464,13 +488,16 @@ def run_text(args):
         s, v = np.array(losses).T
         k = max(1, len(v) // 200)
         smooth = np.convolve(v, np.ones(k) / k, mode="valid")
-        plot.loss_curve(os.path.join(out, "loss.png"),
-                        {f"training (mean of {k} steps)": (s[k - 1:], smooth / math.log(2))},
-                        "step", f"character model: bits per character "
-                                f"(validation {val_bpc:.3f})")
+        label = "training batches" + (f" (mean of each {k} steps)" if k > 1 else "")
+        plot.loss_curve(os.path.join(out, "loss.png"), {label: (s[k - 1:], smooth / math.log(2))},
+                        "step", f"character model: validation {val_bpc:.3f} bits per "
+                                f"character", ylabel="bits per character")
     print(f"val_bpc {val_bpc:.4f} (unigram {metrics['unigram_bpc']:.3f}); "
-          f"{tokens / train_seconds:,.0f} tokens/s over {train_seconds:.1f} s; wrote "
+          f"{metrics['tokens_per_second']:,.0f} tokens/s over {train_seconds:.1f} s; wrote "
           f"{out}/metrics.json, checkpoint.npz, loss.png")
+    beat_baseline(val_bpc, metrics["unigram_bpc"],
+                  "the unigram model (each character at its frequency)",
+                  "Try more --steps, a longer text or a larger --hidden.")
     return metrics
 
 
@@ -589,7 +616,8 @@ def run_adding(args):
     metrics = {"task": "adding", "T": T, "steps": steps, "batch_size": args.batch_size,
                "test_mse": test_mse, "baseline_mse": float(np.mean((y_te - 1) ** 2)),
                "baseline": "always answering 1.0", "train_seconds": train_seconds,
-               "tokens_per_second": (step - start) * args.batch_size * T / train_seconds,
+               "tokens_per_second": throughput((step - start) * args.batch_size * T,
+                                               train_seconds),
                "skipped_steps": model.skipped_steps, "seed": args.seed, **_ranks(args)}
     if not _writes(args):
         return metrics
@@ -602,6 +630,10 @@ def run_adding(args):
     print(f"test MSE {test_mse:.4f} against {metrics['baseline_mse']:.4f} for always "
           f"answering 1.0; trained in {train_seconds:.1f} s; wrote {out}/metrics.json, "
           f"checkpoint.npz, loss.png")
+    beat_baseline(test_mse, metrics["baseline_mse"], "always answering 1.0",
+                  "The task needs a few thousand steps at T=100: try --steps 2000 (the "
+                  "default) or more, a shorter --seq-len, or --cell lstm or gru (a plain "
+                  "RNN does not learn it).")
     return metrics
 
 

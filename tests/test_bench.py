@@ -24,6 +24,7 @@ def test_compare_alternates_with_torch_and_derives_figures():
             assert np.isclose(r[f"{lib}_tokens_per_s"], 8 / (r[f"{lib}_ms"] / 1e3))
         assert np.isclose(r["ratio"], r["torch_ms"] / r["numlstm_ms"])
     assert lines[0].startswith("roof: float32 FMA peak")
+    assert any("%roof: that as a share of the roof above" in line for line in lines[:5])
     assert any(line.startswith("training      4    2     8 |") for line in lines)
 
 
@@ -107,7 +108,8 @@ def test_isolated_bench_times_each_library_in_its_own_process_under_load():
     assert iso.flops(5, 2, 3, 4, "step") == 2 * 2 * 16 * 7
     lines = []
     iso.table(rows, ["numlstm", "torch", "onnxruntime"], 100.0, out=lines.append)
-    assert lines[0].split()[:4] == ["mode", "T,B,I,H", "|", "numlstm"]
+    assert "%roof:" in lines[0] and "ratio:" in lines[0]  # the columns explained first
+    assert lines[1].split()[:4] == ["mode", "T,B,I,H", "|", "numlstm"]
     assert any(line.startswith(f"{'training':<9} {'3,2,5,8':>16} |") for line in lines)
 
 

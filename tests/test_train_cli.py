@@ -81,6 +81,8 @@ def test_train_default_forecasts_co2(tmp_path):
     train_windows = (len(series) - round(0.2 * len(series))) - 52 - 103
     assert ck.step == ck.optimizer.steps == 2 * math.ceil(train_windows / 32)
     assert m["parameters"] == ck.model.count_params()
+    # tokens_per_second: every window's 104 steps, both epochs, over the training time
+    assert np.isclose(m["tokens_per_second"], 2 * train_windows * 104 / m["train_seconds"])
     assert _is_png(os.path.join(out, "forecast.png")) and _is_png(os.path.join(out, "loss.png"))
 
 
@@ -318,11 +320,17 @@ def test_adding_batch_marks_two_values(rng):
     np.testing.assert_allclose(y[:, 0], (x[:, :, 0] * marks).sum(axis=1), rtol=1e-6)
 
 
-def test_train_adding(tmp_path):
+def test_train_adding(tmp_path, capsys):
     out = str(tmp_path / "adding")
     assert main(["train", "--task", "adding", "--steps", "20", "--seq-len", "12",
                  "--batch-size", "8", "--hidden", "8", "--out", out, "--quiet"]) == 0
     m = _metrics(out)
+    # the same definition as the other tasks': tokens trained over the training time
+    assert np.isclose(m["tokens_per_second"], 20 * 8 * 12 / m["train_seconds"])
+    # 20 steps learn nothing, and the run says so, with what to change
+    said = capsys.readouterr().out
+    assert m["test_mse"] >= 0.9 * m["baseline_mse"]
+    assert "did not beat always answering 1.0" in said and "--steps" in said
     assert m["task"] == "adding" and m["T"] == 12 and m["steps"] == 20
     # the sum of two uniform values has variance 1/6: always answering 1.0 scores that
     assert abs(m["baseline_mse"] - 1 / 6) < 0.03
@@ -418,3 +426,21 @@ def test_command_line_error_is_one_line_without_traceback(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("numlstm train: --text "), proc.stderr
     assert "cannot read it" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_plots_say_what_they_show(monkeypatch):
+    """A loss plot labels its y axis as asked, and its log axis reads 0.6, 3 (not
+    6x10^-1, 3x10^0); the forecast plot labels its x axis."""
+    from numlstm import plot
+    figs = []
+    monkeypatch.setattr(plot, "_save", lambda fig, path: figs.append(fig))
+    plot.loss_curve("x.png", {"training batches": ([1, 2, 3], [3.0, 1.0, 0.6])}, "step",
+                    "character model", ylabel="bits per character")
+    ax = figs[-1].axes[0]
+    assert ax.get_ylabel() == "bits per character" and ax.get_yscale() == "log"
+    figs[-1].canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True)
+              if t.get_text()]
+    assert labels and not any("\\times" in t or "×" in t for t in labels), labels
+    plot.forecast("f.png", [0, 1, 2], [1.0, 2.0, 3.0], [], "forecasts", "ppm", xlabel="date")
+    assert figs[-1].axes[0].get_xlabel() == "date"
