@@ -915,8 +915,9 @@ class LSTM(_Recurrent):
         batch_first: x and y are [B,T,*] instead of [T,B,*] (states stay [L*D,B,H]).
         dropout: probability in [0, 1) of zeroing an inter-layer activation when
             training=True (inverted dropout: survivors scaled by 1/(1-p)).
-        backend: "auto" (the CPU kernels for NumPy input), "cpu", or "numpy" (the
-            slow reference).
+        backend: "auto" (default: the CPU kernels for NumPy input, the CUDA kernels
+            for input on an NVIDIA GPU), "cpu", "cuda" (Numba's CUDA kernels; weights
+            and states move to the device), or "numpy" (the slow reference).
         dtype: np.float32 (default) or np.float64. Inputs of any real dtype are
             cast to it.
         seed: seeds the initial weights and the dropout masks.
@@ -1136,8 +1137,8 @@ class GRU(_Recurrent):
     Parameters: torch's names, weight_ih_l{k} [3H, I or D*H], weight_hh_l{k}
     [3H,H], bias_ih_l{k} [3H], bias_hh_l{k} [3H].
 
-    Call: ``y, h_n = gru(x, h0=None, training=False, lengths=None, mask=None)``,
-    h0 and h_n [L*D,B,H]. Backward: ``dx, dh0 = gru.backward(dy, dh_n)``.
+    Call: ``y, h_n = gru(x, state=None, training=False, lengths=None, mask=None)``,
+    state (h0) and h_n [L*D,B,H]. Backward: ``dx, dh0 = gru.backward(dy, dh_n)``.
     Streaming: ``y_t, h = gru.step(x_t, h)``.
     """
     cell = "gru"
@@ -1170,7 +1171,8 @@ class RNN(_Recurrent):
     relu (`nonlinearity`). Parameters: torch's names, weight_ih_l{k} [H, I or
     D*H], weight_hh_l{k} [H,H], bias_ih_l{k} [H], bias_hh_l{k} [H].
 
-    Call: ``y, h_n = rnn(x, h0=None, training=False, lengths=None, mask=None)``.
+    Call: ``y, h_n = rnn(x, state=None, training=False, lengths=None, mask=None)``,
+    state (h0) and h_n [L*D,B,H].
     Backward: ``dx, dh0 = rnn.backward(dy, dh_n)``.
 
     It forgets: gradients through many steps of tanh(W h) shrink or grow

@@ -149,7 +149,8 @@ def test_no_gpu_gives_a_clear_error():
 def test_kernels_compile_for_hopper():
     """Every CUDA kernel compiles to sm_90 PTX (the simulator cannot show this)."""
     nvcc = pytest.importorskip("nvidia.cuda_nvcc", reason="pip install nvidia-cuda-nvcc-cu12")
-    script = os.path.join(os.path.dirname(__file__), "kernels", "cuda_compile_check.py")
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                          "cuda_compile_check.py")
     env = dict(os.environ, CUDA_HOME=list(nvcc.__path__)[0])
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     run = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True,

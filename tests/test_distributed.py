@@ -425,11 +425,11 @@ def test_user_code_that_fails_on_one_rank_stops_the_job(one_process, tmp_path):
 
 
 @needs_mpi
-def test_the_readme_script_runs_on_two_ranks(one_process, tmp_path):
-    """The README's MPI example (a ```py block, which tests/test_readme.py leaves to
-    this file), as its comment says to run it."""
-    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
-    blocks = re.findall(r"```py\n(.*?)```", readme, flags=re.S)
+def test_the_guide_script_runs_on_two_ranks(one_process, tmp_path):
+    """The guide's MPI example (a ```py block, which tests/test_docs.py leaves to this
+    file), as its comment says to run it."""
+    guide = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "guide.md").read_text()
+    blocks = re.findall(r"```py\n(.*?)```", guide, flags=re.S)
     assert len(blocks) == 1 and "distributed=" in blocks[0]
     (tmp_path / "train_mpi.py").write_text(blocks[0])
     proc, _ = _mpiexec(["-n", "2", sys.executable, "train_mpi.py"], tmp_path)

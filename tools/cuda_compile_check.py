@@ -8,9 +8,11 @@ both dtypes with NVVM from the `nvidia-cuda-nvcc-cu12` wheel and checks that
 the float32 kernels do no float64 arithmetic and that exactly the persistent
 kernels use the grid barrier (which makes Numba launch them cooperatively).
 
-Run by tests/kernels/test_cuda_compile.py in a subprocess (the simulator tests
-in the same session have replaced numba.cuda). Prints one line per kernel and
-exits nonzero on the first failure.
+    python tools/cuda_compile_check.py
+
+tests/test_cuda_backend.py runs it in a subprocess (the simulator tests in the same
+session have replaced numba.cuda). Prints one line per kernel and exits nonzero
+if any failed.
 """
 import os
 import sys

@@ -2,7 +2,7 @@
 pytest.raises(ValueError/TypeError/RuntimeError/MemoryError/...) block that runs,
 and every CLI call checked for its one-line error.
 
-    python -m pytest -q -p error_case_count
+    PYTHONPATH=tools python -m pytest -q -p error_case_count
 
 prints, at the end, how many ran and of which exception types. Not a test.
 """

@@ -1,6 +1,6 @@
 """Worst errors of numlstm against Keras 3 (JAX, CPU) and onnxruntime, per kind of layer.
 
-    python tests/interop_report.py
+    python tools/interop_report.py
 
 Not a test (the tests assert tolerances); this prints the figures the interop
 issue's note asks for: for each kind, the largest |numlstm - other| over random

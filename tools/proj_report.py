@@ -1,6 +1,6 @@
 """Worst errors of numlstm's projected LSTM (proj_size) against torch.nn.LSTM.
 
-    python tests/proj_report.py
+    python tools/proj_report.py
 
 Not a test (tests/test_proj_size.py asserts the tolerances); this prints the figures
 the recurrent-options issue's note asks for: per backend and dtype, the largest
@@ -11,12 +11,15 @@ backend runs on a GPU where there is one, else in Numba's simulator, on cases
 small enough for it (CUDA_CASES).
 """
 import os
+import sys
 import warnings
 
 if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")):
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # (before numba is imported)
 
 import numpy as np  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))  # the test's cases and its comparison
 from test_proj_size import TORCH_CASES, against_torch  # noqa: E402
 
 CUDA_CASES = [(3, 5, 2, 2, True, 3, 2), (4, 6, 3, 1, False, 1, 1)]
