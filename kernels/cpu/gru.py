@@ -50,9 +50,9 @@ import numpy as np
 from ..gates import DEFAULT_ACTS, for_dtype
 from .cells import BlasGRU, NormGRU, TiledGRU
 from .gradients import first_step_dh, input_gradient, weight_gradients
-from .gru_blas import _backward_blas_wrap, _backward_norm_wrap, _forward_blas, _forward_norm_wrap
-from .gru_tiled import (U, _backward_rows, _backward_tiled, _forward_rows, _forward_tiled,
-                        _gate_blocks, _step_tiled)
+from .gru_blas import backward_blas_wrap, backward_norm_wrap, forward_blas, forward_norm_wrap
+from .gru_tiled import (U, backward_rows, backward_tiled, forward_rows, forward_tiled,
+                        gate_blocks, step_tiled)
 from .plan import make_plan
 from .products import (blas_projection, in_blocks, run_in_chunks, step_tiles, tiled_bias,
                        tiled_weights)
@@ -130,7 +130,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
     H = packed.H
     lens = lengths_or_full(lengths, T, B)
     if packed.kind == "norm":
-        return _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h)
+        return forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h)
     if packed.kind == "blas":
         xw = blas_projection(x, packed.w_ih, packed.b_ih)
         h = h0.copy()
@@ -138,7 +138,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         hn = np.empty((T, B, H) if training else (1, 1, 1), x.dtype)
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
         zh = zone_weights(zone_h, H, x.dtype)
-        _forward_blas(xw, packed.w_rz_t, packed.w_n_t, packed.b_hh, mask, h, lens,
+        forward_blas(xw, packed.w_rz_t, packed.w_n_t, packed.b_hh, mask, h, lens,
                       reverse, training, packed.reset_after, y, hn, packed.acts,
                       step_tiles(packed, B, "w_rz", "w_n"), zh)
         y_out, h0_kept = y, h0
@@ -155,7 +155,7 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
         zh = zone_weights(zone_h, Hp, np.float32)
 
         def run(xw, t0, t1):  # training runs all steps in one chunk, so hn needs no slice
-            loop = _forward_rows if rows else _forward_tiled
+            loop = forward_rows if rows else forward_tiled
             loop(xw, packed.w_fwd, packed.b_rec, hbuf, hmbuf, mask, y[t0:t1], hn, rec,
                  lens - t0, reverse, training, P, packed.acts,
                  zh if zh.shape[0] == 1 else zh[t0:t1], plan.gate)
@@ -184,7 +184,7 @@ def gru_step_cpu(x, packed, h):
     y = np.empty((B, Hp), np.float32)
     xw = np.empty((B, 3 * Hp), np.float32)
     rec = np.empty((B, 3 * Hp), np.float32)
-    _step_tiled(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec,
+    step_tiled(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec,
                 pad_units(h, Hp), h_new, y, xw, rec, ones_of(B), NO_MASK, packed.acts,
                 NO_ZONE[np.dtype(np.float32)][0])
     return h_new[:, :H]
@@ -198,9 +198,9 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     torch's layout.
     """
     if packed.kind == "norm":
-        return _backward_norm_wrap(dy, dh_n, cache, packed)
+        return backward_norm_wrap(dy, dh_n, cache, packed)
     if packed.kind == "blas":
-        return _backward_blas_wrap(dy, dh_n, cache, packed)
+        return backward_blas_wrap(dy, dh_n, cache, packed)
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
     dg, hn, reverse = cache["gates"], cache["hn"], cache["reverse"]
     T, B, _ = x.shape
@@ -216,17 +216,17 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
     # zoneout's scratch: the parts of dh kept and passed to the gates, and zeros
     dhz, kept, zb = ((np.zeros((B, Hp), np.float32) for _ in range(3)) if zh.shape[2] else
                      (NO_ARRAY,) * 3)
-    # dG's and dn's rows in the weight gradients' layout (_gate_blocks), which the
+    # dG's and dn's rows in the weight gradients' layout (gate_blocks), which the
     # rows split writes as it goes
     store = np.empty((4, Hp // U, T * B, U), np.float32)
     if rows:
-        _backward_rows(dg, hn, y, h0, pad_units(dy, Hp), packed.w_bwd, rec, carry, dh_np, lens,
+        backward_rows(dg, hn, y, h0, pad_units(dy, Hp), packed.w_bwd, rec, carry, dh_np, lens,
                        reverse, P, mask, packed.acts, zh, dhz, kept, zb, store,
                        plan.gate)
     else:
-        _backward_tiled(dg, hn, y, h0, pad_units(dy, Hp), packed.w_bwd, rec, carry, dh_np, lens,
+        backward_tiled(dg, hn, y, h0, pad_units(dy, Hp), packed.w_bwd, rec, carry, dh_np, lens,
                         reverse, P, mask, packed.acts, zh, dhz, kept, zb, plan.gate)
-        serial_if(dg.size <= SMALL_REGION, _gate_blocks, dg.reshape(T * B, Gp),
+        serial_if(dg.size <= SMALL_REGION, gate_blocks, dg.reshape(T * B, Gp),
                   hn.reshape(T * B, Hp), store)
     dh0 = first_step_dh(dg, lens, reverse, packed.w_bwd)
     if mask.shape[0] > 0:  # W_hh read h times the recurrent dropout mask
@@ -246,7 +246,7 @@ def gru_backward_cpu(dy, dh_n, cache, packed):
 
 def _weight_gradients(store, x, y, h0, first_steps, mask, reverse, H):
     """{"w_ih", "w_hh", "b_ih", "b_hh"} in torch's layout from the gate gradients
-    in _gate_blocks's layout (store [4, Hp/U, T*B, U]: [dn*r | dr | dz | dn]), the
+    in gate_blocks's layout (store [4, Hp/U, T*B, U]: [dn*r | dr | dz | dn]), the
     forward's x, y and h0 [B,Hp], each row's first step in the forward's order
     and the recurrent dropout mask ([B,Hp] or [0,0]).
 
@@ -256,7 +256,7 @@ def _weight_gradients(store, x, y, h0, first_steps, mask, reverse, H):
     three (r, z, n), without a copy. Measured on 2 Zen 4 cores at T=128, B=128,
     I=H=256 against transposing dG and dn (both ways with products.transpose's
     256 x 8 tiles), median of 7: the training step 226 -> 212 ms (217 with
-    _gate_blocks a pass of its own rather than in the loop)."""
+    gate_blocks a pass of its own rather than in the loop)."""
     _, nk, M, _ = store.shape
     Hp = nk * U
     gate, unit = np.divmod(np.arange(3 * H), H)

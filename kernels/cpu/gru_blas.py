@@ -7,7 +7,7 @@ from numba import njit
 
 from ..gates import activate, dactivate
 from .gradients import blas_recurrent_gradient
-from .gru_tiled import _state_before
+from .gru_tiled import state_before
 from .jit import FAST
 from .microkernel import CB
 from .norm import norm_grad, normalise_row, normalised_input, normalised_input_gradient
@@ -17,7 +17,7 @@ from .sequence import zone_weights
 
 # -- float64 and reset_after=False: BLAS per step ----------------------------------------
 @njit(cache=True, error_model="numpy")
-def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, reset_after,
+def forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, reset_after,
                   y, hn, acts, tiles, zh):
     """xw [T,B,3H]: x @ W_ih^T + b_ih, receives the activated gates when training;
     w_rz_t [H,2H], w_n_t [H,H]: W_hh^T split at the n gate; b_hh [3H]; mask [B,H]:
@@ -76,14 +76,14 @@ def _forward_blas(xw, w_rz_t, w_n_t, b_hh, mask, h, lengths, reverse, training, 
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_after, dh,
+def backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_after, dh,
                    dnh, acts, tiles, zh):
     """dg [T,B,3H]: activated gates in, dG_ih = [dr dz dn] out; hn [T,B,H]: as the
     forward left it; w_rz [2H,H], w_n [H,H]: W_hh's rows split at the n gate;
     mask [B,H]: the forward's recurrent dropout mask (none when its size is 0);
     dh [B,H]: dh_n in, dh0 out; dnh [T,B,H] out: the gradient of the n gate's
     recurrent pre-activation (dn * r when reset_after, else dn); tiles: None, or as
-    _forward_blas's, for W_hh's r-z and n rows (dG_rz @ W_rz, dnh @ W_n); zh: the
+    forward_blas's, for W_hh's r-z and n rows (dG_rz @ W_rz, dnh @ W_n); zh: the
     forward's zoneout weights."""
     T, B, G = dg.shape
     H = G // 3
@@ -105,7 +105,7 @@ def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_a
                 dg[t, b] = 0
                 dnh[t, b] = 0
                 continue
-            h_prev = _state_before(y, h0, lengths, reverse, t, b)
+            h_prev = state_before(y, h0, lengths, reverse, t, b)
             for j in range(H):
                 r, z, n = dg[t, b, j], dg[t, b, H + j], dg[t, b, 2 * H + j]
                 d = dh[b, j] + dy[t, b, j]
@@ -130,7 +130,7 @@ def _backward_blas(dy, dg, hn, y, h0, w_rz, w_n, mask, lengths, reverse, reset_a
             for b in range(B):
                 if t >= lengths[b]:
                     continue
-                h_prev = _state_before(y, h0, lengths, reverse, t, b)
+                h_prev = state_before(y, h0, lengths, reverse, t, b)
                 for j in range(H):
                     r = dg[t, b, j]
                     m = mask[b, j] if masked else 1.0
@@ -192,16 +192,16 @@ def _norm_grads_row(g3, hn, h_prev, d, dv, carry, acts):
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_norm(xw, w_hh_t, b_hh, gain, mask, h, lengths, reverse, training, y, hn, h_hat,
+def forward_norm(xw, w_hh_t, b_hh, gain, mask, h, lengths, reverse, training, y, hn, h_hat,
                   rstd_h, acts, tiles, zh):
     """The layer-normalised GRU (reset_after): per step the whole recurrent product
     h_in @ W_hh^T [B,3H], each valid row normalised over its 3H entries (kept in
     h_hat [T,B,3H] and rstd_h [T,B] when training), times gain [3H], plus b_hh;
-    then _forward_blas's gate math. xw [T,B,3H]: LN(x @ W_ih^T) * gain + b_ih,
+    then forward_blas's gate math. xw [T,B,3H]: LN(x @ W_ih^T) * gain + b_ih,
     receives the activated gates when training; hn [T,B,H]: the n gate's
     recurrent term when training; tiles: None (np.dot), or (W_hh^T in blocks,
     unused, a zero row, the product's plan) for float32; other arguments as
-    _forward_blas's."""
+    forward_blas's."""
     T, B, G = xw.shape
     H = G // 3
     zoned = zh.shape[2] > 0
@@ -239,13 +239,13 @@ def _forward_norm(xw, w_hh_t, b_hh, gain, mask, h, lengths, reverse, training, y
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_norm(dy, dg, hn, y, h0, w_hh, gain, h_hat, rstd_h, dgain, dbias, mask, lengths,
+def backward_norm(dy, dg, hn, y, h0, w_hh, gain, h_hat, rstd_h, dgain, dbias, mask, lengths,
                    reverse, dh, acts, tiles, zh):
-    """Backward of _forward_norm. dg [T,B,3H]: activated gates in, dG_ih = [dr dz dn]
+    """Backward of forward_norm. dg [T,B,3H]: activated gates in, dG_ih = [dr dz dn]
     out (the gradient of the input product's LN output); h_hat [T,B,3H]: the
     normalised recurrent products in, their raw products' gradients out (dW_hh's
     operand); dgain, dbias [3H]: ln_hh's and b_hh's gradients out (zero in); dh
-    [B,H]: dh_n in, dh0 out; tiles: None, or as _forward_norm's for W_hh [3H,H]."""
+    [B,H]: dh_n in, dh0 out; tiles: None, or as forward_norm's for W_hh [3H,H]."""
     T, B, G = dg.shape
     H = G // 3
     masked = mask.size > 0
@@ -270,7 +270,7 @@ def _backward_norm(dy, dg, hn, y, h0, w_hh, gain, h_hat, rstd_h, dgain, dbias, m
                 for j in range(H):
                     carry[b, j] = zt[j] * d[j]
                     d[j] -= carry[b, j]
-            _norm_grads_row(dg[t, b], hn[t, b], _state_before(y, h0, lengths, reverse, t, b), d,
+            _norm_grads_row(dg[t, b], hn[t, b], state_before(y, h0, lengths, reverse, t, b), d,
                             dv, carry[b], acts)
             v_hat = h_hat[t, b]
             for k in range(G):
@@ -289,7 +289,7 @@ def _backward_norm(dy, dg, hn, y, h0, w_hh, gain, h_hat, rstd_h, dgain, dbias, m
                     dh[b, j] = (rec[b, j] * mask[b, j] if masked else rec[b, j]) + carry[b, j]
 
 
-def _backward_blas_wrap(dy, dh_n, cache, packed):
+def backward_blas_wrap(dy, dh_n, cache, packed):
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
     dg, hn, reverse = cache["gates"], cache["hn"], cache["reverse"]
     reset_after = packed.reset_after
@@ -298,7 +298,7 @@ def _backward_blas_wrap(dy, dh_n, cache, packed):
     dh = dh_n.copy()
     dnh = np.empty((T, B, H), x.dtype)
     mask = cache["mask"]
-    _backward_blas(dy, dg, hn, y, h0, packed.w_rz, packed.w_n, mask, lens, reverse,
+    backward_blas(dy, dg, hn, y, h0, packed.w_rz, packed.w_n, mask, lens, reverse,
                    reset_after, dh, dnh, packed.acts,
                    step_tiles(packed, B, "w_rz_bwd", "w_n_bwd"), cache["zh"])
     if mask.size:  # W_hh read h times the recurrent dropout mask (hn holds r * that)
@@ -319,8 +319,8 @@ def _backward_blas_wrap(dy, dh_n, cache, packed):
     return dx, dh, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db_ih, b_hh=db_hh)
 
 
-def _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h):
-    """gru_forward_cpu of the layer-normalised GRU (_forward_norm)."""
+def forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h):
+    """gru_forward_cpu of the layer-normalised GRU (forward_norm)."""
     T, B, _ = x.shape
     H, G = packed.H, 3 * packed.H
     ln_ih, ln_hh = packed.ln
@@ -333,7 +333,7 @@ def _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h):
     rstd_h = np.empty((T, B) if training else (1, 1), x.dtype)
     mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
     zh = zone_weights(zone_h, H, x.dtype)
-    _forward_norm(xw, packed.w_hh_t, packed.b_hh, ln_hh, mask, h, lens, reverse,
+    forward_norm(xw, packed.w_hh_t, packed.b_hh, ln_hh, mask, h, lens, reverse,
                   training, y, hn, h_hat, rstd_h, packed.acts,
                   step_tiles(packed, B, "w_hh", "w_hh"), zh)
     if not training:
@@ -343,8 +343,8 @@ def _forward_norm_wrap(x, packed, h0, lens, reverse, training, h_mask, zone_h):
                       rstd_h=rstd_h)
 
 
-def _backward_norm_wrap(dy, dh_n, cache, packed):
-    """gru_backward_cpu of the layer-normalised GRU (_backward_norm)."""
+def backward_norm_wrap(dy, dh_n, cache, packed):
+    """gru_backward_cpu of the layer-normalised GRU (backward_norm)."""
     x, y, h0, lens = cache["x"], cache["y"], cache["h0"], cache["lengths"]
     reverse = cache["reverse"]
     T, B, I = x.shape
@@ -353,7 +353,7 @@ def _backward_norm_wrap(dy, dh_n, cache, packed):
     dg, h_hat, mask = cache["gates"], cache["h_hat"], cache["mask"]
     dh = dh_n.copy()
     d_ln_hh, db_hh = np.zeros(G, x.dtype), np.zeros(G, x.dtype)
-    _backward_norm(dy, dg, cache["hn"], y, h0, packed.w_hh, ln_hh, h_hat, cache["rstd_h"],
+    backward_norm(dy, dg, cache["hn"], y, h0, packed.w_hh, ln_hh, h_hat, cache["rstd_h"],
                    d_ln_hh, db_hh, mask, lens, reverse, dh, packed.acts,
                    step_tiles(packed, B, "w_hh_bwd", "w_hh_bwd"), cache["zh"])
     if mask.size:  # W_hh read h times the recurrent dropout mask

@@ -1,6 +1,6 @@
 """The GRU's float32 time loops with reset_after (gru.py's "tiled" path), forward
-and backward, and the streaming step: _forward_tiled and _backward_tiled share a
-step's unit blocks among the threads, _forward_rows and _backward_rows the
+and backward, and the streaming step: forward_tiled and backward_tiled share a
+step's unit blocks among the threads, forward_rows and backward_rows the
 batch. A block of U = CB hidden units owns three tile blocks, [r | z | n].
 """
 import numpy as np
@@ -17,7 +17,7 @@ U = CB  # hidden units per block: each of its three gates fills one tile block
 
 
 @njit(inline="always", cache=True)
-def _state_before(y, h0, lengths, reverse, t, b):
+def state_before(y, h0, lengths, reverse, t, b):
     """The state row b entered step t with: h0 at its first step, else y of the
     step before in the forward's order."""
     first = t == lengths[b] - 1 if reverse else t == 0
@@ -95,7 +95,7 @@ def _fwd_step(xw_t, W, bias, h_in, h_old, h_new, y_t, hn_t, rec, lengths, traini
 
 
 @njit(parallel=True, **FAST)
-def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
+def forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
                    acts, zh, gate):
     """xw [T,B,Gp]: x @ W_ih^T + b_ih, receives the activated gates when training;
     W [Gp/CB, Hp, CB]: W_hh^T in blocks; bias [1,Gp]: b_hh; hbuf [2,B,Hp]: h0 in
@@ -127,11 +127,11 @@ def _forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse,
 
 
 @njit(parallel=True, **FAST)
-def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
+def forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
                   acts, zh, gate):
-    """_forward_tiled with the batch shared out instead of the units: thread p runs
+    """forward_tiled with the batch shared out instead of the units: thread p runs
     its rows through all T steps with all of W_hh, in one parallel region with no
-    barrier between steps (lstm_tiled._forward_rows). Arguments as _forward_tiled's."""
+    barrier between steps (lstm_tiled.forward_rows). Arguments as forward_tiled's."""
     T, B = xw.shape[0], rec.shape[0]
     nk = W.shape[0] // 3
     masked = mask.shape[0] > 0
@@ -150,11 +150,11 @@ def _forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, 
 
 
 @njit(**FAST)
-def _step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_mask, acts,
+def step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_mask, acts,
                 no_zone):
     """One inference step on one thread, for streaming: xw = x @ W_ih^T + b_ih,
     then the step's product and gate math; h' goes to h_new and y (a scratch, as
-    in lstm_tiled._step_tiled). no_mask, no_zone: an empty mask and zoneout's [1,0], made
+    in lstm_tiled.step_tiled). no_mask, no_zone: an empty mask and zoneout's [1,0], made
     once by the caller (this runs once a streamed step)."""
     B, nblk = x.shape[0], w_fwd.shape[0]
     matmul_rows(x, w_in, xw, b_in, False, 0, B, 0, nblk)
@@ -233,7 +233,7 @@ def _bwd_step(dg_next, dg_t, hn_t, y_prev, h0, dy_t, W, rec, zero, carry, dh_n, 
 
 
 @njit(parallel=True, **FAST)
-def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts,
+def backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts,
                     zh, dhz, kept, zb, gate):
     """dg [T,B,Gp]: activated gates in, dG_hh out; hn [T,B,Hp]: W_hn h + b_hn in,
     dn out; y, dy [T,B,Hp]; h0, dh_n [B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
@@ -263,11 +263,11 @@ def _backward_tiled(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P,
 
 
 @njit(parallel=True, **FAST)
-def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts,
+def backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, mask, acts,
                    zh, dhz, kept, zb, store, gate):
-    """_backward_tiled with the batch shared out instead of the units (see
-    _forward_rows). Arguments as _backward_tiled's, and store [4, Hp/U, T*B, U],
-    which receives the weight gradients' operands (_gate_blocks's), each row
+    """backward_tiled with the batch shared out instead of the units (see
+    forward_rows). Arguments as backward_tiled's, and store [4, Hp/U, T*B, U],
+    which receives the weight gradients' operands (gate_blocks's), each row
     copied while it is in cache (a pass of its own after the loop took 6 ms at
     T=128, B=128, H=256, of a 217 ms training step)."""
     T, B, nk = dg.shape[0], rec.shape[0], W.shape[0]
@@ -290,7 +290,7 @@ def _backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, 
 
 
 @njit(parallel=True, **FAST)
-def _gate_blocks(dg, dn, out):
+def gate_blocks(dg, dn, out):
     """out [4, nk, M, U] = [dn*r | dr | dz | dn] in the products' blocked layout
     (products.copy_to_blocks's), from dg [M, 3*nk*U] ([dr dz dn*r] of each block of U
     units side by side, the tiled loops' columns) and dn [M, nk*U]: out[0, k]
@@ -304,7 +304,7 @@ def _gate_blocks(dg, dn, out):
 
 @njit(inline="always", **FAST)
 def _gate_row(g, dn, out, m):
-    """Row m of _gate_blocks's out from one row of dg (g) and of dn."""
+    """Row m of gate_blocks's out from one row of dg (g) and of dn."""
     for k in range(out.shape[1]):
         for slot in range(3):
             src, dst = g[(3 * k + (slot + 2) % 3) * U:], out[slot, k, m]

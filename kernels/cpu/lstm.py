@@ -15,7 +15,7 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
         owning a range of blocks (product, then gate math), so a step waits only
         at the region's end; or, from 8 rows a thread while W_hh fits in a
         core's L2, one region for all the steps, each thread running its rows
-        of the batch with all of W_hh (_forward_rows, _backward_rows);
+        of the batch with all of W_hh (forward_rows, backward_rows);
       - the products before the loop (input projection) and after it (dx, the
         weight gradients) are parallel loops over (row chunk, block) tasks.
       All of it runs in Numba's OpenMP pool. BLAS kept out on purpose: NumPy's
@@ -66,8 +66,8 @@ options' loops, and their gradient is a sum over steps and rows after the loop
 kernel's argument types: each pair compiles to its own loops, the default ones
 exactly the plain layer's.
 
-The options run in _forward_tiled_options and _backward_tiled_options; the plain
-layer keeps _forward_tiled and _backward_tiled, whose per-step calls take only
+The options run in forward_tiled_options and backward_tiled_options; the plain
+layer keeps forward_tiled and backward_tiled, whose per-step calls take only
 what it needs (at B=1, H=64 the options' arguments cost it 10-20%).
 
 The path of a call (both paths):
@@ -75,7 +75,7 @@ The path of a call (both paths):
               in one compiled function. The training forward writes the
               activated gates over xw and keeps c of every step; h of every step
               is y. In the batch split, where fuse_input says so, each step's
-              product reads x[t] and h together instead (_forward_rows, fused),
+              product reads x[t] and h together instead (forward_rows, fused),
               and nothing is projected before the loop.
     backward: the time loop writes the pre-activation gradients dG over the
               stored gates (one recurrent product dG[t] @ W_hh per step); then
@@ -88,10 +88,10 @@ import numpy as np
 from ..gates import DEFAULT_ACTS, for_dtype
 from .cells import BlasLSTM, TiledLSTM
 from .gradients import first_step_dh, input_gradient, peephole_gradients, weight_gradients
-from .lstm_blas import _backward_blas_wrap, _forward_blas
-from .lstm_tiled import (HB, U, _backward_rows, _backward_tiled, _backward_tiled_options,
-                         _cell_outputs, _forward_rows, _forward_tiled, _forward_tiled_options,
-                         _step_tiled)
+from .lstm_blas import backward_blas_wrap, forward_blas
+from .lstm_tiled import (HB, U, backward_rows, backward_tiled, backward_tiled_options,
+                         cell_outputs, forward_rows, forward_tiled, forward_tiled_options,
+                         step_tiled)
 from .microkernel import CB
 from .norm import normalised_input
 from .plan import make_plan
@@ -222,7 +222,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         mask = np.zeros((0, 0), x.dtype) if h_mask is None else np.ascontiguousarray(h_mask)
         zc, zh = zone_weights(zone_c, H, x.dtype), zone_weights(zone_h, Pu, x.dtype)
         czs = np.empty_like(cs) if training and zone_c is not None else cs
-        _forward_blas(xw, packed.w_hh_t, packed.w_hr_t, mask, h, c, lens, reverse,
+        forward_blas(xw, packed.w_hh_t, packed.w_hr_t, mask, h, c, lens, reverse,
                       training, y, cs, packed.clip, packed.coupled, packed.gclip,
                       packed.acts, packed.peep, czs, zc, zh, ln,
                       step_tiles(packed, B, "w_fwd", "w_proj"))
@@ -253,7 +253,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         if rows and plan.fused:
             # one loop with the input projection inside it; xw receives the gates
             xw = np.empty((T if training else 1, B, 4 * Hp), np.float32)
-            _forward_rows(xw, x, packed.w_in, packed.bias, packed.w_fwd, hbuf, c, y,
+            forward_rows(xw, x, packed.w_in, packed.bias, packed.w_fwd, hbuf, c, y,
                           cs, rec, lens, reverse, training, P, packed.clip,
                           packed.coupled, packed.gclip, packed.acts, True, gate)
             if T & 1:  # the state ended in hbuf[1]
@@ -269,18 +269,18 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
                 matmul(x[t0:t1].reshape(-1, I), packed.w_in, chunk.reshape(-1, 4 * Hp),
                        packed.bias, False)
                 if rows:
-                    _forward_rows(chunk, x[t0:t1], packed.w_in, packed.bias,
+                    forward_rows(chunk, x[t0:t1], packed.w_in, packed.bias,
                                   packed.w_fwd, hbuf, c, y[t0:t1],
                                   cs[t0:t1] if training else cs, rec, lens - t0, reverse,
                                   training, P, packed.clip, packed.coupled,
                                   packed.gclip, packed.acts, False, gate)
                 elif plain:
-                    _forward_tiled(chunk, packed.w_fwd, hbuf, c, y[t0:t1],
+                    forward_tiled(chunk, packed.w_fwd, hbuf, c, y[t0:t1],
                                    cs[t0:t1] if training else cs, rec, lens - t0, reverse,
                                    training, P, packed.clip, packed.coupled,
                                    packed.gclip, packed.acts, gate)
                 else:
-                    _forward_tiled_options(
+                    forward_tiled_options(
                         chunk, packed.w_fwd, packed.w_proj, hbuf, hmbuf, mask, m, c,
                         y[t0:t1], cs[t0:t1] if training else cs, rec, zero, lens - t0, reverse,
                         training, P, packed.clip, packed.coupled, packed.gclip,
@@ -315,7 +315,7 @@ def lstm_step_cpu(x, packed, h, c):
     c_new = np.zeros((B, Hp), np.float32)
     c_new[:, :H] = c
     h_new = np.empty((B, Hp), np.float32)
-    _step_tiled(x, packed.w_in, packed.bias, packed.w_fwd, pad_units(h, Hp), c_new, h_new,
+    step_tiled(x, packed.w_in, packed.bias, packed.w_fwd, pad_units(h, Hp), c_new, h_new,
                 np.empty((B, Hp), np.float32), np.empty((B, 4 * Hp), np.float32),
                 ones_of(B), packed.clip, packed.coupled, packed.gclip, packed.acts)
     return h_new[:, :H], c_new[:, :H]
@@ -329,7 +329,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     (and "w_hr" with a projection) in torch's layout.
     """
     if packed.kind == "blas":
-        return _backward_blas_wrap(dy, dh_n, dc_n, cache, packed)
+        return backward_blas_wrap(dy, dh_n, dc_n, cache, packed)
     x, y, lens, reverse = cache["x"], cache["y"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
     H, Hc, Pu, proj = packed.H, packed.Hp, packed.P, packed.proj
@@ -343,7 +343,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     P = plan.units_threads(packed.w_bwd.shape[0])
     if proj:  # the projection's input, before the loop overwrites the gates
         m_all = np.empty((T, B, Hc), np.float32)
-        serial_if(m_all.size <= SMALL_REGION, _cell_outputs, dg, cache["cs"], lens, packed.acts,
+        serial_if(m_all.size <= SMALL_REGION, cell_outputs, dg, cache["cs"], lens, packed.acts,
                   m_all)
     dhs = np.empty((T, B, Hp) if proj else (1, 1, 1), np.float32)
     dm = np.empty((B, Hc) if proj else (1, 1), np.float32)
@@ -357,7 +357,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     rows = plan.rows
     peep = packed.peep
     if proj or masked or zoned or peep is not None:
-        _backward_tiled_options(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd,
+        backward_tiled_options(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd,
                                 packed.w_proj_bwd, rec, dhs, dm, dh_np, dc, lens, reverse, P,
                                 packed.clip, packed.coupled, packed.gclip,
                                 packed.acts, peep, mask,
@@ -365,11 +365,11 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
                                 plan.gate)
     elif rows:  # (the loop writes dgb as it goes)
         dgb = np.empty((Gp // CB, T * B, CB), np.float32)
-        _backward_rows(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd, rec,
+        backward_rows(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd, rec,
                        dh_np, dc, lens, reverse, plan.threads, packed.clip, packed.coupled,
                        packed.gclip, packed.acts, dgb, plan.gate)
     else:
-        _backward_tiled(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd, rec,
+        backward_tiled(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd, rec,
                         dh_np, dc, lens, reverse, P, packed.clip, packed.coupled,
                         packed.gclip, packed.acts, plan.gate)
     dh = first_step_dh(dg, lens, reverse, packed.w_bwd)

@@ -58,7 +58,7 @@ def _outputs_row(c_new, o_new, n_c, c, m, zc, zh, zone_c, zone_m, acts):
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y, cs, clip,
+def forward_blas(xw, w_hh_t, w_hr_t, mask, h, c, lengths, reverse, training, y, cs, clip,
                   coupled, gclip, acts, peep, czs, zc, zh, ln, tiles):
     """xw [T,B,G] (receives the activated gates when training); w_hh_t [P,G];
     w_hr_t [H,P], the projection (ignored when its size is 0: P = H); mask [B,P],
@@ -190,18 +190,18 @@ def _norm_grads_row(a, cs, c_prev, dc, dcn, clip, coupled, acts, peep, bounds, g
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, dc, clip,
+def backward_blas(dy, dg, cs, c0, w_hh, w_hr, mask, dhs, lengths, reverse, dh, dc, clip,
                    coupled, gclip, acts, peep, czs, zc, zh, ln, tiles):
     """dg [T,B,G]: activated gates in, dG out; w_hh [G,P]; dh [B,P], dc [B,H]: the
     final state's gradient in, the initial state's out. With a projection (w_hr
     [P,H] of size > 0), dhs [T,B,P] receives the gradient of each step's h; mask
     [B,P]: the forward's recurrent dropout mask (none when its size is 0); czs,
-    zc, zh: the forward's zoneout arrays (_forward_blas). ln: None, or (the
+    zc, zh: the forward's zoneout arrays (forward_blas). ln: None, or (the
     recurrent product's gain [G], the cell's gain and bias [H], h_hat [T,B,G] and
     rstd_h [T,B] as the forward wrote them, and the gradients of the three
     gains and the bias, [G], [H], [H], accumulated); h_hat receives the
     gradient of the (raw) recurrent product, which the step's dh is made from.
-    tiles: None, or as _forward_blas's, for W_hh and W_hr (dG @ W_hh, dh @ W_hr)."""
+    tiles: None, or as forward_blas's, for W_hh and W_hr (dG @ W_hh, dh @ W_hr)."""
     T, B, G = dg.shape
     H = G // 4
     P = dh.shape[1]
@@ -301,7 +301,7 @@ def _projection_inputs(gates, n_c, acts, out):
                 out[t, r, j] = gates[t, r, 3 * H + j] * activate(acts[2], n_c[t, r, j])
 
 
-def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
+def backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
     x, y, lens, reverse = cache["x"], cache["y"], cache["lengths"], cache["reverse"]
     T, B, I = x.shape
     dg = cache["gates"]
@@ -323,7 +323,7 @@ def _backward_blas_wrap(dy, dh_n, dc_n, cache, packed):
         ln = (norms[1], norms[2], norms[3], dg_h, ln_cache["rstd_h"]) + tuple(
             np.zeros_like(a) for a in norms[1:])
     mask = cache["mask"]
-    _backward_blas(dy, dg, cache["cs"], cache["c0"], packed.w_hh, packed.w_hr, mask, dhs,
+    backward_blas(dy, dg, cache["cs"], cache["c0"], packed.w_hh, packed.w_hr, mask, dhs,
                    lens, reverse, dh, dc, packed.clip, packed.coupled, packed.gclip,
                    packed.acts, packed.peep,
                    cache["czs"], cache["zc"], cache["zh"], ln,

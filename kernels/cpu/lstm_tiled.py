@@ -1,11 +1,11 @@
 """The LSTM's float32 time loops, forward and backward (lstm.py's "tiled" path; its
 docstring tells the design), and the streaming step.
 
-Forward: _forward_tiled (the units of each step shared among the threads, one
-parallel region a step), _forward_rows (the batch shared, one region for all
-steps, the input projection fused where the plan says), _forward_tiled_options
+Forward: forward_tiled (the units of each step shared among the threads, one
+parallel region a step), forward_rows (the batch shared, one region for all
+steps, the input projection fused where the plan says), forward_tiled_options
 (the projection, recurrent dropout, zoneout and peepholes). Backward:
-_backward_tiled, _backward_rows and _backward_tiled_options, their mirrors.
+backward_tiled, backward_rows and backward_tiled_options, their mirrors.
 A block of U hidden units owns CB = 4U columns, [i f g o]; H is padded to HB.
 Every loop's argument shapes are in its docstring.
 """
@@ -104,7 +104,7 @@ def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, c
 
 
 @njit(parallel=True, **FAST)
-def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
+def forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
                    gclip, acts, gate):
     """The plain layer's time loop. xw [T,B,Gp]: x @ W_ih^T + b, receives the
     activated gates when training; W [Gp/CB, Hp, CB]: W_hh^T in blocks; hbuf
@@ -113,7 +113,7 @@ def _forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, cl
     in/out; y [T,B,Hp] out; cs [T,B,Hp] out when training; rec [B,Gp] scratch; P
     threads per step; clip, coupled: the cell options of gates.lstm_cell; gclip:
     gates.clip_gate's; gate: the thread policy's (threads.py), checked every step.
-    _forward_tiled_options adds the projection, recurrent dropout and zoneout."""
+    forward_tiled_options adds the projection, recurrent dropout and zoneout."""
     T = xw.shape[0]
     for s in range(T):
         t = T - 1 - s if reverse else s
@@ -140,16 +140,16 @@ def _matmul_xh(X, Wx, Hm, W, out, bias, r_begin, r_end):
 
 
 @njit(parallel=True, **FAST)
-def _forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, training, P,
+def forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, training, P,
                   clip, coupled, gclip, acts, fused, gate):
-    """_forward_tiled with the batch shared out instead of the units: thread p runs
+    """forward_tiled with the batch shared out instead of the units: thread p runs
     its rows through all T steps with all of W_hh (the rows of a batch never meet),
     so the steps need no barrier and no thread touches another's cache lines.
-    Arguments as _forward_tiled's, and x [T,B,I], W_in [Gp/CB, I, CB] (W_ih^T in
+    Arguments as forward_tiled's, and x [T,B,I], W_in [Gp/CB, I, CB] (W_ih^T in
     blocks) and bias [1,Gp]. fused: each step's product reads x[t] and h together
     (_matmul_xh), so no [T,B,Gp] projection is written and read back, and xw
     only receives the activated gates when training (where fuse_input says);
-    else xw holds the projection made before the loop, as for _forward_tiled.
+    else xw holds the projection made before the loop, as for forward_tiled.
     gate: the thread policy's; a thread that lagged shows there for the next calls."""
     T, B = x.shape[0], rec.shape[0]
     nblk = W.shape[0]
@@ -255,7 +255,7 @@ def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P, hm_new, mask, m
 
 
 @njit(parallel=True, **FAST)
-def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths,
+def forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths,
                            reverse, training, P, clip, coupled, gclip, acts, peep, czs, zc, zh,
                            c_old, gate):
     """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
@@ -306,7 +306,7 @@ def _forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero,
 
 
 @njit(**FAST)
-def _step_tiled(x, w_in, bias, w_fwd, h, c, h_new, y, rec, lengths, clip, coupled, gclip, acts):
+def step_tiled(x, w_in, bias, w_fwd, h, c, h_new, y, rec, lengths, clip, coupled, gclip, acts):
     """One inference step on one thread, for streaming: rec = bias + x @ W_ih^T +
     h @ W_hh^T, then the gate math; c is updated in place, h' goes to h_new and y
     (a scratch: with y = h_new the unit loop's stores overlap, and a step at B=1,
@@ -370,12 +370,12 @@ def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_
 
 
 @njit(parallel=True, **FAST)
-def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
+def backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
                     gclip, acts, gate):
     """The plain layer's backward loop. dg [T,B,Gp]: activated gates in, dG out;
     cs [T,B,Hp]; c0, dh_n [B,Hp]; dy [T,B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
     output units; rec [B,Hp] scratch (dh from the step after); dc [B,Hp]: dc_n in,
-    dc0 out; gate: the thread policy's. _backward_tiled_options adds the options."""
+    dc0 out; gate: the thread policy's. backward_tiled_options adds the options."""
     T = dg.shape[0]
     zero = np.zeros((1, rec.shape[1]), rec.dtype)
     for s in range(T):
@@ -394,10 +394,10 @@ def _backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip,
 
 
 @njit(parallel=True, **FAST)
-def _backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
+def backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
                    gclip, acts, dgb, gate):
-    """_backward_tiled with the batch shared out instead of the units (see
-    _forward_rows). Arguments as _backward_tiled's, and dgb [Gp/CB, T*B, CB],
+    """backward_tiled with the batch shared out instead of the units (see
+    forward_rows). Arguments as backward_tiled's, and dgb [Gp/CB, T*B, CB],
     which receives dG in the products' blocked layout (copy_to_blocks's), each row
     copied while it is in cache (the weight gradients read it; a pass of its
     own after the loop took 0.37 ms at T=64, B=32, H=128 and 17 ms at T=128,
@@ -519,7 +519,7 @@ def _bwd_proj_cell(dg, cs, czs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, rev
 
 
 @njit(parallel=True, **FAST)
-def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, reverse,
+def backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengths, reverse,
                             P, clip, coupled, gclip, acts, peep, mask, czs, zc, zh, kh, kc, dhz,
                             zb, gate):
     """dg [T,B,Gp]: activated gates in, dG out; cs [T,B,Hp]; c0 [B,Hp]; dh_n
@@ -573,7 +573,7 @@ def _backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, leng
 
 
 @njit(parallel=True, **FAST)
-def _cell_outputs(gates, cs, lengths, acts, out):
+def cell_outputs(gates, cs, lengths, acts, out):
     """out[t] = o * cell(c) of every valid row (zero past its length), from the
     activated gates and cell states a training forward kept: the input of the
     projection, for its weight gradient."""

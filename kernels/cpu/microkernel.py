@@ -72,8 +72,8 @@ def _target():
     return 4, 32  # AArch64 (NEON), and others with 128-bit vectors
 
 
-LANES, _REGISTERS = _target()
-NV = 4 if _REGISTERS >= 32 else 2  # vectors per tile row (ROWS * NV + NV + 1 <= registers)
+LANES, REGISTERS = _target()
+NV = 4 if REGISTERS >= 32 else 2  # vectors per tile row (ROWS * NV + NV + 1 <= registers)
 GROUPS = CB // (NV * LANES)         # column groups of a block
 
 
@@ -203,7 +203,7 @@ WIDE_NV = {}
 for _r in range(1, ROWS):
     _nv = NV
     while (_nv * 2 <= _BLOCK_NV and _BLOCK_NV % (_nv * 2) == 0
-           and _r * _nv * 2 + 2 <= _REGISTERS and _r * _nv * 2 <= 8):
+           and _r * _nv * 2 + 2 <= REGISTERS and _r * _nv * 2 <= 8):
         _nv *= 2
     WIDE_NV[_r] = _nv
 

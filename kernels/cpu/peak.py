@@ -21,9 +21,9 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .microkernel import LANES, _REGISTERS, accumulate, vector_fma
+from .microkernel import LANES, REGISTERS, accumulate, vector_fma
 
-ACC = _REGISTERS - 4   # accumulators: 12 on AVX2 (16 registers), 28 on AVX-512 and NEON
+ACC = REGISTERS - 4   # accumulators: 12 on AVX2 (16 registers), 28 on AVX-512 and NEON
 FLOPS_PER_ITERATION = 2 * LANES * ACC
 
 

@@ -44,7 +44,7 @@ class Plan(NamedTuple):
         through all the steps, in one parallel region; else each step's hidden
         units are shared among units_threads(blocks) threads, one parallel
         region a step (one thread: no parallel region at all).
-    rows: the batch split (_forward_rows, _backward_rows) rather than the units
+    rows: the batch split (forward_rows, backward_rows) rather than the units
         split; the plain layer's only (no projection, recurrent dropout,
         zoneout or peepholes).
     fused: with rows, the LSTM projects x[t] inside the loop, with the recurrent
@@ -108,7 +108,7 @@ def step_threads(B, Hp, nblk):
 
 def split_rows(B, Hp, P, gates=4):
     """Whether the plain layer's time loops share the batch among the P threads
-    (_forward_rows) rather than the units (_forward_tiled): from 8 rows a thread,
+    (forward_rows) rather than the units (forward_tiled): from 8 rows a thread,
     while W_hh fits in a core's L2 (ROW_SPLIT_MAX_BYTES), and from 2 rows a thread
     while it is small (ROW_SPLIT_SMALL_BYTES: H <= 128), where streaming all of it
     per thread costs less than a barrier per step. Measured on 2 cores, training
@@ -124,7 +124,7 @@ def split_rows(B, Hp, P, gates=4):
 
 
 def fuse_input(B, I, Hp, P):
-    """Whether the rows split projects the inputs inside its loop (_forward_rows)
+    """Whether the rows split projects the inputs inside its loop (forward_rows)
     rather than in one product before it: while W_ih and W_hh together fit in L2
     (ROW_SPLIT_MAX_BYTES), or from FUSED_MIN_ROWS rows a thread. Measured on 2
     cores, T=128, median ms, before -> fused: B=32, I=32, H=128 (T=64) training

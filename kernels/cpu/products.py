@@ -289,7 +289,7 @@ def step_plan(B, units, blocks):
 
 
 def step_tiles(packed, B, recurrent, projection):
-    """The BLAS loops' tiles argument (lstm_blas's _forward_blas and _backward_blas,
+    """The BLAS loops' tiles argument (lstm_blas's forward_blas and backward_blas,
     gru_blas's): None where packed.tiles is (float64), else (the two weights
     packed.tiles[recurrent] and [projection] in blocks, a zero row as wide as
     their outputs, and each product's step_product plan for B rows)."""

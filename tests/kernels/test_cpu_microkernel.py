@@ -59,7 +59,7 @@ def test_the_tile_fits_the_registers():
     """A tile's accumulators, W's vectors and the broadcast fit the vector registers
     of the target (more would spill at every k), and the groups cover a block."""
     lanes, registers = microkernel._target()
-    assert (lanes, registers) == (microkernel.LANES, microkernel._REGISTERS)
+    assert (lanes, registers) == (microkernel.LANES, microkernel.REGISTERS)
     assert ROWS * microkernel.NV + microkernel.NV + 1 <= registers
     assert microkernel.GROUPS * microkernel.NV * lanes == CB
 
@@ -157,7 +157,7 @@ def test_short_tiles_span_more_columns_within_the_registers():
     broadcast fit the registers); each_row_count above checks their sums."""
     for rows, nv in microkernel.WIDE_NV.items():
         assert CB % (nv * microkernel.LANES) == 0
-        assert rows * nv + 2 <= microkernel._REGISTERS
+        assert rows * nv + 2 <= microkernel.REGISTERS
         assert nv >= microkernel.NV
     if CB // microkernel.LANES >= 8:  # AVX2: a 1-row tile spans the whole block
         assert microkernel.WIDE_NV[1] == 8

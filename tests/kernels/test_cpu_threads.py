@@ -87,7 +87,7 @@ def test_a_large_call_enters_parallel_regions_and_a_hold_keeps_it_on_one_thread(
 
 
 def test_the_time_loop_checks_the_gate_every_step(rng):
-    """_forward_tiled with two threads a step: with no hold every step is a timed
+    """forward_tiled with two threads a step: with no hold every step is a timed
     region (until one lags); with a hold running none is; the outputs are bitwise
     the same."""
     T, B, I, H = 5, 3, 4, 128
@@ -106,7 +106,7 @@ def test_the_time_loop_checks_the_gate_every_step(rng):
         hbuf = np.zeros((2, B, Hp), np.float32)
         c = np.zeros((B, Hp), np.float32)
         y = np.empty((T, B, Hp), np.float32)
-        lstm_tiled._forward_tiled(xw.copy(), packed.w_fwd, hbuf, c, y,
+        lstm_tiled.forward_tiled(xw.copy(), packed.w_fwd, hbuf, c, y,
                                   np.empty((1, 1, 1), np.float32),
                                   np.empty((B, 4 * Hp), np.float32), np.full(B, T, np.int64),
                                   False, False, 2, packed.clip, packed.coupled,
