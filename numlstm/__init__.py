@@ -17,7 +17,7 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "kernels")) and 
         _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py")):
     __path__.append(_root)
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from . import _malloc  # noqa: E402
 

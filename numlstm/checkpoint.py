@@ -31,6 +31,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .files import write_atomically
+from .kernels.gates import UserFunction
+from .model import Sequential
+from .optim import Optimizer, get_optimizer
+from .validation import check_int
+from .version import __version__
+
 FORMAT, VERSION = "numlstm-checkpoint", 1
 DEFAULT_NAME = "checkpoint.npz"
 
@@ -61,19 +68,6 @@ def _digest(files):
     return h.hexdigest()
 
 
-def _fsync_folder(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every platform opens folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _unstorable(value, where):
     """(the place, the value) of the first value under `value` that JSON cannot hold
     (a user's activation function, in a layer's config), or None."""
@@ -96,17 +90,13 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
     """Write model (a Sequential), optimizer (or None), step and extra (a JSON-able
     dict) to path atomically, keeping the file it replaces as <name>.prev.npz. A
     folder path gets checkpoint.npz inside it. Returns the file's path."""
-    from . import __version__
-    from .model import Sequential
-    from .optim import Optimizer
 
     if not isinstance(model, Sequential):
         raise TypeError(f"model: expected a numlstm.Sequential, got {type(model).__name__}")
     if optimizer is not None and not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer: expected None or a numlstm optimizer, got "
                         f"{type(optimizer).__name__}")
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step: expected an integer >= 0, got {step!r}")
+    step = check_int(step, "step", 0)
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra: expected None or a dict, got {type(extra).__name__}")
     path = _file(path)
@@ -128,7 +118,6 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
             "rng": model.rng_states(), "extra": extra or {}}
     where = _unstorable(meta, "")
     if where is not None:  # (before any write)
-        from .kernels.gates import UserFunction
         hint = (" A layer with a user's activation functions cannot be saved whole: save "
                 "its weights (layer.state_dict()) and build the layer again with the same "
                 "functions." if isinstance(where[1], UserFunction) else "")
@@ -152,28 +141,6 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
 
     write_atomically(path, write, previous=previous_path(path))
     return path
-
-
-def write_atomically(path, write, previous=None):
-    """Call write(f) on a temporary file beside path, flush and fsync it; then move
-    an existing path to `previous` (when given), rename the temporary file to path
-    and fsync the folder. On any error the temporary file is removed, and path (and
-    previous) are as they were unless the renames had begun."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if previous is not None and os.path.exists(path):
-            os.replace(path, previous)
-        os.replace(tmp, path)
-        _fsync_folder(folder)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _file(path):
@@ -217,8 +184,6 @@ def load_checkpoint(path, fallback=False):
 
 
 def _read(path):
-    from .model import Sequential
-    from .optim import get_optimizer
 
     try:
         with zipfile.ZipFile(path) as z:

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
-from .layers import (LAYER_TYPES, Dense, Dropout, Embedding, Layer, _numeric, _Recurrent,
-                     _shape_str)
+from .layers import LAYER_TYPES, Dense, Dropout, Embedding, Layer, Recurrent
 from .losses import get_loss
 from .optim import NonFiniteError, Optimizer, get_optimizer
+from .validation import as_numeric, check_int, shape_str
 
 
 class Sequential:
@@ -76,7 +76,7 @@ class Sequential:
         first = next((l for l in self.layers if not isinstance(l, Dropout)), None)
         if isinstance(first, Embedding):
             return (None, None)
-        if isinstance(first, _Recurrent):
+        if isinstance(first, Recurrent):
             return (None, None, first.input_size)
         if isinstance(first, Dense):
             return (None, first.in_features)
@@ -93,7 +93,7 @@ class Sequential:
             try:
                 shape = layer.output_shape(shape)
             except ValueError as err:
-                before = f"the layer before gives {_shape_str(shapes[-1])}" if shapes \
+                before = f"the layer before gives {shape_str(shapes[-1])}" if shapes \
                     else "it is the first layer"
                 raise ValueError(f"layer {i} ({layer.name}): {err}; {before}") from None
             shapes.append(shape)
@@ -102,7 +102,7 @@ class Sequential:
     def summary(self, print_fn=print):
         """Print (and return) a table of layers, output shapes and parameter counts."""
         rows = [(f"{layer.name} ({type(layer).__name__})",
-                 _shape_str(shape) if shape else "?",
+                 shape_str(shape) if shape else "?",
                  f"{sum(p.size for p in layer.params.values()):,}")
                 for layer, shape in zip(self.layers, self._shapes)]
         head = ("Layer (type)", "Output Shape", "Param #")
@@ -208,12 +208,12 @@ class Sequential:
 
     def _check_data(self, x, y=None, lengths=None, what=""):
         """x (and y, lengths) as arrays, checked against the model and the loss."""
-        x = _numeric(x, what + "x")
+        x = as_numeric(x, what + "x")
         if x.ndim < 1 or len(x) < 1:
             raise ValueError(f"{what}x: expected at least one sample, got shape {x.shape}")
         out = self._output_shape(x)
         if y is not None:
-            y = _numeric(y, what + "y")
+            y = as_numeric(y, what + "y")
             if y.ndim < 1 or len(y) != len(x):
                 raise ValueError(f"{what}x and {what}y: expected the same number of samples "
                                  f"(first axis), got {len(x)} and "
@@ -221,7 +221,7 @@ class Sequential:
             if self.loss is not None:
                 self.loss.check_target(y, out)
         if lengths is not None:
-            lengths = _numeric(lengths, what + "lengths")
+            lengths = as_numeric(lengths, what + "lengths")
             T = x.shape[1] if x.ndim >= 2 else 1
             if lengths.dtype.kind not in "iu" or lengths.shape != (len(x),):
                 raise ValueError(f"{what}lengths: expected {len(x)} integers (one per "
@@ -413,14 +413,14 @@ class Sequential:
     def _check_fit(self, x, y, epochs, batch_size, validation_data, lengths, initial_epoch,
                    on_epoch_end):
         """fit's arguments, checked -> epochs, x, y, lengths, validation_data."""
-        epochs = _check_count(epochs, "epochs")
+        epochs = check_int(epochs, "epochs", 1)
         if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
                 or not 0 <= initial_epoch <= epochs:
             raise ValueError(f"initial_epoch: expected an integer in [0, epochs={epochs}], "
                              f"got {initial_epoch!r}")
         if on_epoch_end is not None and not callable(on_epoch_end):
             raise TypeError(f"on_epoch_end: expected a callable, got {on_epoch_end!r}")
-        _check_count(batch_size, "batch_size")
+        check_int(batch_size, "batch_size", 1)
         x, y, lengths = self._check_data(x, y, lengths)
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -441,7 +441,7 @@ class Sequential:
         self._need_compiled("evaluate")
         group = _group(distributed)
         with _alone(group):
-            _check_count(batch_size, "batch_size")
+            check_int(batch_size, "batch_size", 1)
             x, y, lengths = self._check_data(x, y, lengths)
             n, batch_size = len(x), int(batch_size)
         starts = range(0, n, batch_size)
@@ -463,7 +463,7 @@ class Sequential:
         x, _, lengths = self._check_data(x, None, lengths)
         if batch_size is None:
             return self.forward(x, lengths=lengths)
-        batch_size = _check_count(batch_size, "batch_size")
+        batch_size = check_int(batch_size, "batch_size", 1)
         outs = [self.forward(x[i:i + batch_size],
                              lengths=None if lengths is None else lengths[i:i + batch_size])
                 for i in range(0, len(x), batch_size)]
@@ -498,12 +498,6 @@ def _group(distributed):
 def _alone(group):
     """Work of one rank between collective calls (see Group.alone)."""
     return contextlib.nullcontext() if group is None else group.alone()
-
-
-def _check_count(value, what):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what}: expected an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def _tokens(x):

@@ -45,8 +45,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .checkpoint import write_atomically
-from .layers import LAYER_TYPES, Dense, Dropout, Embedding, _Recurrent
+from .files import write_atomically
+from .layers import LAYER_TYPES, Dense, Dropout, Embedding, Recurrent
 from .model import Sequential
 
 OPSET = 17
@@ -271,7 +271,7 @@ def _sequential_graph(g, model, lengths):
                      axis=0)
         elif isinstance(layer, Dense):
             x = _dense(g, layer, x, prefix)
-        elif isinstance(layer, _Recurrent):
+        elif isinstance(layer, Recurrent):
             if not time_major:
                 x, time_major = g.op("Transpose", [x], perm=[1, 0, 2]), True
             y, hs, _ = _recurrent(g, layer, x, prefix, lens)
@@ -314,9 +314,9 @@ def export_onnx(obj, path, lengths=False, initial_state=False, dtype=None):
             raise TypeError(f"{name}: expected True or False, got {type(flag).__name__}")
     g = _Graph(dtype)
     for layer in (obj.layers if isinstance(obj, Sequential) else [obj]):
-        if isinstance(layer, _Recurrent):
+        if isinstance(layer, Recurrent):
             _check_exportable(layer)
-    if isinstance(obj, _Recurrent):
+    if isinstance(obj, Recurrent):
         kind, config = "layer", {"type": type(obj).__name__, "name": obj.name,
                                  "config": {**obj.get_config(),
                                             "dtype": np.dtype(dtype).name}}
@@ -354,7 +354,7 @@ def _load_layer(layer, prefix, inits):
                              f"{prefix!r}")
         return inits[name]
 
-    if isinstance(layer, _Recurrent):
+    if isinstance(layer, Recurrent):
         keys = "WRBP" if layer.spec.peephole else "WRB"
         layer.load_weights([{k: take(f"{prefix}.{k}_l{l}") for k in keys}
                             for l in range(layer.num_layers)], "onnx")

@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import check_int
+from .validation import check_int
 from .kernels.cpu import optim as _kernels
 
 _PARAM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -1,5 +1,5 @@
 """PNG plots of a training run (matplotlib, drawn off-screen)."""
-import os
+from .files import write_atomically
 
 
 def _pyplot():
@@ -54,9 +54,7 @@ def forecast(path, t, truth, paths, title, ylabel, context=None, xlabel=None):
 
 
 def _save(fig, path):
-    tmp = f"{path}.tmp-{os.getpid()}.png"
     fig.tight_layout()
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: fig.savefig(f, format="png"))
     import matplotlib.pyplot as plt
     plt.close(fig)

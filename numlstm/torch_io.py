@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .layers import CELLS, Dense, Dropout, Embedding, _Recurrent
+from .layers import CELLS, Dense, Dropout, Embedding, Recurrent
 from .model import Sequential
 
 _TORCH_RNNS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -161,7 +161,7 @@ def _embedding_from_torch(module):
 def _layer_to_torch(layer):
     """The module computing layer in a TorchSequential, and the options its forward
     needs."""
-    if isinstance(layer, _Recurrent):
+    if isinstance(layer, Recurrent):
         _check_torch_form(layer)
         return _torch_module(layer, batch_first=True), {
             "return_sequences": layer.return_sequences, "merge_mode": layer.merge_mode}
@@ -244,7 +244,7 @@ def sequential_from_torch(module, **options):
     if isinstance(module, TorchSequential) and module.numlstm_configs is not None:
         model = Sequential.from_config({**module.numlstm_configs, **options})
         for layer, m in zip(model.layers, module.layers):
-            if isinstance(layer, _Recurrent):
+            if isinstance(layer, Recurrent):
                 layer.load_weights(_state(m), "torch")
             elif layer.params:
                 layer.load_params(_state(m))

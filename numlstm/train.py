@@ -25,7 +25,8 @@ import numpy as np
 
 from . import plot
 from .checkpoint import load_checkpoint, resolve, save_checkpoint
-from .layers import CELLS, Dense, Dropout, Embedding, _Recurrent
+from .files import write_text_atomically
+from .layers import CELLS, Dense, Dropout, Embedding, Recurrent
 from .model import Sequential
 
 
@@ -54,11 +55,7 @@ def make_run_dir(out, task):
 
 
 def write_json(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
 def _optimizer_args(args, steps):
@@ -521,7 +518,7 @@ def generate(args):
         last logits."""
         h = np.asarray(ids)
         for k, layer in enumerate(layers):
-            if isinstance(layer, _Recurrent):
+            if isinstance(layer, Recurrent):
                 h, states[k] = layer(h, states[k])  # unbatched [T,I]
             else:
                 h = layer.forward(h)

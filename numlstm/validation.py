@@ -1,9 +1,21 @@
-"""Argument checks shared by the layers and the optimizers, and the memory a
-process may still take."""
+"""The argument checks of every public entry, in one place, and the memory a process
+may still take.
+
+One rule throughout, as NumPy's and torch's: a value of the wrong type (a string
+where a number goes, a float where an integer goes, a bool where a number goes)
+is a TypeError; a value of the right type outside what is allowed (a negative
+size, a probability of 1, an unknown name) is a ValueError. Each message names
+the argument, says what was expected and shows what came.
+"""
 import numbers
 import time
 
 import numpy as np
+
+from . import dispatch
+from .kernels.gates import ACTIVATIONS, user_activation
+
+DTYPES = (np.float32, np.float64)
 
 
 def check_int(value, name, minimum):
@@ -41,6 +53,98 @@ def check_finite_params(params, who):
     bad = [k for k, v in params.items() if not np.isfinite(v).all()]
     if bad:
         raise ValueError(f"{who}: parameters with NaN or inf values: {', '.join(bad[:4])}")
+
+
+def check_dtype(dtype):
+    try:
+        got = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        got = None
+    if got is None or got not in [np.dtype(d) for d in DTYPES]:
+        raise TypeError(f"dtype: expected float32 or float64, got "
+                        f"{got.name if got is not None else repr(dtype)}")
+    return got
+
+
+def check_probability(p, what):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{what}: expected a number in [0, 1), got {type(p).__name__}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{what}: expected a probability in [0, 1), got {p}")
+    return float(p)
+
+
+def check_clip(value, name):
+    """None, or a finite number > 0 as a float (cell_clip, gate_clip)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected None or a finite number > 0, got {value!r}")
+    if not 0 < value < np.inf:
+        raise ValueError(f"{name}: expected None or a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_zoneout(value):
+    """zoneout: a rate in [0, 1) for both c and h, or a pair (c's, h's)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"zoneout: expected a rate or a pair (cell, hidden), got "
+                             f"{len(value)} values")
+        pair = tuple(check_probability(v, "zoneout") for v in value)
+        return (pair if pair[0] != pair[1] else pair[0]) if any(pair) else 0.0
+    return check_probability(value, "zoneout")
+
+
+def check_activation(value, name):
+    """A name of ACTIVATIONS, or a user's pair (f, df) as compiled functions."""
+    if isinstance(value, str):
+        if value not in ACTIVATIONS:
+            raise ValueError(f"{name}: expected one of {sorted(ACTIVATIONS)} or a pair of "
+                             f"functions (f, df), got {value!r}")
+        return value
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(callable(f) for f in value)):
+        raise TypeError(f"{name}: expected one of {sorted(ACTIVATIONS)} or a pair of "
+                        f"functions (f, df_from_output), got {value!r}")
+    try:  # compiled now, so that a function Numba cannot compile fails here
+        return user_activation(*value)
+    except Exception as err:
+        raise TypeError(f"{name}: Numba could not compile the pair of functions for "
+                        f"float32 and float64 ({type(err).__name__}: {err})") from None
+
+
+def as_numeric(value, what):
+    """value as a NumPy array (no copy when it already is one), refusing non-numbers;
+    device arrays (and torch CUDA tensors) are returned as they are."""
+    if hasattr(value, "detach"):  # torch tensor, without importing torch
+        value = value.detach()
+        if not getattr(value, "is_cuda", False):
+            value = value.cpu().numpy()
+    if dispatch.is_device_array(value):
+        return value
+    try:
+        arr = np.asarray(value)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"{what}: expected a rectangular array, got nested sequences of "
+                         f"different lengths ({err})") from None
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def as_floats(x, what, dtype, features=None):
+    """x as a C-contiguous array of dtype whose last axis has `features` entries."""
+    arr = as_numeric(x, what)
+    if features is not None and (arr.ndim < 2 or arr.shape[-1] != features):
+        raise ValueError(f"{what}: expected [..., {features}] ({features} features on the "
+                         f"last axis, a batch axis first), got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype)
+
+
+def shape_str(shape):
+    """A shape for a message, None for an unknown size: (None, 10, 8)."""
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
 def _read_int(path):

@@ -91,10 +91,13 @@ def test_what_cannot_carry_the_options_says_so(tmp_path):
         with pytest.raises(ValueError, match="torch.nn.LSTM has no cell_clip, gate_clip or "
                                              "input_forget"):
             layer.to_torch()
-    for bad in (0, -1.0, float("inf"), "1", True):
-        with pytest.raises(ValueError, match="cell_clip: expected None or a finite number"):
+    # (a value of the wrong type is a TypeError, a number out of range a ValueError, as
+    # every check in numlstm.validation)
+    for bad, error in ((0, ValueError), (-1.0, ValueError), (float("inf"), ValueError),
+                       ("1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="cell_clip: expected None or a finite number"):
             numlstm.LSTM(3, 4, cell_clip=bad)
-        with pytest.raises(ValueError, match="gate_clip: expected None or a finite number"):
+        with pytest.raises(error, match="gate_clip: expected None or a finite number"):
             numlstm.LSTM(3, 4, gate_clip=bad)
     with pytest.raises(TypeError, match="input_forget: expected True or False"):
         numlstm.LSTM(3, 4, input_forget=1)

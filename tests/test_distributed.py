@@ -25,7 +25,7 @@ import pytest
 import numlstm
 from numlstm import distributed
 from numlstm.cli import main
-from numlstm.layers import _keep_mask
+from numlstm.layers import keep_mask
 from numlstm.losses import CrossEntropyLoss, MSELoss
 
 
@@ -238,9 +238,9 @@ def test_cross_entropy_counts_the_targets_not_ignored():
 @pytest.mark.parametrize("axis", [0, 1])
 def test_dropout_mask_of_a_part_is_the_whole_batch_mask_rows(axis):
     shape = [5, 6, 4]
-    whole = _keep_mask(np.random.default_rng(3), tuple(shape), 0.4)
+    whole = keep_mask(np.random.default_rng(3), tuple(shape), 0.4)
     shape[axis] = 2
-    part = _keep_mask(np.random.default_rng(3), tuple(shape), 0.4, (6 if axis else 5, 3),
+    part = keep_mask(np.random.default_rng(3), tuple(shape), 0.4, (6 if axis else 5, 3),
                       axis)
     np.testing.assert_array_equal(part, np.take(whole, [3, 4], axis=axis))
 

@@ -253,7 +253,7 @@ def test_save_checkpoint_arguments(tmp_path, lstm):
         numlstm.save_checkpoint(tmp_path, lstm)
     with pytest.raises(TypeError, match="optimizer: expected None or a numlstm optimizer"):
         numlstm.save_checkpoint(tmp_path, model, "adam")
-    with pytest.raises(ValueError, match="step: expected an integer >= 0, got 'abc'"):
+    with pytest.raises(TypeError, match="step: expected an integer >= 0, got 'abc'"):
         numlstm.save_checkpoint(tmp_path, model, step="abc")
     with pytest.raises(TypeError, match="extra: expected None or a dict, got list"):
         numlstm.save_checkpoint(tmp_path, model, extra=[1, 2])

@@ -557,8 +557,10 @@ def test_training_errors_change_nothing(rng):
         model.fit(x, y[:5], verbose=0)
     with pytest.raises(ValueError, match="x and y: expected the same number"):
         model.evaluate(x[:2], y)
-    for bad in (0, -1, 2.5, True, "4"):
-        with pytest.raises(ValueError, match=r"batch_size: expected an integer >= 1, got"):
+    # (numlstm.validation's rule: a wrong type is a TypeError, a wrong value a ValueError)
+    for bad, error in ((0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError),
+                       ("4", TypeError)):
+        with pytest.raises(error, match=r"batch_size: expected an integer >= 1, got"):
             model.fit(x, y, batch_size=bad, verbose=0)
     with pytest.raises(ValueError, match="batch_size: expected an integer >= 1"):
         model.evaluate(x, y, batch_size=0)

@@ -259,7 +259,7 @@ def test_the_estimate_is_close_to_what_a_training_step_takes(rng):
 
 
 def test_the_command_refuses_in_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(numlstm.layers, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(numlstm.layers.recurrent, "available_memory", lambda: 1 << 20)
     assert main(["train", "--task", "adding", "--steps", "3", "--out", str(tmp_path),
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

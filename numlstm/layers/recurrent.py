@@ -1,195 +1,26 @@
-"""Recurrent layers: the public API over the kernels.
+"""The recurrent layer: one implementation of the LSTM's, GRU's and RNN's call path.
 
 Dimensions: T steps, B batch, I input features, H hidden units, G = 4H (LSTM),
 3H (GRU) or H (RNN), L layers, D directions (2 when bidirectional, else 1).
-"""
-import contextlib
-import numbers
 
+Two APIs over the same path (_run and _run_backward): torch's, time-major unless
+batch_first (`__call__`, `backward`, `step`), and the Sequential protocol's,
+batch-first (`forward`, `backward_output`).
+"""
 import numpy as np
 
-from . import dispatch
-from ._checks import (available_memory, check_bool, check_finite_params, check_int,
-                      check_seed, gib)
-from .kernels.cpu import dense_backward_cpu, dense_forward_cpu, embedding_backward_cpu
-from .kernels.gates import ACTIVATIONS, user_activation
-from .packing import (PackCache, RecurrentSpec, as_array, from_canonical, get_layout,
-                      to_canonical, torch_suffix)
-
-_DTYPES = (np.float32, np.float64)
-
-
-def _numeric(value, what):
-    """value as a NumPy array (no copy when it already is one), refusing non-numbers;
-    device arrays (and torch CUDA tensors) are returned as they are."""
-    if hasattr(value, "detach"):  # torch tensor, without importing torch
-        value = value.detach()
-        if not getattr(value, "is_cuda", False):
-            value = value.cpu().numpy()
-    if dispatch.is_device_array(value):
-        return value
-    try:
-        arr = np.asarray(value)
-    except ValueError as err:  # ragged nested lists
-        raise ValueError(f"{what}: expected a rectangular array, got nested sequences of "
-                         f"different lengths ({err})") from None
-    if arr.dtype.kind not in "fiub":
-        raise TypeError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
-    return arr
-
-
-def _host(value):
-    """A small array (lengths, a mask) on the host, wherever it was given."""
-    if dispatch.is_device_array(value):
-        return dispatch.BACKENDS["cuda"].ops.to_host(dispatch.BACKENDS["cuda"].ops
-                                                     .from_host(value))
-    return value
-
-
-def _keep_mask(rng, shape, p, batch_rows=None, axis=0):
-    """Dropout's keep mask (True: kept) for an array of `shape` whose batch is `axis`;
-    with batch_rows = (B_total, start), the mask of the B_total-row batch that this
-    array is rows start.. of (the generator advances as for the whole batch)."""
-    if batch_rows is None:
-        return rng.random(shape) >= p
-    total, start = batch_rows
-    full = list(shape)
-    full[axis] = total
-    rows = np.arange(start, start + shape[axis])
-    return np.take(rng.random(full), rows, axis=axis) >= p
-
-
-def _dropout_mask(rng, shape, p, dtype, batch_rows=None, axis=0):
-    """Inverted dropout's multiplier: 1/(1-p) where _keep_mask keeps, 0 elsewhere, in
-    dtype (Dropout, the recurrent layers' dropout between layers and their
-    recurrent_dropout)."""
-    dtype = np.dtype(dtype)
-    return _keep_mask(rng, shape, p, batch_rows, axis).astype(dtype) / dtype.type(1.0 - p)
-
-
-class Layer:
-    """What a layer offers a Sequential model (and an optimizer).
-
-    Arrays in a model are batch-first: a sequence is [B,T,F], a vector [B,F].
-
-        forward(x, training=False, lengths=None) -> out
-        backward_output(dout) -> dx (None for an Embedding: integer inputs have no
-            gradient); parameter gradients are added to `grads`
-        params / grads        {name: array}, torch's names and shapes
-        output_shape(shape)   the output's shape for an input shape (None for an
-                              unknown size), ValueError when the input does not fit
-        updating()            a context in which `params` may be changed in place
-        get_config()          the constructor's arguments, JSON-serialisable
-
-    batch_rows: None, or (B_total, start) while the layer runs on rows start.. of a
-    larger batch of B_total rows (set by Sequential for data-parallel training):
-    dropout then draws the whole batch's mask and keeps these rows, so that each
-    part is masked exactly as one process masks the whole batch.
-    """
-    name = None
-    batch_rows = None
-
-    @property
-    def params(self):
-        return dict(self._params)
-
-    def zero_grad(self):
-        """Set every gradient in `grads` to zero."""
-        for g in self.grads.values():
-            g.fill(0)
-
-    @contextlib.contextmanager
-    def updating(self):
-        """Yield the parameters as writable arrays; changes take effect on exit."""
-        for arr in self._params.values():
-            arr.flags.writeable = True
-        try:
-            yield self._params
-        finally:
-            for arr in self._params.values():
-                arr.flags.writeable = False
-            self._params_changed()
-
-    def _params_changed(self):
-        pass
-
-    def _init_params(self, params):
-        self._replace_params(params)
-        self.grads = {name: np.zeros_like(p) for name, p in params.items()}
-
-    def _replace_params(self, params):
-        for arr in params.values():
-            arr.flags.writeable = False
-        self._params = params
-        self._params_changed()
-
-    def checked_params(self, params):
-        """params ({name: array}, the names and shapes of `params`) as copies of this
-        layer's dtype, refusing anything else, and NaN or inf, before any change."""
-        who = self.name or type(self).__name__
-        if not hasattr(params, "keys"):
-            raise TypeError(f"{who}: expected a dict of parameters, got "
-                            f"{type(params).__name__}")
-        want = {k: v.shape for k, v in self._params.items()}
-        got = {k: tuple(np.shape(v)) for k, v in params.items()}
-        if got != want:
-            raise ValueError(f"{who}: expected parameters {want}, got {got}")
-        arrays = {k: as_array(params[k], f"{who} {k}", self.dtype) for k in want}
-        check_finite_params(arrays, who)
-        return arrays
-
-    def load_params(self, params):
-        """Replace the parameters with arrays of the same names and shapes (copied)."""
-        self._replace_params(self.checked_params(params))
-
-    def rng_state(self):
-        """The state of the generator behind dropout masks (None if the layer has none)."""
-        rng = getattr(self, "_drop_rng", None)
-        return None if rng is None else rng.bit_generator.state
-
-    def set_rng_state(self, state):
-        if state is not None:
-            self._drop_rng.bit_generator.state = state
-
-    def __call__(self, x, training=False):
-        return self.forward(x, training)
-
-    def backward(self, dout):
-        return self.backward_output(dout)
-
-
-def _check_dtype(dtype):
-    try:
-        got = None if dtype is None else np.dtype(dtype)
-    except TypeError:
-        got = None
-    if got is None or got not in [np.dtype(d) for d in _DTYPES]:
-        raise TypeError(f"dtype: expected float32 or float64, got "
-                        f"{got.name if got is not None else repr(dtype)}")
-    return got
-
-
-def _check_probability(p, what):
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{what}: expected a number in [0, 1), got {type(p).__name__}")
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"{what}: expected a probability in [0, 1), got {p}")
-    return float(p)
-
-
-def _floats(x, what, dtype, features=None):
-    """x as a C-contiguous array of dtype whose last axis has `features` entries."""
-    arr = _numeric(x, what)
-    if features is not None and (arr.ndim < 2 or arr.shape[-1] != features):
-        raise ValueError(f"{what}: expected [..., {features}] ({features} features on the "
-                         f"last axis, a batch axis first), got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype)
-
+from .. import dispatch
+from ..packing import (PackCache, RecurrentSpec, from_canonical, get_layout, to_canonical,
+                       torch_suffix)
+from ..validation import (as_floats, as_numeric, available_memory, check_bool, check_dtype,
+                          check_finite_params, check_int, check_probability, check_seed,
+                          check_zoneout, gib, shape_str)
+from .base import Layer, dropout_mask, host, keep_mask
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
 
-class _Recurrent(Layer):
+class Recurrent(Layer):
     """What LSTM, GRU and RNN share: a stack of layers of one cell, optionally
     bidirectional, over the backend's kernels. Subclasses set `cell` and the
     state's parts (`_state_parts`: ("h", "c") for the LSTM, ("h",) otherwise).
@@ -225,17 +56,17 @@ class _Recurrent(Layer):
                                   check_int(num_layers, "num_layers", 1),
                                   check_bool(bidirectional, "bidirectional"),
                                   self.cell, **cell_options)
-        self.dropout = _check_probability(dropout, "dropout")
-        self.recurrent_dropout = _check_probability(recurrent_dropout, "recurrent_dropout")
+        self.dropout = check_probability(dropout, "dropout")
+        self.recurrent_dropout = check_probability(recurrent_dropout, "recurrent_dropout")
         if self.recurrent_dropout and self.cell == "rnn":
             raise ValueError("recurrent_dropout: the LSTM and the GRU have it, not the RNN")
-        self.zoneout = _check_zoneout(zoneout)
+        self.zoneout = check_zoneout(zoneout)
         if self.zoneout and self.cell == "rnn":
             raise ValueError("zoneout: the LSTM and the GRU have it, not the RNN")
         if isinstance(self.zoneout, tuple) and self.cell == "gru":
             raise ValueError(f"zoneout: the GRU has one state, h, so one rate; got the pair "
                              f"{self.zoneout}")
-        self.dtype = _check_dtype(dtype)
+        self.dtype = check_dtype(dtype)
         self.batch_first = check_bool(batch_first, "batch_first")
         self.return_sequences = check_bool(return_sequences, "return_sequences")
         self.merge_mode = merge_mode
@@ -395,13 +226,13 @@ class _Recurrent(Layer):
         """A layer with the configuration and weights of a torch.nn.LSTM (GRU, RNN for
         those classes); options (backend=, seed=, return_sequences=, ...) go to the
         constructor. A module with bias=False gets zero biases. Needs torch."""
-        from .torch_io import recurrent_from_torch
+        from ..torch_io import recurrent_from_torch
         return recurrent_from_torch(cls, module, **options)
 
     def to_torch(self):
         """The torch.nn.LSTM (GRU, RNN) computing what this layer computes, in eval
         mode, with copies of the weights. Needs torch."""
-        from .torch_io import recurrent_to_torch
+        from ..torch_io import recurrent_to_torch
         return recurrent_to_torch(self)
 
     # -- states --------------------------------------------------------------------------
@@ -415,7 +246,7 @@ class _Recurrent(Layer):
     def _as_state(self, value, what, batch, part="h"):
         """value ([L*D,B,H], or [L*D,H] unbatched) as a C-contiguous [L*D,B,H] array
         of the call's backend."""
-        arr = self._same_side(_numeric(value, what), what)
+        arr = self._same_side(as_numeric(value, what), what)
         want = self._state_shape(batch, part)
         if tuple(arr.shape) != want:
             raise ValueError(f"{what}: expected shape {want}, got {tuple(arr.shape)}")
@@ -506,7 +337,7 @@ class _Recurrent(Layer):
     # -- forward -------------------------------------------------------------------------
     def __call__(self, x, state=None, training=False, lengths=None, mask=None):
         s = self.spec
-        x = _numeric(x, "x")
+        x = as_numeric(x, "x")
         backend = dispatch.select(self.backend, x)
         self._begin(backend, x)
         if x.ndim not in (2, 3):
@@ -557,7 +388,7 @@ class _Recurrent(Layer):
                 k = l * D + d
                 h_mask = None
                 if training and self.recurrent_dropout:  # one mask a sequence, held over time
-                    h_mask = _dropout_mask(self._drop_rng, (B, s.out_size),
+                    h_mask = dropout_mask(self._drop_rng, (B, s.out_size),
                                            self.recurrent_dropout, self.dtype, self.batch_rows)
                 y, st, cache = backend.forward(s, cells[k], inp, tuple(p[k] for p in state0),
                                                lens, d == 1, training, h_mask=h_mask,
@@ -571,7 +402,7 @@ class _Recurrent(Layer):
             if not last:
                 out = outs[0] if D == 1 else ops.concat(outs)
                 if training and self.dropout > 0:
-                    mask = ops.from_host(_dropout_mask(  # out is [T,B,D*H]
+                    mask = ops.from_host(dropout_mask(  # out is [T,B,D*H]
                         self._drop_rng, out.shape, self.dropout, self.dtype, self.batch_rows,
                         axis=1))
                     out = ops.mul(out, mask)
@@ -606,7 +437,7 @@ class _Recurrent(Layer):
         parts = list(zip(names, rates[-len(names):], widths[-len(names):]))
         if not training:
             return {k: np.full((1, B, n), p, self.dtype) for k, p, n in parts}
-        return {k: (~_keep_mask(self._drop_rng, (T, B, n), p, self.batch_rows, axis=1))
+        return {k: (~keep_mask(self._drop_rng, (T, B, n), p, self.batch_rows, axis=1))
                 .astype(self.dtype) for k, p, n in parts}
 
     def _merge(self, pair):
@@ -648,7 +479,7 @@ class _Recurrent(Layer):
             return None
         if not batched:
             raise ValueError("lengths: only batched input ([T,B,I]) takes lengths")
-        arr = _host(_numeric(lengths, "lengths"))
+        arr = host(as_numeric(lengths, "lengths"))
         if arr.dtype.kind not in "iu":
             raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
         if arr.shape != (B,):
@@ -661,7 +492,7 @@ class _Recurrent(Layer):
     @staticmethod
     def _mask_lengths(mask, T, B):
         """A Keras-style boolean mask [B,T] -> lengths [B], if it is right-padded."""
-        m = _host(_numeric(mask, "mask"))
+        m = host(as_numeric(mask, "mask"))
         if m.dtype != np.bool_:
             raise TypeError(f"mask: expected a boolean array [B,T], got dtype {m.dtype}")
         if m.shape != (B, T):
@@ -699,7 +530,7 @@ class _Recurrent(Layer):
         if self.spec.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence (its "
                              "reverse direction starts at the last step); call the layer")
-        x_t = _numeric(x_t, "x_t")
+        x_t = as_numeric(x_t, "x_t")
         I = self.spec.input_size
         if x_t.ndim not in (1, 2) or tuple(x_t.shape)[-1] != I:
             raise ValueError(f"x_t: expected [B,{I}] (or [{I}] unbatched), got shape "
@@ -762,7 +593,7 @@ class _Recurrent(Layer):
                 self._emit(self._state_out(dstate0, batched)))
 
     def _grad_in(self, dy, want, batched, what):
-        dy = self._same_side(_numeric(dy, what), what)
+        dy = self._same_side(as_numeric(dy, what), what)
         if tuple(dy.shape) != want:
             raise ValueError(f"{what}: expected the shape of y, {want}, got "
                              f"{tuple(dy.shape)}")
@@ -831,7 +662,7 @@ class _Recurrent(Layer):
             raise ValueError("merge_mode=None gives a pair of outputs, which a Sequential "
                              "model cannot pass on; choose concat, sum, mul or ave")
         if len(shape) != 3 or shape[-1] not in (None, s.input_size):
-            raise ValueError(f"expected input [B,T,{s.input_size}], got {_shape_str(shape)}")
+            raise ValueError(f"expected input [B,T,{s.input_size}], got {shape_str(shape)}")
         width = self.output_size
         return (shape[0], shape[1], width) if self.return_sequences else (shape[0], width)
 
@@ -843,7 +674,7 @@ class _Recurrent(Layer):
         shape = tuple(getattr(x, "shape", None) or np.shape(x))
         if training and len(shape) == 3:  # before x is copied
             self._check_memory(dispatch.select(self.backend, x), shape[1], shape[0])
-        x = _floats(x, "x", self.dtype, self.spec.input_size)
+        x = as_floats(x, "x", self.dtype, self.spec.input_size)
         if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(f"x: expected [B,T,{self.spec.input_size}] with B, T >= 1, "
                              f"got shape {x.shape}")
@@ -878,7 +709,7 @@ class _Recurrent(Layer):
         self._device_io = self._cache["device_io"]
         width = self.output_size
         want = (B, T, width) if self.return_sequences else (B, width)
-        dout = _numeric(dout, "dout")
+        dout = as_numeric(dout, "dout")
         if tuple(dout.shape) != want:
             raise ValueError(f"dout: expected the shape of the output, {want}, got "
                              f"{tuple(dout.shape)}")
@@ -895,510 +726,3 @@ class _Recurrent(Layer):
             dy = ops.zeros((T, B, D * H), self.dtype)
             dx, _ = self._run_backward(dy, dstate, merged=False)
         return self._emit(ops.swap01(dx))
-
-
-class LSTM(_Recurrent):
-    r"""A stack of LSTM layers, optionally bidirectional, with torch.nn.LSTM's semantics.
-
-    Each step of each layer and direction computes (s = sigmoid, * elementwise)::
-
-        i = s(W_ii x + b_ii + W_hi h + b_hi)      f = s(W_if x + b_if + W_hf h + b_hf)
-        g = tanh(W_ig x + b_ig + W_hg h + b_hg)   o = s(W_io x + b_io + W_ho h + b_ho)
-        c' = f * c + i * g                        h' = o * tanh(c')
-
-    Layer l > 0 reads the output of layer l-1 (both directions concatenated),
-    with dropout applied to it when training.
-
-    Args:
-        input_size (I), hidden_size (H), num_layers (L): sizes, each >= 1.
-        bidirectional: add a reverse direction per layer (D = 2).
-        batch_first: x and y are [B,T,*] instead of [T,B,*] (states stay [L*D,B,H]).
-        dropout: probability in [0, 1) of zeroing an inter-layer activation when
-            training=True (inverted dropout: survivors scaled by 1/(1-p)).
-        backend: "auto" (default: the CPU kernels for NumPy input, the CUDA kernels
-            for input on an NVIDIA GPU), "cpu", "cuda" (Numba's CUDA kernels; weights
-            and states move to the device), or "numpy" (the slow reference).
-        dtype: np.float32 (default) or np.float64. Inputs of any real dtype are
-            cast to it.
-        seed: seeds the initial weights and the dropout masks.
-        return_sequences: in a Sequential model, pass on the whole output sequence
-            (True) or only each sequence's last valid output (False).
-        merge_mode: how a bidirectional layer's top two directions are combined in
-            y, as Keras's Bidirectional does: "concat" (default, [.., 2H]), "sum",
-            "mul", "ave" ([.., H]), or None (y is a pair (forward, backward)).
-            Between stacked layers the directions are always concatenated, as in
-            torch.
-        stateful: carry the final state into the next call that passes no state
-            (Keras's stateful=True), until reset_state(); the batch size must stay
-            the same. Gradients do not flow across calls.
-        recurrent_init: "uniform" (default, torch's) or "orthogonal": each gate
-            block of weight_hh starts as a random orthogonal [H,H] matrix.
-        cell_clip: None (default) or a number > 0: c' is clipped to [-cell_clip,
-            cell_clip] at every step (TensorFlow's LSTMCell cell_clip); no gradient
-            flows through a clipped unit. (ONNX's LSTM clip differs: it bounds the
-            gate pre-activations, so export_onnx refuses a layer with cell_clip.)
-        input_forget: couple the forget gate to the input gate, f = 1 - i (ONNX's
-            input_forget; the forget gate's weights are kept but unused).
-        gate_clip: None (default) or a number > 0: every gate pre-activation is
-            clipped to [-gate_clip, gate_clip] before its activation, as the ONNX
-            LSTM's clip is computed by onnxruntime; no gradient flows through a
-            clipped value.
-        unit_forget_bias: start the forget gate's bias at 1.0 (bias_ih's forget
-            block 1, bias_hh's 0), as Keras does by default (LSTM only).
-        recurrent_dropout: probability in [0, 1) of dropping each unit of h where it
-            enters the recurrent product, W_hh (h * mask), when training=True: one
-            mask per sequence and layer direction, held over all its steps (Keras's
-            recurrent_dropout and Gal and Ghahramani's variational form; survivors
-            scaled by 1/(1-p)); inference runs the plain layer. LSTM and GRU, on
-            every backend. torch has no such option; to_torch still gives the
-            module that computes the inference.
-        zoneout: a rate in [0, 1), or a pair (for c, for h): zoneout (Krueger et al.,
-            2016). When training, each unit of c and of h keeps its previous value
-            with that probability at each step, c' <- c' + z (c - c') with z drawn 0
-            or 1 per sequence, unit and step (h likewise); at inference z is the rate
-            itself, the expectation. LSTM (with a projection, h's zoneout mixes the
-            projected h, P units) and GRU (one rate: it has one state, h), on every
-            backend. Keras, torch and ONNX have no such option (to_torch and
-            export_onnx refuse such a layer).
-        proj_size: 0 (default) or P in [1, H): a recurrent projection, as torch.nn.LSTM's
-            proj_size: h' = W_hr (o * tanh(c')), so h, h0, h_n and y have P units
-            (c keeps H), W_hh is [G,P] and each cell gains weight_hr_l{k} [P,H] (no
-            bias). On every backend; the Keras, ONNX and haste layouts have no
-            projection to hold it.
-        peephole: connect the cell state to the gates as ONNX's LSTM does (Gers and
-            Schmidhuber): i and f read p_i * c and p_f * c of the old state, o reads
-            p_o * c' of the new one; each cell gains weight_peephole_l{k} [3H] (p_i,
-            p_f, p_o; zeros at first, so the layer starts as the plain one).
-            export_onnx writes it as the LSTM operator's P input. Every backend;
-            torch and Keras have no peepholes.
-        activation: the cell's activation, for the candidate g and for c in
-            h = o * activation(c) (Keras's `activation`; ONNX's g and h):
-            "tanh" (default), "sigmoid", "hard_sigmoid" (min(max(a/6 + 1/2, 0), 1),
-            Keras 3's and torch's) or "relu"; or a pair (f, df) of functions Numba can
-            compile, df(y) being f's derivative written from its output y = f(a)
-            (for example softsign: (lambda a: a / (1 + abs(a)), lambda y: (1 -
-            abs(y)) ** 2)). A user's pair runs on every backend: on the cpu as C
-            callbacks the kernels call through a pointer (compiled once and cached
-            for any user's functions; not inlined into the gate loops), on cuda as
-            device functions compiled into the kernels (once per function and
-            process: CUDA kernels are not cached on disk).
-        recurrent_activation: the gates' activation, for i, f and o (Keras's
-            `recurrent_activation`; ONNX's f): "sigmoid" (default) or any of the
-            above. Either choice is compiled into the kernels (the default pair
-            costs nothing); torch has neither option, so to_torch refuses other
-            choices.
-        layer_norm: a layer-normalised LSTM, as Ba, Kiros and Hinton (2016) define
-            it: the input product W_ih x and the recurrent product W_hh h are each
-            normalised over their 4H entries (mean 0, variance 1, eps 1e-5 as
-            torch.nn.LayerNorm) and scaled by their own gains before the biases
-            add, and h' = o * tanh(LN(c') * gain + bias); the state passed on is c'
-            itself, as in the paper. Each cell gains weight_ln_ih_l{k} and
-            weight_ln_hh_l{k} [G] (ones at first), weight_ln_c_l{k} [H] (ones) and
-            bias_ln_c_l{k} [H] (zeros). Works with every other option, on every
-            backend: on the cpu it runs the per-step BLAS path (the statistics of a
-            row span all gate columns), on cuda three phases a step with a grid
-            barrier after each (kernels/cuda/lstm_norm.py). torch,
-            Keras and ONNX have no such layer, so to_torch, export_onnx and their
-            layouts refuse it.
-
-    Parameters (`params`, read-only arrays; gradients in `grads`, same names),
-    named and shaped as in torch.nn.LSTM, gate blocks in the order i, f, g, o,
-    k = layer index, `_reverse` for the reverse direction:
-        weight_ih_l{k} [G, I or D*H], weight_hh_l{k} [G,H], bias_ih_l{k} [G],
-        bias_hh_l{k} [G] (two biases, as cuDNN has them, so torch weights load as
-        they are), and weight_hr_l{k} [P,H] with a projection (W_hh then [G,P],
-        layer k > 0 reading D*P features). Initialised uniform in [-1/sqrt(H),
-        1/sqrt(H)] like torch.
-
-    Call: ``y, (h_n, c_n) = lstm(x, state=None, training=False, lengths=None, mask=None)``
-        x: [T,B,I] ([B,T,I] with batch_first; [T,I] unbatched)
-        state: (h0, c0), each [L*D,B,H] ([L*D,H] unbatched); zeros if omitted
-        lengths: [B] ints in [1, T], any order: sequence b is valid at steps
-            t < lengths[b]; its outputs past that are zero, h_n and c_n are its
-            state at its last valid step, and the reverse direction starts there
-            (torch's packed sequences).
-        mask: instead of lengths, a boolean [B,T] (Keras style; batch first even
-            without batch_first), True at valid steps; it must be right-padded.
-        y: [T,B,W] (W = output_size); h_n, c_n: [L*D,B,H]
-        training=True keeps what backward needs and turns dropout on.
-
-    Backward: ``dx, (dh0, dc0) = lstm.backward(dy, (dh_n, dc_n))``, after a
-    training forward; the state gradient, or either half of it, may be None.
-    Parameter gradients are added to `grads` (they accumulate across backward
-    calls, as in torch, until `zero_grad()`). Each training forward supports one
-    backward (its saved activations are consumed).
-
-    Streaming: ``y_t, (h, c) = lstm.step(x_t, (h, c))`` for one step [B,I].
-
-    Example:
-        >>> import numpy as np, numlstm
-        >>> lstm = numlstm.LSTM(input_size=3, hidden_size=4, num_layers=2, seed=0)
-        >>> y, (h_n, c_n) = lstm(np.ones((5, 2, 3), np.float32), training=True)
-        >>> y.shape, h_n.shape
-        ((5, 2, 4), (2, 2, 4))
-        >>> dx, (dh0, dc0) = lstm.backward(np.ones_like(y))
-        >>> dx.shape, lstm.grads["weight_hh_l1"].shape
-        ((5, 2, 3), (16, 4))
-    """
-    cell = "lstm"
-    _state_parts = ("h", "c")
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 cell_clip=None, input_forget=False, gate_clip=None, proj_size=0,
-                 peephole=False, activation="tanh", recurrent_activation="sigmoid",
-                 layer_norm=False, **options):
-        proj_size = check_int(proj_size, "proj_size", 0)
-        if proj_size >= check_int(hidden_size, "hidden_size", 1):
-            raise ValueError(f"proj_size: expected 0 (none) or fewer units than hidden_size "
-                             f"({hidden_size}), got {proj_size}")
-        super().__init__(input_size, hidden_size, num_layers, bidirectional,
-                         cell_clip=_check_clip(cell_clip, "cell_clip"),
-                         input_forget=check_bool(input_forget, "input_forget"),
-                         gate_clip=_check_clip(gate_clip, "gate_clip"), proj_size=proj_size,
-                         peephole=check_bool(peephole, "peephole"),
-                         activation=_check_activation(activation, "activation"),
-                         recurrent_activation=_check_activation(recurrent_activation,
-                                                                "recurrent_activation"),
-                         layer_norm=check_bool(layer_norm, "layer_norm"), **options)
-
-    def _cell_config(self):
-        s = self.spec
-        return dict(cell_clip=s.cell_clip, input_forget=s.input_forget, gate_clip=s.gate_clip,
-                    proj_size=s.proj_size, peephole=s.peephole, activation=s.activation,
-                    recurrent_activation=s.recurrent_activation, layer_norm=s.layer_norm)
-
-
-def _check_zoneout(value):
-    """zoneout: a rate in [0, 1) for both c and h, or a pair (c's, h's)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"zoneout: expected a rate or a pair (cell, hidden), got "
-                             f"{len(value)} values")
-        pair = tuple(_check_probability(v, "zoneout") for v in value)
-        return (pair if pair[0] != pair[1] else pair[0]) if any(pair) else 0.0
-    return _check_probability(value, "zoneout")
-
-
-def _check_activation(value, name):
-    """A name of ACTIVATIONS, or a user's pair (f, df) as compiled functions."""
-    if isinstance(value, str):
-        if value not in ACTIVATIONS:
-            raise ValueError(f"{name}: expected one of {sorted(ACTIVATIONS)} or a pair of "
-                             f"functions (f, df), got {value!r}")
-        return value
-    if not (isinstance(value, (tuple, list)) and len(value) == 2
-            and all(callable(f) for f in value)):
-        raise TypeError(f"{name}: expected one of {sorted(ACTIVATIONS)} or a pair of "
-                        f"functions (f, df_from_output), got {value!r}")
-    try:  # compiled now, so that a function Numba cannot compile fails here
-        return user_activation(*value)
-    except Exception as err:
-        raise TypeError(f"{name}: Numba could not compile the pair of functions for "
-                        f"float32 and float64 ({type(err).__name__}: {err})") from None
-
-
-def _check_clip(value, name):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
-            not 0 < value < np.inf:
-        raise ValueError(f"{name}: expected None or a finite number > 0, got {value!r}")
-    return float(value)
-
-
-class GRU(_Recurrent):
-    r"""A stack of GRU layers with torch.nn.GRU's semantics; the LSTM's API.
-
-    Each step computes (s = sigmoid, * elementwise), gate blocks r, z, n::
-
-        r = s(W_ir x + b_ir + W_hr h + b_hr)      z = s(W_iz x + b_iz + W_hz h + b_hz)
-        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-        h' = (1 - z) * n + z * h
-
-    With reset_after=False (Keras's GRU(reset_after=False), the original form of
-    Cho et al.), r multiplies h before the product:
-    n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
-
-    Args: those of numlstm.LSTM but its cell options (recurrent_dropout included:
-    the mask multiplies h wherever W_hh reads it, in all three gates, not in the
-    z * h term, as Keras's GRU applies it), reset_after (default True, torch's
-    form), and activation (n's, default "tanh") and recurrent_activation (r's and
-    z's, default "sigmoid"), chosen as the LSTM's are (Keras's GRU has both; the
-    default pair is what torch computes, and to_torch refuses others), and
-    zoneout, one rate (the GRU has one state): h' <- h' + z (h - h') after the
-    cell, z drawn 0 or 1 per sequence, unit and step while training, the rate
-    itself at inference. layer_norm (reset_after=True only): the input product
-    W_ih x and the whole recurrent product W_hh h are each normalised over their
-    3H entries (eps 1e-5) and scaled by their own gains before the biases add, as
-    the LSTM's (Marian's layer-normalised GRU does the same), so
-    n = tanh(x_n + r * (LN(W_hh h)_n + b_hn)); no state is normalised (the GRU has
-    no c). Each cell gains weight_ln_ih_l{k} and weight_ln_hh_l{k} [3H] (ones at
-    first). torch, Keras and ONNX have no such layer and refuse it.
-    Parameters: torch's names, weight_ih_l{k} [3H, I or D*H], weight_hh_l{k}
-    [3H,H], bias_ih_l{k} [3H], bias_hh_l{k} [3H].
-
-    Call: ``y, h_n = gru(x, state=None, training=False, lengths=None, mask=None)``,
-    state (h0) and h_n [L*D,B,H]. Backward: ``dx, dh0 = gru.backward(dy, dh_n)``.
-    Streaming: ``y_t, h = gru.step(x_t, h)``.
-    """
-    cell = "gru"
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 reset_after=True, activation="tanh", recurrent_activation="sigmoid",
-                 layer_norm=False, **options):
-        reset_after = check_bool(reset_after, "reset_after")
-        if check_bool(layer_norm, "layer_norm") and not reset_after:
-            raise ValueError("layer_norm: the GRU normalises its whole recurrent product "
-                             "W_hh h, which reset_after=False splits (W_hn multiplies r * h, "
-                             "made from the rest); use reset_after=True with layer_norm")
-        super().__init__(input_size, hidden_size, num_layers, bidirectional,
-                         reset_after=reset_after,
-                         activation=_check_activation(activation, "activation"),
-                         recurrent_activation=_check_activation(recurrent_activation,
-                                                                "recurrent_activation"),
-                         layer_norm=layer_norm, **options)
-
-    def _cell_config(self):
-        s = self.spec
-        return dict(reset_after=s.reset_after, activation=s.activation,
-                    recurrent_activation=s.recurrent_activation, layer_norm=s.layer_norm)
-
-
-class RNN(_Recurrent):
-    r"""A stack of Elman RNN layers with torch.nn.RNN's semantics; the LSTM's API.
-
-    Each step computes h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or
-    relu (`nonlinearity`). Parameters: torch's names, weight_ih_l{k} [H, I or
-    D*H], weight_hh_l{k} [H,H], bias_ih_l{k} [H], bias_hh_l{k} [H].
-
-    Call: ``y, h_n = rnn(x, state=None, training=False, lengths=None, mask=None)``,
-    state (h0) and h_n [L*D,B,H].
-    Backward: ``dx, dh0 = rnn.backward(dy, dh_n)``.
-
-    It forgets: gradients through many steps of tanh(W h) shrink or grow
-    geometrically, which is why LSTMs exist (`numlstm train --task adding
-    --cell rnn` shows it).
-    """
-    cell = "rnn"
-
-    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 nonlinearity="tanh", **options):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        super().__init__(input_size, hidden_size, num_layers, bidirectional,
-                         nonlinearity=nonlinearity, **options)
-
-    def _cell_config(self):
-        return dict(nonlinearity=self.spec.nonlinearity)
-
-
-def _shape_str(shape):
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
-
-
-_ACTIVATIONS = (None, "relu", "tanh", "sigmoid")
-
-
-class Dense(Layer):
-    """A fully connected layer, torch.nn.Linear's parameters: y = act(x W^T + b).
-
-    Applied to the last axis, so it maps [B,F] -> [B,out] and, at every step of a
-    sequence, [B,T,F] -> [B,T,out].
-
-    Args:
-        in_features, out_features: sizes, each >= 1.
-        activation: None (identity: logits stay logits), "relu", "tanh" or "sigmoid".
-        dtype: np.float32 (default) or np.float64.
-        seed: seeds the initial weights, uniform in [-1/sqrt(in), 1/sqrt(in)] as torch's.
-
-    Parameters: weight [out,in], bias [out].
-    """
-
-    def __init__(self, in_features, out_features, activation=None, dtype=np.float32,
-                 seed=None):
-        self.in_features = check_int(in_features, "in_features", 1)
-        self.out_features = check_int(out_features, "out_features", 1)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {_ACTIVATIONS}, got "
-                             f"{activation!r}")
-        self.activation = activation
-        self.dtype = _check_dtype(dtype)
-        rng = np.random.default_rng(check_seed(seed))
-        k = 1.0 / np.sqrt(self.in_features)
-        self._init_params({
-            "weight": rng.uniform(-k, k, (self.out_features, self.in_features)).astype(dtype),
-            "bias": rng.uniform(-k, k, self.out_features).astype(dtype)})
-        self._saved = None
-
-    def __repr__(self):
-        return (f"Dense({self.in_features}, {self.out_features}, "
-                f"activation={self.activation!r}, dtype={self.dtype.name})")
-
-    def get_config(self):
-        return dict(in_features=self.in_features, out_features=self.out_features,
-                    activation=self.activation, dtype=self.dtype.name)
-
-    def output_shape(self, shape):
-        if len(shape) < 2 or shape[-1] not in (None, self.in_features):
-            raise ValueError(f"expected input [..., {self.in_features}], got "
-                             f"{_shape_str(shape)}")
-        return tuple(shape[:-1]) + (self.out_features,)
-
-    def forward(self, x, training=False, lengths=None):
-        """x [..., in] -> y [..., out]."""
-        x = _floats(x, "x", self.dtype, self.in_features)
-        if x.size == 0:  # no rows: nothing for a kernel to do
-            self._saved = (x, None) if training else None
-            return np.zeros(x.shape[:-1] + (self.out_features,), self.dtype)
-        y = dense_forward_cpu(x.reshape(-1, self.in_features), self._params["weight"],
-                              self._params["bias"]).reshape(x.shape[:-1] + (-1,))
-        if self.activation == "relu":
-            np.maximum(y, 0, out=y)
-        elif self.activation == "tanh":
-            np.tanh(y, out=y)
-        elif self.activation == "sigmoid":
-            y = 0.5 * (1 + np.tanh(0.5 * y))  # no overflow warning for large |y|
-        self._saved = (x, y if self.activation else None) if training else None
-        return y
-
-    def backward_output(self, dout):
-        """dout [..., out] -> dx [..., in]; adds to grads["weight"] and grads["bias"]."""
-        if self._saved is None:
-            raise RuntimeError("backward: run forward with training=True first (each "
-                               "training forward supports one backward)")
-        x, y = self._saved
-        dout = _floats(dout, "dout", self.dtype)
-        if dout.shape != x.shape[:-1] + (self.out_features,):
-            raise ValueError(f"dout: expected the output's shape "
-                             f"{x.shape[:-1] + (self.out_features,)}, got {dout.shape}")
-        self._saved = None
-        if x.size == 0:
-            return np.zeros_like(x)
-        if self.activation == "relu":
-            dout = dout * (y > 0)
-        elif self.activation == "tanh":
-            dout = dout * (1 - y * y)
-        elif self.activation == "sigmoid":
-            dout = dout * y * (1 - y)
-        dx, dw, db = dense_backward_cpu(dout.reshape(-1, self.out_features),
-                                        x.reshape(-1, self.in_features),
-                                        self._params["weight"])
-        self.grads["weight"] += dw
-        self.grads["bias"] += db
-        return dx.reshape(x.shape)
-
-
-class Embedding(Layer):
-    """A lookup table from integer ids to vectors, torch.nn.Embedding's parameters.
-
-    Args:
-        num_embeddings (V): the number of ids, 0..V-1.
-        embedding_dim (E): the size of each vector.
-        dtype: np.float32 (default) or np.float64.
-        seed: seeds the initial weights, standard normal as torch's.
-
-    Parameters: weight [V,E]. Maps ids [B,T] (any integer shape) -> [B,T,E]. The ids
-    have no gradient; backward_output returns None.
-    """
-
-    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32, seed=None):
-        self.num_embeddings = check_int(num_embeddings, "num_embeddings", 1)
-        self.embedding_dim = check_int(embedding_dim, "embedding_dim", 1)
-        self.dtype = _check_dtype(dtype)
-        rng = np.random.default_rng(check_seed(seed))
-        self._init_params({"weight": rng.standard_normal(
-            (self.num_embeddings, self.embedding_dim)).astype(dtype)})
-        self._ids = None
-
-    def __repr__(self):
-        return (f"Embedding({self.num_embeddings}, {self.embedding_dim}, "
-                f"dtype={self.dtype.name})")
-
-    def get_config(self):
-        return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
-                    dtype=self.dtype.name)
-
-    def output_shape(self, shape):
-        return tuple(shape) + (self.embedding_dim,)
-
-    def check_ids(self, ids):
-        """ids as an integer array with values in [0, V); TypeError/ValueError else."""
-        ids = _numeric(ids, "ids")
-        if ids.dtype.kind not in "iu" and not (ids.size == 0 and ids.dtype.kind == "f"):
-            raise TypeError(f"ids: expected integers, got dtype {ids.dtype}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.num_embeddings):
-            raise ValueError(f"ids: expected values in [0, {self.num_embeddings}), got min "
-                             f"{ids.min()} max {ids.max()}")
-        return ids.astype(np.intp, copy=False)
-
-    def forward(self, ids, training=False, lengths=None):
-        ids = self.check_ids(ids)
-        # (a copy: the caller may reuse its array before backward sends the gradients)
-        self._ids = ids.copy() if training else None
-        return self._params["weight"][ids]
-
-    def backward_output(self, dout):
-        """Adds dout's rows into grads["weight"] at their ids; returns None."""
-        if self._ids is None:
-            raise RuntimeError("backward: run forward with training=True first (each "
-                               "training forward supports one backward)")
-        ids, self._ids = self._ids, None
-        dout = _floats(dout, "dout", self.dtype)
-        if dout.shape != ids.shape + (self.embedding_dim,):
-            raise ValueError(f"dout: expected {ids.shape + (self.embedding_dim,)}, got "
-                             f"{dout.shape}")
-        embedding_backward_cpu(self.grads["weight"], ids.ravel(),
-                               dout.reshape(-1, self.embedding_dim))
-        return None
-
-
-class Dropout(Layer):
-    """Zeroes each input element with probability p when training, and scales the
-    survivors by 1/(1-p) (inverted dropout, as torch.nn.Dropout); the identity at
-    inference. No parameters.
-
-    Args:
-        p: the probability of zeroing, in [0, 1).
-        seed: seeds the masks.
-    """
-
-    def __init__(self, p=0.5, seed=None):
-        self.p = _check_probability(p, "p")
-        self._drop_rng = np.random.default_rng(check_seed(seed))
-        self._init_params({})
-        self._mask = None
-
-    def __repr__(self):
-        return f"Dropout(p={self.p})"
-
-    def get_config(self):
-        return dict(p=self.p)
-
-    def output_shape(self, shape):
-        return tuple(shape)
-
-    def forward(self, x, training=False, lengths=None):
-        x = _numeric(x, "x")
-        if x.dtype.kind != "f":
-            raise TypeError(f"x: expected floats, got dtype {x.dtype}")
-        if not training or self.p == 0:
-            self._mask = np.ones((), x.dtype) if training else None
-            self._shape = x.shape
-            return x
-        self._mask = _dropout_mask(self._drop_rng, x.shape, self.p, x.dtype, self.batch_rows)
-        self._shape = x.shape
-        return x * self._mask
-
-    def backward_output(self, dout):
-        if self._mask is None:
-            raise RuntimeError("backward: run forward with training=True first")
-        dout = _numeric(dout, "dout")
-        if dout.dtype.kind != "f" or dout.shape != self._shape:
-            raise ValueError(f"dout: expected floats of the output's shape {self._shape}, "
-                             f"got {dout.dtype} of shape {dout.shape}")
-        mask, self._mask = self._mask, None
-        return dout * mask
-
-
-CELLS = {cls.cell: cls for cls in (LSTM, GRU, RNN)}  # "lstm" -> LSTM, ...
-LAYER_TYPES = {cls.__name__: cls for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout)}

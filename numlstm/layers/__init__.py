@@ -1,0 +1,20 @@
+"""The layers: the recurrent ones (LSTM, GRU, RNN) and those around them (Dense,
+Embedding, Dropout).
+
+Modules, each depending only on the ones above it:
+    base.py       the Layer protocol, dropout's masks
+    recurrent.py  Recurrent, the call path of every recurrent layer (torch's API and
+                  the Sequential protocol's)
+    cells.py      LSTM, GRU and RNN: their equations, options and parameters
+    basic.py      Dense, Embedding, Dropout
+Argument checks live in numlstm/validation.py.
+"""
+from .base import Layer, dropout_mask, keep_mask
+from .basic import Dense, Dropout, Embedding
+from .cells import CELLS, GRU, LSTM, RNN
+from .recurrent import MERGE_MODES, Recurrent
+
+LAYER_TYPES = {cls.__name__: cls for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout)}
+
+__all__ = ["Layer", "Recurrent", "LSTM", "GRU", "RNN", "Dense", "Embedding", "Dropout",
+           "CELLS", "LAYER_TYPES", "MERGE_MODES", "keep_mask", "dropout_mask"]

@@ -1,0 +1,2 @@
+"""numlstm's version, which checkpoints record."""
+__version__ = "0.1.0"
