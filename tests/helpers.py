@@ -1,4 +1,6 @@
-"""Shared test helpers: one comparison that fails loudly, and random weights."""
+"""Shared test helpers: one comparison that fails loudly, random weights, and the
+random cases (zoneout's weights, a projected cell, a layer-normalised GRU) that the
+kernels' tests in tests/kernels and the layers' tests beside this file both draw."""
 import numpy as np
 import pytest
 
@@ -41,6 +43,78 @@ def cell_weights(rng, I, H, gates, dtype, scale=0.5):
     G = gates * H
     return tuple((rng.standard_normal(shape) * scale).astype(dtype)
                  for shape in ((G, I), (G, H), (G,), (G,)))
+
+
+def assert_kernels_match(got, want, inference, rtol, dtype):
+    """A kernel's training outputs and gradients (got) against the reference's
+    (want), and its inference outputs (inference: {name: (got, want)}): in dtype,
+    outputs and states within rtol, gradients within 5 rtol."""
+    for k, (g, w) in inference.items():
+        assert_close(g, w, rtol, f"{k} (inference forward)")
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].dtype == dtype, k
+        assert_close(got[k], want[k], rtol if k in ("y", "h", "c") else 5 * rtol, k)
+
+
+def zoneout_weights(rng, T, B, H, training, rates=(0.3, 0.2)):
+    """Zoneout's weights (zone_c, zone_h, or as many as rates) as the layer passes them:
+    0/1 draws [T,B,H] when training, else the rates [1,B,H]."""
+    if training:
+        return tuple((rng.random((T, B, H)) < p).astype(float) for p in rates)
+    return tuple(np.full((1, B, H), p) for p in rates)
+
+
+def projected_lstm_weights(rng, I, H, P, dtype, scale=0.5):
+    """Random torch-layout weights of one projected LSTM cell: w_ih [4H,I], w_hh [4H,P],
+    b_ih, b_hh [4H], w_hr [P,H]."""
+    w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, dtype, scale)
+    w_hh = (rng.standard_normal((4 * H, P)) * scale).astype(dtype)
+    w_hr = (rng.standard_normal((P, H)) * scale).astype(dtype)
+    return w_ih, w_hh, b_ih, b_hh, w_hr
+
+
+def projected_lstm_inputs(rng, T, B, I, H, P, scale, layer_norm=False):
+    """A projected cell's arrays under lstm_forward_ref's names (float64), and with
+    layer_norm its gains and bias near 1 and 0."""
+    w = lstm_weights(rng, I, H, np.float64, scale)
+    out = dict(x=rng.standard_normal((T, B, I)), w_ih=w[0],
+               w_hh=rng.standard_normal((4 * H, P)) * scale, b_ih=w[2], b_hh=w[3],
+               h0=rng.standard_normal((B, P)), c0=rng.standard_normal((B, H)),
+               w_hr=rng.standard_normal((P, H)) * scale)
+    if layer_norm:
+        out.update(ln_ih=1 + 0.1 * rng.standard_normal(4 * H),
+                   ln_hh=1 + 0.1 * rng.standard_normal(4 * H),
+                   ln_c=1 + 0.1 * rng.standard_normal(H),
+                   ln_c_bias=0.1 * rng.standard_normal(H))
+    return out
+
+
+def projected_zones(rng, T, B, H, P, training):
+    """A projected LSTM's zone_c [.,B,H] and zone_h [.,B,P] as the layer passes them."""
+    if training:
+        return ((rng.random((T, B, H)) < 0.3).astype(float),
+                (rng.random((T, B, P)) < 0.4).astype(float))
+    return np.full((1, B, H), 0.3), np.full((1, B, P), 0.2)
+
+
+def layer_norm_gru_case(rng, T, B, I, H, zoned, training=True):
+    """Weights (gains around 1), inputs, a recurrent dropout mask, zoneout's weights
+    (draws when training, else the rate) or None, and lengths of one layer-normalised
+    GRU case (float64): (cell, norms, x, h0, mask, zone_h, lengths)."""
+    scale = min(0.8, 2 / np.sqrt(H))
+    cell = [rng.standard_normal(s) * scale for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    norms = dict(ln_ih=1 + 0.3 * rng.standard_normal(3 * H),
+                 ln_hh=1 + 0.3 * rng.standard_normal(3 * H))
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
+    mask = (rng.random((B, H)) >= 0.3) / 0.7
+    zone_h = None
+    if zoned:
+        zone_h = ((rng.random((T, B, H)) < 0.4).astype(float) if training
+                  else np.full((1, B, H), 0.3))
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    return cell, norms, x, h0, mask, zone_h, lengths
 
 
 def numeric_gradient(loss, arr, eps=1e-6):

@@ -2,8 +2,9 @@
 (simulator) backends against the numpy one, its parameters, streaming, checkpoints,
 memory, and what cannot carry it (the kernels are tested in tests/kernels against the
 reference, and the reference against finite differences). Then the layer-normalised GRU
-(GRU(layer_norm=True)): its reference against finite differences, its CPU and CUDA
-(simulator) kernels against the reference, and the layer."""
+(GRU(layer_norm=True)): its reference against finite differences, its CUDA (simulator)
+kernels against the reference, and the layer (its CPU kernels against the reference are
+in tests/kernels/test_cpu_gru_rnn.py)."""
 import tracemalloc
 
 import numpy as np
@@ -11,8 +12,8 @@ import pytest
 
 import numlstm
 from helpers import (assert_close, check_gru_reference_gradients,
-                     check_streaming_and_checkpoint, lstm_layer_and_reference, run_steps)
-from numlstm.kernels.cpu import gru_backward_cpu, gru_forward_cpu, pack_gru_cpu
+                     check_streaming_and_checkpoint, layer_norm_gru_case,
+                     lstm_layer_and_reference, run_steps)
 from numlstm.kernels.reference import gru_backward_ref, gru_forward_ref
 
 
@@ -125,63 +126,12 @@ def test_what_cannot_carry_layer_norm_says_so(tmp_path):
 
 
 # -- the GRU ---------------------------------------------------------------------------
-def _gru_case(rng, T, B, I, H, zoned, training=True):
-    """Weights (gains around 1), inputs, a recurrent dropout mask, zoneout's weights
-    (draws when training, else the rate) or None, and lengths of one GRU case."""
-    scale = min(0.8, 2 / np.sqrt(H))
-    cell = [rng.standard_normal(s) * scale for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
-    norms = dict(ln_ih=1 + 0.3 * rng.standard_normal(3 * H),
-                 ln_hh=1 + 0.3 * rng.standard_normal(3 * H))
-    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
-    mask = (rng.random((B, H)) >= 0.3) / 0.7
-    zone_h = None
-    if zoned:
-        zone_h = ((rng.random((T, B, H)) < 0.4).astype(float) if training
-                  else np.full((1, B, H), 0.3))
-    lengths = rng.integers(1, T + 1, B)
-    lengths[0] = T
-    return cell, norms, x, h0, mask, zone_h, lengths
-
-
 @pytest.mark.parametrize("zoned", [False, True], ids=["plain", "zoneout"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_gru_reference_backward_matches_finite_differences(rng, zoned, reverse):
-    cell, norms, x, h0, mask, zone_h, lengths = _gru_case(rng, 4, 3, 3, 4, zoned)
+    cell, norms, x, h0, mask, zone_h, lengths = layer_norm_gru_case(rng, 4, 3, 3, 4, zoned)
     inputs = dict(x=x, w_ih=cell[0], w_hh=cell[1], b_ih=cell[2], b_hh=cell[3], h0=h0, **norms)
     check_gru_reference_gradients(inputs, lengths, reverse, h_mask=mask, zone_h=zone_h)
-
-
-# (T, B, I, H, reverse): uneven, T=1 and B=1, H=1, H past a tile block (64 units)
-GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (4, 2, 3, 1, True), (6, 4, 9, 70, True)]
-
-
-@pytest.mark.parametrize("shape", GRU_SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
-@pytest.mark.parametrize("zoned", [False, True], ids=["plain", "zoneout-dropout"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gru_cpu_kernels_against_the_reference(rng, shape, zoned, dtype):
-    T, B, I, H, reverse = shape
-    cell, norms, x, h0, mask, zone_h, lengths = _gru_case(rng, T, B, I, H, zoned)
-    options = dict(h_mask=mask, zone_h=zone_h) if zoned else {}
-    y, h, cache = gru_forward_ref(x, *cell, h0, lengths, reverse, **options, **norms)
-    dy, dh_n = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
-    dx, dh0, grads = gru_backward_ref(dy, dh_n, cache)
-    want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
-
-    def cast(a):
-        return None if a is None else a.astype(dtype)
-    packed = pack_gru_cpu(*map(cast, cell), **{k: cast(v) for k, v in norms.items()})
-    args = (cast(x), packed, cast(h0), lengths, reverse)
-    options = {k: cast(v) for k, v in options.items()}
-    yk, hk, cache_k = gru_forward_cpu(*args, training=True, **options)
-    dxk, dh0k, grads_k = gru_backward_cpu(cast(dy), cast(dh_n), cache_k, packed)
-    got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)
-    assert sorted(got) == sorted(want)
-    rtol = 2e-5 if dtype == np.float32 else 1e-12
-    if not zoned:  # inference (zoneout's rate, when zoned, is the layer's test)
-        assert_close(gru_forward_cpu(*args)[0], y, rtol, "y (inference)")
-    for k in want:
-        assert got[k].dtype == dtype, k
-        assert_close(got[k], want[k], rtol if k in "yh" else 20 * rtol, k)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-5), (np.float64, 1e-12)])
@@ -191,7 +141,8 @@ def test_gru_cuda_kernels_against_the_reference(rng, dtype, rtol, training):
     cuda = pytest.importorskip("numba.cuda")
     from numlstm.kernels.cuda import gru_backward_cuda, gru_forward_cuda, pack_gru_cuda
     T, B, I, H = 3, 3, 2, 5
-    cell, norms, x, h0, mask, zone_h, lengths = _gru_case(rng, T, B, I, H, True, training)
+    cell, norms, x, h0, mask, zone_h, lengths = layer_norm_gru_case(rng, T, B, I, H, True,
+                                                                    training)
     cell, norms = [a.astype(dtype) for a in cell], {k: v.astype(dtype) for k, v in norms.items()}
     x, h0, mask, zone_h = (a.astype(dtype) for a in (x, h0, mask, zone_h))
     dy, dh_n = rng.standard_normal((T, B, H)).astype(dtype), h0[::-1].copy()

@@ -1,26 +1,19 @@
 """LSTM with a recurrent projection (proj_size): the reference against finite
-differences, the CPU kernels against the reference, the layer against torch.nn.LSTM
-(values and every gradient, with lengths, both directions and stacked), and where it
-meets streaming, layouts, ONNX, checkpoints and the CUDA backend."""
+differences, the layer against torch.nn.LSTM (values and every gradient, with lengths,
+both directions and stacked), and where it meets streaming, layouts, ONNX, checkpoints
+and the CUDA backend. (The CPU kernels against the reference are in
+tests/kernels/test_cpu_lstm.py.)"""
 import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import numlstm
-from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_cpu
 from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
-from helpers import assert_close, lstm_weights, numeric_gradient, rel_err, run_steps
+from helpers import assert_close, numeric_gradient, projected_lstm_weights, rel_err, run_steps
 
 # torch says it leaves oneDNN for a projected LSTM: true, and not ours to act on
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
-
-
-def _proj_cell(rng, I, H, P, dtype, scale=0.5):
-    w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, dtype, scale)
-    w_hh = (rng.standard_normal((4 * H, P)) * scale).astype(dtype)
-    w_hr = (rng.standard_normal((P, H)) * scale).astype(dtype)
-    return w_ih, w_hh, b_ih, b_hh, w_hr
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -28,7 +21,7 @@ def _proj_cell(rng, I, H, P, dtype, scale=0.5):
                          ids=["plain", "clips"])
 def test_reference_backward_matches_finite_differences(rng, reverse, options):
     T, B, I, H, P = 4, 3, 3, 4, 2
-    w_ih, w_hh, b_ih, b_hh, w_hr = _proj_cell(rng, I, H, P, np.float64, scale=0.8)
+    w_ih, w_hh, b_ih, b_hh, w_hr = projected_lstm_weights(rng, I, H, P, np.float64, scale=0.8)
     inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
                   b_hh=b_hh, h0=rng.standard_normal((B, P)), c0=rng.standard_normal((B, H)),
                   w_hr=w_hr)
@@ -52,54 +45,6 @@ def test_reference_backward_matches_finite_differences(rng, reverse, options):
     for name, arr in inputs.items():
         err = rel_err(analytic[name], numeric_gradient(loss, arr))
         assert err < 1e-6, f"d{name}: relative error {err:.2e} against finite differences"
-
-
-# (T, B, I, H, P): uneven sizes, T=1 and B=1, and H >= 256, where a step runs on
-# every thread (two parallel regions a step: gates, then the projection)
-KERNEL_SHAPES = [(5, 3, 4, 7, 3), (1, 1, 2, 5, 4), (6, 2, 9, 70, 65), (3, 4, 5, 260, 129)]
-
-
-# (the float64 path has one loop shape whatever the size: the small shapes cover it)
-KERNEL_CASES = [(s, np.float32) for s in KERNEL_SHAPES] + [
-    (s, np.float64) for s in KERNEL_SHAPES if s[3] < 100]
-
-
-@pytest.mark.parametrize("shape,dtype", KERNEL_CASES, ids=[
-    "T{}B{}I{}H{}P{}-".format(*s) + np.dtype(d).name for s, d in KERNEL_CASES])
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_cpu_kernels_against_the_reference(rng, shape, dtype, reverse):
-    T, B, I, H, P = shape
-    # Weights of a trainable size (torch draws them within 1/sqrt(H)): at 0.5 for
-    # every H, two products of 65+ terms saturate the gates, and float32's rounding
-    # grows with the gain whatever the summation order (5e-6 against 3e-7 at H=70).
-    cell = _proj_cell(rng, I, H, P, dtype, scale=min(0.5, 2 / np.sqrt(H)))
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = rng.standard_normal((B, P)).astype(dtype)
-    c0 = rng.standard_normal((B, H)).astype(dtype)
-    lengths = rng.integers(1, T + 1, B)
-    lengths[0] = T
-    options = dict(cell_clip=0.8) if T > 4 else {}
-    # (the reference runs in float64 on the same numbers: the oracle, not a peer)
-    x64, h64, c64, *cell64 = (a.astype(np.float64) for a in (x, h0, c0) + cell)
-    y, h, c, cache = lstm_forward_ref(x64, *cell64[:4], h64, c64, lengths, reverse,
-                                      w_hr=cell64[4], **options)
-    packed = pack_lstm_cpu(*cell, **options)
-    yk, hk, ck, cache_k = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=True)
-    yi, hi, ci, _ = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=False)
-    rtol = 2e-5 if dtype == np.float32 else 1e-12
-    for name, got, want in [("y", yk, y), ("h_n", hk, h), ("c_n", ck, c),
-                            ("y (inference)", yi, y), ("c_n (inference)", ci, c)]:
-        assert got.dtype == dtype, name
-        assert_close(got, want, rtol, name)
-    dy, dh_n, dc_n = (rng.standard_normal(a.shape) for a in (y, h, c))
-    want = dict(zip(("dx", "dh0", "dc0"), lstm_backward_ref(dy, dh_n, dc_n, cache)[:3]))
-    want.update(lstm_backward_ref(dy, dh_n, dc_n, cache)[3])
-    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*(a.astype(dtype) for a in (dy, dh_n, dc_n)),
-                                                 cache_k, packed)
-    got = dict(dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
-    assert set(got) == set(want)
-    for name in want:
-        assert_close(got[name], want[name], 5 * rtol, name)
 
 
 def against_torch(rng, case, backend, dtype):

@@ -1,74 +1,27 @@
 """recurrent_dropout (LSTM and GRU): the mask on h where W_hh reads it, held over time.
-The reference against finite differences, the CPU kernels against the reference (the
-LSTM with and without a projection, the GRU in both forms), and the layer: masks drawn
-per sequence only when training, equal to running the reference with the same masks."""
+The reference against finite differences, and the layer: masks drawn per sequence only
+when training, equal to running the reference with the same masks. (The CPU kernels
+against the reference, the LSTM with and without a projection and the GRU in both
+forms, are in tests/kernels/test_cpu_lstm.py and tests/kernels/test_cpu_gru_rnn.py.)"""
 import numpy as np
 import pytest
 
 import numlstm
-from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, lstm_backward_cpu,
-                                 lstm_forward_cpu, pack_gru_cpu, pack_lstm_cpu)
-from numlstm.kernels.cpu.plan import make_plan
-from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, lstm_backward_ref,
-                                       lstm_forward_ref)
+from numlstm.kernels.reference import lstm_forward_ref
 from helpers import (assert_close, check_gru_reference_gradients,
-                     check_lstm_reference_gradients, lstm_layer_and_reference, rel_err)
-
-
-def _cell(rng, I, H, P, scale):
-    shapes = [(4 * H, I), (4 * H, P or H), (4 * H,), (4 * H,)] + ([(P, H)] if P else [])
-    arrays = [rng.standard_normal(s) * scale for s in shapes]
-    return arrays + [None] * (5 - len(arrays))
+                     check_lstm_reference_gradients, lstm_layer_and_reference, lstm_weights,
+                     rel_err)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_reference_backward_matches_finite_differences(rng, reverse):
     T, B, I, H = 4, 3, 3, 4
-    w_ih, w_hh, b_ih, b_hh, _ = _cell(rng, I, H, None, 0.8)
+    w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, np.float64, 0.8)
     inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
                   b_hh=b_hh, h0=rng.standard_normal((B, H)), c0=rng.standard_normal((B, H)))
     mask = (rng.random((B, H)) >= 0.4) / 0.6
     assert (mask == 0).any() and (mask > 0).any()
     check_lstm_reference_gradients(inputs, np.array([4, 1, 3]), reverse, h_mask=mask)
-
-
-# (T, B, I, H, P, reverse): uneven, T=1 and B=1, a projection, and H >= 256 (every
-# thread shares a step)
-SHAPES = [(5, 3, 4, 7, None, False), (1, 1, 2, 5, None, True), (6, 4, 9, 70, 33, True),
-          (4, 5, 6, 260, None, False), (3, 4, 5, 260, 129, True)]
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}P{}-{}".format(*s))
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cpu_kernels_against_the_reference(rng, shape, dtype):
-    T, B, I, H, P, reverse = shape
-    cell = _cell(rng, I, H, P, min(0.5, 2 / np.sqrt(H)))
-    Pu = P or H
-    x, h0, c0 = (rng.standard_normal(s) for s in ((T, B, I), (B, Pu), (B, H)))
-    mask = (rng.random((B, Pu)) >= 0.3) / 0.7
-    lengths = rng.integers(1, T + 1, B)
-    lengths[0] = T
-    y, h, c, cache = lstm_forward_ref(x, *cell[:4], h0, c0, lengths, reverse, w_hr=cell[4],
-                                      h_mask=mask)
-    dy, dh_n, dc_n = (rng.standard_normal(a.shape) for a in (y, h, c))
-    want = dict(zip(("y", "h", "c"), (y, h, c)))
-    dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
-    want.update(dx=dx, dh0=dh0, dc0=dc0, **grads)
-
-    def cast(a):
-        return None if a is None else a.astype(dtype)
-
-    packed = pack_lstm_cpu(*map(cast, cell))
-    yk, hk, ck, cache_k = lstm_forward_cpu(cast(x), packed, cast(h0), cast(c0), lengths,
-                                           reverse, training=True, h_mask=cast(mask))
-    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(cast(dy), cast(dh_n), cast(dc_n), cache_k,
-                                                 packed)
-    got = dict(y=yk, h=hk, c=ck, dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
-    assert set(got) == set(want)
-    rtol = 2e-5 if dtype == np.float32 else 1e-12
-    for k in want:
-        assert got[k].dtype == dtype, k
-        assert_close(got[k], want[k], rtol if k in "yhc" else 5 * rtol, k)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])
@@ -137,53 +90,6 @@ def test_gru_reference_backward_matches_finite_differences(rng, reset_after, rev
     mask = (rng.random((B, H)) >= 0.4) / 0.6
     check_gru_reference_gradients(inputs, np.array([4, 1, 3]), reverse, reset_after=reset_after,
                                   h_mask=mask)
-
-
-GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (6, 4, 9, 70, True),
-              (4, 5, 6, 260, False)]
-
-
-@pytest.mark.parametrize("shape", GRU_SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
-@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gru_cpu_kernels_against_the_reference(rng, shape, reset_after, dtype):
-    _check_gru_kernels(rng, shape, reset_after, dtype)
-
-
-@pytest.mark.parametrize("rows", [False, True], ids=["units-split", "rows-split"])
-def test_gru_parallel_loops_with_a_mask(rng, rows):
-    """Both ways of sharing the float32 time loops among threads (the units of a
-    step, or the rows of the batch), forced at small shapes."""
-    for shape in [(5, 3, 4, 130, False), (4, 11, 3, 64, True), (3, 2, 5, 20, False)]:
-        _check_gru_kernels(rng, shape, True, np.float32, dict(threads=2, rows=rows))
-
-
-def _check_gru_kernels(rng, shape, reset_after, dtype, plan=None):
-    """plan: None, or the fields of the float32 loops' plan to force."""
-    T, B, I, H, reverse = shape
-    scale = min(0.5, 2 / np.sqrt(H))
-    w = [rng.standard_normal(s) * scale for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
-    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
-    mask = (rng.random((B, H)) >= 0.3) / 0.7
-    lengths = rng.integers(1, T + 1, B)
-    lengths[0] = T
-    y, h, cache = gru_forward_ref(x, *w, h0, lengths, reverse, reset_after, h_mask=mask)
-    dy, dh_n = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
-    dx, dh0, grads = gru_backward_ref(dy, dh_n, cache)
-    want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
-    packed = pack_gru_cpu(*(a.astype(dtype) for a in w), reset_after=reset_after)
-    kw = {} if plan is None else dict(
-        plan=make_plan(T, B, I, packed.Hp, 3, True)._replace(**plan))
-    yk, hk, cache_k = gru_forward_cpu(x.astype(dtype), packed, h0.astype(dtype), lengths,
-                                      reverse, training=True, h_mask=mask.astype(dtype), **kw)
-    dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,
-                                          packed)
-    got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)
-    assert set(got) == set(want)
-    rtol = 2e-5 if dtype == np.float32 else 1e-12
-    for k in want:
-        assert got[k].dtype == dtype, k
-        assert_close(got[k], want[k], rtol if k in "yh" else 5 * rtol, k)
 
 
 @pytest.mark.parametrize("backend,reset_after", [("cpu", True), ("cpu", False),

@@ -1,91 +1,31 @@
 """Zoneout, LSTM (projected too) and GRU: each unit of the state (c and h; the GRU's
 h) keeps its previous value with the rate's probability while training (0/1 draws per
 sequence, unit and step), the rate itself at inference. The references against finite
-differences, the CPU and CUDA (simulator) kernels against them, and the layers on the
-numpy, cpu and cuda backends."""
+differences, the CUDA (simulator) kernels against them, and the layers on the numpy,
+cpu and cuda backends. (The CPU kernels against the references are in
+tests/kernels/test_cpu_lstm.py and tests/kernels/test_cpu_gru_rnn.py.)"""
 import numpy as np
 import pytest
 
 import numlstm
-from numlstm.kernels.cpu import (gru_backward_cpu, gru_forward_cpu, lstm_backward_cpu,
-                                 lstm_forward_cpu, pack_gru_cpu, pack_lstm_cpu)
-from numlstm.kernels.cpu.lstm import forward_plan
-from numlstm.kernels.cpu.plan import make_plan
 from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, lstm_backward_ref,
                                        lstm_forward_ref)
-from helpers import (assert_close, check_gru_reference_gradients,
-                     check_lstm_reference_gradients, lstm_layer_and_reference, rel_err,
-                     run_steps)
-
-
-def _weights(rng, T, B, H, training, rates=(0.3, 0.2)):
-    """zone_c, zone_h as the layer passes them: draws [T,B,H], or the rates [1,B,H]."""
-    if training:
-        return tuple((rng.random((T, B, H)) < p).astype(float) for p in rates)
-    return tuple(np.full((1, B, H), p) for p in rates)
-
-
-def _cell(rng, I, H, scale):
-    return [rng.standard_normal(s) * scale for s in ((4 * H, I), (4 * H, H), (4 * H,), (4 * H,))]
-
-
-def _assert_kernels_match(got, want, inference, rtol, dtype):
-    """A kernel's training outputs and gradients (got) against the reference's
-    (want), and its inference outputs (inference: {name: (got, want)}): in dtype,
-    outputs and states within rtol, gradients within 5 rtol."""
-    for k, (g, w) in inference.items():
-        assert_close(g, w, rtol, f"{k} (inference forward)")
-    assert set(got) == set(want)
-    for k in want:
-        assert got[k].dtype == dtype, k
-        assert_close(got[k], want[k], rtol if k in ("y", "h", "c") else 5 * rtol, k)
+from helpers import (assert_close, cell_weights, check_gru_reference_gradients,
+                     check_lstm_reference_gradients, lstm_layer_and_reference, lstm_weights,
+                     projected_lstm_inputs, projected_zones, rel_err, run_steps,
+                     zoneout_weights)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_reference_backward_matches_finite_differences(rng, training, reverse):
     T, B, I, H = 4, 3, 3, 4
-    w = _cell(rng, I, H, 0.8)
+    w = lstm_weights(rng, I, H, np.float64, 0.8)
     inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w[0], w_hh=w[1], b_ih=w[2],
                   b_hh=w[3], h0=rng.standard_normal((B, H)), c0=rng.standard_normal((B, H)))
-    zone_c, zone_h = _weights(rng, T, B, H, training)
+    zone_c, zone_h = zoneout_weights(rng, T, B, H, training)
     check_lstm_reference_gradients(inputs, np.array([4, 1, 3]), reverse, cell_clip=0.9,
                                    zone_c=zone_c, zone_h=zone_h)
-
-
-# (T, B, I, H, reverse): uneven, T=1 and B=1, H >= 256 (every thread shares a step)
-SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (6, 4, 9, 70, True), (4, 5, 6, 260, False)]
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
-@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cpu_kernels_against_the_reference(rng, shape, training, dtype):
-    T, B, I, H, reverse = shape
-    cell = _cell(rng, I, H, min(0.5, 2 / np.sqrt(H)))
-    x, h0, c0 = (rng.standard_normal(s) for s in ((T, B, I), (B, H), (B, H)))
-    zone = _weights(rng, T, B, H, training)
-    mask = (rng.random((B, H)) >= 0.3) / 0.7  # with recurrent dropout too
-    lengths = rng.integers(1, T + 1, B)
-    lengths[0] = T
-    y, h, c, cache = lstm_forward_ref(x, *cell, h0, c0, lengths, reverse, cell_clip=0.9,
-                                      h_mask=mask, zone_c=zone[0], zone_h=zone[1])
-    dy, dh_n, dc_n = (rng.standard_normal(a.shape) for a in (y, h, c))
-    dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
-    want = dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, **grads)
-
-    def cast(a):
-        return a.astype(dtype)
-
-    packed = pack_lstm_cpu(*map(cast, cell), cell_clip=0.9)
-    args = (cast(x), packed, cast(h0), cast(c0), lengths, reverse)
-    options = dict(h_mask=cast(mask), zone_c=cast(zone[0]), zone_h=cast(zone[1]))
-    yk, hk, ck, cache_k = lstm_forward_cpu(*args, training=True, **options)
-    yi, hi, ci, _ = lstm_forward_cpu(*args, training=False, **options)
-    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*map(cast, (dy, dh_n, dc_n)), cache_k, packed)
-    got = dict(y=yk, h=hk, c=ck, dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
-    _assert_kernels_match(got, want, dict(y=(yi, y), c_n=(ci, c)),
-                          2e-5 if dtype == np.float32 else 1e-12, dtype)
 
 
 @pytest.mark.parametrize("zoneout", [0.3, (0.2, 0.45)], ids=["one-rate", "pair"])
@@ -184,36 +124,12 @@ def test_cuda_layer_computes_what_the_reference_does(rng):
 
 
 # -- a projected LSTM: h' <- h' + zh (h - h') of the projected h (P units) ----------------
-def _proj_inputs(rng, T, B, I, H, P, scale, layer_norm=False):
-    """A projected cell's arrays under lstm_forward_ref's names (float64), and with
-    layer_norm its gains and bias near 1 and 0."""
-    w = _cell(rng, I, H, scale)
-    out = dict(x=rng.standard_normal((T, B, I)), w_ih=w[0],
-               w_hh=rng.standard_normal((4 * H, P)) * scale, b_ih=w[2], b_hh=w[3],
-               h0=rng.standard_normal((B, P)), c0=rng.standard_normal((B, H)),
-               w_hr=rng.standard_normal((P, H)) * scale)
-    if layer_norm:
-        out.update(ln_ih=1 + 0.1 * rng.standard_normal(4 * H),
-                   ln_hh=1 + 0.1 * rng.standard_normal(4 * H),
-                   ln_c=1 + 0.1 * rng.standard_normal(H),
-                   ln_c_bias=0.1 * rng.standard_normal(H))
-    return out
-
-
-def _proj_zones(rng, T, B, H, P, training):
-    """zone_c [.,B,H] and zone_h [.,B,P] as the layer passes them."""
-    if training:
-        return ((rng.random((T, B, H)) < 0.3).astype(float),
-                (rng.random((T, B, P)) < 0.4).astype(float))
-    return np.full((1, B, H), 0.3), np.full((1, B, P), 0.2)
-
-
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_projected_reference_backward_matches_finite_differences(rng, training, reverse):
     T, B, I, H, P = 4, 3, 3, 5, 2
-    inputs = _proj_inputs(rng, T, B, I, H, P, 0.8)
-    zone_c, zone_h = _proj_zones(rng, T, B, H, P, training)
+    inputs = projected_lstm_inputs(rng, T, B, I, H, P, 0.8)
+    zone_c, zone_h = projected_zones(rng, T, B, H, P, training)
     mask = (rng.random((B, P)) >= 0.3) / 0.7
     lengths = np.array([4, 1, 3])
     check_lstm_reference_gradients(inputs, lengths, reverse, h_mask=mask, zone_c=zone_c,
@@ -224,67 +140,6 @@ def test_projected_reference_backward_matches_finite_differences(rng, training, 
     # zone_h mixes the projected h: y is the old h wherever a draw of 1 keeps it
     plain = lstm_forward_ref(*args, lengths, reverse, w_hr=inputs["w_hr"], h_mask=mask)[0]
     assert rel_err(y, plain) > 1e-3
-
-
-# (T, B, I, H, P, reverse): uneven, T=1 and B=1, H and P past one block, H >= 256
-PROJ_SHAPES = [(5, 3, 4, 7, 3, False), (1, 1, 2, 5, 2, True), (6, 4, 9, 70, 65, True),
-               (4, 5, 6, 260, 130, False)]
-
-
-def _check_projected_kernels(rng, shape, training, dtype, layer_norm=False, plan=None):
-    """plan: None, or the fields of the float32 loops' plan to force."""
-    T, B, I, H, P, reverse = shape
-    a = _proj_inputs(rng, T, B, I, H, P, min(0.5, 2 / np.sqrt(H)), layer_norm)
-    zone_c, zone_h = _proj_zones(rng, T, B, H, P, training)
-    mask = (rng.random((B, P)) >= 0.3) / 0.7
-    lengths = rng.integers(1, T + 1, B)
-    lengths[0] = T
-    names = ("w_ih", "w_hh", "b_ih", "b_hh")
-    extra = {k: a[k] for k in a if k not in names + ("x", "h0", "c0")}
-    y, h, c, cache = lstm_forward_ref(a["x"], *(a[k] for k in names), a["h0"], a["c0"],
-                                      lengths, reverse, cell_clip=0.9, h_mask=mask,
-                                      zone_c=zone_c, zone_h=zone_h, **extra)
-    dy, dh_n, dc_n = (rng.standard_normal(v.shape) for v in (y, h, c))
-    dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
-    want = dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, **grads)
-
-    def cast(v):
-        return v.astype(dtype)
-
-    packed = pack_lstm_cpu(*(cast(a[k]) for k in names), cell_clip=0.9,
-                           **{k: cast(v) for k, v in extra.items()})
-    args = (cast(a["x"]), packed, cast(a["h0"]), cast(a["c0"]), lengths, reverse)
-    options = dict(h_mask=cast(mask), zone_c=cast(zone_c), zone_h=cast(zone_h))
-    if plan is not None:
-        options["plan"] = forward_plan(args[0].shape, packed, True, False)._replace(**plan)
-    yk, hk, ck, cache_k = lstm_forward_cpu(*args, training=True, **options)
-    yi, hi, ci, _ = lstm_forward_cpu(*args, training=False, **options)
-    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*map(cast, (dy, dh_n, dc_n)), cache_k, packed)
-    got = dict(y=yk, h=hk, c=ck, dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
-    rtol = (1e-4 if layer_norm else 2e-5) if dtype == np.float32 else 1e-12
-    _assert_kernels_match(got, want, dict(y=(yi, y), h_n=(hi, h), c_n=(ci, c)), rtol, dtype)
-
-
-@pytest.mark.parametrize("shape", PROJ_SHAPES, ids=lambda s: "T{}B{}I{}H{}P{}-{}".format(*s))
-@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_projected_cpu_kernels_against_the_reference(rng, shape, training, dtype):
-    _check_projected_kernels(rng, shape, training, dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_projected_layer_norm_cpu_kernels_against_the_reference(rng, dtype):
-    """layer_norm's loop (the BLAS path; float32's products on Numba's threads)."""
-    for shape in PROJ_SHAPES[:3]:
-        for training in (True, False):
-            _check_projected_kernels(rng, shape, training, dtype, layer_norm=True)
-
-
-def test_projected_parallel_loop(rng):
-    """The float32 loop with every step shared among the threads (two parallel regions a
-    step: the gates, then the projection), forced at small shapes."""
-    for shape in [(5, 3, 4, 130, 70, False), (4, 2, 3, 70, 65, True)]:
-        _check_projected_kernels(rng, shape, True, np.float32, plan=dict(threads=2))
 
 
 def test_projected_layer_backends_agree(rng):
@@ -326,8 +181,8 @@ def test_projected_cuda_kernels_match_the_reference(rng, layer_norm, dtype, path
     from numlstm.kernels.cuda import lstm_backward_cuda, lstm_forward_cuda, pack_lstm_cuda
     T, B, I, H, P = 3, 3, 2, 5, 2
     launch = {"auto": {}, "per_step": dict(units=2, persistent=False)}[path]
-    a = {k: v.astype(dtype) for k, v in _proj_inputs(rng, T, B, I, H, P, 0.5,
-                                                      layer_norm).items()}
+    a = {k: v.astype(dtype)
+         for k, v in projected_lstm_inputs(rng, T, B, I, H, P, 0.5, layer_norm).items()}
     names = ("w_ih", "w_hh", "b_ih", "b_hh")
     extra = {k: a[k] for k in a if k not in names + ("x", "h0", "c0")}
     lens = np.array([3, 1, 2])
@@ -335,7 +190,7 @@ def test_projected_cuda_kernels_match_the_reference(rng, layer_norm, dtype, path
     packed, dev = pack_lstm_cuda(*(a[k] for k in names), **extra), cuda.to_device
     rtol = 2e-5 if dtype == np.float32 else 1e-12
     for training in (True, False):
-        zone_c, zone_h = (z.astype(dtype) for z in _proj_zones(rng, T, B, H, P, training))
+        zone_c, zone_h = (z.astype(dtype) for z in projected_zones(rng, T, B, H, P, training))
         y, h, c, cache = lstm_forward_cuda(dev(a["x"]), packed, dev(a["h0"]), dev(a["c0"]),
                                            lens, True, training, **launch, h_mask=mask,
                                            zone_c=zone_c, zone_h=zone_h)
@@ -359,20 +214,16 @@ def test_projected_cuda_kernels_match_the_reference(rng, layer_norm, dtype, path
 
 
 # -- the GRU: one state, h' <- h' + zh (h - h') ----------------------------------------
-def _gru_cell(rng, I, H, scale):
-    return [rng.standard_normal(s) * scale for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
-
-
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_gru_reference_backward_matches_finite_differences(rng, training, reset_after,
                                                            reverse):
     T, B, I, H = 4, 3, 3, 4
-    w = _gru_cell(rng, I, H, 0.8)
+    w = cell_weights(rng, I, H, 3, np.float64, 0.8)
     inputs = dict(x=rng.standard_normal((T, B, I)), w_ih=w[0], w_hh=w[1], b_ih=w[2],
                   b_hh=w[3], h0=rng.standard_normal((B, H)))
-    zone_h = _weights(rng, T, B, H, training, (0.4,))[0]
+    zone_h = zoneout_weights(rng, T, B, H, training, (0.4,))[0]
     mask = (rng.random((B, H)) >= 0.3) / 0.7  # with recurrent dropout too
     lengths = np.array([4, 1, 3])
     y = check_gru_reference_gradients(inputs, lengths, reverse, reset_after=reset_after,
@@ -380,55 +231,6 @@ def test_gru_reference_backward_matches_finite_differences(rng, training, reset_
     plain = gru_forward_ref(*(inputs[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0")),
                             lengths, reverse, reset_after, h_mask=mask)[0]
     assert rel_err(y, plain) > 1e-3  # zoneout changed the outputs
-
-
-# (T, B, I, H, reverse): uneven, T=1 and B=1, H=1 (unpadded on the blas path), H past one
-# tile block (64 units)
-GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (4, 2, 3, 1, True), (6, 4, 9, 70, True)]
-
-
-def _check_gru_kernels(rng, shape, reset_after, training, dtype, plan=None):
-    """plan: None, or the fields of the float32 loops' plan to force."""
-    T, B, I, H, reverse = shape
-    cell = _gru_cell(rng, I, H, min(0.5, 2 / np.sqrt(H)))
-    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
-    zone_h = _weights(rng, T, B, H, training, (0.35,))[0]
-    mask = (rng.random((B, H)) >= 0.3) / 0.7
-    lengths = rng.integers(1, T + 1, B)
-    lengths[0] = T
-    y, h, cache = gru_forward_ref(x, *cell, h0, lengths, reverse, reset_after, h_mask=mask,
-                                  zone_h=zone_h)
-    dy, dh_n = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
-    dx, dh0, grads = gru_backward_ref(dy, dh_n, cache)
-    want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
-    packed = pack_gru_cpu(*(a.astype(dtype) for a in cell), reset_after=reset_after)
-    args = (x.astype(dtype), packed, h0.astype(dtype), lengths, reverse)
-    options = dict(h_mask=mask.astype(dtype), zone_h=zone_h.astype(dtype))
-    if plan is not None:
-        options["plan"] = make_plan(T, B, I, packed.Hp, 3, True)._replace(**plan)
-    yk, hk, cache_k = gru_forward_cpu(*args, training=True, **options)
-    yi, hi, _ = gru_forward_cpu(*args, training=False, **options)
-    dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,
-                                          packed)
-    got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)
-    _assert_kernels_match(got, want, dict(y=(yi, y), h_n=(hi, h)),
-                          2e-5 if dtype == np.float32 else 1e-12, dtype)
-
-
-@pytest.mark.parametrize("shape", GRU_SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
-@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
-@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gru_cpu_kernels_against_the_reference(rng, shape, reset_after, training, dtype):
-    _check_gru_kernels(rng, shape, reset_after, training, dtype)
-
-
-@pytest.mark.parametrize("rows", [False, True], ids=["units-split", "rows-split"])
-def test_gru_parallel_loops(rng, rows):
-    """Both ways of sharing the float32 time loops among threads (the units of a
-    step, or the rows of the batch), forced at small shapes."""
-    for shape in [(5, 3, 4, 130, False), (4, 11, 3, 64, True)]:
-        _check_gru_kernels(rng, shape, True, True, np.float32, dict(threads=2, rows=rows))
 
 
 @pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
@@ -493,7 +295,7 @@ def test_gru_cuda_kernels_match_the_reference(rng, reset_after, dtype, path):
     T, B, I, H = 3, 3, 2, 5
     launch = {"auto": {}, "per_step": dict(units=2, persistent=False)}[path]
     lens = np.array([3, 1, 2])
-    cell = [a.astype(dtype) for a in _gru_cell(rng, I, H, 0.5)]
+    cell = [a.astype(dtype) for a in cell_weights(rng, I, H, 3, np.float64, 0.5)]
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0, dh_n = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
     dy = rng.standard_normal((T, B, H)).astype(dtype)

@@ -1,4 +1,7 @@
-"""The CPU GRU and plain-RNN kernels against the NumPy reference."""
+"""The CPU GRU and plain-RNN kernels (gru_*_cpu, rnn_*_cpu) against the NumPy reference,
+every option's case in this one file: random and edge shapes, lengths, both GRU forms,
+activations, the parallel loops' plans, one step; then the GRU's zoneout, recurrent
+dropout and layer normalisation on their own shapes."""
 import numpy as np
 import pytest
 
@@ -8,7 +11,8 @@ from numlstm.kernels.cpu.plan import make_plan
 from numlstm.kernels.reference import (gru_backward_ref, gru_forward_ref, rnn_backward_ref,
                                        rnn_forward_ref)
 from numlstm.kernels.gates import make_acts
-from helpers import SOFTSIGN, assert_close, cell_weights
+from helpers import (SOFTSIGN, assert_close, assert_kernels_match, cell_weights,
+                     layer_norm_gru_case, zoneout_weights)
 
 # float32 kernels use the vectorised exp; float64 ones are libm-exact.
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -154,3 +158,142 @@ def test_one_step_kernel_matches_reference(rng, cell, dtype):
         assert got.dtype == dtype
         assert_close(got, h, RTOL[dtype], f"h (B={B}, I={I}, H={H})")
         np.testing.assert_array_equal(h0, kept)
+
+
+# -- the GRU's zoneout: h' <- h' + zh (h - h'), with recurrent dropout --------------------
+# (T, B, I, H, reverse): uneven, T=1 and B=1, H=1 (unpadded on the blas path), H past one
+# tile block (64 units)
+ZONEOUT_GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (4, 2, 3, 1, True),
+                      (6, 4, 9, 70, True)]
+
+
+def _check_gru_zoneout_kernels(rng, shape, reset_after, training, dtype, plan=None):
+    """plan: None, or the fields of the float32 loops' plan to force."""
+    T, B, I, H, reverse = shape
+    cell = cell_weights(rng, I, H, 3, np.float64, min(0.5, 2 / np.sqrt(H)))
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
+    zone_h = zoneout_weights(rng, T, B, H, training, (0.35,))[0]
+    mask = (rng.random((B, H)) >= 0.3) / 0.7
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    y, h, cache = gru_forward_ref(x, *cell, h0, lengths, reverse, reset_after, h_mask=mask,
+                                  zone_h=zone_h)
+    dy, dh_n = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
+    dx, dh0, grads = gru_backward_ref(dy, dh_n, cache)
+    want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
+    packed = pack_gru_cpu(*(a.astype(dtype) for a in cell), reset_after=reset_after)
+    args = (x.astype(dtype), packed, h0.astype(dtype), lengths, reverse)
+    options = dict(h_mask=mask.astype(dtype), zone_h=zone_h.astype(dtype))
+    if plan is not None:
+        options["plan"] = make_plan(T, B, I, packed.Hp, 3, True)._replace(**plan)
+    yk, hk, cache_k = gru_forward_cpu(*args, training=True, **options)
+    yi, hi, _ = gru_forward_cpu(*args, training=False, **options)
+    dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,
+                                          packed)
+    got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)
+    assert_kernels_match(got, want, dict(y=(yi, y), h_n=(hi, h)),
+                         2e-5 if dtype == np.float32 else 1e-12, dtype)
+
+
+@pytest.mark.parametrize("shape", ZONEOUT_GRU_SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gru_cpu_kernels_with_zoneout_against_the_reference(rng, shape, reset_after, training,
+                                                             dtype):
+    _check_gru_zoneout_kernels(rng, shape, reset_after, training, dtype)
+
+
+@pytest.mark.parametrize("rows", [False, True], ids=["units-split", "rows-split"])
+def test_gru_parallel_loops_with_zoneout(rng, rows):
+    """Both ways of sharing the float32 time loops among threads (the units of a
+    step, or the rows of the batch), forced at small shapes."""
+    for shape in [(5, 3, 4, 130, False), (4, 11, 3, 64, True)]:
+        _check_gru_zoneout_kernels(rng, shape, True, True, np.float32, dict(threads=2, rows=rows))
+
+
+# -- the GRU's recurrent dropout: the mask on h where W_hh reads it -----------------------
+# (T, B, I, H, reverse): uneven, T=1 and B=1, H past one tile block, H >= 256
+DROPOUT_GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (6, 4, 9, 70, True),
+                      (4, 5, 6, 260, False)]
+
+
+@pytest.mark.parametrize("shape", DROPOUT_GRU_SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
+@pytest.mark.parametrize("reset_after", [True, False], ids=["reset-after", "reset-before"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gru_cpu_kernels_with_recurrent_dropout_against_the_reference(rng, shape, reset_after,
+                                                                       dtype):
+    _check_gru_dropout_kernels(rng, shape, reset_after, dtype)
+
+
+@pytest.mark.parametrize("rows", [False, True], ids=["units-split", "rows-split"])
+def test_gru_parallel_loops_with_a_mask(rng, rows):
+    """Both ways of sharing the float32 time loops among threads (the units of a
+    step, or the rows of the batch), forced at small shapes."""
+    for shape in [(5, 3, 4, 130, False), (4, 11, 3, 64, True), (3, 2, 5, 20, False)]:
+        _check_gru_dropout_kernels(rng, shape, True, np.float32, dict(threads=2, rows=rows))
+
+
+def _check_gru_dropout_kernels(rng, shape, reset_after, dtype, plan=None):
+    """plan: None, or the fields of the float32 loops' plan to force."""
+    T, B, I, H, reverse = shape
+    scale = min(0.5, 2 / np.sqrt(H))
+    w = [rng.standard_normal(s) * scale for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
+    mask = (rng.random((B, H)) >= 0.3) / 0.7
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    y, h, cache = gru_forward_ref(x, *w, h0, lengths, reverse, reset_after, h_mask=mask)
+    dy, dh_n = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
+    dx, dh0, grads = gru_backward_ref(dy, dh_n, cache)
+    want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
+    packed = pack_gru_cpu(*(a.astype(dtype) for a in w), reset_after=reset_after)
+    kw = {} if plan is None else dict(
+        plan=make_plan(T, B, I, packed.Hp, 3, True)._replace(**plan))
+    yk, hk, cache_k = gru_forward_cpu(x.astype(dtype), packed, h0.astype(dtype), lengths,
+                                      reverse, training=True, h_mask=mask.astype(dtype), **kw)
+    dxk, dh0k, grads_k = gru_backward_cpu(dy.astype(dtype), dh_n.astype(dtype), cache_k,
+                                          packed)
+    got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)
+    assert set(got) == set(want)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    for k in want:
+        assert got[k].dtype == dtype, k
+        assert_close(got[k], want[k], rtol if k in "yh" else 5 * rtol, k)
+
+
+# -- the layer-normalised GRU (reset_after), with zoneout and dropout or not --------------
+# (T, B, I, H, reverse): uneven, T=1 and B=1, H=1, H past a tile block (64 units)
+LAYER_NORM_GRU_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (4, 2, 3, 1, True),
+                         (6, 4, 9, 70, True)]
+
+
+@pytest.mark.parametrize("shape", LAYER_NORM_GRU_SHAPES,
+                         ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
+@pytest.mark.parametrize("zoned", [False, True], ids=["plain", "zoneout-dropout"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gru_cpu_kernels_with_layer_norm_against_the_reference(rng, shape, zoned, dtype):
+    T, B, I, H, reverse = shape
+    cell, norms, x, h0, mask, zone_h, lengths = layer_norm_gru_case(rng, T, B, I, H, zoned)
+    options = dict(h_mask=mask, zone_h=zone_h) if zoned else {}
+    y, h, cache = gru_forward_ref(x, *cell, h0, lengths, reverse, **options, **norms)
+    dy, dh_n = rng.standard_normal(y.shape), rng.standard_normal(h.shape)
+    dx, dh0, grads = gru_backward_ref(dy, dh_n, cache)
+    want = dict(y=y, h=h, dx=dx, dh0=dh0, **grads)
+
+    def cast(a):
+        return None if a is None else a.astype(dtype)
+    packed = pack_gru_cpu(*map(cast, cell), **{k: cast(v) for k, v in norms.items()})
+    args = (cast(x), packed, cast(h0), lengths, reverse)
+    options = {k: cast(v) for k, v in options.items()}
+    yk, hk, cache_k = gru_forward_cpu(*args, training=True, **options)
+    dxk, dh0k, grads_k = gru_backward_cpu(cast(dy), cast(dh_n), cache_k, packed)
+    got = dict(y=yk, h=hk, dx=dxk, dh0=dh0k, **grads_k)
+    assert sorted(got) == sorted(want)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    # inference (zoneout's rate, when zoned, is the layer's test in tests/test_layer_norm.py)
+    if not zoned:
+        assert_close(gru_forward_cpu(*args)[0], y, rtol, "y (inference)")
+    for k in want:
+        assert got[k].dtype == dtype, k
+        assert_close(got[k], want[k], rtol if k in "yh" else 20 * rtol, k)

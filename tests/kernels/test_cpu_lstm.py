@@ -1,4 +1,9 @@
-"""The CPU LSTM kernels against the NumPy reference."""
+"""The CPU LSTM kernels (lstm_forward_cpu, lstm_backward_cpu, lstm_step_cpu) against the
+NumPy reference, every option's case in this one file: random and edge shapes, lengths,
+the cell options, the parallel loops' plans, activations, peepholes and layer
+normalisation; then zoneout (with and without a projection), recurrent dropout and the
+projection on their own shapes. Also the weight gradients' helpers (row chunks,
+transposes, untile) against NumPy."""
 import numpy as np
 import pytest
 
@@ -6,7 +11,9 @@ from numlstm.kernels.cpu import lstm_backward_cpu, lstm_forward_cpu, pack_lstm_c
 from numlstm.kernels.cpu.lstm import forward_plan
 from numlstm.kernels.gates import make_acts
 from numlstm.kernels.reference import lstm_backward_ref, lstm_forward_ref
-from helpers import SOFTSIGN, assert_close, lstm_weights
+from helpers import (SOFTSIGN, assert_close, assert_kernels_match, lstm_weights,
+                     projected_lstm_inputs, projected_lstm_weights, projected_zones,
+                     zoneout_weights)
 
 # float32 kernels use the vectorised exp; float64 ones are libm-exact.
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -282,3 +289,198 @@ def test_cpu_kernels_match_reference_with_layer_norm(rng, dtype, options):
         for T, B, I, H, lengths in [(6, 4, 3, 9, np.array([6, 0, 2, 5])), (1, 1, 2, 5, None),
                                     (5, 3, 7, 20, None)]:
             _compare(rng, T, B, I, H, dtype, reverse, lengths, layer_norm=True, **options)
+
+
+# -- zoneout: each unit of c and h keeps its old value (0/1 draws, or the rate) -----------
+# (T, B, I, H, reverse): uneven, T=1 and B=1, H >= 256 (every thread shares a step)
+ZONEOUT_SHAPES = [(5, 3, 4, 7, False), (1, 1, 2, 5, True), (6, 4, 9, 70, True),
+                  (4, 5, 6, 260, False)]
+
+
+@pytest.mark.parametrize("shape", ZONEOUT_SHAPES, ids=lambda s: "T{}B{}I{}H{}-{}".format(*s))
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_kernels_with_zoneout_against_the_reference(rng, shape, training, dtype):
+    T, B, I, H, reverse = shape
+    cell = lstm_weights(rng, I, H, np.float64, min(0.5, 2 / np.sqrt(H)))
+    x, h0, c0 = (rng.standard_normal(s) for s in ((T, B, I), (B, H), (B, H)))
+    zone = zoneout_weights(rng, T, B, H, training)
+    mask = (rng.random((B, H)) >= 0.3) / 0.7  # with recurrent dropout too
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    y, h, c, cache = lstm_forward_ref(x, *cell, h0, c0, lengths, reverse, cell_clip=0.9,
+                                      h_mask=mask, zone_c=zone[0], zone_h=zone[1])
+    dy, dh_n, dc_n = (rng.standard_normal(a.shape) for a in (y, h, c))
+    dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
+    want = dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, **grads)
+
+    def cast(a):
+        return a.astype(dtype)
+
+    packed = pack_lstm_cpu(*map(cast, cell), cell_clip=0.9)
+    args = (cast(x), packed, cast(h0), cast(c0), lengths, reverse)
+    options = dict(h_mask=cast(mask), zone_c=cast(zone[0]), zone_h=cast(zone[1]))
+    yk, hk, ck, cache_k = lstm_forward_cpu(*args, training=True, **options)
+    yi, hi, ci, _ = lstm_forward_cpu(*args, training=False, **options)
+    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*map(cast, (dy, dh_n, dc_n)), cache_k, packed)
+    got = dict(y=yk, h=hk, c=ck, dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
+    assert_kernels_match(got, want, dict(y=(yi, y), c_n=(ci, c)),
+                         2e-5 if dtype == np.float32 else 1e-12, dtype)
+
+
+# -- zoneout in a projected LSTM: zone_h mixes the projected h (P units) ------------------
+# (T, B, I, H, P, reverse): uneven, T=1 and B=1, H and P past one block, H >= 256
+ZONEOUT_PROJ_SHAPES = [(5, 3, 4, 7, 3, False), (1, 1, 2, 5, 2, True), (6, 4, 9, 70, 65, True),
+                       (4, 5, 6, 260, 130, False)]
+
+
+def _check_projected_zoneout_kernels(rng, shape, training, dtype, layer_norm=False, plan=None):
+    """plan: None, or the fields of the float32 loops' plan to force."""
+    T, B, I, H, P, reverse = shape
+    a = projected_lstm_inputs(rng, T, B, I, H, P, min(0.5, 2 / np.sqrt(H)), layer_norm)
+    zone_c, zone_h = projected_zones(rng, T, B, H, P, training)
+    mask = (rng.random((B, P)) >= 0.3) / 0.7
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    names = ("w_ih", "w_hh", "b_ih", "b_hh")
+    extra = {k: a[k] for k in a if k not in names + ("x", "h0", "c0")}
+    y, h, c, cache = lstm_forward_ref(a["x"], *(a[k] for k in names), a["h0"], a["c0"],
+                                      lengths, reverse, cell_clip=0.9, h_mask=mask,
+                                      zone_c=zone_c, zone_h=zone_h, **extra)
+    dy, dh_n, dc_n = (rng.standard_normal(v.shape) for v in (y, h, c))
+    dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
+    want = dict(y=y, h=h, c=c, dx=dx, dh0=dh0, dc0=dc0, **grads)
+
+    def cast(v):
+        return v.astype(dtype)
+
+    packed = pack_lstm_cpu(*(cast(a[k]) for k in names), cell_clip=0.9,
+                           **{k: cast(v) for k, v in extra.items()})
+    args = (cast(a["x"]), packed, cast(a["h0"]), cast(a["c0"]), lengths, reverse)
+    options = dict(h_mask=cast(mask), zone_c=cast(zone_c), zone_h=cast(zone_h))
+    if plan is not None:
+        options["plan"] = forward_plan(args[0].shape, packed, True, False)._replace(**plan)
+    yk, hk, ck, cache_k = lstm_forward_cpu(*args, training=True, **options)
+    yi, hi, ci, _ = lstm_forward_cpu(*args, training=False, **options)
+    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*map(cast, (dy, dh_n, dc_n)), cache_k, packed)
+    got = dict(y=yk, h=hk, c=ck, dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
+    rtol = (1e-4 if layer_norm else 2e-5) if dtype == np.float32 else 1e-12
+    assert_kernels_match(got, want, dict(y=(yi, y), h_n=(hi, h), c_n=(ci, c)), rtol, dtype)
+
+
+@pytest.mark.parametrize("shape", ZONEOUT_PROJ_SHAPES,
+                         ids=lambda s: "T{}B{}I{}H{}P{}-{}".format(*s))
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_projected_cpu_kernels_with_zoneout_against_the_reference(rng, shape, training, dtype):
+    _check_projected_zoneout_kernels(rng, shape, training, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_projected_layer_norm_cpu_kernels_with_zoneout_against_the_reference(rng, dtype):
+    """layer_norm's loop (the BLAS path; float32's products on Numba's threads)."""
+    for shape in ZONEOUT_PROJ_SHAPES[:3]:
+        for training in (True, False):
+            _check_projected_zoneout_kernels(rng, shape, training, dtype, layer_norm=True)
+
+
+def test_projected_parallel_loop_with_zoneout(rng):
+    """The float32 loop with every step shared among the threads (two parallel regions a
+    step: the gates, then the projection), forced at small shapes."""
+    for shape in [(5, 3, 4, 130, 70, False), (4, 2, 3, 70, 65, True)]:
+        _check_projected_zoneout_kernels(rng, shape, True, np.float32, plan=dict(threads=2))
+
+
+# -- recurrent dropout (projected or not): the mask on h where W_hh reads it --------------
+def _dropout_cell(rng, I, H, P, scale):
+    shapes = [(4 * H, I), (4 * H, P or H), (4 * H,), (4 * H,)] + ([(P, H)] if P else [])
+    arrays = [rng.standard_normal(s) * scale for s in shapes]
+    return arrays + [None] * (5 - len(arrays))
+
+
+# (T, B, I, H, P, reverse): uneven, T=1 and B=1, a projection, and H >= 256 (every
+# thread shares a step)
+DROPOUT_SHAPES = [(5, 3, 4, 7, None, False), (1, 1, 2, 5, None, True), (6, 4, 9, 70, 33, True),
+                  (4, 5, 6, 260, None, False), (3, 4, 5, 260, 129, True)]
+
+
+@pytest.mark.parametrize("shape", DROPOUT_SHAPES, ids=lambda s: "T{}B{}I{}H{}P{}-{}".format(*s))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_kernels_with_recurrent_dropout_against_the_reference(rng, shape, dtype):
+    T, B, I, H, P, reverse = shape
+    cell = _dropout_cell(rng, I, H, P, min(0.5, 2 / np.sqrt(H)))
+    Pu = P or H
+    x, h0, c0 = (rng.standard_normal(s) for s in ((T, B, I), (B, Pu), (B, H)))
+    mask = (rng.random((B, Pu)) >= 0.3) / 0.7
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    y, h, c, cache = lstm_forward_ref(x, *cell[:4], h0, c0, lengths, reverse, w_hr=cell[4],
+                                      h_mask=mask)
+    dy, dh_n, dc_n = (rng.standard_normal(a.shape) for a in (y, h, c))
+    want = dict(zip(("y", "h", "c"), (y, h, c)))
+    dx, dh0, dc0, grads = lstm_backward_ref(dy, dh_n, dc_n, cache)
+    want.update(dx=dx, dh0=dh0, dc0=dc0, **grads)
+
+    def cast(a):
+        return None if a is None else a.astype(dtype)
+
+    packed = pack_lstm_cpu(*map(cast, cell))
+    yk, hk, ck, cache_k = lstm_forward_cpu(cast(x), packed, cast(h0), cast(c0), lengths,
+                                           reverse, training=True, h_mask=cast(mask))
+    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(cast(dy), cast(dh_n), cast(dc_n), cache_k,
+                                                 packed)
+    got = dict(y=yk, h=hk, c=ck, dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
+    assert set(got) == set(want)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    for k in want:
+        assert got[k].dtype == dtype, k
+        assert_close(got[k], want[k], rtol if k in "yhc" else 5 * rtol, k)
+
+
+# -- the projection (proj_size): h = W_hr (o * tanh(c)), P units --------------------------
+# (T, B, I, H, P): uneven sizes, T=1 and B=1, and H >= 256, where a step runs on
+# every thread (two parallel regions a step: gates, then the projection)
+PROJ_SHAPES = [(5, 3, 4, 7, 3), (1, 1, 2, 5, 4), (6, 2, 9, 70, 65), (3, 4, 5, 260, 129)]
+
+
+# (the float64 path has one loop shape whatever the size: the small shapes cover it)
+PROJ_CASES = [(s, np.float32) for s in PROJ_SHAPES] + [
+    (s, np.float64) for s in PROJ_SHAPES if s[3] < 100]
+
+
+@pytest.mark.parametrize("shape,dtype", PROJ_CASES, ids=[
+    "T{}B{}I{}H{}P{}-".format(*s) + np.dtype(d).name for s, d in PROJ_CASES])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_projected_cpu_kernels_against_the_reference(rng, shape, dtype, reverse):
+    T, B, I, H, P = shape
+    # Weights of a trainable size (torch draws them within 1/sqrt(H)): at 0.5 for
+    # every H, two products of 65+ terms saturate the gates, and float32's rounding
+    # grows with the gain whatever the summation order (5e-6 against 3e-7 at H=70).
+    cell = projected_lstm_weights(rng, I, H, P, dtype, scale=min(0.5, 2 / np.sqrt(H)))
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((B, P)).astype(dtype)
+    c0 = rng.standard_normal((B, H)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    options = dict(cell_clip=0.8) if T > 4 else {}
+    # (the reference runs in float64 on the same numbers: the oracle, not a peer)
+    x64, h64, c64, *cell64 = (a.astype(np.float64) for a in (x, h0, c0) + cell)
+    y, h, c, cache = lstm_forward_ref(x64, *cell64[:4], h64, c64, lengths, reverse,
+                                      w_hr=cell64[4], **options)
+    packed = pack_lstm_cpu(*cell, **options)
+    yk, hk, ck, cache_k = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=True)
+    yi, hi, ci, _ = lstm_forward_cpu(x, packed, h0, c0, lengths, reverse, training=False)
+    rtol = 2e-5 if dtype == np.float32 else 1e-12
+    for name, got, want in [("y", yk, y), ("h_n", hk, h), ("c_n", ck, c),
+                            ("y (inference)", yi, y), ("c_n (inference)", ci, c)]:
+        assert got.dtype == dtype, name
+        assert_close(got, want, rtol, name)
+    dy, dh_n, dc_n = (rng.standard_normal(a.shape) for a in (y, h, c))
+    want = dict(zip(("dx", "dh0", "dc0"), lstm_backward_ref(dy, dh_n, dc_n, cache)[:3]))
+    want.update(lstm_backward_ref(dy, dh_n, dc_n, cache)[3])
+    dxk, dh0k, dc0k, grads_k = lstm_backward_cpu(*(a.astype(dtype) for a in (dy, dh_n, dc_n)),
+                                                 cache_k, packed)
+    got = dict(dx=dxk, dh0=dh0k, dc0=dc0k, **grads_k)
+    assert set(got) == set(want)
+    for name in want:
+        assert_close(got[name], want[name], 5 * rtol, name)
