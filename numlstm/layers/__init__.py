@@ -3,8 +3,10 @@ Embedding, Dropout).
 
 Modules, each depending only on the ones above it:
     base.py       the Layer protocol, dropout's masks
+    state.py      CallState: the state a call starts from and hands back, and the
+                  side (host or GPU) of its arrays
     recurrent.py  Recurrent, the call path of every recurrent layer (torch's API and
-                  the Sequential protocol's)
+                  the Sequential protocol's, both adapters over _run and _run_backward)
     cells.py      LSTM, GRU and RNN: their equations, options and parameters
     basic.py      Dense, Embedding, Dropout
 Argument checks live in numlstm/validation.py.
