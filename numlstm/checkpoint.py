@@ -90,7 +90,6 @@ def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
     """Write model (a Sequential), optimizer (or None), step and extra (a JSON-able
     dict) to path atomically, keeping the file it replaces as <name>.prev.npz. A
     folder path gets checkpoint.npz inside it. Returns the file's path."""
-
     if not isinstance(model, Sequential):
         raise TypeError(f"model: expected a numlstm.Sequential, got {type(model).__name__}")
     if optimizer is not None and not isinstance(optimizer, Optimizer):
@@ -184,7 +183,6 @@ def load_checkpoint(path, fallback=False):
 
 
 def _read(path):
-
     try:
         with zipfile.ZipFile(path) as z:
             files = {n: z.read(n) for n in z.namelist()}

@@ -26,6 +26,7 @@ def write_atomically(path, write, previous=None):
 
 
 def fsync_folder(folder):
+    """Make a rename inside folder durable (where the platform can open folders)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # not every platform opens folders

@@ -15,15 +15,18 @@ def loss_curve(path, curves, xlabel, title, ylabel="loss"):
     plt = _pyplot()
     from matplotlib import ticker
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    positive = True
+    positive, lo, hi = True, float("inf"), 0.0
     for label, (x, y) in curves.items():
         ax.plot(x, y, label=label, marker="o" if len(x) < 40 else None, ms=3)
         positive &= all(v > 0 for v in y)
+        lo, hi = min(lo, *y), max(hi, *y)
     if positive:
         ax.set_yscale("log")
         plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        # the minor ticks (2, 3, ... 9 times a power of ten) labelled too where the
+        # curves span under two decades, so that a short axis still reads
+        ax.yaxis.set_minor_formatter(plain if hi < 100 * lo else ticker.NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -628,8 +628,8 @@ def run_adding(args):
           f"answering 1.0; trained in {train_seconds:.1f} s; wrote {out}/metrics.json, "
           f"checkpoint.npz, loss.png")
     beat_baseline(test_mse, metrics["baseline_mse"], "always answering 1.0",
-                  f"The task takes an LSTM about 2000 steps at T=100: try more --steps "
-                  f"(the default is 2000), a shorter --seq-len"
+                  "The task takes an LSTM about 2000 steps at T=100: try more --steps "
+                  "(the default is 2000), a shorter --seq-len"
                   + (", or --cell lstm or gru (a plain RNN does not learn it)."
                      if args.cell == "rnn" else "."))
     return metrics
