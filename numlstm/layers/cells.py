@@ -16,9 +16,12 @@ class LSTM(Recurrent):
     with dropout applied to it when training.
 
     Args:
-        input_size (I), hidden_size (H), num_layers (L): sizes, each >= 1.
+        input_size: I, the features of each step's input (>= 1).
+        hidden_size: H, the units of the state (>= 1).
+        num_layers: L, the layers stacked (>= 1; default 1).
         bidirectional: add a reverse direction per layer (D = 2).
-        batch_first: x and y are [B,T,*] instead of [T,B,*] (states stay [L*D,B,H]).
+        batch_first: x and y are `[B,T,*]` instead of `[T,B,*]` (states stay
+            `[L*D,B,H]`).
         dropout: probability in [0, 1) of zeroing an inter-layer activation when
             training=True (inverted dropout: survivors scaled by 1/(1-p)).
         backend: "auto" (default: the CPU kernels for NumPy input, the CUDA kernels
@@ -110,22 +113,22 @@ class LSTM(Recurrent):
     Parameters (`params`, read-only arrays; gradients in `grads`, same names),
     named and shaped as in torch.nn.LSTM, gate blocks in the order i, f, g, o,
     k = layer index, `_reverse` for the reverse direction:
-        weight_ih_l{k} [G, I or D*H], weight_hh_l{k} [G,H], bias_ih_l{k} [G],
+        weight_ih_l{k} `[G, I or D*H]`, weight_hh_l{k} [G,H], bias_ih_l{k} [G],
         bias_hh_l{k} [G] (two biases, as cuDNN has them, so torch weights load as
         they are), and weight_hr_l{k} [P,H] with a projection (W_hh then [G,P],
-        layer k > 0 reading D*P features). Initialised uniform in [-1/sqrt(H),
+        layer k > 0 reading `D*P` features). Initialised uniform in [-1/sqrt(H),
         1/sqrt(H)] like torch.
 
     Call: ``y, (h_n, c_n) = lstm(x, state=None, training=False, lengths=None, mask=None)``
         x: [T,B,I] ([B,T,I] with batch_first; [T,I] unbatched)
-        state: (h0, c0), each [L*D,B,H] ([L*D,H] unbatched); zeros if omitted
+        state: (h0, c0), each `[L*D,B,H]` (`[L*D,H]` unbatched); zeros if omitted
         lengths: [B] ints in [1, T], any order: sequence b is valid at steps
             t < lengths[b]; its outputs past that are zero, h_n and c_n are its
             state at its last valid step, and the reverse direction starts there
             (torch's packed sequences).
         mask: instead of lengths, a boolean [B,T] (Keras style; batch first even
             without batch_first), True at valid steps; it must be right-padded.
-        y: [T,B,W] (W = output_size); h_n, c_n: [L*D,B,H]
+        y: [T,B,W] (W = output_size); h_n, c_n: `[L*D,B,H]`
         training=True keeps what backward needs and turns dropout on.
 
     Backward: ``dx, (dh0, dc0) = lstm.backward(dy, (dh_n, dc_n))``, after a
@@ -202,11 +205,11 @@ class GRU(Recurrent):
     n = tanh(x_n + r * (LN(W_hh h)_n + b_hn)); no state is normalised (the GRU has
     no c). Each cell gains weight_ln_ih_l{k} and weight_ln_hh_l{k} [3H] (ones at
     first). torch, Keras and ONNX have no such layer and refuse it.
-    Parameters: torch's names, weight_ih_l{k} [3H, I or D*H], weight_hh_l{k}
+    Parameters: torch's names, weight_ih_l{k} `[3H, I or D*H]`, weight_hh_l{k}
     [3H,H], bias_ih_l{k} [3H], bias_hh_l{k} [3H].
 
     Call: ``y, h_n = gru(x, state=None, training=False, lengths=None, mask=None)``,
-    state (h0) and h_n [L*D,B,H]. Backward: ``dx, dh0 = gru.backward(dy, dh_n)``.
+    state (h0) and h_n `[L*D,B,H]`. Backward: ``dx, dh0 = gru.backward(dy, dh_n)``.
     Streaming: ``y_t, h = gru.step(x_t, h)``.
     """
     cell = "gru"
@@ -240,7 +243,7 @@ class RNN(Recurrent):
     D*H], weight_hh_l{k} [H,H], bias_ih_l{k} [H], bias_hh_l{k} [H].
 
     Call: ``y, h_n = rnn(x, state=None, training=False, lengths=None, mask=None)``,
-    state (h0) and h_n [L*D,B,H].
+    state (h0) and h_n `[L*D,B,H]`.
     Backward: ``dx, dh0 = rnn.backward(dy, dh_n)``.
 
     It forgets: gradients through many steps of tanh(W h) shrink or grow
