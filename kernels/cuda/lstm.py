@@ -24,14 +24,13 @@ import math
 
 from numba import cuda
 
-from ..gates import (DEFAULT_ACTS, activate, clip_gate, for_cuda, gate_clip_bounds, lstm_cell,
-                     lstm_cell_grads)
+from ..gates import DEFAULT_ACTS, activate, for_cuda, gate_clip_bounds, lstm_cell_grads
 from .cells import CudaLSTM
 from .common import (as_device, back_slots, block_items, combine, copy, device_array, dh_one,
                      dh_product, input_gradients, item_at, lengths_or_full, load_columns,
                      load_rows, matmul, ones, plan, step_slots)
-from .lstm_cell import (ROWS, extra_gradients, gate_products, h_gradient, options,
-                        project_step)
+from .lstm_cell import (ROWS, cell_update, extra_gradients, gate_products, h_gradient,
+                        options, project_step)
 from .lstm_norm import norm_backward, norm_forward
 
 
@@ -72,9 +71,8 @@ def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, state, saved, wal
     h, c, y = state
     gates, cs, cin, hin = saved
     reverse, units, training = walk
-    zero, clip, coupled, gclip, acts = opts
+    zero, acts = opts[0], opts[4]
     peep, mask, zc, zh = extras
-    peeped = peep.shape[0] > 0
     masked = mask.shape[0] > 0
     zoned = zc.shape[0] > 0
     projected = w_hr.shape[0] > 0
@@ -95,16 +93,7 @@ def _forward_step(s, xp, w_hh, w_sh, cached, w_hr, m, lengths, state, saved, wal
             ai, af, ag, ao = gate_products(
                 xp[row, u], xp[row, H + u], xp[row, 2 * H + u], xp[row, 3 * H + u], w_hh,
                 w_sh, cached, j * ROWS * stride + ul * KP, stride, h, cur, b, u, mask)
-            if peeped:  # ONNX's peepholes: i, f read the old state, o the new
-                ai += peep[0, u] * c_in
-                af += peep[1, u] * c_in
-            i = activate(acts[0], clip_gate(ai, gclip))
-            g = activate(acts[2], clip_gate(ag, gclip))
-            f, c_new = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c_in, clip,
-                                 coupled)
-            if peeped:
-                ao += peep[2, u] * c_new
-            o = activate(acts[0], clip_gate(ao, gclip))
+            i, f, g, o, c_new = cell_update(ai, af, ag, ao, c_in, peep, u, opts)
             h_new = o * activate(acts[2], c_new)
             if training:
                 cs[t, b, u] = c_new

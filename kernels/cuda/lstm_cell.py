@@ -15,6 +15,7 @@ lstm_norm.py:
 """
 from numba import cuda
 
+from ..gates import activate, clip_gate, lstm_cell
 from .common import block_items, device_array, flat_launch, item_at, matmul, step_slots
 
 
@@ -53,6 +54,26 @@ def gate_products(ai, af, ag, ao, w_hh, w_sh, cached, w, stride, h, cur, b, u, m
             ag += hk * w_hh[2 * H + u, k]
             ao += hk * w_hh[3 * H + u, k]
     return ai, af, ag, ao
+
+
+@cuda.jit(device=True)
+def cell_update(ai, af, ag, ao, c_in, peep, u, opts):
+    """Unit u's LSTM cell from its four gate pre-activations (ai, af, ag, ao) and the
+    state entering the step c_in: (i, f, g, o, c'), the activated gates and the new
+    cell state before zoneout. peep: the peepholes [3,H], or [0,1] for none (ONNX's:
+    i and f read c_in, o reads c'); opts: options()'s, gate_clip bounding each
+    pre-activation, cell_clip c', input_forget coupling f = 1 - i. The plain
+    (lstm.py) and the layer-normalised (lstm_norm.py) forwards share it."""
+    _, clip, coupled, gclip, acts = opts
+    if peep.shape[0] > 0:
+        ai += peep[0, u] * c_in
+        af += peep[1, u] * c_in
+    i = activate(acts[0], clip_gate(ai, gclip))
+    g = activate(acts[2], clip_gate(ag, gclip))
+    f, c_new = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c_in, clip, coupled)
+    if peep.shape[0] > 0:
+        ao += peep[2, u] * c_new
+    return i, f, g, activate(acts[0], clip_gate(ao, gclip)), c_new
 
 
 @cuda.jit(device=True)

@@ -41,13 +41,13 @@ import math
 
 from numba import cuda
 
-from ..gates import activate, clip_gate, dactivate, gate_clip_bounds, lstm_cell, lstm_gate_grads
+from ..gates import activate, dactivate, gate_clip_bounds, lstm_gate_grads
 from ..gates import LAYER_NORM_EPS
 from .common import (back_slots, block_items, column_sums, copy, device_array, dh_one,
                      dh_product, item_at, load_columns, load_rows, matmul, ones, plan,
                      step_slots)
-from .lstm_cell import (ROWS, extra_gradients, gate_products, h_gradient, options,
-                        project_step)
+from .lstm_cell import (ROWS, cell_update, extra_gradients, gate_products, h_gradient,
+                        options, project_step)
 from .norm import (column_dots, grad_means, normalised_input, normalised_input_gradients,
                    row_stats)
 
@@ -92,7 +92,7 @@ def _norm_gates(s, xp, r, lengths, c, saved, normed, ln, T, walk, opts, extras):
     hhat, sdh = normed
     ln_hh, _, _, inv_g, _, eps = ln
     reverse, units, training = walk
-    zero, clip, coupled, gclip, acts = opts
+    zero = opts[0]
     peep, _, zc, _ = extras
     B = r.shape[0]
     G = r.shape[1]
@@ -122,19 +122,11 @@ def _norm_gates(s, xp, r, lengths, c, saved, normed, ln, T, walk, opts, extras):
             af = xp[row, H + u] + ln_hh[H + u] * hf
             ag = xp[row, 2 * H + u] + ln_hh[2 * H + u] * hg
             ao = xp[row, 3 * H + u] + ln_hh[3 * H + u] * ho
-            if peep.shape[0] > 0:  # ONNX's peepholes: i, f read the old state, o the new
-                ai += peep[0, u] * c_in
-                af += peep[1, u] * c_in
-            i = activate(acts[0], clip_gate(ai, gclip))
-            g = activate(acts[2], clip_gate(ag, gclip))
-            f, c_new = lstm_cell(i, activate(acts[0], clip_gate(af, gclip)), g, c_in, clip,
-                                 coupled)
-            if peep.shape[0] > 0:
-                ao += peep[2, u] * c_new
+            i, f, g, o, c_new = cell_update(ai, af, ag, ao, c_in, peep, u, opts)
             gates[i_s, b, u] = i
             gates[i_s, b, H + u] = f
             gates[i_s, b, 2 * H + u] = g
-            gates[i_s, b, 3 * H + u] = activate(acts[0], clip_gate(ao, gclip))
+            gates[i_s, b, 3 * H + u] = o
             cn[i_s, b, u] = c_new
             if zc.shape[0] > 0:  # zoneout keeps part of the old state
                 c_new += zc[t if zc.shape[0] > 1 else 0, b, u] * (c_in - c_new)
