@@ -36,7 +36,7 @@ class TiledLSTM(NamedTuple):
     acts: tuple
     peep: Optional[np.ndarray]  # [3,Hp] or None
     w_in: np.ndarray        # [Gp/CB, I, CB]: x @ W_ih^T
-    w_fwd: np.ndarray       # [Gp/CB, Pp, CB]: h @ W_hh^T
+    w_fwd: np.ndarray       # [Gp/CB, P, CB]: h @ W_hh^T (the P units, no padding)
     w_bwd: np.ndarray       # [Pp/CB, Gp, CB]: dG @ W_hh
     w_dx: np.ndarray        # [Ip/CB, Gp, CB]: dG @ W_ih, I padded to Ip
     w_proj: np.ndarray      # [Pp/CB, Hp, CB]: m @ W_hr^T ([0,1,CB]: no projection)
@@ -76,7 +76,7 @@ class TiledGRU(NamedTuple):
     b_in: np.ndarray        # [1,Gp]: b_ih in the tiled columns
     b_rec: np.ndarray       # [1,Gp]: b_hh in the tiled columns
     w_in: np.ndarray        # [Gp/CB, I, CB]: x @ W_ih^T
-    w_fwd: np.ndarray       # [Gp/CB, Hp, CB]: h @ W_hh^T
+    w_fwd: np.ndarray       # [Gp/CB, H, CB]: h @ W_hh^T (the H units, no padding)
     w_bwd: np.ndarray       # [Hp/CB, Gp, CB]: dG @ W_hh
     w_dx: np.ndarray        # [Ip/CB, Gp, CB]: dG @ W_ih
     reset_after = True
@@ -122,7 +122,7 @@ class TiledRNN(NamedTuple):
     rows: np.ndarray        # [H]: the tiled row of torch's row j
     bias: np.ndarray        # [1,Hp]: b_ih + b_hh
     w_in: np.ndarray        # [Hp/CB, I, CB]: x @ W_ih^T
-    w_fwd: np.ndarray       # [Hp/CB, Hp, CB]: h @ W_hh^T
+    w_fwd: np.ndarray       # [Hp/CB, H, CB]: h @ W_hh^T (the H units, no padding)
     w_bwd: np.ndarray       # [Hp/CB, Hp, CB]: dG @ W_hh
     w_dx: np.ndarray        # [Ip/CB, Hp, CB]: dG @ W_ih
     kind = "tiled"

@@ -41,8 +41,16 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
       each other 2x to 8x. The gate math is in functions of one row's arrays
       (_gates_row, ...), which LLVM vectorises, as it did not in the loop.
 
-Hidden units are padded to a multiple of HB with zero weights and zero state:
-a padded unit stays exactly zero and feeds nothing, so padding changes no value.
+Hidden units are padded to a multiple of HB (the arrays of units: h, c, y, the
+gates) with zero weights and zero state, but no product or gate loop spends time
+on the padding: the products sum over the layer's own units only (the weights'
+K rows: H, or P, not Hp), and the forward's loops run the blocks of U units that
+hold units, Gl/CB of them, Gl = ceil(H/U) * CB gate columns (at H = 96, 6 blocks
+of Hp/U = 8: the padding had cost a third more time). The padded units' entries
+are never read by a product (the weights' rows past the units are gone) and are
+dropped at the end; the training forward zeroes them in what the backward reads
+(the gates, c and y), so the backward's loops and weight gradients, which run
+over whole blocks of HB, meet zeros there.
 
 A recurrent projection (torch's proj_size P: h = W_hr (o * tanh(c)), h and y of
 P units, padded to Pp) adds a second parallel region to each step: the gate math
@@ -164,17 +172,18 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None, 
     if w_hr is not None:
         w_hr_p[:P, :H] = w_hr
     no_blocks = np.zeros((0, 1, CB), np.float32)
+    Gl = -(-H // U) * CB  # the gate columns of the blocks that hold units (module docstring)
     return TiledLSTM(
         H=H, Hp=Hp, P=P, Pp=Pp, cols=cols, bias=bias_p, **options,
         peep=(None if peephole is None else
               pad_units(peephole.reshape(3, H).astype(np.float32), Hp)),
-        w_in=in_blocks(w_ih_p.T),   # [Gp/CB, I, CB]: x @ W_ih^T
-        w_fwd=in_blocks(w_hh_p.T),  # [Gp/CB, Pp, CB]: h @ W_hh^T
-        w_bwd=in_blocks(w_hh_p),    # [Pp/CB, Gp, CB]: dG @ W_hh
-        w_dx=in_blocks(w_ih_p),     # [Ip/CB, Gp, CB]: dG @ W_ih, I padded to Ip
-        # [Pp/CB, Hp, CB]: m @ W_hr^T and [Hp/CB, Pp, CB]: dh @ W_hr (no blocks: none)
-        w_proj=no_blocks if w_hr is None else in_blocks(w_hr_p.T),
-        w_proj_bwd=no_blocks if w_hr is None else in_blocks(w_hr_p))
+        w_in=in_blocks(w_ih_p[:Gl].T),         # [Gl/CB, I, CB]: x @ W_ih^T
+        w_fwd=in_blocks(w_hh_p[:Gl, :P].T),    # [Gl/CB, P, CB]: h @ W_hh^T
+        w_bwd=in_blocks(w_hh_p[:Gl]),          # [Pp/CB, Gl, CB]: dG @ W_hh
+        w_dx=in_blocks(w_ih_p[:Gl]),           # [Ip/CB, Gl, CB]: dG @ W_ih, I padded to Ip
+        # [Pp/CB, H, CB]: m @ W_hr^T and [Hp/CB, P, CB]: dh @ W_hr (no blocks: none)
+        w_proj=no_blocks if w_hr is None else in_blocks(w_hr_p[:, :H].T),
+        w_proj_bwd=no_blocks if w_hr is None else in_blocks(w_hr_p[:P]))
 
 
 def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=False,
@@ -233,8 +242,10 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
         hbuf[0, :, :Pu] = h0
         c0_kept = pad_units(c0, Hp)
         c = c0_kept.copy()
-        y = np.empty((T, B, Pp), np.float32)
-        cs = np.empty((T, B, Hp) if training else (1, 1, 1), np.float32)
+        # Training, with blocks of padding the loops skip: zeros there for the backward.
+        alloc = np.zeros if training and packed.w_in.shape[0] * CB < 4 * Hp else np.empty
+        y = alloc((T, B, Pp), np.float32)
+        cs = alloc((T, B, Hp) if training else (1, 1, 1), np.float32)
         rec = np.empty((B, 4 * Hp), np.float32)
         plain = (h_mask is None and zone_c is None and not packed.proj
                  and packed.peep is None)
@@ -248,11 +259,11 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
             zero = np.zeros((1, Pp), np.float32)
             mask, hmbuf = mask_buffers(h_mask, hbuf)
             zc, zh = zone_weights(zone_c, Hp, np.float32), zone_weights(zone_h, Pp, np.float32)
-            czs = np.empty_like(cs) if training and zone_c is not None else cs
+            czs = alloc(cs.shape, np.float32) if training and zone_c is not None else cs
             c_old = np.empty((B, Hp), np.float32) if zone_c is not None else NO_ARRAY
         if rows and plan.fused:
             # one loop with the input projection inside it; xw receives the gates
-            xw = np.empty((T if training else 1, B, 4 * Hp), np.float32)
+            xw = alloc((T if training else 1, B, 4 * Hp), np.float32)
             forward_rows(xw, x, packed.w_in, packed.bias, packed.w_fwd, hbuf, c, y,
                           cs, rec, lens, reverse, training, P, packed.clip,
                           packed.coupled, packed.gclip, packed.acts, True, gate)
@@ -260,7 +271,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
                 hbuf[0] = hbuf[1]
         else:
             steps = T if training else plan.chunk
-            xw = np.empty((min(steps, T), B, 4 * Hp), np.float32)
+            xw = alloc((min(steps, T), B, 4 * Hp), np.float32)
             # Chunks in the order the direction walks the steps; the state carries over.
             starts = range(0, T, steps)
             for t0 in (reversed(starts) if reverse else starts):

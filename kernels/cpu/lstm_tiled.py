@@ -133,10 +133,11 @@ def forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, cli
 def _matmul_xh(X, Wx, Hm, W, out, bias, r_begin, r_end):
     """Rows [r_begin, r_end) of out = bias + X @ Wx + Hm @ W, every block: the input
     projection fused into the recurrent product (both K short enough for one chunk);
-    the second product adds to what the first left in out, still in L1."""
+    the second product adds to what the first left in out, still in L1. The h
+    product sums over W's rows (the layer's units; Hm's padding is not read)."""
     for blk in range(W.shape[0]):
         tile_block(X, Wx, out, blk, r_begin, r_end, bias, False, 0, X.shape[1])
-        tile_block(Hm, W, out, blk, r_begin, r_end, out, True, 0, Hm.shape[1])
+        tile_block(Hm, W, out, blk, r_begin, r_end, out, True, 0, W.shape[1])
 
 
 @njit(parallel=True, **FAST)

@@ -60,11 +60,12 @@ _column_sums = stack_f32(TT)
 @njit(**FAST)
 def matmul_rows(A, W, out, init, per_row, r_begin, r_end, b0, b1):
     """out[r_begin:r_end, blk*CB:(blk+1)*CB] = init + A[r_begin:r_end] @ W[blk] for
-    blk in [b0, b1). A: [M,K] (C or F order); W: [nblk,K,CB], each block's
-    columns contiguous; out: [M, nblk*CB]; init: [M or 1, nblk*CB].
-    K is walked in chunks of KC so that a chunk of W stays in cache across the
-    row tiles (the weight gradients have K = T*B)."""
-    K = A.shape[1]
+    blk in [b0, b1). A: [M,K'] (C or F order), K' >= K; W: [nblk,K,CB], each block's
+    columns contiguous; out: [M, nblk*CB]; init: [M or 1, nblk*CB]. The sum runs
+    over W's K rows: A's columns past them (the padded units of h, which meet
+    only zero rows) are not read. K is walked in chunks of KC so that a chunk
+    of W stays in cache across the row tiles (the weight gradients have K = T*B)."""
+    K = min(A.shape[1], W.shape[1])
     for k0 in range(0, max(K, 1), KC):
         k1 = min(k0 + KC, K)
         for blk in range(b0, b1):
@@ -367,7 +368,7 @@ def tiled_weights(w_ih, w_hh, cols, Gp, Hp):
     w_hh_p[cols, :H] = w_hh
     return dict(
         w_in=in_blocks(w_ih_p.T),   # [Gp/CB, I, CB]: x @ W_ih^T
-        w_fwd=in_blocks(w_hh_p.T),  # [Gp/CB, Hp, CB]: h @ W_hh^T
+        w_fwd=in_blocks(w_hh_p[:, :H].T),  # [Gp/CB, H, CB]: h @ W_hh^T (h's H units)
         w_bwd=in_blocks(w_hh_p),    # [Hp/CB, Gp, CB]: dG @ W_hh
         w_dx=in_blocks(w_ih_p))     # [Ip/CB, Gp, CB]: dG @ W_ih, I padded to Ip
 

@@ -484,3 +484,30 @@ def test_projected_cpu_kernels_against_the_reference(rng, shape, dtype, reverse)
     assert set(got) == set(want)
     for name in want:
         assert_close(got[name], want[name], 5 * rtol, name)
+
+
+@pytest.mark.parametrize("H", [5, 16, 37, 96, 128])
+def test_products_skip_the_padding(rng, H):
+    """The float32 weights keep none of the padding a product would spend time on:
+    the recurrent product's K rows are the layer's units (not H padded to a
+    multiple of 64), the forward's blocks those that hold units, and the
+    backward's products read the gate columns of those blocks only. (The values
+    are checked against the reference at such H above: 5, 37.)"""
+    from numlstm.kernels.cpu import pack_gru_cpu, pack_rnn_cpu
+    from numlstm.kernels.cpu.microkernel import CB
+    from helpers import cell_weights
+    blocks = -(-H // 16)  # blocks of 16 units, 4 x 16 gate columns each
+    lstm = pack_lstm_cpu(*lstm_weights(rng, 3, H, np.float32))
+    assert lstm.w_in.shape == (blocks, 3, CB)
+    assert lstm.w_fwd.shape == (blocks, H, CB)
+    assert lstm.w_bwd.shape == (lstm.Hp // CB, blocks * CB, CB)
+    assert lstm.w_dx.shape[1] == blocks * CB
+    P = max(1, H // 2)
+    w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, 3, H, np.float32)
+    proj = pack_lstm_cpu(w_ih, np.ascontiguousarray(w_hh[:, :P]), b_ih, b_hh,
+                         w_hr=rng.standard_normal((P, H)).astype(np.float32))
+    assert proj.w_fwd.shape[1] == P and proj.w_proj.shape[1] == H
+    assert proj.w_proj_bwd.shape[1] == P
+    gru = pack_gru_cpu(*cell_weights(rng, 3, H, 3, np.float32))
+    rnn = pack_rnn_cpu(*cell_weights(rng, 3, H, 1, np.float32))
+    assert gru.w_fwd.shape[1] == H and rnn.w_fwd.shape[1] == H
