@@ -3,6 +3,7 @@
     python -m numlstm.kernels.harness --backend cpu|cuda [--cell lstm|gru|rnn ...]
         [--plan auto one units rows rows-fused] [--options plain lengths ...]
         [--dtype float32 float64] [--shapes T,B,I,H ...] [--quick]
+    python -m numlstm.kernels.harness --backend cuda --resources [--cell ...] [--dtype ...]
 
 A row is one variant: a cell, an option family, a plan (CPU: which split of the
 time loop, on how many threads; CUDA: the persistent kernel or one launch a
@@ -16,6 +17,11 @@ G = gates * H). It prints, per row, the variant, the plan that ran, the error
 against its tolerance, ms and GFLOP/s (and, where the thread policy found a
 thread lagging and held the loop on one thread, how often), and exits 1 on any
 mismatch.
+
+--resources (with --backend cuda; no GPU needed): ptxas's registers, shared
+memory and spills of every CUDA kernel for sm_80, sm_89 and sm_90, and the launch
+plan of every recurrence over the bench grid on an A100, L40S and H100, each
+checked to fit (kernels/cuda/resources.py); exits 1 on a launch that would fail.
 
 --quick: the smallest shapes, one timed call with no warm-up: it checks, and
 says the rest runs (CI runs it for both backends; the CUDA one under NUMBA_ENABLE_CUDASIM=1,
@@ -366,7 +372,16 @@ def main(argv=None):
                    default=["float32", "float64"])
     p.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="T,B,I,H")
     p.add_argument("--quick", action="store_true", help="the smallest shapes, one timed call")
+    p.add_argument("--resources", action="store_true",
+                   help="--backend cuda, no GPU needed: each kernel's registers, shared "
+                        "memory and spills from ptxas (sm_80, sm_89, sm_90), and every launch "
+                        "plan over the bench grid checked to fit (kernels/cuda/resources.py)")
     a = p.parse_args(argv)
+    if a.resources:
+        if a.backend != "cuda":
+            p.error("--resources is of the cuda backend: add --backend cuda")
+        from .cuda.resources import main as resources
+        return resources(a.cell, a.dtype)
     plans = a.plan or PLANS[a.backend]
     unknown = [n for n in plans if n not in PLANS[a.backend]]
     if unknown:

@@ -146,8 +146,10 @@ def test_no_gpu_gives_a_clear_error():
     assert "looked for the CUDA driver library (libcuda)" in run.stderr
 
 
-def test_kernels_compile_for_hopper():
-    """Every CUDA kernel compiles to sm_90 PTX (the simulator cannot show this)."""
+def test_kernels_compile_and_every_launch_fits():
+    """Every CUDA kernel compiles to PTX (the simulator cannot show this), and with
+    ptxas's registers and shared memory every launch plan over the bench grid fits
+    on an A100, an L40S and an H100 (kernels/cuda/resources.py)."""
     nvcc = pytest.importorskip("nvidia.cuda_nvcc", reason="pip install nvidia-cuda-nvcc-cu12")
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
                           "cuda_compile_check.py")
@@ -157,6 +159,9 @@ def test_kernels_compile_for_hopper():
                          timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "FAIL" not in run.stdout and run.stdout.count("ok ") >= 20, run.stdout
+    assert "every launch fits" in run.stdout, run.stdout
+    for arch in ("sm_80 A100", "sm_89 L40S", "sm_90 H100"):
+        assert arch in run.stdout
 
 
 # -- on a real GPU only ----------------------------------------------------------------

@@ -9,6 +9,10 @@ Files (no two import each other; the arrows point to common.py):
     norm.py        layer normalisation shared by lstm_norm.py and gru_norm.py
     common.py      the tiled matrix product, the persistent recurrence's launch
                    plan, and the small elementwise kernels the layers use
+    signatures.py  every kernel's argument types, for compiling with no GPU
+    resources.py   ptxas's registers and shared memory of each kernel, and every
+                   launch plan over the bench grid checked to fit on three GPUs
+                   (python -m numlstm.kernels.harness --backend cuda --resources)
 
 Importing this package imports numba.cuda. Under NUMBA_ENABLE_CUDASIM=1 the
 kernels run in Numba's simulator (the CI has no GPU), one block per cooperative

@@ -177,16 +177,31 @@ def plan(kernel, args, H, B, rows, width, itemsize, units=None, blocks=None,
 
 
 def _plan(kernel, args, H, B, rows, width, itemsize, units, blocks, persistent):
+    def co_resident(threads, shared):
+        return _max_cooperative_blocks(kernel, args, threads, shared)
+    return choose_plan(co_resident, H, B, rows, width, itemsize, units, blocks, persistent)
+
+
+def choose_plan(co_resident, H, B, rows, width, itemsize, units=None, blocks=None,
+                persistent=None, shared_limit=None):
+    """plan's choice, given co_resident(threads, shared): the most blocks of that
+    many threads and bytes of dynamic shared memory that a cooperative grid of the
+    kernel may have (the GPU's max_cooperative_grid_blocks; resources.py puts
+    ptxas's figures and an architecture's limits in its place, with no GPU).
+    shared_limit: the most dynamic shared memory a block may take (default:
+    SHARED_BYTES; no limit in the simulator)."""
+    if shared_limit is None:
+        shared_limit = math.inf if SIMULATED else SHARED_BYTES
     per_unit = rows * width * itemsize
     if persistent is not False:
         for u in ([units] if units else range(1, H + 1)):
             slices = math.ceil(H / u)
             n = blocks or slices
             shared = math.ceil(slices / n) * u * per_unit
-            if shared > SHARED_BYTES and not SIMULATED:
+            if shared > shared_limit:
                 continue
             threads = _threads_for(B, u)
-            if n <= _max_cooperative_blocks(kernel, args, threads, shared):
+            if n <= co_resident(threads, shared):
                 return Plan(u, slices, n, threads, shared, True)
         if persistent:
             raise RuntimeError(f"a persistent recurrence of H={H}, B={B} with "

@@ -56,7 +56,8 @@ def test_a_wrong_kernel_is_reported_and_fails(monkeypatch, capsys):
     (["--plan", "diagonal"], "not a plan of the cpu backend"),
     (["--options", "sparkle"], "unknown ['sparkle']"),
     (["--shapes", "3,2,1"], "expected T,B,I,H"),
-    (["--shapes", "3,0,2,2"], "at least 1")])
+    (["--shapes", "3,0,2,2"], "at least 1"),
+    (["--resources"], "--resources is of the cuda backend")])
 def test_bad_arguments_say_what_was_expected(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         harness.main(["--backend", "cpu"] + argv)
@@ -76,3 +77,10 @@ def test_quick_cuda_run_under_the_simulator():
     rows = out.stdout.splitlines()[2:]
     assert any("persistent" in r for r in rows) and any("per-step" in r for r in rows)
     assert all("MISMATCH" not in r for r in rows)
+
+
+def test_resources_needs_a_real_target(capsys):
+    """--resources compiles for real GPUs: under the simulator (this session's) it
+    says so and exits 2 (the check itself runs in test_cuda_backend.py)."""
+    assert harness.main(["--backend", "cuda", "--resources"]) == 2
+    assert "without NUMBA_ENABLE_CUDASIM=1" in capsys.readouterr().err
