@@ -306,16 +306,48 @@ class CudaBackend(_KernelBackend):
 
     @staticmethod
     def require():
-        """Raise RuntimeError, saying what was looked for, unless a GPU is usable."""
+        """Raise RuntimeError, saying what was looked for and what to install, unless
+        a GPU is usable and Numba can compile for it."""
+        import numba
         from numba import cuda
-        if not cuda.is_available():
-            reason = cuda.cuda_error() if hasattr(cuda, "cuda_error") else None
-            raise RuntimeError(
-                "backend='cuda' needs an NVIDIA GPU and its driver: Numba looked for the "
+        available = cuda.is_available()
+        reason = cuda.cuda_error() if not available and hasattr(cuda, "cuda_error") else None
+        nvvm_error = None
+        if available and not numba.config.ENABLE_CUDASIM:
+            try:
+                from numba.cuda.cudadrv import nvvm
+                nvvm.NVVM()
+            except Exception as exc:  # (NvvmSupportError, or an OSError of the library)
+                nvvm_error = f"{type(exc).__name__}: {str(exc).strip()}"
+        problem = cuda_problem(available, reason, nvvm_error,
+                               "numba_cuda" in (cuda.__file__ or ""))
+        if problem:
+            raise RuntimeError(problem)
+
+
+INSTALL_CUDA = ("pip install 'numlstm[cuda]' (NVIDIA's numba-cuda with the CUDA 12 "
+                "toolkit's NVVM, runtime and nvJitLink; the driver must be for CUDA 12 or "
+                "newer)")
+
+
+def cuda_problem(available, reason, nvvm_error, numba_cuda):
+    """What stops backend='cuda' (None: nothing): available, numba.cuda.is_available();
+    reason, Numba's account of the driver when it is not; nvvm_error, the error of
+    loading NVVM (the compiler of the kernels), or None; numba_cuda, whether
+    numba.cuda is NVIDIA's numba-cuda package rather than numba's built-in target."""
+    if not available:
+        return ("backend='cuda' needs an NVIDIA GPU and its driver: Numba looked for the "
                 "CUDA driver library (libcuda) and a device, and numba.cuda.is_available() "
-                f"is False{f' ({reason})' if reason else ''}. Use backend='cpu' (or "
-                "'auto' with NumPy arrays); to run the CUDA kernels in Numba's simulator "
-                "(slow, for tests) set NUMBA_ENABLE_CUDASIM=1 before importing numlstm.")
+                f"is False{f' ({reason.strip()})' if reason else ''}. Use backend='cpu' (or "
+                "'auto' with NumPy arrays); on a machine with a GPU, " + INSTALL_CUDA
+                + (" (numba.cuda here is numba's built-in target, which numba deprecated)"
+                   if not numba_cuda else "")
+                + "; to run the CUDA kernels in Numba's simulator (slow, for tests) set "
+                "NUMBA_ENABLE_CUDASIM=1 before importing numlstm.")
+    if nvvm_error:
+        return ("backend='cuda' found a GPU, but not NVVM, the CUDA compiler Numba builds "
+                f"the kernels with ({nvvm_error}): " + INSTALL_CUDA + ".")
+    return None
 
 
 BACKENDS = {b.name: b for b in (NumpyBackend(), CpuBackend(), CudaBackend())}

@@ -144,13 +144,42 @@ def test_no_gpu_gives_a_clear_error():
     assert run.returncode != 0
     assert "RuntimeError: backend='cuda' needs an NVIDIA GPU and its driver" in run.stderr
     assert "looked for the CUDA driver library (libcuda)" in run.stderr
+    assert "pip install 'numlstm[cuda]'" in run.stderr
+
+
+@pytest.mark.parametrize("available, nvvm_error, numba_cuda, want, unwanted", [
+    (False, None, True, ["needs an NVIDIA GPU", "(no libcuda)", "pip install 'numlstm[cuda]'",
+                         "NUMBA_ENABLE_CUDASIM=1"], ["built-in target"]),
+    (False, None, False, ["pip install 'numlstm[cuda]'", "numba's built-in target"], []),
+    (True, "NvvmSupportError: libNVVM cannot be found", True,
+     ["found a GPU, but not NVVM", "libNVVM cannot be found", "pip install 'numlstm[cuda]'"],
+     ["needs an NVIDIA GPU"]),
+])
+def test_what_backend_cuda_says_is_missing(available, nvvm_error, numba_cuda, want, unwanted):
+    """dispatch.cuda_problem: what stops backend='cuda' and what to install, for a
+    machine with no GPU (numba-cuda or numba's built-in target) and one with a GPU
+    but no NVVM (which a machine with a GPU is needed to reach for real)."""
+    from numlstm.dispatch import cuda_problem
+    text = cuda_problem(available, "no libcuda" if not available else None, nvvm_error,
+                        numba_cuda)
+    assert all(w in text for w in want) and not any(u in text for u in unwanted), text
+    assert cuda_problem(True, None, None, True) is None
+
+
+def test_numba_cuda_is_the_cuda_target_in_ci():
+    """CI (NUMLSTM_REQUIRE_NUMBA_CUDA=1, set by .ci/run) runs the simulator tests and
+    the PTX checks on NVIDIA's numba-cuda, which `numlstm[cuda]` installs, not on
+    numba's deprecated built-in target."""
+    if os.environ.get("NUMLSTM_REQUIRE_NUMBA_CUDA") != "1":
+        pytest.skip("NUMLSTM_REQUIRE_NUMBA_CUDA is not set (CI sets it)")
+    assert "numba_cuda" in cuda.__file__, cuda.__file__
 
 
 def test_kernels_compile_and_every_launch_fits():
     """Every CUDA kernel compiles to PTX (the simulator cannot show this), and with
     ptxas's registers and shared memory every launch plan over the bench grid fits
     on an A100, an L40S and an H100 (kernels/cuda/resources.py)."""
-    nvcc = pytest.importorskip("nvidia.cuda_nvcc", reason="pip install nvidia-cuda-nvcc-cu12")
+    nvcc = pytest.importorskip("nvidia.cuda_nvcc", reason="pip install 'numba-cuda[cu12]'")
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
                           "cuda_compile_check.py")
     env = dict(os.environ, CUDA_HOME=list(nvcc.__path__)[0])

@@ -6,10 +6,10 @@ the arithmetic but not that Numba's CUDA target can type and compile the code
 (a float64 literal in float32 math, a shared array of unknown size, an
 unsupported call all pass the simulator), nor that a launch fits on a GPU.
 This script compiles each kernel for both dtypes and every activation kind with
-NVVM (the `nvidia-cuda-nvcc-cu12` wheel's, with CUDA_HOME set to it) for sm_80,
-checks that the float32 kernels do no float64 arithmetic and that exactly the
-persistent kernels use the grid barrier (which makes Numba launch them
-cooperatively), then prints `python -m numlstm.kernels.harness --backend cuda
+NVVM (the CUDA 12 toolkit's wheel, which the test extra's numba-cuda[cu12]
+brings; the test sets CUDA_HOME to it) for sm_80, checks that the float32
+kernels do no float64 arithmetic and that exactly the persistent kernels use
+the grid barrier (which makes Numba launch them cooperatively), then prints `python -m numlstm.kernels.harness --backend cuda
 --resources`'s report from the same PTX (numlstm/kernels/cuda/resources.py).
 
     python tools/cuda_compile_check.py

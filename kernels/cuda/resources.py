@@ -35,7 +35,8 @@ GPU loads PTX of its own or an older architecture), and ptxas assembles that
 PTX for each (ptxas -c: the persistent kernels call the grid barrier in
 cudadevrt, linked later; the barrier's own registers are not counted). The
 ptxas used is the one of the CUDA toolkit whose NVVM Numba uses (CUDA_HOME, or
-found on PATH, in /usr/local/cuda*, or in the nvidia-cuda-nvcc-cu12 wheel),
+found on PATH, in /usr/local/cuda*, or in the nvidia-cuda-nvcc-cu12 wheel that
+numlstm[cuda] brings),
 since an older ptxas refuses a newer PTX ISA.
 """
 import glob
@@ -163,7 +164,7 @@ def ptxas_for(ptx):
             tried.append(f"{exe}: {run.stderr.strip().splitlines()[-1:] or run.returncode}")
         else:
             raise RuntimeError(f"no ptxas here assembles PTX ISA {version[0]}.{version[1]} "
-                               "(pip install nvidia-cuda-nvcc-cu12, or set CUDA_HOME to "
+                               "(pip install 'numlstm[cuda]', or set CUDA_HOME to "
                                f"the toolkit whose NVVM Numba uses); tried: {tried}")
     return _PTXAS[version]
 
