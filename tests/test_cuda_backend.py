@@ -211,6 +211,51 @@ def test_real_gpu_parity_at_real_sizes(rng, cell):
         assert_close(a, b, 1e-10, f"{cell} output {i}")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("source", ["cupy", "torch"])
+def test_real_gpu_zero_copy(rng, source):
+    """A CuPy array or a torch CUDA tensor goes in as it is, and the Numba device
+    array that comes out wraps into the same library's array with no copy (the
+    same device pointer); the values match the CPU backend's."""
+    T, B, I, H = 16, 8, 32, 64
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    want = numlstm.LSTM(I, H, backend="cpu", seed=1)(x)[0]
+    layer = numlstm.LSTM(I, H, backend="cuda", seed=1)
+    if source == "cupy":
+        cp = pytest.importorskip("cupy")
+        y, _ = layer(cp.asarray(x))
+        wrapped = cp.asarray(y)
+        assert wrapped.data.ptr == y.device_ctypes_pointer.value
+        got = cp.asnumpy(wrapped)
+    else:
+        torch = pytest.importorskip("torch")
+        if not torch.cuda.is_available():
+            pytest.skip("this torch has no CUDA")
+        y, _ = layer(torch.as_tensor(x, device="cuda"))
+        wrapped = torch.as_tensor(y, device="cuda")
+        assert wrapped.data_ptr() == y.device_ctypes_pointer.value
+        got = wrapped.cpu().numpy()
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_gpu_check_script_runs_under_the_simulator(tmp_path):
+    """tools/gpu_check.sh --simulate: the GPU check's steps with no GPU, every CUDA
+    kernel variant checked against the reference at a tiny shape in Numba's
+    simulator (a fresh process: the variable is read when numba.cuda is imported);
+    its output lands in the file named."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "check.txt"
+    run = subprocess.run(["bash", os.path.join(root, "tools", "gpu_check.sh"), "--simulate",
+                          str(out)], capture_output=True, text=True, timeout=900)
+    text = out.read_text()
+    assert run.returncode == 0, text[-3000:] + run.stderr[-2000:]
+    assert "== kernels against the reference: exit status 0" in text
+    rows = text.split("== kernels against the reference (", 1)[1].splitlines()
+    assert any("persistent" in r for r in rows) and any("per-step" in r for r in rows)
+    assert not any("MISMATCH" in r for r in rows)
+    assert "numba.cuda from" in text and "steps failed: 0" in text
+
+
 def test_bench_cuda_needs_a_gpu(capsys):
     if HAS_GPU and not SIMULATED:
         pytest.skip("this machine has a GPU")
