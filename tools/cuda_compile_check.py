@@ -9,8 +9,9 @@ This script compiles each kernel for both dtypes and every activation kind with
 NVVM (the CUDA 12 toolkit's wheel, which the test extra's numba-cuda[cu12]
 brings; the test sets CUDA_HOME to it) for sm_80, checks that the float32
 kernels do no float64 arithmetic and that exactly the persistent kernels use
-the grid barrier (which makes Numba launch them cooperatively), then prints `python -m numlstm.kernels.harness --backend cuda
---resources`'s report from the same PTX (numlstm/kernels/cuda/resources.py).
+the grid barrier (which makes Numba launch them cooperatively), then prints
+`python -m numlstm.kernels.harness --backend cuda --resources`'s report from
+the same PTX (numlstm/kernels/cuda/resources.py).
 
     python tools/cuda_compile_check.py
 

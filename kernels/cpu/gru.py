@@ -53,7 +53,7 @@ from .gradients import first_step_dh, input_gradient, weight_gradients
 from .gru_blas import backward_blas_wrap, backward_norm_wrap, forward_blas, forward_norm_wrap
 from .gru_tiled import (U, backward_rows, backward_tiled, forward_rows, forward_tiled,
                         gate_blocks, step_tiled)
-from .plan import make_plan
+from .plan import make_plan, streaming_step_alone
 from .products import (blas_projection, in_blocks, run_in_chunks, step_tiles, tiled_bias,
                        tiled_weights)
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, aligned_empty, first_forward_steps,
@@ -175,8 +175,10 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
 
 def gru_step_cpu(x, packed, h):
     """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
-    array). Equal to gru_forward_cpu on one step, without its parallel regions."""
-    if packed.kind != "tiled":  # (a one-step forward: the thread policy's)
+    array). Equal to gru_forward_cpu on one step, without its parallel regions
+    unless the step is too large for one thread (plan.streaming_step_alone)."""
+    if packed.kind != "tiled" or not streaming_step_alone(x.shape[0], packed.Hp, 3):
+        # (a one-step forward: the thread policy's)
         return thread_policy(gru_forward_cpu, x[None], packed, h)[1]
     H, Hp = packed.H, packed.Hp
     B = x.shape[0]

@@ -102,7 +102,7 @@ from .lstm_tiled import (HB, U, backward_rows, backward_tiled, backward_tiled_op
                          step_tiled)
 from .microkernel import CB
 from .norm import normalised_input
-from .plan import make_plan
+from .plan import make_plan, streaming_step_alone
 from .products import in_blocks, matmul, product_for, step_tiles, transpose
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, first_forward_steps, lengths_or_full,
                        mask_buffers, ones_of, pad_units, zone_weights)
@@ -205,9 +205,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     H, Pu = packed.H, packed.P
     if (T == 1 and not training and lengths is None and h_mask is None and zone_c is None
             and packed.kind == "tiled" and not packed.proj and packed.peep is None
-            and plan is None):
-        # One inference step: the streaming step's single compiled call (the same sums;
-        # a plan passed in runs its loop instead).
+            and plan is None and streaming_step_alone(B, packed.Hp, 4)):
+        # One small inference step: the streaming step's single compiled call (the same
+        # sums; a plan passed in, or a larger step, runs the loop on the plan's threads).
         h, c = lstm_step_cpu(x[0], packed, h0, c0)
         return h[None], h.copy(), c, None
     lens = lengths_or_full(lengths, T, B)
@@ -316,8 +316,10 @@ def lstm_step_cpu(x, packed, h, c):
     """One inference step, for streaming: x [B,I], h, c [B,H] -> h', c' [B,H]
     (new arrays; the inputs are not modified). Equal to lstm_forward_cpu on one
     step, without its parallel regions and training buffers: a few microseconds
-    at B=1, H=64."""
-    if packed.kind == "blas" or packed.proj or packed.peep is not None:
+    at B=1, H=64. A step too large for one thread (plan.streaming_step_alone) is a
+    one-step forward on the plan's threads."""
+    if (packed.kind == "blas" or packed.proj or packed.peep is not None
+            or not streaming_step_alone(x.shape[0], packed.Hp, 4)):
         # (a one-step forward, which may enter parallel regions: the thread policy's)
         _, h, c, _ = thread_policy(lstm_forward_cpu, x[None], packed, h, c)
         return h, c

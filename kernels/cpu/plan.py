@@ -25,6 +25,7 @@ from .threads import POLICY, numba_threads
 # from 2 MFLOP a step (measured on 2 cores; below, the barrier costs more).
 PARALLEL_MIN_UNITS = 256
 PARALLEL_MIN_FLOPS = 2_000_000
+STEP_PARALLEL_MIN_FLOPS = 8_000_000  # (streaming_step_alone)
 ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
 ROW_SPLIT_SMALL_BYTES = 1 << 18  # a W_hh this small takes the rows split from 2 rows a thread
 FUSED_MIN_ROWS = 32  # (fuse_input)
@@ -88,7 +89,7 @@ def make_plan(T, B, I, Hp, gates, training, plain=True, threads=None):
     together are under PARALLEL_MIN_FLOPS: work that fits one thread enters no
     parallel region."""
     pool = numba_threads() if threads is None else threads
-    small_step = Hp < PARALLEL_MIN_UNITS and 2 * B * Hp * gates * Hp < PARALLEL_MIN_FLOPS
+    small_step = step_is_small(B, Hp, gates)
     rows = bool(plain and split_rows(B, Hp, pool, gates)
                 and 2 * T * B * gates * Hp * Hp >= PARALLEL_MIN_FLOPS)
     n = pool if rows or not small_step else 1
@@ -97,11 +98,31 @@ def make_plan(T, B, I, Hp, gates, training, plain=True, threads=None):
     return Plan(n, rows, bool(fused), chunk, SMALL_COPY, POLICY.gate())
 
 
+def step_is_small(B, Hp, gates):
+    """Whether a step of B rows and Hp hidden units of a time loop runs on one
+    thread: small on both counts, PARALLEL_MIN_UNITS and PARALLEL_MIN_FLOPS."""
+    return Hp < PARALLEL_MIN_UNITS and 2 * B * Hp * gates * Hp < PARALLEL_MIN_FLOPS
+
+
+def streaming_step_alone(B, Hp, gates):
+    """Whether a streaming step (one step from Python: lstm_step_cpu, gru_step_cpu)
+    runs as one compiled call on one thread, with no parallel region, rather than
+    as a one-step forward on the plan's threads: below STEP_PARALLEL_MIN_FLOPS of
+    recurrent product. A lone step pays the thread policy and a parallel region
+    that a loop of many steps shares out, so its threshold is higher than
+    PARALLEL_MIN_FLOPS. The LSTM on 2 Zen 3 cores, one thread -> the plan's two,
+    medians of 3 rounds in alternating processes: B=64, I=256, H=512 (134 MFLOP)
+    2.76 -> 1.62 ms; B=32, I=128, H=256 (17 MFLOP) 0.39 -> 0.36; B=1, I=256,
+    H=1024 (8 MFLOP) 0.85 -> 0.79, but B=16, I=32, H=128 (2 MFLOP) 0.07 -> 0.13;
+    the GRU at B=64, H=512 2.20 -> 1.58."""
+    return 2 * B * Hp * gates * Hp < STEP_PARALLEL_MIN_FLOPS
+
+
 def step_threads(B, Hp, nblk):
     """Threads of one step's product in the layer-normalised float32 loops
     (products.step_plan): all of Numba's, at most one per block, unless the
     step is too small to share."""
-    if Hp < PARALLEL_MIN_UNITS and 2 * B * Hp * 4 * Hp < PARALLEL_MIN_FLOPS:
+    if step_is_small(B, Hp, 4):
         return 1
     return max(1, min(numba_threads(), nblk))
 

@@ -86,6 +86,43 @@ def test_a_large_call_enters_parallel_regions_and_a_hold_keeps_it_on_one_thread(
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2 or threads.cores_available() < 2,
+                    reason="needs 2 threads and 2 CPUs")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_large_streaming_step_runs_on_the_plans_threads(rng, cell):
+    """A streaming step of at least plan.STEP_PARALLEL_MIN_FLOPS (B=32, H=256: 34
+    MFLOP of the LSTM's product, 25 of the GRU's) is a one-step forward on the
+    plan's threads, and
+    gives bitwise what the one-thread step gives (held on one thread by the gate);
+    a step under it (B=2 at H=256) enters no region."""
+    from numlstm.kernels.cpu.plan import STEP_PARALLEL_MIN_FLOPS, streaming_step_alone
+    gates = {"lstm": 4, "gru": 3}[cell]
+    assert not streaming_step_alone(32, 256, gates) and streaming_step_alone(2, 256, gates)
+    assert 2 * 32 * 256 * gates * 256 >= STEP_PARALLEL_MIN_FLOPS
+    layer = CELLS[cell](24, 256, seed=0)
+    x = rng.standard_normal((32, 24)).astype(np.float32)
+    state = layer.step(x)[1]  # (compiles)
+    _no_hold()
+    before = _regions()
+    many = layer.step(x, state)
+    assert _regions() > before
+    small = x[:2]
+    small_state = layer.step(small)[1]
+    before = _regions()
+    layer.step(small, small_state)
+    assert _regions() == before
+    g = threads.POLICY.gate()
+    g[threads.SERIAL_UNTIL] = time.monotonic_ns() + 60_000_000_000
+    try:
+        one = layer.step(x, state)
+    finally:
+        _no_hold()
+    np.testing.assert_array_equal(many[0], one[0])
+    pairs = zip(many[1], one[1]) if cell == "lstm" else [(many[1], one[1])]
+    for a, b in pairs:
+        np.testing.assert_array_equal(a, b)
+
+
 def test_the_time_loop_checks_the_gate_every_step(rng):
     """forward_tiled with two threads a step: with no hold every step is a timed
     region (until one lags); with a hold running none is; the outputs are bitwise
