@@ -296,56 +296,52 @@ def plans(cells=None, dtypes=("float32", "float64"), archs=ARCHS, H_values=GRID_
     usage_of = usage_of or usage
     rows = []
     for dtype in dtypes:
-        dt = getattr(types, dtype)
-        sigs = _signatures(dt)
+        sigs = _signatures(getattr(types, dtype))
         itemsize = 4 if dtype == "float32" else 8
         for rec in recurrences():
             if cells and rec.cell.split("+")[0] not in cells:
                 continue
             used = {k: usage_of(k, sigs[k]) for k in (rec.persistent,) + rec.per_step}
-            for arch in archs:
-                persistent_usage = used[rec.persistent][arch.sm]
+            for arch, H, B in ((a, H, B) for a in archs for H in H_values for B in B_values):
+                persistent = used[rec.persistent][arch.sm]
 
-                def co_resident(threads, shared, u=persistent_usage, a=arch):
-                    return blocks_per_sm(a, u, threads, shared) * a.sms
-                for H in H_values:
-                    for B in B_values:
-                        p = choose_plan(co_resident, H, B, rec.rows, rec.width(H), itemsize,
-                                        shared_limit=SHARED_BYTES)
-                        launched = (rec.persistent,) if p.persistent else rec.per_step
-                        figures = {kernel_name(k): used[k][arch.sm] for k in launched}
-                        problems = []
-                        for k in launched:
-                            u = used[k][arch.sm]
-                            shared = p.shared if p.persistent else 0
-                            if blocks_per_sm(arch, u, p.threads, shared) < 1:
-                                problems.append(
-                                    f"{kernel_name(k)}: a block of {p.threads} threads "
-                                    f"({u.registers} registers each) and {shared} bytes of "
-                                    "shared memory does not fit on an SM")
-                            if dtype == "float32" and (u.spill_stores or u.spill_loads):
-                                problems.append(f"{kernel_name(k)} spills {u.spill_stores} "
-                                                f"bytes")
-                        if (dtype == "float32" and H <= PERSISTENT_H and B <= PERSISTENT_B
-                                and not p.persistent):
-                            problems.append(f"runs per step where it should be persistent "
-                                            f"(float32, H <= {PERSISTENT_H}, B <= "
-                                            f"{PERSISTENT_B})")
-                        co = co_resident(p.threads, p.shared) if p.persistent else 0
-                        if p.persistent:
-                            if p.blocks > co:
-                                problems.append(f"a cooperative grid of {p.blocks} blocks; "
-                                                f"{co} fit at once")
-                            if p.shared > SHARED_BYTES:
-                                problems.append(f"{p.shared} bytes of dynamic shared memory "
-                                                "(48 KiB without an opt-in)")
-                            if not isinstance(p.blocks, int):
-                                problems.append("a grid of more than one dimension")
-                            if _is_cached(rec.persistent):
-                                problems.append("the persistent kernel has cache=True")
-                        rows.append(PlanRow(rec.cell, rec.pass_, dtype, H, B, arch, p,
-                                            figures, co, problems))
+                def co_resident(threads, shared):
+                    return blocks_per_sm(arch, persistent, threads, shared) * arch.sms
+                p = choose_plan(co_resident, H, B, rec.rows, rec.width(H), itemsize,
+                                shared_limit=SHARED_BYTES)
+                launched = {kernel_name(k): used[k][arch.sm]
+                            for k in ((rec.persistent,) if p.persistent else rec.per_step)}
+                co = co_resident(p.threads, p.shared) if p.persistent else 0
+                rows.append(PlanRow(rec.cell, rec.pass_, dtype, H, B, arch, p, launched, co,
+                                    _problems(rec, dtype, H, B, arch, p, launched, co)))
     return rows
+
+
+def _problems(rec, dtype, H, B, arch, p, launched, co_resident):
+    """What would fail, or quietly cost speed, in plan p of recurrence rec on arch
+    (the module docstring's list); launched: {name: Usage} of the kernels it runs."""
+    from .common import SHARED_BYTES
+    out = []
+    shared = p.shared if p.persistent else 0
+    for name, u in launched.items():
+        if blocks_per_sm(arch, u, p.threads, shared) < 1:
+            out.append(f"{name}: a block of {p.threads} threads ({u.registers} registers "
+                       f"each) and {shared} bytes of shared memory does not fit on an SM")
+        if dtype == "float32" and (u.spill_stores or u.spill_loads):
+            out.append(f"{name} spills {u.spill_stores} bytes")
+    if dtype == "float32" and H <= PERSISTENT_H and B <= PERSISTENT_B and not p.persistent:
+        out.append(f"runs per step where it should be persistent (float32, H <= "
+                   f"{PERSISTENT_H}, B <= {PERSISTENT_B})")
+    if p.persistent:
+        if p.blocks > co_resident:
+            out.append(f"a cooperative grid of {p.blocks} blocks; {co_resident} fit at once")
+        if p.shared > SHARED_BYTES:
+            out.append(f"{p.shared} bytes of dynamic shared memory (48 KiB without an opt-in)")
+        if not isinstance(p.blocks, int):
+            out.append("a grid of more than one dimension")
+        if _is_cached(rec.persistent):
+            out.append("the persistent kernel has cache=True")
+    return out
 
 
 def other_launches(dtypes=("float32", "float64"), archs=ARCHS, usage_of=None):
