@@ -179,7 +179,10 @@ def test_kernels_compile_and_every_launch_fits():
     """Every CUDA kernel compiles to PTX (the simulator cannot show this), and with
     ptxas's registers and shared memory every launch plan over the bench grid fits
     on an A100, an L40S and an H100 (kernels/cuda/resources.py)."""
-    nvcc = pytest.importorskip("nvidia.cuda_nvcc", reason="pip install 'numba-cuda[cu12]'")
+    if os.environ.get("NUMLSTM_REQUIRE_NUMBA_CUDA") == "1":  # (CI: must run, not skip)
+        import nvidia.cuda_nvcc as nvcc
+    else:
+        nvcc = pytest.importorskip("nvidia.cuda_nvcc", reason="pip install 'numba-cuda[cu12]'")
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
                           "cuda_compile_check.py")
     env = dict(os.environ, CUDA_HOME=list(nvcc.__path__)[0])

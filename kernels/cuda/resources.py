@@ -7,8 +7,9 @@ for a GPU) and assembled by ptxas for three architectures, whose report gives
 its registers per thread, static shared memory and spills. From those and each
 part's limits (ARCHS) follow the blocks of a launch that fit on one SM at once
 (blocks_per_sm, the CUDA occupancy calculator's rules: registers are allocated
-per warp in units of 256, shared memory in units of 128 bytes plus 1 KiB the
-driver keeps per block, and no SM holds more than its threads and blocks). A
+per warp in units of 256, from each of the SM's 4 sub-partitions' quarter of the
+register file, shared memory in units of 128 bytes plus 1 KiB the driver keeps
+per block, and no SM holds more than its threads and blocks). A
 cooperative launch, which the persistent recurrences are, must have all its
 blocks resident at once: at most blocks_per_sm x SMs, the figure the driver's
 max_cooperative_grid_blocks returns and common.plan asks for on a GPU.
@@ -54,6 +55,7 @@ from typing import NamedTuple
 from numba import types
 
 REGISTERS_PER_SM = 65536
+SUB_PARTITIONS = 4          # an SM's register file is split among its 4 schedulers
 REGISTER_UNIT = 256         # registers are allocated per warp, in these units
 SHARED_UNIT = 128           # shared memory allocation unit, bytes
 RESERVED_SHARED = 1024      # shared memory the driver keeps per block (compute 8.0 and later)
@@ -95,30 +97,35 @@ def blocks_per_sm(arch, usage, threads, dynamic_shared=0):
     warps = math.ceil(threads / 32)
     by_threads = arch.threads // 32 // warps
     per_warp = math.ceil(usage.registers * 32 / REGISTER_UNIT) * REGISTER_UNIT
-    by_registers = REGISTERS_PER_SM // (per_warp * warps) if per_warp else arch.blocks
+    # each sub-partition holds a whole number of warps' registers
+    warps_by_registers = (REGISTERS_PER_SM // SUB_PARTITIONS // per_warp * SUB_PARTITIONS
+                          if per_warp else arch.threads // 32)
+    by_registers = warps_by_registers // warps
     shared = math.ceil((usage.shared + dynamic_shared + RESERVED_SHARED) / SHARED_UNIT)
     by_shared = arch.shared // (shared * SHARED_UNIT)
     return min(arch.blocks, by_threads, by_registers, by_shared)
 
 
 # -- compiling with no GPU ---------------------------------------------------------------
-def _pretend_device(cc):
-    """Device functions are compiled for "the current device"; with none, say it is
-    one of compute capability cc (all Numba asks of it)."""
-    import numba.cuda.dispatcher as dispatcher
-    dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=cc)
-
-
 _PTX = {}
 
 
 def ptx_of(kernel, sig):
-    """The kernel's PTX for PTX_CC with these argument types (kept for the process)."""
+    """The kernel's PTX for PTX_CC with these argument types (kept for the process).
+    Device functions are compiled for "the current device": for the compile, Numba
+    is told it is one of compute capability PTX_CC (all it asks of it), and after
+    it, whatever device there is again."""
     key = (kernel, tuple(sig))
     if key not in _PTX:
+        import numba.cuda.dispatcher as dispatcher
         from numba import cuda
-        _pretend_device(PTX_CC)
-        _PTX[key] = cuda.compile_ptx(kernel.py_func, tuple(sig), cc=PTX_CC)[0]
+        real = dispatcher.get_current_device
+        dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(
+            compute_capability=PTX_CC)
+        try:
+            _PTX[key] = cuda.compile_ptx(kernel.py_func, tuple(sig), cc=PTX_CC)[0]
+        finally:
+            dispatcher.get_current_device = real
     return _PTX[key]
 
 
@@ -180,7 +187,9 @@ def _run_ptxas(exe, ptx, sm):
 
 
 def parse_ptxas(report):
-    """{entry name: Usage} from `ptxas -v`'s report (its standard error)."""
+    """{entry name: Usage} from `ptxas -v`'s report (its standard error). A report
+    without an entry's register count or spill line is a RuntimeError: reading
+    zeros there would pass every check."""
     out = {}
     for chunk in re.split(r"Compiling entry function '", report)[1:]:
         name = chunk.split("'", 1)[0]
@@ -188,11 +197,11 @@ def parse_ptxas(report):
         smem = re.search(r"(\d+) bytes smem", chunk)
         spill = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
                           r"(\d+) bytes spill loads", chunk)
-        out[name] = Usage(int(regs.group(1)) if regs else 0,
-                          int(smem.group(1)) if smem else 0,
-                          int(spill.group(2)) if spill else 0,
-                          int(spill.group(3)) if spill else 0,
-                          int(spill.group(1)) if spill else 0)
+        if not regs or not spill:
+            raise RuntimeError(f"ptxas's report of {name[:60]} has no register count or "
+                               f"spill line: {chunk.strip()[:300]!r}")
+        out[name] = Usage(int(regs.group(1)), int(smem.group(1)) if smem else 0,
+                          int(spill.group(2)), int(spill.group(3)), int(spill.group(1)))
     return out
 
 

@@ -16,12 +16,15 @@ def _usage(registers, shared=0, spill=0):
 
 
 @pytest.mark.parametrize("arch, usage, threads, dynamic, want", [
-    # 160 registers x 32 lanes = 5120 a warp, x 8 warps = 40960: one block of 65536
+    # registers per warp (x 32 lanes, in units of 256) from each of 4 sub-partitions
+    # of 16384: 160 registers = 5120 a warp, 3 warps a sub-partition, 12 an SM: one
+    # block of 8 warps
     (A100, _usage(160), 256, 0, 1),
-    # 32 registers: 1024 a warp x 8 = 8192, 8 blocks; threads allow 2048 / 256 = 8
+    # 32 registers: 1024 a warp, 64 warps an SM, 8 blocks; threads allow 2048 / 256 = 8
     (A100, _usage(32), 256, 0, 8),
-    # 88 registers round up to 2816 a warp: 65536 // 2816 = 23 one-warp blocks
-    (H100, _usage(88), 32, 0, 23),
+    # 88 registers round up to 2816 a warp: 16384 // 2816 = 5 a sub-partition, 20
+    # one-warp blocks (a pooled 65536 // 2816 would say 23)
+    (H100, _usage(88), 32, 0, 20),
     # 48 KiB dynamic + 1 KiB the driver keeps: 100 KiB // 49 KiB = 2
     (L40S, _usage(32), 32, 48 * 1024, 2),
     # no registers, one warp: the SM's 24 blocks are the limit (L40S)
@@ -49,6 +52,13 @@ def test_parse_ptxas():
     assert parse_ptxas(REPORT) == {"_ZN6cudapy4kern": Usage(142, 2048, 24, 20, 16)}
     no_smem = REPORT.replace(", 2048 bytes smem", "")
     assert parse_ptxas(no_smem)["_ZN6cudapy4kern"].shared == 0
+
+
+@pytest.mark.parametrize("cut", ["Used 142 registers", "16 bytes stack frame"])
+def test_a_report_without_its_figures_is_an_error(cut):
+    """Zeros read from a report in another format would pass every check."""
+    with pytest.raises(RuntimeError, match="no register count or spill line"):
+        parse_ptxas(REPORT.replace(cut, "something else"))
 
 
 def _figures(persistent=_usage(64), other=_usage(64)):

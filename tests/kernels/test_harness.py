@@ -2,6 +2,7 @@
 against the reference before it times it, and fails loudly on a mismatch. (Its
 CUDA run in Numba's simulator is tools/gpu_check.sh --simulate's, which
 tests/test_cuda_backend.py runs.)"""
+import os
 import re
 
 import numpy as np
@@ -64,6 +65,8 @@ def test_bad_arguments_say_what_was_expected(capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
+                    reason="the CUDA simulator is off (a GPU machine)")
 def test_resources_needs_a_real_target(capsys):
     """--resources compiles for real GPUs: under the simulator (this session's) it
     says so and exits 2 (the check itself runs in test_cuda_backend.py)."""
