@@ -35,12 +35,13 @@ class TiledLSTM(NamedTuple):
     proj: bool
     acts: tuple
     peep: Optional[np.ndarray]  # [3,Hp] or None
-    w_in: np.ndarray        # [Gp/CB, I, CB]: x @ W_ih^T
-    w_fwd: np.ndarray       # [Gp/CB, P, CB]: h @ W_hh^T (the P units, no padding)
-    w_bwd: np.ndarray       # [Pp/CB, Gp, CB]: dG @ W_hh
-    w_dx: np.ndarray        # [Ip/CB, Gp, CB]: dG @ W_ih, I padded to Ip
-    w_proj: np.ndarray      # [Pp/CB, Hp, CB]: m @ W_hr^T ([0,1,CB]: no projection)
-    w_proj_bwd: np.ndarray  # [Hp/CB, Pp, CB]: dh @ W_hr ([0,1,CB]: no projection)
+    # (Gl = ceil(H/16) * CB: the gate columns of the blocks that hold units, lstm.py)
+    w_in: np.ndarray        # [Gl/CB, I, CB]: x @ W_ih^T
+    w_fwd: np.ndarray       # [Gl/CB, P, CB]: h @ W_hh^T (the P units, no padding)
+    w_bwd: np.ndarray       # [Pp/CB, Gl, CB]: dG @ W_hh
+    w_dx: np.ndarray        # [Ip/CB, Gl, CB]: dG @ W_ih, I padded to Ip
+    w_proj: np.ndarray      # [Pp/CB, H, CB]: m @ W_hr^T ([0,1,CB]: no projection)
+    w_proj_bwd: np.ndarray  # [Hp/CB, P, CB]: dh @ W_hr ([0,1,CB]: no projection)
     kind = "tiled"
 
 

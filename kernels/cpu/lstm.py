@@ -42,15 +42,16 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
       (_gates_row, ...), which LLVM vectorises, as it did not in the loop.
 
 Hidden units are padded to a multiple of HB (the arrays of units: h, c, y, the
-gates) with zero weights and zero state, but no product or gate loop spends time
-on the padding: the products sum over the layer's own units only (the weights'
-K rows: H, or P, not Hp), and the forward's loops run the blocks of U units that
-hold units, Gl/CB of them, Gl = ceil(H/U) * CB gate columns (at H = 96, 6 blocks
-of Hp/U = 8: the padding had cost a third more time). The padded units' entries
-are never read by a product (the weights' rows past the units are gone) and are
-dropped at the end; the training forward zeroes them in what the backward reads
-(the gates, c and y), so the backward's loops and weight gradients, which run
-over whole blocks of HB, meet zeros there.
+gates) with zero weights and zero state, but the time loops spend no time on the
+padding: the recurrent products sum over the layer's own units only (the
+weights' K rows: H, or P, not Hp), and the forward's loops run the blocks of U
+units that hold units, Gl/CB of them, Gl = ceil(H/U) * CB gate columns (at H =
+96, 6 blocks of Hp/U = 8: the padding had cost a third more time). The padded
+units' entries are never read by those products (the weights' rows past the
+units are gone) and are dropped at the end; the training forward zeroes them in
+what the backward reads (the gates, c and y), so the backward's loops and the
+weight gradients after it, which still run over whole blocks of HB and Gp,
+meet zeros there.
 
 A recurrent projection (torch's proj_size P: h = W_hr (o * tanh(c)), h and y of
 P units, padded to Pp) adds a second parallel region to each step: the gate math

@@ -107,7 +107,7 @@ def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, c
 def forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
                    gclip, acts, gate):
     """The plain layer's time loop. xw [T,B,Gp]: x @ W_ih^T + b, receives the
-    activated gates when training; W [Gp/CB, Hp, CB]: W_hh^T in blocks; hbuf
+    activated gates when training; W [Gl/CB, H, CB]: W_hh^T in blocks; hbuf
     [2,B,Hp]: h0 in hbuf[0], h alternates between the two (threads read all of
     h_old while writing their part of h_new), final h in hbuf[T % 2]; c [B,Hp]
     in/out; y [T,B,Hp] out; cs [T,B,Hp] out when training; rec [B,Gp] scratch; P
@@ -146,7 +146,7 @@ def forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, tr
     """forward_tiled with the batch shared out instead of the units: thread p runs
     its rows through all T steps with all of W_hh (the rows of a batch never meet),
     so the steps need no barrier and no thread touches another's cache lines.
-    Arguments as forward_tiled's, and x [T,B,I], W_in [Gp/CB, I, CB] (W_ih^T in
+    Arguments as forward_tiled's, and x [T,B,I], W_in [Gl/CB, I, CB] (W_ih^T in
     blocks) and bias [1,Gp]. fused: each step's product reads x[t] and h together
     (_matmul_xh), so no [T,B,Gp] projection is written and read back, and xw
     only receives the activated gates when training (where fuse_input says);
@@ -260,7 +260,7 @@ def forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, 
                            reverse, training, P, clip, coupled, gclip, acts, peep, czs, zc, zh,
                            c_old, gate):
     """xw [T,B,Gp]: x @ W_ih^T + b, receives the activated gates when training;
-    W [Gp/CB, Pp, CB]: W_hh^T in blocks; hbuf [2,B,Pp]: h0 in hbuf[0], h
+    W [Gl/CB, P, CB]: W_hh^T in blocks; hbuf [2,B,Pp]: h0 in hbuf[0], h
     alternates between the two (threads read all of h_old while writing their
     part of h_new), final h in hbuf[T % 2]; c [B,Hp] in/out; y [T,B,Pp] out;
     cs [T,B,Hp] out when training; rec [B,Gp] scratch; P threads per step;
@@ -374,7 +374,7 @@ def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_
 def backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
                     gclip, acts, gate):
     """The plain layer's backward loop. dg [T,B,Gp]: activated gates in, dG out;
-    cs [T,B,Hp]; c0, dh_n [B,Hp]; dy [T,B,Hp]; W [Hp/CB, Gp, CB]: W_hh in blocks of
+    cs [T,B,Hp]; c0, dh_n [B,Hp]; dy [T,B,Hp]; W [Hp/CB, Gl, CB]: W_hh in blocks of
     output units; rec [B,Hp] scratch (dh from the step after); dc [B,Hp]: dc_n in,
     dc0 out; gate: the thread policy's. backward_tiled_options adds the options."""
     T = dg.shape[0]

@@ -25,7 +25,7 @@ from .threads import POLICY, numba_threads
 # from 2 MFLOP a step (measured on 2 cores; below, the barrier costs more).
 PARALLEL_MIN_UNITS = 256
 PARALLEL_MIN_FLOPS = 2_000_000
-STEP_PARALLEL_MIN_FLOPS = 8_000_000  # (streaming_step_alone)
+STEP_PARALLEL_MIN_FLOPS = 32_000_000  # (streaming_step_alone)
 ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
 ROW_SPLIT_SMALL_BYTES = 1 << 18  # a W_hh this small takes the rows split from 2 rows a thread
 FUSED_MIN_ROWS = 32  # (fuse_input)
@@ -109,12 +109,14 @@ def streaming_step_alone(B, Hp, gates):
     runs as one compiled call on one thread, with no parallel region, rather than
     as a one-step forward on the plan's threads: below STEP_PARALLEL_MIN_FLOPS of
     recurrent product. A lone step pays the thread policy and a parallel region
-    that a loop of many steps shares out, so its threshold is higher than
+    that a loop of many steps shares out, and its region is too short for the
+    policy to see a lagging thread, so its threshold is well above
     PARALLEL_MIN_FLOPS. The LSTM on 2 Zen 3 cores, one thread -> the plan's two,
     medians of 3 rounds in alternating processes: B=64, I=256, H=512 (134 MFLOP)
-    2.76 -> 1.62 ms; B=32, I=128, H=256 (17 MFLOP) 0.39 -> 0.36; B=1, I=256,
-    H=1024 (8 MFLOP) 0.85 -> 0.79, but B=16, I=32, H=128 (2 MFLOP) 0.07 -> 0.13;
-    the GRU at B=64, H=512 2.20 -> 1.58."""
+    2.76 -> 1.62 ms (idle), 2.99 -> 2.99 ms (one core busy); B=32, I=128, H=256
+    (17 MFLOP) 0.39 -> 0.31 idle but 0.41 -> 0.60 with a core busy; B=1, I=256,
+    H=1024 (8 MFLOP) 0.85 -> 0.79; B=16, I=32, H=128 (2 MFLOP) 0.07 -> 0.13; the
+    GRU at B=64, H=512 2.20 -> 1.58."""
     return 2 * B * Hp * gates * Hp < STEP_PARALLEL_MIN_FLOPS
 
 

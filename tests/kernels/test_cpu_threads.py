@@ -90,17 +90,16 @@ def test_a_large_call_enters_parallel_regions_and_a_hold_keeps_it_on_one_thread(
                     reason="needs 2 threads and 2 CPUs")
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_a_large_streaming_step_runs_on_the_plans_threads(rng, cell):
-    """A streaming step of at least plan.STEP_PARALLEL_MIN_FLOPS (B=32, H=256: 34
-    MFLOP of the LSTM's product, 25 of the GRU's) is a one-step forward on the
-    plan's threads, and
-    gives bitwise what the one-thread step gives (held on one thread by the gate);
-    a step under it (B=2 at H=256) enters no region."""
+    """A streaming step of at least plan.STEP_PARALLEL_MIN_FLOPS (B=64, H=320: 52
+    MFLOP of the LSTM's product, 39 of the GRU's) is a one-step forward on the
+    plan's threads, and gives bitwise what the one-thread step gives (held on one
+    thread by the gate); a step under it (B=2) enters no region."""
     from numlstm.kernels.cpu.plan import STEP_PARALLEL_MIN_FLOPS, streaming_step_alone
     gates = {"lstm": 4, "gru": 3}[cell]
-    assert not streaming_step_alone(32, 256, gates) and streaming_step_alone(2, 256, gates)
-    assert 2 * 32 * 256 * gates * 256 >= STEP_PARALLEL_MIN_FLOPS
-    layer = CELLS[cell](24, 256, seed=0)
-    x = rng.standard_normal((32, 24)).astype(np.float32)
+    assert not streaming_step_alone(64, 320, gates) and streaming_step_alone(2, 320, gates)
+    assert 2 * 64 * 320 * gates * 320 >= STEP_PARALLEL_MIN_FLOPS
+    layer = CELLS[cell](24, 320, seed=0)
+    x = rng.standard_normal((64, 24)).astype(np.float32)
     state = layer.step(x)[1]  # (compiles)
     _no_hold()
     before = _regions()
