@@ -49,9 +49,9 @@ units that hold units, Gl/CB of them, Gl = ceil(H/U) * CB gate columns (at H =
 96, 6 blocks of Hp/U = 8: the padding had cost a third more time). The padded
 units' entries are never read by those products (the weights' rows past the
 units are gone) and are dropped at the end; the training forward zeroes them in
-what the backward reads (the gates, c and y), so the backward's loops and the
-weight gradients after it, which still run over whole blocks of HB and Gp,
-meet zeros there.
+what the backward reads (the gates, c and y), so the backward's loops, which
+still run over whole blocks of HB, meet zeros there; the weight gradients read
+the blocks that hold units only.
 
 A recurrent projection (torch's proj_size P: h = W_hr (o * tanh(c)), h and y of
 P units, padded to Pp) adds a second parallel region to each step: the gate math
@@ -367,7 +367,9 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     kh, dhz, zb = ((np.zeros((B, Hp), np.float32) for _ in range(3)) if zoned else
                    (NO_ARRAY,) * 3)
     kc = np.zeros((B, Hc), np.float32) if zoned else NO_ARRAY
-    dgb = None  # dG in blocks, the weight gradients' operand (in_blocks's layout)
+    # dG in blocks, the weight gradients' operand (in_blocks's layout): the blocks that
+    # hold units only (Gl columns, as w_in has them; the rest are padding)
+    dgb, Gl = None, packed.w_in.shape[0] * CB
     rows = plan.rows
     peep = packed.peep
     if proj or masked or zoned or peep is not None:
@@ -378,7 +380,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
                                 cache["czs"], cache["zc"], cache["zh"], kh, kc, dhz, zb,
                                 plan.gate)
     elif rows:  # (the loop writes dgb as it goes)
-        dgb = np.empty((Gp // CB, T * B, CB), np.float32)
+        dgb = np.empty((Gl // CB, T * B, CB), np.float32)
         backward_rows(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd, rec,
                        dh_np, dc, lens, reverse, plan.threads, packed.clip, packed.coupled,
                        packed.gclip, packed.acts, dgb, plan.gate)
@@ -396,7 +398,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
     dg2 = dg.reshape(T * B, Gp)
     dx = input_gradient(dg2, packed.w_dx)
     if dgb is None:
-        dgb = in_blocks(dg2, plan.small_copy)
+        dgb = in_blocks(dg2[:, :Gl], plan.small_copy)
     grads = weight_gradients(dgb, x, y, cache["h0"], first_forward_steps(lens, reverse), mask,
                              reverse, packed.cols, Pu, small_copy=plan.small_copy)
     if peep is not None:

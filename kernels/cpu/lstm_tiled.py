@@ -398,9 +398,10 @@ def backward_tiled(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, 
 def backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, coupled,
                    gclip, acts, dgb, gate):
     """backward_tiled with the batch shared out instead of the units (see
-    forward_rows). Arguments as backward_tiled's, and dgb [Gp/CB, T*B, CB],
-    which receives dG in the products' blocked layout (copy_to_blocks's), each row
-    copied while it is in cache (the weight gradients read it; a pass of its
+    forward_rows). Arguments as backward_tiled's, and dgb [Gl/CB, T*B, CB] (the
+    blocks that hold units; Gl <= Gp), which receives dG in the products' blocked
+    layout (copy_to_blocks's), each row copied while it is in cache (the weight
+    gradients read it; a pass of its
     own after the loop took 0.37 ms at T=64, B=32, H=128 and 17 ms at T=128,
     B=128, H=256). gate: the thread policy's."""
     T, B = dg.shape[0], rec.shape[0]
