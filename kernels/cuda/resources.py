@@ -290,7 +290,6 @@ class PlanRow(NamedTuple):
     B: int
     arch: Arch
     plan: object       # common.Plan
-    kernels: dict      # name -> Usage of the kernels this plan launches
     co_resident: int   # blocks of the launched recurrence kernel resident at once (all SMs)
     problems: list
 
@@ -321,7 +320,7 @@ def plans(cells=None, dtypes=("float32", "float64"), archs=ARCHS, H_values=GRID_
                 launched = {kernel_name(k): used[k][arch.sm]
                             for k in ((rec.persistent,) if p.persistent else rec.per_step)}
                 co = co_resident(p.threads, p.shared) if p.persistent else 0
-                rows.append(PlanRow(rec.cell, rec.pass_, dtype, H, B, arch, p, launched, co,
+                rows.append(PlanRow(rec.cell, rec.pass_, dtype, H, B, arch, p, co,
                                     _problems(rec, dtype, H, B, arch, p, launched, co)))
     return rows
 
