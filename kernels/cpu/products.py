@@ -62,8 +62,8 @@ def matmul_rows(A, W, out, init, per_row, r_begin, r_end, b0, b1):
     """out[r_begin:r_end, blk*CB:(blk+1)*CB] = init + A[r_begin:r_end] @ W[blk] for
     blk in [b0, b1). A: [M,K'] (C or F order), K' >= K; W: [nblk,K,CB], each block's
     columns contiguous; out: [M, nblk*CB]; init: [M or 1, nblk*CB]. The sum runs
-    over W's K rows: A's columns past them (the padded units of h, which meet
-    only zero rows) are not read. K is walked in chunks of KC so that a chunk
+    over W's K rows: A's columns past them (the padded units of h, for which the
+    packed weights keep no rows) are not read. K is walked in chunks of KC so that a chunk
     of W stays in cache across the row tiles (the weight gradients have K = T*B)."""
     K = min(A.shape[1], W.shape[1])
     for k0 in range(0, max(K, 1), KC):
