@@ -476,9 +476,9 @@ OPTION_VARIANTS = {"plain": {}, "cell_clip=1.0": {"cell_clip": 1.0},
                    "peephole": {"peephole": True},
                    # (its own loop, with a serial pass over each row: kernels/cpu/lstm.py)
                    "layer_norm": {"layer_norm": True},
-                   "recurrent_activation=hard_sigmoid": {
-                       "recurrent_activation": "hard_sigmoid"},
-                   "activation=relu": {"activation": "relu"},
+                   # (both at once: each pair of activations compiles the kernels again)
+                   "recurrent_activation=hard_sigmoid, activation=relu": {
+                       "recurrent_activation": "hard_sigmoid", "activation": "relu"},
                    # a user's function, called through a pointer (not inlined)
                    **_USER_ACTIVATION}
 GRU_OPTION_VARIANTS = {"plain": {},
@@ -488,9 +488,8 @@ GRU_OPTION_VARIANTS = {"plain": {},
                        "zoneout=0.1": {"zoneout": 0.1},
                        # (one product a step on the BLAS path, rows normalised serially)
                        "layer_norm": {"layer_norm": True},
-                       "recurrent_activation=hard_sigmoid": {
-                           "recurrent_activation": "hard_sigmoid"},
-                       "activation=relu": {"activation": "relu"},
+                       "recurrent_activation=hard_sigmoid, activation=relu": {
+                           "recurrent_activation": "hard_sigmoid", "activation": "relu"},
                        **_USER_ACTIVATION}
 VARIANTS = {"lstm": OPTION_VARIANTS, "gru": GRU_OPTION_VARIANTS}
 

@@ -24,7 +24,47 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a real NVIDIA GPU (skips elsewhere)")
 
 
+# The longest tests (seconds from an empty compile cache under -n 2 on two cores,
+# 2026-12-06, mostly Numba compiling; a parametrized test's cases together). They
+# start first, shared between the two halves of the collection: pytest-xdist's
+# worksteal gives each of two workers a contiguous half and lets an idle worker
+# steal from the end of the other's queue, so a long test near the end of a half
+# ran alone while the other core idled (about two minutes of the suite).
+LONGEST = {
+    "tests/test_docs.py::test_guide_pages_run_in_order": 165,
+    "tests/kernels/test_cpu_lstm.py::test_cpu_kernels_match_reference_with_activations": 167,
+    "tests/test_cuda_backend.py::test_kernels_compile_and_every_launch_fits": 105,
+    "tests/test_bench.py::test_option_costs_rows": 88,
+    "tests/test_cuda_backend.py::test_gpu_check_script_runs_under_the_simulator": 50,
+    "tests/kernels/test_cpu_lstm.py::test_cpu_kernels_match_reference_with_peepholes": 48,
+    "tests/test_docs.py::test_readme_fits_on_a_screen_and_its_example_runs": 34,
+    "tests/test_layer_norm.py::test_gru_layer_matches_numpy": 30,
+    "tests/test_properties.py::test_cuda_backend_equals_the_reference": 24,
+    "tests/test_reliability.py::test_training_killed_at_random_moments": 22,
+    "tests/test_zoneout.py::test_projected_layer_backends_agree": 22,
+}
+
+
+def _longest_first(items):
+    """The collection reordered: each half starts with its share of LONGEST (the
+    longest placed first, each in the half with less so far); the rest keep their
+    order. Under one process the order makes no difference."""
+    groups = {prefix: [] for prefix in LONGEST}
+    rest = []
+    for item in items:
+        prefix = next((p for p in LONGEST if item.nodeid.startswith(p)), None)
+        (groups[prefix] if prefix else rest).append(item)
+    halves, load = ([], []), [0, 0]
+    for prefix, seconds in sorted(LONGEST.items(), key=lambda kv: -kv[1]):
+        k = load.index(min(load))
+        halves[k].extend(groups[prefix])
+        load[k] += seconds
+    cut = max(0, len(items) // 2 - len(halves[0]))
+    return halves[0] + rest[:cut] + halves[1] + rest[cut:]
+
+
 def pytest_collection_modifyitems(config, items):
+    items[:] = _longest_first(items)
     if SIMULATED or not HAS_GPU:
         skip = pytest.mark.skip(reason="needs a real NVIDIA GPU (none here, or the CUDA "
                                        "simulator is on)")

@@ -7,6 +7,7 @@ import pytest
 import numlstm
 from helpers import SOFTSIGN, assert_close, lstm_layer_and_reference, run_steps
 
+
 def _with_peepholes(layer, rng):
     """Random peephole weights (they start at zero)."""
     weights = layer.export_weights("torch")
@@ -51,27 +52,29 @@ def test_options_change_the_function_as_defined(rng):
     np.testing.assert_array_equal(peep(x)[0], plain(x)[0])
     _with_peepholes(peep, rng)
     assert not np.allclose(peep(x)[0], plain(x)[0])
-    # relu as the cell's activation, one step from zeros by hand: g = relu(a_g),
-    # c = i * g, h = o * relu(c).
-    relu = numlstm.LSTM(3, 4, activation="relu", dtype=np.float64, seed=1)
-    relu.load_weights(weights, "torch")
-    _, (h, c) = relu(x[:1])
+    # hard_sigmoid gates and relu as the cell's activation (the pair the kernels are
+    # tested with: each pair compiles every kernel again), one step from zeros by hand:
+    # i = hs(a_i), g = relu(a_g), c = i * g, h = o * relu(c), hs(a) = min(max(a/6 + 1/2, 0), 1).
+    hard = numlstm.LSTM(3, 4, recurrent_activation="hard_sigmoid", activation="relu",
+                        dtype=np.float64, seed=1)
+    hard.load_weights(weights, "torch")
+    _, (h, c) = hard(x[:1])
     a = x[0] @ weights["weight_ih_l0"].T + weights["bias_ih_l0"] + weights["bias_hh_l0"]
-    sig = 1 / (1 + np.exp(-a))
-    c_want = sig[:, :4] * np.maximum(a[:, 8:12], 0)
+    hs = np.clip(a / 6 + 0.5, 0, 1)
+    c_want = hs[:, :4] * np.maximum(a[:, 8:12], 0)
     np.testing.assert_allclose(c[0], c_want, rtol=1e-13)
-    np.testing.assert_allclose(h[0], sig[:, 12:] * np.maximum(c_want, 0), rtol=1e-13)
+    np.testing.assert_allclose(h[0], hs[:, 12:] * np.maximum(c_want, 0), rtol=1e-13)
     assert (a[:, 8:12] < 0).any()  # (relu clips something)
     # hard_sigmoid gates saturate exactly: an input far out opens them fully.
-    hard = numlstm.LSTM(3, 4, recurrent_activation="hard_sigmoid", dtype=np.float64, seed=1)
     hard.load_weights(dict(weights, bias_ih_l0=np.full(16, 50.0)), "torch")
-    _, (h, c) = hard(np.zeros((1, 1, 3)))  # i = f = o = 1 exactly, g = tanh(50 + b_hh)
-    np.testing.assert_allclose(c, np.tanh(50 + weights["bias_hh_l0"][8:12])[None, None])
+    _, (h, c) = hard(np.zeros((1, 1, 3)))  # i = f = o = 1 exactly, g = relu(50 + b_hh)
+    np.testing.assert_allclose(c, (50 + weights["bias_hh_l0"][8:12])[None, None])
 
 
 def test_step_equals_the_sequence(rng):
     lstm = _with_peepholes(numlstm.LSTM(3, 6, num_layers=2, peephole=True, seed=0,
-                                        recurrent_activation="hard_sigmoid"), rng)
+                                        recurrent_activation="hard_sigmoid",
+                                        activation="relu"), rng)
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
     y, _ = lstm(x)
     ys, _ = run_steps(lstm, x)
@@ -80,13 +83,13 @@ def test_step_equals_the_sequence(rng):
 
 
 def test_checkpoints_keep_the_options(tmp_path, rng):
-    lstm = numlstm.LSTM(3, 4, peephole=True, activation="hard_sigmoid",
-                        recurrent_activation="relu", seed=0)
+    lstm = numlstm.LSTM(3, 4, peephole=True, activation="relu",
+                        recurrent_activation="hard_sigmoid", seed=0)
     model = numlstm.Sequential([_with_peepholes(lstm, rng)])
     numlstm.save_checkpoint(tmp_path, model)
     back = numlstm.load(tmp_path).layers[0]
     assert (back.spec.peephole, back.spec.activation, back.spec.recurrent_activation) == \
-        (True, "hard_sigmoid", "relu")
+        (True, "relu", "hard_sigmoid")
     x = rng.standard_normal((2, 5, 3)).astype(np.float32)
     np.testing.assert_array_equal(numlstm.load(tmp_path).predict(x), model.predict(x))
 

@@ -242,8 +242,8 @@ def test_real_gpu_zero_copy(rng, source):
 
 
 def test_gpu_check_script_runs_under_the_simulator(tmp_path):
-    """tools/gpu_check.sh --simulate: the GPU check's steps with no GPU, every CUDA
-    kernel variant checked against the reference at a tiny shape in Numba's
+    """tools/gpu_check.sh --simulate: the GPU check's steps with no GPU, the LSTM's
+    CUDA kernel variants checked against the reference at a tiny shape in Numba's
     simulator (a fresh process: the variable is read when numba.cuda is imported);
     its output lands in the file named."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

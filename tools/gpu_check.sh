@@ -71,8 +71,10 @@ if not numba.config.ENABLE_CUDASIM:
 EOF
 
 if [[ $simulate -eq 1 ]]; then
+    # (the LSTM's variants only: the simulator runs kernels as Python, and the
+    # tests run every kernel under it already; this rehearses the step)
     step "kernels against the reference" 900 python3 -m numlstm.kernels.harness --backend cuda \
-        --quick --options plain --dtype float32
+        --quick --options plain --dtype float32 --cell lstm
     say ""
     say "simulate: the layer tests (pytest -m gpu) and the benchmark need a GPU; not run"
     say "steps failed: $failed"
