@@ -107,6 +107,85 @@ def test_stateful_layer_carries_state_until_reset(rng, cell):
     assert_close(np.stack(steps, axis=1), y, 1e-6, "stateful steps")
 
 
+def _counting_table(monkeypatch, cell):
+    """The CPU table's step and step_into for cell, counting their calls."""
+    from numlstm.kernels import cpu
+    calls = {"step": 0, "step_into": 0}
+    table = cpu.KERNELS[cell]
+
+    def counted(name, fn):
+        def call(*args):
+            calls[name] += 1
+            return fn(*args)
+        return call
+    monkeypatch.setitem(cpu.KERNELS, cell, table._replace(
+        step=counted("step", table.step), step_into=counted("step_into", table.step_into)))
+    return calls
+
+
+@pytest.mark.parametrize("cell", sorted(CLASSES))
+def test_a_plain_host_step_is_one_kernel_call_a_layer_and_bitwise_the_general_path(
+        rng, cell, monkeypatch):
+    """step()'s common call (C-contiguous NumPy arrays of the layer's dtype; the state
+    None, given or carried) calls the table's step_into once a layer and nothing else;
+    the same call in other forms (float64 x, the state as a list) takes the general
+    path; both give bitwise the same y and state. Uneven H, B=1, unbatched, two
+    layers. A one-step call takes it too, bitwise what the time loop gives. A step
+    too large for one thread leaves step_into for the general path's one-step
+    forward, again bitwise the same."""
+    from numlstm.kernels.cpu import plan
+    calls = _counting_table(monkeypatch, cell)
+    for B, H in ((3, 37), (1, 5)):
+        layer = CLASSES[cell](4, H, num_layers=2, seed=B)
+        x = rng.standard_normal((B, 4)).astype(np.float32)
+        h0 = rng.standard_normal((2, B, H)).astype(np.float32)
+        state = (h0, h0 * 0.5) if cell == "lstm" else h0
+        general = list(state) if cell == "lstm" else h0.astype(np.float64)
+        for state_in, general_in in ((None, None), (state, general)):
+            calls.update(step=0, step_into=0)
+            y, st = layer.step(x, state_in)
+            assert calls == {"step": 0, "step_into": 2}
+            y_g, st_g = layer.step(x.astype(np.float64), general_in)
+            assert calls == {"step": 2, "step_into": 2}
+            np.testing.assert_array_equal(y, y_g)
+            for a, b in zip(np.atleast_1d(st) if cell != "lstm" else st,
+                            np.atleast_1d(st_g) if cell != "lstm" else st_g):
+                np.testing.assert_array_equal(a, b)
+        # unbatched
+        y1, st1 = layer.step(x[0])
+        y1_g, _ = layer.step(x[0].tolist())
+        assert y1.shape == (H,) and (st1[0] if cell == "lstm" else st1).shape == (2, H)
+        np.testing.assert_array_equal(y1, y1_g)
+        y.fill(0)  # (y is an array of its own, not a view of the state)
+        np.testing.assert_array_equal(layer.step(x, st)[0], layer.step(x, st_g)[0])
+    # a stateful layer carries the state through the short path
+    stateful = CLASSES[cell](4, 6, seed=0, stateful=True)
+    plain = CLASSES[cell](4, 6, seed=0)
+    xs = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    calls.update(step=0, step_into=0)
+    ys = [stateful.step(x_t)[0] for x_t in xs]
+    assert calls == {"step": 0, "step_into": 3}
+    np.testing.assert_array_equal(np.stack(ys), run_steps(plain, xs.astype(np.float64))[0])
+    # a one-step inference call is a streaming step, bitwise what the time loop gives
+    batch_first = CLASSES[cell](4, 5, num_layers=2, seed=0, batch_first=True)
+    x1 = rng.standard_normal((3, 1, 4)).astype(np.float32)
+    calls.update(step=0, step_into=0)
+    y1, st1 = batch_first(x1)
+    assert calls == {"step": 0, "step_into": 2} and y1.shape == (3, 1, 5)
+    y1_loop, st1_loop = batch_first(x1, lengths=[1, 1, 1])  # (the time loop)
+    assert calls == {"step": 0, "step_into": 2}
+    np.testing.assert_array_equal(y1, y1_loop)
+    for a, b in zip(np.atleast_1d(st1) if cell != "lstm" else st1,
+                    np.atleast_1d(st1_loop) if cell != "lstm" else st1_loop):
+        np.testing.assert_array_equal(a, b)
+    if cell != "rnn":  # (the RNN's step is always one thread)
+        monkeypatch.setattr(plan, "STEP_PARALLEL_MIN_FLOPS", 0)
+        calls.update(step=0, step_into=0)
+        y_big, _ = plain.step(xs[0])
+        assert calls == {"step": 1, "step_into": 1}
+        np.testing.assert_array_equal(y_big, ys[0])
+
+
 def test_step_refuses_bidirectional_and_bad_input(rng):
     with pytest.raises(ValueError, match="bidirectional layer needs the whole sequence"):
         numlstm.GRU(4, 5, bidirectional=True).step(np.zeros((1, 4)))

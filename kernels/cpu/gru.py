@@ -52,7 +52,7 @@ from .cells import BlasGRU, NormGRU, TiledGRU
 from .gradients import first_step_dh, input_gradient, weight_gradients
 from .gru_blas import backward_blas_wrap, backward_norm_wrap, forward_blas, forward_norm_wrap
 from .gru_tiled import (U, backward_rows, backward_tiled, forward_rows, forward_tiled,
-                        gate_blocks, step_tiled)
+                        gate_blocks, step_state, step_tiled)
 from .plan import make_plan, streaming_step_alone
 from .products import (blas_projection, in_blocks, run_in_chunks, step_tiles, tiled_bias,
                        tiled_weights)
@@ -177,7 +177,7 @@ def gru_step_cpu(x, packed, h):
     """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
     array). Equal to gru_forward_cpu on one step, without its parallel regions
     unless the step is too large for one thread (plan.streaming_step_alone)."""
-    if packed.kind != "tiled" or not streaming_step_alone(x.shape[0], packed.Hp, 3):
+    if not _steps_alone(packed, x.shape[0]):
         # (a one-step forward: the thread policy's)
         return thread_policy(gru_forward_cpu, x[None], packed, h)[1]
     H, Hp = packed.H, packed.Hp
@@ -190,6 +190,23 @@ def gru_step_cpu(x, packed, h):
                 pad_units(h, Hp), h_new, y, xw, rec, ones_of(B), NO_MASK, packed.acts,
                 NO_ZONE[np.dtype(np.float32)][0])
     return h_new[:, :H]
+
+
+def _steps_alone(packed, B):
+    """Whether a streaming step of B rows is one compiled call on one thread."""
+    return packed.kind == "tiled" and streaming_step_alone(B, packed.Hp, 3)
+
+
+def gru_step_into(x, packed, h, h_out):
+    """gru_step_cpu's one-thread step into the caller's array: x [B,I] and the
+    state h [B,H] (read only) -> h_out [B,H], all C-contiguous float32. Returns
+    False, writing nothing, where gru_step_cpu takes a one-step forward
+    (kernels/table.py: step_into)."""
+    if not _steps_alone(packed, x.shape[0]):
+        return False
+    step_state(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec, h, h_out, packed.Hp,
+               NO_MASK, packed.acts, NO_ZONE[np.dtype(np.float32)][0])
+    return True
 
 
 def gru_backward_cpu(dy, dh_n, cache, packed):

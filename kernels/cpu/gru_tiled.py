@@ -162,6 +162,24 @@ def step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_ma
               no_mask, acts, no_zone)
 
 
+@njit(**FAST)
+def step_state(x, w_in, b_in, w_fwd, b_rec, h, h_out, Hp, no_mask, acts, no_zone):
+    """step_tiled from the state h [B,H] into h_out [B,H], its padded buffers made
+    here: a step streamed from Python is one compiled call (gru.gru_step_into)."""
+    B, H = h.shape
+    hp = np.zeros((B, Hp), np.float32)
+    for r in range(B):
+        for j in range(H):
+            hp[r, j] = h[r, j]
+    h_new = np.empty((B, Hp), np.float32)
+    step_tiled(x, w_in, b_in, w_fwd, b_rec, hp, h_new, np.empty((B, Hp), np.float32),
+               np.empty((B, 3 * Hp), np.float32), np.empty((B, 3 * Hp), np.float32),
+               np.ones(B, np.int64), no_mask, acts, no_zone)
+    for r in range(B):
+        for j in range(H):
+            h_out[r, j] = h_new[r, j]
+
+
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**FAST)
 def _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1,

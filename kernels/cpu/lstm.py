@@ -100,7 +100,7 @@ from .gradients import first_step_dh, input_gradient, peephole_gradients, weight
 from .lstm_blas import backward_blas_wrap, forward_blas
 from .lstm_tiled import (HB, U, backward_rows, backward_tiled, backward_tiled_options,
                          cell_outputs, forward_rows, forward_tiled, forward_tiled_options,
-                         step_tiled)
+                         step_state, step_tiled)
 from .microkernel import CB
 from .norm import normalised_input
 from .plan import make_plan, streaming_step_alone
@@ -319,8 +319,7 @@ def lstm_step_cpu(x, packed, h, c):
     step, without its parallel regions and training buffers: a few microseconds
     at B=1, H=64. A step too large for one thread (plan.streaming_step_alone) is a
     one-step forward on the plan's threads."""
-    if (packed.kind == "blas" or packed.proj or packed.peep is not None
-            or not streaming_step_alone(x.shape[0], packed.Hp, 4)):
+    if not _steps_alone(packed, x.shape[0]):
         # (a one-step forward, which may enter parallel regions: the thread policy's)
         _, h, c, _ = thread_policy(lstm_forward_cpu, x[None], packed, h, c)
         return h, c
@@ -333,6 +332,24 @@ def lstm_step_cpu(x, packed, h, c):
                 np.empty((B, Hp), np.float32), np.empty((B, 4 * Hp), np.float32),
                 ones_of(B), packed.clip, packed.coupled, packed.gclip, packed.acts)
     return h_new[:, :H], c_new[:, :H]
+
+
+def _steps_alone(packed, B):
+    """Whether a streaming step of B rows is one compiled call on one thread."""
+    return (packed.kind != "blas" and not packed.proj and packed.peep is None
+            and streaming_step_alone(B, packed.Hp, 4))
+
+
+def lstm_step_into(x, packed, h, c, h_out, c_out):
+    """lstm_step_cpu's one-thread step into the caller's arrays: x [B,I] and the
+    state h, c [B,H] (read only) -> h_out, c_out [B,H], all C-contiguous float32.
+    Returns False, writing nothing, where lstm_step_cpu takes a one-step forward
+    (kernels/table.py: step_into)."""
+    if not _steps_alone(packed, x.shape[0]):
+        return False
+    step_state(x, packed.w_in, packed.bias, packed.w_fwd, h, c, h_out, c_out, packed.Hp,
+               packed.clip, packed.coupled, packed.gclip, packed.acts)
+    return True
 
 
 def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):

@@ -319,6 +319,25 @@ def step_tiled(x, w_in, bias, w_fwd, h, c, h_new, y, rec, lengths, clip, coupled
                    acts, None)
 
 
+@njit(**FAST)
+def step_state(x, w_in, bias, w_fwd, h, c, h_out, c_out, Hp, clip, coupled, gclip, acts):
+    """step_tiled from the state h, c [B,H] into h_out, c_out [B,H], its padded
+    buffers made here: a step streamed from Python is one compiled call
+    (lstm.lstm_step_into)."""
+    B, H = c.shape
+    hp, cp = np.zeros((B, Hp), np.float32), np.zeros((B, Hp), np.float32)
+    for r in range(B):
+        for j in range(H):
+            hp[r, j], cp[r, j] = h[r, j], c[r, j]
+    h_new = np.empty((B, Hp), np.float32)
+    step_tiled(x, w_in, bias, w_fwd, hp, cp, h_new, np.empty((B, Hp), np.float32),
+               np.empty((B, 4 * Hp), np.float32), np.ones(B, np.int64), clip, coupled, gclip,
+               acts)
+    for r in range(B):
+        for j in range(H):
+            h_out[r, j], c_out[r, j] = h_new[r, j], cp[r, j]
+
+
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**FAST)
 def _bwd_pointwise(dg_t, cs_t, cz_prev, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1,

@@ -171,6 +171,23 @@ def _step_tiled(x, w_in, bias, w_fwd, h, h_new, xw, lengths, use_relu):
     _fwd_step(xw, w_fwd, h, h_new, h_new, lengths, use_relu, 0, 0, nblk)
 
 
+@njit(**FAST)
+def _step_state(x, w_in, bias, w_fwd, h, h_out, Hp, use_relu):
+    """_step_tiled from the state h [B,H] into h_out [B,H], its padded buffers made
+    here: a step streamed from Python is one compiled call (rnn_step_into)."""
+    B, H = h.shape
+    hp = np.zeros((B, Hp), np.float32)
+    for r in range(B):
+        for j in range(H):
+            hp[r, j] = h[r, j]
+    h_new = np.empty((B, Hp), np.float32)
+    _step_tiled(x, w_in, bias, w_fwd, hp, h_new, np.empty((B, Hp), np.float32),
+                np.ones(B, np.int64), use_relu)
+    for r in range(B):
+        for j in range(H):
+            h_out[r, j] = h_new[r, j]
+
+
 # -- backward, float32 tiled -----------------------------------------------------------
 @njit(**FAST)
 def _bwd_pointwise(dg_t, y_t, dy_t, rec, dh_n, lengths, reverse, use_relu, t, j0, j1):
@@ -341,6 +358,17 @@ def rnn_step_cpu(x, packed, h):
     _step_tiled(x, packed.w_in, packed.bias, packed.w_fwd, pad_units(h, Hp), h_new,
                 np.empty((B, Hp), np.float32), ones_of(B), packed.relu)
     return h_new[:, :H]
+
+
+def rnn_step_into(x, packed, h, h_out):
+    """rnn_step_cpu's one-thread step into the caller's array: x [B,I] and the
+    state h [B,H] (read only) -> h_out [B,H], all C-contiguous float32. Returns
+    False, writing nothing, where rnn_step_cpu takes a one-step forward
+    (kernels/table.py: step_into)."""
+    if packed.kind == "blas":
+        return False
+    _step_state(x, packed.w_in, packed.bias, packed.w_fwd, h, h_out, packed.Hp, packed.relu)
+    return True
 
 
 def rnn_backward_cpu(dy, dh_n, cache, packed):

@@ -147,18 +147,27 @@ def test_rnn_rejects_an_unknown_nonlinearity(rng):
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_step_kernel_matches_reference(rng, cell, dtype):
-    from numlstm.kernels.cpu import gru_step_cpu, rnn_step_cpu
+    """The step kernel, and step_into where it runs (the tiled float32 cells; the
+    others decline and write nothing): bitwise the same as the step kernel."""
+    from numlstm.kernels.cpu import KERNELS, gru_step_cpu, rnn_step_cpu
     gates, (forward_ref, _), (pack, _, _), option = CELLS[cell]
     step = gru_step_cpu if gates == 3 else rnn_step_cpu
+    into = KERNELS["gru" if gates == 3 else "rnn"].step_into
+    # (reset_after=False is the GRU's BLAS path; float64 is every cell's)
+    tiled = dtype == np.float32 and option.get("reset_after", True)
     for B, I, H in [(1, 1, 1), (1, 64, 64), (3, 5, 70), (7, 2, 128)]:
         cell_w = cell_weights(rng, I, H, gates, dtype, min(0.5, 1 / np.sqrt(H)))
         x = rng.standard_normal((1, B, I)).astype(dtype)
         h0 = rng.standard_normal((B, H)).astype(dtype)
         kept = h0.copy()
         _, h, _ = forward_ref(x, *cell_w, h0, **option)
-        got = step(x[0], pack(*cell_w, **option), h0)
+        packed = pack(*cell_w, **option)
+        got = step(x[0], packed, h0)
         assert got.dtype == dtype
         assert_close(got, h, RTOL[dtype], f"h (B={B}, I={I}, H={H})")
+        h_out = np.full((B, H), np.nan, dtype)
+        assert into(x[0], packed, h0, h_out) == tiled
+        np.testing.assert_array_equal(h_out, got if tiled else np.nan)
         np.testing.assert_array_equal(h0, kept)
 
 

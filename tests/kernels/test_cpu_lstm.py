@@ -143,7 +143,9 @@ def test_inference_in_chunks_of_steps_matches_reference(rng, reverse):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_step_kernel_matches_reference(rng, dtype):
-    from numlstm.kernels.cpu import lstm_step_cpu
+    """lstm_step_cpu, and step_into where it runs (the tiled float32 cell; the
+    float64 cell declines and writes nothing): bitwise the same as lstm_step_cpu."""
+    from numlstm.kernels.cpu import KERNELS, lstm_step_cpu
     for B, I, H in [(1, 1, 1), (1, 64, 64), (3, 5, 70), (7, 2, 128)]:
         cell = lstm_weights(rng, I, H, dtype)
         x = rng.standard_normal((1, B, I)).astype(dtype)
@@ -151,10 +153,16 @@ def test_one_step_kernel_matches_reference(rng, dtype):
         c0 = rng.standard_normal((B, H)).astype(dtype)
         kept = h0.copy(), c0.copy()
         _, h, c, _ = lstm_forward_ref(x, *cell, h0, c0)
-        hk, ck = lstm_step_cpu(x[0], pack_lstm_cpu(*cell), h0, c0)
+        packed = pack_lstm_cpu(*cell)
+        hk, ck = lstm_step_cpu(x[0], packed, h0, c0)
         assert hk.dtype == ck.dtype == dtype
         assert_close(hk, h, RTOL[dtype], "h")
         assert_close(ck, c, RTOL[dtype], "c")
+        h_out, c_out = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
+        ran = KERNELS["lstm"].step_into(x[0], packed, h0, c0, h_out, c_out)
+        assert ran == (dtype == np.float32)
+        np.testing.assert_array_equal(h_out, hk if ran else np.nan)
+        np.testing.assert_array_equal(c_out, ck if ran else np.nan)
         np.testing.assert_array_equal(h0, kept[0])  # the inputs are not modified
         np.testing.assert_array_equal(c0, kept[1])
 
