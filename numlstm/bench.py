@@ -515,7 +515,8 @@ def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print, ce
     plain layer's). Initialisation options (recurrent_init, unit_forget_bias)
     change only the starting weights and cost nothing per step."""
     rows = []
-    out(f"{'T,B,H':>12} {'option':>34} {'inference ms':>13} {'x plain':>8} "
+    w = max(map(len, VARIANTS[cell]))
+    out(f"{'T,B,H':>12} {'option':>{w}} {'inference ms':>13} {'x plain':>8} "
         f"{'training ms':>12} {'x plain':>8}")
     for T, B, H in shapes:
         x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
@@ -538,7 +539,7 @@ def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print, ce
         for name in layers:
             r = {mode: med[name, mode] / med["plain", mode] for mode in ("inference",
                                                                          "training")}
-            out(f"{f'{T},{B},{H}':>12} {name:>34} {med[name, 'inference'] * 1e3:13.2f} "
+            out(f"{f'{T},{B},{H}':>12} {name:>{w}} {med[name, 'inference'] * 1e3:13.2f} "
                 f"{r['inference']:8.2f} {med[name, 'training'] * 1e3:12.2f} "
                 f"{r['training']:8.2f}")
             rows += [dict(T=T, B=B, H=H, option=name, mode=mode, ms=med[name, mode] * 1e3,
