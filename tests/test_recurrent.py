@@ -191,6 +191,9 @@ def test_step_refuses_bidirectional_and_bad_input(rng):
         numlstm.GRU(4, 5, bidirectional=True).step(np.zeros((1, 4)))
     with pytest.raises(ValueError, match=r"x_t: expected \[B,4\]"):
         numlstm.LSTM(4, 5).step(np.zeros((1, 3)))
+    for shape in ((), (2, 1, 4)):  # (arrays of the layer's dtype: the short path's checks)
+        with pytest.raises(ValueError, match=r"x_t: expected \[B,4\]"):
+            numlstm.LSTM(4, 5).step(np.zeros(shape, np.float32))
 
 
 MODES = ["sum", "mul", "ave", None]

@@ -478,8 +478,8 @@ class Recurrent(CallState, Layer):
 
     def _host_step(self, x_t, state):
         """step() for its common call, with little Python around the kernels: x_t a
-        NumPy array of the layer's dtype on the CPU backend; the state
-        None, carried, or NumPy arrays that need no conversion; the kernel table's
+        NumPy array of the layer's dtype on the CPU backend; the state None,
+        carried, or NumPy arrays that need no conversion; the kernel table's
         step_into taking each layer. Returns None for anything else, which the
         general path converts and checks (and refuses with its errors); both run
         the same kernel, so the results are bitwise the same. (At B=1, H=128 the
@@ -490,7 +490,7 @@ class Recurrent(CallState, Layer):
             return None
         into = dispatch.BACKENDS["cpu"].table(spec).step_into
         batched = x_t.ndim == 2
-        if into is None or x_t.shape[-1] != spec.input_size or not 1 <= x_t.ndim <= 2:
+        if into is None or not 1 <= x_t.ndim <= 2 or x_t.shape[-1] != spec.input_size:
             return None
         B = x_t.shape[0] if batched else 1
         if B < 1:
