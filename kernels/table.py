@@ -21,16 +21,17 @@ class CellKernels(NamedTuple):
         {"w_ih", "w_hh", "b_ih", "b_hh", ...} in torch's layout.
     step(x [B,I], packed, *state) -> the state after one inference step (the LSTM:
         (h, c); the GRU and the RNN: h), or None where a one-step forward serves.
-    step_into(x [B,I], packed, *state, *state_out) -> True after writing the state
-        after one inference step into state_out (C-contiguous arrays shaped like
-        the state, which is only read) as one compiled call on one thread, with no
-        allocation from Python; False, writing nothing, where the packed cell's
-        step takes another path (step then serves). None: no such path. The same
-        arithmetic as step, bit for bit: it serves step()'s common call, whose
-        Python around the kernel was most of its time.
+    forward_into(x [T,B,I], packed, *state, y [T,B,H], *state_out) -> True after
+        writing an inference forward's y and last state into the caller's
+        C-contiguous arrays (the state is only read; no lengths) as one compiled
+        call on one thread, with no allocation from Python; False, writing
+        nothing, where the forward would take more threads or another loop (then
+        forward or step serves). None: no such path. The same arithmetic as
+        forward, bit for bit: it serves step() and small inference calls, whose
+        Python around the kernel was most of their time.
     """
     pack: Callable
     forward: Callable
     backward: Callable
     step: Optional[Callable]
-    step_into: Optional[Callable] = None
+    forward_into: Optional[Callable] = None

@@ -108,82 +108,82 @@ def test_stateful_layer_carries_state_until_reset(rng, cell):
 
 
 def _counting_table(monkeypatch, cell):
-    """The CPU table's step and step_into for cell, counting their calls."""
+    """The CPU table's step, forward and forward_into for cell, counting their calls."""
     from numlstm.kernels import cpu
-    calls = {"step": 0, "step_into": 0}
+    calls = dict.fromkeys(("step", "forward", "forward_into"), 0)
     table = cpu.KERNELS[cell]
 
-    def counted(name, fn):
-        def call(*args):
+    def counted(name):
+        def call(*args, **kwargs):
             calls[name] += 1
-            return fn(*args)
+            return getattr(table, name)(*args, **kwargs)
         return call
-    monkeypatch.setitem(cpu.KERNELS, cell, table._replace(
-        step=counted("step", table.step), step_into=counted("step_into", table.step_into)))
+    monkeypatch.setitem(cpu.KERNELS, cell, table._replace(**{n: counted(n) for n in calls}))
     return calls
 
 
+def _equal(cell, got, want):
+    """(y, state) pairs bitwise equal."""
+    np.testing.assert_array_equal(got[0], want[0])
+    for a, b in zip(*((s,) if cell != "lstm" else s for s in (got[1], want[1]))):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("cell", sorted(CLASSES))
-def test_a_plain_host_step_is_one_kernel_call_a_layer_and_bitwise_the_general_path(
+def test_small_inference_calls_are_one_kernel_call_a_layer_and_bitwise_the_general_path(
         rng, cell, monkeypatch):
-    """step()'s common call (C-contiguous NumPy arrays of the layer's dtype; the state
-    None, given or carried) calls the table's step_into once a layer and nothing else;
-    the same call in other forms (float64 x, the state as a list) takes the general
-    path; both give bitwise the same y and state. Uneven H, B=1, unbatched, two
-    layers. A one-step call takes it too, bitwise what the time loop gives. A step
-    too large for one thread leaves step_into for the general path's one-step
-    forward, again bitwise the same."""
+    """A small inference call from NumPy arrays of the layer's dtype (the state None,
+    given or carried; no lengths), through step() or the layer, batch-first or
+    not, calls the table's forward_into once a layer and nothing else; the same
+    call in other forms (float64 x, the state as a list, lengths) takes the
+    general path; both give bitwise the same y and state. Uneven H, B=1, T=1,
+    unbatched, two layers, the input product a step at a time. Steps too large
+    for one thread leave forward_into for the general path, bitwise the same."""
     from numlstm.kernels.cpu import plan
     calls = _counting_table(monkeypatch, cell)
-    for B, H in ((3, 37), (1, 5)):
+    monkeypatch.setattr(plan, "INFERENCE_CHUNK_BYTES", 1)  # (chunks of one step)
+    for T, B, H in ((1, 3, 37), (5, 1, 5), (4, 2, 20)):
         layer = CLASSES[cell](4, H, num_layers=2, seed=B)
-        x = rng.standard_normal((B, 4)).astype(np.float32)
+        x = rng.standard_normal((T, B, 4)).astype(np.float32)
         h0 = rng.standard_normal((2, B, H)).astype(np.float32)
         state = (h0, h0 * 0.5) if cell == "lstm" else h0
         general = list(state) if cell == "lstm" else h0.astype(np.float64)
         for state_in, general_in in ((None, None), (state, general)):
-            calls.update(step=0, step_into=0)
-            y, st = layer.step(x, state_in)
-            assert calls == {"step": 0, "step_into": 2}
-            y_g, st_g = layer.step(x.astype(np.float64), general_in)
-            assert calls == {"step": 2, "step_into": 2}
-            np.testing.assert_array_equal(y, y_g)
-            for a, b in zip(np.atleast_1d(st) if cell != "lstm" else st,
-                            np.atleast_1d(st_g) if cell != "lstm" else st_g):
-                np.testing.assert_array_equal(a, b)
-        # unbatched
-        y1, st1 = layer.step(x[0])
-        y1_g, _ = layer.step(x[0].tolist())
-        assert y1.shape == (H,) and (st1[0] if cell == "lstm" else st1).shape == (2, H)
-        np.testing.assert_array_equal(y1, y1_g)
-        y.fill(0)  # (y is an array of its own, not a view of the state)
-        np.testing.assert_array_equal(layer.step(x, st)[0], layer.step(x, st_g)[0])
+            calls.update(step=0, forward=0, forward_into=0)
+            out = layer(x, state_in)
+            step = layer.step(x[0], state_in)
+            assert calls == {"step": 0, "forward": 0, "forward_into": 4}
+            _equal(cell, out, layer(x.astype(np.float64), general_in))
+            _equal(cell, out, layer(x, state_in, lengths=[T] * B))
+            _equal(cell, step, layer.step(x[0].astype(np.float64), general_in))
+            assert calls == {"step": 2, "forward": 4, "forward_into": 4}
+            _equal(cell, (out[0][:1], step[1] if T == 1 else out[1]), (step[0][None], out[1]))
+        unbatched = layer(x[:, 0])
+        assert unbatched[0].shape == (T, H) and calls["forward_into"] == 6
+        _equal(cell, unbatched, layer(x[:, 0].tolist()))
+        bf = CLASSES[cell](4, H, num_layers=2, seed=B, batch_first=True)
+        y_bf, st_bf = bf(x.swapaxes(0, 1))
+        _equal(cell, (y_bf.swapaxes(0, 1), st_bf), layer(x))
+        out[0].fill(0)  # (y is an array of its own, not a view of the state)
+        _equal(cell, layer(x, out[1]), layer(x, layer(x, state)[1]))
     # a stateful layer carries the state through the short path
     stateful = CLASSES[cell](4, 6, seed=0, stateful=True)
     plain = CLASSES[cell](4, 6, seed=0)
     xs = rng.standard_normal((3, 2, 4)).astype(np.float32)
-    calls.update(step=0, step_into=0)
+    calls.update(step=0, forward=0, forward_into=0)
     ys = [stateful.step(x_t)[0] for x_t in xs]
-    assert calls == {"step": 0, "step_into": 3}
+    assert calls == {"step": 0, "forward": 0, "forward_into": 3}
     np.testing.assert_array_equal(np.stack(ys), run_steps(plain, xs.astype(np.float64))[0])
-    # a one-step inference call is a streaming step, bitwise what the time loop gives
-    batch_first = CLASSES[cell](4, 5, num_layers=2, seed=0, batch_first=True)
-    x1 = rng.standard_normal((3, 1, 4)).astype(np.float32)
-    calls.update(step=0, step_into=0)
-    y1, st1 = batch_first(x1)
-    assert calls == {"step": 0, "step_into": 2} and y1.shape == (3, 1, 5)
-    y1_loop, st1_loop = batch_first(x1, lengths=[1, 1, 1])  # (the time loop)
-    assert calls == {"step": 0, "step_into": 2}
-    np.testing.assert_array_equal(y1, y1_loop)
-    for a, b in zip(np.atleast_1d(st1) if cell != "lstm" else st1,
-                    np.atleast_1d(st1_loop) if cell != "lstm" else st1_loop):
-        np.testing.assert_array_equal(a, b)
-    if cell != "rnn":  # (the RNN's step is always one thread)
-        monkeypatch.setattr(plan, "STEP_PARALLEL_MIN_FLOPS", 0)
-        calls.update(step=0, step_into=0)
-        y_big, _ = plain.step(xs[0])
-        assert calls == {"step": 1, "step_into": 1}
-        np.testing.assert_array_equal(y_big, ys[0])
+    # steps too large for one thread (the RNN's single step is always one thread)
+    monkeypatch.setattr(plan, "STEP_PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(plan, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(plan, "PARALLEL_MIN_UNITS", 0)
+    calls.update(step=0, forward=0, forward_into=0)
+    _equal(cell, plain(xs), run_steps(plain, xs.astype(np.float64)))
+    if cell != "rnn":
+        np.testing.assert_array_equal(plain.step(xs[0])[0], ys[0])
+        # (forward_into tried and declined twice; the float64 steps took step)
+        assert calls == {"step": 4, "forward": 1, "forward_into": 2}
 
 
 def test_step_refuses_bidirectional_and_bad_input(rng):

@@ -157,14 +157,14 @@ PLANS = {"lstm": lstm.forward_plan, "gru": gru.forward_plan, "rnn": rnn.forward_
 
 
 # The table: dispatch looks the kernels up here (kernels/table.py).
-# (step_into enters no parallel region, so it needs neither the thread policy nor _LOCK)
+# (forward_into enters no parallel region: it needs neither the thread policy nor _LOCK)
 KERNELS = {
     "lstm": CellKernels(pack_lstm_cpu, lstm_forward_cpu, lstm_backward_cpu, lstm_step_cpu,
-                        lstm.lstm_step_into),
+                        lstm.lstm_forward_into),
     "gru": CellKernels(pack_gru_cpu, gru_forward_cpu, gru_backward_cpu, gru_step_cpu,
-                       gru.gru_step_into),
+                       gru.gru_forward_into),
     "rnn": CellKernels(pack_rnn_cpu, rnn_forward_cpu, rnn_backward_cpu, rnn_step_cpu,
-                       rnn.rnn_step_into),
+                       rnn.rnn_forward_into),
 }
 
 __all__ = ["KERNELS", "lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", "pack_lstm_cpu",

@@ -52,8 +52,8 @@ from .cells import BlasGRU, NormGRU, TiledGRU
 from .gradients import first_step_dh, input_gradient, weight_gradients
 from .gru_blas import backward_blas_wrap, backward_norm_wrap, forward_blas, forward_norm_wrap
 from .gru_tiled import (U, backward_rows, backward_tiled, forward_rows, forward_tiled,
-                        gate_blocks, step_state, step_tiled)
-from .plan import make_plan, streaming_step_alone
+                        gate_blocks, step_tiled, steps_state)
+from .plan import inference_chunk, make_plan, runs_alone
 from .products import (blas_projection, in_blocks, run_in_chunks, step_tiles, tiled_bias,
                        tiled_weights)
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, aligned_empty, first_forward_steps,
@@ -192,20 +192,23 @@ def gru_step_cpu(x, packed, h):
     return h_new[:, :H]
 
 
-def _steps_alone(packed, B):
-    """Whether a streaming step of B rows is one compiled call on one thread."""
-    return packed.kind == "tiled" and streaming_step_alone(B, packed.Hp, 3)
+def _steps_alone(packed, B, T=1):
+    """Whether T inference steps of B rows run as one compiled call on one thread
+    (plan.runs_alone)."""
+    return packed.kind == "tiled" and runs_alone(T, B, packed.Hp, 3)
 
 
-def gru_step_into(x, packed, h, h_out):
-    """gru_step_cpu's one-thread step into the caller's array: x [B,I] and the
-    state h [B,H] (read only) -> h_out [B,H], all C-contiguous float32. Returns
-    False, writing nothing, where gru_step_cpu takes a one-step forward
-    (kernels/table.py: step_into)."""
-    if not _steps_alone(packed, x.shape[0]):
+def gru_forward_into(x, packed, h, y, h_out):
+    """An inference forward on one thread from Python, into the caller's arrays:
+    x [T,B,I] and the state h [B,H] (read only) -> y [T,B,H] and the last state
+    h_out [B,H], all C-contiguous float32; no lengths. Returns False, writing
+    nothing, where gru_forward_cpu (or gru_step_cpu) would take more threads or
+    another loop (kernels/table.py: forward_into)."""
+    if not _steps_alone(packed, x.shape[1], x.shape[0]):
         return False
-    step_state(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec, h, h_out, packed.Hp,
-               NO_MASK, packed.acts, NO_ZONE[np.dtype(np.float32)][0])
+    steps_state(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec, h, y, h_out,
+                packed.Hp, inference_chunk(*x.shape[:2], packed.Hp, 3), NO_MASK, packed.acts,
+                NO_ZONE[np.dtype(np.float32)][0])
     return True
 
 

@@ -163,21 +163,35 @@ def step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_ma
 
 
 @njit(**FAST)
-def step_state(x, w_in, b_in, w_fwd, b_rec, h, h_out, Hp, no_mask, acts, no_zone):
-    """step_tiled from the state h [B,H] into h_out [B,H], its padded buffers made
-    here: a step streamed from Python is one compiled call (gru.gru_step_into)."""
-    B, H = h.shape
-    hp = np.zeros((B, Hp), np.float32)
+def steps_state(x, w_in, b_in, w_fwd, b_rec, h, y, h_out, Hp, chunk, no_mask, acts, no_zone):
+    """The time loop on one thread, for a call from Python: the steps of x [T,B,I]
+    from the state h [B,H]; y [T,B,H] receives each step's h, h_out [B,H] the
+    last. The input product runs `chunk` steps at a time, and each step as
+    step_tiled runs it: the sums of the time loop's, bit for bit. The padded
+    buffers are made here, so the call is one compiled call (gru.gru_forward_into)."""
+    T, B, I = x.shape
+    H, nblk = h.shape[1], w_fwd.shape[0]
+    hp = np.zeros((2, B, Hp), np.float32)
     for r in range(B):
         for j in range(H):
-            hp[r, j] = h[r, j]
-    h_new = np.empty((B, Hp), np.float32)
-    step_tiled(x, w_in, b_in, w_fwd, b_rec, hp, h_new, np.empty((B, Hp), np.float32),
-               np.empty((B, 3 * Hp), np.float32), np.empty((B, 3 * Hp), np.float32),
-               np.ones(B, np.int64), no_mask, acts, no_zone)
+            hp[0, r, j] = h[r, j]
+    scratch, ones = np.empty((B, Hp), np.float32), np.ones(B, np.int64)
+    rec = np.empty((B, 3 * Hp), np.float32)
+    xw, rows = np.empty((chunk * B, 3 * Hp), np.float32), x.reshape(T * B, I)
+    for t0 in range(0, T, chunk):
+        t1 = min(t0 + chunk, T)
+        matmul_rows(rows[t0 * B:t1 * B], w_in, xw, b_in, False, 0, (t1 - t0) * B, 0, nblk)
+        for t in range(t0, t1):
+            h_old, h_new = hp[t & 1], hp[1 - (t & 1)]
+            _fwd_step(xw[(t - t0) * B:(t - t0 + 1) * B], w_fwd, b_rec, h_old, h_old, h_new,
+                      scratch, scratch, rec, ones, False, 0, 0, nblk // 3, h_old, no_mask, acts,
+                      no_zone)
+            for r in range(B):
+                for j in range(H):
+                    y[t, r, j] = h_new[r, j]
     for r in range(B):
         for j in range(H):
-            h_out[r, j] = h_new[r, j]
+            h_out[r, j] = y[T - 1, r, j]
 
 
 # -- backward, float32 tiled -----------------------------------------------------------

@@ -100,10 +100,10 @@ from .gradients import first_step_dh, input_gradient, peephole_gradients, weight
 from .lstm_blas import backward_blas_wrap, forward_blas
 from .lstm_tiled import (HB, U, backward_rows, backward_tiled, backward_tiled_options,
                          cell_outputs, forward_rows, forward_tiled, forward_tiled_options,
-                         step_state, step_tiled)
+                         step_tiled, steps_state)
 from .microkernel import CB
 from .norm import normalised_input
-from .plan import make_plan, streaming_step_alone
+from .plan import inference_chunk, make_plan, runs_alone, streaming_step_alone
 from .products import in_blocks, matmul, product_for, step_tiles, transpose
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, first_forward_steps, lengths_or_full,
                        mask_buffers, ones_of, pad_units, zone_weights)
@@ -334,21 +334,24 @@ def lstm_step_cpu(x, packed, h, c):
     return h_new[:, :H], c_new[:, :H]
 
 
-def _steps_alone(packed, B):
-    """Whether a streaming step of B rows is one compiled call on one thread."""
+def _steps_alone(packed, B, T=1):
+    """Whether T inference steps of B rows (plain: none of the options the tiled
+    loop lacks) run as one compiled call on one thread (plan.runs_alone)."""
     return (packed.kind != "blas" and not packed.proj and packed.peep is None
-            and streaming_step_alone(B, packed.Hp, 4))
+            and runs_alone(T, B, packed.Hp, 4))
 
 
-def lstm_step_into(x, packed, h, c, h_out, c_out):
-    """lstm_step_cpu's one-thread step into the caller's arrays: x [B,I] and the
-    state h, c [B,H] (read only) -> h_out, c_out [B,H], all C-contiguous float32.
-    Returns False, writing nothing, where lstm_step_cpu takes a one-step forward
-    (kernels/table.py: step_into)."""
-    if not _steps_alone(packed, x.shape[0]):
+def lstm_forward_into(x, packed, h, c, y, h_out, c_out):
+    """An inference forward on one thread from Python, into the caller's arrays:
+    x [T,B,I] and the state h, c [B,H] (read only) -> y [T,B,H] and the last state
+    h_out, c_out [B,H], all C-contiguous float32; no lengths. Returns False,
+    writing nothing, where lstm_forward_cpu (or lstm_step_cpu) would take more
+    threads or the options' loop (kernels/table.py: forward_into)."""
+    if not _steps_alone(packed, x.shape[1], x.shape[0]):
         return False
-    step_state(x, packed.w_in, packed.bias, packed.w_fwd, h, c, h_out, c_out, packed.Hp,
-               packed.clip, packed.coupled, packed.gclip, packed.acts)
+    steps_state(x, packed.w_in, packed.bias, packed.w_fwd, h, c, y, h_out, c_out, packed.Hp,
+                inference_chunk(*x.shape[:2], packed.Hp, 4), packed.clip, packed.coupled,
+                packed.gclip, packed.acts)
     return True
 
 

@@ -320,22 +320,36 @@ def step_tiled(x, w_in, bias, w_fwd, h, c, h_new, y, rec, lengths, clip, coupled
 
 
 @njit(**FAST)
-def step_state(x, w_in, bias, w_fwd, h, c, h_out, c_out, Hp, clip, coupled, gclip, acts):
-    """step_tiled from the state h, c [B,H] into h_out, c_out [B,H], its padded
-    buffers made here: a step streamed from Python is one compiled call
-    (lstm.lstm_step_into)."""
-    B, H = c.shape
-    hp, cp = np.zeros((B, Hp), np.float32), np.zeros((B, Hp), np.float32)
+def steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, chunk, clip, coupled, gclip,
+                acts):
+    """The time loop on one thread, for a call from Python: the steps of x [T,B,I]
+    from the state h, c [B,H]; y [T,B,H] receives each step's h, h_out and c_out
+    [B,H] the last state. The input product runs `chunk` steps at a time, and
+    each step as step_tiled runs it: the sums of the time loop's, bit for bit. The
+    padded buffers are made here, so the call is one compiled call
+    (lstm.lstm_forward_into)."""
+    T, B, I = x.shape
+    H, nblk = c.shape[1], w_fwd.shape[0]
+    hp, cp = np.zeros((2, B, Hp), np.float32), np.zeros((B, Hp), np.float32)
     for r in range(B):
         for j in range(H):
-            hp[r, j], cp[r, j] = h[r, j], c[r, j]
-    h_new = np.empty((B, Hp), np.float32)
-    step_tiled(x, w_in, bias, w_fwd, hp, cp, h_new, np.empty((B, Hp), np.float32),
-               np.empty((B, 4 * Hp), np.float32), np.ones(B, np.int64), clip, coupled, gclip,
-               acts)
+            hp[0, r, j], cp[r, j] = h[r, j], c[r, j]
+    scratch, ones = np.empty((B, Hp), np.float32), np.ones(B, np.int64)
+    xw, rows = np.empty((chunk * B, 4 * Hp), np.float32), x.reshape(T * B, I)
+    for t0 in range(0, T, chunk):
+        t1 = min(t0 + chunk, T)
+        matmul_rows(rows[t0 * B:t1 * B], w_in, xw, bias, False, 0, (t1 - t0) * B, 0, nblk)
+        for t in range(t0, t1):
+            rec, h_old, h_new = xw[(t - t0) * B:(t - t0 + 1) * B], hp[t & 1], hp[1 - (t & 1)]
+            matmul_rows(h_old, w_fwd, rec, rec, True, 0, B, 0, nblk)
+            _fwd_pointwise(rec, rec, h_old, h_new, cp, scratch, cp, ones, 0, False, 0, nblk,
+                           clip, coupled, gclip, acts, None)
+            for r in range(B):
+                for j in range(H):
+                    y[t, r, j] = h_new[r, j]
     for r in range(B):
         for j in range(H):
-            h_out[r, j], c_out[r, j] = h_new[r, j], cp[r, j]
+            h_out[r, j], c_out[r, j] = y[T - 1, r, j], cp[r, j]
 
 
 # -- backward, float32 tiled -----------------------------------------------------------

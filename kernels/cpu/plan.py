@@ -93,9 +93,15 @@ def make_plan(T, B, I, Hp, gates, training, plain=True, threads=None):
     rows = bool(plain and split_rows(B, Hp, pool, gates)
                 and 2 * T * B * gates * Hp * Hp >= PARALLEL_MIN_FLOPS)
     n = pool if rows or not small_step else 1
-    chunk = T if training else max(1, min(T, INFERENCE_CHUNK_BYTES // (B * gates * Hp * 4)))
+    chunk = T if training else inference_chunk(T, B, Hp, gates)
     fused = rows and gates == 4 and fuse_input(B, I, Hp, n)  # (the LSTM's loop has it)
     return Plan(n, rows, bool(fused), chunk, SMALL_COPY, POLICY.gate())
+
+
+def inference_chunk(T, B, Hp, gates):
+    """The steps whose input product inference computes at once (INFERENCE_CHUNK_BYTES
+    of it)."""
+    return max(1, min(T, INFERENCE_CHUNK_BYTES // (B * gates * Hp * 4)))
 
 
 def step_is_small(B, Hp, gates):
@@ -118,6 +124,20 @@ def streaming_step_alone(B, Hp, gates):
     H=1024 (8 MFLOP) 0.85 -> 0.79; B=16, I=32, H=128 (2 MFLOP) 0.07 -> 0.13; the
     GRU at B=64, H=512 2.20 -> 1.58."""
     return 2 * B * Hp * gates * Hp < STEP_PARALLEL_MIN_FLOPS
+
+
+def runs_alone(T, B, Hp, gates):
+    """Whether an inference call of T steps of B rows (T=1: a streaming step) runs
+    from Python as one compiled call on one thread (the kernel tables'
+    forward_into): one step under STEP_PARALLEL_MIN_FLOPS (streaming_step_alone),
+    more steps where make_plan would plan one thread for a plain call anyway (a
+    small step, and no batch split). At T=100, B=1, H=64 the general path's Python
+    took about 55 us around 170 us of loop."""
+    if T == 1:
+        return streaming_step_alone(B, Hp, gates)
+    return step_is_small(B, Hp, gates) and not (
+        split_rows(B, Hp, numba_threads(), gates)
+        and 2 * T * B * gates * Hp * Hp >= PARALLEL_MIN_FLOPS)
 
 
 def step_threads(B, Hp, nblk):

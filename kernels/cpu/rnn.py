@@ -38,7 +38,7 @@ from .cells import BlasRNN, TiledRNN
 from .gradients import blas_recurrent_gradient, input_gradient
 from .jit import FAST
 from .microkernel import CB
-from .plan import make_plan
+from .plan import inference_chunk, make_plan, runs_alone
 from .products import (blas_projection, in_blocks, matmul, matmul_rows, product_for, run_in_chunks,
                        stack_f32, tiled_bias, tiled_weights, transposed_with_sums)
 from .sequence import (aligned_empty, first_step_gradients, lengths_or_full, ones_of, pad_units,
@@ -172,20 +172,33 @@ def _step_tiled(x, w_in, bias, w_fwd, h, h_new, xw, lengths, use_relu):
 
 
 @njit(**FAST)
-def _step_state(x, w_in, bias, w_fwd, h, h_out, Hp, use_relu):
-    """_step_tiled from the state h [B,H] into h_out [B,H], its padded buffers made
-    here: a step streamed from Python is one compiled call (rnn_step_into)."""
-    B, H = h.shape
-    hp = np.zeros((B, Hp), np.float32)
+def _steps_state(x, w_in, bias, w_fwd, h, y, h_out, Hp, chunk, use_relu):
+    """The time loop on one thread, for a call from Python: the steps of x [T,B,I]
+    from the state h [B,H]; y [T,B,H] receives each step's h, h_out [B,H] the
+    last. The input product runs `chunk` steps at a time, and each step as
+    _step_tiled runs it: the sums of the time loop's, bit for bit. The padded
+    buffers are made here, so the call is one compiled call (rnn_forward_into)."""
+    T, B, I = x.shape
+    H, nblk = h.shape[1], w_fwd.shape[0]
+    hp = np.zeros((2, B, Hp), np.float32)
     for r in range(B):
         for j in range(H):
-            hp[r, j] = h[r, j]
-    h_new = np.empty((B, Hp), np.float32)
-    _step_tiled(x, w_in, bias, w_fwd, hp, h_new, np.empty((B, Hp), np.float32),
-                np.ones(B, np.int64), use_relu)
+            hp[0, r, j] = h[r, j]
+    ones = np.ones(B, np.int64)
+    xw, rows = np.empty((chunk * B, Hp), np.float32), x.reshape(T * B, I)
+    for t0 in range(0, T, chunk):
+        t1 = min(t0 + chunk, T)
+        matmul_rows(rows[t0 * B:t1 * B], w_in, xw, bias, False, 0, (t1 - t0) * B, 0, nblk)
+        for t in range(t0, t1):
+            h_new = hp[1 - (t & 1)]
+            _fwd_step(xw[(t - t0) * B:(t - t0 + 1) * B], w_fwd, hp[t & 1], h_new, h_new, ones,
+                      use_relu, 0, 0, nblk)
+            for r in range(B):
+                for j in range(H):
+                    y[t, r, j] = h_new[r, j]
     for r in range(B):
         for j in range(H):
-            h_out[r, j] = h_new[r, j]
+            h_out[r, j] = y[T - 1, r, j]
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
@@ -360,14 +373,18 @@ def rnn_step_cpu(x, packed, h):
     return h_new[:, :H]
 
 
-def rnn_step_into(x, packed, h, h_out):
-    """rnn_step_cpu's one-thread step into the caller's array: x [B,I] and the
-    state h [B,H] (read only) -> h_out [B,H], all C-contiguous float32. Returns
-    False, writing nothing, where rnn_step_cpu takes a one-step forward
-    (kernels/table.py: step_into)."""
-    if packed.kind == "blas":
+def rnn_forward_into(x, packed, h, y, h_out):
+    """An inference forward on one thread from Python, into the caller's arrays:
+    x [T,B,I] and the state h [B,H] (read only) -> y [T,B,H] and the last state
+    h_out [B,H], all C-contiguous float32; no lengths. Returns False, writing
+    nothing, where rnn_forward_cpu would take more threads or the BLAS loop
+    (kernels/table.py: forward_into). A single step is always one thread, as
+    rnn_step_cpu's."""
+    T, B = x.shape[:2]
+    if packed.kind == "blas" or (T > 1 and not runs_alone(T, B, packed.Hp, 1)):
         return False
-    _step_state(x, packed.w_in, packed.bias, packed.w_fwd, h, h_out, packed.Hp, packed.relu)
+    _steps_state(x, packed.w_in, packed.bias, packed.w_fwd, h, y, h_out, packed.Hp,
+                 inference_chunk(T, B, packed.Hp, 1), packed.relu)
     return True
 
 

@@ -241,13 +241,12 @@ class Recurrent(CallState, Layer):
     def __call__(self, x, state=None, training=False, lengths=None, mask=None):
         s = self.spec
         if (type(x) is np.ndarray and not training and lengths is None and mask is None
-                and x.ndim in (2, 3) and x.shape[x.ndim - 2 if self.batch_first else 0] == 1):
-            # One step, as step() runs it (bitwise the same as the time loop's): a
-            # one-step call is a streaming step too
-            out = self._host_step(x[:, 0] if x.ndim == 3 and self.batch_first else x[0], state)
+                and x.ndim in (2, 3)):
+            batched = x.ndim == 3
+            out = self._host_forward((x.swapaxes(0, 1) if self.batch_first else x) if batched
+                                     else x[:, None], state, batched)
             if out is not None:
-                y = out[0][:, None] if x.ndim == 3 and self.batch_first else out[0][None]
-                return y, out[1]
+                return self._to_user(out[0], batched), out[1]
         x = as_numeric(x, "x")
         backend = dispatch.select(self.backend, x)
         self._begin(backend, x)
@@ -438,9 +437,11 @@ class Recurrent(CallState, Layer):
         carries (and carries the new one), any other layer starts from zeros.
         Equal to calling the layer on a sequence of one step.
         """
-        out = self._host_step(x_t, state)
-        if out is not None:
-            return out
+        if type(x_t) is np.ndarray and x_t.ndim in (1, 2):
+            out = self._host_forward(x_t[None] if x_t.ndim == 2 else x_t[None, None], state,
+                                     x_t.ndim == 2)
+            if out is not None:
+                return out[0][0] if x_t.ndim == 2 else out[0][0, 0], out[1]
         if self.spec.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence (its "
                              "reverse direction starts at the last step); call the layer")
@@ -476,24 +477,24 @@ class Recurrent(CallState, Layer):
         return (self._emit(inp if batched else inp[0]),
                 self._emit(self._state_out(state_n, batched)))
 
-    def _host_step(self, x_t, state):
-        """step() for its common call, with little Python around the kernels: x_t a
-        NumPy array of the layer's dtype on the CPU backend; the state None,
-        carried, or NumPy arrays that need no conversion; the kernel table's
-        step_into taking each layer. Returns None for anything else, which the
-        general path converts and checks (and refuses with its errors); both run
-        the same kernel, so the results are bitwise the same. (At B=1, H=128 the
-        general path's Python took about 30 us around a 7 us kernel.)"""
+    def _host_forward(self, x_tm, state, batched):
+        """An inference call's common case (step(), a short call at small B) with
+        little Python around the kernels: x_tm [T,B,I] a NumPy array of the
+        layer's dtype on the CPU backend; the state None, carried, or NumPy arrays
+        that need no conversion ([L,B,H], or [L,H] when not batched); the kernel
+        table's forward_into taking every layer on one thread. Returns (the top
+        layer's y [T,B,H], the state as the call returns it), or None for
+        anything else, which the general path converts, checks (and refuses with
+        its errors) and runs on the plan's threads. Both give bitwise the same
+        results. (At B=1, H=128 a step's general path took about 30 us of Python
+        around a 7 us kernel; at T=100, B=1, H=64 a call's about 55 us.)"""
         spec, dtype = self.spec, self.dtype
-        if (type(x_t) is not np.ndarray or x_t.dtype != dtype or self.backend not in CPU_NAMES
-                or spec.bidirectional or self.zoneout):
+        if (x_tm.dtype != dtype or self.backend not in CPU_NAMES or spec.bidirectional
+                or self.zoneout or x_tm.shape[2] != spec.input_size):
             return None
-        into = dispatch.BACKENDS["cpu"].table(spec).step_into
-        batched = x_t.ndim == 2
-        if into is None or not 1 <= x_t.ndim <= 2 or x_t.shape[-1] != spec.input_size:
-            return None
-        B = x_t.shape[0] if batched else 1
-        if B < 1:
+        into = dispatch.BACKENDS["cpu"].table(spec).forward_into
+        T, B = x_tm.shape[:2]
+        if into is None or T < 1 or B < 1:
             return None
         shapes = [self._state_shape(B, n) for n in self._state_parts]
         if state is None and self.stateful and self._carried is not None:
@@ -512,18 +513,18 @@ class Recurrent(CallState, Layer):
             state = parts if batched else tuple(p.reshape(s) for p, s in zip(parts, shapes))
         else:
             state = tuple(np.zeros(s, dtype) for s in shapes)
-        inp = np.ascontiguousarray(x_t if batched else x_t.reshape(1, -1))  # (x[:, t])
+        inp = np.ascontiguousarray(x_tm)  # (batch-first x, or x[:, t])
         cells = self._packs.get(dispatch.BACKENDS["cpu"], self._params, spec)
         state_n = tuple(np.empty(s, dtype) for s in shapes)
         for l in range(spec.num_layers):
-            if not into(inp, cells[l], *(p[l] for p in state), *(p[l] for p in state_n)):
-                return None  # (its step takes another path; nothing the caller sees changed)
-            inp = state_n[0][l]
+            y = np.empty((T, B, spec.out_size), dtype)
+            if not into(inp, cells[l], *(p[l] for p in state), y, *(p[l] for p in state_n)):
+                return None  # (it takes the plan's threads; nothing the caller sees changed)
+            inp = y
         self._ops, self._device_io = dispatch.BACKENDS["cpu"].ops, False
         self._cache, self._cache_state = None, "inference"
         self._carry(state_n)
-        y = inp.copy()  # (the top layer's h, an array of its own, as the general path's)
-        return (y if batched else y[0]), self._state_out(state_n, batched)
+        return inp, self._state_out(state_n, batched)
 
     # -- backward ------------------------------------------------------------------------
     def backward(self, dy, dstate=None):

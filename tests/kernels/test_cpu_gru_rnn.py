@@ -147,12 +147,13 @@ def test_rnn_rejects_an_unknown_nonlinearity(rng):
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_step_kernel_matches_reference(rng, cell, dtype):
-    """The step kernel, and step_into where it runs (the tiled float32 cells; the
-    others decline and write nothing): bitwise the same as the step kernel."""
+    """The step kernel, and forward_into on one step where it runs (the tiled
+    float32 cells; the others decline and write nothing): bitwise the same as the
+    step kernel."""
     from numlstm.kernels.cpu import KERNELS, gru_step_cpu, rnn_step_cpu
     gates, (forward_ref, _), (pack, _, _), option = CELLS[cell]
     step = gru_step_cpu if gates == 3 else rnn_step_cpu
-    into = KERNELS["gru" if gates == 3 else "rnn"].step_into
+    into = KERNELS["gru" if gates == 3 else "rnn"].forward_into
     # (reset_after=False is the GRU's BLAS path; float64 is every cell's)
     tiled = dtype == np.float32 and option.get("reset_after", True)
     for B, I, H in [(1, 1, 1), (1, 64, 64), (3, 5, 70), (7, 2, 128)]:
@@ -165,10 +166,34 @@ def test_one_step_kernel_matches_reference(rng, cell, dtype):
         got = step(x[0], packed, h0)
         assert got.dtype == dtype
         assert_close(got, h, RTOL[dtype], f"h (B={B}, I={I}, H={H})")
-        h_out = np.full((B, H), np.nan, dtype)
-        assert into(x[0], packed, h0, h_out) == tiled
+        y, h_out = np.full((1, B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
+        assert into(x, packed, h0, y, h_out) == tiled
+        np.testing.assert_array_equal(y[0], got if tiled else np.nan)
         np.testing.assert_array_equal(h_out, got if tiled else np.nan)
         np.testing.assert_array_equal(h0, kept)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("chunk_bytes", [1, 4 << 20], ids=["chunks-of-one-step", "one-chunk"])
+def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, cell, chunk_bytes):
+    """forward_into (one thread, from Python) against the forward kernel at uneven
+    shapes, T=1 and B=1, the input product in chunks of one step or all at once;
+    and against the reference."""
+    from numlstm.kernels.cpu import KERNELS, plan
+    monkeypatch.setattr(plan, "INFERENCE_CHUNK_BYTES", chunk_bytes)
+    gates, (forward_ref, _), (pack, forward, _), option = CELLS[cell]
+    for T, B, I, H in [(6, 3, 4, 37), (1, 1, 2, 3), (9, 1, 5, 70), (3, 2, 3, 16)]:
+        cell_w = cell_weights(rng, I, H, gates, np.float32, min(0.5, 1 / np.sqrt(H)))
+        x = rng.standard_normal((T, B, I)).astype(np.float32)
+        h0 = rng.standard_normal((B, H)).astype(np.float32)
+        packed = pack(*cell_w, **option)
+        y, h = np.empty((T, B, H), np.float32), np.empty((B, H), np.float32)
+        assert KERNELS["gru" if gates == 3 else "rnn"].forward_into(x, packed, h0, y, h)
+        want = forward(x, packed, h0)
+        np.testing.assert_array_equal(y, want[0])
+        np.testing.assert_array_equal(h, want[1])
+        ref = forward_ref(x, *cell_w, h0, **option)
+        assert_close(y, ref[0], RTOL[np.float32], "y")
 
 
 # -- the GRU's zoneout: h' <- h' + zh (h - h'), with recurrent dropout --------------------

@@ -143,8 +143,9 @@ def test_inference_in_chunks_of_steps_matches_reference(rng, reverse):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_step_kernel_matches_reference(rng, dtype):
-    """lstm_step_cpu, and step_into where it runs (the tiled float32 cell; the
-    float64 cell declines and writes nothing): bitwise the same as lstm_step_cpu."""
+    """lstm_step_cpu, and forward_into on one step where it runs (the tiled float32
+    cell; the float64 cell declines and writes nothing): bitwise the same as
+    lstm_step_cpu."""
     from numlstm.kernels.cpu import KERNELS, lstm_step_cpu
     for B, I, H in [(1, 1, 1), (1, 64, 64), (3, 5, 70), (7, 2, 128)]:
         cell = lstm_weights(rng, I, H, dtype)
@@ -158,13 +159,36 @@ def test_one_step_kernel_matches_reference(rng, dtype):
         assert hk.dtype == ck.dtype == dtype
         assert_close(hk, h, RTOL[dtype], "h")
         assert_close(ck, c, RTOL[dtype], "c")
-        h_out, c_out = np.full((B, H), np.nan, dtype), np.full((B, H), np.nan, dtype)
-        ran = KERNELS["lstm"].step_into(x[0], packed, h0, c0, h_out, c_out)
+        y, h_out, c_out = (np.full(s, np.nan, dtype) for s in ((1, B, H), (B, H), (B, H)))
+        ran = KERNELS["lstm"].forward_into(x, packed, h0, c0, y, h_out, c_out)
         assert ran == (dtype == np.float32)
+        np.testing.assert_array_equal(y[0], hk if ran else np.nan)
         np.testing.assert_array_equal(h_out, hk if ran else np.nan)
         np.testing.assert_array_equal(c_out, ck if ran else np.nan)
         np.testing.assert_array_equal(h0, kept[0])  # the inputs are not modified
         np.testing.assert_array_equal(c0, kept[1])
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4 << 20], ids=["chunks-of-one-step", "one-chunk"])
+def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, chunk_bytes):
+    """forward_into (one thread, from Python) against lstm_forward_cpu at uneven
+    shapes, T=1 and B=1, the input product in chunks of one step or all at once;
+    and against the reference."""
+    from numlstm.kernels.cpu import KERNELS, lstm_forward_cpu, plan
+    monkeypatch.setattr(plan, "INFERENCE_CHUNK_BYTES", chunk_bytes)
+    for T, B, I, H in [(6, 3, 4, 37), (1, 1, 2, 3), (9, 1, 5, 70), (3, 2, 3, 16)]:
+        cell = lstm_weights(rng, I, H, np.float32)
+        x = rng.standard_normal((T, B, I)).astype(np.float32)
+        h0, c0 = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
+        packed = pack_lstm_cpu(*cell)
+        y, h, c = (np.empty(s, np.float32) for s in ((T, B, H), (B, H), (B, H)))
+        assert KERNELS["lstm"].forward_into(x, packed, h0, c0, y, h, c)
+        want = lstm_forward_cpu(x, packed, h0, c0)
+        for got, w in zip((y, h, c), want):
+            np.testing.assert_array_equal(got, w)
+        ref = lstm_forward_ref(x, *cell, h0, c0)
+        for got, w, name in zip((y, h, c), ref, "yhc"):
+            assert_close(got, w, RTOL[np.float32], name)
 
 
 @pytest.mark.parametrize("P", [1, 2, 3, 8])
