@@ -186,6 +186,22 @@ def test_small_inference_calls_are_one_kernel_call_a_layer_and_bitwise_the_gener
         assert calls == {"step": 4, "forward": 1, "forward_into": 2}
 
 
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_a_small_sequential_forward_takes_the_short_path_bitwise(rng, monkeypatch,
+                                                                 return_sequences):
+    """The Sequential protocol's inference forward (batch-first) takes forward_into
+    too, bitwise what the general path gives (lengths force that one)."""
+    calls = _counting_table(monkeypatch, "lstm")
+    layer = numlstm.LSTM(4, 6, num_layers=2, seed=0, return_sequences=return_sequences)
+    x = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    y = layer.forward(x)
+    assert calls == {"step": 0, "forward": 0, "forward_into": 2}
+    y_general = layer.forward(x, lengths=[5, 5])
+    assert calls == {"step": 0, "forward": 2, "forward_into": 2}
+    assert y.shape == ((2, 5, 6) if return_sequences else (2, 6))
+    np.testing.assert_array_equal(y, y_general)
+
+
 def test_step_refuses_bidirectional_and_bad_input(rng):
     with pytest.raises(ValueError, match="bidirectional layer needs the whole sequence"):
         numlstm.GRU(4, 5, bidirectional=True).step(np.zeros((1, 4)))
