@@ -10,7 +10,7 @@ from ..gates import activate, dactivate
 from .jit import FAST
 from .microkernel import CB
 from .products import masked_product, matmul_rows, times_mask
-from .sequence import step_before
+from .sequence import copy_units, step_before
 from .threads import clock_ns, finished, parallel_ok, region_done
 
 U = CB  # hidden units per block: each of its three gates fills one tile block
@@ -172,9 +172,7 @@ def steps_state(x, w_in, b_in, w_fwd, b_rec, h, y, h_out, Hp, chunk, no_mask, ac
     T, B, I = x.shape
     H, nblk = h.shape[1], w_fwd.shape[0]
     hp = np.zeros((2, B, Hp), np.float32)
-    for r in range(B):
-        for j in range(H):
-            hp[0, r, j] = h[r, j]
+    copy_units(h, hp[0], H)
     scratch, ones = np.empty((B, Hp), np.float32), np.ones(B, np.int64)
     rec = np.empty((B, 3 * Hp), np.float32)
     xw, rows = np.empty((chunk * B, 3 * Hp), np.float32), x.reshape(T * B, I)
@@ -186,12 +184,8 @@ def steps_state(x, w_in, b_in, w_fwd, b_rec, h, y, h_out, Hp, chunk, no_mask, ac
             _fwd_step(xw[(t - t0) * B:(t - t0 + 1) * B], w_fwd, b_rec, h_old, h_old, h_new,
                       scratch, scratch, rec, ones, False, 0, 0, nblk // 3, h_old, no_mask, acts,
                       no_zone)
-            for r in range(B):
-                for j in range(H):
-                    y[t, r, j] = h_new[r, j]
-    for r in range(B):
-        for j in range(H):
-            h_out[r, j] = y[T - 1, r, j]
+            copy_units(h_new, y[t], H)
+    copy_units(y[T - 1], h_out, H)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------

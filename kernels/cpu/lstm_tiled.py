@@ -16,7 +16,7 @@ from ..gates import activate, clip_gate, gate_clip_bounds, lstm_cell, lstm_cell_
 from .jit import FAST
 from .microkernel import CB, tile_block
 from .products import masked_product, matmul_rows, times_mask
-from .sequence import step_before
+from .sequence import copy_units, step_before
 from .threads import clock_ns, finished, parallel_ok, region_done
 
 U = CB // 4     # hidden units per gate block; CB = 4U columns per block: [i(U) f(U) g(U) o(U)]
@@ -331,9 +331,8 @@ def steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, chunk, clip, co
     T, B, I = x.shape
     H, nblk = c.shape[1], w_fwd.shape[0]
     hp, cp = np.zeros((2, B, Hp), np.float32), np.zeros((B, Hp), np.float32)
-    for r in range(B):
-        for j in range(H):
-            hp[0, r, j], cp[r, j] = h[r, j], c[r, j]
+    copy_units(h, hp[0], H)
+    copy_units(c, cp, H)
     scratch, ones = np.empty((B, Hp), np.float32), np.ones(B, np.int64)
     xw, rows = np.empty((chunk * B, 4 * Hp), np.float32), x.reshape(T * B, I)
     for t0 in range(0, T, chunk):
@@ -344,12 +343,9 @@ def steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, chunk, clip, co
             matmul_rows(h_old, w_fwd, rec, rec, True, 0, B, 0, nblk)
             _fwd_pointwise(rec, rec, h_old, h_new, cp, scratch, cp, ones, 0, False, 0, nblk,
                            clip, coupled, gclip, acts, None)
-            for r in range(B):
-                for j in range(H):
-                    y[t, r, j] = h_new[r, j]
-    for r in range(B):
-        for j in range(H):
-            h_out[r, j], c_out[r, j] = y[T - 1, r, j], cp[r, j]
+            copy_units(h_new, y[t], H)
+    copy_units(y[T - 1], h_out, H)
+    copy_units(cp, c_out, H)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------

@@ -41,8 +41,8 @@ from .microkernel import CB
 from .plan import inference_chunk, make_plan, runs_alone
 from .products import (blas_projection, in_blocks, matmul, matmul_rows, product_for, run_in_chunks,
                        stack_f32, tiled_bias, tiled_weights, transposed_with_sums)
-from .sequence import (aligned_empty, first_step_gradients, lengths_or_full, ones_of, pad_units,
-                       state_buffers, unpadded)
+from .sequence import (aligned_empty, copy_units, first_step_gradients, lengths_or_full, ones_of,
+                       pad_units, state_buffers, unpadded)
 from .threads import clock_ns, finished, parallel_ok, region_done
 from .threads import run as thread_policy
 
@@ -181,9 +181,7 @@ def _steps_state(x, w_in, bias, w_fwd, h, y, h_out, Hp, chunk, use_relu):
     T, B, I = x.shape
     H, nblk = h.shape[1], w_fwd.shape[0]
     hp = np.zeros((2, B, Hp), np.float32)
-    for r in range(B):
-        for j in range(H):
-            hp[0, r, j] = h[r, j]
+    copy_units(h, hp[0], H)
     ones = np.ones(B, np.int64)
     xw, rows = np.empty((chunk * B, Hp), np.float32), x.reshape(T * B, I)
     for t0 in range(0, T, chunk):
@@ -193,12 +191,8 @@ def _steps_state(x, w_in, bias, w_fwd, h, y, h_out, Hp, chunk, use_relu):
             h_new = hp[1 - (t & 1)]
             _fwd_step(xw[(t - t0) * B:(t - t0 + 1) * B], w_fwd, hp[t & 1], h_new, h_new, ones,
                       use_relu, 0, 0, nblk)
-            for r in range(B):
-                for j in range(H):
-                    y[t, r, j] = h_new[r, j]
-    for r in range(B):
-        for j in range(H):
-            h_out[r, j] = y[T - 1, r, j]
+            copy_units(h_new, y[t], H)
+    copy_units(y[T - 1], h_out, H)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------

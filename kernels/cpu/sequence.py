@@ -34,6 +34,15 @@ def mask_buffers(h_mask, hbuf):
     return mask, hmbuf
 
 
+@njit(**FAST)
+def copy_units(src, dst, H):
+    """dst[:, :H] = src[:, :H] for [B,*] arrays (the state in and out of the padded
+    buffers of the one-thread loops, steps_state)."""
+    for r in range(dst.shape[0]):
+        for j in range(H):
+            dst[r, j] = src[r, j]
+
+
 def lengths_or_full(lengths, T, B):
     if lengths is None:
         return np.full(B, T, np.int64)
