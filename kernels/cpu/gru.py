@@ -52,12 +52,12 @@ from .cells import BlasGRU, NormGRU, TiledGRU
 from .gradients import first_step_dh, input_gradient, weight_gradients
 from .gru_blas import backward_blas_wrap, backward_norm_wrap, forward_blas, forward_norm_wrap
 from .gru_tiled import (U, backward_rows, backward_tiled, forward_rows, forward_tiled,
-                        gate_blocks, step_tiled, steps_state)
+                        gate_blocks, steps_state)
 from .plan import inference_chunk, make_plan, runs_alone
 from .products import (blas_projection, in_blocks, run_in_chunks, step_tiles, tiled_bias,
                        tiled_weights)
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, aligned_empty, first_forward_steps,
-                       lengths_or_full, mask_buffers, ones_of, pad_units, state_buffers, unpadded,
+                       lengths_or_full, mask_buffers, pad_units, state_buffers, unpadded,
                        zone_weights)
 from .threads import SMALL_REGION, serial_if
 from .threads import run as thread_policy
@@ -177,19 +177,12 @@ def gru_step_cpu(x, packed, h):
     """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
     array). Equal to gru_forward_cpu on one step, without its parallel regions
     unless the step is too large for one thread (plan.streaming_step_alone)."""
-    if not _steps_alone(packed, x.shape[0]):
-        # (a one-step forward: the thread policy's)
-        return thread_policy(gru_forward_cpu, x[None], packed, h)[1]
-    H, Hp = packed.H, packed.Hp
-    B = x.shape[0]
-    h_new = np.empty((B, Hp), np.float32)
-    y = np.empty((B, Hp), np.float32)
-    xw = np.empty((B, 3 * Hp), np.float32)
-    rec = np.empty((B, 3 * Hp), np.float32)
-    step_tiled(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec,
-                pad_units(h, Hp), h_new, y, xw, rec, ones_of(B), NO_MASK, packed.acts,
-                NO_ZONE[np.dtype(np.float32)][0])
-    return h_new[:, :H]
+    B, H = x.shape[0], packed.H
+    y, h_new = np.empty((1, B, H), np.float32), np.empty((B, H), np.float32)
+    if gru_forward_into(x[None], packed, np.ascontiguousarray(h), y, h_new):
+        return h_new
+    # (a one-step forward: the thread policy's)
+    return thread_policy(gru_forward_cpu, x[None], packed, h)[1]
 
 
 def _steps_alone(packed, B, T=1):

@@ -150,25 +150,15 @@ def forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, t
 
 
 @njit(**FAST)
-def step_tiled(x, w_in, b_in, w_fwd, b_rec, h, h_new, y, xw, rec, lengths, no_mask, acts,
-                no_zone):
-    """One inference step on one thread, for streaming: xw = x @ W_ih^T + b_ih,
-    then the step's product and gate math; h' goes to h_new and y (a scratch, as
-    in lstm_tiled.step_tiled). no_mask, no_zone: an empty mask and zoneout's [1,0], made
-    once by the caller (this runs once a streamed step)."""
-    B, nblk = x.shape[0], w_fwd.shape[0]
-    matmul_rows(x, w_in, xw, b_in, False, 0, B, 0, nblk)
-    _fwd_step(xw, w_fwd, b_rec, h, h, h_new, y, y, rec, lengths, False, 0, 0, nblk // 3, h,
-              no_mask, acts, no_zone)
-
-
-@njit(**FAST)
 def steps_state(x, w_in, b_in, w_fwd, b_rec, h, y, h_out, Hp, chunk, no_mask, acts, no_zone):
-    """The time loop on one thread, for a call from Python: the steps of x [T,B,I]
-    from the state h [B,H]; y [T,B,H] receives each step's h, h_out [B,H] the
-    last. The input product runs `chunk` steps at a time, and each step as
-    step_tiled runs it: the sums of the time loop's, bit for bit. The padded
-    buffers are made here, so the call is one compiled call (gru.gru_forward_into)."""
+    """The time loop on one thread, for a call from Python (a streamed step, or a
+    small inference call): the steps of x [T,B,I] from the state h [B,H]; y
+    [T,B,H] receives each step's h, h_out [B,H] the last. The input product runs
+    `chunk` steps at a time, as the time loop's does, then each step's product and
+    gate math: the sums of the time loop's, bit for bit. The padded buffers are
+    made here, so the call is one compiled call (gru.gru_forward_into). no_mask,
+    no_zone: an empty mask and zoneout's [1,0], made once by the caller; scratch
+    is _fwd_step's y (as in lstm_tiled.steps_state)."""
     T, B, I = x.shape
     H, nblk = h.shape[1], w_fwd.shape[0]
     hp = np.zeros((2, B, Hp), np.float32)

@@ -100,13 +100,13 @@ from .gradients import first_step_dh, input_gradient, peephole_gradients, weight
 from .lstm_blas import backward_blas_wrap, forward_blas
 from .lstm_tiled import (HB, U, backward_rows, backward_tiled, backward_tiled_options,
                          cell_outputs, forward_rows, forward_tiled, forward_tiled_options,
-                         step_tiled, steps_state)
+                         steps_state)
 from .microkernel import CB
 from .norm import normalised_input
-from .plan import inference_chunk, make_plan, runs_alone, streaming_step_alone
+from .plan import inference_chunk, make_plan, runs_alone
 from .products import in_blocks, matmul, product_for, step_tiles, transpose
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, first_forward_steps, lengths_or_full,
-                       mask_buffers, ones_of, pad_units, zone_weights)
+                       mask_buffers, pad_units, zone_weights)
 from .threads import SMALL_REGION, serial_if
 from .threads import run as thread_policy
 
@@ -205,12 +205,13 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     T, B, I = x.shape
     H, Pu = packed.H, packed.P
     if (T == 1 and not training and lengths is None and h_mask is None and zone_c is None
-            and packed.kind == "tiled" and not packed.proj and packed.peep is None
-            and plan is None and streaming_step_alone(B, packed.Hp, 4)):
+            and plan is None):
         # One small inference step: the streaming step's single compiled call (the same
         # sums; a plan passed in, or a larger step, runs the loop on the plan's threads).
-        h, c = lstm_step_cpu(x[0], packed, h0, c0)
-        return h[None], h.copy(), c, None
+        y, h, c = (np.empty(s, np.float32) for s in ((1, B, Pu), (B, Pu), (B, H)))
+        if lstm_forward_into(x, packed, np.ascontiguousarray(h0), np.ascontiguousarray(c0),
+                             y, h, c):
+            return y, h, c, None
     lens = lengths_or_full(lengths, T, B)
     ln_cache = None  # layer_norm's arrays for the backward
     if packed.kind == "blas":
@@ -319,19 +320,14 @@ def lstm_step_cpu(x, packed, h, c):
     step, without its parallel regions and training buffers: a few microseconds
     at B=1, H=64. A step too large for one thread (plan.streaming_step_alone) is a
     one-step forward on the plan's threads."""
-    if not _steps_alone(packed, x.shape[0]):
-        # (a one-step forward, which may enter parallel regions: the thread policy's)
-        _, h, c, _ = thread_policy(lstm_forward_cpu, x[None], packed, h, c)
-        return h, c
-    H, Hp = packed.H, packed.Hp
-    B = x.shape[0]
-    c_new = np.zeros((B, Hp), np.float32)
-    c_new[:, :H] = c
-    h_new = np.empty((B, Hp), np.float32)
-    step_tiled(x, packed.w_in, packed.bias, packed.w_fwd, pad_units(h, Hp), c_new, h_new,
-                np.empty((B, Hp), np.float32), np.empty((B, 4 * Hp), np.float32),
-                ones_of(B), packed.clip, packed.coupled, packed.gclip, packed.acts)
-    return h_new[:, :H], c_new[:, :H]
+    B, H = x.shape[0], packed.H
+    y, h_new, c_new = (np.empty(s, np.float32) for s in ((1, B, H), (B, H), (B, H)))
+    if lstm_forward_into(x[None], packed, np.ascontiguousarray(h), np.ascontiguousarray(c), y,
+                         h_new, c_new):
+        return h_new, c_new
+    # (a one-step forward, which may enter parallel regions: the thread policy's)
+    _, h, c, _ = thread_policy(lstm_forward_cpu, x[None], packed, h, c)
+    return h, c
 
 
 def _steps_alone(packed, B, T=1):

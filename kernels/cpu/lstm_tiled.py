@@ -307,27 +307,16 @@ def forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, 
 
 
 @njit(**FAST)
-def step_tiled(x, w_in, bias, w_fwd, h, c, h_new, y, rec, lengths, clip, coupled, gclip, acts):
-    """One inference step on one thread, for streaming: rec = bias + x @ W_ih^T +
-    h @ W_hh^T, then the gate math; c is updated in place, h' goes to h_new and y
-    (a scratch: with y = h_new the unit loop's stores overlap, and a step at B=1,
-    H=64 took about 1 us more)."""
-    B, nblk = x.shape[0], w_fwd.shape[0]
-    matmul_rows(x, w_in, rec, bias, False, 0, B, 0, nblk)
-    matmul_rows(h, w_fwd, rec, rec, True, 0, B, 0, nblk)
-    _fwd_pointwise(rec, rec, h, h_new, c, y, c, lengths, 0, False, 0, nblk, clip, coupled, gclip,
-                   acts, None)
-
-
-@njit(**FAST)
 def steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, chunk, clip, coupled, gclip,
                 acts):
-    """The time loop on one thread, for a call from Python: the steps of x [T,B,I]
-    from the state h, c [B,H]; y [T,B,H] receives each step's h, h_out and c_out
-    [B,H] the last state. The input product runs `chunk` steps at a time, and
-    each step as step_tiled runs it: the sums of the time loop's, bit for bit. The
+    """The time loop on one thread, for a call from Python (a streamed step, or a
+    small inference call): the steps of x [T,B,I] from the state h, c [B,H]; y
+    [T,B,H] receives each step's h, h_out and c_out [B,H] the last state. The
+    input product runs `chunk` steps at a time, as the time loop's does, then each
+    step's product and gate math: the sums of the time loop's, bit for bit. The
     padded buffers are made here, so the call is one compiled call
-    (lstm.lstm_forward_into)."""
+    (lstm.lstm_forward_into). (scratch is _fwd_pointwise's y: with h_new there
+    the unit loop's stores overlap, and a step at B=1, H=64 took about 1 us more.)"""
     T, B, I = x.shape
     H, nblk = c.shape[1], w_fwd.shape[0]
     hp, cp = np.zeros((2, B, Hp), np.float32), np.zeros((B, Hp), np.float32)

@@ -89,13 +89,18 @@ def make_plan(T, B, I, Hp, gates, training, plain=True, threads=None):
     together are under PARALLEL_MIN_FLOPS: work that fits one thread enters no
     parallel region."""
     pool = numba_threads() if threads is None else threads
-    small_step = step_is_small(B, Hp, gates)
-    rows = bool(plain and split_rows(B, Hp, pool, gates)
-                and 2 * T * B * gates * Hp * Hp >= PARALLEL_MIN_FLOPS)
-    n = pool if rows or not small_step else 1
+    rows = batch_split(T, B, Hp, gates, plain, pool)
+    n = pool if rows or not step_is_small(B, Hp, gates) else 1
     chunk = T if training else inference_chunk(T, B, Hp, gates)
     fused = rows and gates == 4 and fuse_input(B, I, Hp, n)  # (the LSTM's loop has it)
     return Plan(n, rows, bool(fused), chunk, SMALL_COPY, POLICY.gate())
+
+
+def batch_split(T, B, Hp, gates, plain, pool):
+    """Whether the plan of a call shares the batch among the pool's threads
+    (make_plan's docstring says when)."""
+    return bool(plain and split_rows(B, Hp, pool, gates)
+                and 2 * T * B * gates * Hp * Hp >= PARALLEL_MIN_FLOPS)
 
 
 def inference_chunk(T, B, Hp, gates):
@@ -126,18 +131,17 @@ def streaming_step_alone(B, Hp, gates):
     return 2 * B * Hp * gates * Hp < STEP_PARALLEL_MIN_FLOPS
 
 
-def runs_alone(T, B, Hp, gates):
+def runs_alone(T, B, Hp, gates, plain=True):
     """Whether an inference call of T steps of B rows (T=1: a streaming step) runs
     from Python as one compiled call on one thread (the kernel tables'
     forward_into): one step under STEP_PARALLEL_MIN_FLOPS (streaming_step_alone),
-    more steps where make_plan would plan one thread for a plain call anyway (a
-    small step, and no batch split). At T=100, B=1, H=64 the general path's Python
-    took about 55 us around 170 us of loop."""
+    more steps where make_plan would plan one thread anyway (a small step, and no
+    batch split; plain as make_plan's). At T=100, B=1, H=64 the general path's
+    Python took about 55 us around 170 us of loop."""
     if T == 1:
         return streaming_step_alone(B, Hp, gates)
-    return step_is_small(B, Hp, gates) and not (
-        split_rows(B, Hp, numba_threads(), gates)
-        and 2 * T * B * gates * Hp * Hp >= PARALLEL_MIN_FLOPS)
+    return step_is_small(B, Hp, gates) and not batch_split(T, B, Hp, gates, plain,
+                                                           numba_threads())
 
 
 def step_threads(B, Hp, nblk):

@@ -41,7 +41,7 @@ from .microkernel import CB
 from .plan import inference_chunk, make_plan, runs_alone
 from .products import (blas_projection, in_blocks, matmul, matmul_rows, product_for, run_in_chunks,
                        stack_f32, tiled_bias, tiled_weights, transposed_with_sums)
-from .sequence import (aligned_empty, copy_units, first_step_gradients, lengths_or_full, ones_of,
+from .sequence import (aligned_empty, copy_units, first_step_gradients, lengths_or_full,
                        pad_units, state_buffers, unpadded)
 from .threads import clock_ns, finished, parallel_ok, region_done
 from .threads import run as thread_policy
@@ -163,21 +163,13 @@ def _forward_tiled(xw, W, hbuf, y, lengths, reverse, use_relu, P, gate):
 
 
 @njit(**FAST)
-def _step_tiled(x, w_in, bias, w_fwd, h, h_new, xw, lengths, use_relu):
-    """One inference step on one thread, for streaming: xw = x @ W_ih^T + b, then
-    the step's product and activation; h' goes to h_new."""
-    B, nblk = x.shape[0], w_fwd.shape[0]
-    matmul_rows(x, w_in, xw, bias, False, 0, B, 0, nblk)
-    _fwd_step(xw, w_fwd, h, h_new, h_new, lengths, use_relu, 0, 0, nblk)
-
-
-@njit(**FAST)
 def _steps_state(x, w_in, bias, w_fwd, h, y, h_out, Hp, chunk, use_relu):
-    """The time loop on one thread, for a call from Python: the steps of x [T,B,I]
-    from the state h [B,H]; y [T,B,H] receives each step's h, h_out [B,H] the
-    last. The input product runs `chunk` steps at a time, and each step as
-    _step_tiled runs it: the sums of the time loop's, bit for bit. The padded
-    buffers are made here, so the call is one compiled call (rnn_forward_into)."""
+    """The time loop on one thread, for a call from Python (a streamed step, or a
+    small inference call): the steps of x [T,B,I] from the state h [B,H]; y
+    [T,B,H] receives each step's h, h_out [B,H] the last. The input product runs
+    `chunk` steps at a time, as the time loop's does, then each step's product and
+    activation: the sums of the time loop's, bit for bit. The padded buffers are
+    made here, so the call is one compiled call (rnn_forward_into)."""
     T, B, I = x.shape
     H, nblk = h.shape[1], w_fwd.shape[0]
     hp = np.zeros((2, B, Hp), np.float32)
@@ -357,14 +349,12 @@ def rnn_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
 def rnn_step_cpu(x, packed, h):
     """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
     array). Equal to rnn_forward_cpu on one step, without its parallel regions."""
-    if packed.kind == "blas":  # (a one-step forward: the thread policy's)
-        return thread_policy(rnn_forward_cpu, x[None], packed, h)[1]
-    H, Hp = packed.H, packed.Hp
-    B = x.shape[0]
-    h_new = np.empty((B, Hp), np.float32)
-    _step_tiled(x, packed.w_in, packed.bias, packed.w_fwd, pad_units(h, Hp), h_new,
-                np.empty((B, Hp), np.float32), ones_of(B), packed.relu)
-    return h_new[:, :H]
+    B, H = x.shape[0], packed.H
+    y, h_new = np.empty((1, B, H), np.float32), np.empty((B, H), np.float32)
+    if rnn_forward_into(x[None], packed, np.ascontiguousarray(h), y, h_new):
+        return h_new
+    # (a one-step forward: the thread policy's)
+    return thread_policy(rnn_forward_cpu, x[None], packed, h)[1]
 
 
 def rnn_forward_into(x, packed, h, y, h_out):
@@ -375,7 +365,7 @@ def rnn_forward_into(x, packed, h, y, h_out):
     (kernels/table.py: forward_into). A single step is always one thread, as
     rnn_step_cpu's."""
     T, B = x.shape[:2]
-    if packed.kind == "blas" or (T > 1 and not runs_alone(T, B, packed.Hp, 1)):
+    if packed.kind == "blas" or (T > 1 and not runs_alone(T, B, packed.Hp, 1, plain=False)):
         return False
     _steps_state(x, packed.w_in, packed.bias, packed.w_fwd, h, y, h_out, packed.Hp,
                  inference_chunk(T, B, packed.Hp, 1), packed.relu)

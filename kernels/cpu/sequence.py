@@ -64,14 +64,6 @@ def zone_weights(zone, width, dtype):
     return pad_units(np.asarray(zone).astype(dtype, copy=False), width)
 
 
-def ones_of(B, _cache={}):
-    """np.ones(B, int64), the full lengths of a step, made once per B (read only)."""
-    ones = _cache.get(B)
-    if ones is None:
-        ones = _cache[B] = np.ones(B, np.int64)
-    return ones
-
-
 def first_forward_steps(lens, reverse):
     """Each row's first step in the forward's order (the one that read h0)."""
     return np.clip(lens - 1, 0, None) if reverse else np.zeros(len(lens), np.int64)

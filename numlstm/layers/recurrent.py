@@ -492,7 +492,8 @@ class Recurrent(CallState, Layer):
         if (x_tm.dtype != dtype or self.backend not in CPU_NAMES or spec.bidirectional
                 or self.zoneout or x_tm.shape[2] != spec.input_size):
             return None
-        into = dispatch.BACKENDS["cpu"].table(spec).forward_into
+        cpu = dispatch.BACKENDS["cpu"]
+        into = cpu.table(spec).forward_into
         T, B = x_tm.shape[:2]
         if into is None or T < 1 or B < 1:
             return None
@@ -514,14 +515,14 @@ class Recurrent(CallState, Layer):
         else:
             state = tuple(np.zeros(s, dtype) for s in shapes)
         inp = np.ascontiguousarray(x_tm)  # (batch-first x, or x[:, t])
-        cells = self._packs.get(dispatch.BACKENDS["cpu"], self._params, spec)
+        cells = self._packs.get(cpu, self._params, spec)
         state_n = tuple(np.empty(s, dtype) for s in shapes)
         for l in range(spec.num_layers):
             y = np.empty((T, B, spec.out_size), dtype)
             if not into(inp, cells[l], *(p[l] for p in state), y, *(p[l] for p in state_n)):
                 return None  # (it takes the plan's threads; nothing the caller sees changed)
             inp = y
-        self._ops, self._device_io = dispatch.BACKENDS["cpu"].ops, False
+        self._ops, self._device_io = cpu.ops, False
         self._cache, self._cache_state = None, "inference"
         self._carry(state_n)
         return inp, self._state_out(state_n, batched)

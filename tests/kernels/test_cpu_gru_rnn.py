@@ -147,9 +147,9 @@ def test_rnn_rejects_an_unknown_nonlinearity(rng):
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_step_kernel_matches_reference(rng, cell, dtype):
-    """The step kernel, and forward_into on one step where it runs (the tiled
-    float32 cells; the others decline and write nothing): bitwise the same as the
-    step kernel."""
+    """The step kernel against the reference; and forward_into on one step, which
+    the step kernel takes where it runs (the tiled float32 cells; the others
+    decline and write nothing)."""
     from numlstm.kernels.cpu import KERNELS, gru_step_cpu, rnn_step_cpu
     gates, (forward_ref, _), (pack, _, _), option = CELLS[cell]
     step = gru_step_cpu if gates == 3 else rnn_step_cpu
@@ -176,8 +176,8 @@ def test_one_step_kernel_matches_reference(rng, cell, dtype):
 @pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("chunk_bytes", [1, 4 << 20], ids=["chunks-of-one-step", "one-chunk"])
 def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, cell, chunk_bytes):
-    """forward_into (one thread, from Python) against the forward kernel at uneven
-    shapes, T=1 and B=1, the input product in chunks of one step or all at once;
+    """forward_into (one thread, from Python) against the forward kernel's time loop
+    at uneven shapes, T=1 and B=1, the input product in chunks of one step or all at once;
     and against the reference."""
     from numlstm.kernels.cpu import KERNELS, plan
     monkeypatch.setattr(plan, "INFERENCE_CHUNK_BYTES", chunk_bytes)
@@ -189,7 +189,7 @@ def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, cell, chunk_b
         packed = pack(*cell_w, **option)
         y, h = np.empty((T, B, H), np.float32), np.empty((B, H), np.float32)
         assert KERNELS["gru" if gates == 3 else "rnn"].forward_into(x, packed, h0, y, h)
-        want = forward(x, packed, h0)
+        want = forward(x, packed, h0, lengths=np.full(B, T))  # (lengths: the time loop)
         np.testing.assert_array_equal(y, want[0])
         np.testing.assert_array_equal(h, want[1])
         ref = forward_ref(x, *cell_w, h0, **option)

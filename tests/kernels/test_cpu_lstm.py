@@ -143,9 +143,9 @@ def test_inference_in_chunks_of_steps_matches_reference(rng, reverse):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_step_kernel_matches_reference(rng, dtype):
-    """lstm_step_cpu, and forward_into on one step where it runs (the tiled float32
-    cell; the float64 cell declines and writes nothing): bitwise the same as
-    lstm_step_cpu."""
+    """lstm_step_cpu against the reference; and forward_into on one step, which
+    lstm_step_cpu takes where it runs (the tiled float32 cell; the float64 cell
+    declines and writes nothing)."""
     from numlstm.kernels.cpu import KERNELS, lstm_step_cpu
     for B, I, H in [(1, 1, 1), (1, 64, 64), (3, 5, 70), (7, 2, 128)]:
         cell = lstm_weights(rng, I, H, dtype)
@@ -171,8 +171,8 @@ def test_one_step_kernel_matches_reference(rng, dtype):
 
 @pytest.mark.parametrize("chunk_bytes", [1, 4 << 20], ids=["chunks-of-one-step", "one-chunk"])
 def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, chunk_bytes):
-    """forward_into (one thread, from Python) against lstm_forward_cpu at uneven
-    shapes, T=1 and B=1, the input product in chunks of one step or all at once;
+    """forward_into (one thread, from Python) against lstm_forward_cpu's time loop at
+    uneven shapes, T=1 and B=1, the input product in chunks of one step or all at once;
     and against the reference."""
     from numlstm.kernels.cpu import KERNELS, lstm_forward_cpu, plan
     monkeypatch.setattr(plan, "INFERENCE_CHUNK_BYTES", chunk_bytes)
@@ -183,7 +183,8 @@ def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, chunk_bytes):
         packed = pack_lstm_cpu(*cell)
         y, h, c = (np.empty(s, np.float32) for s in ((T, B, H), (B, H), (B, H)))
         assert KERNELS["lstm"].forward_into(x, packed, h0, c0, y, h, c)
-        want = lstm_forward_cpu(x, packed, h0, c0)
+        # (lengths: the time loop, not the T=1 shortcut that itself takes forward_into)
+        want = lstm_forward_cpu(x, packed, h0, c0, lengths=np.full(B, T))
         for got, w in zip((y, h, c), want):
             np.testing.assert_array_equal(got, w)
         ref = lstm_forward_ref(x, *cell, h0, c0)
