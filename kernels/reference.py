@@ -524,3 +524,73 @@ def rnn_backward_ref(dy, dh_n, cache):
         dh = np.where(valid, da @ w_hh, dh)
     grads["b_hh"] = grads["b_ih"].copy()
     return dx, dh, grads
+
+
+# -- reduced precision (kernels/cpu/quantized.py; inference only) -----------------------
+def quantize_symmetric_ref(a):
+    """a [M,K] float32 -> (q [M,K] int8 values as int64, s [M] float32): one scale a row,
+    s = max_k |a[r,k]| / 127, q = rint(a * (127 / max)) in [-127, 127] (ties to even);
+    a zero row: q = 0, s = 0; a row with NaN or inf: s = NaN. In float32 throughout."""
+    a = np.asarray(a, np.float32)
+    m = np.abs(a).max(axis=1)
+    bad = ~np.isfinite(m)
+    safe = np.where((m > 0) & ~bad, m, np.float32(1)).astype(np.float32)
+    inv = (np.float32(127) / safe).astype(np.float32)
+    q = np.clip(np.rint(np.where(bad[:, None], 0, a) * inv[:, None]), -127, 127)
+    q[m == 0] = 0
+    s = np.where(bad, np.float32(np.nan), np.where(m > 0, m / np.float32(127), 0))
+    return q.astype(np.int64), s.astype(np.float32)
+
+
+def int8_product_ref(a, w):
+    """a [M,K] @ w [N,K]^T as the int8 kernels compute it: both quantized per row
+    (quantize_symmetric_ref; w's rows are the output channels), the integer sums
+    exact, then float32(sum) * (s_a[r] * s_w[n]). Returns (the float32 product, the
+    integer sums [M,N] int64)."""
+    qa, sa = quantize_symmetric_ref(a)
+    qw, sw = quantize_symmetric_ref(w)
+    acc = qa @ qw.T
+    return acc.astype(np.float32) * (sa[:, None] * sw[None, :]), acc
+
+
+def bfloat16_ref(w):
+    """float32 -> the nearest bfloat16 value (ties to even), as float32."""
+    bits = np.asarray(w, np.float32).view(np.uint32).astype(np.uint64)
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    out = bits.astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(w), np.float32(np.nan), out)
+
+
+def lstm_forward_quantized_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None,
+                               reverse=False, dtype="int8"):
+    """The plain LSTM's inference with reduced-precision weights, in float32.
+
+    int8 (torch's dynamic quantization): each product is int8_product_ref's, x
+    quantized per step and sequence, h per step: a = (b_ih + b_hh) + x W_ih^T, then
+    a + h W_hh^T. bfloat16: the weights rounded to bfloat16 (bfloat16_ref), the
+    products in float32 (lstm_forward_ref's). Shapes as lstm_forward_ref's; returns
+    y [T,B,H], h_n, c_n."""
+    f32 = np.float32
+    x, h, c = (np.asarray(v, f32) for v in (x, h0, c0))
+    w_ih, w_hh = np.asarray(w_ih, f32), np.asarray(w_hh, f32)
+    if dtype == "bfloat16":
+        y, h, c, _ = lstm_forward_ref(x, bfloat16_ref(w_ih), bfloat16_ref(w_hh),
+                                      np.asarray(b_ih, f32), np.asarray(b_hh, f32), h, c,
+                                      lengths, reverse)
+        return y, h, c
+    T, B, _ = x.shape
+    H = h.shape[1]
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    bias = np.asarray(b_ih, f32) + np.asarray(b_hh, f32)
+    h, c = h.copy(), c.copy()
+    y = np.zeros((T, B, H), f32)
+    for t in _steps(T, reverse):
+        valid = (t < lengths)[:, None]
+        a = (bias + int8_product_ref(x[t], w_ih)[0]) + int8_product_ref(h, w_hh)[0]
+        i, f = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H])
+        g, o = np.tanh(a[:, 2 * H:3 * H]), _sigmoid(a[:, 3 * H:])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        c, h = np.where(valid, c_new, c), np.where(valid, h_new, h)
+        y[t] = np.where(valid, h_new, 0)
+    return y, h, c

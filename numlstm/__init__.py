@@ -30,6 +30,7 @@ from .losses import CrossEntropyLoss, MSELoss  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .optim import SGD, Adam, AdamW, NonFiniteError, clip_grad_norm  # noqa: E402
 from .packing import LAYOUTS, convert  # noqa: E402
+from .quantize import quantize_dynamic  # noqa: E402
 
 
 
@@ -60,4 +61,5 @@ def import_onnx(path):
 __all__ = ["LSTM", "GRU", "RNN", "Dense", "Dropout", "Embedding", "Sequential", "MSELoss",
            "CrossEntropyLoss", "SGD", "Adam", "AdamW", "NonFiniteError", "clip_grad_norm", "load",
            "load_checkpoint", "save_checkpoint", "LAYOUTS", "convert",
-           "available_backends", "export_onnx", "import_onnx", "__version__"]
+           "available_backends", "export_onnx", "import_onnx", "quantize_dynamic",
+           "__version__"]

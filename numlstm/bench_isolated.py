@@ -27,6 +27,11 @@ The peers, float32, I and H as given:
                CPU provider; a step is a T=1 run of the file with initial_state=True.
   numlstm      numlstm.LSTM on the CPU: layer(x), layer(x, training=True) then
                layer.backward(dy), and layer.step(x_t, state).
+With --dtype int8 or bfloat16 (inference and step only): numlstm runs
+numlstm.quantize_dynamic(layer, dtype), torch runs
+torch.ao.quantization.quantize_dynamic(module, {nn.LSTM}, torch.qint8) (its int8
+LSTM, for either dtype), and numlstm_f32, numlstm's float32 layer, is timed beside
+them (its ratio: float32 time / the reduced-precision time).
 """
 import json
 import os
@@ -39,7 +44,8 @@ import time
 
 import numpy as np
 
-LIBRARIES = ("numlstm", "torch", "onnxruntime")
+LIBRARIES = ("numlstm", "torch", "onnxruntime", "numlstm_f32")
+DTYPES = ("float32", "int8", "bfloat16")
 MODES = ("inference", "training", "step")
 # The shapes of the robustness issue: from a single step to the sizes where the
 # products bind (T, B, I, H).
@@ -48,9 +54,10 @@ GRID = [(1, 1, 64, 128), (100, 1, 64, 64), (200, 8, 40, 96), (100, 32, 128, 256)
 QUICK_GRID = [(1, 1, 64, 128), (100, 1, 64, 64), (200, 8, 40, 96)]
 
 
-def supports(lib, mode):
-    """Whether `lib` has `mode`: onnxruntime runs inference only (no training)."""
-    return not (lib == "onnxruntime" and mode == "training")
+def supports(lib, mode, dtype="float32"):
+    """Whether `lib` has `mode`: onnxruntime runs inference only (no training), and
+    the int8 and bfloat16 layers inference and steps."""
+    return mode != "training" or (lib != "onnxruntime" and dtype == "float32")
 
 
 def flops(T, B, I, H, mode):
@@ -61,14 +68,17 @@ def flops(T, B, I, H, mode):
 
 
 # -- the worker ---------------------------------------------------------------------------
-def _build(lib, T, B, I, H, mode, tmpdir):
-    """A function making one call of `lib` at (T, B, I, H) in `mode`."""
+def _build(lib, T, B, I, H, mode, tmpdir, dtype="float32"):
+    """A function making one call of `lib` at (T, B, I, H) in `mode`, its weights in
+    `dtype` (the module docstring)."""
     import numlstm
     layer = numlstm.LSTM(I, H, seed=T + B + I + H)
     rng = np.random.default_rng(T * 7 + B)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     dy = rng.standard_normal((T, B, H)).astype(np.float32)
-    if lib == "numlstm":
+    if lib in ("numlstm", "numlstm_f32"):
+        if lib == "numlstm" and dtype != "float32":
+            layer = numlstm.quantize_dynamic(layer, dtype)
         if mode == "inference":
             return lambda: layer(x)
         if mode == "training":
@@ -85,6 +95,13 @@ def _build(lib, T, B, I, H, mode, tmpdir):
         import torch
         module = torch.nn.LSTM(I, H)
         module.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+        if dtype != "float32":
+            import warnings
+            with warnings.catch_warnings():  # (torch.ao.quantization's deprecation notice)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                # (it swaps a model's children: a bare LSTM would come back as it was)
+                module = torch.ao.quantization.quantize_dynamic(
+                    torch.nn.Sequential(module), {torch.nn.LSTM}, dtype=torch.qint8)[0]
         xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
         if mode == "inference":
             def infer():
@@ -135,7 +152,7 @@ def _worker(spec):
     with tempfile.TemporaryDirectory() as tmpdir:
         calls = []
         for (T, B, I, H), mode in spec["tasks"]:
-            call = _build(lib, T, B, I, H, mode, tmpdir)
+            call = _build(lib, T, B, I, H, mode, tmpdir, spec.get("dtype", "float32"))
             call()  # compile, allocate, warm the caches
             call()
             calls.append(call)
@@ -178,19 +195,25 @@ def _expect(proc, what):
 
 
 def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference",),
-        load=0, copies=1, rounds=3, repeats=20, min_seconds=0.3, env=None):
+        load=0, copies=1, rounds=3, repeats=20, min_seconds=0.3, env=None, dtype="float32"):
     """Time every library at every (T, B, I, H) in `shapes` and mode, each in its own
     process, `rounds` rounds; return one row dict per (shape, mode) with each
     library's median ms (and, with copies > 1, numlstm's copies as one figure each:
     the slowest copy's median). load: busy processes kept running meanwhile; env:
     the workers' environment (None: this process's), e.g. a PYTHONPATH that puts
-    another build of numlstm first, for an A/B of two versions."""
+    another build of numlstm first, for an A/B of two versions; dtype: the weights'
+    precision (the module docstring)."""
     for lib in libraries:
         if lib not in LIBRARIES:
             raise ValueError(f"libraries: expected some of {LIBRARIES}, got {lib!r}")
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"modes: expected some of {MODES}, got {mode!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+    if dtype != "float32" and "onnxruntime" in libraries:
+        raise ValueError("dtype: onnxruntime runs the float32 file; compare int8 and "
+                         "bfloat16 with torch")
     if not isinstance(copies, int) or copies < 1 or not isinstance(load, int) or load < 0:
         raise ValueError(f"copies >= 1 and load >= 0 (integers), got {copies!r}, {load!r}")
     busy = [_busy_loop() for _ in range(load)]
@@ -201,12 +224,12 @@ def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference
             order = list(libraries[r % len(libraries):]) + list(libraries[:r % len(libraries)])
             for lib in order:
                 tasks = [(list(shape), mode) for shape in shapes for mode in modes
-                         if supports(lib, mode)]
+                         if supports(lib, mode, dtype)]
                 if not tasks:
                     continue
                 n = copies if lib == "numlstm" else 1
                 spec = dict(lib=lib, tasks=tasks, repeats=repeats, min_seconds=min_seconds,
-                            keep_busy=n > 1)
+                            keep_busy=n > 1, dtype=dtype)
                 procs = [_start(spec, env) for _ in range(n)]
                 try:
                     for p in procs:
@@ -237,7 +260,7 @@ def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference
     for shape in shapes:
         for mode in modes:
             row = dict(T=shape[0], B=shape[1], I=shape[2], H=shape[3], mode=mode, load=load,
-                       copies=copies, rounds=rounds)
+                       copies=copies, rounds=rounds, dtype=dtype)
             for lib in libraries:
                 key = (lib, tuple(shape), mode)
                 if key in results:

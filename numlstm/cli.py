@@ -121,9 +121,9 @@ def _bench(args):
         return 0
     if args.isolated:
         return _bench_isolated(args)
-    if args.load or args.copies > 1 or args.peer or args.modes:
-        raise UsageError("--load, --copies, --peer and --modes time each library in a "
-                         "process of its own: add --isolated")
+    if args.load or args.copies > 1 or args.peer or args.modes or args.dtype != "float32":
+        raise UsageError("--load, --copies, --peer, --modes and --dtype time each library "
+                         "in a process of its own: add --isolated")
     if args.shapes:
         if any(len(s) == 4 and s[2] != s[3] for s in args.shapes):
             raise UsageError("--shapes: the in-process comparison has I = H (T,B,H); "
@@ -146,20 +146,34 @@ def _bench(args):
 
 def _bench_isolated(args):
     from . import bench, bench_isolated
+    from .train import UsageError
     if args.shapes:
         shapes = [s if len(s) == 4 else (s[0], s[1], s[2], s[2]) for s in args.shapes]
     else:
         shapes = bench_isolated.QUICK_GRID if args.quick else bench_isolated.GRID
     peers = args.peer if args.peer else ([] if args.no_torch else ["torch"])
-    libraries = ["numlstm"] + list(dict.fromkeys(peers))
-    modes = args.modes or ["inference", "training"]
+    quantized = args.dtype != "float32"
+    if quantized and "onnxruntime" in peers:
+        raise UsageError("--dtype int8/bfloat16: onnxruntime runs the float32 file; "
+                         "compare with --peer torch (its quantize_dynamic int8 LSTM)")
+    libraries = ["numlstm"] + (["numlstm_f32"] if quantized else []) + list(
+        dict.fromkeys(peers))
+    modes = args.modes or (["inference", "step"] if quantized else ["inference", "training"])
+    if quantized and "training" in modes:
+        raise UsageError("--dtype int8/bfloat16: the quantized layers are inference-only; "
+                         "--modes inference step")
     roof = bench.roofs()
     print(bench.roof_line(roof))
+    if quantized:
+        from .kernels.cpu.qtile import int8_variant
+        print(f"numlstm: quantize_dynamic(layer, {args.dtype!r}) (int8 products: "
+              f"{int8_variant()}); numlstm_f32: its float32 layer; torch: quantize_dynamic "
+              "int8")
     print(f"each library in a fresh process of its own, {args.rounds} rounds (the order "
           f"rotating), the median of each worker's median call; busy processes: "
           f"{args.load}; numlstm copies at once: {args.copies}")
     rows = bench_isolated.run(shapes, libraries, modes, load=args.load, copies=args.copies,
-                              rounds=args.rounds, repeats=args.repeats)
+                              rounds=args.rounds, repeats=args.repeats, dtype=args.dtype)
     bench_isolated.table(rows, libraries, roof["fma_peak"])
     print("ratio = peer time / numlstm time (> 1: numlstm is faster); %roof: numlstm's "
           "GFLOP/s as a share of the FMA peak")
@@ -441,6 +455,10 @@ def main(argv=None):
     bench.add_argument("--modes", nargs="+", choices=["inference", "training", "step"],
                        help="--isolated: what to time (default: inference training; step "
                             "is one streaming step from Python, onnxruntime's T=1 run)")
+    bench.add_argument("--dtype", choices=["float32", "int8", "bfloat16"], default="float32",
+                       help="--isolated: numlstm's weights, quantize_dynamic's int8 or "
+                            "bfloat16 (against torch's quantize_dynamic int8 LSTM and "
+                            "numlstm's float32, inference and step; default: float32)")
     bench.add_argument("--repeats", type=_positive(int), default=5)
     bench.add_argument("--steps", type=_positive(int), default=300,
                        help="--char: training steps each (default: 300)")

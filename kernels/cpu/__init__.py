@@ -15,6 +15,8 @@ modules import no cell's):
     sequence.py    lengths, masks, zoneout weights, state buffers, padding
     norm.py        layer normalisation of the BLAS loops
     microkernel.py the register tile (LLVM IR) every float32 product runs
+    quantized.py   the LSTM's int8 and bfloat16 inference (quantize_dynamic), on
+                   qtile.py's tiles (VNNI's int8 products, widened bfloat16)
     threads.py     the thread policy: a busy machine's descheduled threads
     peak.py        the machine's float32 FMA peak (the benchmarks' roof)
     jit.py         the compile options every kernel takes
@@ -92,8 +94,8 @@ if "NUMBA_CPU_FEATURES" not in os.environ and numba.config.CPU_FEATURES is None:
     if "+avx512f" in _features.split(","):
         numba.config.CPU_FEATURES = _features + ",-prefer-256-bit"
 
-from . import (dense, gru, gru_tiled, lstm, lstm_tiled, microkernel, plan, rnn,  # noqa: E402
-               threads)
+from . import (dense, gru, gru_tiled, lstm, lstm_tiled, microkernel, plan,  # noqa: E402
+               quantized, rnn, threads)
 from .gru import pack_gru_cpu  # noqa: E402
 from .lstm import pack_lstm_cpu  # noqa: E402
 from .rnn import pack_rnn_cpu  # noqa: E402
@@ -139,6 +141,8 @@ gru_step_cpu = _serialised(gru.gru_step_cpu, policy=False)
 rnn_forward_cpu = _serialised(rnn.rnn_forward_cpu)
 rnn_backward_cpu = _serialised(rnn.rnn_backward_cpu)
 rnn_step_cpu = _serialised(rnn.rnn_step_cpu, policy=False)
+# int8 and bfloat16 inference (numlstm.quantize_dynamic; not a cell of the table)
+lstm_forward_quantized_cpu = _serialised(quantized.lstm_forward_quantized)
 
 # The block each cell's hidden units pad to.
 PAD = {"lstm": lstm_tiled.HB, "gru": gru_tiled.U, "rnn": microkernel.CB}
@@ -170,4 +174,5 @@ KERNELS = {
 __all__ = ["KERNELS", "lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", "pack_lstm_cpu",
            "gru_forward_cpu", "gru_backward_cpu", "gru_step_cpu", "pack_gru_cpu",
            "rnn_forward_cpu", "rnn_backward_cpu", "rnn_step_cpu", "pack_rnn_cpu",
-           "dense_forward_cpu", "dense_backward_cpu", "embedding_backward_cpu"]
+           "dense_forward_cpu", "dense_backward_cpu", "embedding_backward_cpu",
+           "lstm_forward_quantized_cpu"]

@@ -9,14 +9,17 @@ Modules, each depending only on the ones above it:
                   the Sequential protocol's, both adapters over _run and _run_backward)
     cells.py      LSTM, GRU and RNN: their equations, options and parameters
     basic.py      Dense, Embedding, Dropout
+    quantized.py  QuantizedLSTM: the LSTM with int8 or bfloat16 weights, inference only
 Argument checks live in numlstm/validation.py.
 """
 from .base import Layer, dropout_mask, keep_mask
 from .basic import Dense, Dropout, Embedding
 from .cells import CELLS, GRU, LSTM, RNN
+from .quantized import QuantizedLSTM
 from .recurrent import MERGE_MODES, Recurrent
 
-LAYER_TYPES = {cls.__name__: cls for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout)}
+LAYER_TYPES = {cls.__name__: cls
+               for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout, QuantizedLSTM)}
 
-__all__ = ["Layer", "Recurrent", "LSTM", "GRU", "RNN", "Dense", "Embedding", "Dropout",
-           "CELLS", "LAYER_TYPES", "MERGE_MODES", "keep_mask", "dropout_mask"]
+__all__ = ["Layer", "Recurrent", "LSTM", "GRU", "RNN", "QuantizedLSTM", "Dense", "Embedding",
+           "Dropout", "CELLS", "LAYER_TYPES", "MERGE_MODES", "keep_mask", "dropout_mask"]

@@ -1,0 +1,361 @@
+"""The LSTM's reduced-precision inference on the CPU: int8 and bfloat16 weights
+(numlstm.quantize_dynamic), checked against reference.lstm_forward_quantized_ref.
+
+Dimensions: T steps, B batch, I input features, H hidden units; Hq is H padded
+to a multiple of U = 16, Gq = 4 Hq gate columns in blocks of CB = 64, each
+block [i f g o] of 16 units as in the float32 tiled layout (lstm.py), so a
+thread's blocks of columns are also its units for the gate math.
+
+int8 (torch's quantize_dynamic scheme):
+    weights: symmetric, one scale per output channel (gate row):
+        s_w[n] = max_k |W[n,k]| / 127,  W_q = rint(W / s_w) in [-127, 127]
+    activations: symmetric, one scale per row, made when they are used (x for
+    each step and sequence, h for each step): quantize_rows.
+    products: int32 sums of int8 x int8 (qtile.int8_rows: VNNI or a loop; the
+    activations go in as uint8, value + 128, and the 128 * sum_k W_q[n,k] comes
+    off after), scaled in float32:
+        xw[t,b,n] = bias[n] + float32(sum_k xq W_q) * (s_x[t,b] * s_w[n])
+        pre       = xw[t] + float32(sum_k hq W_q) * (s_h[b] * s_hh[n])
+    then the gate math in float32 (sigmoid, tanh), as the float32 layer's.
+bfloat16: the weights rounded to bfloat16 (to nearest, ties to even); x and h
+    stay float32 and the products accumulate in float32 (qtile.bf16_rows).
+
+The quantization and the scaling are compiled without fastmath (no reciprocal
+for a division, no contraction), so the integer sums and the float32 values
+built from them are the reference's to the bit; the gate math is the float32
+layer's (gates.py, with fastmath's contractions), so outputs match the reference
+to float32 rounding (the tests).
+
+The time loop (loop_plan): one thread, with no parallel region, when a step is
+small or the thread policy holds (threads.py); else the batch shared among the
+threads, each running its rows through all the steps in one region (a row's
+quantization and sums never meet another's), or at a batch too small to share
+(B = 1, large H) each step's blocks of units shared, one region a step.
+Inference only: no training cache, no backward.
+"""
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from ..gates import sigmoid, tanh
+from .jit import FAST
+from .microkernel import CB
+from .qtile import HAS_VNNI, bf16_rows, int8_rows_generic, int8_rows_vnni, int8_variant
+from .threads import POLICY, clock_ns, finished, numba_threads, parallel_ok, region_done
+
+U = CB // 4                         # units per block
+EXACT = dict(cache=True, error_model="numpy")   # no fastmath (module docstring)
+int8_rows = int8_rows_vnni if HAS_VNNI else int8_rows_generic
+# A step (or the input product) of fewer multiply-adds than this runs on one thread.
+PARALLEL_MIN_MACS = 1 << 20
+ROWS_PER_TASK = 48                  # rows of one task of the input product
+ROWS_SPLIT_MIN = 2                  # rows a thread for the time loop's batch split
+
+__all__ = ["QuantLSTM", "pack_lstm_quantized", "lstm_forward_quantized", "quantize_rows",
+           "int8_variant", "to_bfloat16_bits"]
+
+
+class QuantLSTM(NamedTuple):
+    """One packed LSTM cell, int8 or bfloat16 (module docstring)."""
+    dtype: str              # "int8" or "bfloat16"
+    H: int
+    Hq: int
+    I: int
+    bias: np.ndarray        # [1,Gq] float32: b_ih + b_hh in the tiled columns
+    # int8: [nblk, Kq/4, CB, 4] int8 (Kq: K padded to 4); bfloat16: [nblk, K, CB] uint16
+    w_in: np.ndarray
+    w_hh: np.ndarray
+    s_in: np.ndarray        # [Gq] float32 per-channel scales (int8; empty for bfloat16)
+    s_hh: np.ndarray
+    sum_in: np.ndarray      # [Gq] int32: sum_k W_q[n,k] (int8; empty for bfloat16)
+    sum_hh: np.ndarray
+
+
+def _columns(H):
+    """cols[j]: the tiled column of torch's gate row j (gate j // H, unit j % H)."""
+    k, u = np.divmod(np.arange(4 * H), H)
+    return (u // U) * CB + k * U + u % U
+
+
+def to_bfloat16_bits(w):
+    """float32 -> bfloat16's bits (uint16), rounded to nearest, ties to even (NaN stays NaN)."""
+    bits = np.ascontiguousarray(w, np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(w)
+    rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
+    return rounded
+
+
+def _quantize_channels(w):
+    """w [N,K] float32 -> (W_q [N,K] int8, s [N] float32): one symmetric scale a row."""
+    m = np.abs(w).max(axis=1) if w.shape[1] else np.zeros(w.shape[0], np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(m > 0, np.float32(127) / m, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(w * inv[:, None]), -127, 127).astype(np.int8)
+    return q, (m / np.float32(127)).astype(np.float32)
+
+
+def _pack_int8(w, Gq, cols, Kq):
+    """torch-layout w [4H,K] -> (W_q [nblk, Kq/4, CB, 4], s [Gq], sums [Gq]); K is
+    padded with zeros to Kq (a multiple of 4)."""
+    K = w.shape[1]
+    q, s = _quantize_channels(w.astype(np.float32))
+    qp = np.zeros((Gq, Kq), np.int8)
+    qp[cols, :K] = q
+    sp = np.zeros(Gq, np.float32)
+    sp[cols] = s
+    blocks = np.ascontiguousarray(qp.reshape(Gq // CB, CB, Kq // 4, 4).transpose(0, 2, 1, 3))
+    return blocks, sp, qp.sum(axis=1, dtype=np.int64).astype(np.int32)
+
+
+def _pack_bf16(w, Gq, cols):
+    """torch-layout w [4H,K] -> bfloat16 bits in blocks [nblk, K, CB]."""
+    wp = np.zeros((Gq, w.shape[1]), np.float32)
+    wp[cols] = w
+    return np.ascontiguousarray(to_bfloat16_bits(wp).reshape(Gq // CB, CB, -1)
+                                .transpose(0, 2, 1))
+
+
+def pack_lstm_quantized(w_ih, w_hh, b_ih, b_hh, dtype):
+    """One cell's torch-layout float weights (w_ih [4H,I], w_hh [4H,H], b_ih, b_hh
+    [4H]) -> QuantLSTM of dtype "int8" or "bfloat16"."""
+    G, I = w_ih.shape
+    H = G // 4
+    Hq = -(-H // U) * U
+    Gq = 4 * Hq
+    cols = _columns(H)
+    bias = np.zeros((1, Gq), np.float32)
+    bias[0, cols] = (np.asarray(b_ih, np.float32) + np.asarray(b_hh, np.float32))
+    empty_f, empty_i = np.zeros(0, np.float32), np.zeros(0, np.int32)
+    if dtype == "int8":
+        w_in, s_in, sum_in = _pack_int8(w_ih, Gq, cols, -(-I // 4) * 4)
+        w_rec, s_hh, sum_hh = _pack_int8(w_hh, Gq, cols, Hq)  # (h is quantized Hq wide)
+        return QuantLSTM("int8", H, Hq, I, bias, w_in, w_rec, s_in, s_hh, sum_in, sum_hh)
+    if dtype == "bfloat16":
+        return QuantLSTM("bfloat16", H, Hq, I, bias, _pack_bf16(w_ih, Gq, cols),
+                         _pack_bf16(w_hh, Gq, cols), empty_f, empty_f, empty_i, empty_i)
+    raise ValueError(f"dtype: expected 'int8' or 'bfloat16', got {dtype!r}")
+
+
+# -- quantizing activations, scaling sums -----------------------------------------------
+@njit(**EXACT)
+def quantize_rows(a, q, s, r0, r1):
+    """Rows [r0, r1) of a [M,K] float32 -> q [M,Kq] uint8 (rint(a / s) + 128, columns
+    past K: 128, a zero) and s [M] float32, s = max_k |a[r,k]| / 127 (0 for a zero
+    row, whose q is all 128; NaN for a row holding a NaN or an inf, which makes its
+    outputs NaN)."""
+    K, Kq = a.shape[1], q.shape[1]
+    for r in range(r0, r1):
+        row, out = a[r], q[r]
+        m, bad = np.float32(0), np.float32(0)
+        for k in range(K):  # (no branch: LLVM vectorises the two reductions)
+            v = abs(row[k])
+            m = max(m, v)
+            bad += v - v  # NaN once a NaN or an inf was seen, else 0
+        if bad != 0 or m == 0:
+            s[r] = np.float32(np.nan) if bad != 0 else np.float32(0)
+            out[:] = 128
+            continue
+        inv = np.float32(127) / m
+        s[r] = m / np.float32(127)
+        for k in range(K):
+            v = min(max(np.rint(row[k] * inv), np.float32(-127)), np.float32(127))
+            out[k] = np.uint8(np.int32(v) + 128)
+        for k in range(K, Kq):
+            out[k] = 128
+
+
+@njit(**EXACT)
+def _scaled(acc, wsum, s_row, s_col, init, out, r0, r1, c0, c1):
+    """out[r, c] = init[r, c] + float32(acc[r, c] - 128 wsum[c]) * (s_row[r] * s_col[c])
+    over rows [r0, r1), columns [c0, c1) (init may be out, or a [1,..] bias row,
+    read for every row)."""
+    per_row = init.shape[0] > 1
+    for r in range(r0, r1):
+        a, o, i = acc[r, c0:c1], out[r, c0:c1], init[r if per_row else 0, c0:c1]
+        w, s = wsum[c0:c1], s_col[c0:c1]
+        sr = s_row[r]
+        for n in range(c1 - c0):  # (row views: LLVM vectorises this loop)
+            o[n] = i[n] + np.float32(a[n] - np.int32(128) * w[n]) * (sr * s[n])
+
+
+# -- the input product for all steps ---------------------------------------------------
+@njit(**EXACT)
+def _input_task(x2, packed_w, s_w, wsum, bias, xq, xs, acc, xw2, r0, r1, b0, b1, int8):
+    if int8:
+        int8_rows(xq, packed_w, acc, r0, r1, b0, b1)
+        _scaled(acc, wsum, xs, s_w, bias, xw2, r0, r1, b0 * CB, b1 * CB)
+    else:
+        bf16_rows(x2, packed_w, xw2, bias, False, r0, r1, b0, b1)
+
+
+@njit(parallel=True, **EXACT)
+def _input_tasks(x2, packed_w, s_w, wsum, bias, xq, xs, acc, xw2, chunks, int8):
+    M, nblk = x2.shape[0], packed_w.shape[0]
+    rows = -(-M // chunks)
+    if int8:
+        for c in prange(chunks):
+            quantize_rows(x2, xq, xs, c * rows, min(M, (c + 1) * rows))
+    for task in prange(chunks * nblk):
+        blk, c = divmod(np.int64(task), chunks)
+        _input_task(x2, packed_w, s_w, wsum, bias, xq, xs, acc, xw2, c * rows,
+                    min(M, (c + 1) * rows), blk, blk + 1, int8)
+
+
+def _input_product(x, cell, parallel):
+    """xw [T,B,Gq] = bias + x @ W_ih^T in the cell's precision."""
+    T, B, I = x.shape
+    M, Gq = T * B, cell.bias.shape[1]
+    x2 = x.reshape(M, I)
+    int8 = cell.dtype == "int8"
+    xw = np.empty((T, B, Gq), np.float32)
+    Kq = cell.w_in.shape[1] * 4 if int8 else 0
+    xq = np.empty((M, Kq), np.uint8)
+    xs = np.empty(M if int8 else 0, np.float32)
+    acc = np.empty((M, Gq) if int8 else (0, 0), np.int32)
+    nblk = cell.w_in.shape[0]
+    if not parallel or M * Gq * I < PARALLEL_MIN_MACS:
+        if int8:
+            quantize_rows(x2, xq, xs, 0, M)
+        _input_task(x2, cell.w_in, cell.s_in, cell.sum_in, cell.bias, xq, xs, acc,
+                    xw.reshape(M, Gq), 0, M, 0, nblk, int8)
+    else:
+        chunks = max(1, -(-M // ROWS_PER_TASK))
+        _input_tasks(x2, cell.w_in, cell.s_in, cell.sum_in, cell.bias, xq, xs,
+                     acc, xw.reshape(M, Gq), chunks, int8)
+    return xw
+
+
+# -- the time loop -----------------------------------------------------------------------
+@njit(**FAST)
+def _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1):
+    """The gate math of rows [r0, r1) and blocks [b0, b1): pre [B,Gq] holds the
+    pre-activations; writes c and h [B,Hq] (held past a sequence's length) and
+    y_t [B,Hq] (zero there)."""
+    for r in range(r0, r1):
+        live = t < lengths[r]
+        for b in range(b0, b1):
+            for u in range(U):
+                q, j = b * CB + u, b * U + u
+                if not live:
+                    y_t[r, j] = 0
+                    continue
+                i = sigmoid(pre[r, q])
+                f = sigmoid(pre[r, q + U])
+                g = tanh(pre[r, q + 2 * U])
+                o = sigmoid(pre[r, q + 3 * U])
+                cc = f * c[r, j] + i * g
+                hh = o * tanh(cc)
+                c[r, j], h[r, j], y_t[r, j] = cc, hh, hh
+
+
+@njit(**EXACT)
+def _step(cell_w, s_hh, wsum, xw_t, hbuf, c, y_t, lengths, t, s, hq, hs, acc, pre, r0, r1,
+          b0, b1, int8):
+    """Rows [r0, r1) x blocks [b0, b1) of step t (the s-th step walked): the
+    recurrent product into pre, then the gate math. int8 reads hq/hs (h of those
+    rows quantized) and writes h in place; bfloat16 reads hbuf[s % 2] and writes
+    hbuf[1 - s % 2]."""
+    if int8:
+        int8_rows(hq, cell_w, acc, r0, r1, b0, b1)
+        _scaled(acc, wsum, hs, s_hh, xw_t, pre, r0, r1, b0 * CB, b1 * CB)
+        _gates(pre, hbuf[0], c, y_t, lengths, t, r0, r1, b0, b1)
+    else:
+        H = cell_w.shape[1]
+        bf16_rows(hbuf[s % 2, :, :H], cell_w, pre, xw_t, True, r0, r1, b0, b1)
+        h_new = hbuf[1 - s % 2]
+        h_new[r0:r1, b0 * U:b1 * U] = hbuf[s % 2, r0:r1, b0 * U:b1 * U]  # (held rows)
+        _gates(pre, h_new, c, y_t, lengths, t, r0, r1, b0, b1)
+
+
+@njit(**EXACT)
+def _rows_steps(xw, cell_w, s_hh, wsum, hbuf, c, y, lengths, reverse, hq, hs, acc, pre,
+                r0, r1, int8):
+    """All T steps of rows [r0, r1), every block (the rows of a batch never meet)."""
+    T, nblk = xw.shape[0], pre.shape[1] // CB
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        if int8:
+            quantize_rows(hbuf[0, :, :c.shape[1]], hq, hs, r0, r1)
+        _step(cell_w, s_hh, wsum, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc, pre,
+              r0, r1, 0, nblk, int8)
+
+
+@njit(parallel=True, **EXACT)
+def _time_loop(xw, cell_w, s_hh, wsum, hbuf, c, y, lengths, reverse, hq, hs, acc, pre, P,
+               split, int8, gate):
+    """All T steps: xw [T,B,Gq] the input part; hbuf [2,B,Hq] (int8: h in hbuf[0]
+    throughout; bfloat16: h0 in hbuf[0], the last h in hbuf[T % 2]); c [B,Hq];
+    y [T,B,Hq]. P threads (1: no parallel region); split "rows": each thread its
+    rows of the batch through all the steps (one region); "units": each step's
+    blocks shared among the threads (a region a step; gate: threads.py's, which
+    sends a lagging machine's steps to one thread)."""
+    T, B = xw.shape[0], xw.shape[1]
+    nblk = pre.shape[1] // CB
+    if P == 1:
+        _rows_steps(xw, cell_w, s_hh, wsum, hbuf, c, y, lengths, reverse, hq, hs, acc, pre,
+                    0, B, int8)
+    elif split == "rows":
+        start = clock_ns()
+        for p in prange(P):
+            _rows_steps(xw, cell_w, s_hh, wsum, hbuf, c, y, lengths, reverse, hq, hs, acc,
+                        pre, p * B // P, (p + 1) * B // P, int8)
+            finished(gate, p)
+        region_done(gate, start)
+    else:
+        for s in range(T):
+            t = T - 1 - s if reverse else s
+            if int8:
+                quantize_rows(hbuf[0, :, :c.shape[1]], hq, hs, 0, B)
+            if not parallel_ok(gate):
+                _step(cell_w, s_hh, wsum, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
+                      pre, 0, B, 0, nblk, int8)
+                continue
+            start = clock_ns()
+            for p in prange(P):
+                _step(cell_w, s_hh, wsum, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
+                      pre, 0, B, p * nblk // P, (p + 1) * nblk // P, int8)
+                finished(gate, p)
+            region_done(gate, start)
+
+
+def loop_plan(B, H, Gq, threads):
+    """(P, split) of the time loop: one thread below PARALLEL_MIN_MACS a step; the
+    batch split from ROWS_SPLIT_MIN rows a thread; else each step's units split."""
+    if threads == 1 or B * Gq * H < PARALLEL_MIN_MACS:
+        return 1, "rows"
+    if B >= ROWS_SPLIT_MIN * 2:
+        return min(threads, B // ROWS_SPLIT_MIN), "rows"
+    return min(threads, Gq // CB), "units"
+
+
+def lstm_forward_quantized(x, cell, h0, c0, lengths=None, reverse=False):
+    """One quantized LSTM layer and direction, inference.
+
+    x: [T,B,I] float32; cell: pack_lstm_quantized(...); h0, c0: [B,H] float32;
+    lengths: [B] ints in [0, T] or None (all T). Returns y [T,B,H], h_n, c_n [B,H]."""
+    x = np.ascontiguousarray(x, np.float32)
+    T, B, _ = x.shape
+    H, Hq = cell.H, cell.Hq
+    Gq = 4 * Hq
+    int8 = cell.dtype == "int8"
+    lens = (np.full(B, T, np.int64) if lengths is None
+            else np.ascontiguousarray(lengths, np.int64))
+    threads = numba_threads()  # (the thread policy's count for this call: threads.run)
+    xw = _input_product(x, cell, threads > 1)
+    hbuf = np.zeros((2, B, Hq), np.float32)
+    hbuf[0, :, :H] = h0
+    c = np.zeros((B, Hq), np.float32)
+    c[:, :H] = c0
+    y = np.empty((T, B, Hq), np.float32)
+    hq = np.empty((B, Hq if int8 else 0), np.uint8)
+    hs = np.empty(B if int8 else 0, np.float32)
+    acc = np.empty((B, Gq) if int8 else (0, 0), np.int32)
+    pre = np.empty((B, Gq), np.float32)
+    P, split = loop_plan(B, H, Gq, threads)
+    _time_loop(xw, cell.w_hh, cell.s_hh, cell.sum_hh, hbuf, c, y, lens, reverse,
+               hq, hs, acc, pre, P, split, int8, POLICY.gate())
+    h = hbuf[0] if int8 else hbuf[T % 2]
+    return (np.ascontiguousarray(y[:, :, :H]), np.ascontiguousarray(h[:, :H]),
+            np.ascontiguousarray(c[:, :H]))

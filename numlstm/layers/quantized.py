@@ -1,0 +1,162 @@
+"""Reduced-precision inference: QuantizedLSTM, which numlstm.quantize_dynamic makes.
+
+    q = numlstm.quantize_dynamic(lstm_or_model, dtype="int8")   # or "bfloat16"
+
+int8 is torch.ao.quantization.quantize_dynamic's scheme for nn.LSTM: weights
+symmetric per output channel (one scale per gate row), the input and the state
+quantized per row when they are used (x per step and sequence, h per step),
+int32 sums, scales and the gate math in float32. bfloat16 rounds the weights to
+bfloat16 and keeps the activations and the sums in float32. The equations and
+the kernels: kernels/cpu/quantized.py.
+
+The layer keeps its float32 weights and quantizes them when it first runs after
+they change (`load_params`, `updating`): a checkpoint holds the float weights and
+the `quantize` setting, and loading it quantizes them again to the same values.
+It is inference-only (training=True, backward and fit raise) and runs on the
+CPU. Everything else is the LSTM's: stacked, bidirectional, batch_first,
+lengths and masks, initial states, stateful, step(), return_sequences and
+merge modes in a Sequential model, summary(), predict().
+
+Not quantized: the LSTM's options that change the cell (proj_size, peephole,
+layer_norm, cell_clip, gate_clip, input_forget, other activations, zoneout),
+which raise; GRU and RNN layers, and Dense and Embedding layers, which stay in
+float32 inside a model (torch's quantize_dynamic also quantizes nn.Linear).
+"""
+import copy
+import warnings
+
+import numpy as np
+
+from .. import dispatch
+from ..kernels import cpu as _cpu
+from ..kernels.cpu.quantized import int8_variant, pack_lstm_quantized
+from ..packing import PackCache, from_canonical
+from ..validation import as_numeric
+from .cells import LSTM
+
+DTYPES = ("int8", "bfloat16")
+# The LSTM options a quantized layer cannot run, and the value each must have.
+_PLAIN = {"proj_size": 0, "peephole": False, "layer_norm": False, "cell_clip": None,
+          "gate_clip": None, "input_forget": False, "activation": "tanh",
+          "recurrent_activation": "sigmoid", "zoneout": 0.0}
+_WARNED = []
+
+
+def _check_dtype(dtype):
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype: expected 'int8' or 'bfloat16', got {type(dtype).__name__}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected 'int8' or 'bfloat16', got {dtype!r}")
+    if dtype == "int8" and int8_variant() == "generic" and not _WARNED:
+        _WARNED.append(True)
+        warnings.warn("this CPU has no AVX512-VNNI: int8 products run on a slower, "
+                      "portable loop (the results are the same)", RuntimeWarning,
+                      stacklevel=3)
+    return dtype
+
+
+class _QuantizedBackend(dispatch.Backend):
+    """The CPU backend of one precision: packs with pack_lstm_quantized and runs
+    lstm_forward_quantized; no backward."""
+    ops = dispatch.HostOps()
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.name = f"cpu-{dtype}"
+
+    def pack(self, params, spec):
+        return [pack_lstm_quantized(*c[:4], self.dtype)
+                for c in from_canonical(params, self.layout, spec)]
+
+    def forward(self, spec, cell, x, state, lengths, reverse, training, h_mask=None,
+                zone=None):
+        y, h, c = _cpu.lstm_forward_quantized_cpu(x, cell, *state, lengths, reverse)
+        return y, (h, c), None
+
+
+class _Packs(PackCache):
+    """The pack cache of a quantized layer: its own backend's layout, whatever
+    backend the call path names."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+
+    def get(self, backend, params, spec):
+        return super().get(self.backend, params, spec)
+
+
+class QuantizedLSTM(LSTM):
+    """An LSTM whose weights run in int8 or bfloat16 (the module docstring): make
+    one with quantize_dynamic, or as an LSTM with `quantize="int8"` (or
+    "bfloat16") and the LSTM's arguments. Outputs and states are float32."""
+
+    def __init__(self, *args, quantize="int8", **kwargs):
+        kwargs["dtype"] = np.float32
+        kwargs.setdefault("backend", "cpu")
+        super().__init__(*args, **kwargs)
+        self.quantize = _check_dtype(quantize)
+        if self.backend not in ("auto", "cpu"):
+            raise ValueError(f"backend: a quantized layer runs on the CPU, got "
+                             f"{self.backend!r}")
+        config = super().get_config()
+        changed = [f"{k}={config.get(k, v)!r}" for k, v in _PLAIN.items()
+                   if config.get(k, v) != v]
+        if changed:
+            raise ValueError("quantize: the quantized LSTM is the plain cell; it does not "
+                             f"run {', '.join(changed)}")
+        self._qbackend = _QuantizedBackend(self.quantize)
+        self._packs = _Packs(self._qbackend)
+
+    @classmethod
+    def from_layer(cls, layer, dtype="int8"):
+        """A quantized copy of an LSTM (its weights and settings; float64 weights
+        are rounded to float32 first). The LSTM is not changed."""
+        if not isinstance(layer, LSTM):
+            raise TypeError(f"expected a numlstm.LSTM, got {type(layer).__name__}")
+        config = layer.get_config()
+        for key in ("dtype", "quantize"):
+            config.pop(key, None)
+        q = cls(**config, quantize=_check_dtype(dtype))
+        q.load_params({k: v.astype(np.float32) for k, v in layer.params.items()})
+        q.name = layer.name
+        q._carried = copy.deepcopy(layer._carried) if layer.stateful else None
+        return q
+
+    def get_config(self):
+        return dict(super().get_config(), quantize=self.quantize)
+
+    # -- the call path: the LSTM's, on the quantized backend, inference only ----------
+    def _run(self, backend, x_tm, state0, lens, training, batched=True, private_y=True):
+        if training:
+            raise ValueError(f"{type(self).__name__} is inference-only: training=True "
+                             "needs the float layer (quantize after training)")
+        return super()._run(self._qbackend, x_tm, state0, lens, False, batched, private_y)
+
+    def _host_forward(self, x_tm, state, batched):
+        return None  # (the float32 kernels' shortcut; every call takes the path above)
+
+    def _check_memory(self, backend, T, B):
+        pass  # (a training call raises in _run)
+
+    def step(self, x_t, state=None):
+        """One step: x_t [B,I] (or [I]) -> (y_t, state_n), as LSTM.step."""
+        if self.spec.bidirectional:
+            raise ValueError("step: a bidirectional layer needs the whole sequence (its "
+                             "reverse direction starts at the last step); call the layer")
+        x_t = as_numeric(x_t, "x_t")
+        I = self.spec.input_size
+        if x_t.ndim not in (1, 2) or tuple(x_t.shape)[-1] != I or x_t.shape[0] < 1:
+            raise ValueError(f"x_t: expected [B,{I}] (or [{I}] unbatched), got shape "
+                             f"{tuple(x_t.shape)}")
+        if x_t.ndim == 1:
+            y, st = self(x_t[None], state)
+            return y[0], st
+        y, st = self(x_t[:, None] if self.batch_first else x_t[None], state)
+        return (y[:, 0] if self.batch_first else y[0]), st
+
+    def backward(self, dy, dstate=None):
+        raise ValueError(f"{type(self).__name__} is inference-only: it has no backward")
+
+    def backward_output(self, dout):
+        raise ValueError(f"{type(self).__name__} is inference-only: it has no backward")

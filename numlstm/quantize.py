@@ -1,0 +1,31 @@
+"""numlstm.quantize_dynamic: inference-only copies of LSTMs and models with int8 or
+bfloat16 weights (the layer: numlstm.layers.quantized.QuantizedLSTM)."""
+import copy
+
+from .layers import LSTM
+from .layers.quantized import QuantizedLSTM, _check_dtype
+from .model import Sequential
+
+
+def quantize_dynamic(obj, dtype="int8"):
+    """An inference-only copy of an LSTM, or of a Sequential model with its LSTM
+    layers quantized (the rest as they were), with int8 or bfloat16 weights.
+
+    dtype: "int8" (torch's quantize_dynamic scheme: per-channel weights, activations
+    quantized per row as they are used, int32 sums; AVX512-VNNI where the CPU has it)
+    or "bfloat16" (weights rounded to bfloat16, float32 products). The original is
+    not changed. See numlstm.layers.quantized for what is and is not quantized.
+    """
+    dtype = _check_dtype(dtype)
+    if isinstance(obj, LSTM):
+        return QuantizedLSTM.from_layer(obj, dtype)
+    if not isinstance(obj, Sequential):
+        raise TypeError(f"quantize_dynamic: expected a numlstm.LSTM or Sequential, got "
+                        f"{type(obj).__name__}")
+    if not any(isinstance(layer, LSTM) for layer in obj.layers):
+        raise ValueError("quantize_dynamic: the model has no LSTM layer to quantize")
+    layers = [QuantizedLSTM.from_layer(layer, dtype) if isinstance(layer, LSTM)
+              else copy.deepcopy(layer) for layer in obj.layers]
+    model = Sequential(layers, name=obj.name, seed=obj.seed)
+    model.loss = obj.loss  # (evaluate() works; no optimizer: nothing trains)
+    return model

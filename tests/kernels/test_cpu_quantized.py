@@ -1,0 +1,127 @@
+"""The int8 and bfloat16 kernels (kernels/cpu/qtile.py, quantized.py) against the
+NumPy reference of the same quantization (reference.lstm_forward_quantized_ref):
+the integer products to the bit, both int8 variants, the bfloat16 tile to the bit
+against its own sum order, and the time loop at random, uneven shapes (T=1, B=1,
+lengths, reverse, both thread counts)."""
+import numpy as np
+import pytest
+
+from numlstm.kernels import reference as ref
+from numlstm.kernels.cpu import lstm_forward_quantized_cpu, quantized, qtile
+from numlstm.kernels.cpu.microkernel import CB
+
+from ..helpers import assert_close, lstm_weights
+
+INT8_PRODUCTS = [qtile.int8_rows_generic] + ([qtile.int8_rows_vnni] if qtile.HAS_VNNI else [])
+
+
+def _int8_blocks(w):
+    """w [N,K] int8 (N a multiple of CB, K of 4) -> the tile's layout [N/CB, K/4, CB, 4]."""
+    N, K = w.shape
+    return np.ascontiguousarray(w.reshape(N // CB, CB, K // 4, 4).transpose(0, 2, 1, 3))
+
+
+@pytest.mark.parametrize("product", INT8_PRODUCTS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("M,K,nblk", [(1, 4, 1), (1, 36, 3), (2, 8, 2), (5, 60, 1),
+                                      (6, 12, 2), (13, 132, 3)])
+def test_int8_products_are_numpys_integer_products(rng, product, M, K, nblk):
+    A = rng.integers(0, 256, (M + 2, K), dtype=np.uint8)  # (value + 128, as quantize_rows)
+    W = rng.integers(-127, 128, (nblk * CB, K), dtype=np.int8)
+    out = np.full((M + 2, nblk * CB), -7, np.int32)
+    product(A, _int8_blocks(W), out, 1, 1 + M, 0, nblk)
+    want = A[1:1 + M].astype(np.int64) @ W.T.astype(np.int64)
+    np.testing.assert_array_equal(out[1:1 + M], want)
+    assert (out[0] == -7).all() and (out[M + 1:] == -7).all()  # other rows untouched
+
+
+def test_bfloat16_tile_is_the_sequential_fma_sum(rng):
+    M, K, nblk = 7, 19, 3
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    bits = quantized.to_bfloat16_bits(rng.standard_normal((nblk, K, CB)).astype(np.float32))
+    W = (bits.astype(np.uint32) << 16).view(np.float32)
+    init = rng.standard_normal((M, nblk * CB)).astype(np.float32)
+    out = np.full_like(init, np.nan)
+    qtile.bf16_rows(A, bits, out, init, True, 0, M, 1, nblk)
+    acc = init[:, CB:].astype(np.float64)
+    Wc = W[1:].transpose(1, 0, 2).reshape(K, -1).astype(np.float64)
+    for k in range(K):  # one rounding per multiply-add, k in order
+        acc = (acc + A[:, k:k + 1].astype(np.float64) * Wc[k]).astype(np.float32)
+        acc = acc.astype(np.float64)
+    np.testing.assert_array_equal(out[:, CB:], acc.astype(np.float32))
+    assert np.isnan(out[:, :CB]).all()
+
+
+def test_bfloat16_rounding_is_to_nearest_even():
+    w = np.array([1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -7 + 2 ** -9, -2.5e-3, 3e38,
+                  np.inf, np.nan], np.float32)
+    got = (quantized.to_bfloat16_bits(w).astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(got, ref.bfloat16_ref(w))
+    # ties go to the even mantissa: 1 + 2^-8 -> 1, 1 + 3 * 2^-8 -> 1 + 2^-6
+    assert got[1] == 1.0 and got[2] == 1 + 2 ** -6
+    assert got[6] == np.inf and np.isnan(got[7])
+
+
+def test_row_quantization_is_the_references(rng):
+    a = rng.standard_normal((9, 13)).astype(np.float32) * 3
+    a[2] = 0
+    a[4, 5] = np.nan
+    q = np.empty((9, 16), np.uint8)
+    s = np.empty(9, np.float32)
+    quantized.quantize_rows(a, q, s, 0, 9)
+    q_ref, s_ref = ref.quantize_symmetric_ref(a)
+    ok = ~np.isnan(s_ref)
+    np.testing.assert_array_equal(q[ok, :13].astype(np.int64) - 128, q_ref[ok])
+    assert (q[:, 13:] == 128).all()
+    np.testing.assert_array_equal(s, s_ref)  # (NaN where a row holds one)
+    assert np.isnan(s[4]) and s[2] == 0 and (q[2] == 128).all()
+    assert np.abs(q_ref).max() == 127
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 5), (6, 3, 7, 20), (4, 1, 33, 70),
+                                     (5, 9, 64, 40)])
+def test_forward_matches_reference(rng, dtype, T, B, I, H):
+    w = lstm_weights(rng, I, H, np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0, c0 = (0.5 * rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
+    cell = quantized.pack_lstm_quantized(*w, dtype)
+    for lengths, reverse in ((None, False), (rng.integers(0, T + 1, B), True),
+                             (rng.integers(0, T + 1, B), False)):
+        y, h, c = lstm_forward_quantized_cpu(x, cell, h0, c0, lengths, reverse)
+        y_r, h_r, c_r = ref.lstm_forward_quantized_ref(x, *w, h0, c0, lengths, reverse, dtype)
+        for got, want, what in ((y, y_r, "y"), (h, h_r, "h_n"), (c, c_r, "c_n")):
+            assert_close(got, want, 1e-5, f"{dtype} {what}", atol=1e-6)
+        if lengths is not None:  # past a sequence's length: zeros out, the state held
+            for b in np.flatnonzero(lengths == 0):
+                assert (y[:, b] == 0).all() and (h[b] == h0[b]).all()
+
+
+def test_int8_products_inside_the_loop_are_exact(rng):
+    """One step from h0 = 0 isolates the input product: the pre-activations are
+    bias + the reference's integer product scaled, to the bit; and the time loop
+    on two threads (batch or units split) equals one thread's to the bit."""
+    T, B, I, H = 3, 4, 24, 96
+    w = lstm_weights(rng, I, H, np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    cell = quantized.pack_lstm_quantized(*w, "int8")
+    xw = quantized._input_product(x, cell, False)
+    prod, acc = ref.int8_product_ref(x.reshape(T * B, I), w[0])
+    cols = quantized._columns(H)
+    np.testing.assert_array_equal(xw.reshape(T * B, -1)[:, cols], (w[2] + w[3]) + prod)
+    zeros = np.zeros((B, H), np.float32)
+    outs = []
+    for P, split in ((1, "rows"), (2, "rows"), (2, "units")):
+        y = np.empty((T, B, cell.Hq), np.float32)
+        hbuf = np.zeros((2, B, cell.Hq), np.float32)
+        c = np.zeros((B, cell.Hq), np.float32)
+        quantized._time_loop(xw, cell.w_hh, cell.s_hh, cell.sum_hh, hbuf, c, y,
+                             np.full(B, T, np.int64), False,
+                             np.empty((B, cell.Hq), np.uint8), np.empty(B, np.float32),
+                             np.empty((B, 4 * cell.Hq), np.int32),
+                             np.empty((B, 4 * cell.Hq), np.float32), P, split, True,
+                             np.zeros(quantized.POLICY.gate().shape, np.int64))
+        outs.append(y)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+    y_ref, _, _ = ref.lstm_forward_quantized_ref(x, *w, zeros, zeros)
+    assert_close(outs[0][:, :, :H], y_ref, 1e-5, "int8 y", atol=1e-6)
