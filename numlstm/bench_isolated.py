@@ -97,8 +97,8 @@ def _build(lib, T, B, I, H, mode, tmpdir, dtype="float32"):
         module.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
         if dtype != "float32":
             import warnings
-            with warnings.catch_warnings():  # (torch.ao.quantization's deprecation notice)
-                warnings.simplefilter("ignore", DeprecationWarning)
+            with warnings.catch_warnings():  # (torch.ao.quantization's deprecation notices)
+                warnings.simplefilter("ignore")
                 # (it swaps a model's children: a bare LSTM would come back as it was)
                 module = torch.ao.quantization.quantize_dynamic(
                     torch.nn.Sequential(module), {torch.nn.LSTM}, dtype=torch.qint8)[0]

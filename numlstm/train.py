@@ -315,6 +315,9 @@ def run_forecast(args):
         "train_seconds": train_seconds, "tokens_per_second": throughput(tokens, train_seconds),
         "final_loss": history["loss"][-1], "final_val_loss": history["val_loss"][-1],
         "skipped_steps": model.skipped_steps, "seed": args.seed, **_ranks(args)}
+    metrics.update(_quantized(model, lambda m: float(np.sqrt(np.mean(
+        (m.predict(x_va, batch_size=512) * scale + series[val_origins][:, None] - truth) ** 2))),
+        "val_rmse", rmse))
     if not _writes(args):
         return metrics
     write_json(os.path.join(out, "metrics.json"), metrics)
@@ -384,6 +387,25 @@ def sample_batch(ids, rng, batch, seq_len):
     starts = rng.integers(0, len(ids) - seq_len - 1, batch)
     idx = starts[:, None] + np.arange(seq_len)
     return ids[idx], ids[idx + 1]
+
+
+def _quantized(model, metric, name, value):
+    """The validation metric of the trained model with its LSTM layers quantized
+    (numlstm.quantize_dynamic, int8 and bfloat16), for metrics.json: {name_int8,
+    name_bfloat16, and each one's change from the float32 value, in percent};
+    none for a model without an LSTM layer."""
+    from .layers import LSTM
+    from .quantize import quantize_dynamic
+    if not any(isinstance(layer, LSTM) for layer in model.layers):
+        return {}
+    out = {}
+    for dtype in ("int8", "bfloat16"):
+        v = metric(quantize_dynamic(model, dtype))
+        out[f"{name}_{dtype}"] = v
+        out[f"{name}_{dtype}_change_percent"] = 100 * (v - value) / value if value else None
+    print(f"{name} with the LSTM quantized: int8 {out[name + '_int8']:.4f}, bfloat16 "
+          f"{out[name + '_bfloat16']:.4f} (float32 {value:.4f})")
+    return out
 
 
 def bits_per_char(model, ids, seq_len, batch=64, distributed=None):
@@ -469,6 +491,9 @@ def run_text(args):
     p = counts / counts.sum()
     metrics = {"task": "text", "text": os.path.abspath(args.text), "characters": len(text),
                "vocab": len(vocab), "val_bpc": val_bpc,
+               **_quantized(model, lambda m: bits_per_char(m, val_ids, seq_len,
+                                                           distributed=args.group),
+                            "val_bpc", val_bpc),
                "unigram_bpc": float(-(p * np.log2(p)).sum()),
                "steps": step, "skipped_steps": model.skipped_steps,
                "train_seconds": train_seconds,
