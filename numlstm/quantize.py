@@ -3,7 +3,7 @@ bfloat16 weights (the layer: numlstm.layers.quantized.QuantizedLSTM)."""
 import copy
 
 from .layers import LSTM
-from .layers.quantized import QuantizedLSTM, _check_dtype
+from .layers.quantized import QuantizedLSTM, check_quantize_dtype
 from .model import Sequential
 
 
@@ -16,7 +16,7 @@ def quantize_dynamic(obj, dtype="int8"):
     or "bfloat16" (weights rounded to bfloat16, float32 products). The original is
     not changed. See numlstm.layers.quantized for what is and is not quantized.
     """
-    dtype = _check_dtype(dtype)
+    dtype = check_quantize_dtype(dtype)
     if isinstance(obj, LSTM):
         return QuantizedLSTM.from_layer(obj, dtype)
     if not isinstance(obj, Sequential):

@@ -70,6 +70,10 @@ def test_step_and_batch_first_are_the_call(rng, dtype):
     y_tm, _ = numlstm.quantize_dynamic(numlstm.LSTM(5, 18, num_layers=2, seed=4), dtype)(
         np.ascontiguousarray(x.swapaxes(0, 1)))
     np.testing.assert_array_equal(y_tm.swapaxes(0, 1), y)
+    # the one-call path of small calls (above) and the general path (lengths given)
+    y_general, (h_general, _) = q(x, lengths=np.array([7, 7]))
+    np.testing.assert_array_equal(y_general, y)
+    np.testing.assert_array_equal(h_general, h)
 
 
 def test_a_model_quantizes_its_lstm_and_saves_and_loads(rng, tmp_path):

@@ -143,6 +143,7 @@ rnn_backward_cpu = _serialised(rnn.rnn_backward_cpu)
 rnn_step_cpu = _serialised(rnn.rnn_step_cpu, policy=False)
 # int8 and bfloat16 inference (numlstm.quantize_dynamic; not a cell of the table)
 lstm_forward_quantized_cpu = _serialised(quantized.lstm_forward_quantized)
+lstm_forward_quantized_into = quantized.lstm_forward_quantized_into  # (no parallel region)
 
 # The block each cell's hidden units pad to.
 PAD = {"lstm": lstm_tiled.HB, "gru": gru_tiled.U, "rnn": microkernel.CB}
@@ -175,4 +176,4 @@ __all__ = ["KERNELS", "lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", 
            "gru_forward_cpu", "gru_backward_cpu", "gru_step_cpu", "pack_gru_cpu",
            "rnn_forward_cpu", "rnn_backward_cpu", "rnn_step_cpu", "pack_rnn_cpu",
            "dense_forward_cpu", "dense_backward_cpu", "embedding_backward_cpu",
-           "lstm_forward_quantized_cpu"]
+           "lstm_forward_quantized_cpu", "lstm_forward_quantized_into"]

@@ -47,12 +47,21 @@ from .threads import POLICY, clock_ns, finished, numba_threads, parallel_ok, reg
 U = CB // 4                         # units per block
 EXACT = dict(cache=True, error_model="numpy")   # no fastmath (module docstring)
 int8_rows = int8_rows_vnni if HAS_VNNI else int8_rows_generic
-# A step (or the input product) of fewer multiply-adds than this runs on one thread.
+# Multiply-adds from which work is shared among threads (loop_plan): an input
+# product; a call's steps in the batch split (one region for the call); one step in
+# the units split (a region a step, each a wake-up and a join of some microseconds:
+# at B = 16, H = 128, 1M a step, a step() call on two threads took 0.10 ms against
+# 0.02 ms on one).
 PARALLEL_MIN_MACS = 1 << 20
+ROWS_PARALLEL_MIN_MACS = 1 << 22
+STEP_PARALLEL_MIN_MACS = 1 << 23
 ROWS_PER_TASK = 48                  # rows of one task of the input product
 ROWS_SPLIT_MIN = 2                  # rows a thread for the time loop's batch split
+ALONE_MAX_MACS = 1 << 23            # input products up to this run step by step alone
+_ROUND = np.float32(1.5 * 2 ** 23)
 
-__all__ = ["QuantLSTM", "pack_lstm_quantized", "lstm_forward_quantized", "quantize_rows",
+__all__ = ["QuantLSTM", "pack_lstm_quantized", "lstm_forward_quantized",
+           "lstm_forward_quantized_into", "quantize_rows",
            "int8_variant", "to_bfloat16_bits"]
 
 
@@ -141,26 +150,36 @@ def pack_lstm_quantized(w_ih, w_hh, b_ih, b_hh, dtype):
 # -- quantizing activations, scaling sums -----------------------------------------------
 @njit(**EXACT)
 def quantize_rows(a, q, s, r0, r1):
-    """Rows [r0, r1) of a [M,K] float32 -> q [M,Kq] uint8 (rint(a / s) + 128, columns
-    past K: 128, a zero) and s [M] float32, s = max_k |a[r,k]| / 127 (0 for a zero
-    row, whose q is all 128; NaN for a row holding a NaN or an inf, which makes its
-    outputs NaN)."""
+    """Rows [r0, r1) of a [M,K] float32, C-contiguous rows -> q [M,Kq] uint8
+    (rint(a / s) + 128, columns past K: 128, a zero) and s [M] float32, s = max_k
+    |a[r,k]| / 127 (0 for a zero row, whose q is all 128; NaN for a row holding a
+    NaN or an inf, which makes its outputs NaN)."""
     K, Kq = a.shape[1], q.shape[1]
     for r in range(r0, r1):
         row, out = a[r], q[r]
-        m, bad = np.float32(0), np.float32(0)
-        for k in range(K):  # (no branch: LLVM vectorises the two reductions)
-            v = abs(row[k])
-            m = max(m, v)
-            bad += v - v  # NaN once a NaN or an inf was seen, else 0
-        if bad != 0 or m == 0:
-            s[r] = np.float32(np.nan) if bad != 0 else np.float32(0)
+        # The largest |a| from the bits: for non-negative floats the integer order is
+        # the float order, and inf and NaN sort above every finite value. (An integer
+        # reduction vectorises without fastmath; a float one would not.)
+        bits = row.view(np.int32)
+        top = np.int32(0)
+        for k in range(K):
+            top = max(top, bits[k] & np.int32(0x7FFFFFFF))
+        if top >= np.int32(0x7F800000) or top == 0:
+            s[r] = np.float32(np.nan) if top != 0 else np.float32(0)
             out[:] = 128
             continue
+        m = abs(row[0])
+        for k in range(K):  # (the element whose bits were the largest)
+            if (bits[k] & np.int32(0x7FFFFFFF)) == top:
+                m = abs(row[k])
+                break
         inv = np.float32(127) / m
         s[r] = m / np.float32(127)
         for k in range(K):
-            v = min(max(np.rint(row[k] * inv), np.float32(-127)), np.float32(127))
+            # rint(v), ties to even, for |v| < 2^22: adding and taking off 1.5 * 2^23
+            # rounds in float32's own mode (no libm call, so the loop vectorises)
+            v = (row[k] * inv + _ROUND) - _ROUND
+            v = np.float32(127) if v > 127 else (np.float32(-127) if v < -127 else v)
             out[k] = np.uint8(np.int32(v) + 128)
         for k in range(K, Kq):
             out[k] = 128
@@ -270,64 +289,141 @@ def _step(cell_w, s_hh, wsum, xw_t, hbuf, c, y_t, lengths, t, s, hq, hs, acc, pr
 
 
 @njit(**EXACT)
-def _rows_steps(xw, cell_w, s_hh, wsum, hbuf, c, y, lengths, reverse, hq, hs, acc, pre,
-                r0, r1, int8):
-    """All T steps of rows [r0, r1), every block (the rows of a batch never meet)."""
-    T, nblk = xw.shape[0], pre.shape[1] // CB
+def _input_rows(x_t, w_in, s_in, sum_in, bias, xq, xs, acc, xw_t, r0, r1, int8):
+    """Rows [r0, r1) of one step's input part, xw_t = bias + x_t @ W_ih^T (the same
+    sums and scaling as _input_product's)."""
+    nblk = w_in.shape[0]
+    if int8:
+        quantize_rows(x_t, xq, xs, r0, r1)
+        int8_rows(xq, w_in, acc, r0, r1, 0, nblk)
+        _scaled(acc, sum_in, xs, s_in, bias, xw_t, r0, r1, 0, nblk * CB)
+    else:
+        bf16_rows(x_t, w_in, xw_t, bias, False, r0, r1, 0, nblk)
+
+
+@njit(**EXACT)
+def _rows_steps(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse, scratch, r0,
+                r1, int8):
+    """All T steps of rows [r0, r1), every block (the rows of a batch never meet).
+    ins: (w_in, s_in, sum_in, bias); xw: the input part of every step [T,B,Gq], or
+    [0,..]: each step's made here (no [T,B,Gq] array to write and read back);
+    scratch: (xq, xs, hq, hs, acc, xw_t, pre), [B,..] each."""
+    w_in, s_in, sum_in, bias = ins
+    xq, xs, hq, hs, acc, xw_t, pre = scratch
+    T, nblk = y.shape[0], pre.shape[1] // CB
     for s in range(T):
         t = T - 1 - s if reverse else s
+        if xw.shape[0] == 0:
+            _input_rows(x[t], w_in, s_in, sum_in, bias, xq, xs, acc, xw_t, r0, r1, int8)
+            init = xw_t
+        else:
+            init = xw[t]
         if int8:
             quantize_rows(hbuf[0, :, :c.shape[1]], hq, hs, r0, r1)
-        _step(cell_w, s_hh, wsum, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc, pre,
-              r0, r1, 0, nblk, int8)
+        _step(w_hh, s_hh, sum_hh, init, hbuf, c, y[t], lengths, t, s, hq, hs, acc, pre, r0,
+              r1, 0, nblk, int8)
 
 
 @njit(parallel=True, **EXACT)
-def _time_loop(xw, cell_w, s_hh, wsum, hbuf, c, y, lengths, reverse, hq, hs, acc, pre, P,
+def _time_loop(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse, scratch, P,
                split, int8, gate):
-    """All T steps: xw [T,B,Gq] the input part; hbuf [2,B,Hq] (int8: h in hbuf[0]
-    throughout; bfloat16: h0 in hbuf[0], the last h in hbuf[T % 2]); c [B,Hq];
-    y [T,B,Hq]. P threads (1: no parallel region); split "rows": each thread its
-    rows of the batch through all the steps (one region); "units": each step's
-    blocks shared among the threads (a region a step; gate: threads.py's, which
-    sends a lagging machine's steps to one thread)."""
-    T, B = xw.shape[0], xw.shape[1]
-    nblk = pre.shape[1] // CB
+    """All T steps (x [T,B,I]; the rest as _rows_steps's): hbuf [2,B,Hq] (int8: h in
+    hbuf[0] throughout; bfloat16: h0 in hbuf[0], the last h in hbuf[T % 2]); c
+    [B,Hq]; y [T,B,Hq]. P threads (1: no parallel region); split "rows": each
+    thread its rows of the batch through all the steps (one region); "units" (xw
+    given): each step's blocks shared among the threads (a region a step; gate:
+    threads.py's, which sends a lagging machine's steps to one thread)."""
+    T, B = y.shape[0], y.shape[1]
+    nblk = w_hh.shape[0]
     if P == 1:
-        _rows_steps(xw, cell_w, s_hh, wsum, hbuf, c, y, lengths, reverse, hq, hs, acc, pre,
+        _rows_steps(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse, scratch,
                     0, B, int8)
     elif split == "rows":
         start = clock_ns()
         for p in prange(P):
-            _rows_steps(xw, cell_w, s_hh, wsum, hbuf, c, y, lengths, reverse, hq, hs, acc,
-                        pre, p * B // P, (p + 1) * B // P, int8)
+            _rows_steps(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse,
+                        scratch, p * B // P, (p + 1) * B // P, int8)
             finished(gate, p)
         region_done(gate, start)
     else:
+        xq, xs, hq, hs, acc, xw_t, pre = scratch
         for s in range(T):
             t = T - 1 - s if reverse else s
             if int8:
                 quantize_rows(hbuf[0, :, :c.shape[1]], hq, hs, 0, B)
             if not parallel_ok(gate):
-                _step(cell_w, s_hh, wsum, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
+                _step(w_hh, s_hh, sum_hh, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
                       pre, 0, B, 0, nblk, int8)
                 continue
             start = clock_ns()
             for p in prange(P):
-                _step(cell_w, s_hh, wsum, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
+                _step(w_hh, s_hh, sum_hh, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
                       pre, 0, B, p * nblk // P, (p + 1) * nblk // P, int8)
                 finished(gate, p)
             region_done(gate, start)
 
 
-def loop_plan(B, H, Gq, threads):
-    """(P, split) of the time loop: one thread below PARALLEL_MIN_MACS a step; the
-    batch split from ROWS_SPLIT_MIN rows a thread; else each step's units split."""
-    if threads == 1 or B * Gq * H < PARALLEL_MIN_MACS:
-        return 1, "rows"
-    if B >= ROWS_SPLIT_MIN * 2:
+def loop_plan(T, B, H, Gq, threads):
+    """(P, split) of the time loop: the batch split (one region for the call) from
+    ROWS_SPLIT_MIN rows a thread and ROWS_PARALLEL_MIN_MACS in all the steps; else
+    each step's units split (a region a step) from STEP_PARALLEL_MIN_MACS a step;
+    else one thread."""
+    if threads > 1 and B >= ROWS_SPLIT_MIN * 2 and T * B * Gq * H >= ROWS_PARALLEL_MIN_MACS:
         return min(threads, B // ROWS_SPLIT_MIN), "rows"
-    return min(threads, Gq // CB), "units"
+    if threads > 1 and B * Gq * H >= STEP_PARALLEL_MIN_MACS:
+        return min(threads, Gq // CB), "units"
+    return 1, "rows"
+
+
+def runs_alone(T, B, I, H, threads):
+    """Whether an inference call runs whole on one thread (forward_into): one
+    thread for the steps (loop_plan) and an input product under ALONE_MAX_MACS."""
+    Gq = 4 * (-(-H // U) * U)
+    return loop_plan(T, B, H, Gq, threads)[0] == 1 and T * B * Gq * I < ALONE_MAX_MACS
+
+
+def _buffers(cell, T, B, lengths):
+    """(hbuf, c, y, lengths, scratch) of a call; lengths None: all T."""
+    Hq, Gq, int8 = cell.Hq, 4 * cell.Hq, cell.dtype == "int8"
+    Kq = cell.w_in.shape[1] * 4 if int8 else 0
+    lens = (np.full(B, T, np.int64) if lengths is None
+            else np.ascontiguousarray(lengths, np.int64))
+    scratch = (np.empty((B, Kq), np.uint8), np.empty(B, np.float32),
+               np.empty((B, Hq if int8 else 0), np.uint8), np.empty(B, np.float32),
+               np.empty((B, Gq if int8 else 0), np.int32), np.empty((B, Gq), np.float32),
+               np.empty((B, Gq), np.float32))
+    return (np.zeros((2, B, Hq), np.float32), np.zeros((B, Hq), np.float32),
+            np.empty((T, B, Hq), np.float32), lens, scratch)
+
+
+def _run(x, cell, h0, c0, lengths, reverse, xw, P, split):
+    T, B, _ = x.shape
+    H, int8 = cell.H, cell.dtype == "int8"
+    hbuf, c, y, lens, scratch = _buffers(cell, T, B, lengths)
+    hbuf[0, :, :H] = h0
+    c[:, :H] = c0
+    _time_loop(x, (cell.w_in, cell.s_in, cell.sum_in, cell.bias), xw, cell.w_hh, cell.s_hh,
+               cell.sum_hh, hbuf, c, y, lens, reverse, scratch, P, split, int8,
+               POLICY.gate())
+    h = hbuf[0] if int8 else hbuf[T % 2]
+    return y[:, :, :H], h[:, :H], c[:, :H]
+
+
+_NO_XW = np.zeros((0, 1, 1), np.float32)
+
+
+def lstm_forward_quantized_into(x, cell, h0, c0, y, h, c):
+    """The kernel tables' forward_into for a quantized cell (table.py): True after
+    writing y [T,B,H], h, c [B,H] of an inference call without lengths on one
+    thread, with no parallel region and no input product before the loop; False,
+    writing nothing, for a call that lstm_forward_quantized runs otherwise."""
+    T, B, I = x.shape
+    if not runs_alone(T, B, I, cell.H, numba_threads()):
+        return False
+    out = _run(x, cell, h0, c0, None, False, _NO_XW, 1, "rows")
+    for dst, src in zip((y, h, c), out):
+        dst[...] = src
+    return True
 
 
 def lstm_forward_quantized(x, cell, h0, c0, lengths=None, reverse=False):
@@ -336,26 +432,14 @@ def lstm_forward_quantized(x, cell, h0, c0, lengths=None, reverse=False):
     x: [T,B,I] float32; cell: pack_lstm_quantized(...); h0, c0: [B,H] float32;
     lengths: [B] ints in [0, T] or None (all T). Returns y [T,B,H], h_n, c_n [B,H]."""
     x = np.ascontiguousarray(x, np.float32)
-    T, B, _ = x.shape
-    H, Hq = cell.H, cell.Hq
-    Gq = 4 * Hq
-    int8 = cell.dtype == "int8"
-    lens = (np.full(B, T, np.int64) if lengths is None
-            else np.ascontiguousarray(lengths, np.int64))
+    T, B, I = x.shape
     threads = numba_threads()  # (the thread policy's count for this call: threads.run)
-    xw = _input_product(x, cell, threads > 1)
-    hbuf = np.zeros((2, B, Hq), np.float32)
-    hbuf[0, :, :H] = h0
-    c = np.zeros((B, Hq), np.float32)
-    c[:, :H] = c0
-    y = np.empty((T, B, Hq), np.float32)
-    hq = np.empty((B, Hq if int8 else 0), np.uint8)
-    hs = np.empty(B if int8 else 0, np.float32)
-    acc = np.empty((B, Gq) if int8 else (0, 0), np.int32)
-    pre = np.empty((B, Gq), np.float32)
-    P, split = loop_plan(B, H, Gq, threads)
-    _time_loop(xw, cell.w_hh, cell.s_hh, cell.sum_hh, hbuf, c, y, lens, reverse,
-               hq, hs, acc, pre, P, split, int8, POLICY.gate())
-    h = hbuf[0] if int8 else hbuf[T % 2]
-    return (np.ascontiguousarray(y[:, :, :H]), np.ascontiguousarray(h[:, :H]),
-            np.ascontiguousarray(c[:, :H]))
+    P, split = loop_plan(T, B, cell.H, 4 * cell.Hq, threads)
+    # The input part: for all steps before the loop where the loop shares each step's
+    # units, or where one thread runs a large input product (shared here); else
+    # each step's, in the loop.
+    xw = (_input_product(x, cell, threads > 1)
+          if split == "units" or (P == 1 and not runs_alone(T, B, I, cell.H, threads))
+          else _NO_XW)
+    return tuple(np.ascontiguousarray(a) for a in _run(x, cell, h0, c0, lengths, reverse, xw,
+                                                       P, split))

@@ -42,7 +42,8 @@ _PLAIN = {"proj_size": 0, "peephole": False, "layer_norm": False, "cell_clip": N
 _WARNED = []
 
 
-def _check_dtype(dtype):
+def check_quantize_dtype(dtype):
+    """dtype, checked: "int8" or "bfloat16" (warning once where int8 has no VNNI)."""
     if not isinstance(dtype, str):
         raise TypeError(f"dtype: expected 'int8' or 'bfloat16', got {type(dtype).__name__}")
     if dtype not in DTYPES:
@@ -95,7 +96,7 @@ class QuantizedLSTM(LSTM):
         kwargs["dtype"] = np.float32
         kwargs.setdefault("backend", "cpu")
         super().__init__(*args, **kwargs)
-        self.quantize = _check_dtype(quantize)
+        self.quantize = check_quantize_dtype(quantize)
         if self.backend not in ("auto", "cpu"):
             raise ValueError(f"backend: a quantized layer runs on the CPU, got "
                              f"{self.backend!r}")
@@ -117,7 +118,7 @@ class QuantizedLSTM(LSTM):
         config = layer.get_config()
         for key in ("dtype", "quantize"):
             config.pop(key, None)
-        q = cls(**config, quantize=_check_dtype(dtype))
+        q = cls(**config, quantize=check_quantize_dtype(dtype))
         q.load_params({k: v.astype(np.float32) for k, v in layer.params.items()})
         q.name = layer.name
         q._carried = copy.deepcopy(layer._carried) if layer.stateful else None
@@ -133,8 +134,8 @@ class QuantizedLSTM(LSTM):
                              "needs the float layer (quantize after training)")
         return super()._run(self._qbackend, x_tm, state0, lens, False, batched, private_y)
 
-    def _host_forward(self, x_tm, state, batched):
-        return None  # (the float32 kernels' shortcut; every call takes the path above)
+    def _forward_into(self, cpu):
+        return _cpu.lstm_forward_quantized_into  # (small calls: one compiled call)
 
     def _check_memory(self, backend, T, B):
         pass  # (a training call raises in _run)

@@ -477,6 +477,10 @@ class Recurrent(CallState, Layer):
         return (self._emit(inp if batched else inp[0]),
                 self._emit(self._state_out(state_n, batched)))
 
+    def _forward_into(self, cpu):
+        """The kernel table's forward_into that _host_forward calls (None: none)."""
+        return cpu.table(self.spec).forward_into
+
     def _host_forward(self, x_tm, state, batched):
         """An inference call's common case (step(), a short call at small B) with
         little Python around the kernels: x_tm [T,B,I] a NumPy array of the
@@ -493,7 +497,7 @@ class Recurrent(CallState, Layer):
                 or self.zoneout or x_tm.shape[2] != spec.input_size):
             return None
         cpu = dispatch.BACKENDS["cpu"]
-        into = cpu.table(spec).forward_into
+        into = self._forward_into(cpu)
         T, B = x_tm.shape[:2]
         if into is None or T < 1 or B < 1:
             return None

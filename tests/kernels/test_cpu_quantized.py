@@ -98,8 +98,9 @@ def test_forward_matches_reference(rng, dtype, T, B, I, H):
 
 def test_int8_products_inside_the_loop_are_exact(rng):
     """One step from h0 = 0 isolates the input product: the pre-activations are
-    bias + the reference's integer product scaled, to the bit; and the time loop
-    on two threads (batch or units split) equals one thread's to the bit."""
+    bias + the reference's integer product scaled, to the bit; and the time loop is
+    the same to the bit whatever its plan: one thread or two (batch or units split),
+    the input part made before the loop or step by step in it."""
     T, B, I, H = 3, 4, 24, 96
     w = lstm_weights(rng, I, H, np.float32)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
@@ -109,19 +110,38 @@ def test_int8_products_inside_the_loop_are_exact(rng):
     cols = quantized._columns(H)
     np.testing.assert_array_equal(xw.reshape(T * B, -1)[:, cols], (w[2] + w[3]) + prod)
     zeros = np.zeros((B, H), np.float32)
-    outs = []
-    for P, split in ((1, "rows"), (2, "rows"), (2, "units")):
-        y = np.empty((T, B, cell.Hq), np.float32)
-        hbuf = np.zeros((2, B, cell.Hq), np.float32)
-        c = np.zeros((B, cell.Hq), np.float32)
-        quantized._time_loop(xw, cell.w_hh, cell.s_hh, cell.sum_hh, hbuf, c, y,
-                             np.full(B, T, np.int64), False,
-                             np.empty((B, cell.Hq), np.uint8), np.empty(B, np.float32),
-                             np.empty((B, 4 * cell.Hq), np.int32),
-                             np.empty((B, 4 * cell.Hq), np.float32), P, split, True,
-                             np.zeros(quantized.POLICY.gate().shape, np.int64))
-        outs.append(y)
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
-    y_ref, _, _ = ref.lstm_forward_quantized_ref(x, *w, zeros, zeros)
-    assert_close(outs[0][:, :, :H], y_ref, 1e-5, "int8 y", atol=1e-6)
+    lengths = np.array([3, 1, 0, 2])
+    outs = [quantized._run(x, cell, zeros, zeros, lengths, False, xw_all, P, split)
+            for xw_all, P, split in ((quantized._NO_XW, 1, "rows"), (quantized._NO_XW, 2, "rows"),
+                                     (xw, 1, "rows"), (xw, 2, "units"))]
+    for out in outs[1:]:
+        for got, want in zip(out, outs[0]):
+            np.testing.assert_array_equal(got, want)
+    y_ref, _, _ = ref.lstm_forward_quantized_ref(x, *w, zeros, zeros, lengths)
+    assert_close(outs[0][0], y_ref, 1e-5, "int8 y", atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 5, 16), (7, 2, 9, 37), (3, 5, 64, 128)])
+def test_the_one_call_path_is_the_general_one_bit_for_bit(rng, dtype, T, B, I, H):
+    """forward_into (one thread, each step's input part in the loop) against
+    lstm_forward_quantized with lengths (the general path), and what it declines it
+    leaves unwritten."""
+    w = lstm_weights(rng, I, H, np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0, c0 = (0.5 * rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
+    cell = quantized.pack_lstm_quantized(*w, dtype)
+    y, h, c = (np.full(s, np.nan, np.float32) for s in ((T, B, H), (B, H), (B, H)))
+    assert quantized.lstm_forward_quantized_into(x, cell, h0, c0, y, h, c)
+    want = lstm_forward_quantized_cpu(x, cell, h0, c0, np.full(B, T))
+    for got, exp in zip((y, h, c), want):
+        np.testing.assert_array_equal(got, exp)
+    T_big = quantized.ALONE_MAX_MACS // (64 * 4 * cell.Hq * I) + 1  # (an input product
+    big = np.zeros((T_big, 64, I), np.float32)                     # past the limit)
+    y_big = np.full((T_big, 64, H), np.nan, np.float32)
+    assert not quantized.runs_alone(T_big, 64, I, H, 2)
+    assert not quantized.lstm_forward_quantized_into(big, cell, h0[:1].repeat(64, 0),
+                                                     c0[:1].repeat(64, 0), y_big,
+                                                     np.zeros((64, H), np.float32),
+                                                     np.zeros((64, H), np.float32))
+    assert np.isnan(y_big).all()
