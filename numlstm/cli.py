@@ -371,6 +371,9 @@ def _add_generate_parser(sub):
                         "(default: 0.8)")
     p.add_argument("--seed", type=_number(int, 0, strict=False), default=0,
                    help="seeds the sampling (default: 0)")
+    p.add_argument("--quantize", choices=["int8", "bfloat16"],
+                   help="run the model's LSTM layers with int8 or bfloat16 weights "
+                        "(numlstm.quantize_dynamic; default: float32 as trained)")
     p.set_defaults(run=_generate)
 
 

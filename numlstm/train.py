@@ -341,8 +341,8 @@ def run_forecast(args):
                   f"{baseline.split(' (')[0]} {base_rmse:.3f}", unit,
                   context=(t[lo:split + 1], series[lo:split + 1]),
                   xlabel="date" if not args.csv else "row")
-    print(f"validation RMSE {rmse:.4f} ({unit}), {baseline}: {base_rmse:.4f}; "
-          f"trained in {train_seconds:.1f} s; wrote {out}/metrics.json, checkpoint.npz, "
+    print(f"validation RMSE {rmse:.4f} ({unit}){_quantized_line(metrics, 'val_rmse')}, "
+          f"{baseline}: {base_rmse:.4f}; trained in {train_seconds:.1f} s; wrote {out}/metrics.json, checkpoint.npz, "
           f"forecast.png, loss.png")
     beat_baseline(rmse, base_rmse, f"the {baseline}",
                   "Try more --epochs, a longer --window or a larger --hidden.")
@@ -403,9 +403,15 @@ def _quantized(model, metric, name, value):
         v = metric(quantize_dynamic(model, dtype))
         out[f"{name}_{dtype}"] = v
         out[f"{name}_{dtype}_change_percent"] = 100 * (v - value) / value if value else None
-    print(f"{name} with the LSTM quantized: int8 {out[name + '_int8']:.4f}, bfloat16 "
-          f"{out[name + '_bfloat16']:.4f} (float32 {value:.4f})")
     return out
+
+
+def _quantized_line(metrics, name):
+    """What the run prints of _quantized's metrics (empty without them)."""
+    if f"{name}_int8" not in metrics:
+        return ""
+    return (f"; with the LSTM quantized: int8 {metrics[name + '_int8']:.4f}, bfloat16 "
+            f"{metrics[name + '_bfloat16']:.4f}")
 
 
 def bits_per_char(model, ids, seq_len, batch=64, distributed=None):
@@ -514,7 +520,8 @@ def run_text(args):
         plot.loss_curve(os.path.join(out, "loss.png"), {label: (s[k - 1:], smooth / math.log(2))},
                         "step", f"character model: validation {val_bpc:.3f} bits per "
                                 f"character", ylabel="bits per character")
-    print(f"val_bpc {val_bpc:.4f} (unigram {metrics['unigram_bpc']:.3f}); "
+    print(f"val_bpc {val_bpc:.4f}{_quantized_line(metrics, 'val_bpc')} "
+          f"(unigram {metrics['unigram_bpc']:.3f}); "
           f"{metrics['tokens_per_second']:,.0f} tokens/s over {train_seconds:.1f} s; wrote "
           f"{out}/metrics.json, checkpoint.npz, loss.png")
     beat_baseline(val_bpc, metrics["unigram_bpc"],
@@ -524,7 +531,8 @@ def run_text(args):
 
 
 def generate(args):
-    """Continue a prompt with a trained character model, one sampled character a step."""
+    """Continue a prompt with a trained character model, one sampled character a step
+    (with args.quantize "int8" or "bfloat16": its LSTM layers quantized first)."""
     ckpt = task_checkpoint(args.checkpoint, "--checkpoint", "text",
                            "model, not a character model")
     vocab = ckpt.extra["vocab"]
@@ -535,7 +543,11 @@ def generate(args):
         raise UsageError(f"--prompt: characters not in the model's vocabulary: "
                          f"{''.join(unknown)!r}")
     rng = np.random.default_rng(args.seed)
-    layers = ckpt.model.layers
+    model = ckpt.model
+    if getattr(args, "quantize", None):
+        from .quantize import quantize_dynamic
+        model = quantize_dynamic(model, args.quantize)
+    layers = model.layers
     states = [None] * len(layers)
 
     def advance(ids):

@@ -57,6 +57,12 @@ def _check_forecast(folder, series, metrics):
     truth = np.stack([series[o + 1:o + horizon + 1] for o in origins])
     rmse = math.sqrt(np.mean((pred - truth) ** 2))
     assert abs(metrics["val_rmse"] - rmse) <= 1e-5 * rmse, (metrics["val_rmse"], rmse)
+    for dtype in ("int8", "bfloat16"):  # the same forecasts with the LSTM quantized
+        q = numlstm.quantize_dynamic(ck.model, dtype)
+        pred_q = q.predict(x[:, :, None].astype(np.float32)) * scale + series[origins, None]
+        rmse_q = math.sqrt(np.mean((pred_q - truth) ** 2))
+        assert abs(metrics[f"val_rmse_{dtype}"] - rmse_q) <= 1e-5 * rmse_q, dtype
+        assert rmse_q != rmse
     naive = np.array([[series[o + k - season * math.ceil(k / season)]
                        for k in range(1, horizon + 1)] for o in origins])
     base = math.sqrt(np.mean((naive - truth) ** 2))
@@ -241,14 +247,16 @@ def test_text_resume_matches_an_uninterrupted_run(text_run, tmp_path):
     assert a.extra["data_rng"] == b.extra["data_rng"]
 
 
-def _greedy_by_hand(checkpoint, prompt, length):
+def _greedy_by_hand(checkpoint, prompt, length, quantize=None):
     """Greedy decoding through model.predict: the whole sequence each time, argmax at
-    its last step (generate instead carries each LSTM's state one character at a time)."""
+    its last step (generate instead carries each LSTM's state one character at a time);
+    quantize: the model's LSTMs quantized first (numlstm.quantize_dynamic)."""
     ck = numlstm.load_checkpoint(checkpoint)
     vocab = ck.extra["vocab"]
+    model = numlstm.quantize_dynamic(ck.model, quantize) if quantize else ck.model
     ids = [vocab.index(c) for c in prompt]
     for _ in range(length):
-        ids.append(int(np.argmax(ck.model.predict(np.array([ids]))[0, -1])))
+        ids.append(int(np.argmax(model.predict(np.array([ids]))[0, -1])))
     return "".join(vocab[i] for i in ids)
 
 
@@ -277,6 +285,11 @@ def test_generate_greedy_continues_the_prompt(text_run, tmp_path, capsys):
     generated = capsys.readouterr().out.rstrip("\n")
     assert len(set(generated[len(prompt):])) >= 4, generated
     assert generated == _greedy_by_hand(tmp_path, prompt, 20)
+    for dtype in ("int8", "bfloat16"):  # the quantized model, one character at a time
+        assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", prompt,
+                     "--length", "20", "--temperature", "0", "--quantize", dtype]) == 0
+        quantized = capsys.readouterr().out.rstrip("\n")
+        assert quantized == _greedy_by_hand(tmp_path, prompt, 20, dtype), dtype
 
 
 def test_generate_sampling_is_seeded(text_run, capsys):
