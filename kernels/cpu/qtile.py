@@ -219,14 +219,17 @@ def int8_rows_generic(A, W, out, r0, r1, b0, b1):
     """int8_rows as a loop (module docstring): the same integer sums."""
     n_kq = A.shape[1] // 4
     acc = np.empty(CB, np.int32)
+    flat = W.ravel()  # (flat indices: the callers' branches also type it with other arrays)
+    per_block = W.strides[0] // W.itemsize
     for r in range(r0, r1):
         for b in range(b0, b1):
             acc[:] = 0
             for kq in range(n_kq):
+                at = b * per_block + kq * 4 * CB
                 for q in range(4):
                     a = np.int32(A[r, 4 * kq + q])
                     for j in range(CB):
-                        acc[j] += a * np.int32(W[b, kq, j, q])
+                        acc[j] += a * np.int32(flat[at + 4 * j + q])
             out[r, b * CB:(b + 1) * CB] = acc
 
 

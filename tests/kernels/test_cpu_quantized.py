@@ -3,6 +3,8 @@ NumPy reference of the same quantization (reference.lstm_forward_quantized_ref):
 the integer products to the bit, both int8 variants, the bfloat16 tile to the bit
 against its own sum order, and the time loop at random, uneven shapes (T=1, B=1,
 lengths, reverse, both thread counts)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -145,3 +147,38 @@ def test_the_one_call_path_is_the_general_one_bit_for_bit(rng, dtype, T, B, I, H
                                                      np.zeros((64, H), np.float32),
                                                      np.zeros((64, H), np.float32))
     assert np.isnan(y_big).all()
+
+
+@pytest.mark.skipif(not qtile.HAS_VNNI, reason="this machine's own run is the portable one")
+def test_without_vnni_the_portable_loop_gives_the_same_layer(tmp_path):
+    """A CPU without AVX512-VNNI (Numba told the host's features less VNNI, in a
+    process of its own) runs the portable int8 loop: the same outputs to the bit,
+    and one RuntimeWarning saying so."""
+    import subprocess
+    import sys
+
+    import llvmlite.binding as llvm
+    code = ("import warnings, numpy as np, numlstm\n"
+            "from numlstm.kernels.cpu import qtile\n"
+            "assert qtile.int8_variant() == 'generic'\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    q = numlstm.quantize_dynamic(numlstm.LSTM(7, 20, num_layers=2, seed=5))\n"
+            "    numlstm.quantize_dynamic(numlstm.LSTM(7, 20, seed=5))\n"
+            "assert sum('VNNI' in str(x.message) for x in w) == 1, [str(x.message) for x in w]\n"
+            "x = np.random.default_rng(0).standard_normal((5, 3, 7)).astype(np.float32)\n"
+            "np.save(sys.argv[1], np.concatenate([q(x)[0].ravel(), q(x, lengths=[5, 2, 4])[0]"
+            ".ravel()]))\n")
+    features = ",".join(f for f in llvm.get_host_cpu_features().flatten().split(",")
+                        if "vnni" not in f)
+    env = dict(os.environ, NUMBA_CPU_FEATURES=features + ",-avx512vnni,-avxvnni",
+               NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "y.npy"
+    proc = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    import numlstm
+    q = numlstm.quantize_dynamic(numlstm.LSTM(7, 20, num_layers=2, seed=5))
+    x = np.random.default_rng(0).standard_normal((5, 3, 7)).astype(np.float32)
+    want = np.concatenate([q(x)[0].ravel(), q(x, lengths=[5, 2, 4])[0].ravel()])
+    np.testing.assert_array_equal(np.load(out), want)
