@@ -62,7 +62,7 @@ def _check_forecast(folder, series, metrics):
         pred_q = q.predict(x[:, :, None].astype(np.float32)) * scale + series[origins, None]
         rmse_q = math.sqrt(np.mean((pred_q - truth) ** 2))
         assert abs(metrics[f"val_rmse_{dtype}"] - rmse_q) <= 1e-5 * rmse_q, dtype
-        assert rmse_q != rmse
+        assert rmse_q != rmse and abs(rmse_q - rmse) < 0.01 * rmse, (dtype, rmse_q, rmse)
     naive = np.array([[series[o + k - season * math.ceil(k / season)]
                        for k in range(1, horizon + 1)] for o in origins])
     base = math.sqrt(np.mean((naive - truth) ** 2))
@@ -214,11 +214,18 @@ def test_text_training_writes_metrics_and_checkpoints(text_run):
     val = ids[-max(len(ids) // 10, 17):]
     n = (len(val) - 1) // 16
     x, y = val[:n * 16].reshape(n, 16), val[1:n * 16 + 1].reshape(n, 16)
-    z = ck.model.predict(x).astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    bpc = -np.take_along_axis(logp, y[..., None], -1).mean() / math.log(2)
+
+    def bits(model):
+        z = model.predict(x).astype(np.float64)
+        z -= z.max(axis=-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+        return -np.take_along_axis(logp, y[..., None], -1).mean() / math.log(2)
+    bpc = bits(ck.model)
     assert abs(m["val_bpc"] - bpc) <= 1e-5 * bpc, (m["val_bpc"], bpc)
+    for dtype in ("int8", "bfloat16"):  # the model with its LSTM quantized: within 1%
+        q = bits(numlstm.quantize_dynamic(ck.model, dtype))
+        assert abs(m[f"val_bpc_{dtype}"] - q) <= 1e-5 * q, dtype
+        assert abs(q - bpc) < 0.01 * bpc, (dtype, q, bpc)
     assert _is_png(os.path.join(out, "loss.png"))
 
 

@@ -412,6 +412,30 @@ def _run(x, cell, h0, c0, lengths, reverse, xw, P, split):
 _NO_XW = np.zeros((0, 1, 1), np.float32)
 
 
+@njit(**EXACT)
+def _alone(x, ins, w_hh, s_hh, sum_hh, h0, c0, y, h, c, int8):
+    """_run on one thread, as one compiled call into the caller's arrays (y [T,B,H],
+    h, c [B,H]): a step() at B = 1 is a few microseconds of work, and making its
+    buffers and passing them in from Python took as long again."""
+    T, B = x.shape[0], x.shape[1]
+    H, Hq, Gq = h0.shape[1], w_hh.shape[0] * U, w_hh.shape[0] * CB
+    Kq = ins[0].shape[1] * 4 if int8 else 0
+    hbuf = np.zeros((2, B, Hq), np.float32)
+    hbuf[0, :, :H] = h0
+    cq = np.zeros((B, Hq), np.float32)
+    cq[:, :H] = c0
+    yq = np.empty((T, B, Hq), np.float32)
+    scratch = (np.empty((B, Kq), np.uint8), np.empty(B, np.float32),
+               np.empty((B, Hq if int8 else 0), np.uint8), np.empty(B, np.float32),
+               np.empty((B, Gq if int8 else 0), np.int32), np.empty((B, Gq), np.float32),
+               np.empty((B, Gq), np.float32))
+    _rows_steps(x, ins, _NO_XW, w_hh, s_hh, sum_hh, hbuf, cq, yq, np.full(B, T, np.int64),
+                False, scratch, 0, B, int8)
+    y[:] = yq[:, :, :H]
+    h[:] = hbuf[0 if int8 else T % 2, :, :H]
+    c[:] = cq[:, :H]
+
+
 def lstm_forward_quantized_into(x, cell, h0, c0, y, h, c):
     """The kernel tables' forward_into for a quantized cell (table.py): True after
     writing y [T,B,H], h, c [B,H] of an inference call without lengths on one
@@ -420,9 +444,8 @@ def lstm_forward_quantized_into(x, cell, h0, c0, y, h, c):
     T, B, I = x.shape
     if not runs_alone(T, B, I, cell.H, numba_threads()):
         return False
-    out = _run(x, cell, h0, c0, None, False, _NO_XW, 1, "rows")
-    for dst, src in zip((y, h, c), out):
-        dst[...] = src
+    _alone(x, (cell.w_in, cell.s_in, cell.sum_in, cell.bias), cell.w_hh, cell.s_hh,
+           cell.sum_hh, h0, c0, y, h, c, cell.dtype == "int8")
     return True
 
 
