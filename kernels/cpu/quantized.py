@@ -51,10 +51,11 @@ int8_rows = int8_rows_vnni if HAS_VNNI else int8_rows_generic
 # product; a call's steps in the batch split (one region for the call); one step in
 # the units split (a region a step, each a wake-up and a join of some microseconds:
 # at B = 16, H = 128, 1M a step, a step() call on two threads took 0.10 ms against
-# 0.02 ms on one).
+# 0.02 ms on one; at B = 1, H = 1024, 4M, int8 took 1.31 ms for T = 30 on two, 1.72
+# on one, and bfloat16 3.74 against 3.24).
 PARALLEL_MIN_MACS = 1 << 20
 ROWS_PARALLEL_MIN_MACS = 1 << 22
-STEP_PARALLEL_MIN_MACS = 1 << 23
+STEP_PARALLEL_MIN_MACS = {"int8": 1 << 22, "bfloat16": 1 << 23}
 ROWS_PER_TASK = 48                  # rows of one task of the input product
 ROWS_SPLIT_MIN = 2                  # rows a thread for the time loop's batch split
 ALONE_MAX_MACS = 1 << 23            # input products up to this run step by step alone
@@ -363,23 +364,24 @@ def _time_loop(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse, scr
             region_done(gate, start)
 
 
-def loop_plan(T, B, H, Gq, threads):
+def loop_plan(T, B, H, Gq, threads, dtype="int8"):
     """(P, split) of the time loop: the batch split (one region for the call) from
     ROWS_SPLIT_MIN rows a thread and ROWS_PARALLEL_MIN_MACS in all the steps; else
     each step's units split (a region a step) from STEP_PARALLEL_MIN_MACS a step;
     else one thread."""
     if threads > 1 and B >= ROWS_SPLIT_MIN * 2 and T * B * Gq * H >= ROWS_PARALLEL_MIN_MACS:
         return min(threads, B // ROWS_SPLIT_MIN), "rows"
-    if threads > 1 and B * Gq * H >= STEP_PARALLEL_MIN_MACS:
+    if threads > 1 and B * Gq * H >= STEP_PARALLEL_MIN_MACS[dtype]:
         return min(threads, Gq // CB), "units"
     return 1, "rows"
 
 
-def runs_alone(T, B, I, H, threads):
+def runs_alone(T, B, I, H, threads, dtype="int8"):
     """Whether an inference call runs whole on one thread (forward_into): one
     thread for the steps (loop_plan) and an input product under ALONE_MAX_MACS."""
     Gq = 4 * (-(-H // U) * U)
-    return loop_plan(T, B, H, Gq, threads)[0] == 1 and T * B * Gq * I < ALONE_MAX_MACS
+    return (loop_plan(T, B, H, Gq, threads, dtype)[0] == 1
+            and T * B * Gq * I < ALONE_MAX_MACS)
 
 
 def _buffers(cell, T, B, lengths):
@@ -442,7 +444,7 @@ def lstm_forward_quantized_into(x, cell, h0, c0, y, h, c):
     thread, with no parallel region and no input product before the loop; False,
     writing nothing, for a call that lstm_forward_quantized runs otherwise."""
     T, B, I = x.shape
-    if not runs_alone(T, B, I, cell.H, numba_threads()):
+    if not runs_alone(T, B, I, cell.H, numba_threads(), cell.dtype):
         return False
     _alone(x, (cell.w_in, cell.s_in, cell.sum_in, cell.bias), cell.w_hh, cell.s_hh,
            cell.sum_hh, h0, c0, y, h, c, cell.dtype == "int8")
@@ -457,12 +459,13 @@ def lstm_forward_quantized(x, cell, h0, c0, lengths=None, reverse=False):
     x = np.ascontiguousarray(x, np.float32)
     T, B, I = x.shape
     threads = numba_threads()  # (the thread policy's count for this call: threads.run)
-    P, split = loop_plan(T, B, cell.H, 4 * cell.Hq, threads)
+    P, split = loop_plan(T, B, cell.H, 4 * cell.Hq, threads, cell.dtype)
     # The input part: for all steps before the loop where the loop shares each step's
     # units, or where one thread runs a large input product (shared here); else
     # each step's, in the loop.
     xw = (_input_product(x, cell, threads > 1)
-          if split == "units" or (P == 1 and not runs_alone(T, B, I, cell.H, threads))
+          if split == "units" or (P == 1 and not runs_alone(T, B, I, cell.H, threads,
+                                                               cell.dtype))
           else _NO_XW)
     return tuple(np.ascontiguousarray(a) for a in _run(x, cell, h0, c0, lengths, reverse, xw,
                                                        P, split))
