@@ -56,6 +56,11 @@ int8_rows = int8_rows_vnni if HAS_VNNI else int8_rows_generic
 PARALLEL_MIN_MACS = 1 << 20
 ROWS_PARALLEL_MIN_MACS = 1 << 22
 STEP_PARALLEL_MIN_MACS = {"int8": 1 << 22, "bfloat16": 1 << 23}
+# A call of one step (step()) enters a region only from this many: its threads have
+# slept since the last call, and waking them costs up to some hundreds of
+# microseconds on these virtual machines (B = 1, H = 1024, int8: 0.57 ms a step()
+# on two threads, 0.07 on one); the float32 step's threshold (plan.py) is the same.
+ONE_STEP_PARALLEL_MIN_MACS = 1 << 24
 ROWS_PER_TASK = 48                  # rows of one task of the input product
 ROWS_SPLIT_MIN = 2                  # rows a thread for the time loop's batch split
 ALONE_MAX_MACS = 1 << 23            # input products up to this run step by step alone
@@ -365,10 +370,13 @@ def _time_loop(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse, scr
 
 
 def loop_plan(T, B, H, Gq, threads, dtype="int8"):
-    """(P, split) of the time loop: the batch split (one region for the call) from
+    """(P, split) of the time loop: one thread for a single step under
+    ONE_STEP_PARALLEL_MIN_MACS; the batch split (one region for the call) from
     ROWS_SPLIT_MIN rows a thread and ROWS_PARALLEL_MIN_MACS in all the steps; else
     each step's units split (a region a step) from STEP_PARALLEL_MIN_MACS a step;
     else one thread."""
+    if T == 1 and B * Gq * H < ONE_STEP_PARALLEL_MIN_MACS:
+        return 1, "rows"
     if threads > 1 and B >= ROWS_SPLIT_MIN * 2 and T * B * Gq * H >= ROWS_PARALLEL_MIN_MACS:
         return min(threads, B // ROWS_SPLIT_MIN), "rows"
     if threads > 1 and B * Gq * H >= STEP_PARALLEL_MIN_MACS[dtype]:
