@@ -70,6 +70,26 @@ def _broadcast(builder, s, vec):
                                   ir.Constant(ir.VectorType(i32, VL), [0] * VL))
 
 
+def _each_row(builder, rows, nv, a, a_row, k, vec, acc, update):
+    """One k of a tile: for each row, A[r, k] broadcast to a vector s, then each of
+    its nv accumulators becomes update(s, v, accumulator)."""
+    new = []
+    for r in range(rows):
+        s = builder.load(builder.gep(a, [builder.add(k, builder.mul(a_row, _const(r)))]),
+                         align=4)
+        s = _broadcast(builder, s, vec)
+        new.extend(update(s, v, acc[r * nv + v]) for v in range(nv))
+    return new
+
+
+def _store(builder, acc, rows, nv, vector_at, out_row):
+    """The tile's accumulators to out: row r, vector v at r * out_row + v * VL."""
+    for r in range(rows):
+        for v in range(nv):
+            offset = builder.add(builder.mul(out_row, _const(r)), _const(v * VL))
+            builder.store(acc[r * nv + v], vector_at(offset), align=4)
+
+
 def _emit_int8(builder, rows, nv, a, a_row, w, w_blk, n_kq, out, out_row):
     """rows x (nv * VL) int32 sums: a, w, out are i32 pointers (a's i32 is four
     uint8 k of one row, w's four int8 k of one column); strides in i32 elements;
@@ -86,20 +106,12 @@ def _emit_int8(builder, rows, nv, a, a_row, w, w_blk, n_kq, out, out_row):
         ws = [builder.load(at(w, builder.add(wk, builder.add(
             builder.mul(w_blk, _const(v // 4)), _const((v % 4) * VL)))), align=4)
             for v in range(nv)]
-        new = []
-        for r in range(rows):
-            s = builder.load(builder.gep(a, [builder.add(k, builder.mul(a_row, _const(r)))]),
-                             align=4)
-            s = _broadcast(builder, s, vec)
-            new.extend(builder.call(dp, [acc[r * nv + v], s, ws[v]]) for v in range(nv))
-        return new
+        return _each_row(builder, rows, nv, a, a_row, k, vec, acc,
+                         lambda s, v, total: builder.call(dp, [total, s, ws[v]]))
 
     zero = ir.Constant(vec, [0] * VL)
-    acc = accumulate(builder, n_kq, [zero] * (rows * nv), step, "i8")
-    for r in range(rows):
-        for v in range(nv):
-            dst = builder.add(builder.mul(out_row, _const(r)), _const(v * VL))
-            builder.store(acc[r * nv + v], at(out, dst), align=4)
+    _store(builder, accumulate(builder, n_kq, [zero] * (rows * nv), step, "i8"), rows, nv,
+           lambda offset: at(out, offset), out_row)
 
 
 def _emit_bf16(builder, rows, nv, a, a_row, w, w_blk, n_k, init, init_row, out, out_row):
@@ -125,19 +137,11 @@ def _emit_bf16(builder, rows, nv, a, a_row, w, w_blk, n_k, init, init_row, out, 
             bits = builder.load(at(w, builder.add(wk, builder.add(
                 builder.mul(w_blk, _const(v // 4)), _const((v % 4) * VL))), half), align=2)
             ws.append(builder.bitcast(builder.shl(builder.zext(bits, wide), sixteen), vec))
-        new = []
-        for r in range(rows):
-            s = builder.load(builder.gep(a, [builder.add(k, builder.mul(a_row, _const(r)))]),
-                             align=4)
-            s = _broadcast(builder, s, vec)
-            new.extend(builder.call(fma, [s, ws[v], acc[r * nv + v]]) for v in range(nv))
-        return new
+        return _each_row(builder, rows, nv, a, a_row, k, vec, acc,
+                         lambda s, v, total: builder.call(fma, [s, ws[v], total]))
 
-    acc = accumulate(builder, n_k, start, step, "bf16")
-    for r in range(rows):
-        for v in range(nv):
-            dst = builder.add(builder.mul(out_row, _const(r)), _const(v * VL))
-            builder.store(acc[r * nv + v], at(out, dst), align=4)
+    _store(builder, accumulate(builder, n_k, start, step, "bf16"), rows, nv,
+           lambda offset: at(out, offset), out_row)
 
 
 # Tiles by rows: a full block (4 vectors) for 1..ROWS rows, two blocks (8) for 1 or 2.
