@@ -12,7 +12,7 @@ def quantize_dynamic(obj, dtype="int8"):
     layers quantized (the rest as they were), with int8 or bfloat16 weights.
 
     dtype: "int8" (torch's quantize_dynamic scheme: per-channel weights, activations
-    quantized per row as they are used, int32 sums; AVX512-VNNI where the CPU has it)
+    quantized per row as they are used, int32 sums; on VNNI or AVX2 by the CPU)
     or "bfloat16" (weights rounded to bfloat16, float32 products). The original is
     not changed. See numlstm.layers.quantized for what is and is not quantized.
     """

@@ -36,7 +36,7 @@ LONGEST = {
     "tests/test_cuda_backend.py::test_kernels_compile_and_every_launch_fits": 105,
     "tests/test_bench.py::test_option_costs_rows": 88,
     "tests/test_cuda_backend.py::test_gpu_check_script_runs_under_the_simulator": 50,
-    "tests/kernels/test_cpu_quantized.py::test_without_vnni_the_portable_loop": 40,
+    "tests/kernels/test_cpu_quantized.py::test_other_cpus_variants_give_the_same_layer": 80,
     "tests/kernels/test_cpu_lstm.py::test_cpu_kernels_match_reference_with_peepholes": 48,
     "tests/test_docs.py::test_readme_fits_on_a_screen_and_its_example_runs": 34,
     "tests/test_layer_norm.py::test_gru_layer_matches_numpy": 30,

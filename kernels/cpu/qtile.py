@@ -2,20 +2,28 @@
 
 Both write rows [r0, r1) of the blocks [b0, b1) of CB = 64 output columns:
 
-int8_rows(A, W, out, r0, r1, b0, b1)  (int32 sums, exact)
-    out[r, cols] = sum_k A[r, k] * W[block, k, col]
+int8_rows(A, W, out, r0, r1, b0, b1, off)  (int32 sums, exact)
+    out[r, cols] = sum_k (A[r, k] - 128) * W[block, k, col]
     A: [M, Kq] uint8, the quantized values + 128 (quantized.quantize_rows),
-    Kq a multiple of 4; W: [nblk, Kq/4, CB, 4] int8, four k of one column
-    together; out: [M, nblk*CB] int32. The 128 is taken off later with the
-    columns' sums of W (quantized.py).
-    - int8_rows_vnni: AVX512-VNNI's vpdpbusd, 64 multiply-adds of u8 x s8 into
-      16 int32 lanes an instruction; tiles of up to 6 rows x 4 vectors (a block),
-      and 1 or 2 rows x 8 vectors (two blocks) so that enough independent sums
-      are in flight at B = 1.
-    - int8_rows_generic: the same sums as a Numba loop (any CPU; several times
-      slower), for machines without VNNI.
-    The sums are integers, so the two are equal to the bit, and equal to NumPy's
-    integer product (the tests check both).
+    Kq a multiple of 4; W: [nblk, Kq/4, CB, 4] int8 in [-127, 127], four k of one
+    column together; out: [M, nblk*CB] int32; off: [nblk*CB] int32, -128 times
+    each column's sum of W (the variants that multiply A as it is start there).
+    One variant a machine, by its CPU's features (VARIANT):
+    - "avx512vnni": vpdpbusd on zmm, 64 multiply-adds of u8 x s8 into 16 int32
+      lanes an instruction; tiles of up to 6 rows x 4 vectors (a block), and 1
+      or 2 rows x 8 vectors (two blocks) so that enough independent sums are in
+      flight at B = 1 (AMD Zen 4 and 5, Intel server chips);
+    - "avxvnni": the same instruction on ymm (Intel's client chips from Alder
+      Lake), a row x 8 vectors (a block) a tile;
+    - "avx2": no dot-product instruction. vpmaddubsw multiplies u8 by s8 and
+      adds pairs into saturating int16: with A's 128 added, a pair could reach
+      2 * 255 * 127 and saturate, so the tile takes the value v = A - 128 and
+      multiplies |v| by W with v's sign (vpsignb): pairs stay within 2 * 127 *
+      127 = 32258; vpmaddwd then adds pairs into int32. Four instructions for
+      vpdpbusd's one; a row x 8 ymm vectors a tile;
+    - "generic": the same sums as a Numba loop (any CPU; several times slower).
+    The sums are integers, so every variant is equal to the bit, and equal to
+    NumPy's integer product (the tests check each one this machine can run).
 
 bf16_rows(A, W, out, init, per_row, r0, r1, b0, b1)  (float32 sums)
     out[r, cols] = init[r or 0, cols] + sum_k A[r, k] * float32(W[block, k, col])
@@ -24,7 +32,8 @@ bf16_rows(A, W, out, init, per_row, r0, r1, b0, b1)  (float32 sums)
     widened to float32 (zero-extend, shift left 16) and multiplied in float32:
     the weights' traffic halves, the activations keep float32's precision. (No
     vdpbf16ps: it rounds the activations to bfloat16 as well, and llvmlite's IR
-    has no bfloat type to call it with.)
+    has no bfloat type to call it with.) 16-lane vectors, which LLVM splits on
+    AVX2.
     One fused multiply-add per k, in order, from init: the tests check it to the
     bit against that sum in NumPy.
 """
@@ -38,7 +47,7 @@ from numba.extending import intrinsic
 from .microkernel import CB, accumulate, address
 
 _FAST = dict(cache=True, error_model="numpy")
-VL = 16        # int32 / float32 lanes of one tile vector (512 bits; LLVM splits it on AVX2)
+VL = 16        # int32 / float32 lanes of a zmm tile vector (LLVM splits bf16's on AVX2)
 ROWS = 6       # rows of a full tile
 
 
@@ -51,12 +60,27 @@ def _features():
     return set(features.split(","))
 
 
-HAS_VNNI = {"+avx512vnni", "+avx512f"} <= _features()
+def _variants(features):
+    """The int8 variants a CPU with these LLVM features can run, the fastest first."""
+    out = []
+    if {"+avx512vnni", "+avx512f"} <= features:
+        out.append("avx512vnni")
+    if "+avxvnni" in features or {"+avx512vnni", "+avx512vl"} <= features:
+        out.append("avxvnni")
+    if "+avx2" in features:
+        out.append("avx2")
+    return out + ["generic"]
+
+
+VARIANTS = _variants(_features())
+VARIANT = VARIANTS[0]
+HAS_VNNI = VARIANT in ("avx512vnni", "avxvnni")
 
 
 def int8_variant():
-    """The int8 product this machine runs: "avx512vnni" or "generic"."""
-    return "avx512vnni" if HAS_VNNI else "generic"
+    """The int8 product this machine runs: "avx512vnni", "avxvnni", "avx2" or
+    "generic" (module docstring)."""
+    return VARIANT
 
 
 def _const(n):
@@ -90,16 +114,19 @@ def _store(builder, acc, rows, nv, vector_at, out_row):
             builder.store(acc[r * nv + v], vector_at(offset), align=4)
 
 
-def _emit_int8(builder, rows, nv, a, a_row, w, w_blk, n_kq, out, out_row):
-    """rows x (nv * VL) int32 sums: a, w, out are i32 pointers (a's i32 is four
-    uint8 k of one row, w's four int8 k of one column); strides in i32 elements;
-    vector v reads block v // 4, its lanes (v % 4) * VL.."""
+def _emit_int8(builder, rows, nv, a, a_row, w, w_blk, n_kq, off, out, out_row):
+    """rows x (nv * VL) int32 sums from off: a, w, off, out are i32 pointers (a's
+    i32 is four uint8 k of one row, w's four int8 k of one column); strides in i32
+    elements; vector v reads block v // 4, its lanes (v % 4) * VL.."""
     vec = ir.VectorType(ir.IntType(32), VL)
     dp = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                         "llvm.x86.avx512.vpdpbusd.512")
 
     def at(base, offset):
         return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+
+    start = [builder.load(at(off, _const((v // 4) * CB + (v % 4) * VL)), align=4)
+             for v in range(nv)]
 
     def step(k, acc):
         wk = builder.mul(k, _const(CB))
@@ -109,9 +136,63 @@ def _emit_int8(builder, rows, nv, a, a_row, w, w_blk, n_kq, out, out_row):
         return _each_row(builder, rows, nv, a, a_row, k, vec, acc,
                          lambda s, v, total: builder.call(dp, [total, s, ws[v]]))
 
-    zero = ir.Constant(vec, [0] * VL)
-    _store(builder, accumulate(builder, n_kq, [zero] * (rows * nv), step, "i8"), rows, nv,
+    _store(builder, accumulate(builder, n_kq, start * rows, step, "i8"), rows, nv,
            lambda offset: at(out, offset), out_row)
+
+
+YL = 8  # int32 lanes of a ymm vector
+
+
+def _emit_int8_ymm(builder, kind, a, w, n_kq, off, out):
+    """One row x CB columns (8 ymm vectors) of int32 sums, kind "avxvnni" (vpdpbusd
+    on ymm, from off) or "avx2" (|v| x sign(v) W, from zero: module docstring);
+    a, w, off, out are i32 pointers."""
+    i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+    vec, bytes_, pairs = ir.VectorType(i32, YL), ir.VectorType(i8, 32), ir.VectorType(i16, 16)
+    module = builder.module
+
+    def fn(name, ret, args):
+        return cgutils.get_or_insert_function(module, ir.FunctionType(ret, args), name)
+
+    def at(base, offset):
+        return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+
+    undef = ir.Constant(vec, ir.Undefined)
+
+    def broadcast(s):
+        return builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(i32, 0)),
+                                      undef, ir.Constant(vec, [0] * YL))
+
+    if kind == "avxvnni":
+        dp = fn("llvm.x86.avx512.vpdpbusd.256", vec, [vec] * 3)
+        start = [builder.load(at(off, _const(v * YL)), align=4) for v in range(CB // YL)]
+    else:
+        sign = fn("llvm.x86.avx2.psign.b", bytes_, [bytes_, bytes_])
+        maddubs = fn("llvm.x86.avx2.pmadd.ub.sw", pairs, [bytes_, bytes_])
+        maddwd = fn("llvm.x86.avx2.pmadd.wd", vec, [pairs, pairs])
+        absolute = fn("llvm.abs.v32i8", bytes_, [bytes_, ir.IntType(1)])
+        ones = ir.Constant(pairs, [1] * 16)
+        flip = ir.Constant(vec, [-0x7F7F7F80] * YL)  # 0x80808080: each byte's top bit
+        start = [ir.Constant(vec, [0] * YL)] * (CB // YL)
+
+    def step(k, acc):
+        x = broadcast(builder.load(builder.gep(a, [k]), align=4))
+        ws = [builder.load(at(w, builder.add(builder.mul(k, _const(CB)), _const(v * YL))),
+                           align=4) for v in range(CB // YL)]
+        if kind == "avxvnni":
+            return [builder.call(dp, [acc[v], x, ws[v]]) for v in range(CB // YL)]
+        value = builder.bitcast(builder.xor(x, flip), bytes_)  # v = A - 128, as int8
+        size = builder.call(absolute, [value, ir.Constant(ir.IntType(1), 0)])
+        new = []
+        for v in range(CB // YL):
+            signed = builder.call(sign, [builder.bitcast(ws[v], bytes_), value])
+            new.append(builder.add(acc[v], builder.call(
+                maddwd, [builder.call(maddubs, [size, signed]), ones])))
+        return new
+
+    acc = accumulate(builder, n_kq, start, step, kind)
+    for v in range(CB // YL):
+        builder.store(acc[v], at(out, _const(v * YL)), align=4)
 
 
 def _emit_bf16(builder, rows, nv, a, a_row, w, w_blk, n_k, init, init_row, out, out_row):
@@ -162,16 +243,34 @@ def _switch(builder, rows, nv, label, emit):
 
 
 @intrinsic
-def _int8_tile(typingctx, rows, nv, a, a_row, w, w_blk, n_kq, out, out_row):
+def _int8_tile(typingctx, rows, nv, a, a_row, w, w_blk, n_kq, off, out, out_row):
     """One int8 tile (_emit_int8): addresses in bytes, strides in int32 elements."""
     def codegen(context, builder, signature, args):
-        rows, nv, a, a_row, w, w_blk, n_kq, out, out_row = args
+        rows, nv, a, a_row, w, w_blk, n_kq, off, out, out_row = args
         p32 = ir.IntType(32).as_pointer()
-        a, w, out = (builder.inttoptr(p, p32) for p in (a, w, out))
+        a, w, off, out = (builder.inttoptr(p, p32) for p in (a, w, off, out))
         _switch(builder, rows, nv, "i8", lambda r, v: _emit_int8(
-            builder, r, v, a, a_row, w, w_blk, n_kq, out, out_row))
+            builder, r, v, a, a_row, w, w_blk, n_kq, off, out, out_row))
         return context.get_dummy_value()
-    return types.void(*([types.int64] * 9)), codegen
+    return types.void(*([types.int64] * 10)), codegen
+
+
+def _ymm_tile(kind):
+    """The intrinsic tile(a, w, n_kq, off, out) of _emit_int8_ymm's kind (addresses
+    in bytes)."""
+    @intrinsic
+    def tile(typingctx, a, w, n_kq, off, out):
+        def codegen(context, builder, signature, args):
+            p32 = ir.IntType(32).as_pointer()
+            a, w, n_kq, off, out = args
+            a, w, off, out = (builder.inttoptr(p, p32) for p in (a, w, off, out))
+            _emit_int8_ymm(builder, kind, a, w, n_kq, off, out)
+            return context.get_dummy_value()
+        return types.void(*([types.int64] * 5)), codegen
+    return tile
+
+
+_avxvnni_tile, _avx2_tile = _ymm_tile("avxvnni"), _ymm_tile("avx2")
 
 
 @intrinsic
@@ -208,18 +307,39 @@ def _tiles(r0, r1, b0, b1):
 
 
 @njit(**_FAST)
-def int8_rows_vnni(A, W, out, r0, r1, b0, b1):
+def int8_rows_vnni(A, W, out, r0, r1, b0, b1, off):
     """int8_rows on AVX512-VNNI (module docstring)."""
     a_row, w_blk, o_row = A.strides[0] // 4, W.strides[0] // 4, out.strides[0] // 4
     n_kq = A.shape[1] // 4
     for r, rows, b, nv in _tiles(r0, r1, b0, b1):
         _int8_tile(rows, nv, address(A) + r * A.strides[0], a_row,
-                   address(W) + b * W.strides[0], w_blk, n_kq,
+                   address(W) + b * W.strides[0], w_blk, n_kq, address(off) + 4 * b * CB,
                    address(out) + r * out.strides[0] + 4 * b * CB, o_row)
 
 
 @njit(**_FAST)
-def int8_rows_generic(A, W, out, r0, r1, b0, b1):
+def int8_rows_avxvnni(A, W, out, r0, r1, b0, b1, off):
+    """int8_rows on AVX-VNNI (module docstring): a row and a block a tile."""
+    n_kq = A.shape[1] // 4
+    for r in range(r0, r1):
+        for b in range(b0, b1):
+            _avxvnni_tile(address(A) + r * A.strides[0], address(W) + b * W.strides[0], n_kq,
+                          address(off) + 4 * b * CB,
+                          address(out) + r * out.strides[0] + 4 * b * CB)
+
+
+@njit(**_FAST)
+def int8_rows_avx2(A, W, out, r0, r1, b0, b1, off):
+    """int8_rows on AVX2 (module docstring): a row and a block a tile."""
+    n_kq = A.shape[1] // 4
+    for r in range(r0, r1):
+        for b in range(b0, b1):
+            _avx2_tile(address(A) + r * A.strides[0], address(W) + b * W.strides[0], n_kq,
+                       address(off) + 4 * b * CB, address(out) + r * out.strides[0] + 4 * b * CB)
+
+
+@njit(**_FAST)
+def int8_rows_generic(A, W, out, r0, r1, b0, b1, off):
     """int8_rows as a loop (module docstring): the same integer sums."""
     n_kq = A.shape[1] // 4
     acc = np.empty(CB, np.int32)
@@ -231,7 +351,7 @@ def int8_rows_generic(A, W, out, r0, r1, b0, b1):
             for kq in range(n_kq):
                 at = b * per_block + kq * 4 * CB
                 for q in range(4):
-                    a = np.int32(A[r, 4 * kq + q])
+                    a = np.int32(A[r, 4 * kq + q]) - np.int32(128)
                     for j in range(CB):
                         acc[j] += a * np.int32(flat[at + 4 * j + q])
             out[r, b * CB:(b + 1) * CB] = acc
@@ -247,3 +367,8 @@ def bf16_rows(A, W, out, init, per_row, r0, r1, b0, b1):
                    address(W) + b * W.strides[0], w_blk, A.shape[1],
                    address(init) + 4 * (r * i_row + b * CB), i_row,
                    address(out) + r * out.strides[0] + 4 * b * CB, o_row)
+
+
+# Each variant's int8_rows (module docstring); a machine runs INT8_ROWS[VARIANT].
+INT8_ROWS = {"avx512vnni": int8_rows_vnni, "avxvnni": int8_rows_avxvnni,
+             "avx2": int8_rows_avx2, "generic": int8_rows_generic}

@@ -11,9 +11,9 @@ int8 (torch's quantize_dynamic scheme):
         s_w[n] = max_k |W[n,k]| / 127,  W_q = rint(W / s_w) in [-127, 127]
     activations: symmetric, one scale per row, made when they are used (x for
     each step and sequence, h for each step): quantize_rows.
-    products: int32 sums of int8 x int8 (qtile.int8_rows: VNNI or a loop; the
-    activations go in as uint8, value + 128, and the 128 * sum_k W_q[n,k] comes
-    off after), scaled in float32:
+    products: exact int32 sums of int8 x int8 (qtile.int8_rows: VNNI, AVX2 or a
+    loop, by the CPU; the activations go in as uint8, value + 128, and the sums
+    start from -128 * sum_k W_q[n,k]), scaled in float32:
         xw[t,b,n] = bias[n] + float32(sum_k xq W_q) * (s_x[t,b] * s_w[n])
         pre       = xw[t] + float32(sum_k hq W_q) * (s_h[b] * s_hh[n])
     then the gate math in float32 (sigmoid, tanh), as the float32 layer's.
@@ -41,12 +41,12 @@ from numba import njit, prange
 from ..gates import sigmoid, tanh
 from .jit import FAST
 from .microkernel import CB
-from .qtile import HAS_VNNI, bf16_rows, int8_rows_generic, int8_rows_vnni, int8_variant
+from .qtile import INT8_ROWS, VARIANT, bf16_rows, int8_variant
 from .threads import POLICY, clock_ns, finished, numba_threads, parallel_ok, region_done
 
 U = CB // 4                         # units per block
 EXACT = dict(cache=True, error_model="numpy")   # no fastmath (module docstring)
-int8_rows = int8_rows_vnni if HAS_VNNI else int8_rows_generic
+int8_rows = INT8_ROWS[VARIANT]
 # Multiply-adds from which work is shared among threads (loop_plan): an input
 # product; a call's steps in the batch split (one region for the call); one step in
 # the units split (a region a step, each a wake-up and a join of some microseconds:
@@ -83,8 +83,8 @@ class QuantLSTM(NamedTuple):
     w_hh: np.ndarray
     s_in: np.ndarray        # [Gq] float32 per-channel scales (int8; empty for bfloat16)
     s_hh: np.ndarray
-    sum_in: np.ndarray      # [Gq] int32: sum_k W_q[n,k] (int8; empty for bfloat16)
-    sum_hh: np.ndarray
+    off_in: np.ndarray      # [Gq] int32: -128 sum_k W_q[n,k] (int8; empty for bfloat16)
+    off_hh: np.ndarray
 
 
 def _columns(H):
@@ -112,8 +112,9 @@ def _quantize_channels(w):
 
 
 def _pack_int8(w, Gq, cols, Kq):
-    """torch-layout w [4H,K] -> (W_q [nblk, Kq/4, CB, 4], s [Gq], sums [Gq]); K is
-    padded with zeros to Kq (a multiple of 4)."""
+    """torch-layout w [4H,K] -> (W_q [nblk, Kq/4, CB, 4], s [Gq], -128 * the
+    columns' sums [Gq], qtile.int8_rows's off); K is padded with zeros to Kq (a
+    multiple of 4)."""
     K = w.shape[1]
     q, s = _quantize_channels(w.astype(np.float32))
     qp = np.zeros((Gq, Kq), np.int8)
@@ -121,7 +122,7 @@ def _pack_int8(w, Gq, cols, Kq):
     sp = np.zeros(Gq, np.float32)
     sp[cols] = s
     blocks = np.ascontiguousarray(qp.reshape(Gq // CB, CB, Kq // 4, 4).transpose(0, 2, 1, 3))
-    return blocks, sp, qp.sum(axis=1, dtype=np.int64).astype(np.int32)
+    return blocks, sp, (-128 * qp.sum(axis=1, dtype=np.int64)).astype(np.int32)
 
 
 def _pack_bf16(w, Gq, cols):
@@ -144,9 +145,9 @@ def pack_lstm_quantized(w_ih, w_hh, b_ih, b_hh, dtype):
     bias[0, cols] = (np.asarray(b_ih, np.float32) + np.asarray(b_hh, np.float32))
     empty_f, empty_i = np.zeros(0, np.float32), np.zeros(0, np.int32)
     if dtype == "int8":
-        w_in, s_in, sum_in = _pack_int8(w_ih, Gq, cols, -(-I // 4) * 4)
-        w_rec, s_hh, sum_hh = _pack_int8(w_hh, Gq, cols, Hq)  # (h is quantized Hq wide)
-        return QuantLSTM("int8", H, Hq, I, bias, w_in, w_rec, s_in, s_hh, sum_in, sum_hh)
+        w_in, s_in, off_in = _pack_int8(w_ih, Gq, cols, -(-I // 4) * 4)
+        w_rec, s_hh, off_hh = _pack_int8(w_hh, Gq, cols, Hq)  # (h is quantized Hq wide)
+        return QuantLSTM("int8", H, Hq, I, bias, w_in, w_rec, s_in, s_hh, off_in, off_hh)
     if dtype == "bfloat16":
         return QuantLSTM("bfloat16", H, Hq, I, bias, _pack_bf16(w_ih, Gq, cols),
                          _pack_bf16(w_hh, Gq, cols), empty_f, empty_f, empty_i, empty_i)
@@ -192,31 +193,31 @@ def quantize_rows(a, q, s, r0, r1):
 
 
 @njit(**EXACT)
-def _scaled(acc, wsum, s_row, s_col, init, out, r0, r1, c0, c1):
-    """out[r, c] = init[r, c] + float32(acc[r, c] - 128 wsum[c]) * (s_row[r] * s_col[c])
-    over rows [r0, r1), columns [c0, c1) (init may be out, or a [1,..] bias row,
-    read for every row)."""
+def _scaled(acc, s_row, s_col, init, out, r0, r1, c0, c1):
+    """out[r, c] = init[r, c] + float32(acc[r, c]) * (s_row[r] * s_col[c]) over rows
+    [r0, r1), columns [c0, c1) (init may be out, or a [1,..] bias row, read for
+    every row)."""
     per_row = init.shape[0] > 1
     for r in range(r0, r1):
         a, o, i = acc[r, c0:c1], out[r, c0:c1], init[r if per_row else 0, c0:c1]
-        w, s = wsum[c0:c1], s_col[c0:c1]
+        s = s_col[c0:c1]
         sr = s_row[r]
         for n in range(c1 - c0):  # (row views: LLVM vectorises this loop)
-            o[n] = i[n] + np.float32(a[n] - np.int32(128) * w[n]) * (sr * s[n])
+            o[n] = i[n] + np.float32(a[n]) * (sr * s[n])
 
 
 # -- the input product for all steps ---------------------------------------------------
 @njit(**EXACT)
-def _input_task(x2, packed_w, s_w, wsum, bias, xq, xs, acc, xw2, r0, r1, b0, b1, int8):
+def _input_task(x2, packed_w, s_w, off, bias, xq, xs, acc, xw2, r0, r1, b0, b1, int8):
     if int8:
-        int8_rows(xq, packed_w, acc, r0, r1, b0, b1)
-        _scaled(acc, wsum, xs, s_w, bias, xw2, r0, r1, b0 * CB, b1 * CB)
+        int8_rows(xq, packed_w, acc, r0, r1, b0, b1, off)
+        _scaled(acc, xs, s_w, bias, xw2, r0, r1, b0 * CB, b1 * CB)
     else:
         bf16_rows(x2, packed_w, xw2, bias, False, r0, r1, b0, b1)
 
 
 @njit(parallel=True, **EXACT)
-def _input_tasks(x2, packed_w, s_w, wsum, bias, xq, xs, acc, xw2, chunks, int8):
+def _input_tasks(x2, packed_w, s_w, off, bias, xq, xs, acc, xw2, chunks, int8):
     M, nblk = x2.shape[0], packed_w.shape[0]
     rows = -(-M // chunks)
     if int8:
@@ -224,7 +225,7 @@ def _input_tasks(x2, packed_w, s_w, wsum, bias, xq, xs, acc, xw2, chunks, int8):
             quantize_rows(x2, xq, xs, c * rows, min(M, (c + 1) * rows))
     for task in prange(chunks * nblk):
         blk, c = divmod(np.int64(task), chunks)
-        _input_task(x2, packed_w, s_w, wsum, bias, xq, xs, acc, xw2, c * rows,
+        _input_task(x2, packed_w, s_w, off, bias, xq, xs, acc, xw2, c * rows,
                     min(M, (c + 1) * rows), blk, blk + 1, int8)
 
 
@@ -243,11 +244,11 @@ def _input_product(x, cell, parallel):
     if not parallel or M * Gq * I < PARALLEL_MIN_MACS:
         if int8:
             quantize_rows(x2, xq, xs, 0, M)
-        _input_task(x2, cell.w_in, cell.s_in, cell.sum_in, cell.bias, xq, xs, acc,
+        _input_task(x2, cell.w_in, cell.s_in, cell.off_in, cell.bias, xq, xs, acc,
                     xw.reshape(M, Gq), 0, M, 0, nblk, int8)
     else:
         chunks = max(1, -(-M // ROWS_PER_TASK))
-        _input_tasks(x2, cell.w_in, cell.s_in, cell.sum_in, cell.bias, xq, xs,
+        _input_tasks(x2, cell.w_in, cell.s_in, cell.off_in, cell.bias, xq, xs,
                      acc, xw.reshape(M, Gq), chunks, int8)
     return xw
 
@@ -276,15 +277,15 @@ def _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1):
 
 
 @njit(**EXACT)
-def _step(cell_w, s_hh, wsum, xw_t, hbuf, c, y_t, lengths, t, s, hq, hs, acc, pre, r0, r1,
+def _step(cell_w, s_hh, off, xw_t, hbuf, c, y_t, lengths, t, s, hq, hs, acc, pre, r0, r1,
           b0, b1, int8):
     """Rows [r0, r1) x blocks [b0, b1) of step t (the s-th step walked): the
     recurrent product into pre, then the gate math. int8 reads hq/hs (h of those
     rows quantized) and writes h in place; bfloat16 reads hbuf[s % 2] and writes
     hbuf[1 - s % 2]."""
     if int8:
-        int8_rows(hq, cell_w, acc, r0, r1, b0, b1)
-        _scaled(acc, wsum, hs, s_hh, xw_t, pre, r0, r1, b0 * CB, b1 * CB)
+        int8_rows(hq, cell_w, acc, r0, r1, b0, b1, off)
+        _scaled(acc, hs, s_hh, xw_t, pre, r0, r1, b0 * CB, b1 * CB)
         _gates(pre, hbuf[0], c, y_t, lengths, t, r0, r1, b0, b1)
     else:
         H = cell_w.shape[1]
@@ -295,43 +296,43 @@ def _step(cell_w, s_hh, wsum, xw_t, hbuf, c, y_t, lengths, t, s, hq, hs, acc, pr
 
 
 @njit(**EXACT)
-def _input_rows(x_t, w_in, s_in, sum_in, bias, xq, xs, acc, xw_t, r0, r1, int8):
+def _input_rows(x_t, w_in, s_in, off_in, bias, xq, xs, acc, xw_t, r0, r1, int8):
     """Rows [r0, r1) of one step's input part, xw_t = bias + x_t @ W_ih^T (the same
     sums and scaling as _input_product's)."""
     nblk = w_in.shape[0]
     if int8:
         quantize_rows(x_t, xq, xs, r0, r1)
-        int8_rows(xq, w_in, acc, r0, r1, 0, nblk)
-        _scaled(acc, sum_in, xs, s_in, bias, xw_t, r0, r1, 0, nblk * CB)
+        int8_rows(xq, w_in, acc, r0, r1, 0, nblk, off_in)
+        _scaled(acc, xs, s_in, bias, xw_t, r0, r1, 0, nblk * CB)
     else:
         bf16_rows(x_t, w_in, xw_t, bias, False, r0, r1, 0, nblk)
 
 
 @njit(**EXACT)
-def _rows_steps(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse, scratch, r0,
+def _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, hbuf, c, y, lengths, reverse, scratch, r0,
                 r1, int8):
     """All T steps of rows [r0, r1), every block (the rows of a batch never meet).
-    ins: (w_in, s_in, sum_in, bias); xw: the input part of every step [T,B,Gq], or
+    ins: (w_in, s_in, off_in, bias); xw: the input part of every step [T,B,Gq], or
     [0,..]: each step's made here (no [T,B,Gq] array to write and read back);
     scratch: (xq, xs, hq, hs, acc, xw_t, pre), [B,..] each."""
-    w_in, s_in, sum_in, bias = ins
+    w_in, s_in, off_in, bias = ins
     xq, xs, hq, hs, acc, xw_t, pre = scratch
     T, nblk = y.shape[0], pre.shape[1] // CB
     for s in range(T):
         t = T - 1 - s if reverse else s
         if xw.shape[0] == 0:
-            _input_rows(x[t], w_in, s_in, sum_in, bias, xq, xs, acc, xw_t, r0, r1, int8)
+            _input_rows(x[t], w_in, s_in, off_in, bias, xq, xs, acc, xw_t, r0, r1, int8)
             init = xw_t
         else:
             init = xw[t]
         if int8:
             quantize_rows(hbuf[0, :, :c.shape[1]], hq, hs, r0, r1)
-        _step(w_hh, s_hh, sum_hh, init, hbuf, c, y[t], lengths, t, s, hq, hs, acc, pre, r0,
+        _step(w_hh, s_hh, off_hh, init, hbuf, c, y[t], lengths, t, s, hq, hs, acc, pre, r0,
               r1, 0, nblk, int8)
 
 
 @njit(parallel=True, **EXACT)
-def _time_loop(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse, scratch, P,
+def _time_loop(x, ins, xw, w_hh, s_hh, off_hh, hbuf, c, y, lengths, reverse, scratch, P,
                split, int8, gate):
     """All T steps (x [T,B,I]; the rest as _rows_steps's): hbuf [2,B,Hq] (int8: h in
     hbuf[0] throughout; bfloat16: h0 in hbuf[0], the last h in hbuf[T % 2]); c
@@ -342,12 +343,12 @@ def _time_loop(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse, scr
     T, B = y.shape[0], y.shape[1]
     nblk = w_hh.shape[0]
     if P == 1:
-        _rows_steps(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse, scratch,
+        _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, hbuf, c, y, lengths, reverse, scratch,
                     0, B, int8)
     elif split == "rows":
         start = clock_ns()
         for p in prange(P):
-            _rows_steps(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse,
+            _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, hbuf, c, y, lengths, reverse,
                         scratch, p * B // P, (p + 1) * B // P, int8)
             finished(gate, p)
         region_done(gate, start)
@@ -358,12 +359,12 @@ def _time_loop(x, ins, xw, w_hh, s_hh, sum_hh, hbuf, c, y, lengths, reverse, scr
             if int8:
                 quantize_rows(hbuf[0, :, :c.shape[1]], hq, hs, 0, B)
             if not parallel_ok(gate):
-                _step(w_hh, s_hh, sum_hh, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
+                _step(w_hh, s_hh, off_hh, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
                       pre, 0, B, 0, nblk, int8)
                 continue
             start = clock_ns()
             for p in prange(P):
-                _step(w_hh, s_hh, sum_hh, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
+                _step(w_hh, s_hh, off_hh, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
                       pre, 0, B, p * nblk // P, (p + 1) * nblk // P, int8)
                 finished(gate, p)
             region_done(gate, start)
@@ -412,8 +413,8 @@ def _run(x, cell, h0, c0, lengths, reverse, xw, P, split):
     hbuf, c, y, lens, scratch = _buffers(cell, T, B, lengths)
     hbuf[0, :, :H] = h0
     c[:, :H] = c0
-    _time_loop(x, (cell.w_in, cell.s_in, cell.sum_in, cell.bias), xw, cell.w_hh, cell.s_hh,
-               cell.sum_hh, hbuf, c, y, lens, reverse, scratch, P, split, int8,
+    _time_loop(x, (cell.w_in, cell.s_in, cell.off_in, cell.bias), xw, cell.w_hh, cell.s_hh,
+               cell.off_hh, hbuf, c, y, lens, reverse, scratch, P, split, int8,
                POLICY.gate())
     h = hbuf[0] if int8 else hbuf[T % 2]
     return y[:, :, :H], h[:, :H], c[:, :H]
@@ -423,7 +424,7 @@ _NO_XW = np.zeros((0, 1, 1), np.float32)
 
 
 @njit(**EXACT)
-def _alone(x, ins, w_hh, s_hh, sum_hh, h0, c0, y, h, c, int8):
+def _alone(x, ins, w_hh, s_hh, off_hh, h0, c0, y, h, c, int8):
     """_run on one thread, as one compiled call into the caller's arrays (y [T,B,H],
     h, c [B,H]): a step() at B = 1 is a few microseconds of work, and making its
     buffers and passing them in from Python took as long again."""
@@ -439,7 +440,7 @@ def _alone(x, ins, w_hh, s_hh, sum_hh, h0, c0, y, h, c, int8):
                np.empty((B, Hq if int8 else 0), np.uint8), np.empty(B, np.float32),
                np.empty((B, Gq if int8 else 0), np.int32), np.empty((B, Gq), np.float32),
                np.empty((B, Gq), np.float32))
-    _rows_steps(x, ins, _NO_XW, w_hh, s_hh, sum_hh, hbuf, cq, yq, np.full(B, T, np.int64),
+    _rows_steps(x, ins, _NO_XW, w_hh, s_hh, off_hh, hbuf, cq, yq, np.full(B, T, np.int64),
                 False, scratch, 0, B, int8)
     y[:] = yq[:, :, :H]
     h[:] = hbuf[0 if int8 else T % 2, :, :H]
@@ -454,8 +455,8 @@ def lstm_forward_quantized_into(x, cell, h0, c0, y, h, c):
     T, B, I = x.shape
     if not runs_alone(T, B, I, cell.H, numba_threads(), cell.dtype):
         return False
-    _alone(x, (cell.w_in, cell.s_in, cell.sum_in, cell.bias), cell.w_hh, cell.s_hh,
-           cell.sum_hh, h0, c0, y, h, c, cell.dtype == "int8")
+    _alone(x, (cell.w_in, cell.s_in, cell.off_in, cell.bias), cell.w_hh, cell.s_hh,
+           cell.off_hh, h0, c0, y, h, c, cell.dtype == "int8")
     return True
 
 

@@ -43,15 +43,16 @@ _WARNED = []
 
 
 def check_quantize_dtype(dtype):
-    """dtype, checked: "int8" or "bfloat16" (warning once where int8 has no VNNI)."""
+    """dtype, checked: "int8" or "bfloat16" (warning once where int8 runs on the
+    portable loop)."""
     if not isinstance(dtype, str):
         raise TypeError(f"dtype: expected 'int8' or 'bfloat16', got {type(dtype).__name__}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected 'int8' or 'bfloat16', got {dtype!r}")
     if dtype == "int8" and int8_variant() == "generic" and not _WARNED:
         _WARNED.append(True)
-        warnings.warn("this CPU has no AVX512-VNNI: int8 products run on a slower, "
-                      "portable loop (the results are the same)", RuntimeWarning,
+        warnings.warn("this CPU has neither VNNI nor AVX2: int8 products run on a "
+                      "slower, portable loop (the results are the same)", RuntimeWarning,
                       stacklevel=3)
     return dtype
 

@@ -14,7 +14,7 @@ from numlstm.kernels.cpu.microkernel import CB
 
 from ..helpers import assert_close, lstm_weights
 
-INT8_PRODUCTS = [qtile.int8_rows_generic] + ([qtile.int8_rows_vnni] if qtile.HAS_VNNI else [])
+INT8_PRODUCTS = [qtile.INT8_ROWS[v] for v in qtile.VARIANTS]  # (all this CPU can run)
 
 
 def _int8_blocks(w):
@@ -27,11 +27,14 @@ def _int8_blocks(w):
 @pytest.mark.parametrize("M,K,nblk", [(1, 4, 1), (1, 36, 3), (2, 8, 2), (5, 60, 1),
                                       (6, 12, 2), (13, 132, 3)])
 def test_int8_products_are_numpys_integer_products(rng, product, M, K, nblk):
-    A = rng.integers(0, 256, (M + 2, K), dtype=np.uint8)  # (value + 128, as quantize_rows)
+    A = rng.integers(1, 256, (M + 2, K), dtype=np.uint8)  # value + 128, value in +-127
+    A[1, :4] = (1, 255, 128, 2)  # (the extremes -127 and 127, and 0)
     W = rng.integers(-127, 128, (nblk * CB, K), dtype=np.int8)
+    W[:, :2] = (-127, 127)
+    off = (-128 * W.sum(axis=1, dtype=np.int64)).astype(np.int32)
     out = np.full((M + 2, nblk * CB), -7, np.int32)
-    product(A, _int8_blocks(W), out, 1, 1 + M, 0, nblk)
-    want = A[1:1 + M].astype(np.int64) @ W.T.astype(np.int64)
+    product(A, _int8_blocks(W), out, 1, 1 + M, 0, nblk, off)
+    want = (A[1:1 + M].astype(np.int64) - 128) @ W.T.astype(np.int64)
     np.testing.assert_array_equal(out[1:1 + M], want)
     assert (out[0] == -7).all() and (out[M + 1:] == -7).all()  # other rows untouched
 
@@ -149,34 +152,45 @@ def test_the_one_call_path_is_the_general_one_bit_for_bit(rng, dtype, T, B, I, H
     assert np.isnan(y_big).all()
 
 
-@pytest.mark.skipif(not qtile.HAS_VNNI, reason="this machine's own run is the portable one")
-def test_without_vnni_the_portable_loop_gives_the_same_layer(tmp_path):
-    """A CPU without AVX512-VNNI (Numba told the host's features less VNNI, in a
-    process of its own) runs the portable int8 loop: the same outputs to the bit,
-    and one RuntimeWarning saying so."""
+def _features_without(*words):
+    """This CPU's LLVM features less every one naming one of `words`, each also
+    switched off (so that nothing implies it back)."""
+    import llvmlite.binding as llvm
+    kept = [f for f in llvm.get_host_cpu_features().flatten().split(",")
+            if not any(w in f for w in words)]
+    return ",".join(kept + ["-avx512f", "-avx512vnni", "-avxvnni"]
+                    + (["-avx2"] if "avx2" in words else []))
+
+
+@pytest.mark.parametrize("variant,drop", [("avx2", ("avx512", "vnni")),
+                                          ("generic", ("avx512", "vnni", "avx2"))])
+def test_other_cpus_variants_give_the_same_layer(tmp_path, variant, drop):
+    """A CPU with AVX2 and no VNNI (AMD Zen 3, Intel before Alder Lake), and one with
+    neither (Numba told this CPU's features less those, in a process of its own):
+    their int8 variant, the same outputs to the bit, and a RuntimeWarning, once,
+    where the portable loop runs."""
     import subprocess
     import sys
-
-    import llvmlite.binding as llvm
-    code = ("import warnings, numpy as np, numlstm\n"
+    if variant not in qtile.VARIANTS[1:]:
+        pytest.skip(f"this CPU's own run is {qtile.VARIANT}")
+    code = ("import sys, warnings, numpy as np, numlstm\n"
             "from numlstm.kernels.cpu import qtile\n"
-            "assert qtile.int8_variant() == 'generic'\n"
+            f"assert qtile.int8_variant() == {variant!r}, qtile.int8_variant()\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    q = numlstm.quantize_dynamic(numlstm.LSTM(7, 20, num_layers=2, seed=5))\n"
             "    numlstm.quantize_dynamic(numlstm.LSTM(7, 20, seed=5))\n"
-            "assert sum('VNNI' in str(x.message) for x in w) == 1, [str(x.message) for x in w]\n"
+            "print(sum('portable loop' in str(x.message) for x in w))\n"
             "x = np.random.default_rng(0).standard_normal((5, 3, 7)).astype(np.float32)\n"
             "np.save(sys.argv[1], np.concatenate([q(x)[0].ravel(), q(x, lengths=[5, 2, 4])[0]"
             ".ravel()]))\n")
-    features = ",".join(f for f in llvm.get_host_cpu_features().flatten().split(",")
-                        if "vnni" not in f)
-    env = dict(os.environ, NUMBA_CPU_FEATURES=features + ",-avx512vnni,-avxvnni",
+    env = dict(os.environ, NUMBA_CPU_FEATURES=_features_without(*drop),
                NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "y.npy"
-    proc = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(out)], env=env,
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1" if variant == "generic" else "0"]
     import numlstm
     q = numlstm.quantize_dynamic(numlstm.LSTM(7, 20, num_layers=2, seed=5))
     x = np.random.default_rng(0).standard_normal((5, 3, 7)).astype(np.float32)
