@@ -4,6 +4,7 @@
         [--plan auto one units rows rows-fused] [--options plain lengths ...]
         [--dtype float32 float64] [--shapes T,B,I,H ...] [--quick]
     python -m numlstm.kernels.harness --backend cuda --resources [--cell ...] [--dtype ...]
+    python -m numlstm.kernels.harness --quantized [--shapes ...] [--quick]
 
 A row is one variant: a cell, an option family, a plan (CPU: which split of the
 time loop, on how many threads; CUDA: the persistent kernel or one launch a
@@ -27,6 +28,10 @@ checked to fit (kernels/cuda/resources.py); exits 1 on a launch that would fail.
 says the rest runs (CI runs it for both backends; the CUDA one under NUMBA_ENABLE_CUDASIM=1,
 where the simulator runs one block, slowly). Without a GPU and without the
 simulator, --backend cuda says so and exits 2.
+
+--quantized: the int8 and bfloat16 kernels (run_quantized): every int8 product
+variant this CPU can run, checked to the bit against NumPy's integer product,
+and the quantized LSTM against its reference, each then timed.
 
 Dimensions: T steps, B batch, I input features, H hidden units.
 """
@@ -347,6 +352,70 @@ def run(backend, cells, plans, families, dtypes, shapes, quick, out=None):
     return failures
 
 
+def run_quantized(shapes, quick, out=None):
+    """The reduced-precision kernels (cpu/qtile.py, cpu/quantized.py): each int8
+    product variant this CPU runs, against NumPy's integer product to the bit, then
+    timed (GOP/s: 2 M N K); then the int8 and bfloat16 layers (the machine's
+    variant) against reference.lstm_forward_quantized_ref (fed the kernel's h, so
+    that a one-quantum jump of h over many steps does not hide the rest), then
+    timed. A row each; returns the mismatches."""
+    from .cpu import lstm_forward_quantized_cpu, quantized, qtile
+    from .cpu.microkernel import CB
+    out = sys.stdout if out is None else out
+    repeats = 1 if quick else 7
+    failures = []
+    head = f"{'kernel':<26} {'T,B,I,H':<16} {'error (tol)':<20} {'ms':>9} {'GOP/s':>8}"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+
+    def row(label, shape, err, tol, call, ops):
+        text = f"{label:<26} {','.join(map(str, shape)):<16} {err:8.1e} ({tol:.0e}) "
+        if err > tol:
+            failures.append(text)
+            print(text + " MISMATCH", file=out, flush=True)
+            return
+        times = []
+        for _ in range(repeats + (0 if quick else 1)):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        seconds = statistics.median(times[0 if quick else 1:])
+        print(f"{text}{seconds * 1e3:9.3f} {ops / seconds / 1e9:8.3g}", file=out, flush=True)
+
+    rng = np.random.default_rng(0)
+    for T, B, I, H in shapes:
+        M, K, N = T * B, H, 4 * (-(-H // 16) * 16)
+        Kq = -(-K // 4) * 4
+        A = rng.integers(1, 256, (M, Kq), dtype=np.uint8)
+        W = rng.integers(-127, 128, (N, Kq), dtype=np.int8)
+        blocks = np.ascontiguousarray(W.reshape(N // CB, CB, Kq // 4, 4).transpose(0, 2, 1, 3))
+        off = (-128 * W.sum(axis=1, dtype=np.int64)).astype(np.int32)
+        want = (A.astype(np.int64) - 128) @ W.T.astype(np.int64)
+        for variant in qtile.VARIANTS:
+            fn, got = qtile.INT8_ROWS[variant], np.empty((M, N), np.int32)
+            fn(A, blocks, got, 0, M, 0, N // CB, off)
+            err = float(np.abs(got - want).max())
+            row(f"int8 product {variant}", (T, B, I, H), err, 0,
+                lambda: fn(A, blocks, got, 0, M, 0, N // CB, off), 2 * M * N * Kq)
+        x = rng.standard_normal((T, B, I)).astype(np.float32)
+        k = 1 / np.sqrt(H)
+        w = [rng.uniform(-k, k, s).astype(np.float32) for s in ((4 * H, I), (4 * H, H),
+                                                                (4 * H,), (4 * H,))]
+        h0, c0 = (0.5 * rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
+        for dtype in ("int8", "bfloat16"):
+            cell = quantized.pack_lstm_quantized(*w, dtype)
+            y = lstm_forward_quantized_cpu(x, cell, h0, c0)[0]
+            # (each step's product reads the kernel's h: reference.lstm_forward_quantized_ref)
+            y_ref = reference.lstm_forward_quantized_ref(
+                x, *w, h0, c0, dtype=dtype, h_in=np.concatenate([h0[None], y[:-1]]))[0]
+            err = _error(y, y_ref)
+            name = f"LSTM {dtype}" + (f" ({qtile.VARIANT})" if dtype == "int8" else "")
+            row(name, (T, B, I, H), err, RTOL[np.float32],
+                lambda: lstm_forward_quantized_cpu(x, cell, h0, c0),
+                2 * T * B * 4 * H * (I + H))
+    return failures
+
+
 def _shape(text):
     try:
         T, B, I, H = (int(v) for v in text.split(","))
@@ -372,6 +441,9 @@ def main(argv=None):
                    default=["float32", "float64"])
     p.add_argument("--shapes", nargs="+", type=_shape, default=None, metavar="T,B,I,H")
     p.add_argument("--quick", action="store_true", help="the smallest shapes, one timed call")
+    p.add_argument("--quantized", action="store_true",
+                   help="the int8 and bfloat16 kernels instead (every int8 product variant "
+                        "this CPU runs, and the quantized LSTM)")
     p.add_argument("--resources", action="store_true",
                    help="--backend cuda, no GPU needed: each kernel's registers, shared "
                         "memory and spills from ptxas (sm_80, sm_89, sm_90), and every launch "
@@ -382,6 +454,13 @@ def main(argv=None):
             p.error("--resources is of the cuda backend: add --backend cuda")
         from .cuda.resources import main as resources
         return resources(a.cell, a.dtype)
+    if a.quantized:
+        if a.backend != "cpu":
+            p.error("--quantized: the int8 and bfloat16 kernels are the CPU's")
+        failures = run_quantized(a.shapes or (QUICK_SHAPES if a.quick else SHAPES), a.quick)
+        for f in failures:
+            print("  " + f, file=sys.stderr)
+        return 1 if failures else 0
     plans = a.plan or PLANS[a.backend]
     unknown = [n for n in plans if n not in PLANS[a.backend]]
     if unknown:

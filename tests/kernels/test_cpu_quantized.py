@@ -82,10 +82,25 @@ def test_row_quantization_is_the_references(rng):
     assert np.abs(q_ref).max() == 127
 
 
+def _h_entering(y, h0, lengths, reverse):
+    """[T,B,H]: the h that each step of a kernel's run read, from its outputs (h0 at
+    the first step; held past a sequence's length), for the reference's h_in."""
+    T, B = y.shape[:2]
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    h, out = h0.copy(), np.empty_like(y)
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        out[t] = h
+        h = np.where((t < lengths)[:, None], y[t], h)
+    return out
+
+
 @pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 5), (6, 3, 7, 20), (4, 1, 33, 70),
-                                     (5, 9, 64, 40)])
+                                     (5, 9, 64, 40), (40, 4, 16, 48)])
 def test_forward_matches_reference(rng, dtype, T, B, I, H):
+    """Each step against the reference's, fed the kernel's h (reference.
+    lstm_forward_quantized_ref's h_in: over many steps one element of h may round to
+    the next quantum on one side only)."""
     w = lstm_weights(rng, I, H, np.float32)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h0, c0 = (0.5 * rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
@@ -93,7 +108,9 @@ def test_forward_matches_reference(rng, dtype, T, B, I, H):
     for lengths, reverse in ((None, False), (rng.integers(0, T + 1, B), True),
                              (rng.integers(0, T + 1, B), False)):
         y, h, c = lstm_forward_quantized_cpu(x, cell, h0, c0, lengths, reverse)
-        y_r, h_r, c_r = ref.lstm_forward_quantized_ref(x, *w, h0, c0, lengths, reverse, dtype)
+        y_r, h_r, c_r = ref.lstm_forward_quantized_ref(
+            x, *w, h0, c0, lengths, reverse, dtype,
+            h_in=_h_entering(y, h0, lengths, reverse))
         for got, want, what in ((y, y_r, "y"), (h, h_r, "h_n"), (c, c_r, "c_n")):
             assert_close(got, want, 1e-5, f"{dtype} {what}", atol=1e-6)
         if lengths is not None:  # past a sequence's length: zeros out, the state held
@@ -122,7 +139,8 @@ def test_int8_products_inside_the_loop_are_exact(rng):
     for out in outs[1:]:
         for got, want in zip(out, outs[0]):
             np.testing.assert_array_equal(got, want)
-    y_ref, _, _ = ref.lstm_forward_quantized_ref(x, *w, zeros, zeros, lengths)
+    y_ref, _, _ = ref.lstm_forward_quantized_ref(
+        x, *w, zeros, zeros, lengths, h_in=_h_entering(outs[0][0], zeros, lengths, False))
     assert_close(outs[0][0], y_ref, 1e-5, "int8 y", atol=1e-6)
 
 
