@@ -78,7 +78,8 @@ class QuantLSTM(NamedTuple):
     Hq: int
     I: int
     bias: np.ndarray        # [1,Gq] float32: b_ih + b_hh in the tiled columns
-    # int8: [nblk, Kq/4, CB, 4] int8 (Kq: K padded to 4); bfloat16: [nblk, K, CB] uint16
+    # int8: [nblk, Kq/4, CB, 4] int8 (Kq: I padded to 4, H to Hq); bfloat16:
+    # [nblk, K, CB] uint16
     w_in: np.ndarray
     w_hh: np.ndarray
     s_in: np.ndarray        # [Gq] float32 per-channel scales (int8; empty for bfloat16)
