@@ -342,8 +342,8 @@ def run_forecast(args):
                   context=(t[lo:split + 1], series[lo:split + 1]),
                   xlabel="date" if not args.csv else "row")
     print(f"validation RMSE {rmse:.4f} ({unit}){_quantized_line(metrics, 'val_rmse')}, "
-          f"{baseline}: {base_rmse:.4f}; trained in {train_seconds:.1f} s; wrote {out}/metrics.json, checkpoint.npz, "
-          f"forecast.png, loss.png")
+          f"{baseline}: {base_rmse:.4f}; trained in {train_seconds:.1f} s; wrote "
+          f"{out}/metrics.json, checkpoint.npz, forecast.png, loss.png")
     beat_baseline(rmse, base_rmse, f"the {baseline}",
                   "Try more --epochs, a longer --window or a larger --hidden.")
     return metrics
@@ -393,14 +393,19 @@ def _quantized(model, metric, name, value):
     """The validation metric of the trained model with its LSTM layers quantized
     (numlstm.quantize_dynamic, int8 and bfloat16), for metrics.json: {name_int8,
     name_bfloat16, and each one's change from the float32 value, in percent};
-    none for a model without an LSTM layer."""
+    none for a model without an LSTM layer or with one whose options the quantized
+    layer does not run (numlstm.layers.quantized)."""
     from .layers import LSTM
     from .quantize import quantize_dynamic
     if not any(isinstance(layer, LSTM) for layer in model.layers):
         return {}
     out = {}
     for dtype in ("int8", "bfloat16"):
-        v = metric(quantize_dynamic(model, dtype))
+        try:
+            quantized = quantize_dynamic(model, dtype)
+        except ValueError:  # (a cell option it does not run: no such metric)
+            return {}
+        v = metric(quantized)
         out[f"{name}_{dtype}"] = v
         out[f"{name}_{dtype}_change_percent"] = 100 * (v - value) / value if value else None
     return out
