@@ -11,8 +11,9 @@ def quantize_dynamic(obj, dtype="int8"):
     """An inference-only copy of an LSTM, or of a Sequential model with its LSTM
     layers quantized (the rest as they were), with int8 or bfloat16 weights.
 
-    dtype: "int8" (torch's quantize_dynamic scheme: per-channel weights, activations
-    quantized per row as they are used, int32 sums; on VNNI or AVX2 by the CPU)
+    dtype: "int8" (dynamic quantization as torch's quantize_dynamic, with per-channel
+    weights: activations quantized per row as they are used, int32 sums; on VNNI or
+    AVX2 by the CPU)
     or "bfloat16" (weights rounded to bfloat16, float32 products). The original is
     not changed. See numlstm.layers.quantized for what is and is not quantized.
     """

@@ -137,6 +137,29 @@ def test_bench_command_isolated_writes_json(tmp_path, capsys):
     assert row["onnxruntime_ratio"] > 0
 
 
+def test_bench_command_int8_against_torchs_int8(tmp_path, capsys):
+    """--dtype int8: numlstm's quantized layer, its float32 layer and torch's
+    quantize_dynamic int8 LSTM, each timed in its own process; training refused."""
+    path = tmp_path / "rows.json"
+    assert cli.main(["bench", "--isolated", "--dtype", "int8", "--peer", "torch", "--shapes",
+                     "2,1,3,4", "--rounds", "1", "--repeats", "2", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "quantize_dynamic(layer, 'int8')" in out and "numlstm_f32 ms" in out
+    import json
+    rows = json.loads(path.read_text())
+    assert [r["mode"] for r in rows] == ["inference", "step"]
+    for r in rows:
+        assert r["dtype"] == "int8" and r["torch_ratio"] > 0 and r["numlstm_f32_ratio"] > 0
+    assert cli.main(["bench", "--isolated", "--dtype", "int8", "--modes", "training",
+                     "--shapes", "2,1,3,4"]) == 2
+    assert "inference-only" in capsys.readouterr().err
+    assert cli.main(["bench", "--dtype", "bfloat16", "--shapes", "2,1,4"]) == 2
+    assert "add --isolated" in capsys.readouterr().err
+    from numlstm import bench_isolated as iso
+    with pytest.raises(ValueError, match="onnxruntime runs the float32 file"):
+        iso.run([(1, 1, 1, 1)], ["numlstm", "onnxruntime"], dtype="int8")
+
+
 def test_bench_options_of_isolation_need_isolated(capsys):
     assert cli.main(["bench", "--load", "1", "--shapes", "2,1,4"]) == 2
     assert "add --isolated" in capsys.readouterr().err

@@ -6,7 +6,8 @@ to a multiple of U = 16, Gq = 4 Hq gate columns in blocks of CB = 64, each
 block [i f g o] of 16 units as in the float32 tiled layout (lstm.py), so a
 thread's blocks of columns are also its units for the gate math.
 
-int8 (torch's quantize_dynamic scheme):
+int8 (torch's dynamic quantization, with per-channel weights where torch's
+default has one scale a matrix):
     weights: symmetric, one scale per output channel (gate row):
         s_w[n] = max_k |W[n,k]| / 127,  W_q = rint(W / s_w) in [-127, 127]
     activations: symmetric, one scale per row, made when they are used (x for

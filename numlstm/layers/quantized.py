@@ -2,10 +2,11 @@
 
     q = numlstm.quantize_dynamic(lstm_or_model, dtype="int8")   # or "bfloat16"
 
-int8 is torch.ao.quantization.quantize_dynamic's scheme for nn.LSTM: weights
-symmetric per output channel (one scale per gate row), the input and the state
-quantized per row when they are used (x per step and sequence, h per step),
-int32 sums, scales and the gate math in float32. bfloat16 rounds the weights to
+int8 follows torch.ao.quantization.quantize_dynamic for nn.LSTM (activations
+quantized when they are used, int32 sums, scales and the gate math in float32),
+with symmetric weights per output channel (one scale per gate row; torch's
+default has one scale a matrix): the input and the state are quantized per row
+(x per step and sequence, h per step). bfloat16 rounds the weights to
 bfloat16 and keeps the activations and the sums in float32. The equations and
 the kernels: kernels/cpu/quantized.py.
 
