@@ -31,8 +31,7 @@ import numpy as np
 from .. import dispatch
 from ..kernels import cpu as _cpu
 from ..kernels.cpu.quantized import int8_variant, pack_lstm_quantized
-from ..packing import PackCache, from_canonical
-from ..validation import as_numeric
+from ..packing import from_canonical
 from .cells import LSTM
 
 DTYPES = ("int8", "bfloat16")
@@ -60,12 +59,19 @@ def check_quantize_dtype(dtype):
 
 class _QuantizedBackend(dispatch.Backend):
     """The CPU backend of one precision: packs with pack_lstm_quantized and runs
-    lstm_forward_quantized; no backward."""
+    lstm_forward_quantized (small calls: lstm_forward_quantized_into); no backward.
+    A step is the base class's one-step forward."""
     ops = dispatch.HostOps()
+    forward_into = staticmethod(_cpu.lstm_forward_quantized_into)
 
     def __init__(self, dtype):
         self.dtype = dtype
         self.name = f"cpu-{dtype}"
+
+    def table(self, spec):
+        """What Recurrent._host_forward reads of a kernel table's row (forward_into):
+        this backend has the one cell."""
+        return self
 
     def pack(self, params, spec):
         return [pack_lstm_quantized(*c[:4], self.dtype)
@@ -75,18 +81,6 @@ class _QuantizedBackend(dispatch.Backend):
                 zone=None):
         y, h, c = _cpu.lstm_forward_quantized_cpu(x, cell, *state, lengths, reverse)
         return y, (h, c), None
-
-
-class _Packs(PackCache):
-    """The pack cache of a quantized layer: its own backend's layout, whatever
-    backend the call path names."""
-
-    def __init__(self, backend):
-        super().__init__()
-        self.backend = backend
-
-    def get(self, backend, params, spec):
-        return super().get(self.backend, params, spec)
 
 
 class QuantizedLSTM(LSTM):
@@ -109,7 +103,6 @@ class QuantizedLSTM(LSTM):
             raise ValueError("quantize: the quantized LSTM is the plain cell; it does not "
                              f"run {', '.join(changed)}")
         self._qbackend = _QuantizedBackend(self.quantize)
-        self._packs = _Packs(self._qbackend)
 
     @classmethod
     def from_layer(cls, layer, dtype="int8"):
@@ -130,33 +123,17 @@ class QuantizedLSTM(LSTM):
         return dict(super().get_config(), quantize=self.quantize)
 
     # -- the call path: the LSTM's, on the quantized backend, inference only ----------
+    def _kernels(self, backend):
+        return self._qbackend
+
     def _run(self, backend, x_tm, state0, lens, training, batched=True, private_y=True):
         if training:
             raise ValueError(f"{type(self).__name__} is inference-only: training=True "
                              "needs the float layer (quantize after training)")
-        return super()._run(self._qbackend, x_tm, state0, lens, False, batched, private_y)
-
-    def _forward_into(self, cpu):
-        return _cpu.lstm_forward_quantized_into  # (small calls: one compiled call)
+        return super()._run(backend, x_tm, state0, lens, False, batched, private_y)
 
     def _check_memory(self, backend, T, B):
         pass  # (a training call raises in _run)
-
-    def step(self, x_t, state=None):
-        """One step: x_t [B,I] (or [I]) -> (y_t, state_n), as LSTM.step."""
-        if self.spec.bidirectional:
-            raise ValueError("step: a bidirectional layer needs the whole sequence (its "
-                             "reverse direction starts at the last step); call the layer")
-        x_t = as_numeric(x_t, "x_t")
-        I = self.spec.input_size
-        if x_t.ndim not in (1, 2) or tuple(x_t.shape)[-1] != I or x_t.shape[0] < 1:
-            raise ValueError(f"x_t: expected [B,{I}] (or [{I}] unbatched), got shape "
-                             f"{tuple(x_t.shape)}")
-        if x_t.ndim == 1:
-            y, st = self(x_t[None], state)
-            return y[0], st
-        y, st = self(x_t[:, None] if self.batch_first else x_t[None], state)
-        return (y[:, 0] if self.batch_first else y[0]), st
 
     def backward(self, dy, dstate=None):
         raise ValueError(f"{type(self).__name__} is inference-only: it has no backward")

@@ -279,11 +279,18 @@ class Recurrent(CallState, Layer):
         return (self._emit(self._to_user(y, batched)),
                 self._emit(self._state_out(state_n, batched)))
 
+    def _kernels(self, backend):
+        """The backend whose kernels run this layer's cells for a call that the
+        dispatcher sent to `backend`: that one (a subclass may run its own, as
+        QuantizedLSTM does)."""
+        return backend
+
     def _run(self, backend, x_tm, state0, lens, training, batched=True, private_y=True):
         """All layers and directions on time-major x_tm [T,B,I] -> y (merged as
         merge_mode says) and the final state, a tuple of [L*D,B,H] arrays.
         private_y=False: the caller only reads y, so it may be the cache's own array."""
         s = self.spec
+        backend = self._kernels(backend)
         T, B = x_tm.shape[:2]
         cells = self._packs.get(backend, self._params, s)
         D = s.directions
@@ -455,7 +462,7 @@ class Recurrent(CallState, Layer):
         if B < 1:
             raise ValueError(f"x_t: expected at least one sequence, got shape "
                              f"{tuple(x_t.shape)}")
-        backend = dispatch.select(self.backend, x_t)
+        backend = self._kernels(dispatch.select(self.backend, x_t))
         self._begin(backend, x_t)
         ops = self._ops
         state0 = self._initial_state(state, B, batched)
@@ -477,10 +484,6 @@ class Recurrent(CallState, Layer):
         return (self._emit(inp if batched else inp[0]),
                 self._emit(self._state_out(state_n, batched)))
 
-    def _forward_into(self, cpu):
-        """The kernel table's forward_into that _host_forward calls (None: none)."""
-        return cpu.table(self.spec).forward_into
-
     def _host_forward(self, x_tm, state, batched):
         """An inference call's common case (step(), a short call at small B) with
         little Python around the kernels: x_tm [T,B,I] a NumPy array of the
@@ -496,8 +499,8 @@ class Recurrent(CallState, Layer):
         if (x_tm.dtype != dtype or self.backend not in CPU_NAMES or spec.bidirectional
                 or self.zoneout or x_tm.shape[2] != spec.input_size):
             return None
-        cpu = dispatch.BACKENDS["cpu"]
-        into = self._forward_into(cpu)
+        cpu = self._kernels(dispatch.BACKENDS["cpu"])
+        into = cpu.table(spec).forward_into
         T, B = x_tm.shape[:2]
         if into is None or T < 1 or B < 1:
             return None
