@@ -395,26 +395,32 @@ def runs_alone(T, B, I, H, threads, dtype="int8"):
             and T * B * Gq * I < ALONE_MAX_MACS)
 
 
-def _buffers(cell, T, B, lengths):
-    """(hbuf, c, y, lengths, scratch) of a call; lengths None: all T."""
-    Hq, Gq, int8 = cell.Hq, 4 * cell.Hq, cell.dtype == "int8"
-    Kq = cell.w_in.shape[1] * 4 if int8 else 0
-    lens = (np.full(B, T, np.int64) if lengths is None
-            else np.ascontiguousarray(lengths, np.int64))
+@njit(**EXACT)
+def _buffers(T, w_in, w_hh, h0, c0, int8):
+    """(hbuf, c, y, scratch) of a call of T steps from the state h0, c0 [B,H]: hbuf
+    [2,B,Hq] with h0 in hbuf[0], c [B,Hq] holding c0, y [T,B,Hq], and _rows_steps's
+    scratch; padded units zero. Compiled: a step() makes its buffers in the same
+    compiled call as its loop (_alone)."""
+    B, H = h0.shape
+    Hq, Gq = w_hh.shape[0] * U, w_hh.shape[0] * CB
+    Kq = w_in.shape[1] * 4 if int8 else 0
+    hbuf = np.zeros((2, B, Hq), np.float32)
+    hbuf[0, :, :H] = h0
+    c = np.zeros((B, Hq), np.float32)
+    c[:, :H] = c0
     scratch = (np.empty((B, Kq), np.uint8), np.empty(B, np.float32),
                np.empty((B, Hq if int8 else 0), np.uint8), np.empty(B, np.float32),
                np.empty((B, Gq if int8 else 0), np.int32), np.empty((B, Gq), np.float32),
                np.empty((B, Gq), np.float32))
-    return (np.zeros((2, B, Hq), np.float32), np.zeros((B, Hq), np.float32),
-            np.empty((T, B, Hq), np.float32), lens, scratch)
+    return hbuf, c, np.empty((T, B, Hq), np.float32), scratch
 
 
 def _run(x, cell, h0, c0, lengths, reverse, xw, P, split):
     T, B, _ = x.shape
     H, int8 = cell.H, cell.dtype == "int8"
-    hbuf, c, y, lens, scratch = _buffers(cell, T, B, lengths)
-    hbuf[0, :, :H] = h0
-    c[:, :H] = c0
+    hbuf, c, y, scratch = _buffers(T, cell.w_in, cell.w_hh, h0, c0, int8)
+    lens = (np.full(B, T, np.int64) if lengths is None
+            else np.ascontiguousarray(lengths, np.int64))
     _time_loop(x, (cell.w_in, cell.s_in, cell.off_in, cell.bias), xw, cell.w_hh, cell.s_hh,
                cell.off_hh, hbuf, c, y, lens, reverse, scratch, P, split, int8,
                POLICY.gate())
@@ -430,18 +436,8 @@ def _alone(x, ins, w_hh, s_hh, off_hh, h0, c0, y, h, c, int8):
     """_run on one thread, as one compiled call into the caller's arrays (y [T,B,H],
     h, c [B,H]): a step() at B = 1 is a few microseconds of work, and making its
     buffers and passing them in from Python took as long again."""
-    T, B = x.shape[0], x.shape[1]
-    H, Hq, Gq = h0.shape[1], w_hh.shape[0] * U, w_hh.shape[0] * CB
-    Kq = ins[0].shape[1] * 4 if int8 else 0
-    hbuf = np.zeros((2, B, Hq), np.float32)
-    hbuf[0, :, :H] = h0
-    cq = np.zeros((B, Hq), np.float32)
-    cq[:, :H] = c0
-    yq = np.empty((T, B, Hq), np.float32)
-    scratch = (np.empty((B, Kq), np.uint8), np.empty(B, np.float32),
-               np.empty((B, Hq if int8 else 0), np.uint8), np.empty(B, np.float32),
-               np.empty((B, Gq if int8 else 0), np.int32), np.empty((B, Gq), np.float32),
-               np.empty((B, Gq), np.float32))
+    T, B, H = x.shape[0], x.shape[1], h0.shape[1]
+    hbuf, cq, yq, scratch = _buffers(T, ins[0], w_hh, h0, c0, int8)
     _rows_steps(x, ins, _NO_XW, w_hh, s_hh, off_hh, hbuf, cq, yq, np.full(B, T, np.int64),
                 False, scratch, 0, B, int8)
     y[:] = yq[:, :, :H]
