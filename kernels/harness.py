@@ -388,8 +388,7 @@ def run_quantized(shapes, quick, out=None):
         Kq = -(-K // 4) * 4
         A = rng.integers(1, 256, (M, Kq), dtype=np.uint8)
         W = rng.integers(-127, 128, (N, Kq), dtype=np.int8)
-        blocks = np.ascontiguousarray(W.reshape(N // CB, CB, Kq // 4, 4).transpose(0, 2, 1, 3))
-        off = (-128 * W.sum(axis=1, dtype=np.int64)).astype(np.int32)
+        blocks, off = quantized.int8_blocks(W)
         want = (A.astype(np.int64) - 128) @ W.T.astype(np.int64)
         for variant in qtile.VARIANTS:
             fn, got = qtile.INT8_ROWS[variant], np.empty((M, N), np.int32)

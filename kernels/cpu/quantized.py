@@ -68,7 +68,7 @@ ALONE_MAX_MACS = 1 << 23            # input products up to this run step by step
 _ROUND = np.float32(1.5 * 2 ** 23)
 
 __all__ = ["QuantLSTM", "pack_lstm_quantized", "lstm_forward_quantized",
-           "lstm_forward_quantized_into", "quantize_rows",
+           "lstm_forward_quantized_into", "quantize_rows", "int8_blocks",
            "int8_variant", "to_bfloat16_bits"]
 
 
@@ -123,8 +123,16 @@ def _pack_int8(w, Gq, cols, Kq):
     qp[cols, :K] = q
     sp = np.zeros(Gq, np.float32)
     sp[cols] = s
-    blocks = np.ascontiguousarray(qp.reshape(Gq // CB, CB, Kq // 4, 4).transpose(0, 2, 1, 3))
-    return blocks, sp, (-128 * qp.sum(axis=1, dtype=np.int64)).astype(np.int32)
+    blocks, off = int8_blocks(qp)
+    return blocks, sp, off
+
+
+def int8_blocks(q):
+    """q [N,Kq] int8 (N a multiple of CB, Kq of 4) -> what qtile.int8_rows reads:
+    (q in its layout [N/CB, Kq/4, CB, 4], off [N] int32 = -128 * each row's sum)."""
+    N, Kq = q.shape
+    blocks = np.ascontiguousarray(q.reshape(N // CB, CB, Kq // 4, 4).transpose(0, 2, 1, 3))
+    return blocks, (-128 * q.sum(axis=1, dtype=np.int64)).astype(np.int32)
 
 
 def _pack_bf16(w, Gq, cols):

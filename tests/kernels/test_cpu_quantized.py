@@ -17,12 +17,6 @@ from ..helpers import assert_close, lstm_weights
 INT8_PRODUCTS = [qtile.INT8_ROWS[v] for v in qtile.VARIANTS]  # (all this CPU can run)
 
 
-def _int8_blocks(w):
-    """w [N,K] int8 (N a multiple of CB, K of 4) -> the tile's layout [N/CB, K/4, CB, 4]."""
-    N, K = w.shape
-    return np.ascontiguousarray(w.reshape(N // CB, CB, K // 4, 4).transpose(0, 2, 1, 3))
-
-
 @pytest.mark.parametrize("product", INT8_PRODUCTS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("M,K,nblk", [(1, 4, 1), (1, 36, 3), (2, 8, 2), (5, 60, 1),
                                       (6, 12, 2), (13, 132, 3)])
@@ -31,9 +25,9 @@ def test_int8_products_are_numpys_integer_products(rng, product, M, K, nblk):
     A[1, :4] = (1, 255, 128, 2)  # (the extremes -127 and 127, and 0)
     W = rng.integers(-127, 128, (nblk * CB, K), dtype=np.int8)
     W[:, :2] = (-127, 127)
-    off = (-128 * W.sum(axis=1, dtype=np.int64)).astype(np.int32)
+    blocks, off = quantized.int8_blocks(W)  # (its layout; the sums are checked below)
     out = np.full((M + 2, nblk * CB), -7, np.int32)
-    product(A, _int8_blocks(W), out, 1, 1 + M, 0, nblk, off)
+    product(A, blocks, out, 1, 1 + M, 0, nblk, off)
     want = (A[1:1 + M].astype(np.int64) - 128) @ W.T.astype(np.int64)
     np.testing.assert_array_equal(out[1:1 + M], want)
     assert (out[0] == -7).all() and (out[M + 1:] == -7).all()  # other rows untouched
