@@ -55,16 +55,22 @@ ROWS = 6   # rows of a full tile
 _FAST = dict(cache=True, error_model="numpy")
 
 
-def _target():
-    """(float32 lanes of a vector register, vector registers) of the CPU Numba
-    compiles for: the features it was told (NUMBA_CPU_FEATURES, or the AVX-512
-    setting kernels/cpu/__init__.py makes), else the host's, else none for a
-    named CPU (NUMBA_CPU_NAME=generic: portable code)."""
+def cpu_features():
+    """The LLVM features ({"+avx2", "-avx512f", ...}) of the CPU Numba compiles for:
+    the ones it was told (NUMBA_CPU_FEATURES, or the AVX-512 setting
+    kernels/cpu/__init__.py makes), else the host's, else none for a named CPU
+    (NUMBA_CPU_NAME=generic: portable code)."""
     features = numba.config.CPU_FEATURES
     if features is None:
         named = numba.config.CPU_NAME not in (None, "host")
         features = "" if named else llvm.get_host_cpu_features().flatten()
-    features = features.split(",")
+    return set(features.split(","))
+
+
+def _target():
+    """(float32 lanes of a vector register, vector registers) of the CPU Numba
+    compiles for (cpu_features)."""
+    features = cpu_features()
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         if "+avx512f" in features:
             return 16, 32

@@ -37,27 +37,17 @@ bf16_rows(A, W, out, init, per_row, r0, r1, b0, b1)  (float32 sums)
     One fused multiply-add per k, in order, from init: the tests check it to the
     bit against that sum in NumPy.
 """
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .microkernel import CB, accumulate, address
+from .microkernel import CB, accumulate, address, cpu_features
 
 _FAST = dict(cache=True, error_model="numpy")
 VL = 16        # int32 / float32 lanes of a zmm tile vector (LLVM splits bf16's on AVX2)
 ROWS = 6       # rows of a full tile
-
-
-def _features():
-    features = numba.config.CPU_FEATURES
-    if features is None:
-        import llvmlite.binding as llvm
-        named = numba.config.CPU_NAME not in (None, "host")
-        features = "" if named else llvm.get_host_cpu_features().flatten()
-    return set(features.split(","))
 
 
 def _variants(features):
@@ -72,7 +62,7 @@ def _variants(features):
     return out + ["generic"]
 
 
-VARIANTS = _variants(_features())
+VARIANTS = _variants(cpu_features())
 VARIANT = VARIANTS[0]
 HAS_VNNI = VARIANT in ("avx512vnni", "avxvnni")
 
