@@ -601,3 +601,150 @@ def lstm_forward_quantized_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None,
         c, h = np.where(valid, c_new, c), np.where(valid, h_new, h)
         y[t] = np.where(valid, h_new, 0)
     return y, h, c
+
+
+# -- ConvLSTM (Shi et al. 2015, in Keras's ConvLSTM2D form) ---------------------------
+# Frames are channels-last: x [T,B,R,C,I] (R rows, C columns, I channels); the state
+# h, c [B,R',C',F] (F filters) lives on the input convolution's output grid R' x C'.
+# Weights in torch's Conv2d orientation: w_ih [4F,I,kh,kw], w_hh [4F,F,kh,kw], one
+# bias b [4F] (Keras's single bias), gate blocks i, f, g, o (Keras's i, f, c, o). A step:
+#   z = conv(x_t, w_ih; strides, padding, dilation) + conv(h, w_hh; "same", 1, 1) + b
+#   i, f, g, o = s(z_i), s(z_f), tanh(z_g), s(z_o);  c' = f c + i g;  h' = o tanh(c')
+# A 1-D ConvLSTM is the 2-D one with R = 1 and kh = 1.
+
+def conv_geometry(size, k, stride, dilation, padding):
+    """(out, pad_before, pad_after) of a convolution along one axis, as Keras and
+    TensorFlow define "valid" and "same" ("same": out = ceil(size / stride), the
+    odd padding pixel after)."""
+    span = (k - 1) * dilation + 1
+    if padding == "valid":
+        return max(0, (size - span) // stride + 1), 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + span - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def conv_patches(x, kernel, strides, dilation, pads, out):
+    """x [N,R,C,I] -> [N,R',C',kh*kw*I], each output pixel's receptive field in the
+    order (ky, kx, i), zeros where it falls in the padding. pads: (top, left);
+    out: (R', C')."""
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl), (Ro, Co) = kernel, strides, dilation, pads, out
+    N, R, C, I = x.shape
+    xp = np.zeros((N, max(R + pt, (Ro - 1) * sh + (kh - 1) * dh + 1),
+                   max(C + pl, (Co - 1) * sw + (kw - 1) * dw + 1), I), x.dtype)
+    xp[:, pt:pt + R, pl:pl + C] = x
+    p = np.empty((N, Ro, Co, kh, kw, I), x.dtype)
+    for ky in range(kh):
+        for kx in range(kw):
+            p[:, :, :, ky, kx] = xp[:, ky * dh:ky * dh + (Ro - 1) * sh + 1:sh,
+                                    kx * dw:kx * dw + (Co - 1) * sw + 1:sw]
+    return p.reshape(N, Ro, Co, kh * kw * I)
+
+
+def conv_patches_grad(dp, shape, kernel, strides, dilation, pads):
+    """The adjoint of conv_patches: dp [N,R',C',kh*kw*I] -> dx of x's `shape`."""
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl) = kernel, strides, dilation, pads
+    N, Ro, Co, _ = dp.shape
+    R, C, I = shape[1:]
+    dp = dp.reshape(N, Ro, Co, kh, kw, I)
+    dxp = np.zeros((N, max(R + pt, (Ro - 1) * sh + (kh - 1) * dh + 1),
+                    max(C + pl, (Co - 1) * sw + (kw - 1) * dw + 1), I), dp.dtype)
+    for ky in range(kh):
+        for kx in range(kw):
+            dxp[:, ky * dh:ky * dh + (Ro - 1) * sh + 1:sh,
+                kx * dw:kx * dw + (Co - 1) * sw + 1:sw] += dp[:, :, :, ky, kx]
+    return dxp[:, pt:pt + R, pl:pl + C]
+
+
+def conv_matrix(w):
+    """A convolution's weights [O,I,kh,kw] as the matrix [kh*kw*I, O] that
+    conv_patches's rows multiply."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
+
+
+def _convlstm_convs(w_ih, w_hh, strides, padding, dilation, R, C):
+    """The input and recurrent convolutions' (kernel, strides, dilation, pads, out)."""
+    kernel = w_ih.shape[2:]
+    geo = [conv_geometry(n, k, s, d, padding)
+           for n, k, s, d in zip((R, C), kernel, strides, dilation)]
+    out = (geo[0][0], geo[1][0])
+    rec = [conv_geometry(n, k, 1, 1, "same") for n, k in zip(out, w_hh.shape[2:])]
+    return ((kernel, tuple(strides), tuple(dilation), (geo[0][1], geo[1][1]), out),
+            (w_hh.shape[2:], (1, 1), (1, 1), (rec[0][1], rec[1][1]), out))
+
+
+def convlstm_forward_ref(x, w_ih, w_hh, b, h0, c0, strides=(1, 1), padding="valid",
+                         dilation=(1, 1), lengths=None, h_mask=None):
+    """One ConvLSTM layer (see above). x [T,B,R,C,I]; h0, c0 [B,R',C',F]; padding
+    "valid" or "same"; lengths [B] or None: steps past a sequence's length keep its
+    state and write zeros to y, as the LSTM's; h_mask None or [B,R',C',F]: recurrent
+    dropout, h * h_mask enters the recurrent convolution at every step.
+    Returns y [T,B,R',C',F], h_n, c_n, and a cache for convlstm_backward_ref holding
+    the activated gates [T,B,R',C',4F] and the cell states [T,B,R',C',F]."""
+    T, B, R, C, _ = x.shape
+    F = w_hh.shape[1]
+    lengths = _lengths(lengths, T, B)
+    conv_x, conv_h = _convlstm_convs(w_ih, w_hh, strides, padding, dilation, R, C)
+    wx, wh = conv_matrix(w_ih), conv_matrix(w_hh)
+    h, c = h0.copy(), c0.copy()
+    y = np.zeros((T,) + h0.shape, x.dtype)
+    gates = np.zeros((T,) + h0.shape[:3] + (4 * F,), x.dtype)
+    cs = np.zeros((T,) + h0.shape, x.dtype)
+    for t in range(T):
+        valid = (t < lengths)[:, None, None, None]
+        h_in = h if h_mask is None else h * h_mask
+        z = conv_patches(x[t], *conv_x) @ wx + conv_patches(h_in, *conv_h) @ wh + b
+        i, f = _sigmoid(z[..., :F]), _sigmoid(z[..., F:2 * F])
+        g, o = np.tanh(z[..., 2 * F:3 * F]), _sigmoid(z[..., 3 * F:])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        c, h = np.where(valid, c_new, c), np.where(valid, h_new, h)
+        y[t] = np.where(valid, h_new, 0)
+        gates[t] = np.concatenate([i, f, g, o], axis=-1)
+        cs[t] = c
+    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, lengths=lengths, h_mask=h_mask,
+                 convs=(conv_x, conv_h), gates=gates, cs=cs, y=y)
+    return y, h, c, cache
+
+
+def convlstm_backward_ref(dy, dh_n, dc_n, cache):
+    """Backward of convlstm_forward_ref: dy [T,B,R',C',F], dh_n, dc_n [B,R',C',F]
+    -> dict of dx, dw_ih, dw_hh, db, dh0, dc0 (the weights' in their own shapes)."""
+    x, w_ih, w_hh, lengths = cache["x"], cache["w_ih"], cache["w_hh"], cache["lengths"]
+    h0, c0, h_mask, gates, cs = (cache[k] for k in ("h0", "c0", "h_mask", "gates", "cs"))
+    conv_x, conv_h = cache["convs"]
+    T = x.shape[0]
+    F = w_hh.shape[1]
+    wx, wh = conv_matrix(w_ih), conv_matrix(w_hh)
+    dwx, dwh = np.zeros_like(wx), np.zeros_like(wh)
+    db = np.zeros(4 * F, x.dtype)
+    dx = np.zeros_like(x)
+    dh, dc = dh_n.copy(), dc_n.copy()
+    for t in range(T - 1, -1, -1):
+        valid = (t < lengths)[:, None, None, None]
+        c_prev = cs[t - 1] if t > 0 else c0
+        h_prev = cache["y"][t - 1] if t > 0 else h0
+        if t > 0:  # a row whose step t-1 was past its length still holds h0
+            h_prev = np.where((t - 1 < lengths)[:, None, None, None], h_prev, h0)
+        i, f, g, o = (gates[t][..., k * F:(k + 1) * F] for k in range(4))
+        d_h = dh + dy[t]
+        tc = np.tanh(cs[t])
+        d_c = dc + d_h * o * (1 - tc * tc)
+        dz = np.concatenate([d_c * g * i * (1 - i), d_c * c_prev * f * (1 - f),
+                             d_c * i * (1 - g * g), d_h * tc * o * (1 - o)], axis=-1)
+        dz = np.where(valid, dz, 0)
+        h_in = h_prev if h_mask is None else h_prev * h_mask
+        px, ph = conv_patches(x[t], *conv_x), conv_patches(h_in, *conv_h)
+        dwx += px.reshape(-1, px.shape[-1]).T @ dz.reshape(-1, 4 * F)
+        dwh += ph.reshape(-1, ph.shape[-1]).T @ dz.reshape(-1, 4 * F)
+        db += dz.reshape(-1, 4 * F).sum(axis=0)
+        dx[t] = conv_patches_grad(dz @ wx.T, x[t].shape, *conv_x[:4])
+        dh_prev = conv_patches_grad(dz @ wh.T, h_in.shape, *conv_h[:4])
+        if h_mask is not None:
+            dh_prev = dh_prev * h_mask
+        dh = np.where(valid, dh_prev, dh)
+        dc = np.where(valid, d_c * f, dc)
+    unmatrix = lambda m, w: m.reshape(w.shape[2], w.shape[3], w.shape[1], -1).transpose(
+        3, 2, 0, 1)  # noqa: E731
+    return dict(dx=dx, dw_ih=unmatrix(dwx, w_ih), dw_hh=unmatrix(dwh, w_hh), db=db,
+                dh0=dh, dc0=dc)

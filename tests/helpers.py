@@ -252,3 +252,21 @@ def run_steps(layer, x, state=None):
         y_t, state = layer.step(x_t, state)
         ys.append(y_t)
     return np.stack(ys), state
+
+
+def convlstm_case(rng, T, B, R, C, I, F, kernel, strides=(1, 1), dilation=(1, 1),
+                  padding="valid", dtype=np.float64, lengths=None, masked=False, scale=0.4):
+    """Random inputs of convlstm_forward_ref at these shapes, as a dict of its
+    arguments (x, w_ih, w_hh, b, h0, c0, strides, padding, dilation, lengths,
+    h_mask), and the state's grid (R', C')."""
+    from numlstm.kernels.reference import conv_geometry
+    out = tuple(conv_geometry(n, k, s, d, padding)[0]
+                for n, k, s, d in zip((R, C), kernel, strides, dilation))
+    state = (B,) + out + (F,)
+    draw = lambda shape, k=1.0: (k * rng.standard_normal(shape)).astype(dtype)  # noqa: E731
+    return dict(x=draw((T, B, R, C, I)), w_ih=draw((4 * F, I) + tuple(kernel), scale),
+                w_hh=draw((4 * F, F) + tuple(kernel), scale), b=draw(4 * F, scale),
+                h0=draw(state, 0.5), c0=draw(state, 0.5), strides=tuple(strides),
+                padding=padding, dilation=tuple(dilation),
+                lengths=None if lengths is None else np.asarray(lengths),
+                h_mask=((rng.random(state) > 0.3) / 0.7).astype(dtype) if masked else None)
