@@ -1,0 +1,445 @@
+"""CPU kernels of the ConvLSTM layer (reference: reference.convlstm_forward_ref and
+convlstm_backward_ref; tests: tests/kernels/test_cpu_convlstm.py).
+
+Both convolutions of a step are one implicit GEMM: a task of `rows` output pixels
+gathers each pixel's receptive field of x_t and of h (the rows of the GEMM, in
+its thread's scratch, never a [T,B,R',C',K] array), multiplies them by the stacked
+weights in the register tile (products.matmul_rows; a plain loop in float64), and
+applies the gate math to those rows while they are in cache. The tasks of a step
+are shared among Numba's threads; a step is milliseconds, so one parallel region
+per step costs nothing measurable. The backward runs the same way: per step the
+gate gradients, then the recurrent convolution's transpose (a convolution of dz
+with the flipped kernel); after the loop the weight gradients (patches^T @ dz,
+summed per thread, then across threads) and dx (dz @ W_x^T scattered back into
+each frame, one task a frame, so no two tasks add to one pixel).
+
+Dimensions: T steps, B batch; R, C the input grid, I its channels; Ro, Co the
+state's grid, F filters; N = B*Ro*Co pixels of a step. Kx = kh*kw*I and
+Kh = kh*kw*F are the two receptive fields, K = Kx + Kh. F is padded to Fp (a
+multiple of 16 units) and the gate columns are Gp = 4*Fp, in blocks of CB: block j
+holds [i f g o] of units 16j..16j+15, as the LSTM's tiled kernels lay them out.
+
+A convolution is described by `geo`, int64 [13]: kh, kw, sh, sw, dh, dw (kernel,
+strides, dilation), pt, pl (padding before), R, C (source grid), Ro, Co (output
+grid), ch (source channels). Sources and outputs are pixel-major 2-D arrays:
+x_t [B*R*C, I], h [N, F], dz [N, Gp].
+"""
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from ..gates import dsigmoid, dtanh, sigmoid, tanh
+from .jit import FAST
+from .microkernel import CB
+from .products import matmul_rows
+from .threads import numba_threads
+
+UNITS = 16          # units of one gate in a column block (CB = 4 * UNITS)
+ROWS_PER_TASK = 96  # pixels of one task: its patches (96 x K) stay in L2 up to K ~ 2000
+
+
+def padded_filters(F):
+    return -(-F // UNITS) * UNITS
+
+
+def gate_column(F):
+    """[4F] -> the padded gate column of torch-order gate row g*F + u."""
+    g, u = np.divmod(np.arange(4 * F), F)
+    return (u // UNITS) * CB + g * UNITS + u % UNITS
+
+
+def geometry(kernel, strides, dilation, pads, grid, out, channels):
+    return np.array(list(kernel) + list(strides) + list(dilation) + list(pads) + list(grid)
+                    + list(out) + [channels], np.int64)
+
+
+# -- the product: the register tile in float32, a plain loop in float64 ----------------
+def rows_product(A, W, out, init, per_row, r0, r1, b0, b1):
+    """out[r0:r1, blocks b0..b1] = init + A @ W (products.matmul_rows's contract)."""
+
+
+@njit(**FAST)
+def _plain_rows(A, W, out, init, per_row, r0, r1, b0, b1):
+    K = min(A.shape[1], W.shape[1])
+    for r in range(r0, r1):
+        ir = r if per_row else 0
+        for blk in range(b0, b1):
+            c0 = blk * CB
+            for j in range(CB):
+                out[r, c0 + j] = init[ir, c0 + j]
+            for k in range(K):
+                a = A[r, k]
+                for j in range(CB):
+                    out[r, c0 + j] += a * W[blk, k, j]
+
+
+@overload(rows_product)
+def _rows_product_impl(A, W, out, init, per_row, r0, r1, b0, b1):
+    if A.dtype == types.float32:
+        def tile(A, W, out, init, per_row, r0, r1, b0, b1):
+            matmul_rows(A, W, out, init, per_row, r0, r1, b0, b1)
+        return tile
+
+    def plain(A, W, out, init, per_row, r0, r1, b0, b1):
+        _plain_rows(A, W, out, init, per_row, r0, r1, b0, b1)
+    return plain
+
+
+# -- gathering receptive fields ----------------------------------------------------------
+@njit(**FAST)
+def gather(src, geo, p0, p1, out, col0):
+    """out[p - p0, col0 + (ky*kw + kx)*ch + c] = src[pixel under (ky, kx) of output
+    pixel p, c], or 0 in the padding, for the output pixels p0..p1 (b, y, x in order)."""
+    kh, kw, sh, sw, dh, dw, pt, pl, R, C, Ro, Co, ch = (
+        geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9],
+        geo[10], geo[11], geo[12])
+    zero = src.dtype.type(0)
+    for p in range(p0, p1):
+        b, rem = divmod(p, Ro * Co)
+        y, x = divmod(rem, Co)
+        row = out[p - p0]
+        for ky in range(kh):
+            yy = y * sh + ky * dh - pt
+            for kx in range(kw):
+                xx = x * sw + kx * dw - pl
+                base = col0 + (ky * kw + kx) * ch
+                if 0 <= yy < R and 0 <= xx < C:
+                    s = src[(b * R + yy) * C + xx]
+                    for c in range(ch):
+                        row[base + c] = s[c]
+                else:
+                    for c in range(ch):
+                        row[base + c] = zero
+
+
+@njit(**FAST)
+def scatter_add(dp, geo, p0, p1, dst):
+    """The adjoint of gather for a task's rows: dst[pixel under (ky, kx) of p, c] +=
+    dp[p - p0, (ky*kw + kx)*ch + c] (the padding's entries dropped)."""
+    kh, kw, sh, sw, dh, dw, pt, pl, R, C, Ro, Co, ch = (
+        geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9],
+        geo[10], geo[11], geo[12])
+    for p in range(p0, p1):
+        b, rem = divmod(p, Ro * Co)
+        y, x = divmod(rem, Co)
+        row = dp[p - p0]
+        for ky in range(kh):
+            yy = y * sh + ky * dh - pt
+            if yy < 0 or yy >= R:
+                continue
+            for kx in range(kw):
+                xx = x * sw + kx * dw - pl
+                if 0 <= xx < C:
+                    d = dst[(b * R + yy) * C + xx]
+                    base = (ky * kw + kx) * ch
+                    for c in range(ch):
+                        d[c] += row[base + c]
+
+
+# -- forward -----------------------------------------------------------------------------
+@njit(parallel=True, **FAST)
+def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, training,
+                 y, h_n, c_n, gates, cs, hs):
+    """x [T,B*R*C,I]; W [Gp/CB, K, CB] (the two convolutions' weights stacked, in
+    blocks); bias [1,Gp]; gx, gh the two convolutions; h0, c0, h_mask [N,F]; lengths
+    [B]; masked: h * h_mask enters the recurrent convolution; A [P,rows,K], Z
+    [P,rows,Gp]: each thread's scratch (rows: the pixels of a task).
+    Writes y [T,N,F], h_n, c_n [N,F] and, when training, gates [T,N,Gp] (activated),
+    cs [T,N,F] (c after each step) and hs [T,N,F] (the h that entered step t's
+    recurrent convolution: h_{t-1}, times h_mask when masked)."""
+    T = x.shape[0]
+    N, F = h0.shape
+    Kx = gx[0] * gx[1] * gx[12]
+    nblk, HW, rows = W.shape[0], gx[10] * gx[11], A.shape[1]
+    h = h0.copy()
+    h_next = np.empty_like(h0)
+    h_in = h * h_mask if masked else h
+    h_in_next = np.empty_like(h0) if masked else h_next
+    c = c0.copy()
+    tasks = -(-N // rows)
+    for t in range(T):
+        for task in prange(tasks):
+            tid = numba.get_thread_id()
+            p0 = np.int64(task) * rows
+            p1 = min(p0 + rows, N)
+            a, z = A[tid], Z[tid]
+            gather(x[t], gx, p0, p1, a, 0)
+            gather(h_in, gh, p0, p1, a, Kx)
+            rows_product(a, W, z, bias, False, 0, p1 - p0, 0, nblk)
+            if training:
+                hs[t, p0:p1] = h_in[p0:p1]
+            for p in range(p0, p1):
+                zr = z[p - p0]
+                if t >= lengths[p // HW]:  # past the row's length: state held, y = 0
+                    for u in range(F):
+                        h_next[p, u] = h[p, u]
+                        y[t, p, u] = 0
+                        if masked:
+                            h_in_next[p, u] = h_in[p, u]
+                    if training:
+                        gates[t, p] = 0
+                        cs[t, p] = c[p]
+                    continue
+                for u in range(F):
+                    col = (u // UNITS) * CB + u % UNITS
+                    i = sigmoid(zr[col])
+                    f = sigmoid(zr[col + UNITS])
+                    g = tanh(zr[col + 2 * UNITS])
+                    o = sigmoid(zr[col + 3 * UNITS])
+                    cn = f * c[p, u] + i * g
+                    hn = o * tanh(cn)
+                    c[p, u] = cn
+                    h_next[p, u] = hn
+                    y[t, p, u] = hn
+                    if masked:
+                        h_in_next[p, u] = hn * h_mask[p, u]
+                    if training:
+                        gates[t, p, col] = i
+                        gates[t, p, col + UNITS] = f
+                        gates[t, p, col + 2 * UNITS] = g
+                        gates[t, p, col + 3 * UNITS] = o
+                        cs[t, p, u] = cn
+        h, h_next = h_next, h
+        if masked:
+            h_in, h_in_next = h_in_next, h_in
+        else:
+            h_in, h_in_next = h, h_next
+    h_n[:] = h
+    c_n[:] = c
+
+
+# -- backward ----------------------------------------------------------------------------
+@njit(parallel=True, **FAST)
+def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_back, g_back,
+                  A, Z, dz, dh0, dc0):
+    """The time loop of the backward: dy [T,N,F], dh_n, dc_n [N,F]; gates, cs as the
+    training forward saved them; W_back [Fp'/CB, kh*kw*Gp, CB], the recurrent weights
+    flipped and transposed, and g_back its convolution of dz (padding kh-1-pt).
+    Writes dz [T,N,Gp] (the pre-activations' gradients, zero past a row's length)
+    and the initial state's gradients dh0, dc0 [N,F]. A [P,rows,kh*kw*Gp], Z
+    [P,rows,Fp']: the threads' scratch."""
+    T, N, F = dy.shape
+    HW = g_back[10] * g_back[11]
+    nblk, rows = W_back.shape[0], A.shape[1]
+    zero = np.zeros((1, nblk * CB), dy.dtype)
+    dh, dc = dh_n.copy(), dc_n.copy()
+    tasks = -(-N // rows)
+    for t in range(T - 1, -1, -1):
+        c_prev = cs[t - 1] if t > 0 else c0
+        for p in prange(N):  # the gate gradients, pixel by pixel
+            d = dz[t, p]
+            if t >= lengths[p // HW]:
+                d[:] = 0
+                continue
+            gt = gates[t, p]
+            for u in range(F):
+                col = (u // UNITS) * CB + u % UNITS
+                i, f, g, o = gt[col], gt[col + UNITS], gt[col + 2 * UNITS], gt[col + 3 * UNITS]
+                tc = tanh(cs[t, p, u])
+                d_h = dh[p, u] + dy[t, p, u]
+                d_c = dc[p, u] + d_h * o * dtanh(tc)
+                d[col] = d_c * g * dsigmoid(i)
+                d[col + UNITS] = d_c * c_prev[p, u] * dsigmoid(f)
+                d[col + 2 * UNITS] = d_c * i * dtanh(g)
+                d[col + 3 * UNITS] = d_h * tc * dsigmoid(o)
+                dc[p, u] = d_c * f
+        for task in prange(tasks):  # dh of the step before: dz through W_hh^T
+            tid = numba.get_thread_id()
+            p0 = np.int64(task) * rows
+            p1 = min(p0 + rows, N)
+            a, z = A[tid], Z[tid]
+            gather(dz[t], g_back, p0, p1, a, 0)
+            rows_product(a, W_back, z, zero, False, 0, p1 - p0, 0, nblk)
+            for p in range(p0, p1):
+                if t < lengths[p // HW]:  # (past its length a row's dh passes unchanged)
+                    for u in range(F):
+                        dh[p, u] = z[p - p0, u] * h_mask[p, u] if masked else z[p - p0, u]
+    dh0[:] = dh
+    dc0[:] = dc
+
+
+@njit(parallel=True, **FAST)
+def weight_grads(x, hs, dz, gx, gh, A, dW):
+    """dW [P, K, Gp]: thread p's share of the sum over t of patches(x_t, hs[t])^T @ dz_t
+    (the caller sums over P; each thread adds in its own, so no writes race). hs
+    [T,N,F] as the training forward saved it; A [P,rows,K] the threads' scratch."""
+    T, N, Gp = dz.shape
+    Kx = gx[0] * gx[1] * gx[12]
+    K, nblk, rows = dW.shape[1], Gp // CB, A.shape[1]
+    tasks = -(-N // rows)
+    dW[:] = 0
+    for t in range(T):
+        for task in prange(tasks):
+            tid = numba.get_thread_id()
+            p0 = np.int64(task) * rows
+            p1 = min(p0 + rows, N)
+            n = p1 - p0
+            a = A[tid]
+            gather(x[t], gx, p0, p1, a, 0)
+            gather(hs[t], gh, p0, p1, a, Kx)
+            blocks = dz[t, p0:p1].reshape(n, nblk, CB).transpose((1, 0, 2))
+            rows_product(a[:n].T, blocks, dW[tid], dW[tid], True, 0, K, 0, nblk)
+
+
+@njit(parallel=True, **FAST)
+def input_grads(dz, W_x, gx, Z, dx):
+    """dx [T,B*R*C,I] (zeroed here) = the input convolution's transpose of dz:
+    dz @ W_x^T ([Gp] -> the Kx entries of a receptive field), added back into the
+    frame; one task a frame (t, b), so no two tasks add to the same pixel.
+    W_x [ceil(Kx/CB), Gp, CB]: the input weights transposed, in blocks; Z
+    [P,rows,ceil(Kx/CB)*CB] the threads' scratch."""
+    T, N, Gp = dz.shape
+    HW = gx[10] * gx[11]
+    B = N // HW
+    nblk, rows = W_x.shape[0], Z.shape[1]
+    zero = np.zeros((1, nblk * CB), dz.dtype)
+    dx[:] = 0
+    for frame in prange(T * B):
+        tid = numba.get_thread_id()
+        t, b = divmod(np.int64(frame), B)
+        z = Z[tid]
+        for p0 in range(b * HW, (b + 1) * HW, rows):
+            p1 = min(p0 + rows, (b + 1) * HW)
+            rows_product(dz[t, p0:p1], W_x, z, zero, False, 0, p1 - p0, 0, nblk)
+            scatter_add(z, gx, p0, p1, dx[t])
+
+
+# -- packing and the Python entries -------------------------------------------------------
+def conv_geometry(size, k, stride, dilation, padding):
+    """(out, pad_before, pad_after) along one axis, Keras's "valid" and "same"
+    (out = ceil(size / stride), the odd padding pixel after)."""
+    span = (k - 1) * dilation + 1
+    if padding == "valid":
+        return max(0, (size - span) // stride + 1), 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + span - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def _scratch_threads():
+    """Scratch arrays a thread: numba.get_thread_id() runs to the pool's size, which
+    numba.set_num_threads may have set below."""
+    return max(numba.config.NUMBA_NUM_THREADS, numba_threads())
+
+
+def _blocks(m):
+    """[K,N] -> [ceil(N/CB), K, CB], zero-padded columns: tile_block's operand."""
+    K, N = m.shape
+    nblk = -(-N // CB)
+    out = np.zeros((K, nblk * CB), m.dtype)
+    out[:, :N] = m
+    return np.ascontiguousarray(out.reshape(K, nblk, CB).transpose(1, 0, 2))
+
+
+def _matrix(w):  # [O,I,kh,kw] -> [kh*kw*I, O], rows in gather's order (ky, kx, i)
+    return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+
+
+class PackedConvLSTM:
+    """The kernels' weights, made once per change of the layer's parameters:
+    W [Gp/CB, Kx+Kh, CB] (both convolutions' weights in gate columns), bias [1,Gp],
+    W_x [ceil(Kx/CB), Gp, CB] (dx's product), W_back [Fp'/CB, kh*kw*Gp, CB] (the
+    recurrent weights flipped, for dh). w_ih [4F,I,kh,kw], w_hh [4F,F,kh,kw], b [4F]."""
+
+    def __init__(self, w_ih, w_hh, b):
+        dtype = w_ih.dtype
+        F = w_hh.shape[1]
+        self.F, self.kernel, self.rec_kernel = F, w_ih.shape[2:], w_hh.shape[2:]
+        Gp = 4 * padded_filters(F)
+        cols = gate_column(F)
+        stacked = np.zeros((_matrix(w_ih).shape[0] + _matrix(w_hh).shape[0], Gp), dtype)
+        stacked[:, cols] = np.concatenate([_matrix(w_ih), _matrix(w_hh)])
+        self.W = _blocks(stacked)
+        self.bias = np.zeros((1, Gp), dtype)
+        self.bias[0, cols] = b
+        w_x = np.zeros((Gp, _matrix(w_ih).shape[0]), dtype)
+        w_x[cols] = _matrix(w_ih).T
+        self.W_x = _blocks(w_x)
+        kh, kw = self.rec_kernel
+        back = np.zeros((kh, kw, Gp, F), dtype)  # [ky', kx', gate column, f]
+        back[:, :, cols] = w_hh[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)
+        self.W_back = _blocks(back.reshape(kh * kw * Gp, F))
+
+
+def convs(packed, x_shape, strides, padding, dilation):
+    """(gx, gh, g_back): the input convolution, the recurrent one and the latter's
+    transpose (a convolution of dz with padding kh-1-pt) for frames of x_shape
+    [T,B,R,C,I]."""
+    R, C, I = x_shape[2:]
+    geo = [conv_geometry(n, k, s, d, padding)
+           for n, k, s, d in zip((R, C), packed.kernel, strides, dilation)]
+    out = (geo[0][0], geo[1][0])
+    rec = [conv_geometry(n, k, 1, 1, "same") for n, k in zip(out, packed.rec_kernel)]
+    pads = (rec[0][1], rec[1][1])
+    gx = geometry(packed.kernel, strides, dilation, (geo[0][1], geo[1][1]), (R, C), out, I)
+    gh = geometry(packed.rec_kernel, (1, 1), (1, 1), pads, out, out, packed.F)
+    back = (packed.rec_kernel[0] - 1 - pads[0], packed.rec_kernel[1] - 1 - pads[1])
+    g_back = geometry(packed.rec_kernel, (1, 1), (1, 1), back, out, out,
+                      packed.bias.shape[1])
+    return gx, gh, g_back
+
+
+def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(1, 1),
+                         padding="valid", dilation=(1, 1), training=False):
+    """x [T,B,R,C,I] -> y [T,B,Ro,Co,F], h_n, c_n [B,Ro,Co,F], and (training) the
+    cache convlstm_backward_cpu reads, else None. h0, c0 [B,Ro,Co,F]; lengths [B] or
+    None; h_mask [B,Ro,Co,F] or None (recurrent dropout)."""
+    T, B = x.shape[:2]
+    F = packed.F
+    gx, gh, g_back = convs(packed, x.shape, strides, padding, dilation)
+    Ro, Co = gx[10], gx[11]
+    N, Gp, K = B * Ro * Co, packed.bias.shape[1], packed.W.shape[1]
+    dtype = x.dtype
+    xs = np.ascontiguousarray(x).reshape(T, -1, x.shape[4])
+    state = lambda a: np.ascontiguousarray(a, dtype).reshape(N, F)  # noqa: E731
+    lengths = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+    masked = h_mask is not None
+    mask = state(h_mask) if masked else np.ones((1, F), dtype)
+    P, rows = _scratch_threads(), min(ROWS_PER_TASK, -(-N // 6) * 6)
+    y = np.empty((T, N, F), dtype)
+    h_n, c_n = np.empty((N, F), dtype), np.empty((N, F), dtype)
+    saved = (T, N) if training else (1, 1)
+    gates, cs, hs = (np.empty(saved + (Gp,), dtype), np.empty(saved + (F,), dtype),
+                     np.empty(saved + (F,), dtype))
+    forward_loop(xs, packed.W, packed.bias, gx, gh, state(h0), state(c0), lengths, mask,
+                 masked, np.empty((P, rows, K), dtype), np.empty((P, rows, Gp), dtype),
+                 training, y, h_n, c_n, gates, cs, hs)
+    grid = (B, Ro, Co, F)
+    cache = dict(x=xs, x_shape=x.shape, packed=packed, convs=(gx, gh, g_back),
+                 lengths=lengths, mask=mask, masked=masked, c0=state(c0), gates=gates,
+                 cs=cs, hs=hs, grid=grid) if training else None
+    return y.reshape((T,) + grid), h_n.reshape(grid), c_n.reshape(grid), cache
+
+
+def convlstm_backward_cpu(dy, dh_n, dc_n, cache):
+    """Backward of convlstm_forward_cpu(training=True): dy [T,B,Ro,Co,F], dh_n, dc_n
+    [B,Ro,Co,F] -> dict of dx [T,B,R,C,I], dw_ih, dw_hh (their own shapes), db [4F],
+    dh0, dc0 [B,Ro,Co,F]."""
+    packed, (gx, gh, g_back) = cache["packed"], cache["convs"]
+    gates, grid = cache["gates"], cache["grid"]
+    T, N, Gp = gates.shape
+    F, dtype = packed.F, gates.dtype
+    P, rows = _scratch_threads(), min(ROWS_PER_TASK, -(-N // 6) * 6)
+    flat = lambda a: np.ascontiguousarray(a, dtype).reshape(-1, N, F)  # noqa: E731
+    dz = np.zeros((T, N, Gp), dtype)  # (the padded units' columns stay zero)
+    dh0, dc0 = np.empty((N, F), dtype), np.empty((N, F), dtype)
+    nb = packed.W_back.shape[0]
+    backward_loop(flat(dy), flat(dh_n)[0], flat(dc_n)[0], gates, cache["cs"], cache["c0"],
+                  cache["lengths"], cache["mask"], cache["masked"], packed.W_back, g_back,
+                  np.empty((P, rows, packed.W_back.shape[1]), dtype),
+                  np.empty((P, rows, nb * CB), dtype), dz, dh0, dc0)
+    K = packed.W.shape[1]
+    dW = np.empty((P, K, Gp), dtype)
+    weight_grads(cache["x"], cache["hs"], dz, gx, gh, np.empty((P, rows, K), dtype), dW)
+    dW = dW.sum(axis=0)[:, gate_column(F)]  # [K, 4F]
+    dx = np.empty_like(cache["x"])
+    input_grads(dz, packed.W_x, gx, np.empty((P, rows, packed.W_x.shape[0] * CB), dtype), dx)
+    kh, kw = packed.kernel
+    Kx = kh * kw * gx[12]
+    unmatrix = lambda m, k, ch: m.reshape(k[0], k[1], ch, 4 * F).transpose(3, 2, 0, 1)  # noqa
+    return dict(dx=dx.reshape(cache["x_shape"]),
+                dw_ih=np.ascontiguousarray(unmatrix(dW[:Kx], packed.kernel, gx[12])),
+                dw_hh=np.ascontiguousarray(unmatrix(dW[Kx:], packed.rec_kernel, F)),
+                db=dz.reshape(-1, Gp).sum(axis=0)[gate_column(F)],
+                dh0=dh0.reshape(grid), dc0=dc0.reshape(grid))
