@@ -25,7 +25,8 @@ _malloc.tune()  # glibc: each training step reuses the last one's memory (see _m
 
 from .checkpoint import load, load_checkpoint, save_checkpoint  # noqa: E402
 from .dispatch import available as available_backends  # noqa: E402
-from .layers import GRU, LSTM, RNN, Dense, Dropout, Embedding  # noqa: E402
+from .layers import (GRU, LSTM, RNN, ConvLSTM1D, ConvLSTM2D, Dense, Dropout,  # noqa: E402
+                     Embedding)
 from .losses import CrossEntropyLoss, MSELoss  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .optim import SGD, Adam, AdamW, NonFiniteError, clip_grad_norm  # noqa: E402
@@ -58,7 +59,7 @@ def import_onnx(path):
     return _onnx_io().import_onnx(path)
 
 
-__all__ = ["LSTM", "GRU", "RNN", "Dense", "Dropout", "Embedding", "Sequential", "MSELoss",
+__all__ = ["LSTM", "GRU", "RNN", "ConvLSTM1D", "ConvLSTM2D", "Dense", "Dropout", "Embedding", "Sequential", "MSELoss",
            "CrossEntropyLoss", "SGD", "Adam", "AdamW", "NonFiniteError", "clip_grad_norm", "load",
            "load_checkpoint", "save_checkpoint", "LAYOUTS", "convert",
            "available_backends", "export_onnx", "import_onnx", "quantize_dynamic",

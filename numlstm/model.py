@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .layers import LAYER_TYPES, Dense, Dropout, Embedding, Layer, Recurrent
+from .layers import LAYER_TYPES, ConvLSTM, Dense, Dropout, Embedding, Layer, Recurrent
 from .losses import get_loss
 from .optim import NonFiniteError, Optimizer, get_optimizer
 from .validation import as_numeric, check_int, shape_str
@@ -20,7 +20,8 @@ class Sequential:
     """Layers applied one after another; the backward runs through the chain in reverse.
 
     Args:
-        layers: Layer objects (numlstm.Embedding, LSTM, GRU, RNN, Dense, Dropout). Each
+        layers: Layer objects (numlstm.Embedding, LSTM, GRU, RNN, ConvLSTM2D, ConvLSTM1D,
+            Dense, Dropout). Each
             is given a unique name, Keras style ("lstm", "lstm_1", ...), unless it has
             one.
         name: the model's name, shown by summary().
@@ -78,6 +79,8 @@ class Sequential:
             return (None, None)
         if isinstance(first, Recurrent):
             return (None, None, first.input_size)
+        if isinstance(first, ConvLSTM):
+            return (None, None) + (None,) * first.rank + (first.in_channels,)
         if isinstance(first, Dense):
             return (None, first.in_features)
         return None

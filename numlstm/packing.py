@@ -462,3 +462,37 @@ class PackCache:
             hit = (self._version, backend.pack(params, spec))
             self._packed[key] = hit
         return hit[1]
+
+
+# -- ConvLSTM (numlstm.ConvLSTM1D / ConvLSTM2D) ---------------------------------------------
+# Keras's ConvLSTM keeps kernel [*k,I,4F], recurrent_kernel [*k,F,4F], bias [4F], gates
+# i, f, c, o; numlstm's are torch Conv orientation weight_ih [4F,I,*k], weight_hh
+# [4F,F,*k], bias [4F], gates i, f, g, o: the same gate order, so a conversion moves
+# axes only. The two functions are inverses.
+CONVLSTM_KERAS_NAMES = ("kernel", "recurrent_kernel", "bias")
+
+
+def convlstm_to_keras(params):
+    """numlstm's ConvLSTM parameters -> Keras's get_weights() list (copies)."""
+    to = lambda w: np.ascontiguousarray(np.moveaxis(w, (0, 1), (-1, -2)))  # noqa: E731
+    return [to(params["weight_ih"]), to(params["weight_hh"]), np.array(params["bias"])]
+
+
+def convlstm_from_keras(weights, shapes, dtype):
+    """Keras's [kernel, recurrent_kernel, bias] -> numlstm's parameters {name: array},
+    checked against `shapes` ({name: numlstm shape}) before anything converts."""
+    if not isinstance(weights, (list, tuple)) or len(weights) != 3:
+        raise TypeError(f"keras weights: expected a list [kernel, recurrent_kernel, bias] "
+                        f"(layer.get_weights()), got {type(weights).__name__}"
+                        + (f" of {len(weights)}" if isinstance(weights, (list, tuple))
+                           else ""))
+    out = {}
+    for keras_name, name, w in zip(CONVLSTM_KERAS_NAMES, ("weight_ih", "weight_hh", "bias"),
+                                   weights):
+        a = as_array(w, f"keras {keras_name}", dtype)
+        want = shapes[name] if name == "bias" else (
+            shapes[name][2:] + (shapes[name][1], shapes[name][0]))
+        _expect_shape(a, want, f"keras {keras_name}")
+        out[name] = a if name == "bias" else np.ascontiguousarray(
+            np.moveaxis(a, (-1, -2), (0, 1)))
+    return out

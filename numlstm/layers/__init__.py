@@ -10,16 +10,20 @@ Modules, each depending only on the ones above it:
     cells.py      LSTM, GRU and RNN: their equations, options and parameters
     basic.py      Dense, Embedding, Dropout
     quantized.py  QuantizedLSTM: the LSTM with int8 or bfloat16 weights, inference only
+    conv.py       ConvLSTM2D and ConvLSTM1D: the LSTM with convolutions for gates
 Argument checks live in numlstm/validation.py.
 """
 from .base import Layer, dropout_mask, keep_mask
 from .basic import Dense, Dropout, Embedding
 from .cells import CELLS, GRU, LSTM, RNN
+from .conv import ConvLSTM, ConvLSTM1D, ConvLSTM2D
 from .quantized import QuantizedLSTM
 from .recurrent import MERGE_MODES, Recurrent
 
 LAYER_TYPES = {cls.__name__: cls
-               for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout, QuantizedLSTM)}
+               for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout, QuantizedLSTM,
+                            ConvLSTM2D, ConvLSTM1D)}
 
-__all__ = ["Layer", "Recurrent", "LSTM", "GRU", "RNN", "QuantizedLSTM", "Dense", "Embedding",
+__all__ = ["Layer", "Recurrent", "LSTM", "GRU", "RNN", "QuantizedLSTM", "ConvLSTM",
+           "ConvLSTM2D", "ConvLSTM1D", "Dense", "Embedding",
            "Dropout", "CELLS", "LAYER_TYPES", "MERGE_MODES", "keep_mask", "dropout_mask"]
