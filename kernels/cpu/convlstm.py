@@ -8,10 +8,10 @@ weights in the register tile (products.matmul_rows; a plain loop in float64), an
 applies the gate math to those rows while they are in cache. The tasks of a step
 are shared among Numba's threads; a step is milliseconds, so one parallel region
 per step costs nothing measurable. The backward runs the same way: per step the
-gate gradients, then the recurrent convolution's transpose (a convolution of dz
-with the flipped kernel); after the loop the weight gradients (patches^T @ dz,
-summed per thread, then across threads) and dx (dz @ W_x^T scattered back into
-each frame, one task a frame, so no two tasks add to one pixel).
+gate gradients, then the recurrent convolution's transpose (dz @ W_h^T added back
+into dh, in bands of rows that no two tasks of a round share); after the loop the
+weight gradients (patches^T @ dz, summed per thread, then across threads) and dx
+(dz @ W_x^T added back into each frame, one task a frame).
 
 Dimensions: T steps, B batch; R, C the input grid, I its channels; Ro, Co the
 state's grid, F filters; N = B*Ro*Co pixels of a step. Kx = kh*kw*I and
@@ -37,6 +37,8 @@ from .threads import numba_threads
 
 UNITS = 16          # units of one gate in a column block (CB = 4 * UNITS)
 ROWS_PER_TASK = 96  # pixels of one task: its patches (96 x K) stay in L2 up to K ~ 2000
+GRAD_ROWS = 384     # pixels of a weight-gradient task: the sum over them is the product's
+                    # K, and each task reads and writes the thread's whole dW once
 
 
 def padded_filters(F):
@@ -181,25 +183,27 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
                         gates[t, p] = 0
                         cs[t, p] = c[p]
                     continue
-                for u in range(F):
-                    col = (u // UNITS) * CB + u % UNITS
-                    i = sigmoid(zr[col])
-                    f = sigmoid(zr[col + UNITS])
-                    g = tanh(zr[col + 2 * UNITS])
-                    o = sigmoid(zr[col + 3 * UNITS])
-                    cn = f * c[p, u] + i * g
-                    hn = o * tanh(cn)
-                    c[p, u] = cn
-                    h_next[p, u] = hn
-                    y[t, p, u] = hn
-                    if masked:
-                        h_in_next[p, u] = hn * h_mask[p, u]
-                    if training:
-                        gates[t, p, col] = i
-                        gates[t, p, col + UNITS] = f
-                        gates[t, p, col + 2 * UNITS] = g
-                        gates[t, p, col + 3 * UNITS] = o
-                        cs[t, p, u] = cn
+                for j in range(0, F, UNITS):  # a block's 16 units: the lanes of a vector
+                    col = (j // UNITS) * CB
+                    for u in range(j, min(j + UNITS, F)):
+                        k = col + u - j
+                        i = sigmoid(zr[k])
+                        f = sigmoid(zr[k + UNITS])
+                        g = tanh(zr[k + 2 * UNITS])
+                        o = sigmoid(zr[k + 3 * UNITS])
+                        cn = f * c[p, u] + i * g
+                        hn = o * tanh(cn)
+                        c[p, u] = cn
+                        h_next[p, u] = hn
+                        y[t, p, u] = hn
+                        if masked:
+                            h_in_next[p, u] = hn * h_mask[p, u]
+                        if training:
+                            gates[t, p, k] = i
+                            gates[t, p, k + UNITS] = f
+                            gates[t, p, k + 2 * UNITS] = g
+                            gates[t, p, k + 3 * UNITS] = o
+                            cs[t, p, u] = cn
         h, h_next = h_next, h
         if masked:
             h_in, h_in_next = h_in_next, h_in
@@ -211,50 +215,69 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
 
 # -- backward ----------------------------------------------------------------------------
 @njit(parallel=True, **FAST)
-def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_back, g_back,
-                  A, Z, dz, dh0, dc0):
+def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_hT, gh, Z,
+                  dz, dh0, dc0):
     """The time loop of the backward: dy [T,N,F], dh_n, dc_n [N,F]; gates, cs as the
-    training forward saved them; W_back [Fp'/CB, kh*kw*Gp, CB], the recurrent weights
-    flipped and transposed, and g_back its convolution of dz (padding kh-1-pt).
-    Writes dz [T,N,Gp] (the pre-activations' gradients, zero past a row's length)
-    and the initial state's gradients dh0, dc0 [N,F]. A [P,rows,kh*kw*Gp], Z
-    [P,rows,Fp']: the threads' scratch."""
+    training forward saved them; W_hT [ceil(Kh/CB), Gp, CB], the recurrent weights
+    transposed; gh the recurrent convolution; Z [P,rows,ceil(Kh/CB)*CB] the threads'
+    scratch. Writes dz [T,N,Gp] (the pre-activations' gradients, zero past a row's
+    length) and the initial state's gradients dh0, dc0 [N,F].
+
+    dh of the step before is dz's receptive-field gradients (dz @ W_h^T, Kh a
+    pixel) added back where the recurrent convolution read them. A task adds into
+    a band of its frame's rows and kh - 1 rows around it, so the bands run in two
+    rounds, the even ones and then the odd ones, each band at least kh - 1 rows
+    tall: no two tasks of a round add to the same pixel. (A gather of dz with the
+    flipped kernel would need no rounds, but its product has F columns padded to
+    CB, four times the work at F = 16.)"""
     T, N, F = dy.shape
-    HW = g_back[10] * g_back[11]
-    nblk, rows = W_back.shape[0], A.shape[1]
+    Ro, Co = gh[10], gh[11]
+    HW, B = Ro * Co, N // (Ro * Co)
+    nblk, rows = W_hT.shape[0], Z.shape[1]
     zero = np.zeros((1, nblk * CB), dy.dtype)
+    band = max(gh[0] - 1, -(-rows // Co), 1)  # rows of a band
+    bands = -(-Ro // band)
     dh, dc = dh_n.copy(), dc_n.copy()
-    tasks = -(-N // rows)
     for t in range(T - 1, -1, -1):
         c_prev = cs[t - 1] if t > 0 else c0
         for p in prange(N):  # the gate gradients, pixel by pixel
             d = dz[t, p]
-            if t >= lengths[p // HW]:
+            if t >= lengths[p // HW]:  # (past its length a row's dh and dc pass unchanged)
                 d[:] = 0
                 continue
             gt = gates[t, p]
-            for u in range(F):
-                col = (u // UNITS) * CB + u % UNITS
-                i, f, g, o = gt[col], gt[col + UNITS], gt[col + 2 * UNITS], gt[col + 3 * UNITS]
-                tc = tanh(cs[t, p, u])
-                d_h = dh[p, u] + dy[t, p, u]
-                d_c = dc[p, u] + d_h * o * dtanh(tc)
-                d[col] = d_c * g * dsigmoid(i)
-                d[col + UNITS] = d_c * c_prev[p, u] * dsigmoid(f)
-                d[col + 2 * UNITS] = d_c * i * dtanh(g)
-                d[col + 3 * UNITS] = d_h * tc * dsigmoid(o)
-                dc[p, u] = d_c * f
-        for task in prange(tasks):  # dh of the step before: dz through W_hh^T
-            tid = numba.get_thread_id()
-            p0 = np.int64(task) * rows
-            p1 = min(p0 + rows, N)
-            a, z = A[tid], Z[tid]
-            gather(dz[t], g_back, p0, p1, a, 0)
-            rows_product(a, W_back, z, zero, False, 0, p1 - p0, 0, nblk)
-            for p in range(p0, p1):
-                if t < lengths[p // HW]:  # (past its length a row's dh passes unchanged)
+            for j in range(0, F, UNITS):
+                col = (j // UNITS) * CB
+                for u in range(j, min(j + UNITS, F)):
+                    k = col + u - j
+                    i, f, g, o = gt[k], gt[k + UNITS], gt[k + 2 * UNITS], gt[k + 3 * UNITS]
+                    tc = tanh(cs[t, p, u])
+                    d_h = dh[p, u] + dy[t, p, u]
+                    d_c = dc[p, u] + d_h * o * dtanh(tc)
+                    d[k] = d_c * g * dsigmoid(i)
+                    d[k + UNITS] = d_c * c_prev[p, u] * dsigmoid(f)
+                    d[k + 2 * UNITS] = d_c * i * dtanh(g)
+                    d[k + 3 * UNITS] = d_h * tc * dsigmoid(o)
+                    dc[p, u] = d_c * f
+                    dh[p, u] = 0
+        for parity in range(2):  # dh of the step before: dz through W_h^T, added back
+            for task in prange(B * ((bands - parity + 1) // 2)):
+                tid = numba.get_thread_id()
+                b, k = divmod(np.int64(task), (bands - parity + 1) // 2)
+                if t >= lengths[b]:
+                    continue
+                r0 = (2 * k + parity) * band
+                z = Z[tid]
+                lo, hi = b * HW + r0 * Co, b * HW + min(r0 + band, Ro) * Co
+                for p0 in range(lo, hi, rows):
+                    p1 = min(p0 + rows, hi)
+                    rows_product(dz[t, p0:p1], W_hT, z, zero, False, 0, p1 - p0, 0, nblk)
+                    scatter_add(z, gh, p0, p1, dh)
+        if masked:
+            for p in prange(N):
+                if t < lengths[p // HW]:
                     for u in range(F):
-                        dh[p, u] = z[p - p0, u] * h_mask[p, u] if masked else z[p - p0, u]
+                        dh[p, u] *= h_mask[p, u]
     dh0[:] = dh
     dc0[:] = dc
 
@@ -339,8 +362,8 @@ def _matrix(w):  # [O,I,kh,kw] -> [kh*kw*I, O], rows in gather's order (ky, kx, 
 class PackedConvLSTM:
     """The kernels' weights, made once per change of the layer's parameters:
     W [Gp/CB, Kx+Kh, CB] (both convolutions' weights in gate columns), bias [1,Gp],
-    W_x [ceil(Kx/CB), Gp, CB] (dx's product), W_back [Fp'/CB, kh*kw*Gp, CB] (the
-    recurrent weights flipped, for dh). w_ih [4F,I,kh,kw], w_hh [4F,F,kh,kw], b [4F]."""
+    W_x [ceil(Kx/CB), Gp, CB] and W_hT [ceil(Kh/CB), Gp, CB] (dx's and dh's
+    products: the weights transposed). w_ih [4F,I,kh,kw], w_hh [4F,F,kh,kw], b [4F]."""
 
     def __init__(self, w_ih, w_hh, b):
         dtype = w_ih.dtype
@@ -356,28 +379,23 @@ class PackedConvLSTM:
         w_x = np.zeros((Gp, _matrix(w_ih).shape[0]), dtype)
         w_x[cols] = _matrix(w_ih).T
         self.W_x = _blocks(w_x)
-        kh, kw = self.rec_kernel
-        back = np.zeros((kh, kw, Gp, F), dtype)  # [ky', kx', gate column, f]
-        back[:, :, cols] = w_hh[:, :, ::-1, ::-1].transpose(2, 3, 0, 1)
-        self.W_back = _blocks(back.reshape(kh * kw * Gp, F))
+        w_hT = np.zeros((Gp, _matrix(w_hh).shape[0]), dtype)
+        w_hT[cols] = _matrix(w_hh).T
+        self.W_hT = _blocks(w_hT)
 
 
 def convs(packed, x_shape, strides, padding, dilation):
-    """(gx, gh, g_back): the input convolution, the recurrent one and the latter's
-    transpose (a convolution of dz with padding kh-1-pt) for frames of x_shape
+    """(gx, gh): the input convolution and the recurrent one for frames of x_shape
     [T,B,R,C,I]."""
     R, C, I = x_shape[2:]
     geo = [conv_geometry(n, k, s, d, padding)
            for n, k, s, d in zip((R, C), packed.kernel, strides, dilation)]
     out = (geo[0][0], geo[1][0])
     rec = [conv_geometry(n, k, 1, 1, "same") for n, k in zip(out, packed.rec_kernel)]
-    pads = (rec[0][1], rec[1][1])
     gx = geometry(packed.kernel, strides, dilation, (geo[0][1], geo[1][1]), (R, C), out, I)
-    gh = geometry(packed.rec_kernel, (1, 1), (1, 1), pads, out, out, packed.F)
-    back = (packed.rec_kernel[0] - 1 - pads[0], packed.rec_kernel[1] - 1 - pads[1])
-    g_back = geometry(packed.rec_kernel, (1, 1), (1, 1), back, out, out,
-                      packed.bias.shape[1])
-    return gx, gh, g_back
+    gh = geometry(packed.rec_kernel, (1, 1), (1, 1), (rec[0][1], rec[1][1]), out, out,
+                  packed.F)
+    return gx, gh
 
 
 def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(1, 1),
@@ -387,7 +405,7 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     None; h_mask [B,Ro,Co,F] or None (recurrent dropout)."""
     T, B = x.shape[:2]
     F = packed.F
-    gx, gh, g_back = convs(packed, x.shape, strides, padding, dilation)
+    gx, gh = convs(packed, x.shape, strides, padding, dilation)
     Ro, Co = gx[10], gx[11]
     N, Gp, K = B * Ro * Co, packed.bias.shape[1], packed.W.shape[1]
     dtype = x.dtype
@@ -406,7 +424,7 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
                  masked, np.empty((P, rows, K), dtype), np.empty((P, rows, Gp), dtype),
                  training, y, h_n, c_n, gates, cs, hs)
     grid = (B, Ro, Co, F)
-    cache = dict(x=xs, x_shape=x.shape, packed=packed, convs=(gx, gh, g_back),
+    cache = dict(x=xs, x_shape=x.shape, packed=packed, convs=(gx, gh),
                  lengths=lengths, mask=mask, masked=masked, c0=state(c0), gates=gates,
                  cs=cs, hs=hs, grid=grid) if training else None
     return y.reshape((T,) + grid), h_n.reshape(grid), c_n.reshape(grid), cache
@@ -416,7 +434,7 @@ def convlstm_backward_cpu(dy, dh_n, dc_n, cache):
     """Backward of convlstm_forward_cpu(training=True): dy [T,B,Ro,Co,F], dh_n, dc_n
     [B,Ro,Co,F] -> dict of dx [T,B,R,C,I], dw_ih, dw_hh (their own shapes), db [4F],
     dh0, dc0 [B,Ro,Co,F]."""
-    packed, (gx, gh, g_back) = cache["packed"], cache["convs"]
+    packed, (gx, gh) = cache["packed"], cache["convs"]
     gates, grid = cache["gates"], cache["grid"]
     T, N, Gp = gates.shape
     F, dtype = packed.F, gates.dtype
@@ -424,14 +442,13 @@ def convlstm_backward_cpu(dy, dh_n, dc_n, cache):
     flat = lambda a: np.ascontiguousarray(a, dtype).reshape(-1, N, F)  # noqa: E731
     dz = np.zeros((T, N, Gp), dtype)  # (the padded units' columns stay zero)
     dh0, dc0 = np.empty((N, F), dtype), np.empty((N, F), dtype)
-    nb = packed.W_back.shape[0]
     backward_loop(flat(dy), flat(dh_n)[0], flat(dc_n)[0], gates, cache["cs"], cache["c0"],
-                  cache["lengths"], cache["mask"], cache["masked"], packed.W_back, g_back,
-                  np.empty((P, rows, packed.W_back.shape[1]), dtype),
-                  np.empty((P, rows, nb * CB), dtype), dz, dh0, dc0)
+                  cache["lengths"], cache["mask"], cache["masked"], packed.W_hT, gh,
+                  np.empty((P, rows, packed.W_hT.shape[0] * CB), dtype), dz, dh0, dc0)
     K = packed.W.shape[1]
     dW = np.empty((P, K, Gp), dtype)
-    weight_grads(cache["x"], cache["hs"], dz, gx, gh, np.empty((P, rows, K), dtype), dW)
+    wrows = min(GRAD_ROWS, N)
+    weight_grads(cache["x"], cache["hs"], dz, gx, gh, np.empty((P, wrows, K), dtype), dW)
     dW = dW.sum(axis=0)[:, gate_column(F)]  # [K, 4F]
     dx = np.empty_like(cache["x"])
     input_grads(dz, packed.W_x, gx, np.empty((P, rows, packed.W_x.shape[0] * CB), dtype), dx)
