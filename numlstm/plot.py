@@ -1,4 +1,6 @@
 """PNG plots of a training run (matplotlib, drawn off-screen)."""
+import numpy as np
+
 from .files import write_atomically
 
 
@@ -53,6 +55,35 @@ def forecast(path, t, truth, paths, title, ylabel, context=None, xlabel=None):
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
+    _save(fig, path)
+
+
+def frames(path, rows, titles, suptitle=None):
+    """A grid of grayscale frames: rows [(label, frames [T,H,W] in [0, 1])], one row
+    each, labelled on the left; titles: the T column titles ("t+1", ...). A trailing
+    channel of 1 ([T,H,W,1], as frames.moving_digits gives) is dropped."""
+    T = len(titles)
+    grids = []
+    for r, (label, images) in enumerate(rows):
+        images = np.asarray(images)
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = images[..., 0]
+        if images.ndim != 3 or len(images) != T:
+            raise ValueError(f"rows[{r}]: expected frames [T,H,W] with T = {T} (one per "
+                             f"title), got shape {images.shape}")
+        grids.append((label, images))
+    plt = _pyplot()  # after the checks, so that a bad row leaves no figure open
+    fig, axes = plt.subplots(len(rows), T, figsize=(1.1 * T + 0.6, 1.2 * len(rows) + 0.4),
+                             dpi=110, squeeze=False)
+    for r, (label, images) in enumerate(grids):
+        for t, ax in enumerate(axes[r]):
+            ax.imshow(images[t], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set(xticks=[], yticks=[])
+            if r == 0:
+                ax.set_title(titles[t], fontsize=9)
+        axes[r, 0].set_ylabel(label, fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
     _save(fig, path)
 
 
