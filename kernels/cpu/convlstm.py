@@ -19,9 +19,8 @@ Kh = kh*kw*F are the two receptive fields, K = Kx + Kh. F is padded to Fp (a
 multiple of 16 units) and the gate columns are Gp = 4*Fp, in blocks of CB: block j
 holds [i f g o] of units 16j..16j+15, as the LSTM's tiled kernels lay them out.
 
-A convolution is described by `geo`, int64 [13]: kh, kw, sh, sw, dh, dw (kernel,
-strides, dilation), pt, pl (padding before), R, C (source grid), Ro, Co (output
-grid), ch (source channels). Sources and outputs are pixel-major 2-D arrays:
+A convolution is described by `geo` (kernels/conv.py). Sources and outputs are
+pixel-major 2-D arrays:
 x_t [B*R*C, I], h [N, F], dz [N, Gp].
 """
 import numba
@@ -29,6 +28,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ..conv import convlstm_convs
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
 from .jit import FAST
 from .microkernel import CB
@@ -49,11 +49,6 @@ def gate_column(F):
     """[4F] -> the padded gate column of torch-order gate row g*F + u."""
     g, u = np.divmod(np.arange(4 * F), F)
     return (u // UNITS) * CB + g * UNITS + u % UNITS
-
-
-def geometry(kernel, strides, dilation, pads, grid, out, channels):
-    return np.array(list(kernel) + list(strides) + list(dilation) + list(pads) + list(grid)
-                    + list(out) + [channels], np.int64)
 
 
 # -- the product: the register tile in float32, a plain loop in float64 ----------------
@@ -329,17 +324,6 @@ def input_grads(dz, W_x, gx, Z, dx):
 
 
 # -- packing and the Python entries -------------------------------------------------------
-def conv_geometry(size, k, stride, dilation, padding):
-    """(out, pad_before, pad_after) along one axis, Keras's "valid" and "same"
-    (out = ceil(size / stride), the odd padding pixel after)."""
-    span = (k - 1) * dilation + 1
-    if padding == "valid":
-        return max(0, (size - span) // stride + 1), 0, 0
-    out = -(-size // stride)
-    total = max((out - 1) * stride + span - size, 0)
-    return out, total // 2, total - total // 2
-
-
 def _scratch_threads():
     """Scratch arrays a thread: numba.get_thread_id() runs to the pool's size, which
     numba.set_num_threads may have set below."""
@@ -384,20 +368,6 @@ class PackedConvLSTM:
         self.W_hT = _blocks(w_hT)
 
 
-def convs(packed, x_shape, strides, padding, dilation):
-    """(gx, gh): the input convolution and the recurrent one for frames of x_shape
-    [T,B,R,C,I]."""
-    R, C, I = x_shape[2:]
-    geo = [conv_geometry(n, k, s, d, padding)
-           for n, k, s, d in zip((R, C), packed.kernel, strides, dilation)]
-    out = (geo[0][0], geo[1][0])
-    rec = [conv_geometry(n, k, 1, 1, "same") for n, k in zip(out, packed.rec_kernel)]
-    gx = geometry(packed.kernel, strides, dilation, (geo[0][1], geo[1][1]), (R, C), out, I)
-    gh = geometry(packed.rec_kernel, (1, 1), (1, 1), (rec[0][1], rec[1][1]), out, out,
-                  packed.F)
-    return gx, gh
-
-
 def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(1, 1),
                          padding="valid", dilation=(1, 1), training=False):
     """x [T,B,R,C,I] -> y [T,B,Ro,Co,F], h_n, c_n [B,Ro,Co,F], and (training) the
@@ -405,7 +375,8 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     None; h_mask [B,Ro,Co,F] or None (recurrent dropout)."""
     T, B = x.shape[:2]
     F = packed.F
-    gx, gh = convs(packed, x.shape, strides, padding, dilation)
+    gx, gh = convlstm_convs(packed.kernel, packed.rec_kernel, F, x.shape, strides, padding,
+                            dilation)
     Ro, Co = gx[10], gx[11]
     N, Gp, K = B * Ro * Co, packed.bias.shape[1], packed.W.shape[1]
     dtype = x.dtype

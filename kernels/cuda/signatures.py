@@ -11,7 +11,7 @@ of the dtype given (int64 lengths), the activations as gates.make_acts builds th
 from numba import typeof, types
 
 from ..gates import for_cuda, make_acts, user_activation
-from . import common, gru, gru_norm, lstm, lstm_cell, lstm_norm, norm, rnn
+from . import common, convlstm, gru, gru_norm, lstm, lstm_cell, lstm_norm, norm, rnn
 
 
 def arr(dt, nd):
@@ -164,12 +164,28 @@ def flat(sig):
     return out
 
 
+def convlstm_signatures(dt):
+    A1, A2, A3, A4 = arr(dt, 1), arr(dt, 2), arr(dt, 3), arr(dt, 4)
+    L, i64, b = arr(types.int64, 1), types.int64, types.boolean
+    return {
+        # (x, w_ih, w_hh, b, gx, gh, h, mask, c, lengths, t, training, h_next, y, gates,
+        # cs, hs)
+        convlstm._forward_step: (A3, A4, A4, A1, L, L, A2, A2, A2, L, i64, b, A2, A3, A3,
+                                 A3, A3),
+        convlstm._gates_backward: (A3, A3, A3, A2, L, i64, i64, A2, A2, A3),
+        convlstm._dh_backward: (A3, A4, L, A2, L, i64, dt, A2, A2),
+        convlstm._dx: (A3, A4, L, dt, A3),
+        convlstm._dw: (A3, A3, L, dt, A4),
+    }
+
+
 def kernel_signatures(dt, every_activation=True):
     """[(kernel, argument types)] of every kernel for dtype dt (types.float32 or
     float64): every kernel with the default activations and, with
     every_activation, the persistent ones (which call every device function the
     per-step ones call) and the layer-normalised GRU's with the other kinds too."""
-    sigs = [*common_signatures(dt).items(), *rnn_signatures(dt).items()]
+    sigs = [*common_signatures(dt).items(), *rnn_signatures(dt).items(),
+            *convlstm_signatures(dt).items()]
     for n, acts in enumerate(activation_types() if every_activation else [DEFAULT_ACTS]):
         cells = [*lstm_signatures(dt, acts).items(),
                  *lstm_norm_signatures(dt, acts).items(), *gru_signatures(dt, acts).items()]

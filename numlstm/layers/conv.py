@@ -10,14 +10,15 @@ grid (1-D: L = C, R = 1), I input channels, F filters, R' x C' the state's grid
     c' = f c + i g,    h' = o tanh(c')
 
 The kernels are numlstm.kernels' convlstm_* (CPU: one implicit GEMM a step on the
-register tile, the gate math fused; "numpy": the reference).
+register tile, the gate math fused; CUDA: direct convolutions, a thread an output
+element; "numpy": the reference).
 """
 import numpy as np
 
 from .. import dispatch
 from ..kernels import reference as ref
-from ..kernels.cpu.convlstm import (PackedConvLSTM, conv_geometry, convlstm_backward_cpu,
-                                    convlstm_forward_cpu)
+from ..kernels.conv import conv_geometry
+from ..kernels.cpu.convlstm import PackedConvLSTM, convlstm_backward_cpu, convlstm_forward_cpu
 from ..packing import convlstm_from_keras, convlstm_to_keras
 from ..validation import (as_numeric, check_bool, check_dtype, check_int, check_probability,
                           check_seed, shape_str)
@@ -38,7 +39,8 @@ def _reference_forward(x, w_ih, w_hh, b, h0, c0, lengths, h_mask, strides, paddi
                        dilation, training):
     y, h, c, cache = ref.convlstm_forward_ref(x, w_ih, w_hh, b, h0, c0, strides, padding,
                                               dilation, lengths, h_mask)
-    return y, h, c, cache if training else None
+    # (the cache's y is the backward's h: the caller gets a copy to write into)
+    return (y.copy(), h, c, cache) if training else (y, h, c, None)
 
 
 class ConvLSTM(Layer):
@@ -56,6 +58,9 @@ class ConvLSTM(Layer):
         self.kernel_size = _pair(kernel_size, "kernel_size", rank)
         self.strides = _pair(strides, "strides", rank)
         self.dilation_rate = _pair(dilation_rate, "dilation_rate", rank)
+        if not isinstance(padding, str):
+            raise TypeError(f"padding: expected one of {PADDINGS}, got "
+                            f"{type(padding).__name__}")
         if padding not in PADDINGS:
             raise ValueError(f"padding: expected one of {PADDINGS}, got {padding!r}")
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
@@ -95,7 +100,7 @@ class ConvLSTM(Layer):
                 "bias": b.astype(self.dtype)}
 
     def _params_changed(self):
-        self._packed = None
+        self._packed = self._on_device = None
 
     def _weights2d(self):
         """weight_ih, weight_hh as 2-D convolutions' [4F,ch,kh,kw]."""
@@ -103,6 +108,15 @@ class ConvLSTM(Layer):
         if self.rank == 1:
             return w_ih[:, :, None, :], w_hh[:, :, None, :]
         return w_ih, w_hh
+
+    def _device_weights(self):
+        """weight_ih, weight_hh (2-D convolutions') and bias on the GPU, copied once
+        per change of the parameters."""
+        if getattr(self, "_on_device", None) is None:
+            from ..kernels.cuda.common import as_device
+            self._on_device = tuple(as_device(np.ascontiguousarray(w)) for w in
+                                    self._weights2d() + (self._params["bias"],))
+        return self._on_device
 
     def _packed_cpu(self):
         if getattr(self, "_packed", None) is None:
@@ -177,7 +191,7 @@ class ConvLSTM(Layer):
 
     # -- calls ---------------------------------------------------------------------------
     def _check_x(self, x, batch_first):
-        x = as_numeric(x, "x")
+        x = host(as_numeric(x, "x"))  # (a device array is copied to the host)
         want = 3 + self.rank
         if x.ndim != want or x.shape[-1] != self.in_channels:
             order = "B,T" if batch_first else "T,B"
@@ -228,9 +242,6 @@ class ConvLSTM(Layer):
         """x_tm [T,B,R,C,I] (2-D) -> y [T,B,R',C',F], h_n, c_n (2-D); keeps the cache
         for backward when training."""
         backend = dispatch.select(self.backend, x_tm)
-        if backend.name == "cuda":
-            raise NotImplementedError("ConvLSTM: backend='cuda' has no kernels yet; use "
-                                      "'cpu' or 'numpy'")
         T, B = x_tm.shape[:2]
         grid = self._grid2d(self.state_grid(x_tm.shape[2:4] if self.rank == 2
                                             else x_tm.shape[3:4]))
@@ -248,6 +259,12 @@ class ConvLSTM(Layer):
                                                 c0, lengths, mask, strides, self.padding,
                                                 dilation, training)
             cache = ("numpy", cache) if training else None
+        elif backend.name == "cuda":
+            from ..kernels.cuda.convlstm import convlstm_forward_cuda
+            y, h, c, cache = convlstm_forward_cuda(x_tm, *self._device_weights(), h0, c0,
+                                                   lengths, mask, strides, self.padding,
+                                                   dilation, training)
+            cache = ("cuda", cache) if training else None
         else:
             y, h, c, cache = convlstm_forward_cpu(x_tm, self._packed_cpu(), h0, c0, lengths,
                                                   mask, strides, self.padding, dilation,
@@ -265,6 +282,9 @@ class ConvLSTM(Layer):
         (which, cache), self._cache = self._cache, None
         if which == "numpy":
             g = ref.convlstm_backward_ref(dy, dh_n, dc_n, cache)
+        elif which == "cuda":
+            from ..kernels.cuda.convlstm import convlstm_backward_cuda
+            g = convlstm_backward_cuda(dy, dh_n, dc_n, cache)
         else:
             g = convlstm_backward_cpu(dy, dh_n, dc_n, cache)
         squeeze = (lambda w: w[:, :, 0]) if self.rank == 1 else (lambda w: w)
@@ -385,7 +405,11 @@ class ConvLSTM2D(ConvLSTM):
         recurrent_dropout: the probability of dropping each entry of h where it
             enters the recurrent convolution when training (one mask a call).
         unit_forget_bias: start the forget gate's bias at 1 (Keras's default).
-        dtype: np.float32 (default) or np.float64. backend: "auto", "cpu", "numpy".
+        dtype: np.float32 (default) or np.float64.
+        backend: "auto" (the CPU for NumPy arrays), "cpu", "numpy" (the reference)
+            or "cuda" (kernels/cuda/convlstm.py's direct convolutions; this layer
+            takes and returns NumPy arrays on every backend, the weights stay on
+            the GPU between calls).
         seed: seeds the initial weights (Keras's initialisers) and dropout masks.
 
     Parameters (torch's Conv2d orientation, gate blocks i, f, g, o as the LSTM's):
