@@ -146,13 +146,17 @@ def _time(call, repeats, min_seconds):
     return float(np.median(times)), len(times)
 
 
-def _worker(spec):
-    """Run in the worker process: build every task, then time one per 'go'."""
+def _worker(spec, build=None):
+    """Run in the worker process: build every task (build(shape, mode, tmpdir) -> a
+    call; None: the LSTM's _build), then time one per 'go'."""
     lib = spec["lib"]
+    if build is None:
+        def build(shape, mode, tmpdir):
+            return _build(lib, *shape, mode, tmpdir, spec.get("dtype", "float32"))
     with tempfile.TemporaryDirectory() as tmpdir:
         calls = []
-        for (T, B, I, H), mode in spec["tasks"]:
-            call = _build(lib, T, B, I, H, mode, tmpdir, spec.get("dtype", "float32"))
+        for shape, mode in spec["tasks"]:
+            call = build(shape, mode, tmpdir)
             call()  # compile, allocate, warm the caches
             call()
             calls.append(call)
@@ -177,8 +181,8 @@ def _busy_loop():
                             stdin=subprocess.DEVNULL)
 
 
-def _start(spec, env):
-    proc = subprocess.Popen([sys.executable, "-m", "numlstm.bench_isolated"],
+def _start(spec, env, module="numlstm.bench_isolated"):
+    proc = subprocess.Popen([sys.executable, "-m", module],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             bufsize=1, env=env)
     proc.stdin.write(json.dumps(spec) + "\n")
@@ -192,6 +196,54 @@ def _expect(proc, what):
         raise RuntimeError(f"a benchmark worker ({what}) ended early with status "
                            f"{proc.wait()}")
     return line
+
+
+def measure(specs, load=0, copies=1, rounds=3, env=None, module="numlstm.bench_isolated"):
+    """Time each library's tasks in fresh workers (`python -m module`, whose main runs
+    _worker), `rounds` rounds, the libraries' order rotating from round to round,
+    `load` busy processes meanwhile, numlstm in `copies` workers at once. specs:
+    {library: its workers' spec (lib, tasks, repeats, min_seconds, ...)}; a library
+    with no tasks is skipped. Returns {(library, task index): [per round, the
+    slowest copy's median seconds]}."""
+    libraries = list(specs)
+    busy = [_busy_loop() for _ in range(load)]
+    results = {}
+    try:
+        time.sleep(0.2 if load else 0)
+        for r in range(rounds):
+            order = libraries[r % len(libraries):] + libraries[:r % len(libraries)]
+            for lib in order:
+                if not specs[lib]["tasks"]:
+                    continue
+                n = copies if lib == "numlstm" else 1
+                spec = dict(specs[lib], keep_busy=n > 1)
+                procs = [_start(spec, env, module) for _ in range(n)]
+                try:
+                    for p in procs:
+                        line = _expect(p, lib)
+                        if line.strip() != "ready":
+                            raise RuntimeError(f"a benchmark worker ({lib}) said {line!r}")
+                    for i in range(len(spec["tasks"])):
+                        for p in procs:
+                            p.stdin.write(f"go {i}\n")
+                            p.stdin.flush()
+                        answers = [json.loads(_expect(p, lib)) for p in procs]
+                        results.setdefault((lib, i), []).append(
+                            max(a["seconds"] for a in answers))
+                    for p in procs:
+                        p.stdin.write("stop\n")
+                        p.stdin.flush()
+                finally:
+                    for p in procs:
+                        try:
+                            p.wait(timeout=60)
+                        except subprocess.TimeoutExpired:
+                            p.kill()
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    return results
 
 
 def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference",),
@@ -216,46 +268,13 @@ def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference
                          "bfloat16 with torch")
     if not isinstance(copies, int) or copies < 1 or not isinstance(load, int) or load < 0:
         raise ValueError(f"copies >= 1 and load >= 0 (integers), got {copies!r}, {load!r}")
-    busy = [_busy_loop() for _ in range(load)]
-    results = {}  # (lib, shape, mode) -> [the slowest copy's median seconds, per round]
-    try:
-        time.sleep(0.2 if load else 0)
-        for r in range(rounds):
-            order = list(libraries[r % len(libraries):]) + list(libraries[:r % len(libraries)])
-            for lib in order:
-                tasks = [(list(shape), mode) for shape in shapes for mode in modes
-                         if supports(lib, mode, dtype)]
-                if not tasks:
-                    continue
-                n = copies if lib == "numlstm" else 1
-                spec = dict(lib=lib, tasks=tasks, repeats=repeats, min_seconds=min_seconds,
-                            keep_busy=n > 1, dtype=dtype)
-                procs = [_start(spec, env) for _ in range(n)]
-                try:
-                    for p in procs:
-                        line = _expect(p, lib)
-                        if line.strip() != "ready":
-                            raise RuntimeError(f"a benchmark worker ({lib}) said {line!r}")
-                    for i, (shape, mode) in enumerate(tasks):
-                        for p in procs:
-                            p.stdin.write(f"go {i}\n")
-                            p.stdin.flush()
-                        answers = [json.loads(_expect(p, lib)) for p in procs]
-                        key = (lib, tuple(shape), mode)
-                        results.setdefault(key, []).append(max(a["seconds"] for a in answers))
-                    for p in procs:
-                        p.stdin.write("stop\n")
-                        p.stdin.flush()
-                finally:
-                    for p in procs:
-                        try:
-                            p.wait(timeout=60)
-                        except subprocess.TimeoutExpired:
-                            p.kill()
-    finally:
-        for p in busy:
-            p.kill()
-            p.wait()
+    specs = {lib: dict(lib=lib, repeats=repeats, min_seconds=min_seconds, dtype=dtype,
+                       tasks=[(list(shape), mode) for shape in shapes for mode in modes
+                              if supports(lib, mode, dtype)])
+             for lib in libraries}
+    measured = measure(specs, load=load, copies=copies, rounds=rounds, env=env)
+    results = {(lib, tuple(specs[lib]["tasks"][i][0]), specs[lib]["tasks"][i][1]): seconds
+               for (lib, i), seconds in measured.items()}
     rows = []
     for shape in shapes:
         for mode in modes:
@@ -274,20 +293,25 @@ def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference
     return rows
 
 
-def table(rows, libraries, roof, out=print):
+def table(rows, libraries, roof, out=print, keys="TBIH", columns=None):
     """Print the rows: ms and GFLOP/s (share of the roof) of numlstm, each peer's ms
-    and the ratio peer / numlstm (> 1: numlstm is faster)."""
+    and the ratio peer / numlstm (> 1: numlstm is faster). keys: the rows' shape
+    fields, in order; columns: the line explaining the columns (None: the LSTM's,
+    numlstm.bench.COLUMNS)."""
     peers = [lib for lib in libraries if lib != "numlstm"]
-    head = f"{'mode':<9} {'T,B,I,H':>16} | {'numlstm ms':>10} {'GFLOP/s':>8} {'%roof':>6}"
+    shapes = [",".join(str(row[k]) for k in keys) for row in rows]
+    width = max([16] + [len(s) for s in shapes])
+    head = (f"{'mode':<9} {','.join(keys):>{width}} | {'numlstm ms':>10} {'GFLOP/s':>8} "
+            f"{'%roof':>6}")
     for lib in peers:
         head += f" | {lib + ' ms':>14} {'ratio':>6}"
-    from .bench import COLUMNS
-    out(COLUMNS)
+    if columns is None:
+        from .bench import COLUMNS as columns
+    out(columns)
     out(head)
     out("-" * len(head))
-    for row in rows:
-        shape = ",".join(str(row[k]) for k in "TBIH")
-        line = f"{row['mode']:<9} {shape:>16} | "
+    for row, shape in zip(rows, shapes):
+        line = f"{row['mode']:<9} {shape:>{width}} | "
         if "numlstm_ms" in row:
             line += (f"{row['numlstm_ms']:>10.3f} {row['numlstm_gflops']:>8.1f} "
                      f"{100 * row['numlstm_gflops'] / roof:>5.0f}%")

@@ -12,7 +12,8 @@
     numlstm bench    numlstm's LSTM (--cell gru, rnn: GRU, RNN) against torch's,
                      side by side on the CPU (--backend cuda: on the GPU, against
                      cuDNN) (--quick: a CI-sized grid; --full: the asv grid;
-                     --step: one streaming step; --parity: errors against torch)
+                     --step: one streaming step; --parity: errors against torch;
+                     --isolated --cell convlstm2d: ConvLSTM2D against torch and Keras)
 """
 import argparse
 import contextlib
@@ -76,8 +77,8 @@ def _bench(args):
               f"included): {m['peak'] * mib:.1f} MiB")
         return 0
     if args.step:
-        print(f"one streaming step, layer.step(x_t, state), B=1, I=H=64, from Python "
-              f"(median of blocks of 1000 steps); torch: module(x_t[None], state)")
+        print("one streaming step, layer.step(x_t, state), B=1, I=H=64, from Python "
+              "(median of blocks of 1000 steps); torch: module(x_t[None], state)")
         rows = {}
         for cell in ("lstm", "gru", "rnn"):
             rows[cell] = bench.step_cost(cell, with_torch=not args.no_torch)
@@ -121,10 +122,16 @@ def _bench(args):
         return 0
     if args.isolated:
         return _bench_isolated(args)
+    if args.cell == "convlstm2d":
+        raise UsageError("--cell convlstm2d times each library in a process of its own: "
+                         "add --isolated")
     if args.load or args.copies > 1 or args.peer or args.modes or args.dtype != "float32":
         raise UsageError("--load, --copies, --peer, --modes and --dtype time each library "
                          "in a process of its own: add --isolated")
     if args.shapes:
+        if any(len(s) > 4 for s in args.shapes):
+            raise UsageError("--shapes: T,B,R,C,I,F[,k] are --isolated --cell convlstm2d's; "
+                             "the LSTM's are T,B,H")
         if any(len(s) == 4 and s[2] != s[3] for s in args.shapes):
             raise UsageError("--shapes: the in-process comparison has I = H (T,B,H); "
                              "give T,B,I,H with --isolated")
@@ -147,6 +154,13 @@ def _bench(args):
 def _bench_isolated(args):
     from . import bench, bench_isolated
     from .train import UsageError
+    if args.cell == "convlstm2d":
+        return _bench_convlstm(args)
+    if args.peer and "keras" in args.peer:
+        raise UsageError("--peer keras: Keras is the peer of --cell convlstm2d only")
+    if args.shapes and any(len(s) > 4 for s in args.shapes):
+        raise UsageError("--shapes: T,B,R,C,I,F[,k] are --cell convlstm2d's; the LSTM's "
+                         "are T,B,I,H")
     if args.shapes:
         shapes = [s if len(s) == 4 else (s[0], s[1], s[2], s[2]) for s in args.shapes]
     else:
@@ -183,6 +197,50 @@ def _bench_isolated(args):
     return 0
 
 
+def _bench_convlstm(args):
+    from . import bench, bench_convlstm
+    from .train import UsageError
+    if args.dtype != "float32" or (args.modes and "step" in args.modes):
+        raise UsageError("--cell convlstm2d: float32, --modes inference training")
+    if args.peer and "onnxruntime" in args.peer:
+        raise UsageError("--cell convlstm2d: the peers are torch and keras")
+    try:
+        shapes = ([bench_convlstm.shape7(s) for s in args.shapes] if args.shapes else
+                  bench_convlstm.QUICK_GRID if args.quick else bench_convlstm.GRID)
+    except ValueError as err:
+        raise UsageError(f"--cell convlstm2d {err}") from None
+    peers = list(dict.fromkeys(args.peer or ["torch", "keras"]))
+    if args.no_torch and "torch" in peers:
+        peers.remove("torch")
+    libraries = ["numlstm"] + peers
+    modes = args.modes or ["inference", "training"]
+    roof = bench.roofs()
+    print(bench.roof_line(roof))
+    print(f"ConvLSTM2D, padding same, float32, x [B,T,R,C,I]: numlstm; torch: one Conv2d on "
+          f"cat([x_t, h]) a step; keras: ConvLSTM2D on JAX, jitted. Each library in a fresh "
+          f"process of its own, {args.rounds} rounds (the order rotating), the median of "
+          f"each worker's median call; busy processes: {args.load}; numlstm copies at "
+          f"once: {args.copies}")
+    try:
+        rows = bench_convlstm.run(shapes, libraries, modes, load=args.load,
+                                  copies=args.copies, rounds=args.rounds,
+                                  repeats=args.repeats)
+    except bench_convlstm.ParityError as err:
+        print(f"numlstm bench: not timed: {err}", file=sys.stderr)
+        return 1
+    if peers:
+        print("parity before timing (y, dx and weight gradients on the probes T,B,R,C = "
+              f"{','.join(map(str, bench_convlstm.PROBE))}): worst |peer - numlstm| "
+              + ", ".join(f"{p} {rows[0][p + '_parity']:.1e}" for p in peers))
+    bench_convlstm.table(rows, libraries, roof["fma_peak"])
+    print("ratio = peer time / numlstm time (> 1: numlstm is faster); %roof: numlstm's "
+          "GFLOP/s as a share of the FMA peak")
+    for row in rows:
+        row.update(roof)
+    _write_json(args.json, rows)
+    return 0
+
+
 def _write_json(path, rows):
     if path:
         import json
@@ -204,8 +262,11 @@ def _train(args):
         raise train.UsageError(f"--text goes with the text task, not --task {task}")
     if task == "adding" and args.csv:
         raise train.UsageError("--csv goes with the forecast task, not --task adding")
+    if task == "frames" and args.csv:
+        raise train.UsageError("--csv goes with the forecast task, not --task frames")
+    from .frames import run_frames
     run = {"forecast": train.run_forecast, "text": train.run_text,
-           "adding": train.run_adding}[task]
+           "adding": train.run_adding, "frames": run_frames}[task]
     group = args.group
     if group is None:
         run(args)
@@ -246,15 +307,16 @@ def _positive(kind):
 
 
 def _shape(text):
-    """--shapes: T,B,H, or T,B,I,H, with each an integer >= 1."""
+    """--shapes: T,B,H, or T,B,I,H, or (--cell convlstm2d) T,B,R,C,I,F or
+    T,B,R,C,I,F,k, with each an integer >= 1."""
     parts = text.split(",")
     try:
         values = tuple(int(v) for v in parts)
     except ValueError:
         values = ()
-    if len(values) not in (3, 4) or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected T,B,H or T,B,I,H (integers >= 1), got "
-                                         f"{text!r}")
+    if len(values) not in (3, 4, 6, 7) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected T,B,H or T,B,I,H (--cell convlstm2d: "
+                                         f"T,B,R,C,I,F[,k]), integers >= 1, got {text!r}")
     return values
 
 
@@ -280,9 +342,11 @@ def _add_train_parser(sub):
                     "seasonal-naive forecast. Writes metrics.json, checkpoint.npz and PNG "
                     "plots into --out.")
     what = p.add_argument_group("what to train")
-    what.add_argument("--task", choices=["forecast", "text", "adding"],
-                      help="forecast (default; CO2 or --csv), text (needs --text), or "
-                           "adding (the adding problem: a dependency over --seq-len steps)")
+    what.add_argument("--task", choices=["forecast", "text", "adding", "frames"],
+                      help="forecast (default; CO2 or --csv), text (needs --text), "
+                           "adding (the adding problem: a dependency over --seq-len "
+                           "steps), or frames (next-frame prediction of moving digits "
+                           "with a ConvLSTM2D)")
     what.add_argument("--text", metavar="FILE", help="train a character-level language "
                       "model on this UTF-8 text; validation on its last 10%%")
     what.add_argument("--csv", metavar="FILE", help="forecast a column of this CSV file "
@@ -378,7 +442,7 @@ def _add_generate_parser(sub):
 
 
 _TASK_DEFAULTS = {"text": dict(lr=2e-3, seq_len=64), "forecast": dict(lr=5e-3, seq_len=None),
-                  "adding": dict(lr=1e-2, seq_len=100)}
+                  "adding": dict(lr=1e-2, seq_len=100), "frames": dict(lr=5e-3, seq_len=10)}
 
 
 def _default_char_text():
@@ -410,14 +474,15 @@ def main(argv=None):
     demo.add_argument("--repeat", type=_positive(int), default=20)
     demo.add_argument("--seed", type=_number(int, 0, strict=False), default=0)
     demo.set_defaults(run=_demo)
-    bench = sub.add_parser("bench", help="compare the LSTM (or GRU, RNN) with torch's, on the CPU "
-                                "or the GPU")
+    bench = sub.add_parser("bench", help="compare the LSTM (or GRU, RNN) with torch's, on "
+                                         "the CPU or the GPU")
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a small grid, for CI")
     size.add_argument("--full", action="store_true",
                       help="T in 16,128,1024 x H in 64,256,1024 x B in 1,16,128 (slow)")
     size.add_argument("--shapes", nargs="+", metavar="T,B,H", type=_shape,
-                      help="shapes to run")
+                      help="shapes to run (--isolated: T,B,I,H; --cell convlstm2d: "
+                           "T,B,R,C,I,F or T,B,R,C,I,F,k, k odd, default 3)")
     size.add_argument("--char", nargs="?", const="", metavar="TEXT",
                       help="train the character model (embed 32, hidden 128, batch 32, 64 "
                            "characters, Adam) in numlstm and in torch side by side, on TEXT "
@@ -436,8 +501,11 @@ def main(argv=None):
     size.add_argument("--parity", action="store_true",
                       help="worst errors of LSTM, GRU and RNN against torch, with and "
                            "without lengths, float32 and float64")
-    bench.add_argument("--cell", choices=["lstm", "gru", "rnn"], default="lstm",
-                       help="the cell of the speed grid (default: lstm)")
+    bench.add_argument("--cell", choices=["lstm", "gru", "rnn", "convlstm2d"], default="lstm",
+                       help="the cell of the speed grid (default: lstm); convlstm2d (with "
+                            "--isolated): ConvLSTM2D against torch and Keras (JAX), 64x64 "
+                            "frames, I=1, k=3, T=10, (B, F) in (4,16), (4,64), (16,16), "
+                            "(16,64); --quick: 16x16 and 32x32")
     bench.add_argument("--backend", choices=["cpu", "cuda"], default="cpu",
                        help="the speed grid's backend: cpu against torch on the CPU, or "
                             "cuda against torch's cuDNN on the GPU (default: cpu)")
@@ -445,9 +513,10 @@ def main(argv=None):
                        help="time each library in a fresh process of its own (rounds "
                             "alternating, median of rounds); shapes are T,B,I,H (default: "
                             "7 shapes from one step to T=1000)")
-    bench.add_argument("--peer", action="append", choices=["torch", "onnxruntime"],
-                       help="--isolated: a library to compare with (repeat for both; "
-                            "default: torch); onnxruntime runs the file export_onnx writes")
+    bench.add_argument("--peer", action="append", choices=["torch", "onnxruntime", "keras"],
+                       help="--isolated: a library to compare with (repeat for several; "
+                            "default: torch; --cell convlstm2d: torch and keras); "
+                            "onnxruntime runs the file export_onnx writes")
     bench.add_argument("--load", type=_number(int, 0, strict=False), default=0,
                        help="--isolated: keep N other processes busy while timing")
     bench.add_argument("--copies", type=_positive(int), default=1,

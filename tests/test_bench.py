@@ -94,8 +94,8 @@ def test_isolated_bench_times_each_library_in_its_own_process_under_load():
     rows = iso.run(shapes, ["numlstm", "torch", "onnxruntime"], ["inference", "training",
                                                                  "step"],
                    load=1, copies=2, rounds=1, repeats=3, min_seconds=0.0)
-    assert [(r["T"], r["mode"]) for r in rows] == [(T, m) for T, *_ in shapes
-                                                    for m in ("inference", "training", "step")]
+    assert [(r["T"], r["mode"]) for r in rows] == [
+        (T, m) for T, *_ in shapes for m in ("inference", "training", "step")]
     for r in rows:
         assert r["load"] == 1 and r["copies"] == 2
         flops = iso.flops(r["T"], r["B"], r["I"], r["H"], r["mode"])
@@ -165,3 +165,87 @@ def test_bench_options_of_isolation_need_isolated(capsys):
     assert "add --isolated" in capsys.readouterr().err
     assert cli.main(["bench", "--shapes", "2,1,3,4"]) == 2
     assert "give T,B,I,H with --isolated" in capsys.readouterr().err
+
+
+def _fixed_roof(monkeypatch):
+    """Skip measuring the roof (a 2048^3 product): these tests check the figures'
+    arithmetic, not the machine."""
+    monkeypatch.setattr(bench, "roofs", lambda: dict(
+        fma_peak=100.0, fma_peak_1thread=50.0, numpy_matmul=80.0, numlstm_matmul=90.0,
+        best_matmul=90.0))
+
+
+def test_convlstm_bench_against_torch_and_keras_writes_json(tmp_path, capsys, monkeypatch):
+    """--cell convlstm2d at one tiny uneven shape: parity of the three first, then each
+    library timed in its own process; the rows' figures derive from the times."""
+    from numlstm import bench_convlstm as conv
+    _fixed_roof(monkeypatch)
+    path = tmp_path / "rows.json"
+    assert cli.main(["bench", "--isolated", "--cell", "convlstm2d", "--shapes", "2,1,5,6,2,3",
+                     "--peer", "torch", "--peer", "keras", "--rounds", "1", "--repeats", "2",
+                     "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "parity before timing" in out and "keras ms" in out and "T,B,R,C,I,F,k" in out
+    assert any(line.startswith("training") and "2,1,5,6,2,3,3 |" in line
+               for line in out.splitlines())
+    import json
+    rows = json.loads(path.read_text())
+    assert [r["mode"] for r in rows] == ["inference", "training"]
+    for r in rows:
+        shape = tuple(r[k] for k in conv.KEYS)
+        assert shape == (2, 1, 5, 6, 2, 3, 3) and r["cell"] == "convlstm2d"
+        assert np.isclose(r["gflop"], conv.flops(*shape, r["mode"]) / 1e9)
+        for lib in conv.LIBRARIES:
+            assert 0 < r[lib + "_ms"] < 1e4
+            assert np.isclose(r[lib + "_gflops"], r["gflop"] / (r[lib + "_ms"] / 1e3))
+        for lib in ("torch", "keras"):
+            assert np.isclose(r[lib + "_ratio"], r[lib + "_ms"] / r["numlstm_ms"])
+            assert 0 <= r[lib + "_parity"] < 1e-4
+        assert r["fma_peak"] == 100.0 and r["load"] == 0 and r["rounds"] == 1
+    assert conv.flops(10, 4, 64, 64, 1, 16, 3, "inference") == 2 * 10 * 4 * 64 * 64 * 9 * 17 * 64
+
+
+def test_convlstm_parity_fails_loudly_on_a_disagreement():
+    from numlstm import bench_convlstm as conv
+    rng = np.random.default_rng(0)
+    ref = {"y": rng.standard_normal((2, 3, 4)), "bias": rng.standard_normal(8)}
+    good = {k: v + 1e-6 for k, v in ref.items()}
+    assert conv.check_parity({"numlstm": ref, "torch": good}) == {
+        "torch": pytest.approx(1e-6)}
+    bad = dict(good, y=good["y"].copy())
+    bad["y"][1, 2, 3] += 1e-3
+    with pytest.raises(conv.ParityError, match=r"keras y: 1 of 24 entries differ\n"
+                                               r"    y\[1, 2, 3\]: keras"):
+        conv.check_parity({"numlstm": ref, "torch": good, "keras": bad})
+
+
+def test_convlstm_bench_refuses_what_it_cannot_time(capsys):
+    from numlstm import bench_convlstm as conv
+    with pytest.raises(ValueError, match="k must be odd"):
+        conv.shape7((2, 1, 5, 6, 2, 3, 4))
+    with pytest.raises(ValueError, match="libraries"):
+        conv.run([(2, 1, 5, 6, 2, 3)], ["numlstm", "onnxruntime"])
+    for argv, message in ((["--shapes", "2,1,5,6,2,3"], "add --isolated"),
+                          (["--isolated", "--shapes", "2,1,4"], "T,B,R,C,I,F"),
+                          (["--isolated", "--modes", "step"], "--modes inference training"),
+                          (["--isolated", "--peer", "onnxruntime"], "torch and keras")):
+        assert cli.main(["bench", "--cell", "convlstm2d"] + argv) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["bench", "--isolated", "--peer", "keras", "--shapes", "2,1,4"]) == 2
+    assert "--cell convlstm2d only" in capsys.readouterr().err
+
+
+def test_asv_convlstm_benchmarks_run():
+    import importlib.util
+    import pathlib
+    path = (pathlib.Path(__file__).resolve().parent.parent / "asv_bench" / "benchmarks"
+            / "convlstm.py")
+    spec = importlib.util.spec_from_file_location("asv_convlstm_suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    assert suite.ConvLSTM2D.param_names == ["T", "F", "B"]
+    b = suite.ConvLSTM2D()
+    b.setup(2, 3, 1)
+    b.time_inference(2, 3, 1)
+    b.time_training(2, 3, 1)
+    assert b.track_gflops_training(2, 3, 1) > 0
