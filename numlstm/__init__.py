@@ -59,7 +59,8 @@ def import_onnx(path):
     return _onnx_io().import_onnx(path)
 
 
-__all__ = ["LSTM", "GRU", "RNN", "ConvLSTM1D", "ConvLSTM2D", "Dense", "Dropout", "Embedding", "Sequential", "MSELoss",
+__all__ = ["LSTM", "GRU", "RNN", "ConvLSTM1D", "ConvLSTM2D", "Dense", "Dropout", "Embedding",
+           "Sequential", "MSELoss",
            "CrossEntropyLoss", "SGD", "Adam", "AdamW", "NonFiniteError", "clip_grad_norm", "load",
            "load_checkpoint", "save_checkpoint", "LAYOUTS", "convert",
            "available_backends", "export_onnx", "import_onnx", "quantize_dynamic",
