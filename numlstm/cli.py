@@ -359,16 +359,18 @@ def _add_train_parser(sub):
     m.add_argument("--embed", type=_positive(int), default=32,
                    help="text: embedding size (default: 32)")
     m.add_argument("--hidden", type=_positive(int),
-                   help="hidden units per layer (default: 128 for text, 64 otherwise)")
+                   help="hidden units per layer (default: 128 for text, 64 otherwise; "
+                        "frames: the ConvLSTM2D's filters, default 16)")
     m.add_argument("--layers", type=_positive(int), help="stacked LSTM layers (default: 1)")
     m.add_argument("--dropout", type=_number(float, 0, strict=False), default=0.0,
                    help="text: dropout between layers and before the output (default: 0)")
     o = p.add_argument_group("training")
     o.add_argument("--seq-len", type=_positive(int), default=None,
                    help="text: characters per training window (default: 64); adding: "
-                        "sequence length T (default: 100)")
-    o.add_argument("--batch-size", type=_positive(int), default=32,
-                   help="sequences per step (default: 32)")
+                        "sequence length T (default: 100); frames: frames a sequence "
+                        "(default: 10)")
+    o.add_argument("--batch-size", type=_positive(int), default=None,
+                   help="sequences per step (default: 32; frames: 16)")
     o.add_argument("--lr", type=_positive(float), default=None,
                    help="Adam's learning rate (default: 2e-3 text, 5e-3 forecast, "
                         "1e-2 adding)")
@@ -376,7 +378,8 @@ def _add_train_parser(sub):
                    help="learning-rate schedule: linear warm-up then cosine decay, or "
                         "constant (default: cosine)")
     o.add_argument("--steps", type=_positive(int),
-                   help="text and adding: optimizer steps (default: 2000 each)")
+                   help="text and adding: optimizer steps (default: 2000 each); "
+                        "frames: 1500")
     o.add_argument("--epochs", type=_positive(int),
                    help="forecast: passes over the training windows (default: 60)")
     o.add_argument("--clip-norm", type=_number(float, 0, strict=False), default=1.0,
@@ -441,8 +444,10 @@ def _add_generate_parser(sub):
     p.set_defaults(run=_generate)
 
 
-_TASK_DEFAULTS = {"text": dict(lr=2e-3, seq_len=64), "forecast": dict(lr=5e-3, seq_len=None),
-                  "adding": dict(lr=1e-2, seq_len=100), "frames": dict(lr=5e-3, seq_len=10)}
+_TASK_DEFAULTS = {"text": dict(lr=2e-3, seq_len=64, batch_size=32),
+                  "forecast": dict(lr=5e-3, seq_len=None, batch_size=32),
+                  "adding": dict(lr=1e-2, seq_len=100, batch_size=32),
+                  "frames": dict(lr=5e-3, seq_len=10, batch_size=16)}
 
 
 def _default_char_text():

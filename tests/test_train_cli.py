@@ -464,3 +464,47 @@ def test_plots_say_what_they_show(monkeypatch):
     assert labels and not any("\\times" in t or "×" in t for t in labels), labels
     plot.forecast("f.png", [0, 1, 2], [1.0, 2.0, 3.0], [], "forecasts", "ppm", xlabel="date")
     assert figs[-1].axes[0].get_xlabel() == "date"
+
+
+FRAMES_ARGS = ["--task", "frames", "--seq-len", "3", "--batch-size", "4", "--hidden", "4",
+               "--quiet"]
+
+
+def test_train_frames_metrics_match_the_checkpoint(tmp_path):
+    """val_mse and copy_last_mse recomputed from the saved model and the same
+    validation data; the PNGs written; the step count and throughput as run."""
+    from numlstm import frames
+    out = str(tmp_path / "frames")
+    assert main(["train", *FRAMES_ARGS, "--steps", "12", "--out", out]) == 0
+    m = _metrics(out)
+    assert m["task"] == "frames" and m["T"] == 3 and m["steps"] == 12
+    seeds = np.random.SeedSequence(0).generate_state(2)
+    x, y = frames.next_frame_pairs(frames.moving_digits(np.random.default_rng(seeds[1]),
+                                                        256, 4, m["frame_size"]))
+    assert np.isclose(m["copy_last_mse"], frames.copy_last_mse(x, y))
+    model = numlstm.load_checkpoint(out).model
+    assert np.isclose(m["val_mse"], frames.mse(model.predict(x), y), rtol=1e-5)
+    assert np.isclose(m["change_percent"],
+                      100 * (m["val_mse"] - m["copy_last_mse"]) / m["copy_last_mse"])
+    assert np.isclose(m["tokens_per_second"], 12 * 4 * 3 / m["train_seconds"])
+    for png in ("loss.png", "frames.png"):
+        assert _is_png(os.path.join(out, png))
+
+
+def test_train_frames_resume_ends_as_an_uninterrupted_run(tmp_path):
+    """(a constant schedule: the cosine one's shape depends on --steps)"""
+    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+    args = [*FRAMES_ARGS, "--schedule", "constant"]
+    assert main(["train", *args, "--steps", "6", "--out", whole]) == 0
+    assert main(["train", *args, "--steps", "3", "--out", part]) == 0
+    assert main(["train", *args, "--steps", "6", "--resume", part]) == 0
+    a, b = numlstm.load_checkpoint(whole), numlstm.load_checkpoint(part)
+    assert b.step == 6
+    for key, w in a.model.get_weights().items():
+        np.testing.assert_array_equal(b.model.get_weights()[key], w)
+
+
+def test_train_frames_refuses_a_single_frame(tmp_path, capsys):
+    assert main(["train", "--task", "frames", "--seq-len", "1", "--out",
+                 str(tmp_path / "f"), "--quiet"]) != 0
+    _one_error_line(capsys, "--seq-len", "2 frames")
