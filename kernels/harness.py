@@ -5,6 +5,8 @@
         [--dtype float32 float64] [--shapes T,B,I,H ...] [--quick]
     python -m numlstm.kernels.harness --backend cuda --resources [--cell ...] [--dtype ...]
     python -m numlstm.kernels.harness --quantized [--shapes ...] [--quick]
+    python -m numlstm.kernels.harness --convlstm [--backend cpu|cuda] [--dtype ...]
+        [--quick]
 
 A row is one variant: a cell, an option family, a plan (CPU: which split of the
 time loop, on how many threads; CUDA: the persistent kernel or one launch a
@@ -32,6 +34,10 @@ simulator, --backend cuda says so and exits 2.
 --quantized: the int8 and bfloat16 kernels (run_quantized): every int8 product
 variant this CPU can run, checked to the bit against NumPy's integer product,
 and the quantized LSTM against its reference, each then timed.
+
+--convlstm: the ConvLSTM kernels (run_convlstm) of the backend, inference and
+training (forward and backward, every gradient), against reference.convlstm_*_ref,
+then timed; GFLOP/s from the two convolutions' multiply-adds.
 
 Dimensions: T steps, B batch, I input features, H hidden units.
 """
@@ -415,6 +421,82 @@ def run_quantized(shapes, quick, out=None):
     return failures
 
 
+CONVLSTM_SHAPES = [  # T, B, R, C, I, F, k, padding
+    (10, 4, 32, 32, 1, 16, 3, "same"), (10, 4, 32, 32, 8, 32, 3, "same"),
+    (6, 2, 24, 20, 3, 17, 5, "valid")]
+CONVLSTM_QUICK = [(3, 2, 7, 6, 2, 5, 3, "same"), (1, 1, 5, 4, 1, 3, 2, "valid")]
+
+
+def run_convlstm(backend, dtypes, shapes, quick, out=None):
+    """The ConvLSTM kernels of `backend` (cpu/convlstm.py, cuda/convlstm.py): a row
+    per shape, dtype and pass (inference; training: the training forward and the
+    backward), every output and gradient against the reference, then timed.
+    Returns the mismatches."""
+    from .conv import conv_geometry
+    if backend == "cpu":
+        from .cpu.convlstm import PackedConvLSTM, convlstm_backward_cpu, convlstm_forward_cpu
+
+        def forward(a, training):
+            cell = PackedConvLSTM(a["w_ih"], a["w_hh"], a["b"])
+            return convlstm_forward_cpu(a["x"], cell, a["h0"], a["c0"],
+                                        padding=a["padding"], training=training)
+        backward = convlstm_backward_cpu
+    else:
+        from .cuda.convlstm import convlstm_backward_cuda as backward
+        from .cuda.convlstm import convlstm_forward_cuda
+
+        def forward(a, training):
+            return convlstm_forward_cuda(a["x"], a["w_ih"], a["w_hh"], a["b"], a["h0"],
+                                         a["c0"], padding=a["padding"], training=training)
+    out = sys.stdout if out is None else out
+    repeats, failures = (1 if quick else 5), []
+    head = f"{'pass':<10} {'dtype':<8} {'T,B,R,C,I,F,k,pad':<26} {'error (tol)':<20} " \
+           f"{'ms':>9} {'GFLOP/s':>8}"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    rng = np.random.default_rng(0)
+    for T, B, R, C, I, F, k, padding in shapes:
+        for dtype in dtypes:
+            x = rng.standard_normal((T, B, R, C, I)).astype(dtype)
+            w_ih = (0.3 * rng.standard_normal((4 * F, I, k, k))).astype(dtype)
+            w_hh = (0.1 * rng.standard_normal((4 * F, F, k, k))).astype(dtype)
+            b = (0.1 * rng.standard_normal(4 * F)).astype(dtype)
+            grid = tuple(conv_geometry(n, k, 1, 1, padding)[0] for n in (R, C))
+            zeros = np.zeros((B,) + grid + (F,), dtype)
+            y, h, c, cache = reference.convlstm_forward_ref(x, w_ih, w_hh, b, zeros, zeros,
+                                                            padding=padding)
+            a = dict(x=x, w_ih=w_ih, w_hh=w_hh, b=b, h0=zeros, c0=zeros, padding=padding)
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            want = reference.convlstm_backward_ref(dy, h, c, cache)
+            flops = 2 * T * np.prod(y.shape[1:4]) * k * k * (I + F) * 4 * F
+            got = forward(a, True)
+            grads = backward(dy, h, c, got[3])
+            checks = {"inference": ([_host(v) for v in forward(a, False)[:3]], [y, h, c]),
+                      "training": ([_host(grads[n]) for n in want], list(want.values()))}
+            calls = {"inference": lambda: forward(a, False),
+                     "training": lambda: backward(dy, h, c, forward(a, True)[3])}
+            for name, (gots, wants) in checks.items():
+                err = max(_error(g, w) for g, w in zip(gots, wants))
+                tol = RTOL[dtype] * (5 if name == "training" else 1)
+                text = (f"{name:<10} {np.dtype(dtype).name:<8} "
+                        f"{','.join(map(str, (T, B, R, C, I, F, k, padding))):<26} "
+                        f"{err:8.1e} ({tol:.0e})  ")
+                if err > tol:
+                    failures.append(text)
+                    print(text + " MISMATCH", file=out, flush=True)
+                    continue
+                times = []
+                for _ in range(repeats + (0 if quick else 1)):
+                    t0 = time.perf_counter()
+                    calls[name]()
+                    times.append(time.perf_counter() - t0)
+                seconds = statistics.median(times[0 if quick else 1:])
+                work = flops * (3 if name == "training" else 1)
+                print(f"{text}{seconds * 1e3:9.3f} {work / seconds / 1e9:8.3g}", file=out,
+                      flush=True)
+    return failures
+
+
 def _shape(text):
     try:
         T, B, I, H = (int(v) for v in text.split(","))
@@ -443,6 +525,8 @@ def main(argv=None):
     p.add_argument("--quantized", action="store_true",
                    help="the int8 and bfloat16 kernels instead (every int8 product variant "
                         "this CPU runs, and the quantized LSTM)")
+    p.add_argument("--convlstm", action="store_true",
+                   help="the ConvLSTM kernels of --backend instead, inference and training")
     p.add_argument("--resources", action="store_true",
                    help="--backend cuda, no GPU needed: each kernel's registers, shared "
                         "memory and spills from ptxas (sm_80, sm_89, sm_90), and every launch "
@@ -453,6 +537,13 @@ def main(argv=None):
             p.error("--resources is of the cuda backend: add --backend cuda")
         from .cuda.resources import main as resources
         return resources(a.cell, a.dtype)
+    if a.convlstm:
+        failures = run_convlstm(a.backend, [np.dtype(d).type for d in a.dtype],
+                                CONVLSTM_QUICK if a.quick or _simulated() else CONVLSTM_SHAPES,
+                                a.quick)
+        for f in failures:
+            print("  " + f, file=sys.stderr)
+        return 1 if failures else 0
     if a.quantized:
         if a.backend != "cpu":
             p.error("--quantized: the int8 and bfloat16 kernels are the CPU's")

@@ -142,7 +142,8 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
     blocks); bias [1,Gp]; gx, gh the two convolutions; h0, c0, h_mask [N,F]; lengths
     [B]; masked: h * h_mask enters the recurrent convolution; A [P,rows,K], Z
     [P,rows,Gp]: each thread's scratch (rows: the pixels of a task).
-    Writes y [T,N,F], h_n, c_n [N,F] and, when training, gates [T,N,Gp] (activated),
+    Writes y [T,B,HW,F] (any strides: a batch-first array's transpose), h_n, c_n
+    [N,F] and, when training, gates [T,N,Gp] (activated),
     cs [T,N,F] (c after each step) and hs [T,N,F] (the h that entered step t's
     recurrent convolution: h_{t-1}, times h_mask when masked)."""
     T = x.shape[0]
@@ -171,13 +172,14 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
                 if t >= lengths[p // HW]:  # past the row's length: state held, y = 0
                     for u in range(F):
                         h_next[p, u] = h[p, u]
-                        y[t, p, u] = 0
+                        y[t, p // HW, p % HW, u] = 0
                         if masked:
                             h_in_next[p, u] = h_in[p, u]
                     if training:
                         gates[t, p] = 0
                         cs[t, p] = c[p]
                     continue
+                cp, hp, yp = c[p], h_next[p], y[t, p // HW, p % HW]
                 for j in range(0, F, UNITS):  # a block's 16 units: the lanes of a vector
                     col = (j // UNITS) * CB
                     for u in range(j, min(j + UNITS, F)):
@@ -186,19 +188,18 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
                         f = sigmoid(zr[k + UNITS])
                         g = tanh(zr[k + 2 * UNITS])
                         o = sigmoid(zr[k + 3 * UNITS])
-                        cn = f * c[p, u] + i * g
+                        cn = f * cp[u] + i * g
                         hn = o * tanh(cn)
-                        c[p, u] = cn
-                        h_next[p, u] = hn
-                        y[t, p, u] = hn
-                        if masked:
-                            h_in_next[p, u] = hn * h_mask[p, u]
-                        if training:
-                            gates[t, p, k] = i
-                            gates[t, p, k + UNITS] = f
-                            gates[t, p, k + 2 * UNITS] = g
-                            gates[t, p, k + 3 * UNITS] = o
-                            cs[t, p, u] = cn
+                        cp[u] = cn
+                        hp[u] = hn
+                        yp[u] = hn
+                        zr[k], zr[k + UNITS], zr[k + 2 * UNITS], zr[k + 3 * UNITS] = i, f, g, o
+                if training:  # (outside the gate loop: a branch in it stopped the vectors)
+                    gates[t, p] = zr
+                    cs[t, p] = cp
+                if masked:
+                    for u in range(F):
+                        h_in_next[p, u] = hp[u] * h_mask[p, u]
         h, h_next = h_next, h
         if masked:
             h_in, h_in_next = h_in_next, h_in
@@ -369,10 +370,11 @@ class PackedConvLSTM:
 
 
 def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(1, 1),
-                         padding="valid", dilation=(1, 1), training=False):
+                         padding="valid", dilation=(1, 1), training=False, batch_first_y=False):
     """x [T,B,R,C,I] -> y [T,B,Ro,Co,F], h_n, c_n [B,Ro,Co,F], and (training) the
     cache convlstm_backward_cpu reads, else None. h0, c0 [B,Ro,Co,F]; lengths [B] or
-    None; h_mask [B,Ro,Co,F] or None (recurrent dropout)."""
+    None; h_mask [B,Ro,Co,F] or None (recurrent dropout); batch_first_y: y comes
+    as [B,T,Ro,Co,F] instead, written so by the loop (a model's layout, no copy)."""
     T, B = x.shape[:2]
     F = packed.F
     gx, gh = convlstm_convs(packed.kernel, packed.rec_kernel, F, x.shape, strides, padding,
@@ -386,7 +388,9 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     masked = h_mask is not None
     mask = state(h_mask) if masked else np.ones((1, F), dtype)
     P, rows = _scratch_threads(), min(ROWS_PER_TASK, -(-N // 6) * 6)
-    y = np.empty((T, N, F), dtype)
+    HW = Ro * Co
+    y_user = np.empty((B, T, HW, F) if batch_first_y else (T, B, HW, F), dtype)
+    y = y_user.transpose(1, 0, 2, 3) if batch_first_y else y_user
     h_n, c_n = np.empty((N, F), dtype), np.empty((N, F), dtype)
     saved = (T, N) if training else (1, 1)
     gates, cs, hs = (np.empty(saved + (Gp,), dtype), np.empty(saved + (F,), dtype),
@@ -398,7 +402,8 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     cache = dict(x=xs, x_shape=x.shape, packed=packed, convs=(gx, gh),
                  lengths=lengths, mask=mask, masked=masked, c0=state(c0), gates=gates,
                  cs=cs, hs=hs, grid=grid) if training else None
-    return y.reshape((T,) + grid), h_n.reshape(grid), c_n.reshape(grid), cache
+    y_shape = (B, T) + grid[1:] if batch_first_y else (T,) + grid
+    return y_user.reshape(y_shape), h_n.reshape(grid), c_n.reshape(grid), cache
 
 
 def convlstm_backward_cpu(dy, dh_n, dc_n, cache):

@@ -238,9 +238,9 @@ class ConvLSTM(Layer):
             out.append(np.ascontiguousarray(s, self.dtype).reshape(shape))
         return tuple(out)
 
-    def _run(self, x_tm, state, lengths, training):
-        """x_tm [T,B,R,C,I] (2-D) -> y [T,B,R',C',F], h_n, c_n (2-D); keeps the cache
-        for backward when training."""
+    def _run(self, x_tm, state, lengths, training, batch_first_y=False):
+        """x_tm [T,B,R,C,I] (2-D) -> y [T,B,R',C',F] ([B,T,...] with batch_first_y),
+        h_n, c_n (2-D); keeps the cache for backward when training."""
         backend = dispatch.select(self.backend, x_tm)
         T, B = x_tm.shape[:2]
         grid = self._grid2d(self.state_grid(x_tm.shape[2:4] if self.rank == 2
@@ -268,10 +268,12 @@ class ConvLSTM(Layer):
         else:
             y, h, c, cache = convlstm_forward_cpu(x_tm, self._packed_cpu(), h0, c0, lengths,
                                                   mask, strides, self.padding, dilation,
-                                                  training)
+                                                  training, batch_first_y)
             cache = ("cpu", cache) if training else None
+            batch_first_y = False  # (done)
         self._cache = cache
-        return y, h, c
+        self._call_shapes = ((T,) + h.shape, h.shape)  # (y time-major, the state)
+        return (np.ascontiguousarray(y.swapaxes(0, 1)) if batch_first_y else y), h, c
 
     def _gradients(self, dy, dh_n, dc_n):
         """Backward of the last training call (2-D shapes) -> dx [T,B,R,C,I], dh0, dc0;
@@ -307,7 +309,6 @@ class ConvLSTM(Layer):
         training call returns (dx, (dh0, dc0))."""
         x_tm = self._check_x(x, self.batch_first)
         y, h, c = self._run(x_tm, state, lengths, check_bool(training, "training"))
-        self._call_shapes = (y.shape, h.shape)
         return self._user(y, True), (self._user(h, False), self._user(c, False))
 
     def backward(self, dy, dh_n=None, dc_n=None):
@@ -347,14 +348,10 @@ class ConvLSTM(Layer):
         """x [B,T,*grid,I] -> [B,T,*grid',F] (return_sequences) or [B,*grid',F], the
         last step's h of each sequence."""
         x_tm = self._check_x(x, True)
-        y, h, c = self._run(x_tm, None, lengths, training)
-        self._call_shapes = (y.shape, h.shape)
-        if self.return_sequences:
-            out = y.swapaxes(0, 1)
-        else:
-            out = h
-        return np.ascontiguousarray(out[:, 0] if self.rank == 1 and not self.return_sequences
-                                    else (out[:, :, 0] if self.rank == 1 else out))
+        y, h, c = self._run(x_tm, None, lengths, training, batch_first_y=True)
+        out = y if self.return_sequences else h
+        return out[:, :, 0] if self.rank == 1 and self.return_sequences else (
+            out[:, 0] if self.rank == 1 else out)
 
     def backward_output(self, dout):
         y_shape, s_shape = getattr(self, "_call_shapes", (None, None))

@@ -86,3 +86,32 @@ def test_quick_quantized_run_checks_every_int8_variant(capsys):
         assert all(" 0.0e+00 " in r for r in mine), mine
     assert sum(r.startswith(("LSTM int8", "LSTM bfloat16")) for r in rows) == 4
     assert not any("MISMATCH" in r for r in rows)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_quick_convlstm_run_checks_both_passes(capsys, backend):
+    """--convlstm --quick: a row per shape, dtype and pass, each error under its
+    tolerance with a time (the CUDA kernels in the simulator); exit 0."""
+    if backend == "cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        pytest.skip("the CUDA simulator is off (a GPU machine runs the full check)")
+    assert harness.main(["--convlstm", "--backend", backend, "--quick"]) == 0
+    rows = [l.split() for l in capsys.readouterr().out.splitlines()[2:] if l.strip()]
+    assert {(r[0], r[1]) for r in rows} == {(p, d) for p in ("inference", "training")
+                                            for d in ("float32", "float64")}
+    assert len(rows) == 4 * len(harness.CONVLSTM_QUICK)
+    for r in rows:
+        assert float(r[3]) <= float(r[4].strip("()")) and float(r[5]) > 0
+
+
+def test_a_wrong_convlstm_kernel_is_reported(monkeypatch, capsys):
+    from numlstm.kernels.cpu import convlstm
+    good = convlstm.convlstm_backward_cpu
+
+    def off(*args):
+        g = good(*args)
+        g["db"] = g["db"] + 1e-3
+        return g
+    monkeypatch.setattr(convlstm, "convlstm_backward_cpu", off)
+    assert harness.main(["--convlstm", "--quick", "--dtype", "float64"]) == 1
+    out = capsys.readouterr()
+    assert "training" in out.err and "MISMATCH" in out.out
