@@ -10,7 +10,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 # The pages whose Python blocks run, in mkdocs.yml's order.
-PAGES = ["index", "guide", "options", "cli", "interop", "backends", "quantization"]
+PAGES = ["index", "guide", "options", "cli", "interop", "backends", "quantization",
+         "convlstm"]
 
 
 def _blocks(text, lang):
