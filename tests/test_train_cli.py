@@ -418,7 +418,7 @@ def test_bad_arguments_print_one_line(tmp_path, capsys, argv, needles):
     (["generate"], "the following arguments are required: --checkpoint"),
     (["generate", "--checkpoint", "x", "--temperature", "-1"],
      "argument --temperature: expected a finite number >= 0, got -1"),
-    (["bench", "--shapes", "0,1,8"], "argument --shapes: expected T,B,H or T,B,I,H (integers"),
+    (["bench", "--shapes", "0,1,8"], "argument --shapes: expected T,B,H or T,B,I,H"),
     (["bench", "--shapes", "4,1"], "argument --shapes: expected T,B,H"),
     (["bench", "--memory", "0", "0", "0"], "argument --memory: expected a finite number > 0"),
     (["bench", "--repeats", "0"], "argument --repeats: expected a finite number > 0"),
