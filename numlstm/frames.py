@@ -10,7 +10,6 @@ channels-last, [N,T,S,S,1], float32 in [0, 1].
 """
 import numbers
 import os
-import time
 
 import numpy as np
 
@@ -184,9 +183,8 @@ def run_frames(args):
     validation set of 256 sequences; metrics: the per-pixel MSE of the prediction
     against that of copying the current frame."""
     from . import plot
-    from .checkpoint import save_checkpoint
     from .train import (UsageError, _agree, _compile, _ranks, _writes, beat_baseline,
-                        resume_from, run_dir, throughput, write_json)
+                        resume_from, run_dir, throughput, train_on_batches, write_json)
     T, steps, size = args.seq_len, args.steps or 1500, 16
     if T < 2:
         raise UsageError(f"--seq-len: next-frame prediction needs at least 2 frames, "
@@ -212,32 +210,12 @@ def run_frames(args):
           f"per pixel -> {out}" + (f" (resuming at step {step})" if resumed else ""))
     model.summary()
 
-    def checkpoint():
-        if _writes(args):
-            save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
-                            step=step, extra={"task": "frames", "T": T, "curve": curve,
-                                              "data_rng": data_rng.bit_generator.state})
-
-    from tqdm.auto import tqdm
-    t0, start = time.perf_counter(), step
-    bar = tqdm(total=steps, initial=step, desc="training", unit="step",
-               disable=not args.verbose, dynamic_ncols=True)
-    while step < steps:
-        x, y = next_frame_pairs(moving_digits(data_rng, args.batch_size, T + 1, size))
-        loss = model.train_step(x, y, distributed=args.group)
-        step += 1
-        bar.update(1)
-        if step % 100 == 0 or step == steps:
-            val = model.evaluate(x_val, y_val, batch_size=64, distributed=args.group)
-            curve.append((step, loss, val))
-            bar.set_postfix(loss=f"{loss:.4f}", val_mse=f"{val:.4f}", refresh=False)
-        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
-            checkpoint()
-    bar.close()
-    train_seconds = time.perf_counter() - t0
-    if args.group is not None:
-        args.group.check_weights(model)
-    checkpoint()
+    train_seconds, start = train_on_batches(
+        args, model, out, "frames", steps, step, curve, data_rng, {"T": T},
+        lambda: next_frame_pairs(moving_digits(data_rng, args.batch_size, T + 1, size)),
+        lambda: model.evaluate(x_val, y_val, batch_size=64, distributed=args.group),
+        100, "val_mse")
+    step = steps
     pred = model.predict(x_val, batch_size=64)
     val_mse = mse(pred, y_val)
     metrics = {"task": "frames", "dataset": FRAMES_NOTE, "T": T, "frame_size": size,

@@ -595,6 +595,42 @@ def adding_batch(rng, batch, T):
     return x, y.astype(np.float32)
 
 
+def train_on_batches(args, model, out, task, steps, step, curve, data_rng, extra, batch,
+                     evaluate, every, name):
+    """The training loop of the tasks that draw a fresh batch each step (adding,
+    frames): from `step` to `steps`, batch() -> (x, y) a step; every `every` steps
+    and at the end curve gains (step, loss, evaluate()) (shown as `name`); the
+    checkpoint (extra: the task's own entries; the curve and data_rng's state go in
+    too, so a resumed run draws what an uninterrupted one would) every
+    --checkpoint-every steps and at the end. Returns (train_seconds, the first step)."""
+    def checkpoint():
+        if _writes(args):
+            save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
+                            step=step, extra={"task": task, **extra, "curve": curve,
+                                              "data_rng": data_rng.bit_generator.state})
+
+    from tqdm.auto import tqdm
+    t0, start = time.perf_counter(), step
+    bar = tqdm(total=steps, initial=step, desc="training", unit="step",
+               disable=not args.verbose, dynamic_ncols=True)
+    while step < steps:
+        loss = model.train_step(*batch(), distributed=args.group)
+        step += 1
+        bar.update(1)
+        if step % every == 0 or step == steps:
+            value = evaluate()
+            curve.append((step, loss, value))
+            bar.set_postfix({"loss": f"{loss:.4f}", name: f"{value:.4f}"}, refresh=False)
+        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
+            checkpoint()
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+    if args.group is not None:
+        args.group.check_weights(model)
+    checkpoint()
+    return train_seconds, start
+
+
 def run_adding(args):
     # At T=100 the error sits at the always-1.0 level for about 1300 steps before the
     # LSTM finds the two marked values (seed 0, lr 1e-2); 2000 leave room for it.
@@ -625,32 +661,12 @@ def run_adding(args):
           + (f" (resuming at step {step})" if resumed else ""))
     model.summary()
 
-    def checkpoint():
-        if _writes(args):
-            save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
-                            step=step, extra={"task": "adding", "T": T, "curve": curve,
-                                              "data_rng": data_rng.bit_generator.state})
-
-    from tqdm.auto import tqdm
-    t0, start = time.perf_counter(), step
-    bar = tqdm(total=steps, initial=step, desc="training", unit="step",
-               disable=not args.verbose, dynamic_ncols=True)
-    while step < steps:
-        loss = model.train_step(*adding_batch(data_rng, args.batch_size, T),
-                                distributed=args.group)
-        step += 1
-        bar.update(1)
-        if step % 50 == 0 or step == steps:
-            test = model.evaluate(x_te, y_te, batch_size=500, distributed=args.group)
-            curve.append((step, loss, test))
-            bar.set_postfix(loss=f"{loss:.4f}", test_mse=f"{test:.4f}", refresh=False)
-        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
-            checkpoint()
-    bar.close()
-    train_seconds = time.perf_counter() - t0
-    if args.group is not None:
-        args.group.check_weights(model)
-    checkpoint()
+    train_seconds, start = train_on_batches(
+        args, model, out, "adding", steps, step, curve, data_rng, {"T": T},
+        lambda: adding_batch(data_rng, args.batch_size, T),
+        lambda: model.evaluate(x_te, y_te, batch_size=500, distributed=args.group),
+        50, "test_mse")
+    step = steps
     test_mse = curve[-1][2]
     metrics = {"task": "adding", "T": T, "steps": steps, "batch_size": args.batch_size,
                "test_mse": test_mse, "baseline_mse": float(np.mean((y_te - 1) ** 2)),
