@@ -358,6 +358,23 @@ def run(backend, cells, plans, families, dtypes, shapes, quick, out=None):
     return failures
 
 
+def _checked_row(text, mismatch, call, ops, quick, failures, out, repeats):
+    """Print a row of run_quantized or run_convlstm: `text` and MISMATCH (added to
+    failures), or `text`, then the median time of the call (one call with --quick,
+    else `repeats` after a warm-up) and ops / time (GOP/s or GFLOP/s)."""
+    if mismatch:
+        failures.append(text)
+        print(text + " MISMATCH", file=out, flush=True)
+        return
+    times = []
+    for _ in range(1 if quick else repeats + 1):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times[0 if quick else 1:])
+    print(f"{text}{seconds * 1e3:9.3f} {ops / seconds / 1e9:8.3g}", file=out, flush=True)
+
+
 def run_quantized(shapes, quick, out=None):
     """The reduced-precision kernels (cpu/qtile.py, cpu/quantized.py): each int8
     product variant this CPU runs, against NumPy's integer product to the bit, then
@@ -375,18 +392,8 @@ def run_quantized(shapes, quick, out=None):
     print("-" * len(head), file=out)
 
     def row(label, shape, err, tol, call, ops):
-        text = f"{label:<26} {','.join(map(str, shape)):<16} {err:8.1e} ({tol:.0e}) "
-        if err > tol:
-            failures.append(text)
-            print(text + " MISMATCH", file=out, flush=True)
-            return
-        times = []
-        for _ in range(repeats + (0 if quick else 1)):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-        seconds = statistics.median(times[0 if quick else 1:])
-        print(f"{text}{seconds * 1e3:9.3f} {ops / seconds / 1e9:8.3g}", file=out, flush=True)
+        _checked_row(f"{label:<26} {','.join(map(str, shape)):<16} {err:8.1e} ({tol:.0e}) ",
+                     err > tol, call, ops, quick, failures, out, repeats)
 
     rng = np.random.default_rng(0)
     for T, B, I, H in shapes:
@@ -481,19 +488,9 @@ def run_convlstm(backend, dtypes, shapes, quick, out=None):
                 text = (f"{name:<10} {np.dtype(dtype).name:<8} "
                         f"{','.join(map(str, (T, B, R, C, I, F, k, padding))):<26} "
                         f"{err:8.1e} ({tol:.0e})  ")
-                if err > tol:
-                    failures.append(text)
-                    print(text + " MISMATCH", file=out, flush=True)
-                    continue
-                times = []
-                for _ in range(repeats + (0 if quick else 1)):
-                    t0 = time.perf_counter()
-                    calls[name]()
-                    times.append(time.perf_counter() - t0)
-                seconds = statistics.median(times[0 if quick else 1:])
-                work = flops * (3 if name == "training" else 1)
-                print(f"{text}{seconds * 1e3:9.3f} {work / seconds / 1e9:8.3g}", file=out,
-                      flush=True)
+                _checked_row(text, err > tol, calls[name],
+                             flops * (3 if name == "training" else 1), quick, failures, out,
+                             repeats)
     return failures
 
 
