@@ -31,8 +31,8 @@ from numba.extending import overload
 from ..conv import convlstm_convs
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
 from .jit import FAST
-from .microkernel import CB
-from .products import matmul_rows
+from .microkernel import CB, ROWS
+from .products import in_blocks, matmul_rows
 from .threads import numba_threads
 
 UNITS = 16          # units of one gate in a column block (CB = 4 * UNITS)
@@ -331,13 +331,9 @@ def _scratch_threads():
     return max(numba.config.NUMBA_NUM_THREADS, numba_threads())
 
 
-def _blocks(m):
-    """[K,N] -> [ceil(N/CB), K, CB], zero-padded columns: tile_block's operand."""
-    K, N = m.shape
-    nblk = -(-N // CB)
-    out = np.zeros((K, nblk * CB), m.dtype)
-    out[:, :N] = m
-    return np.ascontiguousarray(out.reshape(K, nblk, CB).transpose(1, 0, 2))
+def _task_rows(N):
+    """Pixels a task: ROWS_PER_TASK, or all N (whole register tiles) when fewer."""
+    return min(ROWS_PER_TASK, -(-N // ROWS) * ROWS)
 
 
 def _matrix(w):  # [O,I,kh,kw] -> [kh*kw*I, O], rows in gather's order (ky, kx, i)
@@ -356,17 +352,20 @@ class PackedConvLSTM:
         self.F, self.kernel, self.rec_kernel = F, w_ih.shape[2:], w_hh.shape[2:]
         Gp = 4 * padded_filters(F)
         cols = gate_column(F)
-        stacked = np.zeros((_matrix(w_ih).shape[0] + _matrix(w_hh).shape[0], Gp), dtype)
-        stacked[:, cols] = np.concatenate([_matrix(w_ih), _matrix(w_hh)])
-        self.W = _blocks(stacked)
+        m_ih, m_hh = _matrix(w_ih), _matrix(w_hh)
+        stacked = np.zeros((m_ih.shape[0] + m_hh.shape[0], Gp), dtype)
+        stacked[:, cols] = np.concatenate([m_ih, m_hh])
+        self.W = in_blocks(stacked)
         self.bias = np.zeros((1, Gp), dtype)
         self.bias[0, cols] = b
-        w_x = np.zeros((Gp, _matrix(w_ih).shape[0]), dtype)
-        w_x[cols] = _matrix(w_ih).T
-        self.W_x = _blocks(w_x)
-        w_hT = np.zeros((Gp, _matrix(w_hh).shape[0]), dtype)
-        w_hT[cols] = _matrix(w_hh).T
-        self.W_hT = _blocks(w_hT)
+        self.W_x, self.W_hT = (in_blocks(self._gate_rows(m.T, cols, Gp)) for m in (m_ih, m_hh))
+
+    @staticmethod
+    def _gate_rows(m, cols, Gp):
+        """m [4F, K] with its rows moved to their gate columns of Gp (zero rows between)."""
+        out = np.zeros((Gp, m.shape[1]), m.dtype)
+        out[cols] = m
+        return out
 
 
 def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(1, 1),
@@ -387,7 +386,8 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     lengths = np.full(B, T, np.int64) if lengths is None else np.asarray(lengths, np.int64)
     masked = h_mask is not None
     mask = state(h_mask) if masked else np.ones((1, F), dtype)
-    P, rows = _scratch_threads(), min(ROWS_PER_TASK, -(-N // 6) * 6)
+    c0 = state(c0)
+    P, rows = _scratch_threads(), _task_rows(N)
     HW = Ro * Co
     y_user = np.empty((B, T, HW, F) if batch_first_y else (T, B, HW, F), dtype)
     y = y_user.transpose(1, 0, 2, 3) if batch_first_y else y_user
@@ -395,12 +395,12 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     saved = (T, N) if training else (1, 1)
     gates, cs, hs = (np.empty(saved + (Gp,), dtype), np.empty(saved + (F,), dtype),
                      np.empty(saved + (F,), dtype))
-    forward_loop(xs, packed.W, packed.bias, gx, gh, state(h0), state(c0), lengths, mask,
+    forward_loop(xs, packed.W, packed.bias, gx, gh, state(h0), c0, lengths, mask,
                  masked, np.empty((P, rows, K), dtype), np.empty((P, rows, Gp), dtype),
                  training, y, h_n, c_n, gates, cs, hs)
     grid = (B, Ro, Co, F)
     cache = dict(x=xs, x_shape=x.shape, packed=packed, convs=(gx, gh),
-                 lengths=lengths, mask=mask, masked=masked, c0=state(c0), gates=gates,
+                 lengths=lengths, mask=mask, masked=masked, c0=c0, gates=gates,
                  cs=cs, hs=hs, grid=grid) if training else None
     y_shape = (B, T) + grid[1:] if batch_first_y else (T,) + grid
     return y_user.reshape(y_shape), h_n.reshape(grid), c_n.reshape(grid), cache
@@ -414,7 +414,7 @@ def convlstm_backward_cpu(dy, dh_n, dc_n, cache):
     gates, grid = cache["gates"], cache["grid"]
     T, N, Gp = gates.shape
     F, dtype = packed.F, gates.dtype
-    P, rows = _scratch_threads(), min(ROWS_PER_TASK, -(-N // 6) * 6)
+    P, rows = _scratch_threads(), _task_rows(N)
     flat = lambda a: np.ascontiguousarray(a, dtype).reshape(-1, N, F)  # noqa: E731
     dz = np.zeros((T, N, Gp), dtype)  # (the padded units' columns stay zero)
     dh0, dc0 = np.empty((N, F), dtype), np.empty((N, F), dtype)
