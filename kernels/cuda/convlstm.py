@@ -24,7 +24,8 @@ from numba import cuda
 
 from ..conv import convlstm_convs
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
-from .common import as_device, copy, device_array, flat_launch, is_device
+from .common import (as_device, column_sums, copy, device_array, flat_launch, is_device,
+                     ones)
 
 
 @cuda.jit
@@ -225,7 +226,8 @@ def convlstm_forward_cuda(x, w_ih, w_hh, b, h0, c0, lengths=None, h_mask=None,
                              else np.asarray(lengths, np.int64))
     mask = as_device(np.ones((N, F), dtype) if h_mask is None
                      else np.asarray(h_mask, dtype).reshape(N, F))
-    h, c, c0_saved = _fresh(h0, N, F, dtype), _fresh(c0, N, F, dtype), _fresh(c0, N, F, dtype)
+    h, c = _fresh(h0, N, F, dtype), _fresh(c0, N, F, dtype)
+    c0_saved = _fresh(c0, N, F, dtype) if training else None  # (c changes in place)
     h_next = device_array((N, F), dtype)
     y = device_array((T, N, F), dtype)
     saved = (T, N) if training else (1, 1)
@@ -280,10 +282,8 @@ def convlstm_backward_cuda(dy, dh_n, dc_n, cache):
     dw_ih, dw_hh = device_array(w_ih.shape, dtype), device_array(w_hh.shape, dtype)
     _dw[flat_launch(dw_ih.size)](dz, x, gxd, zero, dw_ih)
     _dw[flat_launch(dw_hh.size)](dz, cache["hs"], ghd, zero, dw_hh)
-    db = dz.copy_to_host().reshape(-1, G).sum(axis=0)
-    on_device = cache["on_device"]
-    out = dict(dx=dx.reshape(cache["x_shape"]), dw_ih=dw_ih, dw_hh=dw_hh,
+    db = column_sums(dz.reshape(T * N, G), device_array(G, dtype), ones(T * N, dtype))
+    out = dict(dx=dx.reshape(cache["x_shape"]), dw_ih=dw_ih, dw_hh=dw_hh, db=db,
                dh0=dh.reshape(grid), dc0=dc.reshape(grid))
-    out = {k: _host_or_device(on_device, v) for k, v in out.items()}
-    out["db"] = cuda.to_device(db) if on_device else db
+    out = {k: _host_or_device(cache["on_device"], v) for k, v in out.items()}
     return out
