@@ -295,11 +295,13 @@ class ConvLSTM(Layer):
         self.grads["bias"] += g["db"]
         return g["dx"], g["dh0"], g["dc0"]
 
-    def _user(self, a, time_axis):
-        """A 2-D result back to the user's layout (1-D: the row axis dropped)."""
+    def _user(self, a, time_axis, batch_first=None):
+        """A 2-D result back to the caller's layout (1-D: the row axis dropped; time
+        axis second when batch_first, None: the layer's setting)."""
         if self.rank == 1:
             a = a[..., 0, :, :]
-        return a.swapaxes(0, 1) if time_axis and self.batch_first else a
+        first = self.batch_first if batch_first is None else batch_first
+        return a.swapaxes(0, 1) if time_axis and first else a
 
     def __call__(self, x, state=None, training=False, lengths=None):
         """x [T,B,R,C,I] ([B,T,...] with batch_first; 1-D: [T,B,L,I]) -> (y, (h_n, c_n)):
@@ -312,36 +314,27 @@ class ConvLSTM(Layer):
         return self._user(y, True), (self._user(h, False), self._user(c, False))
 
     def backward(self, dy, dh_n=None, dc_n=None):
-        y_shape, s_shape = getattr(self, "_call_shapes", (None, None))
-        if self._cache is None or self._cache[0] is None:
+        if self._cache is None:
             raise RuntimeError("backward: run forward with training=True first")
+        y_shape, s_shape = self._call_shapes
         dy = self._grad_in(dy, "dy", y_shape, True)
         dh = self._grad_in(dh_n, "dh_n", s_shape, False)
         dc = self._grad_in(dc_n, "dc_n", s_shape, False)
         dx, dh0, dc0 = self._gradients(dy, dh, dc)
-        return self._user_x(dx, True), (self._user(dh0, False), self._user(dc0, False))
+        return self._user(dx, True), (self._user(dh0, False), self._user(dc0, False))
 
-    def _user_shape(self, shape, time_axis):
-        if self.rank == 1:
-            shape = shape[:-3] + shape[-2:]
-        if time_axis and self.batch_first:
-            shape = (shape[1], shape[0]) + shape[2:]
-        return shape
-
-    def _grad_in(self, g, name, shape, time_axis):
+    def _grad_in(self, g, name, shape, time_axis, batch_first=None, what="shape"):
+        """A gradient given in the caller's layout (as _user gives) -> `shape` (2-D,
+        time-major), zeros for None; ValueError naming `what` it should have been."""
         if g is None:
             return np.zeros(shape, self.dtype)
         g = as_numeric(g, name)
-        user = self._user_shape(shape, time_axis)
+        user = self._user(np.broadcast_to(np.bool_(0), shape), time_axis, batch_first).shape
         if tuple(g.shape) != user:
-            raise ValueError(f"{name}: expected shape {user}, got {tuple(g.shape)}")
-        g = g.swapaxes(0, 1) if time_axis and self.batch_first else g
+            raise ValueError(f"{name}: expected {what} {user}, got {tuple(g.shape)}")
+        first = self.batch_first if batch_first is None else batch_first
+        g = g.swapaxes(0, 1) if time_axis and first else g
         return np.ascontiguousarray(g, self.dtype).reshape(shape)
-
-    def _user_x(self, dx, time_axis):
-        if self.rank == 1:
-            dx = dx[:, :, 0]
-        return dx.swapaxes(0, 1) if time_axis and self.batch_first else dx
 
     # -- the Sequential protocol (batch-first) --------------------------------------------
     def forward(self, x, training=False, lengths=None):
@@ -349,35 +342,21 @@ class ConvLSTM(Layer):
         last step's h of each sequence."""
         x_tm = self._check_x(x, True)
         y, h, c = self._run(x_tm, None, lengths, training, batch_first_y=True)
-        out = y if self.return_sequences else h
-        return out[:, :, 0] if self.rank == 1 and self.return_sequences else (
-            out[:, 0] if self.rank == 1 else out)
+        # (y is batch-first already: no time axis to move)
+        return self._user(y if self.return_sequences else h, False)
 
     def backward_output(self, dout):
-        y_shape, s_shape = getattr(self, "_call_shapes", (None, None))
         if self._cache is None:
             raise RuntimeError("backward: run forward with training=True first (each "
                                "training forward supports one backward)")
-        dout = as_numeric(dout, "dout")
-        if self.return_sequences:
-            want = (y_shape[1], y_shape[0]) + y_shape[2:]
-        else:
-            want = s_shape
-        if self.rank == 1:
-            want = want[:-3] + want[-2:]
-        if tuple(dout.shape) != want:
-            raise ValueError(f"dout: expected the output's shape {want}, got "
-                             f"{tuple(dout.shape)}")
-        dout = np.ascontiguousarray(dout, self.dtype)
-        if self.return_sequences:
-            dy = np.ascontiguousarray(dout.swapaxes(0, 1)).reshape(y_shape)
-            dh = np.zeros(s_shape, self.dtype)
-        else:
-            dy, dh = np.zeros(y_shape, self.dtype), dout.reshape(s_shape)
-        dx, _, _ = self._gradients(dy, dh, np.zeros(s_shape, self.dtype))
-        if self.rank == 1:
-            dx = dx[:, :, 0]
-        return np.ascontiguousarray(dx.swapaxes(0, 1))
+        y_shape, s_shape = self._call_shapes
+        seq = self.return_sequences
+        grad = self._grad_in(dout, "dout", y_shape if seq else s_shape, seq,
+                             batch_first=True, what="the output's shape")
+        zero = np.zeros(s_shape, self.dtype)
+        dx, _, _ = self._gradients(grad if seq else np.zeros(y_shape, self.dtype),
+                                   zero if seq else grad, zero)
+        return np.ascontiguousarray(self._user(dx, True, batch_first=True))
 
 
 def rank_last(n):
