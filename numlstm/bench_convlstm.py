@@ -277,14 +277,7 @@ def run(shapes, libraries=LIBRARIES, modes=MODES, load=0, copies=1, rounds=3, re
     (its ms / numlstm's) and parity (its worst |difference| from numlstm's over the
     probes, see parity()). load, copies, env: as bench_isolated.run's."""
     shapes = [shape7(s) for s in shapes]
-    for lib in libraries:
-        if lib not in LIBRARIES:
-            raise ValueError(f"libraries: expected some of {LIBRARIES}, got {lib!r}")
-    for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"modes: expected some of {MODES}, got {mode!r}")
-    if not isinstance(copies, int) or copies < 1 or not isinstance(load, int) or load < 0:
-        raise ValueError(f"copies >= 1 and load >= 0 (integers), got {copies!r}, {load!r}")
+    bench_isolated.check_run(libraries, LIBRARIES, modes, MODES, copies, load)
     tasks = [(list(shape), mode) for shape in shapes for mode in modes]
     peers = [lib for lib in libraries if lib != "numlstm"]
     worst = parity(shapes, peers, env) if peers else {}

@@ -246,6 +246,19 @@ def measure(specs, load=0, copies=1, rounds=3, env=None, module="numlstm.bench_i
     return results
 
 
+def check_run(libraries, known_libraries, modes, known_modes, copies, load):
+    """ValueError unless every library and mode is a known one, copies >= 1 and
+    load >= 0 (a run's arguments: this module's and bench_convlstm's)."""
+    for lib in libraries:
+        if lib not in known_libraries:
+            raise ValueError(f"libraries: expected some of {known_libraries}, got {lib!r}")
+    for mode in modes:
+        if mode not in known_modes:
+            raise ValueError(f"modes: expected some of {known_modes}, got {mode!r}")
+    if not isinstance(copies, int) or copies < 1 or not isinstance(load, int) or load < 0:
+        raise ValueError(f"copies >= 1 and load >= 0 (integers), got {copies!r}, {load!r}")
+
+
 def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference",),
         load=0, copies=1, rounds=3, repeats=20, min_seconds=0.3, env=None, dtype="float32"):
     """Time every library at every (T, B, I, H) in `shapes` and mode, each in its own
@@ -255,19 +268,12 @@ def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference
     the workers' environment (None: this process's), e.g. a PYTHONPATH that puts
     another build of numlstm first, for an A/B of two versions; dtype: the weights'
     precision (the module docstring)."""
-    for lib in libraries:
-        if lib not in LIBRARIES:
-            raise ValueError(f"libraries: expected some of {LIBRARIES}, got {lib!r}")
-    for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"modes: expected some of {MODES}, got {mode!r}")
+    check_run(libraries, LIBRARIES, modes, MODES, copies, load)
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
     if dtype != "float32" and "onnxruntime" in libraries:
         raise ValueError("dtype: onnxruntime runs the float32 file; compare int8 and "
                          "bfloat16 with torch")
-    if not isinstance(copies, int) or copies < 1 or not isinstance(load, int) or load < 0:
-        raise ValueError(f"copies >= 1 and load >= 0 (integers), got {copies!r}, {load!r}")
     specs = {lib: dict(lib=lib, repeats=repeats, min_seconds=min_seconds, dtype=dtype,
                        tasks=[(list(shape), mode) for shape in shapes for mode in modes
                               if supports(lib, mode, dtype)])

@@ -189,12 +189,7 @@ def _bench_isolated(args):
     rows = bench_isolated.run(shapes, libraries, modes, load=args.load, copies=args.copies,
                               rounds=args.rounds, repeats=args.repeats, dtype=args.dtype)
     bench_isolated.table(rows, libraries, roof["fma_peak"])
-    print("ratio = peer time / numlstm time (> 1: numlstm is faster); %roof: numlstm's "
-          "GFLOP/s as a share of the FMA peak")
-    for row in rows:
-        row.update(roof)
-    _write_json(args.json, rows)
-    return 0
+    return _isolated_report(rows, roof, args.json)
 
 
 def _bench_convlstm(args):
@@ -233,11 +228,17 @@ def _bench_convlstm(args):
               f"{','.join(map(str, bench_convlstm.PROBE))}): worst |peer - numlstm| "
               + ", ".join(f"{p} {rows[0][p + '_parity']:.1e}" for p in peers))
     bench_convlstm.table(rows, libraries, roof["fma_peak"])
+    return _isolated_report(rows, roof, args.json)
+
+
+def _isolated_report(rows, roof, path):
+    """The end of an --isolated run: the ratio's legend, and the rows with the
+    machine's roof figures to `path` (--json); exit status 0."""
     print("ratio = peer time / numlstm time (> 1: numlstm is faster); %roof: numlstm's "
           "GFLOP/s as a share of the FMA peak")
     for row in rows:
         row.update(roof)
-    _write_json(args.json, rows)
+    _write_json(path, rows)
     return 0
 
 
