@@ -25,13 +25,14 @@ _malloc.tune()  # glibc: each training step reuses the last one's memory (see _m
 
 from .checkpoint import load, load_checkpoint, save_checkpoint  # noqa: E402
 from .dispatch import available as available_backends  # noqa: E402
-from .layers import (GRU, LSTM, RNN, ConvLSTM1D, ConvLSTM2D, Dense, Dropout,  # noqa: E402
-                     Embedding)
+from .layers import (GRU, LSTM, RNN, Attention, ConvLSTM1D, ConvLSTM2D, Dense,  # noqa: E402
+                     Dropout, Embedding)
 from .losses import CrossEntropyLoss, MSELoss  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .optim import SGD, Adam, AdamW, NonFiniteError, clip_grad_norm  # noqa: E402
 from .packing import LAYOUTS, convert  # noqa: E402
 from .quantize import quantize_dynamic  # noqa: E402
+from .seq2seq import Seq2Seq  # noqa: E402
 
 
 
@@ -60,7 +61,7 @@ def import_onnx(path):
 
 
 __all__ = ["LSTM", "GRU", "RNN", "ConvLSTM1D", "ConvLSTM2D", "Dense", "Dropout", "Embedding",
-           "Sequential", "MSELoss",
+           "Attention", "Sequential", "Seq2Seq", "MSELoss",
            "CrossEntropyLoss", "SGD", "Adam", "AdamW", "NonFiniteError", "clip_grad_norm", "load",
            "load_checkpoint", "save_checkpoint", "LAYOUTS", "convert",
            "available_backends", "export_onnx", "import_onnx", "quantize_dynamic",

@@ -4,7 +4,7 @@ Format (version 1): one zip archive, by default named checkpoint.npz, that
 numpy.load opens:
 
     meta.json                 {"format": "numlstm-checkpoint", "version": 1,
-                               "numlstm": version, "model": Sequential.get_config(),
+                               "numlstm": version, "model": model.get_config(),
                                "optimizer": {"type", "config", "steps"} or null,
                                "step": int, "rng": {generator states}, "extra": {...}}
     model/<layer>/<name>.npy  each parameter, torch's names and shapes
@@ -33,7 +33,7 @@ import numpy as np
 
 from .files import write_atomically
 from .kernels.gates import UserFunction
-from .model import Sequential
+from .model import Model, Sequential
 from .optim import Optimizer, get_optimizer
 from .validation import check_int
 from .version import __version__
@@ -87,11 +87,12 @@ def _unstorable(value, where):
 
 
 def save_checkpoint(path, model, optimizer=None, step=0, extra=None):
-    """Write model (a Sequential), optimizer (or None), step and extra (a JSON-able
+    """Write model (a Sequential or a Seq2Seq), optimizer (or None), step and extra (a JSON-able
     dict) to path atomically, keeping the file it replaces as <name>.prev.npz. A
     folder path gets checkpoint.npz inside it. Returns the file's path."""
-    if not isinstance(model, Sequential):
-        raise TypeError(f"model: expected a numlstm.Sequential, got {type(model).__name__}")
+    if not isinstance(model, Model):
+        raise TypeError(f"model: expected a numlstm.Sequential or Seq2Seq, got "
+                        f"{type(model).__name__}")
     if optimizer is not None and not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer: expected None or a numlstm optimizer, got "
                         f"{type(optimizer).__name__}")
@@ -211,7 +212,7 @@ def _read(path):
     except (ValueError, OSError, EOFError) as err:
         raise CorruptCheckpoint(f"{path}: a damaged array ({err})") from None
     try:
-        model = Sequential.from_config(meta["model"])
+        model = _model_class(meta["model"]).from_config(meta["model"])
         model.set_weights({k[len("model/"):]: v for k, v in arrays.items()
                            if k.startswith("model/")})
         model.set_rng_states(meta["rng"])
@@ -230,6 +231,17 @@ def _read(path):
         raise CorruptCheckpoint(f"{path}: its contents do not fit together as a numlstm "
                                 f"checkpoint ({type(err).__name__}: {err})") from None
     return Checkpoint(model, optimizer, step, extra, path)
+
+
+def _model_class(config):
+    """The model form a saved config is of: its "class" (a Seq2Seq's config has
+    one), else Sequential."""
+    from .seq2seq import Seq2Seq
+    kinds = {"Sequential": Sequential, "Seq2Seq": Seq2Seq}
+    kind = config.get("class", "Sequential")
+    if kind not in kinds:
+        raise ValueError(f"model class {kind!r}, expected one of {sorted(kinds)}")
+    return kinds[kind]
 
 
 def load(path):

@@ -16,7 +16,143 @@ from .optim import NonFiniteError, Optimizer, get_optimizer
 from .validation import as_numeric, check_int, shape_str
 
 
-class Sequential:
+class Model:
+    """What every model form shares (Sequential, numlstm.Seq2Seq): its layers'
+    parameters and gradients, the optimizer, the random state a checkpoint keeps.
+
+    A subclass sets `layers` (each with a unique `name`) and `_rng` (the generator
+    of its own shuffling), and defines get_config / from_config.
+    """
+    loss = optimizer = None
+    on_nonfinite, skipped_steps = "raise", 0
+
+    def summary(self, print_fn=print):
+        """Print (and return) a table of layers, output shapes and parameter counts."""
+        rows = [(f"{layer.name} ({type(layer).__name__})",
+                 shape_str(shape) if shape else "?",
+                 f"{sum(p.size for p in layer.params.values()):,}")
+                for layer, shape in zip(self.layers, self._layer_shapes())]
+        head = ("Layer (type)", "Output Shape", "Param #")
+        w = [max(len(r[k]) for r in rows + [head]) + 2 for k in range(3)]
+        line = "=" * (sum(w) + 2)
+        fmt = lambda r: f"{r[0]:<{w[0]}} {r[1]:<{w[1]}} {r[2]:>{w[2]}}"  # noqa: E731
+        total = self.count_params()
+        size = sum(p.nbytes for layer in self.layers for p in layer.params.values())
+        text = "\n".join(
+            [f'Model: "{self.name}"', line, fmt(head), line]
+            + [fmt(r) for r in rows]
+            + [line, f"Total params: {total:,} ({size / 2 ** 10:,.1f} KiB)",
+               f"Trainable params: {total:,}", "Non-trainable params: 0", line])
+        print_fn(text)
+        return text
+
+    def count_params(self):
+        return sum(p.size for layer in self.layers for p in layer.params.values())
+
+    # -- parameters ----------------------------------------------------------------------
+    def parameters(self):
+        """[(key, param, grad)] over every layer, key = "<layer>/<name>"."""
+        return [(f"{layer.name}/{name}", p, layer.grads[name])
+                for layer in self.layers for name, p in layer.params.items()]
+
+    def zero_grad(self):
+        for layer in self.layers:
+            layer.zero_grad()
+
+    def get_weights(self):
+        """{key: copy of the parameter} over every layer."""
+        return {key: np.array(p) for key, p, _ in self.parameters()}
+
+    def set_weights(self, weights):
+        """Load {key: array} as get_weights() returns it; all names and shapes are
+        checked before any layer changes."""
+        if not hasattr(weights, "keys"):
+            raise TypeError(f"weights: expected a dict {{'<layer>/<name>': array}} as "
+                            f"get_weights() returns, got {type(weights).__name__}")
+        want = {key: p.shape for key, p, _ in self.parameters()}
+        got = {key: tuple(np.shape(v)) for key, v in weights.items()}
+        if want != got:
+            missing = sorted(set(want) - set(got))
+            extra = sorted(set(got) - set(want))
+            wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+            raise ValueError(f"weights: missing {missing}, unexpected {extra}, wrong "
+                             f"shape {wrong}")
+        checked = [layer.checked_params({name: weights[f"{layer.name}/{name}"]
+                                         for name in layer.params})
+                   for layer in self.layers]  # every layer's, before any changes
+        for layer, params in zip(self.layers, checked):
+            layer._replace_params(params)
+
+    def compile(self, optimizer="adam", loss="mse", on_nonfinite="raise",
+                **optimizer_args):
+        """Choose the loss ("mse", "cross_entropy" or a loss object) and the optimizer
+        ("sgd", "adam", "adamw" with `optimizer_args` such as lr=, clip_norm=,
+        lr_schedule=; or an Optimizer object).
+
+        on_nonfinite: what a training step does with a NaN or infinite loss or
+        gradient: "raise" (default) raises numlstm.NonFiniteError naming the step,
+        before any weight changes; "skip" leaves the weights and the optimizer as
+        they were and counts the step in `skipped_steps`."""
+        if isinstance(optimizer, Optimizer) and optimizer_args:
+            raise ValueError("optimizer arguments go to the optimizer's constructor when "
+                             "an Optimizer object is given")
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got "
+                             f"{on_nonfinite!r}")
+        self.loss = get_loss(loss)
+        self.optimizer = get_optimizer(optimizer, **optimizer_args)
+        self.on_nonfinite = on_nonfinite
+        self.skipped_steps = 0
+        return self
+
+    def _need_compiled(self, what):
+        if self.loss is None:
+            raise RuntimeError(f"{what}: call model.compile(optimizer=..., loss=...) first")
+
+    def _update(self, value):
+        """The optimizer's step from the gradients of a batch whose loss is value ->
+        value. A NaN or infinite loss or gradient changes nothing; it raises
+        NonFiniteError or is skipped, as compile(on_nonfinite=) says."""
+        try:
+            if not np.isfinite(value):
+                raise NonFiniteError(f"update {self.optimizer.steps + 1}: the loss is "
+                                     f"{value}; no parameter was changed")
+            self.step_optimizer()
+        except NonFiniteError:
+            if self.on_nonfinite == "raise":
+                raise
+            self.skipped_steps += 1
+        return value
+
+    def step_optimizer(self):
+        """One optimizer update from the gradients in each layer's `grads`."""
+        with contextlib.ExitStack() as stack:
+            triples = []
+            for layer in self.layers:
+                params = stack.enter_context(layer.updating())
+                triples += [(f"{layer.name}/{name}", p, layer.grads[name])
+                            for name, p in params.items()]
+            return self.optimizer.step(triples)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save(self, path, optimizer=None, step=0, extra=None):
+        """Write a checkpoint (see numlstm.checkpoint); the compiled optimizer by default."""
+        from .checkpoint import save_checkpoint
+        save_checkpoint(path, self, optimizer or self.optimizer, step=step, extra=extra)
+
+    def rng_states(self):
+        return {"model": self._rng.bit_generator.state,
+                **{layer.name: layer.rng_state() for layer in self.layers
+                   if layer.rng_state() is not None}}
+
+    def set_rng_states(self, states):
+        self._rng.bit_generator.state = states["model"]
+        for layer in self.layers:
+            if layer.name in states:
+                layer.set_rng_state(states[layer.name])
+
+
+class Sequential(Model):
     """Layers applied one after another; the backward runs through the chain in reverse.
 
     Args:
@@ -85,6 +221,9 @@ class Sequential:
             return (None, first.in_features)
         return None
 
+    def _layer_shapes(self):
+        return self._shapes
+
     def _infer_shapes(self):
         """Each layer's output shape (None = any size); checks that neighbours fit."""
         shape = self._input_shape()
@@ -101,29 +240,6 @@ class Sequential:
                 raise ValueError(f"layer {i} ({layer.name}): {err}; {before}") from None
             shapes.append(shape)
         return shapes
-
-    def summary(self, print_fn=print):
-        """Print (and return) a table of layers, output shapes and parameter counts."""
-        rows = [(f"{layer.name} ({type(layer).__name__})",
-                 shape_str(shape) if shape else "?",
-                 f"{sum(p.size for p in layer.params.values()):,}")
-                for layer, shape in zip(self.layers, self._shapes)]
-        head = ("Layer (type)", "Output Shape", "Param #")
-        w = [max(len(r[k]) for r in rows + [head]) + 2 for k in range(3)]
-        line = "=" * (sum(w) + 2)
-        fmt = lambda r: f"{r[0]:<{w[0]}} {r[1]:<{w[1]}} {r[2]:>{w[2]}}"  # noqa: E731
-        total = self.count_params()
-        size = sum(p.nbytes for layer in self.layers for p in layer.params.values())
-        text = "\n".join(
-            [f'Model: "{self.name}"', line, fmt(head), line]
-            + [fmt(r) for r in rows]
-            + [line, f"Total params: {total:,} ({size / 2 ** 10:,.1f} KiB)",
-               f"Trainable params: {total:,}", "Non-trainable params: 0", line])
-        print_fn(text)
-        return text
-
-    def count_params(self):
-        return sum(p.size for layer in self.layers for p in layer.params.values())
 
     def get_config(self):
         return {"name": self.name, "seed": self.seed,
@@ -156,40 +272,6 @@ class Sequential:
         output. Needs torch."""
         from .torch_io import sequential_to_torch
         return sequential_to_torch(self)
-
-    # -- parameters ----------------------------------------------------------------------
-    def parameters(self):
-        """[(key, param, grad)] over every layer, key = "<layer>/<name>"."""
-        return [(f"{layer.name}/{name}", p, layer.grads[name])
-                for layer in self.layers for name, p in layer.params.items()]
-
-    def zero_grad(self):
-        for layer in self.layers:
-            layer.zero_grad()
-
-    def get_weights(self):
-        """{key: copy of the parameter} over every layer."""
-        return {key: np.array(p) for key, p, _ in self.parameters()}
-
-    def set_weights(self, weights):
-        """Load {key: array} as get_weights() returns it; all names and shapes are
-        checked before any layer changes."""
-        if not hasattr(weights, "keys"):
-            raise TypeError(f"weights: expected a dict {{'<layer>/<name>': array}} as "
-                            f"get_weights() returns, got {type(weights).__name__}")
-        want = {key: p.shape for key, p, _ in self.parameters()}
-        got = {key: tuple(np.shape(v)) for key, v in weights.items()}
-        if want != got:
-            missing = sorted(set(want) - set(got))
-            extra = sorted(set(got) - set(want))
-            wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
-            raise ValueError(f"weights: missing {missing}, unexpected {extra}, wrong "
-                             f"shape {wrong}")
-        checked = [layer.checked_params({name: weights[f"{layer.name}/{name}"]
-                                         for name in layer.params})
-                   for layer in self.layers]  # every layer's, before any changes
-        for layer, params in zip(self.layers, checked):
-            layer._replace_params(params)
 
     # -- checking data before any kernel runs -------------------------------------------
     def _output_shape(self, x):
@@ -251,32 +333,6 @@ class Sequential:
                 break
         return dout
 
-    def compile(self, optimizer="adam", loss="mse", on_nonfinite="raise",
-                **optimizer_args):
-        """Choose the loss ("mse", "cross_entropy" or a loss object) and the optimizer
-        ("sgd", "adam", "adamw" with `optimizer_args` such as lr=, clip_norm=,
-        lr_schedule=; or an Optimizer object).
-
-        on_nonfinite: what a training step does with a NaN or infinite loss or
-        gradient: "raise" (default) raises numlstm.NonFiniteError naming the step,
-        before any weight changes; "skip" leaves the weights and the optimizer as
-        they were and counts the step in `skipped_steps`."""
-        if isinstance(optimizer, Optimizer) and optimizer_args:
-            raise ValueError("optimizer arguments go to the optimizer's constructor when "
-                             "an Optimizer object is given")
-        if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got "
-                             f"{on_nonfinite!r}")
-        self.loss = get_loss(loss)
-        self.optimizer = get_optimizer(optimizer, **optimizer_args)
-        self.on_nonfinite = on_nonfinite
-        self.skipped_steps = 0
-        return self
-
-    def _need_compiled(self, what):
-        if self.loss is None:
-            raise RuntimeError(f"{what}: call model.compile(optimizer=..., loss=...) first")
-
     def train_step(self, x, y, lengths=None, distributed=None):
         """One update on one batch: forward, loss, backward, optimizer step -> loss.
 
@@ -296,16 +352,7 @@ class Sequential:
             value = self._loss_and_grads(x, y, lengths)
         else:
             value = group.gradients(self, x, y, lengths)
-        try:
-            if not np.isfinite(value):
-                raise NonFiniteError(f"update {self.optimizer.steps + 1}: the loss is "
-                                     f"{value}; no parameter was changed")
-            self.step_optimizer()
-        except NonFiniteError:
-            if self.on_nonfinite == "raise":
-                raise
-            self.skipped_steps += 1
-        return value
+        return self._update(value)
 
     def _loss_and_grads(self, x, y, lengths=None, rows=None):
         """Forward and backward of a checked batch -> the loss; the gradients are added
@@ -334,16 +381,6 @@ class Sequential:
         if np.isfinite(value):
             self.backward(grad)
         return value
-
-    def step_optimizer(self):
-        """One optimizer update from the gradients in each layer's `grads`."""
-        with contextlib.ExitStack() as stack:
-            triples = []
-            for layer in self.layers:
-                params = stack.enter_context(layer.updating())
-                triples += [(f"{layer.name}/{name}", p, layer.grads[name])
-                            for name, p in params.items()]
-            return self.optimizer.step(triples)
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, shuffle=True,
             verbose=1, lengths=None, initial_epoch=0, on_epoch_end=None, distributed=None):
@@ -380,7 +417,7 @@ class Sequential:
         for epoch in range(int(initial_epoch), epochs):
             order = self._rng.permutation(n) if shuffle else np.arange(n)
             batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-            bar = _progress(len(batches), f"epoch {epoch + 1}/{epochs}", verbose)
+            bar = progress(len(batches), f"epoch {epoch + 1}/{epochs}", verbose)
             total = seen = tokens = 0
             t0 = time.perf_counter()
             for idx in batches:
@@ -472,23 +509,6 @@ class Sequential:
                 for i in range(0, len(x), batch_size)]
         return np.concatenate(outs)
 
-    # -- checkpoints ---------------------------------------------------------------------
-    def save(self, path, optimizer=None, step=0, extra=None):
-        """Write a checkpoint (see numlstm.checkpoint); the compiled optimizer by default."""
-        from .checkpoint import save_checkpoint
-        save_checkpoint(path, self, optimizer or self.optimizer, step=step, extra=extra)
-
-    def rng_states(self):
-        return {"model": self._rng.bit_generator.state,
-                **{layer.name: layer.rng_state() for layer in self.layers
-                   if layer.rng_state() is not None}}
-
-    def set_rng_states(self, states):
-        self._rng.bit_generator.state = states["model"]
-        for layer in self.layers:
-            if layer.name in states:
-                layer.set_rng_state(states[layer.name])
-
 
 def _group(distributed):
     """None, or the numlstm.distributed.Group that `distributed` names."""
@@ -509,7 +529,8 @@ def _tokens(x):
     return x.shape[0] * x.shape[1] if is_sequence else x.shape[0]
 
 
-def _progress(total, desc, verbose):
+def progress(total, desc, verbose):
+    """fit's progress bar over `total` batches (tqdm), or None when not verbose."""
     if not verbose:
         return None
     from tqdm.auto import tqdm

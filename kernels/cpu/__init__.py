@@ -21,6 +21,7 @@ modules import no cell's):
     peak.py        the machine's float32 FMA peak (the benchmarks' roof)
     jit.py         the compile options every kernel takes
     dense.py, losses.py, optim.py   a dense layer, the losses, the optimizers
+    attention.py   attention's scores, softmax and context (numlstm.Seq2Seq)
 
 Importing this package configures Numba for the kernels, unless the user's
 environment already decided (NUMBA_THREADING_LAYER, NUMBA_CPU_FEATURES):
@@ -94,7 +95,7 @@ if "NUMBA_CPU_FEATURES" not in os.environ and numba.config.CPU_FEATURES is None:
     if "+avx512f" in _features.split(","):
         numba.config.CPU_FEATURES = _features + ",-prefer-256-bit"
 
-from . import (dense, gru, gru_tiled, lstm, lstm_tiled, microkernel, plan,  # noqa: E402
+from . import (attention, dense, gru, gru_tiled, lstm, lstm_tiled, microkernel, plan,  # noqa: E402
                quantized, rnn, threads)
 from .gru import pack_gru_cpu  # noqa: E402
 from .lstm import pack_lstm_cpu  # noqa: E402
@@ -132,6 +133,8 @@ def _direct(fn, *args, **kwargs):
 dense_forward_cpu = _serialised(dense.dense_forward_cpu)
 dense_backward_cpu = _serialised(dense.dense_backward_cpu)
 embedding_backward_cpu = dense.embedding_backward_cpu  # (serial: no parallel region)
+attention_forward_cpu = _serialised(attention.attention_forward_cpu)
+attention_backward_cpu = _serialised(attention.attention_backward_cpu)
 lstm_forward_cpu = _serialised(lstm.lstm_forward_cpu)
 lstm_backward_cpu = _serialised(lstm.lstm_backward_cpu)
 lstm_step_cpu = _serialised(lstm.lstm_step_cpu, policy=False)
@@ -176,4 +179,5 @@ __all__ = ["KERNELS", "lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", 
            "gru_forward_cpu", "gru_backward_cpu", "gru_step_cpu", "pack_gru_cpu",
            "rnn_forward_cpu", "rnn_backward_cpu", "rnn_step_cpu", "pack_rnn_cpu",
            "dense_forward_cpu", "dense_backward_cpu", "embedding_backward_cpu",
+           "attention_forward_cpu", "attention_backward_cpu",
            "lstm_forward_quantized_cpu", "lstm_forward_quantized_into"]

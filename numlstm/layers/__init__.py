@@ -11,8 +11,11 @@ Modules, each depending only on the ones above it:
     basic.py      Dense, Embedding, Dropout
     quantized.py  QuantizedLSTM: the LSTM with int8 or bfloat16 weights, inference only
     conv.py       ConvLSTM2D and ConvLSTM1D: the LSTM with convolutions for gates
+    attention.py  Attention: a decoder's attention over an encoder's outputs
+                  (numlstm.Seq2Seq's; not a Sequential layer)
 Argument checks live in numlstm/validation.py.
 """
+from .attention import Attention
 from .base import Layer, dropout_mask, keep_mask
 from .basic import Dense, Dropout, Embedding
 from .cells import CELLS, GRU, LSTM, RNN
@@ -24,6 +27,6 @@ LAYER_TYPES = {cls.__name__: cls
                for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout, QuantizedLSTM,
                             ConvLSTM2D, ConvLSTM1D)}
 
-__all__ = ["Layer", "Recurrent", "LSTM", "GRU", "RNN", "QuantizedLSTM", "ConvLSTM",
+__all__ = ["Layer", "Recurrent", "Attention", "LSTM", "GRU", "RNN", "QuantizedLSTM", "ConvLSTM",
            "ConvLSTM2D", "ConvLSTM1D", "Dense", "Embedding",
            "Dropout", "CELLS", "LAYER_TYPES", "MERGE_MODES", "keep_mask", "dropout_mask"]
