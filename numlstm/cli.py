@@ -3,9 +3,11 @@
     numlstm train    train a model on a CPU (with no arguments: a forecaster of the
                      embedded Mauna Loa CO2 record); --text FILE: a character model;
                      --csv FILE --column NAME: your own series; --task adding: the
-                     adding problem; under `mpiexec -n N` with --distributed mpi:
-                     on N processes or machines
+                     adding problem; --task translate: a sequence-to-sequence model
+                     (dates written many ways -> ISO dates, or --pairs FILE); under
+                     `mpiexec -n N` with --distributed mpi: on N processes or machines
     numlstm generate continue a prompt with a trained character model
+    numlstm translate  decode texts with a model of `numlstm train --task translate`
     numlstm demo     build a stacked bidirectional LSTM, run a training forward and
                      backward on random data, check the CPU kernels against the NumPy
                      reference, and print what happened and how long it took
@@ -263,11 +265,14 @@ def _train(args):
         raise train.UsageError(f"--text goes with the text task, not --task {task}")
     if task == "adding" and args.csv:
         raise train.UsageError("--csv goes with the forecast task, not --task adding")
-    if task == "frames" and args.csv:
-        raise train.UsageError("--csv goes with the forecast task, not --task frames")
+    if task in ("frames", "translate") and args.csv:
+        raise train.UsageError(f"--csv goes with the forecast task, not --task {task}")
+    if task != "translate" and args.pairs:
+        raise train.UsageError(f"--pairs goes with the translate task, not --task {task}")
     from .frames import run_frames
+    from .translate import run_translate
     run = {"forecast": train.run_forecast, "text": train.run_text,
-           "adding": train.run_adding, "frames": run_frames}[task]
+           "adding": train.run_adding, "frames": run_frames, "translate": run_translate}[task]
     group = args.group
     if group is None:
         run(args)
@@ -280,6 +285,12 @@ def _train(args):
     args.verbose = False  # rank 0 alone shows progress and prints
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
         run(args)
+    return 0
+
+
+def _translate(args):
+    from .translate import translate
+    print(translate(args))
     return 0
 
 
@@ -343,11 +354,16 @@ def _add_train_parser(sub):
                     "seasonal-naive forecast. Writes metrics.json, checkpoint.npz and PNG "
                     "plots into --out.")
     what = p.add_argument_group("what to train")
-    what.add_argument("--task", choices=["forecast", "text", "adding", "frames"],
+    what.add_argument("--task", choices=["forecast", "text", "adding", "frames", "translate"],
                       help="forecast (default; CO2 or --csv), text (needs --text), "
                            "adding (the adding problem: a dependency over --seq-len "
-                           "steps), or frames (next-frame prediction of moving digits "
-                           "with a ConvLSTM2D)")
+                           "steps), frames (next-frame prediction of moving digits "
+                           "with a ConvLSTM2D), or translate (a character-level "
+                           "encoder-decoder with attention: dates written many ways -> "
+                           "ISO dates, or --pairs FILE)")
+    what.add_argument("--pairs", metavar="FILE",
+                      help="translate: UTF-8 text, one pair a line, source TAB target; "
+                           "validation on the last 10%% (default: generated dates)")
     what.add_argument("--text", metavar="FILE", help="train a character-level language "
                       "model on this UTF-8 text; validation on its last 10%%")
     what.add_argument("--csv", metavar="FILE", help="forecast a column of this CSV file "
@@ -358,29 +374,35 @@ def _add_train_parser(sub):
                            "shows a plain RNN failing where the LSTM succeeds)")
     m = p.add_argument_group("model")
     m.add_argument("--embed", type=_positive(int), default=32,
-                   help="text: embedding size (default: 32)")
+                   help="text and translate: embedding size (default: 32)")
     m.add_argument("--hidden", type=_positive(int),
                    help="hidden units per layer (default: 128 for text, 64 otherwise; "
-                        "frames: the ConvLSTM2D's filters, default 16)")
+                        "translate: per direction of the bidirectional encoder, the "
+                        "decoder has twice as many; frames: the ConvLSTM2D's filters, "
+                        "default 16)")
     m.add_argument("--layers", type=_positive(int), help="stacked LSTM layers (default: 1)")
+    m.add_argument("--attention", choices=["luong", "bahdanau", "none"], default="luong",
+                   help="translate: the decoder's attention over the source (default: "
+                        "luong)")
     m.add_argument("--dropout", type=_number(float, 0, strict=False), default=0.0,
-                   help="text: dropout between layers and before the output (default: 0)")
+                   help="text and translate: dropout between layers and before the "
+                        "output (default: 0)")
     o = p.add_argument_group("training")
     o.add_argument("--seq-len", type=_positive(int), default=None,
                    help="text: characters per training window (default: 64); adding: "
                         "sequence length T (default: 100); frames: frames a sequence "
                         "(default: 10)")
     o.add_argument("--batch-size", type=_positive(int), default=None,
-                   help="sequences per step (default: 32; frames: 16)")
+                   help="sequences per step (default: 32; frames: 16; translate: 64)")
     o.add_argument("--lr", type=_positive(float), default=None,
                    help="Adam's learning rate (default: 2e-3 text, 5e-3 forecast, "
-                        "1e-2 adding)")
+                        "frames and translate, 1e-2 adding)")
     o.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
                    help="learning-rate schedule: linear warm-up then cosine decay, or "
                         "constant (default: cosine)")
     o.add_argument("--steps", type=_positive(int),
                    help="text and adding: optimizer steps (default: 2000 each); "
-                        "frames: 1500")
+                        "frames and translate: 1500")
     o.add_argument("--epochs", type=_positive(int),
                    help="forecast: passes over the training windows (default: 60)")
     o.add_argument("--clip-norm", type=_number(float, 0, strict=False), default=1.0,
@@ -426,6 +448,17 @@ def _add_train_parser(sub):
     p.set_defaults(run=_train)
 
 
+def _add_translate_parser(sub):
+    p = sub.add_parser("translate", help="decode texts with a trained translate model")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a run folder of `numlstm train --task translate`, or its "
+                        "checkpoint.npz")
+    p.add_argument("--beam", type=_positive(int), default=1,
+                   help="beam size (default: 1, greedy decoding)")
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="texts to translate")
+    p.set_defaults(run=_translate)
+
+
 def _add_generate_parser(sub):
     p = sub.add_parser("generate", help="continue a prompt with a trained character model")
     p.add_argument("--checkpoint", required=True, metavar="PATH",
@@ -448,7 +481,8 @@ def _add_generate_parser(sub):
 _TASK_DEFAULTS = {"text": dict(lr=2e-3, seq_len=64, batch_size=32),
                   "forecast": dict(lr=5e-3, seq_len=None, batch_size=32),
                   "adding": dict(lr=1e-2, seq_len=100, batch_size=32),
-                  "frames": dict(lr=5e-3, seq_len=10, batch_size=16)}
+                  "frames": dict(lr=5e-3, seq_len=10, batch_size=16),
+                  "translate": dict(lr=5e-3, seq_len=None, batch_size=64)}
 
 
 def _default_char_text():
@@ -472,6 +506,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_parser(sub)
     _add_generate_parser(sub)
+    _add_translate_parser(sub)
     demo = sub.add_parser("demo", help="run a layer forward and backward and print it")
     demo.add_argument("--steps", type=_positive(int), default=50)
     demo.add_argument("--batch", type=_positive(int), default=16)

@@ -87,6 +87,27 @@ def frames(path, rows, titles, suptitle=None):
     _save(fig, path)
 
 
+def attention(path, weights, source, output, title):
+    """One attention map: weights [len(output), len(source)] in [0, 1], a row per
+    output token, each cell labelled by its characters (source along the top)."""
+    weights = np.asarray(weights)
+    if weights.shape != (len(output), len(source)):
+        raise ValueError(f"weights: expected shape ({len(output)}, {len(source)}) (outputs "
+                         f"by sources), got {weights.shape}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(0.28 * len(source) + 1.6, 0.28 * len(output) + 1.4),
+                           dpi=110)
+    ax.imshow(weights, cmap="viridis", vmin=0, vmax=1, aspect="equal")
+    ax.set_xticks(range(len(source)), [repr(c)[1:-1] if c != " " else "\u2423"
+                                       for c in source], fontsize=8)
+    ax.set_yticks(range(len(output)), list(output), fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
 def _save(fig, path):
     fig.tight_layout()
     write_atomically(path, lambda f: fig.savefig(f, format="png"))

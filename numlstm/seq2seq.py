@@ -154,10 +154,15 @@ class Seq2Seq(Model):
     def from_config(cls, config):
         return cls(**{k: v for k, v in config.items() if k != "class"})
 
-    def compile(self, optimizer="adam", on_nonfinite="raise", **optimizer_args):
-        """The optimizer, as Sequential.compile's; the loss is always the softmax
+    def compile(self, optimizer="adam", loss="cross_entropy", on_nonfinite="raise",
+                **optimizer_args):
+        """The optimizer, as Sequential.compile's. The loss is the softmax
         cross-entropy of each target step (eos included) up to its length, averaged
-        over the batch's target steps."""
+        over the batch's target steps; `loss` may only name it ("cross_entropy", or
+        None)."""
+        if loss not in (None, "cross_entropy"):
+            raise ValueError(f"loss: a Seq2Seq trains on the cross-entropy of its target "
+                             f"steps; expected 'cross_entropy' or None, got {loss!r}")
         return super().compile(optimizer, CrossEntropyLoss(IGNORE), on_nonfinite,
                                **optimizer_args)
 
@@ -291,9 +296,13 @@ class Seq2Seq(Model):
         return x[:, :ls.max()], y[:, :lt.max()], ls, lt
 
     # -- training --------------------------------------------------------------------------
-    def train_step(self, x, y, lengths=None):
+    def train_step(self, x, y, lengths=None, distributed=None):
         """One update on one batch (teacher forcing) -> the mean loss per target step.
-        A NaN or infinite loss or gradient changes nothing (compile's on_nonfinite)."""
+        A NaN or infinite loss or gradient changes nothing (compile's on_nonfinite).
+        distributed: None (data-parallel training is Sequential's so far)."""
+        if distributed is not None:
+            raise ValueError("distributed: a Seq2Seq trains in one process; expected None, "
+                             f"got {distributed!r}")
         self._need_compiled("train_step")
         x, y, ls, lt = self._cut(*self._check_data(x, y, lengths))
         self.zero_grad()

@@ -1,6 +1,9 @@
 """Shared test helpers: one comparison that fails loudly, random weights, and the
 random cases (zoneout's weights, a projected cell, a layer-normalised GRU) that the
 kernels' tests in tests/kernels and the layers' tests beside this file both draw."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -270,3 +273,30 @@ def convlstm_case(rng, T, B, R, C, I, F, kernel, strides=(1, 1), dilation=(1, 1)
                 padding=padding, dilation=tuple(dilation),
                 lengths=None if lengths is None else np.asarray(lengths),
                 h_mask=((rng.random(state) > 0.3) / 0.7).astype(dtype) if masked else None)
+
+
+def one_error_line(capsys, *needles):
+    """The one line a failed command wrote to stderr (no traceback), holding needles."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def run_numlstm(args, **kw):
+    """`python -m numlstm args` started in the background (stderr piped)."""
+    return subprocess.Popen([sys.executable, "-m", "numlstm"] + args, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, **kw)
+
+
+def checkpoint_step(folder):
+    """The step of a run folder's checkpoint (the previous one if it is damaged), 0
+    when there is none yet."""
+    import numlstm
+    try:
+        return numlstm.load_checkpoint(folder, fallback=True).step
+    except FileNotFoundError:
+        return 0

@@ -1,8 +1,6 @@
 """Training that survives faults: damaged checkpoints, NaNs, runs killed and resumed."""
 import os
 import signal
-import subprocess
-import sys
 import time
 import zipfile
 
@@ -13,6 +11,7 @@ import numlstm
 from numlstm import Dense, Embedding, LSTM, NonFiniteError, Sequential
 from numlstm.checkpoint import previous_path
 from numlstm.cli import main
+from helpers import checkpoint_step, run_numlstm
 
 
 def _model(seed=0):
@@ -317,11 +316,6 @@ def test_resume_of_a_folder_without_a_checkpoint_starts_over(tmp_path, capsys):
     assert numlstm.load_checkpoint(out).step == 5
 
 
-def _run(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "numlstm"] + args, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, **kw)
-
-
 def test_training_killed_at_random_moments_ends_as_an_uninterrupted_run(tmp_path):
     """SIGKILL a real training process at random moments (during start-up, training
     or one of its frequent checkpoint writes), resume it each time, and compare the
@@ -336,19 +330,19 @@ def test_training_killed_at_random_moments_ends_as_an_uninterrupted_run(tmp_path
     args = ["train", "--task", "adding", "--seq-len", "10", "--hidden", "8", "--steps",
             str(total), "--batch-size", "8", "--checkpoint-every", "7", "--quiet"]
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    assert _run(args + ["--out", straight]).wait(timeout=600) == 0
+    assert run_numlstm(args + ["--out", straight]).wait(timeout=600) == 0
     os.makedirs(killed)
     rng = np.random.default_rng()
     at = []
     for kill in range(5):
-        start = _step(killed)
-        proc = _run(args + ["--resume", killed])
+        start = checkpoint_step(killed)
+        proc = run_numlstm(args + ["--resume", killed])
         if kill == 0:
             time.sleep(rng.uniform(0.05, 0.5))  # Python and numlstm still importing
         else:
             target = start + int(rng.integers(1, max(2, (total - start) // 3)))
             deadline = time.perf_counter() + 300
-            while _step(killed) < target:
+            while checkpoint_step(killed) < target:
                 assert proc.poll() is None, proc.stderr.read().decode()
                 assert time.perf_counter() < deadline, f"no checkpoint past step {target}"
                 time.sleep(0.02)
@@ -356,9 +350,9 @@ def test_training_killed_at_random_moments_ends_as_an_uninterrupted_run(tmp_path
         assert proc.poll() is None, "the run ended before its kill"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        at.append(_step(killed))
+        at.append(checkpoint_step(killed))
     assert at[-1] > 0 and at[-1] < total
-    proc = _run(args + ["--resume", killed])
+    proc = run_numlstm(args + ["--resume", killed])
     assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()
     a, b = numlstm.load_checkpoint(straight), numlstm.load_checkpoint(killed)
     assert a.step == b.step == total
@@ -366,10 +360,3 @@ def test_training_killed_at_random_moments_ends_as_an_uninterrupted_run(tmp_path
     assert a.extra["curve"] == b.extra["curve"]
     print(f"\n{len(at)} kills (last checkpoint steps {at}); final test MSE "
           f"{b.extra['curve'][-1][2]!r}, uninterrupted {a.extra['curve'][-1][2]!r}")
-
-
-def _step(folder):
-    try:
-        return numlstm.load_checkpoint(folder, fallback=True).step
-    except FileNotFoundError:
-        return 0

@@ -12,6 +12,7 @@ import pytest
 import numlstm
 from numlstm import train
 from numlstm.cli import main
+from helpers import one_error_line
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TEXT_ARGS = ["--seq-len", "16", "--batch-size", "8", "--hidden", "16", "--embed", "8",
@@ -26,16 +27,6 @@ def _metrics(folder):
 def _is_png(path):
     with open(path, "rb") as f:
         return f.read(8) == PNG
-
-
-def _one_error_line(capsys, *needles):
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 # -- forecasting ---------------------------------------------------------------------------
@@ -141,7 +132,7 @@ def test_train_forecast_on_a_csv_column(rng, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--csv", str(path), "--column", "price", "--out", out,
                  "--quiet"]) == 2
-    _one_error_line(capsys, "--column 'price'", "['t', 'value', 'other']")
+    one_error_line(capsys, "--column 'price'", "['t', 'value', 'other']")
 
 
 @pytest.mark.parametrize("body,needle", [
@@ -154,7 +145,7 @@ def test_csv_bad_values(tmp_path, capsys, body, needle):
     path.write_text(body)
     assert main(["train", "--csv", str(path), "--column", "v", "--out",
                  str(tmp_path / "run"), "--quiet"]) == 2
-    _one_error_line(capsys, needle)
+    one_error_line(capsys, needle)
 
 
 def test_csv_row_missing_the_cell(tmp_path):
@@ -317,17 +308,17 @@ def test_generate_refuses_unknown_characters_and_other_checkpoints(text_run, tmp
                                                                    capsys):
     capsys.readouterr()
     assert main(["generate", "--checkpoint", text_run["out"], "--prompt", "lstm\u00e9#"]) == 2
-    _one_error_line(capsys, "--prompt: characters not in the model's vocabulary", "#",
+    one_error_line(capsys, "--prompt: characters not in the model's vocabulary", "#",
                     "\u00e9")
     other = numlstm.Sequential([numlstm.Dense(2, 2)])
     numlstm.save_checkpoint(tmp_path, other, extra={"task": "forecast"})
     assert main(["generate", "--checkpoint", str(tmp_path)]) == 2
-    _one_error_line(capsys, "a 'forecast' model, not a character model")
+    one_error_line(capsys, "a 'forecast' model, not a character model")
     assert main(["generate", "--checkpoint", str(tmp_path / "nowhere")]) == 2
-    _one_error_line(capsys, "--checkpoint: no checkpoint at")
+    one_error_line(capsys, "--checkpoint: no checkpoint at")
     assert main(["train", "--text", text_run["path"], "--resume", str(tmp_path), "--out",
                  str(tmp_path / "r")] + TEXT_ARGS) == 2
-    _one_error_line(capsys, "--resume", "not a text model's")
+    one_error_line(capsys, "--resume", "not a text model's")
 
 
 # -- the adding problem ----------------------------------------------------------------------
@@ -395,7 +386,7 @@ def test_bad_arguments_print_one_line(tmp_path, capsys, argv, needles):
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "run")]
     assert main(argv) == 2
-    _one_error_line(capsys, *needles)
+    one_error_line(capsys, *needles)
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
 
 
@@ -507,4 +498,4 @@ def test_train_frames_resume_ends_as_an_uninterrupted_run(tmp_path):
 def test_train_frames_refuses_a_single_frame(tmp_path, capsys):
     assert main(["train", "--task", "frames", "--seq-len", "1", "--out",
                  str(tmp_path / "f"), "--quiet"]) != 0
-    _one_error_line(capsys, "--seq-len", "2 frames")
+    one_error_line(capsys, "--seq-len", "2 frames")
