@@ -124,8 +124,8 @@ def _bench(args):
         return 0
     if args.isolated:
         return _bench_isolated(args)
-    if args.cell == "convlstm2d":
-        raise UsageError("--cell convlstm2d times each library in a process of its own: "
+    if args.cell in ("convlstm2d", "seq2seq"):
+        raise UsageError(f"--cell {args.cell} times each library in a process of its own: "
                          "add --isolated")
     if args.load or args.copies > 1 or args.peer or args.modes or args.dtype != "float32":
         raise UsageError("--load, --copies, --peer, --modes and --dtype time each library "
@@ -158,6 +158,8 @@ def _bench_isolated(args):
     from .train import UsageError
     if args.cell == "convlstm2d":
         return _bench_convlstm(args)
+    if args.cell == "seq2seq":
+        return _bench_seq2seq(args)
     if args.peer and "keras" in args.peer:
         raise UsageError("--peer keras: Keras is the peer of --cell convlstm2d only")
     if args.shapes and any(len(s) > 4 for s in args.shapes):
@@ -231,6 +233,44 @@ def _bench_convlstm(args):
               + ", ".join(f"{p} {rows[0][p + '_parity']:.1e}" for p in peers))
     bench_convlstm.table(rows, libraries, roof["fma_peak"])
     return _isolated_report(rows, roof, args.json)
+
+
+def _bench_seq2seq(args):
+    from . import bench, bench_seq2seq
+    from .train import UsageError
+    if args.dtype != "float32" or (args.modes and "step" in args.modes):
+        raise UsageError("--cell seq2seq: float32, --modes inference training")
+    if args.peer and set(args.peer) - {"torch"}:
+        raise UsageError("--cell seq2seq: the peer is torch")
+    try:
+        shapes = ([bench_seq2seq.shape3(s) for s in args.shapes] if args.shapes else
+                  bench_seq2seq.QUICK_GRID if args.quick else bench_seq2seq.GRID)
+    except ValueError as err:
+        raise UsageError(f"--cell seq2seq {err}") from None
+    libraries = ["numlstm"] + ([] if args.no_torch else ["torch"])
+    modes = args.modes or ["inference", "training"]
+    roof = bench.roofs()
+    print(bench.roof_line(roof))
+    print(f"Seq2Seq (the translate task's model), float32, shapes B,S,T: numlstm; torch: "
+          f"the same model in nn.LSTM, nn.Embedding, nn.Linear. Each library in a fresh "
+          f"process of its own, {args.rounds} rounds (the order rotating), the median of "
+          f"each worker's median call; busy processes: {args.load}; numlstm copies at "
+          f"once: {args.copies}")
+    try:
+        rows = bench_seq2seq.run(shapes, libraries, modes, load=args.load,
+                                 copies=args.copies, rounds=args.rounds, repeats=args.repeats)
+    except bench_seq2seq.ParityError as err:
+        print(f"numlstm bench: not timed: {err}", file=sys.stderr)
+        return 1
+    if "torch" in libraries:
+        print(f"parity before timing (logits, loss, every gradient and the greedy outputs "
+              f"at B,S,T = {','.join(map(str, bench_seq2seq.PROBE))}): worst |torch - "
+              f"numlstm| {rows[0]['torch_parity']:.1e}, the same greedy outputs")
+    bench_seq2seq.table(rows, libraries)
+    for row in rows:
+        row.update(roof)
+    _write_json(args.json, rows)
+    return 0
 
 
 def _isolated_report(rows, roof, path):
@@ -523,7 +563,8 @@ def main(argv=None):
                       help="T in 16,128,1024 x H in 64,256,1024 x B in 1,16,128 (slow)")
     size.add_argument("--shapes", nargs="+", metavar="T,B,H", type=_shape,
                       help="shapes to run (--isolated: T,B,I,H; --cell convlstm2d: "
-                           "T,B,R,C,I,F or T,B,R,C,I,F,k, k odd, default 3)")
+                           "T,B,R,C,I,F or T,B,R,C,I,F,k, k odd, default 3; --cell "
+                           "seq2seq: B,S,T)")
     size.add_argument("--char", nargs="?", const="", metavar="TEXT",
                       help="train the character model (embed 32, hidden 128, batch 32, 64 "
                            "characters, Adam) in numlstm and in torch side by side, on TEXT "
@@ -542,11 +583,14 @@ def main(argv=None):
     size.add_argument("--parity", action="store_true",
                       help="worst errors of LSTM, GRU and RNN against torch, with and "
                            "without lengths, float32 and float64")
-    bench.add_argument("--cell", choices=["lstm", "gru", "rnn", "convlstm2d"], default="lstm",
+    bench.add_argument("--cell", choices=["lstm", "gru", "rnn", "convlstm2d", "seq2seq"],
+                       default="lstm",
                        help="the cell of the speed grid (default: lstm); convlstm2d (with "
                             "--isolated): ConvLSTM2D against torch and Keras (JAX), 64x64 "
                             "frames, I=1, k=3, T=10, (B, F) in (4,16), (4,64), (16,16), "
-                            "(16,64); --quick: 16x16 and 32x32")
+                            "(16,64); --quick: 16x16 and 32x32; seq2seq (with --isolated): "
+                            "the translate task's Seq2Seq against the same model in torch, "
+                            "shapes B,S,T (inference: greedy decoding)")
     bench.add_argument("--backend", choices=["cpu", "cuda"], default="cpu",
                        help="the speed grid's backend: cpu against torch on the CPU, or "
                             "cuda against torch's cuDNN on the GPU (default: cpu)")

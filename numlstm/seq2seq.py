@@ -304,13 +304,21 @@ class Seq2Seq(Model):
             raise ValueError("distributed: a Seq2Seq trains in one process; expected None, "
                              f"got {distributed!r}")
         self._need_compiled("train_step")
+        return self._update(self.gradients(x, y, lengths)[0])
+
+    def gradients(self, x, y, lengths=None):
+        """One batch's loss and gradients, no update: zero_grad, a training forward
+        (teacher forcing) and the backward -> (the loss per target step, the logits
+        [B,T',V], T' the longest target length); the gradients land in each layer's
+        `grads` (not when the loss is NaN or infinite)."""
+        self._need_compiled("gradients")
         x, y, ls, lt = self._cut(*self._check_data(x, y, lengths))
         self.zero_grad()
         logits, _ = self._forward(x, y, ls, lt, True)
         value, grad = self.loss.value_and_grad(logits, self._targets(y, lt))
         if np.isfinite(value):
             self._backward(grad, x.shape)
-        return self._update(value)
+        return value, logits
 
     def evaluate(self, x, y, batch_size=256, lengths=None):
         """The loss per target step over (x, y) (no training)."""

@@ -2,11 +2,11 @@
 import importlib.util
 import pathlib
 
-SUITE = pathlib.Path(__file__).resolve().parent.parent / "asv_bench" / "benchmarks" / "lstm.py"
+SUITES = pathlib.Path(__file__).resolve().parent.parent / "asv_bench" / "benchmarks"
 
 
-def _suite():
-    spec = importlib.util.spec_from_file_location("asv_lstm_suite", SUITE)
+def _suite(name="lstm"):
+    spec = importlib.util.spec_from_file_location(f"asv_{name}_suite", SUITES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -31,3 +31,18 @@ def test_cuda_skips_without_a_gpu():
     import pytest
     with pytest.raises(NotImplementedError):
         _suite().Inference().setup("cuda", 4, 8, 2)
+
+
+def test_asv_seq2seq_benchmarks_run():
+    suite = _suite("seq2seq")
+    assert suite.Decoding.param_names == ["B", "T", "beam"]
+    train = suite.Training()
+    train.setup(2, 3)
+    train.time_train_step(2, 3)
+    for beam in (1, 2):
+        decode = suite.Decoding()
+        decode.setup(2, 3, beam)
+        outs = decode.decode(beam, 3)
+        assert len(outs) == 2 and all(len(out) <= 3 for out in outs)
+        decode.time_decode(2, 3, beam)
+        assert decode.track_sequences_per_s_decode(2, 3, beam) > 0

@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 # The pages whose Python blocks run, in mkdocs.yml's order.
 PAGES = ["index", "guide", "options", "cli", "interop", "backends", "quantization",
-         "convlstm"]
+         "convlstm", "seq2seq"]
 
 
 def _blocks(text, lang):

@@ -36,10 +36,7 @@ def model(options, dtype=np.float64, backend="numpy", seed=0, **more):
 
 def grads_of(m, x, y, ls, lt):
     """The model's loss on a batch and its gradients {key: array}, one training step's."""
-    m.zero_grad()
-    logits, _ = m._forward(x, y, ls, lt, True)
-    value, g = m.loss.value_and_grad(logits, m._targets(y, lt))
-    m._backward(g, x.shape)
+    value, _ = m.gradients(x, y, (ls, lt))
     return value, {k: gr.copy() for k, _, gr in m.parameters()}
 
 
