@@ -202,13 +202,12 @@ def _torch(model, x, y, ls, lt):
         net.zero_grad()
         logits, loss = loss_of()
         loss.backward()
-        out = infer().numpy()
-        greedy = np.full((len(x), T), -1)
-        for b, row in enumerate(out):
+        rows = []  # each row up to its first eos, as numlstm's decode returns them
+        for row in infer().numpy():
             ends = np.flatnonzero(row == model.eos)
-            greedy[b, :ends[0] if len(ends) else len(row)] = row[:ends[0] if len(ends)
-                                                                  else len(row)]
-        return dict(logits=logits.detach().numpy(), loss=np.array(loss.item()), greedy=greedy,
+            rows.append(row[:ends[0]] if len(ends) else row)
+        return dict(logits=logits.detach().numpy(), loss=np.array(loss.item()),
+                    greedy=_padded(rows, T),
                     **{names.get(n, n.replace(".", "/", 1)): p.grad.numpy()
                        for n, p in net.named_parameters()})
     return infer, train, results
