@@ -7,6 +7,7 @@
     python -m numlstm.kernels.harness --quantized [--shapes ...] [--quick]
     python -m numlstm.kernels.harness --convlstm [--backend cpu|cuda] [--dtype ...]
         [--quick]
+    python -m numlstm.kernels.harness --attention [--dtype ...] [--quick]
 
 A row is one variant: a cell, an option family, a plan (CPU: which split of the
 time loop, on how many threads; CUDA: the persistent kernel or one launch a
@@ -38,6 +39,10 @@ and the quantized LSTM against its reference, each then timed.
 --convlstm: the ConvLSTM kernels (run_convlstm) of the backend, inference and
 training (forward and backward, every gradient), against reference.convlstm_*_ref,
 then timed; GFLOP/s from the two convolutions' multiply-adds.
+
+--attention: the CPU kernels of attention's core (cpu/attention.py, numlstm.Seq2Seq's),
+both scores, forward and backward against reference_attention.py, then timed;
+GFLOP/s from the scores' and the context's multiply-adds.
 
 Dimensions: T steps, B batch, I input features, H hidden units.
 """
@@ -494,6 +499,59 @@ def run_convlstm(backend, dtypes, shapes, quick, out=None):
     return failures
 
 
+ATTENTION_SHAPES = [  # B, T, S, Q, K, score
+    (64, 12, 30, 128, 128, "luong"), (64, 12, 30, 128, 128, "bahdanau"),
+    (64, 1, 30, 128, 128, "luong"), (16, 50, 100, 256, 256, "luong")]
+ATTENTION_QUICK = [(3, 2, 5, 4, 3, "luong"), (2, 1, 4, 3, 5, "bahdanau")]
+
+
+def run_attention(dtypes, shapes, quick, out=None):
+    """The attention kernels (cpu/attention.py): a row per shape, dtype and pass
+    (inference: the forward; training: the forward and the backward), the context,
+    weights and every gradient against the reference, then timed. Returns the
+    mismatches."""
+    from . import reference_attention as ref
+    from . import cpu
+    out = sys.stdout if out is None else out
+    repeats, failures = (1 if quick else 5), []
+    head = f"{'pass':<10} {'dtype':<8} {'B,T,S,Q,K,score':<26} {'error (tol)':<20} " \
+           f"{'ms':>9} {'GFLOP/s':>8}"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    rng = np.random.default_rng(0)
+    for B, T, S, Q, K, score in shapes:
+        q, keys = rng.standard_normal((B, T, Q)), rng.standard_normal((B, S, Q))
+        values, dctx = rng.standard_normal((B, S, K)), rng.standard_normal((B, T, K))
+        v = rng.standard_normal(Q) if score == "bahdanau" else None
+        lengths = rng.integers(1, S + 1, B)
+        ctx, a = ref.attention_forward_ref(q, keys, values, lengths, v)
+        want = [g for g in ref.attention_backward_ref(dctx, q, keys, values, a, lengths, v)
+                if g is not None]
+        flops = 2 * B * T * S * (Q + K)
+        for dtype in dtypes:
+            args = [x.astype(dtype) for x in (q, keys, values)]
+            v_in = np.zeros(0, dtype) if v is None else v.astype(dtype)
+            d = dctx.astype(dtype)
+            got_ctx, got_a = cpu.attention_forward_cpu(*args, lengths, v_in)
+            grads = cpu.attention_backward_cpu(d, *args, got_a, lengths, v_in)
+            checks = {"inference": ([got_ctx, got_a], [ctx, a]),
+                      "training": (list(grads[:len(want)]), want)}
+            calls = {"inference": lambda: cpu.attention_forward_cpu(*args, lengths, v_in),
+                     "training": lambda: cpu.attention_backward_cpu(
+                         d, *args, cpu.attention_forward_cpu(*args, lengths, v_in)[1],
+                         lengths, v_in)}
+            for name, (gots, wants) in checks.items():
+                err = max(_error(g, w) for g, w in zip(gots, wants))
+                tol = RTOL[dtype] * (5 if name == "training" else 1)
+                text = (f"{name:<10} {np.dtype(dtype).name:<8} "
+                        f"{','.join(map(str, (B, T, S, Q, K, score))):<26} "
+                        f"{err:8.1e} ({tol:.0e})  ")
+                _checked_row(text, err > tol, calls[name],
+                             flops * (3 if name == "training" else 1), quick, failures, out,
+                             repeats)
+    return failures
+
+
 def _shape(text):
     try:
         T, B, I, H = (int(v) for v in text.split(","))
@@ -524,6 +582,9 @@ def main(argv=None):
                         "this CPU runs, and the quantized LSTM)")
     p.add_argument("--convlstm", action="store_true",
                    help="the ConvLSTM kernels of --backend instead, inference and training")
+    p.add_argument("--attention", action="store_true",
+                   help="the attention kernels instead (the CPU's), both scores, forward "
+                        "and backward")
     p.add_argument("--resources", action="store_true",
                    help="--backend cuda, no GPU needed: each kernel's registers, shared "
                         "memory and spills from ptxas (sm_80, sm_89, sm_90), and every launch "
@@ -534,6 +595,14 @@ def main(argv=None):
             p.error("--resources is of the cuda backend: add --backend cuda")
         from .cuda.resources import main as resources
         return resources(a.cell, a.dtype)
+    if a.attention:
+        if a.backend != "cpu":
+            p.error("--attention: the attention kernels are the CPU's")
+        failures = run_attention([np.dtype(d).type for d in a.dtype],
+                                 ATTENTION_QUICK if a.quick else ATTENTION_SHAPES, a.quick)
+        for f in failures:
+            print("  " + f, file=sys.stderr)
+        return 1 if failures else 0
     if a.convlstm:
         failures = run_convlstm(a.backend, [np.dtype(d).type for d in a.dtype],
                                 CONVLSTM_QUICK if a.quick or _simulated() else CONVLSTM_SHAPES,

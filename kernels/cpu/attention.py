@@ -22,7 +22,9 @@ from numba import njit, prange
 from ..gates import exp, tanh
 from .threads import SMALL_REGION, serial_if
 
-_OPTS = dict(cache=True, error_model="numpy", fastmath={"contract", "nsz"})
+# (reassoc: the dot products over Q and K vectorise; each row is still summed by one
+# thread in one order, so results do not depend on the thread count)
+_OPTS = dict(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz"})
 
 
 @njit(parallel=True, **_OPTS)

@@ -103,6 +103,27 @@ def test_quick_convlstm_run_checks_both_passes(capsys, backend):
         assert float(r[3]) <= float(r[4].strip("()")) and float(r[5]) > 0
 
 
+def test_quick_attention_run_checks_both_passes(capsys):
+    assert harness.main(["--attention", "--quick"]) == 0
+    rows = [r.split() for r in capsys.readouterr().out.splitlines()[2:] if r.strip()]
+    assert len(rows) == 4 * len(harness.ATTENTION_QUICK)
+    for r in rows:
+        assert float(r[3]) <= float(r[4].strip("()")) and float(r[5]) > 0
+
+
+def test_a_wrong_attention_kernel_is_reported(monkeypatch, capsys):
+    from numlstm.kernels import cpu
+    good = cpu.attention_backward_cpu
+
+    def off(*args):
+        dq, dkeys, dvalues, dv = good(*args)
+        return dq, dkeys * 1.001, dvalues, dv
+    monkeypatch.setattr(cpu, "attention_backward_cpu", off)
+    assert harness.main(["--attention", "--quick", "--dtype", "float64"]) == 1
+    out = capsys.readouterr()
+    assert "training" in out.err and "MISMATCH" in out.out
+
+
 def test_a_wrong_convlstm_kernel_is_reported(monkeypatch, capsys):
     from numlstm.kernels.cpu import convlstm
     good = convlstm.convlstm_backward_cpu
