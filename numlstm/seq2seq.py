@@ -86,6 +86,9 @@ class Seq2Seq(Model):
             raise ValueError(f"bridge: expected one of {BRIDGES}, got {bridge!r}")
         if attention is not None and attention not in KINDS:
             raise ValueError(f"attention: expected None or one of {KINDS}, got {attention!r}")
+        if attention_units is not None and attention != "bahdanau":
+            raise ValueError(f"attention_units: the width of the additive score, with "
+                             f"attention='bahdanau'; got it with attention={attention!r}")
         if backend not in ("cpu", "numpy"):
             raise ValueError(f"backend: expected 'cpu' or 'numpy' (the attention and the "
                              f"decoding loop run on the host), got {backend!r}")

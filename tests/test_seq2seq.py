@@ -235,5 +235,9 @@ def test_bad_input_is_refused_before_anything_runs(rng):
         numlstm.Seq2Seq(5, 5, attention="dot")
     with pytest.raises(ValueError, match="backend"):
         numlstm.Seq2Seq(5, 5, backend="cuda")
+    with pytest.raises(ValueError, match="attention_units"):
+        numlstm.Seq2Seq(5, 5, attention="luong", attention_units=8)
+    with pytest.raises(ValueError, match="loss"):
+        m.compile("adam", loss="mse")
     after = m.get_weights()
     assert all(np.array_equal(before[k], after[k]) for k in before)
