@@ -235,6 +235,59 @@ def test_convlstm_bench_refuses_what_it_cannot_time(capsys):
     assert "--cell convlstm2d only" in capsys.readouterr().err
 
 
+def test_seq2seq_bench_against_torch_writes_json(tmp_path, capsys, monkeypatch):
+    """--cell seq2seq at one tiny shape: parity with torch first (logits, loss,
+    gradients, greedy outputs), then each library timed in its own processes; the
+    rows' rates derive from the times."""
+    from numlstm import bench_seq2seq as s2s
+    _fixed_roof(monkeypatch)
+    path = tmp_path / "rows.json"
+    assert cli.main(["bench", "--isolated", "--cell", "seq2seq", "--shapes", "3,5,4",
+                     "--rounds", "1", "--repeats", "2", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "parity before timing" in out and "the same greedy outputs" in out
+    assert any(line.startswith("training") and "3,5,4 |" in line for line in out.splitlines())
+    import json
+    rows = json.loads(path.read_text())
+    assert [r["mode"] for r in rows] == ["inference", "training"]
+    tokens = int(s2s._problem((3, 5, 4))[4].sum())
+    for r in rows:
+        assert (r["B"], r["S"], r["T"]) == (3, 5, 4) and r["cell"] == "seq2seq"
+        assert 0 < r["numlstm_ms"] < 1e4 and 0 < r["torch_ms"] < 1e4
+        assert np.isclose(r["torch_ratio"], r["torch_ms"] / r["numlstm_ms"])
+        assert 0 <= r["torch_parity"] < 1e-4
+        rate = r["numlstm_seq_per_s"] if r["mode"] == "inference" else r["numlstm_tokens_per_s"]
+        assert np.isclose(rate, (3 if r["mode"] == "inference" else tokens)
+                          / (r["numlstm_ms"] / 1e3))
+
+
+def test_seq2seq_parity_fails_loudly_and_the_bench_refuses_what_it_cannot_time(capsys):
+    from numlstm import bench_seq2seq as s2s
+    rng = np.random.default_rng(0)
+    ref = {"logits": rng.standard_normal((2, 3, 4)), "loss": np.array(1.5),
+           "greedy": np.array([[3, -1], [4, 5]])}
+    lt = np.array([3, 2])
+    good = {k: v + (1e-6 if k != "greedy" else 0) for k, v in ref.items()}
+    assert s2s.check_parity(ref, good, lt) == pytest.approx(1e-6)
+    junk = dict(good, logits=good["logits"].copy())
+    junk["logits"][1, 2] += 1.0  # past the second target's length: not compared
+    assert s2s.check_parity(ref, junk, lt) == pytest.approx(1e-6)
+    bad = dict(good, logits=good["logits"].copy())
+    bad["logits"][0, 2, 1] += 1e-2
+    with pytest.raises(s2s.ParityError, match=r"logits: 1 of 20 differ"):
+        s2s.check_parity(ref, bad, lt)
+    with pytest.raises(s2s.ParityError, match="greedy outputs differ"):
+        s2s.check_parity(ref, dict(good, greedy=np.array([[3, -1], [4, 6]])), lt)
+    with pytest.raises(ValueError, match="T >= 2"):
+        s2s.shape3((2, 5, 1))
+    for argv, message in ((["--shapes", "2,5,4"], "add --isolated"),
+                          (["--isolated", "--modes", "step"], "--modes inference training"),
+                          (["--isolated", "--peer", "onnxruntime"], "the peer is torch"),
+                          (["--isolated", "--shapes", "2,5,1"], "T >= 2")):
+        assert cli.main(["bench", "--cell", "seq2seq"] + argv) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_asv_convlstm_benchmarks_run():
     import importlib.util
     import pathlib

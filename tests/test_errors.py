@@ -249,7 +249,7 @@ def test_optimizer_state_and_hyper_parameters():
 
 def test_save_checkpoint_arguments(tmp_path, lstm):
     model = numlstm.Sequential([numlstm.LSTM(3, 4)])
-    with pytest.raises(TypeError, match="model: expected a numlstm.Sequential, got LSTM"):
+    with pytest.raises(TypeError, match="model: expected a numlstm.Sequential or Seq2Seq, got LSTM"):
         numlstm.save_checkpoint(tmp_path, lstm)
     with pytest.raises(TypeError, match="optimizer: expected None or a numlstm optimizer"):
         numlstm.save_checkpoint(tmp_path, model, "adam")
