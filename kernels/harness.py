@@ -380,6 +380,20 @@ def _checked_row(text, mismatch, call, ops, quick, failures, out, repeats):
     print(f"{text}{seconds * 1e3:9.3f} {ops / seconds / 1e9:8.3g}", file=out, flush=True)
 
 
+def _check_passes(checks, calls, dtype, shape, flops, quick, failures, out, repeats):
+    """The rows of run_convlstm and run_attention at one shape and dtype: for each
+    pass, checks[pass] = (outputs, the reference's), compared within RTOL (5x for
+    training), then calls[pass] timed by _checked_row; flops: a forward's (a
+    training pass counts 3x)."""
+    for name, (gots, wants) in checks.items():
+        err = max(_error(g, w) for g, w in zip(gots, wants))
+        tol = RTOL[dtype] * (5 if name == "training" else 1)
+        text = (f"{name:<10} {np.dtype(dtype).name:<8} {','.join(map(str, shape)):<26} "
+                f"{err:8.1e} ({tol:.0e})  ")
+        _checked_row(text, err > tol, calls[name], flops * (3 if name == "training" else 1),
+                     quick, failures, out, repeats)
+
+
 def run_quantized(shapes, quick, out=None):
     """The reduced-precision kernels (cpu/qtile.py, cpu/quantized.py): each int8
     product variant this CPU runs, against NumPy's integer product to the bit, then
@@ -487,15 +501,8 @@ def run_convlstm(backend, dtypes, shapes, quick, out=None):
                       "training": ([_host(grads[n]) for n in want], list(want.values()))}
             calls = {"inference": lambda: forward(a, False),
                      "training": lambda: backward(dy, h, c, forward(a, True)[3])}
-            for name, (gots, wants) in checks.items():
-                err = max(_error(g, w) for g, w in zip(gots, wants))
-                tol = RTOL[dtype] * (5 if name == "training" else 1)
-                text = (f"{name:<10} {np.dtype(dtype).name:<8} "
-                        f"{','.join(map(str, (T, B, R, C, I, F, k, padding))):<26} "
-                        f"{err:8.1e} ({tol:.0e})  ")
-                _checked_row(text, err > tol, calls[name],
-                             flops * (3 if name == "training" else 1), quick, failures, out,
-                             repeats)
+            _check_passes(checks, calls, dtype, (T, B, R, C, I, F, k, padding), flops, quick,
+                          failures, out, repeats)
     return failures
 
 
@@ -540,15 +547,8 @@ def run_attention(dtypes, shapes, quick, out=None):
                      "training": lambda: cpu.attention_backward_cpu(
                          d, *args, cpu.attention_forward_cpu(*args, lengths, v_in)[1],
                          lengths, v_in)}
-            for name, (gots, wants) in checks.items():
-                err = max(_error(g, w) for g, w in zip(gots, wants))
-                tol = RTOL[dtype] * (5 if name == "training" else 1)
-                text = (f"{name:<10} {np.dtype(dtype).name:<8} "
-                        f"{','.join(map(str, (B, T, S, Q, K, score))):<26} "
-                        f"{err:8.1e} ({tol:.0e})  ")
-                _checked_row(text, err > tol, calls[name],
-                             flops * (3 if name == "training" else 1), quick, failures, out,
-                             repeats)
+            _check_passes(checks, calls, dtype, (B, T, S, Q, K, score), flops, quick,
+                          failures, out, repeats)
     return failures
 
 

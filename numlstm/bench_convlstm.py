@@ -281,10 +281,8 @@ def run(shapes, libraries=LIBRARIES, modes=MODES, load=0, copies=1, rounds=3, re
     tasks = [(list(shape), mode) for shape in shapes for mode in modes]
     peers = [lib for lib in libraries if lib != "numlstm"]
     worst = parity(shapes, peers, env) if peers else {}
-    specs = {lib: dict(lib=lib, tasks=tasks, repeats=repeats, min_seconds=min_seconds)
-             for lib in libraries}
-    measured = bench_isolated.measure(specs, load=load, copies=copies, rounds=rounds,
-                                      env=env, module=MODULE)
+    measured = bench_isolated.measure_tasks(libraries, tasks, MODULE, repeats, min_seconds,
+                                            load=load, copies=copies, rounds=rounds, env=env)
     rows = []
     for i, (shape, mode) in enumerate(tasks):
         row = dict(cell="convlstm2d", **dict(zip(KEYS, shape)), mode=mode, load=load,

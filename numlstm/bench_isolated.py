@@ -246,6 +246,14 @@ def measure(specs, load=0, copies=1, rounds=3, env=None, module="numlstm.bench_i
     return results
 
 
+def measure_tasks(libraries, tasks, module, repeats=5, min_seconds=0.3, **options):
+    """measure() of the same tasks [(shape, mode)] in every library's workers
+    (`python -m module`); options: measure's load, copies, rounds, env."""
+    specs = {lib: dict(lib=lib, tasks=tasks, repeats=repeats, min_seconds=min_seconds)
+             for lib in libraries}
+    return measure(specs, module=module, **options)
+
+
 def check_run(libraries, known_libraries, modes, known_modes, copies, load):
     """ValueError unless every library and mode is a known one, copies >= 1 and
     load >= 0 (a run's arguments: this module's and bench_convlstm's)."""

@@ -279,10 +279,8 @@ def run(shapes, libraries=LIBRARIES, modes=MODES, load=0, copies=1, rounds=3, re
     bench_isolated.check_run(libraries, LIBRARIES, modes, MODES, copies, load)
     tasks = [(list(shape), mode) for shape in shapes for mode in modes]
     worst = parity(env) if "torch" in libraries else None
-    specs = {lib: dict(lib=lib, tasks=tasks, repeats=repeats, min_seconds=min_seconds)
-             for lib in libraries}
-    measured = bench_isolated.measure(specs, load=load, copies=copies, rounds=rounds,
-                                      env=env, module=MODULE)
+    measured = bench_isolated.measure_tasks(libraries, tasks, MODULE, repeats, min_seconds,
+                                            load=load, copies=copies, rounds=rounds, env=env)
     rows = []
     for i, (shape, mode) in enumerate(tasks):
         B = shape[0]

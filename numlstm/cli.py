@@ -196,36 +196,48 @@ def _bench_isolated(args):
     return _isolated_report(rows, roof, args.json)
 
 
-def _bench_convlstm(args):
-    from . import bench, bench_convlstm
+def _peer_run(args, module, shape, libraries, what):
+    """What --cell convlstm2d and seq2seq share: --dtype and --modes checked, the
+    shapes (--shapes through `shape`, else the module's grid), the roof and `what`
+    runs printed, then module.run -> (rows, roof); rows None after a ParityError
+    (said on stderr)."""
+    from . import bench
     from .train import UsageError
     if args.dtype != "float32" or (args.modes and "step" in args.modes):
-        raise UsageError("--cell convlstm2d: float32, --modes inference training")
+        raise UsageError(f"--cell {args.cell}: float32, --modes inference training")
+    try:
+        shapes = ([shape(s) for s in args.shapes] if args.shapes else
+                  module.QUICK_GRID if args.quick else module.GRID)
+    except ValueError as err:
+        raise UsageError(f"--cell {args.cell} {err}") from None
+    roof = bench.roofs()
+    print(bench.roof_line(roof))
+    print(f"{what}. Each library in a fresh process of its own, {args.rounds} rounds (the "
+          f"order rotating), the median of each worker's median call; busy processes: "
+          f"{args.load}; numlstm copies at once: {args.copies}")
+    try:
+        return module.run(shapes, libraries, args.modes or ["inference", "training"],
+                          load=args.load, copies=args.copies, rounds=args.rounds,
+                          repeats=args.repeats), roof
+    except module.ParityError as err:
+        print(f"numlstm bench: not timed: {err}", file=sys.stderr)
+        return None, roof
+
+
+def _bench_convlstm(args):
+    from . import bench_convlstm
+    from .train import UsageError
     if args.peer and "onnxruntime" in args.peer:
         raise UsageError("--cell convlstm2d: the peers are torch and keras")
-    try:
-        shapes = ([bench_convlstm.shape7(s) for s in args.shapes] if args.shapes else
-                  bench_convlstm.QUICK_GRID if args.quick else bench_convlstm.GRID)
-    except ValueError as err:
-        raise UsageError(f"--cell convlstm2d {err}") from None
     peers = list(dict.fromkeys(args.peer or ["torch", "keras"]))
     if args.no_torch and "torch" in peers:
         peers.remove("torch")
     libraries = ["numlstm"] + peers
-    modes = args.modes or ["inference", "training"]
-    roof = bench.roofs()
-    print(bench.roof_line(roof))
-    print(f"ConvLSTM2D, padding same, float32, x [B,T,R,C,I]: numlstm; torch: one Conv2d on "
-          f"cat([x_t, h]) a step; keras: ConvLSTM2D on JAX, jitted. Each library in a fresh "
-          f"process of its own, {args.rounds} rounds (the order rotating), the median of "
-          f"each worker's median call; busy processes: {args.load}; numlstm copies at "
-          f"once: {args.copies}")
-    try:
-        rows = bench_convlstm.run(shapes, libraries, modes, load=args.load,
-                                  copies=args.copies, rounds=args.rounds,
-                                  repeats=args.repeats)
-    except bench_convlstm.ParityError as err:
-        print(f"numlstm bench: not timed: {err}", file=sys.stderr)
+    rows, roof = _peer_run(args, bench_convlstm, bench_convlstm.shape7, libraries,
+                           "ConvLSTM2D, padding same, float32, x [B,T,R,C,I]: numlstm; torch: "
+                           "one Conv2d on cat([x_t, h]) a step; keras: ConvLSTM2D on JAX, "
+                           "jitted")
+    if rows is None:
         return 1
     if peers:
         print("parity before timing (y, dx and weight gradients on the probes T,B,R,C = "
@@ -236,31 +248,16 @@ def _bench_convlstm(args):
 
 
 def _bench_seq2seq(args):
-    from . import bench, bench_seq2seq
+    from . import bench_seq2seq
     from .train import UsageError
-    if args.dtype != "float32" or (args.modes and "step" in args.modes):
-        raise UsageError("--cell seq2seq: float32, --modes inference training")
     if args.peer and set(args.peer) - {"torch"}:
         raise UsageError("--cell seq2seq: the peer is torch")
-    try:
-        shapes = ([bench_seq2seq.shape3(s) for s in args.shapes] if args.shapes else
-                  bench_seq2seq.QUICK_GRID if args.quick else bench_seq2seq.GRID)
-    except ValueError as err:
-        raise UsageError(f"--cell seq2seq {err}") from None
     libraries = ["numlstm"] + ([] if args.no_torch else ["torch"])
-    modes = args.modes or ["inference", "training"]
-    roof = bench.roofs()
-    print(bench.roof_line(roof))
-    print(f"Seq2Seq (the translate task's model), float32, shapes B,S,T: numlstm; torch: "
-          f"the same model in nn.LSTM, nn.Embedding, nn.Linear. Each library in a fresh "
-          f"process of its own, {args.rounds} rounds (the order rotating), the median of "
-          f"each worker's median call; busy processes: {args.load}; numlstm copies at "
-          f"once: {args.copies}")
-    try:
-        rows = bench_seq2seq.run(shapes, libraries, modes, load=args.load,
-                                 copies=args.copies, rounds=args.rounds, repeats=args.repeats)
-    except bench_seq2seq.ParityError as err:
-        print(f"numlstm bench: not timed: {err}", file=sys.stderr)
+    rows, roof = _peer_run(args, bench_seq2seq, bench_seq2seq.shape3, libraries,
+                           "Seq2Seq (the translate task's model), float32, shapes B,S,T: "
+                           "numlstm; torch: the same model in nn.LSTM, nn.Embedding, "
+                           "nn.Linear")
+    if rows is None:
         return 1
     if "torch" in libraries:
         print(f"parity before timing (logits, loss, every gradient and the greedy outputs "

@@ -105,6 +105,18 @@ class Model:
         self.skipped_steps = 0
         return self
 
+    @staticmethod
+    def _check_loop(epochs, batch_size, initial_epoch, on_epoch_end):
+        """fit's loop arguments, checked -> (epochs, batch_size) as ints."""
+        epochs = check_int(epochs, "epochs", 1)
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
+                or not 0 <= initial_epoch <= epochs:
+            raise ValueError(f"initial_epoch: expected an integer in [0, epochs={epochs}], "
+                             f"got {initial_epoch!r}")
+        if on_epoch_end is not None and not callable(on_epoch_end):
+            raise TypeError(f"on_epoch_end: expected a callable, got {on_epoch_end!r}")
+        return epochs, check_int(batch_size, "batch_size", 1)
+
     def _need_compiled(self, what):
         if self.loss is None:
             raise RuntimeError(f"{what}: call model.compile(optimizer=..., loss=...) first")
@@ -453,14 +465,7 @@ class Sequential(Model):
     def _check_fit(self, x, y, epochs, batch_size, validation_data, lengths, initial_epoch,
                    on_epoch_end):
         """fit's arguments, checked -> epochs, x, y, lengths, validation_data."""
-        epochs = check_int(epochs, "epochs", 1)
-        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
-                or not 0 <= initial_epoch <= epochs:
-            raise ValueError(f"initial_epoch: expected an integer in [0, epochs={epochs}], "
-                             f"got {initial_epoch!r}")
-        if on_epoch_end is not None and not callable(on_epoch_end):
-            raise TypeError(f"on_epoch_end: expected a callable, got {on_epoch_end!r}")
-        check_int(batch_size, "batch_size", 1)
+        epochs, _ = self._check_loop(epochs, batch_size, initial_epoch, on_epoch_end)
         x, y, lengths = self._check_data(x, y, lengths)
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:

@@ -343,14 +343,7 @@ class Seq2Seq(Model):
         "tokens_per_s": [...] (target steps a second)}; initial_epoch and
         on_epoch_end(epoch, history) as Sequential.fit's."""
         self._need_compiled("fit")
-        epochs = check_int(epochs, "epochs", 1)
-        batch_size = check_int(batch_size, "batch_size", 1)
-        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
-                or not 0 <= initial_epoch <= epochs:
-            raise ValueError(f"initial_epoch: expected an integer in [0, epochs={epochs}], "
-                             f"got {initial_epoch!r}")
-        if on_epoch_end is not None and not callable(on_epoch_end):
-            raise TypeError(f"on_epoch_end: expected a callable, got {on_epoch_end!r}")
+        epochs, batch_size = self._check_loop(epochs, batch_size, initial_epoch, on_epoch_end)
         x, y, ls, lt = self._check_data(x, y, lengths)
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or \
