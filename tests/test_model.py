@@ -85,6 +85,40 @@ def test_dense_grads_accumulate_and_inference_keeps_nothing(rng):
         layer.backward_output(dout)
 
 
+@pytest.mark.parametrize("layer_of", [lambda: Dense(6, 5, seed=2),
+                                      lambda: numlstm.Attention(5, 3, seed=2)],
+                         ids=["dense", "attention"])
+def test_kept_weight_layouts_follow_every_change_of_the_weights(rng, layer_of):
+    """Dense and Attention keep their weights in the product's layout between calls;
+    load_params and an update through updating() (an optimizer's step) must show
+    in the next call."""
+    layer = layer_of()
+
+    def call():
+        if isinstance(layer, Dense):
+            return layer.forward(x)
+        return layer.forward(x, layer.memory(values))[0]
+    x = rng.standard_normal((2, 4, 6 if isinstance(layer, Dense) else 5)).astype(np.float32)
+    values = rng.standard_normal((2, 3, 3)).astype(np.float32)
+    first = call()
+    other = {k: rng.standard_normal(p.shape).astype(np.float32)
+             for k, p in layer.params.items()}
+    fresh = layer_of()
+    fresh.load_params(other)
+    layer.load_params(other)
+    assert_close(call(), fresh.forward(x) if isinstance(layer, Dense) else
+                 fresh.forward(x, fresh.memory(values))[0], 1e-6, "after load_params")
+    with layer.updating() as params:
+        for p in params.values():
+            p *= 0.5
+    halved = {k: 0.5 * v for k, v in other.items()}
+    fresh.load_params(halved)
+    got = call()
+    assert not np.allclose(got, first)
+    assert_close(got, fresh.forward(x) if isinstance(layer, Dense) else
+                 fresh.forward(x, fresh.memory(values))[0], 1e-6, "after an update")
+
+
 @pytest.mark.parametrize("call,error,match", [
     (lambda l: l.forward(np.zeros((3, 6))), ValueError,
      r"x: expected \[\.\.\., 7\] \(7 features on the last axis"),

@@ -132,6 +132,7 @@ def _direct(fn, *args, **kwargs):
 
 dense_forward_cpu = _serialised(dense.dense_forward_cpu)
 dense_backward_cpu = _serialised(dense.dense_backward_cpu)
+dense_blocks = dense.dense_blocks
 embedding_backward_cpu = dense.embedding_backward_cpu  # (serial: no parallel region)
 attention_forward_cpu = _serialised(attention.attention_forward_cpu)
 attention_backward_cpu = _serialised(attention.attention_backward_cpu)
@@ -178,6 +179,6 @@ KERNELS = {
 __all__ = ["KERNELS", "lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", "pack_lstm_cpu",
            "gru_forward_cpu", "gru_backward_cpu", "gru_step_cpu", "pack_gru_cpu",
            "rnn_forward_cpu", "rnn_backward_cpu", "rnn_step_cpu", "pack_rnn_cpu",
-           "dense_forward_cpu", "dense_backward_cpu", "embedding_backward_cpu",
+           "dense_forward_cpu", "dense_backward_cpu", "dense_blocks", "embedding_backward_cpu",
            "attention_forward_cpu", "attention_backward_cpu",
            "lstm_forward_quantized_cpu", "lstm_forward_quantized_into"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..kernels import reference_attention as ref
 from ..kernels.cpu import (attention_backward_cpu, attention_forward_cpu, dense_backward_cpu,
-                           dense_forward_cpu)
+                           dense_blocks, dense_forward_cpu)
 from ..validation import as_floats, as_numeric, check_dtype, check_int, check_seed
 from .base import Layer
 
@@ -96,11 +96,16 @@ class Attention(Layer):
                     units=self.units, dtype=self.dtype.name, backend=self.backend)
 
     # -- products (no BLAS: see kernels/cpu/dense.py) ------------------------------------
+    def _params_changed(self):
+        self._blocks = {}  # each projection's weights as the product reads them
+
     def _project(self, x, name, bias=None):
         """x [..., in] @ params[name].T (+ bias) -> [..., out]."""
         w = self._params[name]
         b = np.zeros(w.shape[0], self.dtype) if bias is None else bias
-        return dense_forward_cpu(x.reshape(-1, x.shape[-1]), w, b).reshape(
+        if name not in self._blocks:
+            self._blocks[name] = dense_blocks(w, b)
+        return dense_forward_cpu(x.reshape(-1, x.shape[-1]), w, b, self._blocks[name]).reshape(
             x.shape[:-1] + (w.shape[0],))
 
     def _project_back(self, dy, x, name):

@@ -1,7 +1,8 @@
 """Dense, Embedding and Dropout: the layers around the recurrent ones in a model."""
 import numpy as np
 
-from ..kernels.cpu import dense_backward_cpu, dense_forward_cpu, embedding_backward_cpu
+from ..kernels.cpu import (dense_backward_cpu, dense_blocks, dense_forward_cpu,
+                           embedding_backward_cpu)
 from ..validation import (as_floats, as_numeric, check_dtype, check_int, check_probability,
                           check_seed, shape_str)
 from .base import Layer, dropout_mask
@@ -40,6 +41,11 @@ class Dense(Layer):
             "bias": rng.uniform(-k, k, self.out_features).astype(dtype)})
         self._saved = None
 
+    _blocks = None  # the weights as the product reads them, kept until they change
+
+    def _params_changed(self):
+        self._blocks = None
+
     def __repr__(self):
         return (f"Dense({self.in_features}, {self.out_features}, "
                 f"activation={self.activation!r}, dtype={self.dtype.name})")
@@ -60,8 +66,11 @@ class Dense(Layer):
         if x.size == 0:  # no rows: nothing for a kernel to do
             self._saved = (x, None) if training else None
             return np.zeros(x.shape[:-1] + (self.out_features,), self.dtype)
-        y = dense_forward_cpu(x.reshape(-1, self.in_features), self._params["weight"],
-                              self._params["bias"]).reshape(x.shape[:-1] + (-1,))
+        w, b = self._params["weight"], self._params["bias"]
+        if self._blocks is None:
+            self._blocks = dense_blocks(w, b)
+        y = dense_forward_cpu(x.reshape(-1, self.in_features), w, b,
+                              self._blocks).reshape(x.shape[:-1] + (-1,))
         if self.activation == "relu":
             np.maximum(y, 0, out=y)
         elif self.activation == "tanh":
