@@ -417,13 +417,14 @@ def _add_train_parser(sub):
                         "translate: per direction of the bidirectional encoder, the "
                         "decoder has twice as many; frames: the ConvLSTM2D's filters, "
                         "default 16)")
-    m.add_argument("--layers", type=_positive(int), help="stacked LSTM layers (default: 1)")
+    m.add_argument("--layers", type=_positive(int),
+                   help="stacked recurrent layers (frames: ConvLSTM2D layers; default: 1)")
     m.add_argument("--attention", choices=["luong", "bahdanau", "none"], default="luong",
                    help="translate: the decoder's attention over the source (default: "
                         "luong)")
     m.add_argument("--dropout", type=_number(float, 0, strict=False), default=0.0,
-                   help="text and translate: dropout between layers and before the "
-                        "output (default: 0)")
+                   help="text, translate and frames: dropout between layers and before "
+                        "the output (default: 0)")
     o = p.add_argument_group("training")
     o.add_argument("--seq-len", type=_positive(int), default=None,
                    help="text: characters per training window (default: 64); adding: "

@@ -495,6 +495,22 @@ def test_train_frames_resume_ends_as_an_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(b.model.get_weights()[key], w)
 
 
+def test_train_frames_takes_layers_and_dropout(tmp_path):
+    """--layers stacks ConvLSTM2D layers (filters -> filters after the first) and
+    --dropout puts a Dropout after each; the default is the one-layer model."""
+    from numlstm import frames
+    out = str(tmp_path / "deep")
+    assert main(["train", *FRAMES_ARGS, "--steps", "3", "--layers", "2", "--dropout", "0.25",
+                 "--out", out]) == 0
+    model = numlstm.load_checkpoint(out).model
+    assert [type(l).__name__ for l in model.layers] == [
+        "ConvLSTM2D", "Dropout", "ConvLSTM2D", "Dropout", "Dense"]
+    assert model.layers[2].in_channels == model.layers[2].filters == 4
+    assert model.layers[1].p == 0.25
+    assert [type(l).__name__ for l in frames.frames_model(4, 0).layers] == [
+        "ConvLSTM2D", "Dense"]
+
+
 def test_train_frames_refuses_a_single_frame(tmp_path, capsys):
     assert main(["train", "--task", "frames", "--seq-len", "1", "--out",
                  str(tmp_path / "f"), "--quiet"]) != 0
