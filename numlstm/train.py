@@ -467,36 +467,30 @@ def run_text(args):
           f"{len(val_ids):,} -> {out}")
     model.summary()
 
-    def checkpoint():
+    def checkpoint(step):
         if _writes(args):
             save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
                             step=step, extra={"task": "text", "vocab": vocab,
                                               "data_rng": data_rng.bit_generator.state,
                                               "losses": losses})
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=steps, initial=step, desc="training", unit="step",
-               disable=not args.verbose, dynamic_ncols=True)
-    tokens, t0, running = 0, time.perf_counter(), None
-    while step < steps:
-        x, y = sample_batch(train_ids, data_rng, args.batch_size, seq_len)
-        loss = model.train_step(x, y, distributed=args.group)
-        step += 1
-        tokens += x.size
-        running = loss if running is None else 0.98 * running + 0.02 * loss
+    seen = {"tokens": 0, "running": None, "t0": time.perf_counter()}
+
+    def record(step, loss, batch):
+        seen["tokens"] += batch[0].size
+        running = seen["running"] = loss if seen["running"] is None else \
+            0.98 * seen["running"] + 0.02 * loss
         losses.append([step, loss])
-        bar.update(1)
         if step % 10 == 0 or step == steps:
-            bar.set_postfix(loss=f"{running:.3f}",
-                            tok_s=f"{tokens / (time.perf_counter() - t0):,.0f}",
-                            refresh=False)
-        if args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
-            checkpoint()
-    bar.close()
-    train_seconds = time.perf_counter() - t0
-    if args.group is not None:
-        args.group.check_weights(model)
-    checkpoint()
+            tok_s = seen["tokens"] / (time.perf_counter() - seen["t0"])
+            return {"loss": f"{running:.3f}", "tok_s": f"{tok_s:,.0f}"}
+        return None
+
+    train_seconds = step_loop(
+        args, model, steps, step,
+        lambda: sample_batch(train_ids, data_rng, args.batch_size, seq_len), record,
+        checkpoint)
+    step, tokens = steps, seen["tokens"]
     val_bpc = bits_per_char(model, val_ids, seq_len, distributed=args.group)
     counts = np.bincount(train_ids, minlength=len(vocab)) + 1
     p = counts / counts.sum()
@@ -603,32 +597,48 @@ def train_on_batches(args, model, out, task, steps, step, curve, data_rng, extra
     checkpoint (extra: the task's own entries; the curve and data_rng's state go in
     too, so a resumed run draws what an uninterrupted one would) every
     --checkpoint-every steps and at the end. Returns (train_seconds, the first step)."""
-    def checkpoint():
+    def checkpoint(step):
         if _writes(args):
             save_checkpoint(os.path.join(out, "checkpoint.npz"), model, model.optimizer,
                             step=step, extra={"task": task, **extra, "curve": curve,
                                               "data_rng": data_rng.bit_generator.state})
 
-    from tqdm.auto import tqdm
-    t0, start = time.perf_counter(), step
-    bar = tqdm(total=steps, initial=step, desc="training", unit="step",
-               disable=not args.verbose, dynamic_ncols=True)
-    while step < steps:
-        loss = model.train_step(*batch(), distributed=args.group)
-        step += 1
-        bar.update(1)
+    def record(step, loss, _):
         if step % every == 0 or step == steps:
             value = evaluate()
             curve.append((step, loss, value))
-            bar.set_postfix({"loss": f"{loss:.4f}", name: f"{value:.4f}"}, refresh=False)
+            return {"loss": f"{loss:.4f}", name: f"{value:.4f}"}
+        return None
+
+    return step_loop(args, model, steps, step, batch, record, checkpoint), step
+
+
+def step_loop(args, model, steps, step, batch, record, checkpoint):
+    """The loop of every task counted in optimizer steps (text, adding, frames,
+    translate): from `step` to `steps`, model.train_step(*batch()) a step, then
+    record(step, loss, the batch), which returns the progress bar's figures or None;
+    checkpoint(step) every --checkpoint-every steps, and at the end once the ranks'
+    weights are checked equal (over MPI). Returns the loop's wall time in seconds."""
+    from tqdm.auto import tqdm
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, initial=step, desc="training", unit="step",
+               disable=not args.verbose, dynamic_ncols=True)
+    while step < steps:
+        data = batch()
+        loss = model.train_step(*data, distributed=args.group)
+        step += 1
+        bar.update(1)
+        shown = record(step, loss, data)
+        if shown is not None:
+            bar.set_postfix(shown, refresh=False)
         if args.checkpoint_every and step % args.checkpoint_every == 0 and step < steps:
-            checkpoint()
+            checkpoint(step)
     bar.close()
     train_seconds = time.perf_counter() - t0
     if args.group is not None:
         args.group.check_weights(model)
-    checkpoint()
-    return train_seconds, start
+    checkpoint(step)
+    return train_seconds
 
 
 def run_adding(args):
