@@ -380,6 +380,17 @@ def _checked_row(text, mismatch, call, ops, quick, failures, out, repeats):
     print(f"{text}{seconds * 1e3:9.3f} {ops / seconds / 1e9:8.3g}", file=out, flush=True)
 
 
+def _pass_table(out, shape_label):
+    """Print the head of _check_passes's table (shapes named by shape_label) to out
+    (None: stdout) -> out."""
+    out = sys.stdout if out is None else out
+    head = f"{'pass':<10} {'dtype':<8} {shape_label:<26} {'error (tol)':<20} " \
+           f"{'ms':>9} {'GFLOP/s':>8}"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    return out
+
+
 def _check_passes(checks, calls, dtype, shape, flops, quick, failures, out, repeats):
     """The rows of run_convlstm and run_attention at one shape and dtype: for each
     pass, checks[pass] = (outputs, the reference's), compared within RTOL (5x for
@@ -474,12 +485,8 @@ def run_convlstm(backend, dtypes, shapes, quick, out=None):
         def forward(a, training):
             return convlstm_forward_cuda(a["x"], a["w_ih"], a["w_hh"], a["b"], a["h0"],
                                          a["c0"], padding=a["padding"], training=training)
-    out = sys.stdout if out is None else out
+    out = _pass_table(out, "T,B,R,C,I,F,k,pad")
     repeats, failures = (1 if quick else 5), []
-    head = f"{'pass':<10} {'dtype':<8} {'T,B,R,C,I,F,k,pad':<26} {'error (tol)':<20} " \
-           f"{'ms':>9} {'GFLOP/s':>8}"
-    print(head, file=out)
-    print("-" * len(head), file=out)
     rng = np.random.default_rng(0)
     for T, B, R, C, I, F, k, padding in shapes:
         for dtype in dtypes:
@@ -519,12 +526,8 @@ def run_attention(dtypes, shapes, quick, out=None):
     mismatches."""
     from . import reference_attention as ref
     from . import cpu
-    out = sys.stdout if out is None else out
+    out = _pass_table(out, "B,T,S,Q,K,score")
     repeats, failures = (1 if quick else 5), []
-    head = f"{'pass':<10} {'dtype':<8} {'B,T,S,Q,K,score':<26} {'error (tol)':<20} " \
-           f"{'ms':>9} {'GFLOP/s':>8}"
-    print(head, file=out)
-    print("-" * len(head), file=out)
     rng = np.random.default_rng(0)
     for B, T, S, Q, K, score in shapes:
         q, keys = rng.standard_normal((B, T, Q)), rng.standard_normal((B, S, Q))

@@ -63,19 +63,25 @@ def shape3(shape):
     return tuple(int(v) for v in shape)
 
 
-def _problem(shape):
-    """numlstm's model (its weights are everyone's) and a batch: x [B,S], y [B,T]
-    (each target ending with eos), their lengths."""
-    import numlstm
+def _batch(shape):
+    """The batch at shape (B, S, T): x [B,S], y [B,T] and their lengths (_problem
+    ends each target with the model's eos)."""
     B, S, T = shape
-    model = numlstm.Seq2Seq(**CONFIG, seed=S + T)
     rng = np.random.default_rng(B * 100 + S)
     x = rng.integers(1, CONFIG["src_vocab"], (B, S))
     y = rng.integers(3, CONFIG["tgt_vocab"], (B, T))
     ls = rng.integers(max(1, S // 2), S + 1, B)
     lt = rng.integers(max(1, T // 2), T + 1, B)
     ls[0], lt[0] = S, T
-    y[np.arange(B), lt - 1] = model.eos
+    return x, y, ls, lt
+
+
+def _problem(shape):
+    """numlstm's model (its weights are everyone's) and _batch(shape)."""
+    import numlstm
+    model = numlstm.Seq2Seq(**CONFIG, seed=shape[1] + shape[2])
+    x, y, ls, lt = _batch(shape)
+    y[np.arange(len(y)), lt - 1] = model.eos
     return model, x, y, ls, lt
 
 
@@ -284,7 +290,7 @@ def run(shapes, libraries=LIBRARIES, modes=MODES, load=0, copies=1, rounds=3, re
     rows = []
     for i, (shape, mode) in enumerate(tasks):
         B = shape[0]
-        tokens = int(_problem(tuple(shape))[4].sum())
+        tokens = int(_batch(tuple(shape))[3].sum())
         row = dict(cell="seq2seq", **dict(zip(KEYS, shape)), mode=mode, load=load,
                    copies=copies, rounds=rounds, dtype="float32")
         for lib in libraries:

@@ -97,15 +97,16 @@ class Attention(Layer):
 
     # -- products (no BLAS: see kernels/cpu/dense.py) ------------------------------------
     def _params_changed(self):
-        self._blocks = {}  # each projection's weights as the product reads them
+        self._blocks = {}  # name -> (its bias, the weights as the product reads them)
 
     def _project(self, x, name, bias=None):
-        """x [..., in] @ params[name].T (+ bias) -> [..., out]."""
+        """x [..., in] @ params[name].T (+ bias, else none) -> [..., out]."""
         w = self._params[name]
-        b = np.zeros(w.shape[0], self.dtype) if bias is None else bias
         if name not in self._blocks:
-            self._blocks[name] = dense_blocks(w, b)
-        return dense_forward_cpu(x.reshape(-1, x.shape[-1]), w, b, self._blocks[name]).reshape(
+            b = np.zeros(w.shape[0], self.dtype) if bias is None else bias
+            self._blocks[name] = b, dense_blocks(w, b)
+        b, blocks = self._blocks[name]
+        return dense_forward_cpu(x.reshape(-1, x.shape[-1]), w, b, blocks).reshape(
             x.shape[:-1] + (w.shape[0],))
 
     def _project_back(self, dy, x, name):
