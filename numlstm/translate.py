@@ -179,12 +179,13 @@ def run_translate(args):
         src_chars, tgt_chars, max_len = extra["src_chars"], extra["tgt_chars"], \
             extra["max_len"]
     else:
-        src_chars = CharVocab.of([s for s, _ in pairs], 1).chars
-        tgt_chars = CharVocab.of([t for _, t in pairs], SPECIAL).chars
+        src, tgt = CharVocab.of([s for s, _ in pairs], 1), \
+            CharVocab.of([t for _, t in pairs], SPECIAL)
+        src_chars, tgt_chars = src.chars, tgt.chars
         max_len = 2 * max(len(t) for _, t in train) + 2
         seeds = np.random.SeedSequence(args.seed).generate_state(3)
         attention = None if args.attention == "none" else args.attention
-        model = Seq2Seq(1 + len(src_chars), SPECIAL + len(tgt_chars), embed=args.embed,
+        model = Seq2Seq(src.size, tgt.size, embed=args.embed,
                         hidden=args.hidden or 64, num_layers=args.layers or 1, cell=args.cell,
                         bidirectional=True, attention=attention, dropout=args.dropout,
                         seed=int(seeds[0]), name=f"translate_{args.cell}")
