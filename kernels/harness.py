@@ -34,7 +34,8 @@ simulator, --backend cuda says so and exits 2.
 
 --quantized: the int8 and bfloat16 kernels (run_quantized): every int8 product
 variant this CPU can run, checked to the bit against NumPy's integer product,
-and the quantized LSTM against its reference, each then timed.
+every bfloat16 one against NumPy's product of the rounded values, and the
+quantized LSTM against its reference, each then timed.
 
 --convlstm: the ConvLSTM kernels (run_convlstm) of the backend, inference and
 training (forward and backward, every gradient), against reference.convlstm_*_ref,
@@ -407,8 +408,9 @@ def _check_passes(checks, calls, dtype, shape, flops, quick, failures, out, repe
 
 def run_quantized(shapes, quick, out=None):
     """The reduced-precision kernels (cpu/qtile.py, cpu/quantized.py): each int8
-    product variant this CPU runs, against NumPy's integer product to the bit, then
-    timed (GOP/s: 2 M N K); then the int8 and bfloat16 layers (the machine's
+    product variant this CPU runs, against NumPy's integer product to the bit, and
+    each bfloat16 one against reference.bfloat16_product_ref, then timed (GOP/s:
+    2 M N K); then the int8 and bfloat16 layers (the machine's
     variant) against reference.lstm_forward_quantized_ref (fed the kernel's h, so
     that a one-quantum jump of h over many steps does not hide the rest), then
     timed. A row each; returns the mismatches."""
@@ -439,6 +441,18 @@ def run_quantized(shapes, quick, out=None):
             err = float(np.abs(got - want).max())
             row(f"int8 product {variant}", (T, B, I, H), err, 0,
                 lambda: fn(A, blocks, got, 0, M, 0, N // CB, off), 2 * M * N * Kq)
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        pairs = np.empty((M, 4 * -(-K // 2)), np.uint8)
+        quantized.bf16_pairs(a, pairs, 0, M)
+        wf = rng.standard_normal((N, K)).astype(np.float32)
+        wb = quantized.bf16_blocks(quantized.to_bfloat16_bits(wf))
+        zero = np.zeros((1, N), np.float32)
+        want = reference.bfloat16_product_ref(a, wf)
+        for variant in qtile.BF16_VARIANTS:
+            fn, got = qtile.BF16_ROWS[variant], np.empty((M, N), np.float32)
+            fn(pairs, wb, got, zero, False, 0, M, 0, N // CB)
+            row(f"bf16 product {variant}", (T, B, I, H), _error(got, want), RTOL[np.float32],
+                lambda: fn(pairs, wb, got, zero, False, 0, M, 0, N // CB), 2 * M * N * K)
         x = rng.standard_normal((T, B, I)).astype(np.float32)
         k = 1 / np.sqrt(H)
         w = [rng.uniform(-k, k, s).astype(np.float32) for s in ((4 * H, I), (4 * H, H),
@@ -451,7 +465,7 @@ def run_quantized(shapes, quick, out=None):
             y_ref = reference.lstm_forward_quantized_ref(
                 x, *w, h0, c0, dtype=dtype, h_in=np.concatenate([h0[None], y[:-1]]))[0]
             err = _error(y, y_ref)
-            name = f"LSTM {dtype}" + (f" ({qtile.VARIANT})" if dtype == "int8" else "")
+            name = f"LSTM {dtype} ({qtile.VARIANT if dtype == 'int8' else qtile.BF16_VARIANT})"
             row(name, (T, B, I, H), err, RTOL[np.float32],
                 lambda: lstm_forward_quantized_cpu(x, cell, h0, c0),
                 2 * T * B * 4 * H * (I + H))

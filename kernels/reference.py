@@ -561,29 +561,36 @@ def bfloat16_ref(w):
     return np.where(np.isnan(w), np.float32(np.nan), out)
 
 
+def bfloat16_product_ref(a, w):
+    """a [M,K] @ w [N,K]^T with both rounded to bfloat16 (bfloat16_ref), the exact
+    products summed in float64, then rounded to float32."""
+    a, w = (bfloat16_ref(v).astype(np.float64) for v in (a, w))
+    return (a @ w.T).astype(np.float32)
+
+
 def lstm_forward_quantized_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None,
                                reverse=False, dtype="int8", h_in=None):
-    """The plain LSTM's inference with reduced-precision weights, in float32.
+    """The plain LSTM's inference with reduced-precision products, in float32.
 
-    int8 (torch's dynamic quantization): each product is int8_product_ref's, x
-    quantized per step and sequence, h per step: a = (b_ih + b_hh) + x W_ih^T, then
-    a + h W_hh^T. bfloat16: the weights rounded to bfloat16 (bfloat16_ref), the
-    products in float32 (lstm_forward_ref's). Shapes as lstm_forward_ref's; returns
-    y [T,B,H], h_n, c_n.
+    Each step a = (b_ih + b_hh) + P(x_t, W_ih), then a + P(h, W_hh), and the gate
+    math in float32. int8 (torch's dynamic quantization): P is int8_product_ref's,
+    x quantized per step and sequence, h per step. bfloat16: P is
+    bfloat16_product_ref's, x, h and the weights rounded to bfloat16. Shapes as
+    lstm_forward_ref's; returns y [T,B,H], h_n, c_n.
 
-    h_in (int8): None, or [T,B,H], the h that step t's recurrent product reads
-    instead of this function's own (a kernel's h from the step before, say). Over
-    many steps a last-bit difference in the gate math can move one element of h
-    across a rounding boundary of its quantization, and the outputs then differ by
-    a quantum; fed the kernel's own h, each step is compared with no such jump."""
+    h_in: None, or [T,B,H], the h that step t's recurrent product reads instead of
+    this function's own (a kernel's h from the step before, say). Over many steps
+    a last-bit difference in the gate math can move one element of h across a
+    rounding boundary of its quantization, and the outputs then differ by a
+    quantum; fed the kernel's own h, each step is compared with no such jump."""
     f32 = np.float32
     x, h, c = (np.asarray(v, f32) for v in (x, h0, c0))
     w_ih, w_hh = np.asarray(w_ih, f32), np.asarray(w_hh, f32)
     if dtype == "bfloat16":
-        y, h, c, _ = lstm_forward_ref(x, bfloat16_ref(w_ih), bfloat16_ref(w_hh),
-                                      np.asarray(b_ih, f32), np.asarray(b_hh, f32), h, c,
-                                      lengths, reverse)
-        return y, h, c
+        product = bfloat16_product_ref
+    else:
+        def product(a, w):
+            return int8_product_ref(a, w)[0]
     T, B, _ = x.shape
     H = h.shape[1]
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
@@ -593,7 +600,7 @@ def lstm_forward_quantized_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None,
     for t in _steps(T, reverse):
         valid = (t < lengths)[:, None]
         h_q = h if h_in is None else np.asarray(h_in[t], f32)
-        a = (bias + int8_product_ref(x[t], w_ih)[0]) + int8_product_ref(h_q, w_hh)[0]
+        a = (bias + product(x[t], w_ih)) + product(h_q, w_hh)
         i, f = _sigmoid(a[:, :H]), _sigmoid(a[:, H:2 * H])
         g, o = np.tanh(a[:, 2 * H:3 * H]), _sigmoid(a[:, 3 * H:])
         c_new = f * c + i * g

@@ -26,16 +26,21 @@ int8_rows(A, W, out, r0, r1, b0, b1, off)  (int32 sums, exact)
     NumPy's integer product (the tests check each one this machine can run).
 
 bf16_rows(A, W, out, init, per_row, r0, r1, b0, b1)  (float32 sums)
-    out[r, cols] = init[r or 0, cols] + sum_k A[r, k] * float32(W[block, k, col])
-    A: [M, K] float32; W: [nblk, K, CB] uint16, bfloat16's bits (the upper half
-    of a float32's); out, init: [M or 1, nblk*CB] float32. Each W vector is
-    widened to float32 (zero-extend, shift left 16) and multiplied in float32:
-    the weights' traffic halves, the activations keep float32's precision. (No
-    vdpbf16ps: it rounds the activations to bfloat16 as well, and llvmlite's IR
-    has no bfloat type to call it with.) 16-lane vectors, which LLVM splits on
-    AVX2.
-    One fused multiply-add per k, in order, from init: the tests check it to the
-    bit against that sum in NumPy.
+    out[r, cols] = init[r or 0, cols] + sum_k A[r, k] * W[block, k, col]
+    over pairs of bfloat16: A [M, 4 K2] uint8, each row K2 uint32 (quantized.
+    bf16_pairs: two bfloat16 values, k even in the low half); W [nblk, K2, CB]
+    uint32 (the same pairs, one column's); out, init: [M or 1, nblk*CB] float32.
+    The products of two bfloat16 are exact in float32; each pair adds k odd, then
+    k even, to the float32 sum, each addition rounded (vdpbf16ps's definition).
+    One variant a machine (BF16_VARIANT):
+    - "avx512bf16": vdpbf16ps on zmm, 32 multiply-adds an instruction, twice an
+      FMA's (AMD Zen 4 and 5, Intel from Cooper Lake and Sapphire Rapids);
+    - "widen": each pair widened to two float32 vectors (a mask and a shift) and
+      two fused multiply-adds in that order (any CPU; 16-lane vectors, which
+      LLVM splits on AVX2).
+    The sums are the same to the bit on both (as long as no sum or product is
+    subnormal: vdpbf16ps flushes those to zero), and to NumPy's sum in that
+    order (the tests).
 """
 import numpy as np
 from llvmlite import ir
@@ -67,10 +72,21 @@ VARIANT = VARIANTS[0]
 HAS_VNNI = VARIANT in ("avx512vnni", "avxvnni")
 
 
+BF16_VARIANTS = (["avx512bf16"] if {"+avx512bf16", "+avx512f"} <= cpu_features() else []) + [
+    "widen"]
+BF16_VARIANT = BF16_VARIANTS[0]
+
+
 def int8_variant():
     """The int8 product this machine runs: "avx512vnni", "avxvnni", "avx2" or
     "generic" (module docstring)."""
     return VARIANT
+
+
+def bf16_variant():
+    """The bfloat16 product this machine runs: "avx512bf16" or "widen" (module
+    docstring)."""
+    return BF16_VARIANT
 
 
 def _const(n):
@@ -185,34 +201,62 @@ def _emit_int8_ymm(builder, kind, a, w, n_kq, off, out):
         builder.store(acc[v], at(out, _const(v * YL)), align=4)
 
 
-def _emit_bf16(builder, rows, nv, a, a_row, w, w_blk, n_k, init, init_row, out, out_row):
-    """rows x (nv * VL) float32 sums from init: a, init, out float pointers, w an
-    i16 pointer (bfloat16 bits); strides in elements; vector v reads block v // 4."""
-    f32, i16, i32 = ir.FloatType(), ir.IntType(16), ir.IntType(32)
-    vec, wide, half = (ir.VectorType(f32, VL), ir.VectorType(i32, VL), ir.VectorType(i16, VL))
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                         f"llvm.fma.v{VL}f32")
-    sixteen = ir.Constant(wide, [16] * VL)
+class _BFloat(ir.types._BaseFloatType):
+    """LLVM's bfloat, which llvmlite's IR module lacks (vdpbf16ps's operands)."""
+    intrinsic_name = "bf16"
 
-    def at(base, offset, kind=vec):
+    def __str__(self):
+        return "bfloat"
+
+
+_BFloat._create_instance()
+
+
+def _emit_pairs(builder, rows, nv, a, a_row, w, w_blk, n_k2, init, init_row, out, out_row, hw):
+    """rows x (nv * VL) float32 sums from init over pairs of bfloat16: a and w i32
+    pointers (each i32 two bfloat16, k even in the low half), init and out float
+    pointers; strides in elements (i32 or float); vector v reads block v // 4.
+    hw: vdpbf16ps; else each pair widened and two fused multiply-adds, k odd
+    first (vdpbf16ps's order; a product of two bfloat16 is exact in float32)."""
+    f32, i32 = ir.FloatType(), ir.IntType(32)
+    vec, wide = ir.VectorType(f32, VL), ir.VectorType(i32, VL)
+    pairs = ir.VectorType(_BFloat(), 2 * VL)
+    fn = (lambda name, ret, args: cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ret, args), name))
+    dp = fn("llvm.x86.avx512bf16.dpbf16ps.512", vec, [vec, pairs, pairs]) if hw else None
+    fma = fn(f"llvm.fma.v{VL}f32", vec, [vec] * 3)
+    sixteen = ir.Constant(wide, [16] * VL)
+    high = ir.Constant(wide, [0xFFFF0000 - (1 << 32)] * VL)
+
+    def at(base, offset, kind):
         return builder.bitcast(builder.gep(base, [offset]), kind.as_pointer())
 
-    start = [builder.load(at(init, builder.add(builder.mul(init_row, _const(r)),
-                                                _const(v * VL))), align=4)
+    start = [builder.load(at(init, builder.add(builder.mul(init_row, _const(r)), _const(v * VL)),
+                             vec), align=4)
              for r in range(rows) for v in range(nv)]
 
     def step(k, acc):
         wk = builder.mul(k, _const(CB))
-        ws = []
-        for v in range(nv):
-            bits = builder.load(at(w, builder.add(wk, builder.add(
-                builder.mul(w_blk, _const(v // 4)), _const((v % 4) * VL))), half), align=2)
-            ws.append(builder.bitcast(builder.shl(builder.zext(bits, wide), sixteen), vec))
-        return _each_row(builder, rows, nv, a, a_row, k, vec, acc,
-                         lambda s, v, total: builder.call(fma, [s, ws[v], total]))
+        ws = [builder.load(at(w, builder.add(wk, builder.add(
+            builder.mul(w_blk, _const(v // 4)), _const((v % 4) * VL))), wide), align=4)
+            for v in range(nv)]
+        if hw:
+            ws = [builder.bitcast(x, pairs) for x in ws]
+            return _each_row(builder, rows, nv, a, a_row, k, wide, acc,
+                             lambda s, v, total: builder.call(
+                                 dp, [total, builder.bitcast(s, pairs), ws[v]]))
+        odd = [builder.bitcast(builder.and_(x, high), vec) for x in ws]
+        even = [builder.bitcast(builder.shl(x, sixteen), vec) for x in ws]
 
-    _store(builder, accumulate(builder, n_k, start, step, "bf16"), rows, nv,
-           lambda offset: at(out, offset), out_row)
+        def update(s, v, total):  # (s's halves are the same for each v: LLVM makes them once)
+            s_odd = builder.bitcast(builder.and_(s, high), vec)
+            s_even = builder.bitcast(builder.shl(s, sixteen), vec)
+            return builder.call(fma, [s_even, even[v], builder.call(
+                fma, [s_odd, odd[v], total])])
+        return _each_row(builder, rows, nv, a, a_row, k, wide, acc, update)
+
+    _store(builder, accumulate(builder, n_k2, start, step, "bp"), rows, nv,
+           lambda offset: at(out, offset, vec), out_row)
 
 
 # Tiles by rows: a full block (4 vectors) for 1..ROWS rows, two blocks (8) for 1 or 2.
@@ -263,18 +307,24 @@ def _ymm_tile(kind):
 _avxvnni_tile, _avx2_tile = _ymm_tile("avxvnni"), _ymm_tile("avx2")
 
 
-@intrinsic
-def _bf16_tile(typingctx, rows, nv, a, a_row, w, w_blk, n_k, init, init_row, out, out_row):
-    """One bfloat16 tile (_emit_bf16): addresses in bytes, strides in elements."""
-    def codegen(context, builder, signature, args):
-        rows, nv, a, a_row, w, w_blk, n_k, init, init_row, out, out_row = args
-        pf = ir.FloatType().as_pointer()
-        a, init, out = (builder.inttoptr(p, pf) for p in (a, init, out))
-        w = builder.inttoptr(w, ir.IntType(16).as_pointer())
-        _switch(builder, rows, nv, "bf", lambda r, v: _emit_bf16(
-            builder, r, v, a, a_row, w, w_blk, n_k, init, init_row, out, out_row))
-        return context.get_dummy_value()
-    return types.void(*([types.int64] * 11)), codegen
+def _pairs_tile(hw):
+    """The intrinsic tile of _emit_pairs (hw: vdpbf16ps): addresses in bytes,
+    strides in elements."""
+    @intrinsic
+    def tile(typingctx, rows, nv, a, a_row, w, w_blk, n_k2, init, init_row, out, out_row):
+        def codegen(context, builder, signature, args):
+            rows, nv, a, a_row, w, w_blk, n_k2, init, init_row, out, out_row = args
+            pf, pi = ir.FloatType().as_pointer(), ir.IntType(32).as_pointer()
+            a, w = builder.inttoptr(a, pi), builder.inttoptr(w, pi)
+            init, out = builder.inttoptr(init, pf), builder.inttoptr(out, pf)
+            _switch(builder, rows, nv, "bp", lambda r, v: _emit_pairs(
+                builder, r, v, a, a_row, w, w_blk, n_k2, init, init_row, out, out_row, hw))
+            return context.get_dummy_value()
+        return types.void(*([types.int64] * 11)), codegen
+    return tile
+
+
+_dpbf16_tile, _widen_pairs_tile = _pairs_tile(True), _pairs_tile(False)
 
 
 @njit(inline="always", **_FAST)
@@ -347,18 +397,34 @@ def int8_rows_generic(A, W, out, r0, r1, b0, b1, off):
             out[r, b * CB:(b + 1) * CB] = acc
 
 
-@njit(**_FAST)
-def bf16_rows(A, W, out, init, per_row, r0, r1, b0, b1):
-    """bf16_rows (module docstring)."""
-    a_row, w_blk, o_row = A.strides[0] // 4, W.strides[0] // 2, out.strides[0] // 4
-    i_row = init.strides[0] // 4 if per_row else 0
-    for r, rows, b, nv in _tiles(r0, r1, b0, b1):
-        _bf16_tile(rows, nv, address(A) + r * A.strides[0], a_row,
-                   address(W) + b * W.strides[0], w_blk, A.shape[1],
-                   address(init) + 4 * (r * i_row + b * CB), i_row,
-                   address(out) + r * out.strides[0] + 4 * b * CB, o_row)
-
-
 # Each variant's int8_rows (module docstring); a machine runs INT8_ROWS[VARIANT].
 INT8_ROWS = {"avx512vnni": int8_rows_vnni, "avxvnni": int8_rows_avxvnni,
              "avx2": int8_rows_avx2, "generic": int8_rows_generic}
+
+
+@njit(**_FAST)
+def bf16_rows_dp(A, W, out, init, per_row, r0, r1, b0, b1):
+    """bf16_rows on AVX512-BF16 (module docstring)."""
+    a_row, w_blk, o_row = A.strides[0] // 4, W.strides[0] // 4, out.strides[0] // 4
+    i_row = init.strides[0] // 4 if per_row else 0
+    for r, rows, b, nv in _tiles(r0, r1, b0, b1):
+        _dpbf16_tile(rows, nv, address(A) + r * A.strides[0], a_row,
+                     address(W) + b * W.strides[0], w_blk, W.shape[1],
+                     address(init) + 4 * (r * i_row + b * CB), i_row,
+                     address(out) + r * out.strides[0] + 4 * b * CB, o_row)
+
+
+@njit(**_FAST)
+def bf16_rows_widen(A, W, out, init, per_row, r0, r1, b0, b1):
+    """bf16_rows widened to float32 (module docstring): the same sums."""
+    a_row, w_blk, o_row = A.strides[0] // 4, W.strides[0] // 4, out.strides[0] // 4
+    i_row = init.strides[0] // 4 if per_row else 0
+    for r, rows, b, nv in _tiles(r0, r1, b0, b1):
+        _widen_pairs_tile(rows, nv, address(A) + r * A.strides[0], a_row,
+                          address(W) + b * W.strides[0], w_blk, W.shape[1],
+                          address(init) + 4 * (r * i_row + b * CB), i_row,
+                          address(out) + r * out.strides[0] + 4 * b * CB, o_row)
+
+
+# Each variant's bf16_rows (module docstring); a machine runs BF16_ROWS[BF16_VARIANT].
+BF16_ROWS = {"avx512bf16": bf16_rows_dp, "widen": bf16_rows_widen}

@@ -18,8 +18,11 @@ default has one scale a matrix):
         xw[t,b,n] = bias[n] + float32(sum_k xq W_q) * (s_x[t,b] * s_w[n])
         pre       = xw[t] + float32(sum_k hq W_q) * (s_h[b] * s_hh[n])
     then the gate math in float32 (sigmoid, tanh), as the float32 layer's.
-bfloat16: the weights rounded to bfloat16 (to nearest, ties to even); x and h
-    stay float32 and the products accumulate in float32 (qtile.bf16_rows).
+bfloat16: the weights, and x and h when they are used (bf16_pairs: x each step,
+    h each step), rounded to bfloat16 (to nearest, ties to even); their products,
+    exact in float32, accumulate in float32 (qtile.bf16_rows: vdpbf16ps, or
+    widened and fused multiply-adds in its order, the same sums), from the bias
+    (the input part) and from the input part (the recurrent one).
 
 The quantization and the scaling are compiled without fastmath (no reciprocal
 for a division, no contraction), so the integer sums and the float32 values
@@ -42,21 +45,22 @@ from numba import njit, prange
 from ..gates import sigmoid, tanh
 from .jit import FAST
 from .microkernel import CB
-from .qtile import INT8_ROWS, VARIANT, bf16_rows, int8_variant
+from .qtile import BF16_ROWS, BF16_VARIANT, INT8_ROWS, VARIANT, bf16_variant, int8_variant
 from .threads import POLICY, clock_ns, finished, numba_threads, parallel_ok, region_done
 
 U = CB // 4                         # units per block
 EXACT = dict(cache=True, error_model="numpy")   # no fastmath (module docstring)
 int8_rows = INT8_ROWS[VARIANT]
+bf16_rows = BF16_ROWS[BF16_VARIANT]
 # Multiply-adds from which work is shared among threads (loop_plan): an input
 # product; a call's steps in the batch split (one region for the call); one step in
 # the units split (a region a step, each a wake-up and a join of some microseconds:
 # at B = 16, H = 128, 1M a step, a step() call on two threads took 0.10 ms against
 # 0.02 ms on one; at B = 1, H = 1024, 4M, int8 took 1.31 ms for T = 30 on two, 1.72
-# on one, and bfloat16 3.74 against 3.24).
+# on one, and bfloat16 on vdpbf16ps 2.2 against 3.2).
 PARALLEL_MIN_MACS = 1 << 20
 ROWS_PARALLEL_MIN_MACS = 1 << 22
-STEP_PARALLEL_MIN_MACS = {"int8": 1 << 22, "bfloat16": 1 << 23}
+STEP_PARALLEL_MIN_MACS = 1 << 22
 # A call of one step (step()) enters a region only from this many: its threads have
 # slept since the last call, and waking them costs up to some hundreds of
 # microseconds on these virtual machines (B = 1, H = 1024, int8: 0.57 ms a step()
@@ -68,8 +72,8 @@ ALONE_MAX_MACS = 1 << 23            # input products up to this run step by step
 _ROUND = np.float32(1.5 * 2 ** 23)
 
 __all__ = ["QuantLSTM", "pack_lstm_quantized", "lstm_forward_quantized",
-           "lstm_forward_quantized_into", "quantize_rows", "int8_blocks",
-           "int8_variant", "to_bfloat16_bits"]
+           "lstm_forward_quantized_into", "quantize_rows", "bf16_pairs", "int8_blocks",
+           "bf16_blocks", "int8_variant", "bf16_variant", "to_bfloat16_bits"]
 
 
 class QuantLSTM(NamedTuple):
@@ -80,7 +84,7 @@ class QuantLSTM(NamedTuple):
     I: int
     bias: np.ndarray        # [1,Gq] float32: b_ih + b_hh in the tiled columns
     # int8: [nblk, Kq/4, CB, 4] int8 (Kq: I padded to 4, H to Hq); bfloat16:
-    # [nblk, K, CB] uint16
+    # [nblk, K2, CB] uint32, pairs of bfloat16 (bf16_blocks; K2: I or Hq over 2, up)
     w_in: np.ndarray
     w_hh: np.ndarray
     s_in: np.ndarray        # [Gq] float32 per-channel scales (int8; empty for bfloat16)
@@ -135,12 +139,22 @@ def int8_blocks(q):
     return blocks, (-128 * q.sum(axis=1, dtype=np.int64)).astype(np.int32)
 
 
-def _pack_bf16(w, Gq, cols):
-    """torch-layout w [4H,K] -> bfloat16 bits in blocks [nblk, K, CB]."""
-    wp = np.zeros((Gq, w.shape[1]), np.float32)
-    wp[cols] = w
-    return np.ascontiguousarray(to_bfloat16_bits(wp).reshape(Gq // CB, CB, -1)
-                                .transpose(0, 2, 1))
+def bf16_blocks(bits):
+    """bits [N,K] uint16, bfloat16 (N a multiple of CB) -> what qtile.bf16_rows
+    reads: [N/CB, K2, CB] uint32, K2 = ceil(K/2), k 2j in the low half of pair j
+    and 2j + 1 in the high one (zero past K)."""
+    N, K = bits.shape
+    even = np.zeros((N, -(-K // 2) * 2), np.uint32)
+    even[:, :K] = bits
+    pairs = even[:, 0::2] | (even[:, 1::2] << 16)
+    return np.ascontiguousarray(pairs.reshape(N // CB, CB, -1).transpose(0, 2, 1))
+
+
+def _pack_bf16(w, Gq, cols, K):
+    """torch-layout w [4H,k] -> bf16_blocks of its bfloat16 bits, k padded to K."""
+    wp = np.zeros((Gq, K), np.float32)
+    wp[cols, :w.shape[1]] = w
+    return bf16_blocks(to_bfloat16_bits(wp))
 
 
 def pack_lstm_quantized(w_ih, w_hh, b_ih, b_hh, dtype):
@@ -159,8 +173,9 @@ def pack_lstm_quantized(w_ih, w_hh, b_ih, b_hh, dtype):
         w_rec, s_hh, off_hh = _pack_int8(w_hh, Gq, cols, Hq)  # (h is quantized Hq wide)
         return QuantLSTM("int8", H, Hq, I, bias, w_in, w_rec, s_in, s_hh, off_in, off_hh)
     if dtype == "bfloat16":
-        return QuantLSTM("bfloat16", H, Hq, I, bias, _pack_bf16(w_ih, Gq, cols),
-                         _pack_bf16(w_hh, Gq, cols), empty_f, empty_f, empty_i, empty_i)
+        return QuantLSTM("bfloat16", H, Hq, I, bias, _pack_bf16(w_ih, Gq, cols, I),
+                         _pack_bf16(w_hh, Gq, cols, Hq),  # (h is rounded Hq wide)
+                         empty_f, empty_f, empty_i, empty_i)
     raise ValueError(f"dtype: expected 'int8' or 'bfloat16', got {dtype!r}")
 
 
@@ -202,6 +217,41 @@ def quantize_rows(a, q, s, r0, r1):
             out[k] = 128
 
 
+@njit(inline="always", **EXACT)
+def _bf16_bits(b):
+    """A float32's bits (uint32) -> bfloat16's (rounded to nearest, ties to even;
+    a NaN stays a NaN), in an int64."""
+    v = np.int64(b)
+    if (v & 0x7FFFFFFF) > 0x7F800000:
+        return (v >> 16) | 0x40
+    return (v + 0x7FFF + ((v >> 16) & 1)) >> 16
+
+
+@njit(**EXACT)
+def bf16_pairs(a, q, r0, r1):
+    """Rows [r0, r1) of a [M,K] float32, C-contiguous rows -> q [M, 4 K2] uint8,
+    each row K2 uint32 pairs of bfloat16 (qtile.bf16_rows's A): a[r, 2j] rounded
+    (to_bfloat16_bits's rule) in the low half of pair j, a[r, 2j + 1] in the high
+    one; zero past K."""
+    K = a.shape[1]
+    for r in range(r0, r1):
+        bits, out = a[r].view(np.uint32), q[r].view(np.uint32)
+        for j in range(K // 2):
+            out[j] = np.uint32(_bf16_bits(bits[2 * j]) | (_bf16_bits(bits[2 * j + 1]) << 16))
+        for j in range(K // 2, out.shape[0]):
+            out[j] = np.uint32(_bf16_bits(bits[2 * j]) if 2 * j < K else 0)
+
+
+@njit(inline="always", **EXACT)
+def _activations(a, q, s, r0, r1, int8):
+    """Rows [r0, r1) of a into what the cell's product reads: quantize_rows's int8
+    (q and s), or bf16_pairs's pairs (q)."""
+    if int8:
+        quantize_rows(a, q, s, r0, r1)
+    else:
+        bf16_pairs(a, q, r0, r1)
+
+
 @njit(**EXACT)
 def _scaled(acc, s_row, s_col, init, out, r0, r1, c0, c1):
     """out[r, c] = init[r, c] + float32(acc[r, c]) * (s_row[r] * s_col[c]) over rows
@@ -223,16 +273,15 @@ def _input_task(x2, packed_w, s_w, off, bias, xq, xs, acc, xw2, r0, r1, b0, b1, 
         int8_rows(xq, packed_w, acc, r0, r1, b0, b1, off)
         _scaled(acc, xs, s_w, bias, xw2, r0, r1, b0 * CB, b1 * CB)
     else:
-        bf16_rows(x2, packed_w, xw2, bias, False, r0, r1, b0, b1)
+        bf16_rows(xq, packed_w, xw2, bias, False, r0, r1, b0, b1)
 
 
 @njit(parallel=True, **EXACT)
 def _input_tasks(x2, packed_w, s_w, off, bias, xq, xs, acc, xw2, chunks, int8):
     M, nblk = x2.shape[0], packed_w.shape[0]
     rows = -(-M // chunks)
-    if int8:
-        for c in prange(chunks):
-            quantize_rows(x2, xq, xs, c * rows, min(M, (c + 1) * rows))
+    for c in prange(chunks):
+        _activations(x2, xq, xs, c * rows, min(M, (c + 1) * rows), int8)
     for task in prange(chunks * nblk):
         blk, c = divmod(np.int64(task), chunks)
         _input_task(x2, packed_w, s_w, off, bias, xq, xs, acc, xw2, c * rows,
@@ -246,14 +295,12 @@ def _input_product(x, cell, parallel):
     x2 = x.reshape(M, I)
     int8 = cell.dtype == "int8"
     xw = np.empty((T, B, Gq), np.float32)
-    Kq = cell.w_in.shape[1] * 4 if int8 else 0
-    xq = np.empty((M, Kq), np.uint8)
+    xq = np.empty((M, cell.w_in.shape[1] * 4), np.uint8)  # (int8's values, or pairs)
     xs = np.empty(M if int8 else 0, np.float32)
     acc = np.empty((M, Gq) if int8 else (0, 0), np.int32)
     nblk = cell.w_in.shape[0]
     if not parallel or M * Gq * I < PARALLEL_MIN_MACS:
-        if int8:
-            quantize_rows(x2, xq, xs, 0, M)
+        _activations(x2, xq, xs, 0, M, int8)
         _input_task(x2, cell.w_in, cell.s_in, cell.off_in, cell.bias, xq, xs, acc,
                     xw.reshape(M, Gq), 0, M, 0, nblk, int8)
     else:
@@ -287,22 +334,17 @@ def _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1):
 
 
 @njit(**EXACT)
-def _step(cell_w, s_hh, off, xw_t, hbuf, c, y_t, lengths, t, s, hq, hs, acc, pre, r0, r1,
-          b0, b1, int8):
-    """Rows [r0, r1) x blocks [b0, b1) of step t (the s-th step walked): the
-    recurrent product into pre, then the gate math. int8 reads hq/hs (h of those
-    rows quantized) and writes h in place; bfloat16 reads hbuf[s % 2] and writes
-    hbuf[1 - s % 2]."""
+def _step(cell_w, s_hh, off, xw_t, h, c, y_t, lengths, t, hq, hs, acc, pre, r0, r1, b0, b1,
+          int8):
+    """Rows [r0, r1) x blocks [b0, b1) of step t: the recurrent product of hq (and
+    hs: h of those rows quantized, _activations) into pre, then the gate math,
+    which writes h in place."""
     if int8:
         int8_rows(hq, cell_w, acc, r0, r1, b0, b1, off)
         _scaled(acc, hs, s_hh, xw_t, pre, r0, r1, b0 * CB, b1 * CB)
-        _gates(pre, hbuf[0], c, y_t, lengths, t, r0, r1, b0, b1)
     else:
-        H = cell_w.shape[1]
-        bf16_rows(hbuf[s % 2, :, :H], cell_w, pre, xw_t, True, r0, r1, b0, b1)
-        h_new = hbuf[1 - s % 2]
-        h_new[r0:r1, b0 * U:b1 * U] = hbuf[s % 2, r0:r1, b0 * U:b1 * U]  # (held rows)
-        _gates(pre, h_new, c, y_t, lengths, t, r0, r1, b0, b1)
+        bf16_rows(hq, cell_w, pre, xw_t, True, r0, r1, b0, b1)
+    _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1)
 
 
 @njit(**EXACT)
@@ -310,16 +352,16 @@ def _input_rows(x_t, w_in, s_in, off_in, bias, xq, xs, acc, xw_t, r0, r1, int8):
     """Rows [r0, r1) of one step's input part, xw_t = bias + x_t @ W_ih^T (the same
     sums and scaling as _input_product's)."""
     nblk = w_in.shape[0]
+    _activations(x_t, xq, xs, r0, r1, int8)
     if int8:
-        quantize_rows(x_t, xq, xs, r0, r1)
         int8_rows(xq, w_in, acc, r0, r1, 0, nblk, off_in)
         _scaled(acc, xs, s_in, bias, xw_t, r0, r1, 0, nblk * CB)
     else:
-        bf16_rows(x_t, w_in, xw_t, bias, False, r0, r1, 0, nblk)
+        bf16_rows(xq, w_in, xw_t, bias, False, r0, r1, 0, nblk)
 
 
 @njit(**EXACT)
-def _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, hbuf, c, y, lengths, reverse, scratch, r0,
+def _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scratch, r0,
                 r1, int8):
     """All T steps of rows [r0, r1), every block (the rows of a batch never meet).
     ins: (w_in, s_in, off_in, bias); xw: the input part of every step [T,B,Gq], or
@@ -335,30 +377,28 @@ def _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, hbuf, c, y, lengths, reverse, sc
             init = xw_t
         else:
             init = xw[t]
-        if int8:
-            quantize_rows(hbuf[0, :, :c.shape[1]], hq, hs, r0, r1)
-        _step(w_hh, s_hh, off_hh, init, hbuf, c, y[t], lengths, t, s, hq, hs, acc, pre, r0,
+        _activations(h, hq, hs, r0, r1, int8)
+        _step(w_hh, s_hh, off_hh, init, h, c, y[t], lengths, t, hq, hs, acc, pre, r0,
               r1, 0, nblk, int8)
 
 
 @njit(parallel=True, **EXACT)
-def _time_loop(x, ins, xw, w_hh, s_hh, off_hh, hbuf, c, y, lengths, reverse, scratch, P,
+def _time_loop(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scratch, P,
                split, int8, gate):
-    """All T steps (x [T,B,I]; the rest as _rows_steps's): hbuf [2,B,Hq] (int8: h in
-    hbuf[0] throughout; bfloat16: h0 in hbuf[0], the last h in hbuf[T % 2]); c
-    [B,Hq]; y [T,B,Hq]. P threads (1: no parallel region); split "rows": each
+    """All T steps (x [T,B,I]; the rest as _rows_steps's): h, c [B,Hq] (h0 and c0 in,
+    the last state out); y [T,B,Hq]. P threads (1: no parallel region); split "rows": each
     thread its rows of the batch through all the steps (one region); "units" (xw
     given): each step's blocks shared among the threads (a region a step; gate:
     threads.py's, which sends a lagging machine's steps to one thread)."""
     T, B = y.shape[0], y.shape[1]
     nblk = w_hh.shape[0]
     if P == 1:
-        _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, hbuf, c, y, lengths, reverse, scratch,
+        _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scratch,
                     0, B, int8)
     elif split == "rows":
         start = clock_ns()
         for p in prange(P):
-            _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, hbuf, c, y, lengths, reverse,
+            _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse,
                         scratch, p * B // P, (p + 1) * B // P, int8)
             finished(gate, p)
         region_done(gate, start)
@@ -366,21 +406,20 @@ def _time_loop(x, ins, xw, w_hh, s_hh, off_hh, hbuf, c, y, lengths, reverse, scr
         xq, xs, hq, hs, acc, xw_t, pre = scratch
         for s in range(T):
             t = T - 1 - s if reverse else s
-            if int8:
-                quantize_rows(hbuf[0, :, :c.shape[1]], hq, hs, 0, B)
+            _activations(h, hq, hs, 0, B, int8)
             if not parallel_ok(gate):
-                _step(w_hh, s_hh, off_hh, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
+                _step(w_hh, s_hh, off_hh, xw[t], h, c, y[t], lengths, t, hq, hs, acc,
                       pre, 0, B, 0, nblk, int8)
                 continue
             start = clock_ns()
             for p in prange(P):
-                _step(w_hh, s_hh, off_hh, xw[t], hbuf, c, y[t], lengths, t, s, hq, hs, acc,
+                _step(w_hh, s_hh, off_hh, xw[t], h, c, y[t], lengths, t, hq, hs, acc,
                       pre, 0, B, p * nblk // P, (p + 1) * nblk // P, int8)
                 finished(gate, p)
             region_done(gate, start)
 
 
-def loop_plan(T, B, H, Gq, threads, dtype="int8"):
+def loop_plan(T, B, H, Gq, threads):
     """(P, split) of the time loop: one thread for a single step under
     ONE_STEP_PARALLEL_MIN_MACS; the batch split (one region for the call) from
     ROWS_SPLIT_MIN rows a thread and ROWS_PARALLEL_MIN_MACS in all the steps; else
@@ -390,49 +429,48 @@ def loop_plan(T, B, H, Gq, threads, dtype="int8"):
         return 1, "rows"
     if threads > 1 and B >= ROWS_SPLIT_MIN * 2 and T * B * Gq * H >= ROWS_PARALLEL_MIN_MACS:
         return min(threads, B // ROWS_SPLIT_MIN), "rows"
-    if threads > 1 and B * Gq * H >= STEP_PARALLEL_MIN_MACS[dtype]:
+    if threads > 1 and B * Gq * H >= STEP_PARALLEL_MIN_MACS:
         return min(threads, Gq // CB), "units"
     return 1, "rows"
 
 
-def runs_alone(T, B, I, H, threads, dtype="int8"):
+def runs_alone(T, B, I, H, threads):
     """Whether an inference call runs whole on one thread (forward_into): one
     thread for the steps (loop_plan) and an input product under ALONE_MAX_MACS."""
     Gq = 4 * (-(-H // U) * U)
-    return (loop_plan(T, B, H, Gq, threads, dtype)[0] == 1
+    return (loop_plan(T, B, H, Gq, threads)[0] == 1
             and T * B * Gq * I < ALONE_MAX_MACS)
 
 
 @njit(**EXACT)
 def _buffers(T, w_in, w_hh, h0, c0, int8):
-    """(hbuf, c, y, scratch) of a call of T steps from the state h0, c0 [B,H]: hbuf
-    [2,B,Hq] with h0 in hbuf[0], c [B,Hq] holding c0, y [T,B,Hq], and _rows_steps's
-    scratch; padded units zero. Compiled: a step() makes its buffers in the same
+    """(h, c, y, scratch) of a call of T steps from the state h0, c0 [B,H]: h and c
+    [B,Hq] holding h0 and c0, y [T,B,Hq], and _rows_steps's scratch; padded
+    units zero. Compiled: a step() makes its buffers in the same
     compiled call as its loop (_alone)."""
     B, H = h0.shape
     Hq, Gq = w_hh.shape[0] * U, w_hh.shape[0] * CB
-    Kq = w_in.shape[1] * 4 if int8 else 0
-    hbuf = np.zeros((2, B, Hq), np.float32)
-    hbuf[0, :, :H] = h0
+    h = np.zeros((B, Hq), np.float32)
+    h[:, :H] = h0
     c = np.zeros((B, Hq), np.float32)
     c[:, :H] = c0
-    scratch = (np.empty((B, Kq), np.uint8), np.empty(B, np.float32),
-               np.empty((B, Hq if int8 else 0), np.uint8), np.empty(B, np.float32),
+    # (x and h as the products read them: int8 values, or bfloat16 pairs)
+    scratch = (np.empty((B, w_in.shape[1] * 4), np.uint8), np.empty(B, np.float32),
+               np.empty((B, w_hh.shape[1] * 4), np.uint8), np.empty(B, np.float32),
                np.empty((B, Gq if int8 else 0), np.int32), np.empty((B, Gq), np.float32),
                np.empty((B, Gq), np.float32))
-    return hbuf, c, np.empty((T, B, Hq), np.float32), scratch
+    return h, c, np.empty((T, B, Hq), np.float32), scratch
 
 
 def _run(x, cell, h0, c0, lengths, reverse, xw, P, split):
     T, B, _ = x.shape
     H, int8 = cell.H, cell.dtype == "int8"
-    hbuf, c, y, scratch = _buffers(T, cell.w_in, cell.w_hh, h0, c0, int8)
+    h, c, y, scratch = _buffers(T, cell.w_in, cell.w_hh, h0, c0, int8)
     lens = (np.full(B, T, np.int64) if lengths is None
             else np.ascontiguousarray(lengths, np.int64))
     _time_loop(x, (cell.w_in, cell.s_in, cell.off_in, cell.bias), xw, cell.w_hh, cell.s_hh,
-               cell.off_hh, hbuf, c, y, lens, reverse, scratch, P, split, int8,
+               cell.off_hh, h, c, y, lens, reverse, scratch, P, split, int8,
                POLICY.gate())
-    h = hbuf[0] if int8 else hbuf[T % 2]
     return y[:, :, :H], h[:, :H], c[:, :H]
 
 
@@ -445,11 +483,11 @@ def _alone(x, ins, w_hh, s_hh, off_hh, h0, c0, y, h, c, int8):
     h, c [B,H]): a step() at B = 1 is a few microseconds of work, and making its
     buffers and passing them in from Python took as long again."""
     T, B, H = x.shape[0], x.shape[1], h0.shape[1]
-    hbuf, cq, yq, scratch = _buffers(T, ins[0], w_hh, h0, c0, int8)
-    _rows_steps(x, ins, _NO_XW, w_hh, s_hh, off_hh, hbuf, cq, yq, np.full(B, T, np.int64),
+    hq, cq, yq, scratch = _buffers(T, ins[0], w_hh, h0, c0, int8)
+    _rows_steps(x, ins, _NO_XW, w_hh, s_hh, off_hh, hq, cq, yq, np.full(B, T, np.int64),
                 False, scratch, 0, B, int8)
     y[:] = yq[:, :, :H]
-    h[:] = hbuf[0 if int8 else T % 2, :, :H]
+    h[:] = hq[:, :H]
     c[:] = cq[:, :H]
 
 
@@ -459,7 +497,7 @@ def lstm_forward_quantized_into(x, cell, h0, c0, y, h, c):
     thread, with no parallel region and no input product before the loop; False,
     writing nothing, for a call that lstm_forward_quantized runs otherwise."""
     T, B, I = x.shape
-    if not runs_alone(T, B, I, cell.H, numba_threads(), cell.dtype):
+    if not runs_alone(T, B, I, cell.H, numba_threads()):
         return False
     _alone(x, (cell.w_in, cell.s_in, cell.off_in, cell.bias), cell.w_hh, cell.s_hh,
            cell.off_hh, h0, c0, y, h, c, cell.dtype == "int8")
@@ -474,13 +512,12 @@ def lstm_forward_quantized(x, cell, h0, c0, lengths=None, reverse=False):
     x = np.ascontiguousarray(x, np.float32)
     T, B, I = x.shape
     threads = numba_threads()  # (the thread policy's count for this call: threads.run)
-    P, split = loop_plan(T, B, cell.H, 4 * cell.Hq, threads, cell.dtype)
+    P, split = loop_plan(T, B, cell.H, 4 * cell.Hq, threads)
     # The input part: for all steps before the loop where the loop shares each step's
     # units, or where one thread runs a large input product (shared here); else
     # each step's, in the loop.
     xw = (_input_product(x, cell, threads > 1)
-          if split == "units" or (P == 1 and not runs_alone(T, B, I, cell.H, threads,
-                                                               cell.dtype))
+          if split == "units" or (P == 1 and not runs_alone(T, B, I, cell.H, threads))
           else _NO_XW)
     return tuple(np.ascontiguousarray(a) for a in _run(x, cell, h0, c0, lengths, reverse, xw,
                                                        P, split))

@@ -6,9 +6,11 @@ int8 follows torch.ao.quantization.quantize_dynamic for nn.LSTM (activations
 quantized when they are used, int32 sums, scales and the gate math in float32),
 with symmetric weights per output channel (one scale per gate row; torch's
 default has one scale a matrix): the input and the state are quantized per row
-(x per step and sequence, h per step). bfloat16 rounds the weights to
-bfloat16 and keeps the activations and the sums in float32. The equations and
-the kernels: kernels/cpu/quantized.py.
+(x per step and sequence, h per step). bfloat16 rounds the weights, and x and
+h when they are used, to bfloat16 and sums their products in float32 (as
+vdpbf16ps does, which runs them where the CPU has AVX512-BF16; elsewhere the
+same sums run widened to float32). The equations and the kernels:
+kernels/cpu/quantized.py.
 
 The layer keeps its float32 weights and quantizes them when it first runs after
 they change (`load_params`, `updating`): a checkpoint holds the float weights and
@@ -30,7 +32,7 @@ import numpy as np
 
 from .. import dispatch
 from ..kernels import cpu as _cpu
-from ..kernels.cpu.quantized import int8_variant, pack_lstm_quantized
+from ..kernels.cpu.quantized import bf16_variant, int8_variant, pack_lstm_quantized
 from ..packing import from_canonical
 from .cells import LSTM
 
@@ -39,21 +41,28 @@ DTYPES = ("int8", "bfloat16")
 _PLAIN = {"proj_size": 0, "peephole": False, "layer_norm": False, "cell_clip": None,
           "gate_clip": None, "input_forget": False, "activation": "tanh",
           "recurrent_activation": "sigmoid", "zoneout": 0.0}
-_WARNED = []
+_WARNED = set()
 
 
 def check_quantize_dtype(dtype):
     """dtype, checked: "int8" or "bfloat16" (warning once where int8 runs on the
-    portable loop)."""
+    portable loop, and once where bfloat16 runs without AVX512-BF16)."""
     if not isinstance(dtype, str):
         raise TypeError(f"dtype: expected 'int8' or 'bfloat16', got {type(dtype).__name__}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected 'int8' or 'bfloat16', got {dtype!r}")
-    if dtype == "int8" and int8_variant() == "generic" and not _WARNED:
-        _WARNED.append(True)
+    if dtype in _WARNED:
+        return dtype
+    if dtype == "int8" and int8_variant() == "generic":
+        _WARNED.add(dtype)
         warnings.warn("this CPU has neither VNNI nor AVX2: int8 products run on a "
                       "slower, portable loop (the results are the same)", RuntimeWarning,
                       stacklevel=3)
+    if dtype == "bfloat16" and bf16_variant() == "widen":
+        _WARNED.add(dtype)
+        warnings.warn("this CPU has no AVX512-BF16: bfloat16 products run widened to "
+                      "float32, at about half their speed with it (the results are the "
+                      "same)", RuntimeWarning, stacklevel=3)
     return dtype
 
 

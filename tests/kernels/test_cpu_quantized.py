@@ -1,7 +1,7 @@
 """The int8 and bfloat16 kernels (kernels/cpu/qtile.py, quantized.py) against the
 NumPy reference of the same quantization (reference.lstm_forward_quantized_ref):
-the integer products to the bit, both int8 variants, the bfloat16 tile to the bit
-against its own sum order, and the time loop at random, uneven shapes (T=1, B=1,
+the integer products to the bit, every int8 variant, every bfloat16 variant to
+the bit against its own sum order, and the time loop at random, uneven shapes (T=1, B=1,
 lengths, reverse, both thread counts)."""
 import os
 
@@ -33,21 +33,47 @@ def test_int8_products_are_numpys_integer_products(rng, product, M, K, nblk):
     assert (out[0] == -7).all() and (out[M + 1:] == -7).all()  # other rows untouched
 
 
-def test_bfloat16_tile_is_the_sequential_fma_sum(rng):
-    M, K, nblk = 7, 19, 3
-    A = rng.standard_normal((M, K)).astype(np.float32)
-    bits = quantized.to_bfloat16_bits(rng.standard_normal((nblk, K, CB)).astype(np.float32))
-    W = (bits.astype(np.uint32) << 16).view(np.float32)
-    init = rng.standard_normal((M, nblk * CB)).astype(np.float32)
+BF16_PRODUCTS = [qtile.BF16_ROWS[v] for v in qtile.BF16_VARIANTS]  # (all this CPU can run)
+
+
+@pytest.mark.parametrize("product", BF16_PRODUCTS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("M,K,nblk", [(1, 1, 1), (7, 19, 3), (2, 64, 2), (13, 130, 1)])
+def test_bfloat16_products_are_the_sequential_pair_sum(rng, product, M, K, nblk):
+    """Each variant this CPU runs (vdpbf16ps, or widened pairs) to the bit against
+    the sum in NumPy: from init, each pair adds k odd, then k even, one rounding
+    each; A's rows through bf16_pairs, W's through bf16_blocks."""
+    A = rng.standard_normal((M + 2, K)).astype(np.float32)
+    A[1, 0] = 1 + 2 ** -8  # (a tie: to 1)
+    pairs = np.full((M + 2, 4 * -(-K // 2)), 77, np.uint8)
+    quantized.bf16_pairs(A, pairs, 1, 1 + M)
+    assert (pairs[0] == 77).all() and (pairs[M + 1] == 77).all()  # other rows untouched
+    W = rng.standard_normal((nblk * CB, K)).astype(np.float32)
+    blocks = quantized.bf16_blocks(quantized.to_bfloat16_bits(W))
+    init = rng.standard_normal((M + 2, (nblk + 1) * CB)).astype(np.float32)
     out = np.full_like(init, np.nan)
-    qtile.bf16_rows(A, bits, out, init, True, 0, M, 1, nblk)
-    acc = init[:, CB:].astype(np.float64)
-    Wc = W[1:].transpose(1, 0, 2).reshape(K, -1).astype(np.float64)
-    for k in range(K):  # one rounding per multiply-add, k in order
-        acc = (acc + A[:, k:k + 1].astype(np.float64) * Wc[k]).astype(np.float32)
-        acc = acc.astype(np.float64)
-    np.testing.assert_array_equal(out[:, CB:], acc.astype(np.float32))
-    assert np.isnan(out[:, :CB]).all()
+    product(pairs, blocks, out[:, CB:], init[:, CB:], True, 1, 1 + M, 0, nblk)
+    a = ref.bfloat16_ref(A[1:1 + M]).astype(np.float64)
+    w = ref.bfloat16_ref(W).astype(np.float64)
+    acc = init[1:1 + M, CB:]
+    for j in range(-(-K // 2)):
+        for k in (2 * j + 1, 2 * j):
+            if k < K:
+                acc = (acc + a[:, k:k + 1] * w[:, k]).astype(np.float32)  # (exact product)
+    np.testing.assert_array_equal(out[1:1 + M, CB:], acc)
+    assert np.isnan(out[:, :CB]).all() and np.isnan(out[0]).all()
+
+
+def test_bfloat16_pairs_round_as_the_weights_do(rng):
+    a = np.array([[1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5e-3, np.inf, np.nan, 3e38]],
+                 np.float32)
+    pairs = np.empty((1, 16), np.uint8)
+    quantized.bf16_pairs(a, pairs, 0, 1)
+    bits = pairs.view(np.uint32)[0]
+    halves = np.stack([bits & 0xFFFF, bits >> 16], axis=1).ravel()
+    np.testing.assert_array_equal(halves[:7], quantized.to_bfloat16_bits(a[0]))
+    assert halves[7] == 0  # (past K)
+    got = (halves[:7].astype(np.uint32) << 16).view(np.float32)
+    np.testing.assert_array_equal(got, ref.bfloat16_ref(a[0]))
 
 
 def test_bfloat16_rounding_is_to_nearest_even():
@@ -180,7 +206,9 @@ def test_other_cpus_variants_give_the_same_layer(tmp_path, variant, drop):
     """A CPU with AVX2 and no VNNI (AMD Zen 3, Intel before Alder Lake), and one with
     neither (Numba told this CPU's features less those, in a process of its own):
     their int8 variant, the same outputs to the bit, and a RuntimeWarning, once,
-    where the portable loop runs."""
+    where the portable loop runs; and bfloat16 on its widened pairs (no
+    AVX512-BF16, a RuntimeWarning once), the same outputs to the bit as this CPU's
+    variant."""
     import subprocess
     import sys
     if variant not in qtile.VARIANTS[1:]:
@@ -188,23 +216,30 @@ def test_other_cpus_variants_give_the_same_layer(tmp_path, variant, drop):
     code = ("import sys, warnings, numpy as np, numlstm\n"
             "from numlstm.kernels.cpu import qtile\n"
             f"assert qtile.int8_variant() == {variant!r}, qtile.int8_variant()\n"
+            "assert qtile.bf16_variant() == 'widen', qtile.bf16_variant()\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    q = numlstm.quantize_dynamic(numlstm.LSTM(7, 20, num_layers=2, seed=5))\n"
             "    numlstm.quantize_dynamic(numlstm.LSTM(7, 20, seed=5))\n"
-            "print(sum('portable loop' in str(x.message) for x in w))\n"
+            "    b = numlstm.quantize_dynamic(numlstm.LSTM(7, 20, num_layers=2, seed=5),"
+            " 'bfloat16')\n"
+            "    numlstm.quantize_dynamic(numlstm.LSTM(7, 20, seed=5), 'bfloat16')\n"
+            "print(sum('portable loop' in str(x.message) for x in w),"
+            " sum('AVX512-BF16' in str(x.message) for x in w))\n"
             "x = np.random.default_rng(0).standard_normal((5, 3, 7)).astype(np.float32)\n"
             "np.save(sys.argv[1], np.concatenate([q(x)[0].ravel(), q(x, lengths=[5, 2, 4])[0]"
-            ".ravel()]))\n")
+            ".ravel(), b(x, lengths=[5, 2, 4])[0].ravel()]))\n")
     env = dict(os.environ, NUMBA_CPU_FEATURES=_features_without(*drop),
                NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "y.npy"
     proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["1" if variant == "generic" else "0"]
+    assert proc.stdout.split() == ["1" if variant == "generic" else "0", "1"]
     import numlstm
     q = numlstm.quantize_dynamic(numlstm.LSTM(7, 20, num_layers=2, seed=5))
     x = np.random.default_rng(0).standard_normal((5, 3, 7)).astype(np.float32)
-    want = np.concatenate([q(x)[0].ravel(), q(x, lengths=[5, 2, 4])[0].ravel()])
+    b = numlstm.quantize_dynamic(numlstm.LSTM(7, 20, num_layers=2, seed=5), "bfloat16")
+    want = np.concatenate([q(x)[0].ravel(), q(x, lengths=[5, 2, 4])[0].ravel(),
+                           b(x, lengths=[5, 2, 4])[0].ravel()])
     np.testing.assert_array_equal(np.load(out), want)

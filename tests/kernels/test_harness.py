@@ -74,9 +74,10 @@ def test_resources_needs_a_real_target(capsys):
     assert "without NUMBA_ENABLE_CUDASIM=1" in capsys.readouterr().err
 
 
-def test_quick_quantized_run_checks_every_int8_variant(capsys):
+def test_quick_quantized_run_checks_every_variant(capsys):
     """--quantized --quick: each int8 product variant this CPU runs (exact: error 0),
-    and the int8 and bfloat16 layers, a row each with a time; exit 0."""
+    each bfloat16 one, and the int8 and bfloat16 layers, a row each with a time;
+    exit 0."""
     from numlstm.kernels.cpu import qtile
     assert harness.main(["--quantized", "--quick"]) == 0
     rows = [l for l in capsys.readouterr().out.splitlines()[2:] if l.strip()]
@@ -84,6 +85,9 @@ def test_quick_quantized_run_checks_every_int8_variant(capsys):
         mine = [r for r in rows if r.startswith(f"int8 product {variant} ")]
         assert len(mine) == len(harness.QUICK_SHAPES), (variant, rows)
         assert all(" 0.0e+00 " in r for r in mine), mine
+    for variant in qtile.BF16_VARIANTS:
+        mine = [r for r in rows if r.startswith(f"bf16 product {variant} ")]
+        assert len(mine) == len(harness.QUICK_SHAPES), (variant, rows)
     assert sum(r.startswith(("LSTM int8", "LSTM bfloat16")) for r in rows) == 4
     assert not any("MISMATCH" in r for r in rows)
 
