@@ -442,13 +442,13 @@ def run_quantized(shapes, quick, out=None):
             row(f"int8 product {variant}", (T, B, I, H), err, 0,
                 lambda: fn(A, blocks, got, 0, M, 0, N // CB, off), 2 * M * N * Kq)
         a = rng.standard_normal((M, K)).astype(np.float32)
-        pairs = np.empty((M, 4 * -(-K // 2)), np.uint8)
-        quantized.bf16_pairs(a, pairs, 0, M)
         wf = rng.standard_normal((N, K)).astype(np.float32)
         wb = quantized.bf16_blocks(quantized.to_bfloat16_bits(wf))
         zero = np.zeros((1, N), np.float32)
         want = reference.bfloat16_product_ref(a, wf)
         for variant in qtile.BF16_VARIANTS:
+            pairs = np.empty((M, qtile.PAIR_BYTES[variant] * -(-K // 2)), np.uint8)
+            quantized.BF16_ACTIVATIONS[variant](a, pairs, 0, M)
             fn, got = qtile.BF16_ROWS[variant], np.empty((M, N), np.float32)
             fn(pairs, wb, got, zero, False, 0, M, 0, N // CB)
             row(f"bf16 product {variant}", (T, B, I, H), _error(got, want), RTOL[np.float32],

@@ -27,17 +27,21 @@ int8_rows(A, W, out, r0, r1, b0, b1, off)  (int32 sums, exact)
 
 bf16_rows(A, W, out, init, per_row, r0, r1, b0, b1)  (float32 sums)
     out[r, cols] = init[r or 0, cols] + sum_k A[r, k] * W[block, k, col]
-    over pairs of bfloat16: A [M, 4 K2] uint8, each row K2 uint32 (quantized.
-    bf16_pairs: two bfloat16 values, k even in the low half); W [nblk, K2, CB]
-    uint32 (the same pairs, one column's); out, init: [M or 1, nblk*CB] float32.
+    over pairs of bfloat16: W [nblk, K2, CB] uint32 (quantized.bf16_blocks: two
+    bfloat16 values of one column, k even in the low half); A [M, PAIR_BYTES[
+    variant] * K2] uint8, each row K2 pairs of the activations, rounded to
+    bfloat16 (quantized.bf16_activations), as the variant reads them: as W's
+    pairs (4 bytes a pair), or as float32 values (8); out, init: [M or 1,
+    nblk*CB] float32.
     The products of two bfloat16 are exact in float32; each pair adds k odd, then
     k even, to the float32 sum, each addition rounded (vdpbf16ps's definition).
     One variant a machine (BF16_VARIANT):
     - "avx512bf16": vdpbf16ps on zmm, 32 multiply-adds an instruction, twice an
       FMA's (AMD Zen 4 and 5, Intel from Cooper Lake and Sapphire Rapids);
-    - "widen": each pair widened to two float32 vectors (a mask and a shift) and
-      two fused multiply-adds in that order (any CPU; 16-lane vectors, which
-      LLVM splits on AVX2).
+    - "widen": each pair of W widened to two float32 vectors (a mask and a
+      shift), the activations' float32 values broadcast, and two fused
+      multiply-adds in that order (any CPU; 16-lane vectors, which LLVM splits
+      on AVX2).
     The sums are the same to the bit on both (as long as no sum or product is
     subnormal: vdpbf16ps flushes those to zero), and to NumPy's sum in that
     order (the tests).
@@ -213,11 +217,13 @@ _BFloat._create_instance()
 
 
 def _emit_pairs(builder, rows, nv, a, a_row, w, w_blk, n_k2, init, init_row, out, out_row, hw):
-    """rows x (nv * VL) float32 sums from init over pairs of bfloat16: a and w i32
-    pointers (each i32 two bfloat16, k even in the low half), init and out float
-    pointers; strides in elements (i32 or float); vector v reads block v // 4.
-    hw: vdpbf16ps; else each pair widened and two fused multiply-adds, k odd
-    first (vdpbf16ps's order; a product of two bfloat16 is exact in float32)."""
+    """rows x (nv * VL) float32 sums from init over pairs of bfloat16: w an i32
+    pointer (each i32 two bfloat16, k even in the low half), init and out float
+    pointers; strides in elements; vector v reads block v // 4. hw: vdpbf16ps, a
+    an i32 pointer to pairs as w's; else a a float pointer to the values (two a
+    pair), each W pair widened (a mask and a shift) and two fused multiply-adds,
+    k odd first (vdpbf16ps's order; a product of two bfloat16 is exact in
+    float32)."""
     f32, i32 = ir.FloatType(), ir.IntType(32)
     vec, wide = ir.VectorType(f32, VL), ir.VectorType(i32, VL)
     pairs = ir.VectorType(_BFloat(), 2 * VL)
@@ -247,13 +253,14 @@ def _emit_pairs(builder, rows, nv, a, a_row, w, w_blk, n_k2, init, init_row, out
                                  dp, [total, builder.bitcast(s, pairs), ws[v]]))
         odd = [builder.bitcast(builder.and_(x, high), vec) for x in ws]
         even = [builder.bitcast(builder.shl(x, sixteen), vec) for x in ws]
-
-        def update(s, v, total):  # (s's halves are the same for each v: LLVM makes them once)
-            s_odd = builder.bitcast(builder.and_(s, high), vec)
-            s_even = builder.bitcast(builder.shl(s, sixteen), vec)
-            return builder.call(fma, [s_even, even[v], builder.call(
-                fma, [s_odd, odd[v], total])])
-        return _each_row(builder, rows, nv, a, a_row, k, wide, acc, update)
+        new = []
+        for r in range(rows):
+            at_k = builder.add(builder.mul(a_row, _const(r)), builder.mul(k, _const(2)))
+            s_even, s_odd = (_broadcast(builder, builder.load(builder.gep(a, [i]), align=4), vec)
+                             for i in (at_k, builder.add(at_k, _const(1))))
+            new.extend(builder.call(fma, [s_even, even[v], builder.call(
+                fma, [s_odd, odd[v], acc[r * nv + v]])]) for v in range(nv))
+        return new
 
     _store(builder, accumulate(builder, n_k2, start, step, "bp"), rows, nv,
            lambda offset: at(out, offset, vec), out_row)
@@ -315,7 +322,7 @@ def _pairs_tile(hw):
         def codegen(context, builder, signature, args):
             rows, nv, a, a_row, w, w_blk, n_k2, init, init_row, out, out_row = args
             pf, pi = ir.FloatType().as_pointer(), ir.IntType(32).as_pointer()
-            a, w = builder.inttoptr(a, pi), builder.inttoptr(w, pi)
+            a, w = builder.inttoptr(a, pi if hw else pf), builder.inttoptr(w, pi)
             init, out = builder.inttoptr(init, pf), builder.inttoptr(out, pf)
             _switch(builder, rows, nv, "bp", lambda r, v: _emit_pairs(
                 builder, r, v, a, a_row, w, w_blk, n_k2, init, init_row, out, out_row, hw))
@@ -426,5 +433,7 @@ def bf16_rows_widen(A, W, out, init, per_row, r0, r1, b0, b1):
                           address(out) + r * out.strides[0] + 4 * b * CB, o_row)
 
 
-# Each variant's bf16_rows (module docstring); a machine runs BF16_ROWS[BF16_VARIANT].
+# Each variant's bf16_rows (module docstring); a machine runs BF16_ROWS[BF16_VARIANT]; the
+# bytes of a pair of activations each reads.
 BF16_ROWS = {"avx512bf16": bf16_rows_dp, "widen": bf16_rows_widen}
+PAIR_BYTES = {"avx512bf16": 4, "widen": 8}

@@ -18,8 +18,8 @@ default has one scale a matrix):
         xw[t,b,n] = bias[n] + float32(sum_k xq W_q) * (s_x[t,b] * s_w[n])
         pre       = xw[t] + float32(sum_k hq W_q) * (s_h[b] * s_hh[n])
     then the gate math in float32 (sigmoid, tanh), as the float32 layer's.
-bfloat16: the weights, and x and h when they are used (bf16_pairs: x each step,
-    h each step), rounded to bfloat16 (to nearest, ties to even); their products,
+bfloat16: the weights, and x and h when they are used (bf16_activations: x each
+    step, h each step), rounded to bfloat16 (to nearest, ties to even); their products,
     exact in float32, accumulate in float32 (qtile.bf16_rows: vdpbf16ps, or
     widened and fused multiply-adds in its order, the same sums), from the bias
     (the input part) and from the input part (the recurrent one).
@@ -45,7 +45,8 @@ from numba import njit, prange
 from ..gates import sigmoid, tanh
 from .jit import FAST
 from .microkernel import CB
-from .qtile import BF16_ROWS, BF16_VARIANT, INT8_ROWS, VARIANT, bf16_variant, int8_variant
+from .qtile import (BF16_ROWS, BF16_VARIANT, INT8_ROWS, PAIR_BYTES, VARIANT, bf16_variant,
+                    int8_variant)
 from .threads import POLICY, clock_ns, finished, numba_threads, parallel_ok, region_done
 
 U = CB // 4                         # units per block
@@ -72,7 +73,8 @@ ALONE_MAX_MACS = 1 << 23            # input products up to this run step by step
 _ROUND = np.float32(1.5 * 2 ** 23)
 
 __all__ = ["QuantLSTM", "pack_lstm_quantized", "lstm_forward_quantized",
-           "lstm_forward_quantized_into", "quantize_rows", "bf16_pairs", "int8_blocks",
+           "lstm_forward_quantized_into", "quantize_rows", "bf16_pairs", "bf16_values",
+           "int8_blocks",
            "bf16_blocks", "int8_variant", "bf16_variant", "to_bfloat16_bits"]
 
 
@@ -242,14 +244,35 @@ def bf16_pairs(a, q, r0, r1):
             out[j] = np.uint32(_bf16_bits(bits[2 * j]) if 2 * j < K else 0)
 
 
+@njit(**EXACT)
+def bf16_values(a, q, r0, r1):
+    """Rows [r0, r1) of a [M,K] float32, C-contiguous rows -> q [M, 8 K2] uint8,
+    each row 2 K2 float32 (qtile.bf16_rows's A for its "widen" variant): a's
+    values rounded to bfloat16 (to_bfloat16_bits's rule), as float32; zero past K."""
+    K = a.shape[1]
+    for r in range(r0, r1):
+        bits, out = a[r].view(np.uint32), q[r].view(np.uint32)
+        for k in range(K):
+            out[k] = np.uint32(_bf16_bits(bits[k]) << 16)
+        for k in range(K, out.shape[0]):
+            out[k] = 0
+
+
+# The activations as each bfloat16 variant reads them (qtile.bf16_rows), and their bytes
+# for a pair of k; this machine's.
+BF16_ACTIVATIONS = {"avx512bf16": bf16_pairs, "widen": bf16_values}
+bf16_activations = BF16_ACTIVATIONS[BF16_VARIANT]
+BF16_PAIR_BYTES = PAIR_BYTES[BF16_VARIANT]
+
+
 @njit(inline="always", **EXACT)
 def _activations(a, q, s, r0, r1, int8):
     """Rows [r0, r1) of a into what the cell's product reads: quantize_rows's int8
-    (q and s), or bf16_pairs's pairs (q)."""
+    (q and s), or bf16_activations's bfloat16 (q)."""
     if int8:
         quantize_rows(a, q, s, r0, r1)
     else:
-        bf16_pairs(a, q, r0, r1)
+        bf16_activations(a, q, r0, r1)
 
 
 @njit(**EXACT)
@@ -295,7 +318,7 @@ def _input_product(x, cell, parallel):
     x2 = x.reshape(M, I)
     int8 = cell.dtype == "int8"
     xw = np.empty((T, B, Gq), np.float32)
-    xq = np.empty((M, cell.w_in.shape[1] * 4), np.uint8)  # (int8's values, or pairs)
+    xq = np.empty((M, cell.w_in.shape[1] * (4 if int8 else BF16_PAIR_BYTES)), np.uint8)
     xs = np.empty(M if int8 else 0, np.float32)
     acc = np.empty((M, Gq) if int8 else (0, 0), np.int32)
     nblk = cell.w_in.shape[0]
@@ -454,9 +477,10 @@ def _buffers(T, w_in, w_hh, h0, c0, int8):
     h[:, :H] = h0
     c = np.zeros((B, Hq), np.float32)
     c[:, :H] = c0
-    # (x and h as the products read them: int8 values, or bfloat16 pairs)
-    scratch = (np.empty((B, w_in.shape[1] * 4), np.uint8), np.empty(B, np.float32),
-               np.empty((B, w_hh.shape[1] * 4), np.uint8), np.empty(B, np.float32),
+    # (x and h as the products read them: int8 values, or bfloat16's)
+    per = 4 if int8 else BF16_PAIR_BYTES
+    scratch = (np.empty((B, w_in.shape[1] * per), np.uint8), np.empty(B, np.float32),
+               np.empty((B, w_hh.shape[1] * per), np.uint8), np.empty(B, np.float32),
                np.empty((B, Gq if int8 else 0), np.int32), np.empty((B, Gq), np.float32),
                np.empty((B, Gq), np.float32))
     return h, c, np.empty((T, B, Hq), np.float32), scratch

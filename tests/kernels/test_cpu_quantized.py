@@ -33,19 +33,17 @@ def test_int8_products_are_numpys_integer_products(rng, product, M, K, nblk):
     assert (out[0] == -7).all() and (out[M + 1:] == -7).all()  # other rows untouched
 
 
-BF16_PRODUCTS = [qtile.BF16_ROWS[v] for v in qtile.BF16_VARIANTS]  # (all this CPU can run)
-
-
-@pytest.mark.parametrize("product", BF16_PRODUCTS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("variant", qtile.BF16_VARIANTS)  # (all this CPU can run)
 @pytest.mark.parametrize("M,K,nblk", [(1, 1, 1), (7, 19, 3), (2, 64, 2), (13, 130, 1)])
-def test_bfloat16_products_are_the_sequential_pair_sum(rng, product, M, K, nblk):
+def test_bfloat16_products_are_the_sequential_pair_sum(rng, variant, M, K, nblk):
     """Each variant this CPU runs (vdpbf16ps, or widened pairs) to the bit against
     the sum in NumPy: from init, each pair adds k odd, then k even, one rounding
-    each; A's rows through bf16_pairs, W's through bf16_blocks."""
+    each; A's rows through the variant's activations, W's through bf16_blocks."""
+    product = qtile.BF16_ROWS[variant]
     A = rng.standard_normal((M + 2, K)).astype(np.float32)
     A[1, 0] = 1 + 2 ** -8  # (a tie: to 1)
-    pairs = np.full((M + 2, 4 * -(-K // 2)), 77, np.uint8)
-    quantized.bf16_pairs(A, pairs, 1, 1 + M)
+    pairs = np.full((M + 2, qtile.PAIR_BYTES[variant] * -(-K // 2)), 77, np.uint8)
+    quantized.BF16_ACTIVATIONS[variant](A, pairs, 1, 1 + M)
     assert (pairs[0] == 77).all() and (pairs[M + 1] == 77).all()  # other rows untouched
     W = rng.standard_normal((nblk * CB, K)).astype(np.float32)
     blocks = quantized.bf16_blocks(quantized.to_bfloat16_bits(W))
@@ -63,14 +61,18 @@ def test_bfloat16_products_are_the_sequential_pair_sum(rng, product, M, K, nblk)
     assert np.isnan(out[:, :CB]).all() and np.isnan(out[0]).all()
 
 
-def test_bfloat16_pairs_round_as_the_weights_do(rng):
+def test_bfloat16_activations_round_as_the_weights_do():
+    """Both forms (vdpbf16ps's pairs, the widened variant's float32 values): each
+    value as to_bfloat16_bits rounds the weights, zero past K."""
     a = np.array([[1.0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, -2.5e-3, np.inf, np.nan, 3e38]],
                  np.float32)
-    pairs = np.empty((1, 16), np.uint8)
+    pairs, values = np.empty((1, 16), np.uint8), np.empty((1, 32), np.uint8)
     quantized.bf16_pairs(a, pairs, 0, 1)
+    quantized.bf16_values(a, values, 0, 1)
     bits = pairs.view(np.uint32)[0]
     halves = np.stack([bits & 0xFFFF, bits >> 16], axis=1).ravel()
     np.testing.assert_array_equal(halves[:7], quantized.to_bfloat16_bits(a[0]))
+    np.testing.assert_array_equal(values.view(np.uint32)[0], halves.astype(np.uint32) << 16)
     assert halves[7] == 0  # (past K)
     got = (halves[:7].astype(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(got, ref.bfloat16_ref(a[0]))
