@@ -183,10 +183,10 @@ def _bench_isolated(args):
     roof = bench.roofs()
     print(bench.roof_line(roof))
     if quantized:
-        from .kernels.cpu.qtile import int8_variant
-        print(f"numlstm: quantize_dynamic(layer, {args.dtype!r}) (int8 products: "
-              f"{int8_variant()}); numlstm_f32: its float32 layer; torch: quantize_dynamic "
-              "int8")
+        from .kernels.cpu.qtile import bf16_variant, int8_variant
+        variant = int8_variant() if args.dtype == "int8" else bf16_variant()
+        print(f"numlstm: quantize_dynamic(layer, {args.dtype!r}) ({args.dtype} products: "
+              f"{variant}); numlstm_f32: its float32 layer; torch: quantize_dynamic int8")
     print(f"each library in a fresh process of its own, {args.rounds} rounds (the order "
           f"rotating), the median of each worker's median call; busy processes: "
           f"{args.load}; numlstm copies at once: {args.copies}")

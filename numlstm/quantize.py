@@ -14,7 +14,8 @@ def quantize_dynamic(obj, dtype="int8"):
     dtype: "int8" (dynamic quantization as torch's quantize_dynamic, with per-channel
     weights: activations quantized per row as they are used, int32 sums; on VNNI or
     AVX2 by the CPU)
-    or "bfloat16" (weights rounded to bfloat16, float32 products). The original is
+    or "bfloat16" (weights, x and h rounded to bfloat16, their products summed in
+    float32; on AVX512-BF16's vdpbf16ps where the CPU has it). The original is
     not changed. See numlstm.layers.quantized for what is and is not quantized.
     """
     dtype = check_quantize_dtype(dtype)

@@ -15,7 +15,7 @@ import torch
 
 import numlstm
 from numlstm.bench_isolated import GRID
-from numlstm.kernels.cpu.qtile import int8_variant
+from numlstm.kernels.cpu.qtile import bf16_variant, int8_variant
 
 
 def errors(T, B, I, H):
@@ -36,8 +36,8 @@ def errors(T, B, I, H):
 
 
 def main():
-    print(f"int8 products: {int8_variant()}; max |y - y_float32|; ratio: numlstm's error / "
-          "torch int8's")
+    print(f"int8 products: {int8_variant()}; bfloat16 products: {bf16_variant()}; "
+          "max |y - y_float32|; ratio: numlstm's error / torch int8's")
     print(f"{'T,B,I,H':>16} | {'torch int8':>10} | {'numlstm int8':>12} {'ratio':>6} | "
           f"{'numlstm bf16':>12} {'ratio':>6}")
     for T, B, I, H in GRID:
