@@ -89,19 +89,20 @@ def gather(src, geo, p0, p1, out, col0):
     """out[p - p0, col0 + (ky*kw + kx)*ch + c] = src[pixel under (ky, kx) of output
     pixel p, c], or 0 in the padding, for the output pixels p0..p1 (b, y, x in order).
 
-    A pixel whose window lies inside the frame copies without bounds checks; with
-    few channels (ch < UNITS) and no dilation across, each row of its window is one
-    run of kw*ch values, copied as one (one input channel: 3 values a run where a
-    loop over taps copied 1 each). Measured on one Zen 4 thread, T=10, B=4, 64x64,
-    3x3: x (ch=1) 5.1 -> 2.5 ms, h (ch=16) 6.0 -> 4.5 ms; the run copy made h's
-    slower (12.9 ms), hence the tap loop from 16 channels."""
+    A pixel whose window lies inside the frame copies without bounds checks, each
+    row of its window as one run of kw*ch values (without dilation across). The
+    indices are kept provably non-negative (max(.., 0)): Numba wraps a negative
+    index around, and the check for it stopped the copies vectorising. Measured on
+    one Zen 4 thread, T=10, B=4, 64x64, 3x3: x (ch=1) 5.1 -> 1.7-1.9 ms, h (ch=16)
+    6.0 -> 2.7 ms (15 ms while the check was in)."""
     kh, kw, sh, sw, dh, dw, pt, pl, R, C, Ro, Co, ch = (
         geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9],
         geo[10], geo[11], geo[12])
     zero = src.dtype.type(0)
     flat = src.reshape(-1)
     span = kw * ch
-    runs = dw == 1 and ch < UNITS
+    runs = dw == 1
+    col0 = max(col0, 0)  # (no index below is negative: see the docstring)
     b, rem = divmod(p0, Ro * Co)
     y, x = divmod(rem, Co)
     for p in range(p0, p1):
@@ -111,7 +112,7 @@ def gather(src, geo, p0, p1, out, col0):
             for ky in range(kh):
                 at = (b * R + y0 + ky * dh) * C + x0
                 if runs:
-                    base, at = col0 + ky * span, at * ch
+                    base, at = col0 + ky * span, max(at * ch, 0)
                     for c in range(span):
                         out[r, base + c] = flat[at + c]
                     continue
@@ -145,13 +146,14 @@ def gather(src, geo, p0, p1, out, col0):
 def scatter_add(dp, geo, p0, p1, dst):
     """The adjoint of gather for a task's rows: dst[pixel under (ky, kx) of p, c] +=
     dp[p - p0, (ky*kw + kx)*ch + c] (the padding's entries dropped); the same fast
-    paths as gather's (a window inside the frame, runs of kw*ch values)."""
+    paths as gather's (a window inside the frame, runs of kw*ch values, indices
+    provably non-negative)."""
     kh, kw, sh, sw, dh, dw, pt, pl, R, C, Ro, Co, ch = (
         geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9],
         geo[10], geo[11], geo[12])
     flat = dst.reshape(-1)
     span = kw * ch
-    runs = dw == 1 and ch < UNITS
+    runs = dw == 1
     b, rem = divmod(p0, Ro * Co)
     y, x = divmod(rem, Co)
     for p in range(p0, p1):
@@ -161,7 +163,7 @@ def scatter_add(dp, geo, p0, p1, dst):
             for ky in range(kh):
                 at = (b * R + y0 + ky * dh) * C + x0
                 if runs:
-                    base, at = ky * span, at * ch
+                    base, at = ky * span, max(at * ch, 0)
                     for c in range(span):
                         flat[at + c] += dp[r, base + c]
                     continue
