@@ -7,6 +7,8 @@
                      (dates written many ways -> ISO dates, or --pairs FILE); under
                      `mpiexec -n N` with --distributed mpi: on N processes or machines
     numlstm generate continue a prompt with a trained character model
+    numlstm predict  forecast the next values of a series with a model of
+                     `numlstm train` (the forecast task)
     numlstm translate  decode texts with a model of `numlstm train --task translate`
     numlstm demo     build a stacked bidirectional LSTM, run a training forward and
                      backward on random data, check the CPU kernels against the NumPy
@@ -337,6 +339,12 @@ def _generate(args):
     return 0
 
 
+def _predict(args):
+    from . import train
+    print(train.predict(args))
+    return 0
+
+
 def _number(kind, minimum=0, strict=True):
     """An argparse type: a finite `kind` above (strict) or at least `minimum`."""
     def parse(text):
@@ -516,6 +524,21 @@ def _add_generate_parser(sub):
     p.set_defaults(run=_generate)
 
 
+def _add_predict_parser(sub):
+    p = sub.add_parser("predict", help="forecast the next values of a series with a "
+                                       "trained forecaster")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a run folder of `numlstm train` (the forecast task), or its "
+                        "checkpoint.npz")
+    p.add_argument("--csv", metavar="FILE", help="the series to continue: a column of "
+                   "this CSV file (default: the embedded CO2 record)")
+    p.add_argument("--column", metavar="NAME", help="the --csv column")
+    p.add_argument("--quantize", choices=["int8", "bfloat16"],
+                   help="run the model's recurrent layers with int8 or bfloat16 weights "
+                        "(numlstm.quantize_dynamic; default: float32 as trained)")
+    p.set_defaults(run=_predict)
+
+
 _TASK_DEFAULTS = {"text": dict(lr=2e-3, seq_len=64, batch_size=32),
                   "forecast": dict(lr=5e-3, seq_len=None, batch_size=32),
                   "adding": dict(lr=1e-2, seq_len=100, batch_size=32),
@@ -544,6 +567,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_parser(sub)
     _add_generate_parser(sub)
+    _add_predict_parser(sub)
     _add_translate_parser(sub)
     demo = sub.add_parser("demo", help="run a layer forward and backward and print it")
     demo.add_argument("--steps", type=_positive(int), default=50)

@@ -529,6 +529,50 @@ def run_text(args):
     return metrics
 
 
+def predict(args):
+    """The forecast of a trained forecaster (`numlstm train`, or `--csv`): the next
+    `horizon` values after the series' last, as CSV text (CO2: a date a week; a
+    --csv series: the step after its last row). args.checkpoint: its run folder or
+    checkpoint.npz; args.csv and args.column: the series to continue (default:
+    the embedded CO2 record); args.quantize: "int8" or "bfloat16" runs the model's
+    recurrent layers quantized (numlstm.quantize_dynamic)."""
+    if args.csv and not args.column:
+        raise UsageError("--csv needs --column NAME (the series to continue)")
+    if args.column and not args.csv:
+        raise UsageError("--column goes with --csv FILE")
+    ckpt = task_checkpoint(args.checkpoint, "--checkpoint", "forecast",
+                           "model, not a forecaster")
+    window, horizon, scale = (ckpt.extra[k] for k in ("window", "horizon", "scale"))
+    if args.csv:
+        _, series = load_csv_column(args.csv, args.column)
+        name, dates = f"{os.path.basename(args.csv)}:{args.column}", None
+    else:
+        dates, series = load_co2()
+        name = "co2"
+    if len(series) < window:
+        raise UsageError(f"the series has {len(series)} values; the model reads the last "
+                         f"{window}")
+    model = ckpt.model
+    if args.quantize:
+        from .quantize import quantize_dynamic
+        model = quantize_dynamic(model, args.quantize)
+    last = series[-1]
+    x = ((series[-window:] - last) / scale)[None, :, None].astype(np.float32)
+    forecast = model.predict(x)[0] * scale + last
+    where = f"{dates[-1]}, " if dates is not None else ""
+    lines = [f"# the next {horizon} values of {name} after its last ({where}{last:g}), by "
+             f"{resolve(args.checkpoint)}"
+             + (f" with its recurrent layers in {args.quantize}" if args.quantize else "")]
+    if dates is not None:
+        lines.append("date,forecast")
+        step = dates[-1] - dates[-2]
+        lines += [f"{dates[-1] + k * step},{v:.6g}" for k, v in enumerate(forecast, 1)]
+    else:
+        lines.append("step,forecast")
+        lines += [f"{k},{v:.6g}" for k, v in enumerate(forecast, 1)]
+    return "\n".join(lines)
+
+
 def generate(args):
     """Continue a prompt with a trained character model, one sampled character a step
     (with args.quantize "int8" or "bfloat16": its LSTM layers quantized first)."""

@@ -128,11 +128,59 @@ def test_train_forecast_on_a_csv_column(rng, tmp_path, capsys):
     filled[blank] = (values[blank - 1] + values[blank + 1]) / 2  # linear interpolation
     _check_forecast(out, filled, m)
     assert _is_png(os.path.join(out, "forecast.png"))
+    _check_predict(out, path, filled, capsys)
 
     capsys.readouterr()
     assert main(["train", "--csv", str(path), "--column", "price", "--out", out,
                  "--quiet"]) == 2
     one_error_line(capsys, "--column 'price'", "['t', 'value', 'other']")
+
+
+def _check_predict(out, path, series, capsys):
+    """`numlstm predict` continues the series: the next horizon values from its last
+    window, by the run's model as trained and with its LSTM quantized both ways."""
+    ck = numlstm.load_checkpoint(out)
+    window, horizon, scale = (ck.extra[k] for k in ("window", "horizon", "scale"))
+    x = ((series[-window:] - series[-1]) / scale)[None, :, None].astype(np.float32)
+    for quantize in (None, "int8", "bfloat16"):
+        model = numlstm.quantize_dynamic(ck.model, quantize) if quantize else ck.model
+        want = model.predict(x)[0] * scale + series[-1]
+        capsys.readouterr()
+        assert main(["predict", "--checkpoint", out, "--csv", str(path), "--column", "value"]
+                    + (["--quantize", quantize] if quantize else [])) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"# the next {horizon} values of series.csv:value after")
+        assert lines[0].endswith(f" in {quantize}" if quantize else "checkpoint.npz")
+        assert lines[1] == "step,forecast" and len(lines) == horizon + 2
+        rows = [line.split(",") for line in lines[2:]]
+        assert [int(r[0]) for r in rows] == list(range(1, horizon + 1))
+        np.testing.assert_allclose([float(r[1]) for r in rows], want, rtol=1e-5)
+
+
+def test_predict_refuses_what_it_cannot_continue(tmp_path, capsys):
+    model = numlstm.Sequential([numlstm.LSTM(1, 4, return_sequences=False, seed=0),
+                                numlstm.Dense(4, 2, seed=1)])
+    for name, extra in (("f", {"task": "forecast", "window": 60, "horizon": 2, "scale": 1.0}),
+                        ("t", {"task": "text"})):
+        (tmp_path / name).mkdir()
+        numlstm.save_checkpoint(tmp_path / name, model, extra=extra)
+    series = tmp_path / "s.csv"
+    series.write_text("t,v\n" + "".join(f"{i},{i / 10}\n" for i in range(50)))
+    f = str(tmp_path / "f")
+    for argv, needle in (
+            (["--checkpoint", str(tmp_path / "t")], "a 'text' model, not a forecaster"),
+            (["--checkpoint", f, "--csv", str(series)], "--csv needs --column NAME"),
+            (["--checkpoint", f, "--column", "v"], "--column goes with --csv FILE"),
+            (["--checkpoint", f, "--csv", str(series), "--column", "v"],
+             "the series has 50 values; the model reads the last 60"),
+            (["--checkpoint", str(tmp_path / "nowhere")], "--checkpoint: no checkpoint at")):
+        capsys.readouterr()
+        assert main(["predict", *argv]) == 2, argv
+        one_error_line(capsys, needle)
+    assert main(["predict", "--checkpoint", f]) == 0  # (the CO2 record: a date a week)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "date,forecast" and len(lines) == 4
+    assert np.datetime64(lines[3].split(",")[0]) - np.datetime64(lines[2].split(",")[0]) == 7
 
 
 @pytest.mark.parametrize("body,needle", [
