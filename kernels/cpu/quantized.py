@@ -466,24 +466,29 @@ def runs_alone(T, B, I, H, threads):
 
 
 @njit(**EXACT)
+def _scratch(B, w_in, w_hh, int8):
+    """_rows_steps's scratch for B rows: (xq, xs, hq, hs, acc, xw_t, pre)."""
+    Gq = w_hh.shape[0] * CB
+    per = 4 if int8 else BF16_PAIR_BYTES  # (x and h as the products read them)
+    return (np.empty((B, w_in.shape[1] * per), np.uint8), np.empty(B, np.float32),
+            np.empty((B, w_hh.shape[1] * per), np.uint8), np.empty(B, np.float32),
+            np.empty((B, Gq if int8 else 0), np.int32), np.empty((B, Gq), np.float32),
+            np.empty((B, Gq), np.float32))
+
+
+@njit(**EXACT)
 def _buffers(T, w_in, w_hh, h0, c0, int8):
     """(h, c, y, scratch) of a call of T steps from the state h0, c0 [B,H]: h and c
-    [B,Hq] holding h0 and c0, y [T,B,Hq], and _rows_steps's scratch; padded
-    units zero. Compiled: a step() makes its buffers in the same
-    compiled call as its loop (_alone)."""
+    [B,Hq] holding h0 and c0, y [T,B,Hq], and _scratch's; padded units zero.
+    Compiled: a step() makes its buffers in the same compiled call as its loop
+    (_alone)."""
     B, H = h0.shape
-    Hq, Gq = w_hh.shape[0] * U, w_hh.shape[0] * CB
+    Hq = w_hh.shape[0] * U
     h = np.zeros((B, Hq), np.float32)
     h[:, :H] = h0
     c = np.zeros((B, Hq), np.float32)
     c[:, :H] = c0
-    # (x and h as the products read them: int8 values, or bfloat16's)
-    per = 4 if int8 else BF16_PAIR_BYTES
-    scratch = (np.empty((B, w_in.shape[1] * per), np.uint8), np.empty(B, np.float32),
-               np.empty((B, w_hh.shape[1] * per), np.uint8), np.empty(B, np.float32),
-               np.empty((B, Gq if int8 else 0), np.int32), np.empty((B, Gq), np.float32),
-               np.empty((B, Gq), np.float32))
-    return h, c, np.empty((T, B, Hq), np.float32), scratch
+    return h, c, np.empty((T, B, Hq), np.float32), _scratch(B, w_in, w_hh, int8)
 
 
 def _run(x, cell, h0, c0, lengths, reverse, xw, P, split):
@@ -507,9 +512,16 @@ def _alone(x, ins, w_hh, s_hh, off_hh, h0, c0, y, h, c, int8):
     h, c [B,H]): a step() at B = 1 is a few microseconds of work, and making its
     buffers and passing them in from Python took as long again."""
     T, B, H = x.shape[0], x.shape[1], h0.shape[1]
+    lengths = np.full(B, T, np.int64)
+    if H == w_hh.shape[0] * U:  # (no padded units: the loop runs in the caller's arrays)
+        h[:] = h0
+        c[:] = c0
+        _rows_steps(x, ins, _NO_XW, w_hh, s_hh, off_hh, h, c, y, lengths, False,
+                    _scratch(B, ins[0], w_hh, int8), 0, B, int8)
+        return
     hq, cq, yq, scratch = _buffers(T, ins[0], w_hh, h0, c0, int8)
-    _rows_steps(x, ins, _NO_XW, w_hh, s_hh, off_hh, hq, cq, yq, np.full(B, T, np.int64),
-                False, scratch, 0, B, int8)
+    _rows_steps(x, ins, _NO_XW, w_hh, s_hh, off_hh, hq, cq, yq, lengths, False, scratch, 0,
+                B, int8)
     y[:] = yq[:, :, :H]
     h[:] = hq[:, :H]
     c[:] = cq[:, :H]
