@@ -19,10 +19,10 @@ default has one scale a matrix):
         pre       = xw[t] + float32(sum_k hq W_q) * (s_h[b] * s_hh[n])
     then the gate math in float32 (sigmoid, tanh), as the float32 layer's.
 bfloat16: the weights, and x and h when they are used (bf16_activations: x each
-    step, h each step), rounded to bfloat16 (to nearest, ties to even); their products,
-    exact in float32, accumulate in float32 (qtile.bf16_rows: vdpbf16ps, or
-    widened and fused multiply-adds in its order, the same sums), from the bias
-    (the input part) and from the input part (the recurrent one).
+    step, h each step), rounded to bfloat16 (to nearest, ties to even); their
+    products, exact in float32, accumulate in float32 (qtile.bf16_rows:
+    vdpbf16ps, or widened and fused multiply-adds in its order, the same sums),
+    from the bias (the input part) and from the input part (the recurrent one).
 
 The quantization and the scaling are compiled without fastmath (no reciprocal
 for a division, no contraction), so the integer sums and the float32 values
@@ -74,8 +74,7 @@ _ROUND = np.float32(1.5 * 2 ** 23)
 
 __all__ = ["QuantLSTM", "pack_lstm_quantized", "lstm_forward_quantized",
            "lstm_forward_quantized_into", "quantize_rows", "bf16_pairs", "bf16_values",
-           "int8_blocks",
-           "bf16_blocks", "int8_variant", "bf16_variant", "to_bfloat16_bits"]
+           "int8_blocks", "bf16_blocks", "int8_variant", "bf16_variant", "to_bfloat16_bits"]
 
 
 class QuantLSTM(NamedTuple):
@@ -408,11 +407,12 @@ def _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scrat
 @njit(parallel=True, **EXACT)
 def _time_loop(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scratch, P,
                split, int8, gate):
-    """All T steps (x [T,B,I]; the rest as _rows_steps's): h, c [B,Hq] (h0 and c0 in,
-    the last state out); y [T,B,Hq]. P threads (1: no parallel region); split "rows": each
-    thread its rows of the batch through all the steps (one region); "units" (xw
-    given): each step's blocks shared among the threads (a region a step; gate:
-    threads.py's, which sends a lagging machine's steps to one thread)."""
+    """All T steps (x [T,B,I]; the rest as _rows_steps's): h, c [B,Hq] (h0 and c0
+    in, the last state out); y [T,B,Hq]. P threads (1: no parallel region); split
+    "rows": each thread its rows of the batch through all the steps (one region);
+    "units" (xw given): each step's blocks shared among the threads (a region a
+    step; gate: threads.py's, which sends a lagging machine's steps to one
+    thread)."""
     T, B = y.shape[0], y.shape[1]
     nblk = w_hh.shape[0]
     if P == 1:
