@@ -20,18 +20,19 @@ answered keeps calling until the next "go", so that the copies overlap for the
 whole of each measurement. A figure is the median over rounds of each worker's
 median call time.
 
-The peers, float32, I and H as given:
-  torch        torch.nn.LSTM, the same weights; inference under no_grad, training
-               a forward and backward with dx, step module(x_t[None], state).
+The peers, float32, I and H as given, of the cell asked for (--cell: the LSTM, the
+GRU or the RNN):
+  torch        torch.nn.LSTM (GRU, RNN), the same weights; inference under no_grad,
+               training a forward and backward with dx, step module(x_t[None], state).
   onnxruntime  the file numlstm.export_onnx writes, default session settings, the
                CPU provider; a step is a T=1 run of the file with initial_state=True.
-  numlstm      numlstm.LSTM on the CPU: layer(x), layer(x, training=True) then
-               layer.backward(dy), and layer.step(x_t, state).
-With --dtype int8 or bfloat16 (inference and step only): numlstm runs
-numlstm.quantize_dynamic(layer, dtype), torch runs
-torch.ao.quantization.quantize_dynamic(module, {nn.LSTM}, torch.qint8) (its int8
-LSTM, for either dtype), and numlstm_f32, numlstm's float32 layer, is timed beside
-them (its ratio: float32 time / the reduced-precision time).
+  numlstm      numlstm.LSTM (GRU, RNN) on the CPU: layer(x), layer(x, training=True)
+               then layer.backward(dy), and layer.step(x_t, state).
+With --dtype int8 or bfloat16 (inference and step only; the LSTM and the GRU):
+numlstm runs numlstm.quantize_dynamic(layer, dtype), torch runs
+torch.ao.quantization.quantize_dynamic(module, {nn.LSTM or nn.GRU}, torch.qint8)
+(its int8 layer, for either dtype), and numlstm_f32, numlstm's float32 layer, is
+timed beside them (its ratio: float32 time / the reduced-precision time).
 """
 import json
 import os
@@ -45,6 +46,7 @@ import time
 import numpy as np
 
 LIBRARIES = ("numlstm", "torch", "onnxruntime", "numlstm_f32")
+CELLS = {"lstm": ("LSTM", 4), "gru": ("GRU", 3), "rnn": ("RNN", 1)}  # (class, gates)
 DTYPES = ("float32", "int8", "bfloat16")
 MODES = ("inference", "training", "step")
 # The shapes of the robustness issue: from a single step to the sizes where the
@@ -60,19 +62,20 @@ def supports(lib, mode, dtype="float32"):
     return mode != "training" or (lib != "onnxruntime" and dtype == "float32")
 
 
-def flops(T, B, I, H, mode):
-    """FLOPs of one call of one LSTM layer: 2*T*B*4H*(I+H), three times that for a
-    training step, T = 1 for a streaming step."""
+def flops(T, B, I, H, mode, cell="lstm"):
+    """FLOPs of one call of one layer: 2*T*B*gH*(I+H) (g: the cell's gates, 4 for the
+    LSTM), three times that for a training step, T = 1 for a streaming step."""
     steps = 1 if mode == "step" else T
-    return 2 * steps * B * 4 * H * (I + H) * (3 if mode == "training" else 1)
+    return 2 * steps * B * CELLS[cell][1] * H * (I + H) * (3 if mode == "training" else 1)
 
 
 # -- the worker ---------------------------------------------------------------------------
-def _build(lib, T, B, I, H, mode, tmpdir, dtype="float32"):
-    """A function making one call of `lib` at (T, B, I, H) in `mode`, its weights in
-    `dtype` (the module docstring)."""
+def _build(lib, T, B, I, H, mode, tmpdir, dtype="float32", cell="lstm"):
+    """A function making one call of `lib`'s `cell` at (T, B, I, H) in `mode`, its
+    weights in `dtype` (the module docstring)."""
     import numlstm
-    layer = numlstm.LSTM(I, H, seed=T + B + I + H)
+    name = CELLS[cell][0]
+    layer = getattr(numlstm, name)(I, H, seed=T + B + I + H)
     rng = np.random.default_rng(T * 7 + B)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     dy = rng.standard_normal((T, B, H)).astype(np.float32)
@@ -93,7 +96,7 @@ def _build(lib, T, B, I, H, mode, tmpdir, dtype="float32"):
         return step
     if lib == "torch":
         import torch
-        module = torch.nn.LSTM(I, H)
+        module = getattr(torch.nn, name)(I, H)
         module.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
         if dtype != "float32":
             import warnings
@@ -101,7 +104,8 @@ def _build(lib, T, B, I, H, mode, tmpdir, dtype="float32"):
                 warnings.simplefilter("ignore")
                 # (it swaps a model's children: a bare LSTM would come back as it was)
                 module = torch.ao.quantization.quantize_dynamic(
-                    torch.nn.Sequential(module), {torch.nn.LSTM}, dtype=torch.qint8)[0]
+                    torch.nn.Sequential(module), {getattr(torch.nn, name)},
+                    dtype=torch.qint8)[0]
         xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
         if mode == "inference":
             def infer():
@@ -120,17 +124,17 @@ def _build(lib, T, B, I, H, mode, tmpdir, dtype="float32"):
                 _, tstate[0] = module(xt[:1], tstate[0])
         return tstep
     import onnxruntime
-    path = os.path.join(tmpdir, f"lstm_{T}_{B}_{I}_{H}_{mode}.onnx")
+    path = os.path.join(tmpdir, f"{cell}_{T}_{B}_{I}_{H}_{mode}.onnx")
     numlstm.export_onnx(layer, path, initial_state=mode == "step")
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     if mode == "inference":
         return lambda: session.run(None, {"x": x})
-    feeds = {"x": x[:1], "h0": np.zeros((1, B, H), np.float32),
-             "c0": np.zeros((1, B, H), np.float32)}
+    parts = ("h0", "c0") if cell == "lstm" else ("h0",)
+    feeds = {"x": x[:1], **{p: np.zeros((1, B, H), np.float32) for p in parts}}
 
     def ostep():
-        _, h, c = session.run(None, feeds)
-        feeds["h0"], feeds["c0"] = h, c
+        _, *state = session.run(None, feeds)
+        feeds.update(zip(parts, state))
     return ostep
 
 
@@ -152,7 +156,8 @@ def _worker(spec, build=None):
     lib = spec["lib"]
     if build is None:
         def build(shape, mode, tmpdir):
-            return _build(lib, *shape, mode, tmpdir, spec.get("dtype", "float32"))
+            return _build(lib, *shape, mode, tmpdir, spec.get("dtype", "float32"),
+                          spec.get("cell", "lstm"))
     with tempfile.TemporaryDirectory() as tmpdir:
         calls = []
         for shape, mode in spec["tasks"]:
@@ -268,21 +273,27 @@ def check_run(libraries, known_libraries, modes, known_modes, copies, load):
 
 
 def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference",),
-        load=0, copies=1, rounds=3, repeats=20, min_seconds=0.3, env=None, dtype="float32"):
+        load=0, copies=1, rounds=3, repeats=20, min_seconds=0.3, env=None, dtype="float32",
+        cell="lstm"):
     """Time every library at every (T, B, I, H) in `shapes` and mode, each in its own
     process, `rounds` rounds; return one row dict per (shape, mode) with each
     library's median ms (and, with copies > 1, numlstm's copies as one figure each:
     the slowest copy's median). load: busy processes kept running meanwhile; env:
     the workers' environment (None: this process's), e.g. a PYTHONPATH that puts
     another build of numlstm first, for an A/B of two versions; dtype: the weights'
-    precision (the module docstring)."""
+    precision; cell: "lstm", "gru" or "rnn" (the module docstring)."""
     check_run(libraries, LIBRARIES, modes, MODES, copies, load)
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
     if dtype != "float32" and "onnxruntime" in libraries:
         raise ValueError("dtype: onnxruntime runs the float32 file; compare int8 and "
                          "bfloat16 with torch")
+    if cell not in CELLS:
+        raise ValueError(f"cell: expected one of {list(CELLS)}, got {cell!r}")
+    if dtype != "float32" and cell == "rnn":
+        raise ValueError("dtype: the quantized layers are the LSTM and the GRU, not the RNN")
     specs = {lib: dict(lib=lib, repeats=repeats, min_seconds=min_seconds, dtype=dtype,
+                       cell=cell,
                        tasks=[(list(shape), mode) for shape in shapes for mode in modes
                               if supports(lib, mode, dtype)])
              for lib in libraries}
@@ -293,13 +304,13 @@ def run(shapes, libraries=("numlstm", "torch", "onnxruntime"), modes=("inference
     for shape in shapes:
         for mode in modes:
             row = dict(T=shape[0], B=shape[1], I=shape[2], H=shape[3], mode=mode, load=load,
-                       copies=copies, rounds=rounds, dtype=dtype)
+                       copies=copies, rounds=rounds, dtype=dtype, cell=cell)
             for lib in libraries:
                 key = (lib, tuple(shape), mode)
                 if key in results:
                     ms = 1e3 * statistics.median(results[key])
                     row[lib + "_ms"] = ms
-                    row[lib + "_gflops"] = flops(*shape, mode) / ms / 1e6
+                    row[lib + "_gflops"] = flops(*shape, mode, cell) / ms / 1e6
             for lib in libraries:
                 if lib != "numlstm" and lib + "_ms" in row and "numlstm_ms" in row:
                     row[lib + "_ratio"] = row[lib + "_ms"] / row["numlstm_ms"]

@@ -182,18 +182,23 @@ def _bench_isolated(args):
     if quantized and "training" in modes:
         raise UsageError("--dtype int8/bfloat16: the quantized layers are inference-only; "
                          "--modes inference step")
+    if quantized and args.cell == "rnn":
+        raise UsageError("--dtype int8/bfloat16: the quantized layers are the LSTM and the "
+                         "GRU; --cell lstm or gru")
     roof = bench.roofs()
     print(bench.roof_line(roof))
     if quantized:
         from .kernels.cpu.qtile import bf16_variant, int8_variant
         variant = int8_variant() if args.dtype == "int8" else bf16_variant()
-        print(f"numlstm: quantize_dynamic(layer, {args.dtype!r}) ({args.dtype} products: "
-              f"{variant}); numlstm_f32: its float32 layer; torch: quantize_dynamic int8")
+        print(f"numlstm: quantize_dynamic({args.cell}, {args.dtype!r}) ({args.dtype} "
+              f"products: {variant}); numlstm_f32: its float32 layer; torch: "
+              "quantize_dynamic int8")
     print(f"each library in a fresh process of its own, {args.rounds} rounds (the order "
           f"rotating), the median of each worker's median call; busy processes: "
           f"{args.load}; numlstm copies at once: {args.copies}")
     rows = bench_isolated.run(shapes, libraries, modes, load=args.load, copies=args.copies,
-                              rounds=args.rounds, repeats=args.repeats, dtype=args.dtype)
+                              rounds=args.rounds, repeats=args.repeats, dtype=args.dtype,
+                              cell=args.cell)
     bench_isolated.table(rows, libraries, roof["fma_peak"])
     return _isolated_report(rows, roof, args.json)
 

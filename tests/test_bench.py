@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import numlstm
 from numlstm import bench, cli
 
 
@@ -113,6 +114,33 @@ def test_isolated_bench_times_each_library_in_its_own_process_under_load():
     assert any(line.startswith(f"{'training':<9} {'3,2,5,8':>16} |") for line in lines)
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_isolated_bench_times_the_cell_asked_for(tmp_path, cell):
+    """--cell gru, rnn: each library's call is of that cell (numlstm's layer, torch's
+    module, the ONNX file's operator), at every mode; the FLOPs count its gates."""
+    from numlstm import bench_isolated as iso
+    name, gates = iso.CELLS[cell]
+    for lib in ("numlstm", "torch", "onnxruntime"):
+        for mode in ("inference", "training", "step"):
+            if iso.supports(lib, mode):
+                call = iso._build(lib, 3, 2, 5, 8, mode, str(tmp_path), cell=cell)
+                call()
+                call()
+    import onnx
+    (path,) = [p for p in tmp_path.iterdir() if p.name.endswith("_inference.onnx")]
+    assert path.name.startswith(cell) and name.upper() in {
+        n.op_type.upper() for n in onnx.load(str(path)).graph.node}
+    assert iso.flops(5, 2, 3, 4, "inference", cell) == 2 * 5 * 2 * gates * 4 * 7
+    if cell == "rnn":
+        with pytest.raises(ValueError, match="the LSTM and the GRU"):
+            iso.run([(1, 1, 1, 1)], ["numlstm"], dtype="int8", cell="rnn")
+    else:  # (the quantized GRU: the call's outputs are its outputs)
+        out = iso._build("numlstm", 3, 2, 5, 8, "inference", str(tmp_path), "int8", cell)()
+        layer = numlstm.quantize_dynamic(numlstm.GRU(5, 8, seed=3 + 2 + 5 + 8), "int8")
+        x = np.random.default_rng(3 * 7 + 2).standard_normal((3, 2, 5)).astype(np.float32)
+        np.testing.assert_array_equal(out[0], layer(x)[0])
+
+
 def test_isolated_bench_refuses_what_it_cannot_time():
     from numlstm import bench_isolated as iso
     with pytest.raises(ValueError, match="libraries"):
@@ -144,7 +172,7 @@ def test_bench_command_int8_against_torchs_int8(tmp_path, capsys):
     assert cli.main(["bench", "--isolated", "--dtype", "int8", "--peer", "torch", "--shapes",
                      "2,1,3,4", "--rounds", "1", "--repeats", "2", "--json", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "quantize_dynamic(layer, 'int8')" in out and "numlstm_f32 ms" in out
+    assert "quantize_dynamic(lstm, 'int8')" in out and "numlstm_f32 ms" in out
     import json
     rows = json.loads(path.read_text())
     assert [r["mode"] for r in rows] == ["inference", "step"]
