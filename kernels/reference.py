@@ -568,6 +568,13 @@ def bfloat16_product_ref(a, w):
     return (a @ w.T).astype(np.float32)
 
 
+def _quantized_product(dtype):
+    """P(a, w) of a quantized layer: int8_product_ref's, or bfloat16_product_ref."""
+    if dtype == "bfloat16":
+        return bfloat16_product_ref
+    return lambda a, w: int8_product_ref(a, w)[0]
+
+
 def lstm_forward_quantized_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None,
                                reverse=False, dtype="int8", h_in=None):
     """The plain LSTM's inference with reduced-precision products, in float32.
@@ -586,11 +593,7 @@ def lstm_forward_quantized_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None,
     f32 = np.float32
     x, h, c = (np.asarray(v, f32) for v in (x, h0, c0))
     w_ih, w_hh = np.asarray(w_ih, f32), np.asarray(w_hh, f32)
-    if dtype == "bfloat16":
-        product = bfloat16_product_ref
-    else:
-        def product(a, w):
-            return int8_product_ref(a, w)[0]
+    product = _quantized_product(dtype)
     T, B, _ = x.shape
     H = h.shape[1]
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
@@ -608,6 +611,38 @@ def lstm_forward_quantized_ref(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=None,
         c, h = np.where(valid, c_new, c), np.where(valid, h_new, h)
         y[t] = np.where(valid, h_new, 0)
     return y, h, c
+
+
+def gru_forward_quantized_ref(x, w_ih, w_hh, b_ih, b_hh, h0, lengths=None, reverse=False,
+                              dtype="int8", h_in=None):
+    """The plain GRU's inference (torch's form) with reduced-precision products, in
+    float32: each step gx = P(x_t, W_ih) and gh = P(h, W_hh) (P as in
+    lstm_forward_quantized_ref, over the 3H rows r, z, n), then
+    r = s(gx_r + gh_r + b_ir + b_hr), z likewise,
+    n = tanh(gx_n + b_in + r * (gh_n + b_hn)), h' = (1 - z) n + z h.
+    Shapes as gru_forward_ref's; h_in as lstm_forward_quantized_ref's. Returns y
+    [T,B,H], h_n."""
+    f32 = np.float32
+    x, h = np.asarray(x, f32), np.asarray(h0, f32)
+    w_ih, w_hh = np.asarray(w_ih, f32), np.asarray(w_hh, f32)
+    b_ih, b_hh = np.asarray(b_ih, f32), np.asarray(b_hh, f32)
+    product = _quantized_product(dtype)
+    T, B, _ = x.shape
+    H = h.shape[1]
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    h = h.copy()
+    y = np.zeros((T, B, H), f32)
+    for t in _steps(T, reverse):
+        valid = (t < lengths)[:, None]
+        h_q = h if h_in is None else np.asarray(h_in[t], f32)
+        gx, gh = product(x[t], w_ih), product(h_q, w_hh)
+        r = _sigmoid((gx[:, :H] + gh[:, :H]) + (b_ih[:H] + b_hh[:H]))
+        z = _sigmoid((gx[:, H:2 * H] + gh[:, H:2 * H]) + (b_ih[H:2 * H] + b_hh[H:2 * H]))
+        n = np.tanh(gx[:, 2 * H:] + b_ih[2 * H:] + r * (gh[:, 2 * H:] + b_hh[2 * H:]))
+        h_new = (1 - z) * n + z * h
+        h = np.where(valid, h_new, h)
+        y[t] = np.where(valid, h_new, 0)
+    return y, h
 
 
 # -- ConvLSTM (Shi et al. 2015, in Keras's ConvLSTM2D form) ---------------------------

@@ -1,15 +1,27 @@
-"""numlstm.quantize_dynamic: inference-only copies of LSTMs and models with int8 or
-bfloat16 weights (the layer: numlstm.layers.quantized.QuantizedLSTM)."""
+"""numlstm.quantize_dynamic: inference-only copies of LSTMs, GRUs and models with int8
+or bfloat16 weights (the layers: numlstm.layers.quantized.QuantizedLSTM and
+QuantizedGRU)."""
 import copy
 
-from .layers import LSTM
-from .layers.quantized import QuantizedLSTM, check_quantize_dtype
+from .layers import GRU, LSTM
+from .layers.quantized import QuantizedGRU, QuantizedLSTM, check_quantize_dtype
 from .model import Sequential
+
+_QUANTIZED = ((LSTM, QuantizedLSTM), (GRU, QuantizedGRU))
+
+
+def _quantized(layer, dtype):
+    """The quantized copy of an LSTM or GRU layer, else None."""
+    for float_cls, cls in _QUANTIZED:
+        if isinstance(layer, float_cls):
+            return cls.from_layer(layer, dtype)
+    return None
 
 
 def quantize_dynamic(obj, dtype="int8"):
-    """An inference-only copy of an LSTM, or of a Sequential model with its LSTM
-    layers quantized (the rest as they were), with int8 or bfloat16 weights.
+    """An inference-only copy of an LSTM or GRU, or of a Sequential model with its
+    LSTM and GRU layers quantized (the rest as they were), with int8 or bfloat16
+    weights, as torch.ao.quantization.quantize_dynamic does for nn.LSTM and nn.GRU.
 
     dtype: "int8" (dynamic quantization as torch's quantize_dynamic, with per-channel
     weights: activations quantized per row as they are used, int32 sums; on VNNI or
@@ -19,15 +31,15 @@ def quantize_dynamic(obj, dtype="int8"):
     not changed. See numlstm.layers.quantized for what is and is not quantized.
     """
     dtype = check_quantize_dtype(dtype)
-    if isinstance(obj, LSTM):
-        return QuantizedLSTM.from_layer(obj, dtype)
+    single = _quantized(obj, dtype)
+    if single is not None:
+        return single
     if not isinstance(obj, Sequential):
-        raise TypeError(f"quantize_dynamic: expected a numlstm.LSTM or Sequential, got "
+        raise TypeError(f"quantize_dynamic: expected a numlstm.LSTM, GRU or Sequential, got "
                         f"{type(obj).__name__}")
-    if not any(isinstance(layer, LSTM) for layer in obj.layers):
-        raise ValueError("quantize_dynamic: the model has no LSTM layer to quantize")
-    layers = [QuantizedLSTM.from_layer(layer, dtype) if isinstance(layer, LSTM)
-              else copy.deepcopy(layer) for layer in obj.layers]
+    if not any(isinstance(layer, (LSTM, GRU)) for layer in obj.layers):
+        raise ValueError("quantize_dynamic: the model has no LSTM or GRU layer to quantize")
+    layers = [_quantized(layer, dtype) or copy.deepcopy(layer) for layer in obj.layers]
     model = Sequential(layers, name=obj.name, seed=obj.seed)
     model.loss = obj.loss  # (evaluate() works; no optimizer: nothing trains)
     return model

@@ -1,7 +1,7 @@
-"""numlstm.quantize_dynamic and QuantizedLSTM: the LSTM's call API on int8 and
-bfloat16 weights (stacked, bidirectional, lengths, initial states, step, batch
-first, Sequential, checkpoints), against the reference of the same quantization,
-against torch's quantize_dynamic's error, and bad input."""
+"""numlstm.quantize_dynamic, QuantizedLSTM and QuantizedGRU: the float layer's call
+API on int8 and bfloat16 weights (stacked, bidirectional, lengths, initial states,
+step, batch first, Sequential, checkpoints), against the reference of the same
+quantization, against torch's quantize_dynamic's error, and bad input."""
 import numpy as np
 import pytest
 
@@ -123,11 +123,11 @@ def test_bad_input_is_refused_and_nothing_changes(rng):
         numlstm.quantize_dynamic(layer, "int4")
     with pytest.raises(TypeError, match="'int8' or 'bfloat16'"):
         numlstm.quantize_dynamic(layer, 8)
-    with pytest.raises(TypeError, match="LSTM or Sequential, got GRU"):
-        numlstm.quantize_dynamic(numlstm.GRU(3, 8))
+    with pytest.raises(TypeError, match="LSTM, GRU or Sequential, got RNN"):
+        numlstm.quantize_dynamic(numlstm.RNN(3, 8))
     with pytest.raises(ValueError, match="proj_size=4"):
         numlstm.quantize_dynamic(numlstm.LSTM(3, 8, proj_size=4))
-    with pytest.raises(ValueError, match="no LSTM layer"):
+    with pytest.raises(ValueError, match="no LSTM or GRU layer"):
         numlstm.quantize_dynamic(numlstm.Sequential([numlstm.Dense(3, 2)]))
     q = numlstm.quantize_dynamic(layer)
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)
@@ -163,6 +163,93 @@ def test_error_against_torchs_quantize_dynamic(T, B, I, H):
         tq = torch.ao.quantization.quantize_dynamic(  # (it swaps a model's children)
             torch.nn.Sequential(module), {torch.nn.LSTM}, dtype=torch.qint8)[0]
     assert type(tq) is not torch.nn.LSTM
+    with torch.no_grad():
+        torch_err = np.abs(tq(torch.from_numpy(x))[0].numpy() - y_float).max()
+    errors = {d: np.abs(numlstm.quantize_dynamic(layer, d)(x)[0] - y_float).max()
+              for d in DTYPES}
+    assert 0 < errors["int8"] <= 1.5 * torch_err, (errors, torch_err)
+    assert 0 < errors["bfloat16"] <= torch_err, (errors, torch_err)
+
+
+# -- the GRU ----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gru_stacked_bidirectional_with_lengths_matches_reference(rng, dtype):
+    """QuantizedGRU wired as the float GRU (layers, directions, lengths, the initial
+    state), each direction from reference.gru_forward_quantized_ref; its step() is
+    its call; a checkpoint gives the same outputs to the bit."""
+    T, B, I, H = 6, 3, 11, 21
+    layer = numlstm.GRU(I, H, num_layers=2, bidirectional=True, seed=4)
+    q = numlstm.quantize_dynamic(layer, dtype)
+    assert type(q).__name__ == "QuantizedGRU" and q.quantize == dtype
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lengths = np.array([6, 2, 4])
+    h0 = 0.3 * rng.standard_normal((4, B, H)).astype(np.float32)
+    y, h = q(x, h0, lengths=lengths)
+    p, inp, hs = layer.params, x, []
+    for l in range(2):
+        outs = []
+        for d in range(2):
+            sfx = f"_l{l}" + ("_reverse" if d else "")
+            y_d, h_d = ref.gru_forward_quantized_ref(
+                inp, p["weight_ih" + sfx], p["weight_hh" + sfx], p["bias_ih" + sfx],
+                p["bias_hh" + sfx], h0[2 * l + d], lengths, d == 1, dtype)
+            outs.append(y_d)
+            hs.append(h_d)
+        inp = np.concatenate(outs, axis=2)
+    assert_close(y, inp, 5e-3, "y")  # (a quantum's jump: as the LSTM's test says)
+    assert_close(h, np.stack(hs), 5e-3, "h_n")
+    assert (y[2:, 1] == 0).all()
+    y_f, _ = layer(x, h0, lengths=lengths)
+    assert 0 < np.abs(y - y_f).max() < (0.02 if dtype == "int8" else 0.01)
+
+    one = numlstm.quantize_dynamic(numlstm.GRU(I, H, seed=5), dtype)
+    whole, h_whole = one(x)
+    state, steps = None, []
+    for t in range(T):
+        out, state = one.step(x[t], state)
+        steps.append(out)
+    np.testing.assert_array_equal(np.stack(steps), whole)
+    np.testing.assert_array_equal(state, h_whole)
+
+
+def test_gru_models_checkpoints_and_refusals(rng, tmp_path):
+    model = numlstm.Sequential([numlstm.GRU(5, 16, return_sequences=False, seed=0),
+                                numlstm.Dense(16, 2, seed=1)])
+    q = numlstm.quantize_dynamic(model, "int8")
+    x = rng.standard_normal((4, 7, 5)).astype(np.float32)
+    out = q.predict(x)
+    assert out.shape == (4, 2) and 0 < np.abs(out - model.predict(x)).max() < 0.05
+    numlstm.save_checkpoint(tmp_path, q)
+    back = numlstm.load_checkpoint(tmp_path).model
+    assert type(back.layers[0]).__name__ == "QuantizedGRU"
+    np.testing.assert_array_equal(back.predict(x), out)
+    for kwargs, needle in ((dict(reset_after=False), "reset_after=False"),
+                           (dict(layer_norm=True), "layer_norm=True")):
+        with pytest.raises(ValueError, match=needle):
+            numlstm.quantize_dynamic(numlstm.GRU(3, 4, **kwargs))
+    with pytest.raises(ValueError, match="inference-only"):
+        numlstm.quantize_dynamic(numlstm.GRU(3, 4))(x[:, :, :3], training=True)
+    with pytest.raises(TypeError, match="LSTM, GRU or Sequential"):
+        numlstm.quantize_dynamic(numlstm.RNN(3, 4))
+
+
+@pytest.mark.parametrize("T,B,I,H", SHAPES[:1])
+def test_gru_error_against_torchs_quantize_dynamic(T, B, I, H):
+    """As the LSTM's: on the same float weights and inputs, int8's output error at
+    most 1.5x that of torch's quantize_dynamic int8 GRU, bfloat16's at most its."""
+    torch = pytest.importorskip("torch")
+    import warnings
+    layer = numlstm.GRU(I, H, seed=T + H)
+    x = np.random.default_rng(B).standard_normal((T, B, I)).astype(np.float32)
+    module = torch.nn.GRU(I, H)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+    with torch.no_grad():
+        y_float = module(torch.from_numpy(x))[0].numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tq = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(module), {torch.nn.GRU}, dtype=torch.qint8)[0]
+    assert type(tq) is not torch.nn.GRU
     with torch.no_grad():
         torch_err = np.abs(tq(torch.from_numpy(x))[0].numpy() - y_float).max()
     errors = {d: np.abs(numlstm.quantize_dynamic(layer, d)(x)[0] - y_float).max()

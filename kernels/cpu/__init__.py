@@ -15,8 +15,8 @@ modules import no cell's):
     sequence.py    lengths, masks, zoneout weights, state buffers, padding
     norm.py        layer normalisation of the BLAS loops
     microkernel.py the register tile (LLVM IR) every float32 product runs
-    quantized.py   the LSTM's int8 and bfloat16 inference (quantize_dynamic), on
-                   qtile.py's tiles (VNNI's int8 products, widened bfloat16)
+    quantized.py   the LSTM's and GRU's int8 and bfloat16 inference (quantize_dynamic), on
+                   qtile.py's tiles (VNNI's int8 products, vdpbf16ps's bfloat16)
     threads.py     the thread policy: a busy machine's descheduled threads
     peak.py        the machine's float32 FMA peak (the benchmarks' roof)
     jit.py         the compile options every kernel takes
@@ -148,6 +148,8 @@ rnn_step_cpu = _serialised(rnn.rnn_step_cpu, policy=False)
 # int8 and bfloat16 inference (numlstm.quantize_dynamic; not a cell of the table)
 lstm_forward_quantized_cpu = _serialised(quantized.lstm_forward_quantized)
 lstm_forward_quantized_into = quantized.lstm_forward_quantized_into  # (no parallel region)
+gru_forward_quantized_cpu = _serialised(quantized.gru_forward_quantized)
+gru_forward_quantized_into = quantized.gru_forward_quantized_into
 
 # The block each cell's hidden units pad to.
 PAD = {"lstm": lstm_tiled.HB, "gru": gru_tiled.U, "rnn": microkernel.CB}
@@ -181,4 +183,5 @@ __all__ = ["KERNELS", "lstm_forward_cpu", "lstm_backward_cpu", "lstm_step_cpu", 
            "rnn_forward_cpu", "rnn_backward_cpu", "rnn_step_cpu", "pack_rnn_cpu",
            "dense_forward_cpu", "dense_backward_cpu", "dense_blocks", "embedding_backward_cpu",
            "attention_forward_cpu", "attention_backward_cpu",
-           "lstm_forward_quantized_cpu", "lstm_forward_quantized_into"]
+           "lstm_forward_quantized_cpu", "lstm_forward_quantized_into",
+           "gru_forward_quantized_cpu", "gru_forward_quantized_into"]

@@ -35,6 +35,14 @@ small or the thread policy holds (threads.py); else the batch shared among the
 threads, each running its rows through all the steps in one region (a row's
 quantization and sums never meet another's), or at a batch too small to share
 (B = 1, large H) each step's blocks of units shared, one region a step.
+The GRU (torch's form, reset after) runs on the same loop as a four-slot cell:
+the input product fills slots [r, z, n_x, 0] and the recurrent one [r, z, 0, n_h]
+(pack_gru_quantized puts zero rows where a slot has nothing), so that after the
+two products pre = [r_x + r_h, z_x + z_h, n_x, n_h] with the biases, and the gate
+math (_gru_gates) is r = s(pre_r), z = s(pre_z), n = tanh(pre_nx + r * pre_nh),
+h' = (1 - z) n + z h. The empty slots cost a third more multiply-adds than three
+gates would, and keep one tile, one layout and one loop for both cells.
+
 Inference only: no training cache, no backward.
 """
 from typing import NamedTuple
@@ -72,13 +80,14 @@ ROWS_SPLIT_MIN = 2                  # rows a thread for the time loop's batch sp
 ALONE_MAX_MACS = 1 << 23            # input products up to this run step by step alone
 _ROUND = np.float32(1.5 * 2 ** 23)
 
-__all__ = ["QuantLSTM", "pack_lstm_quantized", "lstm_forward_quantized",
-           "lstm_forward_quantized_into", "quantize_rows", "bf16_pairs", "bf16_values",
+__all__ = ["QuantLSTM", "pack_lstm_quantized", "pack_gru_quantized",
+           "lstm_forward_quantized", "lstm_forward_quantized_into", "gru_forward_quantized",
+           "gru_forward_quantized_into", "quantize_rows", "bf16_pairs", "bf16_values",
            "int8_blocks", "bf16_blocks", "int8_variant", "bf16_variant", "to_bfloat16_bits"]
 
 
 class QuantLSTM(NamedTuple):
-    """One packed LSTM cell, int8 or bfloat16 (module docstring)."""
+    """One packed LSTM cell (or GRU cell: gru), int8 or bfloat16 (module docstring)."""
     dtype: str              # "int8" or "bfloat16"
     H: int
     Hq: int
@@ -92,6 +101,7 @@ class QuantLSTM(NamedTuple):
     s_hh: np.ndarray
     off_in: np.ndarray      # [Gq] int32: -128 sum_k W_q[n,k] (int8; empty for bfloat16)
     off_hh: np.ndarray
+    gru: bool = False       # a GRU cell in four slots (pack_gru_quantized)
 
 
 def _columns(H):
@@ -178,6 +188,24 @@ def pack_lstm_quantized(w_ih, w_hh, b_ih, b_hh, dtype):
                          _pack_bf16(w_hh, Gq, cols, Hq),  # (h is rounded Hq wide)
                          empty_f, empty_f, empty_i, empty_i)
     raise ValueError(f"dtype: expected 'int8' or 'bfloat16', got {dtype!r}")
+
+
+def pack_gru_quantized(w_ih, w_hh, b_ih, b_hh, dtype):
+    """One GRU cell's torch-layout float weights (w_ih [3H,I], w_hh [3H,H], b_ih,
+    b_hh [3H], gates r, z, n) -> QuantLSTM of four slots (module docstring):
+    the input rows [r, z, n, 0], the recurrent rows [r, z, 0, n], the biases
+    [b_ir + b_hr, b_iz + b_hz, b_in, b_hn]."""
+    H = w_hh.shape[1]
+    f32 = np.float32
+    w_ih, w_hh = np.asarray(w_ih, f32), np.asarray(w_hh, f32)
+    b_ih, b_hh = np.asarray(b_ih, f32), np.asarray(b_hh, f32)
+    zero_i, zero_h, zero_b = (np.zeros((H, w_ih.shape[1]), f32), np.zeros((H, H), f32),
+                              np.zeros(H, f32))
+    cell = pack_lstm_quantized(np.concatenate([w_ih, zero_i]),
+                               np.concatenate([w_hh[:2 * H], zero_h, w_hh[2 * H:]]),
+                               np.concatenate([b_ih, zero_b]),
+                               np.concatenate([b_hh[:2 * H], zero_b, b_hh[2 * H:]]), dtype)
+    return cell._replace(gru=True)
 
 
 # -- quantizing activations, scaling sums -----------------------------------------------
@@ -355,18 +383,42 @@ def _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1):
                 c[r, j], h[r, j], y_t[r, j] = cc, hh, hh
 
 
+@njit(**FAST)
+def _gru_gates(pre, h, y_t, lengths, t, r0, r1, b0, b1):
+    """The GRU's gate math (module docstring) of rows [r0, r1) and blocks [b0, b1):
+    pre [B,Gq] holds the four slots; writes h [B,Hq] (held past a sequence's
+    length) and y_t (zero there)."""
+    one = np.float32(1)
+    for r in range(r0, r1):
+        live = t < lengths[r]
+        for b in range(b0, b1):
+            for u in range(U):
+                q, j = b * CB + u, b * U + u
+                if not live:
+                    y_t[r, j] = 0
+                    continue
+                rg = sigmoid(pre[r, q])
+                z = sigmoid(pre[r, q + U])
+                n = tanh(pre[r, q + 2 * U] + rg * pre[r, q + 3 * U])
+                hh = (one - z) * n + z * h[r, j]
+                h[r, j], y_t[r, j] = hh, hh
+
+
 @njit(**EXACT)
 def _step(cell_w, s_hh, off, xw_t, h, c, y_t, lengths, t, hq, hs, acc, pre, r0, r1, b0, b1,
-          int8):
+          int8, gru):
     """Rows [r0, r1) x blocks [b0, b1) of step t: the recurrent product of hq (and
-    hs: h of those rows quantized, _activations) into pre, then the gate math,
-    which writes h in place."""
+    hs: h of those rows quantized, _activations) into pre, then the gate math (the
+    LSTM's, or with gru the GRU's, which leaves c alone), which writes h in place."""
     if int8:
         int8_rows(hq, cell_w, acc, r0, r1, b0, b1, off)
         _scaled(acc, hs, s_hh, xw_t, pre, r0, r1, b0 * CB, b1 * CB)
     else:
         bf16_rows(hq, cell_w, pre, xw_t, True, r0, r1, b0, b1)
-    _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1)
+    if gru:
+        _gru_gates(pre, h, y_t, lengths, t, r0, r1, b0, b1)
+    else:
+        _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1)
 
 
 @njit(**EXACT)
@@ -384,7 +436,7 @@ def _input_rows(x_t, w_in, s_in, off_in, bias, xq, xs, acc, xw_t, r0, r1, int8):
 
 @njit(**EXACT)
 def _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scratch, r0,
-                r1, int8):
+                r1, int8, gru):
     """All T steps of rows [r0, r1), every block (the rows of a batch never meet).
     ins: (w_in, s_in, off_in, bias); xw: the input part of every step [T,B,Gq], or
     [0,..]: each step's made here (no [T,B,Gq] array to write and read back);
@@ -401,12 +453,12 @@ def _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scrat
             init = xw[t]
         _activations(h, hq, hs, r0, r1, int8)
         _step(w_hh, s_hh, off_hh, init, h, c, y[t], lengths, t, hq, hs, acc, pre, r0,
-              r1, 0, nblk, int8)
+              r1, 0, nblk, int8, gru)
 
 
 @njit(parallel=True, **EXACT)
 def _time_loop(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scratch, P,
-               split, int8, gate):
+               split, int8, gru, gate):
     """All T steps (x [T,B,I]; the rest as _rows_steps's): h, c [B,Hq] (h0 and c0
     in, the last state out); y [T,B,Hq]. P threads (1: no parallel region); split
     "rows": each thread its rows of the batch through all the steps (one region);
@@ -417,12 +469,12 @@ def _time_loop(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scratc
     nblk = w_hh.shape[0]
     if P == 1:
         _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scratch,
-                    0, B, int8)
+                    0, B, int8, gru)
     elif split == "rows":
         start = clock_ns()
         for p in prange(P):
             _rows_steps(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse,
-                        scratch, p * B // P, (p + 1) * B // P, int8)
+                        scratch, p * B // P, (p + 1) * B // P, int8, gru)
             finished(gate, p)
         region_done(gate, start)
     else:
@@ -432,12 +484,12 @@ def _time_loop(x, ins, xw, w_hh, s_hh, off_hh, h, c, y, lengths, reverse, scratc
             _activations(h, hq, hs, 0, B, int8)
             if not parallel_ok(gate):
                 _step(w_hh, s_hh, off_hh, xw[t], h, c, y[t], lengths, t, hq, hs, acc,
-                      pre, 0, B, 0, nblk, int8)
+                      pre, 0, B, 0, nblk, int8, gru)
                 continue
             start = clock_ns()
             for p in prange(P):
                 _step(w_hh, s_hh, off_hh, xw[t], h, c, y[t], lengths, t, hq, hs, acc,
-                      pre, 0, B, p * nblk // P, (p + 1) * nblk // P, int8)
+                      pre, 0, B, p * nblk // P, (p + 1) * nblk // P, int8, gru)
                 finished(gate, p)
             region_done(gate, start)
 
@@ -498,7 +550,7 @@ def _run(x, cell, h0, c0, lengths, reverse, xw, P, split):
     lens = (np.full(B, T, np.int64) if lengths is None
             else np.ascontiguousarray(lengths, np.int64))
     _time_loop(x, (cell.w_in, cell.s_in, cell.off_in, cell.bias), xw, cell.w_hh, cell.s_hh,
-               cell.off_hh, h, c, y, lens, reverse, scratch, P, split, int8,
+               cell.off_hh, h, c, y, lens, reverse, scratch, P, split, int8, cell.gru,
                POLICY.gate())
     return y[:, :, :H], h[:, :H], c[:, :H]
 
@@ -507,7 +559,7 @@ _NO_XW = np.zeros((0, 1, 1), np.float32)
 
 
 @njit(**EXACT)
-def _alone(x, ins, w_hh, s_hh, off_hh, h0, c0, y, h, c, int8):
+def _alone(x, ins, w_hh, s_hh, off_hh, h0, c0, y, h, c, int8, gru):
     """_run on one thread, as one compiled call into the caller's arrays (y [T,B,H],
     h, c [B,H]): a step() at B = 1 is a few microseconds of work, and making its
     buffers and passing them in from Python took as long again."""
@@ -517,11 +569,11 @@ def _alone(x, ins, w_hh, s_hh, off_hh, h0, c0, y, h, c, int8):
         h[:] = h0
         c[:] = c0
         _rows_steps(x, ins, _NO_XW, w_hh, s_hh, off_hh, h, c, y, lengths, False,
-                    _scratch(B, ins[0], w_hh, int8), 0, B, int8)
+                    _scratch(B, ins[0], w_hh, int8), 0, B, int8, gru)
         return
     hq, cq, yq, scratch = _buffers(T, ins[0], w_hh, h0, c0, int8)
     _rows_steps(x, ins, _NO_XW, w_hh, s_hh, off_hh, hq, cq, yq, lengths, False, scratch, 0,
-                B, int8)
+                B, int8, gru)
     y[:] = yq[:, :, :H]
     h[:] = hq[:, :H]
     c[:] = cq[:, :H]
@@ -536,7 +588,7 @@ def lstm_forward_quantized_into(x, cell, h0, c0, y, h, c):
     if not runs_alone(T, B, I, cell.H, numba_threads()):
         return False
     _alone(x, (cell.w_in, cell.s_in, cell.off_in, cell.bias), cell.w_hh, cell.s_hh,
-           cell.off_hh, h0, c0, y, h, c, cell.dtype == "int8")
+           cell.off_hh, h0, c0, y, h, c, cell.dtype == "int8", cell.gru)
     return True
 
 
@@ -557,3 +609,16 @@ def lstm_forward_quantized(x, cell, h0, c0, lengths=None, reverse=False):
           else _NO_XW)
     return tuple(np.ascontiguousarray(a) for a in _run(x, cell, h0, c0, lengths, reverse, xw,
                                                        P, split))
+
+
+def gru_forward_quantized_into(x, cell, h0, y, h):
+    """lstm_forward_quantized_into for a GRU cell (pack_gru_quantized): no c."""
+    c = np.zeros_like(h)
+    return lstm_forward_quantized_into(x, cell, h0, c, y, h, c)
+
+
+def gru_forward_quantized(x, cell, h0, lengths=None, reverse=False):
+    """One quantized GRU layer and direction, inference: lstm_forward_quantized's
+    with no c. Returns y [T,B,H], h_n [B,H]."""
+    y, h, _ = lstm_forward_quantized(x, cell, h0, np.zeros_like(h0), lengths, reverse)
+    return y, h

@@ -9,7 +9,7 @@ Modules, each depending only on the ones above it:
                   the Sequential protocol's, both adapters over _run and _run_backward)
     cells.py      LSTM, GRU and RNN: their equations, options and parameters
     basic.py      Dense, Embedding, Dropout
-    quantized.py  QuantizedLSTM: the LSTM with int8 or bfloat16 weights, inference only
+    quantized.py  QuantizedLSTM, QuantizedGRU: int8 or bfloat16 weights, inference only
     conv.py       ConvLSTM2D and ConvLSTM1D: the LSTM with convolutions for gates
     attention.py  Attention: a decoder's attention over an encoder's outputs
                   (numlstm.Seq2Seq's; not a Sequential layer)
@@ -20,13 +20,14 @@ from .base import Layer, dropout_mask, keep_mask
 from .basic import Dense, Dropout, Embedding
 from .cells import CELLS, GRU, LSTM, RNN
 from .conv import ConvLSTM, ConvLSTM1D, ConvLSTM2D
-from .quantized import QuantizedLSTM
+from .quantized import QuantizedGRU, QuantizedLSTM
 from .recurrent import MERGE_MODES, Recurrent
 
 LAYER_TYPES = {cls.__name__: cls
-               for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout, QuantizedLSTM,
+               for cls in (LSTM, GRU, RNN, Dense, Embedding, Dropout, QuantizedLSTM, QuantizedGRU,
                             ConvLSTM2D, ConvLSTM1D)}
 
-__all__ = ["Layer", "Recurrent", "Attention", "LSTM", "GRU", "RNN", "QuantizedLSTM", "ConvLSTM",
+__all__ = ["Layer", "Recurrent", "Attention", "LSTM", "GRU", "RNN", "QuantizedLSTM",
+           "QuantizedGRU", "ConvLSTM",
            "ConvLSTM2D", "ConvLSTM1D", "Dense", "Embedding",
            "Dropout", "CELLS", "LAYER_TYPES", "MERGE_MODES", "keep_mask", "dropout_mask"]

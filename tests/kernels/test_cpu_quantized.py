@@ -140,6 +140,32 @@ def test_forward_matches_reference(rng, dtype, T, B, I, H):
                 assert (y[:, b] == 0).all() and (h[b] == h0[b]).all()
 
 
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 3, 5), (6, 3, 7, 20), (5, 9, 64, 40),
+                                     (30, 4, 16, 48)])
+def test_gru_forward_matches_reference(rng, dtype, T, B, I, H):
+    """The GRU on the four-slot loop (pack_gru_quantized) against
+    reference.gru_forward_quantized_ref, each step fed the kernel's h; and its
+    one-call path bit for bit against the general one."""
+    k = 1 / np.sqrt(H)
+    w = [rng.uniform(-k, k, s).astype(np.float32) for s in ((3 * H, I), (3 * H, H),
+                                                             (3 * H,), (3 * H,))]
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = (0.5 * rng.standard_normal((B, H))).astype(np.float32)
+    cell = quantized.pack_gru_quantized(*w, dtype)
+    for lengths, reverse in ((None, False), (rng.integers(0, T + 1, B), True),
+                             (rng.integers(0, T + 1, B), False)):
+        y, h = quantized.gru_forward_quantized(x, cell, h0, lengths, reverse)
+        y_r, h_r = ref.gru_forward_quantized_ref(x, *w, h0, lengths, reverse, dtype,
+                                                 h_in=_h_entering(y, h0, lengths, reverse))
+        assert_close(y, y_r, 1e-5, f"{dtype} y", atol=1e-6)
+        assert_close(h, h_r, 1e-5, f"{dtype} h_n", atol=1e-6)
+    y1, h1 = (np.full(s, np.nan, np.float32) for s in ((T, B, H), (B, H)))
+    assert quantized.gru_forward_quantized_into(x, cell, h0, y1, h1)
+    for got, want in zip((y1, h1), quantized.gru_forward_quantized(x, cell, h0, np.full(B, T))):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_int8_products_inside_the_loop_are_exact(rng):
     """One step from h0 = 0 isolates the input product: the pre-activations are
     bias + the reference's integer product scaled, to the bit; and the time loop is
