@@ -390,14 +390,14 @@ def sample_batch(ids, rng, batch, seq_len):
 
 
 def _quantized(model, metric, name, value):
-    """The validation metric of the trained model with its LSTM layers quantized
-    (numlstm.quantize_dynamic, int8 and bfloat16), for metrics.json: {name_int8,
-    name_bfloat16, and each one's change from the float32 value, in percent};
-    none for a model without an LSTM layer or with one whose options the quantized
-    layer does not run (numlstm.layers.quantized)."""
-    from .layers import LSTM
+    """The validation metric of the trained model with its LSTM and GRU layers
+    quantized (numlstm.quantize_dynamic, int8 and bfloat16), for metrics.json:
+    {name_int8, name_bfloat16, and each one's change from the float32 value, in
+    percent}; none for a model without such a layer or with one whose options the
+    quantized layers do not run (numlstm.layers.quantized)."""
+    from .layers import GRU, LSTM
     from .quantize import quantize_dynamic
-    if not any(isinstance(layer, LSTM) for layer in model.layers):
+    if not any(isinstance(layer, (LSTM, GRU)) for layer in model.layers):
         return {}
     out = {}
     for dtype in ("int8", "bfloat16"):
@@ -415,7 +415,7 @@ def _quantized_line(metrics, name):
     """What the run prints of _quantized's metrics (empty without them)."""
     if f"{name}_int8" not in metrics:
         return ""
-    return (f"; with the LSTM quantized: int8 {metrics[name + '_int8']:.4f}, bfloat16 "
+    return (f"; quantized: int8 {metrics[name + '_int8']:.4f}, bfloat16 "
             f"{metrics[name + '_bfloat16']:.4f}")
 
 
