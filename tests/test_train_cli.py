@@ -401,6 +401,24 @@ def test_train_adding(tmp_path, capsys):
     assert _is_png(os.path.join(out, "loss.png"))
 
 
+def test_train_forecast_with_a_gru_records_its_quantized_metrics(tmp_path):
+    out = str(tmp_path / "gru")
+    assert main(["train", "--cell", "gru", "--epochs", "1", "--out", out, "--quiet"]) == 0
+    m, ck = _metrics(out), numlstm.load_checkpoint(out)
+    series = train.load_co2()[1]
+    window, horizon, scale = (ck.extra[k] for k in ("window", "horizon", "scale"))
+    origins = np.arange(len(series) - horizon - m["validation_origins"],
+                        len(series) - horizon)
+    x = np.stack([series[o - window + 1:o + 1] - series[o] for o in origins]) / scale
+    truth = np.stack([series[o + 1:o + horizon + 1] for o in origins])
+    for dtype in ("int8", "bfloat16"):
+        q = numlstm.quantize_dynamic(ck.model, dtype)
+        assert type(q.layers[0]).__name__ == "QuantizedGRU"
+        pred = q.predict(x[:, :, None].astype(np.float32)) * scale + series[origins, None]
+        rmse = math.sqrt(np.mean((pred - truth) ** 2))
+        assert abs(m[f"val_rmse_{dtype}"] - rmse) <= 1e-5 * rmse, dtype
+
+
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_train_adding_with_another_cell(tmp_path, cell):
     out = str(tmp_path / cell)
