@@ -39,7 +39,7 @@ The GRU (torch's form, reset after) runs on the same loop as a four-slot cell:
 the input product fills slots [r, z, n_x, 0] and the recurrent one [r, z, 0, n_h]
 (pack_gru_quantized puts zero rows where a slot has nothing), so that after the
 two products pre = [r_x + r_h, z_x + z_h, n_x, n_h] with the biases, and the gate
-math (_gru_gates) is r = s(pre_r), z = s(pre_z), n = tanh(pre_nx + r * pre_nh),
+math (_gates with gru) is r = s(pre_r), z = s(pre_z), n = tanh(pre_nx + r * pre_nh),
 h' = (1 - z) n + z h. The empty slots cost a third more multiply-adds than three
 gates would, and keep one tile, one layout and one loop for both cells.
 
@@ -362,32 +362,12 @@ def _input_product(x, cell, parallel):
 
 # -- the time loop -----------------------------------------------------------------------
 @njit(**FAST)
-def _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1):
+def _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1, gru):
     """The gate math of rows [r0, r1) and blocks [b0, b1): pre [B,Gq] holds the
-    pre-activations; writes c and h [B,Hq] (held past a sequence's length) and
-    y_t [B,Hq] (zero there)."""
-    for r in range(r0, r1):
-        live = t < lengths[r]
-        for b in range(b0, b1):
-            for u in range(U):
-                q, j = b * CB + u, b * U + u
-                if not live:
-                    y_t[r, j] = 0
-                    continue
-                i = sigmoid(pre[r, q])
-                f = sigmoid(pre[r, q + U])
-                g = tanh(pre[r, q + 2 * U])
-                o = sigmoid(pre[r, q + 3 * U])
-                cc = f * c[r, j] + i * g
-                hh = o * tanh(cc)
-                c[r, j], h[r, j], y_t[r, j] = cc, hh, hh
-
-
-@njit(**FAST)
-def _gru_gates(pre, h, y_t, lengths, t, r0, r1, b0, b1):
-    """The GRU's gate math (module docstring) of rows [r0, r1) and blocks [b0, b1):
-    pre [B,Gq] holds the four slots; writes h [B,Hq] (held past a sequence's
-    length) and y_t (zero there)."""
+    pre-activations (gru: the GRU's four slots, module docstring); writes h and,
+    for the LSTM, c [B,Hq] (held past a sequence's length) and y_t [B,Hq] (zero
+    there). (One loop for both cells: the branch on gru is the same for every
+    unit, and it measured as fast as a function each.)"""
     one = np.float32(1)
     for r in range(r0, r1):
         live = t < lengths[r]
@@ -397,10 +377,19 @@ def _gru_gates(pre, h, y_t, lengths, t, r0, r1, b0, b1):
                 if not live:
                     y_t[r, j] = 0
                     continue
-                rg = sigmoid(pre[r, q])
-                z = sigmoid(pre[r, q + U])
-                n = tanh(pre[r, q + 2 * U] + rg * pre[r, q + 3 * U])
-                hh = (one - z) * n + z * h[r, j]
+                if gru:
+                    rg = sigmoid(pre[r, q])
+                    z = sigmoid(pre[r, q + U])
+                    n = tanh(pre[r, q + 2 * U] + rg * pre[r, q + 3 * U])
+                    hh = (one - z) * n + z * h[r, j]
+                else:
+                    i = sigmoid(pre[r, q])
+                    f = sigmoid(pre[r, q + U])
+                    g = tanh(pre[r, q + 2 * U])
+                    o = sigmoid(pre[r, q + 3 * U])
+                    cc = f * c[r, j] + i * g
+                    hh = o * tanh(cc)
+                    c[r, j] = cc
                 h[r, j], y_t[r, j] = hh, hh
 
 
@@ -415,10 +404,7 @@ def _step(cell_w, s_hh, off, xw_t, h, c, y_t, lengths, t, hq, hs, acc, pre, r0, 
         _scaled(acc, hs, s_hh, xw_t, pre, r0, r1, b0 * CB, b1 * CB)
     else:
         bf16_rows(hq, cell_w, pre, xw_t, True, r0, r1, b0, b1)
-    if gru:
-        _gru_gates(pre, h, y_t, lengths, t, r0, r1, b0, b1)
-    else:
-        _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1)
+    _gates(pre, h, c, y_t, lengths, t, r0, r1, b0, b1, gru)
 
 
 @njit(**EXACT)
