@@ -104,8 +104,7 @@ def _build(lib, T, B, I, H, mode, tmpdir, dtype="float32", cell="lstm"):
                 warnings.simplefilter("ignore")
                 # (it swaps a model's children: a bare LSTM would come back as it was)
                 module = torch.ao.quantization.quantize_dynamic(
-                    torch.nn.Sequential(module), {getattr(torch.nn, name)},
-                    dtype=torch.qint8)[0]
+                    torch.nn.Sequential(module), {type(module)}, dtype=torch.qint8)[0]
         xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
         if mode == "inference":
             def infer():
