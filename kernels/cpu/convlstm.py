@@ -32,7 +32,7 @@ from ..conv import convlstm_convs
 from ..gates import dsigmoid, dtanh, sigmoid, tanh
 from .jit import FAST
 from .microkernel import CB, ROWS
-from .products import in_blocks, matmul_rows
+from .products import in_blocks, matmul_cols, matmul_rows
 from .threads import numba_threads
 
 UNITS = 16          # units of one gate in a column block (CB = 4 * UNITS)
@@ -80,6 +80,25 @@ def _rows_product_impl(A, W, out, init, per_row, r0, r1, b0, b1):
 
     def plain(A, W, out, init, per_row, r0, r1, b0, b1):
         _plain_rows(A, W, out, init, per_row, r0, r1, b0, b1)
+    return plain
+
+
+def cols_product(A, W, out, zero, r0, r1, cols):
+    """out[r0:r1, :cols] = A @ W (products.matmul_cols's contract; zero: [1, nblk*CB]
+    of zeros, the init: the
+    transposed products, whose last block is mostly padding: 9 of 64 columns for dx
+    at one input channel, 144 of 192 for dh at 16 filters)."""
+
+
+@overload(cols_product)
+def _cols_product_impl(A, W, out, zero, r0, r1, cols):
+    if A.dtype == types.float32:
+        def tile(A, W, out, zero, r0, r1, cols):
+            matmul_cols(A, W, out, zero, False, r0, r1, cols)
+        return tile
+
+    def plain(A, W, out, zero, r0, r1, cols):
+        _plain_rows(A, W, out, zero, False, r0, r1, 0, W.shape[0])
     return plain
 
 
@@ -304,6 +323,7 @@ def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_hT, 
     Ro, Co = gh[10], gh[11]
     HW, B = Ro * Co, N // (Ro * Co)
     nblk, rows = W_hT.shape[0], Z.shape[1]
+    Kh = gh[0] * gh[1] * gh[12]  # (dh's product: only these of its nblk * CB columns)
     zero = np.zeros((1, nblk * CB), dy.dtype)
     band = max(gh[0] - 1, -(-rows // Co), 1)  # rows of a band
     bands = -(-Ro // band)
@@ -340,7 +360,7 @@ def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_hT, 
                 lo, hi = b * HW + r0 * Co, b * HW + min(r0 + band, Ro) * Co
                 for p0 in range(lo, hi, rows):
                     p1 = min(p0 + rows, hi)
-                    rows_product(dz[t, p0:p1], W_hT, z, zero, False, 0, p1 - p0, 0, nblk)
+                    cols_product(dz[t, p0:p1], W_hT, z, zero, 0, p1 - p0, Kh)
                     scatter_add(z, gh, p0, p1, dh)
         if masked:
             for p in prange(N):
@@ -385,6 +405,7 @@ def input_grads(dz, W_x, gx, Z, dx):
     HW = gx[10] * gx[11]
     B = N // HW
     nblk, rows = W_x.shape[0], Z.shape[1]
+    Kx = gx[0] * gx[1] * gx[12]
     zero = np.zeros((1, nblk * CB), dz.dtype)
     dx[:] = 0
     for frame in prange(T * B):
@@ -393,7 +414,7 @@ def input_grads(dz, W_x, gx, Z, dx):
         z = Z[tid]
         for p0 in range(b * HW, (b + 1) * HW, rows):
             p1 = min(p0 + rows, (b + 1) * HW)
-            rows_product(dz[t, p0:p1], W_x, z, zero, False, 0, p1 - p0, 0, nblk)
+            cols_product(dz[t, p0:p1], W_x, z, zero, 0, p1 - p0, Kx)
             scatter_add(z, gx, p0, p1, dx[t])
 
 

@@ -24,7 +24,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .jit import FAST
-from .microkernel import CB, ROWS, TT, address, tile_block, transpose_tile
+from .microkernel import CB, LANES, ROWS, TT, address, tile_block, tile_cols, transpose_tile
 from .plan import SMALL_COPY, step_threads
 from .sequence import NO_MASK, aligned_empty, pad_units
 from .threads import (POLICY, SMALL_REGION, clock_ns, finished, numba_threads, parallel_ok,
@@ -73,6 +73,20 @@ def matmul_rows(A, W, out, init, per_row, r_begin, r_end, b0, b1):
                 tile_block(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1)
             else:  # later chunks add to what the earlier ones left in out
                 tile_block(A, W, out, blk, r_begin, r_end, out, True, k0, k1)
+
+
+@njit(**FAST)
+def matmul_cols(A, W, out, init, per_row, r_begin, r_end, cols):
+    """matmul_rows over the blocks that hold out's first `cols` columns, and of the
+    last of them only its vectors up to column `cols` (rounded up to a vector;
+    columns past that are not written): for W whose columns are mostly padding
+    past `cols` (kernels/cpu/convlstm.py's transposed weights). K in one chunk."""
+    full, part = divmod(cols, CB)
+    matmul_rows(A, W, out, init, per_row, r_begin, r_end, 0, full)
+    if part:
+        K = min(A.shape[1], W.shape[1])
+        tile_cols(A, W, out, full, r_begin, r_end, init, per_row, 0, K,
+                  -(-part // LANES) * LANES)
 
 
 def matmul(A, W, out, init, per_row):

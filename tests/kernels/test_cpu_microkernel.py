@@ -7,7 +7,9 @@ import pytest
 from numba import njit
 
 from numlstm.kernels.cpu import microkernel
-from numlstm.kernels.cpu.microkernel import CB, ROWS, TT, address, tile_block, transpose_tile
+from numlstm.kernels.cpu.microkernel import (CB, LANES, ROWS, TT, address, tile_block, tile_cols,
+                                             transpose_tile)
+from numlstm.kernels.cpu.products import matmul_cols
 
 
 def _sequential_fma(init, A, W):
@@ -37,6 +39,39 @@ def test_each_row_count_matches_numpy(rng, rows):
     # nothing outside the rows and the block is written
     assert np.isnan(out[:2]).all() and np.isnan(out[2 + rows:]).all()
     assert np.isnan(out[:, :blk * CB]).all() and np.isnan(out[:, (blk + 1) * CB:]).all()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, ROWS, ROWS + 1, 3 * ROWS + 4])
+def test_part_of_a_block_is_the_same_sums_and_writes_nothing_past_it(rng, rows):
+    """tile_cols: the first `cols` columns of a block (every multiple of a vector),
+    each element the same sum as the whole block's tile, the columns after it
+    untouched."""
+    K, blk = 29, 1
+    A = rng.standard_normal((rows, K)).astype(np.float32)
+    W = rng.standard_normal((2, K, CB)).astype(np.float32)
+    init = rng.standard_normal((1, 2 * CB)).astype(np.float32)
+    whole = np.empty((rows, 2 * CB), np.float32)
+    tile_block(A, W, whole, blk, 0, rows, init, False, 0, K)
+    for cols in range(LANES, CB + 1, LANES):
+        out = np.full((rows, 2 * CB), np.nan, np.float32)
+        tile_cols(A, W, out, blk, 0, rows, init, False, 0, K, cols)
+        np.testing.assert_array_equal(out[:, CB:CB + cols], whole[:, CB:CB + cols])
+        assert np.isnan(out[:, :CB]).all() and np.isnan(out[:, CB + cols:]).all()
+
+
+@pytest.mark.parametrize("cols", [1, 9, CB, CB + 17, 144, 3 * CB])
+def test_a_product_over_its_first_columns(rng, cols):
+    """matmul_cols: the blocks up to column `cols`, the last to the vector that holds
+    it (ConvLSTM's dx at 9 columns and dh at 144), against NumPy; nothing past it."""
+    M, K, nblk = 23, 41, 3
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    W = rng.standard_normal((nblk, K, CB)).astype(np.float32)
+    out = np.full((M, nblk * CB), np.nan, np.float32)
+    matmul_cols(A, W, out, np.zeros((1, nblk * CB), np.float32), False, 0, M, cols)
+    width = -(-cols // LANES) * LANES
+    want = A @ np.concatenate(list(W), axis=1)
+    np.testing.assert_allclose(out[:, :width], want[:, :width], rtol=1e-5, atol=1e-4)
+    assert np.isnan(out[:, width:]).all()
 
 
 def test_k_chunks_add_to_what_is_there_and_a_bias_row(rng):
@@ -106,6 +141,11 @@ for rows in (1, 5, 6, 7, 13):
         want = (want + A[:, k:k + 1].astype(np.float64) * W[1, k]).astype(np.float32)
         want = want.astype(np.float64)
     np.testing.assert_array_equal(out[:, CB:], want.astype(np.float32))
+    for cols in (8, 24, 40):  # part of a block: narrow tiles of 1 vector, after full ones
+        part = np.full_like(init, np.nan)
+        microkernel.tile_cols(A, W, part, 1, 0, rows, init, True, 0, 19, cols)
+        np.testing.assert_array_equal(part[:, CB:CB + cols], out[:, CB:CB + cols])
+        assert np.isnan(part[:, CB + cols:]).all()
 from numba import njit
 from numlstm.kernels.cpu.microkernel import TT, address, transpose_tile
 @njit
