@@ -39,7 +39,9 @@ quantized LSTM against its reference, each then timed.
 
 --convlstm: the ConvLSTM kernels (run_convlstm) of the backend, inference and
 training (forward and backward, every gradient), against reference.convlstm_*_ref,
-then timed; GFLOP/s from the two convolutions' multiply-adds.
+then timed (on the CPU the direct form, and Winograd's where it applies); GFLOP/s
+from the two convolutions' multiply-adds in the direct form (so Winograd's, which
+does 2.25x fewer, can show more than the machine's peak).
 
 --attention: the CPU kernels of attention's core (cpu/attention.py, numlstm.Seq2Seq's),
 both scores, forward and backward against reference_attention.py, then timed;
@@ -385,7 +387,7 @@ def _pass_table(out, shape_label):
     """Print the head of _check_passes's table (shapes named by shape_label) to out
     (None: stdout) -> out."""
     out = sys.stdout if out is None else out
-    head = f"{'pass':<10} {'dtype':<8} {shape_label:<26} {'error (tol)':<20} " \
+    head = f"{'pass':<18} {'dtype':<8} {shape_label:<26} {'error (tol)':<20} " \
            f"{'ms':>9} {'GFLOP/s':>8}"
     print(head, file=out)
     print("-" * len(head), file=out)
@@ -399,10 +401,11 @@ def _check_passes(checks, calls, dtype, shape, flops, quick, failures, out, repe
     training pass counts 3x)."""
     for name, (gots, wants) in checks.items():
         err = max(_error(g, w) for g, w in zip(gots, wants))
-        tol = RTOL[dtype] * (5 if name == "training" else 1)
-        text = (f"{name:<10} {np.dtype(dtype).name:<8} {','.join(map(str, shape)):<26} "
+        training = name.startswith("training")
+        tol = RTOL[dtype] * (5 if training else 1)
+        text = (f"{name:<18} {np.dtype(dtype).name:<8} {','.join(map(str, shape)):<26} "
                 f"{err:8.1e} ({tol:.0e})  ")
-        _checked_row(text, err > tol, calls[name], flops * (3 if name == "training" else 1),
+        _checked_row(text, err > tol, calls[name], flops * (3 if training else 1),
                      quick, failures, out, repeats)
 
 
@@ -481,22 +484,26 @@ CONVLSTM_QUICK = [(3, 2, 7, 6, 2, 5, 3, "same"), (1, 1, 5, 4, 1, 3, 2, "valid")]
 def run_convlstm(backend, dtypes, shapes, quick, out=None):
     """The ConvLSTM kernels of `backend` (cpu/convlstm.py, cuda/convlstm.py): a row
     per shape, dtype and pass (inference; training: the training forward and the
-    backward), every output and gradient against the reference, then timed.
+    backward), every output and gradient against the reference, then timed; on the
+    CPU, where Winograd's form applies (cpu/winograd.py), a row for each form.
     Returns the mismatches."""
     from .conv import conv_geometry
+    forms = (None,)
     if backend == "cpu":
         from .cpu.convlstm import PackedConvLSTM, convlstm_backward_cpu, convlstm_forward_cpu
+        from .cpu.winograd import applies
 
-        def forward(a, training):
+        def forward(a, training, form=None):
             cell = PackedConvLSTM(a["w_ih"], a["w_hh"], a["b"])
             return convlstm_forward_cpu(a["x"], cell, a["h0"], a["c0"],
-                                        padding=a["padding"], training=training)
+                                        padding=a["padding"], training=training,
+                                        winograd=form == "winograd")
         backward = convlstm_backward_cpu
     else:
         from .cuda.convlstm import convlstm_backward_cuda as backward
         from .cuda.convlstm import convlstm_forward_cuda
 
-        def forward(a, training):
+        def forward(a, training, form=None):
             return convlstm_forward_cuda(a["x"], a["w_ih"], a["w_hh"], a["b"], a["h0"],
                                          a["c0"], padding=a["padding"], training=training)
     out = _pass_table(out, "T,B,R,C,I,F,k,pad")
@@ -516,12 +523,20 @@ def run_convlstm(backend, dtypes, shapes, quick, out=None):
             dy = rng.standard_normal(y.shape).astype(dtype)
             want = reference.convlstm_backward_ref(dy, h, c, cache)
             flops = 2 * T * np.prod(y.shape[1:4]) * k * k * (I + F) * 4 * F
-            got = forward(a, True)
-            grads = backward(dy, h, c, got[3])
-            checks = {"inference": ([_host(v) for v in forward(a, False)[:3]], [y, h, c]),
-                      "training": ([_host(grads[n]) for n in want], list(want.values()))}
-            calls = {"inference": lambda: forward(a, False),
-                     "training": lambda: backward(dy, h, c, forward(a, True)[3])}
+            if backend == "cpu":
+                forms = ("direct",) + (("winograd",) if applies((k, k), (k, k), (1, 1),
+                                                                (1, 1), dtype) else ())
+            checks, calls = {}, {}
+            for form in forms:
+                name = "" if form is None else f"/{form}"
+                grads = backward(dy, h, c, forward(a, True, form)[3])
+                checks["inference" + name] = ([_host(v) for v in forward(a, False, form)[:3]],
+                                              [y, h, c])
+                checks["training" + name] = ([_host(grads[n]) for n in want],
+                                             list(want.values()))
+                calls["inference" + name] = lambda form=form: forward(a, False, form)
+                calls["training" + name] = lambda form=form: backward(
+                    dy, h, c, forward(a, True, form)[3])
             _check_passes(checks, calls, dtype, (T, B, R, C, I, F, k, padding), flops, quick,
                           failures, out, repeats)
     return failures

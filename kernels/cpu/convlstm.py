@@ -34,6 +34,7 @@ from .jit import FAST
 from .microkernel import CB, ROWS
 from .products import in_blocks, matmul_cols, matmul_rows
 from .threads import numba_threads
+from .winograd import TILES, applies, tile_rows, winograd_weights
 
 UNITS = 16          # units of one gate in a column block (CB = 4 * UNITS)
 ROWS_PER_TASK = 96  # pixels of one task: its patches (96 x K) stay in L2 up to K ~ 2000
@@ -84,10 +85,10 @@ def _rows_product_impl(A, W, out, init, per_row, r0, r1, b0, b1):
 
 
 def cols_product(A, W, out, zero, r0, r1, cols):
-    """out[r0:r1, :cols] = A @ W (products.matmul_cols's contract; zero: [1, nblk*CB]
-    of zeros, the init: the
-    transposed products, whose last block is mostly padding: 9 of 64 columns for dx
-    at one input channel, 144 of 192 for dh at 16 filters)."""
+    """out[r0:r1, :cols] = A @ W (products.matmul_cols's contract, from zero: [1,
+    nblk*CB] of zeros), for the transposed products, whose last block is mostly
+    padding: 9 of 64 columns for dx at one input channel, 144 of 192 for dh at 16
+    filters."""
 
 
 @overload(cols_product)
@@ -220,9 +221,61 @@ def scatter_add(dp, geo, p0, p1, dst):
 
 
 # -- forward -----------------------------------------------------------------------------
+@njit(inline="always", **FAST)
+def _step_gates(t, z, r0, p0, p1, h, h_next, h_in, h_in_next, c, y, lengths, h_mask, masked,
+                training, gates, cs, hs, HW):
+    """Step t's gate math for output pixels [p0, p1), whose pre-activations are z's
+    rows r0.. (activated there in place): c, h_next (and h_in_next = h_next *
+    h_mask when masked) and y[t]; when training, gates[t], cs[t] and hs[t] (h_in)."""
+    F = h.shape[1]
+    if training:
+        hs[t, p0:p1] = h_in[p0:p1]
+    for p in range(p0, p1):
+        r = r0 + p - p0
+        zr = z[r]
+        if t >= lengths[p // HW]:  # past the row's length: state held, y = 0
+            for u in range(F):
+                h_next[p, u] = h[p, u]
+                y[t, p // HW, p % HW, u] = 0
+                if masked:
+                    h_in_next[p, u] = h_in[p, u]
+            if training:
+                gates[t, p] = 0
+                cs[t, p] = c[p]
+            continue
+        # A block's 16 units are the lanes of a vector. The loop counts blocks
+        # and indexes the 2-D arrays, and y is written after it: with row views
+        # (y's of any strides among them), a stepped range over the units or a
+        # branch inside, LLVM left it scalar (B=4, F=16: 58 ms of gate math
+        # for T=10 on one thread, against 6 ms).
+        for blk in range(-(-F // UNITS)):
+            col, j0 = blk * CB, blk * UNITS
+            for u in range(min(UNITS, F - j0)):
+                k, j = col + u, j0 + u
+                i = sigmoid(z[r, k])
+                f = sigmoid(z[r, k + UNITS])
+                g = tanh(z[r, k + 2 * UNITS])
+                o = sigmoid(z[r, k + 3 * UNITS])
+                cn = f * c[p, j] + i * g
+                hn = o * tanh(cn)
+                c[p, j] = cn
+                h_next[p, j] = hn
+                z[r, k], z[r, k + UNITS], z[r, k + 2 * UNITS], z[r, k + 3 * UNITS] = (
+                    i, f, g, o)
+        yp = y[t, p // HW, p % HW]
+        for u in range(F):
+            yp[u] = h_next[p, u]
+        if training:
+            gates[t, p] = zr
+            cs[t, p] = c[p]
+        if masked:
+            for u in range(F):
+                h_in_next[p, u] = h_next[p, u] * h_mask[p, u]
+
+
 @njit(parallel=True, **FAST)
 def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, training,
-                 y, h_n, c_n, gates, cs, hs):
+                 y, h_n, c_n, gates, cs, hs, V, U, M, D):
     """x [T,B*R*C,I]; W [Gp/CB, K, CB] (the two convolutions' weights stacked, in
     blocks); bias [1,Gp]; gx, gh the two convolutions; h0, c0, h_mask [N,F]; lengths
     [B]; masked: h * h_mask enters the recurrent convolution; A [P,rows,K], Z
@@ -230,7 +283,11 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
     Writes y [T,B,HW,F] (any strides: a batch-first array's transpose), h_n, c_n
     [N,F] and, when training, gates [T,N,Gp] (activated),
     cs [T,N,F] (c after each step) and hs [T,N,F] (the h that entered step t's
-    recurrent convolution: h_{t-1}, times h_mask when masked)."""
+    recurrent convolution: h_{t-1}, times h_mask when masked).
+    V: winograd.py's weights [16, Gp/CB, I+F, CB], or an empty array: then the
+    step's convolutions run in Winograd's form (winograd.tile_rows; its scratch U,
+    M, D and Z of at least 2 * winograd.TILES rows) instead of the gathers and one
+    product."""
     T = x.shape[0]
     N, F = h0.shape
     Kx = gx[0] * gx[1] * gx[12]
@@ -240,59 +297,35 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
     h_in = h * h_mask if masked else h
     h_in_next = np.empty_like(h0) if masked else h_next
     c = c0.copy()
-    tasks = -(-N // rows)
+    wino = V.shape[0] > 0
+    zero = np.zeros((1, CB), x.dtype)
+    B, Ro, Co = N // HW, gx[10], gx[11]
+    chunks = -(-Co // (2 * TILES))  # Winograd: a task is 2 rows of up to 2*TILES pixels
+    tasks = B * (-(-Ro // 2)) * chunks if wino else -(-N // rows)
     for t in range(T):
         for task in prange(tasks):
             tid = numba.get_thread_id()
+            z = Z[tid]
+            if wino:
+                b, rest = divmod(np.int64(task), (-(-Ro // 2)) * chunks)
+                ty, k = divmod(rest, chunks)
+                x0, x1 = k * 2 * TILES, min((k + 1) * 2 * TILES, Co)
+                tile_rows(x[t], h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U[tid], M[tid],
+                          D[tid], z)
+                for dy in range(min(2, Ro - 2 * ty)):
+                    p0 = b * HW + (2 * ty + dy) * Co + x0
+                    _step_gates(t, z, dy * 2 * TILES, p0, p0 + x1 - x0, h, h_next, h_in,
+                                h_in_next, c, y, lengths, h_mask, masked, training, gates,
+                                cs, hs, HW)
+                continue
             p0 = np.int64(task) * rows
             p1 = min(p0 + rows, N)
-            a, z = A[tid], Z[tid]
+            a = A[tid]
             gather(x[t], gx, p0, p1, a, 0)
             gather(h_in, gh, p0, p1, a, Kx)
             rows_product(a, W, z, bias, False, 0, p1 - p0, 0, nblk)
-            if training:
-                hs[t, p0:p1] = h_in[p0:p1]
-            for p in range(p0, p1):
-                zr = z[p - p0]
-                if t >= lengths[p // HW]:  # past the row's length: state held, y = 0
-                    for u in range(F):
-                        h_next[p, u] = h[p, u]
-                        y[t, p // HW, p % HW, u] = 0
-                        if masked:
-                            h_in_next[p, u] = h_in[p, u]
-                    if training:
-                        gates[t, p] = 0
-                        cs[t, p] = c[p]
-                    continue
-                r = p - p0
-                # A block's 16 units are the lanes of a vector. The loop counts blocks
-                # and indexes the 2-D arrays, and y is written after it: with row views
-                # (y's of any strides among them), a stepped range over the units or a
-                # branch inside, LLVM left it scalar (B=4, F=16: 58 ms of gate math
-                # for T=10 on one thread, against 6 ms).
-                for blk in range(-(-F // UNITS)):
-                    col, j0 = blk * CB, blk * UNITS
-                    for u in range(min(UNITS, F - j0)):
-                        k, j = col + u, j0 + u
-                        i = sigmoid(z[r, k])
-                        f = sigmoid(z[r, k + UNITS])
-                        g = tanh(z[r, k + 2 * UNITS])
-                        o = sigmoid(z[r, k + 3 * UNITS])
-                        cn = f * c[p, j] + i * g
-                        hn = o * tanh(cn)
-                        c[p, j] = cn
-                        h_next[p, j] = hn
-                        z[r, k], z[r, k + UNITS], z[r, k + 2 * UNITS], z[r, k + 3 * UNITS] = (
-                            i, f, g, o)
-                yp = y[t, p // HW, p % HW]
-                for u in range(F):
-                    yp[u] = h_next[p, u]
-                if training:
-                    gates[t, p] = zr
-                    cs[t, p] = c[p]
-                if masked:
-                    for u in range(F):
-                        h_in_next[p, u] = h_next[p, u] * h_mask[p, u]
+            _step_gates(t, z, 0, p0, p1, h, h_next, h_in, h_in_next, c, y, lengths, h_mask,
+                        masked, training, gates, cs, hs, HW)
         h, h_next = h_next, h
         if masked:
             h_in, h_in_next = h_in_next, h_in
@@ -438,7 +471,9 @@ class PackedConvLSTM:
     """The kernels' weights, made once per change of the layer's parameters:
     W [Gp/CB, Kx+Kh, CB] (both convolutions' weights in gate columns), bias [1,Gp],
     W_x [ceil(Kx/CB), Gp, CB] and W_hT [ceil(Kh/CB), Gp, CB] (dx's and dh's
-    products: the weights transposed). w_ih [4F,I,kh,kw], w_hh [4F,F,kh,kw], b [4F]."""
+    products: the weights transposed), and with 3x3 kernels in float32 V [16, Gp/CB,
+    I+F, CB] (winograd.winograd_weights; else an empty array). w_ih [4F,I,kh,kw],
+    w_hh [4F,F,kh,kw], b [4F]."""
 
     def __init__(self, w_ih, w_hh, b):
         dtype = w_ih.dtype
@@ -453,6 +488,10 @@ class PackedConvLSTM:
         self.bias = np.zeros((1, Gp), dtype)
         self.bias[0, cols] = b
         self.W_x, self.W_hT = (in_blocks(self._gate_rows(m.T, cols, Gp)) for m in (m_ih, m_hh))
+        I = w_ih.shape[1]
+        self.V = (winograd_weights(stacked, I, F)
+                  if applies(self.kernel, self.rec_kernel, (1, 1), (1, 1), dtype)
+                  else np.zeros((0, 0, 0, 0), dtype))
 
     @staticmethod
     def _gate_rows(m, cols, Gp):
@@ -463,11 +502,15 @@ class PackedConvLSTM:
 
 
 def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(1, 1),
-                         padding="valid", dilation=(1, 1), training=False, batch_first_y=False):
+                         padding="valid", dilation=(1, 1), training=False, batch_first_y=False,
+                         winograd=None):
     """x [T,B,R,C,I] -> y [T,B,Ro,Co,F], h_n, c_n [B,Ro,Co,F], and (training) the
     cache convlstm_backward_cpu reads, else None. h0, c0 [B,Ro,Co,F]; lengths [B] or
     None; h_mask [B,Ro,Co,F] or None (recurrent dropout); batch_first_y: y comes
-    as [B,T,Ro,Co,F] instead, written so by the loop (a model's layout, no copy)."""
+    as [B,T,Ro,Co,F] instead, written so by the loop (a model's layout, no copy).
+    winograd: whether the step's convolutions run in Winograd's form
+    (kernels/cpu/winograd.py); None: wherever it applies (float32, 3x3 kernels,
+    stride 1, no dilation), where it is 1.6-2.2x faster (T=10, B=4, 64x64)."""
     T, B = x.shape[:2]
     F = packed.F
     gx, gh = convlstm_convs(packed.kernel, packed.rec_kernel, F, x.shape, strides, padding,
@@ -489,9 +532,20 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     saved = (T, N) if training else (1, 1)
     gates, cs, hs = (np.empty(saved + (Gp,), dtype), np.empty(saved + (F,), dtype),
                      np.empty(saved + (F,), dtype))
+    can = packed.V.shape[0] > 0 and applies(packed.kernel, packed.rec_kernel, strides,
+                                            dilation, dtype)
+    if winograd and not can:
+        raise ValueError("winograd=True needs float32, 3x3 kernels, stride 1 and no "
+                         "dilation")
+    V = packed.V if can and winograd is not False else packed.V[:0]
+    I, chunk = x.shape[4], 2 * TILES
+    U, M, D = ((np.empty((P, TILES, 16, I + F), dtype), np.empty((P, TILES, 16, CB), dtype),
+                np.empty((P, 2, 16, max(I, F)), dtype)) if V.shape[0] else
+               (np.empty((1, 1, 1, 1), dtype),) * 2 + (np.empty((1, 1, 1, 1), dtype),))
     forward_loop(xs, packed.W, packed.bias, gx, gh, state(h0), c0, lengths, mask,
-                 masked, np.empty((P, rows, K), dtype), np.empty((P, rows, Gp), dtype),
-                 training, y, h_n, c_n, gates, cs, hs)
+                 masked, np.empty((P, rows, K), dtype),
+                 np.empty((P, max(rows, 2 * chunk), Gp), dtype),
+                 training, y, h_n, c_n, gates, cs, hs, V, U, M, D)
     grid = (B, Ro, Co, F)
     cache = dict(x=xs, x_shape=x.shape, packed=packed, convs=(gx, gh),
                  lengths=lengths, mask=mask, masked=masked, c0=c0, gates=gates,

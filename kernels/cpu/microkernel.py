@@ -329,7 +329,6 @@ def tile_cols(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1, cols):
     a, a_row, a_k, w, w_k, i, i_row, o, o_row = _tile_addresses(A, W, out, blk, r_begin,
                                                                 init, per_row, k0)
     n, nk = r_end - r_begin, k1 - k0
-    full = n // ROWS * ROWS
     vectors = cols // LANES
     for r0 in range(0, n, ROWS):
         rows = min(ROWS, n - r0)

@@ -1,6 +1,7 @@
 """The CPU ConvLSTM kernels (convlstm_forward_cpu, convlstm_backward_cpu) against the
-NumPy reference in float32 (the register tile) and float64 (the plain loop): every
-output and gradient, at tiny uneven shapes with T=1, B=1, one-row frames, strides,
+NumPy reference in float32 (the register tile: the direct form, and Winograd's where
+it applies) and float64 (the plain loop): every output and gradient, at tiny uneven
+shapes with T=1, B=1, one-row frames, frames wider than a Winograd task, strides,
 dilation, even kernels, both paddings, lengths, recurrent dropout and filter counts
 on both sides of the 16-unit padding; then the training forward against inference,
 and repeated calls (several tasks a step) against each other."""
@@ -9,6 +10,8 @@ import pytest
 
 from numlstm.kernels.cpu.convlstm import (PackedConvLSTM, convlstm_backward_cpu,
                                           convlstm_forward_cpu)
+from numlstm.kernels.cpu.microkernel import CB
+from numlstm.kernels.cpu.winograd import TILES
 from numlstm.kernels.reference import convlstm_backward_ref, convlstm_forward_ref
 from helpers import assert_close, convlstm_case
 
@@ -33,13 +36,21 @@ CASES = {  # (T, B, R, C, I, F, kernel, strides, dilation, padding, lengths, mas
     "several-tasks": (3, 3, 8, 8, 2, 5, (3, 3), (1, 1), (1, 1), "same", [3, 1, 2], True),
     "ragged-last-task": (2, 2, 8, 7, 1, 3, (2, 3), (1, 1), (1, 1), "same", None, False),
     "1x1-kernel": (3, 2, 4, 3, 4, 6, (1, 1), (1, 1), (1, 1), "valid", [3, 2], True),
+    "wide-odd-frame": (2, 2, 3, 2 * TILES + 7, 2, 3, (3, 3), (1, 1), (1, 1), "same", [2, 1],
+                       True),  # (Winograd: two tasks across a row, odd rows and columns)
+    "wide-valid": (2, 1, 4, 2 * TILES + 4, 1, 17, (3, 3), (1, 1), (1, 1), "valid", None,
+                   False),
 }
+# (dtype, winograd): float32 in both forms (None: Winograd's wherever it applies)
+FORMS = {"float32": (np.float32, None), "float32-direct": (np.float32, False),
+         "float64": (np.float64, None)}
 
 
-def _run_both(args, dtype):
+def _run_both(args, dtype, winograd=None):
     """The reference (in float64, on the inputs rounded to dtype) and the kernels (in
-    dtype, training and inference): (want, got, inference), want and got dicts with
-    y, h_n, c_n and every gradient for the same random output gradients."""
+    dtype, training and inference; winograd: convlstm_forward_cpu's): (want, got,
+    inference), want and got dicts with y, h_n, c_n and every gradient for the same
+    random output gradients."""
     args = {k: (v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
             for k, v in args.items()}
     wide = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f"
@@ -51,7 +62,7 @@ def _run_both(args, dtype):
 
     packed = PackedConvLSTM(args["w_ih"], args["w_hh"], args["b"])
     opts = dict(lengths=args["lengths"], h_mask=args["h_mask"], strides=args["strides"],
-                padding=args["padding"], dilation=args["dilation"])
+                padding=args["padding"], dilation=args["dilation"], winograd=winograd)
     yk, hk, ck, cache_k = convlstm_forward_cpu(args["x"], packed, args["h0"], args["c0"],
                                                training=True, **opts)
     yi, hi, ci, none = convlstm_forward_cpu(args["x"], packed, args["h0"], args["c0"],
@@ -63,8 +74,8 @@ def _run_both(args, dtype):
     return want, got, dict(y=yi, h_n=hi, c_n=ci)
 
 
-def _compare(args, dtype):
-    want, got, inference = _run_both(args, dtype)
+def _compare(args, dtype, winograd=None):
+    want, got, inference = _run_both(args, dtype, winograd)
     rtol = RTOL[dtype]
     assert sorted(got) == sorted(want)
     for k in want:
@@ -75,13 +86,13 @@ def _compare(args, dtype):
     return want, got
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("form", FORMS.values(), ids=FORMS.keys())
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_cpu_convlstm_matches_reference(rng, case, dtype):
+def test_cpu_convlstm_matches_reference(rng, case, form):
     T, B, R, C, I, F, kernel, strides, dilation, padding, lengths, masked = case
     args = convlstm_case(rng, T, B, R, C, I, F, kernel, strides, dilation, padding,
                          lengths=lengths, masked=masked)
-    want, _ = _compare(args, dtype)
+    want, _ = _compare(args, *form)
     if lengths is not None:  # the case does exercise a short sequence
         short = int(np.argmin(lengths))
         assert want["y"][lengths[short] - 1, short].any()
@@ -138,3 +149,35 @@ def test_training_forward_equals_inference_and_calls_repeat_exactly(rng, dtype):
     again = run(False)[:3]
     for name, a, b in zip(("y", "h_n", "c_n"), again, inference):
         np.testing.assert_array_equal(a, b, err_msg=f"{name}: repeated inference")
+
+
+def test_winograd_form_runs_where_it_applies_and_is_refused_elsewhere(rng):
+    """float32, 3x3 kernels, stride 1, no dilation: the weights packed in Winograd's
+    form, which None (the default) then runs; winograd=True elsewhere is a
+    ValueError, and float64 packs no such weights."""
+    args = convlstm_case(rng, 2, 2, 5, 6, 2, 3, (3, 3), padding="same", dtype=np.float32)
+    packed = PackedConvLSTM(args["w_ih"], args["w_hh"], args["b"])
+    assert packed.V.shape == (16, 1, 2 + 3, CB)
+    run = lambda **kw: convlstm_forward_cpu(args["x"], packed, args["h0"],  # noqa: E731
+                                            args["c0"], padding="same", **kw)[0]
+    auto, winograd, direct = run(), run(winograd=True), run(winograd=False)
+    np.testing.assert_array_equal(auto, winograd)
+    assert (winograd != direct).any()  # two forms, two roundings: the default is Winograd's
+    assert_close(winograd, direct, 1e-5, "winograd vs direct")
+    for strides, dilation in (((1, 2), (1, 1)), ((1, 1), (2, 1))):
+        other = convlstm_case(rng, 2, 2, 5, 6, 2, 3, (3, 3), strides, dilation, "same",
+                              np.float32)
+        cell = PackedConvLSTM(other["w_ih"], other["w_hh"], other["b"])
+        call = lambda **kw: convlstm_forward_cpu(  # noqa: E731
+            other["x"], cell, other["h0"], other["c0"], padding="same", strides=strides,
+            dilation=dilation, **kw)[0]
+        with pytest.raises(ValueError, match="winograd=True needs"):
+            call(winograd=True)
+        np.testing.assert_array_equal(call(), call(winograd=False))
+    wide = {k: v.astype(np.float64) for k, v in args.items()
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f"}
+    packed64 = PackedConvLSTM(wide["w_ih"], wide["w_hh"], wide["b"])
+    assert packed64.V.shape[0] == 0
+    with pytest.raises(ValueError, match="winograd=True needs"):
+        convlstm_forward_cpu(wide["x"], packed64, wide["h0"], wide["c0"], padding="same",
+                             winograd=True)

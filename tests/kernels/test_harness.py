@@ -94,18 +94,22 @@ def test_quick_quantized_run_checks_every_variant(capsys):
 
 @pytest.mark.parametrize("backend", ["cpu", "cuda"])
 def test_quick_convlstm_run_checks_both_passes(capsys, backend):
-    """--convlstm --quick: a row per shape, dtype and pass, each error under its
-    tolerance with a time (the CUDA kernels in the simulator, float32 only: the
-    simulator takes half a minute a dtype, and tests/kernels/test_cuda_convlstm.py
-    checks both dtypes there); exit 0."""
+    """--convlstm --quick: a row per shape, dtype and pass (on the CPU per form too:
+    the direct one, and Winograd's in float32 with the 3x3 kernel of the first
+    shape), each error under its tolerance with a time (the CUDA kernels in the
+    simulator, float32 only: the simulator takes half a minute a dtype, and
+    tests/kernels/test_cuda_convlstm.py checks both dtypes there); exit 0."""
     if backend == "cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         pytest.skip("the CUDA simulator is off (a GPU machine runs the full check)")
     dtypes = ("float32",) if backend == "cuda" else ("float32", "float64")
     assert harness.main(["--convlstm", "--backend", backend, "--quick", "--dtype", *dtypes]) == 0
     rows = [l.split() for l in capsys.readouterr().out.splitlines()[2:] if l.strip()]
-    assert {(r[0], r[1]) for r in rows} == {(p, d) for p in ("inference", "training")
-                                            for d in dtypes}
-    assert len(rows) == 2 * len(dtypes) * len(harness.CONVLSTM_QUICK)
+    want = [(p, d) for p in ("inference", "training") for d in dtypes]
+    if backend == "cpu":
+        want = [(f"{p}/direct", d) for p, d in want] + [("inference/winograd", "float32"),
+                                                       ("training/winograd", "float32")]
+    assert sorted({(r[0], r[1]) for r in rows}) == sorted(want)
+    assert len(rows) == 2 * len(dtypes) * len(harness.CONVLSTM_QUICK) + (backend == "cpu") * 2
     for r in rows:
         assert float(r[3]) <= float(r[4].strip("()")) and float(r[5]) > 0
 
