@@ -34,7 +34,8 @@ from .jit import FAST
 from .microkernel import CB, ROWS
 from .products import in_blocks, matmul_cols, matmul_rows
 from .threads import numba_threads
-from .winograd import TILES, applies, tile_rows, winograd_weights
+from .winograd import (TILES, applies, tile_rows, tile_rows_transposed, transposed_weights,
+                       winograd_weights)
 
 UNITS = 16          # units of one gate in a column block (CB = 4 * UNITS)
 ROWS_PER_TASK = 96  # pixels of one task: its patches (96 x K) stay in L2 up to K ~ 2000
@@ -338,7 +339,7 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
 # -- backward ----------------------------------------------------------------------------
 @njit(parallel=True, **FAST)
 def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_hT, gh, Z,
-                  dz, dh0, dc0):
+                  dz, dh0, dc0, Vt, U, M, D):
     """The time loop of the backward: dy [T,N,F], dh_n, dc_n [N,F]; gates, cs as the
     training forward saved them; W_hT [ceil(Kh/CB), Gp, CB], the recurrent weights
     transposed; gh the recurrent convolution; Z [P,rows,ceil(Kh/CB)*CB] the threads'
@@ -351,13 +352,23 @@ def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_hT, 
     rounds, the even ones and then the odd ones, each band at least kh - 1 rows
     tall: no two tasks of a round add to the same pixel. (A gather of dz with the
     flipped kernel would need no rounds, but its product has F columns padded to
-    CB, four times the work at F = 16.)"""
+    CB, four times the work at F = 16.)
+
+    Vt: winograd.transposed_weights, or an empty array: then dh of the step before
+    is that gather in Winograd's form instead (winograd.tile_rows_transposed: 2.25x
+    fewer multiply-adds, and each task writes only its own pixels, so no rounds);
+    U, M, D and Z (of at least 4 * winograd.TILES rows) its scratch."""
     T, N, F = dy.shape
     Ro, Co = gh[10], gh[11]
     HW, B = Ro * Co, N // (Ro * Co)
     nblk, rows = W_hT.shape[0], Z.shape[1]
     Kh = gh[0] * gh[1] * gh[12]  # (dh's product: only these of its nblk * CB columns)
-    zero = np.zeros((1, nblk * CB), dy.dtype)
+    zero = np.zeros((1, max(nblk, Vt.shape[1]) * CB), dy.dtype)
+    wino = Vt.shape[0] > 0
+    gz = gh.copy()
+    gz[12] = dz.shape[2]  # (Winograd: the transpose reads dz's Gp channels)
+    chunks = -(-Co // (2 * TILES))
+    wtasks = B * (-(-Ro // 2)) * chunks
     band = max(gh[0] - 1, -(-rows // Co), 1)  # rows of a band
     bands = -(-Ro // band)
     dh, dc = dh_n.copy(), dc_n.copy()
@@ -382,8 +393,25 @@ def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_hT, 
                     dz[t, p, k + 3 * UNITS] = d_h * tc * dsigmoid(o)
                     dc[p, u] = d_c * f
                     dh[p, u] = 0
-        for parity in range(2):  # dh of the step before: dz through W_h^T, added back
-            for task in prange(B * ((bands - parity + 1) // 2)):
+        if wino:  # dh of the step before: each task its own pixels
+            for task in prange(wtasks):
+                tid = numba.get_thread_id()
+                b, rest = divmod(np.int64(task), (-(-Ro // 2)) * chunks)
+                if t >= lengths[b]:
+                    continue
+                ty, k = divmod(rest, chunks)
+                x0, x1 = k * 2 * TILES, min((k + 1) * 2 * TILES, Co)
+                z = Z[tid]
+                tile_rows_transposed(dz[t], gz, Vt, zero, F, b, ty, x0, x1, U[tid], M[tid],
+                                     D[tid], z)
+                for dy_ in range(min(2, Ro - 2 * ty)):
+                    p0 = b * HW + (2 * ty + dy_) * Co + x0
+                    for p in range(p0, p0 + x1 - x0):
+                        r = dy_ * 2 * TILES + p - p0
+                        for u in range(F):
+                            dh[p, u] = z[r, u]
+        for parity in range(0 if wino else 2):  # dh of the step before: dz through
+            for task in prange(B * ((bands - parity + 1) // 2)):  # W_h^T, added back
                 tid = numba.get_thread_id()
                 b, k = divmod(np.int64(task), (bands - parity + 1) // 2)
                 if t >= lengths[b]:
@@ -472,7 +500,8 @@ class PackedConvLSTM:
     W [Gp/CB, Kx+Kh, CB] (both convolutions' weights in gate columns), bias [1,Gp],
     W_x [ceil(Kx/CB), Gp, CB] and W_hT [ceil(Kh/CB), Gp, CB] (dx's and dh's
     products: the weights transposed), and with 3x3 kernels in float32 V [16, Gp/CB,
-    I+F, CB] (winograd.winograd_weights; else an empty array). w_ih [4F,I,kh,kw],
+    I+F, CB] (winograd.winograd_weights; else an empty array), and with a 3x3
+    recurrent kernel in float32 Vt (winograd.transposed_weights). w_ih [4F,I,kh,kw],
     w_hh [4F,F,kh,kw], b [4F]."""
 
     def __init__(self, w_ih, w_hh, b):
@@ -492,6 +521,9 @@ class PackedConvLSTM:
         self.V = (winograd_weights(stacked, I, F)
                   if applies(self.kernel, self.rec_kernel, (1, 1), (1, 1), dtype)
                   else np.zeros((0, 0, 0, 0), dtype))
+        self.Vt = (transposed_weights(stacked, I, F)  # (the backward's dh)
+                   if applies((3, 3), self.rec_kernel, (1, 1), (1, 1), dtype)
+                   else np.zeros((0, 0, 0, 0), dtype))
 
     @staticmethod
     def _gate_rows(m, cols, Gp):
@@ -510,7 +542,9 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     as [B,T,Ro,Co,F] instead, written so by the loop (a model's layout, no copy).
     winograd: whether the step's convolutions run in Winograd's form
     (kernels/cpu/winograd.py); None: wherever it applies (float32, 3x3 kernels,
-    stride 1, no dilation), where it is 1.6-2.2x faster (T=10, B=4, 64x64)."""
+    stride 1, no dilation), where it is 1.3-1.9x faster (T=10, B=4, 64x64). False
+    also keeps the backward's dh (the recurrent convolution's transpose, which
+    takes that form with a 3x3 recurrent kernel in float32) in the direct form."""
     T, B = x.shape[:2]
     F = packed.F
     gx, gh = convlstm_convs(packed.kernel, packed.rec_kernel, F, x.shape, strides, padding,
@@ -549,7 +583,7 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     grid = (B, Ro, Co, F)
     cache = dict(x=xs, x_shape=x.shape, packed=packed, convs=(gx, gh),
                  lengths=lengths, mask=mask, masked=masked, c0=c0, gates=gates,
-                 cs=cs, hs=hs, grid=grid) if training else None
+                 cs=cs, hs=hs, grid=grid, winograd=winograd is not False) if training else None
     y_shape = (B, T) + grid[1:] if batch_first_y else (T,) + grid
     return y_user.reshape(y_shape), h_n.reshape(grid), c_n.reshape(grid), cache
 
@@ -566,9 +600,17 @@ def convlstm_backward_cpu(dy, dh_n, dc_n, cache):
     flat = lambda a: np.ascontiguousarray(a, dtype).reshape(-1, N, F)  # noqa: E731
     dz = np.zeros((T, N, Gp), dtype)  # (the padded units' columns stay zero)
     dh0, dc0 = np.empty((N, F), dtype), np.empty((N, F), dtype)
+    Vt = packed.Vt if cache["winograd"] else packed.Vt[:0]
+    if Vt.shape[0]:
+        U, M, D = (np.empty((P, TILES, 16, Gp), dtype), np.empty((P, TILES, 16, CB), dtype),
+                   np.empty((P, 2, 16, Gp), dtype))
+        Z = np.empty((P, 4 * TILES, Vt.shape[1] * CB), dtype)
+    else:
+        U = M = D = np.empty((1, 1, 1, 1), dtype)
+        Z = np.empty((P, rows, packed.W_hT.shape[0] * CB), dtype)
     backward_loop(flat(dy), flat(dh_n)[0], flat(dc_n)[0], gates, cache["cs"], cache["c0"],
-                  cache["lengths"], cache["mask"], cache["masked"], packed.W_hT, gh,
-                  np.empty((P, rows, packed.W_hT.shape[0] * CB), dtype), dz, dh0, dc0)
+                  cache["lengths"], cache["mask"], cache["masked"], packed.W_hT, gh, Z, dz,
+                  dh0, dc0, Vt, U, M, D)
     K = packed.W.shape[1]
     dW = np.empty((P, K, Gp), dtype)
     wrows = min(GRAD_ROWS, N)

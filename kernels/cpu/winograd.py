@@ -25,10 +25,10 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from .jit import FAST
-from .microkernel import CB, LANES, address
-from .products import matmul_rows
+from .microkernel import CB, LANES, address, tile_cols
 
 TILES = 32  # tiles of a task (2 x 64 output pixels)
+KW = 64     # rows of V a product's chunk (16 KiB of a column block)
 
 # Lavin and Gray's F(2, 3): y = A^T [(G g) * (B^T d)]; a 2-D tile applies each on both axes.
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
@@ -124,10 +124,28 @@ def winograd_weights(stacked, I, F):
     G g G^T for each channel and gate column, in column blocks, float32 (made in
     float64)."""
     Gp = stacked.shape[1]
-    g = np.concatenate([stacked[:9 * I].reshape(3, 3, I, Gp),
-                        stacked[9 * I:].reshape(3, 3, F, Gp)], axis=2).astype(np.float64)
-    V = np.einsum("ak,bl,klcg->abcg", G, G, g).reshape(16, I + F, Gp // CB, CB)
-    return np.ascontiguousarray(V.transpose(0, 2, 1, 3), np.float32)
+    return transformed(np.concatenate([stacked[:9 * I].reshape(3, 3, I, Gp),
+                                       stacked[9 * I:].reshape(3, 3, F, Gp)], axis=2))
+
+
+def transposed_weights(stacked, I, F):
+    """The recurrent convolution's transpose, which takes dz [N, Gp] to dh [N, F]: a
+    "same" 3x3 correlation of dz with the kernel flipped, g'[ky, kx, col, f] =
+    g[2 - ky, 2 - kx, f, col] -> V [16, ceil(F/CB), Gp, CB] (transformed)."""
+    Gp = stacked.shape[1]
+    g = stacked[9 * I:].reshape(3, 3, F, Gp)[::-1, ::-1].transpose(0, 1, 3, 2)
+    return transformed(g)
+
+
+def transformed(g):
+    """g [3, 3, K, N] (a kernel from K channels to N columns) -> G g G^T for each
+    channel and column, [16, ceil(N/CB), K, CB] in column blocks (zeros past N),
+    float32 (made in float64)."""
+    K, N = g.shape[2:]
+    nblk = -(-N // CB)
+    V = np.zeros((4, 4, K, nblk * CB))
+    V[:, :, :, :N] = np.einsum("ak,bl,klcg->abcg", G, G, g.astype(np.float64))
+    return np.ascontiguousarray(V.reshape(16, K, nblk, CB).transpose(0, 2, 1, 3), np.float32)
 
 
 @njit(**FAST)
@@ -174,16 +192,39 @@ def tile_inputs(src, geo, b, ty, tx0, ntiles, U, col0, D):
 
 
 @njit(**FAST)
-def tile_outputs(M, bias, blk, ntiles, z):
+def tile_outputs(M, bias, blk, ntiles, cols, z):
     """z[dy * 2*TILES + 2j + dx, blk*CB + col] = (A^T M A)[dy, dx] + bias for tile j's
-    column col of block blk. M [>= ntiles, 16, CB]. All four pixels of every tile are
-    written, those past the frame's edge too (z has the rows; nothing reads them)."""
+    column col < cols (rounded up to a vector) of block blk. M [>= ntiles, 16, CB].
+    All four pixels of every tile are written, those past the frame's edge too (z
+    has the rows; nothing reads them)."""
     m_tile, m_xi, z_row = M.strides[0] // 4, M.strides[1] // 4, z.strides[0] // 4
     m, zz, bb = address(M), address(z) + 4 * blk * CB, address(bias) + 4 * blk * CB
     for j in range(ntiles):
-        for col in range(0, CB, LANES):
+        for col in range(0, cols, LANES):
             _output_vector(m + 4 * (j * m_tile + col), m_xi, zz + 4 * (2 * j * z_row + col), z_row,
                            2 * TILES * z_row, bb + 4 * col)
+
+
+@njit(**FAST)
+def _products_and_outputs(U, V, bias, zero, ntiles, cols, M, z):
+    """z's rows of the tiles (tile_outputs) from U [TILES, 16, K] and V [16, nblk, K,
+    CB]: the 16 products of each column block, then its output transform; columns
+    up to cols. The products walk K in chunks of about KW rows, so that a chunk of
+    V[xi]'s block stays in L1 across the row tiles (the backward's dh has K = Gp:
+    a 64 KiB block at 64 filters, streamed from L2 by each of a task's 6 row tiles)."""
+    K = U.shape[2]
+    chunks = -(-K // KW)
+    for blk in range(V.shape[1]):
+        n = -(-min(cols - blk * CB, CB) // LANES) * LANES
+        for xi in range(16):
+            A, W, out = U[:, xi], V[xi, blk:blk + 1], M[:, xi]
+            for q in range(chunks):
+                k0, k1 = q * K // chunks, (q + 1) * K // chunks
+                if q == 0:
+                    tile_cols(A, W, out, 0, 0, ntiles, zero, False, k0, k1, n)
+                else:  # later chunks add to what the earlier left in out
+                    tile_cols(A, W, out, 0, 0, ntiles, out, True, k0, k1, n)
+        tile_outputs(M, bias, blk, ntiles, n, z)
 
 
 @njit(**FAST)
@@ -194,10 +235,17 @@ def tile_rows(x_t, h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U, M, D, z):
     h_in [N, F]; gx, gh the convolutions; V [16, nblk, I+F, CB]; zero [1, CB] zeros;
     U [TILES, 16, I+F], M [TILES, 16, CB], D [2, 16, max(I, F)] scratch."""
     ntiles = (x1 - x0 + 1) // 2
-    I = gx[12]
     tile_inputs(x_t, gx, b, ty, x0 // 2, ntiles, U, 0, D)
-    tile_inputs(h_in, gh, b, ty, x0 // 2, ntiles, U, I, D)
-    for blk in range(V.shape[1]):
-        for xi in range(16):
-            matmul_rows(U[:, xi], V[xi, blk:blk + 1], M[:, xi], zero, False, 0, ntiles, 0, 1)
-        tile_outputs(M, bias, blk, ntiles, z)
+    tile_inputs(h_in, gh, b, ty, x0 // 2, ntiles, U, gx[12], D)
+    _products_and_outputs(U, V, bias, zero, ntiles, V.shape[1] * CB, M, z)
+
+
+@njit(**FAST)
+def tile_rows_transposed(dz, gz, Vt, zero, cols, b, ty, x0, x1, U, M, D, z):
+    """tile_rows for the recurrent convolution's transpose: z[dy * 2*TILES + x - x0,
+    :cols] = dh of those pixels from dz [N, Gp] (gz: the recurrent convolution with
+    Gp channels; Vt: transposed_weights; zero [1, >= Vt's columns] zeros, also the
+    bias; D [2, 16, >= Gp])."""
+    ntiles = (x1 - x0 + 1) // 2
+    tile_inputs(dz, gz, b, ty, x0 // 2, ntiles, U, 0, D)
+    _products_and_outputs(U, Vt, zero, zero, ntiles, cols, M, z)

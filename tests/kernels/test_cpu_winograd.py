@@ -56,7 +56,7 @@ def test_output_transform_and_bias(rng):
     M = rng.standard_normal((TILES, 16, CB)).astype(np.float32)
     bias = rng.standard_normal((1, nblk * CB)).astype(np.float32)
     z = np.full((4 * TILES, nblk * CB), np.nan, np.float32)
-    winograd.tile_outputs(M, bias, blk, ntiles, z)
+    winograd.tile_outputs(M, bias, blk, ntiles, CB, z)
     cols = slice(blk * CB, (blk + 1) * CB)
     for j in range(ntiles):
         for col in range(CB):
