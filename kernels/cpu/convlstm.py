@@ -11,7 +11,10 @@ per step costs nothing measurable. The backward runs the same way: per step the
 gate gradients, then the recurrent convolution's transpose (dz @ W_h^T added back
 into dh, in bands of rows that no two tasks of a round share); after the loop the
 weight gradients (patches^T @ dz, summed per thread, then across threads) and dx
-(dz @ W_x^T added back into each frame, one task a frame).
+(dz @ W_x^T added back into each frame, one task a frame). With 3x3 kernels,
+stride 1 and no dilation in float32, the forward's convolutions, dh's and the
+weight gradients run in Winograd's form instead (winograd.py: 2.25x fewer
+multiply-adds).
 
 Dimensions: T steps, B batch; R, C the input grid, I its channels; Ro, Co the
 state's grid, F filters; N = B*Ro*Co pixels of a step. Kx = kh*kw*I and
@@ -34,8 +37,8 @@ from .jit import FAST
 from .microkernel import CB, ROWS
 from .products import in_blocks, matmul_cols, matmul_rows
 from .threads import numba_threads
-from .winograd import (TILES, applies, tile_rows, tile_rows_transposed, transposed_weights,
-                       winograd_weights)
+from .winograd import (TILES, applies, gradient_weights, tile_gradients, tile_inputs, tile_rows,
+                       tile_rows_transposed, transposed_weights, winograd_weights)
 
 UNITS = 16          # units of one gate in a column block (CB = 4 * UNITS)
 ROWS_PER_TASK = 96  # pixels of one task: its patches (96 x K) stay in L2 up to K ~ 2000
@@ -456,6 +459,39 @@ def weight_grads(x, hs, dz, gx, gh, A, dW):
 
 
 @njit(parallel=True, **FAST)
+def weight_grads_winograd(x, hs, dz, gx, gh, U, dM, D, dV):
+    """weight_grads in Winograd's form (the forward's, winograd.py): dV [P, 16, I+F,
+    Gp], thread p's share of the sum over steps and tiles of U[xi]^T @ dM[xi], U the
+    tiles' input transforms of x_t and hs[t] (as the forward made them) and dM =
+    A dZ A^T their gradients' (winograd.tile_gradients); winograd.gradient_weights
+    takes the sum to dW. U [P,TILES,16,I+F], dM [P,TILES,16,Gp/CB,CB], D
+    [P,2,16,max(I,F)] scratch."""
+    T, N, Gp = dz.shape
+    Ro, Co = gx[10], gx[11]
+    HW = Ro * Co
+    B = N // HW
+    zeros = np.zeros(Gp, dz.dtype)
+    chunks = -(-Co // (2 * TILES))
+    tasks = B * (-(-Ro // 2)) * chunks
+    dV[:] = 0
+    for t in range(T):
+        for task in prange(tasks):
+            tid = numba.get_thread_id()
+            b, rest = divmod(np.int64(task), (-(-Ro // 2)) * chunks)
+            ty, k = divmod(rest, chunks)
+            x0, x1 = k * 2 * TILES, min((k + 1) * 2 * TILES, Co)
+            n = (x1 - x0 + 1) // 2
+            u, m = U[tid], dM[tid]
+            tile_inputs(x[t], gx, b, ty, x0 // 2, n, u, 0, D[tid])
+            tile_inputs(hs[t], gh, b, ty, x0 // 2, n, u, gx[12], D[tid])
+            tile_gradients(dz[t], gx, b, ty, x0, x1, zeros, m)
+            for xi in range(16):
+                blocks = m[:n, xi].transpose((1, 0, 2))  # [nblk, n, CB]
+                matmul_rows(u[:n, xi].T, blocks, dV[tid, xi], dV[tid, xi], True, 0,
+                            u.shape[2], 0, m.shape[2])
+
+
+@njit(parallel=True, **FAST)
 def input_grads(dz, W_x, gx, Z, dx):
     """dx [T,B*R*C,I] (zeroed here) = the input convolution's transpose of dz:
     dz @ W_x^T ([Gp] -> the Kx entries of a receptive field), added back into the
@@ -542,9 +578,10 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     as [B,T,Ro,Co,F] instead, written so by the loop (a model's layout, no copy).
     winograd: whether the step's convolutions run in Winograd's form
     (kernels/cpu/winograd.py); None: wherever it applies (float32, 3x3 kernels,
-    stride 1, no dilation), where it is 1.3-1.9x faster (T=10, B=4, 64x64). False
-    also keeps the backward's dh (the recurrent convolution's transpose, which
-    takes that form with a 3x3 recurrent kernel in float32) in the direct form."""
+    stride 1, no dilation), where it is 1.3-1.9x faster (T=10, B=4, 64x64). The
+    backward follows: its weight gradients take the form where the forward did,
+    and dh (the recurrent convolution's transpose) wherever the recurrent kernel
+    is 3x3 in float32, unless winograd=False."""
     T, B = x.shape[:2]
     F = packed.F
     gx, gh = convlstm_convs(packed.kernel, packed.rec_kernel, F, x.shape, strides, padding,
@@ -583,7 +620,8 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     grid = (B, Ro, Co, F)
     cache = dict(x=xs, x_shape=x.shape, packed=packed, convs=(gx, gh),
                  lengths=lengths, mask=mask, masked=masked, c0=c0, gates=gates,
-                 cs=cs, hs=hs, grid=grid, winograd=winograd is not False) if training else None
+                 cs=cs, hs=hs, grid=grid, winograd=winograd is not False,
+                 winograd_forward=V.shape[0] > 0) if training else None
     y_shape = (B, T) + grid[1:] if batch_first_y else (T,) + grid
     return y_user.reshape(y_shape), h_n.reshape(grid), c_n.reshape(grid), cache
 
@@ -612,10 +650,19 @@ def convlstm_backward_cpu(dy, dh_n, dc_n, cache):
                   cache["lengths"], cache["mask"], cache["masked"], packed.W_hT, gh, Z, dz,
                   dh0, dc0, Vt, U, M, D)
     K = packed.W.shape[1]
-    dW = np.empty((P, K, Gp), dtype)
-    wrows = min(GRAD_ROWS, N)
-    weight_grads(cache["x"], cache["hs"], dz, gx, gh, np.empty((P, wrows, K), dtype), dW)
-    dW = dW.sum(axis=0)[:, gate_column(F)]  # [K, 4F]
+    if cache["winograd_forward"]:  # the weight gradients in the forward's form
+        I = gx[12]
+        dV = np.empty((P, 16, I + F, Gp), dtype)
+        weight_grads_winograd(cache["x"], cache["hs"], dz, gx, gh,
+                              np.empty((P, TILES, 16, I + F), dtype),
+                              np.empty((P, TILES, 16, Gp // CB, CB), dtype),
+                              np.empty((P, 2, 16, max(I, F)), dtype), dV)
+        dW = gradient_weights(dV.sum(axis=0), I, F)[:, gate_column(F)].astype(dtype)
+    else:
+        dW = np.empty((P, K, Gp), dtype)
+        wrows = min(GRAD_ROWS, N)
+        weight_grads(cache["x"], cache["hs"], dz, gx, gh, np.empty((P, wrows, K), dtype), dW)
+        dW = dW.sum(axis=0)[:, gate_column(F)]  # [K, 4F]
     dx = np.empty_like(cache["x"])
     input_grads(dz, packed.W_x, gx, np.empty((P, rows, packed.W_x.shape[0] * CB), dtype), dx)
     kh, kw = packed.kernel

@@ -1,5 +1,6 @@
-"""The ConvLSTM's step convolutions in Winograd's F(2x2, 3x3) form (float32, 3x3
-kernels, stride 1, no dilation; the forward of kernels/cpu/convlstm.py).
+"""The ConvLSTM's convolutions in Winograd's F(2x2, 3x3) form (float32, 3x3 kernels,
+stride 1, no dilation): the step's two in the forward, and in the backward dh (the
+recurrent one's transpose) and the weight gradients (kernels/cpu/convlstm.py).
 
 A 2x2 tile of output pixels reads a 4x4 patch d of each source (x_t and h). With
 the transforms B^T, G and A^T of Lavin and Gray (2015), the tile of a 3x3
@@ -10,6 +11,13 @@ matrix product: M[xi] [tiles, Gp] = U[xi] [tiles, I+F] @ V[xi] [I+F, Gp], with
 U = B^T d B per tile and channel (tile_inputs) and V = G g G^T per channel and
 gate column (winograd_weights, at packing). tile_outputs then takes each tile's
 16 values of M back to its 2x2 pixels (A^T M A) and adds the bias.
+
+The backward takes the same forms. dh of the step before is a "same" correlation
+of dz with the recurrent kernel flipped (transposed_weights, tile_rows_transposed):
+each task then writes only its own pixels. The weight gradients are, by the
+transposition principle, dg = G^T [sum over tiles of U . (A dZ A^T)] G: 16
+products U[xi]^T @ dM[xi] summed over the steps' tiles (tile_gradients makes dM
+from dz), then one transform at the end (gradient_weights).
 
 The transforms add and subtract (G halves), so a value differs from the direct
 form's sum by a few roundings of the tile's partial sums: the kernels' tests hold
@@ -106,6 +114,29 @@ def _output_vector(typingctx, m, m_xi, z, z_row, z_dy, bias):
         store(add(add(add(r[0], r[1]), r[2]), b), z, out[1])
         store(add(sub(sub(s[1], s[2]), s[3]), b), z, out[2])
         store(add(sub(sub(r[1], r[2]), r[3]), b), z, out[3])
+        return context.get_dummy_value()
+    return types.void(*([types.int64] * 6)), codegen
+
+
+@intrinsic
+def _gradient_vector(typingctx, d00, d01, d10, d11, out, out_xi):
+    """LANES gate columns of one tile's gradient: dM[4a + b] = (A dZ A^T)[a, b] (A =
+    AT^T, 4 x 2) of the 2x2 tile dZ whose vectors are at d00 .. d11, stored at out +
+    4 * xi * out_xi (addresses in bytes, strides in elements)."""
+    def codegen(context, builder, signature, args):
+        d00, d01, d10, d11, out, out_xi = args
+        load, store = _vectors(builder)
+        zero = ir.Constant(ir.IntType(64), 0)
+        d = [load(a, zero) for a in (d00, d01, d10, d11)]
+        add, sub, neg = builder.fadd, builder.fsub, builder.fneg
+
+        def expand(u, v):  # A (u, v): (u, u + v, u - v, -v)
+            return [u, add(u, v), sub(u, v), neg(v)]
+        cols = [expand(d[0], d[1]), expand(d[2], d[3])]  # along each row dy
+        offsets = _offsets(builder, out_xi, out_xi, 1, 16)
+        for b in range(4):  # then along the rows
+            for a, v in enumerate(expand(cols[0][b], cols[1][b])):
+                store(v, out, offsets[4 * a + b])
         return context.get_dummy_value()
     return types.void(*([types.int64] * 6)), codegen
 
@@ -249,3 +280,39 @@ def tile_rows_transposed(dz, gz, Vt, zero, cols, b, ty, x0, x1, U, M, D, z):
     ntiles = (x1 - x0 + 1) // 2
     tile_inputs(dz, gz, b, ty, x0 // 2, ntiles, U, 0, D)
     _products_and_outputs(U, Vt, zero, zero, ntiles, cols, M, z)
+
+
+@njit(inline="always", **FAST)
+def _pixel_row(base, row, zero, b, y, x, Ro, Co):
+    """The address of pixel (y, x)'s row of frame b, or of the zeros past the frame."""
+    return base + row * ((b * Ro + y) * Co + x) if y < Ro and x < Co else zero
+
+
+@njit(**FAST)
+def tile_gradients(dz, geo, b, ty, x0, x1, zeros, dM):
+    """dM[j, 4a + b', :] = (A dZ A^T)[a, b'] for each tile j of output rows 2ty, 2ty + 1
+    and columns [x0, x1) of frame b, dZ its 2x2 pixels' rows of dz [N, Gp] (zeros,
+    a row of Gp zeros, for pixels past the frame's edge); dM [TILES, 16, Gp/CB, CB]."""
+    Ro, Co = geo[10], geo[11]
+    base, zero, row = address(dz), address(zeros), dz.strides[0]
+    m_tile, m_xi = dM.strides[0] // 4, dM.strides[1] // 4
+    y = 2 * ty
+    for j in range((x1 - x0 + 1) // 2):
+        x = x0 + 2 * j
+        a00 = _pixel_row(base, row, zero, b, y, x, Ro, Co)
+        a01 = _pixel_row(base, row, zero, b, y, x + 1, Ro, Co)
+        a10 = _pixel_row(base, row, zero, b, y + 1, x, Ro, Co)
+        a11 = _pixel_row(base, row, zero, b, y + 1, x + 1, Ro, Co)
+        out = address(dM) + 4 * j * m_tile
+        for col in range(0, dz.shape[1], LANES):
+            c = 4 * col
+            _gradient_vector(a00 + c, a01 + c, a10 + c, a11 + c, out + c, m_xi)
+
+
+def gradient_weights(dV, I, F):
+    """The summed dV [16, I+F, Gp] of the Winograd-form weight gradients -> dW [9*I +
+    9*F, Gp] in the gather's row order (what the direct form's weight gradients
+    give): G^T dV G for each channel and gate column."""
+    Gp = dV.shape[2]
+    g = np.einsum("ak,bl,abcg->klcg", G, G, dV.reshape(4, 4, I + F, Gp).astype(np.float64))
+    return np.concatenate([g[:, :, :I].reshape(9 * I, Gp), g[:, :, I:].reshape(9 * F, Gp)])

@@ -90,3 +90,42 @@ def test_applies_only_where_the_form_holds():
     assert not winograd.applies((3, 3), (3, 3), (1, 1), (1, 2), np.float32)
     assert not winograd.applies((5, 5), (3, 3), (1, 1), (1, 1), np.float32)
     assert not winograd.applies((3, 3), (1, 1), (1, 1), (1, 1), np.float32)
+
+
+def test_the_gradient_transforms_give_the_kernels_gradient(rng):
+    """d<dy, tile(d, g)>/dg = G^T [(B^T d B) . (A dy A^T)] G, A = AT^T: what
+    gradient_weights computes from the summed products of tile_gradients' dM."""
+    for _ in range(5):
+        d, dy = rng.standard_normal((4, 4)), rng.standard_normal((2, 2))
+        want = np.array([[(d[i:i + 2, j:j + 2] * dy).sum() for j in range(3)]
+                         for i in range(3)])  # d/dg of sum(dy * _correlate(d, g))
+        got = G.T @ ((BT @ d @ BT.T) * (AT.T @ dy @ AT)) @ G
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    I, F = 1, 2
+    dV = rng.standard_normal((16, I + F, 2 * CB)).astype(np.float32)
+    dW = winograd.gradient_weights(dV, I, F)
+    assert dW.shape == (9 * (I + F), 2 * CB)
+    for c, col in ((0, 5), (2, CB + 1)):
+        want = G.T @ dV[:, c, col].astype(np.float64).reshape(4, 4) @ G
+        # the gather's rows: (ky, kx, i) for x's channels, then (ky, kx, f) for h's
+        rows = [k * I + c if c < I else 9 * I + k * F + c - I for k in range(9)]
+        np.testing.assert_allclose(dW[rows, col].reshape(3, 3), want, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_transform_of_every_tile(rng):
+    """dM[j, 4a + b] = (A dZ A^T)[a, b] of each tile's 2x2 rows of dz, zeros past the
+    frame (5 x 7 frames: tiles past both edges)."""
+    B, Ro, Co, Gp, b = 2, 5, 7, 2 * CB, 1
+    dz = rng.standard_normal((B * Ro * Co, Gp)).astype(np.float32)
+    geo = convlstm_convs((3, 3), (3, 3), 1, (1, B, Ro, Co, 1), (1, 1), "same", (1, 1))[0]
+    frame = np.zeros((Ro + 1, Co + 1, Gp))
+    frame[:Ro, :Co] = dz.reshape(B, Ro, Co, Gp)[b]
+    for ty in range((Ro + 1) // 2):
+        dM = np.full((TILES, 16, 2, CB), np.nan, np.float32)
+        winograd.tile_gradients(dz, geo, b, ty, 0, Co, np.zeros(Gp, np.float32), dM)
+        for j in range((Co + 1) // 2):
+            for col in (0, 7, CB + 3, Gp - 1):
+                dZ = frame[2 * ty:2 * ty + 2, 2 * j:2 * j + 2, col]
+                np.testing.assert_allclose(dM[j, :, col // CB, col % CB].reshape(4, 4),
+                                           AT.T @ dZ @ AT, rtol=1e-6, atol=1e-6)
+        assert np.isnan(dM[(Co + 1) // 2:]).all()
