@@ -107,6 +107,33 @@ def _cols_product_impl(A, W, out, zero, r0, r1, cols):
     return plain
 
 
+def winograd_rows(x_t, h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U, M, D, z):
+    """winograd.tile_rows in float32; nothing in float64, which never takes the form
+    (so that the float64 loops do not compile it: 20 s of the suite's compile time)."""
+
+
+@overload(winograd_rows)
+def _winograd_rows_impl(x_t, h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U, M, D, z):
+    if x_t.dtype == types.float32:
+        def rows(x_t, h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U, M, D, z):
+            tile_rows(x_t, h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U, M, D, z)
+        return rows
+    return lambda x_t, h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U, M, D, z: None
+
+
+def winograd_transposed(dz, gz, Vt, zero, cols, b, ty, x0, x1, U, M, D, z):
+    """winograd.tile_rows_transposed in float32; nothing in float64 (as winograd_rows)."""
+
+
+@overload(winograd_transposed)
+def _winograd_transposed_impl(dz, gz, Vt, zero, cols, b, ty, x0, x1, U, M, D, z):
+    if dz.dtype == types.float32:
+        def rows(dz, gz, Vt, zero, cols, b, ty, x0, x1, U, M, D, z):
+            tile_rows_transposed(dz, gz, Vt, zero, cols, b, ty, x0, x1, U, M, D, z)
+        return rows
+    return lambda dz, gz, Vt, zero, cols, b, ty, x0, x1, U, M, D, z: None
+
+
 # -- gathering receptive fields ----------------------------------------------------------
 @njit(inline="always", **FAST)
 def _first_window(geo, p0):
@@ -314,8 +341,8 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
                 b, rest = divmod(np.int64(task), (-(-Ro // 2)) * chunks)
                 ty, k = divmod(rest, chunks)
                 x0, x1 = k * 2 * TILES, min((k + 1) * 2 * TILES, Co)
-                tile_rows(x[t], h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U[tid], M[tid],
-                          D[tid], z)
+                winograd_rows(x[t], h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U[tid], M[tid],
+                              D[tid], z)
                 for dy in range(min(2, Ro - 2 * ty)):
                     p0 = b * HW + (2 * ty + dy) * Co + x0
                     _step_gates(t, z, dy * 2 * TILES, p0, p0 + x1 - x0, h, h_next, h_in,
@@ -405,8 +432,8 @@ def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_hT, 
                 ty, k = divmod(rest, chunks)
                 x0, x1 = k * 2 * TILES, min((k + 1) * 2 * TILES, Co)
                 z = Z[tid]
-                tile_rows_transposed(dz[t], gz, Vt, zero, F, b, ty, x0, x1, U[tid], M[tid],
-                                     D[tid], z)
+                winograd_transposed(dz[t], gz, Vt, zero, F, b, ty, x0, x1, U[tid], M[tid],
+                                    D[tid], z)
                 for dy_ in range(min(2, Ro - 2 * ty)):
                     p0 = b * HW + (2 * ty + dy_) * Co + x0
                     for p in range(p0, p0 + x1 - x0):
