@@ -109,7 +109,7 @@ def _cols_product_impl(A, W, out, zero, r0, r1, cols):
 
 def winograd_rows(x_t, h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U, M, D, z):
     """winograd.tile_rows in float32; nothing in float64, which never takes the form
-    (so that the float64 loops do not compile it: 20 s of the suite's compile time)."""
+    (so that the float64 loops do not compile it: 17 s of compile time)."""
 
 
 @overload(winograd_rows)

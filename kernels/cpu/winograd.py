@@ -175,7 +175,10 @@ def transformed(g):
     K, N = g.shape[2:]
     nblk = -(-N // CB)
     V = np.zeros((4, 4, K, nblk * CB))
-    V[:, :, :, :N] = np.einsum("ak,bl,klcg->abcg", G, G, g.astype(np.float64))
+    # (two tensordots, not one einsum, which NumPy ran as plain loops: the packing at
+    # 64 filters, done every training step, took 9 ms with it, 5 with these)
+    V[:, :, :, :N] = np.tensordot(G, np.tensordot(G, g.astype(np.float64), (1, 0)),
+                                  (1, 1)).transpose(1, 0, 2, 3)
     return np.ascontiguousarray(V.reshape(16, K, nblk, CB).transpose(0, 2, 1, 3), np.float32)
 
 
@@ -314,5 +317,6 @@ def gradient_weights(dV, I, F):
     9*F, Gp] in the gather's row order (what the direct form's weight gradients
     give): G^T dV G for each channel and gate column."""
     Gp = dV.shape[2]
-    g = np.einsum("ak,bl,abcg->klcg", G, G, dV.reshape(4, 4, I + F, Gp).astype(np.float64))
+    g = np.tensordot(G, np.tensordot(G, dV.reshape(4, 4, I + F, Gp).astype(np.float64),
+                                     (0, 0)), (0, 1)).transpose(1, 0, 2, 3)
     return np.concatenate([g[:, :, :I].reshape(9 * I, Gp), g[:, :, I:].reshape(9 * F, Gp)])
