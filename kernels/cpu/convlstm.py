@@ -37,8 +37,9 @@ from .jit import FAST
 from .microkernel import CB, ROWS
 from .products import in_blocks, matmul_cols, matmul_rows
 from .threads import numba_threads
-from .winograd import (TILES, applies, gradient_weights, tile_gradients, tile_inputs, tile_rows,
-                       tile_rows_transposed, transposed_weights, winograd_weights)
+from .winograd import (TILES, applies, gradient_weights, task_count, task_rows, tile_gradients,
+                       tile_inputs, tile_rows, tile_rows_transposed, transposed_weights,
+                       winograd_weights)
 
 UNITS = 16          # units of one gate in a column block (CB = 4 * UNITS)
 ROWS_PER_TASK = 96  # pixels of one task: its patches (96 x K) stay in L2 up to K ~ 2000
@@ -331,16 +332,13 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
     wino = V.shape[0] > 0
     zero = np.zeros((1, CB), x.dtype)
     B, Ro, Co = N // HW, gx[10], gx[11]
-    chunks = -(-Co // (2 * TILES))  # Winograd: a task is 2 rows of up to 2*TILES pixels
-    tasks = B * (-(-Ro // 2)) * chunks if wino else -(-N // rows)
+    tasks = task_count(B, Ro, Co) if wino else -(-N // rows)
     for t in range(T):
         for task in prange(tasks):
             tid = numba.get_thread_id()
             z = Z[tid]
             if wino:
-                b, rest = divmod(np.int64(task), (-(-Ro // 2)) * chunks)
-                ty, k = divmod(rest, chunks)
-                x0, x1 = k * 2 * TILES, min((k + 1) * 2 * TILES, Co)
+                b, ty, x0, x1 = task_rows(task, Ro, Co)
                 winograd_rows(x[t], h_in, gx, gh, V, bias, zero, b, ty, x0, x1, U[tid], M[tid],
                               D[tid], z)
                 for dy in range(min(2, Ro - 2 * ty)):
@@ -397,8 +395,6 @@ def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_hT, 
     wino = Vt.shape[0] > 0
     gz = gh.copy()
     gz[12] = dz.shape[2]  # (Winograd: the transpose reads dz's Gp channels)
-    chunks = -(-Co // (2 * TILES))
-    wtasks = B * (-(-Ro // 2)) * chunks
     band = max(gh[0] - 1, -(-rows // Co), 1)  # rows of a band
     bands = -(-Ro // band)
     dh, dc = dh_n.copy(), dc_n.copy()
@@ -424,13 +420,11 @@ def backward_loop(dy, dh_n, dc_n, gates, cs, c0, lengths, h_mask, masked, W_hT, 
                     dc[p, u] = d_c * f
                     dh[p, u] = 0
         if wino:  # dh of the step before: each task its own pixels
-            for task in prange(wtasks):
+            for task in prange(task_count(B, Ro, Co)):
                 tid = numba.get_thread_id()
-                b, rest = divmod(np.int64(task), (-(-Ro // 2)) * chunks)
+                b, ty, x0, x1 = task_rows(task, Ro, Co)
                 if t >= lengths[b]:
                     continue
-                ty, k = divmod(rest, chunks)
-                x0, x1 = k * 2 * TILES, min((k + 1) * 2 * TILES, Co)
                 z = Z[tid]
                 winograd_transposed(dz[t], gz, Vt, zero, F, b, ty, x0, x1, U[tid], M[tid],
                                     D[tid], z)
@@ -498,15 +492,11 @@ def weight_grads_winograd(x, hs, dz, gx, gh, U, dM, D, dV):
     HW = Ro * Co
     B = N // HW
     zeros = np.zeros(Gp, dz.dtype)
-    chunks = -(-Co // (2 * TILES))
-    tasks = B * (-(-Ro // 2)) * chunks
     dV[:] = 0
     for t in range(T):
-        for task in prange(tasks):
+        for task in prange(task_count(B, Ro, Co)):
             tid = numba.get_thread_id()
-            b, rest = divmod(np.int64(task), (-(-Ro // 2)) * chunks)
-            ty, k = divmod(rest, chunks)
-            x0, x1 = k * 2 * TILES, min((k + 1) * 2 * TILES, Co)
+            b, ty, x0, x1 = task_rows(task, Ro, Co)
             n = (x1 - x0 + 1) // 2
             u, m = U[tid], dM[tid]
             tile_inputs(x[t], gx, b, ty, x0 // 2, n, u, 0, D[tid])
@@ -636,13 +626,13 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
         raise ValueError("winograd=True needs float32, 3x3 kernels, stride 1 and no "
                          "dilation")
     V = packed.V if can and winograd is not False else packed.V[:0]
-    I, chunk = x.shape[4], 2 * TILES
+    I = x.shape[4]
     U, M, D = ((np.empty((P, TILES, 16, I + F), dtype), np.empty((P, TILES, 16, CB), dtype),
                 np.empty((P, 2, 16, max(I, F)), dtype)) if V.shape[0] else
-               (np.empty((1, 1, 1, 1), dtype),) * 2 + (np.empty((1, 1, 1, 1), dtype),))
+               (np.empty((1, 1, 1, 1), dtype),) * 3)
     forward_loop(xs, packed.W, packed.bias, gx, gh, state(h0), c0, lengths, mask,
                  masked, np.empty((P, rows, K), dtype),
-                 np.empty((P, max(rows, 2 * chunk), Gp), dtype),
+                 np.empty((P, max(rows, 4 * TILES), Gp), dtype),
                  training, y, h_n, c_n, gates, cs, hs, V, U, M, D)
     grid = (B, Ro, Co, F)
     cache = dict(x=xs, x_shape=x.shape, packed=packed, convs=(gx, gh),

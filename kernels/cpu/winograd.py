@@ -182,6 +182,22 @@ def transformed(g):
     return np.ascontiguousarray(V.reshape(16, K, nblk, CB).transpose(0, 2, 1, 3), np.float32)
 
 
+@njit(inline="always", **FAST)
+def task_count(B, Ro, Co):
+    """A step's tasks in this form: each frame's pairs of output rows, in runs of up
+    to 2 * TILES columns."""
+    return B * (-(-Ro // 2)) * (-(-Co // (2 * TILES)))
+
+
+@njit(inline="always", **FAST)
+def task_rows(task, Ro, Co):
+    """Task `task`'s frame b, pair of output rows (2ty, 2ty + 1) and columns [x0, x1)."""
+    chunks = -(-Co // (2 * TILES))
+    b, rest = divmod(np.int64(task), (-(-Ro // 2)) * chunks)  # (prange's index: unsigned)
+    ty, k = divmod(rest, chunks)
+    return b, ty, k * 2 * TILES, min((k + 1) * 2 * TILES, Co)
+
+
 @njit(**FAST)
 def tile_inputs(src, geo, b, ty, tx0, ntiles, U, col0, D):
     """U[j, 4a+b', col0 + c] = (B^T d B)[a, b'] for the 4x4 patch d of src's channel c
