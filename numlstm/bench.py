@@ -507,21 +507,31 @@ def _variant(options, H):
     return {k: special.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
 
 
-def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print, cell="lstm"):
+def option_layers(H, cell="lstm", names=None):
+    """The layers option_costs times, H inputs and H units, by variant name (all of
+    VARIANTS[cell], or those in `names`: "plain" always, the ratios' base)."""
+    chosen = VARIANTS[cell] if names is None else {
+        n: VARIANTS[cell][n] for n in VARIANTS[cell] if n == "plain" or n in names}
+    return {name: _classes(cell)[0](H, H, seed=0, **_variant(opts, H))
+            for name, opts in chosen.items()}
+
+
+def option_costs(shapes=((128, 16, 256), (128, 1, 64)), repeats=7, out=print, cell="lstm",
+                 names=None):
     """The time of the LSTM (or GRU: cell="gru") with each cell option against the
     plain layer, float32 on the CPU, inference and training step (forward plus
     backward), calls of the variants alternating; the median of `repeats` rounds.
     Returns rows of {"T","B","H","option","mode","ms","ratio"} (ratio: time / the
     plain layer's). Initialisation options (recurrent_init, unit_forget_bias)
-    change only the starting weights and cost nothing per step."""
+    change only the starting weights and cost nothing per step. names: the
+    variants to run (option_layers'), default all."""
     rows = []
     w = max(map(len, VARIANTS[cell]))
     out(f"{'T,B,H':>12} {'option':>{w}} {'inference ms':>13} {'x plain':>8} "
         f"{'training ms':>12} {'x plain':>8}")
     for T, B, H in shapes:
         x = np.random.default_rng(0).standard_normal((T, B, H)).astype(np.float32)
-        layers = {name: _classes(cell)[0](H, H, seed=0, **_variant(opts, H))
-                  for name, opts in VARIANTS[cell].items()}
+        layers = option_layers(H, cell, names)
 
         def train(layer):
             y, _ = layer(x, training=True)

@@ -75,15 +75,23 @@ def test_parity_reports_small_errors_and_sees_a_wrong_weight(monkeypatch):
     assert bad["y"] > 1e-4
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_option_costs_rows(cell):
+@pytest.mark.parametrize("cell,names", [("lstm", ("all three", "zoneout=0.1")),
+                                        ("gru", ("reset_after=False",))])
+def test_option_costs_rows(cell, names):
+    """The table's rows for some variants (each pair of activations compiles every
+    kernel again, about 40 s a cell: the layers' own tests run those), and every
+    variant of the full table makes its layer."""
     from numlstm import bench
     lines = []
-    rows = bench.option_costs(shapes=((4, 2, 8),), repeats=1, out=lines.append, cell=cell)
-    variants = bench.VARIANTS[cell]
-    assert {r["option"] for r in rows} == set(variants)
+    rows = bench.option_costs(shapes=((4, 2, 8),), repeats=1, out=lines.append, cell=cell,
+                              names=names)
+    assert {r["option"] for r in rows} == {"plain", *names}
+    assert len(rows) == 2 * (1 + len(names))  # (inference and training)
     assert all(r["ratio"] == 1.0 for r in rows if r["option"] == "plain")
-    assert all(r["ms"] > 0 for r in rows) and len(lines) == 1 + len(variants)
+    assert all(r["ms"] > 0 for r in rows) and len(lines) == 2 + len(names)
+    layers = bench.option_layers(8, cell)
+    assert list(layers) == list(bench.VARIANTS[cell])
+    assert all(layer.hidden_size == 8 for layer in layers.values())
 
 
 def test_isolated_bench_times_each_library_in_its_own_process_under_load():
