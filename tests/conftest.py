@@ -25,24 +25,24 @@ def pytest_configure(config):
 
 
 # The longest tests (seconds from an empty compile cache under -n 2 on two cores,
-# 2026-12-06, mostly Numba compiling; a parametrized test's cases together). They
+# 2026-12-07, mostly Numba compiling; a parametrized test's cases together). They
 # start first, shared between the two halves of the collection: pytest-xdist's
 # worksteal gives each of two workers a contiguous half and lets an idle worker
 # steal from the end of the other's queue, so a long test near the end of a half
 # ran alone while the other core idled (about two minutes of the suite).
 LONGEST = {
-    "tests/test_docs.py::test_guide_pages_run_in_order": 165,
-    "tests/kernels/test_cpu_lstm.py::test_cpu_kernels_match_reference_with_activations": 167,
-    "tests/test_cuda_backend.py::test_kernels_compile_and_every_launch_fits": 105,
-    "tests/test_bench.py::test_option_costs_rows": 88,
-    "tests/test_cuda_backend.py::test_gpu_check_script_runs_under_the_simulator": 50,
-    "tests/kernels/test_cpu_quantized.py::test_other_cpus_variants_give_the_same_layer": 80,
-    "tests/kernels/test_cpu_lstm.py::test_cpu_kernels_match_reference_with_peepholes": 48,
-    "tests/test_docs.py::test_readme_fits_on_a_screen_and_its_example_runs": 34,
-    "tests/test_layer_norm.py::test_gru_layer_matches_numpy": 30,
-    "tests/test_properties.py::test_cuda_backend_equals_the_reference": 24,
-    "tests/test_reliability.py::test_training_killed_at_random_moments": 22,
+    "tests/test_docs.py::test_guide_pages_run_in_order": 250,
+    "tests/kernels/test_cpu_lstm.py::test_cpu_kernels_match_reference_with_activations": 127,
+    "tests/kernels/test_cpu_quantized.py::test_other_cpus_variants_give_the_same_layer": 125,
+    "tests/test_cuda_backend.py::test_kernels_compile_and_every_launch_fits": 80,
+    "tests/kernels/test_cpu_convlstm.py::test_cpu_convlstm_matches_reference": 50,
+    "tests/test_properties.py::test_cuda_backend_equals_the_reference": 32,
+    "tests/test_layer_norm.py::test_gru_layer_matches_numpy": 25,
     "tests/test_zoneout.py::test_projected_layer_backends_agree": 22,
+    "tests/test_bench.py::test_convlstm_bench_against_torch_and_keras_writes_json": 22,
+    "tests/test_cuda_backend.py::test_gpu_check_script_runs_under_the_simulator": 17,
+    "tests/kernels/test_harness.py::test_quick_convlstm_run_checks_both_passes": 17,
+    "tests/test_reliability.py::test_training_killed_at_random_moments": 14,
 }
 
 
