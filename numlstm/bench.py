@@ -510,6 +510,10 @@ def _variant(options, H):
 def option_layers(H, cell="lstm", names=None):
     """The layers option_costs times, H inputs and H units, by variant name (all of
     VARIANTS[cell], or those in `names`: "plain" always, the ratios' base)."""
+    unknown = sorted(set(names or ()) - set(VARIANTS[cell]))
+    if unknown:
+        raise ValueError(f"no {cell} variant named {', '.join(map(repr, unknown))}; "
+                         f"the variants: {', '.join(map(repr, VARIANTS[cell]))}")
     chosen = VARIANTS[cell] if names is None else {
         n: VARIANTS[cell][n] for n in VARIANTS[cell] if n == "plain" or n in names}
     return {name: _classes(cell)[0](H, H, seed=0, **_variant(opts, H))

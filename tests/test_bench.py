@@ -92,6 +92,8 @@ def test_option_costs_rows(cell, names):
     layers = bench.option_layers(8, cell)
     assert list(layers) == list(bench.VARIANTS[cell])
     assert all(layer.hidden_size == 8 for layer in layers.values())
+    with pytest.raises(ValueError, match="no lstm variant named 'zonout'"):
+        bench.option_layers(8, "lstm", ["zonout"])
 
 
 def test_isolated_bench_times_each_library_in_its_own_process_under_load():
