@@ -48,7 +48,7 @@ LONGEST = {
 # Of those, the ones that compile kernels the docs' pages compile too (a user's
 # activation with peepholes, the ConvLSTM's Winograd loops): they run in the docs'
 # half, after it, and load those kernels from the cache. Started on the other core
-# at the same time, both compiled them (about 100 s twice, 2026-12-07).
+# at the same time, both compiled them (64 s of compile done twice, 2026-12-07).
 AFTER_DOCS = ("tests/kernels/test_cpu_lstm.py::test_cpu_kernels_match_reference_with_activations",
               "tests/kernels/test_cpu_convlstm.py::test_cpu_convlstm_matches_reference")
 
