@@ -318,8 +318,8 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
     recurrent convolution: h_{t-1}, times h_mask when masked).
     V: winograd.py's weights [16, Gp/CB, I+F, CB], or an empty array: then the
     step's convolutions run in Winograd's form (winograd.tile_rows; its scratch U,
-    M, D and Z of at least 2 * winograd.TILES rows) instead of the gathers and one
-    product."""
+    M, D and Z of at least 4 * winograd.TILES rows: a task's two rows of up to
+    2 * TILES pixels) instead of the gathers and one product."""
     T = x.shape[0]
     N, F = h0.shape
     Kx = gx[0] * gx[1] * gx[12]
