@@ -254,21 +254,24 @@ def scatter_add(dp, geo, p0, p1, dst):
 
 # -- forward -----------------------------------------------------------------------------
 @njit(inline="always", **FAST)
-def _step_gates(t, z, r0, p0, p1, h, h_next, h_in, h_in_next, c, y, lengths, h_mask, masked,
-                training, gates, cs, hs, HW):
+def _step_gates(t, z, r0, p0, p1, h, h_next, h_in, h_in_next, c, y, batch_first, lengths,
+                h_mask, masked, training, gates, cs, hs, HW):
     """Step t's gate math for output pixels [p0, p1), whose pre-activations are z's
     rows r0.. (activated there in place): c, h_next (and h_in_next = h_next *
-    h_mask when masked) and y[t]; when training, gates[t], cs[t] and hs[t] (h_in)."""
+    h_mask when masked) and step t of y ([T,B,HW,F], or [B,T,HW,F] when
+    batch_first); when training, gates[t], cs[t] and hs[t] (h_in)."""
     F = h.shape[1]
     if training:
         hs[t, p0:p1] = h_in[p0:p1]
     for p in range(p0, p1):
         r = r0 + p - p0
         zr = z[r]
-        if t >= lengths[p // HW]:  # past the row's length: state held, y = 0
+        b, q = p // HW, p % HW
+        yp = y[b, t, q] if batch_first else y[t, b, q]
+        if t >= lengths[b]:  # past the row's length: state held, y = 0
             for u in range(F):
                 h_next[p, u] = h[p, u]
-                y[t, p // HW, p % HW, u] = 0
+                yp[u] = 0
                 if masked:
                     h_in_next[p, u] = h_in[p, u]
             if training:
@@ -277,7 +280,7 @@ def _step_gates(t, z, r0, p0, p1, h, h_next, h_in, h_in_next, c, y, lengths, h_m
             continue
         # A block's 16 units are the lanes of a vector. The loop counts blocks
         # and indexes the 2-D arrays, and y is written after it: with row views
-        # (y's of any strides among them), a stepped range over the units or a
+        # (y's among them), a stepped range over the units or a
         # branch inside, LLVM left it scalar (B=4, F=16: 58 ms of gate math
         # for T=10 on one thread, against 6 ms).
         for blk in range(-(-F // UNITS)):
@@ -294,7 +297,6 @@ def _step_gates(t, z, r0, p0, p1, h, h_next, h_in, h_in_next, c, y, lengths, h_m
                 h_next[p, j] = hn
                 z[r, k], z[r, k + UNITS], z[r, k + 2 * UNITS], z[r, k + 3 * UNITS] = (
                     i, f, g, o)
-        yp = y[t, p // HW, p % HW]
         for u in range(F):
             yp[u] = h_next[p, u]
         if training:
@@ -307,12 +309,13 @@ def _step_gates(t, z, r0, p0, p1, h, h_next, h_in, h_in_next, c, y, lengths, h_m
 
 @njit(parallel=True, **FAST)
 def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, training,
-                 y, h_n, c_n, gates, cs, hs, V, U, M, D):
+                 y, batch_first, h_n, c_n, gates, cs, hs, V, U, M, D):
     """x [T,B*R*C,I]; W [Gp/CB, K, CB] (the two convolutions' weights stacked, in
     blocks); bias [1,Gp]; gx, gh the two convolutions; h0, c0, h_mask [N,F]; lengths
     [B]; masked: h * h_mask enters the recurrent convolution; A [P,rows,K], Z
     [P,rows,Gp]: each thread's scratch (rows: the pixels of a task).
-    Writes y [T,B,HW,F] (any strides: a batch-first array's transpose), h_n, c_n
+    Writes y [T,B,HW,F], or [B,T,HW,F] when batch_first (a model's layout: one
+    C-contiguous type either way, so the loop compiles once a dtype), h_n, c_n
     [N,F] and, when training, gates [T,N,Gp] (activated),
     cs [T,N,F] (c after each step) and hs [T,N,F] (the h that entered step t's
     recurrent convolution: h_{t-1}, times h_mask when masked).
@@ -344,8 +347,8 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
                 for dy in range(min(2, Ro - 2 * ty)):
                     p0 = b * HW + (2 * ty + dy) * Co + x0
                     _step_gates(t, z, dy * 2 * TILES, p0, p0 + x1 - x0, h, h_next, h_in,
-                                h_in_next, c, y, lengths, h_mask, masked, training, gates,
-                                cs, hs, HW)
+                                h_in_next, c, y, batch_first, lengths, h_mask, masked,
+                                training, gates, cs, hs, HW)
                 continue
             p0 = np.int64(task) * rows
             p1 = min(p0 + rows, N)
@@ -353,8 +356,8 @@ def forward_loop(x, W, bias, gx, gh, h0, c0, lengths, h_mask, masked, A, Z, trai
             gather(x[t], gx, p0, p1, a, 0)
             gather(h_in, gh, p0, p1, a, Kx)
             rows_product(a, W, z, bias, False, 0, p1 - p0, 0, nblk)
-            _step_gates(t, z, 0, p0, p1, h, h_next, h_in, h_in_next, c, y, lengths, h_mask,
-                        masked, training, gates, cs, hs, HW)
+            _step_gates(t, z, 0, p0, p1, h, h_next, h_in, h_in_next, c, y, batch_first,
+                        lengths, h_mask, masked, training, gates, cs, hs, HW)
         h, h_next = h_next, h
         if masked:
             h_in, h_in_next = h_in_next, h_in
@@ -614,8 +617,7 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     c0 = state(c0)
     P, rows = _scratch_threads(), _task_rows(N)
     HW = Ro * Co
-    y_user = np.empty((B, T, HW, F) if batch_first_y else (T, B, HW, F), dtype)
-    y = y_user.transpose(1, 0, 2, 3) if batch_first_y else y_user
+    y = np.empty((B, T, HW, F) if batch_first_y else (T, B, HW, F), dtype)
     h_n, c_n = np.empty((N, F), dtype), np.empty((N, F), dtype)
     saved = (T, N) if training else (1, 1)
     gates, cs, hs = (np.empty(saved + (Gp,), dtype), np.empty(saved + (F,), dtype),
@@ -633,14 +635,14 @@ def convlstm_forward_cpu(x, packed, h0, c0, lengths=None, h_mask=None, strides=(
     forward_loop(xs, packed.W, packed.bias, gx, gh, state(h0), c0, lengths, mask,
                  masked, np.empty((P, rows, K), dtype),
                  np.empty((P, max(rows, 4 * TILES), Gp), dtype),
-                 training, y, h_n, c_n, gates, cs, hs, V, U, M, D)
+                 training, y, batch_first_y, h_n, c_n, gates, cs, hs, V, U, M, D)
     grid = (B, Ro, Co, F)
     cache = dict(x=xs, x_shape=x.shape, packed=packed, convs=(gx, gh),
                  lengths=lengths, mask=mask, masked=masked, c0=c0, gates=gates,
                  cs=cs, hs=hs, grid=grid, winograd=winograd is not False,
                  winograd_forward=V.shape[0] > 0) if training else None
     y_shape = (B, T) + grid[1:] if batch_first_y else (T,) + grid
-    return y_user.reshape(y_shape), h_n.reshape(grid), c_n.reshape(grid), cache
+    return y.reshape(y_shape), h_n.reshape(grid), c_n.reshape(grid), cache
 
 
 def convlstm_backward_cpu(dy, dh_n, dc_n, cache):
