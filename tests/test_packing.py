@@ -174,3 +174,36 @@ def test_haste_layout():
         numlstm.RNN(3, 4).export_weights("haste")
     with pytest.raises(ValueError, match="no GRU with reset_after=False"):
         numlstm.GRU(3, 4, reset_after=False).load_weights(arrays, "haste")
+
+
+def _arrays(value):
+    """Every NumPy array in a pack (NamedTuples, tuples, lists and dicts of them)."""
+    if isinstance(value, np.ndarray):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _arrays(v)
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _arrays(v)
+
+
+@pytest.mark.parametrize("cls, options", [
+    (numlstm.LSTM, dict(dtype="float64")),
+    (numlstm.LSTM, dict(layer_norm=True)),
+    (numlstm.GRU, dict(dtype="float64")),
+    (numlstm.GRU, dict(reset_after=False)),
+    (numlstm.GRU, dict(layer_norm=True)),
+    (numlstm.RNN, dict(dtype="float64"))])
+def test_cpu_packs_hand_the_loops_writable_arrays(rng, cls, options):
+    """A layer's parameters are read-only between updates, and Numba's array types
+    carry the flag: the packs of the paths that pass weights through as they are
+    (float64, layer_norm, the reset-before GRU) copy them, so that their loops
+    compile once for layers and direct kernel calls alike."""
+    layer = cls(3, 5, **options)
+    x = rng.standard_normal((4, 2, 3)).astype(layer.dtype)
+    layer(x)
+    assert not any(p.flags.writeable for p in layer.params.values())
+    cpu = numlstm.dispatch.BACKENDS["cpu"]
+    arrays = list(_arrays(layer._packs.get(cpu, layer._params, layer.spec)))
+    assert arrays and all(a.flags.writeable for a in arrays)

@@ -58,7 +58,7 @@ from .products import (blas_projection, in_blocks, run_in_chunks, step_tiles, ti
                        tiled_weights)
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, aligned_empty, first_forward_steps,
                        lengths_or_full, mask_buffers, pad_units, state_buffers, unpadded,
-                       zone_weights)
+                       writable, zone_weights)
 from .threads import SMALL_REGION, serial_if
 from .threads import run as thread_policy
 
@@ -86,6 +86,9 @@ def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, ln
     NormGRU with layer_norm, TiledGRU for float32 with reset_after, BlasGRU else."""
     H = w_ih.shape[0] // 3
     acts = for_dtype(acts, w_ih.dtype)
+    if ln_ih is not None or w_ih.dtype != np.float32 or not reset_after:
+        # (these loops take the arrays as they are)
+        w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh = writable(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh)
     if ln_ih is not None:  # a row's statistics span all 3H columns: one product a step
         if not reset_after:
             raise ValueError("layer_norm: the GRU with reset_after=True only")

@@ -106,7 +106,7 @@ from .norm import normalised_input
 from .plan import inference_chunk, make_plan, runs_alone
 from .products import in_blocks, matmul, product_for, step_tiles, transpose
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, first_forward_steps, lengths_or_full,
-                       mask_buffers, pad_units, zone_weights)
+                       mask_buffers, pad_units, writable, zone_weights)
 from .threads import SMALL_REGION, serial_if
 from .threads import run as thread_policy
 
@@ -142,7 +142,9 @@ def pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh, w_hr=None, peephole=None, ln_ih=None, 
                    coupled=bool(input_forget),
                    gclip=float(np.inf if gate_clip is None else gate_clip),
                    proj=w_hr is not None, acts=for_dtype(acts, w_ih.dtype))
-    if w_ih.dtype != np.float32 or ln_ih is not None:
+    if w_ih.dtype != np.float32 or ln_ih is not None:  # (these loops take them as they are)
+        w_ih, w_hh, w_hr, ln_ih, ln_hh, ln_c, ln_c_bias = writable(
+            w_ih, w_hh, w_hr, ln_ih, ln_hh, ln_c, ln_c_bias)
         no_proj = np.zeros((0, 0), w_ih.dtype)
         norms = None if ln_ih is None else tuple(
             np.ascontiguousarray(a) for a in (ln_ih, ln_hh, ln_c, ln_c_bias))

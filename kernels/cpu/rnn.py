@@ -42,7 +42,7 @@ from .plan import inference_chunk, make_plan, runs_alone
 from .products import (blas_projection, in_blocks, matmul, matmul_rows, product_for, run_in_chunks,
                        stack_f32, tiled_bias, tiled_weights, transposed_with_sums)
 from .sequence import (aligned_empty, copy_units, first_step_gradients, lengths_or_full,
-                       pad_units, state_buffers, unpadded)
+                       pad_units, state_buffers, unpadded, writable)
 from .threads import clock_ns, finished, parallel_ok, region_done
 from .threads import run as thread_policy
 
@@ -298,6 +298,7 @@ def pack_rnn_cpu(w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
     bias = b_ih + b_hh
     use_relu = nonlinearity == "relu"
     if w_ih.dtype != np.float32:
+        w_ih, w_hh = writable(w_ih, w_hh)  # (these loops take them as they are)
         return BlasRNN(H=H, relu=use_relu, w_ih=w_ih, w_hh=w_hh, bias=bias,
                        w_hh_t=np.ascontiguousarray(w_hh.T))
     Hp = -(-H // CB) * CB

@@ -79,6 +79,14 @@ def first_step_gradients(dg, lens, reverse):
     return dg_first, empty
 
 
+def writable(*arrays):
+    """The arrays, each copied if it is read-only (None stays None). Numba's array
+    types carry the flag, so a layer's parameters (read-only between updates) would
+    compile every loop that takes them as they are a second time, beside the
+    writable arrays of everything else (62 s of the test suite's compiling)."""
+    return tuple(a if a is None or a.flags.writeable else a.copy() for a in arrays)
+
+
 LINE = 64  # bytes in a cache line
 
 
