@@ -98,7 +98,7 @@ from ..gates import DEFAULT_ACTS, for_dtype
 from .cells import BlasLSTM, TiledLSTM
 from .gradients import first_step_dh, input_gradient, peephole_gradients, weight_gradients
 from .lstm_blas import backward_blas_wrap, forward_blas
-from .lstm_tiled import (HB, U, backward_rows, backward_tiled, backward_tiled_options,
+from .lstm_tiled import (HB, NO_PEEP, U, backward_rows, backward_tiled, backward_tiled_options,
                          cell_outputs, forward_rows, forward_tiled, forward_tiled_options,
                          steps_state)
 from .microkernel import CB
@@ -299,7 +299,7 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
                         chunk, packed.w_fwd, packed.w_proj, hbuf, hmbuf, mask, m, c,
                         y[t0:t1], cs[t0:t1] if training else cs, rec, zero, lens - t0, reverse,
                         training, P, packed.clip, packed.coupled, packed.gclip,
-                        packed.acts, packed.peep, czs,
+                        packed.acts, NO_PEEP if packed.peep is None else packed.peep, czs,
                         zc if zc.shape[0] == 1 else zc[t0:t1],
                         zh if zh.shape[0] == 1 else zh[t0:t1], c_old, gate)
                 if (t1 - t0) & 1:  # the state ended in hbuf[1]; the next chunk reads hbuf[0]
@@ -394,7 +394,7 @@ def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):
         backward_tiled_options(dg, cache["cs"], cache["c0"], pad_units(dy, Hp), packed.w_bwd,
                                 packed.w_proj_bwd, rec, dhs, dm, dh_np, dc, lens, reverse, P,
                                 packed.clip, packed.coupled, packed.gclip,
-                                packed.acts, peep, mask,
+                                packed.acts, NO_PEEP if peep is None else peep, mask,
                                 cache["czs"], cache["zc"], cache["zh"], kh, kc, dhz, zb,
                                 plan.gate)
     elif rows:  # (the loop writes dgb as it goes)

@@ -21,6 +21,20 @@ from .threads import clock_ns, finished, parallel_ok, region_done
 
 U = CB // 4     # hidden units per gate block; CB = 4U columns per block: [i(U) f(U) g(U) o(U)]
 HB = 64         # H is padded to a multiple of this (the backward's output block)
+# The options' loops take the peepholes as an array whatever the options, with no rows
+# for none (the plain loops take None): a loop compiles once for both, not twice (about
+# 37 s of compiling for each pair of activations used both ways).
+NO_PEEP = np.zeros((0, 0), np.float32)
+
+
+@njit(inline="always", **FAST)
+def _peepholes(peep):
+    """Whether peep holds peepholes: False for None (known when compiling) or an
+    array with no rows (NO_PEEP)."""
+    if peep is None:
+        return False
+    else:
+        return peep.shape[0] > 0
 
 
 # -- forward, float32 tiled ------------------------------------------------------------
@@ -28,13 +42,15 @@ HB = 64         # H is padded to a multiple of this (the backward's output block
 def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1,
                    clip, coupled, gclip, acts, peep):
     """Gate math of blocks [b0, b1) for step t; rec holds the pre-activations.
-    acts: gates.make_acts's tuple; peep: None, or the peephole weights [3,Hp] (i, f, o rows).
+    acts: gates.make_acts's tuple; peep: None, NO_PEEP, or the peephole weights [3,Hp]
+    (i, f, o rows).
     Each row works on views of the thread's units (and their gate columns),
     indexed from 0: indexing the whole rows at offsets from b0 measured 20-30%
     slower at B=32, H=128 (and as fast as this when b0 was a compile-time 0).
     A view per row, not per block: at B=1, H=64 views per block made the time
     loop 10% slower."""
     j0, j1, n = b0 * U, b1 * U, b1 - b0
+    peeped = _peepholes(peep)
     for r in range(rec.shape[0]):
         c_r, hn, out = c[r, j0:j1], h_new[r, j0:j1], y_t[r, j0:j1]
         if t >= lengths[r]:  # past this sequence's length: hold the state, output zero
@@ -46,7 +62,7 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
                 cs_t[r, j0:j1] = c_r
             continue
         a = rec[r, b0 * CB:b1 * CB]
-        if peep is not None:  # ONNX's peepholes: i and f read the old state
+        if peep is not None and peeped:  # ONNX's peepholes: i and f read the old state
             for k in range(n):
                 for u in range(U):
                     q, v = k * CB + u, k * U + u
@@ -78,7 +94,7 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, 
                                       c_r[v], clip, coupled)
                     h = o * activate(acts[2], cc)
                     c_r[v], hn[v], out[v] = cc, h, h
-        if peep is not None:  # o reads the new state: o and h again, with it
+        if peep is not None and peeped:  # o reads the new state: o and h again, with it
             for k in range(n):
                 for u in range(U):
                     q, v = k * CB + u, k * U + u
@@ -349,6 +365,7 @@ def _bwd_pointwise(dg_t, cs_t, cz_prev, c0, dy_t, rec, dh_n, dc, lengths, revers
     acts, peep: as _fwd_pointwise's."""
     gated = gclip < np.inf
     bounds = gate_clip_bounds(gclip, np.float32(0), acts)  # (the tiled kernels are float32)
+    peeped = _peepholes(peep)
     for r in range(dg_t.shape[0]):
         n = lengths[r]
         if t >= n:  # padding: no gradient flows, the carried dh and dc stay
@@ -365,16 +382,30 @@ def _bwd_pointwise(dg_t, cs_t, cz_prev, c0, dy_t, rec, dh_n, dc, lengths, revers
         j0, j1 = b0 * HB, b1 * HB
         gates, dc_r = dg_t[r, 4 * j0:4 * j1], dc[r, j0:j1]
         c_r, cp, dy_r, dh_r = cs_t[r, j0:j1], c_prev[j0:j1], dy_t[r, j0:j1], dh_in[j0:j1]
-        for k in range(b1 * HB // U - b0 * HB // U):
-            for u in range(U):
-                q, v = k * CB + u, k * U + u
-                i, f, g, o = gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U]
-                cc = c_r[v]
-                di, df, dg, do, dcc = lstm_cell_grads(
-                    dc_r[v], dy_r[v] + dh_r[v], i, f, g, o, activate(acts[2], cc), cp[v], cc,
-                    clip, coupled, acts, peephole_at(peep, j0 + v), bounds, gated)
-                gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U] = di, df, dg, do
-                dc_r[v] = dcc
+        n_blk = b1 * HB // U - b0 * HB // U
+        if peep is not None and peeped:
+            _bwd_units(gates, dc_r, c_r, cp, dy_r, dh_r, n_blk, peep, j0, clip, coupled, acts,
+                       bounds, gated)
+        else:
+            _bwd_units(gates, dc_r, c_r, cp, dy_r, dh_r, n_blk, None, j0, clip, coupled, acts,
+                       bounds, gated)
+
+
+@njit(inline="always", **FAST)
+def _bwd_units(gates, dc_r, c_r, cp, dy_r, dh_r, n_blk, peep, j0, clip, coupled, acts, bounds,
+               gated):
+    """_bwd_pointwise's units of one row, n_blk blocks of U (views from the row's
+    unit j0; peep: None, or the peepholes [3,Hp])."""
+    for k in range(n_blk):
+        for u in range(U):
+            q, v = k * CB + u, k * U + u
+            i, f, g, o = gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U]
+            cc = c_r[v]
+            di, df, dg, do, dcc = lstm_cell_grads(
+                dc_r[v], dy_r[v] + dh_r[v], i, f, g, o, activate(acts[2], cc), cp[v], cc,
+                clip, coupled, acts, peephole_at(peep, j0 + v), bounds, gated)
+            gates[q], gates[q + U], gates[q + 2 * U], gates[q + 3 * U] = di, df, dg, do
+            dc_r[v] = dcc
 
 
 @njit(**FAST)
