@@ -344,13 +344,17 @@ def in_blocks(a, small_copy=SMALL_COPY):
     tile_block reads them. N is padded with zeros to a multiple of CB. Past
     small_copy elements and one block the copy is copy_to_blocks's parallel one (dG at T=64,
     B=32, H=128, [2048 x 512]: 0.28 ms, NumPy's strided copy 0.52 ms); one block
-    is a itself (padded), no copy."""
+    is a copy of a (padded). The result starts on a cache line (aligned_empty), so
+    every vector of W a product loads lies in one line (at NumPy's 16 bytes each
+    spanned two: on one Zen 4 core a step's product at B=1, H=64 took 724 ns
+    against 590, and a T=100, B=1, I=H=64 inference call 0.141 ms against 0.131)."""
     a = pad_units(a, -(-a.shape[1] // CB) * CB)
     K, N = a.shape
+    out = aligned_empty((N // CB, K, CB), a.dtype)  # (each vector a product loads in one line)
     if a.size <= small_copy or N == CB:
-        return np.ascontiguousarray(a.reshape(K, N // CB, CB).transpose(1, 0, 2))
-    out = np.empty((N // CB, K, CB), a.dtype)
-    serial_if(a.size <= SMALL_REGION, copy_to_blocks, a, out)
+        out[...] = a.reshape(K, N // CB, CB).transpose(1, 0, 2)
+    else:
+        serial_if(a.size <= SMALL_REGION, copy_to_blocks, a, out)
     return out
 
 

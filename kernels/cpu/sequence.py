@@ -90,14 +90,17 @@ def writable(*arrays):
 LINE = 64  # bytes in a cache line
 
 
-def aligned_empty(shape):
-    """An uninitialised float32 array starting on a cache line. The buffers that
-    the threads of a step write share rows, split at multiples of CB floats;
-    aligned, no line holds two threads' parts (measured at B=128, H=128 on two
-    threads: a GRU step took 110 us aligned, 123-137 us at NumPy's 16 bytes)."""
+def aligned_empty(shape, dtype=np.float32):
+    """An uninitialised array starting on a cache line. The buffers that the
+    threads of a step write share rows, split at multiples of CB floats; aligned,
+    no line holds two threads' parts (measured at B=128, H=128 on two threads: a
+    GRU step took 110 us aligned, 123-137 us at NumPy's 16 bytes). The weights in
+    blocks too (products.in_blocks): at NumPy's 16 bytes every vector of W that a
+    product loads spans two lines."""
+    dtype = np.dtype(dtype)
     n = int(np.prod(shape))
-    buf = np.empty(n + LINE // 4, np.float32)
-    start = (-buf.ctypes.data % LINE) // 4
+    buf = np.empty(n + LINE // dtype.itemsize, dtype)
+    start = (-buf.ctypes.data % LINE) // dtype.itemsize
     return buf[start:start + n].reshape(shape)
 
 
