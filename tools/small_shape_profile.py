@@ -1,0 +1,127 @@
+"""Where one float32 LSTM inference call's time goes at a small shape, one thread.
+
+    python tools/small_shape_profile.py                 # T=100, B=1, I=64, H=64
+    python tools/small_shape_profile.py 200,8,40,96     # T,B,I,H of your own
+
+A call that runs on one thread (plan.runs_alone: a small step, no batch split) is
+the layer's Python (checks, the packed weights' lookup, the output arrays), then
+one compiled call (lstm.lstm_forward_into): the input projection of the steps
+(x @ W_ih^T + b, one product), then per step the recurrent product (h @ W_hh^T)
+and the gate math. This times each part on its own, medians of many calls, and
+prints them beside the call: the parts should add up to about the call (the rest
+is the loop's copies of h into y and the memory it touches). At B=1 a step's
+product reads all of W_hh once per step for one multiply-add per value read, so
+its time is W_hh's size over the rate at which the core reads it (printed).
+
+Prints a table; nothing is written. Exits nonzero if the shape would not run on
+one thread (the larger ones take the plan's threads, and this does not apply).
+"""
+import sys
+import time
+
+import numpy as np
+from numba import njit
+
+import numlstm
+from numlstm import dispatch
+from numlstm.kernels.cpu.lstm import lstm_forward_into
+from numlstm.kernels.cpu.lstm_tiled import _fwd_pointwise
+from numlstm.kernels.cpu.peak import fma_peak
+from numlstm.kernels.cpu.plan import runs_alone
+from numlstm.kernels.cpu.products import matmul_rows
+from numlstm.kernels.cpu.sequence import aligned_empty
+
+
+@njit(cache=True)
+def _products(n, h, W, rec, nblk):
+    for _ in range(n):
+        matmul_rows(h, W, rec, rec, True, 0, h.shape[0], 0, nblk)
+
+
+@njit(cache=True)
+def _gate_math(n, rec, hbuf, c, y, lengths, nblk, clip, coupled, gclip, acts):
+    for _ in range(n):
+        _fwd_pointwise(rec, rec, hbuf[0], hbuf[1], c, y, c, lengths, 0, False, 0, nblk, clip,
+                       coupled, gclip, acts, None)
+
+
+def _median(call, calls=200, rounds=15):
+    """Seconds per call: the median over rounds of `calls` calls each."""
+    call()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            call()
+        times.append((time.perf_counter() - t0) / calls)
+    return float(np.median(times))
+
+
+def profile(T, B, I, H, out=print):
+    """Time the parts of an inference call of numlstm.LSTM(I, H) on x [T,B,I]; print
+    a table through `out` and return {part: seconds}."""
+    layer = numlstm.LSTM(I, H)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    layer(x)
+    p = layer._packs.get(dispatch.BACKENDS["cpu"], layer._params, layer.spec)[0]
+    if not runs_alone(T, B, p.Hp, 4):
+        raise SystemExit(f"T,B,I,H = {T},{B},{I},{H} runs on the plan's threads, not one "
+                         f"thread: this profile does not apply")
+    nblk, Hp = p.w_fwd.shape[0], p.Hp
+    h, c = np.zeros((B, H), np.float32), np.zeros((B, H), np.float32)
+    y, h_n, c_n = np.empty((T, B, H), np.float32), np.empty_like(h), np.empty_like(c)
+    # (the buffers on cache lines, as the kernel's are)
+    xw, rec = aligned_empty((T * B, 4 * Hp)), aligned_empty((B, 4 * Hp))
+    rec[:] = 0.1
+    hp, cp, scratch = aligned_empty((2, B, Hp)), aligned_empty((B, Hp)), aligned_empty((B, Hp))
+    hp[:] = 0
+    cp[:] = 0
+    lengths = np.ones(B, np.int64)
+    inner = 50  # steps a timed call
+    _products(1, hp[0], p.w_fwd, rec, nblk)
+    _gate_math(1, rec, hp, cp, scratch, lengths, nblk, p.clip, p.coupled, p.gclip, p.acts)
+    parts = {
+        "layer(x)": _median(lambda: layer(x)),
+        "compiled call": _median(lambda: lstm_forward_into(x, p, h, c, y, h_n, c_n)),
+        "input projection": _median(lambda: matmul_rows(x.reshape(T * B, I), p.w_in, xw,
+                                                        p.bias, False, 0, T * B, 0, nblk)),
+        "a step's product": _median(lambda: _products(inner, hp[0], p.w_fwd, rec, nblk)) / inner,
+        "a step's gate math": _median(lambda: _gate_math(
+            inner, rec, hp, cp, scratch, lengths, nblk, p.clip, p.coupled, p.gclip,
+            p.acts)) / inner,
+    }
+    roof = fma_peak(threads=1)
+    product, gate_math = parts["a step's product"], parts["a step's gate math"]
+    rest = parts["compiled call"] - parts["input projection"] - T * (product + gate_math)
+    w_bytes = p.w_fwd.nbytes
+    proj_flops = 2 * T * B * I * 4 * H
+    out(f"T={T}, B={B}, I={I}, H={H}, float32 inference on one thread; float32 FMA roof "
+        f"{roof:.0f} GFLOP/s on one thread")
+    rows = [
+        ("layer(x)", parts["layer(x)"], "the whole call from Python"),
+        ("  Python around the kernel", parts["layer(x)"] - parts["compiled call"],
+         "checks, packed weights' lookup, output arrays"),
+        ("  compiled call", parts["compiled call"], "lstm_forward_into, arrays given"),
+        ("    input projection", parts["input projection"],
+         f"{proj_flops / parts['input projection'] / 1e9:.0f} GFLOP/s"),
+        (f"    {T} x a step's product", T * product,
+         f"{product * 1e9:.0f} ns a step: W_hh's {w_bytes / 1024:.0f} KiB at "
+         f"{w_bytes / product / 1e9:.0f} GB/s"),
+        (f"    {T} x a step's gate math", T * gate_math, f"{gate_math * 1e9:.0f} ns a step"),
+        ("    the rest of the loop", rest, "h into y, the state, the buffers"),
+    ]
+    for name, seconds, note in rows:
+        out(f"{name:32s} {seconds * 1e6:9.1f} us   {note}")
+    return parts
+
+
+def main(argv):
+    shape = tuple(int(v) for v in argv[0].split(",")) if argv else (100, 1, 64, 64)
+    if len(shape) != 4 or min(shape) < 1:
+        raise SystemExit(f"expected T,B,I,H (four positive integers), got {argv[0]!r}")
+    profile(*shape)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
