@@ -201,3 +201,22 @@ def test_short_tiles_span_more_columns_within_the_registers():
         assert nv >= microkernel.NV
     if CB // microkernel.LANES >= 8:  # AVX2: a 1-row tile spans the whole block
         assert microkernel.WIDE_NV[1] == 8
+
+
+@pytest.mark.parametrize("shape, dtype", [((7, 64), np.float32), ((5, 200), np.float32),
+                                          ((300, 384), np.float32), ((33, 130), np.int8)])
+def test_in_blocks_starts_each_block_on_a_cache_line(rng, shape, dtype):
+    """in_blocks's copy (each path: one block, a small copy, the parallel one past
+    SMALL_COPY elements; int8 for the quantized weights) holds a's columns in blocks
+    of CB, zero past them, and each block starts on a 64-byte line, so that no
+    vector a product loads from it spans two."""
+    from numlstm.kernels.cpu.products import in_blocks
+    a = (rng.standard_normal(shape) * 10).astype(dtype)
+    out = in_blocks(a)
+    K, N = shape
+    nblk = -(-N // CB)
+    assert out.shape == (nblk, K, CB)
+    assert all(out[b].ctypes.data % 64 == 0 for b in range(nblk))
+    padded = np.zeros((K, nblk * CB), dtype)
+    padded[:, :N] = a
+    np.testing.assert_array_equal(out, padded.reshape(K, nblk, CB).transpose(1, 0, 2))
