@@ -17,13 +17,13 @@ Prints a table; nothing is written. Exits nonzero if the shape would not run on
 one thread (the larger ones take the plan's threads, and this does not apply).
 """
 import sys
-import time
 
 import numpy as np
 from numba import njit
 
 import numlstm
 from numlstm import dispatch
+from numlstm.bench_isolated import _time
 from numlstm.kernels.cpu.lstm import lstm_forward_into
 from numlstm.kernels.cpu.lstm_tiled import _fwd_pointwise
 from numlstm.kernels.cpu.peak import fma_peak
@@ -43,18 +43,6 @@ def _gate_math(n, rec, hbuf, c, y, lengths, nblk, clip, coupled, gclip, acts):
     for _ in range(n):
         _fwd_pointwise(rec, rec, hbuf[0], hbuf[1], c, y, c, lengths, 0, False, 0, nblk, clip,
                        coupled, gclip, acts, None)
-
-
-def _median(call, calls=200, rounds=15):
-    """Seconds per call: the median over rounds of `calls` calls each."""
-    call()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            call()
-        times.append((time.perf_counter() - t0) / calls)
-    return float(np.median(times))
 
 
 def profile(T, B, I, H, out=print):
@@ -81,13 +69,17 @@ def profile(T, B, I, H, out=print):
     inner = 50  # steps a timed call
     _products(1, hp[0], p.w_fwd, rec, nblk)
     _gate_math(1, rec, hp, cp, scratch, lengths, nblk, p.clip, p.coupled, p.gclip, p.acts)
+
+    def median(call):  # seconds a call: the median of 200 calls or more, over 0.5 s
+        return _time(call, 200, 0.5)[0]
+
     parts = {
-        "layer(x)": _median(lambda: layer(x)),
-        "compiled call": _median(lambda: lstm_forward_into(x, p, h, c, y, h_n, c_n)),
-        "input projection": _median(lambda: matmul_rows(x.reshape(T * B, I), p.w_in, xw,
-                                                        p.bias, False, 0, T * B, 0, nblk)),
-        "a step's product": _median(lambda: _products(inner, hp[0], p.w_fwd, rec, nblk)) / inner,
-        "a step's gate math": _median(lambda: _gate_math(
+        "layer(x)": median(lambda: layer(x)),
+        "compiled call": median(lambda: lstm_forward_into(x, p, h, c, y, h_n, c_n)),
+        "input projection": median(lambda: matmul_rows(x.reshape(T * B, I), p.w_in, xw,
+                                                       p.bias, False, 0, T * B, 0, nblk)),
+        "a step's product": median(lambda: _products(inner, hp[0], p.w_fwd, rec, nblk)) / inner,
+        "a step's gate math": median(lambda: _gate_math(
             inner, rec, hp, cp, scratch, lengths, nblk, p.clip, p.coupled, p.gclip,
             p.acts)) / inner,
     }

@@ -86,12 +86,11 @@ def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, ln
     NormGRU with layer_norm, TiledGRU for float32 with reset_after, BlasGRU else."""
     H = w_ih.shape[0] // 3
     acts = for_dtype(acts, w_ih.dtype)
-    if ln_ih is not None or w_ih.dtype != np.float32 or not reset_after:
-        # (these loops take the arrays as they are)
-        w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh = writable(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh)
     if ln_ih is not None:  # a row's statistics span all 3H columns: one product a step
         if not reset_after:
             raise ValueError("layer_norm: the GRU with reset_after=True only")
+        # (this loop and the next take the arrays as they are)
+        w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh = writable(w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh)
         tiles = None if w_ih.dtype != np.float32 else dict(w_hh=in_blocks(w_hh.T),
                                                            w_hh_bwd=in_blocks(w_hh))
         return NormGRU(H=H, acts=acts, w_ih=w_ih, b_ih=b_ih, b_hh=b_hh,
@@ -100,6 +99,7 @@ def pack_gru_cpu(w_ih, w_hh, b_ih, b_hh, reset_after=True, acts=DEFAULT_ACTS, ln
     if w_ih.dtype != np.float32 or not reset_after:
         # float32 keeps off BLAS, as the tiled loops do: its products run on Numba's
         # threads (products.product_for's reasons)
+        w_ih, w_hh, b_ih, b_hh = writable(w_ih, w_hh, b_ih, b_hh)
         w_rz, w_n = w_hh[:2 * H], w_hh[2 * H:]
         tiles = None if w_ih.dtype != np.float32 else dict(
             w_rz=in_blocks(w_rz.T), w_n=in_blocks(w_n.T), w_rz_bwd=in_blocks(w_rz),

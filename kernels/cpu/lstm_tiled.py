@@ -30,7 +30,9 @@ NO_PEEP = np.zeros((0, 0), np.float32)
 @njit(inline="always", **FAST)
 def _peepholes(peep):
     """Whether peep holds peepholes: False for None (known when compiling) or an
-    array with no rows (NO_PEEP)."""
+    array with no rows (NO_PEEP). Callers test `peep is not None and peeped`: the
+    first test is what lets Numba drop the peephole code, which cannot be typed
+    with None, from the plain loops' variant."""
     if peep is None:
         return False
     else:

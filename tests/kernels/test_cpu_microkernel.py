@@ -9,7 +9,7 @@ from numba import njit
 from numlstm.kernels.cpu import microkernel
 from numlstm.kernels.cpu.microkernel import (CB, LANES, ROWS, TT, address, tile_block, tile_cols,
                                              transpose_tile)
-from numlstm.kernels.cpu.products import matmul_cols
+from numlstm.kernels.cpu.products import in_blocks, matmul_cols
 
 
 def _sequential_fma(init, A, W):
@@ -210,7 +210,6 @@ def test_in_blocks_starts_each_block_on_a_cache_line(rng, shape, dtype):
     SMALL_COPY elements; int8 for the quantized weights) holds a's columns in blocks
     of CB, zero past them, and each block starts on a 64-byte line, so that no
     vector a product loads from it spans two."""
-    from numlstm.kernels.cpu.products import in_blocks
     a = (rng.standard_normal(shape) * 10).astype(dtype)
     out = in_blocks(a)
     K, N = shape
