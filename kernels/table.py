@@ -24,8 +24,9 @@ class CellKernels(NamedTuple):
     forward_into(x [T,B,I], packed, *state, y [T,B,H], *state_out) -> True after
         writing an inference forward's y and last state into the caller's
         C-contiguous arrays (the state is only read; no lengths) as one compiled
-        call on one thread, with no allocation from Python; False, writing
-        nothing, where the forward would take more threads or another loop (then
+        call, with no allocation from Python (on one thread; the CPU LSTM's large
+        streamed steps in one parallel region); False, writing nothing, where
+        the forward would take the general path's threads or another loop (then
         forward or step serves). None: no such path. The same arithmetic as
         forward, bit for bit: it serves step() and small inference calls, whose
         Python around the kernel was most of their time.

@@ -100,14 +100,14 @@ from .gradients import first_step_dh, input_gradient, peephole_gradients, weight
 from .lstm_blas import backward_blas_wrap, forward_blas
 from .lstm_tiled import (HB, NO_PEEP, U, backward_rows, backward_tiled, backward_tiled_options,
                          cell_outputs, forward_rows, forward_tiled, forward_tiled_options,
-                         steps_state)
+                         step_split, steps_state)
 from .microkernel import CB
 from .norm import normalised_input
-from .plan import inference_chunk, make_plan, runs_alone
+from .plan import inference_chunk, make_plan, runs_alone, step_splits
 from .products import in_blocks, matmul, product_for, step_tiles, transpose
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, first_forward_steps, lengths_or_full,
                        mask_buffers, pad_units, writable, zone_weights)
-from .threads import SMALL_REGION, serial_if
+from .threads import POLICY, SMALL_REGION, numba_threads, serial_if
 from .threads import run as thread_policy
 
 
@@ -319,9 +319,9 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
 def lstm_step_cpu(x, packed, h, c):
     """One inference step, for streaming: x [B,I], h, c [B,H] -> h', c' [B,H]
     (new arrays; the inputs are not modified). Equal to lstm_forward_cpu on one
-    step, without its parallel regions and training buffers: a few microseconds
-    at B=1, H=64. A step too large for one thread (plan.streaming_step_alone) is a
-    one-step forward on the plan's threads."""
+    step, as one compiled call without its training buffers (lstm_forward_into): a
+    few microseconds at B=1, H=64, on one thread unless plan.step_splits. With the
+    options that call lacks it is a one-step forward on the plan's threads."""
     B, H = x.shape[0], packed.H
     y, h_new, c_new = (np.empty(s, np.float32) for s in ((1, B, H), (B, H), (B, H)))
     if lstm_forward_into(x[None], packed, np.ascontiguousarray(h), np.ascontiguousarray(c), y,
@@ -332,20 +332,39 @@ def lstm_step_cpu(x, packed, h, c):
     return h, c
 
 
+def _plain_tiled(packed):
+    """Whether the packed weights run in the plain tiled loops (float32, no projection
+    or peepholes), which lstm_forward_into's compiled calls cover."""
+    return packed.kind != "blas" and not packed.proj and packed.peep is None
+
+
 def _steps_alone(packed, B, T=1):
     """Whether T inference steps of B rows (plain: none of the options the tiled
     loop lacks) run as one compiled call on one thread (plan.runs_alone)."""
-    return (packed.kind != "blas" and not packed.proj and packed.peep is None
-            and runs_alone(T, B, packed.Hp, 4))
+    return _plain_tiled(packed) and runs_alone(T, B, packed.Hp, 4)
+
+
+def _split_step(x, packed, h, c, h_out, c_out):
+    """lstm_tiled.step_split on Numba's threads (thread_policy sets them for the call)."""
+    step_split(x, packed.w_in, packed.bias, packed.w_fwd, h, c, h_out, c_out, packed.Hp,
+               numba_threads(), packed.clip, packed.coupled, packed.gclip, packed.acts,
+               POLICY.gate())
 
 
 def lstm_forward_into(x, packed, h, c, y, h_out, c_out):
-    """An inference forward on one thread from Python, into the caller's arrays:
+    """An inference forward from Python as one compiled call, into the caller's arrays:
     x [T,B,I] and the state h, c [B,H] (read only) -> y [T,B,H] and the last state
-    h_out, c_out [B,H], all C-contiguous float32; no lengths. Returns False,
-    writing nothing, where lstm_forward_cpu (or lstm_step_cpu) would take more
-    threads or the options' loop (kernels/table.py: forward_into)."""
-    if not _steps_alone(packed, x.shape[1], x.shape[0]):
+    h_out, c_out [B,H], all C-contiguous float32; no lengths. It runs on one thread
+    (plan.runs_alone), except a large streamed step (T=1, plan.step_splits), which
+    shares its units among the thread policy's threads in one parallel region.
+    Returns False, writing nothing, where lstm_forward_cpu (or lstm_step_cpu)
+    would take more threads or the options' loop (kernels/table.py: forward_into)."""
+    T, B = x.shape[:2]
+    if T == 1 and _plain_tiled(packed) and step_splits(B, x.shape[2], packed.Hp, 4):
+        thread_policy(_split_step, x[0], packed, h, c, h_out, c_out)
+        y[0] = h_out
+        return True
+    if not _steps_alone(packed, B, T):
         return False
     steps_state(x, packed.w_in, packed.bias, packed.w_fwd, h, c, y, h_out, c_out, packed.Hp,
                 inference_chunk(*x.shape[:2], packed.Hp, 4), packed.clip, packed.coupled,

@@ -17,7 +17,7 @@ from .jit import FAST
 from .microkernel import CB, tile_block
 from .products import masked_product, matmul_rows, times_mask
 from .sequence import copy_units, step_before
-from .threads import clock_ns, finished, parallel_ok, region_done
+from .threads import claim, clock_ns, finished, parallel_ok, region_done, split_done
 
 U = CB // 4     # hidden units per gate block; CB = 4U columns per block: [i(U) f(U) g(U) o(U)]
 HB = 64         # H is padded to a multiple of this (the backward's output block)
@@ -352,6 +352,75 @@ def steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, chunk, clip, co
                            clip, coupled, gclip, acts, None)
             copy_units(h_new, y[t], H)
     copy_units(y[T - 1], h_out, H)
+    copy_units(cp, c_out, H)
+
+
+@njit(**FAST)
+def _step_blocks(x, w_in, bias, w_fwd, h_old, h_new, c, rec, scratch, ones, b0, b1, clip,
+                 coupled, gclip, acts):
+    """Blocks [b0, b1) of one step from x [B,I] and the padded state h_old, c [B,Hp]:
+    rec = x @ W_ih^T + b + h_old @ W_hh^T for their columns, then their gate math
+    into h_new and c (step_split's share of a thread; steps_state's sums)."""
+    B = x.shape[0]
+    matmul_rows(x, w_in, rec, bias, False, 0, B, b0, b1)
+    matmul_rows(h_old, w_fwd, rec, rec, True, 0, B, b0, b1)
+    _fwd_pointwise(rec, rec, h_old, h_new, c, scratch, c, ones, 0, False, b0, b1, clip,
+                   coupled, gclip, acts, None)
+
+
+@njit(parallel=True, **FAST)
+def _step_region(x, w_in, bias, w_fwd, h_old, h_new, c, rec, scratch, ones, counter, work,
+                 clip, coupled, gclip, acts, gate):
+    """step_split's parallel region: work.shape[0] threads take its blocks one at a
+    time as they come (threads.claim), so that a thread the OS runs late costs the
+    step little more than its own lateness (its blocks go to the thread that is
+    running), where an even split would wait for its whole share; each notes in
+    work [P,2] the blocks it did and their nanoseconds, from which
+    threads.split_done tells a step that one thread would have run faster (and
+    then holds the next ones to one thread). Apart from step_split, whose
+    allocations parallel=True would turn into parallel regions of their own
+    (counter: [1] int64, zero)."""
+    nblk = w_fwd.shape[0]
+    start = clock_ns()
+    for p in prange(work.shape[0]):
+        began, done = clock_ns(), 0
+        blk = claim(counter)
+        while blk < nblk:
+            _step_blocks(x, w_in, bias, w_fwd, h_old, h_new, c, rec, scratch, ones, blk,
+                         blk + 1, clip, coupled, gclip, acts)
+            done += 1
+            blk = claim(counter)
+        work[p, 0], work[p, 1] = done, clock_ns() - began
+        finished(gate, p)
+    split_done(gate, start, work)
+
+
+@njit(**FAST)
+def step_split(x, w_in, bias, w_fwd, h, c, h_out, c_out, Hp, P, clip, coupled, gclip, acts,
+               gate):
+    """One streamed step, x [B,I] and the state h, c [B,H] -> h_out, c_out [B,H], with
+    its blocks of units shared among P threads in one parallel region: a thread
+    projects x and h for each block it takes (reading that part of W_ih and W_hh,
+    which a large step streams from beyond L2) and runs its gate math. Each block is
+    computed as steps_state computes it: its sums, bit for bit, whatever P and
+    whichever thread took a block. gate: the thread policy's (threads.py); on a
+    hold the step runs on one thread, and a step that a late thread made slower
+    than one thread starts a hold (threads.split_done)."""
+    B, H, nblk = x.shape[0], c.shape[1], w_fwd.shape[0]
+    h_old, h_new = np.zeros((B, Hp), np.float32), np.empty((B, Hp), np.float32)
+    cp = np.zeros((B, Hp), np.float32)
+    copy_units(h, h_old, H)
+    copy_units(c, cp, H)
+    rec, scratch = np.empty((B, 4 * Hp), np.float32), np.empty((B, Hp), np.float32)
+    ones = np.ones(B, np.int64)
+    if P == 1 or not parallel_ok(gate):
+        _step_blocks(x, w_in, bias, w_fwd, h_old, h_new, cp, rec, scratch, ones, 0, nblk,
+                     clip, coupled, gclip, acts)
+    else:
+        _step_region(x, w_in, bias, w_fwd, h_old, h_new, cp, rec, scratch, ones,
+                     np.zeros(1, np.int64), np.zeros((P, 2), np.int64), clip, coupled, gclip,
+                     acts, gate)
+    copy_units(h_new, h_out, H)
     copy_units(cp, c_out, H)
 
 

@@ -26,6 +26,8 @@ from .threads import POLICY, numba_threads
 PARALLEL_MIN_UNITS = 256
 PARALLEL_MIN_FLOPS = 2_000_000
 STEP_PARALLEL_MIN_FLOPS = 32_000_000  # (streaming_step_alone)
+STEP_SPLIT_MIN_FLOPS = 12_000_000  # (step_splits)
+STEP_SPLIT_MIN_BYTES = 4 << 20  # (step_splits)
 ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
 ROW_SPLIT_SMALL_BYTES = 1 << 18  # a W_hh this small takes the rows split from 2 rows a thread
 FUSED_MIN_ROWS = 32  # (fuse_input)
@@ -129,6 +131,23 @@ def streaming_step_alone(B, Hp, gates):
     H=1024 (8 MFLOP) 0.85 -> 0.79; B=16, I=32, H=128 (2 MFLOP) 0.07 -> 0.13; the
     GRU at B=64, H=512 2.20 -> 1.58."""
     return 2 * B * Hp * gates * Hp < STEP_PARALLEL_MIN_FLOPS
+
+
+def step_splits(B, I, Hp, gates):
+    """Whether the plain LSTM's streamed step (T=1) shares its units among the threads
+    in one parallel region (lstm_tiled.step_split) rather than running on one: from
+    STEP_SPLIT_MIN_FLOPS of input and recurrent product, or from
+    STEP_SPLIT_MIN_BYTES of weights (W_ih and W_hh together), which one core
+    streams from beyond its L2 at half the rate two do. Below, a step is too short
+    for the wake-up of a sleeping worker (20-70 us once the pool has been idle
+    for some 30 us) to pay. Measured on 2 Zen 4 cores, one thread -> two, mean us
+    of back-to-back steps / with 100 us between steps: B=32, I=128, H=256 (25
+    MFLOP) 248 -> 138 / 248 -> 208; B=16, I=128, H=256 (13 MFLOP) 126 -> 73 / 126
+    -> 126; B=1, I=256, H=1024 (10 MFLOP, 20 MiB) 396 -> 166 / 354 -> 241; B=1,
+    I=256, H=512 (6 MiB) 77 -> 43 / 77 -> 70; B=8, I=128, H=256 (6 MFLOP) 65 -> 40
+    / 66 -> 95."""
+    per_call = gates * Hp * (I + Hp)
+    return 2 * B * per_call >= STEP_SPLIT_MIN_FLOPS or 4 * per_call >= STEP_SPLIT_MIN_BYTES
 
 
 def runs_alone(T, B, Hp, gates, plain=True):

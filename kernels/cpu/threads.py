@@ -95,6 +95,28 @@ def clock_ns():
     return _clock_gettime_ns(_CLOCK)
 
 
+@intrinsic
+def _fetch_add(typingctx, counter, value):
+    """counter[0] += value as one atomic operation (sequentially consistent); the value
+    before. counter: a C-contiguous int64 array."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", arr.data, args[1], "seq_cst")
+    return types.int64(counter, types.int64), codegen
+
+
+@njit(cache=True)
+def claim(counter):
+    """The next task of a region whose threads take tasks as they come: counter[0]
+    before this call added one (a thread stops when it passes the number of tasks).
+    A thread the OS runs late then finds its share taken by the others, rather
+    than the others waiting for it to do its share."""
+    return _fetch_add(counter, np.int64(1))
+
+
 @njit(cache=True)
 def parallel_ok(gate):
     """Whether parallel work may use more than one thread now (no hold running)."""
@@ -110,10 +132,9 @@ def finished(gate, p):
 
 
 @njit(cache=True)
-def region_done(gate, start):
-    """After a parallel region begun at `start` (clock_ns) whose threads called
-    finished() (those without a share need not): count it, and when it lagged,
-    start a hold. Returns whether it lagged."""
+def _spread_lagged(gate, start):
+    """Whether the threads of a region begun at `start` finished far apart (region_done's
+    test), from their finished() notes, which this clears."""
     first, last = np.int64(0), np.int64(0)
     for p in range(MAX_THREADS):  # (all: on TBB a thread's id may exceed the team's size)
         at = gate[FINISH + p]
@@ -122,9 +143,16 @@ def region_done(gate, start):
         first = at if first == 0 else min(first, at)
         last = max(last, at)
         gate[FINISH + p] = 0
-    gate[REGIONS] += 1
     spread = last - first
-    if spread > LAG_MIN_NS and spread > LAG_RATIO * (first - start):
+    return spread > LAG_MIN_NS and spread > LAG_RATIO * (first - start)
+
+
+@njit(cache=True)
+def _note_region(gate, start, lagged):
+    """Count a region begun at `start`; when it lagged start a hold (doubling while lags
+    follow), else end a hold that has run out. Returns lagged."""
+    gate[REGIONS] += 1
+    if lagged:
         now = clock_ns()
         hold = gate[HOLD] if gate[HOLD] > 0 else HOLD_MIN_NS
         gate[SERIAL_UNTIL] = now + hold
@@ -135,6 +163,34 @@ def region_done(gate, start):
         gate[HOLD] = 0  # a clean region after the hold: the next hold starts short again
         gate[SERIAL_UNTIL] = 0
     return False
+
+
+@njit(cache=True)
+def region_done(gate, start):
+    """After a parallel region begun at `start` (clock_ns) whose threads called
+    finished() (those without a share need not): count it, and when it lagged,
+    start a hold. Returns whether it lagged."""
+    return _note_region(gate, start, _spread_lagged(gate, start))
+
+
+@njit(cache=True)
+def split_done(gate, start, work):
+    """region_done for a region whose threads took its tasks as they came (claim) and
+    noted in work [P,2] how many each did and the nanoseconds they took. Such a
+    region also counts as lagged when it lasted longer than its busiest thread
+    would have taken for all the tasks alone: a thread came so late that the
+    others waited for it at the join with nothing left to do, and one thread
+    would have been faster. (A short region, such as a streamed step's 100-400
+    us, loses that way to a thread late by less than LAG_MIN_NS.)"""
+    region = clock_ns() - start
+    best, tasks = 0, np.int64(0)
+    for p in range(work.shape[0]):
+        tasks += work[p, 0]
+        if work[p, 0] > work[best, 0]:
+            best = p
+    alone = work[best, 1] * tasks // max(work[best, 0], 1)
+    lagged = _spread_lagged(gate, start)
+    return _note_region(gate, start, lagged or region > alone)
 
 
 def new_gate():

@@ -192,6 +192,95 @@ def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, chunk_bytes):
             assert_close(got, w, RTOL[np.float32], name)
 
 
+def test_split_step_is_the_one_thread_step_bit_for_bit(rng):
+    """lstm_tiled.step_split, a streamed step's blocks of units shared among P threads,
+    against steps_state (the one-thread step) bitwise at uneven shapes, B=1 and H=1,
+    for P = 1, 2, 3 (more threads than blocks too) and a hold on the gate (one
+    thread); with the cell options; and against the reference. The inputs are not
+    modified."""
+    from numlstm.kernels.cpu import threads
+    from numlstm.kernels.cpu.lstm_tiled import step_split, steps_state
+    shapes = [(1, 1, 1, {}), (3, 5, 70, {}), (2, 7, 130, dict(cell_clip=0.7, input_forget=True)),
+              (5, 3, 33, dict(gate_clip=1.5))]
+    for B, I, H, options in shapes:
+        cell = lstm_weights(rng, I, H, np.float32)
+        x = rng.standard_normal((B, I)).astype(np.float32)
+        h0, c0 = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
+        kept = x.copy(), h0.copy(), c0.copy()
+        p = pack_lstm_cpu(*cell, **options)
+        args = p.w_in, p.bias, p.w_fwd
+        tail = p.clip, p.coupled, p.gclip, p.acts
+        y, h1, c1 = (np.empty(s, np.float32) for s in ((1, B, H), (B, H), (B, H)))
+        steps_state(x[None], *args, h0, c0, y, h1, c1, p.Hp, 1, *tail)
+        _, h_ref, c_ref, _ = lstm_forward_ref(x[None], *cell, h0, c0, **options)
+        assert_close(h1, h_ref, RTOL[np.float32], "h")
+        assert_close(c1, c_ref, RTOL[np.float32], "c")
+        for P, hold in [(1, False), (2, False), (3, False), (2, True)]:
+            gate = threads.new_gate()
+            if hold:
+                gate[threads.SERIAL_UNTIL] = np.iinfo(np.int64).max
+            h2, c2 = np.full((B, H), np.nan, np.float32), np.full((B, H), np.nan, np.float32)
+            step_split(x, *args, h0, c0, h2, c2, p.Hp, P, *tail, gate)
+            np.testing.assert_array_equal(h2, h1, err_msg=f"h, P={P}, hold={hold}")
+            np.testing.assert_array_equal(c2, c1, err_msg=f"c, P={P}, hold={hold}")
+            # a region ran (and was counted) unless one thread or a hold
+            assert gate[threads.REGIONS] == (0 if P == 1 or hold else 1)
+        for a, b in zip((x, h0, c0), kept):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_forward_into_splits_a_large_step_among_the_threads(rng, monkeypatch):
+    """Where plan.step_splits says, forward_into runs a streamed step (T=1) with its
+    units shared in one parallel region (lstm_tiled.step_split, counted in the thread
+    policy's gate), bitwise what the one-thread step gives; other calls keep to
+    one thread (no region) or decline."""
+    from numlstm.kernels.cpu import KERNELS, plan, threads
+    from numlstm.kernels.cpu import lstm as cpu_lstm
+    B, I, H = 3, 6, 90
+    cell = lstm_weights(rng, I, H, np.float32)
+    packed = pack_lstm_cpu(*cell)
+    x = rng.standard_normal((1, B, I)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
+    outs = {}
+    for split in (False, True):
+        monkeypatch.setattr(plan, "STEP_SPLIT_MIN_FLOPS", 0 if split else 1 << 62)
+        monkeypatch.setattr(cpu_lstm, "step_splits", plan.step_splits)
+        gate = threads.POLICY.gate()
+        gate[threads.SERIAL_UNTIL] = gate[threads.HOLD] = 0
+        before, many = gate[threads.REGIONS], threads.POLICY.call_threads() > 1
+        y, h, c = (np.empty(s, np.float32) for s in ((1, B, H), (B, H), (B, H)))
+        assert KERNELS["lstm"].forward_into(x, packed, h0, c0, y, h, c)
+        regions = gate[threads.REGIONS] - before
+        # one region with two threads (a step this small may find it slower than one
+        # and hold the next ones: threads.split_done); none on a one-core machine
+        assert regions == (1 if split and many else 0)
+        gate[threads.SERIAL_UNTIL] = gate[threads.HOLD] = 0
+        np.testing.assert_array_equal(y[0], h)
+        outs[split] = y, h, c
+    for a, b in zip(outs[False], outs[True]):
+        np.testing.assert_array_equal(a, b)
+    assert_close(outs[True][2], lstm_forward_ref(x, *cell, h0, c0)[2], RTOL[np.float32], "c")
+    # the options the compiled calls lack still decline (the general path serves them)
+    peeped = pack_lstm_cpu(*cell, peephole=(rng.standard_normal(3 * H) * 0.5).astype(
+        np.float32))
+    y, h, c = (np.empty(s, np.float32) for s in ((1, B, H), (B, H), (B, H)))
+    assert not KERNELS["lstm"].forward_into(x, peeped, h0, c0, y, h, c)
+
+
+def test_step_splits_from_the_measured_thresholds():
+    """plan.step_splits: a streamed step shares its units from STEP_SPLIT_MIN_FLOPS of
+    product or STEP_SPLIT_MIN_BYTES of weights; the small steps of the bench grid stay
+    on one thread."""
+    from numlstm.kernels.cpu.plan import step_splits
+    assert step_splits(32, 128, 256, 4)  # 25 MFLOP
+    assert step_splits(1, 256, 1024, 4)  # 20 MiB of weights, 10 MFLOP
+    assert step_splits(1, 256, 512, 4)  # 6 MiB
+    assert not step_splits(1, 64, 128, 4)
+    assert not step_splits(8, 40, 128, 4)  # (H=96 padded to 128)
+    assert not step_splits(16, 32, 128, 4)  # 2.6 MFLOP
+    assert not step_splits(8, 128, 256, 4)  # 6 MFLOP, 1.5 MiB
+
+
 @pytest.mark.parametrize("P", [1, 2, 3, 8])
 def test_product_tasks_cover_the_rows_in_equal_chunks(P):
     from numlstm.kernels.cpu.microkernel import ROWS

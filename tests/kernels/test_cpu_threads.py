@@ -91,13 +91,16 @@ def test_a_large_call_enters_parallel_regions_and_a_hold_keeps_it_on_one_thread(
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_a_large_streaming_step_runs_on_the_plans_threads(rng, cell):
     """A streaming step of at least plan.STEP_PARALLEL_MIN_FLOPS (B=64, H=320: 52
-    MFLOP of the LSTM's product, 39 of the GRU's) is a one-step forward on the
-    plan's threads, and gives bitwise what the one-thread step gives (held on one
-    thread by the gate); a step under it (B=2) enters no region."""
+    MFLOP of the LSTM's product, 39 of the GRU's) runs on the plan's threads (the
+    LSTM's as one split step, plan.step_splits; the GRU's as a one-step forward),
+    and gives bitwise what the one-thread step gives (held on one thread by the
+    gate); a step under both thresholds (B=2) enters no region."""
+    from numlstm.kernels.cpu.plan import step_splits
     from numlstm.kernels.cpu.plan import STEP_PARALLEL_MIN_FLOPS, streaming_step_alone
     gates = {"lstm": 4, "gru": 3}[cell]
     assert not streaming_step_alone(64, 320, gates) and streaming_step_alone(2, 320, gates)
     assert 2 * 64 * 320 * gates * 320 >= STEP_PARALLEL_MIN_FLOPS
+    assert step_splits(64, 24, 320, gates) and not step_splits(2, 24, 320, gates)
     layer = CELLS[cell](24, 320, seed=0)
     x = rng.standard_normal((64, 24)).astype(np.float32)
     state = layer.step(x)[1]  # (compiles)
@@ -219,6 +222,53 @@ def test_an_uneven_region_under_the_lag_bounds_is_not_lag():
     gate[threads.FINISH + 1] = start + 50_000
     assert not threads.region_done(gate, start)
     assert threads.parallel_ok(gate)
+
+
+@numba.njit(parallel=True)
+def _claim_all(counter, seen, P):
+    for p in numba.prange(P):
+        task = threads.claim(counter)
+        while task < seen.shape[0]:
+            seen[task] += 1
+            task = threads.claim(counter)
+
+
+def test_claimed_tasks_go_to_one_thread_each():
+    """threads.claim hands out each task once, whatever the threads racing for them."""
+    for P in (1, 2, 5):
+        counter, seen = np.zeros(1, np.int64), np.zeros(10_007, np.int64)
+        _claim_all(counter, seen, P)
+        np.testing.assert_array_equal(seen, 1)
+        assert counter[0] == seen.shape[0] + P  # (each thread's last claim finds none)
+
+
+def test_a_split_that_one_thread_would_have_beaten_starts_a_hold():
+    """split_done: a region whose threads took tasks as they came lagged when it lasted
+    longer than its busiest thread's rate would take for all the tasks alone (a
+    thread arrived after the others had done everything), even with its threads'
+    finishing times close; a region shorter than that is no lag, whatever the
+    share each thread did."""
+    gate = threads.new_gate()
+    now = threads.clock_ns()
+    # 2 ms so far; one thread did all 10 tasks in 0.9 ms, the other came too late
+    work = np.array([[10, 900_000], [0, 0]], np.int64)
+    gate[threads.FINISH], gate[threads.FINISH + 1] = now - 1_000_000, now - 990_000
+    assert threads.split_done(gate, now - 2_000_000, work)
+    assert not threads.parallel_ok(gate)
+    assert gate[threads.LAGGED] == 1 and gate[threads.REGIONS] == 1
+    assert gate[threads.FINISH] == gate[threads.FINISH + 1] == 0
+    # the same tasks shared evenly: 0.5 ms of a 0.8 ms one-thread time is a gain
+    gate = threads.new_gate()
+    now = threads.clock_ns()
+    work = np.array([[5, 400_000], [5, 400_000]], np.int64)
+    assert not threads.split_done(gate, now - 500_000, work)
+    # and uneven (a thread a little late took fewer): still shorter than one thread
+    work = np.array([[7, 420_000], [3, 180_000]], np.int64)
+    assert not threads.split_done(gate, now - 500_000, work)
+    assert threads.parallel_ok(gate) and gate[threads.REGIONS] == 2
+    # a split slower than one thread: 0.9 ms for 0.8 ms of one thread's work
+    work = np.array([[6, 480_000], [4, 320_000]], np.int64)
+    assert threads.split_done(gate, threads.clock_ns() - 900_000, work)
 
 
 def test_the_clock_is_the_monotonic_clock():
