@@ -174,16 +174,18 @@ def test_small_inference_calls_are_one_kernel_call_a_layer_and_bitwise_the_gener
     ys = [stateful.step(x_t)[0] for x_t in xs]
     assert calls == {"step": 0, "forward": 0, "forward_into": 3}
     np.testing.assert_array_equal(np.stack(ys), run_steps(plain, xs.astype(np.float64))[0])
-    # steps too large for one thread (the RNN's single step is always one thread)
-    monkeypatch.setattr(plan, "STEP_PARALLEL_MIN_FLOPS", 0)
+    # calls too large for one thread: steps shared among the threads, still through
+    # forward_into (the RNN's single step is always one thread), and longer calls
+    # the general path's plan
+    monkeypatch.setattr(plan, "STEP_SPLIT_MIN_FLOPS", 0)
     monkeypatch.setattr(plan, "PARALLEL_MIN_FLOPS", 0)
     monkeypatch.setattr(plan, "PARALLEL_MIN_UNITS", 0)
     calls.update(step=0, forward=0, forward_into=0)
     _equal(cell, plain(xs), run_steps(plain, xs.astype(np.float64)))
-    if cell != "rnn":
-        np.testing.assert_array_equal(plain.step(xs[0])[0], ys[0])
-        # (forward_into tried and declined twice; the float64 steps took step)
-        assert calls == {"step": 4, "forward": 1, "forward_into": 2}
+    np.testing.assert_array_equal(plain.step(xs[0])[0], ys[0])
+    # (forward_into declined the 3 steps' call and took the step; the float64 steps
+    # took the table's step)
+    assert calls == {"step": 3, "forward": 1, "forward_into": 2}
 
 
 @pytest.mark.parametrize("return_sequences", [True, False])

@@ -52,14 +52,14 @@ from .cells import BlasGRU, NormGRU, TiledGRU
 from .gradients import first_step_dh, input_gradient, weight_gradients
 from .gru_blas import backward_blas_wrap, backward_norm_wrap, forward_blas, forward_norm_wrap
 from .gru_tiled import (U, backward_rows, backward_tiled, forward_rows, forward_tiled,
-                        gate_blocks, steps_state)
-from .plan import inference_chunk, make_plan, runs_alone
+                        gate_blocks, step_split, steps_state)
+from .plan import inference_chunk, make_plan, runs_alone, step_splits
 from .products import (blas_projection, in_blocks, run_in_chunks, step_tiles, tiled_bias,
                        tiled_weights)
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, aligned_empty, first_forward_steps,
                        lengths_or_full, mask_buffers, pad_units, state_buffers, unpadded,
                        writable, zone_weights)
-from .threads import SMALL_REGION, serial_if
+from .threads import POLICY, SMALL_REGION, numba_threads, serial_if
 from .threads import run as thread_policy
 
 
@@ -178,8 +178,9 @@ def gru_forward_cpu(x, packed, h0, lengths=None, reverse=False, training=False, 
 
 def gru_step_cpu(x, packed, h):
     """One inference step, for streaming: x [B,I], h [B,H] -> h' [B,H] (a new
-    array). Equal to gru_forward_cpu on one step, without its parallel regions
-    unless the step is too large for one thread (plan.streaming_step_alone)."""
+    array). Equal to gru_forward_cpu on one step, as one compiled call
+    (gru_forward_into): on one thread unless plan.step_splits; the loops it lacks
+    take a one-step forward on the plan's threads."""
     B, H = x.shape[0], packed.H
     y, h_new = np.empty((1, B, H), np.float32), np.empty((B, H), np.float32)
     if gru_forward_into(x[None], packed, np.ascontiguousarray(h), y, h_new):
@@ -194,13 +195,27 @@ def _steps_alone(packed, B, T=1):
     return packed.kind == "tiled" and runs_alone(T, B, packed.Hp, 3)
 
 
+def _split_step(x, packed, h, h_out):
+    """gru_tiled.step_split on Numba's threads (thread_policy sets them for the call)."""
+    step_split(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec, h, h_out, packed.Hp,
+               numba_threads(), NO_MASK, packed.acts, NO_ZONE[np.dtype(np.float32)][0],
+               POLICY.gate())
+
+
 def gru_forward_into(x, packed, h, y, h_out):
-    """An inference forward on one thread from Python, into the caller's arrays:
+    """An inference forward from Python as one compiled call, into the caller's arrays:
     x [T,B,I] and the state h [B,H] (read only) -> y [T,B,H] and the last state
-    h_out [B,H], all C-contiguous float32; no lengths. Returns False, writing
-    nothing, where gru_forward_cpu (or gru_step_cpu) would take more threads or
-    another loop (kernels/table.py: forward_into)."""
-    if not _steps_alone(packed, x.shape[1], x.shape[0]):
+    h_out [B,H], all C-contiguous float32; no lengths. It runs on one thread
+    (plan.runs_alone), except a large streamed step (T=1, plan.step_splits), which
+    shares its units among the thread policy's threads in one parallel region.
+    Returns False, writing nothing, where gru_forward_cpu (or gru_step_cpu) would
+    take more threads or another loop (kernels/table.py: forward_into)."""
+    T, B = x.shape[:2]
+    if T == 1 and packed.kind == "tiled" and step_splits(B, x.shape[2], packed.Hp, 3):
+        thread_policy(_split_step, x[0], packed, h, h_out)
+        y[0] = h_out
+        return True
+    if not _steps_alone(packed, B, T):
         return False
     steps_state(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec, h, y, h_out,
                 packed.Hp, inference_chunk(*x.shape[:2], packed.Hp, 3), NO_MASK, packed.acts,

@@ -11,7 +11,7 @@ from .jit import FAST
 from .microkernel import CB
 from .products import masked_product, matmul_rows, times_mask
 from .sequence import copy_units, step_before
-from .threads import clock_ns, finished, parallel_ok, region_done
+from .threads import claim, clock_ns, finished, parallel_ok, region_done, split_done
 
 U = CB  # hidden units per block: each of its three gates fills one tile block
 
@@ -176,6 +176,61 @@ def steps_state(x, w_in, b_in, w_fwd, b_rec, h, y, h_out, Hp, chunk, no_mask, ac
                       no_zone)
             copy_units(h_new, y[t], H)
     copy_units(y[T - 1], h_out, H)
+
+
+@njit(**FAST)
+def _step_blocks(x, w_in, b_in, w_fwd, b_rec, h_old, h_new, xw, rec, scratch, ones, k0, k1,
+                 no_mask, acts, no_zone):
+    """Unit blocks [k0, k1) of one step from x [B,I] and the padded state h_old [B,Hp]:
+    xw = x @ W_ih^T + b_ih for their tile blocks, then _fwd_step (their share of h
+    @ W_hh^T and their gate math) into h_new (step_split's task; steps_state's
+    sums)."""
+    matmul_rows(x, w_in, xw, b_in, False, 0, x.shape[0], 3 * k0, 3 * k1)
+    _fwd_step(xw, w_fwd, b_rec, h_old, h_old, h_new, scratch, scratch, rec, ones, False, 0,
+              k0, k1, h_old, no_mask, acts, no_zone)
+
+
+@njit(parallel=True, **FAST)
+def _step_region(x, w_in, b_in, w_fwd, b_rec, h_old, h_new, xw, rec, scratch, ones, counter,
+                 work, no_mask, acts, no_zone, gate):
+    """step_split's parallel region, as lstm_tiled._step_region's: the threads take the
+    unit blocks as they come (threads.claim) and note their share in work [P,2]
+    for threads.split_done."""
+    nk = w_fwd.shape[0] // 3
+    start = clock_ns()
+    for p in prange(work.shape[0]):
+        began, done = clock_ns(), 0
+        k = claim(counter)
+        while k < nk:
+            _step_blocks(x, w_in, b_in, w_fwd, b_rec, h_old, h_new, xw, rec, scratch, ones, k,
+                         k + 1, no_mask, acts, no_zone)
+            done += 1
+            k = claim(counter)
+        work[p, 0], work[p, 1] = done, clock_ns() - began
+        finished(gate, p)
+    split_done(gate, start, work)
+
+
+@njit(**FAST)
+def step_split(x, w_in, b_in, w_fwd, b_rec, h, h_out, Hp, P, no_mask, acts, no_zone, gate):
+    """One streamed step, x [B,I] and the state h [B,H] -> h_out [B,H], with its unit
+    blocks shared among P threads in one parallel region, as lstm_tiled.step_split
+    shares the LSTM's: the sums of steps_state, bit for bit, whatever P; one thread
+    on the gate's hold, and a step that a late thread made slower than one thread
+    starts a hold (threads.split_done)."""
+    B, H, nk = x.shape[0], h.shape[1], w_fwd.shape[0] // 3
+    h_old, h_new = np.zeros((B, Hp), np.float32), np.empty((B, Hp), np.float32)
+    copy_units(h, h_old, H)
+    xw, rec = np.empty((B, 3 * Hp), np.float32), np.empty((B, 3 * Hp), np.float32)
+    scratch, ones = np.empty((B, Hp), np.float32), np.ones(B, np.int64)
+    if P == 1 or not parallel_ok(gate):
+        _step_blocks(x, w_in, b_in, w_fwd, b_rec, h_old, h_new, xw, rec, scratch, ones, 0, nk,
+                     no_mask, acts, no_zone)
+    else:
+        _step_region(x, w_in, b_in, w_fwd, b_rec, h_old, h_new, xw, rec, scratch, ones,
+                     np.zeros(1, np.int64), np.zeros((P, 2), np.int64), no_mask, acts, no_zone,
+                     gate)
+    copy_units(h_new, h_out, H)
 
 
 # -- backward, float32 tiled -----------------------------------------------------------

@@ -208,8 +208,8 @@ def lstm_forward_cpu(x, packed, h0, c0, lengths=None, reverse=False, training=Fa
     H, Pu = packed.H, packed.P
     if (T == 1 and not training and lengths is None and h_mask is None and zone_c is None
             and plan is None):
-        # One small inference step: the streaming step's single compiled call (the same
-        # sums; a plan passed in, or a larger step, runs the loop on the plan's threads).
+        # One inference step: the streaming step's single compiled call (the same sums;
+        # a plan passed in, or the options that call lacks, run the loop).
         y, h, c = (np.empty(s, np.float32) for s in ((1, B, Pu), (B, Pu), (B, H)))
         if lstm_forward_into(x, packed, np.ascontiguousarray(h0), np.ascontiguousarray(c0),
                              y, h, c):

@@ -25,7 +25,6 @@ from .threads import POLICY, numba_threads
 # from 2 MFLOP a step (measured on 2 cores; below, the barrier costs more).
 PARALLEL_MIN_UNITS = 256
 PARALLEL_MIN_FLOPS = 2_000_000
-STEP_PARALLEL_MIN_FLOPS = 32_000_000  # (streaming_step_alone)
 STEP_SPLIT_MIN_FLOPS = 12_000_000  # (step_splits)
 STEP_SPLIT_MIN_BYTES = 4 << 20  # (step_splits)
 ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
@@ -117,48 +116,33 @@ def step_is_small(B, Hp, gates):
     return Hp < PARALLEL_MIN_UNITS and 2 * B * Hp * gates * Hp < PARALLEL_MIN_FLOPS
 
 
-def streaming_step_alone(B, Hp, gates):
-    """Whether a streaming step (one step from Python: lstm_step_cpu, gru_step_cpu)
-    runs as one compiled call on one thread, with no parallel region, rather than
-    as a one-step forward on the plan's threads: below STEP_PARALLEL_MIN_FLOPS of
-    recurrent product. A lone step pays the thread policy and a parallel region
-    that a loop of many steps shares out, and its region is too short for the
-    policy to see a lagging thread, so its threshold is well above
-    PARALLEL_MIN_FLOPS. The LSTM on 2 Zen 3 cores, one thread -> the plan's two,
-    medians of 3 rounds in alternating processes: B=64, I=256, H=512 (134 MFLOP)
-    2.76 -> 1.62 ms (idle), 2.99 -> 2.99 ms (one core busy); B=32, I=128, H=256
-    (17 MFLOP) 0.39 -> 0.31 idle but 0.41 -> 0.60 with a core busy; B=1, I=256,
-    H=1024 (8 MFLOP) 0.85 -> 0.79; B=16, I=32, H=128 (2 MFLOP) 0.07 -> 0.13; the
-    GRU at B=64, H=512 2.20 -> 1.58."""
-    return 2 * B * Hp * gates * Hp < STEP_PARALLEL_MIN_FLOPS
-
-
 def step_splits(B, I, Hp, gates):
-    """Whether the plain LSTM's streamed step (T=1) shares its units among the threads
-    in one parallel region (lstm_tiled.step_split) rather than running on one: from
-    STEP_SPLIT_MIN_FLOPS of input and recurrent product, or from
-    STEP_SPLIT_MIN_BYTES of weights (W_ih and W_hh together), which one core
-    streams from beyond its L2 at half the rate two do. Below, a step is too short
-    for the wake-up of a sleeping worker (20-70 us once the pool has been idle
-    for some 30 us) to pay. Measured on 2 Zen 4 cores, one thread -> two, mean us
-    of back-to-back steps / with 100 us between steps: B=32, I=128, H=256 (25
-    MFLOP) 248 -> 138 / 248 -> 208; B=16, I=128, H=256 (13 MFLOP) 126 -> 73 / 126
-    -> 126; B=1, I=256, H=1024 (10 MFLOP, 20 MiB) 396 -> 166 / 354 -> 241; B=1,
-    I=256, H=512 (6 MiB) 77 -> 43 / 77 -> 70; B=8, I=128, H=256 (6 MFLOP) 65 -> 40
-    / 66 -> 95."""
+    """Whether a streamed step (T=1) of the plain LSTM or the GRU shares its units
+    among the threads in one parallel region (lstm_tiled.step_split,
+    gru_tiled.step_split) rather than running on one: from STEP_SPLIT_MIN_FLOPS of
+    input and recurrent product, or from STEP_SPLIT_MIN_BYTES of weights (W_ih and
+    W_hh together), which one core streams from beyond its L2 at half the rate two
+    do. Below, a step is too short for the wake-up of a sleeping worker (20-70 us
+    once the pool has been idle for some 30 us) to pay. The LSTM on 2 Zen 4 cores,
+    one thread -> two, mean us of back-to-back steps / with 100 us between steps:
+    B=32, I=128, H=256 (25 MFLOP) 248 -> 138 / 248 -> 208; B=16, I=128, H=256 (13
+    MFLOP) 126 -> 73 / 126 -> 126; B=1, I=256, H=1024 (10 MFLOP, 20 MiB) 396 -> 166
+    / 354 -> 241; B=1, I=256, H=512 (6 MiB) 77 -> 43 / 77 -> 70; B=8, I=128, H=256
+    (6 MFLOP) 65 -> 40 / 66 -> 95."""
     per_call = gates * Hp * (I + Hp)
     return 2 * B * per_call >= STEP_SPLIT_MIN_FLOPS or 4 * per_call >= STEP_SPLIT_MIN_BYTES
 
 
 def runs_alone(T, B, Hp, gates, plain=True):
-    """Whether an inference call of T steps of B rows (T=1: a streaming step) runs
-    from Python as one compiled call on one thread (the kernel tables'
-    forward_into): one step under STEP_PARALLEL_MIN_FLOPS (streaming_step_alone),
-    more steps where make_plan would plan one thread anyway (a small step, and no
-    batch split; plain as make_plan's). At T=100, B=1, H=64 the general path's
-    Python took about 55 us around 170 us of loop."""
+    """Whether an inference call of T steps of B rows runs from Python as one
+    compiled call on one thread (the kernel tables' forward_into): where make_plan
+    would plan one thread anyway (a small step, and no batch split; plain as
+    make_plan's). At T=100, B=1, H=64 the general path's Python took about 55 us
+    around 170 us of loop. A streamed step (T=1) is always one compiled call: the
+    LSTM and the GRU share a large one among the threads first (step_splits),
+    which leaves this one thread."""
     if T == 1:
-        return streaming_step_alone(B, Hp, gates)
+        return True
     return step_is_small(B, Hp, gates) and not batch_split(T, B, Hp, gates, plain,
                                                            numba_threads())
 

@@ -63,6 +63,13 @@ LAG_MIN_NS = 1_000_000
 # of 18 ms) that met one late tick loses less to it than one thread would lose to the
 # next calls (measured on 2 cores: a hold on such a tick doubled the next call's time).
 LAG_RATIO = 1.0
+# A region whose threads take tasks as they come lagged when it lasted this many times what
+# its busiest thread would have taken for all the tasks alone (split_done). Measured on 2
+# cores, streamed steps of 64 tasks (LSTM B=1, H=1024) and 4 (GRU B=32, H=256): idle, the
+# regions took 0.55-0.58x that time (median), and of 2,900 only 1 and 28 went over 1x, by
+# at most 7% with the tasks shared evenly, but for stalls of 0.6-0.7 ms; with a core busy,
+# the late thread found nothing left in most regions, and they took 1.12-1.21x (median).
+SPLIT_LOSS = 1.1
 HOLD_MIN_NS = 20_000_000  # 20 ms of one-thread work after a lag, doubling while lags follow
 HOLD_MAX_NS = 1_000_000_000
 
@@ -159,7 +166,7 @@ def _note_region(gate, start, lagged):
         gate[HOLD] = min(2 * hold, HOLD_MAX_NS)
         gate[LAGGED] += 1
         return True
-    if gate[SERIAL_UNTIL] != 0 and start >= gate[SERIAL_UNTIL]:
+    if gate[HOLD] != 0 and (gate[SERIAL_UNTIL] == 0 or start >= gate[SERIAL_UNTIL]):
         gate[HOLD] = 0  # a clean region after the hold: the next hold starts short again
         gate[SERIAL_UNTIL] = 0
     return False
@@ -178,10 +185,12 @@ def split_done(gate, start, work):
     """region_done for a region whose threads took its tasks as they came (claim) and
     noted in work [P,2] how many each did and the nanoseconds they took. Such a
     region also counts as lagged when it lasted longer than its busiest thread
-    would have taken for all the tasks alone: a thread came so late that the
-    others waited for it at the join with nothing left to do, and one thread
-    would have been faster. (A short region, such as a streamed step's 100-400
-    us, loses that way to a thread late by less than LAG_MIN_NS.)"""
+    would have taken for all the tasks alone (by SPLIT_LOSS): a thread came so
+    late that the others waited for it at the join with nothing left to do, and
+    one thread would have been faster. (A short region, such as a streamed step's
+    100-400 us, loses that way to a thread late by less than LAG_MIN_NS.) The first
+    region after a hold is judged by region_done's test alone, as its threads wake
+    from sleep."""
     region = clock_ns() - start
     best, tasks = 0, np.int64(0)
     for p in range(work.shape[0]):
@@ -190,7 +199,15 @@ def split_done(gate, start, work):
             best = p
     alone = work[best, 1] * tasks // max(work[best, 0], 1)
     lagged = _spread_lagged(gate, start)
-    return _note_region(gate, start, lagged or region > alone)
+    if not lagged and gate[SERIAL_UNTIL] != 0 and start >= gate[SERIAL_UNTIL]:
+        # The first region after a hold: its other threads had slept through the hold,
+        # and waking them (some hundreds of microseconds on a virtual machine) is no
+        # sign of a busy core, so only a tick's lag counts here. The hold ends and
+        # keeps its length, so that a lag in the next region doubles it.
+        gate[REGIONS] += 1
+        gate[SERIAL_UNTIL] = 0
+        return False
+    return _note_region(gate, start, lagged or region > SPLIT_LOSS * alone)
 
 
 def new_gate():

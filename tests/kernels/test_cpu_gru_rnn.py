@@ -196,6 +196,51 @@ def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, cell, chunk_b
         assert_close(y, ref[0], RTOL[np.float32], "y")
 
 
+@pytest.mark.parametrize("cell", ["gru", "gru_activations"])
+def test_gru_split_step_is_the_one_thread_step_bit_for_bit(rng, monkeypatch, cell):
+    """gru_tiled.step_split (a streamed step's unit blocks shared among P threads, as
+    the LSTM's) against steps_state bitwise at uneven shapes, B=1 and H=1, H past one
+    block, for P = 1, 2, 3 and a hold on the gate; and forward_into, where
+    plan.step_splits says (here forced), takes it: the same h, and one region
+    counted with two threads."""
+    from numlstm.kernels.cpu import KERNELS, plan, threads
+    from numlstm.kernels.cpu.gru_tiled import step_split, steps_state
+    from numlstm.kernels.cpu.sequence import NO_MASK, NO_ZONE
+    gates, (forward_ref, _), (pack, _, _), option = CELLS[cell]
+    no_zone = NO_ZONE[np.dtype(np.float32)][0]
+    for B, I, H in [(1, 1, 1), (3, 5, 70), (2, 7, 130)]:
+        cell_w = cell_weights(rng, I, H, gates, np.float32, min(0.5, 1 / np.sqrt(H)))
+        x = rng.standard_normal((B, I)).astype(np.float32)
+        h0 = rng.standard_normal((B, H)).astype(np.float32)
+        kept = x.copy(), h0.copy()
+        p = pack(*cell_w, **option)
+        weights = p.w_in, p.b_in, p.w_fwd, p.b_rec
+        y, h1 = np.empty((1, B, H), np.float32), np.empty((B, H), np.float32)
+        steps_state(x[None], *weights, h0, y, h1, p.Hp, 1, NO_MASK, p.acts, no_zone)
+        assert_close(h1, forward_ref(x[None], *cell_w, h0, **option)[1], RTOL[np.float32], "h")
+        for P, hold in [(1, False), (2, False), (3, False), (2, True)]:
+            gate = threads.new_gate()
+            if hold:
+                gate[threads.SERIAL_UNTIL] = np.iinfo(np.int64).max
+            h2 = np.full((B, H), np.nan, np.float32)
+            step_split(x, *weights, h0, h2, p.Hp, P, NO_MASK, p.acts, no_zone, gate)
+            np.testing.assert_array_equal(h2, h1, err_msg=f"P={P}, hold={hold}")
+            assert gate[threads.REGIONS] == (0 if P == 1 or hold else 1)
+        for a, b in zip((x, h0), kept):
+            np.testing.assert_array_equal(a, b)
+        monkeypatch.setattr(plan, "STEP_SPLIT_MIN_FLOPS", 0)
+        gate = threads.POLICY.gate()
+        gate[threads.SERIAL_UNTIL] = gate[threads.HOLD] = 0
+        before, many = gate[threads.REGIONS], threads.POLICY.call_threads() > 1
+        y, h3 = np.empty((1, B, H), np.float32), np.empty((B, H), np.float32)
+        assert KERNELS["gru"].forward_into(x[None], p, h0, y, h3)
+        assert gate[threads.REGIONS] - before == (1 if many else 0)
+        gate[threads.SERIAL_UNTIL] = gate[threads.HOLD] = 0
+        np.testing.assert_array_equal(h3, h1)
+        np.testing.assert_array_equal(y[0], h1)
+        monkeypatch.undo()
+
+
 # -- the GRU's zoneout: h' <- h' + zh (h - h'), with recurrent dropout --------------------
 # (T, B, I, H, reverse): uneven, T=1 and B=1, H=1 (unpadded on the blas path), H past one
 # tile block (64 units)

@@ -235,7 +235,6 @@ def test_forward_into_splits_a_large_step_among_the_threads(rng, monkeypatch):
     policy's gate), bitwise what the one-thread step gives; other calls keep to
     one thread (no region) or decline."""
     from numlstm.kernels.cpu import KERNELS, plan, threads
-    from numlstm.kernels.cpu import lstm as cpu_lstm
     B, I, H = 3, 6, 90
     cell = lstm_weights(rng, I, H, np.float32)
     packed = pack_lstm_cpu(*cell)
@@ -244,7 +243,6 @@ def test_forward_into_splits_a_large_step_among_the_threads(rng, monkeypatch):
     outs = {}
     for split in (False, True):
         monkeypatch.setattr(plan, "STEP_SPLIT_MIN_FLOPS", 0 if split else 1 << 62)
-        monkeypatch.setattr(cpu_lstm, "step_splits", plan.step_splits)
         gate = threads.POLICY.gate()
         gate[threads.SERIAL_UNTIL] = gate[threads.HOLD] = 0
         before, many = gate[threads.REGIONS], threads.POLICY.call_threads() > 1

@@ -90,16 +90,12 @@ def test_a_large_call_enters_parallel_regions_and_a_hold_keeps_it_on_one_thread(
                     reason="needs 2 threads and 2 CPUs")
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_a_large_streaming_step_runs_on_the_plans_threads(rng, cell):
-    """A streaming step of at least plan.STEP_PARALLEL_MIN_FLOPS (B=64, H=320: 52
-    MFLOP of the LSTM's product, 39 of the GRU's) runs on the plan's threads (the
-    LSTM's as one split step, plan.step_splits; the GRU's as a one-step forward),
-    and gives bitwise what the one-thread step gives (held on one thread by the
-    gate); a step under both thresholds (B=2) enters no region."""
+    """A streaming step that plan.step_splits shares (B=64, I=24, H=320: 56 MFLOP of
+    the LSTM's products, 42 of the GRU's) runs as one parallel region on the
+    plan's threads, and gives bitwise what the one-thread step gives (held on one
+    thread by the gate); a smaller one (B=2) enters no region."""
     from numlstm.kernels.cpu.plan import step_splits
-    from numlstm.kernels.cpu.plan import STEP_PARALLEL_MIN_FLOPS, streaming_step_alone
     gates = {"lstm": 4, "gru": 3}[cell]
-    assert not streaming_step_alone(64, 320, gates) and streaming_step_alone(2, 320, gates)
-    assert 2 * 64 * 320 * gates * 320 >= STEP_PARALLEL_MIN_FLOPS
     assert step_splits(64, 24, 320, gates) and not step_splits(2, 24, 320, gates)
     layer = CELLS[cell](24, 320, seed=0)
     x = rng.standard_normal((64, 24)).astype(np.float32)
@@ -244,10 +240,10 @@ def test_claimed_tasks_go_to_one_thread_each():
 
 def test_a_split_that_one_thread_would_have_beaten_starts_a_hold():
     """split_done: a region whose threads took tasks as they came lagged when it lasted
-    longer than its busiest thread's rate would take for all the tasks alone (a
-    thread arrived after the others had done everything), even with its threads'
-    finishing times close; a region shorter than that is no lag, whatever the
-    share each thread did."""
+    longer than its busiest thread's rate would take for all the tasks alone, by
+    SPLIT_LOSS (a thread arrived after the others had done everything), even with
+    its threads' finishing times close; a region shorter than that is no lag,
+    whatever the share each thread did."""
     gate = threads.new_gate()
     now = threads.clock_ns()
     # 2 ms so far; one thread did all 10 tasks in 0.9 ms, the other came too late
@@ -266,9 +262,11 @@ def test_a_split_that_one_thread_would_have_beaten_starts_a_hold():
     work = np.array([[7, 420_000], [3, 180_000]], np.int64)
     assert not threads.split_done(gate, now - 500_000, work)
     assert threads.parallel_ok(gate) and gate[threads.REGIONS] == 2
-    # a split slower than one thread: 0.9 ms for 0.8 ms of one thread's work
-    work = np.array([[6, 480_000], [4, 320_000]], np.int64)
-    assert threads.split_done(gate, threads.clock_ns() - 900_000, work)
+    # a split slower than one thread: 9.5 ms for 8 ms of one thread's work (more than
+    # SPLIT_LOSS times it), and one within the noise (8.4 ms)
+    work = np.array([[6, 4_800_000], [4, 3_200_000]], np.int64)
+    assert not threads.split_done(gate, threads.clock_ns() - 8_400_000, work)
+    assert threads.split_done(gate, threads.clock_ns() - 9_500_000, work)
 
 
 def test_the_clock_is_the_monotonic_clock():
