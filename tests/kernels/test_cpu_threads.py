@@ -269,6 +269,32 @@ def test_a_split_that_one_thread_would_have_beaten_starts_a_hold():
     assert threads.split_done(gate, threads.clock_ns() - 9_500_000, work)
 
 
+def test_the_first_split_after_a_hold_counts_only_a_ticks_lag():
+    """The first region after a hold wakes threads that slept through it: a late one
+    there is no lag for split_done (the hold ends but keeps its length, so a lost
+    region next doubles it, and a clean one resets it); a tick's lag still is."""
+    work = np.array([[10, 900_000], [0, 0]], np.int64)  # one thread did everything
+    for then in ("lost", "clean"):
+        gate = threads.new_gate()
+        now = threads.clock_ns()
+        gate[threads.SERIAL_UNTIL], gate[threads.HOLD] = now - 3_000_000, 2 * threads.HOLD_MIN_NS
+        assert not threads.split_done(gate, now - 2_000_000, work)
+        assert gate[threads.SERIAL_UNTIL] == 0 and gate[threads.HOLD] == 2 * threads.HOLD_MIN_NS
+        assert threads.parallel_ok(gate)
+        if then == "lost":
+            assert threads.split_done(gate, threads.clock_ns() - 2_000_000, work)
+            assert gate[threads.HOLD] == 4 * threads.HOLD_MIN_NS
+        else:
+            even = np.array([[5, 450_000], [5, 450_000]], np.int64)
+            assert not threads.split_done(gate, threads.clock_ns() - 500_000, even)
+            assert gate[threads.HOLD] == 0 and gate[threads.SERIAL_UNTIL] == 0
+    gate = threads.new_gate()
+    now = threads.clock_ns()
+    gate[threads.SERIAL_UNTIL] = now - 10_000_000
+    gate[threads.FINISH], gate[threads.FINISH + 1] = now - 5_000_000, now  # a tick late
+    assert threads.split_done(gate, now - 6_000_000, work)
+
+
 def test_the_clock_is_the_monotonic_clock():
     a = time.monotonic_ns()
     b = threads.clock_ns()
