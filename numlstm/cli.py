@@ -194,7 +194,7 @@ def _bench_isolated(args):
               f"products: {variant}); numlstm_f32: its float32 layer; torch: "
               "quantize_dynamic int8")
     print(f"each library in a fresh process of its own, {args.rounds} rounds (the order "
-          f"rotating), the median of each worker's median call; busy processes: "
+          f"rotating), the median of each worker's time per call; busy processes: "
           f"{args.load}; numlstm copies at once: {args.copies}")
     rows = bench_isolated.run(shapes, libraries, modes, load=args.load, copies=args.copies,
                               rounds=args.rounds, repeats=args.repeats, dtype=args.dtype,
@@ -220,7 +220,7 @@ def _peer_run(args, module, shape, libraries, what):
     roof = bench.roofs()
     print(bench.roof_line(roof))
     print(f"{what}. Each library in a fresh process of its own, {args.rounds} rounds (the "
-          f"order rotating), the median of each worker's median call; busy processes: "
+          f"order rotating), the median of each worker's time per call; busy processes: "
           f"{args.load}; numlstm copies at once: {args.copies}")
     try:
         return module.run(shapes, libraries, args.modes or ["inference", "training"],

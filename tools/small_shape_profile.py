@@ -7,7 +7,7 @@ A call that runs on one thread (plan.runs_alone: a small step, no batch split) i
 the layer's Python (checks, the packed weights' lookup, the output arrays), then
 one compiled call (lstm.lstm_forward_into): the input projection of the steps
 (x @ W_ih^T + b, one product), then per step the recurrent product (h @ W_hh^T)
-and the gate math. This times each part on its own, medians of many calls, and
+and the gate math. This times each part on its own, the mean of many calls, and
 prints them beside the call: the parts should add up to about the call (the rest
 is the loop's copies of h into y and the memory it touches). At B=1 a step's
 product reads all of W_hh once per step for one multiply-add per value read, so
@@ -70,16 +70,16 @@ def profile(T, B, I, H, out=print):
     _products(1, hp[0], p.w_fwd, rec, nblk)
     _gate_math(1, rec, hp, cp, scratch, lengths, nblk, p.clip, p.coupled, p.gclip, p.acts)
 
-    def median(call):  # seconds a call: the median of 200 calls or more, over 0.5 s
+    def per_call(call):  # seconds a call: 200 calls or more, over 0.5 s
         return _time(call, 200, 0.5)[0]
 
     parts = {
-        "layer(x)": median(lambda: layer(x)),
-        "compiled call": median(lambda: lstm_forward_into(x, p, h, c, y, h_n, c_n)),
-        "input projection": median(lambda: matmul_rows(x.reshape(T * B, I), p.w_in, xw,
+        "layer(x)": per_call(lambda: layer(x)),
+        "compiled call": per_call(lambda: lstm_forward_into(x, p, h, c, y, h_n, c_n)),
+        "input projection": per_call(lambda: matmul_rows(x.reshape(T * B, I), p.w_in, xw,
                                                        p.bias, False, 0, T * B, 0, nblk)),
-        "a step's product": median(lambda: _products(inner, hp[0], p.w_fwd, rec, nblk)) / inner,
-        "a step's gate math": median(lambda: _gate_math(
+        "a step's product": per_call(lambda: _products(inner, hp[0], p.w_fwd, rec, nblk)) / inner,
+        "a step's gate math": per_call(lambda: _gate_math(
             inner, rec, hp, cp, scratch, lengths, nblk, p.clip, p.coupled, p.gclip,
             p.acts)) / inner,
     }
