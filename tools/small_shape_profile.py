@@ -70,7 +70,8 @@ def profile(T, B, I, H, out=print):
     _products(1, hp[0], p.w_fwd, rec, nblk)
     _gate_math(1, rec, hp, cp, scratch, lengths, nblk, p.clip, p.coupled, p.gclip, p.acts)
 
-    def per_call(call):  # seconds a call: 200 calls or more, over 0.5 s
+    def per_call(call):  # seconds a call: 200 calls or more, over 0.5 s, after a first
+        call()  # (which may compile)
         return _time(call, 200, 0.5)[0]
 
     parts = {
