@@ -360,7 +360,7 @@ def _step_blocks(x, w_in, bias, w_fwd, h_old, h_new, c, rec, scratch, ones, b0, 
                  coupled, gclip, acts):
     """Blocks [b0, b1) of one step from x [B,I] and the padded state h_old, c [B,Hp]:
     rec = x @ W_ih^T + b + h_old @ W_hh^T for their columns, then their gate math
-    into h_new and c (step_split's share of a thread; steps_state's sums)."""
+    into h_new and c (step_split's task; steps_state's sums)."""
     B = x.shape[0]
     matmul_rows(x, w_in, rec, bias, False, 0, B, b0, b1)
     matmul_rows(h_old, w_fwd, rec, rec, True, 0, B, b0, b1)

@@ -166,8 +166,11 @@ def _note_region(gate, start, lagged):
         gate[HOLD] = min(2 * hold, HOLD_MAX_NS)
         gate[LAGGED] += 1
         return True
-    if gate[HOLD] != 0 and (gate[SERIAL_UNTIL] == 0 or start >= gate[SERIAL_UNTIL]):
-        gate[HOLD] = 0  # a clean region after the hold: the next hold starts short again
+    until = gate[SERIAL_UNTIL]
+    if (until != 0 and start >= until) or (until == 0 and gate[HOLD] != 0):
+        # a clean region after the hold (or after the probe that ended it, split_done):
+        # the next hold starts short again
+        gate[HOLD] = 0
         gate[SERIAL_UNTIL] = 0
     return False
 

@@ -253,20 +253,21 @@ def test_a_split_that_one_thread_would_have_beaten_starts_a_hold():
     assert not threads.parallel_ok(gate)
     assert gate[threads.LAGGED] == 1 and gate[threads.REGIONS] == 1
     assert gate[threads.FINISH] == gate[threads.FINISH + 1] == 0
-    # the same tasks shared evenly: 0.5 ms of a 0.8 ms one-thread time is a gain
+    # (times of tens of ms below, so that this process being descheduled for a few ms
+    # between reading the clock and the call, as under a parallel test run, is noise)
+    # the same tasks shared evenly: 50 ms of an 80 ms one-thread time is a gain
     gate = threads.new_gate()
-    now = threads.clock_ns()
-    work = np.array([[5, 400_000], [5, 400_000]], np.int64)
-    assert not threads.split_done(gate, now - 500_000, work)
+    work = np.array([[5, 40_000_000], [5, 40_000_000]], np.int64)
+    assert not threads.split_done(gate, threads.clock_ns() - 50_000_000, work)
     # and uneven (a thread a little late took fewer): still shorter than one thread
-    work = np.array([[7, 420_000], [3, 180_000]], np.int64)
-    assert not threads.split_done(gate, now - 500_000, work)
+    work = np.array([[7, 42_000_000], [3, 18_000_000]], np.int64)
+    assert not threads.split_done(gate, threads.clock_ns() - 50_000_000, work)
     assert threads.parallel_ok(gate) and gate[threads.REGIONS] == 2
-    # a split slower than one thread: 9.5 ms for 8 ms of one thread's work (more than
-    # SPLIT_LOSS times it), and one within the noise (8.4 ms)
-    work = np.array([[6, 4_800_000], [4, 3_200_000]], np.int64)
-    assert not threads.split_done(gate, threads.clock_ns() - 8_400_000, work)
-    assert threads.split_done(gate, threads.clock_ns() - 9_500_000, work)
+    # a split slower than one thread: 95 ms for 80 ms of one thread's work (more than
+    # SPLIT_LOSS times it), and one within the noise (80 ms)
+    work = np.array([[6, 48_000_000], [4, 32_000_000]], np.int64)
+    assert not threads.split_done(gate, threads.clock_ns() - 80_000_000, work)
+    assert threads.split_done(gate, threads.clock_ns() - 95_000_000, work)
 
 
 def test_the_first_split_after_a_hold_counts_only_a_ticks_lag():
@@ -285,8 +286,8 @@ def test_the_first_split_after_a_hold_counts_only_a_ticks_lag():
             assert threads.split_done(gate, threads.clock_ns() - 2_000_000, work)
             assert gate[threads.HOLD] == 4 * threads.HOLD_MIN_NS
         else:
-            even = np.array([[5, 450_000], [5, 450_000]], np.int64)
-            assert not threads.split_done(gate, threads.clock_ns() - 500_000, even)
+            even = np.array([[5, 45_000_000], [5, 45_000_000]], np.int64)  # (as above)
+            assert not threads.split_done(gate, threads.clock_ns() - 50_000_000, even)
             assert gate[threads.HOLD] == 0 and gate[threads.SERIAL_UNTIL] == 0
     gate = threads.new_gate()
     now = threads.clock_ns()
