@@ -196,17 +196,18 @@ def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, cell, chunk_b
         assert_close(y, ref[0], RTOL[np.float32], "y")
 
 
-@pytest.mark.parametrize("cell", ["gru", "gru_activations"])
-def test_gru_split_step_is_the_one_thread_step_bit_for_bit(rng, monkeypatch, cell):
+def test_gru_split_step_is_the_one_thread_step_bit_for_bit(rng, monkeypatch):
     """gru_tiled.step_split (a streamed step's unit blocks shared among P threads, as
     the LSTM's) against steps_state bitwise at uneven shapes, B=1 and H=1, H past one
     block, for P = 1, 2, 3 and a hold on the gate; and forward_into, where
     plan.step_splits says (here forced), takes it: the same h, and one region
-    counted with two threads."""
+    counted with two threads. (One pair of activations: the gate math is
+    _fwd_step's, which the other tests run with each pair; another pair compiles
+    the split step again, some 10 s.)"""
     from numlstm.kernels.cpu import KERNELS, plan, threads
     from numlstm.kernels.cpu.gru_tiled import step_split, steps_state
     from numlstm.kernels.cpu.sequence import NO_MASK, NO_ZONE
-    gates, (forward_ref, _), (pack, _, _), option = CELLS[cell]
+    gates, (forward_ref, _), (pack, _, _), option = CELLS["gru"]
     no_zone = NO_ZONE[np.dtype(np.float32)][0]
     for B, I, H in [(1, 1, 1), (3, 5, 70), (2, 7, 130)]:
         cell_w = cell_weights(rng, I, H, gates, np.float32, min(0.5, 1 / np.sqrt(H)))
