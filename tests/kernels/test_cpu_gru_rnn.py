@@ -199,9 +199,9 @@ def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, cell, chunk_b
 def test_gru_split_step_is_the_one_thread_step_bit_for_bit(rng, monkeypatch):
     """gru_tiled.step_split (a streamed step's unit blocks shared among P threads, as
     the LSTM's) against steps_state bitwise at uneven shapes, B=1 and H=1, H past one
-    block, for P = 1, 2, 3 and a hold on the gate; and forward_into, where
-    plan.step_splits says (here forced), takes it: the same h, and one region
-    counted with two threads. (One pair of activations: the gate math is
+    block, for P = 1, 2, 3 (at H=1, more threads than blocks) and a hold on the
+    gate; and forward_into, where plan.step_splits says (here forced), takes it:
+    the same h, and one region counted with two threads. (One pair of activations: the gate math is
     _fwd_step's, which the other tests run with each pair; another pair compiles
     the split step again, some 10 s.)"""
     from numlstm.kernels.cpu import KERNELS, plan, threads

@@ -195,9 +195,8 @@ def test_forward_into_is_the_forward_bit_for_bit(rng, monkeypatch, chunk_bytes):
 def test_split_step_is_the_one_thread_step_bit_for_bit(rng):
     """lstm_tiled.step_split, a streamed step's blocks of units shared among P threads,
     against steps_state (the one-thread step) bitwise at uneven shapes, B=1 and H=1,
-    for P = 1, 2, 3 (more threads than blocks too) and a hold on the gate (one
-    thread); with the cell options; and against the reference. The inputs are not
-    modified."""
+    for P = 1, 2, 3 and a hold on the gate (one thread); with the cell options; and
+    against the reference. The inputs are not modified."""
     from numlstm.kernels.cpu import threads
     from numlstm.kernels.cpu.lstm_tiled import step_split, steps_state
     shapes = [(1, 1, 1, {}), (3, 5, 70, {}), (2, 7, 130, dict(cell_clip=0.7, input_forget=True)),
