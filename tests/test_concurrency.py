@@ -78,18 +78,27 @@ def test_threads_training_different_layers(rng):
 
 def test_the_workqueue_threading_layer_is_serialised():
     """Numba's workqueue layer aborts the process on concurrent calls; numlstm holds
-    a lock for it, so the same threads finish with the right answers."""
+    a lock for it, so the same threads finish with the right answers: whole
+    sequences, and streaming steps large enough to be split among the threads
+    (B=64, H=300: plan.step_splits), which without the lock aborted."""
     code = textwrap.dedent("""
         import numpy as np, numba, numlstm
         from concurrent.futures import ThreadPoolExecutor
+        from numlstm.kernels.cpu.plan import step_splits
+        assert step_splits(64, 8, 320, 4) and step_splits(64, 8, 320, 3)
         rng = np.random.default_rng(0)
         layers = [numlstm.LSTM(8, 300, seed=1), numlstm.GRU(8, 300, seed=2)]
         xs = [rng.standard_normal((10, 4, 8)).astype(np.float32) for _ in range(4)]
+        steps = [rng.standard_normal((64, 8)).astype(np.float32) for _ in range(4)]
         want = {(i, j): layers[i](xs[j])[0] for i in range(2) for j in range(4)}
+        want_steps = {(i, j): layers[i].step(steps[j])[0] for i in range(2) for j in range(4)}
         with ThreadPoolExecutor(8) as ex:
             res = list(ex.map(lambda k: ((k % 2, k % 4), layers[k % 2](xs[k % 4])[0]),
                               range(64)))
+            res_steps = list(ex.map(
+                lambda k: ((k % 2, k % 4), layers[k % 2].step(steps[k % 4])[0]), range(200)))
         assert all(np.array_equal(want[key], y) for key, y in res)
+        assert all(np.array_equal(want_steps[key], y) for key, y in res_steps)
         print(numba.threading_layer())
     """)
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")

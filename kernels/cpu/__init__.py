@@ -60,7 +60,6 @@ when that is workqueue.
 """
 import functools
 import os
-import threading
 
 import numba
 
@@ -101,28 +100,17 @@ from .gru import pack_gru_cpu  # noqa: E402
 from .lstm import pack_lstm_cpu  # noqa: E402
 from .rnn import pack_rnn_cpu  # noqa: E402
 
-_LOCK = threading.Lock()
-_threadsafe = False  # set once Numba's threading layer is known to be omp or tbb
-
 
 def _serialised(fn, policy=True):
     """fn through threads.run (policy=False: as it is, for the streaming steps,
-    which enter no parallel region), under _LOCK unless Numba's threading layer
-    takes concurrent calls."""
+    which enter no parallel region but the split one's, which applies the policy
+    itself), under threads' lock unless Numba's threading layer takes concurrent
+    calls (threads.serialised)."""
     run = threads.run if policy else _direct
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        global _threadsafe
-        if _threadsafe:
-            return run(fn, *args, **kwargs)
-        with _LOCK:
-            out = run(fn, *args, **kwargs)
-            try:
-                _threadsafe = numba.threading_layer() in ("omp", "tbb")
-            except ValueError:  # no parallel region has run yet
-                pass
-        return out
+        return threads.serialised(run, fn, *args, **kwargs)
     return call
 
 
@@ -168,7 +156,8 @@ PLANS = {"lstm": lstm.forward_plan, "gru": gru.forward_plan, "rnn": rnn.forward_
 
 
 # The table: dispatch looks the kernels up here (kernels/table.py).
-# (forward_into enters no parallel region: it needs neither the thread policy nor _LOCK)
+# (forward_into enters no parallel region but a split step's, which takes the thread
+# policy and threads' lock itself: lstm.lstm_forward_into, gru.gru_forward_into)
 KERNELS = {
     "lstm": CellKernels(pack_lstm_cpu, lstm_forward_cpu, lstm_backward_cpu, lstm_step_cpu,
                         lstm.lstm_forward_into),

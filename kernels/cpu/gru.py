@@ -59,7 +59,7 @@ from .products import (blas_projection, in_blocks, run_in_chunks, step_tiles, ti
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, aligned_empty, first_forward_steps,
                        lengths_or_full, mask_buffers, pad_units, state_buffers, unpadded,
                        writable, zone_weights)
-from .threads import POLICY, SMALL_REGION, numba_threads, serial_if
+from .threads import POLICY, SMALL_REGION, numba_threads, serial_if, serialised
 from .threads import run as thread_policy
 
 
@@ -212,7 +212,7 @@ def gru_forward_into(x, packed, h, y, h_out):
     take more threads or another loop (kernels/table.py: forward_into)."""
     T, B = x.shape[:2]
     if T == 1 and packed.kind == "tiled" and step_splits(B, x.shape[2], packed.Hp, 3):
-        thread_policy(_split_step, x[0], packed, h, h_out)
+        serialised(thread_policy, _split_step, x[0], packed, h, h_out)
         y[0] = h_out
         return True
     if not _steps_alone(packed, B, T):

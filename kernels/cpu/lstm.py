@@ -107,7 +107,7 @@ from .plan import inference_chunk, make_plan, runs_alone, step_splits
 from .products import in_blocks, matmul, product_for, step_tiles, transpose
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, first_forward_steps, lengths_or_full,
                        mask_buffers, pad_units, writable, zone_weights)
-from .threads import POLICY, SMALL_REGION, numba_threads, serial_if
+from .threads import POLICY, SMALL_REGION, numba_threads, serial_if, serialised
 from .threads import run as thread_policy
 
 
@@ -361,7 +361,7 @@ def lstm_forward_into(x, packed, h, c, y, h_out, c_out):
     would take more threads or the options' loop (kernels/table.py: forward_into)."""
     T, B = x.shape[:2]
     if T == 1 and _plain_tiled(packed) and step_splits(B, x.shape[2], packed.Hp, 4):
-        thread_policy(_split_step, x[0], packed, h, c, h_out, c_out)
+        serialised(thread_policy, _split_step, x[0], packed, h, c, h_out, c_out)
         y[0] = h_out
         return True
     if not _steps_alone(packed, B, T):

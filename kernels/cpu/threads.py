@@ -371,3 +371,27 @@ def run(fn, *args, **kwargs):
     """fn(*args, **kwargs) with Numba's thread count set to POLICY.call_threads()
     for the call (and set back after it)."""
     return _on_threads(POLICY.call_threads(), fn, *args, **kwargs)
+
+
+# Numba's workqueue threading layer aborts the process when two Python threads launch
+# parallel regions at once. The calls that may launch one hold this lock until the
+# layer is known to take concurrent calls (omp or tbb): the table's calls
+# (kernels/cpu/__init__.py's _serialised) and the split streaming steps, which a
+# serialised call may itself make (so the lock is re-entrant).
+_LOCK = threading.RLock()
+_threadsafe = False
+
+
+def serialised(run_fn, fn, *args, **kwargs):
+    """run_fn(fn, *args, **kwargs) (run_fn: run, or a plain call), under _LOCK
+    unless Numba's threading layer takes concurrent calls."""
+    global _threadsafe
+    if _threadsafe:
+        return run_fn(fn, *args, **kwargs)
+    with _LOCK:
+        out = run_fn(fn, *args, **kwargs)
+        try:
+            _threadsafe = numba.threading_layer() in ("omp", "tbb")
+        except ValueError:  # no parallel region has run yet
+            pass
+    return out
