@@ -129,8 +129,8 @@ def step_splits(B, I, Hp, gates):
     MFLOP) 126 -> 73 / 126 -> 126; B=1, I=256, H=1024 (10 MFLOP, 20 MiB) 396 -> 166
     / 354 -> 241; B=1, I=256, H=512 (6 MiB) 77 -> 43 / 77 -> 70; B=8, I=128, H=256
     (6 MFLOP) 65 -> 40 / 66 -> 95."""
-    per_call = gates * Hp * (I + Hp)
-    return 2 * B * per_call >= STEP_SPLIT_MIN_FLOPS or 4 * per_call >= STEP_SPLIT_MIN_BYTES
+    weights = gates * Hp * (I + Hp)  # (a multiply-add each, for each row of the batch)
+    return 2 * B * weights >= STEP_SPLIT_MIN_FLOPS or 4 * weights >= STEP_SPLIT_MIN_BYTES
 
 
 def runs_alone(T, B, Hp, gates, plain=True):
