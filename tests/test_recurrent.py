@@ -188,6 +188,34 @@ def test_small_inference_calls_are_one_kernel_call_a_layer_and_bitwise_the_gener
     assert calls == {"step": 3, "forward": 1, "forward_into": 2}
 
 
+@pytest.mark.parametrize("cell", sorted(CLASSES))
+def test_the_short_path_keeps_per_batch_only_what_the_batch_decides(rng, cell, monkeypatch):
+    """_host_forward keeps, per batch size, the state's shapes, its zeros and the
+    kernel: the same layer called at batch 2, 3, then 2 again, one step and five,
+    before and after its weights change (load_weights), from zeros and from a given
+    state, gives bitwise what the general path gives (lengths force that one), and
+    the zeros it starts from stay zeros."""
+    calls = _counting_table(monkeypatch, cell)
+    layer = CLASSES[cell](3, 7, num_layers=2, seed=1)
+    other = CLASSES[cell](3, 7, num_layers=2, seed=2)
+    for weights in (None, other.state_dict()):
+        if weights is not None:
+            layer.load_weights(weights)
+        for B, T in ((2, 1), (3, 5), (2, 5), (3, 1)):
+            x = rng.standard_normal((T, B, 3)).astype(np.float32)
+            h0 = rng.standard_normal((2, B, 7)).astype(np.float32)
+            state = (h0, -h0) if cell == "lstm" else h0
+            for given in (None, state):
+                before = calls["forward_into"]
+                out = layer(x, given)
+                assert calls["forward_into"] == before + 2  # (the short path, both layers)
+                _equal(cell, out, layer(x, given, lengths=[T] * B))
+    assert calls["forward_into"] == 32
+    for _, _, _, per_layer in layer._host_batches.values():
+        assert not any(np.any(z) for zeros in per_layer for z in zeros)
+    _equal(cell, layer(x), other(x))
+
+
 @pytest.mark.parametrize("return_sequences", [True, False])
 def test_a_small_sequential_forward_takes_the_short_path_bitwise(rng, monkeypatch,
                                                                  return_sequences):

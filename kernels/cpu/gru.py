@@ -53,7 +53,7 @@ from .gradients import first_step_dh, input_gradient, weight_gradients
 from .gru_blas import backward_blas_wrap, backward_norm_wrap, forward_blas, forward_norm_wrap
 from .gru_tiled import (U, backward_rows, backward_tiled, forward_rows, forward_tiled,
                         gate_blocks, step_split, steps_state)
-from .plan import inference_chunk, make_plan, runs_alone, step_splits
+from .plan import SPLIT, into_route, make_plan
 from .products import (blas_projection, in_blocks, run_in_chunks, step_tiles, tiled_bias,
                        tiled_weights)
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, aligned_empty, first_forward_steps,
@@ -189,12 +189,6 @@ def gru_step_cpu(x, packed, h):
     return thread_policy(gru_forward_cpu, x[None], packed, h)[1]
 
 
-def _steps_alone(packed, B, T=1):
-    """Whether T inference steps of B rows run as one compiled call on one thread
-    (plan.runs_alone)."""
-    return packed.kind == "tiled" and runs_alone(T, B, packed.Hp, 3)
-
-
 def _split_step(x, packed, h, h_out):
     """gru_tiled.step_split on Numba's threads (thread_policy sets them for the call)."""
     step_split(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec, h, h_out, packed.Hp,
@@ -210,17 +204,15 @@ def gru_forward_into(x, packed, h, y, h_out):
     shares its units among the thread policy's threads in one parallel region.
     Returns False, writing nothing, where gru_forward_cpu (or gru_step_cpu) would
     take more threads or another loop (kernels/table.py: forward_into)."""
-    T, B = x.shape[:2]
-    if T == 1 and packed.kind == "tiled" and step_splits(B, x.shape[2], packed.Hp, 3):
+    T, B, I = x.shape
+    route = into_route(T, B, I, packed.Hp, 3) if packed.kind == "tiled" else 0
+    if route > 0:
+        steps_state(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec, h, y, h_out,
+                    packed.Hp, route, NO_MASK, packed.acts, NO_ZONE[np.dtype(np.float32)][0])
+    elif route == SPLIT:
         serialised(thread_policy, _split_step, x[0], packed, h, h_out)
         y[0] = h_out
-        return True
-    if not _steps_alone(packed, B, T):
-        return False
-    steps_state(x, packed.w_in, packed.b_in, packed.w_fwd, packed.b_rec, h, y, h_out,
-                packed.Hp, inference_chunk(*x.shape[:2], packed.Hp, 3), NO_MASK, packed.acts,
-                NO_ZONE[np.dtype(np.float32)][0])
-    return True
+    return route != 0
 
 
 def gru_backward_cpu(dy, dh_n, cache, packed):

@@ -103,7 +103,7 @@ from .lstm_tiled import (HB, NO_PEEP, U, backward_rows, backward_tiled, backward
                          step_split, steps_state)
 from .microkernel import CB
 from .norm import normalised_input
-from .plan import inference_chunk, make_plan, runs_alone, step_splits
+from .plan import SPLIT, into_route, make_plan
 from .products import in_blocks, matmul, product_for, step_tiles, transpose
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, first_forward_steps, lengths_or_full,
                        mask_buffers, pad_units, writable, zone_weights)
@@ -338,12 +338,6 @@ def _plain_tiled(packed):
     return packed.kind != "blas" and not packed.proj and packed.peep is None
 
 
-def _steps_alone(packed, B, T=1):
-    """Whether T inference steps of B rows (plain: none of the options the tiled
-    loop lacks) run as one compiled call on one thread (plan.runs_alone)."""
-    return _plain_tiled(packed) and runs_alone(T, B, packed.Hp, 4)
-
-
 def _split_step(x, packed, h, c, h_out, c_out):
     """lstm_tiled.step_split on Numba's threads (thread_policy sets them for the call)."""
     step_split(x, packed.w_in, packed.bias, packed.w_fwd, h, c, h_out, c_out, packed.Hp,
@@ -359,17 +353,15 @@ def lstm_forward_into(x, packed, h, c, y, h_out, c_out):
     shares its units among the thread policy's threads in one parallel region.
     Returns False, writing nothing, where lstm_forward_cpu (or lstm_step_cpu)
     would take more threads or the options' loop (kernels/table.py: forward_into)."""
-    T, B = x.shape[:2]
-    if T == 1 and _plain_tiled(packed) and step_splits(B, x.shape[2], packed.Hp, 4):
+    T, B, I = x.shape
+    route = into_route(T, B, I, packed.Hp, 4) if _plain_tiled(packed) else 0
+    if route > 0:
+        steps_state(x, packed.w_in, packed.bias, packed.w_fwd, h, c, y, h_out, c_out,
+                    packed.Hp, route, packed.clip, packed.coupled, packed.gclip, packed.acts)
+    elif route == SPLIT:
         serialised(thread_policy, _split_step, x[0], packed, h, c, h_out, c_out)
         y[0] = h_out
-        return True
-    if not _steps_alone(packed, B, T):
-        return False
-    steps_state(x, packed.w_in, packed.bias, packed.w_fwd, h, c, y, h_out, c_out, packed.Hp,
-                inference_chunk(*x.shape[:2], packed.Hp, 4), packed.clip, packed.coupled,
-                packed.gclip, packed.acts)
-    return True
+    return route != 0
 
 
 def lstm_backward_cpu(dy, dh_n, dc_n, cache, packed):

@@ -147,6 +147,42 @@ def runs_alone(T, B, Hp, gates, plain=True):
                                                            numba_threads())
 
 
+SPLIT = -1  # (into_route: a streamed step shared among the threads)
+_routes = {}  # (into_route's memo)
+_routes_limits = [None]  # (the limits above when it was filled)
+
+
+def _route(T, B, I, Hp, gates, plain, splits, threads):
+    if T == 1 and splits and step_splits(B, I, Hp, gates):
+        return SPLIT
+    if T > 1 and not (step_is_small(B, Hp, gates)
+                      and not batch_split(T, B, Hp, gates, plain, threads)):
+        return 0
+    return inference_chunk(T, B, Hp, gates)
+
+
+def into_route(T, B, I, Hp, gates, plain=True, splits=True):
+    """How a kernel table's forward_into runs an inference call of T steps of B rows
+    (I inputs, Hp padded units, `gates` gate rows a unit) from Python: SPLIT, a
+    streamed step whose units the threads share (step_splits; splits: the cell
+    has step_split), else the steps projected at a time (inference_chunk) of one
+    compiled call on one thread (runs_alone), else 0: the call takes the plan's
+    threads, which forward_into leaves to the general path. Memoised on its
+    arguments, Numba's thread count and this module's limits (which a test may
+    change): about 0.3 us a call, where the checks themselves took 1.5 us."""
+    limits = (STEP_SPLIT_MIN_FLOPS, STEP_SPLIT_MIN_BYTES, PARALLEL_MIN_UNITS,
+              PARALLEL_MIN_FLOPS, INFERENCE_CHUNK_BYTES, ROW_SPLIT_MAX_BYTES,
+              ROW_SPLIT_SMALL_BYTES)
+    if limits != _routes_limits[0]:
+        _routes.clear()
+        _routes_limits[0] = limits
+    key = (T, B, I, Hp, gates, plain, splits, numba_threads() if T > 1 else 0)
+    route = _routes.get(key)
+    if route is None:
+        route = _routes[key] = _route(*key)
+    return route
+
+
 def step_threads(B, Hp, nblk):
     """Threads of one step's product in the layer-normalised float32 loops
     (products.step_plan): all of Numba's, at most one per block, unless the

@@ -38,7 +38,7 @@ from .cells import BlasRNN, TiledRNN
 from .gradients import blas_recurrent_gradient, input_gradient
 from .jit import FAST
 from .microkernel import CB
-from .plan import inference_chunk, make_plan, runs_alone
+from .plan import into_route, make_plan
 from .products import (blas_projection, in_blocks, matmul, matmul_rows, product_for, run_in_chunks,
                        stack_f32, tiled_bias, tiled_weights, transposed_with_sums)
 from .sequence import (aligned_empty, copy_units, first_step_gradients, lengths_or_full,
@@ -365,12 +365,13 @@ def rnn_forward_into(x, packed, h, y, h_out):
     nothing, where rnn_forward_cpu would take more threads or the BLAS loop
     (kernels/table.py: forward_into). A single step is always one thread, as
     rnn_step_cpu's."""
-    T, B = x.shape[:2]
-    if packed.kind == "blas" or (T > 1 and not runs_alone(T, B, packed.Hp, 1, plain=False)):
-        return False
-    _steps_state(x, packed.w_in, packed.bias, packed.w_fwd, h, y, h_out, packed.Hp,
-                 inference_chunk(T, B, packed.Hp, 1), packed.relu)
-    return True
+    T, B, I = x.shape
+    route = 0 if packed.kind == "blas" else into_route(T, B, I, packed.Hp, 1, plain=False,
+                                                        splits=False)
+    if route > 0:
+        _steps_state(x, packed.w_in, packed.bias, packed.w_fwd, h, y, h_out, packed.Hp,
+                     route, packed.relu)
+    return route > 0
 
 
 def rnn_backward_cpu(dy, dh_n, cache, packed):

@@ -246,7 +246,9 @@ class Recurrent(CallState, Layer):
             out = self._host_forward((x.swapaxes(0, 1) if self.batch_first else x) if batched
                                      else x[:, None], state, batched)
             if out is not None:
-                return self._to_user(out[0], batched), out[1]
+                y = out[0]
+                return (y[:, 0] if not batched else y.swapaxes(0, 1) if self.batch_first
+                        else y), out[1]
         x = as_numeric(x, "x")
         backend = dispatch.select(self.backend, x)
         self._begin(backend, x)
@@ -493,46 +495,71 @@ class Recurrent(CallState, Layer):
         layer's y [T,B,H], the state as the call returns it), or None for
         anything else, which the general path converts, checks (and refuses with
         its errors) and runs on the plan's threads. Both give bitwise the same
-        results. (At B=1, H=128 a step's general path took about 30 us of Python
-        around a 7 us kernel; at T=100, B=1, H=64 a call's about 55 us.)"""
-        spec, dtype = self.spec, self.dtype
-        if (x_tm.dtype != dtype or self.backend not in CPU_NAMES or spec.bidirectional
+        results. What depends only on the batch (the state's shapes, zeros to
+        start from, the kernel) is kept per batch (_host_batch). (At B=1, H=128 a
+        step's general path took about 30 us of Python around a 7 us kernel, the
+        first version of this one 9 us; at T=100, B=1, H=64 a call's about 55 us.)"""
+        spec = self.spec
+        if (x_tm.dtype != self.dtype or self.backend not in CPU_NAMES or spec.bidirectional
                 or self.zoneout or x_tm.shape[2] != spec.input_size):
             return None
-        cpu = self._kernels(dispatch.BACKENDS["cpu"])
-        into = cpu.table(spec).forward_into
         T, B = x_tm.shape[:2]
-        if into is None or T < 1 or B < 1:
+        memo = self.__dict__.get("_host_batches")
+        if memo is None:
+            memo = self._host_batches = {}
+        kept = memo.get(B)
+        if kept is None:
+            if T < 1 or B < 1:
+                return None
+            kept = memo[B] = self._host_batch(B)
+        cpu, into, shapes, zeros = kept
+        if into is None or T < 1:
             return None
-        shapes = [self._state_shape(B, n) for n in self._state_parts]
-        if state is None and self.stateful and self._carried is not None:
-            state = self._carried
-            if type(state[0]) is not np.ndarray or tuple(state[0].shape) != shapes[0]:
-                return None  # (the general path says why)
-        elif state is not None:
+        per_layer = None  # (the state each layer starts from)
+        if state is None:
+            if self.stateful and self._carried is not None:
+                state = self._carried
+                if type(state[0]) is not np.ndarray or state[0].shape != shapes[0]:
+                    return None  # (the general path says why)
+            else:
+                per_layer = zeros
+        else:
             parts = (state,) if len(shapes) == 1 else state
             if type(parts) is not tuple or len(parts) != len(shapes):
                 return None
-            shape = (lambda s: s) if batched else (lambda s: (s[0], s[2]))
             for p, s in zip(parts, shapes):
-                if (type(p) is not np.ndarray or p.dtype != dtype or p.shape != shape(s)
+                if (type(p) is not np.ndarray or p.dtype != self.dtype
+                        or p.shape != (s if batched else (s[0], s[2]))
                         or not p.flags.c_contiguous):
                     return None
             state = parts if batched else tuple(p.reshape(s) for p, s in zip(parts, shapes))
-        else:
-            state = tuple(np.zeros(s, dtype) for s in shapes)
-        inp = np.ascontiguousarray(x_tm)  # (batch-first x, or x[:, t])
+        inp = x_tm if x_tm.flags.c_contiguous else np.ascontiguousarray(x_tm)
         cells = self._packs.get(cpu, self._params, spec)
-        state_n = tuple(np.empty(s, dtype) for s in shapes)
-        for l in range(spec.num_layers):
-            y = np.empty((T, B, spec.out_size), dtype)
-            if not into(inp, cells[l], *(p[l] for p in state), y, *(p[l] for p in state_n)):
+        state_n = [np.empty(s, self.dtype) for s in shapes]
+        for l in range(len(cells)):
+            y = np.empty((T, B, spec.out_size), self.dtype)
+            if not into(inp, cells[l], *(per_layer[l] if per_layer is not None else
+                                         [p[l] for p in state]), y, *[p[l] for p in state_n]):
                 return None  # (it takes the plan's threads; nothing the caller sees changed)
             inp = y
         self._ops, self._device_io = cpu.ops, False
         self._cache, self._cache_state = None, "inference"
-        self._carry(state_n)
-        return inp, self._state_out(state_n, batched)
+        if self.stateful:
+            self._carry(state_n)
+        if not batched:
+            state_n = [p[:, 0] for p in state_n]
+        return inp, (tuple(state_n) if len(state_n) > 1 else state_n[0])
+
+    def _host_batch(self, B):
+        """What _host_forward's calls at batch B share: (the CPU kernels, their
+        forward_into or None, the state's shapes [L,B,H], and per layer its parts'
+        zeros [B,H], which the kernels only read)."""
+        cpu = self._kernels(dispatch.BACKENDS["cpu"])
+        shapes = tuple(self._state_shape(B, n) for n in self._state_parts)
+        zeros = [np.zeros(s, self.dtype) for s in shapes]  # (writable: read-only arrays
+        # would be new types to Numba, each kernel compiled again for them)
+        return (cpu, cpu.table(self.spec).forward_into, shapes,
+                [[z[l] for z in zeros] for l in range(self.spec.num_layers)])
 
     # -- backward ------------------------------------------------------------------------
     def backward(self, dy, dstate=None):

@@ -264,6 +264,46 @@ def test_forward_into_splits_a_large_step_among_the_threads(rng, monkeypatch):
     assert not KERNELS["lstm"].forward_into(x, peeped, h0, c0, y, h, c)
 
 
+def test_a_call_from_a_zero_state_skips_only_its_first_recurrent_product(rng):
+    """From h0 = 0 the one-thread call (forward_into's steps_state) skips the first
+    step's recurrent product, which would add only zeros: with every value of W_hh
+    NaN, one step from zeros is the step that W_hh = 0 gives, bitwise, and the second
+    step reads W_hh (NaN); from a nonzero h0 (one unit of one row) the first step
+    reads it too (every row: 0 x NaN is NaN). With finite weights the skip changes
+    nothing: bitwise the general loop, and close to the reference (uneven B, I, H)."""
+    from numlstm.kernels.cpu import KERNELS
+    B, I, H = 3, 5, 19
+    w_ih, w_hh, b_ih, b_hh = lstm_weights(rng, I, H, np.float32)
+    x = rng.standard_normal((2, B, I)).astype(np.float32)
+    zeros = np.zeros((B, H), np.float32)
+    into = KERNELS["lstm"].forward_into
+
+    def run(w, h0, T):
+        y, h, c = (np.empty(s, np.float32) for s in ((T, B, H), (B, H), (B, H)))
+        assert into(x[:T], pack_lstm_cpu(w_ih, w, b_ih, b_hh), h0, zeros, y, h, c)
+        return y, h, c
+
+    nan = np.full_like(w_hh, np.nan)
+    for a, b in zip(run(nan, zeros, 1), run(np.zeros_like(w_hh), zeros, 1)):
+        assert np.isfinite(a).all()
+        np.testing.assert_array_equal(a, b)
+    y = run(nan, zeros, 2)[0]
+    assert np.isfinite(y[0]).all() and np.isnan(y[1]).all()
+    h0 = zeros.copy()
+    h0[1, 7] = 0.5
+    y = run(nan, h0, 1)[0]
+    assert np.isnan(y[0]).all()
+    for T in (1, 2):
+        got = run(w_hh, zeros, T)
+        packed = pack_lstm_cpu(w_ih, w_hh, b_ih, b_hh)
+        general = lstm_forward_cpu(x[:T], packed, zeros, zeros, [T] * B, False,
+                                   training=False)
+        for a, b in zip(got, general[:3]):
+            np.testing.assert_array_equal(a, b)
+        want = lstm_forward_ref(x[:T], w_ih, w_hh, b_ih, b_hh, zeros, zeros)
+        assert_close(got[0], want[0], RTOL[np.float32], "y")
+
+
 def test_step_splits_from_the_measured_thresholds():
     """plan.step_splits: a streamed step shares its units from STEP_SPLIT_MIN_FLOPS of
     product or STEP_SPLIT_MIN_BYTES of weights; the small steps of the bench grid stay

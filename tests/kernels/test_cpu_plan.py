@@ -65,3 +65,43 @@ def test_plan_for_pads_each_cell_as_its_kernels_do():
         make_plan(200, 8, 40, 128, 4, False))
     assert not plan_for("rnn", 64, 64, 64, 128, True).rows  # (no batch split for the RNN)
     assert plan_for("gru", 64, 64, 64, 128, True).fused is False
+
+
+def test_into_route_is_the_plans_answer_memoised_until_a_limit_changes(monkeypatch):
+    """plan.into_route, memoised, answers what the plan's functions answer, over
+    uneven shapes, the cells' gate counts and 1 or 2 threads: SPLIT for a streamed
+    step that step_splits shares (where the cell has step_split), the inference
+    chunk of a call that runs alone (runs_alone), else 0; and a changed limit
+    (PARALLEL_MIN_FLOPS) changes the answers at once."""
+    from numba import get_num_threads, set_num_threads
+
+    from numlstm.kernels.cpu import plan
+    before = get_num_threads()
+
+    def want(T, B, I, Hp, gates, plain, splits):
+        if T == 1 and splits and plan.step_splits(B, I, Hp, gates):
+            return plan.SPLIT
+        return plan.inference_chunk(T, B, Hp, gates) if plan.runs_alone(
+            T, B, Hp, gates, plain) else 0
+
+    shapes = [(T, B, I, Hp) for T in (1, 3, 100, 5000) for B in (1, 7, 64)
+              for I, Hp in ((5, 32), (40, 128), (256, 1024))]
+    try:
+        for limit in (plan.PARALLEL_MIN_FLOPS, 1):
+            monkeypatch.setattr(plan, "PARALLEL_MIN_FLOPS", limit)
+            answers = set()
+            for threads in sorted({1, min(2, before)}):
+                set_num_threads(threads)
+                for shape in shapes:
+                    for gates, plain, splits in ((4, True, True), (3, True, True),
+                                                 (1, False, False)):
+                        args = shape + (gates, plain, splits)
+                        for _ in range(2):  # (the second from the memo)
+                            got = plan.into_route(*args)
+                            assert got == want(*args), args
+                            answers.add(got)
+            assert plan.SPLIT in answers and 0 in answers and 1 in answers
+            # (limit 1: nothing but T=1 runs alone)
+            assert limit != 1 or answers <= {plan.SPLIT, 0, 1}
+    finally:
+        set_num_threads(before)
