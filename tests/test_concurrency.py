@@ -79,8 +79,9 @@ def test_threads_training_different_layers(rng):
 def test_the_workqueue_threading_layer_is_serialised():
     """Numba's workqueue layer aborts the process on concurrent calls; numlstm holds
     a lock for it, so the same threads finish with the right answers: whole
-    sequences, and streaming steps large enough to be split among the threads
-    (B=64, H=300: plan.step_splits), which without the lock aborted."""
+    sequences, streaming steps large enough to be split among the threads (B=64,
+    H=300: plan.step_splits), which without the lock aborted, and the small calls
+    that run as duets (B=2, H=64: plan.duet_runs)."""
     code = textwrap.dedent("""
         import numpy as np, numba, numlstm
         from concurrent.futures import ThreadPoolExecutor
@@ -92,11 +93,16 @@ def test_the_workqueue_threading_layer_is_serialised():
         steps = [rng.standard_normal((64, 8)).astype(np.float32) for _ in range(4)]
         want = {(i, j): layers[i](xs[j])[0] for i in range(2) for j in range(4)}
         want_steps = {(i, j): layers[i].step(steps[j])[0] for i in range(2) for j in range(4)}
+        small = numlstm.LSTM(8, 64, seed=3)
+        duets = [rng.standard_normal((12, 2, 8)).astype(np.float32) for _ in range(4)]
+        want_duets = [small(x)[0] for x in duets]
         with ThreadPoolExecutor(8) as ex:
             res = list(ex.map(lambda k: ((k % 2, k % 4), layers[k % 2](xs[k % 4])[0]),
                               range(64)))
             res_steps = list(ex.map(
                 lambda k: ((k % 2, k % 4), layers[k % 2].step(steps[k % 4])[0]), range(200)))
+            res_duets = list(ex.map(lambda k: (k % 4, small(duets[k % 4])[0]), range(200)))
+        assert all(np.array_equal(want_duets[j], y) for j, y in res_duets)
         assert all(np.array_equal(want[key], y) for key, y in res)
         assert all(np.array_equal(want_steps[key], y) for key, y in res_steps)
         print(numba.threading_layer())

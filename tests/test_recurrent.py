@@ -216,6 +216,30 @@ def test_the_short_path_keeps_per_batch_only_what_the_batch_decides(rng, cell, m
     _equal(cell, layer(x), other(x))
 
 
+def test_a_small_lstm_call_runs_as_a_duet_bitwise_the_general_path(rng, monkeypatch):
+    """An LSTM inference call that plan.duet_runs takes (B <= 8, H > 48) runs through
+    forward_into as a duet, one parallel region a layer on two threads (none on
+    one), and gives bitwise what the general path gives (lengths force that one)."""
+    from numba import get_num_threads
+
+    from numlstm.kernels.cpu import threads
+    calls = _counting_table(monkeypatch, "lstm")
+    layer = numlstm.LSTM(6, 70, num_layers=2, seed=3)
+    x = rng.standard_normal((9, 3, 6)).astype(np.float32)
+    gate = threads.POLICY.gate()
+    gate[threads.SERIAL_UNTIL] = gate[threads.HOLD] = 0
+    many = threads.POLICY.call_threads() > 1 and get_num_threads() > 1
+    regions, lagged = gate[threads.REGIONS], gate[threads.LAGGED]
+    out = layer(x)
+    assert calls == {"step": 0, "forward": 0, "forward_into": 2}
+    # a region a layer; but a first one whose peer came late (a busy machine, or the
+    # process's first region) holds the second layer to one thread
+    ran = gate[threads.REGIONS] - regions
+    assert ran == 2 or (ran == 1 and gate[threads.LAGGED] == lagged + 1) if many else ran == 0
+    _equal("lstm", out, layer(x, lengths=[9] * 3))
+    assert calls["forward"] == 2
+
+
 @pytest.mark.parametrize("return_sequences", [True, False])
 def test_a_small_sequential_forward_takes_the_short_path_bitwise(rng, monkeypatch,
                                                                  return_sequences):

@@ -100,10 +100,10 @@ from .gradients import first_step_dh, input_gradient, peephole_gradients, weight
 from .lstm_blas import backward_blas_wrap, forward_blas
 from .lstm_tiled import (HB, NO_PEEP, U, backward_rows, backward_tiled, backward_tiled_options,
                          cell_outputs, forward_rows, forward_tiled, forward_tiled_options,
-                         step_split, steps_state)
+                         step_split, steps_duet, steps_state)
 from .microkernel import CB
 from .norm import normalised_input
-from .plan import SPLIT, into_route, make_plan
+from .plan import DUET, SPLIT, into_route, make_plan
 from .products import in_blocks, matmul, product_for, step_tiles, transpose
 from .sequence import (NO_ARRAY, NO_MASK, NO_ZONE, first_forward_steps, lengths_or_full,
                        mask_buffers, pad_units, writable, zone_weights)
@@ -345,6 +345,16 @@ def _split_step(x, packed, h, c, h_out, c_out):
                POLICY.gate())
 
 
+def _duet(x, packed, h, c, y, h_out, c_out):
+    """lstm_tiled.steps_duet on Numba's threads (thread_policy sets them for the call:
+    on one, steps_state, whose result is the same)."""
+    args = (x, packed.w_in, packed.bias, packed.w_fwd, h, c, y, h_out, c_out, packed.Hp)
+    if numba_threads() > 1:
+        steps_duet(*args, packed.clip, packed.coupled, packed.gclip, packed.acts, POLICY.gate())
+    else:
+        steps_state(*args, x.shape[0], packed.clip, packed.coupled, packed.gclip, packed.acts)
+
+
 def lstm_forward_into(x, packed, h, c, y, h_out, c_out):
     """An inference forward from Python as one compiled call, into the caller's arrays:
     x [T,B,I] and the state h, c [B,H] (read only) -> y [T,B,H] and the last state
@@ -354,13 +364,16 @@ def lstm_forward_into(x, packed, h, c, y, h_out, c_out):
     Returns False, writing nothing, where lstm_forward_cpu (or lstm_step_cpu)
     would take more threads or the options' loop (kernels/table.py: forward_into)."""
     T, B, I = x.shape
-    route = into_route(T, B, I, packed.Hp, 4) if _plain_tiled(packed) else 0
+    route = (into_route(T, B, I, packed.Hp, 4, blocks=packed.w_fwd.shape[0])
+             if _plain_tiled(packed) else 0)
     if route > 0:
         steps_state(x, packed.w_in, packed.bias, packed.w_fwd, h, c, y, h_out, c_out,
                     packed.Hp, route, packed.clip, packed.coupled, packed.gclip, packed.acts)
     elif route == SPLIT:
         serialised(thread_policy, _split_step, x[0], packed, h, c, h_out, c_out)
         y[0] = h_out
+    elif route == DUET:
+        serialised(thread_policy, _duet, x, packed, h, c, y, h_out, c_out)
     return route != 0
 
 

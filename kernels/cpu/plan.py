@@ -30,6 +30,9 @@ STEP_SPLIT_MIN_BYTES = 4 << 20  # (step_splits)
 ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
 ROW_SPLIT_SMALL_BYTES = 1 << 18  # a W_hh this small takes the rows split from 2 rows a thread
 FUSED_MIN_ROWS = 32  # (fuse_input)
+# The duet (duet_runs): at most this many rows, and from this many blocks of 16 units.
+DUET_MAX_ROWS = 8
+DUET_MIN_BLOCKS = 4
 # Inference projects and runs this many bytes of steps at a time, so the
 # projected inputs stay in cache instead of making a T*B*4H buffer (512 MiB at
 # T=1024, B=128, H=256).
@@ -148,35 +151,55 @@ def runs_alone(T, B, Hp, gates, plain=True):
 
 
 SPLIT = -1  # (into_route: a streamed step shared among the threads)
+DUET = -2  # (into_route: the steps on two threads, each with half of the units)
 _routes = {}  # (into_route's memo)
 _routes_limits = [None]  # (the limits above when it was filled)
 
 
-def _route(T, B, I, Hp, gates, plain, splits, threads):
+def duet_runs(T, B, Hp, gates, blocks, threads):
+    """Whether an inference call of T steps of B rows runs as a duet (the LSTM's
+    lstm_tiled.steps_duet, `blocks` its blocks of units; 0: a cell without one):
+    two threads or more, at most DUET_MAX_ROWS rows, DUET_MIN_BLOCKS blocks of
+    units or more, and all the steps' input product at once within
+    INFERENCE_CHUNK_BYTES. Measured on 2 Zen 4 cores, T=100 and I=H, the duet
+    against what ran before (one thread, or the batch or units split): B=1,
+    H=64 135 -> 100 us; B=4, H=64 397 -> 262; B=8, H=128 1443 -> 1315; B=1,
+    H=256 1620 -> 1150; B=16, H=128 2644 -> 2818 (so not past 8 rows); B=1,
+    H=32 (2 blocks) 48 -> 55 (so not under 4); at T=30, B=1, H=1024 5506 ->
+    5007; at T=10, B=8, H=64 111 -> 88 (one thread alone: 61)."""
+    return (threads > 1 and T > 1 and gates == 4 and B <= DUET_MAX_ROWS
+            and blocks >= DUET_MIN_BLOCKS and T * B * gates * Hp * 4 <= INFERENCE_CHUNK_BYTES)
+
+
+def _route(T, B, I, Hp, gates, plain, splits, blocks, threads):
     if T == 1 and splits and step_splits(B, I, Hp, gates):
         return SPLIT
+    if duet_runs(T, B, Hp, gates, blocks, threads):
+        return DUET
     if T > 1 and not (step_is_small(B, Hp, gates)
                       and not batch_split(T, B, Hp, gates, plain, threads)):
         return 0
     return inference_chunk(T, B, Hp, gates)
 
 
-def into_route(T, B, I, Hp, gates, plain=True, splits=True):
+def into_route(T, B, I, Hp, gates, plain=True, splits=True, blocks=0):
     """How a kernel table's forward_into runs an inference call of T steps of B rows
     (I inputs, Hp padded units, `gates` gate rows a unit) from Python: SPLIT, a
     streamed step whose units the threads share (step_splits; splits: the cell
-    has step_split), else the steps projected at a time (inference_chunk) of one
-    compiled call on one thread (runs_alone), else 0: the call takes the plan's
-    threads, which forward_into leaves to the general path. Memoised on its
-    arguments, Numba's thread count and this module's limits (which a test may
-    change): about 0.3 us a call, where the checks themselves took 1.5 us."""
+    has step_split), else DUET, the steps on two threads (duet_runs; blocks: the
+    cell's blocks of units where it has the duet, else 0), else the steps
+    projected at a time (inference_chunk) of one compiled call on one thread
+    (runs_alone), else 0: the call takes the plan's threads, which forward_into
+    leaves to the general path. Memoised on its arguments, Numba's thread count
+    and this module's limits (which a test may change): about 0.3 us a call,
+    where the checks themselves took 1.5 us."""
     limits = (STEP_SPLIT_MIN_FLOPS, STEP_SPLIT_MIN_BYTES, PARALLEL_MIN_UNITS,
               PARALLEL_MIN_FLOPS, INFERENCE_CHUNK_BYTES, ROW_SPLIT_MAX_BYTES,
-              ROW_SPLIT_SMALL_BYTES)
+              ROW_SPLIT_SMALL_BYTES, DUET_MAX_ROWS, DUET_MIN_BLOCKS)
     if limits != _routes_limits[0]:
         _routes.clear()
         _routes_limits[0] = limits
-    key = (T, B, I, Hp, gates, plain, splits, numba_threads() if T > 1 else 0)
+    key = (T, B, I, Hp, gates, plain, splits, blocks, numba_threads() if T > 1 else 0)
     route = _routes.get(key)
     if route is None:
         route = _routes[key] = _route(*key)

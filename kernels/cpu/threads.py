@@ -70,6 +70,9 @@ LAG_RATIO = 1.0
 # at most 7% with the tasks shared evenly, but for stalls of 0.6-0.7 ms; with a core busy,
 # the late thread found nothing left in most regions, and they took 1.12-1.21x (median).
 SPLIT_LOSS = 1.1
+# A region whose threads take over a late peer's share (takeover_done) lagged when more than
+# this share of its steps had one taken over.
+TAKEOVER_SHARE = 0.25
 HOLD_MIN_NS = 20_000_000  # 20 ms of one-thread work after a lag, doubling while lags follow
 HOLD_MAX_NS = 1_000_000_000
 
@@ -113,6 +116,56 @@ def _fetch_add(typingctx, counter, value):
         arr = context.make_array(signature.args[0])(context, builder, args[0])
         return builder.atomic_rmw("add", arr.data, args[1], "seq_cst")
     return types.int64(counter, types.int64), codegen
+
+
+def _slot(context, builder, sig, args):
+    """A pointer to element args[1] of the int64 array args[0]."""
+    arr = context.make_array(sig.args[0])(context, builder, args[0])
+    return builder.gep(arr.data, [args[1]])
+
+
+def _int64_array(a):
+    return isinstance(a, types.Array) and a.dtype == types.int64 and a.layout == "C"
+
+
+@intrinsic
+def load_slot(typingctx, slots, i):
+    """slots[i], read as one atomic load (acquire): what another thread stored there,
+    and what it wrote before, seen in full; a spin loop rereads it each time."""
+    if not _int64_array(slots):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(_slot(context, builder, signature, args), "acquire", 8)
+    return types.int64(slots, types.intp), codegen
+
+
+@intrinsic
+def store_slot(typingctx, slots, i, value):
+    """slots[i] = value as one atomic store (release): a thread that reads the value
+    (load_slot) sees what this one wrote before it."""
+    if not _int64_array(slots):
+        return None
+
+    def codegen(context, builder, signature, args):
+        builder.store_atomic(args[2], _slot(context, builder, signature, args), "release", 8)
+        return context.get_dummy_value()
+    return types.void(slots, types.intp, types.int64), codegen
+
+
+@intrinsic
+def swap_slot(typingctx, slots, i, expected, value):
+    """slots[i] = value if it held `expected`, as one atomic compare-and-swap
+    (sequentially consistent); whether it did. Of threads swapping one slot from
+    one value, exactly one does."""
+    if not _int64_array(slots):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pair = builder.cmpxchg(_slot(context, builder, signature, args), args[2], args[3],
+                               "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
+    return types.boolean(slots, types.intp, types.int64, types.int64), codegen
 
 
 @njit(cache=True)
@@ -201,16 +254,32 @@ def split_done(gate, start, work):
         if work[p, 0] > work[best, 0]:
             best = p
     alone = work[best, 1] * tasks // max(work[best, 0], 1)
+    return _taken_done(gate, start, region > SPLIT_LOSS * alone)
+
+
+@njit(cache=True)
+def _taken_done(gate, start, late):
+    """split_done and takeover_done's end: count the region; lagged if a thread lagged
+    by region_done's test, or `late` (their own), but in the first region after a
+    hold, where only region_done's test counts: its other threads had slept through
+    the hold, and waking them (some hundreds of microseconds on a virtual machine)
+    is no sign of a busy core. That region ends the hold, which keeps its length,
+    so that a lag in the next region doubles it."""
     lagged = _spread_lagged(gate, start)
     if not lagged and gate[SERIAL_UNTIL] != 0 and start >= gate[SERIAL_UNTIL]:
-        # The first region after a hold: its other threads had slept through the hold,
-        # and waking them (some hundreds of microseconds on a virtual machine) is no
-        # sign of a busy core, so only a tick's lag counts here. The hold ends and
-        # keeps its length, so that a lag in the next region doubles it.
         gate[REGIONS] += 1
         gate[SERIAL_UNTIL] = 0
         return False
-    return _note_region(gate, start, lagged or region > SPLIT_LOSS * alone)
+    return _note_region(gate, start, lagged or late)
+
+
+@njit(cache=True)
+def takeover_done(gate, start, taken, tasks):
+    """region_done for a region whose threads each own a share of every step and take
+    over a late peer's (lstm_tiled.steps_duet): lagged also when more than
+    TAKEOVER_SHARE of its `tasks` steps had a share taken over (`taken`): the peer
+    was missing, and the call paid for a second thread it mostly did not have."""
+    return _taken_done(gate, start, taken > TAKEOVER_SHARE * tasks)
 
 
 def new_gate():

@@ -304,6 +304,53 @@ def test_a_call_from_a_zero_state_skips_only_its_first_recurrent_product(rng):
         assert_close(got[0], want[0], RTOL[np.float32], "y")
 
 
+@pytest.mark.parametrize("T,B,I,H", [(2, 1, 5, 50), (7, 3, 4, 100), (1, 1, 3, 64),
+                                     (13, 8, 9, 70)])
+def test_the_duet_is_the_one_thread_loop_bit_for_bit(rng, T, B, I, H):
+    """lstm_tiled.steps_duet (each step's units in two halves, one a thread, a late
+    thread's half taken over) against steps_state, the one-thread loop: bitwise the
+    same y and last state at uneven shapes (an odd number of blocks of units: H=100
+    has 7), from a zero and a random state, on two threads, on one (the region's two
+    iterations then run one after the other: the first takes over every half of
+    the second's, which counts as lagged and starts a hold), and on a hold (the
+    one-thread loop itself, no region); and close to the reference."""
+    from numba import get_num_threads, set_num_threads
+
+    from numlstm.kernels.cpu import threads
+    from numlstm.kernels.cpu.lstm_tiled import steps_duet, steps_state
+    cell = lstm_weights(rng, I, H, np.float32)
+    p = pack_lstm_cpu(*cell)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    before = get_num_threads()
+    for h0 in (np.zeros((B, H), np.float32), rng.standard_normal((B, H)).astype(np.float32)):
+        c0 = rng.standard_normal((B, H)).astype(np.float32)
+        outs = []
+        for run in ("state", "two", "one", "hold"):
+            y, h, c = (np.full(s, np.nan, np.float32) for s in ((T, B, H), (B, H), (B, H)))
+            args = (x, p.w_in, p.bias, p.w_fwd, h0, c0, y, h, c, p.Hp)
+            gate = threads.new_gate()
+            if run == "hold":
+                gate[threads.SERIAL_UNTIL] = threads.clock_ns() + 60_000_000_000
+            try:
+                set_num_threads(1 if run == "one" else before)
+                if run == "state":
+                    steps_state(*args, T, p.clip, p.coupled, p.gclip, p.acts)
+                else:
+                    steps_duet(*args, p.clip, p.coupled, p.gclip, p.acts, gate)
+            finally:
+                set_num_threads(before)
+            assert gate[threads.REGIONS] == (0 if run in ("state", "hold") else 1)
+            if run == "one":  # (the first thread took over the second's T halves)
+                assert gate[threads.LAGGED] == 1 and not threads.parallel_ok(gate)
+            outs.append((y, h, c))
+        for got in outs[1:]:
+            for a, b in zip(got, outs[0]):
+                np.testing.assert_array_equal(a, b)
+        want = lstm_forward_ref(x, *cell, h0, c0)
+        for a, b, what in zip(outs[0], want, ("y", "h", "c")):
+            assert_close(a, b, RTOL[np.float32], what)
+
+
 def test_step_splits_from_the_measured_thresholds():
     """plan.step_splits: a streamed step shares its units from STEP_SPLIT_MIN_FLOPS of
     product or STEP_SPLIT_MIN_BYTES of weights; the small steps of the bench grid stay

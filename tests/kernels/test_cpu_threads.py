@@ -296,6 +296,49 @@ def test_the_first_split_after_a_hold_counts_only_a_ticks_lag():
     assert threads.split_done(gate, now - 6_000_000, work)
 
 
+def test_a_duet_whose_peer_was_missing_for_a_quarter_of_its_steps_starts_a_hold():
+    """takeover_done: a region whose threads take over a late peer's share of a step
+    lagged when more than TAKEOVER_SHARE of its steps had one taken over; at that
+    share or under, or in the first region after a hold (its peer slept through
+    the hold), it did not."""
+    T = 100
+    share = int(threads.TAKEOVER_SHARE * T)
+    gate = threads.new_gate()
+    now = threads.clock_ns()
+    assert not threads.takeover_done(gate, now - 100_000, share, T)
+    assert threads.parallel_ok(gate) and gate[threads.REGIONS] == 1
+    assert threads.takeover_done(gate, now - 100_000, share + 1, T)
+    assert not threads.parallel_ok(gate) and gate[threads.LAGGED] == 1
+    # the first region after the hold: not lagged, whatever it took over; it ends the hold
+    gate[threads.SERIAL_UNTIL] = threads.clock_ns() - 1
+    assert not threads.takeover_done(gate, threads.clock_ns(), T, T)
+    assert threads.parallel_ok(gate) and gate[threads.SERIAL_UNTIL] == 0
+    assert gate[threads.LAGGED] == 1 and gate[threads.REGIONS] == 3
+
+
+def test_slots_are_swapped_by_one_thread_each():
+    """swap_slot, the duet's claim: of threads swapping slots from the same values at
+    once, exactly one wins each slot; load_slot and store_slot read and write
+    them (10,007 slots, 2 and 5 threads racing)."""
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def race(slots, wins, P):
+        for p in prange(P):
+            for i in range(slots.shape[0]):
+                if threads.swap_slot(slots, i, 0, p + 1):
+                    wins[p, i] = 1
+                    threads.store_slot(slots, i, threads.load_slot(slots, i) + 100)
+
+    for P in (2, 5):
+        slots = np.zeros(10_007, np.int64)
+        wins = np.zeros((P, slots.size), np.int64)
+        race(slots, wins, P)
+        assert (wins.sum(axis=0) == 1).all()
+        winner = wins.argmax(axis=0)
+        np.testing.assert_array_equal(slots, winner + 101)
+
+
 def test_the_clock_is_the_monotonic_clock():
     a = time.monotonic_ns()
     b = threads.clock_ns()
