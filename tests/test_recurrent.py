@@ -217,7 +217,7 @@ def test_the_short_path_keeps_per_batch_only_what_the_batch_decides(rng, cell, m
 
 
 def test_a_small_lstm_call_runs_as_a_duet_bitwise_the_general_path(rng, monkeypatch):
-    """An LSTM inference call that plan.duet_runs takes (B <= 8, H > 48) runs through
+    """An LSTM inference call that plan.duet_runs takes (B <= 4, H > 48) runs through
     forward_into as a duet, one parallel region a layer on two threads (none on
     one), and gives bitwise what the general path gives (lengths force that one)."""
     from numba import get_num_threads

@@ -15,7 +15,12 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
         owning a range of blocks (product, then gate math), so a step waits only
         at the region's end; or, from 8 rows a thread while W_hh fits in a
         core's L2, one region for all the steps, each thread running its rows
-        of the batch with all of W_hh (forward_rows, backward_rows);
+        of the batch with all of W_hh (forward_rows, backward_rows); an
+        inference call from Python (forward_into) of up to 4 rows runs as a duet
+        instead (lstm_tiled.steps_duet: one region for all the steps, two
+        threads each owning half of every step's units and taking over a late
+        peer's half), a small one on one thread (steps_state), and a large
+        streamed step shares its blocks (step_split);
       - the products before the loop (input projection) and after it (dx, the
         weight gradients) are parallel loops over (row chunk, block) tasks.
       All of it runs in Numba's OpenMP pool. BLAS kept out on purpose: NumPy's

@@ -18,7 +18,7 @@ from .microkernel import CB, tile_block
 from .products import masked_product, matmul_rows, times_mask
 from .sequence import copy_units, step_before
 from .threads import (claim, clock_ns, finished, load_slot, parallel_ok, region_done, split_done,
-                      store_slot, swap_slot, takeover_done)
+                      shared_done, store_slot, swap_slot)
 
 U = CB // 4     # hidden units per gate block; CB = 4U columns per block: [i(U) f(U) g(U) o(U)]
 HB = 64         # H is padded to a multiple of this (the backward's output block)
@@ -390,15 +390,16 @@ def _duet_half(xw, w_fwd, h_old, h_new, c, scratch, ones, y_t, t, b0, b1, skip, 
 @njit(parallel=True, **FAST)
 def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, counters, work,
                  h_zero, clip, coupled, gclip, acts):
-    """steps_duet's parallel region; work [2,3] receives each thread's halves done,
-    halves taken from its peer, and nanoseconds (a thread's own half is the first
-    blocks for thread 0, the last for thread 1)."""
+    """steps_duet's parallel region; work [2,4] receives each thread's halves done,
+    halves taken from its peer, nanoseconds in the region and nanoseconds of them
+    spent waiting (a thread's own half is the first blocks for thread 0, the last
+    for thread 1)."""
     T, B, I = x.shape
     nblk = w_fwd.shape[0]
     mid, pieces = (nblk + 1) // 2, -(-T // DUET_PIECE)
     rows = x.reshape(T * B, I)
     for p in prange(2):
-        began, done, taken = clock_ns(), 0, 0
+        began, done, taken, waited = clock_ns(), 0, 0, 0
         # the input product of all the steps, DUET_PIECE steps a task
         i = claim(counters[0:1])
         while i < pieces:
@@ -406,25 +407,33 @@ def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, coun
             matmul_rows(rows, w_in, xw, bias, False, t0 * B, t1 * B, 0, nblk)
             claim(counters[8:9])  # (a count of the pieces done)
             i = claim(counters[0:1])
-        while load_slot(counters, 8) < pieces:
-            pass
+        if load_slot(counters, 8) < pieces:
+            since = clock_ns()
+            while load_slot(counters, 8) < pieces:
+                pass
+            waited += clock_ns() - since
         greedy = False  # (after taking the peer's half: take the next ones without waiting)
         for t in range(T):
             r, done_t, mine = t % DUET_RING, 3 * t + 2, 3 * t + 1
             if t > 0:  # step t-1 done, both halves (their h is this step's input)
                 prev = (t - 1) % DUET_RING
-                while (load_slot(slots, 2 * prev * DUET_SLOT) < done_t - 3
-                       or load_slot(slots, (2 * prev + 1) * DUET_SLOT) < done_t - 3):
-                    pass
+                if (load_slot(slots, 2 * prev * DUET_SLOT) < done_t - 3
+                        or load_slot(slots, (2 * prev + 1) * DUET_SLOT) < done_t - 3):
+                    since = clock_ns()
+                    while (load_slot(slots, 2 * prev * DUET_SLOT) < done_t - 3
+                           or load_slot(slots, (2 * prev + 1) * DUET_SLOT) < done_t - 3):
+                        pass
+                    waited += clock_ns() - since
             h_old, h_new = hp[t & 1], hp[1 - (t & 1)]
             for k in range(2):
                 q = p if k == 0 else 1 - p
                 at = (2 * r + q) * DUET_SLOT
-                if k == 1 and not greedy:
-                    waited = clock_ns()
+                if k == 1 and not greedy and load_slot(slots, at) < mine:
+                    since = clock_ns()
                     while (load_slot(slots, at) < mine
-                           and clock_ns() - waited < DUET_WAIT_NS):
+                           and clock_ns() - since < DUET_WAIT_NS):
                         pass
+                    waited += clock_ns() - since
                 if swap_slot(slots, at, 3 * (t - DUET_RING) + 2, mine):
                     b0, b1 = (0, mid) if q == 0 else (mid, nblk)
                     _duet_half(xw[t * B:(t + 1) * B], w_fwd, h_old, h_new, cp, scratch,
@@ -437,7 +446,7 @@ def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, coun
                         greedy = True
                 elif k == 1:
                     greedy = False
-        work[p, 0], work[p, 1], work[p, 2] = done, taken, clock_ns() - began
+        work[p, 0], work[p, 1], work[p, 2], work[p, 3] = done, taken, clock_ns() - began, waited
 
 
 @njit(**FAST)
@@ -454,9 +463,12 @@ def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, g
     claims that one itself, and keeps claiming both until its peer claims one
     again. So a peer that the OS runs late (or that wakes late) costs the call
     about one wait, not a tick, and never a deadlock: every half is claimed by
-    exactly one thread, which finishes it. A call whose peer was late for more
-    than a quarter of the steps counts as lagged (threads.takeover_done), and the
-    next calls keep to one thread for the hold. Each half is computed as
+    exactly one thread, which finishes it. A peer that comes late (it slept, or
+    lost its core) costs about what one thread would have taken; one that lost
+    its core with a half in hand costs the other a wait, up to a scheduler tick:
+    a call that lasted longer than its threads' work together counts as lagged
+    (threads.shared_done), and the next calls keep to one thread for the hold.
+    Returns the halves a thread took over from its peer. Each half is computed as
     steps_state computes those blocks: bitwise its result, whoever claims it. x
     [T,B,I] with T * B * 4Hp floats of input product (the whole call's, at once);
     the rest as steps_state. gate: the thread policy's; on a hold, or on one
@@ -466,7 +478,7 @@ def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, g
     if not parallel_ok(gate):
         steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, T, clip, coupled, gclip,
                     acts)
-        return
+        return 0
     hp, cp = np.zeros((2, B, Hp), np.float32), np.zeros((B, Hp), np.float32)
     copy_units(h, hp[0], H)
     copy_units(c, cp, H)
@@ -475,13 +487,14 @@ def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, g
     slots = np.empty(2 * DUET_RING * DUET_SLOT, np.int64)
     for r in range(DUET_RING):  # free for step r: "done" for step r - DUET_RING
         slots[2 * r * DUET_SLOT] = slots[(2 * r + 1) * DUET_SLOT] = 3 * (r - DUET_RING) + 2
-    counters, work = np.zeros(16, np.int64), np.zeros((2, 3), np.int64)
+    counters, work = np.zeros(16, np.int64), np.zeros((2, 4), np.int64)
     start = clock_ns()
     _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, counters, work,
                  not np.any(h), clip, coupled, gclip, acts)
-    takeover_done(gate, start, work[0, 1] + work[1, 1], T)
+    shared_done(gate, start, work[0, 2] - work[0, 3] + work[1, 2] - work[1, 3])
     copy_units(y[T - 1], h_out, H)
     copy_units(cp, c_out, H)
+    return work[0, 1] + work[1, 1]
 
 
 @njit(**FAST)

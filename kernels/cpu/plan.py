@@ -31,7 +31,7 @@ ROW_SPLIT_MAX_BYTES = 1 << 20  # the largest W_hh (float32) the rows split runs
 ROW_SPLIT_SMALL_BYTES = 1 << 18  # a W_hh this small takes the rows split from 2 rows a thread
 FUSED_MIN_ROWS = 32  # (fuse_input)
 # The duet (duet_runs): at most this many rows, and from this many blocks of 16 units.
-DUET_MAX_ROWS = 8
+DUET_MAX_ROWS = 4
 DUET_MIN_BLOCKS = 4
 # Inference projects and runs this many bytes of steps at a time, so the
 # projected inputs stay in cache instead of making a T*B*4H buffer (512 MiB at
@@ -164,9 +164,13 @@ def duet_runs(T, B, Hp, gates, blocks, threads):
     INFERENCE_CHUNK_BYTES. Measured on 2 Zen 4 cores, T=100 and I=H, the duet
     against what ran before (one thread, or the batch or units split): B=1,
     H=64 135 -> 100 us; B=4, H=64 397 -> 262; B=8, H=128 1443 -> 1315; B=1,
-    H=256 1620 -> 1150; B=16, H=128 2644 -> 2818 (so not past 8 rows); B=1,
+    H=256 1620 -> 1150; B=16, H=128 2644 -> 2818; B=1,
     H=32 (2 blocks) 48 -> 55 (so not under 4); at T=30, B=1, H=1024 5506 ->
-    5007; at T=10, B=8, H=64 111 -> 88 (one thread alone: 61)."""
+    5007; at T=10, B=8, H=64 111 -> 88 (one thread alone: 61). With one core
+    busy, the duet costs about what one thread does (its peer mostly missing): at
+    B <= 4 less than what ran before (T=100, B=4, H=64 0.47 -> 0.33 ms), at
+    B=8 more (T=200, B=8, I=40, H=96 2.1-2.2 -> 2.4-2.6 ms, where idle it gained
+    5%), so not past 4 rows."""
     return (threads > 1 and T > 1 and gates == 4 and B <= DUET_MAX_ROWS
             and blocks >= DUET_MIN_BLOCKS and T * B * gates * Hp * 4 <= INFERENCE_CHUNK_BYTES)
 

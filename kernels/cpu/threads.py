@@ -70,9 +70,6 @@ LAG_RATIO = 1.0
 # at most 7% with the tasks shared evenly, but for stalls of 0.6-0.7 ms; with a core busy,
 # the late thread found nothing left in most regions, and they took 1.12-1.21x (median).
 SPLIT_LOSS = 1.1
-# A region whose threads take over a late peer's share (takeover_done) lagged when more than
-# this share of its steps had one taken over.
-TAKEOVER_SHARE = 0.25
 HOLD_MIN_NS = 20_000_000  # 20 ms of one-thread work after a lag, doubling while lags follow
 HOLD_MAX_NS = 1_000_000_000
 
@@ -259,7 +256,7 @@ def split_done(gate, start, work):
 
 @njit(cache=True)
 def _taken_done(gate, start, late):
-    """split_done and takeover_done's end: count the region; lagged if a thread lagged
+    """split_done and shared_done's end: count the region; lagged if a thread lagged
     by region_done's test, or `late` (their own), but in the first region after a
     hold, where only region_done's test counts: its other threads had slept through
     the hold, and waking them (some hundreds of microseconds on a virtual machine)
@@ -274,12 +271,16 @@ def _taken_done(gate, start, late):
 
 
 @njit(cache=True)
-def takeover_done(gate, start, taken, tasks):
-    """region_done for a region whose threads each own a share of every step and take
-    over a late peer's (lstm_tiled.steps_duet): lagged also when more than
-    TAKEOVER_SHARE of its `tasks` steps had a share taken over (`taken`): the peer
-    was missing, and the call paid for a second thread it mostly did not have."""
-    return _taken_done(gate, start, taken > TAKEOVER_SHARE * tasks)
+def shared_done(gate, start, busy):
+    """region_done for a region whose threads share every step and wait on each other
+    (lstm_tiled.steps_duet); busy: the nanoseconds its threads spent working, not
+    waiting, all together. Lagged also when the region lasted more than
+    SPLIT_LOSS times that, longer than one thread would have taken for all the
+    work: a thread waited on a peer that the OS had descheduled with its share of
+    a step in hand (up to a scheduler tick). A peer that only came late, its
+    shares taken over by the other, costs about one thread's time, and is no
+    lag."""
+    return _taken_done(gate, start, clock_ns() - start > SPLIT_LOSS * busy)
 
 
 def new_gate():

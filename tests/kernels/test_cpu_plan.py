@@ -114,16 +114,16 @@ def test_the_duet_runs_small_batches_of_four_blocks_or_more_on_two_threads():
     the GRU's 3 gates, not one thread."""
     from numlstm.kernels.cpu import plan
     assert plan.duet_runs(100, 1, 64, 4, 4, 2)  # T=100, B=1, H=64
-    assert plan.duet_runs(200, 8, 128, 4, 6, 2)  # H=96
+    assert plan.duet_runs(200, 4, 128, 4, 6, 2)  # H=96
     assert plan.duet_runs(30, 1, 1024, 4, 64, 16)
     assert not plan.duet_runs(100, 1, 64, 4, 4, 1)  # one thread
     assert not plan.duet_runs(1, 1, 64, 4, 4, 2)  # a step
-    assert not plan.duet_runs(100, 9, 64, 4, 4, 2)  # 9 rows
+    assert not plan.duet_runs(100, 5, 64, 4, 4, 2)  # 5 rows
     assert not plan.duet_runs(100, 1, 64, 4, 3, 2)  # H <= 48: 3 blocks
     assert not plan.duet_runs(100, 1, 64, 3, 4, 2)  # the GRU
-    steps = plan.INFERENCE_CHUNK_BYTES // (8 * 4 * 128 * 4)
-    assert plan.duet_runs(steps, 8, 128, 4, 8, 2)
-    assert not plan.duet_runs(steps + 1, 8, 128, 4, 8, 2)
+    steps = plan.INFERENCE_CHUNK_BYTES // (4 * 4 * 128 * 4)
+    assert plan.duet_runs(steps, 4, 128, 4, 8, 2)
+    assert not plan.duet_runs(steps + 1, 4, 128, 4, 8, 2)
     from numba import get_num_threads
     many = get_num_threads() > 1
     assert (plan.into_route(100, 1, 64, 64, 4, blocks=4) == plan.DUET) == many

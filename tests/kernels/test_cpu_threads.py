@@ -296,24 +296,28 @@ def test_the_first_split_after_a_hold_counts_only_a_ticks_lag():
     assert threads.split_done(gate, now - 6_000_000, work)
 
 
-def test_a_duet_whose_peer_was_missing_for_a_quarter_of_its_steps_starts_a_hold():
-    """takeover_done: a region whose threads take over a late peer's share of a step
-    lagged when more than TAKEOVER_SHARE of its steps had one taken over; at that
-    share or under, or in the first region after a hold (its peer slept through
-    the hold), it did not."""
-    T = 100
-    share = int(threads.TAKEOVER_SHARE * T)
+def test_a_shared_region_longer_than_its_work_starts_a_hold():
+    """shared_done: a region whose threads share every step lagged when it lasted more
+    than SPLIT_LOSS times its threads' work together (one waited on a peer the OS
+    had taken, longer than the work); under that (a late peer, its shares taken
+    over), or in the first region after a hold (its peer slept through the hold),
+    it did not. (Times of tens of ms: this process being descheduled for a few ms
+    between reading the clock and the call is noise.)"""
     gate = threads.new_gate()
-    now = threads.clock_ns()
-    assert not threads.takeover_done(gate, now - 100_000, share, T)
-    assert threads.parallel_ok(gate) and gate[threads.REGIONS] == 1
-    assert threads.takeover_done(gate, now - 100_000, share + 1, T)
+    ms = 1_000_000
+    # 50 ms so far, 60 ms of work: two threads sharing it
+    assert not threads.shared_done(gate, threads.clock_ns() - 50 * ms, 60 * ms)
+    # 80 ms so far, 78 ms of work: one thread did nearly all of it, the other came late
+    assert not threads.shared_done(gate, threads.clock_ns() - 80 * ms, 78 * ms)
+    assert threads.parallel_ok(gate) and gate[threads.REGIONS] == 2
+    # 90 ms so far for 50 ms of work: a wait longer than the work's tenth
+    assert threads.shared_done(gate, threads.clock_ns() - 90 * ms, 50 * ms)
     assert not threads.parallel_ok(gate) and gate[threads.LAGGED] == 1
-    # the first region after the hold: not lagged, whatever it took over; it ends the hold
+    # the first region after the hold: not lagged; it ends the hold
     gate[threads.SERIAL_UNTIL] = threads.clock_ns() - 1
-    assert not threads.takeover_done(gate, threads.clock_ns(), T, T)
+    assert not threads.shared_done(gate, threads.clock_ns(), 0)
     assert threads.parallel_ok(gate) and gate[threads.SERIAL_UNTIL] == 0
-    assert gate[threads.LAGGED] == 1 and gate[threads.REGIONS] == 3
+    assert gate[threads.LAGGED] == 1 and gate[threads.REGIONS] == 4
 
 
 def test_slots_are_swapped_by_one_thread_each():
