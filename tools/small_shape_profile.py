@@ -1,20 +1,25 @@
-"""Where one float32 LSTM inference call's time goes at a small shape, one thread.
+"""Where one float32 LSTM inference call's time goes at a small shape.
 
     python tools/small_shape_profile.py                 # T=100, B=1, I=64, H=64
-    python tools/small_shape_profile.py 200,8,40,96     # T,B,I,H of your own
+    python tools/small_shape_profile.py 100,4,64,64     # T,B,I,H of your own
 
-A call that runs on one thread (plan.runs_alone: a small step, no batch split) is
-the layer's Python (checks, the packed weights' lookup, the output arrays), then
-one compiled call (lstm.lstm_forward_into): the input projection of the steps
-(x @ W_ih^T + b, one product), then per step the recurrent product (h @ W_hh^T)
-and the gate math. This times each part on its own, the mean of many calls, and
-prints them beside the call: the parts should add up to about the call (the rest
-is the loop's copies of h into y and the memory it touches). At B=1 a step's
-product reads all of W_hh once per step for one multiply-add per value read, so
-its time is W_hh's size over the rate at which the core reads it (printed).
+A small call (plan.runs_alone: a small step, no batch split) is the layer's
+Python (checks, the packed weights' lookup, the output arrays), then one
+compiled call (lstm.lstm_forward_into). On one thread (lstm_tiled.steps_state)
+that is the input projection of the steps (x @ W_ih^T + b, one product), then
+per step the recurrent product (h @ W_hh^T) and the gate math. This times each
+part on its own, the mean of many calls, and prints them beside the call: the
+parts should add up to about the call (the rest is the loop's copies of h into y
+and the memory it touches). At B=1 a step's product reads all of W_hh once per
+step for one multiply-add per value read, so its time is W_hh's size over the
+rate at which the core reads it (printed). Where the call runs as a duet on two
+threads (plan.duet_runs: lstm_tiled.steps_duet, each thread half of every
+step's units), as layer(x) then does, it prints the duet's call too, and the
+one-thread call's parts say what the duet shares.
 
-Prints a table; nothing is written. Exits nonzero if the shape would not run on
-one thread (the larger ones take the plan's threads, and this does not apply).
+Prints a table; nothing is written. Exits nonzero if the shape would take the
+plan's threads in the general path (a larger step or a batch split), where this
+does not apply.
 """
 import sys
 
@@ -25,9 +30,10 @@ import numlstm
 from numlstm import dispatch
 from numlstm.bench_isolated import _time
 from numlstm.kernels.cpu.lstm import lstm_forward_into
-from numlstm.kernels.cpu.lstm_tiled import _fwd_pointwise
+from numlstm.kernels.cpu.lstm_tiled import _fwd_pointwise, steps_duet, steps_state
 from numlstm.kernels.cpu.peak import fma_peak
-from numlstm.kernels.cpu.plan import runs_alone
+from numlstm.kernels.cpu.plan import duet_runs, inference_chunk, numba_threads, runs_alone
+from numlstm.kernels.cpu.threads import POLICY
 from numlstm.kernels.cpu.products import matmul_rows
 from numlstm.kernels.cpu.sequence import aligned_empty
 
@@ -53,9 +59,10 @@ def profile(T, B, I, H, out=print):
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     layer(x)
     p = layer._packs.get(dispatch.BACKENDS["cpu"], layer._params, layer.spec)[0]
-    if not runs_alone(T, B, p.Hp, 4):
-        raise SystemExit(f"T,B,I,H = {T},{B},{I},{H} runs on the plan's threads, not one "
-                         f"thread: this profile does not apply")
+    duet = duet_runs(T, B, p.Hp, 4, p.w_fwd.shape[0], numba_threads())
+    if not (duet or runs_alone(T, B, p.Hp, 4)):
+        raise SystemExit(f"T,B,I,H = {T},{B},{I},{H} runs on the plan's threads in the "
+                         f"general path: this profile does not apply")
     nblk, Hp = p.w_fwd.shape[0], p.Hp
     h, c = np.zeros((B, H), np.float32), np.zeros((B, H), np.float32)
     y, h_n, c_n = np.empty((T, B, H), np.float32), np.empty_like(h), np.empty_like(c)
@@ -74,9 +81,13 @@ def profile(T, B, I, H, out=print):
         call()  # (which may compile)
         return _time(call, 200, 0.5)[0]
 
+    args = (x, p.w_in, p.bias, p.w_fwd, h, c, y, h_n, c_n, Hp)
+    options = (p.clip, p.coupled, p.gclip, p.acts)
+    chunk = inference_chunk(T, B, Hp, 4)
     parts = {
         "layer(x)": per_call(lambda: layer(x)),
         "compiled call": per_call(lambda: lstm_forward_into(x, p, h, c, y, h_n, c_n)),
+        "one thread": per_call(lambda: steps_state(*args, chunk, *options)),
         "input projection": per_call(lambda: matmul_rows(x.reshape(T * B, I), p.w_in, xw,
                                                        p.bias, False, 0, T * B, 0, nblk)),
         "a step's product": per_call(lambda: _products(inner, hp[0], p.w_fwd, rec, nblk)) / inner,
@@ -84,21 +95,31 @@ def profile(T, B, I, H, out=print):
             inner, rec, hp, cp, scratch, lengths, nblk, p.clip, p.coupled, p.gclip,
             p.acts)) / inner,
     }
+    if duet:
+        gate = POLICY.gate()
+        parts["duet"] = per_call(lambda: steps_duet(*args, *options, gate))
     roof = fma_peak(threads=1)
     product, gate_math = parts["a step's product"], parts["a step's gate math"]
-    rest = parts["compiled call"] - parts["input projection"] - T * (product + gate_math)
+    # (from the zero state, as layer(x) starts, the first step has no product: steps_state)
+    rest = parts["one thread"] - parts["input projection"] - (T - 1) * product - T * gate_math
     w_bytes = p.w_fwd.nbytes
     proj_flops = 2 * T * B * I * 4 * H
-    out(f"T={T}, B={B}, I={I}, H={H}, float32 inference on one thread; float32 FMA roof "
+    out(f"T={T}, B={B}, I={I}, H={H}, float32 inference "
+        f"{'as a duet on two threads' if duet else 'on one thread'}; float32 FMA roof "
         f"{roof:.0f} GFLOP/s on one thread")
     rows = [
         ("layer(x)", parts["layer(x)"], "the whole call from Python"),
         ("  Python around the kernel", parts["layer(x)"] - parts["compiled call"],
          "checks, packed weights' lookup, output arrays"),
         ("  compiled call", parts["compiled call"], "lstm_forward_into, arrays given"),
+    ]
+    if duet:
+        rows.append(("    the duet", parts["duet"], "lstm_tiled.steps_duet, two threads"))
+    rows += [
+        ("  one thread", parts["one thread"], "lstm_tiled.steps_state"),
         ("    input projection", parts["input projection"],
          f"{proj_flops / parts['input projection'] / 1e9:.0f} GFLOP/s"),
-        (f"    {T} x a step's product", T * product,
+        (f"    {T - 1} x a step's product", (T - 1) * product,
          f"{product * 1e9:.0f} ns a step: W_hh's {w_bytes / 1024:.0f} KiB at "
          f"{w_bytes / product / 1e9:.0f} GB/s"),
         (f"    {T} x a step's gate math", T * gate_math, f"{gate_math * 1e9:.0f} ns a step"),
