@@ -13,7 +13,7 @@ parts should add up to about the call (the rest is the loop's copies of h into y
 and the memory it touches). At B=1 a step's product reads all of W_hh once per
 step for one multiply-add per value read, so its time is W_hh's size over the
 rate at which the core reads it (printed). Where the call runs as a duet on two
-threads (plan.duet_runs: lstm_tiled.steps_duet, each thread half of every
+threads (plan.duet_runs: duet.steps_duet, each thread half of every
 step's units), as layer(x) then does, it prints the duet's call too, and the
 one-thread call's parts say what the duet shares.
 
@@ -30,7 +30,8 @@ import numlstm
 from numlstm import dispatch
 from numlstm.bench_isolated import _time
 from numlstm.kernels.cpu.lstm import lstm_forward_into
-from numlstm.kernels.cpu.lstm_tiled import _fwd_pointwise, steps_duet, steps_state
+from numlstm.kernels.cpu.duet import steps_duet
+from numlstm.kernels.cpu.lstm_tiled import fwd_pointwise, steps_state
 from numlstm.kernels.cpu.peak import fma_peak
 from numlstm.kernels.cpu.plan import duet_runs, inference_chunk, numba_threads, runs_alone
 from numlstm.kernels.cpu.threads import POLICY
@@ -47,7 +48,7 @@ def _products(n, h, W, rec, nblk):
 @njit(cache=True)
 def _gate_math(n, rec, hbuf, c, y, lengths, nblk, clip, coupled, gclip, acts):
     for _ in range(n):
-        _fwd_pointwise(rec, rec, hbuf[0], hbuf[1], c, y, c, lengths, 0, False, 0, nblk, clip,
+        fwd_pointwise(rec, rec, hbuf[0], hbuf[1], c, y, c, lengths, 0, False, 0, nblk, clip,
                        coupled, gclip, acts, None)
 
 
@@ -114,7 +115,7 @@ def profile(T, B, I, H, out=print):
         ("  compiled call", parts["compiled call"], "lstm_forward_into, arrays given"),
     ]
     if duet:
-        rows.append(("    the duet", parts["duet"], "lstm_tiled.steps_duet, two threads"))
+        rows.append(("    the duet", parts["duet"], "duet.steps_duet, two threads"))
     rows += [
         ("  one thread", parts["one thread"], "lstm_tiled.steps_state"),
         ("    input projection", parts["input projection"],

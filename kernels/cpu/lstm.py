@@ -17,7 +17,7 @@ Two paths, chosen by dtype when the weights are packed (pack_lstm_cpu):
         core's L2, one region for all the steps, each thread running its rows
         of the batch with all of W_hh (forward_rows, backward_rows); an
         inference call from Python (forward_into) of up to 4 rows runs as a duet
-        instead (lstm_tiled.steps_duet: one region for all the steps, two
+        instead (duet.steps_duet: one region for all the steps, two
         threads each owning half of every step's units and taking over a late
         peer's half), a small one on one thread (steps_state), and a large
         streamed step shares its blocks (step_split);
@@ -105,7 +105,8 @@ from .gradients import first_step_dh, input_gradient, peephole_gradients, weight
 from .lstm_blas import backward_blas_wrap, forward_blas
 from .lstm_tiled import (HB, NO_PEEP, U, backward_rows, backward_tiled, backward_tiled_options,
                          cell_outputs, forward_rows, forward_tiled, forward_tiled_options,
-                         step_split, steps_duet, steps_state)
+                         step_split, steps_state)
+from .duet import steps_duet
 from .microkernel import CB
 from .norm import normalised_input
 from .plan import DUET, SPLIT, into_route, make_plan
@@ -351,7 +352,7 @@ def _split_step(x, packed, h, c, h_out, c_out):
 
 
 def _duet(x, packed, h, c, y, h_out, c_out):
-    """lstm_tiled.steps_duet on Numba's threads (thread_policy sets them for the call:
+    """duet.steps_duet on Numba's threads (thread_policy sets them for the call:
     on one, steps_state, whose result is the same)."""
     args = (x, packed.w_in, packed.bias, packed.w_fwd, h, c, y, h_out, c_out, packed.Hp)
     if numba_threads() > 1:

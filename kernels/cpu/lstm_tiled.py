@@ -17,8 +17,7 @@ from .jit import FAST
 from .microkernel import CB, tile_block
 from .products import masked_product, matmul_rows, times_mask
 from .sequence import copy_units, step_before
-from .threads import (claim, clock_ns, finished, load_slot, parallel_ok, region_done, split_done,
-                      shared_done, store_slot, swap_slot)
+from .threads import claim, clock_ns, finished, parallel_ok, region_done, split_done
 
 U = CB // 4     # hidden units per gate block; CB = 4U columns per block: [i(U) f(U) g(U) o(U)]
 HB = 64         # H is padded to a multiple of this (the backward's output block)
@@ -42,7 +41,7 @@ def _peepholes(peep):
 
 # -- forward, float32 tiled ------------------------------------------------------------
 @njit(**FAST)
-def _fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1,
+def fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1,
                    clip, coupled, gclip, acts, peep):
     """Gate math of blocks [b0, b1) for step t; rec holds the pre-activations.
     acts: gates.make_acts's tuple; peep: None, NO_PEEP, or the peephole weights [3,Hp]
@@ -118,7 +117,7 @@ def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, c
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
     matmul_rows(h_old, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
-    _fwd_pointwise(rec, xw[t], h_old, h_new, c, y[t], cs[t if training else 0], lengths, t,
+    fwd_pointwise(rec, xw[t], h_old, h_new, c, y[t], cs[t if training else 0], lengths, t,
                    training, b0, b1, clip, coupled, gclip, acts, None)
 
 
@@ -184,7 +183,7 @@ def forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, tr
             else:
                 matmul_rows(h_old, W, rec, xw[t], True, r0, r1, 0, nblk)
             gates = xw[t if training or not fused else 0]
-            _fwd_pointwise(rec[r0:r1], gates[r0:r1], h_old[r0:r1], h_new[r0:r1], c[r0:r1],
+            fwd_pointwise(rec[r0:r1], gates[r0:r1], h_old[r0:r1], h_new[r0:r1], c[r0:r1],
                            y[t][r0:r1], cs[t if training else 0][r0:r1], lengths[r0:r1], t,
                            training, 0, nblk, clip, coupled, gclip, acts, None)
         finished(gate, p)
@@ -242,12 +241,12 @@ def _zoneout(c, c_old, h_new, h_old, y_t, czs_t, zc_t, zh_t, lengths, t, trainin
 def _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P,
                  clip, coupled, gclip, acts, peep, hm_new, mask, mask_here):
     """Thread p's blocks of step t: rec = xw[t] + h_in @ W_hh^T, then the gate math
-    (_fwd_pointwise, which writes o * tanh(c) to h_new and y_t); with mask_here,
+    (fwd_pointwise, which writes o * tanh(c) to h_new and y_t); with mask_here,
     also hm_new = h_new * mask for its units, the next step's h_in."""
     nblk = W.shape[0]
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     matmul_rows(h_in, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
-    _fwd_pointwise(rec, xw[t], h_old, h_new, c, y_t, cs[t if training else 0], lengths, t,
+    fwd_pointwise(rec, xw[t], h_old, h_new, c, y_t, cs[t if training else 0], lengths, t,
                    training, b0, b1, clip, coupled, gclip, acts, peep)
     if mask_here:
         times_mask(h_new, mask, hm_new, b0 * U, b1 * U)
@@ -334,7 +333,7 @@ def steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, chunk, clip, co
     input product runs `chunk` steps at a time, as the time loop's does, then each
     step's product and gate math: the sums of the time loop's, bit for bit. The
     padded buffers are made here, so the call is one compiled call
-    (lstm.lstm_forward_into). (scratch is _fwd_pointwise's y: with h_new there
+    (lstm.lstm_forward_into). (scratch is fwd_pointwise's y: with h_new there
     the unit loop's stores overlap, and a step at B=1, H=64 took about 1 us more.)
     From a zero h (every call that passes no state) the first step skips its
     recurrent product, which would add only zeros (a product of zeros, +0 or -0,
@@ -356,145 +355,11 @@ def steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, chunk, clip, co
             rec, h_old, h_new = xw[(t - t0) * B:(t - t0 + 1) * B], hp[t & 1], hp[1 - (t & 1)]
             if t > 0 or not h_zero:
                 matmul_rows(h_old, w_fwd, rec, rec, True, 0, B, 0, nblk)
-            _fwd_pointwise(rec, rec, h_old, h_new, cp, scratch, cp, ones, 0, False, 0, nblk,
+            fwd_pointwise(rec, rec, h_old, h_new, cp, scratch, cp, ones, 0, False, 0, nblk,
                            clip, coupled, gclip, acts, None)
             copy_units(h_new, y[t], H)
     copy_units(y[T - 1], h_out, H)
     copy_units(cp, c_out, H)
-
-
-# The duet (steps_duet): a small call's steps on two threads, each with half of the
-# units, taking over its peer's half when the peer is late.
-DUET_RING = 4  # steps whose halves' claim slots exist at once (reused after)
-DUET_SLOT = 8  # int64s between two slots: one a cache line, so two claims never share one
-DUET_WAIT_NS = 2_000  # how long a thread that did its half gives its peer to claim the other
-DUET_PIECE = 8  # steps of the input product a thread takes at a time
-
-
-@njit(**FAST)
-def _duet_half(xw, w_fwd, h_old, h_new, c, scratch, ones, y_t, t, b0, b1, skip, clip,
-               coupled, gclip, acts):
-    """Blocks [b0, b1) of step t of steps_duet, as steps_state computes them: their
-    recurrent product into xw's rows of the step (unless skip: a zero h), their gate
-    math, their units of h into y_t."""
-    B, H = h_old.shape[0], y_t.shape[1]
-    if not skip:
-        matmul_rows(h_old, w_fwd, xw, xw, True, 0, B, b0, b1)
-    _fwd_pointwise(xw, xw, h_old, h_new, c, scratch, c, ones, 0, False, b0, b1, clip,
-                   coupled, gclip, acts, None)
-    for r in range(B):
-        for j in range(b0 * U, min(b1 * U, H)):
-            y_t[r, j] = h_new[r, j]
-
-
-@njit(parallel=True, **FAST)
-def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, counters, work,
-                 h_zero, clip, coupled, gclip, acts):
-    """steps_duet's parallel region; work [2,4] receives each thread's halves done,
-    halves taken from its peer, nanoseconds in the region and nanoseconds of them
-    spent waiting (a thread's own half is the first blocks for thread 0, the last
-    for thread 1)."""
-    T, B, I = x.shape
-    nblk = w_fwd.shape[0]
-    mid, pieces = (nblk + 1) // 2, -(-T // DUET_PIECE)
-    rows = x.reshape(T * B, I)
-    for p in prange(2):
-        began, done, taken, waited = clock_ns(), 0, 0, 0
-        # the input product of all the steps, DUET_PIECE steps a task
-        i = claim(counters[0:1])
-        while i < pieces:
-            t0, t1 = i * DUET_PIECE, min((i + 1) * DUET_PIECE, T)
-            matmul_rows(rows, w_in, xw, bias, False, t0 * B, t1 * B, 0, nblk)
-            claim(counters[8:9])  # (a count of the pieces done)
-            i = claim(counters[0:1])
-        if load_slot(counters, 8) < pieces:
-            since = clock_ns()
-            while load_slot(counters, 8) < pieces:
-                pass
-            waited += clock_ns() - since
-        greedy = False  # (after taking the peer's half: take the next ones without waiting)
-        for t in range(T):
-            r, done_t, mine = t % DUET_RING, 3 * t + 2, 3 * t + 1
-            if t > 0:  # step t-1 done, both halves (their h is this step's input)
-                prev = (t - 1) % DUET_RING
-                if (load_slot(slots, 2 * prev * DUET_SLOT) < done_t - 3
-                        or load_slot(slots, (2 * prev + 1) * DUET_SLOT) < done_t - 3):
-                    since = clock_ns()
-                    while (load_slot(slots, 2 * prev * DUET_SLOT) < done_t - 3
-                           or load_slot(slots, (2 * prev + 1) * DUET_SLOT) < done_t - 3):
-                        pass
-                    waited += clock_ns() - since
-            h_old, h_new = hp[t & 1], hp[1 - (t & 1)]
-            for k in range(2):
-                q = p if k == 0 else 1 - p
-                at = (2 * r + q) * DUET_SLOT
-                if k == 1 and not greedy and load_slot(slots, at) < mine:
-                    since = clock_ns()
-                    while (load_slot(slots, at) < mine
-                           and clock_ns() - since < DUET_WAIT_NS):
-                        pass
-                    waited += clock_ns() - since
-                if swap_slot(slots, at, 3 * (t - DUET_RING) + 2, mine):
-                    b0, b1 = (0, mid) if q == 0 else (mid, nblk)
-                    _duet_half(xw[t * B:(t + 1) * B], w_fwd, h_old, h_new, cp, scratch,
-                               ones, y[t], t, b0, b1, h_zero and t == 0, clip, coupled,
-                               gclip, acts)
-                    store_slot(slots, at, done_t)
-                    done += 1
-                    if k == 1:
-                        taken += 1
-                        greedy = True
-                elif k == 1:
-                    greedy = False
-        work[p, 0], work[p, 1], work[p, 2], work[p, 3] = done, taken, clock_ns() - began, waited
-
-
-@njit(**FAST)
-def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, gclip, acts,
-               gate):
-    """steps_state on two threads, for a small call that one thread's cache holds
-    badly (plan.into_route's DUET): each step's units in two halves, each thread
-    the owner of one, so that each reads half of W_hh a step (at B=1, H=64, 32 KiB,
-    which its L1 keeps), in one parallel region for all the steps: first the input
-    product of all the steps, shared (DUET_PIECE steps a task), then the steps.
-    A thread claims a half (an atomic swap on the half's slot), computes it and
-    marks it done; it starts a step when both halves of the last are done; and
-    after its own half it gives its peer DUET_WAIT_NS to claim the other, then
-    claims that one itself, and keeps claiming both until its peer claims one
-    again. So a peer that the OS runs late (or that wakes late) costs the call
-    about one wait, not a tick, and never a deadlock: every half is claimed by
-    exactly one thread, which finishes it. A peer that comes late (it slept, or
-    lost its core) costs about what one thread would have taken; one that lost
-    its core with a half in hand costs the other a wait, up to a scheduler tick:
-    a call that lasted longer than its threads' work together counts as lagged
-    (threads.shared_done), and the next calls keep to one thread for the hold.
-    Returns the halves a thread took over from its peer. Each half is computed as
-    steps_state computes those blocks: bitwise its result, whoever claims it. x
-    [T,B,I] with T * B * 4Hp floats of input product (the whole call's, at once);
-    the rest as steps_state. gate: the thread policy's; on a hold, or on one
-    thread, this is steps_state."""
-    T, B = x.shape[:2]
-    H = c.shape[1]
-    if not parallel_ok(gate):
-        steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, T, clip, coupled, gclip,
-                    acts)
-        return 0
-    hp, cp = np.zeros((2, B, Hp), np.float32), np.zeros((B, Hp), np.float32)
-    copy_units(h, hp[0], H)
-    copy_units(c, cp, H)
-    scratch, ones = np.empty((B, Hp), np.float32), np.ones(B, np.int64)
-    xw = np.empty((T * B, 4 * Hp), np.float32)
-    slots = np.empty(2 * DUET_RING * DUET_SLOT, np.int64)
-    for r in range(DUET_RING):  # free for step r: "done" for step r - DUET_RING
-        slots[2 * r * DUET_SLOT] = slots[(2 * r + 1) * DUET_SLOT] = 3 * (r - DUET_RING) + 2
-    counters, work = np.zeros(16, np.int64), np.zeros((2, 4), np.int64)
-    start = clock_ns()
-    _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, counters, work,
-                 not np.any(h), clip, coupled, gclip, acts)
-    shared_done(gate, start, work[0, 2] - work[0, 3] + work[1, 2] - work[1, 3])
-    copy_units(y[T - 1], h_out, H)
-    copy_units(cp, c_out, H)
-    return work[0, 1] + work[1, 1]
 
 
 @njit(**FAST)
@@ -506,7 +371,7 @@ def _step_blocks(x, w_in, bias, w_fwd, h_old, h_new, c, rec, scratch, ones, b0, 
     B = x.shape[0]
     matmul_rows(x, w_in, rec, bias, False, 0, B, b0, b1)
     matmul_rows(h_old, w_fwd, rec, rec, True, 0, B, b0, b1)
-    _fwd_pointwise(rec, rec, h_old, h_new, c, scratch, c, ones, 0, False, b0, b1, clip,
+    fwd_pointwise(rec, rec, h_old, h_new, c, scratch, c, ones, 0, False, b0, b1, clip,
                    coupled, gclip, acts, None)
 
 
@@ -575,7 +440,7 @@ def _bwd_pointwise(dg_t, cs_t, cz_prev, c0, dy_t, rec, dh_n, dc, lengths, revers
     [B,Hp]: step t's new cell values; cz_prev [B,Hp]: the state the step before
     (in the forward's order) passed on (cs there, unless zoneout kept part of
     the old one; c0 when there is none), c0 where it is a row's first step.
-    acts, peep: as _fwd_pointwise's."""
+    acts, peep: as fwd_pointwise's."""
     gated = gclip < np.inf
     bounds = gate_clip_bounds(gclip, np.float32(0), acts)  # (the tiled kernels are float32)
     peeped = _peepholes(peep)
@@ -591,7 +456,7 @@ def _bwd_pointwise(dg_t, cs_t, cz_prev, c0, dy_t, rec, dh_n, dc, lengths, revers
         first = t == n - 1 if reverse else t == 0
         dh_in = dh_n[r] if last else rec[r]
         c_prev = c0[r] if first else cz_prev[r]
-        # views of the row's units [j0, j1) and their gate columns (see _fwd_pointwise)
+        # views of the row's units [j0, j1) and their gate columns (see fwd_pointwise)
         j0, j1 = b0 * HB, b1 * HB
         gates, dc_r = dg_t[r, 4 * j0:4 * j1], dc[r, j0:j1]
         c_r, cp, dy_r, dh_r = cs_t[r, j0:j1], c_prev[j0:j1], dy_t[r, j0:j1], dh_in[j0:j1]

@@ -158,7 +158,7 @@ _routes_limits = [None]  # (the limits above when it was filled)
 
 def duet_runs(T, B, Hp, gates, blocks, threads):
     """Whether an inference call of T steps of B rows runs as a duet (the LSTM's
-    lstm_tiled.steps_duet, `blocks` its blocks of units; 0: a cell without one):
+    duet.steps_duet, `blocks` its blocks of units; 0: a cell without one):
     two threads or more, at most DUET_MAX_ROWS rows, DUET_MIN_BLOCKS blocks of
     units or more, and all the steps' input product at once within
     INFERENCE_CHUNK_BYTES. Measured on 2 Zen 4 cores, T=100 and I=H, the duet

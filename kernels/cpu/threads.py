@@ -273,7 +273,7 @@ def _taken_done(gate, start, late):
 @njit(cache=True)
 def shared_done(gate, start, busy):
     """region_done for a region whose threads share every step and wait on each other
-    (lstm_tiled.steps_duet); busy: the nanoseconds its threads spent working, not
+    (duet.steps_duet); busy: the nanoseconds its threads spent working, not
     waiting, all together. Lagged also when the region lasted more than
     SPLIT_LOSS times that, longer than one thread would have taken for all the
     work: a thread waited on a peer that the OS had descheduled with its share of

@@ -307,7 +307,7 @@ def test_a_call_from_a_zero_state_skips_only_its_first_recurrent_product(rng):
 @pytest.mark.parametrize("T,B,I,H", [(2, 1, 5, 50), (7, 3, 4, 100), (1, 1, 3, 64),
                                      (13, 8, 9, 70)])
 def test_the_duet_is_the_one_thread_loop_bit_for_bit(rng, T, B, I, H):
-    """lstm_tiled.steps_duet (each step's units in two halves, one a thread, a late
+    """duet.steps_duet (each step's units in two halves, one a thread, a late
     thread's half taken over) against steps_state, the one-thread loop: bitwise the
     same y and last state at uneven shapes (an odd number of blocks of units: H=100
     has 7), from a zero and a random state, on two threads, on one (the region's two
@@ -317,7 +317,8 @@ def test_the_duet_is_the_one_thread_loop_bit_for_bit(rng, T, B, I, H):
     from numba import get_num_threads, set_num_threads
 
     from numlstm.kernels.cpu import threads
-    from numlstm.kernels.cpu.lstm_tiled import steps_duet, steps_state
+    from numlstm.kernels.cpu.duet import steps_duet
+    from numlstm.kernels.cpu.lstm_tiled import steps_state
     cell = lstm_weights(rng, I, H, np.float32)
     p = pack_lstm_cpu(*cell)
     x = rng.standard_normal((T, B, I)).astype(np.float32)

@@ -37,15 +37,28 @@ def _no_hold():
 def test_a_small_call_enters_no_parallel_region(rng, cell, T, B, I, H):
     """Inference, a training step and a streaming step at the smallest shapes run
     every loop, product and layout pass on the calling thread: the gate counts
-    no region. (On a busy machine a region waits for its slowest thread.)"""
+    no region. (On a busy machine a region waits for its slowest thread.) The
+    exception by design: an LSTM call that plan.duet_runs takes (here T=100, B=1,
+    H=64) is one region for all its steps, whose threads take over a late
+    peer's work (duet.steps_duet)."""
+    from numlstm import dispatch
+    from numlstm.kernels.cpu import plan
     _no_hold()
     layer = CELLS[cell](I, H, seed=0)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     layer(x)  # compile first: the count is about the calls themselves
     y, _ = layer(x, training=True)
     layer.backward(np.ones_like(y))
+    p = layer._packs.get(dispatch.BACKENDS["cpu"], layer._params, layer.spec)[0]
+    _no_hold()  # (the first calls' regions may have lagged)
+    duet = (cell == "lstm" and threads.POLICY.call_threads() > 1
+            and plan.into_route(T, B, I, p.Hp, 4, blocks=p.w_fwd.shape[0]) == plan.DUET)
+    assert duet == (cell == "lstm" and T == 100 and threads.POLICY.call_threads() > 1
+                    and numba.get_num_threads() > 1)
     before = _regions()
     layer(x)
+    assert _regions() - before == (1 if duet else 0)
+    before = _regions()
     y, _ = layer(x, training=True)
     layer.backward(np.ones_like(y))
     layer.step(x[0])
