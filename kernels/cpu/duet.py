@@ -19,6 +19,12 @@ DUET_SLOT = 8  # int64s between two slots: one a cache line, so two claims never
 DUET_WAIT_NS = 2_000  # how long a thread that did its half gives its peer to claim the other
 DUET_WAIT_SPINS = 1 << 16  # (and at most this many reads: where there is no clock, Windows)
 DUET_PIECE = 8  # steps of the input product a thread takes at a time
+# A wait this long for a peer's half (which only that peer can finish) means the OS took
+# the peer's core with the half in hand: the waiter goes on alone (counters[SOLO]), so a
+# call loses that wait once, not a scheduler tick at every step after. Above a half-step
+# of the largest duet (B=1, H=1024: 65-130 us), below a 250 Hz tick (4 ms).
+DUET_STALL_NS = 500_000
+SOLO = 16  # counters[SOLO]: 0, or p + 1 once thread p goes on alone
 
 
 @njit(**FAST)
@@ -39,17 +45,19 @@ def _duet_half(xw, w_fwd, h_old, h_new, c, scratch, ones, y_t, t, b0, b1, skip, 
 
 @njit(parallel=True, **FAST)
 def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, counters, work,
-                 h_zero, clip, coupled, gclip, acts):
+                 h_zero, stall, clip, coupled, gclip, acts):
     """steps_duet's parallel region; work [2,4] receives each thread's halves done,
     halves taken from its peer, nanoseconds in the region and nanoseconds of them
     spent waiting (a thread's own half is the first blocks for thread 0, the last
-    for thread 1)."""
+    for thread 1). A thread that waited longer than `stall` ns on its peer goes on
+    alone (counters[SOLO]): the peer stops at its next step, holding no half."""
     T, B, I = x.shape
     nblk = w_fwd.shape[0]
     mid, pieces = (nblk + 1) // 2, -(-T // DUET_PIECE)
     rows = x.reshape(T * B, I)
     for p in prange(2):
         began, done, taken, waited = clock_ns(), 0, 0, 0
+        alone, gone = False, False
         # the input product of all the steps, DUET_PIECE steps a task
         i = claim(counters[0:1])
         while i < pieces:
@@ -61,9 +69,14 @@ def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, coun
             since = clock_ns()
             while load_slot(counters, 8) < pieces:
                 pass
-            waited += clock_ns() - since
-        greedy = False  # (after taking the peer's half: take the next ones without waiting)
+            wait = clock_ns() - since
+            waited += wait
+            if wait > stall:
+                alone = swap_slot(counters, SOLO, 0, p + 1)
+        greedy = alone  # (take the peer's half without waiting: after taking one, or alone)
         for t in range(T):
+            if not alone and load_slot(counters, SOLO) != 0:
+                break  # (the peer goes on alone)
             r, done_t, mine = t % DUET_RING, 3 * t + 2, 3 * t + 1
             if t > 0:  # step t-1 done, both halves (their h is this step's input)
                 prev = (t - 1) % DUET_RING
@@ -72,8 +85,16 @@ def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, coun
                     since = clock_ns()
                     while (load_slot(slots, 2 * prev * DUET_SLOT) < done_t - 3
                            or load_slot(slots, (2 * prev + 1) * DUET_SLOT) < done_t - 3):
-                        pass
-                    waited += clock_ns() - since
+                        if not alone and load_slot(counters, SOLO) != 0:
+                            gone = True
+                            break
+                    wait = clock_ns() - since
+                    waited += wait
+                    if gone:
+                        break
+                    if wait > stall and not alone:
+                        alone = swap_slot(counters, SOLO, 0, p + 1)
+                        greedy = greedy or alone
             h_old, h_new = hp[t & 1], hp[1 - (t & 1)]
             for k in range(2):
                 q = p if k == 0 else 1 - p
@@ -94,14 +115,14 @@ def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, coun
                     if k == 1:
                         taken += 1
                         greedy = True
-                elif k == 1:
+                elif k == 1 and not alone:
                     greedy = False
         work[p, 0], work[p, 1], work[p, 2], work[p, 3] = done, taken, clock_ns() - began, waited
 
 
 @njit(**FAST)
 def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, gclip, acts,
-               gate):
+               gate, stall=DUET_STALL_NS):
     """steps_state on two threads, for a small call that one thread's cache holds
     badly (plan.into_route's DUET): each step's units in two halves, each thread
     the owner of one, so that each reads half of W_hh a step (at B=1, H=64, 32 KiB,
@@ -113,12 +134,16 @@ def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, g
     claims that one itself, and keeps claiming both until its peer claims one
     again. So a peer that the OS runs late (or that wakes late) costs the call
     about one wait, not a tick, and never a deadlock: every half is claimed by
-    exactly one thread, which finishes it. A peer that comes late (it slept, or
+    exactly one thread, which finishes it. A thread that waited more than `stall`
+    ns (DUET_STALL_NS) for its peer's half goes on alone, and the peer stops at
+    its next step: a call loses such a wait (up to a tick) once. A peer that comes late (it slept, or
     lost its core) costs about what one thread would have taken; one that lost
     its core with a half in hand costs the other a wait, up to a scheduler tick:
-    a call that lasted longer than its threads' work together counts as lagged
-    (threads.shared_done), and the next calls keep to one thread for the hold.
-    Returns the halves a thread took over from its peer. Each half is computed as
+    a call that went on alone, or lasted longer than its threads' work
+    together, counts as lagged (threads.shared_done), and the next calls keep to
+    one thread for the hold.
+    Returns (the halves a thread took over from its peer, whether one went on
+    alone). Each half is computed as
     steps_state computes those blocks: bitwise its result, whoever claims it. x
     [T,B,I] with T * B * 4Hp floats of input product (the whole call's, at once);
     the rest as steps_state. gate: the thread policy's; on a hold, or on one
@@ -128,7 +153,7 @@ def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, g
     if not parallel_ok(gate):
         steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, T, clip, coupled, gclip,
                     acts)
-        return 0
+        return 0, False
     hp, cp = np.zeros((2, B, Hp), np.float32), np.zeros((B, Hp), np.float32)
     copy_units(h, hp[0], H)
     copy_units(c, cp, H)
@@ -137,11 +162,12 @@ def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, g
     slots = np.empty(2 * DUET_RING * DUET_SLOT, np.int64)
     for r in range(DUET_RING):  # free for step r: "done" for step r - DUET_RING
         slots[2 * r * DUET_SLOT] = slots[(2 * r + 1) * DUET_SLOT] = 3 * (r - DUET_RING) + 2
-    counters, work = np.zeros(16, np.int64), np.zeros((2, 4), np.int64)
+    counters, work = np.zeros(SOLO + 8, np.int64), np.zeros((2, 4), np.int64)
     start = clock_ns()
     _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, counters, work,
-                 not np.any(h), clip, coupled, gclip, acts)
-    shared_done(gate, start, work[0, 2] - work[0, 3] + work[1, 2] - work[1, 3])
+                 not np.any(h), stall, clip, coupled, gclip, acts)
+    alone = counters[SOLO] != 0
+    shared_done(gate, start, work[0, 2] - work[0, 3] + work[1, 2] - work[1, 3], alone)
     copy_units(y[T - 1], h_out, H)
     copy_units(cp, c_out, H)
-    return work[0, 1] + work[1, 1]
+    return work[0, 1] + work[1, 1], alone

@@ -251,18 +251,19 @@ def split_done(gate, start, work):
         if work[p, 0] > work[best, 0]:
             best = p
     alone = work[best, 1] * tasks // max(work[best, 0], 1)
-    return _taken_done(gate, start, region > SPLIT_LOSS * alone)
+    return _taken_done(gate, start, region > SPLIT_LOSS * alone, False)
 
 
 @njit(cache=True)
-def _taken_done(gate, start, late):
+def _taken_done(gate, start, late, stalled):
     """split_done and shared_done's end: count the region; lagged if a thread lagged
-    by region_done's test, or `late` (their own), but in the first region after a
-    hold, where only region_done's test counts: its other threads had slept through
-    the hold, and waking them (some hundreds of microseconds on a virtual machine)
-    is no sign of a busy core. That region ends the hold, which keeps its length,
-    so that a lag in the next region doubles it."""
-    lagged = _spread_lagged(gate, start)
+    by region_done's test or `stalled` (a thread waited on a descheduled peer), or
+    `late` (their own test), but in the first region after a hold, where `late`
+    does not count: its other threads had slept through the hold, and waking them
+    (some hundreds of microseconds on a virtual machine) is no sign of a busy
+    core. That region ends the hold, which keeps its length, so that a lag in the
+    next region doubles it."""
+    lagged = _spread_lagged(gate, start) or stalled
     if not lagged and gate[SERIAL_UNTIL] != 0 and start >= gate[SERIAL_UNTIL]:
         gate[REGIONS] += 1
         gate[SERIAL_UNTIL] = 0
@@ -271,16 +272,16 @@ def _taken_done(gate, start, late):
 
 
 @njit(cache=True)
-def shared_done(gate, start, busy):
+def shared_done(gate, start, busy, stalled):
     """region_done for a region whose threads share every step and wait on each other
-    (duet.steps_duet); busy: the nanoseconds its threads spent working, not
-    waiting, all together. Lagged also when the region lasted more than
-    SPLIT_LOSS times that, longer than one thread would have taken for all the
-    work: a thread waited on a peer that the OS had descheduled with its share of
-    a step in hand (up to a scheduler tick). A peer that only came late, its
-    shares taken over by the other, costs about one thread's time, and is no
-    lag."""
-    return _taken_done(gate, start, clock_ns() - start > SPLIT_LOSS * busy)
+    (duet.steps_duet); busy: the nanoseconds its threads spent not waiting, all
+    together; stalled: whether one waited long on a peer that the OS had
+    descheduled with its share of a step in hand (and went on alone). Lagged
+    when stalled, or when the region lasted more than SPLIT_LOSS times `busy`,
+    longer than one thread would have taken for all the work. A peer that only
+    came late, its shares taken over by the other, costs about one thread's
+    time, and is no lag."""
+    return _taken_done(gate, start, clock_ns() - start > SPLIT_LOSS * busy, stalled)
 
 
 def new_gate():

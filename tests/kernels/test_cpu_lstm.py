@@ -312,8 +312,9 @@ def test_the_duet_is_the_one_thread_loop_bit_for_bit(rng, T, B, I, H):
     same y and last state at uneven shapes (an odd number of blocks of units: H=100
     has 7), from a zero and a random state, on two threads, on one (the region's two
     iterations then run one after the other: the first takes over the second's
-    half of every step), and on a hold (the one-thread loop itself, no region);
-    and close to the reference."""
+    half of every step), on two with every wait on the peer counted as a stall
+    (stall=0: the first thread to wait goes on alone, the other stops), and on a
+    hold (the one-thread loop itself, no region); and close to the reference."""
     from numba import get_num_threads, set_num_threads
 
     from numlstm.kernels.cpu import threads
@@ -326,7 +327,7 @@ def test_the_duet_is_the_one_thread_loop_bit_for_bit(rng, T, B, I, H):
     for h0 in (np.zeros((B, H), np.float32), rng.standard_normal((B, H)).astype(np.float32)):
         c0 = rng.standard_normal((B, H)).astype(np.float32)
         outs = []
-        for run in ("state", "two", "one", "hold"):
+        for run in ("state", "two", "one", "stall", "hold"):
             y, h, c = (np.full(s, np.nan, np.float32) for s in ((T, B, H), (B, H), (B, H)))
             args = (x, p.w_in, p.bias, p.w_fwd, h0, c0, y, h, c, p.Hp)
             gate = threads.new_gate()
@@ -337,9 +338,11 @@ def test_the_duet_is_the_one_thread_loop_bit_for_bit(rng, T, B, I, H):
                 if run == "state":
                     steps_state(*args, T, p.clip, p.coupled, p.gclip, p.acts)
                 else:
-                    taken = steps_duet(*args, p.clip, p.coupled, p.gclip, p.acts, gate)
+                    stall = 0 if run == "stall" else 60_000_000_000
+                    taken, alone = steps_duet(*args, p.clip, p.coupled, p.gclip, p.acts, gate,
+                                              stall)
                     assert taken == (T if run == "one" else 0 if run == "hold" else taken)
-                    assert 0 <= taken <= T
+                    assert 0 <= taken <= T and (run == "stall" or not alone)
             finally:
                 set_num_threads(before)
             assert gate[threads.REGIONS] == (0 if run in ("state", "hold") else 1)

@@ -312,25 +312,34 @@ def test_the_first_split_after_a_hold_counts_only_a_ticks_lag():
 def test_a_shared_region_longer_than_its_work_starts_a_hold():
     """shared_done: a region whose threads share every step lagged when it lasted more
     than SPLIT_LOSS times its threads' work together (one waited on a peer the OS
-    had taken, longer than the work); under that (a late peer, its shares taken
-    over), or in the first region after a hold (its peer slept through the hold),
-    it did not. (Times of tens of ms: this process being descheduled for a few ms
+    had taken, longer than the work), or when a thread stalled (and went on
+    alone), after a hold too; under that time (a late peer, its shares taken
+    over), or by its time in the first region after a hold (its peer slept
+    through the hold), it did not. (Times of tens of ms: this process being descheduled for a few ms
     between reading the clock and the call is noise.)"""
     gate = threads.new_gate()
     ms = 1_000_000
     # 50 ms so far, 60 ms of work: two threads sharing it
-    assert not threads.shared_done(gate, threads.clock_ns() - 50 * ms, 60 * ms)
+    assert not threads.shared_done(gate, threads.clock_ns() - 50 * ms, 60 * ms, False)
     # 80 ms so far, 78 ms of work: one thread did nearly all of it, the other came late
-    assert not threads.shared_done(gate, threads.clock_ns() - 80 * ms, 78 * ms)
+    assert not threads.shared_done(gate, threads.clock_ns() - 80 * ms, 78 * ms, False)
     assert threads.parallel_ok(gate) and gate[threads.REGIONS] == 2
     # 90 ms so far for 50 ms of work: a wait longer than the work's tenth
-    assert threads.shared_done(gate, threads.clock_ns() - 90 * ms, 50 * ms)
+    assert threads.shared_done(gate, threads.clock_ns() - 90 * ms, 50 * ms, False)
     assert not threads.parallel_ok(gate) and gate[threads.LAGGED] == 1
-    # the first region after the hold: not lagged; it ends the hold
+    # the first region after the hold: not lagged by its time; it ends the hold
     gate[threads.SERIAL_UNTIL] = threads.clock_ns() - 1
-    assert not threads.shared_done(gate, threads.clock_ns(), 0)
+    assert not threads.shared_done(gate, threads.clock_ns(), 0, False)
     assert threads.parallel_ok(gate) and gate[threads.SERIAL_UNTIL] == 0
     assert gate[threads.LAGGED] == 1 and gate[threads.REGIONS] == 4
+    # a stall (a thread went on alone) is a lag, after a hold too, whatever the time
+    for hold_before in (False, True):
+        if hold_before:
+            gate[threads.SERIAL_UNTIL] = threads.clock_ns() - 1
+        assert threads.shared_done(gate, threads.clock_ns() - 50 * ms, 60 * ms, True)
+        assert not threads.parallel_ok(gate)
+        gate[threads.SERIAL_UNTIL] = 0
+    assert gate[threads.LAGGED] == 3 and gate[threads.REGIONS] == 6
 
 
 def test_slots_are_swapped_by_one_thread_each():
