@@ -134,19 +134,17 @@ def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, g
     claims that one itself, and keeps claiming both until its peer claims one
     again. So a peer that the OS runs late (or that wakes late) costs the call
     about one wait, not a tick, and never a deadlock: every half is claimed by
-    exactly one thread, which finishes it. A thread that waited more than `stall`
-    ns (DUET_STALL_NS) for its peer's half goes on alone, and the peer stops at
-    its next step: a call loses such a wait (up to a tick) once. A peer that comes late (it slept, or
-    lost its core) costs about what one thread would have taken; one that lost
-    its core with a half in hand costs the other a wait, up to a scheduler tick:
-    a call that went on alone, or lasted longer than its threads' work
-    together, counts as lagged (threads.shared_done), and the next calls keep to
-    one thread for the hold.
+    exactly one thread, which finishes it; such a call costs about what one
+    thread would have taken. A peer that lost its core with a half in hand costs
+    the other a wait, up to a scheduler tick: a thread that waited more than
+    `stall` ns (DUET_STALL_NS) for its peer's half goes on alone, and the peer
+    stops at its next step, so a call loses such a wait once. A call that went on
+    alone, or lasted longer than its threads' work together, counts as lagged
+    (threads.shared_done), and the next calls keep to one thread for the hold.
     Returns (the halves a thread took over from its peer, whether one went on
-    alone). Each half is computed as
-    steps_state computes those blocks: bitwise its result, whoever claims it. x
-    [T,B,I] with T * B * 4Hp floats of input product (the whole call's, at once);
-    the rest as steps_state. gate: the thread policy's; on a hold, or on one
+    alone). Each half is computed as steps_state computes those blocks: bitwise
+    its result, whoever claims it. x [T,B,I] with T * B * 4Hp floats of input
+    product (the whole call's, at once); the rest as steps_state. gate: the thread policy's; on a hold, or on one
     thread, this is steps_state."""
     T, B = x.shape[:2]
     H = c.shape[1]

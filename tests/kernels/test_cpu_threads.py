@@ -315,8 +315,8 @@ def test_a_shared_region_longer_than_its_work_starts_a_hold():
     had taken, longer than the work), or when a thread stalled (and went on
     alone), after a hold too; under that time (a late peer, its shares taken
     over), or by its time in the first region after a hold (its peer slept
-    through the hold), it did not. (Times of tens of ms: this process being descheduled for a few ms
-    between reading the clock and the call is noise.)"""
+    through the hold), it did not. (Times of tens of ms: this process being
+    descheduled for a few ms between reading the clock and the call is noise.)"""
     gate = threads.new_gate()
     ms = 1_000_000
     # 50 ms so far, 60 ms of work: two threads sharing it
