@@ -37,7 +37,7 @@ def _duet_half(xw, w_fwd, h_old, h_new, c, scratch, ones, y_t, t, b0, b1, skip, 
     if not skip:
         matmul_rows(h_old, w_fwd, xw, xw, True, 0, B, b0, b1)
     fwd_pointwise(xw, xw, h_old, h_new, c, scratch, c, ones, 0, False, b0, b1, clip,
-                   coupled, gclip, acts, None)
+                  coupled, gclip, acts, None)
     for r in range(B):
         for j in range(b0 * U, min(b1 * U, H)):
             y_t[r, j] = h_new[r, j]
@@ -144,8 +144,8 @@ def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, g
     Returns (the halves a thread took over from its peer, whether one went on
     alone). Each half is computed as steps_state computes those blocks: bitwise
     its result, whoever claims it. x [T,B,I] with T * B * 4Hp floats of input
-    product (the whole call's, at once); the rest as steps_state. gate: the thread policy's; on a hold, or on one
-    thread, this is steps_state."""
+    product (the whole call's, at once); the rest as steps_state. gate: the
+    thread policy's; on a hold, or on one thread, this is steps_state."""
     T, B = x.shape[:2]
     H = c.shape[1]
     if not parallel_ok(gate):

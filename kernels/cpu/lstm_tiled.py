@@ -118,7 +118,7 @@ def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, c
     h_old, h_new = hbuf[s & 1], hbuf[(s + 1) & 1]
     matmul_rows(h_old, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
     fwd_pointwise(rec, xw[t], h_old, h_new, c, y[t], cs[t if training else 0], lengths, t,
-                   training, b0, b1, clip, coupled, gclip, acts, None)
+                  training, b0, b1, clip, coupled, gclip, acts, None)
 
 
 @njit(parallel=True, **FAST)
@@ -184,8 +184,8 @@ def forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, tr
                 matmul_rows(h_old, W, rec, xw[t], True, r0, r1, 0, nblk)
             gates = xw[t if training or not fused else 0]
             fwd_pointwise(rec[r0:r1], gates[r0:r1], h_old[r0:r1], h_new[r0:r1], c[r0:r1],
-                           y[t][r0:r1], cs[t if training else 0][r0:r1], lengths[r0:r1], t,
-                           training, 0, nblk, clip, coupled, gclip, acts, None)
+                          y[t][r0:r1], cs[t if training else 0][r0:r1], lengths[r0:r1], t,
+                          training, 0, nblk, clip, coupled, gclip, acts, None)
         finished(gate, p)
     region_done(gate, start)
 
@@ -247,7 +247,7 @@ def _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, 
     b0, b1 = p * nblk // P, (p + 1) * nblk // P
     matmul_rows(h_in, W, rec, xw[t], True, 0, rec.shape[0], b0, b1)
     fwd_pointwise(rec, xw[t], h_old, h_new, c, y_t, cs[t if training else 0], lengths, t,
-                   training, b0, b1, clip, coupled, gclip, acts, peep)
+                  training, b0, b1, clip, coupled, gclip, acts, peep)
     if mask_here:
         times_mask(h_new, mask, hm_new, b0 * U, b1 * U)
 
@@ -356,7 +356,7 @@ def steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, chunk, clip, co
             if t > 0 or not h_zero:
                 matmul_rows(h_old, w_fwd, rec, rec, True, 0, B, 0, nblk)
             fwd_pointwise(rec, rec, h_old, h_new, cp, scratch, cp, ones, 0, False, 0, nblk,
-                           clip, coupled, gclip, acts, None)
+                          clip, coupled, gclip, acts, None)
             copy_units(h_new, y[t], H)
     copy_units(y[T - 1], h_out, H)
     copy_units(cp, c_out, H)
@@ -372,7 +372,7 @@ def _step_blocks(x, w_in, bias, w_fwd, h_old, h_new, c, rec, scratch, ones, b0, 
     matmul_rows(x, w_in, rec, bias, False, 0, B, b0, b1)
     matmul_rows(h_old, w_fwd, rec, rec, True, 0, B, b0, b1)
     fwd_pointwise(rec, rec, h_old, h_new, c, scratch, c, ones, 0, False, b0, b1, clip,
-                   coupled, gclip, acts, None)
+                  coupled, gclip, acts, None)
 
 
 @njit(parallel=True, **FAST)
