@@ -98,7 +98,7 @@ def profile(T, B, I, H, out=print):
     }
     if duet:
         gate = POLICY.gate()
-        parts["duet"] = per_call(lambda: steps_duet(*args, *options, gate))
+        parts["duet"] = per_call(lambda: steps_duet(*args, numba_threads(), *options, gate))
     roof = fma_peak(threads=1)
     product, gate_math = parts["a step's product"], parts["a step's gate math"]
     # (from the zero state, as layer(x) starts, the first step has no product: steps_state)

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from .jit import FAST
-from .lstm_tiled import U, fwd_pointwise, steps_state
+from .lstm_tiled import U, step_units, steps_state
 from .products import matmul_rows
 from .sequence import copy_units
 from .threads import (claim, clock_ns, load_slot, parallel_ok, shared_done, store_slot,
@@ -30,17 +30,13 @@ SOLO = 16  # counters[SOLO]: 0, or p + 1 once thread p goes on alone
 @njit(**FAST)
 def _duet_half(xw, w_fwd, h_old, h_new, c, scratch, ones, y_t, t, b0, b1, skip, clip,
                coupled, gclip, acts):
-    """Blocks [b0, b1) of step t of steps_duet, as steps_state computes them: their
-    recurrent product into xw's rows of the step (unless skip: a zero h), their gate
-    math, their units of h into y_t."""
-    B, H = h_old.shape[0], y_t.shape[1]
-    if not skip:
-        matmul_rows(h_old, w_fwd, xw, xw, True, 0, B, b0, b1)
-    fwd_pointwise(xw, xw, h_old, h_new, c, scratch, c, ones, 0, False, b0, b1, clip,
-                  coupled, gclip, acts, None)
-    for r in range(B):
-        for j in range(b0 * U, min(b1 * U, H)):
-            y_t[r, j] = h_new[r, j]
+    """Blocks [b0, b1) of step t of steps_duet, as steps_state computes them
+    (lstm_tiled.step_units on xw's rows of the step; skip: a zero h), then their
+    units of h into y_t."""
+    step_units(xw, w_fwd, h_old, h_new, c, scratch, ones, b0, b1, skip, clip, coupled, gclip,
+               acts)
+    j0 = b0 * U
+    copy_units(h_new[:, j0:], y_t[:, j0:], min(b1 * U, y_t.shape[1]) - j0)
 
 
 @njit(parallel=True, **FAST)
@@ -121,8 +117,8 @@ def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, coun
 
 
 @njit(**FAST)
-def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, gclip, acts,
-               gate, stall=DUET_STALL_NS):
+def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, P, clip, coupled, gclip,
+               acts, gate, stall=DUET_STALL_NS):
     """steps_state on two threads, for a small call that one thread's cache holds
     badly (plan.into_route's DUET): each step's units in two halves, each thread
     the owner of one, so that each reads half of W_hh a step (at B=1, H=64, 32 KiB,
@@ -144,11 +140,12 @@ def steps_duet(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, clip, coupled, g
     Returns (the halves a thread took over from its peer, whether one went on
     alone). Each half is computed as steps_state computes those blocks: bitwise
     its result, whoever claims it. x [T,B,I] with T * B * 4Hp floats of input
-    product (the whole call's, at once); the rest as steps_state. gate: the
-    thread policy's; on a hold, or on one thread, this is steps_state."""
+    product (the whole call's, at once); P: Numba's threads (the region asks for
+    two); the rest as steps_state. gate: the thread policy's; on a hold, or with
+    P = 1, this is steps_state."""
     T, B = x.shape[:2]
     H = c.shape[1]
-    if not parallel_ok(gate):
+    if P < 2 or not parallel_ok(gate):
         steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, T, clip, coupled, gclip,
                     acts)
         return 0, False

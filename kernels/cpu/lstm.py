@@ -352,13 +352,10 @@ def _split_step(x, packed, h, c, h_out, c_out):
 
 
 def _duet(x, packed, h, c, y, h_out, c_out):
-    """duet.steps_duet on Numba's threads (thread_policy sets them for the call:
-    on one, steps_state, whose result is the same)."""
-    args = (x, packed.w_in, packed.bias, packed.w_fwd, h, c, y, h_out, c_out, packed.Hp)
-    if numba_threads() > 1:
-        steps_duet(*args, packed.clip, packed.coupled, packed.gclip, packed.acts, POLICY.gate())
-    else:
-        steps_state(*args, x.shape[0], packed.clip, packed.coupled, packed.gclip, packed.acts)
+    """duet.steps_duet on Numba's threads (thread_policy sets them for the call)."""
+    steps_duet(x, packed.w_in, packed.bias, packed.w_fwd, h, c, y, h_out, c_out, packed.Hp,
+               numba_threads(), packed.clip, packed.coupled, packed.gclip, packed.acts,
+               POLICY.gate())
 
 
 def lstm_forward_into(x, packed, h, c, y, h_out, c_out):

@@ -353,26 +353,36 @@ def steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, chunk, clip, co
         matmul_rows(rows[t0 * B:t1 * B], w_in, xw, bias, False, 0, (t1 - t0) * B, 0, nblk)
         for t in range(t0, t1):
             rec, h_old, h_new = xw[(t - t0) * B:(t - t0 + 1) * B], hp[t & 1], hp[1 - (t & 1)]
-            if t > 0 or not h_zero:
-                matmul_rows(h_old, w_fwd, rec, rec, True, 0, B, 0, nblk)
-            fwd_pointwise(rec, rec, h_old, h_new, cp, scratch, cp, ones, 0, False, 0, nblk,
-                          clip, coupled, gclip, acts, None)
+            step_units(rec, w_fwd, h_old, h_new, cp, scratch, ones, 0, nblk,
+                       t == 0 and h_zero, clip, coupled, gclip, acts)
             copy_units(h_new, y[t], H)
     copy_units(y[T - 1], h_out, H)
     copy_units(cp, c_out, H)
 
 
 @njit(**FAST)
+def step_units(rec, w_fwd, h_old, h_new, c, scratch, ones, b0, b1, skip, clip, coupled, gclip,
+               acts):
+    """Blocks [b0, b1) of an inference step after its input product, which rec [B,4Hp]
+    holds: rec += h_old @ W_hh^T for their columns (unless skip: h_old is zero),
+    then their gate math into h_new and c [B,Hp]. The one step of steps_state,
+    _step_blocks (step_split's task) and the duet's halves (duet._duet_half): the
+    same sums, so each gives the others' result, bit for bit."""
+    if not skip:
+        matmul_rows(h_old, w_fwd, rec, rec, True, 0, h_old.shape[0], b0, b1)
+    fwd_pointwise(rec, rec, h_old, h_new, c, scratch, c, ones, 0, False, b0, b1, clip,
+                  coupled, gclip, acts, None)
+
+
+@njit(**FAST)
 def _step_blocks(x, w_in, bias, w_fwd, h_old, h_new, c, rec, scratch, ones, b0, b1, clip,
                  coupled, gclip, acts):
     """Blocks [b0, b1) of one step from x [B,I] and the padded state h_old, c [B,Hp]:
-    rec = x @ W_ih^T + b + h_old @ W_hh^T for their columns, then their gate math
-    into h_new and c (step_split's task; steps_state's sums)."""
-    B = x.shape[0]
-    matmul_rows(x, w_in, rec, bias, False, 0, B, b0, b1)
-    matmul_rows(h_old, w_fwd, rec, rec, True, 0, B, b0, b1)
-    fwd_pointwise(rec, rec, h_old, h_new, c, scratch, c, ones, 0, False, b0, b1, clip,
-                  coupled, gclip, acts, None)
+    rec = x @ W_ih^T + b for their columns, then step_units (step_split's task;
+    steps_state's sums)."""
+    matmul_rows(x, w_in, rec, bias, False, 0, x.shape[0], b0, b1)
+    step_units(rec, w_fwd, h_old, h_new, c, scratch, ones, b0, b1, False, clip, coupled,
+               gclip, acts)
 
 
 @njit(parallel=True, **FAST)

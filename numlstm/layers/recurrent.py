@@ -504,16 +504,16 @@ class Recurrent(CallState, Layer):
                 or self.zoneout or x_tm.shape[2] != spec.input_size):
             return None
         T, B = x_tm.shape[:2]
+        if T < 1 or B < 1:
+            return None
         memo = self.__dict__.get("_host_batches")
         if memo is None:
             memo = self._host_batches = {}
         kept = memo.get(B)
         if kept is None:
-            if T < 1 or B < 1:
-                return None
             kept = memo[B] = self._host_batch(B)
         cpu, into, shapes, zeros = kept
-        if into is None or T < 1:
+        if into is None:
             return None
         per_layer = None  # (the state each layer starts from)
         if state is None:

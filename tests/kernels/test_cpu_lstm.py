@@ -314,7 +314,8 @@ def test_the_duet_is_the_one_thread_loop_bit_for_bit(rng, T, B, I, H):
     iterations then run one after the other: the first takes over the second's
     half of every step), on two with every wait on the peer counted as a stall
     (stall=0: the first thread to wait goes on alone, the other stops), and on a
-    hold (the one-thread loop itself, no region); and close to the reference."""
+    hold or given P=1 (the one-thread loop itself, no region); and close to the
+    reference."""
     from numba import get_num_threads, set_num_threads
 
     from numlstm.kernels.cpu import threads
@@ -327,7 +328,7 @@ def test_the_duet_is_the_one_thread_loop_bit_for_bit(rng, T, B, I, H):
     for h0 in (np.zeros((B, H), np.float32), rng.standard_normal((B, H)).astype(np.float32)):
         c0 = rng.standard_normal((B, H)).astype(np.float32)
         outs = []
-        for run in ("state", "two", "one", "stall", "hold"):
+        for run in ("state", "two", "one", "stall", "hold", "P=1"):
             y, h, c = (np.full(s, np.nan, np.float32) for s in ((T, B, H), (B, H), (B, H)))
             args = (x, p.w_in, p.bias, p.w_fwd, h0, c0, y, h, c, p.Hp)
             gate = threads.new_gate()
@@ -339,13 +340,15 @@ def test_the_duet_is_the_one_thread_loop_bit_for_bit(rng, T, B, I, H):
                     steps_state(*args, T, p.clip, p.coupled, p.gclip, p.acts)
                 else:
                     stall = 0 if run == "stall" else 60_000_000_000
-                    taken, alone = steps_duet(*args, p.clip, p.coupled, p.gclip, p.acts, gate,
-                                              stall)
-                    assert taken == (T if run == "one" else 0 if run == "hold" else taken)
+                    P = 1 if run == "P=1" else 2
+                    taken, alone = steps_duet(*args, P, p.clip, p.coupled, p.gclip, p.acts,
+                                              gate, stall)
+                    assert taken == (T if run == "one" else 0 if run in ("hold", "P=1")
+                                     else taken)
                     assert 0 <= taken <= T and (run == "stall" or not alone)
             finally:
                 set_num_threads(before)
-            assert gate[threads.REGIONS] == (0 if run in ("state", "hold") else 1)
+            assert gate[threads.REGIONS] == (0 if run in ("state", "hold", "P=1") else 1)
             outs.append((y, h, c))
         for got in outs[1:]:
             for a, b in zip(got, outs[0]):
