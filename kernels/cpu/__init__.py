@@ -39,11 +39,8 @@ environment already decided (NUMBA_THREADING_LAYER, NUMBA_CPU_FEATURES):
   calls no slower within the machine's noise. The variable is set only while
   Numba's OpenMP layer loads libgomp (which reads it then), so another
   library's OpenMP (torch ships its own libgomp) keeps its own setting.
-* On AVX-512 hosts, CPU features gain "-prefer-256-bit", so LLVM emits 512-bit
-  vectors: the register-tiled products run about 3x faster (LLVM otherwise
-  keeps 256-bit vectors, and the 4x64 tile spills). Numba reads this when it
-  first compiles; if other Numba code compiled before numlstm was imported, the
-  kernels stay correct but run at the slower width.
+* The 512-bit vectors on AVX-512 hosts are set up by kernels/__init__.py, before
+  any kernel module decorates a function.
 
 Threads per call: every kernel below runs through threads.run, which sets
 Numba's thread count for the call: one thread while the thread policy holds
@@ -87,13 +84,6 @@ def _load_openmp_with_bounded_spin():
 
 
 _load_openmp_with_bounded_spin()
-if "NUMBA_CPU_FEATURES" not in os.environ and numba.config.CPU_FEATURES is None:
-    import llvmlite.binding as _llvm
-
-    _features = _llvm.get_host_cpu_features().flatten()
-    if "+avx512f" in _features.split(","):
-        numba.config.CPU_FEATURES = _features + ",-prefer-256-bit"
-
 from . import (attention, dense, gru, gru_tiled, lstm, lstm_tiled, microkernel, plan,  # noqa: E402
                quantized, rnn, threads)
 from .gru import pack_gru_cpu  # noqa: E402

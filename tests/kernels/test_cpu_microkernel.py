@@ -124,6 +124,58 @@ def test_the_target_follows_numba_settings(monkeypatch):
     assert microkernel._target() == (4, 32)
 
 
+_WIDTH_CHECK = """
+import collections, re, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    if FIRST:
+        from numba import njit
+        njit(lambda x: x)(1)
+    import numlstm
+import numpy as np
+from numba import njit
+from numba.core.registry import cpu_target
+from numlstm.kernels.gates import sigmoid
+@njit(error_model="numpy")
+def loop(a, out):
+    for i in range(a.shape[0]):
+        out[i] = sigmoid(a[i])
+a = np.ones(1000, np.float32)
+loop(a, a)
+asm = list(loop.inspect_asm().values())[0]
+print(cpu_target.target_context.codegen()._tm_features.split(",")[-1])
+print(collections.Counter(re.findall(r"\\b(zmm|ymm)\\d", asm)).most_common(1)[0][0])
+print(sum(issubclass(w.category, RuntimeWarning) and "256-bit" in str(w.message)
+          for w in caught))
+"""
+
+
+@pytest.mark.parametrize("numba_first", [False, True])
+def test_importing_numlstm_gives_its_kernels_512_bit_vectors_on_avx512(tmp_path, numba_first):
+    """Intel's AVX-512 server CPUs are tuned to prefer 256-bit vectors, at which the
+    gate loops run 8 floats wide; numlstm turns the preference off before Numba
+    fixes its target (when the first function is decorated, which a kernel module
+    does as it is imported). Checked in a fresh process, with the machine code of a
+    gate loop: 512-bit registers on an AVX-512 host, and no change elsewhere. If
+    Numba set its target up before numlstm was imported, a warning says the kernels
+    run at the narrower width."""
+    import os
+    import subprocess
+    import sys
+    import llvmlite.binding as llvm
+    avx512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CPU_FEATURES"}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-c", f"FIRST = {numba_first}\n" + _WIDTH_CHECK],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    last_feature, register, warned = run.stdout.split()
+    on = avx512 and not numba_first
+    assert (last_feature == "-prefer-256-bit") == on
+    assert (register == "zmm") == on or not avx512  # (an AVX2 host has no zmm at all)
+    assert warned == ("1" if avx512 and numba_first else "0")
+
+
 _AVX2_CHECK = """
 import numpy as np
 from numlstm.kernels.cpu import microkernel
