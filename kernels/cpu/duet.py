@@ -7,7 +7,7 @@ those blocks, so the result is that loop's, bit for bit.
 import numpy as np
 from numba import njit, prange
 
-from .jit import FAST
+from .jit import BORROW, FAST
 from .lstm_tiled import U, step_units, steps_state
 from .products import matmul_rows
 from .sequence import copy_units
@@ -27,7 +27,7 @@ DUET_STALL_NS = 500_000
 SOLO = 16  # counters[SOLO]: 0, or p + 1 once thread p goes on alone
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _duet_half(xw, w_fwd, h_old, h_new, c, scratch, ones, y_t, t, b0, b1, skip, clip,
                coupled, gclip, acts):
     """Blocks [b0, b1) of step t of steps_duet, as steps_state computes them
@@ -39,7 +39,7 @@ def _duet_half(xw, w_fwd, h_old, h_new, c, scratch, ones, y_t, t, b0, b1, skip, 
     copy_units(h_new[:, j0:], y_t[:, j0:], min(b1 * U, y_t.shape[1]) - j0)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, counters, work,
                  h_zero, stall, clip, coupled, gclip, acts):
     """steps_duet's parallel region; work [2,4] receives each thread's halves done,

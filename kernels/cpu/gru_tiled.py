@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..gates import activate, dactivate
-from .jit import FAST
+from .jit import BORROW, FAST
 from .microkernel import CB
 from .products import masked_product, matmul_rows, times_mask
 from .sequence import copy_units, step_before
@@ -25,7 +25,7 @@ def state_before(y, h0, lengths, reverse, t, b):
 
 
 # -- forward, float32 tiled ------------------------------------------------------------
-@njit(**FAST)
+@njit(**BORROW)
 def _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0, k1, acts):
     """Gate math of unit blocks [k0, k1) at step t. rec [B,Gp]: h @ W_hh^T + b_hh;
     xw_t [B,Gp]: x @ W_ih^T + b_ih, receives the activated gates when training;
@@ -65,7 +65,7 @@ def _fwd_pointwise(rec, xw_t, h_old, h_new, y_t, hn_t, lengths, t, training, k0,
                     hnew[v], out[v] = h, h
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _zoneout(h_new, h_old, y_t, zh_t, lengths, t, j0, j1):
     """Zoneout of units [j0, j1) of the rows valid at step t, after the gate math
     left h~ in h_new: h' = h~ + zh (h - h~), into h_new and y_t."""
@@ -77,7 +77,7 @@ def _zoneout(h_new, h_old, y_t, zh_t, lengths, t, j0, j1):
                 y_t[r, j] = h
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _fwd_step(xw_t, W, bias, h_in, h_old, h_new, y_t, hn_t, rec, lengths, training, t, k0, k1,
               hm_new, mask, acts, zh_t):
     """Step t for unit blocks [k0, k1): their slice of the recurrent product h_in @
@@ -94,7 +94,7 @@ def _fwd_step(xw_t, W, bias, h_in, h_old, h_new, y_t, hn_t, rec, lengths, traini
         times_mask(h_new, mask, hm_new, U * k0, U * k1)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
                    acts, zh, gate):
     """xw [T,B,Gp]: x @ W_ih^T + b_ih, receives the activated gates when training;
@@ -126,7 +126,7 @@ def forward_tiled(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, 
             region_done(gate, start)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def forward_rows(xw, W, bias, hbuf, hmbuf, mask, y, hn, rec, lengths, reverse, training, P,
                   acts, zh, gate):
     """forward_tiled with the batch shared out instead of the units: thread p runs
@@ -178,7 +178,7 @@ def steps_state(x, w_in, b_in, w_fwd, b_rec, h, y, h_out, Hp, chunk, no_mask, ac
     copy_units(y[T - 1], h_out, H)
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _step_blocks(x, w_in, b_in, w_fwd, b_rec, h_old, h_new, xw, rec, scratch, ones, k0, k1,
                  no_mask, acts, no_zone):
     """Unit blocks [k0, k1) of one step from x [B,I] and the padded state h_old [B,Hp]:
@@ -190,7 +190,7 @@ def _step_blocks(x, w_in, b_in, w_fwd, b_rec, h_old, h_new, xw, rec, scratch, on
               k0, k1, h_old, no_mask, acts, no_zone)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def _step_region(x, w_in, b_in, w_fwd, b_rec, h_old, h_new, xw, rec, scratch, ones, counter,
                  work, no_mask, acts, no_zone, gate):
     """step_split's parallel region, as lstm_tiled._step_region's: the threads take the
@@ -234,7 +234,7 @@ def step_split(x, w_in, b_in, w_fwd, b_rec, h, h_out, Hp, P, no_mask, acts, no_z
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
-@njit(**FAST)
+@njit(**BORROW)
 def _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reverse, t, k0, k1,
                    acts):
     """Gate gradients of unit blocks [k0, k1) at step t. dg_t [B,Gp]: activated
@@ -271,7 +271,7 @@ def _bwd_pointwise(dg_t, hn_t, y_prev, h0, dy_t, rec, carry, dh_n, lengths, reve
                 carry_r[v] = d * z
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _bwd_step(dg_next, dg_t, hn_t, y_prev, h0, dy_t, W, rec, zero, carry, dh_n, lengths, reverse,
               s, t, k0, k1, mask, acts, zh_t, dhz, kept, zb):
     """Step t for unit blocks [k0, k1): dh from the step after (dg_next, the
@@ -360,7 +360,7 @@ def backward_rows(dg, hn, y, h0, dy, W, rec, carry, dh_n, lengths, reverse, P, m
     region_done(gate, start)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def gate_blocks(dg, dn, out):
     """out [4, nk, M, U] = [dn*r | dr | dz | dn] in the products' blocked layout
     (products.copy_to_blocks's), from dg [M, 3*nk*U] ([dr dz dn*r] of each block of U

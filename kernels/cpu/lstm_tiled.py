@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..gates import activate, clip_gate, gate_clip_bounds, lstm_cell, lstm_cell_grads, peephole_at
-from .jit import FAST
+from .jit import BORROW, FAST
 from .microkernel import CB, tile_block
 from .products import masked_product, matmul_rows, times_mask
 from .sequence import copy_units, step_before
@@ -40,7 +40,7 @@ def _peepholes(peep):
 
 
 # -- forward, float32 tiled ------------------------------------------------------------
-@njit(**FAST)
+@njit(**BORROW)
 def fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b0, b1,
                    clip, coupled, gclip, acts, peep):
     """Gate math of blocks [b0, b1) for step t; rec holds the pre-activations.
@@ -61,7 +61,9 @@ def fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b
                 hn[u] = ho[u]
                 out[u] = 0
             if training:
-                cs_t[r, j0:j1] = c_r
+                cs_r = cs_t[r, j0:j1]
+                for u in range(j1 - j0):
+                    cs_r[u] = c_r[u]
             continue
         a = rec[r, b0 * CB:b1 * CB]
         if peep is not None and peeped:  # ONNX's peepholes: i and f read the old state
@@ -107,7 +109,7 @@ def fwd_pointwise(rec, xw_t, h_old, h_new, c, y_t, cs_t, lengths, t, training, b
                         xw_t[r, b0 * CB + q + 3 * U] = o
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, coupled,
               gclip, acts):
     """Thread p's blocks of step t of the plain layer (no projection, recurrent dropout
@@ -121,7 +123,7 @@ def _fwd_step(xw, W, hbuf, c, y, cs, rec, lengths, training, s, t, p, P, clip, c
                   training, b0, b1, clip, coupled, gclip, acts, None)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, clip, coupled,
                    gclip, acts, gate):
     """The plain layer's time loop. xw [T,B,Gp]: x @ W_ih^T + b, receives the
@@ -147,7 +149,7 @@ def forward_tiled(xw, W, hbuf, c, y, cs, rec, lengths, reverse, training, P, cli
             region_done(gate, start)
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _matmul_xh(X, Wx, Hm, W, out, bias, r_begin, r_end):
     """Rows [r_begin, r_end) of out = bias + X @ Wx + Hm @ W, every block: the input
     projection fused into the recurrent product (both K short enough for one chunk);
@@ -158,7 +160,7 @@ def _matmul_xh(X, Wx, Hm, W, out, bias, r_begin, r_end):
         tile_block(Hm, W, out, blk, r_begin, r_end, out, True, 0, W.shape[1])
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, training, P,
                   clip, coupled, gclip, acts, fused, gate):
     """forward_tiled with the batch shared out instead of the units: thread p runs
@@ -190,7 +192,7 @@ def forward_rows(xw, x, W_in, bias, W, hbuf, c, y, cs, rec, lengths, reverse, tr
     region_done(gate, start)
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _cell_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P, clip,
                coupled, gclip, acts, peep, hm_new, mask, c_old, czs, zc, zh, proj):
     """Thread p's blocks of step t (_fwd_step_in, which writes h_new and y_t: with a
@@ -217,7 +219,7 @@ def _cell_step(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t,
         times_mask(h_new, mask, hm_new, j0, j1)
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _zoneout(c, c_old, h_new, h_old, y_t, czs_t, zc_t, zh_t, lengths, t, training, j0, j1,
              zone_h):
     """Zoneout of units [j0, j1) of the rows valid at step t, after the gate math
@@ -237,7 +239,7 @@ def _zoneout(c, c_old, h_new, h_old, y_t, czs_t, zc_t, zh_t, lengths, t, trainin
                 czs_t[r, j] = c[r, j]
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, t, p, P,
                  clip, coupled, gclip, acts, peep, hm_new, mask, mask_here):
     """Thread p's blocks of step t: rec = xw[t] + h_in @ W_hh^T, then the gate math
@@ -252,7 +254,7 @@ def _fwd_step_in(xw, W, h_in, h_old, h_new, y_t, c, cs, rec, lengths, training, 
         times_mask(h_new, mask, hm_new, b0 * U, b1 * U)
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P, hm_new, mask, masked, zh_t):
     """Thread p's blocks of the projection, h' = m @ W_hr^T, then zoneout's
     h' <- h' + zh (h - h') (zh_t [B,Pp], or [1,0]: none); rows past their length
@@ -273,7 +275,7 @@ def _proj_step(m, Wp, h_old, h_new, y_t, zero, lengths, t, p, P, hm_new, mask, m
         times_mask(h_new, mask, hm_new, b0 * CB, b1 * CB)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def forward_tiled_options(xw, W, Wp, hbuf, hmbuf, mask, m, c, y, cs, rec, zero, lengths,
                            reverse, training, P, clip, coupled, gclip, acts, peep, czs, zc, zh,
                            c_old, gate):
@@ -360,7 +362,7 @@ def steps_state(x, w_in, bias, w_fwd, h, c, y, h_out, c_out, Hp, chunk, clip, co
     copy_units(cp, c_out, H)
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def step_units(rec, w_fwd, h_old, h_new, c, scratch, ones, b0, b1, skip, clip, coupled, gclip,
                acts):
     """Blocks [b0, b1) of an inference step after its input product, which rec [B,4Hp]
@@ -374,7 +376,7 @@ def step_units(rec, w_fwd, h_old, h_new, c, scratch, ones, b0, b1, skip, clip, c
                   coupled, gclip, acts, None)
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _step_blocks(x, w_in, bias, w_fwd, h_old, h_new, c, rec, scratch, ones, b0, b1, clip,
                  coupled, gclip, acts):
     """Blocks [b0, b1) of one step from x [B,I] and the padded state h_old, c [B,Hp]:
@@ -385,7 +387,7 @@ def _step_blocks(x, w_in, bias, w_fwd, h_old, h_new, c, rec, scratch, ones, b0, 
                gclip, acts)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def _step_region(x, w_in, bias, w_fwd, h_old, h_new, c, rec, scratch, ones, counter, work,
                  clip, coupled, gclip, acts, gate):
     """step_split's parallel region: work.shape[0] threads take its blocks one at a
@@ -442,7 +444,7 @@ def step_split(x, w_in, bias, w_fwd, h, c, h_out, c_out, Hp, P, clip, coupled, g
 
 
 # -- backward, float32 tiled -----------------------------------------------------------
-@njit(**FAST)
+@njit(**BORROW)
 def _bwd_pointwise(dg_t, cs_t, cz_prev, c0, dy_t, rec, dh_n, dc, lengths, reverse, t, b0, b1,
                    clip, coupled, gclip, acts, peep):
     """Gate gradients of step t for the hidden units of output blocks [b0, b1)
@@ -496,7 +498,7 @@ def _bwd_units(gates, dc_r, c_r, cp, dy_r, dh_r, n_blk, peep, j0, clip, coupled,
             dc_r[v] = dcc
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _bwd_step(dg, cs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t, t_prev, p, P,
               clip, coupled, gclip, acts):
     nblk = W.shape[0]
@@ -565,7 +567,7 @@ def backward_rows(dg, cs, c0, dy, W, rec, dh_n, dc, lengths, reverse, P, clip, c
     region_done(gate, start)
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reverse, s, t,
                       t_prev, p, P, clip, coupled, gclip, acts, peep, mask, zc, zh, kh, kc, dhz,
                       zb):
@@ -600,7 +602,7 @@ def _bwd_step_options(dg, cs, czs, c0, dy, W, rec, zero, dh_n, dc, lengths, reve
                 dc[r, j] += kc[r, j]
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_prev, p, P,
                    mask, zh, kh):
     """With a projection, thread p's blocks of dhs[t], the gradient of step t's h
@@ -630,7 +632,7 @@ def _bwd_proj_step(dg, dy, W, rec, zero, dh_n, dhs, lengths, reverse, s, t, t_pr
             dhs[t, r, j] = d
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def _bwd_proj_cell(dg, cs, czs, c0, dhs, Wpb, dm, zero, zero_b, dc, lengths, reverse, t, p, P,
                    clip, coupled, gclip, acts, peep, zc, kc):
     """With a projection, thread p's blocks of hidden units: dm = dhs[t] @ W_hr, the
@@ -711,7 +713,7 @@ def backward_tiled_options(dg, cs, c0, dy, W, Wpb, rec, dhs, dm, dh_n, dc, lengt
             region_done(gate, start)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def cell_outputs(gates, cs, lengths, acts, out):
     """out[t] = o * cell(c) of every valid row (zero past its length), from the
     activated gates and cell states a training forward kept: the input of the

@@ -296,7 +296,7 @@ def _tile_addresses(A, W, out, blk, r_begin, init, per_row, k0):
             address(out) + 4 * (r_begin * o_row + blk * CB), o_row)
 
 
-@njit(**_FAST)
+@njit(_nrt=False, **_FAST)
 def tile_block(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1):
     """Rows [r_begin, r_end) of block blk (see the module docstring): tiles of ROWS
     rows, then one of the rest, for each column group in turn (the group's columns
@@ -318,7 +318,7 @@ def tile_block(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1):
                        i + 4 * full * i_row + 4 * c, i_row, o + 4 * full * o_row + 4 * c, o_row)
 
 
-@njit(**_FAST)
+@njit(_nrt=False, **_FAST)
 def tile_cols(A, W, out, blk, r_begin, r_end, init, per_row, k0, k1, cols):
     """tile_block for the first `cols` columns of the block only (a multiple of
     LANES, at most CB; the others are not written), in tiles of NV vectors and a

@@ -23,7 +23,7 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .jit import FAST
+from .jit import BORROW, FAST
 from .microkernel import CB, LANES, ROWS, TT, address, tile_block, tile_cols, transpose_tile
 from .plan import SMALL_COPY, step_threads
 from .sequence import NO_MASK, aligned_empty, pad_units
@@ -57,7 +57,7 @@ _column_sums = stack_f32(TT)
 
 
 # -- the register-tiled product --------------------------------------------------------
-@njit(**FAST)
+@njit(**BORROW)
 def matmul_rows(A, W, out, init, per_row, r_begin, r_end, b0, b1):
     """out[r_begin:r_end, blk*CB:(blk+1)*CB] = init + A[r_begin:r_end] @ W[blk] for
     blk in [b0, b1). A: [M,K'] (C or F order), K' >= K; W: [nblk,K,CB], each block's
@@ -75,7 +75,7 @@ def matmul_rows(A, W, out, init, per_row, r_begin, r_end, b0, b1):
                 tile_block(A, W, out, blk, r_begin, r_end, out, True, k0, k1)
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def matmul_cols(A, W, out, init, per_row, r_begin, r_end, cols):
     """matmul_rows over the blocks that hold out's first `cols` columns, and of the
     last of them only its vectors up to column `cols` (rounded up to a vector;
@@ -109,7 +109,7 @@ def matmul(A, W, out, init, per_row):
     region_done(gate, start)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def matmul_tasks(A, W, out, init, per_row, rows, chunks, gate):
     M, nblk = A.shape[0], W.shape[0]
     for task in prange(chunks * nblk):
@@ -194,7 +194,7 @@ def transposed_with_sums(a):
     return out, part.sum(axis=0)
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def copy_to_blocks(a, out):
     """out[blk, m, :] = a[m, blk*CB:(blk+1)*CB]: a [M, nblk*CB] in the layout the
     products read as their second operand ([nblk, M, CB])."""
@@ -208,7 +208,7 @@ def copy_to_blocks(a, out):
                 dst[j] = src[j]
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **BORROW)
 def untile(a_t, cols, out):
     """out[j, i] = a_t[i, cols[j]]: a weight gradient computed transposed, in the
     kernels' gate columns (a_t [n(+), Gp(+)]), to torch's layout (out [len(cols), n]),
@@ -245,7 +245,7 @@ def padded_cols(G):
     return G + TT if G % 256 == 0 else G
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def times_mask(a, mask, out, j0, j1):
     """out[:, j0:j1] = a[:, j0:j1] * mask[:, j0:j1] (the recurrent dropout mask)."""
     for r in range(a.shape[0]):
@@ -253,7 +253,7 @@ def times_mask(a, mask, out, j0, j1):
             out[r, j] = a[r, j] * mask[r, j]
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def masked_product(dg_next, W, rec, zero, mask, b0, b1):
     """rec's output blocks [b0, b1) = dG of the step after @ W_hh, times the recurrent
     dropout mask when there is one (h entered the product times it): the gradient
@@ -325,7 +325,7 @@ def _dot_into(a, b, out):
         np.dot(a, b, out)
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def step_product(A, W, out, zero, plan):
     """out = A @ W (W in in_blocks's layout) on Numba's threads, for a step of the
     layer-normalised float32 loop: plan (rows a task, tasks a block, threads, the

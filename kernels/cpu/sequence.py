@@ -8,7 +8,7 @@ output is zero; the reverse direction starts at its last valid step.
 import numpy as np
 from numba import njit
 
-from .jit import FAST
+from .jit import BORROW, FAST
 
 
 @njit(inline="always", **FAST)
@@ -34,7 +34,7 @@ def mask_buffers(h_mask, hbuf):
     return mask, hmbuf
 
 
-@njit(**FAST)
+@njit(**BORROW)
 def copy_units(src, dst, H):
     """dst[:, :H] = src[:, :H] for [B,*] arrays (the state in and out of the padded
     buffers of the one-thread loops, steps_state)."""

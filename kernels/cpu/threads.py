@@ -165,7 +165,7 @@ def swap_slot(typingctx, slots, i, expected, value):
     return types.boolean(slots, types.intp, types.int64, types.int64), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def claim(counter):
     """The next task of a region whose threads take tasks as they come: counter[0]
     before this call added one (a thread stops when it passes the number of tasks).
@@ -174,13 +174,13 @@ def claim(counter):
     return _fetch_add(counter, np.int64(1))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def parallel_ok(gate):
     """Whether parallel work may use more than one thread now (no hold running)."""
     return gate[SERIAL_UNTIL] == 0 or clock_ns() >= gate[SERIAL_UNTIL]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def finished(gate, p):
     """Called by thread p at the end of its share of a region (threads past
     MAX_THREADS go unnoted)."""
@@ -188,7 +188,7 @@ def finished(gate, p):
         gate[FINISH + p] = clock_ns()
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _spread_lagged(gate, start):
     """Whether the threads of a region begun at `start` finished far apart (region_done's
     test), from their finished() notes, which this clears."""
@@ -204,7 +204,7 @@ def _spread_lagged(gate, start):
     return spread > LAG_MIN_NS and spread > LAG_RATIO * (first - start)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _note_region(gate, start, lagged):
     """Count a region begun at `start`; when it lagged start a hold (doubling while lags
     follow), else end a hold that has run out. Returns lagged."""
@@ -225,7 +225,7 @@ def _note_region(gate, start, lagged):
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def region_done(gate, start):
     """After a parallel region begun at `start` (clock_ns) whose threads called
     finished() (those without a share need not): count it, and when it lagged,
@@ -233,7 +233,7 @@ def region_done(gate, start):
     return _note_region(gate, start, _spread_lagged(gate, start))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def split_done(gate, start, work):
     """region_done for a region whose threads took its tasks as they came (claim) and
     noted in work [P,2] how many each did and the nanoseconds they took. Such a
@@ -254,7 +254,7 @@ def split_done(gate, start, work):
     return _taken_done(gate, start, region > SPLIT_LOSS * alone, False)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _taken_done(gate, start, late, stalled):
     """split_done and shared_done's end: count the region; lagged if a thread lagged
     by region_done's test or `stalled` (a thread waited on a descheduled peer), or
@@ -271,7 +271,7 @@ def _taken_done(gate, start, late, stalled):
     return _note_region(gate, start, lagged or late)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def shared_done(gate, start, busy, stalled):
     """region_done for a region whose threads share every step and wait on each other
     (duet.steps_duet); busy: the nanoseconds its threads spent not waiting, all

@@ -34,15 +34,16 @@ def _no_hold():
 # -- work that fits one thread ------------------------------------------------------------
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 64, 128), (100, 1, 64, 64), (3, 2, 5, 7)])
-def test_a_small_call_enters_no_parallel_region(rng, cell, T, B, I, H):
+def test_a_small_call_enters_no_parallel_region(rng, monkeypatch, cell, T, B, I, H):
     """Inference, a training step and a streaming step at the smallest shapes run
     every loop, product and layout pass on the calling thread: the gate counts
     no region. (On a busy machine a region waits for its slowest thread.) The
     exception by design: an LSTM call that plan.duet_runs takes (here T=100, B=1,
     H=64) is one region for all its steps, whose threads take over a late
-    peer's work (duet.steps_duet)."""
+    peer's work (duet.steps_duet): a fresh plan.Trial's first calls run it."""
     from numlstm import dispatch
     from numlstm.kernels.cpu import plan
+    monkeypatch.setattr(plan, "_routes", {})
     _no_hold()
     layer = CELLS[cell](I, H, seed=0)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
@@ -504,3 +505,22 @@ def test_thread_ids_past_the_gates_slots_are_ignored():
     gate[threads.FINISH + 3] = start + 5_000_000  # a thread id above P still counts
     gate[threads.FINISH] = start + 10_000
     assert threads.region_done(gate, start)
+
+
+def test_the_step_loops_kernels_count_no_references():
+    """The kernels a time loop calls every step, and the thread gate's helpers, are
+    compiled without Numba's reference counting (jit.BORROW): their callers hold
+    the arrays. With it, each call and each view made atomic updates of counters
+    that both threads of a parallel region share (jit.py's docstring has the
+    cost)."""
+    from numlstm.kernels.cpu import duet, gru_tiled, lstm_tiled, microkernel, products
+    per_step = [lstm_tiled.fwd_pointwise, lstm_tiled._fwd_step, lstm_tiled.forward_tiled,
+                lstm_tiled._matmul_xh, lstm_tiled.forward_rows, lstm_tiled.step_units,
+                lstm_tiled._bwd_pointwise, lstm_tiled._bwd_step,
+                gru_tiled._fwd_pointwise, gru_tiled.forward_rows, duet._duet_half,
+                duet._duet_region, products.matmul_rows, microkernel.tile_block,
+                threads.claim, threads.finished, threads.region_done]
+    assert [f.py_func.__name__ for f in per_step
+            if f.targetoptions.get("_nrt", True)] == []
+    # (and the loops that allocate their buffers keep it)
+    assert lstm_tiled.steps_state.targetoptions.get("_nrt", True)
