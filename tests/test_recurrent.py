@@ -219,10 +219,12 @@ def test_the_short_path_keeps_per_batch_only_what_the_batch_decides(rng, cell, m
 def test_a_small_lstm_call_runs_as_a_duet_bitwise_the_general_path(rng, monkeypatch):
     """An LSTM inference call that plan.duet_runs takes (B <= 4, H > 48) runs through
     forward_into as a duet, one parallel region a layer on two threads (none on
-    one), and gives bitwise what the general path gives (lengths force that one)."""
+    one), and gives bitwise what the general path gives (lengths force that one).
+    (A fresh plan.Trial's first calls are duets.)"""
     from numba import get_num_threads
 
-    from numlstm.kernels.cpu import threads
+    from numlstm.kernels.cpu import plan, threads
+    monkeypatch.setattr(plan, "_routes", {})
     calls = _counting_table(monkeypatch, "lstm")
     layer = numlstm.LSTM(6, 70, num_layers=2, seed=3)
     x = rng.standard_normal((9, 3, 6)).astype(np.float32)
@@ -238,6 +240,46 @@ def test_a_small_lstm_call_runs_as_a_duet_bitwise_the_general_path(rng, monkeypa
     assert ran == 2 or (ran == 1 and gate[threads.LAGGED] == lagged + 1) if many else ran == 0
     _equal("lstm", out, layer(x, lengths=[9] * 3))
     assert calls["forward"] == 2
+
+
+def test_a_duet_is_timed_against_one_thread_and_the_faster_runs(rng, monkeypatch):
+    """A call that plan.duet_runs takes is a plan.Trial of the duet and one thread:
+    a run of calls of each, then the faster one's (here by a clock that the two
+    routes advance by different amounts, one way round and then the other), every
+    output bitwise the general path's."""
+    from numba import get_num_threads
+
+    from numlstm.kernels.cpu import lstm, plan, threads
+    if get_num_threads() < 2 or threads.cores_available() < 2:
+        pytest.skip("needs 2 threads and 2 CPUs")
+    gate = threads.POLICY.gate()
+    gate[threads.SERIAL_UNTIL] = gate[threads.HOLD] = 0  # (a hold changes no route)
+    calls, cost, clock = {"duet": 0, "alone": 0}, {}, [0]
+    real = {"duet": lstm._duet, "alone": lstm.steps_state}
+
+    def timed(route):
+        def call(*args):
+            calls[route] += 1
+            real[route](*args)
+            clock[0] += cost[route]
+        return call
+    monkeypatch.setattr(lstm, "_duet", timed("duet"))
+    monkeypatch.setattr(lstm, "steps_state", timed("alone"))
+    monkeypatch.setattr(lstm, "perf_counter_ns", lambda: clock[0])
+    layer = numlstm.LSTM(5, 64, seed=1)
+    x = rng.standard_normal((20, 2, 5)).astype(np.float32)
+    want = layer(x, lengths=[20, 20])
+    n = plan.TRIAL_CALLS + 1
+    for slower, faster in (("alone", "duet"), ("duet", "alone")):
+        monkeypatch.setattr(plan, "_routes", {})
+        cost[slower], cost[faster] = 2000, 1000
+        calls.update(duet=0, alone=0)
+        for _ in range(2 * n):
+            _equal("lstm", layer(x), want)
+        assert calls == {"duet": n, "alone": n}
+        for _ in range(3):
+            _equal("lstm", layer(x), want)
+        assert calls[faster] == n + 3 and calls[slower] == n
 
 
 @pytest.mark.parametrize("return_sequences", [True, False])

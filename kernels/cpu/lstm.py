@@ -97,6 +97,8 @@ The path of a call (both paths):
               more, computed transposed with dG in blocks (weight_gradients;
               the batch split's loop writes those blocks as it goes).
 """
+from time import perf_counter_ns
+
 import numpy as np
 
 from ..gates import DEFAULT_ACTS, for_dtype
@@ -363,12 +365,15 @@ def lstm_forward_into(x, packed, h, c, y, h_out, c_out):
     x [T,B,I] and the state h, c [B,H] (read only) -> y [T,B,H] and the last state
     h_out, c_out [B,H], all C-contiguous float32; no lengths. It runs on one thread
     (plan.runs_alone), except a large streamed step (T=1, plan.step_splits), which
-    shares its units among the thread policy's threads in one parallel region.
+    shares its units among the thread policy's threads in one parallel region, and
+    a call of a few rows that runs as a duet on two threads (plan.duet_runs) where
+    that was timed faster than one thread on this machine (plan.Trial).
     Returns False, writing nothing, where lstm_forward_cpu (or lstm_step_cpu)
     would take more threads or the options' loop (kernels/table.py: forward_into)."""
     T, B, I = x.shape
-    route = (into_route(T, B, I, packed.Hp, 4, blocks=packed.w_fwd.shape[0])
-             if _plain_tiled(packed) else 0)
+    route, trial = (into_route(T, B, I, packed.Hp, 4, blocks=packed.w_fwd.shape[0],
+                               trial=True) if _plain_tiled(packed) else (0, None))
+    start = perf_counter_ns() if trial is not None else 0
     if route > 0:
         steps_state(x, packed.w_in, packed.bias, packed.w_fwd, h, c, y, h_out, c_out,
                     packed.Hp, route, packed.clip, packed.coupled, packed.gclip, packed.acts)
@@ -377,6 +382,8 @@ def lstm_forward_into(x, packed, h, c, y, h_out, c_out):
         y[0] = h_out
     elif route == DUET:
         serialised(thread_policy, _duet, x, packed, h, c, y, h_out, c_out)
+    if trial is not None:
+        trial.note(route, perf_counter_ns() - start)
     return route != 0
 
 

@@ -152,8 +152,62 @@ def runs_alone(T, B, Hp, gates, plain=True):
 
 SPLIT = -1  # (into_route: a streamed step shared among the threads)
 DUET = -2  # (into_route: the steps on two threads, each with half of the units)
-_routes = {}  # (into_route's memo)
+_routes = {}  # (into_route's memo: a route, or the Trial of two)
 _routes_limits = [None]  # (the limits above when it was filled)
+# A duet is timed against one thread (Trial): runs of TRIAL_CALLS + 1 calls of each,
+# the first of a run untimed, then the faster runs; after TRIAL_AGAIN calls of it the
+# two are timed again.
+TRIAL_CALLS = 4
+TRIAL_AGAIN = 2000
+
+
+class Trial:
+    """The faster of two routes of the same call, found by timing both: the duet
+    and one thread, whose results are the same to the bit (so the choice changes
+    nothing but time). Whether two cores exchanging half a state every step beat
+    one core doing it all depends on the machine: on 2 Zen 4 cores the duet ran
+    T=100, B=1, H=64 in 100 us against 135 alone; on 2 Emerald Rapids cores, where
+    a cache line takes longer between cores, in 219 us against 184 alone (medians
+    of 8 processes each, alternating); at T=30, B=1, H=1024 it takes half the time
+    of one thread on both. route() answers which route the next call takes: a run
+    of TRIAL_CALLS + 1 calls of each in turn, then the one of the shorter best
+    time, for TRIAL_AGAIN calls, then the trial again (a machine's load changes).
+    note() takes a call's time. The first call of a run is not timed: it may
+    compile, fill the caches, or wake the thread pool, which the calls after it
+    find awake where they follow each other closely (and asleep where they do
+    not, as every call of that route would). The min of a run is the machine's
+    noise-free time; a call that a busy core slowed adds nothing to it. Calls
+    from several Python threads at once may each note a time: that changes which
+    is faster only by the time it measured."""
+    __slots__ = ("routes", "best", "calls", "chosen")
+
+    def __init__(self, first, second):
+        self.routes = (first, second)
+        self.restart()
+
+    def restart(self):
+        self.best, self.calls, self.chosen = [np.inf, np.inf], 0, None
+
+    def route(self):
+        if self.chosen is not None:
+            self.calls += 1
+            if self.calls <= TRIAL_AGAIN:
+                return self.chosen
+            self.restart()
+        return self.routes[min(1, self.calls // (TRIAL_CALLS + 1))]
+
+    def note(self, route, ns):
+        if self.chosen is not None:
+            return
+        k, i = divmod(self.calls, TRIAL_CALLS + 1)
+        if k > 1 or route != self.routes[k]:
+            return  # (a call that another Python thread's calls overtook)
+        if i:
+            self.best[k] = min(self.best[k], ns)
+        self.calls += 1
+        if self.calls == 2 * (TRIAL_CALLS + 1):
+            self.chosen = self.routes[0] if self.best[0] <= self.best[1] else self.routes[1]
+            self.calls = 0
 
 
 def duet_runs(T, B, Hp, gates, blocks, threads):
@@ -179,14 +233,14 @@ def _route(T, B, I, Hp, gates, plain, splits, blocks, threads):
     if T == 1 and splits and step_splits(B, I, Hp, gates):
         return SPLIT
     if duet_runs(T, B, Hp, gates, blocks, threads):
-        return DUET
+        return Trial(DUET, inference_chunk(T, B, Hp, gates))
     if T > 1 and not (step_is_small(B, Hp, gates)
                       and not batch_split(T, B, Hp, gates, plain, threads)):
         return 0
     return inference_chunk(T, B, Hp, gates)
 
 
-def into_route(T, B, I, Hp, gates, plain=True, splits=True, blocks=0):
+def into_route(T, B, I, Hp, gates, plain=True, splits=True, blocks=0, trial=False):
     """How a kernel table's forward_into runs an inference call of T steps of B rows
     (I inputs, Hp padded units, `gates` gate rows a unit) from Python: SPLIT, a
     streamed step whose units the threads share (step_splits; splits: the cell
@@ -196,7 +250,10 @@ def into_route(T, B, I, Hp, gates, plain=True, splits=True, blocks=0):
     (runs_alone), else 0: the call takes the plan's threads, which forward_into
     leaves to the general path. Memoised on its arguments, Numba's thread count
     and this module's limits (which a test may change): about 0.3 us a call,
-    where the checks themselves took 1.5 us."""
+    where the checks themselves took 1.5 us. A duet is a Trial of it and one
+    thread (the inference chunk's route): the route is the Trial's answer, and
+    with trial=True the return is (route, the Trial or None), for the caller to
+    note() the call's time."""
     limits = (STEP_SPLIT_MIN_FLOPS, STEP_SPLIT_MIN_BYTES, PARALLEL_MIN_UNITS,
               PARALLEL_MIN_FLOPS, INFERENCE_CHUNK_BYTES, ROW_SPLIT_MAX_BYTES,
               ROW_SPLIT_SMALL_BYTES, DUET_MAX_ROWS, DUET_MIN_BLOCKS)
@@ -207,7 +264,9 @@ def into_route(T, B, I, Hp, gates, plain=True, splits=True, blocks=0):
     route = _routes.get(key)
     if route is None:
         route = _routes[key] = _route(*key)
-    return route
+    if isinstance(route, Trial):
+        return (route.route(), route) if trial else route.route()
+    return (route, None) if trial else route
 
 
 def step_threads(B, Hp, nblk):

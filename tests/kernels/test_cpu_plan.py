@@ -1,5 +1,6 @@
 """The CPU kernels' plan (kernels/cpu/plan.py): which variant of the time loops a
 call runs, made from the shapes and the threads, printable."""
+import numpy as np
 import pytest
 
 from numlstm.kernels.cpu import plan_for
@@ -107,7 +108,7 @@ def test_into_route_is_the_plans_answer_memoised_until_a_limit_changes(monkeypat
         set_num_threads(before)
 
 
-def test_the_duet_runs_small_batches_of_four_blocks_or_more_on_two_threads():
+def test_the_duet_runs_small_batches_of_four_blocks_or_more_on_two_threads(monkeypatch):
     """plan.duet_runs and into_route's DUET: an LSTM call of 2 steps or more, at most
     DUET_MAX_ROWS rows, DUET_MIN_BLOCKS blocks of units or more, its input product
     within INFERENCE_CHUNK_BYTES, on two threads or more; not a step (T=1), not
@@ -126,5 +127,51 @@ def test_the_duet_runs_small_batches_of_four_blocks_or_more_on_two_threads():
     assert not plan.duet_runs(steps + 1, 4, 128, 4, 8, 2)
     from numba import get_num_threads
     many = get_num_threads() > 1
+    monkeypatch.setattr(plan, "_routes", {})  # (a fresh Trial: its first calls are duets)
     assert (plan.into_route(100, 1, 64, 64, 4, blocks=4) == plan.DUET) == many
+    route, trial = plan.into_route(100, 1, 64, 64, 4, blocks=4, trial=True)
+    assert (trial.routes == (plan.DUET, 100)) if many else (route, trial) == (100, None)
     assert plan.into_route(100, 1, 64, 64, 4) != plan.DUET  # (a cell without one)
+
+
+def test_a_trial_times_a_run_of_each_route_then_runs_the_faster_and_times_them_again(
+        monkeypatch):
+    """plan.Trial: TRIAL_CALLS + 1 calls of the first route, as many of the second,
+    the first call of each run untimed; then the route of the shorter best time,
+    for TRIAL_AGAIN calls, then the trial again. A time noted for a route the
+    trial did not answer (another thread's call) counts for nothing."""
+    from numlstm.kernels.cpu import plan
+    monkeypatch.setattr(plan, "TRIAL_CALLS", 3)
+    monkeypatch.setattr(plan, "TRIAL_AGAIN", 10)
+
+    def run(trial, times):
+        """Call the trial as forward_into does, each route taking times[route] ns
+        (a list: the calls' times in turn); the routes taken."""
+        taken = []
+        for _ in range(sum(len(v) for v in times.values())):
+            route = trial.route()
+            taken.append(route)
+            trial.note(route, times[route].pop(0))
+        return taken
+
+    trial = plan.Trial(plan.DUET, 100)
+    # the duet's first call is slow (it compiles) and untimed; its best is 50, the
+    # one thread's 60: the duet wins
+    taken = run(trial, {plan.DUET: [10**9, 70, 50, 80], 100: [10**9, 60, 65, 61]})
+    assert taken == [plan.DUET] * 4 + [100] * 4
+    assert trial.best == [50, 60] and trial.chosen == plan.DUET
+    assert [trial.route() for _ in range(10)] == [plan.DUET] * 10
+    # then both are timed again: now the one thread is faster (a first call of a
+    # run is not timed, however fast)
+    taken = run(trial, {plan.DUET: [1, 90, 95, 99], 100: [10**9, 70, 75, 71]})
+    assert taken == [plan.DUET] * 4 + [100] * 4 and trial.chosen == 100
+    assert trial.best == [90, 70]
+    assert [trial.route() for _ in range(10)] == [100] * 10
+    # a time for the route not answered is not taken
+    trial = plan.Trial(plan.DUET, 100)
+    trial.note(100, 1)
+    assert trial.route() == plan.DUET and trial.best == [np.inf, np.inf]
+    # a tie goes to the first route
+    trial = plan.Trial(plan.DUET, 100)
+    run(trial, {plan.DUET: [9, 5, 5, 5], 100: [9, 5, 5, 5]})
+    assert trial.chosen == plan.DUET
