@@ -168,8 +168,9 @@ class Trial:
     one core doing it all depends on the machine: on 2 Zen 4 cores the duet ran
     T=100, B=1, H=64 in 100 us against 135 alone; on 2 Emerald Rapids cores, where
     a cache line takes longer between cores, in 219 us against 184 alone (medians
-    of 8 processes each, alternating); at T=30, B=1, H=1024 it takes half the time
-    of one thread on both. route() answers which route the next call takes: a run
+    of 8 processes each, alternating). (into_route times only steps small enough
+    for one thread: at T=30, B=1, H=1024 one thread takes twice the duet's time,
+    and the trial's calls of it cost 12% of the first 40 calls.) route() answers which route the next call takes: a run
     of TRIAL_CALLS + 1 calls of each in turn, then the one of the shorter best
     time, for TRIAL_AGAIN calls, then the trial again (a machine's load changes).
     note() takes a call's time. The first call of a run is not timed: it may
@@ -233,7 +234,10 @@ def _route(T, B, I, Hp, gates, plain, splits, blocks, threads):
     if T == 1 and splits and step_splits(B, I, Hp, gates):
         return SPLIT
     if duet_runs(T, B, Hp, gates, blocks, threads):
-        return Trial(DUET, inference_chunk(T, B, Hp, gates))
+        # (a step too large for one thread is left to the duet: one thread would be
+        # the trial's slow calls, some twice the duet's time at B=1, H=1024)
+        return Trial(DUET, inference_chunk(T, B, Hp, gates)) if step_is_small(
+            B, Hp, gates) else DUET
     if T > 1 and not (step_is_small(B, Hp, gates)
                       and not batch_split(T, B, Hp, gates, plain, threads)):
         return 0
@@ -250,10 +254,10 @@ def into_route(T, B, I, Hp, gates, plain=True, splits=True, blocks=0, trial=Fals
     (runs_alone), else 0: the call takes the plan's threads, which forward_into
     leaves to the general path. Memoised on its arguments, Numba's thread count
     and this module's limits (which a test may change): about 0.3 us a call,
-    where the checks themselves took 1.5 us. A duet is a Trial of it and one
-    thread (the inference chunk's route): the route is the Trial's answer, and
-    with trial=True the return is (route, the Trial or None), for the caller to
-    note() the call's time."""
+    where the checks themselves took 1.5 us. A duet of steps small enough for one
+    thread (step_is_small) is a Trial of it and one thread (the inference chunk's
+    route): the route is the Trial's answer, and with trial=True the return is
+    (route, the Trial or None), for the caller to note() the call's time."""
     limits = (STEP_SPLIT_MIN_FLOPS, STEP_SPLIT_MIN_BYTES, PARALLEL_MIN_UNITS,
               PARALLEL_MIN_FLOPS, INFERENCE_CHUNK_BYTES, ROW_SPLIT_MAX_BYTES,
               ROW_SPLIT_SMALL_BYTES, DUET_MAX_ROWS, DUET_MIN_BLOCKS)

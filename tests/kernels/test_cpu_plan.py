@@ -131,6 +131,9 @@ def test_the_duet_runs_small_batches_of_four_blocks_or_more_on_two_threads(monke
     assert (plan.into_route(100, 1, 64, 64, 4, blocks=4) == plan.DUET) == many
     route, trial = plan.into_route(100, 1, 64, 64, 4, blocks=4, trial=True)
     assert (trial.routes == (plan.DUET, 100)) if many else (route, trial) == (100, None)
+    # a step too large for one thread is a duet without a trial
+    route, trial = plan.into_route(30, 1, 256, 1024, 4, blocks=64, trial=True)
+    assert (route, trial) == ((plan.DUET, None) if many else (0, None))
     assert plan.into_route(100, 1, 64, 64, 4) != plan.DUET  # (a cell without one)
 
 
