@@ -170,9 +170,10 @@ class Trial:
     a cache line takes longer between cores, in 219 us against 184 alone (medians
     of 8 processes each, alternating). (into_route times only steps small enough
     for one thread: at T=30, B=1, H=1024 one thread takes twice the duet's time,
-    and the trial's calls of it cost 12% of the first 40 calls.) route() answers which route the next call takes: a run
-    of TRIAL_CALLS + 1 calls of each in turn, then the one of the shorter best
-    time, for TRIAL_AGAIN calls, then the trial again (a machine's load changes).
+    and the trial's calls of it cost 12% of the first 40 calls.) route() answers
+    which route the next call takes: a run of TRIAL_CALLS + 1 calls of each in
+    turn, then the one of the shorter best time, for TRIAL_AGAIN calls, then the
+    trial again (a machine's load changes).
     note() takes a call's time. The first call of a run is not timed: it may
     compile, fill the caches, or wake the thread pool, which the calls after it
     find awake where they follow each other closely (and asleep where they do
