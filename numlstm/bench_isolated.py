@@ -183,9 +183,15 @@ def _worker(spec, build=None):
 
 
 # -- the parent ---------------------------------------------------------------------------
+# A busy process's loop: pure Python on one core, until its parent is gone (checked
+# every few milliseconds), so that a bench killed before it could stop them (SIGTERM
+# runs no finally) leaves no process keeping a core busy behind it.
+_BUSY = ("import os\nparent = os.getppid()\n"
+         "while os.getppid() == parent:\n    for _ in range(100_000): pass\n")
+
+
 def _busy_loop():
-    return subprocess.Popen([sys.executable, "-c", "while True: pass"],
-                            stdin=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-c", _BUSY], stdin=subprocess.DEVNULL)
 
 
 def _start(spec, env, module="numlstm.bench_isolated"):

@@ -96,6 +96,36 @@ def test_option_costs_rows(cell, names):
         bench.option_layers(8, "lstm", ["zonout"])
 
 
+def test_a_busy_process_ends_when_the_bench_that_started_it_is_killed():
+    """--load's busy processes end with the bench's process, even when it is killed
+    before its cleanup runs (SIGTERM, SIGKILL): none keeps a core busy after it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom numlstm.bench_isolated import _busy_loop\n"
+         "print(_busy_loop().pid, flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+
+    def state():  # the busy process's state: R running, Z a zombie, None gone
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return None
+    time.sleep(0.2)
+    assert state() in ("R", "S")
+    os.kill(parent.pid, signal.SIGTERM)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while state() not in (None, "Z", "X") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state() in (None, "Z", "X")
+
+
 def test_isolated_bench_times_each_library_in_its_own_process_under_load():
     """One round at two tiny shapes: numlstm (two copies at once), torch and
     onnxruntime each in fresh processes, one busy process meanwhile; the figures
