@@ -12,10 +12,11 @@ part on its own, the mean of many calls, and prints them beside the call: the
 parts should add up to about the call (the rest is the loop's copies of h into y
 and the memory it touches). At B=1 a step's product reads all of W_hh once per
 step for one multiply-add per value read, so its time is W_hh's size over the
-rate at which the core reads it (printed). Where the call runs as a duet on two
+rate at which the core reads it (printed). Where the call may run as a duet on two
 threads (plan.duet_runs: duet.steps_duet, each thread half of every
-step's units), as layer(x) then does, it prints the duet's call too, and the
-one-thread call's parts say what the duet shares.
+step's units), it prints the duet's call too, and which of the two layer(x) took
+after timing both (plan.Trial); the one-thread call's parts say what the duet
+shares.
 
 Prints a table; nothing is written. Exits nonzero if the shape would take the
 plan's threads in the general path (a larger step or a batch split), where this
@@ -33,7 +34,8 @@ from numlstm.kernels.cpu.lstm import lstm_forward_into
 from numlstm.kernels.cpu.duet import steps_duet
 from numlstm.kernels.cpu.lstm_tiled import fwd_pointwise, steps_state
 from numlstm.kernels.cpu.peak import fma_peak
-from numlstm.kernels.cpu.plan import duet_runs, inference_chunk, numba_threads, runs_alone
+from numlstm.kernels.cpu.plan import (DUET, duet_runs, inference_chunk, into_route,
+                                      numba_threads, runs_alone)
 from numlstm.kernels.cpu.threads import POLICY
 from numlstm.kernels.cpu.products import matmul_rows
 from numlstm.kernels.cpu.sequence import aligned_empty
@@ -50,6 +52,16 @@ def _gate_math(n, rec, hbuf, c, y, lengths, nblk, clip, coupled, gclip, acts):
     for _ in range(n):
         fwd_pointwise(rec, rec, hbuf[0], hbuf[1], c, y, c, lengths, 0, False, 0, nblk, clip,
                        coupled, gclip, acts, None)
+
+
+def _which(T, B, I, p):
+    """Which route layer(x) settled on, for a shape plan.duet_runs takes."""
+    _, trial = into_route(T, B, I, p.Hp, 4, blocks=p.w_fwd.shape[0], trial=True)
+    if trial is None:
+        return "as a duet on two threads"
+    chosen = "the duet" if trial.chosen == DUET else "one thread"
+    return (f"a duet or one thread, timed (plan.Trial): {chosen}, best "
+            f"{trial.best[0] / 1e3:.0f} us against {trial.best[1] / 1e3:.0f} us")
 
 
 def profile(T, B, I, H, out=print):
@@ -106,7 +118,7 @@ def profile(T, B, I, H, out=print):
     w_bytes = p.w_fwd.nbytes
     proj_flops = 2 * T * B * I * 4 * H
     out(f"T={T}, B={B}, I={I}, H={H}, float32 inference "
-        f"{'as a duet on two threads' if duet else 'on one thread'}; float32 FMA roof "
+        f"{_which(T, B, I, p) if duet else 'on one thread'}; float32 FMA roof "
         f"{roof:.0f} GFLOP/s on one thread")
     rows = [
         ("layer(x)", parts["layer(x)"], "the whole call from Python"),
