@@ -19,8 +19,8 @@ Measured on one Emerald Rapids core, the gate math of one step (fwd_pointwise),
 best of 10 x 2,000 calls: B=1, H=64 423 -> 277 ns; B=4, H=64 1068 -> 775 ns. On
 two, T=200, B=8, I=40, H=96 inference (the rows split, both threads calling the
 product and gate math on the same arrays every step), median of 8 processes
-alternating with the code before: 1.95 -> 1.72 ms, with the 512-bit vectors of
-kernels/__init__.py. A BORROW kernel may call only kernels that need no NRT
+alternating with the code before (commit 8783be6, which also lacked the 512-bit
+vectors of kernels/__init__.py): 1.95 -> 1.72 ms. A BORROW kernel may call only kernels that need no NRT
 either (Numba compiles its callees without it: a stack array, numba.carray, is
 refused).
 """
