@@ -258,7 +258,8 @@ def into_route(T, B, I, Hp, gates, plain=True, splits=True, blocks=0, trial=Fals
     where the checks themselves took 1.5 us. A duet of steps small enough for one
     thread (step_is_small) is a Trial of it and one thread (the inference chunk's
     route): the route is the Trial's answer, and with trial=True the return is
-    (route, the Trial or None), for the caller to note() the call's time."""
+    (route, the Trial while it times, else None), for the caller to note() the
+    call's time."""
     limits = (STEP_SPLIT_MIN_FLOPS, STEP_SPLIT_MIN_BYTES, PARALLEL_MIN_UNITS,
               PARALLEL_MIN_FLOPS, INFERENCE_CHUNK_BYTES, ROW_SPLIT_MAX_BYTES,
               ROW_SPLIT_SMALL_BYTES, DUET_MAX_ROWS, DUET_MIN_BLOCKS)
@@ -270,7 +271,9 @@ def into_route(T, B, I, Hp, gates, plain=True, splits=True, blocks=0, trial=Fals
     if route is None:
         route = _routes[key] = _route(*key)
     if isinstance(route, Trial):
-        return (route.route(), route) if trial else route.route()
+        answer = route.route()
+        # (the Trial only while it times: a settled call has nothing to note)
+        return (answer, route if route.chosen is None else None) if trial else answer
     return (route, None) if trial else route
 
 
