@@ -27,6 +27,13 @@ DUET_STALL_NS = 500_000
 SOLO = 16  # counters[SOLO]: 0, or p + 1 once thread p goes on alone
 
 
+@njit(inline="always", **BORROW)
+def _step_done(slots, r, done):
+    """Whether both halves of the step in ring place r are marked `done` or later."""
+    return (load_slot(slots, 2 * r * DUET_SLOT) >= done
+            and load_slot(slots, (2 * r + 1) * DUET_SLOT) >= done)
+
+
 @njit(**BORROW)
 def _duet_half(xw, w_fwd, h_old, h_new, c, scratch, ones, y_t, t, b0, b1, skip, clip,
                coupled, gclip, acts):
@@ -76,11 +83,9 @@ def _duet_region(x, w_in, bias, w_fwd, hp, cp, xw, y, scratch, ones, slots, coun
             r, done_t, mine = t % DUET_RING, 3 * t + 2, 3 * t + 1
             if t > 0:  # step t-1 done, both halves (their h is this step's input)
                 prev = (t - 1) % DUET_RING
-                if (load_slot(slots, 2 * prev * DUET_SLOT) < done_t - 3
-                        or load_slot(slots, (2 * prev + 1) * DUET_SLOT) < done_t - 3):
+                if not _step_done(slots, prev, done_t - 3):
                     since = clock_ns()
-                    while (load_slot(slots, 2 * prev * DUET_SLOT) < done_t - 3
-                           or load_slot(slots, (2 * prev + 1) * DUET_SLOT) < done_t - 3):
+                    while not _step_done(slots, prev, done_t - 3):
                         if not alone and load_slot(counters, SOLO) != 0:
                             gone = True
                             break
