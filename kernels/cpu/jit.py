@@ -6,7 +6,8 @@ check in the loops. fastmath lets LLVM contract a multiply and an add into one
 FMA, use reciprocals, and ignore the sign of zero; not "nnan" or "ninf": a NaN in
 must come out as a NaN, not as whatever a clamp makes of it.
 
-BORROW adds _nrt=False, for the kernels that only borrow their caller's arrays
+BORROW adds _nrt=False (microkernel.py's tiles and threads.py's gate helpers set it
+beside their own options), for the kernels that only borrow their caller's arrays
 (no allocation, no array returned, no stack arrays): Numba then emits no
 reference counting in them. Otherwise every call of a compiled function, and
 every view it takes, increments and decrements its arrays' reference counts,
