@@ -55,13 +55,11 @@ def _gate_math(n, rec, hbuf, c, y, lengths, nblk, clip, coupled, gclip, acts):
 
 
 def _which(T, B, I, p):
-    """Which route layer(x) settled on, for a shape plan.duet_runs takes."""
-    _, trial = into_route(T, B, I, p.Hp, 4, blocks=p.w_fwd.shape[0], trial=True)
-    if trial is None:
+    """Which route layer(x) takes now, for a shape plan.duet_runs takes (after the
+    layer's calls here, a plan.Trial of the duet and one thread has settled)."""
+    if into_route(T, B, I, p.Hp, 4, blocks=p.w_fwd.shape[0]) == DUET:
         return "as a duet on two threads"
-    chosen = "the duet" if trial.chosen == DUET else "one thread"
-    return (f"a duet or one thread, timed (plan.Trial): {chosen}, best "
-            f"{trial.best[0] / 1e3:.0f} us against {trial.best[1] / 1e3:.0f} us")
+    return "on one thread, which plan.Trial timed faster than the duet"
 
 
 def profile(T, B, I, H, out=print):
